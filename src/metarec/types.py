@@ -1,0 +1,241 @@
+"""Shared types passed between metarec's modules.
+
+Every module downstream of the loaders speaks in these frozen dataclasses. Naming rule used
+everywhere: ``user_id`` / ``item_id`` are *raw* ids (strings, as the user's files spell them);
+``user_idx`` / ``item_idx`` are contiguous int64 indices into an :class:`IdMap`.
+
+Arrays inside frozen dataclasses are treated as read-only by convention (constructors set
+``writeable=False`` on them), so a ``Dataset`` can be shared without defensive copies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+Feedback = Literal["explicit", "implicit"]
+
+
+class MetarecError(ValueError):
+    """A user-facing error: bad input, unknown id, impossible request.
+
+    The CLI prints ``str(err)`` as one line and exits with status 2; nothing is written.
+    """
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class IdMap:
+    """Bijection raw id (str) <-> index (int64). ``ids[idx]`` is the raw id of ``idx``."""
+
+    ids: np.ndarray  # (n,) object array of str
+
+    def __post_init__(self) -> None:
+        ids = np.asarray([str(x) for x in self.ids], dtype=object)
+        if len(set(ids.tolist())) != len(ids):
+            raise MetarecError("IdMap: raw ids are not unique")
+        object.__setattr__(self, "ids", _frozen(ids))
+
+    @classmethod
+    def from_values(cls, values: Iterable) -> IdMap:
+        """Map of the distinct values in first-appearance order."""
+        return cls(np.asarray(pd.unique(pd.Series(list(values), dtype=object).astype(str))))
+
+    @cached_property
+    def _lookup(self) -> dict[str, int]:
+        return {raw: i for i, raw in enumerate(self.ids.tolist())}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, raw: object) -> bool:
+        return str(raw) in self._lookup
+
+    def index(self, raw: object, what: str = "id") -> int:
+        try:
+            return self._lookup[str(raw)]
+        except KeyError:
+            raise MetarecError(f"unknown {what} {raw!r}") from None
+
+    def indices(self, raws: Sequence | np.ndarray, what: str = "id") -> np.ndarray:
+        """Vectorised lookup; raises MetarecError naming the first unknown id."""
+        s = pd.Series(np.asarray(raws, dtype=object)).astype(str)
+        out = s.map(self._lookup)
+        if out.isna().any():
+            bad = s[out.isna()].iloc[0]
+            raise MetarecError(f"unknown {what} {bad!r} ({int(out.isna().sum())} unknown in all)")
+        return out.to_numpy(dtype=np.int64)
+
+    def lookup_or_missing(self, raws: Sequence | np.ndarray) -> np.ndarray:
+        """Like :meth:`indices` but unknown ids give -1 instead of raising."""
+        s = pd.Series(np.asarray(raws, dtype=object)).astype(str)
+        return s.map(self._lookup).fillna(-1).to_numpy(dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Interactions:
+    """A set of (user, item, rating) events, as parallel arrays of equal length n.
+
+    ``rating`` holds the explicit rating or the 0/1 label for implicit data.
+    ``timestamp`` is unix seconds where the source has times, else the event's position in
+    the source log (an order, still usable to sort). ``domain`` indexes ``Dataset.domains``.
+    """
+
+    user_idx: np.ndarray  # (n,) int64
+    item_idx: np.ndarray  # (n,) int64
+    rating: np.ndarray  # (n,) float32
+    timestamp: np.ndarray  # (n,) int64
+    domain: np.ndarray  # (n,) int16
+
+    def __post_init__(self) -> None:
+        n = len(self.user_idx)
+        for name, dtype in (
+            ("user_idx", np.int64),
+            ("item_idx", np.int64),
+            ("rating", np.float32),
+            ("timestamp", np.int64),
+            ("domain", np.int16),
+        ):
+            a = np.asarray(getattr(self, name), dtype=dtype)
+            if a.shape != (n,):
+                raise MetarecError(f"Interactions.{name} has shape {a.shape}, expected ({n},)")
+            object.__setattr__(self, name, _frozen(a))
+
+    @classmethod
+    def empty(cls) -> Interactions:
+        z = np.zeros(0)
+        return cls(z, z, z, z, z)
+
+    def __len__(self) -> int:
+        return len(self.user_idx)
+
+    def take(self, index: np.ndarray) -> Interactions:
+        """Rows selected by a boolean mask or an integer index array."""
+        return Interactions(
+            self.user_idx[index],
+            self.item_idx[index],
+            self.rating[index],
+            self.timestamp[index],
+            self.domain[index],
+        )
+
+    def sorted_by_time(self) -> Interactions:
+        """Stable sort by (timestamp, original position): ties keep log order."""
+        return self.take(np.argsort(self.timestamp, kind="stable"))
+
+    @staticmethod
+    def concat(parts: Sequence[Interactions]) -> Interactions:
+        if not parts:
+            return Interactions.empty()
+        return Interactions(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("user_idx", "item_idx", "rating", "timestamp", "domain")
+            )
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class SideTable:
+    """Side information, one row per index of ``ids`` (row i describes index i).
+
+    ``frame`` has no id column; its columns are split by role so feature builders know what
+    to embed as text, what to one-hot/embed as categories and what to scale as numbers.
+    Rows of ids that the source did not describe hold missing values.
+    """
+
+    ids: IdMap
+    frame: pd.DataFrame
+    text_columns: tuple[str, ...] = ()
+    categorical_columns: tuple[str, ...] = ()
+    numeric_columns: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.frame) != len(self.ids):
+            raise MetarecError(
+                f"SideTable has {len(self.frame)} rows for {len(self.ids)} ids"
+            )
+        for col in (*self.text_columns, *self.categorical_columns, *self.numeric_columns):
+            if col not in self.frame.columns:
+                raise MetarecError(f"SideTable: declared column {col!r} is missing")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded, cleaned and re-indexed dataset: what every later step starts from."""
+
+    name: str
+    interactions: Interactions
+    users: IdMap
+    items: IdMap
+    feedback: Feedback  # explicit ratings or implicit 0/1 labels
+    rating_range: tuple[float, float]  # (lo, hi) of the rating scale; (0, 1) for implicit
+    has_time: bool  # True: timestamps are unix seconds; False: they are log order
+    domains: tuple[str, ...] = ("default",)
+    item_table: SideTable | None = None
+    user_table: SideTable | None = None
+    report: tuple[dict, ...] = ()  # preprocessing report, one dict per step (see preprocess)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items)
+
+    def to_frame(self, inter: Interactions | None = None) -> pd.DataFrame:
+        """Interactions with raw ids: columns user_id, item_id, rating, timestamp, domain."""
+        inter = self.interactions if inter is None else inter
+        return pd.DataFrame(
+            {
+                "user_id": self.users.ids[inter.user_idx],
+                "item_id": self.items.ids[inter.item_idx],
+                "rating": inter.rating,
+                "timestamp": inter.timestamp,
+                "domain": np.asarray(self.domains, dtype=object)[inter.domain]
+                if len(inter)
+                else np.array([], dtype=object),
+            }
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Task:
+    """One user's episode: adapt on ``support``, evaluate on ``query`` (disjoint rows)."""
+
+    user_idx: int
+    support: Interactions
+    query: Interactions
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """A cold-start experiment: training interactions plus validation and test episodes.
+
+    ``train`` is everything a model may fit on. Validation tasks pick hyperparameters and
+    early stopping; test tasks are touched once, at the end. For item cold-start,
+    ``cold_items`` lists the item indices that never appear in ``train``.
+    """
+
+    protocol: str
+    train: Interactions
+    valid: tuple[Task, ...]
+    test: tuple[Task, ...]
+    seed: int
+    k_shot: int
+    n_query: int
+    cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    source_domain: int | None = None
+    target_domain: int | None = None
+    summary: dict = field(default_factory=dict)
