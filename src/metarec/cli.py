@@ -1,0 +1,240 @@
+"""The ``metarec`` command. The only module that parses argv.
+
+Each subcommand is a small function ``cmd_<name>(args) -> int`` that calls library code and
+prints. User-facing errors (:class:`metarec.types.MetarecError`, missing files, bad encodings)
+become one line on stderr and exit status 2, with no traceback and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from metarec.types import MetarecError
+
+EXIT_USAGE = 2
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False, default=_json_default))
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _loader_options(args) -> dict:
+    """Column-mapping options for the generic csv/parquet loader (ignored by named sets)."""
+    opts = {}
+    for key in ("user_col", "item_col", "rating_col", "time_col", "label_col", "domain_col", "items"):
+        val = getattr(args, key, None)
+        if val is not None:
+            opts[key] = val
+    if getattr(args, "text_cols", None):
+        opts["text_cols"] = tuple(c for c in args.text_cols.split(",") if c)
+    return opts
+
+
+def _load(args):
+    from metarec.data import load_dataset
+    from metarec.preprocess import PreprocessConfig, preprocess
+
+    cfg = PreprocessConfig()
+    return load_dataset(
+        args.name,
+        path=args.path,
+        preprocess=lambda raw: preprocess(raw, cfg),
+        **_loader_options(args),
+    )
+
+
+# --- subcommands -------------------------------------------------------------------------
+
+
+def cmd_datasets(args) -> int:
+    from metarec.data import list_datasets
+
+    rows = list_datasets()
+    if args.json:
+        _print_json(rows)
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['description']}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    from metarec.data import dataset_info
+
+    ds = _load(args)
+    info = dataset_info(ds)
+    if args.json:
+        _print_json(info)
+    else:
+        for key, val in info.items():
+            print(f"{key:>20}: {val}")
+    return 0
+
+
+def cmd_split(args) -> int:
+    from metarec.splits import make_split, write_split
+
+    out = Path(args.out)
+    ds = _load(args)
+    kw = {"k_shot": args.k, "n_query": args.query, "seed": args.seed}
+    if args.protocol == "cross-domain":
+        if not args.source or not args.target:
+            raise MetarecError("--protocol cross-domain needs --source and --target domains")
+        kw.update(source=args.source, target=args.target)
+    split = make_split(ds, args.protocol, **kw)
+    write_split(split, ds, out)
+    _print_json(split.summary)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    from metarec.text import EmbeddingCache, SentenceTransformerEncoder, embed_dataset
+
+    ds = _load(args)
+    encoder = SentenceTransformerEncoder(args.model, device=args.device)
+    cache_dir = Path(args.cache) if args.cache else _default_cache_dir()
+    stats = embed_dataset(ds, encoder, EmbeddingCache(cache_dir))
+    if args.json:
+        _print_json(stats)
+    else:
+        for key, val in stats.items():
+            print(f"{key:>16}: {val}")
+    return 0
+
+
+def _default_cache_dir() -> Path:
+    home = os.environ.get("METAREC_HOME")
+    root = Path(home) if home else Path.home() / ".cache" / "metarec"
+    return root / "embeddings"
+
+
+def cmd_quickstart(args) -> int:
+    """Until the main job lands: run the data pipeline on the bundled set and summarise."""
+    from metarec.data import dataset_info
+    from metarec.splits import make_split
+
+    t0 = time.perf_counter()
+    args.name, args.path = "goodbooks-sample", None
+    ds = _load(args)
+    info = dataset_info(ds)
+    split = make_split(ds, "user-cold", k_shot=args.k, n_query=args.query, seed=args.seed)
+    print(f"dataset goodbooks-sample: {info['users']} users, {info['items']} items, "
+          f"{info['interactions']} interactions")
+    print("preprocessing:")
+    for step in ds.report:
+        print(f"  {step}")
+    print("user cold-start split:")
+    _print_json(split.summary)
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+# --- parser ------------------------------------------------------------------------------
+
+
+def _add_data_args(p: argparse.ArgumentParser, with_name: bool = True) -> None:
+    if with_name:
+        p.add_argument("name", help="dataset name (see `metarec datasets`), or csv / parquet")
+    p.add_argument("--path", help="dataset folder or file (default: $METAREC_DATA_DIR/<folder>)")
+    g = p.add_argument_group("column mapping for csv/parquet logs")
+    g.add_argument("--user-col", dest="user_col")
+    g.add_argument("--item-col", dest="item_col")
+    g.add_argument("--rating-col", dest="rating_col")
+    g.add_argument("--time-col", dest="time_col")
+    g.add_argument("--label-col", dest="label_col", help="0/1 label column (implicit data)")
+    g.add_argument("--domain-col", dest="domain_col")
+    g.add_argument("--items", help="item side file (CSV/Parquet with item_id + text columns)")
+    g.add_argument("--text-cols", dest="text_cols", help="comma-separated item text columns")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from metarec import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="metarec",
+        description="Cold-start recommendation: large-model features + meta-learning + transfer.",
+    )
+    parser.add_argument("--version", action="version", version=f"metarec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("datasets", help="list the datasets metarec loads by name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("info", help="counts for a dataset")
+    _add_data_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("split", help="cut a cold-start split and write it as CSVs")
+    _add_data_args(p)
+    p.add_argument(
+        "--protocol",
+        default="user-cold",
+        choices=["warm", "user-cold", "item-cold", "user-item-cold", "cross-domain"],
+    )
+    p.add_argument("--k", type=int, default=10, help="support interactions per user (K shots)")
+    p.add_argument("--query", type=int, default=10, help="query interactions per user")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--source", help="source domain (cross-domain)")
+    p.add_argument("--target", help="target domain (cross-domain)")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("embed", help="embed a dataset's item (and user) texts into the cache")
+    _add_data_args(p)
+    p.add_argument("--model", default="default", help="sentence-transformers name or path")
+    p.add_argument("--cache", help="cache folder (default: $METAREC_HOME/embeddings)")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("quickstart", help="the main job on the bundled goodbooks sample")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--query", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MetarecError as err:
+        print(f"metarec: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except FileNotFoundError as err:
+        print(f"metarec: error: file not found: {err.filename or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnicodeDecodeError as err:
+        print(f"metarec: error: cannot decode input ({err.encoding}): {err.reason}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("metarec: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
