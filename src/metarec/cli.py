@@ -40,7 +40,15 @@ def _json_default(o):
 def _loader_options(args) -> dict:
     """Column-mapping options for the generic csv/parquet loader (ignored by named sets)."""
     opts = {}
-    for key in ("user_col", "item_col", "rating_col", "time_col", "label_col", "domain_col", "items"):
+    for key in (
+        "user_col",
+        "item_col",
+        "rating_col",
+        "time_col",
+        "label_col",
+        "domain_col",
+        "items",
+    ):
         val = getattr(args, key, None)
         if val is not None:
             opts[key] = val
@@ -138,8 +146,10 @@ def cmd_quickstart(args) -> int:
     ds = _load(args)
     info = dataset_info(ds)
     split = make_split(ds, "user-cold", k_shot=args.k, n_query=args.query, seed=args.seed)
-    print(f"dataset goodbooks-sample: {info['users']} users, {info['items']} items, "
-          f"{info['interactions']} interactions")
+    print(
+        f"dataset goodbooks-sample: {info['users']} users, {info['items']} items, "
+        f"{info['interactions']} interactions"
+    )
     print("preprocessing:")
     for step in ds.report:
         print(f"  {step}")
@@ -229,7 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"metarec: error: file not found: {err.filename or err}", file=sys.stderr)
         return EXIT_USAGE
     except UnicodeDecodeError as err:
-        print(f"metarec: error: cannot decode input ({err.encoding}): {err.reason}", file=sys.stderr)
+        print(
+            f"metarec: error: cannot decode input ({err.encoding}): {err.reason}", file=sys.stderr
+        )
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("metarec: interrupted", file=sys.stderr)

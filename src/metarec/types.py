@@ -162,9 +162,7 @@ class SideTable:
 
     def __post_init__(self) -> None:
         if len(self.frame) != len(self.ids):
-            raise MetarecError(
-                f"SideTable has {len(self.frame)} rows for {len(self.ids)} ids"
-            )
+            raise MetarecError(f"SideTable has {len(self.frame)} rows for {len(self.ids)} ids")
         for col in (*self.text_columns, *self.categorical_columns, *self.numeric_columns):
             if col not in self.frame.columns:
                 raise MetarecError(f"SideTable: declared column {col!r} is missing")

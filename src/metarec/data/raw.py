@@ -66,7 +66,9 @@ def make_ratings_frame(
             "timestamp": np.arange(n, dtype=np.int64)
             if timestamp is None
             else pd.Series(timestamp).to_numpy(),
-            "domain": "default" if domain is None else pd.Series(domain).astype(str).to_numpy(object),
+            "domain": "default"
+            if domain is None
+            else pd.Series(domain).astype(str).to_numpy(object),
         }
     )
     return frame
@@ -115,7 +117,9 @@ def build_dataset(raw: RawData, report: tuple[dict, ...] = ()) -> Dataset:
     if raw.items is not None:
         catalogue = pd.unique(raw.items["item_id"].astype(str))
         rated_extra = pd.Index(pd.unique(r["item_id"])).difference(pd.Index(catalogue), sort=False)
-        items = IdMap(np.concatenate([np.asarray(catalogue, object), np.asarray(rated_extra, object)]))
+        items = IdMap(
+            np.concatenate([np.asarray(catalogue, object), np.asarray(rated_extra, object)])
+        )
     else:
         items = IdMap.from_values(r["item_id"])
     domains = tuple(pd.unique(r["domain"].astype(str)).tolist())

@@ -1,0 +1,60 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from metarec.config import apply_overrides, from_dict, load_toml, to_dict
+from metarec.types import MetarecError
+
+
+@dataclass(frozen=True)
+class Inner:
+    steps: int = 5
+    lr: float = 0.01
+    first_order: bool = False
+
+
+@dataclass(frozen=True)
+class Outer:
+    name: str = "x"
+    kind: Literal["maml", "reptile"] = "maml"
+    shots: tuple[int, ...] = (1, 5)
+    inner: Inner = field(default_factory=Inner)
+    dim: int | None = None
+
+
+def test_nested_and_coercion():
+    cfg = from_dict(Outer, {"kind": "reptile", "shots": [1, 3], "inner": {"steps": 3, "lr": 1}})
+    assert cfg == Outer(kind="reptile", shots=(1, 3), inner=Inner(steps=3, lr=1.0))
+    assert isinstance(cfg.inner.lr, float)
+
+
+@pytest.mark.parametrize(
+    "data, msg",
+    [
+        ({"nmae": "y"}, "unknown config key 'nmae'"),
+        ({"inner": {"stpes": 1}}, "unknown config key 'inner.stpes'"),
+        ({"inner": {"steps": "many"}}, "inner.steps: expected an integer"),
+        ({"kind": "sgd"}, "kind: 'sgd' is not one of"),
+        ({"inner": {"first_order": "perhaps"}}, "expected true/false"),
+    ],
+)
+def test_rejects_bad_config(data, msg):
+    with pytest.raises(MetarecError, match=msg):
+        from_dict(Outer, data)
+
+
+def test_overrides_are_typed_and_roundtrip(tmp_path):
+    base = to_dict(Outer())
+    data = apply_overrides(base, ["inner.steps=7", "name=abc", "dim=16", "inner.first_order=true"])
+    cfg = from_dict(Outer, data)
+    assert cfg.inner.steps == 7 and cfg.name == "abc" and cfg.dim == 16 and cfg.inner.first_order
+    assert from_dict(Outer, to_dict(cfg)) == cfg
+    with pytest.raises(MetarecError, match="expected key=value"):
+        apply_overrides(base, ["inner.steps"])
+    p = tmp_path / "c.toml"
+    p.write_text('kind = "reptile"\n[inner]\nsteps = 2\n')
+    assert from_dict(Outer, load_toml(p)).inner.steps == 2
+    p.write_text("kind = \n")
+    with pytest.raises(MetarecError, match="invalid TOML"):
+        load_toml(p)
