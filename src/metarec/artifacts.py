@@ -1,0 +1,136 @@
+"""RUN directories: what ``fit`` writes and ``predict`` / ``recommend`` / ``serve`` load.
+
+Layout (no pickle; loading never executes code)::
+
+    RUN/
+      manifest.json      format version, metarec version, file list with sha256
+      config.json        the full typed config the run was made with
+      model.safetensors  every tensor (model params, feature matrices, ...)
+      ids/<name>.parquet raw-id tables (one column ``id``; row i is index i)
+      meta.json          anything else JSON-able (encoder fingerprint, dataset info, metrics)
+
+A run is written into a temporary sibling folder and renamed into place, so a crash never
+leaves a half-written RUN, and an existing RUN is only replaced once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from safetensors.torch import load_file, save_file
+
+from metarec.types import IdMap, MetarecError
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, eq=False)
+class Run:
+    path: Path
+    config: dict
+    tensors: dict[str, torch.Tensor]
+    ids: dict[str, IdMap]
+    meta: dict
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_run(
+    out: str | Path,
+    *,
+    config: dict,
+    tensors: dict[str, torch.Tensor],
+    ids: dict[str, IdMap],
+    meta: dict,
+    overwrite: bool = True,
+) -> Path:
+    from metarec import __version__
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MetarecError(f"{out} exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        # safetensors wants contiguous CPU tensors that share no storage.
+        save_file(
+            {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
+            str(tmp / "model.safetensors"),
+        )
+        (tmp / "ids").mkdir()
+        for name, idmap in ids.items():
+            table = pa.table({"id": pa.array(idmap.ids.tolist(), type=pa.string())})
+            pq.write_table(table, tmp / "ids" / f"{name}.parquet")
+        files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "metarec_version": __version__,
+            "files": {f: _sha256(tmp / f) for f in files},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if out.exists():
+            # Swap: move the old run aside first so that `out` is never half-written.
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "run")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_run(path: str | Path, verify: bool = True) -> Run:
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise MetarecError(f"{path} is not a metarec RUN directory (no manifest.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise MetarecError(f"{manifest_path}: corrupt manifest ({err.msg})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise MetarecError(
+            f"{path}: RUN format version {version!r} is not supported "
+            f"(this metarec reads version {FORMAT_VERSION}); re-run `metarec fit`"
+        )
+    files = manifest.get("files", {})
+    for rel, digest in files.items():
+        f = path / rel
+        if not f.is_file():
+            raise MetarecError(f"{path}: RUN is incomplete, {rel} is missing")
+        if verify and _sha256(f) != digest:
+            raise MetarecError(f"{path}: {rel} does not match its checksum (corrupt RUN)")
+    tensors = load_file(str(path / "model.safetensors"))
+    ids = {}
+    for f in sorted((path / "ids").glob("*.parquet")):
+        col = pq.read_table(f).column("id").to_pylist()
+        ids[f.stem] = IdMap(np.asarray(col, dtype=object))
+    return Run(
+        path=path,
+        config=json.loads((path / "config.json").read_text()),
+        tensors=tensors,
+        ids=ids,
+        meta=json.loads((path / "meta.json").read_text()),
+    )

@@ -1,0 +1,122 @@
+"""The data half of the CLI contract: `metarec datasets|info|split`, bad input -> exit 2."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metarec.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_datasets_lists_every_loader(capsys):
+    code, out, _ = run_cli(capsys, "datasets", "--json")
+    assert code == 0
+    names = {row["name"] for row in json.loads(out)}
+    assert {
+        "movielens-100k",
+        "movielens-1m",
+        "goodbooks",
+        "goodbooks-sample",
+        "amazon-food-kitchen",
+        "amazon-scientific",
+        "lastfm-hetrec",
+        "csv",
+        "parquet",
+    } <= names
+
+
+def test_info_bundled_needs_no_path(capsys, monkeypatch):
+    monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
+    code, out, _ = run_cli(capsys, "info", "goodbooks-sample", "--json")
+    assert code == 0
+    info = json.loads(out)
+    # Published shape of the sample (shared/data/goodbooks-sample/SOURCE.md).
+    assert (info["users"], info["items"], info["interactions"]) == (990, 4278, 49886)
+
+
+def test_split_writes_csvs_and_summary(capsys, tmp_path):
+    out_dir = tmp_path / "split"
+    code, out, err = run_cli(
+        capsys, "split", "goodbooks-sample", "--protocol", "user-cold",
+        "--k", "10", "--query", "10", "--seed", "0", "--out", str(out_dir),
+    )
+    assert code == 0, err
+    for name in ("train", "valid_support", "valid_query", "test_support", "test_query"):
+        head = (out_dir / f"{name}.csv").read_text().splitlines()[0]
+        assert head.startswith("user_id,item_id,rating")
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary == json.loads(out)
+
+
+def _write(path: Path, text: str | bytes) -> Path:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("user_id,item_id,rating\n", "empty"),
+        ("", "empty"),
+        ("user_id,rating\n1,5\n", "item_id"),
+        ("user_id,item_id,rating\n1,2,5\n3,4,5,6,7\n", "line"),
+        ("user_id,item_id,rating\n,2,5\n", "user_id"),
+        (b"user_id,item_id,rating\n1,\xff\xfe,5\n", "decode"),
+    ],
+    ids=["header-only", "empty-file", "missing-column", "malformed-line", "nan-id", "bad-encoding"],
+)
+def test_bad_csv_is_one_line_exit_2(capsys, tmp_path, content, needle):
+    log = _write(tmp_path / "log.csv", content)
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "split", "csv", "--path", str(log), "--out", str(out_dir))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("metarec: error:"), err
+    assert needle.lower() in lines[0].lower(), lines[0]
+    assert "Traceback" not in err
+    assert not out_dir.exists()
+
+
+def test_k_larger_than_histories_is_exit_2(capsys, tmp_path):
+    rows = "user_id,item_id,rating,timestamp\n" + "".join(
+        f"u{u},i{i},{1 + (u + i) % 5},{u * 10 + i}\n" for u in range(20) for i in range(5)
+    )
+    log = _write(tmp_path / "log.csv", rows)
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli(
+        capsys, "split", "csv", "--path", str(log), "--k", "50", "--out", str(out_dir)
+    )
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()
+
+
+def test_python_dash_m_matches_console_script(tmp_path):
+    env = dict(os.environ)
+    res = subprocess.run(
+        [sys.executable, "-m", "metarec", "datasets", "--json"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert any(r["name"] == "goodbooks-sample" for r in json.loads(res.stdout))
+
+
+@pytest.mark.data
+def test_info_movielens_100k_published_counts(capsys):
+    root = os.environ.get("METAREC_DATA_DIR")
+    if not root:
+        pytest.skip("METAREC_DATA_DIR is unset: the real MovieLens-100K files are not available")
+    code, out, err = run_cli(
+        capsys, "info", "movielens-100k", "--path", str(Path(root) / "ml-100k"), "--json"
+    )
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["interactions"], info["users"], info["items"]) == (100000, 943, 1682)
