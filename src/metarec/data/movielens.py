@@ -1,0 +1,224 @@
+"""MovieLens 100K and 1M (GroupLens), parsed from the files of the official zips.
+
+Terms: research use only, no redistribution; load from a user-supplied folder
+(or fetch the zip with :mod:`metarec.data.download`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+
+from metarec.data.raw import RawData, make_ratings_frame
+from metarec.data.tabular import (
+    id_column,
+    number_column,
+    optional_number,
+    read_delimited,
+    read_text,
+    require_file,
+    resolve_dir,
+)
+from metarec.types import MetarecError
+
+ML_100K_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+ML_1M_URL = "https://files.grouplens.org/datasets/movielens/ml-1m.zip"
+
+# u.genre of ml-100k, in flag order (used when u.genre is absent from the folder).
+ML_100K_GENRES = (
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+
+_YEAR = re.compile(r"\((\d{4})\)\s*$")  # "Toy Story (1995)" -> 1995
+
+
+def title_year(titles: pd.Series) -> np.ndarray:
+    """Release year parsed from a trailing "(YYYY)" in the title; NaN where there is none."""
+    return optional_number(titles.str.extract(_YEAR, expand=False))
+
+
+def _zip_prefix(zips: pd.Series) -> np.ndarray:
+    # The first digit of a US zip code is a coarse region; non-US codes ("T8H1N") keep
+    # their first character, which still separates them from the US ones.
+    return zips.fillna("").astype(str).str.strip().str[:1].replace("", pd.NA).to_numpy(object)
+
+
+def _ratings_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    rating = number_column(frame, "rating")
+    off = (rating < 1) | (rating > 5)
+    if off.any():
+        pos = int(np.flatnonzero(off)[0])
+        raise MetarecError(
+            f"{frame.attrs['source']}: line {pos + 1}: rating {rating[pos]:g} is outside 1..5"
+        )
+    return make_ratings_frame(
+        id_column(frame, "user_id"),
+        id_column(frame, "item_id"),
+        rating,
+        number_column(frame, "timestamp", integer=True),
+    )
+
+
+def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
+    """ml-100k: u.data (ratings), u.item (titles, dates, 19 genre flags), u.user.
+
+    Items: text ``title`` (with its year, as MovieLens spells it) and ``genres``
+    ("Animation|Children's|Comedy"); numeric ``year`` from the title. Users: numeric
+    ``age``; categorical ``gender``, ``occupation``, ``zip_prefix`` (first character).
+    """
+    folder = resolve_dir(path, "ml-100k", "movielens-100k")
+    data = read_delimited(
+        require_file(folder, "u.data", "movielens-100k"),
+        "\t",
+        names=["user_id", "item_id", "rating", "timestamp"],
+    )
+    ratings = _ratings_frame(data)
+
+    genre_names = list(ML_100K_GENRES)
+    if (folder / "u.genre").is_file():
+        lines = [ln for ln in read_text(folder / "u.genre", "latin-1").splitlines() if ln.strip()]
+        genre_names = [ln.rsplit("|", 1)[0] for ln in lines]
+    flag_cols = [f"g{i}" for i in range(len(genre_names))]
+    items = read_delimited(
+        require_file(folder, "u.item", "movielens-100k"),
+        "|",
+        names=["item_id", "title", "release_date", "video_release_date", "imdb_url", *flag_cols],
+        encoding="latin-1",  # 9 titles carry latin-1 accents, e.g. "Misérables, Les (1995)"
+        quoting=False,
+    )
+    flags = items[flag_cols].fillna("0").to_numpy() == "1"  # (n_items, 19) bool
+    names = np.asarray(genre_names, dtype=object)
+    genres = ["|".join(names[row]) for row in flags]
+    title = items["title"].fillna("").astype(str)
+    item_frame = pd.DataFrame(
+        {
+            "item_id": id_column(items, "item_id").to_numpy(object),
+            "title": title.to_numpy(object),
+            "genres": np.asarray(genres, dtype=object),
+            "year": title_year(title),
+        }
+    )
+
+    users = read_delimited(
+        require_file(folder, "u.user", "movielens-100k"),
+        "|",
+        names=["user_id", "age", "gender", "occupation", "zip"],
+    )
+    user_frame = pd.DataFrame(
+        {
+            "user_id": id_column(users, "user_id").to_numpy(object),
+            "age": optional_number(users["age"]),
+            "gender": users["gender"].to_numpy(object),
+            "occupation": users["occupation"].to_numpy(object),
+            "zip_prefix": _zip_prefix(users["zip"]),
+        }
+    )
+    return RawData(
+        name="movielens-100k",
+        ratings=ratings,
+        feedback="explicit",
+        rating_range=(1.0, 5.0),
+        has_time=True,
+        items=item_frame,
+        users=user_frame,
+        item_text_columns=("title", "genres"),
+        item_numeric_columns=("year",),
+        user_categorical_columns=("gender", "occupation", "zip_prefix"),
+        user_numeric_columns=("age",),
+        source=str(folder),
+    )
+
+
+def _split_double_colon(path, names: list[str], encoding: str) -> pd.DataFrame:
+    """``a::b::c`` lines. Split by hand: titles contain single colons ("Star Wars: ...")."""
+    text = read_text(path, encoding)
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split("::")
+        if len(parts) != len(names):
+            raise MetarecError(
+                f"{path}: line {lineno}: expected {len(names)} '::'-separated fields, got {len(parts)}"
+            )
+        rows.append(parts)
+    frame = pd.DataFrame(rows, columns=names, dtype=object)
+    frame.attrs["source"] = str(path)
+    frame.attrs["header_lines"] = 0
+    return frame
+
+
+def _read_ml1m_ratings(path) -> pd.DataFrame:
+    """ratings.dat (1,000,209 lines) with pandas' C parser: ``::`` read as ``:`` gives
+    empty columns between the fields (ratings have no colons inside fields)."""
+    frame = read_delimited(path, ":", names=[f"c{i}" for i in range(7)])
+    if frame[["c1", "c3", "c5"]].notna().any().any():
+        raise MetarecError(f"{path}: malformed line (fields must be separated by '::')")
+    frame = frame[["c0", "c2", "c4", "c6"]]
+    frame.columns = ["user_id", "item_id", "rating", "timestamp"]
+    frame.attrs.update(source=str(path), header_lines=0)
+    return frame
+
+
+def read_movielens_1m(path: str | os.PathLike | None = None) -> RawData:
+    """ml-1m: ratings.dat (required), movies.dat (title, genres), users.dat.
+
+    Items: text ``title`` and ``genres``; numeric ``year``. Users: categorical ``gender``,
+    ``age`` (the README's age-bucket code: 1, 18, 25, 35, 45, 50, 56), ``occupation``
+    (code 0-20) and ``zip_prefix``.
+    """
+    folder = resolve_dir(path, "ml-1m", "movielens-1m")
+    rpath = folder / "ratings.dat"
+    if not rpath.is_file():
+        raise MetarecError(
+            f"movielens-1m: ratings.dat is required but missing from {str(folder)!r}; "
+            f"get it from {ML_1M_URL} and put it beside movies.dat"
+        )
+    ratings = _ratings_frame(_read_ml1m_ratings(rpath))
+    movies = _split_double_colon(
+        require_file(folder, "movies.dat", "movielens-1m"),
+        ["item_id", "title", "genres"],
+        encoding="latin-1",
+    )
+    item_frame = pd.DataFrame(
+        {
+            "item_id": id_column(movies, "item_id").to_numpy(object),
+            "title": movies["title"].to_numpy(object),
+            "genres": movies["genres"].to_numpy(object),
+            "year": title_year(movies["title"].astype(str)),
+        }
+    )
+    user_frame = None
+    if (folder / "users.dat").is_file():
+        users = _split_double_colon(
+            folder / "users.dat", ["user_id", "gender", "age", "occupation", "zip"], "latin-1"
+        )
+        user_frame = pd.DataFrame(
+            {
+                "user_id": id_column(users, "user_id").to_numpy(object),
+                "gender": users["gender"].to_numpy(object),
+                "age": users["age"].to_numpy(object),
+                "occupation": users["occupation"].to_numpy(object),
+                "zip_prefix": _zip_prefix(users["zip"]),
+            }
+        )
+    return RawData(
+        name="movielens-1m",
+        ratings=ratings,
+        feedback="explicit",
+        rating_range=(1.0, 5.0),
+        has_time=True,
+        items=item_frame,
+        users=user_frame,
+        item_text_columns=("title", "genres"),
+        item_numeric_columns=("year",),
+        user_categorical_columns=("gender", "age", "occupation", "zip_prefix")
+        if user_frame is not None
+        else (),
+        source=str(folder),
+    )

@@ -1,0 +1,341 @@
+"""Reading delimited/Parquet files into frames, with one-line errors that name file and line.
+
+Two layers live here:
+
+* small file helpers every loader uses (:func:`resolve_dir`, :func:`read_text`,
+  :func:`read_delimited`, :func:`require_columns`, :func:`id_column`, :func:`number_column`):
+  they turn pandas' parser exceptions, decoding errors and missing values into
+  :class:`MetarecError` with the file, column and 1-based line number;
+* :func:`read_table`, the generic loader for a user's own interaction log (CSV/TSV or
+  Parquet) plus an optional item side file, driven by a column mapping.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metarec.data.raw import RawData, make_ratings_frame
+from metarec.types import MetarecError
+
+DATA_DIR_ENV = "METAREC_DATA_DIR"
+
+
+# ----------------------------------------------------------------------------- file helpers
+
+
+def resolve_dir(path: str | os.PathLike | None, folder: str, name: str) -> Path:
+    """The dataset folder: ``path`` if given, else ``$METAREC_DATA_DIR/<folder>``."""
+    if path is None:
+        root = os.environ.get(DATA_DIR_ENV)
+        if not root:
+            raise MetarecError(
+                f"{name}: no data path given; pass --path /dir/{folder} "
+                f"or set {DATA_DIR_ENV} to the folder that contains {folder}/"
+            )
+        p = Path(root) / folder
+    else:
+        p = Path(path)
+    if not p.is_dir():
+        raise MetarecError(f"{name}: data folder {str(p)!r} does not exist")
+    return p
+
+
+def require_file(folder: Path, filename: str, name: str) -> Path:
+    p = folder / filename
+    if not p.is_file():
+        raise MetarecError(f"{name}: required file {filename!r} not found in {str(folder)!r}")
+    return p
+
+
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """Whole file decoded strictly; a bad byte becomes an error naming its line.
+
+    Decoding ourselves (instead of letting pandas do it) is what makes the line number
+    available: pandas reports undecodable bytes by chunk offset only.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise MetarecError(f"file not found: {str(path)!r}") from None
+    except OSError as err:
+        raise MetarecError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise MetarecError(
+            f"{path}: line {line}: byte 0x{data[err.start]:02x} is not valid {encoding} "
+            f"(pass the file's encoding)"
+        ) from None
+    if not text.strip():
+        raise MetarecError(f"{path}: file is empty")
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the header
+
+
+def read_delimited(
+    path: Path,
+    sep: str,
+    *,
+    names: list[str] | None = None,
+    encoding: str = "utf-8",
+    quoting: bool = True,
+) -> pd.DataFrame:
+    """All columns as strings (``dtype=str``), so ids keep their spelling ("007" stays "007").
+
+    ``names=None`` means the first line is a header. Every row must have the same number
+    of fields; a ragged row raises naming its line.
+    """
+    text = read_text(path, encoding)
+    kwargs = {}
+    if not quoting:
+        kwargs["quoting"] = 3  # csv.QUOTE_NONE: titles like 12" Vinyl keep their quote marks
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=None if names is not None else 0,
+            names=names,
+            dtype=str,
+            keep_default_na=False,  # "NA" / "null" are valid titles and ids, not missing
+            na_values=[""],
+            skip_blank_lines=True,
+            index_col=False,
+            **kwargs,
+        )
+    except pd.errors.ParserError as err:
+        raise MetarecError(f"{path}: malformed line ({_short(err)})") from None
+    except pd.errors.EmptyDataError:
+        raise MetarecError(f"{path}: file is empty") from None
+    if len(frame) == 0:
+        raise MetarecError(f"{path}: file has a header but no rows")
+    frame.attrs["header_lines"] = 0 if names is not None else 1
+    frame.attrs["source"] = str(path)
+    return frame
+
+
+def _short(err: Exception) -> str:
+    # pandas: "Error tokenizing data. C error: Expected 3 fields in line 4, saw 5\n"
+    msg = str(err).strip().splitlines()[0]
+    return msg.removeprefix("Error tokenizing data. C error: ")
+
+
+def _line_of(frame: pd.DataFrame, pos: int) -> int:
+    """1-based file line of row position ``pos`` (assumes no blank lines before it)."""
+    return pos + 1 + int(frame.attrs.get("header_lines", 0))
+
+
+def _where(frame: pd.DataFrame) -> str:
+    return frame.attrs.get("source", "input")
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        have = ", ".join(map(str, frame.columns[:12]))
+        raise MetarecError(
+            f"{_where(frame)}: missing column(s) {', '.join(missing)} (columns are: {have})"
+        )
+
+
+def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Raw ids as str; a missing id raises naming its line. Floats like 12.0 become "12"."""
+    s = frame[column]
+    bad = s.isna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise MetarecError(
+            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} has an empty id"
+        )
+    if pd.api.types.is_float_dtype(s):
+        # Parquet/pandas turn int ids with missing values into floats; ours have none now,
+        # so a whole float is an int id in disguise.
+        f = s.to_numpy(np.float64)
+        if np.all(f == np.round(f)):
+            return pd.Series(f.astype(np.int64)).astype(str)
+    out = s.astype(str).str.strip()
+    empty = (out == "").to_numpy()
+    if empty.any():
+        pos = int(np.flatnonzero(empty)[0])
+        raise MetarecError(
+            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} has an empty id"
+        )
+    return out.reset_index(drop=True)
+
+
+def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) -> np.ndarray:
+    """Numeric column; the first non-number raises naming line and value."""
+    raw = frame[column]
+    s = pd.to_numeric(raw, errors="coerce")
+    bad = s.isna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise MetarecError(
+            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
+            f"{raw.iloc[pos]!r} is not a number"
+        )
+    values = s.to_numpy(np.float64)
+    if integer:
+        frac = values != np.round(values)
+        if frac.any():
+            pos = int(np.flatnonzero(frac)[0])
+            raise MetarecError(
+                f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
+                f"{raw.iloc[pos]!r} is not an integer"
+            )
+        return values.astype(np.int64)
+    return values
+
+
+def optional_number(series: pd.Series) -> np.ndarray:
+    """Side-table numbers: unparseable or empty cells become NaN (missing side info is fine)."""
+    return pd.to_numeric(series, errors="coerce").to_numpy(np.float64)
+
+
+# ----------------------------------------------------------------------------- generic loader
+
+
+def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        if not path.is_file():
+            raise MetarecError(f"file not found: {str(path)!r}")
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as err:  # pyarrow raises several unrelated types for a bad file
+            raise MetarecError(
+                f"{path}: not a readable Parquet file ({type(err).__name__})"
+            ) from None
+        if len(frame) == 0:
+            raise MetarecError(f"{path}: file has no rows")
+        frame.attrs["header_lines"] = 0  # "line" in a Parquet file means row number
+        frame.attrs["source"] = str(path)
+        return frame
+    if sep is None:
+        sep = "\t" if suffix in (".tsv", ".tab") else ","
+    return read_delimited(path, sep, encoding=encoding)
+
+
+def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """Unix seconds from numbers or from date strings (ISO 8601 and the like)."""
+    s = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(s):
+        parsed = pd.to_datetime(s, utc=True)
+    else:
+        numeric = pd.to_numeric(s, errors="coerce")
+        if not numeric.isna().any():
+            return number_column(frame, column, integer=False).astype(np.int64)
+        parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna().to_numpy()
+    if bad.any():
+        pos = int(np.flatnonzero(bad)[0])
+        raise MetarecError(
+            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
+            f"{s.iloc[pos]!r} is neither unix seconds nor a date"
+        )
+    return (parsed.astype("int64") // 10**9).to_numpy(np.int64)  # ns since epoch -> s
+
+
+def read_table(
+    path: str | os.PathLike,
+    *,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    rating_col: str = "rating",
+    time_col: str | None = "timestamp",
+    label_col: str | None = None,
+    domain_col: str | None = None,
+    sep: str | None = None,
+    encoding: str = "utf-8",
+    rating_range: tuple[float, float] | None = None,
+    items_path: str | os.PathLike | None = None,
+    item_id_col: str | None = None,
+    item_text_cols: tuple[str, ...] | list[str] = (),
+    item_categorical_cols: tuple[str, ...] | list[str] = (),
+    item_numeric_cols: tuple[str, ...] | list[str] = (),
+    name: str | None = None,
+) -> RawData:
+    """A user's own interaction log (CSV/TSV/Parquet) as :class:`RawData`.
+
+    Explicit feedback by default (``rating_col``, range inferred from the data unless
+    ``rating_range`` is given). With ``label_col`` the log is implicit: labels must be 0/1.
+    ``time_col`` is used when the column exists (numbers = unix seconds, or date strings);
+    otherwise the row order is the time order (``has_time=False``). ``domain_col`` tags
+    each row with a domain; the item side file, if given, then gets each item's domain too.
+    """
+    path = Path(path)
+    frame = _read_any(path, sep, encoding)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    value_col = label_col if label_col is not None else rating_col
+    require_columns(frame, [user_col, item_col, value_col])
+    if domain_col is not None:
+        require_columns(frame, [domain_col])
+    users = id_column(frame, user_col)
+    items = id_column(frame, item_col)
+    values = number_column(frame, value_col)
+    if label_col is not None:
+        off = ~np.isin(values, (0.0, 1.0))
+        if off.any():
+            pos = int(np.flatnonzero(off)[0])
+            raise MetarecError(
+                f"{path}: line {_line_of(frame, pos)}: label column {label_col!r} must be 0 or 1, "
+                f"got {frame[label_col].iloc[pos]!r}"
+            )
+        feedback, rng = "implicit", (0.0, 1.0)
+    else:
+        feedback = "explicit"
+        rng = (float(values.min()), float(values.max())) if rating_range is None else rating_range
+        lo, hi = float(rng[0]), float(rng[1])
+        out = (values < lo) | (values > hi)
+        if out.any():
+            pos = int(np.flatnonzero(out)[0])
+            raise MetarecError(
+                f"{path}: line {_line_of(frame, pos)}: rating {values[pos]:g} is outside "
+                f"rating_range {lo:g}..{hi:g}"
+            )
+        rng = (lo, hi)
+    has_time = time_col is not None and time_col in frame.columns
+    ts = _timestamps(frame, time_col) if has_time else None
+    domain = id_column(frame, domain_col) if domain_col is not None else None
+    ratings = make_ratings_frame(users, items, values, ts, domain)
+
+    item_frame = None
+    text_cols = tuple(item_text_cols)
+    cat_cols = tuple(item_categorical_cols)
+    num_cols = tuple(item_numeric_cols)
+    if items_path is not None:
+        ipath = Path(items_path)
+        side = _read_any(ipath, None, encoding)
+        side.columns = [str(c).strip() for c in side.columns]
+        key = item_id_col or item_col
+        require_columns(side, [key, *text_cols, *cat_cols, *num_cols])
+        item_frame = pd.DataFrame({"item_id": id_column(side, key).to_numpy(object)})
+        for c in text_cols:
+            item_frame[c] = side[c].fillna("").astype(str).to_numpy(object)
+        for c in cat_cols:
+            item_frame[c] = side[c].astype("string").to_numpy(object)
+        for c in num_cols:
+            item_frame[c] = optional_number(side[c])
+        if domain is not None and "domain" not in item_frame.columns:
+            # An item's domain is the one its interactions carry (first seen wins).
+            first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
+            item_frame["domain"] = item_frame["item_id"].map(first).to_numpy(object)
+            cat_cols = (*cat_cols, "domain")
+    elif text_cols or cat_cols or num_cols:
+        raise MetarecError("item side columns were given but no items_path")
+    return RawData(
+        name=name or path.stem,
+        ratings=ratings,
+        feedback=feedback,
+        rating_range=rng,
+        has_time=has_time,
+        items=item_frame,
+        item_text_columns=text_cols,
+        item_categorical_columns=cat_cols,
+        item_numeric_columns=num_cols,
+        source=str(path),
+    )
