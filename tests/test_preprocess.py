@@ -1,0 +1,252 @@
+"""preprocess: each step on hand-made data with hand-counted answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec.data.raw import RawData, make_ratings_frame
+from metarec.preprocess import PreprocessConfig, prepare, preprocess
+from metarec.types import MetarecError
+
+
+def raw_of(user_ids, item_ids, ratings, ts=None, domain=None, **kw) -> RawData:
+    kw.setdefault("feedback", "explicit")
+    kw.setdefault("rating_range", (1.0, 5.0))
+    kw.setdefault("has_time", True)
+    frame = make_ratings_frame(user_ids, item_ids, ratings, ts, domain)
+    return RawData(name="toy", ratings=frame, **kw)
+
+
+def step(reports, name):
+    (rep,) = [r for r in reports if r["step"] == name]
+    return rep
+
+
+def pairs(raw: RawData) -> list[tuple[str, str, float, int]]:
+    r = raw.ratings
+    return list(
+        zip(
+            r.user_id.tolist(),
+            r.item_id.tolist(),
+            r.rating.tolist(),
+            r.timestamp.tolist(),
+            strict=True,
+        )
+    )
+
+
+def test_default_config_leaves_clean_data_untouched():
+    raw = raw_of(["a", "a", "b"], ["x", "y", "x"], [1, 5, 3], [10, 20, 30])
+    out, reports = preprocess(raw)
+    assert pairs(out) == pairs(raw)
+    assert out.feedback == "explicit" and out.rating_range == (1.0, 5.0)
+    assert all(r["rows_before"] == r["rows_after"] == 3 for r in reports)
+    assert [r["step"] for r in reports] == [
+        "missing_ids",
+        "timestamps",
+        "rating_range",
+        "dedupe",
+        "side_missing",
+        "unknown_items",
+        "straight_liners",
+        "k_core",
+        "normalize",
+        "binarize",
+    ]
+    json.dumps(reports)  # reports are JSON-ready as they are
+
+
+def test_missing_ids_and_ratings_are_dropped_and_counted():
+    raw = raw_of(["a", None, "c", "d", ""], ["x", "y", None, "z", "w"], [1, 2, 3, None, 4])
+    out, reports = preprocess(raw)
+    assert out.ratings.user_id.tolist() == ["a"]
+    rep = step(reports, "missing_ids")
+    assert (rep["missing_user_id"], rep["missing_item_id"], rep["missing_rating"]) == (2, 1, 1)
+    assert (rep["rows_before"], rep["rows_after"]) == (5, 1)
+
+
+def test_bad_timestamps_and_out_of_range_ratings():
+    raw = raw_of(
+        ["a", "a", "a", "a", "a"],
+        ["p", "q", "r", "s", "t"],
+        [1, 0, 6, 5, 3],
+        pd.Series([5, 6, 7, -1, "later"], dtype=object),
+    )
+    out, reports = preprocess(raw)
+    assert pairs(out) == [("a", "p", 1.0, 5)]
+    assert out.ratings.timestamp.dtype == np.int64
+    ts = step(reports, "timestamps")
+    assert (ts["not_a_number"], ts["negative"], ts["rows_after"]) == (1, 1, 3)
+    rr = step(reports, "rating_range")
+    assert (rr["below"], rr["above"], rr["rows_after"]) == (1, 1, 1)
+
+
+def test_bad_timestamp_without_dropping_raises():
+    raw = raw_of(["a"], ["p"], [1], pd.Series(["soon"], dtype=object))
+    with pytest.raises(MetarecError, match="timestamp 'soon'"):
+        preprocess(raw, PreprocessConfig(drop_bad_timestamps=False))
+
+
+def test_dedupe_keeps_latest_per_user_item_domain():
+    # (a, x, d1) three times: the latest (t=30) wins even though it is not last in the log;
+    # (a, x, d2) is another domain and stays; (b, x) ties at t=5: the later log row wins.
+    raw = raw_of(
+        ["a", "a", "a", "a", "b", "b"],
+        ["x", "x", "x", "x", "x", "x"],
+        [1, 5, 2, 4, 3, 4],
+        [10, 30, 20, 10, 5, 5],
+        ["d1", "d1", "d1", "d2", "d1", "d1"],
+    )
+    out, reports = preprocess(raw)
+    r = out.ratings
+    assert list(zip(r.user_id, r.rating, r.timestamp, r.domain, strict=True)) == [
+        ("a", 5.0, 30, "d1"),
+        ("a", 4.0, 10, "d2"),
+        ("b", 4.0, 5, "d1"),
+    ]
+    assert step(reports, "dedupe")["duplicates"] == 3
+    out2, _ = preprocess(raw, PreprocessConfig(dedupe=False))
+    assert len(out2.ratings) == 6
+
+
+def test_k_core_is_iterative():
+    # 2-core. Pass 1: items z, z2 (one rating each) and user c (one rating) go.
+    # Pass 2: user b has only y left -> goes. Pass 3: y has only a left -> goes. Pass 4: stable.
+    raw = raw_of(
+        ["a", "a", "a", "b", "b", "c", "d", "d"],
+        ["x", "w", "y", "y", "z", "z2", "x", "w"],
+        [1, 2, 3, 4, 5, 1, 2, 3],
+    )
+    out, reports = preprocess(raw, PreprocessConfig(user_min_count=2, item_min_count=2))
+    assert sorted(set(out.ratings.user_id)) == ["a", "d"]
+    assert sorted(set(out.ratings.item_id)) == ["w", "x"]
+    rep = step(reports, "k_core")
+    assert (rep["dropped_users"], rep["dropped_items"], rep["rows_after"]) == (2, 3, 4)
+    assert rep["iterations"] == 4
+    uc = out.ratings.user_id.value_counts()
+    ic = out.ratings.item_id.value_counts()
+    assert uc.min() >= 2 and ic.min() >= 2
+
+
+def test_straight_liners_only_when_enabled():
+    raw = raw_of(
+        ["a", "a", "a", "b", "b", "b", "c", "c"],
+        ["x", "y", "z", "x", "y", "z", "x", "y"],
+        [4, 4, 4, 1, 2, 3, 5, 5],
+    )
+    assert len(preprocess(raw)[0].ratings) == 8
+    out, reports = preprocess(raw, PreprocessConfig(straight_liner_min_ratings=3))
+    # a: 3 equal ratings -> out; c: equal but only 2 ratings -> stays.
+    assert sorted(set(out.ratings.user_id)) == ["b", "c"]
+    assert step(reports, "straight_liners")["dropped_users"] == 1
+    implicit = raw_of(["a"], ["x"], [1], feedback="implicit", rating_range=(0.0, 1.0))
+    with pytest.raises(MetarecError, match="explicit"):
+        preprocess(implicit, PreprocessConfig(straight_liner_min_ratings=3))
+
+
+def test_binarize_threshold():
+    raw = raw_of(["a", "a", "b"], ["x", "y", "x"], [3, 4, 5])
+    out, reports = preprocess(raw, PreprocessConfig(binarize_threshold=4))
+    assert out.ratings.rating.tolist() == [0.0, 1.0, 1.0]
+    assert out.feedback == "implicit" and out.rating_range == (0.0, 1.0)
+    rep = step(reports, "binarize")
+    assert (rep["positives"], rep["negatives"]) == (2, 1)
+
+
+def catalogue_raw(**cfg) -> RawData:
+    items = pd.DataFrame(
+        {
+            "item_id": ["x", "y", "z"],
+            "title": ["X", "Y", None],
+            "genre": ["g1", None, "g1"],
+            "year": [1990.0, np.nan, 2000.0],
+        }
+    )
+    users = pd.DataFrame({"user_id": ["a", "b"], "age": [20.0, 40.0]})
+    return raw_of(
+        ["a", "a", "b", "b"],
+        ["x", "y", "z", "ghost"],
+        [1, 2, 3, 4],
+        items=items,
+        users=users,
+        item_text_columns=("title",),
+        item_categorical_columns=("genre",),
+        item_numeric_columns=("year",),
+        user_numeric_columns=("age",),
+    )
+
+
+def test_side_missing_fill_strategies():
+    raw = catalogue_raw()
+    out, reports = preprocess(
+        raw, PreprocessConfig(missing_numeric="mean", missing_categorical="mode")
+    )
+    assert out.items.year.tolist() == [1990.0, 1995.0, 2000.0]
+    assert out.items.genre.tolist() == ["g1", "g1", "g1"]
+    assert out.items.title.isna().tolist() == [False, False, True]  # text kept as is
+    assert len(out.ratings) == 4
+    cols = step(reports, "side_missing")["columns"]["items"]
+    assert cols["year"] == {"strategy": "mean", "missing": 1, "filled": 1, "value": 1995.0}
+    out_m, _ = preprocess(raw, PreprocessConfig.from_dict({"missing_columns": {"year": "median"}}))
+    assert out_m.items.year.tolist() == [1990.0, 1995.0, 2000.0]
+    with pytest.raises(MetarecError, match="'genre' is not numeric"):
+        preprocess(raw, PreprocessConfig(missing_categorical="mean"))
+
+
+def test_side_missing_drop_removes_entity_and_its_interactions():
+    raw = catalogue_raw()
+    out, reports = preprocess(raw, PreprocessConfig(missing_text="drop"))
+    assert out.items.item_id.tolist() == ["x", "y"]
+    assert pairs(out) == [("a", "x", 1.0, 0), ("a", "y", 2.0, 1), ("b", "ghost", 4.0, 3)]
+    rep = step(reports, "side_missing")
+    assert (rep["dropped_items"], rep["dropped_item_rows"], rep["rows_after"]) == (1, 1, 3)
+
+
+def test_unknown_items_and_normalize_then_prepare():
+    raw = catalogue_raw()
+    cfg = PreprocessConfig(drop_unknown_items=True, normalize="minmax", missing_numeric="mean")
+    ds = prepare(raw, cfg)
+    assert ds.items.ids.tolist() == ["x", "y", "z"]  # catalogue order; "ghost" gone
+    assert len(ds.interactions) == 3
+    assert step(ds.report, "unknown_items")["unknown_items"] == 1
+    assert ds.item_table.frame.year.tolist() == [0.0, 0.5, 1.0]
+    assert ds.user_table.frame.age.tolist() == [0.0, 1.0]
+    assert step(ds.report, "normalize")["stats"]["items.year"] == {"min": 1990.0, "max": 2000.0}
+    rep = ds.report[-1]
+    assert (rep["step"], rep["users"], rep["items"]) == ("reindex", 2, 3)
+    json.dumps(list(ds.report))
+    z = preprocess(raw, PreprocessConfig(normalize="zscore"))[0]
+    # users' age: mean 30, population std 10 -> -1, +1
+    assert z.users.age.tolist() == [-1.0, 1.0]
+    no_catalogue = raw_of(["a"], ["x"], [1])
+    with pytest.raises(MetarecError, match="catalogue"):
+        preprocess(no_catalogue, PreprocessConfig(drop_unknown_items=True))
+
+
+def test_k_core_also_prunes_catalogue_and_refuses_to_empty():
+    items = pd.DataFrame({"item_id": ["x", "y", "z"]})
+    raw = raw_of(["a", "b", "a", "b", "c"], ["x", "x", "y", "y", "z"], [1, 2, 3, 4, 5], items=items)
+    ds = prepare(raw, PreprocessConfig(item_min_count=2))
+    # z is filtered out, so it must not come back as an unrated catalogue item; c had only z.
+    assert ds.items.ids.tolist() == ["x", "y"]
+    assert ds.users.ids.tolist() == ["a", "b"]
+    assert step(ds.report, "k_core")["dropped_item_rows"] == 1
+    with pytest.raises(MetarecError, match="removed every interaction"):
+        preprocess(raw, PreprocessConfig(item_min_count=3))
+
+
+def test_config_from_dict_rejects_unknown_and_bad_values():
+    with pytest.raises(MetarecError, match="unknown key.*kcore"):
+        PreprocessConfig.from_dict({"kcore": 5})
+    with pytest.raises(MetarecError, match="normalize"):
+        PreprocessConfig(normalize="l2")
+    with pytest.raises(MetarecError, match="user_min_count"):
+        PreprocessConfig(user_min_count=-1)
+    with pytest.raises(MetarecError, match="dedupe"):
+        PreprocessConfig.from_dict({"dedupe": "yes"})
+    cfg = PreprocessConfig.from_dict({"user_min_count": 5, "binarize_threshold": 4})
+    assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
