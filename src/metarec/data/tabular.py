@@ -237,7 +237,9 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
             f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
             f"{s.iloc[pos]!r} is neither unix seconds nor a date"
         )
-    return (parsed.astype("int64") // 10**9).to_numpy(np.int64)  # ns since epoch -> s
+    # Via a Timedelta: the datetime unit (ns, us, s) differs across pandas versions.
+    epoch = pd.Timestamp(0, tz="UTC")
+    return ((parsed - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
 def read_table(

@@ -1,0 +1,565 @@
+"""Loaders on small hand-written files: parsed values, counts and every bad-input error."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec.data import (
+    DATASETS,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+    read_raw,
+)
+from metarec.data.amazon import read_food_kitchen, read_unisrec
+from metarec.data.goodbooks import bundled_sample_dir, read_goodbooks
+from metarec.data.lastfm import read_lastfm
+from metarec.data.movielens import read_movielens_1m, read_movielens_100k
+from metarec.data.raw import build_dataset
+from metarec.data.tabular import read_table
+from metarec.types import MetarecError
+
+
+def write(path, text: str, encoding: str = "utf-8"):
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+# ----------------------------------------------------------------------------- MovieLens
+
+
+@pytest.fixture
+def ml100k(tmp_path):
+    d = tmp_path / "ml-100k"
+    d.mkdir()
+    write(d / "u.data", "1\t10\t5\t900\n2\t10\t3\t800\n1\t20\t4\t1000\n")
+    flags_10 = ["0"] * 19
+    flags_10[3] = flags_10[4] = flags_10[5] = "1"  # Animation, Children's, Comedy
+    flags_20 = ["0"] * 19
+    flags_20[8] = "1"  # Drama
+    write(
+        d / "u.item",
+        "10|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(flags_10) + "\n"
+        "20|Misérables, Les (1995)|01-Jan-1995||http://y|" + "|".join(flags_20) + "\n"
+        '30|Nobody Rated "This" (1970)|||http://z|' + "|".join(["0"] * 19) + "\n",
+        encoding="latin-1",
+    )
+    write(d / "u.user", "1|24|M|technician|85711\n2|53|F|other|T8H1N\n")
+    return d
+
+
+def test_movielens_100k_parses_ratings_items_users(ml100k):
+    raw = read_movielens_100k(ml100k)
+    assert raw.feedback == "explicit" and raw.has_time and raw.rating_range == (1.0, 5.0)
+    assert raw.ratings["timestamp"].tolist() == [900, 800, 1000]
+    assert raw.ratings["user_id"].tolist() == ["1", "2", "1"]
+    items = raw.items.set_index("item_id")
+    assert items.loc["10", "genres"] == "Animation|Children's|Comedy"
+    assert items.loc["20", "title"] == "Misérables, Les (1995)"  # latin-1 decoded
+    assert items.loc["30", "title"] == 'Nobody Rated "This" (1970)'  # quotes kept
+    assert items["year"].tolist() == [1995.0, 1995.0, 1970.0]
+    users = raw.users.set_index("user_id")
+    assert users.loc["2", "age"] == 53.0 and users.loc["2", "zip_prefix"] == "T"
+    assert raw.item_text_columns == ("title", "genres")
+
+
+def test_movielens_100k_dataset_info_counts_rated_and_catalogue(ml100k):
+    info = dataset_info(build_dataset(read_movielens_100k(ml100k)))
+    assert info["interactions"] == 3
+    assert info["users"] == 2
+    assert info["items"] == 2  # item 30 has no rating
+    assert info["catalogue_items"] == 3
+    assert info["time"] == "unix_seconds" and info["time_range"] == [800, 1000]
+    assert info["rating_counts"] == {"3": 1, "4": 1, "5": 1}
+    assert info["domains"] == [{"name": "default", "interactions": 3, "users": 2, "items": 2}]
+    assert info["user_categorical_columns"] == ["gender", "occupation", "zip_prefix"]
+    assert info["user_numeric_columns"] == ["age"]
+
+
+def test_movielens_100k_rating_out_of_scale_names_line(ml100k):
+    write(ml100k / "u.data", "1\t10\t5\t900\n2\t10\t7\t800\n")
+    with pytest.raises(MetarecError, match=r"u.data: line 2: rating 7 is outside 1..5"):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_non_numeric_timestamp_names_line(ml100k):
+    write(ml100k / "u.data", "1\t10\t5\t900\n2\t10\t3\tyesterday\n")
+    with pytest.raises(MetarecError, match=r"line 2: column 'timestamp' value 'yesterday'"):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_missing_file(ml100k):
+    (ml100k / "u.user").unlink()
+    with pytest.raises(MetarecError, match=r"required file 'u.user' not found"):
+        read_movielens_100k(ml100k)
+
+
+@pytest.fixture
+def ml1m(tmp_path):
+    d = tmp_path / "ml-1m"
+    d.mkdir()
+    write(
+        d / "movies.dat",
+        "1::Toy Story (1995)::Animation|Children's|Comedy\n"
+        "260::Star Wars: Episode IV - A New Hope (1977)::Action|Sci-Fi\n",
+        encoding="latin-1",
+    )
+    write(d / "users.dat", "1::F::1::10::48067\n2::M::56::16::70072\n")
+    return d
+
+
+def test_movielens_1m_without_ratings_says_where_to_get_it(ml1m):
+    with pytest.raises(MetarecError, match=r"ratings.dat is required.*ml-1m.zip"):
+        read_movielens_1m(ml1m)
+
+
+def test_movielens_1m_parses_double_colon_files(ml1m):
+    write(ml1m / "ratings.dat", "1::260::5::978300760\n2::1::3::978302109\n")
+    raw = read_movielens_1m(ml1m)
+    assert raw.ratings[["user_id", "item_id"]].values.tolist() == [["1", "260"], ["2", "1"]]
+    assert raw.ratings["rating"].tolist() == [5.0, 3.0]
+    items = raw.items.set_index("item_id")
+    assert items.loc["260", "title"] == "Star Wars: Episode IV - A New Hope (1977)"
+    assert items.loc["260", "year"] == 1977.0
+    assert raw.users.set_index("user_id").loc["2", "age"] == "56"  # age bucket code
+    assert raw.has_time
+
+
+def test_movielens_1m_malformed_ratings_line(ml1m):
+    write(ml1m / "ratings.dat", "1::260::5::978300760\n2::1::3\n")
+    with pytest.raises(MetarecError, match=r"ratings.dat: line 2: column 'timestamp'"):
+        read_movielens_1m(ml1m)
+
+
+def test_movielens_1m_malformed_movies_line(ml1m):
+    write(ml1m / "ratings.dat", "1::260::5::978300760\n")
+    write(ml1m / "movies.dat", "1::Toy Story (1995)\n")
+    with pytest.raises(MetarecError, match=r"movies.dat: line 1: expected 3 '::'-separated"):
+        read_movielens_1m(ml1m)
+
+
+# ----------------------------------------------------------------------------- goodbooks
+
+
+@pytest.fixture
+def goodbooks_dir(tmp_path):
+    d = tmp_path / "gb"
+    d.mkdir()
+    write(d / "ratings.csv", "user_id,book_id,rating\n7,1,5\n8,2,3\n7,2,4\n")
+    write(
+        d / "books.csv",
+        "book_id,goodreads_book_id,authors,original_publication_year,original_title,title,language_code\n"
+        '1,100,"Collins, S.",2008.0,The Hunger Games,"The Hunger Games (#1)",eng\n'
+        "2,200,Anon,,,Untitled,\n"
+        "3,300,Nobody,1999.0,X,Never Rated,en-US\n",
+    )
+    write(
+        d / "book_tags.csv",
+        "goodreads_book_id,tag_id,count\n100,0,900\n100,1,50\n100,2,70\n200,1,5\n",
+    )
+    write(d / "tags.csv", "tag_id,tag_name\n0,to-read\n1,dystopia\n2,young-adult\n")
+    return d
+
+
+def test_goodbooks_parses_books_and_top_shelves(goodbooks_dir):
+    raw = read_goodbooks(goodbooks_dir)
+    assert raw.feedback == "explicit" and not raw.has_time
+    assert raw.ratings["timestamp"].tolist() == [0, 1, 2]  # row order
+    items = raw.items.set_index("item_id")
+    assert items.loc["1", "authors"] == "Collins, S."
+    # "to-read" is a generic shelf and is dropped; the rest by count, highest first
+    assert items.loc["1", "shelves"] == "young-adult, dystopia"
+    assert items.loc["2", "year"] != items.loc["2", "year"]  # NaN: unknown year
+    assert items.loc["3", "year"] == 1999.0
+    assert raw.item_text_columns == ("title", "original_title", "authors", "shelves")
+    info = dataset_info(build_dataset(raw))
+    assert (info["users"], info["items"], info["catalogue_items"]) == (2, 2, 3)
+    assert info["time"] == "order"
+
+
+def test_goodbooks_accepts_prefix_file_name(goodbooks_dir):
+    (goodbooks_dir / "ratings.csv").rename(goodbooks_dir / "ratings_prefix.csv")
+    assert len(read_goodbooks(goodbooks_dir).ratings) == 3
+
+
+def test_goodbooks_without_ratings_file(goodbooks_dir):
+    (goodbooks_dir / "ratings.csv").unlink()
+    with pytest.raises(MetarecError, match=r"no ratings file .*ratings.csv, ratings_prefix.csv"):
+        read_goodbooks(goodbooks_dir)
+
+
+def test_goodbooks_bad_rating_names_line(goodbooks_dir):
+    write(goodbooks_dir / "ratings.csv", "user_id,book_id,rating\n7,1,5\n8,2,0\n")
+    with pytest.raises(MetarecError, match=r"ratings.csv: line 3: rating 0 is outside 1..5"):
+        read_goodbooks(goodbooks_dir)
+
+
+def test_goodbooks_missing_column(goodbooks_dir):
+    write(goodbooks_dir / "ratings.csv", "user_id,item,rating\n7,1,5\n")
+    with pytest.raises(MetarecError, match=r"missing column\(s\) book_id"):
+        read_goodbooks(goodbooks_dir)
+
+
+def test_bundled_sample_loads_without_path_or_env(monkeypatch):
+    monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
+    t0 = time.perf_counter()
+    ds = load_dataset("goodbooks-sample")
+    elapsed = time.perf_counter() - t0
+    info = dataset_info(ds)
+    # published: 49,886 ratings, 990 users, 4,278 books (SOURCE.md of goodbooks-sample)
+    assert (info["interactions"], info["users"], info["items"]) == (49886, 990, 4278)
+    assert info["catalogue_items"] == 4278
+    assert info["rating_counts"] == {"1": 1232, "2": 4089, "3": 13227, "4": 17890, "5": 13448}
+    assert ds.item_table.frame["title"].notna().all()
+    assert elapsed < 1.0, f"bundled sample took {elapsed:.2f}s"
+    lic = (bundled_sample_dir() / "DATA_LICENSE.md").read_text()
+    assert "CC BY-SA 4.0" in lic and "zygmuntz/goodbooks-10k" in lic
+
+
+# ----------------------------------------------------------------------------- Amazon
+
+
+@pytest.fixture
+def food_kitchen(tmp_path):
+    d = tmp_path / "fk"
+    d.mkdir()
+    write(
+        d / "items_A_food.tsv",
+        'global_item_id\tlocal_index\tasin\ttitle\n0\t0\tF0\tOats\n1\t1\tF1\t12" Tea\n',
+    )
+    write(
+        d / "items_B_kitchen.tsv",
+        "global_item_id\tlocal_index\tasin\ttitle\n2\t0\tK0\tPan\n3\t1\tK1\tKnife\n",
+    )
+    write(d / "train_A.txt", "1\t0,1\n")
+    write(d / "train_B.txt", "1\t2,3\n2\t3\n")
+    write(d / "train_overlap.txt", "1\t0,2,1\n")
+    write(d / "valid.txt", "1\t3,0\n")
+    write(d / "test.txt", "1\t1,2,3\n")
+    return d
+
+
+def test_food_kitchen_domains_and_overlap(food_kitchen):
+    raw = read_food_kitchen(food_kitchen)
+    r = raw.ratings
+    assert raw.feedback == "implicit" and not raw.has_time
+    assert (r["rating"] == 1.0).all()
+    ov = r[r["user_id"] == "train_overlap:1"]
+    assert ov["item_id"].tolist() == ["F0", "K0", "F1"]  # merged, order kept
+    assert ov["domain"].tolist() == ["food", "kitchen", "food"]
+    assert ov["timestamp"].is_monotonic_increasing
+    assert raw.items.set_index("item_id").loc["F1", "title"] == '12" Tea'
+    assert raw.items["domain"].tolist() == ["food", "food", "kitchen", "kitchen"]
+    info = dataset_info(build_dataset(raw))
+    # train_A:1, train_B:1, train_B:2, train_overlap:1, valid:1, test:1
+    assert info["users"] == info["catalogue_users"] == 6
+    assert info["overlapping_users"] == 3
+    dom = {d["name"]: d for d in info["domains"]}
+    assert dom["food"]["interactions"] == 2 + 2 + 1 + 1
+    assert dom["kitchen"]["interactions"] == 3 + 1 + 1 + 2
+
+
+def test_food_kitchen_unknown_item_in_sequence(food_kitchen):
+    write(food_kitchen / "test.txt", "1\t1,99\n")
+    with pytest.raises(MetarecError, match=r"sequence item id '99' is not in the item files"):
+        read_food_kitchen(food_kitchen)
+
+
+def test_food_kitchen_malformed_sequence_line(food_kitchen):
+    write(food_kitchen / "valid.txt", "1\t3,0\n2 3 0\n")
+    with pytest.raises(MetarecError, match=r"valid.txt: line 2: expected 'user<TAB>item"):
+        read_food_kitchen(food_kitchen)
+
+
+def _unisrec(d, seqs: dict[int, list[int]], cap: int = 50):
+    """Write RecBole/UniSRec files for full sequences, capping histories like UniSRec."""
+    d.mkdir()
+    header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    parts = {"train": [], "valid": [], "test": []}
+    for u, seq in seqs.items():
+        n = len(seq)
+        for k in range(n - 3, 0, -1):  # train rows longest first, target seq[k]
+            parts["train"].append((u, seq[max(0, k - cap) : k], seq[k]))
+        parts["valid"].append((u, seq[max(0, n - 2 - cap) : n - 2], seq[n - 2]))
+        parts["test"].append((u, seq[max(0, n - 1 - cap) : n - 1], seq[n - 1]))
+    for split, rows in parts.items():
+        body = "".join(f"{u}\t{' '.join(map(str, h))}\t{t}\n" for u, h, t in rows)
+        write(d / f"Scientific.{split}.inter", header + body)
+    items = sorted({i for s in seqs.values() for i in s})
+    write(d / "Scientific.item2index", "".join(f"ASIN{i}\t{i}\n" for i in items))
+    write(d / "Scientific.user2index", "".join(f"REV{u}\t{u}\n" for u in seqs))
+    write(
+        d / "Scientific.text",
+        "item_id:token\ttext:token_seq\n"
+        + "".join(f"ASIN{i}\tThing {i}. Tools. Acme. \n" for i in items),
+    )
+
+
+def test_unisrec_recovers_full_sequences_beyond_the_history_cap(tmp_path):
+    long_seq = list(range(100, 153))  # 53 items: the test row's history is capped at 50
+    _unisrec(tmp_path / "sci", {0: [1, 2, 3, 4, 5], 1: long_seq})
+    raw = read_unisrec(tmp_path / "sci")
+    r = raw.ratings
+    assert r[r["user_id"] == "REV0"]["item_id"].tolist() == [f"ASIN{i}" for i in (1, 2, 3, 4, 5)]
+    assert r[r["user_id"] == "REV1"]["item_id"].tolist() == [f"ASIN{i}" for i in long_seq]
+    assert len(r) == 5 + 53
+    assert raw.items.set_index("item_id").loc["ASIN3", "text"] == "Thing 3. Tools. Acme."
+
+
+def test_unisrec_inconsistent_histories(tmp_path):
+    _unisrec(tmp_path / "sci", {0: [1, 2, 3, 4, 5]})
+    write(
+        tmp_path / "sci" / "Scientific.test.inter",
+        "user_id:token\titem_id_list:token_seq\titem_id:token\n0\t1 2 9 4\t5\n",
+    )
+    with pytest.raises(MetarecError, match=r"do not form one sequence"):
+        read_unisrec(tmp_path / "sci")
+
+
+def test_unisrec_unknown_item_index(tmp_path):
+    _unisrec(tmp_path / "sci", {0: [1, 2, 3, 4, 5]})
+    write(tmp_path / "sci" / "Scientific.item2index", "ASIN1\t1\n")
+    with pytest.raises(MetarecError, match=r"item index '2' is not in Scientific.item2index"):
+        read_unisrec(tmp_path / "sci")
+
+
+# ----------------------------------------------------------------------------- Last.fm
+
+
+@pytest.fixture
+def lastfm(tmp_path):
+    d = tmp_path / "lfm"
+    d.mkdir()
+    write(
+        d / "user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t99\r\n3\t51\t0\r\n3\t52\t7\r\n"
+    )
+    write(d / "artists.dat", "id\tname\turl\tpictureURL\r\n51\tBjörk\tu\tp\r\n52\tABBA\tu\tp\r\n")
+    write(
+        d / "tags.dat", "tagID\ttagValue\r\n1\tpop\r\n2\tislandaise\r\n3\telectronic\r\n", "latin-1"
+    )
+    write(
+        d / "user_taggedartists.dat",
+        "userID\tartistID\ttagID\tday\tmonth\tyear\r\n"
+        + "".join(f"{u}\t51\t{t}\t1\t1\t2009\r\n" for u, t in [(2, 3), (3, 3), (2, 2), (2, 1)]),
+    )
+    return d
+
+
+def test_lastfm_implicit_with_name_and_top_tags(lastfm):
+    raw = read_lastfm(lastfm)
+    assert raw.feedback == "implicit" and raw.ratings["rating"].tolist() == [1.0, 1.0, 1.0]
+    items = raw.items.set_index("item_id")
+    assert items.loc["51", "name"] == "Björk"
+    # electronic x2 first, then the one-count tags by name; latin-1 decoded
+    assert items.loc["51", "tags"] == "electronic, islandaise, pop"
+    assert items.loc["52", "tags"] == ""
+
+
+def test_lastfm_log_plays_option(lastfm):
+    raw = read_lastfm(lastfm, plays="log")
+    assert raw.feedback == "explicit"
+    np.testing.assert_allclose(raw.ratings["rating"], np.log1p([99, 0, 7]))
+    assert raw.rating_range == (0.0, pytest.approx(np.log1p(99)))
+    with pytest.raises(MetarecError, match=r"plays must be 'label' or 'log'"):
+        read_lastfm(lastfm, plays="raw")
+
+
+# ----------------------------------------------------------------------------- generic table
+
+
+def test_csv_explicit_with_string_ids_and_dates(tmp_path):
+    p = write(
+        tmp_path / "log.csv",
+        "user_id,item_id,rating,timestamp\n"
+        "u007,A,4,2020-01-01T00:00:00Z\n12,B,2.5,2020-01-02\n12,A,5,1970-01-01T00:01:40Z\n",
+    )
+    raw = read_table(p)
+    assert raw.ratings["user_id"].tolist() == ["u007", "12", "12"]
+    assert raw.ratings["timestamp"].tolist() == [1577836800, 1577923200, 100]
+    assert raw.has_time and raw.rating_range == (2.5, 5.0) and raw.feedback == "explicit"
+
+
+def test_csv_without_time_column_uses_order(tmp_path):
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n4,5,1\n")
+    raw = read_table(p)
+    assert not raw.has_time and raw.ratings["timestamp"].tolist() == [0, 1]
+
+
+def test_csv_label_domain_and_item_side_file(tmp_path):
+    p = write(
+        tmp_path / "log.tsv",
+        "uid\tiid\tclicked\tcat\n1\tx\t1\tbooks\n1\ty\t0\tfilms\n2\tx\t1\tbooks\n",
+    )
+    side = write(tmp_path / "items.csv", "iid,name,price\nx,Dune,9.5\ny,Alien,oops\n")
+    raw = read_table(
+        p,
+        user_col="uid",
+        item_col="iid",
+        label_col="clicked",
+        domain_col="cat",
+        items_path=side,
+        item_text_cols=["name"],
+        item_numeric_cols=["price"],
+    )
+    assert raw.feedback == "implicit" and raw.rating_range == (0.0, 1.0)
+    assert raw.ratings["rating"].tolist() == [1.0, 0.0, 1.0]
+    assert raw.ratings["domain"].tolist() == ["books", "films", "books"]
+    items = raw.items.set_index("item_id")
+    assert items.loc["x", "name"] == "Dune" and items.loc["x", "domain"] == "books"
+    assert items.loc["x", "price"] == 9.5 and np.isnan(items.loc["y", "price"])
+    info = dataset_info(build_dataset(raw))
+    assert [(d["name"], d["interactions"]) for d in info["domains"]] == [("books", 2), ("films", 1)]
+    assert info["item_text_columns"] == ["name"]
+
+
+def test_parquet_with_integer_ids(tmp_path):
+    p = tmp_path / "log.parquet"
+    pd.DataFrame(
+        {"user_id": [1, 2], "item_id": [10, 20], "rating": [3.0, 4.0], "timestamp": [5, 6]}
+    ).to_parquet(p)
+    raw = read_raw("parquet", p)
+    assert raw.ratings["item_id"].tolist() == ["10", "20"]
+    assert raw.ratings["timestamp"].tolist() == [5, 6]
+
+
+def test_parquet_nan_id_names_row(tmp_path):
+    p = tmp_path / "log.parquet"
+    pd.DataFrame({"user_id": [1.0, np.nan], "item_id": [10, 20], "rating": [3.0, 4.0]}).to_parquet(
+        p
+    )
+    with pytest.raises(MetarecError, match=r"line 2: column 'user_id' has an empty id"):
+        read_table(p)
+
+
+def test_parquet_not_parquet(tmp_path):
+    p = write(tmp_path / "log.parquet", "user_id,item_id\n1,2\n")
+    with pytest.raises(MetarecError, match=r"not a readable Parquet file"):
+        read_table(p)
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "message"),
+    [
+        ("user,item_id,rating\n1,2,3\n", {}, r"log.csv: missing column\(s\) user_id"),
+        ("user_id,item_id,rating\n1,2,3\n4,5,6,7\n", {}, r"log.csv: malformed line.*line 3"),
+        ("", {}, r"log.csv: file is empty"),
+        ("  \n\n", {}, r"log.csv: file is empty"),
+        ("user_id,item_id,rating\n", {}, r"log.csv: file has a header but no rows"),
+        ("user_id,item_id,rating\n1,2,3\n,5,4\n", {}, r"line 3: column 'user_id' has an empty id"),
+        ("user_id,item_id,rating\n1,2,3\n1,5,good\n", {}, r"line 3: column 'rating' value 'good'"),
+        (
+            "user_id,item_id,rating\n1,2,3\n1,5,9\n",
+            {"rating_range": (1, 5)},
+            r"line 3: rating 9 is outside rating_range 1..5",
+        ),
+        (
+            "user_id,item_id,click\n1,2,1\n1,5,2\n",
+            {"label_col": "click"},
+            r"line 3: label column 'click' must be 0 or 1",
+        ),
+        (
+            "user_id,item_id,rating,timestamp\n1,2,3,2020-01-01\n1,5,4,soon\n",
+            {},
+            r"line 3: column 'timestamp' value 'soon' is neither",
+        ),
+        ("user_id,item_id,rating\n1,2,3\n", {"domain_col": "cat"}, r"missing column\(s\) cat"),
+        (
+            "user_id,item_id,rating\n1,2,3\n",
+            {"item_text_cols": ["title"]},
+            r"item side columns were given but no items_path",
+        ),
+    ],
+)
+def test_csv_bad_input(tmp_path, content, kwargs, message):
+    p = write(tmp_path / "log.csv", content)
+    with pytest.raises(MetarecError, match=message):
+        read_table(p, **kwargs)
+
+
+def test_csv_undecodable_byte_names_line(tmp_path):
+    p = tmp_path / "log.csv"
+    p.write_bytes(b"user_id,item_id,rating\n1,2,3\n1,caf\xe9,4\n")
+    with pytest.raises(MetarecError, match=r"log.csv: line 3: byte 0xe9 is not valid utf-8"):
+        read_table(p)
+    assert read_table(p, encoding="latin-1").ratings["item_id"].tolist() == ["2", "café"]
+
+
+def test_csv_missing_file(tmp_path):
+    with pytest.raises(MetarecError, match=r"file not found"):
+        read_table(tmp_path / "nope.csv")
+
+
+def test_item_side_file_missing_declared_column(tmp_path):
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n")
+    side = write(tmp_path / "items.csv", "item_id,name\n2,x\n")
+    with pytest.raises(MetarecError, match=r"items.csv: missing column\(s\) title"):
+        read_table(p, items_path=side, item_text_cols=["title"])
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_registry_lists_every_dataset_explicitly():
+    names = [d["name"] for d in list_datasets()]
+    assert names == list(DATASETS)
+    assert {
+        "goodbooks-sample",
+        "movielens-100k",
+        "movielens-1m",
+        "goodbooks",
+        "amazon-food-kitchen",
+        "amazon-scientific",
+        "lastfm-hetrec",
+        "csv",
+        "parquet",
+    } <= set(names)
+    no_path = [d["name"] for d in list_datasets() if not d["needs_path"]]
+    assert no_path == ["goodbooks-sample"]
+    assert all(d["description"] and d["license"] for d in list_datasets())
+
+
+def test_unknown_dataset_name_is_not_guessed():
+    with pytest.raises(MetarecError, match=r"unknown dataset 'MovieLens-100k'; known: "):
+        read_raw("MovieLens-100k")
+
+
+def test_missing_path_and_env_tells_what_to_do(monkeypatch):
+    monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
+    with pytest.raises(MetarecError, match=r"pass --path .*ml-100k or set METAREC_DATA_DIR"):
+        read_raw("movielens-100k")
+    with pytest.raises(MetarecError, match=r"csv: pass --path"):
+        read_raw("csv")
+
+
+def test_env_data_dir_is_used(monkeypatch, tmp_path, ml100k):
+    monkeypatch.setenv("METAREC_DATA_DIR", str(ml100k.parent))
+    assert len(read_raw("movielens-100k").ratings) == 3
+    monkeypatch.setenv("METAREC_DATA_DIR", str(tmp_path / "empty"))
+    with pytest.raises(MetarecError, match=r"data folder .*ml-100k' does not exist"):
+        read_raw("movielens-100k")
+
+
+def test_unknown_option_is_an_error(ml100k):
+    with pytest.raises(MetarecError, match=r"movielens-100k: unknown option\(s\) min_rating"):
+        read_raw("movielens-100k", ml100k, min_rating=3)
+
+
+def test_csv_options_pass_through(tmp_path):
+    p = write(tmp_path / "log.csv", "u,i,r\n1,2,3\n")
+    raw = read_raw("csv", p, user_col="u", item_col="i", rating_col="r")
+    assert raw.ratings["item_id"].tolist() == ["2"] and raw.name == "log"
+
+
+def test_load_dataset_applies_preprocess_and_keeps_report(ml100k):
+    def keep_high(raw):
+        r = raw.ratings
+        return raw.with_ratings(r[r["rating"] >= 4]), {"step": "keep_high", "dropped": 1}
+
+    ds = load_dataset("movielens-100k", ml100k, preprocess=keep_high)
+    assert len(ds.interactions) == 2
+    assert ds.report == ({"step": "keep_high", "dropped": 1},)
+    assert sorted(ds.to_frame()["rating"].tolist()) == [4.0, 5.0]
