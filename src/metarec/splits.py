@@ -1,0 +1,607 @@
+"""Cold-start protocols: Dataset -> Split (training interactions + valid/test episodes).
+
+Every protocol is a deterministic function of the dataset and ``seed`` (a numpy Generator
+is used only where no timestamps decide). Within a user, "first" and "next" always mean
+time order, ties broken by position in ``ds.interactions`` (a stable sort).
+
+Protocols (registry :data:`PROTOCOLS`, entry point :func:`make_split`):
+
+* ``warm``           sampled users keep their history in train; their last Q events are the
+                     query, the K events just before are the support (also in train).
+* ``user-cold``      the newest users (by first interaction) are held out entirely;
+                     support = their first K events, query = the next Q.
+* ``item-cold``      the newest items are removed from train; per user, support = first K
+                     events on warm items, query = first Q events on held-out items.
+* ``user-item-cold`` both: held-out users and items never reach train; the query holds
+                     only held-out items.
+* ``cross-domain``   users active in both domains; a share of them is made cold in the
+                     target domain, their source history stays in train.
+
+Held-out sets are disjoint between validation and test. An episode needs exactly K
+support events and at least one query event; held-out users without one are *dropped*
+(they are still kept out of train) and counted in ``Split.summary``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from metarec.types import Dataset, Interactions, MetarecError, Split, Task
+
+# --- helpers over index arrays -------------------------------------------------------------
+
+
+def _check_shots(ds: Dataset, k_shot: int, n_query: int) -> None:
+    for name, v in (("k_shot", k_shot), ("n_query", n_query)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+            raise MetarecError(f"split: {name} must be an integer >= 1, got {v!r}")
+    if len(ds.interactions) == 0:
+        raise MetarecError(f"split: dataset {ds.name!r} has no interactions")
+    longest = int(np.bincount(ds.interactions.user_idx).max())
+    if longest <= k_shot:
+        raise MetarecError(
+            f"split: k_shot={k_shot} but the longest user history in {ds.name!r} has "
+            f"{longest} interactions, so no episode (K support + >= 1 query) is possible"
+        )
+
+
+def _n_of(frac: float, n: int, name: str) -> int:
+    if not 0.0 <= frac < 1.0:
+        raise MetarecError(f"split: {name} must be in [0, 1), got {frac!r}")
+    # At least one entity for any positive share, so tiny data still gets a set.
+    return max(1, round(frac * n)) if frac > 0 else 0
+
+
+def _hold_out(
+    ordered: np.ndarray, valid_frac: float, test_frac: float, what: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut an oldest-first array into (kept, valid, test): test = the last share.
+
+    Returns index arrays; valid and test are disjoint, and at least one entity is kept.
+    """
+    n = len(ordered)
+    n_test = _n_of(test_frac, n, "test_frac")
+    n_valid = _n_of(valid_frac, n, "valid_frac")
+    if n_test == 0:
+        raise MetarecError("split: test_frac must be > 0")
+    if n_test + n_valid >= n:
+        raise MetarecError(
+            f"split: {n} {what} cannot give {n_test} test + {n_valid} validation {what} "
+            "and keep any for training; lower test_frac/valid_frac"
+        )
+    return (
+        ordered[: n - n_test - n_valid],
+        ordered[n - n_test - n_valid : n - n_test],
+        ordered[n - n_test :],
+    )
+
+
+def _time_order(inter: Interactions) -> np.ndarray:
+    """Row order by (timestamp, position): the stable time sort."""
+    return np.lexsort((np.arange(len(inter)), inter.timestamp))
+
+
+def _by_first_appearance(keys: np.ndarray, inter: Interactions) -> np.ndarray:
+    """Distinct keys ordered by their first event in time (oldest first)."""
+    uniq, first = np.unique(keys[_time_order(inter)], return_index=True)
+    return uniq[np.argsort(first, kind="stable")]
+
+
+def _newest_last(
+    keys: np.ndarray, inter: Interactions, has_time: bool, rng: np.random.Generator
+) -> np.ndarray:
+    """Entities (users or items) ordered so that the 'newest' come last.
+
+    With times: by first interaction. Without (timestamps are only log positions, which
+    need not say anything about arrival): a seeded random order.
+    """
+    if has_time:
+        return _by_first_appearance(keys, inter)
+    return rng.permutation(np.unique(keys))
+
+
+def _rank_in_user(inter: Interactions, mask: np.ndarray, from_end: bool = False) -> np.ndarray:
+    """(n,) int64: each masked row's 0-based rank among its user's masked rows in time
+    order (counted from the latest when ``from_end``); -1 for rows outside the mask."""
+    out = np.full(len(inter), -1, dtype=np.int64)
+    idx = np.flatnonzero(mask)
+    if len(idx) == 0:
+        return out
+    order = idx[np.lexsort((idx, inter.timestamp[idx], inter.user_idx[idx]))]
+    users = inter.user_idx[order]
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])  # first row of each run
+    run = np.cumsum(np.r_[True, users[1:] != users[:-1]]) - 1  # run id of each row
+    rank = np.arange(len(order)) - starts[run]
+    if from_end:
+        lengths = np.diff(np.r_[starts, len(order)])
+        rank = lengths[run] - 1 - rank
+    out[order] = rank
+    return out
+
+
+def _rows_by_user(inter: Interactions, mask: np.ndarray) -> dict[int, np.ndarray]:
+    """Masked row indices grouped by user, each group in time order."""
+    idx = np.flatnonzero(mask)
+    order = idx[np.lexsort((idx, inter.timestamp[idx], inter.user_idx[idx]))]
+    users = inter.user_idx[order]
+    cut = np.flatnonzero(users[1:] != users[:-1]) + 1
+    return {
+        int(g[0]): rows
+        for g, rows in zip(np.split(users, cut), np.split(order, cut), strict=True)
+        if len(g)
+    }
+
+
+def _episodes(
+    inter: Interactions,
+    users: np.ndarray,
+    support: np.ndarray,
+    query: np.ndarray,
+    k_shot: int,
+) -> tuple[tuple[Task, ...], int]:
+    """One Task per user in ``users`` that has exactly K support rows and >= 1 query row.
+
+    ``support``/``query`` are disjoint row masks. Returns the tasks (by user index) and how
+    many users had no episode.
+    """
+    assert not np.any(support & query), "support and query rows overlap"
+    s_rows, q_rows = _rows_by_user(inter, support), _rows_by_user(inter, query)
+    tasks = []
+    for u in np.sort(users).tolist():
+        s, q = s_rows.get(u), q_rows.get(u)
+        if s is None or q is None or len(s) < k_shot:
+            continue
+        tasks.append(Task(user_idx=u, support=inter.take(s), query=inter.take(q)))
+    return tuple(tasks), len(users) - len(tasks)
+
+
+def _summary(
+    ds: Dataset,
+    protocol: str,
+    train: Interactions,
+    valid: tuple[Task, ...],
+    test: tuple[Task, ...],
+    params: dict,
+    **extra,
+) -> dict:
+    def sizes(tasks, part):
+        return int(sum(len(getattr(t, part)) for t in tasks))
+
+    return {
+        "protocol": protocol,
+        "dataset": ds.name,
+        "params": params,
+        "train_interactions": int(len(train)),
+        "train_users": int(len(np.unique(train.user_idx))),
+        "train_items": int(len(np.unique(train.item_idx))),
+        "valid_users": len(valid),
+        "test_users": len(test),
+        "valid_support": sizes(valid, "support"),
+        "valid_query": sizes(valid, "query"),
+        "test_support": sizes(test, "support"),
+        "test_query": sizes(test, "query"),
+        **{k: int(v) if isinstance(v, int | np.integer) else v for k, v in extra.items()},
+    }
+
+
+def _need_test(test: tuple[Task, ...], protocol: str, k_shot: int, why: str) -> None:
+    if not test:
+        raise MetarecError(
+            f"split {protocol}: no test episode is possible with k_shot={k_shot} ({why})"
+        )
+
+
+# --- protocols -----------------------------------------------------------------------------
+
+
+def warm(
+    ds: Dataset,
+    k_shot: int,
+    n_query: int,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """Warm users, temporal hold-out.
+
+    Eligible users have more than K interactions; a seeded share becomes validation/test.
+    For each, the query is the last min(Q, n - K) interactions and the support the K just
+    before them. Train = everything except the query rows (the support stays in train).
+    """
+    _check_shots(ds, k_shot, n_query)
+    inter = ds.interactions
+    rng = np.random.default_rng(seed)
+    counts = np.bincount(inter.user_idx, minlength=ds.n_users)
+    eligible = np.flatnonzero(counts > k_shot)
+    _, valid_u, test_u = _hold_out(rng.permutation(eligible), valid_frac, test_frac, "users")
+    held = np.isin(inter.user_idx, np.concatenate([valid_u, test_u]))
+    from_end = _rank_in_user(inter, held, from_end=True)
+    n_q = np.minimum(n_query, counts[inter.user_idx] - k_shot)  # (n,) query size of row's user
+    query = held & (from_end >= 0) & (from_end < n_q)
+    support = held & (from_end >= n_q) & (from_end < n_q + k_shot)
+    train = inter.take(~query)
+    valid, dropped_v = _episodes(inter, valid_u, support, query, k_shot)
+    test, dropped_t = _episodes(inter, test_u, support, query, k_shot)
+    _need_test(test, "warm", k_shot, "no user has more than K interactions")
+    params = dict(
+        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
+    )
+    return Split(
+        protocol="warm",
+        train=train,
+        valid=valid,
+        test=test,
+        seed=seed,
+        k_shot=k_shot,
+        n_query=n_query,
+        summary=_summary(
+            ds,
+            "warm",
+            train,
+            valid,
+            test,
+            params,
+            eligible_users=len(eligible),
+            dropped_valid_users=dropped_v,
+            dropped_test_users=dropped_t,
+        ),
+    )
+
+
+def user_cold(
+    ds: Dataset,
+    k_shot: int,
+    n_query: int,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """New users: the newest users (by first interaction) are held out of train entirely.
+
+    Support = a held-out user's first K interactions, query = the next Q (or what remains);
+    users with <= K interactions are dropped from the episodes. Without timestamps the
+    held-out users are a seeded random share.
+    """
+    _check_shots(ds, k_shot, n_query)
+    inter = ds.interactions
+    rng = np.random.default_rng(seed)
+    ordered = _newest_last(inter.user_idx, inter, ds.has_time, rng)
+    _, valid_u, test_u = _hold_out(ordered, valid_frac, test_frac, "users")
+    held = np.isin(inter.user_idx, np.concatenate([valid_u, test_u]))
+    rank = _rank_in_user(inter, held)
+    support = held & (rank >= 0) & (rank < k_shot)
+    query = held & (rank >= k_shot) & (rank < k_shot + n_query)
+    train = inter.take(~held)
+    valid, dropped_v = _episodes(inter, valid_u, support, query, k_shot)
+    test, dropped_t = _episodes(inter, test_u, support, query, k_shot)
+    _need_test(test, "user-cold", k_shot, f"all {len(test_u)} test users have <= K interactions")
+    params = dict(
+        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
+    )
+    return Split(
+        protocol="user-cold",
+        train=train,
+        valid=valid,
+        test=test,
+        seed=seed,
+        k_shot=k_shot,
+        n_query=n_query,
+        summary=_summary(
+            ds,
+            "user-cold",
+            train,
+            valid,
+            test,
+            params,
+            held_out_valid_users=len(valid_u),
+            held_out_test_users=len(test_u),
+            dropped_valid_users=dropped_v,
+            dropped_test_users=dropped_t,
+            by_time=ds.has_time,
+        ),
+    )
+
+
+def _cold_item_sets(
+    ds: Dataset, valid_frac: float, test_frac: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    inter = ds.interactions
+    ordered = _newest_last(inter.item_idx, inter, ds.has_time, rng)
+    _, valid_i, test_i = _hold_out(ordered, valid_frac, test_frac, "items")
+    return valid_i, test_i
+
+
+def item_cold(
+    ds: Dataset,
+    k_shot: int,
+    n_query: int,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """New items: the newest items (by first interaction) never reach train.
+
+    Episodes are per user: support = the user's first K interactions with warm items (these
+    stay in train; the user is warm), query = their first Q interactions with the held-out
+    items of that part (validation or test). ``Split.cold_items`` = both held-out sets.
+    """
+    _check_shots(ds, k_shot, n_query)
+    inter = ds.interactions
+    rng = np.random.default_rng(seed)
+    valid_i, test_i = _cold_item_sets(ds, valid_frac, test_frac, rng)
+    cold = np.isin(inter.item_idx, np.concatenate([valid_i, test_i]))
+    warm_rank = _rank_in_user(inter, ~cold)
+    support = (warm_rank >= 0) & (warm_rank < k_shot)
+    train = inter.take(~cold)
+    parts = []
+    for items in (valid_i, test_i):
+        on = np.isin(inter.item_idx, items)
+        rank = _rank_in_user(inter, on)
+        query = on & (rank >= 0) & (rank < n_query)
+        users = np.unique(inter.user_idx[on])
+        parts.append((*_episodes(inter, users, support, query, k_shot), len(users)))
+    (valid, dropped_v, cand_v), (test, dropped_t, cand_t) = parts
+    _need_test(test, "item-cold", k_shot, "no user of a test item has K warm interactions")
+    params = dict(
+        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
+    )
+    return Split(
+        protocol="item-cold",
+        train=train,
+        valid=valid,
+        test=test,
+        seed=seed,
+        k_shot=k_shot,
+        n_query=n_query,
+        cold_items=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
+        summary=_summary(
+            ds,
+            "item-cold",
+            train,
+            valid,
+            test,
+            params,
+            cold_items=len(valid_i) + len(test_i),
+            valid_cold_items=len(valid_i),
+            test_cold_items=len(test_i),
+            dropped_valid_users=dropped_v,
+            dropped_test_users=dropped_t,
+            candidate_valid_users=cand_v,
+            candidate_test_users=cand_t,
+            by_time=ds.has_time,
+        ),
+    )
+
+
+def user_item_cold(
+    ds: Dataset,
+    k_shot: int,
+    n_query: int,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 0,
+) -> Split:
+    """New users meeting new items: train holds neither the held-out users nor items.
+
+    Users and items are held out as in :func:`user_cold` and :func:`item_cold`. For a
+    held-out user, support = their first K interactions with warm items, query = their
+    first Q interactions with the held-out items of the same part (test users with test
+    items, validation users with validation items).
+    """
+    _check_shots(ds, k_shot, n_query)
+    inter = ds.interactions
+    rng = np.random.default_rng(seed)
+    ordered = _newest_last(inter.user_idx, inter, ds.has_time, rng)
+    _, valid_u, test_u = _hold_out(ordered, valid_frac, test_frac, "users")
+    valid_i, test_i = _cold_item_sets(ds, valid_frac, test_frac, rng)
+    cold_user = np.isin(inter.user_idx, np.concatenate([valid_u, test_u]))
+    cold_item = np.isin(inter.item_idx, np.concatenate([valid_i, test_i]))
+    warm_rank = _rank_in_user(inter, cold_user & ~cold_item)
+    support = (warm_rank >= 0) & (warm_rank < k_shot)
+    train = inter.take(~cold_user & ~cold_item)
+    parts = []
+    for users, items in ((valid_u, valid_i), (test_u, test_i)):
+        on = np.isin(inter.user_idx, users) & np.isin(inter.item_idx, items)
+        rank = _rank_in_user(inter, on)
+        query = on & (rank >= 0) & (rank < n_query)
+        parts.append(_episodes(inter, users, support, query, k_shot))
+    (valid, dropped_v), (test, dropped_t) = parts
+    _need_test(
+        test,
+        "user-item-cold",
+        k_shot,
+        "no test user has K warm interactions and one on a test item",
+    )
+    params = dict(
+        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
+    )
+    return Split(
+        protocol="user-item-cold",
+        train=train,
+        valid=valid,
+        test=test,
+        seed=seed,
+        k_shot=k_shot,
+        n_query=n_query,
+        cold_items=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
+        summary=_summary(
+            ds,
+            "user-item-cold",
+            train,
+            valid,
+            test,
+            params,
+            held_out_valid_users=len(valid_u),
+            held_out_test_users=len(test_u),
+            cold_items=len(valid_i) + len(test_i),
+            valid_cold_items=len(valid_i),
+            test_cold_items=len(test_i),
+            dropped_valid_users=dropped_v,
+            dropped_test_users=dropped_t,
+            by_time=ds.has_time,
+        ),
+    )
+
+
+def cross_domain(
+    ds: Dataset,
+    source: str,
+    target: str,
+    k_shot: int,
+    n_query: int,
+    valid_frac: float = 0.1,
+    test_frac: float = 0.2,
+    seed: int = 0,
+    support_in_train: bool = False,
+) -> Split:
+    """Users known in ``source`` who are cold in ``target``.
+
+    Overlapping users (interactions in both domains) are shuffled with ``seed``; a share
+    becomes validation/test. For them, support = first K target interactions, query = the
+    next Q. Train = all source interactions + target interactions of the other users
+    (+ the held-out users' supports when ``support_in_train``). Their remaining target
+    interactions, and every interaction in a third domain, are left out (counted).
+    """
+    names = list(ds.domains)
+    for role, name in (("source", source), ("target", target)):
+        if name not in names:
+            raise MetarecError(
+                f"split cross-domain: unknown {role} domain {name!r}; known: {', '.join(names)}"
+            )
+    if source == target:
+        raise MetarecError(f"split cross-domain: source and target are both {source!r}")
+    _check_shots(ds, k_shot, n_query)
+    inter = ds.interactions
+    s_dom, t_dom = names.index(source), names.index(target)
+    in_s, in_t = inter.domain == s_dom, inter.domain == t_dom
+    overlap = np.intersect1d(inter.user_idx[in_s], inter.user_idx[in_t])
+    if len(overlap) == 0:
+        raise MetarecError(
+            f"split cross-domain: no user has interactions in both {source!r} and {target!r}"
+        )
+    rng = np.random.default_rng(seed)
+    _, valid_u, test_u = _hold_out(
+        rng.permutation(overlap), valid_frac, test_frac, "overlapping users"
+    )
+    held = in_t & np.isin(inter.user_idx, np.concatenate([valid_u, test_u]))
+    rank = _rank_in_user(inter, held)
+    support = held & (rank >= 0) & (rank < k_shot)
+    query = held & (rank >= k_shot) & (rank < k_shot + n_query)
+    in_train = in_s | (in_t & ~held) | (support if support_in_train else False)
+    train = inter.take(in_train)
+    valid, dropped_v = _episodes(inter, valid_u, support, query, k_shot)
+    test, dropped_t = _episodes(inter, test_u, support, query, k_shot)
+    _need_test(
+        test, "cross-domain", k_shot, f"no test user has more than K {target!r} interactions"
+    )
+    params = dict(
+        source=source,
+        target=target,
+        k_shot=k_shot,
+        n_query=n_query,
+        valid_frac=valid_frac,
+        test_frac=test_frac,
+        seed=seed,
+        support_in_train=support_in_train,
+    )
+    return Split(
+        protocol="cross-domain",
+        train=train,
+        valid=valid,
+        test=test,
+        seed=seed,
+        k_shot=k_shot,
+        n_query=n_query,
+        source_domain=s_dom,
+        target_domain=t_dom,
+        summary=_summary(
+            ds,
+            "cross-domain",
+            train,
+            valid,
+            test,
+            params,
+            overlapping_users=len(overlap),
+            held_out_valid_users=len(valid_u),
+            held_out_test_users=len(test_u),
+            dropped_valid_users=dropped_v,
+            dropped_test_users=dropped_t,
+            other_domain_interactions_left_out=int((~in_s & ~in_t).sum()),
+        ),
+    )
+
+
+PROTOCOLS: dict[str, Callable[..., Split]] = {
+    "warm": warm,
+    "user-cold": user_cold,
+    "item-cold": item_cold,
+    "user-item-cold": user_item_cold,
+    "cross-domain": cross_domain,
+}
+
+
+def make_split(ds: Dataset, protocol: str, **kw) -> Split:
+    """``PROTOCOLS[protocol](ds, **kw)``, with a clear error for an unknown name."""
+    try:
+        fn = PROTOCOLS[protocol]
+    except KeyError:
+        raise MetarecError(
+            f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}"
+        ) from None
+    return fn(ds, **kw)
+
+
+# --- writing -------------------------------------------------------------------------------
+
+SPLIT_FILES = (
+    "train.csv",
+    "valid_support.csv",
+    "valid_query.csv",
+    "test_support.csv",
+    "test_query.csv",
+    "summary.json",
+)
+
+
+def write_split(
+    split: Split, ds: Dataset, out_dir: str | os.PathLike, overwrite: bool = False
+) -> Path:
+    """Write the split with raw ids (user_id, item_id, rating, timestamp, domain).
+
+    Files: :data:`SPLIT_FILES`. Everything is written into a temporary folder next to
+    ``out_dir`` and renamed into place, so ``out_dir`` is either complete or absent.
+    """
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise MetarecError(f"{out}: already exists (pass overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        parts = {
+            "train": split.train,
+            "valid_support": Interactions.concat([t.support for t in split.valid]),
+            "valid_query": Interactions.concat([t.query for t in split.valid]),
+            "test_support": Interactions.concat([t.support for t in split.test]),
+            "test_query": Interactions.concat([t.query for t in split.test]),
+        }
+        for name, inter in parts.items():
+            ds.to_frame(inter).to_csv(tmp / f"{name}.csv", index=False)
+        (tmp / "summary.json").write_text(json.dumps(split.summary, indent=2, sort_keys=True))
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

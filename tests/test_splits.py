@@ -1,0 +1,364 @@
+"""Cold-start protocols on tiny hand-made data: known held-out sets, no leakage."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec import splits
+from metarec.data.raw import RawData, build_dataset, make_ratings_frame
+from metarec.splits import (
+    PROTOCOLS,
+    cross_domain,
+    item_cold,
+    make_split,
+    user_cold,
+    user_item_cold,
+    warm,
+    write_split,
+)
+from metarec.types import Dataset, Interactions, MetarecError, Split
+
+
+def dataset(rows, has_time=True, name="toy") -> Dataset:
+    """rows: (user_id, item_id, timestamp[, domain]) tuples; rating = 1 + position % 5."""
+    cols = list(zip(*rows, strict=True))
+    domain = cols[3] if len(cols) > 3 else None
+    ratings = [1 + i % 5 for i in range(len(rows))]
+    frame = make_ratings_frame(cols[0], cols[1], ratings, cols[2], domain)
+    raw = RawData(name, frame, "explicit", (1.0, 5.0), has_time)
+    return build_dataset(raw)
+
+
+def keys(inter: Interactions) -> set[tuple[int, int, int, int]]:
+    return set(
+        zip(
+            inter.user_idx.tolist(),
+            inter.item_idx.tolist(),
+            inter.timestamp.tolist(),
+            inter.domain.tolist(),
+            strict=True,
+        )
+    )
+
+
+def raw_users(ds: Dataset, tasks) -> list[str]:
+    return [ds.users.ids[t.user_idx] for t in tasks]
+
+
+def raw_items(ds: Dataset, inter: Interactions) -> list[str]:
+    return ds.items.ids[inter.item_idx].tolist()
+
+
+def check_invariants(split: Split) -> None:
+    """What every protocol promises, checked row by row."""
+    train = keys(split.train)
+    for tasks in (split.valid, split.test):
+        for t in tasks:
+            assert len(t.support) == split.k_shot
+            assert 1 <= len(t.query) <= split.n_query
+            assert not keys(t.support) & keys(t.query)
+            assert not keys(t.query) & train  # no query event reaches train
+            assert (
+                set(t.support.user_idx.tolist()) == set(t.query.user_idx.tolist()) == {t.user_idx}
+            )
+            # time order inside the episode, support before query for user-level protocols
+            assert np.all(np.diff(t.support.timestamp) >= 0)
+            assert np.all(np.diff(t.query.timestamp) >= 0)
+    if len(split.cold_items):
+        assert not np.isin(split.train.item_idx, split.cold_items).any()
+
+
+# --- user cold -----------------------------------------------------------------------------
+
+
+def ten_users() -> Dataset:
+    # user u<i> joins at t = 100 i and rates 6 items at 100 i + j; u8 rates only 2.
+    # Rows are listed newest first so the log order disagrees with time order.
+    rows = []
+    for i in range(10):
+        n = 2 if i == 8 else 6
+        rows += [(f"u{i}", f"i{(i + j) % 7}", 100 * i + j) for j in range(n)]
+    return dataset(rows[::-1])
+
+
+def test_user_cold_known_answer():
+    ds = ten_users()
+    s = user_cold(ds, k_shot=2, n_query=3, valid_frac=0.1, test_frac=0.2, seed=0)
+    check_invariants(s)
+    # Newest two users by first interaction are u8, u9 (test); u8 has only 2 <= K -> dropped.
+    assert raw_users(ds, s.test) == ["u9"]
+    assert raw_users(ds, s.valid) == ["u7"]
+    (t,) = s.test
+    assert t.support.timestamp.tolist() == [900, 901]  # first K in time order
+    assert t.query.timestamp.tolist() == [902, 903, 904]  # the next Q
+    assert raw_items(ds, t.support) == ["i2", "i3"]
+    # train = all interactions of u0..u6 and nothing of u7, u8, u9
+    assert sorted(set(ds.users.ids[s.train.user_idx])) == [f"u{i}" for i in range(7)]
+    assert len(s.train) == 7 * 6
+    sm = s.summary
+    assert (sm["test_users"], sm["dropped_test_users"], sm["held_out_test_users"]) == (1, 1, 2)
+    assert (sm["valid_support"], sm["valid_query"], sm["train_interactions"]) == (2, 3, 42)
+    json.dumps(sm)
+
+
+def test_user_cold_query_is_what_remains_after_k():
+    ds = ten_users()
+    s = user_cold(ds, k_shot=4, n_query=5, seed=0)
+    (t,) = s.test
+    assert t.query.timestamp.tolist() == [904, 905]  # 6 events: K = 4, only 2 remain
+
+
+def test_user_cold_same_seed_same_split_different_seed_differs_without_time():
+    rows = [(f"u{i}", f"i{(i * j) % 11}", 10 * i + j) for i in range(40) for j in range(5)]
+    ds = dataset(rows, has_time=False)
+    a = user_cold(ds, k_shot=2, n_query=2, seed=7)
+    b = user_cold(ds, k_shot=2, n_query=2, seed=7)
+    c = user_cold(ds, k_shot=2, n_query=2, seed=8)
+    assert [t.user_idx for t in a.test] == [t.user_idx for t in b.test]
+    assert keys(a.train) == keys(b.train)
+    for ta, tb in zip(a.test, b.test, strict=True):
+        assert keys(ta.query) == keys(tb.query)
+    assert {t.user_idx for t in a.test} != {t.user_idx for t in c.test}
+    assert not {t.user_idx for t in a.valid} & {t.user_idx for t in a.test}
+    check_invariants(a)
+    check_invariants(c)
+
+
+def test_ties_in_time_keep_log_order():
+    # Four events of u1 at the same second: support = the first two rows of the log.
+    rows = [("u0", "a", 0), ("u0", "b", 1), ("u0", "c", 2)]
+    rows += [("u1", "w", 5), ("u1", "x", 5), ("u1", "y", 5), ("u1", "z", 5)]
+    ds = dataset(rows)
+    s = user_cold(ds, k_shot=2, n_query=2, valid_frac=0.0, test_frac=0.5, seed=0)
+    (t,) = s.test
+    assert raw_items(ds, t.support) == ["w", "x"]
+    assert raw_items(ds, t.query) == ["y", "z"]
+
+
+def test_impossible_k_and_bad_arguments_raise():
+    ds = ten_users()
+    with pytest.raises(MetarecError, match="k_shot=6.*longest user history.*6"):
+        user_cold(ds, k_shot=6, n_query=1)
+    with pytest.raises(MetarecError, match="k_shot must be an integer >= 1"):
+        user_cold(ds, k_shot=0, n_query=1)
+    with pytest.raises(MetarecError, match="n_query must be an integer >= 1"):
+        warm(ds, k_shot=1, n_query=0)
+    with pytest.raises(MetarecError, match="test_frac"):
+        user_cold(ds, k_shot=1, n_query=1, test_frac=1.5)
+    with pytest.raises(MetarecError, match="keep any for training"):
+        user_cold(ds, k_shot=1, n_query=1, valid_frac=0.5, test_frac=0.5)
+    # The only (newest) test user is too short for K = 2, though u0 is long enough.
+    short = dataset([("u0", f"i{j}", j) for j in range(5)] + [("u1", "i0", 10)])
+    with pytest.raises(MetarecError, match="no test episode.*all 1 test users have <= K"):
+        user_cold(short, k_shot=2, n_query=1, valid_frac=0.0, test_frac=0.5)
+    with pytest.raises(MetarecError, match="unknown split protocol 'cold'"):
+        make_split(ds, "cold", k_shot=1, n_query=1)
+
+
+# --- item cold -----------------------------------------------------------------------------
+
+
+def items_by_age(skip=()) -> Dataset:
+    # Item i<j> first appears at t = 100 j; user number k rates every item at 100 j + k.
+    rows = [
+        (f"u{k}", f"i{j}", 100 * j + k)
+        for j in range(10)
+        for k in range(6)
+        if (f"u{k}", f"i{j}") not in skip
+    ]
+    return dataset(rows)
+
+
+def test_item_cold_known_answer():
+    # u5 never meets the test items; u4 has only one warm item (i0) -> dropped.
+    skip = {("u5", "i8"), ("u5", "i9")} | {("u4", f"i{j}") for j in range(1, 7)}
+    ds = items_by_age(skip)
+    s = item_cold(ds, k_shot=2, n_query=3, valid_frac=0.1, test_frac=0.2, seed=0)
+    check_invariants(s)
+    assert sorted(ds.items.ids[s.cold_items]) == ["i7", "i8", "i9"]
+    assert not set(raw_items(ds, s.train)) & {"i7", "i8", "i9"}
+    assert len(s.train) == 7 * 6 - 6  # i0..i6 for all users, minus u4's six skips
+    assert raw_users(ds, s.test) == ["u0", "u1", "u2", "u3"]
+    for t in s.test:
+        assert raw_items(ds, t.support) == ["i0", "i1"]  # first K warm items in time
+        assert raw_items(ds, t.query) == ["i8", "i9"]  # only test-cold items
+    for t in s.valid:
+        assert raw_items(ds, t.query) == ["i7"]
+    assert raw_users(ds, s.valid) == ["u0", "u1", "u2", "u3", "u5"]
+    sm = s.summary
+    assert (sm["test_cold_items"], sm["valid_cold_items"], sm["dropped_test_users"]) == (2, 1, 1)
+    assert (sm["dropped_valid_users"], sm["candidate_test_users"]) == (1, 5)
+
+
+def test_item_cold_valid_and_test_items_are_disjoint_without_time():
+    rows = [(f"u{k}", f"i{j}", 0) for j in range(30) for k in range(5)]
+    ds = dataset(rows, has_time=False)
+    a = item_cold(ds, k_shot=3, n_query=4, seed=1)
+    b = item_cold(ds, k_shot=3, n_query=4, seed=2)
+    check_invariants(a)
+    valid_items = {i for t in a.valid for i in t.query.item_idx.tolist()}
+    test_items = {i for t in a.test for i in t.query.item_idx.tolist()}
+    assert valid_items and test_items and not valid_items & test_items
+    assert len(a.cold_items) == 9  # 30 items: 6 test + 3 validation
+    assert not np.array_equal(a.cold_items, b.cold_items)
+
+
+# --- user-item cold ------------------------------------------------------------------------
+
+
+def test_user_item_cold_train_has_neither():
+    ds = items_by_age()
+    # Users by first event: u0 (t=0) ... u5 (t=5). Test user u5, validation u4.
+    s = user_item_cold(ds, k_shot=2, n_query=5, valid_frac=0.1, test_frac=0.2, seed=0)
+    check_invariants(s)
+    assert raw_users(ds, s.test) == ["u5"] and raw_users(ds, s.valid) == ["u4"]
+    assert not set(ds.users.ids[s.train.user_idx]) & {"u4", "u5"}
+    assert not set(raw_items(ds, s.train)) & {"i7", "i8", "i9"}
+    assert len(s.train) == 4 * 7
+    (t,) = s.test
+    assert raw_items(ds, t.support) == ["i0", "i1"]
+    assert raw_items(ds, t.query) == ["i8", "i9"]
+    assert raw_items(ds, s.valid[0].query) == ["i7"]
+
+
+# --- warm ----------------------------------------------------------------------------------
+
+
+def test_warm_holds_out_the_last_q():
+    ds = items_by_age()
+    s = warm(ds, k_shot=2, n_query=3, valid_frac=0.2, test_frac=0.2, seed=3)
+    check_invariants(s)
+    assert len(s.test) == 1 and len(s.valid) == 1
+    for t in (*s.valid, *s.test):
+        assert raw_items(ds, t.query) == ["i7", "i8", "i9"]
+        assert raw_items(ds, t.support) == ["i5", "i6"]
+        assert keys(t.support) <= keys(s.train)  # support stays in train
+    assert len(s.train) == 60 - 2 * 3
+    assert warm(ds, k_shot=2, n_query=3, seed=3).test[0].user_idx == s.test[0].user_idx
+
+
+# --- cross domain --------------------------------------------------------------------------
+
+
+def two_domains() -> Dataset:
+    rows = []
+    for k in range(10):  # overlapping users: 3 source events, then 5 target events
+        rows += [(f"o{k}", f"b{j}", 10 * k + j, "books") for j in range(3)]
+        rows += [(f"o{k}", f"m{j}", 10 * k + 3 + j, "movies") for j in range(5)]
+    rows += [("s0", "b0", 500, "books"), ("s0", "b1", 501, "books")]
+    rows += [("t0", "m0", 600, "movies"), ("t0", "m1", 601, "movies")]
+    rows += [("o0", "song", 700, "music")]
+    return dataset(rows)
+
+
+def test_cross_domain_known_counts():
+    ds = two_domains()
+    s = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0)
+    check_invariants(s)
+    books, movies = ds.domains.index("books"), ds.domains.index("movies")
+    assert (s.source_domain, s.target_domain) == (books, movies)
+    held = {t.user_idx for t in (*s.valid, *s.test)}
+    assert (
+        len(s.test) == 2
+        and len(s.valid) == 1
+        and not {t.user_idx for t in s.valid} & {t.user_idx for t in s.test}
+    )
+    # every source event stays; held-out users have no target event in train
+    assert (s.train.domain == books).sum() == 10 * 3 + 2
+    tgt_train_users = set(s.train.user_idx[s.train.domain == movies].tolist())
+    assert not tgt_train_users & held
+    assert (s.train.domain == movies).sum() == 7 * 5 + 2
+    assert s.summary["other_domain_interactions_left_out"] == 1
+    for t in s.test:
+        assert raw_items(ds, t.support) == ["m0", "m1"]
+        assert raw_items(ds, t.query) == ["m2", "m3"]
+        assert set(t.query.domain.tolist()) == {movies}
+    s2 = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0, support_in_train=True)
+    assert (s2.train.domain == movies).sum() == 7 * 5 + 2 + 3 * 2
+    check_invariants(s2)
+    with pytest.raises(MetarecError, match="unknown target domain 'games'"):
+        cross_domain(ds, "books", "games", k_shot=2, n_query=2)
+
+
+def test_registry_dispatches_every_protocol():
+    ds = two_domains()
+    assert set(PROTOCOLS) == {"warm", "user-cold", "item-cold", "user-item-cold", "cross-domain"}
+    s = make_split(ds, "cross-domain", source="books", target="movies", k_shot=1, n_query=1)
+    assert s.protocol == "cross-domain"
+    s = make_split(items_by_age(), "item-cold", k_shot=1, n_query=1, seed=5)
+    assert s.protocol == "item-cold" and s.seed == 5
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def test_write_split_raw_ids_and_atomic(tmp_path, monkeypatch):
+    ds = ten_users()
+    s = user_cold(ds, k_shot=2, n_query=3, seed=0)
+    out = write_split(s, ds, tmp_path / "split")
+    assert sorted(p.name for p in out.iterdir()) == sorted(splits.SPLIT_FILES)
+    train = pd.read_csv(out / "train.csv", dtype={"user_id": str, "item_id": str})
+    assert list(train.columns) == ["user_id", "item_id", "rating", "timestamp", "domain"]
+    assert len(train) == 42 and set(train.user_id) == {f"u{i}" for i in range(7)}
+    q = pd.read_csv(out / "test_query.csv")
+    assert q.user_id.tolist() == ["u9"] * 3 and q.timestamp.tolist() == [902, 903, 904]
+    assert json.loads((out / "summary.json").read_text()) == s.summary
+    with pytest.raises(MetarecError, match="already exists"):
+        write_split(s, ds, out)
+
+    # A failure half-way leaves the old folder intact and no temporary folder behind.
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(splits.json, "dumps", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_split(s, ds, out, overwrite=True)
+    with pytest.raises(OSError, match="disk full"):
+        write_split(s, ds, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(os.listdir(tmp_path)) == ["split"]
+    assert json.loads((out / "summary.json").read_text()) == s.summary
+    monkeypatch.undo()
+    s2 = user_cold(ds, k_shot=1, n_query=1, seed=0)
+    write_split(s2, ds, out, overwrite=True)
+    assert json.loads((out / "summary.json").read_text())["params"]["k_shot"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["split"]
+
+
+# --- real data -----------------------------------------------------------------------------
+
+
+@pytest.mark.data
+def test_movielens_100k_protocols():
+    if not os.environ.get("METAREC_DATA_DIR"):
+        pytest.skip("METAREC_DATA_DIR is unset: no real data to test on")
+    try:
+        from metarec.data import read_raw
+    except ImportError as err:  # pragma: no cover - loaders not merged yet
+        pytest.skip(f"dataset loaders unavailable: {err}")
+    if not (Path(os.environ["METAREC_DATA_DIR"]) / "ml-100k").is_dir():
+        pytest.skip("ml-100k is not under METAREC_DATA_DIR")
+    from metarec.preprocess import prepare
+
+    ds = prepare(read_raw("movielens-100k"))
+    # the default config leaves clean MovieLens-100K untouched
+    assert (len(ds.interactions), ds.n_users, ds.n_items) == (100_000, 943, 1682)
+    assert all(r["rows_before"] == r["rows_after"] == 100_000 for r in ds.report)
+    for protocol in ("warm", "user-cold", "item-cold", "user-item-cold"):
+        s = make_split(ds, protocol, k_shot=5, n_query=10, seed=0)
+        check_invariants(s)
+        assert len(s.test) > 0
+    s = user_cold(ds, k_shot=5, n_query=10, seed=0)
+    # 943 users: 189 newest in test, 94 in validation; every ML-100K user has >= 20 ratings
+    assert (len(s.test), len(s.valid), s.summary["dropped_test_users"]) == (189, 94, 0)
+    assert (
+        len(s.train)
+        + sum(np.bincount(ds.interactions.user_idx)[t.user_idx] for t in (*s.valid, *s.test))
+        == 100_000
+    )
