@@ -1,0 +1,225 @@
+"""The Recommender contract every baseline and meta-learned model implements.
+
+The contract is written once, here; implementations inherit these docstrings. It follows
+the cold-start episode of :class:`metarec.types.Task`: a model is fitted on the training
+interactions, then for each user it *adapts* to that user's support set and scores items.
+Adaptation is a pure computation: ``score``/``recommend`` never change the fitted model,
+so the same fitted object can serve many users, in any order, from many threads.
+
+A user's *history* is the user's rows in ``train`` (none for a cold user, or a user index
+beyond the training users) followed by the ``support`` passed in; models adapt to the
+history, so warm and cold users go through the same code path.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from metarec.features import FeatureSet
+from metarec.types import Dataset, Interactions, MetarecError, Task
+
+
+class Recommender(abc.ABC):
+    """Base class of all metarec recommenders.
+
+    Attributes
+    ----------
+    name : str
+        Short display name, used as the model's key in result tables (e.g. ``"EASE"``).
+    predicts_ratings : bool
+        True when :meth:`score` is on the dataset's scale: a predicted rating on the rating
+        scale for explicit data, a probability in [0, 1] for implicit data. Evaluation then
+        also reports the pointwise metrics (MAE, RMSE, Accuracy, Precision, Recall, F1,
+        Logloss). False for models that only rank (popularity, EASE, ALS): their ``score``
+        is an arbitrary relevance score and only order-based metrics are reported for them.
+    personalized : bool
+        True when the ranking depends on the user's history (False for popularity and
+        item-mean models, whose ranking is the same for everyone).
+    """
+
+    name: str = "recommender"
+    predicts_ratings: bool = False
+    personalized: bool = True
+
+    # set by _set_fitted
+    n_users_: int = 0
+    n_items_: int = 0
+
+    # --- the contract ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def fit(self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None) -> Self:
+        """Fit the model on the training interactions.
+
+        Parameters
+        ----------
+        dataset : Dataset
+            The whole dataset; used for its sizes (``n_users``, ``n_items``), its feedback
+            kind and rating range, never for its interactions (which include test data).
+        train : Interactions
+            The interactions the model may learn from (``Split.train``).
+        features : FeatureSet, optional
+            Item/user feature matrices; required by content-based models, ignored by others.
+
+        Returns
+        -------
+        Recommender
+            ``self``, fitted. Fitting is deterministic given the constructor's ``seed``.
+        """
+
+    @abc.abstractmethod
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        """Adapt to one user's history, then score the given items.
+
+        Parameters
+        ----------
+        user_idx : int
+            The user's index; the user may be absent from ``train`` (cold start).
+        support : Interactions
+            The user's support interactions (possibly empty), added to the user's training
+            rows to form the history the model adapts to.
+        item_idx : np.ndarray
+            (n,) int64 items to score.
+
+        Returns
+        -------
+        np.ndarray
+            (n,) float64 scores, aligned with ``item_idx``. A predicted rating on the rating
+            scale for explicit data (probability for implicit) when ``predicts_ratings``,
+            else a relevance score where larger means more relevant. The model is unchanged.
+        """
+
+    def rank_scores(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        """Scores used to *rank* items for :meth:`recommend` (same shapes as :meth:`score`).
+
+        Defaults to :meth:`score`. Models whose rating predictions rank badly over the whole
+        catalogue (e.g. a rating regressor that ranks obscure items with one 5-star rating
+        first) override this with a dedicated ranking score; ``recommend`` and the
+        full-catalogue metrics always use this method, the pointwise metrics use ``score``.
+        """
+        return self.score(user_idx, support, item_idx)
+
+    def score_many(
+        self, tasks: Sequence[Task], item_idx_per_task: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        """:meth:`score` for several tasks (each task's support, each its own items).
+
+        The default loops over tasks; models with a vectorised path override it, and must
+        return exactly what the loop would.
+        """
+        if len(tasks) != len(item_idx_per_task):
+            raise MetarecError(
+                f"score_many: {len(tasks)} tasks but {len(item_idx_per_task)} item arrays"
+            )
+        return [self.score(t.user_idx, t.support, it) for t, it in zip(tasks, item_idx_per_task)]
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        """:meth:`rank_scores` of the same items for several tasks: (n_tasks, n_items) float64.
+
+        The default loops; models that can score a batch with matrix products override it
+        (the full-catalogue evaluation calls this with every item).
+        """
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        out = np.empty((len(tasks), len(item_idx)), dtype=np.float64)
+        for row, t in enumerate(tasks):
+            out[row] = self.rank_scores(t.user_idx, t.support, item_idx)
+        return out
+
+    def recommend(
+        self,
+        user_idx: int,
+        support: Interactions,
+        k: int = 10,
+        candidates: np.ndarray | None = None,
+        exclude: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for a user, ranked by :meth:`rank_scores`.
+
+        Parameters
+        ----------
+        user_idx, support
+            As in :meth:`score`.
+        k : int
+            How many items to return (fewer if fewer candidates remain).
+        candidates : np.ndarray, optional
+            Item indices to choose from; all items when None.
+        exclude : np.ndarray, optional
+            Item indices never returned; the support's items when None (pass an empty
+            array to exclude nothing).
+
+        Returns
+        -------
+        (item_idx, scores) : tuple of np.ndarray
+            (k,) int64 items, best first, and their (k,) float64 ranking scores. Ties are
+            broken by position in ``candidates`` (lower item index first by default).
+        """
+        self._check_fitted()
+        if k < 1:
+            raise MetarecError(f"recommend: k must be >= 1, got {k}")
+        cand = self._candidates(candidates)
+        excl = support.item_idx if exclude is None else np.asarray(exclude, dtype=np.int64)
+        cand = cand[~np.isin(cand, excl)]
+        s = np.asarray(self.rank_scores(user_idx, support, cand), dtype=np.float64)
+        top = top_k(s, k)
+        return cand[top], s[top]
+
+    # --- shared helpers for implementations --------------------------------------------
+
+    def _set_fitted(self, dataset: Dataset, train: Interactions) -> None:
+        """Record sizes and the training rows per user (the warm part of each history)."""
+        if len(train) and (train.item_idx.max() >= dataset.n_items or train.item_idx.min() < 0):
+            raise MetarecError(f"{self.name}: train has item indices outside the dataset")
+        if len(train) and (train.user_idx.max() >= dataset.n_users or train.user_idx.min() < 0):
+            raise MetarecError(f"{self.name}: train has user indices outside the dataset")
+        self.n_users_ = dataset.n_users
+        self.n_items_ = dataset.n_items
+        self.feedback_ = dataset.feedback
+        self.rating_range_ = tuple(float(x) for x in dataset.rating_range)
+        # (n_users, n_items) CSR of training ratings; duplicates summed (should be none)
+        self.train_ratings_ = sp.csr_matrix(
+            (train.rating.astype(np.float64), (train.user_idx, train.item_idx)),
+            shape=(dataset.n_users, dataset.n_items),
+        )
+
+    def _check_fitted(self) -> None:
+        if not self.n_items_:
+            raise MetarecError(f"{self.name}: call fit() before scoring")
+
+    def _history(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, np.ndarray]:
+        """(items, ratings) of the user's training rows followed by the support rows."""
+        self._check_fitted()
+        items = np.asarray(support.item_idx, dtype=np.int64)
+        ratings = np.asarray(support.rating, dtype=np.float64)
+        if len(items) and (items.min() < 0 or items.max() >= self.n_items_):
+            raise MetarecError(f"{self.name}: support has item indices outside the catalogue")
+        if 0 <= user_idx < self.n_users_:
+            row = self.train_ratings_[user_idx]
+            if row.nnz:
+                items = np.concatenate([row.indices.astype(np.int64), items])
+                ratings = np.concatenate([row.data, ratings])
+        return items, ratings
+
+    def _check_items(self, item_idx: np.ndarray) -> np.ndarray:
+        item_idx = np.asarray(item_idx, dtype=np.int64)
+        if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= self.n_items_):
+            raise MetarecError(f"{self.name}: item indices outside 0..{self.n_items_ - 1}")
+        return item_idx
+
+    def _candidates(self, candidates: np.ndarray | None) -> np.ndarray:
+        if candidates is None:
+            return np.arange(self.n_items_, dtype=np.int64)
+        return self._check_items(candidates)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest scores, best first; ties keep the lower position first."""
+    k = min(k, len(scores))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    # a stable sort on -score keeps ties in input order; argpartition would not
+    return np.argsort(-scores, kind="stable")[:k].astype(np.int64)

@@ -1,0 +1,142 @@
+"""Metrics against scikit-learn and hand computations, ties and undefined cases included."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from metarec import metrics as M
+from metarec.types import MetarecError
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def test_auc_matches_sklearn_with_ties(rng):
+    for _ in range(20):
+        y = rng.integers(0, 2, 30)
+        s = rng.integers(0, 4, 30).astype(float)  # few distinct values: many ties
+        if y.min() == y.max():
+            continue
+        assert M.auc(y, s) == pytest.approx(skm.roc_auc_score(y, s))
+
+
+def test_auc_ties_count_half_by_hand():
+    # one positive, two negatives; the positive ties one negative and beats the other
+    assert M.auc([1, 0, 0], [0.5, 0.5, 0.1]) == pytest.approx(0.75)
+    assert M.auc([1, 1, 0, 0], [3, 3, 3, 3]) == pytest.approx(0.5)
+
+
+def test_auc_single_class_is_nan():
+    assert math.isnan(M.auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert math.isnan(M.auc([0, 0], [0.1, 0.2]))
+
+
+def test_logloss_mae_rmse_match_sklearn(rng):
+    y = rng.integers(0, 2, 50)
+    p = rng.uniform(0.01, 0.99, 50)
+    assert M.logloss(y, p) == pytest.approx(skm.log_loss(y, p))
+    r = rng.integers(1, 6, 50).astype(float)
+    q = rng.uniform(1, 5, 50)
+    assert M.mae(r, q) == pytest.approx(skm.mean_absolute_error(r, q))
+    assert M.rmse(r, q) == pytest.approx(math.sqrt(skm.mean_squared_error(r, q)))
+
+
+def test_logloss_clips_certain_wrong_prediction():
+    # p = 0 for a positive would be infinite; clipping at 1e-7 gives -log(1e-7)
+    assert M.logloss([1], [0.0]) == pytest.approx(-math.log(1e-7))
+
+
+def test_classification_metrics_match_sklearn(rng):
+    for _ in range(10):
+        t = rng.integers(0, 2, 25).astype(bool)
+        p = rng.integers(0, 2, 25).astype(bool)
+        assert M.accuracy(t, p) == pytest.approx(skm.accuracy_score(t, p))
+        assert M.precision(t, p) == pytest.approx(skm.precision_score(t, p))
+        assert M.recall(t, p) == pytest.approx(skm.recall_score(t, p))
+        assert M.f1(t, p) == pytest.approx(skm.f1_score(t, p))
+
+
+def test_classification_undefined_cases_are_nan():
+    t = np.array([False, False, True])
+    nothing_predicted = np.zeros(3, dtype=bool)
+    assert math.isnan(M.precision(t, nothing_predicted))
+    assert M.recall(t, nothing_predicted) == 0.0
+    assert math.isnan(M.recall([False, False], [True, False]))
+    assert math.isnan(M.f1([False, False], [False, False]))
+    assert M.f1([False, False], [True, False]) == 0.0
+
+
+def test_binarize_threshold_inclusive():
+    np.testing.assert_array_equal(M.binarize([3.9, 4.0, 5.0], 4.0), [False, True, True])
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 10])
+def test_ndcg_graded_matches_sklearn_with_ties(rng, k):
+    for _ in range(20):
+        rel = rng.integers(1, 6, 8).astype(float)
+        s = rng.integers(0, 3, 8).astype(float)  # heavy ties
+        expected = skm.ndcg_score(rel[None], s[None], k=k)
+        assert M.ndcg_graded_at_k(rel, s, k) == pytest.approx(expected)
+
+
+def test_ndcg_graded_by_hand():
+    # ratings (5, 3, 1); model ranks item 1 (rating 3) first, then 5, then 1
+    rel = [5.0, 3.0, 1.0]
+    s = [0.5, 0.9, 0.1]
+    dcg = 3 / 1 + 5 / math.log2(3)
+    idcg = 5 / 1 + 3 / math.log2(3)
+    assert M.ndcg_graded_at_k(rel, s, 2) == pytest.approx(dcg / idcg)
+    assert M.ndcg_graded_at_k(rel, s, 1) == pytest.approx(3 / 5)
+    # a perfect ordering is 1 at every k
+    assert M.ndcg_graded_at_k(rel, [3, 2, 1], 3) == pytest.approx(1.0)
+
+
+def test_ndcg_graded_all_zero_relevance_is_nan():
+    assert math.isnan(M.ndcg_graded_at_k([0.0, 0.0], [0.3, 0.1], 2))
+
+
+def test_full_catalogue_metrics_by_hand():
+    ranked = [7, 3, 9, 1, 4, 8]
+    relevant = [9, 4, 100]  # 100 is never ranked
+    # hits at positions 2 and 4 (0-based)
+    assert M.hr_at_k(ranked, relevant, 2) == 0.0
+    assert M.hr_at_k(ranked, relevant, 3) == 1.0
+    assert M.recall_at_k(ranked, relevant, 3) == pytest.approx(1 / 3)
+    assert M.recall_at_k(ranked, relevant, 5) == pytest.approx(2 / 3)
+    dcg = 1 / math.log2(4) + 1 / math.log2(6)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert M.ndcg_at_k(ranked, relevant, 5) == pytest.approx(dcg / idcg)
+    assert M.ndcg_at_k(ranked, relevant, 3) == pytest.approx((1 / 2) / idcg)
+    # k smaller than |relevant|: the ideal has only k hits
+    assert M.ndcg_at_k(ranked, [7, 9, 4], 2) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert M.mrr(ranked, relevant) == pytest.approx(1 / 3)
+    assert M.mrr(ranked, [100]) == 0.0
+
+
+def test_binary_ndcg_matches_sklearn_on_full_ranking(rng):
+    n = 30
+    scores = rng.permutation(n).astype(float)
+    relevant = rng.choice(n, 5, replace=False)
+    ranked = np.argsort(-scores)
+    truth = np.isin(np.arange(n), relevant).astype(float)
+    for k in (5, 10, 20):
+        assert M.ndcg_at_k(ranked, relevant, k) == pytest.approx(
+            skm.ndcg_score(truth[None], scores[None], k=k)
+        )
+
+
+def test_full_catalogue_empty_relevant_is_nan():
+    for f in (M.hr_at_k, M.recall_at_k, M.ndcg_at_k):
+        assert math.isnan(f([1, 2, 3], [], 2))
+    assert math.isnan(M.mrr([1, 2], []))
+
+
+def test_bad_inputs_raise():
+    with pytest.raises(MetarecError):
+        M.mae([1.0, 2.0], [1.0])
+    with pytest.raises(MetarecError):
+        M.hr_at_k([1, 2], [1], 0)
