@@ -309,6 +309,8 @@ def test_write_split_raw_ids_and_atomic(tmp_path, monkeypatch):
     q = pd.read_csv(out / "test_query.csv")
     assert q.user_id.tolist() == ["u9"] * 3 and q.timestamp.tolist() == [902, 903, 904]
     assert json.loads((out / "summary.json").read_text()) == s.summary
+    assert pd.read_csv(out / "cold_items.csv").empty
+    assert pd.read_csv(out / "valid_support.csv").user_id.tolist() == ["u7", "u7"]
     with pytest.raises(MetarecError, match="already exists"):
         write_split(s, ds, out)
 
@@ -329,6 +331,12 @@ def test_write_split_raw_ids_and_atomic(tmp_path, monkeypatch):
     write_split(s2, ds, out, overwrite=True)
     assert json.loads((out / "summary.json").read_text())["params"]["k_shot"] == 1
     assert sorted(os.listdir(tmp_path)) == ["split"]
+    # item cold: the held-out items are written by raw id; no validation part -> header only
+    ds_i = items_by_age()
+    s3 = item_cold(ds_i, k_shot=2, n_query=3, valid_frac=0.0, test_frac=0.2)
+    out3 = write_split(s3, ds_i, tmp_path / "items")
+    assert pd.read_csv(out3 / "cold_items.csv").item_id.tolist() == ["i8", "i9"]
+    assert pd.read_csv(out3 / "valid_query.csv").empty
 
 
 # --- real data -----------------------------------------------------------------------------

@@ -184,6 +184,11 @@ def drop_missing_ids(raw: RawData, config: PreprocessConfig) -> tuple[RawData, R
 def drop_bad_timestamps(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
     """Drop rows whose timestamp is not a finite number or is negative; cast to int64."""
     r = raw.ratings
+    if pd.api.types.is_datetime64_any_dtype(r["timestamp"]):
+        # Loaders convert to unix seconds; nanoseconds would pass as numbers, silently wrong.
+        raise MetarecError(
+            f"{raw.name}: ratings column 'timestamp' holds datetimes, not unix seconds"
+        )
     ts = pd.to_numeric(r["timestamp"], errors="coerce").astype("float64")
     not_number = ~np.isfinite(ts.to_numpy())
     negative = ts.to_numpy() < 0

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
 
@@ -187,7 +188,7 @@ def _summary(
         "valid_query": sizes(valid, "query"),
         "test_support": sizes(test, "support"),
         "test_query": sizes(test, "query"),
-        **{k: int(v) if isinstance(v, int | np.integer) else v for k, v in extra.items()},
+        **{k: int(v) if isinstance(v, np.integer) else v for k, v in extra.items()},
     }
 
 
@@ -328,7 +329,8 @@ def item_cold(
 ) -> Split:
     """New items: the newest items (by first interaction) never reach train.
 
-    Episodes are per user: support = the user's first K interactions with warm items (these
+    Only items with at least one interaction can be held out (a catalogue item nobody
+    rated is cold too, but there is nothing to test it on). Episodes are per user: support = the user's first K interactions with warm items (these
     stay in train; the user is warm), query = their first Q interactions with the held-out
     items of that part (validation or test). ``Split.cold_items`` = both held-out sets.
     """
@@ -566,6 +568,7 @@ SPLIT_FILES = (
     "valid_query.csv",
     "test_support.csv",
     "test_query.csv",
+    "cold_items.csv",  # column item_id; header only unless the protocol holds items out
     "summary.json",
 )
 
@@ -593,6 +596,8 @@ def write_split(
         }
         for name, inter in parts.items():
             ds.to_frame(inter).to_csv(tmp / f"{name}.csv", index=False)
+        cold = pd.DataFrame({"item_id": ds.items.ids[split.cold_items].astype(str)})
+        cold.to_csv(tmp / "cold_items.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps(split.summary, indent=2, sort_keys=True))
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
