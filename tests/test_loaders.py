@@ -401,9 +401,9 @@ def test_csv_label_domain_and_item_side_file(tmp_path):
         item_col="iid",
         label_col="clicked",
         domain_col="cat",
-        items_path=side,
-        item_text_cols=["name"],
-        item_numeric_cols=["price"],
+        items=side,
+        text_cols=["name"],
+        numeric_cols=["price"],
     )
     assert raw.feedback == "implicit" and raw.rating_range == (0.0, 1.0)
     assert raw.ratings["rating"].tolist() == [1.0, 0.0, 1.0]
@@ -448,7 +448,7 @@ def test_parquet_not_parquet(tmp_path):
         ("user_id,item_id,rating\n1,2,3\n4,5,6,7\n", {}, r"log.csv: malformed line.*line 3"),
         ("", {}, r"log.csv: file is empty"),
         ("  \n\n", {}, r"log.csv: file is empty"),
-        ("user_id,item_id,rating\n", {}, r"log.csv: file has a header but no rows"),
+        ("user_id,item_id,rating\n", {}, r"log.csv: file is empty \(a header but no rows\)"),
         ("user_id,item_id,rating\n1,2,3\n,5,4\n", {}, r"line 3: column 'user_id' has an empty id"),
         ("user_id,item_id,rating\n1,2,3\n1,5,good\n", {}, r"line 3: column 'rating' value 'good'"),
         (
@@ -469,8 +469,8 @@ def test_parquet_not_parquet(tmp_path):
         ("user_id,item_id,rating\n1,2,3\n", {"domain_col": "cat"}, r"missing column\(s\) cat"),
         (
             "user_id,item_id,rating\n1,2,3\n",
-            {"item_text_cols": ["title"]},
-            r"item side columns were given but no items_path",
+            {"text_cols": ["title"]},
+            r"item side columns were given but no items file",
         ),
     ],
 )
@@ -483,7 +483,7 @@ def test_csv_bad_input(tmp_path, content, kwargs, message):
 def test_csv_undecodable_byte_names_line(tmp_path):
     p = tmp_path / "log.csv"
     p.write_bytes(b"user_id,item_id,rating\n1,2,3\n1,caf\xe9,4\n")
-    with pytest.raises(MetarecError, match=r"log.csv: line 3: byte 0xe9 is not valid utf-8"):
+    with pytest.raises(MetarecError, match=r"log.csv: line 3: cannot decode byte 0xe9 as utf-8"):
         read_table(p)
     assert read_table(p, encoding="latin-1").ratings["item_id"].tolist() == ["2", "café"]
 
@@ -497,7 +497,7 @@ def test_item_side_file_missing_declared_column(tmp_path):
     p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n")
     side = write(tmp_path / "items.csv", "item_id,name\n2,x\n")
     with pytest.raises(MetarecError, match=r"items.csv: missing column\(s\) title"):
-        read_table(p, items_path=side, item_text_cols=["title"])
+        read_table(p, items=side, text_cols=["title"])
 
 
 # ----------------------------------------------------------------------------- registry

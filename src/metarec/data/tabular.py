@@ -69,7 +69,7 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise MetarecError(
-            f"{path}: line {line}: byte 0x{data[err.start]:02x} is not valid {encoding} "
+            f"{path}: line {line}: cannot decode byte 0x{data[err.start]:02x} as {encoding} "
             f"(pass the file's encoding)"
         ) from None
     if not text.strip():
@@ -112,7 +112,7 @@ def read_delimited(
     except pd.errors.EmptyDataError:
         raise MetarecError(f"{path}: file is empty") from None
     if len(frame) == 0:
-        raise MetarecError(f"{path}: file has a header but no rows")
+        raise MetarecError(f"{path}: file is empty (a header but no rows)")
     frame.attrs["header_lines"] = 0 if names is not None else 1
     frame.attrs["source"] = str(path)
     return frame
@@ -254,11 +254,11 @@ def read_table(
     sep: str | None = None,
     encoding: str = "utf-8",
     rating_range: tuple[float, float] | None = None,
-    items_path: str | os.PathLike | None = None,
+    items: str | os.PathLike | None = None,
     item_id_col: str | None = None,
-    item_text_cols: tuple[str, ...] | list[str] = (),
-    item_categorical_cols: tuple[str, ...] | list[str] = (),
-    item_numeric_cols: tuple[str, ...] | list[str] = (),
+    text_cols: tuple[str, ...] | list[str] = (),
+    categorical_cols: tuple[str, ...] | list[str] = (),
+    numeric_cols: tuple[str, ...] | list[str] = (),
     name: str | None = None,
 ) -> RawData:
     """A user's own interaction log (CSV/TSV/Parquet) as :class:`RawData`.
@@ -268,6 +268,9 @@ def read_table(
     ``time_col`` is used when the column exists (numbers = unix seconds, or date strings);
     otherwise the row order is the time order (``has_time=False``). ``domain_col`` tags
     each row with a domain; the item side file, if given, then gets each item's domain too.
+    ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
+    ``item_col``); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns.
+    Parameter names match the CLI flags (--items, --text-cols).
     """
     path = Path(path)
     frame = _read_any(path, sep, encoding)
@@ -276,8 +279,8 @@ def read_table(
     require_columns(frame, [user_col, item_col, value_col])
     if domain_col is not None:
         require_columns(frame, [domain_col])
-    users = id_column(frame, user_col)
-    items = id_column(frame, item_col)
+    user_ids = id_column(frame, user_col)
+    item_ids = id_column(frame, item_col)
     values = number_column(frame, value_col)
     if label_col is not None:
         off = ~np.isin(values, (0.0, 1.0))
@@ -303,14 +306,14 @@ def read_table(
     has_time = time_col is not None and time_col in frame.columns
     ts = _timestamps(frame, time_col) if has_time else None
     domain = id_column(frame, domain_col) if domain_col is not None else None
-    ratings = make_ratings_frame(users, items, values, ts, domain)
+    ratings = make_ratings_frame(user_ids, item_ids, values, ts, domain)
 
     item_frame = None
-    text_cols = tuple(item_text_cols)
-    cat_cols = tuple(item_categorical_cols)
-    num_cols = tuple(item_numeric_cols)
-    if items_path is not None:
-        ipath = Path(items_path)
+    text_cols = tuple(text_cols)
+    cat_cols = tuple(categorical_cols)
+    num_cols = tuple(numeric_cols)
+    if items is not None:
+        ipath = Path(items)
         side = _read_any(ipath, None, encoding)
         side.columns = [str(c).strip() for c in side.columns]
         key = item_id_col or item_col
@@ -328,7 +331,7 @@ def read_table(
             item_frame["domain"] = item_frame["item_id"].map(first).to_numpy(object)
             cat_cols = (*cat_cols, "domain")
     elif text_cols or cat_cols or num_cols:
-        raise MetarecError("item side columns were given but no items_path")
+        raise MetarecError("item side columns were given but no items file (--items)")
     return RawData(
         name=name or path.stem,
         ratings=ratings,
