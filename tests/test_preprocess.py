@@ -250,3 +250,12 @@ def test_config_from_dict_rejects_unknown_and_bad_values():
         PreprocessConfig.from_dict({"dedupe": "yes"})
     cfg = PreprocessConfig.from_dict({"user_min_count": 5, "binarize_threshold": 4})
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_bundled_goodbooks_sample_comes_through_unchanged():
+    data = pytest.importorskip("metarec.data", reason="dataset loaders unavailable")
+    raw = data.read_raw("goodbooks-sample")
+    ds = prepare(raw)
+    # Published shape of the bundled sample (shared/data/goodbooks-sample/SOURCE.md).
+    assert (len(ds.interactions), ds.n_users) == (49_886, 990)
+    assert all(r["rows_before"] == r["rows_after"] == 49_886 for r in ds.report)

@@ -243,6 +243,24 @@ def test_warm_holds_out_the_last_q():
     assert warm(ds, k_shot=2, n_query=3, seed=3).test[0].user_idx == s.test[0].user_idx
 
 
+def test_warm_short_history_query_is_what_remains_after_k():
+    # u0: 4 events (K = 2 support, only 2 left for Q = 3); u1: 2 events, not eligible.
+    rows = [("u0", f"i{j}", j) for j in range(4)] + [("u1", "i0", 10), ("u1", "i1", 11)]
+    rows += [("u2", f"i{j}", 20 + j) for j in range(6)]
+    ds = dataset(rows)
+    expected = {"u0": (["i0", "i1"], ["i2", "i3"]), "u2": (["i1", "i2"], ["i3", "i4", "i5"])}
+    seen = set()
+    for seed in range(8):  # which eligible user is held out depends on the seed
+        s = warm(ds, k_shot=2, n_query=3, valid_frac=0.0, test_frac=0.5, seed=seed)
+        assert s.summary["eligible_users"] == 2
+        (t,) = s.test
+        user = ds.users.ids[t.user_idx]
+        assert (raw_items(ds, t.support), raw_items(ds, t.query)) == expected[user]
+        check_invariants(s)
+        seen.add(user)
+    assert seen == {"u0", "u2"}
+
+
 # --- cross domain --------------------------------------------------------------------------
 
 
