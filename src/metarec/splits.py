@@ -108,17 +108,24 @@ def _newest_last(
     return rng.permutation(np.unique(keys))
 
 
+def _user_time_order(inter: Interactions, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masked row indices sorted by (user, time, position), and where each user's run
+    starts: (m,) row indices, (m,) bool (True at the first row of a user)."""
+    idx = np.flatnonzero(mask)
+    order = idx[np.lexsort((idx, inter.timestamp[idx], inter.user_idx[idx]))]
+    users = inter.user_idx[order]
+    return order, np.r_[len(order) > 0, users[1:] != users[:-1]].astype(bool)
+
+
 def _rank_in_user(inter: Interactions, mask: np.ndarray, from_end: bool = False) -> np.ndarray:
     """(n,) int64: each masked row's 0-based rank among its user's masked rows in time
     order (counted from the latest when ``from_end``); -1 for rows outside the mask."""
     out = np.full(len(inter), -1, dtype=np.int64)
-    idx = np.flatnonzero(mask)
-    if len(idx) == 0:
+    order, first = _user_time_order(inter, mask)
+    if len(order) == 0:
         return out
-    order = idx[np.lexsort((idx, inter.timestamp[idx], inter.user_idx[idx]))]
-    users = inter.user_idx[order]
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])  # first row of each run
-    run = np.cumsum(np.r_[True, users[1:] != users[:-1]]) - 1  # run id of each row
+    starts = np.flatnonzero(first)
+    run = np.cumsum(first) - 1  # (m,) which user-run each sorted row belongs to
     rank = np.arange(len(order)) - starts[run]
     if from_end:
         lengths = np.diff(np.r_[starts, len(order)])
@@ -128,16 +135,10 @@ def _rank_in_user(inter: Interactions, mask: np.ndarray, from_end: bool = False)
 
 
 def _rows_by_user(inter: Interactions, mask: np.ndarray) -> dict[int, np.ndarray]:
-    """Masked row indices grouped by user, each group in time order."""
-    idx = np.flatnonzero(mask)
-    order = idx[np.lexsort((idx, inter.timestamp[idx], inter.user_idx[idx]))]
-    users = inter.user_idx[order]
-    cut = np.flatnonzero(users[1:] != users[:-1]) + 1
-    return {
-        int(g[0]): rows
-        for g, rows in zip(np.split(users, cut), np.split(order, cut), strict=True)
-        if len(g)
-    }
+    """Masked row indices grouped by user index, each group in time order."""
+    order, first = _user_time_order(inter, mask)
+    groups = np.split(order, np.flatnonzero(first)[1:])
+    return {int(inter.user_idx[g[0]]): g for g in groups if len(g)}
 
 
 def _episodes(
