@@ -137,7 +137,9 @@ def ndcg_graded_at_k(relevance, scores, k: int) -> float:
     if ideal <= 0:
         return float("nan")
     # group tied scores: inverse gives each item its group, counts the group sizes
-    uniq, inverse, counts = np.unique(-s.astype(np.float64), return_inverse=True, return_counts=True)
+    uniq, inverse, counts = np.unique(
+        -s.astype(np.float64), return_inverse=True, return_counts=True
+    )
     group_gain = np.bincount(inverse, weights=rel) / counts  # mean gain per group, best first
     cum = np.concatenate([[0.0], np.cumsum(disc)])
     ends = np.cumsum(counts)

@@ -53,7 +53,9 @@ class Recommender(abc.ABC):
     # --- the contract ------------------------------------------------------------------
 
     @abc.abstractmethod
-    def fit(self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None) -> Self:
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
         """Fit the model on the training interactions.
 
         Parameters

@@ -1,0 +1,609 @@
+"""Non-meta-learned baselines, all under the :class:`metarec.recommender.Recommender` contract.
+
+Each adapts to a user's history (training rows + support) in closed form, so a cold user
+with K support ratings is handled without refitting:
+
+=====================  ============================================  =================
+name (``BASELINES``)   adaptation to the history                     ``predicts_ratings``
+=====================  ============================================  =================
+``popularity``         none (train interaction counts)               False
+``item_mean``          none (shrunk item mean)                       True
+``item_mean_user_bias`` shrunk user bias on the history              True
+``biased_mf``          ridge fold-in of user vector + bias           True
+``ease``               history row times item-item weights B         False
+``implicit_als``       ridge fold-in (implicit's recalculate_user)    False
+``lightfm``            ridge fold-in against LightFM item vectors     False
+``text_cosine``        mean text vector of liked history items        False
+=====================  ============================================  =================
+
+Rank-only models (``predicts_ratings = False``) do not invent ratings: evaluation reports
+only the order-based metrics (AUC, nDCG, HR, Recall, MRR) for them.
+
+The implicit-feedback rankers (EASE, ALS, LightFM) learn from *liked* rows: label > 0 on
+implicit data; on explicit data rating >= ``min_rating``, by default the midpoint of the
+rating range (3 on 1-5), so a cold user's 1-star support rating does not pull the user
+towards that item's neighbours (see :func:`interaction_mask`). Popularity counts every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Self
+
+import numpy as np
+import scipy.sparse as sp
+
+from metarec.features import FeatureSet
+from metarec.recommender import Recommender
+from metarec.types import Dataset, Interactions, MetarecError, Task
+
+
+def like_threshold(dataset: Dataset, min_rating: float | None) -> float:
+    """Smallest rating that counts as liked: ``min_rating``, else the scale's midpoint.
+
+    Implicit data: anything above 0 (labels are 0/1).
+    """
+    if dataset.feedback != "explicit":
+        return 0.5
+    if min_rating is not None:
+        return float(min_rating)
+    lo, hi = dataset.rating_range
+    return (lo + hi) / 2
+
+
+def interaction_mask(rating: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Rows that count as interactions: rating >= threshold, or every row for None."""
+    rating = np.asarray(rating)
+    return np.ones(len(rating), dtype=bool) if threshold is None else rating >= threshold
+
+
+def _presence_matrix(
+    dataset: Dataset, train: Interactions, threshold: float | None
+) -> sp.csr_matrix:
+    """(n_users, n_items) binary CSR of training rows with rating >= threshold (None: all)."""
+    keep = interaction_mask(train.rating, threshold)
+    x = sp.csr_matrix(
+        (np.ones(int(keep.sum())), (train.user_idx[keep], train.item_idx[keep])),
+        shape=(dataset.n_users, dataset.n_items),
+    )
+    x.data[:] = 1.0  # duplicates would have summed
+    return x
+
+
+class _RatingModel(Recommender):
+    """Shared clipping for models that predict on the rating scale."""
+
+    predicts_ratings = True
+
+    def _clip(self, pred: np.ndarray) -> np.ndarray:
+        lo, hi = self.rating_range_
+        return np.clip(pred, lo, hi)
+
+
+# --- non-personalised --------------------------------------------------------------------
+
+
+class Popularity(Recommender):
+    """Number of training interactions of each item; the same ranking for every user."""
+
+    name = "Popularity"
+    personalized = False
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        self._set_fitted(dataset, train)
+        self.counts_ = np.asarray(
+            _presence_matrix(dataset, train, None).sum(0)
+        ).ravel()  # (n_items,)
+        return self
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        return self.counts_[self._check_items(item_idx)].astype(np.float64)
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        row = self.counts_[self._check_items(item_idx)].astype(np.float64)
+        return np.broadcast_to(row, (len(tasks), len(row))).copy()
+
+
+def _item_biases(train: Interactions, n_items: int, shrinkage: float) -> tuple[float, np.ndarray]:
+    """Global mean mu and shrunk item offsets b_i = sum(r - mu) / (n_i + shrinkage)."""
+    if shrinkage < 0:
+        raise MetarecError(f"item shrinkage must be >= 0, got {shrinkage}")
+    mu = float(train.rating.mean()) if len(train) else 0.0
+    resid = np.bincount(train.item_idx, weights=train.rating - mu, minlength=n_items)
+    n = np.bincount(train.item_idx, minlength=n_items)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        b = np.where(n + shrinkage > 0, resid / (n + shrinkage), 0.0)
+    return mu, b
+
+
+class ItemMean(_RatingModel):
+    """Item mean rating shrunk towards the global mean: mu + sum(r - mu) / (n_i + shrinkage)."""
+
+    name = "ItemMean"
+    personalized = False
+
+    def __init__(self, shrinkage: float = 10.0):
+        self.shrinkage = shrinkage
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        self._set_fitted(dataset, train)
+        self.mu_, self.item_bias_ = _item_biases(train, dataset.n_items, self.shrinkage)
+        return self
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        return self._clip(self.mu_ + self.item_bias_[self._check_items(item_idx)])
+
+
+class ItemMeanUserBias(ItemMean):
+    """ItemMean plus a user offset fitted on the history in closed form.
+
+    b_u = sum over history of (r - mu - b_i) / (|history| + user_shrinkage), the ridge
+    solution of min sum (r - mu - b_i - b_u)^2 + user_shrinkage * b_u^2.
+    """
+
+    name = "ItemMean+UserBias"
+
+    def __init__(self, shrinkage: float = 10.0, user_shrinkage: float = 5.0):
+        super().__init__(shrinkage)
+        self.user_shrinkage = user_shrinkage
+
+    def user_bias(self, user_idx: int, support: Interactions) -> float:
+        items, ratings = self._history(user_idx, support)
+        resid = ratings - self.mu_ - self.item_bias_[items]
+        return float(resid.sum() / (len(items) + self.user_shrinkage)) if len(items) else 0.0
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        b_u = self.user_bias(user_idx, support)
+        return self._clip(self.mu_ + b_u + self.item_bias_[self._check_items(item_idx)])
+
+
+# --- biased matrix factorisation (explicit ratings) -----------------------------------
+
+
+def ridge_fold_in(
+    factors: np.ndarray, target: np.ndarray, reg: float, bias_reg: float
+) -> tuple[np.ndarray, float]:
+    """Closed-form [vector, bias] = argmin ||target - F v - b||^2 + reg ||v||^2 + bias_reg b^2.
+
+    factors: (n, d) fixed factors of the rows; target: (n,). Solves the normal equations
+    (XᵀX + diag(reg,...,reg, bias_reg)) w = Xᵀ target with X = [F, 1]. Returns ((d,), b).
+    """
+    d = factors.shape[1]
+    x = np.hstack([factors, np.ones((len(factors), 1))])  # (n, d + 1)
+    lam = np.full(d + 1, float(reg))
+    lam[-1] = bias_reg
+    a = x.T @ x + np.diag(lam)  # (d + 1, d + 1), positive definite when reg, bias_reg > 0
+    w = np.linalg.solve(a, x.T @ target)
+    return w[:-1], float(w[-1])
+
+
+class BiasedMF(_RatingModel):
+    """r_ui ~ mu + b_u + b_i + p_u · q_i, fitted by alternating ridge regressions (ALS).
+
+    Each half-step solves every user's (or item's) [vector, bias] exactly with
+    :func:`ridge_fold_in`; a new user is folded in by the same solve on the history with the
+    item factors fixed, so cold and warm users see one estimator.
+    """
+
+    name = "BiasedMF"
+
+    def __init__(
+        self,
+        factors: int = 32,
+        reg: float = 5.0,
+        bias_reg: float = 5.0,
+        iterations: int = 15,
+        init_std: float = 0.1,
+        seed: int = 0,
+    ):
+        if factors < 1 or iterations < 0 or reg <= 0 or bias_reg <= 0:
+            raise MetarecError("BiasedMF: need factors >= 1, iterations >= 0, reg, bias_reg > 0")
+        self.factors = factors
+        self.reg = reg
+        self.bias_reg = bias_reg
+        self.iterations = iterations
+        self.init_std = init_std
+        self.seed = seed
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        self._set_fitted(dataset, train)
+        rng = np.random.default_rng(self.seed)
+        nu, ni, d = dataset.n_users, dataset.n_items, self.factors
+        self.mu_ = float(train.rating.mean()) if len(train) else 0.0
+        p = rng.normal(0.0, self.init_std, (nu, d))  # user factors
+        q = rng.normal(0.0, self.init_std, (ni, d))  # item factors
+        bu = np.zeros(nu)
+        bi = np.zeros(ni)
+        by_user = self.train_ratings_  # (nu, ni) CSR
+        by_item = by_user.T.tocsr()  # (ni, nu) CSR
+        for _ in range(self.iterations):
+            self._half_step(by_user, q, bi, p, bu)
+            self._half_step(by_item, p, bu, q, bi)
+        self.user_factors_, self.user_bias_ = p, bu
+        self.item_factors_, self.item_bias_ = q, bi
+        return self
+
+    def _half_step(
+        self,
+        rows: sp.csr_matrix,
+        other: np.ndarray,
+        other_bias: np.ndarray,
+        out: np.ndarray,
+        out_bias: np.ndarray,
+    ) -> None:
+        """Solve every row's [vector, bias] given the other side fixed (in place)."""
+        for r in range(rows.shape[0]):
+            lo, hi = rows.indptr[r], rows.indptr[r + 1]
+            if lo == hi:
+                out[r] = 0.0  # nothing observed: the ridge solution is zero
+                out_bias[r] = 0.0
+                continue
+            cols = rows.indices[lo:hi]
+            target = rows.data[lo:hi] - self.mu_ - other_bias[cols]
+            out[r], out_bias[r] = ridge_fold_in(other[cols], target, self.reg, self.bias_reg)
+
+    def fold_in(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, float]:
+        """The user's (factors (d,), bias) fitted on the history; stores nothing."""
+        items, ratings = self._history(user_idx, support)
+        if not len(items):
+            return np.zeros(self.factors), 0.0
+        target = ratings - self.mu_ - self.item_bias_[items]
+        return ridge_fold_in(self.item_factors_[items], target, self.reg, self.bias_reg)
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        p, b = self.fold_in(user_idx, support)
+        q = self.item_factors_[item_idx]
+        return self._clip(self.mu_ + b + self.item_bias_[item_idx] + q @ p)
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        folded = [self.fold_in(t.user_idx, t.support) for t in tasks]
+        p = np.stack([f[0] for f in folded]) if folded else np.zeros((0, self.factors))
+        b = np.array([f[1] for f in folded])
+        s = p @ self.item_factors_[item_idx].T + b[:, None] + self.item_bias_[item_idx]
+        return self._clip(self.mu_ + s)  # (n_tasks, n_items)
+
+
+# --- EASE ----------------------------------------------------------------------------------
+
+
+class EASE(Recommender):
+    """Embarrassingly shallow autoencoder (Steck, 2019): score = x_history @ B.
+
+    B = I - P / diag(P) with P = (XᵀX + reg I)^-1 over the items seen in train (X binary
+    user x item), i.e. B_ij = -P_ij / P_jj and diag(B) = 0. Items never seen in train score
+    -inf. Memory and time grow as n_items^2 and n_items^3: ``max_items`` guards the fit.
+    """
+
+    name = "EASE"
+
+    def __init__(
+        self, reg: float = 500.0, max_items: int = 20_000, min_rating: float | None = None
+    ):
+        if reg <= 0:
+            raise MetarecError(f"EASE: reg must be > 0, got {reg}")
+        self.reg = reg
+        self.max_items = max_items
+        self.min_rating = min_rating
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        self._set_fitted(dataset, train)
+        self.like_ = like_threshold(dataset, self.min_rating)
+        x = _presence_matrix(dataset, train, self.like_)
+        self.active_ = np.flatnonzero(np.asarray(x.sum(0)).ravel() > 0)  # (n_active,)
+        n = len(self.active_)
+        if n > self.max_items:
+            raise MetarecError(
+                f"EASE: {n} training items exceed max_items={self.max_items} "
+                "(needs an n_items^2 dense matrix); raise max_items if memory allows"
+            )
+        # float32 above a few thousand items halves memory; reg keeps P well conditioned
+        dtype = np.float64 if n <= 5000 else np.float32
+        xa = x[:, self.active_]
+        g = (xa.T @ xa).toarray().astype(dtype)  # (n_active, n_active) Gram
+        g[np.diag_indices(n)] += self.reg
+        p = np.linalg.inv(g)
+        b = -p / np.diag(p)[None, :]  # column j divided by P_jj
+        b[np.diag_indices(n)] = 0.0
+        self.weights_ = b  # (n_active, n_active)
+        self.col_of_item_ = np.full(dataset.n_items, -1, dtype=np.int64)
+        self.col_of_item_[self.active_] = np.arange(n)
+        return self
+
+    def _history_rows(self, tasks: Sequence[tuple[int, Interactions]]) -> sp.csr_matrix:
+        """(n_tasks, n_active) binary CSR of each history's interacted, trained items."""
+        rows, cols = [], []
+        for r, (u, support) in enumerate(tasks):
+            items, ratings = self._history(u, support)
+            c = self.col_of_item_[items[interaction_mask(ratings, self.like_)]]
+            c = np.unique(c[c >= 0])
+            rows.append(np.full(len(c), r))
+            cols.append(c)
+        rows_a = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        cols_a = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+        return sp.csr_matrix(
+            (np.ones(len(rows_a)), (rows_a, cols_a)), shape=(len(tasks), len(self.active_))
+        )
+
+    def _scores(self, x: sp.csr_matrix, item_idx: np.ndarray) -> np.ndarray:
+        col = self.col_of_item_[item_idx]
+        known = col >= 0
+        out = np.full((x.shape[0], len(item_idx)), -np.inf)
+        out[:, known] = np.asarray(x @ self.weights_[:, col[known]], dtype=np.float64)
+        return out
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        return self._scores(self._history_rows([(user_idx, support)]), item_idx)[0]
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        return self._scores(self._history_rows([(t.user_idx, t.support) for t in tasks]), item_idx)
+
+
+# --- implicit-feedback factorisation ---------------------------------------------------------
+
+
+def als_fold_in(
+    item_factors: np.ndarray, gram: np.ndarray, items: np.ndarray, reg: float, alpha: float
+) -> np.ndarray:
+    """Implicit-feedback user vector for a history, item factors fixed (Hu, Koren & Volinsky).
+
+    Every item has preference 0 with confidence 1 except the history's items, preference 1
+    with confidence ``alpha``: x = (YᵀY + (alpha - 1) Y_hᵀY_h + reg I)^-1 alpha Y_hᵀ 1,
+    the same normal equations as ``implicit``'s ``recalculate_user``.
+    item_factors: (n_items, d); gram: YᵀY (d, d); items: (h,) distinct. Returns (d,).
+    """
+    d = item_factors.shape[1]
+    if not len(items):
+        return np.zeros(d)
+    yh = item_factors[items]  # (h, d)
+    a = gram + (alpha - 1.0) * (yh.T @ yh) + reg * np.eye(d)
+    return np.linalg.solve(a, alpha * yh.sum(0))
+
+
+class _FoldInRanker(Recommender):
+    """Shared scoring for models ranking by item_vectors @ folded-in user + item bias."""
+
+    reg: float
+    alpha: float
+    min_rating: float | None
+
+    def _finish_fit(self, item_vectors: np.ndarray, item_bias: np.ndarray) -> None:
+        self.item_vectors_ = np.asarray(item_vectors, dtype=np.float64)  # (n_items, d)
+        self.item_bias_ = np.asarray(item_bias, dtype=np.float64)  # (n_items,)
+        self.gram_ = self.item_vectors_.T @ self.item_vectors_  # (d, d)
+
+    def fold_in(self, user_idx: int, support: Interactions) -> np.ndarray:
+        """The user's vector (d,) fitted on the history's interacted items; stores nothing."""
+        items, ratings = self._history(user_idx, support)
+        items = np.unique(items[interaction_mask(ratings, self.like_)])
+        return als_fold_in(self.item_vectors_, self.gram_, items, self.reg, self.alpha)
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        u = self.fold_in(user_idx, support)
+        return self.item_vectors_[item_idx] @ u + self.item_bias_[item_idx]
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        d = self.item_vectors_.shape[1]
+        u = (
+            np.stack([self.fold_in(t.user_idx, t.support) for t in tasks])
+            if tasks
+            else np.zeros((0, d))
+        )
+        return u @ self.item_vectors_[item_idx].T + self.item_bias_[item_idx]
+
+
+class ImplicitALS(_FoldInRanker):
+    """Implicit-feedback ALS from the ``implicit`` package, cold users folded in closed form.
+
+    Trained on the binary interaction matrix scaled by ``alpha`` (implicit's confidence);
+    :func:`als_fold_in` reproduces ``AlternatingLeastSquares.recalculate_user``.
+    """
+
+    name = "ImplicitALS"
+
+    def __init__(
+        self,
+        factors: int = 64,
+        reg: float = 0.05,
+        alpha: float = 10.0,
+        iterations: int = 15,
+        seed: int = 0,
+        num_threads: int = 0,
+        min_rating: float | None = None,
+    ):
+        self.min_rating = min_rating
+        self.factors = factors
+        self.reg = reg
+        self.alpha = alpha
+        self.iterations = iterations
+        self.seed = seed
+        self.num_threads = num_threads
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        try:
+            from implicit.cpu.als import AlternatingLeastSquares
+            from threadpoolctl import threadpool_limits
+        except ImportError as e:
+            raise MetarecError(
+                "ImplicitALS needs the 'implicit' package: pip install 'metarec[baselines]'"
+            ) from e
+        self._set_fitted(dataset, train)
+        self.like_ = like_threshold(dataset, self.min_rating)
+        x = _presence_matrix(dataset, train, self.like_).astype(np.float32)
+        # implicit's solver is multithreaded itself; a multithreaded BLAS underneath slows it
+        # (and implicit warns about it when the model is built)
+        with threadpool_limits(1, "blas"):
+            model = AlternatingLeastSquares(
+                factors=self.factors,
+                regularization=self.reg,
+                alpha=self.alpha,
+                iterations=self.iterations,
+                random_state=self.seed,
+                num_threads=self.num_threads,
+            )
+            model.fit(x, show_progress=False)
+        self._finish_fit(model.item_factors, np.zeros(dataset.n_items))
+        self.model_ = model  # kept for cross-checks against implicit's own recalculate_user
+        return self
+
+
+class LightFMRanker(_FoldInRanker):
+    """LightFM (WARP loss) with item text/side features; cold users folded in closed form.
+
+    Items are described by [identity, text vector, side features] (rows L1-normalised, as
+    LightFM's Dataset does); users by identity only. A cold user's vector is the implicit
+    ridge fold-in (:func:`als_fold_in`) against LightFM's item representations, and scores
+    add LightFM's item biases. Needs the optional ``lightfm`` package (``lightfm-next``).
+    """
+
+    name = "LightFM"
+
+    def __init__(
+        self,
+        no_components: int = 32,
+        loss: str = "warp",
+        epochs: int = 20,
+        learning_rate: float = 0.05,
+        item_alpha: float = 0.0,
+        use_features: bool = True,
+        reg: float = 1.0,
+        alpha: float = 10.0,
+        seed: int = 0,
+        num_threads: int = 1,
+        min_rating: float | None = None,
+    ):
+        self.min_rating = min_rating
+        self.no_components = no_components
+        self.loss = loss
+        self.epochs = epochs
+        self.learning_rate = learning_rate
+        self.item_alpha = item_alpha
+        self.use_features = use_features
+        self.reg = reg
+        self.alpha = alpha
+        self.seed = seed
+        self.num_threads = num_threads
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        try:
+            from lightfm import LightFM
+        except ImportError as e:
+            raise MetarecError(
+                "LightFM baseline needs the optional 'lightfm' package: pip install lightfm-next"
+            ) from e
+        self._set_fitted(dataset, train)
+        self.like_ = like_threshold(dataset, self.min_rating)
+        item_features = None
+        if self.use_features and features is not None:
+            if features.n_items != dataset.n_items:
+                raise MetarecError(
+                    f"LightFM: FeatureSet has {features.n_items} items, dataset {dataset.n_items}"
+                )
+            dense = np.hstack(
+                [features.item_text.cpu().numpy(), features.item_side.cpu().numpy()]
+            ).astype(np.float32)  # (n_items, d_text + d_side)
+            f = sp.hstack([sp.identity(dataset.n_items, format="csr"), sp.csr_matrix(dense)])
+            norm = np.asarray(abs(f).sum(1)).ravel()
+            item_features = sp.csr_matrix(sp.diags(1.0 / norm) @ f, dtype=np.float32)
+        model = LightFM(
+            no_components=self.no_components,
+            loss=self.loss,
+            learning_rate=self.learning_rate,
+            item_alpha=self.item_alpha,
+            random_state=self.seed,
+        )
+        x = _presence_matrix(dataset, train, self.like_).tocoo().astype(np.float32)
+        model.fit(x, item_features=item_features, epochs=self.epochs, num_threads=self.num_threads)
+        bias, vectors = model.get_item_representations(item_features)
+        self._finish_fit(vectors, bias)
+        return self
+
+
+# --- content-based ------------------------------------------------------------------
+
+
+class TextCosine(Recommender):
+    """Cosine between the user's text profile and each item's text vector.
+
+    Profile = mean text vector of the history items the user liked: label > 0 (implicit) or
+    rating >= the user's mean history rating (explicit, so any scale works). Items without
+    text (zero vectors), and every item for an empty profile, score 0.
+    """
+
+    name = "TextCosine"
+
+    def fit(
+        self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
+    ) -> Self:
+        if features is None:
+            raise MetarecError("TextCosine needs a FeatureSet with item text vectors")
+        if features.n_items != dataset.n_items:
+            raise MetarecError(
+                f"TextCosine: FeatureSet has {features.n_items} items, dataset {dataset.n_items}"
+            )
+        self._set_fitted(dataset, train)
+        t = features.item_text.detach().cpu().numpy().astype(np.float64)  # (n_items, d)
+        norm = np.linalg.norm(t, axis=1, keepdims=True)
+        self.unit_text_ = np.divide(t, norm, out=np.zeros_like(t), where=norm > 0)
+        return self
+
+    def profile(self, user_idx: int, support: Interactions) -> np.ndarray:
+        """Unit-norm (d,) profile of the history (zeros when nothing liked has text)."""
+        items, ratings = self._history(user_idx, support)
+        if self.feedback_ == "explicit":
+            liked = items[ratings >= ratings.mean()] if len(items) else items
+        else:
+            liked = items[ratings > 0]
+        v = self.unit_text_[liked].mean(0) if len(liked) else np.zeros(self.unit_text_.shape[1])
+        n = np.linalg.norm(v)
+        return v / n if n > 0 else v
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        return self.unit_text_[self._check_items(item_idx)] @ self.profile(user_idx, support)
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
+        prof = np.stack([self.profile(t.user_idx, t.support) for t in tasks]) if tasks else None
+        if prof is None:
+            return np.zeros((0, len(item_idx)))
+        return prof @ self.unit_text_[item_idx].T
+
+
+# Explicit registry: name -> class. Constructed with keyword hyperparameters.
+BASELINES: dict[str, type[Recommender]] = {
+    "popularity": Popularity,
+    "item_mean": ItemMean,
+    "item_mean_user_bias": ItemMeanUserBias,
+    "biased_mf": BiasedMF,
+    "ease": EASE,
+    "implicit_als": ImplicitALS,
+    "lightfm": LightFMRanker,
+    "text_cosine": TextCosine,
+}
+
+
+def make_baseline(name: str, **params) -> Recommender:
+    """Instantiate ``BASELINES[name](**params)``; unknown names or parameters raise."""
+    if name not in BASELINES:
+        raise MetarecError(f"unknown baseline {name!r}; choose from {', '.join(BASELINES)}")
+    try:
+        return BASELINES[name](**params)
+    except TypeError as e:
+        raise MetarecError(f"baseline {name!r}: bad parameters ({e})") from None

@@ -1,0 +1,401 @@
+"""Baselines: one contract test mixin (implicit's "checkerboard" idea) run over every
+baseline, plus closed-form checks of the fold-ins and of EASE."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from metarec.baselines import (
+    BASELINES,
+    EASE,
+    BiasedMF,
+    ImplicitALS,
+    ItemMean,
+    ItemMeanUserBias,
+    LightFMRanker,
+    Popularity,
+    TextCosine,
+    als_fold_in,
+    make_baseline,
+    ridge_fold_in,
+)
+from metarec.features import FeatureSet
+from metarec.types import Dataset, IdMap, Interactions, MetarecError, Task
+
+N_ITEMS = 20  # items 0..9 are the A half, 10..19 the B half
+N_A, N_B = 24, 16  # group A users 0..23, group B users 24..39; users 40, 41 are cold
+COLD_A, COLD_B = 40, 41
+A_ITEMS, B_ITEMS = np.arange(10), np.arange(10, 20)
+
+
+def inter(users, items, ratings) -> Interactions:
+    n = len(items)
+    return Interactions(
+        np.broadcast_to(np.asarray(users), (n,)), items, ratings, np.arange(n), np.zeros(n)
+    )
+
+
+def checkerboard() -> tuple[Dataset, Interactions, FeatureSet]:
+    """Group A rates 8 of the A items 5 and 2 B items 1; group B likewise with 4s on B.
+
+    A is larger and rates higher, so non-personalised models rank A items first too.
+    """
+    u, i, r = [], [], []
+    for user in range(N_A + N_B):
+        own, other, like = (A_ITEMS, B_ITEMS, 5.0) if user < N_A else (B_ITEMS, A_ITEMS, 4.0)
+        liked = own[(np.arange(10) + user) % 5 != 0]  # 8 of 10, a different 8 per user
+        disliked = other[[user % 10, (user + 3) % 10]]
+        u += [user] * 10
+        i += [*liked, *disliked]
+        r += [like] * 8 + [1.0] * 2
+    n = len(u)
+    train = Interactions(np.array(u), np.array(i), np.array(r), np.arange(n), np.zeros(n))
+    ds = Dataset(
+        name="checkerboard",
+        interactions=train,
+        users=IdMap(np.array([f"u{k}" for k in range(N_A + N_B + 2)])),
+        items=IdMap(np.array([f"i{k}" for k in range(N_ITEMS)])),
+        feedback="explicit",
+        rating_range=(1.0, 5.0),
+        has_time=False,
+    )
+    # text: a group direction plus a little per-item detail, so items are not identical
+    group = np.zeros((N_ITEMS, 2))
+    group[A_ITEMS, 0] = 1.0
+    group[B_ITEMS, 1] = 1.0
+    detail = np.random.default_rng(0).normal(0, 0.1, (N_ITEMS, 3))
+    text = torch.tensor(np.hstack([group, detail]), dtype=torch.float32)
+    feats = FeatureSet(text, torch.zeros(N_ITEMS, 0), torch.zeros(N_A + N_B + 2, 0))
+    return ds, train, feats
+
+
+COLD_A_SUPPORT = inter(COLD_A, np.array([0, 1, 2, 15]), np.array([5.0, 5.0, 5.0, 1.0]))
+COLD_B_SUPPORT = inter(COLD_B, np.array([10, 11, 12, 3]), np.array([4.0, 4.0, 4.0, 1.0]))
+
+
+@pytest.fixture(scope="module")
+def board():
+    return checkerboard()
+
+
+def _state(model) -> dict:
+    """Copies of every array attribute, to check that scoring changes nothing."""
+    return {k: np.array(v, copy=True) for k, v in vars(model).items() if isinstance(v, np.ndarray)}
+
+
+class ContractTests:
+    """Every baseline must pass these; subclasses supply make_model()."""
+
+    def make_model(self):
+        raise NotImplementedError
+
+    @pytest.fixture
+    def fitted(self, board):
+        ds, train, feats = board
+        return self.make_model().fit(ds, train, feats)
+
+    def test_cold_user_of_group_a_gets_a_items(self, fitted):
+        items, scores = fitted.recommend(COLD_A, COLD_A_SUPPORT, k=5)
+        assert len(items) == 5
+        assert set(items.tolist()) <= set(range(3, 10))  # A items, support excluded
+        assert np.all(np.diff(scores) <= 0)  # best first
+
+    def test_cold_user_of_group_b_gets_b_items(self, fitted):
+        if not fitted.personalized:
+            pytest.skip(f"{fitted.name} ranks the same for everyone")
+        items, _ = fitted.recommend(COLD_B, COLD_B_SUPPORT, k=5)
+        assert set(items.tolist()) <= set(range(13, 20))
+
+    def test_rating_predictions_on_scale_and_ordered(self, fitted):
+        if not fitted.predicts_ratings:
+            pytest.skip(f"{fitted.name} only ranks")
+        s = fitted.score(COLD_A, COLD_A_SUPPORT, np.arange(N_ITEMS))
+        assert s.min() >= 1.0 and s.max() <= 5.0
+        assert s[A_ITEMS].mean() > s[B_ITEMS].mean() + 1.0
+
+    def test_batch_equals_single(self, fitted):
+        tasks = [
+            Task(COLD_A, COLD_A_SUPPORT, Interactions.empty()),
+            Task(COLD_B, COLD_B_SUPPORT, Interactions.empty()),
+            Task(3, Interactions.empty(), Interactions.empty()),  # a warm user, no support
+        ]
+        items = np.arange(N_ITEMS)
+        batch = fitted.rank_scores_batch(tasks, items)
+        single = np.stack([fitted.rank_scores(t.user_idx, t.support, items) for t in tasks])
+        np.testing.assert_allclose(batch, single, rtol=1e-10, atol=1e-12)
+        many = fitted.score_many(tasks, [items[:5], items[5:], items])
+        np.testing.assert_allclose(many[1], fitted.score(COLD_B, COLD_B_SUPPORT, items[5:]))
+
+    def test_fit_is_deterministic(self, board, fitted):
+        ds, train, feats = board
+        again = self.make_model().fit(ds, train, feats)
+        items = np.arange(N_ITEMS)
+        np.testing.assert_array_equal(
+            fitted.score(COLD_A, COLD_A_SUPPORT, items), again.score(COLD_A, COLD_A_SUPPORT, items)
+        )
+
+    def test_score_leaves_model_unchanged(self, fitted):
+        before = _state(fitted)
+        first = fitted.score(COLD_A, COLD_A_SUPPORT, np.arange(N_ITEMS))
+        fitted.score(COLD_B, COLD_B_SUPPORT, np.arange(N_ITEMS))
+        fitted.recommend(COLD_B, COLD_B_SUPPORT, k=3)
+        after = _state(fitted)
+        assert before.keys() == after.keys()
+        for k in before:
+            np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+        np.testing.assert_array_equal(
+            first, fitted.score(COLD_A, COLD_A_SUPPORT, np.arange(N_ITEMS))
+        )
+
+    def test_recommend_candidates_and_exclude(self, fitted):
+        items, _ = fitted.recommend(
+            COLD_A, COLD_A_SUPPORT, k=3, candidates=np.array([0, 4, 12, 17])
+        )
+        assert set(items.tolist()) <= {4, 12, 17}
+        items, _ = fitted.recommend(
+            COLD_A, COLD_A_SUPPORT, k=50, exclude=np.array([], dtype=np.int64)
+        )
+        assert sorted(items.tolist()) == list(range(N_ITEMS))
+
+    def test_bad_item_index_raises(self, fitted):
+        with pytest.raises(MetarecError):
+            fitted.score(COLD_A, COLD_A_SUPPORT, np.array([N_ITEMS]))
+
+
+class TestPopularity(ContractTests):
+    def make_model(self):
+        return Popularity()
+
+
+class TestItemMean(ContractTests):
+    def make_model(self):
+        return ItemMean(shrinkage=2.0)
+
+
+class TestItemMeanUserBias(ContractTests):
+    def make_model(self):
+        return ItemMeanUserBias(shrinkage=2.0, user_shrinkage=1.0)
+
+
+class TestBiasedMF(ContractTests):
+    def make_model(self):
+        return BiasedMF(factors=4, reg=1.0, bias_reg=1.0, iterations=10, seed=3)
+
+
+class TestEASE(ContractTests):
+    def make_model(self):
+        return EASE(reg=5.0)
+
+
+class TestImplicitALS(ContractTests):
+    def make_model(self):
+        return ImplicitALS(factors=4, reg=0.1, alpha=5.0, iterations=10, seed=3)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("lightfm") is None, reason="lightfm not installed")
+class TestLightFM(ContractTests):
+    def make_model(self):
+        return LightFMRanker(no_components=4, epochs=30, seed=3)
+
+
+class TestTextCosine(ContractTests):
+    def make_model(self):
+        return TextCosine()
+
+
+def test_every_registered_baseline_has_a_contract_test():
+    tested = {cls.make_model(None).__class__ for cls in ContractTests.__subclasses__()}
+    assert set(BASELINES.values()) == tested
+
+
+# --- known answers ---------------------------------------------------------------------
+
+
+def tiny() -> tuple[Dataset, Interactions]:
+    # 3 users x 3 items: u0 rates i0=5, i1=3; u1 rates i0=4; u2 rates i2=1
+    train = inter(0, np.array([0, 1]), np.array([5.0, 3.0]))
+    train = Interactions.concat(
+        [train, inter(1, np.array([0]), np.array([4.0])), inter(2, np.array([2]), np.array([1.0]))]
+    )
+    ds = Dataset(
+        "tiny",
+        train,
+        IdMap(np.array(["a", "b", "c", "d"])),
+        IdMap(np.array(["x", "y", "z"])),
+        "explicit",
+        (1.0, 5.0),
+        False,
+    )
+    return ds, train
+
+
+def test_popularity_counts():
+    ds, train = tiny()
+    np.testing.assert_array_equal(
+        Popularity().fit(ds, train).score(3, Interactions.empty(), np.arange(3)), [2, 1, 1]
+    )
+
+
+def test_item_mean_and_user_bias_by_hand():
+    ds, train = tiny()
+    mu = 13 / 4  # 3.25
+    m = ItemMean(shrinkage=1.0).fit(ds, train)
+    # item 0: residuals 1.75 + 0.75 over (2 + 1)
+    expected = [mu + 2.5 / 3, mu + (3 - mu) / 2, mu + (1 - mu) / 2]
+    np.testing.assert_allclose(m.score(3, Interactions.empty(), np.arange(3)), expected)
+    mb = ItemMeanUserBias(shrinkage=1.0, user_shrinkage=2.0).fit(ds, train)
+    # cold user 3 rates item 0 with 2: b_u = (2 - expected[0]) / (1 + 2)
+    b_u = (2 - expected[0]) / 3
+    got = mb.score(3, inter(3, np.array([0]), np.array([2.0])), np.arange(3))
+    np.testing.assert_allclose(got, np.array(expected) + b_u)
+    # a warm user's training rows count too: user 1 (rated item 0 with 4)
+    b_1 = (4 - expected[0]) / 3
+    np.testing.assert_allclose(mb.user_bias(1, Interactions.empty()), b_1)
+
+
+def test_ridge_fold_in_solves_normal_equations():
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=(7, 3))
+    y = rng.normal(size=7)
+    reg, bias_reg = 0.7, 0.2
+    v, b = ridge_fold_in(f, y, reg, bias_reg)
+    # the same ridge problem as an augmented least-squares system
+    x = np.hstack([f, np.ones((7, 1))])
+    aug_x = np.vstack([x, np.diag(np.sqrt([reg, reg, reg, bias_reg]))])
+    aug_y = np.concatenate([y, np.zeros(4)])
+    w = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0]
+    np.testing.assert_allclose(np.append(v, b), w, atol=1e-10)
+
+
+def test_biased_mf_fold_in_matches_lstsq_on_history(board):
+    ds, train, _ = board
+    m = BiasedMF(factors=4, reg=1.0, bias_reg=0.5, iterations=5, seed=0).fit(ds, train)
+    v, b = m.fold_in(COLD_A, COLD_A_SUPPORT)
+    items, ratings = COLD_A_SUPPORT.item_idx, COLD_A_SUPPORT.rating
+    x = np.hstack([m.item_factors_[items], np.ones((4, 1))])
+    aug_x = np.vstack([x, np.diag(np.sqrt([1.0] * 4 + [0.5]))])
+    aug_y = np.concatenate([ratings - m.mu_ - m.item_bias_[items], np.zeros(5)])
+    w = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0]
+    np.testing.assert_allclose(np.append(v, b), w, atol=1e-10)
+    # a warm user's history is their training rows: user 0 plus nothing
+    v0, _ = m.fold_in(0, Interactions.empty())
+    row = m.train_ratings_[0]
+    target = row.data - m.mu_ - m.item_bias_[row.indices]
+    np.testing.assert_allclose(v0, ridge_fold_in(m.item_factors_[row.indices], target, 1.0, 0.5)[0])
+
+
+def test_biased_mf_fits_ratings():
+    # a rank-1 rating matrix with biases is recovered closely on its observed cells
+    rng = np.random.default_rng(0)
+    nu, ni = 30, 12
+    truth = 3 + 0.5 * np.outer(rng.normal(size=nu), rng.normal(size=ni)) + rng.normal(0, 0.3, ni)
+    uu, ii = np.meshgrid(np.arange(nu), np.arange(ni), indexing="ij")
+    keep = rng.random((nu, ni)) < 0.7
+    train = inter(uu[keep], ii[keep], truth[keep])
+    train = Interactions(
+        uu[keep], ii[keep], truth[keep], np.zeros(keep.sum()), np.zeros(keep.sum())
+    )
+    ds = Dataset(
+        "r1",
+        train,
+        IdMap(np.arange(nu).astype(str)),
+        IdMap(np.arange(ni).astype(str)),
+        "explicit",
+        (-10.0, 10.0),
+        False,
+    )
+    m = BiasedMF(factors=2, reg=0.01, bias_reg=0.01, iterations=30).fit(ds, train)
+    pred = np.concatenate([m.score(u, Interactions.empty(), ii[u][keep[u]]) for u in range(nu)])
+    resid = pred - np.concatenate([truth[u][keep[u]] for u in range(nu)])
+    assert np.sqrt(np.mean(resid**2)) < 0.05
+
+
+def test_ease_weights_closed_form_on_tiny_matrix():
+    x = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1], [1, 0, 0]], dtype=float)
+    users, items = np.nonzero(x)
+    train = Interactions(
+        users, items, np.ones(len(users)), np.zeros(len(users)), np.zeros(len(users))
+    )
+    ds = Dataset(
+        "e",
+        train,
+        IdMap(np.arange(5).astype(str)),
+        IdMap(np.arange(3).astype(str)),
+        "implicit",
+        (0.0, 1.0),
+        False,
+    )
+    lam = 2.0
+    m = EASE(reg=lam).fit(ds, train)
+    g = x.T @ x + lam * np.eye(3)
+    p = np.linalg.inv(g)
+    expected = np.eye(3) - p @ np.diag(1 / np.diag(p))
+    np.testing.assert_allclose(m.weights_, expected, atol=1e-12)
+    np.testing.assert_array_equal(np.diag(m.weights_), 0.0)
+    # optimality of the constrained ridge: G B - G is diagonal (only the diag(B)=0 multiplier)
+    r = g @ m.weights_ - g
+    np.testing.assert_allclose(r - np.diag(np.diag(r)), 0.0, atol=1e-12)
+    # cold user with history {0}: scores are row 0 of B
+    np.testing.assert_allclose(
+        m.score(4, inter(4, np.array([0]), np.array([1.0])), np.arange(3)), expected[0]
+    )
+
+
+def test_ease_refuses_huge_catalogue(board):
+    ds, train, _ = board
+    with pytest.raises(MetarecError, match="max_items"):
+        EASE(max_items=5).fit(ds, train)
+
+
+def test_ease_unseen_item_scores_minus_inf():
+    ds, train = tiny()
+    train = train.take(train.item_idx != 2)
+    m = EASE(reg=1.0).fit(ds, train)
+    s = m.score(3, inter(3, np.array([0]), np.array([5.0])), np.arange(3))
+    assert s[2] == -np.inf and np.isfinite(s[:2]).all()
+
+
+def test_als_fold_in_equals_implicit_recalculate_user(board):
+    ds, train, _ = board
+    m = ImplicitALS(factors=4, reg=0.1, alpha=5.0, iterations=5, seed=0).fit(ds, train)
+    items = np.array([0, 1, 2])  # the support's liked items: item 15 was rated 1 (< midpoint 3)
+    row = sp.csr_matrix((np.ones(3, dtype=np.float32), (np.zeros(3), items)), shape=(1, N_ITEMS))
+    expected = m.model_.recalculate_user(0, row)
+    np.testing.assert_allclose(m.fold_in(COLD_A, COLD_A_SUPPORT), expected, rtol=1e-4, atol=1e-5)
+    # the closed form itself: normal equations of the confidence-weighted ridge
+    y = m.item_vectors_
+    c = np.ones(N_ITEMS)
+    c[items] = 5.0
+    p = np.zeros(N_ITEMS)
+    p[items] = 1.0
+    direct = np.linalg.solve(y.T @ (c[:, None] * y) + 0.1 * np.eye(4), y.T @ (c * p))
+    np.testing.assert_allclose(als_fold_in(y, y.T @ y, items, 0.1, 5.0), direct, atol=1e-10)
+
+
+def test_text_cosine_by_hand(board):
+    ds, train, feats = board
+    m = TextCosine().fit(ds, train, feats)
+    # history: item 0 rated 5, item 10 rated 1 -> mean 3, only item 0 is liked
+    support = inter(COLD_A, np.array([0, 10]), np.array([5.0, 1.0]))
+    t = feats.item_text.numpy().astype(np.float64)
+    unit = t / np.linalg.norm(t, axis=1, keepdims=True)
+    np.testing.assert_allclose(m.score(COLD_A, support, np.arange(N_ITEMS)), unit @ unit[0])
+
+
+def test_text_cosine_needs_features(board):
+    ds, train, _ = board
+    with pytest.raises(MetarecError, match="FeatureSet"):
+        TextCosine().fit(ds, train, None)
+
+
+def test_make_baseline_rejects_unknown():
+    assert isinstance(make_baseline("ease", reg=10.0), EASE)
+    with pytest.raises(MetarecError, match="unknown baseline"):
+        make_baseline("nope")
+    with pytest.raises(MetarecError, match="bad parameters"):
+        make_baseline("ease", lam=3)
