@@ -563,3 +563,16 @@ def test_load_dataset_applies_preprocess_and_keeps_report(ml100k):
     assert len(ds.interactions) == 2
     assert ds.report == ({"step": "keep_high", "dropped": 1},)
     assert sorted(ds.to_frame()["rating"].tolist()) == [4.0, 5.0]
+
+
+def test_parquet_datetime_column_becomes_unix_seconds(tmp_path):
+    p = tmp_path / "log.parquet"
+    pd.DataFrame(
+        {
+            "user_id": ["a", "b"],
+            "item_id": ["x", "y"],
+            "rating": [1.0, 2.0],
+            "timestamp": pd.to_datetime(["1970-01-02", "2020-01-01T00:00:01"]),
+        }
+    ).to_parquet(p)
+    assert read_table(p).ratings["timestamp"].tolist() == [86400, 1577836801]
