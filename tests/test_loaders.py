@@ -572,7 +572,7 @@ def test_parquet_datetime_column_becomes_unix_seconds(tmp_path):
             "user_id": ["a", "b"],
             "item_id": ["x", "y"],
             "rating": [1.0, 2.0],
-            "timestamp": pd.to_datetime(["1970-01-02", "2020-01-01T00:00:01"]),
+            "timestamp": pd.to_datetime(["1970-01-02T00:00:00", "2020-01-01T00:00:01"]),
         }
     ).to_parquet(p)
     assert read_table(p).ratings["timestamp"].tolist() == [86400, 1577836801]
