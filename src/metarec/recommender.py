@@ -118,7 +118,10 @@ class Recommender(abc.ABC):
             raise MetarecError(
                 f"score_many: {len(tasks)} tasks but {len(item_idx_per_task)} item arrays"
             )
-        return [self.score(t.user_idx, t.support, it) for t, it in zip(tasks, item_idx_per_task)]
+        return [
+            self.score(t.user_idx, t.support, it)
+            for t, it in zip(tasks, item_idx_per_task, strict=True)
+        ]
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
         """:meth:`rank_scores` of the same items for several tasks: (n_tasks, n_items) float64.

@@ -1,0 +1,191 @@
+"""Evaluate a fitted Recommender on cold-start tasks: per-user metrics, averaged over users.
+
+Metric names follow one scheme: ``<Metric>[@k][ (<scope>)]``.
+
+* No scope: pointwise metrics on each user's query items, from ``score``:
+  ``MAE``, ``RMSE``, ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Logloss`` (only for
+  models with ``predicts_ratings``; Logloss on implicit data only) and ``AUC`` (all models).
+  Labels: rating >= ``threshold`` (explicit) or label > 0 (implicit); predictions are
+  positive when the predicted rating >= ``threshold`` (explicit) or probability >= 0.5.
+* ``(query)``: ranking of the user's query items by ``score``, graded relevance = true
+  rating (MeLU/TaNP protocol): ``nDCG@1 (query)``, ``nDCG@3 (query)``, ...
+* ``(full)``: ranking of the whole catalogue (or ``candidates``) minus the user's support
+  by ``rank_scores`` (what ``recommend`` returns); relevant = the query items that are
+  positive: ``HR@10 (full)``, ``Recall@10 (full)``, ``nDCG@10 (full)``, ``MRR (full)``.
+
+Each metric is computed per user; users where it is undefined (NaN: one-class AUC, no
+relevant item, ...) are left out of its average and counted in ``EvalResult.n_users``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from metarec import metrics as M
+from metarec.recommender import Recommender
+from metarec.types import Dataset, MetarecError, Task
+
+LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "Logloss"})
+
+
+def greater_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
+
+
+@dataclass(frozen=True, eq=False)
+class EvalResult:
+    """Averages, per-user values and bootstrap intervals of every metric for one model."""
+
+    model: str
+    metrics: dict[str, float]  # name -> mean over users where defined (NaN if none)
+    per_user: dict[str, np.ndarray]  # name -> (n_tasks,) float64, NaN where undefined
+    ci95: dict[str, tuple[float, float]]  # name -> bootstrap percentile 95% interval of the mean
+    n_users: dict[str, int]  # name -> users the mean is over
+    user_idx: np.ndarray  # (n_tasks,) int64, aligned with per_user
+    primary_metric: str
+    greater_is_better: bool  # direction of primary_metric
+
+    @property
+    def primary(self) -> float:
+        return self.metrics[self.primary_metric]
+
+
+def evaluate(
+    rec: Recommender,
+    dataset: Dataset,
+    tasks: Sequence[Task],
+    *,
+    threshold: float = 4.0,
+    ks: Sequence[int] = (5, 10, 20),
+    query_ks: Sequence[int] = (1, 3, 5),
+    full_catalogue: bool = True,
+    candidates: np.ndarray | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    batch_size: int = 256,
+    primary_metric: str | None = None,
+) -> EvalResult:
+    """Score every task's query with ``rec`` and compute the metrics in this module's scheme.
+
+    ``candidates`` restricts the full-catalogue ranking (e.g. to cold items); relevant items
+    outside it are dropped. ``bootstrap`` resamples users (0 disables intervals). The primary
+    metric defaults to ``nDCG@10 (full)`` when computed, else the largest query nDCG.
+    """
+    if not tasks:
+        raise MetarecError("evaluate: no tasks to evaluate")
+    explicit = dataset.feedback == "explicit"
+    pos_threshold = threshold if explicit else 0.5  # implicit labels are 0/1
+    n = len(tasks)
+    cols: dict[str, np.ndarray] = {}
+
+    def col(name: str) -> np.ndarray:
+        return cols.setdefault(name, np.full(n, np.nan))
+
+    # --- query items: pointwise and within-query ranking, from score ----------------------
+    preds = rec.score_many(tasks, [t.query.item_idx for t in tasks])
+    if len(preds) != n:
+        raise MetarecError(f"{rec.name}: score_many returned {len(preds)} arrays for {n} tasks")
+    for i, (t, pred) in enumerate(zip(tasks, preds, strict=True)):
+        y = t.query.rating.astype(np.float64)
+        pred = np.asarray(pred, dtype=np.float64)
+        if pred.shape != y.shape:
+            raise MetarecError(f"{rec.name}: score returned {pred.shape} for {y.shape} query items")
+        y_pos = M.binarize(y, pos_threshold)
+        col("AUC")[i] = M.auc(y_pos, pred)
+        if rec.predicts_ratings:
+            p_pos = M.binarize(pred, pos_threshold)
+            if explicit:
+                col("MAE")[i] = M.mae(y, pred)
+                col("RMSE")[i] = M.rmse(y, pred)
+            else:
+                col("Logloss")[i] = M.logloss(y_pos, pred)
+            col("Accuracy")[i] = M.accuracy(y_pos, p_pos)
+            col("Precision")[i] = M.precision(y_pos, p_pos)
+            col("Recall")[i] = M.recall(y_pos, p_pos)
+            col("F1")[i] = M.f1(y_pos, p_pos)
+        for k in query_ks:
+            col(f"nDCG@{k} (query)")[i] = M.ndcg_graded_at_k(y, pred, k)
+
+    # --- full catalogue: rank everything but the support, from rank_scores_batch --------
+    if full_catalogue:
+        cand = (
+            np.arange(dataset.n_items, dtype=np.int64)
+            if candidates is None
+            else np.unique(np.asarray(candidates, dtype=np.int64))
+        )
+        kmax = max(ks)
+        for lo in range(0, n, batch_size):
+            chunk = tasks[lo : lo + batch_size]
+            s = np.asarray(rec.rank_scores_batch(chunk, cand), dtype=np.float64)
+            if s.shape != (len(chunk), len(cand)):
+                raise MetarecError(f"{rec.name}: rank_scores_batch returned shape {s.shape}")
+            # stable sort on -score: ties keep catalogue order, exactly as recommend() does
+            order = np.argsort(-s, axis=1, kind="stable")  # (batch, n_cand) positions
+            for j, t in enumerate(chunk):
+                i = lo + j
+                excluded = np.isin(cand[order[j]], t.support.item_idx)
+                ranked = cand[order[j][~excluded]]  # (n_cand - |support ∩ cand|,)
+                q = t.query
+                relevant = q.item_idx[M.binarize(q.rating, pos_threshold)]
+                relevant = relevant[np.isin(relevant, cand)]
+                top = ranked[:kmax]
+                for k in ks:
+                    col(f"HR@{k} (full)")[i] = M.hr_at_k(top, relevant, k)
+                    col(f"Recall@{k} (full)")[i] = M.recall_at_k(top, relevant, k)
+                    col(f"nDCG@{k} (full)")[i] = M.ndcg_at_k(top, relevant, k)
+                col("MRR (full)")[i] = M.mrr(ranked, relevant)
+
+    means, cis, counts = {}, {}, {}
+    rng = np.random.default_rng(seed)
+    for name, v in cols.items():
+        ok = v[~np.isnan(v)]
+        counts[name] = len(ok)
+        means[name] = float(ok.mean()) if len(ok) else float("nan")
+        cis[name] = _bootstrap_ci(ok, bootstrap, rng)
+    if primary_metric is None:
+        full_name = f"nDCG@{10 if 10 in ks else max(ks)} (full)"
+        primary_metric = full_name if full_name in means else f"nDCG@{max(query_ks)} (query)"
+    if primary_metric not in means:
+        raise MetarecError(f"evaluate: primary metric {primary_metric!r} was not computed")
+    return EvalResult(
+        model=rec.name,
+        metrics=means,
+        per_user=cols,
+        ci95=cis,
+        n_users=counts,
+        user_idx=np.array([t.user_idx for t in tasks], dtype=np.int64),
+        primary_metric=primary_metric,
+        greater_is_better=greater_is_better(primary_metric),
+    )
+
+
+def _bootstrap_ci(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile 95% interval of the mean over users resampled with replacement."""
+    if n_boot <= 0 or len(values) == 0:
+        return (float("nan"), float("nan"))
+    means = np.empty(n_boot)
+    # chunks keep the (chunk, n_users) index matrix small for large user counts
+    step = max(1, 2_000_000 // len(values))
+    for lo in range(0, n_boot, step):
+        idx = rng.integers(0, len(values), size=(min(step, n_boot - lo), len(values)))
+        means[lo : lo + len(idx)] = values[idx].mean(1)
+    lo_q, hi_q = np.percentile(means, [2.5, 97.5])
+    return (float(lo_q), float(hi_q))
+
+
+def aggregate_seeds(results: Sequence[EvalResult]) -> dict[str, tuple[float, float]]:
+    """Metric name -> (mean, sample std) across runs with different seeds (std 0 for one run)."""
+    if not results:
+        raise MetarecError("aggregate_seeds: no results")
+    names = list(results[0].metrics)
+    for r in results[1:]:
+        if set(r.metrics) != set(names):
+            raise MetarecError("aggregate_seeds: results report different metrics")
+    out = {}
+    for name in names:
+        v = np.array([r.metrics[name] for r in results], dtype=np.float64)
+        out[name] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+    return out

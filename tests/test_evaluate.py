@@ -1,0 +1,176 @@
+"""evaluate(): hand-computed metrics for a model with fixed scores, naming, NaN exclusion,
+bootstrap intervals, agreement with recommend(), and aggregate_seeds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from metarec import metrics as M
+from metarec.evaluate import EvalResult, aggregate_seeds, evaluate
+from metarec.recommender import Recommender
+from metarec.types import Dataset, IdMap, Interactions, MetarecError, Task
+
+ITEM_SCORES = np.array([5.0, 4.5, 3.0, 3.5, 1.0, 4.8])  # the stub's score of items 0..5
+
+
+class FixedScores(Recommender):
+    """Scores every user with the same fixed vector, whatever the support."""
+
+    name = "Fixed"
+
+    def __init__(self, values: np.ndarray, predicts_ratings: bool = True):
+        self.values = values
+        self.predicts_ratings = predicts_ratings
+
+    def fit(self, dataset, train, features=None):
+        self._set_fitted(dataset, train)
+        return self
+
+    def score(self, user_idx, support, item_idx):
+        return self.values[self._check_items(item_idx)]
+
+
+def inter(user, items, ratings) -> Interactions:
+    n = len(items)
+    return Interactions(np.full(n, user), items, ratings, np.arange(n), np.zeros(n))
+
+
+def dataset(feedback="explicit") -> Dataset:
+    return Dataset(
+        "toy",
+        Interactions.empty(),
+        IdMap(np.array(["a", "b", "c"])),
+        IdMap(np.array([f"i{k}" for k in range(6)])),
+        feedback,
+        (1.0, 5.0) if feedback == "explicit" else (0.0, 1.0),
+        False,
+    )
+
+
+TASKS = (
+    # user 0: support item 0; query items 1, 2, 3 rated 5, 2, 4 (items 1 and 3 are relevant)
+    Task(
+        0,
+        inter(0, np.array([0]), np.array([5.0])),
+        inter(0, np.array([1, 2, 3]), np.array([5.0, 2.0, 4.0])),
+    ),
+    # user 1: no support; query items 4, 5 rated 1, 2 (nothing relevant)
+    Task(1, Interactions.empty(), inter(1, np.array([4, 5]), np.array([1.0, 2.0]))),
+)
+
+
+@pytest.fixture
+def result() -> EvalResult:
+    ds = dataset()
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    return evaluate(rec, ds, TASKS, ks=(1, 3), query_ks=(1, 2), bootstrap=200, seed=0)
+
+
+def test_pointwise_metrics_by_hand(result):
+    m = result.metrics
+    # user 0 predictions (4.5, 3.0, 3.5) vs (5, 2, 4); user 1 predictions (1.0, 4.8) vs (1, 2)
+    assert m["MAE"] == pytest.approx((2 / 3 + 1.4) / 2)
+    assert m["RMSE"] == pytest.approx((math.sqrt(0.5) + math.sqrt(2.8**2 / 2)) / 2)
+    # user 0: true (T, F, T), predicted >= 4 (T, F, F); user 1: true (F, F), predicted (F, T)
+    assert m["Accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["Precision"] == pytest.approx((1.0 + 0.0) / 2)
+    assert m["Recall"] == pytest.approx(0.5) and result.n_users["Recall"] == 1
+    assert m["F1"] == pytest.approx((2 / 3 + 0.0) / 2)
+    # AUC is undefined for user 1 (one class): averaged over user 0 only
+    assert m["AUC"] == 1.0 and result.n_users["AUC"] == 1
+    assert math.isnan(result.per_user["AUC"][1])
+    assert "Logloss" not in m  # explicit data: no probabilities
+
+
+def test_query_ndcg_by_hand(result):
+    # user 0: top-1 is item 1 (rating 5) = ideal; top-2 items 1, 3 (5, 4) vs ideal (5, 4)
+    # user 1: order (5, 4) with ratings (2, 1) = ideal
+    assert result.metrics["nDCG@1 (query)"] == 1.0
+    assert result.metrics["nDCG@2 (query)"] == 1.0
+    assert result.n_users["nDCG@2 (query)"] == 2
+
+
+def test_full_catalogue_by_hand(result):
+    # user 0 ranks items 5, 1, 3, 2, 4 (item 0 is support); relevant {1, 3}
+    m = result.metrics
+    assert m["HR@1 (full)"] == 0.0
+    assert m["HR@3 (full)"] == 1.0
+    assert m["Recall@3 (full)"] == 1.0
+    assert m["nDCG@3 (full)"] == pytest.approx((1 / math.log2(3) + 1 / 2) / (1 + 1 / math.log2(3)))
+    assert m["MRR (full)"] == 0.5
+    # user 1 has no relevant item: excluded from every full-catalogue mean
+    assert result.n_users["MRR (full)"] == 1
+    assert result.primary_metric == "nDCG@3 (full)" and result.greater_is_better
+
+
+def test_bootstrap_interval(result):
+    lo, hi = result.ci95["MAE"]
+    assert 2 / 3 <= lo <= result.metrics["MAE"] <= hi <= 1.4
+    assert result.ci95["AUC"] == (1.0, 1.0)  # one user: every resample is the same
+
+
+def test_full_catalogue_agrees_with_recommend():
+    # many ties: both paths must break them by item index
+    ds = dataset()
+    values = np.array([1.0, 2.0, 2.0, 1.0, 2.0, 0.5])
+    rec = FixedScores(values, predicts_ratings=False).fit(ds, Interactions.empty())
+    res = evaluate(rec, ds, TASKS, ks=(1, 2), query_ks=(1,), bootstrap=0)
+    items, _ = rec.recommend(0, TASKS[0].support, k=2)
+    assert items.tolist() == [1, 2]
+    assert res.per_user["HR@1 (full)"][0] == M.hr_at_k(items, [1, 3], 1) == 1.0
+    assert res.per_user["Recall@2 (full)"][0] == 0.5
+    assert "MAE" not in res.metrics and "AUC" in res.metrics  # rank-only model
+    assert math.isnan(res.ci95["AUC"][0])  # bootstrap disabled
+
+
+def test_candidates_restrict_ranking_and_relevant():
+    ds = dataset()
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    res = evaluate(rec, ds, TASKS, ks=(1,), candidates=np.array([2, 3, 4]), bootstrap=0)
+    # user 0 ranks 3, 2, 4; relevant within candidates: {3}
+    assert res.per_user["HR@1 (full)"][0] == 1.0
+    assert res.per_user["MRR (full)"][0] == 1.0
+
+
+def test_implicit_logloss_and_threshold():
+    ds = dataset("implicit")
+    probs = np.array([0.9, 0.8, 0.3, 0.6, 0.1, 0.2])
+    rec = FixedScores(probs).fit(ds, Interactions.empty())
+    tasks = (
+        Task(0, Interactions.empty(), inter(0, np.array([1, 2, 3]), np.array([1.0, 0.0, 1.0]))),
+    )
+    res = evaluate(rec, ds, tasks, full_catalogue=False, bootstrap=0)
+    assert res.metrics["Logloss"] == pytest.approx(-(np.log(0.8) + np.log(0.7) + np.log(0.6)) / 3)
+    assert res.metrics["Accuracy"] == 1.0  # 0.8, 0.6 >= 0.5 and 0.3 < 0.5
+    assert "MAE" not in res.metrics
+    assert res.primary_metric == "nDCG@5 (query)"
+
+
+def test_aggregate_seeds():
+    def fake(v):
+        return EvalResult("m", {"MAE": v, "AUC": 1 - v}, {}, {}, {}, np.zeros(0), "AUC", True)
+
+    agg = aggregate_seeds([fake(0.5), fake(0.7), fake(0.9)])
+    assert agg["MAE"] == pytest.approx((0.7, 0.2))
+    assert agg["AUC"] == pytest.approx((0.3, 0.2))
+    assert aggregate_seeds([fake(0.5)])["MAE"] == (0.5, 0.0)
+    bad = EvalResult("m", {"MAE": 1.0}, {}, {}, {}, np.zeros(0), "MAE", False)
+    with pytest.raises(MetarecError):
+        aggregate_seeds([fake(0.5), bad])
+
+
+def test_bad_model_output_raises():
+    ds = dataset()
+
+    class Broken(FixedScores):
+        def score(self, user_idx, support, item_idx):
+            return np.zeros(1)
+
+    rec = Broken(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match="score returned"):
+        evaluate(rec, ds, TASKS, bootstrap=0)
+    with pytest.raises(MetarecError, match="no tasks"):
+        evaluate(rec, ds, (), bootstrap=0)
