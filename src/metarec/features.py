@@ -169,8 +169,8 @@ def side_features(
 
     * categorical columns: one column per token among the ``max_categories`` most frequent
       on fit rows; cells "a|b" set several (multi-valued, e.g. genres). Unknown/missing: 0.
-    * text columns whose tokens (split on "|") number at most ``max_categories`` are treated
-      the same way, so MovieLens genres become a multi-hot as well as text.
+    * text columns holding "|"-separated values are treated the same way, so MovieLens
+      genres become a multi-hot as well as text.
     * numeric columns: (x - mean) / std over fit rows; missing -> 0 (the mean).
     Statistics and vocabularies come from ``fit_rows`` only (all rows when None).
     """
@@ -181,8 +181,9 @@ def side_features(
     blocks, names = [], []
     cat_cols = list(table.categorical_columns)
     for c in table.text_columns:
-        vocab = {t for v in frame[c].tolist() for t in _tokens(v)}
-        if 0 < len(vocab) <= max_categories:
+        # "a|b" is the loaders' multi-valued convention (MovieLens genres); free text
+        # (titles, tags joined by ", ") never uses it.
+        if any("|" in v for v in frame[c].tolist() if isinstance(v, str)):
             cat_cols.append(c)
     for c in cat_cols:
         block, vocab = _multi_hot(frame[c].tolist(), fit, max_categories)

@@ -154,7 +154,9 @@ def _module_configs(model_dir: Path) -> list[tuple[str, dict]]:
     out = []
     for m in json.loads(spec.read_text()):
         cfg = model_dir / m.get("path", "") / "config.json"
-        out.append((m.get("type", ""), json.loads(cfg.read_text()) if m.get("path") else {}))
+        # Some modules (Normalize) have no config file; the root's config.json is the HF one.
+        has_cfg = bool(m.get("path")) and cfg.is_file()
+        out.append((m.get("type", ""), json.loads(cfg.read_text()) if has_cfg else {}))
     return out
 
 

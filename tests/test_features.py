@@ -1,0 +1,250 @@
+"""Templates, side features, build_features (PCA fit on training items), history_profile."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metarec.features import (
+    TextProjection,
+    build_features,
+    embed_dataset,
+    history_profile,
+    side_features,
+)
+from metarec.text.templates import clean_text, default_item_template, item_texts, render, user_texts
+from metarec.types import MetarecError, SideTable
+
+# -- templates -------------------------------------------------------------------------
+
+
+def test_render_fills_missing_values_as_empty_and_cleans():
+    frame = pd.DataFrame(
+        {
+            "title": ["Toy Story", "Heat", None],
+            "year": [1995.0, np.nan, 1942.0],
+            "genres": ["Animation|Comedy", None, "Drama"],
+        }
+    )
+    assert render(frame, "{title} ({year}) — {genres}") == [
+        "Toy Story (1995) — Animation, Comedy",
+        "Heat",
+        "(1942) — Drama",
+    ]
+
+
+def test_clean_text_known_cases():
+    assert clean_text("A () —  — B, ") == "A — B"
+    assert clean_text(" — x") == "x"
+    assert clean_text("a, , b") == "a, b"
+    assert clean_text("Spider-Man: Homecoming") == "Spider-Man: Homecoming"
+
+
+def test_bad_templates_raise_one_line_errors():
+    frame = pd.DataFrame({"title": ["x"]})
+    with pytest.raises(MetarecError, match="column\\(s\\) year not in the table"):
+        render(frame, "{title} ({year})")
+    with pytest.raises(MetarecError, match="named fields"):
+        render(frame, "{0}")
+    with pytest.raises(MetarecError, match="format specs"):
+        render(frame, "{title:>10}")
+
+
+def test_item_texts_default_and_dataset_templates(tiny_dataset):
+    t = item_texts(tiny_dataset.name, tiny_dataset.item_table, tiny_dataset.n_items)
+    # generic default: all text columns joined; item 4 has none -> ""
+    assert t == [
+        "Toy Story (1995) — Animation, Comedy",
+        "Heat (1995) — Action, Crime",
+        "Casablanca (1942) — Drama, Romance",
+        "Babe (1995) — Comedy",
+        "",
+    ]
+    assert item_texts("tiny", tiny_dataset.item_table, 5, "{title}")[2] == "Casablanca (1942)"
+    assert item_texts("tiny", None, 3) == ["", "", ""]
+
+
+def test_family_template_needs_its_columns():
+    frame = pd.DataFrame({"name": ["Nirvana"], "tags": ["grunge|rock"], "x": ["y"]})
+    table = SideTable(_ids(1), frame, text_columns=("name", "x"))
+    assert default_item_template("lastfm-hetrec", table) == "{name} — {tags}"
+    # without "tags" the lastfm family falls back to its next candidate
+    table2 = SideTable(_ids(1), frame[["name", "x"]], text_columns=("name", "x"))
+    assert default_item_template("lastfm-hetrec", table2) == "{name}"
+    assert default_item_template("my-data", table2) == "{name} — {x}"
+
+
+def _ids(n):
+    from metarec.types import IdMap
+
+    return IdMap(np.array([str(i) for i in range(n)], dtype=object))
+
+
+def test_user_texts_from_demographics(tiny_dataset):
+    assert user_texts(tiny_dataset.user_table) == [
+        "age 24, male, technician",
+        "age 53, female, other",
+        "age 23, male, writer",
+        "",  # u3 rated but has no demographics row
+    ]
+    assert user_texts(None) is None
+    no_demo = SideTable(_ids(2), pd.DataFrame({"zip": ["1", "2"]}), categorical_columns=("zip",))
+    assert user_texts(no_demo) is None
+
+
+# -- side features -----------------------------------------------------------------------
+
+
+def test_side_features_multi_hot_and_z_scores(tiny_dataset):
+    x, names = side_features(tiny_dataset.item_table, 5)
+    # genres ("|" values) become a multi-hot: Comedy (2 items) first, then by name
+    assert names == [
+        "lang=en",
+        "lang=fr",
+        "genres=Comedy",
+        "genres=Action",
+        "genres=Animation",
+        "genres=Crime",
+        "genres=Drama",
+        "genres=Romance",
+        "year",
+    ]
+    genres = x[:, 2:8]
+    np.testing.assert_array_equal(
+        genres,
+        [
+            [1, 0, 1, 0, 0, 0],
+            [0, 1, 0, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1],
+            [1, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0],
+        ],
+    )
+    # years 1995, 1995, 1942, 1995: mean 1981.75, population std 22.95 -> z = 1/sqrt(3), -sqrt(3)
+    s3 = np.sqrt(3.0)
+    np.testing.assert_allclose(x[:, 8], [1 / s3, 1 / s3, -s3, 1 / s3, 0.0], rtol=1e-6)
+
+
+def test_side_features_statistics_come_from_fit_rows_only(tiny_dataset):
+    x, names = side_features(tiny_dataset.item_table, 5, fit_rows=np.array([0, 1]))
+    # vocabularies from items 0 and 1 only: no Drama/Romance columns, no "fr"
+    assert names == [
+        "lang=en",
+        "genres=Action",
+        "genres=Animation",
+        "genres=Comedy",
+        "genres=Crime",
+        "year",
+    ]
+    # year mean 1995 and std 0 on fit rows -> scale 1: 1942 maps to -53
+    np.testing.assert_allclose(x[:, -1], [0, 0, -53, 0, 0])
+
+
+# -- build_features -----------------------------------------------------------------------
+
+
+def test_build_features_text_rows_side_and_users(tiny_dataset, hashing_encoder, tmp_path):
+    fs = build_features(tiny_dataset, hashing_encoder, cache=tmp_path, user_text=True)
+    texts = item_texts("tiny", tiny_dataset.item_table, 5)
+    assert fs.item_text.dtype == torch.float32 and fs.item_text.shape == (5, 64)
+    np.testing.assert_array_equal(fs.item_text[:4].numpy(), hashing_encoder.encode(texts[:4]))
+    assert not fs.item_text[4].any()  # no text -> zero row
+    assert fs.item_side.shape == (5, 9)
+    # users: gender (2) + occupation (3) one-hots, age z-score, then 64-d user text vector
+    assert fs.user_side.shape == (4, 2 + 3 + 1 + 64)
+    np.testing.assert_array_equal(fs.user_side[0, :5].numpy(), [1, 0, 0, 1, 0])  # M, technician
+    u_text = hashing_encoder.encode(["age 24, male, technician"])[0]
+    np.testing.assert_array_equal(fs.user_side[0, 6:].numpy(), u_text)
+    assert not fs.user_side[3].any()  # u3: nothing known
+    assert fs.encoder_fingerprint == hashing_encoder.fingerprint
+
+
+def test_text_projection_known_answer():
+    # points on a line along (1, 1): one principal axis (1, 1)/sqrt(2), variance 2
+    x = np.array([[-1, -1], [0, 0], [1, 1]], dtype=np.float32)
+    p = TextProjection.fit(x, dim=1)
+    np.testing.assert_allclose(p.apply(x)[:, 0], [-np.sqrt(2), 0, np.sqrt(2)], rtol=1e-6)
+    w = TextProjection.fit(x, dim=1, whiten=True)
+    np.testing.assert_allclose(w.apply(x)[:, 0], [-1, 0, 1], rtol=1e-5)
+    with pytest.raises(MetarecError, match="at most 2"):
+        TextProjection.fit(x, dim=3)
+
+
+def test_pca_is_fitted_on_training_items_only(tiny_dataset, hashing_encoder):
+    fit = np.array([0, 1, 3])  # item 2 is "cold"
+    fs = build_features(tiny_dataset, hashing_encoder, pca_dim=2, whiten=True, fit_items=fit)
+    z = fs.item_text.numpy()
+    assert z.shape == (5, 2)
+    # whitened over the 3 fit rows: mean 0, covariance (ddof 1) identity
+    np.testing.assert_allclose(z[fit].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(np.cov(z[fit].T), np.eye(2), atol=1e-3)
+    assert not z[4].any()
+    # changing the cold item's text changes its own row only
+    frame = tiny_dataset.item_table.frame.copy()
+    frame.loc[2, "title"] = "Something else entirely"
+    other = replace(tiny_dataset, item_table=replace(tiny_dataset.item_table, frame=frame))
+    z2 = build_features(other, hashing_encoder, pca_dim=2, whiten=True, fit_items=fit).item_text
+    np.testing.assert_array_equal(z2.numpy()[fit], z[fit])
+    assert not np.allclose(z2.numpy()[2], z[2])
+
+
+def test_bad_fit_items(tiny_dataset, hashing_encoder):
+    with pytest.raises(MetarecError, match="outside 0..4"):
+        build_features(tiny_dataset, hashing_encoder, pca_dim=2, fit_items=[0, 9])
+
+
+def test_embed_dataset_counts_and_warm_run(tiny_dataset, hashing_encoder, tmp_path):
+    cold = embed_dataset(tiny_dataset, hashing_encoder, tmp_path, show_progress=False)
+    assert (cold["items_with_text"], cold["users_with_text"]) == (4, 3)
+    assert (cold["hits"], cold["misses"], cold["dim"]) == (0, 7, 64)
+    warm = embed_dataset(tiny_dataset, "hashing:64", tmp_path, show_progress=False)
+    assert (warm["hits"], warm["misses"], warm["encoded"]) == (7, 0, 0)
+
+
+# -- history_profile -------------------------------------------------------------------------
+
+
+def test_history_profile_weighted_mean_padding_and_empty():
+    item_text = torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]])
+    support = torch.tensor([[0, 2, 1], [1, 0, 0], [0, 0, 0]])
+    weights = torch.tensor([[1.0, 3.0, 5.0], [2.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    p = history_profile(item_text, support, weights, mask)
+    # row 0: (1*[1,0] + 3*[2,2]) / 4; row 1: the single item; row 2: empty support -> zeros
+    expected = torch.tensor([[7 / 4, 6 / 4], [0.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(p, expected)
+    # unweighted mean = weights of one; K = 0 gives zeros, not NaN
+    ones = torch.ones(1, 2)
+    torch.testing.assert_close(
+        history_profile(item_text, torch.tensor([[0, 1]]), ones, ones), torch.tensor([[0.5, 0.5]])
+    )
+    empty = history_profile(
+        item_text, torch.zeros(2, 0, dtype=torch.long), *[torch.zeros(2, 0)] * 2
+    )
+    torch.testing.assert_close(empty, torch.zeros(2, 2))
+
+
+# -- real data -----------------------------------------------------------------------------
+
+
+@pytest.mark.data
+def test_movielens_100k_features():
+    root = os.environ.get("METAREC_DATA_DIR")
+    if not root:
+        pytest.skip("METAREC_DATA_DIR is not set")
+    from metarec.data import load_dataset
+    from metarec.text.encoder import HashingEncoder
+
+    ds = load_dataset("movielens-100k", os.path.join(root, "ml-100k"))
+    texts = item_texts(ds.name, ds.item_table, ds.n_items)
+    assert texts[0] == "Toy Story (1995) — Animation, Children's, Comedy"
+    fs = build_features(ds, HashingEncoder(32), fit_items=np.arange(1000), pca_dim=16)
+    assert fs.item_text.shape == (1682, 16)
+    assert fs.item_side.shape == (1682, 19 + 1)  # 19 genres multi-hot + scaled year
+    u1 = ds.users.ids.tolist().index("1")  # users are indexed by first rating, not file order
+    assert user_texts(ds.user_table)[u1] == "age 24, male, technician"

@@ -1,0 +1,175 @@
+"""EmbeddingCache: hits/misses, invalidation, corruption recovery, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from metarec.text.cache import EmbeddingCache, text_key
+from metarec.text.encoder import HashingEncoder
+
+TEXTS = ["Toy Story (1995)", "Heat (1995)", "Casablanca (1942)", "Babe (1995)"]
+
+
+class CountingEncoder:
+    """Wraps an encoder and records every list it is asked to encode."""
+
+    def __init__(self, inner, fingerprint: str | None = None):
+        self.inner, self.calls = inner, []
+        self._fp = fingerprint or inner.fingerprint
+
+    @property
+    def fingerprint(self):
+        return self._fp
+
+    @property
+    def dim(self):
+        return self.inner.dim
+
+    def encode(self, texts, batch_size=None, show_progress=False):
+        self.calls.append(list(texts))
+        return self.inner.encode(texts)
+
+
+def _shards(cache, enc):
+    idx = json.loads((cache.folder(enc.fingerprint) / "index.json").read_text())
+    return [cache.folder(enc.fingerprint) / s["file"] for s in idx["shards"]]
+
+
+def test_hits_misses_and_bit_identical_vectors(tmp_path, hashing_encoder):
+    cache, enc = EmbeddingCache(tmp_path), CountingEncoder(hashing_encoder)
+    v1, s1 = cache.get_or_compute(enc, TEXTS[:3])
+    assert (s1["hits"], s1["misses"], s1["encoded"]) == (0, 3, 3)
+    v2, s2 = cache.get_or_compute(enc, TEXTS[:3])
+    assert (s2["hits"], s2["misses"], s2["encoded"]) == (3, 0, 0)
+    assert len(enc.calls) == 1  # the warm call never reached the encoder
+    fresh = hashing_encoder.encode(TEXTS[:3])
+    assert v1.tobytes() == fresh.tobytes() == v2.tobytes()
+    assert v2.dtype == np.float32 and v2.shape == (3, 64)
+
+
+def test_partial_overlap_encodes_only_new_distinct_texts(tmp_path, hashing_encoder):
+    cache, enc = EmbeddingCache(tmp_path), CountingEncoder(hashing_encoder)
+    cache.get_or_compute(enc, TEXTS[:2])
+    batch = [TEXTS[3], TEXTS[0], TEXTS[3], TEXTS[1], TEXTS[2]]
+    v, s = cache.get_or_compute(enc, batch)
+    # hits/misses count positions: T0, T1 hit; T3 (twice) and T2 miss; T3 encoded once
+    assert (s["hits"], s["misses"], s["encoded"]) == (2, 3, 2)
+    assert enc.calls[-1] == [TEXTS[3], TEXTS[2]]  # first-appearance order
+    assert v.tobytes() == hashing_encoder.encode(batch).tobytes()
+    assert len(_shards(cache, enc)) == 2
+
+
+def test_changed_encoder_never_hits_old_entries(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    a = HashingEncoder(64)
+    cache.get_or_compute(a, TEXTS)
+    # same dim and same outputs but another fingerprint: still a full miss
+    b = CountingEncoder(HashingEncoder(64), fingerprint="other-encoder")
+    _, s = cache.get_or_compute(b, TEXTS)
+    assert (s["hits"], s["misses"]) == (0, 4)
+    c = HashingEncoder(64, ngram=(2,))
+    v, s = cache.get_or_compute(c, TEXTS)
+    assert (s["hits"], s["misses"]) == (0, 4)
+    assert v.tobytes() == c.encode(TEXTS).tobytes()
+    _, s = cache.get_or_compute(a, TEXTS)  # the first encoder's entries are still there
+    assert s["hits"] == 4
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "empty"])
+def test_damaged_shard_is_detected_and_recomputed(tmp_path, hashing_encoder, damage):
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(hashing_encoder, TEXTS[:2])
+    cache.get_or_compute(hashing_encoder, TEXTS[2:])
+    victim = _shards(cache, hashing_encoder)[0]
+    data = victim.read_bytes()
+    if damage == "flip":  # corrupt one byte inside the vector payload (end of file)
+        b = bytearray(data)
+        b[-3] ^= 0xFF
+        victim.write_bytes(bytes(b))
+    elif damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "delete":
+        victim.unlink()
+    else:
+        victim.write_bytes(b"")
+    enc = CountingEncoder(hashing_encoder)
+    v, s = cache.get_or_compute(enc, TEXTS)
+    assert s["dropped_shards"] == 1
+    assert (s["hits"], s["misses"]) == (2, 2)
+    assert enc.calls == [TEXTS[:2]]  # only the lost shard's texts are re-encoded
+    assert v.tobytes() == hashing_encoder.encode(TEXTS).tobytes()
+    # repaired: the next call is all hits and the bad shard is gone from disk
+    _, s = cache.get_or_compute(enc, TEXTS)
+    assert (s["hits"], s["dropped_shards"]) == (4, 0)
+    assert not victim.exists()
+
+
+def test_corrupt_index_is_rebuilt(tmp_path, hashing_encoder):
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(hashing_encoder, TEXTS)
+    folder = cache.folder(hashing_encoder.fingerprint)
+    (folder / "index.json").write_text('{"format": "metarec-embcache-1", "shar')
+    v, s = cache.get_or_compute(hashing_encoder, TEXTS)
+    assert s["index_rebuilt"] and (s["hits"], s["misses"]) == (0, 4)
+    assert v.tobytes() == hashing_encoder.encode(TEXTS).tobytes()
+    _, s = cache.get_or_compute(hashing_encoder, TEXTS)
+    assert s["hits"] == 4 and not s["index_rebuilt"]
+    assert len(list(folder.glob("shard-*"))) == 1  # the orphaned old shard was removed
+    assert not list(folder.glob("*.tmp"))
+
+
+def test_index_naming_another_fingerprint_is_ignored(tmp_path, hashing_encoder):
+    """A folder whose index belongs to another encoder (hash-prefix clash) gives no hits."""
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(hashing_encoder, TEXTS)
+    index = cache.folder(hashing_encoder.fingerprint) / "index.json"
+    idx = json.loads(index.read_text())
+    idx["fingerprint"] = "someone-else"
+    index.write_text(json.dumps(idx))
+    _, s = cache.get_or_compute(hashing_encoder, TEXTS)
+    assert s["hits"] == 0
+
+
+def test_empty_input(tmp_path, hashing_encoder):
+    v, s = EmbeddingCache(tmp_path).get_or_compute(hashing_encoder, [])
+    assert v.shape == (0, 64) and (s["hits"], s["misses"]) == (0, 0)
+
+
+def test_text_key_is_sha256_of_utf8():
+    assert text_key("abc").hex() == (
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    )
+
+
+def _writer(root: str, worker: int, n_rounds: int) -> None:
+    enc = HashingEncoder(32)
+    cache = EmbeddingCache(root)
+    for r in range(n_rounds):
+        # overlapping texts between workers, new ones every round
+        texts = [f"text {r}-{j}" for j in range(4)] + [f"worker {worker} round {r}"]
+        cache.get_or_compute(enc, texts)
+
+
+def test_two_processes_writing_at_once_leave_a_consistent_cache(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 25)) for w in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    enc = CountingEncoder(HashingEncoder(32))
+    every = [f"text {r}-{j}" for r in range(25) for j in range(4)]
+    every += [f"worker {w} round {r}" for w in range(2) for r in range(25)]
+    v, s = EmbeddingCache(tmp_path).get_or_compute(enc, every)
+    # nothing lost (both writers' shards are in the index), nothing corrupt, no re-encoding
+    assert (s["hits"], s["dropped_shards"], enc.calls) == (150, 0, [])
+    assert v.tobytes() == HashingEncoder(32).encode(every).tobytes()
+    folder = EmbeddingCache(tmp_path).folder(enc.fingerprint)
+    listed = {p.name for p in _shards(EmbeddingCache(tmp_path), enc)}
+    assert listed == {p.name for p in folder.glob("shard-*")}
+    assert not list(folder.glob("*.tmp"))
