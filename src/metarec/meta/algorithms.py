@@ -1,0 +1,269 @@
+"""Meta-learning algorithms as settings of one learner.
+
+Each algorithm is an :class:`Algorithm` record (how the inner loop adapts, how the outer
+gradient is formed); :class:`MetaLearner` turns a (ScorerConfig, MetaConfig) pair into pure
+functions over a *meta-parameter* dict: the scorer's parameters plus the algorithm's own
+(Meta-SGD's log step sizes, ridge's log λ, the neural-process aggregator).
+
+  maml      second-order MAML (Finn et al. 2017): ∂L_query(φ(θ))/∂θ through the inner loop
+  fomaml    first-order MAML: the same with inner gradients held constant (no Hessian terms)
+  reptile   Reptile (Nichol et al. 2018): adapt on the whole task, meta-gradient θ − φ
+  meta_sgd  Meta-SGD (Li et al. 2017): per-parameter step sizes α = exp(log_lr), learned
+  melu      MeLU (Lee et al. 2019): local update of the decision layers only; embeddings and
+            projections move only in the outer loop
+  ridge     R2-D2 / MetaOptNet-style: the head is fitted in closed form to the support by
+            ridge regression (prior centred on the meta-learned head, learned λ), so the
+            outer loop learns representations for which that exact fold-in works
+  np        neural-process style: the support is encoded and mean-pooled into a shift of the
+            user vector; no gradient steps at adaptation time
+
+All ``adapt`` results are per-task parameter dicts (adapted keys carry a leading T).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from metarec.meta.episodes import TaskInputs
+from metarec.meta.inner import Params, inner_loop, loop_meta_grads
+from metarec.models.scorer import _GROUP_OF_PREFIX, GROUPS, Scorer, affine, param_group
+from metarec.types import MetarecError
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    name: str
+    inner: Literal["sgd", "ridge", "np"]
+    outer: Literal["query", "reptile"]
+    first_order: bool
+    learn_step_sizes: bool
+    adapt_groups: tuple[str, ...]  # default groups adapted by the inner loop
+
+
+_ALL = ("projection", "user", "decision")
+ALGORITHMS: dict[str, Algorithm] = {
+    "maml": Algorithm("maml", "sgd", "query", False, False, _ALL),
+    "fomaml": Algorithm("fomaml", "sgd", "query", True, False, _ALL),
+    "reptile": Algorithm("reptile", "sgd", "reptile", True, False, _ALL),
+    "meta_sgd": Algorithm("meta_sgd", "sgd", "query", False, True, _ALL),
+    "melu": Algorithm("melu", "sgd", "query", False, False, ("decision",)),
+    "ridge": Algorithm("ridge", "ridge", "query", False, False, ()),
+    "np": Algorithm("np", "np", "query", False, False, ()),
+}
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    algorithm: str = "maml"
+    inner_steps: int = 5
+    inner_lr: float = 0.05  # SGD step size (Meta-SGD: the initial value of every α)
+    adapt_groups: tuple[str, ...] | None = None  # None: the algorithm's default groups
+    first_order: bool | None = None  # None: the algorithm's default
+    ridge_lambda: float = 1.0  # initial λ of the closed-form head (learned in log space)
+    ridge_target: float = 3.0  # binary head: ridge regresses logits onto ±ridge_target
+    np_hidden: int = 64  # width of the neural-process support encoder
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise MetarecError(
+                f"unknown meta algorithm {self.algorithm!r} (known: {', '.join(ALGORITHMS)})"
+            )
+        if self.inner_steps < 0 or self.inner_lr <= 0 or self.ridge_lambda <= 0:
+            raise MetarecError("MetaConfig: inner_steps >= 0, inner_lr > 0, ridge_lambda > 0")
+        for g in self.adapt_groups or ():
+            if g not in GROUPS:
+                raise MetarecError(f"MetaConfig.adapt_groups: unknown group {g!r} ({GROUPS})")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MetaConfig:
+        from metarec.config import from_dict
+
+        return from_dict(cls, data, "meta")
+
+
+def is_scorer_param(name: str) -> bool:
+    return name.split(".", 1)[0] in _GROUP_OF_PREFIX
+
+
+@dataclass(frozen=True)
+class MetaLearner:
+    scorer: Scorer
+    cfg: MetaConfig
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return ALGORITHMS[self.cfg.algorithm]
+
+    @property
+    def first_order(self) -> bool:
+        fo = self.cfg.first_order
+        return self.algorithm.first_order if fo is None else fo
+
+    @property
+    def adapt_groups(self) -> tuple[str, ...]:
+        g = self.cfg.adapt_groups
+        return self.algorithm.adapt_groups if g is None else g
+
+    # --- meta-parameters -----------------------------------------------------------------
+    def init_params(self, generator: torch.Generator | None = None) -> Params:
+        """Scorer parameters plus the algorithm's own meta-parameters."""
+        p = self.scorer.init_params(generator)
+        a, c, sc = self.algorithm, self.cfg, self.scorer.cfg
+        if a.learn_step_sizes:
+            for k in self.adapt_keys(p):
+                p[f"log_lr.{k}"] = torch.full_like(p[k], math.log(c.inner_lr))
+        if a.inner == "ridge":
+            p["ridge.log_lambda"] = torch.full((1,), math.log(c.ridge_lambda))
+        if a.inner == "np":
+            if not sc.user_vector:
+                raise MetarecError("the 'np' algorithm needs ScorerConfig.user_vector = true")
+            d_in, h = sc.d_item_rep + 1, c.np_hidden
+            p["np.enc.w"] = torch.randn(d_in, h, generator=generator) * math.sqrt(2.0 / d_in)
+            p["np.enc.b"] = torch.zeros(h)
+            p["np.out.w"] = torch.randn(h, sc.d_user_rep, generator=generator) * (
+                0.1 / math.sqrt(h)
+            )
+            p["np.out.b"] = torch.zeros(sc.d_user_rep)
+        return p
+
+    def adapt_keys(self, params: Params) -> tuple[str, ...]:
+        """Scorer parameters adapted by the gradient inner loop, in ``params`` order."""
+        if self.algorithm.inner != "sgd":
+            return ()
+        groups = set(self.adapt_groups)
+        return tuple(k for k in params if is_scorer_param(k) and param_group(k) in groups)
+
+    def step_sizes(self, params: Params) -> dict[str, torch.Tensor | float]:
+        keys = self.adapt_keys(params)
+        if self.algorithm.learn_step_sizes:
+            return {k: params[f"log_lr.{k}"].exp() for k in keys}
+        return {k: self.cfg.inner_lr for k in keys}
+
+    # --- forward -------------------------------------------------------------------------
+    def predict(
+        self, params: Params, user_x: torch.Tensor, item_x: torch.Tensor, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """(T, N) scores with (base or adapted) params."""
+        return self.scorer.apply(params, user_x, item_x, rows)
+
+    def support_losses(self, params: Params, x: TaskInputs) -> torch.Tensor:
+        out = self.scorer.apply(params, x.user_x, x.s_x, x.s_rows)
+        return self.scorer.task_losses(out, x.s_y, x.s_mask)
+
+    def query_losses(self, params: Params, x: TaskInputs) -> torch.Tensor:
+        out = self.scorer.apply(params, x.user_x, x.q_x, x.q_rows)
+        return self.scorer.task_losses(out, x.q_y, x.q_mask)
+
+    # --- adaptation ----------------------------------------------------------------------
+    def adapt(self, params: Params, x: TaskInputs, *, keep_graph: bool = False) -> Params:
+        """Per-task params adapted to each task's support (only the support fields of ``x``
+        are read). Pure: ``params`` is never modified. With ``keep_graph`` (training) the
+        result stays differentiable w.r.t. ``params``; otherwise it is detached."""
+        if not keep_graph:
+            params = {k: v.detach() for k, v in params.items()}
+        inner = self.algorithm.inner
+        if inner == "sgd":
+            out = inner_loop(
+                lambda p: self.support_losses(p, x),
+                params,
+                self.adapt_keys(params),
+                x.n_tasks,
+                self.cfg.inner_steps,
+                self.step_sizes(params),
+                self.first_order,
+            )
+        elif inner == "ridge":
+            out = self._ridge(params, x)
+        else:
+            out = self._np(params, x)
+        return out if keep_graph else {k: v.detach() for k, v in out.items()}
+
+    def _ridge(self, params: Params, x: TaskInputs) -> Params:
+        """Head (w, b) per task = argmin Σ_j m_j (h_j·w + b − t_j)² + λ‖(w, b) − (w₀, b₀)‖²,
+        solved exactly: ((HᵀMH + λI) [w; b] = HᵀMt + λ[w₀; b₀]), differentiable in H, λ, w₀."""
+        sc = self.scorer
+        h = sc.hidden(params, x.user_x, x.s_x, x.s_rows)  # (T, K, H)
+        ones = torch.ones(*h.shape[:2], 1, dtype=h.dtype, device=h.device)
+        ha = torch.cat([h, ones], -1)  # (T, K, H+1): bias as a constant feature
+        y = x.s_y
+        if sc.cfg.head == "binary":
+            y = self.cfg.ridge_target * (2.0 * y - 1.0)
+        t = y - sc.bias_term(params, x.s_rows)  # (T, K): what the head must produce
+        hm = ha * x.s_mask.unsqueeze(-1)  # (T, K, H+1)
+        lam = params["ridge.log_lambda"].exp()
+        eye = torch.eye(ha.shape[-1], dtype=h.dtype, device=h.device)
+        a = hm.transpose(1, 2) @ ha + lam * eye  # (T, H+1, H+1)
+        w0 = torch.cat([params["head.w"], params["head.b"].reshape(1, 1)], 0)  # (H+1, 1)
+        rhs = hm.transpose(1, 2) @ t.unsqueeze(-1) + lam * w0  # (T, H+1, 1)
+        w = torch.linalg.solve(a, rhs)  # (T, H+1, 1)
+        return {**params, "head.w": w[:, :-1, :], "head.b": w[:, -1, :]}
+
+    def _np(self, params: Params, x: TaskInputs) -> Params:
+        """user_vec per task = user_vec + out(mean_j m_j relu(enc([i_j; y_j])))."""
+        i = self.scorer.item_repr(params, x.s_x, x.s_rows)  # (T, K, di)
+        e = torch.relu(
+            affine(torch.cat([i, x.s_y.unsqueeze(-1)], -1), params["np.enc.w"], params["np.enc.b"])
+        )  # (T, K, H)
+        m = x.s_mask.unsqueeze(-1)
+        r = (e * m).sum(1) / m.sum(1).clamp_min(1.0)  # (T, H)
+        delta = r @ params["np.out.w"] + params["np.out.b"]  # (T, du)
+        return {**params, "user_vec": params["user_vec"] + delta}
+
+    # --- outer loop ----------------------------------------------------------------------
+    def meta_grads(self, params: Params, x: TaskInputs) -> tuple[torch.Tensor, Params]:
+        """(mean post-adaptation loss, gradient dict for every meta-parameter).
+
+        Query-based algorithms: d/dθ mean_t L_query_t(adapt(θ)). Reptile: on the adapted keys
+        θ − mean_t φ_t (φ adapted on support ∪ query); the other, shared keys get the
+        first-order gradient of that task loss at φ, as they have no θ − φ of their own.
+        """
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        if self.algorithm.outer == "reptile":
+            xm = x.merged()
+            fast = self.adapt(leaves, xm, keep_graph=True)
+            loss = self.support_losses(fast, xm).mean()
+            keys = list(leaves)
+            gs = torch.autograd.grad(loss, [leaves[k] for k in keys], allow_unused=True)
+            grads = {k: _or_zeros(g, leaves[k]) for k, g in zip(keys, gs, strict=True)}
+            for k in self.adapt_keys(leaves):
+                grads[k] = (leaves[k] - fast[k]).detach().mean(0)
+            return loss.detach(), grads
+        fast = self.adapt(leaves, x, keep_graph=True)
+        loss = self.query_losses(fast, x).mean()
+        keys = list(leaves)
+        gs = torch.autograd.grad(loss, [leaves[k] for k in keys], allow_unused=True)
+        return loss.detach(), {k: _or_zeros(g, leaves[k]) for k, g in zip(keys, gs, strict=True)}
+
+    def loop_meta_grads(self, params: Params, x: TaskInputs) -> tuple[torch.Tensor, Params]:
+        """Per-task reference of :meth:`meta_grads` for the gradient algorithms (query outer
+        loop): the test oracle and the benchmark's baseline."""
+        if self.algorithm.inner != "sgd" or self.algorithm.outer != "query":
+            raise MetarecError(f"no per-task reference loop for {self.cfg.algorithm!r}")
+        sc = self.scorer
+
+        def one(p: Params, t: int, query: bool) -> torch.Tensor:
+            xt = x.select(slice(t, t + 1))
+            if query:
+                out = sc.apply(p, xt.user_x, xt.q_x, xt.q_rows)
+                return sc.task_losses(out, xt.q_y, xt.q_mask).sum()
+            out = sc.apply(p, xt.user_x, xt.s_x, xt.s_rows)
+            return sc.task_losses(out, xt.s_y, xt.s_mask).sum()
+
+        return loop_meta_grads(
+            lambda p, t: one(p, t, False),
+            lambda p, t: one(p, t, True),
+            params,
+            self.adapt_keys(params),
+            x.n_tasks,
+            self.cfg.inner_steps,
+            self.step_sizes if self.algorithm.learn_step_sizes else self.step_sizes(params),
+            self.first_order,
+        )
+
+
+def _or_zeros(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if g is None else g
