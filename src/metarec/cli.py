@@ -116,12 +116,13 @@ def cmd_split(args) -> int:
 
 
 def cmd_embed(args) -> int:
-    from metarec.text import EmbeddingCache, SentenceTransformerEncoder, embed_dataset
+    from metarec.features import embed_dataset
+    from metarec.text import make_encoder
 
     ds = _load(args)
-    encoder = SentenceTransformerEncoder(args.model, device=args.device)
+    encoder = make_encoder(args.model, device=args.device)
     cache_dir = Path(args.cache) if args.cache else _default_cache_dir()
-    stats = embed_dataset(ds, encoder, EmbeddingCache(cache_dir))
+    stats = embed_dataset(ds, encoder, cache_dir, show_progress=not args.json)
     if args.json:
         _print_json(stats)
     else:
