@@ -399,3 +399,43 @@ def test_make_baseline_rejects_unknown():
         make_baseline("nope")
     with pytest.raises(MetarecError, match="bad parameters"):
         make_baseline("ease", lam=3)
+
+
+def test_history_counts_an_item_in_train_and_support_once():
+    # a warm protocol can repeat training rows in the support: user 0 rated item 0 with 5
+    ds, train = tiny()
+    mb = ItemMeanUserBias(shrinkage=1.0, user_shrinkage=2.0).fit(ds, train)
+    again = inter(0, np.array([0]), np.array([5.0]))
+    assert mb.user_bias(0, again) == pytest.approx(mb.user_bias(0, Interactions.empty()))
+    items, ratings = mb._history(0, inter(0, np.array([0]), np.array([2.0])))
+    assert sorted(zip(items.tolist(), ratings.tolist())) == [(0, 2.0), (1, 3.0)]
+
+
+def test_biased_mf_batched_half_step_equals_row_by_row_ridge(board):
+    ds, train, _ = board
+    m = BiasedMF(factors=3, reg=0.8, bias_reg=0.3, iterations=2).fit(ds, train)
+    rows = m.train_ratings_  # includes the empty rows of the two cold users
+    out, out_bias = np.full((rows.shape[0], 3), 9.0), np.full(rows.shape[0], 9.0)
+    m._half_step(rows, m.item_factors_, m.item_bias_, out, out_bias, block=7)
+    for u in range(rows.shape[0]):
+        cols = rows[u].indices
+        if not len(cols):
+            assert not out[u].any() and out_bias[u] == 0.0
+            continue
+        target = rows[u].data - m.mu_ - m.item_bias_[cols]
+        v, b = ridge_fold_in(m.item_factors_[cols], target, 0.8, 0.3)
+        np.testing.assert_allclose(out[u], v, atol=1e-10)
+        assert out_bias[u] == pytest.approx(b)
+
+
+def test_rating_models_rank_unclipped(board):
+    # predictions above the scale are clipped in score() but still ordered by rank_scores()
+    ds, train, _ = board
+    m = ItemMeanUserBias(shrinkage=0.0, user_shrinkage=0.0).fit(ds, train)
+    support = inter(COLD_A, np.array([0]), np.array([5.0]))
+    items = np.arange(N_ITEMS)
+    assert m.score(COLD_A, support, items).max() <= 5.0
+    np.testing.assert_allclose(
+        m.rank_scores(COLD_A, support, items) - m.rank_scores(COLD_A, Interactions.empty(), items),
+        m.user_bias(COLD_A, support),
+    )

@@ -71,13 +71,23 @@ def _presence_matrix(
 
 
 class _RatingModel(Recommender):
-    """Shared clipping for models that predict on the rating scale."""
+    """Models predicting ratings: ``score`` clips to the rating range, ranking does not.
+
+    Subclasses implement ``_predict`` (unclipped). Clipping would tie every item predicted
+    above the top of the scale, so ``rank_scores`` uses the unclipped prediction.
+    """
 
     predicts_ratings = True
 
-    def _clip(self, pred: np.ndarray) -> np.ndarray:
+    def _predict(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         lo, hi = self.rating_range_
-        return np.clip(pred, lo, hi)
+        return np.clip(self._predict(user_idx, support, self._check_items(item_idx)), lo, hi)
+
+    def rank_scores(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        return self._predict(user_idx, support, self._check_items(item_idx))
 
 
 # --- non-personalised --------------------------------------------------------------------
@@ -134,8 +144,8 @@ class ItemMean(_RatingModel):
         self.mu_, self.item_bias_ = _item_biases(train, dataset.n_items, self.shrinkage)
         return self
 
-    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
-        return self._clip(self.mu_ + self.item_bias_[self._check_items(item_idx)])
+    def _predict(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        return self.mu_ + self.item_bias_[item_idx]
 
 
 class ItemMeanUserBias(ItemMean):
@@ -156,9 +166,8 @@ class ItemMeanUserBias(ItemMean):
         resid = ratings - self.mu_ - self.item_bias_[items]
         return float(resid.sum() / (len(items) + self.user_shrinkage)) if len(items) else 0.0
 
-    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
-        b_u = self.user_bias(user_idx, support)
-        return self._clip(self.mu_ + b_u + self.item_bias_[self._check_items(item_idx)])
+    def _predict(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        return self.mu_ + self.user_bias(user_idx, support) + self.item_bias_[item_idx]
 
 
 # --- biased matrix factorisation (explicit ratings) -----------------------------------
@@ -236,17 +245,31 @@ class BiasedMF(_RatingModel):
         other_bias: np.ndarray,
         out: np.ndarray,
         out_bias: np.ndarray,
+        block: int = 4096,
     ) -> None:
-        """Solve every row's [vector, bias] given the other side fixed (in place)."""
-        for r in range(rows.shape[0]):
-            lo, hi = rows.indptr[r], rows.indptr[r + 1]
-            if lo == hi:
-                out[r] = 0.0  # nothing observed: the ridge solution is zero
-                out_bias[r] = 0.0
-                continue
-            cols = rows.indices[lo:hi]
-            target = rows.data[lo:hi] - self.mu_ - other_bias[cols]
-            out[r], out_bias[r] = ridge_fold_in(other[cols], target, self.reg, self.bias_reg)
+        """Solve every row's [vector, bias] given the other side fixed (in place).
+
+        The same normal equations as :func:`ridge_fold_in`, batched: with X = [other, 1]
+        (n_other, d + 1), each row's Gram sum_{j in row} x_j x_jᵀ is the row of the sparse
+        product (binary rows) @ (flattened x_j x_jᵀ), and Xᵀy is (rows holding y) @ X.
+        Rows with no observation get A = diag(lambda), b = 0, hence the zero solution.
+        """
+        d1 = other.shape[1] + 1
+        x = np.hstack([other, np.ones((len(other), 1))])  # (n_other, d + 1)
+        outer = (x[:, :, None] * x[:, None, :]).reshape(len(x), d1 * d1)  # (n_other, (d+1)^2)
+        lam = np.full(d1, float(self.reg))
+        lam[-1] = self.bias_reg
+        for lo in range(0, rows.shape[0], block):
+            r = rows[lo : lo + block]  # (b, n_other) CSR of ratings
+            y = r.copy()
+            y.data = r.data - self.mu_ - other_bias[r.indices]  # residual targets
+            binary = r.copy()
+            binary.data = np.ones_like(r.data)
+            a = np.asarray(binary @ outer).reshape(-1, d1, d1) + np.diag(lam)  # (b, d+1, d+1)
+            rhs = np.asarray(y @ x)  # (b, d + 1)
+            w = np.linalg.solve(a, rhs[:, :, None])[:, :, 0]
+            out[lo : lo + block] = w[:, :-1]
+            out_bias[lo : lo + block] = w[:, -1]
 
     def fold_in(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, float]:
         """The user's (factors (d,), bias) fitted on the history; stores nothing."""
@@ -256,19 +279,19 @@ class BiasedMF(_RatingModel):
         target = ratings - self.mu_ - self.item_bias_[items]
         return ridge_fold_in(self.item_factors_[items], target, self.reg, self.bias_reg)
 
-    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
-        item_idx = self._check_items(item_idx)
+    def _predict(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         p, b = self.fold_in(user_idx, support)
-        q = self.item_factors_[item_idx]
-        return self._clip(self.mu_ + b + self.item_bias_[item_idx] + q @ p)
+        return self.mu_ + b + self.item_bias_[item_idx] + self.item_factors_[item_idx] @ p
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
         item_idx = self._check_items(item_idx)
         folded = [self.fold_in(t.user_idx, t.support) for t in tasks]
         p = np.stack([f[0] for f in folded]) if folded else np.zeros((0, self.factors))
         b = np.array([f[1] for f in folded])
-        s = p @ self.item_factors_[item_idx].T + b[:, None] + self.item_bias_[item_idx]
-        return self._clip(self.mu_ + s)  # (n_tasks, n_items)
+        # (n_tasks, d) @ (d, n_items) + per-user and per-item biases, unclipped like rank_scores
+        return (
+            self.mu_ + p @ self.item_factors_[item_idx].T + b[:, None] + self.item_bias_[item_idx]
+        )
 
 
 # --- EASE ----------------------------------------------------------------------------------

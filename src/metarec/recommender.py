@@ -7,8 +7,9 @@ Adaptation is a pure computation: ``score``/``recommend`` never change the fitte
 so the same fitted object can serve many users, in any order, from many threads.
 
 A user's *history* is the user's rows in ``train`` (none for a cold user, or a user index
-beyond the training users) followed by the ``support`` passed in; models adapt to the
-history, so warm and cold users go through the same code path.
+beyond the training users) followed by the ``support`` passed in (an item in both counts
+once, with the support's rating); models adapt to the history, so warm and cold users go
+through the same code path.
 """
 
 from __future__ import annotations
@@ -205,8 +206,10 @@ class Recommender(abc.ABC):
         if 0 <= user_idx < self.n_users_:
             row = self.train_ratings_[user_idx]
             if row.nnz:
-                items = np.concatenate([row.indices.astype(np.int64), items])
-                ratings = np.concatenate([row.data, ratings])
+                # a warm protocol may put the support in train too: count such items once
+                keep = ~np.isin(row.indices, items)
+                items = np.concatenate([row.indices[keep].astype(np.int64), items])
+                ratings = np.concatenate([row.data[keep], ratings])
         return items, ratings
 
     def _check_items(self, item_idx: np.ndarray) -> np.ndarray:
