@@ -408,7 +408,7 @@ def test_history_counts_an_item_in_train_and_support_once():
     again = inter(0, np.array([0]), np.array([5.0]))
     assert mb.user_bias(0, again) == pytest.approx(mb.user_bias(0, Interactions.empty()))
     items, ratings = mb._history(0, inter(0, np.array([0]), np.array([2.0])))
-    assert sorted(zip(items.tolist(), ratings.tolist())) == [(0, 2.0), (1, 3.0)]
+    assert sorted(zip(items.tolist(), ratings.tolist(), strict=True)) == [(0, 2.0), (1, 3.0)]
 
 
 def test_biased_mf_batched_half_step_equals_row_by_row_ridge(board):
