@@ -1,0 +1,78 @@
+"""Training checkpoints: tensors in safetensors, everything else in JSON, written atomically.
+
+Layout of a checkpoint directory::
+
+    ckpt-00000500.safetensors   tensors (params, optimiser moments, RNG state as uint8)
+    checkpoint.json             {"tensors": "ckpt-00000500.safetensors", "state": {...}}
+
+The tensor file is written first under a new name, then ``checkpoint.json`` is replaced
+atomically (temp file + ``os.replace``); so the JSON always names a complete tensor file and a
+crash at any point leaves the previous checkpoint readable. Older tensor files are removed
+after the switch. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from metarec.types import MetarecError
+
+INDEX = "checkpoint.json"
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(
+    directory: str | Path, step: int, tensors: dict[str, torch.Tensor], state: dict
+) -> Path:
+    """Write tensors and JSON-able ``state`` as the checkpoint of ``step``; returns the index."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"ckpt-{step:08d}.safetensors"
+    # safetensors wants contiguous CPU tensors that share no storage
+    flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    _atomic_write_bytes(d / name, lambda tmp: save_file(flat, tmp))
+    payload = json.dumps({"tensors": name, "step": step, "state": state}, indent=1)
+
+    def write_json(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            fh.write(payload)
+
+    _atomic_write_bytes(d / INDEX, write_json)
+    for old in d.glob("ckpt-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return d / INDEX
+
+
+def has_checkpoint(directory: str | Path) -> bool:
+    return (Path(directory) / INDEX).is_file()
+
+
+def load_checkpoint(directory: str | Path) -> tuple[int, dict[str, torch.Tensor], dict]:
+    """(step, tensors, state) of the checkpoint in ``directory``."""
+    d = Path(directory)
+    try:
+        index = json.loads((d / INDEX).read_text())
+        tensors = load_file(str(d / index["tensors"]))
+        return int(index["step"]), tensors, index["state"]
+    except FileNotFoundError as err:
+        raise MetarecError(f"checkpoint: missing file {err.filename}") from None
+    except (json.JSONDecodeError, KeyError) as err:
+        raise MetarecError(f"checkpoint: {d / INDEX} is malformed ({err})") from None

@@ -1,0 +1,330 @@
+"""The meta-training loop: task batches -> meta-gradients -> one Adam step.
+
+Meta-training tasks come from ``split.train`` only, built per warm user exactly like the test
+protocol (first K interactions in time order as support, the next Q as query), plus randomly
+resampled episodes of the same user for variety. Validation tasks (``split.valid``) drive early
+stopping; test tasks are never touched here.
+
+Determinism: all sampling uses one numpy Generator seeded from ``TrainConfig.seed``;
+initialisation uses a seeded torch Generator. The generator state, Adam moments and
+parameters are checkpointed, so a resumed run reaches the same final weights as an
+uninterrupted one (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from metarec.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from metarec.features import FeatureSet
+from metarec.meta.algorithms import MetaConfig, MetaLearner
+from metarec.meta.episodes import (
+    Episode,
+    build_inputs,
+    episode_from_task,
+    make_episode,
+    pad_episodes,
+)
+from metarec.models.scorer import Scorer, ScorerConfig
+from metarec.types import MetarecError, Split, Task
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000  # outer (meta) steps
+    meta_batch: int = 32  # tasks per outer step
+    outer_lr: float = 1e-3  # Adam
+    eval_every: int = 100  # validation every N steps (and at the end)
+    patience: int = 5  # stop after this many evaluations without improvement
+    checkpoint_every: int = 500  # 0 = only at the end (when a checkpoint dir is given)
+    n_negatives: int = 1  # binary head: sampled negatives per positive
+    positive_threshold: float = 0.5  # binary head: rating >= this is a positive
+    resample_prob: float = 0.5  # chance a training task is a random episode, not time order
+    id_dropout: float = 0.1  # fraction of item-ID rows sent to the unknown row in training
+    max_valid_tasks: int = 512
+    grad_clip: float = 10.0  # global norm; 0 = off
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.meta_batch < 1 or self.eval_every < 1 or self.patience < 1:
+            raise MetarecError("TrainConfig: steps >= 0, meta_batch, eval_every, patience >= 1")
+        if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
+            raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        from metarec.config import from_dict
+
+        return from_dict(cls, data, "train")
+
+
+@dataclass(frozen=True, eq=False)
+class TrainResult:
+    params: dict[str, torch.Tensor]  # best meta-parameters by validation loss (CPU)
+    final_params: dict[str, torch.Tensor]  # parameters after the last step taken (CPU)
+    history: tuple[dict, ...]  # {"step", "train_loss", "valid_loss"} per evaluation
+    best_step: int
+    best_valid: float | None  # None when the split has no validation tasks
+    steps_done: int
+    stopped_early: bool
+    known_items: np.ndarray  # (n_items,) bool: items seen in split.train (others are cold)
+
+
+class _TaskSampler:
+    """Per-user time-ordered histories of ``split.train``, turned into episodes on demand."""
+
+    def __init__(self, split: Split, head: str, n_items: int, cfg: TrainConfig):
+        inter = split.train.sorted_by_time()
+        order = np.argsort(inter.user_idx, kind="stable")  # by user, time order kept
+        users = inter.user_idx[order]
+        items, ratings = inter.item_idx[order], inter.rating[order]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
+        bounds = np.r_[starts, len(users)].astype(np.int64)
+        self.histories: list[tuple[int, np.ndarray, np.ndarray]] = []
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+            if b - a >= 2:  # one support and one query interaction at least
+                self.histories.append((int(users[a]), items[a:b], ratings[a:b]))
+        if not self.histories:
+            raise MetarecError("train: no user in split.train has 2 or more interactions")
+        self.k, self.q = max(1, split.k_shot), max(1, split.n_query)
+        self.head, self.n_items, self.cfg = head, n_items, cfg
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Episode]:
+        pick = rng.choice(len(self.histories), size=n, replace=len(self.histories) < n)
+        out = []
+        for h in pick:
+            user, items, ratings = self.histories[int(h)]
+            ks = min(self.k, len(items) - 1)
+            if rng.random() < self.cfg.resample_prob:
+                idx = rng.permutation(len(items))
+            else:
+                idx = np.arange(len(items))  # the test protocol: first K, then the next Q
+            s, q = idx[:ks], idx[ks : ks + self.q]
+            out.append(
+                make_episode(
+                    user,
+                    items[s],
+                    ratings[s],
+                    items[q],
+                    ratings[q],
+                    head=self.head,
+                    n_items=self.n_items,
+                    rng=rng,
+                    n_negatives=self.cfg.n_negatives,
+                    positive_threshold=self.cfg.positive_threshold,
+                    exclude=items,
+                )
+            )
+        return out
+
+
+def _valid_episodes(tasks: Sequence[Task], head: str, n_items: int, cfg: TrainConfig) -> list:
+    # a generator of its own, so validation never shifts the training sample stream
+    rng = np.random.default_rng([cfg.seed, 1])
+    return [
+        episode_from_task(
+            t,
+            head=head,
+            n_items=n_items,
+            rng=rng,
+            n_negatives=cfg.n_negatives,
+            positive_threshold=cfg.positive_threshold,
+        )
+        for t in tasks[: cfg.max_valid_tasks]
+        if len(t.support) and len(t.query)
+    ]
+
+
+def evaluate_loss(
+    learner: MetaLearner,
+    params: dict[str, torch.Tensor],
+    feats: FeatureSet,
+    episodes: Sequence[Episode],
+    known_items: np.ndarray,
+    batch_size: int = 64,
+) -> float:
+    """Mean post-adaptation query loss over ``episodes`` (each task weighted equally)."""
+    total = 0.0
+    for a in range(0, len(episodes), batch_size):
+        x = build_inputs(
+            learner.scorer, feats, pad_episodes(episodes[a : a + batch_size]), known_items
+        )
+        fast = learner.adapt(params, x)
+        with torch.no_grad():
+            total += float(learner.query_losses(fast, x).sum())
+    return total / max(len(episodes), 1)
+
+
+def train(
+    split: Split,
+    feats: FeatureSet,
+    scorer_cfg: ScorerConfig,
+    meta_cfg: MetaConfig,
+    cfg: TrainConfig,
+    *,
+    device: str | torch.device = "cpu",
+    checkpoint_dir: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Meta-train on ``split.train``; early-stop on ``split.valid``.
+
+    ``checkpoint_dir``: write a checkpoint every ``cfg.checkpoint_every`` steps and at the end;
+    with ``resume`` continue from the checkpoint there (configs must match, except
+    ``steps``). ``stop_at``: return after that step as if interrupted (for tests and time
+    budgets; resume later to finish).
+    """
+    dev = torch.device(device)
+    if feats.n_items != scorer_cfg.n_items and scorer_cfg.n_items:
+        raise MetarecError(
+            f"ScorerConfig.n_items is {scorer_cfg.n_items} but the FeatureSet has {feats.n_items} items"
+        )
+    learner = MetaLearner(Scorer(scorer_cfg), meta_cfg)
+    feats = feats.to(dev)
+    head = scorer_cfg.head
+    known = np.zeros(feats.n_items, dtype=bool)
+    known[split.train.item_idx] = True
+    known_t = torch.from_numpy(known).to(dev)
+    sampler = _TaskSampler(split, head, feats.n_items, cfg)
+    valid = _valid_episodes(split.valid, head, feats.n_items, cfg)
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    init = learner.init_params(torch.Generator().manual_seed(cfg.seed))
+    params = {k: v.to(dev).requires_grad_(True) for k, v in init.items()}
+    opt = torch.optim.Adam(list(params.values()), lr=cfg.outer_lr)
+    configs = {
+        "scorer": asdict(scorer_cfg),
+        "meta": asdict(meta_cfg),
+        "train": {k: v for k, v in asdict(cfg).items() if k != "steps"},
+    }
+    configs = _jsonable(configs)
+
+    step, best_step, best_valid, bad = 0, 0, math.inf, 0
+    history: list[dict] = []
+    loss_sum, loss_n, stopped = 0.0, 0, False
+    best = {k: v.detach().clone() for k, v in params.items()}
+    if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
+        step, tensors, st = load_checkpoint(checkpoint_dir)
+        if st["configs"] != configs:
+            raise MetarecError(
+                f"resume: the configuration differs from the checkpoint in {checkpoint_dir}"
+            )
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[f"param.{k}"].to(dev))
+                best[k] = tensors[f"best.{k}"].to(dev)
+                if f"adam.{k}.step" in tensors:
+                    opt.state[p] = {
+                        "step": tensors[f"adam.{k}.step"],
+                        "exp_avg": tensors[f"adam.{k}.exp_avg"].to(dev),
+                        "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].to(dev),
+                    }
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(tensors["rng.torch"])
+        best_step, bad, history = st["best_step"], st["bad_evals"], st["history"]
+        best_valid = math.inf if st["best_valid"] is None else st["best_valid"]
+        loss_sum, loss_n, stopped = st["loss_sum"], st["loss_n"], st["stopped"]
+
+    def checkpoint() -> None:
+        if not checkpoint_dir:
+            return
+        tensors = {f"param.{k}": v for k, v in params.items()}
+        tensors.update({f"best.{k}": v for k, v in best.items()})
+        for k, p in params.items():
+            s = opt.state.get(p)
+            if s:
+                tensors[f"adam.{k}.step"] = s["step"]
+                tensors[f"adam.{k}.exp_avg"] = s["exp_avg"]
+                tensors[f"adam.{k}.exp_avg_sq"] = s["exp_avg_sq"]
+        tensors["rng.torch"] = torch.get_rng_state()
+        state = {
+            "configs": configs,
+            "rng": rng.bit_generator.state,
+            "best_step": best_step,
+            "best_valid": None if math.isinf(best_valid) else best_valid,
+            "bad_evals": bad,
+            "history": history,
+            "loss_sum": loss_sum,
+            "loss_n": loss_n,
+            "stopped": stopped,
+        }
+        save_checkpoint(checkpoint_dir, step, tensors, state)
+
+    bar = tqdm(
+        total=cfg.steps, initial=step, disable=not progress, desc=f"meta-train {meta_cfg.algorithm}"
+    )
+    while step < cfg.steps and not stopped:
+        episodes = sampler.sample(cfg.meta_batch, rng)
+        x = build_inputs(
+            learner.scorer,
+            feats,
+            pad_episodes(episodes),
+            known_t,
+            id_dropout=cfg.id_dropout,
+            rng=rng,
+        )
+        loss, grads = learner.meta_grads(params, x)
+        if not torch.isfinite(loss):
+            raise MetarecError(
+                f"train: meta-loss is {float(loss)} at step {step + 1} (lower inner_lr or outer_lr)"
+            )
+        for k, p in params.items():
+            p.grad = grads[k]
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+        opt.step()
+        step += 1
+        loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.4f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            entry = {"step": step, "train_loss": loss_sum / max(loss_n, 1), "valid_loss": None}
+            loss_sum, loss_n = 0.0, 0
+            if valid:
+                v = evaluate_loss(learner, params, feats, valid, known_t)
+                entry["valid_loss"] = v
+                if v < best_valid:
+                    best_valid, best_step, bad = v, step, 0
+                    best = {k: p.detach().clone() for k, p in params.items()}
+                else:
+                    bad += 1
+                    stopped = bad >= cfg.patience
+                bar.set_postfix(loss=f"{float(loss):.4f}", valid=f"{v:.4f}")
+            history.append(entry)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            checkpoint()
+        if stop_at is not None and step >= stop_at:
+            break
+    bar.close()
+    if not valid:
+        best_step, best = step, {k: p.detach().clone() for k, p in params.items()}
+    interrupted = stop_at is not None and step >= stop_at and step < cfg.steps and not stopped
+    if not interrupted and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+        checkpoint()
+    return TrainResult(
+        params={k: v.detach().cpu() for k, v in best.items()},
+        final_params={k: v.detach().cpu().clone() for k, v in params.items()},
+        history=tuple(history),
+        best_step=best_step,
+        best_valid=None if math.isinf(best_valid) else best_valid,
+        steps_done=step,
+        stopped_early=stopped,
+        known_items=known,
+    )
+
+
+def _jsonable(obj):
+    # asdict keeps tuples; the JSON round trip turns them into lists, so compare lists
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
