@@ -217,7 +217,8 @@ class MetaLearner:
     def meta_grads(self, params: Params, x: TaskInputs) -> tuple[torch.Tensor, Params]:
         """(mean post-adaptation loss, gradient dict for every meta-parameter).
 
-        Query-based algorithms: d/dθ mean_t L_query_t(adapt(θ)). Reptile: on the adapted keys
+        Query-based algorithms: d/dθ mean_t L_query_t(adapt(θ)); the neural process scores
+        support and query rows (the CNP objective). Reptile: on the adapted keys
         θ − mean_t φ_t (φ adapted on support ∪ query); the other, shared keys get the
         first-order gradient of that task loss at φ, as they have no θ − φ of their own.
         """
@@ -233,7 +234,11 @@ class MetaLearner:
                 grads[k] = (leaves[k] - fast[k]).detach().mean(0)
             return loss.detach(), grads
         fast = self.adapt(leaves, x, keep_graph=True)
-        loss = self.query_losses(fast, x).mean()
+        if self.algorithm.inner == "np":
+            # conditional-NP objective: predict context (support) and target (query) rows
+            loss = self.support_losses(fast, x.merged()).mean()
+        else:
+            loss = self.query_losses(fast, x).mean()
         keys = list(leaves)
         gs = torch.autograd.grad(loss, [leaves[k] for k in keys], allow_unused=True)
         return loss.detach(), {k: _or_zeros(g, leaves[k]) for k, g in zip(keys, gs, strict=True)}

@@ -1,0 +1,121 @@
+"""Meta-training loop: learning, early stopping, determinism, checkpoints and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from meta_synthetic import make_problem
+from metarec.checkpoint import load_checkpoint
+from metarec.meta import MetaConfig, MetaLearner
+from metarec.models.scorer import Scorer, ScorerConfig
+from metarec.train import TrainConfig, _valid_episodes, evaluate_loss, train
+from metarec.types import MetarecError
+
+SC = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head="binary")
+META = MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.1)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(steps=12, meta_batch=8, outer_lr=3e-3, eval_every=4, checkpoint_every=5, seed=7)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return make_problem(0, "binary")
+
+
+def test_training_lowers_validation_loss_and_keeps_the_best(problem):
+    split, feats = problem
+    cfg = _cfg(steps=40, eval_every=5, patience=100)
+    res = train(split, feats, SC, META, cfg, progress=False)
+    learner = MetaLearner(Scorer(SC), META)
+    init = learner.init_params(torch.Generator().manual_seed(cfg.seed))
+    valid = _valid_episodes(split.valid, "binary", feats.n_items, cfg)
+    before = evaluate_loss(learner, init, feats, valid, res.known_items)
+    after = evaluate_loss(learner, res.params, feats, valid, res.known_items)
+    assert after < before - 0.05  # the users' tastes are learnable from 5 support items
+    losses = [h["valid_loss"] for h in res.history]
+    assert [h["step"] for h in res.history] == list(range(5, 41, 5))
+    assert res.best_valid == min(losses) == pytest.approx(after, abs=1e-6)
+    assert res.best_step == res.history[losses.index(min(losses))]["step"]
+    # held-out users' items were never in training: known_items is the train item set
+    assert res.known_items.sum() == len(set(split.train.item_idx.tolist()))
+
+
+def test_early_stopping_after_patience(problem):
+    split, feats = problem
+    # an absurd outer learning rate makes validation worse after the first evaluation
+    res = train(
+        split,
+        feats,
+        SC,
+        META,
+        _cfg(steps=60, eval_every=2, patience=2, outer_lr=1.0),
+        progress=False,
+    )
+    assert res.stopped_early
+    losses = [h["valid_loss"] for h in res.history]
+    best = losses.index(min(losses))
+    assert len(losses) == best + 1 + 2  # stopped after exactly `patience` non-improving evals
+    assert res.steps_done == res.history[-1]["step"] < 60
+
+
+def test_seeded_runs_are_identical(problem):
+    split, feats = problem
+    a = train(split, feats, SC, META, _cfg(steps=6), progress=False)
+    b = train(split, feats, SC, META, _cfg(steps=6), progress=False)
+    assert all(torch.equal(a.final_params[k], b.final_params[k]) for k in a.final_params)
+    c = train(split, feats, SC, META, _cfg(steps=6, seed=8), progress=False)
+    assert not torch.equal(a.final_params["mlp.0.w"], c.final_params["mlp.0.w"])
+
+
+def test_resume_reaches_the_same_weights(problem, tmp_path):
+    split, feats = problem
+    full = train(split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=str(tmp_path / "a"))
+    d = str(tmp_path / "b")
+    # interrupted at step 7: the last checkpoint is step 5, so steps 6-7 are redone on resume
+    part = train(split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=d, stop_at=7)
+    assert part.steps_done == 7
+    step, _, _ = load_checkpoint(d)
+    assert step == 5
+    resumed = train(split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=d, resume=True)
+    assert resumed.steps_done == 12
+    for k in full.final_params:
+        assert torch.equal(full.final_params[k], resumed.final_params[k]), k
+        assert torch.equal(full.params[k], resumed.params[k]), k
+    assert resumed.history == full.history
+    # the index names the final tensor file, older ones are gone, Adam moments are stored
+    index = json.loads((tmp_path / "b" / "checkpoint.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.safetensors")) == [index["tensors"]]
+    step, tensors, state = load_checkpoint(d)
+    assert (
+        step == 12 and "adam.mlp.0.w.exp_avg" in tensors and state["history"] == list(full.history)
+    )
+    # resuming with a different configuration is refused
+    with pytest.raises(MetarecError, match="configuration differs"):
+        train(
+            split,
+            feats,
+            SC,
+            META,
+            _cfg(outer_lr=0.1),
+            progress=False,
+            checkpoint_dir=d,
+            resume=True,
+        )
+
+
+def test_configs_reject_unknown_keys():
+    with pytest.raises(MetarecError, match="unknown config key 'train.stepz'"):
+        TrainConfig.from_dict({"stepz": 3})
+    with pytest.raises(MetarecError, match="unknown config key 'meta.lr'"):
+        MetaConfig.from_dict({"lr": 3})
+    with pytest.raises(MetarecError, match="unknown meta algorithm 'mamll'"):
+        MetaConfig.from_dict({"algorithm": "mamll"})
+    assert MetaConfig.from_dict({"adapt_groups": ["decision"]}).adapt_groups == ("decision",)
+    assert TrainConfig.from_dict({"steps": "30"}).steps == 30
