@@ -492,6 +492,9 @@ class LightFMRanker(_FoldInRanker):
     LightFM's Dataset does); users by identity only. A cold user's vector is the implicit
     ridge fold-in (:func:`als_fold_in`) against LightFM's item representations, and scores
     add LightFM's item biases. Needs the optional ``lightfm`` package (``lightfm-next``).
+
+    LightFM's cost grows with the non-zero features per item: on MovieLens-100K, 20 epochs
+    took ~205 s with 384-d text vectors and ~16 s with ``build_features(pca_dim=32)``.
     """
 
     name = "LightFM"
