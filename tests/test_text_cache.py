@@ -173,3 +173,26 @@ def test_two_processes_writing_at_once_leave_a_consistent_cache(tmp_path):
     listed = {p.name for p in _shards(EmbeddingCache(tmp_path), enc)}
     assert listed == {p.name for p in folder.glob("shard-*")}
     assert not list(folder.glob("*.tmp"))
+
+
+def test_shard_of_another_encoder_is_not_served(tmp_path, hashing_encoder):
+    """Checksum fine but the shard's own metadata names another encoder: dropped."""
+    cache = EmbeddingCache(tmp_path)
+    other = HashingEncoder(64, ngram=(2,))
+    cache.get_or_compute(other, TEXTS)
+    cache.get_or_compute(hashing_encoder, TEXTS[:1])
+    mine = cache.folder(hashing_encoder.fingerprint)
+    theirs = _shards(cache, other)[0]
+    idx = json.loads((mine / "index.json").read_text())
+    (mine / theirs.name).write_bytes(theirs.read_bytes())
+    idx["shards"].append({"file": theirs.name, "n": 4, "sha256": _sha(theirs)})
+    (mine / "index.json").write_text(json.dumps(idx))
+    v, s = cache.get_or_compute(hashing_encoder, TEXTS)
+    assert (s["hits"], s["dropped_shards"]) == (1, 1)
+    assert v.tobytes() == hashing_encoder.encode(TEXTS).tobytes()
+
+
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()

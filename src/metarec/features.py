@@ -4,6 +4,10 @@ A :class:`FeatureSet` holds per-item and per-user matrices built once per datase
 vectors from the pretrained encoder, side features). The per-task part of a user's
 representation, the history profile, is computed from the support set by
 :func:`history_profile`, so a cold user with K interactions has a content profile.
+
+Builders: :func:`build_features` (Dataset + text encoder -> FeatureSet, optional PCA /
+whitening fitted on training items only), :func:`side_features` (one-/multi-hots and
+z-scores of a side table) and :func:`embed_dataset` (what ``metarec embed`` runs).
 """
 
 from __future__ import annotations

@@ -114,6 +114,10 @@ class EmbeddingCache:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             return None
         try:
+            # safetensors layout: u64 header length, then a JSON header holding __metadata__
+            header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+            if header.get("__metadata__", {}).get("fingerprint") != fingerprint:
+                return None
             tensors = st_load(data)
             keys, vecs = tensors["keys"], tensors["vectors"]
         except Exception:  # noqa: BLE001 - checksum matched but content unparsable: treat as bad
