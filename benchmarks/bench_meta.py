@@ -22,9 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="minimum time per measurement")
     args = ap.parse_args(argv)
 
+    # Busy-waiting OpenMP threads collapse throughput when the 2 cores are shared with other
+    # processes (we measured 10-50x slow-downs of the batched path); passive waiting keeps the
+    # figures stable. Must be set before torch is imported; an explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from metarec.meta.bench import format_table, run_meta_benchmark
 
     res = run_meta_benchmark(threads=args.threads, min_seconds=args.seconds)
+    res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     print(format_table(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -57,7 +57,9 @@ def inner_loop(
             for k, g in zip(adapt_keys, grads, strict=True):
                 if not track_higher:
                     g = g.detach()
-                step = fast[k] - step_sizes[k] * g
+                lr = step_sizes[k]
+                # a float step fuses into one op (fewer weight-sized temporaries per step)
+                step = fast[k].add(g, alpha=-lr) if isinstance(lr, float) else fast[k] - lr * g
                 # a fresh tensor when nothing upstream needs grad: make it the next leaf
                 new[k] = step if step.requires_grad else step.detach().requires_grad_(True)
             fast = new

@@ -262,7 +262,9 @@ class Scorer:
         """Scores (T, N): logits for the binary head, ratings for the rating head."""
         h = self.hidden(params, user_x, item_x, rows)  # (T, N, H)
         out = affine(h, params["head.w"], params["head.b"]).squeeze(-1)  # (T, N)
-        return out + self.bias_term(params, rows)
+        if self.cfg.n_items and self.cfg.use_item_bias:
+            out = out + self.bias_term(params, rows)
+        return out
 
     def hidden(
         self,
@@ -295,10 +297,17 @@ class Scorer:
         concatenation: W is split by rows, so u (shared by a task's N items) is multiplied
         once per task, not N times. This matters when scoring the whole catalogue."""
         c = self.cfg
+        n = i.shape[1]
         if not c.hidden:
-            parts = [u.expand(-1, i.shape[1], -1), i] + ([u * i] if c.interaction else [])
+            parts = [u.expand(-1, n, -1), i] + ([u * i] if c.interaction else [])
             return torch.cat(parts, -1)
         w, b = params["mlp.0.w"], params["mlp.0.b"]
+        if n < 64 and w.requires_grad and torch.is_grad_enabled():
+            # inner-loop sized batches under autograd: one GEMM on the concatenation is
+            # cheaper than the split below, whose weight slices each cost a full-size
+            # zero-filled gradient in backward
+            parts = [u.expand(-1, n, -1), i] + ([u * i] if c.interaction else [])
+            return affine(torch.cat(parts, -1), w, b)
         du, di = c.d_user_rep, c.d_item_rep
         wu, wi = w[..., :du, :], w[..., du : du + di, :]
         out = affine(i, wi, b) + _matmul(u, wu)  # (T, N, h) + (T, 1, h)
