@@ -101,3 +101,13 @@ def test_minilm_semantic_neighbours(minilm):
     sim_sequel, sim_other = float(v[0] @ v[1]), float(v[0] @ v[2])
     # measured: 0.78 vs 0.44
     assert sim_sequel > sim_other + 0.2
+
+
+def test_unloadable_local_model_dir_is_a_one_line_error(tmp_path):
+    pytest.importorskip("sentence_transformers", reason="extra metarec[text] not installed")
+    (tmp_path / "config.json").write_text("{not json")
+    enc = SentenceTransformerEncoder(tmp_path)
+    assert enc.fingerprint.startswith(f"st:{tmp_path.name}@")  # hashing works on any files
+    with pytest.raises(MetarecError, match="cannot load text model") as info:
+        enc.encode(["x"])
+    assert "\n" not in str(info.value)

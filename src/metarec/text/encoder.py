@@ -216,8 +216,9 @@ class SentenceTransformerEncoder:
             where = str(self._dir) if self._dir is not None else self.model_spec
             try:
                 self._model = SentenceTransformer(where, device=self.device)
-            except OSError as err:
-                raise MetarecError(f"cannot load text model {where!r}: {err}") from err
+            except (OSError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise MetarecError(f"cannot load text model {where!r}: {first}") from err
         return self._model
 
     def _hub_dir(self) -> Path | None:
