@@ -137,6 +137,100 @@ def _default_cache_dir() -> Path:
     return root / "embeddings"
 
 
+def _model_config(args):
+    from metarec.config import apply_overrides, load_toml, to_dict
+    from metarec.model import ModelConfig
+
+    data = to_dict(ModelConfig())
+    if args.config:
+        loaded = load_toml(args.config)
+        # an experiment file keeps the model under [model]; a model file is the table itself
+        loaded = loaded.get("model", loaded) if isinstance(loaded.get("model"), dict) else loaded
+        data = _deep_merge(data, loaded)
+    data = apply_overrides(data, args.set or [])
+    return ModelConfig.from_dict(data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def _write_csv_atomic(frame, out: Path) -> None:
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            frame.to_csv(fh, index=False)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_fit(args) -> int:
+    from metarec.data.files import read_training_files
+    from metarec.predictor import fit_raw
+
+    t0 = time.perf_counter()
+    config = _model_config(args)
+    raw = read_training_files(args.train, args.items, args.users)
+    pred = fit_raw(raw, config)
+    pred.save(args.out)
+    summary = {
+        "run": str(args.out),
+        "users": len(pred.users),
+        "items": len(pred.items),
+        "interactions": len(pred.train),
+        "feedback": pred.info.get("feedback"),
+        "algorithm": config.meta.algorithm,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    for key, part in (("rating", pred.model.rating_), ("rank", pred.model.rank_)):
+        if part is not None and part.result is not None:
+            summary[f"{key}_best_step"] = part.result.best_step
+            summary[f"{key}_valid_loss"] = part.result.best_valid
+    _print_json(summary)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from metarec.data.files import read_log, read_query
+    from metarec.predictor import Predictor
+
+    pred = Predictor.load(args.run)
+    support, _, _ = read_log(args.support)
+    query = read_query(args.query)
+    out, stats = pred.predict(support, query)
+    _write_csv_atomic(out, Path(args.out))
+    if stats["unknown_support_items"]:
+        print(
+            f"metarec: warning: {stats['unknown_support_items']} support rows name items "
+            "outside the catalogue and were ignored",
+            file=sys.stderr,
+        )
+    print(f"wrote {len(out)} predictions for {stats['users']} users to {args.out}")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from metarec.data.files import read_log
+    from metarec.predictor import Predictor
+
+    pred = Predictor.load(args.run)
+    support, _, _ = read_log(args.support)
+    out = pred.recommend(support, args.k, args.domain)
+    _write_csv_atomic(out, Path(args.out))
+    print(f"wrote top-{args.k} for {out['user_id'].nunique()} users to {args.out}")
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     """Until the main job lands: run the data pipeline on the bundled set and summarise."""
     from metarec.data import dataset_info
@@ -219,6 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("fit", help="fit the meta-learned model on your log; writes a RUN dir")
+    p.add_argument(
+        "--train", required=True, help="T.csv: user_id,item_id,rating|label[,timestamp][,domain]"
+    )
+    p.add_argument(
+        "--items", required=True, help="I.csv: item_id + text/side columns (whole catalogue)"
+    )
+    p.add_argument("--users", help="U.csv: user_id + side columns")
+    p.add_argument("--out", required=True, help="RUN directory to write")
+    p.add_argument("--config", help="TOML model config (see configs/)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. meta.inner_steps=3"
+    )
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("predict", help="score query pairs after adapting to each user's support")
+    p.add_argument("--run", required=True)
+    p.add_argument("--support", required=True, help="S.csv, same columns as the training log")
+    p.add_argument("--query", required=True, help="Q.csv: user_id,item_id")
+    p.add_argument("--out", required=True, help="P.csv: user_id,item_id,score")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("recommend", help="top-k items per support user")
+    p.add_argument("--run", required=True)
+    p.add_argument("--support", required=True)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--domain", help="recommend only this domain's items")
+    p.add_argument("--out", required=True, help="R.csv: user_id,item_id,rank,score")
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("quickstart", help="the main job on the bundled goodbooks sample")
     p.add_argument("--k", type=int, default=10)

@@ -70,8 +70,9 @@ def _hold_out(
     n = len(ordered)
     n_test = _n_of(test_frac, n, "test_frac")
     n_valid = _n_of(valid_frac, n, "valid_frac")
-    if n_test == 0:
-        raise MetarecError("split: test_frac must be > 0")
+    if n_test == 0 and n_valid == 0:
+        # test_frac = 0 is allowed for internal validation-only splits (fit's early stopping)
+        raise MetarecError("split: test_frac and valid_frac are both 0: nothing is held out")
     if n_test + n_valid >= n:
         raise MetarecError(
             f"split: {n} {what} cannot give {n_test} test + {n_valid} validation {what} "
@@ -283,7 +284,10 @@ def user_cold(
     train = inter.take(~held)
     valid, dropped_v = _episodes(inter, valid_u, support, query, k_shot)
     test, dropped_t = _episodes(inter, test_u, support, query, k_shot)
-    _need_test(test, "user-cold", k_shot, f"all {len(test_u)} test users have <= K interactions")
+    if test_frac > 0:  # test_frac = 0: a validation-only split (fit's internal early stopping)
+        _need_test(
+            test, "user-cold", k_shot, f"all {len(test_u)} test users have <= K interactions"
+        )
     params = dict(
         k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
     )

@@ -1,0 +1,199 @@
+"""The CLI contract's files: training log T, item table I, user table U, support S, query Q.
+
+``metarec fit --train T --items I [--users U]`` and ``predict``/``recommend`` read these.
+Column names are fixed by the contract (README, "Your own data"):
+
+* T and S: ``user_id, item_id`` and ``rating`` (explicit) or ``label`` (0/1, implicit),
+  optional ``timestamp`` and ``domain``. Any other column is an error (a typo such as
+  ``ratings`` would otherwise be silently ignored).
+* I: ``item_id`` plus any side columns, optional ``domain``. Column roles are inferred:
+  numeric columns are numeric features; string columns are free text when long or mostly
+  distinct (titles, descriptions), else categories (genres, brand).
+* U: ``user_id`` plus side columns, roles inferred the same way.
+* Q: ``user_id, item_id``; ``rating``/``label``/``timestamp``/``domain`` may be present and
+  are ignored (e.g. held-out truth kept beside the query).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from metarec.data.raw import RawData, make_ratings_frame
+from metarec.data.tabular import (
+    _read_any,
+    _timestamps,
+    _where,
+    id_column,
+    number_column,
+    optional_number,
+    require_columns,
+)
+from metarec.types import MetarecError
+
+LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
+
+
+def _read(path: str | Path) -> pd.DataFrame:
+    frame = _read_any(Path(path), None, "utf-8")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
+    unknown = [c for c in frame.columns if c not in allowed]
+    if unknown:
+        raise MetarecError(
+            f"{_where(frame)}: unknown column(s) {', '.join(map(repr, unknown))} "
+            f"(expected {', '.join(allowed)})"
+        )
+    require_columns(frame, ["user_id", "item_id"])
+    if "rating" in frame.columns and "label" in frame.columns:
+        raise MetarecError(f"{_where(frame)}: give either a rating or a label column, not both")
+    if "rating" not in frame.columns and "label" not in frame.columns:
+        raise MetarecError(f"{_where(frame)}: missing column rating (or label for 0/1 data)")
+
+
+def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
+    """A T or S file as a RawData-style ratings frame, its feedback kind and has_time."""
+    frame = _read(path)
+    _check_log_columns(frame)
+    users = id_column(frame, "user_id")
+    items = id_column(frame, "item_id")
+    if "label" in frame.columns:
+        values = number_column(frame, "label")
+        off = ~np.isin(values, (0.0, 1.0))
+        if off.any():
+            pos = int(np.flatnonzero(off)[0])
+            raise MetarecError(f"{_where(frame)}: row {pos + 1}: label must be 0 or 1")
+        feedback = "implicit"
+    else:
+        values = number_column(frame, "rating")
+        if not np.isfinite(values).all():
+            raise MetarecError(f"{_where(frame)}: column 'rating' has a non-finite value")
+        feedback = "explicit"
+    has_time = "timestamp" in frame.columns
+    ts = _timestamps(frame, "timestamp") if has_time else None
+    domain = id_column(frame, "domain") if "domain" in frame.columns else None
+    return make_ratings_frame(users, items, values, ts, domain), feedback, has_time
+
+
+def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
+    """(text, categorical, numeric) column names of a side table, and the cleaned frame."""
+    out = pd.DataFrame({key: id_column(frame, key).to_numpy(object)})
+    text, cat, num = [], [], []
+    for c in frame.columns:
+        if c == key:
+            continue
+        s = frame[c]
+        as_num = pd.to_numeric(s, errors="coerce")
+        filled = s.notna() & (s.astype(str).str.strip() != "")
+        if filled.any() and as_num[filled].notna().all():
+            out[c] = optional_number(s)
+            num.append(c)
+            continue
+        strings = s.fillna("").astype(str)
+        nonempty = strings[strings != ""]
+        long_or_distinct = (
+            (nonempty.str.len().mean() > 24 or nonempty.nunique() > 0.5 * max(len(nonempty), 1))
+            if len(nonempty)
+            else False
+        )
+        if c == "domain":
+            out[c] = strings.to_numpy(object)
+            cat.append(c)
+        elif long_or_distinct:
+            out[c] = strings.to_numpy(object)
+            text.append(c)
+        else:
+            out[c] = s.astype("string").to_numpy(object)
+            cat.append(c)
+    return tuple(text), tuple(cat), tuple(num), out
+
+
+def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, tuple]:
+    frame = _read(path)
+    require_columns(frame, [key])
+    dup = frame[key].astype(str).duplicated()
+    if dup.any():
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        raise MetarecError(
+            f"{_where(frame)}: {key} {frame[key].iloc[pos]!r} appears twice (row {pos + 1})"
+        )
+    text, cat, num, out = _roles(frame, key)
+    return out, text, cat, num
+
+
+def read_training_files(
+    train: str | Path, items: str | Path, users: str | Path | None = None, name: str = "fit"
+) -> RawData:
+    """T + I (+ U) as RawData. Every item of T must be in I (I is the whole catalogue)."""
+    ratings, feedback, has_time = read_log(train)
+    item_frame, itext, icat, inum = read_side(items, "item_id")
+    missing = ~ratings["item_id"].isin(set(item_frame["item_id"]))
+    if missing.any():
+        bad = ratings["item_id"][missing].iloc[0]
+        raise MetarecError(
+            f"{train}: item_id {bad!r} is not in the items file {items} "
+            f"({int(missing.sum())} rows with unknown items)"
+        )
+    if (
+        "domain" in ratings.columns
+        and "domain" not in item_frame.columns
+        and (ratings["domain"] != "default").any()
+    ):
+        first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
+        item_frame["domain"] = item_frame["item_id"].map(first).fillna("default").to_numpy(object)
+        icat = (*icat, "domain")
+    if not itext and not icat and not inum:
+        raise MetarecError(f"{items}: the items file has no side columns besides item_id")
+    user_frame, utext, ucat, unum = (None, (), (), ())
+    if users is not None:
+        user_frame, utext, ucat, unum = read_side(users, "user_id")
+    if feedback == "explicit":
+        lo, hi = float(ratings["rating"].min()), float(ratings["rating"].max())
+        if lo == hi:
+            raise MetarecError(f"{train}: every rating is {lo:g}; nothing to learn from")
+        rating_range = (lo, hi)
+    else:
+        rating_range = (0.0, 1.0)
+    return RawData(
+        name=name,
+        ratings=ratings,
+        feedback=feedback,
+        rating_range=rating_range,
+        has_time=has_time,
+        items=item_frame,
+        users=user_frame,
+        item_text_columns=itext,
+        item_categorical_columns=icat,
+        item_numeric_columns=inum,
+        user_text_columns=utext,
+        user_categorical_columns=ucat,
+        user_numeric_columns=unum,
+        source=str(train),
+    )
+
+
+def read_query(path: str | Path) -> pd.DataFrame:
+    """Q: (user_id, item_id) rows as str, in file order."""
+    frame = _read(path)
+    _check_query_columns(frame)
+    return pd.DataFrame(
+        {
+            "user_id": id_column(frame, "user_id").to_numpy(object),
+            "item_id": id_column(frame, "item_id").to_numpy(object),
+        }
+    )
+
+
+def _check_query_columns(frame: pd.DataFrame) -> None:
+    unknown = [c for c in frame.columns if c not in LOG_COLUMNS]
+    if unknown:
+        raise MetarecError(
+            f"{_where(frame)}: unknown column(s) {', '.join(map(repr, unknown))} "
+            f"(a query file has user_id, item_id)"
+        )
+    require_columns(frame, ["user_id", "item_id"])

@@ -1,0 +1,478 @@
+"""MetaRecommender: the meta-learned model behind ``metarec fit`` as a :class:`Recommender`.
+
+What it puts together (each piece lives in its own module):
+
+* features (``features.build_features``): pretrained-encoder text vectors of every item
+  (PCA fitted on training items only), item side features, user side features;
+* a **rating model** (explicit data): the scorer with the rating head, meta-trained so that
+  adapting to a user's support predicts that user's ratings (MAE/RMSE, query ranking);
+* a **ranking model**: the scorer with the binary head P(y=1 | u, c), meta-trained on the
+  implicit signal "the user interacted with c" against sampled negatives. ``recommend`` and
+  the full-catalogue metrics rank with it, because a rating regressor ranks the catalogue
+  badly (it favours obscure items with a few high ratings). For implicit data it is the
+  only model and also gives ``score`` (a probability).
+
+Validation users for early stopping are carved out of ``train`` itself (the newest users by
+first interaction, like the test protocol) unless ``fit`` is given validation tasks; test
+users are never seen. ``score``/``recommend`` adapt per call and never change the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+
+from metarec.config import from_dict, to_dict
+from metarec.features import FeatureSet, build_features
+from metarec.meta.algorithms import MetaConfig, MetaLearner
+from metarec.meta.episodes import Episode, build_inputs, make_episode, pad_episodes
+from metarec.models.scorer import Scorer, ScorerConfig
+from metarec.recommender import Recommender
+from metarec.train import TrainConfig, TrainResult, train
+from metarec.types import Dataset, Interactions, MetarecError, Split, Task
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    model: str = "default"  # sentence-transformers name/path, "default" (MiniLM), "hashing:64"
+    template: str | None = None  # item text template, e.g. "{title} by {authors}"
+    pca_dim: int | None = 64  # PCA of text vectors fitted on training items; None = raw
+    whiten: bool = False
+    cache: str | None = None  # embedding cache folder; default $METAREC_HOME/embeddings
+    user_text: bool = False  # also embed user side text (demographics) as a user feature
+    device: str | None = None  # encoder device: cpu (default), cuda, auto
+
+
+@dataclass(frozen=True)
+class ScorerOptions:
+    """The user-facing part of :class:`ScorerConfig` (widths come from the features)."""
+
+    embed_dim: int = 32
+    hidden: tuple[int, ...] = (64, 64)
+    use_item_id: bool = True
+    use_item_bias: bool = True
+    use_profile: bool = True
+    user_vector: bool = True
+    interaction: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    text: TextConfig = field(default_factory=TextConfig)
+    scorer: ScorerOptions = field(default_factory=ScorerOptions)
+    meta: MetaConfig = field(default_factory=lambda: MetaConfig(algorithm="ridge"))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, eval_every=50))
+    rank_model: bool = True  # explicit data: also train the binary ranking model
+    rank_meta: MetaConfig | None = None  # None: same as meta
+    rank_negatives: int = 4  # sampled negatives per positive for the ranking model
+    # explicit data: a rating >= this is a "like" (label 1) for the ranking model, a lower
+    # rating an explicit negative (label 0); None = the middle of the rating scale
+    like_threshold: float | None = None
+    k_shot: int = 10  # support size of meta-training episodes (when fit has no split)
+    n_query: int = 10  # query size of meta-training episodes
+    valid_frac: float = 0.1  # share of training users held out for early stopping
+    max_support: int = 64  # adapt on at most this many of a user's latest interactions
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.valid_frac < 1:
+            raise MetarecError("model.valid_frac must be in (0, 1)")
+        if self.k_shot < 1 or self.n_query < 1 or self.max_support < 1:
+            raise MetarecError("model.k_shot, n_query and max_support must be >= 1")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        return from_dict(cls, data, "")
+
+
+def _default_cache() -> Path:
+    home = os.environ.get("METAREC_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "metarec") / "embeddings"
+
+
+@dataclass(frozen=True, eq=False)
+class _Part:
+    """One trained scorer (rating or ranking) and what is needed to run it."""
+
+    learner: MetaLearner
+    params: dict[str, torch.Tensor]
+    result: TrainResult | None  # None after load()
+
+
+class MetaRecommender(Recommender):
+    """Meta-learned scorer over pretrained text features; see the module docstring."""
+
+    name = "MetaRec"
+    predicts_ratings = True
+
+    def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
+        cfg = config or ModelConfig()
+        if overrides:
+            cfg = from_dict(ModelConfig, {**to_dict(cfg), **overrides})
+        self.config = cfg
+        self.name = f"MetaRec-{cfg.meta.algorithm}"
+        self.rating_: _Part | None = None
+        self.rank_: _Part | None = None
+        self.features_: FeatureSet | None = None
+        self.known_items_: np.ndarray | None = None
+
+    # --- fitting -----------------------------------------------------------------------
+    def fit(
+        self,
+        dataset: Dataset,
+        train: Interactions,
+        features: FeatureSet | None = None,
+        valid: Sequence[Task] | None = None,
+    ) -> Self:
+        cfg = self.config
+        self._set_fitted(dataset, train)
+        known = np.zeros(dataset.n_items, dtype=bool)
+        known[train.item_idx] = True
+        if features is None:
+            features = self.build_features(dataset, known)
+        self.features_ = _with_unknown_user_row(features)
+        self.known_items_ = known
+        split = self._training_split(dataset, train, valid)
+        explicit = dataset.feedback == "explicit"
+        if explicit:
+            self.rating_ = self._train_part(split, "rating", cfg.meta, cfg.train, dataset)
+        if cfg.rank_model or not explicit:
+            self.rank_ = self._train_part(
+                _as_likes(split, self._like_threshold()),
+                "binary",
+                cfg.rank_meta or cfg.meta,
+                dataclasses.replace(cfg.train, n_negatives=cfg.rank_negatives),
+                dataset,
+            )
+        self.predicts_ratings = True
+        return self
+
+    def _like_threshold(self) -> float:
+        if self.feedback_ != "explicit":
+            return 0.5  # implicit labels are already 0/1
+        if self.config.like_threshold is not None:
+            return float(self.config.like_threshold)
+        lo, hi = self.rating_range_
+        return (lo + hi) / 2.0
+
+    def build_features(self, dataset: Dataset, fit_items: np.ndarray) -> FeatureSet:
+        t = self.config.text
+        from metarec.text import make_encoder
+
+        return build_features(
+            dataset,
+            make_encoder(t.model, device=t.device),
+            cache=Path(t.cache) if t.cache else _default_cache(),
+            text_template=t.template,
+            pca_dim=t.pca_dim,
+            whiten=t.whiten,
+            fit_items=fit_items,
+            user_text=t.user_text,
+            show_progress=self.config.progress,
+        )
+
+    def _training_split(
+        self, dataset: Dataset, train: Interactions, valid: Sequence[Task] | None
+    ) -> Split:
+        """Meta-training tasks come from ``train``; validation tasks for early stopping are
+        the given ones, or the newest ``valid_frac`` of train's users (first K / next Q)."""
+        cfg = self.config
+        if valid:
+            return Split("given", train, tuple(valid), (), cfg.seed, cfg.k_shot, cfg.n_query)
+        from metarec.splits import user_cold
+
+        view = dataclasses.replace(dataset, interactions=train)
+        # Short histories (a small log) shrink the episodes instead of failing: K and Q are
+        # capped at half the median history length, so most users yield an episode.
+        lengths = np.bincount(train.user_idx)
+        half = max(1, int(np.median(lengths[lengths > 0])) // 2)
+        inner = user_cold(
+            view,
+            k_shot=min(cfg.k_shot, half),
+            n_query=min(cfg.n_query, half),
+            valid_frac=cfg.valid_frac,
+            test_frac=0.0,
+            seed=cfg.seed,
+        )
+        return inner
+
+    def _train_part(
+        self, split: Split, head: str, meta: MetaConfig, tcfg: TrainConfig, dataset: Dataset
+    ) -> _Part:
+        feats = self.features_
+        assert feats is not None
+        o = self.config.scorer
+        offset = float(np.mean(split.train.rating)) if head == "rating" else 0.0
+        sc = ScorerConfig(
+            d_item_text=feats.item_text.shape[1],
+            d_item_side=feats.item_side.shape[1],
+            d_user_side=feats.user_side.shape[1],
+            n_items=dataset.n_items,
+            embed_dim=o.embed_dim,
+            use_item_id=o.use_item_id,
+            use_item_bias=o.use_item_bias,
+            use_profile=o.use_profile,
+            user_vector=o.user_vector,
+            interaction=o.interaction,
+            hidden=o.hidden,
+            head=head,
+            output_offset=offset,
+        )
+        result = train(
+            split,
+            feats,
+            sc,
+            meta,
+            tcfg,
+            device=self.config.device,
+            progress=self.config.progress,
+        )
+        return _Part(MetaLearner(Scorer(sc), meta), result.params, result)
+
+    # --- scoring -----------------------------------------------------------------------
+    def _check_model(self) -> None:
+        self._check_fitted()
+        if self.features_ is None or (self.rating_ is None and self.rank_ is None):
+            raise MetarecError(f"{self.name}: call fit() before scoring")
+
+    def _support_of(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, np.ndarray]:
+        """The user's adaptation set: training rows + support, latest ``max_support``."""
+        items, ratings = self._history(user_idx, support)
+        m = self.config.max_support
+        return items[-m:], ratings[-m:]
+
+    def _feature_user(self, user_idx: int) -> int:
+        # users outside the fitted user table (cold users from a new file) use the zero row
+        return user_idx if 0 <= user_idx < self.n_users_ else self.n_users_
+
+    def _episodes(self, part: _Part, tasks: Sequence[tuple[int, Interactions]]) -> list[Episode]:
+        head = part.learner.scorer.cfg.head
+        out = []
+        for user_idx, support in tasks:
+            items, ratings = self._support_of(user_idx, support)
+            if head == "binary":
+                ratings = (ratings >= self._like_threshold()).astype(np.float32)
+            # sampled negatives for the binary support, seeded by the support itself so the
+            # same request always gets the same scores
+            rng = np.random.default_rng([self.config.seed, len(items), int(items.sum())])
+            out.append(
+                make_episode(
+                    self._feature_user(user_idx),
+                    items,
+                    ratings,
+                    np.zeros(0, np.int64),
+                    np.zeros(0, np.float32),
+                    head=head,
+                    n_items=self.n_items_,
+                    rng=rng,
+                    n_negatives=self.config.rank_negatives if head == "binary" else 0,
+                    positive_threshold=0.5,
+                    exclude=items,
+                )
+            )
+        return out
+
+    @torch.no_grad()
+    def _scores(
+        self,
+        part: _Part,
+        tasks: Sequence[tuple[int, Interactions]],
+        items: np.ndarray | Sequence[np.ndarray],
+        item_chunk: int = 8192,
+    ) -> list[np.ndarray]:
+        """Raw head outputs (rating or logit) per task. ``items`` is one array shared by all
+        tasks, or one array per task."""
+        feats = self.features_
+        learner = part.learner
+        scorer = learner.scorer
+        shared = isinstance(items, np.ndarray)
+        batch = pad_episodes(self._episodes(part, tasks))
+        known = torch.from_numpy(self.known_items_)
+        x = build_inputs(scorer, feats, batch, known)
+        with torch.enable_grad():
+            fast = learner.adapt(part.params, x)  # per-task params, detached
+        if shared:
+            it = torch.as_tensor(np.asarray(items, dtype=np.int64))
+            cols = []
+            for a in range(0, len(it), item_chunk):
+                chunk = it[a : a + item_chunk]
+                q = chunk.unsqueeze(0).expand(len(tasks), -1)  # (T, N)
+                q_x = scorer.item_inputs(feats, q)  # (T, N, d_item_in)
+                rows = scorer.item_rows(q, known)
+                cols.append(learner.predict(fast, x.user_x, q_x, rows))
+            s = torch.cat(cols, 1) if cols else torch.zeros(len(tasks), 0)
+            return [row.numpy().astype(np.float64) for row in s]
+        # one array per task: pad to a common width, score in one batch, cut the padding
+        lens = [len(i) for i in items]
+        q = np.zeros((len(tasks), max(1, max(lens, default=0))), dtype=np.int64)
+        for t, it_np in enumerate(items):
+            q[t, : lens[t]] = it_np
+        qt = torch.from_numpy(q)
+        s = learner.predict(
+            fast, x.user_x, scorer.item_inputs(feats, qt), scorer.item_rows(qt, known)
+        )
+        return [s[t, : lens[t]].numpy().astype(np.float64) for t in range(len(tasks))]
+
+    def _finish(self, part: _Part, raw: np.ndarray) -> np.ndarray:
+        if part.learner.scorer.cfg.head == "rating":
+            lo, hi = self.rating_range_
+            return np.clip(raw, lo, hi)
+        return 1.0 / (1.0 + np.exp(-raw))
+
+    @property
+    def _score_part(self) -> _Part:
+        part = self.rating_ or self.rank_
+        assert part is not None
+        return part
+
+    @property
+    def _rank_part(self) -> _Part:
+        part = self.rank_ or self.rating_
+        assert part is not None
+        return part
+
+    def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        self._check_model()
+        item_idx = self._check_items(item_idx)
+        part = self._score_part
+        return self._finish(part, self._scores(part, [(user_idx, support)], item_idx)[0])
+
+    def score_many(self, tasks, item_idx_per_task):
+        self._check_model()
+        if len(tasks) != len(item_idx_per_task):
+            raise MetarecError(
+                f"score_many: {len(tasks)} tasks but {len(item_idx_per_task)} item arrays"
+            )
+        part = self._score_part
+        out: list[np.ndarray] = []
+        for a in range(0, len(tasks), 64):
+            chunk = tasks[a : a + 64]
+            raws = self._scores(
+                part,
+                [(t.user_idx, t.support) for t in chunk],
+                [self._check_items(i) for i in item_idx_per_task[a : a + 64]],
+            )
+            out += [self._finish(part, r) for r in raws]
+        return out
+
+    def rank_scores(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        self._check_model()
+        item_idx = self._check_items(item_idx)
+        return self._scores(self._rank_part, [(user_idx, support)], item_idx)[0]
+
+    def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
+        self._check_model()
+        item_idx = self._check_items(item_idx)
+        rows = []
+        for a in range(0, len(tasks), 32):
+            chunk = tasks[a : a + 32]
+            rows += self._scores(
+                self._rank_part, [(t.user_idx, t.support) for t in chunk], item_idx
+            )
+        return np.stack(rows) if rows else np.zeros((0, len(item_idx)))
+
+    # --- persistence -------------------------------------------------------------------
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able config, tensors) describing the fitted model completely."""
+        self._check_model()
+        feats = self.features_
+        assert feats is not None and self.known_items_ is not None
+        tensors = {
+            "features.item_text": feats.item_text,
+            "features.item_side": feats.item_side,
+            "features.user_side": feats.user_side,
+            "known_items": torch.from_numpy(self.known_items_.astype(np.uint8)),
+        }
+        parts = {}
+        for key, part in (("rating", self.rating_), ("rank", self.rank_)):
+            if part is None:
+                continue
+            parts[key] = {
+                "scorer": to_dict(part.learner.scorer.cfg),
+                "meta": to_dict(part.learner.cfg),
+            }
+            tensors.update({f"{key}.{k}": v for k, v in part.params.items()})
+        cfg = {
+            "model": to_dict(self.config),
+            "parts": parts,
+            "n_users": self.n_users_,
+            "n_items": self.n_items_,
+            "feedback": self.feedback_,
+            "rating_range": list(self.rating_range_),
+            "encoder_fingerprint": feats.encoder_fingerprint,
+        }
+        return cfg, tensors
+
+    @classmethod
+    def from_state(
+        cls, cfg: dict, tensors: dict[str, torch.Tensor], train: Interactions
+    ) -> MetaRecommender:
+        import scipy.sparse as sp
+
+        rec = cls(ModelConfig.from_dict(cfg["model"]))
+        rec.n_users_, rec.n_items_ = int(cfg["n_users"]), int(cfg["n_items"])
+        rec.feedback_ = cfg["feedback"]
+        rec.rating_range_ = tuple(float(x) for x in cfg["rating_range"])
+        rec.train_ratings_ = sp.csr_matrix(
+            (train.rating.astype(np.float64), (train.user_idx, train.item_idx)),
+            shape=(rec.n_users_, rec.n_items_),
+        )
+        rec.features_ = FeatureSet(
+            tensors["features.item_text"],
+            tensors["features.item_side"],
+            tensors["features.user_side"],
+            cfg.get("encoder_fingerprint", ""),
+        )
+        rec.known_items_ = tensors["known_items"].numpy().astype(bool)
+        for key, spec in cfg["parts"].items():
+            sc = from_dict(ScorerConfig, spec["scorer"], "scorer")
+            meta = from_dict(MetaConfig, spec["meta"], "meta")
+            prefix = f"{key}."
+            params = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            part = _Part(MetaLearner(Scorer(sc), meta), params, None)
+            setattr(rec, f"{key}_", part)
+        return rec
+
+
+def _with_unknown_user_row(feats: FeatureSet) -> FeatureSet:
+    """Append one zero row to user_side: the features of a user outside the user table."""
+    us = feats.user_side
+    return FeatureSet(
+        feats.item_text,
+        feats.item_side,
+        torch.cat([us, torch.zeros(1, us.shape[1], dtype=us.dtype)], 0),
+        feats.encoder_fingerprint,
+    )
+
+
+def _as_likes(split: Split, threshold: float) -> Split:
+    """Labels for the ranking model: 1 where rating >= threshold (a like), else 0 (an
+    explicit dislike, kept as a negative beside the sampled ones)."""
+
+    def likes(inter: Interactions) -> Interactions:
+        return Interactions(
+            inter.user_idx,
+            inter.item_idx,
+            (inter.rating >= threshold).astype(np.float32),
+            inter.timestamp,
+            inter.domain,
+        )
+
+    def task(t: Task) -> Task:
+        return Task(t.user_idx, likes(t.support), likes(t.query))
+
+    return dataclasses.replace(
+        split,
+        train=likes(split.train),
+        valid=tuple(task(t) for t in split.valid),
+        test=tuple(task(t) for t in split.test),
+    )

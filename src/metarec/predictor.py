@@ -1,0 +1,238 @@
+"""Predictor: a fitted MetaRecommender with its id maps — raw ids in, raw ids out.
+
+This is what a RUN directory holds and what ``predict``, ``recommend`` and the web service
+use. Users present in the training log are *warm* (their training rows join any support
+they bring); users absent from it are *cold* and are adapted on their support alone. Items
+in the catalogue but never interacted with are *cold items*: the text features carry them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metarec.artifacts import load_run, save_run
+from metarec.data.raw import RawData
+from metarec.model import MetaRecommender, ModelConfig
+from metarec.types import Dataset, IdMap, Interactions, MetarecError
+
+
+@dataclass(frozen=True, eq=False)
+class Predictor:
+    model: MetaRecommender
+    users: IdMap  # training users (index < n_users are warm)
+    items: IdMap  # the whole catalogue
+    item_domain: np.ndarray  # (n_items,) object: each item's domain name ("default" if none)
+    train: Interactions  # the training rows (warm users' histories)
+    info: dict  # dataset name, feedback, rating range, counts, encoder fingerprint
+
+    # --- building ----------------------------------------------------------------------
+    @classmethod
+    def fit(cls, dataset: Dataset, config: ModelConfig | None = None) -> Predictor:
+        from metarec.data import dataset_info
+
+        model = MetaRecommender(config).fit(dataset, dataset.interactions)
+        table = dataset.item_table
+        if table is not None and "domain" in table.frame.columns:
+            dom = (
+                table.frame["domain"].astype(object).where(table.frame["domain"].notna(), "default")
+            )
+            item_domain = dom.astype(str).to_numpy(object)
+        else:
+            item_domain = np.full(dataset.n_items, dataset.domains[0], dtype=object)
+        info = dataset_info(dataset)
+        info["encoder_fingerprint"] = model.features_.encoder_fingerprint
+        return cls(model, dataset.users, dataset.items, item_domain, dataset.interactions, info)
+
+    def save(self, path: str | Path) -> Path:
+        cfg, tensors = self.model.state()
+        tensors = dict(tensors)
+        for f in ("user_idx", "item_idx", "rating", "timestamp", "domain"):
+            tensors[f"train.{f}"] = torch.from_numpy(np.asarray(getattr(self.train, f)).copy())
+        domains = sorted(set(self.item_domain.tolist()))
+        code = {d: i for i, d in enumerate(domains)}
+        tensors["item_domain"] = torch.tensor(
+            [code[d] for d in self.item_domain], dtype=torch.int32
+        )
+        meta = {**self.info, "item_domains": domains}
+        return save_run(
+            path,
+            config=cfg,
+            tensors=tensors,
+            ids={"users": self.users, "items": self.items},
+            meta=meta,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Predictor:
+        run = load_run(path)
+        t = run.tensors
+        try:
+            train = Interactions(
+                *(
+                    t[f"train.{f}"].numpy()
+                    for f in ("user_idx", "item_idx", "rating", "timestamp", "domain")
+                )
+            )
+            model = MetaRecommender.from_state(run.config, t, train)
+            domains = run.meta["item_domains"]
+            item_domain = np.asarray(domains, dtype=object)[t["item_domain"].numpy()]
+        except (KeyError, TypeError, ValueError) as err:
+            raise MetarecError(
+                f"{path}: RUN is incomplete or from another version ({err})"
+            ) from None
+        return cls(model, run.ids["users"], run.ids["items"], item_domain, train, run.meta)
+
+    # --- raw ids -> indices ------------------------------------------------------------
+    @property
+    def explicit(self) -> bool:
+        return self.info.get("feedback") == "explicit"
+
+    def user_index(self, user_id: str | None) -> int:
+        """Warm users keep their index; unknown or anonymous users are cold (index n_users)."""
+        if user_id is not None and user_id in self.users:
+            return self.users.index(user_id)
+        return len(self.users)
+
+    def support_of(
+        self, item_ids: Iterable, ratings: Iterable, timestamps: Iterable | None = None
+    ) -> tuple[Interactions, list[str]]:
+        """(support interactions in time order, unknown item ids that were left out)."""
+        item_ids = [str(i) for i in item_ids]
+        ratings = np.asarray(list(ratings), dtype=np.float32)
+        if len(ratings) != len(item_ids):
+            raise MetarecError("support: item ids and ratings differ in length")
+        if not np.isfinite(ratings).all():
+            raise MetarecError("support: a rating is not a finite number")
+        idx = self.items.lookup_or_missing(np.asarray(item_ids, dtype=object))
+        ok = idx >= 0
+        unknown = [i for i, k in zip(item_ids, ok, strict=True) if not k]
+        ts = (
+            np.arange(len(item_ids), dtype=np.int64)
+            if timestamps is None
+            else np.asarray(list(timestamps), dtype=np.int64)
+        )
+        order = np.argsort(ts[ok], kind="stable")
+        n = int(ok.sum())
+        inter = Interactions(
+            np.zeros(n, np.int64), idx[ok][order], ratings[ok][order], ts[ok][order], np.zeros(n)
+        )
+        return inter, unknown
+
+    def _supports_from_frame(self, frame: pd.DataFrame) -> tuple[dict[str, Interactions], int]:
+        value = "label" if "label" in frame.columns and "rating" not in frame.columns else "rating"
+        out, n_unknown = {}, 0
+        ts_col = "timestamp" if "timestamp" in frame.columns else None
+        for user_id, rows in frame.groupby("user_id", sort=False):
+            inter, unknown = self.support_of(
+                rows["item_id"], rows[value], rows[ts_col] if ts_col else None
+            )
+            out[str(user_id)] = inter
+            n_unknown += len(unknown)
+        return out, n_unknown
+
+    # --- the CLI contract --------------------------------------------------------------
+    def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+        """One score per query row (rating scale for explicit data, probability otherwise)."""
+        supports, n_unknown = self._supports_from_frame(support)
+        qi = self.items.lookup_or_missing(query["item_id"].to_numpy(object))
+        if (qi < 0).any():
+            bad = query["item_id"].to_numpy(object)[qi < 0][0]
+            raise MetarecError(
+                f"query item_id {bad!r} is not in the catalogue the model was fitted with "
+                f"({int((qi < 0).sum())} unknown query items)"
+            )
+        scores = np.empty(len(query), dtype=np.float64)
+        users = query["user_id"].to_numpy(object)
+        tasks, items_per_task, rows_per_task = [], [], []
+        empty = Interactions.empty()
+        for user_id in pd.unique(users):
+            uidx = self.user_index(user_id)
+            sup = supports.get(user_id, empty)
+            if uidx == len(self.users) and len(sup) == 0:
+                raise MetarecError(
+                    f"query user_id {user_id!r} has no support rows and is not in the training data"
+                )
+            rows = np.flatnonzero(users == user_id)
+            from metarec.types import Task
+
+            tasks.append(Task(uidx, sup, empty))
+            items_per_task.append(qi[rows])
+            rows_per_task.append(rows)
+        for rows, s in zip(
+            rows_per_task, self.model.score_many(tasks, items_per_task), strict=True
+        ):
+            scores[rows] = s
+        out = pd.DataFrame(
+            {
+                "user_id": query["user_id"].to_numpy(object),
+                "item_id": query["item_id"].to_numpy(object),
+                "score": scores,
+            }
+        )
+        return out, {"unknown_support_items": n_unknown, "users": len(tasks)}
+
+    def candidates(self, domain: str | None) -> np.ndarray:
+        if domain is None:
+            return np.arange(len(self.items), dtype=np.int64)
+        cand = np.flatnonzero(self.item_domain == domain).astype(np.int64)
+        if not len(cand):
+            known = ", ".join(sorted(set(self.item_domain.tolist())))
+            raise MetarecError(f"unknown domain {domain!r} (domains: {known})")
+        return cand
+
+    def recommend_many(
+        self,
+        supports: dict[str, Interactions],
+        k: int,
+        domain: str | None = None,
+        exclude_seen: bool = True,
+    ) -> pd.DataFrame:
+        """Top-k per user over the catalogue (or one domain), excluding the history."""
+        if k < 1:
+            raise MetarecError(f"k must be >= 1, got {k}")
+        cand = self.candidates(domain)
+        from metarec.types import Task
+
+        user_ids = list(supports)
+        tasks = [Task(self.user_index(u), supports[u], Interactions.empty()) for u in user_ids]
+        out_rows = []
+        for a in range(0, len(tasks), 64):
+            chunk = tasks[a : a + 64]
+            s = self.model.rank_scores_batch(chunk, cand)  # (T, n_cand)
+            for row, task in enumerate(chunk):
+                scores = s[row].copy()
+                if exclude_seen:
+                    seen, _ = self.model._history(task.user_idx, task.support)
+                    scores[np.isin(cand, seen)] = -np.inf
+                kk = min(k, int(np.isfinite(scores).sum()))
+                top = np.argsort(-scores, kind="stable")[:kk]
+                uid = user_ids[a + row]
+                for rank, j in enumerate(top, 1):
+                    out_rows.append((uid, self.items.ids[cand[j]], rank, _prob(scores[j])))
+        return pd.DataFrame(out_rows, columns=["user_id", "item_id", "rank", "score"])
+
+    def recommend(self, support: pd.DataFrame, k: int, domain: str | None = None) -> pd.DataFrame:
+        supports, _ = self._supports_from_frame(support)
+        return self.recommend_many(supports, k, domain)
+
+
+def _prob(logit: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-logit)))
+
+
+def fit_raw(raw: RawData, config: ModelConfig | None = None) -> Predictor:
+    """Preprocess (default cleaning), index and fit: what ``metarec fit`` runs."""
+    from metarec.preprocess import prepare
+
+    return Predictor.fit(prepare(raw), config)
+
+
+def read_info(path: str | Path) -> dict:
+    return json.loads((Path(path) / "meta.json").read_text())

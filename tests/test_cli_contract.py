@@ -1,0 +1,295 @@
+"""The CLI contract of `metarec fit | predict | recommend` end to end on synthetic data.
+
+The synthetic world has two tastes: half the users like "space" items and dislike
+"garden" items, the other half the reverse; item titles say which kind an item is. A cold
+user whose support shows a taste must get that kind ranked first, including for items
+nobody rated (cold items carried by their text).
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from metarec.cli import main
+
+FAST = [
+    "--set",
+    "text.model='hashing:64'",
+    "--set",
+    "text.pca_dim=16",
+    "--set",
+    "train.steps=60",
+    "--set",
+    "train.eval_every=20",
+    "--set",
+    "train.meta_batch=16",
+    "--set",
+    "progress=false",
+]
+
+
+def make_world(tmp_path, n_users=60, n_items=40, seed=0, implicit=False):
+    rng = np.random.default_rng(seed)
+    kinds = np.array(["space", "garden"])[np.arange(n_items) % 2]
+    items = pd.DataFrame(
+        {
+            "item_id": [f"it{i}" for i in range(n_items)],
+            "title": [f"{k} adventure volume {i}" for i, k in enumerate(kinds)],
+            "category": kinds,
+        }
+    )
+    rows = []
+    for u in range(n_users):
+        taste = "space" if u % 2 == 0 else "garden"
+        # only the first 30 items are ever rated: items 30.. are cold
+        chosen = rng.choice(30, size=12, replace=False)
+        for t, i in enumerate(chosen):
+            rating = 5 if kinds[i] == taste else 1
+            rows.append((f"u{u}", f"it{i}", rating, 1000 * u + t))
+    log = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    if implicit:
+        log = log[log.rating == 5].drop(columns="rating").assign(label=1)
+    paths = {"T": tmp_path / "T.csv", "I": tmp_path / "I.csv"}
+    log.to_csv(paths["T"], index=False)
+    items.to_csv(paths["I"], index=False)
+    return paths, items
+
+
+def cold_support(tmp_path, implicit=False):
+    # two brand-new users: one shows a space taste, one a garden taste
+    rows = [("new_space", f"it{i}", 5 if i % 2 == 0 else 1, i) for i in range(6)]
+    rows += [("new_garden", f"it{i}", 5 if i % 2 == 1 else 1, i) for i in range(6)]
+    s = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    if implicit:
+        s = s[s.rating == 5].drop(columns="rating").assign(label=1)
+    path = tmp_path / "S.csv"
+    s.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("world")
+    paths, items = make_world(tmp)
+    run = tmp / "RUN"
+    code = main(
+        ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run), *FAST]
+    )
+    assert code == 0
+    return tmp, run, items
+
+
+def test_fit_writes_a_loadable_run(fitted):
+    _, run, _ = fitted
+    names = {p.name for p in run.iterdir()}
+    assert {"manifest.json", "config.json", "model.safetensors", "meta.json", "ids"} <= names
+    assert not any(p.suffix in (".pkl", ".pt", ".pickle") for p in run.rglob("*"))
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["encoder_fingerprint"].startswith("hashing")
+
+
+def test_predict_adapts_cold_users_and_scores_cold_items(fitted):
+    tmp, run, _ = fitted
+    support = cold_support(tmp)
+    # query: cold items 30..39 (never rated in T) for both new users
+    q = pd.DataFrame(
+        [(u, f"it{i}") for u in ("new_space", "new_garden") for i in range(30, 40)],
+        columns=["user_id", "item_id"],
+    )
+    q.to_csv(tmp / "Q.csv", index=False)
+    out = tmp / "P.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--support",
+                str(support),
+                "--query",
+                str(tmp / "Q.csv"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    p = pd.read_csv(out, dtype={"user_id": str, "item_id": str})
+    assert list(p.columns) == ["user_id", "item_id", "score"]
+    assert len(p) == len(q) and (p[["user_id", "item_id"]].values == q.values).all()
+    assert p.score.between(1, 5).all()  # explicit data: the rating scale
+    p["space"] = p.item_id.str[2:].astype(int) % 2 == 0
+    for user, likes_space in (("new_space", True), ("new_garden", False)):
+        mine = p[p.user_id == user]
+        liked = mine[mine.space == likes_space].score.mean()
+        other = mine[mine.space != likes_space].score.mean()
+        assert liked > other + 0.5, (user, liked, other)
+
+
+def test_recommend_top_k_excludes_support_and_follows_taste(fitted):
+    tmp, run, _ = fitted
+    support = cold_support(tmp)
+    out = tmp / "R.csv"
+    assert (
+        main(
+            [
+                "recommend",
+                "--run",
+                str(run),
+                "--support",
+                str(support),
+                "-k",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    r = pd.read_csv(out, dtype={"user_id": str, "item_id": str})
+    assert list(r.columns) == ["user_id", "item_id", "rank", "score"]
+    assert sorted(r.groupby("user_id").size().tolist()) == [5, 5]
+    support_items = {f"it{i}" for i in range(6)}
+    assert not set(r.item_id) & support_items
+    for user, parity in (("new_space", 0), ("new_garden", 1)):
+        top = r[r.user_id == user].sort_values("rank")
+        assert list(top["rank"]) == [1, 2, 3, 4, 5]
+        share = np.mean(top.item_id.str[2:].astype(int) % 2 == parity)
+        assert share >= 0.8, (user, top.item_id.tolist())
+
+
+def test_recommend_by_domain_and_implicit_data(tmp_path):
+    paths, items = make_world(tmp_path, implicit=True)
+    items["domain"] = np.where(np.arange(len(items)) < 20, "books", "films")
+    items.to_csv(paths["I"], index=False)
+    run = tmp_path / "RUN"
+    assert (
+        main(
+            [
+                "fit",
+                "--train",
+                str(paths["T"]),
+                "--items",
+                str(paths["I"]),
+                "--out",
+                str(run),
+                *FAST,
+            ]
+        )
+        == 0
+    )
+    support = cold_support(tmp_path, implicit=True)
+    out = tmp_path / "R.csv"
+    assert (
+        main(
+            [
+                "recommend",
+                "--run",
+                str(run),
+                "--support",
+                str(support),
+                "-k",
+                "3",
+                "--domain",
+                "films",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    r = pd.read_csv(out, dtype={"item_id": str})
+    assert (r.item_id.str[2:].astype(int) >= 20).all()
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--support",
+                str(support),
+                "--query",
+                str(q),
+                "--out",
+                str(tmp_path / "P.csv"),
+            ]
+        )
+        == 0
+    )
+    p = pd.read_csv(tmp_path / "P.csv")
+    assert p.score.between(0, 1).all()  # implicit data: a probability
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown-column",
+        "query-unknown-item",
+        "query-user-without-support",
+        "empty-support",
+        "nan-rating",
+        "foreign-run",
+    ],
+)
+def test_bad_input_exit_2_nothing_written(fitted, tmp_path, capsys, case):
+    _, run, _ = fitted
+    support = cold_support(tmp_path)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it1"]}).to_csv(q, index=False)
+    run_dir = run
+    if case == "unknown-column":
+        pd.read_csv(support).assign(ratingz=1).to_csv(support, index=False)
+    elif case == "query-unknown-item":
+        pd.DataFrame({"user_id": ["new_space"], "item_id": ["nope"]}).to_csv(q, index=False)
+    elif case == "query-user-without-support":
+        pd.DataFrame({"user_id": ["stranger"], "item_id": ["it1"]}).to_csv(q, index=False)
+    elif case == "empty-support":
+        support.write_text("user_id,item_id,rating\n")
+    elif case == "nan-rating":
+        support.write_text("user_id,item_id,rating\nnew_space,it1,\n")
+    elif case == "foreign-run":
+        run_dir = tmp_path / "not_a_run"
+        run_dir.mkdir()
+        (run_dir / "manifest.json").write_text('{"format_version": 99, "files": {}}')
+    out = tmp_path / "P.csv"
+    code = main(
+        [
+            "predict",
+            "--run",
+            str(run_dir),
+            "--support",
+            str(support),
+            "--query",
+            str(q),
+            "--out",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_fit_rejects_unknown_config_key(tmp_path, capsys):
+    paths, _ = make_world(tmp_path, n_users=10)
+    code = main(
+        [
+            "fit",
+            "--train",
+            str(paths["T"]),
+            "--items",
+            str(paths["I"]),
+            "--out",
+            str(tmp_path / "RUN"),
+            "--set",
+            "train.stepz=3",
+        ]
+    )
+    assert code == 2
+    assert "stepz" in capsys.readouterr().err
+    assert not (tmp_path / "RUN").exists()
