@@ -6,11 +6,12 @@ What it puts together (each piece lives in its own module):
   (PCA fitted on training items only), item side features, user side features;
 * a **rating model** (explicit data): the scorer with the rating head, meta-trained so that
   adapting to a user's support predicts that user's ratings (MAE/RMSE, query ranking);
-* a **ranking model**: the scorer with the binary head P(y=1 | u, c), meta-trained on the
-  implicit signal "the user interacted with c" against sampled negatives. ``recommend`` and
-  the full-catalogue metrics rank with it, because a rating regressor ranks the catalogue
-  badly (it favours obscure items with a few high ratings). For implicit data it is the
-  only model and also gives ``score`` (a probability).
+* a **ranking model**: the scorer with the binary head P(y=1 | u, c) = P(u likes c),
+  meta-trained on likes (rating >= ``like_threshold``; every event for implicit data) against
+  disliked items and sampled negatives. ``recommend`` and the full-catalogue metrics rank
+  with it, because a rating regressor ranks the catalogue badly (it favours obscure items
+  with a few high ratings). For implicit data it is the only model and also gives
+  ``score`` (a probability).
 
 Validation users for early stopping are carved out of ``train`` itself (the newest users by
 first interaction, like the test protocol) unless ``fit`` is given validation tasks; test
