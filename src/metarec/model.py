@@ -33,7 +33,13 @@ import torch
 from metarec.config import from_dict, to_dict
 from metarec.features import FeatureSet, build_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
-from metarec.meta.episodes import Episode, build_inputs, make_episode, pad_episodes
+from metarec.meta.episodes import (
+    Episode,
+    EpisodeBatch,
+    build_inputs,
+    make_episode,
+    pad_episodes,
+)
 from metarec.models.scorer import Scorer, ScorerConfig
 from metarec.recommender import Recommender
 from metarec.train import TrainConfig, TrainResult, train
@@ -107,6 +113,16 @@ class _Part:
     learner: MetaLearner
     params: dict[str, torch.Tensor]
     result: TrainResult | None  # None after load()
+
+
+@dataclass(frozen=True, eq=False)
+class Adapted:
+    """One user's adapted model (from :meth:`MetaRecommender.adapt_user`)."""
+
+    which: str  # "rank" or "score": the part it was adapted from
+    params: dict[str, torch.Tensor]  # adapted keys carry a leading task dim of 1
+    user_x: torch.Tensor  # (1, d_user_in) user inputs (side features, history profile)
+    seen: np.ndarray  # (n,) int64 items in the user's history + support, sorted unique
 
 
 class MetaRecommender(Recommender):
@@ -282,7 +298,54 @@ class MetaRecommender(Recommender):
             )
         return out
 
+    def _adapt(
+        self, part: _Part, tasks: Sequence[tuple[int, Interactions]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(per-task adapted params, user inputs (T, d_user_in)); base params untouched."""
+        learner = part.learner
+        batch = pad_episodes(self._episodes(part, tasks))
+        x = build_inputs(learner.scorer, self.features_, batch, torch.from_numpy(self.known_items_))
+        with torch.enable_grad():
+            fast = learner.adapt(part.params, x)  # per-task params, detached
+        return fast, x.user_x
+
     @torch.no_grad()
+    def _predict(
+        self,
+        part: _Part,
+        fast: dict[str, torch.Tensor],
+        user_x: torch.Tensor,
+        items: np.ndarray | Sequence[np.ndarray],
+        item_chunk: int = 8192,
+    ) -> list[np.ndarray]:
+        """Raw head outputs per task with adapted ``fast`` params (see :meth:`_scores`)."""
+        feats = self.features_
+        learner = part.learner
+        scorer = learner.scorer
+        known = torch.from_numpy(self.known_items_)
+        n_tasks = user_x.shape[0]
+        if isinstance(items, np.ndarray):
+            it = torch.as_tensor(np.asarray(items, dtype=np.int64))
+            cols = []
+            for a in range(0, len(it), item_chunk):
+                chunk = it[a : a + item_chunk]
+                q = chunk.unsqueeze(0).expand(n_tasks, -1)  # (T, N)
+                q_x = scorer.item_inputs(feats, q)  # (T, N, d_item_in)
+                rows = scorer.item_rows(q, known)
+                cols.append(learner.predict(fast, user_x, q_x, rows))
+            s = torch.cat(cols, 1) if cols else torch.zeros(n_tasks, 0)
+            return [row.numpy().astype(np.float64) for row in s]
+        # one array per task: pad to a common width, score in one batch, cut the padding
+        lens = [len(i) for i in items]
+        q = np.zeros((n_tasks, max(1, max(lens, default=0))), dtype=np.int64)
+        for t, it_np in enumerate(items):
+            q[t, : lens[t]] = it_np
+        qt = torch.from_numpy(q)
+        s = learner.predict(
+            fast, user_x, scorer.item_inputs(feats, qt), scorer.item_rows(qt, known)
+        )
+        return [s[t, : lens[t]].numpy().astype(np.float64) for t in range(n_tasks)]
+
     def _scores(
         self,
         part: _Part,
@@ -292,36 +355,8 @@ class MetaRecommender(Recommender):
     ) -> list[np.ndarray]:
         """Raw head outputs (rating or logit) per task. ``items`` is one array shared by all
         tasks, or one array per task."""
-        feats = self.features_
-        learner = part.learner
-        scorer = learner.scorer
-        shared = isinstance(items, np.ndarray)
-        batch = pad_episodes(self._episodes(part, tasks))
-        known = torch.from_numpy(self.known_items_)
-        x = build_inputs(scorer, feats, batch, known)
-        with torch.enable_grad():
-            fast = learner.adapt(part.params, x)  # per-task params, detached
-        if shared:
-            it = torch.as_tensor(np.asarray(items, dtype=np.int64))
-            cols = []
-            for a in range(0, len(it), item_chunk):
-                chunk = it[a : a + item_chunk]
-                q = chunk.unsqueeze(0).expand(len(tasks), -1)  # (T, N)
-                q_x = scorer.item_inputs(feats, q)  # (T, N, d_item_in)
-                rows = scorer.item_rows(q, known)
-                cols.append(learner.predict(fast, x.user_x, q_x, rows))
-            s = torch.cat(cols, 1) if cols else torch.zeros(len(tasks), 0)
-            return [row.numpy().astype(np.float64) for row in s]
-        # one array per task: pad to a common width, score in one batch, cut the padding
-        lens = [len(i) for i in items]
-        q = np.zeros((len(tasks), max(1, max(lens, default=0))), dtype=np.int64)
-        for t, it_np in enumerate(items):
-            q[t, : lens[t]] = it_np
-        qt = torch.from_numpy(q)
-        s = learner.predict(
-            fast, x.user_x, scorer.item_inputs(feats, qt), scorer.item_rows(qt, known)
-        )
-        return [s[t, : lens[t]].numpy().astype(np.float64) for t in range(len(tasks))]
+        fast, user_x = self._adapt(part, tasks)
+        return self._predict(part, fast, user_x, items, item_chunk)
 
     def _finish(self, part: _Part, raw: np.ndarray) -> np.ndarray:
         if part.learner.scorer.cfg.head == "rating":
@@ -380,6 +415,81 @@ class MetaRecommender(Recommender):
                 self._rank_part, [(t.user_idx, t.support) for t in chunk], item_idx
             )
         return np.stack(rows) if rows else np.zeros((0, len(item_idx)))
+
+    # --- serving: adapt once, score many times ------------------------------------------
+    def _part_named(self, which: str) -> _Part:
+        if which == "rank":
+            return self._rank_part
+        if which == "score":
+            return self._score_part
+        raise MetarecError(f"unknown model part {which!r} (rank or score)")
+
+    def adapt_user(self, user_idx: int, support: Interactions, which: str = "rank") -> Adapted:
+        """Adapt the ranking (``"rank"``) or scoring (``"score"``) model to one user's
+        history + support, once; :meth:`score_adapted` then scores any items with it. The
+        result holds per-user copies of the adapted keys only (shared keys are the base
+        tensors themselves, never written to), so a cache of these costs little."""
+        self._check_model()
+        part = self._part_named(which)
+        fast, user_x = self._adapt(part, [(user_idx, support)])
+        seen, _ = self._history(user_idx, support)
+        return Adapted(which, fast, user_x, np.unique(seen))
+
+    def score_adapted(self, adapted: Adapted, item_idx: np.ndarray) -> np.ndarray:
+        """Scores of ``item_idx`` for an :meth:`adapt_user` result: P(like) for the ranking
+        model, the rating (clipped to the scale) or probability for the scoring model."""
+        part = self._part_named(adapted.which)
+        item_idx = self._check_items(item_idx)
+        raw = self._predict(part, adapted.params, adapted.user_x, item_idx)[0]
+        if adapted.which == "rank" and part.learner.scorer.cfg.head == "rating":
+            return raw  # a rating model ranking on its own: its unclipped rating
+        return self._finish(part, raw)
+
+    @torch.no_grad()
+    def explain(
+        self, user_idx: int, support: Interactions, item_idx: np.ndarray, which: str = "rank"
+    ) -> np.ndarray:
+        """Influence of each support row on each item's score, by exact leave-one-out
+        re-adaptation: w[i, j] = s(i | support) − s(i | support without row j), in logit
+        units for the ranking model (rating units for a rating head). (n_items, n_support);
+        rows cut by ``max_support`` get weight 0. The sampled negatives of the binary
+        support stay fixed across the K+1 adaptations, so only row j differs."""
+        self._check_model()
+        part = self._part_named(which)
+        item_idx = self._check_items(item_idx)
+        n_sup = len(support)
+        out = np.zeros((len(item_idx), n_sup))
+        if n_sup == 0 or len(item_idx) == 0:
+            return out
+        hist, _ = self._history(user_idx, support)
+        start = max(0, len(hist) - self.config.max_support)
+        pos = np.arange(len(hist) - n_sup, len(hist)) - start  # row j's place in the episode
+        live = np.flatnonzero(pos >= 0)
+        full = pad_episodes(self._episodes(part, [(user_idx, support)]))
+        t = 1 + len(live)
+        # task 0: the whole support; task 1 + r: the support without row live[r]
+        mask = full.s_mask.repeat(t, 1)
+        mask[torch.arange(1, t), torch.as_tensor(pos[live])] = 0.0
+        rep = {
+            f: getattr(full, f).repeat(t, 1) for f in ("s_items", "s_y", "q_items", "q_y", "q_mask")
+        }
+        batch = EpisodeBatch(
+            full.user_idx.repeat(t),
+            rep["s_items"],
+            rep["s_y"],
+            mask,
+            rep["q_items"],
+            rep["q_y"],
+            rep["q_mask"],
+        )
+        x = build_inputs(
+            part.learner.scorer, self.features_, batch, torch.from_numpy(self.known_items_)
+        )
+        with torch.enable_grad():
+            fast = part.learner.adapt(part.params, x)
+        s = np.stack(self._predict(part, fast, x.user_x, item_idx))  # (t, n_items)
+        out[:, live] = (s[0][None, :] - s[1:]).T
+        return out
 
     # --- persistence -------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
