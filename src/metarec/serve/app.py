@@ -1,0 +1,362 @@
+"""The FastAPI app: ``create_app(run_dir or Predictor, ...)`` -> app. No module state.
+
+Every request adapts the model to the user's support (request interactions + stored
+feedback + the training history of a known user), through a per-(user, support hash) LRU
+of adapted parameters, then scores the whole catalogue in one batched pass. The base
+weights are only ever read.
+
+Errors: malformed JSON or a schema violation -> 422 with a one-line ``detail`` (plus the
+pydantic ``errors``); a request over a configured limit -> 422 (413 for the body size); a
+cold user with no usable interactions -> 422 (no popularity fallback: a made-up answer is
+worse than a clear refusal for a cold-start service); a bad token -> 401. Unknown item ids
+never fail a request: they are reported in ``unknown_items``.
+"""
+
+# no `from __future__ import annotations`: FastAPI must resolve the endpoints' annotations,
+# and the auth dependency's refers to a local of create_app
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+
+try:
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+except ImportError as err:  # pragma: no cover - depends on the install
+    raise ImportError(
+        "metarec serve needs fastapi and uvicorn: pip install 'metarec[serve]'"
+    ) from err
+
+from metarec.predictor import Predictor
+from metarec.serve import schemas as S
+from metarec.serve.feedback import FeedbackRow, FeedbackStore
+from metarec.serve.sessions import AdaptedCache, support_hash
+from metarec.types import Interactions, MetarecError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    max_k: int = 1000
+    max_interactions: int = 1000  # per request
+    max_score_items: int = 10_000  # item_ids per /score request
+    max_body_bytes: int = 1 << 20
+    explain_top: int = 10  # explanation rows per recommended item
+    max_explain_k: int = 100  # explain=true only for k up to this
+    cache_entries: int = 4096
+    cache_ttl_s: float = 900.0
+    token: str | None = None  # bearer token; None = open (bind to 127.0.0.1 then)
+
+    def __post_init__(self) -> None:
+        for name in ("max_k", "max_interactions", "max_score_items", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise MetarecError(f"serve: {name} must be >= 1")
+
+
+@dataclass(eq=False)
+class _State:
+    """What one app instance serves; held on ``app.state.metarec``."""
+
+    predictor: Predictor
+    config: ServeConfig
+    store: FeedbackStore | None
+    run: str | None
+    cache: AdaptedCache
+    all_items: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.all_items = np.arange(len(self.predictor.items), dtype=np.int64)
+
+
+def _unprocessable(msg: str) -> HTTPException:
+    return HTTPException(status_code=422, detail=msg)
+
+
+def create_app(
+    run: str | Path | Predictor,
+    *,
+    feedback_db: str | Path | FeedbackStore | None = None,
+    config: ServeConfig | None = None,
+) -> FastAPI:
+    """A new app serving ``run`` (a RUN directory, loaded from safetensors/JSON/parquet
+    only, or a :class:`Predictor`). ``feedback_db``: SQLite file or folder for
+    ``/feedback``; None disables it (503)."""
+    from metarec import __version__
+
+    cfg = config or ServeConfig()
+    pred = run if isinstance(run, Predictor) else Predictor.load(run)
+    store = (
+        feedback_db
+        if isinstance(feedback_db, FeedbackStore) or feedback_db is None
+        else FeedbackStore(feedback_db)
+    )
+    state = _State(
+        pred,
+        cfg,
+        store,
+        None if isinstance(run, Predictor) else str(run),
+        AdaptedCache(cfg.cache_entries, cfg.cache_ttl_s),
+    )
+    model = pred.model
+
+    app = FastAPI(
+        title="metarec",
+        version=__version__,
+        description="Few-shot adapted recommendations from a metarec RUN.",
+    )
+    app.state.metarec = state
+    app.add_middleware(_BodyLimit, max_bytes=cfg.max_body_bytes)
+    bearer = HTTPBearer(auto_error=False)
+
+    def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if cfg.token is None:
+            return
+        ok = creds is not None and secrets.compare_digest(
+            creds.credentials.encode(), cfg.token.encode()
+        )
+        if not ok:
+            raise HTTPException(
+                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse(
+            status_code=422, content={"detail": _one_line(errors), "errors": errors}
+        )
+
+    @app.exception_handler(MetarecError)
+    async def _bad_input(request: Request, exc: MetarecError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    # --- helpers over this app's state --------------------------------------------------
+    def check_interactions(inter: list[S.Interaction]) -> None:
+        if len(inter) > cfg.max_interactions:
+            raise _unprocessable(
+                f"too many interactions: {len(inter)} > {cfg.max_interactions} (server limit)"
+            )
+
+    def support(
+        user_id: str | None, inter: list[S.Interaction]
+    ) -> tuple[int, Interactions, list[str]]:
+        """(user_idx, support, unknown ids): stored feedback first, then the request; an item
+        named twice keeps its latest row (the request overrides older feedback)."""
+        check_interactions(inter)
+        rows = list(store.get(user_id)) if (store is not None and user_id is not None) else []
+        rows += [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in inter]
+        last = {r.item_id: n for n, r in enumerate(rows)}
+        rows = [r for n, r in enumerate(rows) if last[r.item_id] == n]
+        ts = [r.timestamp for r in rows]
+        sup, unknown = pred.support_of(
+            [r.item_id for r in rows],
+            [r.rating for r in rows],
+            ts if rows and all(t is not None for t in ts) else None,
+        )
+        uidx = pred.user_index(user_id)
+        if uidx == len(pred.users) and len(sup) == 0:
+            why = (
+                f"all {len(unknown)} item ids are unknown to the model"
+                if unknown
+                else "no interactions were given and none are stored for this user"
+            )
+            raise _unprocessable(
+                f"cannot adapt to a new user with no usable interactions: {why} "
+                "(send at least one interaction with a catalogue item_id)"
+            )
+        return uidx, sup, unknown
+
+    def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str):
+        key = (user_id or "", uidx, support_hash(sup.item_idx, sup.rating, sup.timestamp), which)
+        return state.cache.get_or_compute(key, lambda: model.adapt_user(uidx, sup, which))
+
+    # --- endpoints ----------------------------------------------------------------------
+    @app.get("/health", response_model=S.Health)
+    def health() -> S.Health:
+        return S.Health(status="ok")
+
+    @app.get("/info", response_model=S.Info, dependencies=[Depends(auth)])
+    def info() -> S.Info:
+        return S.Info(
+            model=model.name,
+            algorithm=model.config.meta.algorithm,
+            version=__version__,
+            dataset={k: v for k, v in pred.info.items() if k != "item_domains"},
+            encoder_fingerprint=str(pred.info.get("encoder_fingerprint", "")),
+            run=state.run,
+            users=len(pred.users),
+            items=len(pred.items),
+            feedback_store=None if store is None else str(store.path),
+            limits={
+                "max_k": cfg.max_k,
+                "max_interactions": cfg.max_interactions,
+                "max_score_items": cfg.max_score_items,
+                "max_body_bytes": cfg.max_body_bytes,
+            },
+        )
+
+    @app.post("/recommend", response_model=S.RecommendResponse, dependencies=[Depends(auth)])
+    def recommend(req: S.RecommendRequest) -> S.RecommendResponse:
+        if req.k > cfg.max_k:
+            raise _unprocessable(f"k = {req.k} is over the server limit of {cfg.max_k}")
+        if req.explain and req.k > cfg.max_explain_k:
+            raise _unprocessable(f"explain=true allows k <= {cfg.max_explain_k}, got {req.k}")
+        user_id = None if req.user_id is None else str(req.user_id)
+        uidx, sup, unknown = support(user_id, req.interactions)
+        ad = adapted(user_id, uidx, sup, "rank")
+        scores = model.score_adapted(ad, state.all_items)  # (n_items,) one batched pass
+        if req.exclude_seen:
+            scores[ad.seen] = -np.inf
+        top = _top_k(scores, req.k)
+        weights = model.explain(uidx, sup, top, "rank") if req.explain and len(top) else None
+        ids = pred.items.ids
+        items = []
+        for r, j in enumerate(top):
+            expl = None
+            if weights is not None:
+                order = np.argsort(-weights[r], kind="stable")[: cfg.explain_top]
+                expl = [
+                    S.Explanation(
+                        item_id=ids[sup.item_idx[c]],
+                        rating=float(sup.rating[c]),
+                        weight=float(weights[r, c]),
+                    )
+                    for c in order
+                ]
+            items.append(
+                S.RecommendedItem(
+                    item_id=ids[j], score=float(scores[j]), rank=r + 1, explanation=expl
+                )
+            )
+        return S.RecommendResponse(items=items, unknown_items=unknown, model=model.name)
+
+    @app.post("/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)])
+    def score(req: S.ScoreRequest) -> S.ScoreResponse:
+        if len(req.item_ids) > cfg.max_score_items:
+            raise _unprocessable(
+                f"too many item_ids: {len(req.item_ids)} > {cfg.max_score_items} (server limit)"
+            )
+        user_id = None if req.user_id is None else str(req.user_id)
+        uidx, sup, unknown = support(user_id, req.interactions)
+        wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
+        idx = pred.items.lookup_or_missing(wanted)
+        ok = idx >= 0
+        s = model.score_adapted(adapted(user_id, uidx, sup, "score"), idx[ok])
+        scores = [
+            S.ItemScore(item_id=i, score=float(v)) for i, v in zip(wanted[ok], s, strict=True)
+        ]
+        missing = [str(i) for i in wanted[~ok]]
+        return S.ScoreResponse(scores=scores, unknown_items=unknown + missing)
+
+    def need_store() -> FeedbackStore:
+        if store is None:
+            raise HTTPException(503, "this server runs without a feedback store (--feedback-db)")
+        return store
+
+    @app.post("/feedback", response_model=S.FeedbackResponse, dependencies=[Depends(auth)])
+    def feedback(req: S.FeedbackRequest) -> S.FeedbackResponse:
+        st = need_store()
+        check_interactions(req.interactions)
+        rows = [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in req.interactions]
+        n = st.add(str(req.user_id), rows)
+        ids = np.asarray([r.item_id for r in rows], dtype=object)
+        unknown = [str(i) for i in ids[pred.items.lookup_or_missing(ids) < 0]]
+        return S.FeedbackResponse(stored=n, unknown_items=unknown)
+
+    @app.get("/feedback/{user_id}", response_model=S.FeedbackList, dependencies=[Depends(auth)])
+    def feedback_of(user_id: str) -> S.FeedbackList:
+        rows = need_store().get(user_id)
+        return S.FeedbackList(
+            user_id=user_id,
+            interactions=[
+                S.Interaction(item_id=r.item_id, rating=r.rating, timestamp=r.timestamp)
+                for r in rows
+            ],
+        )
+
+    return app
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best finite scores, best first (ties: lower index first)."""
+    n = int(np.isfinite(scores).sum())
+    k = min(k, n)
+    if k == 0:
+        return np.zeros(0, dtype=np.int64)
+    if k < len(scores) // 4:
+        part = np.argpartition(-scores, k - 1)[:k]
+        return part[np.lexsort((part, -scores[part]))]
+    return np.argsort(-scores, kind="stable")[:k]
+
+
+def _one_line(errors: list[dict]) -> str:
+    parts = []
+    for e in errors[:3]:
+        loc = ".".join(str(x) for x in e["loc"])
+        if e.get("type") == "json_invalid":
+            parts.append(f"malformed JSON in the request body ({e['msg']})")
+        else:
+            parts.append(f"{loc}: {e['msg']}")
+    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+class _BodyLimit:
+    """ASGI middleware: 413 for bodies over ``max_bytes`` (declared or streamed)."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            try:
+                too_big = int(declared) > self.max_bytes
+            except ValueError:
+                await _send_json(send, 400, "bad Content-Length header")
+                return
+            if too_big:
+                await _send_json(send, 413, self._msg())
+                return
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # raised inside body parsing, FastAPI passes HTTPExceptions through
+                    raise HTTPException(413, self._msg())
+            return message
+
+        await self.app(scope, limited, send)
+
+    def _msg(self) -> str:
+        return f"request body is over the server limit of {self.max_bytes} bytes"
+
+
+async def _send_json(send, status: int, detail: str) -> None:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

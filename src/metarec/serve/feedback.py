@@ -1,0 +1,125 @@
+"""The feedback store: one SQLite file (WAL mode), appended to by ``POST /feedback``.
+
+SQLite is embedded (no server), survives restarts and a killed process (every ``add`` is
+one committed transaction; WAL with ``synchronous=NORMAL`` loses nothing on a process
+crash, only possibly the last transactions on power loss), and serialises concurrent
+writers itself (``busy_timeout``). A connection is opened per call: they are cheap, and it
+keeps the store safe to use from the server's worker threads and from other processes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from metarec.types import MetarecError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    rating REAL NOT NULL,
+    timestamp INTEGER,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
+"""
+DEFAULT_NAME = "feedback.sqlite3"
+
+
+@dataclass(frozen=True)
+class FeedbackRow:
+    item_id: str
+    rating: float
+    timestamp: int | None
+
+
+class FeedbackStore:
+    """Append-only (user_id, item_id, rating, timestamp) rows in SQLite at ``path``.
+
+    ``path`` may be a directory (the file ``feedback.sqlite3`` inside it is used)."""
+
+    def __init__(self, path: str | Path, timeout_s: float = 10.0) -> None:
+        p = Path(path)
+        if p.is_dir():
+            p = p / DEFAULT_NAME
+        p.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.timeout_s = p, timeout_s
+        try:
+            with self._connect() as con:
+                mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as err:
+            raise MetarecError(f"{p}: not a usable feedback database ({err})") from None
+        if str(mode).lower() != "wal":
+            raise MetarecError(f"{p}: SQLite refused WAL mode (got {mode!r})")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        try:
+            con.execute("PRAGMA synchronous=NORMAL")
+            yield con
+        finally:
+            con.close()
+
+    def add(self, user_id: str, rows: Iterable[FeedbackRow]) -> int:
+        """Append rows for ``user_id`` in one transaction; returns how many were stored."""
+        now = time.time()
+        values = [(str(user_id), str(r.item_id), float(r.rating), r.timestamp, now) for r in rows]
+        if not values:
+            return 0
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.executemany(
+                    "INSERT INTO feedback (user_id, item_id, rating, timestamp, received_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    values,
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(values)
+
+    def get(self, user_id: str) -> list[FeedbackRow]:
+        """The user's rows in the order they were stored."""
+        with self._connect() as con:
+            cur = con.execute(
+                "SELECT item_id, rating, timestamp FROM feedback WHERE user_id = ? ORDER BY seq",
+                (str(user_id),),
+            )
+            return [FeedbackRow(i, float(r), t) for i, r, t in cur.fetchall()]
+
+    def count(self) -> int:
+        with self._connect() as con:
+            return int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+
+    def frame(self) -> pd.DataFrame:
+        """Every row: user_id, item_id, rating, timestamp (nullable Int64), in stored order."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT user_id, item_id, rating, timestamp FROM feedback ORDER BY seq"
+            ).fetchall()
+        f = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+        f["user_id"] = f["user_id"].astype(object)
+        f["item_id"] = f["item_id"].astype(object)
+        f["rating"] = f["rating"].astype("float64")
+        f["timestamp"] = f["timestamp"].astype("Int64")
+        return f
+
+
+def open_store(path: str | Path) -> FeedbackStore:
+    """Open an existing store for reading (``metarec update``): a missing file is an error."""
+    p = Path(path)
+    if not (p.is_file() or (p.is_dir() and (p / DEFAULT_NAME).is_file())):
+        raise MetarecError(f"{p}: no feedback database there")
+    return FeedbackStore(p)

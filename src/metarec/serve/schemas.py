@@ -1,0 +1,127 @@
+"""Request and response bodies of the web service, validated at the boundary (pydantic).
+
+Raw ids travel as JSON strings; integer ids are accepted and read as strings (``50`` and
+``"50"`` name the same item). Unknown fields are rejected so a typo is a 422, not a silent
+default. Size limits that the operator configures (``k``, number of interactions) are
+checked by the app, not here, so the schema stays the same for every deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
+
+# int64-safe bounds: timestamps become int64 arrays downstream
+_TS_MIN, _TS_MAX = -(2**62), 2**62
+
+
+def _id_to_str(v: object) -> object:
+    # ints (not bools) are ids too; anything else is left for the str check to reject
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return v
+
+
+RawId = Annotated[
+    StrictStr | StrictInt,
+    BeforeValidator(_id_to_str),
+    Field(description="raw id: a string (integers are read as strings)"),
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Interaction(_Body):
+    item_id: Annotated[RawId, Field(examples=["50"])]
+    rating: float = Field(
+        allow_inf_nan=False,
+        description="explicit rating, or 1/0 (liked / not) for implicit data",
+        examples=[5.0],
+    )
+    timestamp: int | None = Field(
+        default=None, ge=_TS_MIN, le=_TS_MAX, description="unix seconds (orders the support)"
+    )
+
+
+class RecommendRequest(_Body):
+    user_id: RawId | None = Field(
+        default=None, description="known users add their training history and stored feedback"
+    )
+    interactions: list[Interaction] = Field(default_factory=list)
+    k: int = Field(default=10, ge=1, description="items to return (the server caps it)")
+    exclude_seen: bool = True
+    explain: bool = False
+
+
+class Explanation(BaseModel):
+    item_id: str = Field(description="a support interaction's item")
+    rating: float
+    weight: float = Field(
+        description="score(item | support) - score(item | support without this row), logits"
+    )
+
+
+class RecommendedItem(BaseModel):
+    item_id: str
+    score: float = Field(description="P(user likes the item) from the ranking model")
+    rank: int
+    explanation: list[Explanation] | None = None
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    unknown_items: list[str]
+    model: str
+
+
+class ScoreRequest(_Body):
+    user_id: RawId | None = None
+    interactions: list[Interaction] = Field(default_factory=list)
+    item_ids: list[RawId] = Field(min_length=1)
+
+
+class ItemScore(BaseModel):
+    item_id: str
+    score: float = Field(description="predicted rating (explicit data) or probability")
+
+
+class ScoreResponse(BaseModel):
+    scores: list[ItemScore]
+    unknown_items: list[str]
+
+
+class FeedbackRequest(_Body):
+    user_id: RawId
+    interactions: list[Interaction] = Field(min_length=1)
+
+
+class FeedbackResponse(BaseModel):
+    stored: int
+    unknown_items: list[str] = Field(
+        description="stored ids outside the model's catalogue (kept for a later update)"
+    )
+
+
+class FeedbackList(BaseModel):
+    user_id: str
+    interactions: list[Interaction]
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Info(BaseModel):
+    model: str
+    algorithm: str
+    version: str
+    dataset: dict
+    encoder_fingerprint: str
+    run: str | None
+    users: int
+    items: int
+    feedback_store: str | None
+    limits: dict
