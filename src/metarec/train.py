@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metarec import distributed
 from metarec.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import MetaConfig, MetaLearner
@@ -161,6 +162,24 @@ def evaluate_loss(
     return total / max(len(episodes), 1)
 
 
+def _valid_loss(
+    learner: MetaLearner,
+    params: dict[str, torch.Tensor],
+    feats: FeatureSet,
+    valid: Sequence[Episode],
+    known: torch.Tensor,
+    ctx: distributed.DistContext,
+) -> float:
+    """:func:`evaluate_loss`, with the tasks split over ranks and the sums all-reduced, so
+    every rank gets the same value and takes the same early-stopping decision."""
+    if not ctx.active:
+        return evaluate_loss(learner, params, feats, valid, known)
+    mine = valid[ctx.rank :: ctx.world]
+    total = evaluate_loss(learner, params, feats, mine, known) * len(mine) if mine else 0.0
+    total, n = distributed.all_reduce_sum([total, len(mine)], ctx, str(known.device))
+    return total / max(n, 1.0)
+
+
 def train(
     split: Split,
     feats: FeatureSet,
@@ -173,6 +192,8 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
+    sampler=None,
+    known_items: np.ndarray | None = None,
 ) -> TrainResult:
     """Meta-train on ``split.train``; early-stop on ``split.valid``.
 
@@ -180,8 +201,17 @@ def train(
     with ``resume`` continue from the checkpoint there (configs must match, except
     ``steps``). ``stop_at``: return after that step as if interrupted (for tests and time
     budgets; resume later to finish).
+
+    Distributed (under ``torchrun``, after :func:`metarec.distributed.init`): every rank draws
+    the same global meta-batch, meta-trains on its ``rank::world`` shard and all-reduces the
+    meta-gradient, so the run matches the single-process one; only rank 0 writes checkpoints.
+    ``sampler``: an episode source with ``sample(n, rng) -> list[Episode]`` used instead of
+    ``split.train`` (e.g. :class:`metarec.streaming.ParquetTaskStream`); if it has
+    ``rank_sharded = True`` each rank draws only its share of the batch from its own shard of
+    the data. ``known_items`` (n_items,) bool then replaces the items seen in ``split.train``.
     """
-    dev = torch.device(device)
+    ctx = distributed.context()
+    dev = torch.device(distributed.local_device(device, ctx))
     if feats.n_items != scorer_cfg.n_items and scorer_cfg.n_items:
         raise MetarecError(
             f"ScorerConfig.n_items is {scorer_cfg.n_items} but the FeatureSet has {feats.n_items} items"
@@ -189,10 +219,16 @@ def train(
     learner = MetaLearner(Scorer(scorer_cfg), meta_cfg)
     feats = feats.to(dev)
     head = scorer_cfg.head
-    known = np.zeros(feats.n_items, dtype=bool)
-    known[split.train.item_idx] = True
+    if known_items is None:
+        known = np.zeros(feats.n_items, dtype=bool)
+        known[split.train.item_idx] = True
+    else:
+        known = np.asarray(known_items, dtype=bool)
     known_t = torch.from_numpy(known).to(dev)
-    sampler = _TaskSampler(split, head, feats.n_items, cfg)
+    if sampler is None:
+        sampler = _TaskSampler(split, head, feats.n_items, cfg)
+    rank_sharded = bool(getattr(sampler, "rank_sharded", False))
+    distributed.shard(cfg.meta_batch, ctx)  # fails early if the batch cannot be split
     valid = _valid_episodes(split.valid, head, feats.n_items, cfg)
 
     torch.manual_seed(cfg.seed)
@@ -234,7 +270,7 @@ def train(
         loss_sum, loss_n, stopped = st["loss_sum"], st["loss_n"], st["stopped"]
 
     def checkpoint() -> None:
-        if not checkpoint_dir:
+        if not checkpoint_dir or not ctx.is_main:  # ranks hold identical state; one writer
             return
         tensors = {f"param.{k}": v for k, v in params.items()}
         tensors.update({f"best.{k}": v for k, v in best.items()})
@@ -259,10 +295,16 @@ def train(
         save_checkpoint(checkpoint_dir, step, tensors, state)
 
     bar = tqdm(
-        total=cfg.steps, initial=step, disable=not progress, desc=f"meta-train {meta_cfg.algorithm}"
+        total=cfg.steps,
+        initial=step,
+        disable=not progress or not ctx.is_main,
+        desc=f"meta-train {meta_cfg.algorithm}",
     )
     while step < cfg.steps and not stopped:
-        episodes = sampler.sample(cfg.meta_batch, rng)
+        # the global batch (every rank draws the same one, from the same rng), or with a
+        # rank-sharded sampler only this rank's share of it
+        n_draw = distributed.shard_size(cfg.meta_batch, ctx) if rank_sharded else cfg.meta_batch
+        episodes = sampler.sample(n_draw, rng)
         x = build_inputs(
             learner.scorer,
             feats,
@@ -271,7 +313,12 @@ def train(
             id_dropout=cfg.id_dropout,
             rng=rng,
         )
+        if ctx.active and not rank_sharded:
+            # inputs are built for the whole batch first so that id-dropout consumes the rng
+            # exactly as on one process; each rank then keeps its tasks rank::world
+            x = x.select(distributed.shard(x.n_tasks, ctx))
         loss, grads = learner.meta_grads(params, x)
+        loss, grads = distributed.all_reduce_mean(loss, grads, x.n_tasks, ctx)
         if not torch.isfinite(loss):
             raise MetarecError(
                 f"train: meta-loss is {float(loss)} at step {step + 1} (lower inner_lr or outer_lr)"
@@ -289,7 +336,7 @@ def train(
             entry = {"step": step, "train_loss": loss_sum / max(loss_n, 1), "valid_loss": None}
             loss_sum, loss_n = 0.0, 0
             if valid:
-                v = evaluate_loss(learner, params, feats, valid, known_t)
+                v = _valid_loss(learner, params, feats, valid, known_t, ctx)
                 entry["valid_loss"] = v
                 if v < best_valid:
                     best_valid, best_step, bad = v, step, 0

@@ -1,0 +1,225 @@
+"""Data-parallel meta-training across processes started by ``torchrun``.
+
+One process with no torchrun environment is the default and every function here is then a
+no-op (world size 1, rank 0). Under ``torchrun`` (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT`` set) :func:`init` joins the process group, with NCCL when
+training on CUDA and gloo otherwise.
+
+What is sharded: each outer step every rank draws the SAME global meta-batch from the same
+seeded generator, keeps tasks ``rank::world`` of it, computes the mean meta-gradient of its
+shard, and :func:`all_reduce_mean` combines the shard means weighted by shard size, so the
+result equals the single-process mean over the whole batch (up to float summation order).
+Every rank then takes the same optimiser step, so parameters stay identical without a
+broadcast. Validation tasks are sharded the same way and their loss sums all-reduced, so
+every rank sees the same validation loss and takes the same early-stopping decision.
+
+The parameter dict design makes this an explicit all-reduce of a gradient dict; there is no
+DistributedDataParallel wrapper (there is no nn.Module to wrap).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from metarec.types import MetarecError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None  # "gloo" / "nccl"; None on one process
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world, local_rank) from the torchrun environment; (0, 1, 0) without one."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise MetarecError("RANK / WORLD_SIZE / LOCAL_RANK must be integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise MetarecError(f"bad torchrun environment: RANK={rank} WORLD_SIZE={world}")
+    return rank, world, local
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
+def pick_backend(device: str | torch.device) -> str:
+    """NCCL for CUDA training when NCCL is built in, gloo otherwise (CPU)."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and torch.distributed.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def local_device(device: str | torch.device, ctx: DistContext) -> str:
+    """``cuda`` becomes ``cuda:<local_rank>`` (one GPU per process); others unchanged."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None and ctx.active:
+        return f"cuda:{ctx.local_rank}"
+    return str(dev)
+
+
+def init(device: str | torch.device = "cpu", timeout_s: float = 600.0) -> DistContext:
+    """Join the torchrun process group (idempotent); a no-op on a single process."""
+    rank, world, local = env_world()
+    if world == 1:
+        return DistContext()
+    if not torch.distributed.is_available():
+        raise MetarecError("this torch build has no torch.distributed")
+    dist = torch.distributed
+    if not dist.is_initialized():
+        backend = pick_backend(device)
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return context()
+
+
+def context() -> DistContext:
+    """The current process group as a DistContext (world 1 when none is initialised)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return DistContext()
+    _, _, local = env_world()
+    return DistContext(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
+
+
+def shutdown() -> None:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: DistContext | None = None) -> None:
+    ctx = ctx or context()
+    if ctx.active:
+        torch.distributed.barrier()
+
+
+@contextmanager
+def main_first(ctx: DistContext | None = None) -> Iterator[bool]:
+    """Rank 0 runs the block first (e.g. filling the embedding cache), then the others run
+    it (reading the cache). Yields ``ctx.is_main``."""
+    ctx = ctx or context()
+    if not ctx.is_main:
+        barrier(ctx)
+    yield ctx.is_main
+    if ctx.is_main:
+        barrier(ctx)
+
+
+def shard(n: int, ctx: DistContext) -> slice:
+    """This rank's share ``rank::world`` of ``n`` items (every item on exactly one rank)."""
+    if ctx.active and n < ctx.world:
+        raise MetarecError(
+            f"meta-batch of {n} tasks cannot be split over {ctx.world} processes "
+            "(raise train.meta_batch to at least the number of processes)"
+        )
+    return slice(ctx.rank, None, ctx.world)
+
+
+def shard_size(n: int, ctx: DistContext) -> int:
+    return len(range(n)[shard(n, ctx)])
+
+
+def all_reduce_mean(
+    loss: torch.Tensor,
+    grads: Mapping[str, torch.Tensor],
+    n_local: int,
+    ctx: DistContext,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Combine per-rank shard means into the global mean over all ranks' tasks.
+
+    loss: scalar mean over this rank's ``n_local`` tasks; grads: its gradient dict (each the
+    mean over the shard). Returns (Σ_r n_r·loss_r / N, {k: Σ_r n_r·g_r / N}). The gradients
+    are flattened into ONE buffer so the step costs one all-reduce, not one per tensor.
+    """
+    if not ctx.active:
+        return loss, dict(grads)
+    keys = list(grads)
+    w = float(n_local)
+    flat = torch.cat(
+        [grads[k].detach().reshape(-1) * w for k in keys]
+        + [(loss.detach().reshape(1) * w).to(grads[keys[0]].device if keys else "cpu")]
+        + [torch.tensor([w], device=grads[keys[0]].device if keys else "cpu")]
+    )
+    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    total = flat[-1]
+    flat = flat / total
+    out, a = {}, 0
+    for k in keys:
+        n = grads[k].numel()
+        out[k] = flat[a : a + n].view_as(grads[k])
+        a += n
+    return flat[a].cpu(), out
+
+
+def all_reduce_sum(values: list[float], ctx: DistContext, device: str = "cpu") -> list[float]:
+    """Element-wise sum of small float lists over ranks (validation loss sums and counts).
+    float64 so the sum does not depend on precision lost in transit."""
+    if not ctx.active:
+        return list(values)
+    dev = device if ctx.backend == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    return [float(v) for v in t.cpu()]
+
+
+def fit_distributed(raw, config, cache_dir=None):
+    """What ``metarec fit`` runs under torchrun: every rank fits, rank 0 gets the result.
+
+    raw: :class:`metarec.data.raw.RawData`; config: :class:`metarec.model.ModelConfig`.
+    Preprocessing and the split are deterministic, so every rank builds the same dataset.
+    Rank 0 embeds the texts into the cache first; the others wait, then read the cache.
+    Returns the fitted :class:`metarec.predictor.Predictor` on rank 0 and None on the
+    others (only rank 0 writes artifacts). The process group is shut down on return.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from metarec.features import embed_dataset
+    from metarec.model import _default_cache
+    from metarec.predictor import Predictor
+    from metarec.preprocess import prepare
+    from metarec.text import make_encoder
+
+    if not launched_by_torchrun():
+        raise MetarecError(
+            "--distributed needs torchrun's environment (RANK, WORLD_SIZE); launch with "
+            "`torchrun --nproc_per_node=N -m metarec fit ...`"
+        )
+    ctx = init(config.device)
+    try:
+        if not ctx.is_main:
+            config = dataclasses.replace(config, progress=False)
+        dataset = prepare(raw)
+        t = config.text
+        with main_first(ctx):
+            root = Path(cache_dir or t.cache or _default_cache())
+            encoder = make_encoder(t.model, device=t.device)
+            embed_dataset(dataset, encoder, root, template=t.template, show_progress=False)
+        pred = Predictor.fit(dataset, config)
+        barrier(ctx)
+        return pred if ctx.is_main else None
+    finally:
+        shutdown()

@@ -1,0 +1,260 @@
+"""Distributed meta-training: sharding arithmetic, the weighted all-reduce, train() on two
+simulated ranks (threads sharing a fake all-reduce) against one process, and the end-to-end
+claim that ``torchrun --nproc_per_node=2 -m metarec fit`` (gloo) writes a RUN whose
+predictions equal the single-process run's (same global meta-batch and seed) to 1e-3.
+
+The two multi-process tests start fresh Python interpreters (torch import dominates their
+time on a loaded 2-core box), so they are marked slow; the threaded test keeps the sharding
+logic of ``train`` in the default suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from meta_synthetic import make_problem
+from metarec import distributed
+from metarec.distributed import DistContext, all_reduce_mean, shard, shard_size
+from metarec.meta import MetaConfig
+from metarec.models.scorer import ScorerConfig
+from metarec.train import TrainConfig, train
+from metarec.types import MetarecError
+from test_cli_contract import cold_support, make_world
+
+# few steps, small batch: the point is equivalence, not quality
+ARGS = [
+    "--set",
+    "text.model='hashing:64'",
+    "--set",
+    "text.pca_dim=16",
+    "--set",
+    "train.steps=12",
+    "--set",
+    "train.eval_every=4",
+    "--set",
+    "train.meta_batch=8",
+    "--set",
+    "progress=false",
+]
+
+
+def test_shards_cover_every_task_once():
+    n, world = 11, 3
+    got = sorted(i for r in range(world) for i in range(n)[shard(n, DistContext(r, world))])
+    assert got == list(range(n))
+    assert [shard_size(n, DistContext(r, world)) for r in range(world)] == [4, 4, 3]
+    assert shard(5, DistContext()) == slice(0, None, 1)  # one process: everything
+
+
+def test_batch_smaller_than_world_is_refused():
+    with pytest.raises(MetarecError, match="meta-batch of 2 tasks"):
+        shard(2, DistContext(0, 3))
+
+
+def test_single_process_is_a_no_op(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.init("cpu") == DistContext()
+    assert distributed.context() == DistContext()
+    g = {"w": torch.tensor([1.0, 2.0])}
+    loss, out = all_reduce_mean(torch.tensor(0.5), g, 3, DistContext())
+    assert float(loss) == 0.5 and torch.equal(out["w"], g["w"])
+
+
+def test_backend_and_device_choice():
+    assert distributed.pick_backend("cpu") == "gloo"
+    ctx = DistContext(rank=1, world=2, local_rank=1, backend="nccl")
+    assert distributed.local_device("cuda", ctx) == "cuda:1"
+    assert distributed.local_device("cuda:0", ctx) == "cuda:0"  # explicit index kept
+    assert distributed.local_device("cpu", ctx) == "cpu"
+
+
+def test_distributed_flag_without_torchrun_fails_loudly(monkeypatch, tmp_path):
+    from metarec.cli import main
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    paths, _ = make_world(tmp_path, n_users=10)
+    code = main(
+        [
+            "fit",
+            "--train",
+            str(paths["T"]),
+            "--items",
+            str(paths["I"]),
+            "--out",
+            str(tmp_path / "R"),
+        ]
+        + ["--distributed", *ARGS]
+    )
+    assert code == 2 and not (tmp_path / "R").exists()
+
+
+class _ThreadGroup:
+    """A stand-in process group for ranks run as threads of this process: all_reduce sums
+    every rank's tensor (in rank order) behind a barrier."""
+
+    def __init__(self, world: int):
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=60)
+        self.buf: dict[int, torch.Tensor] = {}
+        self.local = threading.local()
+
+    def context(self) -> DistContext:
+        r = self.local.rank
+        return DistContext(r, self.world, r, "gloo")
+
+    def all_reduce(self, t: torch.Tensor, op=None) -> None:
+        self.buf[self.local.rank] = t.clone()
+        self.barrier.wait()
+        total = sum(self.buf[r] for r in range(self.world))
+        self.barrier.wait()  # everyone has read before anyone writes the next round
+        t.copy_(total)
+
+
+def test_train_on_two_ranks_equals_one_process(monkeypatch):
+    split, feats = make_problem(0, "binary")
+    sc = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head="binary")
+    meta = MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.1)
+    # id_dropout > 0: the rng must be consumed identically on every rank
+    cfg = TrainConfig(steps=10, meta_batch=7, outer_lr=3e-3, eval_every=3, id_dropout=0.2, seed=3)
+    one = train(split, feats, sc, meta, cfg, progress=False)
+
+    group = _ThreadGroup(2)
+    monkeypatch.setattr(distributed, "context", group.context)
+    monkeypatch.setattr(torch.distributed, "all_reduce", group.all_reduce)
+    results, errors = {}, []
+
+    def rank_main(rank: int) -> None:
+        group.local.rank = rank
+        try:
+            results[rank] = train(split, feats, sc, meta, cfg, progress=False)
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append(err)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    r0, r1 = results[0], results[1]
+    for k, v in one.final_params.items():
+        assert torch.equal(r0.final_params[k], r1.final_params[k]), k  # ranks never drift
+        assert torch.allclose(r0.final_params[k], v, atol=1e-5), k
+    assert [h["step"] for h in r0.history] == [3, 6, 9, 10]
+    for a, b in zip(r0.history, one.history, strict=True):
+        assert abs(a["valid_loss"] - b["valid_loss"]) < 1e-5
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-5
+    assert r0.best_step == one.best_step
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weighted_mean_worker() -> None:
+    # run inside torchrun-like env by the test below: 2 ranks, 3 and 1 tasks
+    distributed.init("cpu")
+    ctx = distributed.context()
+    n_local = 3 if ctx.rank == 0 else 1
+    g = {"w": torch.full((2,), 1.0 if ctx.rank == 0 else 5.0)}
+    loss, out = all_reduce_mean(torch.tensor(float(ctx.rank)), g, n_local, ctx)
+    # (3*1 + 1*5) / 4 = 2; loss (3*0 + 1*1) / 4 = 0.25
+    assert torch.allclose(out["w"], torch.tensor([2.0, 2.0])), out
+    assert abs(float(loss) - 0.25) < 1e-7, loss
+    (s,) = distributed.all_reduce_sum([ctx.rank + 1.0], ctx)
+    assert s == 3.0
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_all_reduce_weights_by_shard_size(tmp_path):
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        code = "import test_distributed as t; t._weighted_mean_worker()"
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env={**env, "PYTHONPATH": str(Path(__file__).parent)},
+                stderr=subprocess.PIPE,
+            )
+        )
+    for p in procs:
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()[-2000:]
+
+
+def _predict(run: Path, tmp: Path, name: str) -> pd.DataFrame:
+    from metarec.cli import main
+
+    q = pd.DataFrame(
+        [(u, f"it{i}") for u in ("new_space", "new_garden") for i in range(40)],
+        columns=["user_id", "item_id"],
+    )
+    q.to_csv(tmp / "Q.csv", index=False)
+    out = tmp / f"{name}.csv"
+    code = main(
+        ["predict", "--run", str(run), "--support", str(cold_support(tmp))]
+        + ["--query", str(tmp / "Q.csv"), "--out", str(out)]
+    )
+    assert code == 0
+    return pd.read_csv(out)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this python")
+    paths, _ = make_world(tmp_path)
+    common = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), *ARGS]
+    env = {**os.environ, "METAREC_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        env.pop(var, None)
+    one = subprocess.run(
+        [sys.executable, "-m", "metarec", *common, "--out", str(tmp_path / "RUN1")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", "-m", "metarec", *common]
+        + ["--out", str(tmp_path / "RUN2")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    # rank 0 alone printed the summary (one JSON object) and wrote the RUN
+    assert two.stdout.count('"run":') == 1
+    p1 = _predict(tmp_path / "RUN1", tmp_path, "P1")
+    p2 = _predict(tmp_path / "RUN2", tmp_path, "P2")
+    assert (p1[["user_id", "item_id"]].values == p2[["user_id", "item_id"]].values).all()
+    assert (p1.score - p2.score).abs().max() < 1e-3
+    # the runs trained for real: scores vary across items
+    assert p1.score.std() > 0.05
