@@ -180,8 +180,19 @@ def cmd_fit(args) -> int:
 
     t0 = time.perf_counter()
     config = _model_config(args)
+    if getattr(args, "device", None):
+        import dataclasses
+
+        config = dataclasses.replace(config, device=args.device)
     raw = read_training_files(args.train, args.items, args.users)
-    pred = fit_raw(raw, config)
+    from metarec import distributed
+
+    if getattr(args, "distributed", False) or distributed.launched_by_torchrun():
+        pred = distributed.fit_distributed(raw, config)
+        if pred is None:  # not rank 0: rank 0 alone writes the RUN and prints
+            return 0
+    else:
+        pred = fit_raw(raw, config)
     pred.save(args.out)
     summary = {
         "run": str(args.out),
@@ -326,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML model config (see configs/)")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. meta.inner_steps=3"
+    )
+    p.add_argument("--device", help="training device: cpu, cuda, cuda:N (default: model.device)")
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel meta-training under torchrun (automatic when torchrun launched it)",
     )
     p.set_defaults(func=cmd_fit)
 
