@@ -1,0 +1,313 @@
+"""The web service (metarec.serve) against a RUN fitted on the synthetic two-taste world.
+
+Known answers: a cold user's top items follow the taste their support shows; /recommend
+and /score equal the library's Predictor on the same support; exclusion of seen items is
+exact; explanations give the largest weight to the support item of the recommended item's
+kind; the base weights are bit-identical after 1,000 requests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from metarec.predictor import Predictor
+from metarec.serve.app import ServeConfig, create_app
+from metarec.serve.feedback import FeedbackRow, FeedbackStore
+from metarec.serve.sessions import AdaptedCache, support_hash
+from serve_world import is_space, shared_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return shared_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def predictor(run):
+    return Predictor.load(run)
+
+
+@pytest.fixture
+def client(predictor, tmp_path):
+    return TestClient(create_app(predictor, feedback_db=tmp_path / "fb"))
+
+
+def taste(kind: str, n: int = 6) -> list[dict]:
+    """A support showing one taste: the liked kind rated 5, the other 1 (items 0..n-1)."""
+    like_even = kind == "space"
+    return [
+        {"item_id": f"it{i}", "rating": 5.0 if (i % 2 == 0) == like_even else 1.0} for i in range(n)
+    ]
+
+
+def weights_hash(pred: Predictor) -> str:
+    _, tensors = pred.model.state()
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --- the endpoints ------------------------------------------------------------------------
+def test_health_and_info(client, predictor):
+    from metarec import __version__
+
+    assert client.get("/health").json() == {"status": "ok"}
+    info = client.get("/info").json()
+    assert info["version"] == __version__
+    assert info["encoder_fingerprint"] == predictor.info["encoder_fingerprint"]
+    assert info["encoder_fingerprint"].startswith("hashing")
+    assert (info["users"], info["items"], info["algorithm"]) == (60, 40, "ridge")
+    assert info["limits"]["max_k"] == 1000
+    assert "/recommend" in client.get("/openapi.json").json()["paths"]
+
+
+@pytest.mark.parametrize("kind", ["space", "garden"])
+def test_recommend_follows_the_support_taste(client, kind):
+    r = client.post("/recommend", json={"interactions": taste(kind), "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    got = [it["item_id"] for it in body["items"]]
+    assert [it["rank"] for it in body["items"]] == [1, 2, 3, 4, 5]
+    assert all(is_space(i) == (kind == "space") for i in got), got
+    assert not set(got) & {f"it{i}" for i in range(6)}  # seen items excluded
+    scores = [it["score"] for it in body["items"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert body["unknown_items"] == [] and body["model"] == "MetaRec-ridge"
+
+
+def test_recommend_equals_the_library(client, predictor):
+    sup = taste("garden")
+    body = client.post("/recommend", json={"interactions": sup, "k": 7}).json()
+    inter, _ = predictor.support_of([s["item_id"] for s in sup], [s["rating"] for s in sup])
+    ref = predictor.recommend_many({"x": inter}, 7)
+    assert [it["item_id"] for it in body["items"]] == ref["item_id"].tolist()
+    np.testing.assert_allclose([it["score"] for it in body["items"]], ref["score"], rtol=1e-6)
+
+
+def test_exclude_seen_is_exact(client):
+    sup = taste("space")
+    seen = {s["item_id"] for s in sup}
+    both = client.post("/recommend", json={"interactions": sup, "k": 40, "exclude_seen": False})
+    only = client.post("/recommend", json={"interactions": sup, "k": 40})
+    all_items = [it["item_id"] for it in both.json()["items"]]
+    assert len(all_items) == 40  # the whole catalogue
+    assert [it["item_id"] for it in only.json()["items"]] == [i for i in all_items if i not in seen]
+
+
+def test_score_equals_predict(client, predictor):
+    sup = taste("space")
+    items = ["it30", "it31", "it7", "it8"]
+    body = client.post("/score", json={"interactions": sup, "item_ids": items}).json()
+    s = pd.DataFrame({"user_id": "x", **{k: [d[k] for d in sup] for k in ("item_id", "rating")}})
+    ref, _ = predictor.predict(s, pd.DataFrame({"user_id": "x", "item_id": items}))
+    assert [d["item_id"] for d in body["scores"]] == items
+    np.testing.assert_allclose([d["score"] for d in body["scores"]], ref["score"], rtol=1e-6)
+    # explicit data: ratings on the 1..5 scale, the liked kind (space, even) well above
+    sc = {d["item_id"]: d["score"] for d in body["scores"]}
+    assert sc["it30"] > sc["it31"] + 1 and sc["it8"] > sc["it7"] + 1
+
+
+def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
+    sup = [*taste("space"), {"item_id": 123, "rating": 4}, {"item_id": "nope", "rating": 2}]
+    r = client.post("/recommend", json={"interactions": sup, "k": 3})
+    assert r.status_code == 200 and r.json()["unknown_items"] == ["123", "nope"]
+    r = client.post("/score", json={"interactions": taste("space"), "item_ids": ["it30", 7, "zz"]})
+    assert r.status_code == 200
+    assert [d["item_id"] for d in r.json()["scores"]] == ["it30"]
+    assert r.json()["unknown_items"] == ["7", "zz"]
+
+
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        (b'{"interactions": [', "malformed JSON"),
+        (b'{"interactions": [{"item_id": "it1", "rating": "high"}]}', "interactions.0.rating"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": 0}', "body.k"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5}], "kk": 3}', "body.kk"),
+        (b'{"interactions": [{"item_id": true, "rating": 5}]}', "item_id"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": 1001}', "server limit"),
+        (b'{"interactions": []}', "no usable interactions"),
+        (b'{"interactions": [{"item_id": "zz", "rating": 5}]}', "1 item ids are unknown"),
+    ],
+)
+def test_bad_requests_are_422_with_a_clear_message(client, body, needle):
+    r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert needle in r.json()["detail"] and "\n" not in r.json()["detail"]
+
+
+def test_configured_limits(predictor):
+    cfg = ServeConfig(max_interactions=3, max_body_bytes=400, max_k=5)
+    c = TestClient(create_app(predictor, config=cfg))
+    r = c.post("/recommend", json={"interactions": taste("space", 4), "k": 2})
+    assert r.status_code == 422 and "4 > 3" in r.json()["detail"]
+    r = c.post("/recommend", json={"interactions": taste("space", 3), "k": 6})
+    assert r.status_code == 422 and "limit of 5" in r.json()["detail"]
+    big = {"interactions": taste("space", 3), "user_id": "x" * 500, "k": 2}
+    r = c.post("/recommend", json=big)
+    assert r.status_code == 413 and "400 bytes" in r.json()["detail"]
+
+
+def test_warm_user_needs_no_interactions(client):
+    # u0 (even) likes space in the training log: their history is the support
+    r = client.post("/recommend", json={"user_id": "u0", "k": 3})
+    assert r.status_code == 200
+    assert all(is_space(it["item_id"]) for it in r.json()["items"])
+
+
+def test_bearer_token(predictor):
+    c = TestClient(create_app(predictor, config=ServeConfig(token="s3cret")))
+    body = {"interactions": taste("space"), "k": 2}
+    assert c.post("/recommend", json=body).status_code == 401
+    bad = {"Authorization": "Bearer nope"}
+    assert c.post("/recommend", json=body, headers=bad).status_code == 401
+    good = {"Authorization": "Bearer s3cret"}
+    assert c.post("/recommend", json=body, headers=good).status_code == 200
+    assert c.get("/info").status_code == 401 and c.get("/info", headers=good).status_code == 200
+    assert c.get("/health").status_code == 200  # liveness stays open
+
+
+# --- feedback -----------------------------------------------------------------------------
+def test_feedback_is_stored_used_and_persistent(predictor, tmp_path):
+    c = TestClient(create_app(predictor, feedback_db=tmp_path))
+    sup = taste("garden")
+    r = c.post(
+        "/feedback", json={"user_id": "ann", "interactions": [*sup, {"item_id": 99, "rating": 3}]}
+    )
+    assert r.json() == {"stored": 7, "unknown_items": ["99"]}
+    got = c.get("/feedback/ann").json()
+    assert got["user_id"] == "ann" and [d["item_id"] for d in got["interactions"]][-1] == "99"
+    assert c.get("/feedback/bob").json()["interactions"] == []
+    # ann is a new user with no request interactions: the stored feedback is her support
+    mine = c.post("/recommend", json={"user_id": "ann", "k": 5}).json()
+    ref = c.post("/recommend", json={"interactions": sup, "k": 5}).json()
+    assert [i["item_id"] for i in mine["items"]] == [i["item_id"] for i in ref["items"]]
+    assert all(not is_space(i["item_id"]) for i in mine["items"])
+    # a second app on the same file (a restart) sees the same rows
+    c2 = TestClient(create_app(predictor, feedback_db=tmp_path / "feedback.sqlite3"))
+    assert c2.get("/feedback/ann").json() == got
+
+
+def test_feedback_without_a_store_is_503(predictor):
+    c = TestClient(create_app(predictor))
+    r = c.post("/feedback", json={"user_id": "a", "interactions": taste("space", 1)})
+    assert r.status_code == 503 and "--feedback-db" in r.json()["detail"]
+
+
+def test_feedback_store_concurrent_writers(tmp_path):
+    store = FeedbackStore(tmp_path)
+    rows = [FeedbackRow(f"it{i}", 1.0, i) for i in range(5)]
+
+    def write(u: int) -> None:
+        own = FeedbackStore(tmp_path)  # each writer has its own handle, as processes would
+        for _ in range(10):
+            own.add(f"w{u}", rows)
+
+    threads = [threading.Thread(target=write, args=(u,)) for u in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.count() == 8 * 10 * 5
+    assert [r.item_id for r in store.get("w3")] == [f"it{i}" for i in range(5)] * 10
+    f = store.frame()
+    assert list(f.columns) == ["user_id", "item_id", "rating", "timestamp"] and len(f) == 400
+
+
+# --- caching and purity -------------------------------------------------------------------
+def test_cache_hits_and_new_feedback_changes_the_key(predictor, tmp_path):
+    app = create_app(predictor, feedback_db=tmp_path)
+    c, cache = TestClient(app), app.state.metarec.cache
+    body = {"user_id": "cat", "interactions": taste("space", 4), "k": 3}
+    c.post("/recommend", json=body)
+    c.post("/recommend", json=body)
+    assert (cache.stats.misses, cache.stats.hits) == (1, 1)
+    c.post("/feedback", json={"user_id": "cat", "interactions": taste("space", 6)[4:]})
+    c.post("/recommend", json=body)
+    assert (cache.stats.misses, cache.stats.hits) == (2, 1)
+
+
+def test_base_weights_unchanged_after_1000_requests(predictor):
+    before = weights_hash(predictor)
+    params_before = {k: v.clone() for k, v in predictor.model.rank_.params.items()}
+    app = create_app(predictor, config=ServeConfig(cache_entries=16))
+    c = TestClient(app)
+    rng = np.random.default_rng(0)
+    for n in range(1000):
+        items = rng.choice(40, size=int(rng.integers(1, 8)), replace=False)
+        sup = [{"item_id": f"it{i}", "rating": float(rng.integers(1, 6))} for i in items]
+        path = "/score" if n % 4 == 3 else "/recommend"
+        extra = {"item_ids": ["it1", "it2"]} if path == "/score" else {"k": 5}
+        assert c.post(path, json={"interactions": sup, **extra}).status_code == 200
+    assert weights_hash(predictor) == before
+    for k, v in predictor.model.rank_.params.items():
+        assert torch.equal(v, params_before[k])
+    cache = app.state.metarec.cache
+    assert len(cache) <= 16 and cache.stats.evictions > 0 and cache.stats.hits > 0
+
+
+def test_apps_share_no_state(predictor):
+    a, b = create_app(predictor), create_app(predictor)
+    TestClient(a).post("/recommend", json={"interactions": taste("space"), "k": 1})
+    assert len(a.state.metarec.cache) == 1 and len(b.state.metarec.cache) == 0
+
+
+def test_cache_lru_and_expiry():
+    now = [0.0]
+    cache = AdaptedCache(max_entries=2, ttl_s=10.0, clock=lambda: now[0])
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a is now the most recent
+    cache.put("c", 3)  # evicts b, the least recently used
+    assert cache.get("b") is None and cache.get("a") == 1 and cache.get("c") == 3
+    now[0] = 9.9
+    assert cache.get("a") == 1
+    now[0] = 10.0  # a and c were stored at t=0: expired at t=10
+    assert cache.get("a") is None and cache.get("c") is None
+    assert cache.stats.evictions == 1 and cache.stats.expirations == 2
+    assert cache.get_or_compute("d", lambda: 4) == 4 and cache.get("d") == 4
+
+
+def test_support_hash_is_content_and_order_sensitive():
+    a = support_hash(np.array([1, 2]), np.array([5.0, 1.0]), np.array([0, 1]))
+    assert a == support_hash(np.array([1, 2]), np.array([5, 1]), np.array([0, 1]))
+    assert a != support_hash(np.array([2, 1]), np.array([1.0, 5.0]), np.array([0, 1]))
+    assert a != support_hash(np.array([1, 2]), np.array([5.0, 2.0]), np.array([0, 1]))
+
+
+# --- explanations -------------------------------------------------------------------------
+def test_explanation_weights_the_same_kind_support_item_highest(client, predictor):
+    # a user who liked one space item (it0) and one garden item (it1)
+    sup = [{"item_id": "it0", "rating": 5.0}, {"item_id": "it1", "rating": 5.0}]
+    body = client.post("/recommend", json={"interactions": sup, "k": 10, "explain": True}).json()
+    for it in body["items"]:
+        top = it["explanation"][0]["item_id"]
+        assert is_space(top) == is_space(it["item_id"]), it
+        assert len(it["explanation"]) == 2
+    # on the model directly, for cold items of both kinds
+    inter, _ = predictor.support_of(["it0", "it1"], [5.0, 5.0])
+    w = predictor.model.explain(len(predictor.users), inter, np.array([30, 31, 32, 33]))
+    assert (w[[0, 2], 0] > w[[0, 2], 1]).all() and (w[[1, 3], 1] > w[[1, 3], 0]).all()
+
+
+def test_explanation_is_exact_leave_one_out(predictor):
+    # the rating model samples no negatives: the weight is exactly s(all) - s(all but j)
+    m = predictor.model
+    cold = len(predictor.users)
+    inter, _ = predictor.support_of(["it0", "it3", "it4"], [5.0, 1.0, 4.0])
+    items = np.array([30, 31, 5])
+    w = m.explain(cold, inter, items, which="score")
+    full = m._scores(m._score_part, [(cold, inter)], items)[0]
+    for j in range(3):
+        keep = np.array([r for r in range(3) if r != j])
+        loo = m._scores(m._score_part, [(cold, inter.take(keep))], items)[0]
+        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
