@@ -91,6 +91,12 @@ def cmd_info(args) -> int:
 
     ds = _load(args)
     info = dataset_info(ds)
+    # what default cleaning changed (e.g. repeated purchases merged), so counts are explained
+    info["preprocessing"] = [
+        {k: v for k, v in step.items() if k != "enabled"}
+        for step in ds.report
+        if step.get("rows_before") != step.get("rows_after")
+    ]
     if args.json:
         _print_json(info)
     else:
@@ -242,6 +248,13 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from metarec.export import export_run
+
+    _print_json(export_run(args.run, args.out, args.dtype))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     """Until the main job lands: run the data pipeline on the bundled set and summarise."""
     from metarec.data import dataset_info
@@ -360,6 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", help="recommend only this domain's items")
     p.add_argument("--out", required=True, help="R.csv: user_id,item_id,rank,score")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="write a smaller RUN (fp16 or int8 weights) and compare")
+    p.add_argument("--run", required=True)
+    p.add_argument("--dtype", required=True, choices=["fp16", "int8"])
+    p.add_argument("--out", required=True, help="RUN directory to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="the main job on the bundled goodbooks sample")
     p.add_argument("--k", type=int, default=10)
