@@ -73,6 +73,10 @@ class Predictor:
     def load(cls, path: str | Path) -> Predictor:
         run = load_run(path)
         t = run.tensors
+        if run.meta.get("export"):  # an fp16/int8 RUN from `metarec export`: back to float32
+            from metarec.export import dequantize
+
+            t = dequantize(t, run.meta["export"])
         try:
             train = Interactions(
                 *(

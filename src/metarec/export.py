@@ -1,0 +1,177 @@
+"""Smaller RUN directories: fp16 weights, or int8 weights with per-row scales.
+
+Our model is a parameter dict, not ``nn.Linear`` modules, so "dynamic quantisation" is done
+by hand: every large 2-D float tensor (the MLP weights, the item-ID embedding table, the
+item text feature matrix) is stored as int8 ``q`` with one float32 scale per row,
+``w ≈ q · scale[:, None]`` with ``scale = max|row| / 127`` (symmetric, zero rows keep scale
+1). Other float tensors (biases, 1-D tables, small matrices) are stored as fp16. The
+training log (``train.*``) and integer tensors are kept exactly.
+
+The exported RUN is an ordinary RUN (same manifest, safetensors, ids) whose ``meta.json``
+has an ``export`` entry naming what was compressed; :func:`dequantize` turns the stored
+tensors back into float32 at load time (``Predictor.load`` calls it), so serving code
+never sees int8. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metarec.types import MetarecError
+
+DTYPES = ("fp16", "int8")
+_Q, _S = "::int8", "::scale"  # suffixes of the stored int8 values and their row scales
+INT8_MIN_NUMEL = 1024  # smaller 2-D tensors are not worth a scale vector; they go fp16
+
+
+def _kept(name: str, t: torch.Tensor) -> bool:
+    """Tensors stored exactly: the training log and anything not floating point."""
+    return name.startswith("train.") or not t.is_floating_point()
+
+
+def quantize_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 (rows, cols), scale float32 (rows,)) with w ≈ q * scale[:, None]."""
+    w = w.detach().float()
+    amax = w.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def compress(tensors: dict[str, torch.Tensor], dtype: str) -> tuple[dict, dict]:
+    """(stored tensors, export spec for meta.json) for ``dtype`` 'fp16' or 'int8'."""
+    if dtype not in DTYPES:
+        raise MetarecError(f"export dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    out: dict[str, torch.Tensor] = {}
+    spec: dict = {"dtype": dtype, "int8": [], "fp16": []}
+    for name, t in tensors.items():
+        if _Q in name or _S in name:
+            raise MetarecError(f"tensor {name!r}: this RUN is already exported")
+        if _kept(name, t):
+            out[name] = t
+        elif dtype == "int8" and t.ndim == 2 and t.numel() >= INT8_MIN_NUMEL:
+            out[name + _Q], out[name + _S] = quantize_rows(t)
+            spec["int8"].append(name)
+        else:
+            out[name] = t.detach().to(torch.float16)
+            spec["fp16"].append(name)
+    spec["int8"].sort()
+    spec["fp16"].sort()
+    return out, spec
+
+
+def dequantize(tensors: dict[str, torch.Tensor], spec: dict | None) -> dict[str, torch.Tensor]:
+    """Float32 tensors back from :func:`compress`'s output; ``spec`` None: unchanged."""
+    if not spec:
+        return tensors
+    out = dict(tensors)
+    try:
+        for name in spec.get("int8", []):
+            q, scale = out.pop(name + _Q), out.pop(name + _S)
+            out[name] = q.float() * scale.float()[:, None]
+        for name in spec.get("fp16", []):
+            out[name] = out[name].float()
+    except KeyError as err:
+        raise MetarecError(f"exported RUN is missing tensor {err}") from None
+    return out
+
+
+def run_size(path: str | Path) -> int:
+    """Bytes of all files under a RUN directory."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def export_run(
+    run: str | Path,
+    out: str | Path,
+    dtype: str,
+    max_users: int = 256,
+    n_negatives: int = 20,
+) -> dict:
+    """Write a compressed copy of RUN to ``out`` and report sizes and validation metrics.
+
+    Validation users are the ones the fit held out for early stopping (the newest
+    ``valid_frac`` of users; see ``MetaRecommender._training_split``), at most
+    ``max_users``; each is scored as a cold user on its support (the first K events), so
+    its query rows, which are also in the RUN's training log, cannot leak in.
+    Metrics on the query: RMSE of the rating model (explicit data) and mean per-user AUC of
+    the ranking model for the query items against ``n_negatives`` sampled unseen items.
+    """
+    from metarec.artifacts import load_run, save_run
+    from metarec.predictor import Predictor
+
+    src = load_run(run)
+    if src.meta.get("export"):
+        raise MetarecError(f"{run}: already an exported RUN ({src.meta['export']['dtype']})")
+    tensors, spec = compress(src.tensors, dtype)
+    save_run(
+        out, config=src.config, tensors=tensors, ids=src.ids, meta={**src.meta, "export": spec}
+    )
+    before = validation_metrics(Predictor.load(run), max_users, n_negatives)
+    after = validation_metrics(Predictor.load(out), max_users, n_negatives)
+    size_in, size_out = run_size(run), run_size(out)
+    return {
+        "run": str(run),
+        "out": str(out),
+        "dtype": dtype,
+        "bytes_before": size_in,
+        "bytes_after": size_out,
+        "ratio": round(size_out / max(size_in, 1), 4),
+        "int8_tensors": spec["int8"],
+        "validation_users": before["users"],
+        "metrics_before": {k: v for k, v in before.items() if k != "users"},
+        "metrics_after": {k: v for k, v in after.items() if k != "users"},
+        "metric_change": {
+            k: (None if before[k] is None else after[k] - before[k]) for k in before if k != "users"
+        },
+    }
+
+
+def validation_metrics(pred, max_users: int = 256, n_negatives: int = 20) -> dict:
+    """{"users", "rmse" (explicit only, else None), "auc", "mean_score"} on the fit's
+    validation users; see :func:`export_run`."""
+    import dataclasses
+
+    from metarec.metrics import auc, rmse
+    from metarec.types import Dataset
+
+    model = pred.model
+    ds = Dataset(
+        pred.info.get("dataset", "run"),
+        pred.train,
+        pred.users,
+        pred.items,
+        "explicit" if pred.explicit else "implicit",
+        tuple(model.rating_range_),
+        True,
+    )
+    split = model._training_split(ds, pred.train, None)
+    cold = len(pred.users)  # scored as cold users: their training rows stay out
+    tasks = [dataclasses.replace(t, user_idx=cold) for t in split.valid[:max_users]]
+    tasks = [t for t in tasks if len(t.support) and len(t.query)]
+    if not tasks:
+        raise MetarecError("export: the RUN has no validation users to measure on")
+    rng = np.random.default_rng(0)
+    y, s, aucs = [], [], []
+    scores = model.score_many(tasks, [t.query.item_idx for t in tasks])
+    like = model._like_threshold()
+    for t, sc in zip(tasks, scores, strict=True):
+        y.append(t.query.rating)
+        s.append(sc)
+        seen = np.r_[t.support.item_idx, t.query.item_idx]
+        pool = np.setdiff1d(np.arange(len(pred.items)), seen)
+        neg = rng.choice(pool, size=min(n_negatives, len(pool)), replace=False)
+        cand = np.r_[t.query.item_idx, neg]
+        label = np.r_[t.query.rating >= like, np.zeros(len(neg), bool)].astype(float)
+        if 0 < label.sum() < len(label):
+            aucs.append(auc(label, model.rank_scores(cold, t.support, cand)))
+    y_all, s_all = np.concatenate(y), np.concatenate(s)
+    return {
+        "users": len(tasks),
+        "rmse": float(rmse(y_all, s_all)) if pred.explicit else None,
+        "auc": float(np.mean(aucs)) if aucs else None,
+        "mean_score": float(np.mean(s_all)),
+    }

@@ -1,0 +1,307 @@
+"""Meta-training tasks streamed from a Parquet interaction log too large to load whole.
+
+Two passes over a log **sorted by user_idx (then time)**, as :mod:`metarec.synth` writes and
+as ``sort_log`` style tools produce:
+
+1. :func:`index_log` scans only the ``user_idx`` and ``item_idx`` columns, batch by batch,
+   and keeps per-user offsets (first row, count) and per-item counts: O(n_users + n_items)
+   memory, never O(n_rows). It checks that the log is user-sorted.
+2. :class:`ParquetTaskStream` visits row groups in a seeded random order, takes this rank's
+   share of them (``rank::world``), reads a few at a time (``buffer_groups``), and serves
+   the users that *start* in those groups (a user spilling into the next group is read
+   whole from both) as episodes in shuffled order. Each user is served once per epoch.
+
+Memory is bounded by ``buffer_groups`` row groups plus the index. The stream has the
+``sample(n, rng)`` interface of the in-memory sampler, so :func:`metarec.train.train` runs
+on it unchanged (``sampler=stream``); with several ranks it is ``rank_sharded``: each rank
+reads different row groups and draws its own share of each meta-batch.
+
+Also :func:`embed_resumable`: an item-text embedding cache build in chunks, each chunk its
+own cache shard, so an interrupted build restarts where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from metarec.meta.episodes import Episode, make_episode
+from metarec.text.cache import EmbeddingCache
+from metarec.text.encoder import TextEncoder
+from metarec.types import MetarecError
+
+
+@dataclass(frozen=True, eq=False)
+class LogIndex:
+    """Pass one over a user-sorted log: where each user's rows are."""
+
+    path: Path
+    n_rows: int
+    user_start: np.ndarray  # (n_users,) int64 first row of each user (users with no rows too)
+    user_count: np.ndarray  # (n_users,) int64
+    item_count: np.ndarray  # (n_items,) int64 events per item
+    group_start: np.ndarray  # (n_groups + 1,) int64 first row of each row group, then n_rows
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_count)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_count)
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_start) - 1
+
+
+def index_log(
+    path: str | Path,
+    n_items: int | None = None,
+    user_col: str = "user_idx",
+    item_col: str = "item_idx",
+    batch_size: int = 1 << 20,
+) -> LogIndex:
+    """Scan ``user_col``/``item_col`` of a user-sorted Parquet log in batches (pass one)."""
+    path = Path(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, ValueError) as err:
+        raise MetarecError(f"{path}: cannot read as Parquet ({err})") from None
+    names = pf.schema_arrow.names
+    for col in (user_col, item_col):
+        if col not in names:
+            raise MetarecError(f"{path}: no column {col!r} (columns: {', '.join(names)})")
+    user_count = np.zeros(0, np.int64)
+    item_count = np.zeros(n_items or 0, np.int64)
+    row, last_user = 0, -1
+    for batch in pf.iter_batches(batch_size=batch_size, columns=[user_col, item_col]):
+        u = batch.column(user_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        i = batch.column(item_col).to_numpy(zero_copy_only=False).astype(np.int64)
+        if len(u) == 0:
+            continue
+        if u.min() < 0 or i.min() < 0:
+            raise MetarecError(f"{path}: negative {user_col} or {item_col} near row {row}")
+        bad = np.flatnonzero(np.diff(u) < 0)
+        if u[0] < last_user or len(bad):
+            at = row + (int(bad[0]) + 1 if len(bad) else 0)
+            raise MetarecError(
+                f"{path}: not sorted by {user_col} at row {at}; sort the log by user first"
+            )
+        last_user = int(u[-1])
+        user_count = _add_counts(user_count, np.bincount(u))
+        ic = np.bincount(i)
+        if n_items is not None and len(ic) > n_items:
+            raise MetarecError(f"{path}: {item_col} {len(ic) - 1} >= n_items ({n_items})")
+        item_count = _add_counts(item_count, ic)
+        row += len(u)
+    user_start = np.r_[0, np.cumsum(user_count)[:-1]].astype(np.int64)
+    md = pf.metadata
+    sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    group_start = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    return LogIndex(path, row, user_start, user_count, item_count, group_start)
+
+
+def _add_counts(total: np.ndarray, part: np.ndarray) -> np.ndarray:
+    if len(part) > len(total):
+        total = np.r_[total, np.zeros(len(part) - len(total), np.int64)]
+    total[: len(part)] += part
+    return total
+
+
+class ParquetTaskStream:
+    """Episodes from a user-sorted Parquet log, a few row groups in memory at a time.
+
+    Same episode recipe as the in-memory sampler of :mod:`metarec.train`: with probability
+    ``resample_prob`` a random support/query partition of the user's history, otherwise the
+    first ``k_shot`` events in time order as support and the next ``n_query`` as query.
+    ``rank``/``world`` default to the current process group (:mod:`metarec.distributed`).
+    """
+
+    def __init__(
+        self,
+        index: LogIndex,
+        *,
+        k_shot: int,
+        n_query: int,
+        head: str = "binary",
+        n_negatives: int = 1,
+        positive_threshold: float = 0.5,
+        resample_prob: float = 0.5,
+        seed: int = 0,
+        rank: int | None = None,
+        world: int | None = None,
+        buffer_groups: int = 2,
+        user_col: str = "user_idx",
+        item_col: str = "item_idx",
+        rating_col: str = "rating",
+    ) -> None:
+        if rank is None or world is None:
+            from metarec.distributed import context
+
+            ctx = context()
+            rank, world = ctx.rank, ctx.world
+        if not 0 <= rank < world:
+            raise MetarecError(f"ParquetTaskStream: rank {rank} outside world {world}")
+        if index.n_groups < world:
+            raise MetarecError(
+                f"{index.path}: {index.n_groups} row groups cannot be shared by {world} ranks "
+                "(write the log with more, smaller row groups)"
+            )
+        if k_shot < 1 or n_query < 1 or buffer_groups < 1:
+            raise MetarecError("ParquetTaskStream: k_shot, n_query, buffer_groups must be >= 1")
+        self.index = index
+        self.k, self.q = k_shot, n_query
+        self.head, self.n_negatives = head, n_negatives
+        self.positive_threshold, self.resample_prob = positive_threshold, resample_prob
+        self.seed, self.rank, self.world = seed, rank, world
+        self.rank_sharded = world > 1
+        self.buffer_groups = buffer_groups
+        self.cols = [user_col, item_col, rating_col]
+        self._file = pq.ParquetFile(index.path)
+        self.epoch = 0
+        self._queue: list[int] = []  # row groups still to read this epoch
+        self._ready: list[tuple[int, np.ndarray, np.ndarray]] = []  # (user, items, ratings)
+        self._start_epoch()
+
+    # --- reading -----------------------------------------------------------------------
+    def _start_epoch(self) -> None:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.index.n_groups)  # the same on every rank
+        self._queue = list(order[self.rank :: self.world])
+
+    def _read_rows(self, a: int, b: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows [a, b) of the log: reads only the row groups that overlap them."""
+        gs = self.index.group_start
+        g0 = int(np.searchsorted(gs, a, side="right")) - 1
+        g1 = int(np.searchsorted(gs, b, side="left"))
+        table = self._file.read_row_groups(list(range(g0, g1)), columns=self.cols)
+        off = a - int(gs[g0])
+        cols = [
+            table.column(c).to_numpy(zero_copy_only=False)[off : off + b - a] for c in self.cols
+        ]
+        return (
+            cols[0].astype(np.int64),
+            cols[1].astype(np.int64),
+            cols[2].astype(np.float32),
+        )
+
+    def users_of_group(self, g: int) -> np.ndarray:
+        """Users whose first row lies in row group ``g`` and who have >= 2 events."""
+        idx, gs = self.index, self.index.group_start
+        lo = np.searchsorted(idx.user_start, gs[g], side="left")
+        hi = np.searchsorted(idx.user_start, gs[g + 1], side="left")
+        users = np.arange(lo, hi)
+        return users[idx.user_count[users] >= 2]
+
+    def _fill(self) -> None:
+        if not self._queue:
+            self.epoch += 1
+            self._start_epoch()
+        take, self._queue = self._queue[: self.buffer_groups], self._queue[self.buffer_groups :]
+        ready = []
+        for g in take:
+            users = self.users_of_group(int(g))
+            if not len(users):
+                continue
+            a = int(self.index.user_start[users[0]])
+            b = int(self.index.user_start[users[-1]] + self.index.user_count[users[-1]])
+            u, items, ratings = self._read_rows(a, b)
+            for user in users:
+                s = int(self.index.user_start[user]) - a
+                n = int(self.index.user_count[user])
+                if u[s] != user or u[s + n - 1] != user:
+                    raise MetarecError(f"{self.index.path}: changed since it was indexed")
+                ready.append((int(user), items[s : s + n], ratings[s : s + n]))
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, len(self._queue)])
+        self._ready = [ready[i] for i in rng.permutation(len(ready))]
+
+    def histories(self, n: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """The next ``n`` (user, items, ratings) histories of this rank's stream."""
+        out: list[tuple[int, np.ndarray, np.ndarray]] = []
+        empty_fills = 0
+        while len(out) < n:
+            if not self._ready:
+                self._fill()
+                empty_fills = empty_fills + 1 if not self._ready else 0
+                if empty_fills > self.index.n_groups + 1:
+                    raise MetarecError(f"{self.index.path}: no user has 2 or more events")
+                continue
+            k = min(n - len(out), len(self._ready))
+            out += self._ready[:k]
+            self._ready = self._ready[k:]
+        return out
+
+    # --- the sampler interface of metarec.train ----------------------------------------
+    def sample(self, n: int, rng: np.random.Generator) -> list[Episode]:
+        out = []
+        for user, items, ratings in self.histories(n):
+            ks = min(self.k, len(items) - 1)
+            if rng.random() < self.resample_prob:
+                idx = rng.permutation(len(items))
+            else:
+                idx = np.arange(len(items))
+            s, q = idx[:ks], idx[ks : ks + self.q]
+            out.append(
+                make_episode(
+                    user,
+                    items[s],
+                    ratings[s],
+                    items[q],
+                    ratings[q],
+                    head=self.head,
+                    n_items=self.index.n_items,
+                    rng=rng,
+                    n_negatives=self.n_negatives,
+                    positive_threshold=self.positive_threshold,
+                    exclude=items,
+                )
+            )
+        return out
+
+
+def embed_resumable(
+    texts: Sequence[str],
+    encoder: TextEncoder,
+    cache: EmbeddingCache | str | Path,
+    chunk_size: int = 10_000,
+    batch_size: int | None = None,
+    progress: bool = False,
+    stop_after_chunks: int | None = None,
+) -> tuple[np.ndarray | None, dict]:
+    """Fill the embedding cache for ``texts`` chunk by chunk, each chunk committed as its
+    own cache shard, so an interrupted build (crash, Ctrl-C, ``stop_after_chunks``) resumes
+    with only the missing texts encoded.
+
+    Returns (vectors (len(texts), dim) float32, or None when stopped early; stats with
+    ``encoded`` (texts sent to the encoder now), ``hits``, ``chunks_done``, ``complete``).
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(cache, EmbeddingCache):
+        cache = EmbeddingCache(cache)
+    texts = [str(t) for t in texts]
+    n_chunks = (len(texts) + chunk_size - 1) // chunk_size
+    parts: list[np.ndarray] = []
+    stats = {"n_texts": len(texts), "encoded": 0, "hits": 0, "chunks_done": 0, "complete": False}
+    bar = tqdm(total=len(texts), disable=not progress, desc="embed", unit="text")
+    for c in range(n_chunks):
+        if stop_after_chunks is not None and c >= stop_after_chunks:
+            bar.close()
+            return None, stats
+        chunk = texts[c * chunk_size : (c + 1) * chunk_size]
+        vecs, s = cache.get_or_compute(encoder, chunk, batch_size)
+        parts.append(vecs)
+        stats["encoded"] += s["encoded"]
+        stats["hits"] += s["hits"]
+        stats["chunks_done"] = c + 1
+        bar.update(len(chunk))
+        bar.set_postfix(encoded=stats["encoded"], hits=stats["hits"])
+    bar.close()
+    stats["complete"] = True
+    out = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
+    return out, stats
