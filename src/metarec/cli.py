@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
             f"metarec: error: cannot decode input ({err.encoding}): {err.reason}", file=sys.stderr
         )
         return EXIT_USAGE
+    except BrokenPipeError:  # `metarec ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("metarec: interrupted", file=sys.stderr)
         return 130
