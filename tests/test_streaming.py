@@ -1,0 +1,216 @@
+"""Streaming tasks from Parquet, the synthetic log generator, and the resumable embedding
+cache build: hand-made logs with known offsets, exact per-user rows, disjoint rank shards,
+learning from a stream, and an interrupted cache build that encodes only what is missing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from meta_synthetic import make_problem
+from metarec.meta import MetaConfig, MetaLearner
+from metarec.models.scorer import Scorer, ScorerConfig
+from metarec.streaming import ParquetTaskStream, embed_resumable, index_log
+from metarec.synth import SynthConfig, generate
+from metarec.text.cache import EmbeddingCache
+from metarec.text.encoder import HashingEncoder
+from metarec.train import TrainConfig, _valid_episodes, evaluate_loss, train
+from metarec.types import MetarecError
+
+
+def _write(path, users, items, ratings=None, row_group_size=3):
+    n = len(users)
+    table = pa.table(
+        {
+            "user_idx": pa.array(np.asarray(users, np.int32)),
+            "item_idx": pa.array(np.asarray(items, np.int32)),
+            "rating": pa.array(
+                np.asarray(ratings if ratings is not None else [1.0] * n, np.float32)
+            ),
+        }
+    )
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def test_index_log_offsets_and_counts(tmp_path):
+    # user 2 has no rows; users span row-group boundaries (groups of 3 rows)
+    p = _write(tmp_path / "log.parquet", [0, 0, 1, 1, 1, 3, 3], [4, 1, 1, 2, 0, 4, 4])
+    ix = index_log(p, batch_size=2)
+    assert ix.n_rows == 7 and ix.n_users == 4 and ix.n_items == 5
+    assert ix.user_start.tolist() == [0, 2, 5, 5]
+    assert ix.user_count.tolist() == [2, 3, 0, 2]
+    assert ix.item_count.tolist() == [1, 2, 1, 0, 3]
+    assert ix.group_start.tolist() == [0, 3, 6, 7]
+
+
+def test_index_log_rejects_unsorted_and_missing_columns(tmp_path):
+    p = _write(tmp_path / "bad.parquet", [0, 1, 0], [0, 0, 0])
+    with pytest.raises(MetarecError, match="not sorted by user_idx at row 2"):
+        index_log(p)
+    with pytest.raises(MetarecError, match="no column 'uid'"):
+        index_log(p, user_col="uid")
+    with pytest.raises(MetarecError, match="item_idx 0 >= n_items"):
+        index_log(_write(tmp_path / "ok.parquet", [0, 0], [0, 0]), n_items=0)
+
+
+@pytest.fixture
+def log(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 9, size=40)  # some users have 1 event: never served
+    users = np.repeat(np.arange(40), counts)
+    items = rng.integers(0, 50, size=len(users))
+    ratings = rng.integers(1, 6, size=len(users)).astype(np.float32)
+    path = _write(tmp_path / "log.parquet", users, items, ratings, row_group_size=17)
+    return path, pd.DataFrame({"user_idx": users, "item_idx": items, "rating": ratings})
+
+
+def test_one_epoch_serves_every_user_once_with_its_exact_rows(log):
+    path, frame = log
+    ix = index_log(path)
+    stream = ParquetTaskStream(ix, k_shot=2, n_query=2, rank=0, world=1, buffer_groups=2)
+    eligible = {u for u, c in frame.groupby("user_idx").size().items() if c >= 2}
+    got = stream.histories(len(eligible))
+    assert sorted(u for u, _, _ in got) == sorted(eligible)
+    for u, items, ratings in got:
+        mine = frame[frame.user_idx == u]
+        assert items.tolist() == mine.item_idx.tolist()
+        assert ratings.tolist() == mine.rating.tolist()
+    # the next epoch starts over with a different order
+    again = [u for u, _, _ in stream.histories(len(eligible))]
+    assert sorted(again) == sorted(eligible) and again != [u for u, _, _ in got]
+
+
+def test_ranks_read_disjoint_row_groups_covering_all_users(log):
+    path, frame = log
+    ix = index_log(path)
+    eligible = {u for u, c in frame.groupby("user_idx").size().items() if c >= 2}
+    shards = []
+    for rank in range(2):
+        s = ParquetTaskStream(ix, k_shot=2, n_query=2, rank=rank, world=2, seed=5)
+        assert s.rank_sharded
+        groups = list(s._queue)
+        users = set()
+        for g in groups:
+            users |= set(s.users_of_group(int(g)).tolist())
+        shards.append(users)
+    assert not shards[0] & shards[1]
+    assert shards[0] | shards[1] == eligible
+
+
+def test_stream_is_seeded_and_time_order_episodes_are_first_k(log):
+    path, frame = log
+    ix = index_log(path)
+
+    def order(seed):
+        s = ParquetTaskStream(ix, k_shot=2, n_query=3, seed=seed, rank=0, world=1)
+        return s, [u for u, _, _ in s.histories(10)]
+
+    assert order(1)[1] == order(1)[1]
+    assert order(1)[1] != order(2)[1]
+    s = ParquetTaskStream(
+        ix, k_shot=2, n_query=3, head="rating", resample_prob=0.0, rank=0, world=1
+    )
+    for e in s.sample(8, np.random.default_rng(0)):
+        mine = frame[frame.user_idx == e.user_idx].item_idx.to_numpy()
+        ks = min(2, len(mine) - 1)
+        assert e.support_items.tolist() == mine[:ks].tolist()
+        assert e.query_items.tolist() == mine[ks : ks + 3].tolist()
+
+
+def test_too_few_row_groups_for_the_ranks(tmp_path):
+    ix = index_log(_write(tmp_path / "one.parquet", [0, 0], [0, 1], row_group_size=10))
+    with pytest.raises(MetarecError, match="1 row groups cannot be shared by 2 ranks"):
+        ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=2)
+
+
+def test_meta_training_from_a_stream_learns(tmp_path):
+    split, feats = make_problem(0, "binary")
+    tr = split.train
+    order = np.lexsort((tr.timestamp, tr.user_idx))
+    path = _write(
+        tmp_path / "train.parquet",
+        tr.user_idx[order],
+        tr.item_idx[order],
+        tr.rating[order],
+        row_group_size=64,
+    )
+    ix = index_log(path, n_items=feats.n_items)
+    sc = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head="binary")
+    meta = MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.1)
+    cfg = TrainConfig(steps=40, meta_batch=8, outer_lr=3e-3, eval_every=10, patience=100, seed=7)
+    stream = ParquetTaskStream(ix, k_shot=split.k_shot, n_query=split.n_query, rank=0, world=1)
+    res = train(
+        split, feats, sc, meta, cfg, progress=False, sampler=stream, known_items=ix.item_count > 0
+    )
+    learner = MetaLearner(Scorer(sc), meta)
+    init = learner.init_params(torch.Generator().manual_seed(cfg.seed))
+    valid = _valid_episodes(split.valid, "binary", feats.n_items, cfg)
+    before = evaluate_loss(learner, init, feats, valid, res.known_items)
+    after = evaluate_loss(learner, res.params, feats, valid, res.known_items)
+    assert after < before - 0.02, (before, after)
+    assert res.known_items.tolist() == (np.bincount(tr.item_idx, minlength=40) > 0).tolist()
+
+
+def test_synthetic_log_is_sorted_skewed_and_deterministic(tmp_path):
+    cfg = SynthConfig(n_users=300, n_items=200, n_interactions=9000, users_per_chunk=70, seed=3)
+    out = generate(cfg, tmp_path / "a")
+    f = pq.read_table(out.log).to_pandas()
+    assert len(f) == out.n_rows == 9000
+    assert pq.ParquetFile(out.log).metadata.num_row_groups == 5  # ceil(300 / 70) chunks
+    per_user = f.groupby("user_idx").size()
+    assert len(per_user) == 300 and per_user.min() >= 2
+    assert (np.diff(f.user_idx) >= 0).all()
+    same_user = np.diff(f.user_idx) == 0
+    assert (np.diff(f.timestamp)[same_user] >= 0).all()
+    assert set(f.rating.unique()) <= {1.0, 2.0, 3.0, 4.0, 5.0}
+    # power laws: the busiest 10% of users and items hold far more than 10% of the events
+    top = lambda s: s.sort_values(ascending=False).head(len(s) // 10).sum() / s.sum()  # noqa: E731
+    assert top(per_user) > 0.3
+    assert top(f.item_idx.value_counts()) > 0.3
+    # preferences: a user's events concentrate in few topics (3 favourites + 20% exploring)
+    items = pq.read_table(out.items).to_pandas()
+    topic = items.topic.to_numpy()[f.item_idx.to_numpy()]
+    share = (
+        pd.DataFrame({"u": f.user_idx, "t": topic})
+        .groupby("u")
+        .t.agg(lambda t: t.value_counts().head(3).sum() / len(t))
+    )
+    assert share[per_user >= 20].mean() > 0.7
+    assert len(items) == 200 and items.title.str.contains("no. ").all()
+    again = pq.read_table(generate(cfg, tmp_path / "b").log).to_pandas()
+    pd.testing.assert_frame_equal(f, again)
+
+
+class CountingEncoder(HashingEncoder):
+    def __init__(self, fail_after: int | None = None):
+        super().__init__(dim=16)
+        self.encoded: list[str] = []
+        self.fail_after = fail_after
+
+    def encode(self, texts, batch_size=None, show_progress=False):
+        if self.fail_after is not None and len(self.encoded) >= self.fail_after:
+            raise KeyboardInterrupt  # an interrupted build
+        self.encoded += list(texts)
+        return super().encode(texts, batch_size=batch_size, show_progress=show_progress)
+
+
+def test_interrupted_cache_build_resumes_with_only_missing_texts(tmp_path):
+    texts = [f"item text number {i}" for i in range(50)]
+    cache = EmbeddingCache(tmp_path / "cache")
+    enc = CountingEncoder(fail_after=20)  # dies at the third chunk of 10
+    with pytest.raises(KeyboardInterrupt):
+        embed_resumable(texts, enc, cache, chunk_size=10)
+    assert len(enc.encoded) == 20
+    enc2 = CountingEncoder()
+    vecs, stats = embed_resumable(texts, enc2, cache, chunk_size=10)
+    assert enc2.encoded == texts[20:]  # only the missing ones, in order
+    assert stats == {"n_texts": 50, "encoded": 30, "hits": 20, "chunks_done": 5, "complete": True}
+    np.testing.assert_array_equal(vecs, HashingEncoder(dim=16).encode(texts))
+    # stop_after_chunks: a planned stop also keeps what was done
+    part, s = embed_resumable(texts, CountingEncoder(), tmp_path / "c2", 10, stop_after_chunks=2)
+    assert part is None and s["chunks_done"] == 2 and not s["complete"]
