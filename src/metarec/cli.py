@@ -255,6 +255,49 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _default_feedback_db() -> Path:
+    home = os.environ.get("METAREC_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "metarec") / "feedback"
+
+
+def cmd_serve(args) -> int:
+    import torch
+    import uvicorn
+
+    from metarec.serve.app import ServeConfig, create_app
+
+    # one intra-op thread per request: concurrent requests then use the cores in parallel
+    torch.set_num_threads(args.torch_threads)
+    token = args.token or os.environ.get("METAREC_TOKEN") or None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
+        print(
+            f"metarec: warning: serving on {args.host} without a token (--token or "
+            "METAREC_TOKEN): anyone who reaches this port can use the model",
+            file=sys.stderr,
+        )
+    cfg = ServeConfig(
+        max_k=args.max_k,
+        max_interactions=args.max_interactions,
+        max_body_bytes=args.max_body_bytes,
+        cache_entries=args.cache_entries,
+        cache_ttl_s=args.cache_ttl,
+        token=token,
+    )
+    feedback = Path(args.feedback_db) if args.feedback_db else _default_feedback_db()
+    app = create_app(args.run, feedback_db=feedback, config=cfg)
+    print(f"metarec: serving {args.run} on http://{args.host}:{args.port} (feedback: {feedback})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+def cmd_update(args) -> int:
+    from metarec.update import UpdateConfig, update_run
+
+    cfg = UpdateConfig(steps=args.steps, outer_lr=args.lr, seed=args.seed)
+    _print_json(update_run(args.run, args.feedback, args.out, cfg))
+    return 0
+
+
 def cmd_quickstart(args) -> int:
     """Until the main job lands: run the data pipeline on the bundled set and summarise."""
     from metarec.data import dataset_info
@@ -379,6 +422,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", required=True, choices=["fp16", "int8"])
     p.add_argument("--out", required=True, help="RUN directory to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP service: few-shot adapted recommendations")
+    p.add_argument("--run", required=True)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--feedback-db",
+        dest="feedback_db",
+        help="SQLite file or folder for /feedback (default: $METAREC_HOME/feedback/)",
+    )
+    p.add_argument("--token", help="require this bearer token (default: $METAREC_TOKEN)")
+    p.add_argument("--max-k", dest="max_k", type=int, default=1000)
+    p.add_argument("--max-interactions", dest="max_interactions", type=int, default=1000)
+    p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20)
+    p.add_argument("--cache-entries", dest="cache_entries", type=int, default=4096)
+    p.add_argument("--cache-ttl", dest="cache_ttl", type=float, default=900.0, help="seconds")
+    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=1)
+    p.add_argument("--log-level", dest="log_level", default="warning")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("update", help="fold collected feedback into a RUN and meta-update it")
+    p.add_argument("--run", required=True)
+    p.add_argument("--feedback", required=True, help="the serve feedback database (file or folder)")
+    p.add_argument("--out", required=True, help="the new RUN directory")
+    p.add_argument("--steps", type=int, default=100, help="meta-training steps per model part")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("quickstart", help="the main job on the bundled goodbooks sample")
     p.add_argument("--k", type=int, default=10)

@@ -1,0 +1,229 @@
+"""Offline update from collected feedback: RUN + feedback store -> RUN2 (``metarec update``).
+
+The online service adapts per request and never changes the model; this is the other half
+of dynamic update. It does two things, and writes a new RUN atomically:
+
+1. **Fold the feedback into the histories.** Feedback rows join the training log: a known
+   user's row for an item replaces their older training row for it; feedback users the RUN
+   has never seen are appended to the user table (zero side features, like any cold user).
+   So in RUN2 a feedback user is *warm*: their feedback is part of the support every
+   prediction adapts on, even when a request brings no interactions.
+2. **Continue meta-training** every part of the model (rating and ranking scorers) from
+   the RUN's meta-parameters for ``steps`` outer steps, on episodes drawn half from the
+   feedback users' histories and half from everyone's (so the model moves toward the new
+   tasks without forgetting the old ones), with the same episode sampler, labels and
+   negatives as ``fit``. Feature matrices and the known-item set stay as fitted.
+
+The report gives, per part, the mean post-adaptation query loss on the feedback users' tasks
+(first K of their history as support, the rest as query) before and after. These tasks are
+also trained on, so it is an in-sample check that the update moved, not a test metric.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from metarec.meta.episodes import build_inputs, make_episode, pad_episodes
+from metarec.predictor import Predictor
+from metarec.train import TrainConfig, _TaskSampler, evaluate_loss
+from metarec.types import IdMap, Interactions, MetarecError, Split
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    steps: int = 100  # outer steps per part
+    outer_lr: float = 3e-4  # Adam; smaller than fit's: this is a fine-tune
+    meta_batch: int = 32
+    feedback_share: float = 0.5  # share of each meta-batch drawn from feedback users
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.meta_batch < 1 or self.outer_lr <= 0:
+            raise MetarecError("update: steps >= 0, meta_batch >= 1, outer_lr > 0")
+        if not 0 <= self.feedback_share <= 1:
+            raise MetarecError("update: feedback_share must be in [0, 1]")
+
+
+def merge_feedback(
+    pred: Predictor, feedback: pd.DataFrame
+) -> tuple[IdMap, Interactions, np.ndarray, dict]:
+    """(users with new ones appended, training log with the feedback folded in, indices of
+    the feedback users, counts). ``feedback``: user_id, item_id, rating, timestamp (nullable)."""
+    for col in ("user_id", "item_id", "rating"):
+        if col not in feedback.columns:
+            raise MetarecError(f"feedback: column {col!r} is missing")
+    if feedback.empty:
+        raise MetarecError("feedback: the store is empty, nothing to update from")
+    fb = feedback.reset_index(drop=True)
+    item_idx = pred.items.lookup_or_missing(fb["item_id"].astype(str).to_numpy(object))
+    known = item_idx >= 0
+    n_unknown = int((~known).sum())
+    fb, item_idx = fb[known].reset_index(drop=True), item_idx[known]
+    if fb.empty:
+        raise MetarecError(f"feedback: all {n_unknown} rows name items outside the catalogue")
+    user_ids = fb["user_id"].astype(str).to_numpy(object)
+    new = [u for u in pd.unique(user_ids) if u not in pred.users]
+    users = IdMap(np.concatenate([pred.users.ids, np.asarray(new, dtype=object)]))
+    user_idx = users.indices(user_ids, "user_id")
+    # rows without a time are newer than everything fitted, in the order they were stored
+    train = pred.train
+    start = int(train.timestamp.max()) + 1 if len(train) else 0
+    ts = fb["timestamp"] if "timestamp" in fb.columns else pd.Series([pd.NA] * len(fb))
+    ts = ts.astype("Int64")
+    filled = np.where(ts.isna(), start + np.arange(len(fb)), ts.fillna(0).to_numpy(np.int64))
+    # an item's domain as the training log has it (0 for items nobody rated)
+    dom = np.zeros(len(pred.items), dtype=np.int16)
+    dom[train.item_idx] = train.domain
+    rows = Interactions(
+        user_idx, item_idx, fb["rating"].to_numpy(np.float32), filled, dom[item_idx]
+    )
+    # the latest row per (user, item) wins: feedback over training, later over earlier
+    both = Interactions.concat([train, rows])
+    key = both.user_idx * len(pred.items) + both.item_idx
+    last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
+    merged = both.take(np.sort(last))
+    counts = {
+        "feedback_rows": len(feedback),
+        "feedback_rows_unknown_item": n_unknown,
+        "feedback_users": int(len(np.unique(user_idx))),
+        "new_users": len(new),
+        "replaced_training_rows": int(len(train) + len(rows) - len(merged)),
+    }
+    return users, merged, np.unique(user_idx), counts
+
+
+def update(
+    pred: Predictor, feedback: pd.DataFrame, cfg: UpdateConfig | None = None
+) -> tuple[Predictor, dict]:
+    """A new Predictor with the feedback folded in and meta-training continued."""
+    from metarec.model import MetaRecommender, _as_likes
+
+    cfg = cfg or UpdateConfig()
+    users, train, fb_users, report = merge_feedback(pred, feedback)
+    n_old, n_new = len(pred.users), len(users)
+    state_cfg, tensors = pred.model.state()
+    tensors = dict(tensors)
+    # user_side has one extra zero row at the end (the unknown user): new users go before it
+    us = tensors["features.user_side"]
+    tensors["features.user_side"] = torch.cat(
+        [us[:n_old], torch.zeros(n_new - n_old, us.shape[1], dtype=us.dtype), us[n_old:]]
+    )
+    state_cfg = {**state_cfg, "n_users": n_new}
+    model = MetaRecommender.from_state(state_cfg, tensors, train)
+    mcfg = model.config
+    lengths = np.bincount(train.user_idx)
+    half = max(1, int(np.median(lengths[lengths > 0])) // 2)
+    k, q = min(mcfg.k_shot, half), min(mcfg.n_query, half)
+    split = Split("update", train, (), (), cfg.seed, k, q)
+    fb_split = dataclasses.replace(split, train=train.take(np.isin(train.user_idx, fb_users)))
+    for key in ("rating", "rank"):
+        part = getattr(model, f"{key}_")
+        if part is None:
+            continue
+        head = part.learner.scorer.cfg.head
+        tcfg = dataclasses.replace(mcfg.train, meta_batch=cfg.meta_batch, seed=cfg.seed)
+        s_all, s_fb = split, fb_split
+        if head == "binary":
+            tcfg = dataclasses.replace(tcfg, n_negatives=mcfg.rank_negatives)
+            # as fit does: likes (rating >= threshold; implicit labels as they are)
+            s_all = _as_likes(split, model._like_threshold())
+            s_fb = _as_likes(fb_split, model._like_threshold())
+        params, losses = _continue(model, part, s_all, s_fb, tcfg, cfg)
+        setattr(model, f"{key}_", dataclasses.replace(part, params=params))
+        report[f"{key}_feedback_loss_in_sample"] = losses
+    info = {
+        **{k: v for k, v in pred.info.items() if k != "item_domains"},
+        "users": n_new,
+        "update": {**report, "steps": cfg.steps, "outer_lr": cfg.outer_lr},
+    }
+    return Predictor(model, users, pred.items, pred.item_domain, train, info), report
+
+
+def _continue(model, part, s_all: Split, s_fb: Split, tcfg: TrainConfig, cfg: UpdateConfig):
+    """Adam on the part's meta-parameters for cfg.steps steps; (params, loss before/after)."""
+    learner, feats = part.learner, model.features_
+    known = torch.from_numpy(model.known_items_)
+    head = learner.scorer.cfg.head
+    n_items = model.n_items_
+    all_sampler = _TaskSampler(s_all, head, n_items, tcfg)
+    try:
+        fb_sampler = _TaskSampler(s_fb, head, n_items, tcfg)
+    except MetarecError:  # no feedback user has 2+ rows: nothing of their own to learn
+        fb_sampler = None
+    n_fb = round(cfg.meta_batch * cfg.feedback_share) if fb_sampler else 0
+    probe = _probe_episodes(fb_sampler, head, n_items, tcfg) if fb_sampler else []
+
+    def probe_loss(p) -> float | None:
+        return evaluate_loss(learner, p, feats, probe, known) if probe else None
+
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in part.params.items()}
+    before = probe_loss(params)
+    opt = torch.optim.Adam(list(params.values()), lr=cfg.outer_lr)
+    rng = np.random.default_rng(cfg.seed)
+    for _ in range(cfg.steps):
+        episodes = fb_sampler.sample(n_fb, rng) if n_fb else []
+        if cfg.meta_batch > n_fb:
+            episodes += all_sampler.sample(cfg.meta_batch - n_fb, rng)
+        x = build_inputs(
+            learner.scorer,
+            feats,
+            pad_episodes(episodes),
+            known,
+            id_dropout=tcfg.id_dropout,
+            rng=rng,
+        )
+        loss, grads = learner.meta_grads(params, x)
+        if not torch.isfinite(loss):
+            raise MetarecError(f"update: meta-loss is {float(loss)} (lower --lr)")
+        for k, p in params.items():
+            p.grad = grads[k]
+        if tcfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params.values()), tcfg.grad_clip)
+        opt.step()
+    out = {k: v.detach().clone() for k, v in params.items()}
+    return out, {"before": before, "after": probe_loss(out)}
+
+
+def _probe_episodes(sampler, head: str, n_items: int, tcfg: TrainConfig) -> list:
+    """Each feedback user's history in time order: first K as support, the rest as query."""
+    rng = np.random.default_rng([tcfg.seed, 7])
+    out = []
+    for user, items, ratings in sampler.histories:
+        ks = min(sampler.k, len(items) - 1)
+        out.append(
+            make_episode(
+                user,
+                items[:ks],
+                ratings[:ks],
+                items[ks:],
+                ratings[ks:],
+                head=head,
+                n_items=n_items,
+                rng=rng,
+                n_negatives=tcfg.n_negatives,
+                positive_threshold=tcfg.positive_threshold,
+                exclude=items,
+            )
+        )
+    return out
+
+
+def update_run(
+    run: str | Path, feedback_db: str | Path, out: str | Path, cfg: UpdateConfig | None = None
+) -> dict:
+    """``metarec update``: load RUN, read the feedback store, write RUN2 (atomically)."""
+    from metarec.serve.feedback import open_store
+
+    if Path(out).resolve() == Path(run).resolve():
+        raise MetarecError("update: --out must differ from --run (the RUN is never modified)")
+    pred = Predictor.load(run)
+    frame = open_store(feedback_db).frame()
+    new, report = update(pred, frame, cfg)
+    new.save(out)
+    return {"run": str(out), "from": str(run), **report}
