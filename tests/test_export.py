@@ -1,0 +1,124 @@
+"""`metarec export`: int8 rows with scales (hand-computed), fp16, exact training log, and an
+exported RUN that Predictor.load serves with predictions close to the original's."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from metarec.cli import main
+from metarec.export import compress, dequantize, quantize_rows
+from metarec.types import MetarecError
+from test_cli_contract import cold_support, make_world
+
+FEW = [
+    "--set",
+    "text.model='hashing:64'",
+    "--set",
+    "text.pca_dim=16",
+    "--set",
+    "train.steps=6",
+    "--set",
+    "train.eval_every=3",
+    "--set",
+    "train.meta_batch=8",
+    "--set",
+    "progress=false",
+]
+
+
+def test_quantize_rows_known_answer():
+    w = torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    q, scale = quantize_rows(w)
+    # row 0: scale 2/127; 1/(2/127) = 63.5 -> 64 (half to even), -2 -> -127, 0.5 -> 31.75 -> 32
+    assert q.dtype == torch.int8 and q.tolist() == [[64, -127, 32], [0, 0, 0]]
+    assert torch.allclose(scale, torch.tensor([2 / 127, 1.0]))
+    back = q.float() * scale[:, None]
+    assert (back - w).abs().max() <= (2 / 127) / 2 + 1e-7  # at most half a step
+
+
+def test_compress_keeps_log_and_integers_and_round_trips():
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "rank.mlp.0.w": torch.randn(64, 32, generator=g),  # 2048 elements: int8
+        "rank.mlp.0.b": torch.randn(32, generator=g),  # 1-D: fp16
+        "rank.head.w": torch.randn(4, 1, generator=g),  # small: fp16
+        "train.rating": torch.tensor([4.5, 3.25]),  # the log stays exact
+        "known_items": torch.tensor([1, 0], dtype=torch.uint8),
+    }
+    stored, spec = compress(tensors, "int8")
+    assert spec == {
+        "dtype": "int8",
+        "int8": ["rank.mlp.0.w"],
+        "fp16": ["rank.head.w", "rank.mlp.0.b"],
+    }
+    assert stored["rank.mlp.0.w::int8"].dtype == torch.int8
+    assert stored["rank.mlp.0.b"].dtype == torch.float16
+    assert stored["train.rating"] is tensors["train.rating"]
+    back = dequantize(stored, spec)
+    assert set(back) == set(tensors)
+    assert all(back[k].dtype == tensors[k].dtype for k in tensors)
+    w = tensors["rank.mlp.0.w"]
+    step = w.abs().amax(1, keepdim=True) / 127
+    assert ((back["rank.mlp.0.w"] - w).abs() <= step / 2 + 1e-6).all()
+    assert torch.allclose(back["rank.mlp.0.b"], tensors["rank.mlp.0.b"], rtol=1e-3, atol=1e-4)
+    with pytest.raises(MetarecError, match="already exported"):
+        compress(stored, "fp16")
+    with pytest.raises(MetarecError, match="'int4' is not one of fp16, int8"):
+        compress(tensors, "int4")
+    with pytest.raises(MetarecError, match="missing tensor"):
+        dequantize({}, spec)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export")
+    paths, _ = make_world(tmp, n_users=60, n_items=400)
+    run = tmp / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main(args + FEW) == 0
+    return tmp, run
+
+
+def _predict(tmp, run, name):
+    q = pd.DataFrame(
+        [(u, f"it{i}") for u in ("new_space", "new_garden") for i in range(40)],
+        columns=["user_id", "item_id"],
+    )
+    q.to_csv(tmp / "Q.csv", index=False)
+    out = tmp / f"{name}.csv"
+    args = ["predict", "--run", str(run), "--support", str(cold_support(tmp))]
+    assert main(args + ["--query", str(tmp / "Q.csv"), "--out", str(out)]) == 0
+    return pd.read_csv(out).score.to_numpy()
+
+
+@pytest.mark.parametrize("dtype,tol", [("fp16", 0.01), ("int8", 0.1)])
+def test_exported_run_is_smaller_and_predicts_alike(fitted, dtype, tol, capsys):
+    tmp, run = fitted
+    out = tmp / f"RUN_{dtype}"
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--dtype", dtype, "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["bytes_after"] < report["bytes_before"]
+    assert report["ratio"] < (0.8 if dtype == "fp16" else 0.7)
+    assert report["validation_users"] > 0
+    assert set(report["metric_change"]) == {"rmse", "auc", "mean_score"}
+    assert abs(report["metric_change"]["rmse"]) < tol
+    stored = load_file(str(out / "model.safetensors"))
+    if dtype == "int8":
+        assert "features.item_text" in report["int8_tensors"]
+        assert stored["features.item_text::int8"].dtype == torch.int8
+        assert stored["rank.item_id::int8"].dtype == torch.int8
+    else:
+        assert stored["features.item_text"].dtype == torch.float16
+    assert stored["train.rating"].dtype == torch.float32  # the training log stays exact
+    base = _predict(tmp, run, "base")
+    small = _predict(tmp, out, dtype)
+    assert abs(base - small).max() < tol  # ratings on a 1..5 scale
+    assert base.std() > 0.05  # a trained model, not a constant
+    # exporting an exported RUN is refused
+    assert main(["export", "--run", str(out), "--dtype", "fp16", "--out", str(tmp / "x")]) == 2
