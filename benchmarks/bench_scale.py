@@ -1,0 +1,226 @@
+"""Scale benchmark: ``python benchmarks/bench_scale.py --json OUT.json [--users N ...]``.
+
+Stages, each timed, with the process's peak RSS after each:
+
+1. ``synth``  write a skewed synthetic log (default 10^6 users, 10^5 items, 5·10^7 events)
+   to Parquet in chunks (skipped when ``--work`` already holds one of the same config);
+2. ``index``  pass one of the stream: per-user offsets from the user-sorted log;
+3. ``embed``  the item-text embedding cache for every item, built in chunks with progress,
+   *interrupted* half way (``stop_after_chunks``) and resumed: the JSON records that the
+   resumed run encoded only the missing texts, and that a third run encodes nothing;
+4. ``train``  meta-training from the Parquet stream (a few row groups in memory at a time)
+   for ``--steps`` outer steps; tasks/s counts every task of every meta-batch, I/O included.
+
+The target: peak RSS <= 4 GB at full size. ``--users/--items/--interactions`` give a
+reduced size (the test of this script runs a tiny one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+
+def _rss_gb() -> float:
+    # ru_maxrss is in KiB on Linux: the peak resident set of this process so far
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def run(args) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from metarec.features import FeatureSet
+    from metarec.meta import MetaConfig
+    from metarec.models.scorer import ScorerConfig
+    from metarec.streaming import ParquetTaskStream, embed_resumable, index_log
+    from metarec.synth import SynthConfig, generate
+    from metarec.text import make_encoder
+    from metarec.text.cache import EmbeddingCache
+    from metarec.train import TrainConfig, train
+    from metarec.types import Interactions, Split
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg = SynthConfig(
+        n_users=args.users,
+        n_items=args.items,
+        n_interactions=args.interactions,
+        users_per_chunk=args.users_per_chunk,
+        seed=args.seed,
+    )
+    res: dict = {"config": asdict(cfg), "threads": args.threads, "stages": {}}
+    stages = res["stages"]
+
+    # 1. synthetic log (reused when the same config was written before)
+    stamp = work / "synth.json"
+    log, items = work / "log.parquet", work / "items.parquet"
+    t0 = time.perf_counter()
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == asdict(cfg) and log.is_file()):
+        stamp.unlink(missing_ok=True)
+        generate(cfg, work, progress=args.progress)
+        stamp.write_text(json.dumps(asdict(cfg)))
+        stages["synth"] = {"seconds": round(time.perf_counter() - t0, 2), "reused": False}
+    else:
+        stages["synth"] = {"seconds": 0.0, "reused": True}
+    stages["synth"].update(
+        rows=args.interactions, parquet_mb=round(log.stat().st_size / 2**20, 1), rss_gb=_rss_gb()
+    )
+
+    # 2. pass one: per-user offsets
+    t0 = time.perf_counter()
+    ix = index_log(log, n_items=args.items)
+    dt = time.perf_counter() - t0
+    stages["index"] = {
+        "seconds": round(dt, 2),
+        "rows_per_s": round(ix.n_rows / dt),
+        "row_groups": ix.n_groups,
+        "users": ix.n_users,
+        "items_seen": int((ix.item_count > 0).sum()),
+        "rss_gb": _rss_gb(),
+    }
+
+    # 3. embedding cache: interrupted half way, resumed, then fully cached
+    titles = pq.read_table(items, columns=["title"]).column("title").to_pylist()
+    encoder = make_encoder(args.encoder)
+    cache_dir = work / "cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    cache = EmbeddingCache(cache_dir)
+    n_chunks = (len(titles) + args.chunk - 1) // args.chunk
+    t0 = time.perf_counter()
+    _, first = embed_resumable(
+        titles, encoder, cache, args.chunk, progress=args.progress, stop_after_chunks=n_chunks // 2
+    )
+    t1 = time.perf_counter()
+    vecs, resumed = embed_resumable(titles, encoder, cache, args.chunk, progress=args.progress)
+    t2 = time.perf_counter()
+    _, warm = embed_resumable(titles, encoder, cache, args.chunk)
+    t3 = time.perf_counter()
+    stages["embed"] = {
+        "encoder": encoder.fingerprint,
+        "texts": len(titles),
+        "interrupted_after_chunks": first["chunks_done"],
+        "encoded_before_interrupt": first["encoded"],
+        "encoded_on_resume": resumed["encoded"],
+        "hits_on_resume": resumed["hits"],
+        "encoded_when_complete": warm["encoded"],
+        "seconds_first": round(t1 - t0, 2),
+        "seconds_resume": round(t2 - t1, 2),
+        "seconds_warm": round(t3 - t2, 2),
+        "texts_per_s_cold": round(len(titles) / max(t2 - t0, 1e-9)),
+        "rss_gb": _rss_gb(),
+    }
+
+    # 4. meta-training from the stream
+    feats = FeatureSet(
+        torch.from_numpy(np.ascontiguousarray(vecs, dtype=np.float32)),  # (n_items, d)
+        torch.zeros(args.items, 0),
+        torch.zeros(args.users + 1, 0),  # no user side features; +1: the unknown user row
+        encoder.fingerprint,
+    )
+    sc = ScorerConfig(
+        d_item_text=feats.item_text.shape[1],
+        n_items=args.items,
+        embed_dim=32,
+        hidden=(64, 64),
+        head="rating",
+        output_offset=3.5,
+    )
+    meta = MetaConfig(algorithm=args.algorithm, inner_steps=args.inner_steps, inner_lr=0.05)
+    tcfg = TrainConfig(
+        steps=args.steps,
+        meta_batch=args.meta_batch,
+        eval_every=max(args.steps, 1),
+        checkpoint_every=0,
+        seed=args.seed,
+    )
+    stream = ParquetTaskStream(
+        ix, k_shot=args.k, n_query=args.q, head="rating", seed=args.seed, buffer_groups=2
+    )
+    empty = Split("stream", Interactions.empty(), (), (), args.seed, args.k, args.q)
+    t0 = time.perf_counter()
+    result = train(
+        empty,
+        feats,
+        sc,
+        meta,
+        tcfg,
+        device=args.device,
+        progress=args.progress,
+        sampler=stream,
+        known_items=ix.item_count > 0,
+    )
+    dt = time.perf_counter() - t0
+    stages["train"] = {
+        "algorithm": args.algorithm,
+        "inner_steps": args.inner_steps,
+        "device": args.device,
+        "steps": result.steps_done,
+        "meta_batch": args.meta_batch,
+        "seconds": round(dt, 2),
+        "tasks_per_s": round(result.steps_done * args.meta_batch / dt, 1),
+        "train_loss": result.history[-1]["train_loss"] if result.history else None,
+        "epochs_started": stream.epoch + 1,
+        "rss_gb": _rss_gb(),
+    }
+    res["peak_rss_gb"] = _rss_gb()
+    res["rss_target_gb"] = 4.0
+    res["rss_ok"] = res["peak_rss_gb"] <= 4.0
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    ap.add_argument("--work", default=None, help="folder for the log and cache (default: temp)")
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--interactions", type=int, default=50_000_000)
+    ap.add_argument("--users-per-chunk", type=int, default=20_000, help="users per row group")
+    ap.add_argument("--encoder", default="hashing:64", help="hashing:64 or a MiniLM name")
+    ap.add_argument("--chunk", type=int, default=10_000, help="texts per cache shard")
+    ap.add_argument("--algorithm", default="fomaml")
+    ap.add_argument("--inner-steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--meta-batch", type=int, default=64)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--q", type=int, default=10)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    # see bench_meta.py: passive OpenMP waits keep figures stable on shared cores
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    tmp = None
+    if args.work is None:
+        tmp = tempfile.mkdtemp(prefix="metarec-scale-")
+        args.work = tmp
+    try:
+        res = run(args)
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        fd, out = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(res, fh, indent=2)
+        os.replace(out, args.json)
+    return 0 if res["rss_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
