@@ -98,6 +98,24 @@ def test_losses_masked_mean_known_values():
     )
 
 
+def test_closed_form_loss_gradient_known_values():
+    # rating: d/d out of mean (out − y)² over 2 valid rows = (out − y); padding row gets 0
+    sc_r = Scorer(_cfg(head="rating"))
+    pred, y = torch.tensor([[3.0, 5.0, 1.0]]), torch.tensor([[4.0, 3.0, 9.0]])
+    w = sc_r.row_weights(torch.tensor([[1.0, 1, 0]]))
+    assert torch.equal(w, torch.tensor([[0.5, 0.5, 0.0]]))
+    assert torch.equal(sc_r.row_loss_grad(pred, y, w), torch.tensor([[-1.0, 2.0, 0.0]]))
+    # binary: (σ(out) − y) / n, and it is autograd's gradient of task_losses
+    sc_b = Scorer(_cfg(head="binary"))
+    out = torch.tensor([[0.0, 2.0], [-1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+    yb = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    got = sc_b.row_loss_grad(out.detach(), yb, sc_b.row_weights(mask))
+    assert got[0, 0].item() == pytest.approx(-0.25)  # (σ(0) − 1) / 2
+    (auto,) = torch.autograd.grad(sc_b.task_losses(out, yb, mask).sum(), out)
+    assert torch.allclose(got, auto, atol=1e-15)
+
+
 def test_param_groups_and_config_errors():
     p = Scorer(_cfg()).init_params()
     groups = {k: param_group(k) for k in p}

@@ -29,7 +29,16 @@ from typing import Literal
 import torch
 
 from metarec.meta.episodes import TaskInputs
-from metarec.meta.inner import Params, inner_loop, loop_meta_grads
+from metarec.meta.inner import (
+    Factored,
+    Params,
+    closed_form_inner_loop,
+    closed_form_supported,
+    densify,
+    inner_loop,
+    loop_meta_grads,
+    scorer_forward,
+)
 from metarec.models.scorer import _GROUP_OF_PREFIX, GROUPS, Scorer, affine, param_group
 from metarec.types import MetarecError
 
@@ -167,20 +176,42 @@ class MetaLearner:
             params = {k: v.detach() for k, v in params.items()}
         inner = self.algorithm.inner
         if inner == "sgd":
-            out = inner_loop(
-                lambda p: self.support_losses(p, x),
-                params,
-                self.adapt_keys(params),
-                x.n_tasks,
-                self.cfg.inner_steps,
-                self.step_sizes(params),
-                self.first_order,
-            )
+            out, factored = self._sgd(params, x)
+            out = densify(out, factored, x.n_tasks)
         elif inner == "ridge":
             out = self._ridge(params, x)
         else:
             out = self._np(params, x)
         return out if keep_graph else {k: v.detach() for k, v in out.items()}
+
+    def _sgd(self, params: Params, x: TaskInputs) -> tuple[Params, dict[str, Factored]]:
+        """The gradient inner loop: closed-form gradients where they cover the settings (the
+        production path), else autograd (``inner_loop``, also the closed form's oracle)."""
+        keys = self.adapt_keys(params)
+        if closed_form_supported(self.scorer, keys):
+            return closed_form_inner_loop(
+                self.scorer,
+                params,
+                x.user_x,
+                x.s_x,
+                x.s_rows,
+                x.s_y,
+                x.s_mask,
+                keys,
+                self.cfg.inner_steps,
+                self.step_sizes(params),
+                self.first_order,
+            )
+        out = inner_loop(
+            lambda p: self.support_losses(p, x),
+            params,
+            keys,
+            x.n_tasks,
+            self.cfg.inner_steps,
+            self.step_sizes(params),
+            self.first_order,
+        )
+        return out, {}
 
     def _ridge(self, params: Params, x: TaskInputs) -> Params:
         """Head (w, b) per task = argmin Σ_j m_j (h_j·w + b − t_j)² + λ‖(w, b) − (w₀, b₀)‖²,
@@ -232,6 +263,15 @@ class MetaLearner:
             grads = {k: _or_zeros(g, leaves[k]) for k, g in zip(keys, gs, strict=True)}
             for k in self.adapt_keys(leaves):
                 grads[k] = (leaves[k] - fast[k]).detach().mean(0)
+            return loss.detach(), grads
+        if self.algorithm.inner == "sgd":
+            # query loss straight from the factored weights: no per-task weight tensors formed
+            fast, factored = self._sgd(leaves, x)
+            out = scorer_forward(self.scorer, fast, factored, x.user_x, x.q_x, x.q_rows)
+            loss = self.scorer.task_losses(out, x.q_y, x.q_mask).mean()
+            keys = list(leaves)
+            gs = torch.autograd.grad(loss, [leaves[k] for k in keys], allow_unused=True)
+            grads = {k: _or_zeros(g, leaves[k]) for k, g in zip(keys, gs, strict=True)}
             return loss.detach(), grads
         fast = self.adapt(leaves, x, keep_graph=True)
         if self.algorithm.inner == "np":

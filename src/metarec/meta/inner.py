@@ -20,8 +20,11 @@ Settings that make the algorithms (see ``algorithms.py``):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
+
+from metarec.models.scorer import Scorer, affine, param_group
 
 Params = dict[str, torch.Tensor]
 StepSizes = Mapping[str, torch.Tensor | float]
@@ -104,3 +107,293 @@ def loop_meta_grads(
                 total[k] += g
         loss_sum += float(q.detach())
     return torch.tensor(loss_sum), total
+
+
+# ---------------------------------------------------------------------------------------
+# Closed-form inner loop: the production path for the scorer's MLP.
+#
+# The scorer is a ReLU MLP with a linear head, so the support-loss gradient of every adapted
+# parameter is a few batched matmuls (δ_out = ∂L/∂out; δ_l = (δ_{l+1} W_{l+1}ᵀ) ⊙ 1[pre_l > 0];
+# ∂L/∂W_l = h_{l-1}ᵀ δ_l). Writing them as ordinary tensor ops instead of calling
+# torch.autograd.grad each step means:
+#   * first order / serving: the inner loop runs under no_grad with no graph at all; the
+#     outer gradient is ONE autograd call at φ = θ − α Σ_s g_s (the g_s held constant);
+#   * second order: the inner gradients are plain differentiable ops, so the outer call
+#     differentiates the unrolled loop once, without create_graph's double-backward nodes.
+# Low rank: a step changes W_l by α h_{l-1}ᵀ δ_l, an outer product of rank ≤ K (support size).
+# With a float step size, every MLP weight is kept as θ_l − a_tᵀ b_t (see Factored) and the
+# per-task (T, in, out) weights are never formed: rows x get x θ_l (one GEMM shared by all
+# tasks) minus (x a_tᵀ) b_t, tensors of K × (steps·K) and (steps·K) × out. The first layer's
+# input z is fixed when only decision layers adapt; then a_t = z_t for good (rank K) and
+# z θ0 and the Gram matrices z zᵀ are formed once per batch.
+# ``inner_loop`` above stays the autograd oracle (tests/test_meta_closed_form.py).
+
+
+@dataclass(frozen=True, eq=False)
+class Factored:
+    """Per-task adapted weights W_t = θ − a_tᵀ b_t without forming them.
+
+    After s inner steps a_t stacks the layer's support inputs of every step (or just the
+    fixed input z_t) and b_t the matching step-size-scaled errors α δ.
+    """
+
+    theta: torch.Tensor  # (in, out) shared θ
+    a: torch.Tensor | None  # (T, r, in); None: no step taken yet (W_t = θ)
+    b: torch.Tensor | None  # (T, r, out)
+
+    def dense(self, n_tasks: int) -> torch.Tensor:
+        """(T, in, out) per-task weights (serving forms them once per request)."""
+        if self.a is None:
+            return self.theta.expand(n_tasks, *self.theta.shape)
+        return self.theta - torch.bmm(self.a.transpose(1, 2), self.b)
+
+    def matmul(self, x: torch.Tensor, xa: torch.Tensor | None = None) -> torch.Tensor:
+        """(T, N, out) = x W_t for rows x (T, N, in); ``xa`` = x a_tᵀ if already known."""
+        out = x @ self.theta
+        if self.a is None:
+            return out
+        if xa is None:
+            xa = torch.bmm(x, self.a.transpose(1, 2))
+        return out - torch.bmm(xa, self.b)
+
+    def matmul_t(self, d: torch.Tensor) -> torch.Tensor:
+        """(T, N, in) = d W_tᵀ for errors d (T, N, out)."""
+        out = d @ self.theta.T
+        if self.a is None:
+            return out
+        return out - torch.bmm(torch.bmm(d, self.b.transpose(1, 2)), self.a)
+
+    def step(self, x: torch.Tensor, d: torch.Tensor, lr: float, same_input: bool) -> Factored:
+        """W_t − lr xᵀ d: the SGD step for support inputs x (T, K, in) and errors d."""
+        if self.a is None:
+            return Factored(self.theta, x, d * lr)
+        if same_input:  # x is the a of every earlier step: merge, rank stays K
+            return Factored(self.theta, self.a, self.b.add(d, alpha=lr))
+        return Factored(self.theta, torch.cat([self.a, x], 1), torch.cat([self.b, d * lr], 1))
+
+    def detach(self) -> Factored:
+        def det(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.detach()
+
+        return Factored(self.theta, det(self.a), det(self.b))
+
+
+_CLOSED_FORM_GROUPS = frozenset({"projection", "user", "decision"})
+
+
+def closed_form_supported(scorer: Scorer, adapt_keys: Sequence[str]) -> bool:
+    """Whether :func:`closed_form_inner_loop` covers these settings: at least one hidden layer
+    and no adapted ID tables (their gradient is a per-row scatter the loop does not form)."""
+    return bool(scorer.cfg.hidden) and all(
+        param_group(k) in _CLOSED_FORM_GROUPS for k in adapt_keys
+    )
+
+
+def _bias(b: torch.Tensor) -> torch.Tensor:
+    """A shared (o,) or per-task (T, o) bias, broadcastable against (T, N, o)."""
+    return b.unsqueeze(1) if b.dim() == 2 else b
+
+
+def _relu_grad(d: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+    """d ⊙ 1[pre > 0] in one op: ReLU's own backward kernel (its derivative w.r.t. ``pre`` is
+    zero, as for the autograd inner loop)."""
+    return torch.ops.aten.threshold_backward(d, pre, 0.0)
+
+
+def closed_form_inner_loop(
+    scorer: Scorer,
+    params: Mapping[str, torch.Tensor],
+    user_x: torch.Tensor,  # (T, d_user_in)
+    item_x: torch.Tensor,  # (T, K, d_item_in) support items
+    rows: torch.Tensor,  # (T, K) ID-table rows
+    y: torch.Tensor,  # (T, K)
+    mask: torch.Tensor,  # (T, K)
+    adapt_keys: Sequence[str],
+    steps: int,
+    step_sizes: StepSizes,
+    first_order: bool,
+    low_rank: bool = True,
+) -> tuple[Params, dict[str, Factored]]:
+    """:func:`inner_loop` on the scorer's support loss with hand-derived gradients.
+
+    Returns ``({**params, k: φ_k}, factored)``: MLP weights named in ``factored`` stay θ in the
+    dict and φ's are the :class:`Factored` (use :func:`densify` or :func:`scorer_forward`).
+    Differentiability follows :func:`inner_loop`: second order keeps the whole loop in the
+    graph; first order gives φ = θ − α Σ_s g_s with the g_s constant.
+    """
+    cfg = scorer.cfg
+    n_layers = len(cfg.hidden)
+    keys = tuple(adapt_keys)
+    key_set = set(keys)
+    track = not first_order and any(params[k].requires_grad for k in keys)
+    moving = any(param_group(k) != "decision" for k in keys)  # z changes with φ
+    adapted_layers = [li for li in range(n_layers) if {f"mlp.{li}.w", f"mlp.{li}.b"} & key_set]
+    # errors are propagated down to the lowest adapted layer (to z itself if inputs move)
+    lowest = 0 if moving else min(adapted_layers, default=n_layers)
+    n_tasks = user_x.shape[0]
+    has_bias = bool(cfg.n_items and cfg.use_item_bias)
+    factored_keys = {
+        f"mlp.{li}.w"
+        for li in range(n_layers)
+        if low_rank and f"mlp.{li}.w" in key_set and isinstance(step_sizes[f"mlp.{li}.w"], float)
+    }
+
+    with torch.enable_grad() if track else torch.no_grad():
+        base = dict(params) if track else {k: v.detach() for k, v in params.items()}
+        sizes = {
+            k: (v.detach() if isinstance(v, torch.Tensor) and not track else v)
+            for k, v in ((k, step_sizes[k]) for k in keys)
+        }
+        fast: dict[str, torch.Tensor | Factored] = {
+            k: Factored(base[k], None, None)
+            if k in factored_keys
+            else base[k].expand(n_tasks, *base[k].shape)
+            for k in keys
+        }
+        total: Params = {}  # Σ_s g_s of first-order keys with learned (tensor) step sizes
+        weights = scorer.row_weights(mask)  # (T, K)
+        bias = scorer.bias_term(base, rows) if has_bias else None  # (T, K), never adapted
+        u = i = z = None
+        z_theta = gram = None
+        if not moving:
+            u, i, z = scorer.mlp_input(base, user_x, item_x, rows)
+            if "mlp.0.w" in factored_keys:
+                z_theta = z @ base["mlp.0.w"]  # (T, K, h1): z θ0, once
+                gram = torch.bmm(z, z.transpose(1, 2))  # (T, K, K): z a_tᵀ for every step
+        for _ in range(steps):
+            p = {**base, **{k: v for k, v in fast.items() if k not in factored_keys}}
+            if moving:
+                u, i, z = scorer.mlp_input(p, user_x, item_x, rows)
+            # forward, keeping each layer's input and pre-activation
+            ins, pres = [], []
+            h = z
+            for li in range(n_layers):
+                w = fast.get(f"mlp.{li}.w", base[f"mlp.{li}.w"])
+                b = p[f"mlp.{li}.b"]
+                if li == 0 and z_theta is not None:
+                    pre = z_theta + _bias(b) if w.a is None else z_theta - gram @ w.b + _bias(b)
+                elif isinstance(w, Factored):
+                    pre = w.matmul(h) + _bias(b)
+                else:
+                    pre = affine(h, w, b)
+                ins.append(h)
+                pres.append(pre)
+                h = torch.relu(pre)
+            out = affine(h, p["head.w"], p["head.b"]).squeeze(-1)  # (T, K)
+            if bias is not None:
+                out = out + bias
+            # backward in closed form
+            g = scorer.row_loss_grad(out, y, weights)  # (T, K) d L_t / d out
+            grads: dict[str, torch.Tensor] = {}
+            if "head.w" in key_set:
+                grads["head.w"] = torch.bmm(h.transpose(1, 2), g.unsqueeze(-1))  # (T, H, 1)
+            if "head.b" in key_set:
+                grads["head.b"] = g.sum(1, keepdim=True)  # (T, 1)
+            dh = g.unsqueeze(-1) * p["head.w"].transpose(-1, -2)  # (T, K, H)
+            errors: dict[int, torch.Tensor] = {}
+            for li in range(n_layers - 1, lowest - 1, -1):
+                d = _relu_grad(dh, pres[li])  # (T, K, h_li)
+                errors[li] = d
+                wk = f"mlp.{li}.w"
+                if wk in key_set and wk not in factored_keys:
+                    grads[wk] = torch.bmm(ins[li].transpose(1, 2), d)
+                if f"mlp.{li}.b" in key_set:
+                    grads[f"mlp.{li}.b"] = d.sum(1)
+                if li > lowest or moving:
+                    w = fast.get(wk, base[wk])
+                    dh = w.matmul_t(d) if isinstance(w, Factored) else d @ w.transpose(-1, -2)
+            if moving:
+                grads.update(_input_grads(scorer, dh, u, i, user_x, item_x, key_set))
+            # SGD step
+            for k in keys:
+                lr = sizes[k]
+                if k in factored_keys:
+                    li = int(k.split(".")[1])
+                    fast[k] = fast[k].step(ins[li], errors[li], lr, li == 0 and not moving)
+                    continue
+                gk = grads[k]
+                if not track and not isinstance(lr, float):
+                    total[k] = gk if k not in total else total[k] + gk
+                fast[k] = fast[k].add(gk, alpha=-lr) if isinstance(lr, float) else fast[k] - lr * gk
+
+    factored: dict[str, Factored] = {}
+    out_params = dict(params)
+    for k in keys:
+        theta = params[k]
+        if k in factored_keys:
+            f = fast[k]
+            factored[k] = f if track else Factored(theta, f.a, f.b).detach()
+            continue
+        phi = fast[k]
+        lr = step_sizes[k]
+        if not track and (
+            theta.requires_grad or (isinstance(lr, torch.Tensor) and lr.requires_grad)
+        ):
+            # first order: φ = θ − α Σ_s g_s keeps its identity path to θ (and to α)
+            if isinstance(lr, float):
+                phi = theta + (phi - theta.detach())
+            elif k in total:
+                phi = theta - lr * total[k]
+            else:
+                phi = theta.expand(n_tasks, *theta.shape)
+        out_params[k] = phi
+    return out_params, factored
+
+
+def densify(params: Params, factored: Mapping[str, Factored], n_tasks: int) -> Params:
+    """``params`` with every factored weight formed as its (T, in, out) per-task tensor."""
+    return {**params, **{k: f.dense(n_tasks) for k, f in factored.items()}}
+
+
+def _input_grads(
+    scorer: Scorer,
+    dz: torch.Tensor,  # (T, K, d_phi) error at the MLP input
+    u: torch.Tensor,  # (T, 1, du)
+    i: torch.Tensor,  # (T, K, di)
+    user_x: torch.Tensor,  # (T, d_user_in)
+    item_x: torch.Tensor,  # (T, K, d_item_in)
+    keys: set[str],
+) -> dict[str, torch.Tensor]:
+    """Projection / user-vector gradients from the error at z = [u; i; u ⊙ i]."""
+    cfg = scorer.cfg
+    du, di = cfg.d_user_rep, cfg.d_item_rep
+    g_u = dz[..., :du].sum(1)  # (T, du): u is shared by the task's K rows
+    g_i = dz[..., du : du + di]  # (T, K, di)
+    if cfg.interaction:
+        g_ui = dz[..., du + di :]
+        g_u = g_u + (g_ui * i).sum(1)
+        g_i = g_i + g_ui * u
+    out: dict[str, torch.Tensor] = {}
+    if "user_vec" in keys:
+        out["user_vec"] = g_u
+    if "user_proj.b" in keys:
+        out["user_proj.b"] = g_u
+    if "user_proj.w" in keys:
+        out["user_proj.w"] = user_x.unsqueeze(2) * g_u.unsqueeze(1)  # (T, d_user_in, du)
+    if "item_proj.b" in keys:
+        out["item_proj.b"] = g_i.sum(1)
+    if "item_proj.w" in keys:
+        out["item_proj.w"] = torch.bmm(item_x.transpose(1, 2), g_i)  # (T, d_item_in, di)
+    return out
+
+
+def scorer_forward(
+    scorer: Scorer,
+    params: Mapping[str, torch.Tensor],
+    factored: Mapping[str, Factored],
+    user_x: torch.Tensor,
+    item_x: torch.Tensor,
+    rows: torch.Tensor,
+) -> torch.Tensor:
+    """``scorer.apply`` for (per-task) params whose MLP weights may be :class:`Factored`."""
+    if not factored:
+        return scorer.apply(params, user_x, item_x, rows)
+    _, _, h = scorer.mlp_input(params, user_x, item_x, rows)
+    for li in range(len(scorer.cfg.hidden)):
+        w, b = factored.get(f"mlp.{li}.w"), params[f"mlp.{li}.b"]
+        pre = affine(h, params[f"mlp.{li}.w"], b) if w is None else w.matmul(h) + _bias(b)
+        h = torch.relu(pre)
+    out = affine(h, params["head.w"], params["head.b"]).squeeze(-1)
+    if scorer.cfg.n_items and scorer.cfg.use_item_bias:
+        out = out + scorer.bias_term(params, rows)
+    return out

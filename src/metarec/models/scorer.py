@@ -315,6 +315,20 @@ class Scorer:
             out = out + _matmul(u * i, w[..., du + di :, :])
         return out
 
+    def mlp_input(
+        self,
+        params: dict[str, torch.Tensor],
+        user_x: torch.Tensor,
+        item_x: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(u (T, 1, du), i (T, N, di), φ = [u; i; u ⊙ i] (T, N, d_phi)) materialised, for the
+        closed-form inner loop (which needs φ itself to form weight gradients φᵀ δ)."""
+        u = self.user_repr(params, user_x)
+        i = self.item_repr(params, item_x, rows)
+        parts = [u.expand(-1, i.shape[1], -1), i] + ([u * i] if self.cfg.interaction else [])
+        return u, i, torch.cat(parts, -1)
+
     # --- losses ------------------------------------------------------------------------
     def task_losses(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked mean loss per task (T,): BCE-with-logits (binary) or squared error (rating).
@@ -324,6 +338,19 @@ class Scorer:
         else:
             per = (out - y) ** 2
         return (per * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+    def row_weights(self, mask: torch.Tensor) -> torch.Tensor:
+        """(T, N) weight of each row in its task's masked mean loss: mask / row count."""
+        return mask / mask.sum(-1, keepdim=True).clamp_min(1.0)
+
+    def row_loss_grad(
+        self, out: torch.Tensor, y: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
+        """(T, N) d task_losses[t] / d out[t, n] in closed form: σ(out) − y (BCE with logits)
+        or 2 (out − y) (squared error), times the row weights (see :meth:`row_weights`)."""
+        if self.cfg.head == "binary":
+            return (torch.sigmoid(out) - y) * weights
+        return (out - y) * (2.0 * weights)
 
 
 def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

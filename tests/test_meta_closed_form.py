@@ -1,0 +1,188 @@
+"""The closed-form inner loop (the production path) against its autograd oracle.
+
+``closed_form_inner_loop`` hand-derives the MLP's support-loss gradients and keeps MLP weights
+factored (θ − aᵀb). ``inner_loop`` + ``Scorer.apply`` runs the same SGD with
+torch.autograd.grad per step. Adapted parameters, meta-gradients (first and second order)
+and serving adaptations must agree: 1e-10 in float64, 1e-5 in float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from meta_synthetic import make_problem
+from metarec.meta import MetaConfig, MetaLearner, build_inputs, make_episode, pad_episodes
+from metarec.meta.bench import bench_scorer, synthetic_inputs
+from metarec.meta.inner import (
+    Factored,
+    closed_form_inner_loop,
+    closed_form_supported,
+    densify,
+    inner_loop,
+)
+from metarec.models.scorer import Scorer, ScorerConfig
+
+
+def _problem(head: str, dtype=torch.float64, **cfg):
+    split, feats = make_problem(0, head)
+    kw = dict(d_item_text=8, n_items=40, embed_dim=6, hidden=(7, 5), head=head)
+    kw.update(cfg)
+    sc = Scorer(ScorerConfig(output_offset=3.0 if head == "rating" else 0.0, **kw))
+    rng = np.random.default_rng(0)
+    eps = []
+    for t in split.valid[:5]:
+        k = 3 + len(eps) % 3  # unequal support sizes: padding rows must not count
+        eps.append(
+            make_episode(
+                t.user_idx,
+                t.support.item_idx[:k],
+                t.support.rating[:k],
+                t.query.item_idx,
+                t.query.rating,
+                head=head,
+                n_items=40,
+                rng=rng,
+            )
+        )
+    known = np.ones(40, dtype=bool)
+    known[:4] = False
+    x = build_inputs(sc, feats, pad_episodes(eps), known)
+    x = type(x)(
+        *(
+            v.to(dtype) if v.is_floating_point() else v
+            for v in (getattr(x, f) for f in x.__dataclass_fields__)
+        )
+    )
+    return sc, x
+
+
+def _oracle_adapt(ml: MetaLearner, params, x):
+    """The autograd inner loop on the same settings."""
+    return inner_loop(
+        lambda p: ml.support_losses(p, x),
+        params,
+        ml.adapt_keys(params),
+        x.n_tasks,
+        ml.cfg.inner_steps,
+        ml.step_sizes(params),
+        ml.first_order,
+    )
+
+
+def _oracle_meta_grads(ml: MetaLearner, params, x):
+    leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+    fast = _oracle_adapt(ml, leaves, x)
+    loss = ml.query_losses(fast, x).mean()
+    gs = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+    return loss.detach(), {
+        k: torch.zeros_like(v) if g is None else g
+        for (k, v), g in zip(leaves.items(), gs, strict=True)
+    }
+
+
+def _learner(sc, algo, dtype=torch.float64, **kw):
+    ml = MetaLearner(
+        sc, MetaConfig(algorithm=algo, inner_steps=kw.pop("steps", 3), inner_lr=0.1, **kw)
+    )
+    p = {k: v.to(dtype) for k, v in ml.init_params(torch.Generator().manual_seed(3)).items()}
+    return ml, p
+
+
+CASES = [
+    ("maml", {}),  # projections, user vector and MLP adapt: inputs move, all dense
+    ("fomaml", {}),
+    ("meta_sgd", {}),  # learned tensor step sizes: dense weights, Σg kept for first order
+    ("meta_sgd", {"first_order": True}),
+    ("melu", {}),  # decision only: fixed z, factored first layer with the Gram trick
+    ("maml", {"adapt_groups": ("decision",), "first_order": True}),
+    ("maml", {"adapt_groups": ("user", "decision")}),
+    ("maml", {"steps": 0}),
+    ("fomaml", {"steps": 1}),
+]
+
+
+@pytest.mark.parametrize("head", ["binary", "rating"])
+@pytest.mark.parametrize(("algo", "kw"), CASES)
+def test_closed_form_equals_autograd_inner_loop(algo, kw, head):
+    sc, x = _problem(head)
+    ml, p = _learner(sc, algo, **dict(kw))
+    assert closed_form_supported(sc, ml.adapt_keys(p))
+    # serving adaptation (no graph)
+    fast, oracle = ml.adapt(p, x), _oracle_adapt(ml, p, x)
+    assert set(fast) == set(oracle)
+    for k in fast:
+        assert fast[k].shape == oracle[k].shape, k
+        assert torch.allclose(fast[k], oracle[k].detach(), atol=1e-10, rtol=0), k
+    # meta-gradients through the loop
+    loss, grads = ml.meta_grads(p, x)
+    loss_o, grads_o = _oracle_meta_grads(ml, p, x)
+    assert float(loss) == pytest.approx(float(loss_o), abs=1e-12)
+    for k in grads_o:
+        assert torch.allclose(grads[k], grads_o[k], atol=1e-10, rtol=0), k
+
+
+@pytest.mark.parametrize("algo", ["maml", "fomaml"])
+def test_benchmark_model_float32_matches_autograd(algo):
+    # the benchmark's plain MLP: fixed inputs, every MLP weight factored
+    sc = bench_scorer(d_user=12, d_item=9)
+    x = synthetic_inputs(6, 4, 3, 12, 9, seed=1)
+    ml = MetaLearner(sc, MetaConfig(algorithm=algo, inner_steps=5, inner_lr=0.05))
+    p = ml.init_params(torch.Generator().manual_seed(0))
+    fast, oracle = ml.adapt(p, x), _oracle_adapt(ml, p, x)
+    for k in fast:
+        assert torch.allclose(fast[k], oracle[k].detach(), atol=1e-5), k
+    _, grads = ml.meta_grads(p, x)
+    _, grads_o = _oracle_meta_grads(ml, p, x)
+    for k in grads_o:
+        assert torch.allclose(grads[k], grads_o[k], atol=1e-5), k
+
+
+def test_factored_rank_and_unfactored_paths_agree():
+    sc = bench_scorer(d_user=5, d_item=7)
+    x = synthetic_inputs(4, 3, 2, 5, 7, seed=2)
+    x = type(x)(*(v.double() if v.is_floating_point() else v for v in vars(x).values()))
+    ml = MetaLearner(sc, MetaConfig(algorithm="maml", inner_steps=4, inner_lr=0.05))
+    p = {k: v.double() for k, v in ml.init_params(torch.Generator().manual_seed(1)).items()}
+    keys = ml.adapt_keys(p)
+    args = (sc, p, x.user_x, x.s_x, x.s_rows, x.s_y, x.s_mask, keys, 4, ml.step_sizes(p), False)
+    low, factored = closed_form_inner_loop(*args, low_rank=True)
+    dense, none = closed_form_inner_loop(*args, low_rank=False)
+    assert set(factored) == {"mlp.0.w", "mlp.1.w"} and none == {}
+    # first layer: fixed input z, so the factor keeps rank K = 3; later layers stack K per step
+    assert factored["mlp.0.w"].a.shape == (4, 3, 12)
+    assert factored["mlp.1.w"].a.shape == (4, 3 * 4, 64)
+    low = densify(low, factored, 4)
+    for k in dense:
+        assert torch.allclose(low[k], dense[k], atol=1e-12), k
+
+
+def test_factored_weight_algebra():
+    g = torch.Generator().manual_seed(0)
+    theta = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    a = torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    b = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    f = Factored(theta, a, b)
+    w = torch.stack([theta - a[t].T @ b[t] for t in range(2)])  # (T, in, out) by hand
+    x = torch.randn(2, 6, 4, generator=g, dtype=torch.float64)
+    d = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    assert torch.allclose(f.dense(2), w)
+    assert torch.allclose(f.matmul(x), x @ w)
+    assert torch.allclose(f.matmul_t(d), d @ w.transpose(1, 2))
+    # an SGD step W − α xᵀ d, stacked and merged
+    stepped = f.step(x, d, 0.1, same_input=False)
+    assert stepped.a.shape == (2, 11, 4)
+    assert torch.allclose(stepped.dense(2), w - 0.1 * x.transpose(1, 2) @ d)
+    merged = Factored(theta, x, d).step(x, d, 0.5, same_input=True)
+    assert merged.a.shape == (2, 6, 4)
+    assert torch.allclose(merged.dense(2), theta - 1.5 * x.transpose(1, 2) @ d)
+    assert torch.equal(Factored(theta, None, None).dense(2), theta.expand(2, 4, 3))
+
+
+def test_id_tables_fall_back_to_autograd():
+    sc, x = _problem("binary")
+    ml, p = _learner(sc, "maml", adapt_groups=("embedding", "decision"))
+    assert not closed_form_supported(sc, ml.adapt_keys(p))
+    fast = ml.adapt(p, x)  # still works, through inner_loop
+    assert fast["item_id"].shape == (x.n_tasks, *p["item_id"].shape)
