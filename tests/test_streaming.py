@@ -214,3 +214,27 @@ def test_interrupted_cache_build_resumes_with_only_missing_texts(tmp_path):
     # stop_after_chunks: a planned stop also keeps what was done
     part, s = embed_resumable(texts, CountingEncoder(), tmp_path / "c2", 10, stop_after_chunks=2)
     assert part is None and s["chunks_done"] == 2 and not s["complete"]
+
+
+def test_bench_scale_reduced_size_reports_resume_and_rss(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_scale.py"
+    spec = importlib.util.spec_from_file_location("bench_scale", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "scale.json"
+    args = ["--users", "400", "--items", "300", "--interactions", "8000", "--users-per-chunk"]
+    args += ["100", "--chunk", "100", "--steps", "3", "--meta-batch", "8", "--no-progress"]
+    assert bench.main(args + ["--work", str(tmp_path / "w"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    emb = res["stages"]["embed"]
+    # 3 chunks of 100 texts: stopped after 1, the resume encodes exactly the other 200
+    assert emb["encoded_before_interrupt"] == 100 and emb["interrupted_after_chunks"] == 1
+    assert emb["encoded_on_resume"] == 200 and emb["hits_on_resume"] == 100
+    assert emb["encoded_when_complete"] == 0
+    assert res["stages"]["index"]["row_groups"] == 4 and res["stages"]["index"]["users"] == 400
+    assert res["stages"]["train"]["steps"] == 3 and res["stages"]["train"]["tasks_per_s"] > 0
+    assert res["rss_ok"] and 0 < res["peak_rss_gb"] <= 4.0
