@@ -71,12 +71,21 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert float(loss) == 0.5 and torch.equal(out["w"], g["w"])
 
 
-def test_backend_and_device_choice():
+def test_backend_and_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU needed
     assert distributed.pick_backend("cpu") == "gloo"
     ctx = DistContext(rank=1, world=2, local_rank=1, backend="nccl")
     assert distributed.local_device("cuda", ctx) == "cuda:1"
     assert distributed.local_device("cuda:0", ctx) == "cuda:0"  # explicit index kept
     assert distributed.local_device("cpu", ctx) == "cpu"
+    with pytest.raises(MetarecError, match="'tpu9' is not a torch device"):
+        distributed.local_device("tpu9", DistContext())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_a_gpu_is_a_one_line_error():
+    with pytest.raises(MetarecError, match="no CUDA device is available"):
+        distributed.local_device("cuda", DistContext())
 
 
 def test_distributed_flag_without_torchrun_fails_loudly(monkeypatch, tmp_path):

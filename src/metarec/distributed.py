@@ -73,7 +73,12 @@ def pick_backend(device: str | torch.device) -> str:
 
 def local_device(device: str | torch.device, ctx: DistContext) -> str:
     """``cuda`` becomes ``cuda:<local_rank>`` (one GPU per process); others unchanged."""
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MetarecError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MetarecError(f"device {device!r}: no CUDA device is available to this process")
     if dev.type == "cuda" and dev.index is None and ctx.active:
         return f"cuda:{ctx.local_rank}"
     return str(dev)
