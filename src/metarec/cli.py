@@ -299,25 +299,41 @@ def cmd_update(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    """Until the main job lands: run the data pipeline on the bundled set and summarise."""
-    from metarec.data import dataset_info
-    from metarec.splits import make_split
+    """The main job: user cold-start on the bundled goodbooks-sample, meta-model vs baselines."""
+    from metarec.experiment import quickstart_config
+
+    config = quickstart_config(
+        seeds=args.seeds,
+        steps=args.steps,
+        max_users=args.max_users,
+        text_model=args.model,
+        shots=tuple(int(k) for k in args.shots.split(",") if k) if args.shots else (),
+    )
+    return _run_experiment(config, Path(args.out), quiet=args.quiet)
+
+
+def cmd_evaluate(args) -> int:
+    from metarec.experiment import load_config
+
+    config = load_config(args.config, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    return _run_experiment(config, out, quiet=args.quiet)
+
+
+def _run_experiment(config, out: Path, quiet: bool = False) -> int:
+    from metarec.experiment import run
+    from metarec.report import key_metrics, markdown_table, primary_metric, verdict
 
     t0 = time.perf_counter()
-    args.name, args.path = "goodbooks-sample", None
-    ds = _load(args)
-    info = dataset_info(ds)
-    split = make_split(ds, "user-cold", k_shot=args.k, n_query=args.query, seed=args.seed)
-    print(
-        f"dataset goodbooks-sample: {info['users']} users, {info['items']} items, "
-        f"{info['interactions']} interactions"
-    )
-    print("preprocessing:")
-    for step in ds.report:
-        print(f"  {step}")
-    print("user cold-start split:")
-    _print_json(split.summary)
-    print(f"done in {time.perf_counter() - t0:.1f}s")
+    results = run(config, out, progress=not quiet)
+    table = results.summary("main")
+    print(f"\n{config.name}: K = {results.main_k}, seeds {list(config.seeds)}, "
+          f"{results.protocol.get('test_users')} test users")
+    print(markdown_table(results, table, key_metrics(results)))
+    line = verdict(results, table, primary_metric(results))
+    if line:
+        print(line.replace("**", ""))
+    print(f"wrote {out / 'report.md'}, results.json and plots in {time.perf_counter() - t0:.0f}s")
     return 0
 
 
@@ -451,11 +467,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_update)
 
-    p = sub.add_parser("quickstart", help="the main job on the bundled goodbooks sample")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--query", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "quickstart",
+        help="the main job: user cold-start on the bundled goodbooks sample, "
+        "meta-model vs baselines; writes report.md, results.json and plots",
+    )
+    p.add_argument("--out", default="quickstart-out", help="output folder (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default: 1, ~5 min)")
+    p.add_argument("--model", default="default", help="text encoder (default MiniLM; hashing:64)")
+    p.add_argument("--shots", default="1,3,5,10", help="K-curve shots, comma-separated ('' = none)")
+    p.add_argument("--steps", type=int, help="cap meta-training steps (smaller = faster)")
+    p.add_argument("--max-users", dest="max_users", type=int, help="keep only the first N users")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("evaluate", help="run an experiment config: fit, evaluate, report")
+    p.add_argument("--config", required=True, help="experiment TOML (see configs/)")
+    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. seeds=[0] or "
+        "split.k_shot=5"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,679 @@
+"""Experiments: load -> preprocess -> split -> features -> fit -> evaluate, over seeds and K.
+
+One :class:`ExperimentConfig` (a TOML file, see ``configs/``) names a dataset, a cold-start
+protocol, a text encoder, a list of seeds, a list of methods and the K-shot curve.
+:func:`run` does, for every seed:
+
+1. cut the split at the main K (``split.k_shot``); build the features once for it (text
+   vectors from the on-disk embedding cache, PCA fitted on the split's training items);
+2. for every method: fit on ``split.train`` (meta methods early-stop on ``split.valid``;
+   a method with a ``grid`` fits every grid point and keeps the one with the best
+   validation metric, never looking at test), then evaluate on ``split.test``;
+3. for every K of the curve (``shots``): recut the split with ``k_shot = K`` (same seed, so
+   the same held-out users) and evaluate the fitted methods on its test users; a method is
+   refitted only when the recut changes ``train``. With ``curve_same_users`` every K is
+   evaluated on the same users: those that have an episode at every K.
+
+It writes ``results.json`` (mean ± std over seeds of every metric, bootstrap CI, per-seed
+values, fit seconds, the protocol and the config), ``report.md`` and PNG plots
+(:mod:`metarec.report`) into the output folder, atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import itertools
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from metarec import evaluate as evaluation
+from metarec.config import apply_overrides, from_dict, load_toml, to_dict
+from metarec.features import FeatureSet
+from metarec.model import MetaRecommender, ModelConfig, TextConfig
+from metarec.recommender import Recommender
+from metarec.types import Dataset, MetarecError, Split, Task
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "goodbooks-sample"
+    path: str | None = None  # relative paths are resolved against the config file's folder
+    options: dict = field(default_factory=dict)  # loader options (column mapping, ...)
+    preprocess: dict = field(default_factory=dict)  # PreprocessConfig keys
+    # budget option: keep only the first N users by first interaction (None = all)
+    max_users: int | None = None
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    protocol: str = "user-cold"
+    k_shot: int = 10  # support size of the main table
+    n_query: int = 10
+    valid_frac: float = 0.1
+    test_frac: float = 0.2
+    source: str | None = None  # cross-domain only
+    target: str | None = None
+    max_test_users: int | None = None  # budget option: evaluate on the first N test users
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the result tables.
+
+    kind ``baseline``: ``params`` are the keyword arguments of ``make_baseline(baseline)``.
+    kind ``meta``: ``params`` is a ModelConfig table (over the experiment's ``[model]``).
+    kind ``pooled``: the same scorer trained without meta-learning (no inner loop), then
+    ``finetune_steps`` plain SGD steps per user at adaptation (0 = no fine-tuning).
+    kind ``transfer``: cross-domain strategy ``feature``, ``parameter`` or ``joint``
+    (:mod:`metarec.transfer`). ``grid`` maps a parameter path (dots for nested ModelConfig
+    keys) to candidate values; the best point by ``select_metric`` on validation users wins.
+    """
+
+    name: str
+    kind: Literal["meta", "baseline", "pooled", "transfer"] = "baseline"
+    baseline: str | None = None  # registry name; default: ``name``
+    params: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+    select_metric: str | None = None  # default: evaluate's primary metric
+    finetune_steps: int = 0  # pooled only
+    strategy: Literal["feature", "parameter", "joint"] | None = None  # transfer only
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    shots: tuple[int, ...] = (1, 3, 5, 10, 20)  # K of the metric-vs-K curve; () = none
+    curve_same_users: bool = True
+    model: dict = field(default_factory=dict)  # ModelConfig defaults shared by meta methods
+    methods: tuple[MethodSpec, ...] = ()
+    metrics: tuple[str, ...] = ()  # table columns; () = a default set for the feedback kind
+    threshold: float = 4.0  # explicit data: a rating >= threshold is relevant
+    bootstrap: int = 1000
+    base_dir: str = "."  # where relative data paths start (set by load_config)
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise MetarecError("experiment: seeds is empty")
+        if not self.methods:
+            raise MetarecError("experiment: no methods (add [[methods]] tables)")
+        names = [m.name for m in self.methods]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise MetarecError(f"experiment: method name {dup[0]!r} is used twice")
+        for m in self.methods:
+            if m.kind == "transfer" and m.strategy is None:
+                raise MetarecError(f"method {m.name!r}: kind transfer needs a strategy")
+            if m.finetune_steps < 0:
+                raise MetarecError(f"method {m.name!r}: finetune_steps must be >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        return from_dict(cls, data, "")
+
+
+def load_config(
+    path: str | os.PathLike, overrides: Sequence[str] = (), **updates: Any
+) -> ExperimentConfig:
+    """Read a TOML experiment file, apply ``key.path=value`` overrides, validate."""
+    data = load_toml(path)
+    data.setdefault("base_dir", str(Path(path).resolve().parent))
+    data = apply_overrides(data, list(overrides))
+    data.update(updates)
+    return ExperimentConfig.from_dict(data)
+
+
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class MethodRun:
+    """One method fitted with one seed and evaluated at one K."""
+
+    method: str
+    kind: str
+    seed: int
+    k_shot: int
+    result: evaluation.EvalResult
+    fit_seconds: float
+    chosen: dict  # grid point picked on validation ({} without a grid)
+    history: tuple[dict, ...]  # meta methods: TrainResult.history of the rating/rank model
+    scenario: str = "main"  # "main" (all test users at the main K) or "curve" (the K-curve)
+
+
+@dataclass(frozen=True, eq=False)
+class Results:
+    config: ExperimentConfig
+    dataset: dict  # metarec.data.dataset_info
+    protocol: dict  # description of the split, users and selection rules
+    runs: tuple[MethodRun, ...]
+    seconds: float
+    out_dir: Path | None = None
+
+    @property
+    def main_k(self) -> int:
+        return self.config.split.k_shot
+
+    def scenario_ks(self) -> list[int]:
+        return sorted({r.k_shot for r in self.runs})
+
+    def methods(self) -> list[str]:
+        return [m.name for m in self.config.methods]
+
+    def runs_of(self, method: str, k_shot: int, scenario: str = "main") -> list[MethodRun]:
+        runs = [r for r in self.runs if r.method == method and r.k_shot == k_shot]
+        return [r for r in runs if _scenario_of(r) == scenario]
+
+    def summary(self, scenario: str = "main", k_shot: int | None = None) -> dict:
+        """method -> metric -> {mean, std, ci95, per_seed, n_users}: the JSON tables."""
+        k = self.main_k if k_shot is None else k_shot
+        out = {}
+        for name in self.methods():
+            runs = self.runs_of(name, k, scenario)
+            if runs:
+                out[name] = _aggregate(runs, self.config.bootstrap)
+        return out
+
+    def to_json(self) -> dict:
+        scenarios = [
+            {
+                "name": f"main (K={self.main_k})",
+                "k_shot": self.main_k,
+                "users": "every test user with more than K interactions",
+                "methods": self.summary("main"),
+            }
+        ]
+        for k in self.curve_ks():
+            scenarios.append(
+                {
+                    "name": f"K-curve (K={k})",
+                    "k_shot": k,
+                    "users": self.protocol.get("curve_users", ""),
+                    "methods": self.summary("curve", k),
+                }
+            )
+        fit = {}
+        for name in self.methods():
+            runs = [r for r in self.runs if r.method == name and _scenario_of(r) == "main"]
+            fit[name] = {
+                "fit_seconds": [round(r.fit_seconds, 3) for r in runs],
+                "chosen": [r.chosen for r in runs],
+                "history": [list(r.history) for r in runs],
+            }
+        return {
+            "name": self.config.name,
+            "protocol": self.protocol,
+            "dataset": self.dataset,
+            "scenarios": scenarios,
+            "fits": fit,
+            "seconds": round(self.seconds, 1),
+            "config": to_dict(self.config),
+        }
+
+    def curve_ks(self) -> list[int]:
+        return sorted({r.k_shot for r in self.runs if _scenario_of(r) == "curve"})
+
+
+def _scenario_of(run: MethodRun) -> str:
+    return run.scenario
+
+
+def _aggregate(runs: Sequence[MethodRun], n_boot: int) -> dict:
+    """Per metric: mean and sample std over seeds of the per-seed means, the per-seed values,
+    and a bootstrap 95% CI of the mean over the (seed, user) rows pooled."""
+    names = list(runs[0].result.metrics)
+    out = {}
+    for name in names:
+        per_seed = np.array([r.result.metrics.get(name, np.nan) for r in runs], dtype=np.float64)
+        pooled = np.concatenate([r.result.per_user[name] for r in runs])
+        pooled = pooled[~np.isnan(pooled)]
+        if len(runs) == 1:
+            ci = runs[0].result.ci95[name]
+        else:
+            ci = evaluation._bootstrap_ci(pooled, n_boot, np.random.default_rng(0))
+        ok = per_seed[~np.isnan(per_seed)]
+        out[name] = {
+            "mean": float(ok.mean()) if len(ok) else None,
+            "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0 if len(ok) else None,
+            "ci95": [_num(ci[0]), _num(ci[1])],
+            "per_seed": [_num(v) for v in per_seed],
+            "n_users": [int(r.result.n_users[name]) for r in runs],
+            "greater_is_better": evaluation.greater_is_better(name),
+        }
+    return out
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or not np.isfinite(v) else float(v)
+
+
+# --- pipeline pieces -----------------------------------------------------------------------
+
+
+def load_data(cfg: ExperimentConfig) -> Dataset:
+    from metarec.data import load_dataset
+    from metarec.preprocess import PreprocessConfig, preprocess
+
+    d = cfg.data
+    pre = PreprocessConfig.from_dict(d.preprocess)
+    path = _resolve(cfg, d.path)
+    options = dict(d.options)
+    if isinstance(options.get("items"), str):  # the item side file is a path too
+        options["items"] = _resolve(cfg, options["items"])
+    ds = load_dataset(d.name, path, preprocess=lambda raw: preprocess(raw, pre), **options)
+    if d.max_users is not None:
+        ds = _first_users(ds, d.max_users)
+    return ds
+
+
+def _resolve(cfg: ExperimentConfig, path: str | None) -> str | None:
+    if path is None or Path(path).is_absolute():
+        return path
+    return str(Path(cfg.base_dir) / path)
+
+
+def _first_users(ds: Dataset, n: int) -> Dataset:
+    """Keep the interactions of the first ``n`` users by first event (indices unchanged, so
+    features and id maps stay valid)."""
+    if n < 1:
+        raise MetarecError(f"data.max_users must be >= 1, got {n}")
+    inter = ds.interactions
+    order = np.lexsort((np.arange(len(inter)), inter.timestamp))
+    users, first = np.unique(inter.user_idx[order], return_index=True)
+    keep = users[np.argsort(first, kind="stable")][:n]
+    return dataclasses.replace(ds, interactions=inter.take(np.isin(inter.user_idx, keep)))
+
+
+def cut_split(ds: Dataset, cfg: ExperimentConfig, seed: int, k_shot: int) -> Split:
+    from metarec.splits import make_split
+
+    s = cfg.split
+    kw: dict[str, Any] = dict(
+        k_shot=k_shot,
+        n_query=s.n_query,
+        valid_frac=s.valid_frac,
+        test_frac=s.test_frac,
+        seed=seed,
+    )
+    if s.protocol == "cross-domain":
+        if not s.source or not s.target:
+            raise MetarecError("split.protocol cross-domain needs split.source and split.target")
+        kw.update(source=s.source, target=s.target)
+    split = make_split(ds, s.protocol, **kw)
+    if s.max_test_users is not None:
+        split = dataclasses.replace(split, test=split.test[: s.max_test_users])
+    return split
+
+
+def build_split_features(ds: Dataset, train_items: np.ndarray, text: TextConfig) -> FeatureSet:
+    """Features for one split: text vectors via the embedding cache, PCA fitted on the
+    training items only (``train_items``: item indices present in ``split.train``)."""
+    known = np.zeros(ds.n_items, dtype=bool)
+    known[train_items] = True
+    # MetaRecommender.build_features is the one place that turns a TextConfig into features
+    return MetaRecommender(ModelConfig(text=text, progress=False)).build_features(ds, known)
+
+
+def _model_config(base: dict, params: dict, seed: int, progress: bool) -> ModelConfig:
+    data = _deep_merge(base, params)
+    data = _deep_merge(data, {"seed": seed, "progress": progress, "train": {"seed": seed}})
+    return ModelConfig.from_dict(data)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = (
+            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out
+
+
+def _set_path(data: dict, path: str, value: Any) -> dict:
+    return apply_overrides(data, [f"{path}={json.dumps(value)}"])
+
+
+def _grid_points(grid: dict) -> list[dict]:
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    for k in keys:
+        if not isinstance(grid[k], list) or not grid[k]:
+            raise MetarecError(f"grid {k!r}: expected a non-empty list of values")
+    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+
+
+def make_method(
+    spec: MethodSpec, cfg: ExperimentConfig, seed: int, point: dict, progress: bool
+) -> Recommender:
+    """An unfitted recommender for ``spec`` with grid ``point`` applied."""
+    params = dict(spec.params)
+    for path, value in point.items():
+        params = _set_path(params, path, value)
+    if spec.kind == "baseline":
+        from metarec.baselines import BASELINES, make_baseline
+
+        name = spec.baseline or spec.name
+        if name in BASELINES and "seed" in inspect.signature(BASELINES[name]).parameters:
+            params.setdefault("seed", seed)
+        rec = make_baseline(name, **params)
+    else:
+        mcfg = _model_config(cfg.model, params, seed, progress)
+        if spec.kind == "meta":
+            rec = MetaRecommender(mcfg)
+        elif spec.kind == "pooled":
+            from metarec.transfer import PooledRecommender
+
+            rec = PooledRecommender(mcfg, finetune_steps=spec.finetune_steps)
+        else:
+            from metarec.transfer import TransferRecommender
+
+            assert spec.strategy is not None
+            rec = TransferRecommender(mcfg, spec.strategy)
+    rec.name = spec.name
+    return rec
+
+
+def _fit(rec: Recommender, ds: Dataset, split: Split, feats: FeatureSet) -> Recommender:
+    from metarec.transfer import TransferRecommender
+
+    if isinstance(rec, TransferRecommender):
+        return rec.fit(
+            ds,
+            split.train,
+            feats,
+            valid=split.valid,
+            source_domain=split.source_domain,
+            target_domain=split.target_domain,
+        )
+    if isinstance(rec, MetaRecommender):
+        # validation users drive early stopping; test users are never passed
+        return rec.fit(ds, split.train, feats, valid=split.valid)
+    return rec.fit(ds, split.train, feats)
+
+
+def fit_method(
+    spec: MethodSpec,
+    cfg: ExperimentConfig,
+    ds: Dataset,
+    split: Split,
+    feats: FeatureSet,
+    seed: int,
+    progress: bool = False,
+) -> tuple[Recommender, dict, float]:
+    """Fit ``spec`` on ``split.train``; with a grid, pick the point on ``split.valid``.
+
+    Returns (fitted recommender, chosen grid point, seconds of all fits). Test tasks are
+    never touched here.
+    """
+    t0 = time.perf_counter()
+    points = _grid_points(spec.grid)
+    if len(points) == 1:
+        rec = _fit(make_method(spec, cfg, seed, points[0], progress), ds, split, feats)
+        return rec, points[0], time.perf_counter() - t0
+    if not split.valid:
+        raise MetarecError(f"method {spec.name!r}: a grid needs validation users (valid_frac)")
+    best: tuple[float, Recommender, dict] | None = None
+    for point in points:
+        rec = _fit(make_method(spec, cfg, seed, point, progress), ds, split, feats)
+        r = evaluation.evaluate(
+            rec,
+            ds,
+            split.valid,
+            threshold=cfg.threshold,
+            bootstrap=0,
+            primary_metric=spec.select_metric,
+        )
+        v = r.primary if r.greater_is_better else -r.primary
+        if np.isfinite(v) and (best is None or v > best[0]):
+            best = (v, rec, {**point, "_valid_" + r.primary_metric: r.primary})
+    if best is None:
+        raise MetarecError(f"method {spec.name!r}: every grid point scored NaN on validation")
+    return best[1], best[2], time.perf_counter() - t0
+
+
+def _history(rec: Recommender) -> tuple[dict, ...]:
+    out = []
+    for key in ("rating_", "rank_"):
+        part = getattr(rec, key, None)
+        if part is not None and part.result is not None:
+            out += [{"model": key.rstrip("_"), **h} for h in part.result.history]
+    return tuple(out)
+
+
+def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dict:
+    s = cfg.split
+    users = {
+        "user-cold": "the newest users by first interaction"
+        if ds_info.get("time") == "unix_seconds"
+        else "a seeded random share of users (the data has no times)",
+        "item-cold": "users with events on the newest (held-out) items",
+        "user-item-cold": "held-out users, queried on held-out items only",
+        "cross-domain": f"users active in both domains, cold in {s.target!r}",
+        "warm": "sampled users whose last events are held out",
+    }.get(s.protocol, s.protocol)
+    return {
+        "dataset": cfg.data.name,
+        "protocol": s.protocol,
+        "source": s.source,
+        "target": s.target,
+        "k_shot": s.k_shot,
+        "n_query": s.n_query,
+        "valid_frac": s.valid_frac,
+        "test_frac": s.test_frac,
+        "seeds": list(cfg.seeds),
+        "shots": list(cfg.shots),
+        "held_out": users,
+        "support": "each held-out user's first K interactions in time order; query: the next Q",
+        "test_users": len(split.test),
+        "valid_users": len(split.valid),
+        "train_interactions": len(split.train),
+        "selection": "meta-models early-stop on validation users' query loss; grids are "
+        "picked by the validation users' primary metric; test users are used once, at the end",
+        "text": {"model": cfg.text.model, "pca_dim": cfg.text.pca_dim},
+        "threshold": cfg.threshold,
+        "curve_users": "the test users with an episode at every K of the curve"
+        if cfg.curve_same_users
+        else "every test user with more than K interactions (changes with K)",
+        "split_summary": split.summary,
+    }
+
+
+# --- the runner ----------------------------------------------------------------------------
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _items_key(train_items: np.ndarray) -> str:
+    return hashlib.sha256(np.unique(train_items).astype(np.int64).tobytes()).hexdigest()
+
+
+def _same_rows(a: Split, b: Split) -> bool:
+    x, y = a.train, b.train
+    return len(x) == len(y) and all(
+        np.array_equal(getattr(x, f), getattr(y, f)) for f in ("user_idx", "item_idx", "rating")
+    )
+
+
+def _restrict(tasks: Sequence[Task], users: set[int]) -> tuple[Task, ...]:
+    return tuple(t for t in tasks if t.user_idx in users)
+
+
+def run(
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike | None,
+    progress: bool = True,
+    on_result: Callable[[MethodRun], None] | None = None,
+) -> Results:
+    """Run the experiment; write results.json, report.md and plots to ``out_dir`` (None:
+    write nothing). ``on_result`` is called after every evaluation (for live tables)."""
+    from metarec.data import dataset_info
+
+    t_start = time.perf_counter()
+    ds = load_data(config)
+    info = dataset_info(ds)
+    _log(
+        progress,
+        f"dataset {ds.name}: {info['users']} users, {info['items']} items, "
+        f"{info['interactions']} interactions ({info['feedback']})",
+    )
+    runs: list[MethodRun] = []
+    protocol: dict = {}
+    main_k = config.split.k_shot
+    curve = [k for k in config.shots]
+
+    def evaluate_on(rec: Recommender, tasks: Sequence[Task], seed: int) -> evaluation.EvalResult:
+        return evaluation.evaluate(
+            rec, ds, tasks, threshold=config.threshold, bootstrap=config.bootstrap, seed=seed
+        )
+
+    for seed in config.seeds:
+        main = cut_split(ds, config, seed, main_k)
+        if not protocol:
+            protocol = describe_protocol(config, info, main)
+        _log(
+            progress,
+            f"[seed {seed}] split {main.protocol} K={main_k}: {len(main.train)} "
+            f"train rows, {len(main.valid)} valid / {len(main.test)} test users",
+        )
+        features: dict[str, FeatureSet] = {}  # train-item-set hash -> features, per seed
+
+        def feats_for(split: Split, features=features, seed=seed) -> FeatureSet:
+            key = _items_key(split.train.item_idx)
+            if key not in features:
+                t0 = time.perf_counter()
+                features[key] = build_split_features(ds, split.train.item_idx, config.text)
+                shape = tuple(features[key].item_text.shape)
+                _log(progress, f"[seed {seed}] features {shape} in {time.perf_counter() - t0:.1f}s")
+            return features[key]
+
+        curve_splits = {k: (main if k == main_k else cut_split(ds, config, seed, k)) for k in curve}
+        common: set[int] | None = None
+        if config.curve_same_users and curve_splits:
+            sets = [{t.user_idx for t in s.test} for s in curve_splits.values()]
+            common = set.intersection(*sets)
+            if not common:
+                raise MetarecError(
+                    "K-curve: no test user has an episode at every K; lower the largest shot "
+                    "or set curve_same_users = false"
+                )
+        for spec in config.methods:
+            rec, chosen, secs = fit_method(spec, config, ds, main, feats_for(main), seed, progress)
+            res = evaluate_on(rec, main.test, seed)
+            r = MethodRun(spec.name, spec.kind, seed, main_k, res, secs, chosen, _history(rec))
+            runs.append(r)
+            if on_result:
+                on_result(r)
+            _log(
+                progress,
+                f"[seed {seed}] {spec.name}: fit {secs:.1f}s, "
+                f"{res.primary_metric} = {res.primary:.4f} on {len(main.test)} test users",
+            )
+            for k, split_k in curve_splits.items():
+                fitted, ksecs, kchosen = rec, secs, chosen
+                if not _same_rows(split_k, main):  # the recut moved training rows: refit
+                    fitted, kchosen, ksecs = fit_method(
+                        spec, config, ds, split_k, feats_for(split_k), seed, progress
+                    )
+                tasks = split_k.test if common is None else _restrict(split_k.test, common)
+                kres = evaluate_on(fitted, tasks, seed)
+                runs.append(
+                    MethodRun(spec.name, spec.kind, seed, k, kres, ksecs, kchosen, (), "curve")
+                )
+            if curve_splits:
+                _log(progress, f"[seed {seed}] {spec.name}: K-curve {sorted(curve_splits)} done")
+    results = Results(config, info, protocol, tuple(runs), time.perf_counter() - t_start)
+    if out_dir is not None:
+        results = write_results(results, out_dir)
+    return results
+
+
+def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
+    """results.json + report.md + plots into ``out_dir`` (each file written atomically)."""
+    from metarec import report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = dataclasses.replace(results, out_dir=out)
+    atomic_write_text(out / "results.json", json.dumps(results.to_json(), indent=2) + "\n")
+    plots = report.write_plots(results, out)
+    atomic_write_text(out / "report.md", report.render_markdown(results, plots))
+    return results
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- the main job --------------------------------------------------------------------------
+
+QUICKSTART_BASELINES = (
+    "popularity",
+    "item_mean_user_bias",
+    "biased_mf",
+    "ease",
+    "implicit_als",
+    "text_cosine",
+)
+
+
+def quickstart_config(
+    seeds: int = 1,
+    steps: int | None = None,
+    max_users: int | None = None,
+    text_model: str = "default",
+    shots: Sequence[int] = (1, 3, 5, 10),
+) -> ExperimentConfig:
+    """``metarec quickstart``: user cold-start on the bundled goodbooks-sample, the
+    meta-model (and its pooled, non-meta twin) against the baselines.
+
+    Sized for about 5 minutes on 2 CPU cores with one seed, MiniLM embedding included on
+    a cold cache. ``steps`` caps meta-training steps and ``max_users`` keeps the first
+    users only (both for tests and small machines).
+    """
+    model: dict[str, Any] = {"train": {"steps": 300, "eval_every": 25, "patience": 4}}
+    if steps is not None:
+        model["train"].update(steps=steps, eval_every=max(1, min(25, steps)))
+    methods = [
+        {"name": "MetaRec", "kind": "meta"},
+        {"name": "Pooled (no meta-learning)", "kind": "pooled"},
+        *({"name": b, "kind": "baseline"} for b in QUICKSTART_BASELINES),
+    ]
+    return ExperimentConfig.from_dict(
+        {
+            "name": "quickstart: goodbooks-sample user cold-start",
+            "data": {"name": "goodbooks-sample", "max_users": max_users},
+            "split": {"protocol": "user-cold", "k_shot": 10, "n_query": 10},
+            "text": {"model": text_model, "pca_dim": 64},
+            "seeds": list(range(seeds)),
+            "shots": [k for k in shots],
+            "model": model,
+            "methods": methods,
+        }
+    )

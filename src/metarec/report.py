@@ -1,0 +1,385 @@
+"""Experiment results -> report.md (tables with the protocol stated) and PNG plots.
+
+Plots need matplotlib (extra ``metarec[plots]``), imported lazily with the Agg backend so
+nothing opens a window. Tables: one per scenario, methods x key metrics as mean ± std over
+seeds, the best mean per metric in bold, and a plain sentence saying whether the best
+meta-learned method beats the best baseline on the primary metric.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from metarec.evaluate import greater_is_better
+from metarec.types import MetarecError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from metarec.experiment import Results
+
+EXPLICIT_METRICS = (
+    "RMSE",
+    "MAE",
+    "AUC",
+    "nDCG@3 (query)",
+    "nDCG@10 (full)",
+    "Recall@10 (full)",
+)
+IMPLICIT_METRICS = ("AUC", "nDCG@10 (full)", "HR@10 (full)", "Recall@10 (full)", "MRR (full)")
+PRIMARY = "nDCG@10 (full)"
+META_KINDS = ("meta", "pooled", "transfer")
+
+
+def key_metrics(results: Results) -> list[str]:
+    """The table's columns: the config's list, else a default set for the feedback kind."""
+    if results.config.metrics:
+        return list(results.config.metrics)
+    explicit = results.dataset.get("feedback") == "explicit"
+    return list(EXPLICIT_METRICS if explicit else IMPLICIT_METRICS)
+
+
+def primary_metric(results: Results) -> str:
+    first = next(iter(results.runs), None)
+    return first.result.primary_metric if first is not None else PRIMARY
+
+
+def _fmt(cell: dict | None, bold: bool) -> str:
+    """mean ± std over seeds; with one seed (no spread to show) mean [bootstrap 95% CI]."""
+    if cell is None or cell.get("mean") is None:
+        return "–"
+    if len(cell["per_seed"]) == 1 and cell["ci95"][0] is not None:
+        lo, hi = cell["ci95"]
+        txt = f"{cell['mean']:.4f} [{lo:.3f}, {hi:.3f}]"
+    else:
+        txt = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    return f"**{txt}**" if bold else txt
+
+
+def _err(cell: dict) -> float | tuple[float, float]:
+    """Error bar half-widths: std over seeds, or the bootstrap CI with one seed."""
+    if len(cell["per_seed"]) == 1 and cell["ci95"][0] is not None:
+        return (cell["mean"] - cell["ci95"][0], cell["ci95"][1] - cell["mean"])
+    return (cell["std"], cell["std"])
+
+
+def _best(table: dict, metric: str, names: list[str]) -> str | None:
+    vals = [
+        (n, table[n][metric]["mean"])
+        for n in names
+        if metric in table.get(n, {}) and table[n][metric]["mean"] is not None
+    ]
+    if not vals:
+        return None
+    sign = 1.0 if greater_is_better(metric) else -1.0
+    return max(vals, key=lambda nv: sign * nv[1])[0]
+
+
+def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
+    """Methods x metrics as a GitHub table, best mean per column in bold."""
+    names = [n for n in results.methods() if n in table]
+    best = {m: _best(table, m, names) for m in metrics}
+    arrows = [f"{m} {'↑' if greater_is_better(m) else '↓'}" for m in metrics]
+    lines = [
+        "| method | kind | " + " | ".join(arrows) + " |",
+        "|---|---|" + "---|" * len(metrics),
+    ]
+    kinds = {m.name: m.kind for m in results.config.methods}
+    for n in names:
+        cells = [_fmt(table[n].get(m), best[m] == n) for m in metrics]
+        lines.append(f"| {n} | {kinds[n]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(results: Results, table: dict, metric: str) -> str:
+    """One honest sentence: does the best meta-learned method beat the best baseline?"""
+    kinds = {m.name: m.kind for m in results.config.methods}
+    metas = [n for n in table if kinds.get(n) in META_KINDS]
+    bases = [n for n in table if kinds.get(n) == "baseline"]
+    bm, bb = _best(table, metric, metas), _best(table, metric, bases)
+    if bm is None or bb is None:
+        return ""
+    vm, vb = table[bm][metric], table[bb][metric]
+    better = (vm["mean"] > vb["mean"]) == greater_is_better(metric) and vm["mean"] != vb["mean"]
+    if len(vm["per_seed"]) > 1:
+        spread = f"(± {vm['std']:.4f} vs ± {vb['std']:.4f} over seeds)"
+        overlap = abs(vm["mean"] - vb["mean"]) <= vm["std"] + vb["std"]
+        why = "within one standard deviation across seeds"
+    else:
+        spread = "(one seed; 95% CIs over users in the table)"
+        # the meta-model's mean inside the baseline's interval, or the reverse
+        overlap = _inside(vm["mean"], vb["ci95"]) or _inside(vb["mean"], vm["ci95"])
+        why = "inside the bootstrap confidence intervals"
+    if better:
+        tail = f" The gap is {why}, so it is not a clear win." if overlap else ""
+        return (
+            f"The best meta-learned method, {bm}, beats the best baseline, {bb}, on {metric}: "
+            f"{vm['mean']:.4f} vs {vb['mean']:.4f} {spread}.{tail}"
+        )
+    return (
+        f"**The meta-learned methods do not beat the best baseline on {metric}:** "
+        f"best meta-learned {bm} = {vm['mean']:.4f}, best baseline {bb} = {vb['mean']:.4f} "
+        f"{spread}."
+    )
+
+
+def _inside(v: float, ci: list) -> bool:
+    return ci[0] is not None and ci[0] <= v <= ci[1]
+
+
+def _protocol_text(results: Results, k_shot: int, users: str) -> str:
+    p, cfg = results.protocol, results.config
+    seeds = ", ".join(str(s) for s in cfg.seeds)
+    order = (
+        "time" if results.dataset.get("time") == "unix_seconds" else "log (the data has no times)"
+    )
+    cross = f" from {p.get('source')} to {p.get('target')}" if p.get("source") else ""
+    one_seed = (
+        " One seed only (to fit the time budget): cells show the mean and its bootstrap 95% "
+        "CI over test users, not seed-to-seed spread (rerun with more seeds)."
+        if len(cfg.seeds) == 1
+        else ""
+    )
+    return (
+        f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
+        f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
+        f"user, seeds {seeds} (mean ± std over seeds).{one_seed} Held-out users: "
+        f"{p.get('held_out')}; evaluated on {users}. Support = first K interactions in "
+        f"{order} order, query = the next Q. Hyperparameters: {p.get('selection')}. Text: "
+        f"{p.get('text', {}).get('model')} (PCA {p.get('text', {}).get('pca_dim')}, fitted on "
+        f"training items only). Relevant = rating >= {p.get('threshold')} (explicit) or "
+        f"label 1 (implicit); (full) metrics rank the whole catalogue minus the support."
+    )
+
+
+def render_markdown(results: Results, plots: dict[str, str]) -> str:
+    cfg, p = results.config, results.protocol
+    metrics = key_metrics(results)
+    prim = primary_metric(results)
+    lines = [f"# {cfg.name}", ""]
+    d = results.dataset
+    lines += [
+        f"Dataset {d.get('name')}: {d.get('users')} users, {d.get('items')} items, "
+        f"{d.get('interactions')} interactions ({d.get('feedback')}). Split: "
+        f"{p.get('train_interactions')} training interactions, {p.get('valid_users')} "
+        f"validation users, {p.get('test_users')} test users (seed {cfg.seeds[0]}). "
+        f"Wall time {results.seconds:.0f} s.",
+        "",
+        f"## Main table (K = {results.main_k})",
+        "",
+        _protocol_text(results, results.main_k, "every test user with more than K interactions"),
+        "",
+    ]
+    main = results.summary("main")
+    lines += [markdown_table(results, main, metrics), ""]
+    v = verdict(results, main, prim)
+    if v:
+        lines += [v, ""]
+    fits = []
+    for name in results.methods():
+        runs = results.runs_of(name, results.main_k)
+        if runs:
+            secs = sum(r.fit_seconds for r in runs) / len(runs)
+            chosen = [{k: v for k, v in r.chosen.items()} for r in runs if r.chosen]
+            extra = f"; picked on validation: {chosen}" if chosen else ""
+            fits.append(f"- {name}: fit {secs:.1f} s per seed{extra}")
+    lines += ["Fit times (and grid points chosen on validation users):", "", *fits, ""]
+    ks = results.curve_ks()
+    if ks:
+        n_curve = [len(r.result.user_idx) for r in results.runs if r.scenario == "curve"]
+        lines += [
+            "## K-curve",
+            "",
+            f"Each K recuts the split with the same seed (same held-out users); fitted models "
+            f"are reused when the recut leaves the training rows unchanged. Evaluated on "
+            f"{p.get('curve_users', '')} ({min(n_curve)}-{max(n_curve)} users per seed).",
+            "",
+        ]
+    for k in ks:
+        lines += [
+            f"### K = {k}",
+            "",
+            f"*Protocol:* {p.get('dataset')}, {p.get('protocol')}, K = {k}, Q = "
+            f"{p.get('n_query')}, seeds {', '.join(str(s) for s in cfg.seeds)}; the curve's "
+            "users; selection and features as in the main table.",
+            "",
+            markdown_table(results, results.summary("curve", k), metrics),
+            "",
+        ]
+    if plots:
+        lines += ["## Plots", ""]
+        for title, fname in plots.items():
+            lines += [f"### {title}", "", f"![{title}]({fname})", ""]
+    return "\n".join(lines)
+
+
+# --- plots ---------------------------------------------------------------------------------
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MetarecError(
+            "plots need matplotlib: pip install 'metarec[plots]' (or run with plots off)"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _slug(metric: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in metric).strip("_").lower()
+
+
+def write_plots(results: Results, out: Path) -> dict[str, str]:
+    """Write the PNGs; returns {title: file name} for the report."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    files: dict[str, str] = {}
+    metrics = [m for m in key_metrics(results)]
+    prim = primary_metric(results)
+    names = results.methods()
+    kinds = {m.name: m.kind for m in results.config.methods}
+
+    # 1. metric vs K, one line per method (mean ± std over seeds)
+    ks = results.curve_ks()
+    if len(ks) >= 2:
+        shown = [prim] + [m for m in ("AUC", "RMSE") if m in metrics and m != prim]
+        fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
+        for ax, metric in zip(axes[0], shown, strict=True):
+            for i, name in enumerate(names):
+                xs, ys, es = [], [], []
+                for k in ks:
+                    cell = results.summary("curve", k).get(name, {}).get(metric)
+                    if cell and cell["mean"] is not None:
+                        xs.append(k)
+                        ys.append(cell["mean"])
+                        es.append(cell["std"])
+                style = "-" if kinds[name] in META_KINDS else "--"
+                ax.errorbar(
+                    xs,
+                    ys,
+                    yerr=es,
+                    fmt=style + "o",
+                    ms=3,
+                    capsize=2,
+                    label=name,
+                    color=plt.cm.tab10(i % 10),
+                )
+            ax.set_xscale("log")
+            ax.set_xticks(ks)
+            ax.set_xticklabels([str(k) for k in ks])
+            ax.set_xlabel("K (support interactions per user)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{metric} vs K")
+            ax.grid(alpha=0.3)
+        # every method is in the first axis' handles (empty series included)
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        n_seeds = len(results.config.seeds)
+        fig.suptitle(
+            f"solid: meta-learned / pooled, dashed: baselines; error bars: std over {n_seeds} "
+            "seed(s)",
+            fontsize=8,
+        )
+        fig.tight_layout()
+        _save(fig, out / "shots.png")
+        plt.close(fig)
+        files["Metrics vs number of support shots K"] = "shots.png"
+
+    # 2. training curves of the meta methods (first seed)
+    curves = []
+    for name in names:
+        runs = results.runs_of(name, results.main_k)
+        if runs and runs[0].history:
+            curves.append((name, runs[0].history))
+    if curves:
+        n = len(curves)
+        cols = min(4, n)
+        rows = math.ceil(n / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+        for ax in axes.flat[n:]:
+            ax.set_visible(False)
+        for ax, (name, hist) in zip(axes.flat, curves, strict=False):
+            for model, color in (("rating", "tab:blue"), ("rank", "tab:orange")):
+                h = [e for e in hist if e.get("model") == model]
+                if not h:
+                    continue
+                steps = [e["step"] for e in h]
+                ax.plot(
+                    steps, [e["train_loss"] for e in h], ":.", color=color, label=f"{model} train"
+                )
+                val = [(e["step"], e["valid_loss"]) for e in h if e["valid_loss"] is not None]
+                if val:
+                    ax.plot(
+                        *zip(*val, strict=True), "-o", ms=3, color=color, label=f"{model} valid"
+                    )
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("meta-training step")
+            ax.set_ylabel("loss")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+        _save(fig, out / "training.png")
+        plt.close(fig)
+        files[f"Training curves (seed {results.config.seeds[0]})"] = "training.png"
+
+    # 3. bars with error bars at the main K
+    main = results.summary("main")
+    shown = [m for m in metrics if any(m in main.get(n, {}) for n in names)]
+    if shown:
+        cols = min(3, len(shown))
+        rows = math.ceil(len(shown) / cols)
+        height = max(3.0, 0.28 * len(names) + 1.2)
+        fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, height * rows), squeeze=False)
+        for ax in axes.flat[len(shown) :]:
+            ax.set_visible(False)
+        for ax, metric in zip(axes.flat, shown, strict=False):
+            rows_ = [(n, main[n][metric]) for n in names if main.get(n, {}).get(metric)]
+            rows_ = [(n, c) for n, c in rows_ if c["mean"] is not None]
+            ys = list(range(len(rows_)))
+            colors = ["tab:blue" if kinds[n] in META_KINDS else "tab:gray" for n, _ in rows_]
+            errs = np.array([_err(c) for _, c in rows_]).T  # (2, n): below, above
+            ax.barh(ys, [c["mean"] for _, c in rows_], xerr=errs, color=colors, capsize=2)
+            ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.set_yticks(ys)
+            ax.set_yticklabels([n for n, _ in rows_], fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(f"{metric} {'↑' if greater_is_better(metric) else '↓'}", fontsize=9)
+            ax.grid(axis="x", alpha=0.3)
+            lo = float((np.array([c["mean"] for _, c in rows_]) - errs[0]).min())
+            hi = float((np.array([c["mean"] for _, c in rows_]) + errs[1]).max())
+            pad = 0.1 * (hi - lo or 1.0)
+            ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
+        bars = (
+            "bootstrap 95% CI over users (one seed)"
+            if len(results.config.seeds) == 1
+            else f"std over {len(results.config.seeds)} seeds"
+        )
+        fig.suptitle(
+            f"K = {results.main_k}: mean, error bars = {bars}; "
+            "blue: meta-learned / pooled, gray: baselines",
+            fontsize=9,
+        )
+        fig.tight_layout()
+        _save(fig, out / "methods.png")
+        plt.close(fig)
+        files[f"Methods at K = {results.main_k}"] = "methods.png"
+    return files

@@ -1,0 +1,232 @@
+"""Reusing trained parameters in another setting: pooled training and cross-domain transfer.
+
+* :class:`PooledRecommender`: the meta-model's scorer trained *without* meta-learning (no
+  inner loop while training: plain supervised training on every warm user's episodes),
+  optionally fine-tuned per user at adaptation time with ``finetune_steps`` SGD steps on
+  the support. It answers "does meta-learning help, or just the architecture?".
+* :class:`TransferRecommender`, for cross-domain splits (``Split.source_domain`` /
+  ``target_domain``), one of three strategies:
+
+  ``joint``      one meta-training on the union: source interactions and the target's warm
+                 users in the same task pool (what ``split.train`` already holds).
+  ``parameter``  meta-train on the source domain only, then initialise the target model
+                 from those parameters and meta-train (fine-tune) on the target's rows.
+  ``feature``    as ``parameter``, but the feature extractor (ID embeddings, projections,
+                 user vector) stays frozen: only the decision layers learn on the target.
+
+The training loop (:func:`metarec.train.train`) builds its learner and initial parameters
+itself and has no parameter for "start from these" or "keep these fixed". Until it does
+(the hook wanted: ``train(..., init: Params | None = None, trainable: Callable[[str], bool]
+| None = None)``), :func:`_initialised_training` swaps the learner class that ``train`` uses
+for the duration of one call, in this module only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Self
+
+import numpy as np
+import torch
+
+from metarec import train as train_module
+from metarec.features import FeatureSet
+from metarec.meta.algorithms import ALGORITHMS, MetaLearner
+from metarec.model import MetaRecommender, ModelConfig
+from metarec.models.scorer import param_group
+from metarec.types import Dataset, Interactions, MetarecError, Task
+
+Params = dict[str, torch.Tensor]
+
+
+class PooledRecommender(MetaRecommender):
+    """Same scorer and features as MetaRecommender, trained with ``inner_steps = 0``.
+
+    With zero inner steps the "meta-gradient" is the plain gradient of the query loss at
+    the shared parameters, so training is ordinary supervised learning over all warm
+    users' episodes. At adaptation the parameters are fine-tuned per user with
+    ``finetune_steps`` first-order SGD steps (step size ``meta.inner_lr``) on the support,
+    on the groups the algorithm adapts; ``finetune_steps = 0`` scores with the shared
+    parameters (the support still enters through the history profile).
+    """
+
+    def __init__(self, config: ModelConfig | None = None, finetune_steps: int = 0) -> None:
+        cfg = config or ModelConfig()
+        if finetune_steps < 0:
+            raise MetarecError(f"pooled: finetune_steps must be >= 0, got {finetune_steps}")
+
+        def pooled(meta):
+            # an SGD inner loop is needed for fine-tuning; ridge/np adapt without steps
+            algo = meta.algorithm if ALGORITHMS[meta.algorithm].inner == "sgd" else "fomaml"
+            return dataclasses.replace(meta, algorithm=algo, inner_steps=0, first_order=True)
+
+        cfg = dataclasses.replace(
+            cfg,
+            meta=pooled(cfg.meta),
+            rank_meta=None if cfg.rank_meta is None else pooled(cfg.rank_meta),
+        )
+        super().__init__(cfg)
+        self.finetune_steps = int(finetune_steps)
+        self.name = "Pooled" + (f"+FT{finetune_steps}" if finetune_steps else "")
+
+    def fit(
+        self,
+        dataset: Dataset,
+        train: Interactions,
+        features: FeatureSet | None = None,
+        valid: Sequence[Task] | None = None,
+    ) -> Self:
+        super().fit(dataset, train, features, valid)
+        if self.finetune_steps:
+            # training used 0 inner steps; adaptation (score/recommend) uses finetune_steps
+            for key in ("rating_", "rank_"):
+                part = getattr(self, key)
+                if part is not None:
+                    learner = part.learner
+                    tuned = dataclasses.replace(learner.cfg, inner_steps=self.finetune_steps)
+                    setattr(
+                        self,
+                        key,
+                        dataclasses.replace(part, learner=MetaLearner(learner.scorer, tuned)),
+                    )
+        return self
+
+
+# --- cross-domain transfer -----------------------------------------------------------------
+
+STRATEGIES = ("joint", "parameter", "feature")
+# groups the feature strategy keeps fixed on the target: everything that maps ids and text
+# to representations; the decision layers (MLP + head) learn
+FROZEN_FOR_FEATURE = ("embedding", "projection", "user")
+
+
+@contextlib.contextmanager
+def _initialised_training(init: Params, trainable: Callable[[str], bool]) -> Iterator[None]:
+    """Within the block, ``metarec.train.train`` starts from ``init`` (keys it has) and
+    gives zero gradients to parameters for which ``trainable(name)`` is False (Adam with
+    zero gradients from zero moments never moves them)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class InitLearner(MetaLearner):
+        def init_params(self, generator: torch.Generator | None = None) -> Params:
+            p = super().init_params(generator)
+            for k, v in init.items():
+                if k in p and p[k].shape == v.shape:
+                    p[k] = v.detach().clone()
+            return p
+
+        def meta_grads(self, params: Params, x) -> tuple[torch.Tensor, Params]:
+            loss, grads = super().meta_grads(params, x)
+            return loss, {k: g if trainable(k) else torch.zeros_like(g) for k, g in grads.items()}
+
+    original = train_module.MetaLearner
+    train_module.MetaLearner = InitLearner
+    try:
+        yield
+    finally:
+        train_module.MetaLearner = original
+
+
+def _domain_rows(inter: Interactions, domain: int) -> Interactions:
+    return inter.take(inter.domain == domain)
+
+
+class TransferRecommender(MetaRecommender):
+    """MetaRecommender fitted by a cross-domain strategy (module docstring)."""
+
+    def __init__(self, config: ModelConfig | None = None, strategy: str = "joint") -> None:
+        if strategy not in STRATEGIES:
+            raise MetarecError(f"unknown transfer strategy {strategy!r}; known: {STRATEGIES}")
+        super().__init__(config)
+        self.strategy = strategy
+        self.name = f"Transfer-{strategy}"
+        self.source_: MetaRecommender | None = None
+
+    def fit(
+        self,
+        dataset: Dataset,
+        train: Interactions,
+        features: FeatureSet | None = None,
+        valid: Sequence[Task] | None = None,
+        *,
+        source_domain: int | None = None,
+        target_domain: int | None = None,
+    ) -> Self:
+        if self.strategy == "joint":
+            return super().fit(dataset, train, features, valid)
+        src, tgt = self._domains(dataset, train, valid, source_domain, target_domain)
+        source_rows, target_rows = _domain_rows(train, src), _domain_rows(train, tgt)
+        if len(source_rows) == 0 or len(target_rows) == 0:
+            raise MetarecError(
+                f"transfer {self.strategy}: train has {len(source_rows)} source and "
+                f"{len(target_rows)} target rows; both must be non-empty"
+            )
+        # 1. the source model, on source rows only (validation: the target's valid users,
+        #    the only held-out users there are; they pick the step to transfer from)
+        self.source_ = MetaRecommender(self.config).fit(dataset, source_rows, features, valid)
+        parts_init: dict[str, Params] = {}
+        for head in ("rating_", "rank_"):
+            part = getattr(self.source_, head)
+            parts_init[head] = dict(part.params) if part is not None else {}
+        frozen = FROZEN_FOR_FEATURE if self.strategy == "feature" else ()
+
+        # 2. the target model: same features, started from the source parameters
+        feats = self.source_.features_
+        assert feats is not None
+        plain = FeatureSet(  # drop the unknown-user row, fit() appends it again
+            feats.item_text, feats.item_side, feats.user_side[:-1], feats.encoder_fingerprint
+        )
+        # MetaRecommender.fit trains the rating part, then the rank part; each call of
+        # train() inside it starts from the matching source part
+        order = [h for h in ("rating_", "rank_") if parts_init[h]]
+        calls = iter(order)
+        original_train = train_module.train
+
+        def train_from_source(*args, **kwargs):
+            head = next(calls)
+            with _initialised_training(
+                parts_init[head], lambda name: param_group_or_meta(name) not in frozen
+            ):
+                return original_train(*args, **kwargs)
+
+        import metarec.model as model_module
+
+        model_module.train = train_from_source
+        try:
+            super().fit(dataset, target_rows, plain, valid)
+        finally:
+            model_module.train = original_train
+        return self
+
+    @staticmethod
+    def _domains(
+        dataset: Dataset,
+        train: Interactions,
+        valid: Sequence[Task] | None,
+        source: int | None,
+        target: int | None,
+    ) -> tuple[int, int]:
+        """Source/target domain indices: given, else target = the domain of the validation
+        supports and source = the other one."""
+        if source is not None and target is not None:
+            return source, target
+        if len(dataset.domains) != 2:
+            raise MetarecError("transfer: pass source_domain/target_domain (not 2 domains)")
+        if not valid:
+            raise MetarecError("transfer: needs validation tasks to tell the target domain")
+        doms = np.unique(np.concatenate([t.support.domain for t in valid]))
+        if len(doms) != 1:
+            raise MetarecError("transfer: validation supports span several domains")
+        tgt = int(doms[0])
+        return 1 - tgt, tgt
+
+
+def param_group_or_meta(name: str) -> str:
+    """The scorer group of a parameter; algorithm meta-parameters (step sizes, λ, the NP
+    encoder) count as 'decision' so they learn on the target."""
+    try:
+        return param_group(name)
+    except MetarecError:
+        return "decision"
