@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from metarec.meta.episodes import Episode, make_episode
-from metarec.text.cache import EmbeddingCache
+from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import TextEncoder
 from metarec.types import MetarecError
 
@@ -288,13 +288,21 @@ def embed_resumable(
     n_chunks = (len(texts) + chunk_size - 1) // chunk_size
     parts: list[np.ndarray] = []
     stats = {"n_texts": len(texts), "encoded": 0, "hits": 0, "chunks_done": 0, "complete": False}
+    # one read of the cache up front: chunks already complete are served from it, so a
+    # resumed or warm build does not re-read every shard once per chunk
+    found, _, _, _ = cache.lookup(encoder.fingerprint)
     bar = tqdm(total=len(texts), disable=not progress, desc="embed", unit="text")
     for c in range(n_chunks):
         if stop_after_chunks is not None and c >= stop_after_chunks:
             bar.close()
             return None, stats
         chunk = texts[c * chunk_size : (c + 1) * chunk_size]
-        vecs, s = cache.get_or_compute(encoder, chunk, batch_size)
+        keys = [text_key(t) for t in chunk]
+        if all(k in found for k in keys):
+            vecs = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+            s = {"encoded": 0, "hits": len(chunk)}
+        else:
+            vecs, s = cache.get_or_compute(encoder, chunk, batch_size)
         parts.append(vecs)
         stats["encoded"] += s["encoded"]
         stats["hits"] += s["hits"]
