@@ -14,6 +14,7 @@ never fail a request: they are reported in ``unknown_items``.
 
 # no `from __future__ import annotations`: FastAPI must resolve the endpoints' annotations,
 # and the auth dependency's refers to a local of create_app
+import dataclasses
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +200,7 @@ def create_app(
                 "max_score_items": cfg.max_score_items,
                 "max_body_bytes": cfg.max_body_bytes,
             },
+            cache={"entries": len(state.cache), **dataclasses.asdict(state.cache.stats)},
         )
 
     @app.post("/recommend", response_model=S.RecommendResponse, dependencies=[Depends(auth)])

@@ -44,11 +44,12 @@ class FeedbackRow:
 class FeedbackStore:
     """Append-only (user_id, item_id, rating, timestamp) rows in SQLite at ``path``.
 
-    ``path`` may be a directory (the file ``feedback.sqlite3`` inside it is used)."""
+    ``path`` is a folder (created if needed; the file ``feedback.sqlite3`` inside it is
+    used) unless it names an existing file or has a suffix (``fb.sqlite3``, ``x.db``)."""
 
     def __init__(self, path: str | Path, timeout_s: float = 10.0) -> None:
         p = Path(path)
-        if p.is_dir():
+        if p.is_dir() or not (p.is_file() or p.suffix):
             p = p / DEFAULT_NAME
         p.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.timeout_s = p, timeout_s

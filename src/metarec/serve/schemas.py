@@ -125,3 +125,4 @@ class Info(BaseModel):
     items: int
     feedback_store: str | None
     limits: dict
+    cache: dict = Field(description="adapted-params cache: entries, hits, misses, ...")
