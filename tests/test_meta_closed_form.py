@@ -17,6 +17,7 @@ from metarec.meta import MetaConfig, MetaLearner, build_inputs, make_episode, pa
 from metarec.meta.bench import bench_scorer, synthetic_inputs
 from metarec.meta.inner import (
     Factored,
+    closed_form_first_order_meta_grads,
     closed_form_inner_loop,
     closed_form_supported,
     densify,
@@ -137,6 +138,28 @@ def test_benchmark_model_float32_matches_autograd(algo):
     _, grads_o = _oracle_meta_grads(ml, p, x)
     for k in grads_o:
         assert torch.allclose(grads[k], grads_o[k], atol=1e-5), k
+
+
+@pytest.mark.parametrize("head", ["binary", "rating"])
+@pytest.mark.parametrize("fixed_inputs", [False, True])
+def test_first_order_meta_gradient_in_closed_form(head, fixed_inputs):
+    # no ID tables: every meta-parameter adapts, so FOMAML's outer gradient is the closed-form
+    # query gradient summed over tasks. Moving inputs: projections, user vector and u ⊙ i
+    # adapt too; fixed inputs: raw features into the MLP, first layer factored.
+    if fixed_inputs:
+        sc, x = _problem(head, n_items=0, embed_dim=0, user_vector=False, interaction=False)
+    else:
+        sc, x = _problem(head, n_items=0)
+    ml, p = _learner(sc, "fomaml", steps=3)
+    assert set(ml.adapt_keys(p)) == set(p)
+    loss, grads = closed_form_first_order_meta_grads(sc, p, x, 3, 0.1)
+    loss_o, grads_o = _oracle_meta_grads(ml, p, x)
+    assert float(loss) == pytest.approx(float(loss_o), abs=1e-12)
+    loss_m, grads_m = ml.meta_grads(p, x)  # the production call takes this path
+    assert torch.equal(loss_m, loss)
+    for k in grads_o:
+        assert torch.allclose(grads[k], grads_o[k], atol=1e-10, rtol=0), k
+        assert torch.equal(grads_m[k], grads[k]), k
 
 
 def test_factored_rank_and_unfactored_paths_agree():

@@ -32,6 +32,7 @@ from metarec.meta.episodes import TaskInputs
 from metarec.meta.inner import (
     Factored,
     Params,
+    closed_form_first_order_meta_grads,
     closed_form_inner_loop,
     closed_form_supported,
     densify,
@@ -265,6 +266,17 @@ class MetaLearner:
                 grads[k] = (leaves[k] - fast[k]).detach().mean(0)
             return loss.detach(), grads
         if self.algorithm.inner == "sgd":
+            keys = self.adapt_keys(leaves)
+            if (
+                self.first_order
+                and not self.algorithm.learn_step_sizes
+                and set(keys) == set(leaves)
+                and closed_form_supported(self.scorer, keys)
+            ):
+                # every meta-parameter adapts: the first-order meta-gradient in closed form
+                return closed_form_first_order_meta_grads(
+                    self.scorer, leaves, x, self.cfg.inner_steps, self.cfg.inner_lr
+                )
             # query loss straight from the factored weights: no per-task weight tensors formed
             fast, factored = self._sgd(leaves, x)
             out = scorer_forward(self.scorer, fast, factored, x.user_x, x.q_x, x.q_rows)

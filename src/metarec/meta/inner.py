@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from metarec.meta.episodes import TaskInputs
 from metarec.models.scorer import Scorer, affine, param_group
 
 Params = dict[str, torch.Tensor]
@@ -178,6 +179,15 @@ class Factored:
         return Factored(self.theta, det(self.a), det(self.b))
 
 
+def _factor_pays(shape: torch.Size, k: int, steps: int, fixed_input: bool) -> bool:
+    """Whether W = θ − aᵀb is cheaper than per-task weights: a row costs r (in + out)
+    multiply-adds against the factors (rank r = K for a fixed input, else K per step) and
+    in · out against a dense weight, which also has to be formed, stepped and kept."""
+    n_in, n_out = shape
+    rank = k if fixed_input else k * steps
+    return rank * (n_in + n_out) < n_in * n_out
+
+
 _CLOSED_FORM_GROUPS = frozenset({"projection", "user", "decision"})
 
 
@@ -198,6 +208,98 @@ def _relu_grad(d: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     """d ⊙ 1[pre > 0] in one op: ReLU's own backward kernel (its derivative w.r.t. ``pre`` is
     zero, as for the autograd inner loop)."""
     return torch.ops.aten.threshold_backward(d, pre, 0.0)
+
+
+def _flat_t_mm(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Σ_t x_tᵀ d_t as one GEMM: (T, N, i), (T, N, o) -> (i, o)."""
+    return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
+
+
+@dataclass(frozen=True, eq=False)
+class _Rows:
+    """One set of rows per task (the support, or the query) and what the passes need of it."""
+
+    user_x: torch.Tensor  # (T, d_user_in)
+    item_x: torch.Tensor  # (T, N, d_item_in)
+    y: torch.Tensor  # (T, N)
+    weights: torch.Tensor  # (T, N) row weights of the loss (Scorer.row_weights)
+    bias: torch.Tensor | None  # (T, N) item-bias term of the output (never adapted)
+
+
+def _forward_backward(
+    scorer: Scorer,
+    p: Mapping[str, torch.Tensor],  # current params; MLP weights named in ``fac`` are unused
+    fac: Mapping[str, Factored],
+    rows: _Rows,
+    inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],  # (u, i, z) from mlp_input
+    keys: set[str],
+    lowest: int,
+    moving: bool,
+    first: tuple[torch.Tensor, torch.Tensor] | None = None,
+    summed: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor], dict[int, torch.Tensor]]:
+    """One closed-form forward/backward pass of the task losses.
+
+    Returns (out (T, N), grads, layer inputs, layer errors δ_l). ``grads`` holds d L_t / d key
+    per task for ``keys`` except factored weights (their step uses inputs and errors), or with
+    ``summed`` the sum over tasks for every key, factored weights included. ``first`` =
+    (z θ0, z a0ᵀ) when the first layer's products are precomputed (fixed support input).
+    """
+    u, i, z = inputs
+    n_layers = len(scorer.cfg.hidden)
+    ins, pres = [], []
+    h = z
+    for li in range(n_layers):
+        w, b = fac.get(f"mlp.{li}.w"), p[f"mlp.{li}.b"]
+        if li == 0 and first is not None:
+            z_theta, gram = first
+            pre = z_theta + _bias(b) if w.a is None else z_theta - gram @ w.b + _bias(b)
+        elif w is not None:
+            pre = w.matmul(h) + _bias(b)
+        else:
+            pre = affine(h, p[f"mlp.{li}.w"], b)
+        ins.append(h)
+        pres.append(pre)
+        h = torch.relu(pre)
+    out = affine(h, p["head.w"], p["head.b"]).squeeze(-1)  # (T, N)
+    if rows.bias is not None:
+        out = out + rows.bias
+    g = scorer.row_loss_grad(out, rows.y, rows.weights)  # (T, N) d L_t / d out
+    grads: dict[str, torch.Tensor] = {}
+    if "head.w" in keys:
+        grads["head.w"] = (
+            _flat_t_mm(h, g.unsqueeze(-1))
+            if summed
+            else torch.bmm(h.transpose(1, 2), g.unsqueeze(-1))  # (T, H, 1)
+        )
+    if "head.b" in keys:
+        grads["head.b"] = g.sum().reshape(1) if summed else g.sum(1, keepdim=True)  # (T, 1)
+    dh = g.unsqueeze(-1) * p["head.w"].transpose(-1, -2)  # (T, N, H)
+    errors: dict[int, torch.Tensor] = {}
+    for li in range(n_layers - 1, lowest - 1, -1):
+        d = _relu_grad(dh, pres[li])  # (T, N, h_li)
+        errors[li] = d
+        wk, bk = f"mlp.{li}.w", f"mlp.{li}.b"
+        if wk in keys and (summed or wk not in fac):
+            grads[wk] = _flat_t_mm(ins[li], d) if summed else torch.bmm(ins[li].transpose(1, 2), d)
+        if bk in keys:
+            grads[bk] = d.sum((0, 1)) if summed else d.sum(1)
+        if li > lowest or moving:
+            w = fac.get(wk)
+            dh = w.matmul_t(d) if w is not None else d @ p[wk].transpose(-1, -2)
+    if moving:
+        gi = _input_grads(scorer, dh, u, i, rows.user_x, rows.item_x, keys)
+        grads.update({k: v.sum(0) for k, v in gi.items()} if summed else gi)
+    return out, grads, ins, errors
+
+
+def _layer_plan(scorer: Scorer, keys: set[str]) -> tuple[bool, int]:
+    """(moving, lowest): whether the MLP input z moves with φ (projections or the user vector
+    adapt), and the lowest layer whose error the backward pass must reach."""
+    n_layers = len(scorer.cfg.hidden)
+    moving = any(param_group(k) != "decision" for k in keys)
+    adapted = [li for li in range(n_layers) if {f"mlp.{li}.w", f"mlp.{li}.b"} & keys]
+    return moving, 0 if moving else min(adapted, default=n_layers)
 
 
 def closed_form_inner_loop(
@@ -222,20 +324,18 @@ def closed_form_inner_loop(
     graph; first order gives φ = θ − α Σ_s g_s with the g_s constant.
     """
     cfg = scorer.cfg
-    n_layers = len(cfg.hidden)
     keys = tuple(adapt_keys)
     key_set = set(keys)
     track = not first_order and any(params[k].requires_grad for k in keys)
-    moving = any(param_group(k) != "decision" for k in keys)  # z changes with φ
-    adapted_layers = [li for li in range(n_layers) if {f"mlp.{li}.w", f"mlp.{li}.b"} & key_set]
-    # errors are propagated down to the lowest adapted layer (to z itself if inputs move)
-    lowest = 0 if moving else min(adapted_layers, default=n_layers)
-    n_tasks = user_x.shape[0]
-    has_bias = bool(cfg.n_items and cfg.use_item_bias)
+    moving, lowest = _layer_plan(scorer, key_set)
+    n_tasks, k_rows = rows.shape
     factored_keys = {
-        f"mlp.{li}.w"
-        for li in range(n_layers)
-        if low_rank and f"mlp.{li}.w" in key_set and isinstance(step_sizes[f"mlp.{li}.w"], float)
+        k
+        for li in range(len(cfg.hidden))
+        if low_rank
+        and (k := f"mlp.{li}.w") in key_set
+        and isinstance(step_sizes[k], float)
+        and _factor_pays(params[k].shape, k_rows, steps, li == 0 and not moving)
     }
 
     with torch.enable_grad() if track else torch.no_grad():
@@ -244,85 +344,48 @@ def closed_form_inner_loop(
             k: (v.detach() if isinstance(v, torch.Tensor) and not track else v)
             for k, v in ((k, step_sizes[k]) for k in keys)
         }
-        fast: dict[str, torch.Tensor | Factored] = {
-            k: Factored(base[k], None, None)
-            if k in factored_keys
-            else base[k].expand(n_tasks, *base[k].shape)
-            for k in keys
-        }
+        fac = {k: Factored(base[k], None, None) for k in factored_keys}
+        fast = {k: base[k].expand(n_tasks, *base[k].shape) for k in keys if k not in fac}
         total: Params = {}  # Σ_s g_s of first-order keys with learned (tensor) step sizes
-        weights = scorer.row_weights(mask)  # (T, K)
-        bias = scorer.bias_term(base, rows) if has_bias else None  # (T, K), never adapted
-        u = i = z = None
-        z_theta = gram = None
+        has_bias = bool(cfg.n_items and cfg.use_item_bias)
+        support = _Rows(
+            user_x,
+            item_x,
+            y,
+            scorer.row_weights(mask),
+            scorer.bias_term(base, rows) if has_bias else None,
+        )
+        inputs = first = None
         if not moving:
-            u, i, z = scorer.mlp_input(base, user_x, item_x, rows)
-            if "mlp.0.w" in factored_keys:
-                z_theta = z @ base["mlp.0.w"]  # (T, K, h1): z θ0, once
-                gram = torch.bmm(z, z.transpose(1, 2))  # (T, K, K): z a_tᵀ for every step
+            inputs = scorer.mlp_input(base, user_x, item_x, rows)
+            if "mlp.0.w" in fac:
+                z = inputs[2]
+                # (T, K, h1) z θ0 and (T, K, K) Gram z zᵀ = z a0ᵀ for every step, once
+                first = (z @ base["mlp.0.w"], torch.bmm(z, z.transpose(1, 2)))
         for _ in range(steps):
-            p = {**base, **{k: v for k, v in fast.items() if k not in factored_keys}}
+            p = {**base, **fast}
             if moving:
-                u, i, z = scorer.mlp_input(p, user_x, item_x, rows)
-            # forward, keeping each layer's input and pre-activation
-            ins, pres = [], []
-            h = z
-            for li in range(n_layers):
-                w = fast.get(f"mlp.{li}.w", base[f"mlp.{li}.w"])
-                b = p[f"mlp.{li}.b"]
-                if li == 0 and z_theta is not None:
-                    pre = z_theta + _bias(b) if w.a is None else z_theta - gram @ w.b + _bias(b)
-                elif isinstance(w, Factored):
-                    pre = w.matmul(h) + _bias(b)
-                else:
-                    pre = affine(h, w, b)
-                ins.append(h)
-                pres.append(pre)
-                h = torch.relu(pre)
-            out = affine(h, p["head.w"], p["head.b"]).squeeze(-1)  # (T, K)
-            if bias is not None:
-                out = out + bias
-            # backward in closed form
-            g = scorer.row_loss_grad(out, y, weights)  # (T, K) d L_t / d out
-            grads: dict[str, torch.Tensor] = {}
-            if "head.w" in key_set:
-                grads["head.w"] = torch.bmm(h.transpose(1, 2), g.unsqueeze(-1))  # (T, H, 1)
-            if "head.b" in key_set:
-                grads["head.b"] = g.sum(1, keepdim=True)  # (T, 1)
-            dh = g.unsqueeze(-1) * p["head.w"].transpose(-1, -2)  # (T, K, H)
-            errors: dict[int, torch.Tensor] = {}
-            for li in range(n_layers - 1, lowest - 1, -1):
-                d = _relu_grad(dh, pres[li])  # (T, K, h_li)
-                errors[li] = d
-                wk = f"mlp.{li}.w"
-                if wk in key_set and wk not in factored_keys:
-                    grads[wk] = torch.bmm(ins[li].transpose(1, 2), d)
-                if f"mlp.{li}.b" in key_set:
-                    grads[f"mlp.{li}.b"] = d.sum(1)
-                if li > lowest or moving:
-                    w = fast.get(wk, base[wk])
-                    dh = w.matmul_t(d) if isinstance(w, Factored) else d @ w.transpose(-1, -2)
-            if moving:
-                grads.update(_input_grads(scorer, dh, u, i, user_x, item_x, key_set))
-            # SGD step
-            for k in keys:
+                inputs = scorer.mlp_input(p, user_x, item_x, rows)
+            _, grads, ins, errors = _forward_backward(
+                scorer, p, fac, support, inputs, key_set, lowest, moving, first
+            )
+            for k in keys:  # the SGD step
                 lr = sizes[k]
-                if k in factored_keys:
+                if k in fac:
                     li = int(k.split(".")[1])
-                    fast[k] = fast[k].step(ins[li], errors[li], lr, li == 0 and not moving)
+                    fac[k] = fac[k].step(ins[li], errors[li], lr, li == 0 and not moving)
                     continue
                 gk = grads[k]
                 if not track and not isinstance(lr, float):
                     total[k] = gk if k not in total else total[k] + gk
                 fast[k] = fast[k].add(gk, alpha=-lr) if isinstance(lr, float) else fast[k] - lr * gk
 
-    factored: dict[str, Factored] = {}
     out_params = dict(params)
     for k in keys:
         theta = params[k]
-        if k in factored_keys:
-            f = fast[k]
-            factored[k] = f if track else Factored(theta, f.a, f.b).detach()
+        if k in fac:
+            f = fac[k]
+            fac[k] = f if track else Factored(theta, f.a, f.b).detach()
             continue
         phi = fast[k]
         lr = step_sizes[k]
@@ -337,7 +400,45 @@ def closed_form_inner_loop(
             else:
                 phi = theta.expand(n_tasks, *theta.shape)
         out_params[k] = phi
-    return out_params, factored
+    return out_params, fac
+
+
+def closed_form_first_order_meta_grads(
+    scorer: Scorer,
+    params: Mapping[str, torch.Tensor],
+    x: TaskInputs,
+    steps: int,
+    lr: float,
+) -> tuple[torch.Tensor, Params]:
+    """FOMAML with every parameter adapted, no autograd at all: the meta-gradient is
+    mean_t ∇_φ L_query,t(φ_t) (φ's identity path to θ), which is one more closed-form
+    forward/backward, on the query rows, summed over tasks (weights: one GEMM each)."""
+    keys = tuple(params)
+    key_set = set(keys)
+    with torch.no_grad():
+        base = {k: v.detach() for k, v in params.items()}
+        fast, fac = closed_form_inner_loop(
+            scorer,
+            base,
+            x.user_x,
+            x.s_x,
+            x.s_rows,
+            x.s_y,
+            x.s_mask,
+            keys,
+            steps,
+            dict.fromkeys(keys, lr),
+            True,
+        )
+        moving, _ = _layer_plan(scorer, key_set)
+        inputs = scorer.mlp_input(fast, x.user_x, x.q_x, x.q_rows)
+        # rows weighted 1/T: the meta-loss is the mean of the task losses
+        query = _Rows(x.user_x, x.q_x, x.q_y, scorer.row_weights(x.q_mask) / x.n_tasks, None)
+        out, grads, _, _ = _forward_backward(
+            scorer, fast, fac, query, inputs, key_set, 0, moving, summed=True
+        )
+        loss = scorer.task_losses(out, x.q_y, x.q_mask).mean()
+    return loss, {k: grads[k] for k in keys}
 
 
 def densify(params: Params, factored: Mapping[str, Factored], n_tasks: int) -> Params:
