@@ -237,4 +237,6 @@ def test_bench_scale_reduced_size_reports_resume_and_rss(tmp_path):
     assert emb["encoded_when_complete"] == 0
     assert res["stages"]["index"]["row_groups"] == 4 and res["stages"]["index"]["users"] == 400
     assert res["stages"]["train"]["steps"] == 3 and res["stages"]["train"]["tasks_per_s"] > 0
+    assert res["stages"]["train_in_memory_baseline"]["rows"] > 0
+    assert res["stages"]["train_in_memory_baseline"]["stream_over_memory"] > 0
     assert res["rss_ok"] and 0 < res["peak_rss_gb"] <= 4.0
