@@ -56,6 +56,8 @@ def test_index_log_rejects_unsorted_and_missing_columns(tmp_path):
         index_log(p, user_col="uid")
     with pytest.raises(MetarecError, match="item_idx 0 >= n_items"):
         index_log(_write(tmp_path / "ok.parquet", [0, 0], [0, 0]), n_items=0)
+    with pytest.raises(MetarecError, match="has no rows"):
+        index_log(_write(tmp_path / "empty.parquet", [], []))
 
 
 @pytest.fixture

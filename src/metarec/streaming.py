@@ -99,6 +99,8 @@ def index_log(
             raise MetarecError(f"{path}: {item_col} {len(ic) - 1} >= n_items ({n_items})")
         item_count = _add_counts(item_count, ic)
         row += len(u)
+    if row == 0:
+        raise MetarecError(f"{path}: the log has no rows")
     user_start = np.r_[0, np.cumsum(user_count)[:-1]].astype(np.int64)
     md = pf.metadata
     sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
