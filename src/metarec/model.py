@@ -30,6 +30,13 @@ from typing import Self
 import numpy as np
 import torch
 
+from metarec.blend import (
+    Blend,
+    BlendConfig,
+    ClosedForm,
+    fit_rank_weights,
+    fit_rating_weights,
+)
 from metarec.config import from_dict, to_dict
 from metarec.features import FeatureSet, build_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
@@ -86,6 +93,8 @@ class ModelConfig:
     n_query: int = 10  # query size of meta-training episodes
     valid_frac: float = 0.1  # share of training users held out for early stopping
     max_support: int = 64  # adapt on at most this many of a user's latest interactions
+    # stacking with closed-form models, weights fitted on validation users (blend.py)
+    blend: BlendConfig = field(default_factory=BlendConfig)
     device: str = "cpu"
     seed: int = 0
     progress: bool = True
@@ -141,6 +150,7 @@ class MetaRecommender(Recommender):
         self.rank_: _Part | None = None
         self.features_: FeatureSet | None = None
         self.known_items_: np.ndarray | None = None
+        self.blend_: Blend | None = None
 
     # --- fitting -----------------------------------------------------------------------
     def fit(
@@ -170,8 +180,57 @@ class MetaRecommender(Recommender):
                 dataclasses.replace(cfg.train, n_negatives=cfg.rank_negatives),
                 dataset,
             )
+        self.blend_ = self._fit_blend(dataset, split)
         self.predicts_ratings = True
         return self
+
+    def _fit_blend(self, dataset: Dataset, split: Split) -> Blend | None:
+        """Closed-form models on the meta-training interactions, stacking weights on the
+        validation tasks (their support only: a carved-out validation user's rows in
+        ``train`` include the query, so they are not used as history here)."""
+        b = self.config.blend
+        explicit = dataset.feedback == "explicit"
+        use_rating = b.rating and explicit and self.rating_ is not None
+        use_rank = b.rank and self.rank_ is not None
+        if not (use_rating or use_rank) or len(split.valid) < b.min_valid_users:
+            return None
+        like = self._like_threshold()
+        closed = ClosedForm.fit(dataset, split.train, b, like, self.config.seed)
+        tasks = list(split.valid)
+        pairs = [(t.user_idx, t.support) for t in tasks]
+        hists = [(t.support.item_idx, t.support.rating.astype(np.float64)) for t in tasks]
+        rating_w = rank_w = None
+        if use_rating:
+            assert self.rating_ is not None
+            queries = [t.query.item_idx for t in tasks]
+            meta = np.concatenate(
+                self._scores(self.rating_, pairs, queries, train_rows=False)
+            )  # (n_rows,) raw meta ratings of every validation query item
+            x = np.concatenate(
+                [
+                    closed.rating_inputs(b.rating_inputs, *h, q)
+                    for h, q in zip(hists, queries, strict=True)
+                ]
+            )  # (n_rows, n_inputs)
+            y = np.concatenate([t.query.rating for t in tasks]).astype(np.float64)
+            rating_w = fit_rating_weights(np.hstack([meta[:, None], x]), y)
+        rank_inputs = tuple(n for n in b.rank_inputs if n != "ease" or closed.ease is not None)
+        if use_rank and rank_inputs:
+            assert self.rank_ is not None
+            items = np.arange(dataset.n_items, dtype=np.int64)
+            logits = np.stack(self._scores(self.rank_, pairs, items, train_rows=False))
+            x = np.concatenate(
+                [logits[:, :, None], closed.rank_inputs(rank_inputs, hists, items)], 2
+            )  # (n_valid, n_items, 1 + n_inputs)
+            rel = like if b.relevant_threshold is None else b.relevant_threshold
+            pos = np.zeros((len(tasks), dataset.n_items), dtype=bool)
+            excl = np.zeros_like(pos)
+            for r, t in enumerate(tasks):
+                pos[r, t.query.item_idx[t.query.rating >= rel]] = True
+                excl[r, t.support.item_idx] = True
+            if pos.any():
+                rank_w = fit_rank_weights(x, pos & ~excl, excl, b.weight_decay)
+        return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w)
 
     def _like_threshold(self) -> float:
         if self.feedback_ != "explicit":
@@ -261,21 +320,37 @@ class MetaRecommender(Recommender):
         if self.features_ is None or (self.rating_ is None and self.rank_ is None):
             raise MetarecError(f"{self.name}: call fit() before scoring")
 
-    def _support_of(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, np.ndarray]:
-        """The user's adaptation set: training rows + support, latest ``max_support``."""
-        items, ratings = self._history(user_idx, support)
+    def _support_of(
+        self, user_idx: int, support: Interactions, train_rows: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The user's adaptation set: training rows (unless ``train_rows`` is False) +
+        support, latest ``max_support``."""
+        items, ratings = self._full_history(user_idx, support, train_rows)
         m = self.config.max_support
         return items[-m:], ratings[-m:]
+
+    def _full_history(
+        self, user_idx: int, support: Interactions, train_rows: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(items, ratings float64) of the history, or of the support alone."""
+        if train_rows:
+            return self._history(user_idx, support)
+        return (
+            np.asarray(support.item_idx, dtype=np.int64),
+            np.asarray(support.rating, dtype=np.float64),
+        )
 
     def _feature_user(self, user_idx: int) -> int:
         # users outside the fitted user table (cold users from a new file) use the zero row
         return user_idx if 0 <= user_idx < self.n_users_ else self.n_users_
 
-    def _episodes(self, part: _Part, tasks: Sequence[tuple[int, Interactions]]) -> list[Episode]:
+    def _episodes(
+        self, part: _Part, tasks: Sequence[tuple[int, Interactions]], train_rows: bool = True
+    ) -> list[Episode]:
         head = part.learner.scorer.cfg.head
         out = []
         for user_idx, support in tasks:
-            items, ratings = self._support_of(user_idx, support)
+            items, ratings = self._support_of(user_idx, support, train_rows)
             if head == "binary":
                 ratings = (ratings >= self._like_threshold()).astype(np.float32)
             # sampled negatives for the binary support, seeded by the support itself so the
@@ -299,11 +374,11 @@ class MetaRecommender(Recommender):
         return out
 
     def _adapt(
-        self, part: _Part, tasks: Sequence[tuple[int, Interactions]]
+        self, part: _Part, tasks: Sequence[tuple[int, Interactions]], train_rows: bool = True
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(per-task adapted params, user inputs (T, d_user_in)); base params untouched."""
         learner = part.learner
-        batch = pad_episodes(self._episodes(part, tasks))
+        batch = pad_episodes(self._episodes(part, tasks, train_rows))
         x = build_inputs(learner.scorer, self.features_, batch, torch.from_numpy(self.known_items_))
         with torch.enable_grad():
             fast = learner.adapt(part.params, x)  # per-task params, detached
@@ -352,10 +427,11 @@ class MetaRecommender(Recommender):
         tasks: Sequence[tuple[int, Interactions]],
         items: np.ndarray | Sequence[np.ndarray],
         item_chunk: int = 8192,
+        train_rows: bool = True,
     ) -> list[np.ndarray]:
-        """Raw head outputs (rating or logit) per task. ``items`` is one array shared by all
-        tasks, or one array per task."""
-        fast, user_x = self._adapt(part, tasks)
+        """Raw head outputs (rating or logit) per task, before any blend. ``items`` is one
+        array shared by all tasks, or one array per task."""
+        fast, user_x = self._adapt(part, tasks, train_rows)
         return self._predict(part, fast, user_x, items, item_chunk)
 
     def _finish(self, part: _Part, raw: np.ndarray) -> np.ndarray:
@@ -376,11 +452,36 @@ class MetaRecommender(Recommender):
         assert part is not None
         return part
 
+    def _blended_ratings(
+        self,
+        part: _Part,
+        pairs: Sequence[tuple[int, Interactions]],
+        items: Sequence[np.ndarray],
+    ) -> list[np.ndarray]:
+        """Raw outputs of the scoring part per task, stacked with the closed-form rating
+        models when a rating blend was fitted (before clipping)."""
+        raws = self._scores(part, pairs, items)
+        if self.blend_ is None or part.learner.scorer.cfg.head != "rating":
+            return raws
+        return [
+            self.blend_.rating(r, self._history(u, s), it)
+            for r, (u, s), it in zip(raws, pairs, items, strict=True)
+        ]
+
+    def _blended_ranks(self, pairs: Sequence[tuple[int, Interactions]], items: np.ndarray):
+        """(T, n) ranking scores: the like-model's logits, plus the fitted rank blend."""
+        part = self._rank_part
+        raws = self._scores(part, pairs, items)
+        logits = np.stack(raws) if raws else np.zeros((0, len(items)))
+        if self.blend_ is None or part is not self.rank_:
+            return logits
+        return self.blend_.rank(logits, [self._history(u, s) for u, s in pairs], items)
+
     def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         self._check_model()
         item_idx = self._check_items(item_idx)
         part = self._score_part
-        return self._finish(part, self._scores(part, [(user_idx, support)], item_idx)[0])
+        return self._finish(part, self._blended_ratings(part, [(user_idx, support)], [item_idx])[0])
 
     def score_many(self, tasks, item_idx_per_task):
         self._check_model()
@@ -392,7 +493,7 @@ class MetaRecommender(Recommender):
         out: list[np.ndarray] = []
         for a in range(0, len(tasks), 64):
             chunk = tasks[a : a + 64]
-            raws = self._scores(
+            raws = self._blended_ratings(
                 part,
                 [(t.user_idx, t.support) for t in chunk],
                 [self._check_items(i) for i in item_idx_per_task[a : a + 64]],
@@ -403,18 +504,16 @@ class MetaRecommender(Recommender):
     def rank_scores(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         self._check_model()
         item_idx = self._check_items(item_idx)
-        return self._scores(self._rank_part, [(user_idx, support)], item_idx)[0]
+        return self._blended_ranks([(user_idx, support)], item_idx)[0]
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
         self._check_model()
         item_idx = self._check_items(item_idx)
-        rows = []
+        rows = [np.zeros((0, len(item_idx)))]
         for a in range(0, len(tasks), 32):
             chunk = tasks[a : a + 32]
-            rows += self._scores(
-                self._rank_part, [(t.user_idx, t.support) for t in chunk], item_idx
-            )
-        return np.stack(rows) if rows else np.zeros((0, len(item_idx)))
+            rows.append(self._blended_ranks([(t.user_idx, t.support) for t in chunk], item_idx))
+        return np.concatenate(rows, 0)
 
     # --- serving: adapt once, score many times ------------------------------------------
     def _part_named(self, which: str) -> _Part:
@@ -512,6 +611,10 @@ class MetaRecommender(Recommender):
                 "meta": to_dict(part.learner.cfg),
             }
             tensors.update({f"{key}.{k}": v for k, v in part.params.items()})
+        blend = None
+        if self.blend_ is not None:
+            blend, blend_tensors = self.blend_.state()
+            tensors.update({f"blend.{k}": v for k, v in blend_tensors.items()})
         cfg = {
             "model": to_dict(self.config),
             "parts": parts,
@@ -520,6 +623,7 @@ class MetaRecommender(Recommender):
             "feedback": self.feedback_,
             "rating_range": list(self.rating_range_),
             "encoder_fingerprint": feats.encoder_fingerprint,
+            "blend": blend,
         }
         return cfg, tensors
 
@@ -551,6 +655,9 @@ class MetaRecommender(Recommender):
             params = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             part = _Part(MetaLearner(Scorer(sc), meta), params, None)
             setattr(rec, f"{key}_", part)
+        if cfg.get("blend") is not None:
+            blend_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("blend.")}
+            rec.blend_ = Blend.from_state(cfg["blend"], blend_tensors)
         return rec
 
 

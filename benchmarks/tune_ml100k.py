@@ -1,0 +1,210 @@
+"""MovieLens-100K user cold-start: the default MetaRecommender against every baseline.
+
+    METAREC_DATA_DIR=/work/shared/data python benchmarks/tune_ml100k.py \\
+        --seeds 0 1 2 --json /tmp/tune_ml100k.json [--cache /tmp/ec1] [--set key=value ...]
+
+Protocol (issue #5): ``make_split(ds, "user-cold", k_shot=10, n_query=10, seed)``; users are
+split by first-rating time, so the split is the same for every seed and the seed changes the
+models (initialisation, sampling). Features: MiniLM text vectors, PCA-64 fitted on training
+items; the same FeatureSet for every model. Per seed:
+
+1. every baseline is fitted on ``split.train`` and evaluated on validation and test users;
+2. the default ``MetaRecommender(ModelConfig())`` (plus any ``--set`` overrides) is fitted
+   on ``split.train`` with ``valid=split.valid`` (early stopping and the blend weights);
+3. **choices** are compared on validation users only, by 2-fold cross-validation over them
+   (the blend weights are fitted on one half and scored on the other, both ways): the
+   meta-model alone, and blends with other input sets / relevance thresholds, all sharing
+   the one fitted meta-model;
+4. the fitted default is evaluated once on test users.
+
+The JSON holds per-seed metrics, the mean ± std over seeds, the margins of the default over
+the best baseline per metric, the validation table of choices and the fit times.
+"""
+
+from __future__ import annotations
+
+import os
+
+# shared cores: idle OpenMP threads sleep instead of spinning (set before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from metarec.baselines import make_baseline  # noqa: E402
+from metarec.blend import BlendConfig  # noqa: E402
+from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
+from metarec.data import load_dataset  # noqa: E402
+from metarec.evaluate import evaluate  # noqa: E402
+from metarec.features import build_features  # noqa: E402
+from metarec.model import MetaRecommender, ModelConfig  # noqa: E402
+from metarec.splits import make_split  # noqa: E402
+from metarec.text import make_encoder  # noqa: E402
+
+METRICS = ("MAE", "RMSE", "AUC", "nDCG@3 (query)", "Recall@10 (full)", "nDCG@10 (full)")
+GOAL_METRICS = ("MAE", "nDCG@3 (query)", "AUC", "Recall@10 (full)")
+BASELINES = (
+    "item_mean_user_bias",
+    "biased_mf",
+    "ease",
+    "implicit_als",
+    "lightfm",
+    "popularity",
+)
+# blend variants compared on validation users (the default is BlendConfig())
+VARIANTS = {
+    "meta alone": None,
+    "default blend": BlendConfig(),
+    "rating: +imub only": BlendConfig(rating_inputs=("item_mean_user_bias",)),
+    "rating: +mf only": BlendConfig(rating_inputs=("biased_mf",)),
+    "rank: +ease only": BlendConfig(rank_inputs=("ease",)),
+    "rank: +ease +pop +mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),
+    "rank: relevant >= 4": BlendConfig(relevant_threshold=4.0),
+}
+
+
+def _metrics(result) -> dict[str, float]:
+    return {k: float(result.metrics.get(k, float("nan"))) for k in METRICS}
+
+
+def _cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None) -> dict[str, float]:
+    """Validation metrics of a blend variant by 2-fold CV over validation users; the
+    fitted meta-model is shared, only ``blend_`` is swapped (and restored)."""
+    valid = list(split.valid)
+    folds = [valid[0::2], valid[1::2]]
+    saved_cfg, saved_blend = rec.config, rec.blend_
+    results = []
+    try:
+        for k in (0, 1):
+            fit_on, score_on = folds[k], folds[1 - k]
+            if blend is None:
+                rec.blend_ = None
+            else:
+                rec.config = dataclasses.replace(saved_cfg, blend=blend)
+                rec.blend_ = rec._fit_blend(ds, dataclasses.replace(split, valid=tuple(fit_on)))
+            results.append(evaluate(rec, ds, score_on, bootstrap=0))
+    finally:
+        rec.config, rec.blend_ = saved_cfg, saved_blend
+    # user-weighted mean of the two halves' per-user metrics
+    out = {}
+    for name in METRICS:
+        v = np.concatenate([r.per_user.get(name, np.full(1, np.nan)) for r in results])
+        out[name] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+    return out
+
+
+def run_seed(seed: int, cache: str, overrides: list[str], log) -> dict:
+    ds = load_dataset("movielens-100k")
+    split = make_split(ds, "user-cold", k_shot=10, n_query=10, seed=seed)
+    known = np.zeros(ds.n_items, dtype=bool)
+    known[split.train.item_idx] = True
+    feats = build_features(ds, make_encoder("default"), cache=cache, pca_dim=64, fit_items=known)
+    out: dict = {"seed": seed, "valid": {}, "test": {}, "fit_s": {}, "choices": {}}
+    for name in BASELINES:
+        kw = {"seed": seed} if name in ("biased_mf", "implicit_als", "lightfm") else {}
+        t0 = time.perf_counter()
+        model = make_baseline(name, **kw).fit(ds, split.train, feats)
+        out["fit_s"][name] = time.perf_counter() - t0
+        out["valid"][name] = _metrics(evaluate(model, ds, split.valid, bootstrap=0))
+        out["test"][name] = _metrics(evaluate(model, ds, split.test, bootstrap=0))
+        log(f"seed {seed} {name:22s} test {out['test'][name]}")
+    base = to_dict(ModelConfig(seed=seed, progress=False))
+    cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
+    t0 = time.perf_counter()
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    out["fit_s"]["MetaRec"] = time.perf_counter() - t0
+    out["best_step"] = {
+        "rating": rec.rating_.result.best_step if rec.rating_ else None,
+        "rank": rec.rank_.result.best_step if rec.rank_ else None,
+    }
+    log(f"seed {seed} MetaRec fit {out['fit_s']['MetaRec']:.1f}s steps {out['best_step']}")
+    for label, variant in VARIANTS.items():
+        out["choices"][label] = _cv_blend(rec, ds, split, variant)
+        log(f"seed {seed} valid-CV {label:24s} {out['choices'][label]}")
+    out["valid"]["MetaRec"] = _metrics(evaluate(rec, ds, split.valid, bootstrap=0))
+    out["test"]["MetaRec"] = _metrics(evaluate(rec, ds, split.test, bootstrap=0))
+    log(f"seed {seed} MetaRec test {out['test']['MetaRec']}")
+    # for the record (not used for any choice): the meta-model alone on test
+    blend, rec.blend_ = rec.blend_, None
+    out["test"]["MetaRec (no blend)"] = _metrics(evaluate(rec, ds, split.test, bootstrap=0))
+    rec.blend_ = blend
+    if blend is not None:
+        out["blend_weights"] = {
+            "rating_inputs": ["meta", *blend.rating_inputs, "intercept"],
+            "rating": None if blend.rating_weights is None else blend.rating_weights.tolist(),
+            "rank_inputs": ["meta logit", *blend.rank_inputs],
+            "rank": None if blend.rank_weights is None else blend.rank_weights.tolist(),
+        }
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    models = list(runs[0]["test"])
+    table = {}
+    for m in models:
+        vals = {k: np.array([r["test"][m][k] for r in runs]) for k in METRICS}
+        table[m] = {
+            k: (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+            for k, v in vals.items()
+        }
+    margins = {}
+    for k in GOAL_METRICS:
+        lower = k in ("MAE", "RMSE")
+        cands = {b: table[b][k][0] for b in BASELINES if b in table and np.isfinite(table[b][k][0])}
+        best = (min if lower else max)(cands, key=cands.get)
+        ours = table["MetaRec"][k][0]
+        margin = (cands[best] - ours) if lower else (ours - cands[best])
+        margins[k] = {
+            "best_baseline": best,
+            "baseline": cands[best],
+            "ours": ours,
+            "margin": margin,
+            "wins": bool(margin > 0),
+        }
+    mae, rec10 = table["MetaRec"]["MAE"][0], table["MetaRec"]["Recall@10 (full)"][0]
+    return {
+        "test_mean_std": table,
+        "margins": margins,
+        "aims": {"MAE <= 0.80": bool(mae <= 0.80), "Recall@10 >= 0.20": bool(rec10 >= 0.20)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cache", default=os.path.expanduser("~/.cache/metarec/embeddings"))
+    p.add_argument("--json", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    runs = [run_seed(s, a.cache, a.overrides, log) for s in a.seeds]
+    report = {
+        "protocol": "movielens-100k user-cold K=10 Q=10",
+        "overrides": a.overrides,
+        "runs": runs,
+        **summarise(runs),
+    }
+    tmp = a.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
+    os.replace(tmp, a.json)
+    for m, row in report["test_mean_std"].items():
+        print(f"{m:22s} " + "  ".join(f"{k}={v[0]:.4f}±{v[1]:.4f}" for k, v in row.items()))
+    print(json.dumps(report["margins"], indent=1))
+    print(json.dumps(report["aims"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

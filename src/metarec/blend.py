@@ -1,0 +1,331 @@
+"""Closed-form companions of the meta-model and the blends fitted on validation users.
+
+The meta-model learns from text and IDs; the closed-form collaborative models are hard to
+beat on the items they know well. :class:`MetaRecommender` therefore stacks them:
+
+* **rating** (explicit data): ``r̂ = c + w_meta · meta + Σ_j w_j · f_j`` with ``f`` the
+  ItemMean+UserBias and BiasedMF fold-in predictions (``rating_inputs``), least squares on
+  the validation users' query ratings;
+* **ranking**: ``s = w_meta · logit + Σ_j w_j · g_j`` with ``g`` the EASE score and the log
+  popularity (``rank_inputs``), fitted by maximising the softmax likelihood of each
+  validation user's liked query items over the whole catalogue minus the support, the
+  full-catalogue ranking the model is judged on.
+
+Both weight vectors are fitted on *validation* users only (the tasks ``fit`` early-stops
+on), and the closed-form models on the meta-model's training interactions only, so neither
+ever sees a test user. Every input is a pure function of the user's history, so adaptation
+stays pure and a fitted blend is a few arrays (saved with the model, no refit at load).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metarec.baselines import EASE, BiasedMF, ItemMeanUserBias, ridge_fold_in
+from metarec.types import Dataset, Interactions, MetarecError
+
+RATING_INPUTS = ("item_mean_user_bias", "biased_mf")
+RANK_INPUTS = ("ease", "popularity", "biased_mf")
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    rating: bool = True  # stack the rating model with closed-form rating predictions
+    rank: bool = True  # add closed-form ranking scores to the like-model's logit
+    rating_inputs: tuple[str, ...] = ("item_mean_user_bias", "biased_mf")
+    rank_inputs: tuple[str, ...] = ("ease", "popularity")
+    # query ratings >= this are the positives of the ranking fit; None = the like threshold
+    relevant_threshold: float | None = None
+    mf_factors: int = 32
+    mf_reg: float = 5.0
+    mf_iterations: int = 15
+    ease_reg: float = 500.0
+    ease_max_items: int = 8192  # EASE is skipped above this many training items (n² memory)
+    weight_decay: float = 1e-3  # L2 on the (standardised) ranking weights
+    min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
+
+    def __post_init__(self) -> None:
+        for name in self.rating_inputs:
+            if name not in RATING_INPUTS:
+                raise MetarecError(f"blend.rating_inputs: unknown {name!r} ({RATING_INPUTS})")
+        for name in self.rank_inputs:
+            if name not in RANK_INPUTS:
+                raise MetarecError(f"blend.rank_inputs: unknown {name!r} ({RANK_INPUTS})")
+        if self.mf_factors < 1 or self.mf_reg <= 0 or self.ease_reg <= 0:
+            raise MetarecError("blend: mf_factors >= 1, mf_reg > 0, ease_reg > 0")
+
+
+@dataclass(frozen=True, eq=False)
+class ClosedForm:
+    """Arrays of the closed-form models fitted on training interactions.
+
+    mu, item_bias: ItemMean+UserBias (item offsets shrunk by 10, user offset by 5);
+    mf_*: BiasedMF item side (fold-in solves the user side per history);
+    ease: (n_active, n_active) float32 item-item weights over ``ease_cols`` (-1 = untrained
+    item, scored 0), ``like`` the rating a history row needs to enter EASE;
+    log_pop: (n_items,) log(1 + training interactions).
+    """
+
+    mu: float
+    item_bias: np.ndarray
+    user_shrinkage: float
+    mf_mu: float
+    mf_item_bias: np.ndarray
+    mf_item_factors: np.ndarray
+    mf_reg: float
+    mf_bias_reg: float
+    ease: np.ndarray | None
+    ease_cols: np.ndarray | None
+    like: float
+    log_pop: np.ndarray
+
+    @classmethod
+    def fit(
+        cls, dataset: Dataset, train: Interactions, cfg: BlendConfig, like: float, seed: int
+    ) -> ClosedForm:
+        imub = ItemMeanUserBias().fit(dataset, train)
+        mf = BiasedMF(
+            factors=cfg.mf_factors,
+            reg=cfg.mf_reg,
+            bias_reg=cfg.mf_reg,
+            iterations=cfg.mf_iterations,
+            seed=seed,
+        ).fit(dataset, train)
+        ease = ease_cols = None
+        n_liked = len(np.unique(train.item_idx[train.rating >= like]))
+        if "ease" in cfg.rank_inputs and 0 < n_liked <= cfg.ease_max_items:
+            e = EASE(reg=cfg.ease_reg, min_rating=like).fit(dataset, train)
+            ease, ease_cols = e.weights_.astype(np.float32), e.col_of_item_
+        return cls(
+            mu=imub.mu_,
+            item_bias=imub.item_bias_,
+            user_shrinkage=imub.user_shrinkage,
+            mf_mu=mf.mu_,
+            mf_item_bias=mf.item_bias_,
+            mf_item_factors=mf.item_factors_,
+            mf_reg=mf.reg,
+            mf_bias_reg=mf.bias_reg,
+            ease=ease,
+            ease_cols=ease_cols,
+            like=like,
+            log_pop=np.log1p(np.bincount(train.item_idx, minlength=dataset.n_items)).astype(
+                np.float64
+            ),
+        )
+
+    # --- per-history predictions (pure) ----------------------------------------------------
+    def _mf_fold_in(self, items: np.ndarray, ratings: np.ndarray) -> tuple[np.ndarray, float]:
+        if not len(items):
+            return np.zeros(self.mf_item_factors.shape[1]), 0.0
+        target = ratings - self.mf_mu - self.mf_item_bias[items]
+        return ridge_fold_in(self.mf_item_factors[items], target, self.mf_reg, self.mf_bias_reg)
+
+    def rating_inputs(
+        self, names: Sequence[str], items: np.ndarray, ratings: np.ndarray, targets: np.ndarray
+    ) -> np.ndarray:
+        """(n_targets, len(names)) predicted ratings of ``targets`` given one history."""
+        cols = []
+        for name in names:
+            if name == "item_mean_user_bias":
+                resid = ratings - self.mu - self.item_bias[items]
+                b_u = resid.sum() / (len(items) + self.user_shrinkage) if len(items) else 0.0
+                cols.append(self.mu + b_u + self.item_bias[targets])
+            else:  # biased_mf
+                p, b = self._mf_fold_in(items, ratings)
+                cols.append(
+                    self.mf_mu + b + self.mf_item_bias[targets] + self.mf_item_factors[targets] @ p
+                )
+        return np.stack(cols, 1) if cols else np.zeros((len(targets), 0))
+
+    def rank_inputs(
+        self,
+        names: Sequence[str],
+        histories: Sequence[tuple[np.ndarray, np.ndarray]],
+        targets: np.ndarray,
+    ) -> np.ndarray:
+        """(n_histories, n_targets, len(names)) ranking scores of ``targets``."""
+        out = np.zeros((len(histories), len(targets), len(names)))
+        for c, name in enumerate(names):
+            if name == "popularity":
+                out[:, :, c] = self.log_pop[targets][None, :]
+            elif name == "biased_mf":
+                for t, (items, ratings) in enumerate(histories):
+                    p, b = self._mf_fold_in(items, ratings)
+                    out[t, :, c] = self.mf_item_bias[targets] + self.mf_item_factors[targets] @ p
+            elif name == "ease" and self.ease is not None:
+                assert self.ease_cols is not None
+                # (T, n_active) binary rows of liked, trained history items
+                x = np.zeros((len(histories), self.ease.shape[0]), dtype=np.float32)
+                for t, (items, ratings) in enumerate(histories):
+                    cols = self.ease_cols[items[ratings >= self.like]]
+                    x[t, cols[cols >= 0]] = 1.0
+                col = self.ease_cols[targets]
+                ok = col >= 0
+                out[:, ok, c] = x @ self.ease[:, col[ok]]  # untrained targets keep 0
+        return out
+
+    # --- persistence ------------------------------------------------------------------------
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        cfg = {
+            "mu": self.mu,
+            "user_shrinkage": self.user_shrinkage,
+            "mf_mu": self.mf_mu,
+            "mf_reg": self.mf_reg,
+            "mf_bias_reg": self.mf_bias_reg,
+            "like": self.like,
+        }
+        tensors = {
+            "item_bias": torch.from_numpy(self.item_bias.copy()),
+            "mf_item_bias": torch.from_numpy(self.mf_item_bias.copy()),
+            "mf_item_factors": torch.from_numpy(self.mf_item_factors.copy()),
+            "log_pop": torch.from_numpy(self.log_pop.copy()),
+        }
+        if self.ease is not None and self.ease_cols is not None:
+            tensors["ease"] = torch.from_numpy(self.ease.copy())
+            tensors["ease_cols"] = torch.from_numpy(self.ease_cols.copy())
+        return cfg, tensors
+
+    @classmethod
+    def from_state(cls, cfg: dict, tensors: dict[str, torch.Tensor]) -> ClosedForm:
+        def arr(key: str) -> np.ndarray:
+            return tensors[key].numpy()
+
+        return cls(
+            mu=float(cfg["mu"]),
+            item_bias=arr("item_bias"),
+            user_shrinkage=float(cfg["user_shrinkage"]),
+            mf_mu=float(cfg["mf_mu"]),
+            mf_item_bias=arr("mf_item_bias"),
+            mf_item_factors=arr("mf_item_factors"),
+            mf_reg=float(cfg["mf_reg"]),
+            mf_bias_reg=float(cfg["mf_bias_reg"]),
+            ease=arr("ease") if "ease" in tensors else None,
+            ease_cols=arr("ease_cols") if "ease_cols" in tensors else None,
+            like=float(cfg["like"]),
+            log_pop=arr("log_pop"),
+        )
+
+
+def fit_rating_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least-squares stacking weights: y ≈ x @ w[:-1] + w[-1].
+
+    x: (n_rows, n_inputs) predictions, y: (n_rows,) true ratings. Returns (n_inputs + 1,).
+    """
+    if len(x) <= x.shape[1] + 1:
+        raise MetarecError(f"blend: {len(x)} validation ratings cannot fit {x.shape[1]} weights")
+    x1 = np.hstack([x, np.ones((len(x), 1))])
+    return np.linalg.lstsq(x1, y, rcond=None)[0]
+
+
+def apply_rating_weights(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(n,) blended predictions of (n, n_inputs) inputs."""
+    return x @ w[:-1] + w[-1]
+
+
+def fit_rank_weights(
+    x: np.ndarray, positive: np.ndarray, excluded: np.ndarray, weight_decay: float = 1e-3
+) -> np.ndarray:
+    """Weights w maximising Σ_users Σ_pos log softmax(x_u @ w)[pos] over non-excluded items.
+
+    x: (n_users, n_items, n_inputs) scores of every catalogue item (column 0: the
+    meta-model's logit); positive, excluded: (n_users, n_items) bool (liked query items;
+    support items, never ranked). Inputs are standardised for the optimiser and the L2
+    penalty ``weight_decay``; the returned (n_inputs,) weights apply to the raw inputs.
+    Deterministic: L-BFGS (scipy) from the meta-model alone, with the exact gradient
+    −(1/P) Σ_u (Σ_pos x_ui − n_u Σ_i p_ui x_ui) + 2 λ v.
+    """
+    from scipy.optimize import minimize
+
+    positive = positive & ~excluded
+    if not positive.any():
+        raise MetarecError("blend: no liked validation query item to fit ranking weights on")
+    x = np.asarray(x, dtype=np.float64)
+    scale = x.reshape(-1, x.shape[-1]).std(0)  # (n_inputs,)
+    # a constant input cannot change a softmax: zero it so its weight stays exactly 0
+    flat = scale <= 1e-12
+    scale = np.where(flat, 1.0, scale)
+    z = np.where(flat, 0.0, x) / scale  # (U, N, C) standardised
+    n_pos = positive.sum(1).astype(np.float64)  # (U,)
+    total = n_pos.sum()
+    pos_sum = np.einsum("un,unc->c", positive.astype(np.float64), z)  # (C,)
+
+    def loss_grad(v: np.ndarray) -> tuple[float, np.ndarray]:
+        s = np.where(excluded, -np.inf, z @ v)  # (U, N)
+        m = s.max(1, keepdims=True)
+        e = np.exp(s - m)
+        lse = m[:, 0] + np.log(e.sum(1))  # (U,)
+        p = e / e.sum(1, keepdims=True)  # (U, N) softmax, 0 on excluded items
+        s_pos = np.where(positive, s, 0.0).sum()
+        loss = -(s_pos - (n_pos * lse).sum()) / total + weight_decay * (v @ v)
+        expect = np.einsum("un,unc->uc", p, z)  # (U, C) softmax-weighted inputs
+        grad = -(pos_sum - (n_pos[:, None] * expect).sum(0)) / total + 2 * weight_decay * v
+        return float(loss), grad
+
+    v0 = np.zeros(x.shape[-1])
+    v0[0] = scale[0]  # w = (1, 0, ...): the meta-model alone
+    res = minimize(
+        loss_grad, v0, jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-10}
+    )
+    return res.x / scale
+
+
+@dataclass(frozen=True, eq=False)
+class Blend:
+    """A fitted blend: closed-form models plus the weights of each stack (None = unused)."""
+
+    closed: ClosedForm
+    rating_inputs: tuple[str, ...]
+    rating_weights: np.ndarray | None  # (2 + len(rating_inputs),): meta, inputs, intercept
+    rank_inputs: tuple[str, ...]
+    rank_weights: np.ndarray | None  # (1 + len(rank_inputs),): meta logit, inputs
+
+    def rating(
+        self, meta: np.ndarray, history: tuple[np.ndarray, np.ndarray], targets: np.ndarray
+    ) -> np.ndarray:
+        """(n,) blended rating of ``targets`` from the meta-model's (n,) raw ratings."""
+        if self.rating_weights is None:
+            return meta
+        x = self.closed.rating_inputs(self.rating_inputs, *history, targets)
+        return apply_rating_weights(self.rating_weights, np.hstack([meta[:, None], x]))
+
+    def rank(
+        self,
+        logits: np.ndarray,
+        histories: Sequence[tuple[np.ndarray, np.ndarray]],
+        targets: np.ndarray,
+    ) -> np.ndarray:
+        """(T, n) blended ranking scores from the like-model's (T, n) logits."""
+        if self.rank_weights is None:
+            return logits
+        x = self.closed.rank_inputs(self.rank_inputs, histories, targets)  # (T, n, C)
+        return logits * self.rank_weights[0] + x @ self.rank_weights[1:]
+
+    def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        cfg, tensors = self.closed.state()
+        cfg = {
+            "closed": cfg,
+            "rating_inputs": list(self.rating_inputs),
+            "rank_inputs": list(self.rank_inputs),
+        }
+        for key in ("rating_weights", "rank_weights"):
+            w = getattr(self, key)
+            if w is not None:
+                tensors[key] = torch.from_numpy(np.asarray(w, dtype=np.float64).copy())
+        return cfg, tensors
+
+    @classmethod
+    def from_state(cls, cfg: dict, tensors: dict[str, torch.Tensor]) -> Blend:
+        def weights(key: str) -> np.ndarray | None:
+            return tensors[key].numpy() if key in tensors else None
+
+        return cls(
+            ClosedForm.from_state(cfg["closed"], tensors),
+            tuple(cfg["rating_inputs"]),
+            weights("rating_weights"),
+            tuple(cfg["rank_inputs"]),
+            weights("rank_weights"),
+        )

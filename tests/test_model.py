@@ -1,0 +1,256 @@
+"""MetaRecommender's blend with closed-form models (blend.py) and its save/load round trip.
+
+Known answers: the stacking weights are exact least squares, the ranking weights satisfy
+the softmax-likelihood optimality condition, every closed-form input equals the baseline
+it stands for, and a saved-then-loaded model gives bit-identical scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metarec.baselines import EASE, BiasedMF, ItemMeanUserBias
+from metarec.blend import BlendConfig, ClosedForm, fit_rank_weights, fit_rating_weights
+from metarec.data.raw import RawData, build_dataset, make_ratings_frame
+from metarec.features import build_features
+from metarec.model import MetaRecommender, ModelConfig
+from metarec.splits import make_split
+from metarec.text.encoder import HashingEncoder
+from metarec.train import TrainConfig
+from metarec.types import Interactions, MetarecError
+
+# --- pure functions ------------------------------------------------------------------------
+
+
+def test_rating_weights_are_exact_least_squares():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 2))
+    y = 2.0 * x[:, 0] - 1.0 * x[:, 1] + 0.5  # noiseless: the solution is exact
+    np.testing.assert_allclose(fit_rating_weights(x, y), [2.0, -1.0, 0.5], atol=1e-10)
+    with pytest.raises(MetarecError, match="cannot fit"):
+        fit_rating_weights(x[:3], y[:3])
+
+
+def test_rank_weights_meet_the_optimality_condition():
+    # one user, two items, one input: x = (1, 0), item 0 liked. With s = std(x) = 1/2 and
+    # v = w·s the standardised weight, the loss is −log σ(v/s) + λ v², whose stationary
+    # point satisfies σ(−v/s)/s = 2λ v.
+    lam = 0.05
+    x = np.array([[[1.0], [0.0]]])
+    pos = np.array([[True, False]])
+    w = fit_rank_weights(x, pos, np.zeros_like(pos), weight_decay=lam)
+    s = 0.5
+    v = w[0] * s
+    assert 1 / (1 + np.exp(v / s)) / s == pytest.approx(2 * lam * v, rel=1e-5)
+    # an uninformative second input gets (numerically) no weight; excluded items are ignored
+    x2 = np.concatenate([x, np.ones_like(x)], 2)
+    w2 = fit_rank_weights(x2, pos, np.zeros_like(pos), weight_decay=lam)
+    assert w2[0] == pytest.approx(w[0], rel=1e-5) and w2[1] == 0.0
+
+
+def test_rank_weights_need_a_positive():
+    with pytest.raises(MetarecError, match="no liked"):
+        fit_rank_weights(np.zeros((1, 2, 1)), np.zeros((1, 2), bool), np.zeros((1, 2), bool))
+
+
+def test_blend_config_rejects_unknown_inputs():
+    with pytest.raises(MetarecError, match="rank_inputs"):
+        BlendConfig(rank_inputs=("knn",))
+
+
+# --- closed-form inputs equal the baselines ---------------------------------------------------
+
+
+def _world(n_users=150, n_items=40, seed=0):
+    """Two tastes (even items vs odd items), a per-item quality offset, timestamps so the
+    user-cold split takes the newest users; items 34.. are never rated (cold)."""
+    rng = np.random.default_rng(seed)
+    users, items, ratings, ts = [], [], [], []
+    quality = rng.normal(0, 0.7, n_items)
+    for u in range(n_users):
+        taste = u % 2
+        for t, i in enumerate(rng.choice(34, size=24, replace=False)):
+            r = 3 + (1.2 if i % 2 == taste else -1.2) + quality[i] + rng.normal(0, 0.3)
+            users.append(f"u{u}")
+            items.append(f"i{i}")
+            ratings.append(float(np.clip(np.round(r), 1, 5)))
+            ts.append(1000 * u + t)
+    item_table = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n_items)],
+            "title": [f"{'space' if i % 2 == 0 else 'garden'} story {i}" for i in range(n_items)],
+        }
+    )
+    raw = RawData(
+        name="world",
+        ratings=make_ratings_frame(users, items, ratings, timestamp=ts),
+        feedback="explicit",
+        rating_range=(1.0, 5.0),
+        has_time=True,
+        items=item_table,
+        item_text_columns=("title",),
+    )
+    return build_dataset(raw)
+
+
+@pytest.fixture(scope="module")
+def world():
+    ds = _world()
+    split = make_split(ds, "user-cold", k_shot=6, n_query=8, seed=0)
+    return ds, split
+
+
+def test_closed_form_inputs_equal_the_baselines(world):
+    ds, split = world
+    cfg = BlendConfig(rank_inputs=("ease", "popularity", "biased_mf"))
+    closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    imub = ItemMeanUserBias().fit(ds, split.train)
+    mf = BiasedMF(factors=cfg.mf_factors, reg=cfg.mf_reg, bias_reg=cfg.mf_reg, seed=0)
+    mf.fit(ds, split.train)
+    ease = EASE(reg=cfg.ease_reg, min_rating=3.0).fit(ds, split.train)
+    targets = np.arange(34)  # trained items
+    for t in split.test[:5]:
+        hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+        x = closed.rating_inputs(("item_mean_user_bias", "biased_mf"), *hist, targets)
+        np.testing.assert_allclose(x[:, 0], imub._predict(t.user_idx, t.support, targets))
+        np.testing.assert_allclose(x[:, 1], mf._predict(t.user_idx, t.support, targets))
+        g = closed.rank_inputs(cfg.rank_inputs, [hist], targets)[0]
+        np.testing.assert_allclose(g[:, 0], ease.score(t.user_idx, t.support, targets), rtol=1e-5)
+        counts = np.bincount(split.train.item_idx, minlength=ds.n_items)
+        np.testing.assert_allclose(g[:, 1], np.log1p(counts[targets]))
+        # the MF ranking input is the MF rating minus the per-user constant mu + b_u
+        diff = mf._predict(t.user_idx, t.support, targets) - g[:, 2]
+        np.testing.assert_allclose(diff, diff[0])
+    # an untrained item gets EASE score 0, popularity 0
+    g = closed.rank_inputs(("ease", "popularity"), [hist], np.array([39]))[0, 0]
+    assert g.tolist() == [0.0, 0.0]
+
+
+# --- MetaRecommender with the blend -------------------------------------------------------------
+
+
+def _fast_config(**kw) -> ModelConfig:
+    return ModelConfig(
+        train=TrainConfig(steps=20, eval_every=10, meta_batch=8),
+        progress=False,
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def fitted(world, tmp_path_factory):
+    ds, split = world
+    known = np.zeros(ds.n_items, bool)
+    known[split.train.item_idx] = True
+    feats = build_features(
+        ds, HashingEncoder(dim=64), cache=tmp_path_factory.mktemp("emb"), fit_items=known
+    )
+    rec = MetaRecommender(_fast_config()).fit(ds, split.train, feats, valid=split.valid)
+    return ds, split, feats, rec
+
+
+def test_rating_weights_are_least_squares_on_validation_users(fitted):
+    ds, split, _, rec = fitted
+    blend = rec.blend_
+    assert blend is not None and blend.rating_weights is not None
+    assert blend.rank_weights is not None and blend.rank_inputs == ("ease", "popularity")
+    tasks = list(split.valid)
+    # rebuild the stacking design from scratch: raw meta rating + closed-form inputs
+    meta = np.concatenate(
+        rec._scores(
+            rec.rating_,
+            [(t.user_idx, t.support) for t in tasks],
+            [t.query.item_idx for t in tasks],
+        )
+    )
+    x = np.concatenate(
+        [
+            blend.closed.rating_inputs(
+                blend.rating_inputs, t.support.item_idx, t.support.rating, t.query.item_idx
+            )
+            for t in tasks
+        ]
+    )
+    y = np.concatenate([t.query.rating for t in tasks])
+    expected = np.linalg.lstsq(np.column_stack([meta, x, np.ones(len(y))]), y, rcond=None)[0]
+    np.testing.assert_allclose(blend.rating_weights, expected, rtol=1e-6, atol=1e-9)
+    # the blended validation MAE is no worse than the meta-model's own (least squares
+    # contains w = (1, 0, 0, 0)), up to MAE vs MSE: check the MSE, which it minimises
+    blended = np.column_stack([meta, x, np.ones(len(y))]) @ blend.rating_weights
+    assert np.mean((blended - y) ** 2) <= np.mean((meta - y) ** 2) + 1e-12
+
+
+def test_blended_scores_are_consistent_and_pure(fitted):
+    ds, split, _, rec = fitted
+    before = {k: v.clone() for k, v in rec.rating_.params.items()}
+    tasks = list(split.test[:4])
+    items = np.arange(ds.n_items)
+    many = rec.score_many(tasks, [t.query.item_idx for t in tasks])
+    batch = rec.rank_scores_batch(tasks, items)
+    for t, m, row in zip(tasks, many, batch, strict=True):
+        np.testing.assert_allclose(rec.score(t.user_idx, t.support, t.query.item_idx), m, rtol=1e-5)
+        # float32 meta-model: a batch of 1 and of 4 may differ in the last bits
+        np.testing.assert_allclose(rec.rank_scores(t.user_idx, t.support, items), row, rtol=1e-5)
+        assert m.min() >= 1.0 and m.max() <= 5.0
+    for k, v in rec.rating_.params.items():
+        assert torch.equal(v, before[k])
+    # the blended rank score is exactly w_meta * logit + w · closed-form inputs
+    t = tasks[0]
+    logit = rec._scores(rec.rank_, [(t.user_idx, t.support)], items)[0]
+    hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+    g = rec.blend_.closed.rank_inputs(rec.blend_.rank_inputs, [hist], items)[0]
+    w = rec.blend_.rank_weights
+    np.testing.assert_allclose(batch[0], w[0] * logit + g @ w[1:], rtol=1e-5)
+
+
+def test_state_round_trip_gives_identical_scores(fitted):
+    ds, split, _, rec = fitted
+    cfg, tensors = rec.state()
+    assert cfg["blend"] is not None and any(k.startswith("blend.") for k in tensors)
+    back = MetaRecommender.from_state(cfg, tensors, split.train)
+    tasks = list(split.test[:6])
+    items = np.arange(ds.n_items)
+    for a, b in zip(
+        rec.score_many(tasks, [t.query.item_idx for t in tasks]),
+        back.score_many(tasks, [t.query.item_idx for t in tasks]),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(
+        rec.rank_scores_batch(tasks, items), back.rank_scores_batch(tasks, items)
+    )
+
+
+def test_blend_off_or_too_few_validation_users_means_the_meta_model_alone(fitted):
+    ds, split, feats, rec = fitted
+    off = MetaRecommender(_fast_config(blend=BlendConfig(rating=False, rank=False)))
+    off.fit(ds, split.train, feats, valid=split.valid)
+    assert off.blend_ is None
+    # same seed, same training: the un-blended score is the blend's (clipped) meta input
+    t = split.test[0]
+    raw = rec._scores(rec.rating_, [(t.user_idx, t.support)], [t.query.item_idx])[0]
+    got = off.score(t.user_idx, t.support, t.query.item_idx)
+    np.testing.assert_allclose(got, np.clip(raw, 1, 5), rtol=1e-6)
+    cfg, tensors = off.state()
+    assert cfg["blend"] is None
+    assert MetaRecommender.from_state(cfg, tensors, split.train).blend_ is None
+    # fewer validation users than min_valid_users: no blend is fitted
+    few = dataclasses.replace(split, valid=split.valid[: rec.config.blend.min_valid_users - 1])
+    assert rec._fit_blend(ds, few) is None
+
+
+def test_blend_fit_histories_can_leave_out_train_rows(fitted):
+    # without given validation tasks, fit carves the newest training users out; their
+    # train rows hold the query, so the blend fit adapts them on the support alone
+    _, split, _, rec = fitted
+    u = int(split.train.user_idx[-1])  # a user with training rows
+    n_rows = int(np.sum(split.train.user_idx == u))
+    items, _ = rec._full_history(u, Interactions.empty(), train_rows=True)
+    assert len(items) == n_rows > 0
+    items, _ = rec._full_history(u, Interactions.empty(), train_rows=False)
+    assert len(items) == 0
