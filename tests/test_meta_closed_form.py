@@ -201,6 +201,10 @@ def test_factored_weight_algebra():
     assert merged.a.shape == (2, 6, 4)
     assert torch.allclose(merged.dense(2), theta - 1.5 * x.transpose(1, 2) @ d)
     assert torch.equal(Factored(theta, None, None).dense(2), theta.expand(2, 4, 3))
+    # rows whose first 2 columns repeat within a task (z = [u; i]): the split product is exact
+    xs = torch.cat([torch.randn(2, 1, 2, generator=g).expand(-1, 6, -1), x[..., 2:]], -1)
+    xs = xs.to(torch.float64)
+    assert torch.allclose(Factored(theta, a, b, shared=2).matmul(xs), xs @ w)
 
 
 def test_id_tables_fall_back_to_autograd():

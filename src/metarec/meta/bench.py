@@ -71,6 +71,30 @@ def _time(fn: Callable[[], object], min_seconds: float, min_repeats: int = 3) ->
     return np.asarray(times)
 
 
+def _time_pair(
+    fast: Callable[[], object], slow: Callable[[], object], min_seconds: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-call wall times (s) of two functions measured interleaved: rounds of one ``slow``
+    call and as many ``fast`` calls as fill the same time, so that both see the same load
+    on a shared machine and their ratio is not skewed by load changing between them."""
+    fast()
+    slow()
+    t_fast: list[float] = []
+    t_slow: list[float] = []
+    start = time.perf_counter()
+    while len(t_slow) < 3 or time.perf_counter() - start < 2 * min_seconds:
+        t0 = time.perf_counter()
+        slow()
+        t_slow.append(time.perf_counter() - t0)
+        spent = 0.0
+        while spent < t_slow[-1] or not t_fast:
+            t0 = time.perf_counter()
+            fast()
+            t_fast.append(time.perf_counter() - t0)
+            spent += t_fast[-1]
+    return np.asarray(t_fast), np.asarray(t_slow)
+
+
 def run_meta_benchmark(
     *,
     threads: int = 2,
@@ -101,8 +125,11 @@ def run_meta_benchmark(
             scorer, MetaConfig(algorithm=name, inner_steps=inner_steps, inner_lr=inner_lr)
         )
         params = ml.init_params(torch.Generator().manual_seed(seed))
-        t_batched = _time(lambda ml=ml, p=params: ml.meta_grads(p, x), min_seconds)
-        t_loop = _time(lambda ml=ml, p=params: ml.loop_meta_grads(p, x), min_seconds)
+        t_batched, t_loop = _time_pair(
+            lambda ml=ml, p=params: ml.meta_grads(p, x),
+            lambda ml=ml, p=params: ml.loop_meta_grads(p, x),
+            min_seconds,
+        )
         prefix = "maml2" if key == "2" else "fomaml"
         out[f"{prefix}_tasks_per_s"] = n_tasks / float(np.median(t_batched))
         out[f"loop{key}_tasks_per_s"] = n_tasks / float(np.median(t_loop))

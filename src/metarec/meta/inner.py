@@ -20,7 +20,7 @@ Settings that make the algorithms (see ``algorithms.py``):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -141,6 +141,7 @@ class Factored:
     theta: torch.Tensor  # (in, out) shared θ
     a: torch.Tensor | None  # (T, r, in); None: no step taken yet (W_t = θ)
     b: torch.Tensor | None  # (T, r, out)
+    shared: int = 0  # leading input columns equal on all rows of a task (the user block of z)
 
     def dense(self, n_tasks: int) -> torch.Tensor:
         """(T, in, out) per-task weights (serving forms them once per request)."""
@@ -150,7 +151,7 @@ class Factored:
 
     def matmul(self, x: torch.Tensor, xa: torch.Tensor | None = None) -> torch.Tensor:
         """(T, N, out) = x W_t for rows x (T, N, in); ``xa`` = x a_tᵀ if already known."""
-        out = x @ self.theta
+        out = _shared_matmul(x, self.theta, self.shared)
         if self.a is None:
             return out
         if xa is None:
@@ -167,16 +168,24 @@ class Factored:
     def step(self, x: torch.Tensor, d: torch.Tensor, lr: float, same_input: bool) -> Factored:
         """W_t − lr xᵀ d: the SGD step for support inputs x (T, K, in) and errors d."""
         if self.a is None:
-            return Factored(self.theta, x, d * lr)
+            return replace(self, a=x, b=d * lr)
         if same_input:  # x is the a of every earlier step: merge, rank stays K
-            return Factored(self.theta, self.a, self.b.add(d, alpha=lr))
-        return Factored(self.theta, torch.cat([self.a, x], 1), torch.cat([self.b, d * lr], 1))
+            return replace(self, b=self.b.add(d, alpha=lr))
+        return replace(self, a=torch.cat([self.a, x], 1), b=torch.cat([self.b, d * lr], 1))
 
     def detach(self) -> Factored:
         def det(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.detach()
 
-        return Factored(self.theta, det(self.a), det(self.b))
+        return replace(self, a=det(self.a), b=det(self.b))
+
+
+def _shared_matmul(x: torch.Tensor, w: torch.Tensor, shared: int) -> torch.Tensor:
+    """x (T, N, in) @ w (in, out) when x's first ``shared`` columns are the same on all N rows
+    of a task (z = [u; i; ...]): that block is multiplied once per task, not N times."""
+    if not shared:
+        return x @ w
+    return x[:, :1, :shared] @ w[:shared] + x[..., shared:] @ w[shared:]
 
 
 def _factor_pays(shape: torch.Size, k: int, steps: int, fixed_input: bool) -> bool:
@@ -210,9 +219,12 @@ def _relu_grad(d: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(d, pre, 0.0)
 
 
-def _flat_t_mm(x: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """Σ_t x_tᵀ d_t as one GEMM: (T, N, i), (T, N, o) -> (i, o)."""
-    return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
+def _flat_t_mm(x: torch.Tensor, d: torch.Tensor, shared: int = 0) -> torch.Tensor:
+    """Σ_t x_tᵀ d_t as one GEMM: (T, N, i), (T, N, o) -> (i, o). The first ``shared`` columns
+    of x are the same on a task's rows (see _shared_matmul): their block is Σ_t x_t0ᵀ Σ_n d_tn."""
+    if not shared:
+        return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
+    return torch.cat([x[:, 0, :shared].T @ d.sum(1), _flat_t_mm(x[..., shared:], d)], 0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,8 +292,11 @@ def _forward_backward(
         d = _relu_grad(dh, pres[li])  # (T, N, h_li)
         errors[li] = d
         wk, bk = f"mlp.{li}.w", f"mlp.{li}.b"
-        if wk in keys and (summed or wk not in fac):
-            grads[wk] = _flat_t_mm(ins[li], d) if summed else torch.bmm(ins[li].transpose(1, 2), d)
+        if wk in keys and summed:
+            # layer 0's input is z = [u; i; ...]: u is the same on all of a task's rows
+            grads[wk] = _flat_t_mm(ins[li], d, scorer.cfg.d_user_rep if li == 0 else 0)
+        elif wk in keys and wk not in fac:
+            grads[wk] = torch.bmm(ins[li].transpose(1, 2), d)
         if bk in keys:
             grads[bk] = d.sum((0, 1)) if summed else d.sum(1)
         if li > lowest or moving:
@@ -344,7 +359,11 @@ def closed_form_inner_loop(
             k: (v.detach() if isinstance(v, torch.Tensor) and not track else v)
             for k, v in ((k, step_sizes[k]) for k in keys)
         }
-        fac = {k: Factored(base[k], None, None) for k in factored_keys}
+        # the first layer's input z = [u; i; ...] repeats u on every row of a task
+        fac = {
+            k: Factored(base[k], None, None, cfg.d_user_rep if k == "mlp.0.w" else 0)
+            for k in factored_keys
+        }
         fast = {k: base[k].expand(n_tasks, *base[k].shape) for k in keys if k not in fac}
         total: Params = {}  # Σ_s g_s of first-order keys with learned (tensor) step sizes
         has_bias = bool(cfg.n_items and cfg.use_item_bias)
@@ -361,7 +380,10 @@ def closed_form_inner_loop(
             if "mlp.0.w" in fac:
                 z = inputs[2]
                 # (T, K, h1) z θ0 and (T, K, K) Gram z zᵀ = z a0ᵀ for every step, once
-                first = (z @ base["mlp.0.w"], torch.bmm(z, z.transpose(1, 2)))
+                first = (
+                    _shared_matmul(z, base["mlp.0.w"], cfg.d_user_rep),
+                    torch.bmm(z, z.transpose(1, 2)),
+                )
         for _ in range(steps):
             p = {**base, **fast}
             if moving:
@@ -385,7 +407,7 @@ def closed_form_inner_loop(
         theta = params[k]
         if k in fac:
             f = fac[k]
-            fac[k] = f if track else Factored(theta, f.a, f.b).detach()
+            fac[k] = f if track else replace(f, theta=theta).detach()
             continue
         phi = fast[k]
         lr = step_sizes[k]
