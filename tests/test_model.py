@@ -208,6 +208,17 @@ def test_blended_scores_are_consistent_and_pure(fitted):
     np.testing.assert_allclose(batch[0], w[0] * logit + g @ w[1:], rtol=1e-5)
 
 
+def test_adapt_once_serving_applies_the_same_blend(fitted):
+    ds, split, _, rec = fitted
+    t = split.test[1]
+    items = np.arange(ds.n_items)
+    got = rec.score_adapted(rec.adapt_user(t.user_idx, t.support, "score"), t.query.item_idx)
+    np.testing.assert_allclose(got, rec.score(t.user_idx, t.support, t.query.item_idx), rtol=1e-5)
+    p = rec.score_adapted(rec.adapt_user(t.user_idx, t.support, "rank"), items)
+    s = rec.rank_scores(t.user_idx, t.support, items)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-s)), rtol=1e-5)
+
+
 def test_state_round_trip_gives_identical_scores(fitted):
     ds, split, _, rec = fitted
     cfg, tensors = rec.state()

@@ -132,6 +132,8 @@ class Adapted:
     params: dict[str, torch.Tensor]  # adapted keys carry a leading task dim of 1
     user_x: torch.Tensor  # (1, d_user_in) user inputs (side features, history profile)
     seen: np.ndarray  # (n,) int64 items in the user's history + support, sorted unique
+    # (items, ratings) of the history, for the closed-form part of a fitted blend
+    history: tuple[np.ndarray, np.ndarray] | None = None
 
 
 class MetaRecommender(Recommender):
@@ -531,15 +533,25 @@ class MetaRecommender(Recommender):
         self._check_model()
         part = self._part_named(which)
         fast, user_x = self._adapt(part, [(user_idx, support)])
-        seen, _ = self._history(user_idx, support)
-        return Adapted(which, fast, user_x, np.unique(seen))
+        seen, ratings = self._history(user_idx, support)
+        return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings))
 
     def score_adapted(self, adapted: Adapted, item_idx: np.ndarray) -> np.ndarray:
         """Scores of ``item_idx`` for an :meth:`adapt_user` result: P(like) for the ranking
-        model, the rating (clipped to the scale) or probability for the scoring model."""
+        model, the rating (clipped to the scale) or probability for the scoring model.
+
+        With a fitted blend the same blend as :meth:`score` / :meth:`rank_scores` applies:
+        the scoring model's rating equals :meth:`score`; the ranking model returns
+        sigmoid(:meth:`rank_scores`), the same order in (0, 1) (not a calibrated P(like))."""
         part = self._part_named(adapted.which)
         item_idx = self._check_items(item_idx)
         raw = self._predict(part, adapted.params, adapted.user_x, item_idx)[0]
+        blend, hist = self.blend_, adapted.history
+        if blend is not None and hist is not None:
+            if adapted.which == "score" and part.learner.scorer.cfg.head == "rating":
+                raw = blend.rating(raw, hist, item_idx)
+            elif adapted.which == "rank" and part is self.rank_:
+                raw = blend.rank(raw[None, :], [hist], item_idx)[0]
         if adapted.which == "rank" and part.learner.scorer.cfg.head == "rating":
             return raw  # a rating model ranking on its own: its unclipped rating
         return self._finish(part, raw)
