@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from metarec.meta.episodes import TaskInputs
-from metarec.models.scorer import Scorer, affine, param_group
+from metarec.models.scorer import Scorer, affine, linear_head, param_group, row_times
 
 Params = dict[str, torch.Tensor]
 StepSizes = Mapping[str, torch.Tensor | float]
@@ -185,7 +185,7 @@ def _shared_matmul(x: torch.Tensor, w: torch.Tensor, shared: int) -> torch.Tenso
     of a task (z = [u; i; ...]): that block is multiplied once per task, not N times."""
     if not shared:
         return x @ w
-    return x[:, :1, :shared] @ w[:shared] + x[..., shared:] @ w[shared:]
+    return row_times(x[:, :1, :shared], w[:shared]) + x[..., shared:] @ w[shared:]
 
 
 def _factor_pays(shape: torch.Size, k: int, steps: int, fixed_input: bool) -> bool:
@@ -273,17 +273,15 @@ def _forward_backward(
         ins.append(h)
         pres.append(pre)
         h = torch.relu(pre)
-    out = affine(h, p["head.w"], p["head.b"]).squeeze(-1)  # (T, N)
+    out = linear_head(h, p["head.w"], p["head.b"])  # (T, N)
     if rows.bias is not None:
         out = out + rows.bias
     g = scorer.row_loss_grad(out, rows.y, rows.weights)  # (T, N) d L_t / d out
     grads: dict[str, torch.Tensor] = {}
     if "head.w" in keys:
-        grads["head.w"] = (
-            _flat_t_mm(h, g.unsqueeze(-1))
-            if summed
-            else torch.bmm(h.transpose(1, 2), g.unsqueeze(-1))  # (T, H, 1)
-        )
+        # hᵀ g has one output column: multiply-and-sum, not MKL's threaded gemv (row_times)
+        hg = h * g.unsqueeze(-1)  # (T, N, H)
+        grads["head.w"] = hg.sum((0, 1)).unsqueeze(-1) if summed else hg.sum(1).unsqueeze(-1)
     if "head.b" in keys:
         grads["head.b"] = g.sum().reshape(1) if summed else g.sum(1, keepdim=True)  # (T, 1)
     dh = g.unsqueeze(-1) * p["head.w"].transpose(-1, -2)  # (T, N, H)
@@ -516,7 +514,7 @@ def scorer_forward(
         w, b = factored.get(f"mlp.{li}.w"), params[f"mlp.{li}.b"]
         pre = affine(h, params[f"mlp.{li}.w"], b) if w is None else w.matmul(h) + _bias(b)
         h = torch.relu(pre)
-    out = affine(h, params["head.w"], params["head.b"]).squeeze(-1)
+    out = linear_head(h, params["head.w"], params["head.b"])
     if scorer.cfg.n_items and scorer.cfg.use_item_bias:
         out = out + scorer.bias_term(params, rows)
     return out
