@@ -111,6 +111,16 @@ def create_app(
     app.state.metarec = state
     app.add_middleware(_BodyLimit, max_bytes=cfg.max_body_bytes)
     bearer = HTTPBearer(auto_error=False)
+    # our error bodies replace FastAPI's default 422 schema in the OpenAPI document
+    errs = {
+        c: {"model": S.Error, "description": d}
+        for c, d in (
+            (401, "missing or wrong bearer token"),
+            (413, "request body over the server limit"),
+            (422, "malformed or invalid request, or a limit exceeded"),
+            (503, "no feedback store configured"),
+        )
+    }
 
     def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
         if cfg.token is None:
@@ -182,7 +192,7 @@ def create_app(
     def health() -> S.Health:
         return S.Health(status="ok")
 
-    @app.get("/info", response_model=S.Info, dependencies=[Depends(auth)])
+    @app.get("/info", response_model=S.Info, dependencies=[Depends(auth)], responses=errs)
     def info() -> S.Info:
         return S.Info(
             model=model.name,
@@ -203,7 +213,12 @@ def create_app(
             cache={"entries": len(state.cache), **dataclasses.asdict(state.cache.stats)},
         )
 
-    @app.post("/recommend", response_model=S.RecommendResponse, dependencies=[Depends(auth)])
+    @app.post(
+        "/recommend",
+        response_model=S.RecommendResponse,
+        dependencies=[Depends(auth)],
+        responses=errs,
+    )
     def recommend(req: S.RecommendRequest) -> S.RecommendResponse:
         if req.k > cfg.max_k:
             raise _unprocessable(f"k = {req.k} is over the server limit of {cfg.max_k}")
@@ -238,7 +253,9 @@ def create_app(
             )
         return S.RecommendResponse(items=items, unknown_items=unknown, model=model.name)
 
-    @app.post("/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)])
+    @app.post(
+        "/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)], responses=errs
+    )
     def score(req: S.ScoreRequest) -> S.ScoreResponse:
         if len(req.item_ids) > cfg.max_score_items:
             raise _unprocessable(
@@ -261,7 +278,9 @@ def create_app(
             raise HTTPException(503, "this server runs without a feedback store (--feedback-db)")
         return store
 
-    @app.post("/feedback", response_model=S.FeedbackResponse, dependencies=[Depends(auth)])
+    @app.post(
+        "/feedback", response_model=S.FeedbackResponse, dependencies=[Depends(auth)], responses=errs
+    )
     def feedback(req: S.FeedbackRequest) -> S.FeedbackResponse:
         st = need_store()
         check_interactions(req.interactions)
@@ -271,7 +290,12 @@ def create_app(
         unknown = [str(i) for i in ids[pred.items.lookup_or_missing(ids) < 0]]
         return S.FeedbackResponse(stored=n, unknown_items=unknown)
 
-    @app.get("/feedback/{user_id}", response_model=S.FeedbackList, dependencies=[Depends(auth)])
+    @app.get(
+        "/feedback/{user_id}",
+        response_model=S.FeedbackList,
+        dependencies=[Depends(auth)],
+        responses=errs,
+    )
     def feedback_of(user_id: str) -> S.FeedbackList:
         rows = need_store().get(user_id)
         return S.FeedbackList(

@@ -38,6 +38,8 @@ class Interaction(_Body):
     item_id: Annotated[RawId, Field(examples=["50"])]
     rating: float = Field(
         allow_inf_nan=False,
+        ge=-1e6,
+        le=1e6,
         description="explicit rating, or 1/0 (liked / not) for implicit data",
         examples=[5.0],
     )
@@ -108,6 +110,19 @@ class FeedbackResponse(BaseModel):
 class FeedbackList(BaseModel):
     user_id: str
     interactions: list[Interaction]
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str | None = None
+
+
+class Error(BaseModel):
+    """Every error response: a one-line ``detail``; schema errors also list ``errors``."""
+
+    detail: str
+    errors: list[ErrorDetail] | None = None
 
 
 class Health(BaseModel):
