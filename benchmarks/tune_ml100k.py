@@ -61,11 +61,16 @@ BASELINES = (
 VARIANTS = {
     "meta alone": None,
     "default blend": BlendConfig(),
-    "rating: +imub only": BlendConfig(rating_inputs=("item_mean_user_bias",)),
-    "rating: +mf only": BlendConfig(rating_inputs=("biased_mf",)),
-    "rank: +ease only": BlendConfig(rank_inputs=("ease",)),
-    "rank: +ease +pop +mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),
-    "rank: relevant >= 4": BlendConfig(relevant_threshold=4.0),
+    "rating l2 (imub+mf)": BlendConfig(rating_loss="l2", rating_like=False),
+    "rating l1": BlendConfig(rating_loss="l1", rating_like=False),
+    "rating l2 +like": BlendConfig(rating_loss="l2", rating_like=True),
+    "rating l1 +like": BlendConfig(rating_loss="l1", rating_like=True),
+    "rating l2 imub only": BlendConfig(rating_inputs=("item_mean_user_bias",)),
+    "rating l2 mf only": BlendConfig(rating_inputs=("biased_mf",)),
+    "rank ease": BlendConfig(rank_inputs=("ease",)),
+    "rank ease+pop": BlendConfig(rank_inputs=("ease", "popularity")),
+    "rank ease+pop+mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),
+    "rank relevant >= 4": BlendConfig(relevant_threshold=4.0),
 }
 
 

@@ -36,6 +36,16 @@ def test_rating_weights_are_exact_least_squares():
         fit_rating_weights(x[:3], y[:3])
 
 
+def test_l1_rating_weights_ignore_an_outlier():
+    # y = 2 x + 1 exactly except one wild row: least absolute deviations recovers the line
+    # exactly (an LP vertex through the clean rows), least squares is pulled away
+    x = np.linspace(-1, 1, 21)[:, None]
+    y = 2 * x[:, 0] + 1
+    y[3] += 40.0
+    np.testing.assert_allclose(fit_rating_weights(x, y, "l1"), [2.0, 1.0], atol=1e-8)
+    assert abs(fit_rating_weights(x, y, "l2")[1] - 1.0) > 1.0
+
+
 def test_rank_weights_meet_the_optimality_condition():
     # one user, two items, one input: x = (1, 0), item 0 liked. With s = std(x) = 1/2 and
     # v = w·s the standardised weight, the loss is −log σ(v/s) + λ v², whose stationary
@@ -265,3 +275,30 @@ def test_blend_fit_histories_can_leave_out_train_rows(fitted):
     assert len(items) == n_rows > 0
     items, _ = rec._full_history(u, Interactions.empty(), train_rows=False)
     assert len(items) == 0
+
+
+def test_l1_stack_with_the_like_logit(fitted):
+    # a copy of the fitted model with a different blend: L1 loss, like-model logit stacked
+    ds, split, _, rec = fitted
+    cfg, tensors = rec.state()
+    other = MetaRecommender.from_state(cfg, tensors, split.train)
+    blend_cfg = BlendConfig(rating_loss="l1", rating_like=True)
+    other.config = dataclasses.replace(other.config, blend=blend_cfg)
+    other.blend_ = other._fit_blend(ds, split)
+    assert other.blend_.rating_like and len(other.blend_.rating_weights) == 5
+    t = split.test[2]
+    want = other.score(t.user_idx, t.support, t.query.item_idx)
+    np.testing.assert_allclose(other.score_many([t], [t.query.item_idx])[0], want, rtol=1e-5)
+    adapted = other.adapt_user(t.user_idx, t.support, "score")
+    np.testing.assert_allclose(other.score_adapted(adapted, t.query.item_idx), want, rtol=1e-5)
+    # the blended rating is w · (meta, like logit, imub, mf, 1) before clipping
+    pair = [(t.user_idx, t.support)]
+    meta = other._scores(other.rating_, pair, [t.query.item_idx])[0]
+    like = other._scores(other.rank_, pair, [t.query.item_idx])[0]
+    hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+    x = other.blend_.closed.rating_inputs(other.blend_.rating_inputs, *hist, t.query.item_idx)
+    design = np.column_stack([meta, like, x, np.ones(len(meta))])
+    np.testing.assert_allclose(want, np.clip(design @ other.blend_.rating_weights, 1, 5), rtol=1e-5)
+    back = MetaRecommender.from_state(*other.state(), split.train)
+    assert back.blend_.rating_like
+    np.testing.assert_array_equal(back.score(t.user_idx, t.support, t.query.item_idx), want)

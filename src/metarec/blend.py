@@ -38,6 +38,10 @@ class BlendConfig:
     rank: bool = True  # add closed-form ranking scores to the like-model's logit
     rating_inputs: tuple[str, ...] = ("item_mean_user_bias", "biased_mf")
     rank_inputs: tuple[str, ...] = ("ease", "popularity")
+    # the rating stack's loss: "l2" least squares (the conditional mean), "l1" least
+    # absolute deviations (the conditional median, what MAE rewards)
+    rating_loss: str = "l2"
+    rating_like: bool = False  # also stack the like-model's logit into the rating
     # query ratings >= this are the positives of the ranking fit; None = the like threshold
     relevant_threshold: float | None = None
     mf_factors: int = 32
@@ -55,6 +59,8 @@ class BlendConfig:
         for name in self.rank_inputs:
             if name not in RANK_INPUTS:
                 raise MetarecError(f"blend.rank_inputs: unknown {name!r} ({RANK_INPUTS})")
+        if self.rating_loss not in ("l1", "l2"):
+            raise MetarecError(f"blend.rating_loss: {self.rating_loss!r} is not 'l1' or 'l2'")
         if self.mf_factors < 1 or self.mf_reg <= 0 or self.ease_reg <= 0:
             raise MetarecError("blend: mf_factors >= 1, mf_reg > 0, ease_reg > 0")
 
@@ -210,15 +216,28 @@ class ClosedForm:
         )
 
 
-def fit_rating_weights(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least-squares stacking weights: y ≈ x @ w[:-1] + w[-1].
+def fit_rating_weights(x: np.ndarray, y: np.ndarray, loss: str = "l2") -> np.ndarray:
+    """Stacking weights: y ≈ x @ w[:-1] + w[-1], by least squares (``"l2"``) or least
+    absolute deviations (``"l1"``, an exact linear programme solved by HiGHS).
 
     x: (n_rows, n_inputs) predictions, y: (n_rows,) true ratings. Returns (n_inputs + 1,).
     """
     if len(x) <= x.shape[1] + 1:
         raise MetarecError(f"blend: {len(x)} validation ratings cannot fit {x.shape[1]} weights")
-    x1 = np.hstack([x, np.ones((len(x), 1))])
-    return np.linalg.lstsq(x1, y, rcond=None)[0]
+    x1 = np.hstack([x, np.ones((len(x), 1))])  # (n, d)
+    if loss == "l2":
+        return np.linalg.lstsq(x1, y, rcond=None)[0]
+    from scipy.optimize import linprog
+
+    # min Σ (u⁺ + u⁻) s.t. x1 w + u⁺ − u⁻ = y, u± >= 0, w free: variables [w, u⁺, u⁻]
+    n, d = x1.shape
+    eye = np.eye(n)
+    cost = np.concatenate([np.zeros(d), np.ones(2 * n)])
+    bounds = [(None, None)] * d + [(0, None)] * (2 * n)
+    res = linprog(cost, A_eq=np.hstack([x1, eye, -eye]), b_eq=y, bounds=bounds, method="highs")
+    if not res.success:
+        raise MetarecError(f"blend: the L1 rating stack did not solve ({res.message})")
+    return res.x[:d]
 
 
 def apply_rating_weights(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -279,18 +298,30 @@ class Blend:
 
     closed: ClosedForm
     rating_inputs: tuple[str, ...]
-    rating_weights: np.ndarray | None  # (2 + len(rating_inputs),): meta, inputs, intercept
+    # (2 + like + len(rating_inputs),): meta, [like logit], inputs, intercept
+    rating_weights: np.ndarray | None
     rank_inputs: tuple[str, ...]
     rank_weights: np.ndarray | None  # (1 + len(rank_inputs),): meta logit, inputs
+    rating_like: bool = False  # the like-model's logit is a rating input
 
     def rating(
-        self, meta: np.ndarray, history: tuple[np.ndarray, np.ndarray], targets: np.ndarray
+        self,
+        meta: np.ndarray,
+        history: tuple[np.ndarray, np.ndarray],
+        targets: np.ndarray,
+        like: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(n,) blended rating of ``targets`` from the meta-model's (n,) raw ratings."""
+        """(n,) blended rating of ``targets`` from the meta-model's (n,) raw ratings (and
+        the like-model's (n,) logits when ``rating_like``)."""
         if self.rating_weights is None:
             return meta
         x = self.closed.rating_inputs(self.rating_inputs, *history, targets)
-        return apply_rating_weights(self.rating_weights, np.hstack([meta[:, None], x]))
+        cols = [meta[:, None], x]
+        if self.rating_like:
+            if like is None:
+                raise MetarecError("blend: this rating stack needs the like-model's logits")
+            cols.insert(1, like[:, None])
+        return apply_rating_weights(self.rating_weights, np.hstack(cols))
 
     def rank(
         self,
@@ -310,6 +341,7 @@ class Blend:
             "closed": cfg,
             "rating_inputs": list(self.rating_inputs),
             "rank_inputs": list(self.rank_inputs),
+            "rating_like": self.rating_like,
         }
         for key in ("rating_weights", "rank_weights"):
             w = getattr(self, key)
@@ -328,4 +360,5 @@ class Blend:
             weights("rating_weights"),
             tuple(cfg["rank_inputs"]),
             weights("rank_weights"),
+            bool(cfg.get("rating_like", False)),
         )

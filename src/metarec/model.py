@@ -134,6 +134,8 @@ class Adapted:
     seen: np.ndarray  # (n,) int64 items in the user's history + support, sorted unique
     # (items, ratings) of the history, for the closed-form part of a fitted blend
     history: tuple[np.ndarray, np.ndarray] | None = None
+    # the like-model adapted too, when the rating blend stacks its logit: (params, user_x)
+    like: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
 
 
 class MetaRecommender(Recommender):
@@ -202,6 +204,7 @@ class MetaRecommender(Recommender):
         pairs = [(t.user_idx, t.support) for t in tasks]
         hists = [(t.support.item_idx, t.support.rating.astype(np.float64)) for t in tasks]
         rating_w = rank_w = None
+        rating_like = b.rating_like and self.rank_ is not None
         if use_rating:
             assert self.rating_ is not None
             queries = [t.query.item_idx for t in tasks]
@@ -215,7 +218,12 @@ class MetaRecommender(Recommender):
                 ]
             )  # (n_rows, n_inputs)
             y = np.concatenate([t.query.rating for t in tasks]).astype(np.float64)
-            rating_w = fit_rating_weights(np.hstack([meta[:, None], x]), y)
+            cols = [meta[:, None], x]
+            if rating_like:
+                assert self.rank_ is not None
+                like_logits = self._scores(self.rank_, pairs, queries, train_rows=False)
+                cols.insert(1, np.concatenate(like_logits)[:, None])
+            rating_w = fit_rating_weights(np.hstack(cols), y, b.rating_loss)
         rank_inputs = tuple(n for n in b.rank_inputs if n != "ease" or closed.ease is not None)
         if use_rank and rank_inputs:
             assert self.rank_ is not None
@@ -232,7 +240,7 @@ class MetaRecommender(Recommender):
                 excl[r, t.support.item_idx] = True
             if pos.any():
                 rank_w = fit_rank_weights(x, pos & ~excl, excl, b.weight_decay)
-        return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w)
+        return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w, rating_like)
 
     def _like_threshold(self) -> float:
         if self.feedback_ != "explicit":
@@ -402,7 +410,8 @@ class MetaRecommender(Recommender):
         known = torch.from_numpy(self.known_items_)
         n_tasks = user_x.shape[0]
         if isinstance(items, np.ndarray):
-            it = torch.as_tensor(np.asarray(items, dtype=np.int64))
+            # a copy: item arrays of frozen Interactions are read-only
+            it = torch.from_numpy(np.array(items, dtype=np.int64))
             cols = []
             for a in range(0, len(it), item_chunk):
                 chunk = it[a : a + item_chunk]
@@ -463,11 +472,15 @@ class MetaRecommender(Recommender):
         """Raw outputs of the scoring part per task, stacked with the closed-form rating
         models when a rating blend was fitted (before clipping)."""
         raws = self._scores(part, pairs, items)
-        if self.blend_ is None or part.learner.scorer.cfg.head != "rating":
+        blend = self.blend_
+        if blend is None or part.learner.scorer.cfg.head != "rating":
             return raws
+        likes: list = [None] * len(raws)
+        if blend.rating_like and self.rank_ is not None:
+            likes = self._scores(self.rank_, pairs, items)
         return [
-            self.blend_.rating(r, self._history(u, s), it)
-            for r, (u, s), it in zip(raws, pairs, items, strict=True)
+            blend.rating(r, self._history(u, s), it, lk)
+            for r, (u, s), it, lk in zip(raws, pairs, items, likes, strict=True)
         ]
 
     def _blended_ranks(self, pairs: Sequence[tuple[int, Interactions]], items: np.ndarray):
@@ -534,7 +547,11 @@ class MetaRecommender(Recommender):
         part = self._part_named(which)
         fast, user_x = self._adapt(part, [(user_idx, support)])
         seen, ratings = self._history(user_idx, support)
-        return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings))
+        like = None
+        if which == "score" and self.blend_ is not None and self.blend_.rating_like:
+            assert self.rank_ is not None
+            like = self._adapt(self.rank_, [(user_idx, support)])
+        return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings), like)
 
     def score_adapted(self, adapted: Adapted, item_idx: np.ndarray) -> np.ndarray:
         """Scores of ``item_idx`` for an :meth:`adapt_user` result: P(like) for the ranking
@@ -549,7 +566,10 @@ class MetaRecommender(Recommender):
         blend, hist = self.blend_, adapted.history
         if blend is not None and hist is not None:
             if adapted.which == "score" and part.learner.scorer.cfg.head == "rating":
-                raw = blend.rating(raw, hist, item_idx)
+                like = None
+                if adapted.like is not None and self.rank_ is not None:
+                    like = self._predict(self.rank_, *adapted.like, item_idx)[0]
+                raw = blend.rating(raw, hist, item_idx, like)
             elif adapted.which == "rank" and part is self.rank_:
                 raw = blend.rank(raw[None, :], [hist], item_idx)[0]
         if adapted.which == "rank" and part.learner.scorer.cfg.head == "rating":
