@@ -249,12 +249,13 @@ def _forward_backward(
     moving: bool,
     first: tuple[torch.Tensor, torch.Tensor] | None = None,
     summed: bool = False,
+    own: frozenset[str] = frozenset(),
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[torch.Tensor], dict[int, torch.Tensor]]:
     """One closed-form forward/backward pass of the task losses.
 
     Returns (out (T, N), grads, layer inputs, layer errors δ_l). ``grads`` holds d L_t / d key
-    per task for ``keys`` except factored weights (their step uses inputs and errors), or with
-    ``summed`` the sum over tasks for every key, factored weights included. ``first`` =
+    per task for ``keys`` except MLP weights in ``own`` (the caller steps them from the layer
+    inputs and errors), or with ``summed`` the sum over tasks for every key. ``first`` =
     (z θ0, z a0ᵀ) when the first layer's products are precomputed (fixed support input).
     """
     u, i, z = inputs
@@ -293,7 +294,7 @@ def _forward_backward(
         if wk in keys and summed:
             # layer 0's input is z = [u; i; ...]: u is the same on all of a task's rows
             grads[wk] = _flat_t_mm(ins[li], d, scorer.cfg.d_user_rep if li == 0 else 0)
-        elif wk in keys and wk not in fac:
+        elif wk in keys and wk not in own:
             grads[wk] = torch.bmm(ins[li].transpose(1, 2), d)
         if bk in keys:
             grads[bk] = d.sum((0, 1)) if summed else d.sum(1)
@@ -363,6 +364,12 @@ def closed_form_inner_loop(
             for k in factored_keys
         }
         fast = {k: base[k].expand(n_tasks, *base[k].shape) for k in keys if k not in fac}
+        # MLP weights stepped straight from layer inputs and errors (factored, or fused GEMM)
+        own = frozenset(
+            k
+            for k in keys
+            if k.startswith("mlp.") and k.endswith(".w") and isinstance(sizes[k], float)
+        )
         total: Params = {}  # Σ_s g_s of first-order keys with learned (tensor) step sizes
         has_bias = bool(cfg.n_items and cfg.use_item_bias)
         support = _Rows(
@@ -387,13 +394,18 @@ def closed_form_inner_loop(
             if moving:
                 inputs = scorer.mlp_input(p, user_x, item_x, rows)
             _, grads, ins, errors = _forward_backward(
-                scorer, p, fac, support, inputs, key_set, lowest, moving, first
+                scorer, p, fac, support, inputs, key_set, lowest, moving, first, own=own
             )
             for k in keys:  # the SGD step
                 lr = sizes[k]
-                if k in fac:
+                if k in own:
                     li = int(k.split(".")[1])
-                    fac[k] = fac[k].step(ins[li], errors[li], lr, li == 0 and not moving)
+                    if k in fac:
+                        fac[k] = fac[k].step(ins[li], errors[li], lr, li == 0 and not moving)
+                    else:  # W − α hᵀδ as one GEMM: no (T, in, out) gradient tensor
+                        fast[k] = torch.baddbmm(
+                            fast[k], ins[li].transpose(1, 2), errors[li], alpha=-lr
+                        )
                     continue
                 gk = grads[k]
                 if not track and not isinstance(lr, float):
