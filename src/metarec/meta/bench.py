@@ -4,8 +4,11 @@ Model: the scorer configured as a plain MLP on a 256-dim input (128 user + 128 i
 features) -> 64 -> 64 -> 1 with the rating head (MSE); meta-batch of 32 tasks x (10 support
 + 10 query), 5 inner SGD steps. ``MetaLearner.meta_grads`` (what ``train.py`` calls) is timed
 for second-order MAML and FOMAML, next to ``MetaLearner.loop_meta_grads`` (one unbatched
-model per task, ``torch.autograd.grad`` per step). Also: one user's adaptation (5 steps on
-10 support items) plus scoring a 1,682-item catalogue (ML-100K's size), as p50/p99 latency.
+model per task, ``torch.autograd.grad`` per step). The two are timed interleaved, so that
+on a shared machine both see the same load. Also: one user's adaptation (5 steps on 10
+support items, ``MetaLearner.adapt``) plus scoring a 1,682-item catalogue (ML-100K's size,
+``MetaLearner.predict``) as p50/p99 latency: the same two calls ``MetaRecommender`` makes to
+serve a request. Nothing here calls a path of its own: what is timed is what trains and serves.
 """
 
 from __future__ import annotations
