@@ -488,6 +488,9 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "picked by the validation users' primary metric; test users are used once, at the end",
         "text": {"model": cfg.text.model, "pca_dim": cfg.text.pca_dim},
         "threshold": cfg.threshold,
+        "candidates": "the held-out items only"
+        if len(split.cold_items)
+        else "the whole catalogue minus the user's support",
         "curve_users": "the test users with an episode at every K of the curve"
         if cfg.curve_same_users
         else "every test user with more than K interactions (changes with K)",
@@ -541,9 +544,20 @@ def run(
     main_k = config.split.k_shot
     curve = [k for k in config.shots]
 
-    def evaluate_on(rec: Recommender, tasks: Sequence[Task], seed: int) -> evaluation.EvalResult:
+    def evaluate_on(
+        rec: Recommender, tasks: Sequence[Task], split: Split, seed: int
+    ) -> evaluation.EvalResult:
+        # item cold-start: the full ranking is over the held-out items, the ones that can
+        # be relevant; ranking the warm catalogue too would only measure cold-vs-warm bias
+        cand = split.cold_items if len(split.cold_items) else None
         return evaluation.evaluate(
-            rec, ds, tasks, threshold=config.threshold, bootstrap=config.bootstrap, seed=seed
+            rec,
+            ds,
+            tasks,
+            threshold=config.threshold,
+            bootstrap=config.bootstrap,
+            seed=seed,
+            candidates=cand,
         )
 
     for seed in config.seeds:
@@ -578,7 +592,7 @@ def run(
                 )
         for spec in config.methods:
             rec, chosen, secs = fit_method(spec, config, ds, main, feats_for(main), seed, progress)
-            res = evaluate_on(rec, main.test, seed)
+            res = evaluate_on(rec, main.test, main, seed)
             r = MethodRun(spec.name, spec.kind, seed, main_k, res, secs, chosen, _history(rec))
             runs.append(r)
             if on_result:
@@ -595,7 +609,7 @@ def run(
                         spec, config, ds, split_k, feats_for(split_k), seed, progress
                     )
                 tasks = split_k.test if common is None else _restrict(split_k.test, common)
-                kres = evaluate_on(fitted, tasks, seed)
+                kres = evaluate_on(fitted, tasks, split_k, seed)
                 runs.append(
                     MethodRun(spec.name, spec.kind, seed, k, kres, ksecs, kchosen, (), "curve")
                 )

@@ -152,7 +152,7 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         f"{order} order, query = the next Q. Hyperparameters: {p.get('selection')}. Text: "
         f"{p.get('text', {}).get('model')} (PCA {p.get('text', {}).get('pca_dim')}, fitted on "
         f"training items only). Relevant = rating >= {p.get('threshold')} (explicit) or "
-        f"label 1 (implicit); (full) metrics rank the whole catalogue minus the support."
+        f"label 1 (implicit); (full) metrics rank {p.get('candidates')}."
     )
 
 

@@ -1,0 +1,230 @@
+"""The experiment runner on tests/tiny_experiment.toml (40 synthetic users, hashing text).
+
+Known answers: every aggregate in results.json is the mean / sample std of its per-seed
+values; a baseline's per-seed value equals an independent fit + evaluate on the same
+split; grid points are scored on validation users only and the one picked is the best
+there; the K-curve evaluates the same users at every K; frozen parameters of a transfer
+are bit-identical to the source model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metarec import evaluate as evaluation
+from metarec import experiment as E
+from metarec.baselines import ItemMeanUserBias, Popularity
+from metarec.types import MetarecError
+
+TINY = Path(__file__).parent / "tiny_experiment.toml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    cfg = E.load_config(TINY)
+    results = E.run(cfg, out, progress=False)
+    return cfg, results, out
+
+
+def test_writes_results_report_and_pngs(tiny_run):
+    _, _, out = tiny_run
+    for name in ("results.json", "report.md", "shots.png", "training.png", "methods.png"):
+        assert (out / name).is_file(), name
+    for png in ("shots.png", "training.png", "methods.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # atomic writes leave no temporary files behind
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    report = (out / "report.md").read_text()
+    assert "*Protocol:* dataset **csv**, split **user-cold**, K = 3" in report
+    assert "![" in report and "shots.png" in report
+
+
+def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):
+    cfg, _, out = tiny_run
+    data = json.loads((out / "results.json").read_text())
+    main = data["scenarios"][0]
+    assert main["k_shot"] == 3
+    assert list(main["methods"]) == [m.name for m in cfg.methods]
+    checked = 0
+    for method, metrics in main["methods"].items():
+        assert "nDCG@10 (full)" in metrics and "AUC" in metrics, method
+        for name, cell in metrics.items():
+            v = np.array([np.nan if x is None else x for x in cell["per_seed"]])
+            assert len(v) == 2
+            if np.isnan(v).any():
+                continue
+            assert cell["mean"] == pytest.approx(v.mean(), abs=1e-12)
+            assert cell["std"] == pytest.approx(v.std(ddof=1), abs=1e-12)
+            lo, hi = cell["ci95"]
+            assert lo <= hi
+            checked += 1
+    assert checked > 20
+    # rating metrics exist only for rating models
+    assert "RMSE" in main["methods"]["item_mean_user_bias"]
+    assert "RMSE" not in main["methods"]["popularity"]
+    assert data["config"]["seeds"] == [0, 1]
+    assert data["fits"]["MetaRec"]["history"][0], "meta methods record training curves"
+
+
+def test_baseline_values_match_an_independent_fit(tiny_run):
+    cfg, results, _ = tiny_run
+    ds = E.load_data(cfg)
+    for i, seed in enumerate(cfg.seeds):
+        split = E.cut_split(ds, cfg, seed, cfg.split.k_shot)
+        ref = evaluation.evaluate(Popularity().fit(ds, split.train), ds, split.test, bootstrap=0)
+        got = results.runs_of("popularity", 3)[i].result
+        assert got.metrics["nDCG@10 (full)"] == ref.metrics["nDCG@10 (full)"]
+        assert got.metrics["AUC"] == ref.metrics["AUC"]
+        summary = results.summary()["popularity"]["AUC"]["per_seed"][i]
+        assert summary == ref.metrics["AUC"]
+
+
+def test_k_curve_uses_the_same_users_at_every_k(tiny_run):
+    cfg, results, _ = tiny_run
+    assert results.curve_ks() == [1, 3]
+    for seed in cfg.seeds:
+        runs = [r for r in results.runs if r.scenario == "curve" and r.seed == seed]
+        users = {r.k_shot: tuple(sorted(r.result.user_idx.tolist())) for r in runs}
+        assert users[1] == users[3]
+        main = next(r for r in results.runs if r.scenario == "main" and r.seed == seed)
+        assert set(users[1]) <= set(main.result.user_idx.tolist())
+    # the K = 1 curve point really adapts on one support interaction
+    ds = E.load_data(cfg)
+    split1 = E.cut_split(ds, cfg, 0, 1)
+    assert {len(t.support) for t in split1.test} == {1}
+
+
+def test_grid_is_picked_on_validation_users_only(monkeypatch):
+    cfg = E.load_config(TINY)
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    seen: list[set[int]] = []
+    real = evaluation.evaluate
+
+    def recording(rec, dataset, tasks, **kw):
+        seen.append({t.user_idx for t in tasks})
+        return real(rec, dataset, tasks, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate", recording)
+    spec = next(m for m in cfg.methods if m.name == "item_mean_user_bias")
+    rec, chosen, _ = E.fit_method(spec, cfg, ds, split, feats, seed=0)
+    valid_users = {t.user_idx for t in split.valid}
+    test_users = {t.user_idx for t in split.test}
+    assert len(seen) == 2  # one evaluation per grid point
+    assert all(s == valid_users for s in seen)
+    assert not any(s & test_users for s in seen)
+    # the pick is the lower validation RMSE, recomputed here independently
+    rmse = {
+        v: real(
+            ItemMeanUserBias(shrinkage=v).fit(ds, split.train), ds, split.valid, bootstrap=0
+        ).metrics["RMSE"]
+        for v in (0.1, 50.0)
+    }
+    best = min(rmse, key=rmse.get)
+    assert chosen["shrinkage"] == best
+    assert chosen["_valid_RMSE"] == pytest.approx(rmse[best])
+    assert rec.shrinkage == best
+
+
+def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
+    with pytest.raises(MetarecError, match="unknown config key 'split.kshot'"):
+        E.load_config(TINY, ["split.kshot=3"])
+    with pytest.raises(MetarecError, match="unknown config key 'methods"):
+        E.ExperimentConfig.from_dict({"methods": [{"name": "a", "knd": "meta"}]})
+    with pytest.raises(MetarecError, match="used twice"):
+        E.ExperimentConfig.from_dict({"methods": [{"name": "a"}, {"name": "a"}]})
+    with pytest.raises(MetarecError, match="no methods"):
+        E.ExperimentConfig.from_dict({})
+    cfg = E.load_config(TINY, ["seeds=[4]", "split.k_shot=2"])
+    assert cfg.seeds == (4,) and cfg.split.k_shot == 2
+    assert Path(cfg.base_dir) == TINY.parent.resolve()
+
+
+def test_pooled_trains_without_inner_steps_and_fine_tunes_at_adaptation():
+    cfg = E.load_config(TINY)
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    spec = next(m for m in cfg.methods if m.kind == "pooled")
+    rec, _, _ = E.fit_method(spec, cfg, ds, split, feats, seed=0)
+    assert rec.config.meta.inner_steps == 0  # plain supervised training
+    assert rec.rating_.learner.cfg.inner_steps == 2  # fine-tuning at adaptation
+    # with 0 fine-tuning steps, adaptation leaves the trained parameters as they are
+    plain = dataclasses.replace(spec, finetune_steps=0)
+    rec0, _, _ = E.fit_method(plain, cfg, ds, split, feats, seed=0)
+    assert rec0.rating_.learner.cfg.inner_steps == 0
+    t = split.test[0]
+    s0 = rec0.score(t.user_idx, t.support, t.query.item_idx)
+    s2 = rec.score(t.user_idx, t.support, t.query.item_idx)
+    assert not np.allclose(s0, s2)  # fine-tuning moved the scores
+
+
+def _two_domain_config(tmp_path: Path, strategy: str) -> E.ExperimentConfig:
+    import pandas as pd
+
+    log = pd.read_csv(TINY.parent / "tiny_log.csv")
+    # items i0-i11 are "space" titles, i12-i23 "romance": two domains, every user in both
+    log["domain"] = np.where(log["item_id"].str[1:].astype(int) < 12, "space", "romance")
+    path = tmp_path / "log2.csv"
+    log.to_csv(path, index=False)
+    return E.load_config(
+        TINY,
+        [
+            f'data.path="{path}"',
+            'data.options.domain_col="domain"',
+            'split.protocol="cross-domain"',
+            'split.source="space"',
+            'split.target="romance"',
+            "split.k_shot=2",
+            "split.n_query=3",
+            "split.valid_frac=0.25",
+            "shots=[]",
+            "seeds=[0]",
+        ],
+        methods=[{"name": "T", "kind": "transfer", "strategy": strategy}],
+    )
+
+
+def test_feature_transfer_keeps_the_source_extractor_frozen(tmp_path):
+    cfg = _two_domain_config(tmp_path, "feature")
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    rec, _, _ = E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
+    src, tgt = rec.source_.rating_.params, rec.rating_.params
+    from metarec.transfer import FROZEN_FOR_FEATURE, param_group_or_meta
+
+    frozen = [k for k in tgt if param_group_or_meta(k) in FROZEN_FOR_FEATURE]
+    trained = [k for k in tgt if k not in frozen]
+    assert frozen and trained
+    for k in frozen:
+        assert torch.equal(src[k], tgt[k]), k  # bit-identical: never updated
+    assert any(not torch.equal(src[k], tgt[k]) for k in trained)
+    # the target model trained on target-domain rows only: its known items are exactly the
+    # target items of train
+    target = split.train.take(split.train.domain == split.target_domain)
+    assert np.array_equal(
+        np.flatnonzero(rec.rating_.result.known_items), np.unique(target.item_idx)
+    )
+    res = evaluation.evaluate(rec, ds, split.test, bootstrap=0)
+    assert np.isfinite(res.metrics["RMSE"])
+
+
+def test_parameter_transfer_starts_from_the_source_model(tmp_path):
+    cfg = _two_domain_config(tmp_path, "parameter")
+    cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 0, "eval_every": 1}})
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    rec, _, _ = E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
+    # zero target steps: the target model is exactly the source model
+    for k, v in rec.source_.rating_.params.items():
+        assert torch.equal(v, rec.rating_.params[k]), k

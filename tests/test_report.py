@@ -1,0 +1,99 @@
+"""report.md rendering on hand-made results: bold best cells, the honest verdict, the
+single-seed format and the missing-matplotlib error."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from metarec import report
+from metarec.evaluate import EvalResult
+from metarec.experiment import ExperimentConfig, MethodRun, Results
+from metarec.types import MetarecError
+
+NDCG = "nDCG@10 (full)"
+
+
+def _result(name: str, rmse: float, ndcg: float, per_user_ndcg=None) -> EvalResult:
+    pu = np.array(per_user_ndcg if per_user_ndcg is not None else [ndcg, ndcg])
+    return EvalResult(
+        model=name,
+        metrics={"RMSE": rmse, NDCG: ndcg},
+        per_user={"RMSE": np.array([rmse, rmse]), NDCG: pu},
+        ci95={"RMSE": (rmse - 0.1, rmse + 0.1), NDCG: (ndcg - 0.05, ndcg + 0.05)},
+        n_users={"RMSE": 2, NDCG: 2},
+        user_idx=np.array([7, 8]),
+        primary_metric=NDCG,
+        greater_is_better=True,
+    )
+
+
+def _results(values: dict[str, list[tuple[float, float]]], kinds: dict[str, str]) -> Results:
+    seeds = len(next(iter(values.values())))
+    cfg = ExperimentConfig.from_dict(
+        {
+            "seeds": list(range(seeds)),
+            "shots": [],
+            "metrics": ["RMSE", NDCG],
+            "methods": [{"name": n, "kind": kinds[n]} for n in values],
+        }
+    )
+    runs = tuple(
+        MethodRun(n, kinds[n], s, 10, _result(n, r, d), 1.0, {}, ())
+        for n, vals in values.items()
+        for s, (r, d) in enumerate(vals)
+    )
+    protocol = {"dataset": "toy", "protocol": "user-cold", "n_query": 10, "text": {}}
+    return Results(cfg, {"name": "toy", "feedback": "explicit"}, protocol, runs, 3.0)
+
+
+def test_table_bolds_the_best_mean_in_each_direction_and_says_when_meta_loses():
+    res = _results(
+        {"Meta": [(1.0, 0.1), (1.2, 0.2)], "Base": [(0.9, 0.3), (0.9, 0.3)]},
+        {"Meta": "meta", "Base": "baseline"},
+    )
+    table = res.summary()
+    assert table["Meta"]["RMSE"]["mean"] == pytest.approx(1.1)
+    assert table["Meta"]["RMSE"]["std"] == pytest.approx(np.std([1.0, 1.2], ddof=1))
+    md = report.markdown_table(res, table, ["RMSE", NDCG])
+    lines = md.splitlines()
+    assert lines[0] == "| method | kind | RMSE ↓ | nDCG@10 (full) ↑ |"
+    assert lines[2] == "| Meta | meta | 1.1000 ± 0.1414 | 0.1500 ± 0.0707 |"
+    # lower RMSE is better, higher nDCG is better: both best cells are the baseline's
+    assert lines[3] == "| Base | baseline | **0.9000 ± 0.0000** | **0.3000 ± 0.0000** |"
+    v = report.verdict(res, table, NDCG)
+    assert v.startswith("**The meta-learned methods do not beat the best baseline on nDCG@10")
+    assert "best meta-learned Meta = 0.1500, best baseline Base = 0.3000" in v
+    text = report.render_markdown(res, {})
+    assert "*Protocol:* dataset **toy**, split **user-cold**, K = 10" in text
+    assert v in text
+
+
+def test_verdict_when_meta_wins_flags_overlapping_spread():
+    res = _results(
+        {"Meta": [(1.0, 0.30), (1.0, 0.40)], "Base": [(1.0, 0.32), (1.0, 0.32)]},
+        {"Meta": "meta", "Base": "baseline"},
+    )
+    v = report.verdict(res, res.summary(), NDCG)
+    assert v.startswith("The best meta-learned method, Meta, beats the best baseline, Base")
+    assert "0.3500 vs 0.3200" in v
+    assert "not a clear win" in v  # 0.03 gap < std 0.0707
+
+
+def test_one_seed_shows_the_bootstrap_interval():
+    res = _results(
+        {"Meta": [(1.0, 0.1)], "Base": [(0.9, 0.3)]}, {"Meta": "meta", "Base": "baseline"}
+    )
+    md = report.markdown_table(res, res.summary(), [NDCG])
+    # a single run keeps evaluate's own interval (ndcg ± 0.05 in the fake results)
+    assert "| Meta | meta | 0.1000 [0.050, 0.150] |" in md
+    assert "One seed only" in report.render_markdown(res, {})
+
+
+def test_plots_without_matplotlib_name_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
+    res = _results({"Meta": [(1.0, 0.1)]}, {"Meta": "meta"})
+    with pytest.raises(MetarecError, match=r"metarec\[plots\]"):
+        report.write_plots(res, tmp_path)
