@@ -311,3 +311,17 @@ def test_explanation_is_exact_leave_one_out(predictor):
         keep = np.array([r for r in range(3) if r != j])
         loo = m._scores(m._score_part, [(cold, inter.take(keep))], items)[0]
         np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
+
+
+def test_run_is_loaded_without_unpickling(run, monkeypatch):
+    # a RUN is safetensors + JSON + parquet: loading must not touch pickle or torch.load
+    import pickle
+
+    def refuse(*a, **k):
+        raise AssertionError("a RUN load tried to unpickle")
+
+    for mod, name in ((pickle, "load"), (pickle, "loads"), (torch, "load")):
+        monkeypatch.setattr(mod, name, refuse)
+    c = TestClient(create_app(run))
+    assert c.post("/recommend", json={"interactions": taste("space"), "k": 2}).status_code == 200
+    assert not [p for p in run.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".bin")]
