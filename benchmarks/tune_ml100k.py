@@ -58,13 +58,18 @@ BASELINES = (
     "popularity",
 )
 # blend variants compared on validation users (the default is BlendConfig())
+SPLIT = ("user_bias", "item_bias", "mf_user", "mf_item")
 VARIANTS = {
     "meta alone": None,
     "default blend": BlendConfig(),
-    "rating l2 (imub+mf)": BlendConfig(rating_loss="l2", rating_like=False),
+    "rating l2 (imub+mf)": BlendConfig(rating_like=False),
     "rating l1": BlendConfig(rating_loss="l1", rating_like=False),
-    "rating l2 +like": BlendConfig(rating_loss="l2", rating_like=True),
-    "rating l1 +like": BlendConfig(rating_loss="l1", rating_like=True),
+    "rating l2 +like": BlendConfig(rating_like=True),
+    "rating l2 split": BlendConfig(rating_inputs=SPLIT, rating_like=False),
+    "rating l2 split +like": BlendConfig(rating_inputs=SPLIT, rating_like=True),
+    "rating l2 split +pop +like": BlendConfig(
+        rating_inputs=(*SPLIT, "popularity"), rating_like=True
+    ),
     "rating l2 imub only": BlendConfig(rating_inputs=("item_mean_user_bias",)),
     "rating l2 mf only": BlendConfig(rating_inputs=("biased_mf",)),
     "rank ease": BlendConfig(rank_inputs=("ease",)),
@@ -104,14 +109,16 @@ def _cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None) -> dic
     return out
 
 
-def run_seed(seed: int, cache: str, overrides: list[str], log) -> dict:
+def run_seed(
+    seed: int, cache: str, overrides: list[str], log, baselines: list[str], variants: list[str]
+) -> dict:
     ds = load_dataset("movielens-100k")
     split = make_split(ds, "user-cold", k_shot=10, n_query=10, seed=seed)
     known = np.zeros(ds.n_items, dtype=bool)
     known[split.train.item_idx] = True
     feats = build_features(ds, make_encoder("default"), cache=cache, pca_dim=64, fit_items=known)
     out: dict = {"seed": seed, "valid": {}, "test": {}, "fit_s": {}, "choices": {}}
-    for name in BASELINES:
+    for name in baselines:
         kw = {"seed": seed} if name in ("biased_mf", "implicit_als", "lightfm") else {}
         t0 = time.perf_counter()
         model = make_baseline(name, **kw).fit(ds, split.train, feats)
@@ -129,7 +136,8 @@ def run_seed(seed: int, cache: str, overrides: list[str], log) -> dict:
         "rank": rec.rank_.result.best_step if rec.rank_ else None,
     }
     log(f"seed {seed} MetaRec fit {out['fit_s']['MetaRec']:.1f}s steps {out['best_step']}")
-    for label, variant in VARIANTS.items():
+    for label in variants:
+        variant = VARIANTS[label]
         out["choices"][label] = _cv_blend(rec, ds, split, variant)
         log(f"seed {seed} valid-CV {label:24s} {out['choices'][label]}")
     out["valid"]["MetaRec"] = _metrics(evaluate(rec, ds, split.valid, bootstrap=0))
@@ -187,13 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--baselines", nargs="*", default=list(BASELINES))
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    runs = [run_seed(s, a.cache, a.overrides, log) for s in a.seeds]
+    runs = [run_seed(s, a.cache, a.overrides, log, a.baselines, a.variants) for s in a.seeds]
     report = {
         "protocol": "movielens-100k user-cold K=10 Q=10",
         "overrides": a.overrides,

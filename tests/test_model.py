@@ -129,6 +129,11 @@ def test_closed_form_inputs_equal_the_baselines(world):
         x = closed.rating_inputs(("item_mean_user_bias", "biased_mf"), *hist, targets)
         np.testing.assert_allclose(x[:, 0], imub._predict(t.user_idx, t.support, targets))
         np.testing.assert_allclose(x[:, 1], mf._predict(t.user_idx, t.support, targets))
+        # the split inputs add up to the whole predictions
+        names = ("user_bias", "item_bias", "mf_user", "mf_item", "popularity")
+        parts = closed.rating_inputs(names, *hist, targets)
+        np.testing.assert_allclose(closed.mu + parts[:, 0] + parts[:, 1], x[:, 0])
+        np.testing.assert_allclose(closed.mf_mu + parts[:, 2] + parts[:, 3], x[:, 1])
         g = closed.rank_inputs(cfg.rank_inputs, [hist], targets)[0]
         np.testing.assert_allclose(g[:, 0], ease.score(t.user_idx, t.support, targets), rtol=1e-5)
         counts = np.bincount(split.train.item_idx, minlength=ds.n_items)
@@ -170,14 +175,13 @@ def test_rating_weights_are_least_squares_on_validation_users(fitted):
     assert blend is not None and blend.rating_weights is not None
     assert blend.rank_weights is not None and blend.rank_inputs == ("ease", "popularity")
     tasks = list(split.valid)
-    # rebuild the stacking design from scratch: raw meta rating + closed-form inputs
-    meta = np.concatenate(
-        rec._scores(
-            rec.rating_,
-            [(t.user_idx, t.support) for t in tasks],
-            [t.query.item_idx for t in tasks],
-        )
-    )
+    # rebuild the stacking design from scratch: raw meta rating, like-model logit (the
+    # default rating_like) and the closed-form inputs
+    assert blend.rating_like
+    pairs = [(t.user_idx, t.support) for t in tasks]
+    queries = [t.query.item_idx for t in tasks]
+    meta = np.concatenate(rec._scores(rec.rating_, pairs, queries))
+    like = np.concatenate(rec._scores(rec.rank_, pairs, queries))
     x = np.concatenate(
         [
             blend.closed.rating_inputs(
@@ -187,11 +191,12 @@ def test_rating_weights_are_least_squares_on_validation_users(fitted):
         ]
     )
     y = np.concatenate([t.query.rating for t in tasks])
-    expected = np.linalg.lstsq(np.column_stack([meta, x, np.ones(len(y))]), y, rcond=None)[0]
+    design = np.column_stack([meta, like, x, np.ones(len(y))])
+    expected = np.linalg.lstsq(design, y, rcond=None)[0]
     np.testing.assert_allclose(blend.rating_weights, expected, rtol=1e-6, atol=1e-9)
-    # the blended validation MAE is no worse than the meta-model's own (least squares
-    # contains w = (1, 0, 0, 0)), up to MAE vs MSE: check the MSE, which it minimises
-    blended = np.column_stack([meta, x, np.ones(len(y))]) @ blend.rating_weights
+    # the blended validation MSE, which least squares minimises, is no worse than the
+    # meta-model's own (the weights w = (1, 0, 0, 0, 0) are among the candidates)
+    blended = design @ blend.rating_weights
     assert np.mean((blended - y) ** 2) <= np.mean((meta - y) ** 2) + 1e-12
 
 

@@ -28,7 +28,17 @@ import torch
 from metarec.baselines import EASE, BiasedMF, ItemMeanUserBias, ridge_fold_in
 from metarec.types import Dataset, Interactions, MetarecError
 
-RATING_INPUTS = ("item_mean_user_bias", "biased_mf")
+# whole predictions, or their user-level and item-level parts as separate inputs (so the
+# stack can weight a user's level and the order of items within the user differently)
+RATING_INPUTS = (
+    "item_mean_user_bias",  # mu + b_u + b_i
+    "biased_mf",  # mu + b_u' + b_i' + q_i · p_u
+    "user_bias",  # b_u (ItemMean+UserBias)
+    "item_bias",  # b_i (ItemMean+UserBias)
+    "mf_user",  # b_u' (BiasedMF fold-in)
+    "mf_item",  # b_i' + q_i · p_u (BiasedMF fold-in)
+    "popularity",  # log(1 + training interactions of the item)
+)
 RANK_INPUTS = ("ease", "popularity", "biased_mf")
 
 
@@ -41,7 +51,7 @@ class BlendConfig:
     # the rating stack's loss: "l2" least squares (the conditional mean), "l1" least
     # absolute deviations (the conditional median, what MAE rewards)
     rating_loss: str = "l2"
-    rating_like: bool = False  # also stack the like-model's logit into the rating
+    rating_like: bool = True  # also stack the like-model's logit into the rating
     # query ratings >= this are the positives of the ranking fit; None = the like threshold
     relevant_threshold: float | None = None
     mf_factors: int = 32
@@ -134,17 +144,21 @@ class ClosedForm:
         self, names: Sequence[str], items: np.ndarray, ratings: np.ndarray, targets: np.ndarray
     ) -> np.ndarray:
         """(n_targets, len(names)) predicted ratings of ``targets`` given one history."""
-        cols = []
-        for name in names:
-            if name == "item_mean_user_bias":
-                resid = ratings - self.mu - self.item_bias[items]
-                b_u = resid.sum() / (len(items) + self.user_shrinkage) if len(items) else 0.0
-                cols.append(self.mu + b_u + self.item_bias[targets])
-            else:  # biased_mf
-                p, b = self._mf_fold_in(items, ratings)
-                cols.append(
-                    self.mf_mu + b + self.mf_item_bias[targets] + self.mf_item_factors[targets] @ p
-                )
+        resid = ratings - self.mu - self.item_bias[items]
+        b_u = resid.sum() / (len(items) + self.user_shrinkage) if len(items) else 0.0
+        p, b = self._mf_fold_in(items, ratings)
+        one = np.ones(len(targets))
+        mf_item = self.mf_item_bias[targets] + self.mf_item_factors[targets] @ p
+        parts = {
+            "item_mean_user_bias": lambda: self.mu + b_u + self.item_bias[targets],
+            "biased_mf": lambda: self.mf_mu + b + mf_item,
+            "user_bias": lambda: b_u * one,
+            "item_bias": lambda: self.item_bias[targets],
+            "mf_user": lambda: b * one,
+            "mf_item": lambda: mf_item,
+            "popularity": lambda: self.log_pop[targets],
+        }
+        cols = [parts[name]() for name in names]
         return np.stack(cols, 1) if cols else np.zeros((len(targets), 0))
 
     def rank_inputs(
