@@ -55,7 +55,7 @@ def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):
     checked = 0
     for method, metrics in main["methods"].items():
         assert "nDCG@10 (full)" in metrics and "AUC" in metrics, method
-        for name, cell in metrics.items():
+        for cell in metrics.values():
             v = np.array([np.nan if x is None else x for x in cell["per_seed"]])
             assert len(v) == 2
             if np.isnan(v).any():

@@ -71,27 +71,12 @@ class PooledRecommender(MetaRecommender):
         self.finetune_steps = int(finetune_steps)
         self.name = "Pooled" + (f"+FT{finetune_steps}" if finetune_steps else "")
 
-    def fit(
-        self,
-        dataset: Dataset,
-        train: Interactions,
-        features: FeatureSet | None = None,
-        valid: Sequence[Task] | None = None,
-    ) -> Self:
-        super().fit(dataset, train, features, valid)
-        if self.finetune_steps:
-            # training used 0 inner steps; adaptation (score/recommend) uses finetune_steps
-            for key in ("rating_", "rank_"):
-                part = getattr(self, key)
-                if part is not None:
-                    learner = part.learner
-                    tuned = dataclasses.replace(learner.cfg, inner_steps=self.finetune_steps)
-                    setattr(
-                        self,
-                        key,
-                        dataclasses.replace(part, learner=MetaLearner(learner.scorer, tuned)),
-                    )
-        return self
+    def _train_part(self, split, head, meta, tcfg, dataset):
+        # training ran with 0 inner steps; adaptation (score/recommend, and the validation
+        # scores a blend is fitted on, which come after this) uses finetune_steps
+        part = super()._train_part(split, head, meta, tcfg, dataset)
+        tuned = dataclasses.replace(part.learner.cfg, inner_steps=self.finetune_steps)
+        return dataclasses.replace(part, learner=MetaLearner(part.learner.scorer, tuned))
 
 
 # --- cross-domain transfer -----------------------------------------------------------------
