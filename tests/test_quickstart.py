@@ -24,7 +24,7 @@ def test_quickstart_writes_the_report(tmp_path, monkeypatch, capsys):
     data = json.loads((out / "results.json").read_text())
     main_table = data["scenarios"][0]
     assert main_table["k_shot"] == 10
-    names = ["MetaRec", "Pooled (no meta-learning)", *E.QUICKSTART_BASELINES]
+    names = ["MetaRec", *E.QUICKSTART_BASELINES]
     assert list(main_table["methods"]) == names
     assert data["config"]["seeds"] == [0]  # one seed by default, said in the report
     assert [s["k_shot"] for s in data["scenarios"]] == [10, 1, 10]

@@ -184,9 +184,10 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         runs = results.runs_of(name, results.main_k)
         if runs:
             secs = sum(r.fit_seconds for r in runs) / len(runs)
+            cpu = sum(r.fit_cpu_seconds for r in runs) / len(runs)
             chosen = [{k: v for k, v in r.chosen.items()} for r in runs if r.chosen]
             extra = f"; picked on validation: {chosen}" if chosen else ""
-            fits.append(f"- {name}: fit {secs:.1f} s per seed{extra}")
+            fits.append(f"- {name}: fit {secs:.1f} s wall ({cpu:.1f} CPU s) per seed{extra}")
     lines += ["Fit times (and grid points chosen on validation users):", "", *fits, ""]
     ks = results.curve_ks()
     if ks:
