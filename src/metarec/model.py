@@ -136,9 +136,9 @@ class Adapted:
     history: tuple[np.ndarray, np.ndarray] | None = None
     # the like-model adapted too, when the rating blend stacks its logit: (params, user_x)
     like: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
-    # "rank" with a fitted rank blend: the closed-form part of the blended score of every
-    # catalogue item, (n_items,) float32, folded in once here so scoring is one gather
-    rank_offset: np.ndarray | None = None
+    # "rank": the raw ranking score (blend applied) of every catalogue item, (n_items,)
+    # float64, computed once at adaptation so a cached user's request is one gather
+    catalogue: np.ndarray | None = None
 
 
 class MetaRecommender(Recommender):
@@ -554,14 +554,13 @@ class MetaRecommender(Recommender):
         if which == "score" and self.blend_ is not None and self.blend_.rating_like:
             assert self.rank_ is not None
             like = self._adapt(self.rank_, [(user_idx, support)])
-        offset = None
-        blend = self.blend_
-        if which == "rank" and blend is not None and blend.rank_weights is not None:
-            if part is self.rank_:
-                every = np.arange(self.n_items_, dtype=np.int64)
-                zero = np.zeros((1, self.n_items_))
-                offset = blend.rank(zero, [(seen, ratings)], every)[0].astype(np.float32)
-        return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings), like, offset)
+        catalogue = None
+        if which == "rank":
+            every = np.arange(self.n_items_, dtype=np.int64)
+            catalogue = self._predict(part, fast, user_x, every)[0]
+            if self.blend_ is not None and part is self.rank_:
+                catalogue = self.blend_.rank(catalogue[None, :], [(seen, ratings)], every)[0]
+        return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings), like, catalogue)
 
     def score_adapted(self, adapted: Adapted, item_idx: np.ndarray) -> np.ndarray:
         """Scores of ``item_idx`` for an :meth:`adapt_user` result: P(like) for the ranking
@@ -572,6 +571,11 @@ class MetaRecommender(Recommender):
         sigmoid(:meth:`rank_scores`), the same order in (0, 1) (not a calibrated P(like))."""
         part = self._part_named(adapted.which)
         item_idx = self._check_items(item_idx)
+        if adapted.catalogue is not None:  # the whole catalogue was scored at adaptation
+            raw = adapted.catalogue[item_idx]
+            if part.learner.scorer.cfg.head == "rating":
+                return raw  # a rating model ranking on its own: its unclipped rating
+            return self._finish(part, raw)
         raw = self._predict(part, adapted.params, adapted.user_x, item_idx)[0]
         blend, hist = self.blend_, adapted.history
         if blend is not None and hist is not None:
@@ -581,10 +585,7 @@ class MetaRecommender(Recommender):
                     like = self._predict(self.rank_, *adapted.like, item_idx)[0]
                 raw = blend.rating(raw, hist, item_idx, like)
             elif adapted.which == "rank" and part is self.rank_:
-                if adapted.rank_offset is not None:  # blend.rank with its inputs precomputed
-                    raw = raw * blend.rank_weights[0] + adapted.rank_offset[item_idx]
-                else:
-                    raw = blend.rank(raw[None, :], [hist], item_idx)[0]
+                raw = blend.rank(raw[None, :], [hist], item_idx)[0]
         if adapted.which == "rank" and part.learner.scorer.cfg.head == "rating":
             return raw  # a rating model ranking on its own: its unclipped rating
         return self._finish(part, raw)
