@@ -286,6 +286,7 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
                     color=plt.cm.tab10(i % 10),
                 )
             ax.set_xscale("log")
+            ax.minorticks_off()  # only the K values themselves are labelled
             ax.set_xticks(ks)
             ax.set_xticklabels([str(k) for k in ks])
             ax.set_xlabel("K (support interactions per user)")
