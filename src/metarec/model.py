@@ -177,14 +177,16 @@ class MetaRecommender(Recommender):
         self.known_items_ = known
         split = self._training_split(dataset, train, valid)
         explicit = dataset.feedback == "explicit"
+        # model.seed also seeds meta-training (init, task sampling); seed 0 keeps train.seed
+        train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1_000_003 * cfg.seed)
         if explicit:
-            self.rating_ = self._train_part(split, "rating", cfg.meta, cfg.train, dataset)
+            self.rating_ = self._train_part(split, "rating", cfg.meta, train_cfg, dataset)
         if cfg.rank_model or not explicit:
             self.rank_ = self._train_part(
                 _as_likes(split, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
-                dataclasses.replace(cfg.train, n_negatives=cfg.rank_negatives),
+                dataclasses.replace(train_cfg, n_negatives=cfg.rank_negatives),
                 dataset,
             )
         self.blend_ = self._fit_blend(dataset, split)
