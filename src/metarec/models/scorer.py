@@ -221,7 +221,7 @@ class Scorer:
         if self.cfg.use_profile:
             parts.append(history_profile(feats.item_text, support_items, support_y, support_mask))
         if not parts:
-            return torch.zeros(len(user_idx), 0)
+            return torch.zeros(len(user_idx), 0, device=feats.item_text.device)
         return torch.cat(parts, -1)
 
     def item_inputs(self, feats: FeatureSet, items: torch.Tensor) -> torch.Tensor:
