@@ -228,3 +228,14 @@ def test_parameter_transfer_starts_from_the_source_model(tmp_path):
     # zero target steps: the target model is exactly the source model
     for k, v in rec.source_.rating_.params.items():
         assert torch.equal(v, rec.rating_.params[k]), k
+
+
+def test_partial_model_tables_keep_model_defaults():
+    from metarec.model import ModelConfig
+
+    default = ModelConfig()
+    got = E._model_config({"train": {"patience": 2}}, {"meta": {"inner_steps": 3}}, 5, False)
+    assert got.train.steps == default.train.steps  # ModelConfig's own default, not TrainConfig's
+    assert got.train.eval_every == default.train.eval_every
+    assert got.train.patience == 2 and got.train.seed == 5 and got.seed == 5
+    assert got.meta.algorithm == default.meta.algorithm and got.meta.inner_steps == 3

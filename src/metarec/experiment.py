@@ -335,7 +335,9 @@ def build_split_features(ds: Dataset, train_items: np.ndarray, text: TextConfig)
 
 
 def _model_config(base: dict, params: dict, seed: int, progress: bool) -> ModelConfig:
-    data = _deep_merge(base, params)
+    # start from the full default ModelConfig so a partial table (say train.steps only)
+    # changes just those keys, not the nested defaults ModelConfig itself chose
+    data = _deep_merge(_deep_merge(to_dict(ModelConfig()), base), params)
     data = _deep_merge(data, {"seed": seed, "progress": progress, "train": {"seed": seed}})
     return ModelConfig.from_dict(data)
 
