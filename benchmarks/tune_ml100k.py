@@ -149,7 +149,12 @@ def run_seed(
     rec.blend_ = blend
     if blend is not None:
         out["blend_weights"] = {
-            "rating_inputs": ["meta", *blend.rating_inputs, "intercept"],
+            "rating_inputs": [
+                "meta",
+                *(["like logit"] if blend.rating_like else []),
+                *blend.rating_inputs,
+                "intercept",
+            ],
             "rating": None if blend.rating_weights is None else blend.rating_weights.tolist(),
             "rank_inputs": ["meta logit", *blend.rank_inputs],
             "rank": None if blend.rank_weights is None else blend.rank_weights.tolist(),

@@ -13,6 +13,11 @@ What it puts together (each piece lives in its own module):
   with a few high ratings). For implicit data it is the only model and also gives
   ``score`` (a probability).
 
+* a **blend** (``blend.py``, ``ModelConfig.blend``): the rating is stacked with closed-form
+  ItemMean+UserBias / BiasedMF fold-ins (and the like-model's logit), the ranking logit
+  with EASE and popularity scores; the weights are fitted on the validation users after
+  meta-training, the closed-form models on the meta-training interactions only.
+
 Validation users for early stopping are carved out of ``train`` itself (the newest users by
 first interaction, like the test protocol) unless ``fit`` is given validation tasks; test
 users are never seen. ``score``/``recommend`` adapt per call and never change the model.
