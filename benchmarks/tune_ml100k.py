@@ -62,16 +62,37 @@ SPLIT = ("user_bias", "item_bias", "mf_user", "mf_item")
 VARIANTS = {
     "meta alone": None,
     "default blend": BlendConfig(),
-    "rating l2 (imub+mf)": BlendConfig(rating_like=False),
-    "rating l1": BlendConfig(rating_loss="l1", rating_like=False),
-    "rating l2 +like": BlendConfig(rating_like=True),
-    "rating l2 split": BlendConfig(rating_inputs=SPLIT, rating_like=False),
-    "rating l2 split +like": BlendConfig(rating_inputs=SPLIT, rating_like=True),
-    "rating l2 split +pop +like": BlendConfig(
-        rating_inputs=(*SPLIT, "popularity"), rating_like=True
+    "rating free intercept +like": BlendConfig(rating_intercept=True),
+    "rating l2 (imub+mf)": BlendConfig(rating_intercept=True, rating_like=False),
+    "rating l1": BlendConfig(rating_intercept=True, rating_loss="l1", rating_like=False),
+    "rating l2 +like": BlendConfig(rating_intercept=True, rating_like=True),
+    "rating l2 split": BlendConfig(rating_intercept=True, rating_inputs=SPLIT, rating_like=False),
+    "rating l2 split +like": BlendConfig(
+        rating_intercept=True, rating_inputs=SPLIT, rating_like=True
     ),
-    "rating l2 imub only": BlendConfig(rating_inputs=("item_mean_user_bias",)),
-    "rating l2 mf only": BlendConfig(rating_inputs=("biased_mf",)),
+    "rating l2 split +pop +like": BlendConfig(
+        rating_intercept=True, rating_inputs=(*SPLIT, "popularity"), rating_like=True
+    ),
+    "rating l2 imub only": BlendConfig(
+        rating_intercept=True, rating_inputs=("item_mean_user_bias",)
+    ),
+    "rating l2 mf only": BlendConfig(rating_intercept=True, rating_inputs=("biased_mf",)),
+    "rating affine +like": BlendConfig(rating_intercept=False),
+    "rating affine l1 +like": BlendConfig(rating_intercept=False, rating_loss="l1"),
+    "rating affine (imub+mf)": BlendConfig(rating_intercept=False, rating_like=False),
+    "rating shrink 0.1 +like": BlendConfig(rating_intercept=True, rating_shrink=0.1),
+    "rating shrink 1 +like": BlendConfig(rating_intercept=True, rating_shrink=1.0),
+    "rating affine shrink 0.1 +like": BlendConfig(rating_intercept=False, rating_shrink=0.1),
+    "rating affine shrink 1 +like": BlendConfig(rating_intercept=False, rating_shrink=1.0),
+    "rating affine +like +pop": BlendConfig(
+        rating_intercept=False, rating_inputs=("item_mean_user_bias", "biased_mf", "popularity")
+    ),
+    "rating affine +like +item_bias": BlendConfig(
+        rating_intercept=False, rating_inputs=("item_mean_user_bias", "biased_mf", "item_bias")
+    ),
+    "rating affine +like +mf_item": BlendConfig(
+        rating_intercept=False, rating_inputs=("item_mean_user_bias", "biased_mf", "mf_item")
+    ),
     "rank ease": BlendConfig(rank_inputs=("ease",)),
     "rank ease+pop": BlendConfig(rank_inputs=("ease", "popularity")),
     "rank ease+pop+mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),

@@ -36,6 +36,34 @@ def test_rating_weights_are_exact_least_squares():
         fit_rating_weights(x[:3], y[:3])
 
 
+def test_rating_weights_without_intercept_sum_to_one_over_the_marked_inputs():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 3)) + 3.0
+    # noiseless y = 0.3 a + 0.7 b + 2 c, c (a logit) outside the sum: recovered exactly
+    y = 0.3 * x[:, 0] + 0.7 * x[:, 1] + 2.0 * x[:, 2]
+    summed = np.array([True, True, False])
+    for loss in ("l2", "l1"):
+        w = fit_rating_weights(x, y, loss, intercept=False, summed=summed)
+        np.testing.assert_allclose(w, [0.3, 0.7, 2.0, 0.0], atol=1e-7)
+    # noisy, with a true intercept of 1 the constrained fit cannot use: still sums to 1
+    y2 = 0.5 * x[:, 0] + 0.2 * x[:, 1] + 1.0 + rng.normal(size=40)
+    w = fit_rating_weights(x[:, :2], y2, intercept=False)
+    assert w[0] + w[1] == pytest.approx(1.0, abs=1e-10) and w[2] == 0.0
+
+
+def test_rating_weights_shrink_toward_the_prior_in_closed_form():
+    # one centred input and a free (unpenalised) intercept: c = mean(y) and
+    # w = (Σ x y + s n w0) / (Σ x² + s n), the ridge solution around the prior w0
+    x = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    y = np.array([1.0, 3.0, 2.0, 5.0, 4.0])
+    s, w0, n = 0.3, 1.0, 5
+    w = fit_rating_weights(x[:, None], y, shrink=s, prior=np.array([w0]))
+    expect = ((x * y).sum() + s * n * w0) / ((x * x).sum() + s * n)  # (8+1.5)/(10+1.5)
+    np.testing.assert_allclose(w, [expect, y.mean()], atol=1e-12)
+    with pytest.raises(MetarecError, match="l2"):
+        fit_rating_weights(x[:, None], y, "l1", shrink=s)
+
+
 def test_l1_rating_weights_ignore_an_outlier():
     # y = 2 x + 1 exactly except one wild row: least absolute deviations recovers the line
     # exactly (an LP vertex through the clean rows), least squares is pulled away
@@ -192,10 +220,16 @@ def test_rating_weights_are_least_squares_on_validation_users(fitted):
     )
     y = np.concatenate([t.query.rating for t in tasks])
     design = np.column_stack([meta, like, x, np.ones(len(y))])
-    expected = np.linalg.lstsq(design, y, rcond=None)[0]
+    # the default stack has no intercept and its whole-rating weights (meta, ItemMean+
+    # UserBias, BiasedMF) sum to 1: substituting w_meta = 1 − w_imub − w_mf leaves the
+    # unconstrained least squares y − meta ≈ w_like·like + Σ_j w_j (x_j − meta)
+    assert blend.rating_inputs == ("item_mean_user_bias", "biased_mf")
+    free = np.column_stack([like, x - meta[:, None]])
+    w_like, w_imub, w_mf = np.linalg.lstsq(free, y - meta, rcond=None)[0]
+    expected = [1.0 - w_imub - w_mf, w_like, w_imub, w_mf, 0.0]
     np.testing.assert_allclose(blend.rating_weights, expected, rtol=1e-6, atol=1e-9)
-    # the blended validation MSE, which least squares minimises, is no worse than the
-    # meta-model's own (the weights w = (1, 0, 0, 0, 0) are among the candidates)
+    # the blended validation MSE, which the constrained least squares minimises, is no
+    # worse than the meta-model's own (w = (1, 0, 0, 0, 0) is feasible)
     blended = design @ blend.rating_weights
     assert np.mean((blended - y) ** 2) <= np.mean((meta - y) ** 2) + 1e-12
 

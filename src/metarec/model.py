@@ -115,6 +115,10 @@ class ModelConfig:
         return from_dict(cls, data, "")
 
 
+# stack inputs that are whole ratings (the rest are offsets or other scales)
+_RATING_SCALE = frozenset({"meta", "item_mean_user_bias", "biased_mf"})
+
+
 def _default_cache() -> Path:
     home = os.environ.get("METAREC_HOME")
     return (Path(home) if home else Path.home() / ".cache" / "metarec") / "embeddings"
@@ -233,7 +237,19 @@ class MetaRecommender(Recommender):
                 assert self.rank_ is not None
                 like_logits = self._scores(self.rank_, pairs, queries, train_rows=False)
                 cols.insert(1, np.concatenate(like_logits)[:, None])
-            rating_w = fit_rating_weights(np.hstack(cols), y, b.rating_loss)
+            # column names: the rating-scale columns (whole predicted ratings) are the ones
+            # summing to 1 when the stack has no intercept; the offsets (like logit, bias
+            # parts, popularity) stay free. The ridge's prior is one input alone.
+            names = ["meta", *(["like"] if rating_like else []), *b.rating_inputs]
+            rating_w = fit_rating_weights(
+                np.hstack(cols),
+                y,
+                b.rating_loss,
+                intercept=b.rating_intercept,
+                summed=np.array([n in _RATING_SCALE for n in names]),
+                shrink=b.rating_shrink,
+                prior=np.array([float(n == b.rating_prior) for n in names]),
+            )
         rank_inputs = tuple(n for n in b.rank_inputs if n != "ease" or closed.ease is not None)
         if use_rank and rank_inputs:
             assert self.rank_ is not None
