@@ -119,3 +119,36 @@ def test_configs_reject_unknown_keys():
         MetaConfig.from_dict({"algorithm": "mamll"})
     assert MetaConfig.from_dict({"adapt_groups": ["decision"]}).adapt_groups == ("decision",)
     assert TrainConfig.from_dict({"steps": "30"}).steps == 30
+
+
+def test_init_and_frozen_parameters(problem):
+    """Transfer hooks: training starts from ``init``; frozen parameters never move."""
+    split, feats = problem
+    cfg = _cfg(steps=8, checkpoint_every=0)
+    source = train(split, feats, SC, META, cfg, progress=False).final_params
+    frozen = {"item_proj.w", "item_proj.b", "item_id"}
+    res = train(
+        split,
+        feats,
+        SC,
+        META,
+        cfg,
+        progress=False,
+        init=source,
+        trainable=lambda k: k not in frozen,
+    )
+    for k in frozen:
+        assert torch.equal(res.final_params[k], source[k])
+    moved = [
+        k for k in source if k not in frozen and not torch.equal(res.final_params[k], source[k])
+    ]
+    assert "head.w" in moved
+    # parameter transfer with no steps is the source model itself
+    zero = train(
+        split, feats, SC, META, _cfg(steps=0, checkpoint_every=0), progress=False, init=source
+    )
+    assert all(torch.equal(zero.final_params[k], source[k]) for k in source)
+    with pytest.raises(MetarecError, match="shape"):
+        train(split, feats, SC, META, cfg, progress=False, init={"head.w": torch.zeros(3, 3)})
+    with pytest.raises(MetarecError, match="frozen"):
+        train(split, feats, SC, META, cfg, progress=False, trainable=lambda k: False)

@@ -14,7 +14,7 @@ uninterrupted one (bit-identical on CPU).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -194,6 +194,8 @@ def train(
     stop_at: int | None = None,
     sampler=None,
     known_items: np.ndarray | None = None,
+    init: Mapping[str, torch.Tensor] | None = None,
+    trainable: Callable[[str], bool] | None = None,
 ) -> TrainResult:
     """Meta-train on ``split.train``; early-stop on ``split.valid``.
 
@@ -209,6 +211,11 @@ def train(
     ``split.train`` (e.g. :class:`metarec.streaming.ParquetTaskStream`); if it has
     ``rank_sharded = True`` each rank draws only its share of the batch from its own shard of
     the data. ``known_items`` (n_items,) bool then replaces the items seen in ``split.train``.
+
+    Transfer hooks: ``init`` gives starting values for the meta-parameters it names (same
+    shape; the others are initialised as usual), e.g. a source-domain model's; parameters
+    for which ``trainable(name)`` is False are left out of the optimiser and stay exactly
+    at their initial values (feature transfer freezes the extractor this way).
     """
     ctx = distributed.context()
     dev = torch.device(distributed.local_device(device, ctx))
@@ -233,9 +240,20 @@ def train(
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    init = learner.init_params(torch.Generator().manual_seed(cfg.seed))
-    params = {k: v.to(dev).requires_grad_(True) for k, v in init.items()}
-    opt = torch.optim.Adam(list(params.values()), lr=cfg.outer_lr)
+    start = learner.init_params(torch.Generator().manual_seed(cfg.seed))
+    for k, v in (init or {}).items():
+        if k in start:
+            if tuple(v.shape) != tuple(start[k].shape):
+                raise MetarecError(
+                    f"train: init[{k!r}] has shape {tuple(v.shape)}, the model needs "
+                    f"{tuple(start[k].shape)}"
+                )
+            start[k] = v.detach().to(start[k].dtype).clone()
+    params = {k: v.to(dev).requires_grad_(True) for k, v in start.items()}
+    learning = [k for k in params if trainable is None or trainable(k)]
+    if not learning:
+        raise MetarecError("train: every parameter is frozen (trainable() is False for all)")
+    opt = torch.optim.Adam([params[k] for k in learning], lr=cfg.outer_lr)
     configs = {
         "scorer": asdict(scorer_cfg),
         "meta": asdict(meta_cfg),
@@ -323,10 +341,10 @@ def train(
             raise MetarecError(
                 f"train: meta-loss is {float(loss)} at step {step + 1} (lower inner_lr or outer_lr)"
             )
-        for k, p in params.items():
-            p.grad = grads[k]
+        for k in learning:
+            params[k].grad = grads[k]
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([params[k] for k in learning], cfg.grad_clip)
         opt.step()
         step += 1
         loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
