@@ -97,6 +97,11 @@ VARIANTS = {
     "rank ease+pop": BlendConfig(rank_inputs=("ease", "popularity")),
     "rank ease+pop+mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),
     "rank relevant >= 4": BlendConfig(relevant_threshold=4.0),
+    "rank decay 1e-3": BlendConfig(weight_decay=1e-3),
+    "rank decay 1e-2": BlendConfig(weight_decay=1e-2),
+    "rank decay 1e-1": BlendConfig(weight_decay=1e-1),
+    "rank ease reg 250": BlendConfig(ease_reg=250.0),
+    "rank ease reg 1000": BlendConfig(ease_reg=1000.0),
 }
 
 

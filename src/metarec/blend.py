@@ -72,7 +72,9 @@ class BlendConfig:
     # EASE is skipped above this many liked training items: its fit costs n³ time and its
     # weights n² floats in the saved model (3000 items: ~36 MB float32, seconds to fit)
     ease_max_items: int = 3000
-    weight_decay: float = 1e-3  # L2 on the (standardised) ranking weights
+    # L2 on the (standardised) ranking weights; 1e-2 over 1e-3 on ML-100K validation users
+    # (2-fold CV Recall@10 0.2253 vs 0.2225: equal on 2 seeds of 3, better on the third)
+    weight_decay: float = 1e-2
     min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
 
     def __post_init__(self) -> None:

@@ -14,7 +14,8 @@ What it puts together (each piece lives in its own module):
   ``score`` (a probability).
 
 * a **blend** (``blend.py``, ``ModelConfig.blend``): the rating is stacked with closed-form
-  ItemMean+UserBias / BiasedMF fold-ins (and the like-model's logit), the ranking logit
+  ItemMean+UserBias / BiasedMF fold-ins (and the like-model's logit; by default a weighted
+  average of the three ratings, no intercept, plus the logit term), the ranking logit
   with EASE and popularity scores; the weights are fitted on the validation users after
   meta-training, the closed-form models on the meta-training interactions only.
 
