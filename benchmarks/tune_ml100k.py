@@ -93,6 +93,8 @@ VARIANTS = {
     "rating affine +like +mf_item": BlendConfig(
         rating_intercept=False, rating_inputs=("item_mean_user_bias", "biased_mf", "mf_item")
     ),
+    "rating affine imub +like": BlendConfig(rating_inputs=("item_mean_user_bias",)),
+    "rating affine imub": BlendConfig(rating_inputs=("item_mean_user_bias",), rating_like=False),
     "rank ease": BlendConfig(rank_inputs=("ease",)),
     "rank ease+pop": BlendConfig(rank_inputs=("ease", "popularity")),
     "rank ease+pop+mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),
