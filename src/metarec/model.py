@@ -348,8 +348,15 @@ class MetaRecommender(Recommender):
             tcfg,
             device=self.config.device,
             progress=self.config.progress,
+            **self._train_kwargs(head),
         )
         return _Part(MetaLearner(Scorer(sc), meta), result.params, result)
+
+    def _train_kwargs(self, head: str) -> dict:
+        """Extra keyword arguments for :func:`metarec.train.train` when training the
+        ``head`` part ("rating" or "binary"): subclasses pass ``init``/``trainable`` here
+        (transfer starts from a source model and may freeze its extractor)."""
+        return {}
 
     # --- scoring -----------------------------------------------------------------------
     def _check_model(self) -> None:

@@ -14,24 +14,20 @@
   ``feature``    as ``parameter``, but the feature extractor (ID embeddings, projections,
                  user vector) stays frozen: only the decision layers learn on the target.
 
-The training loop (:func:`metarec.train.train`) builds its learner and initial parameters
-itself and has no parameter for "start from these" or "keep these fixed". Until it does
-(the hook wanted: ``train(..., init: Params | None = None, trainable: Callable[[str], bool]
-| None = None)``), :func:`_initialised_training` swaps the learner class that ``train`` uses
-for the duration of one call, in this module only.
+Both start the target model through :func:`metarec.train.train`'s ``init`` (the source
+part's parameters) and ``trainable`` (False for frozen groups) hooks, passed by
+:meth:`TransferRecommender._train_kwargs`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Self
 
 import numpy as np
 import torch
 
-from metarec import train as train_module
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import ALGORITHMS, MetaLearner
 from metarec.model import MetaRecommender, ModelConfig
@@ -87,33 +83,6 @@ STRATEGIES = ("joint", "parameter", "feature")
 FROZEN_FOR_FEATURE = ("embedding", "projection", "user")
 
 
-@contextlib.contextmanager
-def _initialised_training(init: Params, trainable: Callable[[str], bool]) -> Iterator[None]:
-    """Within the block, ``metarec.train.train`` starts from ``init`` (keys it has) and
-    gives zero gradients to parameters for which ``trainable(name)`` is False (Adam with
-    zero gradients from zero moments never moves them)."""
-
-    @dataclasses.dataclass(frozen=True)
-    class InitLearner(MetaLearner):
-        def init_params(self, generator: torch.Generator | None = None) -> Params:
-            p = super().init_params(generator)
-            for k, v in init.items():
-                if k in p and p[k].shape == v.shape:
-                    p[k] = v.detach().clone()
-            return p
-
-        def meta_grads(self, params: Params, x) -> tuple[torch.Tensor, Params]:
-            loss, grads = super().meta_grads(params, x)
-            return loss, {k: g if trainable(k) else torch.zeros_like(g) for k, g in grads.items()}
-
-    original = train_module.MetaLearner
-    train_module.MetaLearner = InitLearner
-    try:
-        yield
-    finally:
-        train_module.MetaLearner = original
-
-
 def _domain_rows(inter: Interactions, domain: int) -> Interactions:
     return inter.take(inter.domain == domain)
 
@@ -157,33 +126,24 @@ class TransferRecommender(MetaRecommender):
             parts_init[head] = dict(part.params) if part is not None else {}
         frozen = FROZEN_FOR_FEATURE if self.strategy == "feature" else ()
 
-        # 2. the target model: same features, started from the source parameters
+        # 2. the target model: same features, each part started from the source's matching
+        #    part (and, for feature transfer, with the extractor frozen): _train_kwargs
+        self._init_parts = {"rating": parts_init["rating_"], "binary": parts_init["rank_"]}
+        self._frozen = frozen
         feats = self.source_.features_
         assert feats is not None
         plain = FeatureSet(  # drop the unknown-user row, fit() appends it again
             feats.item_text, feats.item_side, feats.user_side[:-1], feats.encoder_fingerprint
         )
-        # MetaRecommender.fit trains the rating part, then the rank part; each call of
-        # train() inside it starts from the matching source part
-        order = [h for h in ("rating_", "rank_") if parts_init[h]]
-        calls = iter(order)
-        original_train = train_module.train
-
-        def train_from_source(*args, **kwargs):
-            head = next(calls)
-            with _initialised_training(
-                parts_init[head], lambda name: param_group_or_meta(name) not in frozen
-            ):
-                return original_train(*args, **kwargs)
-
-        import metarec.model as model_module
-
-        model_module.train = train_from_source
-        try:
-            super().fit(dataset, target_rows, plain, valid)
-        finally:
-            model_module.train = original_train
+        super().fit(dataset, target_rows, plain, valid)
         return self
+
+    def _train_kwargs(self, head: str) -> dict:
+        init = getattr(self, "_init_parts", {}).get(head)
+        if not init:  # joint strategy, or a part the source model does not have
+            return {}
+        frozen = self._frozen
+        return {"init": init, "trainable": lambda name: param_group_or_meta(name) not in frozen}
 
     @staticmethod
     def _domains(
