@@ -200,14 +200,17 @@ class ClosedForm:
                     out[t, :, c] = self.mf_item_bias[targets] + self.mf_item_factors[targets] @ p
             elif name == "ease" and self.ease is not None:
                 assert self.ease_cols is not None
-                # (T, n_active) binary rows of liked, trained history items
-                x = np.zeros((len(histories), self.ease.shape[0]), dtype=np.float32)
-                for t, (items, ratings) in enumerate(histories):
-                    cols = self.ease_cols[items[ratings >= self.like]]
-                    x[t, cols[cols >= 0]] = 1.0
+                # score = x_liked @ B: the sum of B's rows of the liked, trained history
+                # items, then the target columns. Summing k rows (k x n_active reads) avoids
+                # copying the (n_active, n_targets) column block per call (~50 ms per
+                # serving cache miss on ML-100K when done as x @ B[:, cols]).
                 col = self.ease_cols[targets]
-                ok = col >= 0
-                out[:, ok, c] = x @ self.ease[:, col[ok]]  # untrained targets keep 0
+                ok = col >= 0  # untrained targets keep 0
+                for t, (items, ratings) in enumerate(histories):
+                    rows = self.ease_cols[items[ratings >= self.like]]
+                    rows = np.unique(rows[rows >= 0])  # binary x: a liked item counts once
+                    if len(rows):
+                        out[t, ok, c] = self.ease[rows].sum(0, dtype=np.float64)[col[ok]]
         return out
 
     # --- persistence ------------------------------------------------------------------------
