@@ -165,22 +165,40 @@ def _episodes(
     return tuple(tasks), len(users) - len(tasks)
 
 
-def _summary(
+def _finish(
     ds: Dataset,
     protocol: str,
     train: Interactions,
     valid: tuple[Task, ...],
     test: tuple[Task, ...],
-    params: dict,
+    *,
+    k_shot: int,
+    n_query: int,
+    valid_frac: float,
+    test_frac: float,
+    seed: int,
+    params: dict | None = None,
+    cold_item_idx: np.ndarray | None = None,
+    source_domain: int | None = None,
+    target_domain: int | None = None,
     **extra,
-) -> dict:
+) -> Split:
+    """The Split every protocol returns, with its JSON summary (counts + parameters).
+
+    ``params`` adds protocol-specific parameters to the common ones; ``extra`` adds counts;
+    ``cold_item_idx`` becomes ``Split.cold_items``.
+    """
+
     def sizes(tasks, part):
         return int(sum(len(getattr(t, part)) for t in tasks))
 
-    return {
+    common = dict(
+        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
+    )
+    summary = {
         "protocol": protocol,
         "dataset": ds.name,
-        "params": params,
+        "params": {**(params or {}), **common},
         "train_interactions": int(len(train)),
         "train_users": int(len(np.unique(train.user_idx))),
         "train_items": int(len(np.unique(train.item_idx))),
@@ -192,6 +210,20 @@ def _summary(
         "test_query": sizes(test, "query"),
         **{k: int(v) if isinstance(v, np.integer) else v for k, v in extra.items()},
     }
+    kw = {} if cold_item_idx is None else {"cold_items": cold_item_idx}
+    return Split(
+        protocol=protocol,
+        train=train,
+        valid=valid,
+        test=test,
+        seed=seed,
+        k_shot=k_shot,
+        n_query=n_query,
+        source_domain=source_domain,
+        target_domain=target_domain,
+        summary=summary,
+        **kw,
+    )
 
 
 def _need_test(test: tuple[Task, ...], protocol: str, k_shot: int, why: str) -> None:
@@ -233,28 +265,20 @@ def warm(
     valid, dropped_v = _episodes(inter, valid_u, support, query, k_shot)
     test, dropped_t = _episodes(inter, test_u, support, query, k_shot)
     _need_test(test, "warm", k_shot, "no user has more than K interactions")
-    params = dict(
-        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
-    )
-    return Split(
-        protocol="warm",
-        train=train,
-        valid=valid,
-        test=test,
-        seed=seed,
+    return _finish(
+        ds,
+        "warm",
+        train,
+        valid,
+        test,
         k_shot=k_shot,
         n_query=n_query,
-        summary=_summary(
-            ds,
-            "warm",
-            train,
-            valid,
-            test,
-            params,
-            eligible_users=len(eligible),
-            dropped_valid_users=dropped_v,
-            dropped_test_users=dropped_t,
-        ),
+        valid_frac=valid_frac,
+        test_frac=test_frac,
+        seed=seed,
+        eligible_users=len(eligible),
+        dropped_valid_users=dropped_v,
+        dropped_test_users=dropped_t,
     )
 
 
@@ -288,30 +312,22 @@ def user_cold(
         _need_test(
             test, "user-cold", k_shot, f"all {len(test_u)} test users have <= K interactions"
         )
-    params = dict(
-        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
-    )
-    return Split(
-        protocol="user-cold",
-        train=train,
-        valid=valid,
-        test=test,
-        seed=seed,
+    return _finish(
+        ds,
+        "user-cold",
+        train,
+        valid,
+        test,
         k_shot=k_shot,
         n_query=n_query,
-        summary=_summary(
-            ds,
-            "user-cold",
-            train,
-            valid,
-            test,
-            params,
-            held_out_valid_users=len(valid_u),
-            held_out_test_users=len(test_u),
-            dropped_valid_users=dropped_v,
-            dropped_test_users=dropped_t,
-            by_time=ds.has_time,
-        ),
+        valid_frac=valid_frac,
+        test_frac=test_frac,
+        seed=seed,
+        held_out_valid_users=len(valid_u),
+        held_out_test_users=len(test_u),
+        dropped_valid_users=dropped_v,
+        dropped_test_users=dropped_t,
+        by_time=ds.has_time,
     )
 
 
@@ -356,34 +372,26 @@ def item_cold(
         parts.append((*_episodes(inter, users, support, query, k_shot), len(users)))
     (valid, dropped_v, cand_v), (test, dropped_t, cand_t) = parts
     _need_test(test, "item-cold", k_shot, "no user of a test item has K warm interactions")
-    params = dict(
-        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
-    )
-    return Split(
-        protocol="item-cold",
-        train=train,
-        valid=valid,
-        test=test,
-        seed=seed,
+    return _finish(
+        ds,
+        "item-cold",
+        train,
+        valid,
+        test,
         k_shot=k_shot,
         n_query=n_query,
-        cold_items=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
-        summary=_summary(
-            ds,
-            "item-cold",
-            train,
-            valid,
-            test,
-            params,
-            cold_items=len(valid_i) + len(test_i),
-            valid_cold_items=len(valid_i),
-            test_cold_items=len(test_i),
-            dropped_valid_users=dropped_v,
-            dropped_test_users=dropped_t,
-            candidate_valid_users=cand_v,
-            candidate_test_users=cand_t,
-            by_time=ds.has_time,
-        ),
+        valid_frac=valid_frac,
+        test_frac=test_frac,
+        seed=seed,
+        cold_item_idx=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
+        cold_items=len(valid_i) + len(test_i),
+        valid_cold_items=len(valid_i),
+        test_cold_items=len(test_i),
+        dropped_valid_users=dropped_v,
+        dropped_test_users=dropped_t,
+        candidate_valid_users=cand_v,
+        candidate_test_users=cand_t,
+        by_time=ds.has_time,
     )
 
 
@@ -426,34 +434,26 @@ def user_item_cold(
         k_shot,
         "no test user has K warm interactions and one on a test item",
     )
-    params = dict(
-        k_shot=k_shot, n_query=n_query, valid_frac=valid_frac, test_frac=test_frac, seed=seed
-    )
-    return Split(
-        protocol="user-item-cold",
-        train=train,
-        valid=valid,
-        test=test,
-        seed=seed,
+    return _finish(
+        ds,
+        "user-item-cold",
+        train,
+        valid,
+        test,
         k_shot=k_shot,
         n_query=n_query,
-        cold_items=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
-        summary=_summary(
-            ds,
-            "user-item-cold",
-            train,
-            valid,
-            test,
-            params,
-            held_out_valid_users=len(valid_u),
-            held_out_test_users=len(test_u),
-            cold_items=len(valid_i) + len(test_i),
-            valid_cold_items=len(valid_i),
-            test_cold_items=len(test_i),
-            dropped_valid_users=dropped_v,
-            dropped_test_users=dropped_t,
-            by_time=ds.has_time,
-        ),
+        valid_frac=valid_frac,
+        test_frac=test_frac,
+        seed=seed,
+        cold_item_idx=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
+        held_out_valid_users=len(valid_u),
+        held_out_test_users=len(test_u),
+        cold_items=len(valid_i) + len(test_i),
+        valid_cold_items=len(valid_i),
+        test_cold_items=len(test_i),
+        dropped_valid_users=dropped_v,
+        dropped_test_users=dropped_t,
+        by_time=ds.has_time,
     )
 
 
@@ -508,40 +508,26 @@ def cross_domain(
     _need_test(
         test, "cross-domain", k_shot, f"no test user has more than K {target!r} interactions"
     )
-    params = dict(
-        source=source,
-        target=target,
+    return _finish(
+        ds,
+        "cross-domain",
+        train,
+        valid,
+        test,
         k_shot=k_shot,
         n_query=n_query,
         valid_frac=valid_frac,
         test_frac=test_frac,
         seed=seed,
-        support_in_train=support_in_train,
-    )
-    return Split(
-        protocol="cross-domain",
-        train=train,
-        valid=valid,
-        test=test,
-        seed=seed,
-        k_shot=k_shot,
-        n_query=n_query,
+        params=dict(source=source, target=target, support_in_train=support_in_train),
         source_domain=s_dom,
         target_domain=t_dom,
-        summary=_summary(
-            ds,
-            "cross-domain",
-            train,
-            valid,
-            test,
-            params,
-            overlapping_users=len(overlap),
-            held_out_valid_users=len(valid_u),
-            held_out_test_users=len(test_u),
-            dropped_valid_users=dropped_v,
-            dropped_test_users=dropped_t,
-            other_domain_interactions_left_out=int((~in_s & ~in_t).sum()),
-        ),
+        overlapping_users=len(overlap),
+        held_out_valid_users=len(valid_u),
+        held_out_test_users=len(test_u),
+        dropped_valid_users=dropped_v,
+        dropped_test_users=dropped_t,
+        other_domain_interactions_left_out=int((~in_s & ~in_t).sum()),
     )
 
 
