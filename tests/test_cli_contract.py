@@ -293,3 +293,23 @@ def test_fit_rejects_unknown_config_key(tmp_path, capsys):
     assert code == 2
     assert "stepz" in capsys.readouterr().err
     assert not (tmp_path / "RUN").exists()
+
+
+def test_device_flag(fitted, tmp_path, capsys):
+    """--device places the model for scoring; cpu gives the same scores, and a missing
+    GPU is a one-line error (CUDA itself is exercised only on a GPU machine)."""
+    import torch
+
+    _, run, _ = fitted
+    support = cold_support(tmp_path)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space", "new_garden"], "item_id": ["it31", "it32"]}).to_csv(q, index=False)
+    outs = []
+    for dev in ([], ["--device", "cpu"]):
+        out = tmp_path / f"P{len(outs)}.csv"
+        assert main(["predict", "--run", str(run), "--support", str(support), "--query", str(q), "--out", str(out), *dev]) == 0
+        outs.append(pd.read_csv(out).score.to_numpy())
+    assert np.array_equal(outs[0], outs[1])
+    if not torch.cuda.is_available():
+        code = main(["predict", "--run", str(run), "--support", str(support), "--query", str(q), "--out", str(tmp_path / "Pc.csv"), "--device", "cuda"])
+        assert code == 2 and "no CUDA GPU" in capsys.readouterr().err

@@ -221,7 +221,7 @@ def cmd_predict(args) -> int:
     from metarec.data.files import read_log, read_query
     from metarec.predictor import Predictor
 
-    pred = Predictor.load(args.run)
+    pred = Predictor.load(args.run, device=args.device)
     support, _, _ = read_log(args.support)
     query = read_query(args.query)
     out, stats = pred.predict(support, query)
@@ -240,7 +240,7 @@ def cmd_recommend(args) -> int:
     from metarec.data.files import read_log
     from metarec.predictor import Predictor
 
-    pred = Predictor.load(args.run)
+    pred = Predictor.load(args.run, device=args.device)
     support, _, _ = read_log(args.support)
     out = pred.recommend(support, args.k, args.domain)
     _write_csv_atomic(out, Path(args.out))
@@ -264,6 +264,7 @@ def cmd_serve(args) -> int:
     import torch
     import uvicorn
 
+    from metarec.predictor import Predictor
     from metarec.serve.app import ServeConfig, create_app
 
     # one intra-op thread per request: concurrent requests then use the cores in parallel
@@ -284,7 +285,7 @@ def cmd_serve(args) -> int:
         token=token,
     )
     feedback = Path(args.feedback_db) if args.feedback_db else _default_feedback_db()
-    app = create_app(args.run, feedback_db=feedback, config=cfg)
+    app = create_app(Predictor.load(args.run, device=args.device), feedback_db=feedback, config=cfg)
     print(f"metarec: serving {args.run} on http://{args.host}:{args.port} (feedback: {feedback})")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
@@ -423,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True, help="S.csv, same columns as the training log")
     p.add_argument("--query", required=True, help="Q.csv: user_id,item_id")
     p.add_argument("--out", required=True, help="P.csv: user_id,item_id,score")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("recommend", help="top-k items per support user")
@@ -431,6 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--domain", help="recommend only this domain's items")
     p.add_argument("--out", required=True, help="R.csv: user_id,item_id,rank,score")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("export", help="write a smaller RUN (fp16 or int8 weights) and compare")
@@ -456,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-ttl", dest="cache_ttl", type=float, default=900.0, help="seconds")
     p.add_argument("--torch-threads", dest="torch_threads", type=int, default=1)
     p.add_argument("--log-level", dest="log_level", default="warning")
+    p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("update", help="fold collected feedback into a RUN and meta-update it")

@@ -417,13 +417,35 @@ class MetaRecommender(Recommender):
             )
         return out
 
+    def _known_t(self) -> torch.Tensor:
+        """known_items_ as a bool tensor on the features' device."""
+        return torch.from_numpy(self.known_items_).to(self.features_.item_text.device)
+
+    def to(self, device: str | torch.device) -> Self:
+        """Place the fitted model's tensors (features, parameters) on ``device`` ("cpu",
+        "cuda", "auto") for adaptation and scoring. Only placement changes; scores are
+        returned as numpy arrays either way."""
+        if str(device) == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise MetarecError("device cuda was asked for but no CUDA GPU is available")
+        self._check_model()
+        self.features_ = self.features_.to(dev)
+        for key in ("rating_", "rank_"):
+            part = getattr(self, key)
+            if part is not None:
+                params = {k: v.to(dev) for k, v in part.params.items()}
+                setattr(self, key, dataclasses.replace(part, params=params))
+        return self
+
     def _adapt(
         self, part: _Part, tasks: Sequence[tuple[int, Interactions]], train_rows: bool = True
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """(per-task adapted params, user inputs (T, d_user_in)); base params untouched."""
         learner = part.learner
         batch = pad_episodes(self._episodes(part, tasks, train_rows))
-        x = build_inputs(learner.scorer, self.features_, batch, torch.from_numpy(self.known_items_))
+        x = build_inputs(learner.scorer, self.features_, batch, self._known_t())
         with torch.enable_grad():
             fast = learner.adapt(part.params, x)  # per-task params, detached
         return fast, x.user_x
@@ -441,11 +463,12 @@ class MetaRecommender(Recommender):
         feats = self.features_
         learner = part.learner
         scorer = learner.scorer
-        known = torch.from_numpy(self.known_items_)
+        known = self._known_t()
+        dev = feats.item_text.device
         n_tasks = user_x.shape[0]
         if isinstance(items, np.ndarray):
             # a copy: item arrays of frozen Interactions are read-only
-            it = torch.from_numpy(np.array(items, dtype=np.int64))
+            it = torch.from_numpy(np.array(items, dtype=np.int64)).to(dev)
             cols = []
             for a in range(0, len(it), item_chunk):
                 chunk = it[a : a + item_chunk]
@@ -454,16 +477,17 @@ class MetaRecommender(Recommender):
                 rows = scorer.item_rows(q, known)
                 cols.append(learner.predict(fast, user_x, q_x, rows))
             s = torch.cat(cols, 1) if cols else torch.zeros(n_tasks, 0)
-            return [row.numpy().astype(np.float64) for row in s]
+            return [row.cpu().numpy().astype(np.float64) for row in s]
         # one array per task: pad to a common width, score in one batch, cut the padding
         lens = [len(i) for i in items]
         q = np.zeros((n_tasks, max(1, max(lens, default=0))), dtype=np.int64)
         for t, it_np in enumerate(items):
             q[t, : lens[t]] = it_np
-        qt = torch.from_numpy(q)
+        qt = torch.from_numpy(q).to(dev)
         s = learner.predict(
             fast, user_x, scorer.item_inputs(feats, qt), scorer.item_rows(qt, known)
         )
+        s = s.cpu()
         return [s[t, : lens[t]].numpy().astype(np.float64) for t in range(n_tasks)]
 
     def _scores(

@@ -70,7 +70,8 @@ class Predictor:
         )
 
     @classmethod
-    def load(cls, path: str | Path) -> Predictor:
+    def load(cls, path: str | Path, device: str | None = None) -> Predictor:
+        """Load a RUN; ``device`` (cpu, cuda, auto) places the model for scoring."""
         run = load_run(path)
         t = run.tensors
         if run.meta.get("export"):  # an fp16/int8 RUN from `metarec export`: back to float32
@@ -91,6 +92,8 @@ class Predictor:
             raise MetarecError(
                 f"{path}: RUN is incomplete or from another version ({err})"
             ) from None
+        if device is not None:
+            model.to(device)
         return cls(model, run.ids["users"], run.ids["items"], item_domain, train, run.meta)
 
     # --- raw ids -> indices ------------------------------------------------------------
