@@ -1,8 +1,24 @@
-"""metarec: cold-start recommendation with large-model features, meta-learning and transfer."""
+"""metarec: cold-start recommendation with large-model features, meta-learning and transfer.
+
+The public names below are re-exported lazily (PEP 562), so ``import metarec`` and the CLI's
+light commands do not pay for importing torch until a model is actually used.
+"""
+
+from importlib import import_module
 
 from metarec.types import Dataset, IdMap, Interactions, MetarecError, SideTable, Split, Task
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "load_dataset": "metarec.data",
+    "make_split": "metarec.splits",
+    "build_features": "metarec.features",
+    "MetaRecommender": "metarec.model",
+    "ModelConfig": "metarec.model",
+    "evaluate": "metarec.evaluate",
+    "Predictor": "metarec.predictor",
+}
 
 __all__ = [
     "Dataset",
@@ -13,4 +29,11 @@ __all__ = [
     "Split",
     "Task",
     "__version__",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'metarec' has no attribute {name!r}")
