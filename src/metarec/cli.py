@@ -123,11 +123,12 @@ def cmd_split(args) -> int:
 
 def cmd_embed(args) -> int:
     from metarec.features import embed_dataset
+    from metarec.model import default_embedding_dir
     from metarec.text import make_encoder
 
     ds = _load(args)
     encoder = make_encoder(args.model, device=args.device)
-    cache_dir = Path(args.cache) if args.cache else _default_cache_dir()
+    cache_dir = Path(args.cache) if args.cache else default_embedding_dir()
     stats = embed_dataset(ds, encoder, cache_dir, show_progress=not args.json)
     if args.json:
         _print_json(stats)
@@ -135,12 +136,6 @@ def cmd_embed(args) -> int:
         for key, val in stats.items():
             print(f"{key:>16}: {val}")
     return 0
-
-
-def _default_cache_dir() -> Path:
-    home = os.environ.get("METAREC_HOME")
-    root = Path(home) if home else Path.home() / ".cache" / "metarec"
-    return root / "embeddings"
 
 
 def _model_config(args):
@@ -256,8 +251,9 @@ def cmd_export(args) -> int:
 
 
 def _default_feedback_db() -> Path:
-    home = os.environ.get("METAREC_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "metarec") / "feedback"
+    from metarec.data.download import cache_root
+
+    return cache_root() / "feedback"
 
 
 def cmd_serve(args) -> int:

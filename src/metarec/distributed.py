@@ -203,7 +203,7 @@ def fit_distributed(raw, config, cache_dir=None):
     from pathlib import Path
 
     from metarec.features import embed_dataset
-    from metarec.model import _default_cache
+    from metarec.model import default_embedding_dir
     from metarec.predictor import Predictor
     from metarec.preprocess import prepare
     from metarec.text import make_encoder
@@ -220,7 +220,7 @@ def fit_distributed(raw, config, cache_dir=None):
         dataset = prepare(raw)
         t = config.text
         with main_first(ctx):
-            root = Path(cache_dir or t.cache or _default_cache())
+            root = Path(cache_dir or t.cache or default_embedding_dir())
             encoder = make_encoder(t.model, device=t.device)
             embed_dataset(dataset, encoder, root, template=t.template, show_progress=False)
         pred = Predictor.fit(dataset, config)

@@ -27,7 +27,6 @@ users are never seen. ``score``/``recommend`` adapt per call and never change th
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +119,11 @@ class ModelConfig:
 _RATING_SCALE = frozenset({"meta", "item_mean_user_bias", "biased_mf"})
 
 
-def _default_cache() -> Path:
-    home = os.environ.get("METAREC_HOME")
-    return (Path(home) if home else Path.home() / ".cache" / "metarec") / "embeddings"
+def default_embedding_dir() -> Path:
+    """The embedding cache folder: ``$METAREC_HOME/embeddings`` (``~/.cache/metarec/...``)."""
+    from metarec.data.download import cache_root
+
+    return cache_root() / "embeddings"
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,7 +285,7 @@ class MetaRecommender(Recommender):
         return build_features(
             dataset,
             make_encoder(t.model, device=t.device),
-            cache=Path(t.cache) if t.cache else _default_cache(),
+            cache=Path(t.cache) if t.cache else default_embedding_dir(),
             text_template=t.template,
             pca_dim=t.pca_dim,
             whiten=t.whiten,
