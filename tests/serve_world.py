@@ -10,9 +10,6 @@ from __future__ import annotations
 import fcntl
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 FAST = [
     "--set",
     "text.model='hashing:64'",
@@ -30,24 +27,10 @@ FAST = [
 
 
 def make_world(folder: Path, n_users: int = 60, n_items: int = 40, seed: int = 0) -> dict:
-    rng = np.random.default_rng(seed)
-    kinds = np.array(["space", "garden"])[np.arange(n_items) % 2]
-    items = pd.DataFrame(
-        {
-            "item_id": [f"it{i}" for i in range(n_items)],
-            "title": [f"{k} adventure volume {i}" for i, k in enumerate(kinds)],
-            "category": kinds,
-        }
-    )
-    rows = []
-    for u in range(n_users):
-        taste = "space" if u % 2 == 0 else "garden"
-        for t, i in enumerate(rng.choice(30, size=12, replace=False)):
-            rows.append((f"u{u}", f"it{i}", 5 if kinds[i] == taste else 1, 1000 * u + t))
-    log = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
-    paths = {"T": folder / "T.csv", "I": folder / "I.csv"}
-    log.to_csv(paths["T"], index=False)
-    items.to_csv(paths["I"], index=False)
+    """T.csv/I.csv of the two-taste world (the CLI contract tests' generator)."""
+    from test_cli_contract import make_world as contract_world
+
+    paths, _ = contract_world(folder, n_users=n_users, n_items=n_items, seed=seed)
     return paths
 
 
