@@ -14,7 +14,9 @@ latency, errors, the server's RSS before and after, and the cache counters.
     python benchmarks/bench_serve.py --json bench_serve.json            # fits a hashing model
     python benchmarks/bench_serve.py --run RUN --json bench_serve.json  # an existing RUN
 
-The client runs on the same machine as the server: on 2 cores they compete for the CPU.
+The client runs on the same machine as the server: on 2 cores they compete for the CPU, so
+by default the server is pinned to one core and the client to the other (``--no-pin`` to
+let the OS place them).
 """
 
 from __future__ import annotations
@@ -47,18 +49,28 @@ def fit_ml100k(data_dir: Path, out: Path, encoder: str, steps: int) -> dict:
     return {"fit_seconds": round(time.perf_counter() - t0, 1), "encoder": encoder, "steps": steps}
 
 
-def supports(run: Path, n: int, k: int, seed: int) -> list[list[dict]]:
-    """``n`` supports of ``k`` (item, rating, timestamp) rows: the first k of random users."""
+def supports(run: Path, n: int, k: int, seed: int, fresh: bool = False) -> list[list[dict]]:
+    """``n`` supports of ``k`` (item, rating, timestamp) rows from random users' histories:
+    the first k or a random k (alternating). ``fresh``: every support a random k of a
+    random user (repeats are then practically impossible: every request is a cache miss)."""
     from metarec.predictor import Predictor
 
     pred = Predictor.load(run)
     tr = pred.train.sorted_by_time()
     rng = np.random.default_rng(seed)
     users = np.unique(tr.user_idx)
+    picked = (
+        rng.choice(users, size=n, replace=True)
+        if fresh
+        else rng.choice(users, size=min(n, len(users)), replace=False)
+    )
     out = []
-    for u in rng.choice(users, size=min(n, len(users)), replace=False):
+    for u in picked:
         rows = np.flatnonzero(tr.user_idx == u)
-        rows = rows[rng.permutation(len(rows))[:k]] if len(out) % 2 else rows[:k]
+        if fresh or len(out) % 2:
+            rows = rows[rng.permutation(len(rows))[:k]]
+        else:
+            rows = rows[:k]
         out.append(
             [
                 {
@@ -136,11 +148,23 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=300, help="meta-training steps when fitting")
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--health-requests", type=int, default=3_000)
+    ap.add_argument(
+        "--fresh-requests",
+        type=int,
+        default=2_000,
+        help="extra phase: requests whose supports are all new (cache misses); 0 skips it",
+    )
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--support", type=int, default=10)
     ap.add_argument("--pool", type=int, default=900, help="distinct supports")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per phase")
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the OS place server and client (default: server on core 0, client on core 1)",
+    )
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
 
@@ -166,6 +190,16 @@ def main() -> int:
     cmd = [sys.executable, "-m", "metarec", "serve", "--run", str(run), "--port", str(port)]
     cmd += ["--host", "127.0.0.1", "--feedback-db", str(work / "fb")]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if args.pin and len(cores) >= 2:
+        # One core each: on a 2-core box the Python client needs about as much CPU as the
+        # server, and letting the scheduler bounce both across the cores shows up as
+        # tail latency that is the client's, not the service's.
+        os.sched_setaffinity(server.pid, {cores[0]})
+        os.sched_setaffinity(0, set(cores[1:]))
+        result["pinned"] = {"server_cores": [cores[0]], "client_cores": cores[1:]}
+    else:
+        result["pinned"] = None
     base = f"http://127.0.0.1:{port}"
     try:
         import httpx
@@ -193,6 +227,15 @@ def main() -> int:
         )
         result["recommend"] = rec
         result["rss_mb_after"] = round(rss_mb(server.pid), 1)
+        if args.fresh_requests:
+            # every request a support never seen: adaptation on each (the cache's worst case)
+            fresh = [
+                {"interactions": s, "k": args.k, "exclude_seen": True}
+                for s in supports(run, args.fresh_requests, args.support, 1, fresh=True)
+            ]
+            result["recommend_uncached"] = asyncio.run(
+                drive(f"{base}/recommend", fresh, len(fresh), args.concurrency, args.time_limit)
+            )
         info = httpx.get(f"{base}/info").json()
         result["cache"] = info["cache"]
         result["model"] = {k: info[k] for k in ("model", "algorithm", "encoder_fingerprint")}

@@ -27,6 +27,7 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+    from starlette.concurrency import run_in_threadpool
 except ImportError as err:  # pragma: no cover - depends on the install
     raise ImportError(
         "metarec serve needs fastapi and uvicorn: pip install 'metarec[serve]'"
@@ -183,9 +184,17 @@ def create_app(
             )
         return uidx, sup, unknown
 
-    def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str):
+    async def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str):
+        # A hit (the common case: a user's support changes far less often than they ask)
+        # is a dict lookup, served on the event loop; only a miss — a few ms of adaptation
+        # that releases the GIL inside torch — goes to the thread pool, so hits never queue
+        # behind a thread hop.
         key = (user_id or "", uidx, support_hash(sup.item_idx, sup.rating, sup.timestamp), which)
-        return state.cache.get_or_compute(key, lambda: model.adapt_user(uidx, sup, which))
+        value = state.cache.get(key)
+        if value is None:
+            value = await run_in_threadpool(model.adapt_user, uidx, sup, which)
+            state.cache.put(key, value)
+        return value
 
     # --- endpoints ----------------------------------------------------------------------
     @app.get("/health", response_model=S.Health)
@@ -219,19 +228,24 @@ def create_app(
         dependencies=[Depends(auth)],
         responses=errs,
     )
-    def recommend(req: S.RecommendRequest) -> S.RecommendResponse:
+    async def recommend(req: S.RecommendRequest) -> S.RecommendResponse:
         if req.k > cfg.max_k:
             raise _unprocessable(f"k = {req.k} is over the server limit of {cfg.max_k}")
         if req.explain and req.k > cfg.max_explain_k:
             raise _unprocessable(f"explain=true allows k <= {cfg.max_explain_k}, got {req.k}")
         user_id = None if req.user_id is None else str(req.user_id)
         uidx, sup, unknown = support(user_id, req.interactions)
-        ad = adapted(user_id, uidx, sup, "rank")
-        scores = model.score_adapted(ad, state.all_items)  # (n_items,) one batched pass
+        ad = await adapted(user_id, uidx, sup, "rank")
+        # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
+        scores = model.score_adapted(ad, state.all_items)
         if req.exclude_seen:
             scores[ad.seen] = -np.inf
         top = _top_k(scores, req.k)
-        weights = model.explain(uidx, sup, top, "rank") if req.explain and len(top) else None
+        weights = (
+            await run_in_threadpool(model.explain, uidx, sup, top, "rank")
+            if req.explain and len(top)
+            else None
+        )
         ids = pred.items.ids
         items = []
         for r, j in enumerate(top):
@@ -256,7 +270,7 @@ def create_app(
     @app.post(
         "/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)], responses=errs
     )
-    def score(req: S.ScoreRequest) -> S.ScoreResponse:
+    async def score(req: S.ScoreRequest) -> S.ScoreResponse:
         if len(req.item_ids) > cfg.max_score_items:
             raise _unprocessable(
                 f"too many item_ids: {len(req.item_ids)} > {cfg.max_score_items} (server limit)"
@@ -266,7 +280,7 @@ def create_app(
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
-        s = model.score_adapted(adapted(user_id, uidx, sup, "score"), idx[ok])
+        s = model.score_adapted(await adapted(user_id, uidx, sup, "score"), idx[ok])
         scores = [
             S.ItemScore(item_id=i, score=float(v)) for i, v in zip(wanted[ok], s, strict=True)
         ]
