@@ -239,3 +239,39 @@ def test_partial_model_tables_keep_model_defaults():
     assert got.train.eval_every == default.train.eval_every
     assert got.train.patience == 2 and got.train.seed == 5 and got.seed == 5
     assert got.meta.algorithm == default.meta.algorithm and got.meta.inner_steps == 3
+
+
+def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
+    from metarec.cli import main
+
+    cfg = E.load_config(TINY)
+    keep = [cfg.methods[-1].name]
+    out = tmp_path / "only"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--config",
+                str(TINY),
+                "--out",
+                str(out),
+                "--quiet",
+                "--only",
+                keep[0],
+                "--set",
+                "seeds=[0]",
+                "--set",
+                "shots=[]",
+            ]
+        )
+        == 0
+    )
+    data = json.loads((out / "results.json").read_text())
+    assert list(data["scenarios"][0]["methods"]) == keep
+    capsys.readouterr()
+    # a name the config does not have: one line, exit 2, nothing written
+    bad = tmp_path / "bad"
+    assert main(["evaluate", "--config", str(TINY), "--out", str(bad), "--only", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--only" in err and "nope" in err and len(err.splitlines()) == 1
+    assert not bad.exists()

@@ -8,6 +8,7 @@ become one line on stderr and exit status 2, with no traceback and nothing writt
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -319,6 +320,15 @@ def cmd_evaluate(args) -> int:
     from metarec.experiment import load_config
 
     config = load_config(args.config, args.set or [])
+    if args.only:
+        wanted = [m.strip() for m in args.only.split(",") if m.strip()]
+        names = [m.name for m in config.methods]
+        missing = [m for m in wanted if m not in names]
+        if missing:
+            raise MetarecError(f"--only: no method named {missing} in the config ({names})")
+        config = dataclasses.replace(
+            config, methods=tuple(m for m in config.methods if m.name in wanted)
+        )
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     return _run_experiment(config, out, quiet=args.quiet)
 
@@ -493,6 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. seeds=[0] or "
         "split.k_shot=5"
+    )
+    p.add_argument(
+        "--only",
+        metavar="NAME,NAME",
+        help="run only these of the config's methods (comma-separated names)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_evaluate)
