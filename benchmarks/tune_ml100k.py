@@ -203,6 +203,8 @@ def summarise(runs: list[dict]) -> dict:
     for k in GOAL_METRICS:
         lower = k in ("MAE", "RMSE")
         cands = {b: table[b][k][0] for b in BASELINES if b in table and np.isfinite(table[b][k][0])}
+        if not cands:  # e.g. --baselines popularity: nothing to compare MAE with
+            continue
         best = (min if lower else max)(cands, key=cands.get)
         ours = table["MetaRec"][k][0]
         margin = (cands[best] - ours) if lower else (ours - cands[best])

@@ -21,6 +21,7 @@ values, fit seconds, the protocol and the config), ``report.md`` and PNG plots
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -168,6 +169,9 @@ class Results:
     runs: tuple[MethodRun, ...]
     seconds: float
     out_dir: Path | None = None
+    # summary() per (scenario, K), computed once: each bootstraps every method x metric,
+    # and the report and plots ask for the same tables hundreds of times
+    _summaries: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def main_k(self) -> int:
@@ -186,12 +190,14 @@ class Results:
     def summary(self, scenario: str = "main", k_shot: int | None = None) -> dict:
         """method -> metric -> {mean, std, ci95, per_seed, n_users}: the JSON tables."""
         k = self.main_k if k_shot is None else k_shot
-        out = {}
-        for name in self.methods():
-            runs = self.runs_of(name, k, scenario)
-            if runs:
-                out[name] = _aggregate(runs, self.config.bootstrap)
-        return out
+        if (scenario, k) not in self._summaries:
+            out = {}
+            for name in self.methods():
+                runs = self.runs_of(name, k, scenario)
+                if runs:
+                    out[name] = _aggregate(runs, self.config.bootstrap)
+            self._summaries[(scenario, k)] = out
+        return copy.deepcopy(self._summaries[(scenario, k)])  # callers may edit theirs
 
     def to_json(self) -> dict:
         scenarios = [
