@@ -152,3 +152,46 @@ def test_init_and_frozen_parameters(problem):
         train(split, feats, SC, META, cfg, progress=False, init={"head.w": torch.zeros(3, 3)})
     with pytest.raises(MetarecError, match="frozen"):
         train(split, feats, SC, META, cfg, progress=False, trainable=lambda k: False)
+
+
+def test_sampled_negatives_come_from_training_items_only():
+    """Held-out (cold) items never rated in training must not be drawn as negatives: the
+    text tower would learn that their text means "no" (item cold-start is judged on them)."""
+    import numpy as np
+
+    from metarec.meta.episodes import make_episode, sample_negatives
+    from metarec.train import _TaskSampler
+    from metarec.types import Interactions, Split
+
+    rng = np.random.default_rng(0)
+    pool = np.arange(0, 50, 2)  # training items: the even ones
+    got = sample_negatives(2000, 100, np.array([0, 2, 4]), rng, pool)
+    assert set(got.tolist()) == set(range(6, 50, 2))  # all of pool minus exclude, no other
+    with pytest.raises(MetarecError, match="every training item"):
+        sample_negatives(1, 100, pool, rng, pool)
+    ep = make_episode(
+        0,
+        np.array([6]),
+        np.array([1.0]),
+        np.array([8]),
+        np.array([1.0]),
+        head="binary",
+        n_items=100,
+        rng=rng,
+        n_negatives=50,
+        negative_pool=pool,
+    )
+    assert set(ep.support_items[1:]) <= set(pool.tolist()) - {6, 8}
+
+    # the training sampler draws its negatives from the items of split.train only
+    n = 60
+    users = np.repeat(np.arange(6), 10)
+    items = (np.arange(n) % 30) * 2  # even items 0..58 are trained, odd ones never
+    train_rows = Interactions(
+        users, items, np.ones(n, np.float32), np.arange(n), np.zeros(n, np.int16)
+    )
+    split = Split("user-cold", train_rows, (), (), seed=0, k_shot=3, n_query=3)
+    sampler = _TaskSampler(split, "binary", 200, TrainConfig(n_negatives=4))
+    eps = sampler.sample(40, rng)
+    negs = np.concatenate([e.support_items[e.support_y == 0] for e in eps])
+    assert len(negs) > 100 and (negs % 2 == 0).all() and negs.max() < 60

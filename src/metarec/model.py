@@ -414,9 +414,16 @@ class MetaRecommender(Recommender):
                     n_negatives=self.config.rank_negatives if head == "binary" else 0,
                     positive_threshold=0.5,
                     exclude=items,
+                    negative_pool=self._negative_pool(),
                 )
             )
         return out
+
+    def _negative_pool(self) -> np.ndarray | None:
+        """Items the adaptation's sampled negatives come from: those seen in training."""
+        if self.known_items_ is None or not self.known_items_.any():
+            return None
+        return np.flatnonzero(self.known_items_)  # (n_known,), microseconds
 
     def _known_t(self) -> torch.Tensor:
         """known_items_ as a bool tensor on the features' device."""

@@ -157,6 +157,8 @@ class ParquetTaskStream:
         if k_shot < 1 or n_query < 1 or buffer_groups < 1:
             raise MetarecError("ParquetTaskStream: k_shot, n_query, buffer_groups must be >= 1")
         self.index = index
+        # negatives from items with events in the log (as the in-memory sampler does)
+        self.negative_pool = np.flatnonzero(index.item_count > 0)
         self.k, self.q = k_shot, n_query
         self.head, self.n_negatives = head, n_negatives
         self.positive_threshold, self.resample_prob = positive_threshold, resample_prob
@@ -261,6 +263,7 @@ class ParquetTaskStream:
                     n_negatives=self.n_negatives,
                     positive_threshold=self.positive_threshold,
                     exclude=items,
+                    negative_pool=self.negative_pool,
                 )
             )
         return out

@@ -80,7 +80,14 @@ class TrainResult:
 class _TaskSampler:
     """Per-user time-ordered histories of ``split.train``, turned into episodes on demand."""
 
-    def __init__(self, split: Split, head: str, n_items: int, cfg: TrainConfig):
+    def __init__(
+        self,
+        split: Split,
+        head: str,
+        n_items: int,
+        cfg: TrainConfig,
+        negative_pool: np.ndarray | None = None,
+    ):
         inter = split.train.sorted_by_time()
         order = np.argsort(inter.user_idx, kind="stable")  # by user, time order kept
         users = inter.user_idx[order]
@@ -95,6 +102,11 @@ class _TaskSampler:
             raise MetarecError("train: no user in split.train has 2 or more interactions")
         self.k, self.q = max(1, split.k_shot), max(1, split.n_query)
         self.head, self.n_items, self.cfg = head, n_items, cfg
+        # negatives come from the items of the training interactions only (see
+        # sample_negatives: held-out cold items must not be learned as "no")
+        self.negative_pool = (
+            np.unique(inter.item_idx) if negative_pool is None else np.asarray(negative_pool)
+        )
 
     def sample(self, n: int, rng: np.random.Generator) -> list[Episode]:
         pick = rng.choice(len(self.histories), size=n, replace=len(self.histories) < n)
@@ -120,12 +132,19 @@ class _TaskSampler:
                     n_negatives=self.cfg.n_negatives,
                     positive_threshold=self.cfg.positive_threshold,
                     exclude=items,
+                    negative_pool=self.negative_pool,
                 )
             )
         return out
 
 
-def _valid_episodes(tasks: Sequence[Task], head: str, n_items: int, cfg: TrainConfig) -> list:
+def _valid_episodes(
+    tasks: Sequence[Task],
+    head: str,
+    n_items: int,
+    cfg: TrainConfig,
+    negative_pool: np.ndarray | None = None,
+) -> list:
     # a generator of its own, so validation never shifts the training sample stream
     rng = np.random.default_rng([cfg.seed, 1])
     return [
@@ -136,6 +155,7 @@ def _valid_episodes(tasks: Sequence[Task], head: str, n_items: int, cfg: TrainCo
             rng=rng,
             n_negatives=cfg.n_negatives,
             positive_threshold=cfg.positive_threshold,
+            negative_pool=negative_pool,
         )
         for t in tasks[: cfg.max_valid_tasks]
         if len(t.support) and len(t.query)
@@ -236,7 +256,7 @@ def train(
         sampler = _TaskSampler(split, head, feats.n_items, cfg)
     rank_sharded = bool(getattr(sampler, "rank_sharded", False))
     distributed.shard(cfg.meta_batch, ctx)  # fails early if the batch cannot be split
-    valid = _valid_episodes(split.valid, head, feats.n_items, cfg)
+    valid = _valid_episodes(split.valid, head, feats.n_items, cfg, np.flatnonzero(known))
 
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -153,7 +153,8 @@ def _continue(model, part, s_all: Split, s_fb: Split, tcfg: TrainConfig, cfg: Up
     n_items = model.n_items_
     all_sampler = _TaskSampler(s_all, head, n_items, tcfg)
     try:
-        fb_sampler = _TaskSampler(s_fb, head, n_items, tcfg)
+        # the feedback users' negatives: any item trained on, not only the feedback's own
+        fb_sampler = _TaskSampler(s_fb, head, n_items, tcfg, all_sampler.negative_pool)
     except MetarecError:  # no feedback user has 2+ rows: nothing of their own to learn
         fb_sampler = None
     n_fb = round(cfg.meta_batch * cfg.feedback_share) if fb_sampler else 0
@@ -209,6 +210,7 @@ def _probe_episodes(sampler, head: str, n_items: int, tcfg: TrainConfig) -> list
                 n_negatives=tcfg.n_negatives,
                 positive_threshold=tcfg.positive_threshold,
                 exclude=items,
+                negative_pool=sampler.negative_pool,
             )
         )
     return out

@@ -29,17 +29,37 @@ class Episode:
 
 
 def sample_negatives(
-    n: int, n_items: int, exclude: np.ndarray, rng: np.random.Generator
+    n: int,
+    n_items: int,
+    exclude: np.ndarray,
+    rng: np.random.Generator,
+    pool: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``n`` item indices drawn uniformly (with replacement) from items not in ``exclude``."""
+    """``n`` item indices drawn uniformly (with replacement) from the items of ``pool``
+    (default: all ``n_items``) that are not in ``exclude``.
+
+    Training passes the items of its training interactions as the pool: an item no one
+    rated in training (a held-out cold item) drawn as a negative again and again would
+    teach the text tower that *its* text means "no" — exactly the items item cold-start
+    is judged on."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
-    if len(np.unique(exclude)) >= n_items:
+    if pool is not None:
+        pool = np.asarray(pool, dtype=np.int64)
+        if len(np.setdiff1d(pool, exclude)) == 0:
+            raise MetarecError(
+                "cannot sample negatives: the user has interacted with every training item"
+            )
+    elif len(np.unique(exclude)) >= n_items:
         raise MetarecError("cannot sample negatives: the user has interacted with every item")
     out: list[np.ndarray] = []
     need = n
     while need > 0:
-        cand = rng.integers(0, n_items, size=2 * need + 8)
+        cand = (
+            rng.integers(0, n_items, size=2 * need + 8)
+            if pool is None
+            else pool[rng.integers(0, len(pool), size=2 * need + 8)]
+        )
         cand = cand[~np.isin(cand, exclude)][:need]
         out.append(cand)
         need -= len(cand)
@@ -65,10 +85,11 @@ def make_episode(
     n_negatives: int = 1,
     positive_threshold: float = 0.5,
     exclude: np.ndarray | None = None,
+    negative_pool: np.ndarray | None = None,
 ) -> Episode:
     """Episode with head-specific labels. For the binary head, ``n_negatives`` sampled items
-    (label 0, never in ``exclude``, default the episode's own items) are appended per
-    positive in the support and in the query."""
+    (label 0, from ``negative_pool`` (default: every item), never in ``exclude``, default
+    the episode's own items) are appended per positive in the support and in the query."""
     s_items = np.asarray(support_items, dtype=np.int64)
     q_items = np.asarray(query_items, dtype=np.int64)
     s_y = labels_for(head, support_rating, positive_threshold)
@@ -77,8 +98,8 @@ def make_episode(
         if rng is None:
             raise MetarecError("make_episode: the binary head needs an rng to sample negatives")
         excl = np.concatenate([s_items, q_items]) if exclude is None else np.asarray(exclude)
-        ns = sample_negatives(int(s_y.sum()) * n_negatives, n_items, excl, rng)
-        nq = sample_negatives(int(q_y.sum()) * n_negatives, n_items, excl, rng)
+        ns = sample_negatives(int(s_y.sum()) * n_negatives, n_items, excl, rng, negative_pool)
+        nq = sample_negatives(int(q_y.sum()) * n_negatives, n_items, excl, rng, negative_pool)
         s_items = np.concatenate([s_items, ns])
         s_y = np.concatenate([s_y, np.zeros(len(ns), np.float32)])
         q_items = np.concatenate([q_items, nq])
