@@ -388,3 +388,22 @@ def test_movielens_100k_protocols():
         + sum(np.bincount(ds.interactions.user_idx)[t.user_idx] for t in (*s.valid, *s.test))
         == 100_000
     )
+
+
+def test_full_ranking_candidates_per_protocol():
+    """Cross-domain ranks the target domain's items; item cold the held-out items; other
+    protocols the whole catalogue (None)."""
+    from metarec.experiment import ranking_candidates
+
+    ds = two_domains()
+    s = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0)
+    cand = ranking_candidates(ds, s)
+    names = {str(ds.items.ids[i]) for i in cand}
+    assert names == {f"m{j}" for j in range(5)}
+    for t in s.test:  # every query item can be ranked
+        assert set(t.query.item_idx.tolist()) <= set(cand.tolist())
+    ic = items_by_age()
+    s_ic = make_split(ic, "item-cold", k_shot=1, n_query=1, seed=0)
+    assert np.array_equal(ranking_candidates(ic, s_ic), s_ic.cold_items)
+    s_uc = make_split(ten_users(), "user-cold", k_shot=2, n_query=2, seed=0)
+    assert ranking_candidates(ten_users(), s_uc) is None

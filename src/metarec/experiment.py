@@ -502,6 +502,8 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "threshold": cfg.threshold,
         "candidates": "the held-out items only"
         if len(split.cold_items)
+        else f"the target domain's ({cfg.split.target}) items minus the user's support"
+        if split.protocol == "cross-domain"
         else "the whole catalogue minus the user's support",
         "curve_users": "the test users with an episode at every K of the curve"
         if cfg.curve_same_users
@@ -559,9 +561,6 @@ def run(
     def evaluate_on(
         rec: Recommender, tasks: Sequence[Task], split: Split, seed: int
     ) -> evaluation.EvalResult:
-        # item cold-start: the full ranking is over the held-out items, the ones that can
-        # be relevant; ranking the warm catalogue too would only measure cold-vs-warm bias
-        cand = split.cold_items if len(split.cold_items) else None
         return evaluation.evaluate(
             rec,
             ds,
@@ -569,7 +568,7 @@ def run(
             threshold=config.threshold,
             bootstrap=config.bootstrap,
             seed=seed,
-            candidates=cand,
+            candidates=ranking_candidates(ds, split),
         )
 
     for seed in config.seeds:
@@ -635,6 +634,21 @@ def run(
     if out_dir is not None:
         results = write_results(results, out_dir)
     return results
+
+
+def ranking_candidates(ds: Dataset, split: Split) -> np.ndarray | None:
+    """Items the full ranking of a test user runs over (None = the whole catalogue).
+
+    Item cold-start: the held-out items, the ones that can be relevant (ranking the warm
+    catalogue too would only measure a cold-vs-warm bias). Cross-domain: the target
+    domain's items — the user is cold there and the query is there; ranking the source
+    domain's items too would reward recommending more of what the user already buys."""
+    if len(split.cold_items):
+        return split.cold_items
+    if split.protocol == "cross-domain" and split.target_domain is not None:
+        inter = ds.interactions
+        return np.unique(inter.item_idx[inter.domain == split.target_domain])
+    return None
 
 
 def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
