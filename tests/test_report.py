@@ -64,8 +64,11 @@ def test_table_bolds_the_best_mean_in_each_direction_and_says_when_meta_loses():
     # lower RMSE is better, higher nDCG is better: both best cells are the baseline's
     assert lines[3] == "| Base | baseline | **0.9000 ± 0.0000** | **0.3000 ± 0.0000** |"
     v = report.verdict(res, table, NDCG)
-    assert v.startswith("**The meta-learned methods do not beat the best baseline on nDCG@10")
-    assert "best meta-learned Meta = 0.1500, best baseline Base = 0.3000" in v
+    assert v.startswith(
+        "**The default meta-learned method does not beat the best method without "
+        "meta-learning on nDCG@10"
+    )
+    assert "Meta = 0.1500, Base = 0.3000" in v
     text = report.render_markdown(res, {})
     assert "*Protocol:* dataset **toy**, split **user-cold**, K = 10" in text
     assert v in text
@@ -77,7 +80,7 @@ def test_verdict_when_meta_wins_flags_overlapping_spread():
         {"Meta": "meta", "Base": "baseline"},
     )
     v = report.verdict(res, res.summary(), NDCG)
-    assert v.startswith("The best meta-learned method, Meta, beats the best baseline, Base")
+    assert v.startswith("The default meta-learned method, Meta, beats the best method without")
     assert "0.3500 vs 0.3200" in v
     assert "not a clear win" in v  # 0.03 gap < std 0.0707
 
@@ -97,3 +100,20 @@ def test_plots_without_matplotlib_name_the_extra(monkeypatch, tmp_path):
     res = _results({"Meta": [(1.0, 0.1)]}, {"Meta": "meta"})
     with pytest.raises(MetarecError, match=r"metarec\[plots\]"):
         report.write_plots(res, tmp_path)
+
+
+def test_verdict_judges_the_default_not_the_best_variant_on_test():
+    """The first meta method is the default; a better variant on test is named, not chosen;
+    the pooled twin counts among the methods to beat."""
+    res = _results(
+        {
+            "Meta": [(1.0, 0.30), (1.0, 0.30)],
+            "Meta-b": [(1.0, 0.50), (1.0, 0.50)],
+            "Pooled": [(1.0, 0.40), (1.0, 0.40)],
+            "Base": [(1.0, 0.20), (1.0, 0.20)],
+        },
+        {"Meta": "meta", "Meta-b": "meta", "Pooled": "pooled", "Base": "baseline"},
+    )
+    v = report.verdict(res, res.summary(), NDCG)
+    assert "does not beat" in v and "Meta = 0.3000, Pooled = 0.4000" in v
+    assert "Variant Meta-b scores 0.5000 on test" in v and "selecting on test" in v
