@@ -351,3 +351,25 @@ def test_model_seed_seeds_meta_training(fitted):
     other.fit(ds, split.train, feats, valid=split.valid)
     differs = [not torch.equal(v, rec.rating_.params[k]) for k, v in other.rating_.params.items()]
     assert any(differs)
+
+
+def test_blend_fit_sees_validation_users_as_scoring_does(fitted):
+    """A validation user with training rows (item cold-start: warm users) is adapted on
+    those rows + the support when scored, so the blend is fitted on the same history —
+    minus the task's query items (a carved-out user's train rows hold the query)."""
+    from metarec.types import Task
+
+    _, split, _, rec = fitted
+    u = int(split.train.user_idx[-1])
+    rows = split.train.take(np.flatnonzero(split.train.user_idx == u))
+    assert len(rows) >= 3
+    query = rows.take(np.array([0]))  # one of the user's own training rows
+    support = split.valid[0].support  # any support rows
+    hist = rec._history_without_query(Task(u, support, query))
+    want_items, _ = rec._history(u, support)
+    want_items = want_items[want_items != query.item_idx[0]]
+    np.testing.assert_array_equal(hist.item_idx, want_items)
+    assert query.item_idx[0] not in hist.item_idx
+    # the support comes last, in order: "latest max_support" keeps it
+    np.testing.assert_array_equal(hist.item_idx[-len(support) :], support.item_idx)
+    assert (np.diff(hist.timestamp) > 0).all()

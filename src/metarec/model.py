@@ -206,8 +206,11 @@ class MetaRecommender(Recommender):
 
     def _fit_blend(self, dataset: Dataset, split: Split) -> Blend | None:
         """Closed-form models on the meta-training interactions, stacking weights on the
-        validation tasks (their support only: a carved-out validation user's rows in
-        ``train`` include the query, so they are not used as history here)."""
+        validation tasks. Each validation user is seen exactly as a test user is scored:
+        their training rows + support (item cold-start users are warm, with long histories
+        in train), minus the task's query items (a carved-out validation user's rows in
+        ``train`` include the query). Fitting on the support alone while scoring on the
+        full history gave weights for the wrong inputs (item cold: MAE 0.92 -> 0.97)."""
         b = self.config.blend
         explicit = dataset.feedback == "explicit"
         use_rating = b.rating and explicit and self.rating_ is not None
@@ -217,8 +220,8 @@ class MetaRecommender(Recommender):
         like = self._like_threshold()
         closed = ClosedForm.fit(dataset, split.train, b, like, self.config.seed)
         tasks = list(split.valid)
-        pairs = [(t.user_idx, t.support) for t in tasks]
-        hists = [(t.support.item_idx, t.support.rating.astype(np.float64)) for t in tasks]
+        pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
+        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
         rating_w = rank_w = None
         rating_like = b.rating_like and self.rank_ is not None
         if use_rating:
@@ -269,6 +272,21 @@ class MetaRecommender(Recommender):
             if pos.any():
                 rank_w = fit_rank_weights(x, pos & ~excl, excl, b.weight_decay)
         return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w, rating_like)
+
+    def _history_without_query(self, task: Task) -> Interactions:
+        """A validation task's adaptation set as scoring builds it (training rows, then the
+        support) without the task's query items, as one support in that order."""
+        items, ratings = self._history(task.user_idx, task.support)
+        keep = ~np.isin(items, task.query.item_idx)
+        items, ratings = items[keep], ratings[keep]
+        n = len(items)
+        return Interactions(
+            np.full(n, task.user_idx, dtype=np.int64),
+            items,
+            ratings.astype(np.float32),
+            np.arange(n, dtype=np.int64),  # history order: training rows, then support
+            np.zeros(n, dtype=np.int16),
+        )
 
     def _like_threshold(self) -> float:
         if self.feedback_ != "explicit":
