@@ -114,6 +114,8 @@ def test_info_movielens_100k_published_counts(capsys):
     root = os.environ.get("METAREC_DATA_DIR")
     if not root:
         pytest.skip("METAREC_DATA_DIR is unset: the real MovieLens-100K files are not available")
+    if not (Path(root) / "ml-100k").is_dir():
+        pytest.skip(f"ml-100k/ is not under METAREC_DATA_DIR={root}")
     code, out, err = run_cli(
         capsys, "info", "movielens-100k", "--path", str(Path(root) / "ml-100k"), "--json"
     )

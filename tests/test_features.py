@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -237,6 +238,8 @@ def test_movielens_100k_features():
     root = os.environ.get("METAREC_DATA_DIR")
     if not root:
         pytest.skip("METAREC_DATA_DIR is not set")
+    if not (Path(root) / "ml-100k").is_dir():
+        pytest.skip(f"ml-100k/ is not under METAREC_DATA_DIR={root}")
     from metarec.data import load_dataset
     from metarec.text.encoder import HashingEncoder
 
