@@ -117,3 +117,16 @@ def test_verdict_judges_the_default_not_the_best_variant_on_test():
     v = report.verdict(res, res.summary(), NDCG)
     assert "does not beat" in v and "Meta = 0.3000, Pooled = 0.4000" in v
     assert "Variant Meta-b scores 0.5000 on test" in v and "selecting on test" in v
+
+
+def test_bars_skip_a_metric_no_method_has(tmp_path):
+    """Implicit data with all-positive queries has no AUC/RMSE for anyone: the bar chart
+    leaves that panel out instead of failing (an Amazon run lost its report to this)."""
+    res = _results(
+        {"Meta": [(float("nan"), 0.1), (float("nan"), 0.2)], "Base": [(float("nan"), 0.3)] * 2},
+        {"Meta": "meta", "Base": "baseline"},
+    )
+    assert res.summary()["Meta"]["RMSE"]["mean"] is None
+    files = report.write_plots(res, tmp_path)
+    assert (tmp_path / "methods.png").read_bytes()[:4] == b"\x89PNG"
+    assert "methods.png" in files.values()
