@@ -36,7 +36,7 @@ def sample_negatives(
     pool: np.ndarray | None = None,
 ) -> np.ndarray:
     """``n`` item indices drawn uniformly (with replacement) from the items of ``pool``
-    (default: all ``n_items``) that are not in ``exclude``.
+    (unique item indices; default: all ``n_items``) that are not in ``exclude``.
 
     Training passes the items of its training interactions as the pool: an item no one
     rated in training (a held-out cold item) drawn as a negative again and again would
@@ -46,7 +46,9 @@ def sample_negatives(
         return np.zeros(0, dtype=np.int64)
     if pool is not None:
         pool = np.asarray(pool, dtype=np.int64)
-        if len(np.setdiff1d(pool, exclude)) == 0:
+        # the pool (unique items) can only be used up by at least as many excluded items:
+        # the set difference (a sort of the pool, per episode) runs only then
+        if len(exclude) >= len(pool) and len(np.setdiff1d(pool, exclude)) == 0:
             raise MetarecError(
                 "cannot sample negatives: the user has interacted with every training item"
             )
