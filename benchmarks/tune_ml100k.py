@@ -42,6 +42,7 @@ from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
+from metarec.experiment import ranking_candidates  # noqa: E402
 from metarec.features import build_features  # noqa: E402
 from metarec.model import MetaRecommender, ModelConfig  # noqa: E402
 from metarec.splits import make_split  # noqa: E402
@@ -112,6 +113,7 @@ def _metrics(result) -> dict[str, float]:
 
 
 def _cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None) -> dict[str, float]:
+    cands = ranking_candidates(ds, split)
     """Validation metrics of a blend variant by 2-fold CV over validation users; the
     fitted meta-model is shared, only ``blend_`` is swapped (and restored)."""
     valid = list(split.valid)
@@ -126,7 +128,7 @@ def _cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None) -> dic
             else:
                 rec.config = dataclasses.replace(saved_cfg, blend=blend)
                 rec.blend_ = rec._fit_blend(ds, dataclasses.replace(split, valid=tuple(fit_on)))
-            results.append(evaluate(rec, ds, score_on, bootstrap=0))
+            results.append(evaluate(rec, ds, score_on, bootstrap=0, candidates=cands))
     finally:
         rec.config, rec.blend_ = saved_cfg, saved_blend
     # user-weighted mean of the two halves' per-user metrics
@@ -138,12 +140,20 @@ def _cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None) -> dic
 
 
 def run_seed(
-    seed: int, cache: str, overrides: list[str], log, baselines: list[str], variants: list[str]
+    seed: int,
+    cache: str,
+    overrides: list[str],
+    log,
+    baselines: list[str],
+    variants: list[str],
+    protocol: str = "user-cold",
 ) -> dict:
     ds = load_dataset("movielens-100k")
-    split = make_split(ds, "user-cold", k_shot=10, n_query=10, seed=seed)
+    split = make_split(ds, protocol, k_shot=10, n_query=10, seed=seed)
     known = np.zeros(ds.n_items, dtype=bool)
     known[split.train.item_idx] = True
+    # item-cold: the full ranking runs over the held-out items, as in `metarec evaluate`
+    cands = ranking_candidates(ds, split)
     feats = build_features(ds, make_encoder("default"), cache=cache, pca_dim=64, fit_items=known)
     out: dict = {"seed": seed, "valid": {}, "test": {}, "fit_s": {}, "choices": {}}
     for name in baselines:
@@ -151,8 +161,10 @@ def run_seed(
         t0 = time.perf_counter()
         model = make_baseline(name, **kw).fit(ds, split.train, feats)
         out["fit_s"][name] = time.perf_counter() - t0
-        out["valid"][name] = _metrics(evaluate(model, ds, split.valid, bootstrap=0))
-        out["test"][name] = _metrics(evaluate(model, ds, split.test, bootstrap=0))
+        out["valid"][name] = _metrics(
+            evaluate(model, ds, split.valid, bootstrap=0, candidates=cands)
+        )
+        out["test"][name] = _metrics(evaluate(model, ds, split.test, bootstrap=0, candidates=cands))
         log(f"seed {seed} {name:22s} test {out['test'][name]}")
     base = to_dict(ModelConfig(seed=seed, progress=False))
     cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
@@ -168,12 +180,17 @@ def run_seed(
         variant = VARIANTS[label]
         out["choices"][label] = _cv_blend(rec, ds, split, variant)
         log(f"seed {seed} valid-CV {label:24s} {out['choices'][label]}")
-    out["valid"]["MetaRec"] = _metrics(evaluate(rec, ds, split.valid, bootstrap=0))
-    out["test"]["MetaRec"] = _metrics(evaluate(rec, ds, split.test, bootstrap=0))
+    out["valid"]["MetaRec"] = _metrics(
+        evaluate(rec, ds, split.valid, bootstrap=0, candidates=cands)
+    )
+    log(f"seed {seed} MetaRec valid {out['valid']['MetaRec']}")
+    out["test"]["MetaRec"] = _metrics(evaluate(rec, ds, split.test, bootstrap=0, candidates=cands))
     log(f"seed {seed} MetaRec test {out['test']['MetaRec']}")
     # for the record (not used for any choice): the meta-model alone on test
     blend, rec.blend_ = rec.blend_, None
-    out["test"]["MetaRec (no blend)"] = _metrics(evaluate(rec, ds, split.test, bootstrap=0))
+    out["test"]["MetaRec (no blend)"] = _metrics(
+        evaluate(rec, ds, split.test, bootstrap=0, candidates=cands)
+    )
     rec.blend_ = blend
     if blend is not None:
         out["blend_weights"] = {
@@ -232,15 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--baselines", nargs="*", default=list(BASELINES))
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    # item-cold: the newest items are held out (validation items / test items), see splits
+    p.add_argument("--protocol", choices=("user-cold", "item-cold"), default="user-cold")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    runs = [run_seed(s, a.cache, a.overrides, log, a.baselines, a.variants) for s in a.seeds]
+    runs = [
+        run_seed(s, a.cache, a.overrides, log, a.baselines, a.variants, a.protocol) for s in a.seeds
+    ]
     report = {
-        "protocol": "movielens-100k user-cold K=10 Q=10",
+        "protocol": f"movielens-100k {a.protocol} K=10 Q=10",
         "overrides": a.overrides,
         "runs": runs,
         **summarise(runs),

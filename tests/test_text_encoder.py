@@ -77,9 +77,9 @@ def test_make_encoder_specs():
 
 def test_missing_sentence_transformers_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import now fails
-    enc = SentenceTransformerEncoder("default")
+    # construction may already fail (no bundled model package either): same hint
     with pytest.raises(MetarecError, match=r"metarec\[text\]"):
-        enc.encode(["x"])
+        SentenceTransformerEncoder("default").encode(["x"])
 
 
 def test_minilm_fingerprint_and_dim_need_no_model_load(minilm):
