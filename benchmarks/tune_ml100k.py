@@ -99,6 +99,8 @@ VARIANTS = {
     "rank ease": BlendConfig(rank_inputs=("ease",)),
     "rank ease+pop": BlendConfig(rank_inputs=("ease", "popularity")),
     "rank ease+pop+mf": BlendConfig(rank_inputs=("ease", "popularity", "biased_mf")),
+    "rank ease+pop+als": BlendConfig(rank_inputs=("ease", "popularity", "als")),
+    "rank pop+als": BlendConfig(rank_inputs=("popularity", "als")),
     "rank relevant >= 4": BlendConfig(relevant_threshold=4.0),
     "rank decay 1e-3": BlendConfig(weight_decay=1e-3),
     "rank decay 1e-2": BlendConfig(weight_decay=1e-2),

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from metarec.baselines import EASE, BiasedMF, ItemMeanUserBias
+from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemMeanUserBias
 from metarec.blend import BlendConfig, ClosedForm, fit_rank_weights, fit_rating_weights
 from metarec.data.raw import RawData, build_dataset, make_ratings_frame
 from metarec.features import build_features
@@ -172,6 +172,27 @@ def test_closed_form_inputs_equal_the_baselines(world):
     # an untrained item gets EASE score 0, popularity 0
     g = closed.rank_inputs(("ease", "popularity"), [hist], np.array([39]))[0, 0]
     assert g.tolist() == [0.0, 0.0]
+
+
+def test_als_rank_input_equals_the_implicit_als_baseline_and_round_trips(world):
+    pytest.importorskip("implicit", reason="the baselines extra is not installed")
+    ds, split = world
+    cfg = BlendConfig(rank_inputs=("popularity", "als"), als_factors=8, als_iterations=5)
+    closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    als = ImplicitALS(factors=8, reg=cfg.als_reg, alpha=cfg.als_alpha, iterations=5, seed=0)
+    als.min_rating = 3.0
+    als.fit(ds, split.train)
+    back = ClosedForm.from_state(*closed.state())
+    targets = np.arange(ds.n_items)
+    for t in split.test[:5]:
+        hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+        g = closed.rank_inputs(cfg.rank_inputs, [hist], targets)[0]
+        want = als.score(t.user_idx, t.support, targets)
+        np.testing.assert_allclose(g[:, 1], want, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(back.rank_inputs(cfg.rank_inputs, [hist], targets)[0], g)
+    # no liked history item: the folded-in user is 0, so is every score
+    empty = (np.array([0]), np.array([1.0]))
+    assert not closed.rank_inputs(("als",), [empty], targets).any()
 
 
 # --- MetaRecommender with the blend -------------------------------------------------------------
@@ -373,3 +394,18 @@ def test_blend_fit_sees_validation_users_as_scoring_does(fitted):
     # the support comes last, in order: "latest max_support" keeps it
     np.testing.assert_array_equal(hist.item_idx[-len(support) :], support.item_idx)
     assert (np.diff(hist.timestamp) > 0).all()
+
+
+def test_als_rank_input_is_skipped_with_a_warning_without_implicit(world, monkeypatch):
+    import importlib.util
+
+    ds, split = world
+    find = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "implicit" else find(name, *a)
+    )
+    cfg = BlendConfig(rank_inputs=("popularity", "als"))
+    with pytest.warns(UserWarning, match="metarec\\[baselines\\]"):
+        closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    assert closed.als_factors is None
+    assert "als_factors" not in closed.state()[1]

@@ -255,7 +255,8 @@ class MetaRecommender(Recommender):
                 shrink=b.rating_shrink,
                 prior=np.array([float(n == b.rating_prior) for n in names]),
             )
-        rank_inputs = tuple(n for n in b.rank_inputs if n != "ease" or closed.ease is not None)
+        fitted = {"ease": closed.ease is not None, "als": closed.als_factors is not None}
+        rank_inputs = tuple(n for n in b.rank_inputs if fitted.get(n, True))
         if use_rank and rank_inputs:
             assert self.rank_ is not None
             items = np.arange(dataset.n_items, dtype=np.int64)
