@@ -265,7 +265,7 @@ def test_blended_scores_are_consistent_and_pure(fitted):
     for t, m, row in zip(tasks, many, batch, strict=True):
         np.testing.assert_allclose(rec.score(t.user_idx, t.support, t.query.item_idx), m, rtol=1e-5)
         # float32 meta-model: a batch of 1 and of 4 may differ in the last bits
-        np.testing.assert_allclose(rec.rank_scores(t.user_idx, t.support, items), row, rtol=1e-5)
+        np.testing.assert_allclose(rec.rank_scores(t.user_idx, t.support, items), row, rtol=1e-5, atol=1e-6)
         assert m.min() >= 1.0 and m.max() <= 5.0
     for k, v in rec.rating_.params.items():
         assert torch.equal(v, before[k])
@@ -275,7 +275,7 @@ def test_blended_scores_are_consistent_and_pure(fitted):
     hist = (t.support.item_idx, t.support.rating.astype(np.float64))
     g = rec.blend_.closed.rank_inputs(rec.blend_.rank_inputs, [hist], items)[0]
     w = rec.blend_.rank_weights
-    np.testing.assert_allclose(batch[0], w[0] * logit + g @ w[1:], rtol=1e-5)
+    np.testing.assert_allclose(batch[0], w[0] * logit + g @ w[1:], rtol=1e-5, atol=1e-6)
 
 
 def test_adapt_once_serving_applies_the_same_blend(fitted):
@@ -409,3 +409,16 @@ def test_als_rank_input_is_skipped_with_a_warning_without_implicit(world, monkey
         closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
     assert closed.als_factors is None
     assert "als_factors" not in closed.state()[1]
+
+
+def test_als_stands_in_for_ease_on_a_large_catalogue(fitted):
+    pytest.importorskip("implicit", reason="the baselines extra is not installed")
+    ds, split, feats, _ = fitted
+    small = BlendConfig(ease_max_items=5, als_factors=8, als_iterations=3)  # 34 liked items
+    rec = MetaRecommender(_fast_config(blend=small)).fit(ds, split.train, feats, valid=split.valid)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("popularity", "als")
+    assert rec.blend_.rank_weights is not None and len(rec.blend_.rank_weights) == 3
+    # switched off: popularity alone
+    off = dataclasses.replace(small, als_without_ease=False)
+    rec = MetaRecommender(_fast_config(blend=off)).fit(ds, split.train, feats, valid=split.valid)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("popularity",)

@@ -91,6 +91,10 @@ class ModelConfig:
     rank_model: bool = True  # explicit data: also train the binary ranking model
     rank_meta: MetaConfig | None = None  # None: same as meta
     rank_negatives: int = 4  # sampled negatives per positive for the ranking model
+    # item-ID dropout of the ranking (like) model; None = train.id_dropout. 0.5 over 0.1 on
+    # ML-100K validation users, 3 seeds: item cold Recall@10 (full) 0.165 vs 0.144, user
+    # cold 0.205 vs 0.201; the rating model keeps 0.1 (its AUC / nDCG@3 were better there)
+    rank_id_dropout: float | None = 0.5
     # explicit data: a rating >= this is a "like" (label 1) for the ranking model, a lower
     # rating an explicit negative (label 0); None = the middle of the rating scale
     like_threshold: float | None = None
@@ -109,6 +113,10 @@ class ModelConfig:
             raise MetarecError("model.valid_frac must be in (0, 1)")
         if self.k_shot < 1 or self.n_query < 1 or self.max_support < 1:
             raise MetarecError("model.k_shot, n_query and max_support must be >= 1")
+        if self.rank_id_dropout is not None and not 0 <= self.rank_id_dropout < 1:
+            raise MetarecError(
+                f"model.rank_id_dropout must be in [0, 1), got {self.rank_id_dropout}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -197,7 +205,13 @@ class MetaRecommender(Recommender):
                 _as_likes(split, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
-                dataclasses.replace(train_cfg, n_negatives=cfg.rank_negatives),
+                dataclasses.replace(
+                    train_cfg,
+                    n_negatives=cfg.rank_negatives,
+                    id_dropout=(
+                        train_cfg.id_dropout if cfg.rank_id_dropout is None else cfg.rank_id_dropout
+                    ),
+                ),
                 dataset,
             )
         self.blend_ = self._fit_blend(dataset, split)
@@ -257,6 +271,8 @@ class MetaRecommender(Recommender):
             )
         fitted = {"ease": closed.ease is not None, "als": closed.als_factors is not None}
         rank_inputs = tuple(n for n in b.rank_inputs if fitted.get(n, True))
+        if closed.als_factors is not None and "als" not in rank_inputs:  # EASE's stand-in
+            rank_inputs += ("als",)
         if use_rank and rank_inputs:
             assert self.rank_ is not None
             items = np.arange(dataset.n_items, dtype=np.int64)
