@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         assert isinstance(rec, MetaRecommender)
         base = rec.config.blend
         variants = [("fitted default", base)] + [parse_variant(v, base) for v in a.variant]
-        cands = ranking_candidates(ds, split)
+        cands = ranking_candidates(ds, split, "valid")
         row = {"seed": seed, "fit_s": secs, "n_valid": len(split.valid), "variants": {}}
         for label, blend in variants:
             row["variants"][label] = cv_blend(rec, ds, split, blend, cands, cfg.threshold)

@@ -154,8 +154,8 @@ def run_seed(
     split = make_split(ds, protocol, k_shot=10, n_query=10, seed=seed)
     known = np.zeros(ds.n_items, dtype=bool)
     known[split.train.item_idx] = True
-    # item-cold: the full ranking runs over the held-out items, as in `metarec evaluate`
-    cands = ranking_candidates(ds, split)
+    # item-cold: the full ranking runs over the part's held-out items, as in evaluate
+    cands_v, cands_t = ranking_candidates(ds, split, "valid"), ranking_candidates(ds, split)
     feats = build_features(ds, make_encoder("default"), cache=cache, pca_dim=64, fit_items=known)
     out: dict = {"seed": seed, "valid": {}, "test": {}, "fit_s": {}, "choices": {}}
     for name in baselines:
@@ -164,9 +164,11 @@ def run_seed(
         model = make_baseline(name, **kw).fit(ds, split.train, feats)
         out["fit_s"][name] = time.perf_counter() - t0
         out["valid"][name] = _metrics(
-            evaluate(model, ds, split.valid, bootstrap=0, candidates=cands)
+            evaluate(model, ds, split.valid, bootstrap=0, candidates=cands_v)
         )
-        out["test"][name] = _metrics(evaluate(model, ds, split.test, bootstrap=0, candidates=cands))
+        out["test"][name] = _metrics(
+            evaluate(model, ds, split.test, bootstrap=0, candidates=cands_t)
+        )
         log(f"seed {seed} {name:22s} test {out['test'][name]}")
     base = to_dict(ModelConfig(seed=seed, progress=False))
     cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
@@ -183,15 +185,17 @@ def run_seed(
         out["choices"][label] = _cv_blend(rec, ds, split, variant)
         log(f"seed {seed} valid-CV {label:24s} {out['choices'][label]}")
     out["valid"]["MetaRec"] = _metrics(
-        evaluate(rec, ds, split.valid, bootstrap=0, candidates=cands)
+        evaluate(rec, ds, split.valid, bootstrap=0, candidates=cands_v)
     )
     log(f"seed {seed} MetaRec valid {out['valid']['MetaRec']}")
-    out["test"]["MetaRec"] = _metrics(evaluate(rec, ds, split.test, bootstrap=0, candidates=cands))
+    out["test"]["MetaRec"] = _metrics(
+        evaluate(rec, ds, split.test, bootstrap=0, candidates=cands_t)
+    )
     log(f"seed {seed} MetaRec test {out['test']['MetaRec']}")
     # for the record (not used for any choice): the meta-model alone on test
     blend, rec.blend_ = rec.blend_, None
     out["test"]["MetaRec (no blend)"] = _metrics(
-        evaluate(rec, ds, split.test, bootstrap=0, candidates=cands)
+        evaluate(rec, ds, split.test, bootstrap=0, candidates=cands_t)
     )
     rec.blend_ = blend
     if blend is not None:

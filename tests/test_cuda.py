@@ -53,9 +53,8 @@ def test_meta_grads_and_adapt_match_cpu(algorithm, head):
 
 
 def test_cli_fit_predict_recommend_on_cuda_match_cpu(tmp_path):
-    from test_cli_contract import FAST, cold_support, make_world
-
     from metarec.cli import main
+    from test_cli_contract import FAST, cold_support, make_world
 
     paths, _ = make_world(tmp_path)
     support = cold_support(tmp_path)

@@ -404,6 +404,14 @@ def test_full_ranking_candidates_per_protocol():
         assert set(t.query.item_idx.tolist()) <= set(cand.tolist())
     ic = items_by_age()
     s_ic = make_split(ic, "item-cold", k_shot=1, n_query=1, seed=0)
-    assert np.array_equal(ranking_candidates(ic, s_ic), s_ic.cold_items)
+    # each part ranks its own held-out items; together they are the cold items
+    test_c, valid_c = ranking_candidates(ic, s_ic), ranking_candidates(ic, s_ic, "valid")
+    assert len(test_c) and len(valid_c) and not set(test_c) & set(valid_c)
+    assert np.array_equal(np.sort(np.concatenate([test_c, valid_c])), s_ic.cold_items)
+    for part, cands in ((s_ic.test, test_c), (s_ic.valid, valid_c)):
+        for t in part:
+            assert set(t.query.item_idx.tolist()) <= set(cands.tolist())
+    with pytest.raises(MetarecError, match="part"):
+        ranking_candidates(ic, s_ic, "train")
     s_uc = make_split(ten_users(), "user-cold", k_shot=2, n_query=2, seed=0)
     assert ranking_candidates(ten_users(), s_uc) is None

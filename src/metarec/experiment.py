@@ -451,6 +451,7 @@ def fit_method(
             threshold=cfg.threshold,
             bootstrap=0,
             primary_metric=spec.select_metric,
+            candidates=ranking_candidates(ds, split, "valid"),
         )
         v = r.primary if r.greater_is_better else -r.primary
         if np.isfinite(v) and (best is None or v > best[0]):
@@ -500,7 +501,7 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "picked by the validation users' primary metric; test users are used once, at the end",
         "text": {"model": cfg.text.model, "pca_dim": cfg.text.pca_dim},
         "threshold": cfg.threshold,
-        "candidates": "the held-out items only"
+        "candidates": "the held-out items of the user's part only (test items for test users)"
         if len(split.cold_items)
         else f"the target domain's ({cfg.split.target}) items minus the user's support"
         if split.protocol == "cross-domain"
@@ -636,13 +637,21 @@ def run(
     return results
 
 
-def ranking_candidates(ds: Dataset, split: Split) -> np.ndarray | None:
-    """Items the full ranking of a test user runs over (None = the whole catalogue).
+def ranking_candidates(ds: Dataset, split: Split, part: str = "test") -> np.ndarray | None:
+    """Items the full ranking of a ``part`` ("test" or "valid") user runs over (None = the
+    whole catalogue).
 
-    Item cold-start: the held-out items, the ones that can be relevant (ranking the warm
-    catalogue too would only measure a cold-vs-warm bias). Cross-domain: the target
+    Item cold-start: that part's held-out items, the ones that can be relevant (ranking
+    the warm catalogue too would only measure a cold-vs-warm bias; ranking the other
+    part's held-out items too would reward telling the two item sets apart, e.g. newer
+    release years in the titles of the newest, test, items, not taste). Cross-domain: the target
     domain's items — the user is cold there and the query is there; ranking the source
     domain's items too would reward recommending more of what the user already buys."""
+    if part not in ("test", "valid"):
+        raise MetarecError(f"ranking_candidates: part {part!r} is not 'test' or 'valid'")
+    own = split.test_cold_items if part == "test" else split.valid_cold_items
+    if len(own):
+        return own
     if len(split.cold_items):
         return split.cold_items
     if split.protocol == "cross-domain" and split.target_domain is not None:

@@ -179,6 +179,7 @@ def _finish(
     seed: int,
     params: dict | None = None,
     cold_item_idx: np.ndarray | None = None,
+    cold_parts: tuple[np.ndarray, np.ndarray] | None = None,
     source_domain: int | None = None,
     target_domain: int | None = None,
     **extra,
@@ -186,7 +187,8 @@ def _finish(
     """The Split every protocol returns, with its JSON summary (counts + parameters).
 
     ``params`` adds protocol-specific parameters to the common ones; ``extra`` adds counts;
-    ``cold_item_idx`` becomes ``Split.cold_items``.
+    ``cold_item_idx`` becomes ``Split.cold_items``; ``cold_parts`` = (validation items, test
+    items) become ``valid_cold_items`` / ``test_cold_items``.
     """
 
     def sizes(tasks, part):
@@ -211,6 +213,9 @@ def _finish(
         **{k: int(v) if isinstance(v, np.integer) else v for k, v in extra.items()},
     }
     kw = {} if cold_item_idx is None else {"cold_items": cold_item_idx}
+    if cold_parts is not None:
+        kw["valid_cold_items"] = np.sort(cold_parts[0]).astype(np.int64)
+        kw["test_cold_items"] = np.sort(cold_parts[1]).astype(np.int64)
     return Split(
         protocol=protocol,
         train=train,
@@ -384,6 +389,7 @@ def item_cold(
         test_frac=test_frac,
         seed=seed,
         cold_item_idx=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
+        cold_parts=(valid_i, test_i),
         cold_items=len(valid_i) + len(test_i),
         valid_cold_items=len(valid_i),
         test_cold_items=len(test_i),
@@ -446,6 +452,7 @@ def user_item_cold(
         test_frac=test_frac,
         seed=seed,
         cold_item_idx=np.sort(np.concatenate([valid_i, test_i])).astype(np.int64),
+        cold_parts=(valid_i, test_i),
         held_out_valid_users=len(valid_u),
         held_out_test_users=len(test_u),
         cold_items=len(valid_i) + len(test_i),

@@ -234,6 +234,10 @@ class Split:
     k_shot: int
     n_query: int
     cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # the held-out items of each part (their union is cold_items): a test user's full
+    # ranking runs over the test items, a validation user's over the validation items
+    valid_cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    test_cold_items: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     source_domain: int | None = None
     target_domain: int | None = None
     summary: dict = field(default_factory=dict)
