@@ -65,7 +65,8 @@ def test_health_and_info(client, predictor):
     assert info["version"] == __version__
     assert info["encoder_fingerprint"] == predictor.info["encoder_fingerprint"]
     assert info["encoder_fingerprint"].startswith("hashing")
-    assert (info["users"], info["items"], info["algorithm"]) == (60, 40, "ridge")
+    assert (info["users"], info["items"], info["algorithm"]) == (60, 40, "maml")
+    assert info["rank_algorithm"] == "ridge"
     assert info["limits"]["max_k"] == 1000
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
 
@@ -81,7 +82,7 @@ def test_recommend_follows_the_support_taste(client, kind):
     assert not set(got) & {f"it{i}" for i in range(6)}  # seen items excluded
     scores = [it["score"] for it in body["items"]]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
-    assert body["unknown_items"] == [] and body["model"] == "MetaRec-ridge"
+    assert body["unknown_items"] == [] and body["model"] == "MetaRec-maml"
 
 
 def test_recommend_equals_the_library(client, predictor):

@@ -205,7 +205,10 @@ def create_app(
     def info() -> S.Info:
         return S.Info(
             model=model.name,
-            algorithm=model.config.meta.algorithm,
+            algorithm=(
+                model.rating_ if model.rating_ is not None else model.rank_
+            ).learner.cfg.algorithm,
+            rank_algorithm=None if model.rank_ is None else model.rank_.learner.cfg.algorithm,
             version=__version__,
             dataset={k: v for k, v in pred.info.items() if k != "item_domains"},
             encoder_fingerprint=str(pred.info.get("encoder_fingerprint", "")),

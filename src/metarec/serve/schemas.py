@@ -131,7 +131,8 @@ class Health(BaseModel):
 
 class Info(BaseModel):
     model: str
-    algorithm: str
+    algorithm: str  # meta-algorithm of the model behind /score (the rating model if any)
+    rank_algorithm: str | None = None  # of the ranking model behind /recommend, if any
     version: str
     dataset: dict
     encoder_fingerprint: str
