@@ -415,3 +415,17 @@ def test_full_ranking_candidates_per_protocol():
         ranking_candidates(ic, s_ic, "train")
     s_uc = make_split(ten_users(), "user-cold", k_shot=2, n_query=2, seed=0)
     assert ranking_candidates(ten_users(), s_uc) is None
+
+
+def test_cross_domain_blend_ranks_the_query_domain():
+    """The ranking blend is fitted over the items of the validation queries' domain (the
+    target), as evaluate ranks them; one-domain data: the whole catalogue."""
+    from metarec.model import _blend_rank_items
+
+    ds = two_domains()
+    s = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0)
+    items = _blend_rank_items(ds, s.valid)
+    assert {str(ds.items.ids[i]) for i in items} == {f"m{j}" for j in range(5)}
+    one = ten_users()
+    s1 = make_split(one, "user-cold", k_shot=2, n_query=2, seed=0)
+    assert np.array_equal(_blend_rank_items(one, s1.valid), np.arange(one.n_items))
