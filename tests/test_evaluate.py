@@ -113,9 +113,9 @@ def test_bootstrap_interval(result):
 
 
 def test_full_catalogue_agrees_with_recommend():
-    # many ties: both paths must break them by item index
+    # no ties: evaluate ranks exactly as recommend() does
     ds = dataset()
-    values = np.array([1.0, 2.0, 2.0, 1.0, 2.0, 0.5])
+    values = np.array([1.0, 2.5, 2.0, 1.1, 1.9, 0.5])
     rec = FixedScores(values, predicts_ratings=False).fit(ds, Interactions.empty())
     res = evaluate(rec, ds, TASKS, ks=(1, 2), query_ks=(1,), bootstrap=0)
     items, _ = rec.recommend(0, TASKS[0].support, k=2)
@@ -124,6 +124,23 @@ def test_full_catalogue_agrees_with_recommend():
     assert res.per_user["Recall@2 (full)"][0] == 0.5
     assert "MAE" not in res.metrics and "AUC" in res.metrics  # rank-only model
     assert math.isnan(res.ci95["AUC"][0])  # bootstrap disabled
+
+
+def test_full_ranking_ties_are_broken_at_random_not_by_item_index():
+    """An all-tied scorer ranks at random: over many users its HR@1 is the chance rate,
+    not 1 (item index order would put the relevant item 0 first every time)."""
+    ds = dataset()
+    rec = FixedScores(np.zeros(6), predicts_ratings=False).fit(ds, Interactions.empty())
+    tasks = tuple(
+        Task(0, Interactions.empty(), inter(0, np.array([0]), np.array([5.0])))
+        for _ in range(600)
+    )
+    res = evaluate(rec, ds, tasks, ks=(1,), query_ks=(1,), bootstrap=0, seed=3)
+    hr = res.per_user["HR@1 (full)"]
+    assert abs(hr.mean() - 1 / 6) < 0.05  # 600 draws: std of the mean is 0.015
+    again = evaluate(rec, ds, tasks, ks=(1,), query_ks=(1,), bootstrap=0, seed=3)
+    assert np.array_equal(again.per_user["HR@1 (full)"], hr)  # seeded: reproducible
+    assert rec.recommend(0, Interactions.empty(), k=1)[0].tolist() == [0]  # serving: by index
 
 
 def test_candidates_restrict_ranking_and_relevant():
