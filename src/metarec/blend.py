@@ -9,9 +9,10 @@ beat on the items they know well. :class:`MetaRecommender` therefore stacks them
   weights of the whole-rating inputs sum to 1 (a weighted average of ratings plus offset
   terms such as the like-model's logit), optionally shrunk toward one input alone;
 * **ranking**: ``s = w_meta · logit + Σ_j w_j · g_j`` with ``g`` the EASE score, the log
-  popularity and (optionally) the implicit-ALS fold-in score (``rank_inputs``), fitted by maximising the softmax likelihood of each
-  validation user's liked query items over the whole catalogue minus the support, the
-  full-catalogue ranking the model is judged on.
+  popularity and the implicit-ALS fold-in score (``rank_inputs``; ALS stands in for EASE
+  on catalogues too large for it), fitted by maximising the softmax likelihood of each
+  validation user's liked query items over the catalogue (with several domains: the
+  queries' domain) minus the support, the full ranking the model is judged on.
 
 Both weight vectors are fitted on *validation* users only (the tasks ``fit`` early-stops
 on), and the closed-form models on the meta-model's training interactions only, so neither
