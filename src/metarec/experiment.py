@@ -641,10 +641,10 @@ def ranking_candidates(ds: Dataset, split: Split, part: str = "test") -> np.ndar
     """Items the full ranking of a ``part`` ("test" or "valid") user runs over (None = the
     whole catalogue).
 
-    Item cold-start: that part's held-out items, the ones that can be relevant (ranking
+    Item cold-start: that part's held-out items, the ones that can be relevant. Ranking
     the warm catalogue too would only measure a cold-vs-warm bias; ranking the other
-    part's held-out items too would reward telling the two item sets apart, e.g. newer
-    release years in the titles of the newest, test, items, not taste). Cross-domain: the target
+    part's held-out items too would reward telling the two sets apart (the test items
+    are the newest, and titles carry release years), not taste. Cross-domain: the target
     domain's items — the user is cold there and the query is there; ranking the source
     domain's items too would reward recommending more of what the user already buys."""
     if part not in ("test", "valid"):
