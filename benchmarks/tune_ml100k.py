@@ -29,13 +29,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tune_blend import cv_blend  # noqa: E402  (benchmarks/, beside this script)
 
 from metarec.baselines import make_baseline  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
@@ -115,30 +115,10 @@ def _metrics(result) -> dict[str, float]:
 
 
 def _cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None) -> dict[str, float]:
-    cands = ranking_candidates(ds, split)
-    """Validation metrics of a blend variant by 2-fold CV over validation users; the
-    fitted meta-model is shared, only ``blend_`` is swapped (and restored)."""
-    valid = list(split.valid)
-    folds = [valid[0::2], valid[1::2]]
-    saved_cfg, saved_blend = rec.config, rec.blend_
-    results = []
-    try:
-        for k in (0, 1):
-            fit_on, score_on = folds[k], folds[1 - k]
-            if blend is None:
-                rec.blend_ = None
-            else:
-                rec.config = dataclasses.replace(saved_cfg, blend=blend)
-                rec.blend_ = rec._fit_blend(ds, dataclasses.replace(split, valid=tuple(fit_on)))
-            results.append(evaluate(rec, ds, score_on, bootstrap=0, candidates=cands))
-    finally:
-        rec.config, rec.blend_ = saved_cfg, saved_blend
-    # user-weighted mean of the two halves' per-user metrics
-    out = {}
-    for name in METRICS:
-        v = np.concatenate([r.per_user.get(name, np.full(1, np.nan)) for r in results])
-        out[name] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-    return out
+    """Validation metrics of a blend variant by 2-fold CV over validation users (the one
+    implementation in tune_blend.py; validation users rank their own candidates)."""
+    got = cv_blend(rec, ds, split, blend, ranking_candidates(ds, split, "valid"), 4.0)
+    return {k: float("nan") if got.get(k) is None else got[k] for k in METRICS}
 
 
 def run_seed(

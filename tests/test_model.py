@@ -179,9 +179,9 @@ def test_als_rank_input_equals_the_implicit_als_baseline_and_round_trips(world):
     ds, split = world
     cfg = BlendConfig(rank_inputs=("popularity", "als"), als_factors=8, als_iterations=5)
     closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
-    als = ImplicitALS(factors=8, reg=cfg.als_reg, alpha=cfg.als_alpha, iterations=5, seed=0)
-    als.min_rating = 3.0
-    als.fit(ds, split.train)
+    als = ImplicitALS(
+        factors=8, reg=cfg.als_reg, alpha=cfg.als_alpha, iterations=5, seed=0, min_rating=3.0
+    ).fit(ds, split.train)
     back = ClosedForm.from_state(*closed.state())
     targets = np.arange(ds.n_items)
     for t in split.test[:5]:

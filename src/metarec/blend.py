@@ -212,6 +212,13 @@ class ClosedForm:
             als_alpha=cfg.als_alpha,
         )
 
+    def fitted_rank_inputs(self, names: Sequence[str]) -> tuple[str, ...]:
+        """The ranking inputs of ``names`` this fit can compute: EASE / ALS only if fitted,
+        plus ALS where it was fitted as EASE's stand-in (``als_without_ease``)."""
+        fitted = {"ease": self.ease is not None, "als": self.als_factors is not None}
+        out = tuple(n for n in names if fitted.get(n, True))
+        return out + ("als",) if fitted["als"] and "als" not in out else out
+
     # --- per-history predictions (pure) ----------------------------------------------------
     def _mf_fold_in(self, items: np.ndarray, ratings: np.ndarray) -> tuple[np.ndarray, float]:
         if not len(items):

@@ -130,6 +130,12 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         return from_dict(cls, data, "")
 
+    def rank_train(self, train: TrainConfig) -> TrainConfig:
+        """``train`` as the ranking model trains: sampled negatives, its own ID dropout
+        (fit and ``metarec update`` both derive it here)."""
+        drop = train.id_dropout if self.rank_id_dropout is None else self.rank_id_dropout
+        return dataclasses.replace(train, n_negatives=self.rank_negatives, id_dropout=drop)
+
 
 def _blend_rank_items(dataset: Dataset, tasks: Sequence[Task]) -> np.ndarray:
     """(n_cand,) items the ranking blend is fitted over: the whole catalogue, or with
@@ -226,13 +232,7 @@ class MetaRecommender(Recommender):
                 _as_likes(split, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
-                dataclasses.replace(
-                    train_cfg,
-                    n_negatives=cfg.rank_negatives,
-                    id_dropout=(
-                        train_cfg.id_dropout if cfg.rank_id_dropout is None else cfg.rank_id_dropout
-                    ),
-                ),
+                cfg.rank_train(train_cfg),
                 dataset,
             )
         self.blend_ = self._fit_blend(dataset, split)
@@ -290,10 +290,7 @@ class MetaRecommender(Recommender):
                 shrink=b.rating_shrink,
                 prior=np.array([float(n == b.rating_prior) for n in names]),
             )
-        fitted = {"ease": closed.ease is not None, "als": closed.als_factors is not None}
-        rank_inputs = tuple(n for n in b.rank_inputs if fitted.get(n, True))
-        if closed.als_factors is not None and "als" not in rank_inputs:  # EASE's stand-in
-            rank_inputs += ("als",)
+        rank_inputs = closed.fitted_rank_inputs(b.rank_inputs)
         if use_rank and rank_inputs:
             assert self.rank_ is not None
             items = _blend_rank_items(dataset, tasks)  # (n_cand,)

@@ -130,8 +130,7 @@ def update(
         tcfg = dataclasses.replace(mcfg.train, meta_batch=cfg.meta_batch, seed=cfg.seed)
         s_all, s_fb = split, fb_split
         if head == "binary":
-            drop = mcfg.train.id_dropout if mcfg.rank_id_dropout is None else mcfg.rank_id_dropout
-            tcfg = dataclasses.replace(tcfg, n_negatives=mcfg.rank_negatives, id_dropout=drop)
+            tcfg = mcfg.rank_train(tcfg)
             # as fit does: likes (rating >= threshold; implicit labels as they are)
             s_all = _as_likes(split, model._like_threshold())
             s_fb = _as_likes(fb_split, model._like_threshold())
