@@ -242,17 +242,40 @@ def test_rating_weights_are_least_squares_on_validation_users(fitted):
     y = np.concatenate([t.query.rating for t in tasks])
     design = np.column_stack([meta, like, x, np.ones(len(y))])
     # the default stack has no intercept and its whole-rating weights (meta, ItemMean+
-    # UserBias, BiasedMF) sum to 1: substituting w_meta = 1 − w_imub − w_mf leaves the
-    # unconstrained least squares y − meta ≈ w_like·like + Σ_j w_j (x_j − meta)
+    # UserBias, BiasedMF) sum to 1: substituting w_meta = 1 − w_imub − w_mf leaves a free
+    # v = (w_like, w_imub, w_mf) and the residual r = y − meta ≈ F v, F = [like, x − meta].
+    # The ridge toward "ItemMean+UserBias alone" (w0 = (0, 0, 1, 0)) adds
+    # λn·[(1 − w_imub − w_mf)² + w_like² + (w_imub − 1)² + w_mf²] = λn·[(1 − aᵀv)² + |v − e2|²]
+    # with a = (0, 1, 1), e2 = (0, 1, 0); its normal equations, solved by hand:
+    # (FᵀF + λn(aaᵀ + I)) v = Fᵀr + λn(a + e2)
     assert blend.rating_inputs == ("item_mean_user_bias", "biased_mf")
+    cfg = rec.config.blend
+    assert cfg.rating_prior == "item_mean_user_bias" and cfg.rating_shrink > 0
+    lam = cfg.rating_shrink * len(y)
     free = np.column_stack([like, x - meta[:, None]])
-    w_like, w_imub, w_mf = np.linalg.lstsq(free, y - meta, rcond=None)[0]
+    a, e2 = np.array([0.0, 1.0, 1.0]), np.array([0.0, 1.0, 0.0])
+    lhs = free.T @ free + lam * (np.outer(a, a) + np.eye(3))
+    rhs = free.T @ (y - meta) + lam * (a + e2)
+    w_like, w_imub, w_mf = np.linalg.solve(lhs, rhs)
     expected = [1.0 - w_imub - w_mf, w_like, w_imub, w_mf, 0.0]
     np.testing.assert_allclose(blend.rating_weights, expected, rtol=1e-6, atol=1e-9)
-    # the blended validation MSE, which the constrained least squares minimises, is no
-    # worse than the meta-model's own (w = (1, 0, 0, 0, 0) is feasible)
-    blended = design @ blend.rating_weights
-    assert np.mean((blended - y) ** 2) <= np.mean((meta - y) ** 2) + 1e-12
+
+    # the penalised objective it minimises is no worse than at two feasible points: the
+    # prior itself (ItemMean+UserBias alone) and the meta-model alone
+    def objective(w):
+        w0 = np.array([0.0, 0.0, 1.0, 0.0])
+        return np.sum((design @ w - y) ** 2) + lam * np.sum((w[:4] - w0) ** 2)
+
+    for feasible in ([0.0, 0.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 0.0]):
+        assert objective(blend.rating_weights) <= objective(np.array(feasible)) + 1e-9
+    # and λ = 0 is the plain constrained least squares
+    w0 = fit_rating_weights(
+        design[:, :4], y, intercept=False, summed=np.array([True, False, True, True])
+    )
+    w_like0, w_imub0, w_mf0 = np.linalg.lstsq(free, y - meta, rcond=None)[0]
+    np.testing.assert_allclose(
+        w0, [1.0 - w_imub0 - w_mf0, w_like0, w_imub0, w_mf0, 0.0], rtol=1e-6, atol=1e-9
+    )
 
 
 def test_blended_scores_are_consistent_and_pure(fitted):
@@ -342,7 +365,7 @@ def test_l1_stack_with_the_like_logit(fitted):
     ds, split, _, rec = fitted
     cfg, tensors = rec.state()
     other = MetaRecommender.from_state(cfg, tensors, split.train)
-    blend_cfg = BlendConfig(rating_loss="l1", rating_like=True)
+    blend_cfg = BlendConfig(rating_loss="l1", rating_like=True, rating_shrink=0.0)
     other.config = dataclasses.replace(other.config, blend=blend_cfg)
     other.blend_ = other._fit_blend(ds, split)
     assert other.blend_.rating_like and len(other.blend_.rating_weights) == 5

@@ -72,9 +72,18 @@ class BlendConfig:
     # CV) the free intercept overfits (MAE 0.840/0.846 free vs 0.816/0.823 constrained)
     rating_intercept: bool = False
     # ridge of the rating weights toward "``rating_prior`` alone" (weight 1, the rest 0),
-    # λ per validation rating; 0 = plain least squares ("l2" loss only)
-    rating_shrink: float = 0.0
-    rating_prior: str = "biased_mf"  # a rating input, or "meta"
+    # λ per validation rating; 0 = plain least squares ("l2" loss only). Why not 0: least
+    # squares picks the weights that fit each user's rating *level* best, but AUC and
+    # nDCG@3 judge the order of a user's query items, and ItemMean+UserBias orders them
+    # best of all the inputs on ML-100K validation users (AUC 0.668, nDCG@3 0.848 alone).
+    # 2-fold CV over validation users, mean of seeds 0-2, MAE / AUC / nDCG@3:
+    #   λ 0    0.8150 / 0.6566 / 0.8371     λ 0.05 0.8184 / 0.6681 / 0.8433
+    #   λ 0.03 0.8172 / 0.6672 / 0.8411     λ 0.1  0.8205 / 0.6696 / 0.8436
+    # Rule (the goal, applied on validation): the smallest λ that beats the best
+    # validation baseline on the most goal metrics; 0.05 is the smallest beating both
+    # BiasedMF's MAE (0.8201) and ItemMean+UserBias's AUC (0.668). It costs MAE for order.
+    rating_shrink: float = 0.05
+    rating_prior: str = "item_mean_user_bias"  # a rating input, or "meta"
     # query ratings >= this are the positives of the ranking fit; None = the like threshold
     relevant_threshold: float | None = None
     mf_factors: int = 32
@@ -110,10 +119,17 @@ class BlendConfig:
         prior_ok = self.rating_prior == "meta" or self.rating_prior in self.rating_inputs
         if self.rating_shrink > 0 and not prior_ok:
             raise MetarecError(
-                f"blend.rating_prior: {self.rating_prior!r} is not 'meta' or a rating input"
+                f"blend.rating_prior: {self.rating_prior!r} is not 'meta' or one of "
+                f"blend.rating_inputs {list(self.rating_inputs)} (add it, pick another "
+                "prior, or set blend.rating_shrink=0)"
             )
-        if self.rating_shrink < 0 or (self.rating_shrink > 0 and self.rating_loss != "l2"):
-            raise MetarecError("blend.rating_shrink must be >= 0 and needs rating_loss 'l2'")
+        if self.rating_shrink < 0:
+            raise MetarecError(f"blend.rating_shrink must be >= 0, got {self.rating_shrink}")
+        if self.rating_shrink > 0 and self.rating_loss != "l2":
+            raise MetarecError(
+                f"blend.rating_loss {self.rating_loss!r} cannot shrink toward a prior: "
+                "set blend.rating_shrink=0 or use rating_loss 'l2'"
+            )
         if self.mf_factors < 1 or self.mf_reg <= 0 or self.ease_reg <= 0:
             raise MetarecError("blend: mf_factors >= 1, mf_reg > 0, ease_reg > 0")
         if self.als_factors < 1 or self.als_reg <= 0 or self.als_alpha < 1:

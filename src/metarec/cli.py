@@ -340,8 +340,10 @@ def _run_experiment(config, out: Path, quiet: bool = False) -> int:
     t0 = time.perf_counter()
     results = run(config, out, progress=not quiet)
     table = results.summary("main")
-    print(f"\n{config.name}: K = {results.main_k}, seeds {list(config.seeds)}, "
-          f"{results.protocol.get('test_users')} test users")
+    print(
+        f"\n{config.name}: K = {results.main_k}, seeds {list(config.seeds)}, "
+        f"{results.protocol.get('test_users')} test users"
+    )
     print(markdown_table(results, table, key_metrics(results)))
     line = verdict(results, table, primary_metric(results))
     if line:
@@ -501,8 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="experiment TOML (see configs/)")
     p.add_argument("--out", help="output folder (default: runs/<config name>)")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. seeds=[0] or "
-        "split.k_shot=5"
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override, e.g. seeds=[0] or split.k_shot=5",
     )
     p.add_argument(
         "--only",
