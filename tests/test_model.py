@@ -15,9 +15,18 @@ import pytest
 import torch
 
 from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemMeanUserBias
-from metarec.blend import BlendConfig, ClosedForm, fit_rank_weights, fit_rating_weights
+from metarec.blend import (
+    BlendConfig,
+    ClosedForm,
+    fit_rank_blend,
+    fit_rank_weights,
+    fit_rating_weights,
+    ndcg_of_weights,
+    search_rank_weights,
+)
 from metarec.data.raw import RawData, build_dataset, make_ratings_frame
 from metarec.features import build_features
+from metarec.metrics import ndcg_at_k
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.splits import make_split
 from metarec.text.encoder import HashingEncoder
@@ -94,6 +103,83 @@ def test_rank_weights_meet_the_optimality_condition():
 def test_rank_weights_need_a_positive():
     with pytest.raises(MetarecError, match="no liked"):
         fit_rank_weights(np.zeros((1, 2, 1)), np.zeros((1, 2), bool), np.zeros((1, 2), bool))
+
+
+def _rank_world(seed=0, users=40, items=200):
+    # two noisy views of a hidden taste (one much noisier) and a useless input; each
+    # user's top-5 by taste are the liked items, the first 3 items are "support"
+    rng = np.random.default_rng(seed)
+    taste = rng.normal(size=(users, items))
+    x = np.stack(
+        [
+            taste + rng.normal(scale=3.0, size=taste.shape),
+            taste + rng.normal(scale=1.0, size=taste.shape),
+            rng.normal(size=taste.shape),
+        ],
+        2,
+    )  # (U, N, 3)
+    pos = np.zeros(taste.shape, bool)
+    for u in range(users):
+        pos[u, np.argsort(-taste[u])[:5]] = True
+    excl = np.zeros_like(pos)
+    excl[:, :3] = True
+    return x, pos & ~excl, excl
+
+
+def test_ndcg_of_weights_matches_the_metric():
+    x, pos, excl = _rank_world()
+    w = np.array([0.3, 1.0, -0.2])
+    s = x @ w
+    expected = []
+    for u in range(len(s)):
+        cand = np.flatnonzero(~excl[u])
+        ranked = cand[np.argsort(-s[u, cand], kind="stable")]
+        expected.append(ndcg_at_k(ranked, np.flatnonzero(pos[u]), 10))
+    assert ndcg_of_weights(x, pos, excl, w, 10) == pytest.approx(np.mean(expected), abs=1e-12)
+
+
+def test_ndcg_search_never_loses_to_its_start_and_is_deterministic():
+    x, pos, excl = _rank_world()
+    start = fit_rank_weights(x, pos, excl, weight_decay=1e-2)
+    w = search_rank_weights(x, pos, excl, start, k=10)
+    assert ndcg_of_weights(x, pos, excl, w, 10) >= ndcg_of_weights(x, pos, excl, start, 10)
+    np.testing.assert_array_equal(w, search_rank_weights(x, pos, excl, start, k=10))
+    # the useless input never outweighs the clean view
+    assert abs(w[2]) <= abs(w[1])
+
+
+def test_auto_rank_fit_keeps_softmax_unless_the_search_wins_in_cv():
+    x, pos, excl = _rank_world()
+    w_soft, kind = fit_rank_blend(x, pos, excl, 1e-2, "softmax")
+    assert kind == "softmax"
+    np.testing.assert_array_equal(w_soft, fit_rank_weights(x, pos, excl, 1e-2))
+    w_ndcg, kind = fit_rank_blend(x, pos, excl, 1e-2, "ndcg")
+    assert kind == "ndcg"
+    w_auto, kind = fit_rank_blend(x, pos, excl, 1e-2, "auto")
+    # replay the 2-fold CV by hand: even rows against odd rows, both ways
+    rows = np.arange(len(x))
+    folds = (rows[0::2], rows[1::2])
+    cv = {}
+    for how in ("softmax", "ndcg"):
+        cv[how] = sum(
+            ndcg_of_weights(
+                x[folds[b]],
+                pos[folds[b]],
+                excl[folds[b]],
+                fit_rank_blend(x[folds[a]], pos[folds[a]], excl[folds[a]], 1e-2, how)[0],
+                10,
+            )
+            for a, b in ((0, 1), (1, 0))
+        )
+    assert kind == ("ndcg" if cv["ndcg"] > cv["softmax"] + 1e-12 else "softmax")
+    np.testing.assert_array_equal(w_auto, w_ndcg if kind == "ndcg" else w_soft)
+
+
+def test_blend_config_rejects_unknown_rank_fit():
+    with pytest.raises(MetarecError, match="rank_fit"):
+        BlendConfig(rank_fit="lambdamart")
+    with pytest.raises(MetarecError, match="rank_k"):
+        BlendConfig(rank_k=0)
 
 
 def test_blend_config_rejects_unknown_inputs():
@@ -288,7 +374,9 @@ def test_blended_scores_are_consistent_and_pure(fitted):
     for t, m, row in zip(tasks, many, batch, strict=True):
         np.testing.assert_allclose(rec.score(t.user_idx, t.support, t.query.item_idx), m, rtol=1e-5)
         # float32 meta-model: a batch of 1 and of 4 may differ in the last bits
-        np.testing.assert_allclose(rec.rank_scores(t.user_idx, t.support, items), row, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            rec.rank_scores(t.user_idx, t.support, items), row, rtol=1e-5, atol=1e-6
+        )
         assert m.min() >= 1.0 and m.max() <= 5.0
     for k, v in rec.rating_.params.items():
         assert torch.equal(v, before[k])
@@ -385,6 +473,29 @@ def test_l1_stack_with_the_like_logit(fitted):
     back = MetaRecommender.from_state(*other.state(), split.train)
     assert back.blend_.rating_like
     np.testing.assert_array_equal(back.score(t.user_idx, t.support, t.query.item_idx), want)
+
+
+def test_ndcg_rank_fit_is_recorded_saved_and_used(fitted):
+    # a copy of the fitted model whose ranking weights come from the nDCG search
+    ds, split, _, rec = fitted
+    other = MetaRecommender.from_state(*rec.state(), split.train)
+    other.config = dataclasses.replace(
+        other.config, blend=dataclasses.replace(rec.config.blend, rank_fit="ndcg")
+    )
+    other.blend_ = other._fit_blend(ds, split)
+    assert other.blend_.rank_fit == "ndcg" and rec.blend_.rank_fit == "softmax"
+    t = split.test[1]
+    items = np.arange(ds.n_items)
+    got = other.rank_scores(t.user_idx, t.support, items)
+    # the blended score is w · (meta logit, EASE, popularity) with the searched weights
+    logit = other._scores(other.rank_, [(t.user_idx, t.support)], items)[0]
+    hist = other._history(t.user_idx, t.support)
+    x = other.blend_.closed.rank_inputs(other.blend_.rank_inputs, [hist], items)[0]
+    w = other.blend_.rank_weights
+    np.testing.assert_allclose(got, logit * w[0] + x @ w[1:], rtol=1e-6, atol=1e-9)
+    back = MetaRecommender.from_state(*other.state(), split.train)
+    assert back.blend_.rank_fit == "ndcg"
+    np.testing.assert_array_equal(back.rank_scores(t.user_idx, t.support, items), got)
 
 
 def test_model_seed_seeds_meta_training(fitted):

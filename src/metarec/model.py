@@ -39,7 +39,7 @@ from metarec.blend import (
     Blend,
     BlendConfig,
     ClosedForm,
-    fit_rank_weights,
+    fit_rank_blend,
     fit_rating_weights,
 )
 from metarec.config import from_dict, to_dict
@@ -258,6 +258,7 @@ class MetaRecommender(Recommender):
         pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
         rating_w = rank_w = None
+        rank_fit = "softmax"
         rating_like = b.rating_like and self.rank_ is not None
         if use_rating:
             assert self.rating_ is not None
@@ -309,8 +310,10 @@ class MetaRecommender(Recommender):
                 c = col[t.support.item_idx]
                 excl[r, c[c >= 0]] = True
             if pos.any():
-                rank_w = fit_rank_weights(x, pos & ~excl, excl, b.weight_decay)
-        return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w, rating_like)
+                rank_w, rank_fit = fit_rank_blend(
+                    x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k
+                )
+        return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w, rating_like, rank_fit)
 
     def _history_without_query(self, task: Task) -> Interactions:
         """A validation task's adaptation set as scoring builds it (training rows, then the
