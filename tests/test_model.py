@@ -148,14 +148,14 @@ def test_ndcg_search_never_loses_to_its_start_and_is_deterministic():
     assert abs(w[2]) <= abs(w[1])
 
 
-def test_auto_rank_fit_keeps_softmax_unless_the_search_wins_in_cv():
+def test_cv_rank_fit_keeps_softmax_unless_the_search_wins_in_cv():
     x, pos, excl = _rank_world()
     w_soft, kind = fit_rank_blend(x, pos, excl, 1e-2, "softmax")
     assert kind == "softmax"
     np.testing.assert_array_equal(w_soft, fit_rank_weights(x, pos, excl, 1e-2))
     w_ndcg, kind = fit_rank_blend(x, pos, excl, 1e-2, "ndcg")
     assert kind == "ndcg"
-    w_auto, kind = fit_rank_blend(x, pos, excl, 1e-2, "auto")
+    w_auto, kind = fit_rank_blend(x, pos, excl, 1e-2, "cv")
     # replay the 2-fold CV by hand: even rows against odd rows, both ways
     rows = np.arange(len(x))
     folds = (rows[0::2], rows[1::2])
@@ -173,6 +173,13 @@ def test_auto_rank_fit_keeps_softmax_unless_the_search_wins_in_cv():
         )
     assert kind == ("ndcg" if cv["ndcg"] > cv["softmax"] + 1e-12 else "softmax")
     np.testing.assert_array_equal(w_auto, w_ndcg if kind == "ndcg" else w_soft)
+
+
+def test_fit_rank_blend_rejects_an_unknown_fit():
+    with pytest.raises(MetarecError, match="how="):
+        fit_rank_blend(
+            np.zeros((1, 2, 1)), np.ones((1, 2), bool), np.zeros((1, 2), bool), 0.1, "auto"
+        )
 
 
 def test_blend_config_rejects_unknown_rank_fit():
