@@ -295,6 +295,25 @@ def test_fit_rejects_unknown_config_key(tmp_path, capsys):
     assert not (tmp_path / "RUN").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("blend.rating_loss=l1", "rating_shrink=0"),  # the default shrink needs l2
+        ('blend.rating_inputs=["biased_mf"]', "rating_prior"),  # the prior is not an input
+        ('blend.rank_fit="lambdamart"', "rank_fit"),
+    ],
+)
+def test_fit_rejects_inconsistent_blend_settings(tmp_path, capsys, override, named):
+    paths, _ = make_world(tmp_path, n_users=10)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    code = main([*args, "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert named in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
 def test_device_flag(fitted, tmp_path, capsys):
     """--device places the model for scoring; cpu gives the same scores, and a missing
     GPU is a one-line error (CUDA itself is exercised only on a GPU machine)."""
