@@ -7,12 +7,14 @@ beat on the items they know well. :class:`MetaRecommender` therefore stacks them
   ItemMean+UserBias and BiasedMF fold-in predictions (``rating_inputs``), least squares on
   the validation users' query ratings; with ``rating_intercept=False`` c = 0 and the
   weights of the whole-rating inputs sum to 1 (a weighted average of ratings plus offset
-  terms such as the like-model's logit), optionally shrunk toward one input alone;
+  terms such as the like-model's logit), shrunk toward one input alone (by default
+  ItemMean+UserBias, which orders a user's items best: see ``BlendConfig.rating_shrink``);
 * **ranking**: ``s = w_meta · logit + Σ_j w_j · g_j`` with ``g`` the EASE score, the log
   popularity and the implicit-ALS fold-in score (``rank_inputs``; ALS stands in for EASE
   on catalogues too large for it), fitted by maximising the softmax likelihood of each
   validation user's liked query items over the catalogue (with several domains: the
-  queries' domain) minus the support, the full ranking the model is judged on.
+  queries' domain) minus the support, the full ranking the model is judged on (or, with
+  ``rank_fit="ndcg"``, searched from there for the best validation nDCG@k).
 
 Both weight vectors are fitted on *validation* users only (the tasks ``fit`` early-stops
 on), and the closed-form models on the meta-model's training interactions only, so neither
@@ -505,8 +507,9 @@ def ndcg_of_weights(
     z: np.ndarray, positive: np.ndarray, excluded: np.ndarray, v: np.ndarray, k: int
 ) -> float:
     """Mean binary nDCG@k over the users with a positive, ranking the non-excluded items by
-    z @ v (z (U, N, C), positive / excluded (U, N) bool). Ties go by item index; the
-    search below only needs a fixed, deterministic order."""
+    z @ v (z (U, N, C), positive / excluded (U, N) bool). Exact ties are broken by
+    argpartition's (deterministic, not index) order; the search below only needs a fixed
+    order, and evaluate breaks ties at random anyway."""
     positive = positive & ~excluded
     has = positive.any(1)
     if not has.any():
