@@ -22,6 +22,7 @@ from metarec.blend import (
     fit_rank_weights,
     fit_rating_weights,
     ndcg_of_weights,
+    rank_columns,
     search_rank_weights,
 )
 from metarec.data.raw import RawData, build_dataset, make_ratings_frame
@@ -503,6 +504,58 @@ def test_ndcg_rank_fit_is_recorded_saved_and_used(fitted):
     back = MetaRecommender.from_state(*other.state(), split.train)
     assert back.blend_.rank_fit == "ndcg"
     np.testing.assert_array_equal(back.rank_scores(t.user_idx, t.support, items), got)
+
+
+def test_shot_aware_rank_blend_weights_vary_with_the_history_length(fitted):
+    # a copy of the fitted model whose rank blend is also fitted on supports cut to 1 and
+    # 3 items, each input entering again divided by the history length n
+    ds, split, _, rec = fitted
+    other = MetaRecommender.from_state(*rec.state(), split.train)
+    other.config = dataclasses.replace(
+        other.config, blend=dataclasses.replace(rec.config.blend, rank_shots=(1, 3))
+    )
+    other.blend_ = other._fit_blend(ds, split)
+    b = other.blend_
+    assert b.rank_shot_aware and not rec.blend_.rank_shot_aware
+    assert len(b.rank_weights) == 2 * len(rec.blend_.rank_weights)
+    items = np.arange(ds.n_items)
+    t = split.test[3]
+    for support in (t.support, t.support.take(np.arange(1))):
+        got = other.rank_scores(t.user_idx, support, items)
+        logit = other._scores(other.rank_, [(t.user_idx, support)], items)[0]
+        hist = other._history(t.user_idx, support)
+        n = len(hist[0])
+        x = np.column_stack([logit, b.closed.rank_inputs(b.rank_inputs, [hist], items)[0]])
+        half = len(b.rank_weights) // 2
+        want = x @ (b.rank_weights[:half] + b.rank_weights[half:] / n)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # serving's adapt-once path and a reload give the same ranking scores
+    adapted = other.adapt_user(t.user_idx, t.support, "rank")
+    np.testing.assert_allclose(
+        other.score_adapted(adapted, items),
+        1 / (1 + np.exp(-other.rank_scores(t.user_idx, t.support, items))),
+        rtol=1e-5,
+    )
+    back = MetaRecommender.from_state(*other.state(), split.train)
+    assert back.blend_.rank_shot_aware
+    np.testing.assert_array_equal(
+        back.rank_scores(t.user_idx, t.support, items),
+        other.rank_scores(t.user_idx, t.support, items),
+    )
+
+
+def test_rank_columns_divide_by_the_history_length():
+    logits = np.array([[1.0, 2.0], [3.0, 4.0]])  # (T=2, n=2)
+    inputs = np.ones((2, 2, 1))
+    hists = [(np.arange(1), np.ones(1)), (np.arange(4), np.ones(4))]
+    plain = rank_columns(logits, inputs, hists, False)
+    assert plain.shape == (2, 2, 2)
+    aware = rank_columns(logits, inputs, hists, True)
+    np.testing.assert_array_equal(aware[..., :2], plain)
+    np.testing.assert_array_equal(aware[0, :, 2:], plain[0])  # n = 1
+    np.testing.assert_array_equal(aware[1, :, 2:], plain[1] / 4)  # n = 4
+    with pytest.raises(MetarecError, match="rank_shots"):
+        BlendConfig(rank_shots=(0, 3))
 
 
 def test_model_seed_seeds_meta_training(fitted):

@@ -41,6 +41,7 @@ from metarec.blend import (
     ClosedForm,
     fit_rank_blend,
     fit_rating_weights,
+    rank_columns,
 )
 from metarec.config import from_dict, to_dict
 from metarec.features import FeatureSet, build_features
@@ -297,14 +298,28 @@ class MetaRecommender(Recommender):
             items = _blend_rank_items(dataset, tasks)  # (n_cand,)
             col = np.full(dataset.n_items, -1, dtype=np.int64)
             col[items] = np.arange(len(items))
-            logits = np.stack(self._scores(self.rank_, pairs, items, train_rows=False))
-            x = np.concatenate(
-                [logits[:, :, None], closed.rank_inputs(rank_inputs, hists, items)], 2
-            )  # (n_valid, n_cand, 1 + n_inputs)
+            # the split's tasks, plus each support cut to its first k (same query) for the
+            # shot-aware blend; a cut that leaves the support whole is not repeated
+            rank_tasks = list(tasks)
+            for k in sorted(set(b.rank_shots)):
+                rank_tasks += [
+                    Task(t.user_idx, t.support.take(np.arange(k)), t.query)
+                    for t in tasks
+                    if k < len(t.support)
+                ]
+            r_pairs = [(t.user_idx, self._history_without_query(t)) for t in rank_tasks]
+            r_hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in r_pairs]
+            logits = np.stack(self._scores(self.rank_, r_pairs, items, train_rows=False))
+            x = rank_columns(
+                logits,
+                closed.rank_inputs(rank_inputs, r_hists, items),
+                r_hists,
+                bool(b.rank_shots),
+            )  # (n_tasks, n_cand, 1 + n_inputs), twice that shot-aware
             rel = like if b.relevant_threshold is None else b.relevant_threshold
-            pos = np.zeros((len(tasks), len(items)), dtype=bool)
+            pos = np.zeros((len(rank_tasks), len(items)), dtype=bool)
             excl = np.zeros_like(pos)
-            for r, t in enumerate(tasks):
+            for r, t in enumerate(rank_tasks):
                 c = col[t.query.item_idx[t.query.rating >= rel]]
                 pos[r, c[c >= 0]] = True
                 c = col[t.support.item_idx]
@@ -313,7 +328,16 @@ class MetaRecommender(Recommender):
                 rank_w, rank_fit = fit_rank_blend(
                     x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k
                 )
-        return Blend(closed, b.rating_inputs, rating_w, rank_inputs, rank_w, rating_like, rank_fit)
+        return Blend(
+            closed,
+            b.rating_inputs,
+            rating_w,
+            rank_inputs,
+            rank_w,
+            rating_like,
+            rank_fit,
+            bool(b.rank_shots) and rank_w is not None,
+        )
 
     def _history_without_query(self, task: Task) -> Interactions:
         """A validation task's adaptation set as scoring builds it (training rows, then the
