@@ -22,7 +22,6 @@ from metarec.blend import (
     fit_rank_weights,
     fit_rating_weights,
     ndcg_of_weights,
-    rank_columns,
     search_rank_weights,
 )
 from metarec.data.raw import RawData, build_dataset, make_ratings_frame
@@ -506,56 +505,53 @@ def test_ndcg_rank_fit_is_recorded_saved_and_used(fitted):
     np.testing.assert_array_equal(back.rank_scores(t.user_idx, t.support, items), got)
 
 
-def test_shot_aware_rank_blend_weights_vary_with_the_history_length(fitted):
-    # a copy of the fitted model whose rank blend is also fitted on supports cut to 1 and
-    # 3 items, each input entering again divided by the history length n
+def test_short_histories_get_their_own_rank_weights(fitted):
+    # a copy of the fitted model whose rank blend has a second weight vector for histories
+    # of one item, fitted on the validation supports cut to one item
     ds, split, _, rec = fitted
     other = MetaRecommender.from_state(*rec.state(), split.train)
     other.config = dataclasses.replace(
-        other.config, blend=dataclasses.replace(rec.config.blend, rank_shots=(1, 3))
+        other.config, blend=dataclasses.replace(rec.config.blend, rank_short_history=1)
     )
     other.blend_ = other._fit_blend(ds, split)
     b = other.blend_
-    assert b.rank_shot_aware and not rec.blend_.rank_shot_aware
-    assert len(b.rank_weights) == 2 * len(rec.blend_.rank_weights)
+    assert b.short_history == 1 and rec.blend_.rank_weights_short is None
+    # the long-history weights are exactly the default blend's
+    np.testing.assert_array_equal(b.rank_weights, rec.blend_.rank_weights)
+    assert not np.allclose(b.rank_weights_short, b.rank_weights)
+    # and the short ones are the softmax fit on the cut validation tasks, replayed by hand
+    cut = [
+        dataclasses.replace(t, support=t.support.take(np.arange(1)))
+        for t in split.valid
+        if len(t.support) > 1
+    ]
+    pairs = [(t.user_idx, other._history_without_query(t)) for t in cut]
     items = np.arange(ds.n_items)
+    w_short, _ = other._fit_rank_blend(b.closed, b.rank_inputs, cut, pairs, items)
+    np.testing.assert_allclose(b.rank_weights_short, w_short, rtol=1e-9)
     t = split.test[3]
-    for support in (t.support, t.support.take(np.arange(1))):
+    for support, w in ((t.support, b.rank_weights), (t.support.take(np.arange(1)), w_short)):
         got = other.rank_scores(t.user_idx, support, items)
         logit = other._scores(other.rank_, [(t.user_idx, support)], items)[0]
         hist = other._history(t.user_idx, support)
-        n = len(hist[0])
         x = np.column_stack([logit, b.closed.rank_inputs(b.rank_inputs, [hist], items)[0]])
-        half = len(b.rank_weights) // 2
-        want = x @ (b.rank_weights[:half] + b.rank_weights[half:] / n)
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
-    # serving's adapt-once path and a reload give the same ranking scores
-    adapted = other.adapt_user(t.user_idx, t.support, "rank")
+        np.testing.assert_allclose(got, x @ w, rtol=1e-6, atol=1e-9)
+    # a batch mixing both kinds of user, serving's adapt-once path and a reload agree
+    one = dataclasses.replace(t, support=t.support.take(np.arange(1)))
+    batch = other.rank_scores_batch([t, one], items)
+    # (float32 scoring batched two users at a time: equal to rounding)
     np.testing.assert_allclose(
-        other.score_adapted(adapted, items),
-        1 / (1 + np.exp(-other.rank_scores(t.user_idx, t.support, items))),
-        rtol=1e-5,
+        batch[1], other.rank_scores(t.user_idx, one.support, items), rtol=1e-5
+    )
+    adapted = other.adapt_user(t.user_idx, one.support, "rank")
+    np.testing.assert_allclose(
+        other.score_adapted(adapted, items), 1 / (1 + np.exp(-batch[1])), rtol=1e-5
     )
     back = MetaRecommender.from_state(*other.state(), split.train)
-    assert back.blend_.rank_shot_aware
-    np.testing.assert_array_equal(
-        back.rank_scores(t.user_idx, t.support, items),
-        other.rank_scores(t.user_idx, t.support, items),
-    )
-
-
-def test_rank_columns_divide_by_the_history_length():
-    logits = np.array([[1.0, 2.0], [3.0, 4.0]])  # (T=2, n=2)
-    inputs = np.ones((2, 2, 1))
-    hists = [(np.arange(1), np.ones(1)), (np.arange(4), np.ones(4))]
-    plain = rank_columns(logits, inputs, hists, False)
-    assert plain.shape == (2, 2, 2)
-    aware = rank_columns(logits, inputs, hists, True)
-    np.testing.assert_array_equal(aware[..., :2], plain)
-    np.testing.assert_array_equal(aware[0, :, 2:], plain[0])  # n = 1
-    np.testing.assert_array_equal(aware[1, :, 2:], plain[1] / 4)  # n = 4
-    with pytest.raises(MetarecError, match="rank_shots"):
-        BlendConfig(rank_shots=(0, 3))
+    assert back.blend_.short_history == 1
+    np.testing.assert_array_equal(back.rank_scores_batch([t, one], items), batch)
+    with pytest.raises(MetarecError, match="rank_short_history"):
+        BlendConfig(rank_short_history=-1)
 
 
 def test_model_seed_seeds_meta_training(fitted):

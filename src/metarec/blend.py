@@ -122,13 +122,12 @@ class BlendConfig:
     # users is too few to tell the two fits apart reliably.
     rank_fit: str = "softmax"
     rank_k: int = 10
-    # support sizes the ranking blend is also fitted on (each validation support cut to
-    # its first k items, same query), with every rank input also entered divided by the
-    # user's history length n: the weights then vary with n (w_j + w'_j / n), so one blend
-    # serves a user with 1 interaction and one with 20. () = one weight per input, fitted
-    # at the split's K only. Why: refitting the blend on K = 1 validation tasks raised
-    # their Recall@10 (full) by 0.005 / 0.024 / 0.032 (ML-100K seeds 0-2, 2-fold CV).
-    rank_shots: tuple[int, ...] = ()
+    # histories of at most this many items (a user with 1 rating) get their own ranking
+    # weights, fitted on the validation supports cut to that many items (same queries);
+    # longer histories keep the weights fitted at the split's K. 0 = one set of weights.
+    # Why: the K = 10 weights are wrong for K = 1 (see README "How the defaults were
+    # chosen"); a smooth w + w'/n form instead cost Recall@10 at K = 10.
+    rank_short_history: int = 0
     min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
 
     def __post_init__(self) -> None:
@@ -164,8 +163,10 @@ class BlendConfig:
             raise MetarecError(f"blend.rank_fit: {self.rank_fit!r} is not one of {RANK_FITS}")
         if self.rank_k < 1:
             raise MetarecError(f"blend.rank_k must be >= 1, got {self.rank_k}")
-        if any(k < 1 for k in self.rank_shots):
-            raise MetarecError(f"blend.rank_shots must all be >= 1, got {list(self.rank_shots)}")
+        if self.rank_short_history < 0:
+            raise MetarecError(
+                f"blend.rank_short_history must be >= 0, got {self.rank_short_history}"
+            )
 
 
 @dataclass(frozen=True, eq=False)
@@ -618,20 +619,9 @@ def fit_rank_blend(
     return fit(every, kind), kind
 
 
-def rank_columns(
-    logits: np.ndarray,
-    inputs: np.ndarray,
-    histories: Sequence[tuple[np.ndarray, np.ndarray]],
-    shot_aware: bool,
-) -> np.ndarray:
-    """The rank blend's design: (T, n, 1 + C) [meta logit, inputs], and with
-    ``shot_aware`` the same columns again divided by each user's history length
-    (T, n, 2 + 2C), so the fitted weights are w + w' / n_history."""
-    x = np.concatenate([np.asarray(logits, dtype=np.float64)[:, :, None], inputs], 2)
-    if not shot_aware:
-        return x
-    n = np.array([max(1, len(items)) for items, _ in histories], dtype=np.float64)
-    return np.concatenate([x, x / n[:, None, None]], 2)
+def rank_columns(logits: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """The rank blend's design (T, n, 1 + C): the meta logit (T, n), then the inputs."""
+    return np.concatenate([np.asarray(logits, dtype=np.float64)[:, :, None], inputs], 2)
 
 
 @dataclass(frozen=True, eq=False)
@@ -643,12 +633,12 @@ class Blend:
     # (2 + like + len(rating_inputs),): meta, [like logit], inputs, intercept
     rating_weights: np.ndarray | None
     rank_inputs: tuple[str, ...]
-    # (1 + len(rank_inputs),): meta logit, inputs; shot-aware: twice that, the second
-    # half weighting the same columns divided by the history length
-    rank_weights: np.ndarray | None
+    rank_weights: np.ndarray | None  # (1 + len(rank_inputs),): meta logit, inputs
     rating_like: bool = False  # the like-model's logit is a rating input
     rank_fit: str = "softmax"  # how rank_weights were fitted ("softmax" or "ndcg")
-    rank_shot_aware: bool = False  # rank columns also enter divided by the history length
+    # histories of at most ``short_history`` items are ranked with ``rank_weights_short``
+    short_history: int = 0
+    rank_weights_short: np.ndarray | None = None
 
     def rating(
         self,
@@ -679,8 +669,12 @@ class Blend:
         if self.rank_weights is None:
             return logits
         x = self.closed.rank_inputs(self.rank_inputs, histories, targets)  # (T, n, C)
-        cols = rank_columns(logits, x, histories, self.rank_shot_aware)  # (T, n, C' )
-        return cols @ self.rank_weights
+        cols = rank_columns(logits, x)  # (T, n, 1 + C)
+        if self.rank_weights_short is None:
+            return cols @ self.rank_weights
+        short = np.array([len(items) <= self.short_history for items, _ in histories])
+        w = np.where(short[:, None], self.rank_weights_short, self.rank_weights)  # (T, 1+C)
+        return np.einsum("tnc,tc->tn", cols, w)
 
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         cfg, tensors = self.closed.state()
@@ -690,9 +684,9 @@ class Blend:
             "rank_inputs": list(self.rank_inputs),
             "rating_like": self.rating_like,
             "rank_fit": self.rank_fit,
-            "rank_shot_aware": self.rank_shot_aware,
+            "short_history": self.short_history,
         }
-        for key in ("rating_weights", "rank_weights"):
+        for key in ("rating_weights", "rank_weights", "rank_weights_short"):
             w = getattr(self, key)
             if w is not None:
                 tensors[key] = torch.from_numpy(np.asarray(w, dtype=np.float64).copy())
@@ -711,5 +705,6 @@ class Blend:
             weights("rank_weights"),
             bool(cfg.get("rating_like", False)),
             str(cfg.get("rank_fit", "softmax")),
-            bool(cfg.get("rank_shot_aware", False)),
+            int(cfg.get("short_history", 0)),
+            weights("rank_weights_short"),
         )

@@ -293,41 +293,30 @@ class MetaRecommender(Recommender):
                 prior=np.array([float(n == b.rating_prior) for n in names]),
             )
         rank_inputs = closed.fitted_rank_inputs(b.rank_inputs)
+        rank_w_short = None
         if use_rank and rank_inputs:
             assert self.rank_ is not None
             items = _blend_rank_items(dataset, tasks)  # (n_cand,)
-            col = np.full(dataset.n_items, -1, dtype=np.int64)
-            col[items] = np.arange(len(items))
-            # the split's tasks, plus each support cut to its first k (same query) for the
-            # shot-aware blend; a cut that leaves the support whole is not repeated
-            rank_tasks = list(tasks)
-            for k in sorted(set(b.rank_shots)):
-                rank_tasks += [
-                    Task(t.user_idx, t.support.take(np.arange(k)), t.query)
+            rank_w, rank_fit = self._fit_rank_blend(closed, rank_inputs, tasks, pairs, items)
+            if b.rank_short_history > 0:
+                # the same users as if they had only their first few interactions: each
+                # support cut to rank_short_history items, kept where the whole history
+                # (training rows too) is then that short, as the users ranked with it are
+                cut = [
+                    Task(t.user_idx, t.support.take(np.arange(b.rank_short_history)), t.query)
                     for t in tasks
-                    if k < len(t.support)
+                    if len(t.support) > b.rank_short_history
                 ]
-            r_pairs = [(t.user_idx, self._history_without_query(t)) for t in rank_tasks]
-            r_hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in r_pairs]
-            logits = np.stack(self._scores(self.rank_, r_pairs, items, train_rows=False))
-            x = rank_columns(
-                logits,
-                closed.rank_inputs(rank_inputs, r_hists, items),
-                r_hists,
-                bool(b.rank_shots),
-            )  # (n_tasks, n_cand, 1 + n_inputs), twice that shot-aware
-            rel = like if b.relevant_threshold is None else b.relevant_threshold
-            pos = np.zeros((len(rank_tasks), len(items)), dtype=bool)
-            excl = np.zeros_like(pos)
-            for r, t in enumerate(rank_tasks):
-                c = col[t.query.item_idx[t.query.rating >= rel]]
-                pos[r, c[c >= 0]] = True
-                c = col[t.support.item_idx]
-                excl[r, c[c >= 0]] = True
-            if pos.any():
-                rank_w, rank_fit = fit_rank_blend(
-                    x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k
-                )
+                cut_pairs = [(t.user_idx, self._history_without_query(t)) for t in cut]
+                keep = [i for i, (_, h) in enumerate(cut_pairs) if len(h) <= b.rank_short_history]
+                if len(keep) >= b.min_valid_users:
+                    rank_w_short, _ = self._fit_rank_blend(
+                        closed,
+                        rank_inputs,
+                        [cut[i] for i in keep],
+                        [cut_pairs[i] for i in keep],
+                        items,
+                    )
         return Blend(
             closed,
             b.rating_inputs,
@@ -336,8 +325,41 @@ class MetaRecommender(Recommender):
             rank_w,
             rating_like,
             rank_fit,
-            bool(b.rank_shots) and rank_w is not None,
+            b.rank_short_history if rank_w_short is not None else 0,
+            rank_w_short,
         )
+
+    def _fit_rank_blend(
+        self,
+        closed: ClosedForm,
+        rank_inputs: tuple[str, ...],
+        tasks: Sequence[Task],
+        pairs: Sequence[tuple[int, Interactions]],
+        items: np.ndarray,
+    ) -> tuple[np.ndarray | None, str]:
+        """Ranking weights over ``items`` (n_cand,) for validation ``tasks`` whose histories
+        without the query are ``pairs``; (None, "softmax") when no query item is liked."""
+        assert self.rank_ is not None
+        b = self.config.blend
+        col = np.full(self.n_items_, -1, dtype=np.int64)
+        col[items] = np.arange(len(items))
+        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
+        logits = np.stack(self._scores(self.rank_, pairs, items, train_rows=False))
+        x = rank_columns(
+            logits, closed.rank_inputs(rank_inputs, hists, items)
+        )  # (n_tasks, n_cand, 1 + n_inputs)
+        like = self._like_threshold()
+        rel = like if b.relevant_threshold is None else b.relevant_threshold
+        pos = np.zeros((len(tasks), len(items)), dtype=bool)
+        excl = np.zeros_like(pos)
+        for r, t in enumerate(tasks):
+            c = col[t.query.item_idx[t.query.rating >= rel]]
+            pos[r, c[c >= 0]] = True
+            c = col[t.support.item_idx]
+            excl[r, c[c >= 0]] = True
+        if not pos.any():
+            return None, "softmax"
+        return fit_rank_blend(x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k)
 
     def _history_without_query(self, task: Task) -> Interactions:
         """A validation task's adaptation set as scoring builds it (training rows, then the
