@@ -506,18 +506,20 @@ def test_ndcg_rank_fit_is_recorded_saved_and_used(fitted):
 
 
 def test_short_histories_get_their_own_rank_weights(fitted):
-    # a copy of the fitted model whose rank blend has a second weight vector for histories
-    # of one item, fitted on the validation supports cut to one item
-    ds, split, _, rec = fitted
-    other = MetaRecommender.from_state(*rec.state(), split.train)
-    other.config = dataclasses.replace(
-        other.config, blend=dataclasses.replace(rec.config.blend, rank_short_history=1)
+    # the default blend has a second weight vector for histories of one item, fitted on
+    # the validation supports cut to one item; a copy with one weight set for everyone
+    ds, split, _, other = fitted
+    assert other.config.blend.rank_short_history == 1
+    single = MetaRecommender.from_state(*other.state(), split.train)
+    single.config = dataclasses.replace(
+        single.config, blend=dataclasses.replace(other.config.blend, rank_short_history=0)
     )
-    other.blend_ = other._fit_blend(ds, split)
+    single.blend_ = single._fit_blend(ds, split)
     b = other.blend_
-    assert b.short_history == 1 and rec.blend_.rank_weights_short is None
-    # the long-history weights are exactly the default blend's
-    np.testing.assert_array_equal(b.rank_weights, rec.blend_.rank_weights)
+    assert b.short_history == 1 and single.blend_.rank_weights_short is None
+    assert single.blend_.short_history == 0
+    # the long-history weights are exactly the one-set blend's
+    np.testing.assert_array_equal(b.rank_weights, single.blend_.rank_weights)
     assert not np.allclose(b.rank_weights_short, b.rank_weights)
     # and the short ones are the softmax fit on the cut validation tasks, replayed by hand
     cut = [
