@@ -3,7 +3,8 @@
     METAREC_DATA_DIR=../shared/data python benchmarks/tune_blend.py \\
         --config configs/amazon_food_kitchen.toml --method Transfer-joint --seeds 0 \\
         --variant 'pop:rank_inputs=["popularity"]' \\
-        --variant 'pop+als:rank_inputs=["popularity","als"]' --json OUT.json
+        --variant 'pop+als:rank_inputs=["popularity","als"]' --json OUT.json \\
+        [--eval-k 1 10]
 
 Per seed the experiment's split and features are cut exactly as ``metarec evaluate`` cuts
 them, ``--method`` (a meta / pooled / transfer method of the config) is fitted once on the
@@ -12,7 +13,9 @@ variant — ``LABEL:key=value,key=value`` overrides of the model's ``BlendConfig
 by 2-fold cross-validation over the validation users: its blend weights are fitted on one
 half and the metrics taken on the other, both ways. The full ranking runs over the same
 candidates as evaluate (held-out items in item cold start, the target domain's items in
-cross-domain). Test users are never scored: this is a tool for making choices.
+cross-domain). ``--eval-k`` scores the same held-out halves with their supports cut to
+other sizes (the blend is still fitted at the config's K). Test users are never scored:
+this is a tool for making choices.
 """
 
 from __future__ import annotations
@@ -65,10 +68,24 @@ def parse_variant(text: str, base: BlendConfig) -> tuple[str, BlendConfig | None
     return label, from_dict(BlendConfig, apply_overrides(to_dict(base), parts), "blend")
 
 
-def cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None, cands, threshold):
-    """Per-user validation metrics of one blend variant by 2-fold CV (fitted model shared)."""
+def cv_blend(
+    rec: MetaRecommender,
+    ds,
+    split,
+    blend: BlendConfig | None,
+    cands,
+    threshold,
+    eval_split=None,
+):
+    """Per-user validation metrics of one blend variant by 2-fold CV (fitted model shared).
+
+    The blend is fitted on one half of ``split``'s validation users and scored on the
+    other half's tasks in ``eval_split`` (default ``split``; the same users cut at
+    another support size K), both ways."""
     valid = list(split.valid)
     folds = [valid[0::2], valid[1::2]]
+    scored = list((eval_split or split).valid)
+    held = [[t for t in scored if t.user_idx in {f.user_idx for f in folds[1 - k]}] for k in (0, 1)]
     saved_cfg, saved_blend = rec.config, rec.blend_
     per_user: dict[str, list[np.ndarray]] = {}
     try:
@@ -78,7 +95,7 @@ def cv_blend(rec: MetaRecommender, ds, split, blend: BlendConfig | None, cands, 
             else:
                 rec.config = dataclasses.replace(saved_cfg, blend=blend)
                 rec.blend_ = rec._fit_blend(ds, dataclasses.replace(split, valid=tuple(folds[k])))
-            r = evaluate(rec, ds, folds[1 - k], threshold=threshold, bootstrap=0, candidates=cands)
+            r = evaluate(rec, ds, held[k], threshold=threshold, bootstrap=0, candidates=cands)
             for name, v in r.per_user.items():
                 per_user.setdefault(name, []).append(np.asarray(v, dtype=np.float64))
     finally:
@@ -97,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None)
     p.add_argument("--variant", action="append", default=[], help="LABEL:key=value,...")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument(
+        "--eval-k",
+        type=int,
+        nargs="+",
+        default=None,
+        help="support sizes the variants are scored at (default: the config's K); the "
+        "blend is always fitted on the config's K",
+    )
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides)
@@ -113,12 +138,17 @@ def main(argv: list[str] | None = None) -> int:
         assert isinstance(rec, MetaRecommender)
         base = rec.config.blend
         variants = [("fitted default", base)] + [parse_variant(v, base) for v in a.variant]
-        cands = ranking_candidates(ds, split, "valid")
         row = {"seed": seed, "fit_s": secs, "n_valid": len(split.valid), "variants": {}}
-        for label, blend in variants:
-            row["variants"][label] = cv_blend(rec, ds, split, blend, cands, cfg.threshold)
-            shown = {k: round(v, 4) for k, v in row["variants"][label].items() if v is not None}
-            print(f"seed {seed} {label:24s} {shown}", file=sys.stderr, flush=True)
+        for k_eval in a.eval_k or [cfg.split.k_shot]:
+            at = split if k_eval == cfg.split.k_shot else cut_split(ds, cfg, seed, k_eval)
+            cands = ranking_candidates(ds, at, "valid")
+            for label, blend in variants:
+                name = label if a.eval_k is None else f"{label} @K={k_eval}"
+                row["variants"][name] = cv_blend(
+                    rec, ds, split, blend, cands, cfg.threshold, eval_split=at
+                )
+                shown = {k: round(v, 4) for k, v in row["variants"][name].items() if v is not None}
+                print(f"seed {seed} {name:24s} {shown}", file=sys.stderr, flush=True)
         row["seconds"] = time.perf_counter() - t0
         runs.append(row)
     labels = list(runs[0]["variants"])
