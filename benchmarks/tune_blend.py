@@ -85,7 +85,8 @@ def cv_blend(
     valid = list(split.valid)
     folds = [valid[0::2], valid[1::2]]
     scored = list((eval_split or split).valid)
-    held = [[t for t in scored if t.user_idx in {f.user_idx for f in folds[1 - k]}] for k in (0, 1)]
+    held_users = [{t.user_idx for t in folds[1 - k]} for k in (0, 1)]
+    held = [[t for t in scored if t.user_idx in held_users[k]] for k in (0, 1)]
     saved_cfg, saved_blend = rec.config, rec.blend_
     per_user: dict[str, list[np.ndarray]] = {}
     try:

@@ -595,8 +595,8 @@ def fit_rank_blend(
     softmax fit and the nDCG search by 2-fold CV over the users (rows of x; even rows
     against odd ones, both ways) on nDCG@k, keeps the softmax fit unless the search is
     strictly better, and refits the winner on every user."""
-    if how not in ("softmax", "ndcg", "cv"):
-        raise MetarecError(f"fit_rank_blend: how={how!r} (softmax, ndcg or cv)")
+    if how not in RANK_FITS:
+        raise MetarecError(f"fit_rank_blend: how={how!r} (one of {RANK_FITS})")
     positive = positive & ~excluded
 
     def fit(rows: np.ndarray, kind: str) -> np.ndarray:
@@ -673,12 +673,13 @@ class Blend:
         if self.rank_weights is None:
             return logits
         x = self.closed.rank_inputs(self.rank_inputs, histories, targets)  # (T, n, C)
-        cols = rank_columns(logits, x)  # (T, n, 1 + C)
-        if self.rank_weights_short is None:
-            return cols @ self.rank_weights
-        short = np.array([len(items) <= self.short_history for items, _ in histories])
-        w = np.where(short[:, None], self.rank_weights_short, self.rank_weights)  # (T, 1+C)
-        return np.einsum("tnc,tc->tn", cols, w)
+        # weights per task, (T, 1 + C); no (T, n, 1 + C) design copy on this hot path
+        # (recommend scores whole catalogues with it)
+        w = self.rank_weights[None, :]
+        if self.rank_weights_short is not None:
+            short = np.array([len(items) <= self.short_history for items, _ in histories])
+            w = np.where(short[:, None], self.rank_weights_short, self.rank_weights)
+        return logits * w[:, :1] + (x @ w[:, 1:, None])[..., 0]
 
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         cfg, tensors = self.closed.state()
