@@ -15,6 +15,7 @@ from metarec.baselines import (
     EASE,
     BiasedMF,
     ImplicitALS,
+    ItemKNN,
     ItemMean,
     ItemMeanUserBias,
     LightFMRanker,
@@ -192,6 +193,11 @@ class TestEASE(ContractTests):
         return EASE(reg=5.0)
 
 
+class TestItemKNN(ContractTests):
+    def make_model(self):
+        return ItemKNN(alpha=0.5)
+
+
 class TestImplicitALS(ContractTests):
     def make_model(self):
         return ImplicitALS(factors=4, reg=0.1, alpha=5.0, iterations=10, seed=3)
@@ -344,6 +350,51 @@ def test_ease_weights_closed_form_on_tiny_matrix():
     np.testing.assert_allclose(
         m.score(4, inter(4, np.array([0]), np.array([1.0])), np.arange(3)), expected[0]
     )
+
+
+@pytest.mark.parametrize(("alpha", "damping"), [(0.5, 0.0), (0.3, 1.0), (0.0, 0.5)])
+def test_item_knn_by_hand(alpha, damping):
+    # sim(i, j) = Σ_u x_ui x_uj / d_u^damping / (n_i n_j)^alpha, from the dense matrix
+    x = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=float)
+    users, items = np.nonzero(x)
+    train = Interactions(
+        users, items, np.ones(len(users)), np.zeros(len(users)), np.zeros(len(users))
+    )
+    ds = Dataset(
+        "k",
+        train,
+        IdMap(np.arange(5).astype(str)),
+        IdMap(np.arange(4).astype(str)),
+        "implicit",
+        (0.0, 1.0),
+        False,
+    )
+    m = ItemKNN(alpha=alpha, damping=damping).fit(ds, train)
+    n = np.maximum(x.sum(0), 1) ** alpha
+    d = x.sum(1) ** damping
+    sim = (x / d[:, None]).T @ x / np.outer(n, n)  # (4, 4)
+    # cold user 4 with history {0, 2}: the sum of rows 0 and 2; item 3 (never seen) scores 0
+    got = m.score(4, inter(4, np.array([0, 2]), np.array([1.0, 1.0])), np.arange(4))
+    np.testing.assert_allclose(got, sim[0] + sim[2], atol=1e-12)
+    assert got[3] == 0.0
+    # a warm user's training rows are part of the history: user 0 = {0, 1} (+ support 2)
+    got = m.score(0, inter(0, np.array([2]), np.array([1.0])), np.arange(4))
+    np.testing.assert_allclose(got, sim[0] + sim[1] + sim[2], atol=1e-12)
+    # batched ranking equals the per-user scores; an empty history scores 0
+    tasks = [Task(4, inter(4, np.array([1]), np.array([1.0])), inter(4, [], [])) for _ in "ab"]
+    np.testing.assert_allclose(m.rank_scores_batch(tasks, np.arange(4)), np.stack([sim[1]] * 2))
+    empty = inter(4, np.zeros(0, dtype=np.int64), np.zeros(0))
+    np.testing.assert_array_equal(m.score(4, empty, np.arange(4)), 0.0)
+    # the typical score: median of the nonzero scores of every training user's own history
+    own = np.concatenate([(x[u] @ sim)[(x[u] @ sim) > 0] for u in range(4)])
+    assert m.median_score() == pytest.approx(np.median(own))
+
+
+def test_item_knn_rejects_bad_parameters():
+    with pytest.raises(MetarecError, match="alpha"):
+        ItemKNN(alpha=1.5)
+    with pytest.raises(MetarecError, match="damping"):
+        ItemKNN(damping=-1)
 
 
 def test_ease_refuses_huge_catalogue(board):

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
-from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemMeanUserBias
+from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemKNN, ItemMeanUserBias
 from metarec.blend import (
     BlendConfig,
     ClosedForm,
@@ -191,7 +191,13 @@ def test_blend_config_rejects_unknown_rank_fit():
 
 def test_blend_config_rejects_unknown_inputs():
     with pytest.raises(MetarecError, match="rank_inputs"):
-        BlendConfig(rank_inputs=("knn",))
+        BlendConfig(rank_inputs=("lightfm",))
+    with pytest.raises(MetarecError, match="large_rank_inputs"):
+        BlendConfig(large_rank_inputs=("ease",))
+    with pytest.raises(MetarecError, match="knn_alpha"):
+        BlendConfig(knn_alpha=2.0)
+    with pytest.raises(MetarecError, match="knn_damping"):
+        BlendConfig(knn_damping=-0.5)
 
 
 # --- closed-form inputs equal the baselines ---------------------------------------------------
@@ -286,6 +292,24 @@ def test_als_rank_input_equals_the_implicit_als_baseline_and_round_trips(world):
     # no liked history item: the folded-in user is 0, so is every score
     empty = (np.array([0]), np.array([1.0]))
     assert not closed.rank_inputs(("als",), [empty], targets).any()
+
+
+def test_knn_rank_input_equals_the_item_knn_baseline_and_round_trips(world):
+    ds, split = world
+    cfg = BlendConfig(rank_inputs=("knn",), knn_alpha=0.4, knn_damping=0.5)
+    closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    assert closed.rank_names == ("knn",) and closed.ease is None
+    knn = ItemKNN(alpha=0.4, damping=0.5, min_rating=3.0).fit(ds, split.train)
+    assert closed.knn_scale == knn.median_score() > 0
+    back = ClosedForm.from_state(*closed.state())
+    targets = np.arange(ds.n_items)
+    for t in split.test[:5]:
+        hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+        g = closed.rank_inputs(("knn",), [hist], targets)[0, :, 0]
+        want = np.log1p(knn.score(t.user_idx, t.support, targets) / closed.knn_scale)
+        np.testing.assert_allclose(g, want, rtol=1e-12)
+        assert g[34:].tolist() == [0.0] * 6  # never rated: no neighbours
+        np.testing.assert_array_equal(back.rank_inputs(("knn",), [hist], targets)[0, :, 0], g)
 
 
 # --- MetaRecommender with the blend -------------------------------------------------------------
@@ -603,14 +627,22 @@ def test_als_rank_input_is_skipped_with_a_warning_without_implicit(world, monkey
     assert "als_factors" not in closed.state()[1]
 
 
-def test_als_stands_in_for_ease_on_a_large_catalogue(fitted):
+def test_als_and_knn_stand_in_for_ease_on_a_large_catalogue(fitted):
     pytest.importorskip("implicit", reason="the baselines extra is not installed")
     ds, split, feats, _ = fitted
     small = BlendConfig(ease_max_items=5, als_factors=8, als_iterations=3)  # 34 liked items
     rec = MetaRecommender(_fast_config(blend=small)).fit(ds, split.train, feats, valid=split.valid)
-    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("popularity", "als")
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("als", "knn")
+    assert rec.blend_.closed.ease is None
     assert rec.blend_.rank_weights is not None and len(rec.blend_.rank_weights) == 3
-    # switched off: popularity alone
-    off = dataclasses.replace(small, als_without_ease=False)
+    # the saved model ranks as the fitted one
+    back = MetaRecommender.from_state(*rec.state(), split.train)
+    t = split.test[0]
+    np.testing.assert_allclose(
+        back.rank_scores(t.user_idx, t.support, np.arange(ds.n_items)),
+        rec.rank_scores(t.user_idx, t.support, np.arange(ds.n_items)),
+    )
+    # no stand-ins: rank_inputs without EASE, popularity alone
+    off = dataclasses.replace(small, large_rank_inputs=())
     rec = MetaRecommender(_fast_config(blend=off)).fit(ds, split.train, feats, valid=split.valid)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("popularity",)

@@ -292,7 +292,7 @@ class MetaRecommender(Recommender):
                 shrink=b.rating_shrink,
                 prior=np.array([float(n == b.rating_prior) for n in names]),
             )
-        rank_inputs = closed.fitted_rank_inputs(b.rank_inputs)
+        rank_inputs = closed.rank_names
         rank_w_short = None
         if use_rank and rank_inputs:
             assert self.rank_ is not None
