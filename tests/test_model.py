@@ -627,13 +627,18 @@ def test_als_rank_input_is_skipped_with_a_warning_without_implicit(world, monkey
     assert "als_factors" not in closed.state()[1]
 
 
-def test_als_and_knn_stand_in_for_ease_on_a_large_catalogue(fitted):
+def test_knn_stands_in_for_ease_on_a_large_catalogue(fitted):
     pytest.importorskip("implicit", reason="the baselines extra is not installed")
     ds, split, feats, _ = fitted
     small = BlendConfig(ease_max_items=5, als_factors=8, als_iterations=3)  # 34 liked items
     rec = MetaRecommender(_fast_config(blend=small)).fit(ds, split.train, feats, valid=split.valid)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("knn",)
+    assert rec.blend_.closed.ease is None and rec.blend_.closed.als_factors is None
+    assert rec.blend_.rank_weights is not None and len(rec.blend_.rank_weights) == 2
+    # ALS beside kNN
+    both = dataclasses.replace(small, large_rank_inputs=("als", "knn"))
+    rec = MetaRecommender(_fast_config(blend=both)).fit(ds, split.train, feats, valid=split.valid)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("als", "knn")
-    assert rec.blend_.closed.ease is None
     assert rec.blend_.rank_weights is not None and len(rec.blend_.rank_weights) == 3
     # the saved model ranks as the fitted one
     back = MetaRecommender.from_state(*rec.state(), split.train)
