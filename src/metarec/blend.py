@@ -239,7 +239,7 @@ class ClosedForm:
     knn_item_norm: np.ndarray | None = None
     knn_user_norm: np.ndarray | None = None
     knn_alpha: float = 0.3
-    knn_damping: float = 0.0
+    knn_damping: float = 0.5
     knn_scale: float = 1.0  # the input is log1p(score / knn_scale)
     # the ranking inputs this fit was asked for and can compute (fit time only, not saved:
     # a saved Blend keeps the list its weights belong to)
