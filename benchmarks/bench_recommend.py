@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from metarec.model import ModelConfig
     from metarec.predictor import fit_raw
 
-    raw = read_raw("amazon-food-kitchen", Path(data_dir))
+    raw = read_raw("amazon-food-kitchen")  # from $METAREC_DATA_DIR/amazon-food-kitchen-cdsr
     out: dict = {"users": args.users, "k": 10, "support": 5, "steps": args.steps}
     frame = None
     variants = (("popularity+als", {"large_rank_inputs": ["popularity", "als"]}), ("knn", {}))

@@ -182,6 +182,26 @@ def test_fit_rank_blend_rejects_an_unknown_fit():
         )
 
 
+def test_rank_fit_takes_an_evenly_spread_subset_of_users_above_the_cell_budget(fitted, monkeypatch):
+    import metarec.model as M
+
+    ds, split, feats, _ = fitted
+    rows: list[int] = []
+    real = M.fit_rank_blend
+
+    def spy(x, *args, **kwargs):
+        rows.append(x.shape[0])  # (n_users, n_cand, 1 + n_inputs)
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(M, "fit_rank_blend", spy)
+    small = BlendConfig(rank_fit_cells=ds.n_items * 12)  # room for 12 users
+    rec = MetaRecommender(_fast_config(blend=small)).fit(ds, split.train, feats, valid=split.valid)
+    assert len(split.valid) > 12 and rows and max(rows) == 12
+    assert rec.blend_ is not None and rec.blend_.rank_weights is not None
+    with pytest.raises(MetarecError, match="rank_fit_cells"):
+        BlendConfig(rank_fit_cells=0)
+
+
 def test_blend_config_rejects_unknown_rank_fit():
     with pytest.raises(MetarecError, match="rank_fit"):
         BlendConfig(rank_fit="lambdamart")

@@ -154,6 +154,12 @@ class BlendConfig:
     # 0.2528 -> 0.3227; K = 10 identical. (A smooth w + w'/n form, fitted on K = 1, 3, 5
     # cuts together, gained at K = 1 too but cost 0.004-0.008 at K = 10.)
     rank_short_history: int = 1
+    # the ranking fit holds (users x candidates) arrays: at most this many cells, so a fit
+    # on a large catalogue with thousands of validation users (``metarec fit`` holds out
+    # 10% of the users) takes an evenly spread subset of them rather than tens of GB
+    # (36k items x 5k users x a few float64 columns). 2e7 cells: ~160 MB per column;
+    # every evaluate config in configs/ is below it (Amazon: 233 x 27,637)
+    rank_fit_cells: int = 20_000_000
     min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
 
     def __post_init__(self) -> None:
@@ -197,6 +203,8 @@ class BlendConfig:
             raise MetarecError(f"blend.rank_fit: {self.rank_fit!r} is not one of {RANK_FITS}")
         if self.rank_k < 1:
             raise MetarecError(f"blend.rank_k must be >= 1, got {self.rank_k}")
+        if self.rank_fit_cells < 1:
+            raise MetarecError(f"blend.rank_fit_cells must be >= 1, got {self.rank_fit_cells}")
         if self.rank_short_history < 0:
             raise MetarecError(
                 f"blend.rank_short_history must be >= 0, got {self.rank_short_history}"

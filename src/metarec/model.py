@@ -341,6 +341,10 @@ class MetaRecommender(Recommender):
         without the query are ``pairs``; (None, "softmax") when no query item is liked."""
         assert self.rank_ is not None
         b = self.config.blend
+        most = max(b.min_valid_users, b.rank_fit_cells // max(1, len(items)))
+        if len(tasks) > most:  # an evenly spread subset: deterministic, no time order bias
+            keep = np.linspace(0, len(tasks) - 1, most).round().astype(np.int64)
+            tasks, pairs = [tasks[i] for i in keep], [pairs[i] for i in keep]
         col = np.full(self.n_items_, -1, dtype=np.int64)
         col[items] = np.arange(len(items))
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
