@@ -452,23 +452,14 @@ class ItemKNN(Recommender):
         """Median of the nonzero scores that the training histories of up to
         ``n_histories`` users (evenly spaced over those with liked items, so deterministic)
         give every item: the scale of a typical neighbour's score (1.0 when there is none)."""
-        users = np.flatnonzero(np.diff(self.user_items_.indptr) > 0)
+        x = self.user_items_
+        users = np.flatnonzero(np.diff(x.indptr) > 0)
         users = users[np.linspace(0, len(users) - 1, min(n_histories, len(users))).astype(int)]
-        nonzero = [
-            v[v > 0]
-            for u in users
-            for v in [
-                knn_scores(
-                    self.item_users_,
-                    self.user_items_,
-                    self.item_norm_,
-                    self.user_norm_,
-                    self.user_items_.indices[
-                        self.user_items_.indptr[u] : self.user_items_.indptr[u + 1]
-                    ],
-                )
-            ]
-        ]
+        nonzero = []
+        for u in users:
+            history = x.indices[x.indptr[u] : x.indptr[u + 1]]  # the user's liked items
+            v = knn_scores(self.item_users_, x, self.item_norm_, self.user_norm_, history)
+            nonzero.append(v[v > 0])
         values = np.concatenate(nonzero) if nonzero else np.zeros(0)
         return float(np.median(values)) if len(values) else 1.0
 
