@@ -321,21 +321,27 @@ def test_biased_mf_fits_ratings():
     assert np.sqrt(np.mean(resid**2)) < 0.05
 
 
-def test_ease_weights_closed_form_on_tiny_matrix():
-    x = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1], [1, 0, 0]], dtype=float)
+def implicit_matrix(x: np.ndarray) -> tuple[Dataset, Interactions]:
+    """An implicit dataset whose training rows are the ones of the dense (users, items)
+    matrix x, with one more user (index x.shape[0]) who has no training rows."""
     users, items = np.nonzero(x)
-    train = Interactions(
-        users, items, np.ones(len(users)), np.zeros(len(users)), np.zeros(len(users))
-    )
+    n = len(users)
+    train = Interactions(users, items, np.ones(n), np.zeros(n), np.zeros(n))
     ds = Dataset(
-        "e",
+        "dense",
         train,
-        IdMap(np.arange(5).astype(str)),
-        IdMap(np.arange(3).astype(str)),
+        IdMap(np.arange(x.shape[0] + 1).astype(str)),
+        IdMap(np.arange(x.shape[1]).astype(str)),
         "implicit",
         (0.0, 1.0),
         False,
     )
+    return ds, train
+
+
+def test_ease_weights_closed_form_on_tiny_matrix():
+    x = np.array([[1, 1, 0], [0, 1, 1], [1, 1, 1], [1, 0, 0]], dtype=float)
+    ds, train = implicit_matrix(x)
     lam = 2.0
     m = EASE(reg=lam).fit(ds, train)
     g = x.T @ x + lam * np.eye(3)
@@ -356,19 +362,7 @@ def test_ease_weights_closed_form_on_tiny_matrix():
 def test_item_knn_by_hand(alpha, damping):
     # sim(i, j) = Σ_u x_ui x_uj / d_u^damping / (n_i n_j)^alpha, from the dense matrix
     x = np.array([[1, 1, 0, 0], [0, 1, 1, 0], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=float)
-    users, items = np.nonzero(x)
-    train = Interactions(
-        users, items, np.ones(len(users)), np.zeros(len(users)), np.zeros(len(users))
-    )
-    ds = Dataset(
-        "k",
-        train,
-        IdMap(np.arange(5).astype(str)),
-        IdMap(np.arange(4).astype(str)),
-        "implicit",
-        (0.0, 1.0),
-        False,
-    )
+    ds, train = implicit_matrix(x)
     m = ItemKNN(alpha=alpha, damping=damping).fit(ds, train)
     n = np.maximum(x.sum(0), 1) ** alpha
     d = x.sum(1) ** damping
