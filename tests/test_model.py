@@ -12,12 +12,14 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 
 from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemKNN, ItemMeanUserBias
 from metarec.blend import (
     BlendConfig,
     ClosedForm,
+    content_map,
     fit_rank_blend,
     fit_rank_weights,
     fit_rating_weights,
@@ -31,7 +33,7 @@ from metarec.model import MetaRecommender, ModelConfig
 from metarec.splits import make_split
 from metarec.text.encoder import HashingEncoder
 from metarec.train import TrainConfig
-from metarec.types import Interactions, MetarecError
+from metarec.types import Interactions, MetarecError, Task
 
 # --- pure functions ------------------------------------------------------------------------
 
@@ -178,8 +180,22 @@ def test_cv_rank_fit_keeps_softmax_unless_the_search_wins_in_cv():
 def test_fit_rank_blend_rejects_an_unknown_fit():
     with pytest.raises(MetarecError, match="how="):
         fit_rank_blend(
-            np.zeros((1, 2, 1)), np.ones((1, 2), bool), np.zeros((1, 2), bool), 0.1, "auto"
+            np.zeros((1, 2, 1)), np.ones((1, 2), bool), np.zeros((1, 2), bool), 0.1, "best"
         )
+
+
+def test_auto_rank_fit_runs_the_cv_choice_only_with_enough_users():
+    """ "auto" = "cv" from ``search_users`` users (rows) up, the plain softmax fit below."""
+    x, pos, excl = _rank_world()
+    n = len(x)
+    w_soft, _ = fit_rank_blend(x, pos, excl, 1e-2, "softmax")
+    w_cv, kind_cv = fit_rank_blend(x, pos, excl, 1e-2, "cv")
+    w, kind = fit_rank_blend(x, pos, excl, 1e-2, "auto", search_users=n + 1)
+    assert kind == "softmax"
+    np.testing.assert_array_equal(w, w_soft)
+    w, kind = fit_rank_blend(x, pos, excl, 1e-2, "auto", search_users=n)
+    assert kind == kind_cv
+    np.testing.assert_array_equal(w, w_cv)
 
 
 def test_rank_fit_takes_an_evenly_spread_subset_of_users_above_the_cell_budget(fitted, monkeypatch):
@@ -218,6 +234,12 @@ def test_blend_config_rejects_unknown_inputs():
         BlendConfig(knn_alpha=2.0)
     with pytest.raises(MetarecError, match="knn_damping"):
         BlendConfig(knn_damping=-0.5)
+    with pytest.raises(MetarecError, match="cold_rank_inputs"):
+        BlendConfig(cold_rank_inputs=("text",))
+    with pytest.raises(MetarecError, match="content_reg"):
+        BlendConfig(content_reg=0.0)
+    with pytest.raises(MetarecError, match="rank_search_users"):
+        BlendConfig(rank_search_users=1)
 
 
 # --- closed-form inputs equal the baselines ---------------------------------------------------
@@ -330,6 +352,64 @@ def test_knn_rank_input_equals_the_item_knn_baseline_and_round_trips(world):
         np.testing.assert_allclose(g, want, rtol=1e-12)
         assert g[34:].tolist() == [0.0] * 6  # never rated: no neighbours
         np.testing.assert_array_equal(back.rank_inputs(("knn",), [hist], targets)[0, :, 0], g)
+
+
+def test_content_map_with_one_hot_features_is_ridge_regression_of_the_matrix_on_itself():
+    """F = I (one feature per item): the profile is the user's row x_u, and the map is the
+    ridge regression of X on X (scikit-learn), over (1 + λ_f) from the item side's ridge
+    (FᵀF = I, mean eigenvalue 1); λ_p = reg × the mean eigenvalue of XᵀX."""
+    from sklearn.linear_model import Ridge
+
+    rng = np.random.default_rng(3)
+    x = (rng.random((30, 8)) < 0.4).astype(np.float64)
+    reg = 0.2
+    a = content_map(np.eye(8), sp.csr_matrix(x), reg)
+    lam_p = reg * np.trace(x.T @ x) / 8
+    want = Ridge(alpha=lam_p, fit_intercept=False).fit(x, x).coef_.T / (1 + reg)
+    np.testing.assert_allclose(a, want, rtol=1e-8, atol=1e-10)
+
+
+def test_content_map_without_ridge_is_the_whitened_feature_similarity():
+    """reg -> 0 with full-rank profiles: A -> (FᵀF)⁻¹, so F A Fᵀ is the projection onto
+    F's column space (an item's score from itself: its leverage)."""
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(12, 3))
+    x = sp.csr_matrix((rng.random((40, 12)) < 0.5).astype(np.float64))
+    a = content_map(f, x, 1e-10)
+    np.testing.assert_allclose(a, np.linalg.inv(f.T @ f), rtol=1e-6)
+
+
+def test_content_rank_input_scores_cold_items_and_round_trips(world):
+    """score_j = Σ_{liked history i} (F A)_i · f_j, with A = content_map on the liked
+    training matrix; items nobody rated get scores (from their features), unlike EASE."""
+    ds, split = world
+    rng = np.random.default_rng(5)
+    f = rng.normal(size=(ds.n_items, 6))
+    cfg = BlendConfig(rank_inputs=("ease", "content"), content_reg=0.3)
+    closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0, item_features=f)
+    assert closed.rank_names == ("ease", "content")
+    tr = split.train
+    liked = tr.rating >= 3.0
+    x = sp.csr_matrix(
+        (np.ones(int(liked.sum())), (tr.user_idx[liked], tr.item_idx[liked])),
+        shape=(ds.n_users, ds.n_items),
+    )
+    x.data[:] = 1.0
+    a = content_map(f, x, 0.3)
+    back = ClosedForm.from_state(*closed.state())
+    targets = np.arange(ds.n_items)
+    for t in split.test[:5]:
+        hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+        g = closed.rank_inputs(("ease", "content"), [hist], targets)[0]
+        prof = f[np.unique(hist[0][hist[1] >= 3.0])].sum(0)
+        np.testing.assert_allclose(g[:, 1], prof @ a @ f.T, rtol=1e-4, atol=1e-5)
+        assert not g[34:, 0].any() and np.abs(g[34:, 1]).min() > 0  # cold: EASE 0, content not
+        np.testing.assert_array_equal(back.rank_inputs(("ease", "content"), [hist], targets)[0], g)
+    # without features (or for a history with nothing liked) the input is skipped / 0
+    plain = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    assert plain.rank_names == ("ease",) and plain.content_rows is None
+    empty = (np.array([0]), np.array([1.0]))
+    assert not closed.rank_inputs(("content",), [empty], targets).any()
 
 
 # --- MetaRecommender with the blend -------------------------------------------------------------
@@ -645,6 +725,42 @@ def test_als_rank_input_is_skipped_with_a_warning_without_implicit(world, monkey
         closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
     assert closed.als_factors is None
     assert "als_factors" not in closed.state()[1]
+
+
+def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted, monkeypatch):
+    """``fit(valid_items=...)``: the ranking blend is fitted over those items only (those
+    a validation user is ranked over in item cold-start) with ``cold_rank_inputs``; on
+    held-out items EASE and popularity are 0, the content input is not."""
+    import metarec.model as M
+
+    ds, split, feats, _ = fitted
+    cold = np.arange(34, 40)  # never rated in the world
+    seen: list[tuple[int, ...]] = []
+    real = M.fit_rank_blend
+
+    def spy(x, pos, excl, *a, **k):
+        seen.append(x.shape)
+        return real(x, pos, excl, *a, **k)
+
+    monkeypatch.setattr(M, "fit_rank_blend", spy)
+    # validation queries on the cold items: each task's first 6 query rows re-pointed there
+    valid = tuple(
+        Task(t.user_idx, t.support, dataclasses.replace(t.query.take(np.arange(6)), item_idx=cold))
+        for t in split.valid
+    )
+    cfg = _fast_config(blend=BlendConfig(rank_short_history=0))
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("content",)
+    assert seen and seen[0][1] == len(cold)  # (users, the cold items, meta + content)
+    assert seen[0][2] == 2
+    # without valid_items: the whole catalogue, the usual inputs
+    seen.clear()
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("ease", "popularity")
+    assert seen and seen[0][1] == ds.n_items
+    # an unknown item index is an error, not a silent fit
+    with pytest.raises(MetarecError):
+        MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=np.array([99]))
 
 
 def test_knn_stands_in_for_ease_on_a_large_catalogue(fitted):

@@ -424,8 +424,22 @@ def test_cross_domain_blend_ranks_the_query_domain():
 
     ds = two_domains()
     s = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0)
-    items = _blend_rank_items(ds, s.valid)
+    items = _blend_rank_items(ds, s)
     assert {str(ds.items.ids[i]) for i in items} == {f"m{j}" for j in range(5)}
     one = ten_users()
     s1 = make_split(one, "user-cold", k_shot=2, n_query=2, seed=0)
-    assert np.array_equal(_blend_rank_items(one, s1.valid), np.arange(one.n_items))
+    assert np.array_equal(_blend_rank_items(one, s1), np.arange(one.n_items))
+
+
+def test_item_cold_blend_ranks_the_validation_items():
+    """Item cold-start: the blend is fitted over the validation part's held-out items,
+    the ones evaluate ranks a validation user over (not the test items, not warm ones)."""
+    from metarec.model import _blend_rank_items
+
+    ic = items_by_age()
+    s = make_split(ic, "item-cold", k_shot=1, n_query=1, seed=0)
+    assert len(s.valid_cold_items) and len(s.test_cold_items)
+    items = _blend_rank_items(ic, s)
+    assert np.array_equal(items, s.valid_cold_items)
+    assert not np.isin(items, s.test_cold_items).any()
+    assert not np.isin(items, s.train.item_idx).any()

@@ -61,8 +61,10 @@ RATING_INPUTS = (
 # "als": implicit-feedback ALS item factors (the ``implicit`` package, metarec[baselines]),
 # the history folded in closed form; "knn": item-kNN co-occurrence scores of the history
 # (:class:`metarec.baselines.ItemKNN`). Unlike EASE both cost linear in the catalogue.
-RANK_INPUTS = ("ease", "popularity", "biased_mf", "als", "knn")
-RANK_FITS = ("softmax", "ndcg", "cv")
+# "content": the content-collaborative bilinear score (:func:`content_map`), the only
+# input that tells cold items (no training interactions) apart besides the meta logit.
+RANK_INPUTS = ("ease", "popularity", "biased_mf", "als", "knn", "content")
+RANK_FITS = ("softmax", "ndcg", "cv", "auto")
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,28 @@ class BlendConfig:
     # The kNN input is log1p(score / median score); with the raw score, ALS + kNN scored
     # 0.0213 / - / 0.0367 (seeds 0, 2).
     large_rank_inputs: tuple[str, ...] = ("knn",)
+    # the ranking inputs in place of ``rank_inputs`` when the blend is fitted over held-out
+    # items (item cold-start: validation users ranked over the validation items, which
+    # have no training interactions), where EASE, popularity, kNN and ALS are 0 for every
+    # candidate. ML-100K item cold, validation users, 2-fold CV, Recall@10 / nDCG@10 over
+    # the validation items, seeds 0/1/2:
+    #   the meta logit alone (before)   0.3352 / 0.3474 / 0.2663   0.2303 / 0.2345 / 0.1618
+    #   + content, softmax fit          0.3826 / 0.3742 / 0.3283   0.2673 / 0.2568 / 0.2297
+    #   + content, rank_fit "cv"        0.3809 / 0.4074 / 0.3932   0.2742 / 0.2790 / 0.2724
+    # Not in rank_inputs: beside EASE on ML-100K user cold it lowered validation nDCG@10 on
+    # 3 seeds of 3 (0.1918 / 0.1918 / 0.1759 -> 0.1853 / 0.1881 / 0.1694).
+    cold_rank_inputs: tuple[str, ...] = ("content",)
     # item-kNN input (ItemKNN): similarity normalised by (n_i n_j)^knn_alpha, co-occurrences
     # in a history of d items weighted 1 / d^knn_damping (figures above)
     knn_alpha: float = 0.3
     knn_damping: float = 0.5
+    # ridge of the "content" input's map, relative to the mean eigenvalue of each side's
+    # Gram matrix (content_map). ML-100K item cold, validation users, Recall@10 over the
+    # validation items, the content score alone, (reg_profile, reg_item):
+    #   (0.01, 0.01) 0.3469   (0.1, 0.01) 0.3657   (1, 0.01) 0.3436
+    #   (0.1, 0.001) 0.3665   (0.1, 0.1) 0.3905    (0.1, 1) 0.3736
+    # (the meta logit alone: 0.3163 over seeds 0-2), so one value, 0.1, for both sides
+    content_reg: float = 0.1
     als_factors: int = 64
     als_reg: float = 0.05
     als_alpha: float = 10.0
@@ -134,15 +154,21 @@ class BlendConfig:
     # validation positive counts), "ndcg" (coordinate search from the softmax weights for
     # the best validation nDCG@rank_k: the top of the list, which the full-ranking metrics
     # judge) or "cv" (whichever of the two scores the better nDCG@rank_k in 2-fold CV
-    # over the validation users). Default "softmax": validation users, 2-fold CV, nDCG@10
-    # (full), softmax vs ndcg —
+    # over the validation users). Softmax over the search on small validation sets:
+    # validation users, 2-fold CV, nDCG@10 (full), softmax vs ndcg —
     #   ML-100K user cold (1,682 items), seeds 0/1/2: 0.1918/0.1918/0.1759 vs
     #     0.1775/0.1781/0.1724 (the search overfits 94 validation users);
     #   Amazon Food->Kitchen (27,637 items), seeds 0/1/2: 0.0163/0.0186/0.0327 vs
     #     0.0194/0.0162/0.0340 (mean +0.0007, one seed of three worse: noise-level).
     # "cv" chose wrongly on ML-100K seed 1 and Amazon seed 0: half of 94 / 233 validation
     # users is too few to tell the two fits apart reliably.
-    rank_fit: str = "softmax"
+    # "auto" (default): "cv" when at least ``rank_search_users`` validation users enter
+    # the fit, else "softmax" — the comparison needs halves large enough to tell the two
+    # fits apart. The user cold and cross-domain configs in configs/ have fewer (94 / 50 /
+    # 233 / 190: softmax, as before); on ML-100K item cold (647) "cv" chose the search on
+    # 3 seeds of 3 (cold_rank_inputs' figures)
+    rank_fit: str = "auto"
+    rank_search_users: int = 300
     rank_k: int = 10
     # histories of at most this many items (a user with 1 interaction) get their own
     # ranking weights, fitted on the validation supports cut to that many items (same
@@ -169,6 +195,9 @@ class BlendConfig:
         for name in self.rank_inputs:
             if name not in RANK_INPUTS:
                 raise MetarecError(f"blend.rank_inputs: unknown {name!r} ({RANK_INPUTS})")
+        for name in self.cold_rank_inputs:
+            if name not in RANK_INPUTS:
+                raise MetarecError(f"blend.cold_rank_inputs: unknown {name!r} ({RANK_INPUTS})")
         for name in self.large_rank_inputs:
             if name not in RANK_INPUTS or name == "ease":
                 allowed = tuple(n for n in RANK_INPUTS if n != "ease")
@@ -177,6 +206,8 @@ class BlendConfig:
             raise MetarecError(f"blend.knn_alpha must be in [0, 1], got {self.knn_alpha}")
         if self.knn_damping < 0:
             raise MetarecError(f"blend.knn_damping must be >= 0, got {self.knn_damping}")
+        if not self.content_reg > 0:
+            raise MetarecError(f"blend.content_reg must be > 0, got {self.content_reg}")
         if self.rating_loss not in ("l1", "l2"):
             raise MetarecError(f"blend.rating_loss: {self.rating_loss!r} is not 'l1' or 'l2'")
         prior_ok = self.rating_prior == "meta" or self.rating_prior in self.rating_inputs
@@ -201,6 +232,10 @@ class BlendConfig:
             raise MetarecError("blend: als_iterations >= 1")
         if self.rank_fit not in RANK_FITS:
             raise MetarecError(f"blend.rank_fit: {self.rank_fit!r} is not one of {RANK_FITS}")
+        if self.rank_search_users < 2:
+            raise MetarecError(
+                f"blend.rank_search_users must be >= 2, got {self.rank_search_users}"
+            )
         if self.rank_k < 1:
             raise MetarecError(f"blend.rank_k must be >= 1, got {self.rank_k}")
         if self.rank_fit_cells < 1:
@@ -249,14 +284,28 @@ class ClosedForm:
     knn_alpha: float = 0.3
     knn_damping: float = 0.5
     knn_scale: float = 1.0  # the input is log1p(score / knn_scale)
+    # the content input (None = not fitted): score_j = (Σ_{liked history i} content_rows[i])
+    # · content_items[j], both (n_items, d) float32 (content_map: rows = F A, items = F)
+    content_rows: np.ndarray | None = None
+    content_items: np.ndarray | None = None
     # the ranking inputs this fit was asked for and can compute (fit time only, not saved:
     # a saved Blend keeps the list its weights belong to)
     rank_names: tuple[str, ...] = ()
 
     @classmethod
     def fit(
-        cls, dataset: Dataset, train: Interactions, cfg: BlendConfig, like: float, seed: int
+        cls,
+        dataset: Dataset,
+        train: Interactions,
+        cfg: BlendConfig,
+        like: float,
+        seed: int,
+        item_features: np.ndarray | None = None,
+        cold: bool = False,
     ) -> ClosedForm:
+        """``item_features`` (n_items, d): what the "content" input maps (the meta-model's
+        item text + side vectors); without them that input is skipped. ``cold``: the blend
+        ranks held-out items (``cfg.cold_rank_inputs``)."""
         imub = ItemMeanUserBias().fit(dataset, train)
         mf = BiasedMF(
             factors=cfg.mf_factors,
@@ -267,7 +316,7 @@ class ClosedForm:
         ).fit(dataset, train)
         ease = ease_cols = None
         n_liked = len(np.unique(train.item_idx[train.rating >= like]))
-        names = cfg.rank_inputs
+        names = cfg.cold_rank_inputs if cold else cfg.rank_inputs
         if "ease" in names and n_liked > cfg.ease_max_items:
             names = cfg.large_rank_inputs or tuple(n for n in names if n != "ease")
         if "ease" in names and n_liked > 0:
@@ -296,7 +345,23 @@ class ClosedForm:
         knn = None
         if "knn" in names:
             knn = ItemKNN(cfg.knn_alpha, cfg.knn_damping, min_rating=like).fit(dataset, train)
-        fitted = {"ease": ease is not None, "als": als is not None, "knn": knn is not None}
+        rows = feats = None
+        if "content" in names and item_features is not None:
+            liked = train.rating >= like
+            x = sp.csr_matrix(
+                (np.ones(int(liked.sum())), (train.user_idx[liked], train.item_idx[liked])),
+                shape=(dataset.n_users, dataset.n_items),
+            )
+            x.data[:] = 1.0  # binary: a repeated (user, item) counts once
+            f = np.asarray(item_features, dtype=np.float64)
+            rows = (f @ content_map(f, x, cfg.content_reg)).astype(np.float32)
+            feats = f.astype(np.float32)
+        fitted = {
+            "ease": ease is not None,
+            "als": als is not None,
+            "knn": knn is not None,
+            "content": rows is not None,
+        }
         return cls(
             mu=imub.mu_,
             item_bias=imub.item_bias_,
@@ -323,6 +388,8 @@ class ClosedForm:
             knn_alpha=cfg.knn_alpha,
             knn_damping=cfg.knn_damping,
             knn_scale=knn.median_score() if knn else 1.0,
+            content_rows=rows,
+            content_items=feats,
             rank_names=tuple(n for n in names if fitted.get(n, True)),
         )
 
@@ -408,6 +475,16 @@ class ClosedForm:
                         liked,
                     )[targets]
                     out[t, :, c] = np.log1p(s / self.knn_scale)
+            elif name == "content" and self.content_rows is not None:
+                assert self.content_items is not None
+                # (T, d) profiles: the sum of the liked history's mapped rows (cold history
+                # items count too: they have features), then one (T, d) @ (d, n) product
+                prof = np.zeros((len(histories), self.content_rows.shape[1]))
+                for t, (items, ratings) in enumerate(histories):
+                    liked = np.unique(items[ratings >= self.like])
+                    if len(liked):
+                        prof[t] = self.content_rows[liked].sum(0, dtype=np.float64)
+                out[:, :, c] = prof @ self.content_items[targets].T.astype(np.float64)
         return out
 
     # --- persistence ------------------------------------------------------------------------
@@ -444,6 +521,9 @@ class ClosedForm:
             cfg["knn_shape"] = list(x.shape)
             tensors["knn_indptr"] = torch.from_numpy(x.indptr.astype(np.int64))
             tensors["knn_indices"] = torch.from_numpy(x.indices.astype(np.int64))
+        if self.content_rows is not None and self.content_items is not None:
+            tensors["content_rows"] = torch.from_numpy(self.content_rows.copy())
+            tensors["content_items"] = torch.from_numpy(self.content_items.copy())
         return cfg, tensors
 
     @classmethod
@@ -485,8 +565,34 @@ class ClosedForm:
             als_gram=arr("als_gram") if "als_gram" in tensors else None,
             als_reg=float(cfg.get("als_reg", 0.05)),
             als_alpha=float(cfg.get("als_alpha", 10.0)),
+            content_rows=arr("content_rows") if "content_rows" in tensors else None,
+            content_items=arr("content_items") if "content_items" in tensors else None,
             **knn,
         )
+
+
+def content_map(features: np.ndarray, x: sp.spmatrix, reg: float) -> np.ndarray:
+    """(d, d) map A of the content-collaborative score s_uj = (x_u F) A f_j.
+
+    F = ``features`` (n_items, d), x (n_users, n_items) the binary liked matrix. A is the
+    two-sided ridge solution of min ||X - X F A Fᵀ||: with P = X F (n_users, d) the
+    users' feature profiles, the normal equations Pᵀ P A Fᵀ F = Pᵀ X F = Pᵀ P give
+    A = (PᵀP + λ_p I)⁻¹ PᵀP (FᵀF + λ_f I)⁻¹, λ = ``reg`` × the mean eigenvalue of each
+    Gram matrix. Without ridge A = (FᵀF)⁻¹: feature similarity whitened by the catalogue;
+    the profile-side ridge shrinks the feature directions users' histories hardly vary
+    along, which is what the co-occurrences add. Items enter only through their features,
+    so items nobody rated are scored like any other (what item cold-start needs), and the
+    cost is one d x d solve (d = text + side dimensions), not EASE's n_items³.
+    """
+    f = np.asarray(features, dtype=np.float64)
+    d = f.shape[1]
+    p = np.asarray(x @ f)  # (n_users, d)
+    m = p.T @ p
+    g = f.T @ f
+    eye = np.eye(d)
+    lam_p = reg * max(float(np.trace(m)) / d, 1e-12)
+    lam_f = reg * max(float(np.trace(g)) / d, 1e-12)
+    return np.linalg.solve(m + lam_p * eye, m) @ np.linalg.inv(g + lam_f * eye)
 
 
 def fit_rating_weights(
@@ -691,8 +797,10 @@ def fit_rank_blend(
     weight_decay: float,
     how: str = "softmax",
     k: int = 10,
+    search_users: int = 300,
 ) -> tuple[np.ndarray, str]:
-    """(weights, the fit used): ``how`` as :attr:`BlendConfig.rank_fit`. "cv" compares the
+    """(weights, the fit used): ``how`` as :attr:`BlendConfig.rank_fit` ("auto": "cv"
+    with at least ``search_users`` users, rows of x, else "softmax"). "cv" compares the
     softmax fit and the nDCG search by 2-fold CV over the users (rows of x; even rows
     against odd ones, both ways) on nDCG@k, keeps the softmax fit unless the search is
     strictly better, and refits the winner on every user."""
@@ -707,6 +815,8 @@ def fit_rank_blend(
         return w
 
     every = np.arange(x.shape[0])
+    if how == "auto":
+        how = "cv" if x.shape[0] >= search_users else "softmax"
     if how != "cv":
         return fit(every, how), how
     folds = (every[0::2], every[1::2])

@@ -415,8 +415,15 @@ def _fit(rec: Recommender, ds: Dataset, split: Split, feats: FeatureSet) -> Reco
             target_domain=split.target_domain,
         )
     if isinstance(rec, MetaRecommender):
-        # validation users drive early stopping; test users are never passed
-        return rec.fit(ds, split.train, feats, valid=split.valid)
+        # validation users drive early stopping and the blend, ranked over the items their
+        # full ranking runs over in evaluate; test users are never passed
+        return rec.fit(
+            ds,
+            split.train,
+            feats,
+            valid=split.valid,
+            valid_items=ranking_candidates(ds, split, "valid"),
+        )
     return rec.fit(ds, split.train, feats)
 
 

@@ -138,11 +138,16 @@ class ModelConfig:
         return dataclasses.replace(train, n_negatives=self.rank_negatives, id_dropout=drop)
 
 
-def _blend_rank_items(dataset: Dataset, tasks: Sequence[Task]) -> np.ndarray:
-    """(n_cand,) items the ranking blend is fitted over: the whole catalogue, or with
-    several domains the items of the domains the validation queries are in. Cross-domain,
-    that is the target domain, which is what evaluate and ``recommend --domain`` rank:
-    the weights are fitted on the ranking they are judged on."""
+def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
+    """(n_cand,) items the ranking blend is fitted over: the split's validation items when
+    it holds items out (item cold-start: a validation user's full ranking runs over them),
+    else the whole catalogue, or with several domains the items of the domains the
+    validation queries are in. Cross-domain, that is the target domain, which is what
+    evaluate and ``recommend --domain`` rank: the weights are fitted on the ranking they
+    are judged on."""
+    if len(split.valid_cold_items):
+        return np.asarray(split.valid_cold_items, dtype=np.int64)
+    tasks = split.valid
     if len(dataset.domains) < 2 or not tasks:
         return np.arange(dataset.n_items, dtype=np.int64)
     doms = np.unique(np.concatenate([t.query.domain for t in tasks]))
@@ -213,7 +218,13 @@ class MetaRecommender(Recommender):
         train: Interactions,
         features: FeatureSet | None = None,
         valid: Sequence[Task] | None = None,
+        valid_items: np.ndarray | None = None,
     ) -> Self:
+        """``valid`` tasks drive early stopping and the blend (default: carved out of
+        ``train``); ``valid_items`` are the items their full ranking is judged on (item
+        cold-start: the validation items, none of them in ``train``), so the ranking blend
+        is fitted on the ranking it will serve (default: the whole catalogue, or the
+        validation queries' domains)."""
         cfg = self.config
         self._set_fitted(dataset, train)
         known = np.zeros(dataset.n_items, dtype=bool)
@@ -223,6 +234,10 @@ class MetaRecommender(Recommender):
         self.features_ = _with_unknown_user_row(features)
         self.known_items_ = known
         split = self._training_split(dataset, train, valid)
+        if valid and valid_items is not None and len(valid_items):
+            split = dataclasses.replace(
+                split, valid_cold_items=self._check_items(np.asarray(valid_items))
+            )
         explicit = dataset.feedback == "explicit"
         # model.seed also seeds meta-training (init, task sampling); seed 0 keeps train.seed
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1_000_003 * cfg.seed)
@@ -254,7 +269,17 @@ class MetaRecommender(Recommender):
         if not (use_rating or use_rank) or len(split.valid) < b.min_valid_users:
             return None
         like = self._like_threshold()
-        closed = ClosedForm.fit(dataset, split.train, b, like, self.config.seed)
+        feats = self.features_
+        assert feats is not None
+        closed = ClosedForm.fit(
+            dataset,
+            split.train,
+            b,
+            like,
+            self.config.seed,
+            item_features=torch.cat([feats.item_text, feats.item_side], 1).cpu().numpy(),
+            cold=len(split.valid_cold_items) > 0,
+        )
         tasks = list(split.valid)
         pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
@@ -296,7 +321,7 @@ class MetaRecommender(Recommender):
         rank_w_short = None
         if use_rank and rank_inputs:
             assert self.rank_ is not None
-            items = _blend_rank_items(dataset, tasks)  # (n_cand,)
+            items = _blend_rank_items(dataset, split)  # (n_cand,)
             rank_w, rank_fit = self._fit_rank_blend(closed, rank_inputs, tasks, pairs, items)
             if b.rank_short_history > 0:
                 # the same users as if they had only their first few interactions: each
@@ -363,7 +388,9 @@ class MetaRecommender(Recommender):
             excl[r, c[c >= 0]] = True
         if not pos.any():
             return None, "softmax"
-        return fit_rank_blend(x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k)
+        return fit_rank_blend(
+            x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k, b.rank_search_users
+        )
 
     def _history_without_query(self, task: Task) -> Interactions:
         """A validation task's adaptation set as scoring builds it (training rows, then the
