@@ -748,11 +748,17 @@ def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted,
         Task(t.user_idx, t.support, dataclasses.replace(t.query.take(np.arange(6)), item_idx=cold))
         for t in split.valid
     )
-    cfg = _fast_config(blend=BlendConfig(rank_short_history=0))
+    cfg = _fast_config(blend=BlendConfig(rank_short_history=0, cold_rank_inputs=("content",)))
     rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=cold)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("content",)
     assert seen and seen[0][1] == len(cold)  # (users, the cold items, meta + content)
     assert seen[0][2] == 2
+    # the default cold_rank_inputs () keeps the usual inputs, still fitted over those items
+    seen.clear()
+    plain = _fast_config(blend=BlendConfig(rank_short_history=0))
+    rec = MetaRecommender(plain).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("ease", "popularity")
+    assert seen and seen[0][1] == len(cold)
     # without valid_items: the whole catalogue, the usual inputs
     seen.clear()
     rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid)
