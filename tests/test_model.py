@@ -774,9 +774,10 @@ def test_knn_stands_in_for_ease_on_a_large_catalogue(fitted):
     ds, split, feats, _ = fitted
     small = BlendConfig(ease_max_items=5, als_factors=8, als_iterations=3)  # 34 liked items
     rec = MetaRecommender(_fast_config(blend=small)).fit(ds, split.train, feats, valid=split.valid)
-    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("knn",)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ("knn", "content")
     assert rec.blend_.closed.ease is None and rec.blend_.closed.als_factors is None
-    assert rec.blend_.rank_weights is not None and len(rec.blend_.rank_weights) == 2
+    assert rec.blend_.closed.content_rows is not None
+    assert rec.blend_.rank_weights is not None and len(rec.blend_.rank_weights) == 3
     # ALS beside kNN
     both = dataclasses.replace(small, large_rank_inputs=("als", "knn"))
     rec = MetaRecommender(_fast_config(blend=both)).fit(ds, split.train, feats, valid=split.valid)
