@@ -12,7 +12,9 @@ run. Then times
 ``Predictor.recommend`` (what ``metarec recommend`` runs) for ``--users`` cold users, each
 with a 5-interaction support taken from a training user's history under a new id, top-10
 over the whole catalogue with the history excluded. Prints and writes users/s for both
-and the ratios to the baseline. Meta-training is cut to ``--steps`` steps: recommend's cost does not
+and the ratios to the baseline; then the default model once more with its item side
+computed per task (the path before it was shared across users), the baseline of that
+change. Meta-training is cut to ``--steps`` steps: recommend's cost does not
 depend on how long the model trained.
 """
 
@@ -95,6 +97,23 @@ def main(argv: list[str] | None = None) -> int:
             "rows": len(recs),
         }
         print(label, out[label], flush=True)
+    # the same default model, its item side computed per task as before it was shared
+    # (Scorer.item_side_shared forced False): the baseline of that change, same run
+    from metarec.models.scorer import Scorer
+
+    real = Scorer.item_side_shared
+    Scorer.item_side_shared = lambda self, params, base: False  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        pred.recommend(frame, k=10)
+        secs = time.perf_counter() - t0
+    finally:
+        Scorer.item_side_shared = real  # type: ignore[method-assign]
+    out["default_item_side_per_task"] = {
+        "recommend_seconds": round(secs, 2),
+        "users_per_second": round(args.users / secs, 1),
+    }
+    print("default, item side per task", out["default_item_side_per_task"], flush=True)
     base = out["popularity+als"]["recommend_seconds"]
     out["knn_over_als_time"] = round(out["knn"]["recommend_seconds"] / base, 2)
     out["default_over_als_time"] = round(out["default"]["recommend_seconds"] / base, 2)
@@ -102,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"recommend time, default (kNN + content) / popularity + ALS: {out['default_over_als_time']}x"
     )
+    out["shared_over_per_task_time"] = round(
+        out["default"]["recommend_seconds"]
+        / out["default_item_side_per_task"]["recommend_seconds"],
+        2,
+    )
+    print(f"recommend time, item side shared / per task: {out['shared_over_per_task_time']}x")
     args.json.write_text(json.dumps(out, indent=1))
     return 0
 

@@ -769,6 +769,32 @@ def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted,
         MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=np.array([99]))
 
 
+def test_catalogue_scoring_shares_the_item_side_only_when_no_task_adapts_it(fitted):
+    """Scoring one item list for T tasks passes (1, N) item inputs when no item-side
+    parameter is per task (the NP ranking model adapts only user_vec): the scores equal
+    the (T, N) computation, and per-task item-side copies take the (T, N) path."""
+    ds, split, _, rec = fitted
+    pairs = [(t.user_idx, t.support) for t in split.test[:4]]
+    items = np.arange(ds.n_items)
+    part = rec.rank_
+    scorer = part.learner.scorer
+    fast, user_x = rec._adapt(part, pairs)
+    assert scorer.item_side_shared(fast, part.params)
+    q = torch.from_numpy(items).unsqueeze(0).expand(len(pairs), -1)  # (T, N)
+    q_x, rows = scorer.item_inputs(rec.features_, q), scorer.item_rows(q, rec._known_t())
+    want = part.learner.predict(fast, user_x, q_x, rows).numpy()
+    got = np.stack(rec._predict(part, fast, user_x, items))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # the same values as per-task copies: not shared, the (T, N) path, the same scores
+    per_task = {
+        k: (v.unsqueeze(0).expand(len(pairs), *v.shape).clone() if k == "mlp.0.w" else v)
+        for k, v in fast.items()
+    }
+    assert not scorer.item_side_shared(per_task, part.params)
+    got = np.stack(rec._predict(part, per_task, user_x, items))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_knn_stands_in_for_ease_on_a_large_catalogue(fitted):
     pytest.importorskip("implicit", reason="the baselines extra is not installed")
     ds, split, feats, _ = fitted

@@ -614,10 +614,16 @@ class MetaRecommender(Recommender):
         if isinstance(items, np.ndarray):
             # a copy: item arrays of frozen Interactions are read-only
             it = torch.from_numpy(np.array(items, dtype=np.int64)).to(dev)
+            # item side the same for every task (the neural process adapts only user_vec):
+            # (1, N) item inputs, broadcast, so recommend's catalogue-wide scoring builds
+            # the items' representation once per chunk rather than once per task
+            shared = scorer.item_side_shared(fast, part.params)
             cols = []
             for a in range(0, len(it), item_chunk):
                 chunk = it[a : a + item_chunk]
-                q = chunk.unsqueeze(0).expand(n_tasks, -1)  # (T, N)
+                q = chunk.unsqueeze(0)
+                if not shared:
+                    q = q.expand(n_tasks, -1)  # (T, N)
                 q_x = scorer.item_inputs(feats, q)  # (T, N, d_item_in)
                 rows = scorer.item_rows(q, known)
                 cols.append(learner.predict(fast, user_x, q_x, rows))

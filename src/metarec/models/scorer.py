@@ -205,6 +205,18 @@ class Scorer:
         """Number of dimensions of each parameter when shared (per-task copies have one more)."""
         return {k: v.dim() for k, v in self.init_params(torch.Generator().manual_seed(0)).items()}
 
+    def item_side_shared(
+        self, params: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
+    ) -> bool:
+        """True when no item-side parameter of ``params`` (adapted) has a per-task copy,
+        comparing with the shared ``base`` params: then the item side of a forward pass
+        is the same for every task, and :meth:`apply` may take item inputs (1, N, ...) for
+        T tasks, computing the items' representation and their part of the first layer
+        once instead of T times (the neural process adapts only ``user_vec``)."""
+        return all(
+            params[k].dim() == base[k].dim() for k in _ITEM_SIDE if k in params and k in base
+        )
+
     # --- inputs ------------------------------------------------------------------------
     def user_inputs(
         self,
@@ -276,7 +288,10 @@ class Scorer:
         item_x: torch.Tensor,  # (T, N, d_item_in)
         rows: torch.Tensor,  # (T, N) ID-table rows (see item_rows)
     ) -> torch.Tensor:
-        """Scores (T, N): logits for the binary head, ratings for the rating head."""
+        """Scores (T, N): logits for the binary head, ratings for the rating head.
+
+        ``item_x`` (1, N, ...) and ``rows`` (1, N) are broadcast over the T tasks; valid
+        only when :meth:`item_side_shared` holds for ``params``."""
         h = self.hidden(params, user_x, item_x, rows)  # (T, N, H)
         out = linear_head(h, params["head.w"], params["head.b"])  # (T, N)
         if self.cfg.n_items and self.cfg.use_item_bias:
@@ -316,6 +331,7 @@ class Scorer:
         c = self.cfg
         n = i.shape[1]
         if not c.hidden:
+            i = i.expand(u.shape[0], -1, -1)  # item inputs may be shared: (1, N, di)
             parts = [u.expand(-1, n, -1), i] + ([u * i] if c.interaction else [])
             return torch.cat(parts, -1)
         w, b = params["mlp.0.w"], params["mlp.0.b"]
@@ -323,6 +339,7 @@ class Scorer:
             # inner-loop sized batches under autograd: one GEMM on the concatenation is
             # cheaper than the split below, whose weight slices each cost a full-size
             # zero-filled gradient in backward
+            i = i.expand(u.shape[0], -1, -1)
             parts = [u.expand(-1, n, -1), i] + ([u * i] if c.interaction else [])
             return affine(torch.cat(parts, -1), w, b)
         du, di = c.d_user_rep, c.d_item_rep
@@ -368,6 +385,11 @@ class Scorer:
         if self.cfg.head == "binary":
             return (torch.sigmoid(out) - y) * weights
         return (out - y) * (2.0 * weights)
+
+
+# parameters that act on items alone (a per-task copy of any of them makes the item side
+# of the forward pass differ between tasks)
+_ITEM_SIDE = ("item_proj.w", "item_proj.b", "item_id", "item_bias", "mlp.0.w", "mlp.0.b")
 
 
 def _matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
