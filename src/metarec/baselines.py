@@ -58,7 +58,7 @@ def interaction_mask(rating: np.ndarray, threshold: float | None) -> np.ndarray:
     return np.ones(len(rating), dtype=bool) if threshold is None else rating >= threshold
 
 
-def _presence_matrix(
+def presence_matrix(
     dataset: Dataset, train: Interactions, threshold: float | None
 ) -> sp.csr_matrix:
     """(n_users, n_items) binary CSR of training rows with rating >= threshold (None: all)."""
@@ -105,7 +105,7 @@ class Popularity(Recommender):
     ) -> Self:
         self._set_fitted(dataset, train)
         self.counts_ = np.asarray(
-            _presence_matrix(dataset, train, None).sum(0)
+            presence_matrix(dataset, train, None).sum(0)
         ).ravel()  # (n_items,)
         return self
 
@@ -322,7 +322,7 @@ class EASE(Recommender):
     ) -> Self:
         self._set_fitted(dataset, train)
         self.like_ = like_threshold(dataset, self.min_rating)
-        x = _presence_matrix(dataset, train, self.like_)
+        x = presence_matrix(dataset, train, self.like_)
         self.active_ = np.flatnonzero(np.asarray(x.sum(0)).ravel() > 0)  # (n_active,)
         n = len(self.active_)
         if n > self.max_items:
@@ -443,7 +443,7 @@ class ItemKNN(Recommender):
     ) -> Self:
         self._set_fitted(dataset, train)
         self.like_ = like_threshold(dataset, self.min_rating)
-        self.user_items_ = _presence_matrix(dataset, train, self.like_)  # (n_users, n_items)
+        self.user_items_ = presence_matrix(dataset, train, self.like_)  # (n_users, n_items)
         self.item_users_ = self.user_items_.T.tocsr()  # (n_items, n_users)
         self.item_norm_, self.user_norm_ = knn_norms(self.user_items_, self.alpha, self.damping)
         return self
@@ -575,7 +575,7 @@ class ImplicitALS(_FoldInRanker):
             ) from e
         self._set_fitted(dataset, train)
         self.like_ = like_threshold(dataset, self.min_rating)
-        x = _presence_matrix(dataset, train, self.like_).astype(np.float32)
+        x = presence_matrix(dataset, train, self.like_).astype(np.float32)
         # implicit's solver is multithreaded itself; a multithreaded BLAS underneath slows it
         # (and implicit warns about it when the model is built)
         with threadpool_limits(1, "blas"):
@@ -663,7 +663,7 @@ class LightFMRanker(_FoldInRanker):
             item_alpha=self.item_alpha,
             random_state=self.seed,
         )
-        x = _presence_matrix(dataset, train, self.like_).tocoo().astype(np.float32)
+        x = presence_matrix(dataset, train, self.like_).tocoo().astype(np.float32)
         model.fit(x, item_features=item_features, epochs=self.epochs, num_threads=self.num_threads)
         bias, vectors = model.get_item_representations(item_features)
         self._finish_fit(vectors, bias)

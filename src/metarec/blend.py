@@ -43,6 +43,7 @@ from metarec.baselines import (
     als_fold_in,
     knn_norms,
     knn_scores,
+    presence_matrix,
     ridge_fold_in,
 )
 from metarec.types import Dataset, Interactions, MetarecError
@@ -365,12 +366,7 @@ class ClosedForm:
             knn = ItemKNN(cfg.knn_alpha, cfg.knn_damping, min_rating=like).fit(dataset, train)
         rows = feats = None
         if "content" in names and item_features is not None:
-            liked = train.rating >= like
-            x = sp.csr_matrix(
-                (np.ones(int(liked.sum())), (train.user_idx[liked], train.item_idx[liked])),
-                shape=(dataset.n_users, dataset.n_items),
-            )
-            x.data[:] = 1.0  # binary: a repeated (user, item) counts once
+            x = presence_matrix(dataset, train, like)  # (n_users, n_items) liked, binary
             f = np.asarray(item_features, dtype=np.float64)
             rows = (f @ content_map(f, x, cfg.content_reg)).astype(np.float32)
             feats = f.astype(np.float32)
@@ -447,6 +443,8 @@ class ClosedForm:
     ) -> np.ndarray:
         """(n_histories, n_targets, len(names)) ranking scores of ``targets``."""
         out = np.zeros((len(histories), len(targets), len(names)))
+        # each history's liked items, once for every input that reads them
+        liked = [np.unique(items[ratings >= self.like]) for items, ratings in histories]
         for c, name in enumerate(names):
             if name == "popularity":
                 out[:, :, c] = self.log_pop[targets][None, :]
@@ -457,10 +455,9 @@ class ClosedForm:
             elif name == "als" and self.als_factors is not None:
                 assert self.als_gram is not None
                 y = self.als_factors[targets]  # (n_targets, d)
-                for t, (items, ratings) in enumerate(histories):
-                    liked = np.unique(items[ratings >= self.like])
+                for t, li in enumerate(liked):
                     x = als_fold_in(
-                        self.als_factors, self.als_gram, liked, self.als_reg, self.als_alpha
+                        self.als_factors, self.als_gram, li, self.als_reg, self.als_alpha
                     )
                     out[t, :, c] = y @ x
             elif name == "ease" and self.ease is not None:
@@ -471,8 +468,8 @@ class ClosedForm:
                 # serving cache miss on ML-100K when done as x @ B[:, cols]).
                 col = self.ease_cols[targets]
                 ok = col >= 0  # untrained targets keep 0
-                for t, (items, ratings) in enumerate(histories):
-                    rows = self.ease_cols[items[ratings >= self.like]]
+                for t, li in enumerate(liked):
+                    rows = self.ease_cols[li]
                     rows = np.unique(rows[rows >= 0])  # binary x: a liked item counts once
                     if len(rows):
                         out[t, ok, c] = self.ease[rows].sum(0, dtype=np.float64)[col[ok]]
@@ -483,14 +480,13 @@ class ClosedForm:
                 # above it, so the softmax fit's exp(w · input) is s^w there — a
                 # multiplicative mix with the other inputs. Raw s (heavy-tailed) blended
                 # worse on Amazon validation users (BlendConfig.large_rank_inputs)
-                for t, (items, ratings) in enumerate(histories):
-                    liked = np.unique(items[ratings >= self.like])
+                for t, li in enumerate(liked):
                     s = knn_scores(
                         self.knn_item_users,
                         self.knn_user_items,
                         self.knn_item_norm,
                         self.knn_user_norm,
-                        liked,
+                        li,
                     )[targets]
                     out[t, :, c] = np.log1p(s / self.knn_scale)
             elif name == "content" and self.content_rows is not None:
@@ -498,10 +494,9 @@ class ClosedForm:
                 # (T, d) profiles: the sum of the liked history's mapped rows (cold history
                 # items count too: they have features), then one (T, d) @ (d, n) product
                 prof = np.zeros((len(histories), self.content_rows.shape[1]))
-                for t, (items, ratings) in enumerate(histories):
-                    liked = np.unique(items[ratings >= self.like])
-                    if len(liked):
-                        prof[t] = self.content_rows[liked].sum(0, dtype=np.float64)
+                for t, li in enumerate(liked):
+                    if len(li):
+                        prof[t] = self.content_rows[li].sum(0, dtype=np.float64)
                 out[:, :, c] = prof @ self.content_items[targets].T.astype(np.float64)
         return out
 
