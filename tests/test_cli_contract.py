@@ -322,13 +322,45 @@ def test_device_flag(fitted, tmp_path, capsys):
     _, run, _ = fitted
     support = cold_support(tmp_path)
     q = tmp_path / "Q.csv"
-    pd.DataFrame({"user_id": ["new_space", "new_garden"], "item_id": ["it31", "it32"]}).to_csv(q, index=False)
+    pd.DataFrame({"user_id": ["new_space", "new_garden"], "item_id": ["it31", "it32"]}).to_csv(
+        q, index=False
+    )
     outs = []
     for dev in ([], ["--device", "cpu"]):
         out = tmp_path / f"P{len(outs)}.csv"
-        assert main(["predict", "--run", str(run), "--support", str(support), "--query", str(q), "--out", str(out), *dev]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    "--run",
+                    str(run),
+                    "--support",
+                    str(support),
+                    "--query",
+                    str(q),
+                    "--out",
+                    str(out),
+                    *dev,
+                ]
+            )
+            == 0
+        )
         outs.append(pd.read_csv(out).score.to_numpy())
     assert np.array_equal(outs[0], outs[1])
     if not torch.cuda.is_available():
-        code = main(["predict", "--run", str(run), "--support", str(support), "--query", str(q), "--out", str(tmp_path / "Pc.csv"), "--device", "cuda"])
+        code = main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--support",
+                str(support),
+                "--query",
+                str(q),
+                "--out",
+                str(tmp_path / "Pc.csv"),
+                "--device",
+                "cuda",
+            ]
+        )
         assert code == 2 and "no CUDA GPU" in capsys.readouterr().err

@@ -46,8 +46,19 @@ def test_info_bundled_needs_no_path(capsys, monkeypatch):
 def test_split_writes_csvs_and_summary(capsys, tmp_path):
     out_dir = tmp_path / "split"
     code, out, err = run_cli(
-        capsys, "split", "goodbooks-sample", "--protocol", "user-cold",
-        "--k", "10", "--query", "10", "--seed", "0", "--out", str(out_dir),
+        capsys,
+        "split",
+        "goodbooks-sample",
+        "--protocol",
+        "user-cold",
+        "--k",
+        "10",
+        "--query",
+        "10",
+        "--seed",
+        "0",
+        "--out",
+        str(out_dir),
     )
     assert code == 0, err
     for name in ("train", "valid_support", "valid_query", "test_support", "test_query"):
@@ -103,7 +114,10 @@ def test_python_dash_m_matches_console_script(tmp_path):
     env = dict(os.environ)
     res = subprocess.run(
         [sys.executable, "-m", "metarec", "datasets", "--json"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     assert any(r["name"] == "goodbooks-sample" for r in json.loads(res.stdout))

@@ -60,7 +60,10 @@ def test_cli_fit_predict_recommend_on_cuda_match_cpu(tmp_path):
     support = cold_support(tmp_path)
     q = tmp_path / "Q.csv"
     pd.DataFrame(
-        {"user_id": ["new_space"] * 4 + ["new_garden"] * 4, "item_id": [f"it{i}" for i in range(30, 38)]}
+        {
+            "user_id": ["new_space"] * 4 + ["new_garden"] * 4,
+            "item_id": [f"it{i}" for i in range(30, 38)],
+        }
     ).to_csv(q, index=False)
     runs = {}
     for dev in ("cpu", "cuda"):
@@ -82,7 +85,9 @@ def test_cli_fit_predict_recommend_on_cuda_match_cpu(tmp_path):
             top = pd.read_csv(rec)
             assert len(top) == 10 and set(top.user_id) == {"new_space", "new_garden"}
         # the same saved model scores the same on either device
-        np.testing.assert_allclose(scores[train_dev, "cuda"], scores[train_dev, "cpu"], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            scores[train_dev, "cuda"], scores[train_dev, "cpu"], rtol=1e-4, atol=1e-4
+        )
     # both trainings learned the taste (cold items 30..37: even = space, odd = garden)
     for dev in ("cpu", "cuda"):
         s = scores[dev, "cpu"]

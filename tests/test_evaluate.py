@@ -132,8 +132,7 @@ def test_full_ranking_ties_are_broken_at_random_not_by_item_index():
     ds = dataset()
     rec = FixedScores(np.zeros(6), predicts_ratings=False).fit(ds, Interactions.empty())
     tasks = tuple(
-        Task(0, Interactions.empty(), inter(0, np.array([0]), np.array([5.0])))
-        for _ in range(600)
+        Task(0, Interactions.empty(), inter(0, np.array([0]), np.array([5.0]))) for _ in range(600)
     )
     res = evaluate(rec, ds, tasks, ks=(1,), query_ks=(1,), bootstrap=0, seed=3)
     hr = res.per_user["HR@1 (full)"]

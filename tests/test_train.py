@@ -110,6 +110,42 @@ def test_resume_reaches_the_same_weights(problem, tmp_path):
         )
 
 
+def test_ema_returns_and_judges_the_moving_average(problem, tmp_path):
+    """TrainConfig.ema: after one step the average is ema·init + (1 − ema)·params; the
+    validation loss (so the checkpoint early stopping keeps) is the average's; a resumed
+    run carries the average on."""
+    import dataclasses
+
+    split, feats = problem
+    learner = MetaLearner(Scorer(SC), META)
+    cfg = _cfg(steps=1, ema=0.9)
+    init = learner.init_params(torch.Generator().manual_seed(cfg.seed))
+    no_valid = dataclasses.replace(split, valid=())
+    res = train(no_valid, feats, SC, META, cfg, progress=False)
+    for k, v in res.params.items():
+        want = 0.9 * init[k] + 0.1 * res.final_params[k]
+        assert torch.allclose(v, want, atol=1e-6), k
+    assert not torch.equal(res.params["mlp.0.w"], res.final_params["mlp.0.w"])
+    # with validation: the reported loss is that of the returned (averaged) parameters
+    cfg = _cfg(steps=8, eval_every=8, ema=0.5)
+    res = train(split, feats, SC, META, cfg, progress=False)
+    valid = _valid_episodes(split.valid, "binary", feats.n_items, cfg)
+    got = evaluate_loss(learner, res.params, feats, valid, res.known_items)
+    raw = evaluate_loss(learner, res.final_params, feats, valid, res.known_items)
+    assert res.best_valid == pytest.approx(got, abs=1e-6) and got != pytest.approx(raw)
+    # resume reproduces the uninterrupted average
+    full = train(split, feats, SC, META, _cfg(ema=0.8), progress=False)
+    d = str(tmp_path / "ema")
+    train(split, feats, SC, META, _cfg(ema=0.8), progress=False, checkpoint_dir=d, stop_at=7)
+    resumed = train(
+        split, feats, SC, META, _cfg(ema=0.8), progress=False, checkpoint_dir=d, resume=True
+    )
+    for k in full.params:
+        assert torch.equal(full.params[k], resumed.params[k]), k
+    with pytest.raises(MetarecError, match="ema must be in"):
+        TrainConfig(ema=1.0)
+
+
 def test_configs_reject_unknown_keys():
     with pytest.raises(MetarecError, match="unknown config key 'train.stepz'"):
         TrainConfig.from_dict({"stepz": 3})

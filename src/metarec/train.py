@@ -50,6 +50,12 @@ class TrainConfig:
     id_dropout: float = 0.1  # fraction of item-ID rows sent to the unknown row in training
     max_valid_tasks: int = 512
     grad_clip: float = 10.0  # global norm; 0 = off
+    # Polyak averaging: validation, early stopping and the returned parameters use an
+    # exponential moving average of the parameters, avg <- ema·avg + (1 − ema)·params
+    # after every step; 0 = off (the raw parameters). Why: the validation loss of the raw
+    # parameters is noisy from one evaluation to the next, so the checkpoint it picks is
+    # partly luck
+    ema: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -57,6 +63,8 @@ class TrainConfig:
             raise MetarecError("TrainConfig: steps >= 0, meta_batch, eval_every, patience >= 1")
         if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
             raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
+        if not 0 <= self.ema < 1:
+            raise MetarecError(f"TrainConfig: ema must be in [0, 1), got {self.ema}")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -285,6 +293,8 @@ def train(
     history: list[dict] = []
     loss_sum, loss_n, stopped = 0.0, 0, False
     best = {k: v.detach().clone() for k, v in params.items()}
+    # the moving average (cfg.ema > 0); frozen parameters never move, so it equals them
+    avg = {k: v.detach().clone() for k, v in params.items()} if cfg.ema > 0 else None
     if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
         step, tensors, st = load_checkpoint(checkpoint_dir)
         if st["configs"] != configs:
@@ -295,6 +305,8 @@ def train(
             for k, p in params.items():
                 p.copy_(tensors[f"param.{k}"].to(dev))
                 best[k] = tensors[f"best.{k}"].to(dev)
+                if avg is not None:
+                    avg[k] = tensors[f"ema.{k}"].to(dev)
                 if f"adam.{k}.step" in tensors:
                     opt.state[p] = {
                         "step": tensors[f"adam.{k}.step"],
@@ -312,6 +324,8 @@ def train(
             return
         tensors = {f"param.{k}": v for k, v in params.items()}
         tensors.update({f"best.{k}": v for k, v in best.items()})
+        if avg is not None:
+            tensors.update({f"ema.{k}": v for k, v in avg.items()})
         for k, p in params.items():
             s = opt.state.get(p)
             if s:
@@ -366,6 +380,10 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_([params[k] for k in learning], cfg.grad_clip)
         opt.step()
+        if avg is not None:
+            with torch.no_grad():
+                for k in learning:
+                    avg[k].lerp_(params[k].detach(), 1.0 - cfg.ema)
         step += 1
         loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
         bar.update(1)
@@ -374,11 +392,12 @@ def train(
             entry = {"step": step, "train_loss": loss_sum / max(loss_n, 1), "valid_loss": None}
             loss_sum, loss_n = 0.0, 0
             if valid:
-                v = _valid_loss(learner, params, feats, valid, known_t, ctx)
+                judged = params if avg is None else avg
+                v = _valid_loss(learner, judged, feats, valid, known_t, ctx)
                 entry["valid_loss"] = v
                 if v < best_valid:
                     best_valid, best_step, bad = v, step, 0
-                    best = {k: p.detach().clone() for k, p in params.items()}
+                    best = {k: p.detach().clone() for k, p in judged.items()}
                 else:
                     bad += 1
                     stopped = bad >= cfg.patience
@@ -390,7 +409,8 @@ def train(
             break
     bar.close()
     if not valid:
-        best_step, best = step, {k: p.detach().clone() for k, p in params.items()}
+        last = params if avg is None else avg
+        best_step, best = step, {k: p.detach().clone() for k, p in last.items()}
     interrupted = stop_at is not None and step >= stop_at and step < cfg.steps and not stopped
     if not interrupted and not (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
         checkpoint()
