@@ -142,8 +142,25 @@ def test_side_features_statistics_come_from_fit_rows_only(tiny_dataset):
         "genres=Crime",
         "year",
     ]
-    # year mean 1995 and std 0 on fit rows -> scale 1: 1942 maps to -53
-    np.testing.assert_allclose(x[:, -1], [0, 0, -53, 0, 0])
+    # year mean 1995 and std 0 on fit rows -> scale 1, range [1995, 1995]: 1942 would map to
+    # -53 and is clipped to the fit range instead
+    np.testing.assert_allclose(x[:, -1], [0, 0, 0, 0, 0])
+
+
+def test_side_features_clip_numerics_to_the_fit_range():
+    """Values outside the fit rows' range (a newer year than any training item's) are
+    clipped to its ends: a linear layer would extrapolate them without bound."""
+    import pandas as pd
+
+    from metarec.types import IdMap, SideTable
+
+    frame = pd.DataFrame({"year": [0.0, 10.0, 20.0, 30.0, -10.0, np.nan]})
+    table = SideTable(IdMap.from_values(range(6)), frame, numeric_columns=("year",))
+    x, names = side_features(table, 6, fit_rows=np.array([0, 1, 2]))
+    sd = np.std([0.0, 10.0, 20.0])
+    want = np.array([-10, 0, 10, 10, -10, 0]) / sd  # 30 -> 20 and -10 -> 0, NaN -> mean
+    assert names == ["year"]
+    np.testing.assert_allclose(x[:, 0], want, rtol=1e-6)
 
 
 # -- build_features -----------------------------------------------------------------------
