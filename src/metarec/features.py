@@ -203,8 +203,7 @@ def side_features(
         z = (x - mu) / (sd if sd > 0 else 1.0)
         if len(ref):
             # clipped to the fit rows' range: a model has learnt nothing about values beyond
-            # it, and a linear layer extrapolates them without bound (ML-100K item cold:
-            # 10% of the test movies are from 1998, 0.1% of the training movies)
+            # it, and a linear layer extrapolates them without bound
             z = np.clip(z, (ref.min() - mu) / (sd or 1.0), (ref.max() - mu) / (sd or 1.0))
         blocks.append(np.nan_to_num(z, nan=0.0).astype(np.float32)[:, None])
         names.append(c)
