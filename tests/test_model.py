@@ -820,3 +820,26 @@ def test_knn_stands_in_for_ease_on_a_large_catalogue(fitted):
     off = dataclasses.replace(small, large_rank_inputs=())
     rec = MetaRecommender(_fast_config(blend=off)).fit(ds, split.train, feats, valid=split.valid)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("popularity",)
+
+
+def test_head_fit_sees_only_each_inputs_top_items():
+    """rank_fit_head: the softmax fit runs over the union of every input's top-h items per
+    user (excluded items never count); the same as fitting with everything else excluded."""
+    x, pos, excl = _rank_world()
+    h = 6
+    near = np.zeros_like(excl)
+    for u in range(x.shape[0]):
+        for c in range(x.shape[2]):
+            cand = np.flatnonzero(~excl[u])
+            near[u, cand[np.argsort(-x[u, cand, c])[:h]]] = True
+    assert near.sum(1).max() <= 3 * h and not (near & excl).any()
+    want = fit_rank_weights(x, pos & near, excl | ~near, 1e-2)
+    got, kind = fit_rank_blend(x, pos, excl, 1e-2, "softmax", head=h)
+    assert kind == "softmax"
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    # head 0 or at least the catalogue: the plain fit
+    plain = fit_rank_weights(x, pos, excl, 1e-2)
+    np.testing.assert_array_equal(fit_rank_blend(x, pos, excl, 1e-2, head=0)[0], plain)
+    np.testing.assert_array_equal(fit_rank_blend(x, pos, excl, 1e-2, head=x.shape[1])[0], plain)
+    with pytest.raises(MetarecError, match="rank_fit_head"):
+        BlendConfig(rank_fit_head=-1)

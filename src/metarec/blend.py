@@ -188,6 +188,9 @@ class BlendConfig:
     # since that choice did not hold on test users.
     rank_fit: str = "softmax"
     rank_search_users: int = 300
+    # > 0: the ranking fit's softmax runs over each validation user's union of every
+    # input's top rank_fit_head items only (fit_rank_blend's ``head``); 0 = all candidates
+    rank_fit_head: int = 0
     rank_k: int = 10
     # histories of at most this many items (a user with 1 interaction) get their own
     # ranking weights, fitted on the validation supports cut to that many items (same
@@ -255,6 +258,8 @@ class BlendConfig:
             raise MetarecError(
                 f"blend.rank_search_users must be >= 2, got {self.rank_search_users}"
             )
+        if self.rank_fit_head < 0:
+            raise MetarecError(f"blend.rank_fit_head must be >= 0, got {self.rank_fit_head}")
         if self.rank_k < 1:
             raise MetarecError(f"blend.rank_k must be >= 1, got {self.rank_k}")
         if self.rank_fit_cells < 1:
@@ -811,18 +816,34 @@ def fit_rank_blend(
     how: str = "softmax",
     k: int = 10,
     search_users: int = 300,
+    head: int = 0,
 ) -> tuple[np.ndarray, str]:
     """(weights, the fit used): ``how`` as :attr:`BlendConfig.rank_fit` ("auto": "cv"
     with at least ``search_users`` users, rows of x, else "softmax"). "cv" compares the
     softmax fit and the nDCG search by 2-fold CV over the users (rows of x; even rows
     against odd ones, both ways) on nDCG@k, keeps the softmax fit unless the search is
-    strictly better, and refits the winner on every user."""
+    strictly better, and refits the winner on every user.
+
+    ``head`` > 0: the softmax fit sees, per user, only the union of every input's top
+    ``head`` items (positives outside it are dropped), so the weights order the items
+    some input already puts near the top rather than pull up positives that no input
+    reaches (the top-k metrics never see those); the nDCG scoring is unrestricted."""
     if how not in RANK_FITS:
         raise MetarecError(f"fit_rank_blend: how={how!r} (one of {RANK_FITS})")
     positive = positive & ~excluded
+    fit_excl = excluded
+    if 0 < head < x.shape[1]:
+        near = np.zeros_like(excluded)  # (U, N)
+        for c in range(x.shape[2]):
+            col = np.where(excluded, -np.inf, x[:, :, c])
+            top = np.argpartition(-col, head - 1, axis=1)[:, :head]  # (U, head)
+            np.put_along_axis(near, top, True, 1)
+        if (positive & near).any():
+            fit_excl = excluded | ~near
 
     def fit(rows: np.ndarray, kind: str) -> np.ndarray:
-        w = fit_rank_weights(x[rows], positive[rows], excluded[rows], weight_decay)
+        pos, ex = positive[rows] & ~fit_excl[rows], fit_excl[rows]
+        w = fit_rank_weights(x[rows], pos, ex, weight_decay)
         if kind == "ndcg":
             w = search_rank_weights(x[rows], positive[rows], excluded[rows], w, k)
         return w

@@ -398,7 +398,14 @@ class MetaRecommender(Recommender):
         if not pos.any():
             return None, "softmax"
         return fit_rank_blend(
-            x, pos & ~excl, excl, b.weight_decay, b.rank_fit, b.rank_k, b.rank_search_users
+            x,
+            pos & ~excl,
+            excl,
+            b.weight_decay,
+            b.rank_fit,
+            b.rank_k,
+            b.rank_search_users,
+            b.rank_fit_head,
         )
 
     def _history_without_query(self, task: Task) -> Interactions:
