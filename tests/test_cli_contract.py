@@ -69,6 +69,12 @@ def cold_support(tmp_path, implicit=False):
     return path
 
 
+def predict(run, support, query, out, *extra: str) -> int:
+    """``metarec predict`` on these paths (plus ``extra`` flags); its exit code."""
+    args = ["--run", str(run), "--support", str(support), "--query", str(query)]
+    return main(["predict", *args, "--out", str(out), *extra])
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("world")
@@ -100,22 +106,7 @@ def test_predict_adapts_cold_users_and_scores_cold_items(fitted):
     )
     q.to_csv(tmp / "Q.csv", index=False)
     out = tmp / "P.csv"
-    assert (
-        main(
-            [
-                "predict",
-                "--run",
-                str(run),
-                "--support",
-                str(support),
-                "--query",
-                str(tmp / "Q.csv"),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert predict(run, support, tmp / "Q.csv", out) == 0
     p = pd.read_csv(out, dtype={"user_id": str, "item_id": str})
     assert list(p.columns) == ["user_id", "item_id", "score"]
     assert len(p) == len(q) and (p[["user_id", "item_id"]].values == q.values).all()
@@ -204,22 +195,7 @@ def test_recommend_by_domain_and_implicit_data(tmp_path):
     assert (r.item_id.str[2:].astype(int) >= 20).all()
     q = tmp_path / "Q.csv"
     pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
-    assert (
-        main(
-            [
-                "predict",
-                "--run",
-                str(run),
-                "--support",
-                str(support),
-                "--query",
-                str(q),
-                "--out",
-                str(tmp_path / "P.csv"),
-            ]
-        )
-        == 0
-    )
+    assert predict(run, support, q, tmp_path / "P.csv") == 0
     p = pd.read_csv(tmp_path / "P.csv")
     assert p.score.between(0, 1).all()  # implicit data: a probability
 
@@ -256,19 +232,7 @@ def test_bad_input_exit_2_nothing_written(fitted, tmp_path, capsys, case):
         run_dir.mkdir()
         (run_dir / "manifest.json").write_text('{"format_version": 99, "files": {}}')
     out = tmp_path / "P.csv"
-    code = main(
-        [
-            "predict",
-            "--run",
-            str(run_dir),
-            "--support",
-            str(support),
-            "--query",
-            str(q),
-            "--out",
-            str(out),
-        ]
-    )
+    code = predict(run_dir, support, q, out)
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -328,39 +292,9 @@ def test_device_flag(fitted, tmp_path, capsys):
     outs = []
     for dev in ([], ["--device", "cpu"]):
         out = tmp_path / f"P{len(outs)}.csv"
-        assert (
-            main(
-                [
-                    "predict",
-                    "--run",
-                    str(run),
-                    "--support",
-                    str(support),
-                    "--query",
-                    str(q),
-                    "--out",
-                    str(out),
-                    *dev,
-                ]
-            )
-            == 0
-        )
+        assert predict(run, support, q, out, *dev) == 0
         outs.append(pd.read_csv(out).score.to_numpy())
     assert np.array_equal(outs[0], outs[1])
     if not torch.cuda.is_available():
-        code = main(
-            [
-                "predict",
-                "--run",
-                str(run),
-                "--support",
-                str(support),
-                "--query",
-                str(q),
-                "--out",
-                str(tmp_path / "Pc.csv"),
-                "--device",
-                "cuda",
-            ]
-        )
+        code = predict(run, support, q, tmp_path / "Pc.csv", "--device", "cuda")
         assert code == 2 and "no CUDA GPU" in capsys.readouterr().err

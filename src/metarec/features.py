@@ -200,11 +200,12 @@ def side_features(
         ref = ref[~np.isnan(ref)]
         mu = ref.mean() if len(ref) else 0.0
         sd = ref.std() if len(ref) > 1 else 0.0
-        z = (x - mu) / (sd if sd > 0 else 1.0)
+        scale = sd if sd > 0 else 1.0
+        z = (x - mu) / scale
         if len(ref):
             # clipped to the fit rows' range: a model has learnt nothing about values beyond
             # it, and a linear layer extrapolates them without bound
-            z = np.clip(z, (ref.min() - mu) / (sd or 1.0), (ref.max() - mu) / (sd or 1.0))
+            z = np.clip(z, (ref.min() - mu) / scale, (ref.max() - mu) / scale)
         blocks.append(np.nan_to_num(z, nan=0.0).astype(np.float32)[:, None])
         names.append(c)
     if not blocks:
