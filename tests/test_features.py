@@ -16,6 +16,7 @@ from metarec.features import (
     build_features,
     embed_dataset,
     history_profile,
+    numeric_features,
     side_features,
 )
 from metarec.text.templates import clean_text, default_item_template, item_texts, render, user_texts
@@ -161,6 +162,11 @@ def test_side_features_clip_numerics_to_the_fit_range():
     want = np.array([-10, 0, 10, 10, -10, 0]) / sd  # 30 -> 20 and -10 -> 0, NaN -> mean
     assert names == ["year"]
     np.testing.assert_allclose(x[:, 0], want, rtol=1e-6)
+    # numeric_features: the same columns alone (what the blend's "side" inputs read)
+    v, v_names = numeric_features(table, 6, fit_rows=np.array([0, 1, 2]))
+    assert v_names == ["year"]
+    np.testing.assert_array_equal(v, x)
+    assert numeric_features(None, 6)[0].shape == (6, 0)
 
 
 # -- build_features -----------------------------------------------------------------------

@@ -245,7 +245,7 @@ def test_blend_config_rejects_unknown_inputs():
 # --- closed-form inputs equal the baselines ---------------------------------------------------
 
 
-def _world(n_users=150, n_items=40, seed=0):
+def _world(n_users=150, n_items=40, seed=0, numeric=False):
     """Two tastes (even items vs odd items), a per-item quality offset, timestamps so the
     user-cold split takes the newest users; items 34.. are never rated (cold)."""
     rng = np.random.default_rng(seed)
@@ -265,6 +265,8 @@ def _world(n_users=150, n_items=40, seed=0):
             "title": [f"{'space' if i % 2 == 0 else 'garden'} story {i}" for i in range(n_items)],
         }
     )
+    if numeric:  # a numeric side column, "year", that the item-cold "side" input reads
+        item_table["year"] = 1990.0 + np.arange(n_items) % 9
     raw = RawData(
         name="world",
         ratings=make_ratings_frame(users, items, ratings, timestamp=ts),
@@ -273,6 +275,7 @@ def _world(n_users=150, n_items=40, seed=0):
         has_time=True,
         items=item_table,
         item_text_columns=("title",),
+        item_numeric_columns=("year",) if numeric else (),
     )
     return build_dataset(raw)
 
@@ -410,6 +413,41 @@ def test_content_rank_input_scores_cold_items_and_round_trips(world):
     assert plain.rank_names == ("ease",) and plain.content_rows is None
     empty = (np.array([0]), np.array([1.0]))
     assert not closed.rank_inputs(("content",), [empty], targets).any()
+
+
+def test_side_rank_inputs_are_the_numeric_columns_one_weight_each_and_round_trip(world):
+    """ "side" expands to one input per numeric item column ("side:<name>"), each the
+    column's value of the target item whatever the history (a prior over items: cold
+    ones included); no columns, or no values given, skip it."""
+    ds, split = world
+    rng = np.random.default_rng(6)
+    vals = rng.normal(size=(ds.n_items, 2)).astype(np.float32)
+    cfg = BlendConfig(rank_inputs=("popularity", "side"))
+    closed = ClosedForm.fit(
+        ds, split.train, cfg, like=3.0, seed=0, item_numeric=(vals, ["year", "price"])
+    )
+    assert closed.rank_names == ("popularity", "side:year", "side:price")
+    back = ClosedForm.from_state(*closed.state())
+    assert back.side_columns == ("year", "price")
+    targets = np.arange(ds.n_items)
+    hists = [(t.support.item_idx, t.support.rating.astype(np.float64)) for t in split.test[:3]]
+    g = closed.rank_inputs(closed.rank_names, hists, targets)  # (3, n_items, 3)
+    for t in range(3):
+        np.testing.assert_array_equal(g[t, :, 1:], vals.astype(np.float64))
+    np.testing.assert_array_equal(back.rank_inputs(closed.rank_names, hists, targets), g)
+    # one column only, by name
+    np.testing.assert_array_equal(
+        closed.rank_inputs(("side:price",), hists[:1], targets)[0, :, 0], vals[:, 1]
+    )
+    # no numeric columns / none given: skipped
+    empty = (np.zeros((ds.n_items, 0), np.float32), [])
+    assert ClosedForm.fit(ds, split.train, cfg, 3.0, 0, item_numeric=empty).rank_names == (
+        "popularity",
+    )
+    plain = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    assert plain.rank_names == ("popularity",) and "side_values" not in plain.state()[1]
+    with pytest.raises(MetarecError, match="item_numeric"):
+        ClosedForm.fit(ds, split.train, cfg, 3.0, 0, item_numeric=(vals[:5], ["year", "price"]))
 
 
 # --- MetaRecommender with the blend -------------------------------------------------------------
@@ -753,12 +791,19 @@ def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted,
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("content",)
     assert seen and seen[0][1] == len(cold)  # (users, the cold items, meta + content)
     assert seen[0][2] == 2
-    # the default cold_rank_inputs () keeps the usual inputs, still fitted over those items
+    # cold_rank_inputs () keeps the usual inputs, still fitted over those items
     seen.clear()
-    plain = _fast_config(blend=BlendConfig(rank_short_history=0))
+    plain = _fast_config(blend=BlendConfig(rank_short_history=0, cold_rank_inputs=()))
     rec = MetaRecommender(plain).fit(ds, split.train, feats, valid=valid, valid_items=cold)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("ease", "popularity")
     assert seen and seen[0][1] == len(cold)
+    # the default ("side",) on a catalogue without numeric columns: no cold input, so the
+    # held-out items are ranked by the meta logit alone (no ranking fit at all)
+    seen.clear()
+    default = _fast_config(blend=BlendConfig(rank_short_history=0))
+    rec = MetaRecommender(default).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    assert rec.blend_ is not None and rec.blend_.rank_inputs == ()
+    assert rec.blend_.rank_weights is None and not seen
     # without valid_items: the whole catalogue, the usual inputs
     seen.clear()
     rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid)
@@ -767,6 +812,35 @@ def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted,
     # an unknown item index is an error, not a silent fit
     with pytest.raises(MetarecError):
         MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=np.array([99]))
+
+
+def test_item_cold_default_blend_adds_the_numeric_columns_to_the_meta_logit(tmp_path):
+    """With a numeric item column the default cold inputs are "side:<column>": a held-out
+    item's ranking score is w0 · meta logit + w1 · its z-scored column value, the z-score
+    taken over the training items as the model's own features take it."""
+    from metarec.features import numeric_features
+
+    ds = _world(numeric=True)
+    split = make_split(ds, "user-cold", k_shot=6, n_query=8, seed=0)
+    known = np.zeros(ds.n_items, bool)
+    known[split.train.item_idx] = True
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path, fit_items=known)
+    cold = np.arange(34, 40)
+    valid = tuple(
+        Task(t.user_idx, t.support, dataclasses.replace(t.query.take(np.arange(6)), item_idx=cold))
+        for t in split.valid
+    )
+    cfg = _fast_config(blend=BlendConfig(rank_short_history=0))
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    blend = rec.blend_
+    assert blend is not None and blend.rank_inputs == ("side:year",)
+    assert blend.rank_weights is not None and blend.rank_weights.shape == (2,)
+    z = numeric_features(ds.item_table, ds.n_items, np.flatnonzero(known))[0][:, 0]
+    t = split.test[0]
+    logits = np.stack(rec._scores(rec.rank_, [(t.user_idx, t.support)], cold))
+    got = rec.rank_scores(t.user_idx, t.support, cold)
+    w = blend.rank_weights
+    np.testing.assert_allclose(got, w[0] * logits[0] + w[1] * z[cold], rtol=1e-6)
 
 
 def test_catalogue_scoring_shares_the_item_side_only_when_no_task_adapts_it(fitted):

@@ -194,8 +194,24 @@ def side_features(
         block, vocab = _multi_hot(frame[c].tolist(), fit, max_categories)
         blocks.append(block)
         names += [f"{c}={t}" for t in vocab]
+    num, num_names = numeric_features(table, n, fit)
+    blocks.append(num)
+    names += num_names
+    return np.concatenate(blocks, axis=1), names
+
+
+def numeric_features(
+    table: SideTable | None, n: int, fit_rows: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """The numeric columns of a side table as :func:`side_features` encodes them:
+    ((n, d_numeric) float32, column names); (x - mean) / std over ``fit_rows`` (all rows
+    when None), clipped to the fit rows' range, missing -> 0 (the mean)."""
+    if table is None:
+        return np.zeros((n, 0), dtype=np.float32), []
+    fit = np.arange(n) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
+    blocks, names = [np.zeros((n, 0), dtype=np.float32)], []
     for c in table.numeric_columns:
-        x = np.asarray(frame[c].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+        x = np.asarray(table.frame[c].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
         ref = x[fit]
         ref = ref[~np.isnan(ref)]
         mu = ref.mean() if len(ref) else 0.0
@@ -208,8 +224,6 @@ def side_features(
             z = np.clip(z, (ref.min() - mu) / scale, (ref.max() - mu) / scale)
         blocks.append(np.nan_to_num(z, nan=0.0).astype(np.float32)[:, None])
         names.append(c)
-    if not blocks:
-        return np.zeros((n, 0), dtype=np.float32), []
     return np.concatenate(blocks, axis=1), names
 
 

@@ -44,7 +44,7 @@ from metarec.blend import (
     rank_columns,
 )
 from metarec.config import from_dict, to_dict
-from metarec.features import FeatureSet, build_features
+from metarec.features import FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
 from metarec.meta.episodes import (
     Episode,
@@ -288,6 +288,10 @@ class MetaRecommender(Recommender):
             self.config.seed,
             item_features=torch.cat([feats.item_text, feats.item_side], 1).cpu().numpy(),
             cold=len(split.valid_cold_items) > 0,
+            # scaled on the training items, as build_features scales the model's inputs
+            item_numeric=numeric_features(
+                dataset.item_table, dataset.n_items, np.flatnonzero(self.known_items_)
+            ),
         )
         tasks = list(split.valid)
         pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
