@@ -791,17 +791,17 @@ def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted,
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("content",)
     assert seen and seen[0][1] == len(cold)  # (users, the cold items, meta + content)
     assert seen[0][2] == 2
-    # cold_rank_inputs () keeps the usual inputs, still fitted over those items
+    # the default cold_rank_inputs () keeps the usual inputs, still fitted over those items
     seen.clear()
-    plain = _fast_config(blend=BlendConfig(rank_short_history=0, cold_rank_inputs=()))
+    plain = _fast_config(blend=BlendConfig(rank_short_history=0))
     rec = MetaRecommender(plain).fit(ds, split.train, feats, valid=valid, valid_items=cold)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("ease", "popularity")
     assert seen and seen[0][1] == len(cold)
-    # the default ("side",) on a catalogue without numeric columns: no cold input, so the
-    # held-out items are ranked by the meta logit alone (no ranking fit at all)
+    # ("side",) on a catalogue without numeric columns: no cold input, so the held-out
+    # items are ranked by the meta logit alone (no ranking fit at all)
     seen.clear()
-    default = _fast_config(blend=BlendConfig(rank_short_history=0))
-    rec = MetaRecommender(default).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    side = _fast_config(blend=BlendConfig(rank_short_history=0, cold_rank_inputs=("side",)))
+    rec = MetaRecommender(side).fit(ds, split.train, feats, valid=valid, valid_items=cold)
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ()
     assert rec.blend_.rank_weights is None and not seen
     # without valid_items: the whole catalogue, the usual inputs
@@ -814,8 +814,8 @@ def test_item_cold_blend_ranks_the_validation_items_with_the_cold_inputs(fitted,
         MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=np.array([99]))
 
 
-def test_item_cold_default_blend_adds_the_numeric_columns_to_the_meta_logit(tmp_path):
-    """With a numeric item column the default cold inputs are "side:<column>": a held-out
+def test_item_cold_side_blend_adds_the_numeric_columns_to_the_meta_logit(tmp_path):
+    """With a numeric item column the cold inputs ("side",) are "side:<column>": a held-out
     item's ranking score is w0 · meta logit + w1 · its z-scored column value, the z-score
     taken over the training items as the model's own features take it."""
     from metarec.features import numeric_features
@@ -830,7 +830,7 @@ def test_item_cold_default_blend_adds_the_numeric_columns_to_the_meta_logit(tmp_
         Task(t.user_idx, t.support, dataclasses.replace(t.query.take(np.arange(6)), item_idx=cold))
         for t in split.valid
     )
-    cfg = _fast_config(blend=BlendConfig(rank_short_history=0))
+    cfg = _fast_config(blend=BlendConfig(rank_short_history=0, cold_rank_inputs=("side",)))
     rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=cold)
     blend = rec.blend_
     assert blend is not None and blend.rank_inputs == ("side:year",)

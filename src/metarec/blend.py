@@ -160,18 +160,22 @@ class BlendConfig:
     # to the newer items. Kept as an option, not a default. (Not in rank_inputs either:
     # beside EASE on ML-100K user cold it lowered validation nDCG@10 on 3 seeds of 3,
     # 0.1918 / 0.1918 / 0.1759 -> 0.1853 / 0.1881 / 0.1694.)
-    # Default ("side",): the numeric item columns (ML-100K: the release year), one weight
-    # each — a user-independent prior, one parameter per column, where content fitted a
-    # d x d map. Why: over 90% of the meta logit's variance across held-out items is the
-    # item's own term (a popularity guess from features), and a window of newly entering
-    # items is ruled by recent releases (1997-98 movies: 21% of the validation items, 64% of
-    # their liked ratings; 12% of training ratings). Validation users, 2-fold CV, with
-    # Polyak averaging, Recall@10 / nDCG@10 over the validation items, seeds 0/1/2:
+    # ("side",), the numeric item columns (ML-100K: the release year) with one weight
+    # each, is an option too. Why it was tried: over 90% of the meta logit's variance
+    # across held-out items is the item's own term (a popularity guess from features), and
+    # a window of newly entering items is ruled by recent releases (1997-98 movies: 21% of
+    # the validation items, 64% of their liked ratings; 12% of training ratings).
+    # Validation users, 2-fold CV, Recall@10 / nDCG@10 over the validation items, seeds
+    # 0/1/2 (with Polyak averaging):
     #   () (the meta logit alone)   0.3506 / 0.3302 / 0.3584   0.2626 / 0.2328 / 0.2510
     #   ("side",)                   0.3496 / 0.3340 / 0.3653   0.2626 / 0.2353 / 0.2557
-    # (MRR 0.3087 / 0.2794 / 0.2901 -> 0.3104 / 0.2824 / 0.2955): small, on 3 seeds of 3
-    # for nDCG@10 and MRR. A dataset without numeric item columns gets no cold inputs.
-    cold_rank_inputs: tuple[str, ...] = ("side",)
+    # but both CV halves rank the same items there, so an input describing the items is
+    # fitted and scored on the same items' popularity. Split over items as well
+    # (benchmarks/cold_item_cv.py: weights fitted on half the users ranking half the
+    # items, nDCG@10 on the other users over the other items) it lost on 2 seeds of 3:
+    # 0.3731 / 0.3313 / 0.3208 alone vs 0.3671 / 0.3199 / 0.3244 with the year. Not a
+    # default.
+    cold_rank_inputs: tuple[str, ...] = ()
     # item-kNN input (ItemKNN): similarity normalised by (n_i n_j)^knn_alpha, co-occurrences
     # in a history of d items weighted 1 / d^knn_damping (figures above)
     knn_alpha: float = 0.3
