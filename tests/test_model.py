@@ -896,6 +896,30 @@ def test_knn_stands_in_for_ease_on_a_large_catalogue(fitted):
     assert rec.blend_ is not None and rec.blend_.rank_inputs == ("popularity",)
 
 
+def test_large_catalogues_fit_rank_weights_by_large_rank_fit(fitted):
+    # the nDCG search where kNN + content stand in for EASE; rank_fit elsewhere
+    ds, split, feats, rec = fitted
+    assert rec.blend_ is not None and rec.blend_.closed.ease is not None
+    assert rec.blend_.rank_fit == "softmax" and not rec.blend_.closed.large
+    small = BlendConfig(ease_max_items=5)  # 34 liked training items: "large"
+    big = MetaRecommender(_fast_config(blend=small)).fit(ds, split.train, feats, valid=split.valid)
+    assert big.blend_ is not None and big.blend_.closed.large
+    assert big.blend_.rank_inputs == ("knn", "content") and big.blend_.rank_fit == "ndcg"
+    # "" = rank_fit on large catalogues too; the refit changes only the fit used
+    off = MetaRecommender.from_state(*big.state(), split.train)
+    off.config = dataclasses.replace(
+        big.config, blend=dataclasses.replace(small, large_rank_fit="")
+    )
+    off.blend_ = off._fit_blend(ds, split)
+    assert off.blend_ is not None and off.blend_.rank_fit == "softmax"
+    assert off.blend_.rank_inputs == big.blend_.rank_inputs
+    # the saved model keeps the fit it used
+    back = MetaRecommender.from_state(*big.state(), split.train)
+    assert back.blend_ is not None and back.blend_.rank_fit == "ndcg"
+    with pytest.raises(MetarecError, match="large_rank_fit"):
+        BlendConfig(large_rank_fit="lambdamart")
+
+
 def test_head_fit_sees_only_each_inputs_top_items():
     """rank_fit_head: the softmax fit runs over the union of every input's top-h items per
     user (excluded items never count); the same as fitting with everything else excluded."""

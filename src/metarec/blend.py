@@ -212,6 +212,18 @@ class BlendConfig:
     # chose the search on 3 seeds of 3 (cold_rank_inputs' figures); not the default,
     # since that choice did not hold on test users.
     rank_fit: str = "softmax"
+    # ``rank_fit`` where ``large_rank_inputs`` stand in for EASE (catalogues above
+    # ease_max_items); "" = rank_fit there too. A 27k-item catalogue has a long tail: the
+    # softmax fit spends weight lifting positives out of it, which the top ten never see,
+    # and the nDCG search (started from the softmax weights) takes that back. Amazon,
+    # Transfer-joint, validation users, 2-fold CV, nDCG@10 (full), seeds 0/1/2, softmax vs
+    # ndcg (tune_blend.py --variant 'ndcg:rank_fit="ndcg"'; docs/results/tune_large_fit/):
+    #   Kitchen->Food  0.0912/0.1043/0.1002 vs 0.0966/0.1080/0.1026
+    #   Food->Kitchen  0.0292/0.0303/0.0459 vs 0.0307/0.0372/0.0464 (6 of 6)
+    # (with the earlier popularity + ALS inputs on Food->Kitchen: 0.0163/0.0186/0.0327 vs
+    # 0.0194/0.0162/0.0340). On ML-100K (1,682 items, 94 validation users) the search
+    # overfits (figures above), so small catalogues keep rank_fit.
+    large_rank_fit: str = "ndcg"
     rank_search_users: int = 300
     # > 0: the ranking fit's softmax runs over each validation user's union of every
     # input's top rank_fit_head items only (fit_rank_blend's ``head``); 0 = all candidates.
@@ -283,6 +295,10 @@ class BlendConfig:
             raise MetarecError("blend: als_iterations >= 1")
         if self.rank_fit not in RANK_FITS:
             raise MetarecError(f"blend.rank_fit: {self.rank_fit!r} is not one of {RANK_FITS}")
+        if self.large_rank_fit and self.large_rank_fit not in RANK_FITS:
+            raise MetarecError(
+                f"blend.large_rank_fit: {self.large_rank_fit!r} is not one of {RANK_FITS} or ''"
+            )
         if self.rank_search_users < 2:
             raise MetarecError(
                 f"blend.rank_search_users must be >= 2, got {self.rank_search_users}"
@@ -348,6 +364,8 @@ class ClosedForm:
     # the ranking inputs this fit was asked for and can compute (fit time only, not saved:
     # a saved Blend keeps the list its weights belong to)
     rank_names: tuple[str, ...] = ()
+    # fit time only too: the large-catalogue inputs replaced EASE (BlendConfig.large_rank_fit)
+    large: bool = False
 
     @classmethod
     def fit(
@@ -377,7 +395,8 @@ class ClosedForm:
         ease = ease_cols = None
         n_liked = len(np.unique(train.item_idx[train.rating >= like]))
         names = cfg.cold_rank_inputs if cold and cfg.cold_rank_inputs else cfg.rank_inputs
-        if "ease" in names and n_liked > cfg.ease_max_items:
+        large = "ease" in names and n_liked > cfg.ease_max_items
+        if large:
             names = cfg.large_rank_inputs or tuple(n for n in names if n != "ease")
         if "ease" in names and n_liked > 0:
             e = EASE(reg=cfg.ease_reg, min_rating=like).fit(dataset, train)
@@ -465,6 +484,7 @@ class ClosedForm:
             side_values=side,
             side_columns=side_cols or (),
             rank_names=rank_names,
+            large=large,
         )
 
     # --- per-history predictions (pure) ----------------------------------------------------

@@ -406,7 +406,7 @@ class MetaRecommender(Recommender):
             pos & ~excl,
             excl,
             b.weight_decay,
-            b.rank_fit,
+            b.large_rank_fit if closed.large and b.large_rank_fit else b.rank_fit,
             b.rank_k,
             b.rank_search_users,
             b.rank_fit_head,
