@@ -9,8 +9,9 @@ items (the numeric "side" columns) is fitted and scored on the same items' popul
 Here the validation items are split in two as well: the blend weights are fitted on half
 the validation users ranking half the items, and scored (nDCG@10) on the other users
 ranking the other items — 3 random item splits x both directions x both user halves per
-seed. Variants: the meta logit alone, and the logit + each "side:<column>" input. Test
-users and items are never touched: this is a tool for making choices.
+seed. Variants: the meta logit alone, the logit + the "content" input, and the logit +
+each "side:<column>" input. Test users and items are never touched: this is a tool for
+making choices.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from metarec.blend import fit_rank_weights, ndcg_of_weights  # noqa: E402
+from metarec.blend import BlendConfig, ClosedForm, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
     build_split_features,
     cut_split,
@@ -72,6 +74,21 @@ def main(argv: list[str] | None = None) -> int:
             c = col[t.support.item_idx]
             excl[r, c[c >= 0]] = True
         variants = {"logit": logit[:, :, None]}
+        # the "content" input as the blend computes it (an option, not a default: it won
+        # the user-split CV and failed on the test items; BlendConfig.cold_rank_inputs)
+        feats_np = torch.cat([rec.features_.item_text, rec.features_.item_side], 1)
+        closed = ClosedForm.fit(
+            ds,
+            split.train,
+            BlendConfig(cold_rank_inputs=("content",)),
+            like,
+            seed,
+            item_features=feats_np.cpu().numpy(),
+            cold=True,
+        )
+        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
+        content = closed.rank_inputs(("content",), hists, items)  # (U, N, 1)
+        variants["logit+content"] = np.concatenate([logit[:, :, None], content], 2)
         for j, name in enumerate(names):
             side_j = np.broadcast_to(side[items, j], logit.shape)
             variants[f"logit+side:{name}"] = np.stack([logit, side_j], 2)
