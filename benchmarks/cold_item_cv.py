@@ -25,9 +25,8 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-from metarec.blend import BlendConfig, ClosedForm, fit_rank_weights, ndcg_of_weights  # noqa: E402
+from metarec.blend import BlendConfig, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
     build_split_features,
     cut_split,
@@ -36,7 +35,6 @@ from metarec.experiment import (  # noqa: E402
     load_data,
     ranking_candidates,
 )
-from metarec.features import numeric_features  # noqa: E402
 from metarec.model import MetaRecommender  # noqa: E402
 
 
@@ -61,8 +59,6 @@ def main(argv: list[str] | None = None) -> int:
         items = np.unique(ranking_candidates(ds, split, "valid"))  # (N,) validation items
         pairs = [(t.user_idx, rec._history_without_query(t)) for t in tasks]
         logit = np.stack(rec._scores(rec.rank_, pairs, items, train_rows=False))  # (U, N)
-        known = np.flatnonzero(rec.known_items_)
-        side, names = numeric_features(ds.item_table, ds.n_items, known)
         col = np.full(ds.n_items, -1)
         col[items] = np.arange(len(items))
         like = rec._like_threshold()
@@ -73,25 +69,16 @@ def main(argv: list[str] | None = None) -> int:
             pos[r, c[c >= 0]] = True
             c = col[t.support.item_idx]
             excl[r, c[c >= 0]] = True
-        variants = {"logit": logit[:, :, None]}
-        # the "content" input as the blend computes it (an option, not a default: it won
-        # the user-split CV and failed on the test items; BlendConfig.cold_rank_inputs)
-        feats_np = torch.cat([rec.features_.item_text, rec.features_.item_side], 1)
-        closed = ClosedForm.fit(
-            ds,
-            split.train,
-            BlendConfig(cold_rank_inputs=("content",)),
-            like,
-            seed,
-            item_features=feats_np.cpu().numpy(),
-            cold=True,
-        )
+        # the "content" input (an option, not a default: it won the user-split CV and
+        # failed on the test items) and the "side" inputs, as the blend computes them
+        closed = rec._closed_form(ds, split, BlendConfig(cold_rank_inputs=("content", "side")))
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
-        content = closed.rank_inputs(("content",), hists, items)  # (U, N, 1)
-        variants["logit+content"] = np.concatenate([logit[:, :, None], content], 2)
-        for j, name in enumerate(names):
-            side_j = np.broadcast_to(side[items, j], logit.shape)
-            variants[f"logit+side:{name}"] = np.stack([logit, side_j], 2)
+        inputs = closed.rank_inputs(closed.rank_names, hists, items)  # (U, N, C)
+        variants = {"logit": logit[:, :, None]}
+        for j, name in enumerate(closed.rank_names):
+            variants[f"logit+{name}"] = np.concatenate(
+                [logit[:, :, None], inputs[:, :, j : j + 1]], 2
+            )
         rng = np.random.default_rng([seed, 0xC01D])
         users = np.arange(len(tasks))
         halves = (users[0::2], users[1::2])

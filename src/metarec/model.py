@@ -264,6 +264,26 @@ class MetaRecommender(Recommender):
         self.predicts_ratings = True
         return self
 
+    def _closed_form(self, dataset: Dataset, split: Split, cfg: BlendConfig) -> ClosedForm:
+        """The blend's closed-form models for ``cfg``, fitted on ``split.train``, with this
+        model's item text + side vectors as the "content" input's features and the item
+        table's numeric columns as the "side" inputs."""
+        feats = self.features_
+        assert feats is not None
+        return ClosedForm.fit(
+            dataset,
+            split.train,
+            cfg,
+            self._like_threshold(),
+            self.config.seed,
+            item_features=torch.cat([feats.item_text, feats.item_side], 1).cpu().numpy(),
+            cold=len(split.valid_cold_items) > 0,
+            # scaled on the training items, as build_features scales the model's inputs
+            item_numeric=numeric_features(
+                dataset.item_table, dataset.n_items, np.flatnonzero(self.known_items_)
+            ),
+        )
+
     def _fit_blend(self, dataset: Dataset, split: Split) -> Blend | None:
         """Closed-form models on the meta-training interactions, stacking weights on the
         validation tasks. Each validation user is seen exactly as a test user is scored:
@@ -277,22 +297,7 @@ class MetaRecommender(Recommender):
         use_rank = b.rank and self.rank_ is not None
         if not (use_rating or use_rank) or len(split.valid) < b.min_valid_users:
             return None
-        like = self._like_threshold()
-        feats = self.features_
-        assert feats is not None
-        closed = ClosedForm.fit(
-            dataset,
-            split.train,
-            b,
-            like,
-            self.config.seed,
-            item_features=torch.cat([feats.item_text, feats.item_side], 1).cpu().numpy(),
-            cold=len(split.valid_cold_items) > 0,
-            # scaled on the training items, as build_features scales the model's inputs
-            item_numeric=numeric_features(
-                dataset.item_table, dataset.n_items, np.flatnonzero(self.known_items_)
-            ),
-        )
+        closed = self._closed_form(dataset, split, b)
         tasks = list(split.valid)
         pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
