@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             frame = supports(pred, args.users, 5, args.seed)
         pred.recommend(frame.head(50), k=10)  # warm-up (lazy structures, allocator)
         t0 = time.perf_counter()
-        recs = pred.recommend(frame, k=10)
+        recs, _ = pred.recommend(frame, k=10)
         secs = time.perf_counter() - t0
         out[label] = {
             "rank_inputs": list(pred.model.blend_.rank_inputs),

@@ -209,6 +209,8 @@ def test_recommend_by_domain_and_implicit_data(tmp_path):
         "empty-support",
         "nan-rating",
         "foreign-run",
+        "rating-off-scale",
+        "label-for-ratings",
     ],
 )
 def test_bad_input_exit_2_nothing_written(fitted, tmp_path, capsys, case):
@@ -227,6 +229,12 @@ def test_bad_input_exit_2_nothing_written(fitted, tmp_path, capsys, case):
         support.write_text("user_id,item_id,rating\n")
     elif case == "nan-rating":
         support.write_text("user_id,item_id,rating\nnew_space,it1,\n")
+    elif case == "rating-off-scale":
+        # 50 on a 1-5 run: adaptation used to diverge into NaN scores, written with exit 0
+        support.write_text("user_id,item_id,rating\nnew_space,it1,50\n")
+    elif case == "label-for-ratings":
+        # an implicit (label) support for an explicit run: labels read as ratings 0/1
+        support.write_text("user_id,item_id,label\nnew_space,it1,1\n")
     elif case == "foreign-run":
         run_dir = tmp_path / "not_a_run"
         run_dir.mkdir()
@@ -298,3 +306,119 @@ def test_device_flag(fitted, tmp_path, capsys):
     if not torch.cuda.is_available():
         code = predict(run, support, q, tmp_path / "Pc.csv", "--device", "cuda")
         assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_recommend_cold_user_with_only_unknown_items_is_an_error(fitted, tmp_path, capsys):
+    """As predict: nothing to adapt on must not silently become the generic list."""
+    _, run, _ = fitted
+    support = tmp_path / "S.csv"
+    support.write_text("user_id,item_id,rating\nghost_user,ghost_item,5\n")
+    out = tmp_path / "R.csv"
+    code = main(
+        ["recommend", "--run", str(run), "--support", str(support), "-k", "3"] + ["--out", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "ghost_user" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_predict_out_is_a_folder(fitted, tmp_path, capsys):
+    _, run, _ = fitted
+    support = cold_support(tmp_path)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it1"]}).to_csv(q, index=False)
+    folder = tmp_path / "outdir"
+    folder.mkdir()
+    code = predict(run, support, q, folder)
+    err = capsys.readouterr().err
+    assert code == 2 and "directory" in err and len(err.strip().splitlines()) == 1
+    assert folder.is_dir() and not any(folder.iterdir())
+    assert not list(tmp_path.glob(".outdir.*"))  # no temporary file left behind
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_0600(fitted, tmp_path):
+    import os
+
+    _, run, _ = fitted
+    support = cold_support(tmp_path)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it1"]}).to_csv(q, index=False)
+    old = os.umask(0o022)
+    try:
+        assert predict(run, support, q, tmp_path / "P.csv") == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "P.csv").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("target", ["folder", "file"])
+def test_fit_never_replaces_what_is_not_a_run(tmp_path, capsys, target):
+    paths, _ = make_world(tmp_path, n_users=10)
+    out = tmp_path / "mine"
+    if target == "folder":
+        out.mkdir()
+        (out / "keep.txt").write_text("precious")
+    else:
+        out.write_text("precious")
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    code = main([*args, *FAST])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    kept = out / "keep.txt" if target == "folder" else out
+    assert kept.read_text() == "precious"
+
+
+def test_fit_replaces_an_existing_run_and_fills_an_empty_folder(tmp_path):
+    paths, _ = make_world(tmp_path, n_users=10)
+    out = tmp_path / "RUN"
+    out.mkdir()  # empty: fine
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    assert main([*args, *FAST]) == 0
+    assert main([*args, *FAST, "--set", "seed=1"]) == 0  # a RUN: replaced
+    assert json.loads((out / "config.json").read_text())["model"]["seed"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("train.outer_lr=-1", "outer_lr"),
+        ("train.outer_lr=nan", "outer_lr"),
+        ("train.grad_clip=-1", "grad_clip"),
+        ("seed=-1", "seed"),
+        ("scorer.hidden=[-4]", "hidden"),
+        ("rank_negatives=-1", "rank_negatives"),
+        ("like_threshold=100", "like_threshold"),
+    ],
+)
+def test_fit_rejects_absurd_values_in_one_line(tmp_path, capsys, override, named):
+    paths, _ = make_world(tmp_path, n_users=10)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    code = main([*args, *FAST, "--set", override])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_default_pca_fits_a_small_catalogue(tmp_path, capsys):
+    """30 rated items cannot give 64 components: the default config must still fit, keeping
+    as many as the items allow, and say so in one line."""
+    paths, _ = make_world(tmp_path, n_users=20)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    assert main([*args, *FAST, "--set", "text.pca_dim=64"]) == 0
+    err = capsys.readouterr().err
+    assert "text.pca_dim 64 lowered to 29" in err
+    assert all(line.startswith("metarec: warning:") for line in err.strip().splitlines())
+
+
+def test_item_ids_that_read_the_same_are_refused(tmp_path, capsys):
+    paths, items = make_world(tmp_path, n_users=10)
+    extra = pd.DataFrame({"item_id": [" it3"], "title": ["another"], "category": ["space"]})
+    pd.concat([items, extra]).to_csv(paths["I"], index=False)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    assert main([*args, *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "appears twice" in err and "'it3'" in err

@@ -576,3 +576,18 @@ def test_parquet_datetime_column_becomes_unix_seconds(tmp_path):
         }
     ).to_parquet(p)
     assert read_table(p).ratings["timestamp"].tolist() == [86400, 1577836801]
+
+
+@pytest.mark.parametrize("bad", ["yesterday", "2020-01-01", ""])
+def test_one_bad_timestamp_among_unix_seconds_is_the_one_named(tmp_path, bad):
+    """Mostly unix seconds: the error names the bad row, not the first number."""
+    from metarec.data.files import read_log
+
+    rows = [f"u{i},i{i},4,{1600000000 + i}" for i in range(8)]
+    rows[5] = f"u5,i5,4,{bad}"
+    path = tmp_path / "T.csv"
+    path.write_text("user_id,item_id,rating,timestamp\n" + "\n".join(rows) + "\n")
+    with pytest.raises(MetarecError) as err:
+        read_log(path)
+    msg = str(err.value)
+    assert "line 7" in msg and "1600000000" not in msg

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
+from metarec.atomic import public_mode
 from metarec.types import IdMap, MetarecError
 
 FORMAT_VERSION = 1
@@ -51,6 +52,22 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_run_target(out: str | Path) -> None:
+    """Refuse an ``out`` that writing a RUN would destroy: anything but a missing path, an
+    empty folder or an existing RUN (which is replaced only once the new one is complete)."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir():
+        raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
+    if (out / "manifest.json").is_file() or not any(out.iterdir()):
+        return
+    raise MetarecError(
+        f"{out} is a non-empty folder that is not a metarec RUN (no manifest.json); "
+        "refusing to replace it"
+    )
+
+
 def save_run(
     out: str | Path,
     *,
@@ -65,8 +82,10 @@ def save_run(
     out = Path(out)
     if out.exists() and not overwrite:
         raise MetarecError(f"{out} exists (pass overwrite=True to replace it)")
+    check_run_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    public_mode(tmp, directory=True)  # mkdtemp makes it 0700
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

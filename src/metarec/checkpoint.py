@@ -14,28 +14,20 @@ after the switch. No pickle anywhere.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from metarec.atomic import atomic_path
 from metarec.types import MetarecError
 
 INDEX = "checkpoint.json"
 
 
 def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def save_checkpoint(

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from metarec.types import MetarecError
@@ -163,24 +164,19 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _write_csv_atomic(frame, out: Path) -> None:
-    import tempfile
+    from metarec.atomic import atomic_path
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            frame.to_csv(fh, index=False)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(out) as tmp, tmp.open("w", newline="") as fh:
+        frame.to_csv(fh, index=False)
 
 
 def cmd_fit(args) -> int:
+    from metarec.artifacts import check_run_target
     from metarec.data.files import read_training_files
     from metarec.predictor import fit_raw
 
     t0 = time.perf_counter()
+    check_run_target(args.out)  # before training, not after it
     config = _model_config(args)
     if getattr(args, "device", None):
         import dataclasses
@@ -213,21 +209,26 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    from metarec.data.files import read_log, read_query
-    from metarec.predictor import Predictor
-
-    pred = Predictor.load(args.run, device=args.device)
-    support, _, _ = read_log(args.support)
-    query = read_query(args.query)
-    out, stats = pred.predict(support, query)
-    _write_csv_atomic(out, Path(args.out))
+def _warn_unknown_support(stats: dict) -> None:
     if stats["unknown_support_items"]:
         print(
             f"metarec: warning: {stats['unknown_support_items']} support rows name items "
             "outside the catalogue and were ignored",
             file=sys.stderr,
         )
+
+
+def cmd_predict(args) -> int:
+    from metarec.data.files import read_log, read_query
+    from metarec.predictor import Predictor
+
+    pred = Predictor.load(args.run, device=args.device)
+    support, feedback, _ = read_log(args.support)
+    pred.check_feedback(feedback, str(args.support))
+    query = read_query(args.query)
+    out, stats = pred.predict(support, query)
+    _write_csv_atomic(out, Path(args.out))
+    _warn_unknown_support(stats)
     print(f"wrote {len(out)} predictions for {stats['users']} users to {args.out}")
     return 0
 
@@ -237,9 +238,11 @@ def cmd_recommend(args) -> int:
     from metarec.predictor import Predictor
 
     pred = Predictor.load(args.run, device=args.device)
-    support, _, _ = read_log(args.support)
-    out = pred.recommend(support, args.k, args.domain)
+    support, feedback, _ = read_log(args.support)
+    pred.check_feedback(feedback, str(args.support))
+    out, stats = pred.recommend(support, args.k, args.domain)
     _write_csv_atomic(out, Path(args.out))
+    _warn_unknown_support(stats)
     print(f"wrote top-{args.k} for {out['user_id'].nunique()} users to {args.out}")
     return 0
 
@@ -518,16 +521,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # the CLI's warnings are for its user: one line each, without Python's source echo
+    print(f"metarec: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args) or 0)
     except MetarecError as err:
         print(f"metarec: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as err:
         print(f"metarec: error: file not found: {err.filename or err}", file=sys.stderr)
+        return EXIT_USAGE
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        print(f"metarec: error: {err.strerror}: {err.filename}", file=sys.stderr)
         return EXIT_USAGE
     except UnicodeDecodeError as err:
         print(

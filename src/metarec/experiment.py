@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 
 from metarec import evaluate as evaluation
+from metarec.atomic import write_text
 from metarec.config import apply_overrides, from_dict, load_toml, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -681,14 +681,7 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, text)
 
 
 # --- the main job --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ z-scores of a side table) and :func:`embed_dataset` (what ``metarec embed`` runs
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,9 +282,28 @@ def build_features(
     if pca_dim is not None or whiten:
         has_text = np.array([bool(t) for t in texts])
         fit_text = fit[has_text[fit]]
-        proj = TextProjection.fit(item_vecs[fit_text], pca_dim, whiten)
-        item_vecs = proj.apply(item_vecs)
-        item_vecs[~has_text] = 0.0  # keep "no text" distinguishable: zero rows stay zero
+        k_max = min(len(fit_text) - 1, item_vecs.shape[1])
+        if k_max < 1:
+            # nothing to fit a projection on (no training item has text): the raw vectors
+            # (zero rows for textless items) go in as they are
+            warnings.warn(
+                f"text: {len(fit_text)} training items have text, too few for PCA; "
+                "the text vectors are used unprojected",
+                stacklevel=2,
+            )
+        else:
+            if pca_dim is not None and pca_dim > k_max:
+                # a small catalogue cannot give the default 64 components: keep what it can
+                # rather than refuse a default config
+                warnings.warn(
+                    f"text.pca_dim {pca_dim} lowered to {k_max}: only {len(fit_text)} "
+                    "training items have text",
+                    stacklevel=2,
+                )
+                pca_dim = k_max
+            proj = TextProjection.fit(item_vecs[fit_text], pca_dim, whiten)
+            item_vecs = proj.apply(item_vecs)
+            item_vecs[~has_text] = 0.0  # keep "no text" distinguishable: zero rows stay zero
 
     item_side, _ = side_features(dataset.item_table, n_items, fit, max_categories)
     user_side, _ = side_features(dataset.user_table, n_users, None, max_categories)

@@ -27,6 +27,7 @@ users are never seen. ``score``/``recommend`` adapt per call and never change th
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,17 @@ class ModelConfig:
             raise MetarecError(
                 f"model.rank_id_dropout must be in [0, 1), got {self.rank_id_dropout}"
             )
+        if self.seed < 0:
+            raise MetarecError(f"model.seed must be >= 0, got {self.seed}")
+        if self.rank_negatives < 1:
+            raise MetarecError(f"model.rank_negatives must be >= 1, got {self.rank_negatives}")
+        if self.like_threshold is not None and not math.isfinite(self.like_threshold):
+            raise MetarecError(f"model.like_threshold must be finite, got {self.like_threshold}")
+        if self.scorer.embed_dim < 0 or any(h < 1 for h in self.scorer.hidden):
+            raise MetarecError(
+                f"model.scorer: embed_dim >= 0 and every hidden width >= 1, got "
+                f"embed_dim={self.scorer.embed_dim}, hidden={list(self.scorer.hidden)}"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -236,6 +248,15 @@ class MetaRecommender(Recommender):
         validation queries' domains)."""
         cfg = self.config
         self._set_fitted(dataset, train)
+        if dataset.feedback == "explicit" and cfg.like_threshold is not None:
+            lo, hi = self.rating_range_
+            if not lo < cfg.like_threshold <= hi:
+                # at or below the bottom every rating is a like, above the top none is:
+                # the ranking model would have one class only
+                raise MetarecError(
+                    f"model.like_threshold {cfg.like_threshold:g} is outside the ratings' "
+                    f"range ({lo:g}, {hi:g}]"
+                )
         known = np.zeros(dataset.n_items, dtype=bool)
         known[train.item_idx] = True
         if features is None:

@@ -117,6 +117,16 @@ class Predictor:
             raise MetarecError("support: item ids and ratings differ in length")
         if not np.isfinite(ratings).all():
             raise MetarecError("support: a rating is not a finite number")
+        if self.explicit and len(ratings):
+            # far outside the scale the model was fitted on, adaptation diverges (a rating
+            # of 50 on a 1-5 run gave NaN scores); a wrong column or scale is the usual cause
+            lo, hi = self.model.rating_range_
+            bad = ratings[(ratings < lo) | (ratings > hi)]
+            if len(bad):
+                raise MetarecError(
+                    f"support: rating {float(bad[0]):g} is outside the run's rating scale "
+                    f"[{lo:g}, {hi:g}] ({len(bad)} such rows)"
+                )
         # a dict lookup per id: the service calls this per request with ~10 ids, where the
         # vectorised pandas lookup costs milliseconds of fixed overhead
         items = self.items
@@ -146,6 +156,18 @@ class Predictor:
             out[str(user_id)] = inter
             n_unknown += len(unknown)
         return out, n_unknown
+
+    def check_feedback(self, feedback: str, what: str = "support") -> None:
+        """A support file must carry the run's kind of feedback: ``rating`` for a run fitted
+        on ratings, ``label`` for one fitted on 0/1 labels (read as ratings, labels would be
+        the bottom of the scale, and ratings would be out of range for a 0/1 run)."""
+        want = self.info.get("feedback")
+        if want in ("explicit", "implicit") and feedback != want:
+            have, need = ("label", "rating") if want == "explicit" else ("rating", "label")
+            raise MetarecError(
+                f"{what}: has a {have} column, but the RUN was fitted on {want} feedback "
+                f"(give a {need} column, as in its training file)"
+            )
 
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -228,9 +250,21 @@ class Predictor:
                     out_rows.append((uid, self.items.ids[cand[j]], rank, _prob(scores[j])))
         return pd.DataFrame(out_rows, columns=["user_id", "item_id", "rank", "score"])
 
-    def recommend(self, support: pd.DataFrame, k: int, domain: str | None = None) -> pd.DataFrame:
-        supports, _ = self._supports_from_frame(support)
-        return self.recommend_many(supports, k, domain)
+    def recommend(
+        self, support: pd.DataFrame, k: int, domain: str | None = None
+    ) -> tuple[pd.DataFrame, dict]:
+        """Top-k per support user; also {"unknown_support_items": n, "users": n}."""
+        supports, n_unknown = self._supports_from_frame(support)
+        for user_id, sup in supports.items():
+            # as predict: a cold user whose every support item is unknown has nothing to
+            # adapt on, and would silently get the generic list
+            if len(sup) == 0 and self.user_index(user_id) == len(self.users):
+                raise MetarecError(
+                    f"user_id {user_id!r} has no support rows with items in the catalogue "
+                    "and is not in the training data"
+                )
+        out = self.recommend_many(supports, k, domain)
+        return out, {"unknown_support_items": n_unknown, "users": len(supports)}
 
 
 def _prob(logit: float) -> float:

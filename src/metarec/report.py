@@ -9,13 +9,12 @@ meta-learned method beats the best baseline on the primary metric.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from metarec.atomic import atomic_path
 from metarec.evaluate import greater_is_better
 from metarec.types import MetarecError
 
@@ -251,14 +250,8 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _slug(metric: str) -> str:

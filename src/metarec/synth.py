@@ -19,8 +19,6 @@ table (``item_idx``, ``item_id``, ``title``, ``topic``) is a second Parquet file
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from metarec.atomic import atomic_path
 from metarec.types import MetarecError
 
 _ADJ = "gripping quiet bold tender dark witty epic gentle strange bright".split()
@@ -97,14 +96,8 @@ def user_counts(cfg: SynthConfig, rng: np.random.Generator) -> np.ndarray:
 
 
 def _atomic_table(table: pa.Table, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def generate(cfg: SynthConfig, out_dir: str | Path, progress: bool = False) -> SynthLog:
@@ -154,33 +147,29 @@ def generate(cfg: SynthConfig, out_dir: str | Path, progress: bool = False) -> S
             ("timestamp", pa.int64()),
         ]
     )
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".log.parquet.", suffix=".tmp")
-    os.close(fd)
     chunks = range(0, cfg.n_users, cfg.users_per_chunk)
-    try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for a in _progress(chunks, progress, "synth log"):
-                b = min(a + cfg.users_per_chunk, cfg.n_users)
-                writer.write_table(
-                    _chunk(
-                        cfg,
-                        a,
-                        b,
-                        counts[a:b],
-                        rng,
-                        centroid,
-                        item_lat,
-                        order,
-                        cdf,
-                        topic_pop,
-                        has_items,
-                    ),
-                    row_group_size=1 << 30,
-                )
-        os.replace(tmp, log_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_path(log_path) as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+    ):
+        for a in _progress(chunks, progress, "synth log"):
+            b = min(a + cfg.users_per_chunk, cfg.n_users)
+            writer.write_table(
+                _chunk(
+                    cfg,
+                    a,
+                    b,
+                    counts[a:b],
+                    rng,
+                    centroid,
+                    item_lat,
+                    order,
+                    cdf,
+                    topic_pop,
+                    has_items,
+                ),
+                row_group_size=1 << 30,
+            )
     return SynthLog(log_path, items_path, int(counts.sum()), cfg)
 
 

@@ -65,6 +65,21 @@ class TrainConfig:
             raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
         if not 0 <= self.ema < 1:
             raise MetarecError(f"TrainConfig: ema must be in [0, 1), got {self.ema}")
+        # `not x > 0` also catches NaN, which every comparison fails
+        if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
+            raise MetarecError(f"train.outer_lr must be a finite number > 0, got {self.outer_lr}")
+        if not self.grad_clip >= 0:
+            raise MetarecError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
+        if self.n_negatives < 0:
+            raise MetarecError(f"train.n_negatives must be >= 0, got {self.n_negatives}")
+        if not math.isfinite(self.positive_threshold):
+            raise MetarecError(
+                f"train.positive_threshold must be a finite number, got {self.positive_threshold}"
+            )
+        if self.seed < 0 or self.max_valid_tasks < 1 or self.checkpoint_every < 0:
+            raise MetarecError(
+                "TrainConfig: seed >= 0, max_valid_tasks >= 1, checkpoint_every >= 0"
+            )
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

@@ -18,6 +18,7 @@ import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from metarec.atomic import atomic_path
 from metarec.types import MetarecError
 
 HOME_ENV = "METAREC_HOME"
@@ -41,11 +42,10 @@ def sha256_file(path: Path) -> str:
 
 def _download(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     h = hashlib.sha256()
-    try:
+    with atomic_path(dest, suffix=".part") as tmp:
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            with tmp.open("wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 while chunk := resp.read(_CHUNK):
                     h.update(chunk)
                     out.write(chunk)
@@ -58,10 +58,6 @@ def _download(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
                 f"download of {url}: sha256 mismatch (expected {sha256.lower()}, got {got}); "
                 "nothing was cached"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _extract(archive: Path, target: Path) -> None:

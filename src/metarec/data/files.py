@@ -116,11 +116,16 @@ def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataF
 def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, tuple]:
     frame = _read(path)
     require_columns(frame, [key])
-    dup = frame[key].astype(str).duplicated()
+    # compared as the ids are read everywhere else (stripped; 12.0 is 12), so two rows
+    # that would become one item are refused rather than merged
+    ids = id_column(frame, key)
+    dup = ids.duplicated()
     if dup.any():
         pos = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
         raise MetarecError(
-            f"{_where(frame)}: {key} {frame[key].iloc[pos]!r} appears twice (row {pos + 1})"
+            f"{_where(frame)}: {key} {frame[key].iloc[pos]!r} appears twice (rows {first + 1} "
+            f"and {pos + 1}, read as {ids.iloc[pos]!r})"
         )
     text, cat, num, out = _roles(frame, key)
     return out, text, cat, num

@@ -229,7 +229,12 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
         numeric = pd.to_numeric(s, errors="coerce")
         if not numeric.isna().any():
             return number_column(frame, column, integer=False).astype(np.int64)
-        parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+        if numeric.notna().mean() >= 0.5:
+            # mostly unix seconds: the culprits are the values that are not numbers (parsed
+            # as dates, the numbers would be the ones blamed)
+            parsed = numeric
+        else:
+            parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])

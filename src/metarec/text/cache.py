@@ -27,8 +27,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -38,6 +36,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from metarec.atomic import write_bytes
 from metarec.text.encoder import TextEncoder
 from metarec.types import MetarecError
 
@@ -51,17 +50,7 @@ def text_key(text: str) -> bytes:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + fsync + os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes(path, data, fsync=True)
 
 
 class EmbeddingCache:

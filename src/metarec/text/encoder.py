@@ -214,11 +214,20 @@ class SentenceTransformerEncoder:
             # Quiet the tokenizers warning when this process later forks (multiprocessing).
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             where = str(self._dir) if self._dir is not None else self.model_spec
+            # transformers draws a "Loading weights" bar on stderr: noise for a local
+            # ~90 MB model, and it broke the CLI's one-line errors when a fit then failed
+            from transformers.utils import logging as hf_logging
+
+            bars = hf_logging.is_progress_bar_enabled()
+            hf_logging.disable_progress_bar()
             try:
                 self._model = SentenceTransformer(where, device=self.device)
             except (OSError, ValueError) as err:
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise MetarecError(f"cannot load text model {where!r}: {first}") from err
+            finally:
+                if bars:
+                    hf_logging.enable_progress_bar()
         return self._model
 
     def _hub_dir(self) -> Path | None:

@@ -1,0 +1,68 @@
+"""Atomic file writes: a temporary sibling, renamed onto the target only once complete.
+
+Every artifact metarec writes (CSV outputs, reports, plots, caches, checkpoints, Parquet
+logs) goes through :func:`atomic_path`, so a crash or a bad input never leaves a
+half-written file, and a failed write leaves an existing file untouched. ``mkstemp``
+creates its file with mode 0600; the finished file gets the mode a plain ``open`` would
+give it (0666 minus the umask), so overwriting a shared output does not make it private.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from metarec.types import MetarecError
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; put it straight back
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | Path, directory: bool = False) -> None:
+    """Give ``path`` the mode ``open``/``mkdir`` would: 0666 (0777 for a folder) - umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on a clean exit it replaces ``path``.
+
+    The parent folder is created. A target that is a folder is a one-line
+    :class:`MetarecError` before anything is written. On an exception the temporary file
+    is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise MetarecError(f"{path} is a directory; give a file path to write to")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        public_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (``fsync``: flush to disk before the rename)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
