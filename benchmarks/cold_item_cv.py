@@ -26,6 +26,7 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from metarec.baselines import LightFMRanker, als_fold_in  # noqa: E402
 from metarec.blend import BlendConfig, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
     build_split_features,
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--splits", type=int, default=3, help="random item splits per seed")
     p.add_argument("--json", required=True)
+    p.add_argument(
+        "--lightfm",
+        action="store_true",
+        help="also score the LightFM baseline (fold-in) alone and beside the logit",
+    )
     a = p.parse_args(argv)
     cfg = load_config(a.config, [])
     spec = next(m for m in cfg.methods if m.name == a.method)
@@ -79,6 +85,22 @@ def main(argv: list[str] | None = None) -> int:
             variants[f"logit+{name}"] = np.concatenate(
                 [logit[:, :, None], inputs[:, :, j : j + 1]], 2
             )
+        if a.lightfm:
+            # the LightFM baseline as evaluate fits it (same features, seed), its cold users
+            # folded in on their liked history: (U, N) scores over the validation items
+            lf = LightFMRanker(seed=seed, min_rating=like).fit(ds, split.train, feats)
+            lfs = np.stack(
+                [
+                    lf.item_vectors_[items]
+                    @ als_fold_in(
+                        lf.item_vectors_, lf.gram_, np.unique(i[r >= like]), lf.reg, lf.alpha
+                    )
+                    + lf.item_bias_[items]
+                    for i, r in hists
+                ]
+            )
+            variants["lightfm"] = lfs[:, :, None]
+            variants["logit+lightfm"] = np.concatenate([logit[:, :, None], lfs[:, :, None]], 2)
         rng = np.random.default_rng([seed, 0xC01D])
         users = np.arange(len(tasks))
         halves = (users[0::2], users[1::2])
