@@ -128,3 +128,45 @@ def test_param_groups_and_config_errors():
     with pytest.raises(MetarecError, match="unknown config key 'scorer.hiden'"):
         ScorerConfig.from_dict({"d_item_text": 4, "hiden": [3]})
     assert ScorerConfig.from_dict({"d_item_text": 4, "hidden": [3]}).hidden == (3,)
+
+
+def test_softmax_loss_known_values_and_edge_cases():
+    """Each positive against its task's negatives: −log(e^{s_p} / (e^{s_p} + Σ_n e^{s_n}))."""
+    sc = Scorer(ScorerConfig(d_item_text=2, d_user_side=2, loss="softmax"))
+    out = torch.tensor(
+        [[2.0, 0.0, 1.0, 5.0], [1.0, 3.0, 0.0, 0.0], [0.5, -0.5, 0.0, 0.0]], requires_grad=True
+    )
+    y = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    # task 0: the last row is padding; task 1: two positives, one negative (the third row);
+    # task 2: no negative in its mask at all
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    got = sc.task_losses(out, y, mask)
+    t0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(1)))
+    t1 = 0.5 * (math.log1p(math.exp(0 - 1)) + math.log1p(math.exp(0 - 3)))
+    assert got.tolist() == pytest.approx([t0, t1, 0.0], abs=1e-6)
+    got.sum().backward()
+    assert torch.isfinite(out.grad).all()
+    assert out.grad[0, 3] == 0 and out.grad[2].abs().max() < 1e-6  # padding, no negatives
+    # the highest-scoring negative takes most of the push down
+    assert out.grad[0, 2] > out.grad[0, 1] > 0 and out.grad[0, 0] < 0
+
+
+def test_softmax_loss_config_errors():
+    with pytest.raises(MetarecError, match="binary head only"):
+        ScorerConfig(d_item_text=2, d_user_side=2, head="rating", loss="softmax")
+    with pytest.raises(MetarecError, match="not 'bce' or 'softmax'"):
+        ScorerConfig(d_item_text=2, d_user_side=2, loss="warp")
+    sc = Scorer(ScorerConfig(d_item_text=2, d_user_side=2, loss="softmax"))
+    with pytest.raises(MetarecError, match="no closed-form row gradient"):
+        sc.row_loss_grad(torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1, 2))
+
+
+def test_model_rank_loss_needs_the_np_ranking_model():
+    from metarec.meta import MetaConfig
+    from metarec.model import ModelConfig
+
+    assert ModelConfig(rank_loss="softmax").rank_loss == "softmax"  # NP is the default
+    with pytest.raises(MetarecError, match="neural-process ranking model"):
+        ModelConfig(rank_loss="softmax", rank_meta=MetaConfig(algorithm="maml"))
+    with pytest.raises(MetarecError, match="rank_loss"):
+        ModelConfig(rank_loss="hinge")

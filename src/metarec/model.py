@@ -110,6 +110,9 @@ class ModelConfig:
     # 0.221); Amazon Food->Kitchen (seed 0, blend CV) nDCG@10 0.0163 vs 0.0151
     rank_meta: MetaConfig | None = field(default_factory=lambda: MetaConfig(algorithm="np"))
     rank_negatives: int = 4  # sampled negatives per positive for the ranking model
+    # the ranking model's loss: "bce" (each item alone) or "softmax" (each like against its
+    # episode's negatives, ScorerConfig.loss; with the NP ranking model only)
+    rank_loss: str = "bce"
     # item-ID dropout of the ranking (like) model; None = train.id_dropout. 0.5 over 0.1 on
     # ML-100K validation users, 3 seeds: item cold Recall@10 (full) 0.165 vs 0.144, user
     # cold 0.205 vs 0.201; the rating model keeps 0.1 (its AUC / nDCG@3 were better there)
@@ -138,6 +141,14 @@ class ModelConfig:
             )
         if self.seed < 0:
             raise MetarecError(f"model.seed must be >= 0, got {self.seed}")
+        if self.rank_loss not in ("bce", "softmax"):
+            raise MetarecError(f"model.rank_loss: {self.rank_loss!r} is not 'bce' or 'softmax'")
+        rank_algo = (self.rank_meta or self.meta).algorithm
+        if self.rank_loss == "softmax" and rank_algo != "np":
+            raise MetarecError(
+                f"model.rank_loss 'softmax' needs the neural-process ranking model "
+                f"(rank_meta.algorithm = 'np'), not {rank_algo!r}"
+            )
         if self.rank_negatives < 1:
             raise MetarecError(f"model.rank_negatives must be >= 1, got {self.rank_negatives}")
         if self.like_threshold is not None and not math.isfinite(self.like_threshold):
@@ -523,6 +534,7 @@ class MetaRecommender(Recommender):
             hidden=o.hidden,
             head=head,
             output_offset=offset,
+            loss=self.config.rank_loss if head == "binary" else "bce",
         )
         result = train(
             split,

@@ -67,10 +67,17 @@ class ScorerConfig:
     hidden: tuple[int, ...] = (64, 64)
     head: Head = "binary"  # binary: logits for BCE; rating: a rating for MSE (MeLU-style)
     output_offset: float = 0.0  # initial output bias, e.g. the mean training rating
+    # binary head: "bce" (each row on its own) or "softmax" (each positive row against all
+    # of its task's negative rows: a sampled-softmax ranking loss; see task_losses)
+    loss: str = "bce"
 
     def __post_init__(self) -> None:
         if self.head not in ("binary", "rating"):
             raise MetarecError(f"ScorerConfig.head: {self.head!r} is not 'binary' or 'rating'")
+        if self.loss not in ("bce", "softmax"):
+            raise MetarecError(f"ScorerConfig.loss: {self.loss!r} is not 'bce' or 'softmax'")
+        if self.loss == "softmax" and self.head != "binary":
+            raise MetarecError("ScorerConfig.loss 'softmax' is for the binary head only")
         if min(self.d_item_text, self.d_item_side, self.d_user_side, self.n_items) < 0:
             raise MetarecError("ScorerConfig: widths and n_items must be >= 0")
         if self.d_item_in == 0 and not (self.n_items and self.use_item_id):
@@ -366,7 +373,20 @@ class Scorer:
     # --- losses ------------------------------------------------------------------------
     def task_losses(self, out: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Masked mean loss per task (T,): BCE-with-logits (binary) or squared error (rating).
-        A task with no valid rows has loss 0 (padding, never NaN)."""
+        A task with no valid rows has loss 0 (padding, never NaN).
+
+        With ``loss = "softmax"`` (binary head) a task's loss is the mean over its positive
+        rows p of −log(e^{s_p} / (e^{s_p} + Σ_n e^{s_n})), n over the task's negative rows
+        (disliked and sampled): a ranking loss whose gradient goes mostly to the negatives
+        that score highest, as LightFM's WARP does by search. BCE judges each row alone."""
+        if self.cfg.loss == "softmax":
+            neg = (mask > 0) & (y < 0.5)  # (T, N)
+            pos = mask * (y >= 0.5)
+            # a finite floor, not -inf: a task without negatives then gives softplus(-1e9)
+            # = 0 with zero gradient instead of NaN
+            lse = torch.logsumexp(out.masked_fill(~neg, -1e9), dim=-1, keepdim=True)  # (T, 1)
+            per = F.softplus(lse - out)  # (T, N), used on positive rows only
+            return (per * pos).sum(-1) / pos.sum(-1).clamp_min(1.0)
         if self.cfg.head == "binary":
             per = F.binary_cross_entropy_with_logits(out, y, reduction="none")
         else:
@@ -382,6 +402,12 @@ class Scorer:
     ) -> torch.Tensor:
         """(T, N) d task_losses[t] / d out[t, n] in closed form: σ(out) − y (BCE with logits)
         or 2 (out − y) (squared error), times the row weights (see :meth:`row_weights`)."""
+        if self.cfg.loss != "bce" and self.cfg.head == "binary":
+            # the softmax loss couples a task's rows; only autograd paths handle it
+            raise MetarecError(
+                f"the {self.cfg.loss!r} loss has no closed-form row gradient: use it with the "
+                "neural-process algorithm (rank_meta.algorithm = 'np')"
+            )
         if self.cfg.head == "binary":
             return (torch.sigmoid(out) - y) * weights
         return (out - y) * (2.0 * weights)
