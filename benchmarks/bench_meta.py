@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -26,17 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     # processes (we measured 10-50x slow-downs of the batched path); passive waiting keeps the
     # figures stable. Must be set before torch is imported; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from metarec.atomic import write_text
     from metarec.meta.bench import format_table, run_meta_benchmark
 
     res = run_meta_benchmark(threads=args.threads, min_seconds=args.seconds)
     res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     print(format_table(res))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(tmp, args.json)
+        write_text(args.json, json.dumps(res, indent=2))
     return 0
 
 

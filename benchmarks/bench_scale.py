@@ -245,11 +245,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(res, indent=2))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        fd, out = tempfile.mkstemp(dir=args.json.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(res, fh, indent=2)
-        os.replace(out, args.json)
+        from metarec.atomic import write_text
+
+        write_text(args.json, json.dumps(res, indent=2))
     return 0 if res["rss_ok"] else 1
 
 

@@ -26,6 +26,7 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from metarec.atomic import write_text  # noqa: E402
 from metarec.baselines import LightFMRanker, als_fold_in  # noqa: E402
 from metarec.blend import BlendConfig, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
@@ -127,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.splits} random item splits; nDCG@10 over the held-out half of the items",
         "runs": runs,
     }
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, a.json)
+    write_text(a.json, json.dumps(report, indent=1))
     return 0
 
 

@@ -23,6 +23,7 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from metarec.atomic import write_text  # noqa: E402
 from metarec.baselines import LightFMRanker  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
@@ -69,10 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "valid": valid,
         "valid_mean": mean,
     }
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, a.json)
+    write_text(a.json, json.dumps(report, indent=1))
     return 0
 
 

@@ -32,6 +32,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from metarec.atomic import write_text  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
@@ -173,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "mean_over_seeds": mean,
     }
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, a.json)
+    write_text(a.json, json.dumps(report, indent=1))
     for lab, row in mean.items():
         keys = [k for k in row if "(full)" in k or k in ("MAE", "AUC", "nDCG@3 (query)")]
         print(f"{lab:24s} " + "  ".join(f"{k}={row[k]:.4f}" for k in keys))

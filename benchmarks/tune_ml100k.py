@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tune_blend import cv_blend  # noqa: E402  (benchmarks/, beside this script)
 
+from metarec.atomic import write_text  # noqa: E402
 from metarec.baselines import make_baseline  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
@@ -259,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         **summarise(runs),
     }
-    tmp = a.json + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=1)
-    os.replace(tmp, a.json)
+    write_text(a.json, json.dumps(report, indent=1))
     for m, row in report["test_mean_std"].items():
         print(f"{m:22s} " + "  ".join(f"{k}={v[0]:.4f}±{v[1]:.4f}" for k, v in row.items()))
     print(json.dumps(report["margins"], indent=1))
