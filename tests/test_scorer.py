@@ -154,7 +154,7 @@ def test_softmax_loss_known_values_and_edge_cases():
 def test_softmax_loss_config_errors():
     with pytest.raises(MetarecError, match="binary head only"):
         ScorerConfig(d_item_text=2, d_user_side=2, head="rating", loss="softmax")
-    with pytest.raises(MetarecError, match="not 'bce' or 'softmax'"):
+    with pytest.raises(MetarecError, match="is not one of"):
         ScorerConfig(d_item_text=2, d_user_side=2, loss="warp")
     sc = Scorer(ScorerConfig(d_item_text=2, d_user_side=2, loss="softmax"))
     with pytest.raises(MetarecError, match="no closed-form row gradient"):
@@ -170,3 +170,14 @@ def test_model_rank_loss_needs_the_np_ranking_model():
         ModelConfig(rank_loss="softmax", rank_meta=MetaConfig(algorithm="maml"))
     with pytest.raises(MetarecError, match="rank_loss"):
         ModelConfig(rank_loss="hinge")
+
+
+def test_bce_plus_softmax_is_the_sum_of_both_losses():
+    out = torch.tensor([[2.0, 0.0, 1.0], [0.5, -1.0, 0.0]])
+    y = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    parts = [
+        Scorer(ScorerConfig(d_item_text=2, d_user_side=2, loss=loss)).task_losses(out, y, mask)
+        for loss in ("bce", "softmax", "bce+softmax")
+    ]
+    assert torch.allclose(parts[2], parts[0] + parts[1])

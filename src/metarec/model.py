@@ -54,7 +54,7 @@ from metarec.meta.episodes import (
     make_episode,
     pad_episodes,
 )
-from metarec.models.scorer import Scorer, ScorerConfig
+from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
 from metarec.recommender import Recommender
 from metarec.train import TrainConfig, TrainResult, train
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
@@ -141,12 +141,12 @@ class ModelConfig:
             )
         if self.seed < 0:
             raise MetarecError(f"model.seed must be >= 0, got {self.seed}")
-        if self.rank_loss not in ("bce", "softmax"):
-            raise MetarecError(f"model.rank_loss: {self.rank_loss!r} is not 'bce' or 'softmax'")
+        if self.rank_loss not in LOSSES:
+            raise MetarecError(f"model.rank_loss: {self.rank_loss!r} is not one of {LOSSES}")
         rank_algo = (self.rank_meta or self.meta).algorithm
-        if self.rank_loss == "softmax" and rank_algo != "np":
+        if self.rank_loss != "bce" and rank_algo != "np":
             raise MetarecError(
-                f"model.rank_loss 'softmax' needs the neural-process ranking model "
+                f"model.rank_loss {self.rank_loss!r} needs the neural-process ranking model "
                 f"(rank_meta.algorithm = 'np'), not {rank_algo!r}"
             )
         if self.rank_negatives < 1:

@@ -32,6 +32,7 @@ from metarec.features import FeatureSet, history_profile
 from metarec.types import MetarecError
 
 Head = Literal["binary", "rating"]
+LOSSES = ("bce", "softmax", "bce+softmax")  # ScorerConfig.loss
 GROUPS = ("embedding", "projection", "user", "decision")
 _GROUP_OF_PREFIX = {
     "item_id": "embedding",
@@ -67,17 +68,18 @@ class ScorerConfig:
     hidden: tuple[int, ...] = (64, 64)
     head: Head = "binary"  # binary: logits for BCE; rating: a rating for MSE (MeLU-style)
     output_offset: float = 0.0  # initial output bias, e.g. the mean training rating
-    # binary head: "bce" (each row on its own) or "softmax" (each positive row against all
-    # of its task's negative rows: a sampled-softmax ranking loss; see task_losses)
+    # binary head: "bce" (each row on its own), "softmax" (each positive row against all
+    # of its task's negative rows: a sampled-softmax ranking loss; see task_losses) or
+    # "bce+softmax" (their sum: the ranking term, with the logit kept calibrated by BCE)
     loss: str = "bce"
 
     def __post_init__(self) -> None:
         if self.head not in ("binary", "rating"):
             raise MetarecError(f"ScorerConfig.head: {self.head!r} is not 'binary' or 'rating'")
-        if self.loss not in ("bce", "softmax"):
-            raise MetarecError(f"ScorerConfig.loss: {self.loss!r} is not 'bce' or 'softmax'")
-        if self.loss == "softmax" and self.head != "binary":
-            raise MetarecError("ScorerConfig.loss 'softmax' is for the binary head only")
+        if self.loss not in LOSSES:
+            raise MetarecError(f"ScorerConfig.loss: {self.loss!r} is not one of {LOSSES}")
+        if self.loss != "bce" and self.head != "binary":
+            raise MetarecError(f"ScorerConfig.loss {self.loss!r} is for the binary head only")
         if min(self.d_item_text, self.d_item_side, self.d_user_side, self.n_items) < 0:
             raise MetarecError("ScorerConfig: widths and n_items must be >= 0")
         if self.d_item_in == 0 and not (self.n_items and self.use_item_id):
@@ -379,14 +381,18 @@ class Scorer:
         rows p of −log(e^{s_p} / (e^{s_p} + Σ_n e^{s_n})), n over the task's negative rows
         (disliked and sampled): a ranking loss whose gradient goes mostly to the negatives
         that score highest, as LightFM's WARP does by search. BCE judges each row alone."""
-        if self.cfg.loss == "softmax":
+        if self.cfg.loss in ("softmax", "bce+softmax"):
             neg = (mask > 0) & (y < 0.5)  # (T, N)
             pos = mask * (y >= 0.5)
             # a finite floor, not -inf: a task without negatives then gives softplus(-1e9)
             # = 0 with zero gradient instead of NaN
             lse = torch.logsumexp(out.masked_fill(~neg, -1e9), dim=-1, keepdim=True)  # (T, 1)
             per = F.softplus(lse - out)  # (T, N), used on positive rows only
-            return (per * pos).sum(-1) / pos.sum(-1).clamp_min(1.0)
+            rank = (per * pos).sum(-1) / pos.sum(-1).clamp_min(1.0)
+            if self.cfg.loss == "softmax":
+                return rank
+            bce = F.binary_cross_entropy_with_logits(out, y, reduction="none")
+            return rank + (bce * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
         if self.cfg.head == "binary":
             per = F.binary_cross_entropy_with_logits(out, y, reduction="none")
         else:
