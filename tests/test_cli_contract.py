@@ -422,3 +422,30 @@ def test_item_ids_that_read_the_same_are_refused(tmp_path, capsys):
     assert main([*args, *FAST]) == 2
     err = capsys.readouterr().err
     assert "appears twice" in err and "'it3'" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--port", "70000"], "--port"),  # was bound as 70000 - 65536, silently
+        (["--port", "-5"], "--port"),
+        (["--torch-threads", "0"], "--torch-threads"),
+        (["--cache-ttl", "0"], "TTL"),
+        (["--cache-entries", "-1"], "cache entries"),
+        (["--host", "nosuchhost.invalid"], "nosuchhost.invalid"),
+        (["--port", "IN_USE"], "cannot listen"),
+    ],
+)
+def test_serve_startup_errors_are_one_line(fitted, capsys, flags, named):
+    import socket
+
+    _, run, _ = fitted
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        flags = [port if f == "IN_USE" else f for f in flags]
+        code = main(["serve", "--run", str(run), *flags])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -138,6 +138,10 @@ def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
         (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": 1001}', "server limit"),
         (b'{"interactions": []}', "no usable interactions"),
         (b'{"interactions": [{"item_id": "zz", "rating": 5}]}', "1 item ids are unknown"),
+        # a lone surrogate has no UTF-8 spelling: it was a 500 from deep inside
+        (b'{"interactions": [{"item_id": "\\ud800", "rating": 5}]}', "lone surrogate"),
+        (b'{"user_id": "\\udfff", "interactions": [{"item_id": "it1", "rating": 5}]}', "user_id"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 50}]}', "outside the run's rating"),
     ],
 )
 def test_bad_requests_are_422_with_a_clear_message(client, body, needle):
@@ -326,3 +330,77 @@ def test_run_is_loaded_without_unpickling(run, monkeypatch):
     c = TestClient(create_app(run))
     assert c.post("/recommend", json={"interactions": taste("space"), "k": 2}).status_code == 200
     assert not [p for p in run.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".bin")]
+
+
+def test_feedback_values_are_checked_before_they_are_stored(predictor, tmp_path):
+    """A stored out-of-scale rating used to break every later request of that user."""
+    c = TestClient(create_app(predictor, feedback_db=tmp_path))
+    for rating in (50, -1e6):
+        r = c.post(
+            "/feedback",
+            json={"user_id": "u9", "interactions": [{"item_id": "it1", "rating": rating}]},
+        )
+        assert r.status_code == 422 and "rating scale" in r.json()["detail"]
+    raw = b'{"user_id": "\\ud800", "interactions": [{"item_id": "it1", "rating": 4}]}'
+    r = c.post("/feedback", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert c.get("/feedback/u9").json()["interactions"] == []
+    assert c.post("/recommend", json={"user_id": "u9", "k": 3}).status_code == 200
+
+
+def test_duplicate_support_items_follow_one_rule_in_service_and_library(client, predictor):
+    """An item named twice keeps its newest row (by timestamp, else the later row), in the
+    service and in Predictor.support_of (what `metarec predict` reads) alike."""
+    rows = [("it2", 5.0, 300), ("it4", 1.0, 100), ("it2", 1.0, 50)]
+    body = {
+        "interactions": [{"item_id": i, "rating": r, "timestamp": t} for i, r, t in rows],
+        "item_ids": ["it30", "it31", "it32"],
+    }
+    got = [d["score"] for d in client.post("/score", json=body).json()["scores"]]
+    sup, _ = predictor.support_of([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+    assert sorted(zip(sup.item_idx.tolist(), sup.rating.tolist(), strict=True)) == sorted(
+        [(predictor.items.index("it2"), 5.0), (predictor.items.index("it4"), 1.0)]
+    )
+    ref = predictor.predict(
+        pd.DataFrame(
+            {
+                "user_id": "x",
+                "item_id": [r[0] for r in rows],
+                "rating": [r[1] for r in rows],
+                "timestamp": [r[2] for r in rows],
+            }
+        ),
+        pd.DataFrame({"user_id": "x", "item_id": ["it30", "it31", "it32"]}),
+    )[0]
+    assert np.allclose(got, ref.score.to_numpy(), atol=1e-6)
+    # without timestamps the later row wins
+    sup, _ = predictor.support_of(["it2", "it2"], [5.0, 1.0])
+    assert sup.rating.tolist() == [1.0]
+
+
+def test_implicit_values_must_be_labels(tmp_path):
+    from metarec.cli import main
+    from serve_world import make_world
+
+    paths = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    log = log[log.rating >= 4].drop(columns="rating").assign(label=1)
+    log.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    fast = [
+        "--set",
+        "text.model='hashing:64'",
+        "--set",
+        "text.pca_dim=16",
+        "--set",
+        "train.steps=30",
+        "--set",
+        "progress=false",
+    ]
+    assert main([*args, *fast]) == 0
+    c = TestClient(create_app(Predictor.load(run)))
+    r = c.post("/recommend", json={"interactions": [{"item_id": "it1", "rating": 5}], "k": 2})
+    assert r.status_code == 422 and "0/1 labels" in r.json()["detail"]
+    r = c.post("/recommend", json={"interactions": [{"item_id": "it1", "rating": 1}], "k": 2})
+    assert r.status_code == 200

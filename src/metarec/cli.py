@@ -260,6 +260,25 @@ def _default_feedback_db() -> Path:
     return cache_root() / "feedback"
 
 
+def _check_bind(host: str, port: int) -> None:
+    """Bind (and release) the address first, so that a port in use or a host that is not
+    this machine's is one line and exit 2 before the model loads, not uvicorn's exit 3
+    after a "serving on" line."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise MetarecError(f"--host {host!r}: {err.strerror}") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(addr)
+        except OSError as err:
+            raise MetarecError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 def cmd_serve(args) -> int:
     import gc
 
@@ -269,6 +288,11 @@ def cmd_serve(args) -> int:
     from metarec.predictor import Predictor
     from metarec.serve.app import ServeConfig, create_app
 
+    if not 1 <= args.port <= 65535:
+        raise MetarecError(f"--port must be in 1..65535, got {args.port}")
+    if args.torch_threads < 1:
+        raise MetarecError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+    _check_bind(args.host, args.port)
     # one intra-op thread per request: concurrent requests then use the cores in parallel
     torch.set_num_threads(args.torch_threads)
     token = args.token or os.environ.get("METAREC_TOKEN") or None
@@ -475,7 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-entries", dest="cache_entries", type=int, default=4096)
     p.add_argument("--cache-ttl", dest="cache_ttl", type=float, default=900.0, help="seconds")
     p.add_argument("--torch-threads", dest="torch_threads", type=int, default=1)
-    p.add_argument("--log-level", dest="log_level", default="warning")
+    p.add_argument(
+        "--log-level",
+        dest="log_level",
+        default="warning",
+        choices=("critical", "error", "warning", "info", "debug", "trace"),
+    )
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_serve)
 

@@ -115,18 +115,7 @@ class Predictor:
         ratings = np.asarray(list(ratings), dtype=np.float32)
         if len(ratings) != len(item_ids):
             raise MetarecError("support: item ids and ratings differ in length")
-        if not np.isfinite(ratings).all():
-            raise MetarecError("support: a rating is not a finite number")
-        if self.explicit and len(ratings):
-            # far outside the scale the model was fitted on, adaptation diverges (a rating
-            # of 50 on a 1-5 run gave NaN scores); a wrong column or scale is the usual cause
-            lo, hi = self.model.rating_range_
-            bad = ratings[(ratings < lo) | (ratings > hi)]
-            if len(bad):
-                raise MetarecError(
-                    f"support: rating {float(bad[0]):g} is outside the run's rating scale "
-                    f"[{lo:g}, {hi:g}] ({len(bad)} such rows)"
-                )
+        self.check_values(ratings)
         # a dict lookup per id: the service calls this per request with ~10 ids, where the
         # vectorised pandas lookup costs milliseconds of fixed overhead
         items = self.items
@@ -139,11 +128,41 @@ class Predictor:
             else np.asarray(list(timestamps), dtype=np.int64)
         )
         order = np.argsort(ts[ok], kind="stable")
-        n = int(ok.sum())
+        items_o, ratings_o, ts_o = idx[ok][order], ratings[ok][order], ts[ok][order]
+        # an item named twice keeps its latest row (newest timestamp; without timestamps,
+        # the later row): a user's re-rating replaces the old one, on every path
+        _, last_rev = np.unique(items_o[::-1], return_index=True)
+        keep = np.sort(len(items_o) - 1 - last_rev)
+        n = len(keep)
         inter = Interactions(
-            np.zeros(n, np.int64), idx[ok][order], ratings[ok][order], ts[ok][order], np.zeros(n)
+            np.zeros(n, np.int64), items_o[keep], ratings_o[keep], ts_o[keep], np.zeros(n)
         )
         return inter, unknown
+
+    def check_values(self, ratings: np.ndarray, what: str = "support") -> None:
+        """Ratings a support (or stored feedback) may hold: finite; on the run's rating
+        scale for explicit data (far outside it adaptation diverges: a 50 on a 1-5 run gave
+        NaN scores); 0 or 1 for implicit data, as in a ``label`` column."""
+        ratings = np.asarray(ratings, dtype=np.float64)
+        if not np.isfinite(ratings).all():
+            raise MetarecError(f"{what}: a rating is not a finite number")
+        if not len(ratings):
+            return
+        if self.explicit:
+            lo, hi = self.model.rating_range_
+            bad = ratings[(ratings < lo) | (ratings > hi)]
+            if len(bad):
+                raise MetarecError(
+                    f"{what}: rating {float(bad[0]):g} is outside the run's rating scale "
+                    f"[{lo:g}, {hi:g}] ({len(bad)} such rows)"
+                )
+        else:
+            bad = ratings[(ratings != 0) & (ratings != 1)]
+            if len(bad):
+                raise MetarecError(
+                    f"{what}: value {float(bad[0]):g} on a run fitted on 0/1 labels "
+                    f"(give 1 for an interaction, 0 for an explicit 'no'; {len(bad)} such rows)"
+                )
 
     def _supports_from_frame(self, frame: pd.DataFrame) -> tuple[dict[str, Interactions], int]:
         value = "label" if "label" in frame.columns and "rating" not in frame.columns else "rating"

@@ -226,6 +226,9 @@ def update_run(
         raise MetarecError("update: --out must differ from --run (the RUN is never modified)")
     pred = Predictor.load(run)
     frame = open_store(feedback_db).frame()
+    # rows stored before /feedback checked values would otherwise surface as "meta-loss
+    # is inf": name them instead
+    pred.check_values(frame["rating"].to_numpy(), f"{feedback_db}: stored feedback")
     new, report = update(pred, frame, cfg)
     new.save(out)
     return {"run": str(out), "from": str(run), **report}

@@ -56,6 +56,11 @@ class ServeConfig:
         for name in ("max_k", "max_interactions", "max_score_items", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise MetarecError(f"serve: {name} must be >= 1")
+        if self.cache_entries < 0 or not self.cache_ttl_s > 0:
+            raise MetarecError(
+                f"serve: cache entries must be >= 0 and the cache TTL > 0 seconds, got "
+                f"{self.cache_entries} and {self.cache_ttl_s}"
+            )
 
 
 @dataclass(eq=False)
@@ -158,13 +163,14 @@ def create_app(
     def support(
         user_id: str | None, inter: list[S.Interaction]
     ) -> tuple[int, Interactions, list[str]]:
-        """(user_idx, support, unknown ids): stored feedback first, then the request; an item
-        named twice keeps its latest row (the request overrides older feedback)."""
+        """(user_idx, support, unknown ids): stored feedback, then the request, whose rows
+        replace stored rows of the same items; within the request an item named twice keeps
+        its latest row (Predictor.support_of, the rule `metarec predict` follows too)."""
         check_interactions(inter)
-        rows = list(store.get(user_id)) if (store is not None and user_id is not None) else []
+        stored = list(store.get(user_id)) if (store is not None and user_id is not None) else []
+        named = {str(i.item_id) for i in inter}
+        rows = [r for r in stored if r.item_id not in named]
         rows += [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in inter]
-        last = {r.item_id: n for n, r in enumerate(rows)}
-        rows = [r for n, r in enumerate(rows) if last[r.item_id] == n]
         ts = [r.timestamp for r in rows]
         sup, unknown = pred.support_of(
             [r.item_id for r in rows],
@@ -301,6 +307,9 @@ def create_app(
     def feedback(req: S.FeedbackRequest) -> S.FeedbackResponse:
         st = need_store()
         check_interactions(req.interactions)
+        # checked before storing: a stored out-of-scale rating would break every later
+        # request of this user (and `metarec update`)
+        pred.check_values(np.asarray([i.rating for i in req.interactions]), "feedback")
         rows = [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in req.interactions]
         n = st.add(str(req.user_id), rows)
         ids = np.asarray([r.item_id for r in rows], dtype=object)

@@ -16,10 +16,22 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 _TS_MIN, _TS_MAX = -(2**62), 2**62
 
 
+MAX_ID_CHARS = 1024
+
+
 def _id_to_str(v: object) -> object:
     # ints (not bools) are ids too; anything else is left for the str check to reject
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
+    if isinstance(v, str):
+        # JSON may carry a lone UTF-16 surrogate ("\ud800"): no UTF-8 spelling, so the id
+        # tables, SQLite and the response encoder would all fail on it (a 500)
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("id is not valid Unicode (a lone surrogate escape)") from None
+        if len(v) > MAX_ID_CHARS:
+            raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
     return v
 
 
