@@ -404,3 +404,29 @@ def test_implicit_values_must_be_labels(tmp_path):
     assert r.status_code == 422 and "0/1 labels" in r.json()["detail"]
     r = c.post("/recommend", json={"interactions": [{"item_id": "it1", "rating": 1}], "k": 2})
     assert r.status_code == 200
+
+
+def test_recommend_by_domain_equals_the_library(tmp_path):
+    from metarec.cli import main
+    from serve_world import make_world
+
+    paths = make_world(tmp_path)
+    items = pd.read_csv(paths["I"])
+    items["domain"] = np.where(np.arange(len(items)) < 20, "books", "films")
+    items.to_csv(paths["I"], index=False)
+    run = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    fast = ["--set", "text.model='hashing:64'", "--set", "text.pca_dim=16"]
+    assert main([*args, *fast, "--set", "train.steps=30", "--set", "progress=false"]) == 0
+    pred = Predictor.load(run)
+    c = TestClient(create_app(pred))
+    sup = taste("space")
+    r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "films"})
+    assert r.status_code == 200, r.text
+    got = [i["item_id"] for i in r.json()["items"]]
+    assert all(int(i[2:]) >= 20 for i in got)
+    inter, _ = pred.support_of([s["item_id"] for s in sup], [s["rating"] for s in sup])
+    ref = pred.recommend_many({"x": inter}, 4, "films")
+    assert got == ref.item_id.tolist()
+    r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "music"})
+    assert r.status_code == 422 and "unknown domain 'music'" in r.json()["detail"]

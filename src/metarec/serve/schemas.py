@@ -68,6 +68,11 @@ class RecommendRequest(_Body):
     k: int = Field(default=10, ge=1, description="items to return (the server caps it)")
     exclude_seen: bool = True
     explain: bool = False
+    domain: StrictStr | None = Field(
+        default=None,
+        max_length=MAX_ID_CHARS,
+        description="rank only this domain's items (as `metarec recommend --domain`)",
+    )
 
 
 class Explanation(BaseModel):
