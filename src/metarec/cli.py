@@ -311,7 +311,12 @@ def cmd_serve(args) -> int:
         token=token,
     )
     feedback = Path(args.feedback_db) if args.feedback_db else _default_feedback_db()
-    app = create_app(Predictor.load(args.run, device=args.device), feedback_db=feedback, config=cfg)
+    app = create_app(
+        Predictor.load(args.run, device=args.device),
+        feedback_db=feedback,
+        config=cfg,
+        run_name=str(args.run),
+    )
     # The loaded model and id maps are ~400k long-lived objects; left in the collector's
     # generations, every full collection walks them all (tens of ms: the p99 tail).
     gc.collect()

@@ -87,10 +87,12 @@ def create_app(
     *,
     feedback_db: str | Path | FeedbackStore | None = None,
     config: ServeConfig | None = None,
+    run_name: str | None = None,
 ) -> FastAPI:
     """A new app serving ``run`` (a RUN directory, loaded from safetensors/JSON/parquet
     only, or a :class:`Predictor`). ``feedback_db``: SQLite file or folder for
-    ``/feedback``; None disables it (503)."""
+    ``/feedback``; None disables it (503). ``run_name``: what ``/info`` reports as the run
+    when ``run`` is an already loaded Predictor (default: its folder, if given one)."""
     from metarec import __version__
 
     cfg = config or ServeConfig()
@@ -104,7 +106,7 @@ def create_app(
         pred,
         cfg,
         store,
-        None if isinstance(run, Predictor) else str(run),
+        run_name if isinstance(run, Predictor) else str(run),
         AdaptedCache(cfg.cache_entries, cfg.cache_ttl_s),
     )
     model = pred.model
