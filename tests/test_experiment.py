@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,64 @@ def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "--only" in err and "nope" in err and len(err.splitlines()) == 1
     assert not bad.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ("seeds = [-1]", "seeds must be >= 0"),
+        ('metrics = ["Bogus@7"]', "unknown metric 'Bogus@7'"),
+        ('[[methods]]\nname = "biased_mf"\nselect_metric = "RMSEE"', "unknown metric 'RMSEE'"),
+        ('[[methods]]\nname = "biased_mf"\ngrid = { reg = ["a", "b"] }', "should be a float"),
+        ('[[methods]]\nname = "implicit_als"\nparams = { factors = "many" }', "should be a int"),
+        ('[[methods]]\nname = "biased_mf"\nparams = { regg = 3 }', "'regg' is not a parameter"),
+        ('[[methods]]\nname = "nope"', "unknown baseline 'nope'"),
+    ],
+)
+def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named):
+    """Caught when the config loads, not after the methods before them have trained."""
+    text = TINY.read_text().replace("seeds = [0, 1]\n", "")
+    # top-level keys must precede the first table; methods are appended at the end
+    text = text + "\n" + extra + "\n" if extra.startswith("[[") else extra + "\n" + text
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.load_config(path, base_dir=str(TINY.parent))
+
+
+def test_output_in_the_way_fails_before_the_run(tmp_path, capsys):
+    from metarec.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    code = main(["evaluate", "--config", str(TINY), "--out", str(afile), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "not a folder" in err and len(err.strip().splitlines()) == 1
+    assert afile.read_text() == "mine"
+
+
+def test_a_failed_write_leaves_the_previous_results_whole(tiny_run, tmp_path, monkeypatch):
+    """Files are staged and renamed together: a failure while writing the report must not
+    leave a new results.json beside the old report (and plots)."""
+    import shutil
+
+    from metarec import report
+
+    _, results, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "render_markdown", boom)
+    with pytest.raises(OSError):
+        E.write_results(results, copy)
+    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+
+
+def test_results_json_is_strict_json(tiny_run):
+    _, _, out = tiny_run
+    text = (out / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))

@@ -573,17 +573,19 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"metarec: error: file not found: {err.filename or err}", file=sys.stderr)
         return EXIT_USAGE
-    except (IsADirectoryError, NotADirectoryError, PermissionError) as err:
-        print(f"metarec: error: {err.strerror}: {err.filename}", file=sys.stderr)
+    except BrokenPipeError:  # `metarec ... | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+    except OSError as err:
+        # a disk that is full or read-only, a folder in the way: the environment, not a bug
+        where = f": {err.filename}" if err.filename else ""
+        print(f"metarec: error: {err.strerror or err}{where}", file=sys.stderr)
         return EXIT_USAGE
     except UnicodeDecodeError as err:
         print(
             f"metarec: error: cannot decode input ({err.encoding}): {err.reason}", file=sys.stderr
         )
         return EXIT_USAGE
-    except BrokenPipeError:  # `metarec ... | head`: the reader left; not an error of ours
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt:
         print("metarec: interrupted", file=sys.stderr)
         return 130

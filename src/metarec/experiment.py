@@ -112,6 +112,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise MetarecError("experiment: seeds is empty")
+        if min(self.seeds) < 0:
+            raise MetarecError(f"experiment: seeds must be >= 0, got {min(self.seeds)}")
+        for name in self.metrics:
+            _check_metric_name(name, "metrics")
         if not self.methods:
             raise MetarecError("experiment: no methods (add [[methods]] tables)")
         names = [m.name for m in self.methods]
@@ -123,10 +127,72 @@ class ExperimentConfig:
                 raise MetarecError(f"method {m.name!r}: kind transfer needs a strategy")
             if m.finetune_steps < 0:
                 raise MetarecError(f"method {m.name!r}: finetune_steps must be >= 0")
+            if m.select_metric is not None:
+                _check_metric_name(m.select_metric, f"method {m.name!r}: select_metric")
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
         return from_dict(cls, data, "")
+
+
+_PLAIN_METRICS = ("MAE", "RMSE", "AUC", "Logloss", "Accuracy", "Precision", "Recall", "F1")
+
+
+def _check_metric_name(name: str, where: str) -> None:
+    """A metric evaluate computes: caught when the config loads, not as an empty column or
+    a failed selection after the methods before it have trained."""
+    import re
+
+    ok = (
+        name in _PLAIN_METRICS
+        or name == "MRR (full)"
+        or re.fullmatch(r"nDCG@[1-9]\d* \(query\)", name)
+        or re.fullmatch(r"(HR|Recall|nDCG)@[1-9]\d* \(full\)", name)
+    )
+    if not ok:
+        raise MetarecError(
+            f"{where}: unknown metric {name!r} (e.g. MAE, AUC, 'nDCG@3 (query)', "
+            "'Recall@10 (full)', 'MRR (full)')"
+        )
+
+
+def _check_baseline_params(m: MethodSpec) -> None:
+    """A baseline's params and grid name its constructor's keywords with values of their
+    defaults' types: checked when the config loads, before any method trains."""
+    from metarec.baselines import BASELINES
+
+    name = m.baseline or m.name
+    if name not in BASELINES:
+        raise MetarecError(
+            f"method {m.name!r}: unknown baseline {name!r}; choose from {', '.join(BASELINES)}"
+        )
+    sig = inspect.signature(BASELINES[name].__init__)
+    points = [("params", k, v) for k, v in m.params.items()]
+    for k, values in m.grid.items():
+        if not isinstance(values, list | tuple) or not values:
+            continue  # the grid's own checks name this
+        points += [("grid", k, v) for v in values]
+    for part, key, value in points:
+        p = sig.parameters.get(key)
+        if p is None or key == "self":
+            known = ", ".join(n for n in sig.parameters if n != "self")
+            raise MetarecError(
+                f"method {m.name!r}: {part} key {key!r} is not a parameter of {name} ({known})"
+            )
+        default = p.default
+        if default is None or default is inspect.Parameter.empty:
+            continue
+        if isinstance(default, bool):
+            good = isinstance(value, bool)
+        elif isinstance(default, int | float):
+            good = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            good = isinstance(value, type(default))
+        if not good:
+            raise MetarecError(
+                f"method {m.name!r}: {part} {key} = {value!r} should be a "
+                f"{type(default).__name__} like its default {default!r}"
+            )
 
 
 def load_config(
@@ -137,7 +203,11 @@ def load_config(
     data.setdefault("base_dir", str(Path(path).resolve().parent))
     data = apply_overrides(data, list(overrides))
     data.update(updates)
-    return ExperimentConfig.from_dict(data)
+    config = ExperimentConfig.from_dict(data)
+    for m in config.methods:
+        if m.kind == "baseline":
+            _check_baseline_params(m)
+    return config
 
 
 # --- results -------------------------------------------------------------------------------
@@ -553,6 +623,8 @@ def run(
     write nothing). ``on_result`` is called after every evaluation (for live tables)."""
     from metarec.data import dataset_info
 
+    if out_dir is not None:
+        check_output_dir(out_dir)
     t_start = time.perf_counter()
     ds = load_data(config)
     info = dataset_info(ds)
@@ -667,16 +739,66 @@ def ranking_candidates(ds: Dataset, split: Split, part: str = "test") -> np.ndar
     return None
 
 
+# every file write_results may put in a results folder (plots: report.write_plots)
+RESULT_FILES = ("results.json", "report.md", "shots.png", "training.png", "methods.png")
+
+
+def check_output_dir(out_dir: str | os.PathLike) -> None:
+    """Fail before the experiment runs, not after it, when ``out_dir`` cannot be written:
+    a file in the way, or a nearest existing folder that is not writable."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MetarecError(f"{out} exists and is not a folder; give a folder for the results")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MetarecError(f"cannot create {out}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise MetarecError(f"cannot write results under {probe}: permission denied")
+
+
+def _finite_json(obj: Any) -> Any:
+    """NaN / ±inf (a diverged validation loss) as null: results.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
 def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
-    """results.json + report.md + plots into ``out_dir`` (each file written atomically)."""
+    """results.json + report.md + plots into ``out_dir``.
+
+    Everything is written into a staging folder inside ``out_dir`` first and then renamed
+    into place, so a failure or an interrupt while writing leaves the previous results
+    whole (not a new results.json beside an old report); plots an earlier run left that
+    this run does not draw are removed."""
+    import shutil
+    import tempfile
+
     from metarec import report
 
+    check_output_dir(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = dataclasses.replace(results, out_dir=out)
-    atomic_write_text(out / "results.json", json.dumps(results.to_json(), indent=2) + "\n")
-    plots = report.write_plots(results, out)
-    atomic_write_text(out / "report.md", report.render_markdown(results, plots))
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    try:
+        payload = json.dumps(_finite_json(results.to_json()), indent=2, allow_nan=False)
+        atomic_write_text(stage / "results.json", payload + "\n")
+        plots = report.write_plots(results, stage)
+        atomic_write_text(stage / "report.md", report.render_markdown(results, plots))
+        written = {p.name for p in stage.iterdir()}
+        for name in sorted(written):
+            os.replace(stage / name, out / name)
+        for name in RESULT_FILES:
+            if name not in written:
+                (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return results
 
 
