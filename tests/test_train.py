@@ -231,3 +231,18 @@ def test_sampled_negatives_come_from_training_items_only():
     eps = sampler.sample(40, rng)
     negs = np.concatenate([e.support_items[e.support_y == 0] for e in eps])
     assert len(negs) > 100 and (negs % 2 == 0).all() and negs.max() < 60
+
+
+def test_a_validation_loss_that_never_is_finite_is_an_error(problem, monkeypatch):
+    """Every evaluation diverging used to return the untrained start as "best", silently."""
+    import metarec.train as T
+
+    split, feats = problem
+    monkeypatch.setattr(T, "_valid_loss", lambda *a, **k: float("inf"))
+    with pytest.raises(MetarecError, match="inf at every evaluation"):
+        train(split, feats, SC, META, _cfg(steps=8, eval_every=4), progress=False)
+    # one finite evaluation is enough: later divergence keeps the finite best
+    losses = iter([0.7, float("inf")])
+    monkeypatch.setattr(T, "_valid_loss", lambda *a, **k: next(losses))
+    res = train(split, feats, SC, META, _cfg(steps=8, eval_every=4, patience=5), progress=False)
+    assert res.best_step == 4 and res.best_valid == 0.7

@@ -423,6 +423,15 @@ def train(
         if stop_at is not None and step >= stop_at:
             break
     bar.close()
+    if valid and history and not any(
+        h["valid_loss"] is not None and math.isfinite(h["valid_loss"]) for h in history
+    ):
+        # every evaluation diverged: "best" would silently be the untrained start
+        raise MetarecError(
+            f"train: the validation loss was {history[-1]['valid_loss']} at every evaluation "
+            f"({meta_cfg.algorithm}, {step} steps): adapting to validation users diverges "
+            "(lower meta.inner_lr, or look for extreme feature values)"
+        )
     if not valid:
         last = params if avg is None else avg
         best_step, best = step, {k: p.detach().clone() for k, p in last.items()}
