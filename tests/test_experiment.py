@@ -284,6 +284,8 @@ def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
     ("extra", "named"),
     [
         ("seeds = [-1]", "seeds must be >= 0"),
+        ("seeds = [0, 0]", "seeds repeat"),
+        ("bootstrap = -5", "bootstrap must be >= 0"),
         ('metrics = ["Bogus@7"]', "unknown metric 'Bogus@7'"),
         ('[[methods]]\nname = "biased_mf"\nselect_metric = "RMSEE"', "unknown metric 'RMSEE'"),
         ('[[methods]]\nname = "biased_mf"\ngrid = { reg = ["a", "b"] }', "should be a float"),

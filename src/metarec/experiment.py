@@ -114,6 +114,13 @@ class ExperimentConfig:
             raise MetarecError("experiment: seeds is empty")
         if min(self.seeds) < 0:
             raise MetarecError(f"experiment: seeds must be >= 0, got {min(self.seeds)}")
+        if len(set(self.seeds)) < len(self.seeds):
+            # a repeated seed repeats a run exactly: its "std over seeds" would be fake
+            raise MetarecError(f"experiment: seeds repeat ({list(self.seeds)})")
+        if self.bootstrap < 0:
+            raise MetarecError(
+                f"experiment: bootstrap must be >= 0 (0 = no CIs), got {self.bootstrap}"
+            )
         for name in self.metrics:
             _check_metric_name(name, "metrics")
         if not self.methods:

@@ -423,8 +423,10 @@ def train(
         if stop_at is not None and step >= stop_at:
             break
     bar.close()
-    if valid and history and not any(
-        h["valid_loss"] is not None and math.isfinite(h["valid_loss"]) for h in history
+    if (
+        valid
+        and history
+        and not any(h["valid_loss"] is not None and math.isfinite(h["valid_loss"]) for h in history)
     ):
         # every evaluation diverged: "best" would silently be the untrained start
         raise MetarecError(
