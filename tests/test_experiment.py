@@ -292,6 +292,8 @@ def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
         ('[[methods]]\nname = "implicit_als"\nparams = { factors = "many" }', "should be a int"),
         ('[[methods]]\nname = "biased_mf"\nparams = { regg = 3 }', "'regg' is not a parameter"),
         ('[[methods]]\nname = "nope"', "unknown baseline 'nope'"),
+        ('[[methods]]\nname = "M2"\nkind = "meta"\nparams = { train = { stepz = 3 } }', "stepz"),
+        ('[[methods]]\nname = "M3"\nkind = "meta"\ngrid = { "train.steps" = [5, -1] }', "M3"),
     ],
 )
 def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named):
@@ -303,6 +305,11 @@ def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named
     path.write_text(text)
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.load_config(path, base_dir=str(TINY.parent))
+
+
+def test_model_table_is_checked_without_meta_methods():
+    with pytest.raises(MetarecError, match=r"\[model\]: unknown config key 'trian'"):
+        E.load_config(TINY, ["model.trian=1", 'methods=[{name="popularity"}]'])
 
 
 def test_output_in_the_way_fails_before_the_run(tmp_path, capsys):

@@ -211,9 +211,24 @@ def load_config(
     data = apply_overrides(data, list(overrides))
     data.update(updates)
     config = ExperimentConfig.from_dict(data)
+    # every method's settings are checked now, not when the run reaches that method
+    try:
+        _model_config(config.model, {}, config.seeds[0], False)  # [model] alone, too
+    except MetarecError as err:
+        raise MetarecError(f"[model]: {err}") from None
     for m in config.methods:
         if m.kind == "baseline":
             _check_baseline_params(m)
+            continue
+        points = [dict(zip(m.grid, v, strict=True)) for v in itertools.product(*m.grid.values())]
+        for point in points or [{}]:
+            params = dict(m.params)
+            for path, value in point.items():
+                params = _set_path(params, path, value)
+            try:
+                _model_config(config.model, params, config.seeds[0], False)
+            except MetarecError as err:
+                raise MetarecError(f"method {m.name!r}: {err}") from None
     return config
 
 
