@@ -197,10 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     res = run(Path(root) / "ml-100k", args.device, args.batch_size)
     print(format_table(res))
     if args.json:
-        from metarec.text.cache import atomic_write_bytes
+        from metarec.atomic import write_text
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(args.json, json.dumps(res, indent=2).encode("utf-8"))
+        write_text(args.json, json.dumps(res, indent=2))
     return 0
 
 

@@ -19,15 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from metarec.atomic import atomic_path
+from metarec.atomic import atomic_path, write_text
 from metarec.types import MetarecError
 
 INDEX = "checkpoint.json"
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    with atomic_path(path) as tmp:
-        write(str(tmp))
 
 
 def save_checkpoint(
@@ -39,14 +34,9 @@ def save_checkpoint(
     name = f"ckpt-{step:08d}.safetensors"
     # safetensors wants contiguous CPU tensors that share no storage
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    _atomic_write_bytes(d / name, lambda tmp: save_file(flat, tmp))
-    payload = json.dumps({"tensors": name, "step": step, "state": state}, indent=1)
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w") as fh:
-            fh.write(payload)
-
-    _atomic_write_bytes(d / INDEX, write_json)
+    with atomic_path(d / name) as tmp:
+        save_file(flat, str(tmp))
+    write_text(d / INDEX, json.dumps({"tensors": name, "step": step, "state": state}, indent=1))
     for old in d.glob("ckpt-*.safetensors"):
         if old.name != name:
             old.unlink(missing_ok=True)

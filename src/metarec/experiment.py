@@ -219,14 +219,10 @@ def load_config(
     for m in config.methods:
         if m.kind == "baseline":
             _check_baseline_params(m)
-            continue
-        points = [dict(zip(m.grid, v, strict=True)) for v in itertools.product(*m.grid.values())]
-        for point in points or [{}]:
-            params = dict(m.params)
-            for path, value in point.items():
-                params = _set_path(params, path, value)
+        # every grid point built as the run builds it (unfitted: cheap)
+        for point in _grid_points(m.grid):
             try:
-                _model_config(config.model, params, config.seeds[0], False)
+                make_method(m, config, config.seeds[0], point, False)
             except MetarecError as err:
                 raise MetarecError(f"method {m.name!r}: {err}") from None
     return config
@@ -810,9 +806,9 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
         payload = json.dumps(_finite_json(results.to_json()), indent=2, allow_nan=False)
-        atomic_write_text(stage / "results.json", payload + "\n")
+        write_text(stage / "results.json", payload + "\n")
         plots = report.write_plots(results, stage)
-        atomic_write_text(stage / "report.md", report.render_markdown(results, plots))
+        write_text(stage / "report.md", report.render_markdown(results, plots))
         written = {p.name for p in stage.iterdir()}
         for name in sorted(written):
             os.replace(stage / name, out / name)
@@ -822,10 +818,6 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return results
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    write_text(path, text)
 
 
 # --- the main job --------------------------------------------------------------------------

@@ -41,7 +41,6 @@ def sha256_file(path: Path) -> str:
 
 
 def _download(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
     h = hashlib.sha256()
     with atomic_path(dest, suffix=".part") as tmp:
         try:

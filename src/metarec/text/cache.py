@@ -48,11 +48,6 @@ def text_key(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + fsync + os.replace."""
-    write_bytes(path, data, fsync=True)
-
-
 class EmbeddingCache:
     """Persistent store of text vectors; see the module docstring for the guarantees."""
 
@@ -246,14 +241,16 @@ class EmbeddingCache:
                     },
                     metadata={"format": FORMAT, "fingerprint": fp},
                 )
-                atomic_write_bytes(folder / name, data)
+                write_bytes(folder / name, data, fsync=True)
                 kept.append(
                     {"file": name, "n": len(keys), "sha256": hashlib.sha256(data).hexdigest()}
                 )
             idx["shards"] = kept
             if idx["dim"] is None:
                 return
-            atomic_write_bytes(folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"))
+            write_bytes(
+                folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"), fsync=True
+            )
             # Shards no index lists (dropped as bad, or orphaned by a crash between the two
             # writes above) are garbage; safe to delete because every writer holds the lock.
             listed = {e["file"] for e in kept}
