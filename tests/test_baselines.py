@@ -456,6 +456,34 @@ def test_history_counts_an_item_in_train_and_support_once():
     assert sorted(zip(items.tolist(), ratings.tolist(), strict=True)) == [(0, 2.0), (1, 3.0)]
 
 
+def test_history_lists_training_rows_in_time_order():
+    # user 0 rated items 2, 0, 1 in that time order (item order would be 0, 1, 2); a tie in
+    # time keeps the rows' order in train. Models that adapt on the latest interactions
+    # only (ModelConfig.max_support) cut the history's end, so it must be the newest rows.
+    train = Interactions(
+        np.zeros(4, dtype=np.int64),
+        np.array([1, 2, 0, 3]),
+        np.array([1.0, 2.0, 3.0, 4.0]),
+        np.array([30, 10, 20, 30]),  # items 1 and 3 tie at t=30: train order decides
+        np.zeros(4),
+    )
+    ds = Dataset(
+        "tiny",
+        train,
+        IdMap(np.array(["a"])),
+        IdMap(np.array(list("xyzw"))),
+        "explicit",
+        (1.0, 5.0),
+        True,
+    )
+    mb = ItemMeanUserBias().fit(ds, train)
+    items, ratings = mb._history(0, Interactions.empty())
+    assert items.tolist() == [2, 0, 1, 3] and ratings.tolist() == [2.0, 3.0, 1.0, 4.0]
+    items, ratings = mb._history(0, inter(0, np.array([0]), np.array([5.0])))
+    assert items.tolist() == [2, 1, 3, 0]  # training rows by time, then the support
+    assert ratings.tolist() == [2.0, 1.0, 4.0, 5.0]
+
+
 def test_biased_mf_batched_half_step_equals_row_by_row_ridge(board):
     ds, train, _ = board
     m = BiasedMF(factors=3, reg=0.8, bias_reg=0.3, iterations=2).fit(ds, train)

@@ -728,6 +728,45 @@ def test_model_seed_seeds_meta_training(fitted):
     assert any(differs)
 
 
+def test_history_is_in_time_order_after_load(fitted):
+    # max_support keeps a history's end, so a warm user's training rows must come in time
+    # order, from a fitted model and from one rebuilt from its saved state alike
+    _, split, _, rec = fitted
+    cfg, tensors = rec.state()
+    back = MetaRecommender.from_state(cfg, tensors, split.train)
+    train = split.train
+    u = int(np.bincount(train.user_idx).argmax())
+    rows = np.flatnonzero(train.user_idx == u)
+    want = train.item_idx[rows[np.argsort(train.timestamp[rows], kind="stable")]]
+    assert not np.array_equal(want, np.sort(want))  # time order is not item order here
+    for model in (rec, back):
+        items, _ = model._history(u, Interactions.empty())
+        np.testing.assert_array_equal(items, want)
+
+
+def test_history_order_item_age_keeps_the_newest_items_last():
+    # items first rated (by anyone) at t = 30, 5, 20; user 0 rated them at t = 30, 40, 20.
+    # Time order 2, 0, 1; item age (oldest item first) 1, 2, 0; index order 0, 1, 2.
+    # max_support keeps a history's end: the latest interactions, or the newest items
+    train = Interactions(
+        np.array([1, 0, 0, 0]),
+        np.array([1, 0, 1, 2]),
+        np.array([4.0, 5.0, 2.0, 1.0]),
+        np.array([5, 30, 40, 20]),
+        np.zeros(4),
+    )
+    rating = {0: 5.0, 1: 2.0, 2: 1.0}
+    for order, want in {"time": [2, 0, 1], "item_age": [1, 2, 0]}.items():
+        rec = MetaRecommender(ModelConfig(history_order=order))
+        rec.n_users_, rec.n_items_ = 2, 3
+        rec._index_training_rows(train)
+        items, ratings = rec._history(0, Interactions.empty())
+        assert items.tolist() == want, order
+        assert ratings.tolist() == [rating[i] for i in want]
+    with pytest.raises(MetarecError, match="history_order"):
+        ModelConfig(history_order="newest")
+
+
 def test_blend_fit_sees_validation_users_as_scoring_does(fitted):
     """A validation user with training rows (item cold-start: warm users) is adapted on
     those rows + the support when scored, so the blend is fitted on the same history —

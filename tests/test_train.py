@@ -233,6 +233,46 @@ def test_sampled_negatives_come_from_training_items_only():
     assert len(negs) > 100 and (negs % 2 == 0).all() and negs.max() < 60
 
 
+def test_newest_items_episodes_query_the_newest_items():
+    """train.episodes = "newest_items" builds tasks like the item-cold protocol: the query
+    holds the user's interactions with the items that entered training last, the support
+    the K before them (by item age); "time" keeps the user-cold protocol (first K, next Q)."""
+    import numpy as np
+
+    from metarec.train import _TaskSampler
+    from metarec.types import Interactions, Split
+
+    # item i is first rated at t = i by user 1; user 0 rates items 9..0 at t = 20..29, so
+    # user 0's time order is the reverse of the items' age order
+    users = np.r_[np.ones(10), np.zeros(10)].astype(np.int64)
+    items = np.r_[np.arange(10), np.arange(9, -1, -1)]
+    times = np.r_[np.arange(10), np.arange(20, 30)]
+    rows = Interactions(users, items, np.arange(20, dtype=np.float32), times, np.zeros(20))
+    split = Split("user-cold", rows, (), (), seed=0, k_shot=3, n_query=2)
+    rng = np.random.default_rng(0)
+    for order, support, query in (("time", [9, 8, 7], [6, 5]), ("newest_items", [5, 6, 7], [8, 9])):
+        cfg = TrainConfig(resample_prob=0.0, episodes=order)
+        eps = [e for e in _TaskSampler(split, "rating", 10, cfg).sample(8, rng) if e.user_idx == 0]
+        assert eps, order
+        for e in eps:
+            assert e.support_items.tolist() == support and e.query_items.tolist() == query
+    with pytest.raises(MetarecError, match="train.episodes"):
+        TrainConfig(episodes="newest")
+    # "auto" follows the validation tasks: queries on items outside train are item cold
+    from metarec.train import episode_order
+    from metarec.types import Task
+
+    warm_q = rows.take(np.array([0, 1]))
+    cold_q = Interactions(np.zeros(2), np.array([10, 11]), np.ones(2), np.zeros(2), np.zeros(2))
+    assert episode_order(split) == "time"  # no validation tasks
+    for q, want in ((warm_q, "time"), (cold_q, "newest_items")):
+        valid = (Task(0, rows.take(np.array([2])), q),)
+        s = Split("given", rows, valid, (), seed=0, k_shot=3, n_query=2)
+        assert episode_order(s) == want
+        auto = _TaskSampler(s, "rating", 12, TrainConfig(resample_prob=0.0))
+        assert auto.episodes == want
+
+
 def test_a_validation_loss_that_never_is_finite_is_an_error(problem, monkeypatch):
     """Every evaluation diverging used to return the untrained start as "best", silently."""
     import metarec.train as T

@@ -59,6 +59,8 @@ from metarec.recommender import Recommender
 from metarec.train import TrainConfig, TrainResult, train
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
 
+HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -123,7 +125,23 @@ class ModelConfig:
     k_shot: int = 10  # support size of meta-training episodes (when fit has no split)
     n_query: int = 10  # query size of meta-training episodes
     valid_frac: float = 0.1  # share of training users held out for early stopping
-    max_support: int = 64  # adapt on at most this many of a user's latest interactions
+    max_support: int = 64  # adapt on at most this many of a user's history's last rows
+    # which training rows come last in a history, so that a history longer than
+    # max_support keeps them (the support passed in is always last): "time" a user's
+    # latest interactions, "item_age" the interactions with the newest items (by the
+    # item's first training interaction; then by time). Only warm users with long
+    # histories are cut: on the benchmarks, item cold-start (ML-100K users, median ~65
+    # ratings); user cold-start has no training rows, cross-domain ~1% of users over 64.
+    # ML-100K item cold, validation users over the validation items, mean of seeds 0-2,
+    # MAE / AUC / Recall@10 / nDCG@10 (full):
+    #   "time", max_support 64        0.8596 / 0.6059 / 0.3478 / 0.2550
+    #   "time", max_support 256       0.8566 / 0.6002 / 0.3480 / 0.2545
+    #   "time", max_support 1024      0.8562 / 0.5998 / 0.3478 / 0.2542
+    #   "item_age", max_support 32    0.8510 / 0.6060 / 0.3495 / 0.2561
+    #   "item_age", max_support 64    0.8522 / 0.6053 / 0.3502 / 0.2557
+    # (MAE better on 3 seeds of 3 than "time" at any cap): for new items, a user's
+    # ratings of the newest items say more than their latest ratings, or all of them
+    history_order: str = "item_age"
     # stacking with closed-form models, weights fitted on validation users (blend.py)
     blend: BlendConfig = field(default_factory=BlendConfig)
     device: str = "cpu"
@@ -135,6 +153,10 @@ class ModelConfig:
             raise MetarecError("model.valid_frac must be in (0, 1)")
         if self.k_shot < 1 or self.n_query < 1 or self.max_support < 1:
             raise MetarecError("model.k_shot, n_query and max_support must be >= 1")
+        if self.history_order not in HISTORY_ORDERS:
+            raise MetarecError(
+                f"model.history_order: {self.history_order!r} is not one of {HISTORY_ORDERS}"
+            )
         if self.rank_id_dropout is not None and not 0 <= self.rank_id_dropout < 1:
             raise MetarecError(
                 f"model.rank_id_dropout must be in [0, 1), got {self.rank_id_dropout}"
@@ -560,6 +582,15 @@ class MetaRecommender(Recommender):
         if self.features_ is None or (self.rating_ is None and self.rank_ is None):
             raise MetarecError(f"{self.name}: call fit() before scoring")
 
+    def _history_order(self, train: Interactions) -> np.ndarray:
+        if self.config.history_order == "time":
+            return super()._history_order(train)
+        # "item_age": by the item's first training interaction (its age in the catalogue),
+        # then by time; lexsort is stable and sorts by its last key first
+        first = np.full(self.n_items_, np.iinfo(np.int64).max)
+        np.minimum.at(first, train.item_idx, train.timestamp)
+        return np.lexsort((train.timestamp, first[train.item_idx]))
+
     def _support_of(
         self, user_idx: int, support: Interactions, train_rows: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -941,16 +972,11 @@ class MetaRecommender(Recommender):
     def from_state(
         cls, cfg: dict, tensors: dict[str, torch.Tensor], train: Interactions
     ) -> MetaRecommender:
-        import scipy.sparse as sp
-
         rec = cls(ModelConfig.from_dict(cfg["model"]))
         rec.n_users_, rec.n_items_ = int(cfg["n_users"]), int(cfg["n_items"])
         rec.feedback_ = cfg["feedback"]
         rec.rating_range_ = tuple(float(x) for x in cfg["rating_range"])
-        rec.train_ratings_ = sp.csr_matrix(
-            (train.rating.astype(np.float64), (train.user_idx, train.item_idx)),
-            shape=(rec.n_users_, rec.n_items_),
-        )
+        rec._index_training_rows(train)
         rec.features_ = FeatureSet(
             tensors["features.item_text"],
             tensors["features.item_side"],

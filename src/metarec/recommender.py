@@ -6,10 +6,11 @@ interactions, then for each user it *adapts* to that user's support set and scor
 Adaptation is a pure computation: ``score``/``recommend`` never change the fitted model,
 so the same fitted object can serve many users, in any order, from many threads.
 
-A user's *history* is the user's rows in ``train`` (none for a cold user, or a user index
-beyond the training users) followed by the ``support`` passed in (an item in both counts
-once, with the support's rating); models adapt to the history, so warm and cold users go
-through the same code path.
+A user's *history* is the user's rows in ``train`` in time order (or a model's own order:
+:meth:`Recommender._history_order`; none for a cold user, or a user index beyond the training
+users) followed by the ``support`` passed in (an item in both counts once, with the
+support's rating); models adapt to the history, so warm and cold users go through the same
+code path.
 """
 
 from __future__ import annotations
@@ -186,30 +187,51 @@ class Recommender(abc.ABC):
         self.n_items_ = dataset.n_items
         self.feedback_ = dataset.feedback
         self.rating_range_ = tuple(float(x) for x in dataset.rating_range)
-        # (n_users, n_items) CSR of training ratings; duplicates summed (should be none)
-        self.train_ratings_ = sp.csr_matrix(
-            (train.rating.astype(np.float64), (train.user_idx, train.item_idx)),
-            shape=(dataset.n_users, dataset.n_items),
-        )
+        self._index_training_rows(train)
+
+    def _index_training_rows(self, train: Interactions) -> None:
+        """The per-user lookup of ``train`` that :meth:`_history` reads (needs n_users_,
+        n_items_): ``train_ratings_``, the (n_users, n_items) CSR of training ratings
+        (duplicates summed: there should be none), and ``train_order_``, a CSR of the same
+        pattern holding each row's 1-based position in :meth:`_history_order` (1-based so
+        no stored value is an implicit zero). A CSR row's columns are sorted by item index,
+        and a history's order matters: models that adapt on at most
+        ``ModelConfig.max_support`` interactions keep the history's end."""
+        shape = (self.n_users_, self.n_items_)
+        coords = (train.user_idx, train.item_idx)
+        self.train_ratings_ = sp.csr_matrix((train.rating.astype(np.float64), coords), shape=shape)
+        position = np.empty(len(train), dtype=np.float64)
+        position[self._history_order(train)] = np.arange(1, len(train) + 1)
+        self.train_order_ = sp.csr_matrix((position, coords), shape=shape)
+
+    def _history_order(self, train: Interactions) -> np.ndarray:
+        """(n,) int64 permutation of ``train``'s rows: the order of a user's training rows
+        in a history, the last kept longest. Time order; ties keep their order in train."""
+        return np.argsort(train.timestamp, kind="stable")
 
     def _check_fitted(self) -> None:
         if not self.n_items_:
             raise MetarecError(f"{self.name}: call fit() before scoring")
 
     def _history(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, np.ndarray]:
-        """(items, ratings) of the user's training rows followed by the support rows."""
+        """(items, ratings) of the user's training rows (in :meth:`_history_order`), then the
+        support rows."""
         self._check_fitted()
         items = np.asarray(support.item_idx, dtype=np.int64)
         ratings = np.asarray(support.rating, dtype=np.float64)
         if len(items) and (items.min() < 0 or items.max() >= self.n_items_):
             raise MetarecError(f"{self.name}: support has item indices outside the catalogue")
         if 0 <= user_idx < self.n_users_:
-            row = self.train_ratings_[user_idx]
-            if row.nnz:
+            r = self.train_ratings_
+            a, b = r.indptr[user_idx], r.indptr[user_idx + 1]
+            if b > a:
+                # both CSRs share one pattern (built from the same coordinates)
+                by_time = np.argsort(self.train_order_.data[a:b], kind="stable")
+                cols, vals = r.indices[a:b][by_time], r.data[a:b][by_time]
                 # a warm protocol may put the support in train too: count such items once
-                keep = ~np.isin(row.indices, items)
-                items = np.concatenate([row.indices[keep].astype(np.int64), items])
-                ratings = np.concatenate([row.data[keep], ratings])
+                keep = ~np.isin(cols, items)
+                items = np.concatenate([cols[keep].astype(np.int64), items])
+                ratings = np.concatenate([vals[keep], ratings])
         return items, ratings
 
     def _check_items(self, item_idx: np.ndarray) -> np.ndarray:

@@ -1,7 +1,8 @@
 """The meta-training loop: task batches -> meta-gradients -> one Adam step.
 
 Meta-training tasks come from ``split.train`` only, built per warm user exactly like the test
-protocol (first K interactions in time order as support, the next Q as query), plus randomly
+protocol (first K interactions in time order as support, the next Q as query; for item
+cold-start, the query on the user's newest items: ``TrainConfig.episodes``), plus randomly
 resampled episodes of the same user for variety. Validation tasks (``split.valid``) drive early
 stopping; test tasks are never touched here.
 
@@ -35,6 +36,8 @@ from metarec.meta.episodes import (
 from metarec.models.scorer import Scorer, ScorerConfig
 from metarec.types import MetarecError, Split, Task
 
+EPISODE_ORDERS = ("auto", "time", "newest_items")  # TrainConfig.episodes
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -47,6 +50,19 @@ class TrainConfig:
     n_negatives: int = 1  # binary head: sampled negatives per positive
     positive_threshold: float = 0.5  # binary head: rating >= this is a positive
     resample_prob: float = 0.5  # chance a training task is a random episode, not time order
+    # the other tasks: "time" (the user-cold protocol: a user's first K interactions are
+    # the support, the next Q the query), "newest_items" (the item-cold protocol: the
+    # query is the user's interactions with the newest items, by each item's first
+    # training interaction, the support the K before them in that order) or "auto": the
+    # protocol of the validation tasks, "newest_items" where most of their query rows are
+    # on items outside split.train (item cold-start), else "time". ML-100K item cold,
+    # validation users over the validation items, mean of seeds 0-2 (history_order
+    # "item_age"), MAE / AUC / Recall@10 / nDCG@10 (full):
+    #   "time"           0.8522 / 0.6053 / 0.3502 / 0.2557
+    #   "newest_items"   0.8508 / 0.6170 / 0.3976 / 0.2619   (LightFM: - / - / 0.3747 / 0.2623)
+    # Recall@10 better on 3 seeds of 3: the tasks the model learns to adapt on are then
+    # like the ones it is judged on, a query on items newer than the whole support
+    episodes: str = "auto"
     id_dropout: float = 0.1  # fraction of item-ID rows sent to the unknown row in training
     max_valid_tasks: int = 512
     grad_clip: float = 10.0  # global norm; 0 = off
@@ -63,6 +79,8 @@ class TrainConfig:
             raise MetarecError("TrainConfig: steps >= 0, meta_batch, eval_every, patience >= 1")
         if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
             raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
+        if self.episodes not in EPISODE_ORDERS:
+            raise MetarecError(f"train.episodes: {self.episodes!r} is not one of {EPISODE_ORDERS}")
         if not 0 <= self.ema < 1:
             raise MetarecError(f"TrainConfig: ema must be in [0, 1), got {self.ema}")
         # `not x > 0` also catches NaN, which every comparison fails
@@ -100,6 +118,18 @@ class TrainResult:
     known_items: np.ndarray  # (n_items,) bool: items seen in split.train (others are cold)
 
 
+def episode_order(split: Split) -> str:
+    """What ``TrainConfig.episodes = "auto"`` resolves to for ``split``: "newest_items"
+    when more than half of the validation tasks' query rows are on items that are not in
+    ``split.train`` (the validation tasks test new items), else "time"."""
+    queries = [t.query.item_idx for t in split.valid]
+    if not queries:
+        return "time"
+    q = np.concatenate(queries)
+    cold = ~np.isin(q, split.train.item_idx)
+    return "newest_items" if len(q) and cold.mean() > 0.5 else "time"
+
+
 class _TaskSampler:
     """Per-user time-ordered histories of ``split.train``, turned into episodes on demand."""
 
@@ -117,6 +147,16 @@ class _TaskSampler:
         items, ratings = inter.item_idx[order], inter.rating[order]
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
         bounds = np.r_[starts, len(users)].astype(np.int64)
+        self.episodes = episode_order(split) if cfg.episodes == "auto" else cfg.episodes
+        if self.episodes == "newest_items":
+            # within each user, order by the item's first training interaction (stable:
+            # ties stay in time order), so an episode's query holds the newest items
+            first = np.full(n_items, np.iinfo(np.int64).max)
+            np.minimum.at(first, inter.item_idx, inter.timestamp)
+            age = first[items]
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+                by_age = a + np.argsort(age[a:b], kind="stable")
+                items[a:b], ratings[a:b] = items[by_age], ratings[by_age]
         self.histories: list[tuple[int, np.ndarray, np.ndarray]] = []
         for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             if b - a >= 2:  # one support and one query interaction at least
@@ -139,8 +179,10 @@ class _TaskSampler:
             ks = min(self.k, len(items) - 1)
             if rng.random() < self.cfg.resample_prob:
                 idx = rng.permutation(len(items))
-            else:
+            elif self.episodes == "time":
                 idx = np.arange(len(items))  # the test protocol: first K, then the next Q
+            else:  # the last K + Q in item-age order: the query on the newest items
+                idx = np.arange(max(0, len(items) - ks - self.q), len(items))
             s, q = idx[:ks], idx[ks : ks + self.q]
             out.append(
                 make_episode(
