@@ -265,7 +265,10 @@ def test_newest_items_episodes_query_the_newest_items():
     warm_q = rows.take(np.array([0, 1]))
     cold_q = Interactions(np.zeros(2), np.array([10, 11]), np.ones(2), np.zeros(2), np.zeros(2))
     assert episode_order(split) == "time"  # no validation tasks
-    for q, want in ((warm_q, "time"), (cold_q, "newest_items")):
+    # new items of a domain training has no rows of: a new domain (transfer's source
+    # model, validated on the target domain), not item cold-start
+    other = Interactions(np.zeros(2), np.array([10, 11]), np.ones(2), np.zeros(2), np.ones(2))
+    for q, want in ((warm_q, "time"), (cold_q, "newest_items"), (other, "time")):
         valid = (Task(0, rows.take(np.array([2])), q),)
         s = Split("given", rows, valid, (), seed=0, k_shot=3, n_query=2)
         assert episode_order(s) == want

@@ -121,13 +121,15 @@ class TrainResult:
 def episode_order(split: Split) -> str:
     """What ``TrainConfig.episodes = "auto"`` resolves to for ``split``: "newest_items"
     when more than half of the validation tasks' query rows are on items that are not in
-    ``split.train`` (the validation tasks test new items), else "time"."""
-    queries = [t.query.item_idx for t in split.valid]
-    if not queries:
+    ``split.train`` but of a domain that is (the validation tasks test new items), else
+    "time". A query in a domain training has no rows of is a new domain, not new items:
+    transfer's source model is trained on the source domain and validated on the target."""
+    if not split.valid:
         return "time"
-    q = np.concatenate(queries)
-    cold = ~np.isin(q, split.train.item_idx)
-    return "newest_items" if len(q) and cold.mean() > 0.5 else "time"
+    q_items = np.concatenate([t.query.item_idx for t in split.valid])
+    q_domain = np.concatenate([t.query.domain for t in split.valid])
+    cold = ~np.isin(q_items, split.train.item_idx) & np.isin(q_domain, split.train.domain)
+    return "newest_items" if len(q_items) and cold.mean() > 0.5 else "time"
 
 
 class _TaskSampler:
