@@ -587,8 +587,7 @@ class MetaRecommender(Recommender):
             return super()._history_order(train)
         # "item_age": by the item's first training interaction (its age in the catalogue),
         # then by time; lexsort is stable and sorts by its last key first
-        first = np.full(self.n_items_, np.iinfo(np.int64).max)
-        np.minimum.at(first, train.item_idx, train.timestamp)
+        first = train.item_first_time(self.n_items_)
         return np.lexsort((train.timestamp, first[train.item_idx]))
 
     def _support_of(

@@ -153,9 +153,7 @@ class _TaskSampler:
         if self.episodes == "newest_items":
             # within each user, order by the item's first training interaction (stable:
             # ties stay in time order), so an episode's query holds the newest items
-            first = np.full(n_items, np.iinfo(np.int64).max)
-            np.minimum.at(first, inter.item_idx, inter.timestamp)
-            age = first[items]
+            age = inter.item_first_time(n_items)[items]
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 by_age = a + np.argsort(age[a:b], kind="stable")
                 items[a:b], ratings[a:b] = items[by_age], ratings[by_age]

@@ -133,6 +133,13 @@ class Interactions:
         """Stable sort by (timestamp, original position): ties keep log order."""
         return self.take(np.argsort(self.timestamp, kind="stable"))
 
+    def item_first_time(self, n_items: int) -> np.ndarray:
+        """(n_items,) int64: each item's earliest timestamp here (its age in the catalogue);
+        the int64 maximum for an item with no row, so it sorts as the newest."""
+        first = np.full(n_items, np.iinfo(np.int64).max)
+        np.minimum.at(first, self.item_idx, self.timestamp)
+        return first
+
     @staticmethod
     def concat(parts: Sequence[Interactions]) -> Interactions:
         if not parts:
