@@ -348,3 +348,47 @@ def test_results_json_is_strict_json(tiny_run):
     _, _, out = tiny_run
     text = (out / "results.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_a_failed_fit_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A method that fails on one seed (a diverged loss) is left out of that seed's means
+    and listed in results.json and the report; a method failing on every seed is absent
+    from the table; the other methods are unaffected. fail_fast restores the old stop."""
+    real = E.fit_method
+
+    def flaky(spec, config, ds, split, feats, seed, progress):
+        if spec.name == "MetaRec" and seed == 1:
+            raise MetarecError("train: the validation loss was inf at every evaluation")
+        if spec.name == "Pooled":
+            raise RuntimeError("linalg.solve: The solver failed\nsecond line")
+        return real(spec, config, ds, split, feats, seed, progress)
+
+    monkeypatch.setattr(E, "fit_method", flaky)
+    cfg = dataclasses.replace(E.load_config(TINY), shots=())
+    with pytest.warns(UserWarning) as caught:
+        results = E.run(cfg, tmp_path / "out", progress=False)
+    said = [str(w.message) for w in caught]
+    assert len(said) == 3 and "MetaRec failed on seed 1 (K=3)" in said[1]
+    assert [(f["method"], f["seed"]) for f in results.failures] == [
+        ("Pooled", 0),
+        ("MetaRec", 1),
+        ("Pooled", 1),
+    ]
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert data["failures"][0]["error"] == "RuntimeError: linalg.solve: The solver failed"
+    assert data["failures"][1]["error"] == "train: the validation loss was inf at every evaluation"
+    table = data["scenarios"][0]["methods"]
+    assert "Pooled" not in table
+    cell = table["MetaRec"]["AUC"]
+    assert cell["seeds"] == [0] and len(cell["per_seed"]) == 1
+    assert cell["mean"] == pytest.approx(cell["per_seed"][0])
+    assert table["popularity"]["AUC"]["seeds"] == [0, 1]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| MetaRec (1 of 2 seeds) | meta |" in report
+    assert "- MetaRec, seed 1, K = 3: train: the validation loss" in report
+    # the old behaviour on request, and an error when nothing at all could be fitted
+    with pytest.raises(RuntimeError, match="solver failed"):  # Pooled, seed 0: the first
+        E.run(dataclasses.replace(cfg, fail_fast=True), None, progress=False)
+    monkeypatch.setattr(E, "fit_method", lambda *a: (_ for _ in ()).throw(ArithmeticError("x")))
+    with pytest.warns(UserWarning), pytest.raises(MetarecError, match="every method failed"):
+        E.run(cfg, None, progress=False)

@@ -30,6 +30,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,9 @@ class ExperimentConfig:
     metrics: tuple[str, ...] = ()  # table columns; () = a default set for the feedback kind
     threshold: float = 4.0  # explicit data: a rating >= threshold is relevant
     bootstrap: int = 1000
+    # a method whose fit fails (a diverged loss, a singular solve) is recorded as failed on
+    # that seed and the run goes on; true = stop the whole experiment at the first failure
+    fail_fast: bool = False
     base_dir: str = "."  # where relative data paths start (set by load_config)
 
     def __post_init__(self) -> None:
@@ -257,6 +261,9 @@ class Results:
     runs: tuple[MethodRun, ...]
     seconds: float
     out_dir: Path | None = None
+    # fits that failed, each {"method", "seed", "k_shot", "error"}: a failed seed is left
+    # out of that method's means (its aggregate lists the seeds it has)
+    failures: tuple[dict, ...] = ()
     # summary() per (scenario, K), computed once: each bootstraps every method x metric,
     # and the report and plots ask for the same tables hundreds of times
     _summaries: dict = field(default_factory=dict, repr=False, compare=False)
@@ -320,6 +327,7 @@ class Results:
             "dataset": self.dataset,
             "scenarios": scenarios,
             "fits": fit,
+            "failures": list(self.failures),
             "seconds": round(self.seconds, 1),
             "config": to_dict(self.config),
         }
@@ -351,6 +359,7 @@ def _aggregate(runs: Sequence[MethodRun], n_boot: int) -> dict:
             "std": float(ok.std(ddof=1)) if len(ok) > 1 else 0.0 if len(ok) else None,
             "ci95": [_num(ci[0]), _num(ci[1])],
             "per_seed": [_num(v) for v in per_seed],
+            "seeds": [r.seed for r in runs],
             "n_users": [int(r.result.n_users[name]) for r in runs],
             "greater_is_better": evaluation.greater_is_better(name),
         }
@@ -631,6 +640,24 @@ def _restrict(tasks: Sequence[Task], users: set[int]) -> tuple[Task, ...]:
     return tuple(t for t in tasks if t.user_idx in users)
 
 
+# what a failed fit raises: metarec's own errors (a loss inf at every evaluation, a split
+# with nothing to train on) and numerical ones (a singular solve, a NaN in torch); not
+# MemoryError or an interrupt, and not a bug's TypeError/KeyError
+FIT_FAILURES = (MetarecError, RuntimeError, ArithmeticError, np.linalg.LinAlgError)
+
+
+def _failure(method: str, seed: int, k_shot: int, error: BaseException) -> dict:
+    """Record (and warn about) a failed fit; the report lists it under the main table."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    msg = first if isinstance(error, MetarecError) and first else f"{type(error).__name__}: {first}"
+    warnings.warn(
+        f"{method} failed on seed {seed} (K={k_shot}), left out of its means: {msg}",
+        stacklevel=2,
+    )
+    return {"method": method, "seed": seed, "k_shot": k_shot, "error": msg}
+
+
 def run(
     config: ExperimentConfig,
     out_dir: str | os.PathLike | None,
@@ -652,6 +679,7 @@ def run(
         f"{info['interactions']} interactions ({info['feedback']})",
     )
     runs: list[MethodRun] = []
+    failures: list[dict] = []
     protocol: dict = {}
     main_k = config.split.k_shot
     curve = [k for k in config.shots]
@@ -701,7 +729,15 @@ def run(
                 )
         for spec in config.methods:
             cpu0 = time.process_time()
-            rec, chosen, secs = fit_method(spec, config, ds, main, feats_for(main), seed, progress)
+            try:
+                rec, chosen, secs = fit_method(
+                    spec, config, ds, main, feats_for(main), seed, progress
+                )
+            except FIT_FAILURES as e:
+                if config.fail_fast:
+                    raise
+                failures.append(_failure(spec.name, seed, main_k, e))
+                continue
             cpu = time.process_time() - cpu0
             res = evaluate_on(rec, main.test, main, seed)
             r = MethodRun(
@@ -718,9 +754,15 @@ def run(
             for k, split_k in curve_splits.items():
                 fitted, ksecs, kchosen = rec, secs, chosen
                 if not _same_rows(split_k, main):  # the recut moved training rows: refit
-                    fitted, kchosen, ksecs = fit_method(
-                        spec, config, ds, split_k, feats_for(split_k), seed, progress
-                    )
+                    try:
+                        fitted, kchosen, ksecs = fit_method(
+                            spec, config, ds, split_k, feats_for(split_k), seed, progress
+                        )
+                    except FIT_FAILURES as e:
+                        if config.fail_fast:
+                            raise
+                        failures.append(_failure(spec.name, seed, k, e))
+                        continue
                 tasks = split_k.test if common is None else _restrict(split_k.test, common)
                 kres = evaluate_on(fitted, tasks, split_k, seed)
                 runs.append(
@@ -728,7 +770,15 @@ def run(
                 )
             if curve_splits:
                 _log(progress, f"[seed {seed}] {spec.name}: K-curve {sorted(curve_splits)} done")
-    results = Results(config, info, protocol, tuple(runs), time.perf_counter() - t_start)
+    if not any(r.scenario == "main" for r in runs):
+        first = failures[0]
+        raise MetarecError(
+            f"every method failed; first: {first['method']} on seed {first['seed']}: "
+            f"{first['error']}"
+        )
+    results = Results(
+        config, info, protocol, tuple(runs), time.perf_counter() - t_start, None, tuple(failures)
+    )
     if out_dir is not None:
         results = write_results(results, out_dir)
     return results

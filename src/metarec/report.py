@@ -88,9 +88,14 @@ def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
         "|---|---|" + "---|" * len(metrics),
     ]
     kinds = {m.name: m.kind for m in results.config.methods}
+    n_seeds = len(results.config.seeds)
     for n in names:
         cells = [_fmt(table[n].get(m), best[m] == n) for m in metrics]
-        lines.append(f"| {n} | {kinds[n]} | " + " | ".join(cells) + " |")
+        # a method that failed on some seeds: its means are over fewer seeds, say so
+        first = next(iter(table[n].values()), {})
+        have = len(first.get("per_seed", ())) or n_seeds
+        label = n if have == n_seeds else f"{n} ({have} of {n_seeds} seeds)"
+        lines.append(f"| {label} | {kinds[n]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -102,11 +107,14 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     The best meta variant on test is named beside it for information only: choosing it
     because it wins on test would be selecting on test users."""
     kinds = {m.name: m.kind for m in results.config.methods}
+    default = next((n for n, k in kinds.items() if k in ("meta", "transfer")), None)
     learned = [n for n in table if kinds.get(n) in ("meta", "transfer")]
     others = [n for n in table if kinds.get(n) in ("baseline", "pooled")]
-    if not learned:
+    if default is None:
         return ""
-    dm, bb = learned[0], _best(table, metric, others)
+    if default not in table:  # it failed on every seed: no other variant stands in for it
+        return f"**The default meta-learned method, {default}, failed on every seed.**"
+    dm, bb = default, _best(table, metric, others)
     if bb is None or table[dm][metric]["mean"] is None:
         return ""
     vm, vb = table[dm][metric], table[bb][metric]
@@ -194,6 +202,16 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
     v = verdict(results, main, prim)
     if v:
         lines += [v, ""]
+    if results.failures:
+        lines += [
+            "Failed fits (each seed listed is left out of that method's means and spread):",
+            "",
+            *(
+                f"- {f['method']}, seed {f['seed']}, K = {f['k_shot']}: {f['error']}"
+                for f in results.failures
+            ),
+            "",
+        ]
     fits = []
     for name in results.methods():
         runs = results.runs_of(name, results.main_k)
