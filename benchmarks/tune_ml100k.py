@@ -161,7 +161,9 @@ def run_seed(
     base = to_dict(ModelConfig(seed=seed, progress=False))
     cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
     t0 = time.perf_counter()
-    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    # valid_items as `metarec evaluate` passes them: the ranking blend is fitted over the
+    # items the validation users are ranked on (item cold: the validation items)
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid, valid_items=cands_v)
     out["fit_s"]["MetaRec"] = time.perf_counter() - t0
     out["best_step"] = {
         "rating": rec.rating_.result.best_step if rec.rating_ else None,
