@@ -226,8 +226,8 @@ class Recommender(abc.ABC):
             a, b = r.indptr[user_idx], r.indptr[user_idx + 1]
             if b > a:
                 # both CSRs share one pattern (built from the same coordinates)
-                by_time = np.argsort(self.train_order_.data[a:b], kind="stable")
-                cols, vals = r.indices[a:b][by_time], r.data[a:b][by_time]
+                order = np.argsort(self.train_order_.data[a:b], kind="stable")
+                cols, vals = r.indices[a:b][order], r.data[a:b][order]
                 # a warm protocol may put the support in train too: count such items once
                 keep = ~np.isin(cols, items)
                 items = np.concatenate([cols[keep].astype(np.int64), items])
