@@ -727,17 +727,25 @@ def run(
                     "K-curve: no test user has an episode at every K; lower the largest shot "
                     "or set curve_same_users = false"
                 )
-        for spec in config.methods:
-            cpu0 = time.process_time()
+
+        def fit_or_record(
+            spec: MethodSpec, split: Split, k: int, seed=seed, feats_for=feats_for
+        ) -> tuple[Recommender, dict, float] | None:
+            """fit_method's (model, choice, seconds), or None once a failure is recorded."""
             try:
-                rec, chosen, secs = fit_method(
-                    spec, config, ds, main, feats_for(main), seed, progress
-                )
+                return fit_method(spec, config, ds, split, feats_for(split), seed, progress)
             except FIT_FAILURES as e:
                 if config.fail_fast:
                     raise
-                failures.append(_failure(spec.name, seed, main_k, e))
+                failures.append(_failure(spec.name, seed, k, e))
+                return None
+
+        for spec in config.methods:
+            cpu0 = time.process_time()
+            fit = fit_or_record(spec, main, main_k)
+            if fit is None:
                 continue
+            rec, chosen, secs = fit
             cpu = time.process_time() - cpu0
             res = evaluate_on(rec, main.test, main, seed)
             r = MethodRun(
@@ -754,15 +762,10 @@ def run(
             for k, split_k in curve_splits.items():
                 fitted, ksecs, kchosen = rec, secs, chosen
                 if not _same_rows(split_k, main):  # the recut moved training rows: refit
-                    try:
-                        fitted, kchosen, ksecs = fit_method(
-                            spec, config, ds, split_k, feats_for(split_k), seed, progress
-                        )
-                    except FIT_FAILURES as e:
-                        if config.fail_fast:
-                            raise
-                        failures.append(_failure(spec.name, seed, k, e))
+                    refit = fit_or_record(spec, split_k, k)
+                    if refit is None:
                         continue
+                    fitted, kchosen, ksecs = refit
                 tasks = split_k.test if common is None else _restrict(split_k.test, common)
                 kres = evaluate_on(fitted, tasks, split_k, seed)
                 runs.append(
