@@ -192,6 +192,12 @@ def test_feedback_is_stored_used_and_persistent(predictor, tmp_path):
     got = c.get("/feedback/ann").json()
     assert got["user_id"] == "ann" and [d["item_id"] for d in got["interactions"]][-1] == "99"
     assert c.get("/feedback/bob").json()["interactions"] == []
+    # an id holding "/" is reachable, escaped as %2F (it was a 404)
+    r = c.post("/feedback", json={"user_id": "a/b", "interactions": sup[:1]})
+    assert r.status_code == 200
+    got_ab = c.get("/feedback/a%2Fb")
+    assert got_ab.status_code == 200 and got_ab.json()["user_id"] == "a/b"
+    assert [d["item_id"] for d in got_ab.json()["interactions"]] == [str(sup[0]["item_id"])]
     # ann is a new user with no request interactions: the stored feedback is her support
     mine = c.post("/recommend", json={"user_id": "ann", "k": 5}).json()
     ref = c.post("/recommend", json={"interactions": sup, "k": 5}).json()

@@ -325,7 +325,7 @@ def create_app(
         return S.FeedbackResponse(stored=n, unknown_items=unknown)
 
     @app.get(
-        "/feedback/{user_id}",
+        "/feedback/{user_id:path}",  # ids may hold "/" (sent as %2F)
         response_model=S.FeedbackList,
         dependencies=[Depends(auth)],
         responses=errs,
