@@ -188,6 +188,15 @@ class Predictor:
                 f"(give a {need} column, as in its training file)"
             )
 
+    def _check_adaptable(self, user_id: str, uidx: int, sup: Interactions, what: str) -> None:
+        """A user with no training rows (``uidx`` is the unknown row) and no support rows on
+        catalogue items has nothing to adapt on: an error, not a silent generic answer."""
+        if uidx == len(self.users) and len(sup) == 0:
+            raise MetarecError(
+                f"{what} {user_id!r} has no support rows with items in the catalogue and is "
+                "not in the training data"
+            )
+
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         """One score per query row (rating scale for explicit data, probability otherwise)."""
@@ -206,10 +215,7 @@ class Predictor:
         for user_id in pd.unique(users):
             uidx = self.user_index(user_id)
             sup = supports.get(user_id, empty)
-            if uidx == len(self.users) and len(sup) == 0:
-                raise MetarecError(
-                    f"query user_id {user_id!r} has no support rows and is not in the training data"
-                )
+            self._check_adaptable(user_id, uidx, sup, "query user_id")
             rows = np.flatnonzero(users == user_id)
             from metarec.types import Task
 
@@ -275,13 +281,7 @@ class Predictor:
         """Top-k per support user; also {"unknown_support_items": n, "users": n}."""
         supports, n_unknown = self._supports_from_frame(support)
         for user_id, sup in supports.items():
-            # as predict: a cold user whose every support item is unknown has nothing to
-            # adapt on, and would silently get the generic list
-            if len(sup) == 0 and self.user_index(user_id) == len(self.users):
-                raise MetarecError(
-                    f"user_id {user_id!r} has no support rows with items in the catalogue "
-                    "and is not in the training data"
-                )
+            self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
         out = self.recommend_many(supports, k, domain)
         return out, {"unknown_support_items": n_unknown, "users": len(supports)}
 
