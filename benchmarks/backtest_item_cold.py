@@ -40,11 +40,9 @@ from metarec.atomic import write_text  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
-from metarec.experiment import ranking_candidates  # noqa: E402
-from metarec.features import build_features  # noqa: E402
-from metarec.model import MetaRecommender, ModelConfig  # noqa: E402
+from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
+from metarec.model import MetaRecommender, ModelConfig, TextConfig  # noqa: E402
 from metarec.splits import make_split  # noqa: E402
-from metarec.text import make_encoder  # noqa: E402
 
 METRICS = ("MAE", "AUC", "nDCG@3 (query)", "Recall@10 (full)", "nDCG@10 (full)")
 
@@ -64,11 +62,8 @@ def run_seed(seed: int, variants: list[tuple[str, list[str]]], cache: str, light
     outer = make_split(ds, "item-cold", k_shot=10, n_query=10, seed=seed)
     inner_ds = dataclasses.replace(ds, interactions=outer.train)
     inner = make_split(inner_ds, "item-cold", k_shot=10, n_query=10, seed=seed)
-    known = np.zeros(ds.n_items, dtype=bool)
-    known[inner.train.item_idx] = True
-    feats = build_features(
-        inner_ds, make_encoder("default"), cache=cache, pca_dim=64, fit_items=known
-    )
+    # MiniLM text, PCA-64 fitted on the inner training items (TextConfig's defaults)
+    feats = build_split_features(inner_ds, inner.train.item_idx, TextConfig(cache=cache))
     near = ranking_candidates(inner_ds, inner, "valid")
     far = ranking_candidates(inner_ds, inner, "test")
     out: dict = {"seed": seed, "near_users": len(inner.valid), "far_users": len(inner.test)}

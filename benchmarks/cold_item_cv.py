@@ -27,7 +27,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metarec.atomic import write_text  # noqa: E402
-from metarec.baselines import LightFMRanker, als_fold_in  # noqa: E402
+from metarec.baselines import LightFMRanker  # noqa: E402
 from metarec.blend import BlendConfig, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
     build_split_features,
@@ -38,6 +38,7 @@ from metarec.experiment import (  # noqa: E402
     ranking_candidates,
 )
 from metarec.model import MetaRecommender  # noqa: E402
+from metarec.types import Interactions, Task  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,19 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                 [logit[:, :, None], inputs[:, :, j : j + 1]], 2
             )
         if a.lightfm:
-            # the LightFM baseline as evaluate fits it (same features, seed), its cold users
-            # folded in on their liked history: (U, N) scores over the validation items
+            # the LightFM baseline as evaluate fits it (same features, seed), each user folded
+            # in on the same history as the logit (passed as the support of a user outside
+            # LightFM's training users, so no training row is added): (U, N) scores
             lf = LightFMRanker(seed=seed, min_rating=like).fit(ds, split.train, feats)
-            lfs = np.stack(
-                [
-                    lf.item_vectors_[items]
-                    @ als_fold_in(
-                        lf.item_vectors_, lf.gram_, np.unique(i[r >= like]), lf.reg, lf.alpha
-                    )
-                    + lf.item_bias_[items]
-                    for i, r in hists
-                ]
-            )
+            empty = Interactions.empty()
+            lfs = lf.rank_scores_batch([Task(lf.n_users_, h, empty) for _, h in pairs], items)
             variants["lightfm"] = lfs[:, :, None]
             variants["logit+lightfm"] = np.concatenate([logit[:, :, None], lfs[:, :, None]], 2)
         rng = np.random.default_rng([seed, 0xC01D])

@@ -27,10 +27,9 @@ from metarec.atomic import write_text  # noqa: E402
 from metarec.baselines import LightFMRanker  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
-from metarec.experiment import ranking_candidates  # noqa: E402
-from metarec.features import build_features  # noqa: E402
+from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
+from metarec.model import TextConfig  # noqa: E402
 from metarec.splits import make_split  # noqa: E402
-from metarec.text import make_encoder  # noqa: E402
 
 VARIANTS = {
     "warp": {},
@@ -48,13 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     ds = load_dataset("movielens-100k")
-    encoder = make_encoder("default")
     valid: dict[str, list[dict[str, float]]] = {k: [] for k in VARIANTS}
     for seed in a.seeds:
         split = make_split(ds, "item-cold", k_shot=10, n_query=10, seed=seed)
-        known = np.zeros(ds.n_items, dtype=bool)
-        known[split.train.item_idx] = True
-        feats = build_features(ds, encoder, cache=a.cache, pca_dim=64, fit_items=known)
+        # MiniLM text, PCA-64 fitted on the training items, as evaluate builds them
+        feats = build_split_features(ds, split.train.item_idx, TextConfig(cache=a.cache))
         cands = ranking_candidates(ds, split, "valid")
         for name, kw in VARIANTS.items():
             model = LightFMRanker(seed=seed, **kw).fit(ds, split.train, feats)
