@@ -436,3 +436,8 @@ def test_recommend_by_domain_equals_the_library(tmp_path):
     assert got == ref.item_id.tolist()
     r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "music"})
     assert r.status_code == 422 and "unknown domain 'music'" in r.json()["detail"]
+    # the domain's mask and items are built once and handed out read-only
+    mask = pred.domain_mask("films")
+    assert mask.sum() == len(pred.items) - 20 and not mask.flags.writeable
+    assert pred.candidates("films") is pred.candidates("films")
+    assert pred.candidates("films").tolist() == np.flatnonzero(mask).tolist()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,8 @@ class Predictor:
     item_domain: np.ndarray  # (n_items,) object: each item's domain name ("default" if none)
     train: Interactions  # the training rows (warm users' histories)
     info: dict  # dataset name, feedback, rating range, counts, encoder fingerprint
+    # domain -> ((n_cand,) item indices, (n_items,) bool mask), filled on first use
+    _domains: dict = field(default_factory=dict, init=False, repr=False)
 
     # --- building ----------------------------------------------------------------------
     @classmethod
@@ -236,13 +238,28 @@ class Predictor:
         return out, {"unknown_support_items": n_unknown, "users": len(tasks)}
 
     def candidates(self, domain: str | None) -> np.ndarray:
+        """(n_cand,) int64 item indices: the catalogue, or one domain's items (read-only)."""
         if domain is None:
             return np.arange(len(self.items), dtype=np.int64)
-        cand = np.flatnonzero(self.item_domain == domain).astype(np.int64)
-        if not len(cand):
-            known = ", ".join(sorted(set(self.item_domain.tolist())))
-            raise MetarecError(f"unknown domain {domain!r} (domains: {known})")
-        return cand
+        return self._domain(domain)[0]
+
+    def domain_mask(self, domain: str) -> np.ndarray:
+        """(n_items,) bool, read-only: True on ``domain``'s items."""
+        return self._domain(domain)[1]
+
+    def _domain(self, domain: str) -> tuple[np.ndarray, np.ndarray]:
+        # cached per domain: a string compare over a 36k-item catalogue plus the isin that
+        # served /recommend built from it cost ~1.9 ms a request, on every request
+        hit = self._domains.get(domain)
+        if hit is None:
+            mask = self.item_domain == domain
+            if not mask.any():
+                known = ", ".join(sorted(set(self.item_domain.tolist())))
+                raise MetarecError(f"unknown domain {domain!r} (domains: {known})")
+            cand = np.flatnonzero(mask).astype(np.int64)
+            mask.flags.writeable = cand.flags.writeable = False
+            hit = self._domains[domain] = (cand, mask)
+        return hit
 
     def recommend_many(
         self,

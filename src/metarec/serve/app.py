@@ -246,17 +246,15 @@ def create_app(
             raise _unprocessable(f"explain=true allows k <= {cfg.max_explain_k}, got {req.k}")
         user_id = None if req.user_id is None else str(req.user_id)
         # an unknown domain is a 422 naming the known ones, before any adaptation
-        outside = (
-            None if req.domain is None else ~np.isin(state.all_items, pred.candidates(req.domain))
-        )
+        inside = None if req.domain is None else pred.domain_mask(req.domain)
         uidx, sup, unknown = support(user_id, req.interactions)
         ad = await adapted(user_id, uidx, sup, "rank")
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = model.score_adapted(ad, state.all_items)
         if req.exclude_seen:
             scores[ad.seen] = -np.inf
-        if outside is not None:
-            scores[outside] = -np.inf
+        if inside is not None:
+            scores[~inside] = -np.inf
         top = _top_k(scores, req.k)
         weights = (
             await run_in_threadpool(model.explain, uidx, sup, top, "rank")
