@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -289,3 +290,100 @@ def test_a_validation_loss_that_never_is_finite_is_an_error(problem, monkeypatch
     monkeypatch.setattr(T, "_valid_loss", lambda *a, **k: next(losses))
     res = train(split, feats, SC, META, _cfg(steps=8, eval_every=4, patience=5), progress=False)
     assert res.best_step == 4 and res.best_valid == 0.7
+
+
+def test_age_matched_negatives_come_from_items_as_new_as_the_query():
+    """train.negatives = "age_matched": a newest-items query's negatives are training items
+    at least as new as its oldest item (never fewer than AGE_MATCHED_MIN_POOL newest
+    ones), never the user's own; supports keep the whole pool, "catalogue" is unchanged."""
+    import numpy as np
+
+    from metarec.train import AGE_MATCHED_MIN_POOL, _TaskSampler
+    from metarec.types import Interactions, Split
+
+    n_items = 2 * AGE_MATCHED_MIN_POOL + 40
+    # item i first rated at t = i, by user 1 (even items) or user 3 (odd ones); user 0
+    # rates the 20 newest items after that, so their queries hold the newest items and the
+    # age-matched pool narrows to the AGE_MATCHED_MIN_POOL newest; user 2 rates 5 old and
+    # 5 mid-aged items
+    every = np.arange(n_items)
+    u0 = np.arange(n_items - 20, n_items)
+    u2 = np.r_[np.arange(5), np.arange(100, 105)]
+    users = np.r_[1 + 2 * (every % 2), np.zeros(len(u0)), np.full(len(u2), 2)].astype(np.int64)
+    items = np.r_[every, u0, u2]
+    times = np.r_[every, n_items + np.arange(len(u0)), 2 * n_items + np.arange(len(u2))]
+    n = len(items)
+    rows = Interactions(users, items, np.ones(n, np.float32), times, np.zeros(n, np.int16))
+    split = Split("user-cold", rows, (), (), seed=0, k_shot=3, n_query=3)
+    rng = np.random.default_rng(0)
+    cfg = TrainConfig(resample_prob=0.0, episodes="newest_items", n_negatives=3)
+    aged = _TaskSampler(split, "binary", n_items, dataclasses.replace(cfg, negatives="age_matched"))
+    eps = aged.sample(60, rng)
+    by_user = {u: [e for e in eps if e.user_idx == u] for u in (0, 2)}
+    assert all(by_user.values())
+    for u, own in ((0, u0), (2, u2)):
+        for e in by_user[u]:
+            q_pos = e.query_items[e.query_y == 1]
+            q_neg = e.query_items[e.query_y == 0]
+            s_neg = e.support_items[e.support_y == 0]
+            assert len(q_neg) == 3 * len(q_pos) and len(s_neg) > 0
+            assert not np.isin(q_neg, own).any()
+            floor = min(q_pos.min(), n_items - AGE_MATCHED_MIN_POOL)
+            assert (q_neg >= floor).all(), (u, q_pos, q_neg)
+    # user 2's query (items 102..104) admits items from 102 up; the support's negatives
+    # range over the whole catalogue (item ids are ages here)
+    s_negs = np.concatenate([e.support_items[e.support_y == 0] for e in eps])
+    assert s_negs.min() < n_items - AGE_MATCHED_MIN_POOL
+    # "catalogue" draws query negatives from every training item
+    flat = _TaskSampler(split, "binary", n_items, cfg).sample(60, np.random.default_rng(0))
+    q_negs = np.concatenate([e.query_items[e.query_y == 0] for e in flat if e.user_idx == 0])
+    assert q_negs.min() < n_items - AGE_MATCHED_MIN_POOL
+    with pytest.raises(MetarecError, match="train.negatives"):
+        TrainConfig(negatives="newest")
+
+
+def test_held_out_validation_negatives():
+    """train.valid_negatives: "held_out" draws validation queries' negatives from the
+    split's held-out validation items (what item cold-start ranks), the supports' from
+    training items; "auto" does so only where items are held out; "held_out" without
+    held-out items is an error naming the option."""
+    import numpy as np
+
+    from metarec.train import _valid_episodes, valid_negative_pool
+    from metarec.types import Interactions, Split, Task
+
+    n = 40
+    rows = Interactions(
+        np.repeat(np.arange(4), 10),
+        np.tile(np.arange(10), 4),
+        np.ones(n, np.float32),
+        np.arange(n),
+        np.zeros(n, np.int16),
+    )
+    support = rows.take(np.arange(3))
+    query = Interactions(np.zeros(2), np.array([20, 21]), np.ones(2), np.zeros(2), np.zeros(2))
+    valid = (Task(0, support, query),)
+    held = np.arange(20, 30)
+    cold = Split("given", rows, valid, (), seed=0, k_shot=3, n_query=2, valid_cold_items=held)
+    warm = Split("given", rows, valid, (), seed=0, k_shot=3, n_query=2)
+    cfg = TrainConfig(n_negatives=3, valid_negatives="held_out")
+    pool = valid_negative_pool(cold, cfg)
+    assert pool is not None and pool.tolist() == held.tolist()
+    (ep,) = _valid_episodes(valid, "binary", 40, cfg, np.arange(10), pool)
+    q_neg = ep.query_items[ep.query_y == 0]
+    s_neg = ep.support_items[ep.support_y == 0]
+    assert len(q_neg) == 6 and set(q_neg) <= set(range(22, 30))
+    assert len(s_neg) == 9 and set(s_neg) <= set(range(3, 10))
+    # a user who rated every held-out item gets query negatives from the training items
+    every = Interactions(np.zeros(10), held, np.ones(10), np.zeros(10), np.zeros(10))
+    (ep,) = _valid_episodes((Task(0, support, every),), "binary", 40, cfg, np.arange(10), pool)
+    q_neg = ep.query_items[ep.query_y == 0]
+    assert len(q_neg) == 30 and set(q_neg) <= set(range(3, 10))
+    auto = dataclasses.replace(cfg, valid_negatives="auto")
+    assert valid_negative_pool(cold, auto).tolist() == held.tolist()
+    assert valid_negative_pool(warm, auto) is None
+    assert valid_negative_pool(cold, dataclasses.replace(cfg, valid_negatives="train")) is None
+    with pytest.raises(MetarecError, match="valid_negatives"):
+        valid_negative_pool(warm, cfg)
+    with pytest.raises(MetarecError, match="train.valid_negatives"):
+        TrainConfig(valid_negatives="cold")

@@ -88,10 +88,13 @@ def make_episode(
     positive_threshold: float = 0.5,
     exclude: np.ndarray | None = None,
     negative_pool: np.ndarray | None = None,
+    query_negative_pool: np.ndarray | None = None,
 ) -> Episode:
     """Episode with head-specific labels. For the binary head, ``n_negatives`` sampled items
     (label 0, from ``negative_pool`` (default: every item), never in ``exclude``, default
-    the episode's own items) are appended per positive in the support and in the query."""
+    the episode's own items) are appended per positive in the support and in the query;
+    ``query_negative_pool`` replaces ``negative_pool`` for the query's negatives (the
+    query is what the loss judges: its negatives can be the items it is ranked among)."""
     s_items = np.asarray(support_items, dtype=np.int64)
     q_items = np.asarray(query_items, dtype=np.int64)
     s_y = labels_for(head, support_rating, positive_threshold)
@@ -101,7 +104,8 @@ def make_episode(
             raise MetarecError("make_episode: the binary head needs an rng to sample negatives")
         excl = np.concatenate([s_items, q_items]) if exclude is None else np.asarray(exclude)
         ns = sample_negatives(int(s_y.sum()) * n_negatives, n_items, excl, rng, negative_pool)
-        nq = sample_negatives(int(q_y.sum()) * n_negatives, n_items, excl, rng, negative_pool)
+        q_pool = negative_pool if query_negative_pool is None else query_negative_pool
+        nq = sample_negatives(int(q_y.sum()) * n_negatives, n_items, excl, rng, q_pool)
         s_items = np.concatenate([s_items, ns])
         s_y = np.concatenate([s_y, np.zeros(len(ns), np.float32)])
         q_items = np.concatenate([q_items, nq])
