@@ -387,6 +387,11 @@ def test_fit_replaces_an_existing_run_and_fills_an_empty_folder(tmp_path):
         ("seed=-1", "seed"),
         ("scorer.hidden=[-4]", "hidden"),
         ("rank_negatives=-1", "rank_negatives"),
+        ("rank_negatives=100000", "rank_negatives"),
+        ("train.meta_batch=100000000", "meta_batch"),
+        ("train.n_negatives=5000", "n_negatives"),
+        ("scorer.embed_dim=100000000", "embed_dim"),
+        ("scorer.hidden=[64,10000000]", "hidden"),
         ("like_threshold=100", "like_threshold"),
     ],
 )

@@ -56,7 +56,7 @@ from metarec.meta.episodes import (
 )
 from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
 from metarec.recommender import Recommender
-from metarec.train import TrainConfig, TrainResult, train
+from metarec.train import MAX_NEGATIVES, TrainConfig, TrainResult, train
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
@@ -71,6 +71,11 @@ class TextConfig:
     cache: str | None = None  # embedding cache folder; default $METAREC_HOME/embeddings
     user_text: bool = False  # also embed user side text (demographics) as a user feature
     device: str | None = None  # encoder device: cpu (default), cuda, auto
+
+
+# widest embedding or hidden layer accepted: a typo (embed_dim=3200000) otherwise asks for
+# an (n_items, width) table of tens of GB before anything says why
+MAX_WIDTH = 65_536
 
 
 @dataclass(frozen=True)
@@ -171,14 +176,21 @@ class ModelConfig:
                 f"model.rank_loss {self.rank_loss!r} needs the neural-process ranking model "
                 f"(rank_meta.algorithm = 'np'), not {rank_algo!r}"
             )
-        if self.rank_negatives < 1:
-            raise MetarecError(f"model.rank_negatives must be >= 1, got {self.rank_negatives}")
+        if not 1 <= self.rank_negatives <= MAX_NEGATIVES:
+            raise MetarecError(
+                f"model.rank_negatives must be in [1, {MAX_NEGATIVES}], got {self.rank_negatives}"
+            )
         if self.like_threshold is not None and not math.isfinite(self.like_threshold):
             raise MetarecError(f"model.like_threshold must be finite, got {self.like_threshold}")
-        if self.scorer.embed_dim < 0 or any(h < 1 for h in self.scorer.hidden):
+        widths = (self.scorer.embed_dim, *self.scorer.hidden)
+        if (
+            self.scorer.embed_dim < 0
+            or any(h < 1 for h in self.scorer.hidden)
+            or max(widths) > MAX_WIDTH
+        ):
             raise MetarecError(
-                f"model.scorer: embed_dim >= 0 and every hidden width >= 1, got "
-                f"embed_dim={self.scorer.embed_dim}, hidden={list(self.scorer.hidden)}"
+                f"model.scorer: embed_dim >= 0, every hidden width >= 1, all <= {MAX_WIDTH}, "
+                f"got embed_dim={self.scorer.embed_dim}, hidden={list(self.scorer.hidden)}"
             )
 
     @classmethod

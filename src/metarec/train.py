@@ -41,6 +41,10 @@ NEGATIVE_SOURCES = ("catalogue", "age_matched")  # TrainConfig.negatives
 VALID_NEGATIVE_SOURCES = ("auto", "train", "held_out")  # TrainConfig.valid_negatives
 # "age_matched" negatives: the pool is never narrower than this many newest training items
 AGE_MATCHED_MIN_POOL = 100
+# upper bounds that catch a typo (meta_batch=3200000) before it asks for tens of GB: a step
+# holds meta_batch padded episodes, each with n_negatives sampled items per positive
+MAX_META_BATCH = 65_536
+MAX_NEGATIVES = 1_024
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ class TrainConfig:
             raise MetarecError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.n_negatives < 0:
             raise MetarecError(f"train.n_negatives must be >= 0, got {self.n_negatives}")
+        if self.meta_batch > MAX_META_BATCH or self.n_negatives > MAX_NEGATIVES:
+            raise MetarecError(
+                f"train.meta_batch must be <= {MAX_META_BATCH} and train.n_negatives <= "
+                f"{MAX_NEGATIVES}, got {self.meta_batch} and {self.n_negatives}"
+            )
         if not math.isfinite(self.positive_threshold):
             raise MetarecError(
                 f"train.positive_threshold must be a finite number, got {self.positive_threshold}"
