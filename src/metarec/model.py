@@ -47,6 +47,7 @@ from metarec.blend import (
 from metarec.config import from_dict, to_dict
 from metarec.features import FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
+from metarec.meta.ensemble import EnsembleLearner, member_prefix, merge_members
 from metarec.meta.episodes import (
     Episode,
     EpisodeBatch,
@@ -72,6 +73,8 @@ class TextConfig:
     user_text: bool = False  # also embed user side text (demographics) as a user feature
     device: str | None = None  # encoder device: cpu (default), cuda, auto
 
+
+MAX_MEMBERS = 16  # model.rank_members: each member is a full training run
 
 # widest embedding or hidden layer accepted: a typo (embed_dim=3200000) otherwise asks for
 # an (n_items, width) table of tens of GB before anything says why
@@ -117,6 +120,10 @@ class ModelConfig:
     # 0.221); Amazon Food->Kitchen (seed 0, blend CV) nDCG@10 0.0163 vs 0.0151
     rank_meta: MetaConfig | None = field(default_factory=lambda: MetaConfig(algorithm="np"))
     rank_negatives: int = 4  # sampled negatives per positive for the ranking model
+    # ranking models trained from different seeds and scored as one (the mean logit;
+    # metarec.meta.ensemble); 1 = a single model. Each member costs one more training run
+    # and one more adaptation per request
+    rank_members: int = 1
     # the ranking model's loss: "bce" (each item alone) or "softmax" (each like against its
     # episode's negatives, ScorerConfig.loss; with the NP ranking model only)
     rank_loss: str = "bce"
@@ -175,6 +182,10 @@ class ModelConfig:
             raise MetarecError(
                 f"model.rank_loss {self.rank_loss!r} needs the neural-process ranking model "
                 f"(rank_meta.algorithm = 'np'), not {rank_algo!r}"
+            )
+        if not 1 <= self.rank_members <= MAX_MEMBERS:
+            raise MetarecError(
+                f"model.rank_members must be in [1, {MAX_MEMBERS}], got {self.rank_members}"
             )
         if not 1 <= self.rank_negatives <= MAX_NEGATIVES:
             raise MetarecError(
@@ -570,17 +581,27 @@ class MetaRecommender(Recommender):
             output_offset=offset,
             loss=self.config.rank_loss if head == "binary" else "bce",
         )
-        result = train(
-            split,
-            feats,
-            sc,
-            meta,
-            tcfg,
-            device=self.config.device,
-            progress=self.config.progress,
-            **self._train_kwargs(head),
-        )
-        return _Part(MetaLearner(Scorer(sc), meta), result.params, result)
+        members = self.config.rank_members if head == "binary" else 1
+        kwargs = self._train_kwargs(head)
+        results = [
+            train(
+                split,
+                feats,
+                sc,
+                meta,
+                # member j: its own seed (initialisation, tasks, negatives, ID dropout)
+                dataclasses.replace(tcfg, seed=tcfg.seed + 7_919 * j),
+                device=self.config.device,
+                progress=self.config.progress,
+                **_member_kwargs(kwargs, j, members),
+            )
+            for j in range(members)
+        ]
+        if members == 1:
+            return _Part(MetaLearner(Scorer(sc), meta), results[0].params, results[0])
+        learner = EnsembleLearner(Scorer(sc), meta, members)
+        # the first member's result stands for the training history (curves, best step)
+        return _Part(learner, merge_members([r.params for r in results]), results[0])
 
     def _train_kwargs(self, head: str) -> dict:
         """Extra keyword arguments for :func:`metarec.train.train` when training the
@@ -717,7 +738,7 @@ class MetaRecommender(Recommender):
             # item side the same for every task (the neural process adapts only user_vec):
             # (1, N) item inputs, broadcast, so recommend's catalogue-wide scoring builds
             # the items' representation once per chunk rather than once per task
-            shared = scorer.item_side_shared(fast, part.params)
+            shared = learner.item_side_shared(fast, part.params)
             cols = []
             for a in range(0, len(it), item_chunk):
                 chunk = it[a : a + item_chunk]
@@ -961,6 +982,7 @@ class MetaRecommender(Recommender):
             parts[key] = {
                 "scorer": to_dict(part.learner.scorer.cfg),
                 "meta": to_dict(part.learner.cfg),
+                "members": getattr(part.learner, "members", 1),
             }
             tensors.update({f"{key}.{k}": v for k, v in part.params.items()})
         blend = None
@@ -1000,12 +1022,31 @@ class MetaRecommender(Recommender):
             meta = from_dict(MetaConfig, spec["meta"], "meta")
             prefix = f"{key}."
             params = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            part = _Part(MetaLearner(Scorer(sc), meta), params, None)
+            members = int(spec.get("members", 1))
+            learner = (
+                MetaLearner(Scorer(sc), meta)
+                if members == 1
+                else EnsembleLearner(Scorer(sc), meta, members)
+            )
+            part = _Part(learner, params, None)
             setattr(rec, f"{key}_", part)
         if cfg.get("blend") is not None:
             blend_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("blend.")}
             rec.blend_ = Blend.from_state(cfg["blend"], blend_tensors)
         return rec
+
+
+def _member_kwargs(kwargs: dict, j: int, members: int) -> dict:
+    """:meth:`MetaRecommender._train_kwargs` for ensemble member j: an ``init`` taken
+    from an ensemble (transfer's source model) gives member j its own member's values."""
+    init = kwargs.get("init")
+    if members == 1 or not init or not any(k.startswith(member_prefix(0)) for k in init):
+        return kwargs
+    pre = member_prefix(j)
+    mine = {k[len(pre) :]: v for k, v in init.items() if k.startswith(pre)}
+    if not mine:
+        raise MetarecError(f"the initial model has no ensemble member {j} to start member {j} from")
+    return {**kwargs, "init": mine}
 
 
 def _with_unknown_user_row(feats: FeatureSet) -> FeatureSet:

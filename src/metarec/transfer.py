@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from metarec.features import FeatureSet
-from metarec.meta.algorithms import ALGORITHMS, MetaLearner
+from metarec.meta.algorithms import ALGORITHMS
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.models.scorer import param_group
 from metarec.types import Dataset, Interactions, MetarecError, Task
@@ -72,7 +72,8 @@ class PooledRecommender(MetaRecommender):
         # scores a blend is fitted on, which come after this) uses finetune_steps
         part = super()._train_part(split, head, meta, tcfg, dataset)
         tuned = dataclasses.replace(part.learner.cfg, inner_steps=self.finetune_steps)
-        return dataclasses.replace(part, learner=MetaLearner(part.learner.scorer, tuned))
+        # replace keeps the learner's class: an ensemble stays one
+        return dataclasses.replace(part, learner=dataclasses.replace(part.learner, cfg=tuned))
 
 
 # --- cross-domain transfer -----------------------------------------------------------------

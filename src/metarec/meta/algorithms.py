@@ -160,6 +160,10 @@ class MetaLearner:
         """(T, N) scores with (base or adapted) params."""
         return self.scorer.apply(params, user_x, item_x, rows)
 
+    def item_side_shared(self, params: Params, base: Params) -> bool:
+        """:meth:`Scorer.item_side_shared` for ``params`` adapted from ``base``."""
+        return self.scorer.item_side_shared(params, base)
+
     def support_losses(self, params: Params, x: TaskInputs) -> torch.Tensor:
         out = self.scorer.apply(params, x.user_x, x.s_x, x.s_rows)
         return self.scorer.task_losses(out, x.s_y, x.s_mask)
