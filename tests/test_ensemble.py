@@ -181,7 +181,18 @@ def test_cli_fit_recommend_and_update_an_ensemble(tmp_path, capsys):
     support.to_csv(tmp_path / "S.csv", index=False)
     rec = ["recommend", "--run", str(run), "--support", str(tmp_path / "S.csv"), "-k", "5"]
     assert main([*rec, "--out", str(tmp_path / "R.csv")]) == 0
-    assert len(pd.read_csv(tmp_path / "R.csv")) == 5
+    got = pd.read_csv(tmp_path / "R.csv", dtype={"item_id": str})
+    assert len(got) == 5
+    # the service reports the ensemble and serves the same top five
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    c = TestClient(create_app(before))
+    assert c.get("/info").json()["rank_members"] == 2
+    body = {"interactions": [{"item_id": "it0", "rating": 5}, {"item_id": "it2", "rating": 5}]}
+    r = c.post("/recommend", json={**body, "k": 5})
+    assert [i["item_id"] for i in r.json()["items"]] == got["item_id"].tolist()
     capsys.readouterr()
     store = FeedbackStore(tmp_path / "fb")
     store.add("u1", [FeedbackRow(f"it{i}", 5.0 if i % 2 == 0 else 1.0, None) for i in range(12)])

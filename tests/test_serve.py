@@ -66,7 +66,7 @@ def test_health_and_info(client, predictor):
     assert info["encoder_fingerprint"] == predictor.info["encoder_fingerprint"]
     assert info["encoder_fingerprint"].startswith("hashing")
     assert (info["users"], info["items"], info["algorithm"]) == (60, 40, "maml")
-    assert info["rank_algorithm"] == "np"
+    assert info["rank_algorithm"] == "np" and info["rank_members"] == 1
     assert info["limits"]["max_k"] == 1000
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
 

@@ -217,6 +217,9 @@ def create_app(
                 model.rating_ if model.rating_ is not None else model.rank_
             ).learner.cfg.algorithm,
             rank_algorithm=None if model.rank_ is None else model.rank_.learner.cfg.algorithm,
+            rank_members=None
+            if model.rank_ is None
+            else getattr(model.rank_.learner, "members", 1),
             version=__version__,
             dataset={k: v for k, v in pred.info.items() if k != "item_domains"},
             encoder_fingerprint=str(pred.info.get("encoder_fingerprint", "")),

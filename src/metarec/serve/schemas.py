@@ -150,6 +150,7 @@ class Info(BaseModel):
     model: str
     algorithm: str  # meta-algorithm of the model behind /score (the rating model if any)
     rank_algorithm: str | None = None  # of the ranking model behind /recommend, if any
+    rank_members: int | None = None  # ranking models averaged (model.rank_members), if any
     version: str
     dataset: dict
     encoder_fingerprint: str
