@@ -980,3 +980,44 @@ def test_head_fit_sees_only_each_inputs_top_items():
     np.testing.assert_array_equal(fit_rank_blend(x, pos, excl, 1e-2, head=x.shape[1])[0], plain)
     with pytest.raises(MetarecError, match="rank_fit_head"):
         BlendConfig(rank_fit_head=-1)
+
+
+def test_held_out_validation_items_train_the_ranking_model_with_cold_id_dropout(
+    fitted, monkeypatch
+):
+    """With ``valid_items`` (item cold-start) the ranking model trains with
+    ``cold_rank_id_dropout``; without, with ``rank_id_dropout``; the rating model keeps
+    ``train.id_dropout`` either way, and None falls back to ``rank_id_dropout``."""
+    import metarec.model as M
+
+    ds, split, feats, _ = fitted
+    drops: list[tuple[str, float]] = []
+    real = M.train
+
+    def spy(split_, feats_, sc, meta, tcfg, **kw):
+        drops.append((sc.head, tcfg.id_dropout))
+        return real(split_, feats_, sc, meta, tcfg, **kw)
+
+    monkeypatch.setattr(M, "train", spy)
+    cold = np.arange(34, 40)
+    valid = tuple(
+        Task(t.user_idx, t.support, dataclasses.replace(t.query.take(np.arange(6)), item_idx=cold))
+        for t in split.valid
+    )
+    cfg = _fast_config(rank_id_dropout=0.5, cold_rank_id_dropout=0.9)
+    MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    MetaRecommender(dataclasses.replace(cfg, cold_rank_id_dropout=None)).fit(
+        ds, split.train, feats, valid=valid, valid_items=cold
+    )
+    tid = cfg.train.id_dropout
+    assert drops == [
+        ("rating", tid),
+        ("binary", 0.9),
+        ("rating", tid),
+        ("binary", 0.5),
+        ("rating", tid),
+        ("binary", 0.5),
+    ]
+    with pytest.raises(MetarecError, match="cold_rank_id_dropout"):
+        _fast_config(cold_rank_id_dropout=1.0)

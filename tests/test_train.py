@@ -382,6 +382,12 @@ def test_held_out_validation_negatives():
     auto = dataclasses.replace(cfg, valid_negatives="auto")
     assert valid_negative_pool(cold, auto).tolist() == held.tolist()
     assert valid_negative_pool(warm, auto) is None
+    # items passed as valid_cold_items that training has (cross-domain: the target
+    # domain's items, what the blend ranks) are not new items: "auto" keeps "train"
+    warm_q = Task(0, support, rows.take(np.arange(3, 5)))
+    target = Split("given", rows, (warm_q,), (), seed=0, k_shot=3, n_query=2, valid_cold_items=held)
+    assert valid_negative_pool(target, auto) is None
+    assert valid_negative_pool(target, cfg).tolist() == held.tolist()  # asked for: given
     assert valid_negative_pool(cold, dataclasses.replace(cfg, valid_negatives="train")) is None
     with pytest.raises(MetarecError, match="valid_negatives"):
         valid_negative_pool(warm, cfg)

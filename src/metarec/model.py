@@ -57,7 +57,7 @@ from metarec.meta.episodes import (
 )
 from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
 from metarec.recommender import Recommender
-from metarec.train import MAX_NEGATIVES, TrainConfig, TrainResult, train
+from metarec.train import MAX_NEGATIVES, TrainConfig, TrainResult, train, validates_new_items
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
@@ -133,6 +133,11 @@ class ModelConfig:
     # ML-100K validation users, 3 seeds: item cold Recall@10 (full) 0.165 vs 0.144, user
     # cold 0.205 vs 0.201; the rating model keeps 0.1 (its AUC / nDCG@3 were better there)
     rank_id_dropout: float | None = 0.5
+    # the ranking model's item-ID dropout where the validation tasks test new items (item
+    # cold-start in `metarec evaluate`, metarec.train.validates_new_items: every item it is
+    # judged on has no ID row, so it trains as if items were new nearly always); None =
+    # rank_id_dropout. FIGURES
+    cold_rank_id_dropout: float | None = 0.95
     # explicit data: a rating >= this is a "like" (label 1) for the ranking model, a lower
     # rating an explicit negative (label 0); None = the middle of the rating scale
     like_threshold: float | None = None
@@ -171,10 +176,10 @@ class ModelConfig:
             raise MetarecError(
                 f"model.history_order: {self.history_order!r} is not one of {HISTORY_ORDERS}"
             )
-        if self.rank_id_dropout is not None and not 0 <= self.rank_id_dropout < 1:
-            raise MetarecError(
-                f"model.rank_id_dropout must be in [0, 1), got {self.rank_id_dropout}"
-            )
+        for name in ("rank_id_dropout", "cold_rank_id_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise MetarecError(f"model.{name} must be in [0, 1), got {value}")
         if self.seed < 0:
             raise MetarecError(f"model.seed must be >= 0, got {self.seed}")
         if self.rank_loss not in LOSSES:
@@ -210,10 +215,13 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         return from_dict(cls, data, "")
 
-    def rank_train(self, train: TrainConfig) -> TrainConfig:
+    def rank_train(self, train: TrainConfig, held_out: bool = False) -> TrainConfig:
         """``train`` as the ranking model trains: sampled negatives, its own ID dropout
-        (fit and ``metarec update`` both derive it here)."""
+        (``cold_rank_id_dropout`` when the validation items are ``held_out``; fit and
+        ``metarec update`` both derive it here)."""
         drop = train.id_dropout if self.rank_id_dropout is None else self.rank_id_dropout
+        if held_out and self.cold_rank_id_dropout is not None:
+            drop = self.cold_rank_id_dropout
         return dataclasses.replace(train, n_negatives=self.rank_negatives, id_dropout=drop)
 
 
@@ -336,7 +344,7 @@ class MetaRecommender(Recommender):
                 _as_likes(split, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
-                cfg.rank_train(train_cfg),
+                cfg.rank_train(train_cfg, held_out=validates_new_items(split)),
                 dataset,
             )
         self.blend_ = self._fit_blend(dataset, split)

@@ -164,18 +164,24 @@ class TrainResult:
     known_items: np.ndarray  # (n_items,) bool: items seen in split.train (others are cold)
 
 
-def episode_order(split: Split) -> str:
-    """What ``TrainConfig.episodes = "auto"`` resolves to for ``split``: "newest_items"
-    when more than half of the validation tasks' query rows are on items that are not in
-    ``split.train`` but of a domain that is (the validation tasks test new items), else
-    "time". A query in a domain training has no rows of is a new domain, not new items:
-    transfer's source model is trained on the source domain and validated on the target."""
+def validates_new_items(split: Split) -> bool:
+    """True when more than half of the validation tasks' query rows are on items that are
+    not in ``split.train`` but of a domain that is: the validation tasks test new items
+    (item cold-start). A query in a domain training has no rows of is a new domain, not
+    new items: transfer's source model is trained on the source domain and validated on
+    the target. Cross-domain targets are warm items (other users' rows are in training)."""
     if not split.valid:
-        return "time"
+        return False
     q_items = np.concatenate([t.query.item_idx for t in split.valid])
     q_domain = np.concatenate([t.query.domain for t in split.valid])
     cold = ~np.isin(q_items, split.train.item_idx) & np.isin(q_domain, split.train.domain)
-    return "newest_items" if len(q_items) and cold.mean() > 0.5 else "time"
+    return bool(len(q_items) and cold.mean() > 0.5)
+
+
+def episode_order(split: Split) -> str:
+    """What ``TrainConfig.episodes = "auto"`` resolves to for ``split``: "newest_items"
+    where the validation tasks test new items (:func:`validates_new_items`), else "time"."""
+    return "newest_items" if validates_new_items(split) else "time"
 
 
 class _TaskSampler:
@@ -274,14 +280,21 @@ class _TaskSampler:
 
 def valid_negative_pool(split: Split, cfg: TrainConfig) -> np.ndarray | None:
     """The pool of validation query negatives ``cfg.valid_negatives`` names: the split's
-    held-out validation items, or None (the training items, as the supports use)."""
+    held-out validation items (``split.valid_cold_items``; "auto": only where the
+    validation tasks test new items, :func:`validates_new_items`), or None (the training
+    items, as the supports use). Cross-domain fits pass the target domain's items as
+    ``valid_cold_items`` (what the blend ranks); those are warm, so "auto" keeps "train"."""
     held_out = np.asarray(split.valid_cold_items, dtype=np.int64)
     if cfg.valid_negatives == "held_out" and not len(held_out):
         raise MetarecError(
             'train.valid_negatives "held_out": the split holds no validation items out '
             '(only item cold-start splits do); use "auto" or "train"'
         )
-    return held_out if cfg.valid_negatives != "train" and len(held_out) else None
+    if cfg.valid_negatives == "train" or not len(held_out):
+        return None
+    if cfg.valid_negatives == "auto" and not validates_new_items(split):
+        return None
+    return held_out
 
 
 def _valid_episodes(
