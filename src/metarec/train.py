@@ -88,8 +88,9 @@ class TrainConfig:
     # where a validation query's negatives come from: "train" (training items, as in
     # training), "held_out" (the split's held-out validation items, split.valid_cold_items:
     # what item cold-start's full ranking runs over, so early stopping judges the ranking
-    # that is served, not "new item vs old item") or "auto": "held_out" where the split
-    # holds items out (item cold-start in `metarec evaluate`), else "train". "auto" is
+    # that is served, not "new item vs old item") or "auto": "held_out" where the
+    # validation tasks test new items (validates_new_items: item cold-start in `metarec
+    # evaluate`), else "train". "auto" is
     # the default for that reason. Measured on ML-100K item cold (validation and the
     # backtest, seeds 0-2, and the headline rerun) it stopped the default's ranking model
     # at the same step as "train" (identical figures); MetaRec-ridge's and the pooled
