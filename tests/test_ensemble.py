@@ -228,3 +228,23 @@ def test_feature_transfer_starts_and_freezes_each_member_from_its_source_member(
     # the two members differ (their own seeds), so member 1 did not start from member 0
     k = frozen[0]
     assert not torch.equal(src[k], src["m0" + k[2:]] if k.startswith("m1") else src["m1" + k[2:]])
+
+
+def test_cold_rank_members_apply_only_where_validation_tests_new_items(fits):
+    from metarec.types import Task
+
+    ds, split, _, _, _, feats = fits
+    cold = np.arange(34, 40)  # never rated in the world
+    valid = tuple(
+        Task(t.user_idx, t.support, dataclasses.replace(t.query.take(np.arange(6)), item_idx=cold))
+        for t in split.valid
+    )
+    cfg = _config(cold_rank_members=2)
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=valid, valid_items=cold)
+    assert isinstance(rec.rank_.learner, EnsembleLearner) and rec.rank_.learner.members == 2
+    warm = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    assert type(warm.rank_.learner) is MetaLearner
+    assert cfg.rank_members_for(True) == 2 and cfg.rank_members_for(False) == 1
+    assert _config(rank_members=3).rank_members_for(True) == 3  # None: rank_members
+    with pytest.raises(MetarecError, match="cold_rank_members"):
+        _config(cold_rank_members=0)

@@ -126,6 +126,9 @@ class ModelConfig:
     # (mean), 1 vs 3: validation items 0.2619 vs 0.2609 (Recall@10 0.3976 vs 0.3946),
     # backtest far items 0.1582 vs 0.1737: validation did not choose it (README)
     rank_members: int = 1
+    # rank_members where the validation tasks test new items (item cold-start, as
+    # cold_rank_id_dropout); None = rank_members
+    cold_rank_members: int | None = None
     # the ranking model's loss: "bce" (each item alone) or "softmax" (each like against its
     # episode's negatives, ScorerConfig.loss; with the NP ranking model only)
     rank_loss: str = "bce"
@@ -197,10 +200,10 @@ class ModelConfig:
                 f"model.rank_loss {self.rank_loss!r} needs the neural-process ranking model "
                 f"(rank_meta.algorithm = 'np'), not {rank_algo!r}"
             )
-        if not 1 <= self.rank_members <= MAX_MEMBERS:
-            raise MetarecError(
-                f"model.rank_members must be in [1, {MAX_MEMBERS}], got {self.rank_members}"
-            )
+        for name in ("rank_members", "cold_rank_members"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_MEMBERS:
+                raise MetarecError(f"model.{name} must be in [1, {MAX_MEMBERS}], got {value}")
         if not 1 <= self.rank_negatives <= MAX_NEGATIVES:
             raise MetarecError(
                 f"model.rank_negatives must be in [1, {MAX_NEGATIVES}], got {self.rank_negatives}"
@@ -221,6 +224,13 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
         return from_dict(cls, data, "")
+
+    def rank_members_for(self, held_out: bool) -> int:
+        """How many ranking models fit trains (``cold_rank_members`` where the validation
+        items are ``held_out``)."""
+        if held_out and self.cold_rank_members is not None:
+            return self.cold_rank_members
+        return self.rank_members
 
     def rank_train(self, train: TrainConfig, held_out: bool = False) -> TrainConfig:
         """``train`` as the ranking model trains: sampled negatives, its own ID dropout
@@ -347,12 +357,14 @@ class MetaRecommender(Recommender):
         if explicit:
             self.rating_ = self._train_part(split, "rating", cfg.meta, train_cfg, dataset)
         if cfg.rank_model or not explicit:
+            new_items = validates_new_items(split)
             self.rank_ = self._train_part(
                 _as_likes(split, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
-                cfg.rank_train(train_cfg, held_out=validates_new_items(split)),
+                cfg.rank_train(train_cfg, held_out=new_items),
                 dataset,
+                members=cfg.rank_members_for(new_items),
             )
         self.blend_ = self._fit_blend(dataset, split)
         self.predicts_ratings = True
@@ -576,7 +588,13 @@ class MetaRecommender(Recommender):
         return inner
 
     def _train_part(
-        self, split: Split, head: str, meta: MetaConfig, tcfg: TrainConfig, dataset: Dataset
+        self,
+        split: Split,
+        head: str,
+        meta: MetaConfig,
+        tcfg: TrainConfig,
+        dataset: Dataset,
+        members: int = 1,
     ) -> _Part:
         feats = self.features_
         assert feats is not None
@@ -598,7 +616,6 @@ class MetaRecommender(Recommender):
             output_offset=offset,
             loss=self.config.rank_loss if head == "binary" else "bce",
         )
-        members = self.config.rank_members if head == "binary" else 1
         kwargs = self._train_kwargs(head)
         results = [
             train(
