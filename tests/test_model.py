@@ -1021,3 +1021,33 @@ def test_held_out_validation_items_train_the_ranking_model_with_cold_id_dropout(
     ]
     with pytest.raises(MetarecError, match="cold_rank_id_dropout"):
         _fast_config(cold_rank_id_dropout=1.0)
+
+
+def test_an_item_only_held_out_validation_users_rated_is_served_as_unknown(tmp_path):
+    """fit without validation tasks carves the newest users out of train for early
+    stopping; an item only they rated never reaches meta-training, so its ID row is
+    untrained: it is scored through the trained unknown row, as training scored it."""
+    ds = _world()
+    inter = ds.interactions
+    newest = int(inter.user_idx[np.argmax(inter.timestamp)])
+    # item 35 (never rated in the world) rated once, by the newest user
+    extra = Interactions(
+        np.array([newest]),
+        np.array([35]),
+        np.array([5.0], np.float32),
+        np.array([inter.timestamp.max() + 1]),
+        np.zeros(1, np.int16),
+    )
+    ds = dataclasses.replace(ds, interactions=Interactions.concat([inter, extra]))
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
+    rec = MetaRecommender(_fast_config()).fit(ds, ds.interactions, feats)
+    assert not rec.known_items_[35]
+    held = rec._training_split(ds, ds.interactions, None)
+    assert newest not in set(held.train.user_idx.tolist())
+    np.testing.assert_array_equal(
+        rec.known_items_, np.isin(np.arange(ds.n_items), held.train.item_idx)
+    )
+    # item 35 scores exactly as a never-rated item with the same features would: the
+    # unknown row, not its own untrained one
+    rows = rec.rank_.learner.scorer.item_rows(torch.tensor([35, 36]), rec._known_t())
+    assert rows.tolist() == [ds.n_items, ds.n_items]

@@ -345,8 +345,14 @@ class MetaRecommender(Recommender):
         if features is None:
             features = self.build_features(dataset, known)
         self.features_ = _with_unknown_user_row(features)
-        self.known_items_ = known
         split = self._training_split(dataset, train, valid)
+        # the items whose ID rows meta-training learns: those of split.train. Held-out
+        # validation users are carved out of `train` when no validation is given, and an
+        # item only they rated (23 of 1,682 on ML-100K) keeps an untrained row: it is
+        # scored through the trained unknown row, as training scored it (train() derives
+        # its known items from split.train too)
+        self.known_items_ = np.zeros(dataset.n_items, dtype=bool)
+        self.known_items_[split.train.item_idx] = True
         if valid and valid_items is not None and len(valid_items):
             split = dataclasses.replace(
                 split, valid_cold_items=self._check_items(np.asarray(valid_items))
@@ -384,7 +390,9 @@ class MetaRecommender(Recommender):
             self.config.seed,
             item_features=torch.cat([feats.item_text, feats.item_side], 1).cpu().numpy(),
             cold=len(split.valid_cold_items) > 0,
-            # scaled on the training items, as build_features scales the model's inputs
+            # scaled on the meta-training items (build_features scales the model's inputs
+            # on fit's training items: the same set unless fit carved validation users
+            # out of them, then a few items fewer)
             item_numeric=numeric_features(
                 dataset.item_table, dataset.n_items, np.flatnonzero(self.known_items_)
             ),
