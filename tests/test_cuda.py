@@ -94,3 +94,25 @@ def test_cli_fit_predict_recommend_on_cuda_match_cpu(tmp_path):
         space, garden = s[:4], s[4:]
         assert space[0::2].mean() > space[1::2].mean(), dev
         assert garden[1::2].mean() > garden[0::2].mean(), dev
+
+
+@pytest.mark.parametrize("algorithm", ["np", "fomaml"])
+def test_ensemble_learner_matches_cpu(algorithm):
+    """model.rank_members' EnsembleLearner: meta-gradients and adapted scores on a GPU."""
+    from metarec.meta.ensemble import EnsembleLearner
+    from test_meta_contract import _inputs
+
+    sc, x = _inputs("binary")
+    ens = EnsembleLearner(sc, MetaConfig(algorithm=algorithm, inner_steps=2, inner_lr=0.05), 3)
+    p = ens.init_params(torch.Generator().manual_seed(0))
+    loss_c, g_c = ens.meta_grads(p, x)
+    out_c = ens.predict(ens.adapt(p, x), x.user_x, x.q_x, x.q_rows)
+    p_g = {k: v.cuda() for k, v in p.items()}
+    x_g = x.to("cuda")
+    loss_g, g_g = ens.meta_grads(p_g, x_g)
+    out_g = ens.predict(ens.adapt(p_g, x_g), x_g.user_x, x_g.q_x, x_g.q_rows)
+    assert out_g.device.type == "cuda"
+    torch.testing.assert_close(loss_g.cpu(), loss_c, rtol=RTOL, atol=ATOL)
+    for k in g_c:
+        torch.testing.assert_close(g_g[k].cpu(), g_c[k], rtol=RTOL, atol=ATOL, msg=k)
+    torch.testing.assert_close(out_g.cpu(), out_c, rtol=RTOL, atol=ATOL)
