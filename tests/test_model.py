@@ -1051,3 +1051,35 @@ def test_an_item_only_held_out_validation_users_rated_is_served_as_unknown(tmp_p
     # unknown row, not its own untrained one
     rows = rec.rank_.learner.scorer.item_rows(torch.tensor([35, 36]), rec._known_t())
     assert rows.tolist() == [ds.n_items, ds.n_items]
+
+
+def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
+    """``valid_holdout = "new_items"``: fit without validation tasks holds out the newest
+    items (by first interaction) instead of the newest users, so the item cold-start
+    settings apply and those items are served as new items."""
+    from metarec.train import validates_new_items
+
+    ds = _world()
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
+    cfg = _fast_config(valid_holdout="new_items")
+    rec = MetaRecommender(cfg)
+    split = rec._training_split(ds, ds.interactions, None)
+    held = split.valid_cold_items
+    assert len(held) and validates_new_items(split) and not split.test
+    # the newest items by first interaction, none of their rows left in meta-training
+    first = ds.interactions.item_first_time(ds.n_items)
+    rated = np.unique(ds.interactions.item_idx)
+    newest = rated[np.argsort(first[rated], kind="stable")][-len(held) :]
+    assert set(held.tolist()) == set(newest.tolist())
+    assert not np.isin(split.train.item_idx, held).any()
+    rec.fit(ds, ds.interactions, feats)
+    assert not rec.known_items_[held].any() and rec.known_items_[split.train.item_idx].all()
+    t = split.valid[0]
+    s = rec.rank_scores(t.user_idx, t.support, np.arange(ds.n_items))
+    assert np.isfinite(s).all()
+    # "users" (the default) holds out users, not items
+    assert not len(
+        MetaRecommender(_fast_config())._training_split(ds, ds.interactions, None).valid_cold_items
+    )
+    with pytest.raises(MetarecError, match="valid_holdout"):
+        _fast_config(valid_holdout="items")

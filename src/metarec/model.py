@@ -61,6 +61,7 @@ from metarec.train import MAX_NEGATIVES, TrainConfig, TrainResult, train, valida
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
+VALID_HOLDOUTS = ("users", "new_items")  # ModelConfig.valid_holdout
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,16 @@ class ModelConfig:
     like_threshold: float | None = None
     k_shot: int = 10  # support size of meta-training episodes (when fit has no split)
     n_query: int = 10  # query size of meta-training episodes
-    valid_frac: float = 0.1  # share of training users held out for early stopping
+    valid_frac: float = 0.1  # share of training users (or items) held out for early stopping
+    # what fit holds out of `train` for early stopping and the blend when it is given no
+    # validation tasks (`metarec fit`): "users", the newest valid_frac of users (their
+    # first K interactions as support, the next Q as query: new users), or "new_items",
+    # the newest valid_frac of items by first interaction (each user's first K other
+    # interactions as support, their rows on those items as query: new items). With
+    # "new_items" those items' rows leave meta-training and they are served as new items;
+    # the item cold-start settings follow (train.episodes "auto", cold_rank_id_dropout,
+    # train.valid_negatives "auto")
+    valid_holdout: str = "users"
     max_support: int = 64  # adapt on at most this many of a user's history's last rows
     # which training rows come last in a history, so that a history longer than
     # max_support keeps them (the support passed in is always last): "time" a user's
@@ -182,6 +192,10 @@ class ModelConfig:
             raise MetarecError("model.valid_frac must be in (0, 1)")
         if self.k_shot < 1 or self.n_query < 1 or self.max_support < 1:
             raise MetarecError("model.k_shot, n_query and max_support must be >= 1")
+        if self.valid_holdout not in VALID_HOLDOUTS:
+            raise MetarecError(
+                f"model.valid_holdout: {self.valid_holdout!r} is not one of {VALID_HOLDOUTS}"
+            )
         if self.history_order not in HISTORY_ORDERS:
             raise MetarecError(
                 f"model.history_order: {self.history_order!r} is not one of {HISTORY_ORDERS}"
@@ -574,18 +588,20 @@ class MetaRecommender(Recommender):
         self, dataset: Dataset, train: Interactions, valid: Sequence[Task] | None
     ) -> Split:
         """Meta-training tasks come from ``train``; validation tasks for early stopping are
-        the given ones, or the newest ``valid_frac`` of train's users (first K / next Q)."""
+        the given ones, or the newest ``valid_frac`` of train's users (first K / next Q),
+        or of its items (``valid_holdout = "new_items"``)."""
         cfg = self.config
         if valid:
             return Split("given", train, tuple(valid), (), cfg.seed, cfg.k_shot, cfg.n_query)
-        from metarec.splits import user_cold
+        from metarec.splits import item_cold, user_cold
 
         view = dataclasses.replace(dataset, interactions=train)
         # Short histories (a small log) shrink the episodes instead of failing: K and Q are
         # capped at half the median history length, so most users yield an episode.
         lengths = np.bincount(train.user_idx)
         half = max(1, int(np.median(lengths[lengths > 0])) // 2)
-        inner = user_cold(
+        protocol = item_cold if cfg.valid_holdout == "new_items" else user_cold
+        return protocol(
             view,
             k_shot=min(cfg.k_shot, half),
             n_query=min(cfg.n_query, half),
@@ -593,7 +609,6 @@ class MetaRecommender(Recommender):
             test_frac=0.0,
             seed=cfg.seed,
         )
-        return inner
 
     def _train_part(
         self,

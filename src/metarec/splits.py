@@ -376,7 +376,8 @@ def item_cold(
         users = np.unique(inter.user_idx[on])
         parts.append((*_episodes(inter, users, support, query, k_shot), len(users)))
     (valid, dropped_v, cand_v), (test, dropped_t, cand_t) = parts
-    _need_test(test, "item-cold", k_shot, "no user of a test item has K warm interactions")
+    if test_frac > 0:  # test_frac = 0: a validation-only split (fit's internal early stopping)
+        _need_test(test, "item-cold", k_shot, "no user of a test item has K warm interactions")
     return _finish(
         ds,
         "item-cold",
