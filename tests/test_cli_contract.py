@@ -454,3 +454,36 @@ def test_serve_startup_errors_are_one_line(fitted, capsys, flags, named):
     err = capsys.readouterr().err
     assert code == 2, err
     assert named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fit_can_validate_on_the_newest_items(tmp_path, capsys):
+    """`--set 'valid_holdout="new_items"'`: fit holds out the log's newest items for early
+    stopping; they are served as new items (not known to the RUN) and still scored."""
+    from metarec.predictor import Predictor
+
+    paths, _ = make_world(tmp_path)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    assert main([*args, *FAST, "--set", 'valid_holdout="new_items"']) == 0
+    pred = Predictor.load(out)
+    assert pred.model.config.valid_holdout == "new_items"
+    log = pd.read_csv(paths["T"], dtype={"item_id": str})
+    rated = log.item_id.unique()
+    known = {pred.items.ids[i] for i in np.flatnonzero(pred.model.known_items_)}
+    newest = set(rated) - known
+    assert newest and len(newest) < len(rated) / 4  # about valid_frac of the rated items
+    support = cold_support(tmp_path)
+    query = pd.DataFrame({"user_id": "new_space", "item_id": sorted(newest)})
+    query.to_csv(tmp_path / "Q.csv", index=False)
+    argv = [
+        "predict",
+        "--run",
+        str(out),
+        "--support",
+        str(support),
+        "--query",
+        str(tmp_path / "Q.csv"),
+    ]
+    assert main([*argv, "--out", str(tmp_path / "P.csv")]) == 0
+    scores = pd.read_csv(tmp_path / "P.csv")["score"]
+    assert len(scores) == len(newest) and np.isfinite(scores).all()
