@@ -47,7 +47,7 @@ from metarec.blend import (
 from metarec.config import from_dict, to_dict
 from metarec.features import FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
-from metarec.meta.ensemble import EnsembleLearner, member_prefix, merge_members
+from metarec.meta.ensemble import EnsembleLearner, member_params, member_prefix, merge_members
 from metarec.meta.episodes import (
     Episode,
     EpisodeBatch,
@@ -1102,8 +1102,7 @@ def _member_kwargs(kwargs: dict, j: int, members: int) -> dict:
     init = kwargs.get("init")
     if members == 1 or not init or not any(k.startswith(member_prefix(0)) for k in init):
         return kwargs
-    pre = member_prefix(j)
-    mine = {k[len(pre) :]: v for k, v in init.items() if k.startswith(pre)}
+    mine = member_params(init, j)
     if not mine:
         raise MetarecError(f"the initial model has no ensemble member {j} to start member {j} from")
     return {**kwargs, "init": mine}

@@ -203,10 +203,13 @@ class _TaskSampler:
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else []
         bounds = np.r_[starts, len(users)].astype(np.int64)
         self.episodes = episode_order(split) if cfg.episodes == "auto" else cfg.episodes
-        if self.episodes == "newest_items":
+        # (n_items,) each item's first training time: item age orders newest-items tasks
+        # and their "age_matched" negatives
+        first = inter.item_first_time(n_items) if self.episodes == "newest_items" else None
+        if first is not None:
             # within each user, order by the item's first training interaction (stable:
             # ties stay in time order), so an episode's query holds the newest items
-            age = inter.item_first_time(n_items)[items]
+            age = first[items]
             for a, b in zip(bounds[:-1], bounds[1:], strict=True):
                 by_age = a + np.argsort(age[a:b], kind="stable")
                 items[a:b], ratings[a:b] = items[by_age], ratings[by_age]
@@ -225,8 +228,8 @@ class _TaskSampler:
         )
         # "age_matched": the pool sorted by item age, (n_pool,) items and their first times
         self.age: np.ndarray | None = None
-        if cfg.negatives == "age_matched" and self.episodes == "newest_items":
-            self.age = inter.item_first_time(n_items)
+        if cfg.negatives == "age_matched" and first is not None:
+            self.age = first
             by_age = np.argsort(self.age[self.negative_pool], kind="stable")
             self.pool_by_age = self.negative_pool[by_age]
             self.pool_age = self.age[self.pool_by_age]

@@ -29,6 +29,12 @@ def member_prefix(j: int) -> str:
     return f"m{j}."
 
 
+def member_params(params: Params, j: int) -> Params:
+    """Member j's entries of a flat ensemble dict, unprefixed ({} if it has none)."""
+    pre = member_prefix(j)
+    return {k[len(pre) :]: v for k, v in params.items() if k.startswith(pre)}
+
+
 def merge_members(parts: list[Params]) -> Params:
     """One flat dict from per-member parameter dicts (member j under ``m{j}.``)."""
     return {f"{member_prefix(j)}{k}": v for j, p in enumerate(parts) for k, v in p.items()}
@@ -54,10 +60,9 @@ class EnsembleLearner(MetaLearner):
 
     def member(self, params: Params, j: int) -> Params:
         """Member j's parameters, unprefixed."""
-        pre = member_prefix(j)
-        out = {k[len(pre) :]: v for k, v in params.items() if k.startswith(pre)}
+        out = member_params(params, j)
         if not out:
-            raise MetarecError(f"ensemble parameters hold no member {j} ({pre}*)")
+            raise MetarecError(f"ensemble parameters hold no member {j} ({member_prefix(j)}*)")
         return out
 
     def split(self, params: Params) -> list[Params]:
