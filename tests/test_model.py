@@ -1077,6 +1077,30 @@ def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
     t = split.valid[0]
     s = rec.rank_scores(t.user_idx, t.support, np.arange(ds.n_items))
     assert np.isfinite(s).all()
+    # the ranking model trained with the item cold-start settings, the RUN records it and
+    # `metarec update` continues with them (cold_rank_id_dropout, not rank_id_dropout)
+    assert rec.rank_.new_items and not rec.rating_.new_items
+    loaded = MetaRecommender.from_state(*rec.state(), ds.interactions)
+    assert loaded.rank_.new_items and not loaded.rating_.new_items
+    import metarec.update as upd
+    from metarec.predictor import Predictor
+
+    seen = {}
+
+    def spy(model, part, s_all, s_fb, tcfg, ucfg):
+        seen[part.learner.scorer.cfg.head] = tcfg.id_dropout
+        return part.params, (0.0, 0.0)
+
+    pred = Predictor(
+        rec, ds.users, ds.items, np.full(ds.n_items, "default", dtype=object), ds.interactions, {}
+    )
+    fb = pd.DataFrame({"user_id": [ds.users.ids[0]], "item_id": [ds.items.ids[0]], "rating": [5.0]})
+    monkey = pytest.MonkeyPatch()
+    with monkey.context() as m:
+        m.setattr(upd, "_continue", spy)
+        pred2, _ = upd.update(pred, fb, upd.UpdateConfig(steps=1))
+    assert seen == {"binary": cfg.cold_rank_id_dropout, "rating": cfg.train.id_dropout}
+    assert pred2.model.rank_.new_items
     # "users" (the default) holds out users, not items
     assert not len(
         MetaRecommender(_fast_config())._training_split(ds, ds.interactions, None).valid_cold_items

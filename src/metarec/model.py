@@ -295,6 +295,9 @@ class _Part:
     learner: MetaLearner
     params: dict[str, torch.Tensor]
     result: TrainResult | None  # None after load()
+    # trained with the item cold-start settings (the validation tasks tested new items:
+    # cold_rank_id_dropout); `metarec update` continues training with the same settings
+    new_items: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -381,7 +384,7 @@ class MetaRecommender(Recommender):
             self.rating_ = self._train_part(split, "rating", cfg.meta, train_cfg, dataset)
         if cfg.rank_model or not explicit:
             new_items = validates_new_items(split)
-            self.rank_ = self._train_part(
+            part = self._train_part(
                 _as_likes(split, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
@@ -389,6 +392,7 @@ class MetaRecommender(Recommender):
                 dataset,
                 members=cfg.rank_members_for(new_items),
             )
+            self.rank_ = dataclasses.replace(part, new_items=new_items)
         self.blend_ = self._fit_blend(dataset, split)
         self.predicts_ratings = True
         return self
@@ -1043,6 +1047,7 @@ class MetaRecommender(Recommender):
                 "scorer": to_dict(part.learner.scorer.cfg),
                 "meta": to_dict(part.learner.cfg),
                 "members": getattr(part.learner, "members", 1),
+                "new_items": part.new_items,
             }
             tensors.update({f"{key}.{k}": v for k, v in part.params.items()})
         blend = None
@@ -1088,7 +1093,8 @@ class MetaRecommender(Recommender):
                 if members == 1
                 else EnsembleLearner(Scorer(sc), meta, members)
             )
-            part = _Part(learner, params, None)
+            # RUNs written before "new_items" was recorded: the settings update then used
+            part = _Part(learner, params, None, new_items=bool(spec.get("new_items", False)))
             setattr(rec, f"{key}_", part)
         if cfg.get("blend") is not None:
             blend_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("blend.")}

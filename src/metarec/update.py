@@ -130,7 +130,8 @@ def update(
         tcfg = dataclasses.replace(mcfg.train, meta_batch=cfg.meta_batch, seed=cfg.seed)
         s_all, s_fb = split, fb_split
         if head == "binary":
-            tcfg = mcfg.rank_train(tcfg)
+            # the ID dropout fit trained with (cold_rank_id_dropout for an item cold-start fit)
+            tcfg = mcfg.rank_train(tcfg, held_out=part.new_items)
             # as fit does: likes (rating >= threshold; implicit labels as they are)
             s_all = _as_likes(split, model._like_threshold())
             s_fb = _as_likes(fb_split, model._like_threshold())
