@@ -15,7 +15,8 @@ items; the same FeatureSet for every model. Per seed:
    (the blend weights are fitted on one half and scored on the other, both ways): the
    meta-model alone, and blends with other input sets / relevance thresholds, all sharing
    the one fitted meta-model;
-4. the fitted default is evaluated once on test users.
+4. the fitted default is evaluated once on test users (``--no-test``: not at all; a run
+   for making a choice then computes, logs and keeps validation figures only).
 
 The JSON holds per-seed metrics, the mean ± std over seeds, the margins of the default over
 the best baseline per metric, the validation table of choices and the fit times.
@@ -137,6 +138,7 @@ def run_seed(
     baselines: list[str],
     variants: list[str],
     protocol: str = "user-cold",
+    score_test: bool = True,
 ) -> dict:
     ds = load_dataset("movielens-100k")
     split = make_split(ds, protocol, k_shot=10, n_query=10, seed=seed)
@@ -154,10 +156,11 @@ def run_seed(
         out["valid"][name] = _metrics(
             evaluate(model, ds, split.valid, bootstrap=0, candidates=cands_v)
         )
-        out["test"][name] = _metrics(
-            evaluate(model, ds, split.test, bootstrap=0, candidates=cands_t)
-        )
-        log(f"seed {seed} {name:22s} test {out['test'][name]}")
+        if score_test:
+            out["test"][name] = _metrics(
+                evaluate(model, ds, split.test, bootstrap=0, candidates=cands_t)
+            )
+            log(f"seed {seed} {name:22s} test {out['test'][name]}")
     base = to_dict(ModelConfig(seed=seed, progress=False))
     cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
     t0 = time.perf_counter()
@@ -178,6 +181,9 @@ def run_seed(
         evaluate(rec, ds, split.valid, bootstrap=0, candidates=cands_v)
     )
     log(f"seed {seed} MetaRec valid {out['valid']['MetaRec']}")
+    if not score_test:  # --no-test: choices are made on validation; test users stay unread
+        del out["test"]
+        return _with_blend_weights(out, rec.blend_)
     out["test"]["MetaRec"] = _metrics(
         evaluate(rec, ds, split.test, bootstrap=0, candidates=cands_t)
     )
@@ -188,6 +194,10 @@ def run_seed(
         evaluate(rec, ds, split.test, bootstrap=0, candidates=cands_t)
     )
     rec.blend_ = blend
+    return _with_blend_weights(out, blend)
+
+
+def _with_blend_weights(out: dict, blend) -> dict:
     if blend is not None:
         out["blend_weights"] = {
             "rating_inputs": [
@@ -203,11 +213,11 @@ def run_seed(
     return out
 
 
-def summarise(runs: list[dict]) -> dict:
-    models = list(runs[0]["test"])
+def summarise(runs: list[dict], part: str = "test") -> dict:
+    models = list(runs[0][part])
     table = {}
     for m in models:
-        vals = {k: np.array([r["test"][m][k] for r in runs]) for k in METRICS}
+        vals = {k: np.array([r[part][m][k] for r in runs]) for k in METRICS}
         table[m] = {
             k: (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
             for k, v in vals.items()
@@ -230,7 +240,7 @@ def summarise(runs: list[dict]) -> dict:
         }
     mae, rec10 = table["MetaRec"]["MAE"][0], table["MetaRec"]["Recall@10 (full)"][0]
     return {
-        "test_mean_std": table,
+        f"{part}_mean_std": table,
         "margins": margins,
         "aims": {"MAE <= 0.80": bool(mae <= 0.80), "Recall@10 >= 0.20": bool(rec10 >= 0.20)},
     }
@@ -247,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     # item-cold: the newest items are held out (validation items / test items), see splits
     p.add_argument("--protocol", choices=("user-cold", "item-cold"), default="user-cold")
+    # score validation users only (a tuning run: no test figure is computed, logged or kept)
+    p.add_argument("--no-test", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
 
@@ -254,16 +266,21 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     runs = [
-        run_seed(s, a.cache, a.overrides, log, a.baselines, a.variants, a.protocol) for s in a.seeds
+        run_seed(
+            s, a.cache, a.overrides, log, a.baselines, a.variants, a.protocol, not a.no_test
+        )
+        for s in a.seeds
     ]
+    part = "valid" if a.no_test else "test"
     report = {
         "protocol": f"movielens-100k {a.protocol} K=10 Q=10",
         "overrides": a.overrides,
         "runs": runs,
-        **summarise(runs),
+        **summarise(runs, part),
     }
     write_text(a.json, json.dumps(report, indent=1))
-    for m, row in report["test_mean_std"].items():
+    print(f"{part} users:")
+    for m, row in report[f"{part}_mean_std"].items():
         print(f"{m:22s} " + "  ".join(f"{k}={v[0]:.4f}±{v[1]:.4f}" for k, v in row.items()))
     print(json.dumps(report["margins"], indent=1))
     print(json.dumps(report["aims"]))
