@@ -57,7 +57,14 @@ from metarec.meta.episodes import (
 )
 from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
 from metarec.recommender import Recommender
-from metarec.train import MAX_NEGATIVES, TrainConfig, TrainResult, train, validates_new_items
+from metarec.train import (
+    MAX_NEGATIVES,
+    TrainConfig,
+    TrainResult,
+    episode_order,
+    train,
+    validates_new_items,
+)
 from metarec.types import Dataset, Interactions, MetarecError, Split, Task
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
@@ -167,6 +174,15 @@ class ModelConfig:
     # the item cold-start settings follow (train.episodes "auto", cold_rank_id_dropout,
     # train.valid_negatives "auto")
     valid_holdout: str = "users"
+    # after early stopping on the validation tasks fit holds out of its input (above),
+    # train each part again from its initialisation on *all* of the input's rows for the
+    # number of steps validation chose, and refit the blend's closed-form models on all
+    # rows (its weights stay as the validation tasks fitted them). Without it the held-out
+    # rows (the newest users' or items') never reach meta-training or the ID tables. Only
+    # where fit holds out its own validation (`metarec fit`): in `metarec evaluate` the
+    # validation users' rows would reach the meta-model and not the baselines. Doubles the
+    # training time.
+    refit: bool = False
     max_support: int = 64  # adapt on at most this many of a user's history's last rows
     # which training rows come last in a history, so that a history longer than
     # max_support keeps them (the support passed in is always last): "time" a user's
@@ -350,6 +366,12 @@ class MetaRecommender(Recommender):
         is fitted on the ranking it will serve (default: the whole catalogue, or the
         validation queries' domains)."""
         cfg = self.config
+        if cfg.refit and valid:
+            raise MetarecError(
+                "model.refit retrains on the validation rows fit holds out itself; with "
+                "validation tasks given (metarec evaluate) it would train the meta-model on "
+                "the validation users' rows and not the baselines: leave refit off there"
+            )
         self._set_fitted(dataset, train)
         if dataset.feedback == "explicit" and cfg.like_threshold is not None:
             lo, hi = self.rating_range_
@@ -395,7 +417,47 @@ class MetaRecommender(Recommender):
             self.rank_ = dataclasses.replace(part, new_items=new_items)
         self.blend_ = self._fit_blend(dataset, split)
         self.predicts_ratings = True
+        if cfg.refit:
+            self._refit(dataset, split, train, train_cfg)
         return self
+
+    def _refit(self, dataset: Dataset, split: Split, rows: Interactions, tcfg: TrainConfig) -> None:
+        """``model.refit``: each part trained again on every row fit was given, for the
+        steps its validation chose, with the settings validation resolved (item cold-start
+        training tasks and ID dropout where the held-out validation tested new items);
+        then the blend's closed-form models on every row, its weights kept."""
+        full = Split("refit", rows, (), (), split.seed, split.k_shot, split.n_query)
+        # "auto" resolves from the validation tasks, which the refit has none of
+        tcfg = dataclasses.replace(
+            tcfg, episodes=episode_order(split) if tcfg.episodes == "auto" else tcfg.episodes
+        )
+        cfg = self.config
+        if self.rating_ is not None:
+            assert self.rating_.result is not None
+            steps = self.rating_.result.best_step
+            part = self._train_part(
+                full, "rating", cfg.meta, dataclasses.replace(tcfg, steps=steps), dataset
+            )
+            self.rating_ = dataclasses.replace(part, new_items=self.rating_.new_items)
+        if self.rank_ is not None:
+            assert self.rank_.result is not None
+            held_out = self.rank_.new_items
+            rank_cfg = cfg.rank_train(tcfg, held_out=held_out)
+            part = self._train_part(
+                _as_likes(full, self._like_threshold()),
+                "binary",
+                cfg.rank_meta or cfg.meta,
+                dataclasses.replace(rank_cfg, steps=self.rank_.result.best_step),
+                dataset,
+                members=cfg.rank_members_for(held_out),
+            )
+            self.rank_ = dataclasses.replace(part, new_items=held_out)
+        self.known_items_ = np.zeros(dataset.n_items, dtype=bool)
+        self.known_items_[rows.item_idx] = True
+        if self.blend_ is not None:
+            self.blend_ = dataclasses.replace(
+                self.blend_, closed=self._closed_form(dataset, full, cfg.blend)
+            )
 
     def _closed_form(self, dataset: Dataset, split: Split, cfg: BlendConfig) -> ClosedForm:
         """The blend's closed-form models for ``cfg``, fitted on ``split.train``, with this
