@@ -487,3 +487,25 @@ def test_fit_can_validate_on_the_newest_items(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "P.csv")]) == 0
     scores = pd.read_csv(tmp_path / "P.csv")["score"]
     assert len(scores) == len(newest) and np.isfinite(scores).all()
+
+
+def test_fit_refit_knows_every_rated_item(tmp_path, capsys):
+    """`--set refit=true`: after early stopping on its held-out newest items, fit trains
+    again on all rows, so the RUN knows every rated item; predict still works."""
+    from metarec.predictor import Predictor
+
+    paths, _ = make_world(tmp_path)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    assert main([*args, *FAST, "--set", 'valid_holdout="new_items"', "--set", "refit=true"]) == 0
+    pred = Predictor.load(out)
+    assert pred.model.config.refit
+    log = pd.read_csv(paths["T"], dtype={"item_id": str})
+    known = {pred.items.ids[i] for i in np.flatnonzero(pred.model.known_items_)}
+    assert known == set(log.item_id.unique())
+    query = pd.DataFrame({"user_id": "new_space", "item_id": sorted(known)[:5]})
+    query.to_csv(tmp_path / "Q.csv", index=False)
+    support = cold_support(tmp_path)
+    argv = ["predict", "--run", str(out), "--support", str(support), "--query"]
+    assert main([*argv, str(tmp_path / "Q.csv"), "--out", str(tmp_path / "P.csv")]) == 0
+    assert np.isfinite(pd.read_csv(tmp_path / "P.csv")["score"]).all()

@@ -1053,6 +1053,50 @@ def test_an_item_only_held_out_validation_users_rated_is_served_as_unknown(tmp_p
     assert rows.tolist() == [ds.n_items, ds.n_items]
 
 
+def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
+    """``model.refit``: fit's own held-out rows (here the newest items) reach meta-training
+    and the closed-form models in a second pass of the validated length; the item
+    cold-start settings validation resolved are kept; with validation tasks given it is
+    an error (evaluate would train the meta-model on rows the baselines never see)."""
+    ds = _world()
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
+    first = MetaRecommender(_fast_config(valid_holdout="new_items")).fit(ds, ds.interactions, feats)
+    rec = MetaRecommender(_fast_config(valid_holdout="new_items", refit=True)).fit(
+        ds, ds.interactions, feats
+    )
+    held = rec._training_split(ds, ds.interactions, None).valid_cold_items
+    assert len(held) and not first.known_items_[held].any()
+    # every rated item now has a trained ID row; unrated ones still have none
+    rated = np.zeros(ds.n_items, bool)
+    rated[ds.interactions.item_idx] = True
+    assert np.array_equal(rec.known_items_, rated)
+    for key in ("rating_", "rank_"):
+        a, b = getattr(first, key), getattr(rec, key)
+        # the refit ran exactly the steps validation chose, with no validation of its own
+        assert b.result.steps_done == a.result.best_step == b.result.best_step
+        assert all(h["valid_loss"] is None for h in b.result.history)
+        assert b.new_items == a.new_items
+        assert any(not torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert rec.rank_.new_items  # cold_rank_id_dropout, kept by the refit
+    # closed-form models on every row: the held-out items have a popularity now
+    assert (first.blend_.closed.log_pop[held] == 0).all()
+    assert (rec.blend_.closed.log_pop[held] > 0).all()
+    # the blend weights are the ones validation fitted
+    np.testing.assert_array_equal(rec.blend_.rank_weights, first.blend_.rank_weights)
+    np.testing.assert_array_equal(rec.blend_.rating_weights, first.blend_.rating_weights)
+    t = rec._training_split(ds, ds.interactions, None).valid[0]
+    assert np.isfinite(rec.rank_scores(t.user_idx, t.support, np.arange(ds.n_items))).all()
+    # a saved refit model scores as the fitted one
+    loaded = MetaRecommender.from_state(*rec.state(), ds.interactions)
+    np.testing.assert_allclose(
+        loaded.score(t.user_idx, t.support, t.query.item_idx),
+        rec.score(t.user_idx, t.support, t.query.item_idx),
+    )
+    split = make_split(ds, "user-cold", k_shot=5, n_query=5, seed=0)
+    with pytest.raises(MetarecError, match="refit"):
+        MetaRecommender(_fast_config(refit=True)).fit(ds, split.train, feats, valid=split.valid)
+
+
 def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
     """``valid_holdout = "new_items"``: fit without validation tasks holds out the newest
     items (by first interaction) instead of the newest users, so the item cold-start
