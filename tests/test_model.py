@@ -1123,16 +1123,16 @@ def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
     assert np.isfinite(s).all()
     # the ranking model trained with the item cold-start settings, the RUN records it and
     # `metarec update` continues with them (cold_rank_id_dropout, not rank_id_dropout)
-    assert rec.rank_.new_items and not rec.rating_.new_items
+    assert rec.rank_.new_items and rec.rating_.new_items
     loaded = MetaRecommender.from_state(*rec.state(), ds.interactions)
-    assert loaded.rank_.new_items and not loaded.rating_.new_items
+    assert loaded.rank_.new_items and loaded.rating_.new_items
     import metarec.update as upd
     from metarec.predictor import Predictor
 
     seen = {}
 
     def spy(model, part, s_all, s_fb, tcfg, ucfg):
-        seen[part.learner.scorer.cfg.head] = tcfg.id_dropout
+        seen[part.learner.scorer.cfg.head] = (tcfg.id_dropout, tcfg.episodes)
         return part.params, (0.0, 0.0)
 
     pred = Predictor(
@@ -1143,7 +1143,11 @@ def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
     with monkey.context() as m:
         m.setattr(upd, "_continue", spy)
         pred2, _ = upd.update(pred, fb, upd.UpdateConfig(steps=1))
-    assert seen == {"binary": cfg.cold_rank_id_dropout, "rating": cfg.train.id_dropout}
+    # and with the newest-items training tasks "auto" resolved to for both parts
+    assert seen == {
+        "binary": (cfg.cold_rank_id_dropout, "newest_items"),
+        "rating": (cfg.train.id_dropout, "newest_items"),
+    }
     assert pred2.model.rank_.new_items
     # "users" (the default) holds out users, not items
     assert not len(

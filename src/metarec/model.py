@@ -61,7 +61,7 @@ from metarec.train import (
     MAX_NEGATIVES,
     TrainConfig,
     TrainResult,
-    episode_order,
+    resolve_episodes,
     train,
     validates_new_items,
 )
@@ -312,7 +312,8 @@ class _Part:
     params: dict[str, torch.Tensor]
     result: TrainResult | None  # None after load()
     # trained with the item cold-start settings (the validation tasks tested new items:
-    # cold_rank_id_dropout); `metarec update` continues training with the same settings
+    # train.episodes "auto" -> "newest_items"; the ranking model's cold_rank_id_dropout);
+    # `metarec update` and model.refit continue training with the same settings
     new_items: bool = False
 
 
@@ -402,10 +403,13 @@ class MetaRecommender(Recommender):
         explicit = dataset.feedback == "explicit"
         # model.seed also seeds meta-training (init, task sampling); seed 0 keeps train.seed
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1_000_003 * cfg.seed)
+        # the validation tasks test new items: the item cold-start settings apply (both
+        # parts: train.episodes "auto"; the ranking model: cold_rank_id_dropout, ...)
+        new_items = validates_new_items(split)
         if explicit:
-            self.rating_ = self._train_part(split, "rating", cfg.meta, train_cfg, dataset)
+            part = self._train_part(split, "rating", cfg.meta, train_cfg, dataset)
+            self.rating_ = dataclasses.replace(part, new_items=new_items)
         if cfg.rank_model or not explicit:
-            new_items = validates_new_items(split)
             part = self._train_part(
                 _as_likes(split, self._like_threshold()),
                 "binary",
@@ -428,9 +432,7 @@ class MetaRecommender(Recommender):
         then the blend's closed-form models on every row, its weights kept."""
         full = Split("refit", rows, (), (), split.seed, split.k_shot, split.n_query)
         # "auto" resolves from the validation tasks, which the refit has none of
-        tcfg = dataclasses.replace(
-            tcfg, episodes=episode_order(split) if tcfg.episodes == "auto" else tcfg.episodes
-        )
+        tcfg = resolve_episodes(tcfg, validates_new_items(split))
         cfg = self.config
         if self.rating_ is not None:
             assert self.rating_.result is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -183,6 +183,15 @@ def episode_order(split: Split) -> str:
     """What ``TrainConfig.episodes = "auto"`` resolves to for ``split``: "newest_items"
     where the validation tasks test new items (:func:`validates_new_items`), else "time"."""
     return "newest_items" if validates_new_items(split) else "time"
+
+
+def resolve_episodes(cfg: TrainConfig, new_items: bool) -> TrainConfig:
+    """``cfg`` with ``episodes = "auto"`` resolved as a fit whose validation tasks did
+    (``new_items``) or did not test new items resolved it, for training that has no
+    validation tasks of its own to resolve it from (``model.refit``, `metarec update`)."""
+    if cfg.episodes != "auto":
+        return cfg
+    return replace(cfg, episodes="newest_items" if new_items else "time")
 
 
 class _TaskSampler:

@@ -31,7 +31,7 @@ import torch
 
 from metarec.meta.episodes import build_inputs, make_episode, pad_episodes
 from metarec.predictor import Predictor
-from metarec.train import TrainConfig, _TaskSampler, evaluate_loss
+from metarec.train import TrainConfig, _TaskSampler, evaluate_loss, resolve_episodes
 from metarec.types import IdMap, Interactions, MetarecError, Split
 
 
@@ -128,6 +128,8 @@ def update(
             continue
         head = part.learner.scorer.cfg.head
         tcfg = dataclasses.replace(mcfg.train, meta_batch=cfg.meta_batch, seed=cfg.seed)
+        # the training tasks fit used ("auto": newest-items tasks for an item cold-start fit)
+        tcfg = resolve_episodes(tcfg, part.new_items)
         s_all, s_fb = split, fb_split
         if head == "binary":
             # the ID dropout fit trained with (cold_rank_id_dropout for an item cold-start fit)
