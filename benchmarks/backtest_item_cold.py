@@ -17,7 +17,10 @@ just before the test movies, and choices that won on them have lost on the test 
    measures, far is how a choice holds one step further out in time, as the test
    movies are from the validation ones.
 
-LightFM (same features) is scored the same way as a reference. The JSON holds per-seed
+LightFM (same features) is scored the same way as a reference. ``--refit`` also scores,
+on the far items, each model trained again on the inner training rows plus the near items'
+rows (``model.refit``'s second pass; LightFM refitted alike): whether choices made on the
+near items carry further once their rows are trained on, as a deployment would. The JSON holds per-seed
 metrics of each variant on near and far items and their means.
 """
 
@@ -43,6 +46,7 @@ from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
 from metarec.model import MetaRecommender, ModelConfig, TextConfig  # noqa: E402
 from metarec.splits import make_split  # noqa: E402
+from metarec.types import Split  # noqa: E402
 
 METRICS = ("MAE", "AUC", "nDCG@3 (query)", "Recall@10 (full)", "nDCG@10 (full)")
 
@@ -57,7 +61,9 @@ def _variant(spec: str) -> tuple[str, list[str]]:
     return name, [p for p in rest.split(";") if p.strip()]
 
 
-def run_seed(seed: int, variants: list[tuple[str, list[str]]], cache: str, lightfm: bool):
+def run_seed(
+    seed: int, variants: list[tuple[str, list[str]]], cache: str, lightfm: bool, refit: bool
+):
     ds = load_dataset("movielens-100k")
     outer = make_split(ds, "item-cold", k_shot=10, n_query=10, seed=seed)
     inner_ds = dataclasses.replace(ds, interactions=outer.train)
@@ -67,6 +73,9 @@ def run_seed(seed: int, variants: list[tuple[str, list[str]]], cache: str, light
     near = ranking_candidates(inner_ds, inner, "valid")
     far = ranking_candidates(inner_ds, inner, "test")
     out: dict = {"seed": seed, "near_users": len(inner.valid), "far_users": len(inner.test)}
+    # --refit: every inner training row plus the near items' rows (what a deployment holds
+    # once validation is over); the far items' rows stay out
+    rows = outer.train.take(~np.isin(outer.train.item_idx, inner.test_cold_items))
     print(
         f"seed {seed}: {len(inner.train)} inner training rows; near {len(near)} items / "
         f"{len(inner.valid)} users, far {len(far)} items / {len(inner.test)} users",
@@ -83,6 +92,17 @@ def run_seed(seed: int, variants: list[tuple[str, list[str]]], cache: str, light
             "near": _metrics(evaluate(rec, inner_ds, inner.valid, bootstrap=0, candidates=near)),
             "far": _metrics(evaluate(rec, inner_ds, inner.test, bootstrap=0, candidates=far)),
         }
+        if refit:
+            # model.refit's second pass (fit refuses refit with validation given, for
+            # evaluate's sake; here the baseline is refitted alike), then the near rows
+            # join the users' histories as they would in a deployment
+            given = Split("given", inner.train, tuple(inner.valid), (), cfg.seed, 10, 10)
+            tcfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1_000_003 * cfg.seed)
+            rec._refit(inner_ds, given, rows, tcfg)
+            rec._index_training_rows(rows)
+            out[name]["far_refit"] = _metrics(
+                evaluate(rec, inner_ds, inner.test, bootstrap=0, candidates=far)
+            )
         print(f"seed {seed} {name:12s} {out[name]}", file=sys.stderr, flush=True)
     if lightfm:
         from metarec.baselines import LightFMRanker
@@ -92,6 +112,11 @@ def run_seed(seed: int, variants: list[tuple[str, list[str]]], cache: str, light
             "near": _metrics(evaluate(m, inner_ds, inner.valid, bootstrap=0, candidates=near)),
             "far": _metrics(evaluate(m, inner_ds, inner.test, bootstrap=0, candidates=far)),
         }
+        if refit:
+            m = LightFMRanker(seed=seed).fit(inner_ds, rows, feats)
+            out["lightfm"]["far_refit"] = _metrics(
+                evaluate(m, inner_ds, inner.test, bootstrap=0, candidates=far)
+            )
         print(f"seed {seed} lightfm      {out['lightfm']}", file=sys.stderr, flush=True)
     return out
 
@@ -103,21 +128,28 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lightfm", action="store_true", help="also score LightFM (lightfm-next)")
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/metarec/embeddings"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="also score each model (and LightFM) trained again on the inner training rows "
+        "plus the near items' rows, on the far items",
+    )
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = [_variant(v) for v in (args.variant or ["default:"])]
-    runs = [run_seed(s, variants, args.cache, args.lightfm) for s in args.seeds]
+    runs = [run_seed(s, variants, args.cache, args.lightfm, args.refit) for s in args.seeds]
+    parts = ("near", "far", "far_refit") if args.refit else ("near", "far")
     names = [n for n, _ in variants] + (["lightfm"] if args.lightfm else [])
     mean = {
         n: {
             part: {m: float(np.mean([r[n][part][m] for r in runs])) for m in METRICS}
-            for part in ("near", "far")
+            for part in parts
         }
         for n in names
     }
     for n in names:
-        for part in ("near", "far"):
+        for part in parts:
             row = "  ".join(f"{m}={v:.4f}" for m, v in mean[n][part].items())
             print(f"{n:12s} {part:4s} {row}")
     report = {
