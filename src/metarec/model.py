@@ -445,6 +445,8 @@ class MetaRecommender(Recommender):
             assert self.rank_.result is not None
             held_out = self.rank_.new_items
             rank_cfg = cfg.rank_train(tcfg, held_out=held_out)
+            # an ensemble's members all take the first member's validated step count: the
+            # part keeps that member's result only
             part = self._train_part(
                 _as_likes(full, self._like_threshold()),
                 "binary",
