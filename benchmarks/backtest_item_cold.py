@@ -6,7 +6,7 @@
 
 Why: on ML-100K item cold-start the validation items are the 10% of movies first rated
 just before the test movies, and choices that won on them have lost on the test movies
-(README, "How the defaults were chosen"). This script rebuilds that situation from the
+(docs/defaults.md). This script rebuilds that situation from the
 *training* part of the real split only, so no validation or test interaction is read:
 
 1. the outer split (``make_split(ds, "item-cold", 10, 10, seed)``) gives ``outer.train``;

@@ -9,7 +9,7 @@ ensemble's output is the mean of the members' outputs (logits for the ranking mo
 Why: on ML-100K item cold-start, single ranking models trained from different seeds
 differ by up to 0.02 nDCG@10 over the same validation items (0.04 over the backtest's
 far items), and the mean of three separately fitted models scored better than their
-average member (README, "How the defaults were chosen"; ``ModelConfig.rank_members``
+average member (docs/defaults.md; ``ModelConfig.rank_members``
 and ``cold_rank_members`` hold the figures of this in-model form).
 """
 
