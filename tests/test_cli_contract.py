@@ -498,6 +498,9 @@ def test_fit_refit_knows_every_rated_item(tmp_path, capsys):
     out = tmp_path / "RUN"
     args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
     assert main([*args, *FAST, "--set", 'valid_holdout="new_items"', "--set", "refit=true"]) == 0
+    # the summary says so, with the validated run's step and loss (what chose the refit)
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["refit"] is True and summary["rank_valid_loss"] is not None
     pred = Predictor.load(out)
     assert pred.model.config.refit
     log = pd.read_csv(paths["T"], dtype={"item_id": str})

@@ -1061,9 +1061,28 @@ def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
     ds = _world()
     feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
     first = MetaRecommender(_fast_config(valid_holdout="new_items")).fit(ds, ds.interactions, feats)
-    rec = MetaRecommender(_fast_config(valid_holdout="new_items", refit=True)).fit(
-        ds, ds.interactions, feats
-    )
+    import metarec.model as model_module
+
+    calls = []
+    real_train = model_module.train
+
+    def spy(split, feats, sc, meta, tcfg, **kw):
+        calls.append((sc.head, len(split.train), len(split.valid), tcfg.steps, tcfg.episodes))
+        return real_train(split, feats, sc, meta, tcfg, **kw)
+
+    with pytest.MonkeyPatch().context() as m:
+        m.setattr(model_module, "train", spy)
+        rec = MetaRecommender(_fast_config(valid_holdout="new_items", refit=True)).fit(
+            ds, ds.interactions, feats
+        )
+    # pass 1 on the carved rows with validation, then pass 2 on every row without it, for
+    # the validated steps, with the newest-items tasks validation resolved "auto" to
+    (h1, n1, v1, s1, _), (h2, n2, v2, _, _), (h3, n3, v3, s3, e3), (h4, n4, v4, s4, e4) = calls
+    assert (h1, h2, h3, h4) == ("rating", "binary", "rating", "binary")
+    assert v1 and v2 and not v3 and not v4 and n3 == len(ds.interactions) > n1
+    assert s1 == _fast_config().train.steps
+    assert (s3, s4) == (first.rating_.result.best_step, first.rank_.result.best_step)
+    assert e3 == e4 == "newest_items"
     held = rec._training_split(ds, ds.interactions, None).valid_cold_items
     assert len(held) and not first.known_items_[held].any()
     # every rated item now has a trained ID row; unrated ones still have none
@@ -1072,9 +1091,8 @@ def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
     assert np.array_equal(rec.known_items_, rated)
     for key in ("rating_", "rank_"):
         a, b = getattr(first, key), getattr(rec, key)
-        # the refit ran exactly the steps validation chose, with no validation of its own
-        assert b.result.steps_done == a.result.best_step == b.result.best_step
-        assert all(h["valid_loss"] is None for h in b.result.history)
+        # the part keeps the validated run's result (it chose the refit's length)
+        assert b.result.best_step == a.result.best_step and b.result.best_valid is not None
         assert b.new_items == a.new_items
         assert any(not torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert rec.rank_.new_items  # cold_rank_id_dropout, kept by the refit

@@ -201,6 +201,8 @@ def cmd_fit(args) -> int:
         "algorithm": config.meta.algorithm,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    if config.refit:  # the steps below were chosen on validation, then trained on all rows
+        summary["refit"] = True
     for key, part in (("rating", pred.model.rating_), ("rank", pred.model.rank_)):
         if part is not None and part.result is not None:
             summary[f"{key}_best_step"] = part.result.best_step

@@ -440,7 +440,11 @@ class MetaRecommender(Recommender):
             part = self._train_part(
                 full, "rating", cfg.meta, dataclasses.replace(tcfg, steps=steps), dataset
             )
-            self.rating_ = dataclasses.replace(part, new_items=self.rating_.new_items)
+            # the part keeps its validated run's result (best step, validation loss, curve):
+            # what the refit's length was chosen by; the refit itself has no validation
+            self.rating_ = dataclasses.replace(
+                part, result=self.rating_.result, new_items=self.rating_.new_items
+            )
         if self.rank_ is not None:
             assert self.rank_.result is not None
             held_out = self.rank_.new_items
@@ -455,7 +459,7 @@ class MetaRecommender(Recommender):
                 dataset,
                 members=cfg.rank_members_for(held_out),
             )
-            self.rank_ = dataclasses.replace(part, new_items=held_out)
+            self.rank_ = dataclasses.replace(part, result=self.rank_.result, new_items=held_out)
         self.known_items_ = np.zeros(dataset.n_items, dtype=bool)
         self.known_items_[rows.item_idx] = True
         if self.blend_ is not None:
