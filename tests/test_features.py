@@ -169,6 +169,26 @@ def test_side_features_clip_numerics_to_the_fit_range():
     assert numeric_features(None, 6)[0].shape == (6, 0)
 
 
+def test_numeric_features_clip_a_heavy_tail_at_max_z():
+    """A far outlier inside the fit range (an ancient book among modern ones) is clipped to
+    -MAX_Z standard deviations: unclipped (z = -17 on goodbooks) it made MAML diverge."""
+    import pandas as pd
+
+    from metarec.features import MAX_Z
+    from metarec.types import IdMap, SideTable
+
+    years = np.r_[np.linspace(1990.0, 2010.0, 99), -750.0]
+    table = SideTable(
+        IdMap.from_values(range(100)), pd.DataFrame({"year": years}), numeric_columns=("year",)
+    )
+    v, _ = numeric_features(table, 100)
+    z = (years - years.mean()) / years.std()
+    assert z[-1] < -MAX_Z  # the outlier, well past the clip
+    np.testing.assert_allclose(v[-1, 0], -MAX_Z)
+    np.testing.assert_allclose(v[:-1, 0], z[:-1], rtol=1e-5)  # the rest as they were
+    assert MAX_Z == 5.0
+
+
 # -- build_features -----------------------------------------------------------------------
 
 
