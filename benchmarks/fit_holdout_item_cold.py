@@ -19,19 +19,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from fit_without_validation import score_variants  # noqa: E402  (benchmarks/, beside this script)
 
 from metarec.atomic import write_text  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
-from metarec.evaluate import evaluate  # noqa: E402
-from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
-from metarec.model import VALID_HOLDOUTS, MetaRecommender, ModelConfig, TextConfig  # noqa: E402
-from metarec.splits import make_split  # noqa: E402
-
-METRICS = ("MAE", "AUC", "nDCG@3 (query)", "Recall@10 (full)", "nDCG@10 (full)")
+from metarec.model import VALID_HOLDOUTS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,20 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     ds = load_dataset("movielens-100k")
-    runs: dict = {h: {} for h in VALID_HOLDOUTS}
-    for seed in a.seeds:
-        split = make_split(ds, "item-cold", k_shot=10, n_query=10, seed=seed)
-        feats = build_split_features(ds, split.train.item_idx, TextConfig(cache=a.cache))
-        cand = ranking_candidates(ds, split, "valid")
-        for holdout in VALID_HOLDOUTS:
-            cfg = ModelConfig(seed=seed, progress=False, valid_holdout=holdout)
-            rec = MetaRecommender(cfg).fit(ds, split.train, feats)  # no validation given
-            m = evaluate(rec, ds, split.valid, bootstrap=0, candidates=cand).metrics
-            runs[holdout][seed] = {k: float(m[k]) for k in METRICS}
-            print(seed, holdout, json.dumps(runs[holdout][seed]), file=sys.stderr, flush=True)
-    mean = {h: {k: float(np.mean([r[k] for r in runs[h].values()])) for k in METRICS} for h in runs}
-    for h, row in mean.items():
-        print(f"{h:10s} " + "  ".join(f"{k}={v:.4f}" for k, v in row.items()))
+    variants = {h: {"valid_holdout": h} for h in VALID_HOLDOUTS}
+    runs, mean, _ = score_variants(ds, "item-cold", a.seeds, variants, a.cache)
     report = {
         "protocol": "ML-100K item-cold split; fit on its training rows with no validation "
         "given; scored on its validation users over its validation items",

@@ -28,20 +28,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from fit_without_validation import score_variants  # noqa: E402  (benchmarks/, beside this script)
 
 from metarec.atomic import write_text  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
-from metarec.evaluate import evaluate  # noqa: E402
-from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
-from metarec.model import MetaRecommender, ModelConfig, TextConfig  # noqa: E402
-from metarec.splits import make_split  # noqa: E402
 
-METRICS = ("MAE", "AUC", "nDCG@3 (query)", "Recall@10 (full)", "nDCG@10 (full)")
 HOLDOUT = {"user-cold": "users", "item-cold": "new_items"}
 
 
@@ -55,34 +48,17 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     ds = load_dataset(a.dataset)
-    runs: dict = {"off": {}, "refit": {}}
-    fit_s: dict = {"off": [], "refit": []}
-    for seed in a.seeds:
-        split = make_split(ds, a.protocol, k_shot=10, n_query=10, seed=seed)
-        feats = build_split_features(ds, split.train.item_idx, TextConfig(cache=a.cache))
-        cand = ranking_candidates(ds, split, "valid")
-        for name in runs:
-            cfg = ModelConfig(
-                seed=seed,
-                progress=False,
-                valid_holdout=HOLDOUT[a.protocol],
-                refit=name == "refit",
-            )
-            t0 = time.perf_counter()
-            rec = MetaRecommender(cfg).fit(ds, split.train, feats)  # no validation given
-            fit_s[name].append(time.perf_counter() - t0)
-            m = evaluate(rec, ds, split.valid, bootstrap=0, candidates=cand).metrics
-            runs[name][seed] = {k: float(m[k]) for k in METRICS}
-            print(seed, name, json.dumps(runs[name][seed]), file=sys.stderr, flush=True)
-    mean = {n: {k: float(np.mean([r[k] for r in runs[n].values()])) for k in METRICS} for n in runs}
-    for n, row in mean.items():
-        print(f"{n:6s} " + "  ".join(f"{k}={v:.4f}" for k, v in row.items()))
+    variants = {
+        name: {"valid_holdout": HOLDOUT[a.protocol], "refit": name == "refit"}
+        for name in ("off", "refit")
+    }
+    runs, mean, fit_s = score_variants(ds, a.protocol, a.seeds, variants, a.cache)
     report = {
         "protocol": f"{a.dataset} {a.protocol} split; fit on its training rows with no validation "
         f"given (valid_holdout {HOLDOUT[a.protocol]!r}); scored on its validation users",
         "runs": runs,
         "mean": mean,
-        "fit_s_mean": {n: float(np.mean(v)) for n, v in fit_s.items()},
+        "fit_s_mean": fit_s,
     }
     write_text(a.json, json.dumps(report, indent=1) + "\n")
 

@@ -266,9 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     runs = [
-        run_seed(
-            s, a.cache, a.overrides, log, a.baselines, a.variants, a.protocol, not a.no_test
-        )
+        run_seed(s, a.cache, a.overrides, log, a.baselines, a.variants, a.protocol, not a.no_test)
         for s in a.seeds
     ]
     part = "valid" if a.no_test else "test"
