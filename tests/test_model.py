@@ -1173,3 +1173,48 @@ def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
     )
     with pytest.raises(MetarecError, match="valid_holdout"):
         _fast_config(valid_holdout="items")
+
+
+def test_any_rating_scale_trains_as_one_to_five(tmp_path):
+    """Ratings on 20-100 (the same log times 20) train exactly as 1-5 stars do: the rating
+    model sees rating / rating_unit (a quarter of the range: 20 here, 1 for 1-5), so its
+    ratings come out 20 times as large and the ranking model (likes at the range's middle)
+    is unchanged. Unscaled, MAML diverged at its first step on 20-100."""
+    ds = _world()
+    big = dataclasses.replace(
+        ds,
+        interactions=dataclasses.replace(
+            ds.interactions, rating=(ds.interactions.rating * 20).astype(np.float32)
+        ),
+        rating_range=(ds.rating_range[0] * 20, ds.rating_range[1] * 20),
+    )
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
+    split = make_split(ds, "user-cold", k_shot=5, n_query=5, seed=0)
+    split_big = make_split(big, "user-cold", k_shot=5, n_query=5, seed=0)
+    # the closed-form blend is not scale-equivariant (its ridge penalties are absolute)
+    cfg = _fast_config(blend=BlendConfig(rating=False, rank=False))
+    small = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    large = MetaRecommender(cfg).fit(big, split_big.train, feats, valid=split_big.valid)
+    assert small.rating_unit == 1.0 and large.rating_unit == 20.0
+    t, tb = split.test[0], split_big.test[0]
+    items = np.arange(ds.n_items)
+    np.testing.assert_allclose(
+        large.score(tb.user_idx, tb.support, items),
+        20 * small.score(t.user_idx, t.support, items),
+        rtol=1e-5,
+    )
+    np.testing.assert_allclose(
+        large.rank_scores(tb.user_idx, tb.support, items),
+        small.rank_scores(t.user_idx, t.support, items),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # serving's adapt-once path and a reloaded model agree
+    adapted = large.adapt_user(tb.user_idx, tb.support, which="score")
+    np.testing.assert_allclose(
+        large.score_adapted(adapted, items), large.score(tb.user_idx, tb.support, items)
+    )
+    loaded = MetaRecommender.from_state(*large.state(), split_big.train)
+    np.testing.assert_allclose(
+        loaded.score(tb.user_idx, tb.support, items), large.score(tb.user_idx, tb.support, items)
+    )

@@ -206,7 +206,10 @@ def cmd_fit(args) -> int:
     for key, part in (("rating", pred.model.rating_), ("rank", pred.model.rank_)):
         if part is not None and part.result is not None:
             summary[f"{key}_best_step"] = part.result.best_step
-            summary[f"{key}_valid_loss"] = part.result.best_valid
+            loss = part.result.best_valid
+            if key == "rating" and loss is not None:  # squared error on the data's scale
+                loss *= pred.model.rating_unit**2
+            summary[f"{key}_valid_loss"] = loss
     _print_json(summary)
     return 0
 

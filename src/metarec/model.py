@@ -407,7 +407,8 @@ class MetaRecommender(Recommender):
         # parts: train.episodes "auto"; the ranking model: cold_rank_id_dropout, ...)
         new_items = validates_new_items(split)
         if explicit:
-            part = self._train_part(split, "rating", cfg.meta, train_cfg, dataset)
+            rating_split = _in_rating_units(split, self.rating_unit)
+            part = self._train_part(rating_split, "rating", cfg.meta, train_cfg, dataset)
             self.rating_ = dataclasses.replace(part, new_items=new_items)
         if cfg.rank_model or not explicit:
             part = self._train_part(
@@ -438,7 +439,11 @@ class MetaRecommender(Recommender):
             assert self.rating_.result is not None
             steps = self.rating_.result.best_step
             part = self._train_part(
-                full, "rating", cfg.meta, dataclasses.replace(tcfg, steps=steps), dataset
+                _in_rating_units(full, self.rating_unit),
+                "rating",
+                cfg.meta,
+                dataclasses.replace(tcfg, steps=steps),
+                dataset,
             )
             # the part keeps its validated run's result (best step, validation loss, curve):
             # what the refit's length was chosen by; the refit itself has no validation
@@ -790,6 +795,8 @@ class MetaRecommender(Recommender):
             items, ratings = self._support_of(user_idx, support, train_rows)
             if head == "binary":
                 ratings = (ratings >= self._like_threshold()).astype(np.float32)
+            elif self.rating_unit != 1.0:
+                ratings = (ratings / self.rating_unit).astype(np.float32)
             # sampled negatives for the binary support, seeded by the support itself so the
             # same request always gets the same scores
             rng = np.random.default_rng([self.config.seed, len(items), int(items.sum())])
@@ -883,7 +890,7 @@ class MetaRecommender(Recommender):
                 rows = scorer.item_rows(q, known)
                 cols.append(learner.predict(fast, user_x, q_x, rows))
             s = torch.cat(cols, 1) if cols else torch.zeros(n_tasks, 0)
-            return [row.cpu().numpy().astype(np.float64) for row in s]
+            return [self._from_units(part, row.cpu().numpy().astype(np.float64)) for row in s]
         # one array per task: pad to a common width, score in one batch, cut the padding
         lens = [len(i) for i in items]
         q = np.zeros((n_tasks, max(1, max(lens, default=0))), dtype=np.int64)
@@ -894,7 +901,25 @@ class MetaRecommender(Recommender):
             fast, user_x, scorer.item_inputs(feats, qt), scorer.item_rows(qt, known)
         )
         s = s.cpu()
-        return [s[t, : lens[t]].numpy().astype(np.float64) for t in range(n_tasks)]
+        return [
+            self._from_units(part, s[t, : lens[t]].numpy().astype(np.float64))
+            for t in range(n_tasks)
+        ]
+
+    @property
+    def rating_unit(self) -> float:
+        """Ratings enter the rating model divided by this and its outputs leave multiplied
+        by it: a quarter of the rating range, so 1-5 stars train as they are (unit 1) and
+        any other scale (1-10, 0-100) on the same footing, the one inner_lr and the other
+        defaults were chosen on. Unscaled, ratings on 20-100 made MAML diverge at step 1."""
+        lo, hi = self.rating_range_
+        return (hi - lo) / 4.0 if hi > lo else 1.0
+
+    def _from_units(self, part: _Part, raw: np.ndarray) -> np.ndarray:
+        """A rating model's raw outputs back on the data's rating scale (see rating_unit)."""
+        if part.learner.scorer.cfg.head == "rating" and self.rating_unit != 1.0:
+            return raw * self.rating_unit
+        return raw
 
     def _scores(
         self,
@@ -1195,25 +1220,35 @@ def _with_unknown_user_row(feats: FeatureSet) -> FeatureSet:
     )
 
 
-def _as_likes(split: Split, threshold: float) -> Split:
-    """Labels for the ranking model: 1 where rating >= threshold (a like), else 0 (an
-    explicit dislike, kept as a negative beside the sampled ones)."""
+def _map_ratings(split: Split, fn) -> Split:
+    """``split`` with every rating (training rows, validation and test tasks) mapped by
+    ``fn`` ((n,) float32 -> (n,) float32)."""
 
-    def likes(inter: Interactions) -> Interactions:
+    def mapped(inter: Interactions) -> Interactions:
         return Interactions(
-            inter.user_idx,
-            inter.item_idx,
-            (inter.rating >= threshold).astype(np.float32),
-            inter.timestamp,
-            inter.domain,
+            inter.user_idx, inter.item_idx, fn(inter.rating), inter.timestamp, inter.domain
         )
 
     def task(t: Task) -> Task:
-        return Task(t.user_idx, likes(t.support), likes(t.query))
+        return Task(t.user_idx, mapped(t.support), mapped(t.query))
 
     return dataclasses.replace(
         split,
-        train=likes(split.train),
+        train=mapped(split.train),
         valid=tuple(task(t) for t in split.valid),
         test=tuple(task(t) for t in split.test),
     )
+
+
+def _as_likes(split: Split, threshold: float) -> Split:
+    """Labels for the ranking model: 1 where rating >= threshold (a like), else 0 (an
+    explicit dislike, kept as a negative beside the sampled ones)."""
+    return _map_ratings(split, lambda r: (r >= threshold).astype(np.float32))
+
+
+def _in_rating_units(split: Split, unit: float) -> Split:
+    """Ratings as the rating model trains on them (:attr:`MetaRecommender.rating_unit`);
+    the split itself where the unit is 1 (1-5 stars)."""
+    if unit == 1.0:
+        return split
+    return _map_ratings(split, lambda r: (r / unit).astype(np.float32))

@@ -102,7 +102,7 @@ def update(
     pred: Predictor, feedback: pd.DataFrame, cfg: UpdateConfig | None = None
 ) -> tuple[Predictor, dict]:
     """A new Predictor with the feedback folded in and meta-training continued."""
-    from metarec.model import MetaRecommender, _as_likes
+    from metarec.model import MetaRecommender, _as_likes, _in_rating_units
 
     cfg = cfg or UpdateConfig()
     users, train, fb_users, report = merge_feedback(pred, feedback)
@@ -131,6 +131,9 @@ def update(
         # the training tasks fit used ("auto": newest-items tasks for an item cold-start fit)
         tcfg = resolve_episodes(tcfg, part.new_items)
         s_all, s_fb = split, fb_split
+        if head == "rating":  # in the units the rating model trains on (rating_unit)
+            s_all = _in_rating_units(split, model.rating_unit)
+            s_fb = _in_rating_units(fb_split, model.rating_unit)
         if head == "binary":
             # the ID dropout fit trained with (cold_rank_id_dropout for an item cold-start fit)
             tcfg = mcfg.rank_train(tcfg, held_out=part.new_items)
