@@ -432,8 +432,12 @@ class MetaRecommender(Recommender):
         training tasks and ID dropout where the held-out validation tested new items);
         then the blend's closed-form models on every row, its weights kept."""
         full = Split("refit", rows, (), (), split.seed, split.k_shot, split.n_query)
-        # "auto" resolves from the validation tasks, which the refit has none of
-        tcfg = resolve_episodes(tcfg, validates_new_items(split))
+        # the item cold-start settings as fit resolved them from its validation tasks (the
+        # refit has none to resolve them from); fit recorded them on both parts
+        fitted = self.rank_ or self.rating_
+        assert fitted is not None
+        new_items = fitted.new_items
+        tcfg = resolve_episodes(tcfg, new_items)
         cfg = self.config
         if self.rating_ is not None:
             assert self.rating_.result is not None
@@ -448,12 +452,11 @@ class MetaRecommender(Recommender):
             # the part keeps its validated run's result (best step, validation loss, curve):
             # what the refit's length was chosen by; the refit itself has no validation
             self.rating_ = dataclasses.replace(
-                part, result=self.rating_.result, new_items=self.rating_.new_items
+                part, result=self.rating_.result, new_items=new_items
             )
         if self.rank_ is not None:
             assert self.rank_.result is not None
-            held_out = self.rank_.new_items
-            rank_cfg = cfg.rank_train(tcfg, held_out=held_out)
+            rank_cfg = cfg.rank_train(tcfg, held_out=new_items)
             # an ensemble's members all take the first member's validated step count: the
             # part keeps that member's result only
             part = self._train_part(
@@ -462,9 +465,9 @@ class MetaRecommender(Recommender):
                 cfg.rank_meta or cfg.meta,
                 dataclasses.replace(rank_cfg, steps=self.rank_.result.best_step),
                 dataset,
-                members=cfg.rank_members_for(held_out),
+                members=cfg.rank_members_for(new_items),
             )
-            self.rank_ = dataclasses.replace(part, result=self.rank_.result, new_items=held_out)
+            self.rank_ = dataclasses.replace(part, result=self.rank_.result, new_items=new_items)
         self.known_items_ = np.zeros(dataset.n_items, dtype=bool)
         self.known_items_[rows.item_idx] = True
         if self.blend_ is not None:
