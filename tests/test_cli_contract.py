@@ -151,6 +151,19 @@ def test_recommend_top_k_excludes_support_and_follows_taste(fitted):
         assert share >= 0.8, (user, top.item_id.tolist())
 
 
+def test_recommend_k_above_the_catalogue_returns_every_candidate(fitted, capsys):
+    tmp, run, _ = fitted
+    out = tmp / "R_all.csv"
+    args = ["recommend", "--run", str(run), "--support", str(cold_support(tmp))]
+    assert main([*args, "-k", "1000", "--out", str(out)]) == 0
+    r = pd.read_csv(out, dtype={"user_id": str, "item_id": str})
+    # 40 items, 6 of them each user's support: 34 candidates left, all ranked
+    assert sorted(r.groupby("user_id").size().tolist()) == [34, 34]
+    assert r.groupby("user_id")["rank"].max().tolist() == [34, 34]
+    said = capsys.readouterr().out
+    assert "wrote top-1000 for 2 users" in said and "2 of them had fewer than 1000" in said
+
+
 def test_recommend_by_domain_and_implicit_data(tmp_path):
     paths, items = make_world(tmp_path, implicit=True)
     items["domain"] = np.where(np.arange(len(items)) < 20, "books", "films")

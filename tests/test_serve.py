@@ -142,6 +142,12 @@ def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
         (b'{"interactions": [{"item_id": "\\ud800", "rating": 5}]}', "lone surrogate"),
         (b'{"user_id": "\\udfff", "interactions": [{"item_id": "it1", "rating": 5}]}', "user_id"),
         (b'{"interactions": [{"item_id": "it1", "rating": 50}]}', "outside the run's rating"),
+        # strict types: a numeric string, a float k or an int flag is a client bug
+        (b'{"interactions": [{"item_id": "it1", "rating": "5"}]}', "interactions.0.rating"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": "3"}', "body.k"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": 3.0}', "body.k"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5}], "explain": 1}', "body.explain"),
+        (b'{"interactions": [{"item_id": "it1", "rating": 5, "timestamp": "9"}]}', "timestamp"),
     ],
 )
 def test_bad_requests_are_422_with_a_clear_message(client, body, needle):

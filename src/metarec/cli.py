@@ -248,7 +248,10 @@ def cmd_recommend(args) -> int:
     out, stats = pred.recommend(support, args.k, args.domain)
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats)
-    print(f"wrote top-{args.k} for {out['user_id'].nunique()} users to {args.out}")
+    per_user = out.groupby("user_id", sort=False).size()  # rows each user got
+    short = int((per_user < args.k).sum())  # the catalogue minus their support is < k
+    note = f"; {short} of them had fewer than {args.k} candidates left" if short else ""
+    print(f"wrote top-{args.k} for {len(per_user)} users to {args.out}{note}")
     return 0
 
 

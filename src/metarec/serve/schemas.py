@@ -2,8 +2,11 @@
 
 Raw ids travel as JSON strings; integer ids are accepted and read as strings (``50`` and
 ``"50"`` name the same item). Unknown fields are rejected so a typo is a 422, not a silent
-default. Size limits that the operator configures (``k``, number of interactions) are
-checked by the app, not here, so the schema stays the same for every deployment.
+default. Types are strict too: ``"k": "10"``, ``"k": 10.0``, ``"rating": "5"`` and
+``"exclude_seen": 1`` are 422s, since a client sending them has a bug worth hearing
+about (an integer is still accepted where a float is asked for). Size limits that the
+operator configures (``k``, number of interactions) are checked by the app, not here,
+so the schema stays the same for every deployment.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ RawId = Annotated[
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Interaction(_Body):
