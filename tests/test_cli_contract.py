@@ -525,3 +525,32 @@ def test_fit_refit_knows_every_rated_item(tmp_path, capsys):
     argv = ["predict", "--run", str(out), "--support", str(support), "--query"]
     assert main([*argv, str(tmp_path / "Q.csv"), "--out", str(tmp_path / "P.csv")]) == 0
     assert np.isfinite(pd.read_csv(tmp_path / "P.csv")["score"]).all()
+
+
+def test_support_ratings_at_the_ends_of_a_decimal_scale_are_accepted(tmp_path):
+    """A scale whose ends have no exact float (0.7-3.5): the run's range comes from the
+    float32 ratings, and a support's 0.7 is the same rating, not one below the scale."""
+    paths, _ = make_world(tmp_path)
+    t = pd.read_csv(paths["T"])
+    t["rating"] = (t["rating"] * 0.7).round(1)  # 1-5 -> 0.7-3.5
+    t.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    assert (
+        main(
+            ["fit", "--train", str(paths["T"]), "--items", str(paths["I"])]
+            + ["--out", str(run), *FAST]
+        )
+        == 0
+    )
+    s = tmp_path / "S.csv"
+    rows = [("cold", "it0", 0.7, 1), ("cold", "it1", 3.5, 2), ("cold", "it2", 2.1, 3)]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(s, index=False)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["cold"], "item_id": ["it5"]}).to_csv(q, index=False)
+    assert predict(run, s, q, tmp_path / "P.csv") == 0
+    assert pd.read_csv(tmp_path / "P.csv").score.between(0.7 - 1e-6, 3.5 + 1e-6).all()
+    # just outside the scale is still refused
+    pd.DataFrame(rows[:1], columns=["user_id", "item_id", "rating", "timestamp"]).assign(
+        rating=0.69
+    ).to_csv(s, index=False)
+    assert predict(run, s, q, tmp_path / "P2.csv") == 2 and not (tmp_path / "P2.csv").exists()

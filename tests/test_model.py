@@ -1175,18 +1175,21 @@ def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
         _fast_config(valid_holdout="items")
 
 
-def test_any_rating_scale_trains_as_one_to_five(tmp_path):
-    """Ratings on 20-100 (the same log times 20) train exactly as 1-5 stars do: the rating
-    model sees rating / rating_unit (a quarter of the range: 20 here, 1 for 1-5), so its
-    ratings come out 20 times as large and the ranking model (likes at the range's middle)
-    is unchanged. Unscaled, MAML diverged at its first step on 20-100."""
+@pytest.mark.parametrize("scale, shift", [(20.0, 0.0), (1.0, -3.0), (2.5, -10.0)])
+def test_any_rating_scale_trains_as_one_to_five(tmp_path, scale, shift):
+    """Ratings on another scale (the same log mapped by r -> scale * r + shift: 20-100,
+    -2..2, -7.5..2.5) train exactly as 1-5 stars do: the rating model sees
+    (rating - rating_offset) / rating_unit, which is the 1-5 rating again, so its ratings
+    come out mapped the same way and the ranking model (likes at the range's middle) is
+    unchanged. Unscaled, MAML diverged at its first step on 20-100; unshifted, a scale
+    with negative ratings gave the rating-weighted history profile NaN."""
     ds = _world()
     big = dataclasses.replace(
         ds,
         interactions=dataclasses.replace(
-            ds.interactions, rating=(ds.interactions.rating * 20).astype(np.float32)
+            ds.interactions, rating=(ds.interactions.rating * scale + shift).astype(np.float32)
         ),
-        rating_range=(ds.rating_range[0] * 20, ds.rating_range[1] * 20),
+        rating_range=(ds.rating_range[0] * scale + shift, ds.rating_range[1] * scale + shift),
     )
     feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
     split = make_split(ds, "user-cold", k_shot=5, n_query=5, seed=0)
@@ -1195,13 +1198,15 @@ def test_any_rating_scale_trains_as_one_to_five(tmp_path):
     cfg = _fast_config(blend=BlendConfig(rating=False, rank=False))
     small = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
     large = MetaRecommender(cfg).fit(big, split_big.train, feats, valid=split_big.valid)
-    assert small.rating_unit == 1.0 and large.rating_unit == 20.0
+    assert (small.rating_unit, small.rating_offset) == (1.0, 0.0)
+    assert large.rating_unit == scale and large.rating_offset == pytest.approx(shift)
     t, tb = split.test[0], split_big.test[0]
     items = np.arange(ds.n_items)
     np.testing.assert_allclose(
         large.score(tb.user_idx, tb.support, items),
-        20 * small.score(t.user_idx, t.support, items),
+        scale * small.score(t.user_idx, t.support, items) + shift,
         rtol=1e-5,
+        atol=1e-4,
     )
     np.testing.assert_allclose(
         large.rank_scores(tb.user_idx, tb.support, items),
@@ -1218,3 +1223,21 @@ def test_any_rating_scale_trains_as_one_to_five(tmp_path):
     np.testing.assert_allclose(
         loaded.score(tb.user_idx, tb.support, items), large.score(tb.user_idx, tb.support, items)
     )
+
+
+def test_a_run_saved_before_the_rating_offset_scales_without_shifting(tmp_path):
+    """RUN state without "rating_offset" (written when ratings were only divided by the
+    unit) loads with offset 0, so such a RUN predicts as it did when it was fitted."""
+    ds = _world()
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
+    split = make_split(ds, "user-cold", k_shot=5, n_query=5, seed=0)
+    cfg = _fast_config(blend=BlendConfig(rating=False, rank=False))
+    rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    state, tensors = rec.state()
+    assert state["rating_offset"] == 0.0
+    old = {k: v for k, v in state.items() if k != "rating_offset"}
+    assert MetaRecommender.from_state(old, tensors, split.train).rating_offset == 0.0
+    # an old RUN fitted on 0-4 keeps offset 0 (its model trained on r / 1), where a fit
+    # today would use -1 (0 stars trains as 1)
+    old_04 = {**old, "rating_range": [0.0, 4.0]}
+    assert MetaRecommender.from_state(old_04, tensors, split.train).rating_offset == 0.0

@@ -407,7 +407,8 @@ class MetaRecommender(Recommender):
         # parts: train.episodes "auto"; the ranking model: cold_rank_id_dropout, ...)
         new_items = validates_new_items(split)
         if explicit:
-            rating_split = _in_rating_units(split, self.rating_unit)
+            self._rating_offset = None  # from this fit's rating range (rating_offset)
+            rating_split = _in_rating_units(split, self.rating_unit, self.rating_offset)
             part = self._train_part(rating_split, "rating", cfg.meta, train_cfg, dataset)
             self.rating_ = dataclasses.replace(part, new_items=new_items)
         if cfg.rank_model or not explicit:
@@ -443,7 +444,7 @@ class MetaRecommender(Recommender):
             assert self.rating_.result is not None
             steps = self.rating_.result.best_step
             part = self._train_part(
-                _in_rating_units(full, self.rating_unit),
+                _in_rating_units(full, self.rating_unit, self.rating_offset),
                 "rating",
                 cfg.meta,
                 dataclasses.replace(tcfg, steps=steps),
@@ -798,8 +799,8 @@ class MetaRecommender(Recommender):
             items, ratings = self._support_of(user_idx, support, train_rows)
             if head == "binary":
                 ratings = (ratings >= self._like_threshold()).astype(np.float32)
-            elif self.rating_unit != 1.0:
-                ratings = (ratings / self.rating_unit).astype(np.float32)
+            elif self.rating_unit != 1.0 or self.rating_offset != 0.0:
+                ratings = ((ratings - self.rating_offset) / self.rating_unit).astype(np.float32)
             # sampled negatives for the binary support, seeded by the support itself so the
             # same request always gets the same scores
             rng = np.random.default_rng([self.config.seed, len(items), int(items.sum())])
@@ -911,17 +912,33 @@ class MetaRecommender(Recommender):
 
     @property
     def rating_unit(self) -> float:
-        """Ratings enter the rating model divided by this and its outputs leave multiplied
-        by it: a quarter of the rating range, so 1-5 stars train as they are (unit 1) and
-        any other scale (1-10, 0-100) on the same footing, the one inner_lr and the other
-        defaults were chosen on. Unscaled, ratings on 20-100 made MAML diverge at step 1."""
+        """Ratings enter the rating model as (rating - rating_offset) / rating_unit and its
+        outputs leave as raw * rating_unit + rating_offset: the unit is a quarter of the
+        rating range and the offset puts the bottom of the scale at 1, so any scale (1-10,
+        0-100, -2..2) trains exactly as 1-5 stars do (unit 1, offset 0: unchanged), on the
+        footing the one inner_lr and the other defaults were chosen on. Unscaled, ratings on
+        20-100 made MAML diverge at step 1; unshifted, a scale with negative ratings gave
+        the history profile (rating-weighted, features.history_profile) weights summing
+        to about 0, and NaN."""
         lo, hi = self.rating_range_
         return (hi - lo) / 4.0 if hi > lo else 1.0
 
+    _rating_offset: float | None = None  # set from a RUN's state; None: from the range
+
+    @property
+    def rating_offset(self) -> float:
+        """See :attr:`rating_unit`: the rating that maps to 0 (one unit below the scale's
+        bottom). RUNs written before the offset existed scaled without shifting (0)."""
+        if self._rating_offset is not None:
+            return self._rating_offset
+        return self.rating_range_[0] - self.rating_unit
+
     def _from_units(self, part: _Part, raw: np.ndarray) -> np.ndarray:
         """A rating model's raw outputs back on the data's rating scale (see rating_unit)."""
-        if part.learner.scorer.cfg.head == "rating" and self.rating_unit != 1.0:
-            return raw * self.rating_unit
+        if part.learner.scorer.cfg.head == "rating" and (
+            self.rating_unit != 1.0 or self.rating_offset != 0.0
+        ):
+            return raw * self.rating_unit + self.rating_offset
         return raw
 
     def _scores(
@@ -1159,6 +1176,7 @@ class MetaRecommender(Recommender):
             "n_items": self.n_items_,
             "feedback": self.feedback_,
             "rating_range": list(self.rating_range_),
+            "rating_offset": self.rating_offset,
             "encoder_fingerprint": feats.encoder_fingerprint,
             "blend": blend,
         }
@@ -1172,6 +1190,8 @@ class MetaRecommender(Recommender):
         rec.n_users_, rec.n_items_ = int(cfg["n_users"]), int(cfg["n_items"])
         rec.feedback_ = cfg["feedback"]
         rec.rating_range_ = tuple(float(x) for x in cfg["rating_range"])
+        # RUNs written before the offset was recorded divided by the unit only
+        rec._rating_offset = float(cfg.get("rating_offset", 0.0))
         rec._index_training_rows(train)
         rec.features_ = FeatureSet(
             tensors["features.item_text"],
@@ -1249,9 +1269,9 @@ def _as_likes(split: Split, threshold: float) -> Split:
     return _map_ratings(split, lambda r: (r >= threshold).astype(np.float32))
 
 
-def _in_rating_units(split: Split, unit: float) -> Split:
-    """Ratings as the rating model trains on them (:attr:`MetaRecommender.rating_unit`);
-    the split itself where the unit is 1 (1-5 stars)."""
-    if unit == 1.0:
+def _in_rating_units(split: Split, unit: float, offset: float) -> Split:
+    """Ratings as the rating model trains on them, (r - offset) / unit
+    (:attr:`MetaRecommender.rating_unit`); the split itself for 1-5 stars (1, 0)."""
+    if unit == 1.0 and offset == 0.0:
         return split
-    return _map_ratings(split, lambda r: (r / unit).astype(np.float32))
+    return _map_ratings(split, lambda r: ((r - offset) / unit).astype(np.float32))

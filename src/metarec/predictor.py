@@ -152,7 +152,11 @@ class Predictor:
             return
         if self.explicit:
             lo, hi = self.model.rating_range_
-            bad = ratings[(ratings < lo) | (ratings > hi)]
+            # compared in float32, the precision ratings are held in (the range itself came
+            # from float32 ratings): in float64 a support's 0.7 sat below a range of
+            # [0.7f, ...] and the scale's own bottom was refused
+            r32 = ratings.astype(np.float32)
+            bad = ratings[(r32 < np.float32(lo)) | (r32 > np.float32(hi))]
             if len(bad):
                 raise MetarecError(
                     f"{what}: rating {float(bad[0]):g} is outside the run's rating scale "

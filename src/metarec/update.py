@@ -132,8 +132,8 @@ def update(
         tcfg = resolve_episodes(tcfg, part.new_items)
         s_all, s_fb = split, fb_split
         if head == "rating":  # in the units the rating model trains on (rating_unit)
-            s_all = _in_rating_units(split, model.rating_unit)
-            s_fb = _in_rating_units(fb_split, model.rating_unit)
+            s_all = _in_rating_units(split, model.rating_unit, model.rating_offset)
+            s_fb = _in_rating_units(fb_split, model.rating_unit, model.rating_offset)
         if head == "binary":
             # the ID dropout fit trained with (cold_rank_id_dropout for an item cold-start fit)
             tcfg = mcfg.rank_train(tcfg, held_out=part.new_items)
