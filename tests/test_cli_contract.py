@@ -7,6 +7,8 @@ nobody rated (cold items carried by their text).
 """
 
 import json
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -554,3 +556,63 @@ def test_support_ratings_at_the_ends_of_a_decimal_scale_are_accepted(tmp_path):
         rating=0.69
     ).to_csv(s, index=False)
     assert predict(run, s, q, tmp_path / "P2.csv") == 2 and not (tmp_path / "P2.csv").exists()
+
+
+def test_out_writes_through_a_symlink_and_refuses_special_files(fitted, tmp_path, capsys):
+    """--out replaces a finished file onto its target by rename: a symlink must be written
+    through (the link stays), and a FIFO or device must be refused, never replaced by a
+    plain file (as root, --out /dev/null would otherwise destroy /dev/null)."""
+    tmp, run, _ = fitted
+    support = cold_support(tmp)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    real, link = tmp_path / "real.csv", tmp_path / "link.csv"
+    real.write_text("old\n")
+    link.symlink_to(real)
+    assert predict(run, support, q, link) == 0
+    assert link.is_symlink() and pd.read_csv(real).columns.tolist() == [
+        "user_id",
+        "item_id",
+        "score",
+    ]
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    assert predict(run, support, q, fifo) == 2
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and err.count("\n") == 1
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    rec = ["recommend", "--run", str(run), "--support", str(support), "-k", "3"]
+    assert main([*rec, "--out", str(fifo)]) == 2
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_out_inside_the_run_is_refused(fitted, capsys):
+    tmp, run, _ = fitted
+    before = (run / "config.json").read_bytes()
+    support = cold_support(tmp)
+    q = tmp / "Q1.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    assert predict(run, support, q, run / "config.json") == 2
+    assert "inside the RUN" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == before
+
+
+def test_fit_onto_a_symlinked_run_replaces_the_target_and_keeps_the_link(tmp_path):
+    paths, _ = make_world(tmp_path)
+    target, link = tmp_path / "runs" / "RUN", tmp_path / "current"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), *FAST]
+    assert main([*fit, "--out", str(target)]) == 0
+    link.symlink_to(target, target_is_directory=True)
+    first = (target / "manifest.json").read_text()
+    assert main([*fit, "--out", str(link), "--set", "seed=1"]) == 0
+    assert link.is_symlink() and (target / "manifest.json").read_text() != first
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["RUN"]  # no leftovers
+
+
+def test_export_onto_its_own_run_is_refused(fitted, capsys):
+    _, run, _ = fitted
+    before = (run / "manifest.json").read_bytes()
+    assert main(["export", "--run", str(run), "--out", str(run), "--dtype", "fp16"]) == 2
+    assert "--out must differ from --run" in capsys.readouterr().err
+    assert (run / "manifest.json").read_bytes() == before

@@ -56,7 +56,9 @@ def check_run_target(out: str | Path) -> None:
     """Refuse an ``out`` that writing a RUN would destroy: anything but a missing path, an
     empty folder or an existing RUN (which is replaced only once the new one is complete)."""
     out = Path(out)
-    if not out.exists() and not out.is_symlink():
+    if out.is_symlink():  # a link to a RUN folder: the RUN it points to is what is replaced
+        out = Path(os.path.realpath(out))
+    if not out.exists():
         return
     if not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
@@ -79,10 +81,12 @@ def save_run(
 ) -> Path:
     from metarec import __version__
 
-    out = Path(out)
+    out = given = Path(out)
     if out.exists() and not overwrite:
         raise MetarecError(f"{out} exists (pass overwrite=True to replace it)")
     check_run_target(out)
+    if out.is_symlink():  # replace the folder the link names, keep the link
+        out = Path(os.path.realpath(out))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     public_mode(tmp, directory=True)  # mkdtemp makes it 0700
@@ -116,7 +120,7 @@ def save_run(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
+    return given
 
 
 def load_run(path: str | Path, verify: bool = True) -> Run:

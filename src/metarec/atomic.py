@@ -30,17 +30,34 @@ def public_mode(path: str | Path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
+def writable_target(path: str | Path) -> Path:
+    """The file a write to ``path`` should replace: a symlink's target (the link stays a
+    link, as ``open`` would write through it), else ``path``. A folder, or a device, FIFO
+    or socket (``/dev/null``, ``/dev/stdout``), is a one-line :class:`MetarecError`:
+    renaming a finished file onto one would replace the node itself with a plain file."""
+    path = Path(path)
+    if path.is_dir():
+        raise MetarecError(f"{path} is a directory; give a file path to write to")
+    if path.exists() and not path.is_file():
+        raise MetarecError(
+            f"{path} is not a regular file (a device, pipe or socket); give a file path to "
+            "write to"
+        )
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it replaces ``path``.
 
-    The parent folder is created. A target that is a folder is a one-line
-    :class:`MetarecError` before anything is written. On an exception the temporary file
+    The parent folder is created. A symlink is written through (its target is replaced);
+    a target that is a folder or a special file is a one-line :class:`MetarecError`
+    before anything is written (:func:`writable_target`). On an exception the temporary file
     is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise MetarecError(f"{path} is a directory; give a file path to write to")
+    path = writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)

@@ -163,6 +163,19 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def _check_output(out: str | Path, run: str | Path) -> None:
+    """Before any work: ``out`` must be writable as a file (not a folder or a device) and
+    outside the RUN, which predict and recommend never modify."""
+    from metarec.atomic import writable_target
+
+    target = writable_target(out).resolve()
+    if Path(run).resolve() in target.parents:
+        raise MetarecError(
+            f"--out {out} is inside the RUN {run}; write outputs elsewhere (a RUN is never "
+            "modified)"
+        )
+
+
 def _write_csv_atomic(frame, out: Path) -> None:
     from metarec.atomic import atomic_path
 
@@ -227,6 +240,7 @@ def cmd_predict(args) -> int:
     from metarec.data.files import read_log, read_query
     from metarec.predictor import Predictor
 
+    _check_output(args.out, args.run)
     pred = Predictor.load(args.run, device=args.device)
     support, feedback, _ = read_log(args.support)
     pred.check_feedback(feedback, str(args.support))
@@ -242,6 +256,7 @@ def cmd_recommend(args) -> int:
     from metarec.data.files import read_log
     from metarec.predictor import Predictor
 
+    _check_output(args.out, args.run)
     pred = Predictor.load(args.run, device=args.device)
     support, feedback, _ = read_log(args.support)
     pred.check_feedback(feedback, str(args.support))

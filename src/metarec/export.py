@@ -103,6 +103,8 @@ def export_run(
     from metarec.artifacts import load_run, save_run
     from metarec.predictor import Predictor
 
+    if Path(out).resolve() == Path(run).resolve():
+        raise MetarecError("export: --out must differ from --run (the RUN is never modified)")
     src = load_run(run)
     if src.meta.get("export"):
         raise MetarecError(f"{run}: already an exported RUN ({src.meta['export']['dtype']})")
