@@ -616,3 +616,25 @@ def test_export_onto_its_own_run_is_refused(fitted, capsys):
     assert main(["export", "--run", str(run), "--out", str(run), "--dtype", "fp16"]) == 2
     assert "--out must differ from --run" in capsys.readouterr().err
     assert (run / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        ("user_id\titem_id\trating\nu1\tit1\t5\n", "looks tab-separated"),
+        ("user_id;item_id;rating\nu1;it1;5\n", "looks semicolon-separated"),
+        ("user_id,item_id,rating\nu1,it1,5,7\nu1,it2,4\n", "malformed line"),
+    ],
+)
+def test_a_support_with_the_wrong_separator_or_a_long_first_row_is_one_line(
+    fitted, tmp_path, capsys, text, said
+):
+    _, run, _ = fitted
+    s = tmp_path / "S.csv"
+    s.write_text(text)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["u1"], "item_id": ["it33"]}).to_csv(q, index=False)
+    capsys.readouterr()
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1 and not (tmp_path / "P.csv").exists()

@@ -446,6 +446,8 @@ def test_parquet_not_parquet(tmp_path):
     [
         ("user,item_id,rating\n1,2,3\n", {}, r"log.csv: missing column\(s\) user_id"),
         ("user_id,item_id,rating\n1,2,3\n4,5,6,7\n", {}, r"log.csv: malformed line.*line 3"),
+        # the first data row too (pandas only warned there, and dropped the extra field)
+        ("user_id,item_id,rating\n1,2,3,9\n4,5,6\n", {}, r"log.csv: malformed line.*more"),
         ("", {}, r"log.csv: file is empty"),
         ("  \n\n", {}, r"log.csv: file is empty"),
         ("user_id,item_id,rating\n", {}, r"log.csv: file is empty \(a header but no rows\)"),

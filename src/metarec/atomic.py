@@ -40,8 +40,7 @@ def writable_target(path: str | Path) -> Path:
         raise MetarecError(f"{path} is a directory; give a file path to write to")
     if path.exists() and not path.is_file():
         raise MetarecError(
-            f"{path} is not a regular file (a device, pipe or socket); give a file path to "
-            "write to"
+            f"{path} is not a regular file (a device, pipe or socket); give a file path to write to"
         )
     if path.is_symlink():
         path = Path(os.path.realpath(path))

@@ -39,6 +39,13 @@ LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
 def _read(path: str | Path) -> pd.DataFrame:
     frame = _read_any(Path(path), None, "utf-8")
     frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame.columns) == 1:  # one column named "user_id\titem_id\trating": wrong separator
+        for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
+            if sep in frame.columns[0]:
+                raise MetarecError(
+                    f"{path}: the header {frame.columns[0]!r} looks {name}-separated; files "
+                    "are read comma-separated (.csv), tab-separated (.tsv) or as Parquet"
+                )
     return frame
 
 

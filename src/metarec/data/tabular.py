@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,18 +96,27 @@ def read_delimited(
     if not quoting:
         kwargs["quoting"] = 3  # csv.QUOTE_NONE: titles like 12" Vinyl keep their quote marks
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=sep,
-            header=None if names is not None else 0,
-            names=names,
-            dtype=str,
-            keep_default_na=False,  # "NA" / "null" are valid titles and ids, not missing
-            na_values=[""],
-            skip_blank_lines=True,
-            index_col=False,
-            **kwargs,
-        )
+        with warnings.catch_warnings():
+            # with index_col=False pandas only *warns* when the first data row has more
+            # fields than the header, and drops them; later rows raise. Both are errors.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(
+                io.StringIO(text),
+                sep=sep,
+                header=None if names is not None else 0,
+                names=names,
+                dtype=str,
+                keep_default_na=False,  # "NA" / "null" are valid titles and ids, not missing
+                na_values=[""],
+                skip_blank_lines=True,
+                index_col=False,
+                **kwargs,
+            )
+    except pd.errors.ParserWarning:
+        raise MetarecError(
+            f"{path}: malformed line (the first data row has more fields than the "
+            f"{'names' if names is not None else 'header'})"
+        ) from None
     except pd.errors.ParserError as err:
         raise MetarecError(f"{path}: malformed line ({_short(err)})") from None
     except pd.errors.EmptyDataError:
