@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import numpy as np
@@ -50,3 +51,36 @@ def test_corrupt_or_foreign_run_is_a_clear_error(tmp_path):
         load_run(path)
     with pytest.raises(MetarecError, match="not a metarec RUN"):
         load_run(tmp_path)
+
+
+def _rehash(path):
+    """Checksums recomputed: how a RUN written by a buggy or another version looks."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        manifest["files"][rel] = hashlib.sha256((path / rel).read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+MANIFEST = "manifest.json"
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        (MANIFEST, "[1, 2]", "not a JSON object"),
+        (MANIFEST, json.dumps({"format_version": 1}), "no file list"),
+        (MANIFEST, json.dumps({"format_version": 1, "files": {}}), "config.json is not listed"),
+        ("model.safetensors", "\x00" * 64, "model.safetensors is unreadable"),
+        ("ids/items.parquet", "garbage", "ids/items.parquet is unreadable"),
+        ("config.json", "not json", "config.json is unreadable"),
+        ("meta.json", "[]", "meta.json is unreadable"),
+    ],
+)
+def test_a_damaged_run_is_one_line_even_with_matching_checksums(tmp_path, name, text, message):
+    path = _save(tmp_path / "run")
+    (path / name).write_text(text)
+    if name != MANIFEST:
+        _rehash(path)
+    with pytest.raises(MetarecError, match=message) as err:
+        load_run(path)
+    assert "\n" not in str(err.value)

@@ -13,6 +13,7 @@ import stat
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from metarec.cli import main
 
@@ -638,3 +639,35 @@ def test_a_support_with_the_wrong_separator_or_a_long_first_row_is_one_line(
     assert predict(run, s, q, tmp_path / "P.csv") == 2
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1 and not (tmp_path / "P.csv").exists()
+
+
+@pytest.mark.parametrize("damage", ["shape", "missing"])
+def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_path, capsys, damage):
+    """Checksums only prove the files are the ones written; a RUN from a buggy or another
+    version can still hold tensors its config cannot use. Load scores one cold user
+    through every part, so that is one line and exit 2, not a traceback on first use."""
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    tmp, run, _ = fitted
+    bad = tmp_path / "RUN"
+    shutil.copytree(run, bad)
+    tensors = load_file(str(bad / "model.safetensors"))
+    if damage == "shape":
+        key = next(k for k, v in tensors.items() if k.startswith("rank.") and v.dim() == 2)
+        tensors[key] = torch.zeros(3, 5)
+    else:
+        del tensors[next(k for k in tensors if k.startswith("rating."))]
+    save_file(tensors, str(bad / "model.safetensors"))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    for rel in manifest["files"]:
+        manifest["files"][rel] = hashlib.sha256((bad / rel).read_bytes()).hexdigest()
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    capsys.readouterr()
+    assert predict(bad, cold_support(tmp), q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert "RUN is incomplete or from another version" in err and err.count("\n") == 1

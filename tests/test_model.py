@@ -17,6 +17,7 @@ import torch
 
 from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemKNN, ItemMeanUserBias
 from metarec.blend import (
+    Blend,
     BlendConfig,
     ClosedForm,
     content_map,
@@ -471,6 +472,18 @@ def fitted(world, tmp_path_factory):
     )
     rec = MetaRecommender(_fast_config()).fit(ds, split.train, feats, valid=split.valid)
     return ds, split, feats, rec
+
+
+def test_a_saved_blend_missing_an_input_model_is_refused(fitted):
+    """A ranking weight whose input has no fitted model would score 0 for every item,
+    silently; loading such state (a RUN from a buggy or another version) raises."""
+    *_, rec = fitted
+    assert rec.blend_ is not None and "ease" in rec.blend_.rank_inputs
+    cfg, tensors = rec.blend_.state()
+    assert Blend.from_state(cfg, tensors).rank_inputs == rec.blend_.rank_inputs
+    del tensors["ease"]
+    with pytest.raises(KeyError, match="'ease' has no fitted model"):
+        Blend.from_state(cfg, tensors)
 
 
 def test_rating_weights_are_least_squares_on_validation_users(fitted):

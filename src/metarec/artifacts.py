@@ -33,6 +33,8 @@ from metarec.atomic import public_mode
 from metarec.types import IdMap, MetarecError
 
 FORMAT_VERSION = 1
+# what every RUN holds; the manifest must list (and so checksum) each of them
+REQUIRED_FILES = ("config.json", "meta.json", "model.safetensors")
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,30 +132,60 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
         raise MetarecError(f"{path} is not a metarec RUN directory (no manifest.json)")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
-        raise MetarecError(f"{manifest_path}: corrupt manifest ({err.msg})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetarecError(f"{manifest_path}: corrupt manifest ({err})") from None
+    if not isinstance(manifest, dict):
+        raise MetarecError(f"{manifest_path}: corrupt manifest (not a JSON object)")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise MetarecError(
             f"{path}: RUN format version {version!r} is not supported "
             f"(this metarec reads version {FORMAT_VERSION}); re-run `metarec fit`"
         )
-    files = manifest.get("files", {})
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in files.items()
+    ):
+        raise MetarecError(f"{manifest_path}: corrupt manifest (no file list with checksums)")
+    unlisted = [f for f in REQUIRED_FILES if f not in files]
+    if unlisted:
+        # a file the manifest does not list is never checksummed
+        raise MetarecError(f"{manifest_path}: corrupt manifest ({unlisted[0]} is not listed)")
     for rel, digest in files.items():
         f = path / rel
         if not f.is_file():
             raise MetarecError(f"{path}: RUN is incomplete, {rel} is missing")
         if verify and _sha256(f) != digest:
             raise MetarecError(f"{path}: {rel} does not match its checksum (corrupt RUN)")
-    tensors = load_file(str(path / "model.safetensors"))
-    ids = {}
-    for f in sorted((path / "ids").glob("*.parquet")):
-        col = pq.read_table(f).column("id").to_pylist()
-        ids[f.stem] = IdMap(np.asarray(col, dtype=object))
+    # past the checksums a file can still be unreadable: written by a buggy or another
+    # version, or edited along with its checksum. One line naming it, not a traceback.
+    rel = "model.safetensors"
+    try:
+        tensors = load_file(str(path / rel))
+        ids = {}
+        for f in sorted((path / "ids").glob("*.parquet")):
+            rel = f.relative_to(path).as_posix()
+            col = pq.read_table(f).column("id").to_pylist()
+            ids[f.stem] = IdMap(np.asarray(col, dtype=object))
+        docs = {}
+        for rel in ("config.json", "meta.json"):
+            docs[rel] = json.loads((path / rel).read_text())
+            if not isinstance(docs[rel], dict):
+                raise ValueError("not a JSON object")
+    except Exception as err:  # safetensors, pyarrow and json raise unrelated types
+        raise MetarecError(
+            f"{path}: {rel} is unreadable, the RUN is damaged or from another version "
+            f"({type(err).__name__}: {_first_line(err)})"
+        ) from None
     return Run(
         path=path,
-        config=json.loads((path / "config.json").read_text()),
+        config=docs["config.json"],
         tensors=tensors,
         ids=ids,
-        meta=json.loads((path / "meta.json").read_text()),
+        meta=docs["meta.json"],
     )
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else ""

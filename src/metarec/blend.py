@@ -584,6 +584,21 @@ class ClosedForm:
                 out[:, :, c] = self.side_values[targets, j][None, :]
         return out
 
+    def has_input(self, name: str) -> bool:
+        """Whether ranking input ``name`` has its fitted model here (rank_inputs scores an
+        input without one as 0 for every item)."""
+        needs = {
+            "ease": self.ease,
+            "als": self.als_factors,
+            "knn": self.knn_user_items,
+            "content": self.content_rows,
+        }
+        if name in needs:
+            return needs[name] is not None
+        if name.startswith("side:"):
+            return self.side_values is not None and name[5:] in self.side_columns
+        return name in ("popularity", "biased_mf")
+
     # --- persistence ------------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         cfg = {
@@ -1031,11 +1046,17 @@ class Blend:
         def weights(key: str) -> np.ndarray | None:
             return tensors[key].numpy() if key in tensors else None
 
+        closed = ClosedForm.from_state(cfg["closed"], tensors)
+        rank_inputs = tuple(cfg["rank_inputs"])
+        if "rank_weights" in tensors:
+            missing = [n for n in rank_inputs if not closed.has_input(n)]
+            if missing:  # a weight for an input that would silently score 0
+                raise KeyError(f"blend: the ranking input {missing[0]!r} has no fitted model")
         return cls(
-            ClosedForm.from_state(cfg["closed"], tensors),
+            closed,
             tuple(cfg["rating_inputs"]),
             weights("rating_weights"),
-            tuple(cfg["rank_inputs"]),
+            rank_inputs,
             weights("rank_weights"),
             bool(cfg.get("rating_like", False)),
             str(cfg.get("rank_fit", "softmax")),

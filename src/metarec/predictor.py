@@ -23,6 +23,27 @@ from metarec.model import MetaRecommender, ModelConfig
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 
+def _smoke_test(model: MetaRecommender) -> None:
+    """Score one cold user with a one-item support through every part the RUN holds (the
+    rating model and its blend on two items, the ranking model and its blend on the whole
+    catalogue, as recommend does): a RUN whose tensors do not fit its config (a shape,
+    a missing table) fails here, at load, rather than on the first request."""
+    lo, hi = model.rating_range_
+    value = hi if model.feedback_ == "explicit" else 1.0
+    support = Interactions(
+        np.array([model.n_users_], dtype=np.int64),
+        np.array([0], dtype=np.int64),
+        np.array([value], dtype=np.float32),
+        np.zeros(1, dtype=np.int64),
+        np.zeros(1, dtype=np.int16),
+    )
+    cold = model.n_users_
+    scores = model.score(cold, support, np.array([0, model.n_items_ - 1], dtype=np.int64))
+    ranks = model.rank_scores(cold, support, np.arange(model.n_items_, dtype=np.int64))
+    if len(scores) != 2 or len(ranks) != model.n_items_:
+        raise ValueError("the model returned scores of the wrong length")
+
+
 @dataclass(frozen=True, eq=False)
 class Predictor:
     model: MetaRecommender
@@ -90,13 +111,37 @@ class Predictor:
             model = MetaRecommender.from_state(run.config, t, train)
             domains = run.meta["item_domains"]
             item_domain = np.asarray(domains, dtype=object)[t["item_domain"].numpy()]
-        except (KeyError, TypeError, ValueError) as err:
+            users, items = run.ids["users"], run.ids["items"]
+            if (len(users), len(items)) != (model.n_users_, model.n_items_):
+                raise ValueError(
+                    f"{len(users)} user and {len(items)} item ids for a model of "
+                    f"{model.n_users_} users and {model.n_items_} items"
+                )
+            if device is None:  # on the device it will serve from, below
+                _smoke_test(model)
+        except MetarecError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
             raise MetarecError(
-                f"{path}: RUN is incomplete or from another version ({err})"
+                f"{path}: RUN is incomplete or from another version "
+                f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})"
             ) from None
         if device is not None:
             model.to(device)
-        return cls(model, run.ids["users"], run.ids["items"], item_domain, train, run.meta)
+            try:
+                _smoke_test(model)
+            except (
+                KeyError,
+                TypeError,
+                ValueError,
+                AttributeError,
+                IndexError,
+                RuntimeError,
+            ) as err:
+                raise MetarecError(
+                    f"{path}: RUN is incomplete or from another version ({type(err).__name__})"
+                ) from None
+        return cls(model, users, items, item_domain, train, run.meta)
 
     # --- raw ids -> indices ------------------------------------------------------------
     @property
