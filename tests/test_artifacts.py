@@ -84,3 +84,16 @@ def test_a_damaged_run_is_one_line_even_with_matching_checksums(tmp_path, name, 
     with pytest.raises(MetarecError, match=message) as err:
         load_run(path)
     assert "\n" not in str(err.value)
+
+
+def test_every_run_file_gets_the_same_public_mode(tmp_path):
+    import os
+    import stat
+
+    path = _save(tmp_path / "run")
+    modes = {
+        p.relative_to(path).as_posix(): stat.S_IMODE(os.stat(p).st_mode)
+        for p in path.rglob("*")
+        if p.is_file()
+    }
+    assert len(set(modes.values())) == 1, modes  # model.safetensors was 0600

@@ -322,6 +322,10 @@ def test_device_flag(fitted, tmp_path, capsys):
     if not torch.cuda.is_available():
         code = predict(run, support, q, tmp_path / "Pc.csv", "--device", "cuda")
         assert code == 2 and "no CUDA GPU" in capsys.readouterr().err
+    for bogus in ("bogus", "mps", "meta"):  # a traceback from torch before
+        code = predict(run, support, q, tmp_path / "Pb.csv", "--device", bogus)
+        err = capsys.readouterr().err
+        assert code == 2 and "unknown device" in err and err.count("\n") == 1, err
 
 
 def test_recommend_cold_user_with_only_unknown_items_is_an_error(fitted, tmp_path, capsys):
@@ -671,3 +675,16 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     assert predict(bad, cold_support(tmp), q, tmp_path / "P.csv") == 2
     err = capsys.readouterr().err
     assert "RUN is incomplete or from another version" in err and err.count("\n") == 1
+
+
+def test_p_gives_each_query_row_back_as_spelled(fitted, tmp_path):
+    """Ids are matched stripped (" it33 " is it33) but P echoes the query's own spelling,
+    so a client joining P to Q on (user_id, item_id) finds every row."""
+    tmp, run, _ = fitted
+    q = tmp_path / "Q.csv"
+    q.write_text('user_id,item_id\nnew_space," it33 "\n new_space ,it34\nnew_space,it33\n')
+    assert predict(run, cold_support(tmp), q, tmp_path / "P.csv") == 0
+    p = pd.read_csv(tmp_path / "P.csv", dtype=str, keep_default_na=False)
+    qf = pd.read_csv(q, dtype=str, keep_default_na=False)
+    assert p[["user_id", "item_id"]].values.tolist() == qf.values.tolist()
+    assert p.score.iloc[0] == p.score.iloc[2]  # " it33 " and it33 are one item

@@ -58,3 +58,23 @@ def test_overrides_are_typed_and_roundtrip(tmp_path):
     p.write_text("kind = \n")
     with pytest.raises(MetarecError, match="invalid TOML"):
         load_toml(p)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("meta.inner_lr=nan", "meta.inner_lr: expected a finite number"),
+        ("meta.ridge_target=nan", "meta.ridge_target: expected a finite number"),
+        ("train.outer_lr=inf", "train.outer_lr: expected a finite number"),
+        ("meta.ridge_target=0", "ridge_target must be > 0"),
+        ("rank_meta.np_hidden=0", "np_hidden must be in [1, 65536]"),
+        ("rank_meta.np_hidden=100000000", "np_hidden must be in [1, 65536]"),
+    ],
+)
+def test_model_config_rejects_non_finite_and_absurd_values_up_front(override, message):
+    from metarec.model import ModelConfig
+
+    data = apply_overrides(to_dict(ModelConfig()), [override])
+    with pytest.raises(MetarecError) as err:
+        ModelConfig.from_dict(data)
+    assert message in str(err.value)

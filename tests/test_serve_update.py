@@ -117,3 +117,13 @@ def test_update_refuses_bad_inputs(run, tmp_path):
         )
         == 2
     )
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "0", "-1"])
+def test_update_refuses_a_learning_rate_that_is_not_finite_and_positive(run, tmp_path, capsys, lr):
+    FeedbackStore(tmp_path / "fb").add("u1", likes_space())
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb")]
+    assert main([*argv, "--out", str(tmp_path / "RUN2"), "--lr", lr]) == 2
+    err = capsys.readouterr().err
+    assert "outer_lr finite and > 0" in err and err.count("\n") == 1
+    assert not (tmp_path / "RUN2").exists()

@@ -104,6 +104,8 @@ def save_run(
         for name, idmap in ids.items():
             table = pa.table({"id": pa.array(idmap.ids.tolist(), type=pa.string())})
             pq.write_table(table, tmp / "ids" / f"{name}.parquet")
+        for p in tmp.rglob("*"):  # safetensors writes its file 0600; a RUN is copied about
+            public_mode(p, directory=p.is_dir())
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format_version": FORMAT_VERSION,

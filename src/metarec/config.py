@@ -8,6 +8,7 @@ TOML file or a ``--set`` override fails loudly instead of being ignored (RecBole
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -85,9 +86,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise MetarecError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise MetarecError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            # no setting means anything at nan or inf: a learning rate of nan only failed
+            # once training had started, a ridge target of nan never did
+            raise MetarecError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -838,9 +838,18 @@ class MetaRecommender(Recommender):
         returned as numpy arrays either way."""
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            raise MetarecError(f"unknown device {str(device)!r} (cpu, cuda, cuda:N or auto)")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise MetarecError("device cuda was asked for but no CUDA GPU is available")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MetarecError(
+                f"device {device} was asked for but there are {torch.cuda.device_count()} GPUs"
+            )
         self._check_model()
         self.features_ = self.features_.to(dev)
         for key in ("rating_", "rank_"):

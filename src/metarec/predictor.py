@@ -277,10 +277,12 @@ class Predictor:
             rows_per_task, self.model.score_many(tasks, items_per_task), strict=True
         ):
             scores[rows] = s
+        # the query's own spellings where it carries them (read_query), else its ids
+        raw = query.attrs.get("raw_ids") or {}
         out = pd.DataFrame(
             {
-                "user_id": query["user_id"].to_numpy(object),
-                "item_id": query["item_id"].to_numpy(object),
+                "user_id": raw.get("user_id", query["user_id"].to_numpy(object)),
+                "item_id": raw.get("item_id", query["item_id"].to_numpy(object)),
                 "score": scores,
             }
         )

@@ -22,6 +22,7 @@ also trained on, so it is an in-sample check that the update moved, not a test m
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,12 @@ class UpdateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.meta_batch < 1 or self.outer_lr <= 0:
-            raise MetarecError("update: steps >= 0, meta_batch >= 1, outer_lr > 0")
+        # written so that nan fails too (every comparison with nan is False)
+        if not (self.steps >= 0 and self.meta_batch >= 1 and 0 < self.outer_lr < math.inf):
+            raise MetarecError(
+                f"update: steps >= 0, meta_batch >= 1, outer_lr finite and > 0 "
+                f"(got {self.steps}, {self.meta_batch}, {self.outer_lr})"
+            )
         if not 0 <= self.feedback_share <= 1:
             raise MetarecError("update: feedback_share must be in [0, 1]")
 

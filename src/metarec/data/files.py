@@ -190,15 +190,21 @@ def read_training_files(
 
 
 def read_query(path: str | Path) -> pd.DataFrame:
-    """Q: (user_id, item_id) rows as str, in file order."""
+    """Q: (user_id, item_id) rows as str, in file order.
+
+    Ids are matched as :func:`id_column` normalises them (" 7 " is item "7"); the file's
+    own spellings ride along in ``attrs["raw_ids"]`` so that P can give every query row
+    back exactly as it came (a client joins P to Q on them)."""
     frame = _read(path)
     _check_query_columns(frame)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "user_id": id_column(frame, "user_id").to_numpy(object),
             "item_id": id_column(frame, "item_id").to_numpy(object),
         }
     )
+    out.attrs["raw_ids"] = {c: frame[c].to_numpy(object) for c in ("user_id", "item_id")}
+    return out
 
 
 def _check_query_columns(frame: pd.DataFrame) -> None:

@@ -66,6 +66,9 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
+MAX_NP_HIDDEN = 65_536  # as model.MAX_WIDTH for the scorer's layers
+
+
 @dataclass(frozen=True)
 class MetaConfig:
     algorithm: str = "maml"
@@ -84,6 +87,13 @@ class MetaConfig:
             )
         if self.inner_steps < 0 or self.inner_lr <= 0 or self.ridge_lambda <= 0:
             raise MetarecError("MetaConfig: inner_steps >= 0, inner_lr > 0, ridge_lambda > 0")
+        if self.ridge_target <= 0:
+            raise MetarecError(f"MetaConfig.ridge_target must be > 0, got {self.ridge_target}")
+        if not 1 <= self.np_hidden <= MAX_NP_HIDDEN:
+            # 0 divided by zero in the encoder's init; 1e8 asked for tens of GB
+            raise MetarecError(
+                f"MetaConfig.np_hidden must be in [1, {MAX_NP_HIDDEN}], got {self.np_hidden}"
+            )
         for g in self.adapt_groups or ():
             if g not in GROUPS:
                 raise MetarecError(f"MetaConfig.adapt_groups: unknown group {g!r} ({GROUPS})")
