@@ -688,3 +688,43 @@ def test_p_gives_each_query_row_back_as_spelled(fitted, tmp_path):
     qf = pd.read_csv(q, dtype=str, keep_default_na=False)
     assert p[["user_id", "item_id"]].values.tolist() == qf.values.tolist()
     assert p.score.iloc[0] == p.score.iloc[2]  # " it33 " and it33 are one item
+
+
+def test_domains_that_disagree_with_the_items_file_are_one_line(tmp_path, capsys):
+    paths, items = make_world(tmp_path, implicit=True)
+    items["domain"] = np.where(np.arange(len(items)) < 20, "books", "films")
+    items.to_csv(paths["I"], index=False)
+    t = pd.read_csv(paths["T"], dtype={"item_id": str})
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), *FAST]
+    # T names a domain per row: right for every item but one
+    t["domain"] = np.where(t.item_id.str[2:].astype(int) < 20, "books", "films")
+    bad = t.copy()
+    bad.loc[bad.item_id == "it3", "domain"] = "films"
+    bad.to_csv(tmp_path / "T_bad.csv", index=False)
+    capsys.readouterr()
+    fit_bad = ["fit", "--train", str(tmp_path / "T_bad.csv"), "--items", str(paths["I"]), *FAST]
+    assert main([*fit_bad, "--out", str(tmp_path / "R0")]) == 2
+    err = capsys.readouterr().err
+    assert "'it3' is in domain 'films' here but 'books'" in err and err.count("\n") == 1
+    assert not (tmp_path / "R0").exists()
+    # without a domain in the items file, one item in two domains is the contradiction
+    t2 = bad.copy()
+    t2.loc[t2.index[t2.item_id == "it3"][0], "domain"] = "books"
+    t2.to_csv(tmp_path / "T_two.csv", index=False)
+    items.drop(columns="domain").to_csv(tmp_path / "I_nodom.csv", index=False)
+    two = ["fit", "--train", str(tmp_path / "T_two.csv"), "--items", str(tmp_path / "I_nodom.csv")]
+    assert main([*two, *FAST, "--out", str(tmp_path / "R1")]) == 2
+    assert "'it3' is in domains ['books', 'films']" in capsys.readouterr().err
+    # a consistent T fits; a support naming the wrong domain for an item is refused
+    t.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    assert main([*fit, "--out", str(run)]) == 0
+    s = tmp_path / "S.csv"
+    pd.DataFrame({"user_id": ["cold"] * 2, "item_id": ["it0", "it25"], "label": [1, 1]}).assign(
+        domain=["films", "films"]
+    ).to_csv(s, index=False)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["cold"], "item_id": ["it33"]}).to_csv(q, index=False)
+    capsys.readouterr()
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    assert "'it0' is in domain 'films' there but 'books'" in capsys.readouterr().err

@@ -217,6 +217,21 @@ class Predictor:
 
     def _supports_from_frame(self, frame: pd.DataFrame) -> tuple[dict[str, Interactions], int]:
         value = "label" if "label" in frame.columns and "rating" not in frame.columns else "rating"
+        if "domain" in frame.columns and (frame["domain"] != "default").any():
+            # the RUN's items file decided each item's domain; a support naming another is
+            # a mix-up worth a line, not something to ignore
+            idx = self.items.lookup_or_missing(frame["item_id"].to_numpy(object))
+            known = idx >= 0
+            given = frame["domain"].to_numpy(object)[known]
+            differ = self.item_domain[idx[known]] != given
+            if differ.any():
+                j = int(np.flatnonzero(differ)[0])
+                item = frame["item_id"].to_numpy(object)[known][j]
+                raise MetarecError(
+                    f"support: item_id {item!r} is in domain {given[j]!r} there but "
+                    f"{self.item_domain[idx[known]][j]!r} in the RUN's catalogue "
+                    f"({int(differ.sum())} such rows)"
+                )
         out, n_unknown = {}, 0
         ts_col = "timestamp" if "timestamp" in frame.columns else None
         for user_id, rows in frame.groupby("user_id", sort=False):

@@ -138,6 +138,33 @@ def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, t
     return out, text, cat, num
 
 
+def check_log_domains(
+    log: pd.DataFrame, item_frame: pd.DataFrame | None, where: object, items_file: object
+) -> None:
+    """A log's ``domain`` column must agree with itself (an item in one domain) and with
+    the items file's, where both name one: the items file decides an item's domain, so a
+    disagreeing row would otherwise be moved to the other domain without a word."""
+    if "domain" not in log.columns or not (log["domain"] != "default").any():
+        return
+    pairs = log[["item_id", "domain"]].drop_duplicates()
+    twice = pairs["item_id"].duplicated(keep=False)
+    if twice.any():
+        item = pairs["item_id"][twice].iloc[0]
+        names = sorted(pairs["domain"][pairs["item_id"] == item])
+        raise MetarecError(f"{where}: item_id {item!r} is in domains {names}; an item has one")
+    if item_frame is None or "domain" not in item_frame.columns:
+        return
+    theirs = pairs["item_id"].map(item_frame.set_index("item_id")["domain"])
+    differ = theirs.notna() & (theirs != pairs["domain"])
+    if differ.any():
+        i = int(np.flatnonzero(differ.to_numpy())[0])
+        raise MetarecError(
+            f"{where}: item_id {pairs['item_id'].iloc[i]!r} is in domain "
+            f"{pairs['domain'].iloc[i]!r} here but {theirs.iloc[i]!r} in {items_file} "
+            f"({int(differ.sum())} such items)"
+        )
+
+
 def read_training_files(
     train: str | Path, items: str | Path, users: str | Path | None = None, name: str = "fit"
 ) -> RawData:
@@ -151,6 +178,7 @@ def read_training_files(
             f"{train}: item_id {bad!r} is not in the items file {items} "
             f"({int(missing.sum())} rows with unknown items)"
         )
+    check_log_domains(ratings, item_frame, train, items)
     if (
         "domain" in ratings.columns
         and "domain" not in item_frame.columns
