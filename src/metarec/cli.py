@@ -551,7 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
         "meta-model vs baselines; writes report.md, results.json and plots",
     )
     p.add_argument("--out", default="quickstart-out", help="output folder (default: %(default)s)")
-    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default: 1, ~5 min)")
+    p.add_argument(
+        "--seeds", type=int, default=1, help="number of seeds (default: 1, ~1.5 min each)"
+    )
     p.add_argument("--model", default="default", help="text encoder (default MiniLM; hashing:64)")
     p.add_argument("--shots", default="1,3,5,10", help="K-curve shots, comma-separated ('' = none)")
     p.add_argument("--steps", type=int, help="cap meta-training steps (smaller = faster)")
