@@ -728,3 +728,20 @@ def test_domains_that_disagree_with_the_items_file_are_one_line(tmp_path, capsys
     capsys.readouterr()
     assert predict(run, s, q, tmp_path / "P.csv") == 2
     assert "'it0' is in domain 'films' there but 'books'" in capsys.readouterr().err
+
+
+def test_fit_with_a_user_who_rated_the_whole_catalogue(tmp_path):
+    """Valid data: the ranking model has no negatives to sample for that user (it used to
+    stop fit with 'cannot sample negatives')."""
+    paths, items = make_world(tmp_path)
+    t = pd.read_csv(paths["T"], dtype={"user_id": str, "item_id": str})
+    every = pd.DataFrame(
+        {"user_id": "all", "item_id": items.item_id, "rating": 4, "timestamp": 0}
+    ).astype({"timestamp": t.timestamp.dtype})
+    pd.concat([every, t[every.columns]]).to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    assert predict(run, cold_support(tmp_path), q, tmp_path / "P.csv") == 0

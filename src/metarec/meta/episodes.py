@@ -41,7 +41,11 @@ def sample_negatives(
     Training passes the items of its training interactions as the pool: an item no one
     rated in training (a held-out cold item) drawn as a negative again and again would
     teach the text tower that *its* text means "no" — exactly the items item cold-start
-    is judged on."""
+    is judged on.
+
+    A user who has interacted with every item of the pool has no negatives to draw: none
+    are returned (their episode keeps its positives and explicit dislikes). That is valid
+    data, a heavy user on a small catalogue; it used to stop ``fit``."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
     if pool is not None:
@@ -49,11 +53,9 @@ def sample_negatives(
         # the pool (unique items) can only be used up by at least as many excluded items:
         # the set difference (a sort of the pool, per episode) runs only then
         if len(exclude) >= len(pool) and len(np.setdiff1d(pool, exclude)) == 0:
-            raise MetarecError(
-                "cannot sample negatives: the user has interacted with every training item"
-            )
+            return np.zeros(0, dtype=np.int64)
     elif len(np.unique(exclude)) >= n_items:
-        raise MetarecError("cannot sample negatives: the user has interacted with every item")
+        return np.zeros(0, dtype=np.int64)
     out: list[np.ndarray] = []
     need = n
     while need > 0:
