@@ -745,3 +745,28 @@ def test_fit_with_a_user_who_rated_the_whole_catalogue(tmp_path):
     q = tmp_path / "Q.csv"
     pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
     assert predict(run, cold_support(tmp_path), q, tmp_path / "P.csv") == 0
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["quickstart", "--shots", "a"], "--shots 'a'"),
+        (["quickstart", "--steps", "-3"], "--steps must be >= 1"),
+        (["split", "goodbooks-sample", "--seed", "-5", "--out", "OUT"], "seed must be"),
+    ],
+)
+def test_bad_flags_are_one_line_before_any_work(tmp_path, capsys, argv, said):
+    argv = [str(tmp_path / a) if a == "OUT" else a for a in argv]
+    assert main([*argv, *(["--out", str(tmp_path / "q")] if argv[0] == "quickstart" else [])]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+    assert not (tmp_path / "q").exists() and not (tmp_path / "OUT").exists()
+
+
+def test_a_seed_too_large_for_torch_is_refused_up_front(fitted, tmp_path, capsys):
+    tmp, _, _ = fitted
+    fit = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]
+    out = tmp_path / "RUN"
+    assert main([*fit, "--out", str(out), *FAST, "--set", "seed=9223372036854775807"]) == 2
+    assert "model.seed must be in [0, 2147483647]" in capsys.readouterr().err
+    assert not out.exists()

@@ -283,7 +283,22 @@ def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
-        ("seeds = [-1]", "seeds must be >= 0"),
+        ("seeds = [-1]", "seeds must be in [0, 2147483647]"),
+        ("seeds = [9223372036854775807]", "seeds must be in [0, 2147483647]"),
+        (
+            '[[methods]]\nname = "imub2"\nbaseline = "item_mean_user_bias"\ngrid = { shrinkage = [-5.0] }',
+            ">= 0",
+        ),
+        (
+            '[[methods]]\nname = "imub3"\nbaseline = "item_mean_user_bias"\ngrid = { shrinkage = [nan] }',
+            "finite",
+        ),
+        (
+            '[[methods]]\nname = "imub4"\nbaseline = "item_mean_user_bias"\nparams = { shrinkage = inf }',
+            "finite",
+        ),
+        ('[[methods]]\nname = "implicit_als"\nparams = { factors = 0 }', "must be >= 1"),
+        ('[[methods]]\nname = "M4"\nkind = "meta"\ngrid = { "train.outer_lr" = [nan] }', "finite"),
         ("seeds = [0, 0]", "seeds repeat"),
         ("bootstrap = -5", "bootstrap must be >= 0"),
         ('metrics = ["Bogus@7"]', "unknown metric 'Bogus@7'"),
@@ -305,6 +320,20 @@ def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named
     path.write_text(text)
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.load_config(path, base_dir=str(TINY.parent))
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("text.pca_dim=0", "text.pca_dim must be >= 1"),
+        ("text.model='hashing:0'", "hashing"),
+        ("split.valid_frac=0.0", "split.valid_frac is 0"),  # the tiny config has a grid
+    ],
+)
+def test_settings_that_failed_every_method_fail_when_the_config_loads(override, named):
+    """These used to pass the load, fail every method in turn and only then stop."""
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.load_config(TINY, [override])
 
 
 def test_model_table_is_checked_without_meta_methods():

@@ -357,6 +357,16 @@ def cmd_update(args) -> int:
     return 0
 
 
+def _shots(text: str | None) -> tuple[int, ...]:
+    """--shots "1,3,5,10" -> (1, 3, 5, 10); "" -> ()."""
+    try:
+        return tuple(int(k) for k in (text or "").split(",") if k.strip())
+    except ValueError:
+        raise MetarecError(
+            f"--shots {text!r}: want comma-separated integers, e.g. 1,3,5,10"
+        ) from None
+
+
 def cmd_quickstart(args) -> int:
     """The main job: user cold-start on the bundled goodbooks-sample, meta-model vs baselines."""
     from metarec.experiment import quickstart_config
@@ -366,7 +376,7 @@ def cmd_quickstart(args) -> int:
         steps=args.steps,
         max_users=args.max_users,
         text_model=args.model,
-        shots=tuple(int(k) for k in args.shots.split(",") if k) if args.shots else (),
+        shots=_shots(args.shots),
     )
     return _run_experiment(config, Path(args.out), quiet=args.quiet)
 

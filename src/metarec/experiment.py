@@ -27,6 +27,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -44,7 +45,7 @@ from metarec.config import apply_overrides, from_dict, load_toml, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
 from metarec.recommender import Recommender
-from metarec.types import Dataset, MetarecError, Split, Task
+from metarec.types import MAX_SEED, Dataset, MetarecError, Split, Task
 
 # --- configuration -------------------------------------------------------------------------
 
@@ -116,8 +117,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise MetarecError("experiment: seeds is empty")
-        if min(self.seeds) < 0:
-            raise MetarecError(f"experiment: seeds must be >= 0, got {min(self.seeds)}")
+        if min(self.seeds) < 0 or max(self.seeds) > MAX_SEED:
+            raise MetarecError(
+                f"experiment: seeds must be in [0, {MAX_SEED}], got {list(self.seeds)}"
+            )
         if len(set(self.seeds)) < len(self.seeds):
             # a repeated seed repeats a run exactly: its "std over seeds" would be fake
             raise MetarecError(f"experiment: seeds repeat ({list(self.seeds)})")
@@ -190,7 +193,23 @@ def _check_baseline_params(m: MethodSpec) -> None:
             raise MetarecError(
                 f"method {m.name!r}: {part} key {key!r} is not a parameter of {name} ({known})"
             )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MetarecError(f"method {m.name!r}: {part} {key} = {value!r} is not finite")
         default = p.default
+        # every numeric baseline parameter (shrinkage, reg, factors, epochs, ...) has a
+        # non-negative default; a negative value is a typo that used to surface only when
+        # the run reached the method (and then dropped it as a "failure")
+        if (
+            isinstance(default, int | float)
+            and not isinstance(default, bool)
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            least = 1 if isinstance(default, int) and default >= 1 else 0
+            if default >= 0 and value < least:
+                raise MetarecError(
+                    f"method {m.name!r}: {part} {key} = {value!r} must be >= {least}"
+                )
         if default is None or default is inspect.Parameter.empty:
             continue
         if isinstance(default, bool):
@@ -214,8 +233,12 @@ def load_config(
     data.setdefault("base_dir", str(Path(path).resolve().parent))
     data = apply_overrides(data, list(overrides))
     data.update(updates)
-    config = ExperimentConfig.from_dict(data)
-    # every method's settings are checked now, not when the run reaches that method
+    return check_config(ExperimentConfig.from_dict(data))
+
+
+def check_config(config: ExperimentConfig) -> ExperimentConfig:
+    """Every method's settings checked now, not when the run reaches that method (where a
+    bad one would fail, be left out of the tables as a failure, and exit 0)."""
     try:
         _model_config(config.model, {}, config.seeds[0], False)  # [model] alone, too
     except MetarecError as err:
@@ -223,6 +246,11 @@ def load_config(
     for m in config.methods:
         if m.kind == "baseline":
             _check_baseline_params(m)
+        if len(_grid_points(m.grid)) > 1 and not config.split.valid_frac > 0:
+            raise MetarecError(
+                f"method {m.name!r}: a grid is chosen on validation users, and "
+                "split.valid_frac is 0"
+            )
         # every grid point built as the run builds it (unfitted: cheap)
         for point in _grid_points(m.grid):
             try:
@@ -912,15 +940,19 @@ def quickstart_config(
         {"name": "MetaRec", "kind": "meta"},
         *({"name": b, "kind": "baseline"} for b in QUICKSTART_BASELINES),
     ]
-    return ExperimentConfig.from_dict(
-        {
-            "name": "quickstart: goodbooks-sample user cold-start",
-            "data": {"name": "goodbooks-sample", "max_users": max_users},
-            "split": {"protocol": "user-cold", "k_shot": 10, "n_query": 10},
-            "text": {"model": text_model, "pca_dim": 64},
-            "seeds": list(range(seeds)),
-            "shots": [k for k in shots],
-            "model": model,
-            "methods": methods,
-        }
+    if steps is not None and steps < 1:
+        raise MetarecError(f"quickstart: --steps must be >= 1, got {steps}")
+    return check_config(
+        ExperimentConfig.from_dict(
+            {
+                "name": "quickstart: goodbooks-sample user cold-start",
+                "data": {"name": "goodbooks-sample", "max_users": max_users},
+                "split": {"protocol": "user-cold", "k_shot": 10, "n_query": 10},
+                "text": {"model": text_model, "pca_dim": 64},
+                "seeds": list(range(seeds)),
+                "shots": [k for k in shots],
+                "model": model,
+                "methods": methods,
+            }
+        )
     )

@@ -65,7 +65,7 @@ from metarec.train import (
     train,
     validates_new_items,
 )
-from metarec.types import Dataset, Interactions, MetarecError, Split, Task
+from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
 VALID_HOLDOUTS = ("users", "new_items")  # ModelConfig.valid_holdout
@@ -80,6 +80,16 @@ class TextConfig:
     cache: str | None = None  # embedding cache folder; default $METAREC_HOME/embeddings
     user_text: bool = False  # also embed user side text (demographics) as a user feature
     device: str | None = None  # encoder device: cpu (default), cuda, auto
+
+    def __post_init__(self) -> None:
+        # checked with the config, before anything trains (an experiment used to reach
+        # every method, fail each, and only then say why)
+        if self.pca_dim is not None and self.pca_dim < 1:
+            raise MetarecError(f"text.pca_dim must be >= 1 or unset, got {self.pca_dim}")
+        if self.model == "hashing" or self.model.startswith("hashing:"):
+            from metarec.text import make_encoder
+
+            make_encoder(self.model)  # "hashing:0", "hashing:x": one line now
 
 
 MAX_MEMBERS = 16  # model.rank_members: each member is a full training run
@@ -223,8 +233,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise MetarecError(f"model.{name} must be in [0, 1), got {value}")
-        if self.seed < 0:
-            raise MetarecError(f"model.seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise MetarecError(f"model.seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.rank_loss not in LOSSES:
             raise MetarecError(f"model.rank_loss: {self.rank_loss!r} is not one of {LOSSES}")
         rank_algo = (self.rank_meta or self.meta).algorithm

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.types import Dataset, Interactions, MetarecError, Split, Task
+from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 # --- helpers over index arrays -------------------------------------------------------------
 
@@ -556,6 +556,9 @@ def make_split(ds: Dataset, protocol: str, **kw) -> Split:
         raise MetarecError(
             f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}"
         ) from None
+    seed = kw.get("seed", 0)
+    if not (isinstance(seed, int | np.integer) and 0 <= seed <= MAX_SEED):
+        raise MetarecError(f"split: seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
     return fn(ds, **kw)
 
 

@@ -34,7 +34,7 @@ from metarec.meta.episodes import (
     pad_episodes,
 )
 from metarec.models.scorer import Scorer, ScorerConfig
-from metarec.types import MetarecError, Split, Task
+from metarec.types import MAX_SEED, MetarecError, Split, Task
 
 EPISODE_ORDERS = ("auto", "time", "newest_items")  # TrainConfig.episodes
 NEGATIVE_SOURCES = ("catalogue", "age_matched")  # TrainConfig.negatives
@@ -141,6 +141,8 @@ class TrainConfig:
             raise MetarecError(
                 f"train.positive_threshold must be a finite number, got {self.positive_threshold}"
             )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise MetarecError(f"train.seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.seed < 0 or self.max_valid_tasks < 1 or self.checkpoint_every < 0:
             raise MetarecError(
                 "TrainConfig: seed >= 0, max_valid_tasks >= 1, checkpoint_every >= 0"

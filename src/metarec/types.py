@@ -21,6 +21,12 @@ import pandas as pd
 Feedback = Literal["explicit", "implicit"]
 
 
+# the largest seed accepted anywhere: fit mixes seeds (train.seed + 1_000_003 * model.seed)
+# and torch.manual_seed takes an int64, so an unbounded seed passed the checks and
+# overflowed in the middle of a run
+MAX_SEED = 2**31 - 1
+
+
 class MetarecError(ValueError):
     """A user-facing error: bad input, unknown id, impossible request.
 
