@@ -127,3 +127,20 @@ def test_update_refuses_a_learning_rate_that_is_not_finite_and_positive(run, tmp
     err = capsys.readouterr().err
     assert "outer_lr finite and > 0" in err and err.count("\n") == 1
     assert not (tmp_path / "RUN2").exists()
+
+
+def test_update_reads_the_feedback_file_and_never_writes_to_it(run, tmp_path, capsys):
+    """Pointed at an unrelated SQLite file (or an empty one), update says so and leaves
+    it byte for byte as it was (it used to create its tables inside it first)."""
+    import sqlite3
+
+    other, empty = tmp_path / "other.sqlite", tmp_path / "zero.sqlite"
+    with sqlite3.connect(other) as con:
+        con.execute("CREATE TABLE mine (a)")
+    empty.write_bytes(b"")
+    for f in (other, empty):
+        before = f.read_bytes()
+        argv = ["update", "--run", str(run), "--feedback", str(f), "--out", str(tmp_path / "R2")]
+        assert main(argv) == 2
+        assert "not a metarec feedback database" in capsys.readouterr().err
+        assert f.read_bytes() == before and not (tmp_path / "R2").exists()

@@ -47,12 +47,25 @@ class FeedbackStore:
     ``path`` is a folder (created if needed; the file ``feedback.sqlite3`` inside it is
     used) unless it names an existing file or has a suffix (``fb.sqlite3``, ``x.db``)."""
 
-    def __init__(self, path: str | Path, timeout_s: float = 10.0) -> None:
+    def __init__(self, path: str | Path, timeout_s: float = 10.0, read_only: bool = False) -> None:
         p = Path(path)
         if p.is_dir() or not (p.is_file() or p.suffix):
             p = p / DEFAULT_NAME
+        self.path, self.timeout_s, self.read_only = p, timeout_s, read_only
+        if read_only:
+            # `metarec update` reads a store: it must not create tables (or a journal mode)
+            # in whatever file it was pointed at, an unrelated database included
+            try:
+                with self._connect() as con:
+                    found = con.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'feedback'"
+                    ).fetchone()
+            except sqlite3.DatabaseError as err:
+                raise MetarecError(f"{p}: not a usable feedback database ({err})") from None
+            if found is None:
+                raise MetarecError(f"{p}: not a metarec feedback database (no feedback table)")
+            return
         p.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.timeout_s = p, timeout_s
         try:
             with self._connect() as con:
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -64,9 +77,14 @@ class FeedbackStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        if self.read_only:
+            uri = f"{self.path.resolve().as_uri()}?mode=ro"
+            con = sqlite3.connect(uri, uri=True, timeout=self.timeout_s, isolation_level=None)
+        else:
+            con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         try:
-            con.execute("PRAGMA synchronous=NORMAL")
+            if not self.read_only:
+                con.execute("PRAGMA synchronous=NORMAL")
             yield con
         finally:
             con.close()
@@ -123,4 +141,4 @@ def open_store(path: str | Path) -> FeedbackStore:
     p = Path(path)
     if not (p.is_file() or (p.is_dir() and (p / DEFAULT_NAME).is_file())):
         raise MetarecError(f"{p}: no feedback database there")
-    return FeedbackStore(p)
+    return FeedbackStore(p, read_only=True)
