@@ -1254,3 +1254,41 @@ def test_a_run_saved_before_the_rating_offset_scales_without_shifting(tmp_path):
     # today would use -1 (0 stars trains as 1)
     old_04 = {**old, "rating_range": [0.0, 4.0]}
     assert MetaRecommender.from_state(old_04, tensors, split.train).rating_offset == 0.0
+
+
+def test_the_python_api_refuses_what_it_cannot_score(fitted):
+    """Wrong input through the API is one clear MetarecError, never NaN scores, a
+    truncated index or a repeated recommendation."""
+    ds, split, _, rec = fitted
+    t = split.test[0]
+    items = np.arange(5)
+
+    def support(r):
+        return Interactions(
+            np.array([t.user_idx]),
+            np.array([1]),
+            np.array([r], np.float32),
+            np.zeros(1, np.int64),
+            np.zeros(1, np.int16),
+        )
+
+    for bad in (99.0, -3.0, float("nan")):  # used to give all-NaN scores
+        with pytest.raises(MetarecError, match="support rating"):
+            rec.score(t.user_idx, support(bad), items)
+    lo, hi = rec.rating_range_
+    assert np.isfinite(rec.score(t.user_idx, support(hi), items)).all()
+    with pytest.raises(MetarecError, match="must be integers"):
+        rec.score(t.user_idx, t.support, np.array([0.7, 1.2]))  # not items 0 and 1
+    with pytest.raises(MetarecError, match="1-D"):
+        rec.score(t.user_idx, t.support, np.array([[0, 1]]))
+    for user in (-1, ds.n_users + 1, 10**6):
+        with pytest.raises(MetarecError, match="user_idx"):
+            rec.score(user, t.support, items)
+    assert np.isfinite(rec.score(ds.n_users, t.support, items)).all()  # the cold row
+    top, _ = rec.recommend(t.user_idx, t.support, k=3, candidates=np.array([5, 5, 5, 6]))
+    assert sorted(top.tolist()) == [5, 6]
+    for k in (2.5, 0, True):
+        with pytest.raises(MetarecError, match="k must be an integer"):
+            rec.recommend(t.user_idx, t.support, k=k)
+    with pytest.raises(MetarecError, match="no interactions"):
+        MetaRecommender(_fast_config()).fit(ds, Interactions.empty())

@@ -383,6 +383,8 @@ class MetaRecommender(Recommender):
                 "validation tasks given (metarec evaluate) it would train the meta-model on "
                 "the validation users' rows and not the baselines: leave refit off there"
             )
+        if len(train) == 0:  # a NaN from deep inside the split code otherwise
+            raise MetarecError(f"{self.name}: train has no interactions to fit on")
         self._set_fitted(dataset, train)
         if dataset.feedback == "explicit" and cfg.like_threshold is not None:
             lo, hi = self.rating_range_

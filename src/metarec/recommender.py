@@ -166,9 +166,13 @@ class Recommender(abc.ABC):
             broken by position in ``candidates`` (lower item index first by default).
         """
         self._check_fitted()
-        if k < 1:
-            raise MetarecError(f"recommend: k must be >= 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise MetarecError(f"recommend: k must be an integer >= 1, got {k!r}")
         cand = self._candidates(candidates)
+        # an item named twice among the candidates is still one recommendation
+        _, first = np.unique(cand, return_index=True)
+        if len(first) < len(cand):
+            cand = cand[np.sort(first)]
         excl = support.item_idx if exclude is None else np.asarray(exclude, dtype=np.int64)
         cand = cand[~np.isin(cand, excl)]
         s = np.asarray(self.rank_scores(user_idx, support, cand), dtype=np.float64)
@@ -217,10 +221,12 @@ class Recommender(abc.ABC):
         """(items, ratings) of the user's training rows (in :meth:`_history_order`), then the
         support rows."""
         self._check_fitted()
+        self._check_user(user_idx)
         items = np.asarray(support.item_idx, dtype=np.int64)
         ratings = np.asarray(support.rating, dtype=np.float64)
         if len(items) and (items.min() < 0 or items.max() >= self.n_items_):
             raise MetarecError(f"{self.name}: support has item indices outside the catalogue")
+        self._check_support_ratings(ratings)
         if 0 <= user_idx < self.n_users_:
             r = self.train_ratings_
             a, b = r.indptr[user_idx], r.indptr[user_idx + 1]
@@ -234,8 +240,44 @@ class Recommender(abc.ABC):
                 ratings = np.concatenate([vals[keep], ratings])
         return items, ratings
 
+    def _check_user(self, user_idx: int) -> None:
+        """A training user (0..n_users-1) or the cold user n_users (anyone else)."""
+        if isinstance(user_idx, bool) or not isinstance(user_idx, int | np.integer):
+            raise MetarecError(f"{self.name}: user_idx must be an integer, got {user_idx!r}")
+        if not 0 <= user_idx <= self.n_users_:
+            raise MetarecError(
+                f"{self.name}: user_idx {user_idx} is outside 0..{self.n_users_} "
+                f"({self.n_users_} = a user the model was not fitted on)"
+            )
+
+    def _check_support_ratings(self, ratings: np.ndarray) -> None:
+        """Support ratings the model can adapt on: finite, and on the fitted rating scale
+        for explicit data (compared in float32, the precision ratings are held in). Outside
+        it adaptation returned NaN scores without a word."""
+        if not len(ratings):
+            return
+        if not np.isfinite(ratings).all():
+            raise MetarecError(f"{self.name}: a support rating is not a finite number")
+        if getattr(self, "feedback_", None) == "explicit":
+            lo, hi = (np.float32(x) for x in self.rating_range_)
+            r32 = ratings.astype(np.float32)
+            bad = ratings[(r32 < lo) | (r32 > hi)]
+            if len(bad):
+                raise MetarecError(
+                    f"{self.name}: support rating {float(bad[0]):g} is outside the fitted "
+                    f"rating scale [{float(lo):g}, {float(hi):g}]"
+                )
+
     def _check_items(self, item_idx: np.ndarray) -> np.ndarray:
-        item_idx = np.asarray(item_idx, dtype=np.int64)
+        raw = np.asarray(item_idx)
+        if raw.ndim != 1:
+            raise MetarecError(f"{self.name}: item indices must be 1-D, got shape {raw.shape}")
+        if raw.dtype.kind == "f" and len(raw) and not np.all(np.mod(raw, 1) == 0):
+            # int64 conversion would truncate 0.7 to item 0
+            raise MetarecError(f"{self.name}: item indices must be integers, got {raw[:3]}")
+        if raw.dtype.kind not in "iuf" and len(raw):
+            raise MetarecError(f"{self.name}: item indices must be integers, got {raw.dtype}")
+        item_idx = raw.astype(np.int64)
         if len(item_idx) and (item_idx.min() < 0 or item_idx.max() >= self.n_items_):
             raise MetarecError(f"{self.name}: item indices outside 0..{self.n_items_ - 1}")
         return item_idx
