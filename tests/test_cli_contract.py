@@ -459,6 +459,7 @@ def test_item_ids_that_read_the_same_are_refused(tmp_path, capsys):
         (["--cache-entries", "-1"], "cache entries"),
         (["--host", "nosuchhost.invalid"], "nosuchhost.invalid"),
         (["--port", "IN_USE"], "cannot listen"),
+        (["--token", ""], "--token is empty"),  # silently meant no auth
     ],
 )
 def test_serve_startup_errors_are_one_line(fitted, capsys, flags, named):

@@ -318,6 +318,9 @@ def cmd_serve(args) -> int:
     _check_bind(args.host, args.port)
     # one intra-op thread per request: concurrent requests then use the cores in parallel
     torch.set_num_threads(args.torch_threads)
+    if args.token is not None and not args.token.strip():
+        # an empty --token (an unset shell variable, --token "$TOKEN") silently meant no auth
+        raise MetarecError("--token is empty; give a token, or leave the flag out")
     token = args.token or os.environ.get("METAREC_TOKEN") or None
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(
