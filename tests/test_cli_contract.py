@@ -9,6 +9,7 @@ nobody rated (cold items carried by their text).
 import json
 import os
 import stat
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -753,12 +754,16 @@ def test_fit_with_a_user_who_rated_the_whole_catalogue(tmp_path):
     [
         (["quickstart", "--shots", "a"], "--shots 'a'"),
         (["quickstart", "--steps", "-3"], "--steps must be >= 1"),
+        (["quickstart", "--seeds", "0"], "--seeds must be >= 1"),
+        (["evaluate", "--config", "TINY", "--only", ""], "names no method"),
         (["split", "goodbooks-sample", "--seed", "-5", "--out", "OUT"], "seed must be"),
     ],
 )
 def test_bad_flags_are_one_line_before_any_work(tmp_path, capsys, argv, said):
-    argv = [str(tmp_path / a) if a == "OUT" else a for a in argv]
-    assert main([*argv, *(["--out", str(tmp_path / "q")] if argv[0] == "quickstart" else [])]) == 2
+    tiny = str(Path(__file__).parent / "tiny_experiment.toml")
+    argv = [str(tmp_path / a) if a == "OUT" else tiny if a == "TINY" else a for a in argv]
+    out = ["--out", str(tmp_path / "q")] if argv[0] in ("quickstart", "evaluate") else []
+    assert main([*argv, *out]) == 2
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1
     assert not (tmp_path / "q").exists() and not (tmp_path / "OUT").exists()

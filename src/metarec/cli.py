@@ -374,6 +374,8 @@ def cmd_quickstart(args) -> int:
     """The main job: user cold-start on the bundled goodbooks-sample, meta-model vs baselines."""
     from metarec.experiment import quickstart_config
 
+    if args.seeds < 1:
+        raise MetarecError(f"quickstart: --seeds must be >= 1, got {args.seeds}")
     config = quickstart_config(
         seeds=args.seeds,
         steps=args.steps,
@@ -388,8 +390,10 @@ def cmd_evaluate(args) -> int:
     from metarec.experiment import load_config
 
     config = load_config(args.config, args.set or [])
-    if args.only:
+    if args.only is not None:
         wanted = [m.strip() for m in args.only.split(",") if m.strip()]
+        if not wanted:  # --only "" used to run every method
+            raise MetarecError(f"--only {args.only!r} names no method")
         names = [m.name for m in config.methods]
         missing = [m for m in wanted if m not in names]
         if missing:
