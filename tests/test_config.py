@@ -69,6 +69,8 @@ def test_overrides_are_typed_and_roundtrip(tmp_path):
         ("meta.ridge_target=0", "ridge_target must be > 0"),
         ("rank_meta.np_hidden=0", "np_hidden must be in [1, 65536]"),
         ("rank_meta.np_hidden=100000000", "np_hidden must be in [1, 65536]"),
+        ("meta.inner_lr=1e39", "inner_lr <= 1e+06"),
+        ("meta.inner_steps=100000000", "inner_steps <= 1000"),
     ],
 )
 def test_model_config_rejects_non_finite_and_absurd_values_up_front(override, message):

@@ -67,6 +67,8 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 
 MAX_NP_HIDDEN = 65_536  # as model.MAX_WIDTH for the scorer's layers
+MAX_INNER_STEPS = 1_000  # adaptation steps per task (the defaults take 5)
+MAX_INNER_LR = 1e6  # far above any step size that adapts; below float32's range
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,12 @@ class MetaConfig:
             )
         if self.inner_steps < 0 or self.inner_lr <= 0 or self.ridge_lambda <= 0:
             raise MetarecError("MetaConfig: inner_steps >= 0, inner_lr > 0, ridge_lambda > 0")
+        if self.inner_steps > MAX_INNER_STEPS or self.inner_lr > MAX_INNER_LR:
+            # 1e39 overflowed float32 deep inside torch; 1e8 steps ran for days
+            raise MetarecError(
+                f"MetaConfig: inner_steps <= {MAX_INNER_STEPS} and inner_lr <= {MAX_INNER_LR:g}, "
+                f"got {self.inner_steps} and {self.inner_lr:g}"
+            )
         if self.ridge_target <= 0:
             raise MetarecError(f"MetaConfig.ridge_target must be > 0, got {self.ridge_target}")
         if not 1 <= self.np_hidden <= MAX_NP_HIDDEN:
