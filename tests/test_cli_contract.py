@@ -776,3 +776,48 @@ def test_a_seed_too_large_for_torch_is_refused_up_front(fitted, tmp_path, capsys
     assert main([*fit, "--out", str(out), *FAST, "--set", "seed=9223372036854775807"]) == 2
     assert "model.seed must be in [0, 2147483647]" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_integer_domain_names_match_between_files_and_flags(tmp_path):
+    """A domain column of 1, 2 is names, not numbers: T's "1" matches I's 1 and
+    `--domain 1` works (it was read as 1.0 and refused as a contradiction)."""
+    paths, items = make_world(tmp_path, implicit=True)
+    items["domain"] = np.where(np.arange(len(items)) < 20, 1, 2)
+    items.to_csv(paths["I"], index=False)
+    t = pd.read_csv(paths["T"], dtype={"item_id": str})
+    t["domain"] = np.where(t.item_id.str[2:].astype(int) < 20, 1, 2)
+    t.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    out = tmp_path / "R.csv"
+    rec = ["recommend", "--run", str(run), "--support", str(cold_support(tmp_path, implicit=True))]
+    assert main([*rec, "-k", "3", "--domain", "1", "--out", str(out)]) == 0
+    assert (pd.read_csv(out, dtype={"item_id": str}).item_id.str[2:].astype(int) < 20).all()
+
+
+def test_an_implicit_log_without_a_single_positive_is_refused(tmp_path, capsys):
+    paths, _ = make_world(tmp_path, implicit=True)
+    t = pd.read_csv(paths["T"])
+    t.assign(label=0).to_csv(paths["T"], index=False)
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"])]
+    assert main([*fit, "--out", str(tmp_path / "RUN"), *FAST]) == 2
+    assert "every label is 0" in capsys.readouterr().err
+
+
+def test_fit_config_takes_an_experiment_files_text_table(tmp_path, capsys):
+    """configs/*.toml keep [text] at the top level beside [model]: fit used to drop it."""
+    from metarec.predictor import Predictor
+
+    paths, _ = make_world(tmp_path)
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(
+        '[data]\nname = "x"\n\n[text]\nmodel = "hashing:32"\npca_dim = 5\n\n'
+        "[model]\ntrain = { steps = 20, eval_every = 10 }\n"
+    )
+    run = tmp_path / "RUN"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, "--config", str(cfg), "--set", "progress=false"]) == 0
+    text = Predictor.load(run).model.config.text
+    assert (text.model, text.pca_dim) == ("hashing:32", 5)
+    assert "fit uses its [model] and [text] only, not data" in capsys.readouterr().err

@@ -189,6 +189,28 @@ def test_numeric_features_clip_a_heavy_tail_at_max_z():
     assert MAX_Z == 5.0
 
 
+def test_numeric_features_read_inf_as_missing_and_survive_extreme_magnitudes():
+    """One inf cell made the column's mean and std NaN and zeroed every item; values near
+    1e200 overflowed the variance (and 1e-300 underflowed it), so the column silently
+    became a constant. Both are now z-scored like any other column."""
+    from metarec.types import IdMap, SideTable
+
+    base = np.array([1.0, 2.0, 3.0, 4.0])
+    cols = {
+        "with_inf": np.r_[base, np.inf],
+        "huge": np.r_[base, 2.5] * 1e200,
+        "tiny": np.r_[base, 2.5] * 1e-300,
+    }
+    table = SideTable(IdMap.from_values(range(5)), pd.DataFrame(cols), numeric_columns=tuple(cols))
+    v, _ = numeric_features(table, 5)
+    z = (base - base.mean()) / base.std()
+    np.testing.assert_allclose(v[:4, 0], z, rtol=1e-5)
+    assert v[4, 0] == 0.0  # the inf cell: missing -> the mean
+    ref = np.r_[base, 2.5]
+    for j in (1, 2):
+        np.testing.assert_allclose(v[:, j], (ref - ref.mean()) / ref.std(), rtol=1e-5)
+
+
 # -- build_features -----------------------------------------------------------------------
 
 

@@ -144,3 +144,50 @@ def test_update_reads_the_feedback_file_and_never_writes_to_it(run, tmp_path, ca
         assert main(argv) == 2
         assert "not a metarec feedback database" in capsys.readouterr().err
         assert f.read_bytes() == before and not (tmp_path / "R2").exists()
+
+
+@pytest.mark.parametrize(
+    "column, value, said",
+    [
+        ("rating", "'abc'", "feedback rating 'abc' is not a number"),
+        ("timestamp", "'yesterday'", "feedback timestamp 'yesterday' is not a number"),
+        ("timestamp", str(2**63 - 1), "not an integer in"),
+    ],
+)
+def test_update_refuses_a_store_with_values_feedback_never_writes(
+    run, tmp_path, capsys, column, value, said
+):
+    """SQLite keeps text in a REAL column; a timestamp past /feedback's bounds made the
+    next update overflow. One line and exit 2, not a pandas traceback."""
+    import sqlite3
+
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("u1", likes_space(2))
+    with sqlite3.connect(store.path) as con:
+        con.execute(f"UPDATE feedback SET {column} = {value} WHERE seq = 1")
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb")]
+    assert main([*argv, "--out", str(tmp_path / "R2")]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+
+
+def test_feedback_on_an_item_nobody_rated_keeps_that_items_domain():
+    """update coded each item's domain from the training log, so an item nobody had
+    rated got code 0 (another domain's); it now comes from the RUN's item table."""
+    from metarec.types import IdMap, Interactions
+    from metarec.update import _item_domain_codes
+
+    class P:  # the three fields _item_domain_codes reads
+        items = IdMap(np.array(["b0", "b1", "m0", "t0"], dtype=object))
+        item_domain = np.array(["books", "books", "movies", "tools"], dtype=object)
+        info = {"domains": [{"name": "books"}, {"name": "movies"}]}
+        train = Interactions(
+            np.array([0, 0]),
+            np.array([0, 2]),
+            np.array([5.0, 4.0], np.float32),
+            np.array([1, 2]),
+            np.array([0, 1], np.int16),
+        )
+
+    codes = _item_domain_codes(P())
+    assert codes.tolist() == [0, 0, 1, 2]  # b1 unrated: books; t0: a new code, not books

@@ -147,8 +147,21 @@ def _model_config(args):
     data = to_dict(ModelConfig())
     if args.config:
         loaded = load_toml(args.config)
-        # an experiment file keeps the model under [model]; a model file is the table itself
-        loaded = loaded.get("model", loaded) if isinstance(loaded.get("model"), dict) else loaded
+        # an experiment file keeps the model under [model] and the text encoder in a
+        # top-level [text] (which `evaluate` gives every method); a model file is the
+        # table itself. The experiment's [text] used to be dropped without a word.
+        if isinstance(loaded.get("model"), dict):
+            model = dict(loaded["model"])
+            if isinstance(loaded.get("text"), dict):
+                model["text"] = _deep_merge(loaded["text"], model.get("text") or {})
+            rest = sorted(k for k in loaded if k not in ("model", "text", "base_dir"))
+            if rest:
+                warnings.warn(
+                    f"--config {args.config}: an experiment file; fit uses its [model] and "
+                    f"[text] only, not {', '.join(rest)}",
+                    stacklevel=1,
+                )
+            loaded = model
         data = _deep_merge(data, loaded)
     data = apply_overrides(data, args.set or [])
     return ModelConfig.from_dict(data)

@@ -223,10 +223,17 @@ def numeric_features(
     blocks, names = [np.zeros((n, 0), dtype=np.float32)], []
     for c in table.numeric_columns:
         x = np.asarray(table.frame[c].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+        # an inf cell is a missing value: kept, it made the mean and std NaN and zeroed the
+        # whole column
+        x = np.where(np.isfinite(x), x, np.nan)
         ref = x[fit]
         ref = ref[~np.isnan(ref)]
-        mu = ref.mean() if len(ref) else 0.0
-        sd = ref.std() if len(ref) > 1 else 0.0
+        # moments of x / max|x|, scaled back: values near 1e200 (or 1e-300) overflowed (or
+        # underflowed) the variance, and the column silently became a constant
+        m = float(np.abs(ref).max()) if len(ref) else 0.0
+        m = m if m > 0 else 1.0
+        mu = m * (ref / m).mean() if len(ref) else 0.0
+        sd = m * (ref / m).std() if len(ref) > 1 else 0.0
         scale = sd if sd > 0 else 1.0
         z = (x - mu) / scale
         if len(ref):

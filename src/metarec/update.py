@@ -55,6 +55,25 @@ class UpdateConfig:
             raise MetarecError("update: feedback_share must be in [0, 1]")
 
 
+def _item_domain_codes(pred: Predictor) -> np.ndarray:
+    """(n_items,) int16: each item's domain as the training log codes domains (the
+    dataset's domain order, RUN meta ``domains``). The item's domain comes from the RUN's
+    item table, so an item nobody had rated keeps its own domain (it used to get code 0,
+    another domain's); a domain no training row had gets the next free code."""
+    names = [d["name"] for d in pred.info.get("domains") or [] if isinstance(d, dict)]
+    code = {n: i for i, n in enumerate(names)}
+    out = np.zeros(len(pred.items), dtype=np.int16)
+    out[pred.train.item_idx] = pred.train.domain  # what the log says, where it says it
+    rated = np.zeros(len(pred.items), dtype=bool)
+    rated[pred.train.item_idx] = True
+    for i in np.flatnonzero(~rated):
+        name = str(pred.item_domain[i])
+        if name not in code:
+            code[name] = len(code)
+        out[i] = code[name]
+    return out
+
+
 def merge_feedback(
     pred: Predictor, feedback: pd.DataFrame
 ) -> tuple[IdMap, Interactions, np.ndarray, dict]:
@@ -82,9 +101,7 @@ def merge_feedback(
     ts = fb["timestamp"] if "timestamp" in fb.columns else pd.Series([pd.NA] * len(fb))
     ts = ts.astype("Int64")
     filled = np.where(ts.isna(), start + np.arange(len(fb)), ts.fillna(0).to_numpy(np.int64))
-    # an item's domain as the training log has it (0 for items nobody rated)
-    dom = np.zeros(len(pred.items), dtype=np.int16)
-    dom[train.item_idx] = train.domain
+    dom = _item_domain_codes(pred)
     rows = Interactions(
         user_idx, item_idx, fb["rating"].to_numpy(np.float32), filled, dom[item_idx]
     )

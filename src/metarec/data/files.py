@@ -87,6 +87,23 @@ def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
     return make_ratings_frame(users, items, values, ts, domain), feedback, has_time
 
 
+def domain_names(s: pd.Series) -> pd.Series:
+    """A ``domain`` column as names: stripped strings, a whole float 1.0 as "1" (Parquet),
+    an empty cell as "default" (the domain of rows that name none)."""
+    if pd.api.types.is_float_dtype(s):
+        f = s.to_numpy(np.float64)
+        whole = np.isfinite(f) & (f == np.round(f))
+        s = pd.Series(
+            [
+                str(int(v)) if w else (None if np.isnan(v) else str(v))
+                for v, w in zip(f, whole, strict=True)
+            ],
+            dtype=object,
+        )
+    d = s.astype(object).where(s.notna(), "").astype(str).str.strip()
+    return d.where(d != "", "default").reset_index(drop=True)
+
+
 def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
     """(text, categorical, numeric) column names of a side table, and the cleaned frame."""
     out = pd.DataFrame({key: id_column(frame, key).to_numpy(object)})
@@ -95,6 +112,13 @@ def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataF
         if c == key:
             continue
         s = frame[c]
+        if c == "domain":
+            # names, never numbers: domains 1, 2 must match T's "1" and `--domain 1` (read
+            # as numbers they became 1.0); spelled as ids are (stripped, 12.0 is 12) so
+            # the items file and T agree on " books" and "books"
+            out[c] = domain_names(s).to_numpy(object)
+            cat.append(c)
+            continue
         as_num = pd.to_numeric(s, errors="coerce")
         filled = s.notna() & (s.astype(str).str.strip() != "")
         if filled.any() and as_num[filled].notna().all():
@@ -108,10 +132,7 @@ def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataF
             if len(nonempty)
             else False
         )
-        if c == "domain":
-            out[c] = strings.to_numpy(object)
-            cat.append(c)
-        elif long_or_distinct:
+        if long_or_distinct:
             out[c] = strings.to_numpy(object)
             text.append(c)
         else:
@@ -198,6 +219,8 @@ def read_training_files(
             raise MetarecError(f"{train}: every rating is {lo:g}; nothing to learn from")
         rating_range = (lo, hi)
     else:
+        if not (ratings["rating"] == 1).any():
+            raise MetarecError(f"{train}: every label is 0; nothing to learn from (no positives)")
         rating_range = (0.0, 1.0)
     return RawData(
         name=name,

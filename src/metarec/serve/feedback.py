@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
 """
 DEFAULT_NAME = "feedback.sqlite3"
+# the bounds /feedback accepts (serve.schemas): a stored 2**63 - 1 made the next
+# update's "newest + 1" overflow int64
+TIMESTAMP_MIN, TIMESTAMP_MAX = -(2**62), 2**62
 
 
 @dataclass(frozen=True)
@@ -131,8 +134,26 @@ class FeedbackStore:
         f = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
         f["user_id"] = f["user_id"].astype(object)
         f["item_id"] = f["item_id"].astype(object)
+        # SQLite keeps whatever a column was given: text in rating or timestamp is a
+        # damaged store, one line, not a pandas traceback (rows written by /feedback are
+        # always numbers)
+        for col in ("rating", "timestamp"):
+            num = pd.to_numeric(f[col], errors="coerce")
+            bad = num.isna() & f[col].notna()
+            if bad.any():
+                raise MetarecError(
+                    f"{self.path}: feedback {col} {f[col][bad].iloc[0]!r} is not a number "
+                    f"({int(bad.sum())} such rows)"
+                )
+            f[col] = num
         f["rating"] = f["rating"].astype("float64")
-        f["timestamp"] = f["timestamp"].astype("Int64")
+        ts = f["timestamp"]
+        if (ts.notna() & ((ts < TIMESTAMP_MIN) | (ts > TIMESTAMP_MAX) | (ts % 1 != 0))).any():
+            raise MetarecError(
+                f"{self.path}: a feedback timestamp is not an integer in "
+                f"[{TIMESTAMP_MIN}, {TIMESTAMP_MAX}] (unix seconds)"
+            )
+        f["timestamp"] = ts.astype("Int64")
         return f
 
 
