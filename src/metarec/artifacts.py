@@ -54,18 +54,19 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def check_run_target(out: str | Path) -> None:
-    """Refuse an ``out`` that writing a RUN would destroy: anything but a missing path, an
-    empty folder or an existing RUN (which is replaced only once the new one is complete)."""
+def check_run_target(out: str | Path) -> Path:
+    """The folder writing a RUN to ``out`` replaces (a symlink's target: the link stays);
+    refuse one that writing would destroy: anything but a missing path, an empty folder or
+    an existing RUN (which is replaced only once the new one is complete)."""
     out = Path(out)
-    if out.is_symlink():  # a link to a RUN folder: the RUN it points to is what is replaced
+    if out.is_symlink():
         out = Path(os.path.realpath(out))
     if not out.exists():
-        return
+        return out
     if not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
     if (out / "manifest.json").is_file() or not any(out.iterdir()):
-        return
+        return out
     raise MetarecError(
         f"{out} is a non-empty folder that is not a metarec RUN (no manifest.json); "
         "refusing to replace it"
@@ -86,9 +87,7 @@ def save_run(
     out = given = Path(out)
     if out.exists() and not overwrite:
         raise MetarecError(f"{out} exists (pass overwrite=True to replace it)")
-    check_run_target(out)
-    if out.is_symlink():  # replace the folder the link names, keep the link
-        out = Path(os.path.realpath(out))
+    out = check_run_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     public_mode(tmp, directory=True)  # mkdtemp makes it 0700

@@ -20,6 +20,7 @@ import torch
 from metarec.artifacts import load_run, save_run
 from metarec.data.raw import RawData
 from metarec.model import MetaRecommender, ModelConfig
+from metarec.recommender import off_scale
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 
@@ -117,30 +118,17 @@ class Predictor:
                     f"{len(users)} user and {len(items)} item ids for a model of "
                     f"{model.n_users_} users and {model.n_items_} items"
                 )
-            if device is None:  # on the device it will serve from, below
-                _smoke_test(model)
+            if device is not None:
+                model.to(device)  # an unknown or missing device is a MetarecError
+            _smoke_test(model)  # on the device it will serve from
         except MetarecError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+            lines = str(err).strip().splitlines()
             raise MetarecError(
                 f"{path}: RUN is incomplete or from another version "
-                f"({type(err).__name__}: {str(err).strip().splitlines()[0][:200] if str(err).strip() else ''})"
+                f"({type(err).__name__}: {lines[0][:200] if lines else ''})"
             ) from None
-        if device is not None:
-            model.to(device)
-            try:
-                _smoke_test(model)
-            except (
-                KeyError,
-                TypeError,
-                ValueError,
-                AttributeError,
-                IndexError,
-                RuntimeError,
-            ) as err:
-                raise MetarecError(
-                    f"{path}: RUN is incomplete or from another version ({type(err).__name__})"
-                ) from None
         return cls(model, users, items, item_domain, train, run.meta)
 
     # --- raw ids -> indices ------------------------------------------------------------
@@ -197,11 +185,7 @@ class Predictor:
             return
         if self.explicit:
             lo, hi = self.model.rating_range_
-            # compared in float32, the precision ratings are held in (the range itself came
-            # from float32 ratings): in float64 a support's 0.7 sat below a range of
-            # [0.7f, ...] and the scale's own bottom was refused
-            r32 = ratings.astype(np.float32)
-            bad = ratings[(r32 < np.float32(lo)) | (r32 > np.float32(hi))]
+            bad = off_scale(ratings, (lo, hi))
             if len(bad):
                 raise MetarecError(
                     f"{what}: rating {float(bad[0]):g} is outside the run's rating scale "

@@ -252,20 +252,19 @@ class Recommender(abc.ABC):
 
     def _check_support_ratings(self, ratings: np.ndarray) -> None:
         """Support ratings the model can adapt on: finite, and on the fitted rating scale
-        for explicit data (compared in float32, the precision ratings are held in). Outside
-        it adaptation returned NaN scores without a word."""
+        for explicit data (:func:`off_scale`). Outside it adaptation returned NaN scores
+        without a word."""
         if not len(ratings):
             return
         if not np.isfinite(ratings).all():
             raise MetarecError(f"{self.name}: a support rating is not a finite number")
         if getattr(self, "feedback_", None) == "explicit":
-            lo, hi = (np.float32(x) for x in self.rating_range_)
-            r32 = ratings.astype(np.float32)
-            bad = ratings[(r32 < lo) | (r32 > hi)]
+            bad = off_scale(ratings, self.rating_range_)
             if len(bad):
+                lo, hi = self.rating_range_
                 raise MetarecError(
                     f"{self.name}: support rating {float(bad[0]):g} is outside the fitted "
-                    f"rating scale [{float(lo):g}, {float(hi):g}]"
+                    f"rating scale [{lo:g}, {hi:g}]"
                 )
 
     def _check_items(self, item_idx: np.ndarray) -> np.ndarray:
@@ -286,6 +285,15 @@ class Recommender(abc.ABC):
         if candidates is None:
             return np.arange(self.n_items_, dtype=np.int64)
         return self._check_items(candidates)
+
+
+def off_scale(ratings: np.ndarray, rating_range: tuple[float, float]) -> np.ndarray:
+    """The ratings outside ``rating_range``, compared in float32, the precision ratings
+    are held in (the range itself came from float32 ratings): in float64 a support's 0.7
+    sat below a range of [0.7f, ...] and the scale's own bottom was refused."""
+    lo, hi = (np.float32(x) for x in rating_range)
+    r32 = np.asarray(ratings).astype(np.float32)
+    return np.asarray(ratings)[(r32 < lo) | (r32 > hi)]
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

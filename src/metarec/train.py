@@ -143,10 +143,8 @@ class TrainConfig:
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise MetarecError(f"train.seed must be in [0, {MAX_SEED}], got {self.seed}")
-        if self.seed < 0 or self.max_valid_tasks < 1 or self.checkpoint_every < 0:
-            raise MetarecError(
-                "TrainConfig: seed >= 0, max_valid_tasks >= 1, checkpoint_every >= 0"
-            )
+        if self.max_valid_tasks < 1 or self.checkpoint_every < 0:
+            raise MetarecError("TrainConfig: max_valid_tasks >= 1, checkpoint_every >= 0")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:

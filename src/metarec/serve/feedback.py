@@ -32,8 +32,8 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
 """
 DEFAULT_NAME = "feedback.sqlite3"
-# the bounds /feedback accepts (serve.schemas): a stored 2**63 - 1 made the next
-# update's "newest + 1" overflow int64
+# int64-safe timestamp bounds, for /feedback (serve.schemas) and a stored row alike: a
+# stored 2**63 - 1 made the next update's "newest + 1" overflow int64
 TIMESTAMP_MIN, TIMESTAMP_MAX = -(2**62), 2**62
 
 

@@ -15,9 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
-# int64-safe bounds: timestamps become int64 arrays downstream
-_TS_MIN, _TS_MAX = -(2**62), 2**62
-
+# int64-safe timestamp bounds (timestamps become int64 arrays downstream): the store's
+from metarec.serve.feedback import TIMESTAMP_MAX as _TS_MAX
+from metarec.serve.feedback import TIMESTAMP_MIN as _TS_MIN
 
 MAX_ID_CHARS = 1024
 
