@@ -136,3 +136,21 @@ def test_info_movielens_100k_published_counts(capsys):
     assert code == 0, err
     info = json.loads(out)
     assert (info["interactions"], info["users"], info["items"]) == (100000, 943, 1682)
+
+
+def test_errors_on_a_terminal_start_a_clean_line(monkeypatch, tmp_path):
+    # a bar cut short by the error leaves the cursor after its text; on a terminal the
+    # error line clears it first, and off a terminal (logs, pipes) it is the bare line
+    import io
+
+    import metarec.cli as cli
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stream, prefix in ((Tty(), "\r\033[K"), (io.StringIO(), "")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        monkeypatch.setattr(cli, "cmd_info", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main(["info", "goodbooks-sample"]) == 130
+        assert stream.getvalue() == prefix + "metarec: interrupted\n"

@@ -146,6 +146,9 @@ def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
         E.ExperimentConfig.from_dict({"methods": [{"name": "a"}, {"name": "a"}]})
     with pytest.raises(MetarecError, match="no methods"):
         E.ExperimentConfig.from_dict({})
+    # a method without a name names the key, not the dataclass's constructor
+    with pytest.raises(MetarecError, match=r"^methods\[0\]: missing required key\(s\) 'name'$"):
+        E.ExperimentConfig.from_dict({"methods": [{"kind": "baseline", "baseline": "popularity"}]})
     cfg = E.load_config(TINY, ["seeds=[4]", "split.k_shot=2"])
     assert cfg.seeds == (4,) and cfg.split.k_shot == 2
     assert Path(cfg.base_dir) == TINY.parent.resolve()

@@ -431,7 +431,7 @@ def test_parquet_nan_id_names_row(tmp_path):
     pd.DataFrame({"user_id": [1.0, np.nan], "item_id": [10, 20], "rating": [3.0, 4.0]}).to_parquet(
         p
     )
-    with pytest.raises(MetarecError, match=r"line 2: column 'user_id' has an empty id"):
+    with pytest.raises(MetarecError, match=r"row 2: column 'user_id' has an empty id"):
         read_table(p)
 
 
@@ -543,6 +543,9 @@ def test_env_data_dir_is_used(monkeypatch, tmp_path, ml100k):
     monkeypatch.setenv("METAREC_DATA_DIR", str(tmp_path / "empty"))
     with pytest.raises(MetarecError, match=r"data folder .*ml-100k' does not exist"):
         read_raw("movielens-100k")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(MetarecError, match=r"data path .*a_file' is a file, not a folder"):
+        read_raw("movielens-100k", tmp_path / "a_file")
 
 
 def test_unknown_option_is_an_error(ml100k):

@@ -14,3 +14,15 @@ def test_import_does_not_load_torch():
     code = "import sys, metarec; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_cli_starts_without_numpy_pandas_or_torch():
+    # the CLI catches Ctrl-C from inside main(); everything imported before main() runs is
+    # a window where an interrupt ends in a traceback, so it must stay the standard library
+    code = (
+        "import sys, metarec.cli; "
+        "print(sorted(m for m in ('numpy', 'pandas', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert metarec.MetarecError is metarec.types.MetarecError

@@ -394,3 +394,63 @@ def test_held_out_validation_negatives():
         valid_negative_pool(warm, cfg)
     with pytest.raises(MetarecError, match="train.valid_negatives"):
         TrainConfig(valid_negatives="cold")
+
+
+def test_cpu_training_runs_deterministic_kernels_and_closes_its_bar(problem, monkeypatch):
+    # with 2+ threads the backward of table[idx] accumulates rows in a thread-dependent
+    # order; training on the CPU turns torch's deterministic kernels on, and back off after
+    import metarec.train as T
+
+    seen = []
+
+    class Bar:
+        def __init__(self, *a, **k):
+            seen.append(torch.are_deterministic_algorithms_enabled())
+            self.closed = False
+            bars.append(self)
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **k):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    bars: list[Bar] = []
+    monkeypatch.setattr(T, "tqdm", Bar)
+    split, feats = problem
+    assert not torch.are_deterministic_algorithms_enabled()
+    train(split, feats, SC, META, _cfg(steps=2), progress=False)
+    assert seen == [True] and bars[0].closed
+    assert not torch.are_deterministic_algorithms_enabled()
+
+    # an error (or Ctrl-C) mid-training still ends the bar, so the CLI's error line starts
+    # on a line of its own, and leaves the global setting as it found it
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "build_inputs", boom)
+    with pytest.raises(KeyboardInterrupt):
+        train(split, feats, SC, META, _cfg(steps=2), progress=False)
+    assert bars[1].closed and not torch.are_deterministic_algorithms_enabled()
+
+
+def test_concurrent_cpu_trainings_leave_the_global_setting_as_found(problem):
+    # ranks run as threads and a feedback update beside a server share torch's global
+    # flag: the last one out restores it, whatever order they finish in
+    import threading
+
+    split, feats = problem
+    runs = [
+        threading.Thread(
+            target=train, args=(split, feats, SC, META, _cfg(steps=s)), kwargs={"progress": False}
+        )
+        for s in (3, 9, 5)
+    ]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join()
+    assert not torch.are_deterministic_algorithms_enabled()

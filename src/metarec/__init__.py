@@ -6,11 +6,15 @@ light commands do not pay for importing torch until a model is actually used.
 
 from importlib import import_module
 
-from metarec.types import Dataset, IdMap, Interactions, MetarecError, SideTable, Split, Task
+from metarec.errors import MetarecError
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    # the data types too: `import metarec` (and so the CLI's start) imports no numpy/pandas
+    **dict.fromkeys(
+        ("Dataset", "IdMap", "Interactions", "SideTable", "Split", "Task"), "metarec.types"
+    ),
     "load_dataset": "metarec.data",
     "make_split": "metarec.splits",
     "build_features": "metarec.features",
@@ -20,17 +24,7 @@ _LAZY = {
     "Predictor": "metarec.predictor",
 }
 
-__all__ = [
-    "Dataset",
-    "IdMap",
-    "Interactions",
-    "MetarecError",
-    "SideTable",
-    "Split",
-    "Task",
-    "__version__",
-    *_LAZY,
-]
+__all__ = ["MetarecError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str):

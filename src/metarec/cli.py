@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from metarec.types import MetarecError
+from metarec.errors import MetarecError
 
 EXIT_USAGE = 2
 
@@ -615,6 +615,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"metarec: warning: {message}", file=sys.stderr)
 
 
+def _say(line: str) -> None:
+    # On a terminal, first clear the current line: a progress bar that an error or Ctrl-C
+    # cut short (the text encoder's, say) leaves the cursor after its text, and the error
+    # would be glued to it. On a fresh line the clear does nothing.
+    prefix = "\r\033[K" if sys.stderr.isatty() else ""
+    print(prefix + line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -623,10 +631,10 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warning
             return int(args.func(args) or 0)
     except MetarecError as err:
-        print(f"metarec: error: {err}", file=sys.stderr)
+        _say(f"metarec: error: {err}")
         return EXIT_USAGE
     except FileNotFoundError as err:
-        print(f"metarec: error: file not found: {err.filename or err}", file=sys.stderr)
+        _say(f"metarec: error: file not found: {err.filename or err}")
         return EXIT_USAGE
     except BrokenPipeError:  # `metarec ... | head`: the reader left; not an error of ours
         sys.stderr.close()
@@ -634,15 +642,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         # a disk that is full or read-only, a folder in the way: the environment, not a bug
         where = f": {err.filename}" if err.filename else ""
-        print(f"metarec: error: {err.strerror or err}{where}", file=sys.stderr)
+        _say(f"metarec: error: {err.strerror or err}{where}")
         return EXIT_USAGE
     except UnicodeDecodeError as err:
-        print(
-            f"metarec: error: cannot decode input ({err.encoding}): {err.reason}", file=sys.stderr
-        )
+        _say(f"metarec: error: cannot decode input ({err.encoding}): {err.reason}")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("metarec: interrupted", file=sys.stderr)
+        _say("metarec: interrupted")
         return 130
 
 

@@ -113,14 +113,21 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         raise MetarecError(
             f"unknown config key {'.'.join(filter(None, [where, unknown[0]]))!r} (known: {known})"
         )
+    required = [
+        name
+        for name, f in fields.items()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    missing = [name for name in required if name not in data]
+    if missing:
+        raise MetarecError(
+            f"{where or cls.__name__}: missing required key(s) {', '.join(map(repr, missing))}"
+        )
     kwargs = {
         name: _coerce(value, hints[name], ".".join(filter(None, [where, name])))
         for name, value in data.items()
     }
-    try:
-        return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
-        raise MetarecError(f"{where or cls.__name__}: {err}") from None
+    return cls(**kwargs)
 
 
 def to_dict(obj: Any) -> Any:

@@ -297,24 +297,25 @@ def embed_resumable(
     # resumed or warm build does not re-read every shard once per chunk
     found, _, _, _ = cache.lookup(encoder.fingerprint)
     bar = tqdm(total=len(texts), disable=not progress, desc="embed", unit="text")
-    for c in range(n_chunks):
-        if stop_after_chunks is not None and c >= stop_after_chunks:
-            bar.close()
-            return None, stats
-        chunk = texts[c * chunk_size : (c + 1) * chunk_size]
-        keys = [text_key(t) for t in chunk]
-        if all(k in found for k in keys):
-            vecs = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
-            s = {"encoded": 0, "hits": len(chunk)}
-        else:
-            vecs, s = cache.get_or_compute(encoder, chunk, batch_size)
-        parts.append(vecs)
-        stats["encoded"] += s["encoded"]
-        stats["hits"] += s["hits"]
-        stats["chunks_done"] = c + 1
-        bar.update(len(chunk))
-        bar.set_postfix(encoded=stats["encoded"], hits=stats["hits"])
-    bar.close()
+    try:
+        for c in range(n_chunks):
+            if stop_after_chunks is not None and c >= stop_after_chunks:
+                return None, stats
+            chunk = texts[c * chunk_size : (c + 1) * chunk_size]
+            keys = [text_key(t) for t in chunk]
+            if all(k in found for k in keys):
+                vecs = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+                s = {"encoded": 0, "hits": len(chunk)}
+            else:
+                vecs, s = cache.get_or_compute(encoder, chunk, batch_size)
+            parts.append(vecs)
+            stats["encoded"] += s["encoded"]
+            stats["hits"] += s["hits"]
+            stats["chunks_done"] = c + 1
+            bar.update(len(chunk))
+            bar.set_postfix(encoded=stats["encoded"], hits=stats["hits"])
+    finally:  # an error or Ctrl-C too: an open bar would glue the error line to it
+        bar.close()
     stats["complete"] = True
     out = np.concatenate(parts) if parts else np.zeros((0, encoder.dim), np.float32)
     return out, stats

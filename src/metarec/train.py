@@ -14,7 +14,9 @@ uninterrupted one (bit-identical on CPU).
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -382,6 +384,53 @@ def _valid_loss(
     return total / max(n, 1.0)
 
 
+_determinism_lock = threading.Lock()
+_determinism_users = 0  # train() calls running now with the setting turned on
+_determinism_saved = (False, False)  # the caller's (enabled, warn_only), put back after
+
+
+def _cpu_deterministic(fn):
+    """Run ``fn`` with torch's deterministic algorithms on when its ``device`` is the CPU.
+
+    With more than one intra-op thread, the backward of advanced indexing (``table[idx]``,
+    an ``index_put_`` with accumulation) adds rows in a thread-dependent order, so two fits
+    with the same seed on a 2-core machine gave different models (quickstart nDCG@10 0.1331
+    to 0.1357 over four runs). The deterministic kernels cost no measurable time on CPU. On
+    CUDA the setting is left to the caller: there it needs a cuBLAS workspace setting and
+    slows scatter-adds.
+
+    The setting is global, so concurrent calls (ranks run as threads, a feedback update
+    beside a server) share it: the first to enter saves the caller's setting and the last
+    to leave puts it back.
+    """
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        global _determinism_users, _determinism_saved
+        if torch.device(kwargs.get("device", "cpu")).type != "cpu":
+            return fn(*args, **kwargs)
+        with _determinism_lock:
+            if _determinism_users == 0:
+                _determinism_saved = (
+                    torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled(),
+                )
+                # warn_only: an op without a deterministic CPU kernel warns, not fails a fit
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            _determinism_users += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            with _determinism_lock:
+                _determinism_users -= 1
+                if _determinism_users == 0:
+                    enabled, warn_only = _determinism_saved
+                    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+    return wrapped
+
+
+@_cpu_deterministic
 def train(
     split: Split,
     feats: FeatureSet,
@@ -533,62 +582,66 @@ def train(
         disable=not progress or not ctx.is_main,
         desc=f"meta-train {meta_cfg.algorithm}",
     )
-    while step < cfg.steps and not stopped:
-        # the global batch (every rank draws the same one, from the same rng), or with a
-        # rank-sharded sampler only this rank's share of it
-        n_draw = distributed.shard_size(cfg.meta_batch, ctx) if rank_sharded else cfg.meta_batch
-        episodes = sampler.sample(n_draw, rng)
-        x = build_inputs(
-            learner.scorer,
-            feats,
-            pad_episodes(episodes),
-            known_t,
-            id_dropout=cfg.id_dropout,
-            rng=rng,
-        )
-        if ctx.active and not rank_sharded:
-            # inputs are built for the whole batch first so that id-dropout consumes the rng
-            # exactly as on one process; each rank then keeps its tasks rank::world
-            x = x.select(distributed.shard(x.n_tasks, ctx))
-        loss, grads = learner.meta_grads(params, x)
-        loss, grads = distributed.all_reduce_mean(loss, grads, x.n_tasks, ctx)
-        if not torch.isfinite(loss):
-            raise MetarecError(
-                f"train: meta-loss is {float(loss)} at step {step + 1} (lower inner_lr or outer_lr)"
+    # the bar ends on every exit, an error or Ctrl-C included: a bar left open would glue
+    # the CLI's error line to it
+    try:
+        while step < cfg.steps and not stopped:
+            # the global batch (every rank draws the same one, from the same rng), or with a
+            # rank-sharded sampler only this rank's share of it
+            n_draw = distributed.shard_size(cfg.meta_batch, ctx) if rank_sharded else cfg.meta_batch
+            episodes = sampler.sample(n_draw, rng)
+            x = build_inputs(
+                learner.scorer,
+                feats,
+                pad_episodes(episodes),
+                known_t,
+                id_dropout=cfg.id_dropout,
+                rng=rng,
             )
-        for k in learning:
-            params[k].grad = grads[k]
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([params[k] for k in learning], cfg.grad_clip)
-        opt.step()
-        if avg is not None:
-            with torch.no_grad():
-                for k in learning:
-                    avg[k].lerp_(params[k].detach(), 1.0 - cfg.ema)
-        step += 1
-        loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.4f}")
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            entry = {"step": step, "train_loss": loss_sum / max(loss_n, 1), "valid_loss": None}
-            loss_sum, loss_n = 0.0, 0
-            if valid:
-                judged = params if avg is None else avg
-                v = _valid_loss(learner, judged, feats, valid, known_t, ctx)
-                entry["valid_loss"] = v
-                if v < best_valid:
-                    best_valid, best_step, bad = v, step, 0
-                    best = {k: p.detach().clone() for k, p in judged.items()}
-                else:
-                    bad += 1
-                    stopped = bad >= cfg.patience
-                bar.set_postfix(loss=f"{float(loss):.4f}", valid=f"{v:.4f}")
-            history.append(entry)
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            checkpoint()
-        if stop_at is not None and step >= stop_at:
-            break
-    bar.close()
+            if ctx.active and not rank_sharded:
+                # inputs are built for the whole batch first so that id-dropout consumes the rng
+                # exactly as on one process; each rank then keeps its tasks rank::world
+                x = x.select(distributed.shard(x.n_tasks, ctx))
+            loss, grads = learner.meta_grads(params, x)
+            loss, grads = distributed.all_reduce_mean(loss, grads, x.n_tasks, ctx)
+            if not torch.isfinite(loss):
+                raise MetarecError(
+                    f"train: meta-loss is {float(loss)} at step {step + 1} (lower inner_lr or outer_lr)"
+                )
+            for k in learning:
+                params[k].grad = grads[k]
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_([params[k] for k in learning], cfg.grad_clip)
+            opt.step()
+            if avg is not None:
+                with torch.no_grad():
+                    for k in learning:
+                        avg[k].lerp_(params[k].detach(), 1.0 - cfg.ema)
+            step += 1
+            loss_sum, loss_n = loss_sum + float(loss), loss_n + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                entry = {"step": step, "train_loss": loss_sum / max(loss_n, 1), "valid_loss": None}
+                loss_sum, loss_n = 0.0, 0
+                if valid:
+                    judged = params if avg is None else avg
+                    v = _valid_loss(learner, judged, feats, valid, known_t, ctx)
+                    entry["valid_loss"] = v
+                    if v < best_valid:
+                        best_valid, best_step, bad = v, step, 0
+                        best = {k: p.detach().clone() for k, p in judged.items()}
+                    else:
+                        bad += 1
+                        stopped = bad >= cfg.patience
+                    bar.set_postfix(loss=f"{float(loss):.4f}", valid=f"{v:.4f}")
+                history.append(entry)
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if stop_at is not None and step >= stop_at:
+                break
+    finally:
+        bar.close()
     if (
         valid
         and history

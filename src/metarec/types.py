@@ -18,6 +18,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from metarec.errors import MetarecError  # re-exported: metarec.types.MetarecError
+
 Feedback = Literal["explicit", "implicit"]
 
 
@@ -25,13 +27,6 @@ Feedback = Literal["explicit", "implicit"]
 # and torch.manual_seed takes an int64, so an unbounded seed passed the checks and
 # overflowed in the middle of a run
 MAX_SEED = 2**31 - 1
-
-
-class MetarecError(ValueError):
-    """A user-facing error: bad input, unknown id, impossible request.
-
-    The CLI prints ``str(err)`` as one line and exits with status 2; nothing is written.
-    """
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:

@@ -41,6 +41,8 @@ def resolve_dir(path: str | os.PathLike | None, folder: str, name: str) -> Path:
         p = Path(root) / folder
     else:
         p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise MetarecError(f"{name}: data path {str(p)!r} is a file, not a folder")
     if not p.is_dir():
         raise MetarecError(f"{name}: data folder {str(p)!r} does not exist")
     return p
@@ -134,9 +136,12 @@ def _short(err: Exception) -> str:
     return msg.removeprefix("Error tokenizing data. C error: ")
 
 
-def _line_of(frame: pd.DataFrame, pos: int) -> int:
-    """1-based file line of row position ``pos`` (assumes no blank lines before it)."""
-    return pos + 1 + int(frame.attrs.get("header_lines", 0))
+def _at(frame: pd.DataFrame, pos: int) -> str:
+    """Where row position ``pos`` is: "line N" of a text file (1-based, after the header;
+    assumes no blank lines before it), or "row N" of a Parquet file, which has no lines."""
+    if frame.attrs.get("rows_not_lines"):
+        return f"row {pos + 1}"
+    return f"line {pos + 1 + int(frame.attrs.get('header_lines', 0))}"
 
 
 def _where(frame: pd.DataFrame) -> str:
@@ -158,9 +163,7 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
     bad = s.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise MetarecError(
-            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} has an empty id"
-        )
+        raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: column {column!r} has an empty id")
     if pd.api.types.is_float_dtype(s):
         # Parquet/pandas turn int ids with missing values into floats; ours have none now,
         # so a whole float is an int id in disguise.
@@ -171,9 +174,7 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
     empty = (out == "").to_numpy()
     if empty.any():
         pos = int(np.flatnonzero(empty)[0])
-        raise MetarecError(
-            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} has an empty id"
-        )
+        raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: column {column!r} has an empty id")
     return out.reset_index(drop=True)
 
 
@@ -185,7 +186,7 @@ def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) ->
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise MetarecError(
-            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
+            f"{_where(frame)}: {_at(frame, pos)}: column {column!r} value "
             f"{raw.iloc[pos]!r} is not a number"
         )
     values = s.to_numpy(np.float64)
@@ -194,7 +195,7 @@ def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) ->
         if frac.any():
             pos = int(np.flatnonzero(frac)[0])
             raise MetarecError(
-                f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
+                f"{_where(frame)}: {_at(frame, pos)}: column {column!r} value "
                 f"{raw.iloc[pos]!r} is not an integer"
             )
         return values.astype(np.int64)
@@ -222,7 +223,8 @@ def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
             ) from None
         if len(frame) == 0:
             raise MetarecError(f"{path}: file has no rows")
-        frame.attrs["header_lines"] = 0  # "line" in a Parquet file means row number
+        frame.attrs["header_lines"] = 0
+        frame.attrs["rows_not_lines"] = True
         frame.attrs["source"] = str(path)
         return frame
     if sep is None:
@@ -249,7 +251,7 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise MetarecError(
-            f"{_where(frame)}: line {_line_of(frame, pos)}: column {column!r} value "
+            f"{_where(frame)}: {_at(frame, pos)}: column {column!r} value "
             f"{s.iloc[pos]!r} is neither unix seconds nor a date"
         )
     # Via a Timedelta: the datetime unit (ns, us, s) differs across pandas versions.
@@ -302,7 +304,7 @@ def read_table(
         if off.any():
             pos = int(np.flatnonzero(off)[0])
             raise MetarecError(
-                f"{path}: line {_line_of(frame, pos)}: label column {label_col!r} must be 0 or 1, "
+                f"{path}: {_at(frame, pos)}: label column {label_col!r} must be 0 or 1, "
                 f"got {frame[label_col].iloc[pos]!r}"
             )
         feedback, rng = "implicit", (0.0, 1.0)
@@ -314,7 +316,7 @@ def read_table(
         if out.any():
             pos = int(np.flatnonzero(out)[0])
             raise MetarecError(
-                f"{path}: line {_line_of(frame, pos)}: rating {values[pos]:g} is outside "
+                f"{path}: {_at(frame, pos)}: rating {values[pos]:g} is outside "
                 f"rating_range {lo:g}..{hi:g}"
             )
         rng = (lo, hi)
