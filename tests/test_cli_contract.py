@@ -821,3 +821,73 @@ def test_fit_config_takes_an_experiment_files_text_table(tmp_path, capsys):
     text = Predictor.load(run).model.config.text
     assert (text.model, text.pca_dim) == ("hashing:32", 5)
     assert "fit uses its [model] and [text] only, not data" in capsys.readouterr().err
+
+
+def test_python_api_takes_integer_ids_like_the_files_do(tmp_path):
+    # frames with int ids: a warm user's support was looked up by the int among str keys,
+    # silently dropped, and the user scored as if it had brought none
+    from metarec.predictor import Predictor
+    from metarec.types import MetarecError
+
+    paths, _ = make_world(tmp_path)
+    t = pd.read_csv(paths["T"])
+    t["user_id"] = t.user_id.str[1:].astype(int)
+    t.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    pred = Predictor.load(run)
+    s = pd.DataFrame(
+        {"user_id": [3, 3, 999], "item_id": ["it30", "it31", "it30"], "rating": [5, 5, 5]}
+    )
+    q = pd.DataFrame({"user_id": [3, 999], "item_id": ["it32", "it33"]})
+    as_int, _ = pred.predict(s, q)
+    as_str, _ = pred.predict(s.astype({"user_id": str}), q.astype({"user_id": str}))
+    assert np.allclose(as_int.score, as_str.score)
+    assert as_int.user_id.tolist() == [3, 999]  # the output echoes the ids as given
+    no_support, _ = pred.predict(s[:0], q[:1])
+    assert not np.isclose(no_support.score[0], as_int.score[0])  # the support counted
+    rec_int, _ = pred.recommend(s, 3)
+    rec_str, _ = pred.recommend(s.astype({"user_id": str}), 3)
+    assert rec_int.item_id.tolist() == rec_str.item_id.tolist()
+    for k in (2.5, True, "3"):
+        with pytest.raises(MetarecError, match="k must be an integer"):
+            pred.recommend(s, k)
+
+
+def test_recommend_from_a_rating_only_run_scores_ratings_as_serve_does(tmp_path):
+    # rank_model=false: the rating model ranks and its unclipped rating is the score (the
+    # CLI wrote sigmoid(rating), ~0.99 for every item, while /recommend gave the rating)
+    from metarec.predictor import Predictor
+
+    paths, _ = make_world(tmp_path)
+    run = tmp_path / "RUN"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST, "--set", "rank_model=false"]) == 0
+    out = tmp_path / "R.csv"
+    rec = ["recommend", "--run", str(run), "--support", str(cold_support(tmp_path)), "-k", "4"]
+    assert main([*rec, "--out", str(out)]) == 0
+    r = pd.read_csv(out)
+    pred = Predictor.load(run)
+    assert pred.model.ranks_by_rating
+    sup = pd.read_csv(cold_support(tmp_path))
+    one = sup[sup.user_id == "new_space"]
+    inter, _ = pred.support_of(one.item_id, one.rating, one.timestamp)
+    ad = pred.model.adapt_user(len(pred.users), inter, "rank")
+    mine = r[r.user_id == "new_space"]
+    served = pred.model.score_adapted(
+        ad, pred.items.lookup_or_missing(mine.item_id.astype(str).to_numpy(object))
+    )
+    assert np.allclose(mine.score, served, atol=1e-5)
+    assert mine.score.max() > 1.5  # on the rating scale, not a probability
+
+
+def test_an_empty_domain_cell_in_a_log_is_the_default_domain(tmp_path):
+    paths, _ = make_world(tmp_path)
+    t = pd.read_csv(paths["T"])
+    t["domain"] = "default"
+    t.loc[0, "domain"] = None  # an empty cell, as the items file allows
+    t.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0

@@ -122,3 +122,113 @@ def test_exported_run_is_smaller_and_predicts_alike(fitted, dtype, tol, capsys):
     assert base.std() > 0.05  # a trained model, not a constant
     # exporting an exported RUN is refused
     assert main(["export", "--run", str(out), "--dtype", "fp16", "--out", str(tmp / "x")]) == 2
+
+
+def _exported(fitted, dtype):
+    tmp, run = fitted
+    out = tmp / f"RUN_{dtype}_x"
+    if not out.exists():
+        assert main(["export", "--run", str(run), "--dtype", dtype, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_update_of_an_exported_run_writes_an_ordinary_loadable_run(fitted, dtype, capsys):
+    # Predictor.load dequantises; the RUN saved from it (update) is fp32 and must say so:
+    # int8's kept "export" record made it unloadable, fp16's made export refuse it
+    from metarec.predictor import Predictor
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore
+
+    tmp, _ = fitted
+    src = _exported(fitted, dtype)
+    fb = tmp / f"fb_{dtype}"
+    FeedbackStore(fb).add("new_fan", [FeedbackRow("it0", 5.0, None), FeedbackRow("it1", 1.0, None)])
+    new = tmp / f"RUN_{dtype}_updated"
+    args = ["update", "--run", str(src), "--feedback", str(fb), "--out", str(new)]
+    assert main(args + ["--steps", "2"]) == 0
+    assert "export" not in json.loads((new / "meta.json").read_text())
+    assert "export" not in Predictor.load(src).info
+    assert len(_predict(tmp, new, f"upd_{dtype}")) == 80
+    capsys.readouterr()
+    assert (
+        main(["export", "--run", str(new), "--dtype", "fp16", "--out", str(tmp / f"re_{dtype}")])
+        == 0
+    )
+
+
+def _damage(src, dst, edit_meta=None, edit_tensors=None):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(src, dst)
+    if edit_meta:
+        meta = json.loads((dst / "meta.json").read_text())
+        edit_meta(meta)
+        (dst / "meta.json").write_text(json.dumps(meta))
+    if edit_tensors:
+        t = load_file(str(dst / "model.safetensors"))
+        edit_tensors(t)
+        save_file(t, str(dst / "model.safetensors"))
+    man = json.loads((dst / "manifest.json").read_text())
+    for name in ("meta.json", "model.safetensors"):  # damage the checksums cannot see
+        man["files"][name] = hashlib.sha256((dst / name).read_bytes()).hexdigest()
+    (dst / "manifest.json").write_text(json.dumps(man))
+    return dst
+
+
+def _set(key, value):
+    return lambda d: d.__setitem__(key, value)
+
+
+def _scale(fn):
+    return lambda t: t.__setitem__("rank.item_id::scale", fn(t["rank.item_id::scale"]))
+
+
+@pytest.mark.parametrize(
+    "meta, tensors, said",
+    [
+        (_set("export", "int8"), None, "export record is damaged"),
+        (_set("export", ["int8"]), None, "export record is damaged"),
+        (lambda m: m["export"].__setitem__("int8", [1]), None, "export record is damaged"),
+        (None, _scale(lambda s: s[:-1].clone()), "scales for"),
+        (None, _scale(lambda s: s[0].clone()), "scales for"),
+        (None, _scale(lambda s: torch.full_like(s, float("nan"))), "non-finite scale"),
+    ],
+    ids=["str", "list", "int-name", "short-scale", "0d-scale", "nan-scale"],
+)
+def test_damaged_export_records_are_one_line_errors(fitted, meta, tensors, said, capsys):
+    tmp, _ = fitted
+    bad = _damage(_exported(fitted, "int8"), tmp / f"bad_{len(list(tmp.iterdir()))}", meta, tensors)
+    capsys.readouterr()
+    args = ["recommend", "--run", str(bad), "--support", str(cold_support(tmp)), "-k", "2"]
+    assert main(args + ["--out", str(tmp / "R.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err and "Traceback" not in err
+
+
+def test_export_and_update_refuse_an_out_inside_the_run(fitted, capsys):
+    tmp, run = fitted
+    before = sorted(p.name for p in run.iterdir())
+    assert main(["export", "--run", str(run), "--dtype", "fp16", "--out", str(run / "sub")]) == 2
+    assert "is inside the RUN" in capsys.readouterr().err
+    args = ["update", "--run", str(run), "--feedback", str(tmp / "none"), "--out", str(run / "u")]
+    assert main(args) == 2
+    assert "is inside the RUN" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_export_without_validation_users_still_exports(fitted, monkeypatch, capsys):
+    # a RUN whose held-out users have no query cannot be compared, but is still exported
+    import metarec.export as E
+
+    tmp, run = fitted
+    monkeypatch.setattr(E, "validation_metrics", lambda *a, **k: None)
+    out = tmp / "RUN_nov"
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--dtype", "fp16", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["validation_users"] == 0 and report["metric_change"] is None
+    assert "no validation users" in report["note"]
+    assert len(_predict(tmp, out, "nov")) == 80

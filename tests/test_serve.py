@@ -148,12 +148,23 @@ def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
         (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": 3.0}', "body.k"),
         (b'{"interactions": [{"item_id": "it1", "rating": 5}], "explain": 1}', "body.explain"),
         (b'{"interactions": [{"item_id": "it1", "rating": 5, "timestamp": "9"}]}', "timestamp"),
+        # an empty id names nobody: feedback stored under "" made a user no file can name
+        (b'{"user_id": "  ", "interactions": [{"item_id": "it1", "rating": 5}]}', "id is empty"),
+        (b'{"interactions": [{"item_id": "", "rating": 5}]}', "id is empty"),
     ],
 )
 def test_bad_requests_are_422_with_a_clear_message(client, body, needle):
     r = client.post("/recommend", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
     assert needle in r.json()["detail"] and "\n" not in r.json()["detail"]
+
+
+def test_ids_are_stripped_as_when_a_file_is_read(client):
+    plain = client.post("/recommend", json={"user_id": "u0", "k": 3}).json()
+    padded = client.post("/recommend", json={"user_id": " u0 ", "k": 3}).json()
+    assert padded["items"] == plain["items"]
+    r = client.post("/score", json={"interactions": taste("space"), "item_ids": [" it30 "]})
+    assert [d["item_id"] for d in r.json()["scores"]] == ["it30"]
 
 
 def test_configured_limits(predictor):

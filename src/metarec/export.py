@@ -67,10 +67,22 @@ def dequantize(tensors: dict[str, torch.Tensor], spec: dict | None) -> dict[str,
     """Float32 tensors back from :func:`compress`'s output; ``spec`` None: unchanged."""
     if not spec:
         return tensors
+    lists = [spec.get(k, []) for k in ("int8", "fp16")] if isinstance(spec, dict) else []
+    if not lists or not all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in lists
+    ):
+        raise MetarecError("exported RUN: meta.json's export record is damaged")
     out = dict(tensors)
     try:
         for name in spec.get("int8", []):
             q, scale = out.pop(name + _Q), out.pop(name + _S)
+            if q.ndim != 2 or scale.shape != (q.shape[0],):
+                raise MetarecError(
+                    f"exported RUN: tensor {name!r} has {tuple(scale.shape)} scales for "
+                    f"{tuple(q.shape)} int8 weights"
+                )
+            if not torch.isfinite(scale).all():
+                raise MetarecError(f"exported RUN: tensor {name!r} has a non-finite scale")
             out[name] = q.float() * scale.float()[:, None]
         for name in spec.get("fp16", []):
             out[name] = out[name].float()
@@ -100,22 +112,23 @@ def export_run(
     Metrics on the query: RMSE of the rating model (explicit data) and mean per-user AUC of
     the ranking model for the query items against ``n_negatives`` sampled unseen items.
     """
-    from metarec.artifacts import load_run, save_run
+    from metarec.artifacts import check_derived_run, load_run, save_run
     from metarec.predictor import Predictor
 
-    if Path(out).resolve() == Path(run).resolve():
-        raise MetarecError("export: --out must differ from --run (the RUN is never modified)")
+    check_derived_run(out, run, "export")
     src = load_run(run)
     if src.meta.get("export"):
         raise MetarecError(f"{run}: already an exported RUN ({src.meta['export']['dtype']})")
+    # measured first: a RUN that cannot be loaded or scored fails before anything is written
+    before = validation_metrics(Predictor.load(run), max_users, n_negatives)
     tensors, spec = compress(src.tensors, dtype)
     save_run(
         out, config=src.config, tensors=tensors, ids=src.ids, meta={**src.meta, "export": spec}
     )
-    before = validation_metrics(Predictor.load(run), max_users, n_negatives)
-    after = validation_metrics(Predictor.load(out), max_users, n_negatives)
+    exported = Predictor.load(out)  # the export loads (and scores one user) or it is an error
+    after = validation_metrics(exported, max_users, n_negatives) if before else None
     size_in, size_out = run_size(run), run_size(out)
-    return {
+    report = {
         "run": str(run),
         "out": str(out),
         "dtype": dtype,
@@ -123,7 +136,20 @@ def export_run(
         "bytes_after": size_out,
         "ratio": round(size_out / max(size_in, 1), 4),
         "int8_tensors": spec["int8"],
-        "validation_users": before["users"],
+        "validation_users": before["users"] if before else 0,
+    }
+    if before is None or after is None:
+        # an export is still an export: only the comparison is missing
+        return {
+            **report,
+            "metrics_before": None,
+            "metrics_after": None,
+            "metric_change": None,
+            "note": "the RUN has no validation users with a support and a query to "
+            "compare the two on",
+        }
+    return {
+        **report,
         "metrics_before": {k: v for k, v in before.items() if k != "users"},
         "metrics_after": {k: v for k, v in after.items() if k != "users"},
         "metric_change": {
@@ -132,9 +158,10 @@ def export_run(
     }
 
 
-def validation_metrics(pred, max_users: int = 256, n_negatives: int = 20) -> dict:
+def validation_metrics(pred, max_users: int = 256, n_negatives: int = 20) -> dict | None:
     """{"users", "rmse" (explicit only, else None), "auc", "mean_score"} on the fit's
-    validation users; see :func:`export_run`."""
+    validation users (None when it has none with a support and a query); see
+    :func:`export_run`."""
     import dataclasses
 
     from metarec.metrics import auc, rmse
@@ -155,7 +182,7 @@ def validation_metrics(pred, max_users: int = 256, n_negatives: int = 20) -> dic
     tasks = [dataclasses.replace(t, user_idx=cold) for t in split.valid[:max_users]]
     tasks = [t for t in tasks if len(t.support) and len(t.query)]
     if not tasks:
-        raise MetarecError("export: the RUN has no validation users to measure on")
+        return None
     rng = np.random.default_rng(0)
     y, s, aucs = [], [], []
     scores = model.score_many(tasks, [t.query.item_idx for t in tasks])

@@ -988,6 +988,13 @@ class MetaRecommender(Recommender):
         return part
 
     @property
+    def ranks_by_rating(self) -> bool:
+        """Whether :meth:`rank_scores` are unclipped ratings (a RUN fitted with
+        ``rank_model = false``: its rating model ranks) rather than like-logits."""
+        self._check_model()
+        return self._rank_part.learner.scorer.cfg.head == "rating"
+
+    @property
     def _rank_part(self) -> _Part:
         part = self.rank_ or self.rating_
         assert part is not None

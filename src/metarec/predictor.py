@@ -43,6 +43,8 @@ def _smoke_test(model: MetaRecommender) -> None:
     ranks = model.rank_scores(cold, support, np.arange(model.n_items_, dtype=np.int64))
     if len(scores) != 2 or len(ranks) != model.n_items_:
         raise ValueError("the model returned scores of the wrong length")
+    if np.isnan(scores).any() or np.isnan(ranks).any():
+        raise ValueError("the model's scores are NaN (a weight is NaN or inf)")
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,12 +99,16 @@ class Predictor:
     def load(cls, path: str | Path, device: str | None = None) -> Predictor:
         """Load a RUN; ``device`` (cpu, cuda, auto) places the model for scoring."""
         run = load_run(path)
-        t = run.tensors
-        if run.meta.get("export"):  # an fp16/int8 RUN from `metarec export`: back to float32
-            from metarec.export import dequantize
-
-            t = dequantize(t, run.meta["export"])
+        # in memory every RUN is float32: the loaded predictor's info drops the export
+        # record, so a RUN saved from it (`metarec update` of an exported RUN) is an
+        # ordinary fp32 RUN that says so (it kept "export" and could not be loaded)
+        info = {k: v for k, v in run.meta.items() if k != "export"}
         try:
+            t = run.tensors
+            if run.meta.get("export"):  # an fp16/int8 RUN from `metarec export`
+                from metarec.export import dequantize
+
+                t = dequantize(t, run.meta["export"])
             train = Interactions(
                 *(
                     t[f"train.{f}"].numpy()
@@ -129,7 +135,7 @@ class Predictor:
                 f"{path}: RUN is incomplete or from another version "
                 f"({type(err).__name__}: {lines[0][:200] if lines else ''})"
             ) from None
-        return cls(model, users, items, item_domain, train, run.meta)
+        return cls(model, users, items, item_domain, train, info)
 
     # --- raw ids -> indices ------------------------------------------------------------
     @property
@@ -200,6 +206,7 @@ class Predictor:
                 )
 
     def _supports_from_frame(self, frame: pd.DataFrame) -> tuple[dict[str, Interactions], int]:
+        frame = _str_ids(frame, "support")
         value = "label" if "label" in frame.columns and "rating" not in frame.columns else "rating"
         if "domain" in frame.columns and (frame["domain"] != "default").any():
             # the RUN's items file decided each item's domain; a support naming another is
@@ -251,6 +258,13 @@ class Predictor:
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         """One score per query row (rating scale for explicit data, probability otherwise)."""
         supports, n_unknown = self._supports_from_frame(support)
+        # the query's own spellings where it carries them (read_query), else its ids as
+        # given (an int stays an int in the output); lookups use the canonical str ids
+        raw = query.attrs.get("raw_ids") or {}
+        canon = _str_ids(query, "query")  # checks the columns too
+        raw_users = raw.get("user_id", query["user_id"].to_numpy(object))
+        raw_items = raw.get("item_id", query["item_id"].to_numpy(object))
+        query = canon
         qi = self.items.lookup_or_missing(query["item_id"].to_numpy(object))
         if (qi < 0).any():
             bad = query["item_id"].to_numpy(object)[qi < 0][0]
@@ -276,15 +290,7 @@ class Predictor:
             rows_per_task, self.model.score_many(tasks, items_per_task), strict=True
         ):
             scores[rows] = s
-        # the query's own spellings where it carries them (read_query), else its ids
-        raw = query.attrs.get("raw_ids") or {}
-        out = pd.DataFrame(
-            {
-                "user_id": raw.get("user_id", query["user_id"].to_numpy(object)),
-                "item_id": raw.get("item_id", query["item_id"].to_numpy(object)),
-                "score": scores,
-            }
-        )
+        out = pd.DataFrame({"user_id": raw_users, "item_id": raw_items, "score": scores})
         return out, {"unknown_support_items": n_unknown, "users": len(tasks)}
 
     def candidates(self, domain: str | None) -> np.ndarray:
@@ -319,14 +325,17 @@ class Predictor:
         exclude_seen: bool = True,
     ) -> pd.DataFrame:
         """Top-k per user over the catalogue (or one domain), excluding the history."""
-        if k < 1:
-            raise MetarecError(f"k must be >= 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise MetarecError(f"recommend: k must be an integer >= 1, got {k!r}")
         cand = self.candidates(domain)
         from metarec.types import Task
 
         user_ids = list(supports)
         tasks = [Task(self.user_index(u), supports[u], Interactions.empty()) for u in user_ids]
         out_rows = []
+        # the score column is what /recommend returns: P(like) from a like-logit, or the
+        # rating itself where the rating model ranks (its sigmoid would be a near-1 number)
+        to_score = float if self.model.ranks_by_rating else _prob
         for a in range(0, len(tasks), 64):
             chunk = tasks[a : a + 64]
             s = self.model.rank_scores_batch(chunk, cand)  # (T, n_cand)
@@ -339,7 +348,7 @@ class Predictor:
                 top = np.argsort(-scores, kind="stable")[:kk]
                 uid = user_ids[a + row]
                 for rank, j in enumerate(top, 1):
-                    out_rows.append((uid, self.items.ids[cand[j]], rank, _prob(scores[j])))
+                    out_rows.append((uid, self.items.ids[cand[j]], rank, to_score(scores[j])))
         return pd.DataFrame(out_rows, columns=["user_id", "item_id", "rank", "score"])
 
     def recommend(
@@ -351,6 +360,22 @@ class Predictor:
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
         out = self.recommend_many(supports, k, domain)
         return out, {"unknown_support_items": n_unknown, "users": len(supports)}
+
+
+def _str_ids(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """``frame`` with user_id and item_id as the str ids a RUN's id maps hold (12, 12.0
+    and " 12" are all "12", as when a file is read): the Python API takes frames with int
+    ids too, and looking an int up among str ids found nothing — a warm user's support
+    was silently dropped and the user treated as cold."""
+    from metarec.data.tabular import id_column, require_columns
+
+    frame = frame.reset_index(drop=True)
+    frame.attrs.setdefault("source", what)
+    require_columns(frame, ["user_id", "item_id"])
+    out = frame.copy()
+    for column in ("user_id", "item_id"):
+        out[column] = id_column(frame, column).to_numpy(object)
+    return out
 
 
 def _prob(logit: float) -> float:

@@ -248,10 +248,10 @@ def update_run(
     run: str | Path, feedback_db: str | Path, out: str | Path, cfg: UpdateConfig | None = None
 ) -> dict:
     """``metarec update``: load RUN, read the feedback store, write RUN2 (atomically)."""
+    from metarec.artifacts import check_derived_run
     from metarec.serve.feedback import open_store
 
-    if Path(out).resolve() == Path(run).resolve():
-        raise MetarecError("update: --out must differ from --run (the RUN is never modified)")
+    check_derived_run(out, run, "update")
     pred = Predictor.load(run)
     frame = open_store(feedback_db).frame()
     # rows stored before /feedback checked values would otherwise surface as "meta-loss

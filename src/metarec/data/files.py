@@ -23,6 +23,7 @@ import pandas as pd
 
 from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
+    _at,
     _read_any,
     _timestamps,
     _where,
@@ -74,7 +75,7 @@ def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
         off = ~np.isin(values, (0.0, 1.0))
         if off.any():
             pos = int(np.flatnonzero(off)[0])
-            raise MetarecError(f"{_where(frame)}: row {pos + 1}: label must be 0 or 1")
+            raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: label must be 0 or 1")
         feedback = "implicit"
     else:
         values = number_column(frame, "rating")
@@ -83,7 +84,8 @@ def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
         feedback = "explicit"
     has_time = "timestamp" in frame.columns
     ts = _timestamps(frame, "timestamp") if has_time else None
-    domain = id_column(frame, "domain") if "domain" in frame.columns else None
+    # names, an empty cell "default", as in the items file (id_column refused empty cells)
+    domain = domain_names(frame["domain"]) if "domain" in frame.columns else None
     return make_ratings_frame(users, items, values, ts, domain), feedback, has_time
 
 

@@ -35,6 +35,11 @@ def _id_to_str(v: object) -> object:
             raise ValueError("id is not valid Unicode (a lone surrogate escape)") from None
         if len(v) > MAX_ID_CHARS:
             raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
+        # ids are stripped, and an empty one refused, as when the CLI reads a file: " a "
+        # was another user than "a", and feedback under "" made a user no file can name
+        v = v.strip()
+        if not v:
+            raise ValueError("id is empty")
     return v
 
 
