@@ -331,12 +331,89 @@ def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named
         ("text.pca_dim=0", "text.pca_dim must be >= 1"),
         ("text.model='hashing:0'", "hashing"),
         ("split.valid_frac=0.0", "split.valid_frac is 0"),  # the tiny config has a grid
+        # no test users: it failed after the first fit with "no tasks to evaluate"
+        ("split.test_frac=0.0", "split.test_frac must be > 0"),
+        ("split.max_test_users=0", "split.max_test_users must be >= 1"),
+        (
+            "methods=[{name='T', kind='transfer', strategy='joint'}]",
+            'kind transfer needs split.protocol = "cross-domain"',
+        ),
     ],
 )
 def test_settings_that_failed_every_method_fail_when_the_config_loads(override, named):
     """These used to pass the load, fail every method in turn and only then stop."""
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.load_config(TINY, [override])
+
+
+def test_only_narrows_the_check_to_the_methods_run():
+    # a grid needs validation users; a run of popularity alone does not
+    with pytest.raises(MetarecError, match="split.valid_frac is 0"):
+        E.load_config(TINY, ["split.valid_frac=0.0"])
+    cfg = E.load_config(TINY, ["split.valid_frac=0.0"], only=["popularity"])
+    assert [m.name for m in cfg.methods] == ["popularity"]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "said"),
+    [
+        ("user-cold", "first K interactions in time order; query: the next Q"),
+        ("warm", "query: each held-out user's last Q interactions in time order"),
+        ("item-cold", "first Q interactions with the held-out items of their part"),
+        ("user-item-cold", "items: the newest items by first interaction"),
+    ],
+)
+def test_the_report_describes_the_protocol_that_ran(tmp_path, protocol, said):
+    # every protocol was described as "first K in time order, query the next Q"
+    cfg = E.load_config(
+        TINY, [f"split.protocol='{protocol}'", "seeds=[0]", "shots=[]"], only=["popularity"]
+    )
+    results = E.run(cfg, tmp_path, progress=False)
+    assert said in results.protocol["support"] + results.protocol["held_out"]
+    report = (tmp_path / "report.md").read_text()
+    assert said in report and "query = the next Q" not in report
+
+
+def test_the_protocol_says_when_the_data_has_no_times(tmp_path):
+    log = (TINY.parent / "tiny_log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    keep = [i for i, c in enumerate(header) if c != "timestamp"]
+    (tmp_path / "log.csv").write_text(
+        "\n".join(",".join(r.split(",")[i] for i in keep) for r in log) + "\n"
+    )
+    (tmp_path / "tiny_items.csv").write_text((TINY.parent / "tiny_items.csv").read_text())
+    cfg = E.load_config(
+        TINY,
+        [
+            "split.protocol='item-cold'",
+            "seeds=[0]",
+            "shots=[]",
+            f"data.path='{tmp_path / 'log.csv'}'",
+        ],
+        only=["popularity"],
+        base_dir=str(tmp_path),
+    )
+    p = E.run(cfg, tmp_path / "out", progress=False).protocol
+    assert "a seeded random share of the rated items" in p["held_out"]
+    assert "log order (the data has no times)" in p["support"]
+
+
+def test_one_seed_without_bootstrap_shows_no_spread(tmp_path):
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]", "bootstrap=0"], only=["popularity"])
+    E.run(cfg, tmp_path, progress=False)
+    report = (tmp_path / "report.md").read_text()
+    assert "± 0.0000" not in report and "no measure of spread" in report
+
+
+def test_a_folder_in_place_of_a_result_file_fails_before_the_run(tmp_path, capsys):
+    from metarec.cli import main
+
+    (tmp_path / "report.md").write_text("old")
+    (tmp_path / "results.json").mkdir()
+    code = main(["evaluate", "--config", str(TINY), "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "in the way of the results" in err and "results.json" in err
+    assert (tmp_path / "report.md").read_text() == "old"
 
 
 def test_model_table_is_checked_without_meta_methods():

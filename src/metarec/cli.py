@@ -8,7 +8,6 @@ become one line on stderr and exit status 2, with no traceback and nothing writt
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -402,18 +401,8 @@ def cmd_quickstart(args) -> int:
 def cmd_evaluate(args) -> int:
     from metarec.experiment import load_config
 
-    config = load_config(args.config, args.set or [])
-    if args.only is not None:
-        wanted = [m.strip() for m in args.only.split(",") if m.strip()]
-        if not wanted:  # --only "" used to run every method
-            raise MetarecError(f"--only {args.only!r} names no method")
-        names = [m.name for m in config.methods]
-        missing = [m for m in wanted if m not in names]
-        if missing:
-            raise MetarecError(f"--only: no method named {missing} in the config ({names})")
-        config = dataclasses.replace(
-            config, methods=tuple(m for m in config.methods if m.name in wanted)
-        )
+    only = None if args.only is None else args.only.split(",")
+    config = load_config(args.config, args.set or [], only=only)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     return _run_experiment(config, out, quiet=args.quiet)
 

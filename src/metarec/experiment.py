@@ -71,6 +71,19 @@ class SplitConfig:
     target: str | None = None
     max_test_users: int | None = None  # budget option: evaluate on the first N test users
 
+    def __post_init__(self) -> None:
+        # an experiment is scored on its test users: without any, the run failed later with
+        # messages that did not name the cause ("no tasks to evaluate", "no test user has an
+        # episode at every K", after the first fit)
+        if not self.test_frac > 0:
+            raise MetarecError(
+                f"split.test_frac must be > 0 (evaluate scores test users), got {self.test_frac}"
+            )
+        if self.max_test_users is not None and self.max_test_users < 1:
+            raise MetarecError(
+                f"split.max_test_users must be >= 1 (or left out), got {self.max_test_users}"
+            )
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -226,14 +239,32 @@ def _check_baseline_params(m: MethodSpec) -> None:
 
 
 def load_config(
-    path: str | os.PathLike, overrides: Sequence[str] = (), **updates: Any
+    path: str | os.PathLike,
+    overrides: Sequence[str] = (),
+    only: Sequence[str] | None = None,
+    **updates: Any,
 ) -> ExperimentConfig:
-    """Read a TOML experiment file, apply ``key.path=value`` overrides, validate."""
+    """Read a TOML experiment file, apply ``key.path=value`` overrides, keep the methods
+    named in ``only`` (None: all), validate. The methods left out are not checked: a
+    setting that only they cannot take (a grid with split.valid_frac = 0) does not stop
+    a run without them."""
     data = load_toml(path)
     data.setdefault("base_dir", str(Path(path).resolve().parent))
     data = apply_overrides(data, list(overrides))
     data.update(updates)
-    return check_config(ExperimentConfig.from_dict(data))
+    config = ExperimentConfig.from_dict(data)
+    if only is not None:
+        wanted = [m.strip() for m in only if m.strip()]
+        if not wanted:  # --only "" used to run every method
+            raise MetarecError("--only names no method")
+        names = [m.name for m in config.methods]
+        missing = [m for m in wanted if m not in names]
+        if missing:
+            raise MetarecError(f"--only: no method named {missing} in the config ({names})")
+        config = dataclasses.replace(
+            config, methods=tuple(m for m in config.methods if m.name in wanted)
+        )
+    return check_config(config)
 
 
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -246,6 +277,13 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
     for m in config.methods:
         if m.kind == "baseline":
             _check_baseline_params(m)
+        if m.kind == "transfer" and config.split.protocol != "cross-domain":
+            # it moves a model from split.source to split.target: a fixed mistake, which
+            # otherwise showed as the method "failing on every seed" with exit 0
+            raise MetarecError(
+                f"method {m.name!r}: kind transfer needs split.protocol = \"cross-domain\" "
+                f"(with source and target domains), not {config.split.protocol!r}"
+            )
         if len(_grid_points(m.grid)) > 1 and not config.split.valid_frac > 0:
             raise MetarecError(
                 f"method {m.name!r}: a grid is chosen on validation users, and "
@@ -602,17 +640,57 @@ def _history(rec: Recommender) -> tuple[dict, ...]:
     return tuple(out)
 
 
+def _held_out_and_support(protocol: str, target: str | None, timed: bool) -> tuple[str, str]:
+    """(who or what is held out, how support and query are cut) for ``protocol``, in
+    words that match :mod:`metarec.splits` (the report prints them as the protocol)."""
+    order = "time order" if timed else "log order (the data has no times)"
+    newest_users = (
+        "the newest users by first interaction"
+        if timed
+        else "a seeded random share of users (the data has no times)"
+    )
+    newest_items = (
+        "the newest items by first interaction"
+        if timed
+        else "a seeded random share of the rated items (the data has no times)"
+    )
+    cold_items_query = (
+        f"query: their first Q interactions with the held-out items of their part (test "
+        f"items for test users), in {order}; these may come before the support"
+    )
+    return {
+        "user-cold": (
+            newest_users,
+            f"each held-out user's first K interactions in {order}; query: the next Q",
+        ),
+        "warm": (
+            "a seeded random share of the users with more than K interactions",
+            f"query: each held-out user's last Q interactions in {order} (at most all but "
+            "K); support: the K just before them, which stay in training",
+        ),
+        "item-cold": (
+            f"{newest_items}; evaluated on the users who rated them",
+            f"each user's first K interactions with training items in {order} (these stay "
+            f"in training); {cold_items_query}",
+        ),
+        "user-item-cold": (
+            f"users: {newest_users}; items: {newest_items}",
+            f"each held-out user's first K interactions with training items in {order}; "
+            f"{cold_items_query}",
+        ),
+        "cross-domain": (
+            f"a seeded random share of the users active in both domains, cold in {target!r}",
+            f"each held-out user's first K {target!r} interactions in {order}; query: the "
+            "next Q",
+        ),
+    }.get(protocol, (protocol, protocol))
+
+
 def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dict:
     s = cfg.split
-    users = {
-        "user-cold": "the newest users by first interaction"
-        if ds_info.get("time") == "unix_seconds"
-        else "a seeded random share of users (the data has no times)",
-        "item-cold": "users with events on the newest (held-out) items",
-        "user-item-cold": "held-out users, queried on held-out items only",
-        "cross-domain": f"users active in both domains, cold in {s.target!r}",
-        "warm": "sampled users whose last events are held out",
-    }.get(s.protocol, s.protocol)
+    users, support = _held_out_and_support(
+        s.protocol, s.target, ds_info.get("time") == "unix_seconds"
+    )
     return {
         "dataset": cfg.data.name,
         "protocol": s.protocol,
@@ -625,7 +703,7 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "seeds": list(cfg.seeds),
         "shots": list(cfg.shots),
         "held_out": users,
-        "support": "each held-out user's first K interactions in time order; query: the next Q",
+        "support": support,
         "test_users": len(split.test),
         "valid_users": len(split.valid),
         "train_interactions": len(split.train),
@@ -641,6 +719,12 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "curve_users": "the test users with an episode at every K of the curve"
         if cfg.curve_same_users
         else "every test user with more than K interactions (changes with K)",
+        # warm holds out users with more than K interactions: a recut for another K draws
+        # from another pool (the seed keeps one order, so the pools overlap)
+        "curve_recut": "each K recuts the split with the same seed; the held-out users are "
+        "drawn from the users with more than K interactions, so they differ with K"
+        if s.protocol == "warm"
+        else "each K recuts the split with the same seed (same held-out users)",
         "split_summary": split.summary,
     }
 
@@ -855,6 +939,20 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         raise MetarecError(f"cannot create {out}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MetarecError(f"cannot write results under {probe}: permission denied")
+    _check_result_targets(out)
+
+
+def _check_result_targets(out: Path) -> None:
+    """Each result file's place holds nothing, or a file a rename may replace: a folder
+    there made the run fail only at its end, after report.md had already been replaced
+    (half old, half new results)."""
+    for name in RESULT_FILES:
+        target = out / name
+        if (target.exists() or target.is_symlink()) and not target.is_file():
+            raise MetarecError(
+                f"{target} is in the way of the results (not a file); move it or pick "
+                "another --out"
+            )
 
 
 def _finite_json(obj: Any) -> Any:
@@ -891,6 +989,7 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
         plots = report.write_plots(results, stage)
         write_text(stage / "report.md", report.render_markdown(results, plots))
         written = {p.name for p in stage.iterdir()}
+        _check_result_targets(out)  # again: the run may have taken hours
         for name in sorted(written):
             os.replace(stage / name, out / name)
         for name in RESULT_FILES:

@@ -54,6 +54,10 @@ def _fmt(cell: dict | None, bold: bool) -> str:
     if len(cell["per_seed"]) == 1 and cell["ci95"][0] is not None:
         lo, hi = cell["ci95"]
         txt = f"{cell['mean']:.4f} [{lo:.3f}, {hi:.3f}]"
+    elif len(cell["per_seed"]) == 1:
+        # one seed and no bootstrap (bootstrap = 0): no spread was measured, and "± 0"
+        # would claim one
+        txt = f"{cell['mean']:.4f}"
     else:
         txt = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
     return f"**{txt}**" if bold else txt
@@ -154,25 +158,31 @@ def _inside(v: float, ci: list) -> bool:
     return ci[0] is not None and ci[0] <= v <= ci[1]
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     p, cfg = results.protocol, results.config
     seeds = ", ".join(str(s) for s in cfg.seeds)
-    order = (
-        "time" if results.dataset.get("time") == "unix_seconds" else "log (the data has no times)"
-    )
     cross = f" from {p.get('source')} to {p.get('target')}" if p.get("source") else ""
     one_seed = (
-        " One seed only (to fit the time budget): cells show the mean and its bootstrap 95% "
-        "CI over test users, not seed-to-seed spread (rerun with more seeds)."
+        (
+            " One seed only (to fit the time budget): cells show the mean and its bootstrap "
+            "95% CI over test users, not seed-to-seed spread (rerun with more seeds)."
+            if cfg.bootstrap
+            else " One seed only and no bootstrap: cells show the mean alone, with no "
+            "measure of spread (rerun with more seeds or bootstrap > 0)."
+        )
         if len(cfg.seeds) == 1
         else ""
     )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
-        f"user, seeds {seeds} (mean ± std over seeds).{one_seed} Held-out users: "
-        f"{p.get('held_out')}; evaluated on {users}. Support = first K interactions in "
-        f"{order} order, query = the next Q. Hyperparameters: {p.get('selection')}. Text: "
+        f"user, seeds {seeds} (mean ± std over seeds).{one_seed} Held out: "
+        f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
+        f"Hyperparameters: {p.get('selection')}. Text: "
         f"{p.get('text', {}).get('model')} (PCA {p.get('text', {}).get('pca_dim')}, fitted on "
         f"training items only). Relevant = rating >= {p.get('threshold')} (explicit) or "
         f"label 1 (implicit); (full) metrics rank {p.get('candidates')}."
@@ -228,8 +238,9 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         lines += [
             "## K-curve",
             "",
-            f"Each K recuts the split with the same seed (same held-out users); fitted models "
-            f"are reused when the recut leaves the training rows unchanged. Evaluated on "
+            f"{_sentence(p.get('curve_recut', 'each K recuts the split with the same seed'))}; "
+            f"fitted models are reused when the recut leaves the training rows unchanged. "
+            f"Evaluated on "
             f"{p.get('curve_users', '')} ({min(n_curve)}-{max(n_curve)} users per seed).",
             "",
         ]

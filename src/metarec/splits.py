@@ -259,8 +259,12 @@ def warm(
     inter = ds.interactions
     rng = np.random.default_rng(seed)
     counts = np.bincount(inter.user_idx, minlength=ds.n_users)
-    eligible = np.flatnonzero(counts > k_shot)
-    _, valid_u, test_u = _hold_out(rng.permutation(eligible), valid_frac, test_frac, "users")
+    # one seeded order of every user, then the eligible ones in it: a recut for another K
+    # (the K-curve) keeps the same order, so its held-out users overlap this cut's (a
+    # permutation of the eligible users alone reshuffled them whenever the pool changed)
+    perm = rng.permutation(ds.n_users)
+    eligible = perm[counts[perm] > k_shot]
+    _, valid_u, test_u = _hold_out(eligible, valid_frac, test_frac, "users")
     held = np.isin(inter.user_idx, np.concatenate([valid_u, test_u]))
     from_end = _rank_in_user(inter, held, from_end=True)
     n_q = np.minimum(n_query, counts[inter.user_idx] - k_shot)  # (n,) query size of row's user
