@@ -154,3 +154,15 @@ def test_errors_on_a_terminal_start_a_clean_line(monkeypatch, tmp_path):
         monkeypatch.setattr(cli, "cmd_info", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
         assert main(["info", "goodbooks-sample"]) == 130
         assert stream.getvalue() == prefix + "metarec: interrupted\n"
+
+
+def test_split_fills_an_empty_folder_and_replaces_a_split_only_with_overwrite(capsys, tmp_path):
+    out = tmp_path / "made_ahead"
+    out.mkdir()
+    args = ("split", "goodbooks-sample", "--k", "3", "--query", "3", "--out", str(out))
+    code, _, _ = run_cli(capsys, *args)
+    assert code == 0 and (out / "summary.json").is_file()
+    code, _, err = run_cli(capsys, *args, "--seed", "1")  # refused before any work
+    assert code == 2 and "--overwrite" in err
+    code, _, _ = run_cli(capsys, *args, "--seed", "1", "--overwrite")
+    assert code == 0 and json.loads((out / "summary.json").read_text())["params"]["seed"] == 1

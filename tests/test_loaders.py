@@ -18,7 +18,7 @@ from metarec.data import (
 from metarec.data.amazon import read_food_kitchen, read_unisrec
 from metarec.data.goodbooks import bundled_sample_dir, read_goodbooks
 from metarec.data.lastfm import read_lastfm
-from metarec.data.movielens import read_movielens_1m, read_movielens_100k
+from metarec.data.movielens import ML_100K_GENRES, read_movielens_1m, read_movielens_100k
 from metarec.data.raw import build_dataset
 from metarec.data.tabular import read_table
 from metarec.types import MetarecError
@@ -96,6 +96,105 @@ def test_movielens_100k_missing_file(ml100k):
     (ml100k / "u.user").unlink()
     with pytest.raises(MetarecError, match=r"required file 'u.user' not found"):
         read_movielens_100k(ml100k)
+
+
+def _append(path, data: bytes):
+    with open(path, "ab") as fh:
+        fh.write(data)
+
+
+def test_movielens_100k_item_row_with_too_few_fields_names_line(ml100k):
+    # the tester's repro: a garbage line became a phantom catalogue item
+    _append(ml100k / "u.item", b"\xff\xfe\x00garbage\tline\n")
+    with pytest.raises(
+        MetarecError,
+        match=r"u.item: line 4: expected 24 '\|'-separated fields \(id, title, release date, "
+        r"video release date, url, 19 genre flags\), got 1$",
+    ):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_item_row_missing_one_field_in_the_middle(ml100k):
+    lines = (ml100k / "u.item").read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"||", b"|", 1)  # drop the empty video release date: 23 fields
+    (ml100k / "u.item").write_bytes(b"\n".join(lines))
+    with pytest.raises(MetarecError, match=r"u.item: line 2: expected 24 .* got 23$"):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_item_row_check_skips_blank_lines_in_the_count(ml100k):
+    text = (ml100k / "u.item").read_bytes()
+    (ml100k / "u.item").write_bytes(b"\n" + text.replace(b"\n", b"\n\n", 1) + b"40|Cut")
+    with pytest.raises(MetarecError, match=r"u.item: line 6: expected 24 .* got 2$"):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_genre_flag_not_0_or_1(ml100k):
+    text = (ml100k / "u.item").read_bytes().replace(b"|0\n", b"|x\n", 1)  # item 10's last flag
+    (ml100k / "u.item").write_bytes(text)
+    with pytest.raises(MetarecError, match=r"u.item: line 1: genre flag 19 \(Western\) is 'x'"):
+        read_movielens_100k(ml100k)
+
+
+@pytest.mark.parametrize(
+    "file, line, message",
+    [
+        ("u.data", "2\t10\t3\n", r"u.data: line 4: expected 4 '\\t'-separated fields .* got 3$"),
+        ("u.user", "3|40|F|writer\n", r"u.user: line 3: expected 5 '\|'-separated .* got 4$"),
+    ],
+)
+def test_movielens_100k_short_rows_in_data_and_user_files(ml100k, file, line, message):
+    _append(ml100k / file, line.encode())
+    with pytest.raises(MetarecError, match=message):
+        read_movielens_100k(ml100k)
+
+
+ML100K_GENRE_FILE = "".join(f"{g}|{i}\n" for i, g in enumerate(ML_100K_GENRES)) + "\n"
+
+
+def test_movielens_100k_reads_genre_names_from_u_genre(ml100k):
+    write(ml100k / "u.genre", ML100K_GENRE_FILE.replace("Children's", "Kids"))
+    items = read_movielens_100k(ml100k).items.set_index("item_id")
+    assert items.loc["10", "genres"] == "Animation|Kids|Comedy"
+
+
+@pytest.mark.parametrize(
+    "size, message",
+    [
+        # cut at a line boundary: well-formed, too few genres
+        (10, r"u.genre: lists 1 genre\(s\) but .*u.item line 1 has 19 genre flag columns"),
+        (11, r"u.genre: line 2: expected 'genre name\|1' .* got 'A'$"),  # "unknown|0\nA"
+        (len(ML100K_GENRE_FILE) // 2, r"u.genre: line 10: expected 'genre name\|9' .*'Fantas'$"),
+    ],
+)
+def test_movielens_100k_damaged_u_genre_is_blamed_not_u_item(ml100k, size, message):
+    write(ml100k / "u.genre", ML100K_GENRE_FILE[:size])
+    with pytest.raises(MetarecError, match=message):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_u_genre_with_indices_out_of_order(ml100k):
+    write(ml100k / "u.genre", ML100K_GENRE_FILE.replace("Action|1\n", "Action|2\n"))
+    with pytest.raises(MetarecError, match=r"u.genre: line 2: expected 'genre name\|1'"):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_full_u_genre_and_a_wide_item_row_blames_u_item(ml100k):
+    # with the published 19 genres, a row with an extra flag is u.item's fault
+    write(ml100k / "u.genre", ML100K_GENRE_FILE)
+    text = (ml100k / "u.item").read_bytes()
+    (ml100k / "u.item").write_bytes(text.replace(b"\n", b"|0\n", 1))
+    with pytest.raises(MetarecError, match=r"u.item: malformed line"):
+        read_movielens_100k(ml100k)
+
+
+def test_movielens_100k_consistent_non_standard_genre_count_loads(ml100k):
+    # u.genre and u.item agree on 20 flag columns: accepted, the names come from u.genre
+    write(ml100k / "u.genre", ML100K_GENRE_FILE.rstrip("\n") + "\nNoir-ish|19\n")
+    text = (ml100k / "u.item").read_bytes().replace(b"\n", b"|1\n")
+    (ml100k / "u.item").write_bytes(text)
+    items = read_movielens_100k(ml100k).items.set_index("item_id")
+    assert items.loc["20", "genres"] == "Drama|Noir-ish"
 
 
 @pytest.fixture
@@ -265,13 +364,101 @@ def test_food_kitchen_domains_and_overlap(food_kitchen):
 
 def test_food_kitchen_unknown_item_in_sequence(food_kitchen):
     write(food_kitchen / "test.txt", "1\t1,99\n")
-    with pytest.raises(MetarecError, match=r"sequence item id '99' is not in the item files"):
+    with pytest.raises(
+        MetarecError, match=r"test.txt: line 1: sequence item id '99' is not in the item files"
+    ):
         read_food_kitchen(food_kitchen)
 
 
 def test_food_kitchen_malformed_sequence_line(food_kitchen):
     write(food_kitchen / "valid.txt", "1\t3,0\n2 3 0\n")
     with pytest.raises(MetarecError, match=r"valid.txt: line 2: expected 'user<TAB>item"):
+        read_food_kitchen(food_kitchen)
+
+
+def _counts(d, items=(2, 2), users=(1, 2, 1)):
+    """num.txt / instance_num.txt as the release writes them, for the fixture's files."""
+    write(d / "num.txt", "".join(f"{n}\n" for n in items))
+    write(d / "instance_num.txt", "".join(f"{n}\n" for n in users))
+
+
+def test_food_kitchen_with_count_files_loads_the_same(food_kitchen):
+    before = read_food_kitchen(food_kitchen).ratings
+    _counts(food_kitchen)
+    pd.testing.assert_frame_equal(read_food_kitchen(food_kitchen).ratings, before)
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        # the tester's repro in small: a cut-off id of the other domain in a one-domain file
+        ("train_B.txt", "1\t2,3\n2\t3,0\n", r"train_B.txt: line 2: item id '0' is a food item, "),
+        ("train_A.txt", "1\t0,3\n", r"train_A.txt: line 1: item id '3' is a kitchen item, but "),
+    ],
+)
+def test_food_kitchen_single_domain_files_hold_their_domain_only(
+    food_kitchen, file, content, message
+):
+    write(food_kitchen / file, content)
+    with pytest.raises(MetarecError, match=message):
+        read_food_kitchen(food_kitchen)
+
+
+def test_food_kitchen_truncated_file_is_an_error(food_kitchen):
+    # cut mid-line: "2\t3" survives of "2\t3,2\n"; 3 is a Kitchen id, so only the missing
+    # final newline gives the cut away
+    write(food_kitchen / "train_B.txt", "1\t2,3\n2\t3,2\n")
+    data = (food_kitchen / "train_B.txt").read_bytes()
+    (food_kitchen / "train_B.txt").write_bytes(data[:9])
+    with pytest.raises(
+        MetarecError, match=r"train_B.txt: line 2: the file ends in the middle of this line"
+    ):
+        read_food_kitchen(food_kitchen)
+    # cut at a line boundary: only instance_num.txt tells
+    (food_kitchen / "train_B.txt").write_bytes(data[:6])
+    read_food_kitchen(food_kitchen)  # without the count file nothing can tell
+    _counts(food_kitchen, users=(1, 2, 1))
+    with pytest.raises(
+        MetarecError, match=r"train_B.txt: 1 users \(lines\) but instance_num.txt says 2"
+    ):
+        read_food_kitchen(food_kitchen)
+
+
+def test_food_kitchen_item_file_shorter_than_num_txt(food_kitchen):
+    _counts(food_kitchen, items=(2, 3))
+    with pytest.raises(
+        MetarecError, match=r"items_B_kitchen.tsv: 2 items but num.txt says 3 \(truncated"
+    ):
+        read_food_kitchen(food_kitchen)
+
+
+def test_food_kitchen_item_row_cut_short(food_kitchen):
+    write(
+        food_kitchen / "items_B_kitchen.tsv",
+        "global_item_id\tlocal_index\tasin\ttitle\n2\t0\tK0\tPan\n3\t1\tK1\n",
+    )
+    with pytest.raises(MetarecError, match=r"items_B_kitchen.tsv: line 3: no title"):
+        read_food_kitchen(food_kitchen)
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        ("instance_num.txt", "1\n2\n", r"instance_num.txt: expected 3 counts .* got 2$"),
+        ("instance_num.txt", "1\ntwo\n1\n", r"instance_num.txt: line 2: expected a count"),
+        ("num.txt", "2\n2\n2\n", r"num.txt: expected 2 counts \(for items_A_food.tsv, "),
+    ],
+)
+def test_food_kitchen_malformed_count_files(food_kitchen, file, content, message):
+    _counts(food_kitchen)
+    write(food_kitchen / file, content)
+    with pytest.raises(MetarecError, match=message):
+        read_food_kitchen(food_kitchen)
+
+
+def test_food_kitchen_repeated_user_in_a_file(food_kitchen):
+    write(food_kitchen / "train_B.txt", "1\t2,3\n1\t3\n")
+    with pytest.raises(MetarecError, match=r"train_B.txt: line 2: user '1' repeats"):
         read_food_kitchen(food_kitchen)
 
 

@@ -243,6 +243,23 @@ def test_warm_holds_out_the_last_q():
     assert warm(ds, k_shot=2, n_query=3, seed=3).test[0].user_idx == s.test[0].user_idx
 
 
+def test_warm_recuts_for_another_k_keep_the_seeds_order_of_users():
+    # the K-curve recuts warm splits per K: the held-out users come from one seeded order
+    # of every user, so a recut for a larger K (a smaller pool) holds out mostly the same
+    # users. A permutation of each K's eligible pool alone shared 3 of 12 here.
+    rng = np.random.default_rng(0)
+    rows = [
+        (f"u{u}", f"i{j}", 1000 * u + j) for u in range(60) for j in range(int(rng.integers(3, 20)))
+    ]
+    ds = dataset(rows)
+    test = {
+        k: {t.user_idx for t in warm(ds, k_shot=k, n_query=4, test_frac=0.25, seed=0).test}
+        for k in (1, 5)
+    }
+    assert (len(test[1]), len(test[5])) == (15, 12)
+    assert len(test[1] & test[5]) >= 10  # 11 with this seed
+
+
 def test_warm_short_history_query_is_what_remains_after_k():
     # u0: 4 events (K = 2 support, only 2 left for Q = 3); u1: 2 events, not eligible.
     rows = [("u0", f"i{j}", j) for j in range(4)] + [("u1", "i0", 10), ("u1", "i1", 11)]
@@ -355,6 +372,66 @@ def test_write_split_raw_ids_and_atomic(tmp_path, monkeypatch):
     out3 = write_split(s3, ds_i, tmp_path / "items")
     assert pd.read_csv(out3 / "cold_items.csv").item_id.tolist() == ["i8", "i9"]
     assert pd.read_csv(out3 / "valid_query.csv").empty
+
+
+def test_write_split_into_an_existing_empty_folder(tmp_path, monkeypatch):
+    # the CLI's --out help: "output folder (must not exist or be empty)"
+    ds = ten_users()
+    s = user_cold(ds, k_shot=2, n_query=3, seed=0)
+    out = tmp_path / "empty"
+    out.mkdir(mode=0o750)
+    os.chmod(out, 0o750)  # mkdir's mode is masked by the umask
+    ino = out.stat().st_ino
+
+    # a failure half-way leaves the folder empty, and there
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(splits.json, "dumps", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_split(s, ds, out)
+    monkeypatch.undo()
+    assert out.is_dir() and os.listdir(out) == []
+
+    assert write_split(s, ds, out) == out
+    assert sorted(os.listdir(out)) == sorted(splits.SPLIT_FILES)  # no temporary folder left
+    assert json.loads((out / "summary.json").read_text()) == s.summary
+    # the folder itself is kept: same inode, same permissions
+    assert out.stat().st_ino == ino and (out.stat().st_mode & 0o777) == 0o750
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
+
+    # through a link to an empty folder, as a file write goes through a link
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    write_split(s, ds, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink()
+    assert sorted(os.listdir(tmp_path / "target")) == sorted(splits.SPLIT_FILES)
+
+
+def test_write_split_refuses_a_non_empty_folder_or_a_file(tmp_path):
+    ds = ten_users()
+    s = user_cold(ds, k_shot=2, n_query=3, seed=0)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(
+        MetarecError, match=r"busy: already exists and is a folder that is not empty"
+    ):
+        write_split(s, ds, busy)
+    assert os.listdir(busy) == ["notes.txt"]
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".keep").write_text("")  # a dot file counts
+    with pytest.raises(MetarecError, match=r"hidden: already exists and is a folder that is not"):
+        write_split(s, ds, hidden)
+    f = tmp_path / "file.csv"
+    f.write_text("x")
+    with pytest.raises(MetarecError, match=r"file.csv: already exists and is not a folder"):
+        write_split(s, ds, f)
+    assert f.read_text() == "x"
+    # overwrite replaces a non-empty folder as before
+    write_split(s, ds, busy, overwrite=True)
+    assert sorted(os.listdir(busy)) == sorted(splits.SPLIT_FILES)
 
 
 # --- real data -----------------------------------------------------------------------------

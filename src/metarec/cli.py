@@ -107,9 +107,10 @@ def cmd_info(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from metarec.splits import make_split, write_split
+    from metarec.splits import check_split_target, make_split, write_split
 
     out = Path(args.out)
+    check_split_target(out, args.overwrite)  # before the data is read and cut
     ds = _load(args)
     kw = {"k_shot": args.k, "n_query": args.query, "seed": args.seed}
     if args.protocol == "cross-domain":
@@ -117,7 +118,7 @@ def cmd_split(args) -> int:
             raise MetarecError("--protocol cross-domain needs --source and --target domains")
         kw.update(source=args.source, target=args.target)
     split = make_split(ds, args.protocol, **kw)
-    write_split(split, ds, out)
+    write_split(split, ds, out, overwrite=args.overwrite)
     _print_json(split.summary)
     return 0
 
@@ -476,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", help="source domain (cross-domain)")
     p.add_argument("--target", help="target domain (cross-domain)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("embed", help="embed a dataset's item (and user) texts into the cache")

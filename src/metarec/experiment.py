@@ -281,7 +281,7 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
             # it moves a model from split.source to split.target: a fixed mistake, which
             # otherwise showed as the method "failing on every seed" with exit 0
             raise MetarecError(
-                f"method {m.name!r}: kind transfer needs split.protocol = \"cross-domain\" "
+                f'method {m.name!r}: kind transfer needs split.protocol = "cross-domain" '
                 f"(with source and target domains), not {config.split.protocol!r}"
             )
         if len(_grid_points(m.grid)) > 1 and not config.split.valid_frac > 0:
@@ -680,8 +680,7 @@ def _held_out_and_support(protocol: str, target: str | None, timed: bool) -> tup
         ),
         "cross-domain": (
             f"a seeded random share of the users active in both domains, cold in {target!r}",
-            f"each held-out user's first K {target!r} interactions in {order}; query: the "
-            "next Q",
+            f"each held-out user's first K {target!r} interactions in {order}; query: the next Q",
         ),
     }.get(protocol, (protocol, protocol))
 
@@ -950,8 +949,7 @@ def _check_result_targets(out: Path) -> None:
         target = out / name
         if (target.exists() or target.is_symlink()) and not target.is_file():
             raise MetarecError(
-                f"{target} is in the way of the results (not a file); move it or pick "
-                "another --out"
+                f"{target} is in the way of the results (not a file); move it or pick another --out"
             )
 
 

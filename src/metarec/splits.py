@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metarec.atomic import public_mode
 from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 # --- helpers over index arrays -------------------------------------------------------------
@@ -579,19 +580,38 @@ SPLIT_FILES = (
 )
 
 
+def check_split_target(out: Path, overwrite: bool = False) -> bool:
+    """Whether ``out`` is an existing empty folder to fill; an error if writing a split
+    there would replace something without ``overwrite`` (checked before the split is cut)."""
+    # An empty folder (made ahead by a job script, a mounted volume) holds nothing to lose.
+    fill = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not fill and not overwrite:
+        what = "a folder that is not empty" if out.is_dir() else "not a folder"
+        raise MetarecError(
+            f"{out}: already exists and is {what} (give a new or empty folder, or pass "
+            "overwrite (--overwrite) to replace it)"
+        )
+    return fill
+
+
 def write_split(
     split: Split, ds: Dataset, out_dir: str | os.PathLike, overwrite: bool = False
 ) -> Path:
     """Write the split with raw ids (user_id, item_id, rating, timestamp, domain).
 
-    Files: :data:`SPLIT_FILES`. Everything is written into a temporary folder next to
-    ``out_dir`` and renamed into place, so ``out_dir`` is either complete or absent.
+    Files: :data:`SPLIT_FILES`. ``out_dir`` must not exist or be an empty folder, unless
+    ``overwrite``. Everything is written into a temporary folder and only then moved into
+    place, so ``out_dir`` is either complete or as it was (absent, or empty).
     """
     out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise MetarecError(f"{out}: already exists (pass overwrite to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    fill = check_split_target(out, overwrite)
+    if not fill:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    # Filling an empty folder writes inside it: the folder itself (its permissions, owner,
+    # a mount on it, a link to it) stays, and each file's rename stays on its filesystem.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out if fill else out.parent))
+    public_mode(tmp, directory=True)  # mkdtemp makes it 0700; a split folder is shared data
+    moved: list[Path] = []
     try:
         parts = {
             "train": split.train,
@@ -605,7 +625,13 @@ def write_split(
         cold = pd.DataFrame({"item_id": ds.items.ids[split.cold_items].astype(str)})
         cold.to_csv(tmp / "cold_items.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps(split.summary, indent=2, sort_keys=True))
-        if out.exists():
+        if fill:
+            # summary.json last: a folder that has it is complete
+            for name in sorted(os.listdir(tmp), key=lambda n: n == "summary.json"):
+                os.replace(tmp / name, out / name)
+                moved.append(out / name)
+            tmp.rmdir()
+        elif out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
             os.replace(tmp, out)
@@ -613,6 +639,8 @@ def write_split(
         else:
             os.replace(tmp, out)
     except BaseException:
+        for path in moved:  # an interrupted fill leaves the folder empty again
+            path.unlink(missing_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out

@@ -10,6 +10,7 @@ domains (no ASIN is in both Food and Kitchen).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +27,55 @@ FOOD_KITCHEN_DOMAINS = ("food", "kitchen")
 # part of the user id; train_overlap/valid/test users hold one merged sequence that mixes
 # both domains, which is what links a user's Food and Kitchen events.
 FOOD_KITCHEN_SEQUENCES = ("train_A", "train_B", "train_overlap", "valid", "test")
+# SOURCE.md: train_A holds Food ids only, train_B Kitchen ids only; the rest mix both.
+FOOD_KITCHEN_SINGLE_DOMAIN = {"train_A": "food", "train_B": "kitchen"}
+FOOD_KITCHEN_ITEM_FILES = {"food": "items_A_food.tsv", "kitchen": "items_B_kitchen.tsv"}
+# The release's count files (SOURCE.md), one integer a line: num.txt = items per domain,
+# instance_num.txt = users (lines) of the three training files. Each is optional (a folder
+# rebuilt without it still loads), but when present the files read must agree with it:
+# it is what tells a file cut at a line boundary from a complete one.
+FOOD_KITCHEN_COUNTS = {
+    "num.txt": ("items_A_food.tsv", "items_B_kitchen.tsv"),
+    "instance_num.txt": ("train_A", "train_B", "train_overlap"),
+}
 
 
-def _item_side(path: Path, domain: str) -> pd.DataFrame:
+def _counts(folder: Path, filename: str) -> dict[str, int]:
+    """A count file as {counted file: count}; {} when the folder has no such file."""
+    path = folder / filename
+    if not path.is_file():
+        return {}
+    what = FOOD_KITCHEN_COUNTS[filename]
+    counts: list[int] = []
+    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        if not re.fullmatch(r"[0-9]+", line.strip()):
+            raise MetarecError(f"{path}: line {lineno}: expected a count, got {line[:40]!r}")
+        counts.append(int(line))
+    if len(counts) != len(what):
+        raise MetarecError(
+            f"{path}: expected {len(what)} counts (for {', '.join(what)}), got {len(counts)}"
+        )
+    return dict(zip(what, counts, strict=True))
+
+
+def _item_side(path: Path, domain: str, expected: int | None) -> pd.DataFrame:
     frame = read_delimited(path, "\t", quoting=False)
     require_columns(frame, ["global_item_id", "asin", "title"])
+    if expected is not None and len(frame) != expected:
+        raise MetarecError(
+            f"{path}: {len(frame)} items but num.txt says {expected} (truncated or replaced file?)"
+        )
+    untitled = frame["title"].isna().to_numpy()
+    if untitled.any():
+        # every item of the release has a title (SOURCE.md); a row without one is a line
+        # cut short, whose other fields cannot be trusted either
+        pos = int(np.flatnonzero(untitled)[0])
+        raise MetarecError(
+            f"{path}: line {pos + 2}: no title (expected 'global_item_id<TAB>local_index"
+            "<TAB>asin<TAB>title')"
+        )
     return pd.DataFrame(
         {
             "global_item_id": id_column(frame, "global_item_id").to_numpy(object),
@@ -41,22 +86,47 @@ def _item_side(path: Path, domain: str) -> pd.DataFrame:
     )
 
 
-def _sequences(path: Path) -> tuple[list[str], list[str]]:
-    """``user<TAB>id,id,...`` lines -> parallel (user, item) lists in file order."""
+def _sequences(path: Path, n_users: int | None) -> tuple[list[str], list[str], list[int]]:
+    """``user<TAB>id,id,...`` lines -> parallel (user, item, line number) lists in file order.
+
+    ``n_users``: how many lines (users) the file must have, when a count file says so.
+    """
     users: list[str] = []
     items: list[str] = []
-    for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+    lines: list[int] = []
+    seen: set[str] = set()
+    text = read_text(path)
+    all_lines = text.splitlines()
+    for lineno, line in enumerate(all_lines, start=1):
         if not line.strip():
             continue
         parts = line.split("\t")
         if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
             raise MetarecError(f"{path}: line {lineno}: expected 'user<TAB>item,item,...'")
+        user = parts[0].strip()
+        if user in seen:
+            # users are file:index, so a repeated index would merge two sequences
+            raise MetarecError(f"{path}: line {lineno}: user {user!r} repeats an earlier line")
+        seen.add(user)
         seq = [x.strip() for x in parts[1].strip().strip(",").split(",")]
         if any(not x for x in seq):
             raise MetarecError(f"{path}: line {lineno}: empty item id in the sequence")
-        users.extend([parts[0].strip()] * len(seq))
+        users.extend([user] * len(seq))
         items.extend(seq)
-    return users, items
+        lines.extend([lineno] * len(seq))
+    if n_users is not None and len(seen) != n_users:
+        raise MetarecError(
+            f"{path}: {len(seen)} users (lines) but instance_num.txt says {n_users} "
+            "(truncated or replaced file?)"
+        )
+    if not text.endswith(("\n", "\r")) and all_lines[-1].strip():
+        # every file of the release ends with a newline; without one the last line was cut
+        # off, and its last id ("866" of "8661") may still be a valid id of either domain
+        raise MetarecError(
+            f"{path}: line {len(all_lines)}: the file ends in the middle of this line (no final "
+            "newline: truncated?)"
+        )
+    return users, items, lines
 
 
 def read_food_kitchen(path: str | os.PathLike | None = None) -> RawData:
@@ -65,13 +135,16 @@ def read_food_kitchen(path: str | os.PathLike | None = None) -> RawData:
     Users are ``<file>:<index>`` (e.g. ``train_overlap:17``); the 9,398 users of
     train_overlap/valid/test have events in both domains. The valid/test targets (the last
     item of each line) are kept as ordinary events: splitting is :mod:`metarec.splits`' job.
+    train_A/train_B may only hold Food/Kitchen items; num.txt and instance_num.txt, when
+    present, must match the item and user counts read.
     """
     name = "amazon-food-kitchen"
     folder = resolve_dir(path, "amazon-food-kitchen-cdsr", name)
+    counts = {**_counts(folder, "num.txt"), **_counts(folder, "instance_num.txt")}
     side = pd.concat(
         [
-            _item_side(_require(folder, "items_A_food.tsv", name), "food"),
-            _item_side(_require(folder, "items_B_kitchen.tsv", name), "kitchen"),
+            _item_side(_require(folder, fname, name), domain, counts.get(fname))
+            for domain, fname in FOOD_KITCHEN_ITEM_FILES.items()
         ],
         ignore_index=True,
     )
@@ -81,18 +154,34 @@ def read_food_kitchen(path: str | os.PathLike | None = None) -> RawData:
     to_domain = dict(zip(side["global_item_id"], side["domain"], strict=True))
 
     users: list[str] = []
-    gids: list[str] = []
+    asins: list[np.ndarray] = []
+    domains: list[np.ndarray] = []
     for stem in FOOD_KITCHEN_SEQUENCES:
-        u, i = _sequences(_require(folder, f"{stem}.txt", name))
+        p = _require(folder, f"{stem}.txt", name)
+        u, i, lines = _sequences(p, counts.get(stem))
+        g = pd.Series(i, dtype=object)
+        dom = g.map(to_domain)
+        unknown = dom.isna().to_numpy()
+        if unknown.any():
+            pos = int(np.flatnonzero(unknown)[0])
+            raise MetarecError(
+                f"{p}: line {lines[pos]}: sequence item id {i[pos]!r} is not in the item files "
+                f"({', '.join(FOOD_KITCHEN_ITEM_FILES.values())})"
+            )
+        want = FOOD_KITCHEN_SINGLE_DOMAIN.get(stem)
+        if want is not None:
+            off = (dom != want).to_numpy()
+            if off.any():
+                pos = int(np.flatnonzero(off)[0])
+                raise MetarecError(
+                    f"{p}: line {lines[pos]}: item id {i[pos]!r} is a {dom.iat[pos]} item, but "
+                    f"{stem}.txt holds {want} items only (a cut-off or foreign id?)"
+                )
         users.extend(f"{stem}:{x}" for x in u)
-        gids.extend(i)
-    g = pd.Series(gids, dtype=object)
-    asin = g.map(to_asin)
-    if asin.isna().any():
-        bad = g[asin.isna()].iloc[0]
-        raise MetarecError(f"{name}: sequence item id {bad!r} is not in the item files")
+        asins.append(g.map(to_asin).to_numpy(object))
+        domains.append(dom.to_numpy(object))
     ratings = make_ratings_frame(
-        users, asin.to_numpy(object), np.ones(len(g)), None, g.map(to_domain).to_numpy(object)
+        users, np.concatenate(asins), np.ones(len(users)), None, np.concatenate(domains)
     )
     return RawData(
         name=name,

@@ -48,6 +48,81 @@ def _zip_prefix(zips: pd.Series) -> np.ndarray:
     return zips.fillna("").astype(str).str.strip().str[:1].replace("", pd.NA).to_numpy(object)
 
 
+def _rows(path, sep: str, encoding: str):
+    """(line number, text) of each line the parser turns into a row; for error paths only.
+
+    Lines end as the parser ends them (LF, CRLF or CR); a line of spaces and tabs is
+    blank, unless it holds the separator (with tabs as separators it is a row of empty
+    fields).
+    """
+    text = read_text(path, encoding)
+    for lineno, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1):
+        if sep in line or line.strip(" \t"):
+            yield lineno, line
+
+
+def _row_line(path, pos: int, sep: str, encoding: str) -> int:
+    """The line number of row ``pos`` (0-based) of a headerless file; for error paths."""
+    for i, (lineno, _) in enumerate(_rows(path, sep, encoding)):
+        if i == pos:
+            return lineno
+    return pos + 1
+
+
+def _check_fields(frame: pd.DataFrame, sep: str, what: str, encoding: str = "utf-8") -> None:
+    """Every row of ``frame`` had exactly ``len(frame.columns)`` ``sep``-separated fields.
+
+    read_delimited's parser pads a row with too few fields with missing values, so a
+    damaged line ("garbage", a cut-off last line) would become a record of empty fields.
+    Rows with too many fields already raise there and ``quoting=False`` makes every
+    separator a field boundary, so the file holds exactly (fields - 1) separators per row
+    iff no row is short: one byte count over the file; the lines are only scanned, to
+    name the culprit, when that count is off.
+    """
+    path = frame.attrs["source"]
+    n = len(frame.columns)
+    with open(path, "rb") as fh:
+        if fh.read().count(sep.encode("ascii")) == (n - 1) * len(frame):
+            return
+    for lineno, line in _rows(path, sep, encoding):
+        got = line.count(sep) + 1
+        if got != n:
+            raise MetarecError(
+                f"{path}: line {lineno}: expected {n} {sep!r}-separated fields ({what}), got {got}"
+            )
+    # not reached for text read_delimited accepted; kept so a mismatch never passes
+    raise MetarecError(f"{path}: rows do not all have {n} {sep!r}-separated fields ({what})")
+
+
+def _read_genres(path) -> list[str]:
+    """u.genre: ``name|index`` lines, indices 0, 1, 2, ... = the order of u.item's flags.
+
+    Checked line by line because a damaged u.genre otherwise surfaces as a field-count
+    error in u.item (u.item's columns are named from it), blaming the wrong file.
+    """
+    names: list[str] = []
+    for lineno, line in enumerate(re.split(r"\r\n|\r|\n", read_text(path, "latin-1")), 1):
+        if not line.strip():
+            continue
+        name, bar, index = line.rpartition("|")
+        if not bar or not name.strip() or index.strip() != str(len(names)):
+            raise MetarecError(
+                f"{path}: line {lineno}: expected 'genre name|{len(names)}' (genres are "
+                f"listed in flag order from 0), got {line[:60]!r}"
+            )
+        names.append(name)
+    return names
+
+
+def _first_row_fields(path, sep: str) -> tuple[int, int] | None:
+    """(line number, field count) of a file's first non-blank line; None if it has none."""
+    with open(path, "rb") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if line.strip():
+                return lineno, line.count(sep.encode("ascii")) + 1
+    return None
+
+
 def _ratings_frame(frame: pd.DataFrame) -> pd.DataFrame:
     rating = number_column(frame, "rating")
     off = (rating < 1) | (rating > 5)
@@ -72,26 +147,55 @@ def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
     ``age``; categorical ``gender``, ``occupation``, ``zip_prefix`` (first character).
     """
     folder = resolve_dir(path, "ml-100k", "movielens-100k")
+    # MovieLens files quote nothing: quoting=False keeps one row per line, which
+    # _check_fields' separator count relies on
     data = read_delimited(
         require_file(folder, "u.data", "movielens-100k"),
         "\t",
         names=["user_id", "item_id", "rating", "timestamp"],
+        quoting=False,
     )
+    _check_fields(data, "\t", "user id, item id, rating, timestamp")
     ratings = _ratings_frame(data)
 
+    item_path = require_file(folder, "u.item", "movielens-100k")
     genre_names = list(ML_100K_GENRES)
-    if (folder / "u.genre").is_file():
-        lines = [ln for ln in read_text(folder / "u.genre", "latin-1").splitlines() if ln.strip()]
-        genre_names = [ln.rsplit("|", 1)[0] for ln in lines]
+    genre_path = folder / "u.genre"
+    if genre_path.is_file():
+        genre_names = _read_genres(genre_path)
+        first = _first_row_fields(item_path, "|")
+        # A u.genre cut at a line boundary is well-formed but too short. With the published
+        # 19 genres a disagreeing u.item row is u.item's fault (_check_fields names it).
+        if len(genre_names) != len(ML_100K_GENRES) and first and first[1] - 5 != len(genre_names):
+            raise MetarecError(
+                f"{genre_path}: lists {len(genre_names)} genre(s) but {item_path} line {first[0]} "
+                f"has {first[1] - 5} genre flag columns (u.genre must name one genre per flag "
+                "column, in order; is it truncated?)"
+            )
     flag_cols = [f"g{i}" for i in range(len(genre_names))]
     items = read_delimited(
-        require_file(folder, "u.item", "movielens-100k"),
+        item_path,
         "|",
         names=["item_id", "title", "release_date", "video_release_date", "imdb_url", *flag_cols],
         encoding="latin-1",  # 9 titles carry latin-1 accents, e.g. "Misérables, Les (1995)"
         quoting=False,
     )
-    flags = items[flag_cols].fillna("0").to_numpy() == "1"  # (n_items, 19) bool
+    _check_fields(
+        items,
+        "|",
+        f"id, title, release date, video release date, url, {len(flag_cols)} genre flags",
+        encoding="latin-1",
+    )
+    flag_values = items[flag_cols]
+    ok = flag_values.isin(["0", "1"]).to_numpy()
+    if not ok.all():
+        # a flag that is neither 0 nor 1 is a damaged row, not "no such genre"
+        pos, col = (int(a[0]) for a in np.nonzero(~ok))
+        raise MetarecError(
+            f"{item_path}: line {_row_line(item_path, pos, '|', 'latin-1')}: genre flag {col + 1} ({genre_names[col]}) is "
+            f"{flag_values.iat[pos, col]!r}, expected 0 or 1"
+        )
+    flags = flag_values.to_numpy() == "1"  # (n_items, 19) bool
     names = np.asarray(genre_names, dtype=object)
     genres = ["|".join(names[row]) for row in flags]
     title = items["title"].fillna("").astype(str)
@@ -108,7 +212,9 @@ def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
         require_file(folder, "u.user", "movielens-100k"),
         "|",
         names=["user_id", "age", "gender", "occupation", "zip"],
+        quoting=False,
     )
+    _check_fields(users, "|", "user id, age, gender, occupation, zip code")
     user_frame = pd.DataFrame(
         {
             "user_id": id_column(users, "user_id").to_numpy(object),
