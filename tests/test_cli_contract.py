@@ -326,7 +326,20 @@ def test_device_flag(fitted, tmp_path, capsys):
     for bogus in ("bogus", "mps", "meta"):  # a traceback from torch before
         code = predict(run, support, q, tmp_path / "Pb.csv", "--device", bogus)
         err = capsys.readouterr().err
-        assert code == 2 and "unknown device" in err and err.count("\n") == 1, err
+        assert code == 2 and "device" in err and bogus in err and err.count("\n") == 1, err
+
+
+def test_fit_takes_device_auto_and_refuses_a_bad_device_before_any_work(tmp_path, capsys):
+    # fit --device auto was a torch traceback after the text had been embedded
+    paths, _ = make_world(tmp_path, n_users=12)
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), *FAST]
+    assert main([*fit, "--out", str(tmp_path / "RUN"), "--device", "auto"]) == 0
+    capsys.readouterr()
+    for bogus in ("bogus", "meta"):
+        assert main([*fit, "--out", str(tmp_path / "R2"), "--device", bogus]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bogus in err and "Traceback" not in err
+    assert not (tmp_path / "R2").exists()
 
 
 def test_recommend_cold_user_with_only_unknown_items_is_an_error(fitted, tmp_path, capsys):

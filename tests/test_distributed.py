@@ -73,18 +73,19 @@ def test_single_process_is_a_no_op(monkeypatch):
 
 def test_backend_and_device_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU needed
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert distributed.pick_backend("cpu") == "gloo"
     ctx = DistContext(rank=1, world=2, local_rank=1, backend="nccl")
     assert distributed.local_device("cuda", ctx) == "cuda:1"
     assert distributed.local_device("cuda:0", ctx) == "cuda:0"  # explicit index kept
     assert distributed.local_device("cpu", ctx) == "cpu"
-    with pytest.raises(MetarecError, match="'tpu9' is not a torch device"):
+    with pytest.raises(MetarecError, match="unknown device 'tpu9'"):
         distributed.local_device("tpu9", DistContext())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_a_gpu_is_a_one_line_error():
-    with pytest.raises(MetarecError, match="no CUDA device is available"):
+    with pytest.raises(MetarecError, match="no CUDA GPU is available"):
         distributed.local_device("cuda", DistContext())
 
 

@@ -783,3 +783,16 @@ def test_one_bad_timestamp_among_unix_seconds_is_the_one_named(tmp_path, bad):
         read_log(path)
     msg = str(err.value)
     assert "line 7" in msg and "1600000000" not in msg
+
+
+def test_an_empty_or_cut_short_cell_says_so(tmp_path):
+    # a row with fewer fields than the header is read with NaN in the missing cells; the
+    # error said "value nan is not a number"
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating,timestamp\nu1,i1,5,100\nu1,i2\n")
+    with pytest.raises(
+        MetarecError, match=r"line 3: column 'rating' is empty \(or the row has fewer"
+    ):
+        read_table(p)
+    p = write(tmp_path / "log2.csv", "user_id,item_id,rating,timestamp\nu1,i1,5,100\nu1,i2,4,\n")
+    with pytest.raises(MetarecError, match=r"line 3: column 'timestamp' is empty"):
+        read_table(p)

@@ -137,10 +137,10 @@ def _model_copy(tmp_path, name="mini"):
 @pytest.mark.parametrize(
     ("device", "match"),
     [
-        ("bogus", "text device 'bogus' is not a torch device"),
-        ("", "text device '' is not a torch device"),
-        ("cuda:x", "text device 'cuda:x' is not a torch device"),
-        ("meta", "text device 'meta': not supported"),
+        ("bogus", "unknown text device 'bogus'"),
+        ("", "unknown text device ''"),
+        ("cuda:x", "unknown text device 'cuda:x'"),
+        ("meta", "text device 'meta' is not supported"),
     ],
 )
 def test_unknown_text_device_is_a_one_line_error_when_the_encoder_is_made(tmp_path, device, match):
@@ -158,7 +158,7 @@ def test_unknown_text_device_is_a_one_line_error_when_the_encoder_is_made(tmp_pa
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_text_device_without_a_gpu_is_a_one_line_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(MetarecError, match="text device 'cuda': no CUDA device is available"):
+    with pytest.raises(MetarecError, match="text device 'cuda': no CUDA GPU is available"):
         SentenceTransformerEncoder(tmp_path, device="cuda")
 
 
@@ -201,7 +201,7 @@ def test_bad_text_device_fails_even_when_every_text_is_cached(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--device", "bogus"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("metarec: error: text device 'bogus'") and err.count("\n") == 1
+    assert err.startswith("metarec: error: unknown text device 'bogus'") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name", ["", "   "])

@@ -65,7 +65,9 @@ def launched_by_torchrun() -> bool:
 
 def pick_backend(device: str | torch.device) -> str:
     """NCCL for CUDA training when NCCL is built in, gloo otherwise (CPU)."""
-    dev = torch.device(device)
+    from metarec.devices import resolve_device
+
+    dev = resolve_device(device)
     if dev.type == "cuda" and torch.distributed.is_nccl_available():
         return "nccl"
     return "gloo"
@@ -73,12 +75,9 @@ def pick_backend(device: str | torch.device) -> str:
 
 def local_device(device: str | torch.device, ctx: DistContext) -> str:
     """``cuda`` becomes ``cuda:<local_rank>`` (one GPU per process); others unchanged."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MetarecError(f"device {device!r} is not a torch device (cpu, cuda, cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MetarecError(f"device {device!r}: no CUDA device is available to this process")
+    from metarec.devices import resolve_device
+
+    dev = resolve_device(device)  # "auto" too: it was a traceback from torch
     if dev.type == "cuda" and dev.index is None and ctx.active:
         return f"cuda:{ctx.local_rank}"
     return str(dev)

@@ -385,6 +385,9 @@ class MetaRecommender(Recommender):
             )
         if len(train) == 0:  # a NaN from deep inside the split code otherwise
             raise MetarecError(f"{self.name}: train has no interactions to fit on")
+        from metarec.devices import resolve_device
+
+        resolve_device(cfg.device)  # before the text is embedded, not after ("auto" is fine)
         self._set_fitted(dataset, train)
         if dataset.feedback == "explicit" and cfg.like_threshold is not None:
             lo, hi = self.rating_range_
@@ -848,20 +851,9 @@ class MetaRecommender(Recommender):
         """Place the fitted model's tensors (features, parameters) on ``device`` ("cpu",
         "cuda", "auto") for adaptation and scoring. Only placement changes; scores are
         returned as numpy arrays either way."""
-        if str(device) == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            dev = None
-        if dev is None or dev.type not in ("cpu", "cuda"):
-            raise MetarecError(f"unknown device {str(device)!r} (cpu, cuda, cuda:N or auto)")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise MetarecError("device cuda was asked for but no CUDA GPU is available")
-        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise MetarecError(
-                f"device {device} was asked for but there are {torch.cuda.device_count()} GPUs"
-            )
+        from metarec.devices import resolve_device
+
+        dev = resolve_device(device)
         self._check_model()
         self.features_ = self.features_.to(dev)
         for key in ("rating_", "rank_"):

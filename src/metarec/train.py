@@ -407,7 +407,9 @@ def _cpu_deterministic(fn):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         global _determinism_users, _determinism_saved
-        if torch.device(kwargs.get("device", "cpu")).type != "cpu":
+        from metarec.devices import resolve_device
+
+        if resolve_device(kwargs.get("device", "cpu")).type != "cpu":  # "auto" included
             return fn(*args, **kwargs)
         with _determinism_lock:
             if _determinism_users == 0:

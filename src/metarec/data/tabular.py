@@ -144,6 +144,16 @@ def _at(frame: pd.DataFrame, pos: int) -> str:
     return f"line {pos + 1 + int(frame.attrs.get('header_lines', 0))}"
 
 
+def _bad_cell(frame: pd.DataFrame, pos: int, column: str, value: object, problem: str) -> str:
+    """The error line for a cell: an empty one (or a row cut short, which the reader fills
+    with NaN) says so, rather than "value nan is not a number"."""
+    where = f"{_where(frame)}: {_at(frame, pos)}: column {column!r}"
+    empty = value is None or (isinstance(value, float) and np.isnan(value))
+    if empty or (isinstance(value, str) and not value.strip()):
+        return f"{where} is empty (or the row has fewer fields than the header)"
+    return f"{where} value {value!r} {problem}"
+
+
 def _where(frame: pd.DataFrame) -> str:
     return frame.attrs.get("source", "input")
 
@@ -185,10 +195,7 @@ def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) ->
     bad = s.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise MetarecError(
-            f"{_where(frame)}: {_at(frame, pos)}: column {column!r} value "
-            f"{raw.iloc[pos]!r} is not a number"
-        )
+        raise MetarecError(_bad_cell(frame, pos, column, raw.iloc[pos], "is not a number"))
     values = s.to_numpy(np.float64)
     if integer:
         frac = values != np.round(values)
@@ -251,8 +258,7 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
         raise MetarecError(
-            f"{_where(frame)}: {_at(frame, pos)}: column {column!r} value "
-            f"{s.iloc[pos]!r} is neither unix seconds nor a date"
+            _bad_cell(frame, pos, column, s.iloc[pos], "is neither unix seconds nor a date")
         )
     # Via a Timedelta: the datetime unit (ns, us, s) differs across pandas versions.
     epoch = pd.Timestamp(0, tz="UTC")

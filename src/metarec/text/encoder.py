@@ -206,29 +206,9 @@ def _resolve_device(device: str | None) -> str:
     """The encoder's torch device, checked now: a device torch does not know or this machine
     lacks used to fail deep inside the model load (a traceback), or, with every text already
     cached, never at all."""
-    if device is None:
-        return "cpu"
-    import torch
+    from metarec.devices import resolve_device
 
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    # distributed.local_device is the training device's check (imports no metarec.text);
-    # with a one-process context it only parses and checks, it renames nothing
-    from metarec.distributed import DistContext, local_device
-
-    try:
-        dev = torch.device(local_device(device, DistContext()))
-    except MetarecError as err:
-        raise MetarecError(f"text {err}") from None
-    # what local_device lets through: other torch backends (meta, mps: the encoder runs on
-    # cpu or cuda only) and a GPU index this machine does not have
-    if dev.type not in ("cpu", "cuda"):
-        raise MetarecError(f"text device {device!r}: not supported (cpu, cuda, cuda:N or auto)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise MetarecError(
-            f"text device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
-        )
-    return str(dev)
+    return str(resolve_device(device, "text device"))
 
 
 class SentenceTransformerEncoder:
