@@ -27,6 +27,7 @@ from datetime import timedelta
 
 import torch
 
+from metarec.devices import resolve_device
 from metarec.types import MetarecError
 
 
@@ -65,8 +66,6 @@ def launched_by_torchrun() -> bool:
 
 def pick_backend(device: str | torch.device) -> str:
     """NCCL for CUDA training when NCCL is built in, gloo otherwise (CPU)."""
-    from metarec.devices import resolve_device
-
     dev = resolve_device(device)
     if dev.type == "cuda" and torch.distributed.is_nccl_available():
         return "nccl"
@@ -75,8 +74,6 @@ def pick_backend(device: str | torch.device) -> str:
 
 def local_device(device: str | torch.device, ctx: DistContext) -> str:
     """``cuda`` becomes ``cuda:<local_rank>`` (one GPU per process); others unchanged."""
-    from metarec.devices import resolve_device
-
     dev = resolve_device(device)  # "auto" too: it was a traceback from torch
     if dev.type == "cuda" and dev.index is None and ctx.active:
         return f"cuda:{ctx.local_rank}"

@@ -118,7 +118,9 @@ def export_run(
     check_derived_run(out, run, "export")
     src = load_run(run)
     if src.meta.get("export"):
-        raise MetarecError(f"{run}: already an exported RUN ({src.meta['export']['dtype']})")
+        record = src.meta["export"]
+        dtype_was = record.get("dtype", "?") if isinstance(record, dict) else "?"
+        raise MetarecError(f"{run}: already an exported RUN ({dtype_was})")
     # measured first: a RUN that cannot be loaded or scored fails before anything is written
     before = validation_metrics(Predictor.load(run), max_users, n_negatives)
     tensors, spec = compress(src.tensors, dtype)

@@ -45,6 +45,7 @@ from metarec.blend import (
     rank_columns,
 )
 from metarec.config import from_dict, to_dict
+from metarec.devices import resolve_device
 from metarec.features import FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
 from metarec.meta.ensemble import EnsembleLearner, member_params, member_prefix, merge_members
@@ -385,8 +386,6 @@ class MetaRecommender(Recommender):
             )
         if len(train) == 0:  # a NaN from deep inside the split code otherwise
             raise MetarecError(f"{self.name}: train has no interactions to fit on")
-        from metarec.devices import resolve_device
-
         resolve_device(cfg.device)  # before the text is embedded, not after ("auto" is fine)
         self._set_fitted(dataset, train)
         if dataset.feedback == "explicit" and cfg.like_threshold is not None:
@@ -851,8 +850,6 @@ class MetaRecommender(Recommender):
         """Place the fitted model's tensors (features, parameters) on ``device`` ("cpu",
         "cuda", "auto") for adaptation and scoring. Only placement changes; scores are
         returned as numpy arrays either way."""
-        from metarec.devices import resolve_device
-
         dev = resolve_device(device)
         self._check_model()
         self.features_ = self.features_.to(dev)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from metarec import distributed
 from metarec.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from metarec.devices import resolve_device
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import MetaConfig, MetaLearner
 from metarec.meta.episodes import (
@@ -407,8 +408,6 @@ def _cpu_deterministic(fn):
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         global _determinism_users, _determinism_saved
-        from metarec.devices import resolve_device
-
         if resolve_device(kwargs.get("device", "cpu")).type != "cpu":  # "auto" included
             return fn(*args, **kwargs)
         with _determinism_lock:
