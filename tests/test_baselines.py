@@ -162,6 +162,10 @@ class ContractTests:
             COLD_A, COLD_A_SUPPORT, k=50, exclude=np.array([], dtype=np.int64)
         )
         assert sorted(items.tolist()) == list(range(N_ITEMS))
+        # exclude is checked as candidates are: a bool mask or 1.5 was cast to indices
+        for bad in (np.zeros(N_ITEMS, dtype=bool), np.array([1.5]), np.array([N_ITEMS])):
+            with pytest.raises(MetarecError):
+                fitted.recommend(COLD_A, COLD_A_SUPPORT, k=3, exclude=bad)
 
     def test_bad_item_index_raises(self, fitted):
         with pytest.raises(MetarecError):

@@ -770,6 +770,7 @@ def test_fit_with_a_user_who_rated_the_whole_catalogue(tmp_path):
         (["quickstart", "--seeds", "0"], "--seeds must be >= 1"),
         (["evaluate", "--config", "TINY", "--only", ""], "names no method"),
         (["split", "goodbooks-sample", "--seed", "-5", "--out", "OUT"], "seed must be"),
+        (["fit", "--train", "", "--items", "I.csv", "--out", "OUT"], "--train is empty"),
     ],
 )
 def test_bad_flags_are_one_line_before_any_work(tmp_path, capsys, argv, said):
@@ -780,6 +781,18 @@ def test_bad_flags_are_one_line_before_any_work(tmp_path, capsys, argv, said):
     err = capsys.readouterr().err
     assert said in err and err.count("\n") == 1
     assert not (tmp_path / "q").exists() and not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize("cmd", ["quickstart", "evaluate"])
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, cmd):
+    # an empty path is the current folder: quickstart wrote its results into it
+    monkeypatch.chdir(tmp_path)
+    tiny = str(Path(__file__).parent / "tiny_experiment.toml")
+    argv = [cmd, "--out", " "] + (["--config", tiny] if cmd == "evaluate" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--out is empty" in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_seed_too_large_for_torch_is_refused_up_front(fitted, tmp_path, capsys):
@@ -904,3 +917,48 @@ def test_an_empty_domain_cell_in_a_log_is_the_default_domain(tmp_path):
     run = tmp_path / "RUN"
     fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
     assert main([*fit, *FAST]) == 0
+
+
+def test_ratings_dated_before_1970_are_kept(tmp_path, capsys):
+    # dates before 1970 are negative unix seconds; preprocessing dropped them as "bad",
+    # and with them every rating of the log's earliest users
+    paths, _ = make_world(tmp_path, n_users=20)
+    t = pd.read_csv(paths["T"])
+    early = t.user_id.isin(["u0", "u1", "u2", "u3"])
+    when = pd.to_datetime(t.timestamp, unit="s")
+    when[early] = pd.Timestamp("1969-06-01") + pd.to_timedelta(t.timestamp[early], unit="s")
+    t["timestamp"] = when.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    t.to_csv(paths["T"], index=False)
+    capsys.readouterr()
+    fit = [
+        "fit",
+        "--train",
+        str(paths["T"]),
+        "--items",
+        str(paths["I"]),
+        "--out",
+        str(tmp_path / "R"),
+    ]
+    assert main([*fit, *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["users"], summary["interactions"]) == (20, len(t))
+
+
+def test_a_users_file_that_names_no_training_user_or_has_text_is_flagged(tmp_path, capsys):
+    # U ids spelled "0.0" where T has "u0"-style ids match nobody: training users then have
+    # no side features; a free-text column is unused unless text.user_text is set
+    paths, _ = make_world(tmp_path, n_users=12)
+    u = tmp_path / "U.csv"
+    pd.DataFrame(
+        {
+            "user_id": [f"{i}.0" for i in range(12)],
+            "age": range(20, 32),
+            "bio": [f"a reader of many things, number {i} of the club" for i in range(12)],
+        }
+    ).to_csv(u, index=False)
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--users", str(u)]
+    capsys.readouterr()
+    assert main([*fit, "--out", str(tmp_path / "R"), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "none of its 12 user ids is in" in err
+    assert "user text column(s) bio are not used" in err

@@ -501,3 +501,21 @@ def test_a_failed_fit_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(E, "fit_method", lambda *a: (_ for _ in ()).throw(ArithmeticError("x")))
     with pytest.warns(UserWarning), pytest.raises(MetarecError, match="every method failed"):
         E.run(cfg, None, progress=False)
+
+
+def test_the_report_states_the_pca_width_used_and_why_it_was_lowered(tmp_path):
+    # hashing:16 gives 16-dim vectors: pca_dim 30 is lowered to 16, and the warning blamed
+    # the number of items while the report still said "PCA 30"
+    cfg = E.load_config(TINY, ["text.pca_dim=30", "seeds=[0]", "shots=[]"], only=["MetaRec"])
+    with pytest.warns(UserWarning, match="lowered to 16: the text encoder gives 16-dimensional"):
+        results = E.run(cfg, tmp_path, progress=False)
+    assert results.protocol["text"]["dim"] == 16
+    assert "PCA 30 lowered to 16" in (tmp_path / "report.md").read_text()
+
+
+def test_a_text_model_that_cannot_load_stops_the_run_once(tmp_path):
+    cfg = E.load_config(
+        TINY, [f"text.model='{tmp_path / 'no_such_model'}'", "seeds=[0]", "shots=[]"]
+    )
+    with pytest.raises(MetarecError, match="cannot load text model"):
+        E.run(cfg, tmp_path / "out", progress=False)

@@ -796,3 +796,14 @@ def test_an_empty_or_cut_short_cell_says_so(tmp_path):
     p = write(tmp_path / "log2.csv", "user_id,item_id,rating,timestamp\nu1,i1,5,100\nu1,i2,4,\n")
     with pytest.raises(MetarecError, match=r"line 3: column 'timestamp' is empty"):
         read_table(p)
+
+
+def test_a_parquet_list_column_is_a_multi_valued_category(tmp_path):
+    # ["a", "b"] is what a CSV spells "a|b"; as a string each list was one category
+    from metarec.data.files import read_side
+
+    p = tmp_path / "items.parquet"
+    pd.DataFrame({"item_id": ["i0", "i1", "i2"], "genres": [["a", "b"], ["c"], []]}).to_parquet(p)
+    frame, text, cat, num = read_side(p, "item_id")
+    assert cat == ("genres",) and text == () and num == ()
+    assert frame["genres"].tolist() == ["a|b", "c", ""]

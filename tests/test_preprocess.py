@@ -77,12 +77,13 @@ def test_bad_timestamps_and_out_of_range_ratings():
         pd.Series([5, 6, 7, -1, "later"], dtype=object),
     )
     out, reports = preprocess(raw)
-    assert pairs(out) == [("a", "p", 1.0, 5)]
+    # -1 is a second before 1970: a date like any other (it used to be dropped)
+    assert pairs(out) == [("a", "p", 1.0, 5), ("a", "s", 5.0, -1)]
     assert out.ratings.timestamp.dtype == np.int64
     ts = step(reports, "timestamps")
-    assert (ts["not_a_number"], ts["negative"], ts["rows_after"]) == (1, 1, 3)
+    assert (ts["not_a_number"], ts["before_1970"], ts["rows_after"]) == (1, 1, 4)
     rr = step(reports, "rating_range")
-    assert (rr["below"], rr["above"], rr["rows_after"]) == (1, 1, 1)
+    assert (rr["below"], rr["above"], rr["rows_after"]) == (1, 1, 2)
 
 
 def test_bad_timestamp_without_dropping_raises():

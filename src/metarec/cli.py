@@ -618,6 +618,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        for flag in ("out", "run", "config", "train", "items", "users", "support", "query", "path"):
+            if isinstance(getattr(args, flag, None), str) and not getattr(args, flag).strip():
+                # Path("") is the current folder: quickstart wrote its results into it,
+                # fit failed on "Device or resource busy: ."
+                raise MetarecError(f"--{flag} is empty; give a path")
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return int(args.func(args) or 0)

@@ -819,12 +819,15 @@ def run(
         )
         features: dict[str, FeatureSet] = {}  # train-item-set hash -> features, per seed
 
-        def feats_for(split: Split, features=features, seed=seed) -> FeatureSet:
+        def feats_for(split: Split, features=features, seed=seed, protocol=protocol) -> FeatureSet:
             key = _items_key(split.train.item_idx)
             if key not in features:
                 t0 = time.perf_counter()
                 features[key] = build_split_features(ds, split.train.item_idx, config.text)
                 shape = tuple(features[key].item_text.shape)
+                # the width the text really has (pca_dim is lowered for a small catalogue or
+                # a narrow encoder): the report states this one
+                protocol["text"].setdefault("dim", shape[1])
                 _log(progress, f"[seed {seed}] features {shape} in {time.perf_counter() - t0:.1f}s")
             return features[key]
 
@@ -843,8 +846,11 @@ def run(
             spec: MethodSpec, split: Split, k: int, seed=seed, feats_for=feats_for
         ) -> tuple[Recommender, dict, float] | None:
             """fit_method's (model, choice, seconds), or None once a failure is recorded."""
+            # the features are the run's, not the method's: a text model that cannot load
+            # stops the run here, once (it was recorded as every method failing in turn)
+            feats = feats_for(split)
             try:
-                return fit_method(spec, config, ds, split, feats_for(split), seed, progress)
+                return fit_method(spec, config, ds, split, feats, seed, progress)
             except FIT_FAILURES as e:
                 if config.fail_fast:
                     raise

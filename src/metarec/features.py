@@ -313,11 +313,12 @@ def build_features(
             if pca_dim is not None and pca_dim > k_max:
                 # a small catalogue cannot give the default 64 components: keep what it can
                 # rather than refuse a default config
-                warnings.warn(
-                    f"text.pca_dim {pca_dim} lowered to {k_max}: only {len(fit_text)} "
-                    "training items have text",
-                    stacklevel=2,
+                why = (
+                    f"the text encoder gives {item_vecs.shape[1]}-dimensional vectors"
+                    if item_vecs.shape[1] <= len(fit_text) - 1
+                    else f"only {len(fit_text)} training items have text"
                 )
+                warnings.warn(f"text.pca_dim {pca_dim} lowered to {k_max}: {why}", stacklevel=2)
                 pca_dim = k_max
             proj = TextProjection.fit(item_vecs[fit_text], pca_dim, whiten)
             item_vecs = proj.apply(item_vecs)
@@ -325,6 +326,15 @@ def build_features(
 
     item_side, _ = side_features(dataset.item_table, n_items, fit, max_categories)
     user_side, _ = side_features(dataset.user_table, n_users, None, max_categories)
+    table = dataset.user_table
+    if not user_text and table is not None and table.text_columns:
+        # item text is embedded by default, user text only on request: say so, rather
+        # than leave a users file's free-text columns unused without a word
+        warnings.warn(
+            f"user text column(s) {', '.join(table.text_columns)} are not used; set "
+            "text.user_text=true to embed them as a user feature",
+            stacklevel=2,
+        )
     if user_text:
         utexts = user_texts(dataset.user_table, user_template)
         if utexts is not None:

@@ -52,7 +52,7 @@ class PreprocessConfig:
     """What :func:`preprocess` does. Defaults leave clean data untouched."""
 
     dedupe: bool = True  # keep the last event per (user, item, domain)
-    drop_bad_timestamps: bool = True  # non-numeric or negative timestamps
+    drop_bad_timestamps: bool = True  # non-numeric timestamps (a negative one is pre-1970)
     drop_out_of_range: bool = True  # ratings outside raw.rating_range
     # Missing side values, by column role; ``missing_columns`` overrides single columns.
     missing_numeric: str = "keep"
@@ -182,7 +182,11 @@ def drop_missing_ids(raw: RawData, config: PreprocessConfig) -> tuple[RawData, R
 
 
 def drop_bad_timestamps(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
-    """Drop rows whose timestamp is not a finite number or is negative; cast to int64."""
+    """Drop rows whose timestamp is not a finite number; cast to int64.
+
+    A negative timestamp is a date before 1970 and is kept (counted as ``before_1970``):
+    dropping them removed every rating of a log's early users without a word, and a log
+    dated wholly before 1970 ended in "preprocessing removed every interaction"."""
     r = raw.ratings
     if pd.api.types.is_datetime64_any_dtype(r["timestamp"]):
         # Loaders convert to unix seconds; nanoseconds would pass as numbers, silently wrong.
@@ -200,13 +204,19 @@ def drop_bad_timestamps(raw: RawData, config: PreprocessConfig) -> tuple[RawData
                 f"{raw.name}: ratings row {i} has timestamp {r['timestamp'].iloc[i]!r} "
                 "(set drop_bad_timestamps=true to drop such rows)"
             )
-        return raw, _report("timestamps", raw, raw, enabled=False, not_a_number=0, negative=0)
-    keep = ~(not_number | negative)
+        return raw, _report(
+            "timestamps", raw, raw, enabled=False, not_a_number=0, before_1970=int(negative.sum())
+        )
+    keep = ~not_number
     kept = r[keep].copy()
     kept["timestamp"] = ts[keep].to_numpy().astype(np.int64)
     out = raw.with_ratings(kept)
     return out, _report(
-        "timestamps", raw, out, not_a_number=int(not_number.sum()), negative=int(negative.sum())
+        "timestamps",
+        raw,
+        out,
+        not_a_number=int(not_number.sum()),
+        before_1970=int(negative[keep].sum()),
     )
 
 

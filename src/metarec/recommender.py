@@ -173,7 +173,8 @@ class Recommender(abc.ABC):
         _, first = np.unique(cand, return_index=True)
         if len(first) < len(cand):
             cand = cand[np.sort(first)]
-        excl = support.item_idx if exclude is None else np.asarray(exclude, dtype=np.int64)
+        # checked like candidates: a bool mask or 19.9 was cast to indices (0/1, 19) silently
+        excl = support.item_idx if exclude is None else self._check_items(exclude)
         cand = cand[~np.isin(cand, excl)]
         s = np.asarray(self.rank_scores(user_idx, support, cand), dtype=np.float64)
         top = top_k(s, k)

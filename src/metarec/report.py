@@ -177,14 +177,16 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         if len(cfg.seeds) == 1
         else ""
     )
+    text = p.get("text", {})
+    asked, dim = text.get("pca_dim"), text.get("dim")
+    pca = f"PCA {asked}" if dim is None or dim == asked else f"PCA {asked} lowered to {dim}"
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
         f"user, seeds {seeds} (mean ± std over seeds).{one_seed} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
         f"Hyperparameters: {p.get('selection')}. Text: "
-        f"{p.get('text', {}).get('model')} (PCA {p.get('text', {}).get('pca_dim')}, fitted on "
-        f"training items only). Relevant = rating >= {p.get('threshold')} (explicit) or "
+        f"{text.get('model')} ({pca}, fitted on training items only). Relevant = rating >= {p.get('threshold')} (explicit) or "
         f"label 1 (implicit); (full) metrics rank {p.get('candidates')}."
     )
 

@@ -16,6 +16,7 @@ Column names are fixed by the contract (README, "Your own data"):
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,19 @@ def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataF
         if c == key:
             continue
         s = frame[c]
+        listed = s.map(lambda v: isinstance(v, list | tuple | np.ndarray))
+        if listed.any():
+            # a Parquet list column (genres: ["a", "b"]) is the multi-valued categorical
+            # that CSV files spell "a|b"; as strings each list became one category
+            out[c] = s.map(
+                lambda v: (
+                    "|".join(str(x) for x in v if x is not None and str(x) != "")
+                    if isinstance(v, list | tuple | np.ndarray)
+                    else ("" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+                )
+            ).to_numpy(object)
+            cat.append(c)
+            continue
         if c == "domain":
             # names, never numbers: domains 1, 2 must match T's "1" and `--domain 1` (read
             # as numbers they became 1.0); spelled as ids are (stripped, 12.0 is 12) so
@@ -215,6 +229,15 @@ def read_training_files(
     user_frame, utext, ucat, unum = (None, (), (), ())
     if users is not None:
         user_frame, utext, ucat, unum = read_side(users, "user_id")
+        if not ratings["user_id"].isin(set(user_frame["user_id"])).any():
+            # legal (U may describe only users yet to come), but far more often a mismatch
+            # of spellings ("5" in T, "5.0" in U): then no training user has side features
+            warnings.warn(
+                f"{users}: none of its {len(user_frame)} user ids is in {train} (ids are "
+                "compared as text: '5' and '5.0' differ); training users get no side "
+                "features from it",
+                stacklevel=2,
+            )
     if feedback == "explicit":
         lo, hi = float(ratings["rating"].min()), float(ratings["rating"].max())
         if lo == hi:
