@@ -50,14 +50,154 @@ def test_index_log_offsets_and_counts(tmp_path):
 
 def test_index_log_rejects_unsorted_and_missing_columns(tmp_path):
     p = _write(tmp_path / "bad.parquet", [0, 1, 0], [0, 0, 0])
-    with pytest.raises(MetarecError, match="not sorted by user_idx at row 2"):
+    with pytest.raises(MetarecError, match="not sorted by user_idx at row 3"):
         index_log(p)
-    with pytest.raises(MetarecError, match="no column 'uid'"):
+    with pytest.raises(MetarecError, match=r"missing column\(s\) 'uid' \(columns: user_idx, "):
         index_log(p, user_col="uid")
     with pytest.raises(MetarecError, match="item_idx 0 >= n_items"):
         index_log(_write(tmp_path / "ok.parquet", [0, 0], [0, 0]), n_items=0)
     with pytest.raises(MetarecError, match="has no rows"):
         index_log(_write(tmp_path / "empty.parquet", [], []))
+
+
+def _write_cols(path, row_group_size=3, write_statistics=True, **cols):
+    """A log from arrow arrays (nulls, floats, wide ids, odd names), row groups of 3."""
+    table = pa.table({k: pa.array(v) if isinstance(v, list) else v for k, v in cols.items()})
+    pq.write_table(table, path, row_group_size=row_group_size, write_statistics=write_statistics)
+    return path
+
+
+USERS, ITEMS = [0, 0, 1, 1, 1, 2, 2], [0, 1, 2, 3, 0, 1, 2]
+
+
+def test_null_or_nan_rating_is_an_error_naming_file_column_and_row(tmp_path):
+    # a null is counted by the row-group statistics: refused at index time (row 5)
+    ratings = pa.array([4.0, 5.0, 3.0, 2.0, None, 1.0, 2.0], pa.float32())
+    p = _write_cols(tmp_path / "null.parquet", user_idx=USERS, item_idx=ITEMS, rating=ratings)
+    with pytest.raises(MetarecError, match=r"null\.parquet: row 5: rating is null$"):
+        index_log(p)
+    # without statistics (or for NaN, which they do not count) the stream's read finds it
+    p = _write_cols(
+        tmp_path / "nostats.parquet",
+        write_statistics=False,
+        user_idx=USERS,
+        item_idx=ITEMS,
+        rating=ratings,
+    )
+    stream = ParquetTaskStream(index_log(p), k_shot=1, n_query=1, rank=0, world=1)
+    with pytest.raises(MetarecError, match=r"nostats\.parquet: row 5: rating is null$"):
+        stream.sample(3, np.random.default_rng(0))
+    nan = [4.0, float("nan"), 3.0, 2.0, 1.0, 1.0, 2.0]
+    p = _write(tmp_path / "nan.parquet", USERS, ITEMS, nan)
+    stream = ParquetTaskStream(index_log(p), k_shot=1, n_query=1, head="rating", rank=0, world=1)
+    with pytest.raises(MetarecError, match=r"nan\.parquet: row 2: rating is NaN$"):
+        stream.sample(3, np.random.default_rng(0))
+    inf = [4.0, 5.0, 3.0, 2.0, 1.0, 1.0, float("inf")]
+    p = _write(tmp_path / "inf.parquet", USERS, ITEMS, inf)
+    stream = ParquetTaskStream(index_log(p), k_shot=1, n_query=1, rank=0, world=1)
+    with pytest.raises(MetarecError, match=r"row 7: rating is inf, not a finite float32$"):
+        stream.histories(3)
+
+
+def test_missing_or_misnamed_rating_column_is_refused_when_indexed(tmp_path):
+    p = _write_cols(tmp_path / "norating.parquet", user_idx=USERS, item_idx=ITEMS)
+    with pytest.raises(
+        MetarecError,
+        match=r"norating\.parquet: missing column\(s\) 'rating' \(columns: user_idx, item_idx\)$",
+    ):
+        index_log(p)
+    rated = [5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 2.0]
+    p = _write_cols(tmp_path / "caps.parquet", user_idx=USERS, item_idx=ITEMS, Rating=rated)
+    with pytest.raises(MetarecError, match=r"\(columns: user_idx, item_idx, Rating\); did you"):
+        index_log(p)
+    # named: the stream reads the columns the log was indexed with
+    ix = index_log(p, rating_col="Rating")
+    stream = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1)
+    assert sorted(r for _, _, rs in stream.histories(3) for r in rs.tolist()) == sorted(rated)
+    # a text column is not a number, and the stream checks columns it is told to read
+    p = _write_cols(tmp_path / "text.parquet", user_idx=USERS, item_idx=ITEMS, rating=["a"] * 7)
+    with pytest.raises(MetarecError, match="column 'rating' has type string; it must hold nu"):
+        index_log(p)
+    with pytest.raises(MetarecError, match=r"missing column\(s\) 'score'"):
+        ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1, rating_col="score")
+
+
+def test_fractional_ids_are_refused_and_whole_floats_accepted(tmp_path):
+    half = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    p = _write_cols(tmp_path / "frac.parquet", user_idx=half, item_idx=ITEMS, rating=[1.0] * 7)
+    with pytest.raises(
+        MetarecError,
+        match=r"frac\.parquet: row 2: user_idx is 0\.5, not a whole number \(ids are integers\)$",
+    ):
+        index_log(p)
+    nan = [0.0, 0.0, 1.0, 1.0, float("nan"), 2.0, 2.0]
+    p = _write_cols(tmp_path / "nanid.parquet", user_idx=USERS, item_idx=nan, rating=[1.0] * 7)
+    with pytest.raises(MetarecError, match=r"row 5: item_idx is NaN$"):
+        index_log(p, batch_size=2)
+    big = [0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 1e20]
+    p = _write_cols(tmp_path / "bigid.parquet", user_idx=big, item_idx=ITEMS, rating=[1.0] * 7)
+    with pytest.raises(MetarecError, match=r"row 7: user_idx is 1e\+20, too large for an exact"):
+        index_log(p)
+    whole = [float(u) for u in USERS]
+    p = _write_cols(tmp_path / "whole.parquet", user_idx=whole, item_idx=ITEMS, rating=[1.0] * 7)
+    ix, ref = index_log(p), index_log(_write(tmp_path / "int.parquet", USERS, ITEMS))
+    assert ix.user_start.tolist() == ref.user_start.tolist()
+    assert ix.user_count.tolist() == ref.user_count.tolist()
+    assert ix.item_count.tolist() == ref.item_count.tolist()
+
+
+def test_null_and_negative_ids_name_the_problem_and_the_row(tmp_path):
+    items = pa.array([0, 1, None, 3, 0, 1, 2], pa.int32())
+    p = _write_cols(tmp_path / "nullid.parquet", user_idx=USERS, item_idx=items, rating=[1.0] * 7)
+    with pytest.raises(MetarecError, match=r"nullid\.parquet: row 3: item_idx is null$"):
+        index_log(p)
+    users = pa.array([0, 0, 1, 1, 1, 2, None], pa.int64())
+    p = _write_cols(tmp_path / "nulluser.parquet", user_idx=users, item_idx=ITEMS, rating=[1.0] * 7)
+    with pytest.raises(MetarecError, match=r"row 7: user_idx is null$"):
+        index_log(p, batch_size=4)
+    p = _write(tmp_path / "negitem.parquet", USERS, [0, 1, 2, 3, -1, 1, 2])
+    with pytest.raises(MetarecError, match=r"negitem\.parquet: row 5: item_idx -1 is negative$"):
+        index_log(p)
+    # a negative user is reported as such, not as "not sorted"
+    p = _write(tmp_path / "neguser.parquet", [0, 0, 1, -3, 1, 2, 2], ITEMS)
+    with pytest.raises(MetarecError, match=r"row 4: user_idx -3 is negative$"):
+        index_log(p)
+    p = _write(tmp_path / "neg0.parquet", [-1, 0, 1], [0, 0, 0])
+    with pytest.raises(MetarecError, match=r"row 1: user_idx -1 is negative$"):
+        index_log(p)
+
+
+def test_huge_ids_are_refused_before_the_counts_are_allocated(tmp_path):
+    import tracemalloc
+
+    items = pa.array([0, 1, 2, 10**10, 0, 1, 2], pa.int64())
+    p = _write_cols(tmp_path / "huge.parquet", user_idx=USERS, item_idx=items, rating=[1.0] * 7)
+    with pytest.raises(
+        MetarecError, match=r"huge\.parquet: row 4: item_idx 10000000000 >= n_items \(5\)$"
+    ):
+        index_log(p, n_items=5)
+    tracemalloc.start()
+    try:
+        # without n_items: a bound from the row count (2**24 for a small log)
+        with pytest.raises(MetarecError, match=r"row 4: item_idx 10000000000 is far beyond .*"):
+            index_log(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**24  # nothing the size of the id was allocated
+    users = pa.array([0, 0, 1, 1, 1, 2, 2**40], pa.int64())
+    p = _write_cols(tmp_path / "hugeu.parquet", user_idx=users, item_idx=ITEMS, rating=[1.0] * 7)
+    with pytest.raises(MetarecError, match=r"row 7: user_idx 1099511627776 is far .* n_users$"):
+        index_log(p)
+    # a declared id space is honoured: users past the last one in the log have no rows
+    ix = index_log(_write(tmp_path / "ok.parquet", USERS, ITEMS), n_users=10, n_items=6)
+    assert ix.n_users == 10 and ix.user_count.tolist() == [2, 3, 2] + [0] * 7
+    assert ix.n_items == 6 and ix.user_start[3:].tolist() == [7] * 7
+    with pytest.raises(MetarecError, match=r"row 6: user_idx 2 >= n_users \(2\)$"):
+        index_log(tmp_path / "ok.parquet", n_users=2)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(MetarecError, match="n_items must be an integer >= 0"):
+            index_log(tmp_path / "ok.parquet", n_items=bad)
 
 
 @pytest.fixture

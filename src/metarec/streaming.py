@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.meta.episodes import Episode, make_episode
@@ -45,6 +46,7 @@ class LogIndex:
     user_count: np.ndarray  # (n_users,) int64
     item_count: np.ndarray  # (n_items,) int64 events per item
     group_start: np.ndarray  # (n_groups + 1,) int64 first row of each row group, then n_rows
+    columns: tuple[str, str, str] = ("user_idx", "item_idx", "rating")  # user, item, rating
 
     @property
     def n_users(self) -> int:
@@ -59,53 +61,190 @@ class LogIndex:
         return len(self.group_start) - 1
 
 
+# Ids index dense per-user and per-item arrays (16 and 8 bytes an id), so one stray huge id
+# (10**10: some 75 GiB) must be refused before np.bincount allocates for it. Ids made by
+# metarec are dense (0..n-1): at most one new user or item per row, plus gaps for those
+# with no rows in this log (a shard of a larger log, cold items). Up to 4 ids a row, and
+# never under 2**24 (at most 384 MiB of index), covers that; a larger id space is declared
+# with n_users / n_items.
+_MIN_ID_LIMIT = 1 << 24
+_IDS_PER_ROW = 4
+
+
 def index_log(
     path: str | Path,
     n_items: int | None = None,
     user_col: str = "user_idx",
     item_col: str = "item_idx",
     batch_size: int = 1 << 20,
+    rating_col: str = "rating",
+    n_users: int | None = None,
 ) -> LogIndex:
-    """Scan ``user_col``/``item_col`` of a user-sorted Parquet log in batches (pass one)."""
+    """Scan ``user_col``/``item_col`` of a user-sorted Parquet log in batches (pass one).
+
+    Checks, each a one-line :class:`MetarecError` naming the file, the column and the row
+    (1-based): the three columns exist with numeric types; ids are not null, whole numbers
+    (a float column of whole numbers is accepted), not negative, sorted by user, and below
+    ``n_users`` / ``n_items`` when given (else below max(2**24, 4 x rows), see
+    ``_MIN_ID_LIMIT``). Null ratings are found from the row-group statistics; the rating
+    values themselves are checked when the stream reads them (this pass does not read them).
+    """
     path = Path(path)
+    for name, n in (("n_items", n_items), ("n_users", n_users)):
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
+            raise MetarecError(f"index_log: {name} must be an integer >= 0, got {n!r}")
     try:
         pf = pq.ParquetFile(path)
     except (OSError, ValueError) as err:
         raise MetarecError(f"{path}: cannot read as Parquet ({err})") from None
-    names = pf.schema_arrow.names
-    for col in (user_col, item_col):
-        if col not in names:
-            raise MetarecError(f"{path}: no column {col!r} (columns: {', '.join(names)})")
-    user_count = np.zeros(0, np.int64)
+    _check_columns(path, pf.schema_arrow, user_col, item_col, rating_col)
+    md = pf.metadata
+    sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    group_start = np.r_[0, np.cumsum(sizes)].astype(np.int64)
+    _check_rating_nulls(path, pf, rating_col, group_start)
+    limit = max(_MIN_ID_LIMIT, _IDS_PER_ROW * md.num_rows)
+    user_count = np.zeros(n_users or 0, np.int64)
     item_count = np.zeros(n_items or 0, np.int64)
     row, last_user = 0, -1
     for batch in pf.iter_batches(batch_size=batch_size, columns=[user_col, item_col]):
-        u = batch.column(user_col).to_numpy(zero_copy_only=False).astype(np.int64)
-        i = batch.column(item_col).to_numpy(zero_copy_only=False).astype(np.int64)
-        if len(u) == 0:
+        if batch.num_rows == 0:
             continue
-        if u.min() < 0 or i.min() < 0:
-            raise MetarecError(f"{path}: negative {user_col} or {item_col} near row {row}")
+        u = _ids(path, batch.column(user_col), user_col, row)  # (batch,) int64
+        i = _ids(path, batch.column(item_col), item_col, row)  # (batch,) int64
         bad = np.flatnonzero(np.diff(u) < 0)
         if u[0] < last_user or len(bad):
+            _refuse_negative(path, u, user_col, row)  # a negative id is the real problem
             at = row + (int(bad[0]) + 1 if len(bad) else 0)
             raise MetarecError(
-                f"{path}: not sorted by {user_col} at row {at}; sort the log by user first"
+                f"{path}: not sorted by {user_col} at row {at + 1}; sort the log by user first"
             )
+        # u is sorted from here: u[0] is its smallest id and u[-1] its largest
+        if u[0] < 0:
+            _refuse_negative(path, u, user_col, row)
+        if i.min() < 0:
+            _refuse_negative(path, i, item_col, row)
+        _check_bound(path, u, int(u[-1]), user_col, row, n_users, "n_users", limit)
+        _check_bound(path, i, int(i.max()), item_col, row, n_items, "n_items", limit)
         last_user = int(u[-1])
         user_count = _add_counts(user_count, np.bincount(u))
-        ic = np.bincount(i)
-        if n_items is not None and len(ic) > n_items:
-            raise MetarecError(f"{path}: {item_col} {len(ic) - 1} >= n_items ({n_items})")
-        item_count = _add_counts(item_count, ic)
+        item_count = _add_counts(item_count, np.bincount(i))
         row += len(u)
     if row == 0:
         raise MetarecError(f"{path}: the log has no rows")
     user_start = np.r_[0, np.cumsum(user_count)[:-1]].astype(np.int64)
+    cols = (user_col, item_col, rating_col)
+    return LogIndex(path, row, user_start, user_count, item_count, group_start, cols)
+
+
+def _check_columns(path: Path, schema: pa.Schema, user: str, item: str, rating: str) -> None:
+    """The user, item and rating columns exist once each, with types numpy reads as numbers."""
+    names = schema.names
+    missing = [c for c in (user, item, rating) if c not in names]
+    if missing:
+        near = [n for c in missing for n in names if n.lower() == c.lower()]
+        hint = f"; did you mean {', '.join(map(repr, near))}?" if near else ""
+        raise MetarecError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))} "
+            f"(columns: {', '.join(names)}){hint}"
+        )
+    for col in (user, item, rating):
+        if names.count(col) > 1:
+            raise MetarecError(f"{path}: column {col!r} appears {names.count(col)} times")
+        t = schema.field(col).type
+        ok = pa.types.is_integer(t) or pa.types.is_floating(t)
+        if col == rating and pa.types.is_boolean(t):
+            ok = True  # 0/1 feedback
+        if not ok:
+            want = "numbers" if col == rating else "integer ids"
+            raise MetarecError(f"{path}: column {col!r} has type {t}; it must hold {want}")
+
+
+def _check_rating_nulls(path: Path, pf: pq.ParquetFile, col: str, group_start: np.ndarray) -> None:
+    """Null ratings at index time, for free: the row-group statistics count them, so only a
+    group that has one is read (to name the row). NaN is not counted there; the stream
+    checks rating values as it reads them."""
     md = pf.metadata
-    sizes = [md.row_group(g).num_rows for g in range(md.num_row_groups)]
-    group_start = np.r_[0, np.cumsum(sizes)].astype(np.int64)
-    return LogIndex(path, row, user_start, user_count, item_count, group_start)
+    if md.num_row_groups == 0:
+        return
+    rg0 = md.row_group(0)
+    j = next((j for j in range(rg0.num_columns) if rg0.column(j).path_in_schema == col), None)
+    if j is None:
+        return
+    for g in range(md.num_row_groups):
+        st = md.row_group(g).column(j).statistics
+        if st is not None and st.has_null_count and st.null_count > 0:
+            nulls = pf.read_row_group(g, columns=[col]).column(col).is_null()
+            at = int(group_start[g]) + _first(nulls)
+            raise MetarecError(f"{path}: row {at + 1}: {col} is null")
+
+
+def _first(mask: pa.Array | pa.ChunkedArray) -> int:
+    """Position of the first true value of a boolean arrow array (there is one)."""
+    return int(np.flatnonzero(mask.to_numpy(zero_copy_only=False))[0])
+
+
+def _ids(path: Path, arr: pa.Array, col: str, row: int) -> np.ndarray:
+    """One batch's id column (arr: (batch,) rows from file row ``row`` on) as int64 (batch,).
+
+    Nulls would otherwise become NaN and then INT64_MIN ("negative"), and 0.5 would be
+    truncated to 0, so both are refused here, naming the row."""
+    if arr.null_count:
+        raise MetarecError(f"{path}: row {row + _first(arr.is_null()) + 1}: {col} is null")
+    x = arr.to_numpy(zero_copy_only=False)
+    if x.dtype.kind == "f":
+        # a float column of whole numbers is accepted (pandas writes int ids that once had a
+        # missing value as floats, and metarec reads 12.0 as the id 12 elsewhere too);
+        # fmod(x, 1) is NaN for NaN and inf, so one test refuses all three; past 2**53 a
+        # float is no exact integer (and past 2**63 the cast to int64 would wrap)
+        with np.errstate(invalid="ignore"):
+            whole = (np.fmod(x, 1) == 0) & (np.abs(x) < 2.0**53)
+        if not whole.all():
+            k = int(np.flatnonzero(~whole)[0])
+            v = float(x[k])
+            if np.isnan(v):
+                what = "NaN"
+            elif np.isfinite(v) and v == int(v):
+                what = f"{v!r}, too large for an exact integer id"
+            else:
+                what = f"{v!r}, not a whole number (ids are integers)"
+            raise MetarecError(f"{path}: row {row + k + 1}: {col} is {what}")
+    elif x.dtype == np.uint64 and len(x) and x.max() >= 2**63:
+        k = int(np.argmax(x >= 2**63))  # the cast to int64 would make it negative
+        raise MetarecError(f"{path}: row {row + k + 1}: {col} {int(x[k])} is too large")
+    return x.astype(np.int64)
+
+
+def _refuse_negative(path: Path, ids: np.ndarray, col: str, row: int) -> None:
+    """Raise naming the first negative id of the batch, if it has one."""
+    neg = np.flatnonzero(ids < 0)
+    if len(neg):
+        k = int(neg[0])
+        raise MetarecError(f"{path}: row {row + k + 1}: {col} {int(ids[k])} is negative")
+
+
+def _check_bound(
+    path: Path,
+    ids: np.ndarray,
+    top: int,
+    col: str,
+    row: int,
+    n: int | None,
+    name: str,
+    limit: int,
+) -> None:
+    """Refuse the batch's largest id ``top`` if it is >= ``n`` (when given) or ``limit``,
+    before the counts are allocated for it."""
+    bound = n if n is not None else limit
+    if top < bound:
+        return
+    k = int(np.flatnonzero(ids >= bound)[0])
+    if n is not None:
+        raise MetarecError(f"{path}: row {row + k + 1}: {col} {int(ids[k])} >= {name} ({n})")
+    raise MetarecError(
+        f"{path}: row {row + k + 1}: {col} {int(ids[k])} is far beyond what a log of this size "
+        f"needs (at most {limit - 1}; ids must be dense indices 0..n-1); "
+        f"if there really are that many, pass {name}"
+    )
 
 
 def _add_counts(total: np.ndarray, part: np.ndarray) -> np.ndarray:
@@ -138,9 +277,9 @@ class ParquetTaskStream:
         rank: int | None = None,
         world: int | None = None,
         buffer_groups: int = 2,
-        user_col: str = "user_idx",
-        item_col: str = "item_idx",
-        rating_col: str = "rating",
+        user_col: str | None = None,
+        item_col: str | None = None,
+        rating_col: str | None = None,
     ) -> None:
         if rank is None or world is None:
             from metarec.distributed import context
@@ -165,8 +304,14 @@ class ParquetTaskStream:
         self.seed, self.rank, self.world = seed, rank, world
         self.rank_sharded = world > 1
         self.buffer_groups = buffer_groups
-        self.cols = [user_col, item_col, rating_col]
-        self._file = pq.ParquetFile(index.path)
+        # the columns the log was indexed with, unless named here
+        named = (user_col, item_col, rating_col)
+        self.cols = [c or d for c, d in zip(named, index.columns, strict=True)]
+        try:
+            self._file = pq.ParquetFile(index.path)
+        except (OSError, ValueError) as err:
+            raise MetarecError(f"{index.path}: cannot read as Parquet ({err})") from None
+        _check_columns(index.path, self._file.schema_arrow, *self.cols)
         self.epoch = 0
         self._queue: list[int] = []  # row groups still to read this epoch
         self._ready: list[tuple[int, np.ndarray, np.ndarray]] = []  # (user, items, ratings)
@@ -185,13 +330,21 @@ class ParquetTaskStream:
         g1 = int(np.searchsorted(gs, b, side="left"))
         table = self._file.read_row_groups(list(range(g0, g1)), columns=self.cols)
         off = a - int(gs[g0])
-        cols = [
-            table.column(c).to_numpy(zero_copy_only=False)[off : off + b - a] for c in self.cols
-        ]
+        # slicing the arrow columns is free: only rows [a, b) are converted
+        user, item, rating = (table.column(c).slice(off, b - a) for c in self.cols)
+        r = rating.to_numpy(zero_copy_only=False).astype(np.float32)  # (b - a,)
+        # Ratings are checked here, where they are read anyway: the index pass reads only
+        # the id columns, and reading this one there too would cost it a third column. A
+        # null (NaN once converted) or NaN would only surface as a NaN meta-loss later.
+        if not np.isfinite(r).all():
+            k = int(np.flatnonzero(~np.isfinite(r))[0])
+            v = rating[k].as_py()
+            what = "null" if v is None else "NaN" if v != v else f"{v!r}, not a finite float32"
+            raise MetarecError(f"{self.index.path}: row {a + k + 1}: {self.cols[2]} is {what}")
         return (
-            cols[0].astype(np.int64),
-            cols[1].astype(np.int64),
-            cols[2].astype(np.float32),
+            user.to_numpy(zero_copy_only=False).astype(np.int64),
+            item.to_numpy(zero_copy_only=False).astype(np.int64),
+            r,
         )
 
     def users_of_group(self, g: int) -> np.ndarray:
