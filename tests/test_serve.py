@@ -458,3 +458,73 @@ def test_recommend_by_domain_equals_the_library(tmp_path):
     assert mask.sum() == len(pred.items) - 20 and not mask.flags.writeable
     assert pred.candidates("films") is pred.candidates("films")
     assert pred.candidates("films").tolist() == np.flatnonzero(mask).tolist()
+
+
+def test_the_newest_stored_row_wins_whatever_the_request_holds(client):
+    # whether one unrelated request row had a timestamp decided which stored row of an item
+    # counted: now the newest (largest timestamp; untimed counts as newest) always does
+    client.post(
+        "/feedback",
+        json={
+            "user_id": "mix",
+            "interactions": [{"item_id": "it3", "rating": 5, "timestamp": 2000}],
+        },
+    )
+    client.post(
+        "/feedback",
+        json={
+            "user_id": "mix",
+            "interactions": [{"item_id": "it3", "rating": 1, "timestamp": 1000}],
+        },
+    )
+    seen = []
+    for row in (
+        {"item_id": "it5", "rating": 4, "timestamp": 3000},
+        {"item_id": "it5", "rating": 4},
+    ):
+        body = {"user_id": "mix", "interactions": [row], "k": 1, "explain": True}
+        r = client.post("/recommend", json=body)
+        assert r.status_code == 200, r.text
+        expl = r.json()["items"][0]["explanation"]
+        seen.append({e["item_id"]: e["rating"] for e in expl}.get("it3"))
+    assert seen == [5.0, 5.0]
+
+
+def test_a_feedback_store_deleted_or_failing_under_the_server(predictor, tmp_path, monkeypatch):
+    import sqlite3
+
+    from metarec.serve.feedback import FeedbackStore
+
+    c = TestClient(create_app(predictor, feedback_db=tmp_path / "fb"))
+    body = {"user_id": "d1", "interactions": [{"item_id": "it1", "rating": 4}]}
+    assert c.post("/feedback", json=body).status_code == 200
+    for f in (tmp_path / "fb").iterdir():
+        f.unlink()  # deleted: made again on the next write ("no such table" 500s forever)
+    assert c.post("/feedback", json=body).status_code == 200
+    assert len(c.get("/feedback/d1").json()["interactions"]) == 1
+
+    def broken(self, user_id, limit=None):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(FeedbackStore, "get", broken)
+    r = c.post("/recommend", json={"user_id": "d1", "k": 2})
+    assert (
+        r.status_code == 503 and r.json()["detail"] == "feedback store unavailable: disk I/O error"
+    )
+
+
+def test_a_failed_add_reports_sqlites_own_error(tmp_path):
+    # SQLite rolls back by itself on some errors (a full disk); the second ROLLBACK then
+    # failed with "no transaction is active" and hid the real cause. A trigger that
+    # rolls back stands in for the full disk here.
+    import sqlite3
+
+    store = FeedbackStore(tmp_path)
+    with sqlite3.connect(store.path) as con:
+        con.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON feedback BEGIN "
+            "SELECT RAISE(ROLLBACK, 'database or disk is full'); END"
+        )
+    with pytest.raises(sqlite3.IntegrityError, match="database or disk is full"):
+        store.add("u", [FeedbackRow("it1", 4.0, None)])
+    assert store.count() == 0

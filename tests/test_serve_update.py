@@ -82,12 +82,39 @@ def test_merge_feedback_latest_row_wins(run):
         }
     )
     users, train, fb_users, counts = merge_feedback(pred, fb)
-    assert counts["replaced_training_rows"] == 2  # u0's training row and the earlier feedback
+    # u0's training row only: a repeated feedback row is not a training row (it counted 2)
+    assert counts["replaced_training_rows"] == 1
     rows = (train.user_idx == 0) & (train.item_idx == pred.items.index(item))
     assert train.rating[rows].tolist() == [4.0]
     x = users.index("x")
     assert train.timestamp[train.user_idx == x].tolist() == [7]
     assert sorted(fb_users.tolist()) == [0, x]
+
+
+def test_merge_feedback_keeps_the_newest_timestamp_as_the_server_does(run):
+    # a row stored later with an older timestamp loses to the newer one (update kept the
+    # later stored row, the server the newest timestamp); an untimed row counts as newest
+    from metarec.serve.feedback import FeedbackRow, newest_per_item
+
+    pred = Predictor.load(run)
+    fb = pd.DataFrame(
+        {
+            "user_id": ["new", "new", "new", "new", "new"],
+            "item_id": ["it3", "it4", "it3", "it5", "it5"],
+            "rating": [5.0, 4.0, 1.0, 2.0, 3.0],
+            "timestamp": pd.array([2000, 2001, 1000, None, 3000], dtype="Int64"),
+        }
+    )
+    users, train, _, counts = merge_feedback(pred, fb)
+    mine = train.user_idx == users.index("new")
+    got = dict(zip(pred.items.ids[train.item_idx[mine]], train.rating[mine].tolist(), strict=True))
+    assert got == {"it3": 5.0, "it4": 4.0, "it5": 2.0}
+    assert counts["replaced_training_rows"] == 0 and counts["new_users"] == 1
+    rows = [
+        FeedbackRow(i, float(r), None if pd.isna(t) else int(t))
+        for i, r, t in zip(fb.item_id, fb.rating, fb.timestamp, strict=True)
+    ]
+    assert {r.item_id: r.rating for r in newest_per_item(rows)} == got
 
 
 def test_update_refuses_bad_inputs(run, tmp_path):

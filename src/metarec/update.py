@@ -105,17 +105,26 @@ def merge_feedback(
     rows = Interactions(
         user_idx, item_idx, fb["rating"].to_numpy(np.float32), filled, dom[item_idx]
     )
-    # the latest row per (user, item) wins: feedback over training, later over earlier
-    both = Interactions.concat([train, rows])
-    key = both.user_idx * len(pred.items) + both.item_idx
-    last = len(key) - 1 - np.unique(key[::-1], return_index=True)[1]
-    merged = both.take(np.sort(last))
+    # one row per (user, item) of the feedback: its newest, by the server's rule
+    # (feedback.newest_per_item: untimed rows count as newest, then the largest timestamp,
+    # then the later stored); it was the later stored one, whatever its timestamp
+    n_items = len(pred.items)
+    fb_key = user_idx.astype(np.int64) * n_items + item_idx  # (n_fb,)
+    untimed = ts.isna().to_numpy()
+    order = np.lexsort((np.arange(len(fb_key)), filled, untimed, fb_key))
+    ends = np.r_[fb_key[order][1:] != fb_key[order][:-1], True]  # last of each key group
+    rows = rows.take(np.sort(order[ends]))
+    # then the feedback replaces the training rows of the same (user, item)
+    tr_key = train.user_idx.astype(np.int64) * n_items + train.item_idx
+    replaced = np.isin(tr_key, fb_key)
+    merged = Interactions.concat([train.take(~replaced), rows])
     counts = {
         "feedback_rows": len(feedback),
         "feedback_rows_unknown_item": n_unknown,
         "feedback_users": int(len(np.unique(user_idx))),
         "new_users": len(new),
-        "replaced_training_rows": int(len(train) + len(rows) - len(merged)),
+        # training rows only (feedback rows that repeat an item are not counted here)
+        "replaced_training_rows": int(replaced.sum()),
     }
     return users, merged, np.unique(user_idx), counts
 

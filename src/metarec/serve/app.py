@@ -16,6 +16,7 @@ never fail a request: they are reported in ``unknown_items``.
 # and the auth dependency's refers to a local of create_app
 import dataclasses
 import secrets
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +36,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
 
 from metarec.predictor import Predictor
 from metarec.serve import schemas as S
-from metarec.serve.feedback import FeedbackRow, FeedbackStore
+from metarec.serve.feedback import FeedbackRow, FeedbackStore, newest_per_item
 from metarec.serve.sessions import AdaptedCache, support_hash
 from metarec.types import Interactions, MetarecError
 
@@ -155,6 +156,15 @@ def create_app(
     async def _bad_input(request: Request, exc: MetarecError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
+    @app.exception_handler(sqlite3.Error)
+    async def _store_down(request: Request, exc: sqlite3.Error) -> JSONResponse:
+        # the feedback store failing under a running server (a full disk, a read-only
+        # remount): the client's request was fine, so a one-line 503, not a bare 500
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return JSONResponse(
+            status_code=503, content={"detail": f"feedback store unavailable: {first}"}
+        )
+
     # --- helpers over this app's state --------------------------------------------------
     def check_interactions(inter: list[S.Interaction]) -> None:
         if len(inter) > cfg.max_interactions:
@@ -169,7 +179,11 @@ def create_app(
         replace stored rows of the same items; within the request an item named twice keeps
         its latest row (Predictor.support_of, the rule `metarec predict` follows too)."""
         check_interactions(inter)
-        stored = list(store.get(user_id)) if (store is not None and user_id is not None) else []
+        stored = (
+            newest_per_item(store.get(user_id, limit=cfg.max_interactions))
+            if (store is not None and user_id is not None)
+            else []
+        )
         named = {str(i.item_id) for i in inter}
         rows = [r for r in stored if r.item_id not in named]
         rows += [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in inter]
@@ -250,7 +264,9 @@ def create_app(
         user_id = None if req.user_id is None else str(req.user_id)
         # an unknown domain is a 422 naming the known ones, before any adaptation
         inside = None if req.domain is None else pred.domain_mask(req.domain)
-        uidx, sup, unknown = support(user_id, req.interactions)
+        # the store read and the support's id lookups run off the event loop, so one user's
+        # long stored history does not hold up everyone else's requests
+        uidx, sup, unknown = await run_in_threadpool(support, user_id, req.interactions)
         ad = await adapted(user_id, uidx, sup, "rank")
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = model.score_adapted(ad, state.all_items)
@@ -294,7 +310,7 @@ def create_app(
                 f"too many item_ids: {len(req.item_ids)} > {cfg.max_score_items} (server limit)"
             )
         user_id = None if req.user_id is None else str(req.user_id)
-        uidx, sup, unknown = support(user_id, req.interactions)
+        uidx, sup, unknown = await run_in_threadpool(support, user_id, req.interactions)
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0

@@ -84,9 +84,15 @@ class FeedbackStore:
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             con = sqlite3.connect(uri, uri=True, timeout=self.timeout_s, isolation_level=None)
         else:
+            # a store file deleted under a running server is made again (connect alone made
+            # an empty file, and every request after it failed on "no such table")
+            fresh = not self.path.exists()
             con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
         try:
             if not self.read_only:
+                if fresh:
+                    con.execute("PRAGMA journal_mode=WAL")
+                    con.executescript(_SCHEMA)
                 con.execute("PRAGMA synchronous=NORMAL")
             yield con
         finally:
@@ -108,18 +114,31 @@ class FeedbackStore:
                 )
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                # SQLite has already rolled back on some errors (a full disk): a second
+                # ROLLBACK then raised "no transaction is active" and hid the real error
+                if con.in_transaction:
+                    con.execute("ROLLBACK")
                 raise
         return len(values)
 
-    def get(self, user_id: str) -> list[FeedbackRow]:
-        """The user's rows in the order they were stored."""
+    def get(self, user_id: str, limit: int | None = None) -> list[FeedbackRow]:
+        """The user's rows in the order they were stored; with ``limit``, the newest
+        ``limit`` of them (the server reads at most that many per request: one user with
+        200k stored rows took 0.4 s a request otherwise)."""
         with self._connect() as con:
+            if limit is None:
+                cur = con.execute(
+                    "SELECT item_id, rating, timestamp FROM feedback WHERE user_id = ? "
+                    "ORDER BY seq",
+                    (str(user_id),),
+                )
+                return [FeedbackRow(i, float(r), t) for i, r, t in cur.fetchall()]
             cur = con.execute(
-                "SELECT item_id, rating, timestamp FROM feedback WHERE user_id = ? ORDER BY seq",
-                (str(user_id),),
+                "SELECT item_id, rating, timestamp FROM feedback WHERE user_id = ? "
+                "ORDER BY seq DESC LIMIT ?",
+                (str(user_id), int(limit)),
             )
-            return [FeedbackRow(i, float(r), t) for i, r, t in cur.fetchall()]
+            return [FeedbackRow(i, float(r), t) for i, r, t in reversed(cur.fetchall())]
 
     def count(self) -> int:
         with self._connect() as con:
@@ -155,6 +174,21 @@ class FeedbackStore:
             )
         f["timestamp"] = ts.astype("Int64")
         return f
+
+
+def newest_per_item(rows: list[FeedbackRow]) -> list[FeedbackRow]:
+    """One row per item, in stored order: the newest of an item's rows. A row without a
+    timestamp counts as newer than any with one (it was sent "now", as ``metarec update``
+    places untimed rows after everything fitted); among timed rows the largest timestamp
+    wins; equal: the later stored. (The server left this to whether every row of the
+    request had a timestamp, so one untimed row elsewhere flipped which stored row won.)"""
+    best: dict[str, tuple[tuple, int]] = {}
+    for pos, r in enumerate(rows):
+        key = (r.timestamp is None, r.timestamp or 0, pos)
+        if r.item_id not in best or key > best[r.item_id][0]:
+            best[r.item_id] = (key, pos)
+    keep = sorted(pos for _, pos in best.values())
+    return [rows[i] for i in keep]
 
 
 def open_store(path: str | Path) -> FeedbackStore:
