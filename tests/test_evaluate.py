@@ -190,3 +190,64 @@ def test_bad_model_output_raises():
         evaluate(rec, ds, TASKS, bootstrap=0)
     with pytest.raises(MetarecError, match="no tasks"):
         evaluate(rec, ds, (), bootstrap=0)
+
+
+def _scaled(lo: float, hi: float) -> Dataset:
+    return Dataset(
+        "toy",
+        Interactions.empty(),
+        IdMap(np.array(["a", "b"])),
+        IdMap(np.array([f"i{k}" for k in range(6)])),
+        "explicit",
+        (lo, hi),
+        False,
+    )
+
+
+def test_query_ndcg_on_a_scale_with_negative_ratings_stays_in_0_1():
+    # gains are the ratings moved up by 2 on a -2..2 scale: raw ratings as gains gave
+    # nDCG@1 of -1 and -2, and dropped a user whose ideal DCG came out negative
+    ds = _scaled(-2.0, 2.0)
+    rec = FixedScores(np.array([0.0, 2.0, -1.0, 1.5, 0.0, 0.0])).fit(ds, Interactions.empty())
+    tasks = [
+        Task(0, Interactions.empty(), inter(0, np.array([1, 2, 3]), np.array([-2.0, 2.0, 1.0]))),
+        Task(1, Interactions.empty(), inter(1, np.array([1, 3]), np.array([-2.0, 1.0]))),
+    ]
+    r = evaluate(rec, ds, tasks, threshold=1.0, ks=(1,), query_ks=(1, 2), bootstrap=0)
+    # user 0 ranks items 1 (gain 0), 3 (gain 3), 2 (gain 4): nDCG@1 = 0 / 4
+    # user 1 ranks 1 (gain 0), 3 (gain 3): nDCG@2 = (3 / log2 3) / 3
+    assert r.per_user["nDCG@1 (query)"].tolist() == [0.0, 0.0]
+    assert r.per_user["nDCG@2 (query)"][1] == pytest.approx(1 / math.log2(3))
+    assert r.n_users["nDCG@2 (query)"] == 2
+
+
+def test_a_rating_exactly_at_a_fractional_threshold_is_relevant():
+    # ratings are float32: 0.7 compared in float64 sat below a 0.7 threshold
+    ds = _scaled(0.0, 1.0)
+    rec = FixedScores(np.array([0.2, 0.7, 0.1, 0.9, 0.0, 0.0])).fit(ds, Interactions.empty())
+    task = Task(
+        0,
+        Interactions.empty(),
+        inter(0, np.array([1, 2]), np.array([0.7, 0.1], dtype=np.float32)),
+    )
+    r = evaluate(rec, ds, [task], threshold=0.7, ks=(2,), query_ks=(1,), bootstrap=0)
+    assert r.metrics["AUC"] == 1.0 and r.metrics["Precision"] == 1.0
+    assert r.n_users["HR@2 (full)"] == 1
+
+
+def test_nan_scores_and_empty_cutoffs_are_errors():
+    ds = dataset()
+
+    class NaNFor1(FixedScores):
+        def score(self, user_idx, support, item_idx):
+            s = super().score(user_idx, support, item_idx)
+            return np.full(len(s), np.nan) if user_idx == 1 else s
+
+    rec = NaNFor1(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match="score returned NaN for user index 1"):
+        evaluate(rec, ds, list(TASKS), bootstrap=0)
+    fine = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match="ks is empty"):
+        evaluate(fine, ds, list(TASKS), ks=(), bootstrap=0)
+    with pytest.raises(MetarecError, match="query_ks is empty"):
+        evaluate(fine, ds, list(TASKS), query_ks=(), full_catalogue=False, bootstrap=0)

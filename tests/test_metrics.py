@@ -140,3 +140,10 @@ def test_bad_inputs_raise():
         M.mae([1.0, 2.0], [1.0])
     with pytest.raises(MetarecError):
         M.hr_at_k([1, 2], [1], 0)
+
+
+def test_a_repeated_item_in_the_ranking_is_one_recommendation():
+    # it counted its hit twice: recall 1.0 (above 1 with more repeats) for one of two
+    assert M.recall_at_k([1, 1, 2], [1, 3], 2) == 0.5
+    assert M.ndcg_at_k([1, 1], [1, 3], 2) == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert M.hr_at_k([2, 2, 1], [1], 2) == 1.0  # the repeat does not push item 1 out

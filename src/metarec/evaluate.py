@@ -76,8 +76,21 @@ def evaluate(
     """
     if not tasks:
         raise MetarecError("evaluate: no tasks to evaluate")
+    if full_catalogue and not ks:
+        raise MetarecError("evaluate: ks is empty; give the full ranking's cut-offs")
+    if not full_catalogue and not query_ks:
+        raise MetarecError("evaluate: query_ks is empty and full_catalogue is off: no ranking")
     explicit = dataset.feedback == "explicit"
     pos_threshold = threshold if explicit else 0.5  # implicit labels are 0/1
+
+    def liked(rating: np.ndarray) -> np.ndarray:
+        # ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7
+        # threshold (0.699999988) and the one item a user liked was not relevant
+        return np.asarray(rating, dtype=np.float32) >= np.float32(pos_threshold)
+
+    # graded nDCG's gains are the ratings, moved up so that none is negative (a -2..2
+    # scale gave nDCG below 0); scales starting at 0 or above keep their raw gains
+    gain_shift = min(float(dataset.rating_range[0]), 0.0) if explicit else 0.0
     n = len(tasks)
     cols: dict[str, np.ndarray] = {}
 
@@ -93,7 +106,11 @@ def evaluate(
         pred = np.asarray(pred, dtype=np.float64)
         if pred.shape != y.shape:
             raise MetarecError(f"{rec.name}: score returned {pred.shape} for {y.shape} query items")
-        y_pos = M.binarize(y, pos_threshold)
+        if np.isnan(pred).any():
+            # a NaN is no prediction: left in, MAE and AUC dropped the user as "undefined"
+            # and the classification metrics counted a negative, flattering a broken model
+            raise MetarecError(f"{rec.name}: score returned NaN for user index {t.user_idx}")
+        y_pos = liked(t.query.rating)
         col("AUC")[i] = M.auc(y_pos, pred)
         if rec.predicts_ratings:
             p_pos = M.binarize(pred, pos_threshold)
@@ -107,7 +124,7 @@ def evaluate(
             col("Recall")[i] = M.recall(y_pos, p_pos)
             col("F1")[i] = M.f1(y_pos, p_pos)
         for k in query_ks:
-            col(f"nDCG@{k} (query)")[i] = M.ndcg_graded_at_k(y, pred, k)
+            col(f"nDCG@{k} (query)")[i] = M.ndcg_graded_at_k(y - gain_shift, pred, k)
 
     # --- full catalogue: rank everything but the support, from rank_scores_batch --------
     if full_catalogue:
@@ -123,6 +140,11 @@ def evaluate(
             s = np.asarray(rec.rank_scores_batch(chunk, cand), dtype=np.float64)
             if s.shape != (len(chunk), len(cand)):
                 raise MetarecError(f"{rec.name}: rank_scores_batch returned shape {s.shape}")
+            if np.isnan(s).any():  # -inf is a valid "never" (EASE's untrained items); NaN is not
+                bad = chunk[int(np.flatnonzero(np.isnan(s).any(1))[0])]
+                raise MetarecError(
+                    f"{rec.name}: rank_scores returned NaN for user index {bad.user_idx}"
+                )
             # sort on -score, ties broken at random (seeded). recommend() keeps catalogue
             # order within a tie, but for evaluation that order is information: ML-100K's
             # item ids follow popularity, so an all-tied scorer (popularity on cold items)
@@ -134,7 +156,7 @@ def evaluate(
                 excluded = np.isin(cand[order[j]], t.support.item_idx)
                 ranked = cand[order[j][~excluded]]  # (n_cand - |support ∩ cand|,)
                 q = t.query
-                relevant = q.item_idx[M.binarize(q.rating, pos_threshold)]
+                relevant = q.item_idx[liked(q.rating)]
                 relevant = relevant[np.isin(relevant, cand)]
                 top = ranked[:kmax]
                 for k in ks:

@@ -152,6 +152,11 @@ def ndcg_graded_at_k(relevance, scores, k: int) -> float:
 
 def _hits(ranked, relevant, k: int | None) -> tuple[np.ndarray, int]:
     ranked = np.asarray(ranked)
+    # an item listed twice is one recommendation: a repeat would count its hit twice
+    # (recall above 1); the first place it appears is its rank
+    _, first = np.unique(ranked, return_index=True)
+    if len(first) < len(ranked):
+        ranked = ranked[np.sort(first)]
     rel = np.unique(np.asarray(relevant))
     if k is not None:
         if k < 1:
