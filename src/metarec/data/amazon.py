@@ -119,7 +119,7 @@ def _sequences(path: Path, n_users: int | None) -> tuple[list[str], list[str], l
             f"{path}: {len(seen)} users (lines) but instance_num.txt says {n_users} "
             "(truncated or replaced file?)"
         )
-    if not text.endswith(("\n", "\r")) and all_lines[-1].strip():
+    if all_lines and not text.endswith(("\n", "\r")) and all_lines[-1].strip():
         # every file of the release ends with a newline; without one the last line was cut
         # off, and its last id ("866" of "8661") may still be a valid id of either domain
         raise MetarecError(
