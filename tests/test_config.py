@@ -80,3 +80,43 @@ def test_model_config_rejects_non_finite_and_absurd_values_up_front(override, me
     with pytest.raises(MetarecError) as err:
         ModelConfig.from_dict(data)
     assert message in str(err.value)
+
+
+def _model(*overrides):
+    from metarec.model import ModelConfig
+
+    return ModelConfig.from_dict(apply_overrides(to_dict(ModelConfig()), list(overrides)))
+
+
+def test_a_table_given_whole_keeps_the_other_keys_of_the_default():
+    # --set 'rank_meta={inner_steps=2}' turned the ranking model from NP into MAML (the
+    # class default), and 'train={steps=5}' dropped ModelConfig's ema and eval_every
+    from metarec.model import ModelConfig
+
+    base = ModelConfig()
+    cfg = _model("rank_meta={inner_steps=2}", "train={steps=5}")
+    assert cfg.rank_meta.inner_steps == 2 and cfg.rank_meta.algorithm == base.rank_meta.algorithm
+    assert cfg.train.steps == 5
+    assert (cfg.train.ema, cfg.train.eval_every) == (base.train.ema, base.train.eval_every)
+
+
+def test_none_unsets_an_optional_setting_and_is_refused_elsewhere():
+    assert _model("text.pca_dim=none").text.pca_dim is None
+    assert _model("text.template=None").text.template is None  # was the string "None"
+    with pytest.raises(MetarecError, match="train.steps: expected an integer, got None"):
+        _model("train.steps=null")
+
+
+def test_booleans_take_1_and_0_and_malformed_keys_are_refused():
+    assert _model("refit=1").refit is True and _model("refit=0").refit is False
+    for bad in ("train..steps=4", "train.steps.=4", ".train.steps=4"):
+        with pytest.raises(MetarecError, match="malformed key"):
+            _model(bad)
+
+
+def test_a_range_error_names_the_table_that_holds_the_value():
+    # "MetaConfig: inner_steps >= 0, inner_lr > 0" did not say meta or rank_meta
+    with pytest.raises(MetarecError, match=r"^rank_meta: "):
+        _model("rank_meta.inner_lr=-1")
+    with pytest.raises(MetarecError, match=r"^train: "):
+        _model("train.patience=0")

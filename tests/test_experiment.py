@@ -519,3 +519,28 @@ def test_a_text_model_that_cannot_load_stops_the_run_once(tmp_path):
     )
     with pytest.raises(MetarecError, match="cannot load text model"):
         E.run(cfg, tmp_path / "out", progress=False)
+
+
+def test_text_settings_under_model_or_a_method_are_refused():
+    # accepted and ignored: evaluate builds the features once, from the top-level [text]
+    with pytest.raises(MetarecError, match=r"\[model\] text: .* top-level \[text\]"):
+        E.load_config(TINY, ["model.text.pca_dim=2"])
+    with pytest.raises(MetarecError, match="text settings are the experiment's"):
+        E.load_config(TINY, ["methods=[{name='M', kind='meta', grid={'text.pca_dim'=[2, 4]}}]"])
+
+
+def test_a_grid_of_tables_reaches_the_model_as_tables():
+    # grid values went through JSON and TOML text: tables were refused, "😀" garbled
+    cfg = E.load_config(
+        TINY,
+        [
+            "methods=[{name='M', kind='meta', grid={rank_meta=[{algorithm='np'}, {algorithm='ridge'}]}}]",
+            "seeds=[0]",
+        ],
+    )
+    (spec,) = cfg.methods
+    algos = [
+        E.make_method(spec, cfg, 0, point, False).config.rank_meta.algorithm
+        for point in E._grid_points(spec.grid)
+    ]
+    assert algos == ["np", "ridge"]

@@ -150,8 +150,9 @@ def _model_config(args):
         # an experiment file keeps the model under [model] and the text encoder in a
         # top-level [text] (which `evaluate` gives every method); a model file is the
         # table itself. The experiment's [text] used to be dropped without a word.
-        if isinstance(loaded.get("model"), dict):
-            model = dict(loaded["model"])
+        experiment_keys = ("model", "methods", "data", "split", "seeds", "shots")
+        if isinstance(loaded.get("model"), dict) or any(k in loaded for k in experiment_keys[1:]):
+            model = dict(loaded.get("model") or {})
             if isinstance(loaded.get("text"), dict):
                 model["text"] = _deep_merge(loaded["text"], model.get("text") or {})
             rest = sorted(k for k in loaded if k not in ("model", "text", "base_dir"))

@@ -7,6 +7,7 @@ TOML file or a ``--set`` override fails loudly instead of being ignored (RecBole
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -66,6 +67,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # --set refit=1, as "1" already was
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
         raise MetarecError(f"{where}: expected true/false, got {value!r}")
@@ -127,7 +130,14 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         name: _coerce(value, hints[name], ".".join(filter(None, [where, name])))
         for name, value in data.items()
     }
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except MetarecError as err:
+        # a range check inside the class ("MetaConfig: inner_lr > 0") names the class, not
+        # which of its tables (meta or rank_meta) holds the bad value
+        if where and not str(err).startswith(where):
+            raise MetarecError(f"{where}: {err}") from None
+        raise
 
 
 def to_dict(obj: Any) -> Any:
@@ -146,9 +156,16 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise MetarecError(f"--set {text!r}: expected key=value")
     key, raw = text.split("=", 1)
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
+    if not key.strip():
         raise MetarecError(f"--set {text!r}: empty key")
+    path = [p.strip() for p in key.strip().split(".")]
+    if not all(path):
+        # "train..steps" and "train.steps." used to pass as train.steps
+        raise MetarecError(f"--set {text!r}: malformed key {key.strip()!r}")
+    if raw.strip().lower() in NONE_WORDS:
+        # TOML has no null: a bare none/null is how an optional setting is unset
+        # (text.pca_dim=none: raw vectors); it used to be the string "None" or an error
+        return path, None
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -156,19 +173,43 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return path, value
 
 
+NONE_WORDS = ("none", "null")
+
+
+def set_path(data: dict, path: list[str], value: Any) -> dict:
+    """A copy of ``data`` with ``value`` at ``path``; a table given for a table is merged
+    into it key by key (``train={steps=5}`` is ``train.steps=5``: given whole, it reset
+    every other key of the table to its class default, not to ModelConfig's own)."""
+    out = copy.deepcopy(data)
+    node = out
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise MetarecError(f"{'.'.join(path)}: {part!r} is not a table")
+    last = path[-1]
+    if isinstance(value, dict) and isinstance(node.get(last), dict):
+        node[last] = _merged(node[last], value)
+    else:
+        node[last] = value
+    return out
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Return a copy of the nested dict ``data`` with ``key.path=value`` overrides applied."""
-    import copy
-
     out = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise MetarecError(f"--set {text!r}: {part!r} is not a table")
-        node[path[-1]] = value
+        try:
+            out = set_path(out, path, value)
+        except MetarecError as err:
+            raise MetarecError(f"--set {text!r}: {err}") from None
     return out
 
 

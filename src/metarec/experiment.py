@@ -41,7 +41,7 @@ import numpy as np
 
 from metarec import evaluate as evaluation
 from metarec.atomic import write_text
-from metarec.config import apply_overrides, from_dict, load_toml, to_dict
+from metarec.config import apply_overrides, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
 from metarec.recommender import Recommender
@@ -270,6 +270,19 @@ def load_config(
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
     """Every method's settings checked now, not when the run reaches that method (where a
     bad one would fail, be left out of the tables as a failure, and exit 0)."""
+    # the text features are the run's, built once from the top-level [text] for every
+    # method: a text table under [model] or a method's params was accepted and ignored
+    if "text" in config.model:
+        raise MetarecError(
+            "[model] text: evaluate builds one set of text features for every method from "
+            "the top-level [text] table; move these keys there"
+        )
+    for m in config.methods:
+        if "text" in m.params or any(k == "text" or k.startswith("text.") for k in m.grid):
+            raise MetarecError(
+                f"method {m.name!r}: text settings are the experiment's (the top-level "
+                "[text] table), not a method's"
+            )
     try:
         _model_config(config.model, {}, config.seeds[0], False)  # [model] alone, too
     except MetarecError as err:
@@ -521,7 +534,9 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def _set_path(data: dict, path: str, value: Any) -> dict:
-    return apply_overrides(data, [f"{path}={json.dumps(value)}"])
+    # the value as it is (a table, any string): through JSON and TOML text a grid of
+    # tables was refused and "😀" came back as a quoted escape sequence
+    return set_path(data, path.split("."), value)
 
 
 def _grid_points(grid: dict) -> list[dict]:
