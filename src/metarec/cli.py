@@ -141,7 +141,7 @@ def cmd_embed(args) -> int:
 
 
 def _model_config(args):
-    from metarec.config import apply_overrides, load_toml, to_dict
+    from metarec.config import apply_overrides, deep_merge, load_toml, to_dict
     from metarec.model import ModelConfig
 
     data = to_dict(ModelConfig())
@@ -154,7 +154,7 @@ def _model_config(args):
         if isinstance(loaded.get("model"), dict) or any(k in loaded for k in experiment_keys[1:]):
             model = dict(loaded.get("model") or {})
             if isinstance(loaded.get("text"), dict):
-                model["text"] = _deep_merge(loaded["text"], model.get("text") or {})
+                model["text"] = deep_merge(loaded["text"], model.get("text") or {})
             rest = sorted(k for k in loaded if k not in ("model", "text", "base_dir"))
             if rest:
                 warnings.warn(
@@ -163,18 +163,9 @@ def _model_config(args):
                     stacklevel=1,
                 )
             loaded = model
-        data = _deep_merge(data, loaded)
+        data = deep_merge(data, loaded)
     data = apply_overrides(data, args.set or [])
     return ModelConfig.from_dict(data)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
 
 
 def _check_output(out: str | Path, run: str | Path) -> None:

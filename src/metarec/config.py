@@ -188,16 +188,19 @@ def set_path(data: dict, path: list[str], value: Any) -> dict:
             raise MetarecError(f"{'.'.join(path)}: {part!r} is not a table")
     last = path[-1]
     if isinstance(value, dict) and isinstance(node.get(last), dict):
-        node[last] = _merged(node[last], value)
+        node[last] = deep_merge(node[last], value)
     else:
         node[last] = value
     return out
 
 
-def _merged(base: dict, over: dict) -> dict:
+def deep_merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` laid on it: tables merge key by key, anything else replaces."""
     out = dict(base)
     for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
     return out
 
 

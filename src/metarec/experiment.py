@@ -41,7 +41,7 @@ import numpy as np
 
 from metarec import evaluate as evaluation
 from metarec.atomic import write_text
-from metarec.config import apply_overrides, from_dict, load_toml, set_path, to_dict
+from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
 from metarec.recommender import Recommender
@@ -519,18 +519,9 @@ def build_split_features(ds: Dataset, train_items: np.ndarray, text: TextConfig)
 def _model_config(base: dict, params: dict, seed: int, progress: bool) -> ModelConfig:
     # start from the full default ModelConfig so a partial table (say train.steps only)
     # changes just those keys, not the nested defaults ModelConfig itself chose
-    data = _deep_merge(_deep_merge(to_dict(ModelConfig()), base), params)
-    data = _deep_merge(data, {"seed": seed, "progress": progress, "train": {"seed": seed}})
+    data = deep_merge(deep_merge(to_dict(ModelConfig()), base), params)
+    data = deep_merge(data, {"seed": seed, "progress": progress, "train": {"seed": seed}})
     return ModelConfig.from_dict(data)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = (
-            _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-        )
-    return out
 
 
 def _set_path(data: dict, path: str, value: Any) -> dict:
