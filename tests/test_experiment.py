@@ -544,3 +544,12 @@ def test_a_grid_of_tables_reaches_the_model_as_tables():
         for point in E._grid_points(spec.grid)
     ]
     assert algos == ["np", "ridge"]
+
+
+def test_the_model_table_is_recorded_with_typed_values():
+    # results.json took [model] as given: --set model.train.steps=1e0 stored 1.0
+    cfg = E.load_config(TINY, ["model.train.steps=1e0", "model.train.ema=0", "model.seed=3"])
+    assert cfg.model["train"]["steps"] == 1 and isinstance(cfg.model["train"]["steps"], int)
+    assert cfg.model["train"]["ema"] == 0.0 and isinstance(cfg.model["train"]["ema"], float)
+    assert cfg.model["seed"] == 3  # as given (each run sets its own seed)
+    assert set(cfg.model) == {"scorer", "train", "seed"}  # only the keys it names

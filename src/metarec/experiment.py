@@ -285,8 +285,12 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
             )
     try:
         _model_config(config.model, {}, config.seeds[0], False)  # [model] alone, too
+        # [model] as the model reads it (results.json recorded the raw table, "steps":
+        # 1.0 or "refit": "yes" from --set): the typed values of the keys it names
+        typed = ModelConfig.from_dict(deep_merge(to_dict(ModelConfig()), config.model))
     except MetarecError as err:
         raise MetarecError(f"[model]: {err}") from None
+    config = dataclasses.replace(config, model=_typed_subset(to_dict(typed), config.model))
     for m in config.methods:
         if m.kind == "baseline":
             _check_baseline_params(m)
@@ -528,6 +532,16 @@ def _set_path(data: dict, path: str, value: Any) -> dict:
     # the value as it is (a table, any string): through JSON and TOML text a grid of
     # tables was refused and "😀" came back as a quoted escape sequence
     return set_path(data, path.split("."), value)
+
+
+def _typed_subset(typed: dict, given: dict) -> dict:
+    """The keys of ``given`` (nested), with their values taken from ``typed``."""
+    return {
+        k: _typed_subset(typed[k], v)
+        if isinstance(v, dict) and isinstance(typed.get(k), dict)
+        else typed.get(k, v)
+        for k, v in given.items()
+    }
 
 
 def _grid_points(grid: dict) -> list[dict]:
