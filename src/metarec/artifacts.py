@@ -74,15 +74,16 @@ def check_run_target(out: str | Path) -> Path:
 
 
 def check_derived_run(out: str | Path, run: str | Path, what: str) -> None:
-    """A RUN made from another (``export``, ``update``) is written outside it: not onto it
-    and not into a folder inside it, since the source RUN is never modified."""
+    """What a command makes from a RUN (a RUN from ``export`` or ``update``, a CSV from
+    ``predict`` or ``recommend``) is written outside it: not onto it and not into a folder
+    inside it, since the source RUN is never modified."""
     o, r = Path(out).resolve(), Path(run).resolve()
     if o == r:
         raise MetarecError(f"{what}: --out must differ from --run (the RUN is never modified)")
     if r in o.parents:
         raise MetarecError(
-            f"{what}: --out {out} is inside the RUN {run}; write the new RUN elsewhere "
-            "(the RUN is never modified)"
+            f"{what}: --out {out} is inside the RUN {run}; write it elsewhere (the RUN is "
+            "never modified)"
         )
 
 

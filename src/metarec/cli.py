@@ -168,17 +168,14 @@ def _model_config(args):
     return ModelConfig.from_dict(data)
 
 
-def _check_output(out: str | Path, run: str | Path) -> None:
+def _check_output(out: str | Path, run: str | Path, what: str) -> None:
     """Before any work: ``out`` must be writable as a file (not a folder or a device) and
     outside the RUN, which predict and recommend never modify."""
+    from metarec.artifacts import check_derived_run
     from metarec.atomic import writable_target
 
-    target = writable_target(out).resolve()
-    if Path(run).resolve() in target.parents:
-        raise MetarecError(
-            f"--out {out} is inside the RUN {run}; write outputs elsewhere (a RUN is never "
-            "modified)"
-        )
+    writable_target(out)
+    check_derived_run(out, run, what)
 
 
 def _write_csv_atomic(frame, out: Path) -> None:
@@ -245,7 +242,7 @@ def cmd_predict(args) -> int:
     from metarec.data.files import read_log, read_query
     from metarec.predictor import Predictor
 
-    _check_output(args.out, args.run)
+    _check_output(args.out, args.run, args.command)
     pred = Predictor.load(args.run, device=args.device)
     support, feedback, _ = read_log(args.support)
     pred.check_feedback(feedback, str(args.support))
@@ -261,7 +258,7 @@ def cmd_recommend(args) -> int:
     from metarec.data.files import read_log
     from metarec.predictor import Predictor
 
-    _check_output(args.out, args.run)
+    _check_output(args.out, args.run, args.command)
     pred = Predictor.load(args.run, device=args.device)
     support, feedback, _ = read_log(args.support)
     pred.check_feedback(feedback, str(args.support))

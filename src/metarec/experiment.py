@@ -284,9 +284,9 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
                 "[text] table), not a method's"
             )
     try:
-        _model_config(config.model, {}, config.seeds[0], False)  # [model] alone, too
-        # [model] as the model reads it (results.json recorded the raw table, "steps":
-        # 1.0 or "refit": "yes" from --set): the typed values of the keys it names
+        # [model] alone, checked, and kept as the model reads it (results.json recorded the
+        # raw table, "steps": 1.0 or "refit": "yes" from --set): the typed values of the
+        # keys it names
         typed = ModelConfig.from_dict(deep_merge(to_dict(ModelConfig()), config.model))
     except MetarecError as err:
         raise MetarecError(f"[model]: {err}") from None

@@ -128,7 +128,6 @@ def export_run(
         out, config=src.config, tensors=tensors, ids=src.ids, meta={**src.meta, "export": spec}
     )
     exported = Predictor.load(out)  # the export loads (and scores one user) or it is an error
-    after = validation_metrics(exported, max_users, n_negatives) if before else None
     size_in, size_out = run_size(run), run_size(out)
     report = {
         "run": str(run),
@@ -140,7 +139,7 @@ def export_run(
         "int8_tensors": spec["int8"],
         "validation_users": before["users"] if before else 0,
     }
-    if before is None or after is None:
+    if before is None:
         # an export is still an export: only the comparison is missing
         return {
             **report,
@@ -150,6 +149,7 @@ def export_run(
             "note": "the RUN has no validation users with a support and a query to "
             "compare the two on",
         }
+    after = validation_metrics(exported, max_users, n_negatives)
     return {
         **report,
         "metrics_before": {k: v for k, v in before.items() if k != "users"},

@@ -150,13 +150,17 @@ def ndcg_graded_at_k(relevance, scores, k: int) -> float:
 # --- full-catalogue ranking ------------------------------------------------------------
 
 
+def first_occurrences(items) -> np.ndarray:
+    """``items`` with each repeat after its first place dropped, order kept: an item listed
+    twice is one recommendation, ranked where it first appears."""
+    items = np.asarray(items)
+    _, first = np.unique(items, return_index=True)
+    return items if len(first) == len(items) else items[np.sort(first)]
+
+
 def _hits(ranked, relevant, k: int | None) -> tuple[np.ndarray, int]:
-    ranked = np.asarray(ranked)
-    # an item listed twice is one recommendation: a repeat would count its hit twice
-    # (recall above 1); the first place it appears is its rank
-    _, first = np.unique(ranked, return_index=True)
-    if len(first) < len(ranked):
-        ranked = ranked[np.sort(first)]
+    # a repeat would count its hit twice (recall above 1)
+    ranked = first_occurrences(ranked)
     rel = np.unique(np.asarray(relevant))
     if k is not None:
         if k < 1:

@@ -20,7 +20,7 @@ import torch
 from metarec.artifacts import load_run, save_run
 from metarec.data.raw import RawData
 from metarec.model import MetaRecommender, ModelConfig
-from metarec.recommender import off_scale
+from metarec.recommender import check_k, off_scale
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 
@@ -325,8 +325,7 @@ class Predictor:
         exclude_seen: bool = True,
     ) -> pd.DataFrame:
         """Top-k per user over the catalogue (or one domain), excluding the history."""
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise MetarecError(f"recommend: k must be an integer >= 1, got {k!r}")
+        check_k(k)
         cand = self.candidates(domain)
         from metarec.types import Task
 

@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from metarec.features import FeatureSet
+from metarec.metrics import first_occurrences
 from metarec.types import Dataset, Interactions, MetarecError, Task
 
 
@@ -166,13 +167,8 @@ class Recommender(abc.ABC):
             broken by position in ``candidates`` (lower item index first by default).
         """
         self._check_fitted()
-        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise MetarecError(f"recommend: k must be an integer >= 1, got {k!r}")
-        cand = self._candidates(candidates)
-        # an item named twice among the candidates is still one recommendation
-        _, first = np.unique(cand, return_index=True)
-        if len(first) < len(cand):
-            cand = cand[np.sort(first)]
+        check_k(k)
+        cand = first_occurrences(self._candidates(candidates))
         # checked like candidates: a bool mask or 19.9 was cast to indices (0/1, 19) silently
         excl = support.item_idx if exclude is None else self._check_items(exclude)
         cand = cand[~np.isin(cand, excl)]
@@ -286,6 +282,12 @@ class Recommender(abc.ABC):
         if candidates is None:
             return np.arange(self.n_items_, dtype=np.int64)
         return self._check_items(candidates)
+
+
+def check_k(k: int) -> None:
+    """``recommend``'s k: an integer >= 1 (a bool, 2.5 or "3" is a one-line error)."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise MetarecError(f"recommend: k must be an integer >= 1, got {k!r}")
 
 
 def off_scale(ratings: np.ndarray, rating_range: tuple[float, float]) -> np.ndarray:

@@ -201,10 +201,7 @@ def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) ->
         frac = values != np.round(values)
         if frac.any():
             pos = int(np.flatnonzero(frac)[0])
-            raise MetarecError(
-                f"{_where(frame)}: {_at(frame, pos)}: column {column!r} value "
-                f"{raw.iloc[pos]!r} is not an integer"
-            )
+            raise MetarecError(_bad_cell(frame, pos, column, raw.iloc[pos], "is not an integer"))
         return values.astype(np.int64)
     return values
 

@@ -126,17 +126,10 @@ class FeedbackStore:
         ``limit`` of them (the server reads at most that many per request: one user with
         200k stored rows took 0.4 s a request otherwise)."""
         with self._connect() as con:
-            if limit is None:
-                cur = con.execute(
-                    "SELECT item_id, rating, timestamp FROM feedback WHERE user_id = ? "
-                    "ORDER BY seq",
-                    (str(user_id),),
-                )
-                return [FeedbackRow(i, float(r), t) for i, r, t in cur.fetchall()]
-            cur = con.execute(
+            cur = con.execute(  # LIMIT -1: no limit, in SQLite
                 "SELECT item_id, rating, timestamp FROM feedback WHERE user_id = ? "
                 "ORDER BY seq DESC LIMIT ?",
-                (str(user_id), int(limit)),
+                (str(user_id), -1 if limit is None else int(limit)),
             )
             return [FeedbackRow(i, float(r), t) for i, r, t in reversed(cur.fetchall())]
 
