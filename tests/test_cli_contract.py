@@ -61,6 +61,11 @@ def make_world(tmp_path, n_users=60, n_items=40, seed=0, implicit=False):
     return paths, items
 
 
+def fit_argv(paths, out) -> list[str]:
+    """`metarec fit` on make_world's files into ``out`` (flags to be appended)."""
+    return ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+
+
 def cold_support(tmp_path, implicit=False):
     # two brand-new users: one shows a space taste, one a garden taste
     rows = [("new_space", f"it{i}", 5 if i % 2 == 0 else 1, i) for i in range(6)]
@@ -266,19 +271,7 @@ def test_bad_input_exit_2_nothing_written(fitted, tmp_path, capsys, case):
 
 def test_fit_rejects_unknown_config_key(tmp_path, capsys):
     paths, _ = make_world(tmp_path, n_users=10)
-    code = main(
-        [
-            "fit",
-            "--train",
-            str(paths["T"]),
-            "--items",
-            str(paths["I"]),
-            "--out",
-            str(tmp_path / "RUN"),
-            "--set",
-            "train.stepz=3",
-        ]
-    )
+    code = main([*fit_argv(paths, tmp_path / "RUN"), "--set", "train.stepz=3"])
     assert code == 2
     assert "stepz" in capsys.readouterr().err
     assert not (tmp_path / "RUN").exists()
@@ -930,16 +923,7 @@ def test_ratings_dated_before_1970_are_kept(tmp_path, capsys):
     t["timestamp"] = when.dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     t.to_csv(paths["T"], index=False)
     capsys.readouterr()
-    fit = [
-        "fit",
-        "--train",
-        str(paths["T"]),
-        "--items",
-        str(paths["I"]),
-        "--out",
-        str(tmp_path / "R"),
-    ]
-    assert main([*fit, *FAST]) == 0
+    assert main([*fit_argv(paths, tmp_path / "R"), *FAST]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert (summary["users"], summary["interactions"]) == (20, len(t))
 

@@ -29,7 +29,7 @@ from metarec.meta import MetaConfig
 from metarec.models.scorer import ScorerConfig
 from metarec.train import TrainConfig, train
 from metarec.types import MetarecError
-from test_cli_contract import cold_support, make_world
+from test_cli_contract import cold_support, fit_argv, make_world
 
 # few steps, small batch: the point is equivalence, not quality
 ARGS = [
@@ -94,18 +94,7 @@ def test_distributed_flag_without_torchrun_fails_loudly(monkeypatch, tmp_path):
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     paths, _ = make_world(tmp_path, n_users=10)
-    code = main(
-        [
-            "fit",
-            "--train",
-            str(paths["T"]),
-            "--items",
-            str(paths["I"]),
-            "--out",
-            str(tmp_path / "R"),
-        ]
-        + ["--distributed", *ARGS]
-    )
+    code = main([*fit_argv(paths, tmp_path / "R"), "--distributed", *ARGS])
     assert code == 2 and not (tmp_path / "R").exists()
 
 
