@@ -553,3 +553,183 @@ def test_the_model_table_is_recorded_with_typed_values():
     assert cfg.model["train"]["ema"] == 0.0 and isinstance(cfg.model["train"]["ema"], float)
     assert cfg.model["seed"] == 3  # as given (each run sets its own seed)
     assert set(cfg.model) == {"scorer", "train", "seed"}  # only the keys it names
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("split.protocol='usercold'", "unknown protocol 'usercold'"),
+        ("split.k_shot=0", "split.k_shot must be >= 1"),
+        ("split.n_query=0", "split.n_query must be >= 1"),
+        ("split.valid_frac=1.0", "split.valid_frac must be in [0, 1)"),
+        ("shots=[0, 5]", "shots must be >= 1"),
+        ("metrics=['AUC', 'AUC']", "metric 'AUC' is listed twice"),
+    ],
+)
+def test_split_settings_fail_when_the_config_loads_not_after_the_data(override, named):
+    # these were caught by make_split, once the data had loaded (a progress line first)
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.load_config(TINY, [override])
+
+
+def test_a_metric_with_any_k_is_computed_not_left_empty(tmp_path):
+    # "nDCG@50 (full)" passed the check and came out as an empty column: evaluate
+    # computed only k = 5, 10, 20 and 1, 3, 5; a grid selected on Recall@50 "failed"
+    cfg = E.load_config(
+        TINY,
+        [
+            "seeds=[0]",
+            "shots=[]",
+            "metrics=['nDCG@50 (full)', 'nDCG@2 (query)', 'HR@1 (full)', 'AUC']",
+            "methods=[{name='item_mean_user_bias', grid={shrinkage=[0.1, 50.0]}, "
+            "select_metric='Recall@7 (full)'}, {name='popularity'}]",
+        ],
+    )
+    assert cfg.eval_ks() == ((1, 5, 7, 10, 20, 50), (1, 2, 3, 5))
+    results = E.run(cfg, tmp_path, progress=False)
+    assert not results.failures
+    for r in results.runs:
+        for m in ("nDCG@50 (full)", "nDCG@2 (query)", "HR@1 (full)"):
+            assert np.isfinite(r.result.metrics[m]), (r.method, m)
+    chosen = next(r.chosen for r in results.runs if r.method == "item_mean_user_bias")
+    assert "_valid_Recall@7 (full)" in chosen
+
+
+def _implicit_tiny(tmp_path: Path) -> Path:
+    log = (TINY.parent / "tiny_log.csv").read_text().splitlines()
+    rows = [r.split(",") for r in log[1:]]
+    text = "user_id,item_id,label,timestamp\n" + "".join(
+        f"{u},{i},{int(float(r) >= 4)},{t}\n" for u, i, r, t in rows
+    )
+    (tmp_path / "log.csv").write_text(text)
+    (tmp_path / "tiny_items.csv").write_text((TINY.parent / "tiny_items.csv").read_text())
+    return tmp_path / "log.csv"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["metrics=['MAE', 'AUC']"], "metrics: MAE is computed for explicit feedback only"),
+        (
+            ["methods=[{name='biased_mf', grid={reg=[0.1, 1.0]}, select_metric='RMSE'}]"],
+            "select_metric: RMSE is computed for explicit feedback only",
+        ),
+    ],
+)
+def test_a_rating_metric_on_implicit_data_fails_before_anything_trains(
+    tmp_path, monkeypatch, overrides, named
+):
+    path = _implicit_tiny(tmp_path)
+    cfg = E.load_config(
+        TINY,
+        [
+            "seeds=[0]",
+            "shots=[]",
+            f"data.path='{path}'",
+            "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
+            *overrides,
+        ],
+        base_dir=str(tmp_path),
+    )
+    monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.run(cfg, None, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["threshold=6.0"], "threshold 6 is outside the ratings of 'tiny_log' (1..5)"),
+        (["threshold=1.0"], "every rating would be"),
+        (
+            ["methods=[{name='popularity', select_metric='MAE'}]"],
+            "select_metric MAE needs predicted ratings, and popularity only ranks",
+        ),
+    ],
+)
+def test_a_threshold_off_the_scale_or_an_unscorable_selection_fails_before_training(
+    monkeypatch, overrides, named
+):
+    # threshold 4 on a -2..2 scale left every ranking column empty, with exit 0
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]", *overrides])
+    monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.run(cfg, None, progress=False)
+
+
+def test_warm_full_ranking_leaves_out_the_users_training_history(tmp_path):
+    # a warm user's earlier items stay in train; the full ranking offered them (recommend
+    # never does), and they took 10-20% of popularity's top ten while never relevant
+    cfg = E.load_config(
+        TINY, ["split.protocol='warm'", "seeds=[0]", "shots=[]"], only=["popularity"]
+    )
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    exclude = E.ranking_exclusions(split, split.test)
+    for t in split.test:
+        history = split.train.item_idx[split.train.user_idx == t.user_idx]
+        assert set(exclude[t.user_idx]) == set(history)
+        assert set(t.support.item_idx) <= set(history)
+    assert E.ranking_exclusions(E.cut_split(ds, E.load_config(TINY), 0, 3), split.test) is None
+
+    class Everything(Popularity):
+        seen: list = []
+
+        def rank_scores_batch(self, tasks, items):
+            return np.tile(np.arange(len(items), dtype=np.float64)[::-1], (len(tasks), 1))
+
+    rec = Everything().fit(ds, split.train, None)
+    res = evaluation.evaluate(
+        rec, ds, split.test, bootstrap=0, ks=(20,), exclude=exclude, full_catalogue=True
+    )
+    plain = evaluation.evaluate(rec, ds, split.test, bootstrap=0, ks=(20,))
+    # scores fall with the item index: the top 20 are the 20 lowest indices not excluded
+    t = split.test[0]
+    seen = set(exclude[t.user_idx])
+    top = [i for i in range(ds.n_items) if i not in seen][:20]
+    relevant = set(t.query.item_idx[t.query.rating >= 4])
+    if relevant:
+        want = len(relevant & set(top)) / len(relevant)
+        assert res.per_user["Recall@20 (full)"][0] == pytest.approx(want)
+    assert res.metrics["Recall@20 (full)"] >= plain.metrics["Recall@20 (full)"]
+
+
+def test_identical_per_user_values_get_identical_intervals():
+    # one bootstrap stream shared in column order gave two all-tied scorers with the same
+    # per-user nDCG different CIs, and a metric's CI moved when columns were added
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, 3)
+    rec = Popularity().fit(ds, split.train, None)
+    a = evaluation.evaluate(rec, ds, split.test, bootstrap=200, ks=(10,), query_ks=(3,))
+    b = evaluation.evaluate(rec, ds, split.test, bootstrap=200, ks=(5, 10, 20))
+    assert a.ci95["nDCG@10 (full)"] == b.ci95["nDCG@10 (full)"]
+    assert a.ci95["AUC"] == b.ci95["AUC"]
+
+
+def test_a_misspelt_time_column_is_an_error_not_file_order(tmp_path):
+    from metarec.data.tabular import read_table
+
+    with pytest.raises(MetarecError, match="time column 'tss' is not in the file"):
+        read_table(TINY.parent / "tiny_log.csv", time_col="tss")
+    raw = read_table(TINY.parent / "tiny_log.csv", time_col="timestamp")
+    assert raw is not None
+
+
+def test_the_report_says_when_no_pca_was_fitted(tmp_path):
+    items = tmp_path / "tiny_items.csv"
+    items.write_text("item_id,year\n" + "".join(f"i{i},{1990 + i % 7}\n" for i in range(40)))
+    cfg = E.load_config(
+        TINY,
+        [
+            "seeds=[0]",
+            "shots=[]",
+            f"data.path='{TINY.parent / 'tiny_log.csv'}'",
+            f"data.options={{items='{items}', text_cols=[], numeric_cols=['year']}}",
+        ],
+        only=["popularity"],
+    )
+    with pytest.warns(UserWarning, match="too few for PCA"):
+        E.run(cfg, tmp_path / "out", progress=False)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "lowered to" not in report and "no PCA: too few training items with text" in report

@@ -10,7 +10,7 @@ Metric names follow one scheme: ``<Metric>[@k][ (<scope>)]``.
 * ``(query)``: ranking of the user's query items by ``score``, graded relevance = true
   rating (MeLU/TaNP protocol): ``nDCG@1 (query)``, ``nDCG@3 (query)``, ...
 * ``(full)``: ranking of the whole catalogue (or ``candidates``) minus the user's support
-  by ``rank_scores`` (what ``recommend`` returns); relevant = the query items that are
+  (and ``exclude``'s items: a warm user's training history) by ``rank_scores`` (what ``recommend`` returns); relevant = the query items that are
   positive: ``HR@10 (full)``, ``Recall@10 (full)``, ``nDCG@10 (full)``, ``MRR (full)``.
 
 Each metric is computed per user; users where it is undefined (NaN: one-class AUC, no
@@ -19,7 +19,8 @@ relevant item, ...) are left out of its average and counted in ``EvalResult.n_us
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,12 +68,16 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 256,
     primary_metric: str | None = None,
+    exclude: Mapping[int, np.ndarray] | None = None,
 ) -> EvalResult:
     """Score every task's query with ``rec`` and compute the metrics in this module's scheme.
 
     ``candidates`` restricts the full-catalogue ranking (e.g. to cold items); relevant items
-    outside it are dropped. ``bootstrap`` resamples users (0 disables intervals). The primary
-    metric defaults to ``nDCG@10 (full)`` when computed, else the largest query nDCG.
+    outside it are dropped. ``exclude`` maps a user index to more items its full ranking
+    leaves out beside the support (a warm user's training history, as ``recommend`` does).
+    ``bootstrap`` resamples users (0 disables intervals), each metric from its own seeded
+    stream. The primary metric defaults to ``nDCG@10 (full)`` when computed, else the
+    largest query nDCG.
     """
     if not tasks:
         raise MetarecError("evaluate: no tasks to evaluate")
@@ -153,7 +158,10 @@ def evaluate(
             order = np.lexsort((tie, -s), axis=1)  # (batch, n_cand) positions
             for j, t in enumerate(chunk):
                 i = lo + j
-                excluded = np.isin(cand[order[j]], t.support.item_idx)
+                seen = t.support.item_idx
+                if exclude is not None and t.user_idx in exclude:
+                    seen = np.concatenate([seen, exclude[t.user_idx]])
+                excluded = np.isin(cand[order[j]], seen)
                 ranked = cand[order[j][~excluded]]  # (n_cand - |support ∩ cand|,)
                 q = t.query
                 relevant = q.item_idx[liked(q.rating)]
@@ -166,11 +174,14 @@ def evaluate(
                 col("MRR (full)")[i] = M.mrr(ranked, relevant)
 
     means, cis, counts = {}, {}, {}
-    rng = np.random.default_rng(seed)
     for name, v in cols.items():
         ok = v[~np.isnan(v)]
         counts[name] = len(ok)
         means[name] = float(ok.mean()) if len(ok) else float("nan")
+        # a stream per metric (seed, name): one stream shared in column order gave two
+        # models with the same per-user values different intervals, and a metric's
+        # interval moved when another column was added or dropped
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         cis[name] = _bootstrap_ci(ok, bootstrap, rng)
     if primary_metric is None:
         full_name = f"nDCG@{10 if 10 in ks else max(ks)} (full)"

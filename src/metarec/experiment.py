@@ -72,6 +72,20 @@ class SplitConfig:
     max_test_users: int | None = None  # budget option: evaluate on the first N test users
 
     def __post_init__(self) -> None:
+        from metarec.splits import PROTOCOLS
+
+        # checked when the config loads: make_split caught these only once the data had
+        # loaded (a progress line, then the error; minutes of loading on a large log)
+        if self.protocol not in PROTOCOLS:
+            raise MetarecError(
+                f"split.protocol: unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}"
+            )
+        for key in ("k_shot", "n_query"):
+            if getattr(self, key) < 1:
+                raise MetarecError(f"split.{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("valid_frac", "test_frac"):
+            if not 0 <= getattr(self, key) < 1:
+                raise MetarecError(f"split.{key} must be in [0, 1), got {getattr(self, key)}")
         # an experiment is scored on its test users: without any, the run failed later with
         # messages that did not name the cause ("no tasks to evaluate", "no test user has an
         # episode at every K", after the first fit)
@@ -141,8 +155,13 @@ class ExperimentConfig:
             raise MetarecError(
                 f"experiment: bootstrap must be >= 0 (0 = no CIs), got {self.bootstrap}"
             )
+        if min(self.shots, default=1) < 1:
+            raise MetarecError(f"experiment: shots must be >= 1, got {list(self.shots)}")
         for name in self.metrics:
             _check_metric_name(name, "metrics")
+        twice = sorted({m for m in self.metrics if self.metrics.count(m) > 1})
+        if twice:
+            raise MetarecError(f"experiment: metric {twice[0]!r} is listed twice in metrics")
         if not self.methods:
             raise MetarecError("experiment: no methods (add [[methods]] tables)")
         names = [m.name for m in self.methods]
@@ -160,6 +179,18 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
         return from_dict(cls, data, "")
+
+    def eval_ks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(full-ranking cut-offs, query cut-offs) that evaluate computes: the defaults
+        (5, 10, 20 and 1, 3, 5) plus every k a table column or a select_metric names (a
+        "nDCG@50 (full)" column used to pass the check and come out empty)."""
+        full, query = {5, 10, 20}, {1, 3, 5}
+        names = list(self.metrics) + [m.select_metric for m in self.methods if m.select_metric]
+        for name in names:
+            k = _metric_k(name)
+            if k is not None:
+                (query if name.endswith("(query)") else full).add(k)
+        return tuple(sorted(full)), tuple(sorted(query))
 
 
 _PLAIN_METRICS = ("MAE", "RMSE", "AUC", "Logloss", "Accuracy", "Precision", "Recall", "F1")
@@ -181,6 +212,62 @@ def _check_metric_name(name: str, where: str) -> None:
             f"{where}: unknown metric {name!r} (e.g. MAE, AUC, 'nDCG@3 (query)', "
             "'Recall@10 (full)', 'MRR (full)')"
         )
+
+
+def _metric_k(name: str) -> int | None:
+    """The k of "nDCG@k (query)" / "Recall@k (full)" (None for MAE, AUC, MRR, ...)."""
+    head = name.split(" ", 1)[0]
+    return int(head.split("@", 1)[1]) if "@" in head else None
+
+
+# the metrics evaluate computes only for a model that predicts on the rating scale, and
+# for which kind of feedback
+_RATING_ONLY = {"MAE": "explicit", "RMSE": "explicit", "Logloss": "implicit"}
+_NEEDS_RATINGS = ("MAE", "RMSE", "Logloss", "Accuracy", "Precision", "Recall", "F1")
+
+
+def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
+    """What the config asks of the data, checked once it is loaded and before anything
+    trains: a metric the data's feedback kind has no value for, or a relevance threshold
+    outside the rating scale, left every such column empty (and a grid selected on it
+    "failed"), with exit 0."""
+    feedback = ds.feedback
+    asked = [(m, "metrics") for m in config.metrics] + [
+        (m.select_metric, f"method {m.name!r}: select_metric")
+        for m in config.methods
+        if m.select_metric
+    ]
+    for name, where in asked:
+        kind = _RATING_ONLY.get(name)
+        if kind is not None and kind != feedback:
+            raise MetarecError(
+                f"{where}: {name} is computed for {kind} feedback only, and "
+                f"{ds.name!r} is {feedback}"
+            )
+    from metarec.baselines import BASELINES
+
+    for m in config.methods:
+        if m.kind != "baseline" or m.select_metric not in _NEEDS_RATINGS:
+            continue
+        cls = BASELINES[m.baseline or m.name]
+        if not cls.predicts_ratings:
+            raise MetarecError(
+                f"method {m.name!r}: select_metric {m.select_metric} needs predicted "
+                f"ratings, and {m.baseline or m.name} only ranks; select on a ranking metric"
+            )
+    if feedback == "explicit":
+        lo, hi = (float(v) for v in ds.rating_range)
+        if not lo < config.threshold <= hi:
+            raise MetarecError(
+                f"threshold {config.threshold:g} is outside the ratings of {ds.name!r} "
+                f"({lo:g}..{hi:g}): relevant is rating >= threshold, so "
+                + (
+                    "no rating would be relevant"
+                    if config.threshold > hi
+                    else "every rating would be"
+                )
+                + f"; set threshold to a value in ({lo:g}, {hi:g}]"
+            )
 
 
 def _check_baseline_params(m: MethodSpec) -> None:
@@ -506,8 +593,10 @@ def cut_split(ds: Dataset, cfg: ExperimentConfig, seed: int, k_shot: int) -> Spl
             raise MetarecError("split.protocol cross-domain needs split.source and split.target")
         kw.update(source=s.source, target=s.target)
     split = make_split(ds, s.protocol, **kw)
-    if s.max_test_users is not None:
-        split = dataclasses.replace(split, test=split.test[: s.max_test_users])
+    if s.max_test_users is not None and len(split.test) > s.max_test_users:
+        # the summary (results.json's split_summary) counts the users actually scored
+        summary = {**split.summary, "test_users": s.max_test_users}
+        split = dataclasses.replace(split, test=split.test[: s.max_test_users], summary=summary)
     return split
 
 
@@ -634,14 +723,18 @@ def fit_method(
     best: tuple[float, Recommender, dict] | None = None
     for point in points:
         rec = _fit(make_method(spec, cfg, seed, point, progress), ds, split, feats)
+        ks, query_ks = cfg.eval_ks()
         r = evaluation.evaluate(
             rec,
             ds,
             split.valid,
             threshold=cfg.threshold,
+            ks=ks,
+            query_ks=query_ks,
             bootstrap=0,
             primary_metric=spec.select_metric,
             candidates=ranking_candidates(ds, split, "valid"),
+            exclude=ranking_exclusions(split, split.valid),
         )
         v = r.primary if r.greater_is_better else -r.primary
         if np.isfinite(v) and (best is None or v > best[0]):
@@ -734,6 +827,8 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         if len(split.cold_items)
         else f"the target domain's ({cfg.split.target}) items minus the user's support"
         if split.protocol == "cross-domain"
+        else "the whole catalogue minus the user's training history (the support included)"
+        if split.protocol == "warm"
         else "the whole catalogue minus the user's support",
         "curve_users": "the test users with an episode at every K of the curve"
         if cfg.curve_same_users
@@ -803,6 +898,7 @@ def run(
         check_output_dir(out_dir)
     t_start = time.perf_counter()
     ds = load_data(config)
+    check_against_data(config, ds)
     info = dataset_info(ds)
     _log(
         progress,
@@ -815,6 +911,8 @@ def run(
     main_k = config.split.k_shot
     curve = [k for k in config.shots]
 
+    ks, query_ks = config.eval_ks()
+
     def evaluate_on(
         rec: Recommender, tasks: Sequence[Task], split: Split, seed: int
     ) -> evaluation.EvalResult:
@@ -823,9 +921,12 @@ def run(
             ds,
             tasks,
             threshold=config.threshold,
+            ks=ks,
+            query_ks=query_ks,
             bootstrap=config.bootstrap,
             seed=seed,
             candidates=ranking_candidates(ds, split),
+            exclude=ranking_exclusions(split, tasks),
         )
 
     for seed in config.seeds:
@@ -922,6 +1023,23 @@ def run(
     if out_dir is not None:
         results = write_results(results, out_dir)
     return results
+
+
+def ranking_exclusions(split: Split, tasks: Sequence[Task]) -> dict[int, np.ndarray] | None:
+    """Items each task's full ranking leaves out beside its support: in ``warm``, the
+    user's training history (their other rated items stay in train, and ``recommend``
+    never offers them; left in, they filled 10-20% of the top ten and could never be
+    relevant). The cold protocols hold no training history of the ranked kind: None."""
+    if split.protocol != "warm":
+        return None
+    users = np.array(sorted({t.user_idx for t in tasks}), dtype=np.int64)
+    train = split.train
+    mine = np.isin(train.user_idx, users)
+    u, items = train.user_idx[mine], train.item_idx[mine]
+    order = np.argsort(u, kind="stable")
+    u, items = u[order], items[order]
+    bounds = np.searchsorted(u, users, side="left"), np.searchsorted(u, users, side="right")
+    return {int(x): items[a:b] for x, a, b in zip(users, *bounds, strict=True)}
 
 
 def ranking_candidates(ds: Dataset, split: Split, part: str = "test") -> np.ndarray | None:

@@ -179,14 +179,21 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     )
     text = p.get("text", {})
     asked, dim = text.get("pca_dim"), text.get("dim")
-    pca = f"PCA {asked}" if dim is None or dim == asked else f"PCA {asked} lowered to {dim}"
+    if asked is None:
+        pca = "raw vectors, no PCA"
+    elif dim is None or dim == asked:
+        pca = f"PCA {asked}, fitted on training items only"
+    elif dim < asked:
+        pca = f"PCA {asked} lowered to {dim}, fitted on training items only"
+    else:  # features.build_features: too few training items with text to fit a PCA
+        pca = f"no PCA: too few training items with text, {dim}-dimensional vectors unprojected"
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
         f"user, seeds {seeds} (mean ± std over seeds).{one_seed} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
         f"Hyperparameters: {p.get('selection')}. Text: "
-        f"{text.get('model')} ({pca}, fitted on training items only). Relevant = rating >= {p.get('threshold')} (explicit) or "
+        f"{text.get('model')} ({pca}). Relevant = rating >= {p.get('threshold')} (explicit) or "
         f"label 1 (implicit); (full) metrics rank {p.get('candidates')}."
     )
 

@@ -286,7 +286,8 @@ def read_table(
     Explicit feedback by default (``rating_col``, range inferred from the data unless
     ``rating_range`` is given). With ``label_col`` the log is implicit: labels must be 0/1.
     ``time_col`` is used when the column exists (numbers = unix seconds, or date strings);
-    otherwise the row order is the time order (``has_time=False``). ``domain_col`` tags
+    otherwise the row order is the time order (``has_time=False``). Only the default
+    ``"timestamp"`` may be absent: another name given and missing is an error. ``domain_col`` tags
     each row with a domain; the item side file, if given, then gets each item's domain too.
     ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
     ``item_col``); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns.
@@ -323,6 +324,13 @@ def read_table(
                 f"rating_range {lo:g}..{hi:g}"
             )
         rng = (lo, hi)
+    if time_col is not None and time_col != "timestamp" and time_col not in frame.columns:
+        # a named time column is meant to be there: a misspelt one silently turned the
+        # split from time order to file order (newest users became random users)
+        raise MetarecError(
+            f"{path}: time column {time_col!r} is not in the file (columns: "
+            f"{', '.join(map(str, frame.columns))}); leave it out to use the row order"
+        )
     has_time = time_col is not None and time_col in frame.columns
     ts = _timestamps(frame, time_col) if has_time else None
     domain = id_column(frame, domain_col) if domain_col is not None else None
