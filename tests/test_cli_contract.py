@@ -946,3 +946,120 @@ def test_a_users_file_that_names_no_training_user_or_has_text_is_flagged(tmp_pat
     err = capsys.readouterr().err
     assert "none of its 12 user ids is in" in err
     assert "user text column(s) bio are not used" in err
+
+
+def test_a_user_left_with_no_candidates_is_named_not_dropped_silently(fitted, tmp_path, capsys):
+    tmp, run, items = fitted
+    # "full" rated the whole catalogue: no item is left to recommend, and R.csv lacked
+    # the user with no word (the count said "for 1 users")
+    rows = [("full", i, 5, t) for t, i in enumerate(items.item_id)] + [("other", "it0", 5, 0)]
+    s = tmp_path / "S.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(s, index=False)
+    out = tmp_path / "R.csv"
+    args = ["recommend", "--run", str(run), "--support", str(s), "-k", "3"]
+    assert main([*args, "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    assert "1 users have rated all of the catalogue and get no recommendations: 'full'" in said.err
+    assert "wrote top-3 for 1 of 2 users" in said.out
+    assert set(pd.read_csv(out, dtype=str).user_id) == {"other"}
+
+
+def test_rating_range_declares_a_scale_the_log_does_not_reach(tmp_path, capsys):
+    # a 1-5 log where nobody gave a 1 ran on the scale 2..5: a later 1-star support rating
+    # was an error and every prediction was clipped to 2..5
+    paths, _ = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    log.loc[log.rating == 1, "rating"] = 2
+    log.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST, "--rating-range", "1", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["rating_range"] == [1.0, 5.0]
+    s = tmp_path / "S1.csv"
+    s.write_text("user_id,item_id,rating\nnew,it0,1\nnew,it1,5\n")
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it2\nnew,it3\n")
+    assert predict(run, s, q, tmp_path / "P.csv") == 0
+    scores = pd.read_csv(tmp_path / "P.csv").score
+    assert scores.between(1, 5).all()
+    capsys.readouterr()
+    # without it the scale is the log's own 2..5
+    run2 = tmp_path / "RUN2"
+    assert main([*fit_argv(paths, run2), *FAST]) == 0
+    assert json.loads(capsys.readouterr().out)["rating_range"] == [2.0, 5.0]
+    assert predict(run2, s, q, tmp_path / "P2.csv") == 2
+    assert "outside the run's rating scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--rating-range", "1", "4"], "rating 5 is outside the rating range 1..4"),
+        (["--rating-range", "5", "1"], "give LO < HI"),
+        (["--rating-range", "1", "nan"], "give LO < HI"),
+    ],
+)
+def test_a_rating_range_the_log_breaks_is_one_line(tmp_path, capsys, flags, named):
+    paths, _ = make_world(tmp_path)
+    out = tmp_path / "RUN"
+    assert main([*fit_argv(paths, out), *FAST, *flags]) == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_rating_range_for_labels_is_refused(tmp_path, capsys):
+    paths, _ = make_world(tmp_path, implicit=True)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST, "--rating-range", "0", "1"]) == 2
+    assert "a rating range is for ratings" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("stamps", "named"),
+    [
+        (["200", "1e20"], "value '1e20' is out of range for unix seconds"),
+        (["200", "300", "2021-01-02"], "'2021-01-02' is a date, and the column's other values"),
+        (["2021-01-02", "2021-01-03", "300"], "'300' is a number, and the column's other values"),
+    ],
+)
+def test_timestamps_out_of_range_or_mixed_are_named(fitted, tmp_path, capsys, stamps, named):
+    # 1e20 wrapped to the most negative int64 and became the oldest row
+    tmp, run, _ = fitted
+    s = tmp_path / "S.csv"
+    s.write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(f"new,it{i},5,{t}\n" for i, t in enumerate(stamps))
+    )
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it9\n")
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1
+
+
+def test_argument_errors_are_one_line(fitted, tmp_path, capsys):
+    tmp, run, _ = fitted
+    args = ["recommend", "--run", str(run), "--support", str(cold_support(tmp))]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "-k", "1.5", "--out", str(tmp_path / "R.csv")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument -k: invalid int value: '1.5'" in err
+    assert "metarec recommend --help" in err
+
+
+def test_a_one_user_log_says_fit_needs_two_users(tmp_path, capsys):
+    paths, _ = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    log[log.user_id == "u0"].to_csv(paths["T"], index=False)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "the log has 1 users: fit holds out its newest users" in err
+    assert "test_frac" not in err
+
+
+def test_a_file_in_another_encoding_names_what_to_do(fitted, tmp_path, capsys):
+    tmp, run, _ = fitted
+    s = tmp_path / "S.csv"
+    s.write_bytes("user_id,item_id,rating\nRen\xe9,it0,5\n".encode("latin-1"))
+    args = ["recommend", "--run", str(run), "--support", str(s), "-k", "2"]
+    assert main([*args, "--out", str(tmp_path / "R.csv")]) == 2
+    assert "save the file as UTF-8" in capsys.readouterr().err

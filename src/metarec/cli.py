@@ -197,7 +197,7 @@ def cmd_fit(args) -> int:
         import dataclasses
 
         config = dataclasses.replace(config, device=args.device)
-    raw = read_training_files(args.train, args.items, args.users)
+    raw = read_training_files(args.train, args.items, args.users, rating_range=args.rating_range)
     from metarec import distributed
 
     if getattr(args, "distributed", False) or distributed.launched_by_torchrun():
@@ -213,6 +213,9 @@ def cmd_fit(args) -> int:
         "items": len(pred.items),
         "interactions": len(pred.train),
         "feedback": pred.info.get("feedback"),
+        # the scale support ratings are checked against and predictions are clipped to:
+        # T's lowest and highest rating unless --rating-range named it
+        "rating_range": list(raw.rating_range),
         "algorithm": config.meta.algorithm,
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -268,7 +271,18 @@ def cmd_recommend(args) -> int:
     per_user = out.groupby("user_id", sort=False).size()  # rows each user got
     short = int((per_user < args.k).sum())  # the catalogue minus their support is < k
     note = f"; {short} of them had fewer than {args.k} candidates left" if short else ""
-    print(f"wrote top-{args.k} for {len(per_user)} users to {args.out}{note}")
+    empty = stats["no_candidates"]
+    if empty:
+        # they get no rows: said, or R.csv silently lacked a user S named
+        where = f"domain {args.domain!r}'s items" if args.domain else "the catalogue"
+        names = ", ".join(map(repr, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        print(
+            f"metarec: warning: {len(empty)} users have rated all of {where} and get no "
+            f"recommendations: {names}",
+            file=sys.stderr,
+        )
+    of = f" of {stats['users']}" if empty else ""
+    print(f"wrote top-{args.k} for {len(per_user)}{of} users to {args.out}{note}")
     return 0
 
 
@@ -434,10 +448,19 @@ def _add_data_args(p: argparse.ArgumentParser, with_name: bool = True) -> None:
     g.add_argument("--text-cols", dest="text_cols", help="comma-separated item text columns")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error policy: one line on stderr, exit 2 (argparse printed
+    its usage block and then the error, three lines or more)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        _say(f"{self.prog}: error: {message} (see {self.prog} --help)")
+        raise SystemExit(EXIT_USAGE)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metarec import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="metarec",
         description="Cold-start recommendation: large-model features + meta-learning + transfer.",
     )
@@ -491,6 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. meta.inner_steps=3"
     )
     p.add_argument("--device", help="training device: cpu, cuda, cuda:N (default: model.device)")
+    p.add_argument(
+        "--rating-range",
+        nargs=2,
+        type=float,
+        metavar=("LO", "HI"),
+        help="the rating scale, e.g. 1 5 (default: T's lowest and highest rating); "
+        "support ratings outside it are refused and predictions are clipped to it",
+    )
     p.add_argument(
         "--distributed",
         action="store_true",

@@ -353,12 +353,20 @@ class Predictor:
     def recommend(
         self, support: pd.DataFrame, k: int, domain: str | None = None
     ) -> tuple[pd.DataFrame, dict]:
-        """Top-k per support user; also {"unknown_support_items": n, "users": n}."""
+        """Top-k per support user; also {"unknown_support_items": n, "users": n,
+        "no_candidates": [user ids left with no item to recommend]} (their support and
+        history cover the catalogue, or ``domain``'s items: they get no rows)."""
         supports, n_unknown = self._supports_from_frame(support)
         for user_id, sup in supports.items():
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
         out = self.recommend_many(supports, k, domain)
-        return out, {"unknown_support_items": n_unknown, "users": len(supports)}
+        served = set(out["user_id"])
+        empty = [u for u in supports if u not in served]
+        return out, {
+            "unknown_support_items": n_unknown,
+            "users": len(supports),
+            "no_candidates": empty,
+        }
 
 
 def _str_ids(frame: pd.DataFrame, what: str) -> pd.DataFrame:

@@ -75,6 +75,13 @@ def _hold_out(
         # test_frac = 0 is allowed for internal validation-only splits (fit's early stopping)
         raise MetarecError("split: test_frac and valid_frac are both 0: nothing is held out")
     if n_test + n_valid >= n:
+        if n_test == 0:
+            # fit's own validation hold-out (no test part): lowering a fraction cannot help
+            # when one validation entity is already all there is
+            raise MetarecError(
+                f"the log has {n} {what}: fit holds out its newest {what} to validate on "
+                f"(early stopping, blend weights) and needs at least 2"
+            )
         raise MetarecError(
             f"split: {n} {what} cannot give {n_test} test + {n_valid} validation {what} "
             "and keep any for training; lower test_frac/valid_frac"

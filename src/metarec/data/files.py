@@ -203,10 +203,24 @@ def check_log_domains(
 
 
 def read_training_files(
-    train: str | Path, items: str | Path, users: str | Path | None = None, name: str = "fit"
+    train: str | Path,
+    items: str | Path,
+    users: str | Path | None = None,
+    name: str = "fit",
+    rating_range: tuple[float, float] | list[float] | None = None,
 ) -> RawData:
-    """T + I (+ U) as RawData. Every item of T must be in I (I is the whole catalogue)."""
+    """T + I (+ U) as RawData. Every item of T must be in I (I is the whole catalogue).
+
+    ``rating_range`` (explicit data) is the rating scale; None = T's lowest and highest
+    rating, which a small log that lacks the scale's ends gets wrong (a 1-5 log without a
+    1 made every later 1-star support rating an error)."""
+    if rating_range is not None:
+        lo, hi = (float(v) for v in rating_range)
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise MetarecError(f"rating range {lo:g}..{hi:g}: give LO < HI, both finite")
     ratings, feedback, has_time = read_log(train)
+    if rating_range is not None and feedback != "explicit":
+        raise MetarecError(f"{train}: a rating range is for ratings; this log has labels (0/1)")
     item_frame, itext, icat, inum = read_side(items, "item_id")
     missing = ~ratings["item_id"].isin(set(item_frame["item_id"]))
     if missing.any():
@@ -241,7 +255,18 @@ def read_training_files(
     if feedback == "explicit":
         lo, hi = float(ratings["rating"].min()), float(ratings["rating"].max())
         if lo == hi:
-            raise MetarecError(f"{train}: every rating is {lo:g}; nothing to learn from")
+            raise MetarecError(
+                f"{train}: every rating is {lo:g}; nothing to learn from (for interactions "
+                "without ratings, use a label column of 0/1)"
+            )
+        if rating_range is not None:
+            s_lo, s_hi = (float(v) for v in rating_range)
+            if lo < s_lo or hi > s_hi:
+                bad = lo if lo < s_lo else hi
+                raise MetarecError(
+                    f"{train}: rating {bad:g} is outside the rating range {s_lo:g}..{s_hi:g}"
+                )
+            lo, hi = s_lo, s_hi
         rating_range = (lo, hi)
     else:
         if not (ratings["rating"] == 1).any():

@@ -73,7 +73,7 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         line = data[: err.start].count(b"\n") + 1
         raise MetarecError(
             f"{path}: line {line}: cannot decode byte 0x{data[err.start]:02x} as {encoding} "
-            f"(pass the file's encoding)"
+            "(save the file as UTF-8; the csv dataset loader also takes an encoding option)"
         ) from None
     if not text.strip():
         raise MetarecError(f"{path}: file is empty")
@@ -236,6 +236,11 @@ def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
     return read_delimited(path, sep, encoding=encoding)
 
 
+# unix seconds beyond this (about 285 million years) are not times; 2^53 is where a
+# float64 stops holding every integer
+_MAX_SECONDS = 2.0**53
+
+
 def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Unix seconds from numbers or from date strings (ISO 8601 and the like)."""
     s = frame[column]
@@ -244,8 +249,21 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     else:
         numeric = pd.to_numeric(s, errors="coerce")
         if not numeric.isna().any():
-            return number_column(frame, column, integer=False).astype(np.int64)
-        if numeric.notna().mean() >= 0.5:
+            seconds = number_column(frame, column, integer=False)
+            # past 2^53 a float no longer holds every integer, and past int64 the cast
+            # wrapped to the most negative value: a 1e20 became the oldest row, silently
+            # reversing "the newest row wins"
+            huge = np.abs(seconds) > _MAX_SECONDS
+            if huge.any():
+                pos = int(np.flatnonzero(huge)[0])
+                raise MetarecError(
+                    _bad_cell(
+                        frame, pos, column, s.iloc[pos], "is out of range for unix seconds"
+                    )
+                )
+            return seconds.astype(np.int64)
+        mostly_numbers = numeric.notna().mean() >= 0.5
+        if mostly_numbers:
             # mostly unix seconds: the culprits are the values that are not numbers (parsed
             # as dates, the numbers would be the ones blamed)
             parsed = numeric
@@ -254,9 +272,16 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     bad = parsed.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
-        raise MetarecError(
-            _bad_cell(frame, pos, column, s.iloc[pos], "is neither unix seconds nor a date")
-        )
+        value = s.iloc[pos]
+        why = "is neither unix seconds nor a date"
+        if not pd.api.types.is_datetime64_any_dtype(s):
+            if mostly_numbers and not pd.isna(
+                pd.to_datetime(pd.Series([value]), errors="coerce", utc=True, format="mixed")[0]
+            ):
+                why = "is a date, and the column's other values are unix seconds: use one form"
+            elif not mostly_numbers and not pd.isna(numeric.iloc[pos]):
+                why = "is a number, and the column's other values are dates: use one form"
+        raise MetarecError(_bad_cell(frame, pos, column, value, why))
     # Via a Timedelta: the datetime unit (ns, us, s) differs across pandas versions.
     epoch = pd.Timestamp(0, tz="UTC")
     return ((parsed - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
