@@ -99,19 +99,26 @@ def run(args) -> dict:
     cache_dir = work / "cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
     cache = EmbeddingCache(cache_dir)
-    n_chunks = (len(titles) + args.chunk - 1) // args.chunk
+    # at least 2 chunks, so that the interrupt happens: with --items 5000 and the default
+    # 10,000-text chunk there was one, stop_after_chunks was 0, and "interrupted and
+    # resumed" was recorded for a stage that was neither
+    chunk = min(args.chunk, max(1, (len(titles) + 1) // 2))
+    n_chunks = (len(titles) + chunk - 1) // chunk
     t0 = time.perf_counter()
     _, first = embed_resumable(
-        titles, encoder, cache, args.chunk, progress=args.progress, stop_after_chunks=n_chunks // 2
+        titles, encoder, cache, chunk, progress=args.progress, stop_after_chunks=n_chunks // 2
     )
+    if len(titles) > 1 and not first["chunks_done"]:
+        raise SystemExit("bench_scale: the embedding stage was not interrupted")
     t1 = time.perf_counter()
-    vecs, resumed = embed_resumable(titles, encoder, cache, args.chunk, progress=args.progress)
+    vecs, resumed = embed_resumable(titles, encoder, cache, chunk, progress=args.progress)
     t2 = time.perf_counter()
-    _, warm = embed_resumable(titles, encoder, cache, args.chunk)
+    _, warm = embed_resumable(titles, encoder, cache, chunk)
     t3 = time.perf_counter()
     stages["embed"] = {
         "encoder": encoder.fingerprint,
         "texts": len(titles),
+        "chunk": chunk,
         "interrupted_after_chunks": first["chunks_done"],
         "encoded_before_interrupt": first["encoded"],
         "encoded_on_resume": resumed["encoded"],

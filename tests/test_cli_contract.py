@@ -1063,3 +1063,18 @@ def test_a_file_in_another_encoding_names_what_to_do(fitted, tmp_path, capsys):
     args = ["recommend", "--run", str(run), "--support", str(s), "-k", "2"]
     assert main([*args, "--out", str(tmp_path / "R.csv")]) == 2
     assert "save the file as UTF-8" in capsys.readouterr().err
+
+
+def test_embed_without_text_columns_is_an_error_not_a_silent_no_op(tmp_path, capsys, monkeypatch):
+    # the csv loader reads no column as text unless --text-cols names it: embed wrote
+    # nothing, said "items_with_text: 0" and exited 0, so warming the cache did nothing
+    monkeypatch.setenv("METAREC_HOME", str(tmp_path / "home"))
+    here = Path(__file__).parent
+    args = ["embed", "csv", "--path", str(here / "tiny_log.csv"), "--items"]
+    args += [str(here / "tiny_items.csv"), "--model", "hashing:16", "--json"]
+    assert main(args) == 2
+    assert "has no item or user text to embed (name the text columns with --text-cols)" in (
+        capsys.readouterr().err
+    )
+    assert main([*args, "--text-cols", "title"]) == 0
+    assert json.loads(capsys.readouterr().out)["items_with_text"] == 24  # every item of the file

@@ -147,3 +147,24 @@ def test_a_repeated_item_in_the_ranking_is_one_recommendation():
     assert M.recall_at_k([1, 1, 2], [1, 3], 2) == 0.5
     assert M.ndcg_at_k([1, 1], [1, 3], 2) == pytest.approx(1 / (1 + 1 / math.log2(3)))
     assert M.hr_at_k([2, 2, 1], [1], 2) == 1.0  # the repeat does not push item 1 out
+
+
+def test_top_k_is_exactly_the_first_k_of_a_stable_sort():
+    # one top-k for recommend, Predictor.recommend_many and serve: the partition shortcut
+    # must pick ties at the k-th place in position order, as the stable sort does (serve's
+    # old argpartition picked an arbitrary member of the tie)
+    from metarec.recommender import top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 400))
+        s = rng.integers(0, 6, size=n).astype(np.float64)  # many ties
+        s[rng.random(n) < 0.2] = -np.inf
+        for k in (1, 2, 5, 17, n // 4 - 1, n // 4, n, n + 3):
+            if k < 1:
+                continue
+            want = np.argsort(-s, kind="stable")[:k]
+            np.testing.assert_array_equal(top_k(s, k), want)
+            finite = want[np.isfinite(s[want])]
+            np.testing.assert_array_equal(top_k(s, k, finite=True), finite)
+    assert top_k(np.full(5, -np.inf), 3, finite=True).size == 0

@@ -132,6 +132,17 @@ def cmd_embed(args) -> int:
     encoder = make_encoder(args.model, device=args.device)
     cache_dir = Path(args.cache) if args.cache else default_embedding_dir()
     stats = embed_dataset(ds, encoder, cache_dir, show_progress=not args.json)
+    if not stats["items_with_text"] and not stats.get("users_with_text"):
+        # it embedded nothing and exited 0, so "warm the cache before fit" silently did not
+        # (the csv loader reads no column as text unless told; fit infers text columns)
+        raise MetarecError(
+            f"embed: {ds.name!r} has no item or user text to embed"
+            + (
+                " (name the text columns with --text-cols)"
+                if args.name in ("csv", "parquet")
+                else ""
+            )
+        )
     if args.json:
         _print_json(stats)
     else:
@@ -350,6 +361,7 @@ def cmd_serve(args) -> int:
         max_body_bytes=args.max_body_bytes,
         cache_entries=args.cache_entries,
         cache_ttl_s=args.cache_ttl,
+        cache_mb=args.cache_mb,
         token=token,
     )
     feedback = Path(args.feedback_db) if args.feedback_db else _default_feedback_db()
@@ -567,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20)
     p.add_argument("--cache-entries", dest="cache_entries", type=int, default=4096)
     p.add_argument("--cache-ttl", dest="cache_ttl", type=float, default=900.0, help="seconds")
+    p.add_argument(
+        "--cache-mb",
+        dest="cache_mb",
+        type=float,
+        default=1024.0,
+        help="memory budget of the adapted-user cache; each entry holds a score per catalogue "
+        "item, so a large catalogue gets fewer entries than --cache-entries",
+    )
     p.add_argument("--torch-threads", dest="torch_threads", type=int, default=1)
     p.add_argument(
         "--log-level",

@@ -20,7 +20,7 @@ import torch
 from metarec.artifacts import load_run, save_run
 from metarec.data.raw import RawData
 from metarec.model import MetaRecommender, ModelConfig
-from metarec.recommender import check_k, off_scale
+from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 
@@ -343,8 +343,7 @@ class Predictor:
                 if exclude_seen:
                     seen, _ = self.model._history(task.user_idx, task.support)
                     scores[np.isin(cand, seen)] = -np.inf
-                kk = min(k, int(np.isfinite(scores).sum()))
-                top = np.argsort(-scores, kind="stable")[:kk]
+                top = top_k(scores, k, finite=True)
                 uid = user_ids[a + row]
                 for rank, j in enumerate(top, 1):
                     out_rows.append((uid, self.items.ids[cand[j]], rank, to_score(scores[j])))

@@ -257,9 +257,7 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
             if huge.any():
                 pos = int(np.flatnonzero(huge)[0])
                 raise MetarecError(
-                    _bad_cell(
-                        frame, pos, column, s.iloc[pos], "is out of range for unix seconds"
-                    )
+                    _bad_cell(frame, pos, column, s.iloc[pos], "is out of range for unix seconds")
                 )
             return seconds.astype(np.int64)
         mostly_numbers = numeric.notna().mean() >= 0.5

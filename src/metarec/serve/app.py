@@ -35,6 +35,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
     ) from err
 
 from metarec.predictor import Predictor
+from metarec.recommender import top_k
 from metarec.serve import schemas as S
 from metarec.serve.feedback import FeedbackRow, FeedbackStore, newest_per_item
 from metarec.serve.sessions import AdaptedCache, support_hash
@@ -51,6 +52,10 @@ class ServeConfig:
     max_explain_k: int = 100  # explain=true only for k up to this
     cache_entries: int = 4096
     cache_ttl_s: float = 900.0
+    # the adapted-user cache's memory budget: each entry holds the user's score for every
+    # catalogue item (8 bytes each), so 4096 entries were 1.6 GB on a 36k-item catalogue
+    # and 4 GB on 100k items; the entry count is lowered to fit this budget
+    cache_mb: float = 1024.0
     token: str | None = None  # bearer token; None = open (bind to 127.0.0.1 then)
 
     def __post_init__(self) -> None:
@@ -62,6 +67,16 @@ class ServeConfig:
                 f"serve: cache entries must be >= 0 and the cache TTL > 0 seconds, got "
                 f"{self.cache_entries} and {self.cache_ttl_s}"
             )
+        if not self.cache_mb > 0 or not np.isfinite(self.cache_mb):
+            raise MetarecError(f"serve: the cache budget must be > 0 MB, got {self.cache_mb}")
+
+    def cache_size(self, n_items: int) -> int:
+        """Entries the cache may hold: ``cache_entries``, lowered so that entries of
+        ``n_items`` scores (float64, plus ~64 KB of adapted parameters) fit ``cache_mb``."""
+        if self.cache_entries == 0:
+            return 0
+        per_entry = 8 * n_items + (64 << 10)
+        return max(1, min(self.cache_entries, int(self.cache_mb * (1 << 20) // per_entry)))
 
 
 @dataclass(eq=False)
@@ -108,7 +123,7 @@ def create_app(
         cfg,
         store,
         run_name if isinstance(run, Predictor) else str(run),
-        AdaptedCache(cfg.cache_entries, cfg.cache_ttl_s),
+        AdaptedCache(cfg.cache_size(len(pred.items)), cfg.cache_ttl_s),
     )
     model = pred.model
 
@@ -247,7 +262,11 @@ def create_app(
                 "max_score_items": cfg.max_score_items,
                 "max_body_bytes": cfg.max_body_bytes,
             },
-            cache={"entries": len(state.cache), **dataclasses.asdict(state.cache.stats)},
+            cache={
+                "entries": len(state.cache),
+                "max_entries": state.cache.max_entries,
+                **dataclasses.asdict(state.cache.stats),
+            },
         )
 
     @app.post(
@@ -274,7 +293,7 @@ def create_app(
             scores[ad.seen] = -np.inf
         if inside is not None:
             scores[~inside] = -np.inf
-        top = _top_k(scores, req.k)
+        top = top_k(scores, req.k, finite=True)
         weights = (
             await run_in_threadpool(model.explain, uidx, sup, top, "rank")
             if req.explain and len(top)
@@ -358,18 +377,6 @@ def create_app(
         )
 
     return app
-
-
-def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k best finite scores, best first (ties: lower index first)."""
-    n = int(np.isfinite(scores).sum())
-    k = min(k, n)
-    if k == 0:
-        return np.zeros(0, dtype=np.int64)
-    if k < len(scores) // 4:
-        part = np.argpartition(-scores, k - 1)[:k]
-        return part[np.lexsort((part, -scores[part]))]
-    return np.argsort(-scores, kind="stable")[:k]
 
 
 def _one_line(errors: list[dict]) -> str:

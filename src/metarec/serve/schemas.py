@@ -167,4 +167,4 @@ class Info(BaseModel):
     items: int
     feedback_store: str | None
     limits: dict
-    cache: dict = Field(description="adapted-params cache: entries, hits, misses, ...")
+    cache: dict = Field(description="adapted-params cache: entries, max_entries, hits, misses, ...")
