@@ -14,7 +14,8 @@ with a 5-interaction support taken from a training user's history under a new id
 over the whole catalogue with the history excluded. Prints and writes users/s for both
 and the ratios to the baseline; then the default model once more with its item side
 computed per task (the path before it was shared across users), the baseline of that
-change. Meta-training is cut to ``--steps`` steps: recommend's cost does not
+change, and with 8192-item scoring chunks (before chunks were bounded by task x item
+cells). Meta-training is cut to ``--steps`` steps: recommend's cost does not
 depend on how long the model trained.
 """
 
@@ -114,6 +115,28 @@ def main(argv: list[str] | None = None) -> int:
         "users_per_second": round(args.users / secs, 1),
     }
     print("default, item side per task", out["default_item_side_per_task"], flush=True)
+    # the same default model scored 8192 items at a time, the fixed chunk before chunks
+    # were bounded by (task, item) cells (model._CHUNK_CELLS): the baseline of that change
+    from metarec.model import MetaRecommender
+
+    real_predict = MetaRecommender._predict
+
+    def fixed_chunk(self, part, fast, user_x, items, item_chunk=None):
+        return real_predict(self, part, fast, user_x, items, 8192)
+
+    MetaRecommender._predict = fixed_chunk  # type: ignore[method-assign]
+    try:
+        t0 = time.perf_counter()
+        old_recs, _ = pred.recommend(frame, k=10)
+        secs = time.perf_counter() - t0
+    finally:
+        MetaRecommender._predict = real_predict  # type: ignore[method-assign]
+    out["default_fixed_8192_chunk"] = {
+        "recommend_seconds": round(secs, 2),
+        "users_per_second": round(args.users / secs, 1),
+        "same_recommendations": bool(old_recs.equals(recs)),
+    }
+    print("default, 8192-item chunks", out["default_fixed_8192_chunk"], flush=True)
     base = out["popularity+als"]["recommend_seconds"]
     out["knn_over_als_time"] = round(out["knn"]["recommend_seconds"] / base, 2)
     out["default_over_als_time"] = round(out["default"]["recommend_seconds"] / base, 2)
@@ -127,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         2,
     )
     print(f"recommend time, item side shared / per task: {out['shared_over_per_task_time']}x")
+    out["cell_chunks_over_fixed_time"] = round(
+        out["default"]["recommend_seconds"] / out["default_fixed_8192_chunk"]["recommend_seconds"],
+        2,
+    )
+    print(f"recommend time, cell-bounded / 8192-item chunks: {out['cell_chunks_over_fixed_time']}x")
     args.json.write_text(json.dumps(out, indent=1))
     return 0
 
