@@ -1078,3 +1078,69 @@ def test_embed_without_text_columns_is_an_error_not_a_silent_no_op(tmp_path, cap
     )
     assert main([*args, "--text-cols", "title"]) == 0
     assert json.loads(capsys.readouterr().out)["items_with_text"] == 24  # every item of the file
+
+
+def test_fit_validates_even_when_the_newest_users_have_short_histories(tmp_path, capsys):
+    # the newest 10% of users (fit's validation users) had no more than K rows: fit ran
+    # every step with no validation, no early stopping and no blend, dropped their rows
+    # from training, and said nothing
+    from metarec.data.files import read_training_files
+    from metarec.model import MetaRecommender
+    from metarec.predictor import fit_raw
+
+    paths, _ = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    newest = log.user_id.isin([f"u{u}" for u in range(54, 60)])
+    log = log[~newest | (log.groupby("user_id").cumcount() < 6)]
+    log.to_csv(paths["T"], index=False)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rating_valid_loss"] is not None and summary["rank_valid_loss"] is not None
+
+    from metarec.preprocess import prepare
+
+    ds = prepare(read_training_files(paths["T"], paths["I"]))
+    model = MetaRecommender(k_shot=10)
+    split = model._training_split(ds, ds.interactions, None)
+    assert split.valid and split.k_shot < 6  # halved from min(10, median 12 // 2)
+    # every training row is either trained on or a validation user's
+    scored = {t.user_idx for t in split.valid}
+    assert len(split.train) + int(np.isin(ds.interactions.user_idx, list(scored)).sum()) == len(
+        ds.interactions
+    )
+    # the newest users with one row each: no episode at any K, and fit says so
+    one = tmp_path / "one.csv"
+    log[~newest | (log.groupby("user_id").cumcount() < 1)].to_csv(one, index=False)
+    fast = MetaRecommender(
+        text={"model": "hashing:64", "pca_dim": 16}, train={"steps": 4}, progress=False
+    )
+    with pytest.warns(UserWarning, match="fit: no validation users"):
+        fit_raw(read_training_files(one, paths["I"]), fast.config)
+
+
+def test_domains_on_different_scales_and_unrated_items_without_a_domain_are_flagged(tmp_path):
+    from metarec.data.files import read_training_files
+
+    paths, items = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    log["domain"] = np.where(log.item_id.str[2:].astype(int) < 15, "books", "films")
+    log.to_csv(paths["T"], index=False)
+    # items 30.. have no rows: with a domain only in T they silently became "default"
+    with pytest.warns(UserWarning, match=r"10 items have no rows in .* domain 'default'"):
+        read_training_files(paths["T"], paths["I"])
+    log.loc[log.domain == "films", "rating"] *= 2  # films rated 2..10, books 1..5
+    log.to_csv(paths["T"], index=False)
+    with pytest.warns(UserWarning, match=r"reach different tops \(books 1\.\.5, films 2\.\.10\)"):
+        read_training_files(paths["T"], paths["I"])
+
+
+def test_a_domain_flag_is_stripped_like_the_files_domain_cells(tmp_path):
+    from metarec.predictor import Predictor
+
+    paths, items = make_world(tmp_path)
+    items["domain"] = np.where(np.arange(len(items)) < 20, "books", "films")
+    items.to_csv(paths["I"], index=False)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST]) == 0
+    pred = Predictor.load(run)
+    np.testing.assert_array_equal(pred.candidates(" films "), pred.candidates("films"))

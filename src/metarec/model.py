@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -704,14 +705,40 @@ class MetaRecommender(Recommender):
         lengths = np.bincount(train.user_idx)
         half = max(1, int(np.median(lengths[lengths > 0])) // 2)
         protocol = item_cold if cfg.valid_holdout == "new_items" else user_cold
-        return protocol(
-            view,
-            k_shot=min(cfg.k_shot, half),
-            n_query=min(cfg.n_query, half),
-            valid_frac=cfg.valid_frac,
-            test_frac=0.0,
-            seed=cfg.seed,
-        )
+        k_shot, n_query = min(cfg.k_shot, half), min(cfg.n_query, half)
+        while True:
+            split = protocol(
+                view,
+                k_shot=k_shot,
+                n_query=n_query,
+                valid_frac=cfg.valid_frac,
+                test_frac=0.0,
+                seed=cfg.seed,
+            )
+            # the held-out users are the newest, and new sign-ups have short histories:
+            # when none has more than K rows, K halves rather than leave fit with no
+            # validation (it trained every step, with no early stopping and no blend,
+            # and said nothing)
+            if split.valid or k_shot == 1:
+                break
+            k_shot = max(1, k_shot // 2)
+        if protocol is user_cold:
+            # held-out users too short for an episode validate nothing: their rows go back
+            # to training (they were dropped from it, 10% of the users on such a log)
+            scored = np.array([t.user_idx for t in split.valid], dtype=np.int64)
+            idle = ~np.isin(train.user_idx, split.train.user_idx) & ~np.isin(train.user_idx, scored)
+            if idle.any():
+                split = dataclasses.replace(
+                    split, train=Interactions.concat([split.train, train.take(idle)])
+                )
+        if not split.valid:
+            warnings.warn(
+                "fit: no validation users (no held-out user has more than one row): "
+                "training runs every train.steps step with no early stopping, and the "
+                "blend is off",
+                stacklevel=3,
+            )
+        return split
 
     def _train_part(
         self,

@@ -304,6 +304,8 @@ class Predictor:
         return self._domain(domain)[1]
 
     def _domain(self, domain: str) -> tuple[np.ndarray, np.ndarray]:
+        # stripped as the files' domain cells are (" films" was an unknown domain)
+        domain = str(domain).strip()
         # cached per domain: a string compare over a 36k-item catalogue plus the isin that
         # served /recommend built from it cost ~1.9 ms a request, on every request
         hit = self._domains.get(domain)

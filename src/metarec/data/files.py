@@ -202,6 +202,23 @@ def check_log_domains(
         )
 
 
+def _warn_mixed_scales(ratings: pd.DataFrame, train: str | Path) -> None:
+    """A log whose domains rate on different scales (books 1-5, films 1-10) is fitted on
+    one scale: the like threshold (the scale's middle) then sat above every book rating,
+    and book predictions ran past 5. Said, since only the user can rescale."""
+    if "domain" not in ratings.columns:
+        return
+    tops = ratings.groupby("domain", sort=True)["rating"].max()
+    if len(tops) > 1 and tops.max() > 1.5 * max(tops.min(), 1e-9):
+        ranges = ratings.groupby("domain", sort=True)["rating"].agg(["min", "max"])
+        said = ", ".join(f"{d} {r['min']:g}..{r['max']:g}" for d, r in ranges.iterrows())
+        warnings.warn(
+            f"{train}: the domains' ratings reach different tops ({said}); the model uses "
+            "one rating scale for all: put the ratings on one scale first",
+            stacklevel=3,
+        )
+
+
 def read_training_files(
     train: str | Path,
     items: str | Path,
@@ -236,7 +253,17 @@ def read_training_files(
         and (ratings["domain"] != "default").any()
     ):
         first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
-        item_frame["domain"] = item_frame["item_id"].map(first).fillna("default").to_numpy(object)
+        mapped = item_frame["item_id"].map(first)
+        if mapped.isna().any():
+            # an unrated item has no row to name its domain: it lands in "default" and
+            # never appears in `recommend --domain`, cold items above all
+            warnings.warn(
+                f"{items}: {int(mapped.isna().sum())} items have no rows in {train} to give "
+                "their domain and no domain column here: they are in domain 'default' "
+                "(add a domain column to the items file)",
+                stacklevel=2,
+            )
+        item_frame["domain"] = mapped.fillna("default").to_numpy(object)
         icat = (*icat, "domain")
     if not itext and not icat and not inum:
         raise MetarecError(f"{items}: the items file has no side columns besides item_id")
@@ -253,6 +280,7 @@ def read_training_files(
                 stacklevel=2,
             )
     if feedback == "explicit":
+        _warn_mixed_scales(ratings, train)
         lo, hi = float(ratings["rating"].min()), float(ratings["rating"].max())
         if lo == hi:
             raise MetarecError(
