@@ -1144,3 +1144,122 @@ def test_a_domain_flag_is_stripped_like_the_files_domain_cells(tmp_path):
     assert main([*fit_argv(paths, run), *FAST]) == 0
     pred = Predictor.load(run)
     np.testing.assert_array_equal(pred.candidates(" films "), pred.candidates("films"))
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("user_id,item_id,rating,rating \n", "column 'rating' appears twice"),
+        ("user_id,item_id,rating, user_id\n", "column 'user_id' appears twice"),
+        ("user_id,item_id,rating,rating\n", "column 'rating' appears twice"),
+    ],
+)
+def test_a_header_naming_a_column_twice_is_one_line(fitted, tmp_path, capsys, header, named):
+    # "rating,rating " crashed every command with a traceback (frame["rating"] was a
+    # DataFrame); an exact repeat was renamed "rating.1" by pandas
+    tmp, run, _ = fitted
+    s = tmp_path / "S.csv"
+    s.write_text(header + "new,it0,5,5\n")
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it1\n")
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert named in err and err.count("\n") == 1
+    assert not (tmp_path / "P.csv").exists()
+
+
+def test_a_side_column_repeated_in_a_parquet_file_is_one_line(tmp_path, capsys):
+    paths, items = make_world(tmp_path)
+    frame = items.assign(extra=1.0)
+    frame.columns = ["item_id", "title", "category", " title"]
+    frame.to_parquet(tmp_path / "I.parquet")
+    paths["I"] = tmp_path / "I.parquet"
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 2
+    assert "column 'title' appears twice" in capsys.readouterr().err
+
+
+def test_float_ids_must_be_exact_and_whole_ones_read_the_same_everywhere(tmp_path):
+    from metarec.data.files import read_log
+
+    # 1e19 and 2e19 wrapped to one id, -9223372036854775808
+    pd.DataFrame({"user_id": [1e19, 2e19], "item_id": ["a", "b"], "rating": [5, 4]}).to_parquet(
+        tmp_path / "huge.parquet"
+    )
+    from metarec.types import MetarecError
+
+    with pytest.raises(
+        MetarecError, match=r"row 1: column 'user_id' value 1e\+19 is not an exact id"
+    ):
+        read_log(tmp_path / "huge.parquet")
+    # a whole 1.0 read "1" in a whole column and "1.0" beside a fractional id
+    pd.DataFrame({"user_id": [1.0, 2.5], "item_id": ["a", "b"], "rating": [5, 4]}).to_parquet(
+        tmp_path / "mixed.parquet"
+    )
+    ratings, _, _ = read_log(tmp_path / "mixed.parquet")
+    assert ratings["user_id"].tolist() == ["1", "2.5"]
+
+
+def test_ratings_past_float32_are_named_before_training(tmp_path, capsys):
+    # 1e39 is finite in float64 and inf in float32: training stopped on "meta-loss is nan
+    # (lower inner_lr)", and --rating-range 1 1e39 wrote a RUN that could never load
+    paths, _ = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    log["rating"] = log["rating"].astype(object)
+    log.loc[5, "rating"] = "1e39"
+    log.to_csv(tmp_path / "T39.csv", index=False)
+    bad = {**paths, "T": tmp_path / "T39.csv"}
+    assert main([*fit_argv(bad, tmp_path / "RUN"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "line 7: column 'rating' value '1e39' is too large" in err and err.count("\n") == 1
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST, "--rating-range", "1", "1e39"]) == 2
+    assert "within ±3.4e38" in capsys.readouterr().err
+    assert not (tmp_path / "RUN").exists()
+
+
+def test_na_in_a_numeric_side_column_is_a_missing_number_not_text(tmp_path):
+    from metarec.data.files import read_training_files
+
+    paths, items = make_world(tmp_path)
+    items["year"] = (1990 + np.arange(len(items)) % 9).astype(object)
+    items.loc[3, "year"] = "NA"
+    items.loc[4, "year"] = "null"
+    items.to_csv(paths["I"], index=False)
+    raw = read_training_files(paths["T"], paths["I"])
+    assert "year" in raw.item_numeric_columns and "year" not in raw.item_text_columns
+    assert np.isnan(raw.items["year"].iloc[3]) and raw.items["year"].iloc[5] == 1995
+
+
+def test_errors_stay_one_bounded_line(fitted, tmp_path, capsys):
+    # a newline in a path split the error in two; a 1 MB column name made a 1 MB line
+    tmp, run, _ = fitted
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it1\n")
+    s = tmp_path / "S\nx.csv"
+    s.write_text("user_id,item_id,rating\n")
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "S\\nx.csv" in err
+    wide = tmp_path / "wide.csv"
+    wide.write_text("user_id,item_id,rating," + "c" * 1_000_000 + "\nnew,it0,5,1\n")
+    assert predict(run, wide, q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 2100
+    args = ["recommend", "--run", str(run), "--support", str(cold_support(tmp)), "-k", "2"]
+    assert main([*args, "--domain", "d" * 100_000, "--out", str(tmp_path / "R.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 400
+
+
+def test_odd_parquet_inputs_get_errors_that_name_them(fitted, tmp_path, capsys):
+    tmp, run, _ = fitted
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it1\n")
+    folder = tmp_path / "S.parquet"
+    folder.mkdir()
+    assert predict(run, folder, q, tmp_path / "P.csv") == 2
+    assert "is a folder, not a Parquet file" in capsys.readouterr().err
+    pd.DataFrame({"user_id": [b"\xff\xfe"], "item_id": ["it0"], "rating": [5]}).to_parquet(
+        tmp_path / "bin.parquet"
+    )
+    assert predict(run, tmp_path / "bin.parquet", q, tmp_path / "P.csv") == 2
+    assert "column 'user_id' holds bytes that are not UTF-8 text" in capsys.readouterr().err

@@ -643,7 +643,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # the CLI's warnings are for its user: one line each, without Python's source echo
-    print(f"metarec: warning: {message}", file=sys.stderr)
+    print(_one_line(f"metarec: warning: {message}"), file=sys.stderr)
+
+
+# an error or warning line is cut in the middle past this many characters
+_MAX_LINE = 2000
+
+
+def _one_line(text: str) -> str:
+    """``text`` as one bounded line: a path or value with a newline in it split the
+    one-line error in two, and a 1 MB column name made a 1 MB error line."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > _MAX_LINE:
+        half = _MAX_LINE // 2
+        text = f"{text[:half]} ... [{len(text) - 2 * half} characters] ... {text[-half:]}"
+    return text
 
 
 def _say(line: str) -> None:
@@ -651,7 +665,7 @@ def _say(line: str) -> None:
     # cut short (the text encoder's, say) leaves the cursor after its text, and the error
     # would be glued to it. On a fresh line the clear does nothing.
     prefix = "\r\033[K" if sys.stderr.isatty() else ""
-    print(prefix + line, file=sys.stderr)
+    print(prefix + _one_line(line), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,6 +19,7 @@ import torch
 
 from metarec.artifacts import load_run, save_run
 from metarec.data.raw import RawData
+from metarec.data.tabular import clip
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
@@ -312,8 +313,9 @@ class Predictor:
         if hit is None:
             mask = self.item_domain == domain
             if not mask.any():
-                known = ", ".join(sorted(set(self.item_domain.tolist())))
-                raise MetarecError(f"unknown domain {domain!r} (domains: {known})")
+                names = sorted(set(self.item_domain.tolist()))
+                known = ", ".join(names[:20]) + (f", ... ({len(names)})" if len(names) > 20 else "")
+                raise MetarecError(f"unknown domain {clip(domain)!r} (domains: {known})")
             cand = np.flatnonzero(mask).astype(np.int64)
             mask.flags.writeable = cand.flags.writeable = False
             hit = self._domains[domain] = (cand, mask)

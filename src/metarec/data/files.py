@@ -28,10 +28,13 @@ from metarec.data.tabular import (
     _read_any,
     _timestamps,
     _where,
+    check_float32,
+    clip,
     id_column,
     number_column,
     optional_number,
     require_columns,
+    strip_columns,
 )
 from metarec.types import MetarecError
 
@@ -39,8 +42,7 @@ LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
 
 
 def _read(path: str | Path) -> pd.DataFrame:
-    frame = _read_any(Path(path), None, "utf-8")
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = strip_columns(_read_any(Path(path), None, "utf-8"))
     if len(frame.columns) == 1:  # one column named "user_id\titem_id\trating": wrong separator
         for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
             if sep in frame.columns[0]:
@@ -55,7 +57,7 @@ def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
     unknown = [c for c in frame.columns if c not in allowed]
     if unknown:
         raise MetarecError(
-            f"{_where(frame)}: unknown column(s) {', '.join(map(repr, unknown))} "
+            f"{_where(frame)}: unknown column(s) {', '.join(repr(clip(c, 40)) for c in unknown[:5])} "
             f"(expected {', '.join(allowed)})"
         )
     require_columns(frame, ["user_id", "item_id"])
@@ -82,6 +84,7 @@ def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
         values = number_column(frame, "rating")
         if not np.isfinite(values).all():
             raise MetarecError(f"{_where(frame)}: column 'rating' has a non-finite value")
+        check_float32(frame, "rating", values)
         feedback = "explicit"
     has_time = "timestamp" in frame.columns
     ts = _timestamps(frame, "timestamp") if has_time else None
@@ -105,6 +108,10 @@ def domain_names(s: pd.Series) -> pd.Series:
         )
     d = s.astype(object).where(s.notna(), "").astype(str).str.strip()
     return d.where(d != "", "default").reset_index(drop=True)
+
+
+# spellings of a missing value in a numeric side column (compared lower-cased)
+_MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "-", "?"})
 
 
 def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
@@ -136,7 +143,10 @@ def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataF
             cat.append(c)
             continue
         as_num = pd.to_numeric(s, errors="coerce")
-        filled = s.notna() & (s.astype(str).str.strip() != "")
+        # "NA", "nan", "null" (how R, pandas and SQL exports write a missing number) are
+        # missing cells here: one of them turned a year column into embedded text
+        spelled = s.astype(str).str.strip()
+        filled = s.notna() & (spelled != "") & ~spelled.str.lower().isin(_MISSING)
         if filled.any() and as_num[filled].notna().all():
             out[c] = optional_number(s)
             num.append(c)
@@ -233,8 +243,11 @@ def read_training_files(
     1 made every later 1-star support rating an error)."""
     if rating_range is not None:
         lo, hi = (float(v) for v in rating_range)
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise MetarecError(f"rating range {lo:g}..{hi:g}: give LO < HI, both finite")
+        big = float(np.finfo(np.float32).max)  # ratings are held in float32
+        if not (abs(lo) <= big and abs(hi) <= big and lo < hi):
+            raise MetarecError(
+                f"rating range {lo:g}..{hi:g}: give LO < HI, both finite (within ±3.4e38)"
+            )
     ratings, feedback, has_time = read_log(train)
     if rating_range is not None and feedback != "explicit":
         raise MetarecError(f"{train}: a rating range is for ratings; this log has labels (0/1)")

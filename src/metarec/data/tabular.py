@@ -125,9 +125,32 @@ def read_delimited(
         raise MetarecError(f"{path}: file is empty") from None
     if len(frame) == 0:
         raise MetarecError(f"{path}: file is empty (a header but no rows)")
+    if names is None:
+        _check_header(path, text, sep, quoting)
     frame.attrs["header_lines"] = 0 if names is not None else 1
     frame.attrs["source"] = str(path)
     return frame
+
+
+def _check_header(path: Path, text: str, sep: str, quoting: bool) -> None:
+    """pandas renames a repeated header name ("year,year" reads as year, year.1): in a
+    side file the copy became a feature of its own, silently. Repeats are an error."""
+    import csv
+
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    quote = csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE
+    try:
+        header = next(csv.reader([first], delimiter=sep, quoting=quote), [])
+    except csv.Error:  # a field past csv's size limit: pandas read it; leave it to later checks
+        return
+    seen: set[str] = set()
+    for name in (h.strip() for h in header):
+        if name in seen and name:
+            raise MetarecError(
+                f"{path}: column {clip(name)!r} appears twice in the header (names are "
+                "compared with surrounding spaces stripped)"
+            )
+        seen.add(name)
 
 
 def _short(err: Exception) -> str:
@@ -148,10 +171,12 @@ def _bad_cell(frame: pd.DataFrame, pos: int, column: str, value: object, problem
     """The error line for a cell: an empty one (or a row cut short, which the reader fills
     with NaN) says so, rather than "value nan is not a number"."""
     where = f"{_where(frame)}: {_at(frame, pos)}: column {column!r}"
+    if isinstance(value, np.generic):  # a Parquet cell: 1e+19, not np.float64(1e+19)
+        value = value.item()
     empty = value is None or (isinstance(value, float) and np.isnan(value))
     if empty or (isinstance(value, str) and not value.strip()):
         return f"{where} is empty (or the row has fewer fields than the header)"
-    return f"{where} value {value!r} {problem}"
+    return f"{where} value {clip(repr(value), 100)} {problem}"
 
 
 def _where(frame: pd.DataFrame) -> str:
@@ -161,10 +186,39 @@ def _where(frame: pd.DataFrame) -> str:
 def require_columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        have = ", ".join(map(str, frame.columns[:12]))
+        have = ", ".join(clip(c, 40) for c in frame.columns[:12])
         raise MetarecError(
             f"{_where(frame)}: missing column(s) {', '.join(missing)} (columns are: {have})"
         )
+
+
+def strip_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Column names with surrounding spaces stripped; two that then read the same (or a
+    Parquet file's exact repeats) are an error: frame[name] became a DataFrame, and every
+    command died with a traceback on "rating,rating " or "item_id, item_id"."""
+    names = [str(c).strip() for c in frame.columns]
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise MetarecError(
+                f"{_where(frame)}: column {clip(name)!r} appears twice in the header "
+                "(names are compared with surrounding spaces stripped)"
+            )
+        seen.add(name)
+    frame.columns = names
+    return frame
+
+
+def clip(value: object, most: int = 80) -> str:
+    """``value`` as text for an error message, at most ``most`` characters: a 1 MB cell
+    or column name was echoed whole into a one-line error."""
+    text = str(value)
+    return text if len(text) <= most else text[: most - 15] + f"... ({len(text)} chars)"
+
+
+# float ids beyond this are not exact integers (and past 2^63 the int64 cast wrapped:
+# distinct 1e19 and 2e19 became one id, -9223372036854775808)
+_MAX_EXACT_ID = 2.0**53
 
 
 def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -176,11 +230,26 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
         raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: column {column!r} has an empty id")
     if pd.api.types.is_float_dtype(s):
         # Parquet/pandas turn int ids with missing values into floats; ours have none now,
-        # so a whole float is an int id in disguise.
+        # so a whole float is an int id in disguise -- each one, also in a column with
+        # fractional ids (1.0 read "1.0" there and "1" in a whole column: one user, two ids)
         f = s.to_numpy(np.float64)
-        if np.all(f == np.round(f)):
-            return pd.Series(f.astype(np.int64)).astype(str)
-    out = s.astype(str).str.strip()
+        odd = ~np.isfinite(f) | (np.abs(f) >= _MAX_EXACT_ID)
+        if odd.any():
+            pos = int(np.flatnonzero(odd)[0])
+            raise MetarecError(
+                _bad_cell(frame, pos, column, s.iloc[pos], "is not an exact id (store ids as text)")
+            )
+        whole = f == np.round(f)
+        return pd.Series(
+            [str(int(v)) if w else repr(float(v)) for v, w in zip(f, whole, strict=True)],
+            dtype=object,
+        )
+    try:
+        out = s.astype(str).str.strip()
+    except UnicodeDecodeError:
+        raise MetarecError(
+            f"{_where(frame)}: column {column!r} holds bytes that are not UTF-8 text"
+        ) from None
     empty = (out == "").to_numpy()
     if empty.any():
         pos = int(np.flatnonzero(empty)[0])
@@ -206,6 +275,17 @@ def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) ->
     return values
 
 
+def check_float32(frame: pd.DataFrame, column: str, values: np.ndarray) -> None:
+    """Ratings are held in float32: a 1e39 is finite here and inf there, and training
+    then stopped on "meta-loss is nan (lower inner_lr)", blaming the learning rate."""
+    huge = np.abs(values) > np.finfo(np.float32).max
+    if huge.any():
+        pos = int(np.flatnonzero(huge)[0])
+        raise MetarecError(
+            _bad_cell(frame, pos, column, frame[column].iloc[pos], "is too large (over 3.4e38)")
+        )
+
+
 def optional_number(series: pd.Series) -> np.ndarray:
     """Side-table numbers: unparseable or empty cells become NaN (missing side info is fine)."""
     return pd.to_numeric(series, errors="coerce").to_numpy(np.float64)
@@ -217,6 +297,8 @@ def optional_number(series: pd.Series) -> np.ndarray:
 def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
+        if path.is_dir():
+            raise MetarecError(f"{str(path)!r} is a folder, not a Parquet file")
         if not path.is_file():
             raise MetarecError(f"file not found: {str(path)!r}")
         try:
@@ -317,8 +399,7 @@ def read_table(
     Parameter names match the CLI flags (--items, --text-cols).
     """
     path = Path(path)
-    frame = _read_any(path, sep, encoding)
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame = strip_columns(_read_any(path, sep, encoding))
     value_col = label_col if label_col is not None else rating_col
     require_columns(frame, [user_col, item_col, value_col])
     if domain_col is not None:
@@ -326,6 +407,7 @@ def read_table(
     user_ids = id_column(frame, user_col)
     item_ids = id_column(frame, item_col)
     values = number_column(frame, value_col)
+    check_float32(frame, value_col, values)
     if label_col is not None:
         off = ~np.isin(values, (0.0, 1.0))
         if off.any():
