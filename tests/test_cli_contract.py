@@ -1263,3 +1263,15 @@ def test_odd_parquet_inputs_get_errors_that_name_them(fitted, tmp_path, capsys):
     )
     assert predict(run, tmp_path / "bin.parquet", q, tmp_path / "P.csv") == 2
     assert "column 'user_id' holds bytes that are not UTF-8 text" in capsys.readouterr().err
+
+
+def test_fit_says_how_many_rows_preprocessing_removed(tmp_path, capsys):
+    # 50 repeated rows were dropped silently: the summary's count alone looked like a loss
+    paths, _ = make_world(tmp_path)
+    log = pd.read_csv(paths["T"])
+    pd.concat([log, log.head(50)]).to_csv(paths["T"], index=False)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
+    said = capsys.readouterr()
+    summary = json.loads(said.out)
+    assert summary["rows_read"] == len(log) + 50 and summary["interactions"] == len(log)
+    assert f"50 of {len(log) + 50} rows of" in said.err and "'dedupe'" in said.err

@@ -199,7 +199,6 @@ def _write_csv_atomic(frame, out: Path) -> None:
 def cmd_fit(args) -> int:
     from metarec.artifacts import check_run_target
     from metarec.data.files import read_training_files
-    from metarec.predictor import fit_raw
 
     t0 = time.perf_counter()
     check_run_target(args.out)  # before training, not after it
@@ -216,13 +215,33 @@ def cmd_fit(args) -> int:
         if pred is None:  # not rank 0: rank 0 alone writes the RUN and prints
             return 0
     else:
-        pred = fit_raw(raw, config)
+        from metarec.predictor import Predictor
+        from metarec.preprocess import prepare
+
+        ds = prepare(raw)
+        # rows the default cleaning removed (a repeated user-item row keeps its newest):
+        # said, where the summary's interaction count alone looked like rows gone missing
+        for step in ds.report:
+            gone = step.get("rows_before", 0) - step.get("rows_after", 0)
+            if step.get("step") != "reindex" and gone > 0:
+                print(
+                    f"metarec: warning: {gone} of {len(raw.ratings)} rows of {args.train} "
+                    f"removed by preprocessing step {step['step']!r}"
+                    + (
+                        " (a repeated user-item row keeps its newest)"
+                        if step["step"] == "dedupe"
+                        else ""
+                    ),
+                    file=sys.stderr,
+                )
+        pred = Predictor.fit(ds, config)
     pred.save(args.out)
     summary = {
         "run": str(args.out),
         "users": len(pred.users),
         "items": len(pred.items),
         "interactions": len(pred.train),
+        "rows_read": len(raw.ratings),
         "feedback": pred.info.get("feedback"),
         # the scale support ratings are checked against and predictions are clipped to:
         # T's lowest and highest rating unless --rating-range named it
