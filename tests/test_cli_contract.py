@@ -1275,3 +1275,21 @@ def test_fit_says_how_many_rows_preprocessing_removed(tmp_path, capsys):
     summary = json.loads(said.out)
     assert summary["rows_read"] == len(log) + 50 and summary["interactions"] == len(log)
     assert f"50 of {len(log) + 50} rows of" in said.err and "'dedupe'" in said.err
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("new,it0,5\n\n\n\nnew,it1,x\n", 6),  # blank lines before the bad row
+        ('new,"it\n0",5\nnew,it1,x\n', 4),  # a quoted field spanning two lines
+    ],
+)
+def test_errors_name_the_files_own_line(fitted, tmp_path, capsys, body, line):
+    # the row count said "line 3" for both
+    tmp, run, _ = fitted
+    s = tmp_path / "S.csv"
+    s.write_text("user_id,item_id,rating\n" + body)
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it1\n")
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    assert f"line {line}: column 'rating' value 'x' is not a number" in capsys.readouterr().err

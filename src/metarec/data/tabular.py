@@ -129,6 +129,7 @@ def read_delimited(
         _check_header(path, text, sep, quoting)
     frame.attrs["header_lines"] = 0 if names is not None else 1
     frame.attrs["source"] = str(path)
+    frame.attrs["delimited"] = (sep, encoding, quoting, names is None)
     return frame
 
 
@@ -160,11 +161,43 @@ def _short(err: Exception) -> str:
 
 
 def _at(frame: pd.DataFrame, pos: int) -> str:
-    """Where row position ``pos`` is: "line N" of a text file (1-based, after the header;
-    assumes no blank lines before it), or "row N" of a Parquet file, which has no lines."""
+    """Where row position ``pos`` is: "line N" of a text file (1-based, counting the
+    header, blank lines and the lines a quoted field spans), or "row N" of a Parquet
+    file, which has no lines."""
     if frame.attrs.get("rows_not_lines"):
         return f"row {pos + 1}"
+    spec = frame.attrs.get("delimited")
+    if spec is not None:
+        line = _physical_line(Path(frame.attrs["source"]), pos, *spec)
+        if line is not None:
+            return f"line {line}"
     return f"line {pos + 1 + int(frame.attrs.get('header_lines', 0))}"
+
+
+def _physical_line(path: Path, pos: int, sep: str, encoding: str, quoting: bool, header: bool):
+    """The file line on which data row ``pos`` starts, found by reading the file again
+    (an error path only): the row count alone was off after a blank line or a quoted
+    field with a newline in it. None when the file cannot be re-read the same way."""
+    import csv
+
+    try:
+        text = read_text(path, encoding)
+        reader = csv.reader(
+            io.StringIO(text),
+            delimiter=sep,
+            quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE,
+        )
+        row = -1 if header else 0
+        start = 1
+        for fields in reader:
+            if fields:  # pandas skips blank lines, and so does this count
+                if row == pos:
+                    return start
+                row += 1
+            start = reader.line_num + 1
+    except (csv.Error, MetarecError, OSError):
+        return None
+    return None
 
 
 def _bad_cell(frame: pd.DataFrame, pos: int, column: str, value: object, problem: str) -> str:
