@@ -1110,6 +1110,7 @@ def test_fit_validates_even_when_the_newest_users_have_short_histories(tmp_path,
     )
     # the newest users with one row each: no episode at any K, and fit says so
     one = tmp_path / "one.csv"
+    newest = log.user_id.isin([f"u{u}" for u in range(54, 60)])
     log[~newest | (log.groupby("user_id").cumcount() < 1)].to_csv(one, index=False)
     fast = MetaRecommender(
         text={"model": "hashing:64", "pca_dim": 16}, train={"steps": 4}, progress=False
@@ -1130,8 +1131,9 @@ def test_domains_on_different_scales_and_unrated_items_without_a_domain_are_flag
         read_training_files(paths["T"], paths["I"])
     log.loc[log.domain == "films", "rating"] *= 2  # films rated 2..10, books 1..5
     log.to_csv(paths["T"], index=False)
-    with pytest.warns(UserWarning, match=r"reach different tops \(books 1\.\.5, films 2\.\.10\)"):
+    with pytest.warns(UserWarning) as said:
         read_training_files(paths["T"], paths["I"])
+    assert any("reach different tops (books 1..5, films 2..10)" in str(w.message) for w in said)
 
 
 def test_a_domain_flag_is_stripped_like_the_files_domain_cells(tmp_path):
