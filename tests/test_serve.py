@@ -542,5 +542,26 @@ def test_the_cache_is_sized_to_its_memory_budget(predictor):
     app = create_app(predictor, config=ServeConfig(cache_mb=0.1))
     info = TestClient(app).get("/info").json()
     assert info["cache"]["max_entries"] == app.state.metarec.cache.max_entries == 1
-    with pytest.raises(MetarecError, match="cache budget must be > 0 MB"):
+    with pytest.raises(MetarecError, match="cache budget must be a finite number of MB > 0"):
         ServeConfig(cache_mb=0)
+
+
+def test_get_feedback_follows_the_id_rules_of_every_other_endpoint(predictor, tmp_path):
+    # GET took the path as it came: " sp1 " read nothing back of what POST stored as
+    # "sp1", and an empty or 3,000-character id was a 200
+    c = TestClient(create_app(predictor, feedback_db=tmp_path))
+    sup = taste("space")[:2]
+    assert c.post("/feedback", json={"user_id": " sp1 ", "interactions": sup}).status_code == 200
+    got = c.get("/feedback/%20sp1%20")
+    assert got.status_code == 200 and got.json()["user_id"] == "sp1"
+    assert len(got.json()["interactions"]) == 2
+    for bad, said in (("%20%20", "id is empty"), ("x" * 3000, "longer than 1024")):
+        r = c.get(f"/feedback/{bad}")
+        assert r.status_code == 422 and said in r.json()["detail"], r.text
+
+
+def test_an_off_scale_rating_is_quoted_as_given(predictor):
+    # "rating 5 is outside the run's rating scale [1, 5]" for a 5.000001
+    c = TestClient(create_app(predictor))
+    r = c.post("/recommend", json={"interactions": [{"item_id": "it0", "rating": 5.000001}]})
+    assert r.status_code == 422 and "rating 5.000001 is outside" in r.json()["detail"]

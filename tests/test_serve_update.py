@@ -218,3 +218,24 @@ def test_feedback_on_an_item_nobody_rated_keeps_that_items_domain():
 
     codes = _item_domain_codes(P())
     assert codes.tolist() == [0, 0, 1, 2]  # b1 unrated: books; t0: a new code, not books
+
+
+def test_update_describes_the_merged_log_and_export_says_it_is_in_sample(run, tmp_path, capsys):
+    # meta.json (and serve's /info) kept the fitted log's counts after update merged rows
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("newbie", likes_space())
+    run2 = tmp_path / "RUN2"
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb"), "--out", str(run2)]
+    assert main([*argv, "--steps", "5"]) == 0
+    capsys.readouterr()
+    before, after = Predictor.load(run), Predictor.load(run2)
+    info = json.loads((run2 / "meta.json").read_text())
+    assert info["interactions"] == len(after.train) == len(before.train) + 12
+    assert info["users"] == len(before.users) + 1
+    assert info["catalogue_users"] == len(after.users)
+    assert sum(info["rating_counts"].values()) == len(after.train)
+    assert info["item_text_columns"] == before.info["item_text_columns"]
+    out = tmp_path / "EXP"
+    assert main(["export", "--run", str(run2), "--out", str(out), "--dtype", "fp16"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "update trained on every user" in report["note"]

@@ -551,7 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar=("LO", "HI"),
         help="the rating scale, e.g. 1 5 (default: T's lowest and highest rating); "
-        "support ratings outside it are refused and predictions are clipped to it",
+        "support ratings outside it are refused and predictions are clipped to it "
+        "(write a negative bound as a plain number, -10, not -1e1)",
     )
     p.add_argument(
         "--distributed",

@@ -8,3 +8,26 @@ class MetarecError(ValueError):
 
     The CLI prints ``str(err)`` as one line and exits with status 2; nothing is written.
     """
+
+
+def exact_g(value: float) -> str:
+    """``value`` for an error message: its :g text when that reads back as the same
+    number, else its repr (a 5.000001 on a 1..5 scale read "rating 5 is outside [1, 5]")."""
+    import struct
+
+    number = float(value)
+    text = f"{number:g}"
+    if float(text) == number:
+        return text
+
+    def f32(x: float) -> float:
+        return struct.unpack("f", struct.pack("f", x))[0]
+
+    # ratings are held in float32: a 5.000001 arrives as 5.000000953674316; print the
+    # shortest text that reads back as the same float32
+    if abs(number) < 3.4e38 and f32(number) == number:
+        for digits in range(1, 10):
+            text = f"{number:.{digits}g}"
+            if f32(float(text)) == number:
+                return text
+    return repr(number)

@@ -150,8 +150,17 @@ def export_run(
             "compare the two on",
         }
     after = validation_metrics(exported, max_users, n_negatives)
+    extra = {}
+    if src.meta.get("update"):
+        # update trains on every user of the merged log, these included: the two sets of
+        # figures compare the export with its source, on users the model has seen
+        extra["note"] = (
+            "this RUN was updated, and update trained on every user: the validation "
+            "users are in-sample, so the metrics compare the export with its source only"
+        )
     return {
         **report,
+        **extra,
         "metrics_before": {k: v for k, v in before.items() if k != "users"},
         "metrics_after": {k: v for k, v in after.items() if k != "users"},
         "metric_change": {

@@ -20,6 +20,7 @@ import torch
 from metarec.artifacts import load_run, save_run
 from metarec.data.raw import RawData
 from metarec.data.tabular import clip
+from metarec.errors import exact_g
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
@@ -195,7 +196,7 @@ class Predictor:
             bad = off_scale(ratings, (lo, hi))
             if len(bad):
                 raise MetarecError(
-                    f"{what}: rating {float(bad[0]):g} is outside the run's rating scale "
+                    f"{what}: rating {exact_g(bad[0])} is outside the run's rating scale "
                     f"[{lo:g}, {hi:g}] ({len(bad)} such rows)"
                 )
         else:

@@ -22,6 +22,7 @@ from typing import Self
 import numpy as np
 import scipy.sparse as sp
 
+from metarec.errors import exact_g
 from metarec.features import FeatureSet
 from metarec.metrics import first_occurrences
 from metarec.types import Dataset, Interactions, MetarecError, Task
@@ -260,7 +261,7 @@ class Recommender(abc.ABC):
             if len(bad):
                 lo, hi = self.rating_range_
                 raise MetarecError(
-                    f"{self.name}: support rating {float(bad[0]):g} is outside the fitted "
+                    f"{self.name}: support rating {exact_g(bad[0])} is outside the fitted "
                     f"rating scale [{lo:g}, {hi:g}]"
                 )
 

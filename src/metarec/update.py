@@ -176,10 +176,33 @@ def update(
         report[f"{key}_feedback_loss_in_sample"] = losses
     info = {
         **{k: v for k, v in pred.info.items() if k != "item_domains"},
-        "users": n_new,
+        **_log_counts(pred, users, train),
         "update": {**report, "steps": cfg.steps, "outer_lr": cfg.outer_lr},
     }
     return Predictor(model, users, pred.items, pred.item_domain, train, info), report
+
+
+def _log_counts(pred: Predictor, users, train) -> dict:
+    """dataset_info's counts of the merged log (interactions, users, observed ratings,
+    per-domain counts, ...): the RUN's meta.json, and serve's /info, kept the fitted log's
+    (1,098 interactions and no 1-star ratings after update had merged 40 rows with 1s).
+    The side-column lists are the fit's and stay as they are."""
+    from metarec.data import dataset_info
+    from metarec.types import Dataset
+
+    info = pred.info
+    view = Dataset(
+        name=str(info.get("name", "fit")),
+        interactions=train,
+        users=users,
+        items=pred.items,
+        feedback=info.get("feedback", "explicit"),
+        rating_range=tuple(float(v) for v in info.get("rating_range", (0.0, 1.0))),
+        has_time=info.get("time") == "unix_seconds",
+        domains=tuple(d["name"] for d in info.get("domains") or [{"name": "default"}]),
+    )
+    fresh = dataset_info(view)
+    return {k: v for k, v in fresh.items() if not k.endswith("_columns")}
 
 
 def _continue(model, part, s_all: Split, s_fb: Split, tcfg: TrainConfig, cfg: UpdateConfig):

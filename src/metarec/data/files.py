@@ -36,6 +36,7 @@ from metarec.data.tabular import (
     require_columns,
     strip_columns,
 )
+from metarec.errors import exact_g
 from metarec.types import MetarecError
 
 LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
@@ -305,7 +306,7 @@ def read_training_files(
             if lo < s_lo or hi > s_hi:
                 bad = lo if lo < s_lo else hi
                 raise MetarecError(
-                    f"{train}: rating {bad:g} is outside the rating range {s_lo:g}..{s_hi:g}"
+                    f"{train}: rating {exact_g(bad)} is outside the rating range {s_lo:g}..{s_hi:g}"
                 )
             lo, hi = s_lo, s_hi
         rating_range = (lo, hi)

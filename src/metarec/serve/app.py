@@ -67,8 +67,10 @@ class ServeConfig:
                 f"serve: cache entries must be >= 0 and the cache TTL > 0 seconds, got "
                 f"{self.cache_entries} and {self.cache_ttl_s}"
             )
-        if not self.cache_mb > 0 or not np.isfinite(self.cache_mb):
-            raise MetarecError(f"serve: the cache budget must be > 0 MB, got {self.cache_mb}")
+        if not (self.cache_mb > 0 and np.isfinite(self.cache_mb)):
+            raise MetarecError(
+                f"serve: the cache budget must be a finite number of MB > 0, got {self.cache_mb}"
+            )
 
     def cache_size(self, n_items: int) -> int:
         """Entries the cache may hold: ``cache_entries``, lowered so that entries of
@@ -274,6 +276,10 @@ def create_app(
         response_model=S.RecommendResponse,
         dependencies=[Depends(auth)],
         responses=errs,
+        description="Top-k items for the user (adapted on the request's interactions plus "
+        "stored feedback), best first, excluding every item they have rated. Fewer than k "
+        "come back when fewer are left in the catalogue (or the domain); none, an empty "
+        "`items` list, when the user has rated them all.",
     )
     async def recommend(req: S.RecommendRequest) -> S.RecommendResponse:
         if req.k > cfg.max_k:
@@ -367,6 +373,12 @@ def create_app(
         responses=errs,
     )
     def feedback_of(user_id: str) -> S.FeedbackList:
+        # the id rules of every other endpoint (stripped, not empty, at most 1,024
+        # characters): " sp1 " read nothing back from what POST /feedback stored as "sp1"
+        try:
+            user_id = str(S._id_to_str(user_id))
+        except ValueError as err:
+            raise _unprocessable(f"user_id: {err}") from None
         rows = need_store().get(user_id)
         return S.FeedbackList(
             user_id=user_id,
