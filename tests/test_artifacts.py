@@ -97,3 +97,40 @@ def test_every_run_file_gets_the_same_public_mode(tmp_path):
         if p.is_file()
     }
     assert len(set(modes.values())) == 1, modes  # model.safetensors was 0600
+
+
+def test_a_swap_that_fails_between_its_renames_puts_the_previous_run_back(tmp_path, monkeypatch):
+    # the old RUN was moved aside and the new one failed to move in (another writer's RUN
+    # in the way, Ctrl-C): `run` was left missing, the old one stranded in .run.old.*
+    import os
+
+    from metarec import artifacts
+
+    _save(tmp_path / "run")
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path / "run", scale=2.0)
+    monkeypatch.setattr(artifacts.os, "replace", real)
+    assert torch.equal(load_run(tmp_path / "run").tensors["w"], torch.arange(6.0).reshape(2, 3))
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_run_stranded_by_a_kill_is_named_and_superseded_by_the_next_write(tmp_path):
+    # kill -9 between the two renames: no RUN at the path, the previous one in .run.old.*
+    _save(tmp_path / "run")
+    stash = tmp_path / ".run.old.abc123"
+    stash.mkdir()
+    (tmp_path / "run").rename(stash / "run")
+    with pytest.raises(MetarecError, match=r"run is missing: a write was interrupted .* is at"):
+        load_run(tmp_path / "run")
+    _save(tmp_path / "run", scale=3.0)  # a newer complete RUN: the stranded one is obsolete
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]

@@ -761,3 +761,35 @@ def test_evaluate_split_ranks_a_cross_domain_user_over_the_target_domain(tmp_pat
     np.testing.assert_array_equal(list(res.metrics.values()), list(want.metrics.values()))
     with pytest.raises(MetarecError, match="part must be 'test' or 'valid'"):
         E.evaluate_split(rec, ds, split, "train")
+
+
+def test_a_write_that_fails_part_way_through_the_renames_keeps_the_previous_results(
+    tiny_run, tmp_path, monkeypatch
+):
+    # results were moved into place one file at a time: a failure after the first left a
+    # new report.md beside an old results.json
+    import os
+    import shutil
+
+    _, results, out = tiny_run
+    target = tmp_path / "res"
+    shutil.copytree(out, target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    real = os.replace
+    moved = []
+
+    def flaky(src, dst):
+        if Path(src).parent.name.startswith(".staging-") and Path(dst).parent == target:
+            moved.append(Path(dst).name)  # a new file moving in (not the rollback's)
+            if len(moved) == 3:
+                raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    changed = dataclasses.replace(results, seconds=results.seconds + 1234.5)
+    with pytest.raises(OSError):
+        E.write_results(changed, target)
+    monkeypatch.setattr(os, "replace", real)
+    after = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    assert after == before and len(moved) == 3
+    assert not [p for p in target.iterdir() if p.name.startswith(".staging-")]

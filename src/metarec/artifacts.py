@@ -15,6 +15,8 @@ leaves a half-written RUN, and an existing RUN is only replaced once the new one
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -130,20 +132,50 @@ def save_run(
             # Swap: move the old run aside first so that `out` is never half-written.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
             os.replace(out, old / "run")
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                # put the previous RUN back: a failure or Ctrl-C between the two renames
+                # (another writer's RUN in the way, say) left no RUN at `out` at all
+                with contextlib.suppress(OSError):
+                    os.replace(old / "run", out)
+                    old.rmdir()
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    # previous versions that a writer killed between its two renames left aside: `out`
+    # now holds a newer complete RUN, so they are superseded
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.old.*"):
+        if (stale / "run" / "manifest.json").is_file():
+            shutil.rmtree(stale, ignore_errors=True)
     return given
+
+
+def stranded_run(path: Path) -> Path | None:
+    """The previous RUN that a write killed between its two renames left beside ``path``
+    (``.NAME.old.XXXX/run``), when ``path`` itself is gone; None otherwise."""
+    if path.exists():
+        return None
+    for old in sorted(path.parent.glob(f".{glob.escape(path.name)}.old.*")):
+        if (old / "run" / "manifest.json").is_file():
+            return old / "run"
+    return None
 
 
 def load_run(path: str | Path, verify: bool = True) -> Run:
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
+        left = stranded_run(path)
+        if left is not None:
+            raise MetarecError(
+                f"{path} is missing: a write was interrupted (or is under way) and the "
+                f"previous RUN is at {left}; move it back to {path} to use it"
+            )
         raise MetarecError(f"{path} is not a metarec RUN directory (no manifest.json)")
     try:
         manifest = json.loads(manifest_path.read_text())

@@ -21,6 +21,7 @@ values, fit seconds, the protocol and the config), ``report.md`` and PNG plots
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -1154,11 +1155,30 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
         write_text(stage / "report.md", report.render_markdown(results, plots))
         written = {p.name for p in stage.iterdir()}
         _check_result_targets(out)  # again: the run may have taken hours
-        for name in sorted(written):
-            os.replace(stage / name, out / name)
+        # the previous results, hard-linked aside: a failure or Ctrl-C part-way through
+        # the renames below puts them back (it left new files beside old ones)
+        backup = stage / ".previous"
+        backup.mkdir()
         for name in RESULT_FILES:
-            if name not in written:
-                (out / name).unlink(missing_ok=True)
+            if (out / name).is_file():
+                try:
+                    os.link(out / name, backup / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(out / name, backup / name)
+        try:
+            for name in sorted(written):
+                os.replace(stage / name, out / name)
+            for name in RESULT_FILES:
+                if name not in written:
+                    (out / name).unlink(missing_ok=True)
+        except BaseException:
+            for name in RESULT_FILES:
+                with contextlib.suppress(OSError):
+                    if (backup / name).is_file():
+                        os.replace(backup / name, out / name)
+                    elif name in written:
+                        (out / name).unlink(missing_ok=True)
+            raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return results

@@ -24,6 +24,7 @@ support events and at least one query event; held-out users without one are *dro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -641,7 +642,15 @@ def write_split(
         elif out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                # the previous split back in place: a failure between the two renames
+                # left no folder at `out`
+                with contextlib.suppress(OSError):
+                    os.replace(old / out.name, out)
+                    old.rmdir()
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, out)
