@@ -134,3 +134,27 @@ def test_a_run_stranded_by_a_kill_is_named_and_superseded_by_the_next_write(tmp_
         load_run(tmp_path / "run")
     _save(tmp_path / "run", scale=3.0)  # a newer complete RUN: the stranded one is obsolete
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_the_loser_of_two_writers_gets_a_line_that_names_the_run(tmp_path, monkeypatch):
+    # another writer's RUN landed between this writer's renames: the error named the
+    # internal staging folder ("Directory not empty: .run.g63puilr")
+    import os
+
+    from metarec import artifacts
+
+    _save(tmp_path / "run")
+    real = os.replace
+    calls = []
+
+    def rival(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the rival's complete RUN lands first
+            (tmp_path / "run").mkdir()
+            (tmp_path / "run" / "manifest.json").write_text("{}")
+        return real(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", rival)
+    with pytest.raises(MetarecError, match="another process wrote a RUN there"):
+        _save(tmp_path / "run", scale=2.0)
+    assert (tmp_path / "run" / "manifest.json").read_text() == "{}"

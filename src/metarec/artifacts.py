@@ -16,6 +16,7 @@ leaves a half-written RUN, and an existing RUN is only replaced once the new one
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -134,16 +135,23 @@ def save_run(
             os.replace(out, old / "run")
             try:
                 os.replace(tmp, out)
-            except BaseException:
+            except BaseException as err:
                 # put the previous RUN back: a failure or Ctrl-C between the two renames
                 # (another writer's RUN in the way, say) left no RUN at `out` at all
                 with contextlib.suppress(OSError):
                     os.replace(old / "run", out)
                     old.rmdir()
+                if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _raced(out) from None
                 raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError as err:
+                if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _raced(out) from None
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -153,6 +161,15 @@ def save_run(
         if (stale / "run" / "manifest.json").is_file():
             shutil.rmtree(stale, ignore_errors=True)
     return given
+
+
+def _raced(out: Path) -> MetarecError:
+    # the loser of two writers to one RUN said "Directory not empty: .RUN.g63puilr",
+    # naming a staging folder its user never saw
+    return MetarecError(
+        f"{out}: another process wrote a RUN there while this one was writing; this "
+        "write was abandoned and that RUN kept"
+    )
 
 
 def stranded_run(path: Path) -> Path | None:
