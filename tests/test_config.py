@@ -1,3 +1,4 @@
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -120,3 +121,17 @@ def test_a_range_error_names_the_table_that_holds_the_value():
         _model("rank_meta.inner_lr=-1")
     with pytest.raises(MetarecError, match=r"^train: "):
         _model("train.patience=0")
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [
+        ("meta.inner_steps=-1", "meta: MetaConfig.inner_steps must be >= 0, got -1"),
+        ("meta.inner_lr=0", "meta: MetaConfig.inner_lr must be > 0, got 0"),
+        ("rank_meta.ridge_lambda=-2.5", "rank_meta: MetaConfig.ridge_lambda must be > 0, got -2.5"),
+    ],
+)
+def test_a_range_error_names_the_key_and_its_value(override, said):
+    # one message listed all three rules and named no key
+    with pytest.raises(MetarecError, match=re.escape(said)):
+        _model(override)

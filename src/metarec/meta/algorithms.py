@@ -87,8 +87,15 @@ class MetaConfig:
             raise MetarecError(
                 f"unknown meta algorithm {self.algorithm!r} (known: {', '.join(ALGORITHMS)})"
             )
-        if self.inner_steps < 0 or self.inner_lr <= 0 or self.ridge_lambda <= 0:
-            raise MetarecError("MetaConfig: inner_steps >= 0, inner_lr > 0, ridge_lambda > 0")
+        # each named with its value: the one message listing all three rules did not say
+        # which key of `--set meta.inner_steps=-1` had failed
+        for key, ok, rule in (
+            ("inner_steps", self.inner_steps >= 0, ">= 0"),
+            ("inner_lr", self.inner_lr > 0, "> 0"),
+            ("ridge_lambda", self.ridge_lambda > 0, "> 0"),
+        ):
+            if not ok:
+                raise MetarecError(f"MetaConfig.{key} must be {rule}, got {getattr(self, key)}")
         if self.inner_steps > MAX_INNER_STEPS or self.inner_lr > MAX_INNER_LR:
             # 1e39 overflowed float32 deep inside torch; 1e8 steps ran for days
             raise MetarecError(
