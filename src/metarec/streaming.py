@@ -22,6 +22,7 @@ own cache shard, so an interrupted build restarts where it stopped.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -449,7 +450,13 @@ def embed_resumable(
     # one read of the cache up front: chunks already complete are served from it, so a
     # resumed or warm build does not re-read every shard once per chunk
     found, _, _, _ = cache.lookup(encoder.fingerprint)
-    bar = tqdm(total=len(texts), disable=not progress, desc="embed", unit="text")
+    bar = tqdm(
+        total=len(texts),
+        disable=not progress,
+        desc="embed",
+        unit="text",
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets few redraws
+    )
     try:
         for c in range(n_chunks):
             if stop_after_chunks is not None and c >= stop_after_chunks:
