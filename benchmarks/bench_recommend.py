@@ -45,6 +45,22 @@ def supports(pred, n: int, k: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "label"])
 
 
+def timed_with(pred, frame: pd.DataFrame, owner, attr: str, replacement):
+    """(recommendations, {"recommend_seconds", "users_per_second"}) of ``pred.recommend``
+    over ``frame`` (top 10) with ``owner.attr`` replaced: a same-run baseline."""
+    from unittest import mock
+
+    with mock.patch.object(owner, attr, replacement):
+        t0 = time.perf_counter()
+        recs, _ = pred.recommend(frame, k=10)
+        secs = time.perf_counter() - t0
+    users = frame["user_id"].nunique()
+    return recs, {
+        "recommend_seconds": round(secs, 2),
+        "users_per_second": round(users / secs, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, required=True)
@@ -100,40 +116,23 @@ def main(argv: list[str] | None = None) -> int:
         print(label, out[label], flush=True)
     # the same default model, its item side computed per task as before it was shared
     # (Scorer.item_side_shared forced False): the baseline of that change, same run
+    from metarec.model import MetaRecommender
     from metarec.models.scorer import Scorer
 
-    real = Scorer.item_side_shared
-    Scorer.item_side_shared = lambda self, params, base: False  # type: ignore[method-assign]
-    try:
-        t0 = time.perf_counter()
-        pred.recommend(frame, k=10)
-        secs = time.perf_counter() - t0
-    finally:
-        Scorer.item_side_shared = real  # type: ignore[method-assign]
-    out["default_item_side_per_task"] = {
-        "recommend_seconds": round(secs, 2),
-        "users_per_second": round(args.users / secs, 1),
-    }
+    _, out["default_item_side_per_task"] = timed_with(
+        pred, frame, Scorer, "item_side_shared", lambda self, params, base: False
+    )
     print("default, item side per task", out["default_item_side_per_task"], flush=True)
     # the same default model scored 8192 items at a time, the fixed chunk before chunks
     # were bounded by (task, item) cells (model._CHUNK_CELLS): the baseline of that change
-    from metarec.model import MetaRecommender
-
     real_predict = MetaRecommender._predict
 
     def fixed_chunk(self, part, fast, user_x, items, item_chunk=None):
         return real_predict(self, part, fast, user_x, items, 8192)
 
-    MetaRecommender._predict = fixed_chunk  # type: ignore[method-assign]
-    try:
-        t0 = time.perf_counter()
-        old_recs, _ = pred.recommend(frame, k=10)
-        secs = time.perf_counter() - t0
-    finally:
-        MetaRecommender._predict = real_predict  # type: ignore[method-assign]
+    old_recs, timing = timed_with(pred, frame, MetaRecommender, "_predict", fixed_chunk)
     out["default_fixed_8192_chunk"] = {
-        "recommend_seconds": round(secs, 2),
-        "users_per_second": round(args.users / secs, 1),
+        **timing,
         "same_recommendations": bool(old_recs.equals(recs)),
     }
     print("default, 8192-item chunks", out["default_fixed_8192_chunk"], flush=True)

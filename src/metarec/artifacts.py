@@ -15,7 +15,6 @@ leaves a half-written RUN, and an existing RUN is only replaced once the new one
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import glob
 import hashlib
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from metarec.atomic import public_mode
+from metarec.atomic import public_mode, replace_dir
 from metarec.types import IdMap, MetarecError
 
 FORMAT_VERSION = 1
@@ -129,29 +128,15 @@ def save_run(
             "files": {f: _sha256(tmp / f) for f in files},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        if out.exists():
-            # Swap: move the old run aside first so that `out` is never half-written.
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            os.replace(out, old / "run")
-            try:
-                os.replace(tmp, out)
-            except BaseException as err:
-                # put the previous RUN back: a failure or Ctrl-C between the two renames
-                # (another writer's RUN in the way, say) left no RUN at `out` at all
-                with contextlib.suppress(OSError):
-                    os.replace(old / "run", out)
-                    old.rmdir()
-                if isinstance(err, OSError) and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise _raced(out) from None
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.replace(tmp, out)
-            except OSError as err:
-                if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise _raced(out) from None
-                raise
+        # the old RUN (if any) aside, the new one in, the old one put back on a failure
+        # between the two: `out` is never half-written (stranded_run names the old one
+        # that a kill -9 between them leaves in .NAME.old.XXXX/run)
+        try:
+            replace_dir(tmp, out, ".old.", "run")
+        except OSError as err:
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise _raced(out) from None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

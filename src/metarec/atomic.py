@@ -9,7 +9,9 @@ give it (0666 minus the umask), so overwriting a shared output does not make it 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,6 +70,29 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_dir(new: Path, out: Path, aside: str, inner: str) -> None:
+    """Move the complete folder ``new`` onto ``out``. An existing ``out`` is first moved
+    aside, to ``out.parent / .{out.name}{aside}XXXX / inner``, and removed once ``new`` is
+    in place. A folder cannot be renamed over a non-empty one, so this is two renames: if
+    the second fails or is interrupted (Ctrl-C), the previous folder is put back before the
+    error goes on (it was left aside, with nothing at ``out``); a ``kill -9`` between them
+    leaves it aside. Errors of the renames themselves (another writer's folder in the way:
+    ENOTEMPTY, EEXIST) reach the caller as they are."""
+    if not out.exists():
+        os.replace(new, out)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}{aside}", dir=out.parent))
+    os.replace(out, old / inner)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.replace(old / inner, out)
+            old.rmdir()
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:

@@ -312,6 +312,15 @@ _RATING_SCALE = frozenset({"meta", "item_mean_user_bias", "biased_mf"})
 _CHUNK_CELLS = 32_768
 
 
+def episode_sizes(train: Interactions, k_shot: int, n_query: int) -> tuple[int, int]:
+    """(K, Q) of the episodes fit (and update) draw from ``train``: short histories (a
+    small log) shrink the episodes instead of failing, K and Q capped at half the median
+    history length, so most users yield an episode."""
+    lengths = np.bincount(train.user_idx)
+    half = max(1, int(np.median(lengths[lengths > 0])) // 2)
+    return min(k_shot, half), min(n_query, half)
+
+
 def default_embedding_dir() -> Path:
     """The embedding cache folder: ``$METAREC_HOME/embeddings`` (``~/.cache/metarec/...``)."""
     from metarec.data.download import cache_root
@@ -700,12 +709,8 @@ class MetaRecommender(Recommender):
         from metarec.splits import item_cold, user_cold
 
         view = dataclasses.replace(dataset, interactions=train)
-        # Short histories (a small log) shrink the episodes instead of failing: K and Q are
-        # capped at half the median history length, so most users yield an episode.
-        lengths = np.bincount(train.user_idx)
-        half = max(1, int(np.median(lengths[lengths > 0])) // 2)
         protocol = item_cold if cfg.valid_holdout == "new_items" else user_cold
-        k_shot, n_query = min(cfg.k_shot, half), min(cfg.n_query, half)
+        k_shot, n_query = episode_sizes(train, cfg.k_shot, cfg.n_query)
         while True:
             split = protocol(
                 view,

@@ -24,7 +24,6 @@ support events and at least one query event; held-out users without one are *dro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.atomic import public_mode
+from metarec.atomic import public_mode, replace_dir
 from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 # --- helpers over index arrays -------------------------------------------------------------
@@ -639,21 +638,8 @@ def write_split(
                 os.replace(tmp / name, out / name)
                 moved.append(out / name)
             tmp.rmdir()
-        elif out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                # the previous split back in place: a failure between the two renames
-                # left no folder at `out`
-                with contextlib.suppress(OSError):
-                    os.replace(old / out.name, out)
-                    old.rmdir()
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
+        else:  # the previous split (if any) aside, then put back if the new one fails
+            replace_dir(tmp, out, ".old-", out.name)
     except BaseException:
         for path in moved:  # an interrupted fill leaves the folder empty again
             path.unlink(missing_ok=True)

@@ -133,7 +133,7 @@ def update(
     pred: Predictor, feedback: pd.DataFrame, cfg: UpdateConfig | None = None
 ) -> tuple[Predictor, dict]:
     """A new Predictor with the feedback folded in and meta-training continued."""
-    from metarec.model import MetaRecommender, _as_likes, _in_rating_units
+    from metarec.model import MetaRecommender, _as_likes, _in_rating_units, episode_sizes
 
     cfg = cfg or UpdateConfig()
     users, train, fb_users, report = merge_feedback(pred, feedback)
@@ -148,9 +148,7 @@ def update(
     state_cfg = {**state_cfg, "n_users": n_new}
     model = MetaRecommender.from_state(state_cfg, tensors, train)
     mcfg = model.config
-    lengths = np.bincount(train.user_idx)
-    half = max(1, int(np.median(lengths[lengths > 0])) // 2)
-    k, q = min(mcfg.k_shot, half), min(mcfg.n_query, half)
+    k, q = episode_sizes(train, mcfg.k_shot, mcfg.n_query)  # as fit drew its episodes
     split = Split("update", train, (), (), cfg.seed, k, q)
     fb_split = dataclasses.replace(split, train=train.take(np.isin(train.user_idx, fb_users)))
     for key in ("rating", "rank"):

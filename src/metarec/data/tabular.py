@@ -144,11 +144,16 @@ def _check_header(path: Path, text: str, sep: str, quoting: bool) -> None:
         header = next(csv.reader([first], delimiter=sep, quoting=quote), [])
     except csv.Error:  # a field past csv's size limit: pandas read it; leave it to later checks
         return
+    _refuse_repeats([h.strip() for h in header if h.strip()], str(path))
+
+
+def _refuse_repeats(names: list[str], where: str) -> None:
+    """A header that names a column twice (names compared stripped) is an error."""
     seen: set[str] = set()
-    for name in (h.strip() for h in header):
-        if name in seen and name:
+    for name in names:
+        if name in seen:
             raise MetarecError(
-                f"{path}: column {clip(name)!r} appears twice in the header (names are "
+                f"{where}: column {clip(name)!r} appears twice in the header (names are "
                 "compared with surrounding spaces stripped)"
             )
         seen.add(name)
@@ -230,14 +235,7 @@ def strip_columns(frame: pd.DataFrame) -> pd.DataFrame:
     Parquet file's exact repeats) are an error: frame[name] became a DataFrame, and every
     command died with a traceback on "rating,rating " or "item_id, item_id"."""
     names = [str(c).strip() for c in frame.columns]
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise MetarecError(
-                f"{_where(frame)}: column {clip(name)!r} appears twice in the header "
-                "(names are compared with surrounding spaces stripped)"
-            )
-        seen.add(name)
+    _refuse_repeats(names, _where(frame))
     frame.columns = names
     return frame
 

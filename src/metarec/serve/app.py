@@ -376,7 +376,7 @@ def create_app(
         # the id rules of every other endpoint (stripped, not empty, at most 1,024
         # characters): " sp1 " read nothing back from what POST /feedback stored as "sp1"
         try:
-            user_id = str(S._id_to_str(user_id))
+            user_id = str(S.id_to_str(user_id))
         except ValueError as err:
             raise _unprocessable(f"user_id: {err}") from None
         rows = need_store().get(user_id)

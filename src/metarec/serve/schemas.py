@@ -22,7 +22,7 @@ from metarec.serve.feedback import TIMESTAMP_MIN as _TS_MIN
 MAX_ID_CHARS = 1024
 
 
-def _id_to_str(v: object) -> object:
+def id_to_str(v: object) -> object:
     # ints (not bools) are ids too; anything else is left for the str check to reject
     if isinstance(v, int) and not isinstance(v, bool):
         return str(v)
@@ -45,7 +45,7 @@ def _id_to_str(v: object) -> object:
 
 RawId = Annotated[
     StrictStr | StrictInt,
-    BeforeValidator(_id_to_str),
+    BeforeValidator(id_to_str),
     Field(description="raw id: a string (integers are read as strings)"),
 ]
 
