@@ -419,7 +419,7 @@ def test_cpu_training_runs_deterministic_kernels_and_closes_its_bar(problem, mon
             self.closed = True
 
     bars: list[Bar] = []
-    monkeypatch.setattr(T, "tqdm", Bar)
+    monkeypatch.setattr(T, "progress_bar", Bar)
     split, feats = problem
     assert not torch.are_deterministic_algorithms_enabled()
     train(split, feats, SC, META, _cfg(steps=2), progress=False)

@@ -22,7 +22,6 @@ own cache shard, so an interrupted build restarts where it stopped.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.meta.episodes import Episode, make_episode
+from metarec.progress import bar as progress_bar
 from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import TextEncoder
 from metarec.types import MetarecError
@@ -439,8 +439,6 @@ def embed_resumable(
     Returns (vectors (len(texts), dim) float32, or None when stopped early; stats with
     ``encoded`` (texts sent to the encoder now), ``hits``, ``chunks_done``, ``complete``).
     """
-    from tqdm.auto import tqdm
-
     if not isinstance(cache, EmbeddingCache):
         cache = EmbeddingCache(cache)
     texts = [str(t) for t in texts]
@@ -450,13 +448,7 @@ def embed_resumable(
     # one read of the cache up front: chunks already complete are served from it, so a
     # resumed or warm build does not re-read every shard once per chunk
     found, _, _, _ = cache.lookup(encoder.fingerprint)
-    bar = tqdm(
-        total=len(texts),
-        disable=not progress,
-        desc="embed",
-        unit="text",
-        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets few redraws
-    )
+    bar = progress_bar(total=len(texts), disable=not progress, desc="embed", unit="text")
     try:
         for c in range(n_chunks):
             if stop_after_chunks is not None and c >= stop_after_chunks:

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.atomic import atomic_path
+from metarec.progress import bar as progress_bar
 from metarec.types import MetarecError
 
 _ADJ = "gripping quiet bold tender dark witty epic gentle strange bright".split()
@@ -206,6 +207,4 @@ def _chunk(cfg, a, b, counts, rng, centroid, item_lat, order, cdf, topic_pop, ha
 def _progress(it, show: bool, desc: str):
     if not show:
         return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc)
+    return progress_bar(it, desc=desc)

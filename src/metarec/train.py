@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from metarec import distributed
 from metarec.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
@@ -38,6 +36,7 @@ from metarec.meta.episodes import (
     pad_episodes,
 )
 from metarec.models.scorer import Scorer, ScorerConfig
+from metarec.progress import bar as progress_bar
 from metarec.types import MAX_SEED, MetarecError, Split, Task
 
 EPISODE_ORDERS = ("auto", "time", "newest_items")  # TrainConfig.episodes
@@ -578,14 +577,11 @@ def train(
         }
         save_checkpoint(checkpoint_dir, step, tensors, state)
 
-    bar = tqdm(
+    bar = progress_bar(
         total=cfg.steps,
         initial=step,
         disable=not progress or not ctx.is_main,
         desc=f"meta-train {meta_cfg.algorithm}",
-        # into a log file (stderr not a terminal) every 0.1 s redraw is another line
-        # of text: hundreds of KB per quickstart that buried its summary lines
-        mininterval=0.1 if sys.stderr.isatty() else 10.0,
     )
     # the bar ends on every exit, an error or Ctrl-C included: a bar left open would glue
     # the CLI's error line to it
