@@ -158,3 +158,15 @@ def test_the_loser_of_two_writers_gets_a_line_that_names_the_run(tmp_path, monke
     with pytest.raises(MetarecError, match="another process wrote a RUN there"):
         _save(tmp_path / "run", scale=2.0)
     assert (tmp_path / "run" / "manifest.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("rel", ["../outside.txt", "/etc/hostname", "ids/../../outside.txt"])
+def test_a_manifest_cannot_reach_outside_its_run(tmp_path, rel):
+    # a listed name outside the RUN was opened and hashed wherever it pointed
+    path = _save(tmp_path / "run")
+    (tmp_path / "outside.txt").write_text("x")
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["files"][rel] = "0" * 64
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MetarecError, match="outside the RUN"):
+        load_run(path)

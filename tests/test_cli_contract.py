@@ -1295,3 +1295,87 @@ def test_errors_name_the_files_own_line(fitted, tmp_path, capsys, body, line):
     q.write_text("user_id,item_id\nnew,it1\n")
     assert predict(run, s, q, tmp_path / "P.csv") == 2
     assert f"line {line}: column 'rating' value 'x' is not a number" in capsys.readouterr().err
+
+
+def test_python_support_frames_are_read_as_files_are(fitted, tmp_path):
+    # a frame built in a notebook goes through the file reader's rules: its feedback kind
+    # is checked (a label support on a ratings RUN read labels as 1-star ratings), dates
+    # and datetime64 timestamps convert (int() tracebacks), missing columns are one line
+    from metarec.predictor import Predictor
+    from metarec.types import MetarecError
+
+    _, run, _ = fitted
+    pred = Predictor.load(run)
+    q = pd.DataFrame({"user_id": ["c1", "c1"], "item_id": ["it30", "it31"]})
+    liked = pd.DataFrame({"user_id": ["c1"] * 2, "item_id": ["it2", "it4"], "label": [1, 1]})
+    with pytest.raises(MetarecError, match="label column, but the RUN was fitted on explicit"):
+        pred.predict(liked, q)
+    with pytest.raises(MetarecError, match="label column"):
+        pred.recommend(liked, 3)
+    with pytest.raises(MetarecError, match="missing column rating"):
+        pred.predict(liked.drop(columns="label"), q)
+    with pytest.raises(MetarecError, match="expected a pandas DataFrame"):
+        pred.predict([("c1", "it2", 5)], q)
+    with pytest.raises(MetarecError, match="query: expected a pandas DataFrame"):
+        pred.predict(liked.rename(columns={"label": "rating"}), [("c1", "it30")])
+    # item it2 twice: the newest row wins, whatever form the times take
+    base = pd.DataFrame(
+        {"user_id": ["c1"] * 3, "item_id": ["it2", "it2", "it4"], "rating": [1.0, 5.0, 4.0]}
+    )
+    seconds = base.assign(timestamp=[200, 100, 150])
+    want, _ = pred.predict(seconds, q)
+    newest, _ = pred.predict(base.iloc[[0, 2]].assign(timestamp=[200, 150]), q)
+    assert np.allclose(want.score, newest.score)
+    dates = pd.to_datetime(seconds.timestamp, unit="s")
+    for ts in (dates, dates.dt.strftime("%Y-%m-%dT%H:%M:%S")):
+        got, _ = pred.predict(base.assign(timestamp=ts.to_numpy()), q)
+        assert np.allclose(got.score, want.score)
+    with pytest.raises(MetarecError, match="row 2: column 'timestamp' is empty"):
+        pred.predict(base.assign(timestamp=[1.0, np.nan, 3.0]), q)
+
+
+def test_python_recommend_gives_user_ids_back_as_spelled(tmp_path):
+    # predict echoed int ids, recommend returned them as str ('3'): a merge back onto the
+    # caller's int-keyed frame found nothing. A float 100.0 in an object column is item
+    # "100", as in a float column (it was "100.0", an unknown item dropped from S)
+    from metarec.predictor import Predictor
+
+    paths, _ = make_world(tmp_path)
+    t = pd.read_csv(paths["T"])
+    t["user_id"] = t.user_id.str[1:].astype(int)
+    t.to_csv(paths["T"], index=False)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST]) == 0
+    pred = Predictor.load(run)
+    s = pd.DataFrame({"user_id": [3, 3, 999], "item_id": ["it30", "it31", "it30"], "rating": 5})
+    rec, info = pred.recommend(s, 2)
+    assert rec.user_id.tolist() == [3, 3, 999, 999] and info["unknown_support_items"] == 0
+    mixed = s.assign(user_id=pd.Series([3, 3.0, 999], dtype=object))
+    again, _ = pred.recommend(mixed, 2)
+    assert again.item_id.tolist() == rec.item_id.tolist()
+
+
+def test_a_run_config_with_an_unknown_key_names_the_run_and_version(fitted, tmp_path, capsys):
+    # a RUN from a newer metarec (same format version, one more config key) said only
+    # "unknown config key 'foo' (known: ...)", naming neither the RUN nor a version
+    import hashlib
+    import shutil
+
+    tmp, run, _ = fitted
+    bad = tmp_path / "RUN"
+    shutil.copytree(run, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["model"]["foo"] = 1
+    (bad / "config.json").write_text(json.dumps(config))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"]["config.json"] = hashlib.sha256(
+        (bad / "config.json").read_bytes()
+    ).hexdigest()
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    capsys.readouterr()
+    assert predict(bad, cold_support(tmp), q, tmp_path / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "does not load in metarec" in err and "'foo'" in err
+    assert err.count("\n") == 1

@@ -689,6 +689,26 @@ def test_item_side_file_missing_declared_column(tmp_path):
         read_table(p, items=side, text_cols=["title"])
 
 
+def test_one_column_name_given_as_a_string_is_that_column(tmp_path):
+    # text_cols="title" was iterated as letters: "missing column(s) t, i, t, l, e"
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n")
+    side = write(tmp_path / "items.csv", "item_id,title,year\n2,Dune,1965\n")
+    raw = read_table(p, items=side, text_cols="title", numeric_cols="year")
+    info = dataset_info(build_dataset(raw))
+    assert info["item_text_columns"] == ["title"] and info["item_numeric_columns"] == ["year"]
+
+
+def test_float_ids_in_an_object_column_follow_the_float_rule():
+    # a Python frame mixing 7 and 100.0 in one id column: "100.0" was an unknown id
+    from metarec.data.tabular import id_column
+
+    frame = pd.DataFrame({"item_id": pd.Series([7, 100.0, " x ", 3.5], dtype=object)})
+    assert id_column(frame, "item_id").tolist() == ["7", "100", "x", "3.5"]
+    frame = pd.DataFrame({"item_id": pd.Series([7, float("inf")], dtype=object)})
+    with pytest.raises(MetarecError, match="is not an exact id"):
+        id_column(frame, "item_id")
+
+
 # ----------------------------------------------------------------------------- registry
 
 

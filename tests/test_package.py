@@ -26,3 +26,15 @@ def test_the_cli_starts_without_numpy_pandas_or_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert metarec.MetarecError is metarec.types.MetarecError
+
+
+def test_metarec_evaluate_is_the_module_whatever_was_imported_first():
+    # a lazy *function* named evaluate was replaced by the submodule once anything
+    # imported metarec.evaluate: the name's meaning hung on import order
+    code = (
+        "import metarec, types; a = metarec.evaluate; "
+        "from metarec.experiment import evaluate_split; b = metarec.evaluate; "
+        "print(isinstance(a, types.ModuleType), a is b, callable(a.evaluate))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "True"]

@@ -20,9 +20,14 @@ _LAZY = {
     "build_features": "metarec.features",
     "MetaRecommender": "metarec.model",
     "ModelConfig": "metarec.model",
-    "evaluate": "metarec.evaluate",
     "Predictor": "metarec.predictor",
 }
+
+# submodules reachable as attributes after a bare `import metarec`. `metarec.evaluate` is
+# the module (its function is `metarec.evaluate.evaluate`): a lazy *function* of that name
+# was replaced by the module as soon as anything imported metarec.evaluate, so the name
+# meant one thing or the other depending on import order
+_SUBMODULES = ("evaluate", "experiment", "metrics", "baselines", "transfer")
 
 __all__ = ["MetarecError", "__version__", *_LAZY]
 
@@ -30,4 +35,6 @@ __all__ = ["MetarecError", "__version__", *_LAZY]
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:
+        return import_module(f"metarec.{name}")
     raise AttributeError(f"module 'metarec' has no attribute {name!r}")

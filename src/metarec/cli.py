@@ -277,8 +277,7 @@ def cmd_predict(args) -> int:
 
     _check_output(args.out, args.run, args.command)
     pred = Predictor.load(args.run, device=args.device)
-    support, feedback, _ = read_log(args.support)
-    pred.check_feedback(feedback, str(args.support))
+    support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
     query = read_query(args.query)
     out, stats = pred.predict(support, query)
     _write_csv_atomic(out, Path(args.out))
@@ -293,8 +292,7 @@ def cmd_recommend(args) -> int:
 
     _check_output(args.out, args.run, args.command)
     pred = Predictor.load(args.run, device=args.device)
-    support, feedback, _ = read_log(args.support)
-    pred.check_feedback(feedback, str(args.support))
+    support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
     out, stats = pred.recommend(support, args.k, args.domain)
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats)

@@ -140,6 +140,32 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         raise
 
 
+def check_field_types(obj: Any) -> None:
+    """Refuse a dataclass built directly (not through :func:`from_dict`) with a table where
+    a nested config belongs, or a non-string where a string belongs: the constructor does
+    not coerce, and ``ModelConfig(train={"steps": 3})`` otherwise failed in ``fit`` with
+    ``'dict' object has no attribute 'seed'``."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp = getattr(obj, f.name), hints[f.name]
+        args = (
+            typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else ()
+        )
+        if value is None and type(None) in args:
+            continue
+        kinds = [a for a in args if a is not type(None)] or [tp]
+        name = f"{type(obj).__name__}.{f.name}"
+        for kind in kinds:
+            if dataclasses.is_dataclass(kind) and isinstance(kind, type):
+                if not isinstance(value, kind):
+                    raise MetarecError(
+                        f"{name}: expected a {kind.__name__}, got {type(value).__name__} "
+                        "(ModelConfig.from_dict builds a config from tables)"
+                    )
+            elif kind is str and not isinstance(value, str):
+                raise MetarecError(f"{name}: expected a string, got {value!r}")
+
+
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain JSON-able dict (tuples become lists)."""
     if dataclasses.is_dataclass(obj):

@@ -34,6 +34,33 @@ class FeatureSet:
     user_side: torch.Tensor  # (n_users, d_user_side) float32; may have 0 columns
     encoder_fingerprint: str = ""
 
+    def __post_init__(self) -> None:
+        # a FeatureSet built by hand (numpy arrays, float64 from a notebook) is made the
+        # (n, d) float32 tensors the scorer multiplies by its float32 weights: float64 had
+        # failed deep in torch ("Input dtypes must be the same"), numpy in torch.zeros
+        for name in ("item_text", "item_side", "user_side"):
+            value = getattr(self, name)
+            try:
+                t = torch.as_tensor(value)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise MetarecError(f"FeatureSet.{name}: not a numeric array ({e})") from None
+            if t.dim() != 2:
+                raise MetarecError(
+                    f"FeatureSet.{name}: expected a 2-D (rows, columns) array, got shape "
+                    f"{tuple(t.shape)}"
+                )
+            if t.dtype == torch.bool or t.is_complex():
+                raise MetarecError(f"FeatureSet.{name}: expected real numbers, got {t.dtype}")
+            if t.dtype != torch.float32:
+                t = t.to(torch.float32)
+            if t is not value:
+                object.__setattr__(self, name, t)
+        if self.item_side.shape[0] != self.item_text.shape[0]:
+            raise MetarecError(
+                f"FeatureSet: item_text has {self.item_text.shape[0]} rows but item_side "
+                f"{self.item_side.shape[0]} (one row per item in both)"
+            )
+
     @property
     def n_items(self) -> int:
         return self.item_text.shape[0]

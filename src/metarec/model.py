@@ -45,7 +45,7 @@ from metarec.blend import (
     fit_rating_weights,
     rank_columns,
 )
-from metarec.config import from_dict, to_dict
+from metarec.config import check_field_types, deep_merge, from_dict, to_dict
 from metarec.devices import resolve_device
 from metarec.features import FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import MetaConfig, MetaLearner
@@ -84,6 +84,7 @@ class TextConfig:
     device: str | None = None  # encoder device: cpu (default), cuda, auto
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         # checked with the config, before anything trains (an experiment used to reach
         # every method, fail each, and only then say why)
         if self.pca_dim is not None and self.pca_dim < 1:
@@ -219,6 +220,7 @@ class ModelConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if not 0 < self.valid_frac < 1:
             raise MetarecError("model.valid_frac must be in (0, 1)")
         if self.k_shot < 1 or self.n_query < 1 or self.max_support < 1:
@@ -366,8 +368,15 @@ class MetaRecommender(Recommender):
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
         cfg = config or ModelConfig()
+        if not isinstance(cfg, ModelConfig):
+            raise MetarecError(
+                f"MetaRecommender: config must be a ModelConfig, got {type(cfg).__name__} "
+                "(ModelConfig.from_dict turns a table into one)"
+            )
         if overrides:
-            cfg = from_dict(ModelConfig, {**to_dict(cfg), **overrides})
+            # a table merges into the config's own table key by key, as --set does:
+            # text={"pca_dim": 8} changes pca_dim only, not text.model back to its default
+            cfg = from_dict(ModelConfig, deep_merge(to_dict(cfg), overrides))
         self.config = cfg
         self.name = f"MetaRec-{cfg.meta.algorithm}"
         self.rating_: _Part | None = None
@@ -400,6 +409,10 @@ class MetaRecommender(Recommender):
         if len(train) == 0:  # a NaN from deep inside the split code otherwise
             raise MetarecError(f"{self.name}: train has no interactions to fit on")
         resolve_device(cfg.device)  # before the text is embedded, not after ("auto" is fine)
+        # a second fit starts clean: a rating part left from an explicit fit would go on
+        # scoring (and be saved) after a refit on implicit data
+        self.rating_ = self.rank_ = self.blend_ = None
+        self.features_ = self.known_items_ = None
         self._set_fitted(dataset, train)
         if dataset.feedback == "explicit" and cfg.like_threshold is not None:
             lo, hi = self.rating_range_
@@ -414,6 +427,12 @@ class MetaRecommender(Recommender):
         known[train.item_idx] = True
         if features is None:
             features = self.build_features(dataset, known)
+        elif (features.n_items, features.n_users) != (dataset.n_items, dataset.n_users):
+            # a FeatureSet of another dataset indexed the wrong rows, or past the end
+            raise MetarecError(
+                f"{self.name}: the FeatureSet has {features.n_items} items and "
+                f"{features.n_users} users, the dataset {dataset.n_items} and {dataset.n_users}"
+            )
         self.features_ = _with_unknown_user_row(features)
         split = self._training_split(dataset, train, valid)
         # the items whose ID rows meta-training learns: those of split.train. Held-out

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metarec import __version__
 from metarec.artifacts import load_run, save_run
 from metarec.data.raw import RawData
 from metarec.data.tabular import clip
@@ -117,7 +118,14 @@ class Predictor:
                     for f in ("user_idx", "item_idx", "rating", "timestamp", "domain")
                 )
             )
-            model = MetaRecommender.from_state(run.config, t, train)
+            try:
+                model = MetaRecommender.from_state(run.config, t, train)
+            except MetarecError as err:
+                # a config key this version does not know: the RUN is from a newer one
+                raise MetarecError(
+                    f"{path}: RUN's config.json does not load in metarec {__version__}, the "
+                    f"RUN is from another version or damaged ({err})"
+                ) from None
             domains = run.meta["item_domains"]
             item_domain = np.asarray(domains, dtype=object)[t["item_domain"].numpy()]
             users, items = run.ids["users"], run.ids["items"]
@@ -207,9 +215,32 @@ class Predictor:
                     f"(give 1 for an interaction, 0 for an explicit 'no'; {len(bad)} such rows)"
                 )
 
-    def _supports_from_frame(self, frame: pd.DataFrame) -> tuple[dict[str, Interactions], int]:
+    def _supports_from_frame(
+        self, frame: pd.DataFrame
+    ) -> tuple[dict[str, Interactions], int, dict | None]:
+        """Per-user support interactions from an S table: a frame :func:`read_log` read
+        (the CLI), or one built in Python, which is read here the same way (its feedback
+        kind checked against the RUN's, dates and datetime64 timestamps converted).
+        Returns (supports by canonical user id, unknown support items, canonical -> the
+        caller's own spelling of each user id for a Python frame, else None)."""
+        if not isinstance(frame, pd.DataFrame):
+            raise MetarecError(
+                f"support: expected a pandas DataFrame with user_id, item_id and rating (or "
+                f"label) columns, got {type(frame).__name__}"
+            )
+        feedback = frame.attrs.get("feedback")
+        given = None
+        if feedback is None:
+            from metarec.data.files import log_frame
+
+            given = frame["user_id"].to_numpy(object) if "user_id" in frame.columns else None
+            frame, feedback, _ = log_frame(frame)
+            # each user's id as the caller spelled it (an int stays an int), for recommend's
+            # output: a str '3' beside an int-keyed frame merged with nothing
+            given = dict(zip(frame["user_id"], given, strict=True))
+        self.check_feedback(feedback, frame.attrs.get("source", "support"))
         frame = _str_ids(frame, "support")
-        value = "label" if "label" in frame.columns and "rating" not in frame.columns else "rating"
+        value = "rating"  # a label column is read into it (log_frame), after the check above
         if "domain" in frame.columns and (frame["domain"] != "default").any():
             # the RUN's items file decided each item's domain; a support naming another is
             # a mix-up worth a line, not something to ignore
@@ -233,7 +264,7 @@ class Predictor:
             )
             out[str(user_id)] = inter
             n_unknown += len(unknown)
-        return out, n_unknown
+        return out, n_unknown, given
 
     def check_feedback(self, feedback: str, what: str = "support") -> None:
         """A support file must carry the run's kind of feedback: ``rating`` for a run fitted
@@ -259,7 +290,12 @@ class Predictor:
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         """One score per query row (rating scale for explicit data, probability otherwise)."""
-        supports, n_unknown = self._supports_from_frame(support)
+        supports, n_unknown, _ = self._supports_from_frame(support)
+        if not isinstance(query, pd.DataFrame):
+            raise MetarecError(
+                f"query: expected a pandas DataFrame with user_id and item_id columns, got "
+                f"{type(query).__name__}"
+            )
         # the query's own spellings where it carries them (read_query), else its ids as
         # given (an int stays an int in the output); lookups use the canonical str ids
         raw = query.attrs.get("raw_ids") or {}
@@ -360,12 +396,15 @@ class Predictor:
         """Top-k per support user; also {"unknown_support_items": n, "users": n,
         "no_candidates": [user ids left with no item to recommend]} (their support and
         history cover the catalogue, or ``domain``'s items: they get no rows)."""
-        supports, n_unknown = self._supports_from_frame(support)
+        supports, n_unknown, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
         out = self.recommend_many(supports, k, domain)
         served = set(out["user_id"])
         empty = [u for u in supports if u not in served]
+        if given is not None:
+            out["user_id"] = out["user_id"].map(given).astype(object)
+            empty = [given[u] for u in empty]
         return out, {
             "unknown_support_items": n_unknown,
             "users": len(supports),

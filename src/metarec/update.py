@@ -32,7 +32,13 @@ import torch
 
 from metarec.meta.episodes import build_inputs, make_episode, pad_episodes
 from metarec.predictor import Predictor
-from metarec.train import TrainConfig, _TaskSampler, evaluate_loss, resolve_episodes
+from metarec.train import (
+    TrainConfig,
+    _TaskSampler,
+    cpu_deterministic,
+    evaluate_loss,
+    resolve_episodes,
+)
 from metarec.types import IdMap, Interactions, MetarecError, Split
 
 
@@ -169,7 +175,8 @@ def update(
             # as fit does: likes (rating >= threshold; implicit labels as they are)
             s_all = _as_likes(split, model._like_threshold())
             s_fb = _as_likes(fb_split, model._like_threshold())
-        params, losses = _continue(model, part, s_all, s_fb, tcfg, cfg)
+        device = str(model.features_.item_text.device)
+        params, losses = _continue(model, part, s_all, s_fb, tcfg, cfg, device=device)
         setattr(model, f"{key}_", dataclasses.replace(part, params=params))
         report[f"{key}_feedback_loss_in_sample"] = losses
     info = {
@@ -203,8 +210,12 @@ def _log_counts(pred: Predictor, users, train) -> dict:
     return {k: v for k, v in fresh.items() if not k.endswith("_columns")}
 
 
-def _continue(model, part, s_all: Split, s_fb: Split, tcfg: TrainConfig, cfg: UpdateConfig):
-    """Adam on the part's meta-parameters for cfg.steps steps; (params, loss before/after)."""
+@cpu_deterministic
+def _continue(
+    model, part, s_all: Split, s_fb: Split, tcfg: TrainConfig, cfg: UpdateConfig, *, device: str
+):
+    """Adam on the part's meta-parameters for cfg.steps steps; (params, loss before/after).
+    ``device`` (where the model is) is read by :func:`cpu_deterministic` only."""
     learner, feats = part.learner, model.features_
     known = torch.from_numpy(model.known_items_)
     head = learner.scorer.cfg.head

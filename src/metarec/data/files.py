@@ -70,7 +70,18 @@ def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
 
 def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
     """A T or S file as a RawData-style ratings frame, its feedback kind and has_time."""
-    frame = _read(path)
+    return log_frame(_read(path))
+
+
+def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
+    """A T or S table as :func:`read_log` reads it: (RawData-style ratings frame, feedback
+    kind "explicit"/"implicit", has_time). The Python API's support frames go through it
+    too, so a datetime64 or date-string ``timestamp``, a ``label`` column and a missing
+    value column mean there what they mean in a file. The result carries
+    ``attrs["feedback"]`` (read back by :class:`~metarec.predictor.Predictor`)."""
+    if "source" not in frame.attrs:  # a frame built in Python: its rows have no lines
+        frame = frame.copy()
+        frame.attrs.update(source="support", rows_not_lines=True)
     _check_log_columns(frame)
     users = id_column(frame, "user_id")
     items = id_column(frame, "item_id")
@@ -91,7 +102,9 @@ def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
     ts = _timestamps(frame, "timestamp") if has_time else None
     # names, an empty cell "default", as in the items file (id_column refused empty cells)
     domain = domain_names(frame["domain"]) if "domain" in frame.columns else None
-    return make_ratings_frame(users, items, values, ts, domain), feedback, has_time
+    out = make_ratings_frame(users, items, values, ts, domain)
+    out.attrs.update(source=_where(frame), feedback=feedback)
+    return out, feedback, has_time
 
 
 def domain_names(s: pd.Series) -> pd.Series:

@@ -263,18 +263,16 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
         # Parquet/pandas turn int ids with missing values into floats; ours have none now,
         # so a whole float is an int id in disguise -- each one, also in a column with
         # fractional ids (1.0 read "1.0" there and "1" in a whole column: one user, two ids)
-        f = s.to_numpy(np.float64)
-        odd = ~np.isfinite(f) | (np.abs(f) >= _MAX_EXACT_ID)
-        if odd.any():
-            pos = int(np.flatnonzero(odd)[0])
-            raise MetarecError(
-                _bad_cell(frame, pos, column, s.iloc[pos], "is not an exact id (store ids as text)")
-            )
-        whole = f == np.round(f)
-        return pd.Series(
-            [str(int(v)) if w else repr(float(v)) for v, w in zip(f, whole, strict=True)],
-            dtype=object,
+        return pd.Series(_float_ids(frame, column, np.arange(len(s))), dtype=object)
+    if s.dtype == object:
+        # a Python frame mixing types (ids 7 and 100.0 in one column): its float cells
+        # follow the same rule ("100.0" was an unknown item, dropped from the support)
+        floats = np.flatnonzero(
+            s.map(lambda v: isinstance(v, float | np.floating)).to_numpy(dtype=bool)
         )
+        if len(floats):
+            s = s.copy()
+            s.iloc[floats] = _float_ids(frame, column, floats)
     try:
         out = s.astype(str).str.strip()
     except UnicodeDecodeError:
@@ -286,6 +284,27 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
         pos = int(np.flatnonzero(empty)[0])
         raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: column {column!r} has an empty id")
     return out.reset_index(drop=True)
+
+
+def _float_ids(frame: pd.DataFrame, column: str, positions: np.ndarray) -> list[str]:
+    """The float ids at ``positions`` of ``frame[column]`` as str: a whole one as its int
+    ("12"), another as its repr; one that is not finite or past 2^53 (not every integer
+    is a float there) raises naming its line."""
+    f = np.asarray(frame[column].iloc[positions], dtype=np.float64)
+    odd = ~np.isfinite(f) | (np.abs(f) >= _MAX_EXACT_ID)
+    if odd.any():
+        pos = int(positions[np.flatnonzero(odd)[0]])
+        raise MetarecError(
+            _bad_cell(
+                frame,
+                pos,
+                column,
+                frame[column].iloc[pos],
+                "is not an exact id (store ids as text)",
+            )
+        )
+    whole = f == np.round(f)
+    return [str(int(v)) if w else repr(float(v)) for v, w in zip(f, whole, strict=True)]
 
 
 def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) -> np.ndarray:
@@ -473,9 +492,11 @@ def read_table(
     ratings = make_ratings_frame(user_ids, item_ids, values, ts, domain)
 
     item_frame = None
-    text_cols = tuple(text_cols)
-    cat_cols = tuple(categorical_cols)
-    num_cols = tuple(numeric_cols)
+    # one name given as a string is that column ("title"), not its letters t, i, t, l, e
+    text_cols, cat_cols, num_cols = (
+        (c,) if isinstance(c, str) else tuple(c)
+        for c in (text_cols, categorical_cols, numeric_cols)
+    )
     if items is not None:
         ipath = Path(items)
         side = _read_any(ipath, None, encoding)
