@@ -897,8 +897,19 @@ def test_recommend_from_a_rating_only_run_scores_ratings_as_serve_does(tmp_path)
     served = pred.model.score_adapted(
         ad, pred.items.lookup_or_missing(mine.item_id.astype(str).to_numpy(object))
     )
-    assert np.allclose(mine.score, served, atol=1e-5)
+    assert np.allclose(mine.score, pred.model.shown_rank_scores(served), atol=1e-5)
     assert mine.score.max() > 1.5  # on the rating scale, not a probability
+    # shown clipped to the scale as predict gives it (5.25 beside predict's 5.0); ordered
+    # by the unclipped rating
+    assert mine.score.between(1, 5).all() and (np.diff(served) <= 1e-6).all()
+    assert served.max() > 5  # this world's top ratings do pass the scale's top
+    q = tmp_path / "Q.csv"
+    mine[["user_id", "item_id"]].to_csv(q, index=False)
+    support = tmp_path / "S1.csv"
+    one.to_csv(support, index=False)
+    assert predict(run, support, q, tmp_path / "P.csv") == 0
+    p = pd.read_csv(tmp_path / "P.csv")
+    assert np.allclose(p.score, mine.score, atol=1e-5)
 
 
 def test_an_empty_domain_cell_in_a_log_is_the_default_domain(tmp_path):
@@ -1379,3 +1390,11 @@ def test_a_run_config_with_an_unknown_key_names_the_run_and_version(fitted, tmp_
     err = capsys.readouterr().err
     assert str(bad) in err and "does not load in metarec" in err and "'foo'" in err
     assert err.count("\n") == 1
+
+
+def test_whitened_text_fits_a_small_catalogue(tmp_path):
+    # unit-variance whitening gave 64-d inputs ~10x the plain PCA's norm, and MAML's inner
+    # loop diverged at step 1 ("meta-loss is nan") on a 40-item catalogue
+    paths, _ = make_world(tmp_path)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST, "--set", "text.whiten=true"]) == 0

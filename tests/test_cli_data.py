@@ -166,3 +166,14 @@ def test_split_fills_an_empty_folder_and_replaces_a_split_only_with_overwrite(ca
     assert code == 2 and "--overwrite" in err
     code, _, _ = run_cli(capsys, *args, "--seed", "1", "--overwrite")
     assert code == 0 and json.loads((out / "summary.json").read_text())["params"]["seed"] == 1
+
+
+def test_column_flags_are_stripped_as_headers_are():
+    # --text-cols " title " named a column " title ", missing from the stripped header
+    import argparse
+
+    from metarec.cli import _loader_options
+
+    args = argparse.Namespace(text_cols=" title , genres,, ", user_col=" uid ", items=None)
+    opts = _loader_options(args)
+    assert opts["text_cols"] == ("title", "genres") and opts["user_col"] == "uid"

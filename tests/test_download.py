@@ -107,3 +107,13 @@ def test_read_raw_download_path(tmp_path, monkeypatch):
     raw = read_raw("movielens-100k", download=True, sha256=digest)
     assert raw.ratings["rating"].tolist() == [4.0]
     assert raw.source == str(tmp_path / "home" / "extracted" / "ml-100k" / "ml-100k")
+
+
+def test_a_tilde_home_is_expanded(tmp_path, monkeypatch):
+    # METAREC_HOME="~/x" (quoted, so no shell expanded it) made a literal ./~/x folder
+    from metarec.data.download import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("METAREC_HOME", "~/x")
+    assert cache_root() == tmp_path / "x"
+    assert cache_root("~/y") == tmp_path / "y"

@@ -1418,3 +1418,18 @@ def test_update_meta_steps_run_torch_deterministic_kernels_on_cpu(fitted, monkey
     before = torch.are_deterministic_algorithms_enabled()
     upd.update(pred, fb, upd.UpdateConfig(steps=2, meta_batch=4))
     assert seen and all(seen) and torch.are_deterministic_algorithms_enabled() == before
+
+
+def test_explain_is_leave_one_out_of_the_blended_ranking_score(fitted):
+    # with a fitted blend the weights were the meta-model's logit alone: they did not
+    # explain the blended score /recommend serves
+    ds, split, _, rec = fitted
+    assert rec.blend_ is not None and rec.blend_.rank_weights is not None
+    t = split.test[1]
+    items = np.arange(12)
+    w = rec.explain(t.user_idx, t.support, items)
+    full = rec.rank_scores(t.user_idx, t.support, items)
+    n = len(t.support)
+    for j in range(n):
+        loo = rec.rank_scores(t.user_idx, t.support.take(np.delete(np.arange(n), j)), items)
+        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)

@@ -239,3 +239,27 @@ def test_update_describes_the_merged_log_and_export_says_it_is_in_sample(run, tm
     assert main(["export", "--run", str(run2), "--out", str(out), "--dtype", "fp16"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "update trained on every user" in report["note"]
+
+
+def test_update_takes_feedback_on_an_unrated_item_of_a_domain_only_the_catalogue_has(tmp_path):
+    # T names two domains and I none: unrated items are domain "default", which no
+    # training row has. Feedback on one gave it code 2 beside two domain names, and
+    # update died in an IndexError while counting the merged log
+    from serve_world import FAST, make_world
+
+    paths = make_world(tmp_path)
+    t = pd.read_csv(paths["T"])
+    t["domain"] = np.where(t.item_id.str[2:].astype(int) < 15, "books", "films")
+    t.to_csv(paths["T"], index=False)
+    run, run2 = tmp_path / "RUN", tmp_path / "RUN2"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("c9", [FeedbackRow("it35", 1.0, None), FeedbackRow("it3", 1.0, None)])
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb"), "--out", str(run2)]
+    assert main([*argv, "--steps", "3"]) == 0
+    info = json.loads((run2 / "meta.json").read_text())
+    by_name = {d["name"]: d["interactions"] for d in info["domains"]}
+    assert by_name["default"] == 1 and set(by_name) == {"books", "films", "default"}
+    pred = Predictor.load(run2)
+    assert pred.item_domain[pred.items.index("it35")] == "default"

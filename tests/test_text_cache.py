@@ -196,3 +196,39 @@ def _sha(path):
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_cache_that_cannot_be_written_warns_and_returns_the_vectors(tmp_path):
+    # the cache is a speed-up: a file where its folder belongs (METAREC_HOME=/dev/null),
+    # or a folder where its lock or index belongs, failed the fit after every text had
+    # been encoded
+    enc = HashingEncoder(dim=16)
+    want = enc.encode(["a", "b"])
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for root in (blocker, blocker / "sub"):
+        with pytest.warns(UserWarning, match="could not store vectors"):
+            vecs, stats = EmbeddingCache(root).get_or_compute(enc, ["a", "b"])
+        np.testing.assert_array_equal(vecs, want)
+        assert stats["stored"] is False and stats["encoded"] == 2
+    cache = EmbeddingCache(tmp_path / "emb")
+    folder = cache.folder(enc.fingerprint)
+    folder.mkdir(parents=True)
+    (folder / ".lock").mkdir()
+    with pytest.warns(UserWarning, match="could not store vectors"):
+        vecs, _ = cache.get_or_compute(enc, ["a", "b"])
+    np.testing.assert_array_equal(vecs, want)
+
+
+def test_a_folder_named_like_a_shard_is_left_alone(tmp_path):
+    # the clean-up of unlisted shards unlinked by name: a folder there made every later
+    # write fail ("Is a directory")
+    enc = HashingEncoder(dim=16)
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(enc, ["a"])
+    junk = cache.folder(enc.fingerprint) / "shard-dir.safetensors"
+    junk.mkdir()
+    vecs, stats = cache.get_or_compute(enc, ["b"])
+    assert stats["stored"] and junk.is_dir()
+    _, stats = cache.get_or_compute(enc, ["a", "b"])
+    assert stats["hits"] == 2

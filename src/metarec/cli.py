@@ -52,9 +52,10 @@ def _loader_options(args) -> dict:
     ):
         val = getattr(args, key, None)
         if val is not None:
-            opts[key] = val
+            # column names stripped as the files' headers are (" title " was missing)
+            opts[key] = val.strip() if key.endswith("_col") else val
     if getattr(args, "text_cols", None):
-        opts["text_cols"] = tuple(c for c in args.text_cols.split(",") if c)
+        opts["text_cols"] = tuple(c.strip() for c in args.text_cols.split(",") if c.strip())
     return opts
 
 

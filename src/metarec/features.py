@@ -134,6 +134,9 @@ class TextProjection:
     """Centre + PCA (+ whitening) of text vectors: ``(x - mean) @ components``.
 
     mean: (d,); components: (d, k). Fitted on training items only, applied to all items.
+    Whitening equalises the axes at their mean variance v̄ (a ridge of 0.01·v̄ added to
+    each axis's variance first), so it reshapes the text vectors without changing their
+    overall scale.
     """
 
     mean: np.ndarray
@@ -160,7 +163,13 @@ class TextProjection:
         comps = comps * np.where(pivot < 0, -1.0, 1.0)
         if whiten:
             var = s[:k] ** 2 / max(n - 1, 1)
-            comps = comps / np.sqrt(var + 1e-6)  # eps keeps near-empty axes from exploding
+            mean_var = float(var.mean()) if k else 1.0
+            # every axis gets the mean variance, not 1: the total scale stays the plain
+            # PCA's, which the default learning rates are tuned to (at unit variance a
+            # 64-d input had ~10x its norm and MAML's inner loop diverged at step 1).
+            # The ridge (1% of the mean) bounds how much a near-empty axis is amplified:
+            # a new item's noise along it was blown up by up to 1/sqrt(1e-6)
+            comps = comps * np.sqrt(mean_var / (var + 1e-2 * mean_var + 1e-12))
         return cls(mean.astype(np.float32), comps.astype(np.float32))
 
     def apply(self, x: np.ndarray) -> np.ndarray:

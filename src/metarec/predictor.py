@@ -374,8 +374,15 @@ class Predictor:
         tasks = [Task(self.user_index(u), supports[u], Interactions.empty()) for u in user_ids]
         out_rows = []
         # the score column is what /recommend returns: P(like) from a like-logit, or the
-        # rating itself where the rating model ranks (its sigmoid would be a near-1 number)
-        to_score = float if self.model.ranks_by_rating else _prob
+        # rating itself where the rating model ranks (its sigmoid would be a near-1 number),
+        # clipped to the scale as predict gives it; the order is the unclipped rating's
+        if self.model.ranks_by_rating:
+            lo, hi = self.model.rating_range_
+
+            def to_score(v: float) -> float:
+                return float(min(max(v, lo), hi))
+        else:
+            to_score = _prob
         for a in range(0, len(tasks), 64):
             chunk = tasks[a : a + 64]
             s = self.model.rank_scores_batch(chunk, cand)  # (T, n_cand)

@@ -607,7 +607,7 @@ def train(
             loss, grads = distributed.all_reduce_mean(loss, grads, x.n_tasks, ctx)
             if not torch.isfinite(loss):
                 raise MetarecError(
-                    f"train: meta-loss is {float(loss)} at step {step + 1} (lower inner_lr or outer_lr)"
+                    f"train: meta-loss is {float(loss)} at step {step + 1} (lower meta.inner_lr or train.outer_lr)"
                 )
             for k in learning:
                 params[k].grad = grads[k]

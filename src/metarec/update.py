@@ -66,18 +66,29 @@ def _item_domain_codes(pred: Predictor) -> np.ndarray:
     dataset's domain order, RUN meta ``domains``). The item's domain comes from the RUN's
     item table, so an item nobody had rated keeps its own domain (it used to get code 0,
     another domain's); a domain no training row had gets the next free code."""
-    names = [d["name"] for d in pred.info.get("domains") or [] if isinstance(d, dict)]
-    code = {n: i for i, n in enumerate(names)}
+    code = {n: i for i, n in enumerate(_domain_names(pred))}
     out = np.zeros(len(pred.items), dtype=np.int16)
     out[pred.train.item_idx] = pred.train.domain  # what the log says, where it says it
-    rated = np.zeros(len(pred.items), dtype=bool)
-    rated[pred.train.item_idx] = True
-    for i in np.flatnonzero(~rated):
-        name = str(pred.item_domain[i])
-        if name not in code:
-            code[name] = len(code)
-        out[i] = code[name]
+    unrated = np.ones(len(pred.items), dtype=bool)
+    unrated[pred.train.item_idx] = False
+    for i in np.flatnonzero(unrated):
+        out[i] = code[str(pred.item_domain[i])]
     return out
+
+
+def _domain_names(pred: Predictor) -> list[str]:
+    """Domain names by code: the RUN's (meta ``domains``), then each domain only unrated
+    items have, in catalogue order (the codes :func:`_item_domain_codes` gives them). The
+    merged log's counts need them all: a feedback row on an unrated item of domain
+    "default" had code 2 beside two named domains, and update died in an IndexError."""
+    names = [d["name"] for d in pred.info.get("domains") or [] if isinstance(d, dict)]
+    names = names or ["default"]
+    unrated = np.ones(len(pred.items), dtype=bool)
+    unrated[pred.train.item_idx] = False
+    for name in dict.fromkeys(str(d) for d in pred.item_domain[unrated]):
+        if name not in names:
+            names.append(name)
+    return names
 
 
 def merge_feedback(
@@ -204,7 +215,7 @@ def _log_counts(pred: Predictor, users, train) -> dict:
         feedback=info.get("feedback", "explicit"),
         rating_range=tuple(float(v) for v in info.get("rating_range", (0.0, 1.0))),
         has_time=info.get("time") == "unix_seconds",
-        domains=tuple(d["name"] for d in info.get("domains") or [{"name": "default"}]),
+        domains=tuple(_domain_names(pred)),
     )
     fresh = dataset_info(view)
     return {k: v for k, v in fresh.items() if not k.endswith("_columns")}

@@ -26,10 +26,11 @@ _CHUNK = 1 << 20
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    # "~/x" expanded as a shell would ($METAREC_HOME="~/x", quoted, made a literal ./~/x)
     if cache_dir is not None:
-        return Path(cache_dir)
+        return Path(cache_dir).expanduser()
     env = os.environ.get(HOME_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "metarec"
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "metarec"
 
 
 def sha256_file(path: Path) -> str:

@@ -38,9 +38,9 @@ def resolve_dir(path: str | os.PathLike | None, folder: str, name: str) -> Path:
                 f"{name}: no data path given; pass --path /dir/{folder} "
                 f"or set {DATA_DIR_ENV} to the folder that contains {folder}/"
             )
-        p = Path(root) / folder
+        p = Path(root).expanduser() / folder
     else:
-        p = Path(path)
+        p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise MetarecError(f"{name}: data path {str(p)!r} is a file, not a folder")
     if not p.is_dir():

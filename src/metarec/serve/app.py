@@ -194,7 +194,7 @@ def create_app(
     ) -> tuple[int, Interactions, list[str]]:
         """(user_idx, support, unknown ids): stored feedback, then the request, whose rows
         replace stored rows of the same items; within the request an item named twice keeps
-        its latest row (Predictor.support_of, the rule `metarec predict` follows too)."""
+        its newest row (feedback.newest_per_item, the stored rows' rule)."""
         check_interactions(inter)
         stored = (
             newest_per_item(store.get(user_id, limit=cfg.max_interactions))
@@ -203,7 +203,10 @@ def create_app(
         )
         named = {str(i.item_id) for i in inter}
         rows = [r for r in stored if r.item_id not in named]
-        rows += [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in inter]
+        # the request's own repeats follow the stored rows' rule (largest timestamp wins,
+        # an untimed row counts as newest): support_of alone honoured timestamps only when
+        # every row had one, so one untimed row switched the request to arrival order
+        rows += newest_per_item([FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in inter])
         ts = [r.timestamp for r in rows]
         sup, unknown = pred.support_of(
             [r.item_id for r in rows],
@@ -300,6 +303,7 @@ def create_app(
         if inside is not None:
             scores[~inside] = -np.inf
         top = top_k(scores, req.k, finite=True)
+        shown = model.shown_rank_scores(scores[top])  # ratings clipped to the scale
         weights = (
             await run_in_threadpool(model.explain, uidx, sup, top, "rank")
             if req.explain and len(top)
@@ -321,7 +325,7 @@ def create_app(
                 ]
             items.append(
                 S.RecommendedItem(
-                    item_id=ids[j], score=float(scores[j]), rank=r + 1, explanation=expl
+                    item_id=ids[j], score=float(shown[r]), rank=r + 1, explanation=expl
                 )
             )
         return S.RecommendResponse(items=items, unknown_items=unknown, model=model.name)

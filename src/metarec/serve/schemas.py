@@ -87,13 +87,17 @@ class Explanation(BaseModel):
     item_id: str = Field(description="a support interaction's item")
     rating: float
     weight: float = Field(
-        description="score(item | support) - score(item | support without this row), logits"
+        description="logit(score(item | support)) - logit(score(item | support without this "
+        "row)): the ranking score's own logit, blend included"
     )
 
 
 class RecommendedItem(BaseModel):
     item_id: str
-    score: float = Field(description="P(user likes the item) from the ranking model")
+    score: float = Field(
+        description="P(user likes the item) from the ranking model; for a RUN fitted without "
+        "one (rank_model = false), the predicted rating, clipped to the rating scale"
+    )
     rank: int
     explanation: list[Explanation] | None = None
 

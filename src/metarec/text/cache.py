@@ -14,6 +14,8 @@ Safety rules, each tested:
 * index.json stores each shard's sha256; a shard whose bytes do not match (truncated,
   corrupted, missing) is dropped and its texts are re-encoded. A broken index.json is
   treated as empty. Wrong vectors are never returned, and nothing here raises on a bad file.
+* A cache that cannot be written (read-only, full, a folder where a file belongs) is
+  warned about once per call and the vectors are returned unstored.
 * Writers take an exclusive ``flock`` on ``.lock``, re-read the index under it, then add
   their shard: two processes embedding at once both land in the index. Readers take no lock.
 * The full fingerprint is checked against index.json and shard metadata, so a hash-prefix
@@ -28,6 +30,7 @@ import fcntl
 import hashlib
 import json
 import uuid
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -190,8 +193,22 @@ class EmbeddingCache:
             dim = new_vecs.shape[1]
             for k, v in zip(new_keys, new_vecs, strict=True):
                 found[k] = v
+        stored = True
         if todo or bad or not index_ok:
-            self._write(fp, new_keys, new_vecs, dim, bad)
+            try:
+                self._write(fp, new_keys, new_vecs, dim, bad)
+            except OSError as err:
+                # the cache is a speed-up: a read-only, full or cluttered folder costs the
+                # next run an encode, not this run its vectors (a fit failed here after
+                # every text had been encoded)
+                stored = False
+                where = err.filename or self.folder(fp)
+                warnings.warn(
+                    f"embedding cache {self.root}: could not store vectors "
+                    f"({err.strerror or type(err).__name__}: {where}); they are used "
+                    "but not kept for the next run",
+                    stacklevel=2,
+                )
 
         if dim is None:  # no texts at all and nothing cached
             dim = encoder.dim
@@ -204,6 +221,7 @@ class EmbeddingCache:
             "encoded": len(todo),
             "dropped_shards": len(bad),
             "index_rebuilt": not index_ok,
+            "stored": stored,
         }
         return out, stats
 
@@ -255,5 +273,5 @@ class EmbeddingCache:
             # writes above) are garbage; safe to delete because every writer holds the lock.
             listed = {e["file"] for e in kept}
             for p in folder.glob("shard-*.safetensors"):
-                if p.name not in listed:
+                if p.name not in listed and not p.is_dir():  # not ours to remove: a folder
                     p.unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import numbers
 import os
 from pathlib import Path
@@ -266,6 +267,12 @@ class SentenceTransformerEncoder:
 
             bars = hf_logging.is_progress_bar_enabled()
             hf_logging.disable_progress_bar()
+            # a hub name with no network: huggingface_hub logs each of its retries ("...
+            # thrown while requesting HEAD ... Retrying in 8s"), ~30 lines before the
+            # one-line error; the failure itself is reported below
+            hub_log = logging.getLogger("huggingface_hub")
+            hub_level = hub_log.level
+            hub_log.setLevel(logging.ERROR)
             try:
                 self._model = SentenceTransformer(where, device=self.device)
             except Exception as err:  # noqa: BLE001 - json, tokenizers, safetensors and torch
@@ -273,6 +280,7 @@ class SentenceTransformerEncoder:
                 # is a SafetensorError); whichever it is, the model cannot be loaded
                 raise MetarecError(f"cannot load text model {where!r}: {_first_line(err)}") from err
             finally:
+                hub_log.setLevel(hub_level)
                 if bars:
                     hf_logging.enable_progress_bar()
         return self._model

@@ -1,10 +1,14 @@
 """Item and user text rendered from side tables: what the text encoder reads.
 
-A template is a ``str.format`` string over the side table's columns, e.g.
-``"{title} — {genres}"``. Missing values render as empty and the result is cleaned
-(empty brackets, dangling separators and repeated spaces removed), so
-``"Toy Story (1995) — "`` becomes ``"Toy Story (1995)"``. Multi-valued cells written as
-``"a|b|c"`` (the loaders' convention, e.g. MovieLens genres) render as ``"a, b, c"``.
+A template is a string with ``{column}`` fields over the side table's columns, e.g.
+``"{title} — {genres}"``. Missing values render as empty and the template's own text is
+cleaned of what they leave behind (empty brackets, dangling separators), so
+``"Toy Story (1995) — "`` becomes ``"Toy Story (1995)"``; runs of whitespace become one
+space. The cells' own text is never edited: a title "-273.15" or "Episode IV -- A New
+Hope" reaches the encoder as written (the cleaning once ran over the cells too and dropped
+their minus signs). Multi-valued cells written as ``"a|b|c"`` (the loaders' convention,
+e.g. MovieLens genres) render as ``"a, b, c"``. A field names a column verbatim: ``{a.b}``
+is the column "a.b" (not ``str.format``'s attribute access).
 
 Built-in templates per dataset family are used only when the table has all their columns;
 otherwise the generic default joins every text column. A template given by the user must
@@ -86,26 +90,59 @@ def clean_text(s: str) -> str:
     return _SPACES.sub(" ", s).strip()
 
 
-def render(frame: pd.DataFrame, template: str) -> list[str]:
-    """Template applied to each row of ``frame``, cleaned. Unknown columns raise."""
-    fields = template_fields(template)
-    missing = [f for f in fields if f not in frame.columns]
+# stands for a non-empty cell while the template's own text is cleaned (a private-use
+# code point: no separator, bracket or space pattern matches it)
+_HOLE = "\ue000"
+
+
+def _parts(template: str) -> list[tuple[str, str | None]]:
+    """(literal text, column after it or None) pairs of a template, checked."""
+    fields = iter(template_fields(template))
+    return [
+        (literal.replace(_HOLE, ""), None if name is None else next(fields))
+        for literal, name, _, _ in string.Formatter().parse(template)
+    ]
+
+
+def _render_parts(frame: pd.DataFrame, parts: list[tuple[str, str | None]]) -> list[str]:
+    fields = [f for _, f in parts if f is not None]
+    missing = [f for f in dict.fromkeys(fields) if f not in frame.columns]
     if missing:
+        template = "".join(lit + ("" if f is None else f"{{{f}}}") for lit, f in parts)
         raise MetarecError(
             f"text template {template!r} names column(s) {', '.join(missing)} not in the table "
             f"(columns: {', '.join(map(str, frame.columns))})"
         )
     cols = {f: [_render_value(v, f) for v in frame[f].tolist()] for f in dict.fromkeys(fields)}
-    return [clean_text(template.format(**{f: cols[f][i] for f in cols})) for i in range(len(frame))]
+    out = []
+    for i in range(len(frame)):
+        values = [cols[f][i] for f in fields]
+        skeleton = "".join(
+            lit + (_HOLE if f is not None and cols[f][i] else "") for lit, f in parts
+        )
+        # the cleaned skeleton keeps every hole, in order: fill them with the cells
+        pieces = clean_text(skeleton).split(_HOLE)
+        cells = [v for v in values if v]
+        text = pieces[0] + "".join(c + p for c, p in zip(cells, pieces[1:], strict=True))
+        out.append(_SPACES.sub(" ", text).strip())
+    return out
 
 
-def generic_template(columns) -> str:
-    """Every given column, joined by " — "; "" when there are none."""
-    return SEPARATOR.join(f"{{{c}}}" for c in columns)
+def render(frame: pd.DataFrame, template: str) -> list[str]:
+    """Template applied to each row of ``frame``, cleaned. Unknown columns raise."""
+    return _render_parts(frame, _parts(template))
 
 
-def default_item_template(dataset_name: str, table: SideTable) -> str:
-    """The dataset family's template when the table has its columns, else the generic one."""
+def generic_parts(columns) -> list[tuple[str, str | None]]:
+    """Every given column, joined by " — " (as parts: a column's name is used verbatim,
+    whatever characters it holds; pasted into a format string, "desc.long" or "notes[0]"
+    had raised a KeyError and "a:b" a template error nobody wrote)."""
+    return [("" if i == 0 else SEPARATOR, c) for i, c in enumerate(columns)]
+
+
+def default_item_template(dataset_name: str, table: SideTable) -> str | None:
+    """The dataset family's template when the table has its columns, else None (the
+    generic join of every text column: :func:`generic_parts`)."""
     name = dataset_name.lower()
     for prefix, candidates in ITEM_TEMPLATES.items():
         if not name.startswith(prefix):
@@ -113,7 +150,7 @@ def default_item_template(dataset_name: str, table: SideTable) -> str:
         for tpl in candidates:
             if all(f in table.frame.columns for f in template_fields(tpl)):
                 return tpl
-    return generic_template(table.text_columns)
+    return None
 
 
 def item_texts(
@@ -127,9 +164,10 @@ def item_texts(
             )
         return [""] * n_items
     tpl = template or default_item_template(dataset_name, table)
-    if not tpl:
+    parts = _parts(tpl) if tpl else generic_parts(table.text_columns)
+    if not parts:
         return [""] * n_items
-    return render(table.frame, tpl)
+    return _render_parts(table.frame, parts)
 
 
 def user_texts(table: SideTable | None, template: str | None = None) -> list[str] | None:
@@ -145,7 +183,7 @@ def user_texts(table: SideTable | None, template: str | None = None) -> list[str
     if template:
         return render(table.frame, template)
     if table.text_columns:
-        return render(table.frame, generic_template(table.text_columns))
+        return _render_parts(table.frame, generic_parts(table.text_columns))
     present = [c for c in DEMOGRAPHIC_COLUMNS if c in table.frame.columns]
     if not present:
         return None
