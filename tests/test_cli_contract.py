@@ -1398,3 +1398,18 @@ def test_whitened_text_fits_a_small_catalogue(tmp_path):
     paths, _ = make_world(tmp_path)
     run = tmp_path / "RUN"
     assert main([*fit_argv(paths, run), *FAST, "--set", "text.whiten=true"]) == 0
+
+
+def test_fit_with_the_autoencoder_text_reduction(fitted, tmp_path):
+    # the README's optional autoencoder head, reachable from fit's config
+    tmp, _, _ = fitted
+    paths, _ = make_world(tmp_path)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST, "--set", "text.reduce='autoencoder'"]) == 0
+    q = pd.DataFrame(
+        [("new_space", f"it{i}") for i in range(30, 40)], columns=["user_id", "item_id"]
+    )
+    q.to_csv(tmp_path / "Q.csv", index=False)
+    assert predict(run, cold_support(tmp), tmp_path / "Q.csv", tmp_path / "P.csv") == 0
+    p = pd.read_csv(tmp_path / "P.csv")
+    assert len(p) == 10 and p.score.between(1, 5).all()

@@ -793,3 +793,17 @@ def test_a_write_that_fails_part_way_through_the_renames_keeps_the_previous_resu
     after = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
     assert after == before and len(moved) == 3
     assert not [p for p in target.iterdir() if p.name.startswith(".staging-")]
+
+
+def test_transfer_needs_two_different_domains(tmp_path):
+    # source_domain == target_domain was accepted without a word
+    from metarec.transfer import TransferRecommender
+
+    cfg = _two_domain_config(tmp_path, "parameter")
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    rec = TransferRecommender(strategy="parameter")
+    with pytest.raises(MetarecError, match="both 1 .* two different domains"):
+        rec.fit(ds, split.train, source_domain=1, target_domain=1)
+    with pytest.raises(MetarecError, match="target_domain 5 is not a domain index"):
+        rec.fit(ds, split.train, source_domain=0, target_domain=5)

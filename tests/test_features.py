@@ -360,3 +360,35 @@ def test_movielens_100k_features():
     assert fs.item_side.shape == (1682, 19 + 1)  # 19 genres multi-hot + scaled year
     u1 = ds.users.ids.tolist().index("1")  # users are indexed by first rating, not file order
     assert user_texts(ds.user_table)[u1] == "age 24, male, technician"
+
+
+def test_autoencoder_reduction_is_fitted_on_training_items_only(tiny_dataset, hashing_encoder):
+    # text.reduce = "autoencoder": the optional encoder/decoder head as the reduction
+    fit = np.array([0, 1, 3])
+    args = dict(pca_dim=2, fit_items=fit, reduce="autoencoder")
+    a = build_features(tiny_dataset, hashing_encoder, **args).item_text.numpy()
+    assert a.shape == (5, 2) and np.isfinite(a).all() and not a[4].any()  # no text: zero
+    np.testing.assert_allclose(a[fit].mean(0), 0, atol=1e-5)
+    # the PCA's scale over the fit rows, so the default learning rates still fit
+    pca = build_features(tiny_dataset, hashing_encoder, pca_dim=2, fit_items=fit).item_text
+    np.testing.assert_allclose(a[fit].var(0).sum(), pca.numpy()[fit].var(0).sum(), rtol=1e-4)
+    # seeded, and a cold item's text moves its own row only
+    again = build_features(tiny_dataset, hashing_encoder, **args).item_text.numpy()
+    np.testing.assert_array_equal(again, a)
+    frame = tiny_dataset.item_table.frame.copy()
+    frame.loc[2, "title"] = "Something else entirely"
+    other = replace(tiny_dataset, item_table=replace(tiny_dataset.item_table, frame=frame))
+    b = build_features(other, hashing_encoder, **args).item_text.numpy()
+    np.testing.assert_array_equal(b[fit], a[fit])
+    assert not np.allclose(b[2], a[2])
+
+
+def test_text_reduce_is_checked_with_the_config():
+    from metarec.model import TextConfig
+
+    with pytest.raises(MetarecError, match="text.reduce: 'svd' is not one of"):
+        TextConfig(reduce="svd")
+    with pytest.raises(MetarecError, match="needs text.pca_dim"):
+        TextConfig(reduce="autoencoder", pca_dim=None)
+    with pytest.raises(MetarecError, match="no text.whiten"):
+        TextConfig(reduce="autoencoder", whiten=True)

@@ -309,6 +309,7 @@ def build_features(
     whiten: bool = False,
     fit_items: np.ndarray | None = None,
     *,
+    reduce: str = "pca",
     user_text: bool = False,
     user_template: str | None = None,
     max_categories: int = 64,
@@ -320,7 +321,9 @@ def build_features(
     item_text (n_items, d): encoder vectors of the rendered item texts (zero rows for items
     without text); with ``pca_dim`` and/or ``whiten`` they are centred and projected by a
     PCA fitted on ``fit_items`` (training item indices, or a boolean mask) only, so cold
-    items never shape the projection. item_side: :func:`side_features` of the item table,
+    items never shape the projection. ``reduce="autoencoder"`` replaces the PCA by the
+    code of an autoencoder (:func:`metarec.models.autoencoder.compress`, seeded) trained on
+    the same rows, ``pca_dim`` wide. item_side: :func:`side_features` of the item table,
     its vocabularies and scalings also fitted on ``fit_items``. user_side: demographics
     (one-hot / z-scored), plus the user text vector when ``user_text`` and users have text.
     Learned ID embeddings are not here: they belong to the model.
@@ -356,8 +359,11 @@ def build_features(
                 )
                 warnings.warn(f"text.pca_dim {pca_dim} lowered to {k_max}: {why}", stacklevel=2)
                 pca_dim = k_max
-            proj = TextProjection.fit(item_vecs[fit_text], pca_dim, whiten)
-            item_vecs = proj.apply(item_vecs)
+            if reduce == "autoencoder":
+                item_vecs = _autoencoder_codes(item_vecs, fit_text, pca_dim)
+            else:
+                proj = TextProjection.fit(item_vecs[fit_text], pca_dim, whiten)
+                item_vecs = proj.apply(item_vecs)
             item_vecs[~has_text] = 0.0  # keep "no text" distinguishable: zero rows stay zero
 
     item_side, _ = side_features(dataset.item_table, n_items, fit, max_categories)
@@ -382,6 +388,24 @@ def build_features(
         user_side=torch.from_numpy(np.ascontiguousarray(user_side, dtype=np.float32)),
         encoder_fingerprint=encoder.fingerprint,
     )
+
+
+def _autoencoder_codes(vecs: np.ndarray, fit_rows: np.ndarray, code_dim: int) -> np.ndarray:
+    """(n, code_dim) codes of every row of ``vecs`` (n, d) from an autoencoder trained on
+    ``fit_rows`` only, centred on their mean code (as the PCA's outputs are) and scaled so
+    their total variance is the PCA's over the same rows: the scorer's learning rates
+    were tuned on inputs of that scale."""
+    from metarec.models.autoencoder import compress
+
+    fit = np.asarray(vecs[fit_rows], dtype=np.float32)
+    _, ae = compress(fit, code_dim=code_dim, seed=0)
+    with torch.no_grad():
+        codes = ae.encode(torch.from_numpy(np.ascontiguousarray(vecs, np.float32))).numpy()
+    centre = codes[fit_rows].mean(0)
+    codes = codes - centre
+    pca_var = TextProjection.fit(fit, code_dim).apply(fit).var(0).sum()
+    ae_var = codes[fit_rows].var(0).sum()
+    return (codes * np.sqrt(pca_var / max(float(ae_var), 1e-12))).astype(np.float32)
 
 
 def embed_dataset(

@@ -70,6 +70,7 @@ from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, 
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
 VALID_HOLDOUTS = ("users", "new_items")  # ModelConfig.valid_holdout
+TEXT_REDUCERS = ("pca", "autoencoder")  # TextConfig.reduce
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class TextConfig:
     template: str | None = None  # item text template, e.g. "{title} by {authors}"
     pca_dim: int | None = 64  # PCA of text vectors fitted on training items; None = raw
     whiten: bool = False  # PCA axes equalised at their mean variance (TextProjection)
+    # how text vectors come down to pca_dim: "pca" (closed form), or "autoencoder": the
+    # code of an encoder/decoder trained to rebuild the training items' vectors
+    # (models/autoencoder.py), a non-linear reduction
+    reduce: str = "pca"
     cache: str | None = None  # embedding cache folder; default $METAREC_HOME/embeddings
     user_text: bool = False  # also embed user side text (demographics) as a user feature
     device: str | None = None  # encoder device: cpu (default), cuda, auto
@@ -88,6 +93,13 @@ class TextConfig:
         # every method, fail each, and only then say why)
         if self.pca_dim is not None and self.pca_dim < 1:
             raise MetarecError(f"text.pca_dim must be >= 1 or unset, got {self.pca_dim}")
+        if self.reduce not in TEXT_REDUCERS:
+            raise MetarecError(f"text.reduce: {self.reduce!r} is not one of {TEXT_REDUCERS}")
+        if self.reduce == "autoencoder" and (self.pca_dim is None or self.whiten):
+            raise MetarecError(
+                "text.reduce = 'autoencoder' needs text.pca_dim (the code size) and no "
+                "text.whiten (whitening is a PCA's)"
+            )
         if self.model == "hashing" or self.model.startswith("hashing:"):
             from metarec.text import make_encoder
 
@@ -710,6 +722,7 @@ class MetaRecommender(Recommender):
             text_template=t.template,
             pca_dim=t.pca_dim,
             whiten=t.whiten,
+            reduce=t.reduce,
             fit_items=fit_items,
             user_text=t.user_text,
             show_progress=self.config.progress,

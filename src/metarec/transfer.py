@@ -157,7 +157,21 @@ class TransferRecommender(MetaRecommender):
         """Source/target domain indices: given, else target = the domain of the validation
         supports and source = the other one."""
         if source is not None and target is not None:
-            return source, target
+            n = len(dataset.domains)
+            for name, d in (("source_domain", source), ("target_domain", target)):
+                if isinstance(d, bool) or not isinstance(d, int | np.integer) or not 0 <= d < n:
+                    raise MetarecError(
+                        f"transfer: {name} {d!r} is not a domain index (0..{n - 1}: "
+                        f"{', '.join(dataset.domains)})"
+                    )
+            if source == target:
+                # "transfer" from a domain to itself trained the source model on the
+                # target's rows twice, without a word
+                raise MetarecError(
+                    f"transfer: source_domain and target_domain are both {source} "
+                    f"({dataset.domains[source]!r}); transfer needs two different domains"
+                )
+            return int(source), int(target)
         if len(dataset.domains) != 2:
             raise MetarecError("transfer: pass source_domain/target_domain (not 2 domains)")
         if not valid:
