@@ -237,7 +237,10 @@ class Predictor:
             frame, feedback, _ = log_frame(frame)
             # each user's id as the caller spelled it (an int stays an int), for recommend's
             # output: a str '3' beside an int-keyed frame merged with nothing
-            given = dict(zip(frame["user_id"], given, strict=True))
+            spelled: dict = {}
+            for canonical, raw in zip(frame["user_id"], given, strict=True):
+                spelled.setdefault(canonical, raw)  # the first spelling of each user
+            given = spelled
         self.check_feedback(feedback, frame.attrs.get("source", "support"))
         frame = _str_ids(frame, "support")
         value = "rating"  # a label column is read into it (log_frame), after the check above
@@ -375,14 +378,8 @@ class Predictor:
         out_rows = []
         # the score column is what /recommend returns: P(like) from a like-logit, or the
         # rating itself where the rating model ranks (its sigmoid would be a near-1 number),
-        # clipped to the scale as predict gives it; the order is the unclipped rating's
-        if self.model.ranks_by_rating:
-            lo, hi = self.model.rating_range_
-
-            def to_score(v: float) -> float:
-                return float(min(max(v, lo), hi))
-        else:
-            to_score = _prob
+        # shown clipped to the scale (shown_rank_scores); the order is the unclipped rating's
+        by_rating = self.model.ranks_by_rating
         for a in range(0, len(tasks), 64):
             chunk = tasks[a : a + 64]
             s = self.model.rank_scores_batch(chunk, cand)  # (T, n_cand)
@@ -392,9 +389,14 @@ class Predictor:
                     seen, _ = self.model._history(task.user_idx, task.support)
                     scores[np.isin(cand, seen)] = -np.inf
                 top = top_k(scores, k, finite=True)
+                shown = (
+                    self.model.shown_rank_scores(scores[top])
+                    if by_rating
+                    else 1.0 / (1.0 + np.exp(-scores[top]))
+                )
                 uid = user_ids[a + row]
-                for rank, j in enumerate(top, 1):
-                    out_rows.append((uid, self.items.ids[cand[j]], rank, to_score(scores[j])))
+                for rank, (j, v) in enumerate(zip(top, shown, strict=True), 1):
+                    out_rows.append((uid, self.items.ids[cand[j]], rank, float(v)))
         return pd.DataFrame(out_rows, columns=["user_id", "item_id", "rank", "score"])
 
     def recommend(
@@ -433,10 +435,6 @@ def _str_ids(frame: pd.DataFrame, what: str) -> pd.DataFrame:
     for column in ("user_id", "item_id"):
         out[column] = id_column(frame, column).to_numpy(object)
     return out
-
-
-def _prob(logit: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-logit)))
 
 
 def fit_raw(raw: RawData, config: ModelConfig | None = None) -> Predictor:
