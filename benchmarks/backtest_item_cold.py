@@ -33,13 +33,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from metarec.atomic import write_text  # noqa: E402
+from metarec.atomic import write_json  # noqa: E402
+from metarec.benchmarking import embedding_cache, json_path, positive_int, run_script  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
@@ -126,15 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variant", action="append", default=[], help="name:key=value;key=value")
     p.add_argument("--lightfm", action="store_true", help="also score LightFM (lightfm-next)")
-    p.add_argument("--cache", default=os.path.expanduser("~/.cache/metarec/embeddings"))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cache", default=embedding_cache())
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument(
         "--refit",
         action="store_true",
         help="also score each model (and LightFM) trained again on the inner training rows "
         "plus the near items' rows, on the far items",
     )
-    p.add_argument("--json", required=True)
+    p.add_argument("--json", type=json_path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     variants = [_variant(v) for v in (args.variant or ["default:"])]
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
         "mean": mean,
     }
-    write_text(args.json, json.dumps(report, indent=1) + "\n")
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

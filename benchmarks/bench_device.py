@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from metarec.atomic import write_json
+from metarec.benchmarking import nonnegative_int, positive_int, run_script
 
 
 def _split(n_users: int, n_items: int, n_inter: int, work: Path, k: int, q: int):
@@ -63,7 +65,10 @@ def run(args) -> dict:
     )  # fmt: skip
     meta = MetaConfig(algorithm=args.algorithm, inner_steps=args.inner_steps, inner_lr=0.05)
     cfg = TrainConfig(
-        steps=args.steps, meta_batch=args.meta_batch, eval_every=args.steps, checkpoint_every=0
+        steps=args.steps,
+        meta_batch=args.meta_batch,
+        eval_every=max(args.steps, 1),
+        checkpoint_every=0,
     )
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     res: dict = {
@@ -106,24 +111,22 @@ def run(args) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--users", type=int, default=20_000)
-    ap.add_argument("--items", type=int, default=5_000)
-    ap.add_argument("--interactions", type=int, default=500_000)
+    ap.add_argument("--users", type=positive_int, default=20_000)
+    ap.add_argument("--items", type=positive_int, default=5_000)
+    ap.add_argument("--interactions", type=positive_int, default=500_000)
     ap.add_argument("--algorithm", default="maml")
-    ap.add_argument("--inner-steps", type=int, default=2)
-    ap.add_argument("--meta-batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--inner-steps", type=positive_int, default=2)
+    ap.add_argument("--meta-batch", type=positive_int, default=64)
+    ap.add_argument("--steps", type=nonnegative_int, default=50)
+    ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_meta.py
     res = run(args)
     print(json.dumps(res, indent=2))
     if args.json:
-        from metarec.atomic import write_text
-
-        write_text(args.json, json.dumps(res, indent=2))
+        write_json(args.json, res)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

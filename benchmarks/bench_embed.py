@@ -15,7 +15,6 @@ float rounding does), peak_rss_mib, and ae_recall_at_10 (384 -> 64 autoencoder c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -24,6 +23,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from metarec.atomic import write_json
+from metarec.benchmarking import json_path, positive_int, run_script
 
 
 def _peak_rss_mib() -> float:
@@ -178,10 +180,10 @@ def format_table(res: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, help="write the figures to this JSON file")
+    ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
     ap.add_argument("--device", default=None, help="cpu (default), cuda or auto")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--batch-size", type=positive_int, default=64)
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
     root = os.environ.get("METAREC_DATA_DIR")
@@ -197,12 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     res = run(Path(root) / "ml-100k", args.device, args.batch_size)
     print(format_table(res))
     if args.json:
-        from metarec.atomic import write_text
-
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_text(args.json, json.dumps(res, indent=2))
+        write_json(args.json, res)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

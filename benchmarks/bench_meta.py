@@ -8,16 +8,16 @@ adapt_score_p99_ms (one user: 5 inner steps on 10 items + scoring 1,682 items), 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
-from pathlib import Path
+
+from metarec.atomic import write_json
+from metarec.benchmarking import json_path, positive_int, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, help="write the figures to this JSON file")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--seconds", type=float, default=2.0, help="minimum time per measurement")
     args = ap.parse_args(argv)
 
@@ -25,16 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     # processes (we measured 10-50x slow-downs of the batched path); passive waiting keeps the
     # figures stable. Must be set before torch is imported; an explicit setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from metarec.atomic import write_text
     from metarec.meta.bench import format_table, run_meta_benchmark
 
     res = run_meta_benchmark(threads=args.threads, min_seconds=args.seconds)
     res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     print(format_table(res))
     if args.json:
-        write_text(args.json, json.dumps(res, indent=2))
+        write_json(args.json, res)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

@@ -22,14 +22,15 @@ depend on how long the model trained.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from metarec.atomic import write_json
+from metarec.benchmarking import json_path, nonnegative_int, positive_int, run_script
 
 
 def supports(pred, n: int, k: int, seed: int) -> pd.DataFrame:
@@ -37,7 +38,12 @@ def supports(pred, n: int, k: int, seed: int) -> pd.DataFrame:
     tr = pred.train
     counts = np.bincount(tr.user_idx)
     rng = np.random.default_rng(seed)
-    users = rng.choice(np.flatnonzero(counts > k), size=n, replace=False)
+    eligible = np.flatnonzero(counts > k)
+    if n > len(eligible):
+        from metarec.errors import MetarecError
+
+        raise MetarecError(f"--users {n}: only {len(eligible)} training users have > {k} rows")
+    users = rng.choice(eligible, size=n, replace=False)
     rows = []
     for i, u in enumerate(users):
         for r in np.flatnonzero(tr.user_idx == u)[:k]:
@@ -63,15 +69,17 @@ def timed_with(pred, frame: pd.DataFrame, owner, attr: str, replacement):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path, required=True)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--json", type=json_path, required=True)
+    ap.add_argument("--users", type=positive_int, default=1000)
+    ap.add_argument("--steps", type=nonnegative_int, default=30)
     ap.add_argument("--encoder", default="hashing", help="text encoder (hashing: no model)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     data_dir = os.environ.get("METAREC_DATA_DIR")
     if not data_dir:
-        print("bench_recommend: set METAREC_DATA_DIR (the Amazon Food-Kitchen data)")
+        print(
+            "bench_recommend: set METAREC_DATA_DIR (the Amazon Food-Kitchen data)", file=sys.stderr
+        )
         return 2
 
     from metarec.data import read_raw
@@ -79,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     from metarec.predictor import fit_raw
 
     raw = read_raw("amazon-food-kitchen")  # from $METAREC_DATA_DIR/amazon-food-kitchen-cdsr
-    out: dict = {"users": args.users, "k": 10, "support": 5, "steps": args.steps}
+    out: dict = {
+        "users": args.users,
+        "k": 10,
+        "support": 5,
+        "steps": args.steps,
+        "encoder": args.encoder,
+        "seed": args.seed,
+    }
     frame = None
     variants = (
         ("popularity+als", {"large_rank_inputs": ["popularity", "als"]}),
@@ -90,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ModelConfig.from_dict(
             {
                 "text": {"model": args.encoder},
-                "train": {"steps": args.steps, "eval_every": args.steps},
+                "train": {"steps": args.steps, "eval_every": max(args.steps, 1)},
                 "blend": blend,
                 "progress": False,
             }
@@ -154,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         2,
     )
     print(f"recommend time, cell-bounded / 8192-item chunks: {out['cell_chunks_over_fixed_time']}x")
-    args.json.write_text(json.dumps(out, indent=1))
+    write_json(args.json, out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_script(main)

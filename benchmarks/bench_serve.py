@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -33,6 +34,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from metarec.atomic import write_json
+from metarec.benchmarking import (
+    json_path,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    run_script,
+)
 
 
 def fit_ml100k(data_dir: Path, out: Path, encoder: str, steps: int) -> dict:
@@ -128,6 +138,8 @@ async def drive(url: str, bodies: list, n: int, conc: int, limit_s: float) -> di
         await asyncio.gather(*(worker(client) for _ in range(conc)))
     wall = time.perf_counter() - t0
     ms = np.asarray(lat) * 1000
+    if not len(ms):  # the time limit ended the phase before any request: nothing to time
+        return {"requests": 0, "errors": errors, "seconds": round(wall, 2), "req_per_s": 0.0}
     return {
         "requests": len(lat),
         "errors": errors,
@@ -145,31 +157,59 @@ def main() -> int:
     ap.add_argument("--run", help="an existing RUN (default: fit ML-100K here)")
     ap.add_argument("--data-dir", help="ML-100K folder (default $METAREC_DATA_DIR/ml-100k)")
     ap.add_argument("--encoder", default="hashing:64", help="hashing:64 or default (MiniLM)")
-    ap.add_argument("--steps", type=int, default=300, help="meta-training steps when fitting")
-    ap.add_argument("--requests", type=int, default=10_000)
-    ap.add_argument("--health-requests", type=int, default=3_000)
+    ap.add_argument(
+        "--steps", type=nonnegative_int, default=300, help="meta-training steps when fitting"
+    )
+    ap.add_argument("--requests", type=positive_int, default=10_000)
+    ap.add_argument("--health-requests", type=positive_int, default=3_000)
     ap.add_argument(
         "--fresh-requests",
-        type=int,
+        type=nonnegative_int,
         default=2_000,
         help="extra phase: requests whose supports are all new (cache misses); 0 skips it",
     )
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--support", type=int, default=10)
-    ap.add_argument("--pool", type=int, default=900, help="distinct supports")
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--time-limit", type=float, default=300.0, help="seconds per phase")
+    ap.add_argument("--concurrency", type=positive_int, default=8)
+    ap.add_argument("--support", type=positive_int, default=10)
+    ap.add_argument("--pool", type=positive_int, default=900, help="distinct supports")
+    ap.add_argument("--k", type=positive_int, default=10)
+    ap.add_argument("--time-limit", type=positive_float, default=300.0, help="seconds per phase")
     ap.add_argument(
         "--no-pin",
         dest="pin",
         action="store_false",
         help="let the OS place server and client (default: server on core 0, client on core 1)",
     )
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", type=json_path, help="write the results here")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve."))
-    result: dict = {"machine_cores": os.cpu_count(), "concurrency": args.concurrency}
+    try:
+        return _bench(args, ap, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # its fitted RUN and feedback store
+
+
+def _bench(args, ap, work: Path) -> int:
+    result: dict = {
+        "machine_cores": os.cpu_count(),
+        "concurrency": args.concurrency,
+        # every setting that moves the figures, so a JSON says how it was measured
+        "settings": {
+            k: getattr(args, k)
+            for k in (
+                "requests",
+                "health_requests",
+                "fresh_requests",
+                "support",
+                "pool",
+                "k",
+                "time_limit",
+                "pin",
+                "encoder",
+                "steps",
+            )
+        },
+    }
     if args.run:
         run = Path(args.run)
     else:
@@ -241,21 +281,23 @@ def main() -> int:
         result["model"] = {k: info[k] for k in ("model", "algorithm", "encoder_fingerprint")}
         result["items"] = info["items"]
         result["load_average_after"] = os.getloadavg()
-        result["recommend_vs_health_throughput"] = round(
-            rec["req_per_s"] / result["health"]["req_per_s"], 3
+        result["recommend_vs_health_throughput"] = (
+            round(rec["req_per_s"] / result["health"]["req_per_s"], 3)
+            if result["health"]["req_per_s"]
+            else None
         )
         result["goal"] = {"req_per_s": 300, "p99_ms": 50, "errors": 0}
         result["goal_met"] = bool(
-            rec["req_per_s"] >= 300 and rec["p99_ms"] <= 50 and rec["errors"] == 0
+            rec["req_per_s"] >= 300 and rec.get("p99_ms", 1e9) <= 50 and rec["errors"] == 0
         )
     finally:
         server.terminate()
         server.wait(timeout=30)
     print(json.dumps(result, indent=2))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

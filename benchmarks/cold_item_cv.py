@@ -21,13 +21,13 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from metarec.atomic import write_text  # noqa: E402
+from metarec.atomic import write_json  # noqa: E402
 from metarec.baselines import LightFMRanker  # noqa: E402
+from metarec.benchmarking import json_path, positive_int, run_script  # noqa: E402
 from metarec.blend import BlendConfig, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
     build_split_features,
@@ -38,7 +38,7 @@ from metarec.experiment import (  # noqa: E402
     ranking_candidates,
 )
 from metarec.model import MetaRecommender  # noqa: E402
-from metarec.types import Interactions, Task  # noqa: E402
+from metarec.types import Interactions, MetarecError, Task  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     p.add_argument("--method", default="MetaRec")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--splits", type=int, default=3, help="random item splits per seed")
-    p.add_argument("--json", required=True)
+    p.add_argument("--splits", type=positive_int, default=3, help="random item splits per seed")
+    p.add_argument("--json", type=json_path, required=True)
     p.add_argument(
         "--lightfm",
         action="store_true",
@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     a = p.parse_args(argv)
     cfg = load_config(a.config, [])
-    spec = next(m for m in cfg.methods if m.name == a.method)
+    spec = next((m for m in cfg.methods if m.name == a.method), None)
+    if spec is None or spec.kind != "meta":
+        names = ", ".join(m.name for m in cfg.methods if m.kind == "meta")
+        raise MetarecError(
+            f"--method {a.method!r}: not a meta method of {a.config} (meta methods: {names}); "
+            "the CV splits the meta-model's ranking logit from the closed-form inputs"
+        )
     ds = load_data(cfg)
     runs = []
     for seed in a.seeds:
@@ -122,9 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.splits} random item splits; nDCG@10 over the held-out half of the items",
         "runs": runs,
     }
-    write_text(a.json, json.dumps(report, indent=1))
+    write_json(a.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -18,12 +18,12 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 
 import torch  # noqa: E402
 from fit_without_validation import score_variants  # noqa: E402  (benchmarks/, beside this script)
 
-from metarec.atomic import write_text  # noqa: E402
+from metarec.atomic import write_json  # noqa: E402
+from metarec.benchmarking import embedding_cache, json_path, run_script  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.model import VALID_HOLDOUTS  # noqa: E402
 
@@ -31,8 +31,8 @@ from metarec.model import VALID_HOLDOUTS  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--cache", default=os.path.expanduser("~/.cache/metarec/embeddings"))
-    p.add_argument("--json", required=True)
+    p.add_argument("--cache", default=embedding_cache())
+    p.add_argument("--json", type=json_path, required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     ds = load_dataset("movielens-100k")
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         "runs": runs,
         "mean": mean,
     }
-    write_text(a.json, json.dumps(report, indent=1) + "\n")
+    write_json(a.json, report)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

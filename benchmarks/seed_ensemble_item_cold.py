@@ -27,7 +27,8 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from metarec.atomic import write_text  # noqa: E402
+from metarec.atomic import write_json  # noqa: E402
+from metarec.benchmarking import embedding_cache, json_path, positive_int, run_script  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
@@ -54,10 +55,10 @@ class MeanOfFits:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--where", choices=("valid", "backtest"), required=True)
-    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--members", type=positive_int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--cache", default=os.path.expanduser("~/.cache/metarec/embeddings"))
-    p.add_argument("--json", required=True)
+    p.add_argument("--cache", default=embedding_cache())
+    p.add_argument("--json", type=json_path, required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     ds = load_dataset("movielens-100k")
@@ -96,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         "seeds s + 100 j); 'avg' ranks by the mean of their blended ranking scores",
         "runs": runs,
     }
-    write_text(a.json, json.dumps(report, indent=1) + "\n")
+    write_json(a.json, report)
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

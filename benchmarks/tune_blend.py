@@ -26,13 +26,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from metarec.atomic import write_text  # noqa: E402
+from metarec.atomic import write_json  # noqa: E402
+from metarec.benchmarking import json_path, run_script  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         help="support sizes the variants are scored at (default: the config's K); the "
         "blend is always fitted on the config's K",
     )
-    p.add_argument("--json", required=True)
+    p.add_argument("--json", type=json_path, required=True)
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides)
     spec = next((m for m in cfg.methods if m.name == a.method), None)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "mean_over_seeds": mean,
     }
-    write_text(a.json, json.dumps(report, indent=1))
+    write_json(a.json, report)
     for lab, row in mean.items():
         keys = [k for k in row if "(full)" in k or k in ("MAE", "AUC", "nDCG@3 (query)")]
         print(f"{lab:24s} " + "  ".join(f"{k}={row[k]:.4f}" for k in keys))
@@ -182,4 +182,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

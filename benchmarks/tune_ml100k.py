@@ -38,8 +38,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tune_blend import cv_blend  # noqa: E402  (benchmarks/, beside this script)
 
-from metarec.atomic import write_text  # noqa: E402
+from metarec.atomic import write_json  # noqa: E402
 from metarec.baselines import make_baseline  # noqa: E402
+from metarec.benchmarking import embedding_cache, json_path, positive_int, run_script  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
@@ -249,10 +250,10 @@ def summarise(runs: list[dict], part: str = "test") -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--cache", default=os.path.expanduser("~/.cache/metarec/embeddings"))
-    p.add_argument("--json", required=True)
+    p.add_argument("--cache", default=embedding_cache())
+    p.add_argument("--json", type=json_path, required=True)
     p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--baselines", nargs="*", default=list(BASELINES))
     p.add_argument("--variants", nargs="*", default=list(VARIANTS))
     # item-cold: the newest items are held out (validation items / test items), see splits
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         **summarise(runs, part),
     }
-    write_text(a.json, json.dumps(report, indent=1))
+    write_json(a.json, report)
     print(f"{part} users:")
     for m, row in report[f"{part}_mean_std"].items():
         print(f"{m:22s} " + "  ".join(f"{k}={v[0]:.4f}±{v[1]:.4f}" for k, v in row.items()))
@@ -286,4 +287,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_script(main)

@@ -93,9 +93,23 @@ def test_distributed_flag_without_torchrun_fails_loudly(monkeypatch, tmp_path):
     from metarec.cli import main
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("RANK", raising=False)
     paths, _ = make_world(tmp_path, n_users=10)
     code = main([*fit_argv(paths, tmp_path / "R"), "--distributed", *ARGS])
     assert code == 2 and not (tmp_path / "R").exists()
+
+
+def test_torchrun_with_one_process_fits_alone(monkeypatch, tmp_path):
+    # torchrun --nproc_per_node=1 sets WORLD_SIZE=1: "--distributed needs torchrun's
+    # environment" was wrong there
+    from metarec.cli import main
+
+    for var, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(var, value)
+    assert distributed.launched_by_torchrun()
+    paths, _ = make_world(tmp_path, n_users=10)
+    assert main([*fit_argv(paths, tmp_path / "R"), "--distributed", *ARGS]) == 0
+    assert (tmp_path / "R" / "manifest.json").is_file()
 
 
 class _ThreadGroup:

@@ -10,12 +10,15 @@ give it (0666 minus the umask), so overwriting a shared output does not make it 
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from metarec.types import MetarecError
 
@@ -107,3 +110,19 @@ def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
 def write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def finite_json(obj: Any) -> Any:
+    """``obj`` with NaN / ±inf floats as None, so ``json.dumps`` writes strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_json(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any, indent: int = 1) -> None:
+    """Strict JSON (NaN as null), written atomically."""
+    write_text(path, json.dumps(finite_json(obj), indent=indent, allow_nan=False) + "\n")

@@ -61,7 +61,10 @@ def env_world() -> tuple[int, int, int]:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    """Whether torchrun started this process: its RANK and WORLD_SIZE are set, whatever
+    the world size (``--nproc_per_node=1`` is torchrun too: "--distributed needs
+    torchrun's environment" was wrong there; one process then trains alone)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def pick_backend(device: str | torch.device) -> str:

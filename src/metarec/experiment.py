@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from metarec import evaluate as evaluation
-from metarec.atomic import write_text
+from metarec.atomic import finite_json, write_text
 from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -1123,17 +1123,6 @@ def _check_result_targets(out: Path) -> None:
             )
 
 
-def _finite_json(obj: Any) -> Any:
-    """NaN / ±inf (a diverged validation loss) as null: results.json stays strict JSON."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite_json(v) for v in obj]
-    return obj
-
-
 def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     """results.json + report.md + plots into ``out_dir``.
 
@@ -1152,7 +1141,7 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     results = dataclasses.replace(results, out_dir=out)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
     try:
-        payload = json.dumps(_finite_json(results.to_json()), indent=2, allow_nan=False)
+        payload = json.dumps(finite_json(results.to_json()), indent=2, allow_nan=False)
         write_text(stage / "results.json", payload + "\n")
         plots = report.write_plots(results, stage)
         write_text(stage / "report.md", report.render_markdown(results, plots))

@@ -1,0 +1,73 @@
+"""What the scripts in ``benchmarks/`` share: their flags, their JSON and their errors.
+
+Each script writes its figures to a ``--json`` file. The path is checked when the flags
+are parsed, before any work (a missing folder or a folder given as the file used to fail
+with a traceback after minutes of fitting, losing the run); the JSON is strict (NaN and
+±inf are null, as in results.json) and written atomically (:func:`metarec.atomic.write_json`). Counts and sizes are checked
+by argparse types, and a bad input anywhere is one line and exit 2, as in the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from metarec.errors import MetarecError
+
+
+def json_path(text: str) -> Path:
+    """argparse type of ``--json``: a file path whose folder exists or can be made."""
+    path = Path(text).expanduser()
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not a writable folder")
+    return path
+
+
+def _bounded(kind: type, low: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if isinstance(value, float) and not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what.replace(" ", "_")
+    return parse
+
+
+positive_int = _bounded(int, 1, "a positive integer")
+nonnegative_int = _bounded(int, 0, "an integer >= 0")
+positive_float = _bounded(float, 1e-300, "a positive number")
+
+
+def embedding_cache() -> str:
+    """The embedding cache the library uses: ``$METAREC_HOME/embeddings``."""
+    from metarec.data.download import cache_root
+
+    return str(cache_root() / "embeddings")
+
+
+def run_script(main: Callable[[], int | None]) -> None:
+    """Run a script's ``main`` and exit: its code, or 2 with one line for a bad input
+    (a MetarecError, such as missing data) instead of a traceback."""
+    prog = Path(sys.argv[0]).name
+    try:
+        code = main()
+    except MetarecError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code or 0)

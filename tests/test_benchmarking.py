@@ -1,0 +1,94 @@
+"""The benchmark scripts' shared plumbing (metarec.benchmarking) and their JSON."""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metarec.atomic import finite_json, write_json
+from metarec.benchmarking import json_path, nonnegative_int, positive_int
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-strict constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_path_is_checked_before_any_work(tmp_path):
+    assert (
+        json_path(str(tmp_path / "new" / "deeper" / "out.json"))
+        == tmp_path / "new" / "deeper" / "out.json"
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="is a folder"):
+        json_path(str(tmp_path))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a writable folder"):
+        json_path(str(blocker / "out.json"))
+
+
+def test_counts_are_checked_by_their_flag_types():
+    assert positive_int("3") == 3 and nonnegative_int("0") == 0
+    for bad in ("0", "-5", "x", "2.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            positive_int(bad)
+    with pytest.raises(argparse.ArgumentTypeError):
+        nonnegative_int("-1")
+
+
+def test_written_json_is_strict(tmp_path):
+    # tune_ml100k and backtest_item_cold wrote a bare NaN for every metric a baseline lacks
+    obj = {"MAE": float("nan"), "x": [1.0, float("inf")], "n": 3}
+    assert finite_json(obj) == {"MAE": None, "x": [1.0, None], "n": 3}
+    write_json(tmp_path / "a.json", obj)
+    assert _strict((tmp_path / "a.json").read_text()) == {"MAE": None, "x": [1.0, None], "n": 3}
+
+
+def test_every_published_json_is_strict():
+    for path in sorted((ROOT / "docs" / "results").rglob("*.json")):
+        _strict(path.read_text())
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench_meta.py", "--threads", "0"], "is not a positive integer"),
+        (["bench_meta.py", "--json", "/"], "is a folder"),
+        (["bench_device.py", "--steps", "-1"], "is not an integer >= 0"),
+    ],
+)
+def test_a_bad_flag_is_one_line_and_exit_2(argv, message):
+    script, *flags = argv
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *flags],
+        capture_output=True,
+        text=True,
+    )
+    # argparse's own form: the usage, then one error line naming the flag
+    last = out.stderr.strip().splitlines()[-1]
+    assert out.returncode == 2 and message in last and "Traceback" not in out.stderr
+
+
+def test_missing_data_is_one_line_not_a_traceback(tmp_path):
+    # run_script turns a MetarecError (here: no METAREC_DATA_DIR) into one line, exit 2
+    env = {k: v for k, v in __import__("os").environ.items() if k != "METAREC_DATA_DIR"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "lightfm_losses.py"),
+            "--json",
+            str(tmp_path / "o.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "error:" in out.stderr
