@@ -46,10 +46,8 @@ from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import ranking_candidates  # noqa: E402
-from metarec.features import build_features  # noqa: E402
 from metarec.model import MetaRecommender, ModelConfig  # noqa: E402
 from metarec.splits import make_split  # noqa: E402
-from metarec.text import make_encoder  # noqa: E402
 
 METRICS = ("MAE", "RMSE", "AUC", "nDCG@3 (query)", "Recall@10 (full)", "nDCG@10 (full)")
 GOAL_METRICS = ("MAE", "nDCG@3 (query)", "AUC", "Recall@10 (full)")
@@ -147,7 +145,12 @@ def run_seed(
     known[split.train.item_idx] = True
     # item-cold: the full ranking runs over the part's held-out items, as in evaluate
     cands_v, cands_t = ranking_candidates(ds, split, "valid"), ranking_candidates(ds, split)
-    feats = build_features(ds, make_encoder("default"), cache=cache, pca_dim=64, fit_items=known)
+    # the model's config first: its [text] table (say text.reduce) decides the features
+    # every method gets (MiniLM, PCA-64 fitted on the training items by default)
+    base = to_dict(ModelConfig(seed=seed, progress=False))
+    base["text"]["cache"] = cache
+    cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
+    feats = MetaRecommender(cfg).build_features(ds, known)
     out: dict = {"seed": seed, "valid": {}, "test": {}, "fit_s": {}, "choices": {}}
     for name in baselines:
         kw = {"seed": seed} if name in ("biased_mf", "implicit_als", "lightfm") else {}
@@ -162,8 +165,6 @@ def run_seed(
                 evaluate(model, ds, split.test, bootstrap=0, candidates=cands_t)
             )
             log(f"seed {seed} {name:22s} test {out['test'][name]}")
-    base = to_dict(ModelConfig(seed=seed, progress=False))
-    cfg = from_dict(ModelConfig, apply_overrides(base, overrides))
     t0 = time.perf_counter()
     # valid_items as `metarec evaluate` passes them: the ranking blend is fitted over the
     # items the validation users are ranked on (item cold: the validation items)
