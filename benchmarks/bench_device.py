@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from metarec.atomic import write_json
-from metarec.benchmarking import nonnegative_int, positive_int, run_script
+from metarec.benchmarking import json_path, nonnegative_int, positive_int, run_script
 
 
 def _split(n_users: int, n_items: int, n_inter: int, work: Path, k: int, q: int):
@@ -110,7 +110,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", type=Path)
+    ap.add_argument("--json", type=json_path)
     ap.add_argument("--users", type=positive_int, default=20_000)
     ap.add_argument("--items", type=positive_int, default=5_000)
     ap.add_argument("--interactions", type=positive_int, default=500_000)

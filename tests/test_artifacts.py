@@ -170,3 +170,16 @@ def test_a_manifest_cannot_reach_outside_its_run(tmp_path, rel):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(MetarecError, match="outside the RUN"):
         load_run(path)
+
+
+def test_a_run_of_symlinks_loads(tmp_path):
+    # git-annex, DVC and cp -rs store a RUN as links to files elsewhere: the manifest's
+    # names are checked as written, so links pointing outside are fine
+    path = _save(tmp_path / "store" / "run")
+    linked = tmp_path / "linked"
+    (linked / "ids").mkdir(parents=True)
+    for f in path.rglob("*"):
+        if f.is_file():
+            (linked / f.relative_to(path)).symlink_to(f)
+    run = load_run(linked)
+    assert torch.equal(run.tensors["w"], torch.arange(6.0).reshape(2, 3))

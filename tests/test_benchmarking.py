@@ -62,6 +62,7 @@ def test_every_published_json_is_strict():
         (["bench_meta.py", "--threads", "0"], "is not a positive integer"),
         (["bench_meta.py", "--json", "/"], "is a folder"),
         (["bench_device.py", "--steps", "-1"], "is not an integer >= 0"),
+        (["bench_device.py", "--json", "/"], "is a folder"),
     ],
 )
 def test_a_bad_flag_is_one_line_and_exit_2(argv, message):

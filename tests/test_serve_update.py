@@ -263,3 +263,11 @@ def test_update_takes_feedback_on_an_unrated_item_of_a_domain_only_the_catalogue
     assert by_name["default"] == 1 and set(by_name) == {"books", "films", "default"}
     pred = Predictor.load(run2)
     assert pred.item_domain[pred.items.index("it35")] == "default"
+    # feedback on rated items only: the catalogue-only domain is not listed, empty
+    store2 = FeedbackStore(tmp_path / "fb2")
+    store2.add("c8", [FeedbackRow("it3", 1.0, None), FeedbackRow("it20", 5.0, None)])
+    run3 = tmp_path / "RUN3"
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb2"), "--out", str(run3)]
+    assert main([*argv, "--steps", "3"]) == 0
+    info = json.loads((run3 / "meta.json").read_text())
+    assert sorted(d["name"] for d in info["domains"]) == ["books", "films"]

@@ -218,6 +218,11 @@ def test_a_cache_that_cannot_be_written_warns_and_returns_the_vectors(tmp_path):
     with pytest.warns(UserWarning, match="could not store vectors"):
         vecs, _ = cache.get_or_compute(enc, ["a", "b"])
     np.testing.assert_array_equal(vecs, want)
+    (folder / ".lock").rmdir()
+    (folder / "index.json").mkdir()  # a folder where the index belongs
+    with pytest.warns(UserWarning, match="could not store vectors"):
+        vecs, _ = cache.get_or_compute(enc, ["a", "b"])
+    np.testing.assert_array_equal(vecs, want)
 
 
 def test_a_folder_named_like_a_shard_is_left_alone(tmp_path):

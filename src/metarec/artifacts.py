@@ -200,12 +200,12 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
     if unlisted:
         # a file the manifest does not list is never checksummed
         raise MetarecError(f"{manifest_path}: corrupt manifest ({unlisted[0]} is not listed)")
-    inside = path.resolve()
     for rel, digest in files.items():
         f = path / rel
         # a listed name reaching outside the RUN ("../T.csv", "/etc/passwd") was opened
-        # and hashed wherever it pointed
-        if Path(rel).is_absolute() or not f.resolve().is_relative_to(inside):
+        # and hashed wherever it pointed. Checked as written, not resolved: a RUN whose
+        # files are symlinks (git-annex, DVC, cp -rs) points outside by design
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
             raise MetarecError(
                 f"{manifest_path}: corrupt manifest (lists {rel[:200]!r}, outside the RUN)"
             )

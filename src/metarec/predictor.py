@@ -231,9 +231,12 @@ class Predictor:
         feedback = frame.attrs.get("feedback")
         given = None
         if feedback is None:
-            from metarec.data.files import log_frame
+            from metarec.data.files import LOG_COLUMNS, log_frame
 
             given = frame["user_id"].to_numpy(object) if "user_id" in frame.columns else None
+            # a slice of the caller's own table may carry more columns (a title): the ones
+            # an S file may hold are read, the others left out, not refused
+            frame = frame[[c for c in frame.columns if c in LOG_COLUMNS]]
             frame, feedback, _ = log_frame(frame)
             # each user's id as the caller spelled it (an int stays an int), for recommend's
             # output: a str '3' beside an int-keyed frame merged with nothing
@@ -249,13 +252,13 @@ class Predictor:
             # a mix-up worth a line, not something to ignore
             idx = self.items.lookup_or_missing(frame["item_id"].to_numpy(object))
             known = idx >= 0
-            given = frame["domain"].to_numpy(object)[known]
-            differ = self.item_domain[idx[known]] != given
+            named = frame["domain"].to_numpy(object)[known]
+            differ = self.item_domain[idx[known]] != named
             if differ.any():
                 j = int(np.flatnonzero(differ)[0])
                 item = frame["item_id"].to_numpy(object)[known][j]
                 raise MetarecError(
-                    f"support: item_id {item!r} is in domain {given[j]!r} there but "
+                    f"support: item_id {item!r} is in domain {named[j]!r} there but "
                     f"{self.item_domain[idx[known]][j]!r} in the RUN's catalogue "
                     f"({int(differ.sum())} such rows)"
                 )

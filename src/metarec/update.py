@@ -218,6 +218,12 @@ def _log_counts(pred: Predictor, users, train) -> dict:
         domains=tuple(_domain_names(pred)),
     )
     fresh = dataset_info(view)
+    # a domain only unrated items had gets a code (_domain_names) but is listed only once
+    # the merged log has rows in it: trailing empty ones are left out (the names are by
+    # code, so one with rows keeps any empty one before it)
+    doms, n_fitted = fresh.get("domains") or [], len(info.get("domains") or []) or 1
+    while len(doms) > n_fitted and not doms[-1]["interactions"]:
+        doms.pop()
     return {k: v for k, v in fresh.items() if not k.endswith("_columns")}
 
 

@@ -197,15 +197,19 @@ class EmbeddingCache:
         if todo or bad or not index_ok:
             try:
                 self._write(fp, new_keys, new_vecs, dim, bad)
-            except OSError as err:
+            except (OSError, MetarecError) as err:  # MetarecError: a folder at a file's path
                 # the cache is a speed-up: a read-only, full or cluttered folder costs the
                 # next run an encode, not this run its vectors (a fit failed here after
                 # every text had been encoded)
                 stored = False
-                where = err.filename or self.folder(fp)
+                reason = (
+                    f"{err.strerror or type(err).__name__}: {err.filename or self.folder(fp)}"
+                    if isinstance(err, OSError)
+                    else str(err)
+                )
                 warnings.warn(
                     f"embedding cache {self.root}: could not store vectors "
-                    f"({err.strerror or type(err).__name__}: {where}); they are used "
+                    f"({reason}); they are used "
                     "but not kept for the next run",
                     stacklevel=2,
                 )
