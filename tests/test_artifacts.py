@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -183,3 +184,32 @@ def test_a_run_of_symlinks_loads(tmp_path):
             (linked / f.relative_to(path)).symlink_to(f)
     run = load_run(linked)
     assert torch.equal(run.tensors["w"], torch.arange(6.0).reshape(2, 3))
+
+
+def test_staging_left_by_a_killed_writer_is_swept_by_the_next_write(tmp_path):
+    # kill -9 mid-write left .RUN.XXXX folders (and .P.csv.XXXX.tmp files) forever; the
+    # names now carry host and pid, and a write of the same target removes those whose
+    # process is gone, never a live one's or another host's
+    import subprocess
+    import sys
+
+    from metarec.atomic import _HOST, staging_prefix, write_text
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = tmp_path / f".run.~{_HOST}-{dead.pid}~abc"
+    (left / "ids").mkdir(parents=True)
+    (left / "model.safetensors").write_bytes(b"x" * 100)
+    live = tmp_path / f".run.~{_HOST}-{os.getppid()}~def"
+    live.mkdir()
+    other = tmp_path / f".run.~elsewhere-{dead.pid}~ghi"
+    other.mkdir()
+    _save(tmp_path / "run")
+    assert not left.exists() and live.is_dir() and other.is_dir()
+    assert load_run(tmp_path / "run").meta["encoder_fingerprint"] == "hash:abc"
+    # files: atomic_path's temporaries
+    stale = tmp_path / f".P.csv.~{_HOST}-{dead.pid}~x.tmp"
+    stale.write_text("half")
+    write_text(tmp_path / "P.csv", "a,b\n")
+    assert not stale.exists() and (tmp_path / "P.csv").read_text() == "a,b\n"
+    assert staging_prefix("P.csv") == f".P.csv.~{_HOST}-{os.getpid()}~"

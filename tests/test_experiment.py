@@ -779,7 +779,7 @@ def test_a_write_that_fails_part_way_through_the_renames_keeps_the_previous_resu
     moved = []
 
     def flaky(src, dst):
-        if Path(src).parent.name.startswith(".staging-") and Path(dst).parent == target:
+        if Path(src).parent.name.startswith(".results.~") and Path(dst).parent == target:
             moved.append(Path(dst).name)  # a new file moving in (not the rollback's)
             if len(moved) == 3:
                 raise OSError(28, "No space left on device")
@@ -792,7 +792,7 @@ def test_a_write_that_fails_part_way_through_the_renames_keeps_the_previous_resu
     monkeypatch.setattr(os, "replace", real)
     after = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
     assert after == before and len(moved) == 3
-    assert not [p for p in target.iterdir() if p.name.startswith(".staging-")]
+    assert not [p for p in target.iterdir() if p.name.startswith(".results.~")]
 
 
 def test_transfer_needs_two_different_domains(tmp_path):

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from metarec.atomic import public_mode, replace_dir
+from metarec.atomic import public_mode, replace_dir, staging_dir
 from metarec.types import IdMap, MetarecError
 
 FORMAT_VERSION = 1
@@ -105,8 +104,7 @@ def save_run(
         raise MetarecError(f"{out} exists (pass overwrite=True to replace it)")
     out = check_run_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    public_mode(tmp, directory=True)  # mkdtemp makes it 0700
+    tmp = staging_dir(out.parent, out.name)  # sweeps what a killed writer left
     try:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))

@@ -10,10 +10,13 @@ give it (0666 minus the umask), so overwriting a shared output does not make it 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +55,60 @@ def writable_target(path: str | Path) -> Path:
     return path
 
 
+# Staging files and folders carry their writer's host and pid in the name
+# (".NAME.~host-1234~XXXX"): a writer killed with SIGKILL leaves one behind, and the next
+# write of the same NAME on this host removes those whose process is gone. A live pid
+# (or one reused since) is left alone, and so is another host's (a shared filesystem).
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname())[:64] or "host"
+
+
+def staging_prefix(name: str) -> str:
+    """The name prefix of this process's staging files/folders for target ``name``."""
+    return f".{name}.~{_HOST}-{os.getpid()}~"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's live process
+        return True
+    return True
+
+
+def sweep_staging(parent: str | Path, name: str) -> int:
+    """Remove the staging files and folders of target ``name`` in ``parent`` that writers
+    on this host left when they died (their pid is gone); returns how many. Best effort:
+    anything that cannot be listed or removed is left."""
+    mine = re.compile(rf"^\.{re.escape(name)}\.~{re.escape(_HOST)}-(\d+)~")
+    removed = 0
+    try:
+        entries = list(Path(parent).glob(f".{glob.escape(name)}.~*"))
+    except OSError:
+        return 0
+    for entry in entries:
+        m = mine.match(entry.name)
+        if m is None or int(m.group(1)) == os.getpid() or _alive(int(m.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+    return removed
+
+
+def staging_dir(parent: str | Path, name: str) -> Path:
+    """A fresh staging folder for target ``name`` in ``parent`` (mode as ``mkdir`` gives),
+    after sweeping what dead writers of ``name`` left there."""
+    sweep_staging(parent, name)
+    tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(name), dir=parent))
+    public_mode(tmp, directory=True)  # mkdtemp makes it 0700
+    return tmp
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it replaces ``path``.
@@ -63,7 +120,8 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """
     path = writable_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    sweep_staging(path.parent, path.name)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path.name), suffix=suffix)
     os.close(fd)
     tmp = Path(name)
     try:

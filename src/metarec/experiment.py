@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from metarec import evaluate as evaluation
-from metarec.atomic import finite_json, write_text
+from metarec.atomic import finite_json, staging_dir, write_text
 from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -1131,7 +1131,6 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     whole (not a new results.json beside an old report); plots an earlier run left that
     this run does not draw are removed."""
     import shutil
-    import tempfile
 
     from metarec import report
 
@@ -1139,7 +1138,7 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = dataclasses.replace(results, out_dir=out)
-    stage = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+    stage = staging_dir(out, "results")
     try:
         payload = json.dumps(finite_json(results.to_json()), indent=2, allow_nan=False)
         write_text(stage / "results.json", payload + "\n")

@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from metarec.atomic import public_mode, replace_dir
+from metarec.atomic import replace_dir, staging_dir, sweep_staging
 from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 # --- helpers over index arrays -------------------------------------------------------------
@@ -611,13 +610,14 @@ def write_split(
     place, so ``out_dir`` is either complete or as it was (absent, or empty).
     """
     out = Path(out_dir)
+    if out.is_dir():  # what a killed writer left inside, before the folder counts as empty
+        sweep_staging(out, out.name)
     fill = check_split_target(out, overwrite)
     if not fill:
         out.parent.mkdir(parents=True, exist_ok=True)
     # Filling an empty folder writes inside it: the folder itself (its permissions, owner,
     # a mount on it, a link to it) stays, and each file's rename stays on its filesystem.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out if fill else out.parent))
-    public_mode(tmp, directory=True)  # mkdtemp makes it 0700; a split folder is shared data
+    tmp = staging_dir(out if fill else out.parent, out.name)  # a split folder is shared data
     moved: list[Path] = []
     try:
         parts = {

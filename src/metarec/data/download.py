@@ -12,13 +12,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from metarec.atomic import atomic_path
+from metarec.atomic import atomic_path, staging_dir
 from metarec.types import MetarecError
 
 HOME_ENV = "METAREC_HOME"
@@ -63,7 +62,7 @@ def _download(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
 def _extract(archive: Path, target: Path) -> None:
     """Unpack into a temp folder beside ``target``, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    tmp = staging_dir(target.parent, target.name)
     try:
         try:
             with zipfile.ZipFile(archive) as zf:
