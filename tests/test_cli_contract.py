@@ -842,20 +842,26 @@ def test_fit_config_takes_an_experiment_files_text_table(tmp_path, capsys):
     assert "fit uses its [model] and [text] only, not data" in capsys.readouterr().err
 
 
-def test_python_api_takes_integer_ids_like_the_files_do(tmp_path):
+@pytest.fixture(scope="module")
+def int_id_run(tmp_path_factory):
+    """A RUN fitted on the world with int user ids (u3 -> 3)."""
+    tmp = tmp_path_factory.mktemp("int_ids")
+    paths, _ = make_world(tmp)
+    t = pd.read_csv(paths["T"])
+    t["user_id"] = t.user_id.str[1:].astype(int)
+    t.to_csv(paths["T"], index=False)
+    run = tmp / "RUN"
+    assert main([*fit_argv(paths, run), *FAST]) == 0
+    return run
+
+
+def test_python_api_takes_integer_ids_like_the_files_do(int_id_run):
     # frames with int ids: a warm user's support was looked up by the int among str keys,
     # silently dropped, and the user scored as if it had brought none
     from metarec.predictor import Predictor
     from metarec.types import MetarecError
 
-    paths, _ = make_world(tmp_path)
-    t = pd.read_csv(paths["T"])
-    t["user_id"] = t.user_id.str[1:].astype(int)
-    t.to_csv(paths["T"], index=False)
-    run = tmp_path / "RUN"
-    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
-    assert main([*fit, *FAST]) == 0
-    pred = Predictor.load(run)
+    pred = Predictor.load(int_id_run)
     s = pd.DataFrame(
         {"user_id": [3, 3, 999], "item_id": ["it30", "it31", "it30"], "rating": [5, 5, 5]}
     )
@@ -1348,19 +1354,13 @@ def test_python_support_frames_are_read_as_files_are(fitted, tmp_path):
     assert np.allclose(wide.score, want.score)
 
 
-def test_python_recommend_gives_user_ids_back_as_spelled(tmp_path):
+def test_python_recommend_gives_user_ids_back_as_spelled(int_id_run):
     # predict echoed int ids, recommend returned them as str ('3'): a merge back onto the
     # caller's int-keyed frame found nothing. A float 3.0 in an object column is user "3",
     # as in a float column (test_loaders covers item ids: "100.0" was an unknown item)
     from metarec.predictor import Predictor
 
-    paths, _ = make_world(tmp_path)
-    t = pd.read_csv(paths["T"])
-    t["user_id"] = t.user_id.str[1:].astype(int)
-    t.to_csv(paths["T"], index=False)
-    run = tmp_path / "RUN"
-    assert main([*fit_argv(paths, run), *FAST]) == 0
-    pred = Predictor.load(run)
+    pred = Predictor.load(int_id_run)
     s = pd.DataFrame({"user_id": [3, 3, 999], "item_id": ["it30", "it31", "it30"], "rating": 5})
     rec, info = pred.recommend(s, 2)
     assert rec.user_id.tolist() == [3, 3, 999, 999] and info["unknown_support_items"] == 0
