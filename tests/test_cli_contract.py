@@ -658,7 +658,6 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     """Checksums only prove the files are the ones written; a RUN from a buggy or another
     version can still hold tensors its config cannot use. Load scores one cold user
     through every part, so that is one line and exit 2, not a traceback on first use."""
-    import hashlib
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -673,6 +672,15 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     else:
         del tensors[next(k for k in tensors if k.startswith("rating."))]
     save_file(tensors, str(bad / "model.safetensors"))
+    err = _predict_on_rehashed(bad, tmp, tmp_path, capsys)
+    assert "RUN is incomplete or from another version" in err and err.count("\n") == 1
+
+
+def _predict_on_rehashed(bad, tmp, tmp_path, capsys) -> str:
+    """Every file of the edited RUN ``bad`` checksummed again (how a RUN written by another
+    version looks), then ``predict`` on it, which must fail: its stderr."""
+    import hashlib
+
     manifest = json.loads((bad / "manifest.json").read_text())
     for rel in manifest["files"]:
         manifest["files"][rel] = hashlib.sha256((bad / rel).read_bytes()).hexdigest()
@@ -681,8 +689,7 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
     capsys.readouterr()
     assert predict(bad, cold_support(tmp), q, tmp_path / "P.csv") == 2
-    err = capsys.readouterr().err
-    assert "RUN is incomplete or from another version" in err and err.count("\n") == 1
+    return capsys.readouterr().err
 
 
 def test_p_gives_each_query_row_back_as_spelled(fitted, tmp_path):
@@ -1372,7 +1379,6 @@ def test_python_recommend_gives_user_ids_back_as_spelled(int_id_run):
 def test_a_run_config_with_an_unknown_key_names_the_run_and_version(fitted, tmp_path, capsys):
     # a RUN from a newer metarec (same format version, one more config key) said only
     # "unknown config key 'foo' (known: ...)", naming neither the RUN nor a version
-    import hashlib
     import shutil
 
     tmp, run, _ = fitted
@@ -1381,16 +1387,7 @@ def test_a_run_config_with_an_unknown_key_names_the_run_and_version(fitted, tmp_
     config = json.loads((bad / "config.json").read_text())
     config["model"]["foo"] = 1
     (bad / "config.json").write_text(json.dumps(config))
-    manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["files"]["config.json"] = hashlib.sha256(
-        (bad / "config.json").read_bytes()
-    ).hexdigest()
-    (bad / "manifest.json").write_text(json.dumps(manifest))
-    q = tmp_path / "Q.csv"
-    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
-    capsys.readouterr()
-    assert predict(bad, cold_support(tmp), q, tmp_path / "P.csv") == 2
-    err = capsys.readouterr().err
+    err = _predict_on_rehashed(bad, tmp, tmp_path, capsys)
     assert str(bad) in err and "does not load in metarec" in err and "'foo'" in err
     assert err.count("\n") == 1
 
