@@ -43,7 +43,7 @@ def test_writes_results_report_and_pngs(tiny_run):
     # atomic writes leave no temporary files behind
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     report = (out / "report.md").read_text()
-    assert "*Protocol:* dataset **csv**, split **user-cold**, K = 3" in report
+    assert "*Protocol:* dataset **tiny_log (csv)**, split **user-cold**, K = 3" in report
     assert "![" in report and "shots.png" in report
 
 
@@ -496,7 +496,8 @@ def test_a_failed_fit_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert "| MetaRec (1 of 2 seeds) | meta |" in report
     assert "- MetaRec, seed 1, K = 3: train: the validation loss" in report
     # the old behaviour on request, and an error when nothing at all could be fitted
-    with pytest.raises(RuntimeError, match="solver failed"):  # Pooled, seed 0: the first
+    # Pooled, seed 0: the first; one line naming the method and seed (it was the bare error)
+    with pytest.raises(MetarecError, match="Pooled failed on seed 0 .*solver failed"):
         E.run(dataclasses.replace(cfg, fail_fast=True), None, progress=False)
     monkeypatch.setattr(E, "fit_method", lambda *a: (_ for _ in ()).throw(ArithmeticError("x")))
     with pytest.warns(UserWarning), pytest.raises(MetarecError, match="every method failed"):
@@ -642,8 +643,8 @@ def test_a_rating_metric_on_implicit_data_fails_before_anything_trains(
         (["threshold=6.0"], "threshold 6 is outside the ratings of 'tiny_log' (1..5)"),
         (["threshold=1.0"], "every rating would be"),
         (
-            ["methods=[{name='popularity', select_metric='MAE'}]"],
-            "select_metric MAE needs predicted ratings, and popularity only ranks",
+            ["methods=[{name='ease', select_metric='MAE', grid={reg=[100.0, 500.0]}}]"],
+            "select_metric MAE needs predicted ratings, and ease only ranks",
         ),
     ],
 )
@@ -807,3 +808,72 @@ def test_transfer_needs_two_different_domains(tmp_path):
         rec.fit(ds, split.train, source_domain=1, target_domain=1)
     with pytest.raises(MetarecError, match="target_domain 5 is not a domain index"):
         rec.fit(ds, split.train, source_domain=0, target_domain=5)
+
+
+def test_nan_scores_on_test_users_fail_the_method_not_the_experiment(tmp_path, monkeypatch):
+    # a model whose test-time adaptation diverged (NaN scores) stopped the whole run with
+    # exit 2 and no results written
+    from metarec.baselines import Popularity
+
+    real = Popularity.score
+
+    def nan_score(self, user_idx, support, item_idx):
+        return np.full(len(item_idx), np.nan)
+
+    monkeypatch.setattr(Popularity, "score", nan_score)
+    monkeypatch.setattr(Popularity, "rank_scores", nan_score, raising=False)
+    cfg = dataclasses.replace(E.load_config(TINY), shots=())
+    with pytest.warns(UserWarning, match="popularity failed on seed 0"):
+        results = E.run(cfg, tmp_path / "out", progress=False)
+    assert {f["method"] for f in results.failures} == {"popularity"}
+    assert "NaN" in results.failures[0]["error"]
+    table = json.loads((tmp_path / "out" / "results.json").read_text())["scenarios"][0]
+    assert "popularity" not in table["methods"] and "MetaRec" in table["methods"]
+    monkeypatch.setattr(Popularity, "score", real)
+
+
+def test_a_grid_point_that_fails_is_skipped_not_the_method(monkeypatch):
+    # one diverging point (outer_lr 1e6) failed the whole method and threw away the good
+    # points; the message did not say which point
+    cfg = E.load_config(
+        TINY,
+        [
+            "shots=[]",
+            "seeds=[0]",
+            'methods=[{name="M", kind="meta", grid={"train.outer_lr"=[1e-3, 1e6]}}]',
+        ],
+    )
+    real = E._fit
+
+    def diverge(rec, *a, **k):
+        if rec.config.train.outer_lr > 1:
+            raise MetarecError("train: meta-loss is nan at step 2")
+        return real(rec, *a, **k)
+
+    monkeypatch.setattr(E, "_fit", diverge)
+    with pytest.warns(UserWarning, match=r"grid point\(s\) skipped: train.outer_lr=1000000.0"):
+        results = E.run(cfg, None, progress=False)
+    assert not results.failures
+    (run,) = results.runs
+    assert run.chosen["train.outer_lr"] == 1e-3
+    monkeypatch.setattr(E, "_fit", lambda *a, **k: (_ for _ in ()).throw(MetarecError("nan")))
+    with pytest.warns(UserWarning), pytest.raises(MetarecError, match="every grid point failed"):
+        E.run(cfg, None, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("method", "named"),
+    [
+        ("{name='popularity', finetune_steps=3}", "finetune_steps is read only by kind pooled"),
+        ("{name='popularity', strategy='feature'}", "strategy is read only by kind transfer"),
+        ("{name='M', kind='meta', baseline='ease'}", "baseline is read only by kind baseline"),
+        (
+            "{name='M', kind='meta', select_metric='AUC'}",
+            "select_metric is read only by a method with a grid",
+        ),
+    ],
+)
+def test_a_method_key_its_kind_does_not_read_is_an_error(method, named):
+    # accepted and silently ignored, though the config is "checked whole"
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.load_config(TINY, [f"methods=[{method}]"])

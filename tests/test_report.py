@@ -3,6 +3,7 @@ single-seed format and the missing-matplotlib error."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import numpy as np
@@ -130,3 +131,42 @@ def test_bars_skip_a_metric_no_method_has(tmp_path):
     files = report.write_plots(res, tmp_path)
     assert (tmp_path / "methods.png").read_bytes()[:4] == b"\x89PNG"
     assert "methods.png" in files.values()
+
+
+def test_equal_looking_means_are_both_bold_and_never_a_win():
+    # 0.17481800766283523 against ...526: both print 0.1748, one was bolded and the
+    # verdict would have called the difference a win
+    a, b = 0.17481800766283523, 0.17481800766283526
+    res = _results(
+        {"Meta": [(1.0, a), (1.0, a)], "Base": [(1.0, b), (1.0, b)]},
+        {"Meta": "meta", "Base": "baseline"},
+    )
+    table = res.summary()
+    lines = report.markdown_table(res, table, [NDCG]).splitlines()
+    assert lines[2].endswith("| **0.1748 ± 0.0000** |") and lines[3].endswith(
+        "| **0.1748 ± 0.0000** |"
+    )
+    v = report.verdict(res, table, NDCG)
+    assert "does not beat" in v and "level at four decimals" in v
+
+
+def test_one_seed_without_bootstrap_claims_no_clear_win():
+    # with no interval measured the verdict said "beats" and pointed at CIs not there
+    res = _results(
+        {"Meta": [(1.0, 0.4)], "Base": [(1.0, 0.2)]}, {"Meta": "meta", "Base": "baseline"}
+    )
+    runs = tuple(
+        dataclasses.replace(
+            r, result=dataclasses.replace(r.result, ci95={k: (None, None) for k in r.result.ci95})
+        )
+        for r in res.runs
+    )
+    res = dataclasses.replace(res, runs=runs)
+    v = report.verdict(res, res.summary(), NDCG)
+    assert "no interval was measured" in v and "cannot be called a clear win" in v
+
+
+def test_a_metric_valued_on_some_seeds_says_so():
+    # Precision undefined on one seed: its single value printed as "1.0000 ± 0.0000"
+    cell = {"mean": 1.0, "std": 0.0, "per_seed": [None, 1.0], "ci95": [None, None]}
+    assert report._fmt(cell, False) == "1.0000 (1 of 2 seeds)"

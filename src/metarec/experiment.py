@@ -176,6 +176,29 @@ class ExperimentConfig:
                 raise MetarecError(f"method {m.name!r}: finetune_steps must be >= 0")
             if m.select_metric is not None:
                 _check_metric_name(m.select_metric, f"method {m.name!r}: select_metric")
+            # a key its kind does not read was accepted and ignored: the config is checked
+            # whole, so it is an error that names the key
+            misplaced = [
+                key
+                for key, used in (
+                    ("finetune_steps", m.finetune_steps == 0 or m.kind == "pooled"),
+                    ("strategy", m.strategy is None or m.kind == "transfer"),
+                    ("baseline", m.baseline is None or m.kind == "baseline"),
+                    ("select_metric", m.select_metric is None or bool(m.grid)),
+                )
+                if not used
+            ]
+            if misplaced:
+                owner = {
+                    "finetune_steps": "kind pooled",
+                    "strategy": "kind transfer",
+                    "baseline": "kind baseline",
+                    "select_metric": "a method with a grid",
+                }[misplaced[0]]
+                raise MetarecError(
+                    f"method {m.name!r}: {misplaced[0]} is read only by {owner}, not by this "
+                    f"{m.kind} method"
+                )
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
@@ -470,7 +493,8 @@ class Results:
             {
                 "name": f"main (K={self.main_k})",
                 "k_shot": self.main_k,
-                "users": "every test user with more than K interactions",
+                "users": self.protocol.get("evaluated_users")
+                or "every test user with more than K interactions",
                 "methods": self.summary("main"),
             }
         ]
@@ -722,26 +746,54 @@ def fit_method(
     if not split.valid:
         raise MetarecError(f"method {spec.name!r}: a grid needs validation users (valid_frac)")
     best: tuple[float, Recommender, dict] | None = None
+    failed: list[str] = []
     for point in points:
-        rec = _fit(make_method(spec, cfg, seed, point, progress), ds, split, feats)
-        ks, query_ks = cfg.eval_ks()
-        r = evaluate_split(
-            rec,
-            ds,
-            split,
-            "valid",
-            threshold=cfg.threshold,
-            ks=ks,
-            query_ks=query_ks,
-            bootstrap=0,
-            primary_metric=spec.select_metric,
-        )
+        # a point that diverges (a NaN loss, NaN scores) is skipped, not the whole grid:
+        # one outer_lr=1e6 used to fail the method and throw away the good points
+        try:
+            rec = _fit(make_method(spec, cfg, seed, point, progress), ds, split, feats)
+            ks, query_ks = cfg.eval_ks()
+            r = evaluate_split(
+                rec,
+                ds,
+                split,
+                "valid",
+                threshold=cfg.threshold,
+                ks=ks,
+                query_ks=query_ks,
+                bootstrap=0,
+                primary_metric=spec.select_metric,
+            )
+        except FIT_FAILURES as e:
+            failed.append(f"{_point_label(point)}: {_one_line(e)}")
+            continue
         v = r.primary if r.greater_is_better else -r.primary
-        if np.isfinite(v) and (best is None or v > best[0]):
+        if not np.isfinite(v):
+            failed.append(f"{_point_label(point)}: validation {r.primary_metric} is NaN")
+        elif best is None or v > best[0]:
             best = (v, rec, {**point, "_valid_" + r.primary_metric: r.primary})
     if best is None:
-        raise MetarecError(f"method {spec.name!r}: every grid point scored NaN on validation")
+        raise MetarecError(
+            f"method {spec.name!r}: every grid point failed ({'; '.join(failed[:3])})"
+        )
+    if failed:
+        warnings.warn(
+            f"{spec.name} (seed {seed}): grid point(s) skipped: {'; '.join(failed[:3])}",
+            stacklevel=2,
+        )
     return best[1], best[2], time.perf_counter() - t0
+
+
+def _point_label(point: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in point.items()) or "the method's own settings"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return (
+        first if isinstance(error, MetarecError) and first else f"{type(error).__name__}: {first}"
+    )
 
 
 def _history(rec: Recommender) -> tuple[dict, ...]:
@@ -778,11 +830,11 @@ def _held_out_and_support(protocol: str, target: str | None, timed: bool) -> tup
         ),
         "warm": (
             "a seeded random share of the users with more than K interactions",
-            f"query: each held-out user's last Q interactions in {order} (at most all but "
-            "K); support: the K just before them, which stay in training",
+            f"the K interactions just before the query, which stay in training; query: each "
+            f"held-out user's last Q interactions in {order} (at most all but K)",
         ),
         "item-cold": (
-            f"{newest_items}; evaluated on the users who rated them",
+            f"{newest_items}",
             f"each user's first K interactions with training items in {order} (these stay "
             f"in training); {cold_items_query}",
         ),
@@ -798,13 +850,32 @@ def _held_out_and_support(protocol: str, target: str | None, timed: bool) -> tup
     }.get(protocol, (protocol, protocol))
 
 
+def evaluated_users(protocol: str) -> str:
+    """Which test users a scenario's metrics average over, for ``protocol``."""
+    if protocol in ("item-cold", "user-item-cold"):
+        return "the test users who rated held-out items and have K support interactions"
+    if protocol == "cross-domain":
+        return "every test user with more than K target-domain interactions"
+    return "every test user with more than K interactions"
+
+
 def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dict:
     s = cfg.split
     users, support = _held_out_and_support(
         s.protocol, s.target, ds_info.get("time") == "unix_seconds"
     )
+    # the name the data has (a CSV's file name) and the loader that read it
+    name = str(ds_info.get("name") or cfg.data.name)
+    grids = sorted({m.select_metric or "" for m in cfg.methods if m.grid})
+    picked = (
+        "no method has a grid"
+        if not grids
+        else "grids are picked on the validation users' "
+        + ", ".join(g or "primary metric" for g in grids)
+    )
     return {
-        "dataset": cfg.data.name,
+        "dataset": name if name == cfg.data.name else f"{name} ({cfg.data.name})",
+        "evaluated_users": evaluated_users(s.protocol),
         "protocol": s.protocol,
         "source": s.source,
         "target": s.target,
@@ -819,8 +890,8 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "test_users": len(split.test),
         "valid_users": len(split.valid),
         "train_interactions": len(split.train),
-        "selection": "meta-models early-stop on validation users' query loss; grids are "
-        "picked by the validation users' primary metric; test users are used once, at the end",
+        "selection": f"meta-models early-stop on validation users' query loss; {picked}; "
+        "test users are used once, at the end",
         "text": {"model": cfg.text.model, "pca_dim": cfg.text.pca_dim},
         "threshold": cfg.threshold,
         "candidates": "the held-out items of the user's part only (test items for test users)"
@@ -874,9 +945,7 @@ FIT_FAILURES = (MetarecError, RuntimeError, ArithmeticError, np.linalg.LinAlgErr
 
 def _failure(method: str, seed: int, k_shot: int, error: BaseException) -> dict:
     """Record (and warn about) a failed fit; the report lists it under the main table."""
-    text = str(error).strip()
-    first = text.splitlines()[0] if text else ""
-    msg = first if isinstance(error, MetarecError) and first else f"{type(error).__name__}: {first}"
+    msg = _one_line(error)
     warnings.warn(
         f"{method} failed on seed {seed} (K={k_shot}), left out of its means: {msg}",
         stacklevel=2,
@@ -973,9 +1042,24 @@ def run(
             try:
                 return fit_method(spec, config, ds, split, feats, seed, progress)
             except FIT_FAILURES as e:
-                if config.fail_fast:
-                    raise
-                failures.append(_failure(spec.name, seed, k, e))
+                record(spec, k, e)
+                return None
+
+        def record(spec: MethodSpec, k: int, e: BaseException, seed=seed) -> None:
+            if config.fail_fast:  # one line naming the method and seed, as the record does
+                raise MetarecError(
+                    f"{spec.name} failed on seed {seed} (K={k}): {_one_line(e)}"
+                ) from e
+            failures.append(_failure(spec.name, seed, k, e))
+
+        def evaluate_or_record(spec, rec, tasks, split, k, seed=seed):
+            """evaluate_on's result, or None once a failure is recorded: a model whose
+            test-time adaptation diverges (NaN scores) fails its method on this seed, not
+            the whole experiment (exit 2 with every other method's work lost)."""
+            try:
+                return evaluate_on(rec, tasks, split, seed)
+            except FIT_FAILURES as e:
+                record(spec, k, e)
                 return None
 
         for spec in config.methods:
@@ -988,7 +1072,9 @@ def run(
                 continue
             rec, chosen, secs = fit
             cpu = time.process_time() - cpu0
-            res = evaluate_on(rec, main.test, main, seed)
+            res = evaluate_or_record(spec, rec, main.test, main, main_k)
+            if res is None:
+                continue
             r = MethodRun(
                 spec.name, spec.kind, seed, main_k, res, secs, chosen, _history(rec), "main", cpu
             )
@@ -1008,7 +1094,9 @@ def run(
                         continue
                     fitted, kchosen, ksecs = refit
                 tasks = split_k.test if common is None else _restrict(split_k.test, common)
-                kres = evaluate_on(fitted, tasks, split_k, seed)
+                kres = evaluate_or_record(spec, fitted, tasks, split_k, k)
+                if kres is None:
+                    continue
                 runs.append(
                     MethodRun(spec.name, spec.kind, seed, k, kres, ksecs, kchosen, (), "curve")
                 )

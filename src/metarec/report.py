@@ -51,21 +51,33 @@ def _fmt(cell: dict | None, bold: bool) -> str:
     """mean ± std over seeds; with one seed (no spread to show) mean [bootstrap 95% CI]."""
     if cell is None or cell.get("mean") is None:
         return "–"
-    if len(cell["per_seed"]) == 1 and cell["ci95"][0] is not None:
+    n_valued = _valued(cell)
+    if n_valued == 1 and cell["ci95"][0] is not None:
         lo, hi = cell["ci95"]
         txt = f"{cell['mean']:.4f} [{lo:.3f}, {hi:.3f}]"
-    elif len(cell["per_seed"]) == 1:
+    elif n_valued == 1:
         # one seed and no bootstrap (bootstrap = 0): no spread was measured, and "± 0"
         # would claim one
         txt = f"{cell['mean']:.4f}"
     else:
         txt = f"{cell['mean']:.4f} ± {cell['std']:.4f}"
+    if 1 <= n_valued < len(cell["per_seed"]):
+        # the metric has a value on some seeds only (Precision with no positive query on
+        # one seed): one value is not a spread of 0
+        txt += f" ({n_valued} of {len(cell['per_seed'])} seeds)"
     return f"**{txt}**" if bold else txt
+
+
+def _valued(cell: dict) -> int:
+    """How many seeds gave this cell a value (a seed's metric can be undefined: null)."""
+    return sum(v is not None for v in cell.get("per_seed", ()))
 
 
 def _err(cell: dict) -> float | tuple[float, float]:
     """Error bar half-widths: std over seeds, or the bootstrap CI with one seed."""
-    if len(cell["per_seed"]) == 1 and cell["ci95"][0] is not None:
+    if _valued(cell) == 1:  # one value: its bootstrap CI, or no bar when none was drawn
+        if cell["ci95"][0] is None:
+            return (0.0, 0.0)
         return (cell["mean"] - cell["ci95"][0], cell["ci95"][1] - cell["mean"])
     return (cell["std"], cell["std"])
 
@@ -82,10 +94,26 @@ def _best(table: dict, metric: str, names: list[str]) -> str | None:
     return max(vals, key=lambda nv: sign * nv[1])[0]
 
 
+def _bests(table: dict, metric: str, names: list[str]) -> set[str]:
+    """Every method level with the best mean as the table prints it (4 decimals): a
+    1e-16 difference bolded one of two equal-looking cells."""
+    top = _best(table, metric, names)
+    if top is None:
+        return set()
+    shown = round(table[top][metric]["mean"], 4)
+    return {
+        n
+        for n in names
+        if metric in table.get(n, {})
+        and table[n][metric]["mean"] is not None
+        and round(table[n][metric]["mean"], 4) == shown
+    }
+
+
 def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
     """Methods x metrics as a GitHub table, best mean per column in bold."""
     names = [n for n in results.methods() if n in table]
-    best = {m: _best(table, m, names) for m in metrics}
+    best = {m: _bests(table, m, names) for m in metrics}
     arrows = [f"{m} {'↑' if greater_is_better(m) else '↓'}" for m in metrics]
     lines = [
         "| method | kind | " + " | ".join(arrows) + " |",
@@ -94,7 +122,7 @@ def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
     kinds = {m.name: m.kind for m in results.config.methods}
     n_seeds = len(results.config.seeds)
     for n in names:
-        cells = [_fmt(table[n].get(m), best[m] == n) for m in metrics]
+        cells = [_fmt(table[n].get(m), n in best[m]) for m in metrics]
         # a method that failed on some seeds: its means are over fewer seeds, say so
         first = next(iter(table[n].values()), {})
         have = len(first.get("per_seed", ())) or n_seeds
@@ -122,28 +150,43 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     if bb is None or table[dm][metric]["mean"] is None:
         return ""
     vm, vb = table[dm][metric], table[bb][metric]
-    better = (vm["mean"] > vb["mean"]) == greater_is_better(metric) and vm["mean"] != vb["mean"]
-    if len(vm["per_seed"]) > 1:
+    # level as the table prints them (4 decimals): a 1e-16 difference is not a win
+    level = round(vm["mean"], 4) == round(vb["mean"], 4)
+    better = (vm["mean"] > vb["mean"]) == greater_is_better(metric) and not level
+    no_interval = False
+    if _valued(vm) > 1:
         spread = f"(± {vm['std']:.4f} vs ± {vb['std']:.4f} over seeds)"
         overlap = abs(vm["mean"] - vb["mean"]) <= vm["std"] + vb["std"]
         why = "within one standard deviation across seeds"
+    elif vm["ci95"][0] is None or vb["ci95"][0] is None:
+        # one seed and no bootstrap: nothing says how large a gap chance could make
+        spread = "(one seed, no bootstrap: no interval was measured)"
+        overlap, no_interval = True, True
+        why = ""
     else:
         spread = "(one seed; 95% CIs over users in the table)"
         # the meta-model's mean inside the baseline's interval, or the reverse
         overlap = _inside(vm["mean"], vb["ci95"]) or _inside(vb["mean"], vm["ci95"])
         why = "inside the bootstrap confidence intervals"
+    if _valued(vm) != _valued(vb):
+        # a method that failed on some seeds is averaged over fewer: say so
+        spread = f"{spread[:-1]}; {dm} over {_valued(vm)} seed(s), {bb} over {_valued(vb)})"
     if better:
-        tail = f" The gap is {why}, so it is not a clear win." if overlap else ""
+        if no_interval:
+            tail = " With no interval measured, it cannot be called a clear win."
+        else:
+            tail = f" The gap is {why}, so it is not a clear win." if overlap else ""
         line = (
             f"The default meta-learned method, {dm}, beats the best method without "
             f"meta-learning, {bb}, on {metric}: {vm['mean']:.4f} vs {vb['mean']:.4f} "
             f"{spread}.{tail}"
         )
     else:
+        level_note = " (level at four decimals)" if level else ""
         line = (
             f"**The default meta-learned method does not beat the best method without "
-            f"meta-learning on {metric}:** {dm} = {vm['mean']:.4f}, {bb} = {vb['mean']:.4f} "
-            f"{spread}."
+            f"meta-learning on {metric}:** {dm} = {vm['mean']:.4f}, {bb} = {vb['mean']:.4f}"
+            f"{level_note} {spread}."
         )
     bv = _best(table, metric, learned)
     if bv is not None and bv != dm and table[bv][metric]["mean"] != vm["mean"]:
@@ -152,6 +195,12 @@ def verdict(results: Results, table: dict, metric: str) -> str:
             "not chosen: picking it on these numbers would be selecting on test users.)"
         )
     return line
+
+
+def _seeds_label(name: str, cell: dict, n_seeds: int) -> str:
+    """A method's name, with "(k of n seeds)" when its value stands on fewer seeds."""
+    k = _valued(cell)
+    return name if k == n_seeds else f"{name} ({k} of {n_seeds} seeds)"
 
 
 def _inside(v: float, ci: list) -> bool:
@@ -213,13 +262,19 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         "",
         f"## Main table (K = {results.main_k})",
         "",
-        _protocol_text(results, results.main_k, "every test user with more than K interactions"),
+        _protocol_text(
+            results,
+            results.main_k,
+            p.get("evaluated_users") or "every test user with more than K interactions",
+        ),
         "",
     ]
     main = results.summary("main")
     lines += [markdown_table(results, main, metrics), ""]
     v = verdict(results, main, prim)
     if v:
+        if prim not in metrics:  # the config's columns leave the judged metric out
+            v += f" ({prim} is the experiment's primary metric; it is not a column above.)"
         lines += [v, ""]
     if results.failures:
         lines += [
@@ -311,6 +366,18 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
     ks = results.curve_ks()
     if len(ks) >= 2:
         shown = [prim] + [m for m in ("AUC", "RMSE") if m in metrics and m != prim]
+        # a metric with no value at any K (AUC on implicit data whose queries are all
+        # positive) gets no panel: it was drawn empty
+        shown = [
+            m
+            for m in shown
+            if any(
+                (cell := results.summary("curve", k).get(n, {}).get(m)) and cell["mean"] is not None
+                for k in ks
+                for n in names
+            )
+        ]
+    if len(ks) >= 2 and shown:
         fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
         for ax, metric in zip(axes[0], shown, strict=True):
             for i, name in enumerate(names):
@@ -386,12 +453,14 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             ax.set_ylabel("loss")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
+        fig.tight_layout()  # titles ran into the axis labels of the row above
         _save(fig, out / "training.png")
         plt.close(fig)
         files[f"Training curves (seed {results.config.seeds[0]})"] = "training.png"
 
-    # 3. bars with error bars at the main K
+    # 3. means with error bars at the main K
     main = results.summary("main")
+    n_seeds = len(results.config.seeds)
     # a metric no method has a value for (AUC on implicit data with all-positive queries)
     # gets no panel
     shown = [
@@ -412,10 +481,17 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             ys = list(range(len(rows_)))
             colors = ["tab:blue" if kinds[n] in META_KINDS else "tab:gray" for n, _ in rows_]
             errs = np.array([_err(c) for _, c in rows_]).T  # (2, n): below, above
-            ax.barh(ys, [c["mean"] for _, c in rows_], xerr=errs, color=colors, capsize=2)
+            # dots, not bars: the axis is zoomed to the values, and a bar's length from a
+            # cut axis drew 0.79 against 0.83 as 1:8
+            for y, (_, c), e_lo, e_hi, color in zip(
+                ys, rows_, errs[0], errs[1], colors, strict=True
+            ):
+                ax.errorbar(
+                    c["mean"], y, xerr=[[e_lo], [e_hi]], fmt="o", ms=5, color=color, capsize=3
+                )
             ax.xaxis.set_major_locator(MaxNLocator(4))
             ax.set_yticks(ys)
-            ax.set_yticklabels([n for n, _ in rows_], fontsize=7)
+            ax.set_yticklabels([_seeds_label(n, c, n_seeds) for n, c in rows_], fontsize=7)
             ax.invert_yaxis()
             ax.set_title(f"{metric} {'↑' if greater_is_better(metric) else '↓'}", fontsize=9)
             ax.grid(axis="x", alpha=0.3)
@@ -423,11 +499,15 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             hi = float((np.array([c["mean"] for _, c in rows_]) + errs[1]).max())
             pad = 0.1 * (hi - lo or 1.0)
             ax.set_xlim(max(0.0, lo - pad) if lo >= 0 else lo - pad, hi + pad)
-        bars = (
-            "bootstrap 95% CI over users (one seed)"
-            if len(results.config.seeds) == 1
-            else f"std over {len(results.config.seeds)} seeds"
-        )
+        if n_seeds > 1:
+            bars = (
+                f"std over the {n_seeds} seeds (a method with one seed's value: its bootstrap "
+                "95% CI over users, if drawn)"
+            )
+        elif results.config.bootstrap:
+            bars = "bootstrap 95% CI over users (one seed)"
+        else:
+            bars = "none (one seed, no bootstrap)"
         fig.suptitle(
             f"K = {results.main_k}: mean, error bars = {bars}; "
             "blue: meta-learned / pooled, gray: baselines",
