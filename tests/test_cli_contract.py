@@ -467,12 +467,19 @@ def test_item_ids_that_read_the_same_are_refused(tmp_path, capsys):
         (["--host", "nosuchhost.invalid"], "nosuchhost.invalid"),
         (["--port", "IN_USE"], "cannot listen"),
         (["--token", ""], "--token is empty"),  # silently meant no auth
+        (["ENV="], "METAREC_TOKEN is set but empty"),  # the same through the environment
+        (["ENV=  "], "METAREC_TOKEN is set but empty"),  # a token no client could send
+        (["--token", "a b"], "holds whitespace"),
     ],
 )
-def test_serve_startup_errors_are_one_line(fitted, capsys, flags, named):
+def test_serve_startup_errors_are_one_line(fitted, capsys, monkeypatch, flags, named):
     import socket
 
     _, run, _ = fitted
+    monkeypatch.delenv("METAREC_TOKEN", raising=False)
+    if flags[0].startswith("ENV="):
+        monkeypatch.setenv("METAREC_TOKEN", flags[0][4:])
+        flags = []
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -199,6 +199,40 @@ def test_bearer_token(predictor):
     assert c.get("/health").status_code == 200  # liveness stays open
 
 
+def test_a_non_ascii_token_works_as_utf8(predictor):
+    # Starlette decodes the header as Latin-1: a UTF-8 client's "pässwörd" got a 401
+    c = TestClient(create_app(predictor, config=ServeConfig(token="pässwörd")))
+    sent = {"Authorization": "Bearer pässwörd".encode()}
+    assert c.get("/info", headers=sent).status_code == 200
+    assert c.get("/info", headers={"Authorization": "Bearer passwort"}).status_code == 401
+
+
+def test_cheap_endpoints_do_not_wait_on_the_thread_pool(predictor):
+    # /health, /info and the auth check were plain functions, run in the 40-thread pool
+    # behind the adaptations filling it (/health took 5.8 s after a burst of 400)
+    import inspect
+
+    app = create_app(predictor)
+    paths = {r.path: r.endpoint for r in app.routes if hasattr(r, "endpoint")}
+    assert inspect.iscoroutinefunction(paths["/health"])
+    assert inspect.iscoroutinefunction(paths["/info"])
+
+
+def test_ids_with_control_characters_are_refused(client):
+    # stored under "line1\nline2", rows could never be read back from GET /feedback/{id}
+    body = {"user_id": "line1\nline2", "interactions": [{"item_id": "it4", "rating": 5}]}
+    r = client.post("/feedback", json=body)
+    assert r.status_code == 422 and "control character" in r.json()["detail"]
+
+
+def test_a_422_lists_at_most_twenty_errors(client):
+    # 80,000 unknown keys came back as a 7 MB list of errors
+    body = {"interactions": [{"item_id": "it1", "rating": "x"}] * 50, "k": 2}
+    r = client.post("/recommend", json=body)
+    data = r.json()
+    assert r.status_code == 422 and len(data["errors"]) == 20 and data["errors_total"] == 50
+
+
 # --- feedback -----------------------------------------------------------------------------
 def test_feedback_is_stored_used_and_persistent(predictor, tmp_path):
     c = TestClient(create_app(predictor, feedback_db=tmp_path))

@@ -271,3 +271,30 @@ def test_update_takes_feedback_on_an_unrated_item_of_a_domain_only_the_catalogue
     assert main([*argv, "--steps", "3"]) == 0
     info = json.loads((run3 / "meta.json").read_text())
     assert sorted(d["name"] for d in info["domains"]) == ["books", "films"]
+
+
+def test_a_store_deleted_under_concurrent_writers_is_made_again_once(tmp_path):
+    # under load a second writer saw the first's new empty file, skipped the schema and
+    # failed ("no such table"); the old -wal beside a new file read as "not a database"
+    import threading
+
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("a", [FeedbackRow("it1", 5.0, None)])
+    for f in (tmp_path / "fb").iterdir():
+        if f.name.endswith("sqlite3"):
+            f.unlink()  # the main file only: its -wal and -shm stay
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            store.add(f"u{i}", [FeedbackRow("it2", 4.0, None)])
+        except BaseException as e:  # noqa: BLE001 - collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sum(len(store.get(f"u{i}")) for i in range(12)) == 12

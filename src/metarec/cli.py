@@ -366,7 +366,16 @@ def cmd_serve(args) -> int:
     if args.token is not None and not args.token.strip():
         # an empty --token (an unset shell variable, --token "$TOKEN") silently meant no auth
         raise MetarecError("--token is empty; give a token, or leave the flag out")
-    token = args.token or os.environ.get("METAREC_TOKEN") or None
+    env = os.environ.get("METAREC_TOKEN")
+    if args.token is None and env is not None and not env.strip():
+        # it is --token's equivalent: empty it silently meant an open server, and
+        # whitespace alone a token no client could send
+        raise MetarecError(
+            "METAREC_TOKEN is set but empty; unset it to serve without a token, or give one"
+        )
+    token = (args.token or env or "").strip() or None
+    if token is not None and any(c.isspace() for c in token):
+        raise MetarecError("the bearer token holds whitespace, which a client cannot send")
     if args.host not in ("127.0.0.1", "localhost", "::1") and token is None:
         print(
             f"metarec: warning: serving on {args.host} without a token (--token or "

@@ -10,6 +10,7 @@ keeps the store safe to use from the server's worker threads and from other proc
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -32,6 +33,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
 """
 DEFAULT_NAME = "feedback.sqlite3"
+_CREATE_LOCK = threading.Lock()  # re-creating a deleted store file: one thread at a time
 # int64-safe timestamp bounds, for /feedback (serve.schemas) and a stored row alike: a
 # stored 2**63 - 1 made the next update's "newest + 1" overflow int64
 TIMESTAMP_MIN, TIMESTAMP_MAX = -(2**62), 2**62
@@ -85,14 +87,21 @@ class FeedbackStore:
             con = sqlite3.connect(uri, uri=True, timeout=self.timeout_s, isolation_level=None)
         else:
             # a store file deleted under a running server is made again (connect alone made
-            # an empty file, and every request after it failed on "no such table")
-            fresh = not self.path.exists()
-            con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
-        try:
-            if not self.read_only:
+            # an empty file, and every request after it failed on "no such table"). One
+            # thread at a time makes it: under load a second request saw the first's empty
+            # new file, skipped the schema and failed on "no such table"; and the deleted
+            # file's -wal/-shm go first ("file is not a database" beside a new main file)
+            with _CREATE_LOCK:
+                fresh = not self.path.exists()
+                if fresh:
+                    for side in ("-wal", "-shm"):
+                        Path(f"{self.path}{side}").unlink(missing_ok=True)
+                con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)
                 if fresh:
                     con.execute("PRAGMA journal_mode=WAL")
                     con.executescript(_SCHEMA)
+        try:
+            if not self.read_only:
                 con.execute("PRAGMA synchronous=NORMAL")
             yield con
         finally:

@@ -40,6 +40,10 @@ def id_to_str(v: object) -> object:
         v = v.strip()
         if not v:
             raise ValueError("id is empty")
+        # a line break or other control character: stored under such an id, the rows could
+        # never be read back (GET /feedback/{id} cannot route a newline)
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("id holds a control character (a line break, a tab, ...)")
     return v
 
 
