@@ -823,8 +823,12 @@ def test_nan_scores_on_test_users_fail_the_method_not_the_experiment(tmp_path, m
     monkeypatch.setattr(Popularity, "score", nan_score)
     monkeypatch.setattr(Popularity, "rank_scores", nan_score, raising=False)
     cfg = dataclasses.replace(E.load_config(TINY), shots=())
-    with pytest.warns(UserWarning, match="popularity failed on seed 0"):
+    with pytest.warns(UserWarning, match="popularity failed on seed") as caught:
         results = E.run(cfg, tmp_path / "out", progress=False)
+    assert sorted(str(w.message)[:29] for w in caught) == [
+        "popularity failed on seed 0 (",
+        "popularity failed on seed 1 (",
+    ]
     assert {f["method"] for f in results.failures} == {"popularity"}
     assert "NaN" in results.failures[0]["error"]
     table = json.loads((tmp_path / "out" / "results.json").read_text())["scenarios"][0]
