@@ -223,6 +223,30 @@ def test_numeric_features_clip_a_heavy_tail_at_max_z():
     assert MAX_Z == 5.0
 
 
+def test_count_columns_go_on_a_log_scale_and_many_columns_share_one_scale():
+    """goodbooks' books.csv has ten correlated, heavy-tailed count columns: z-scored raw,
+    the blockbusters sat at +5 in all of them at once and a fit diverged at step 1."""
+    import pandas as pd
+
+    from metarec.types import IdMap, SideTable
+
+    rng = np.random.default_rng(0)
+    counts = np.round(rng.pareto(1.2, 500) * 100)  # skew far over 2, non-negative
+    year = rng.normal(2000, 10, 500)  # not a count: as it was
+    frame = pd.DataFrame({"ratings_count": counts, "year": year})
+    ids = IdMap.from_values(range(500))
+    v, names = numeric_features(
+        SideTable(ids, frame, numeric_columns=("ratings_count", "year")), 500
+    )
+    assert names == ["ratings_count", "year"]
+    logc = np.log1p(counts)
+    want = (logc - logc.mean()) / logc.std() / np.sqrt(2)
+    np.testing.assert_allclose(v[:, 0], np.clip(want, -5 / np.sqrt(2), 5 / np.sqrt(2)), rtol=1e-4)
+    one, _ = numeric_features(SideTable(ids, frame[["year"]], numeric_columns=("year",)), 500)
+    np.testing.assert_allclose(v[:, 1], one[:, 0] / np.sqrt(2), rtol=1e-5)
+    np.testing.assert_allclose(one[:, 0], (year - year.mean()) / year.std(), rtol=1e-4)
+
+
 def test_numeric_features_read_inf_as_missing_and_survive_extreme_magnitudes():
     """One inf cell made the column's mean and std NaN and zeroed every item; values near
     1e200 overflowed the variance (and 1e-300 underflowed it), so the column silently
@@ -237,6 +261,7 @@ def test_numeric_features_read_inf_as_missing_and_survive_extreme_magnitudes():
     }
     table = SideTable(IdMap.from_values(range(5)), pd.DataFrame(cols), numeric_columns=tuple(cols))
     v, _ = numeric_features(table, 5)
+    v = v * np.sqrt(3)  # three columns share one unit of scale
     z = (base - base.mean()) / base.std()
     np.testing.assert_allclose(v[:4, 0], z, rtol=1e-5)
     assert v[4, 0] == 0.0  # the inf cell: missing -> the mean

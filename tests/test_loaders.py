@@ -124,7 +124,7 @@ def test_movielens_100k_item_row_missing_one_field_in_the_middle(ml100k):
 
 def test_movielens_100k_item_row_check_skips_blank_lines_in_the_count(ml100k):
     text = (ml100k / "u.item").read_bytes()
-    (ml100k / "u.item").write_bytes(b"\n" + text.replace(b"\n", b"\n\n", 1) + b"40|Cut")
+    (ml100k / "u.item").write_bytes(b"\n" + text.replace(b"\n", b"\n\n", 1) + b"40|Cut\n")
     with pytest.raises(MetarecError, match=r"u.item: line 6: expected 24 .* got 2$"):
         read_movielens_100k(ml100k)
 
@@ -410,9 +410,7 @@ def test_food_kitchen_truncated_file_is_an_error(food_kitchen):
     write(food_kitchen / "train_B.txt", "1\t2,3\n2\t3,2\n")
     data = (food_kitchen / "train_B.txt").read_bytes()
     (food_kitchen / "train_B.txt").write_bytes(data[:9])
-    with pytest.raises(
-        MetarecError, match=r"train_B.txt: line 2: the file ends in the middle of this line"
-    ):
+    with pytest.raises(MetarecError, match=r"train_B.txt ends in the middle of a line"):
         read_food_kitchen(food_kitchen)
     # cut at a line boundary: only instance_num.txt tells
     (food_kitchen / "train_B.txt").write_bytes(data[:6])
@@ -827,3 +825,29 @@ def test_a_parquet_list_column_is_a_multi_valued_category(tmp_path):
     frame, text, cat, num = read_side(p, "item_id")
     assert cat == ("genres",) and text == () and num == ()
     assert frame["genres"].tolist() == ["a|b", "c", ""]
+
+
+def test_a_release_file_cut_mid_line_or_short_is_refused(ml100k):
+    # u.data cut mid-line loaded its last timestamp 879959583 as 87995 (a 1970 rating); cut
+    # at a line boundary, half the log loaded although u.info counts all of it
+    data = (ml100k / "u.data").read_bytes()
+    (ml100k / "u.data").write_bytes(data[:-3])
+    with pytest.raises(MetarecError, match=r"u.data ends in the middle of a line"):
+        read_movielens_100k(ml100k)
+    (ml100k / "u.data").write_bytes(data)
+    n = data.count(b"\n")
+    (ml100k / "u.info").write_text(f"3 users\n40 items\n{n + 7} ratings\n")
+    with pytest.raises(MetarecError, match=rf"has {n} ratings but u.info says {n + 7}"):
+        read_movielens_100k(ml100k)
+    (ml100k / "u.info").write_text(f"3 users\n40 items\n{n} ratings\n")
+    read_movielens_100k(ml100k)
+
+
+def test_a_rated_item_missing_from_a_release_item_file_is_refused(ml100k):
+    # u.item cut to fewer rows: the rated movies past the cut silently had no text
+    from metarec.data import read_raw
+
+    lines = (ml100k / "u.item").read_bytes().splitlines(keepends=True)
+    (ml100k / "u.item").write_bytes(lines[0] + lines[2])  # movie 20, rated, has no row
+    with pytest.raises(MetarecError, match=r"1 rated items have no row .*'20'"):
+        read_raw("movielens-100k", ml100k)

@@ -175,7 +175,27 @@ def read_raw(
     if unknown:
         allowed = ", ".join(k for k in accepted if k != "path") or "none"
         raise MetarecError(f"{name}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
-    return spec.read(path, **options)
+    raw = spec.read(path, **options)
+    if spec.folder is not None or not spec.needs_path:  # a named release, not csv/parquet
+        _check_rated_items_have_rows(name, raw)
+    return raw
+
+
+def _check_rated_items_have_rows(name: str, raw: RawData) -> None:
+    """A named release describes every item it rates (each SOURCE.md says so): a rated
+    item with no row in the item file means that file was cut short or swapped, and it
+    had loaded silently, the item left without text (882 of ML-100K's 1,682 movies with
+    u.item cut to 800 lines)."""
+    if raw.items is None or "item_id" not in raw.items.columns:
+        return
+    known = set(raw.items["item_id"].astype(str))
+    rated = dict.fromkeys(raw.ratings["item_id"].astype(str))
+    missing = [i for i in rated if i not in known]
+    if missing:
+        raise MetarecError(
+            f"{name}: {len(missing)} rated items have no row in the item file (e.g. "
+            f"{', '.join(map(repr, missing[:3]))}): is it truncated or from another release?"
+        )
 
 
 def load_dataset(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -139,6 +140,20 @@ def _ratings_frame(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _check_info_count(folder: Path, n_ratings: int) -> None:
+    """u.info's "100000 ratings" against the rows read: u.data cut at a line boundary
+    (half the log) had loaded silently. A folder without u.info is not checked."""
+    info = folder / "u.info"
+    if not info.is_file():
+        return
+    m = re.search(r"^\s*(\d+)\s+ratings\s*$", info.read_text(errors="replace"), re.MULTILINE)
+    if m and int(m.group(1)) != n_ratings:
+        raise MetarecError(
+            f"movielens-100k: {folder / 'u.data'} has {n_ratings} ratings but u.info says "
+            f"{m.group(1)} (truncated or replaced file?)"
+        )
+
+
 def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
     """ml-100k: u.data (ratings), u.item (titles, dates, 19 genre flags), u.user.
 
@@ -156,6 +171,7 @@ def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
         quoting=False,
     )
     _check_fields(data, "\t", "user id, item id, rating, timestamp")
+    _check_info_count(folder, len(data))
     ratings = _ratings_frame(data)
 
     item_path = require_file(folder, "u.item", "movielens-100k")
