@@ -747,12 +747,12 @@ def fit_method(
         raise MetarecError(f"method {spec.name!r}: a grid needs validation users (valid_frac)")
     best: tuple[float, Recommender, dict] | None = None
     failed: list[str] = []
+    ks, query_ks = cfg.eval_ks()
     for point in points:
         # a point that diverges (a NaN loss, NaN scores) is skipped, not the whole grid:
         # one outer_lr=1e6 used to fail the method and throw away the good points
         try:
             rec = _fit(make_method(spec, cfg, seed, point, progress), ds, split, feats)
-            ks, query_ks = cfg.eval_ks()
             r = evaluate_split(
                 rec,
                 ds,

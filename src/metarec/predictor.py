@@ -244,9 +244,9 @@ class Predictor:
             for canonical, raw in zip(frame["user_id"], given, strict=True):
                 spelled.setdefault(canonical, raw)  # the first spelling of each user
             given = spelled
+        # read_log / log_frame gave canonical str ids and a "rating" column (a label is
+        # read into it, after the kind check here): no second pass over the ids
         self.check_feedback(feedback, frame.attrs.get("source", "support"))
-        frame = _str_ids(frame, "support")
-        value = "rating"  # a label column is read into it (log_frame), after the check above
         if "domain" in frame.columns and (frame["domain"] != "default").any():
             # the RUN's items file decided each item's domain; a support naming another is
             # a mix-up worth a line, not something to ignore
@@ -266,7 +266,7 @@ class Predictor:
         ts_col = "timestamp" if "timestamp" in frame.columns else None
         for user_id, rows in frame.groupby("user_id", sort=False):
             inter, unknown = self.support_of(
-                rows["item_id"], rows[value], rows[ts_col] if ts_col else None
+                rows["item_id"], rows["rating"], rows[ts_col] if ts_col else None
             )
             out[str(user_id)] = inter
             n_unknown += len(unknown)

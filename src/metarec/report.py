@@ -368,11 +368,12 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
         shown = [prim] + [m for m in ("AUC", "RMSE") if m in metrics and m != prim]
         # a metric with no value at any K (AUC on implicit data whose queries are all
         # positive) gets no panel: it was drawn empty
+        curve = {k: results.summary("curve", k) for k in ks}  # each call is a deep copy
         shown = [
             m
             for m in shown
             if any(
-                (cell := results.summary("curve", k).get(n, {}).get(m)) and cell["mean"] is not None
+                (cell := curve[k].get(n, {}).get(m)) and cell["mean"] is not None
                 for k in ks
                 for n in names
             )
@@ -383,7 +384,7 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             for i, name in enumerate(names):
                 xs, ys, es = [], [], []
                 for k in ks:
-                    cell = results.summary("curve", k).get(name, {}).get(metric)
+                    cell = curve[k].get(name, {}).get(metric)
                     if cell and cell["mean"] is not None:
                         xs.append(k)
                         ys.append(cell["mean"])
