@@ -165,6 +165,25 @@ def test_implicit_logloss_and_threshold():
     assert res.primary_metric == "nDCG@5 (query)"
 
 
+def test_implicit_queries_of_positives_only_leave_the_query_metrics_undefined():
+    # every query row a purchase: Precision and query nDCG came out 1.0 for any scorer,
+    # Accuracy equal to Recall; they are undefined (NaN, 0 users), the full ranking is not
+    ds = dataset("implicit")
+    rec = FixedScores(np.array([0.9, 0.8, 0.3, 0.6, 0.1, 0.2])).fit(ds, Interactions.empty())
+    tasks = (
+        Task(0, Interactions.empty(), inter(0, np.array([1, 2]), np.array([1.0, 1.0]))),
+        Task(1, Interactions.empty(), inter(1, np.array([3]), np.array([1.0]))),
+    )
+    res = evaluate(rec, ds, tasks, ks=(2,), bootstrap=0)
+    for name in ("Logloss", "Accuracy", "Precision", "Recall", "F1", "nDCG@3 (query)", "AUC"):
+        assert np.isnan(res.metrics[name]) and res.n_users[name] == 0, name
+    assert res.metrics["HR@2 (full)"] == 0.5  # top two 0, 1 for both: user 0 liked 1
+    # one negative anywhere in the queries and they are defined again
+    mixed = inter(1, np.array([3, 4]), np.array([1.0, 0.0]))
+    res = evaluate(rec, ds, (tasks[0], Task(1, Interactions.empty(), mixed)), ks=(2,), bootstrap=0)
+    assert res.n_users["Precision"] == 2 and res.metrics["Accuracy"] == pytest.approx(0.75)
+
+
 def test_aggregate_seeds():
     def fake(v):
         return EvalResult("m", {"MAE": v, "AUC": 1 - v}, {}, {}, {}, np.zeros(0), "AUC", True)
@@ -246,6 +265,15 @@ def test_nan_scores_and_empty_cutoffs_are_errors():
     rec = NaNFor1(ITEM_SCORES).fit(ds, Interactions.empty())
     with pytest.raises(MetarecError, match="score returned NaN for user index 1"):
         evaluate(rec, ds, list(TASKS), bootstrap=0)
+    # an infinite rating made MAE inf and the report cell "inf ± nan"; a ranking-only
+    # scorer may say -inf ("never") for a query item
+    inf = ITEM_SCORES.astype(np.float64).copy()
+    inf[1] = np.inf
+    with pytest.raises(MetarecError, match="infinite rating for user index 0"):
+        evaluate(FixedScores(inf).fit(ds, Interactions.empty()), ds, list(TASKS), bootstrap=0)
+    inf[1] = -np.inf
+    ranker = FixedScores(inf, predicts_ratings=False).fit(ds, Interactions.empty())
+    assert np.isfinite(evaluate(ranker, ds, list(TASKS), bootstrap=0).metrics["AUC"])
     fine = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
     with pytest.raises(MetarecError, match="ks is empty"):
         evaluate(fine, ds, list(TASKS), ks=(), bootstrap=0)

@@ -102,6 +102,36 @@ def test_k_curve_uses_the_same_users_at_every_k(tiny_run):
     ds = E.load_data(cfg)
     split1 = E.cut_split(ds, cfg, 0, 1)
     assert {len(t.support) for t in split1.test} == {1}
+    assert "the query is the same at every K" in results.protocol["curve_query"]
+
+
+def test_k_curve_scores_one_query_at_every_k():
+    """Each recut's own query is the next Q after the first K; a curve of those scored
+    other ratings at each K. The curve's query is the largest K's, at every K."""
+    cfg = E.load_config(TINY)
+    ds = E.load_data(cfg)
+    splits = {k: E.cut_split(ds, cfg, 0, k) for k in (1, 3)}
+    users = {t.user_idx for t in splits[1].test} & {t.user_idx for t in splits[3].test}
+    tasks, fixed = E._curve_tasks(splits, users)
+    assert fixed
+    own3 = {t.user_idx: t for t in splits[3].test}
+    own1 = {t.user_idx: t for t in splits[1].test}
+    moved = 0
+    for t1, t3 in zip(tasks[1], tasks[3], strict=True):
+        assert t1.user_idx == t3.user_idx
+        assert t1.query is t3.query is own3[t1.user_idx].query
+        np.testing.assert_array_equal(t1.support.item_idx, own1[t1.user_idx].support.item_idx)
+        assert len(t1.support) == 1 and len(t3.support) == 3
+        assert not np.isin(t1.support.item_idx, t1.query.item_idx).any()
+        moved += not np.array_equal(own1[t1.user_idx].query.item_idx, t1.query.item_idx)
+    assert moved > 0  # the recut's own K = 1 query was another one
+    # a recut that trains on other rows (its users' history outside the support) could
+    # hold the largest K's query in training: each K keeps its own query
+    other = splits[1].train.take(np.arange(len(splits[1].train) - 1))
+    moved_rows = {1: dataclasses.replace(splits[1], train=other), 3: splits[3]}
+    own, fixed = E._curve_tasks(moved_rows, users)
+    assert not fixed
+    assert [t.query for t in own[1]] == [own1[t.user_idx].query for t in own[1]]
 
 
 def test_grid_is_picked_on_validation_users_only(monkeypatch):
@@ -881,3 +911,67 @@ def test_a_method_key_its_kind_does_not_read_is_an_error(method, named):
     # accepted and silently ignored, though the config is "checked whole"
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.load_config(TINY, [f"methods=[{method}]"])
+
+
+def _run_of(seed: int, users: np.ndarray, values: np.ndarray) -> E.MethodRun:
+    from metarec.evaluate import EvalResult
+
+    res = EvalResult(
+        "m",
+        {"AUC": float(np.nanmean(values))},
+        {"AUC": values.astype(np.float64)},
+        {"AUC": (np.nan, np.nan)},
+        {"AUC": int((~np.isnan(values)).sum())},
+        users.astype(np.int64),
+        "AUC",
+        True,
+    )
+    return E.MethodRun("m", "baseline", seed, 3, res, 0.0, {}, ())
+
+
+def test_seed_ci_resamples_users_not_seed_user_rows():
+    """Three seeds scoring the same 100 users alike are one sample of users, not three: the
+    interval must be as wide as one seed's, and centred on the reported mean of seeds."""
+    rng = np.random.default_rng(0)
+    users = np.arange(100)
+    v = rng.normal(size=100)
+    one = E._seeds_bootstrap_ci([_run_of(0, users, v)], "AUC", 2000, rng)
+    three = E._seeds_bootstrap_ci(
+        [_run_of(s, users, v) for s in range(3)], "AUC", 2000, np.random.default_rng(1)
+    )
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(three) == pytest.approx(width(one), rel=0.15)
+    assert one[0] < v.mean() < one[1]
+    # per-seed means 0 (2 users) and 1 (100 users): the reported mean is 0.5, and pooling
+    # the rows had given [0.951, 1.0]
+    runs = [_run_of(0, np.arange(2), np.zeros(2)), _run_of(1, np.arange(2, 102), np.ones(100))]
+    lo, hi = E._seeds_bootstrap_ci(runs, "AUC", 2000, np.random.default_rng(2))
+    assert lo <= 0.5 <= hi
+    # undefined (NaN) values are left out, not counted as zeros
+    w = v.copy()
+    w[::2] = np.nan
+    lo, hi = E._seeds_bootstrap_ci(
+        [_run_of(s, users, w) for s in range(2)], "AUC", 2000, np.random.default_rng(3)
+    )
+    assert lo < np.nanmean(w) < hi
+
+
+def test_max_test_users_summary_counts_only_the_users_scored():
+    cfg = E.load_config(TINY, overrides=["split.max_test_users=2"])
+    ds = E.load_data(cfg)
+    full = E.cut_split(
+        ds,
+        dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, max_test_users=None)),
+        0,
+        3,
+    )
+    assert len(full.test) > 2
+    split = E.cut_split(ds, cfg, 0, 3)
+    s = split.summary
+    assert s["test_users"] == 2 == len(split.test)
+    assert (
+        s["test_support"] == sum(len(t.support) for t in split.test) < full.summary["test_support"]
+    )
+    assert s["test_query"] == sum(len(t.query) for t in split.test) < full.summary["test_query"]
+    info = E.describe_protocol(cfg, {}, split)
+    assert "at most the first 2" in info["evaluated_users"]

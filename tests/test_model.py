@@ -141,6 +141,22 @@ def test_ndcg_of_weights_matches_the_metric():
     assert ndcg_of_weights(x, pos, excl, w, 10) == pytest.approx(np.mean(expected), abs=1e-12)
 
 
+def test_ndcg_of_weights_breaks_ties_at_random_not_by_index():
+    # liked items are the lowest indices; an input that ties every item must score like
+    # chance (5 of 400 liked: nDCG@10 ~ 0.03), not like a ranking by index (1.0)
+    users, n = 200, 400
+    x = np.zeros((users, n, 1))
+    pos = np.zeros((users, n), bool)
+    pos[:, :5] = True
+    excl = np.zeros_like(pos)
+    tied = ndcg_of_weights(x, pos, excl, np.array([1.0]), 10)
+    assert tied < 0.1
+    assert tied == ndcg_of_weights(x, pos, excl, np.array([1.0]), 10)  # one fixed order
+    # an input that does rank the liked items first still scores 1
+    x[:, :5, 0] = 1.0
+    assert ndcg_of_weights(x, pos, excl, np.array([1.0]), 10) == 1.0
+
+
 def test_ndcg_search_never_loses_to_its_start_and_is_deterministic():
     x, pos, excl = _rank_world()
     start = fit_rank_weights(x, pos, excl, weight_decay=1e-2)
@@ -1433,3 +1449,21 @@ def test_explain_is_leave_one_out_of_the_blended_ranking_score(fitted):
     for j in range(n):
         loo = rec.rank_scores(t.user_idx, t.support.take(np.delete(np.arange(n), j)), items)
         np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
+
+
+def test_adaptation_negatives_avoid_the_whole_history_not_only_the_kept_rows(fitted):
+    """A history longer than max_support adapts on its latest rows; the sampled negatives
+    must still avoid every item the user rated (an older like is not a "no")."""
+    _, split, _, rec = fitted
+    train = split.train
+    u = int(np.bincount(train.user_idx).argmax())
+    history = set(train.item_idx[train.user_idx == u].tolist())
+    assert len(history) > 4
+    short = MetaRecommender.from_state(*rec.state(), train)
+    short.config = dataclasses.replace(short.config, max_support=2)
+    for model in (rec, short):
+        (ep,) = model._episodes(model.rank_, [(u, Interactions.empty())])
+        kept = min(len(history), model.config.max_support)
+        negatives = ep.support_items[kept:]
+        assert (ep.support_y[kept:] == 0).all() and len(negatives) > 0
+        assert not history & set(negatives.tolist())

@@ -72,6 +72,7 @@ RATING_INPUTS = (
 # items themselves are new (BlendConfig.cold_rank_inputs).
 RANK_INPUTS = ("ease", "popularity", "biased_mf", "als", "knn", "content", "side")
 RANK_FITS = ("softmax", "ndcg", "cv", "auto")
+N_TIE_SEED = 20261205  # the nDCG search's fixed tie order (ndcg_of_weights)
 
 
 @dataclass(frozen=True)
@@ -845,15 +846,21 @@ def ndcg_of_weights(
     z: np.ndarray, positive: np.ndarray, excluded: np.ndarray, v: np.ndarray, k: int
 ) -> float:
     """Mean binary nDCG@k over the users with a positive, ranking the non-excluded items by
-    z @ v (z (U, N, C), positive / excluded (U, N) bool). Exact ties are broken by
-    argpartition's (deterministic, not index) order; the search below only needs a fixed
-    order, and evaluate breaks ties at random anyway."""
+    z @ v (z (U, N, C), positive / excluded (U, N) bool). Exact ties are broken in one
+    fixed random order of the items, as evaluate breaks them at random: argpartition's
+    order on ties follows the index, and where ids follow popularity (ML-100K) an all-tied
+    input scored like a popularity ranking, so the search could favour weights that leave
+    many ties (an input's zeros)."""
     positive = positive & ~excluded
     has = positive.any(1)
     if not has.any():
         return 0.0
     s = np.where(excluded, -np.inf, np.asarray(z, dtype=np.float64) @ v)[has]  # (U', N)
     pos = positive[has]
+    # the same shuffle for every call (seeded by N), so the search compares weights on
+    # one tie order; (U', N) gathers, cheap beside the (U, N, C) product above
+    shuffle = np.random.default_rng([N_TIE_SEED, s.shape[1]]).permutation(s.shape[1])
+    s, pos = s[:, shuffle], pos[:, shuffle]
     k = min(k, s.shape[1])
     top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (U', k) unordered top k
     order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")

@@ -115,6 +115,12 @@ def evaluate(
             # a NaN is no prediction: left in, MAE and AUC dropped the user as "undefined"
             # and the classification metrics counted a negative, flattering a broken model
             raise MetarecError(f"{rec.name}: score returned NaN for user index {t.user_idx}")
+        if rec.predicts_ratings and not np.isfinite(pred).all():
+            # a rating (or probability) of +-inf made MAE/RMSE inf and the cell "inf ± nan";
+            # ranking-only scores may be -inf ("never"), a predicted rating may not
+            raise MetarecError(
+                f"{rec.name}: score returned an infinite rating for user index {t.user_idx}"
+            )
         y_pos = liked(t.query.rating)
         col("AUC")[i] = M.auc(y_pos, pred)
         if rec.predicts_ratings:
@@ -130,6 +136,13 @@ def evaluate(
             col("F1")[i] = M.f1(y_pos, p_pos)
         for k in query_ks:
             col(f"nDCG@{k} (query)")[i] = M.ndcg_graded_at_k(y - gain_shift, pred, k)
+
+    if not explicit and not any((~liked(t.query.rating)).any() for t in tasks):
+        # implicit queries of positives only (purchases, plays): with nothing to tell apart
+        # these came out constant for every method (query nDCG and Precision 1.0, Accuracy
+        # equal to Recall) or rewarded predicting "yes" for everything; undefined, not 1
+        for name in [c for c in cols if c not in ("AUC",)]:
+            cols[name][:] = np.nan
 
     # --- full catalogue: rank everything but the support, from rank_scores_batch --------
     if full_catalogue:

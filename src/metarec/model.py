@@ -846,15 +846,6 @@ class MetaRecommender(Recommender):
         first = train.item_first_time(self.n_items_)
         return np.lexsort((train.timestamp, first[train.item_idx]))
 
-    def _support_of(
-        self, user_idx: int, support: Interactions, train_rows: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The user's adaptation set: training rows (unless ``train_rows`` is False) +
-        support, latest ``max_support``."""
-        items, ratings = self._full_history(user_idx, support, train_rows)
-        m = self.config.max_support
-        return items[-m:], ratings[-m:]
-
     def _full_history(
         self, user_idx: int, support: Interactions, train_rows: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -876,7 +867,11 @@ class MetaRecommender(Recommender):
         head = part.learner.scorer.cfg.head
         out = []
         for user_idx, support in tasks:
-            items, ratings = self._support_of(user_idx, support, train_rows)
+            history, ratings = self._full_history(user_idx, support, train_rows)
+            # adapt on the latest max_support rows, but sample negatives outside the whole
+            # history: a long history's older likes are not "no" (training excludes them too)
+            m = self.config.max_support
+            items, ratings = history[-m:], ratings[-m:]
             if head == "binary":
                 ratings = (ratings >= self._like_threshold()).astype(np.float32)
             elif self.rating_unit != 1.0 or self.rating_offset != 0.0:
@@ -896,7 +891,7 @@ class MetaRecommender(Recommender):
                     rng=rng,
                     n_negatives=self.config.rank_negatives if head == "binary" else 0,
                     positive_threshold=0.5,
-                    exclude=items,
+                    exclude=history,
                     negative_pool=self._negative_pool(),
                 )
             )

@@ -305,7 +305,8 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             f"{_sentence(p.get('curve_recut', 'each K recuts the split with the same seed'))}; "
             f"fitted models are reused when the recut leaves the training rows unchanged. "
             f"Evaluated on "
-            f"{p.get('curve_users', '')} ({min(n_curve)}-{max(n_curve)} users per seed).",
+            f"{p.get('curve_users', '')} ({min(n_curve)}-{max(n_curve)} users per seed)"
+            + (f"; {p['curve_query']}." if p.get("curve_query") else "."),
             "",
         ]
     for k in ks:
