@@ -975,3 +975,16 @@ def test_max_test_users_summary_counts_only_the_users_scored():
     assert s["test_query"] == sum(len(t.query) for t in split.test) < full.summary["test_query"]
     info = E.describe_protocol(cfg, {}, split)
     assert "at most the first 2" in info["evaluated_users"]
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path):
+    # os.access says yes to root anywhere; /proc (and read-only mounts) then failed only
+    # when the results were written, after the whole run
+    E.check_output_dir(tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()  # the probe leaves nothing behind
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(MetarecError, match=r"cannot write results under /proc"):
+        E.check_output_dir("/proc/metarec-results")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MetarecError, match="is not a folder"):
+        E.check_output_dir(tmp_path / "file")

@@ -107,6 +107,9 @@ def make_episode(
         excl = np.concatenate([s_items, q_items]) if exclude is None else np.asarray(exclude)
         ns = sample_negatives(int(s_y.sum()) * n_negatives, n_items, excl, rng, negative_pool)
         q_pool = negative_pool if query_negative_pool is None else query_negative_pool
+        # the query's negatives may repeat the support's (label 0 on both sides): at test
+        # time the support's sampled negatives are catalogue items the ranking scores too,
+        # so the overlap happens at its natural rate there as well
         nq = sample_negatives(int(q_y.sum()) * n_negatives, n_items, excl, rng, q_pool)
         s_items = np.concatenate([s_items, ns])
         s_y = np.concatenate([s_y, np.zeros(len(ns), np.float32)])
