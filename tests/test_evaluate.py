@@ -178,10 +178,11 @@ def test_implicit_queries_of_positives_only_leave_the_query_metrics_undefined():
     for name in ("Logloss", "Accuracy", "Precision", "Recall", "F1", "nDCG@3 (query)", "AUC"):
         assert np.isnan(res.metrics[name]) and res.n_users[name] == 0, name
     assert res.metrics["HR@2 (full)"] == 0.5  # top two 0, 1 for both: user 0 liked 1
-    # one negative anywhere in the queries and they are defined again
+    # per user: a query with a negative is scored, the positives-only one beside it is not
     mixed = inter(1, np.array([3, 4]), np.array([1.0, 0.0]))
     res = evaluate(rec, ds, (tasks[0], Task(1, Interactions.empty(), mixed)), ks=(2,), bootstrap=0)
-    assert res.n_users["Precision"] == 2 and res.metrics["Accuracy"] == pytest.approx(0.75)
+    assert res.n_users["Precision"] == 1 and res.metrics["Accuracy"] == 1.0  # 0.6 yes, 0.1 no
+    assert np.isnan(res.per_user["nDCG@3 (query)"][0]) and res.per_user["nDCG@3 (query)"][1] == 1
 
 
 def test_aggregate_seeds():

@@ -103,6 +103,10 @@ def test_k_curve_uses_the_same_users_at_every_k(tiny_run):
     split1 = E.cut_split(ds, cfg, 0, 1)
     assert {len(t.support) for t in split1.test} == {1}
     assert "the query is the same at every K" in results.protocol["curve_query"]
+    assert E._curve_query_text("user-cold", {0: True, 1: False}).endswith(
+        "on seeds [1] each K scores its own recut's query (a recut trained on other rows)"
+    )
+    assert "held-out items" in E._curve_query_text("item-cold", {0: True})
 
 
 def test_k_curve_scores_one_query_at_every_k():
@@ -125,6 +129,24 @@ def test_k_curve_scores_one_query_at_every_k():
         assert not np.isin(t1.support.item_idx, t1.query.item_idx).any()
         moved += not np.array_equal(own1[t1.user_idx].query.item_idx, t1.query.item_idx)
     assert moved > 0  # the recut's own K = 1 query was another one
+    # a user who rated an item twice (support at K = 1, query after K = 3): the item leaves
+    # that user's query at every K, the other users keep theirs
+    u = tasks[1][0].user_idx
+    twice = own1[u].support.item_idx[0]
+    q3 = own3[u].query
+    repeat = dataclasses.replace(q3, item_idx=np.concatenate([[twice], q3.item_idx[1:]]))
+    patched = dataclasses.replace(
+        splits[3],
+        test=tuple(
+            dataclasses.replace(t, query=repeat) if t.user_idx == u else t for t in splits[3].test
+        ),
+    )
+    rtasks, rfixed = E._curve_tasks({1: splits[1], 3: patched}, users)
+    assert rfixed
+    for k in (1, 3):
+        t = next(t for t in rtasks[k] if t.user_idx == u)
+        np.testing.assert_array_equal(t.query.item_idx, q3.item_idx[1:])
+    assert len(rtasks[1]) == len(tasks[1])
     # a recut that trains on other rows (its users' history outside the support) could
     # hold the largest K's query in training: each K keeps its own query
     other = splits[1].train.take(np.arange(len(splits[1].train) - 1))
@@ -626,11 +648,13 @@ def test_a_metric_with_any_k_is_computed_not_left_empty(tmp_path):
     assert "_valid_Recall@7 (full)" in chosen
 
 
-def _implicit_tiny(tmp_path: Path) -> Path:
+def _implicit_tiny(tmp_path: Path, positives_only: bool = False) -> Path:
     log = (TINY.parent / "tiny_log.csv").read_text().splitlines()
     rows = [r.split(",") for r in log[1:]]
     text = "user_id,item_id,label,timestamp\n" + "".join(
-        f"{u},{i},{int(float(r) >= 4)},{t}\n" for u, i, r, t in rows
+        f"{u},{i},{int(float(r) >= 4)},{t}\n"
+        for u, i, r, t in rows
+        if float(r) >= 4 or not positives_only
     )
     (tmp_path / "log.csv").write_text(text)
     (tmp_path / "tiny_items.csv").write_text((TINY.parent / "tiny_items.csv").read_text())
@@ -665,6 +689,26 @@ def test_a_rating_metric_on_implicit_data_fails_before_anything_trains(
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.run(cfg, None, progress=False)
+
+
+def test_a_query_metric_selected_on_a_log_without_negatives_fails_before_training(
+    tmp_path, monkeypatch
+):
+    # purchases only: every query metric is undefined, and a grid selected on one failed
+    # only after all of its fits ("every grid point failed")
+    path = _implicit_tiny(tmp_path, positives_only=True)
+    base = [
+        "seeds=[0]",
+        "shots=[]",
+        f"data.path='{path}'",
+        "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
+    ]
+    monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
+    for metric in ("nDCG@3 (query)", "AUC"):
+        pick = f"methods=[{{name='item_knn', grid={{alpha=[0.2, 0.5]}}, select_metric='{metric}'}}]"
+        cfg = E.load_config(TINY, [*base, pick], base_dir=str(tmp_path))
+        with pytest.raises(MetarecError, match=re.escape(f"select_metric {metric} is undefined")):
+            E.run(cfg, None, progress=False)
 
 
 @pytest.mark.parametrize(

@@ -155,6 +155,15 @@ def test_ndcg_of_weights_breaks_ties_at_random_not_by_index():
     # an input that does rank the liked items first still scores 1
     x[:, :5, 0] = 1.0
     assert ndcg_of_weights(x, pos, excl, np.array([1.0]), 10) == 1.0
+    # columns permuted once up front (the search's way) give the same value
+    from metarec.blend import _tie_order
+
+    x = np.random.default_rng(0).integers(0, 3, size=(users, n, 1)).astype(np.float64)
+    o = _tie_order(n)
+    w = np.array([1.0])
+    assert ndcg_of_weights(x[:, o], pos[:, o], excl[:, o], w, 10, shuffled=True) == (
+        ndcg_of_weights(x, pos, excl, w, 10)
+    )
 
 
 def test_ndcg_search_never_loses_to_its_start_and_is_deterministic():

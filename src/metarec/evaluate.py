@@ -137,12 +137,14 @@ def evaluate(
         for k in query_ks:
             col(f"nDCG@{k} (query)")[i] = M.ndcg_graded_at_k(y - gain_shift, pred, k)
 
-    if not explicit and not any((~liked(t.query.rating)).any() for t in tasks):
-        # implicit queries of positives only (purchases, plays): with nothing to tell apart
-        # these came out constant for every method (query nDCG and Precision 1.0, Accuracy
-        # equal to Recall) or rewarded predicting "yes" for everything; undefined, not 1
-        for name in [c for c in cols if c not in ("AUC",)]:
-            cols[name][:] = np.nan
+    if not explicit:
+        # an implicit query of positives only (purchases, plays) has nothing to tell apart:
+        # its query nDCG and Precision came out 1.0 whatever the scores, Accuracy equal to
+        # Recall, and predicting "yes" for everything won; undefined for that user, not 1
+        # (AUC is undefined there already)
+        no_negative = np.array([liked(t.query.rating).all() for t in tasks], dtype=bool)
+        for name in cols:
+            cols[name][no_negative] = np.nan
 
     # --- full catalogue: rank everything but the support, from rank_scores_batch --------
     if full_catalogue:

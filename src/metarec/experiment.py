@@ -250,6 +250,8 @@ def _metric_k(name: str) -> int | None:
 # for which kind of feedback
 _RATING_ONLY = {"MAE": "explicit", "RMSE": "explicit", "Logloss": "implicit"}
 _NEEDS_RATINGS = ("MAE", "RMSE", "Logloss", "Accuracy", "Precision", "Recall", "F1")
+# scored on the query's items: undefined where a query holds no negative
+_QUERY_POINTWISE = ("Logloss", "Accuracy", "Precision", "Recall", "F1", "AUC")
 
 
 def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
@@ -270,6 +272,18 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 f"{where}: {name} is computed for {kind} feedback only, and "
                 f"{ds.name!r} is {feedback}"
             )
+    if feedback == "implicit" and len(ds.interactions) and (ds.interactions.rating >= 0.5).all():
+        # no negative anywhere: every query is positives only, and the query metrics are
+        # undefined for every user (evaluate), so a grid selected on one failed after
+        # every one of its fits
+        for m in config.methods:
+            name = m.select_metric
+            if name and (name.endswith("(query)") or name in _QUERY_POINTWISE):
+                raise MetarecError(
+                    f"method {m.name!r}: select_metric {name} is undefined on {ds.name!r}: "
+                    "its implicit log holds no negative, so no query has anything to tell "
+                    "apart; select on a full-catalogue metric"
+                )
     from metarec.baselines import BASELINES
 
     for m in config.methods:
@@ -993,26 +1007,54 @@ def _curve_tasks(
     the largest support). Each recut's own query is "the next Q after the first K", so a
     curve of those moved its query with K (ItemMean, which ignores the support, went from
     MAE 0.809 at K = 1 to 0.834 at K = 20 on ML-100K) and mixed the effect of K with
-    which ratings were scored. Safe means: every recut trains on the same rows as the
-    largest K's (so the query rows are in no K's training set) and the query shares no
-    item with any K's support. Otherwise (a warm split, whose history left outside the
-    support trains), each K keeps its own query. Returns (tasks per K, whether the query
-    is fixed)."""
+    which ratings were scored. Safe means every recut trains on the same rows as the
+    largest K's, so the query rows are in no K's training set; otherwise (a warm split
+    whose held-out users differ with K) each K keeps its own query. Items of a user's
+    supports are taken out of that user's fixed query. Returns (tasks per K, whether the
+    query is fixed)."""
     own = {k: _restrict(s.test, users) for k, s in splits.items()}
     top = max(splits)
-    query = {t.user_idx: t.query for t in own[top]}
-    safe = all(_same_rows(s, splits[top]) for s in splits.values()) and all(
-        not np.isin(t.support.item_idx, query[t.user_idx].item_idx).any()
-        for tasks in own.values()
-        for t in tasks
-    )
-    if not safe:
+    if not all(_same_rows(s, splits[top]) for s in splits.values()):
         return own, False
+    # a user who rated an item twice can have it in a support and in the largest K's
+    # query: that item leaves the user's query at every K (a user left with no query
+    # leaves the curve), so one repeat does not send the whole seed back to per-K queries
+    seen: dict[int, list[np.ndarray]] = {}
+    for tasks in own.values():
+        for t in tasks:
+            seen.setdefault(t.user_idx, []).append(t.support.item_idx)
+    query = {}
+    for t in own[top]:
+        keep = ~np.isin(t.query.item_idx, np.concatenate(seen[t.user_idx]))
+        if keep.any():
+            query[t.user_idx] = t.query if keep.all() else t.query.take(np.flatnonzero(keep))
     fixed = {
-        k: tuple(dataclasses.replace(t, query=query[t.user_idx]) for t in tasks)
+        k: tuple(
+            dataclasses.replace(t, query=query[t.user_idx]) for t in tasks if t.user_idx in query
+        )
         for k, tasks in own.items()
     }
     return fixed, True
+
+
+def _curve_query_text(protocol: str, fixed: dict[int, bool]) -> str:
+    """The report's sentence on the K-curve's query, from each seed's :func:`_curve_tasks`."""
+    held = (
+        "each user's queries on the held-out items"
+        if protocol in ("item-cold", "user-item-cold")
+        else "the user's last interactions"
+        if protocol == "warm"
+        else "each user's interactions after the largest K"
+    )
+    same = f"the query is the same at every K ({held}); only the support changes"
+    own = "each K scores its own recut's query"
+    yes = sorted(s for s, f in fixed.items() if f)
+    no = sorted(s for s, f in fixed.items() if not f)
+    if not no:
+        return same
+    if not yes:
+        return own
+    return f"{same} on seeds {yes}; on seeds {no} {own} (a recut trained on other rows)"
 
 
 # what a failed fit raises: metarec's own errors (a loss inf at every evaluation, a split
@@ -1076,6 +1118,7 @@ def run(
             seed=seed,
         )
 
+    curve_fixed: dict[int, bool] = {}  # seed -> whether its K-curve has one query
     for seed in config.seeds:
         main = cut_split(ds, config, seed, main_k)
         if not protocol:
@@ -1110,14 +1153,8 @@ def run(
                     "or set curve_same_users = false"
                 )
             curve_tasks, fixed = _curve_tasks(curve_splits, common)
-            protocol.setdefault(
-                "curve_query",
-                "the query is the same at every K: each user's interactions after the "
-                "largest K (the support is the first K)"
-                if fixed
-                else "the query is each K's own (the next Q after the first K), so it "
-                "changes with K",
-            )
+            curve_fixed[seed] = fixed
+            protocol["curve_query"] = _curve_query_text(config.split.protocol, curve_fixed)
 
         def fit_or_record(
             spec: MethodSpec, split: Split, k: int, seed=seed, feats_for=feats_for
@@ -1286,7 +1323,7 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
     # root_squash folder then failed only when the results were written, after the whole
     # run): write and remove a real file where the first folder will be made
     try:
-        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(out.name or "results"), dir=probe)
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix("results"), dir=probe)
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
