@@ -71,6 +71,10 @@ def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):
     assert "RMSE" in main["methods"]["item_mean_user_bias"]
     assert "RMSE" not in main["methods"]["popularity"]
     assert data["config"]["seeds"] == [0, 1]
+    env = data["environment"]  # what a rerun needs to tell code from environment changes
+    assert env["packages"]["numpy"] == np.__version__
+    assert torch.__version__.startswith(env["packages"]["torch"].split("+")[0])
+    assert env["python"].count(".") == 2
     assert data["fits"]["MetaRec"]["history"][0], "meta methods record training curves"
 
 

@@ -541,10 +541,47 @@ class Results:
             "failures": list(self.failures),
             "seconds": round(self.seconds, 1),
             "config": to_dict(self.config),
+            "environment": environment(),
         }
 
     def curve_ks(self) -> list[int]:
         return sorted({r.k_shot for r in self.runs if _scenario_of(r) == "curve"})
+
+
+# the packages whose versions move the figures: a fresh environment with other numpy /
+# scipy / implicit builds moved every ML-100K figure in the 4th decimal (ALS, which reads
+# no text, included) while the code was the same
+_FIGURE_PACKAGES = (
+    "metarec",
+    "torch",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "implicit",
+    "lightfm-next",
+    "sentence-transformers",
+    "transformers",
+)
+
+
+def environment() -> dict:
+    """Python, platform and the versions of the packages behind the figures (absent: None),
+    recorded in results.json so a rerun can tell code changes from environment changes."""
+    import platform
+    from importlib import metadata
+
+    def version(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: version(name) for name in _FIGURE_PACKAGES},
+    }
 
 
 def _scenario_of(run: MethodRun) -> str:
