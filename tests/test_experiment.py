@@ -120,7 +120,7 @@ def test_k_curve_scores_one_query_at_every_k():
     ds = E.load_data(cfg)
     splits = {k: E.cut_split(ds, cfg, 0, k) for k in (1, 3)}
     users = {t.user_idx for t in splits[1].test} & {t.user_idx for t in splits[3].test}
-    tasks, fixed = E._curve_tasks(splits, users)
+    tasks, gaps, fixed = E._curve_tasks(splits, users)
     assert fixed
     own3 = {t.user_idx: t for t in splits[3].test}
     own1 = {t.user_idx: t for t in splits[1].test}
@@ -132,7 +132,16 @@ def test_k_curve_scores_one_query_at_every_k():
         assert len(t1.support) == 1 and len(t3.support) == 3
         assert not np.isin(t1.support.item_idx, t1.query.item_idx).any()
         moved += not np.array_equal(own1[t1.user_idx].query.item_idx, t1.query.item_idx)
+        # the ranking at K = 1 also leaves out the largest support's other items (the
+        # user's own next interactions, neither support nor query); at K = 3 nothing more
+        widest = own3[t1.user_idx].support.item_idx
+        gap = gaps[1][t1.user_idx]
+        assert sorted([*gap, *t1.support.item_idx]) == sorted(widest) and len(gap) == 2
+        assert len(gaps[3][t1.user_idx]) == 0
     assert moved > 0  # the recut's own K = 1 query was another one
+    merged = E._merge_exclusions({0: np.array([1])}, {0: np.array([2]), 5: np.array([3])})
+    assert merged[0].tolist() == [1, 2] and merged[5].tolist() == [3]
+    assert E._merge_exclusions(None, None) is None
     # a user who rated an item twice (support at K = 1, query after K = 3): the item leaves
     # that user's query at every K, the other users keep theirs
     u = tasks[1][0].user_idx
@@ -145,7 +154,7 @@ def test_k_curve_scores_one_query_at_every_k():
             dataclasses.replace(t, query=repeat) if t.user_idx == u else t for t in splits[3].test
         ),
     )
-    rtasks, rfixed = E._curve_tasks({1: splits[1], 3: patched}, users)
+    rtasks, _, rfixed = E._curve_tasks({1: splits[1], 3: patched}, users)
     assert rfixed
     for k in (1, 3):
         t = next(t for t in rtasks[k] if t.user_idx == u)
@@ -155,8 +164,8 @@ def test_k_curve_scores_one_query_at_every_k():
     # hold the largest K's query in training: each K keeps its own query
     other = splits[1].train.take(np.arange(len(splits[1].train) - 1))
     moved_rows = {1: dataclasses.replace(splits[1], train=other), 3: splits[3]}
-    own, fixed = E._curve_tasks(moved_rows, users)
-    assert not fixed
+    own, no_gaps, fixed = E._curve_tasks(moved_rows, users)
+    assert not fixed and no_gaps == {}
     assert [t.query for t in own[1]] == [own1[t.user_idx].query for t in own[1]]
 
 
@@ -1036,3 +1045,21 @@ def test_an_output_folder_that_cannot_be_written_fails_before_training(tmp_path)
     (tmp_path / "file").write_text("x")
     with pytest.raises(MetarecError, match="is not a folder"):
         E.check_output_dir(tmp_path / "file")
+
+
+def test_k_curve_rankings_leave_out_the_largest_support(monkeypatch):
+    """run() passes each K's gap (the largest support minus K's) to the full ranking, so
+    every K ranks the same candidates for the same query."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "methods=[{name='popularity'}]"])
+    seen: list[tuple[int, dict | None]] = []
+    real = evaluation.evaluate
+
+    def recording(rec, dataset, tasks, **kw):
+        seen.append(({len(t.support) for t in tasks}, kw.get("exclude")))
+        return real(rec, dataset, tasks, **kw)
+
+    monkeypatch.setattr(evaluation, "evaluate", recording)
+    E.run(cfg, None, progress=False)
+    by_k = {min(sizes): excl for sizes, excl in seen if len(sizes) == 1}
+    assert by_k[1] and all(len(v) == 2 for v in by_k[1].values())  # K = 3 support minus 1
+    assert all(len(v) == 0 for v in by_k[3].values())
