@@ -1063,3 +1063,31 @@ def test_k_curve_rankings_leave_out_the_largest_support(monkeypatch):
     by_k = {min(sizes): excl for sizes, excl in seen if len(sizes) == 1}
     assert by_k[1] and all(len(v) == 2 for v in by_k[1].values())  # K = 3 support minus 1
     assert all(len(v) == 0 for v in by_k[3].values())
+
+
+@pytest.mark.parametrize("protocol", ["user-cold", "warm", "item-cold", "user-item-cold", "cross"])
+def test_a_support_blind_ranker_is_flat_along_the_k_curve(tmp_path, protocol):
+    """Popularity ignores the support (beyond leaving it out of the ranking): with one
+    query and one candidate set at every K, its curve must not move with K."""
+    if protocol == "cross":
+        cfg = _two_domain_config(tmp_path, "joint")
+        cfg = dataclasses.replace(
+            cfg, methods=E.load_config(TINY, only=["popularity"]).methods, shots=(1, 2)
+        )
+    else:
+        cfg = E.load_config(
+            TINY, [f"split.protocol='{protocol}'", "seeds=[0]", "shots=[1, 3]"], only=["popularity"]
+        )
+    results = E.run(cfg, None, progress=False)
+    curve = {r.k_shot: r.result for r in results.runs if r.scenario == "curve"}
+    assert len(curve) == 2
+    lo, hi = sorted(curve)
+    fixed = "the query is the same at every K" in results.protocol.get("curve_query", "")
+    if protocol == "warm" and not fixed:  # held-out users may differ with K there
+        pytest.skip("warm: this split keeps each K's own query")
+    assert fixed, results.protocol.get("curve_query")
+    for name in ("Recall@10 (full)", "nDCG@10 (full)", "MRR (full)"):
+        np.testing.assert_array_equal(curve[lo].user_idx, curve[hi].user_idx)
+        np.testing.assert_allclose(
+            curve[lo].per_user[name], curve[hi].per_user[name], equal_nan=True, err_msg=name
+        )
