@@ -45,6 +45,11 @@ def test_writes_results_report_and_pngs(tiny_run):
     report = (out / "report.md").read_text()
     assert "*Protocol:* dataset **tiny_log (csv)**, split **user-cold**, K = 3" in report
     assert "![" in report and "shots.png" in report
+    # the K-curve's query is the largest K's, and its size is said so
+    assert "K = 1, Q = the largest K's query (at most 4)" in report
+    # each selection metric names the methods it picks for ("primary metric, RMSE" read as
+    # if RMSE were the primary metric)
+    assert "grids are picked on the validation users' RMSE (item_mean_user_bias)" in report
 
 
 def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):

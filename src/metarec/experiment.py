@@ -960,12 +960,19 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
     )
     # the name the data has (a CSV's file name) and the loader that read it
     name = str(ds_info.get("name") or cfg.data.name)
-    grids = sorted({m.select_metric or "" for m in cfg.methods if m.grid})
+    # each selection metric with the methods it picks for ("primary metric, RMSE" read as
+    # if RMSE were the primary metric); evaluate's primary is the full nDCG@10
+    ks, _ = cfg.eval_ks()
+    primary = f"nDCG@{10 if 10 in ks else max(ks)} (full)"
+    by_metric: dict[str, list[str]] = {}
+    for m in cfg.methods:
+        if m.grid:
+            by_metric.setdefault(m.select_metric or primary, []).append(m.name)
     picked = (
         "no method has a grid"
-        if not grids
+        if not by_metric
         else "grids are picked on the validation users' "
-        + ", ".join(g or "primary metric" for g in grids)
+        + "; ".join(f"{g} ({', '.join(names)})" for g, names in sorted(by_metric.items()))
     )
     return {
         "dataset": name if name == cfg.data.name else f"{name} ({cfg.data.name})",
@@ -1002,11 +1009,12 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         else "the whole catalogue minus the user's support",
         "curve_users": "the test users with an episode at every K of the curve"
         if cfg.curve_same_users
-        else "every test user with more than K interactions (changes with K)",
+        else f"{evaluated_users(s.protocol)} (changes with K)",
         # warm holds out users with more than K interactions: a recut for another K draws
         # from another pool (the seed keeps one order, so the pools overlap)
         "curve_recut": "each K recuts the split with the same seed; the held-out users are "
-        "drawn from the users with more than K interactions, so they differ with K"
+        "drawn from the users with more than K interactions, so they can differ with K "
+        "(where they do, each K keeps its own query)"
         if s.protocol == "warm"
         else "each K recuts the split with the same seed (same held-out users)",
         "split_summary": split.summary,

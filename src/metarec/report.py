@@ -314,7 +314,12 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             f"### K = {k}",
             "",
             f"*Protocol:* {p.get('dataset')}, {p.get('protocol')}, K = {k}, Q = "
-            f"{p.get('n_query')}, seeds {', '.join(str(s) for s in cfg.seeds)}; the curve's "
+            + (
+                f"the largest K's query (at most {p.get('n_query')})"
+                if str(p.get("curve_query", "")).startswith("the query is the same")
+                else f"{p.get('n_query')}"
+            )
+            + f", seeds {', '.join(str(s) for s in cfg.seeds)}; the curve's "
             "users; selection and features as in the main table.",
             "",
             markdown_table(results, results.summary("curve", k), metrics),
