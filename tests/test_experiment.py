@@ -1096,3 +1096,34 @@ def test_a_support_blind_ranker_is_flat_along_the_k_curve(tmp_path, protocol):
         np.testing.assert_allclose(
             curve[lo].per_user[name], curve[hi].per_user[name], equal_nan=True, err_msg=name
         )
+
+
+def test_max_test_users_caps_the_k_curve_after_its_intersection(tmp_path):
+    """Each K's own first N users used to be intersected, leaving fewer than N (3 of a
+    possible 5 in a probe); the cap now applies to the users shared by every K."""
+    import pandas as pd
+
+    log = pd.read_csv(TINY.parent / "tiny_log.csv")
+    users = sorted(log["user_id"].unique())
+    short = set(users[::2])  # every other user keeps 7 of 16 rows: no episode at K = 12
+    log = log[~log["user_id"].isin(short) | (log.groupby("user_id").cumcount() < 7)]
+    path = tmp_path / "log.csv"
+    log.to_csv(path, index=False)
+    (tmp_path / "tiny_items.csv").write_text((TINY.parent / "tiny_items.csv").read_text())
+    cfg = E.load_config(
+        TINY,
+        [
+            f"data.path='{path}'",
+            "seeds=[0]",
+            "shots=[1, 12]",
+            "split.max_test_users=3",
+            "split.test_frac=0.5",
+        ],
+        only=["popularity"],
+        base_dir=str(tmp_path),
+    )
+    results = E.run(cfg, None, progress=False)
+    curve = [r for r in results.runs if r.scenario == "curve"]
+    main = next(r for r in results.runs if r.scenario == "main")
+    assert len(main.result.user_idx) == 3
+    assert {len(r.result.user_idx) for r in curve} == {3}

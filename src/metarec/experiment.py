@@ -690,7 +690,11 @@ def _first_users(ds: Dataset, n: int) -> Dataset:
     return dataclasses.replace(ds, interactions=inter.take(np.isin(inter.user_idx, keep)))
 
 
-def cut_split(ds: Dataset, cfg: ExperimentConfig, seed: int, k_shot: int) -> Split:
+def cut_split(
+    ds: Dataset, cfg: ExperimentConfig, seed: int, k_shot: int, truncate: bool = True
+) -> Split:
+    """The config's split at ``k_shot`` for ``seed``; ``truncate``: keep only the first
+    ``split.max_test_users`` test users (the K-curve truncates after its intersection)."""
     from metarec.splits import make_split
 
     s = cfg.split
@@ -706,7 +710,7 @@ def cut_split(ds: Dataset, cfg: ExperimentConfig, seed: int, k_shot: int) -> Spl
             raise MetarecError("split.protocol cross-domain needs split.source and split.target")
         kw.update(source=s.source, target=s.target)
     split = make_split(ds, s.protocol, **kw)
-    if s.max_test_users is not None and len(split.test) > s.max_test_users:
+    if truncate and s.max_test_users is not None and len(split.test) > s.max_test_users:
         # the summary (results.json's split_summary) counts the users actually scored
         test = split.test[: s.max_test_users]
         summary = {
@@ -1226,8 +1230,16 @@ def run(
                 _log(progress, f"[seed {seed}] features {shape} in {time.perf_counter() - t0:.1f}s")
             return features[key]
 
-        curve_splits = {k: (main if k == main_k else cut_split(ds, config, seed, k)) for k in curve}
-        curve_tasks: dict[int, tuple[Task, ...]] = {k: s.test for k, s in curve_splits.items()}
+        # max_test_users applies after the curve's intersection: each K's own first N
+        # shared as few as 3 of a possible 5 users
+        cap = config.split.max_test_users
+        curve_splits = {
+            k: main if k == main_k and cap is None else cut_split(ds, config, seed, k, False)
+            for k in curve
+        }
+        curve_tasks: dict[int, tuple[Task, ...]] = {
+            k: s.test if cap is None else s.test[:cap] for k, s in curve_splits.items()
+        }
         curve_gaps: dict[int, dict[int, np.ndarray]] = {}
         if config.curve_same_users and curve_splits:
             sets = [{t.user_idx for t in s.test} for s in curve_splits.values()]
@@ -1237,6 +1249,9 @@ def run(
                     "K-curve: no test user has an episode at every K; lower the largest shot "
                     "or set curve_same_users = false"
                 )
+            if cap is not None:  # the first N of them, in the largest K's user order
+                top = curve_splits[max(curve_splits)].test
+                common = set([t.user_idx for t in top if t.user_idx in common][:cap])
             curve_tasks, curve_gaps, fixed = _curve_tasks(curve_splits, common)
             curve_fixed[seed] = fixed
             protocol["curve_query"] = _curve_query_text(config.split.protocol, curve_fixed)
