@@ -1255,6 +1255,8 @@ def run(
             curve_tasks, curve_gaps, fixed = _curve_tasks(curve_splits, common)
             curve_fixed[seed] = fixed
             protocol["curve_query"] = _curve_query_text(config.split.protocol, curve_fixed)
+            # the report's per-K "Q" reads this, not the sentence above
+            protocol["curve_query_fixed"] = all(curve_fixed.values())
 
         def fit_or_record(
             spec: MethodSpec, split: Split, k: int, seed=seed, feats_for=feats_for

@@ -316,7 +316,7 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             f"*Protocol:* {p.get('dataset')}, {p.get('protocol')}, K = {k}, Q = "
             + (
                 f"the largest K's query (at most {p.get('n_query')})"
-                if str(p.get("curve_query", "")).startswith("the query is the same")
+                if p.get("curve_query_fixed")
                 else f"{p.get('n_query')}"
             )
             + f", seeds {', '.join(str(s) for s in cfg.seeds)}; the curve's "
