@@ -855,6 +855,18 @@ def test_evaluate_split_ranks_a_cross_domain_user_over_the_target_domain(tmp_pat
     with pytest.raises(MetarecError, match="part must be 'test' or 'valid'"):
         E.evaluate_split(rec, ds, split, "train")
 
+    # also_exclude leaves each user's listed items out of the full ranking, on top of the
+    # support: excluding every task's top-ranked candidate is ranking one list shorter
+    top = {}
+    for t in split.test:
+        cands = np.setdiff1d(target, t.support.item_idx)
+        s = rec.rank_scores_batch([t], cands)[0]
+        top[t.user_idx] = cands[[int(np.argmax(s))]]
+    cut = E.evaluate_split(rec, ds, split, bootstrap=0, also_exclude=top)
+    want = evaluation.evaluate(rec, ds, split.test, bootstrap=0, candidates=target, exclude=top)
+    np.testing.assert_array_equal(list(cut.metrics.values()), list(want.metrics.values()))
+    assert cut.metrics != res.metrics
+
 
 def test_a_write_that_fails_part_way_through_the_renames_keeps_the_previous_results(
     tiny_run, tmp_path, monkeypatch

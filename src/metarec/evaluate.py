@@ -30,6 +30,8 @@ from metarec.recommender import Recommender
 from metarec.types import Dataset, MetarecError, Task
 
 LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "Logloss"})
+# implicit labels are 0/1: a label (or predicted probability) at or above this is a like
+IMPLICIT_POSITIVE = 0.5
 
 
 def greater_is_better(metric: str) -> bool:
@@ -86,7 +88,7 @@ def evaluate(
     if not full_catalogue and not query_ks:
         raise MetarecError("evaluate: query_ks is empty and full_catalogue is off: no ranking")
     explicit = dataset.feedback == "explicit"
-    pos_threshold = threshold if explicit else 0.5  # implicit labels are 0/1
+    pos_threshold = threshold if explicit else IMPLICIT_POSITIVE
 
     def liked(rating: np.ndarray) -> np.ndarray:
         # ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7

@@ -250,8 +250,9 @@ def _metric_k(name: str) -> int | None:
 # for which kind of feedback
 _RATING_ONLY = {"MAE": "explicit", "RMSE": "explicit", "Logloss": "implicit"}
 _NEEDS_RATINGS = ("MAE", "RMSE", "Logloss", "Accuracy", "Precision", "Recall", "F1")
-# scored on the query's items: undefined where a query holds no negative
-_QUERY_POINTWISE = ("Logloss", "Accuracy", "Precision", "Recall", "F1", "AUC")
+# scored on the query's items: undefined where a query holds no negative (the pointwise
+# metrics of predicted ratings, less the errors, and AUC)
+_QUERY_POINTWISE = (*(m for m in _NEEDS_RATINGS if m not in ("MAE", "RMSE")), "AUC")
 
 
 def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
@@ -272,7 +273,11 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 f"{where}: {name} is computed for {kind} feedback only, and "
                 f"{ds.name!r} is {feedback}"
             )
-    if feedback == "implicit" and len(ds.interactions) and (ds.interactions.rating >= 0.5).all():
+    if (
+        feedback == "implicit"
+        and len(ds.interactions)
+        and (ds.interactions.rating >= evaluation.IMPLICIT_POSITIVE).all()
+    ):
         # no negative anywhere: every query is positives only, and the query metrics are
         # undefined for every user (evaluate), so a grid selected on one failed after
         # every one of its fits
@@ -710,17 +715,22 @@ def cut_split(
             raise MetarecError("split.protocol cross-domain needs split.source and split.target")
         kw.update(source=s.source, target=s.target)
     split = make_split(ds, s.protocol, **kw)
-    if truncate and s.max_test_users is not None and len(split.test) > s.max_test_users:
-        # the summary (results.json's split_summary) counts the users actually scored
-        test = split.test[: s.max_test_users]
-        summary = {
-            **split.summary,
-            "test_users": len(test),
-            "test_support": int(sum(len(t.support) for t in test)),
-            "test_query": int(sum(len(t.query) for t in test)),
-        }
-        split = dataclasses.replace(split, test=test, summary=summary)
-    return split
+    return _cap_test(split, s.max_test_users) if truncate else split
+
+
+def _cap_test(split: Split, cap: int | None) -> Split:
+    """``split`` with only its first ``cap`` test users (None: all of them)."""
+    if cap is None or len(split.test) <= cap:
+        return split
+    # the summary (results.json's split_summary) counts the users actually scored
+    test = split.test[:cap]
+    summary = {
+        **split.summary,
+        "test_users": len(test),
+        "test_support": int(sum(len(t.support) for t in test)),
+        "test_query": int(sum(len(t.query) for t in test)),
+    }
+    return dataclasses.replace(split, test=test, summary=summary)
 
 
 def build_split_features(ds: Dataset, train_items: np.ndarray, text: TextConfig) -> FeatureSet:
@@ -1203,12 +1213,16 @@ def run(
             query_ks=query_ks,
             bootstrap=config.bootstrap,
             seed=seed,
-            exclude=_merge_exclusions(ranking_exclusions(split, tasks), also_exclude),
+            also_exclude=also_exclude,
         )
 
     curve_fixed: dict[int, bool] = {}  # seed -> whether its K-curve has one query
+    cap = config.split.max_test_users
     for seed in config.seeds:
-        main = cut_split(ds, config, seed, main_k)
+        # cut once at the main K: the main table takes its first max_test_users test
+        # users, the K-curve all of them (it caps after its intersection across K)
+        whole = cut_split(ds, config, seed, main_k, False)
+        main = _cap_test(whole, cap)
         if not protocol:
             protocol = describe_protocol(config, info, main)
         _log(
@@ -1232,10 +1246,8 @@ def run(
 
         # max_test_users applies after the curve's intersection: each K's own first N
         # shared as few as 3 of a possible 5 users
-        cap = config.split.max_test_users
         curve_splits = {
-            k: main if k == main_k and cap is None else cut_split(ds, config, seed, k, False)
-            for k in curve
+            k: whole if k == main_k else cut_split(ds, config, seed, k, False) for k in curve
         }
         curve_tasks: dict[int, tuple[Task, ...]] = {
             k: s.test if cap is None else s.test[:cap] for k, s in curve_splits.items()
@@ -1349,20 +1361,24 @@ def evaluate_split(
     split: Split,
     part: str = "test",
     tasks: Sequence[Task] | None = None,
+    also_exclude: dict[int, np.ndarray] | None = None,
     **kwargs: Any,
 ) -> evaluation.EvalResult:
     """:func:`metarec.evaluate.evaluate` on a split's ``part`` users (or ``tasks`` of it)
     the way ``metarec evaluate`` scores them: the full ranking runs over
     :func:`ranking_candidates` (item cold-start: that part's held-out items; cross-domain:
     the target domain's items) and leaves out :func:`ranking_exclusions` (warm: the
-    user's training history). Called bare, evaluate ranks the whole catalogue: on a
-    cross-domain split both domains, and a model scored 0.009 there for 0.203 here."""
+    user's training history) and, per user, ``also_exclude``'s items (the K-curve's gap
+    between a small K's support and the largest K's query). Called bare, evaluate ranks
+    the whole catalogue: on a cross-domain split both domains, and a model scored 0.009
+    there for 0.203 here."""
     if part not in ("test", "valid"):
         raise MetarecError(f"evaluate_split: part must be 'test' or 'valid', got {part!r}")
     if tasks is None:
         tasks = split.test if part == "test" else split.valid
     kwargs.setdefault("candidates", ranking_candidates(ds, split, part))
     kwargs.setdefault("exclude", ranking_exclusions(split, tasks))
+    kwargs["exclude"] = _merge_exclusions(kwargs["exclude"], also_exclude)
     return evaluation.evaluate(rec, ds, tasks, **kwargs)
 
 
