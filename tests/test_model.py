@@ -756,6 +756,66 @@ def test_short_histories_get_their_own_rank_weights(fitted):
         BlendConfig(rank_short_history=-1)
 
 
+def test_short_histories_can_get_their_own_rating_weights(fitted):
+    # blend.rating_short_histories = (1, 3): histories of 1 item, and of 2-3 items, are
+    # rated with weights fitted on the validation supports cut to 1 and 3 items; longer
+    # histories keep the split's K weights exactly
+    ds, split, _, rec = fitted
+    base = rec.config.blend
+    assert base.rating_short_histories == ()  # an option, off by default
+    for requery in (False, True):
+        cfg = dataclasses.replace(base, rating_short_histories=(1, 3), rating_short_requery=requery)
+        other = MetaRecommender.from_state(*rec.state(), split.train)
+        other.config = dataclasses.replace(other.config, blend=cfg)
+        other.blend_ = b = other._fit_blend(ds, split)
+        assert b.rating_cuts == (1, 3) and b.rating_weights_short.shape == (2, 5)
+        np.testing.assert_array_equal(b.rating_weights, rec.blend_.rating_weights)
+        # each cut's weights are the one-set blend fitted on validation tasks cut by hand
+        # (same query, or the interactions right after the cut)
+        plain = MetaRecommender.from_state(*rec.state(), split.train)
+        for j, n in enumerate((1, 3)):
+            cut = []
+            for t in split.valid:
+                if len(t.support) <= n:
+                    continue
+                query = t.query
+                if requery:
+                    rest = Interactions.concat(
+                        [t.support.take(np.arange(n, len(t.support))), query]
+                    )
+                    query = rest.take(np.arange(len(t.query)))
+                cut.append(Task(t.user_idx, t.support.take(np.arange(n)), query))
+            one = plain._fit_blend(ds, dataclasses.replace(split, valid=tuple(cut)))
+            np.testing.assert_allclose(b.rating_weights_short[j], one.rating_weights, rtol=1e-9)
+        assert not np.allclose(b.rating_weights_short[0], b.rating_weights)
+        # a test user's prediction uses the weights of the smallest cut >= their history
+        t = split.test[2]
+        for n, w in (
+            (1, b.rating_weights_short[0]),
+            (2, b.rating_weights_short[1]),
+            (3, b.rating_weights_short[1]),
+            (len(t.support), b.rating_weights),
+        ):
+            sup = t.support.take(np.arange(n))
+            got = other.score(t.user_idx, sup, t.query.item_idx)
+            meta = other._scores(other.rating_, [(t.user_idx, sup)], [t.query.item_idx])[0]
+            like = other._scores(other.rank_, [(t.user_idx, sup)], [t.query.item_idx])[0]
+            x = b.closed.rating_inputs(b.rating_inputs, sup.item_idx, sup.rating, t.query.item_idx)
+            want = np.column_stack([meta, like, x]) @ w[:-1] + w[-1]
+            lo, hi = ds.rating_range
+            np.testing.assert_allclose(got, np.clip(want, lo, hi), rtol=1e-6, atol=1e-6)
+        back = MetaRecommender.from_state(*other.state(), split.train)
+        assert back.blend_.rating_cuts == (1, 3)
+        sup = t.support.take(np.arange(2))
+        np.testing.assert_array_equal(
+            back.score(t.user_idx, sup, t.query.item_idx),
+            other.score(t.user_idx, sup, t.query.item_idx),
+        )
+    for bad in ((0,), (3, 1), (2, 2)):
+        with pytest.raises(MetarecError, match="rating_short_histories"):
+            BlendConfig(rating_short_histories=bad)
+
+
 def test_model_seed_seeds_meta_training(fitted):
     # seed 0 reproduces the fixture exactly (see the blend-off test); another seed trains
     # a different model (initialisation and task sampling follow model.seed)

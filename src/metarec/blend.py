@@ -109,6 +109,17 @@ class BlendConfig:
     # 0.04 is now the smallest beating both (AUC 0.6686 vs 0.6680: a thin margin)
     rating_shrink: float = 0.04
     rating_prior: str = "item_mean_user_bias"  # a rating input, or "meta"
+    # support sizes that get their own rating weights: a history of n items uses the
+    # weights of the smallest cut >= n, fitted on the validation supports cut to that many
+    # items (same queries, kept where the whole history is then that short); longer
+    # histories keep the weights fitted at the split's K. () = one set of weights. Why:
+    # the weights fitted at K = 10 trust the user-level inputs as 10 ratings allow, and
+    # the shrink toward ItemMean+UserBias does not know how noisy its user bias is at
+    # K = 1 (see docs/defaults.md for the validation figures)
+    rating_short_histories: tuple[int, ...] = ()
+    # the short weights' query: the same as at K (False) or the cut user's next
+    # interactions (True: the rest of the support, then the query)
+    rating_short_requery: bool = False
     # query ratings >= this are the positives of the ranking fit; None = the like threshold
     relevant_threshold: float | None = None
     mf_factors: int = 32
@@ -280,6 +291,12 @@ class BlendConfig:
                 f"blend.rating_prior: {self.rating_prior!r} is not 'meta' or one of "
                 f"blend.rating_inputs {list(self.rating_inputs)} (add it, pick another "
                 "prior, or set blend.rating_shrink=0)"
+            )
+        cuts = self.rating_short_histories
+        if any(n < 1 for n in cuts) or list(cuts) != sorted(set(cuts)):
+            raise MetarecError(
+                "blend.rating_short_histories must be increasing support sizes >= 1, "
+                f"got {list(cuts)}"
             )
         if self.rating_shrink < 0:
             raise MetarecError(f"blend.rating_shrink must be >= 0, got {self.rating_shrink}")
@@ -1008,6 +1025,18 @@ class Blend:
     # histories of at most ``short_history`` items are ranked with ``rank_weights_short``
     short_history: int = 0
     rank_weights_short: np.ndarray | None = None
+    # histories of at most rating_cuts[j] items (the smallest such j) are rated with row j
+    # of rating_weights_short, (len(rating_cuts), len(rating_weights))
+    rating_cuts: tuple[int, ...] = ()
+    rating_weights_short: np.ndarray | None = None
+
+    def rating_weights_for(self, n_history: int) -> np.ndarray | None:
+        """The rating weights a history of ``n_history`` items is rated with."""
+        if self.rating_weights_short is not None:
+            for j, cut in enumerate(self.rating_cuts):
+                if n_history <= cut:
+                    return self.rating_weights_short[j]
+        return self.rating_weights
 
     def rating(
         self,
@@ -1020,13 +1049,14 @@ class Blend:
         the like-model's (n,) logits when ``rating_like``)."""
         if self.rating_weights is None:
             return meta
+        w = self.rating_weights_for(len(history[0]))
         x = self.closed.rating_inputs(self.rating_inputs, *history, targets)
         cols = [meta[:, None], x]
         if self.rating_like:
             if like is None:
                 raise MetarecError("blend: this rating stack needs the like-model's logits")
             cols.insert(1, like[:, None])
-        return apply_rating_weights(self.rating_weights, np.hstack(cols))
+        return apply_rating_weights(w, np.hstack(cols))
 
     def rank(
         self,
@@ -1055,8 +1085,9 @@ class Blend:
             "rating_like": self.rating_like,
             "rank_fit": self.rank_fit,
             "short_history": self.short_history,
+            "rating_cuts": list(self.rating_cuts),
         }
-        for key in ("rating_weights", "rank_weights", "rank_weights_short"):
+        for key in ("rating_weights", "rank_weights", "rank_weights_short", "rating_weights_short"):
             w = getattr(self, key)
             if w is not None:
                 tensors[key] = torch.from_numpy(np.asarray(w, dtype=np.float64).copy())
@@ -1083,4 +1114,6 @@ class Blend:
             str(cfg.get("rank_fit", "softmax")),
             int(cfg.get("short_history", 0)),
             weights("rank_weights_short"),
+            tuple(int(n) for n in cfg.get("rating_cuts", [])),
+            weights("rating_weights_short"),
         )

@@ -571,41 +571,20 @@ class MetaRecommender(Recommender):
         closed = self._closed_form(dataset, split, b)
         tasks = list(split.valid)
         pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
-        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
         rating_w = rank_w = None
         rank_fit = "softmax"
         rating_like = b.rating_like and self.rank_ is not None
+        rating_short = None
         if use_rating:
-            assert self.rating_ is not None
-            queries = [t.query.item_idx for t in tasks]
-            meta = np.concatenate(
-                self._scores(self.rating_, pairs, queries, train_rows=False)
-            )  # (n_rows,) raw meta ratings of every validation query item
-            x = np.concatenate(
-                [
-                    closed.rating_inputs(b.rating_inputs, *h, q)
-                    for h, q in zip(hists, queries, strict=True)
-                ]
-            )  # (n_rows, n_inputs)
-            y = np.concatenate([t.query.rating for t in tasks]).astype(np.float64)
-            cols = [meta[:, None], x]
-            if rating_like:
-                assert self.rank_ is not None
-                like_logits = self._scores(self.rank_, pairs, queries, train_rows=False)
-                cols.insert(1, np.concatenate(like_logits)[:, None])
-            # column names: the rating-scale columns (whole predicted ratings) are the ones
-            # summing to 1 when the stack has no intercept; the offsets (like logit, bias
-            # parts, popularity) stay free. The ridge's prior is one input alone.
-            names = ["meta", *(["like"] if rating_like else []), *b.rating_inputs]
-            rating_w = fit_rating_weights(
-                np.hstack(cols),
-                y,
-                b.rating_loss,
-                intercept=b.rating_intercept,
-                summed=np.array([n in _RATING_SCALE for n in names]),
-                shrink=b.rating_shrink,
-                prior=np.array([float(n == b.rating_prior) for n in names]),
-            )
+            rating_w = self._fit_rating_stack(closed, tasks, pairs, rating_like)
+            shorts = []
+            for n in b.rating_short_histories:
+                cut, cut_pairs = self._short_tasks(tasks, n, b.rating_short_requery)
+                if len(cut) < b.min_valid_users:
+                    break  # this cut and every longer one: the split's K weights
+                shorts.append(self._fit_rating_stack(closed, cut, cut_pairs, rating_like))
+            if shorts:
+                rating_short = np.stack(shorts)  # (n_cuts, n_weights)
         rank_inputs = closed.rank_names
         rank_w_short = None
         if use_rank and rank_inputs:
@@ -616,20 +595,10 @@ class MetaRecommender(Recommender):
                 # the same users as if they had only their first few interactions: each
                 # support cut to rank_short_history items, kept where the whole history
                 # (training rows too) is then that short, as the users ranked with it are
-                cut = [
-                    Task(t.user_idx, t.support.take(np.arange(b.rank_short_history)), t.query)
-                    for t in tasks
-                    if len(t.support) > b.rank_short_history
-                ]
-                cut_pairs = [(t.user_idx, self._history_without_query(t)) for t in cut]
-                keep = [i for i, (_, h) in enumerate(cut_pairs) if len(h) <= b.rank_short_history]
-                if len(keep) >= b.min_valid_users:
+                cut, cut_pairs = self._short_tasks(tasks, b.rank_short_history)
+                if len(cut) >= b.min_valid_users:
                     rank_w_short, _ = self._fit_rank_blend(
-                        closed,
-                        rank_inputs,
-                        [cut[i] for i in keep],
-                        [cut_pairs[i] for i in keep],
-                        items,
+                        closed, rank_inputs, cut, cut_pairs, items
                     )
         return Blend(
             closed,
@@ -641,6 +610,76 @@ class MetaRecommender(Recommender):
             rank_fit,
             b.rank_short_history if rank_w_short is not None else 0,
             rank_w_short,
+            b.rating_short_histories[: len(rating_short)] if rating_short is not None else (),
+            rating_short,
+        )
+
+    def _short_tasks(
+        self, tasks: Sequence[Task], n: int, requery: bool = False
+    ) -> tuple[list[Task], list[tuple[int, Interactions]]]:
+        """The validation ``tasks`` as if their users had only their first ``n``
+        interactions: each support cut to ``n`` items, kept where the whole history
+        (training rows too) is then that short, as the users scored with it are; with each
+        kept task's history without the query. The query stays, or with ``requery`` is
+        the interactions right after the ``n`` (the rest of the support, then the query;
+        as many as the query held)."""
+        cut = [
+            Task(
+                t.user_idx,
+                t.support.take(np.arange(n)),
+                Interactions.concat(
+                    [t.support.take(np.arange(n, len(t.support))), t.query]
+                ).take(np.arange(len(t.query)))
+                if requery
+                else t.query,
+            )
+            for t in tasks
+            if len(t.support) > n
+        ]
+        pairs = [(t.user_idx, self._history_without_query(t)) for t in cut]
+        keep = [i for i, (_, h) in enumerate(pairs) if len(h) <= n]
+        return [cut[i] for i in keep], [pairs[i] for i in keep]
+
+    def _fit_rating_stack(
+        self,
+        closed: ClosedForm,
+        tasks: Sequence[Task],
+        pairs: Sequence[tuple[int, Interactions]],
+        rating_like: bool,
+    ) -> np.ndarray:
+        """Rating-stack weights fitted on validation ``tasks`` whose histories without the
+        query are ``pairs``: (2 + rating_like + n_inputs,) meta, [like], inputs, intercept."""
+        assert self.rating_ is not None
+        b = self.config.blend
+        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
+        queries = [t.query.item_idx for t in tasks]
+        meta = np.concatenate(
+            self._scores(self.rating_, pairs, queries, train_rows=False)
+        )  # (n_rows,) raw meta ratings of every validation query item
+        x = np.concatenate(
+            [
+                closed.rating_inputs(b.rating_inputs, *h, q)
+                for h, q in zip(hists, queries, strict=True)
+            ]
+        )  # (n_rows, n_inputs)
+        y = np.concatenate([t.query.rating for t in tasks]).astype(np.float64)
+        cols = [meta[:, None], x]
+        if rating_like:
+            assert self.rank_ is not None
+            like_logits = self._scores(self.rank_, pairs, queries, train_rows=False)
+            cols.insert(1, np.concatenate(like_logits)[:, None])
+        # column names: the rating-scale columns (whole predicted ratings) are the ones
+        # summing to 1 when the stack has no intercept; the offsets (like logit, bias
+        # parts, popularity) stay free. The ridge's prior is one input alone.
+        names = ["meta", *(["like"] if rating_like else []), *b.rating_inputs]
+        return fit_rating_weights(
+            np.hstack(cols),
+            y,
+            b.rating_loss,
+            intercept=b.rating_intercept,
+            summed=np.array([n in _RATING_SCALE for n in names]),
+            shrink=b.rating_shrink,
+            prior=np.array([float(n == b.rating_prior) for n in names]),
         )
 
     def _fit_rank_blend(
