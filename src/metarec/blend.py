@@ -255,6 +255,9 @@ class BlendConfig:
     # 0.2528 -> 0.3227; K = 10 identical. (A smooth w + w'/n form, fitted on K = 1, 3, 5
     # cuts together, gained at K = 1 too but cost 0.004-0.008 at K = 10.)
     rank_short_history: int = 1
+    # the short weights' query: the same as at K (False) or the cut user's next
+    # interactions (True), as for blend.rating_short_requery
+    rank_short_requery: bool = False
     # the ranking fit holds (users x candidates) arrays: at most this many cells, so a fit
     # on a large catalogue with thousands of validation users (``metarec fit`` holds out
     # 10% of the users) takes an evenly spread subset of them rather than tens of GB

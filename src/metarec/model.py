@@ -595,7 +595,9 @@ class MetaRecommender(Recommender):
                 # the same users as if they had only their first few interactions: each
                 # support cut to rank_short_history items, kept where the whole history
                 # (training rows too) is then that short, as the users ranked with it are
-                cut, cut_pairs = self._short_tasks(tasks, b.rank_short_history)
+                cut, cut_pairs = self._short_tasks(
+                    tasks, b.rank_short_history, b.rank_short_requery
+                )
                 if len(cut) >= b.min_valid_users:
                     rank_w_short, _ = self._fit_rank_blend(
                         closed, rank_inputs, cut, cut_pairs, items
@@ -627,9 +629,9 @@ class MetaRecommender(Recommender):
             Task(
                 t.user_idx,
                 t.support.take(np.arange(n)),
-                Interactions.concat(
-                    [t.support.take(np.arange(n, len(t.support))), t.query]
-                ).take(np.arange(len(t.query)))
+                Interactions.concat([t.support.take(np.arange(n, len(t.support))), t.query]).take(
+                    np.arange(len(t.query))
+                )
                 if requery
                 else t.query,
             )
