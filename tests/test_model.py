@@ -721,9 +721,17 @@ def test_short_histories_get_their_own_rank_weights(fitted):
     # the long-history weights are exactly the one-set blend's
     np.testing.assert_array_equal(b.rank_weights, single.blend_.rank_weights)
     assert not np.allclose(b.rank_weights_short, b.rank_weights)
-    # and the short ones are the softmax fit on the cut validation tasks, replayed by hand
+    # and the short ones are the softmax fit on the cut validation tasks, replayed by hand:
+    # the support's first item, the query what followed it (blend.rank_short_requery)
+    assert other.config.blend.rank_short_requery
     cut = [
-        dataclasses.replace(t, support=t.support.take(np.arange(1)))
+        Task(
+            t.user_idx,
+            t.support.take(np.arange(1)),
+            Interactions.concat([t.support.take(np.arange(1, len(t.support))), t.query]).take(
+                np.arange(len(t.query))
+            ),
+        )
         for t in split.valid
         if len(t.support) > 1
     ]
@@ -754,6 +762,27 @@ def test_short_histories_get_their_own_rank_weights(fitted):
     np.testing.assert_array_equal(back.rank_scores_batch([t, one], items), batch)
     with pytest.raises(MetarecError, match="rank_short_history"):
         BlendConfig(rank_short_history=-1)
+
+
+def test_one_item_rank_weights_can_keep_the_k_query(fitted):
+    # blend.rank_short_requery = False (the default before 2026-12-05): the one-item
+    # users keep the query of the split's K; the K weights are the same either way
+    ds, split, _, rec = fitted
+    other = MetaRecommender.from_state(*rec.state(), split.train)
+    other.config = dataclasses.replace(
+        other.config, blend=dataclasses.replace(rec.config.blend, rank_short_requery=False)
+    )
+    other.blend_ = b = other._fit_blend(ds, split)
+    np.testing.assert_array_equal(b.rank_weights, rec.blend_.rank_weights)
+    cut = [
+        Task(t.user_idx, t.support.take(np.arange(1)), t.query)
+        for t in split.valid
+        if len(t.support) > 1
+    ]
+    pairs = [(t.user_idx, other._history_without_query(t)) for t in cut]
+    w, _ = other._fit_rank_blend(b.closed, b.rank_inputs, cut, pairs, np.arange(ds.n_items))
+    np.testing.assert_allclose(b.rank_weights_short, w, rtol=1e-9)
+    assert not np.allclose(b.rank_weights_short, rec.blend_.rank_weights_short)
 
 
 def test_short_histories_can_get_their_own_rating_weights(fitted):
