@@ -785,6 +785,19 @@ def test_warm_full_ranking_leaves_out_the_users_training_history(tmp_path):
         want = len(relevant & set(top)) / len(relevant)
         assert res.per_user["Recall@20 (full)"][0] == pytest.approx(want)
     assert res.metrics["Recall@20 (full)"] >= plain.metrics["Recall@20 (full)"]
+    # evaluate_split's also_exclude (the K-curve's gaps) adds to the training history, not
+    # in its place: the user's 20 lowest items outside both sets
+    extra = {t.user_idx: np.array([i for i in range(ds.n_items) if i not in seen][:5])}
+    both = {**exclude, t.user_idx: np.concatenate([exclude[t.user_idx], extra[t.user_idx]])}
+    got = E.evaluate_split(rec, ds, split, bootstrap=0, ks=(20,), also_exclude=extra)
+    want = evaluation.evaluate(rec, ds, split.test, bootstrap=0, ks=(20,), exclude=both)
+    np.testing.assert_array_equal(
+        got.per_user["Recall@20 (full)"], want.per_user["Recall@20 (full)"]
+    )
+    only = evaluation.evaluate(rec, ds, split.test, bootstrap=0, ks=(20,), exclude=extra)
+    assert not np.array_equal(
+        got.per_user["nDCG@20 (full)"], only.per_user["nDCG@20 (full)"], equal_nan=True
+    )
 
 
 def test_identical_per_user_values_get_identical_intervals():

@@ -785,6 +785,57 @@ def test_one_item_rank_weights_can_keep_the_k_query(fitted):
     assert not np.allclose(b.rank_weights_short, rec.blend_.rank_weights_short)
 
 
+def test_fits_own_validation_users_enter_the_blend_as_cold_users(fitted):
+    # fit without validation tasks holds out its newest users, and indexes them for
+    # serving with all their rows; the blend must see them as the cold users it is fitted
+    # for (support only), not with every later row: then no history was ever one item
+    # long, and the one-item weights were silently never fitted
+    ds, _, feats, _ = fitted
+    rec = MetaRecommender(_fast_config(k_shot=6, n_query=8)).fit(ds, ds.interactions, feats)
+    split = rec._training_split(ds, ds.interactions, None)
+    assert len(split.valid) >= rec.config.blend.min_valid_users
+    b = rec.blend_
+    assert b.short_history == 1 and b.rank_weights_short is not None
+    rows = rec._rows_index(split.train)
+    for t in split.valid[:5]:
+        seen = rec._history_without_query(t, rows)
+        np.testing.assert_array_equal(seen.item_idx, t.support.item_idx)
+        # the rows fit indexed for serving hold the user's later rows too
+        assert len(rec._history_without_query(t)) > len(t.support)
+
+
+def test_held_out_validation_items_keep_the_k_query_for_one_item_weights():
+    # user- and item-cold: a validation user's query is their first rows on held-out items
+    # and what follows their first support item is warm rows the blend is not fitted over;
+    # "the next interactions" there left no positive, and the one-item weights silently
+    # went missing
+    ds = _world(n_users=300)
+    split = make_split(ds, "user-item-cold", k_shot=6, n_query=8, seed=0)
+    rec = MetaRecommender(_fast_config()).fit(
+        ds, split.train, valid=split.valid, valid_items=split.valid_cold_items
+    )
+    assert rec.config.blend.rank_short_requery
+    b = rec.blend_
+    assert b.short_history == 1 and b.rank_weights_short is not None
+
+
+def test_requery_skips_repeats_and_the_cut_support(fitted):
+    # with a repeated item (preprocess.dedupe off) the next interactions hold each item
+    # once, and never the item the cut support already holds
+    *_, rec = fitted
+    rows = lambda items: Interactions(  # noqa: E731
+        np.zeros(len(items), dtype=np.int64),
+        np.array(items, dtype=np.int64),
+        np.full(len(items), 4.0, dtype=np.float32),
+        np.arange(len(items), dtype=np.int64),
+        np.zeros(len(items), dtype=np.int16),
+    )
+    task = Task(0, rows([5, 7, 5, 8]), rows([9, 7, 11]))
+    (cut,), _ = rec._short_tasks([task], 1, requery=True, rows=rec._rows_index(rows([])))
+    np.testing.assert_array_equal(cut.support.item_idx, [5])
+    np.testing.assert_array_equal(cut.query.item_idx, [7, 8, 9])
+
+
 def test_short_histories_can_get_their_own_rating_weights(fitted):
     # blend.rating_short_histories = (1, 3): histories of 1 item, and of 2-3 items, are
     # rated with weights fitted on the validation supports cut to 1 and 3 items; longer
@@ -835,6 +886,13 @@ def test_short_histories_can_get_their_own_rating_weights(fitted):
             np.testing.assert_allclose(got, np.clip(want, lo, hi), rtol=1e-6, atol=1e-6)
         back = MetaRecommender.from_state(*other.state(), split.train)
         assert back.blend_.rating_cuts == (1, 3)
+        cfg, tensors = other.blend_.state()
+        with pytest.raises(KeyError, match="2 rating_cuts but 1 rows"):
+            Blend.from_state(
+                cfg, {**tensors, "rating_weights_short": tensors["rating_weights_short"][:1]}
+            )
+        with pytest.raises(KeyError, match="0 rating_cuts but 2 rows"):
+            Blend.from_state({**cfg, "rating_cuts": []}, tensors)
         sup = t.support.take(np.arange(2))
         np.testing.assert_array_equal(
             back.score(t.user_idx, sup, t.query.item_idx),

@@ -1111,6 +1111,14 @@ class Blend:
             missing = [n for n in rank_inputs if not closed.has_input(n)]
             if missing:  # a weight for an input that would silently score 0
                 raise KeyError(f"blend: the ranking input {missing[0]!r} has no fitted model")
+        cuts = tuple(int(n) for n in cfg.get("rating_cuts", []))
+        short = weights("rating_weights_short")
+        if (short is None and cuts) or (short is not None and short.shape[0] != len(cuts)):
+            # a cut without its row would fail at the first short user's request
+            raise KeyError(
+                f"blend: {len(cuts)} rating_cuts but "
+                f"{0 if short is None else short.shape[0]} rows of rating_weights_short"
+            )
         return cls(
             closed,
             tuple(cfg["rating_inputs"]),
@@ -1121,6 +1129,6 @@ class Blend:
             str(cfg.get("rank_fit", "softmax")),
             int(cfg.get("short_history", 0)),
             weights("rank_weights_short"),
-            tuple(int(n) for n in cfg.get("rating_cuts", [])),
-            weights("rating_weights_short"),
+            cuts,
+            short,
         )

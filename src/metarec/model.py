@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from metarec.blend import (
@@ -559,8 +560,8 @@ class MetaRecommender(Recommender):
         """Closed-form models on the meta-training interactions, stacking weights on the
         validation tasks. Each validation user is seen exactly as a test user is scored:
         their training rows + support (item cold-start users are warm, with long histories
-        in train), minus the task's query items (a carved-out validation user's rows in
-        ``train`` include the query). Fitting on the support alone while scoring on the
+        in ``split.train``), minus the task's query items (a warm protocol's query may sit
+        in them). Fitting on the support alone while scoring on the
         full history gave weights for the wrong inputs (item cold: MAE 0.92 -> 0.97)."""
         b = self.config.blend
         explicit = dataset.feedback == "explicit"
@@ -570,16 +571,28 @@ class MetaRecommender(Recommender):
             return None
         closed = self._closed_form(dataset, split, b)
         tasks = list(split.valid)
-        pairs = [(t.user_idx, self._history_without_query(t)) for t in tasks]
+        # a validation user's training rows are those of split.train: fit's own held-out
+        # users are left out of it, and they are indexed for serving with all their rows
+        # (the ones after the query too), which made every history long (never a short
+        # one) and fitted the weights on rows a cold user does not have
+        rows = self._rows_index(split.train)
+        pairs = [(t.user_idx, self._history_without_query(t, rows)) for t in tasks]
         rating_w = rank_w = None
         rank_fit = "softmax"
         rating_like = b.rating_like and self.rank_ is not None
+        # the short fits' "next interactions" exist where a validation query follows its
+        # support in time over the whole catalogue; with held-out validation items (user-
+        # and item-cold) the query is the user's first rows on those items, and what
+        # follows the first support item is warm rows the blend is not fitted over
+        follows = len(split.valid_cold_items) == 0
         rating_short = None
         if use_rating:
             rating_w = self._fit_rating_stack(closed, tasks, pairs, rating_like)
             shorts = []
             for n in b.rating_short_histories:
-                cut, cut_pairs = self._short_tasks(tasks, n, b.rating_short_requery)
+                cut, cut_pairs = self._short_tasks(
+                    tasks, n, b.rating_short_requery and follows, rows
+                )
                 if len(cut) < b.min_valid_users:
                     break  # this cut and every longer one: the split's K weights
                 shorts.append(self._fit_rating_stack(closed, cut, cut_pairs, rating_like))
@@ -596,7 +609,7 @@ class MetaRecommender(Recommender):
                 # support cut to rank_short_history items, kept where the whole history
                 # (training rows too) is then that short, as the users ranked with it are
                 cut, cut_pairs = self._short_tasks(
-                    tasks, b.rank_short_history, b.rank_short_requery
+                    tasks, b.rank_short_history, b.rank_short_requery and follows, rows
                 )
                 if len(cut) >= b.min_valid_users:
                     rank_w_short, _ = self._fit_rank_blend(
@@ -617,28 +630,33 @@ class MetaRecommender(Recommender):
         )
 
     def _short_tasks(
-        self, tasks: Sequence[Task], n: int, requery: bool = False
+        self,
+        tasks: Sequence[Task],
+        n: int,
+        requery: bool = False,
+        rows: tuple[sp.csr_matrix, sp.csr_matrix] | None = None,
     ) -> tuple[list[Task], list[tuple[int, Interactions]]]:
         """The validation ``tasks`` as if their users had only their first ``n``
         interactions: each support cut to ``n`` items, kept where the whole history
         (training rows too) is then that short, as the users scored with it are; with each
         kept task's history without the query. The query stays, or with ``requery`` is
         the interactions right after the ``n`` (the rest of the support, then the query;
-        as many as the query held)."""
-        cut = [
-            Task(
-                t.user_idx,
-                t.support.take(np.arange(n)),
-                Interactions.concat([t.support.take(np.arange(n, len(t.support))), t.query]).take(
-                    np.arange(len(t.query))
-                )
-                if requery
-                else t.query,
-            )
-            for t in tasks
-            if len(t.support) > n
-        ]
-        pairs = [(t.user_idx, self._history_without_query(t)) for t in cut]
+        as many as the query held), each item once and none of the cut support's."""
+        cut = []
+        for t in tasks:
+            if len(t.support) <= n:
+                continue
+            support, query = t.support.take(np.arange(n)), t.query
+            if requery:
+                rest = Interactions.concat([t.support.take(np.arange(n, len(t.support))), query])
+                # a repeated item (preprocess.dedupe off) counts once, at its first row,
+                # and an item of the cut support is history, not something to predict
+                _, first = np.unique(rest.item_idx, return_index=True)
+                at = np.sort(first)
+                at = at[~np.isin(rest.item_idx[at], support.item_idx)]
+                query = rest.take(at[: len(t.query)])
+            cut.append(Task(t.user_idx, support, query))
+        pairs = [(t.user_idx, self._history_without_query(t, rows)) for t in cut]
         keep = [i for i, (_, h) in enumerate(pairs) if len(h) <= n]
         return [cut[i] for i in keep], [pairs[i] for i in keep]
 
@@ -729,10 +747,14 @@ class MetaRecommender(Recommender):
             b.rank_fit_head,
         )
 
-    def _history_without_query(self, task: Task) -> Interactions:
+    def _history_without_query(
+        self, task: Task, rows: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
+    ) -> Interactions:
         """A validation task's adaptation set as scoring builds it (training rows, then the
-        support) without the task's query items, as one support in that order."""
-        items, ratings = self._history(task.user_idx, task.support)
+        support) without the task's query items, as one support in that order; ``rows``:
+        the training rows to take (:meth:`_rows_index` of the fit's split.train; default
+        the rows fit indexed)."""
+        items, ratings = self._history(task.user_idx, task.support, rows)
         keep = ~np.isin(items, task.query.item_idx)
         items, ratings = items[keep], ratings[keep]
         n = len(items)

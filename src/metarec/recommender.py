@@ -201,12 +201,17 @@ class Recommender(abc.ABC):
         no stored value is an implicit zero). A CSR row's columns are sorted by item index,
         and a history's order matters: models that adapt on at most
         ``ModelConfig.max_support`` interactions keep the history's end."""
+        self.train_ratings_, self.train_order_ = self._rows_index(train)
+
+    def _rows_index(self, train: Interactions) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """(ratings, order): the two CSRs :meth:`_index_training_rows` describes, of any
+        set of training rows (:meth:`_history` reads another set given as ``rows``)."""
         shape = (self.n_users_, self.n_items_)
         coords = (train.user_idx, train.item_idx)
-        self.train_ratings_ = sp.csr_matrix((train.rating.astype(np.float64), coords), shape=shape)
+        ratings = sp.csr_matrix((train.rating.astype(np.float64), coords), shape=shape)
         position = np.empty(len(train), dtype=np.float64)
         position[self._history_order(train)] = np.arange(1, len(train) + 1)
-        self.train_order_ = sp.csr_matrix((position, coords), shape=shape)
+        return ratings, sp.csr_matrix((position, coords), shape=shape)
 
     def _history_order(self, train: Interactions) -> np.ndarray:
         """(n,) int64 permutation of ``train``'s rows: the order of a user's training rows
@@ -217,9 +222,15 @@ class Recommender(abc.ABC):
         if not self.n_items_:
             raise MetarecError(f"{self.name}: call fit() before scoring")
 
-    def _history(self, user_idx: int, support: Interactions) -> tuple[np.ndarray, np.ndarray]:
+    def _history(
+        self,
+        user_idx: int,
+        support: Interactions,
+        rows: tuple[sp.csr_matrix, sp.csr_matrix] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(items, ratings) of the user's training rows (in :meth:`_history_order`), then the
-        support rows."""
+        support rows; ``rows``: another set of training rows (:meth:`_rows_index`) than the
+        ones fit indexed."""
         self._check_fitted()
         self._check_user(user_idx)
         items = np.asarray(support.item_idx, dtype=np.int64)
@@ -228,11 +239,11 @@ class Recommender(abc.ABC):
             raise MetarecError(f"{self.name}: support has item indices outside the catalogue")
         self._check_support_ratings(ratings)
         if 0 <= user_idx < self.n_users_:
-            r = self.train_ratings_
+            r, pos = rows if rows is not None else (self.train_ratings_, self.train_order_)
             a, b = r.indptr[user_idx], r.indptr[user_idx + 1]
             if b > a:
                 # both CSRs share one pattern (built from the same coordinates)
-                order = np.argsort(self.train_order_.data[a:b], kind="stable")
+                order = np.argsort(pos.data[a:b], kind="stable")
                 cols, vals = r.indices[a:b][order], r.data[a:b][order]
                 # a warm protocol may put the support in train too: count such items once
                 keep = ~np.isin(cols, items)
