@@ -27,11 +27,9 @@ import numpy as np
 
 from metarec import metrics as M
 from metarec.recommender import Recommender
-from metarec.types import Dataset, MetarecError, Task
+from metarec.types import IMPLICIT_POSITIVE, Dataset, MetarecError, Task
 
 LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "Logloss"})
-# implicit labels are 0/1: a label (or predicted probability) at or above this is a like
-IMPLICIT_POSITIVE = 0.5
 
 
 def greater_is_better(metric: str) -> bool:

@@ -67,7 +67,15 @@ from metarec.train import (
     train,
     validates_new_items,
 )
-from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
+from metarec.types import (
+    IMPLICIT_POSITIVE,
+    MAX_SEED,
+    Dataset,
+    Interactions,
+    MetarecError,
+    Split,
+    Task,
+)
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
 VALID_HOLDOUTS = ("users", "new_items")  # ModelConfig.valid_holdout
@@ -768,7 +776,7 @@ class MetaRecommender(Recommender):
 
     def _like_threshold(self) -> float:
         if self.feedback_ != "explicit":
-            return 0.5  # implicit labels are already 0/1
+            return IMPLICIT_POSITIVE  # implicit labels are already 0/1
         if self.config.like_threshold is not None:
             return float(self.config.like_threshold)
         lo, hi = self.rating_range_

@@ -28,6 +28,9 @@ Feedback = Literal["explicit", "implicit"]
 # overflowed in the middle of a run
 MAX_SEED = 2**31 - 1
 
+# implicit labels are 0/1: a label (or predicted probability) at or above this is a like
+IMPLICIT_POSITIVE = 0.5
+
 
 def _frozen(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
