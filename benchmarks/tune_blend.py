@@ -14,7 +14,10 @@ by 2-fold cross-validation over the validation users: its blend weights are fitt
 half and the metrics taken on the other, both ways. The full ranking runs over the same
 candidates as evaluate (held-out items in item cold start, the target domain's items in
 cross-domain). ``--eval-k`` scores the same held-out halves with their supports cut to
-other sizes (the blend is still fitted at the config's K). Test users are never scored:
+other sizes (the blend is still fitted at the config's K): each K with its own query,
+the next interactions after K (``--eval-query next``), or as the report's K-curve
+scores test users (``--eval-query fixed``): every K on the largest K's query, the
+items of the largest support left out of the ranking. Test users are never scored:
 this is a tool for making choices.
 """
 
@@ -37,6 +40,7 @@ from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import (  # noqa: E402
+    _curve_tasks,
     build_split_features,
     cut_split,
     fit_method,
@@ -77,6 +81,7 @@ def cv_blend(
     cands,
     threshold,
     eval_split=None,
+    exclude=None,
 ):
     """Per-user validation metrics of one blend variant by 2-fold CV (fitted model shared).
 
@@ -97,7 +102,15 @@ def cv_blend(
             else:
                 rec.config = dataclasses.replace(saved_cfg, blend=blend)
                 rec.blend_ = rec._fit_blend(ds, dataclasses.replace(split, valid=tuple(folds[k])))
-            r = evaluate(rec, ds, held[k], threshold=threshold, bootstrap=0, candidates=cands)
+            r = evaluate(
+                rec,
+                ds,
+                held[k],
+                threshold=threshold,
+                bootstrap=0,
+                candidates=cands,
+                exclude=exclude,
+            )
             for name, v in r.per_user.items():
                 per_user.setdefault(name, []).append(np.asarray(v, dtype=np.float64))
     finally:
@@ -124,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         help="support sizes the variants are scored at (default: the config's K); the "
         "blend is always fitted on the config's K",
     )
+    p.add_argument(
+        "--eval-query",
+        choices=("next", "fixed"),
+        default="next",
+        help="with --eval-k: each K's own next interactions (next), or the largest K's "
+        "query at every K, as the report's K-curve (fixed)",
+    )
     p.add_argument("--json", type=json_path, required=True)
     a = p.parse_args(argv)
     cfg = load_config(a.config, a.overrides)
@@ -141,13 +161,25 @@ def main(argv: list[str] | None = None) -> int:
         base = rec.config.blend
         variants = [("fitted default", base)] + [parse_variant(v, base) for v in a.variant]
         row = {"seed": seed, "fit_s": secs, "n_valid": len(split.valid), "variants": {}}
-        for k_eval in a.eval_k or [cfg.split.k_shot]:
-            at = split if k_eval == cfg.split.k_shot else cut_split(ds, cfg, seed, k_eval)
+        eval_ks = a.eval_k or [cfg.split.k_shot]
+        at_k = {k: split if k == cfg.split.k_shot else cut_split(ds, cfg, seed, k) for k in eval_ks}
+        gaps: dict[int, dict | None] = dict.fromkeys(eval_ks)
+        if a.eval_query == "fixed" and a.eval_k:
+            # the K-curve's tasks, built from the validation users as from test users
+            as_test = {k: dataclasses.replace(s, test=s.valid) for k, s in at_k.items()}
+            users = set.intersection(*({t.user_idx for t in s.valid} for s in at_k.values()))
+            tasks, gaps_k, fixed = _curve_tasks(as_test, users)
+            if not fixed:
+                raise SystemExit("--eval-query fixed: this split's K recuts differ in rows")
+            at_k = {k: dataclasses.replace(s, valid=tasks[k]) for k, s in at_k.items()}
+            gaps.update({k: gaps_k.get(k) or None for k in eval_ks})
+        for k_eval in eval_ks:
+            at = at_k[k_eval]
             cands = ranking_candidates(ds, at, "valid")
             for label, blend in variants:
                 name = label if a.eval_k is None else f"{label} @K={k_eval}"
                 row["variants"][name] = cv_blend(
-                    rec, ds, split, blend, cands, cfg.threshold, eval_split=at
+                    rec, ds, split, blend, cands, cfg.threshold, eval_split=at, exclude=gaps[k_eval]
                 )
                 shown = {k: round(v, 4) for k, v in row["variants"][name].items() if v is not None}
                 print(f"seed {seed} {name:24s} {shown}", file=sys.stderr, flush=True)
@@ -171,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides": a.overrides,
         "variants": a.variant,
         "protocol": "2-fold CV over validation users; test users never scored",
+        "eval_query": a.eval_query if a.eval_k else None,
         "runs": runs,
         "mean_over_seeds": mean,
     }

@@ -105,6 +105,35 @@ def test_fit_writes_a_loadable_run(fitted):
     assert meta["encoder_fingerprint"].startswith("hashing")
 
 
+def test_non_finite_scores_are_an_error_not_a_row(fitted, monkeypatch):
+    # a damaged model's NaN was written to P.csv as a score, and recommend took NaN for
+    # an excluded item ("users have rated all of the catalogue") with exit 0
+    from metarec.model import MetaRecommender
+    from metarec.predictor import Predictor
+    from metarec.types import MetarecError
+
+    tmp, run, _ = fitted
+    sup = pd.read_csv(cold_support(tmp))
+    pred = Predictor.load(run)
+    one = sup[sup.user_id == "new_space"]
+    inter, _ = pred.support_of(one.item_id, one.rating, one.timestamp)
+    q = pd.DataFrame({"user_id": ["new_space"] * 2, "item_id": ["it1", "it2"]})
+    monkeypatch.setattr(
+        MetaRecommender,
+        "score_many",
+        lambda self, tasks, items: [np.full(len(i), np.nan) for i in items],
+    )
+    with pytest.raises(MetarecError, match="scored 2 of 2 query rows NaN or inf"):
+        pred.predict(one, q)
+    monkeypatch.setattr(
+        MetaRecommender,
+        "rank_scores_batch",
+        lambda self, tasks, items: np.full((len(tasks), len(items)), np.nan),
+    )
+    with pytest.raises(MetarecError, match="NaN scores; the RUN is damaged"):
+        pred.recommend_many({"new_space": inter}, 3)
+
+
 def test_predict_adapts_cold_users_and_scores_cold_items(fitted):
     tmp, run, _ = fitted
     support = cold_support(tmp)

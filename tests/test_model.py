@@ -819,6 +819,22 @@ def test_held_out_validation_items_keep_the_k_query_for_one_item_weights():
     assert b.short_history == 1 and b.rank_weights_short is not None
 
 
+def test_a_requested_short_weight_set_that_cannot_be_fitted_is_named(fitted):
+    # cuts no validation support is longer than get no weights of their own: said, not
+    # silently dropped (the RUN stored rating_cuts [] for a requested [10])
+    ds, split, _, rec = fitted
+    other = MetaRecommender.from_state(*rec.state(), split.train)
+    blend = dataclasses.replace(
+        rec.config.blend, rating_short_histories=(1, 50), rank_short_history=50
+    )
+    other.config = dataclasses.replace(other.config, blend=blend)
+    with pytest.warns(UserWarning) as got:
+        b = other._fit_blend(ds, split)
+    text = " ".join(str(w.message) for w in got)
+    assert "histories of [50] items" in text and "rank_short_history=50" in text
+    assert b.rating_cuts == (1,) and b.rank_weights_short is None
+
+
 def test_requery_skips_repeats_and_the_cut_support(fitted):
     # with a repeated item (preprocess.dedupe off) the next interactions hold each item
     # once, and never the item the cut support already holds
@@ -893,6 +909,22 @@ def test_short_histories_can_get_their_own_rating_weights(fitted):
             )
         with pytest.raises(KeyError, match="0 rating_cuts but 2 rows"):
             Blend.from_state({**cfg, "rating_cuts": []}, tensors)
+        # a RUN is checked at load by scoring a one-item user, which reads only the first
+        # cut's weights: every weight set and every cut value is checked directly
+        bad = tensors["rating_weights_short"].clone()
+        bad[1, 0] = float("nan")
+        with pytest.raises(ValueError, match="rating_weights_short holds NaN"):
+            Blend.from_state(cfg, {**tensors, "rating_weights_short": bad})
+        inf = tensors["rating_weights"].clone()
+        inf[0] = float("inf")
+        with pytest.raises(ValueError, match="rating_weights holds NaN or inf"):
+            Blend.from_state(cfg, {**tensors, "rating_weights": inf})
+        for cuts in ([3, 1], [0, 3], [1.7, 3], [True, 3], "13"):
+            with pytest.raises(ValueError, match="rating_cuts"):
+                Blend.from_state({**cfg, "rating_cuts": cuts}, tensors)
+        for short in (-5, 1.9, None):
+            with pytest.raises(ValueError, match="short_history"):
+                Blend.from_state({**cfg, "short_history": short}, tensors)
         sup = t.support.take(np.arange(2))
         np.testing.assert_array_equal(
             back.score(t.user_idx, sup, t.query.item_idx),

@@ -1111,7 +1111,28 @@ class Blend:
             missing = [n for n in rank_inputs if not closed.has_input(n)]
             if missing:  # a weight for an input that would silently score 0
                 raise KeyError(f"blend: the ranking input {missing[0]!r} has no fitted model")
-        cuts = tuple(int(n) for n in cfg.get("rating_cuts", []))
+        # every weight is finite: a load-time score touches only the weights of the one
+        # history length it tries (the one-item ones), so a NaN in another set served
+        # NaN scores, and an unrankable catalogue, at request time
+        for key in ("rating_weights", "rank_weights", "rank_weights_short", "rating_weights_short"):
+            w = weights(key)
+            if w is not None and not np.isfinite(w).all():
+                raise ValueError(f"blend: {key} holds NaN or inf")
+        raw_cuts = cfg.get("rating_cuts", [])
+        if not isinstance(raw_cuts, list) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in raw_cuts
+        ):
+            raise ValueError(f"blend: rating_cuts {raw_cuts!r} are not support sizes >= 1")
+        if raw_cuts != sorted(set(raw_cuts)):
+            raise ValueError(f"blend: rating_cuts {raw_cuts!r} are not increasing")
+        short_history = cfg.get("short_history", 0)
+        if (
+            not isinstance(short_history, int)
+            or isinstance(short_history, bool)
+            or short_history < 0
+        ):
+            raise ValueError(f"blend: short_history {short_history!r} is not a size >= 0")
+        cuts = tuple(raw_cuts)
         short = weights("rating_weights_short")
         if (short is None and cuts) or (short is not None and short.shape[0] != len(cuts)):
             # a cut without its row would fail at the first short user's request
@@ -1127,7 +1148,7 @@ class Blend:
             weights("rank_weights"),
             bool(cfg.get("rating_like", False)),
             str(cfg.get("rank_fit", "softmax")),
-            int(cfg.get("short_history", 0)),
+            short_history,
             weights("rank_weights_short"),
             cuts,
             short,

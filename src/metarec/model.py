@@ -606,6 +606,14 @@ class MetaRecommender(Recommender):
                 shorts.append(self._fit_rating_stack(closed, cut, cut_pairs, rating_like))
             if shorts:
                 rating_short = np.stack(shorts)  # (n_cuts, n_weights)
+            if len(shorts) < len(b.rating_short_histories):
+                warnings.warn(
+                    f"blend.rating_short_histories: no own rating weights for histories of "
+                    f"{list(b.rating_short_histories[len(shorts) :])} items (fewer than "
+                    f"{b.min_valid_users} validation users with a longer support); they are "
+                    "rated with the weights of the longest histories",
+                    stacklevel=2,
+                )
         rank_inputs = closed.rank_names
         rank_w_short = None
         if use_rank and rank_inputs:
@@ -622,6 +630,16 @@ class MetaRecommender(Recommender):
                 if len(cut) >= b.min_valid_users:
                     rank_w_short, _ = self._fit_rank_blend(
                         closed, rank_inputs, cut, cut_pairs, items
+                    )
+                elif b.rank_short_history > 1:
+                    # the default 1 says nothing where no validation history is that short
+                    # (warm users in item cold-start and cross-domain); a longer cut is a
+                    # request someone made
+                    warnings.warn(
+                        f"blend.rank_short_history={b.rank_short_history}: fewer than "
+                        f"{b.min_valid_users} validation users have a history that short "
+                        "once cut; histories of any length share one set of ranking weights",
+                        stacklevel=2,
                     )
         return Blend(
             closed,

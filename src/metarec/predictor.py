@@ -334,6 +334,12 @@ class Predictor:
             rows_per_task, self.model.score_many(tasks, items_per_task), strict=True
         ):
             scores[rows] = s
+        bad = ~np.isfinite(scores)
+        if bad.any():  # never written as a score: P.csv would carry NaN rows silently
+            raise MetarecError(
+                f"predict: the model scored {int(bad.sum())} of {len(scores)} query rows NaN or "
+                f"inf (first: user {raw_users[int(np.argmax(bad))]!r}); the RUN is damaged"
+            )
         out = pd.DataFrame({"user_id": raw_users, "item_id": raw_items, "score": scores})
         return out, {"unknown_support_items": n_unknown, "users": len(tasks)}
 
@@ -386,6 +392,10 @@ class Predictor:
         for a in range(0, len(tasks), 64):
             chunk = tasks[a : a + 64]
             s = self.model.rank_scores_batch(chunk, cand)  # (T, n_cand)
+            if np.isnan(s).any():  # NaN was taken for an excluded item, without a word
+                raise MetarecError(
+                    "recommend: the model ranked the catalogue with NaN scores; the RUN is damaged"
+                )
             for row, task in enumerate(chunk):
                 scores = s[row].copy()
                 if exclude_seen:
