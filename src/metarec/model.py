@@ -610,8 +610,8 @@ class MetaRecommender(Recommender):
                 warnings.warn(
                     f"blend.rating_short_histories: no own rating weights for histories of "
                     f"{list(b.rating_short_histories[len(shorts) :])} items (fewer than "
-                    f"{b.min_valid_users} validation users with a longer support); they are "
-                    "rated with the weights of the longest histories",
+                    f"{b.min_valid_users} validation users whose whole history cuts to that "
+                    "size); they are rated with the weights of the longest histories",
                     stacklevel=2,
                 )
         rank_inputs = closed.rank_names
