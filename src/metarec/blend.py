@@ -75,6 +75,14 @@ RANK_FITS = ("softmax", "ndcg", "cv", "auto")
 N_TIE_SEED = 20261205  # the nDCG search's fixed tie order (ndcg_of_weights)
 
 
+def increasing_sizes(cuts) -> bool:
+    """Whether ``cuts`` are history sizes a blend can route by: integers >= 1 (not bools),
+    strictly increasing (BlendConfig.rating_short_histories, a saved blend's rating_cuts)."""
+    return all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in cuts) and (
+        list(cuts) == sorted(set(cuts))
+    )
+
+
 @dataclass(frozen=True)
 class BlendConfig:
     rating: bool = True  # stack the rating model with closed-form rating predictions
@@ -300,7 +308,7 @@ class BlendConfig:
                 "prior, or set blend.rating_shrink=0)"
             )
         cuts = self.rating_short_histories
-        if any(n < 1 for n in cuts) or list(cuts) != sorted(set(cuts)):
+        if not increasing_sizes(cuts):
             raise MetarecError(
                 "blend.rating_short_histories must be increasing support sizes >= 1, "
                 f"got {list(cuts)}"
@@ -1017,6 +1025,10 @@ def rank_columns(logits: np.ndarray, inputs: np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(logits, dtype=np.float64)[:, :, None], inputs], 2)
 
 
+# the fitted weight arrays a Blend saves and loads (None ones are left out)
+_WEIGHT_KEYS = ("rating_weights", "rank_weights", "rank_weights_short", "rating_weights_short")
+
+
 @dataclass(frozen=True, eq=False)
 class Blend:
     """A fitted blend: closed-form models plus the weights of each stack (None = unused)."""
@@ -1094,7 +1106,7 @@ class Blend:
             "short_history": self.short_history,
             "rating_cuts": list(self.rating_cuts),
         }
-        for key in ("rating_weights", "rank_weights", "rank_weights_short", "rating_weights_short"):
+        for key in _WEIGHT_KEYS:
             w = getattr(self, key)
             if w is not None:
                 tensors[key] = torch.from_numpy(np.asarray(w, dtype=np.float64).copy())
@@ -1114,17 +1126,15 @@ class Blend:
         # every weight is finite: a load-time score touches only the weights of the one
         # history length it tries (the one-item ones), so a NaN in another set served
         # NaN scores, and an unrankable catalogue, at request time
-        for key in ("rating_weights", "rank_weights", "rank_weights_short", "rating_weights_short"):
+        for key in _WEIGHT_KEYS:
             w = weights(key)
             if w is not None and not np.isfinite(w).all():
                 raise ValueError(f"blend: {key} holds NaN or inf")
         raw_cuts = cfg.get("rating_cuts", [])
-        if not isinstance(raw_cuts, list) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in raw_cuts
-        ):
-            raise ValueError(f"blend: rating_cuts {raw_cuts!r} are not support sizes >= 1")
-        if raw_cuts != sorted(set(raw_cuts)):
-            raise ValueError(f"blend: rating_cuts {raw_cuts!r} are not increasing")
+        if not isinstance(raw_cuts, list) or not increasing_sizes(raw_cuts):
+            raise ValueError(
+                f"blend: rating_cuts {raw_cuts!r} are not increasing support sizes >= 1"
+            )
         short_history = cfg.get("short_history", 0)
         if (
             not isinstance(short_history, int)

@@ -1250,7 +1250,7 @@ def run(
             k: whole if k == main_k else cut_split(ds, config, seed, k, False) for k in curve
         }
         curve_tasks: dict[int, tuple[Task, ...]] = {
-            k: s.test if cap is None else s.test[:cap] for k, s in curve_splits.items()
+            k: s.test[:cap] for k, s in curve_splits.items()
         }
         curve_gaps: dict[int, dict[int, np.ndarray]] = {}
         if config.curve_same_users and curve_splits:
