@@ -40,10 +40,10 @@ from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import (  # noqa: E402
-    _curve_tasks,
     build_split_features,
     cut_split,
     fit_method,
+    kcurve_tasks,
     load_config,
     load_data,
     ranking_candidates,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             # the K-curve's tasks, built from the validation users as from test users
             as_test = {k: dataclasses.replace(s, test=s.valid) for k, s in at_k.items()}
             users = set.intersection(*({t.user_idx for t in s.valid} for s in at_k.values()))
-            tasks, gaps_k, fixed = _curve_tasks(as_test, users)
+            tasks, gaps_k, fixed = kcurve_tasks(as_test, users)
             if not fixed:
                 raise SystemExit("--eval-query fixed: this split's K recuts differ in rows")
             at_k = {k: dataclasses.replace(s, valid=tasks[k]) for k, s in at_k.items()}

@@ -125,7 +125,7 @@ def test_k_curve_scores_one_query_at_every_k():
     ds = E.load_data(cfg)
     splits = {k: E.cut_split(ds, cfg, 0, k) for k in (1, 3)}
     users = {t.user_idx for t in splits[1].test} & {t.user_idx for t in splits[3].test}
-    tasks, gaps, fixed = E._curve_tasks(splits, users)
+    tasks, gaps, fixed = E.kcurve_tasks(splits, users)
     assert fixed
     own3 = {t.user_idx: t for t in splits[3].test}
     own1 = {t.user_idx: t for t in splits[1].test}
@@ -159,7 +159,7 @@ def test_k_curve_scores_one_query_at_every_k():
             dataclasses.replace(t, query=repeat) if t.user_idx == u else t for t in splits[3].test
         ),
     )
-    rtasks, _, rfixed = E._curve_tasks({1: splits[1], 3: patched}, users)
+    rtasks, _, rfixed = E.kcurve_tasks({1: splits[1], 3: patched}, users)
     assert rfixed
     for k in (1, 3):
         t = next(t for t in rtasks[k] if t.user_idx == u)
@@ -169,7 +169,7 @@ def test_k_curve_scores_one_query_at_every_k():
     # hold the largest K's query in training: each K keeps its own query
     other = splits[1].train.take(np.arange(len(splits[1].train) - 1))
     moved_rows = {1: dataclasses.replace(splits[1], train=other), 3: splits[3]}
-    own, no_gaps, fixed = E._curve_tasks(moved_rows, users)
+    own, no_gaps, fixed = E.kcurve_tasks(moved_rows, users)
     assert not fixed and no_gaps == {}
     assert [t.query for t in own[1]] == [own1[t.user_idx].query for t in own[1]]
 

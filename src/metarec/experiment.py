@@ -13,7 +13,7 @@ protocol, a text encoder, a list of seeds, a list of methods and the K-shot curv
    the same held-out users) and evaluate the fitted methods on its test users; a method is
    refitted only when the recut changes ``train``. With ``curve_same_users`` every K is
    evaluated on the same users (those that have an episode at every K) and, where no
-   recut trains on it, on the same query: the largest K's (:func:`_curve_tasks`).
+   recut trains on it, on the same query: the largest K's (:func:`kcurve_tasks`).
 
 It writes ``results.json`` (mean ± std over seeds of every metric, bootstrap CI, per-seed
 values, fit seconds, the protocol and the config), ``report.md`` and PNG plots
@@ -1058,7 +1058,7 @@ def _restrict(tasks: Sequence[Task], users: set[int]) -> tuple[Task, ...]:
     return tuple(t for t in tasks if t.user_idx in users)
 
 
-def _curve_tasks(
+def kcurve_tasks(
     splits: dict[int, Split], users: set[int]
 ) -> tuple[dict[int, tuple[Task, ...]], dict[int, dict[int, np.ndarray]], bool]:
     """The K-curve's test tasks: at every K the ``users``' support from that K's recut,
@@ -1128,7 +1128,7 @@ def _merge_exclusions(
 
 
 def _curve_query_text(protocol: str, fixed: dict[int, bool]) -> str:
-    """The report's sentence on the K-curve's query, from each seed's :func:`_curve_tasks`."""
+    """The report's sentence on the K-curve's query, from each seed's :func:`kcurve_tasks`."""
     held = (
         "each user's queries on the held-out items"
         if protocol in ("item-cold", "user-item-cold")
@@ -1264,7 +1264,7 @@ def run(
             if cap is not None:  # the first N of them, in the largest K's user order
                 top = curve_splits[max(curve_splits)].test
                 common = set([t.user_idx for t in top if t.user_idx in common][:cap])
-            curve_tasks, curve_gaps, fixed = _curve_tasks(curve_splits, common)
+            curve_tasks, curve_gaps, fixed = kcurve_tasks(curve_splits, common)
             curve_fixed[seed] = fixed
             protocol["curve_query"] = _curve_query_text(config.split.protocol, curve_fixed)
             # the report's per-K "Q" reads this, not the sentence above
