@@ -3,6 +3,7 @@ bootstrap intervals, agreement with recommend(), and aggregate_seeds."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -83,6 +84,24 @@ def test_pointwise_metrics_by_hand(result):
     assert m["AUC"] == 1.0 and result.n_users["AUC"] == 1
     assert math.isnan(result.per_user["AUC"][1])
     assert "Logloss" not in m  # explicit data: no probabilities
+
+
+def test_mae_rounded_by_hand_and_only_on_a_scale_of_few_ratings():
+    # the scale's levels are the ratings the data holds: 1..5 here
+    rows = inter(2, np.arange(5), np.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    ds = dataclasses.replace(dataset(), interactions=rows)
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    m = evaluate(rec, ds, TASKS, ks=(1,), query_ks=(1,), bootstrap=0).metrics
+    # user 0: (4.5, 3.0, 3.5) -> (4, 3, 3) (halfway goes down) vs (5, 2, 4): 1, 1, 1
+    # user 1: (1.0, 4.8) -> (1, 5) vs (1, 2): 0, 3
+    assert m["MAE (rounded)"] == pytest.approx((1.0 + 1.5) / 2)
+    assert m["MAE"] == pytest.approx((2 / 3 + 1.4) / 2)  # unchanged beside it
+    # a continuous scale (more than 20 distinct ratings): nothing to round to, no column
+    many = inter(2, np.arange(5).repeat(5), np.linspace(1, 5, 25))
+    ds = dataclasses.replace(dataset(), interactions=many)
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    m = evaluate(rec, ds, TASKS, ks=(1,), query_ks=(1,), bootstrap=0).metrics
+    assert "MAE (rounded)" not in m and "MAE" in m
 
 
 def test_query_ndcg_by_hand(result):

@@ -684,6 +684,10 @@ def _implicit_tiny(tmp_path: Path, positives_only: bool = False) -> Path:
     [
         (["metrics=['MAE', 'AUC']"], "metrics: MAE is computed for explicit feedback only"),
         (
+            ["metrics=['MAE (rounded)']"],
+            "metrics: MAE (rounded) is computed for explicit feedback only",
+        ),
+        (
             ["methods=[{name='biased_mf', grid={reg=[0.1, 1.0]}, select_metric='RMSE'}]"],
             "select_metric: RMSE is computed for explicit feedback only",
         ),
@@ -707,6 +711,33 @@ def test_a_rating_metric_on_implicit_data_fails_before_anything_trains(
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.run(cfg, None, progress=False)
+
+
+def test_mae_rounded_on_a_continuous_scale_fails_before_anything_trains():
+    from metarec.types import Dataset, IdMap, Interactions
+
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]", "metrics=['MAE (rounded)']"])
+    n = 30  # 30 distinct ratings: a continuous scale, no nearest rating to round to
+    rows = Interactions(
+        np.zeros(n, int), np.arange(n), np.linspace(0, 10, n), np.arange(n), np.zeros(n)
+    )
+    ds = Dataset(
+        "cont",
+        rows,
+        IdMap(np.array(["u"])),
+        IdMap(np.arange(n).astype(str)),
+        "explicit",
+        (0.0, 10.0),
+        False,
+    )
+    with pytest.raises(
+        MetarecError, match=re.escape("metrics: MAE (rounded) needs a scale of at most 20")
+    ):
+        E.check_against_data(cfg, ds)
+    few = dataclasses.replace(
+        ds, interactions=dataclasses.replace(rows, rating=np.round(rows.rating))
+    )
+    E.check_against_data(cfg, few)  # 11 levels: fine
 
 
 def test_a_query_metric_selected_on_a_log_without_negatives_fails_before_training(

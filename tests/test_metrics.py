@@ -45,6 +45,26 @@ def test_logloss_mae_rmse_match_sklearn(rng):
     assert M.rmse(r, q) == pytest.approx(math.sqrt(skm.mean_squared_error(r, q)))
 
 
+def test_nearest_level_by_hand():
+    stars = [1.0, 2.0, 3.0, 4.0, 5.0]
+    got = M.nearest_level([0.2, 1.5, 1.51, 2.49, 4.7, 9.0], stars)
+    assert got.tolist() == [1.0, 1.0, 2.0, 2.0, 5.0, 5.0]  # a halfway value goes down
+    halves = np.arange(1, 11) / 2  # 0.5 .. 5.0
+    assert M.nearest_level([3.74, 3.76, 0.1], halves).tolist() == [3.5, 4.0, 0.5]
+    assert M.nearest_level([7.0, -2.0], [3.0]).tolist() == [3.0, 3.0]
+    for bad in ([], [2.0, 1.0], [1.0, 1.0]):
+        with pytest.raises(MetarecError, match="levels must be sorted"):
+            M.nearest_level([1.0], bad)
+
+
+def test_mae_rounded_matches_sklearn_on_rounded_predictions(rng):
+    r = rng.integers(1, 6, 200).astype(float)
+    q = rng.uniform(0.0, 6.0, 200)  # some beyond the scale: clipped to the end stars
+    want = skm.mean_absolute_error(r, np.clip(np.round(q), 1, 5))
+    assert M.mae_rounded(r, q, [1, 2, 3, 4, 5]) == pytest.approx(want)
+    assert math.isnan(M.mae_rounded([], [], [1, 2]))
+
+
 def test_logloss_clips_certain_wrong_prediction():
     # p = 0 for a positive would be infinite; clipping at 1e-7 gives -log(1e-7)
     assert M.logloss([1], [0.0]) == pytest.approx(-math.log(1e-7))

@@ -3,8 +3,10 @@
 Metric names follow one scheme: ``<Metric>[@k][ (<scope>)]``.
 
 * No scope: pointwise metrics on each user's query items, from ``score``:
-  ``MAE``, ``RMSE``, ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Logloss`` (only for
-  models with ``predicts_ratings``; Logloss on implicit data only) and ``AUC`` (all models).
+  ``MAE``, ``MAE (rounded)``, ``RMSE``, ``Accuracy``, ``Precision``, ``Recall``, ``F1``, ``Logloss`` (only for
+  models with ``predicts_ratings``; Logloss on implicit data only; MAE (rounded), the
+  predictions moved to the nearest rating the data holds, on scales of at most
+  ``MAX_RATING_LEVELS`` distinct ratings) and ``AUC`` (all models).
   Labels: rating >= ``threshold`` (explicit) or label > 0 (implicit); predictions are
   positive when the predicted rating >= ``threshold`` (explicit) or probability >= 0.5.
 * ``(query)``: ranking of the user's query items by ``score``, graded relevance = true
@@ -29,7 +31,18 @@ from metarec import metrics as M
 from metarec.recommender import Recommender
 from metarec.types import IMPLICIT_POSITIVE, Dataset, MetarecError, Task
 
-LOWER_IS_BETTER = frozenset({"MAE", "RMSE", "Logloss"})
+LOWER_IS_BETTER = frozenset({"MAE", "MAE (rounded)", "RMSE", "Logloss"})
+# more distinct ratings than this: a continuous scale, with no "nearest rating" to round to
+MAX_RATING_LEVELS = 20
+
+
+def rating_levels(dataset: Dataset) -> np.ndarray | None:
+    """(L,) the distinct ratings of an explicit dataset, sorted; None for implicit data or
+    a scale of more than MAX_RATING_LEVELS values."""
+    if dataset.feedback != "explicit" or not len(dataset.interactions):
+        return None
+    levels = np.unique(np.asarray(dataset.interactions.rating, dtype=np.float64))
+    return levels if len(levels) <= MAX_RATING_LEVELS else None
 
 
 def greater_is_better(metric: str) -> bool:
@@ -86,6 +99,7 @@ def evaluate(
     if not full_catalogue and not query_ks:
         raise MetarecError("evaluate: query_ks is empty and full_catalogue is off: no ranking")
     explicit = dataset.feedback == "explicit"
+    levels = rating_levels(dataset)
     pos_threshold = threshold if explicit else IMPLICIT_POSITIVE
 
     def liked(rating: np.ndarray) -> np.ndarray:
@@ -127,6 +141,8 @@ def evaluate(
             p_pos = M.binarize(pred, pos_threshold)
             if explicit:
                 col("MAE")[i] = M.mae(y, pred)
+                if levels is not None:
+                    col("MAE (rounded)")[i] = M.mae_rounded(y, pred, levels)
                 col("RMSE")[i] = M.rmse(y, pred)
             else:
                 col("Logloss")[i] = M.logloss(y_pos, pred)

@@ -219,7 +219,17 @@ class ExperimentConfig:
         return tuple(sorted(full)), tuple(sorted(query))
 
 
-_PLAIN_METRICS = ("MAE", "RMSE", "AUC", "Logloss", "Accuracy", "Precision", "Recall", "F1")
+_PLAIN_METRICS = (
+    "MAE",
+    "MAE (rounded)",
+    "RMSE",
+    "AUC",
+    "Logloss",
+    "Accuracy",
+    "Precision",
+    "Recall",
+    "F1",
+)
 
 
 def _check_metric_name(name: str, where: str) -> None:
@@ -248,11 +258,16 @@ def _metric_k(name: str) -> int | None:
 
 # the metrics evaluate computes only for a model that predicts on the rating scale, and
 # for which kind of feedback
-_RATING_ONLY = {"MAE": "explicit", "RMSE": "explicit", "Logloss": "implicit"}
-_NEEDS_RATINGS = ("MAE", "RMSE", "Logloss", "Accuracy", "Precision", "Recall", "F1")
+_RATING_ONLY = {
+    "MAE": "explicit",
+    "MAE (rounded)": "explicit",
+    "RMSE": "explicit",
+    "Logloss": "implicit",
+}
+_NEEDS_RATINGS = (*_RATING_ONLY, "Accuracy", "Precision", "Recall", "F1")
 # scored on the query's items: undefined where a query holds no negative (the pointwise
 # metrics of predicted ratings, less the errors, and AUC)
-_QUERY_POINTWISE = (*(m for m in _NEEDS_RATINGS if m not in ("MAE", "RMSE")), "AUC")
+_QUERY_POINTWISE = (*(m for m in _NEEDS_RATINGS if _RATING_ONLY.get(m) != "explicit"), "AUC")
 
 
 def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
@@ -272,6 +287,12 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
             raise MetarecError(
                 f"{where}: {name} is computed for {kind} feedback only, and "
                 f"{ds.name!r} is {feedback}"
+            )
+        if name == "MAE (rounded)" and kind == feedback and evaluation.rating_levels(ds) is None:
+            raise MetarecError(
+                f"{where}: MAE (rounded) needs a scale of at most "
+                f"{evaluation.MAX_RATING_LEVELS} distinct ratings to round to, and "
+                f"{ds.name!r} has more"
             )
     if (
         feedback == "implicit"

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 EXPLICIT_METRICS = (
     "RMSE",
     "MAE",
+    "MAE (rounded)",
     "AUC",
     "nDCG@3 (query)",
     "nDCG@10 (full)",
