@@ -231,6 +231,59 @@ def test_a_422_lists_at_most_twenty_errors(client):
     r = client.post("/recommend", json=body)
     data = r.json()
     assert r.status_code == 422 and len(data["errors"]) == 20 and data["errors_total"] == 50
+    # the one-line summary names three and counts the rest of all 50 (it said "+17")
+    assert data["detail"].endswith("(+47 more)")
+
+
+def test_a_body_that_is_not_json_by_its_headers_is_a_415_naming_them(client):
+    body = '{"interactions": [{"item_id": "it1", "rating": 5}], "k": 2}'
+    form = {"content-type": "application/x-www-form-urlencoded"}  # curl -d's default
+    r = client.post("/recommend", content=body, headers=form)
+    assert r.status_code == 415 and "application/json" in r.json()["detail"]
+    gz = {"content-type": "application/json", "content-encoding": "gzip"}
+    r = client.post("/recommend", content=body, headers=gz)
+    assert r.status_code == 415 and "'gzip' is not supported" in r.json()["detail"]
+    r = client.post("/recommend", content=body)  # no Content-Type: FastAPI refuses it too
+    assert r.status_code == 415 and r.json()["detail"].startswith("no Content-Type header")
+    ok = {"content-type": "application/json; charset=utf-8"}
+    assert client.post("/recommend", content=body, headers=ok).status_code == 200
+
+
+def test_score_tells_unknown_support_ids_from_unknown_item_ids(client):
+    body = {
+        "interactions": [{"item_id": "zz", "rating": 5}, {"item_id": "it1", "rating": 5}],
+        "item_ids": ["zz", "it2", "zz", "yy"],
+    }
+    data = client.post("/score", json=body).json()
+    assert data["unknown_items"] == ["zz", "zz", "zz", "yy"]  # as before: support, item_ids
+    assert data["unknown_support_items"] == ["zz"]
+    assert data["unknown_query_items"] == ["zz", "yy"]
+    assert [d["item_id"] for d in data["scores"]] == ["it2"]
+
+
+def test_untimed_rows_go_after_every_timed_row(predictor, monkeypatch):
+    # one untimed row made the server drop every timestamp (arrival order), so past
+    # max_support adaptation cut the newest timed rows and kept older ones
+    seen = []
+    real = Predictor.support_of
+
+    def spy(self, items, ratings, timestamps=None):
+        seen.append((list(items), None if timestamps is None else list(timestamps)))
+        return real(self, items, ratings, timestamps)
+
+    monkeypatch.setattr(Predictor, "support_of", spy)
+    c = TestClient(create_app(predictor))
+    rows = [
+        {"item_id": "it1", "rating": 5, "timestamp": 300},
+        {"item_id": "it2", "rating": 4},
+        {"item_id": "it3", "rating": 1, "timestamp": 100},
+        {"item_id": "it4", "rating": 2},
+    ]
+    assert c.post("/score", json={"interactions": rows, "item_ids": ["it9"]}).status_code == 200
+    assert seen[-1] == (["it1", "it2", "it3", "it4"], [300, 301, 100, 302])
+    untimed = [{k: v for k, v in r.items() if k != "timestamp"} for r in rows]
+    c.post("/score", json={"interactions": untimed, "item_ids": ["it9"]})
+    assert seen[-1][1] is None  # none timed: arrival order, as before
 
 
 # --- feedback -----------------------------------------------------------------------------
@@ -462,6 +515,14 @@ def test_implicit_values_must_be_labels(tmp_path):
     assert r.status_code == 422 and "0/1 labels" in r.json()["detail"]
     r = c.post("/recommend", json={"interactions": [{"item_id": "it1", "rating": 1}], "k": 2})
     assert r.status_code == 200
+    # named after the model that scores (no rating model here): it said "MetaRec-maml"
+    assert r.json()["model"] == "MetaRec-np" and c.get("/info").json()["model"] == "MetaRec-np"
+    # a near-1 value was cast to float32 (1.0) before the check on /recommend and /score,
+    # while /feedback refused it as "value 1": refused everywhere, quoted as sent
+    near = {"interactions": [{"item_id": "it1", "rating": 0.99999999}]}
+    for path, extra in (("/recommend", {"k": 2}), ("/score", {"item_ids": ["it2"]})):
+        r = c.post(path, json={**near, **extra})
+        assert r.status_code == 422 and "value 0.99999999 on a run" in r.json()["detail"], path
 
 
 def test_recommend_by_domain_equals_the_library(tmp_path):
@@ -560,6 +621,11 @@ def test_a_feedback_store_deleted_or_failing_under_the_server(predictor, tmp_pat
         f.unlink()  # deleted: made again on the next write ("no such table" 500s forever)
     assert c.post("/feedback", json=body).status_code == 200
     assert len(c.get("/feedback/d1").json()["interactions"]) == 1
+    import shutil
+
+    shutil.rmtree(tmp_path / "fb")  # its folder too: 503 for every user until a restart
+    assert c.post("/feedback", json=body).status_code == 200
+    assert c.post("/recommend", json={"user_id": "d1", "k": 2}).status_code == 200
 
     def broken(self, user_id, limit=None):
         raise sqlite3.OperationalError("disk I/O error")
@@ -615,6 +681,31 @@ def test_get_feedback_follows_the_id_rules_of_every_other_endpoint(predictor, tm
     for bad, said in (("%20%20", "id is empty"), ("x" * 3000, "longer than 1024")):
         r = c.get(f"/feedback/{bad}")
         assert r.status_code == 422 and said in r.json()["detail"], r.text
+    # a path that is not UTF-8 once %-decoded was read as the user "\ufffd" (whose rows
+    # it returned); that user's own spelling, %EF%BF%BD, still reads them
+    rows = [{"item_id": "it1", "rating": 4}]
+    assert c.post("/feedback", json={"user_id": "\ufffd", "interactions": rows}).status_code == 200
+    for bad in ("%FF", "%C3", "a%FFb"):
+        r = c.get(f"/feedback/{bad}")
+        assert r.status_code == 422 and "not valid UTF-8" in r.json()["detail"], bad
+    assert len(c.get("/feedback/%EF%BF%BD").json()["interactions"]) == 1
+
+
+def test_a_store_that_cannot_be_written_is_refused_at_start(tmp_path):
+    import sqlite3
+
+    # its feedback table is a view: every check at start passed (the schema is "there"),
+    # and each POST /feedback was a 503 afterwards
+    path = tmp_path / "fb.sqlite3"
+    con = sqlite3.connect(path)
+    con.executescript(
+        "CREATE TABLE t (seq INTEGER, user_id TEXT, item_id TEXT, rating REAL, "
+        "timestamp INTEGER, received_at REAL); "
+        "CREATE VIEW feedback AS SELECT * FROM t;"
+    )
+    con.close()
+    with pytest.raises(MetarecError, match="not a usable feedback database"):
+        FeedbackStore(path)
 
 
 def test_an_off_scale_rating_is_quoted_as_given(predictor):

@@ -247,7 +247,12 @@ def cmd_fit(args) -> int:
         # the scale support ratings are checked against and predictions are clipped to:
         # T's lowest and highest rating unless --rating-range named it
         "rating_range": list(raw.rating_range),
-        "algorithm": config.meta.algorithm,
+        # the scoring model's algorithm (an implicit log has no rating model: its ranking
+        # model, meta-learned by rank_meta, scores), and the ranking model's
+        "algorithm": (pred.model.rating_ or pred.model.rank_).learner.cfg.algorithm,
+        "rank_algorithm": None
+        if pred.model.rank_ is None
+        else pred.model.rank_.learner.cfg.algorithm,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if config.refit:  # the steps below were chosen on validation, then trained on all rows

@@ -1402,6 +1402,10 @@ class MetaRecommender(Recommender):
         if cfg.get("blend") is not None:
             blend_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("blend.")}
             rec.blend_ = Blend.from_state(cfg["blend"], blend_tensors)
+        if rec.name == f"MetaRec-{rec.config.meta.algorithm}" and rec.rating_ is None and rec.rank_:
+            # named after the model that scores: an implicit RUN has no rating model, and
+            # /info and /recommend called its neural-process ranking model "MetaRec-maml"
+            rec.name = f"MetaRec-{rec._score_part.learner.cfg.algorithm}"
         return rec
 
 

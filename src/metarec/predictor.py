@@ -163,10 +163,13 @@ class Predictor:
     ) -> tuple[Interactions, list[str]]:
         """(support interactions in time order, unknown item ids that were left out)."""
         item_ids = [str(i) for i in item_ids]
-        ratings = np.asarray(list(ratings), dtype=np.float32)
-        if len(ratings) != len(item_ids):
+        # checked as given, then stored as float32: checked after the cast, an implicit
+        # run's 0.99999999 became a 1 and passed here while the CLI and /feedback refused it
+        given = np.asarray(list(ratings), dtype=np.float64)
+        if len(given) != len(item_ids):
             raise MetarecError("support: item ids and ratings differ in length")
-        self.check_values(ratings)
+        self.check_values(given)
+        ratings = given.astype(np.float32)
         # a dict lookup per id: the service calls this per request with ~10 ids, where the
         # vectorised pandas lookup costs milliseconds of fixed overhead
         items = self.items
@@ -211,7 +214,7 @@ class Predictor:
             bad = ratings[(ratings != 0) & (ratings != 1)]
             if len(bad):
                 raise MetarecError(
-                    f"{what}: value {float(bad[0]):g} on a run fitted on 0/1 labels "
+                    f"{what}: value {exact_g(bad[0])} on a run fitted on 0/1 labels "
                     f"(give 1 for an interaction, 0 for an explicit 'no'; {len(bad)} such rows)"
                 )
 

@@ -20,6 +20,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 
@@ -135,6 +136,7 @@ def create_app(
         description="Few-shot adapted recommendations from a metarec RUN.",
     )
     app.state.metarec = state
+    app.add_middleware(_JsonBody)
     app.add_middleware(_BodyLimit, max_bytes=cfg.max_body_bytes)
     bearer = HTTPBearer(auto_error=False)
     # our error bodies replace FastAPI's default 422 schema in the OpenAPI document
@@ -143,6 +145,7 @@ def create_app(
         for c, d in (
             (401, "missing or wrong bearer token"),
             (413, "request body over the server limit"),
+            (415, "a body that is not JSON (Content-Type) or is compressed"),
             (422, "malformed or invalid request, or a limit exceeded"),
             (503, "no feedback store configured"),
         )
@@ -174,7 +177,7 @@ def create_app(
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
             for e in every[:20]
         ]
-        content = {"detail": _one_line(errors), "errors": errors}
+        content = {"detail": _one_line(errors, len(every)), "errors": errors}
         if len(every) > 20:
             content["errors_total"] = len(every)
         return JSONResponse(status_code=422, content=content)
@@ -218,10 +221,16 @@ def create_app(
         # every row had one, so one untimed row switched the request to arrival order
         rows += newest_per_item([FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in inter])
         ts = [r.timestamp for r in rows]
+        timed = [t for t in ts if t is not None]
+        if timed and len(timed) < len(ts):
+            # some rows timed, some not: an untimed row counts as newest (the rule above),
+            # so it goes after every timed row, in arrival order. Left to support_of, one
+            # untimed row dropped every timestamp: the rows kept arrival order, and past
+            # max_support adaptation cut the newest timed rows instead of the oldest
+            after = iter(range(max(timed) + 1, max(timed) + 1 + len(ts)))
+            ts = [t if t is not None else next(after) for t in ts]
         sup, unknown = pred.support_of(
-            [r.item_id for r in rows],
-            [r.rating for r in rows],
-            ts if rows and all(t is not None for t in ts) else None,
+            [r.item_id for r in rows], [r.rating for r in rows], ts if timed else None
         )
         uidx = pred.user_index(user_id)
         if uidx == len(pred.users) and len(sup) == 0:
@@ -360,12 +369,21 @@ def create_app(
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
-        s = model.score_adapted(await adapted(user_id, uidx, sup, "score"), idx[ok])
+        ad = await adapted(user_id, uidx, sup, "score")
+        # a model pass over the asked items (unlike /recommend's gather from the scores
+        # cached at adaptation): off the event loop, where 10,000 items held /health up
+        # for ~0.4 s under four such clients
+        s = await run_in_threadpool(model.score_adapted, ad, idx[ok])
         scores = [
             S.ItemScore(item_id=i, score=float(v)) for i, v in zip(wanted[ok], s, strict=True)
         ]
         missing = [str(i) for i in wanted[~ok]]
-        return S.ScoreResponse(scores=scores, unknown_items=unknown + missing)
+        return S.ScoreResponse(
+            scores=scores,
+            unknown_items=unknown + missing,
+            unknown_support_items=unknown,
+            unknown_query_items=list(dict.fromkeys(missing)),
+        )
 
     def need_store() -> FeedbackStore:
         if store is None:
@@ -393,7 +411,13 @@ def create_app(
         dependencies=[Depends(auth)],
         responses=errs,
     )
-    def feedback_of(user_id: str) -> S.FeedbackList:
+    def feedback_of(user_id: str, request: Request) -> S.FeedbackList:
+        # the path as sent: Starlette decodes its %-escapes with errors="replace", so
+        # /feedback/%FF read the rows of the user named "\ufffd"
+        try:
+            unquote_to_bytes(request.scope.get("raw_path") or b"").decode("utf-8")
+        except UnicodeDecodeError:
+            raise _unprocessable("user_id: the path is not valid UTF-8 once %-decoded") from None
         # the id rules of every other endpoint (stripped, not empty, at most 1,024
         # characters): " sp1 " read nothing back from what POST /feedback stored as "sp1"
         try:
@@ -412,7 +436,8 @@ def create_app(
     return app
 
 
-def _one_line(errors: list[dict]) -> str:
+def _one_line(errors: list[dict], total: int) -> str:
+    """The first three of ``errors`` in one line, and how many of ``total`` are left out."""
     parts = []
     for e in errors[:3]:
         loc = ".".join(str(x) for x in e["loc"])
@@ -420,8 +445,41 @@ def _one_line(errors: list[dict]) -> str:
             parts.append(f"malformed JSON in the request body ({e['msg']})")
         else:
             parts.append(f"{loc}: {e['msg']}")
-    more = f" (+{len(errors) - 3} more)" if len(errors) > 3 else ""
+    more = f" (+{total - len(parts)} more)" if total > len(parts) else ""
     return "invalid request: " + "; ".join(parts) + more
+
+
+class _JsonBody:
+    """ASGI middleware: 415 for a request body that is not plain JSON by its headers.
+    FastAPI reads a form-encoded body (curl's default without -H) as no object at all and
+    answered "Input should be a valid dictionary" (a body without a Content-Type too), and
+    a gzip body "There was an error parsing the body": neither says what to change."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        kind = headers.get(b"content-type", b"").decode("latin-1")
+        media = kind.split(";", 1)[0].strip().lower()
+        coding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        if media != "application/json" and not media.endswith("+json"):
+            said = f"Content-Type {media!r} is not JSON" if media else "no Content-Type header"
+            await _send_json(
+                send, 415, f"{said}: send the body as JSON with Content-Type: application/json"
+            )
+            return
+        if coding not in ("", "identity"):
+            await _send_json(
+                send,
+                415,
+                f"Content-Encoding {coding!r} is not supported: send the body uncompressed",
+            )
+            return
+        await self.app(scope, receive, send)
 
 
 class _BodyLimit:

@@ -75,6 +75,18 @@ class FeedbackStore:
             with self._connect() as con:
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 con.executescript(_SCHEMA)
+                # a write, rolled back: a read-only store file passed every step above (the
+                # schema was there already) and the server then answered every POST
+                # /feedback with a 503; refused at start instead
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute(
+                        "INSERT INTO feedback (user_id, item_id, rating, received_at) "
+                        "VALUES ('', '', 0, 0)"
+                    )
+                finally:
+                    if con.in_transaction:
+                        con.execute("ROLLBACK")
         except sqlite3.DatabaseError as err:
             raise MetarecError(f"{p}: not a usable feedback database ({err})") from None
         if str(mode).lower() != "wal":
@@ -94,6 +106,9 @@ class FeedbackStore:
             with _CREATE_LOCK:
                 fresh = not self.path.exists()
                 if fresh:
+                    # its folder too: a folder removed under a running server failed every
+                    # request naming a user with a 503 until a restart
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
                     for side in ("-wal", "-shm"):
                         Path(f"{self.path}{side}").unlink(missing_ok=True)
                 con = sqlite3.connect(self.path, timeout=self.timeout_s, isolation_level=None)

@@ -125,7 +125,15 @@ class ItemScore(BaseModel):
 
 class ScoreResponse(BaseModel):
     scores: list[ItemScore]
-    unknown_items: list[str]
+    unknown_items: list[str] = Field(
+        description="unknown ids of the support, then of item_ids (each as often as sent)"
+    )
+    unknown_support_items: list[str] = Field(
+        default_factory=list, description="the support's unknown item ids (left out of it)"
+    )
+    unknown_query_items: list[str] = Field(
+        default_factory=list, description="item_ids unknown to the model (not scored), once each"
+    )
 
 
 class FeedbackRequest(_Body):
