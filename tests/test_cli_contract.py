@@ -1469,3 +1469,37 @@ def test_recommend_takes_a_support_with_a_domain_column(tmp_path, capsys):
     r = pd.read_csv(tmp_path / "R.csv", dtype=str)
     out, _ = Predictor.load(run).recommend(s, 3)
     assert out.user_id.tolist() == r.user_id.tolist() and out.item_id.tolist() == r.item_id.tolist()
+
+
+def test_a_domain_column_does_not_lift_items_nobody_rated_to_the_top(tmp_path):
+    """The ranking blend was fitted over the validation domains' *rated* items while
+    recommend ranks every catalogue item of the domain: with a domain column the
+    popularity weight went negative and the 15 never-rated items liked by the user's
+    taste filled ranks 1-15 (the same log without the column: ranks 59-79)."""
+    rng = np.random.default_rng(0)
+    n = 150
+    kind = np.where(np.arange(n) % 2 == 0, "space", "garden")
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{i}" for i in range(n)],
+            "title": [f"{k} adventure volume {i}" for i, k in enumerate(kind)],
+            "domain": np.where(np.arange(n) < 75, "books", "films"),
+        }
+    )
+    rows = []
+    for u in range(200):  # items i120..i149 are never rated
+        taste = "space" if u % 2 == 0 else "garden"
+        for t, i in enumerate(rng.choice(120, 15, replace=False)):
+            r = int(np.clip((5 if kind[i] == taste else 1) + rng.integers(-1, 2), 1, 5))
+            rows.append((f"u{u}", f"i{i}", r, 1000 * u + t, items.domain[i]))
+    cols = ["user_id", "item_id", "rating", "timestamp", "domain"]
+    pd.DataFrame(rows, columns=cols).to_csv(tmp_path / "T.csv", index=False)
+    items.to_csv(tmp_path / "I.csv", index=False)
+    (tmp_path / "S.csv").write_text("user_id,item_id,rating\nc1,i0,5\nc1,i2,5\nc1,i1,1\n")
+    run, out = tmp_path / "RUN", tmp_path / "R.csv"
+    fit = ["fit", "--train", str(tmp_path / "T.csv"), "--items", str(tmp_path / "I.csv")]
+    assert main([*fit, "--out", str(run), *FAST]) == 0
+    rec = ["recommend", "--run", str(run), "--support", str(tmp_path / "S.csv")]
+    assert main([*rec, "-k", "20", "--out", str(out)]) == 0
+    top = pd.read_csv(out).item_id.str[1:].astype(int)
+    assert (top < 120).all(), top.tolist()  # rated items only in the top 20

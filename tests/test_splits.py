@@ -508,6 +508,31 @@ def test_cross_domain_blend_ranks_the_query_domain():
     assert np.array_equal(_blend_rank_items(one, s1), np.arange(one.n_items))
 
 
+def test_cross_domain_blend_ranks_the_domains_unrated_catalogue_items_too():
+    """recommend --domain ranks every catalogue item of the domain, rated or not; the blend
+    fitted over rated items only gave popularity a negative weight on a CLI fit, and the
+    never-rated items topped every list."""
+    import dataclasses
+
+    from metarec.model import _blend_rank_items
+    from metarec.types import IdMap, SideTable
+
+    ds = two_domains()
+    first = {}
+    for i, d in zip(ds.interactions.item_idx, ds.interactions.domain, strict=True):
+        first.setdefault(int(i), ds.domains[int(d)])
+    ids = np.append(ds.items.ids, ["m_new", "b_new", "x_new"])
+    doms = [first[i] for i in range(ds.n_items)] + ["movies", "books", None]
+    table = SideTable(IdMap(ids), pd.DataFrame({"domain": doms}))
+    wide = dataclasses.replace(ds, items=IdMap(ids), item_table=table)
+    assert wide.item_domain_names()[-3:].tolist() == ["movies", "books", "default"]
+    s = cross_domain(wide, "books", "movies", k_shot=2, n_query=2, seed=0)
+    got = {str(wide.items.ids[i]) for i in _blend_rank_items(wide, s)}
+    assert got == {f"m{j}" for j in range(5)} | {"m_new"}
+    # no domain column: each item's first interaction's domain
+    assert ds.item_domain_names().tolist() == [first[i] for i in range(ds.n_items)]
+
+
 def test_item_cold_blend_ranks_the_validation_items():
     """Item cold-start: the blend is fitted over the validation part's held-out items,
     the ones evaluate ranks a validation user over (not the test items, not warm ones)."""

@@ -313,9 +313,12 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
     """(n_cand,) items the ranking blend is fitted over: the split's validation items when
     it holds items out (item cold-start: a validation user's full ranking runs over them),
     else the whole catalogue, or with several domains the items of the domains the
-    validation queries are in. Cross-domain, that is the target domain, which is what
-    evaluate and ``recommend --domain`` rank: the weights are fitted on the ranking they
-    are judged on."""
+    validation queries are in (the catalogue's items of those domains, rated or not, and
+    any rated there). Cross-domain, that is the target domain, which is what evaluate and
+    ``recommend --domain`` rank: the weights are fitted on the ranking they are judged on.
+    (Rated items alone, as before 2026-12-06, left out what ``recommend`` ranks too: items
+    nobody rated. Fitted without them the popularity weight could go negative, and on a
+    CLI fit with a domain column a never-rated item then topped every list.)"""
     if len(split.valid_cold_items):
         return np.asarray(split.valid_cold_items, dtype=np.int64)
     tasks = split.valid
@@ -323,7 +326,10 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
         return np.arange(dataset.n_items, dtype=np.int64)
     doms = np.unique(np.concatenate([t.query.domain for t in tasks]))
     inter = dataset.interactions
-    items = np.unique(inter.item_idx[np.isin(inter.domain, doms)]).astype(np.int64)
+    rated = inter.item_idx[np.isin(inter.domain, doms)]
+    names = [dataset.domains[int(d)] for d in doms]
+    listed = np.flatnonzero(np.isin(dataset.item_domain_names(), names))
+    items = np.union1d(rated, listed).astype(np.int64)
     return items if len(items) else np.arange(dataset.n_items, dtype=np.int64)
 
 

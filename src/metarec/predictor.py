@@ -67,14 +67,7 @@ class Predictor:
         from metarec.data import dataset_info
 
         model = MetaRecommender(config).fit(dataset, dataset.interactions)
-        table = dataset.item_table
-        if table is not None and "domain" in table.frame.columns:
-            dom = (
-                table.frame["domain"].astype(object).where(table.frame["domain"].notna(), "default")
-            )
-            item_domain = dom.astype(str).to_numpy(object)
-        else:
-            item_domain = np.full(dataset.n_items, dataset.domains[0], dtype=object)
+        item_domain = dataset.item_domain_names()
         info = dataset_info(dataset)
         info["encoder_fingerprint"] = model.features_.encoder_fingerprint
         return cls(model, dataset.users, dataset.items, item_domain, dataset.interactions, info)

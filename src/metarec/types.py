@@ -203,6 +203,24 @@ class Dataset:
     def n_items(self) -> int:
         return len(self.items)
 
+    def item_domain_names(self) -> np.ndarray:
+        """(n_items,) object: each catalogue item's domain name, from the item table's
+        ``domain`` column where it has one (a missing value: "default"). Without one: the
+        only domain, or with several the domain of each item's first interaction
+        ("default" for an item nobody rated)."""
+        table = self.item_table
+        if table is not None and "domain" in table.frame.columns:
+            dom = table.frame["domain"].astype(object)
+            return dom.where(dom.notna(), "default").astype(str).to_numpy(object)
+        if len(self.domains) < 2:
+            return np.full(self.n_items, self.domains[0], dtype=object)
+        out = np.full(self.n_items, "default", dtype=object)
+        inter = self.interactions
+        order = np.argsort(inter.timestamp, kind="stable")
+        items, first = np.unique(inter.item_idx[order], return_index=True)
+        out[items] = np.asarray(self.domains, dtype=object)[inter.domain[order][first]]
+        return out
+
     def to_frame(self, inter: Interactions | None = None) -> pd.DataFrame:
         """Interactions with raw ids: columns user_id, item_id, rating, timestamp, domain."""
         inter = self.interactions if inter is None else inter
