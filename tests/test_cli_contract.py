@@ -1179,6 +1179,35 @@ def test_fit_validates_even_when_the_newest_users_have_short_histories(tmp_path,
         fit_raw(read_training_files(one, paths["I"]), fast.config)
 
 
+def test_fit_trains_when_only_the_held_out_newest_users_have_two_rows(tmp_path, capsys):
+    # 90 old users with one row each, 10 new ones with ten: the validation holdout (the
+    # newest 10%) took every user a task can be made of, and fit failed on a log it can
+    # train on ("no user in split.train has 2 or more interactions")
+    rng = np.random.default_rng(0)
+    rows = [(f"old{u}", f"it{rng.integers(0, 40)}", int(rng.integers(1, 6)), u) for u in range(90)]
+    for u in range(10):
+        for j, i in enumerate(rng.choice(40, 10, replace=False)):
+            rows.append((f"new{u}", f"it{i}", int(rng.integers(1, 6)), 1000 + 20 * u + j))
+    items = make_world(tmp_path)[0]["I"]
+    log = tmp_path / "sign.csv"
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(
+        log, index=False
+    )
+    run = tmp_path / "RUN"
+    code = main(["fit", "--train", str(log), "--items", str(items), "--out", str(run), *FAST])
+    assert code == 0 and (run / "model.safetensors").is_file()
+    said = capsys.readouterr().err
+    assert "no validation users (the newest 10% of the users, held out for it" in said
+    # nobody with two rows at all: a clear error, exit 2, nothing written
+    one = tmp_path / "one.csv"
+    pd.DataFrame(rows[:90], columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(
+        one, index=False
+    )
+    bad = tmp_path / "RUN2"
+    assert main(["fit", "--train", str(one), "--items", str(items), "--out", str(bad), *FAST]) == 2
+    assert not bad.exists()
+
+
 def test_domains_on_different_scales_and_unrated_items_without_a_domain_are_flagged(tmp_path):
     from metarec.data.files import read_training_files
 

@@ -862,11 +862,23 @@ class MetaRecommender(Recommender):
                 split = dataclasses.replace(
                     split, train=Interactions.concat([split.train, train.take(idle)])
                 )
+        why = "no held-out user has more than one row"
+        if split.valid and not (np.bincount(split.train.user_idx) >= 2).any():
+            # the held-out (newest) users were the only ones with a support and a query:
+            # training had no task left and fit failed ("no user in split.train has 2 or
+            # more interactions") on a log it can train on; they go back to training
+            why = (
+                f"the newest {cfg.valid_frac:.0%} of the users, held out for it, were the only "
+                "ones with two or more rows, so they train instead"
+            )
+            none = np.zeros(0, dtype=np.int64)
+            split = dataclasses.replace(
+                split, train=train, valid=(), cold_items=none, valid_cold_items=none
+            )
         if not split.valid:
             warnings.warn(
-                "fit: no validation users (no held-out user has more than one row): "
-                "training runs every train.steps step with no early stopping, and the "
-                "blend is off",
+                f"fit: no validation users ({why}): training runs every train.steps step "
+                "with no early stopping, and the blend is off",
                 stacklevel=3,
             )
         return split

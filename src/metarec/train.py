@@ -230,7 +230,10 @@ class _TaskSampler:
             if b - a >= 2:  # one support and one query interaction at least
                 self.histories.append((int(users[a]), items[a:b], ratings[a:b]))
         if not self.histories:
-            raise MetarecError("train: no user in split.train has 2 or more interactions")
+            raise MetarecError(
+                "train: no user has 2 or more interactions to train on (a task needs a "
+                "support row and a query row)"
+            )
         self.k, self.q = max(1, split.k_shot), max(1, split.n_query)
         self.head, self.n_items, self.cfg = head, n_items, cfg
         # negatives come from the items of the training interactions only (see
