@@ -434,6 +434,20 @@ def test_fit_replaces_an_existing_run_and_fills_an_empty_folder(tmp_path):
     assert json.loads((out / "config.json").read_text())["model"]["seed"] == 1
 
 
+def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
+    # it was written, and the outer RUN's next replacement deleted it without a word
+    paths, _ = make_world(tmp_path, n_users=10)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out"]
+    assert main([*args, str(out), *FAST]) == 0
+    capsys.readouterr()
+    for inner in (out / "sub", out / "a" / "b"):
+        assert main([*args, str(inner), *FAST]) == 2
+        err = capsys.readouterr().err
+        assert f"is inside the RUN {out}" in err and len(err.strip().splitlines()) == 1
+        assert not inner.exists() and not (out / "a").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [

@@ -62,6 +62,14 @@ def check_run_target(out: str | Path) -> Path:
     out = Path(out)
     if out.is_symlink():
         out = Path(os.path.realpath(out))
+    # a RUN inside another: the outer one's next replacement deleted it without a word
+    # (predict, recommend and export already refuse to write into a RUN)
+    outer = next((p for p in out.resolve().parents if (p / "manifest.json").is_file()), None)
+    if outer is not None:
+        raise MetarecError(
+            f"{out} is inside the RUN {outer}; write the RUN elsewhere (replacing {outer} "
+            "would delete it)"
+        )
     if not out.exists():
         return out
     if not out.is_dir():
