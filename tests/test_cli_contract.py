@@ -1546,3 +1546,23 @@ def test_a_domain_column_does_not_lift_items_nobody_rated_to_the_top(tmp_path):
     assert main([*rec, "-k", "20", "--out", str(out)]) == 0
     top = pd.read_csv(out).item_id.str[1:].astype(int)
     assert (top < 120).all(), top.tolist()  # rated items only in the top 20
+
+
+def test_a_query_may_be_a_held_out_log_but_its_domain_must_agree(fitted, tmp_path, capsys):
+    # a Q naming another domain than the RUN's catalogue was read past in silence (the
+    # same contradiction in S is an error); its rating and timestamp are read past still,
+    # so a held-out log serves as Q
+    _, run, _ = fitted
+    sup = tmp_path / "S.csv"
+    sup.write_text("user_id,item_id,rating\nc1,it0,5\nc1,it2,5\n")
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id,rating,timestamp\nc1,it4,99,7\n")
+    assert predict(run, sup, q, tmp_path / "P.csv") == 0
+    q.write_text("user_id,item_id,domain\nc1,it4,films\n")
+    out = tmp_path / "P2.csv"
+    assert predict(run, sup, q, out) == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "query: item_id 'it4' is in domain 'films' there but 'default'" in err
+    q.write_text("user_id,item_id,score\nc1,it4,1\n")
+    assert predict(run, sup, q, out) == 2
+    assert "may have a log's rating, label, timestamp, domain" in capsys.readouterr().err

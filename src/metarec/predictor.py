@@ -243,21 +243,7 @@ class Predictor:
         # read_log / log_frame gave canonical str ids and a "rating" column (a label is
         # read into it, after the kind check here): no second pass over the ids
         self.check_feedback(feedback, frame.attrs.get("source", "support"))
-        if "domain" in frame.columns and (frame["domain"] != "default").any():
-            # the RUN's items file decided each item's domain; a support naming another is
-            # a mix-up worth a line, not something to ignore
-            idx = self.items.lookup_or_missing(frame["item_id"].to_numpy(object))
-            known = idx >= 0
-            named = frame["domain"].to_numpy(object)[known]
-            differ = self.item_domain[idx[known]] != named
-            if differ.any():
-                j = int(np.flatnonzero(differ)[0])
-                item = frame["item_id"].to_numpy(object)[known][j]
-                raise MetarecError(
-                    f"support: item_id {item!r} is in domain {named[j]!r} there but "
-                    f"{self.item_domain[idx[known]][j]!r} in the RUN's catalogue "
-                    f"({int(differ.sum())} such rows)"
-                )
+        self._check_domains(frame, "support")
         out, n_unknown = {}, 0
         ts_col = "timestamp" if "timestamp" in frame.columns else None
         for user_id, rows in frame.groupby("user_id", sort=False):
@@ -267,6 +253,24 @@ class Predictor:
             out[str(user_id)] = inter
             n_unknown += len(unknown)
         return out, n_unknown, given
+
+    def _check_domains(self, frame: pd.DataFrame, what: str) -> None:
+        """The RUN's items file decided each item's domain; a support or query (``frame``,
+        str item ids) naming another is a mix-up worth a line, not something to ignore."""
+        if "domain" not in frame.columns or not (frame["domain"] != "default").any():
+            return
+        idx = self.items.lookup_or_missing(frame["item_id"].to_numpy(object))
+        known = idx >= 0
+        named = frame["domain"].astype(str).to_numpy(object)[known]
+        differ = self.item_domain[idx[known]] != named
+        if differ.any():
+            j = int(np.flatnonzero(differ)[0])
+            item = frame["item_id"].to_numpy(object)[known][j]
+            raise MetarecError(
+                f"{what}: item_id {item!r} is in domain {named[j]!r} there but "
+                f"{self.item_domain[idx[known]][j]!r} in the RUN's catalogue "
+                f"({int(differ.sum())} such rows)"
+            )
 
     def check_feedback(self, feedback: str, what: str = "support") -> None:
         """A support file must carry the run's kind of feedback: ``rating`` for a run fitted
@@ -305,6 +309,7 @@ class Predictor:
         raw_users = raw.get("user_id", query["user_id"].to_numpy(object))
         raw_items = raw.get("item_id", query["item_id"].to_numpy(object))
         query = canon
+        self._check_domains(query, "query")
         qi = self.items.lookup_or_missing(query["item_id"].to_numpy(object))
         if (qi < 0).any():
             bad = query["item_id"].to_numpy(object)[qi < 0][0]

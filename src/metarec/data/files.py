@@ -346,11 +346,13 @@ def read_training_files(
 
 
 def read_query(path: str | Path) -> pd.DataFrame:
-    """Q: (user_id, item_id) rows as str, in file order.
+    """Q: (user_id, item_id) rows as str, in file order, and ``domain`` (names) where Q
+    has it: predict checks it against the RUN's catalogue, as it checks a support's.
 
     Ids are matched as :func:`id_column` normalises them (" 7 " is item "7"); the file's
     own spellings ride along in ``attrs["raw_ids"]`` so that P can give every query row
-    back exactly as it came (a client joins P to Q on them)."""
+    back exactly as it came (a client joins P to Q on them). A held-out log may serve as
+    Q: its other log columns (rating or label, timestamp) are read past."""
     frame = _read(path)
     _check_query_columns(frame)
     out = pd.DataFrame(
@@ -359,6 +361,8 @@ def read_query(path: str | Path) -> pd.DataFrame:
             "item_id": id_column(frame, "item_id").to_numpy(object),
         }
     )
+    if "domain" in frame.columns:
+        out["domain"] = domain_names(frame["domain"]).to_numpy(object)
     out.attrs["raw_ids"] = {c: frame[c].to_numpy(object) for c in ("user_id", "item_id")}
     return out
 
@@ -366,8 +370,9 @@ def read_query(path: str | Path) -> pd.DataFrame:
 def _check_query_columns(frame: pd.DataFrame) -> None:
     unknown = [c for c in frame.columns if c not in LOG_COLUMNS]
     if unknown:
+        extra = ", ".join(c for c in LOG_COLUMNS if c not in ("user_id", "item_id"))
         raise MetarecError(
             f"{_where(frame)}: unknown column(s) {', '.join(map(repr, unknown))} "
-            f"(a query file has user_id, item_id)"
+            f"(a query file has user_id, item_id, and may have a log's {extra})"
         )
     require_columns(frame, ["user_id", "item_id"])
