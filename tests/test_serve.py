@@ -247,6 +247,11 @@ def test_a_body_that_is_not_json_by_its_headers_is_a_415_naming_them(client):
     assert r.status_code == 415 and r.json()["detail"].startswith("no Content-Type header")
     ok = {"content-type": "application/json; charset=utf-8"}
     assert client.post("/recommend", content=body, headers=ok).status_code == 200
+    # bodies the JSON decoder gives up on: "There was an error parsing the body" before
+    for bad in (b'{"k": "\xff"}', b'{"x": ' + b"[" * 2000 + b"]" * 2000 + b"}"):
+        r = client.post("/recommend", content=bad, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "could not be decoded as JSON" in r.json()["detail"]
+    assert client.get("/nowhere").status_code == 404  # other HTTP errors as they were
 
 
 def test_score_tells_unknown_support_ids_from_unknown_item_ids(client):

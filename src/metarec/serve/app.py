@@ -26,10 +26,12 @@ import numpy as np
 
 try:
     from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:  # pragma: no cover - depends on the install
     raise ImportError(
         "metarec serve needs fastapi and uvicorn: pip install 'metarec[serve]'"
@@ -181,6 +183,20 @@ def create_app(
         if len(every) > 20:
             content["errors_total"] = len(every)
         return JSONResponse(status_code=422, content=content)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body its JSON decoder gave up on: bytes that are not
+            # UTF-8, or JSON nested deeper than the decoder's recursion limit (~1,000)
+            return JSONResponse(
+                status_code=400,
+                content={
+                    "detail": "the request body could not be decoded as JSON: it is not "
+                    "UTF-8, or it is nested too deeply"
+                },
+            )
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(MetarecError)
     async def _bad_input(request: Request, exc: MetarecError) -> JSONResponse:
@@ -453,7 +469,7 @@ class _JsonBody:
     """ASGI middleware: 415 for a request body that is not plain JSON by its headers.
     FastAPI reads a form-encoded body (curl's default without -H) as no object at all and
     answered "Input should be a valid dictionary" (a body without a Content-Type too), and
-    a gzip body "There was an error parsing the body": neither says what to change."""
+    a gzip body a 400 "There was an error parsing the body": neither says what to change."""
 
     def __init__(self, app) -> None:
         self.app = app
