@@ -353,6 +353,32 @@ def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
     assert not bad.exists()
 
 
+def test_a_dangling_link_as_out_is_refused_before_the_run(tmp_path):
+    # taken for a missing folder, it passed; the whole run finished and then making the
+    # folder failed on the link ("File exists"), losing the results
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "not_yet_made")
+    with pytest.raises(MetarecError, match="which does not exist; make that folder"):
+        E.check_output_dir(link)
+    (tmp_path / "not_yet_made").mkdir()
+    E.check_output_dir(link)  # a link to a folder: written through
+
+
+def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch):
+    # accepted, a [model] seed was ignored and still recorded in results.json, and refit or
+    # a missing CUDA device failed every fit with exit 0
+    for key, named in (
+        ("model.seed=5", "[model]: seed is not read by evaluate"),
+        ("model.valid_frac=0.5", "[model]: valid_frac is not read"),
+        ("model.refit=true", "[model]: refit is not read"),
+    ):
+        with pytest.raises(MetarecError, match=re.escape(named)):
+            E.load_config(TINY, [key])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MetarecError, match=r"\[model\]: .*cuda"):
+        E.load_config(TINY, ['model.device="cuda"'])
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [
@@ -373,7 +399,16 @@ def test_cli_evaluate_only_runs_the_named_methods(tmp_path, capsys):
         ('[[methods]]\nname = "implicit_als"\nparams = { factors = 0 }', "must be >= 1"),
         ('[[methods]]\nname = "M4"\nkind = "meta"\ngrid = { "train.outer_lr" = [nan] }', "finite"),
         ("seeds = [0, 0]", "seeds repeat"),
-        ("bootstrap = -5", "bootstrap must be >= 0"),
+        ("bootstrap = -5", "bootstrap must be 0 (no CIs) or at least 100"),
+        ("bootstrap = 2", "bootstrap must be 0 (no CIs) or at least 100"),
+        ('[[methods]]\nname = "M5"\nkind = "meta"\nparams = { seed = 5 }', "seed is not read by"),
+        (
+            '[[methods]]\nname = "M6"\nkind = "meta"\nparams = { train = { seed = 7 } }',
+            "train.seed is not read by evaluate",
+        ),
+        ('[[methods]]\nname = "M7"\nkind = "meta"\ngrid = { "train.seed" = [1, 2] }', "train.seed"),
+        ('[[methods]]\nname = "M8"\nkind = "pooled"\nparams = { valid_frac = 0.5 }', "valid_frac"),
+        ('[[methods]]\nname = "M9"\nkind = "meta"\nparams = { refit = true }', "refit is not read"),
         ('metrics = ["Bogus@7"]', "unknown metric 'Bogus@7'"),
         ('[[methods]]\nname = "biased_mf"\nselect_metric = "RMSEE"', "unknown metric 'RMSEE'"),
         ('[[methods]]\nname = "biased_mf"\ngrid = { reg = ["a", "b"] }', "should be a float"),
@@ -619,11 +654,11 @@ def test_a_grid_of_tables_reaches_the_model_as_tables():
 
 def test_the_model_table_is_recorded_with_typed_values():
     # results.json took [model] as given: --set model.train.steps=1e0 stored 1.0
-    cfg = E.load_config(TINY, ["model.train.steps=1e0", "model.train.ema=0", "model.seed=3"])
+    cfg = E.load_config(TINY, ["model.train.steps=1e0", "model.train.ema=0", "model.k_shot=3"])
     assert cfg.model["train"]["steps"] == 1 and isinstance(cfg.model["train"]["steps"], int)
     assert cfg.model["train"]["ema"] == 0.0 and isinstance(cfg.model["train"]["ema"], float)
-    assert cfg.model["seed"] == 3  # as given (each run sets its own seed)
-    assert set(cfg.model) == {"scorer", "train", "seed"}  # only the keys it names
+    assert cfg.model["k_shot"] == 3
+    assert set(cfg.model) == {"scorer", "train", "k_shot"}  # only the keys it names
 
 
 @pytest.mark.parametrize(

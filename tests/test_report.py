@@ -75,6 +75,16 @@ def test_table_bolds_the_best_mean_in_each_direction_and_says_when_meta_loses():
     assert v in text
 
 
+def test_a_pipe_in_a_method_name_keeps_its_row_in_its_columns():
+    res = _results(
+        {"pop|ular": [(1.0, 0.1)], "Base": [(0.9, 0.3)]},
+        {"pop|ular": "baseline", "Base": "baseline"},
+    )
+    row = report.markdown_table(res, res.summary(), [NDCG]).splitlines()[2]
+    assert row.startswith("| pop\\|ular | baseline | ")
+    assert row.replace("\\|", "").count("|") == 4  # three cells, as the header has
+
+
 def test_verdict_when_meta_wins_flags_overlapping_spread():
     res = _results(
         {"Meta": [(1.0, 0.30), (1.0, 0.40)], "Base": [(1.0, 0.32), (1.0, 0.32)]},

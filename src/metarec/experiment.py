@@ -154,9 +154,12 @@ class ExperimentConfig:
         if len(set(self.seeds)) < len(self.seeds):
             # a repeated seed repeats a run exactly: its "std over seeds" would be fake
             raise MetarecError(f"experiment: seeds repeat ({list(self.seeds)})")
-        if self.bootstrap < 0:
+        if self.bootstrap < 0 or 0 < self.bootstrap < 100:
+            # a handful of resamples gave a "95% CI" such as [0.4167, 0.4167] around a
+            # mean of 0.2639
             raise MetarecError(
-                f"experiment: bootstrap must be >= 0 (0 = no CIs), got {self.bootstrap}"
+                "experiment: bootstrap must be 0 (no CIs) or at least 100 resamples, got "
+                f"{self.bootstrap}"
             )
         if min(self.shots, default=1) < 1:
             raise MetarecError(f"experiment: shots must be >= 1, got {list(self.shots)}")
@@ -436,6 +439,27 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
                 f"method {m.name!r}: text settings are the experiment's (the top-level "
                 "[text] table), not a method's"
             )
+    # keys evaluate sets itself, and settings it cannot run: accepted, they were ignored
+    # (a seed results.json then recorded as if used) or failed every fit with exit 0
+    tables = [("[model]", config.model)] + [
+        (f"method {m.name!r}", {**m.params, **m.grid})
+        for m in config.methods
+        if m.kind != "baseline"
+    ]
+    for where, table in tables:
+        flat = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        flat.update(
+            {f"{k}.{j}": w for k, v in table.items() if isinstance(v, dict) for j, w in v.items()}
+        )
+        for key, why in (
+            ("seed", "each run's seed is the experiment's (the top-level seeds)"),
+            ("train.seed", "each run's seed is the experiment's (the top-level seeds)"),
+            ("valid_frac", "evaluate's validation users are the split's (split.valid_frac)"),
+            ("valid_holdout", "evaluate's validation users are the split's (split.protocol)"),
+            ("refit", "evaluate keeps its validation users out of training (use it with fit)"),
+        ):
+            if key in flat:
+                raise MetarecError(f"{where}: {key} is not read by evaluate: {why}")
     try:
         # [model] alone, checked, and kept as the model reads it (results.json recorded the
         # raw table, "steps": 1.0 or "refit": "yes" from --set): the typed values of the
@@ -444,6 +468,15 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
     except MetarecError as err:
         raise MetarecError(f"[model]: {err}") from None
     config = dataclasses.replace(config, model=_typed_subset(to_dict(typed), config.model))
+    from metarec.devices import resolve_device
+
+    for where, device in [("[model]", typed.device)] + [
+        (f"method {m.name!r}", m.params["device"]) for m in config.methods if "device" in m.params
+    ]:
+        try:
+            resolve_device(device)  # "cuda" on a machine without one: every fit failed
+        except MetarecError as err:
+            raise MetarecError(f"{where}: {err}") from None
     for m in config.methods:
         if m.kind == "baseline":
             _check_baseline_params(m)
@@ -1451,6 +1484,13 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
     """Fail before the experiment runs, not after it, when ``out_dir`` cannot be written:
     a file in the way, or a nearest existing folder that is not writable."""
     out = Path(out_dir)
+    if out.is_symlink() and not out.exists():
+        # the checks below took it for a missing folder, and after the whole run making
+        # the folder failed on the link ("File exists")
+        raise MetarecError(
+            f"{out} is a link to {os.readlink(out)}, which does not exist; make that folder "
+            "or give another --out"
+        )
     if out.exists() and not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a folder for the results")
     probe = out

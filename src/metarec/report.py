@@ -128,6 +128,9 @@ def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
         first = next(iter(table[n].values()), {})
         have = len(first.get("per_seed", ())) or n_seeds
         label = n if have == n_seeds else f"{n} ({have} of {n_seeds} seeds)"
+        # a "|" in a method's name split its row into one cell too many, and every value
+        # sat under the next metric's header
+        label = label.replace("|", "\\|")
         lines.append(f"| {label} | {kinds[n]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
