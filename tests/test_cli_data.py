@@ -110,6 +110,33 @@ def test_k_larger_than_histories_is_exit_2(capsys, tmp_path):
     assert not out_dir.exists()
 
 
+def test_split_never_writes_over_its_input_and_refuses_flags_its_protocol_ignores(capsys, tmp_path):
+    rows = "user_id,item_id,rating,timestamp\n" + "".join(
+        f"u{u},i{i},{1 + (u + i) % 5},{u * 10 + i}\n" for u in range(20) for i in range(6)
+    )
+    (tmp_path / "d").mkdir()
+    log = _write(tmp_path / "d" / "log.csv", rows)
+    # --overwrite replaced the log itself (a file) or the folder holding it
+    for out in (log, tmp_path / "d"):
+        code, _, err = run_cli(
+            capsys, "split", "csv", "--path", str(log), "--k", "2", "--out", str(out), "--overwrite"
+        )
+        assert code == 2 and "holds the input" in err and len(err.strip().splitlines()) == 1
+    assert log.read_text() == rows
+    code, _, err = run_cli(
+        capsys,
+        "split",
+        "csv",
+        "--path",
+        str(log),
+        "--source",
+        "books",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 2 and "read by --protocol cross-domain only" in err
+
+
 def test_python_dash_m_matches_console_script(tmp_path):
     env = dict(os.environ)
     res = subprocess.run(

@@ -429,9 +429,33 @@ def test_write_split_refuses_a_non_empty_folder_or_a_file(tmp_path):
     with pytest.raises(MetarecError, match=r"file.csv: already exists and is not a folder"):
         write_split(s, ds, f)
     assert f.read_text() == "x"
-    # overwrite replaces a non-empty folder as before
-    write_split(s, ds, busy, overwrite=True)
-    assert sorted(os.listdir(busy)) == sorted(splits.SPLIT_FILES)
+    # overwrite replaces an earlier split, and nothing else: it replaced a file (the
+    # command's own input log among them), a RUN or any folder without a word
+    with pytest.raises(MetarecError, match=r"busy: is not a split folder \(no summary.json\)"):
+        write_split(s, ds, busy, overwrite=True)
+    with pytest.raises(MetarecError, match=r"file.csv: is not a folder; overwrite replaces"):
+        write_split(s, ds, f, overwrite=True)
+    assert os.listdir(busy) == ["notes.txt"] and f.read_text() == "x"
+    done = tmp_path / "done"
+    write_split(s, ds, done)
+    write_split(user_cold(ds, k_shot=2, n_query=3, seed=1), ds, done, overwrite=True)
+    assert sorted(os.listdir(done)) == sorted(splits.SPLIT_FILES)
+
+
+def test_an_implicit_split_is_written_with_labels_and_fits_as_implicit(tmp_path):
+    # written under "rating", fit read the split back as explicit ratings on a 0-1 scale
+    from metarec.data.files import read_log
+
+    rows = [(f"u{u}", f"i{(u + j) % 7}", 10 * u + j) for u in range(10) for j in range(6)]
+    cols = list(zip(*rows, strict=True))
+    labels = [float(j % 3 != 0) for j in range(len(rows))]
+    frame = make_ratings_frame(cols[0], cols[1], labels, cols[2], None)
+    ds = build_dataset(RawData("imp", frame, "implicit", (0.0, 1.0), True))
+    write_split(user_cold(ds, k_shot=2, n_query=3, seed=0), ds, tmp_path / "s")
+    head = (tmp_path / "s" / "train.csv").read_text().splitlines()[0]
+    assert head.split(",")[:3] == ["user_id", "item_id", "label"]
+    _, feedback, _ = read_log(tmp_path / "s" / "train.csv")
+    assert feedback == "implicit"
 
 
 # --- real data -----------------------------------------------------------------------------

@@ -111,7 +111,15 @@ def cmd_split(args) -> int:
     from metarec.splits import check_split_target, make_split, write_split
 
     out = Path(args.out)
+    inputs = [Path(p) for p in (args.path, getattr(args, "items", None)) if p]
+    for p in inputs:
+        if out.resolve() == p.resolve() or out.resolve() in p.resolve().parents:
+            raise MetarecError(f"--out {out} holds the input {p}; write the split elsewhere")
     check_split_target(out, args.overwrite)  # before the data is read and cut
+    if args.protocol != "cross-domain" and (args.source or args.target):
+        raise MetarecError(
+            f"--source and --target are read by --protocol cross-domain only, not {args.protocol}"
+        )
     ds = _load(args)
     kw = {"k_shot": args.k, "n_query": args.query, "seed": args.seed}
     if args.protocol == "cross-domain":

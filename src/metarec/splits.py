@@ -597,13 +597,24 @@ def check_split_target(out: Path, overwrite: bool = False) -> bool:
             f"{out}: already exists and is {what} (give a new or empty folder, or pass "
             "overwrite (--overwrite) to replace it)"
         )
+    if out.exists() and not fill and overwrite:
+        # overwrite replaces an earlier split, nothing else: it replaced a file (the
+        # command's own input log among them), a RUN or any folder without a word
+        if not out.is_dir():
+            raise MetarecError(f"{out}: is not a folder; overwrite replaces a split folder only")
+        if not (out / "summary.json").is_file():
+            raise MetarecError(
+                f"{out}: is not a split folder (no summary.json); overwrite replaces an "
+                "earlier split only, give a new or empty folder"
+            )
     return fill
 
 
 def write_split(
     split: Split, ds: Dataset, out_dir: str | os.PathLike, overwrite: bool = False
 ) -> Path:
-    """Write the split with raw ids (user_id, item_id, rating, timestamp, domain).
+    """Write the split with raw ids (user_id, item_id, rating or label (implicit data),
+    timestamp, domain).
 
     Files: :data:`SPLIT_FILES`. ``out_dir`` must not exist or be an empty folder, unless
     ``overwrite``. Everything is written into a temporary folder and only then moved into
@@ -628,7 +639,13 @@ def write_split(
             "test_query": Interactions.concat([t.query for t in split.test]),
         }
         for name, inter in parts.items():
-            ds.to_frame(inter).to_csv(tmp / f"{name}.csv", index=False)
+            frame = ds.to_frame(inter)
+            if ds.feedback == "implicit":
+                # 0/1 labels under "label", as they were read: under "rating", fit read the
+                # split back as explicit ratings on a 0-1 scale
+                frame = frame.rename(columns={"rating": "label"})
+                frame["label"] = frame["label"].round().astype(np.int64)
+            frame.to_csv(tmp / f"{name}.csv", index=False)
         cold = pd.DataFrame({"item_id": ds.items.ids[split.cold_items].astype(str)})
         cold.to_csv(tmp / "cold_items.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps(split.summary, indent=2, sort_keys=True))
