@@ -146,6 +146,16 @@ def test_update_refuses_bad_inputs(run, tmp_path):
     )
 
 
+def test_update_refuses_an_endless_number_of_steps(run, tmp_path, capsys):
+    # 10**12 steps ran on with no output until killed: update has no stopping rule
+    FeedbackStore(tmp_path / "fb").add("u1", likes_space())
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb")]
+    assert main([*argv, "--out", str(tmp_path / "RUN2"), "--steps", str(10**12)]) == 2
+    err = capsys.readouterr().err
+    assert "steps must be at most 100000" in err and err.count("\n") == 1
+    assert not (tmp_path / "RUN2").exists()
+
+
 @pytest.mark.parametrize("lr", ["nan", "inf", "0", "-1"])
 def test_update_refuses_a_learning_rate_that_is_not_finite_and_positive(run, tmp_path, capsys, lr):
     FeedbackStore(tmp_path / "fb").add("u1", likes_space())

@@ -41,6 +41,8 @@ from metarec.train import (
 )
 from metarec.types import IdMap, Interactions, MetarecError, Split
 
+MAX_UPDATE_STEPS = 100_000
+
 
 @dataclass(frozen=True)
 class UpdateConfig:
@@ -56,6 +58,12 @@ class UpdateConfig:
             raise MetarecError(
                 f"update: steps >= 0, meta_batch >= 1, outer_lr finite and > 0 "
                 f"(got {self.steps}, {self.meta_batch}, {self.outer_lr})"
+            )
+        if self.steps > MAX_UPDATE_STEPS:
+            # update has no stopping rule: 10**12 steps ran on with no output until killed
+            raise MetarecError(
+                f"update: steps must be at most {MAX_UPDATE_STEPS} (a fold-in of feedback, "
+                f"not a retraining: fit retrains, with early stopping), got {self.steps}"
             )
         if not 0 <= self.feedback_share <= 1:
             raise MetarecError("update: feedback_share must be in [0, 1]")

@@ -48,6 +48,10 @@ class TextEncoder(Protocol):
         ...
 
 
+# a text vector wider than this is memory, not signal (MiniLM's is 384 wide)
+MAX_HASHING_DIM = 1 << 16
+
+
 class HashingEncoder:
     """Signed feature hashing of character n-grams, L2-normalised.
 
@@ -58,8 +62,9 @@ class HashingEncoder:
     """
 
     def __init__(self, dim: int = 64, ngram: tuple[int, ...] = (3,)) -> None:
-        if dim < 1:
-            raise MetarecError(f"HashingEncoder: dim must be >= 1, got {dim}")
+        if not 1 <= dim <= MAX_HASHING_DIM:
+            # 10**11 went on to allocate (n_texts, dim) floats: a 54 TiB MemoryError traceback
+            raise MetarecError(f"HashingEncoder: dim must be in [1, {MAX_HASHING_DIM}], got {dim}")
         if not ngram or any(n < 1 for n in ngram):
             raise MetarecError(f"HashingEncoder: ngram sizes must be >= 1, got {ngram}")
         self._dim = int(dim)
@@ -407,7 +412,11 @@ def make_encoder(spec: str = "default", device: str | None = None) -> TextEncode
         _resolve_device(device)  # unused by the hasher, but a typo must not pass silently
         _, _, dim = spec.partition(":")
         try:
-            return HashingEncoder(dim=int(dim) if dim else 64)
+            width = int(dim) if dim else 64
         except ValueError as err:
             raise MetarecError(f"bad hashing encoder spec {spec!r}: want hashing:<dim>") from err
+        try:
+            return HashingEncoder(dim=width)
+        except MetarecError as err:
+            raise MetarecError(f"bad hashing encoder spec {spec!r}: {err}") from None
     return SentenceTransformerEncoder(spec, device=device)
