@@ -213,3 +213,12 @@ def test_staging_left_by_a_killed_writer_is_swept_by_the_next_write(tmp_path):
     write_text(tmp_path / "P.csv", "a,b\n")
     assert not stale.exists() and (tmp_path / "P.csv").read_text() == "a,b\n"
     assert staging_prefix("P.csv") == f".P.csv.~{_HOST}-{os.getpid()}~"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")
+def test_a_staging_folder_that_cannot_be_made_is_named_after_its_target():
+    # the CLI printed the staging folder's own name ("/proc/.x.~vm-11720~f6hpmia2")
+    from metarec.atomic import staging_dir
+
+    with pytest.raises(MetarecError, match=r"^cannot write /proc/x: .*\(in /proc\)$"):
+        staging_dir("/proc", "x")

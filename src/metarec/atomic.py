@@ -104,7 +104,14 @@ def staging_dir(parent: str | Path, name: str) -> Path:
     """A fresh staging folder for target ``name`` in ``parent`` (mode as ``mkdir`` gives),
     after sweeping what dead writers of ``name`` left there."""
     sweep_staging(parent, name)
-    tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(name), dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=staging_prefix(name), dir=parent))
+    except OSError as err:
+        # named after what was asked for: the CLI printed the staging folder's own name
+        # ("file not found: /proc/.x.~vm-11720~f6hpmia2" for --out /proc/x)
+        raise MetarecError(
+            f"cannot write {Path(parent) / name}: {err.strerror or err} (in {parent})"
+        ) from None
     public_mode(tmp, directory=True)  # mkdtemp makes it 0700
     return tmp
 
