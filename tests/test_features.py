@@ -58,6 +58,16 @@ def test_cells_reach_the_encoder_as_written():
     assert render(pd.DataFrame({"t": ["a \n\t b"]}), "[{t}]  ok") == ["[a b] ok"]
 
 
+def test_the_csv_loader_refuses_an_item_named_twice_as_fit_does(tmp_path):
+    # split and info took it (the later row's text silently won); fit refused it
+    from metarec.data.tabular import read_table
+
+    (tmp_path / "I.csv").write_text("item_id,title\ni1,one\n i2,two\ni2,again\n")
+    (tmp_path / "T.csv").write_text("user_id,item_id,rating\nu,i1,5\nu,i2,3\n")
+    with pytest.raises(MetarecError, match=r"I.csv: item_id 'i2' appears twice \(rows 2 and 3"):
+        read_table(tmp_path / "T.csv", items=tmp_path / "I.csv", text_cols=["title"])
+
+
 def test_any_column_name_can_be_a_text_column(tmp_path):
     # the generic template pasted names into a str.format string: "desc.long" and
     # "notes[0]" raised KeyError ('desc'), "a:b" and "1" were "bad text template" errors

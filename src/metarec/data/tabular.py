@@ -514,7 +514,18 @@ def read_table(
         side.columns = [str(c).strip() for c in side.columns]
         key = item_id_col or item_col
         require_columns(side, [key, *text_cols, *cat_cols, *num_cols])
-        item_frame = pd.DataFrame({"item_id": id_column(side, key).to_numpy(object)})
+        ids = id_column(side, key)
+        dup = ids.duplicated()
+        if dup.any():
+            # fit refuses this (files.read_side); split and info took it, the later row
+            # silently replacing the earlier one's text
+            pos = int(np.flatnonzero(dup.to_numpy())[0])
+            first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
+            raise MetarecError(
+                f"{ipath}: {key} {side[key].iloc[pos]!r} appears twice (rows {first + 1} "
+                f"and {pos + 1}, read as {ids.iloc[pos]!r})"
+            )
+        item_frame = pd.DataFrame({"item_id": ids.to_numpy(object)})
         for c in text_cols:
             item_frame[c] = side[c].fillna("").astype(str).to_numpy(object)
         for c in cat_cols:
