@@ -10,6 +10,7 @@ user becomes a warm user of RUN2 and gets their feedback's taste with no request
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -89,6 +90,19 @@ def test_merge_feedback_latest_row_wins(run):
     x = users.index("x")
     assert train.timestamp[train.user_idx == x].tolist() == [7]
     assert sorted(fb_users.tolist()) == [0, x]
+
+
+def test_merge_feedback_reads_ids_by_the_rules_of_every_other_path(run):
+    # a store written through the Python FeedbackStore: " u0 " was a new user beside u0,
+    # " it2" an unknown item, and "" or "a\nb" became user ids of the RUN
+    pred = Predictor.load(run)
+    fb = pd.DataFrame({"user_id": [" u0 ", "u0"], "item_id": ["it1", " it2"], "rating": [5.0, 1.0]})
+    users, _, fb_users, counts = merge_feedback(pred, fb)
+    assert len(users) == len(pred.users) and fb_users.tolist() == [0]
+    for bad, said in (("", "user_id '': id is empty"), ("a\nb", "control character")):
+        one = pd.DataFrame({"user_id": [bad], "item_id": ["it1"], "rating": [5.0]})
+        with pytest.raises(MetarecError, match=re.escape(said)):
+            merge_feedback(pred, one)
 
 
 def test_merge_feedback_keeps_the_newest_timestamp_as_the_server_does(run):

@@ -270,3 +270,35 @@ class Split:
     source_domain: int | None = None
     target_domain: int | None = None
     summary: dict = field(default_factory=dict)
+
+
+# --- raw ids -------------------------------------------------------------------------
+MAX_ID_CHARS = 1024
+
+
+def id_to_str(v: object) -> object:
+    """A raw id as every path reads it (the service's bodies and paths, `metarec update`'s
+    store rows): an int as its string; a string stripped, and refused (ValueError) when
+    empty, longer than MAX_ID_CHARS, holding a control character or a lone surrogate."""
+    # ints (not bools) are ids too; anything else is left for the str check to reject
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, str):
+        # JSON may carry a lone UTF-16 surrogate ("\ud800"): no UTF-8 spelling, so the id
+        # tables, SQLite and the response encoder would all fail on it (a 500)
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("id is not valid Unicode (a lone surrogate escape)") from None
+        if len(v) > MAX_ID_CHARS:
+            raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
+        # ids are stripped, and an empty one refused, as when the CLI reads a file: " a "
+        # was another user than "a", and feedback under "" made a user no file can name
+        v = v.strip()
+        if not v:
+            raise ValueError("id is empty")
+        # a line break or other control character: stored under such an id, the rows could
+        # never be read back (GET /feedback/{id} cannot route a newline)
+        if any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError("id holds a control character (a line break, a tab, ...)")
+    return v

@@ -110,6 +110,19 @@ def merge_feedback(
     if feedback.empty:
         raise MetarecError("feedback: the store is empty, nothing to update from")
     fb = feedback.reset_index(drop=True)
+    # the ids as every other path reads them (stripped, not empty, no control character):
+    # a store written through the Python FeedbackStore could hold " u0 " (a new user beside
+    # "u0"), "" or "a\nb", which went into the RUN's user ids as they were
+    from metarec.types import id_to_str
+
+    for col in ("user_id", "item_id"):
+        clean = []
+        for pos, raw in enumerate(fb[col].astype(str)):
+            try:
+                clean.append(id_to_str(raw))
+            except ValueError as err:
+                raise MetarecError(f"feedback: row {pos + 1}: {col} {raw!r}: {err}") from None
+        fb[col] = clean
     item_idx = pred.items.lookup_or_missing(fb["item_id"].astype(str).to_numpy(object))
     known = item_idx >= 0
     n_unknown = int((~known).sum())

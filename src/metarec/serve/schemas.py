@@ -18,34 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 # int64-safe timestamp bounds (timestamps become int64 arrays downstream): the store's
 from metarec.serve.feedback import TIMESTAMP_MAX as _TS_MAX
 from metarec.serve.feedback import TIMESTAMP_MIN as _TS_MIN
-
-MAX_ID_CHARS = 1024
-
-
-def id_to_str(v: object) -> object:
-    # ints (not bools) are ids too; anything else is left for the str check to reject
-    if isinstance(v, int) and not isinstance(v, bool):
-        return str(v)
-    if isinstance(v, str):
-        # JSON may carry a lone UTF-16 surrogate ("\ud800"): no UTF-8 spelling, so the id
-        # tables, SQLite and the response encoder would all fail on it (a 500)
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("id is not valid Unicode (a lone surrogate escape)") from None
-        if len(v) > MAX_ID_CHARS:
-            raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
-        # ids are stripped, and an empty one refused, as when the CLI reads a file: " a "
-        # was another user than "a", and feedback under "" made a user no file can name
-        v = v.strip()
-        if not v:
-            raise ValueError("id is empty")
-        # a line break or other control character: stored under such an id, the rows could
-        # never be read back (GET /feedback/{id} cannot route a newline)
-        if any(ord(c) < 32 or ord(c) == 127 for c in v):
-            raise ValueError("id holds a control character (a line break, a tab, ...)")
-    return v
-
+from metarec.types import MAX_ID_CHARS, id_to_str
 
 RawId = Annotated[
     StrictStr | StrictInt,
