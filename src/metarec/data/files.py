@@ -35,6 +35,7 @@ from metarec.data.tabular import (
     optional_number,
     require_columns,
     strip_columns,
+    unique_id_column,
 )
 from metarec.errors import exact_g
 from metarec.types import MetarecError
@@ -184,17 +185,7 @@ def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataF
 def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, tuple]:
     frame = _read(path)
     require_columns(frame, [key])
-    # compared as the ids are read everywhere else (stripped; 12.0 is 12), so two rows
-    # that would become one item are refused rather than merged
-    ids = id_column(frame, key)
-    dup = ids.duplicated()
-    if dup.any():
-        pos = int(np.flatnonzero(dup.to_numpy())[0])
-        first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
-        raise MetarecError(
-            f"{_where(frame)}: {key} {frame[key].iloc[pos]!r} appears twice (rows {first + 1} "
-            f"and {pos + 1}, read as {ids.iloc[pos]!r})"
-        )
+    unique_id_column(frame, key, _where(frame))
     text, cat, num, out = _roles(frame, key)
     return out, text, cat, num
 

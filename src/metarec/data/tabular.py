@@ -428,6 +428,21 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     return ((parsed - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
+def unique_id_column(frame: pd.DataFrame, key: str, where: str) -> pd.Series:
+    """:func:`id_column` of a side table's key, refusing an id two rows share once read
+    (stripped; 12.0 is 12): such rows would become one item or user, merged silently."""
+    ids = id_column(frame, key)
+    dup = ids.duplicated()
+    if dup.any():
+        pos = int(np.flatnonzero(dup.to_numpy())[0])
+        first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
+        raise MetarecError(
+            f"{where}: {key} {frame[key].iloc[pos]!r} appears twice (rows {first + 1} "
+            f"and {pos + 1}, read as {ids.iloc[pos]!r})"
+        )
+    return ids
+
+
 def read_table(
     path: str | os.PathLike,
     *,
@@ -514,17 +529,9 @@ def read_table(
         side.columns = [str(c).strip() for c in side.columns]
         key = item_id_col or item_col
         require_columns(side, [key, *text_cols, *cat_cols, *num_cols])
-        ids = id_column(side, key)
-        dup = ids.duplicated()
-        if dup.any():
-            # fit refuses this (files.read_side); split and info took it, the later row
-            # silently replacing the earlier one's text
-            pos = int(np.flatnonzero(dup.to_numpy())[0])
-            first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
-            raise MetarecError(
-                f"{ipath}: {key} {side[key].iloc[pos]!r} appears twice (rows {first + 1} "
-                f"and {pos + 1}, read as {ids.iloc[pos]!r})"
-            )
+        # fit refuses an item named twice (files.read_side); split and info took it, the
+        # later row silently replacing the earlier one's text
+        ids = unique_id_column(side, key, str(ipath))
         item_frame = pd.DataFrame({"item_id": ids.to_numpy(object)})
         for c in text_cols:
             item_frame[c] = side[c].fillna("").astype(str).to_numpy(object)
