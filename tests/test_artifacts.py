@@ -220,5 +220,5 @@ def test_a_staging_folder_that_cannot_be_made_is_named_after_its_target():
     # the CLI printed the staging folder's own name ("/proc/.x.~vm-11720~f6hpmia2")
     from metarec.atomic import staging_dir
 
-    with pytest.raises(MetarecError, match=r"^cannot write /proc/x: .*\(in /proc\)$"):
+    with pytest.raises(MetarecError, match=r"^cannot write x in /proc: "):
         staging_dir("/proc", "x")

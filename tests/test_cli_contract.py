@@ -446,6 +446,15 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"is inside the RUN {out}" in err and len(err.strip().splitlines()) == 1
         assert not inner.exists() and not (out / "a").exists()
+    # another program's manifest.json does not make a RUN: a project folder holding one
+    # was taken for a RUN (nothing could be written under it, and fit --out replaced it)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "manifest.json").write_text('{"name": "my web app"}')
+    assert main([*args, str(proj / "runs" / "RUN"), *FAST]) == 0
+    assert main([*args, str(proj), *FAST]) == 2
+    assert "not a metarec RUN" in capsys.readouterr().err
+    assert (proj / "manifest.json").read_text() == '{"name": "my web app"}'
 
 
 @pytest.mark.parametrize(
@@ -1211,7 +1220,7 @@ def test_fit_trains_when_only_the_held_out_newest_users_have_two_rows(tmp_path, 
     code = main(["fit", "--train", str(log), "--items", str(items), "--out", str(run), *FAST])
     assert code == 0 and (run / "model.safetensors").is_file()
     said = capsys.readouterr().err
-    assert "no validation users (the newest 10% of the users, held out for it" in said
+    assert "no validation users (holding out the newest 10% of the users for it" in said
     # nobody with two rows at all: a clear error, exit 2, nothing written
     one = tmp_path / "one.csv"
     pd.DataFrame(rows[:90], columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(
@@ -1566,3 +1575,11 @@ def test_a_query_may_be_a_held_out_log_but_its_domain_must_agree(fitted, tmp_pat
     q.write_text("user_id,item_id,score\nc1,it4,1\n")
     assert predict(run, sup, q, out) == 2
     assert "may have a log's rating, label, timestamp, domain" in capsys.readouterr().err
+    # the Python API reads a frame's domain as a file's: a blank cell from pd.read_csv
+    # (NaN, "the default domain") was compared as the text "nan"
+    from metarec.predictor import Predictor
+
+    frame = pd.DataFrame({"user_id": ["c1"], "item_id": ["it4"], "domain": [np.nan]})
+    support = pd.read_csv(sup)
+    scores, _ = Predictor.load(run).predict(support, frame)
+    assert len(scores) == 1

@@ -374,6 +374,11 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
     ):
         with pytest.raises(MetarecError, match=re.escape(named)):
             E.load_config(TINY, [key])
+    # with split.valid_frac = 0 the model holds out its own validation users: read then
+    cfg = E.load_config(
+        TINY, ["split.valid_frac=0", "model.valid_frac=0.5", "model.refit=true"], only=["MetaRec"]
+    )
+    assert cfg.model["valid_frac"] == 0.5 and cfg.model["refit"] is True
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(MetarecError, match=r"\[model\]: .*cuda"):
         E.load_config(TINY, ['model.device="cuda"'])

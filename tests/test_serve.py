@@ -522,6 +522,12 @@ def test_implicit_values_must_be_labels(tmp_path):
     assert r.status_code == 200
     # named after the model that scores (no rating model here): it said "MetaRec-maml"
     assert r.json()["model"] == "MetaRec-np" and c.get("/info").json()["model"] == "MetaRec-np"
+    # fitted in this process, not loaded, alike
+    from metarec.data.files import read_training_files
+    from metarec.predictor import fit_raw
+
+    fresh = fit_raw(read_training_files(paths["T"], paths["I"]), Predictor.load(run).model.config)
+    assert fresh.model.name == "MetaRec-np"
     # a near-1 value was cast to float32 (1.0) before the check on /recommend and /score,
     # while /feedback refused it as "value 1": refused everywhere, quoted as sent
     near = {"interactions": [{"item_id": "it1", "rating": 0.99999999}]}
@@ -699,17 +705,19 @@ def test_get_feedback_follows_the_id_rules_of_every_other_endpoint(predictor, tm
 def test_a_store_that_cannot_be_written_is_refused_at_start(tmp_path):
     import sqlite3
 
-    # its feedback table is a view: every check at start passed (the schema is "there"),
-    # and each POST /feedback was a 503 afterwards
+    # a real store whose inserts fail (as on a read-only file, which root may still
+    # write): every check at start passed, the schema being there, and each POST
+    # /feedback was a 503 afterwards
     path = tmp_path / "fb.sqlite3"
+    FeedbackStore(path)
     con = sqlite3.connect(path)
-    con.executescript(
-        "CREATE TABLE t (seq INTEGER, user_id TEXT, item_id TEXT, rating REAL, "
-        "timestamp INTEGER, received_at REAL); "
-        "CREATE VIEW feedback AS SELECT * FROM t;"
+    con.execute(
+        "CREATE TRIGGER no_rows BEFORE INSERT ON feedback "
+        "BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END"
     )
+    con.commit()
     con.close()
-    with pytest.raises(MetarecError, match="not a usable feedback database"):
+    with pytest.raises(MetarecError, match="not a usable feedback database .*readonly"):
         FeedbackStore(path)
 
 

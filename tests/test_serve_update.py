@@ -105,6 +105,25 @@ def test_merge_feedback_reads_ids_by_the_rules_of_every_other_path(run):
             merge_feedback(pred, one)
 
 
+def test_untimed_feedback_goes_after_timed_feedback_stamped_past_the_training_data(run):
+    # the server counts an untimed row as newest; update numbered untimed rows from the
+    # training data's end, before a timed row stamped later (a current unix time)
+    pred = Predictor.load(run)
+    late = int(pred.train.timestamp.max()) + 10_000
+    fb = pd.DataFrame(
+        {
+            "user_id": ["x", "x"],
+            "item_id": ["it1", "it2"],
+            "rating": [5.0, 1.0],
+            "timestamp": pd.array([late, None], dtype="Int64"),
+        }
+    )
+    users, train, _, _ = merge_feedback(pred, fb)
+    x = train.user_idx == users.index("x")
+    stamp = dict(zip(pred.items.ids[train.item_idx[x]], train.timestamp[x].tolist(), strict=True))
+    assert stamp["it2"] > stamp["it1"] == late
+
+
 def test_merge_feedback_keeps_the_newest_timestamp_as_the_server_does(run):
     # a row stored later with an older timestamp loses to the newer one (update kept the
     # later stored row, the server the newest timestamp); an untimed row counts as newest

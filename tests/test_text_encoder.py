@@ -78,9 +78,11 @@ def test_make_encoder_specs():
         make_encoder("hashing:abc")
     with pytest.raises(MetarecError, match="dim must be"):
         HashingEncoder(0)
-    # 10**11 went on to allocate its (n_texts, dim) array: a 54 TiB MemoryError traceback
-    with pytest.raises(MetarecError, match=r"'hashing:99999999999': .*dim must be in \[1, 65536\]"):
-        make_encoder("hashing:99999999999")
+    # 10**11 went on to allocate its (n_texts, dim) array: a 54 TiB MemoryError traceback;
+    # refused when it would encode, so a RUN saved with a wide hasher still loads
+    wide = make_encoder("hashing:99999999999")
+    with pytest.raises(MetarecError, match=r"2 texts x dim 99999999999 need 1490 GiB"):
+        wide.encode(["a", "b"])
 
 
 def test_missing_sentence_transformers_gives_install_hint(monkeypatch):

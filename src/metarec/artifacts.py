@@ -64,7 +64,7 @@ def check_run_target(out: str | Path) -> Path:
         out = Path(os.path.realpath(out))
     # a RUN inside another: the outer one's next replacement deleted it without a word
     # (predict, recommend and export already refuse to write into a RUN)
-    outer = next((p for p in out.resolve().parents if (p / "manifest.json").is_file()), None)
+    outer = next((p for p in out.resolve().parents if _is_run(p)), None)
     if outer is not None:
         raise MetarecError(
             f"{out} is inside the RUN {outer}; write the RUN elsewhere (replacing {outer} "
@@ -74,12 +74,23 @@ def check_run_target(out: str | Path) -> Path:
         return out
     if not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
-    if (out / "manifest.json").is_file() or not any(out.iterdir()):
+    if _is_run(out) or not any(out.iterdir()):
         return out
     raise MetarecError(
-        f"{out} is a non-empty folder that is not a metarec RUN (no manifest.json); "
+        f"{out} is a non-empty folder that is not a metarec RUN (no metarec manifest.json); "
         "refusing to replace it"
     )
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a metarec RUN's manifest (any format version): a JSON
+    object with ``format_version`` and ``files``. Any manifest.json counted before, so a
+    project folder holding a web app's one could be replaced by ``fit --out`` whole."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"format_version", "files"} <= manifest.keys()
 
 
 def check_derived_run(out: str | Path, run: str | Path, what: str) -> None:

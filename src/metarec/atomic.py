@@ -109,9 +109,7 @@ def staging_dir(parent: str | Path, name: str) -> Path:
     except OSError as err:
         # named after what was asked for: the CLI printed the staging folder's own name
         # ("file not found: /proc/.x.~vm-11720~f6hpmia2" for --out /proc/x)
-        raise MetarecError(
-            f"cannot write {Path(parent) / name}: {err.strerror or err} (in {parent})"
-        ) from None
+        raise MetarecError(f"cannot write {name} in {parent}: {err.strerror or err}") from None
     public_mode(tmp, directory=True)  # mkdtemp makes it 0700
     return tmp
 

@@ -451,14 +451,30 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
         flat.update(
             {f"{k}.{j}": w for k, v in table.items() if isinstance(v, dict) for j, w in v.items()}
         )
-        for key, why in (
-            ("seed", "each run's seed is the experiment's (the top-level seeds)"),
-            ("train.seed", "each run's seed is the experiment's (the top-level seeds)"),
-            ("valid_frac", "evaluate's validation users are the split's (split.valid_frac)"),
-            ("valid_holdout", "evaluate's validation users are the split's (split.protocol)"),
-            ("refit", "evaluate keeps its validation users out of training (use it with fit)"),
+        # with split.valid_frac = 0 the model carves its own validation users out of the
+        # training rows (valid_frac, valid_holdout) and may refit on them: read then
+        split_valid = config.split.valid_frac > 0
+        for key, why, refused in (
+            ("seed", "each run's seed is the experiment's (the top-level seeds)", True),
+            ("train.seed", "each run's seed is the experiment's (the top-level seeds)", True),
+            (
+                "valid_frac",
+                "evaluate's validation users are the split's (split.valid_frac)",
+                split_valid,
+            ),
+            (
+                "valid_holdout",
+                "evaluate's validation users are the split's (split.protocol)",
+                split_valid,
+            ),
+            (
+                "refit",
+                "evaluate keeps its validation users out of training (use it with fit, or "
+                "with split.valid_frac = 0)",
+                split_valid,
+            ),
         ):
-            if key in flat:
+            if refused and key in flat:
                 raise MetarecError(f"{where}: {key} is not read by evaluate: {why}")
     try:
         # [model] alone, checked, and kept as the model reads it (results.json recorded the

@@ -867,9 +867,10 @@ class MetaRecommender(Recommender):
             # the held-out (newest) users were the only ones with a support and a query:
             # training had no task left and fit failed ("no user in split.train has 2 or
             # more interactions") on a log it can train on; they go back to training
+            held = "items" if protocol is item_cold else "users"
             why = (
-                f"the newest {cfg.valid_frac:.0%} of the users, held out for it, were the only "
-                "ones with two or more rows, so they train instead"
+                f"holding out the newest {cfg.valid_frac:.0%} of the {held} for it left no "
+                "user with two or more training rows, so they train instead"
             )
             none = np.zeros(0, dtype=np.int64)
             split = dataclasses.replace(
@@ -1420,11 +1421,16 @@ class MetaRecommender(Recommender):
         if cfg.get("blend") is not None:
             blend_tensors = {k[6:]: v for k, v in tensors.items() if k.startswith("blend.")}
             rec.blend_ = Blend.from_state(cfg["blend"], blend_tensors)
-        if rec.name == f"MetaRec-{rec.config.meta.algorithm}" and rec.rating_ is None and rec.rank_:
-            # named after the model that scores: an implicit RUN has no rating model, and
-            # /info and /recommend called its neural-process ranking model "MetaRec-maml"
-            rec.name = f"MetaRec-{rec._score_part.learner.cfg.algorithm}"
+        rec.name_after_scoring_model()
         return rec
+
+    def name_after_scoring_model(self) -> None:
+        """A default name ("MetaRec-<meta.algorithm>") made the scoring model's: an implicit
+        fit has no rating model, and /info and /recommend called its neural-process ranking
+        model "MetaRec-maml". A name someone gave (evaluate's method names) stays."""
+        if self.name == f"MetaRec-{self.config.meta.algorithm}" and self.rating_ is None:
+            if self.rank_ is not None:
+                self.name = f"MetaRec-{self.rank_.learner.cfg.algorithm}"
 
 
 def _member_kwargs(kwargs: dict, j: int, members: int) -> dict:

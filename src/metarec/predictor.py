@@ -67,6 +67,7 @@ class Predictor:
         from metarec.data import dataset_info
 
         model = MetaRecommender(config).fit(dataset, dataset.interactions)
+        model.name_after_scoring_model()  # as a loaded RUN is named
         item_domain = dataset.item_domain_names()
         info = dataset_info(dataset)
         info["encoder_fingerprint"] = model.features_.encoder_fingerprint
@@ -309,6 +310,12 @@ class Predictor:
         raw_users = raw.get("user_id", query["user_id"].to_numpy(object))
         raw_items = raw.get("item_id", query["item_id"].to_numpy(object))
         query = canon
+        if "domain" in query.columns:
+            # names as a file's are read (read_query did this for the CLI): a frame from
+            # pd.read_csv with a blank cell held 1.0 and nan, read as "1.0" and "nan"
+            from metarec.data.files import domain_names
+
+            query = query.assign(domain=domain_names(query["domain"]).to_numpy(object))
         self._check_domains(query, "query")
         qi = self.items.lookup_or_missing(query["item_id"].to_numpy(object))
         if (qi < 0).any():

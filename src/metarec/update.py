@@ -135,9 +135,15 @@ def merge_feedback(
     user_idx = users.indices(user_ids, "user_id")
     # rows without a time are newer than everything fitted, in the order they were stored
     train = pred.train
-    start = int(train.timestamp.max()) + 1 if len(train) else 0
     ts = fb["timestamp"] if "timestamp" in fb.columns else pd.Series([pd.NA] * len(fb))
     ts = ts.astype("Int64")
+    # after the stored timed rows too, as the server places them (an untimed row counts
+    # as newest): from the training rows' end alone, a timed row stamped later than the
+    # training data came after the untimed ones, and past max_support other rows were cut
+    newest = [int(train.timestamp.max())] if len(train) else []
+    if ts.notna().any():
+        newest.append(int(ts.max()))
+    start = max(newest) + 1 if newest else 0
     filled = np.where(ts.isna(), start + np.arange(len(fb)), ts.fillna(0).to_numpy(np.int64))
     dom = _item_domain_codes(pred)
     rows = Interactions(

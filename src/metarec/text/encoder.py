@@ -48,8 +48,8 @@ class TextEncoder(Protocol):
         ...
 
 
-# a text vector wider than this is memory, not signal (MiniLM's is 384 wide)
-MAX_HASHING_DIM = 1 << 16
+# the hashing encoder's output (texts x dim float32) may take at most this much memory
+MAX_HASHING_BYTES = 16 << 30
 
 
 class HashingEncoder:
@@ -62,9 +62,8 @@ class HashingEncoder:
     """
 
     def __init__(self, dim: int = 64, ngram: tuple[int, ...] = (3,)) -> None:
-        if not 1 <= dim <= MAX_HASHING_DIM:
-            # 10**11 went on to allocate (n_texts, dim) floats: a 54 TiB MemoryError traceback
-            raise MetarecError(f"HashingEncoder: dim must be in [1, {MAX_HASHING_DIM}], got {dim}")
+        if dim < 1:
+            raise MetarecError(f"HashingEncoder: dim must be >= 1, got {dim}")
         if not ngram or any(n < 1 for n in ngram):
             raise MetarecError(f"HashingEncoder: ngram sizes must be >= 1, got {ngram}")
         self._dim = int(dim)
@@ -96,6 +95,15 @@ class HashingEncoder:
     def encode(
         self, texts: list[str], batch_size: int | None = None, show_progress: bool = False
     ) -> np.ndarray:
+        need = 4 * len(texts) * self._dim + 8 * self._dim  # the output, one float64 row
+        if need > MAX_HASHING_BYTES:
+            # hashing:10**11 went on to allocate it: a 54 TiB MemoryError traceback. Checked
+            # here, not on the width alone, so a RUN saved with a wide hasher still loads
+            raise MetarecError(
+                f"HashingEncoder: {len(texts)} texts x dim {self._dim} need "
+                f"{need / 2**30:.0f} GiB (at most {MAX_HASHING_BYTES / 2**30:.0f}); use a "
+                "smaller hashing:<dim>"
+            )
         out = np.zeros((len(texts), self._dim), dtype=np.float32)
         for i, t in enumerate(texts):
             out[i] = self._one(str(t))
