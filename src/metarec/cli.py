@@ -257,10 +257,8 @@ def cmd_fit(args) -> int:
         "rating_range": list(raw.rating_range),
         # the scoring model's algorithm (an implicit log has no rating model: its ranking
         # model, meta-learned by rank_meta, scores), and the ranking model's
-        "algorithm": (pred.model.rating_ or pred.model.rank_).learner.cfg.algorithm,
-        "rank_algorithm": None
-        if pred.model.rank_ is None
-        else pred.model.rank_.learner.cfg.algorithm,
+        "algorithm": pred.model.scoring_algorithm,
+        "rank_algorithm": pred.model.rank_algorithm,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     if config.refit:  # the steps below were chosen on validation, then trained on all rows

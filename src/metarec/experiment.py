@@ -446,14 +446,14 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
         for m in config.methods
         if m.kind != "baseline"
     ]
+    # with split.valid_frac = 0 the model carves its own validation users out of the
+    # training rows (valid_frac, valid_holdout) and may refit on them: read then
+    split_valid = config.split.valid_frac > 0
     for where, table in tables:
         flat = {k: v for k, v in table.items() if not isinstance(v, dict)}
         flat.update(
             {f"{k}.{j}": w for k, v in table.items() if isinstance(v, dict) for j, w in v.items()}
         )
-        # with split.valid_frac = 0 the model carves its own validation users out of the
-        # training rows (valid_frac, valid_holdout) and may refit on them: read then
-        split_valid = config.split.valid_frac > 0
         for key, why, refused in (
             ("seed", "each run's seed is the experiment's (the top-level seeds)", True),
             ("train.seed", "each run's seed is the experiment's (the top-level seeds)", True),

@@ -1157,6 +1157,17 @@ class MetaRecommender(Recommender):
         return part
 
     @property
+    def scoring_algorithm(self) -> str:
+        """The meta-algorithm of the model that scores (predict, /score): the rating
+        model's, or the ranking model's where there is none (implicit data)."""
+        return self._score_part.learner.cfg.algorithm
+
+    @property
+    def rank_algorithm(self) -> str | None:
+        """The ranking model's meta-algorithm (None without one)."""
+        return None if self.rank_ is None else self.rank_.learner.cfg.algorithm
+
+    @property
     def ranks_by_rating(self) -> bool:
         """Whether :meth:`rank_scores` are unclipped ratings (a RUN fitted with
         ``rank_model = false``: its rating model ranks) rather than like-logits."""
@@ -1428,9 +1439,9 @@ class MetaRecommender(Recommender):
         """A default name ("MetaRec-<meta.algorithm>") made the scoring model's: an implicit
         fit has no rating model, and /info and /recommend called its neural-process ranking
         model "MetaRec-maml". A name someone gave (evaluate's method names) stays."""
-        if self.name == f"MetaRec-{self.config.meta.algorithm}" and self.rating_ is None:
-            if self.rank_ is not None:
-                self.name = f"MetaRec-{self.rank_.learner.cfg.algorithm}"
+        default = self.name == f"MetaRec-{self.config.meta.algorithm}"
+        if default and self.rating_ is None and self.rank_ is not None:
+            self.name = f"MetaRec-{self.scoring_algorithm}"
 
 
 def _member_kwargs(kwargs: dict, j: int, members: int) -> dict:

@@ -311,8 +311,8 @@ class Predictor:
         raw_items = raw.get("item_id", query["item_id"].to_numpy(object))
         query = canon
         if "domain" in query.columns:
-            # names as a file's are read (read_query did this for the CLI): a frame from
-            # pd.read_csv with a blank cell held 1.0 and nan, read as "1.0" and "nan"
+            # named as a log file's domains are (read_query leaves this to here): a frame
+            # from pd.read_csv with a blank cell held 1.0 and nan, compared as "1.0", "nan"
             from metarec.data.files import domain_names
 
             query = query.assign(domain=domain_names(query["domain"]).to_numpy(object))

@@ -337,8 +337,9 @@ def read_training_files(
 
 
 def read_query(path: str | Path) -> pd.DataFrame:
-    """Q: (user_id, item_id) rows as str, in file order, and ``domain`` (names) where Q
-    has it: predict checks it against the RUN's catalogue, as it checks a support's.
+    """Q: (user_id, item_id) rows as str, in file order, and ``domain`` as read where Q
+    has it: predict names it and checks it against the RUN's catalogue, as it checks a
+    support's.
 
     Ids are matched as :func:`id_column` normalises them (" 7 " is item "7"); the file's
     own spellings ride along in ``attrs["raw_ids"]`` so that P can give every query row
@@ -353,7 +354,7 @@ def read_query(path: str | Path) -> pd.DataFrame:
         }
     )
     if "domain" in frame.columns:
-        out["domain"] = domain_names(frame["domain"]).to_numpy(object)
+        out["domain"] = frame["domain"].to_numpy()
     out.attrs["raw_ids"] = {c: frame[c].to_numpy(object) for c in ("user_id", "item_id")}
     return out
 

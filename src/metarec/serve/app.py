@@ -291,10 +291,8 @@ def create_app(
     async def info() -> S.Info:
         return S.Info(
             model=model.name,
-            algorithm=(
-                model.rating_ if model.rating_ is not None else model.rank_
-            ).learner.cfg.algorithm,
-            rank_algorithm=None if model.rank_ is None else model.rank_.learner.cfg.algorithm,
+            algorithm=model.scoring_algorithm,
+            rank_algorithm=model.rank_algorithm,
             rank_members=None
             if model.rank_ is None
             else getattr(model.rank_.learner, "members", 1),
