@@ -16,6 +16,7 @@ from metarec.baselines import (
     BiasedMF,
     ImplicitALS,
     ItemKNN,
+    ItemKNNRating,
     ItemMean,
     ItemMeanUserBias,
     LightFMRanker,
@@ -192,6 +193,11 @@ class TestBiasedMF(ContractTests):
         return BiasedMF(factors=4, reg=1.0, bias_reg=1.0, iterations=10, seed=3)
 
 
+class TestItemKNNRating(ContractTests):
+    def make_model(self):
+        return ItemKNNRating(shrinkage=2.0, user_shrinkage=1.0, sim_shrink=1.0, neighbours=5)
+
+
 class TestEASE(ContractTests):
     def make_model(self):
         return EASE(reg=5.0)
@@ -266,6 +272,82 @@ def test_item_mean_and_user_bias_by_hand():
     # a warm user's training rows count too: user 1 (rated item 0 with 4)
     b_1 = (4 - expected[0]) / 3
     np.testing.assert_allclose(mb.user_bias(1, Interactions.empty()), b_1)
+
+
+def _knn_rating_by_hand(train, n_users, n_items, mu, b_i, lam_u, shrink, keep):
+    """Dense loops over the definition (no sparse algebra): residuals after mu + b_i + b_u,
+    cosine over all users times n / (n + shrink), each row's ``keep`` largest |sim|."""
+    r = {
+        (int(u), int(i)): float(x)
+        for u, i, x in zip(train.user_idx, train.item_idx, train.rating, strict=True)
+    }
+    b_u = np.zeros(n_users)
+    for u in range(n_users):
+        mine = [x - mu - b_i[i] for (v, i), x in r.items() if v == u]
+        b_u[u] = sum(mine) / (len(mine) + lam_u)
+    e = np.zeros((n_users, n_items))
+    seen = np.zeros((n_users, n_items))
+    for (u, i), x in r.items():
+        e[u, i] = x - mu - b_i[i] - b_u[u]
+        seen[u, i] = 1.0
+    sim = np.zeros((n_items, n_items))
+    for j in range(n_items):
+        for i in range(n_items):
+            nj, ni = np.linalg.norm(e[:, j]), np.linalg.norm(e[:, i])
+            n = float(seen[:, j] @ seen[:, i])
+            if i != j and nj > 0 and ni > 0:
+                sim[j, i] = e[:, j] @ e[:, i] / (nj * ni) * n / (n + shrink)
+        order = np.argsort(-np.abs(sim[j]), kind="stable")
+        sim[j, order[keep:]] = 0.0
+    return sim
+
+
+@pytest.mark.parametrize("keep", [1, 3, 100])
+def test_item_knn_rating_by_hand(board, keep):
+    ds, train, _ = board
+    m = ItemKNNRating(
+        shrinkage=2.0, user_shrinkage=1.0, sim_shrink=3.0, damping=0.5, neighbours=keep
+    )
+    m.fit(ds, train)
+    sim = _knn_rating_by_hand(train, ds.n_users, ds.n_items, m.mu_, m.item_bias_, 1.0, 3.0, keep)
+    got = m.sim_.toarray()
+    # ties in |sim| may keep either item: compare the kept magnitudes per row, then values
+    np.testing.assert_allclose(np.sort(np.abs(got), 1), np.sort(np.abs(sim), 1), atol=1e-12)
+    if keep == 100:
+        np.testing.assert_allclose(got, sim, atol=1e-12)
+    # a cold user's prediction: ItemMean + user bias plus the weighted residuals
+    items, ratings = COLD_A_SUPPORT.item_idx, COLD_A_SUPPORT.rating.astype(np.float64)
+    b_u = (ratings - m.mu_ - m.item_bias_[items]).sum() / (len(items) + 1.0)
+    e = ratings - m.mu_ - m.item_bias_[items] - b_u
+    targets = np.arange(N_ITEMS)
+    s = got[np.ix_(targets, items)]
+    want = m.mu_ + b_u + m.item_bias_[targets] + s @ e / (np.abs(s).sum(1) + 0.5)
+    np.testing.assert_allclose(m.rank_scores(COLD_A, COLD_A_SUPPORT, targets), want, atol=1e-12)
+    lo, hi = ds.rating_range
+    np.testing.assert_allclose(
+        m.score(COLD_A, COLD_A_SUPPORT, targets), np.clip(want, lo, hi), atol=1e-12
+    )
+
+
+def test_item_knn_rating_falls_back_to_item_mean_user_bias():
+    """No neighbour in the history (an item nobody co-rated, or no history): the offset is 0."""
+    ds, train = tiny()
+    knn = ItemKNNRating(shrinkage=1.0, user_shrinkage=2.0).fit(ds, train)
+    base = ItemMeanUserBias(shrinkage=1.0, user_shrinkage=2.0).fit(ds, train)
+    support = inter(3, np.array([2]), np.array([2.0]))  # item z: co-rated with nothing
+    np.testing.assert_allclose(
+        knn.score(3, support, np.arange(3)), base.score(3, support, np.arange(3)), atol=1e-12
+    )
+    empty = Interactions.empty()
+    np.testing.assert_allclose(
+        knn.score(3, empty, np.arange(3)), base.score(3, empty, np.arange(3))
+    )
+
+
+@pytest.mark.parametrize("params", [{"sim_shrink": -1.0}, {"damping": -0.1}, {"neighbours": 0}])
+def test_item_knn_rating_rejects_bad_parameters(params):
+    with pytest.raises(MetarecError, match="ItemKNN-ratings"):
+        ItemKNNRating(**params)
 
 
 def test_ridge_fold_in_solves_normal_equations():

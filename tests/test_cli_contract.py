@@ -310,7 +310,12 @@ def test_fit_rejects_unknown_config_key(tmp_path, capsys):
     ("override", "named"),
     [
         ("blend.rating_loss=l1", "rating_shrink=0"),  # the default shrink needs l2
-        ('blend.rating_inputs=["biased_mf"]', "rating_prior"),  # the prior is not an input
+        # the prior is not an input
+        (
+            'blend.rating_inputs=["biased_mf"] blend.rating_prior="item_mean_user_bias"',
+            "rating_prior",
+        ),
+        ('blend.rating_inputs=["user_bias"]', "'auto' picks one of"),  # nothing to pick
         ('blend.rank_fit="lambdamart"', "rank_fit"),
     ],
 )
@@ -318,7 +323,7 @@ def test_fit_rejects_inconsistent_blend_settings(tmp_path, capsys, override, nam
     paths, _ = make_world(tmp_path, n_users=10)
     out = tmp_path / "RUN"
     args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
-    code = main([*args, "--set", override])
+    code = main([*args, *(a for part in override.split(" ") for a in ("--set", part))])
     err = capsys.readouterr().err
     assert code == 2, err
     assert named in err and len(err.strip().splitlines()) == 1
@@ -1163,6 +1168,21 @@ def test_embed_without_text_columns_is_an_error_not_a_silent_no_op(tmp_path, cap
     assert json.loads(capsys.readouterr().out)["items_with_text"] == 24  # every item of the file
 
 
+def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
+    """blend.rating_prior "auto" picks a closed-form rating on the validation users; the
+    summary names it, and the RUN keeps it."""
+    from metarec.predictor import Predictor
+
+    paths, _ = make_world(tmp_path, n_users=200)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rating_prior"] in ("item_mean_user_bias", "biased_mf", "item_knn_rating")
+    blend = Predictor.load(tmp_path / "RUN").model.blend_
+    assert blend.rating_prior == summary["rating_prior"]
+    assert blend.rating_inputs == ("item_mean_user_bias", "biased_mf", "item_knn_rating")
+    assert blend.closed.rknn is not None and blend.closed.rknn.nnz > 0
+
+
 def test_fit_validates_even_when_the_newest_users_have_short_histories(tmp_path, capsys):
     # the newest 10% of users (fit's validation users) had no more than K rows: fit ran
     # every step with no validation, no early stopping and no blend, dropped their rows
@@ -1179,6 +1199,8 @@ def test_fit_validates_even_when_the_newest_users_have_short_histories(tmp_path,
     assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rating_valid_loss"] is not None and summary["rank_valid_loss"] is not None
+    # 6 validation users: too few for a blend, so no rating stack and no prior to name
+    assert "rating_prior" not in summary
 
     from metarec.preprocess import prepare
 

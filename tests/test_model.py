@@ -15,16 +15,25 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from metarec.baselines import EASE, BiasedMF, ImplicitALS, ItemKNN, ItemMeanUserBias
+from metarec.baselines import (
+    EASE,
+    BiasedMF,
+    ImplicitALS,
+    ItemKNN,
+    ItemKNNRating,
+    ItemMeanUserBias,
+)
 from metarec.blend import (
     Blend,
     BlendConfig,
     ClosedForm,
+    best_ordering_input,
     content_map,
     fit_rank_blend,
     fit_rank_weights,
     fit_rating_weights,
     ndcg_of_weights,
+    pair_order,
     search_rank_weights,
 )
 from metarec.data.raw import RawData, build_dataset, make_ratings_frame
@@ -266,6 +275,12 @@ def test_blend_config_rejects_unknown_inputs():
         BlendConfig(content_reg=0.0)
     with pytest.raises(MetarecError, match="rank_search_users"):
         BlendConfig(rank_search_users=1)
+    with pytest.raises(MetarecError, match="rating_knn_neighbours"):
+        BlendConfig(rating_knn_neighbours=0)
+    with pytest.raises(MetarecError, match="rating_knn_shrink"):
+        BlendConfig(rating_knn_shrink=-1.0)
+    with pytest.raises(MetarecError, match="rating_knn_damping"):
+        BlendConfig(rating_knn_damping=-0.1)
 
 
 # --- closed-form inputs equal the baselines ---------------------------------------------------
@@ -363,6 +378,47 @@ def test_als_rank_input_equals_the_implicit_als_baseline_and_round_trips(world):
     # no liked history item: the folded-in user is 0, so is every score
     empty = (np.array([0]), np.array([1.0]))
     assert not closed.rank_inputs(("als",), [empty], targets).any()
+
+
+def test_knn_rating_input_equals_the_baseline_and_round_trips(world):
+    ds, split = world
+    names = ("item_mean_user_bias", "biased_mf", "item_knn_rating")
+    cfg = BlendConfig(
+        rating_inputs=names,
+        rating_knn_shrink=1.0,
+        rating_knn_damping=0.3,
+        rating_knn_neighbours=10,
+    )
+    closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    assert closed.rknn is not None and closed.rknn.getnnz(1).max() == 10
+    # the blend's ItemMean + user bias is the baseline's default (10, 5)
+    knn = ItemKNNRating(sim_shrink=1.0, damping=0.3, neighbours=10).fit(ds, split.train)
+    back = ClosedForm.from_state(*closed.state())
+    targets = np.arange(ds.n_items)
+    for t in split.test[:5]:
+        hist = (t.support.item_idx, t.support.rating.astype(np.float64))
+        x = closed.rating_inputs(names, *hist, targets)
+        # float32 similarities in the blend, float64 in the baseline
+        want = knn.rank_scores(t.user_idx, t.support, targets)
+        np.testing.assert_allclose(x[:, 2], want, rtol=1e-6)
+        assert not np.allclose(x[:34, 2], x[:34, 0])  # the neighbours move trained items
+        np.testing.assert_array_equal(x[34:, 2], x[34:, 0])  # never rated: none
+        np.testing.assert_array_equal(back.rating_inputs(names, *hist, targets), x)
+    # not asked for, not fitted (nor saved)
+    two = BlendConfig(rating_inputs=("item_mean_user_bias", "biased_mf"))
+    plain = ClosedForm.fit(ds, split.train, two, like=3.0, seed=0)
+    assert plain.rknn is None and "rknn_data" not in plain.state()[1]
+    with pytest.raises(MetarecError, match="item_knn_rating input was not fitted"):
+        plain.rating_inputs(("item_knn_rating",), *hist, targets)
+    # a damaged neighbour table is refused at load, not served
+    state, tensors = closed.state()
+    for key, bad in (
+        ("rknn_indices", tensors["rknn_indices"] + ds.n_items),
+        ("rknn_data", tensors["rknn_data"] * float("nan")),
+        ("rknn_indptr", tensors["rknn_indptr"][:-1]),
+    ):
+        with pytest.raises(MetarecError, match="item_knn_rating neighbours are malformed"):
+            ClosedForm.from_state(state, {**tensors, key: bad})
 
 
 def test_knn_rank_input_equals_the_item_knn_baseline_and_round_trips(world):
@@ -512,8 +568,18 @@ def test_a_saved_blend_missing_an_input_model_is_refused(fitted):
 
 
 def test_rating_weights_are_least_squares_on_validation_users(fitted):
-    ds, split, _, rec = fitted
-    blend = rec.blend_
+    ds, split, _, fitted_rec = fitted
+    # a copy of the fitted model whose stack has two inputs and a fixed prior, the case
+    # solved by hand below (auto's choice: test_auto_rating_prior_...)
+    rec = MetaRecommender.from_state(*fitted_rec.state(), split.train)
+    two = ("item_mean_user_bias", "biased_mf")
+    rec.config = dataclasses.replace(
+        rec.config,
+        blend=dataclasses.replace(
+            rec.config.blend, rating_inputs=two, rating_prior="item_mean_user_bias"
+        ),
+    )
+    rec.blend_ = blend = rec._fit_blend(ds, split)
     assert blend is not None and blend.rating_weights is not None
     assert blend.rank_weights is not None and blend.rank_inputs == ("ease", "popularity")
     tasks = list(split.valid)
@@ -663,7 +729,8 @@ def test_l1_stack_with_the_like_logit(fitted):
     blend_cfg = BlendConfig(rating_loss="l1", rating_like=True, rating_shrink=0.0)
     other.config = dataclasses.replace(other.config, blend=blend_cfg)
     other.blend_ = other._fit_blend(ds, split)
-    assert other.blend_.rating_like and len(other.blend_.rating_weights) == 5
+    n_inputs = len(other.blend_.rating_inputs)
+    assert other.blend_.rating_like and len(other.blend_.rating_weights) == 2 + n_inputs + 1
     t = split.test[2]
     want = other.score(t.user_idx, t.support, t.query.item_idx)
     np.testing.assert_allclose(other.score_many([t], [t.query.item_idx])[0], want, rtol=1e-5)
@@ -680,6 +747,76 @@ def test_l1_stack_with_the_like_logit(fitted):
     back = MetaRecommender.from_state(*other.state(), split.train)
     assert back.blend_.rating_like
     np.testing.assert_array_equal(back.score(t.user_idx, t.support, t.query.item_idx), want)
+
+
+def test_pair_order_is_auc_on_two_levels_and_counts_graded_pairs_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 2, 30).astype(float)
+    s = np.round(rng.normal(size=30), 1)  # ties too
+    assert pair_order(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    # ratings 1, 3, 3, 5: five differently rated pairs; s orders (1,3a), (1,5), (3b,5)
+    # right, (3a,5) wrong and ties (1,3b): (3 + 0.5) / 5
+    y = np.array([1.0, 3.0, 3.0, 5.0])
+    s = np.array([0.0, 2.0, 0.0, 1.0])
+    assert pair_order(y, s) == pytest.approx(3.5 / 5)
+    assert np.isnan(pair_order(np.array([4.0, 4.0]), np.array([1.0, 2.0])))
+
+
+def test_best_ordering_input_picks_the_column_that_orders_each_user():
+    # two users (3 rows, then 2): column "b" orders both, "a" only the first
+    y = np.array([1.0, 2.0, 3.0, 5.0, 4.0])
+    x = np.array([[1, 3], [2, 4], [3, 5], [0, 9], [1, 8]], dtype=float)
+    assert best_ordering_input(["a", "b"], x, y, [3, 2]) == "b"
+    assert best_ordering_input(["a", "b"], x[:3], y[:3], [3]) == "a"  # a tie: the first
+    # a user without a differently rated pair does not count
+    y2 = np.array([1.0, 2.0, 3.0, 4.0, 4.0])
+    assert best_ordering_input(["a", "b"], x, y2, [3, 2]) == "a"
+
+
+def test_auto_rating_prior_is_the_input_ordering_validation_users_best(fitted):
+    """rating_prior = "auto" fits exactly the weights of the explicit prior that orders
+    the validation queries best (by pair_order, computed here from the inputs alone)."""
+    ds, split, _, rec = fitted
+    names = ("item_mean_user_bias", "biased_mf", "item_knn_rating")
+    base = BlendConfig(rating_inputs=names, rating_knn_neighbours=10)
+    other = MetaRecommender.from_state(*rec.state(), split.train)
+
+    def refit(prior):
+        other.config = dataclasses.replace(
+            other.config, blend=dataclasses.replace(base, rating_prior=prior)
+        )
+        return other._fit_blend(ds, split)
+
+    auto = refit("auto")
+    tasks = list(split.valid)
+    order = {}
+    for j, name in enumerate(names):
+        per_user = []
+        for t in tasks:
+            x = auto.closed.rating_inputs(
+                names, t.support.item_idx, t.support.rating.astype(np.float64), t.query.item_idx
+            )
+            per_user.append(pair_order(t.query.rating.astype(np.float64), x[:, j]))
+        order[name] = np.nanmean(per_user)
+    best = max(names, key=lambda n: order[n])  # (a tie would take the first: none here)
+    assert sorted(order.values())[-1] > sorted(order.values())[-2]
+    explicit = {n: refit(n).rating_weights for n in names}
+    np.testing.assert_allclose(auto.rating_weights, explicit[best], rtol=1e-10)
+    assert auto.rating_prior == best  # recorded, and saved (below)
+    assert any(not np.allclose(explicit[best], w) for w in explicit.values())
+    # the weights go through a save and load like any other blend's
+    other.blend_ = auto
+    back = MetaRecommender.from_state(*other.state(), split.train)
+    assert back.blend_.closed.rknn is not None and back.blend_.rating_prior == best
+    t = split.test[0]
+    np.testing.assert_array_equal(
+        back.score(t.user_idx, t.support, t.query.item_idx),
+        other.score(t.user_idx, t.support, t.query.item_idx),
+    )
+    with pytest.raises(MetarecError, match="'auto' picks one of the whole-rating inputs"):
+        BlendConfig(rating_inputs=("user_bias", "item_bias"), rating_prior="auto")
 
 
 def test_ndcg_rank_fit_is_recorded_saved_and_used(fitted):
@@ -864,7 +1001,7 @@ def test_short_histories_can_get_their_own_rating_weights(fitted):
         other = MetaRecommender.from_state(*rec.state(), split.train)
         other.config = dataclasses.replace(other.config, blend=cfg)
         other.blend_ = b = other._fit_blend(ds, split)
-        assert b.rating_cuts == (1, 3) and b.rating_weights_short.shape == (2, 5)
+        assert b.rating_cuts == (1, 3) and b.rating_weights_short.shape == (2, 6)
         np.testing.assert_array_equal(b.rating_weights, rec.blend_.rating_weights)
         # each cut's weights are the one-set blend fitted on validation tasks cut by hand
         # (same query, or the interactions right after the cut)

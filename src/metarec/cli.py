@@ -261,6 +261,11 @@ def cmd_fit(args) -> int:
         "rank_algorithm": pred.model.rank_algorithm,
         "seconds": round(time.perf_counter() - t0, 1),
     }
+    blend = pred.model.blend_
+    if blend is not None and blend.rating_prior:
+        # the closed-form rating the rating stack leans on (blend.rating_prior "auto"
+        # chooses it on the validation users)
+        summary["rating_prior"] = blend.rating_prior
     if config.refit:  # the steps below were chosen on validation, then trained on all rows
         summary["refit"] = True
     for key, part in (("rating", pred.model.rating_), ("rank", pred.model.rank_)):

@@ -1598,6 +1598,7 @@ QUICKSTART_BASELINES = (
     "popularity",
     "item_mean_user_bias",
     "biased_mf",
+    "item_knn_rating",
     "ease",
     "implicit_als",
     "text_cosine",

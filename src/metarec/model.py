@@ -39,9 +39,11 @@ import scipy.sparse as sp
 import torch
 
 from metarec.blend import (
+    PRIOR_CANDIDATES,
     Blend,
     BlendConfig,
     ClosedForm,
+    best_ordering_input,
     fit_rank_blend,
     fit_rating_weights,
     rank_columns,
@@ -334,7 +336,7 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
 
 
 # stack inputs that are whole ratings (the rest are offsets or other scales)
-_RATING_SCALE = frozenset({"meta", "item_mean_user_bias", "biased_mf"})
+_RATING_SCALE = frozenset({"meta", "item_mean_user_bias", "biased_mf", "item_knn_rating"})
 # (task, item) cells scored at once on CPU (MetaRecommender._predict): a hidden activation
 # of width 64 is then 8 MB, below glibc's 32 MB mmap ceiling, so its buffers are reused
 _CHUNK_CELLS = 32_768
@@ -600,8 +602,9 @@ class MetaRecommender(Recommender):
         # follows the first support item is warm rows the blend is not fitted over
         follows = len(split.valid_cold_items) == 0
         rating_short = None
+        rating_prior = ""
         if use_rating:
-            rating_w = self._fit_rating_stack(closed, tasks, pairs, rating_like)
+            rating_w, rating_prior = self._fit_rating_stack(closed, tasks, pairs, rating_like)
             shorts = []
             for n in b.rating_short_histories:
                 cut, cut_pairs = self._short_tasks(
@@ -609,7 +612,7 @@ class MetaRecommender(Recommender):
                 )
                 if len(cut) < b.min_valid_users:
                     break  # this cut and every longer one: the split's K weights
-                shorts.append(self._fit_rating_stack(closed, cut, cut_pairs, rating_like))
+                shorts.append(self._fit_rating_stack(closed, cut, cut_pairs, rating_like)[0])
             if shorts:
                 rating_short = np.stack(shorts)  # (n_cuts, n_weights)
             if len(shorts) < len(b.rating_short_histories):
@@ -659,6 +662,7 @@ class MetaRecommender(Recommender):
             rank_w_short,
             b.rating_short_histories[: len(rating_short)] if rating_short is not None else (),
             rating_short,
+            rating_prior,
         )
 
     def _short_tasks(
@@ -698,9 +702,10 @@ class MetaRecommender(Recommender):
         tasks: Sequence[Task],
         pairs: Sequence[tuple[int, Interactions]],
         rating_like: bool,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, str]:
         """Rating-stack weights fitted on validation ``tasks`` whose histories without the
-        query are ``pairs``: (2 + rating_like + n_inputs,) meta, [like], inputs, intercept."""
+        query are ``pairs``: (2 + rating_like + n_inputs,) meta, [like], inputs, intercept;
+        and the input they were shrunk toward ("" without a shrink)."""
         assert self.rating_ is not None
         b = self.config.blend
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
@@ -724,15 +729,23 @@ class MetaRecommender(Recommender):
         # summing to 1 when the stack has no intercept; the offsets (like logit, bias
         # parts, popularity) stay free. The ridge's prior is one input alone.
         names = ["meta", *(["like"] if rating_like else []), *b.rating_inputs]
-        return fit_rating_weights(
+        prior = b.rating_prior if b.rating_shrink > 0 else ""
+        if prior == "auto":
+            # the closed-form rating that orders these validation users' queries best
+            offered = [n for n in b.rating_inputs if n in PRIOR_CANDIDATES]
+            cols_of = [b.rating_inputs.index(n) for n in offered]
+            sizes = [len(q) for q in queries]
+            prior = best_ordering_input(offered, x[:, cols_of], y, sizes)
+        w = fit_rating_weights(
             np.hstack(cols),
             y,
             b.rating_loss,
             intercept=b.rating_intercept,
             summed=np.array([n in _RATING_SCALE for n in names]),
             shrink=b.rating_shrink,
-            prior=np.array([float(n == b.rating_prior) for n in names]),
+            prior=np.array([float(n == prior) for n in names]),
         )
+        return w, prior
 
     def _fit_rank_blend(
         self,
