@@ -195,7 +195,9 @@ class TestBiasedMF(ContractTests):
 
 class TestItemKNNRating(ContractTests):
     def make_model(self):
-        return ItemKNNRating(shrinkage=2.0, user_shrinkage=1.0, sim_shrink=1.0, neighbours=5)
+        # every neighbour kept (20 items): with 5 per item on this board, group B's
+        # strongest residual neighbours include A items, and B's top five held four
+        return ItemKNNRating(shrinkage=2.0, user_shrinkage=1.0, sim_shrink=1.0)
 
 
 class TestEASE(ContractTests):
@@ -344,7 +346,18 @@ def test_item_knn_rating_falls_back_to_item_mean_user_bias():
     )
 
 
-@pytest.mark.parametrize("params", [{"sim_shrink": -1.0}, {"damping": -0.1}, {"neighbours": 0}])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"sim_shrink": -1.0},
+        {"sim_shrink": float("nan")},
+        {"damping": -0.1},
+        {"damping": float("nan")},
+        {"neighbours": 0},
+        {"neighbours": 2.5},
+        {"neighbours": True},
+    ],
+)
 def test_item_knn_rating_rejects_bad_parameters(params):
     with pytest.raises(MetarecError, match="ItemKNN-ratings"):
         ItemKNNRating(**params)

@@ -275,8 +275,15 @@ def test_blend_config_rejects_unknown_inputs():
         BlendConfig(content_reg=0.0)
     with pytest.raises(MetarecError, match="rank_search_users"):
         BlendConfig(rank_search_users=1)
-    with pytest.raises(MetarecError, match="rating_knn_neighbours"):
-        BlendConfig(rating_knn_neighbours=0)
+    for n in (0, 2.5, True):
+        with pytest.raises(MetarecError, match="rating_knn_neighbours"):
+            BlendConfig(rating_knn_neighbours=n)
+    with pytest.raises(MetarecError, match="rating_knn_damping"):
+        BlendConfig(rating_knn_damping=float("nan"))
+    # "auto" needs a whole-rating input only where it shrinks toward one
+    BlendConfig(rating_inputs=("user_bias", "item_bias"), rating_shrink=0.0)
+    with pytest.raises(MetarecError, match="set blend.rating_shrink=0"):
+        BlendConfig(rating_inputs=("user_bias", "item_bias"))
     with pytest.raises(MetarecError, match="rating_knn_shrink"):
         BlendConfig(rating_knn_shrink=-1.0)
     with pytest.raises(MetarecError, match="rating_knn_damping"):
@@ -412,13 +419,27 @@ def test_knn_rating_input_equals_the_baseline_and_round_trips(world):
         plain.rating_inputs(("item_knn_rating",), *hist, targets)
     # a damaged neighbour table is refused at load, not served
     state, tensors = closed.state()
+    assert tensors["rknn_indices"].dtype == torch.int32  # half the bytes of int64
+    dup = tensors["rknn_indices"].clone()
+    dup[1] = dup[0]  # row 0 names one neighbour twice
+    shifted = tensors["rknn_indptr"].clone()
+    shifted[0] = 1
     for key, bad in (
         ("rknn_indices", tensors["rknn_indices"] + ds.n_items),
+        ("rknn_indices", dup),
         ("rknn_data", tensors["rknn_data"] * float("nan")),
         ("rknn_indptr", tensors["rknn_indptr"][:-1]),
+        ("rknn_indptr", shifted),
     ):
         with pytest.raises(MetarecError, match="item_knn_rating neighbours are malformed"):
             ClosedForm.from_state(state, {**tensors, key: bad})
+    for cfg_bad in (
+        {**state, "rknn_damping": -1.0},
+        {**state, "rknn_damping": float("nan")},
+        {k: v for k, v in state.items() if k != "rknn_shape"},
+    ):
+        with pytest.raises(MetarecError, match="item_knn_rating neighbours are malformed"):
+            ClosedForm.from_state(cfg_bad, tensors)
 
 
 def test_knn_rank_input_equals_the_item_knn_baseline_and_round_trips(world):
@@ -1004,8 +1025,13 @@ def test_short_histories_can_get_their_own_rating_weights(fitted):
         assert b.rating_cuts == (1, 3) and b.rating_weights_short.shape == (2, 6)
         np.testing.assert_array_equal(b.rating_weights, rec.blend_.rating_weights)
         # each cut's weights are the one-set blend fitted on validation tasks cut by hand
-        # (same query, or the interactions right after the cut)
+        # (same query, or the interactions right after the cut), shrunk toward the prior
+        # the K weights chose (not one each cut would choose: the RUN records one)
+        assert b.rating_prior in ("item_mean_user_bias", "biased_mf", "item_knn_rating")
         plain = MetaRecommender.from_state(*rec.state(), split.train)
+        plain.config = dataclasses.replace(
+            plain.config, blend=dataclasses.replace(base, rating_prior=b.rating_prior)
+        )
         for j, n in enumerate((1, 3)):
             cut = []
             for t in split.valid:

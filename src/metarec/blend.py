@@ -4,11 +4,12 @@ The meta-model learns from text and IDs; the closed-form collaborative models ar
 beat on the items they know well. :class:`MetaRecommender` therefore stacks them:
 
 * **rating** (explicit data): ``r̂ = c + w_meta · meta + Σ_j w_j · f_j`` with ``f`` the
-  ItemMean+UserBias and BiasedMF fold-in predictions (``rating_inputs``), least squares on
-  the validation users' query ratings; with ``rating_intercept=False`` c = 0 and the
-  weights of the whole-rating inputs sum to 1 (a weighted average of ratings plus offset
-  terms such as the like-model's logit), shrunk toward one input alone (by default
-  ItemMean+UserBias, which orders a user's items best: see ``BlendConfig.rating_shrink``);
+  ItemMean+UserBias, BiasedMF fold-in and item-kNN-on-residuals predictions
+  (``rating_inputs``), least squares on the validation users' query ratings; with
+  ``rating_intercept=False`` c = 0 and the weights of the whole-rating inputs sum to 1 (a
+  weighted average of ratings plus offset terms such as the like-model's logit), shrunk
+  toward one input alone (by default the one that orders the validation users' items
+  best, chosen at fit: see ``BlendConfig.rating_shrink`` and ``rating_prior``);
 * **ranking**: ``s = w_meta · logit + Σ_j w_j · g_j`` with ``g`` the EASE score and the log
   popularity (``rank_inputs``; on catalogues too large for EASE the item-kNN score
   instead, ``large_rank_inputs``; the implicit-ALS fold-in score is another option),
@@ -135,8 +136,9 @@ class BlendConfig:
     #   ML-100K    before                 0.8183 / 0.6658 / 0.8422
     #              + item-kNN, auto prior 0.8059 / 0.6753 / 0.8453  (picks item-kNN)
     #   goodbooks  before                 0.6917 / 0.6661 / 0.8792
-    #              + item-kNN, auto prior 0.6920 / 0.6654 / 0.8791  (picks ItemMean+UB)
-    # while item-kNN as the prior everywhere lost goodbooks AUC (0.6556)
+    #              + item-kNN, auto prior 0.6923 / 0.6612 / 0.8806  (picks either: 25
+    #                users per CV half; the inputs order about equally there)
+    # while item-kNN as the prior everywhere lost more goodbooks AUC (0.6556)
     rating_prior: str = "auto"
     # the "item_knn_rating" input (ItemKNNRating): similarities shrunk by n / (n + shrink)
     # over n co-rating users, each item's strongest ``neighbours`` kept, the offset's
@@ -149,8 +151,9 @@ class BlendConfig:
     # items (same queries, kept where the whole history is then that short); longer
     # histories keep the weights fitted at the split's K. () = one set of weights. Why:
     # the weights fitted at K = 10 trust the user-level inputs as 10 ratings allow, and
-    # the shrink toward ItemMean+UserBias does not know how noisy its user bias is at
-    # K = 1 (see docs/defaults.md for the validation figures)
+    # the shrink toward one input does not know how noisy that input is at K = 1 (see
+    # docs/defaults.md for the validation figures); the cuts shrink toward the input the
+    # K weights chose
     rating_short_histories: tuple[int, ...] = ()
     # the short weights' query: the same as at K (False) or the cut user's next
     # interactions (True: the rest of the support, then the query)
@@ -334,10 +337,12 @@ class BlendConfig:
                 f"blend.rating_inputs {list(self.rating_inputs)} (add it, pick another "
                 "prior, or set blend.rating_shrink=0)"
             )
-        if self.rating_prior == "auto" and not set(self.rating_inputs) & PRIOR_CANDIDATES:
+        auto = self.rating_prior == "auto" and self.rating_shrink > 0
+        if auto and not set(self.rating_inputs) & PRIOR_CANDIDATES:
             raise MetarecError(
                 "blend.rating_prior 'auto' picks one of the whole-rating inputs "
-                f"{sorted(PRIOR_CANDIDATES)}, and blend.rating_inputs has none"
+                f"{sorted(PRIOR_CANDIDATES)}, and blend.rating_inputs has none (add one, "
+                "name the prior, or set blend.rating_shrink=0)"
             )
         cuts = self.rating_short_histories
         if not increasing_sizes(cuts):
@@ -345,15 +350,13 @@ class BlendConfig:
                 "blend.rating_short_histories must be increasing support sizes >= 1, "
                 f"got {list(cuts)}"
             )
-        if self.rating_knn_shrink < 0 or self.rating_knn_damping < 0:
-            raise MetarecError(
-                "blend.rating_knn_shrink and blend.rating_knn_damping must be >= 0, got "
-                f"{self.rating_knn_shrink}, {self.rating_knn_damping}"
-            )
-        if isinstance(self.rating_knn_neighbours, bool) or self.rating_knn_neighbours < 1:
-            raise MetarecError(
-                f"blend.rating_knn_neighbours must be >= 1, got {self.rating_knn_neighbours}"
-            )
+        for key in ("rating_knn_shrink", "rating_knn_damping"):
+            v = getattr(self, key)
+            if not (np.isfinite(v) and v >= 0):
+                raise MetarecError(f"blend.{key} must be a finite number >= 0, got {v!r}")
+        n = self.rating_knn_neighbours
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise MetarecError(f"blend.rating_knn_neighbours must be an integer >= 1, got {n!r}")
         if self.rating_shrink < 0:
             raise MetarecError(f"blend.rating_shrink must be >= 0, got {self.rating_shrink}")
         if self.rating_shrink > 0 and self.rating_loss != "l2":
@@ -439,6 +442,9 @@ class ClosedForm:
     # item's strongest residual neighbours (residual_neighbours), float32 values
     rknn: sp.csr_matrix | None = None
     rknn_damping: float = 0.5
+    # rknn transposed (row i: the items counting i among their neighbours), what a
+    # history reads (neighbour_offsets); built from rknn at fit and load, not saved
+    rknn_t: sp.csr_matrix | None = None
     # the ranking inputs this fit was asked for and can compute (fit time only, not saved:
     # a saved Blend keeps the list its weights belong to)
     rank_names: tuple[str, ...] = ()
@@ -464,7 +470,8 @@ class ClosedForm:
         (``cfg.cold_rank_inputs``)."""
         imub = ItemMeanUserBias().fit(dataset, train)
         rknn = None
-        # only explicit ratings have residuals to weigh (on 0/1 labels every one is 0)
+        # only explicit ratings have residuals to weigh (implicit rows are all positives:
+        # every residual is 0)
         explicit = dataset.feedback == "explicit"
         if cfg.rating and explicit and "item_knn_rating" in cfg.rating_inputs:
             rknn = residual_neighbours(
@@ -577,6 +584,7 @@ class ClosedForm:
             side_columns=side_cols or (),
             rknn=rknn,
             rknn_damping=cfg.rating_knn_damping,
+            rknn_t=rknn.T.tocsr() if rknn is not None else None,
             rank_names=rank_names,
             large=large,
         )
@@ -616,9 +624,9 @@ class ClosedForm:
         return np.stack(cols, 1) if cols else np.zeros((len(targets), 0))
 
     def _knn_offsets(self, items: np.ndarray, resid: np.ndarray, targets: np.ndarray) -> np.ndarray:
-        if self.rknn is None:
+        if self.rknn_t is None:
             raise MetarecError("blend: the item_knn_rating input was not fitted")
-        return neighbour_offsets(self.rknn, items, resid, targets, self.rknn_damping)
+        return neighbour_offsets(self.rknn_t, items, resid, targets, self.rknn_damping)
 
     def rank_inputs(
         self,
@@ -747,8 +755,9 @@ class ClosedForm:
         if self.rknn is not None:
             cfg["rknn_shape"] = list(self.rknn.shape)
             cfg["rknn_damping"] = self.rknn_damping
+            # int32 columns: a catalogue has fewer than 2³¹ items; half the RUN's bytes
             tensors["rknn_indptr"] = torch.from_numpy(self.rknn.indptr.astype(np.int64))
-            tensors["rknn_indices"] = torch.from_numpy(self.rknn.indices.astype(np.int64))
+            tensors["rknn_indices"] = torch.from_numpy(self.rknn.indices.astype(np.int32))
             tensors["rknn_data"] = torch.from_numpy(self.rknn.data.astype(np.float32))
         return cfg, tensors
 
@@ -776,23 +785,32 @@ class ClosedForm:
             )
         rknn: dict = {}
         if "rknn_indptr" in tensors:
-            shape = tuple(int(n) for n in cfg["rknn_shape"])
-            indptr, indices, data = arr("rknn_indptr"), arr("rknn_indices"), arr("rknn_data")
+            bad = MetarecError("blend: the saved item_knn_rating neighbours are malformed")
+            try:
+                shape = tuple(int(n) for n in cfg["rknn_shape"])
+                damping = float(cfg["rknn_damping"])
+                indptr, indices = arr("rknn_indptr"), arr("rknn_indices").astype(np.int64)
+                data = arr("rknn_data")
+            except (KeyError, TypeError, ValueError):
+                raise bad from None
             ok = (
                 len(shape) == 2
                 and shape[0] == shape[1] == len(arr("item_bias"))
                 and len(indptr) == shape[0] + 1
+                and indptr[0] == 0
                 and len(indices) == len(data) == indptr[-1]
                 and (len(indices) == 0 or (indices.min() >= 0 and indices.max() < shape[1]))
                 and bool(np.all(np.diff(indptr) >= 0))
                 and bool(np.isfinite(data).all())
+                and np.isfinite(damping)
+                and damping >= 0
             )
             if not ok:
-                raise MetarecError("blend: the saved item_knn_rating neighbours are malformed")
-            rknn = dict(
-                rknn=sp.csr_matrix((data, indices, indptr), shape=shape),
-                rknn_damping=float(cfg["rknn_damping"]),
-            )
+                raise bad
+            m = sp.csr_matrix((data, indices, indptr), shape=shape)
+            if not m.has_canonical_format:  # an item twice in a row, or rows unsorted
+                raise bad
+            rknn = dict(rknn=m, rknn_damping=damping, rknn_t=m.T.tocsr())
         return cls(
             mu=float(cfg["mu"]),
             item_bias=arr("item_bias"),

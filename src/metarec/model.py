@@ -14,8 +14,10 @@ What it puts together (each piece lives in its own module):
   ``score`` (a probability).
 
 * a **blend** (``blend.py``, ``ModelConfig.blend``): the rating is stacked with closed-form
-  ItemMean+UserBias / BiasedMF fold-ins (and the like-model's logit; by default a weighted
-  average of the three ratings, no intercept, plus the logit term), the ranking logit
+  ItemMean+UserBias / BiasedMF fold-ins / item-kNN on residuals (and the like-model's
+  logit; by default a weighted average of the four ratings, no intercept, plus the logit
+  term, shrunk toward the closed-form rating that orders validation users best), the
+  ranking logit
   with EASE and popularity scores; the weights are fitted on the validation users after
   meta-training, the closed-form models on the meta-training interactions only.
 
@@ -605,6 +607,7 @@ class MetaRecommender(Recommender):
         rating_prior = ""
         if use_rating:
             rating_w, rating_prior = self._fit_rating_stack(closed, tasks, pairs, rating_like)
+            # the short weights lean on the same input (one prior per RUN, as it records)
             shorts = []
             for n in b.rating_short_histories:
                 cut, cut_pairs = self._short_tasks(
@@ -612,7 +615,8 @@ class MetaRecommender(Recommender):
                 )
                 if len(cut) < b.min_valid_users:
                     break  # this cut and every longer one: the split's K weights
-                shorts.append(self._fit_rating_stack(closed, cut, cut_pairs, rating_like)[0])
+                w, _ = self._fit_rating_stack(closed, cut, cut_pairs, rating_like, rating_prior)
+                shorts.append(w)
             if shorts:
                 rating_short = np.stack(shorts)  # (n_cuts, n_weights)
             if len(shorts) < len(b.rating_short_histories):
@@ -702,10 +706,12 @@ class MetaRecommender(Recommender):
         tasks: Sequence[Task],
         pairs: Sequence[tuple[int, Interactions]],
         rating_like: bool,
+        prior: str | None = None,
     ) -> tuple[np.ndarray, str]:
         """Rating-stack weights fitted on validation ``tasks`` whose histories without the
         query are ``pairs``: (2 + rating_like + n_inputs,) meta, [like], inputs, intercept;
-        and the input they were shrunk toward ("" without a shrink)."""
+        and the input they were shrunk toward ("" without a shrink). ``prior``: that input
+        (default: ``blend.rating_prior``, "auto" chosen here)."""
         assert self.rating_ is not None
         b = self.config.blend
         hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
@@ -729,7 +735,8 @@ class MetaRecommender(Recommender):
         # summing to 1 when the stack has no intercept; the offsets (like logit, bias
         # parts, popularity) stay free. The ridge's prior is one input alone.
         names = ["meta", *(["like"] if rating_like else []), *b.rating_inputs]
-        prior = b.rating_prior if b.rating_shrink > 0 else ""
+        if prior is None:
+            prior = b.rating_prior if b.rating_shrink > 0 else ""
         if prior == "auto":
             # the closed-form rating that orders these validation users' queries best
             offered = [n for n in b.rating_inputs if n in PRIOR_CANDIDATES]
