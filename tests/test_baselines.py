@@ -4,6 +4,7 @@ baseline, plus closed-form checks of the fold-ins and of EASE."""
 from __future__ import annotations
 
 import importlib.util
+import warnings
 
 import numpy as np
 import pytest
@@ -331,6 +332,35 @@ def test_item_knn_rating_by_hand(board, keep):
     )
 
 
+def test_neighbour_search_is_the_same_a_few_rows_at_a_time(board):
+    """Each block of rows is cut to its neighbours before the next (memory bounded by
+    ``cells`` co-rated pairs): blocks of 16 rows give the table one block gives."""
+    from metarec.baselines import residual_neighbours
+
+    ds, train, _ = board
+    m = ItemMeanUserBias().fit(ds, train)
+    args = (train, ds.n_users, ds.n_items, m.mu_, m.item_bias_, 5.0, 2.0, 3)
+    one = residual_neighbours(*args)
+    small = residual_neighbours(*args, cells=1)  # 16-row blocks
+    assert (one != small).nnz == 0 and one.getnnz(1).max() == 3
+    # user_shrinkage 0: users without rows have no bias, and nothing warns (0/0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        residual_neighbours(train, ds.n_users + 5, ds.n_items, m.mu_, m.item_bias_, 0.0, 2.0, 3)
+
+
+def test_neighbour_offsets_without_damping_is_quiet_on_a_float32_table():
+    """A float32 table and damping 0: a target with no neighbour in the history is 0, not
+    a 0/0 warning at every predict (the float64 floor rounded to 0 in float32)."""
+    from metarec.baselines import neighbour_offsets
+
+    sim = sp.csr_matrix(np.array([[0, 0.5, 0], [0.5, 0, 0], [0, 0, 0]], dtype=np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = neighbour_offsets(sim.T.tocsr(), np.array([0]), np.array([2.0]), np.arange(3), 0.0)
+    np.testing.assert_allclose(got, [0.0, 2.0, 0.0])
+
+
 def test_item_knn_rating_falls_back_to_item_mean_user_bias():
     """No neighbour in the history (an item nobody co-rated, or no history): the offset is 0."""
     ds, train = tiny()
@@ -353,6 +383,7 @@ def test_item_knn_rating_falls_back_to_item_mean_user_bias():
         {"sim_shrink": float("nan")},
         {"damping": -0.1},
         {"damping": float("nan")},
+        {"damping": 1e308},
         {"neighbours": 0},
         {"neighbours": 2.5},
         {"neighbours": True},

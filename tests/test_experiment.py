@@ -81,6 +81,17 @@ def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):
     assert torch.__version__.startswith(env["packages"]["torch"].split("+")[0])
     assert env["python"].count(".") == 2
     assert data["fits"]["MetaRec"]["history"][0], "meta methods record training curves"
+    # too few validation users for a blend here: no rating prior to record
+    assert "rating_prior" not in data["fits"]["MetaRec"]
+    assert "rating_prior" not in data["fits"]["item_mean_user_bias"]
+
+
+def test_a_blended_models_rating_prior_is_recorded_per_seed(tmp_path):
+    cfg = E.load_config(TINY, ["model.blend.min_valid_users=2"], only=["MetaRec"])
+    E.run(cfg, tmp_path, progress=False)
+    fits = json.loads((tmp_path / "results.json").read_text())["fits"]["MetaRec"]
+    assert len(fits["rating_prior"]) == len(cfg.seeds)
+    assert set(fits["rating_prior"]) <= {"item_mean_user_bias", "biased_mf", "item_knn_rating"}
 
 
 def test_baseline_values_match_an_independent_fit(tiny_run):
@@ -418,6 +429,14 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
         ('[[methods]]\nname = "biased_mf"\nselect_metric = "RMSEE"', "unknown metric 'RMSEE'"),
         ('[[methods]]\nname = "biased_mf"\ngrid = { reg = ["a", "b"] }', "should be a float"),
         ('[[methods]]\nname = "implicit_als"\nparams = { factors = "many" }', "should be a int"),
+        (
+            '[[methods]]\nname = "biased_mf"\nparams = { factors = 2.5 }',
+            "params factors = 2.5 should be an integer",
+        ),
+        (
+            '[[methods]]\nname = "item_knn_rating"\ngrid = { neighbours = [20, 7.5] }',
+            "grid neighbours = 7.5 should be an integer",
+        ),
         ('[[methods]]\nname = "biased_mf"\nparams = { regg = 3 }', "'regg' is not a parameter"),
         ('[[methods]]\nname = "nope"', "unknown baseline 'nope'"),
         ('[[methods]]\nname = "M2"\nkind = "meta"\nparams = { train = { stepz = 3 } }', "stepz"),
@@ -433,6 +452,19 @@ def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named
     path.write_text(text)
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.load_config(path, base_dir=str(TINY.parent))
+
+
+def test_a_whole_number_float_count_is_taken_as_an_integer():
+    """factors = 8.0 in a baseline's params (TOML has one number syntax for both, and a
+    grid may be written 8.0): cast to 8, as fit's typed config casts, where it used to
+    reach BiasedMF.fit as a float and fail there with a traceback."""
+    cfg = E.load_config(TINY, [], only=["MetaRec"])
+    spec = E.MethodSpec(name="biased_mf", params={"factors": 8.0, "iterations": 2})
+    rec = E.make_method(spec, cfg, 0, {}, progress=False)
+    assert rec.factors == 8 and isinstance(rec.factors, int)
+    spec = E.MethodSpec(name="item_knn_rating", grid={"neighbours": [20.0]})
+    rec = E.make_method(spec, cfg, 0, {"neighbours": 20.0}, progress=False)
+    assert rec.neighbours == 20 and isinstance(rec.neighbours, int)
 
 
 @pytest.mark.parametrize(

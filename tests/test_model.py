@@ -280,6 +280,13 @@ def test_blend_config_rejects_unknown_inputs():
             BlendConfig(rating_knn_neighbours=n)
     with pytest.raises(MetarecError, match="rating_knn_damping"):
         BlendConfig(rating_knn_damping=float("nan"))
+    with pytest.raises(MetarecError, match="rating_knn_damping"):
+        BlendConfig(rating_knn_damping=1e308)
+    with pytest.raises(MetarecError, match="names an input twice"):
+        BlendConfig(rating_inputs=("item_knn_rating", "item_knn_rating"))
+    # the prior is a whole rating, not an offset input
+    with pytest.raises(MetarecError, match="whole-rating inputs"):
+        BlendConfig(rating_inputs=("item_knn_rating", "user_bias"), rating_prior="user_bias")
     # "auto" needs a whole-rating input only where it shrinks toward one
     BlendConfig(rating_inputs=("user_bias", "item_bias"), rating_shrink=0.0)
     with pytest.raises(MetarecError, match="set blend.rating_shrink=0"):
@@ -433,6 +440,20 @@ def test_knn_rating_input_equals_the_baseline_and_round_trips(world):
     ):
         with pytest.raises(MetarecError, match="item_knn_rating neighbours are malformed"):
             ClosedForm.from_state(state, {**tensors, key: bad})
+    diag = closed.rknn.tolil()
+    diag[0, 0] = 0.5  # item 0 its own neighbour
+    diag = diag.tocsr()
+    diag.sort_indices()
+    with pytest.raises(MetarecError, match="item_knn_rating neighbours are malformed"):
+        ClosedForm.from_state(
+            {**state, "rknn_shape": list(diag.shape)},
+            {
+                **tensors,
+                "rknn_indptr": torch.from_numpy(diag.indptr.astype(np.int64)),
+                "rknn_indices": torch.from_numpy(diag.indices.astype(np.int32)),
+                "rknn_data": torch.from_numpy(diag.data.astype(np.float32)),
+            },
+        )
     for cfg_bad in (
         {**state, "rknn_damping": -1.0},
         {**state, "rknn_damping": float("nan")},

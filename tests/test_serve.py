@@ -68,6 +68,8 @@ def test_health_and_info(client, predictor):
     assert info["encoder_fingerprint"].startswith("hashing")
     assert (info["users"], info["items"], info["algorithm"]) == (60, 40, "maml")
     assert info["rank_algorithm"] == "np" and info["rank_members"] == 1
+    blend = predictor.model.blend_
+    assert info["rating_prior"] == ((blend.rating_prior or None) if blend else None)
     assert info["limits"]["max_k"] == 1000
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
 

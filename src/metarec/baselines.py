@@ -172,6 +172,9 @@ class ItemMeanUserBias(ItemMean):
         return self.mu_ + self.user_bias(user_idx, support) + self.item_bias_[item_idx]
 
 
+KNN_RATING_MAX = 1e6  # the largest shrink or damping ItemKNNRating takes
+
+
 def _check_knn_rating_params(who: str, shrink, damping, neighbours) -> None:
     """Neighbour count an integer >= 1, shrink and damping finite and >= 0 (NaN would keep
     every neighbour, or zero every offset, silently)."""
@@ -180,8 +183,12 @@ def _check_knn_rating_params(who: str, shrink, damping, neighbours) -> None:
     if neighbours < 1:
         raise MetarecError(f"{who}: neighbours must be >= 1, got {neighbours}")
     for name, v in (("shrink", shrink), ("damping", damping)):
-        if not (np.isfinite(v) and v >= 0):
-            raise MetarecError(f"{who}: {name} must be a finite number >= 0, got {v!r}")
+        # past 1e6 both only zero every offset (a similarity is at most 1, and there are
+        # at most ``neighbours`` of them), and float32 tables overflow further on
+        if not (np.isfinite(v) and 0 <= v <= KNN_RATING_MAX):
+            raise MetarecError(
+                f"{who}: {name} must be a number in [0, {KNN_RATING_MAX:g}], got {v!r}"
+            )
 
 
 def residual_neighbours(
@@ -193,7 +200,7 @@ def residual_neighbours(
     user_shrinkage: float,
     shrink: float,
     neighbours: int,
-    block: int = 2048,
+    cells: int = 1 << 22,
 ) -> sp.csr_matrix:
     """(n_items, n_items) CSR: row j holds item j's ``neighbours`` most similar items i
     (largest |sim|, nonzero only, never j itself; a tie keeps the lower index) with
@@ -203,12 +210,17 @@ def residual_neighbours(
     over the training residuals e_ui = r_ui − mu − b_i − b_u (b_u the user's shrunk bias
     on their own training rows, as :class:`ItemMeanUserBias` fits a history) and n_ji the
     number of users who rated both. The shrink keeps pairs seen by few users near 0.
-    Sparse throughout: the work and memory follow the co-rated pairs of a block of rows
-    (few: 0.5% of the pairs of a 36k-item catalogue), never n_items²."""
+    Sparse, a block of rows at a time, each row cut to its neighbours before the next
+    block: memory is at most ``cells`` co-rated pairs (about 4M, ~200 MB) plus the
+    n_items × neighbours kept, whatever the catalogue (a user who rated every item makes
+    every pair co-rated), and the work follows the co-rated pairs (0.5% of the pairs of a
+    36k-item catalogue)."""
     _check_knn_rating_params("item-kNN ratings", shrink, 0.0, neighbours)
     resid = train.rating.astype(np.float64) - mu - item_bias[train.item_idx]
     n_u = np.bincount(train.user_idx, minlength=n_users)
-    b_u = np.bincount(train.user_idx, resid, minlength=n_users) / (n_u + user_shrinkage)
+    sums = np.bincount(train.user_idx, resid, minlength=n_users)
+    # a user without rows has no bias (0/0 with user_shrinkage 0)
+    b_u = np.divide(sums, n_u + user_shrinkage, out=np.zeros(n_users), where=n_u > 0)
     e = resid - b_u[train.user_idx]  # (n,)
     coords = (train.user_idx, train.item_idx)
     res = sp.csr_matrix((e, coords), shape=(n_users, n_items))  # summed duplicates: none
@@ -218,6 +230,7 @@ def residual_neighbours(
     inv = np.where(norm > 0, 1.0 / np.maximum(norm, 1e-300), 0.0)
     res_t, seen_t = res.T.tocsr(), seen.T.tocsr()  # (n_items, n_users)
     parts = []
+    block = int(np.clip(cells // max(n_items, 1), 16, 4096))  # rows per block
     for lo in range(0, n_items, block):
         hi = min(lo + block, n_items)
         both = (seen_t[lo:hi] @ seen).tocsr()  # (b, n_items) co-rating users, sparse
@@ -232,17 +245,17 @@ def residual_neighbours(
         n = both.data[at]
         val = dot.data * inv[rows] * inv[cols] * n / np.maximum(n + shrink, 1e-300)
         keep = (val != 0) & (rows != cols)
-        parts.append((rows[keep], cols[keep], val[keep]))
+        rows, cols, val = rows[keep], cols[keep], val[keep]
+        # this block's strongest ``neighbours`` per row: sort by (row, −|sim|, column)
+        order = np.lexsort((cols, -np.abs(val), rows))
+        rows, cols, val = rows[order], cols[order], val[order]
+        start = np.searchsorted(rows, np.arange(lo, hi))  # (b,) each row's first cell
+        top = np.arange(len(rows)) - start[rows - lo] < neighbours
+        parts.append((rows[top], cols[top], val[top]))
     rows = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
     cols = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
     vals = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0)
-    # the strongest ``neighbours`` per row: sort by (row, −|sim|, column), keep the first
-    order = np.lexsort((cols, -np.abs(vals), rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    start = np.searchsorted(rows, np.arange(n_items))  # (n_items,) first cell of each row
-    rank = np.arange(len(rows)) - start[rows]
-    top = rank < neighbours
-    out = sp.csr_matrix((vals[top], (rows[top], cols[top])), shape=(n_items, n_items))
+    out = sp.csr_matrix((vals, (rows, cols)), shape=(n_items, n_items))
     out.sort_indices()
     return out
 
@@ -260,10 +273,12 @@ def neighbour_offsets(
     (as in ItemMean + user bias's bias; histories are deduplicated by default)."""
     if not len(items) or not len(targets):
         return np.zeros(len(targets))
-    rows = sim_t[items]  # (h, n_items) sparse
+    rows = sim_t[items].astype(np.float64)  # (h, n_items) sparse; a float32 table too
     num = np.asarray(rows.T @ resid).ravel()[targets]  # (n_targets,)
     den = np.asarray(abs(rows).sum(0)).ravel()[targets] + damping
-    return np.where(den > 0, num / np.maximum(den, 1e-300), 0.0)
+    out = np.zeros(len(targets))
+    np.divide(num, den, out=out, where=den > 0)  # no neighbour and no damping: 0
+    return out
 
 
 class ItemKNNRating(ItemMeanUserBias):

@@ -37,6 +37,7 @@ import torch
 
 from metarec.baselines import (
     EASE,
+    KNN_RATING_MAX,
     BiasedMF,
     ImplicitALS,
     ItemKNN,
@@ -330,12 +331,19 @@ class BlendConfig:
             raise MetarecError(f"blend.content_reg must be > 0, got {self.content_reg}")
         if self.rating_loss not in ("l1", "l2"):
             raise MetarecError(f"blend.rating_loss: {self.rating_loss!r} is not 'l1' or 'l2'")
-        prior_ok = self.rating_prior in ("meta", "auto") or self.rating_prior in self.rating_inputs
+        if len(set(self.rating_inputs)) < len(self.rating_inputs):
+            raise MetarecError(
+                f"blend.rating_inputs names an input twice: {list(self.rating_inputs)}"
+            )
+        # the prior is a whole rating: the stack's whole-rating weights sum to 1, and an
+        # offset input (user_bias, popularity, ...) alone is not a rating
+        wholes = [n for n in self.rating_inputs if n in PRIOR_CANDIDATES]
+        prior_ok = self.rating_prior in ("meta", "auto") or self.rating_prior in wholes
         if self.rating_shrink > 0 and not prior_ok:
             raise MetarecError(
                 f"blend.rating_prior: {self.rating_prior!r} is not 'meta', 'auto' or one of "
-                f"blend.rating_inputs {list(self.rating_inputs)} (add it, pick another "
-                "prior, or set blend.rating_shrink=0)"
+                f"the whole-rating inputs of blend.rating_inputs {wholes} (add it, pick "
+                "another prior, or set blend.rating_shrink=0)"
             )
         auto = self.rating_prior == "auto" and self.rating_shrink > 0
         if auto and not set(self.rating_inputs) & PRIOR_CANDIDATES:
@@ -352,8 +360,10 @@ class BlendConfig:
             )
         for key in ("rating_knn_shrink", "rating_knn_damping"):
             v = getattr(self, key)
-            if not (np.isfinite(v) and v >= 0):
-                raise MetarecError(f"blend.{key} must be a finite number >= 0, got {v!r}")
+            if not (np.isfinite(v) and 0 <= v <= KNN_RATING_MAX):
+                raise MetarecError(
+                    f"blend.{key} must be a number in [0, {KNN_RATING_MAX:g}], got {v!r}"
+                )
         n = self.rating_knn_neighbours
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise MetarecError(f"blend.rating_knn_neighbours must be an integer >= 1, got {n!r}")
@@ -803,13 +813,13 @@ class ClosedForm:
                 and bool(np.all(np.diff(indptr) >= 0))
                 and bool(np.isfinite(data).all())
                 and np.isfinite(damping)
-                and damping >= 0
+                and 0 <= damping <= KNN_RATING_MAX
             )
             if not ok:
                 raise bad
             m = sp.csr_matrix((data, indices, indptr), shape=shape)
-            if not m.has_canonical_format:  # an item twice in a row, or rows unsorted
-                raise bad
+            if not m.has_canonical_format or m.diagonal().any():
+                raise bad  # an item twice in a row, rows unsorted, an item its own neighbour
             rknn = dict(rknn=m, rknn_damping=damping, rknn_t=m.T.tocsr())
         return cls(
             mu=float(cfg["mu"]),

@@ -383,6 +383,15 @@ def _check_baseline_params(m: MethodSpec) -> None:
             continue
         if isinstance(default, bool):
             good = isinstance(value, bool)
+        elif isinstance(default, int) and isinstance(value, float):
+            # a count (factors, epochs, neighbours): 8.0 is taken as 8 (make_method casts
+            # it, as fit's typed config does), 2.5 is not a count
+            if not value.is_integer():
+                raise MetarecError(
+                    f"method {m.name!r}: {part} {key} = {value!r} should be an integer "
+                    f"like its default {default!r}"
+                )
+            good = True
         elif isinstance(default, int | float):
             good = isinstance(value, int | float) and not isinstance(value, bool)
         else:
@@ -536,6 +545,9 @@ class MethodRun:
     # CPU seconds of this process during the fit: on a shared machine a steadier cost
     # figure than wall time
     fit_cpu_seconds: float = 0.0
+    # the input a blended model's rating stack leans on ("" = none; rating_prior "auto"
+    # chooses it on the validation users)
+    rating_prior: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -607,6 +619,8 @@ class Results:
                 "chosen": [r.chosen for r in runs],
                 "history": [list(r.history) for r in runs],
             }
+            if any(r.rating_prior for r in runs):  # per seed, as chosen on validation
+                fit[name]["rating_prior"] = [r.rating_prior for r in runs]
         return {
             "name": self.config.name,
             "protocol": self.protocol,
@@ -857,8 +871,15 @@ def make_method(
         from metarec.baselines import BASELINES, make_baseline
 
         name = spec.baseline or spec.name
-        if name in BASELINES and "seed" in inspect.signature(BASELINES[name]).parameters:
+        sig = inspect.signature(BASELINES[name]).parameters if name in BASELINES else {}
+        if "seed" in sig:
             params.setdefault("seed", seed)
+        for key, value in params.items():
+            p = sig.get(key)
+            default = p.default if p is not None else None
+            counts = isinstance(default, int) and not isinstance(default, bool)
+            if counts and isinstance(value, float) and value.is_integer():
+                params[key] = int(value)  # checked whole at load (_check_baseline_params)
         rec = make_baseline(name, **params)
     else:
         mcfg = _model_config(cfg.model, params, seed, progress)
@@ -1383,8 +1404,19 @@ def run(
             res = evaluate_or_record(spec, rec, main.test, main, main_k)
             if res is None:
                 continue
+            blend = getattr(rec, "blend_", None)
             r = MethodRun(
-                spec.name, spec.kind, seed, main_k, res, secs, chosen, _history(rec), "main", cpu
+                spec.name,
+                spec.kind,
+                seed,
+                main_k,
+                res,
+                secs,
+                chosen,
+                _history(rec),
+                "main",
+                cpu,
+                getattr(blend, "rating_prior", "") or "",
             )
             runs.append(r)
             if on_result:
