@@ -66,6 +66,11 @@ RATING_INPUTS = (
     # (:class:`metarec.baselines.ItemKNNRating`; BlendConfig.rating_knn_*)
     "item_knn_rating",
 )
+# the whole closed-form ratings among them: what a rating prior may be, and what
+# rating_prior = "auto" chooses from (the meta model's own rating is left out: its
+# validation order is measured on the users that stopped its training, so it would look
+# better than it is)
+PRIOR_CANDIDATES = frozenset({"item_mean_user_bias", "biased_mf", "item_knn_rating"})
 # "als": implicit-feedback ALS item factors (the ``implicit`` package, metarec[baselines]),
 # the history folded in closed form; "knn": item-kNN co-occurrence scores of the history
 # (:class:`metarec.baselines.ItemKNN`). Unlike EASE both cost linear in the catalogue.
@@ -77,10 +82,6 @@ RATING_INPUTS = (
 # numeric_features`), one input and one weight per column, named "side:<column>" in a
 # fitted blend: a user-independent prior over items that the blend can weigh where the
 # items themselves are new (BlendConfig.cold_rank_inputs).
-# the inputs rating_prior = "auto" chooses from: whole closed-form ratings (the meta
-# model's own rating is left out: its validation order is measured on the users that
-# stopped its training, so it would look better than it is)
-PRIOR_CANDIDATES = frozenset({"item_mean_user_bias", "biased_mf", "item_knn_rating"})
 RANK_INPUTS = ("ease", "popularity", "biased_mf", "als", "knn", "content", "side")
 RANK_FITS = ("softmax", "ndcg", "cv", "auto")
 N_TIE_SEED = 20261205  # the nDCG search's fixed tie order (ndcg_of_weights)

@@ -17,9 +17,9 @@ What it puts together (each piece lives in its own module):
   ItemMean+UserBias / BiasedMF fold-ins / item-kNN on residuals (and the like-model's
   logit; by default a weighted average of the four ratings, no intercept, plus the logit
   term, shrunk toward the closed-form rating that orders validation users best), the
-  ranking logit
-  with EASE and popularity scores; the weights are fitted on the validation users after
-  meta-training, the closed-form models on the meta-training interactions only.
+  ranking logit with EASE and popularity scores; the weights are fitted on the validation
+  users after meta-training, the closed-form models on the meta-training interactions
+  only.
 
 Validation users for early stopping are carved out of ``train`` itself (the newest users by
 first interaction, like the test protocol) unless ``fit`` is given validation tasks; test
@@ -338,7 +338,7 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
 
 
 # stack inputs that are whole ratings (the rest are offsets or other scales)
-_RATING_SCALE = frozenset({"meta", "item_mean_user_bias", "biased_mf", "item_knn_rating"})
+_RATING_SCALE = frozenset({"meta"}) | PRIOR_CANDIDATES
 # (task, item) cells scored at once on CPU (MetaRecommender._predict): a hidden activation
 # of width 64 is then 8 MB, below glibc's 32 MB mmap ceiling, so its buffers are reused
 _CHUNK_CELLS = 32_768
