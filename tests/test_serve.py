@@ -62,6 +62,8 @@ def test_health_and_info(client, predictor):
     from metarec import __version__
 
     assert client.get("/health").json() == {"status": "ok"}
+    head = client.head("/health")  # a liveness probe without a body
+    assert head.status_code == 200 and head.content == b""
     info = client.get("/info").json()
     assert info["version"] == __version__
     assert info["encoder_fingerprint"] == predictor.info["encoder_fingerprint"]

@@ -54,6 +54,7 @@ def test_schema_fuzz_never_5xx(app):
         _fuzz(result.ok(), seen)
     assert set(seen) == {
         "get /health",
+        "head /health",
         "get /info",
         "post /recommend",
         "post /score",

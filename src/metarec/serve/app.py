@@ -283,7 +283,8 @@ def create_app(
         return value
 
     # --- endpoints ----------------------------------------------------------------------
-    @app.get("/health", response_model=S.Health)
+    # HEAD too: load balancers and `curl -I` probe liveness without a body
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=S.Health)
     async def health() -> S.Health:
         return S.Health(status="ok")
 
