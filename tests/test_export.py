@@ -122,6 +122,17 @@ def test_exported_run_is_smaller_and_predicts_alike(fitted, dtype, tol, capsys):
     assert base.std() > 0.05  # a trained model, not a constant
     # exporting an exported RUN is refused
     assert main(["export", "--run", str(out), "--dtype", "fp16", "--out", str(tmp / "x")]) == 2
+    # the server says in which precision the RUN is stored (/info)
+    from fastapi.testclient import TestClient
+
+    from metarec.predictor import Predictor
+    from metarec.serve.app import create_app
+
+    for path, want in ((out, dtype), (run, None)):
+        pred = Predictor.load(path)
+        assert pred.exported == want
+        with TestClient(create_app(pred)) as client:
+            assert client.get("/info").json()["exported"] == want
 
 
 def _exported(fitted, dtype):

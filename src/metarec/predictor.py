@@ -58,6 +58,9 @@ class Predictor:
     item_domain: np.ndarray  # (n_items,) object: each item's domain name ("default" if none)
     train: Interactions  # the training rows (warm users' histories)
     info: dict  # dataset name, feedback, rating range, counts, encoder fingerprint
+    # the precision `metarec export` stored the RUN in ("fp16", "int8"), None for a plain
+    # fp32 RUN; kept out of ``info`` so a RUN saved from this predictor is plain fp32
+    exported: str | None = None
     # domain -> ((n_cand,) item indices, (n_items,) bool mask), filled on first use
     _domains: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -139,7 +142,9 @@ class Predictor:
                 f"{path}: RUN is incomplete or from another version "
                 f"({type(err).__name__}: {lines[0][:200] if lines else ''})"
             ) from None
-        return cls(model, users, items, item_domain, train, info)
+        record = run.meta.get("export")
+        exported = str(record.get("dtype")) if isinstance(record, dict) else None
+        return cls(model, users, items, item_domain, train, info, exported)
 
     # --- raw ids -> indices ------------------------------------------------------------
     @property

@@ -295,6 +295,7 @@ def create_app(
             algorithm=model.scoring_algorithm,
             rank_algorithm=model.rank_algorithm,
             rating_prior=(model.blend_.rating_prior or None) if model.blend_ is not None else None,
+            exported=pred.exported,
             rank_members=None
             if model.rank_ is None
             else getattr(model.rank_.learner, "members", 1),

@@ -150,6 +150,8 @@ class Info(BaseModel):
     rank_members: int | None = None  # ranking models averaged (model.rank_members), if any
     # the closed-form rating the rating stack leans on (blend.rating_prior), if any
     rating_prior: str | None = None
+    # the precision `metarec export` stored the RUN in ("fp16", "int8"); None: fp32
+    exported: str | None = None
     version: str
     dataset: dict
     encoder_fingerprint: str
