@@ -150,6 +150,13 @@ class ItemMean(_RatingModel):
         return self.mu_ + self.item_bias_[item_idx]
 
 
+def shrunk_user_bias(resid: np.ndarray, shrinkage: float) -> float:
+    """A history's user offset: Σ resid / (len + shrinkage), the ridge solution of
+    min Σ (resid − b)² + shrinkage · b²; 0 for an empty history. resid: (h,) ratings minus
+    mu + item bias."""
+    return float(resid.sum() / (len(resid) + shrinkage)) if len(resid) else 0.0
+
+
 class ItemMeanUserBias(ItemMean):
     """ItemMean plus a user offset fitted on the history in closed form.
 
@@ -166,7 +173,7 @@ class ItemMeanUserBias(ItemMean):
     def user_bias(self, user_idx: int, support: Interactions) -> float:
         items, ratings = self._history(user_idx, support)
         resid = ratings - self.mu_ - self.item_bias_[items]
-        return float(resid.sum() / (len(items) + self.user_shrinkage)) if len(items) else 0.0
+        return shrunk_user_bias(resid, self.user_shrinkage)
 
     def _predict(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         return self.mu_ + self.user_bias(user_idx, support) + self.item_bias_[item_idx]
@@ -330,7 +337,7 @@ class ItemKNNRating(ItemMeanUserBias):
     def _predict(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         items, ratings = self._history(user_idx, support)
         resid = ratings - self.mu_ - self.item_bias_[items]  # (h,)
-        b_u = resid.sum() / (len(items) + self.user_shrinkage) if len(items) else 0.0
+        b_u = shrunk_user_bias(resid, self.user_shrinkage)
         resid = resid - b_u
         off = neighbour_offsets(self.sim_t_, items, resid, item_idx, self.damping)
         return self.mu_ + b_u + self.item_bias_[item_idx] + off

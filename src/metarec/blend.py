@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -49,6 +49,7 @@ from metarec.baselines import (
     presence_matrix,
     residual_neighbours,
     ridge_fold_in,
+    shrunk_user_bias,
 )
 from metarec.types import Dataset, Interactions, MetarecError
 
@@ -454,13 +455,17 @@ class ClosedForm:
     rknn: sp.csr_matrix | None = None
     rknn_damping: float = 0.5
     # rknn transposed (row i: the items counting i among their neighbours), what a
-    # history reads (neighbour_offsets); built from rknn at fit and load, not saved
-    rknn_t: sp.csr_matrix | None = None
+    # history reads (neighbour_offsets); derived from rknn, not saved
+    rknn_t: sp.csr_matrix | None = field(default=None, init=False, repr=False)
     # the ranking inputs this fit was asked for and can compute (fit time only, not saved:
     # a saved Blend keeps the list its weights belong to)
     rank_names: tuple[str, ...] = ()
     # fit time only too: the large-catalogue inputs replaced EASE (BlendConfig.large_rank_fit)
     large: bool = False
+
+    def __post_init__(self) -> None:
+        if self.rknn is not None:  # frozen: set once, here, so it cannot disagree
+            object.__setattr__(self, "rknn_t", self.rknn.T.tocsr())
 
     @classmethod
     def fit(
@@ -595,7 +600,6 @@ class ClosedForm:
             side_columns=side_cols or (),
             rknn=rknn,
             rknn_damping=cfg.rating_knn_damping,
-            rknn_t=rknn.T.tocsr() if rknn is not None else None,
             rank_names=rank_names,
             large=large,
         )
@@ -612,7 +616,7 @@ class ClosedForm:
     ) -> np.ndarray:
         """(n_targets, len(names)) predicted ratings of ``targets`` given one history."""
         resid = ratings - self.mu - self.item_bias[items]
-        b_u = resid.sum() / (len(items) + self.user_shrinkage) if len(items) else 0.0
+        b_u = shrunk_user_bias(resid, self.user_shrinkage)
         p, b = self._mf_fold_in(items, ratings)
         one = np.ones(len(targets))
         mf_item = self.mf_item_bias[targets] + self.mf_item_factors[targets] @ p
@@ -821,7 +825,7 @@ class ClosedForm:
             m = sp.csr_matrix((data, indices, indptr), shape=shape)
             if not m.has_canonical_format or m.diagonal().any():
                 raise bad  # an item twice in a row, rows unsorted, an item its own neighbour
-            rknn = dict(rknn=m, rknn_damping=damping, rknn_t=m.T.tocsr())
+            rknn = dict(rknn=m, rknn_damping=damping)
         return cls(
             mu=float(cfg["mu"]),
             item_bias=arr("item_bias"),
