@@ -278,6 +278,32 @@ def test_newest_items_episodes_query_the_newest_items():
         assert auto.episodes == want
 
 
+def test_min_support_draws_training_support_sizes_between_it_and_k():
+    """train.min_support: a training task's support size is uniform in [min_support, K]
+    (capped by the history), its query still the next Q; 0 keeps every support at K and
+    leaves the sample stream as it was."""
+    import numpy as np
+
+    from metarec.train import _TaskSampler
+    from metarec.types import Interactions, Split
+
+    n = 30  # one user, 30 time-ordered ratings of items 0..29
+    rows = Interactions(np.zeros(n), np.arange(n), np.ones(n), np.arange(n), np.zeros(n))
+    split = Split("user-cold", rows, (), (), seed=0, k_shot=10, n_query=5)
+    cfg = TrainConfig(resample_prob=0.0, episodes="time", min_support=2)
+    eps = _TaskSampler(split, "rating", n, cfg).sample(300, np.random.default_rng(0))
+    sizes = [len(e.support_items) for e in eps]
+    assert set(sizes) == set(range(2, 11))  # every size from 2 to K, and only those
+    for e in eps:  # the first Ks ratings, then the next Q: the test protocol at Ks shots
+        k = len(e.support_items)
+        assert e.support_items.tolist() == list(range(k))
+        assert e.query_items.tolist() == list(range(k, k + 5))
+    fixed = _TaskSampler(split, "rating", n, TrainConfig(resample_prob=0.0, episodes="time"))
+    assert {len(e.support_items) for e in fixed.sample(50, np.random.default_rng(0))} == {10}
+    with pytest.raises(MetarecError, match="train.min_support"):
+        TrainConfig(min_support=-1)
+
+
 def test_a_validation_loss_that_never_is_finite_is_an_error(problem, monkeypatch):
     """Every evaluation diverging used to return the untrained start as "best", silently."""
     import metarec.train as T

@@ -108,6 +108,12 @@ class TrainConfig:
     # parameters is noisy from one evaluation to the next, so the checkpoint it picks is
     # partly luck
     ema: float = 0.0
+    # the smallest support of a training task: each task draws its support size uniformly
+    # from [min_support, K] (never more than the user's history allows); 0 = always K.
+    # Why: a model meta-trained only on K-shot supports adapts on one rating as if it were
+    # ten (ML-100K user cold K-curve, K = 1: the unblended meta-model's MAE 0.9452 against
+    # 0.8633 at K = 10)
+    min_support: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,6 +134,10 @@ class TrainConfig:
             )
         if not 0 <= self.ema < 1:
             raise MetarecError(f"TrainConfig: ema must be in [0, 1), got {self.ema}")
+        if self.min_support < 0:
+            raise MetarecError(
+                f"train.min_support must be >= 0 (0 = every task has K), got {self.min_support}"
+            )
         # `not x > 0` also catches NaN, which every comparison fails
         if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
             raise MetarecError(f"train.outer_lr must be a finite number > 0, got {self.outer_lr}")
@@ -266,6 +276,8 @@ class _TaskSampler:
         for h in pick:
             user, items, ratings = self.histories[int(h)]
             ks = min(self.k, len(items) - 1)
+            if 0 < self.cfg.min_support < ks:  # drawn only when on: no shift of the stream
+                ks = int(rng.integers(self.cfg.min_support, ks + 1))
             resampled = rng.random() < self.cfg.resample_prob
             if resampled:
                 idx = rng.permutation(len(items))
