@@ -477,6 +477,8 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         ("scorer.embed_dim=100000000", "embed_dim"),
         ("scorer.hidden=[64,10000000]", "hidden"),
         ("like_threshold=100", "like_threshold"),
+        # it had said the log had too few users (10 of them), not that the share was too big
+        ("valid_frac=0.99", "valid_frac 0.99 holds out 10 of the log's 10 users"),
     ],
 )
 def test_fit_rejects_absurd_values_in_one_line(tmp_path, capsys, override, named):
@@ -511,6 +513,24 @@ def test_item_ids_that_read_the_same_are_refused(tmp_path, capsys):
     assert main([*args, *FAST]) == 2
     err = capsys.readouterr().err
     assert "appears twice" in err and "'it3'" in err
+    assert "(line 5 and line 42," in err  # file lines, as every other message counts
+
+
+def test_a_header_cell_left_empty_and_an_infinite_rating_are_named(fitted, tmp_path, capsys):
+    # it read "unknown column(s) 'Unnamed: 1'", a name pandas invents, and the infinite
+    # rating had no line
+    cases = (
+        ("user_id,,rating\nnew,it0,5\n", "unknown column(s) an empty name (column 2)"),
+        ("user_id,item_id,rating\nnew,it0,5\nnew,it1,-inf\n", "line 3: column 'rating' "),
+    )
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\nnew,it2\n")
+    for text, named in cases:
+        s = tmp_path / "S.csv"
+        s.write_text(text)
+        assert predict(fitted[1], s, q, tmp_path / "P.csv") == 2
+        err = capsys.readouterr().err
+        assert named in err and err.count("\n") == 1 and not (tmp_path / "P.csv").exists()
 
 
 @pytest.mark.parametrize(
@@ -1084,6 +1104,10 @@ def test_rating_range_declares_a_scale_the_log_does_not_reach(tmp_path, capsys):
         (["--rating-range", "1", "4"], "rating 5 is outside the rating range 1..4"),
         (["--rating-range", "5", "1"], "give LO < HI"),
         (["--rating-range", "1", "nan"], "give LO < HI"),
+        # the log's 1..5 fills under 1/100 of it: trained in a sliver of the scale, a
+        # RUN on 1..1e6 predicted 6064 for a 1-5 user (black-box probe)
+        (["--rating-range", "1", "1e6"], "less than 1/100 of the rating range 1..1e+06"),
+        (["--rating-range", "-1000", "5"], "less than 1/100 of the rating range -1000..5"),
     ],
 )
 def test_a_rating_range_the_log_breaks_is_one_line(tmp_path, capsys, flags, named):
@@ -1605,3 +1629,40 @@ def test_a_query_may_be_a_held_out_log_but_its_domain_must_agree(fitted, tmp_pat
     support = pd.read_csv(sup)
     scores, _ = Predictor.load(run).predict(support, frame)
     assert len(scores) == 1
+
+
+def test_an_item_at_the_numeric_cap_does_not_make_a_users_scores_nan(tmp_path, capsys):
+    """One item's numeric side value far out (a year of 100000 among 1990-2009, so its
+    feature sits at the ±5 sd cap): a cold user who rated it 1 made the rating model's
+    fixed adaptation step overshoot to NaN, and the whole predict batch failed (found by
+    a black-box probe; MetaLearner._backtrack). Now every score is finite and the user
+    who rated it 1 is predicted below the one who rated it 5."""
+    rng = np.random.default_rng(0)
+    words = "apple banana cherry dragon eagle falcon grape harbor island jungle".split()
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j}" for j in range(60)],
+            "title": [" ".join(rng.choice(words, 5)) for _ in range(60)],
+            "year": [100000 if j == 30 else 1990 + j % 20 for j in range(60)],
+        }
+    )
+    rows = [
+        (f"u{u}", f"i{i}", int(rng.integers(1, 6)), 15 * u + t)
+        for u in range(40)
+        for t, i in enumerate(rng.choice(60, 15, replace=False))
+    ]
+    pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(
+        tmp_path / "T.csv", index=False
+    )
+    items.to_csv(tmp_path / "I.csv", index=False)
+    (tmp_path / "S.csv").write_text("user_id,item_id,rating\nnew1,i30,5\nnew2,i30,1\n")
+    (tmp_path / "Q.csv").write_text("user_id,item_id\nnew1,i30\nnew2,i30\nnew1,i3\nnew2,i3\n")
+    paths = {"T": tmp_path / "T.csv", "I": tmp_path / "I.csv"}
+    argv = fit_argv(paths, tmp_path / "RUN") + FAST[:4] + ["--set", "train.steps=5"]
+    assert main(argv) == 0
+    out = tmp_path / "P.csv"
+    argv = ["predict", "--run", str(tmp_path / "RUN"), "--support", str(tmp_path / "S.csv")]
+    assert main(argv + ["--query", str(tmp_path / "Q.csv"), "--out", str(out)]) == 0
+    p = pd.read_csv(out)
+    assert np.isfinite(p.score).all() and len(p) == 4
+    assert p.score[1] < p.score[0]  # i30 for the user who rated it 1 vs 5

@@ -64,7 +64,9 @@ def test_the_csv_loader_refuses_an_item_named_twice_as_fit_does(tmp_path):
 
     (tmp_path / "I.csv").write_text("item_id,title\ni1,one\n i2,two\ni2,again\n")
     (tmp_path / "T.csv").write_text("user_id,item_id,rating\nu,i1,5\nu,i2,3\n")
-    with pytest.raises(MetarecError, match=r"I.csv: item_id 'i2' appears twice \(rows 2 and 3"):
+    with pytest.raises(
+        MetarecError, match=r"I.csv: item_id 'i2' appears twice \(line 3 and line 4"
+    ):
         read_table(tmp_path / "T.csv", items=tmp_path / "I.csv", text_cols=["title"])
 
 

@@ -72,6 +72,13 @@ def _oracle_adapt(ml: MetaLearner, params, x):
     )
 
 
+def _plain_adapt(ml: MetaLearner, params, x):
+    """The production inner loop without adapt's serving guard (MetaLearner._backtrack)."""
+    with torch.enable_grad():
+        out, factored = ml._sgd({k: v.detach() for k, v in params.items()}, x)
+    return {k: v.detach() for k, v in densify(out, factored, x.n_tasks).items()}
+
+
 def _oracle_meta_grads(ml: MetaLearner, params, x):
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     fast = _oracle_adapt(ml, leaves, x)
@@ -110,8 +117,9 @@ def test_closed_form_equals_autograd_inner_loop(algo, kw, head):
     sc, x = _problem(head)
     ml, p = _learner(sc, algo, **dict(kw))
     assert closed_form_supported(sc, ml.adapt_keys(p))
-    # serving adaptation (no graph)
-    fast, oracle = ml.adapt(p, x), _oracle_adapt(ml, p, x)
+    # serving adaptation (no graph; the loop alone: from this random start some steps
+    # raise a task's support loss, which adapt's guard would undo, tested below)
+    fast, oracle = _plain_adapt(ml, p, x), _oracle_adapt(ml, p, x)
     assert set(fast) == set(oracle)
     for k in fast:
         assert fast[k].shape == oracle[k].shape, k
@@ -124,6 +132,39 @@ def test_closed_form_equals_autograd_inner_loop(algo, kw, head):
         assert torch.allclose(grads[k], grads_o[k], atol=1e-10, rtol=0), k
 
 
+@pytest.mark.parametrize("algo", ["maml", "meta_sgd"])
+def test_an_adaptation_that_raises_its_support_loss_backs_off(algo):
+    """Serving guard (MetaLearner._backtrack): a task whose steps raise its support loss
+    (here: task 0's support inputs scaled up, so the fixed step overshoots) is adapted
+    again at half the step sizes, and left unadapted if even 1/16 of the step raises it;
+    every other task is exactly the plain inner loop's. Training keeps the plain loop."""
+    from dataclasses import replace
+
+    sc, x = _problem("rating")
+    ml = MetaLearner(sc, MetaConfig(algorithm=algo, inner_steps=3, inner_lr=0.03))
+    p = {k: v.double() for k, v in ml.init_params(torch.Generator().manual_seed(3)).items()}
+    for blow_up, unadapted in ((3.0, False), (1e4, True)):
+        s_x = x.s_x.clone()
+        s_x[0] *= blow_up
+        xb = replace(x, s_x=s_x)
+        plain = _plain_adapt(ml, p, xb)  # the same loop without the guard
+        with torch.no_grad():
+            base, raised = ml.support_losses(p, xb), ml.support_losses(plain, xb)
+        assert raised[0] > 100 * base[0] and (raised[1:] < base[1:]).all()
+        fast = ml.adapt(p, xb)
+        with torch.no_grad():
+            got = ml.support_losses(fast, xb)
+        assert torch.isfinite(got).all() and (got <= base).all()
+        for k in ml.adapt_keys(p):
+            assert torch.equal(fast[k][1:], plain[k][1:].detach()), k  # untouched tasks
+            assert torch.equal(fast[k][0], p[k]) == unadapted, k
+        if not unadapted:  # the meta-gradient's query loss is the unguarded loop's
+            loss, _ = ml.meta_grads(p, xb)
+            loss_o, _ = _oracle_meta_grads(ml, p, xb)
+            assert float(loss) == pytest.approx(float(loss_o), rel=1e-9)
+            assert float(loss) > float(ml.query_losses(fast, xb).mean())
+
+
 @pytest.mark.parametrize("algo", ["maml", "fomaml"])
 def test_benchmark_model_float32_matches_autograd(algo):
     # the benchmark's plain MLP: fixed inputs, every MLP weight factored
@@ -131,7 +172,7 @@ def test_benchmark_model_float32_matches_autograd(algo):
     x = synthetic_inputs(6, 4, 3, 12, 9, seed=1)
     ml = MetaLearner(sc, MetaConfig(algorithm=algo, inner_steps=5, inner_lr=0.05))
     p = ml.init_params(torch.Generator().manual_seed(0))
-    fast, oracle = ml.adapt(p, x), _oracle_adapt(ml, p, x)
+    fast, oracle = _plain_adapt(ml, p, x), _oracle_adapt(ml, p, x)
     for k in fast:
         assert torch.allclose(fast[k], oracle[k].detach(), atol=1e-5), k
     _, grads = ml.meta_grads(p, x)

@@ -122,6 +122,28 @@ def test_score_equals_predict(client, predictor):
     assert sc["it30"] > sc["it31"] + 1 and sc["it8"] > sc["it7"] + 1
 
 
+def test_nan_scores_are_a_500_not_a_null_score(predictor, tmp_path, monkeypatch):
+    """JSON has no NaN: a NaN score went out as "score": null with a 200 (black-box probe,
+    a user whose adaptation diverged). Now both endpoints answer 500 in one line."""
+    client = TestClient(create_app(predictor), raise_server_exceptions=False)
+    model = predictor.model
+    real = model.score_adapted
+
+    def half_nan(ad, items):
+        out = np.array(real(ad, items), dtype=np.float64)
+        out[::2] = np.nan
+        return out
+
+    monkeypatch.setattr(model, "score_adapted", half_nan)
+    body = {"interactions": taste("space")}
+    r = client.post("/score", json={**body, "item_ids": ["it7", "it8"]})
+    assert r.status_code == 500 and "scored 1 of 2 asked items NaN or inf" in r.json()["detail"]
+    r = client.post("/recommend", json={**body, "k": 3})
+    assert r.status_code == 500 and "catalogue items NaN or inf" in r.json()["detail"]
+    monkeypatch.setattr(model, "score_adapted", real)
+    assert client.post("/recommend", json={**body, "k": 3}).status_code == 200
+
+
 def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
     sup = [*taste("space"), {"item_id": 123, "rating": 4}, {"item_id": "nope", "rating": 2}]
     r = client.post("/recommend", json={"interactions": sup, "k": 3})

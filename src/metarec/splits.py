@@ -74,6 +74,12 @@ def _hold_out(
         # test_frac = 0 is allowed for internal validation-only splits (fit's early stopping)
         raise MetarecError("split: test_frac and valid_frac are both 0: nothing is held out")
     if n_test + n_valid >= n:
+        if n_test == 0 and n_valid > 1:
+            # fit's own validation hold-out asked for every entity: the fraction is at fault
+            raise MetarecError(
+                f"valid_frac {valid_frac:g} holds out {n_valid} of the log's {n} {what} "
+                f"for validation and leaves none to train on; lower valid_frac"
+            )
         if n_test == 0:
             # fit's own validation hold-out (no test part): lowering a fraction cannot help
             # when one validation entity is already all there is

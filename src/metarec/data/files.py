@@ -16,6 +16,7 @@ Column names are fixed by the contract (README, "Your own data"):
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -41,6 +42,9 @@ from metarec.errors import exact_g
 from metarec.types import MetarecError
 
 LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
+# a declared rating range (--rating-range) may be at most this many times wider than the
+# span of the log's ratings: a 1-5 log on 1..100 is taken, on 1..1000 refused
+RANGE_SPAN_MAX = 100
 
 
 def _read(path: str | Path) -> pd.DataFrame:
@@ -58,8 +62,14 @@ def _read(path: str | Path) -> pd.DataFrame:
 def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
     unknown = [c for c in frame.columns if c not in allowed]
     if unknown:
+
+        def name(c) -> str:
+            # pandas names an empty header cell "Unnamed: <position>", a name nobody wrote
+            m = re.fullmatch(r"Unnamed: (\d+)", str(c))
+            return f"an empty name (column {int(m.group(1)) + 1})" if m else repr(clip(c, 40))
+
         raise MetarecError(
-            f"{_where(frame)}: unknown column(s) {', '.join(repr(clip(c, 40)) for c in unknown[:5])} "
+            f"{_where(frame)}: unknown column(s) {', '.join(name(c) for c in unknown[:5])} "
             f"(expected {', '.join(allowed)})"
         )
     require_columns(frame, ["user_id", "item_id"])
@@ -96,7 +106,11 @@ def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
     else:
         values = number_column(frame, "rating")
         if not np.isfinite(values).all():
-            raise MetarecError(f"{_where(frame)}: column 'rating' has a non-finite value")
+            pos = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise MetarecError(
+                f"{_where(frame)}: {_at(frame, pos)}: column 'rating' has a non-finite value "
+                f"({values[pos]:g})"
+            )
         check_float32(frame, "rating", values)
         feedback = "explicit"
     has_time = "timestamp" in frame.columns
@@ -311,6 +325,14 @@ def read_training_files(
                 bad = lo if lo < s_lo else hi
                 raise MetarecError(
                     f"{train}: rating {exact_g(bad)} is outside the rating range {s_lo:g}..{s_hi:g}"
+                )
+            if s_hi - s_lo > RANGE_SPAN_MAX * (hi - lo):
+                # the model learns in units of the scale: a log filling a sliver of it
+                # (1..5 on 1..1e6) trains in a band of ~1e-6 units and predicted 6064
+                raise MetarecError(
+                    f"{train}: its ratings span {lo:g}..{hi:g}, less than 1/{RANGE_SPAN_MAX} "
+                    f"of the rating range {s_lo:g}..{s_hi:g}; give the scale the ratings "
+                    "are on"
                 )
             lo, hi = s_lo, s_hi
         rating_range = (lo, hi)

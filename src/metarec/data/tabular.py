@@ -437,8 +437,8 @@ def unique_id_column(frame: pd.DataFrame, key: str, where: str) -> pd.Series:
         pos = int(np.flatnonzero(dup.to_numpy())[0])
         first = int(np.flatnonzero((ids == ids.iloc[pos]).to_numpy())[0])
         raise MetarecError(
-            f"{where}: {key} {frame[key].iloc[pos]!r} appears twice (rows {first + 1} "
-            f"and {pos + 1}, read as {ids.iloc[pos]!r})"
+            f"{where}: {key} {frame[key].iloc[pos]!r} appears twice ({_at(frame, first)} "
+            f"and {_at(frame, pos)}, read as {ids.iloc[pos]!r})"
         )
     return ids
 

@@ -103,6 +103,18 @@ def _unprocessable(msg: str) -> HTTPException:
     return HTTPException(status_code=422, detail=msg)
 
 
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """A 500 naming the count where the model scored NaN or inf: JSON has no NaN, so such
+    a score went out as ``"score": null`` with a 200 (as predict refuses to write it)."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise HTTPException(
+            status_code=500,
+            detail=f"the model scored {int(bad.sum())} of {len(values)} {what} NaN or inf "
+            "for this user; the RUN is damaged",
+        )
+
+
 def create_app(
     run: str | Path | Predictor,
     *,
@@ -346,6 +358,7 @@ def create_app(
         ad = await adapted(user_id, uidx, sup, "rank")
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = model.score_adapted(ad, state.all_items)
+        _check_finite(scores, "catalogue items")
         if req.exclude_seen:
             scores[ad.seen] = -np.inf
         if inside is not None:
@@ -396,6 +409,7 @@ def create_app(
         # cached at adaptation): off the event loop, where 10,000 items held /health up
         # for ~0.4 s under four such clients
         s = await run_in_threadpool(model.score_adapted, ad, idx[ok])
+        _check_finite(s, "asked items")
         scores = [
             S.ItemScore(item_id=i, score=float(v)) for i, v in zip(wanted[ok], s, strict=True)
         ]
