@@ -547,6 +547,9 @@ def test_a_header_cell_left_empty_and_an_infinite_rating_are_named(fitted, tmp_p
         (["ENV="], "METAREC_TOKEN is set but empty"),  # the same through the environment
         (["ENV=  "], "METAREC_TOKEN is set but empty"),  # a token no client could send
         (["--token", "a b"], "holds whitespace"),
+        # "File exists: /dev/null" (taken for a folder to create) and "file not found"
+        (["--feedback-db", "/dev/null"], "/dev/null: not a folder or a regular file"),
+        (["--feedback-db", "/proc/nope/fb"], "cannot create the feedback store's folder"),
     ],
 )
 def test_serve_startup_errors_are_one_line(fitted, capsys, monkeypatch, flags, named):
@@ -1054,6 +1057,10 @@ def test_a_users_file_that_names_no_training_user_or_has_text_is_flagged(tmp_pat
     err = capsys.readouterr().err
     assert "none of its 12 user ids is in" in err
     assert "user text column(s) bio are not used" in err
+    # ids alone: taken, with a word (the items file's counterpart is an error)
+    pd.DataFrame({"user_id": [f"u{i}" for i in range(12)]}).to_csv(u, index=False)
+    assert main([*fit, "--out", str(tmp_path / "R2"), *FAST]) == 0
+    assert "no side columns besides user_id; it adds nothing" in capsys.readouterr().err
 
 
 def test_a_user_left_with_no_candidates_is_named_not_dropped_silently(fitted, tmp_path, capsys):

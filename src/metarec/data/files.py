@@ -302,6 +302,14 @@ def read_training_files(
     user_frame, utext, ucat, unum = (None, (), (), ())
     if users is not None:
         user_frame, utext, ucat, unum = read_side(users, "user_id")
+        if not utext and not ucat and not unum:
+            # taken (it lists users), but it gives the model nothing; the items file's
+            # counterpart is an error, since items need features to be scored
+            warnings.warn(
+                f"{users}: the users file has no side columns besides user_id; it adds "
+                "nothing to the model",
+                stacklevel=2,
+            )
         if not ratings["user_id"].isin(set(user_frame["user_id"])).any():
             # legal (U may describe only users yet to come), but far more often a mismatch
             # of spellings ("5" in T, "5.0" in U): then no training user has side features

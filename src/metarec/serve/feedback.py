@@ -54,6 +54,12 @@ class FeedbackStore:
 
     def __init__(self, path: str | Path, timeout_s: float = 10.0, read_only: bool = False) -> None:
         p = Path(path)
+        if p.exists() and not (p.is_dir() or p.is_file()):
+            # /dev/null was taken for a folder to create, and said "File exists"
+            raise MetarecError(
+                f"{p}: not a folder or a regular file (a device or pipe); give a folder or "
+                "an SQLite file path for the feedback store"
+            )
         if p.is_dir() or not (p.is_file() or p.suffix):
             p = p / DEFAULT_NAME
         self.path, self.timeout_s, self.read_only = p, timeout_s, read_only
@@ -70,7 +76,12 @@ class FeedbackStore:
             if found is None:
                 raise MetarecError(f"{p}: not a metarec feedback database (no feedback table)")
             return
-        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MetarecError(
+                f"{p.parent}: cannot create the feedback store's folder ({err.strerror or err})"
+            ) from None
         try:
             with self._connect() as con:
                 mode = con.execute("PRAGMA journal_mode=WAL").fetchone()[0]
