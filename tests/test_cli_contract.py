@@ -740,7 +740,7 @@ def test_a_support_with_the_wrong_separator_or_a_long_first_row_is_one_line(
     assert said in err and err.count("\n") == 1 and not (tmp_path / "P.csv").exists()
 
 
-@pytest.mark.parametrize("damage", ["shape", "missing"])
+@pytest.mark.parametrize("damage", ["shape", "missing", "nan"])
 def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_path, capsys, damage):
     """Checksums only prove the files are the ones written; a RUN from a buggy or another
     version can still hold tensors its config cannot use. Load scores one cold user
@@ -756,11 +756,15 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     if damage == "shape":
         key = next(k for k, v in tensors.items() if k.startswith("rank.") and v.dim() == 2)
         tensors[key] = torch.zeros(3, 5)
-    else:
+    elif damage == "missing":
         del tensors[next(k for k in tensors if k.startswith("rating."))]
+    else:  # whole files, broken numbers: said as such, not "from another version"
+        key = next(k for k, v in tensors.items() if k.startswith("rating.") and v.dim() == 2)
+        tensors[key] = torch.full_like(tensors[key], float("nan"))
     save_file(tensors, str(bad / "model.safetensors"))
     err = _predict_on_rehashed(bad, tmp, tmp_path, capsys)
-    assert "RUN is incomplete or from another version" in err and err.count("\n") == 1
+    said = "model scores NaN" if damage == "nan" else "RUN is incomplete or from another version"
+    assert said in err and err.count("\n") == 1
 
 
 def _predict_on_rehashed(bad, tmp, tmp_path, capsys) -> str:

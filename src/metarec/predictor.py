@@ -47,7 +47,8 @@ def _smoke_test(model: MetaRecommender) -> None:
     if len(scores) != 2 or len(ranks) != model.n_items_:
         raise ValueError("the model returned scores of the wrong length")
     if np.isnan(scores).any() or np.isnan(ranks).any():
-        raise ValueError("the model's scores are NaN (a weight is NaN or inf)")
+        # not "from another version": the files are whole, their numbers are not
+        raise MetarecError("the RUN's model scores NaN (a weight is NaN or inf); refit it")
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,7 +134,10 @@ class Predictor:
                 )
             if device is not None:
                 model.to(device)  # an unknown or missing device is a MetarecError
-            _smoke_test(model)  # on the device it will serve from
+            try:
+                _smoke_test(model)  # on the device it will serve from
+            except MetarecError as err:
+                raise MetarecError(f"{path}: {err}") from None
         except MetarecError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
