@@ -643,6 +643,11 @@ def test_parquet_not_parquet(tmp_path):
             {"rating_range": (1, 5)},
             r"line 3: rating 9 is outside rating_range 1..5",
         ),
+        (  # a sliver of the declared scale: refused as `fit --rating-range` refuses it
+            "user_id,item_id,rating\n1,2,3\n1,5,5\n",
+            {"rating_range": (1, 1000)},
+            r"log.csv: its ratings span 3..5, less than 1/100 of the rating range 1..1000",
+        ),
         (
             "user_id,item_id,click\n1,2,1\n1,5,2\n",
             {"label_col": "click"},

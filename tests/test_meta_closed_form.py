@@ -124,6 +124,12 @@ def test_closed_form_equals_autograd_inner_loop(algo, kw, head):
     for k in fast:
         assert fast[k].shape == oracle[k].shape, k
         assert torch.allclose(fast[k], oracle[k].detach(), atol=1e-10, rtol=0), k
+    # adapt itself: the same loop on every task whose support loss the steps did not raise
+    served = ml.adapt(p, x)
+    with torch.no_grad():
+        kept = ml.support_losses(fast, x) <= ml.support_losses(p, x)  # (T,)
+    for k in ml.adapt_keys(p):
+        assert torch.equal(served[k][kept], fast[k][kept]), k
     # meta-gradients through the loop
     loss, grads = ml.meta_grads(p, x)
     loss_o, grads_o = _oracle_meta_grads(ml, p, x)

@@ -30,6 +30,7 @@ from metarec.data.tabular import (
     _timestamps,
     _where,
     check_float32,
+    check_range_span,
     clip,
     id_column,
     number_column,
@@ -42,9 +43,6 @@ from metarec.errors import exact_g
 from metarec.types import MetarecError
 
 LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
-# a declared rating range (--rating-range) may be at most this many times wider than the
-# span of the log's ratings: a 1-5 log on 1..100 is taken, on 1..1000 refused
-RANGE_SPAN_MAX = 100
 
 
 def _read(path: str | Path) -> pd.DataFrame:
@@ -66,7 +64,9 @@ def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
         def name(c) -> str:
             # pandas names an empty header cell "Unnamed: <position>", a name nobody wrote
             m = re.fullmatch(r"Unnamed: (\d+)", str(c))
-            return f"an empty name (column {int(m.group(1)) + 1})" if m else repr(clip(c, 40))
+            if m:
+                return f"an empty name (column {int(m.group(1)) + 1})"
+            return "an empty name" if not str(c).strip() else repr(clip(c, 40))
 
         raise MetarecError(
             f"{_where(frame)}: unknown column(s) {', '.join(name(c) for c in unknown[:5])} "
@@ -334,14 +334,7 @@ def read_training_files(
                 raise MetarecError(
                     f"{train}: rating {exact_g(bad)} is outside the rating range {s_lo:g}..{s_hi:g}"
                 )
-            if s_hi - s_lo > RANGE_SPAN_MAX * (hi - lo):
-                # the model learns in units of the scale: a log filling a sliver of it
-                # (1..5 on 1..1e6) trains in a band of ~1e-6 units and predicted 6064
-                raise MetarecError(
-                    f"{train}: its ratings span {lo:g}..{hi:g}, less than 1/{RANGE_SPAN_MAX} "
-                    f"of the rating range {s_lo:g}..{s_hi:g}; give the scale the ratings "
-                    "are on"
-                )
+            check_range_span(str(train), lo, hi, s_lo, s_hi)
             lo, hi = s_lo, s_hi
         rating_range = (lo, hi)
     else:

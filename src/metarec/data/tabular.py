@@ -428,6 +428,23 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     return ((parsed - epoch) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
 
 
+# a declared rating range may be at most this many times wider than the span of the log's
+# ratings: a 1-5 log on 1..100 is taken, on 1..1000 refused
+RANGE_SPAN_MAX = 100
+
+
+def check_range_span(where: str, lo: float, hi: float, s_lo: float, s_hi: float) -> None:
+    """Refuse a declared rating range ``s_lo..s_hi`` more than RANGE_SPAN_MAX times wider
+    than the log's own ratings ``lo..hi``. The model learns in units of the scale: a log
+    filling a sliver of it (1..5 on 1..1e6) trained in a band of ~1e-6 units and a
+    1-5 user was predicted 6064."""
+    if hi > lo and s_hi - s_lo > RANGE_SPAN_MAX * (hi - lo):
+        raise MetarecError(
+            f"{where}: its ratings span {lo:g}..{hi:g}, less than 1/{RANGE_SPAN_MAX} of "
+            f"the rating range {s_lo:g}..{s_hi:g}; give the scale the ratings are on"
+        )
+
+
 def unique_id_column(frame: pd.DataFrame, key: str, where: str) -> pd.Series:
     """:func:`id_column` of a side table's key, refusing an id two rows share once read
     (stripped; 12.0 is 12): such rows would become one item or user, merged silently."""
@@ -504,6 +521,8 @@ def read_table(
                 f"{path}: {_at(frame, pos)}: rating {values[pos]:g} is outside "
                 f"rating_range {lo:g}..{hi:g}"
             )
+        if rating_range is not None:
+            check_range_span(str(path), float(values.min()), float(values.max()), lo, hi)
         rng = (lo, hi)
     if time_col is not None and time_col != "timestamp" and time_col not in frame.columns:
         # a named time column is meant to be there: a misspelt one silently turned the

@@ -71,8 +71,9 @@ MAX_INNER_STEPS = 1_000  # adaptation steps per task (the defaults take 5)
 MAX_INNER_LR = 1e6  # far above any step size that adapts; below float32's range
 # how many times a gradient adaptation that raised its task's support loss is retried at
 # half the step sizes (1/2, 1/4, ...) before the task keeps the meta-learned parameters
-# unadapted (MetaLearner.adapt without a graph: serving, evaluation, the blend's fit; the
-# meta-gradient of training keeps the plain loop)
+# unadapted (MetaLearner.adapt without a graph: serving, evaluation, the blend's fit, and
+# the validation loss that early stopping reads; the meta-gradient of training keeps the
+# plain loop, so a step size that overshoots shows in the training loss, not there)
 ADAPT_BACKTRACKS = 4
 
 

@@ -105,6 +105,8 @@ class EnsembleLearner(MetaLearner):
 
     # --- adaptation --------------------------------------------------------------------
     def adapt(self, params: Params, x: TaskInputs, *, keep_graph: bool = False) -> Params:
+        # each member is adapted (and backed off, MetaLearner._backtrack) against its own
+        # support loss; the members' mean can still fit the support worse than before
         one = self.single
         return merge_members([one.adapt(p, x, keep_graph=keep_graph) for p in self.split(params)])
 
