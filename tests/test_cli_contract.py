@@ -1677,3 +1677,37 @@ def test_an_item_at_the_numeric_cap_does_not_make_a_users_scores_nan(tmp_path, c
     p = pd.read_csv(out)
     assert np.isfinite(p.score).all() and len(p) == 4
     assert p.score[1] < p.score[0]  # i30 for the user who rated it 1 vs 5
+
+
+def test_python_frames_with_a_column_named_twice_or_off_scale_rows_are_one_error(fitted):
+    """Frames built in Python: a repeated column name made frame["rating"] a DataFrame and
+    pandas raised a TypeError / AttributeError; an off-scale count covered only the first
+    user's rows ("2 such rows" for 12); int column names were listed as nothing."""
+    from metarec.predictor import Predictor
+    from metarec.types import MetarecError
+
+    _, run, _ = fitted
+    pred = Predictor.load(run)
+    s = pd.DataFrame(
+        {"user_id": ["a"] * 6 + ["b"] * 6, "item_id": [f"it{i}" for i in range(12)]}
+    ).assign(rating=5.0)
+    q = pd.DataFrame({"user_id": ["a", "b"], "item_id": ["it20", "it21"]})
+    cases = [
+        (pd.concat([s, s[["rating"]]], axis=1), q, "support: column 'rating' appears twice"),
+        (pd.concat([s, s[["user_id"]]], axis=1), q, "support: column 'user_id' appears twice"),
+        (s, pd.concat([q, q[["item_id"]]], axis=1), "query: column 'item_id' appears twice"),
+        (
+            s.set_axis(range(3), axis=1),
+            q,
+            "missing column(s) user_id, item_id (columns are: 0, 1, 2)",
+        ),
+        (s.assign(rating=7.0), q, "outside the run's rating scale [1, 5] (12 such rows)"),
+        (s.assign(rating=[7.0] + [5.0] * 11), q, "(1 such row)"),
+    ]
+    for support, query, said in cases:
+        with pytest.raises(MetarecError) as err:
+            pred.predict(support, query)
+        assert said in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(MetarecError, match="column 'rating' appears twice"):
+        pred.recommend(pd.concat([s, s[["rating"]]], axis=1), 5)
+    assert len(pred.predict(s, q)[0]) == 2  # the frames themselves are fine

@@ -438,6 +438,11 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
             "grid neighbours = 7.5 should be an integer",
         ),
         ('[[methods]]\nname = "biased_mf"\nparams = { regg = 3 }', "'regg' is not a parameter"),
+        # popularity's signature is (*args, **kwargs): it read "(args, kwargs)"
+        (
+            '[[methods]]\nname = "pop2"\nbaseline = "popularity"\nparams = { nope = 1 }',
+            "of popularity (it takes",
+        ),
         ('[[methods]]\nname = "nope"', "unknown baseline 'nope'"),
         ('[[methods]]\nname = "M2"\nkind = "meta"\nparams = { train = { stepz = 3 } }', "stepz"),
         ('[[methods]]\nname = "M3"\nkind = "meta"\ngrid = { "train.steps" = [5, -1] }', "M3"),

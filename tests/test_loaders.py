@@ -743,7 +743,9 @@ def test_missing_path_and_env_tells_what_to_do(monkeypatch):
     monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
     with pytest.raises(MetarecError, match=r"pass --path .*ml-100k or set METAREC_DATA_DIR"):
         read_raw("movielens-100k")
-    with pytest.raises(MetarecError, match=r"csv: pass --path"):
+    with pytest.raises(
+        MetarecError, match=r"csv: no path to the file to load \(--path, or path in"
+    ):
         read_raw("csv")
 
 

@@ -358,9 +358,15 @@ def _check_baseline_params(m: MethodSpec) -> None:
     for part, key, value in points:
         p = sig.parameters.get(key)
         if p is None or key == "self":
-            known = ", ".join(n for n in sig.parameters if n != "self")
+            # named parameters only: popularity's (*args, **kwargs) read "(args, kwargs)"
+            known = ", ".join(
+                n
+                for n, q in sig.parameters.items()
+                if n != "self" and q.kind not in (q.VAR_POSITIONAL, q.VAR_KEYWORD)
+            )
             raise MetarecError(
-                f"method {m.name!r}: {part} key {key!r} is not a parameter of {name} ({known})"
+                f"method {m.name!r}: {part} key {key!r} is not a parameter of {name} "
+                f"({known or 'it takes none'})"
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise MetarecError(f"method {m.name!r}: {part} {key} = {value!r} is not finite")

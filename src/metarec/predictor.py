@@ -211,14 +211,15 @@ class Predictor:
             if len(bad):
                 raise MetarecError(
                     f"{what}: rating {exact_g(bad[0])} is outside the run's rating scale "
-                    f"[{lo:g}, {hi:g}] ({len(bad)} such rows)"
+                    f"[{lo:g}, {hi:g}] ({len(bad)} such {'row' if len(bad) == 1 else 'rows'})"
                 )
         else:
             bad = ratings[(ratings != 0) & (ratings != 1)]
             if len(bad):
                 raise MetarecError(
                     f"{what}: value {exact_g(bad[0])} on a run fitted on 0/1 labels "
-                    f"(give 1 for an interaction, 0 for an explicit 'no'; {len(bad)} such rows)"
+                    "(give 1 for an interaction, 0 for an explicit 'no'; "
+                    f"{len(bad)} such {'row' if len(bad) == 1 else 'rows'})"
                 )
 
     def _supports_from_frame(
@@ -238,8 +239,15 @@ class Predictor:
         given = None
         if feedback is None:
             from metarec.data.files import LOG_COLUMNS, log_frame
+            from metarec.data.tabular import require_columns, strip_columns
 
-            given = frame["user_id"].to_numpy(object) if "user_id" in frame.columns else None
+            # a name given twice made frame["rating"] a DataFrame, and pandas raised; the
+            # check sees the caller's columns, before the others are left out below
+            frame = frame.copy(deep=False)
+            frame.attrs.update(source="support", rows_not_lines=True)
+            frame = strip_columns(frame)
+            require_columns(frame, ["user_id", "item_id"])
+            given = frame["user_id"].to_numpy(object)
             # a slice of the caller's own table may carry more columns (a title): the ones
             # an S file may hold are read, the others left out, not refused
             frame = frame[[c for c in frame.columns if c in LOG_COLUMNS]]
@@ -254,6 +262,8 @@ class Predictor:
         # read into it, after the kind check here): no second pass over the ids
         self.check_feedback(feedback, frame.attrs.get("source", "support"))
         self._check_domains(frame, "support")
+        # every row at once (support_of checks each user's): the count then covers them all
+        self.check_values(frame["rating"].to_numpy(np.float64), "support")
         out, n_unknown = {}, 0
         ts_col = "timestamp" if "timestamp" in frame.columns else None
         for user_id, rows in frame.groupby("user_id", sort=False):
@@ -315,6 +325,12 @@ class Predictor:
         # the query's own spellings where it carries them (read_query), else its ids as
         # given (an int stays an int in the output); lookups use the canonical str ids
         raw = query.attrs.get("raw_ids") or {}
+        if not raw:  # a frame built in Python (read_query has checked a file's header)
+            from metarec.data.tabular import strip_columns
+
+            query = query.copy(deep=False)
+            query.attrs.update(source="query", rows_not_lines=True)
+            query = strip_columns(query)  # a name given twice is refused
         canon = _str_ids(query, "query")  # checks the columns too
         raw_users = raw.get("user_id", query["user_id"].to_numpy(object))
         raw_items = raw.get("item_id", query["item_id"].to_numpy(object))

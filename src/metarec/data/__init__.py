@@ -166,10 +166,12 @@ def read_raw(
     spec = _spec(name)
     if path is None and download:
         if spec.url is None:
-            raise MetarecError(f"{name}: no public download; pass --path")
+            raise MetarecError(f"{name}: no public download; give the data's path")
         path = fetch(spec.url, sha256, allow_unverified=allow_unverified)
     if path is None and spec.folder is None and spec.needs_path:
-        raise MetarecError(f"{name}: pass --path to the file to load")
+        raise MetarecError(
+            f"{name}: no path to the file to load (--path, or path in an experiment's [data])"
+        )
     accepted = inspect.signature(spec.read).parameters
     unknown = sorted(k for k in options if k not in accepted or k == "path")
     if unknown:
