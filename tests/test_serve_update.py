@@ -46,11 +46,13 @@ def test_update_writes_a_run_that_moves_toward_the_feedback(run, tmp_path, capsy
     store.add("u1", likes_space())
     store.add("newbie", likes_space())
     store.add("newbie", [FeedbackRow("not-an-item", 3.0, None)])
+    store.add("newbie", [FeedbackRow("it0", 4.0, None)])  # a later rating of it0: replaces
     run2 = tmp_path / "RUN2"
     argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb"), "--out", str(run2)]
     assert main([*argv, "--steps", "15"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["feedback_rows"] == 25 and report["feedback_rows_unknown_item"] == 1
+    assert report["feedback_rows"] == 26 and report["feedback_rows_unknown_item"] == 1
+    assert report["feedback_rows_used"] == 24  # newbie's two it0 rows fold into one
     assert report["new_users"] == 1 and report["feedback_users"] == 2
     before, after = Predictor.load(run), Predictor.load(run2)
     assert len(after.users) == len(before.users) + 1 and after.users.ids[-1] == "newbie"

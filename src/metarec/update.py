@@ -165,6 +165,9 @@ def merge_feedback(
     counts = {
         "feedback_rows": len(feedback),
         "feedback_rows_unknown_item": n_unknown,
+        # the rows folded in: one per (user, item), its newest; the stored count above
+        # includes the older repeats, which read as if they were folded in too
+        "feedback_rows_used": len(rows),
         "feedback_users": int(len(np.unique(user_idx))),
         "new_users": len(new),
         # training rows only (feedback rows that repeat an item are not counted here)
