@@ -1112,7 +1112,8 @@ def test_rating_range_declares_a_scale_the_log_does_not_reach(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("flags", "named"),
     [
-        (["--rating-range", "1", "4"], "rating 5 is outside the rating range 1..4"),
+        # with the file line of the first such rating (it named none)
+        (["--rating-range", "1", "4"], ": line 2: rating 5 is outside the rating range 1..4"),
         (["--rating-range", "5", "1"], "give LO < HI"),
         (["--rating-range", "1", "nan"], "give LO < HI"),
         # the log's 1..5 fills under 1/100 of it: trained in a sliver of the scale, a

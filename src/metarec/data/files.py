@@ -117,8 +117,12 @@ def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
     ts = _timestamps(frame, "timestamp") if has_time else None
     # names, an empty cell "default", as in the items file (id_column refused empty cells)
     domain = domain_names(frame["domain"]) if "domain" in frame.columns else None
-    out = make_ratings_frame(users, items, values, ts, domain)
-    out.attrs.update(source=_where(frame), feedback=feedback)
+    out = make_ratings_frame(users, items, values, ts, domain)  # row for row
+    # where each row came from, so a later check can name a file line (_at)
+    where = {k: frame.attrs.get(k) for k in ("header_lines", "delimited", "rows_not_lines")}
+    out.attrs.update(
+        source=_where(frame), feedback=feedback, **{k: v for k, v in where.items() if v is not None}
+    )
     return out, feedback, has_time
 
 
@@ -330,9 +334,11 @@ def read_training_files(
         if rating_range is not None:
             s_lo, s_hi = (float(v) for v in rating_range)
             if lo < s_lo or hi > s_hi:
-                bad = lo if lo < s_lo else hi
+                r = ratings["rating"].to_numpy(np.float64)
+                pos = int(np.flatnonzero((r < s_lo) | (r > s_hi))[0])
                 raise MetarecError(
-                    f"{train}: rating {exact_g(bad)} is outside the rating range {s_lo:g}..{s_hi:g}"
+                    f"{train}: {_at(ratings, pos)}: rating {exact_g(r[pos])} is outside the "
+                    f"rating range {s_lo:g}..{s_hi:g}"
                 )
             check_range_span(str(train), lo, hi, s_lo, s_hi)
             lo, hi = s_lo, s_hi
