@@ -93,3 +93,15 @@ def test_missing_data_is_one_line_not_a_traceback(tmp_path):
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "error:" in out.stderr
+
+
+def test_the_adapt_guard_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "guard.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_adapt_guard.py"), "--repeats", "1"]
+    subprocess.run([*cmd, "--json", str(out)], check=True, capture_output=True, timeout=300)
+    res = json.loads(out.read_text())
+    for n in ("1", "64", "512"):
+        row = res[n]
+        assert row["guard_ms"] > 0 and row["plain_ms"] > 0
+        assert row["ratio"] == pytest.approx(row["guard_ms"] / row["plain_ms"], rel=1e-2)
+        assert 0 <= row["raised"] <= int(n)
