@@ -239,13 +239,10 @@ class Predictor:
         given = None
         if feedback is None:
             from metarec.data.files import LOG_COLUMNS, log_frame
-            from metarec.data.tabular import require_columns, strip_columns
+            from metarec.data.tabular import require_columns
 
-            # a name given twice made frame["rating"] a DataFrame, and pandas raised; the
-            # check sees the caller's columns, before the others are left out below
-            frame = frame.copy(deep=False)
-            frame.attrs.update(source="support", rows_not_lines=True)
-            frame = strip_columns(frame)
+            # the caller's columns, before the others are left out below
+            frame = _python_frame(frame, "support")
             require_columns(frame, ["user_id", "item_id"])
             given = frame["user_id"].to_numpy(object)
             # a slice of the caller's own table may carry more columns (a title): the ones
@@ -326,11 +323,7 @@ class Predictor:
         # given (an int stays an int in the output); lookups use the canonical str ids
         raw = query.attrs.get("raw_ids") or {}
         if not raw:  # a frame built in Python (read_query has checked a file's header)
-            from metarec.data.tabular import strip_columns
-
-            query = query.copy(deep=False)
-            query.attrs.update(source="query", rows_not_lines=True)
-            query = strip_columns(query)  # a name given twice is refused
+            query = _python_frame(query, "query")
         canon = _str_ids(query, "query")  # checks the columns too
         raw_users = raw.get("user_id", query["user_id"].to_numpy(object))
         raw_items = raw.get("item_id", query["item_id"].to_numpy(object))
@@ -465,6 +458,17 @@ class Predictor:
             "users": len(supports),
             "no_candidates": empty,
         }
+
+
+def _python_frame(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """A frame built in Python, read as a file's header is: column names stripped, a name
+    given twice refused (frame["rating"] became a DataFrame, and pandas raised), errors
+    naming ``what`` and rows (it has no lines). A shallow copy: the caller's is untouched."""
+    from metarec.data.tabular import strip_columns
+
+    frame = frame.copy(deep=False)
+    frame.attrs.update(source=what, rows_not_lines=True)
+    return strip_columns(frame)
 
 
 def _str_ids(frame: pd.DataFrame, what: str) -> pd.DataFrame:
