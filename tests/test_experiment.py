@@ -589,7 +589,7 @@ def test_a_failed_write_leaves_the_previous_results_whole(tiny_run, tmp_path, mo
     _, results, out = tiny_run
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    before = {p.name: p.read_bytes() for p in copy.iterdir()}
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()}
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
@@ -597,7 +597,7 @@ def test_a_failed_write_leaves_the_previous_results_whole(tiny_run, tmp_path, mo
     monkeypatch.setattr(report, "render_markdown", boom)
     with pytest.raises(OSError):
         E.write_results(results, copy)
-    assert {p.name: p.read_bytes() for p in copy.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
 def test_results_json_is_strict_json(tiny_run):
@@ -1260,3 +1260,156 @@ def test_max_test_users_caps_the_k_curve_after_its_intersection(tmp_path):
     main = next(r for r in results.runs if r.scenario == "main")
     assert len(main.result.user_idx) == 3
     assert {len(r.result.user_idx) for r in curve} == {3}
+
+
+# --- resuming an interrupted run (metarec.resume) -------------------------------------------
+
+
+def _tables(out: Path, timed: bool = True) -> dict:
+    """results.json without what a resumed run legitimately changes (its wall time, the
+    list of reused parts, the machine it ran on; with ``timed=False`` the fit times too,
+    which a refit measures anew)."""
+    data = json.loads((out / "results.json").read_text())
+    for key in ("seconds", "reused", "environment"):
+        data.pop(key)
+    if not timed:
+        for fit in data["fits"].values():
+            fit.pop("fit_seconds"), fit.pop("fit_cpu_seconds")
+    return data
+
+
+def _counting_fits(monkeypatch) -> list[tuple[str, int]]:
+    real, calls = E.fit_method, []
+
+    def counted(spec, config, ds, split, feats, seed, progress):
+        calls.append((spec.name, seed))
+        return real(spec, config, ds, split, feats, seed, progress)
+
+    monkeypatch.setattr(E, "fit_method", counted)
+    return calls
+
+
+def test_a_resumed_run_reuses_every_finished_part_and_writes_the_same_results(
+    tiny_run, tmp_path, monkeypatch
+):
+    import shutil
+
+    cfg, _, out = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    n_parts = len(cfg.seeds) * len(cfg.methods)
+    assert len(list((copy / "partial").glob("seed*.json"))) == n_parts
+    calls = _counting_fits(monkeypatch)
+    results = E.run(cfg, copy, progress=False, resume=True)
+    assert calls == []  # nothing was fitted again
+    assert len(results.reused) == n_parts
+    assert _tables(copy) == _tables(out)
+    report = (copy / "report.md").read_text()
+    assert f"Resumed run: {n_parts} (seed, method) results were read back" in report
+    # without resume the parts are ignored (and rewritten): every method fits again
+    E.run(cfg, copy, progress=False)
+    assert len(calls) == n_parts
+    assert _tables(copy, timed=False) == _tables(out, timed=False)
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(tiny_run, tmp_path, monkeypatch):
+    cfg, _, out = tiny_run
+    real = E.fit_method
+
+    class Killed(Exception):  # what a Ctrl-C or a kill does: not a recorded failure
+        pass
+
+    def interrupted(spec, config, ds, split, feats, seed, progress):
+        if (spec.name, seed) == ("Pooled", 1):
+            raise Killed
+        return real(spec, config, ds, split, feats, seed, progress)
+
+    monkeypatch.setattr(E, "fit_method", interrupted)
+    with pytest.raises(Killed):
+        E.run(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.setattr(E, "fit_method", real)
+    calls = _counting_fits(monkeypatch)
+    results = E.run(cfg, tmp_path / "run", progress=False, resume=True)
+    names = [m.name for m in cfg.methods]
+    # seed 0 and seed 1's MetaRec were kept; Pooled (seed 1) and the rest of seed 1 fit
+    assert calls == [(n, 1) for n in names[names.index("Pooled") :]]
+    assert {(r["method"], r["seed"]) for r in results.reused} == {
+        *((n, 0) for n in names),
+        ("MetaRec", 1),
+    }
+    assert _tables(tmp_path / "run", timed=False) == _tables(out, timed=False)
+
+
+def test_a_changed_method_or_a_damaged_part_is_fitted_again(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    cfg, _, out = tiny_run
+    shutil.copytree(out, tmp_path / "r")
+    first = cfg.methods[0]
+    changed = dataclasses.replace(first, params={**first.params, "like_threshold": 3.5})
+    cfg2 = dataclasses.replace(cfg, methods=(changed, *cfg.methods[1:]))
+    from metarec.resume import part_path
+
+    part_path(tmp_path / "r", 0, cfg.methods[1].name).write_text("{not json")
+    calls = _counting_fits(monkeypatch)
+    E.run(cfg2, tmp_path / "r", progress=False, resume=True)
+    assert sorted(calls) == sorted(
+        [(first.name, s) for s in cfg.seeds] + [(cfg.methods[1].name, 0)]
+    )
+    # another shared setting (the bootstrap) changes every part's figures: all refit
+    calls.clear()
+    E.run(dataclasses.replace(cfg, bootstrap=200), tmp_path / "r", progress=False, resume=True)
+    assert len(calls) == len(cfg.seeds) * len(cfg.methods)
+
+
+def test_a_failed_fit_is_not_kept_so_a_resume_tries_it_again(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(E.load_config(TINY), shots=(), seeds=(0,))
+    real = E.fit_method
+
+    def failing(spec, config, ds, split, feats, seed, progress):
+        if spec.name == "Pooled":
+            raise MetarecError("train: the validation loss was inf at every evaluation")
+        return real(spec, config, ds, split, feats, seed, progress)
+
+    monkeypatch.setattr(E, "fit_method", failing)
+    with pytest.warns(UserWarning):
+        E.run(cfg, tmp_path / "f", progress=False)
+    monkeypatch.setattr(E, "fit_method", real)
+    calls = _counting_fits(monkeypatch)
+    results = E.run(cfg, tmp_path / "f", progress=False, resume=True)
+    assert calls == [("Pooled", 0)] and not results.failures
+
+
+def test_the_data_fingerprint_reads_ratings_ids_and_item_text(tmp_path):
+    from metarec.resume import data_hash
+
+    cfg = E.load_config(TINY)
+    ds = E.load_data(cfg)
+    base = data_hash(ds)
+    assert data_hash(E.load_data(cfg)) == base
+    inter = ds.interactions
+    rating = inter.rating.copy()
+    rating[0] = 6 - rating[0]
+    edited = dataclasses.replace(ds, interactions=dataclasses.replace(inter, rating=rating))
+    assert data_hash(edited) != base
+    frame = ds.item_table.frame.copy()
+    frame.iloc[0, frame.columns.get_loc("title")] = "another title"
+    table = dataclasses.replace(ds.item_table, frame=frame)
+    assert data_hash(dataclasses.replace(ds, item_table=table)) != base
+
+
+def test_resume_needs_an_output_folder():
+    with pytest.raises(MetarecError, match="resume needs an output folder"):
+        E.run(E.load_config(TINY), None, progress=False, resume=True)
+
+
+def test_cli_evaluate_resume(tmp_path, capsys):
+    from metarec.cli import main
+
+    args = ["evaluate", "--config", str(TINY), "--out", str(tmp_path / "o")]
+    args += ["--set", "seeds=[0]", "--set", "shots=[]", "--only", "popularity"]
+    assert main([*args, "--quiet"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    assert "[seed 0] popularity: reused from partial/" in capsys.readouterr().err

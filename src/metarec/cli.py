@@ -454,7 +454,7 @@ def cmd_quickstart(args) -> int:
         text_model=args.model,
         shots=_shots(args.shots),
     )
-    return _run_experiment(config, Path(args.out), quiet=args.quiet)
+    return _run_experiment(config, Path(args.out), quiet=args.quiet, resume=args.resume)
 
 
 def cmd_evaluate(args) -> int:
@@ -463,15 +463,15 @@ def cmd_evaluate(args) -> int:
     only = None if args.only is None else args.only.split(",")
     config = load_config(args.config, args.set or [], only=only)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    return _run_experiment(config, out, quiet=args.quiet)
+    return _run_experiment(config, out, quiet=args.quiet, resume=args.resume)
 
 
-def _run_experiment(config, out: Path, quiet: bool = False) -> int:
+def _run_experiment(config, out: Path, quiet: bool = False, resume: bool = False) -> int:
     from metarec.experiment import run
     from metarec.report import key_metrics, markdown_table, primary_metric, verdict
 
     t0 = time.perf_counter()
-    results = run(config, out, progress=not quiet)
+    results = run(config, out, progress=not quiet, resume=resume)
     table = results.summary("main")
     print(
         f"\n{config.name}: K = {results.main_k}, seeds {list(config.seeds)}, "
@@ -664,6 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="cap meta-training steps (smaller = faster)")
     p.add_argument("--max-users", dest="max_users", type=int, help="keep only the first N users")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--resume", action="store_true", help=_RESUME_HELP)
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("evaluate", help="run an experiment config: fit, evaluate, report")
@@ -681,8 +682,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="run only these of the config's methods (comma-separated names)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--resume", action="store_true", help=_RESUME_HELP)
     p.set_defaults(func=cmd_evaluate)
     return parser
+
+
+_RESUME_HELP = (
+    "reuse the (seed, method) results an earlier run left in OUT/partial/ where config, "
+    "data, code and package versions match; fit the rest"
+)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

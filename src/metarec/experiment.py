@@ -567,6 +567,9 @@ class Results:
     # fits that failed, each {"method", "seed", "k_shot", "error"}: a failed seed is left
     # out of that method's means (its aggregate lists the seeds it has)
     failures: tuple[dict, ...] = ()
+    # (seed, method) parts read back from out_dir/partial/ by a resumed run, each
+    # {"method", "seed"}: their fit times are the earlier run's
+    reused: tuple[dict, ...] = ()
     # summary() per (scenario, K), computed once: each bootstraps every method x metric,
     # and the report and plots ask for the same tables hundreds of times
     _summaries: dict = field(default_factory=dict, repr=False, compare=False)
@@ -634,6 +637,7 @@ class Results:
             "scenarios": scenarios,
             "fits": fit,
             "failures": list(self.failures),
+            "reused": list(self.reused),
             "seconds": round(self.seconds, 1),
             "config": to_dict(self.config),
             "environment": environment(),
@@ -1268,9 +1272,15 @@ def run(
     out_dir: str | os.PathLike | None,
     progress: bool = True,
     on_result: Callable[[MethodRun], None] | None = None,
+    resume: bool = False,
 ) -> Results:
     """Run the experiment; write results.json, report.md and plots to ``out_dir`` (None:
-    write nothing). ``on_result`` is called after every evaluation (for live tables)."""
+    write nothing). ``on_result`` is called after every evaluation (for live tables).
+
+    With ``out_dir``, each finished (seed, method) is also kept in ``out_dir/partial/``
+    (:mod:`metarec.resume`); ``resume=True`` reuses those whose config, data, code and
+    package versions match instead of fitting them again."""
+    from metarec import resume as parts
     from metarec.data import dataset_info
 
     if out_dir is not None:
@@ -1279,6 +1289,13 @@ def run(
     ds = load_data(config)
     check_against_data(config, ds)
     info = dataset_info(ds)
+    if resume and out_dir is None:
+        raise MetarecError("resume needs an output folder (the finished parts are kept there)")
+    # what every kept part's fingerprint reads, computed once (hashing the data is a pass
+    # over the log and the side tables)
+    data_key = parts.data_hash(ds) if out_dir is not None else ""
+    env = environment() if out_dir is not None else {}
+    reused: list[dict] = []
     _log(
         progress,
         f"dataset {ds.name}: {info['users']} users, {info['items']} items, "
@@ -1401,6 +1418,17 @@ def run(
             # the split's text features first (built once, then cached): the fit's CPU
             # seconds counted the first method's MiniLM embedding (55 CPU s for a 21 s fit)
             feats_for(main)
+            key = parts.fingerprint(config, spec, seed, data_key, env) if out_dir else ""
+            kept = parts.load_part(out_dir, spec.name, seed, key, MethodRun) if resume else None
+            if kept is not None:
+                runs.extend(kept)
+                reused.append({"method": spec.name, "seed": seed})
+                for r in kept:
+                    if on_result and r.scenario == "main":
+                        on_result(r)
+                _log(progress, f"[seed {seed}] {spec.name}: reused from {parts.PARTIAL_DIR}/")
+                continue
+            first_run = len(runs)
             cpu0 = time.process_time()
             fit = fit_or_record(spec, main, main_k)
             if fit is None:
@@ -1449,6 +1477,11 @@ def run(
                 )
             if curve_splits:
                 _log(progress, f"[seed {seed}] {spec.name}: K-curve {sorted(curve_splits)} done")
+            # kept only whole: a failed K-curve point refits the method on resume
+            if out_dir is not None and not any(
+                f["method"] == spec.name and f["seed"] == seed for f in failures
+            ):
+                parts.save_part(out_dir, spec.name, seed, key, runs[first_run:])
     if not any(r.scenario == "main" for r in runs):
         first = failures[0]
         raise MetarecError(
@@ -1456,7 +1489,14 @@ def run(
             f"{first['error']}"
         )
     results = Results(
-        config, info, protocol, tuple(runs), time.perf_counter() - t_start, None, tuple(failures)
+        config,
+        info,
+        protocol,
+        tuple(runs),
+        time.perf_counter() - t_start,
+        None,
+        tuple(failures),
+        reused=tuple(reused),
     )
     if out_dir is not None:
         results = write_results(results, out_dir)
