@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metarec.atomic import write_json  # noqa: E402
-from metarec.benchmarking import embedding_cache, json_path, positive_int, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, embedding_cache, json_path, positive_int, run_script  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
@@ -122,7 +122,7 @@ def run_seed(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variant", action="append", default=[], help="name:key=value;key=value")
     p.add_argument("--lightfm", action="store_true", help="also score LightFM (lightfm-next)")

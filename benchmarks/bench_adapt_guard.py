@@ -14,12 +14,11 @@ JSON keys: per task count, ``guard_ms``, ``plain_ms``, ``ratio``, ``raised``; ``
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 from metarec.atomic import write_json
-from metarec.benchmarking import json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
 
 
 def _no_check(self, params, out, x):
@@ -28,7 +27,7 @@ def _no_check(self, params, out, x):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
     ap.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     ap.add_argument("--repeats", type=positive_int, default=40, help="calls per mode (default 40)")

@@ -10,7 +10,6 @@ GPU: without one only the CPU row is reported.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -18,7 +17,7 @@ import time
 from pathlib import Path
 
 from metarec.atomic import write_json
-from metarec.benchmarking import json_path, nonnegative_int, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, nonnegative_int, positive_int, run_script
 
 
 def _split(n_users: int, n_items: int, n_inter: int, work: Path, k: int, q: int):
@@ -109,7 +108,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path)
     ap.add_argument("--users", type=positive_int, default=20_000)
     ap.add_argument("--items", type=positive_int, default=5_000)

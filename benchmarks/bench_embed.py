@@ -14,7 +14,6 @@ float rounding does), peak_rss_mib, and ae_recall_at_10 (384 -> 64 autoencoder c
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from metarec.atomic import write_json
-from metarec.benchmarking import json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
 
 
 def _peak_rss_mib() -> float:
@@ -179,7 +178,7 @@ def format_table(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
     ap.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     ap.add_argument("--batch-size", type=positive_int, default=64)

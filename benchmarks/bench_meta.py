@@ -7,15 +7,14 @@ adapt_score_p99_ms (one user: 5 inner steps on 10 items + scoring 1,682 items), 
 
 from __future__ import annotations
 
-import argparse
 import os
 
 from metarec.atomic import write_json
-from metarec.benchmarking import json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
     ap.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--seconds", type=float, default=2.0, help="minimum time per measurement")

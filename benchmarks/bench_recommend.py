@@ -21,7 +21,6 @@ depend on how long the model trained.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from metarec.atomic import write_json
-from metarec.benchmarking import json_path, nonnegative_int, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, nonnegative_int, positive_int, run_script
 
 
 def supports(pred, n: int, k: int, seed: int) -> pd.DataFrame:
@@ -68,7 +67,7 @@ def timed_with(pred, frame: pd.DataFrame, owner, attr: str, replacement):
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path, required=True)
     ap.add_argument("--users", type=positive_int, default=1000)
     ap.add_argument("--steps", type=nonnegative_int, default=30)

@@ -20,7 +20,6 @@ reduced size (the test of this script runs a tiny one).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -32,7 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from metarec.atomic import write_json
-from metarec.benchmarking import json_path, nonnegative_int, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, nonnegative_int, positive_int, run_script
 
 
 def _rss_gb() -> float:
@@ -224,7 +223,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
     ap.add_argument("--work", default=None, help="folder for the log and cache (default: temp)")
     ap.add_argument("--users", type=positive_int, default=1_000_000)

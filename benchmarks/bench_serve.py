@@ -21,7 +21,6 @@ let the OS place them).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -37,6 +36,7 @@ import numpy as np
 
 from metarec.atomic import write_json
 from metarec.benchmarking import (
+    ScriptParser,
     json_path,
     nonnegative_int,
     positive_float,
@@ -153,7 +153,7 @@ async def drive(url: str, bodies: list, n: int, conc: int, limit_s: float) -> di
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ScriptParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", help="an existing RUN (default: fit ML-100K here)")
     ap.add_argument("--data-dir", help="ML-100K folder (default $METAREC_DATA_DIR/ml-100k)")
     ap.add_argument("--encoder", default="hashing:64", help="hashing:64 or default (MiniLM)")

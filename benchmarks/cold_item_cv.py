@@ -20,14 +20,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from metarec.atomic import write_json  # noqa: E402
 from metarec.baselines import LightFMRanker  # noqa: E402
-from metarec.benchmarking import json_path, positive_int, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script  # noqa: E402
 from metarec.blend import BlendConfig, fit_rank_weights, ndcg_of_weights  # noqa: E402
 from metarec.experiment import (  # noqa: E402
     build_split_features,
@@ -42,7 +41,7 @@ from metarec.types import Interactions, MetarecError, Task  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--method", default="MetaRec")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

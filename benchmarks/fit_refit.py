@@ -32,14 +32,14 @@ import torch  # noqa: E402
 from fit_without_validation import score_variants  # noqa: E402  (benchmarks/, beside this script)
 
 from metarec.atomic import write_json  # noqa: E402
-from metarec.benchmarking import embedding_cache, json_path, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, embedding_cache, json_path, run_script  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 
 HOLDOUT = {"user-cold": "users", "item-cold": "new_items"}
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--protocol", choices=tuple(HOLDOUT), default="user-cold")
     p.add_argument("--dataset", default="movielens-100k", help="any name load_dataset takes")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

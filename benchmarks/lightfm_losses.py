@@ -17,14 +17,13 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 from metarec.atomic import write_json  # noqa: E402
 from metarec.baselines import LightFMRanker  # noqa: E402
-from metarec.benchmarking import embedding_cache, json_path, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, embedding_cache, json_path, run_script  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
@@ -41,7 +40,7 @@ METRICS = ("Recall@10 (full)", "nDCG@10 (full)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--cache", default=embedding_cache())
     p.add_argument("--json", type=json_path, required=True)

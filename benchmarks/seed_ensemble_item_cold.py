@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from metarec.atomic import write_json  # noqa: E402
-from metarec.benchmarking import embedding_cache, json_path, positive_int, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, embedding_cache, json_path, positive_int, run_script  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
@@ -53,7 +53,7 @@ class MeanOfFits:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ScriptParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--where", choices=("valid", "backtest"), required=True)
     p.add_argument("--members", type=positive_int, default=3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

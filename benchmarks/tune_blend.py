@@ -27,7 +27,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -35,7 +34,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from metarec.atomic import write_json  # noqa: E402
-from metarec.benchmarking import json_path, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, json_path, run_script  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
@@ -123,7 +122,7 @@ def cv_blend(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True)
     p.add_argument("--method", required=True, help="a meta, pooled or transfer method's name")
     p.add_argument("--seeds", type=int, nargs="+", default=None)

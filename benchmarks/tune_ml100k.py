@@ -29,7 +29,6 @@ import os
 # shared cores: idle OpenMP threads sleep instead of spinning (set before torch loads)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -40,7 +39,7 @@ from tune_blend import cv_blend  # noqa: E402  (benchmarks/, beside this script)
 
 from metarec.atomic import write_json  # noqa: E402
 from metarec.baselines import make_baseline  # noqa: E402
-from metarec.benchmarking import embedding_cache, json_path, positive_int, run_script  # noqa: E402
+from metarec.benchmarking import ScriptParser, embedding_cache, json_path, positive_int, run_script  # noqa: E402
 from metarec.blend import BlendConfig  # noqa: E402
 from metarec.config import apply_overrides, from_dict, to_dict  # noqa: E402
 from metarec.data import load_dataset  # noqa: E402
@@ -249,7 +248,7 @@ def summarise(runs: list[dict], part: str = "test") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ScriptParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--cache", default=embedding_cache())
     p.add_argument("--json", type=json_path, required=True)

@@ -248,3 +248,28 @@ def test_cold_rank_members_apply_only_where_validation_tests_new_items(fits):
     assert _config(rank_members=3).rank_members_for(True) == 3  # None: rank_members
     with pytest.raises(MetarecError, match="cold_rank_members"):
         _config(cold_rank_members=0)
+
+
+def test_rating_members_average_the_single_rating_models(fits):
+    """model.rating_members: member j of the rating model is the single model trained with
+    seed + 7919 j, the predicted rating is the mean of theirs, the ranking model is one
+    model, and the ensemble saves and loads as one."""
+    ds, split, a, b, _, feats = fits
+    ens = MetaRecommender(_config(rating_members=2)).fit(ds, split.train, feats, valid=split.valid)
+    assert isinstance(ens.rating_.learner, EnsembleLearner) and ens.rating_.learner.members == 2
+    for j, single in enumerate((a, b)):
+        for k, v in single.rating_.params.items():
+            torch.testing.assert_close(ens.rating_.params[f"m{j}.{k}"], v, rtol=0, atol=0)
+    assert ens.rank_.params.keys() == a.rank_.params.keys()
+    tasks = list(split.test[:5])
+    q = [t.query.item_idx for t in tasks]
+    got = ens.score_many(tasks, q)
+    for g, x, y in zip(got, a.score_many(tasks, q), b.score_many(tasks, q), strict=True):
+        np.testing.assert_allclose(g, (x + y) / 2, rtol=1e-5, atol=1e-5)
+    cfg, tensors = ens.state()
+    back = MetaRecommender.from_state(cfg, tensors, split.train)
+    assert isinstance(back.rating_.learner, EnsembleLearner)
+    for g, h in zip(got, back.score_many(tasks, q), strict=True):
+        np.testing.assert_allclose(g, h, rtol=1e-6, atol=1e-6)
+    with pytest.raises(MetarecError, match="rating_members"):
+        dataclasses.replace(ModelConfig(), rating_members=0)

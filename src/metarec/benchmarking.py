@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,24 @@ def json_path(text: str) -> Path:
         parent = parent.parent
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is not a writable folder")
+    # os.access says yes to root everywhere (/proc, a read-only mount): write and remove a
+    # real file there, or the figures were lost to a traceback after the whole run
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".metarec-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {e.strerror or e}") from None
     return path
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """argparse with the CLI's error policy: one line on stderr and exit 2 (argparse
+    printed its usage block before the error)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _bounded(kind: type, low: float, what: str) -> Callable[[str], Any]:

@@ -171,6 +171,9 @@ class ModelConfig:
     # (mean), 1 vs 3: validation items 0.2619 vs 0.2609 (Recall@10 0.3976 vs 0.3946),
     # backtest far items 0.1582 vs 0.1737: validation did not choose it (README)
     rank_members: int = 1
+    # rating models trained from different seeds and scored as one (the mean predicted
+    # rating), as rank_members is for the ranking model; 1 = a single model
+    rating_members: int = 1
     # rank_members where the validation tasks test new items (item cold-start, as
     # cold_rank_id_dropout); None = rank_members. 3 with ID dropout 0.99, ML-100K item
     # cold, nDCG@10 (full), mean of seeds 0-4, 1 vs 3 members: validation items 0.2797 vs
@@ -271,7 +274,7 @@ class ModelConfig:
                 f"model.rank_loss {self.rank_loss!r} needs the neural-process ranking model "
                 f"(rank_meta.algorithm = 'np'), not {rank_algo!r}"
             )
-        for name in ("rank_members", "cold_rank_members"):
+        for name in ("rank_members", "cold_rank_members", "rating_members"):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= MAX_MEMBERS:
                 raise MetarecError(f"model.{name} must be in [1, {MAX_MEMBERS}], got {value}")
@@ -485,7 +488,9 @@ class MetaRecommender(Recommender):
         if explicit:
             self._rating_offset = None  # from this fit's rating range (rating_offset)
             rating_split = _in_rating_units(split, self.rating_unit, self.rating_offset)
-            part = self._train_part(rating_split, "rating", cfg.meta, train_cfg, dataset)
+            part = self._train_part(
+                rating_split, "rating", cfg.meta, train_cfg, dataset, members=cfg.rating_members
+            )
             self.rating_ = dataclasses.replace(part, new_items=new_items)
         if cfg.rank_model or not explicit:
             part = self._train_part(
@@ -525,6 +530,7 @@ class MetaRecommender(Recommender):
                 cfg.meta,
                 dataclasses.replace(tcfg, steps=steps),
                 dataset,
+                members=cfg.rating_members,
             )
             # the part keeps its validated run's result (best step, validation loss, curve):
             # what the refit's length was chosen by; the refit itself has no validation

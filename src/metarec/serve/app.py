@@ -316,6 +316,9 @@ def create_app(
             rank_members=None
             if model.rank_ is None
             else getattr(model.rank_.learner, "members", 1),
+            rating_members=None
+            if model.rating_ is None
+            else getattr(model.rating_.learner, "members", 1),
             version=__version__,
             dataset={k: v for k, v in pred.info.items() if k != "item_domains"},
             encoder_fingerprint=str(pred.info.get("encoder_fingerprint", "")),

@@ -148,6 +148,7 @@ class Info(BaseModel):
     algorithm: str  # meta-algorithm of the model behind /score (the rating model if any)
     rank_algorithm: str | None = None  # of the ranking model behind /recommend, if any
     rank_members: int | None = None  # ranking models averaged (model.rank_members), if any
+    rating_members: int | None = None  # rating models averaged (model.rating_members), if any
     # the closed-form rating the rating stack leans on (blend.rating_prior), if any
     rating_prior: str | None = None
     # the precision `metarec export` stored the RUN in ("fp16", "int8"); None: fp32
