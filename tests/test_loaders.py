@@ -568,6 +568,43 @@ def test_csv_explicit_with_string_ids_and_dates(tmp_path):
     assert raw.has_time and raw.rating_range == (2.5, 5.0) and raw.feedback == "explicit"
 
 
+def _stamps(tmp_path, *dates: str):
+    rows = "".join(f"u,i{k},3,{d}\n" for k, d in enumerate(dates))
+    return read_table(write(tmp_path / "d.csv", "user_id,item_id,rating,timestamp\n" + rows))
+
+
+def test_a_date_column_is_read_in_one_format(tmp_path):
+    """pandas' per-cell parsing read 02/01/2020 month first and 13/01/2020 day first in
+    one column, so a user's 13 January rating could lose to their 3 January one."""
+    day = 86400
+    jan3 = 1578009600
+    # day first, told by 13/01: every cell day first
+    raw = _stamps(tmp_path, "03/01/2020", "13/01/2020")
+    assert raw.ratings["timestamp"].tolist() == [jan3, jan3 + 10 * day]
+    raw = _stamps(tmp_path, "13/01/2020", "03/01/2020")
+    assert raw.ratings["timestamp"].tolist() == [jan3 + 10 * day, jan3]
+    # month first where the first value says so (US dates)
+    raw = _stamps(tmp_path, "01/03/2020", "01/13/2020")
+    assert raw.ratings["timestamp"].tolist() == [jan3, jan3 + 10 * day]
+    # ISO 8601 in its forms (a Z, a time, a date alone) is one format
+    raw = _stamps(tmp_path, "2020-01-03", "2020-01-13T00:00:00Z")
+    assert raw.ratings["timestamp"].tolist() == [jan3, jan3 + 10 * day]
+
+
+def test_dates_written_two_ways_are_refused_and_ambiguous_ones_warned(tmp_path):
+    with pytest.raises(MetarecError, match=r"dates are written two ways \(line 2 '2020-01-03'"):
+        _stamps(tmp_path, "2020-01-03", "13/01/2020")
+    with pytest.raises(MetarecError, match=r"line 3: .*'Jan 13 2020' is not in the date format"):
+        _stamps(tmp_path, "02/01/2020", "Jan 13 2020")
+    # every date reads either way: month first (pandas' reading), with a warning
+    with pytest.warns(UserWarning, match="read month first .*would also read day first"):
+        raw = _stamps(tmp_path, "02/01/2020", "03/01/2020")
+    assert raw.ratings["timestamp"].tolist() == [1580515200, 1583020800]
+    # junk is still named as not a date at all
+    with pytest.raises(MetarecError, match="'banana' is neither unix seconds nor a date"):
+        _stamps(tmp_path, "02/01/2020", "banana")
+
+
 def test_csv_without_time_column_uses_order(tmp_path):
     p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n4,5,1\n")
     raw = read_table(p)
@@ -858,3 +895,55 @@ def test_a_rated_item_missing_from_a_release_item_file_is_refused(ml100k):
     (ml100k / "u.item").write_bytes(lines[0] + lines[2])  # movie 20, rated, has no row
     with pytest.raises(MetarecError, match=r"1 rated items have no row .*'20'"):
         read_raw("movielens-100k", ml100k)
+
+
+@pytest.mark.parametrize(
+    "kind, named",
+    [
+        ("gzip", "a gzip-compressed file"),
+        ("bz2", "a bzip2-compressed file"),
+        ("xz", "an xz-compressed file"),
+        ("zip", "a zip archive"),
+        ("parquet", "a Parquet file, not a text CSV/TSV file: name it .parquet"),
+    ],
+)
+def test_a_compressed_or_binary_file_named_csv_says_what_it_is(tmp_path, kind, named):
+    """It was "line 1: cannot decode byte 0x8b as utf-8 (save the file as UTF-8)"."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    text = b"user_id,item_id,rating\nu,i,3\n"
+    path = tmp_path / "T.csv"
+    if kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("T.csv", text)
+    elif kind == "parquet":
+        pd.DataFrame({"user_id": ["u"], "item_id": ["i"], "rating": [3]}).to_parquet(path)
+    else:
+        path.write_bytes({"gzip": gzip, "bz2": bz2, "xz": lzma}[kind].compress(text))
+    with pytest.raises(MetarecError, match=named):
+        read_table(path)
+
+
+def test_a_header_that_begins_like_a_magic_number_is_still_text(tmp_path):
+    for head in ("PAR1", "BZh"):
+        p = write(tmp_path / "log.csv", f"{head},user_id,item_id,rating\nx,u,i,3\n")
+        assert read_table(p).ratings["user_id"].tolist() == ["u"]
+
+
+def test_a_comment_line_above_the_header_is_named(tmp_path):
+    p = write(tmp_path / "log.csv", "# exported 2024\nuser_id,item_id,rating\nu,i,3\n")
+    with pytest.raises(MetarecError, match="'# exported 2024', was read as the header"):
+        read_table(p)
+
+
+def test_a_trailing_comma_in_a_query_file_is_an_empty_name(tmp_path):
+    """The query file said "unknown column(s) 'Unnamed: 2'", a name pandas invents; the
+    log files already said "an empty name"."""
+    from metarec.data.files import read_query
+
+    p = write(tmp_path / "Q.csv", "user_id,item_id,\nu,i,\n")
+    with pytest.raises(MetarecError, match=r"unknown column\(s\) an empty name \(column 3\)"):
+        read_query(p)

@@ -57,19 +57,20 @@ def _read(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+def _column_name(c) -> str:
+    """A header cell as an error names it: pandas names an empty one "Unnamed:
+    <position>" (a trailing comma makes one), a name nobody wrote."""
+    m = re.fullmatch(r"Unnamed: (\d+)", str(c))
+    if m:
+        return f"an empty name (column {int(m.group(1)) + 1})"
+    return "an empty name" if not str(c).strip() else repr(clip(c, 40))
+
+
 def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
     unknown = [c for c in frame.columns if c not in allowed]
     if unknown:
-
-        def name(c) -> str:
-            # pandas names an empty header cell "Unnamed: <position>", a name nobody wrote
-            m = re.fullmatch(r"Unnamed: (\d+)", str(c))
-            if m:
-                return f"an empty name (column {int(m.group(1)) + 1})"
-            return "an empty name" if not str(c).strip() else repr(clip(c, 40))
-
         raise MetarecError(
-            f"{_where(frame)}: unknown column(s) {', '.join(name(c) for c in unknown[:5])} "
+            f"{_where(frame)}: unknown column(s) {', '.join(map(_column_name, unknown[:5]))} "
             f"(expected {', '.join(allowed)})"
         )
     require_columns(frame, ["user_id", "item_id"])
@@ -393,7 +394,7 @@ def _check_query_columns(frame: pd.DataFrame) -> None:
     if unknown:
         extra = ", ".join(c for c in LOG_COLUMNS if c not in ("user_id", "item_id"))
         raise MetarecError(
-            f"{_where(frame)}: unknown column(s) {', '.join(map(repr, unknown))} "
+            f"{_where(frame)}: unknown column(s) {', '.join(map(_column_name, unknown[:5]))} "
             f"(a query file has user_id, item_id, and may have a log's {extra})"
         )
     require_columns(frame, ["user_id", "item_id"])

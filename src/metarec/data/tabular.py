@@ -66,6 +66,48 @@ def require_file(folder: Path, filename: str, name: str) -> Path:
     return p
 
 
+# (is it, what the file is, what to do): formats a text reader cannot take, told by their
+# magic bytes (bzip2 and Parquet by more than their first letters, which a text header
+# could begin with)
+_BINARY_FILES = (
+    (
+        lambda b: b.startswith(b"\x1f\x8b"),
+        "a gzip-compressed file",
+        "decompress it first (gunzip), or write Parquet",
+    ),
+    (
+        lambda b: b.startswith(b"BZh") and b[4:10] == b"1AY&SY",
+        "a bzip2-compressed file",
+        "decompress it first (bunzip2), or write Parquet",
+    ),
+    (
+        lambda b: b.startswith(b"\xfd7zXZ\x00"),
+        "an xz-compressed file",
+        "decompress it first (unxz), or write Parquet",
+    ),
+    (
+        lambda b: b.startswith(b"(\xb5/\xfd"),
+        "a zstd-compressed file",
+        "decompress it first (unzstd), or write Parquet",
+    ),
+    (
+        lambda b: b.startswith(b"PK\x03\x04"),
+        "a zip archive (or an .xlsx / .ods spreadsheet)",
+        "unzip it, or export the sheet as CSV",
+    ),
+    (
+        lambda b: b.startswith(b"\xd0\xcf\x11\xe0"),
+        "an old Excel (.xls) workbook",
+        "export the sheet as CSV",
+    ),
+    (
+        lambda b: b.startswith(b"PAR1") and b.endswith(b"PAR1"),
+        "a Parquet file",
+        "name it .parquet (the reader goes by the suffix)",
+    ),
+)
+
+
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """Whole file decoded strictly; a bad byte becomes an error naming its line.
 
@@ -78,13 +120,19 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         raise MetarecError(f"file not found: {str(path)!r}") from None
     except OSError as err:
         raise MetarecError(f"cannot read {str(path)!r}: {err.strerror}") from None
+    for looks_like, kind, hint in _BINARY_FILES:
+        if looks_like(data):
+            # a compressed or binary file read as text failed on its first odd byte with
+            # "cannot decode byte 0x8b as utf-8 (save the file as UTF-8)"
+            raise MetarecError(f"{path} is {kind}, not a text CSV/TSV file: {hint}")
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise MetarecError(
             f"{path}: line {line}: cannot decode byte 0x{data[err.start]:02x} as {encoding} "
-            "(save the file as UTF-8; the csv dataset loader also takes an encoding option)"
+            "(save the file as UTF-8; an experiment's csv loader also takes an `encoding` "
+            "option)"
         ) from None
     if not text.strip():
         raise MetarecError(f"{path}: file is empty")
@@ -128,10 +176,12 @@ def read_delimited(
     except pd.errors.ParserWarning:
         raise MetarecError(
             f"{path}: malformed line (the first data row has more fields than the "
-            f"{'names' if names is not None else 'header'})"
+            f"{'names' if names is not None else 'header'}){_comment_hint(text, names)}"
         ) from None
     except pd.errors.ParserError as err:
-        raise MetarecError(f"{path}: malformed line ({_short(err)})") from None
+        raise MetarecError(
+            f"{path}: malformed line ({_short(err)}){_comment_hint(text, names)}"
+        ) from None
     except pd.errors.EmptyDataError:
         raise MetarecError(f"{path}: file is empty") from None
     if len(frame) == 0:
@@ -142,6 +192,15 @@ def read_delimited(
     frame.attrs["source"] = str(path)
     frame.attrs["delimited"] = (sep, encoding, quoting, names is None)
     return frame
+
+
+def _comment_hint(text: str, names: list[str] | None) -> str:
+    """Where the header line is a comment ("# exported 2024"), say so: the rows then
+    failed against a one-field header, which the bare message did not explain."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if names is None and first.lstrip().startswith("#"):
+        return f"; the first line, {clip(first.strip(), 60)!r}, was read as the header: remove comment lines"
+    return ""
 
 
 def _check_header(path: Path, text: str, sep: str, quoting: bool) -> None:
@@ -384,6 +443,80 @@ def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
 _MAX_SECONDS = 2.0**53
 
 
+def _guess_formats(value: str) -> list[str]:
+    """The strptime formats ``value`` reads as, month first then day first (one, if the
+    value says which: 13/01/2020), [] when pandas cannot tell."""
+    try:  # public since pandas 2.2
+        from pandas.tseries.api import guess_datetime_format
+    except ImportError:  # pragma: no cover - pandas 2.1
+        from pandas._libs.tslibs.parsing import guess_datetime_format
+    out: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for dayfirst in (False, True):
+            fmt = guess_datetime_format(value, dayfirst=dayfirst)
+            if fmt is not None and fmt not in out:
+                out.append(fmt)
+    return out
+
+
+def _dates(frame: pd.DataFrame, column: str) -> pd.Series:
+    """A column of date strings as UTC datetimes (NaT where a cell is no date), read in
+    ONE format. pandas' per-cell ("mixed") parsing read 02/01/2020 as 1 February and
+    13/01/2020 as 13 January in the same column, so a support's newer rating lost to an
+    older one without a word. ISO 8601 first; else the format of the first value, month
+    first where it could be either (warned, when every date would read day first too)."""
+    s = frame[column]
+    iso = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pandas' "could not infer format" note
+        loose = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+    # cells no reading takes are not dates at all: _timestamps names the first of them
+    dateish = loose.notna().to_numpy()
+    other = dateish & iso.isna().to_numpy()
+    if not other.any():
+        return iso
+    if iso.notna().any():
+        a, b = int(np.flatnonzero(iso.notna().to_numpy())[0]), int(np.flatnonzero(other)[0])
+        raise MetarecError(
+            f"{_where(frame)}: column {column!r}: dates are written two ways "
+            f"({_at(frame, a)} {s.iloc[a]!r} is ISO "
+            f"8601, {_at(frame, b)} {s.iloc[b]!r} is not); write every date one way, "
+            "ISO 8601 (2020-01-13) is safest"
+        )
+    first = int(np.flatnonzero(dateish)[0])
+    formats = _guess_formats(str(s.iloc[first]).strip())
+    if not formats:  # a form pandas cannot name a format for ("3rd of Jan"): per cell
+        return loose
+    reads = [pd.to_datetime(s, errors="coerce", utc=True, format=f) for f in formats]
+    whole = [
+        (f, r) for f, r in zip(formats, reads, strict=True) if r.notna().to_numpy()[dateish].all()
+    ]
+    if not whole:
+        fmt, best = formats[0], reads[0]
+        pos = int(np.flatnonzero(dateish & best.isna().to_numpy())[0])
+        raise MetarecError(
+            _bad_cell(
+                frame,
+                pos,
+                column,
+                s.iloc[pos],
+                f"is not in the date format {fmt} of the column's first date "
+                f"{s.iloc[first]!r} ({_at(frame, first)}); write every date one way, "
+                "ISO 8601 (2020-01-13) is safest",
+            )
+        )
+    if len(whole) > 1 and not whole[0][1].equals(whole[1][1]):
+        warnings.warn(
+            f"{_where(frame)}: column {column!r}: dates such as {s.iloc[first]!r} read "
+            f"month first ({whole[0][0]}); "
+            f"every date in the column would also read day first ({whole[1][0]}). Write "
+            "ISO 8601 dates (2020-01-13) to be sure",
+            stacklevel=3,
+        )
+    return whole[0][1]
+
+
 def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Unix seconds from numbers or from date strings (ISO 8601 and the like)."""
     s = frame[column]
@@ -409,7 +542,7 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
             # as dates, the numbers would be the ones blamed)
             parsed = numeric
         else:
-            parsed = pd.to_datetime(s, errors="coerce", utc=True, format="mixed")
+            parsed = _dates(frame, column)
     bad = parsed.isna().to_numpy()
     if bad.any():
         pos = int(np.flatnonzero(bad)[0])
