@@ -33,6 +33,7 @@ NO_BLEND = BlendConfig(rating=False, rank=False)
 
 def _config(seed: int = 0, **kw) -> ModelConfig:
     train = TrainConfig(steps=20, eval_every=10, meta_batch=8, seed=seed, ema=0.9)
+    kw.setdefault("rating_members", 1)  # the known answers compare single rating models
     return ModelConfig(train=train, progress=False, blend=NO_BLEND, **kw)
 
 

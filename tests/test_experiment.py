@@ -287,6 +287,7 @@ def test_feature_transfer_keeps_the_source_extractor_frozen(tmp_path):
     feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
     rec, _, _ = E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
     src, tgt = rec.source_.rating_.params, rec.rating_.params
+    assert any(k.startswith("m2.") for k in tgt)  # the default: three rating models
     from metarec.transfer import FROZEN_FOR_FEATURE, param_group_or_meta
 
     frozen = [k for k in tgt if param_group_or_meta(k) in FROZEN_FOR_FEATURE]

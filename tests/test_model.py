@@ -1411,15 +1411,9 @@ def test_held_out_validation_items_train_the_ranking_model_with_cold_id_dropout(
     MetaRecommender(dataclasses.replace(cfg, cold_rank_id_dropout=None)).fit(
         ds, split.train, feats, valid=valid, valid_items=cold
     )
-    tid = cfg.train.id_dropout
-    assert drops == [
-        ("rating", tid),
-        ("binary", 0.9),
-        ("rating", tid),
-        ("binary", 0.5),
-        ("rating", tid),
-        ("binary", 0.5),
-    ]
+    # the rating model is model.rating_members models, each trained in turn
+    rating = [("rating", cfg.train.id_dropout)] * cfg.rating_members
+    assert drops == [*rating, ("binary", 0.9), *rating, ("binary", 0.5), *rating, ("binary", 0.5)]
     with pytest.raises(MetarecError, match="cold_rank_id_dropout"):
         _fast_config(cold_rank_id_dropout=1.0)
 
@@ -1478,8 +1472,11 @@ def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
         )
     # pass 1 on the carved rows with validation, then pass 2 on every row without it, for
     # the validated steps, with the newest-items tasks validation resolved "auto" to
-    (h1, n1, v1, s1, _), (h2, n2, v2, _, _), (h3, n3, v3, s3, e3), (h4, n4, v4, s4, e4) = calls
-    assert (h1, h2, h3, h4) == ("rating", "binary", "rating", "binary")
+    # (each rating pass trains model.rating_members models, alike but for their seeds)
+    m = _fast_config().rating_members
+    assert [c[0] for c in calls] == ["rating"] * m + ["binary"] + ["rating"] * m + ["binary"]
+    (h1, n1, v1, s1, _), (h2, n2, v2, _, _) = calls[m - 1 : m + 1]
+    (h3, n3, v3, s3, e3), (h4, n4, v4, s4, e4) = calls[2 * m : 2 * m + 2]
     assert v1 and v2 and not v3 and not v4 and n3 == len(ds.interactions) > n1
     assert s1 == _fast_config().train.steps
     assert (s3, s4) == (first.rating_.result.best_step, first.rank_.result.best_step)

@@ -22,6 +22,7 @@ part's parameters) and ``trainable`` (False for frozen groups) hooks, passed by
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Self
 
@@ -189,7 +190,10 @@ class TransferRecommender(MetaRecommender):
 
 def param_group_or_meta(name: str) -> str:
     """The scorer group of a parameter; algorithm meta-parameters (step sizes, λ, the NP
-    encoder) count as 'decision' so they learn on the target."""
+    encoder) count as 'decision' so they learn on the target. An ensemble member's entry
+    (``m<j>.`` + name, metarec.meta.ensemble) is its name's group: unprefixed, every
+    member entry read as 'decision', i.e. trainable."""
+    name = re.sub(r"^m\d+\.", "", name)
     try:
         return param_group(name)
     except MetarecError:
