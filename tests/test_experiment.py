@@ -1400,6 +1400,36 @@ def test_the_data_fingerprint_reads_ratings_ids_and_item_text(tmp_path):
     assert data_hash(dataclasses.replace(ds, item_table=table)) != base
 
 
+def test_an_added_seed_reuses_the_parts_of_the_others(tiny_run, tmp_path, monkeypatch):
+    import shutil
+
+    cfg, _, out = tiny_run
+    shutil.copytree(out, tmp_path / "r")
+    calls = _counting_fits(monkeypatch)
+    E.run(dataclasses.replace(cfg, seeds=(*cfg.seeds, 7)), tmp_path / "r", False, resume=True)
+    assert {seed for _, seed in calls} == {7} and len(calls) == len(cfg.methods)
+
+
+def test_a_part_that_cannot_be_kept_is_warned_and_the_run_goes_on(tmp_path):
+    cfg = dataclasses.replace(E.load_config(TINY), shots=(), seeds=(0,))
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "partial").write_text("a file where the folder goes")
+    with pytest.warns(UserWarning, match="could not keep MetaRec .seed 0. in .* for --resume"):
+        results = E.run(cfg, tmp_path / "o", progress=False)
+    assert (tmp_path / "o" / "results.json").is_file() and not results.failures
+
+
+def test_the_features_fingerprint_reads_the_tensors():
+    from metarec.resume import features_hash
+
+    cfg = E.load_config(TINY)
+    ds = E.load_data(cfg)
+    feats = E.build_split_features(ds, ds.interactions.item_idx, cfg.text)
+    moved = dataclasses.replace(feats, item_text=feats.item_text + 1e-6)
+    assert features_hash(feats) == features_hash(dataclasses.replace(feats))
+    assert features_hash(moved) != features_hash(feats)
+
+
 def test_resume_needs_an_output_folder():
     with pytest.raises(MetarecError, match="resume needs an output folder"):
         E.run(E.load_config(TINY), None, progress=False, resume=True)

@@ -591,6 +591,21 @@ def test_a_date_column_is_read_in_one_format(tmp_path):
     assert raw.ratings["timestamp"].tolist() == [jan3, jan3 + 10 * day]
 
 
+def test_dates_pandas_cannot_name_a_format_for_are_still_read_in_one(tmp_path):
+    """Two-digit years and 12-hour times had no guessed format and fell back to reading
+    each cell alone: 02/01/20 month first beside 13/01/20 day first."""
+    jan2, jan13 = 1577923200, 1578873600
+    for pair in (("02/01/20", "13/01/20"), ("02.01.20", "13.01.20"), ("2 Jan 20", "13 Jan 20")):
+        assert _stamps(tmp_path, *pair).ratings["timestamp"].tolist() == [jan2, jan13]
+    pm = _stamps(tmp_path, "02/01/2020 10:00 PM", "13/01/2020 9:00 AM")
+    assert pm.ratings["timestamp"].tolist() == [jan2 + 22 * 3600, jan13 + 9 * 3600]
+    # a space beside the comma is not part of the date
+    assert _stamps(tmp_path, " 02/01/2020", "13/01/2020 ").ratings["timestamp"].tolist() == [
+        jan2,
+        jan13,
+    ]
+
+
 def test_dates_written_two_ways_are_refused_and_ambiguous_ones_warned(tmp_path):
     with pytest.raises(MetarecError, match=r"dates are written two ways \(line 2 '2020-01-03'"):
         _stamps(tmp_path, "2020-01-03", "13/01/2020")

@@ -1417,8 +1417,14 @@ def run(
         for spec in config.methods:
             # the split's text features first (built once, then cached): the fit's CPU
             # seconds counted the first method's MiniLM embedding (55 CPU s for a 21 s fit)
-            feats_for(main)
-            key = parts.fingerprint(config, spec, seed, data_key, env) if out_dir else ""
+            main_feats = feats_for(main)
+            key = (
+                parts.fingerprint(
+                    config, spec, seed, data_key, env, parts.features_hash(main_feats)
+                )
+                if out_dir is not None
+                else ""
+            )
             kept = parts.load_part(out_dir, spec.name, seed, key, MethodRun) if resume else None
             if kept is not None:
                 runs.extend(kept)
@@ -1481,7 +1487,15 @@ def run(
             if out_dir is not None and not any(
                 f["method"] == spec.name and f["seed"] == seed for f in failures
             ):
-                parts.save_part(out_dir, spec.name, seed, key, runs[first_run:])
+                try:
+                    parts.save_part(out_dir, spec.name, seed, key, runs[first_run:])
+                except (OSError, TypeError, ValueError) as e:
+                    # a part is for resuming only: the run itself goes on
+                    warnings.warn(
+                        f"could not keep {spec.name} (seed {seed}) in "
+                        f"{Path(out_dir) / parts.PARTIAL_DIR} for --resume: {_one_line(e)}",
+                        stacklevel=2,
+                    )
     if not any(r.scenario == "main" for r in runs):
         first = failures[0]
         raise MetarecError(

@@ -293,7 +293,7 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
     if results.reused:
         lines += [
             f"Resumed run: {len(results.reused)} (seed, method) results were read back from "
-            f"an earlier, interrupted run with the same config, data and code "
+            f"an earlier run with the same config, data, features and code "
             f"(`metarec evaluate --resume`, from `partial/`); their fit times are that run's, and the wall time above "
             "is this run's alone.",
             "",

@@ -8,10 +8,11 @@ and the K-curve), fit times, grid choice and training history. ``run(..., resume
 (``metarec evaluate --resume``) reads them back instead of fitting again.
 
 A part is reused only where it would come out the same: its fingerprint covers the
-experiment config (every section but the method list), the method's own table, the seed,
-the data (interactions, item and user tables), the installed metarec source and the
-versions of the packages behind the figures. Anything else (another ``--set``, edited
-data, edited code) refits that part. Failed fits are not kept, so a resume tries them
+experiment config (every section but the method list and the other seeds), the method's
+own table, the seed, the data (interactions, item and user tables), the text features
+as computed, the installed metarec source, the versions of the packages behind the
+figures, the platform and whether CUDA is present. Anything else (another ``--set``,
+edited data, edited code, another encoder snapshot) refits that part. Failed fits are not kept, so a resume tries them
 again. No pickle: plain JSON, NaN written as null.
 """
 
@@ -76,15 +77,31 @@ def data_hash(ds: Dataset) -> str:
     return h.hexdigest()
 
 
-def fingerprint(config, spec, seed: int, data: str, env: dict) -> str:
+def features_hash(feats) -> str:
+    """sha256 over a FeatureSet's tensors and encoder fingerprint: what the text encoder
+    actually gave on this machine (a new snapshot of the same model name, another
+    embedding cache), which the config's model name alone does not pin."""
+    h = hashlib.sha256(str(feats.encoder_fingerprint).encode())
+    for name in ("item_text", "item_side", "user_side"):
+        t = getattr(feats, name)
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(config, spec, seed: int, data: str, env: dict, features: str = "") -> str:
     """What a (seed, method) part's figures depend on, as one sha256."""
+    import torch
+
     shared = {
         k: v
         for k, v in to_dict(config).items()
-        # the method list (each part has its own spec), the title and the failure policy
-        # do not change a method's figures; leaving them out lets `--only` and an added
-        # method reuse the parts already run
-        if k not in ("methods", "name", "fail_fast")
+        # the method list (each part has its own spec), the title, the failure policy,
+        # the other seeds and where the config sits (the data are hashed themselves) do
+        # not change a method's figures on this seed; leaving them out lets `--only`, an
+        # added method or an added seed reuse the parts already run
+        if k not in ("methods", "name", "fail_fast", "seeds", "base_dir")
     }
     payload = {
         "format": FORMAT,
@@ -92,9 +109,14 @@ def fingerprint(config, spec, seed: int, data: str, env: dict) -> str:
         "method": to_dict(spec),
         "seed": int(seed),
         "data": data,
+        "features": features,
         "code": code_hash(),
         "packages": env.get("packages", {}),
         "python": env.get("python"),
+        # a CUDA run differs from a CPU one (README), and float results move in their
+        # last bits across machines: "auto" devices and another platform refit
+        "platform": env.get("platform"),
+        "cuda": bool(torch.cuda.is_available()),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()

@@ -443,9 +443,42 @@ def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
 _MAX_SECONDS = 2.0**53
 
 
+# formats pandas' guesser does not name (two-digit years: 02/01/20, 13.01.20; 12-hour
+# times: 02/01/2020 10:00 PM), tried in this order, month first before day first as
+# pandas reads an ambiguous date
+_MORE_FORMATS = tuple(
+    f"{day}{time}"
+    for time in ("", " %H:%M", " %H:%M:%S", " %I:%M %p", " %I:%M:%S %p")
+    for day in (
+        *(
+            f"{a}{sep}{b}{sep}{y}"
+            for y in ("%Y", "%y")
+            for sep in ("/", ".", "-")
+            for a, b in (("%m", "%d"), ("%d", "%m"))
+        ),
+        "%d %b %Y",
+        "%d %b %y",
+        "%b %d %Y",
+        "%b %d %y",
+        "%d %B %Y",
+        "%B %d %Y",
+        "%B %d, %Y",
+        "%b %d, %Y",
+    )
+)
+
+
+def _reads_as(value: str, fmt: str) -> bool:
+    try:
+        pd.to_datetime(value, format=fmt)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 def _guess_formats(value: str) -> list[str]:
     """The strptime formats ``value`` reads as, month first then day first (one, if the
-    value says which: 13/01/2020), [] when pandas cannot tell."""
+    value says which: 13/01/2020), [] when no format is known for it."""
     try:  # public since pandas 2.2
         from pandas.tseries.api import guess_datetime_format
     except ImportError:  # pragma: no cover - pandas 2.1
@@ -457,6 +490,8 @@ def _guess_formats(value: str) -> list[str]:
             fmt = guess_datetime_format(value, dayfirst=dayfirst)
             if fmt is not None and fmt not in out:
                 out.append(fmt)
+        if not out:
+            out = [f for f in _MORE_FORMATS if _reads_as(value, f)]
     return out
 
 
@@ -466,7 +501,9 @@ def _dates(frame: pd.DataFrame, column: str) -> pd.Series:
     13/01/2020 as 13 January in the same column, so a support's newer rating lost to an
     older one without a word. ISO 8601 first; else the format of the first value, month
     first where it could be either (warned, when every date would read day first too)."""
-    s = frame[column]
+    raw = frame[column]
+    # " 02/01/2020" (a space after the comma) is the date; the formats are strict
+    s = raw.str.strip() if pd.api.types.is_string_dtype(raw) or raw.dtype == object else raw
     iso = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas' "could not infer format" note
@@ -486,8 +523,18 @@ def _dates(frame: pd.DataFrame, column: str) -> pd.Series:
         )
     first = int(np.flatnonzero(dateish)[0])
     formats = _guess_formats(str(s.iloc[first]).strip())
-    if not formats:  # a form pandas cannot name a format for ("3rd of Jan"): per cell
-        return loose
+    if not formats:
+        # read cell by cell, 02/01 and 13/01 took different orders in one column
+        raise MetarecError(
+            _bad_cell(
+                frame,
+                first,
+                column,
+                s.iloc[first],
+                "is a date in a form whose format cannot be told; write ISO 8601 dates "
+                "(2020-01-13) or unix seconds",
+            )
+        )
     reads = [pd.to_datetime(s, errors="coerce", utc=True, format=f) for f in formats]
     whole = [
         (f, r) for f, r in zip(formats, reads, strict=True) if r.notna().to_numpy()[dateish].all()
