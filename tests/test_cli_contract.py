@@ -1213,6 +1213,8 @@ def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
     assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rating_prior"] in ("item_mean_user_bias", "biased_mf", "item_knn_rating")
+    # the default rating model is three models (model.rating_members), the ranking one
+    assert summary["rating_members"] == 3 and summary["rank_members"] == 1
     blend = Predictor.load(tmp_path / "RUN").model.blend_
     assert blend.rating_prior == summary["rating_prior"]
     assert blend.rating_inputs == ("item_mean_user_bias", "biased_mf", "item_knn_rating")
