@@ -267,6 +267,8 @@ def test_rating_members_average_the_single_rating_models(fits):
     got = ens.score_many(tasks, q)
     for g, x, y in zip(got, a.score_many(tasks, q), b.score_many(tasks, q), strict=True):
         np.testing.assert_allclose(g, (x + y) / 2, rtol=1e-5, atol=1e-5)
+    # a serving cache entry holds both members' adapted rating parameters
+    assert ens.adapted_bytes() > a.adapted_bytes()
     cfg, tensors = ens.state()
     back = MetaRecommender.from_state(cfg, tensors, split.train)
     assert isinstance(back.rating_.learner, EnsembleLearner)

@@ -699,6 +699,11 @@ def test_the_cache_is_sized_to_its_memory_budget(predictor):
     assert cfg.cache_size(36_000) == 1024 * 2**20 // (8 * 36_000 + 65_536)  # 3,055
     assert cfg.cache_size(10**8) == 1  # never 0: a cache of one still serves repeats
     assert ServeConfig(cache_entries=0).cache_size(10) == 0
+    # the adapted parameters an entry holds are measured on the model, not guessed:
+    # three rating models (model.rating_members) hold three adapted copies
+    per = predictor.model.adapted_bytes()
+    assert per > 0
+    assert cfg.cache_size(36_000, per) == 1024 * 2**20 // (8 * 36_000 + per)
     app = create_app(predictor, config=ServeConfig(cache_mb=0.1))
     info = TestClient(app).get("/info").json()
     assert info["cache"]["max_entries"] == app.state.metarec.cache.max_entries == 1

@@ -1318,6 +1318,39 @@ class MetaRecommender(Recommender):
                 catalogue = self.blend_.rank(catalogue[None, :], [(seen, ratings)], every)[0]
         return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings), like, catalogue)
 
+    def adapted_bytes(self) -> int:
+        """Bytes one :meth:`adapt_user` result holds beyond the shared base tensors and
+        its catalogue scores, the larger of a ranking and a scoring adaptation, measured
+        on a cold user's one-item support: what a serving cache entry costs besides its
+        scores. It grows with ensembles (model.rating_members: three adapted rating
+        models) and with the adapted layers, which a fixed guess did not follow."""
+        self._check_model()
+        lo, hi = self.rating_range_
+        value = hi if self.feedback_ == "explicit" else 1.0
+        cold = self.n_users_
+        support = Interactions(
+            np.array([cold], dtype=np.int64),
+            np.array([0], dtype=np.int64),
+            np.array([value], dtype=np.float32),
+            np.zeros(1, dtype=np.int64),
+            np.zeros(1, dtype=np.int16),
+        )
+
+        def own(params: dict[str, torch.Tensor], base: _Part) -> int:
+            shared = {id(v) for v in base.params.values()}
+            return sum(v.numel() * v.element_size() for v in params.values() if id(v) not in shared)
+
+        sizes = []
+        for which, part in (("rank", self.rank_), ("score", self.rating_ or self.rank_)):
+            if part is None:
+                continue
+            a = self.adapt_user(cold, support, which)
+            n = own(a.params, part) + a.user_x.numel() * a.user_x.element_size()
+            if a.like is not None and self.rank_ is not None:
+                n += own(a.like[0], self.rank_)
+            sizes.append(n)
+        return max(sizes, default=0)
+
     def score_adapted(self, adapted: Adapted, item_idx: np.ndarray) -> np.ndarray:
         """Scores of ``item_idx`` for an :meth:`adapt_user` result: P(like) for the ranking
         model, the rating (clipped to the scale) or probability for the scoring model.

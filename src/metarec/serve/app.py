@@ -75,12 +75,13 @@ class ServeConfig:
                 f"serve: the cache budget must be a finite number of MB > 0, got {self.cache_mb}"
             )
 
-    def cache_size(self, n_items: int) -> int:
+    def cache_size(self, n_items: int, adapted_bytes: int = 64 << 10) -> int:
         """Entries the cache may hold: ``cache_entries``, lowered so that entries of
-        ``n_items`` scores (float64, plus ~64 KB of adapted parameters) fit ``cache_mb``."""
+        ``n_items`` scores (float64) plus ``adapted_bytes`` of adapted parameters
+        (:meth:`MetaRecommender.adapted_bytes`) fit ``cache_mb``."""
         if self.cache_entries == 0:
             return 0
-        per_entry = 8 * n_items + (64 << 10)
+        per_entry = 8 * n_items + adapted_bytes
         return max(1, min(self.cache_entries, int(self.cache_mb * (1 << 20) // per_entry)))
 
 
@@ -140,7 +141,7 @@ def create_app(
         cfg,
         store,
         run_name if isinstance(run, Predictor) else str(run),
-        AdaptedCache(cfg.cache_size(len(pred.items)), cfg.cache_ttl_s),
+        AdaptedCache(cfg.cache_size(len(pred.items), pred.model.adapted_bytes()), cfg.cache_ttl_s),
     )
     model = pred.model
 
