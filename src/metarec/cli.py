@@ -660,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="quickstart-out", help="output folder (default: %(default)s)")
     p.add_argument(
-        "--seeds", type=int, default=1, help="number of seeds (default: 1, ~2 min each on 2 cores)"
+        "--seeds", type=int, default=1, help="number of seeds (default: 1, ~2.5 min each on 2 cores)"
     )
     p.add_argument("--model", default="default", help="text encoder (default MiniLM; hashing:64)")
     p.add_argument("--shots", default="1,3,5,10", help="K-curve shots, comma-separated ('' = none)")
