@@ -1414,9 +1414,10 @@ def test_a_part_that_cannot_be_kept_is_warned_and_the_run_goes_on(tmp_path):
     cfg = dataclasses.replace(E.load_config(TINY), shots=(), seeds=(0,))
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "partial").write_text("a file where the folder goes")
-    with pytest.warns(UserWarning, match="could not keep MetaRec .seed 0. in .* for --resume"):
+    with pytest.warns(UserWarning, match="could not keep .* .seed 0. in .* for --resume") as said:
         results = E.run(cfg, tmp_path / "o", progress=False)
     assert (tmp_path / "o" / "results.json").is_file() and not results.failures
+    assert len(said) == len(cfg.methods)  # one warning per method, each naming it
 
 
 def test_the_features_fingerprint_reads_the_tensors():

@@ -617,7 +617,7 @@ def test_dates_written_two_ways_are_refused_and_ambiguous_ones_warned(tmp_path):
     assert raw.ratings["timestamp"].tolist() == [1580515200, 1583020800]
     # junk is still named as not a date at all
     with pytest.raises(MetarecError, match="'banana' is neither unix seconds nor a date"):
-        _stamps(tmp_path, "02/01/2020", "banana")
+        _stamps(tmp_path, "13/01/2020", "banana")
 
 
 def test_csv_without_time_column_uses_order(tmp_path):
