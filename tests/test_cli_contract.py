@@ -1215,6 +1215,7 @@ def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
     assert summary["rating_prior"] in ("item_mean_user_bias", "biased_mf", "item_knn_rating")
     # the default rating model is three models (model.rating_members), the ranking one
     assert summary["rating_members"] == 3 and summary["rank_members"] == 1
+    assert summary["blend"] is True and "blend_skipped" not in summary
     blend = Predictor.load(tmp_path / "RUN").model.blend_
     assert blend.rating_prior == summary["rating_prior"]
     assert blend.rating_inputs == ("item_mean_user_bias", "biased_mf", "item_knn_rating")
@@ -1714,3 +1715,13 @@ def test_python_frames_with_a_column_named_twice_or_off_scale_rows_are_one_error
     with pytest.raises(MetarecError, match="column 'rating' appears twice"):
         pred.recommend(pd.concat([s, s[["rating"]]], axis=1), 5)
     assert len(pred.predict(s, q)[0]) == 2  # the frames themselves are fine
+
+
+def test_fit_says_when_the_blend_was_skipped(tmp_path, capsys):
+    """A small log holds out too few validation users for the blend's weights: the
+    summary says the meta-model scores alone (it said nothing; /info showed null)."""
+    paths, _ = make_world(tmp_path)  # 60 users: 6 validation users
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["blend"] is False
+    assert "fewer than blend.min_valid_users (10)" in summary["blend_skipped"]

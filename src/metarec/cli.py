@@ -262,6 +262,14 @@ def cmd_fit(args) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     blend = pred.model.blend_
+    # whether the closed-form blend was fitted: a small log holds out too few validation
+    # users for its weights, and the meta-model then scores alone (said nowhere before)
+    summary["blend"] = blend is not None
+    if blend is None and (config.blend.rating or config.blend.rank):
+        summary["blend_skipped"] = (
+            f"fewer than blend.min_valid_users ({config.blend.min_valid_users}) validation "
+            "users: the meta-model scores alone"
+        )
     if blend is not None and blend.rating_prior:
         # the closed-form rating the rating stack leans on (blend.rating_prior "auto"
         # chooses it on the validation users)
@@ -660,7 +668,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="quickstart-out", help="output folder (default: %(default)s)")
     p.add_argument(
-        "--seeds", type=int, default=1, help="number of seeds (default: 1, ~2.5 min each on 2 cores)"
+        "--seeds",
+        type=int,
+        default=1,
+        help="number of seeds (default: 1, ~2.5 min each on 2 cores)",
     )
     p.add_argument("--model", default="default", help="text encoder (default MiniLM; hashing:64)")
     p.add_argument("--shots", default="1,3,5,10", help="K-curve shots, comma-separated ('' = none)")
