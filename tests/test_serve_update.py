@@ -55,6 +55,9 @@ def test_update_writes_a_run_that_moves_toward_the_feedback(run, tmp_path, capsy
     assert report["feedback_rows_used"] == 24  # newbie's two it0 rows fold into one
     assert report["new_users"] == 1 and report["feedback_users"] == 2
     before, after = Predictor.load(run), Predictor.load(run2)
+    # the member counts the RUN holds (model.rating_members), as fit's summary gives them
+    members = getattr(after.model.rating_.learner, "members", 1)
+    assert report["rating_members"] == members and report["rank_members"] == 1
     assert len(after.users) == len(before.users) + 1 and after.users.ids[-1] == "newbie"
     # u1's feedback replaced their training rows for the items it names
     assert len(after.train) == len(before.train) + 24 - report["replaced_training_rows"]

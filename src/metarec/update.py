@@ -347,4 +347,10 @@ def update_run(
     pred.check_values(frame["rating"].to_numpy(), f"{feedback_db}: stored feedback")
     new, report = update(pred, frame, cfg)
     new.save(out)
-    return {"run": str(out), "from": str(run), **report}
+    # each part's member count, as fit's summary gives it: every member was updated
+    members = {
+        f"{key}_members": getattr(part.learner, "members", 1)
+        for key, part in (("rating", new.model.rating_), ("rank", new.model.rank_))
+        if part is not None
+    }
+    return {"run": str(out), "from": str(run), **report, **members}
