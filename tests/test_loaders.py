@@ -606,6 +606,18 @@ def test_dates_pandas_cannot_name_a_format_for_are_still_read_in_one(tmp_path):
     ]
 
 
+def test_a_parquet_date_column_is_read(tmp_path):
+    """A Parquet date32 column arrives as datetime.date objects: stripping the cells as
+    strings raised AttributeError (a traceback) before they were read as dates."""
+    import datetime
+
+    path = tmp_path / "T.parquet"
+    days = [datetime.date(2020, 1, 2), datetime.date(2020, 1, 13)]
+    frame = pd.DataFrame({"user_id": "u", "item_id": ["a", "b"], "rating": 3, "timestamp": days})
+    frame.to_parquet(path)
+    assert read_table(path).ratings["timestamp"].tolist() == [1577923200, 1578873600]
+
+
 def test_dates_written_two_ways_are_refused_and_ambiguous_ones_warned(tmp_path):
     with pytest.raises(MetarecError, match=r"dates are written two ways \(line 2 '2020-01-03'"):
         _stamps(tmp_path, "2020-01-03", "13/01/2020")

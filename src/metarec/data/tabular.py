@@ -503,7 +503,8 @@ def _dates(frame: pd.DataFrame, column: str) -> pd.Series:
     first where it could be either (warned, when every date would read day first too)."""
     raw = frame[column]
     # " 02/01/2020" (a space after the comma) is the date; the formats are strict
-    s = raw.str.strip() if pd.api.types.is_string_dtype(raw) or raw.dtype == object else raw
+    # (string cells only: a Parquet date32 column holds datetime.date objects)
+    s = raw.map(lambda v: v.strip() if isinstance(v, str) else v)
     iso = pd.to_datetime(s, errors="coerce", utc=True, format="ISO8601")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pandas' "could not infer format" note
