@@ -618,6 +618,17 @@ def test_a_parquet_date_column_is_read(tmp_path):
     assert read_table(path).ratings["timestamp"].tolist() == [1577923200, 1578873600]
 
 
+def test_a_parquet_null_timestamp_is_named_empty(tmp_path):
+    # a nullable string column's null is pd.NA: it read "value <NA> is neither unix
+    # seconds nor a date"
+    path = tmp_path / "T.parquet"
+    stamps = pd.array(["2020-01-02", None], dtype="string")
+    frame = pd.DataFrame({"user_id": "u", "item_id": ["a", "b"], "rating": 3, "timestamp": stamps})
+    frame.to_parquet(path)
+    with pytest.raises(MetarecError, match="row 2: column 'timestamp' is empty"):
+        read_table(path)
+
+
 def test_dates_written_two_ways_are_refused_and_ambiguous_ones_warned(tmp_path):
     with pytest.raises(MetarecError, match=r"dates are written two ways \(line 2 '2020-01-03'"):
         _stamps(tmp_path, "2020-01-03", "13/01/2020")

@@ -281,7 +281,9 @@ def _bad_cell(frame: pd.DataFrame, pos: int, column: str, value: object, problem
     where = f"{_where(frame)}: {_at(frame, pos)}: column {column!r}"
     if isinstance(value, np.generic):  # a Parquet cell: 1e+19, not np.float64(1e+19)
         value = value.item()
-    empty = value is None or (isinstance(value, float) and np.isnan(value))
+    # pd.NA / NaT: a Parquet null in a nullable or string column
+    empty = value is None or value is pd.NA or value is pd.NaT
+    empty = empty or (isinstance(value, float) and np.isnan(value))
     if empty or (isinstance(value, str) and not value.strip()):
         return f"{where} is empty (or the row has fewer fields than the header)"
     return f"{where} value {clip(repr(value), 100)} {problem}"
