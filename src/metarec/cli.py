@@ -280,7 +280,7 @@ def cmd_fit(args) -> int:
         if part is not None and part.result is not None:
             # an ensemble (model.rating_members / rank_members) reports its first member's
             # training: the members differ only by seed
-            summary[f"{key}_members"] = getattr(part.learner, "members", 1)
+            summary[f"{key}_members"] = part.members
             summary[f"{key}_best_step"] = part.result.best_step
             loss = part.result.best_valid
             if key == "rating" and loss is not None:  # squared error on the data's scale

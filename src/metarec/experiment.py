@@ -1414,17 +1414,16 @@ def run(
                 record(spec, k, e)
                 return None
 
+        features_key = None  # the seed's features hashed once, for every method's part
         for spec in config.methods:
             # the split's text features first (built once, then cached): the fit's CPU
             # seconds counted the first method's MiniLM embedding (55 CPU s for a 21 s fit)
             main_feats = feats_for(main)
-            key = (
-                parts.fingerprint(
-                    config, spec, seed, data_key, env, parts.features_hash(main_feats)
-                )
-                if out_dir is not None
-                else ""
-            )
+            key = ""
+            if out_dir is not None:
+                if features_key is None:
+                    features_key = parts.features_hash(main_feats)
+                key = parts.fingerprint(config, spec, seed, data_key, env, features_key)
             kept = parts.load_part(out_dir, spec.name, seed, key, MethodRun) if resume else None
             if kept is not None:
                 runs.extend(kept)

@@ -380,6 +380,12 @@ class _Part:
     # `metarec update` and model.refit continue training with the same settings
     new_items: bool = False
 
+    @property
+    def members(self) -> int:
+        """Models trained from their own seeds and scored as one (model.rating_members /
+        rank_members; an :class:`EnsembleLearner`), 1 for a single model."""
+        return getattr(self.learner, "members", 1)
+
 
 @dataclass(frozen=True, eq=False)
 class Adapted:
@@ -1318,14 +1324,10 @@ class MetaRecommender(Recommender):
                 catalogue = self.blend_.rank(catalogue[None, :], [(seen, ratings)], every)[0]
         return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings), like, catalogue)
 
-    def adapted_bytes(self) -> int:
-        """Bytes one :meth:`adapt_user` result holds beyond the shared base tensors and
-        its catalogue scores, the larger of a ranking and a scoring adaptation, measured
-        on a cold user's one-item support: what a serving cache entry costs besides its
-        scores. It grows with ensembles (model.rating_members: three adapted rating
-        models) and with the adapted layers, which a fixed guess did not follow."""
-        self._check_model()
-        lo, hi = self.rating_range_
+    def probe_support(self) -> tuple[int, Interactions]:
+        """(a cold user's index, a one-item support: item 0 at the top of the scale, or a
+        like): what the load-time smoke test and :meth:`adapted_bytes` adapt to."""
+        _, hi = self.rating_range_
         value = hi if self.feedback_ == "explicit" else 1.0
         cold = self.n_users_
         support = Interactions(
@@ -1335,6 +1337,16 @@ class MetaRecommender(Recommender):
             np.zeros(1, dtype=np.int64),
             np.zeros(1, dtype=np.int16),
         )
+        return cold, support
+
+    def adapted_bytes(self) -> int:
+        """Bytes one :meth:`adapt_user` result holds beyond the shared base tensors and
+        its catalogue scores, the larger of a ranking and a scoring adaptation, measured
+        on a cold user's one-item support: what a serving cache entry costs besides its
+        scores. It grows with ensembles (model.rating_members: three adapted rating
+        models) and with the adapted layers, which a fixed guess did not follow."""
+        self._check_model()
+        cold, support = self.probe_support()
 
         def own(params: dict[str, torch.Tensor], base: _Part) -> int:
             shared = {id(v) for v in base.params.values()}
@@ -1440,7 +1452,7 @@ class MetaRecommender(Recommender):
             parts[key] = {
                 "scorer": to_dict(part.learner.scorer.cfg),
                 "meta": to_dict(part.learner.cfg),
-                "members": getattr(part.learner, "members", 1),
+                "members": part.members,
                 "new_items": part.new_items,
             }
             tensors.update({f"{key}.{k}": v for k, v in part.params.items()})

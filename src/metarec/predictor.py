@@ -32,16 +32,7 @@ def _smoke_test(model: MetaRecommender) -> None:
     rating model and its blend on two items, the ranking model and its blend on the whole
     catalogue, as recommend does): a RUN whose tensors do not fit its config (a shape,
     a missing table) fails here, at load, rather than on the first request."""
-    lo, hi = model.rating_range_
-    value = hi if model.feedback_ == "explicit" else 1.0
-    support = Interactions(
-        np.array([model.n_users_], dtype=np.int64),
-        np.array([0], dtype=np.int64),
-        np.array([value], dtype=np.float32),
-        np.zeros(1, dtype=np.int64),
-        np.zeros(1, dtype=np.int16),
-    )
-    cold = model.n_users_
+    cold, support = model.probe_support()
     scores = model.score(cold, support, np.array([0, model.n_items_ - 1], dtype=np.int64))
     ranks = model.rank_scores(cold, support, np.arange(model.n_items_, dtype=np.int64))
     if len(scores) != 2 or len(ranks) != model.n_items_:

@@ -349,7 +349,7 @@ def update_run(
     new.save(out)
     # each part's member count, as fit's summary gives it: every member was updated
     members = {
-        f"{key}_members": getattr(part.learner, "members", 1)
+        f"{key}_members": part.members
         for key, part in (("rating", new.model.rating_), ("rank", new.model.rank_))
         if part is not None
     }

@@ -314,12 +314,8 @@ def create_app(
             rank_algorithm=model.rank_algorithm,
             rating_prior=(model.blend_.rating_prior or None) if model.blend_ is not None else None,
             exported=pred.exported,
-            rank_members=None
-            if model.rank_ is None
-            else getattr(model.rank_.learner, "members", 1),
-            rating_members=None
-            if model.rating_ is None
-            else getattr(model.rating_.learner, "members", 1),
+            rank_members=None if model.rank_ is None else model.rank_.members,
+            rating_members=None if model.rating_ is None else model.rating_.members,
             version=__version__,
             dataset={k: v for k, v in pred.info.items() if k != "item_domains"},
             encoder_fingerprint=str(pred.info.get("encoder_fingerprint", "")),
