@@ -306,6 +306,17 @@ def test_fit_rejects_unknown_config_key(tmp_path, capsys):
     assert not (tmp_path / "RUN").exists()
 
 
+def test_fit_range_errors_name_the_key_as_fit_takes_it(tmp_path, capsys):
+    """fit's --set keys are the model table's own ("rating_members"), so its range errors
+    name them so, not as an experiment's "model.rating_members"."""
+    paths, _ = make_world(tmp_path, n_users=10)
+    code = main([*fit_argv(paths, tmp_path / "RUN"), "--set", "rating_members=17"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "rating_members must be in" in err and "model.rating_members" not in err
+    assert not (tmp_path / "RUN").exists()
+
+
 @pytest.mark.parametrize(
     ("override", "named"),
     [
@@ -1215,6 +1226,11 @@ def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
     assert summary["rating_prior"] in ("item_mean_user_bias", "biased_mf", "item_knn_rating")
     # the default rating model is three models (model.rating_members), the ranking one
     assert summary["rating_members"] == 3 and summary["rank_members"] == 1
+    # every rating member's own best step and validation loss; member 0's stand alone too
+    steps, losses = summary["rating_best_steps"], summary["rating_valid_losses"]
+    assert len(steps) == len(losses) == 3 and steps[0] == summary["rating_best_step"]
+    assert losses[0] == summary["rating_valid_loss"] and all(v > 0 for v in losses)
+    assert "rank_best_steps" not in summary
     assert summary["blend"] is True and "blend_skipped" not in summary
     blend = Predictor.load(tmp_path / "RUN").model.blend_
     assert blend.rating_prior == summary["rating_prior"]

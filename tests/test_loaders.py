@@ -977,6 +977,24 @@ def test_a_comment_line_above_the_header_is_named(tmp_path):
         read_table(p)
 
 
+def test_a_comment_line_with_as_many_commas_as_the_header_is_named(tmp_path):
+    """A comment with the header's field count parses cleanly, so the malformed-line hint
+    never fired: the column errors of every file kind now carry it."""
+    from metarec.data.files import read_log, read_query, read_side
+
+    hint = r"header was read from a comment line \(its first name is '# exported 2024'\)"
+    p = write(tmp_path / "T.csv", "# exported 2024, by tool, v2\nuser_id,item_id,rating\nu,i,3\n")
+    for read in (read_log, read_query):
+        with pytest.raises(MetarecError, match=r"unknown column\(s\).*" + hint):
+            read(p)
+    items = write(tmp_path / "I.csv", "# exported 2024, list\nitem_id,title\ni1,Foo\n")
+    with pytest.raises(MetarecError, match=r"missing column\(s\) item_id.*" + hint):
+        read_side(items, "item_id")
+    # a first column that merely contains "#" is not a comment
+    ok = write(tmp_path / "I2.csv", "item_id,#tags\ni1,a\n")
+    assert len(read_side(ok, "item_id")[0]) == 1
+
+
 def test_a_trailing_comma_in_a_query_file_is_an_empty_name(tmp_path):
     """The query file said "unknown column(s) 'Unnamed: 2'", a name pandas invents; the
     log files already said "an empty name"."""

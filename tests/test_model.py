@@ -1479,7 +1479,13 @@ def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
     (h3, n3, v3, s3, e3), (h4, n4, v4, s4, e4) = calls[2 * m : 2 * m + 2]
     assert v1 and v2 and not v3 and not v4 and n3 == len(ds.interactions) > n1
     assert s1 == _fast_config().train.steps
-    assert (s3, s4) == (first.rating_.result.best_step, first.rank_.result.best_step)
+    # each member for the steps its own validation chose (an ensemble's members stop at
+    # their own steps; they all took member 0's before)
+    assert len(first.rating_.member_steps) == m and first.rating_.member_steps[0] == (
+        first.rating_.result.best_step
+    )
+    assert tuple(c[3] for c in calls[m + 1 : 2 * m + 1]) == first.rating_.member_steps
+    assert (s4,) == first.rank_.member_steps == (first.rank_.result.best_step,)
     assert e3 == e4 == "newest_items"
     held = rec._training_split(ds, ds.interactions, None).valid_cold_items
     assert len(held) and not first.known_items_[held].any()
@@ -1491,6 +1497,7 @@ def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
         a, b = getattr(first, key), getattr(rec, key)
         # the part keeps the validated run's result (it chose the refit's length)
         assert b.result.best_step == a.result.best_step and b.result.best_valid is not None
+        assert b.member_steps == a.member_steps and b.member_valid == a.member_valid
         assert b.new_items == a.new_items
         assert any(not torch.equal(a.params[k], b.params[k]) for k in a.params)
     assert rec.rank_.new_items  # cold_rank_id_dropout, kept by the refit

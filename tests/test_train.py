@@ -369,6 +369,53 @@ def test_age_matched_negatives_come_from_items_as_new_as_the_query():
         TrainConfig(negatives="newest")
 
 
+def test_popularity_negatives_follow_count_to_the_three_quarters():
+    """train.negatives = "popularity": training query negatives are drawn in proportion to
+    count^0.75 (resampled tasks too), never the user's own items; supports keep the
+    uniform catalogue draw, as at serving."""
+    import numpy as np
+
+    from metarec.train import POPULARITY_POWER, _TaskSampler
+    from metarec.types import Interactions, Split
+
+    # items 0..9; item i is rated by 1 + 9·i filler users (count 1..82), and user 0 rates
+    # items 10..19 (count 1 each), whose query negatives come from items 0..9 and 10..19
+    users, items = [], []
+    nxt = 1
+    for i in range(10):
+        for _ in range(1 + 9 * i):
+            users.append(nxt)
+            items.append(i)
+            nxt += 1
+    users += [0] * 10
+    items += list(range(10, 20))
+    # filler users need 2 rows to be a task: give each one a second row on item 20
+    fill = sorted(set(users) - {0})
+    users += fill
+    items += [20] * len(fill)
+    users, items = np.array(users), np.array(items)
+    n = len(items)
+    rows = Interactions(users, items, np.ones(n, np.float32), np.arange(n), np.zeros(n, np.int16))
+    split = Split("user-cold", rows, (), (), seed=0, k_shot=3, n_query=3)
+    cfg = TrainConfig(resample_prob=0.5, episodes="time", n_negatives=4, negatives="popularity")
+    sampler = _TaskSampler(split, "binary", 21, cfg)
+    # the pool is built from every user's rows; sample user 0's tasks only
+    sampler.histories = [h for h in sampler.histories if h[0] == 0]
+    eps = sampler.sample(600, np.random.default_rng(0))
+    q_neg = np.concatenate([e.query_items[e.query_y == 0] for e in eps])
+    s_neg = np.concatenate([e.support_items[e.support_y == 0] for e in eps])
+    assert not np.isin(q_neg, np.arange(10, 20)).any()
+    # the pool holds items 0..9 and 20 (user 0's items excluded): expected shares
+    counts = np.bincount(items, minlength=21).astype(float)
+    allowed = np.r_[np.arange(10), 20]
+    w = counts[allowed] ** POPULARITY_POWER
+    share = np.bincount(q_neg, minlength=21)[allowed] / len(q_neg)
+    assert np.abs(share - w / w.sum()).max() < 0.03, (share, w / w.sum())
+    # supports: uniform over the allowed items (each ~1/11)
+    s_share = np.bincount(s_neg, minlength=21)[allowed] / len(s_neg)
+    assert np.abs(s_share - 1 / 11).max() < 0.04
+
+
 def test_held_out_validation_negatives():
     """train.valid_negatives: "held_out" draws validation queries' negatives from the
     split's held-out validation items (what item cold-start ranks), the supports' from

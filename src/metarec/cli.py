@@ -185,7 +185,15 @@ def _model_config(args):
             loaded = model
         data = deep_merge(data, loaded)
     data = apply_overrides(data, args.set or [])
-    return ModelConfig.from_dict(data)
+    try:
+        return ModelConfig.from_dict(data)
+    except MetarecError as err:
+        # ModelConfig names its keys as an experiment file's [model] table holds them
+        # ("model.rating_members"); fit's --set and model file say "rating_members"
+        text = str(err)
+        if text.startswith("model."):
+            raise MetarecError(text.removeprefix("model.")) from None
+        raise
 
 
 def _check_output(out: str | Path, run: str | Path, what: str) -> None:
@@ -278,14 +286,19 @@ def cmd_fit(args) -> int:
         summary["refit"] = True
     for key, part in (("rating", pred.model.rating_), ("rank", pred.model.rank_)):
         if part is not None and part.result is not None:
-            # an ensemble (model.rating_members / rank_members) reports its first member's
-            # training: the members differ only by seed
+            # an ensemble (model.rating_members / rank_members): best_step and valid_loss
+            # are its first member's, best_steps and valid_losses every member's
+            scale = pred.model.rating_unit**2 if key == "rating" else 1.0
+
+            def on_scale(loss, scale=scale):  # squared error on the data's rating scale
+                return None if loss is None else loss * scale
+
             summary[f"{key}_members"] = part.members
             summary[f"{key}_best_step"] = part.result.best_step
-            loss = part.result.best_valid
-            if key == "rating" and loss is not None:  # squared error on the data's scale
-                loss *= pred.model.rating_unit**2
-            summary[f"{key}_valid_loss"] = loss
+            summary[f"{key}_valid_loss"] = on_scale(part.result.best_valid)
+            if part.members > 1:
+                summary[f"{key}_best_steps"] = list(part.member_steps)
+                summary[f"{key}_valid_losses"] = [on_scale(v) for v in part.member_valid]
     _print_json(summary)
     return 0
 

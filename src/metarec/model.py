@@ -379,6 +379,10 @@ class _Part:
     # train.episodes "auto" -> "newest_items"; the ranking model's cold_rank_id_dropout);
     # `metarec update` and model.refit continue training with the same settings
     new_items: bool = False
+    # an ensemble's members' validated best steps and validation losses, member order
+    # (``result`` is member 0's alone); () after load()
+    member_steps: tuple[int, ...] = ()
+    member_valid: tuple[float | None, ...] = ()
 
     @property
     def members(self) -> int:
@@ -532,36 +536,37 @@ class MetaRecommender(Recommender):
         new_items = fitted.new_items
         tcfg = resolve_episodes(tcfg, new_items)
         cfg = self.config
+        # each member is trained again for the steps its own validation chose; the part
+        # keeps its validated run's results (best steps, validation losses, curve): what
+        # the refit's length was chosen by; the refit itself has no validation
         if self.rating_ is not None:
             assert self.rating_.result is not None
-            steps = self.rating_.result.best_step
             part = self._train_part(
                 _in_rating_units(full, self.rating_unit, self.rating_offset),
                 "rating",
                 cfg.meta,
-                dataclasses.replace(tcfg, steps=steps),
+                tcfg,
                 dataset,
                 members=cfg.rating_members,
+                member_steps=self.rating_.member_steps,
             )
-            # the part keeps its validated run's result (best step, validation loss, curve):
-            # what the refit's length was chosen by; the refit itself has no validation
             self.rating_ = dataclasses.replace(
-                part, result=self.rating_.result, new_items=new_items
+                self.rating_, learner=part.learner, params=part.params, new_items=new_items
             )
         if self.rank_ is not None:
             assert self.rank_.result is not None
-            rank_cfg = cfg.rank_train(tcfg, held_out=new_items)
-            # an ensemble's members all take the first member's validated step count: the
-            # part keeps that member's result only
             part = self._train_part(
                 _as_likes(full, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
-                dataclasses.replace(rank_cfg, steps=self.rank_.result.best_step),
+                cfg.rank_train(tcfg, held_out=new_items),
                 dataset,
                 members=cfg.rank_members_for(new_items),
+                member_steps=self.rank_.member_steps,
             )
-            self.rank_ = dataclasses.replace(part, result=self.rank_.result, new_items=new_items)
+            self.rank_ = dataclasses.replace(
+                self.rank_, learner=part.learner, params=part.params, new_items=new_items
+            )
         self.known_items_ = np.zeros(dataset.n_items, dtype=bool)
         self.known_items_[rows.item_idx] = True
         if self.blend_ is not None:
@@ -929,7 +934,10 @@ class MetaRecommender(Recommender):
         tcfg: TrainConfig,
         dataset: Dataset,
         members: int = 1,
+        member_steps: Sequence[int] = (),
     ) -> _Part:
+        """``members`` models from their own seeds; ``member_steps`` (refit) gives member
+        j ``member_steps[j]`` training steps instead of ``tcfg.steps``."""
         feats = self.features_
         assert feats is not None
         o = self.config.scorer
@@ -958,18 +966,28 @@ class MetaRecommender(Recommender):
                 sc,
                 meta,
                 # member j: its own seed (initialisation, tasks, negatives, ID dropout)
-                dataclasses.replace(tcfg, seed=tcfg.seed + 7_919 * j),
+                dataclasses.replace(
+                    tcfg,
+                    seed=tcfg.seed + 7_919 * j,
+                    steps=member_steps[j] if member_steps else tcfg.steps,
+                ),
                 device=self.config.device,
                 progress=self.config.progress,
                 **_member_kwargs(kwargs, j, members),
             )
             for j in range(members)
         ]
+        steps = tuple(r.best_step for r in results)
+        valid = tuple(r.best_valid for r in results)
         if members == 1:
-            return _Part(MetaLearner(Scorer(sc), meta), results[0].params, results[0])
+            return _Part(
+                MetaLearner(Scorer(sc), meta), results[0].params, results[0], False, steps, valid
+            )
         learner = EnsembleLearner(Scorer(sc), meta, members)
-        # the first member's result stands for the training history (curves, best step)
-        return _Part(learner, merge_members([r.params for r in results]), results[0])
+        # the first member's result stands for the training history (curves, best step);
+        # every member's best step and loss are kept beside it
+        params = merge_members([r.params for r in results])
+        return _Part(learner, params, results[0], False, steps, valid)
 
     def _train_kwargs(self, head: str) -> dict:
         """Extra keyword arguments for :func:`metarec.train.train` when training the

@@ -72,10 +72,10 @@ class PooledRecommender(MetaRecommender):
         self.finetune_steps = int(finetune_steps)
         self.name = "Pooled" + (f"+FT{finetune_steps}" if finetune_steps else "")
 
-    def _train_part(self, split, head, meta, tcfg, dataset, members=1):
+    def _train_part(self, split, head, meta, tcfg, dataset, members=1, member_steps=()):
         # training ran with 0 inner steps; adaptation (score/recommend, and the validation
         # scores a blend is fitted on, which come after this) uses finetune_steps
-        part = super()._train_part(split, head, meta, tcfg, dataset, members)
+        part = super()._train_part(split, head, meta, tcfg, dataset, members, member_steps)
         tuned = dataclasses.replace(part.learner.cfg, inner_steps=self.finetune_steps)
         # replace keeps the learner's class: an ensemble stays one
         return dataclasses.replace(part, learner=dataclasses.replace(part.learner, cfg=tuned))

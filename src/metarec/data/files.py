@@ -32,6 +32,7 @@ from metarec.data.tabular import (
     check_float32,
     check_range_span,
     clip,
+    header_comment_hint,
     id_column,
     number_column,
     optional_number,
@@ -71,7 +72,7 @@ def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
     if unknown:
         raise MetarecError(
             f"{_where(frame)}: unknown column(s) {', '.join(map(_column_name, unknown[:5]))} "
-            f"(expected {', '.join(allowed)})"
+            f"(expected {', '.join(allowed)}){header_comment_hint(frame)}"
         )
     require_columns(frame, ["user_id", "item_id"])
     if "rating" in frame.columns and "label" in frame.columns:
@@ -396,5 +397,6 @@ def _check_query_columns(frame: pd.DataFrame) -> None:
         raise MetarecError(
             f"{_where(frame)}: unknown column(s) {', '.join(map(_column_name, unknown[:5]))} "
             f"(a query file has user_id, item_id, and may have a log's {extra})"
+            f"{header_comment_hint(frame)}"
         )
     require_columns(frame, ["user_id", "item_id"])

@@ -293,12 +293,27 @@ def _where(frame: pd.DataFrame) -> str:
     return frame.attrs.get("source", "input")
 
 
+def header_comment_hint(frame: pd.DataFrame) -> str:
+    """Where a read header's first name starts with "#", the header was a comment line
+    ("# exported 2024, by tool" above the real one): say so beside the column error it
+    causes. A comment with as many commas as the header parses without a malformed line,
+    so :func:`_comment_hint` never sees it."""
+    if len(frame.columns) and str(frame.columns[0]).lstrip().startswith("#"):
+        first = clip(str(frame.columns[0]).strip(), 40)
+        return (
+            f"; the header was read from a comment line (its first name is {first!r}): "
+            "remove comment lines"
+        )
+    return ""
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         have = ", ".join(clip(c, 40) for c in frame.columns[:12])
         raise MetarecError(
             f"{_where(frame)}: missing column(s) {', '.join(missing)} (columns are: {have})"
+            f"{header_comment_hint(frame)}"
         )
 
 
