@@ -902,7 +902,8 @@ def test_a_seed_too_large_for_torch_is_refused_up_front(fitted, tmp_path, capsys
     fit = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]
     out = tmp_path / "RUN"
     assert main([*fit, "--out", str(out), *FAST, "--set", "seed=9223372036854775807"]) == 2
-    assert "model.seed must be in [0, 2147483647]" in capsys.readouterr().err
+    err = capsys.readouterr().err  # fit's --set key is "seed", as the message names it
+    assert "error: seed must be in [0, 2147483647]" in err
     assert not out.exists()
 
 
@@ -1201,18 +1202,23 @@ def test_a_file_in_another_encoding_names_what_to_do(fitted, tmp_path, capsys):
 
 
 def test_embed_without_text_columns_is_an_error_not_a_silent_no_op(tmp_path, capsys, monkeypatch):
-    # the csv loader reads no column as text unless --text-cols names it: embed wrote
-    # nothing, said "items_with_text: 0" and exited 0, so warming the cache did nothing
+    # embed wrote nothing, said "items_with_text: 0" and exited 0 where no column was
+    # text, so warming the cache did nothing. An items file whose columns are named
+    # nowhere has their roles inferred (as fit does): the titles are text
     monkeypatch.setenv("METAREC_HOME", str(tmp_path / "home"))
     here = Path(__file__).parent
-    args = ["embed", "csv", "--path", str(here / "tiny_log.csv"), "--items"]
-    args += [str(here / "tiny_items.csv"), "--model", "hashing:16", "--json"]
-    assert main(args) == 2
+    args = ["embed", "csv", "--path", str(here / "tiny_log.csv"), "--model", "hashing:16"]
+    assert main([*args, "--items", str(here / "tiny_items.csv"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items_with_text"] == 24  # every item of the file
+    # an items file with categories only has no text to embed
+    cats = tmp_path / "cats.csv"
+    cats.write_text("item_id,genre\n" + "".join(f"i{i},g{i % 2}\n" for i in range(24)))
+    assert main([*args, "--items", str(cats), "--json"]) == 2
     assert "has no item or user text to embed (name the text columns with --text-cols)" in (
         capsys.readouterr().err
     )
-    assert main([*args, "--text-cols", "title"]) == 0
-    assert json.loads(capsys.readouterr().out)["items_with_text"] == 24  # every item of the file
+    assert main([*args, "--items", str(cats), "--text-cols", "genre", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items_with_text"] == 24
 
 
 def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):

@@ -416,8 +416,12 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
         ('[[methods]]\nname = "implicit_als"\nparams = { factors = 0 }', "must be >= 1"),
         ('[[methods]]\nname = "M4"\nkind = "meta"\ngrid = { "train.outer_lr" = [nan] }', "finite"),
         ("seeds = [0, 0]", "seeds repeat"),
-        ("bootstrap = -5", "bootstrap must be 0 (no CIs) or at least 100"),
-        ("bootstrap = 2", "bootstrap must be 0 (no CIs) or at least 100"),
+        ("bootstrap = -5", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
+        ("bootstrap = 2", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
+        ("bootstrap = 1000000000", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
+        ('[[methods]]\nname = ""', "a method name must be a non-empty string"),
+        ('[[methods]]\nname = "Meta, small"\nkind = "meta"', "has a comma or a control"),
+        ('[[methods]]\nname = "two\\nlines"\nkind = "meta"', "has a comma or a control"),
         ('[[methods]]\nname = "M5"\nkind = "meta"\nparams = { seed = 5 }', "seed is not read by"),
         (
             '[[methods]]\nname = "M6"\nkind = "meta"\nparams = { train = { seed = 7 } }',
@@ -458,6 +462,26 @@ def test_bad_experiment_values_fail_when_the_config_loads(tmp_path, extra, named
     path.write_text(text)
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.load_config(path, base_dir=str(TINY.parent))
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("shots=[1,1]", "shots repeat"),
+        ('split.source="a"', "read by the cross-domain protocol only, not 'user-cold'"),
+    ],
+)
+def test_repeated_shots_and_a_stray_source_are_refused(override, named):
+    """A repeated K was fitted and listed twice; a source on a user-cold split was taken
+    and the report said "user-cold from a to None" (`metarec split` refused it)."""
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.load_config(TINY, [override])
+
+
+def test_a_shot_too_large_for_the_data_is_named_as_a_shot(tmp_path):
+    cfg = dataclasses.replace(E.load_config(TINY), seeds=(0,), shots=(1, 900))
+    with pytest.raises(MetarecError, match=r"shots: K = 900: split: k_shot=900"):
+        E.run(cfg, tmp_path / "o", progress=False)
 
 
 def test_a_whole_number_float_count_is_taken_as_an_integer():
@@ -1362,6 +1386,47 @@ def test_a_changed_method_or_a_damaged_part_is_fitted_again(tiny_run, tmp_path, 
     calls.clear()
     E.run(dataclasses.replace(cfg, bootstrap=200), tmp_path / "r", progress=False, resume=True)
     assert len(calls) == len(cfg.seeds) * len(cfg.methods)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["not an object", "no runs", "no main run", "a curve point gone", "an edited metric"],
+)
+def test_a_part_that_is_not_whole_is_fitted_again(tiny_run, tmp_path, monkeypatch, damage):
+    """A part that reads as JSON but is not what its fit wrote (a list, runs dropped, a
+    figure edited) is refitted: one crashed the resume, and one with its runs gone was
+    counted reused while the method dropped out of the table."""
+    import shutil
+
+    from metarec.resume import part_path
+
+    cfg, _, out = tiny_run
+    shutil.copytree(out, tmp_path / "r")
+    name = cfg.methods[1].name
+    path = part_path(tmp_path / "r", 0, name)
+    part = json.loads(path.read_text())
+    assert {r["scenario"] for r in part["runs"]} == {"main", "curve"}
+    if damage == "not an object":
+        part = []
+    elif damage == "no runs":
+        part["runs"] = []
+    elif damage == "no main run":
+        part["runs"] = [r for r in part["runs"] if r["scenario"] != "main"]
+    elif damage == "a curve point gone":
+        part["runs"] = part["runs"][:-1]
+    else:
+        part["runs"][0]["result"]["metrics"]["AUC"] = 0.99
+    if damage != "not an object" and damage != "an edited metric":
+        # the digest recomputed, as a tool rewriting the file would: the runs are checked
+        from metarec.resume import _digest
+
+        part["digest"] = _digest(part["runs"])
+    path.write_text(json.dumps(part))
+    calls = _counting_fits(monkeypatch)
+    results = E.run(cfg, tmp_path / "r", progress=False, resume=True)
+    assert calls == [(name, 0)]
+    assert (name, 0) not in {(r["method"], r["seed"]) for r in results.reused}
+    assert _tables(tmp_path / "r", timed=False) == _tables(out, timed=False)
 
 
 def test_a_failed_fit_is_not_kept_so_a_resume_tries_it_again(tmp_path, monkeypatch):

@@ -776,6 +776,28 @@ def test_one_column_name_given_as_a_string_is_that_column(tmp_path):
     assert info["item_text_columns"] == ["title"] and info["item_numeric_columns"] == ["year"]
 
 
+def test_an_items_file_with_no_columns_named_has_its_roles_inferred_as_fit_does(tmp_path):
+    """The csv loader (evaluate, info, split) dropped every side column when none was
+    named: evaluate then embedded empty texts. Now roles are inferred as fit infers them."""
+    from metarec.data.files import read_side
+
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n1,3,4\n")
+    rows = "".join(
+        f"{i},A long title about subject number {i},g{i % 2},{1900 + i}\n" for i in range(2, 8)
+    )
+    side = write(tmp_path / "items.csv", "item_id,title,genre,year\n" + rows)
+    info = dataset_info(build_dataset(read_table(p, items=side)))
+    _, text, cat, num = read_side(side, "item_id")
+    assert info["item_text_columns"] == list(text) == ["title"]
+    assert info["item_categorical_columns"] == list(cat) == ["genre"]
+    assert info["item_numeric_columns"] == list(num) == ["year"]
+    raw = read_table(p, items=side)
+    assert raw.items["title"].tolist()[0] == "A long title about subject number 2"
+    # naming one column keeps the old meaning: only what is named is used
+    named = read_table(p, items=side, text_cols=["title"])
+    assert named.item_categorical_columns == () and named.item_numeric_columns == ()
+
+
 def test_float_ids_in_an_object_column_follow_the_float_rule():
     # a Python frame mixing 7 and 100.0 in one id column: "100.0" was an unknown id
     from metarec.data.tabular import id_column
@@ -816,7 +838,10 @@ def test_unknown_dataset_name_is_not_guessed():
 
 def test_missing_path_and_env_tells_what_to_do(monkeypatch):
     monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
-    with pytest.raises(MetarecError, match=r"pass --path .*ml-100k or set METAREC_DATA_DIR"):
+    with pytest.raises(
+        MetarecError,
+        match=r"pass --path .*ml-100k .in an experiment config: data.path. or set METAREC_DATA_DIR",
+    ):
         read_raw("movielens-100k")
     with pytest.raises(
         MetarecError, match=r"csv: no path to the file to load \(--path, or path in"

@@ -113,6 +113,17 @@ def test_minilm_semantic_neighbours(minilm):
     assert sim_sequel > sim_other + 0.2
 
 
+def test_a_model_path_that_is_not_a_folder_is_named_so(tmp_path, capfd):
+    """A path was tried as a hub repo id: a library warning, then "Repo id must use
+    alphanumeric chars", two lines that did not say the folder is missing."""
+    pytest.importorskip("sentence_transformers", reason="extra metarec[text] not installed")
+    (tmp_path / "f.bin").write_text("x")
+    for spec, named in ((tmp_path / "missing", "no such folder"), (tmp_path / "f.bin", "a file")):
+        with pytest.raises(MetarecError, match=f"cannot load text model .*: {named}"):
+            SentenceTransformerEncoder(str(spec)).encode(["x"])
+    assert "Repo id" not in capfd.readouterr().err
+
+
 def test_unloadable_local_model_dir_is_a_one_line_error(tmp_path):
     pytest.importorskip("sentence_transformers", reason="extra metarec[text] not installed")
     (tmp_path / "config.json").write_text("{not json")

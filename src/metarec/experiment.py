@@ -63,6 +63,11 @@ class DataConfig:
     max_users: int | None = None
 
 
+# the most bootstrap resamples a run takes: a 95% percentile interval is stable to the
+# fourth decimal long before this (1e5 resamples: ~6 s over a small run's metrics)
+MAX_BOOTSTRAP = 100_000
+
+
 @dataclass(frozen=True)
 class SplitConfig:
     protocol: str = "user-cold"
@@ -100,6 +105,12 @@ class SplitConfig:
             raise MetarecError(
                 f"split.max_test_users must be >= 1 (or left out), got {self.max_test_users}"
             )
+        # as `metarec split` refuses them: the report stated "user-cold from a to None"
+        if self.protocol != "cross-domain" and (self.source is not None or self.target is not None):
+            raise MetarecError(
+                "split.source and split.target are read by the cross-domain protocol only, "
+                f"not {self.protocol!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,18 @@ class MethodSpec:
     select_metric: str | None = None  # default: evaluate's primary metric
     finetune_steps: int = 0  # pooled only
     strategy: Literal["feature", "parameter", "joint"] | None = None  # transfer only
+
+    def __post_init__(self) -> None:
+        # a name is a table row and what --only selects: an empty one made a row with no
+        # label, a line break broke the markdown table, and a comma could not be selected
+        # (--only splits on commas)
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise MetarecError(f"a method name must be a non-empty string, got {self.name!r}")
+        if "," in self.name or any(not c.isprintable() for c in self.name):
+            raise MetarecError(
+                f"method name {self.name!r} has a comma or a control character "
+                "(--only could not select it, or the report's table would break)"
+            )
 
 
 @dataclass(frozen=True)
@@ -154,15 +177,18 @@ class ExperimentConfig:
         if len(set(self.seeds)) < len(self.seeds):
             # a repeated seed repeats a run exactly: its "std over seeds" would be fake
             raise MetarecError(f"experiment: seeds repeat ({list(self.seeds)})")
-        if self.bootstrap < 0 or 0 < self.bootstrap < 100:
+        if self.bootstrap < 0 or 0 < self.bootstrap < 100 or self.bootstrap > MAX_BOOTSTRAP:
             # a handful of resamples gave a "95% CI" such as [0.4167, 0.4167] around a
-            # mean of 0.2639
+            # mean of 0.2639; 1e9 was taken and ran for hours with no output
             raise MetarecError(
-                "experiment: bootstrap must be 0 (no CIs) or at least 100 resamples, got "
-                f"{self.bootstrap}"
+                "experiment: bootstrap must be 0 (no CIs) or 100 to "
+                f"{MAX_BOOTSTRAP:,} resamples, got {self.bootstrap}"
             )
         if min(self.shots, default=1) < 1:
             raise MetarecError(f"experiment: shots must be >= 1, got {list(self.shots)}")
+        if len(set(self.shots)) < len(self.shots):
+            # as seeds: a repeated K was fitted and scored twice and listed twice
+            raise MetarecError(f"experiment: shots repeat ({list(self.shots)})")
         for name in self.metrics:
             _check_metric_name(name, "metrics")
         twice = sorted({m for m in self.metrics if self.metrics.count(m) > 1})
@@ -812,6 +838,15 @@ def cut_split(
     return _cap_test(split, s.max_test_users) if truncate else split
 
 
+def _curve_split(ds: Dataset, cfg: ExperimentConfig, seed: int, k: int) -> Split:
+    """The K-curve's split at ``k`` (one of ``shots``): an error names the shot, not a
+    ``k_shot`` the config never set to it."""
+    try:
+        return cut_split(ds, cfg, seed, k, False)
+    except MetarecError as err:
+        raise MetarecError(f"shots: K = {k}: {err}") from None
+
+
 def _cap_test(split: Split, cap: int | None) -> Split:
     """``split`` with only its first ``cap`` test users (None: all of them)."""
     if cap is None or len(split.test) <= cap:
@@ -1361,7 +1396,7 @@ def run(
         # max_test_users applies after the curve's intersection: each K's own first N
         # shared as few as 3 of a possible 5 users
         curve_splits = {
-            k: whole if k == main_k else cut_split(ds, config, seed, k, False) for k in curve
+            k: whole if k == main_k else _curve_split(ds, config, seed, k) for k in curve
         }
         curve_tasks: dict[int, tuple[Task, ...]] = {
             k: s.test[:cap] for k, s in curve_splits.items()
@@ -1424,7 +1459,13 @@ def run(
                 if features_key is None:
                     features_key = parts.features_hash(main_feats)
                 key = parts.fingerprint(config, spec, seed, data_key, env, features_key)
-            kept = parts.load_part(out_dir, spec.name, seed, key, MethodRun) if resume else None
+            kept = (
+                parts.load_part(
+                    out_dir, spec.name, seed, key, MethodRun, main_k, list(curve_splits)
+                )
+                if resume
+                else None
+            )
             if kept is not None:
                 runs.extend(kept)
                 reused.append({"method": spec.name, "seed": seed})

@@ -28,14 +28,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.atomic import write_json
+from metarec.atomic import finite_json, write_json
 from metarec.config import to_dict
 from metarec.evaluate import EvalResult
 from metarec.types import Dataset
 
 PARTIAL_DIR = "partial"
 # bumped when the part file's layout changes: an old file is then refitted, not misread
-FORMAT = 1
+# (2: a digest of the runs, and the runs checked against what a fit would give)
+FORMAT = 2
 
 
 @lru_cache(maxsize=1)
@@ -173,20 +174,52 @@ def save_part(out_dir: str | Path, method: str, seed: int, key: str, runs: Seque
         row["result"] = _result_to_json(r.result)
         row["history"] = [dict(h) for h in r.history]
         rows.append(row)
-    part = {"format": FORMAT, "method": method, "seed": int(seed), "key": key, "runs": rows}
+    # the digest is taken over the rows as they will read back (NaN as null)
+    rows = json.loads(json.dumps(finite_json(rows), allow_nan=False))
+    part = {
+        "format": FORMAT,
+        "method": method,
+        "seed": int(seed),
+        "key": key,
+        "digest": _digest(rows),
+        "runs": rows,
+    }
     write_json(path, part, indent=None)  # per-user arrays: compact, ~1 MB on ML-100K
     return path
 
 
-def load_part(out_dir: str | Path, method: str, seed: int, key: str, run_type) -> list | None:
+def _digest(rows) -> str:
+    """sha256 of the runs' canonical JSON: a part edited or damaged after it was written
+    (a metric changed, a run dropped) no longer matches and is fitted again."""
+    text = json.dumps(rows, sort_keys=True, allow_nan=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_part(
+    out_dir: str | Path,
+    method: str,
+    seed: int,
+    key: str,
+    run_type,
+    main_k: int | None = None,
+    curve_ks: Sequence[int] = (),
+) -> list | None:
     """The MethodRuns saved for (seed, method) under fingerprint ``key``, or None (no file,
-    another fingerprint, or a file that does not read: each means fit again)."""
+    another fingerprint, or a file that does not read: each means fit again). A part is
+    taken only whole, as a fit would give it: its digest matches, and it holds this
+    method's and seed's one main run (at ``main_k`` where given) and a K-curve run at
+    each of ``curve_ks``; a part missing one was counted reused while the method dropped
+    out of the table."""
     path = part_path(out_dir, seed, method)
     if not path.is_file():
         return None
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(d, dict):
+            return None
         if d.get("key") != key or d.get("method") != method or d.get("format") != FORMAT:
+            return None
+        if d.get("digest") != _digest(d["runs"]):
             return None
         out = []
         for row in d["runs"]:
@@ -194,6 +227,14 @@ def load_part(out_dir: str | Path, method: str, seed: int, key: str, run_type) -
             row["result"] = _result_from_json(row["result"])
             row["history"] = tuple(row["history"])
             out.append(run_type(**row))
-        return out
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None
+    if any(r.method != method or r.seed != seed for r in out):
+        return None
+    main = [r for r in out if r.scenario == "main"]
+    curve = sorted(r.k_shot for r in out if r.scenario == "curve")
+    if len(main) != 1 or (main_k is not None and main[0].k_shot != main_k):
+        return None
+    if curve != sorted(curve_ks) or len(main) + len(curve) != len(out):
+        return None
+    return out

@@ -35,8 +35,8 @@ def resolve_dir(path: str | os.PathLike | None, folder: str, name: str) -> Path:
         root = os.environ.get(DATA_DIR_ENV)
         if not root:
             raise MetarecError(
-                f"{name}: no data path given; pass --path /dir/{folder} "
-                f"or set {DATA_DIR_ENV} to the folder that contains {folder}/"
+                f"{name}: no data path given; pass --path /dir/{folder} (in an experiment "
+                f"config: data.path) or set {DATA_DIR_ENV} to the folder that contains {folder}/"
             )
         p = Path(root).expanduser() / folder
     else:
@@ -686,7 +686,8 @@ def read_table(
     ``"timestamp"`` may be absent: another name given and missing is an error. ``domain_col`` tags
     each row with a domain; the item side file, if given, then gets each item's domain too.
     ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
-    ``item_col``); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns.
+    ``item_col``); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns;
+    with none named, every column's role is inferred as ``metarec fit --items`` infers it.
     Parameter names match the CLI flags (--items, --text-cols).
     """
     path = Path(path)
@@ -750,12 +751,22 @@ def read_table(
         # later row silently replacing the earlier one's text
         ids = unique_id_column(side, key, str(ipath))
         item_frame = pd.DataFrame({"item_id": ids.to_numpy(object)})
-        for c in text_cols:
-            item_frame[c] = side[c].fillna("").astype(str).to_numpy(object)
-        for c in cat_cols:
-            item_frame[c] = side[c].astype("string").to_numpy(object)
-        for c in num_cols:
-            item_frame[c] = optional_number(side[c])
+        if not (text_cols or cat_cols or num_cols):
+            # none named: the roles are inferred as `metarec fit --items` infers them.
+            # Every side column used to be dropped, and evaluate then ran its text models
+            # on empty texts with only a PCA warning to show for it
+            from metarec.data.files import _roles
+
+            text_cols, cat_cols, num_cols, inferred = _roles(side, key)
+            for c in (*text_cols, *cat_cols, *num_cols):
+                item_frame[c] = inferred[c].to_numpy()
+        else:
+            for c in text_cols:
+                item_frame[c] = side[c].fillna("").astype(str).to_numpy(object)
+            for c in cat_cols:
+                item_frame[c] = side[c].astype("string").to_numpy(object)
+            for c in num_cols:
+                item_frame[c] = optional_number(side[c])
         if domain is not None and "domain" not in item_frame.columns:
             # An item's domain is the one its interactions carry (first seen wins).
             first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]

@@ -274,6 +274,13 @@ class SentenceTransformerEncoder:
             # Quiet the tokenizers warning when this process later forks (multiprocessing).
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             where = str(self._dir) if self._dir is not None else self.model_spec
+            if self._dir is None and (
+                where.startswith(("/", "./", "../", "~")) or _expand(where).exists()
+            ):
+                # a path, not a hub name: sentence-transformers tried it as a repo id and
+                # printed a warning and "Repo id must use alphanumeric chars" instead
+                what = "a file, not a model folder" if _expand(where).exists() else "no such folder"
+                raise MetarecError(f"cannot load text model {where!r}: {what}")
             # transformers draws a "Loading weights" bar on stderr: noise for a local
             # ~90 MB model, and it broke the CLI's one-line errors when a fit then failed
             from transformers.utils import logging as hf_logging
