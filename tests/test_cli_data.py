@@ -34,6 +34,22 @@ def test_datasets_lists_every_loader(capsys):
     } <= names
 
 
+def test_datasets_says_which_folder_each_needs_and_whether_it_is_there(
+    capsys, monkeypatch, tmp_path
+):
+    (tmp_path / "ml-100k").mkdir()
+    monkeypatch.setenv("METAREC_DATA_DIR", str(tmp_path))
+    code, out, _ = run_cli(capsys, "datasets")
+    assert code == 0
+    assert "folder: $METAREC_DATA_DIR/ml-100k (found)" in out
+    assert "folder: $METAREC_DATA_DIR/ml-1m (not found)" in out
+    rows = {r["name"]: r for r in json.loads(run_cli(capsys, "datasets", "--json")[1])}
+    assert rows["movielens-100k"]["present"] and not rows["movielens-1m"]["present"]
+    assert "present" not in rows["goodbooks-sample"]  # bundled: no folder to look for
+    monkeypatch.delenv("METAREC_DATA_DIR")
+    assert "(METAREC_DATA_DIR is unset; or pass --path)" in run_cli(capsys, "datasets")[1]
+
+
 def test_info_bundled_needs_no_path(capsys, monkeypatch):
     monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
     code, out, _ = run_cli(capsys, "info", "goodbooks-sample", "--json")

@@ -34,6 +34,27 @@ def tiny_run(tmp_path_factory):
     return cfg, results, out
 
 
+def test_the_report_says_when_every_seed_scores_the_same_test_users(tiny_run):
+    """A split by time holds out the same users on every seed: ± is then the models'
+    spread only, and a deterministic baseline's ± 0.0000 is expected, not a fault."""
+    from metarec.report import render_markdown
+
+    _, results, out = tiny_run
+    users = {
+        r.seed: frozenset(r.result.user_idx.tolist()) for r in results.runs if r.scenario == "main"
+    }
+    said = "Every seed scores the same test users" in (out / "report.md").read_text()
+    assert said == (len(set(users.values())) == 1) and len(users) == 2
+    # the other case, built by moving one seed's users: the sentence goes
+    other = max(results.runs, key=lambda r: (r.scenario == "main", r.seed))
+    moved = dataclasses.replace(
+        other, result=dataclasses.replace(other.result, user_idx=other.result.user_idx + 1000)
+    )
+    runs = tuple(moved if r is other else r for r in results.runs)
+    text = render_markdown(dataclasses.replace(results, runs=runs), {})
+    assert "Every seed scores the same test users" not in text
+
+
 def test_writes_results_report_and_pngs(tiny_run):
     _, _, out = tiny_run
     for name in ("results.json", "report.md", "shots.png", "training.png", "methods.png"):
@@ -1494,6 +1515,12 @@ def test_the_features_fingerprint_reads_the_tensors():
     moved = dataclasses.replace(feats, item_text=feats.item_text + 1e-6)
     assert features_hash(feats) == features_hash(dataclasses.replace(feats))
     assert features_hash(moved) != features_hash(feats)
+
+
+def test_another_runs_partial_folder_is_not_an_output_folder(tiny_run):
+    cfg, _, out = tiny_run
+    with pytest.raises(MetarecError, match="is another run's partial/ folder"):
+        E.run(cfg, out / "partial", progress=False)
 
 
 def test_resume_needs_an_output_folder():

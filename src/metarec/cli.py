@@ -79,12 +79,26 @@ def cmd_datasets(args) -> int:
     from metarec.data import list_datasets
 
     rows = list_datasets()
+    # where a dataset read from a path is looked for, and whether it is there: the folder
+    # name was in --json only, so a plain listing did not say what METAREC_DATA_DIR needs
+    root = os.environ.get("METAREC_DATA_DIR")
+    for r in rows:
+        if r.get("folder"):
+            where = Path(root).expanduser() / r["folder"] if root else None
+            r["present"] = bool(where is not None and where.is_dir())
     if args.json:
         _print_json(rows)
         return 0
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {r['description']}")
+        if r.get("folder"):
+            state = (
+                ("found" if r["present"] else "not found")
+                if root
+                else "METAREC_DATA_DIR is unset; or pass --path"
+            )
+            print(f"{'':<{width}}  folder: $METAREC_DATA_DIR/{r['folder']} ({state})")
     return 0
 
 

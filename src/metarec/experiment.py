@@ -1320,6 +1320,13 @@ def run(
 
     if out_dir is not None:
         check_output_dir(out_dir)
+        held = Path(out_dir)
+        if held.name == parts.PARTIAL_DIR and any(held.glob("seed*-*.json")):
+            # another run's kept parts: its results would be written among them
+            raise MetarecError(
+                f"--out {held} is another run's {parts.PARTIAL_DIR}/ folder (its kept "
+                "parts); give the run's own folder or a new one"
+            )
     t_start = time.perf_counter()
     ds = load_data(config)
     check_against_data(config, ds)

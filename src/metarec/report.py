@@ -230,6 +230,18 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         if len(cfg.seeds) == 1
         else ""
     )
+    # seeds that score the same test users (a split by time) vary the models only: say
+    # so, or a ± 0.0000 on every baseline reads as a broken run
+    users_by_seed: dict[int, frozenset] = {}
+    for r in results.runs:
+        if r.scenario == "main" and r.seed not in users_by_seed:
+            users_by_seed[r.seed] = frozenset(np.asarray(r.result.user_idx).tolist())
+    same_split = (
+        " Every seed scores the same test users (the split does not depend on the seed): "
+        "± is the spread over model seeds, and a method with no randomness shows ± 0."
+        if len(users_by_seed) > 1 and len(set(users_by_seed.values())) == 1
+        else ""
+    )
     text = p.get("text", {})
     asked, dim = text.get("pca_dim"), text.get("dim")
     if asked is None:
@@ -243,7 +255,7 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
-        f"user, seeds {seeds} (mean ± std over seeds).{one_seed} Held out: "
+        f"user, seeds {seeds} (mean ± std over seeds).{one_seed}{same_split} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
         f"Hyperparameters: {p.get('selection')}. Text: "
         f"{text.get('model')} ({pca}). Relevant = rating >= {p.get('threshold')} (explicit) or "
