@@ -416,6 +416,39 @@ def test_popularity_negatives_follow_count_to_the_three_quarters():
     assert np.abs(s_share - 1 / 11).max() < 0.04
 
 
+def test_auto_negatives_follow_popularity_on_large_catalogues_only(monkeypatch):
+    """train.negatives "auto": "popularity" where the training rows like more than
+    POPULARITY_MIN_ITEMS distinct items, else "catalogue"; the rating model samples no
+    negatives and stays "catalogue"; a named source is kept as named."""
+    import numpy as np
+
+    import metarec.train as T
+    from metarec.types import Interactions, Split
+
+    n = 60
+    items = np.arange(n)
+    rows = Interactions(
+        np.repeat([0, 1], n // 2),
+        items,
+        (items % 2).astype(np.float32),
+        items,
+        np.zeros(n, np.int16),
+    )
+    split = Split("user-cold", rows, (), (), seed=0, k_shot=3, n_query=3)
+    cfg = TrainConfig()
+    assert cfg.negatives == "auto"
+    liked = 30  # the odd items carry label 1
+    monkeypatch.setattr(T, "POPULARITY_MIN_ITEMS", liked)
+    assert T.resolve_negatives(cfg, rows) == "catalogue"
+    assert T._TaskSampler(split, "binary", n, cfg).popular_pool is None
+    monkeypatch.setattr(T, "POPULARITY_MIN_ITEMS", liked - 1)
+    assert T.resolve_negatives(cfg, rows) == "popularity"
+    assert T._TaskSampler(split, "binary", n, cfg).popular_pool is not None
+    assert T._TaskSampler(split, "rating", n, cfg).negatives == "catalogue"
+    named = dataclasses.replace(cfg, negatives="catalogue")
+    assert T.resolve_negatives(named, rows) == "catalogue"
+
+
 def test_held_out_validation_negatives():
     """train.valid_negatives: "held_out" draws validation queries' negatives from the
     split's held-out validation items (what item cold-start ranks), the supports' from
