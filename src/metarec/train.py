@@ -110,7 +110,7 @@ class TrainConfig:
     #   Amazon Kitchen -> Food (Transfer-joint)  0.0980 -> 0.1005 (2 of 3 seeds)
     #   Amazon Food -> Kitchen (Transfer-joint)  0.0378 -> 0.0392 (2 of 3; Recall@10 3 of 3)
     #   goodbooks sample, 4,278 books (quickstart) 0.1317 -> 0.1286
-    #   ML-100K user cold, 1,682 movies          0.1836 -> 0.1805 (Recall@10 0.2124 -> 0.2082)
+    #   ML-100K user cold, 1,682 movies          0.1837 -> 0.1805 (Recall@10 0.2124 -> 0.2082)
     negatives: str = "auto"
     # where a validation query's negatives come from: "train" (training items, as in
     # training), "held_out" (the split's held-out validation items, split.valid_cold_items:
