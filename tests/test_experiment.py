@@ -34,25 +34,24 @@ def tiny_run(tmp_path_factory):
     return cfg, results, out
 
 
-def test_the_report_says_when_every_seed_scores_the_same_test_users(tiny_run):
-    """A split by time holds out the same users on every seed: ± is then the models'
-    spread only, and a deterministic baseline's ± 0.0000 is expected, not a fault."""
+def test_the_report_says_when_every_seed_scores_the_same_test_tasks(tiny_run, tmp_path):
+    """A split by time holds out the same tasks on every seed: ± is then the models'
+    spread only, and a deterministic baseline's ± 0.0000 is expected, not a fault. A
+    seeded split (item cold-start without times) does not get the sentence."""
     from metarec.report import render_markdown
 
-    _, results, out = tiny_run
-    users = {
-        r.seed: frozenset(r.result.user_idx.tolist()) for r in results.runs if r.scenario == "main"
-    }
-    said = "Every seed scores the same test users" in (out / "report.md").read_text()
-    assert said == (len(set(users.values())) == 1) and len(users) == 2
-    # the other case, built by moving one seed's users: the sentence goes
-    other = max(results.runs, key=lambda r: (r.scenario == "main", r.seed))
-    moved = dataclasses.replace(
-        other, result=dataclasses.replace(other.result, user_idx=other.result.user_idx + 1000)
-    )
-    runs = tuple(moved if r is other else r for r in results.runs)
-    text = render_markdown(dataclasses.replace(results, runs=runs), {})
-    assert "Every seed scores the same test users" not in text
+    cfg, results, out = tiny_run  # user cold-start by time: the same tasks on both seeds
+    said = "Every seed scores the same test tasks"
+    assert results.protocol["same_test_tasks"] is True
+    assert said in (out / "report.md").read_text()
+    other = dataclasses.replace(results, protocol={**results.protocol, "same_test_tasks": False})
+    assert said not in render_markdown(other, {})
+    # two splits that differ by seed: tasks on other items, the same test users or not
+    a = E.cut_split(E.load_data(cfg), cfg, 0, 3)
+    assert E._tasks_digest(a.test) == E._tasks_digest(E.cut_split(E.load_data(cfg), cfg, 0, 3).test)
+    moved = [dataclasses.replace(t, user_idx=t.user_idx) for t in a.test]
+    moved[0] = dataclasses.replace(moved[0], query=moved[0].query.take(np.arange(1)))
+    assert E._tasks_digest(moved) != E._tasks_digest(a.test)
 
 
 def test_writes_results_report_and_pngs(tiny_run):
@@ -441,8 +440,8 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
         ("bootstrap = 2", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
         ("bootstrap = 1000000000", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
         ('[[methods]]\nname = ""', "a method name must be a non-empty string"),
-        ('[[methods]]\nname = "Meta, small"\nkind = "meta"', "has a comma or a control"),
-        ('[[methods]]\nname = "two\\nlines"\nkind = "meta"', "has a comma or a control"),
+        ('[[methods]]\nname = "Meta, small"\nkind = "meta"', "has a comma or a non-printing"),
+        ('[[methods]]\nname = "two\\nlines"\nkind = "meta"', "has a comma or a non-printing"),
         ('[[methods]]\nname = "M5"\nkind = "meta"\nparams = { seed = 5 }', "seed is not read by"),
         (
             '[[methods]]\nname = "M6"\nkind = "meta"\nparams = { train = { seed = 7 } }',

@@ -796,6 +796,12 @@ def test_an_items_file_with_no_columns_named_has_its_roles_inferred_as_fit_does(
     # naming one column keeps the old meaning: only what is named is used
     named = read_table(p, items=side, text_cols=["title"])
     assert named.item_categorical_columns == () and named.item_numeric_columns == ()
+    # keyed by another column, an "item_id" column of the side file is not a feature
+    # (inferred, it overwrote the ids)
+    keyed = write(tmp_path / "I3.csv", "movie_id,item_id,title\n2,x9,Dune\n3,x8,Emma\n")
+    raw = read_table(p, items=keyed, item_id_col="movie_id")
+    assert raw.items["item_id"].tolist() == ["2", "3"]
+    assert "item_id" not in (*raw.item_text_columns, *raw.item_categorical_columns)
 
 
 def test_float_ids_in_an_object_column_follow_the_float_rule():

@@ -416,6 +416,36 @@ def test_popularity_negatives_follow_count_to_the_three_quarters():
     assert np.abs(s_share - 1 / 11).max() < 0.04
 
 
+def test_popularity_negatives_for_a_user_who_has_every_item_end(tmp_path):
+    """The repeated popularity pool hid that a user had every pool item: the draw looped
+    forever (a heavy user on a small catalogue). They get no query negatives, as under
+    "catalogue"; a sampler sharing another's negatives (update's feedback users) takes
+    its pool, source and weights."""
+    import numpy as np
+
+    from metarec.train import _TaskSampler
+    from metarec.types import Interactions, Split
+
+    users = np.r_[np.zeros(5), np.ones(2)].astype(np.int64)
+    items = np.r_[np.arange(5), np.arange(2)]
+    n = len(items)
+    rows = Interactions(users, items, np.ones(n, np.float32), np.arange(n), np.zeros(n, np.int16))
+    split = Split("user-cold", rows, (), (), seed=0, k_shot=2, n_query=3)
+    cfg = TrainConfig(resample_prob=0.5, episodes="time", n_negatives=2, negatives="popularity")
+    sampler = _TaskSampler(split, "binary", 5, cfg)
+    eps = sampler.sample(40, np.random.default_rng(0))
+    full = [e for e in eps if e.user_idx == 0]
+    assert full and all((e.query_y == 1).all() for e in full)
+    other = [e for e in eps if e.user_idx == 1]
+    assert other and all((e.query_y == 0).any() for e in other)
+    fb = Split("user-cold", rows.take(users == 1), (), (), seed=0, k_shot=1, n_query=1)
+    shared = _TaskSampler(
+        fb, "binary", 5, dataclasses.replace(cfg, negatives="auto"), negatives_of=sampler
+    )
+    assert shared.negatives == "popularity" and shared.popular_pool is sampler.popular_pool
+    assert shared.negative_pool is sampler.negative_pool
+
+
 def test_auto_negatives_follow_popularity_on_large_catalogues_only(monkeypatch):
     """train.negatives "auto": "popularity" where the training rows like more than
     POPULARITY_MIN_ITEMS distinct items, else "catalogue"; the rating model samples no

@@ -82,9 +82,13 @@ def cmd_datasets(args) -> int:
     # where a dataset read from a path is looked for, and whether it is there: the folder
     # name was in --json only, so a plain listing did not say what METAREC_DATA_DIR needs
     root = os.environ.get("METAREC_DATA_DIR")
+    try:
+        base = Path(root).expanduser() if root else None
+    except RuntimeError:  # "~nosuchuser/data": no such home to expand
+        base = Path(root)
     for r in rows:
         if r.get("folder"):
-            where = Path(root).expanduser() / r["folder"] if root else None
+            where = base / r["folder"] if base is not None else None
             r["present"] = bool(where is not None and where.is_dir())
     if args.json:
         _print_json(rows)

@@ -143,7 +143,7 @@ class MethodSpec:
             raise MetarecError(f"a method name must be a non-empty string, got {self.name!r}")
         if "," in self.name or any(not c.isprintable() for c in self.name):
             raise MetarecError(
-                f"method name {self.name!r} has a comma or a control character "
+                f"method name {self.name!r} has a comma or a non-printing character "
                 "(--only could not select it, or the report's table would break)"
             )
 
@@ -838,6 +838,19 @@ def cut_split(
     return _cap_test(split, s.max_test_users) if truncate else split
 
 
+def _tasks_digest(tasks: Sequence[Task]) -> str:
+    """sha256 over each task's user and its support and query items, in order."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tasks:
+        h.update(np.int64(t.user_idx).tobytes())
+        for part in (t.support.item_idx, t.query.item_idx):
+            h.update(np.asarray(part, dtype=np.int64).tobytes())
+            h.update(b"|")
+    return h.hexdigest()
+
+
 def _curve_split(ds: Dataset, cfg: ExperimentConfig, seed: int, k: int) -> Split:
     """The K-curve's split at ``k`` (one of ``shots``): an error names the shot, not a
     ``k_shot`` the config never set to it."""
@@ -1373,6 +1386,7 @@ def run(
         )
 
     curve_fixed: dict[int, bool] = {}  # seed -> whether its K-curve has one query
+    test_sets: set[str] = set()  # a digest of each seed's main test tasks
     cap = config.split.max_test_users
     for seed in config.seeds:
         # cut once at the main K: the main table takes its first max_test_users test
@@ -1381,6 +1395,10 @@ def run(
         main = _cap_test(whole, cap)
         if not protocol:
             protocol = describe_protocol(config, info, main)
+        # whether every seed scores the same test tasks (users, supports and queries): the
+        # report then says ± is the models' spread only, not the split's
+        test_sets.add(_tasks_digest(main.test))
+        protocol["same_test_tasks"] = len(test_sets) == 1 and len(config.seeds) > 1
         _log(
             progress,
             f"[seed {seed}] split {main.protocol} K={main_k}: {len(main.train)} "

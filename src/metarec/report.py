@@ -230,16 +230,12 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         if len(cfg.seeds) == 1
         else ""
     )
-    # seeds that score the same test users (a split by time) vary the models only: say
+    # seeds that score the same test tasks (a split by time) vary the models only: say
     # so, or a ± 0.0000 on every baseline reads as a broken run
-    users_by_seed: dict[int, frozenset] = {}
-    for r in results.runs:
-        if r.scenario == "main" and r.seed not in users_by_seed:
-            users_by_seed[r.seed] = frozenset(np.asarray(r.result.user_idx).tolist())
     same_split = (
-        " Every seed scores the same test users (the split does not depend on the seed): "
-        "± is the spread over model seeds, and a method with no randomness shows ± 0."
-        if len(users_by_seed) > 1 and len(set(users_by_seed.values())) == 1
+        " Every seed scores the same test tasks (users, supports and queries): ± is the "
+        "spread over model seeds, and a method with no randomness shows ± 0."
+        if p.get("same_test_tasks")
         else ""
     )
     text = p.get("text", {})

@@ -47,7 +47,7 @@ AGE_MATCHED_MIN_POOL = 100
 # "popularity" negatives: an item is drawn in proportion to (its training count)^POWER, as
 # word2vec draws its negatives; each item sits in the pool round(POOL_SCALE · count^POWER)
 # times (at least once), so a uniform draw over the pool gives those weights to within
-# rounding: 8% at worst (2 interactions: 7 entries for 6.73), under 1% from 30 up
+# rounding: 4.1% at worst (2 interactions: 7 entries for 6.73), under 1% from 20 up
 POPULARITY_POWER = 0.75
 POPULARITY_POOL_SCALE = 4
 # negatives "auto": "popularity" where the training log likes more distinct items than
@@ -111,6 +111,9 @@ class TrainConfig:
     #   Amazon Food -> Kitchen (Transfer-joint)  0.0378 -> 0.0392 (2 of 3; Recall@10 3 of 3)
     #   goodbooks sample, 4,278 books (quickstart) 0.1317 -> 0.1286
     #   ML-100K user cold, 1,682 movies          0.1837 -> 0.1805 (Recall@10 0.2124 -> 0.2082)
+    # Validation episodes keep uniform negatives under either: early stopping judges the
+    # ranking loss against the catalogue, as served; the choice itself was made on the
+    # full-ranking metrics. The Parquet task stream (streaming.py) draws uniformly always.
     negatives: str = "auto"
     # where a validation query's negatives come from: "train" (training items, as in
     # training), "held_out" (the split's held-out validation items, split.valid_cold_items:
@@ -250,7 +253,12 @@ class _TaskSampler:
         n_items: int,
         cfg: TrainConfig,
         negative_pool: np.ndarray | None = None,
+        negatives_of: _TaskSampler | None = None,
     ):
+        """``negative_pool``: the items negatives are drawn from (default: the training
+        items); ``negatives_of``: another sampler whose pool and negative source (and
+        popularity weights) this one shares (`metarec update`'s feedback users draw their
+        negatives as the whole log does, not by the feedback's own counts)."""
         inter = split.train.sorted_by_time()
         order = np.argsort(inter.user_idx, kind="stable")  # by user, time order kept
         users = inter.user_idx[order]
@@ -281,6 +289,8 @@ class _TaskSampler:
         self.head, self.n_items, self.cfg = head, n_items, cfg
         # negatives come from the items of the training interactions only (see
         # sample_negatives: held-out cold items must not be learned as "no")
+        if negatives_of is not None:
+            negative_pool = negatives_of.negative_pool
         self.negative_pool = (
             np.unique(inter.item_idx) if negative_pool is None else np.asarray(negative_pool)
         )
@@ -295,7 +305,9 @@ class _TaskSampler:
         # training count^POPULARITY_POWER (see POPULARITY_POOL_SCALE)
         self.popular_pool: np.ndarray | None = None
         self.negatives = resolve_negatives(cfg, inter) if head == "binary" else "catalogue"
-        if self.negatives == "popularity":
+        if negatives_of is not None:
+            self.negatives, self.popular_pool = negatives_of.negatives, negatives_of.popular_pool
+        elif self.negatives == "popularity":
             counts = np.bincount(inter.item_idx, minlength=n_items)[self.negative_pool]
             reps = np.maximum(
                 1, np.rint(POPULARITY_POOL_SCALE * counts**POPULARITY_POWER).astype(np.int64)
@@ -330,6 +342,12 @@ class _TaskSampler:
                 idx = np.arange(max(0, len(items) - ks - self.q), len(items))
             s, q = idx[:ks], idx[ks : ks + self.q]
             q_pool = self.popular_pool
+            if q_pool is not None and len(items) >= len(self.negative_pool):
+                # the repeated pool hides that a user may have every pool item (then no
+                # negative can be drawn and sample_negatives would draw forever): the
+                # unique pool is checked for that instead
+                if np.isin(self.negative_pool, items).all():
+                    q_pool = None
             if self.age is not None and not resampled and self.head == "binary":
                 q_pool = self._query_pool(items[q], items)
             out.append(

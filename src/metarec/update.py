@@ -270,7 +270,7 @@ def _continue(
     all_sampler = _TaskSampler(s_all, head, n_items, tcfg)
     try:
         # the feedback users' negatives: any item trained on, not only the feedback's own
-        fb_sampler = _TaskSampler(s_fb, head, n_items, tcfg, all_sampler.negative_pool)
+        fb_sampler = _TaskSampler(s_fb, head, n_items, tcfg, negatives_of=all_sampler)
     except MetarecError:  # no feedback user has 2+ rows: nothing of their own to learn
         fb_sampler = None
     n_fb = round(cfg.meta_batch * cfg.feedback_share) if fb_sampler else 0

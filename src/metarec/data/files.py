@@ -149,7 +149,7 @@ def domain_names(s: pd.Series) -> pd.Series:
 _MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "-", "?"})
 
 
-def _roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
+def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
     """(text, categorical, numeric) column names of a side table, and the cleaned frame."""
     out = pd.DataFrame({key: id_column(frame, key).to_numpy(object)})
     text, cat, num = [], [], []
@@ -206,7 +206,7 @@ def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, t
     frame = _read(path)
     require_columns(frame, [key])
     unique_id_column(frame, key, _where(frame))
-    text, cat, num, out = _roles(frame, key)
+    text, cat, num, out = side_roles(frame, key)
     return out, text, cat, num
 
 

@@ -755,9 +755,12 @@ def read_table(
             # none named: the roles are inferred as `metarec fit --items` infers them.
             # Every side column used to be dropped, and evaluate then ran its text models
             # on empty texts with only a PCA warning to show for it
-            from metarec.data.files import _roles
+            # (imported here: files.py builds on this module)
+            from metarec.data.files import side_roles
 
-            text_cols, cat_cols, num_cols, inferred = _roles(side, key)
+            # an "item_id" column beside another key column would overwrite the ids
+            rest = side.drop(columns=[c for c in side.columns if c == "item_id" and c != key])
+            text_cols, cat_cols, num_cols, inferred = side_roles(rest, key)
             for c in (*text_cols, *cat_cols, *num_cols):
                 item_frame[c] = inferred[c].to_numpy()
         else:

@@ -45,7 +45,9 @@ def sample_negatives(
 
     A user who has interacted with every item of the pool has no negatives to draw: none
     are returned (their episode keeps its positives and explicit dislikes). That is valid
-    data, a heavy user on a small catalogue; it used to stop ``fit``."""
+    data, a heavy user on a small catalogue; it used to stop ``fit``. That check assumes
+    the pool's items are unique: a pool that repeats items (popularity weights) must be
+    checked by its caller, or the draw never ends."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
     if pool is not None:
