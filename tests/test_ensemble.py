@@ -276,3 +276,41 @@ def test_rating_members_average_the_single_rating_models(fits):
         np.testing.assert_allclose(g, h, rtol=1e-6, atol=1e-6)
     with pytest.raises(MetarecError, match="rating_members"):
         dataclasses.replace(ModelConfig(), rating_members=0)
+
+
+def test_fit_and_update_with_popularity_negatives(tmp_path, capsys, monkeypatch):
+    """train.negatives = "popularity" through fit and `metarec update`: the update's
+    feedback users draw their negatives from the log's popularity pool (not by the
+    feedback's own counts), and the ranking model moves."""
+    import json
+
+    import metarec.update as U
+    from metarec.cli import main
+    from metarec.predictor import Predictor
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore
+    from serve_world import FAST, make_world
+
+    paths = make_world(tmp_path)
+    run = tmp_path / "RUN"
+    argv = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*argv, *FAST, "--set", 'train.negatives="popularity"']) == 0
+    capsys.readouterr()
+    made = []
+    real = U._TaskSampler
+
+    def spy(*a, **kw):
+        made.append(real(*a, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(U, "_TaskSampler", spy)
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("u1", [FeedbackRow(f"it{i}", 5.0 if i % 2 == 0 else 1.0, None) for i in range(12)])
+    run2 = tmp_path / "RUN2"
+    up = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb"), "--out", str(run2)]
+    assert main([*up, "--steps", "5"]) == 0
+    assert json.loads(capsys.readouterr().out)["rank_feedback_loss_in_sample"]["after"] is not None
+    ranking = [s for s in made if s.head == "binary"]
+    assert len(ranking) == 2 and {s.negatives for s in ranking} == {"popularity"}
+    assert ranking[1].popular_pool is ranking[0].popular_pool
+    p0, p1 = Predictor.load(run).model.rank_.params, Predictor.load(run2).model.rank_.params
+    assert any(not torch.equal(p0[k], p1[k]) for k in p0)
