@@ -1237,6 +1237,8 @@ def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
     assert len(steps) == len(losses) == 3 and steps[0] == summary["rating_best_step"]
     assert losses[0] == summary["rating_valid_loss"] and all(v > 0 for v in losses)
     assert "rank_best_steps" not in summary
+    # the ranking model's negatives as "auto" resolved them: a small catalogue, uniform
+    assert summary["rank_negatives"] == "catalogue" and "rating_negatives" not in summary
     assert summary["blend"] is True and "blend_skipped" not in summary
     blend = Predictor.load(tmp_path / "RUN").model.blend_
     assert blend.rating_prior == summary["rating_prior"]

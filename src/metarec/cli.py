@@ -317,6 +317,8 @@ def cmd_fit(args) -> int:
             if part.members > 1:
                 summary[f"{key}_best_steps"] = list(part.member_steps)
                 summary[f"{key}_valid_losses"] = [on_scale(v) for v in part.member_valid]
+            if part.negatives:  # train.negatives as resolved on this log ("auto")
+                summary[f"{key}_negatives"] = part.negatives
     _print_json(summary)
     return 0
 

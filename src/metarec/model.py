@@ -68,6 +68,7 @@ from metarec.train import (
     TrainConfig,
     TrainResult,
     resolve_episodes,
+    resolve_negatives,
     train,
     validates_new_items,
 )
@@ -383,6 +384,9 @@ class _Part:
     # (``result`` is member 0's alone); () after load()
     member_steps: tuple[int, ...] = ()
     member_valid: tuple[float | None, ...] = ()
+    # the ranking model's training negatives as train.negatives resolved ("catalogue" or
+    # "popularity"; "" for the rating model and after load())
+    negatives: str = ""
 
     @property
     def members(self) -> int:
@@ -565,7 +569,11 @@ class MetaRecommender(Recommender):
                 member_steps=self.rank_.member_steps,
             )
             self.rank_ = dataclasses.replace(
-                self.rank_, learner=part.learner, params=part.params, new_items=new_items
+                self.rank_,
+                learner=part.learner,
+                params=part.params,
+                new_items=new_items,
+                negatives=part.negatives,
             )
         self.known_items_ = np.zeros(dataset.n_items, dtype=bool)
         self.known_items_[rows.item_idx] = True
@@ -979,15 +987,22 @@ class MetaRecommender(Recommender):
         ]
         steps = tuple(r.best_step for r in results)
         valid = tuple(r.best_valid for r in results)
+        negs = resolve_negatives(tcfg, split.train) if head == "binary" else ""
         if members == 1:
             return _Part(
-                MetaLearner(Scorer(sc), meta), results[0].params, results[0], False, steps, valid
+                MetaLearner(Scorer(sc), meta),
+                results[0].params,
+                results[0],
+                False,
+                steps,
+                valid,
+                negs,
             )
         learner = EnsembleLearner(Scorer(sc), meta, members)
         # the first member's result stands for the training history (curves, best step);
         # every member's best step and loss are kept beside it
         params = merge_members([r.params for r in results])
-        return _Part(learner, params, results[0], False, steps, valid)
+        return _Part(learner, params, results[0], False, steps, valid, negs)
 
     def _train_kwargs(self, head: str) -> dict:
         """Extra keyword arguments for :func:`metarec.train.train` when training the
