@@ -794,7 +794,8 @@ def test_an_items_file_with_no_columns_named_has_its_roles_inferred_as_fit_does(
     raw = read_table(p, items=side)
     assert raw.items["title"].tolist()[0] == "A long title about subject number 2"
     # naming one column keeps the old meaning: only what is named is used
-    named = read_table(p, items=side, text_cols=["title"])
+    with pytest.warns(UserWarning, match=r"column\(s\) 'genre', 'year' not named and not used"):
+        named = read_table(p, items=side, text_cols=["title"])
     assert named.item_categorical_columns == () and named.item_numeric_columns == ()
     # keyed by another column, an "item_id" column of the side file is not a feature
     # (inferred, it overwrote the ids)

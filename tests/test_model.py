@@ -1827,6 +1827,29 @@ def test_explain_is_leave_one_out_of_the_blended_ranking_score(fitted):
         np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
 
 
+def test_explain_of_a_two_row_support_keeps_the_supports_blend_weights(fitted):
+    """Left one row short, a two-row support fell to the one-item blend weights, another
+    score scale: each weight measured that switch (-5.5 logits on a probe), not the row.
+    The leave-one-outs now keep the whole support's weights."""
+    ds, split, _, rec = fitted
+    blend = rec.blend_
+    assert blend is not None and blend.rank_weights_short is not None and blend.short_history == 1
+    t = next(t for t in split.test if len(t.support) >= 2)
+    two = t.support.take(np.arange(2))
+    items = np.arange(12)
+    w = rec.explain(t.user_idx, two, items)
+    (fast, user_x) = rec._adapt(rec.rank_, [(t.user_idx, two), (t.user_idx, two.take([1]))])
+    logits = np.stack(rec._predict(rec.rank_, fast, user_x, items))
+    hists = [rec._history(t.user_idx, two), rec._history(t.user_idx, two.take([1]))]
+    long = np.array([False])
+    full = blend.rank(logits[0][None], [hists[0]], items, long)[0]
+    loo = blend.rank(logits[1][None], [hists[1]], items, long)[0]
+    np.testing.assert_allclose(w[:, 0], full - loo, rtol=1e-4, atol=1e-5)
+    # not the request without the row, which takes the one-item weights
+    served = rec.rank_scores(t.user_idx, two.take([1]), items)
+    assert not np.allclose(w[:, 0], full - served, atol=1e-3)
+
+
 def test_adaptation_negatives_avoid_the_whole_history_not_only_the_kept_rows(fitted):
     """A history longer than max_support adapts on its latest rows; the sampled negatives
     must still avoid every item the user rated (an older like is not a "no")."""

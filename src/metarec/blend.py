@@ -1245,8 +1245,11 @@ class Blend:
         logits: np.ndarray,
         histories: Sequence[tuple[np.ndarray, np.ndarray]],
         targets: np.ndarray,
+        short: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(T, n) blended ranking scores from the like-model's (T, n) logits."""
+        """(T, n) blended ranking scores from the like-model's (T, n) logits. ``short``
+        (T,) bool says which tasks take the short-history weights (default: those whose
+        history has at most ``short_history`` items)."""
         if self.rank_weights is None:
             return logits
         x = self.closed.rank_inputs(self.rank_inputs, histories, targets)  # (T, n, C)
@@ -1254,8 +1257,9 @@ class Blend:
         # (recommend scores whole catalogues with it)
         w = self.rank_weights[None, :]
         if self.rank_weights_short is not None:
-            short = np.array([len(items) <= self.short_history for items, _ in histories])
-            w = np.where(short[:, None], self.rank_weights_short, self.rank_weights)
+            if short is None:
+                short = np.array([len(items) <= self.short_history for items, _ in histories])
+            w = np.where(np.asarray(short)[:, None], self.rank_weights_short, self.rank_weights)
         return logits * w[:, :1] + (x @ w[:, 1:, None])[..., 0]
 
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -1439,8 +1439,10 @@ class MetaRecommender(Recommender):
         returns (/recommend's score is its sigmoid), the closed-form inputs recomputed
         without row j. (The weights were once the meta-model's logit alone, with the full
         support's negatives kept fixed: they disagreed with re-requesting without the row,
-        0.037 against 0.045.) The scoring model's weights are the meta-model's own, before
-        its rating blend."""
+        0.037 against 0.045.) Every leave-one-out is blended with the whole support's
+        weights (the one-item weights only where the support itself is one item), so a
+        weight measures the row, not a switch of blend weights. The scoring model's
+        weights are the meta-model's own, before its rating blend."""
         self._check_model()
         part = self._part_named(which)
         item_idx = self._check_items(item_idx)
@@ -1460,8 +1462,15 @@ class MetaRecommender(Recommender):
         s = np.stack(self._predict(part, fast, user_x, item_idx))  # (t, n_items)
         if self.blend_ is not None and part is self.rank_:
             hists = [self._history(u, sup) for u, sup in tasks]
+            # every leave-one-out takes the whole support's blend weights: a two-row
+            # support left one row short fell to the one-item weights, another score
+            # scale, and each weight measured that switch (-5.5 logits), not the row
+            short = len(hists[0][0]) <= self.blend_.short_history
             s = np.stack(
-                [self.blend_.rank(s[r][None, :], [hists[r]], item_idx)[0] for r in range(len(s))]
+                [
+                    self.blend_.rank(s[r][None, :], [hists[r]], item_idx, np.array([short]))[0]
+                    for r in range(len(s))
+                ]
             )
         out[:, live] = (s[0][None, :] - s[1:]).T
         return out

@@ -764,6 +764,19 @@ def read_table(
             for c in (*text_cols, *cat_cols, *num_cols):
                 item_frame[c] = inferred[c].to_numpy()
         else:
+            unused = [
+                c
+                for c in side.columns
+                if c not in (key, "domain", *text_cols, *cat_cols, *num_cols)
+            ]
+            if unused:
+                # naming some columns turns inference off for the rest: say which are dropped
+                warnings.warn(
+                    f"{ipath}: items file column(s) {', '.join(map(repr, unused[:8]))} not "
+                    "named and not used (name them as text, categorical or numeric columns, "
+                    "or name none to have every role inferred)",
+                    stacklevel=2,
+                )
             for c in text_cols:
                 item_frame[c] = side[c].fillna("").astype(str).to_numpy(object)
             for c in cat_cols:
