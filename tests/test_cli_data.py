@@ -50,6 +50,14 @@ def test_datasets_says_which_folder_each_needs_and_whether_it_is_there(
     assert "(METAREC_DATA_DIR is unset; or pass --path)" in run_cli(capsys, "datasets")[1]
 
 
+def test_info_prints_text_not_python_reprs(capsys, monkeypatch):
+    monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
+    code, out, _ = run_cli(capsys, "info", "goodbooks-sample")
+    assert code == 0
+    assert "rating_counts: 1: 1232, 2: 4089, 3: 13227" in out
+    assert "{" not in out and "None" not in out and "[" not in out
+
+
 def test_info_bundled_needs_no_path(capsys, monkeypatch):
     monkeypatch.delenv("METAREC_DATA_DIR", raising=False)
     code, out, _ = run_cli(capsys, "info", "goodbooks-sample", "--json")

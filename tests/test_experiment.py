@@ -1536,3 +1536,27 @@ def test_cli_evaluate_resume(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--resume"]) == 0
     assert "[seed 0] popularity: reused from partial/" in capsys.readouterr().err
+
+
+def test_cli_evaluate_names_the_run_shaping_settings_left_to_defaults(tmp_path, capsys):
+    """A config without seeds (or shots, or a dataset) ran the defaults without a word."""
+    from metarec.cli import main
+
+    text = TINY.read_text().replace("seeds = [0, 1]\n", "")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        text.replace('path = "tiny_log.csv"', f'path = "{TINY.parent / "tiny_log.csv"}"')
+    )
+    cfg.write_text(
+        cfg.read_text().replace(
+            'items = "tiny_items.csv"', f'items = "{TINY.parent / "tiny_items.csv"}"'
+        )
+    )
+    args = ["evaluate", "--config", str(cfg), "--out", str(tmp_path / "o"), "--only", "popularity"]
+    assert main([*args, "--set", "shots=[]"]) == 0
+    err = capsys.readouterr().err
+    assert "leaves to the defaults: seeds = 0, 1, 2" in err
+    assert "shots" not in err.split("leaves to the defaults:")[1].splitlines()[0]
+    # all given (in the file or by --set): no line
+    assert main([*args, "--set", "shots=[]", "--set", "seeds=[0]"]) == 0
+    assert "leaves to the defaults" not in capsys.readouterr().err

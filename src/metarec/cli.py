@@ -121,8 +121,20 @@ def cmd_info(args) -> int:
         _print_json(info)
     else:
         for key, val in info.items():
-            print(f"{key:>20}: {val}")
+            print(f"{key:>20}: {_plain(val)}")
     return 0
+
+
+def _plain(val) -> str:
+    """A value of `info` as text rather than a Python repr ({'1': 193} read as code)."""
+    if val is None:
+        return "-"
+    if isinstance(val, dict):
+        return ", ".join(f"{k}: {_plain(v)}" for k, v in val.items()) or "-"
+    if isinstance(val, list | tuple):
+        sep = "; " if any(isinstance(v, dict) for v in val) else ", "
+        return sep.join(_plain(v) for v in val) or "-"
+    return str(val)
 
 
 def cmd_split(args) -> int:
@@ -506,8 +518,35 @@ def cmd_evaluate(args) -> int:
 
     only = None if args.only is None else args.only.split(",")
     config = load_config(args.config, args.set or [], only=only)
+    if not args.quiet:
+        _say_defaults(args.config, args.set or [], config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     return _run_experiment(config, out, quiet=args.quiet, resume=args.resume)
+
+
+def _say_defaults(path, overrides: list[str], config) -> None:
+    """One stderr line naming the run-shaping settings the config left to their defaults
+    (which data, which seeds, which K-curve): a file without them ran goodbooks-sample on
+    seeds 0, 1, 2 and five shots without a word."""
+    from metarec.config import load_toml
+
+    raw = load_toml(path)
+    given = {o.split("=", 1)[0].strip() for o in overrides}
+    shown = {
+        "data.name": config.data.name,
+        "seeds": ", ".join(map(str, config.seeds)),
+        "shots": ", ".join(map(str, config.shots)) or "none",
+    }
+    unset = [
+        f"{key} = {value}"
+        for key, value in shown.items()
+        if key not in given
+        and (
+            raw.get(key) is None if "." not in key else (raw.get("data") or {}).get("name") is None
+        )
+    ]
+    if unset:
+        print(f"metarec: {path} leaves to the defaults: {'; '.join(unset)}", file=sys.stderr)
 
 
 def _run_experiment(config, out: Path, quiet: bool = False, resume: bool = False) -> int:
