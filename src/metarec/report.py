@@ -270,7 +270,8 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         f"{d.get('interactions')} interactions ({d.get('feedback')}). Split: "
         f"{p.get('train_interactions')} training interactions, {p.get('valid_users')} "
         f"validation users, {p.get('test_users')} test users (seed {cfg.seeds[0]}). "
-        f"Wall time {results.seconds:.0f} s.",
+        f"Wall time {results.seconds:.0f} s (loading, fits and evaluation; not writing "
+        "this report).",
         "",
         f"## Main table (K = {results.main_k})",
         "",
