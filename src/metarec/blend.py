@@ -1240,6 +1240,10 @@ class Blend:
             cols.insert(1, like[:, None])
         return apply_rating_weights(w, np.hstack(cols))
 
+    def is_short(self, history: tuple[np.ndarray, np.ndarray]) -> bool:
+        """Whether a history (items, ratings) is ranked with the short-history weights."""
+        return len(history[0]) <= self.short_history
+
     def rank(
         self,
         logits: np.ndarray,
@@ -1248,8 +1252,8 @@ class Blend:
         short: np.ndarray | None = None,
     ) -> np.ndarray:
         """(T, n) blended ranking scores from the like-model's (T, n) logits. ``short``
-        (T,) bool says which tasks take the short-history weights (default: those whose
-        history has at most ``short_history`` items)."""
+        (T,) bool says which tasks take the short-history weights (default:
+        :meth:`is_short` of each history)."""
         if self.rank_weights is None:
             return logits
         x = self.closed.rank_inputs(self.rank_inputs, histories, targets)  # (T, n, C)
@@ -1258,7 +1262,7 @@ class Blend:
         w = self.rank_weights[None, :]
         if self.rank_weights_short is not None:
             if short is None:
-                short = np.array([len(items) <= self.short_history for items, _ in histories])
+                short = np.array([self.is_short(h) for h in histories])
             w = np.where(np.asarray(short)[:, None], self.rank_weights_short, self.rank_weights)
         return logits * w[:, :1] + (x @ w[:, 1:, None])[..., 0]
 

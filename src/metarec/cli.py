@@ -528,23 +528,25 @@ def _say_defaults(path, overrides: list[str], config) -> None:
     """One stderr line naming the run-shaping settings the config left to their defaults
     (which data, which seeds, which K-curve): a file without them ran goodbooks-sample on
     seeds 0, 1, 2 and five shots without a word."""
-    from metarec.config import load_toml
+    from metarec.config import apply_overrides, load_toml
 
-    raw = load_toml(path)
-    given = {o.split("=", 1)[0].strip() for o in overrides}
+    # the file as the --set overrides leave it (load_config has checked both)
+    given = apply_overrides(load_toml(path), overrides)
     shown = {
-        "data.name": config.data.name,
-        "seeds": ", ".join(map(str, config.seeds)),
-        "shots": ", ".join(map(str, config.shots)) or "none",
+        ("data", "name"): config.data.name,
+        ("seeds",): ", ".join(map(str, config.seeds)),
+        ("shots",): ", ".join(map(str, config.shots)) or "none",
     }
-    unset = [
-        f"{key} = {value}"
-        for key, value in shown.items()
-        if key not in given
-        and (
-            raw.get(key) is None if "." not in key else (raw.get("data") or {}).get("name") is None
-        )
-    ]
+
+    def is_set(keys: tuple[str, ...]) -> bool:
+        node = given
+        for k in keys:
+            if not isinstance(node, dict) or node.get(k) is None:
+                return False
+            node = node[k]
+        return True
+
+    unset = [f"{'.'.join(keys)} = {value}" for keys, value in shown.items() if not is_set(keys)]
     if unset:
         print(f"metarec: {path} leaves to the defaults: {'; '.join(unset)}", file=sys.stderr)
 

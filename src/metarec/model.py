@@ -68,7 +68,6 @@ from metarec.train import (
     TrainConfig,
     TrainResult,
     resolve_episodes,
-    resolve_negatives,
     train,
     validates_new_items,
 )
@@ -985,24 +984,21 @@ class MetaRecommender(Recommender):
             )
             for j in range(members)
         ]
-        steps = tuple(r.best_step for r in results)
-        valid = tuple(r.best_valid for r in results)
-        negs = resolve_negatives(tcfg, split.train) if head == "binary" else ""
         if members == 1:
-            return _Part(
-                MetaLearner(Scorer(sc), meta),
-                results[0].params,
-                results[0],
-                False,
-                steps,
-                valid,
-                negs,
-            )
-        learner = EnsembleLearner(Scorer(sc), meta, members)
+            learner, params = MetaLearner(Scorer(sc), meta), results[0].params
+        else:
+            learner = EnsembleLearner(Scorer(sc), meta, members)
+            params = merge_members([r.params for r in results])
         # the first member's result stands for the training history (curves, best step);
         # every member's best step and loss are kept beside it
-        params = merge_members([r.params for r in results])
-        return _Part(learner, params, results[0], False, steps, valid, negs)
+        return _Part(
+            learner,
+            params,
+            results[0],
+            member_steps=tuple(r.best_step for r in results),
+            member_valid=tuple(r.best_valid for r in results),
+            negatives=results[0].negatives if head == "binary" else "",
+        )
 
     def _train_kwargs(self, head: str) -> dict:
         """Extra keyword arguments for :func:`metarec.train.train` when training the
@@ -1465,13 +1461,8 @@ class MetaRecommender(Recommender):
             # every leave-one-out takes the whole support's blend weights: a two-row
             # support left one row short fell to the one-item weights, another score
             # scale, and each weight measured that switch (-5.5 logits), not the row
-            short = len(hists[0][0]) <= self.blend_.short_history
-            s = np.stack(
-                [
-                    self.blend_.rank(s[r][None, :], [hists[r]], item_idx, np.array([short]))[0]
-                    for r in range(len(s))
-                ]
-            )
+            short = np.full(len(tasks), self.blend_.is_short(hists[0]))
+            s = self.blend_.rank(s, hists, item_idx, short)
         out[:, live] = (s[0][None, :] - s[1:]).T
         return out
 

@@ -203,6 +203,9 @@ class TrainResult:
     steps_done: int
     stopped_early: bool
     known_items: np.ndarray  # (n_items,) bool: items seen in split.train (others are cold)
+    # how the binary head's training negatives were drawn (train.negatives as resolved;
+    # "catalogue" for a task stream, which draws uniformly)
+    negatives: str = "catalogue"
 
 
 def validates_new_items(split: Split) -> bool:
@@ -304,15 +307,14 @@ class _TaskSampler:
         # "popularity": (n_entries,) item indices, each item repeated in proportion to its
         # training count^POPULARITY_POWER (see POPULARITY_POOL_SCALE)
         self.popular_pool: np.ndarray | None = None
-        self.negatives = resolve_negatives(cfg, inter) if head == "binary" else "catalogue"
         if negatives_of is not None:
             self.negatives, self.popular_pool = negatives_of.negatives, negatives_of.popular_pool
-        elif self.negatives == "popularity":
-            counts = np.bincount(inter.item_idx, minlength=n_items)[self.negative_pool]
-            reps = np.maximum(
-                1, np.rint(POPULARITY_POOL_SCALE * counts**POPULARITY_POWER).astype(np.int64)
-            )
-            self.popular_pool = np.repeat(self.negative_pool, reps)
+        else:
+            self.negatives = resolve_negatives(cfg, inter) if head == "binary" else "catalogue"
+            if self.negatives == "popularity":
+                counts = np.bincount(inter.item_idx, minlength=n_items)[self.negative_pool]
+                reps = np.rint(POPULARITY_POOL_SCALE * counts**POPULARITY_POWER).astype(np.int64)
+                self.popular_pool = np.repeat(self.negative_pool, np.maximum(1, reps))
 
     def _query_pool(self, query: np.ndarray, history: np.ndarray) -> np.ndarray | None:
         """ "age_matched" negatives for a newest-items query: the pool's items at least as
@@ -342,12 +344,6 @@ class _TaskSampler:
                 idx = np.arange(max(0, len(items) - ks - self.q), len(items))
             s, q = idx[:ks], idx[ks : ks + self.q]
             q_pool = self.popular_pool
-            if q_pool is not None and len(items) >= len(self.negative_pool):
-                # the repeated pool hides that a user may have every pool item (then no
-                # negative can be drawn and sample_negatives would draw forever): the
-                # unique pool is checked for that instead
-                if np.isin(self.negative_pool, items).all():
-                    q_pool = None
             if self.age is not None and not resampled and self.head == "binary":
                 q_pool = self._query_pool(items[q], items)
             out.append(
@@ -745,6 +741,7 @@ def train(
         steps_done=step,
         stopped_early=stopped,
         known_items=known,
+        negatives=getattr(sampler, "negatives", "catalogue"),
     )
 
 

@@ -759,7 +759,7 @@ def read_table(
             from metarec.data.files import side_roles
 
             # an "item_id" column beside another key column would overwrite the ids
-            rest = side.drop(columns=[c for c in side.columns if c == "item_id" and c != key])
+            rest = side.drop(columns="item_id") if key != "item_id" and "item_id" in side else side
             text_cols, cat_cols, num_cols, inferred = side_roles(rest, key)
             for c in (*text_cols, *cat_cols, *num_cols):
                 item_frame[c] = inferred[c].to_numpy()

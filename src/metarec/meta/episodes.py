@@ -35,8 +35,9 @@ def sample_negatives(
     rng: np.random.Generator,
     pool: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``n`` item indices drawn uniformly (with replacement) from the items of ``pool``
-    (unique item indices; default: all ``n_items``) that are not in ``exclude``.
+    """``n`` item indices drawn uniformly (with replacement) from the entries of ``pool``
+    (item indices; an item repeated in it is drawn in proportion, as "popularity"
+    negatives are; default: all ``n_items`` once each) that are not in ``exclude``.
 
     Training passes the items of its training interactions as the pool: an item no one
     rated in training (a held-out cold item) drawn as a negative again and again would
@@ -45,14 +46,12 @@ def sample_negatives(
 
     A user who has interacted with every item of the pool has no negatives to draw: none
     are returned (their episode keeps its positives and explicit dislikes). That is valid
-    data, a heavy user on a small catalogue; it used to stop ``fit``. That check assumes
-    the pool's items are unique: a pool that repeats items (popularity weights) must be
-    checked by its caller, or the draw never ends."""
+    data, a heavy user on a small catalogue; it used to stop ``fit``."""
     if n <= 0:
         return np.zeros(0, dtype=np.int64)
     if pool is not None:
         pool = np.asarray(pool, dtype=np.int64)
-        # the pool (unique items) can only be used up by at least as many excluded items:
+        # a pool of unique items can only be used up by at least as many excluded items:
         # the set difference (a sort of the pool, per episode) runs only then
         if len(exclude) >= len(pool) and len(np.setdiff1d(pool, exclude)) == 0:
             return np.zeros(0, dtype=np.int64)
@@ -67,6 +66,10 @@ def sample_negatives(
             else pool[rng.integers(0, len(pool), size=2 * need + 8)]
         )
         cand = cand[~np.isin(cand, exclude)][:need]
+        if not len(cand) and pool is not None and not len(np.setdiff1d(pool, exclude)):
+            # a pool that repeats items is used up by fewer excluded items than it has
+            # entries, which the check above does not see: nothing is left to draw
+            return np.zeros(0, dtype=np.int64)
         out.append(cand)
         need -= len(cand)
     return np.concatenate(out).astype(np.int64)
