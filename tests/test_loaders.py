@@ -805,6 +805,29 @@ def test_an_items_file_with_no_columns_named_has_its_roles_inferred_as_fit_does(
     assert "item_id" not in (*raw.item_text_columns, *raw.item_categorical_columns)
 
 
+def test_the_csv_loader_checks_the_items_files_domains_against_the_log(tmp_path):
+    """As `metarec fit` does: an item the log puts in one domain and the items file in
+    another is refused, named; the items file's domain is read whether or not its other
+    columns are named (it was dropped when they were, yet left out of the unused warning)."""
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating,domain\n1,2,3,books\n1,3,4,films\n")
+    good = write(
+        tmp_path / "I.csv", "item_id,title,domain\n2,Dune,books\n3,Heat,films\n4,Ran,films\n"
+    )
+    bad = write(tmp_path / "J.csv", "item_id,title,domain\n2,Dune,films\n3,Heat,films\n")
+    for named in ((), ("title",)):
+        raw = read_table(p, domain_col="domain", items=good, text_cols=named)
+        # the unrated item 4 keeps its domain from the items file
+        assert raw.items.set_index("item_id")["domain"].to_dict() == {
+            "2": "books",
+            "3": "films",
+            "4": "films",
+        }
+        with pytest.raises(
+            MetarecError, match=r"item_id '2' is in domain 'books' here but 'films'"
+        ):
+            read_table(p, domain_col="domain", items=bad, text_cols=named)
+
+
 def test_float_ids_in_an_object_column_follow_the_float_rule():
     # a Python frame mixing 7 and 100.0 in one id column: "100.0" was an unknown id
     from metarec.data.tabular import id_column

@@ -783,6 +783,20 @@ def read_table(
                 item_frame[c] = side[c].astype("string").to_numpy(object)
             for c in num_cols:
                 item_frame[c] = optional_number(side[c])
+            if "domain" in side.columns and "domain" not in item_frame.columns:
+                # the items file's domain is read whether or not its other columns are
+                # named, as the inferred roles read it (it was left out of the unused-column
+                # warning, yet dropped: a catalogue's unrated items lost their domain)
+                from metarec.data.files import domain_names
+
+                item_frame["domain"] = domain_names(side["domain"]).to_numpy(object)
+                cat_cols = (*cat_cols, "domain")
+        if domain is not None and "domain" in item_frame.columns:
+            # as `metarec fit` checks: the log's rows carry the domain the split uses, the
+            # items file the one the features see; a disagreement must not pass unseen
+            from metarec.data.files import check_log_domains
+
+            check_log_domains(ratings, item_frame, path, ipath)
         if domain is not None and "domain" not in item_frame.columns:
             # An item's domain is the one its interactions carry (first seen wins).
             first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
