@@ -4,6 +4,8 @@ learning from a stream, and an interrupted cache build that encodes only what is
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -296,6 +298,57 @@ def test_meta_training_from_a_stream_learns(tmp_path):
     after = evaluate_loss(learner, res.params, feats, valid, res.known_items)
     assert after < before - 0.02, (before, after)
     assert res.known_items.tolist() == (np.bincount(tr.item_idx, minlength=40) > 0).tolist()
+    # train() reports the negatives the stream drew: 40 items are uniform under "auto"
+    assert res.negatives == "catalogue"
+    popular = ParquetTaskStream(
+        ix, k_shot=split.k_shot, n_query=split.n_query, rank=0, world=1, negatives="popularity"
+    )
+    short = replace(cfg, steps=2, eval_every=2)
+    res = train(split, feats, sc, meta, short, progress=False, sampler=popular, known_items=None)
+    assert res.negatives == "popularity"
+
+
+def test_stream_draws_query_negatives_as_train_negatives_would(tmp_path, monkeypatch):
+    """train.negatives had no effect on a stream, which drew uniformly. Now the stream
+    takes ``negatives``: "popularity" draws a query's negatives in proportion to event
+    count^0.75 (supports stay uniform), "auto" resolves by the catalogue's size, and
+    train() reports what the stream drew."""
+    import metarec.streaming as streaming
+
+    # 60 users, each with one of the popular items 0, 1, 2 (20 events each) and one rare
+    # item of their own (3 + u, one event): 63 items
+    users = [u for u in range(60) for _ in (0, 1)]
+    items = [x for u in range(60) for x in (u % 3, 3 + u)]
+    ix = index_log(_write(tmp_path / "pop.parquet", users, items, row_group_size=10))
+    with pytest.raises(MetarecError, match="negatives 'often' is not one of"):
+        ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1, negatives="often")
+    auto = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1)
+    assert auto.negatives == "catalogue" and auto.popular_pool is None  # 63 items: uniform
+    monkeypatch.setattr(streaming, "POPULARITY_MIN_ITEMS", 60)
+    auto = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1)
+    assert auto.negatives == "popularity"
+    rating = ParquetTaskStream(ix, k_shot=1, n_query=1, head="rating", rank=0, world=1)
+    assert rating.negatives == "catalogue"  # the rating head samples no negatives
+    # the pool: items 0-2 round(4 * 20^0.75) = 38 times each, the rare ones 4 times
+    pop = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1, negatives="popularity")
+    assert np.bincount(pop.popular_pool).tolist() == [38] * 3 + [4] * 60
+    # a query's negative is another user's popular item 76 / 312 = 24% of the time; a
+    # support's, drawn uniformly, 2 / 61 = 3%
+    rng = np.random.default_rng(0)
+    q_pop = s_pop = n = 0
+    for _ in range(20):
+        for ep in pop.sample(60, rng):
+            own = {ep.user_idx % 3, 3 + ep.user_idx}
+            (nq,), (ns,) = ep.query_items[ep.query_y == 0], ep.support_items[ep.support_y == 0]
+            assert nq not in own and ns not in own
+            q_pop, s_pop, n = q_pop + (nq < 3), s_pop + (ns < 3), n + 1
+    assert 0.19 < q_pop / n < 0.29 and s_pop / n < 0.06, (q_pop / n, s_pop / n)
+    # bounded: the scale falls to 100 / (3 * 20^0.75 + 60) = 1.13, so the popular items
+    # sit in it round(1.13 * 9.46) = 11 times, and every item at least once
+    monkeypatch.setattr(streaming, "STREAM_POPULAR_POOL_MAX", 100)
+    small = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1, negatives="popularity")
+    counts = np.bincount(small.popular_pool)
+    assert len(small.popular_pool) <= 120 and counts.min() == 1 and counts[0] == 11
 
 
 def test_synthetic_log_is_sorted_skewed_and_deterministic(tmp_path):

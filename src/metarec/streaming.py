@@ -34,7 +34,13 @@ from metarec.meta.episodes import Episode, make_episode
 from metarec.progress import bar as progress_bar
 from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import TextEncoder
+from metarec.train import POPULARITY_MIN_ITEMS, popularity_pool
 from metarec.types import MetarecError
+
+STREAM_NEGATIVE_SOURCES = ("auto", "catalogue", "popularity")  # ParquetTaskStream negatives
+# the popularity pool's bound (int64 entries: 128 MiB): a log of 10^8 events over 10^5
+# items would otherwise repeat items some 5·10^7 times in all (see popularity_pool)
+STREAM_POPULAR_POOL_MAX = 1 << 24
 
 
 @dataclass(frozen=True, eq=False)
@@ -272,6 +278,7 @@ class ParquetTaskStream:
         n_query: int,
         head: str = "binary",
         n_negatives: int = 1,
+        negatives: str = "auto",
         positive_threshold: float = 0.5,
         resample_prob: float = 0.5,
         seed: int = 0,
@@ -296,9 +303,31 @@ class ParquetTaskStream:
             )
         if k_shot < 1 or n_query < 1 or buffer_groups < 1:
             raise MetarecError("ParquetTaskStream: k_shot, n_query, buffer_groups must be >= 1")
+        if negatives not in STREAM_NEGATIVE_SOURCES:
+            raise MetarecError(
+                f"ParquetTaskStream: negatives {negatives!r} is not one of "
+                f"{STREAM_NEGATIVE_SOURCES}"
+            )
         self.index = index
         # negatives from items with events in the log (as the in-memory sampler does)
         self.negative_pool = np.flatnonzero(index.item_count > 0)
+        # A query's sampled negatives, as train.negatives draws them in memory: "auto" is
+        # "popularity" on more than POPULARITY_MIN_ITEMS items. The in-memory sampler
+        # counts liked items; the index reads ids only, so here every item with an event
+        # counts, and the weights are event counts. Supports keep the uniform draw.
+        if head != "binary":
+            negatives = "catalogue"
+        elif negatives == "auto":
+            many = len(self.negative_pool) > POPULARITY_MIN_ITEMS
+            negatives = "popularity" if many else "catalogue"
+        self.negatives = negatives  # as resolved: train() reports it (TrainResult.negatives)
+        self.popular_pool: np.ndarray | None = None  # (n_entries,) see popularity_pool
+        if negatives == "popularity":
+            self.popular_pool = popularity_pool(
+                self.negative_pool,
+                index.item_count[self.negative_pool],
+                max_entries=STREAM_POPULAR_POOL_MAX,
+            )
         self.k, self.q = k_shot, n_query
         self.head, self.n_negatives = head, n_negatives
         self.positive_threshold, self.resample_prob = positive_threshold, resample_prob
@@ -418,6 +447,7 @@ class ParquetTaskStream:
                     positive_threshold=self.positive_threshold,
                     exclude=items,
                     negative_pool=self.negative_pool,
+                    query_negative_pool=self.popular_pool,
                 )
             )
         return out

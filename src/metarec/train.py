@@ -113,7 +113,8 @@ class TrainConfig:
     #   ML-100K user cold, 1,682 movies          0.1837 -> 0.1805 (Recall@10 0.2124 -> 0.2082)
     # Validation episodes keep uniform negatives under either: early stopping judges the
     # ranking loss against the catalogue, as served; the choice itself was made on the
-    # full-ranking metrics. The Parquet task stream (streaming.py) draws uniformly always.
+    # full-ranking metrics. The Parquet task stream (streaming.py) takes its own
+    # ``negatives`` argument, resolved on event counts (its index reads no ratings).
     negatives: str = "auto"
     # where a validation query's negatives come from: "train" (training items, as in
     # training), "held_out" (the split's held-out validation items, split.valid_cold_items:
@@ -204,7 +205,7 @@ class TrainResult:
     stopped_early: bool
     known_items: np.ndarray  # (n_items,) bool: items seen in split.train (others are cold)
     # how the binary head's training negatives were drawn (train.negatives as resolved;
-    # "catalogue" for a task stream, which draws uniformly)
+    # for a task stream, the stream's own ``negatives`` as it resolved them)
     negatives: str = "catalogue"
 
 
@@ -235,6 +236,22 @@ def resolve_negatives(cfg: TrainConfig, train: Interactions) -> str:
         return cfg.negatives
     liked = train.item_idx[train.rating >= cfg.positive_threshold]
     return "popularity" if len(np.unique(liked)) > POPULARITY_MIN_ITEMS else "catalogue"
+
+
+def popularity_pool(
+    items: np.ndarray, counts: np.ndarray, max_entries: int | None = None
+) -> np.ndarray:
+    """(n_entries,) ``items`` each repeated round(scale · count^POPULARITY_POWER) times, at
+    least once, so a uniform draw over it is a draw in proportion to count^0.75. The scale
+    is POPULARITY_POOL_SCALE, lowered where the pool would pass ``max_entries`` (the task
+    stream's bound: its logs can be too large for the full scale; rounding is then coarser
+    for the rarest items, which sit in the pool once whatever their weight)."""
+    weights = counts.astype(np.float64) ** POPULARITY_POWER  # (n_items,)
+    scale = float(POPULARITY_POOL_SCALE)
+    if max_entries is not None:
+        scale = min(scale, max_entries / max(float(weights.sum()), 1.0))
+    reps = np.rint(scale * weights).astype(np.int64)
+    return np.repeat(items, np.maximum(1, reps))
 
 
 def resolve_episodes(cfg: TrainConfig, new_items: bool) -> TrainConfig:
@@ -313,8 +330,7 @@ class _TaskSampler:
             self.negatives = resolve_negatives(cfg, inter) if head == "binary" else "catalogue"
             if self.negatives == "popularity":
                 counts = np.bincount(inter.item_idx, minlength=n_items)[self.negative_pool]
-                reps = np.rint(POPULARITY_POOL_SCALE * counts**POPULARITY_POWER).astype(np.int64)
-                self.popular_pool = np.repeat(self.negative_pool, np.maximum(1, reps))
+                self.popular_pool = popularity_pool(self.negative_pool, counts)
 
     def _query_pool(self, query: np.ndarray, history: np.ndarray) -> np.ndarray | None:
         """ "age_matched" negatives for a newest-items query: the pool's items at least as
