@@ -72,6 +72,22 @@ def test_writes_results_report_and_pngs(tiny_run):
     assert "grids are picked on the validation users' RMSE (item_mean_user_bias)" in report
 
 
+def test_training_history_holds_every_ensemble_member(tiny_run):
+    """The default trains three rating models; the history (results.json, the report's
+    training curves) held member 0's alone. Each member's evaluations are there now,
+    tagged, and the single ranking model's carry no member."""
+    cfg, _, out = tiny_run
+    data = json.loads((out / "results.json").read_text())
+    for hist in data["fits"]["MetaRec"]["history"]:  # one per seed
+        rating = [e for e in hist if e["model"] == "rating"]
+        rank = [e for e in hist if e["model"] == "rank"]
+        assert sorted({e["member"] for e in rating}) == [0, 1, 2]
+        assert rank and all("member" not in e for e in rank)
+        # the members trained from their own seeds: their curves differ
+        losses = [tuple(e["train_loss"] for e in rating if e["member"] == j) for j in range(3)]
+        assert len(set(losses)) == 3
+
+
 def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):
     cfg, _, out = tiny_run
     data = json.loads((out / "results.json").read_text())

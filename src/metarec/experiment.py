@@ -1054,11 +1054,18 @@ def _one_line(error: BaseException) -> str:
 
 
 def _history(rec: Recommender) -> tuple[dict, ...]:
+    """Every evaluation of the rating and ranking models' training, tagged with the model
+    and, in an ensemble, the member (0 first; a single model's entries have no member)."""
     out = []
     for key in ("rating_", "rank_"):
         part = getattr(rec, key, None)
-        if part is not None and part.result is not None:
-            out += [{"model": key.rstrip("_"), **h} for h in part.result.history]
+        if part is None or part.result is None:
+            continue
+        model = key.rstrip("_")
+        histories = (part.result.history, *part.member_histories)
+        tag = (lambda j: {"member": j}) if len(histories) > 1 else (lambda j: {})
+        for j, hist in enumerate(histories):
+            out += [{"model": model, **tag(j), **h} for h in hist]
     return tuple(out)
 
 

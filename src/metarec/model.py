@@ -383,6 +383,9 @@ class _Part:
     # (``result`` is member 0's alone); () after load()
     member_steps: tuple[int, ...] = ()
     member_valid: tuple[float | None, ...] = ()
+    # members 1.. 's training histories (TrainResult.history; member 0's is result's), for
+    # the report's training curves; () for a single model and after load()
+    member_histories: tuple[tuple[dict, ...], ...] = ()
     # the ranking model's training negatives as train.negatives resolved ("catalogue" or
     # "popularity"; "" for the rating model and after load())
     negatives: str = ""
@@ -997,6 +1000,7 @@ class MetaRecommender(Recommender):
             results[0],
             member_steps=tuple(r.best_step for r in results),
             member_valid=tuple(r.best_valid for r in results),
+            member_histories=tuple(r.history for r in results[1:]),
             negatives=results[0].negatives if head == "binary" else "",
         )
 

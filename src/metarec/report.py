@@ -464,18 +464,35 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             ax.set_visible(False)
         for ax, (name, hist) in zip(axes.flat, curves, strict=False):
             for model, color in (("rating", "tab:blue"), ("rank", "tab:orange")):
-                h = [e for e in hist if e.get("model") == model]
-                if not h:
-                    continue
-                steps = [e["step"] for e in h]
-                ax.plot(
-                    steps, [e["train_loss"] for e in h], ":.", color=color, label=f"{model} train"
-                )
-                val = [(e["step"], e["valid_loss"]) for e in h if e["valid_loss"] is not None]
-                if val:
-                    ax.plot(
-                        *zip(*val, strict=True), "-o", ms=3, color=color, label=f"{model} valid"
+                mine = [e for e in hist if e.get("model") == model]
+                members = sorted({e.get("member", 0) for e in mine})
+                for j in members:  # an ensemble's members each trained on their own seed
+                    h = [e for e in mine if e.get("member", 0) == j]
+                    # member 0 labelled (with the member count), the others fainter
+                    many = f" ({len(members)} members)" if len(members) > 1 else ""
+                    tags = (
+                        (f"{model} train{many}", f"{model} valid{many}") if j == 0 else (None,) * 2
                     )
+                    alpha = 1.0 if j == 0 else 0.45
+                    steps = [e["step"] for e in h]
+                    ax.plot(
+                        steps,
+                        [e["train_loss"] for e in h],
+                        ":.",
+                        color=color,
+                        alpha=alpha,
+                        label=tags[0],
+                    )
+                    val = [(e["step"], e["valid_loss"]) for e in h if e["valid_loss"] is not None]
+                    if val:
+                        ax.plot(
+                            *zip(*val, strict=True),
+                            "-o",
+                            ms=3,
+                            color=color,
+                            alpha=alpha,
+                            label=tags[1],
+                        )
             ax.set_title(name, fontsize=9)
             ax.set_xlabel("meta-training step")
             ax.set_ylabel("loss")
