@@ -274,9 +274,16 @@ def test_a_body_that_is_not_json_by_its_headers_is_a_415_naming_them(client):
     ok = {"content-type": "application/json; charset=utf-8"}
     assert client.post("/recommend", content=body, headers=ok).status_code == 200
     # bodies the JSON decoder gives up on: "There was an error parsing the body" before
-    for bad in (b'{"k": "\xff"}', b'{"x": ' + b"[" * 2000 + b"]" * 2000 + b"}"):
+    for bad, why in (
+        (b'{"k": "\xff"}', "it is not UTF-8"),
+        (b'{"x": ' + b"[" * 2000 + b"]" * 2000 + b"}", "it is nested too deeply"),
+        # each named by its cause: a 5,000-digit integer was said to be one of the two
+        (b'{"k": 1' + b"0" * 5000 + b"}", "an integer of more digits than Python reads"),
+    ):
         r = client.post("/recommend", content=bad, headers={"content-type": "application/json"})
-        assert r.status_code == 400 and "could not be decoded as JSON" in r.json()["detail"]
+        detail = r.json()["detail"]
+        assert r.status_code == 400 and "could not be decoded as JSON" in detail
+        assert why in detail, (why, detail)
     assert client.get("/nowhere").status_code == 404  # other HTTP errors as they were
 
 
@@ -731,6 +738,57 @@ def test_get_feedback_follows_the_id_rules_of_every_other_endpoint(predictor, tm
         r = c.get(f"/feedback/{bad}")
         assert r.status_code == 422 and "not valid UTF-8" in r.json()["detail"], bad
     assert len(c.get("/feedback/%EF%BF%BD").json()["interactions"]) == 1
+
+
+def test_an_integer_id_is_bounded_as_a_string_id_is(predictor, tmp_path):
+    # a 1,100-digit integer user_id was stored (200), could never be read back (its GET
+    # was a 422), and `metarec update` then refused the whole store for that one row
+    c = TestClient(create_app(predictor, feedback_db=tmp_path))
+    rows = [{"item_id": "it1", "rating": 4}]
+    for body in (
+        {"user_id": 10**1100, "interactions": rows},
+        {"user_id": "u", "interactions": [{"item_id": 10**1100, "rating": 4}]},
+    ):
+        r = c.post("/feedback", json=body)
+        assert r.status_code == 422 and "longer than 1024" in r.text, r.text
+    assert c.post("/feedback", json={"user_id": 10**1000, "interactions": rows}).status_code == 200
+    assert c.get(f"/feedback/{10**1000}").json()["user_id"] == str(10**1000)
+
+
+def test_superseded_out_of_scale_ratings_are_refused_as_the_cli_refuses_them(client):
+    # the request's repeats collapsed to the newest row before the check: a rating 9 on
+    # a 1-5 run, replaced by a 3, passed here while `metarec predict` refused it, and
+    # 50 such rows were counted as one
+    rows = [{"item_id": "it1", "rating": 9}] * 3 + [{"item_id": "it1", "rating": 3}]
+    r = client.post("/recommend", json={"interactions": rows, "k": 3})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"] == (
+        "support: rating 9 is outside the run's rating scale [1, 5] (3 such rows)"
+    )
+
+
+def test_stored_feedback_that_does_not_fit_the_run_is_named_not_blamed_on_the_client(
+    predictor, tmp_path
+):
+    """A store shared with another run (every run served without --feedback-db shares
+    one) may hold rows this run cannot adapt on: the request naming their user was a 422
+    blaming its own valid support. It is a 409 naming the store, and serve warns at
+    start; a request row that replaces the stored one for the same item is fine."""
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore
+
+    store = FeedbackStore(tmp_path / "shared")
+    store.add("other", [FeedbackRow("it2", 10.0, None), FeedbackRow("it3", 4.0, None)])
+    with pytest.warns(UserWarning, match=r"1 stored row\(s\) do not fit this run's rating scale"):
+        app = create_app(predictor, feedback_db=store)
+    c = TestClient(app)
+    r = c.post("/recommend", json={"user_id": "other", "interactions": taste("space")[:2], "k": 3})
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"].startswith(
+        "stored feedback of user 'other' does not fit the served run: rating 10 is outside "
+        "the run's rating scale [1, 5] (1 such row) (the store "
+    )
+    fixed = [{"item_id": "it2", "rating": 4}]
+    assert c.post("/recommend", json={"user_id": "other", "interactions": fixed}).status_code == 200
 
 
 def test_a_store_that_cannot_be_written_is_refused_at_start(tmp_path):

@@ -282,7 +282,12 @@ def id_to_str(v: object) -> object:
     empty, longer than MAX_ID_CHARS, holding a control character or a lone surrogate."""
     # ints (not bools) are ids too; anything else is left for the str check to reject
     if isinstance(v, int) and not isinstance(v, bool):
-        return str(v)
+        # bounded as a string is: a 1,100-digit integer was stored, then refused when
+        # read back, and `metarec update` failed on the whole store for that one row
+        v = str(v)
+        if len(v) > MAX_ID_CHARS:
+            raise ValueError(f"id is longer than {MAX_ID_CHARS} characters")
+        return v
     if isinstance(v, str):
         # JSON may carry a lone UTF-16 surrogate ("\ud800"): no UTF-8 spelling, so the id
         # tables, SQLite and the response encoder would all fail on it (a 500)

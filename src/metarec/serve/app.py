@@ -17,6 +17,7 @@ never fail a request: they are reported in ``unknown_items``.
 import dataclasses
 import secrets
 import sqlite3
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -136,6 +137,17 @@ def create_app(
         if isinstance(feedback_db, FeedbackStore) or feedback_db is None
         else FeedbackStore(feedback_db)
     )
+    if store is not None:
+        unfit = store.count_unfit(pred.model.rating_range_ if pred.explicit else None)
+        if unfit:
+            # said once at start; each request naming such a user is then a 409
+            warnings.warn(
+                f"feedback store {store.path}: {unfit} stored row(s) do not fit this run's "
+                f"{'rating scale' if pred.explicit else '0/1 labels'} (written for another "
+                "run?); requests for their users will be refused until they are removed or "
+                "this run gets its own --feedback-db",
+                stacklevel=2,
+            )
     state = _State(
         pred,
         cfg,
@@ -201,13 +213,20 @@ def create_app(
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             # FastAPI's words for a body its JSON decoder gave up on: bytes that are not
-            # UTF-8, or JSON nested deeper than the decoder's recursion limit (~1,000)
+            # UTF-8, JSON nested deeper than the decoder's recursion limit (~1,000), or an
+            # integer longer than Python converts (4,300 digits), named by the cause
+            cause = exc.__cause__
+            if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+                why = "it holds an integer of more digits than Python reads (4,300)"
+            elif isinstance(cause, UnicodeDecodeError):
+                why = "it is not UTF-8"
+            elif isinstance(cause, RecursionError):
+                why = "it is nested too deeply"
+            else:
+                why = "it is not UTF-8, or it is nested too deeply"
             return JSONResponse(
                 status_code=400,
-                content={
-                    "detail": "the request body could not be decoded as JSON: it is not "
-                    "UTF-8, or it is nested too deeply"
-                },
+                content={"detail": f"the request body could not be decoded as JSON: {why}"},
             )
         return await http_exception_handler(request, exc)
 
@@ -238,6 +257,10 @@ def create_app(
         replace stored rows of the same items; within the request an item named twice keeps
         its newest row (feedback.newest_per_item, the stored rows' rule)."""
         check_interactions(inter)
+        # every row of the request checked as the CLI checks a support file, before an
+        # item's repeats collapse to the newest: a superseded rating 9 on a 1-5 run passed
+        # here while `metarec predict` refused it, and repeats were counted once
+        pred.check_values(np.asarray([i.rating for i in inter], dtype=np.float64))
         stored = (
             newest_per_item(store.get(user_id, limit=cfg.max_interactions))
             if (store is not None and user_id is not None)
@@ -245,6 +268,18 @@ def create_app(
         )
         named = {str(i.item_id) for i in inter}
         rows = [r for r in stored if r.item_id not in named]
+        try:
+            pred.check_values(np.asarray([r.rating for r in rows], dtype=np.float64))
+        except MetarecError as err:
+            # rows this store took for another run (one store is shared by every run
+            # served without --feedback-db): the client cannot fix them, so not a 422
+            # that blames its support
+            raise HTTPException(
+                409,
+                f"stored feedback of user {user_id!r} does not fit the served run: "
+                f"{str(err).removeprefix('support: ')} (the store {store.path} holds rows "
+                "written for another run; serve this run with its own --feedback-db)",
+            ) from None
         # the request's own repeats follow the stored rows' rule (largest timestamp wins,
         # an untimed row counts as newest): support_of alone honoured timestamps only when
         # every row had one, so one untimed row switched the request to arrival order

@@ -168,6 +168,17 @@ class FeedbackStore:
             )
             return [FeedbackRow(i, float(r), t) for i, r, t in reversed(cur.fetchall())]
 
+    def count_unfit(self, scale: tuple[float, float] | None) -> int:
+        """Rows a run could not adapt on: ratings outside ``scale`` (lo, hi), or with
+        ``scale`` None (a run fitted on labels) anything but 0 and 1."""
+        with self._connect() as con:
+            if scale is None:
+                q, args = "SELECT COUNT(*) FROM feedback WHERE rating NOT IN (0, 1)", ()
+            else:
+                q = "SELECT COUNT(*) FROM feedback WHERE rating < ? OR rating > ?"
+                args = (float(scale[0]), float(scale[1]))
+            return int(con.execute(q, args).fetchone()[0])
+
     def count(self) -> int:
         with self._connect() as con:
             return int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
