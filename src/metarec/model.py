@@ -1282,8 +1282,14 @@ class MetaRecommender(Recommender):
         ]
 
     def _blended_ranks(self, pairs: Sequence[tuple[int, Interactions]], items: np.ndarray):
-        """(T, n) ranking scores: the like-model's logits, plus the fitted rank blend."""
+        """(T, n) ranking scores: the like-model's logits, plus the fitted rank blend; or,
+        where the rating model ranks (``rank_model = false``), the rating ``score`` gives,
+        unclipped (its rating stack applied: ranked by the raw meta rating, recommend's
+        order and scores disagreed with predict's, a top-10 overlap of 2 in one probe)."""
         part = self._rank_part
+        if part is not self.rank_:
+            rated = self._blended_ratings(part, pairs, [items] * len(pairs))
+            return np.stack(rated) if rated else np.zeros((0, len(items)))
         raws = self._scores(part, pairs, items)
         logits = np.stack(raws) if raws else np.zeros((0, len(items)))
         if self.blend_ is None or part is not self.rank_:
@@ -1355,6 +1361,9 @@ class MetaRecommender(Recommender):
             catalogue = self._predict(part, fast, user_x, every)[0]
             if self.blend_ is not None and part is self.rank_:
                 catalogue = self.blend_.rank(catalogue[None, :], [(seen, ratings)], every)[0]
+            elif self.blend_ is not None and part.learner.scorer.cfg.head == "rating":
+                # the rating model ranks: by the rating score() gives (see _blended_ranks)
+                catalogue = self.blend_.rating(catalogue, (seen, ratings), every)
         return Adapted(which, fast, user_x, np.unique(seen), (seen, ratings), like, catalogue)
 
     def probe_support(self) -> tuple[int, Interactions]:

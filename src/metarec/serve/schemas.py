@@ -73,7 +73,8 @@ class RecommendedItem(BaseModel):
     item_id: str
     score: float = Field(
         description="P(user likes the item) from the ranking model; for a RUN fitted without "
-        "one (rank_model = false), the predicted rating, clipped to the rating scale"
+        "one (rank_model = false), the predicted rating (as /score gives it, the blend "
+        "included), clipped to the rating scale"
     )
     rank: int
     explanation: list[Explanation] | None = None
