@@ -593,6 +593,14 @@ def test_recommend_by_domain_equals_the_library(tmp_path):
     assert got == ref.item_id.tolist()
     r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "music"})
     assert r.status_code == 422 and "unknown domain 'music'" in r.json()["detail"]
+    # /info names the domains the filter takes: the items file's (the log has none, so
+    # dataset.domains says "default" alone, which the filter refuses)
+    info = c.get("/info").json()
+    assert info["item_domains"] == [
+        {"name": "books", "items": 20},
+        {"name": "films", "items": len(pred.items) - 20},
+    ]
+    assert [d["name"] for d in info["dataset"]["domains"]] == ["default"]
     # the domain's mask and items are built once and handed out read-only
     mask = pred.domain_mask("films")
     assert mask.sum() == len(pred.items) - 20 and not mask.flags.writeable

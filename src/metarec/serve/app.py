@@ -341,6 +341,10 @@ def create_app(
     async def health_head() -> S.Health:
         return S.Health(status="ok")
 
+    # the catalogue's domains, as /recommend's "domain" filter reads them
+    names, counts = np.unique(pred.item_domain.astype(str), return_counts=True)
+    item_domains = [{"name": str(n), "items": int(c)} for n, c in zip(names, counts, strict=True)]
+
     @app.get("/info", response_model=S.Info, dependencies=[Depends(auth)], responses=errs)
     async def info() -> S.Info:
         return S.Info(
@@ -358,6 +362,7 @@ def create_app(
             users=len(pred.users),
             items=len(pred.items),
             feedback_store=None if store is None else str(store.path),
+            item_domains=item_domains,
             limits={
                 "max_k": cfg.max_k,
                 "max_interactions": cfg.max_interactions,

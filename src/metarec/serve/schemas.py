@@ -161,5 +161,8 @@ class Info(BaseModel):
     users: int
     items: int
     feedback_store: str | None
+    # the domains /recommend's "domain" accepts, with their catalogue item counts: the
+    # items file's, which dataset.domains (the log's, at fit) need not match
+    item_domains: list[dict] = Field(default_factory=list)
     limits: dict
     cache: dict = Field(description="adapted-params cache: entries, max_entries, hits, misses, ...")
