@@ -243,3 +243,59 @@ def test_export_without_validation_users_still_exports(fitted, monkeypatch, caps
     assert report["validation_users"] == 0 and report["metric_change"] is None
     assert "no validation users" in report["note"]
     assert len(_predict(tmp, out, "nov")) == 80
+
+
+def test_values_past_fp16s_range_stay_float32():
+    # a rating blend's item biases on a 0-1,000,000 scale overflowed to inf in fp16, and
+    # the exported RUN scored inf; such a tensor is now kept in float32, and said so
+    big = {"blend.item_bias": torch.tensor([1.5, -178_859.0]), "w": torch.tensor([0.5])}
+    for dtype in ("fp16", "int8"):
+        stored, spec = compress(big, dtype)
+        assert stored["blend.item_bias"].dtype == torch.float32
+        assert spec["fp32"] == ["blend.item_bias"] and spec["fp16"] == ["w"]
+        back = dequantize(stored, spec)
+        assert back["blend.item_bias"].tolist() == [1.5, -178_859.0]
+
+
+def test_a_broken_export_is_refused_before_anything_is_written(fitted, monkeypatch, capsys):
+    # the export is loaded and measured in memory first: one that scored NaN replaced a
+    # good RUN at --out with exit 0 (its report printing "rmse": NaN)
+    import metarec.export as E
+
+    tmp, run = fitted
+    out = tmp / "RUN_keep"
+    assert main(["export", "--run", str(run), "--dtype", "fp16", "--out", str(out)]) == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    real = E.compress
+
+    def nan_weights(tensors, dtype):
+        stored, spec = real(tensors, dtype)
+        name = next(n for n in spec["fp16"] if "train." not in n)
+        stored[name] = torch.full_like(stored[name], float("nan"))
+        return stored, spec
+
+    monkeypatch.setattr(E, "compress", nan_weights)
+    capsys.readouterr()
+    assert main(["export", "--run", str(run), "--dtype", "fp16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was written" in err and err.count("\n") == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+
+
+def test_export_checks_out_before_the_work_and_notes_a_refitted_run(fitted, capsys):
+    tmp, run = fitted
+    junk = tmp / "junk"
+    junk.mkdir()
+    (junk / "x").write_text("mine")
+    assert main(["export", "--run", str(run), "--dtype", "int8", "--out", str(junk)]) == 2
+    assert "refusing to replace it" in capsys.readouterr().err
+    assert (junk / "x").read_text() == "mine"
+    # a refitted RUN trained on its validation users: the figures say they are in-sample
+    paths = {"T": tmp / "T.csv", "I": tmp / "I.csv"}
+    refit = tmp / "RUN_refit"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(refit)]
+    assert main([*args, *FEW, "--set", "refit=true"]) == 0
+    capsys.readouterr()
+    assert main(["export", "--run", str(refit), "--dtype", "fp16", "--out", str(tmp / "X")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "refitted" in report["note"] and "in-sample" in report["note"]

@@ -25,6 +25,8 @@ from metarec.types import MetarecError
 DTYPES = ("fp16", "int8")
 _Q, _S = "::int8", "::scale"  # suffixes of the stored int8 values and their row scales
 INT8_MIN_NUMEL = 1024  # smaller 2-D tensors are not worth a scale vector; they go fp16
+# the largest finite float16: a tensor holding larger values stays float32 (spec "fp32")
+FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
 def _kept(name: str, t: torch.Tensor) -> bool:
@@ -55,11 +57,17 @@ def compress(tensors: dict[str, torch.Tensor], dtype: str) -> tuple[dict, dict]:
         elif dtype == "int8" and t.ndim == 2 and t.numel() >= INT8_MIN_NUMEL:
             out[name + _Q], out[name + _S] = quantize_rows(t)
             spec["int8"].append(name)
+        elif t.numel() and float(t.detach().abs().max()) > FP16_MAX:
+            # past fp16's range a value becomes inf: a rating blend's item biases on a
+            # 0-1,000,000 scale did, and the exported RUN scored inf (exit 0 all the same)
+            out[name] = t
+            spec.setdefault("fp32", []).append(name)
         else:
             out[name] = t.detach().to(torch.float16)
             spec["fp16"].append(name)
-    spec["int8"].sort()
-    spec["fp16"].sort()
+    for names in spec.values():
+        if isinstance(names, list):
+            names.sort()
     return out, spec
 
 
@@ -112,22 +120,40 @@ def export_run(
     Metrics on the query: RMSE of the rating model (explicit data) and mean per-user AUC of
     the ranking model for the query items against ``n_negatives`` sampled unseen items.
     """
-    from metarec.artifacts import check_derived_run, load_run, save_run
+    import dataclasses
+
+    from metarec.artifacts import check_derived_run, check_run_target, load_run, save_run
     from metarec.predictor import Predictor
 
     check_derived_run(out, run, "export")
+    check_run_target(out)  # before the work, as fit checks it
     src = load_run(run)
     if src.meta.get("export"):
         record = src.meta["export"]
         dtype_was = record.get("dtype", "?") if isinstance(record, dict) else "?"
         raise MetarecError(f"{run}: already an exported RUN ({dtype_was})")
     # measured first: a RUN that cannot be loaded or scored fails before anything is written
-    before = validation_metrics(Predictor.load(run), max_users, n_negatives)
+    before = validation_metrics(Predictor.from_run(src), max_users, n_negatives)
     tensors, spec = compress(src.tensors, dtype)
-    save_run(
-        out, config=src.config, tensors=tensors, ids=src.ids, meta={**src.meta, "export": spec}
-    )
-    exported = Predictor.load(out)  # the export loads (and scores one user) or it is an error
+    meta = {**src.meta, "export": spec}
+    # the export loads (and scores a user over the catalogue) and is measured before it
+    # is written: a broken one used to replace a good RUN at --out, with exit 0
+    try:
+        exported = Predictor.from_run(dataclasses.replace(src, tensors=tensors, meta=meta))
+    except MetarecError as err:
+        raise MetarecError(
+            f"export {dtype}: the exported model does not load ({err}); nothing was written"
+        ) from None
+    after = validation_metrics(exported, max_users, n_negatives) if before else None
+    if after is not None and not all(
+        v is None or np.isfinite(v) for k, v in after.items() if k != "users"
+    ):
+        raise MetarecError(
+            f"export {dtype}: the exported model scores the validation users NaN or inf "
+            f"({', '.join(f'{k} {v}' for k, v in after.items() if k != 'users')}); "
+            "nothing was written"
+        )
+    save_run(out, config=src.config, tensors=tensors, ids=src.ids, meta=meta)
     size_in, size_out = run_size(run), run_size(out)
     report = {
         "run": str(run),
@@ -149,7 +175,7 @@ def export_run(
             "note": "the RUN has no validation users with a support and a query to "
             "compare the two on",
         }
-    after = validation_metrics(exported, max_users, n_negatives)
+    assert after is not None
     extra = {}
     if src.meta.get("update"):
         # update trains on every user of the merged log, these included: the two sets of
@@ -157,6 +183,13 @@ def export_run(
         extra["note"] = (
             "this RUN was updated, and update trained on every user: the validation "
             "users are in-sample, so the metrics compare the export with its source only"
+        )
+    elif (src.config.get("model") or {}).get("refit"):
+        # model.refit trains again on every training user once the steps are chosen,
+        # the validation users included
+        extra["note"] = (
+            "this RUN was refitted (model.refit), which trains on the validation users "
+            "too: they are in-sample, so the metrics compare the export with its source only"
         )
     return {
         **report,

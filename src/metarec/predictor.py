@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from metarec import __version__
-from metarec.artifacts import load_run, save_run
+from metarec.artifacts import Run, load_run, save_run
 from metarec.data.raw import RawData
 from metarec.data.tabular import clip
 from metarec.errors import exact_g
@@ -29,17 +29,21 @@ from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 def _smoke_test(model: MetaRecommender) -> None:
     """Score one cold user with a one-item support through every part the RUN holds (the
-    rating model and its blend on two items, the ranking model and its blend on the whole
+    rating model and its blend, the ranking model and its blend, each on the whole
     catalogue, as recommend does): a RUN whose tensors do not fit its config (a shape,
     a missing table) fails here, at load, rather than on the first request."""
     cold, support = model.probe_support()
-    scores = model.score(cold, support, np.array([0, model.n_items_ - 1], dtype=np.int64))
-    ranks = model.rank_scores(cold, support, np.arange(model.n_items_, dtype=np.int64))
-    if len(scores) != 2 or len(ranks) != model.n_items_:
+    every = np.arange(model.n_items_, dtype=np.int64)
+    # the whole catalogue through both: an item's own bias or row can be what is broken
+    # (an fp16 export overflowed 76 of a rating blend's item biases to inf, and two
+    # items scored here passed)
+    scores = model.score(cold, support, every)
+    ranks = model.rank_scores(cold, support, every)
+    if len(scores) != model.n_items_ or len(ranks) != model.n_items_:
         raise ValueError("the model returned scores of the wrong length")
-    if np.isnan(scores).any() or np.isnan(ranks).any():
+    if not (np.isfinite(scores).all() and np.isfinite(ranks).all()):
         # not "from another version": the files are whole, their numbers are not
-        raise MetarecError("the RUN's model scores NaN (a weight is NaN or inf); refit it")
+        raise MetarecError("the RUN's model scores NaN or inf (a weight is NaN or inf); refit it")
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +94,13 @@ class Predictor:
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> Predictor:
         """Load a RUN; ``device`` (cpu, cuda, auto) places the model for scoring."""
-        run = load_run(path)
+        return cls.from_run(load_run(path), device)
+
+    @classmethod
+    def from_run(cls, run: Run, device: str | None = None) -> Predictor:
+        """A predictor from a RUN's contents (as :func:`metarec.artifacts.load_run` reads
+        them, or as `metarec export` builds them before writing anything)."""
+        path = run.path
         # in memory every RUN is float32: the loaded predictor's info drops the export
         # record, so a RUN saved from it (`metarec update` of an exported RUN) is an
         # ordinary fp32 RUN that says so (it kept "export" and could not be loaded)
