@@ -173,6 +173,25 @@ def test_a_manifest_cannot_reach_outside_its_run(tmp_path, rel):
         load_run(path)
 
 
+def test_only_listed_id_maps_are_read(tmp_path):
+    # every ids/*.parquet was read, listed or not: an unlisted items map with its ids
+    # reversed sent every score to the wrong item, and an extra map was read too
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _save(tmp_path / "run")
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["files"]["ids/items.parquet"]
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    pq.write_table(pa.table({"id": ["x", "7"]}), path / "ids" / "items.parquet")
+    with pytest.raises(MetarecError, match=r"ids/items\.parquet is not listed"):
+        load_run(path)
+    path = _save(tmp_path / "run2")
+    pq.write_table(pa.table({"id": ["a"]}), path / "ids" / "extra.parquet")
+    with pytest.raises(MetarecError, match=r"ids/extra\.parquet is not listed"):
+        load_run(path)
+
+
 def test_a_run_of_symlinks_loads(tmp_path):
     # git-annex, DVC and cp -rs store a RUN as links to files elsewhere: the manifest's
     # names are checked as written, so links pointing outside are fine

@@ -38,13 +38,21 @@ def test_datasets_says_which_folder_each_needs_and_whether_it_is_there(
     capsys, monkeypatch, tmp_path
 ):
     (tmp_path / "ml-100k").mkdir()
+    for f in ("u.data", "u.item", "u.user"):
+        (tmp_path / "ml-100k" / f).write_text("")
+    # a folder without the files its reader needs is not "found" (ml-1m without its
+    # ratings.dat was, and `info` then failed)
+    (tmp_path / "ml-1m").mkdir()
+    (tmp_path / "ml-1m" / "movies.dat").write_text("")
     monkeypatch.setenv("METAREC_DATA_DIR", str(tmp_path))
     code, out, _ = run_cli(capsys, "datasets")
     assert code == 0
     assert "folder: $METAREC_DATA_DIR/ml-100k (found)" in out
-    assert "folder: $METAREC_DATA_DIR/ml-1m (not found)" in out
+    assert "folder: $METAREC_DATA_DIR/ml-1m (incomplete: no ratings.dat)" in out
+    assert "folder: $METAREC_DATA_DIR/goodbooks-10k (not found)" in out
     rows = {r["name"]: r for r in json.loads(run_cli(capsys, "datasets", "--json")[1])}
     assert rows["movielens-100k"]["present"] and not rows["movielens-1m"]["present"]
+    assert rows["movielens-1m"]["missing_files"] == ["ratings.dat"]
     assert "present" not in rows["goodbooks-sample"]  # bundled: no folder to look for
     monkeypatch.delenv("METAREC_DATA_DIR")
     assert "(METAREC_DATA_DIR is unset; or pass --path)" in run_cli(capsys, "datasets")[1]

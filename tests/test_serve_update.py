@@ -346,3 +346,61 @@ def test_a_store_deleted_under_concurrent_writers_is_made_again_once(tmp_path):
         t.join()
     assert not errors, errors
     assert sum(len(store.get(f"u{i}")) for i in range(12)) == 12
+
+
+def test_feedback_older_than_the_training_row_of_its_item_is_left_out(run):
+    # "an item named twice keeps its newest row": a feedback row stamped at 1000 replaced
+    # a training row of 2020 for the same item
+    pred = Predictor.load(run)
+    mine = pred.train.user_idx == 0
+    item_idx, ts = pred.train.item_idx[mine][0], int(pred.train.timestamp[mine][0])
+    item = pred.items.ids[item_idx]
+    old = pd.DataFrame(
+        {
+            "user_id": ["u0", "u0"],
+            "item_id": [item, "it3"],
+            "rating": [1.0, 5.0],
+            "timestamp": pd.array([ts - 1, ts + 10**6], dtype="Int64"),
+        }
+    )
+    _, train, _, counts = merge_feedback(pred, old)
+    assert counts["feedback_rows_older_than_training"] == 1
+    assert counts["feedback_rows_used"] == 1
+    rows = (train.user_idx == 0) & (train.item_idx == item_idx)
+    before = pred.train.rating[mine & (pred.train.item_idx == item_idx)].tolist()
+    assert train.rating[rows].tolist() == before and train.timestamp[rows].tolist() == [ts]
+    # stamped at the same time (or later, or not at all) it replaces the training row
+    same = old.assign(timestamp=pd.array([ts, ts + 10**6], dtype="Int64"))
+    _, train, _, counts = merge_feedback(pred, same)
+    assert counts["replaced_training_rows"] == 1 and train.rating[rows].tolist() == [1.0]
+
+
+def test_update_checks_its_out_first_and_never_writes_a_diverged_model(run, tmp_path, capsys):
+    import sqlite3
+
+    FeedbackStore(tmp_path / "fb").add("u1", likes_space())
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb")]
+    # --out checked before the training (it was after up to 100,000 steps)
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "x").write_text("mine")
+    assert main([*argv, "--out", str(junk), "--steps", "100000"]) == 2
+    assert "refusing to replace it" in capsys.readouterr().err
+    # one step at an absurd rate: the loss was checked before the step only, so the NaN
+    # weights it made were written with exit 0
+    assert main([*argv, "--out", str(tmp_path / "R2"), "--lr", "1e30", "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "after the last step" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "R2").exists()
+    # a seed out of range is named as update's own
+    assert main([*argv, "--out", str(tmp_path / "R3"), "--seed", "-1"]) == 2
+    assert "update: seed must be in [0," in capsys.readouterr().err
+    # a table named feedback with other columns: one line, not an sqlite3 traceback
+    con = sqlite3.connect(tmp_path / "odd.sqlite3")
+    con.execute("CREATE TABLE feedback (uid TEXT, iid TEXT, stars REAL)")
+    con.commit()
+    con.close()
+    bad = ["update", "--run", str(run), "--feedback", str(tmp_path / "odd.sqlite3")]
+    assert main([*bad, "--out", str(tmp_path / "R4")]) == 2
+    err = capsys.readouterr().err
+    assert "not a metarec feedback database" in err and "user_id" in err and err.count("\n") == 1

@@ -232,11 +232,19 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
             raise MetarecError(f"{path}: {rel} does not match its checksum (corrupt RUN)")
     # past the checksums a file can still be unreadable: written by a buggy or another
     # version, or edited along with its checksum. One line naming it, not a traceback.
+    # the id maps read are the ones the manifest lists (and so checksummed): an unlisted
+    # ids/items.parquet with its ids reversed was read, and every score went to the wrong
+    # item; an extra unlisted map was read too
+    id_files = sorted((path / "ids").glob("*.parquet"))
+    stray = [f.relative_to(path).as_posix() for f in id_files]
+    stray = [r for r in stray if r not in files]
+    if stray:
+        raise MetarecError(f"{manifest_path}: corrupt manifest ({stray[0]} is not listed)")
     rel = "model.safetensors"
     try:
         tensors = load_file(str(path / rel))
         ids = {}
-        for f in sorted((path / "ids").glob("*.parquet")):
+        for f in id_files:
             rel = f.relative_to(path).as_posix()
             col = pq.read_table(f).column("id").to_pylist()
             ids[f.stem] = IdMap(np.asarray(col, dtype=object))

@@ -86,10 +86,19 @@ def cmd_datasets(args) -> int:
         base = Path(root).expanduser() if root else None
     except RuntimeError:  # "~nosuchuser/data": no such home to expand
         base = Path(root)
+    from metarec.data import DATASETS
+
     for r in rows:
         if r.get("folder"):
             where = base / r["folder"] if base is not None else None
-            r["present"] = bool(where is not None and where.is_dir())
+            # a folder is "found" only with the files its reader needs (an ml-1m folder
+            # without ratings.dat was "found", and `info` then failed)
+            lacks = (
+                DATASETS[r["name"]].missing(where) if where is not None and where.is_dir() else []
+            )
+            r["present"] = bool(where is not None and where.is_dir() and not lacks)
+            if lacks:
+                r["missing_files"] = lacks
     if args.json:
         _print_json(rows)
         return 0
@@ -98,7 +107,13 @@ def cmd_datasets(args) -> int:
         print(f"{r['name']:<{width}}  {r['description']}")
         if r.get("folder"):
             state = (
-                ("found" if r["present"] else "not found")
+                (
+                    "found"
+                    if r["present"]
+                    else f"incomplete: no {', '.join(r['missing_files'])}"
+                    if r.get("missing_files")
+                    else "not found"
+                )
                 if root
                 else "METAREC_DATA_DIR is unset; or pass --path"
             )

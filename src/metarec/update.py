@@ -39,7 +39,7 @@ from metarec.train import (
     evaluate_loss,
     resolve_episodes,
 )
-from metarec.types import IdMap, Interactions, MetarecError, Split
+from metarec.types import MAX_SEED, IdMap, Interactions, MetarecError, Split
 
 MAX_UPDATE_STEPS = 100_000
 
@@ -67,6 +67,9 @@ class UpdateConfig:
             )
         if not 0 <= self.feedback_share <= 1:
             raise MetarecError("update: feedback_share must be in [0, 1]")
+        if not 0 <= self.seed <= MAX_SEED:
+            # named here: train.seed's message named a key update's user never set
+            raise MetarecError(f"update: seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 
 def _item_domain_codes(pred: Predictor) -> np.ndarray:
@@ -158,20 +161,31 @@ def merge_feedback(
     order = np.lexsort((np.arange(len(fb_key)), filled, untimed, fb_key))
     ends = np.r_[fb_key[order][1:] != fb_key[order][:-1], True]  # last of each key group
     rows = rows.take(np.sort(order[ends]))
-    # then the feedback replaces the training rows of the same (user, item)
+    # then the newer of a feedback row and the training rows of the same (user, item)
+    # stays, as everywhere an item is named twice (a tie goes to the feedback, stored
+    # later); a feedback row stamped before the training row it met replaced it
+    fb_key = rows.user_idx.astype(np.int64) * n_items + rows.item_idx  # (n_rows,) unique
     tr_key = train.user_idx.astype(np.int64) * n_items + train.item_idx
-    replaced = np.isin(tr_key, fb_key)
+    met = np.isin(tr_key, fb_key)
+    tr_newest = pd.Series(train.timestamp[met]).groupby(tr_key[met]).max()
+    fb_ts = pd.Series(rows.timestamp, index=fb_key)
+    older = fb_ts.index.isin(tr_newest.index)
+    older[older] = fb_ts[older].to_numpy() < tr_newest.reindex(fb_ts.index[older]).to_numpy()
+    rows = rows.take(~older)
+    replaced = np.isin(tr_key, fb_key[~older])
     merged = Interactions.concat([train.take(~replaced), rows])
     counts = {
         "feedback_rows": len(feedback),
         "feedback_rows_unknown_item": n_unknown,
         # the rows folded in: one per (user, item), its newest; the stored count above
         # includes the older repeats, which read as if they were folded in too
-        "feedback_rows_used": len(rows),
+        "feedback_rows_used": len(rows),  # after the older-than-training ones below
         "feedback_users": int(len(np.unique(user_idx))),
         "new_users": len(new),
         # training rows only (feedback rows that repeat an item are not counted here)
         "replaced_training_rows": int(replaced.sum()),
+        # feedback rows dated before the user's training row of the same item: kept out
+        "feedback_rows_older_than_training": int(older.sum()),
     }
     return users, merged, np.unique(user_idx), counts
 
@@ -304,7 +318,14 @@ def _continue(
             torch.nn.utils.clip_grad_norm_(list(params.values()), tcfg.grad_clip)
         opt.step()
     out = {k: v.detach().clone() for k, v in params.items()}
-    return out, {"before": before, "after": probe_loss(out)}
+    # the loss is checked before each step, so the last step's result was not: one step
+    # at --lr 1e30 wrote NaN weights with exit 0
+    bad = [k for k, v in out.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    after = probe_loss(out)
+    if bad or (after is not None and not math.isfinite(after)):
+        what = f"weights {', '.join(bad[:3])} are not finite" if bad else f"loss is {after}"
+        raise MetarecError(f"update: after the last step the {what} (lower --lr)")
+    return out, {"before": before, "after": after}
 
 
 def _probe_episodes(sampler, head: str, n_items: int, tcfg: TrainConfig) -> list:
@@ -336,16 +357,19 @@ def update_run(
     run: str | Path, feedback_db: str | Path, out: str | Path, cfg: UpdateConfig | None = None
 ) -> dict:
     """``metarec update``: load RUN, read the feedback store, write RUN2 (atomically)."""
-    from metarec.artifacts import check_derived_run
+    from metarec.artifacts import check_derived_run, check_run_target
+    from metarec.predictor import _smoke_test
     from metarec.serve.feedback import open_store
 
     check_derived_run(out, run, "update")
+    check_run_target(out)  # before the training, as fit checks it
     pred = Predictor.load(run)
     frame = open_store(feedback_db).frame()
     # rows stored before /feedback checked values would otherwise surface as "meta-loss
     # is inf": name them instead
     pred.check_values(frame["rating"].to_numpy(), f"{feedback_db}: stored feedback")
     new, report = update(pred, frame, cfg)
+    _smoke_test(new.model)  # as a load would: nothing is written that cannot serve
     new.save(out)
     # each part's member count, as fit's summary gives it: every member was updated
     members = {

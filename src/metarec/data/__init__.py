@@ -11,6 +11,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +47,17 @@ class DatasetSpec:
     folder: str | None = None  # default sub-folder of $METAREC_DATA_DIR; None: path required
     needs_path: bool = True  # False only for data shipped inside the package
     url: str | None = None  # public download (zip) for read_raw(..., download=True)
+    # files the folder must hold, each a tuple of alternatives (goodbooks: ratings.csv or
+    # ratings_prefix.csv): what `metarec datasets` checks before saying "found"
+    files: tuple[tuple[str, ...], ...] = ()
+
+    def missing(self, folder: Path) -> list[str]:
+        """The required files ``folder`` lacks ("a or b" for alternatives)."""
+        return [
+            " or ".join(alts)
+            for alts in self.files
+            if not any((folder / f).is_file() for f in alts)
+        ]
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -65,6 +77,7 @@ DATASETS: dict[str, DatasetSpec] = {
             read_movielens_100k,
             folder="ml-100k",
             url=ML_100K_URL,
+            files=(("u.data",), ("u.item",), ("u.user",)),
         ),
         DatasetSpec(
             "movielens-1m",
@@ -73,6 +86,7 @@ DATASETS: dict[str, DatasetSpec] = {
             read_movielens_1m,
             folder="ml-1m",
             url=ML_1M_URL,
+            files=(("ratings.dat",), ("movies.dat",)),
         ),
         DatasetSpec(
             "goodbooks",
@@ -80,6 +94,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "CC BY-SA 4.0 (goodbooks-10k, Zygmunt Zając)",
             read_goodbooks,
             folder="goodbooks-10k",
+            files=(("ratings.csv", "ratings_prefix.csv"),),
         ),
         DatasetSpec(
             "goodbooks-biography",
@@ -87,6 +102,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "CC BY-SA 4.0 (goodbooks-10k, Zygmunt Zając)",
             read_goodbooks_biography,
             folder="goodbooks-biography",
+            files=(("ratings.csv", "ratings_prefix.csv"),),
         ),
         DatasetSpec(
             "amazon-food-kitchen",
@@ -94,6 +110,18 @@ DATASETS: dict[str, DatasetSpec] = {
             _AMAZON,
             read_food_kitchen,
             folder="amazon-food-kitchen-cdsr",
+            files=tuple(
+                (f,)
+                for f in (
+                    "train_A.txt",
+                    "train_B.txt",
+                    "train_overlap.txt",
+                    "valid.txt",
+                    "test.txt",
+                    "items_A_food.tsv",
+                    "items_B_kitchen.tsv",
+                )
+            ),
         ),
         DatasetSpec(
             "amazon-scientific",
@@ -101,6 +129,17 @@ DATASETS: dict[str, DatasetSpec] = {
             _AMAZON,
             read_unisrec,
             folder="amazon2018-scientific-unisrec",
+            files=tuple(
+                (f"Scientific.{x}",)
+                for x in (
+                    "user2index",
+                    "item2index",
+                    "train.inter",
+                    "valid.inter",
+                    "test.inter",
+                    "text",
+                )
+            ),
         ),
         DatasetSpec(
             "lastfm-hetrec",
@@ -108,6 +147,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "Last.fm/HetRec 2011: non-commercial use, cite Last.fm and HetRec'11",
             read_lastfm,
             folder="hetrec2011-lastfm-2k",
+            files=(("user_artists.dat",), ("artists.dat",)),
         ),
         DatasetSpec(
             "csv",

@@ -75,6 +75,18 @@ class FeedbackStore:
                 raise MetarecError(f"{p}: not a usable feedback database ({err})") from None
             if found is None:
                 raise MetarecError(f"{p}: not a metarec feedback database (no feedback table)")
+            # a table named feedback with other columns (uid, iid, stars) passed and then
+            # failed on the first read with an sqlite3 traceback
+            with self._connect() as con:
+                cols = {r[1] for r in con.execute("PRAGMA table_info(feedback)").fetchall()}
+            missing = [
+                c for c in ("seq", "user_id", "item_id", "rating", "timestamp") if c not in cols
+            ]
+            if missing:
+                raise MetarecError(
+                    f"{p}: not a metarec feedback database (its feedback table has no "
+                    f"{', '.join(missing)} column{'s' if len(missing) > 1 else ''})"
+                )
             return
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
