@@ -173,6 +173,18 @@ def test_a_manifest_cannot_reach_outside_its_run(tmp_path, rel):
         load_run(path)
 
 
+def test_a_run_holding_files_it_did_not_write_is_not_replaced(tmp_path):
+    # a RUN is replaced whole: notes a user kept in it went with it, without a word
+    path = _save(tmp_path / "run")
+    (path / "my_notes.txt").write_text("keep me")
+    with pytest.raises(MetarecError, match=r"holding 1 file\(s\) it did not write \(my_notes"):
+        _save(tmp_path / "run", scale=2.0)
+    assert (path / "my_notes.txt").read_text() == "keep me"
+    assert torch.equal(load_run(path).tensors["w"], torch.arange(6.0).reshape(2, 3))
+    (path / "my_notes.txt").unlink()
+    _save(tmp_path / "run", scale=2.0)  # its own files only: replaced as before
+
+
 def test_only_listed_id_maps_are_read(tmp_path):
     # every ids/*.parquet was read, listed or not: an unlisted items map with its ids
     # reversed sent every score to the wrong item, and an extra map was read too

@@ -845,6 +845,50 @@ def test_domains_that_disagree_with_the_items_file_are_one_line(tmp_path, capsys
     capsys.readouterr()
     assert predict(run, s, q, tmp_path / "P.csv") == 2
     assert "'it0' is in domain 'films' there but 'books'" in capsys.readouterr().err
+    # an empty cell is the domain "default", in S as in T (S took it when every cell was
+    # empty, where T refuses it)
+    empty = pd.DataFrame({"user_id": ["cold"], "item_id": ["it0"], "label": [1], "domain": [""]})
+    empty.to_csv(s, index=False)
+    assert predict(run, s, q, tmp_path / "P.csv") == 2
+    assert "'it0' is in domain 'default' there but 'books'" in capsys.readouterr().err
+    empty.assign(domain="books").to_csv(s, index=False)
+    assert predict(run, s, q, tmp_path / "P.csv") == 0
+
+
+def test_predict_and_recommend_never_write_over_their_inputs(fitted, tmp_path, capsys):
+    """--out equal to --support or --query overwrote the file it read (through a
+    symlink too); "-" writes to stdout (it made a file named "-"), and a .tsv name is
+    written tab-separated, as a .tsv input is read."""
+    _, run, _ = fitted
+    sup, q = cold_support(tmp_path), tmp_path / "Q.csv"
+    pd.read_csv(sup)[["user_id", "item_id"]].to_csv(q, index=False)
+    (tmp_path / "link.csv").symlink_to(sup)
+    before = sup.read_bytes()
+    for out, flag in ((sup, "support"), (q, "query"), (tmp_path / "link.csv", "support")):
+        capsys.readouterr()
+        assert predict(run, sup, q, out) == 2
+        err = capsys.readouterr().err
+        assert f"is the --{flag} file it reads" in err and err.count("\n") == 1
+    rec = ["recommend", "--run", str(run), "--support", str(sup), "-k", "2", "--out", str(sup)]
+    assert main(rec) == 2 and "is the --support file" in capsys.readouterr().err
+    assert sup.read_bytes() == before
+    capsys.readouterr()
+    assert predict(run, sup, q, "-") == 0
+    got = capsys.readouterr()
+    assert got.out.startswith("user_id,item_id,score\n") and "wrote" in got.err
+    assert not (tmp_path / "-").exists() and not Path("-").exists()
+    assert predict(run, sup, q, tmp_path / "P.tsv") == 0
+    tsv = pd.read_csv(tmp_path / "P.tsv", sep="\t")
+    assert list(tsv.columns) == ["user_id", "item_id", "score"] and len(tsv) == len(pd.read_csv(q))
+
+
+def test_a_config_that_is_not_utf8_is_named(tmp_path, capsys):
+    paths, _ = make_world(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"\xff\xfe")
+    assert main([*fit_argv(paths, tmp_path / "RUN"), "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: invalid TOML: not UTF-8" in err and err.count("\n") == 1
 
 
 def test_fit_with_a_user_who_rated_the_whole_catalogue(tmp_path):
@@ -988,6 +1032,24 @@ def test_python_api_takes_integer_ids_like_the_files_do(int_id_run):
     for k in (2.5, True, "3"):
         with pytest.raises(MetarecError, match="k must be an integer"):
             pred.recommend(s, k)
+
+
+def test_a_warm_user_spelled_another_way_is_warned_about(int_id_run, tmp_path, capsys):
+    # in a CSV, "3.0" or "003" is another id than the training user 3: scored silently as
+    # a new user whose training history goes unused. Kept (ids are compared as written;
+    # a float 3.0 in Parquet is 3), and named in a warning
+    s = tmp_path / "S.csv"
+    s.write_text("user_id,item_id,rating\n3.0,it30,5\n003,it31,4\nbrandnew,it30,5\n3,it2,4\n")
+    q = tmp_path / "Q.csv"
+    q.write_text("user_id,item_id\n3.0,it32\n003,it32\nbrandnew,it32\n3,it32\n")
+    capsys.readouterr()
+    assert predict(int_id_run, s, q, tmp_path / "P.csv") == 0
+    err = capsys.readouterr().err
+    assert "2 users are not training users but spell one's number another way" in err
+    assert "'3.0' (training has '3'), '003' (training has '3')" in err and "brandnew" not in err
+    argv = ["recommend", "--run", str(int_id_run), "--support", str(s), "-k", "2"]
+    assert main([*argv, "--out", str(tmp_path / "R.csv")]) == 0
+    assert "spell one's number another way" in capsys.readouterr().err
 
 
 def test_recommend_from_a_rating_only_run_scores_ratings_as_serve_does(tmp_path):

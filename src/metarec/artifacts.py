@@ -74,7 +74,23 @@ def check_run_target(out: str | Path) -> Path:
         return out
     if not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
-    if _is_run(out) or not any(out.iterdir()):
+    if not any(out.iterdir()):
+        return out
+    if _is_run(out):
+        # a RUN is replaced whole: a file the user put beside its files (notes, a P.csv)
+        # went with it without a word
+        listed = set(json.loads((out / "manifest.json").read_text())["files"]) | {"manifest.json"}
+        extra = sorted(
+            f.relative_to(out).as_posix()
+            for f in out.rglob("*")
+            if not f.is_dir() and f.relative_to(out).as_posix() not in listed
+        )
+        if extra:
+            raise MetarecError(
+                f"{out} is a RUN holding {len(extra)} file(s) it did not write "
+                f"({', '.join(extra[:3])}); replacing it would delete them: move them out, "
+                "or write the RUN elsewhere"
+            )
         return out
     raise MetarecError(
         f"{out} is a non-empty folder that is not a metarec RUN (no metarec manifest.json); "

@@ -241,21 +241,40 @@ def _model_config(args):
         raise
 
 
-def _check_output(out: str | Path, run: str | Path, what: str) -> None:
-    """Before any work: ``out`` must be writable as a file (not a folder or a device) and
-    outside the RUN, which predict and recommend never modify."""
+def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | Path) -> None:
+    """Before any work: ``out`` must be writable as a file (not a folder or a device),
+    outside the RUN, which predict and recommend never modify, and none of ``inputs``
+    (flag name -> path: ``--out S.csv`` overwrote the support it read); "-" is stdout."""
     from metarec.artifacts import check_derived_run
     from metarec.atomic import writable_target
 
+    if str(out) == "-":
+        return
+    for flag, path in inputs.items():
+        if path is not None and os.path.realpath(out) == os.path.realpath(path):
+            raise MetarecError(
+                f"--out {out} is the --{flag} file it reads; write the output elsewhere"
+            )
     writable_target(out)
     check_derived_run(out, run, what)
 
 
 def _write_csv_atomic(frame, out: Path) -> None:
+    """``frame`` as CSV at ``out`` (atomically), tab-separated where its name ends in
+    .tsv as an input's would be read, or to stdout for "-"."""
     from metarec.atomic import atomic_path
 
+    sep = "\t" if out.suffix.lower() in (".tsv", ".tab") else ","
+    if str(out) == "-":
+        frame.to_csv(sys.stdout, index=False, sep=sep)
+        return
     with atomic_path(out) as tmp, tmp.open("w", newline="") as fh:
-        frame.to_csv(fh, index=False)
+        frame.to_csv(fh, index=False, sep=sep)
+
+
+def _said(args) -> object:
+    """Where a command's closing line goes: stderr when its output is stdout (--out -)."""
+    return sys.stderr if str(args.out) == "-" else sys.stdout
 
 
 def cmd_fit(args) -> int:
@@ -359,18 +378,33 @@ def _warn_unknown_support(stats: dict) -> None:
         )
 
 
+def _warn_look_alike_users(stats: dict) -> None:
+    pairs = stats.get("look_alike_users") or []
+    if pairs:
+        shown = ", ".join(f"{a!r} (training has {b!r})" for a, b in pairs[:3])
+        more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+        print(
+            f"metarec: warning: {len(pairs)} users are not training users but spell one's "
+            f"number another way: {shown}{more}; ids are compared as written, so they were "
+            "scored as new users without their training history",
+            file=sys.stderr,
+        )
+
+
 def cmd_predict(args) -> int:
     from metarec.data.files import read_log, read_query
     from metarec.predictor import Predictor
 
-    _check_output(args.out, args.run, args.command)
+    _check_output(args.out, args.run, args.command, support=args.support, query=args.query)
     pred = Predictor.load(args.run, device=args.device)
     support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
     query = read_query(args.query)
     out, stats = pred.predict(support, query)
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats)
-    print(f"wrote {len(out)} predictions for {stats['users']} users to {args.out}")
+    _warn_look_alike_users(stats)
+    to = "stdout" if str(args.out) == "-" else args.out
+    print(f"wrote {len(out)} predictions for {stats['users']} users to {to}", file=_said(args))
     return 0
 
 
@@ -378,12 +412,13 @@ def cmd_recommend(args) -> int:
     from metarec.data.files import read_log
     from metarec.predictor import Predictor
 
-    _check_output(args.out, args.run, args.command)
+    _check_output(args.out, args.run, args.command, support=args.support)
     pred = Predictor.load(args.run, device=args.device)
     support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
     out, stats = pred.recommend(support, args.k, args.domain)
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats)
+    _warn_look_alike_users(stats)
     per_user = out.groupby("user_id", sort=False).size()  # rows each user got
     short = int((per_user < args.k).sum())  # the catalogue minus their support is < k
     note = f"; {short} of them had fewer than {args.k} candidates left" if short else ""
@@ -398,7 +433,8 @@ def cmd_recommend(args) -> int:
             file=sys.stderr,
         )
     of = f" of {stats['users']}" if empty else ""
-    print(f"wrote top-{args.k} for {len(per_user)}{of} users to {args.out}{note}")
+    to = "stdout" if str(args.out) == "-" else args.out
+    print(f"wrote top-{args.k} for {len(per_user)}{of} users to {to}{note}", file=_said(args))
     return 0
 
 
@@ -689,7 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--support", required=True, help="S.csv, same columns as the training log")
     p.add_argument("--query", required=True, help="Q.csv: user_id,item_id")
-    p.add_argument("--out", required=True, help="P.csv: user_id,item_id,score")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="P.csv: user_id,item_id,score (tab-separated for a .tsv name; - for stdout)",
+    )
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_predict)
 
@@ -698,7 +738,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--domain", help="recommend only this domain's items")
-    p.add_argument("--out", required=True, help="R.csv: user_id,item_id,rank,score")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="R.csv: user_id,item_id,rank,score (tab-separated for a .tsv name; - for stdout)",
+    )
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_recommend)
 

@@ -251,3 +251,10 @@ def load_toml(path: str | Path) -> dict:
         raise MetarecError(f"config file not found: {p}") from None
     except tomllib.TOMLDecodeError as err:
         raise MetarecError(f"{p}: invalid TOML: {err}") from None
+    except UnicodeDecodeError as err:
+        # TOML is UTF-8; the message named no file ("cannot decode input (utf-8)")
+        raise MetarecError(
+            f"{p}: invalid TOML: not UTF-8 ({err.reason} at byte {err.start})"
+        ) from None
+    except IsADirectoryError:
+        raise MetarecError(f"{p}: is a folder, not a config file") from None

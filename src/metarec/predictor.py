@@ -275,7 +275,9 @@ class Predictor:
     def _check_domains(self, frame: pd.DataFrame, what: str) -> None:
         """The RUN's items file decided each item's domain; a support or query (``frame``,
         str item ids) naming another is a mix-up worth a line, not something to ignore."""
-        if "domain" not in frame.columns or not (frame["domain"] != "default").any():
+        # every row, empty cells ("default") too: T refuses a books item left empty, and
+        # S took it when all its cells were empty
+        if "domain" not in frame.columns:
             return
         idx = self.items.lookup_or_missing(frame["item_id"].to_numpy(object))
         known = idx >= 0
@@ -310,6 +312,23 @@ class Predictor:
                 f"{what} {user_id!r} has no support rows with items in the catalogue and is "
                 "not in the training data"
             )
+
+    def look_alike_users(self, user_ids) -> list[tuple[str, str]]:
+        """(given, training) id pairs for users absent from training whose id is a number
+        spelled another way than a training user's ("7.0", "007", "+7" beside "7"): in a
+        CSV such a user is a new, cold user, since ids are compared as written; worth a
+        warning, since their training history then goes unused."""
+        out = []
+        for u in dict.fromkeys(str(u) for u in user_ids):
+            if u in self.users:
+                continue
+            try:
+                v = float(u)
+            except ValueError:
+                continue
+            if np.isfinite(v) and v == int(v) and str(int(v)) in self.users:
+                out.append((u, str(int(v))))
+        return out
 
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -368,7 +387,11 @@ class Predictor:
                 f"inf (first: user {raw_users[int(np.argmax(bad))]!r}); the RUN is damaged"
             )
         out = pd.DataFrame({"user_id": raw_users, "item_id": raw_items, "score": scores})
-        return out, {"unknown_support_items": n_unknown, "users": len(tasks)}
+        return out, {
+            "unknown_support_items": n_unknown,
+            "users": len(tasks),
+            "look_alike_users": self.look_alike_users(pd.unique(users)),
+        }
 
     def candidates(self, domain: str | None) -> np.ndarray:
         """(n_cand,) int64 item indices: the catalogue, or one domain's items (read-only)."""
@@ -443,8 +466,9 @@ class Predictor:
         self, support: pd.DataFrame, k: int, domain: str | None = None
     ) -> tuple[pd.DataFrame, dict]:
         """Top-k per support user; also {"unknown_support_items": n, "users": n,
-        "no_candidates": [user ids left with no item to recommend]} (their support and
-        history cover the catalogue, or ``domain``'s items: they get no rows)."""
+        "no_candidates": [user ids left with no item to recommend] (their support and
+        history cover the catalogue, or ``domain``'s items: they get no rows),
+        "look_alike_users": :meth:`look_alike_users` of the support's users}."""
         supports, n_unknown, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
@@ -458,6 +482,7 @@ class Predictor:
             "unknown_support_items": n_unknown,
             "users": len(supports),
             "no_candidates": empty,
+            "look_alike_users": self.look_alike_users(supports),
         }
 
 
