@@ -73,6 +73,12 @@ def test_update_writes_a_run_that_moves_toward_the_feedback(run, tmp_path, capsy
     p0, p1 = before.model.rank_.params, after.model.rank_.params
     assert any(not np.array_equal(p0[k].numpy(), p1[k].numpy()) for k in p0)
     assert json.loads((run2 / "meta.json").read_text())["update"]["steps"] == 15
+    # a second update keeps the first's record: "updates" lists both, "update" the latest
+    run3 = tmp_path / "RUN3"
+    again = ["update", "--run", str(run2), "--feedback", str(tmp_path / "fb"), "--out", str(run3)]
+    assert main([*again, "--steps", "2"]) == 0
+    meta = json.loads((run3 / "meta.json").read_text())
+    assert [u["steps"] for u in meta["updates"]] == [15, 2] and meta["update"]["steps"] == 2
 
 
 def test_merge_feedback_latest_row_wins(run):
@@ -404,3 +410,12 @@ def test_update_checks_its_out_first_and_never_writes_a_diverged_model(run, tmp_
     assert main([*bad, "--out", str(tmp_path / "R4")]) == 2
     err = capsys.readouterr().err
     assert "not a metarec feedback database" in err and "user_id" in err and err.count("\n") == 1
+
+
+def test_a_null_id_in_a_hand_made_store_is_named(run):
+    pred = Predictor.load(run)
+    fb = pd.DataFrame(
+        {"user_id": ["u0", None], "item_id": ["it1", "it2"], "rating": [4.0, 5.0]}
+    ).assign(timestamp=pd.array([None, None], dtype="Int64"))
+    with pytest.raises(MetarecError, match=r"row 2: user_id is missing \(NULL\) in 1 rows"):
+        merge_feedback(pred, fb)

@@ -119,6 +119,13 @@ def merge_feedback(
     from metarec.types import id_to_str
 
     for col in ("user_id", "item_id"):
+        null = fb[col].isna().to_numpy()
+        if null.any():
+            # a hand-made store's NULL id read as the id "nan" (or "None")
+            raise MetarecError(
+                f"feedback: row {int(np.argmax(null)) + 1}: {col} is missing (NULL) in "
+                f"{int(null.sum())} rows"
+            )
         clean = []
         for pos, raw in enumerate(fb[col].astype(str)):
             try:
@@ -234,10 +241,15 @@ def update(
         params, losses = _continue(model, part, s_all, s_fb, tcfg, cfg, device=device)
         setattr(model, f"{key}_", dataclasses.replace(part, params=params))
         report[f"{key}_feedback_loss_in_sample"] = losses
+    record = {**report, "steps": cfg.steps, "outer_lr": cfg.outer_lr}
+    # every update in order ("update" is the latest alone, and a second update's record
+    # replaced the first's)
+    earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
     info = {
         **{k: v for k, v in pred.info.items() if k != "item_domains"},
         **_log_counts(pred, users, train),
-        "update": {**report, "steps": cfg.steps, "outer_lr": cfg.outer_lr},
+        "update": record,
+        "updates": [*earlier, record],
     }
     return Predictor(model, users, pred.items, pred.item_domain, train, info), report
 
