@@ -1076,6 +1076,13 @@ def test_recommend_from_a_rating_only_run_scores_ratings_as_serve_does(tmp_path)
         assert np.allclose(np.clip(ranked, 1, 5), rated, atol=1e-5), user
         ad = loaded.model.adapt_user(len(loaded.users), inter, "rank")
         assert np.allclose(loaded.model.score_adapted(ad, every), ranked, atol=1e-5), user
+        # explain's weights are leave-one-out differences of that same ranking score
+        some = every[:6]
+        w = loaded.model.explain(len(loaded.users), inter, some, "rank")
+        for j in range(len(inter)):
+            rest = inter.take(np.delete(np.arange(len(inter)), j))
+            without = loaded.model.rank_scores(len(loaded.users), rest, some)
+            assert np.allclose(w[:, j], ranked[some] - without, atol=1e-5), (user, j)
     out = tmp_path / "R.csv"
     rec = ["recommend", "--run", str(run), "--support", str(cold_support(tmp_path)), "-k", "4"]
     assert main([*rec, "--out", str(out)]) == 0

@@ -1451,7 +1451,9 @@ class MetaRecommender(Recommender):
         0.037 against 0.045.) Every leave-one-out is blended with the whole support's
         weights (the one-item weights only where the support itself is one item), so a
         weight measures the row, not a switch of blend weights. The scoring model's
-        weights are the meta-model's own, before its rating blend."""
+        weights are the meta-model's own, before its rating blend, except where it ranks
+        (``rank_model = false``, ``which="rank"``): there they are of the blended rating
+        recommend ranks by."""
         self._check_model()
         part = self._part_named(which)
         item_idx = self._check_items(item_idx)
@@ -1476,6 +1478,13 @@ class MetaRecommender(Recommender):
             # scale, and each weight measured that switch (-5.5 logits), not the row
             short = np.full(len(tasks), self.blend_.is_short(hists[0]))
             s = self.blend_.rank(s, hists, item_idx, short)
+        elif self.blend_ is not None and which == "rank" and self.rank_ is None:
+            # the rating model ranks (rank_model = false): by its blended rating, which
+            # is what recommend orders and shows (see _blended_ranks)
+            hists = [self._history(u, sup) for u, sup in tasks]
+            s = np.stack(
+                [self.blend_.rating(r, h, item_idx) for r, h in zip(s, hists, strict=True)]
+            )
         out[:, live] = (s[0][None, :] - s[1:]).T
         return out
 
