@@ -845,13 +845,20 @@ def test_domains_that_disagree_with_the_items_file_are_one_line(tmp_path, capsys
     capsys.readouterr()
     assert predict(run, s, q, tmp_path / "P.csv") == 2
     assert "'it0' is in domain 'films' there but 'books'" in capsys.readouterr().err
-    # an empty cell is the domain "default", in S as in T (S took it when every cell was
-    # empty, where T refuses it)
-    empty = pd.DataFrame({"user_id": ["cold"], "item_id": ["it0"], "label": [1], "domain": [""]})
-    empty.to_csv(s, index=False)
+    # an empty cell beside named ones is the domain "default", checked as T's are; a
+    # column left empty throughout says nothing, as in T
+    mixed = pd.DataFrame(
+        {
+            "user_id": ["cold"] * 2,
+            "item_id": ["it0", "it25"],
+            "label": [1, 1],
+            "domain": ["", "films"],
+        }
+    )
+    mixed.to_csv(s, index=False)
     assert predict(run, s, q, tmp_path / "P.csv") == 2
     assert "'it0' is in domain 'default' there but 'books'" in capsys.readouterr().err
-    empty.assign(domain="books").to_csv(s, index=False)
+    mixed.assign(domain="").to_csv(s, index=False)
     assert predict(run, s, q, tmp_path / "P.csv") == 0
 
 

@@ -275,9 +275,10 @@ class Predictor:
     def _check_domains(self, frame: pd.DataFrame, what: str) -> None:
         """The RUN's items file decided each item's domain; a support or query (``frame``,
         str item ids) naming another is a mix-up worth a line, not something to ignore."""
-        # every row, empty cells ("default") too: T refuses a books item left empty, and
-        # S took it when all its cells were empty
-        if "domain" not in frame.columns:
+        # a file with no domain column reads as all "default" (as does one whose cells are
+        # all empty, as a log's are): nothing to check, as for T; once any cell names a
+        # domain, every row is checked, an empty cell as "default"
+        if "domain" not in frame.columns or not (frame["domain"] != "default").any():
             return
         idx = self.items.lookup_or_missing(frame["item_id"].to_numpy(object))
         known = idx >= 0
