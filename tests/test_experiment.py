@@ -163,6 +163,12 @@ def test_k_curve_uses_the_same_users_at_every_k(tiny_run):
         "on seeds [1] each K scores its own recut's query (a recut trained on other rows)"
     )
     assert "held-out items" in E._curve_query_text("item-cold", {0: True})
+    # warm and item-cold keep the supports in training: the report says the curve is
+    # flat by construction there (it said "only the support changes")
+    for protocol in ("item-cold", "warm"):
+        assert "this curve is not a few-shot curve" in E._curve_query_text(protocol, {0: True})
+    for protocol in ("user-cold", "user-item-cold", "cross-domain"):
+        assert "not a few-shot curve" not in E._curve_query_text(protocol, {0: True})
 
 
 def test_k_curve_scores_one_query_at_every_k():
