@@ -168,6 +168,18 @@ def test_candidates_restrict_ranking_and_relevant():
     # user 0 ranks 3, 2, 4; relevant within candidates: {3}
     assert res.per_user["HR@1 (full)"][0] == 1.0
     assert res.per_user["MRR (full)"][0] == 1.0
+    # a mask or float ids were cast silently (an all-True mask became the items 0 and 1)
+    mask = np.zeros(ds.n_items, dtype=bool)
+    mask[[2, 3, 4]] = True
+    for bad, said in (
+        (mask, "boolean mask; pass item indices"),
+        (np.array([2.9, 3.0]), "must be integer item indices"),
+        (np.array([2, ds.n_items]), "must be item indices in"),
+    ):
+        with pytest.raises(MetarecError, match=said):
+            evaluate(rec, ds, TASKS, ks=(1,), candidates=bad, bootstrap=0)
+    same = evaluate(rec, ds, TASKS, ks=(1,), candidates=np.flatnonzero(mask), bootstrap=0)
+    assert np.array_equal(same.per_user["MRR (full)"], res.per_user["MRR (full)"], equal_nan=True)
 
 
 def test_implicit_logloss_and_threshold():

@@ -67,6 +67,23 @@ class EvalResult:
         return self.metrics[self.primary_metric]
 
 
+def _candidate_indices(candidates, n_items: int) -> np.ndarray:
+    """``candidates`` as sorted unique item indices: integers in [0, n_items). A boolean
+    mask was cast to the indices 0 and 1 and floats were truncated, both silently (an
+    all-True mask scored nDCG@10 1.0 over two items)."""
+    c = np.asarray(candidates)
+    if c.dtype == bool:
+        raise MetarecError(
+            "evaluate: candidates is a boolean mask; pass item indices (np.flatnonzero(mask))"
+        )
+    if c.size and not np.issubdtype(c.dtype, np.integer):
+        raise MetarecError(f"evaluate: candidates must be integer item indices, got {c.dtype}")
+    c = c.astype(np.int64).ravel()
+    if c.size and (c.min() < 0 or c.max() >= n_items):
+        raise MetarecError(f"evaluate: candidates must be item indices in [0, {n_items})")
+    return np.unique(c)
+
+
 def evaluate(
     rec: Recommender,
     dataset: Dataset,
@@ -167,7 +184,7 @@ def evaluate(
         cand = (
             np.arange(dataset.n_items, dtype=np.int64)
             if candidates is None
-            else np.unique(np.asarray(candidates, dtype=np.int64))
+            else _candidate_indices(candidates, dataset.n_items)
         )
         kmax = max(ks)
         tie_rng = np.random.default_rng([seed, 0x71E])
