@@ -130,6 +130,29 @@ def test_verdict_judges_the_default_not_the_best_variant_on_test():
     assert "Variant Meta-b scores 0.5000 on test" in v and "selecting on test" in v
 
 
+def test_a_run_without_the_configs_default_gives_no_verdict_on_it(tmp_path):
+    # --only "MetaRec-np,popularity" judged MetaRec-np as "the default meta-learned
+    # method": the first meta method left. load_config keeps the full config's default
+    from metarec.experiment import load_config
+
+    res = _results(
+        {"Meta-b": [(1.0, 0.50), (1.0, 0.50)], "Base": [(1.0, 0.20), (1.0, 0.20)]},
+        {"Meta-b": "meta", "Base": "baseline"},
+    )
+    gone = dataclasses.replace(res, config=dataclasses.replace(res.config, default_method="Meta"))
+    v = report.verdict(gone, gone.summary(), NDCG)
+    assert v.startswith("The config's default meta-learned method, Meta, is not in this run")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[methods]]\nname = "Meta"\nkind = "meta"\n[[methods]]\nname = "Meta-b"\n'
+        'kind = "meta"\n[[methods]]\nname = "popularity"\n'
+    )
+    assert load_config(cfg).default_method == "Meta"
+    assert load_config(cfg, only=["Meta-b", "popularity"]).default_method == "Meta"
+    with pytest.raises(MetarecError, match="default_method 'popularity' is not a meta"):
+        load_config(cfg, ["default_method='popularity'"])
+
+
 def test_bars_skip_a_metric_no_method_has(tmp_path):
     """Implicit data with all-positive queries has no AUC/RMSE for anyone: the bar chart
     leaves that panel out instead of failing (an Amazon run lost its report to this)."""

@@ -165,6 +165,10 @@ class ExperimentConfig:
     # a method whose fit fails (a diverged loss, a singular solve) is recorded as failed on
     # that seed and the run goes on; true = stop the whole experiment at the first failure
     fail_fast: bool = False
+    # the method the report's verdict judges: the first meta or transfer method unless
+    # named. `--only` sets it to the full config's, so a run that leaves the default out
+    # says so instead of judging a variant as "the default" (None: the first)
+    default_method: str | None = None
     base_dir: str = "."  # where relative data paths start (set by load_config)
 
     def __post_init__(self) -> None:
@@ -450,6 +454,14 @@ def load_config(
     data = apply_overrides(data, list(overrides))
     data.update(updates)
     config = ExperimentConfig.from_dict(data)
+    learned = [m.name for m in config.methods if m.kind in ("meta", "transfer")]
+    if config.default_method is not None and config.default_method not in learned:
+        raise MetarecError(
+            f"default_method {config.default_method!r} is not a meta or transfer method of "
+            f"the config ({learned})"
+        )
+    if config.default_method is None and learned:
+        config = dataclasses.replace(config, default_method=learned[0])
     if only is not None:
         wanted = [m.strip() for m in only if m.strip()]
         if not wanted:  # --only "" used to run every method

@@ -143,11 +143,18 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     The best meta variant on test is named beside it for information only: choosing it
     because it wins on test would be selecting on test users."""
     kinds = {m.name: m.kind for m in results.config.methods}
-    default = next((n for n, k in kinds.items() if k in ("meta", "transfer")), None)
+    named = getattr(results.config, "default_method", None)
+    default = named or next((n for n, k in kinds.items() if k in ("meta", "transfer")), None)
     learned = [n for n in table if kinds.get(n) in ("meta", "transfer")]
     others = [n for n in table if kinds.get(n) in ("baseline", "pooled")]
     if default is None:
         return ""
+    if default not in kinds:
+        # left out of this run (--only): a variant that ran is not the default
+        return (
+            f"The config's default meta-learned method, {default}, is not in this run "
+            "(left out by --only): no verdict on the default."
+        )
     if default not in table:  # it failed on every seed: no other variant stands in for it
         return f"**The default meta-learned method, {default}, failed on every seed.**"
     dm, bb = default, _best(table, metric, others)
