@@ -828,6 +828,15 @@ def test_the_csv_loader_checks_the_items_files_domains_against_the_log(tmp_path)
             read_table(p, domain_col="domain", items=bad, text_cols=named)
 
 
+def test_a_domain_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
+    # info, split and evaluate's csv loader read every row as "default" unless domain_col
+    # was named, and a cross-domain split then knew only the domain "default"
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating,domain\n1,2,3,books\n1,3,4,films\n")
+    raw = read_table(p)
+    assert sorted(raw.ratings["domain"].unique()) == ["books", "films"]
+    assert dataset_info(build_dataset(raw))["domains"][0]["name"] in ("books", "films")
+
+
 def test_float_ids_in_an_object_column_follow_the_float_rule():
     # a Python frame mixing 7 and 100.0 in one id column: "100.0" was an unknown id
     from metarec.data.tabular import id_column

@@ -241,7 +241,9 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     # so, or a ± 0.0000 on every baseline reads as a broken run
     same_split = (
         " Every seed scores the same test tasks (users, supports and queries): ± is the "
-        "spread over model seeds, and a method with no randomness shows ± 0."
+        "spread over model seeds, and a method with no randomness shows ± 0 on the query "
+        "metrics (its full-ranking metrics can still move: tied scores there are broken "
+        "at random, seeded by the run's seed)."
         if p.get("same_test_tasks")
         else ""
     )

@@ -684,7 +684,7 @@ def read_table(
     ``time_col`` is used when the column exists (numbers = unix seconds, or date strings);
     otherwise the row order is the time order (``has_time=False``). Only the default
     ``"timestamp"`` may be absent: another name given and missing is an error. ``domain_col`` tags
-    each row with a domain; the item side file, if given, then gets each item's domain too.
+    each row with a domain (a column named ``domain`` does so unnamed, as in `metarec fit`); the item side file, if given, then gets each item's domain too.
     ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
     ``item_col``); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns;
     with none named, every column's role is inferred as ``metarec fit --items`` infers it.
@@ -694,6 +694,11 @@ def read_table(
     frame = strip_columns(_read_any(path, sep, encoding))
     value_col = label_col if label_col is not None else rating_col
     require_columns(frame, [user_col, item_col, value_col])
+    if domain_col is None and "domain" in frame.columns:
+        # as `metarec fit` reads T: a domain column is the rows' domain without being
+        # named (info, split and evaluate's csv loader read every row as "default", and a
+        # cross-domain split then found no source domain)
+        domain_col = "domain"
     if domain_col is not None:
         require_columns(frame, [domain_col])
     user_ids = id_column(frame, user_col)
