@@ -103,7 +103,13 @@ def test_one_seed_shows_the_bootstrap_interval():
     md = report.markdown_table(res, res.summary(), [NDCG])
     # a single run keeps evaluate's own interval (ndcg ± 0.05 in the fake results)
     assert "| Meta | meta | 0.1000 [0.050, 0.150] |" in md
-    assert "One seed only" in report.render_markdown(res, {})
+    text = report.render_markdown(res, {})
+    # one seed: no "mean ± std over seeds" before the sentence that says cells are CIs
+    assert "One seed only" in text and "mean ± std over seeds" not in text
+    assert "Relevant = rating >= " in text and "label 1 (implicit)" not in text  # explicit
+    implicit = dataclasses.replace(res, dataset={"name": "toy", "feedback": "implicit"})
+    said = report.render_markdown(implicit, {})
+    assert "Relevant = label 1;" in said and "rating >=" not in said
 
 
 def test_plots_without_matplotlib_name_the_extra(monkeypatch, tmp_path):

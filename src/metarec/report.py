@@ -257,14 +257,24 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         pca = f"PCA {asked} lowered to {dim}, fitted on training items only"
     else:  # features.build_features: too few training items with text to fit a PCA
         pca = f"no PCA: too few training items with text, {dim}-dimensional vectors unprojected"
+    # the rule the data's feedback uses, alone: "rating >= 3.0 (explicit) or label 1
+    # (implicit)" on implicit data named a threshold that played no part
+    feedback = results.dataset.get("feedback")
+    relevant = (
+        "Relevant = label 1"
+        if feedback == "implicit"
+        else f"Relevant = rating >= {p.get('threshold')}"
+        if feedback == "explicit"
+        else f"Relevant = rating >= {p.get('threshold')} (explicit) or label 1 (implicit)"
+    )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
-        f"user, seeds {seeds} (mean ± std over seeds).{one_seed}{same_split} Held out: "
+        f"user, seeds {seeds}{' (mean ± std over seeds)' if len(cfg.seeds) > 1 else ''}."
+        f"{one_seed}{same_split} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
         f"Hyperparameters: {p.get('selection')}. Text: "
-        f"{text.get('model')} ({pca}). Relevant = rating >= {p.get('threshold')} (explicit) or "
-        f"label 1 (implicit); (full) metrics rank {p.get('candidates')}."
+        f"{text.get('model')} ({pca}). {relevant}; (full) metrics rank {p.get('candidates')}."
     )
 
 
