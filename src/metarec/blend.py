@@ -27,6 +27,7 @@ stays pure and a fitted blend is a few arrays (saved with the model, no refit at
 from __future__ import annotations
 
 import importlib.util
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -575,8 +576,8 @@ class ClosedForm:
             mf_mu=mf.mu_,
             mf_item_bias=mf.item_bias_,
             mf_item_factors=mf.item_factors_,
-            mf_reg=mf.reg,
-            mf_bias_reg=mf.bias_reg,
+            mf_reg=mf.reg_,  # the penalties as scaled to the rating scale (BiasedMF.fit)
+            mf_bias_reg=mf.bias_reg_,
             ease=ease,
             ease_cols=ease_cols,
             like=like,
@@ -874,6 +875,30 @@ def content_map(features: np.ndarray, x: sp.spmatrix, reg: float) -> np.ndarray:
     lam_p = reg * max(float(np.trace(m)) / d, 1e-12)
     lam_f = reg * max(float(np.trace(g)) / d, 1e-12)
     return np.linalg.solve(m + lam_p * eye, m) @ np.linalg.inv(g + lam_f * eye)
+
+
+def rating_design(
+    meta: np.ndarray,
+    like: np.ndarray | None,
+    x: np.ndarray,
+    names: Sequence[str],
+    unit: float = 1.0,
+) -> np.ndarray:
+    """(n, 1 + [1] + len(names)) the rating stack's columns: the meta rating (n,), the
+    like logit (n,) where given, the closed-form inputs x (n, len(names)). The unitless
+    ones (the like logit, popularity) are multiplied by ``unit``, one star of the rating
+    scale: a stack fitted on ratings times s then has the same weights, and the same
+    shrink toward its prior, as on 1-5 stars (with the penalty times unit^2). Exactly
+    the columns as they are where unit is 1."""
+    x = np.asarray(x, dtype=np.float64)
+    if unit != 1.0 and "popularity" in names:
+        x = x.copy()
+        x[:, list(names).index("popularity")] *= unit
+    cols = [np.asarray(meta, dtype=np.float64)[:, None], x]
+    if like is not None:
+        lk = np.asarray(like, dtype=np.float64)[:, None]
+        cols.insert(1, lk * unit if unit != 1.0 else lk)
+    return np.hstack(cols)
 
 
 def fit_rating_weights(
@@ -1211,6 +1236,11 @@ class Blend:
     # the input the rating weights were shrunk toward ("" = none: no shrink, no rating
     # stack, or a RUN from before 2026-12-06); with rating_prior "auto", the one fit chose
     rating_prior: str = ""
+    # one star of the data's rating scale (a quarter of its range; 1 on 1-5 stars): the
+    # stack's unitless columns (the like logit, popularity) enter times it, so that
+    # every weight, and the shrink toward the prior, means on any scale what it means on
+    # 1-5 stars (see rating_design)
+    rating_unit: float = 1.0
 
     def rating_weights_for(self, n_history: int) -> np.ndarray | None:
         """The rating weights a history of ``n_history`` items is rated with."""
@@ -1233,12 +1263,12 @@ class Blend:
             return meta
         w = self.rating_weights_for(len(history[0]))
         x = self.closed.rating_inputs(self.rating_inputs, *history, targets)
-        cols = [meta[:, None], x]
-        if self.rating_like:
-            if like is None:
-                raise MetarecError("blend: this rating stack needs the like-model's logits")
-            cols.insert(1, like[:, None])
-        return apply_rating_weights(w, np.hstack(cols))
+        if self.rating_like and like is None:
+            raise MetarecError("blend: this rating stack needs the like-model's logits")
+        design = rating_design(
+            meta, like if self.rating_like else None, x, self.rating_inputs, self.rating_unit
+        )
+        return apply_rating_weights(w, design)
 
     def is_short(self, history: tuple[np.ndarray, np.ndarray]) -> bool:
         """Whether a history (items, ratings) is ranked with the short-history weights."""
@@ -1277,6 +1307,7 @@ class Blend:
             "short_history": self.short_history,
             "rating_cuts": list(self.rating_cuts),
             "rating_prior": self.rating_prior,
+            "rating_unit": self.rating_unit,
         }
         for key in _WEIGHT_KEYS:
             w = getattr(self, key)
@@ -1315,6 +1346,9 @@ class Blend:
         ):
             raise ValueError(f"blend: short_history {short_history!r} is not a size >= 0")
         cuts = tuple(raw_cuts)
+        unit = cfg.get("rating_unit", 1.0)  # RUNs before it: columns as they were
+        if not isinstance(unit, int | float) or isinstance(unit, bool) or not 0 < unit < math.inf:
+            raise ValueError(f"blend: rating_unit {unit!r} is not a finite number > 0")
         short = weights("rating_weights_short")
         if (short is None and cuts) or (short is not None and short.shape[0] != len(cuts)):
             # a cut without its row would fail at the first short user's request
@@ -1335,4 +1369,5 @@ class Blend:
             cuts,
             short,
             str(cfg.get("rating_prior", "")),
+            float(unit),
         )

@@ -49,6 +49,7 @@ from metarec.blend import (
     fit_rank_blend,
     fit_rating_weights,
     rank_columns,
+    rating_design,
 )
 from metarec.config import check_field_types, deep_merge, from_dict, to_dict
 from metarec.devices import resolve_device
@@ -699,6 +700,7 @@ class MetaRecommender(Recommender):
             b.rating_short_histories[: len(rating_short)] if rating_short is not None else (),
             rating_short,
             rating_prior,
+            self.rating_unit if use_rating else 1.0,
         )
 
     def _short_tasks(
@@ -758,11 +760,12 @@ class MetaRecommender(Recommender):
             ]
         )  # (n_rows, n_inputs)
         y = np.concatenate([t.query.rating for t in tasks]).astype(np.float64)
-        cols = [meta[:, None], x]
+        like = None
         if rating_like:
             assert self.rank_ is not None
-            like_logits = self._scores(self.rank_, pairs, queries, train_rows=False)
-            cols.insert(1, np.concatenate(like_logits)[:, None])
+            like = np.concatenate(self._scores(self.rank_, pairs, queries, train_rows=False))
+        # (n_rows, 1 + like + n_inputs); the unitless columns in stars of this scale
+        design = rating_design(meta, like, x, b.rating_inputs, self.rating_unit)
         # column names: the rating-scale columns (whole predicted ratings) are the ones
         # summing to 1 when the stack has no intercept; the offsets (like logit, bias
         # parts, popularity) stay free. The ridge's prior is one input alone.
@@ -775,15 +778,22 @@ class MetaRecommender(Recommender):
             cols_of = [b.rating_inputs.index(n) for n in offered]
             sizes = [len(q) for q in queries]
             prior = best_ordering_input(offered, x[:, cols_of], y, sizes)
+        # fitted in stars (divided by one star of the scale: unit 1 changes nothing), so
+        # that the shrink means on any scale what it means on 1-5 stars and the system
+        # stays well scaled (on 1000-5000 the KKT solve lost the third decimal); the
+        # weights hold on the data's scale as they are, but for the intercept, in stars
+        unit = self.rating_unit
         w = fit_rating_weights(
-            np.hstack(cols),
-            y,
+            design / unit if unit != 1.0 else design,
+            y / unit if unit != 1.0 else y,
             b.rating_loss,
             intercept=b.rating_intercept,
             summed=np.array([n in _RATING_SCALE for n in names]),
             shrink=b.rating_shrink,
             prior=np.array([float(n == prior) for n in names]),
         )
+        if unit != 1.0:
+            w[-1] *= unit
         return w, prior
 
     def _fit_rank_blend(
