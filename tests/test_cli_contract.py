@@ -1181,7 +1181,7 @@ def test_a_user_left_with_no_candidates_is_named_not_dropped_silently(fitted, tm
     args = ["recommend", "--run", str(run), "--support", str(s), "-k", "3"]
     assert main([*args, "--out", str(out)]) == 0
     said = capsys.readouterr()
-    assert "1 users have rated all of the catalogue and get no recommendations: 'full'" in said.err
+    assert "1 user has rated all of the catalogue and get no recommendations: 'full'" in said.err
     assert "wrote top-3 for 1 of 2 users" in said.out
     assert set(pd.read_csv(out, dtype=str).user_id) == {"other"}
 
@@ -1422,6 +1422,12 @@ def test_domains_on_different_scales_and_unrated_items_without_a_domain_are_flag
     with pytest.warns(UserWarning) as said:
         read_training_files(paths["T"], paths["I"])
     assert any("reach different tops (books 1..5, films 2..10)" in str(w.message) for w in said)
+    # and what it costs: books sit below the like threshold, so recommend cannot transfer
+    assert any(
+        "its middle 5.5, is above every rating of books: `recommend` sees no likes"
+        in str(w.message)
+        for w in said
+    )
 
 
 def test_a_domain_flag_is_stripped_like_the_files_domain_cells(tmp_path):

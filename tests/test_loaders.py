@@ -835,6 +835,13 @@ def test_a_domain_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
     raw = read_table(p)
     assert sorted(raw.ratings["domain"].unique()) == ["books", "films"]
     assert dataset_info(build_dataset(raw))["domains"][0]["name"] in ("books", "films")
+    # read as fit reads it: an empty cell is "default" (it was refused as an empty id),
+    # and an item in two domains is refused (it was put in the first seen)
+    blank = write(tmp_path / "b.csv", "user_id,item_id,rating,domain\n1,2,3,books\n1,3,4,\n")
+    assert read_table(blank).ratings["domain"].tolist() == ["books", "default"]
+    two = write(tmp_path / "t.csv", "user_id,item_id,rating,domain\n1,2,3,books\n2,2,4,films\n")
+    with pytest.raises(MetarecError, match=r"item_id '2' is in domains \['books', 'films'\]"):
+        read_table(two)
 
 
 def test_float_ids_in_an_object_column_follow_the_float_rule():

@@ -425,11 +425,11 @@ def cmd_recommend(args) -> int:
     empty = stats["no_candidates"]
     if empty:
         # they get no rows: said, or R.csv silently lacked a user S named
-        where = f"domain {args.domain!r}'s items" if args.domain else "the catalogue"
+        where = f"the items of domain {args.domain!r}" if args.domain else "the catalogue"
         names = ", ".join(map(repr, empty[:5])) + (", ..." if len(empty) > 5 else "")
+        who = "1 user has" if len(empty) == 1 else f"{len(empty)} users have"
         print(
-            f"metarec: warning: {len(empty)} users have rated all of {where} and get no "
-            f"recommendations: {names}",
+            f"metarec: warning: {who} rated all of {where} and get no recommendations: {names}",
             file=sys.stderr,
         )
     of = f" of {stats['users']}" if empty else ""

@@ -233,7 +233,7 @@ def check_log_domains(
         raise MetarecError(
             f"{where}: item_id {pairs['item_id'].iloc[i]!r} is in domain "
             f"{pairs['domain'].iloc[i]!r} here but {theirs.iloc[i]!r} in {items_file} "
-            f"({int(differ.sum())} such items)"
+            f"({int(differ.sum())} such item{'' if int(differ.sum()) == 1 else 's'})"
         )
 
 
@@ -247,9 +247,21 @@ def _warn_mixed_scales(ratings: pd.DataFrame, train: str | Path) -> None:
     if len(tops) > 1 and tops.max() > 1.5 * max(tops.min(), 1e-9):
         ranges = ratings.groupby("domain", sort=True)["rating"].agg(["min", "max"])
         said = ", ".join(f"{d} {r['min']:g}..{r['max']:g}" for d, r in ranges.iterrows())
+        lo, hi = float(ratings["rating"].min()), float(ratings["rating"].max())
+        like = lo + (hi - lo) / 2
+        below = [str(d) for d, r in ranges.iterrows() if r["max"] < like]
+        # what it costs, said: the like threshold is the shared scale's middle, so a
+        # domain rated below it has no likes, and recommend (which ranks by likes) does
+        # not transfer from it (a probe's films top-10 fell to chance from book supports)
+        cost = (
+            f" (the like threshold, its middle {like:g}, is above every rating of "
+            f"{', '.join(below)}: `recommend` sees no likes there and cannot transfer from it)"
+            if below
+            else ""
+        )
         warnings.warn(
             f"{train}: the domains' ratings reach different tops ({said}); the model uses "
-            "one rating scale for all: put the ratings on one scale first",
+            f"one rating scale for all{cost}: put the ratings on one scale first",
             stacklevel=3,
         )
 

@@ -737,8 +737,20 @@ def read_table(
         )
     has_time = time_col is not None and time_col in frame.columns
     ts = _timestamps(frame, time_col) if has_time else None
-    domain = id_column(frame, domain_col) if domain_col is not None else None
+    domain = None
+    if domain_col is not None:
+        # read as `metarec fit` reads T's: names, an empty cell "default" (id_column
+        # refused the empty cell that fit took)
+        from metarec.data.files import domain_names
+
+        domain = domain_names(frame[domain_col])
     ratings = make_ratings_frame(user_ids, item_ids, values, ts, domain)
+    if domain is not None:
+        # an item in two domains is refused as fit refuses it (it was given the first
+        # domain seen, silently)
+        from metarec.data.files import check_log_domains
+
+        check_log_domains(ratings, None, path, None)
 
     item_frame = None
     # one name given as a string is that column ("title"), not its letters t, i, t, l, e
