@@ -1181,7 +1181,7 @@ def test_a_user_left_with_no_candidates_is_named_not_dropped_silently(fitted, tm
     args = ["recommend", "--run", str(run), "--support", str(s), "-k", "3"]
     assert main([*args, "--out", str(out)]) == 0
     said = capsys.readouterr()
-    assert "1 user has rated all of the catalogue and get no recommendations: 'full'" in said.err
+    assert "1 user has rated all of the catalogue and gets no recommendations: 'full'" in said.err
     assert "wrote top-3 for 1 of 2 users" in said.out
     assert set(pd.read_csv(out, dtype=str).user_id) == {"other"}
 

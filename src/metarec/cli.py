@@ -428,8 +428,9 @@ def cmd_recommend(args) -> int:
         where = f"the items of domain {args.domain!r}" if args.domain else "the catalogue"
         names = ", ".join(map(repr, empty[:5])) + (", ..." if len(empty) > 5 else "")
         who = "1 user has" if len(empty) == 1 else f"{len(empty)} users have"
+        get = "gets" if len(empty) == 1 else "get"
         print(
-            f"metarec: warning: {who} rated all of {where} and get no recommendations: {names}",
+            f"metarec: warning: {who} rated all of {where} and {get} no recommendations: {names}",
             file=sys.stderr,
         )
     of = f" of {stats['users']}" if empty else ""
