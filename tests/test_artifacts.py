@@ -183,6 +183,11 @@ def test_a_run_holding_files_it_did_not_write_is_not_replaced(tmp_path):
     assert torch.equal(load_run(path).tensors["w"], torch.arange(6.0).reshape(2, 3))
     (path / "my_notes.txt").unlink()
     _save(tmp_path / "run", scale=2.0)  # its own files only: replaced as before
+    # a manifest whose file list is not a mapping is refused in one line (a TypeError)
+    for files in (None, [{"a": 1}]):
+        (path / "manifest.json").write_text(json.dumps({"format_version": 1, "files": files}))
+        with pytest.raises(MetarecError, match="corrupt manifest .no file list.; refusing"):
+            _save(tmp_path / "run")
 
 
 def test_only_listed_id_maps_are_read(tmp_path):

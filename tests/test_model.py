@@ -1599,10 +1599,12 @@ def test_any_rating_scale_trains_as_one_to_five(tmp_path, scale, shift):
     feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
     split = make_split(ds, "user-cold", k_shot=5, n_query=5, seed=0)
     split_big = make_split(big, "user-cold", k_shot=5, n_query=5, seed=0)
-    # the closed-form blend is not scale-equivariant (its ridge penalties are absolute)
-    cfg = _fast_config(blend=BlendConfig(rating=False, rank=False))
+    # the closed-form blend too (since biased MF's factor penalty and the rating stack
+    # are set in stars of the scale; they were absolute)
+    cfg = _fast_config(blend=BlendConfig(min_valid_users=2))
     small = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
     large = MetaRecommender(cfg).fit(big, split_big.train, feats, valid=split_big.valid)
+    assert small.blend_ is not None and small.blend_.rating_weights is not None
     assert (small.rating_unit, small.rating_offset) == (1.0, 0.0)
     assert large.rating_unit == scale and large.rating_offset == pytest.approx(shift)
     t, tb = split.test[0], split_big.test[0]
@@ -1866,3 +1868,31 @@ def test_adaptation_negatives_avoid_the_whole_history_not_only_the_kept_rows(fit
         negatives = ep.support_items[kept:]
         assert (ep.support_y[kept:] == 0).all() and len(negatives) > 0
         assert not history & set(negatives.tolist())
+
+
+def test_explain_on_a_rating_run_uses_the_whole_supports_weights(tmp_path):
+    """rank_model=false ranks by the blended rating; explain's leave-one-outs took the
+    weights of their own length, so with short-history weight sets a four-row support's
+    three-row leave-one-outs switched weight sets, and the weights measured the switch."""
+    from metarec.blend import apply_rating_weights, rating_design
+
+    ds = _world()
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb")
+    split = make_split(ds, "user-cold", k_shot=5, n_query=5, seed=0)
+    blend = BlendConfig(rank=False, rating_short_histories=(3,), min_valid_users=2)
+    rec = MetaRecommender(_fast_config(rank_model=False, blend=blend))
+    rec.fit(ds, split.train, feats, valid=split.valid)
+    b = rec.blend_
+    assert b is not None and b.rating_weights_short is not None and b.rating_cuts == (3,)
+    cold, sup, items = ds.n_users, split.test[0].support.take(np.arange(4)), np.arange(ds.n_items)
+    w = rec.explain(cold, sup, items, "rank")
+    full = rec.rank_scores(cold, sup, items)
+    for j in range(4):
+        rest = sup.take(np.delete(np.arange(4), j))
+        meta = rec._scores(rec.rating_, [(cold, rest)], [items])[0]
+        x = b.closed.rating_inputs(b.rating_inputs, *rec._history(cold, rest), items)
+        design = rating_design(meta, None, x, b.rating_inputs, b.rating_unit)
+        # the leave-one-out rated with the four-row support's (long) weights
+        np.testing.assert_allclose(
+            w[:, j], full - apply_rating_weights(b.rating_weights, design), atol=1e-6
+        )

@@ -79,7 +79,14 @@ def check_run_target(out: str | Path) -> Path:
     if _is_run(out):
         # a RUN is replaced whole: a file the user put beside its files (notes, a P.csv)
         # went with it without a word
-        listed = set(json.loads((out / "manifest.json").read_text())["files"]) | {"manifest.json"}
+        files = json.loads((out / "manifest.json").read_text())["files"]
+        if not isinstance(files, dict) or not all(isinstance(k, str) for k in files):
+            # null, or a list of objects: a TypeError traceback, not a refusal
+            raise MetarecError(
+                f"{out / 'manifest.json'}: corrupt manifest (no file list); refusing to "
+                "replace the folder"
+            )
+        listed = set(files) | {"manifest.json"}
         extra = sorted(
             f.relative_to(out).as_posix()
             for f in out.rglob("*")

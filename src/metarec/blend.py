@@ -1256,12 +1256,14 @@ class Blend:
         history: tuple[np.ndarray, np.ndarray],
         targets: np.ndarray,
         like: np.ndarray | None = None,
+        n_history: int | None = None,
     ) -> np.ndarray:
         """(n,) blended rating of ``targets`` from the meta-model's (n,) raw ratings (and
-        the like-model's (n,) logits when ``rating_like``)."""
+        the like-model's (n,) logits when ``rating_like``). The weights are those of a
+        history of ``n_history`` items (default: ``history``'s own length)."""
         if self.rating_weights is None:
             return meta
-        w = self.rating_weights_for(len(history[0]))
+        w = self.rating_weights_for(len(history[0]) if n_history is None else n_history)
         x = self.closed.rating_inputs(self.rating_inputs, *history, targets)
         if self.rating_like and like is None:
             raise MetarecError("blend: this rating stack needs the like-model's logits")

@@ -383,10 +383,15 @@ def _warn_look_alike_users(stats: dict) -> None:
     if pairs:
         shown = ", ".join(f"{a!r} (training has {b!r})" for a, b in pairs[:3])
         more = f" and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+        who = (
+            "1 user is not a training user but spells"
+            if len(pairs) == 1
+            else (f"{len(pairs)} users are not training users but spell")
+        )
         print(
-            f"metarec: warning: {len(pairs)} users are not training users but spell one's "
-            f"number another way: {shown}{more}; ids are compared as written, so they were "
-            "scored as new users without their training history",
+            f"metarec: warning: {who} one's number another way: {shown}{more}; ids are "
+            "compared as written, so they were scored as new users without their training "
+            "history",
             file=sys.stderr,
         )
 
@@ -404,7 +409,8 @@ def cmd_predict(args) -> int:
     _warn_unknown_support(stats)
     _warn_look_alike_users(stats)
     to = "stdout" if str(args.out) == "-" else args.out
-    print(f"wrote {len(out)} predictions for {stats['users']} users to {to}", file=_said(args))
+    users = "1 user" if stats["users"] == 1 else f"{stats['users']} users"
+    print(f"wrote {len(out)} predictions for {users} to {to}", file=_said(args))
     return 0
 
 
@@ -435,7 +441,8 @@ def cmd_recommend(args) -> int:
         )
     of = f" of {stats['users']}" if empty else ""
     to = "stdout" if str(args.out) == "-" else args.out
-    print(f"wrote top-{args.k} for {len(per_user)}{of} users to {to}{note}", file=_said(args))
+    users = "user" if len(per_user) == 1 and not of else "users"
+    print(f"wrote top-{args.k} for {len(per_user)}{of} {users} to {to}{note}", file=_said(args))
     return 0
 
 

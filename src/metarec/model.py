@@ -331,7 +331,10 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
     ``recommend --domain`` rank: the weights are fitted on the ranking they are judged on.
     (Rated items alone, as before 2026-12-06, left out what ``recommend`` ranks too: items
     nobody rated. Fitted without them the popularity weight could go negative, and on a
-    CLI fit with a domain column a never-rated item then topped every list.)"""
+    CLI fit with a domain column a never-rated item then topped every list.) Items of
+    domains only the items file has (no log row) are added too: only an unfiltered
+    recommend ranks them, and left out of the fit they rose the same way; with them the
+    fit set can hold items evaluate and ``recommend --domain`` never rank."""
     if len(split.valid_cold_items):
         return np.asarray(split.valid_cold_items, dtype=np.int64)
     tasks = split.valid
@@ -1497,8 +1500,13 @@ class MetaRecommender(Recommender):
             # the rating model ranks (rank_model = false): by its blended rating, which
             # is what recommend orders and shows (see _blended_ranks)
             hists = [self._history(u, sup) for u, sup in tasks]
+            # every leave-one-out with the whole support's weights, as the ranking branch
+            n = len(hists[0][0])
             s = np.stack(
-                [self.blend_.rating(r, h, item_idx) for r, h in zip(s, hists, strict=True)]
+                [
+                    self.blend_.rating(r, h, item_idx, n_history=n)
+                    for r, h in zip(s, hists, strict=True)
+                ]
             )
         out[:, live] = (s[0][None, :] - s[1:]).T
         return out

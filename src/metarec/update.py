@@ -4,7 +4,7 @@ The online service adapts per request and never changes the model; this is the o
 of dynamic update. It does two things, and writes a new RUN atomically:
 
 1. **Fold the feedback into the histories.** Feedback rows join the training log: a known
-   user's row for an item replaces their older training row for it; feedback users the RUN
+   user's row for an item replaces their training row for it (whatever its time, as serve's support does); feedback users the RUN
    has never seen are appended to the user table (zero side features, like any cold user).
    So in RUN2 a feedback user is *warm*: their feedback is part of the support every
    prediction adapts on, even when a request brings no interactions.
@@ -168,31 +168,26 @@ def merge_feedback(
     order = np.lexsort((np.arange(len(fb_key)), filled, untimed, fb_key))
     ends = np.r_[fb_key[order][1:] != fb_key[order][:-1], True]  # last of each key group
     rows = rows.take(np.sort(order[ends]))
-    # then the newer of a feedback row and the training rows of the same (user, item)
-    # stays, as everywhere an item is named twice (a tie goes to the feedback, stored
-    # later); a feedback row stamped before the training row it met replaced it
+    # then the feedback replaces the training rows of the same (user, item), whatever
+    # their times: the rule serve and predict follow (a support row replaces the
+    # training row of its item), so the updated model trains on the rating the service
+    # adapts on. (Keeping the newer by timestamp, tried, parted the two paths, and
+    # dropped feedback silently where the clocks differ: milliseconds against seconds,
+    # or a log without times, whose timestamps are row order.)
     fb_key = rows.user_idx.astype(np.int64) * n_items + rows.item_idx  # (n_rows,) unique
     tr_key = train.user_idx.astype(np.int64) * n_items + train.item_idx
-    met = np.isin(tr_key, fb_key)
-    tr_newest = pd.Series(train.timestamp[met]).groupby(tr_key[met]).max()
-    fb_ts = pd.Series(rows.timestamp, index=fb_key)
-    older = fb_ts.index.isin(tr_newest.index)
-    older[older] = fb_ts[older].to_numpy() < tr_newest.reindex(fb_ts.index[older]).to_numpy()
-    rows = rows.take(~older)
-    replaced = np.isin(tr_key, fb_key[~older])
+    replaced = np.isin(tr_key, fb_key)
     merged = Interactions.concat([train.take(~replaced), rows])
     counts = {
         "feedback_rows": len(feedback),
         "feedback_rows_unknown_item": n_unknown,
         # the rows folded in: one per (user, item), its newest; the stored count above
         # includes the older repeats, which read as if they were folded in too
-        "feedback_rows_used": len(rows),  # after the older-than-training ones below
+        "feedback_rows_used": len(rows),
         "feedback_users": int(len(np.unique(user_idx))),
         "new_users": len(new),
         # training rows only (feedback rows that repeat an item are not counted here)
         "replaced_training_rows": int(replaced.sum()),
-        # feedback rows dated before the user's training row of the same item: kept out
-        "feedback_rows_older_than_training": int(older.sum()),
     }
     return users, merged, np.unique(user_idx), counts
 

@@ -138,7 +138,9 @@ def create_app(
         else FeedbackStore(feedback_db)
     )
     if store is not None:
-        unfit = store.count_unfit(pred.model.rating_range_ if pred.explicit else None)
+        unfit = store.count_unfit(
+            pred.model.rating_range_ if pred.explicit else None, known=pred.items
+        )
         if unfit:
             # said once at start; each request naming such a user is then a 409
             warnings.warn(
@@ -268,8 +270,11 @@ def create_app(
         )
         named = {str(i.item_id) for i in inter}
         rows = [r for r in stored if r.item_id not in named]
+        # checked where they count: a stored row naming an item outside this catalogue
+        # is left out of the support anyway (support_of), whatever its value
+        known = [r for r in rows if r.item_id in pred.items]
         try:
-            pred.check_values(np.asarray([r.rating for r in rows], dtype=np.float64))
+            pred.check_values(np.asarray([r.rating for r in known], dtype=np.float64))
         except MetarecError as err:
             # rows this store took for another run (one store is shared by every run
             # served without --feedback-db): the client cannot fix them, so not a 422
@@ -280,6 +285,10 @@ def create_app(
                 f"{str(err).removeprefix('support: ')} (the store {store.path} holds rows "
                 "written for another run; serve this run with its own --feedback-db)",
             ) from None
+        # stored rows on items outside the catalogue go no further (reported as unknown,
+        # as support_of would have; their values, checked by it, refused the request)
+        foreign = [r.item_id for r in rows if r.item_id not in pred.items]
+        rows = known
         # the request's own repeats follow the stored rows' rule (largest timestamp wins,
         # an untimed row counts as newest): support_of alone honoured timestamps only when
         # every row had one, so one untimed row switched the request to arrival order
@@ -296,6 +305,7 @@ def create_app(
         sup, unknown = pred.support_of(
             [r.item_id for r in rows], [r.rating for r in rows], ts if timed else None
         )
+        unknown = foreign + unknown
         uidx = pred.user_index(user_id)
         if uidx == len(pred.users) and len(sup) == 0:
             why = (

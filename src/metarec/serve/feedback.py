@@ -180,16 +180,19 @@ class FeedbackStore:
             )
             return [FeedbackRow(i, float(r), t) for i, r, t in reversed(cur.fetchall())]
 
-    def count_unfit(self, scale: tuple[float, float] | None) -> int:
+    def count_unfit(self, scale: tuple[float, float] | None, known=None) -> int:
         """Rows a run could not adapt on: ratings outside ``scale`` (lo, hi), or with
-        ``scale`` None (a run fitted on labels) anything but 0 and 1."""
+        ``scale`` None (a run fitted on labels) anything but 0 and 1; with ``known``
+        (a container of item ids), only rows naming those items (the others are left
+        out of a support anyway)."""
         with self._connect() as con:
             if scale is None:
-                q, args = "SELECT COUNT(*) FROM feedback WHERE rating NOT IN (0, 1)", ()
+                q, args = "SELECT item_id FROM feedback WHERE rating NOT IN (0, 1)", ()
             else:
-                q = "SELECT COUNT(*) FROM feedback WHERE rating < ? OR rating > ?"
+                q = "SELECT item_id FROM feedback WHERE rating < ? OR rating > ?"
                 args = (float(scale[0]), float(scale[1]))
-            return int(con.execute(q, args).fetchone()[0])
+            items = [r[0] for r in con.execute(q, args).fetchall()]
+        return sum(1 for i in items if known is None or i in known)
 
     def count(self) -> int:
         with self._connect() as con:
