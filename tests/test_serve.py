@@ -593,6 +593,9 @@ def test_recommend_by_domain_equals_the_library(tmp_path):
     assert got == ref.item_id.tolist()
     r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "music"})
     assert r.status_code == 422 and "unknown domain 'music'" in r.json()["detail"]
+    # a number is the domain of that name, as --domain 2 is (a JSON 2 was a 422)
+    r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": 2})
+    assert r.status_code == 422 and "unknown domain '2'" in r.json()["detail"]
     # /info names the domains the filter takes: the items file's (the log has none, so
     # dataset.domains says "default" alone, which the filter refuses)
     info = c.get("/info").json()

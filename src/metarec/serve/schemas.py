@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 # int64-safe timestamp bounds (timestamps become int64 arrays downstream): the store's
 from metarec.serve.feedback import TIMESTAMP_MAX as _TS_MAX
 from metarec.serve.feedback import TIMESTAMP_MIN as _TS_MIN
-from metarec.types import MAX_ID_CHARS, id_to_str
+from metarec.types import id_to_str
 
 RawId = Annotated[
     StrictStr | StrictInt,
@@ -53,9 +53,10 @@ class RecommendRequest(_Body):
     k: int = Field(default=10, ge=1, description="items to return (the server caps it)")
     exclude_seen: bool = True
     explain: bool = False
-    domain: StrictStr | None = Field(
+    # read as ids are (an integer is its string, as `--domain 2` and the files' domain
+    # cells are names): a JSON 2 was a 422 "valid string"
+    domain: RawId | None = Field(
         default=None,
-        max_length=MAX_ID_CHARS,
         description="rank only this domain's items (as `metarec recommend --domain`)",
     )
 
