@@ -887,9 +887,10 @@ def rating_design(
     """(n, 1 + [1] + len(names)) the rating stack's columns: the meta rating (n,), the
     like logit (n,) where given, the closed-form inputs x (n, len(names)). The unitless
     ones (the like logit, popularity) are multiplied by ``unit``, one star of the rating
-    scale: a stack fitted on ratings times s then has the same weights, and the same
-    shrink toward its prior, as on 1-5 stars (with the penalty times unit^2). Exactly
-    the columns as they are where unit is 1."""
+    scale, so every weight is in stars: the stack is fitted on this design and the
+    ratings divided by ``unit`` (MetaRecommender._fit_rating_stack), and has the same
+    weights, and the same shrink toward its prior, on any scale as on 1-5 stars.
+    Exactly the columns as they are where unit is 1."""
     x = np.asarray(x, dtype=np.float64)
     if unit != 1.0 and "popularity" in names:
         x = x.copy()
