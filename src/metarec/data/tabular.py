@@ -745,12 +745,6 @@ def read_table(
 
         domain = domain_names(frame[domain_col])
     ratings = make_ratings_frame(user_ids, item_ids, values, ts, domain)
-    if domain is not None:
-        # an item in two domains is refused as fit refuses it (it was given the first
-        # domain seen, silently)
-        from metarec.data.files import check_log_domains
-
-        check_log_domains(ratings, None, path, None)
 
     item_frame = None
     # one name given as a string is that column ("title"), not its letters t, i, t, l, e
@@ -808,12 +802,6 @@ def read_table(
 
                 item_frame["domain"] = domain_names(side["domain"]).to_numpy(object)
                 cat_cols = (*cat_cols, "domain")
-        if domain is not None and "domain" in item_frame.columns:
-            # as `metarec fit` checks: the log's rows carry the domain the split uses, the
-            # items file the one the features see; a disagreement must not pass unseen
-            from metarec.data.files import check_log_domains
-
-            check_log_domains(ratings, item_frame, path, ipath)
         if domain is not None and "domain" not in item_frame.columns:
             # An item's domain is the one its interactions carry (first seen wins).
             first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
@@ -821,6 +809,14 @@ def read_table(
             cat_cols = (*cat_cols, "domain")
     elif text_cols or cat_cols or num_cols:
         raise MetarecError("item side columns were given but no items file (--items)")
+    if domain is not None:
+        # as `metarec fit` checks T, in one pass: an item in two domains is refused (it
+        # was given the first seen, silently), and an items file's domain must agree with
+        # the log's (the log's rows carry the domain the split uses, the items file the one
+        # the features see); one the log's domains filled in above agrees by construction
+        from metarec.data.files import check_log_domains
+
+        check_log_domains(ratings, item_frame, path, items)
     return RawData(
         name=name or path.stem,
         ratings=ratings,
