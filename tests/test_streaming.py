@@ -324,7 +324,9 @@ def test_stream_draws_query_negatives_as_train_negatives_would(tmp_path, monkeyp
         ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1, negatives="often")
     auto = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1)
     assert auto.negatives == "catalogue" and auto.popular_pool is None  # 63 items: uniform
-    monkeypatch.setattr(streaming, "POPULARITY_MIN_ITEMS", 60)
+    import metarec.train as train_module  # the "auto" rule, shared with the in-memory sampler
+
+    monkeypatch.setattr(train_module, "POPULARITY_MIN_ITEMS", 60)
     auto = ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1)
     assert auto.negatives == "popularity"
     rating = ParquetTaskStream(ix, k_shot=1, n_query=1, head="rating", rank=0, world=1)

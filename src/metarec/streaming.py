@@ -34,7 +34,7 @@ from metarec.meta.episodes import Episode, make_episode
 from metarec.progress import bar as progress_bar
 from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import TextEncoder
-from metarec.train import POPULARITY_MIN_ITEMS, popularity_pool
+from metarec.train import auto_negatives, popularity_pool
 from metarec.types import MetarecError
 
 STREAM_NEGATIVE_SOURCES = ("auto", "catalogue", "popularity")  # ParquetTaskStream negatives
@@ -318,8 +318,7 @@ class ParquetTaskStream:
         if head != "binary":
             negatives = "catalogue"
         elif negatives == "auto":
-            many = len(self.negative_pool) > POPULARITY_MIN_ITEMS
-            negatives = "popularity" if many else "catalogue"
+            negatives = auto_negatives(len(self.negative_pool))
         self.negatives = negatives  # as resolved: train() reports it (TrainResult.negatives)
         self.popular_pool: np.ndarray | None = None  # (n_entries,) see popularity_pool
         if negatives == "popularity":

@@ -229,13 +229,19 @@ def episode_order(split: Split) -> str:
     return "newest_items" if validates_new_items(split) else "time"
 
 
+def auto_negatives(n_items: int) -> str:
+    """The "auto" negatives for a training log over ``n_items`` distinct items: the one
+    rule, for the in-memory sampler (liked items) and the task stream (items with events)."""
+    return "popularity" if n_items > POPULARITY_MIN_ITEMS else "catalogue"
+
+
 def resolve_negatives(cfg: TrainConfig, train: Interactions) -> str:
     """``cfg.negatives`` with "auto" resolved on the (binary-labelled) training rows:
     "popularity" where they like more than POPULARITY_MIN_ITEMS distinct items."""
     if cfg.negatives != "auto":
         return cfg.negatives
     liked = train.item_idx[train.rating >= cfg.positive_threshold]
-    return "popularity" if len(np.unique(liked)) > POPULARITY_MIN_ITEMS else "catalogue"
+    return auto_negatives(len(np.unique(liked)))
 
 
 def popularity_pool(
