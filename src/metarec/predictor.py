@@ -204,24 +204,29 @@ class Predictor:
         ratings = np.asarray(ratings, dtype=np.float64)
         if not np.isfinite(ratings).all():
             raise MetarecError(f"{what}: a rating is not a finite number")
-        if not len(ratings):
+        bad = self.unfit_values(ratings)
+        if not len(bad):
             return
+        rows = f"{len(bad)} such {'row' if len(bad) == 1 else 'rows'}"
         if self.explicit:
             lo, hi = self.model.rating_range_
-            bad = off_scale(ratings, (lo, hi))
-            if len(bad):
-                raise MetarecError(
-                    f"{what}: rating {exact_g(bad[0])} is outside the run's rating scale "
-                    f"[{lo:g}, {hi:g}] ({len(bad)} such {'row' if len(bad) == 1 else 'rows'})"
-                )
-        else:
-            bad = ratings[(ratings != 0) & (ratings != 1)]
-            if len(bad):
-                raise MetarecError(
-                    f"{what}: value {exact_g(bad[0])} on a run fitted on 0/1 labels "
-                    "(give 1 for an interaction, 0 for an explicit 'no'; "
-                    f"{len(bad)} such {'row' if len(bad) == 1 else 'rows'})"
-                )
+            raise MetarecError(
+                f"{what}: rating {exact_g(bad[0])} is outside the run's rating scale "
+                f"[{lo:g}, {hi:g}] ({rows})"
+            )
+        raise MetarecError(
+            f"{what}: value {exact_g(bad[0])} on a run fitted on 0/1 labels "
+            f"(give 1 for an interaction, 0 for an explicit 'no'; {rows})"
+        )
+
+    def unfit_values(self, ratings: np.ndarray) -> np.ndarray:
+        """The finite ``ratings`` this run cannot adapt on (what :meth:`check_values`
+        refuses): off its rating scale for explicit data (compared as
+        :func:`metarec.recommender.off_scale` compares), anything but 0 and 1 for labels."""
+        ratings = np.asarray(ratings, dtype=np.float64)
+        if self.explicit:
+            return off_scale(ratings, self.model.rating_range_)
+        return ratings[(ratings != 0) & (ratings != 1)]
 
     def _supports_from_frame(
         self, frame: pd.DataFrame

@@ -138,9 +138,10 @@ def create_app(
         else FeedbackStore(feedback_db)
     )
     if store is not None:
-        unfit = store.count_unfit(
-            pred.model.rating_range_ if pred.explicit else None, known=pred.items
-        )
+        # the rows a request of their user would be refused for (the 409 below): on
+        # catalogue items, judged by the run's own rule
+        outside = store.ratings_outside(pred.model.rating_range_ if pred.explicit else None)
+        unfit = len(pred.unfit_values([r for i, r in outside if i in pred.items]))
         if unfit:
             # said once at start; each request naming such a user is then a 409
             warnings.warn(

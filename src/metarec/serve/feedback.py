@@ -180,19 +180,17 @@ class FeedbackStore:
             )
             return [FeedbackRow(i, float(r), t) for i, r, t in reversed(cur.fetchall())]
 
-    def count_unfit(self, scale: tuple[float, float] | None, known=None) -> int:
-        """Rows a run could not adapt on: ratings outside ``scale`` (lo, hi), or with
-        ``scale`` None (a run fitted on labels) anything but 0 and 1; with ``known``
-        (a container of item ids), only rows naming those items (the others are left
-        out of a support anyway)."""
+    def ratings_outside(self, scale: tuple[float, float] | None) -> list[tuple[str, float]]:
+        """(item_id, rating) of the rows whose rating is outside ``scale`` (lo, hi), or with
+        ``scale`` None (a run fitted on labels) not 0 or 1: compared in SQL's float64, a
+        superset of what a run refuses (``Predictor.unfit_values`` decides, in float32)."""
         with self._connect() as con:
             if scale is None:
-                q, args = "SELECT item_id FROM feedback WHERE rating NOT IN (0, 1)", ()
+                q, args = "SELECT item_id, rating FROM feedback WHERE rating NOT IN (0, 1)", ()
             else:
-                q = "SELECT item_id FROM feedback WHERE rating < ? OR rating > ?"
+                q = "SELECT item_id, rating FROM feedback WHERE rating < ? OR rating > ?"
                 args = (float(scale[0]), float(scale[1]))
-            items = [r[0] for r in con.execute(q, args).fetchall()]
-        return sum(1 for i in items if known is None or i in known)
+            return [(str(i), float(r)) for i, r in con.execute(q, args).fetchall()]
 
     def count(self) -> int:
         with self._connect() as con:
