@@ -272,9 +272,12 @@ def _write_csv_atomic(frame, out: Path) -> None:
         frame.to_csv(fh, index=False, sep=sep)
 
 
-def _said(args) -> object:
-    """Where a command's closing line goes: stderr when its output is stdout (--out -)."""
-    return sys.stderr if str(args.out) == "-" else sys.stdout
+def _said(args) -> tuple[object, str]:
+    """(stream, name) for a command's closing line: stderr and "stdout" when its output
+    is stdout (--out -), else stdout and the --out path."""
+    if str(args.out) == "-":
+        return sys.stderr, "stdout"
+    return sys.stdout, str(args.out)
 
 
 def cmd_fit(args) -> int:
@@ -408,9 +411,9 @@ def cmd_predict(args) -> int:
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats)
     _warn_look_alike_users(stats)
-    to = "stdout" if str(args.out) == "-" else args.out
+    stream, to = _said(args)
     users = "1 user" if stats["users"] == 1 else f"{stats['users']} users"
-    print(f"wrote {len(out)} predictions for {users} to {to}", file=_said(args))
+    print(f"wrote {len(out)} predictions for {users} to {to}", file=stream)
     return 0
 
 
@@ -440,9 +443,9 @@ def cmd_recommend(args) -> int:
             file=sys.stderr,
         )
     of = f" of {stats['users']}" if empty else ""
-    to = "stdout" if str(args.out) == "-" else args.out
+    stream, to = _said(args)
     users = "user" if len(per_user) == 1 and not of else "users"
-    print(f"wrote top-{args.k} for {len(per_user)}{of} {users} to {to}{note}", file=_said(args))
+    print(f"wrote top-{args.k} for {len(per_user)}{of} {users} to {to}{note}", file=stream)
     return 0
 
 

@@ -143,8 +143,9 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     The best meta variant on test is named beside it for information only: choosing it
     because it wins on test would be selecting on test users."""
     kinds = {m.name: m.kind for m in results.config.methods}
-    named = getattr(results.config, "default_method", None)
-    default = named or next((n for n, k in kinds.items() if k in ("meta", "transfer")), None)
+    default = results.config.default_method or next(
+        (n for n, k in kinds.items() if k in ("meta", "transfer")), None
+    )
     learned = [n for n in table if kinds.get(n) in ("meta", "transfer")]
     others = [n for n in table if kinds.get(n) in ("baseline", "pooled")]
     if default is None:
