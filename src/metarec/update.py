@@ -174,7 +174,6 @@ def merge_feedback(
     # adapts on. (Keeping the newer by timestamp, tried, parted the two paths, and
     # dropped feedback silently where the clocks differ: milliseconds against seconds,
     # or a log without times, whose timestamps are row order.)
-    fb_key = rows.user_idx.astype(np.int64) * n_items + rows.item_idx  # (n_rows,) unique
     tr_key = train.user_idx.astype(np.int64) * n_items + train.item_idx
     replaced = np.isin(tr_key, fb_key)
     merged = Interactions.concat([train.take(~replaced), rows])
