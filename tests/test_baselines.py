@@ -25,6 +25,7 @@ from metarec.baselines import (
     TextCosine,
     als_fold_in,
     make_baseline,
+    popularity_counts,
     ridge_fold_in,
 )
 from metarec.features import FeatureSet
@@ -258,6 +259,33 @@ def test_popularity_counts():
     np.testing.assert_array_equal(
         Popularity().fit(ds, train).score(3, Interactions.empty(), np.arange(3)), [2, 1, 1]
     )
+
+
+def test_popularity_counts_only_likes_on_implicit_data():
+    # a label 0 is an explicit "no": item 2, turned down by three users and liked by
+    # none, was first in the popularity ranking when every row counted
+    train = Interactions.concat(
+        [
+            inter(0, np.array([0, 2]), np.array([1.0, 0.0])),
+            inter(1, np.array([1, 2]), np.array([1.0, 0.0])),
+            inter(2, np.array([0, 2]), np.array([1.0, 0.0])),
+        ]
+    )
+    ds = Dataset(
+        "implicit",
+        train,
+        IdMap(np.array(["a", "b", "c", "d"])),
+        IdMap(np.array(["x", "y", "z"])),
+        "implicit",
+        (0.0, 1.0),
+        False,
+    )
+    pop = Popularity().fit(ds, train).score(3, Interactions.empty(), np.arange(3))
+    np.testing.assert_array_equal(pop, [2, 1, 0])
+    np.testing.assert_array_equal(popularity_counts(ds, train), [2, 1, 0])
+    # explicit data: a rating of any value is an interaction (the tiny set's 1-star row)
+    ds_e, train_e = tiny()
+    np.testing.assert_array_equal(popularity_counts(ds_e, train_e), [2, 1, 1])
 
 
 def test_item_mean_and_user_bias_by_hand():

@@ -488,6 +488,9 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         ("scorer.embed_dim=100000000", "embed_dim"),
         ("scorer.hidden=[64,10000000]", "hidden"),
         ("like_threshold=100", "like_threshold"),
+        # the ranking model trains on 0/1 likes: above 1 it had no positive, with exit 0
+        ("train.positive_threshold=2", "train.positive_threshold must be in (0, 1], got 2"),
+        ("train.positive_threshold=0", "train.positive_threshold must be in (0, 1], got 0"),
         # it had said the log had too few users (10 of them), not that the share was too big
         ("valid_frac=0.99", "valid_frac 0.99 holds out 10 of the log's 10 users"),
     ],
@@ -976,6 +979,15 @@ def test_integer_domain_names_match_between_files_and_flags(tmp_path):
     assert (pd.read_csv(out, dtype={"item_id": str}).item_id.str[2:].astype(int) < 20).all()
 
 
+def test_a_like_threshold_on_implicit_data_is_warned_about(tmp_path, capsys):
+    # it was saved in config.json and ignored without a word
+    paths, _ = make_world(tmp_path, n_users=20, implicit=True)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    assert main([*args, *FAST, "--set", "like_threshold=100"]) == 0
+    assert "model.like_threshold 100 has no effect: the data is implicit" in capsys.readouterr().err
+
+
 def test_an_implicit_log_without_a_single_positive_is_refused(tmp_path, capsys):
     paths, _ = make_world(tmp_path, implicit=True)
     t = pd.read_csv(paths["T"])
@@ -983,6 +995,10 @@ def test_an_implicit_log_without_a_single_positive_is_refused(tmp_path, capsys):
     fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"])]
     assert main([*fit, "--out", str(tmp_path / "RUN"), *FAST]) == 2
     assert "every label is 0" in capsys.readouterr().err
+    # a label off 0/1 is named with its value, as info and split name it
+    t.assign(label=[2] + [1] * (len(t) - 1)).to_csv(paths["T"], index=False)
+    assert main([*fit, "--out", str(tmp_path / "RUN"), *FAST]) == 2
+    assert "label must be 0 or 1, got '2'" in capsys.readouterr().err
 
 
 def test_fit_config_takes_an_experiment_files_text_table(tmp_path, capsys):

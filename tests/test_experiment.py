@@ -904,6 +904,31 @@ def test_a_query_metric_selected_on_a_log_without_negatives_fails_before_trainin
             E.run(cfg, None, progress=False)
 
 
+def test_an_implicit_log_without_a_positive_fails_and_a_threshold_there_is_warned_about(
+    tmp_path, monkeypatch
+):
+    path = _implicit_tiny(tmp_path)
+    base = [
+        "seeds=[0]",
+        "shots=[]",
+        f"data.path='{path}'",
+        "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
+        "methods=[{name='popularity'}]",
+    ]
+    # a threshold means nothing on labels: said, not silently recorded
+    cfg = E.load_config(TINY, [*base, "threshold=100.0"], base_dir=str(tmp_path))
+    ds = E.load_data(cfg)
+    with pytest.warns(UserWarning, match=re.escape("threshold 100 has no effect on")):
+        E.check_against_data(cfg, ds)
+    # every label 0: fit refuses such a log; evaluate trained and gave an all-NaN table
+    zeros = path.read_text().replace(",1,", ",0,")
+    path.write_text(zeros)
+    monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
+    cfg = E.load_config(TINY, base, base_dir=str(tmp_path))
+    with pytest.raises(MetarecError, match="every label of .* is 0"):
+        E.run(cfg, None, progress=False)
+
+
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [

@@ -844,6 +844,18 @@ def test_a_domain_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
         read_table(two)
 
 
+def test_a_label_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
+    # info, split and evaluate's csv loader asked for a rating column
+    p = write(tmp_path / "log.csv", "user_id,item_id,label\n1,2,1\n1,3,0\n")
+    raw = read_table(p)
+    ds = build_dataset(raw)
+    assert ds.feedback == "implicit" and ds.interactions.rating.tolist() == [1.0, 0.0]
+    both = write(tmp_path / "b.csv", "user_id,item_id,rating,label\n1,2,4,1\n")
+    with pytest.raises(MetarecError, match="give either a rating or a label column, not both"):
+        read_table(both)
+    assert build_dataset(read_table(both, label_col="label")).feedback == "implicit"
+
+
 def test_float_ids_in_an_object_column_follow_the_float_rule():
     # a Python frame mixing 7 and 100.0 in one id column: "100.0" was an unknown id
     from metarec.data.tabular import id_column

@@ -342,6 +342,21 @@ def world():
     return ds, split
 
 
+def test_blend_popularity_counts_only_likes_on_implicit_data(world):
+    # the blend's popularity input, as the Popularity baseline: a label 0 is a "no"
+    ds, split = world
+    train = split.train
+    flipped = train.rating >= 4.0  # the log as implicit labels: 1 for 4-5 stars, else 0
+    imp_train = dataclasses.replace(train, rating=flipped.astype(train.rating.dtype))
+    imp = dataclasses.replace(ds, feedback="implicit", rating_range=(0.0, 1.0))
+    cfg = BlendConfig(rating=False, rank_inputs=("popularity",))
+    closed = ClosedForm.fit(imp, imp_train, cfg, like=0.5, seed=0)
+    liked = np.bincount(train.item_idx[flipped], minlength=ds.n_items)
+    np.testing.assert_allclose(closed.log_pop, np.log1p(liked))
+    every = np.bincount(train.item_idx, minlength=ds.n_items)
+    assert not np.allclose(liked, every)  # the world has rows below 4 stars
+
+
 def test_closed_form_inputs_equal_the_baselines(world):
     ds, split = world
     cfg = BlendConfig(rank_inputs=("ease", "popularity", "biased_mf"))

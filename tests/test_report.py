@@ -109,7 +109,9 @@ def test_one_seed_shows_the_bootstrap_interval():
     assert "Relevant = rating >= " in text and "label 1 (implicit)" not in text  # explicit
     implicit = dataclasses.replace(res, dataset={"name": "toy", "feedback": "implicit"})
     said = report.render_markdown(implicit, {})
-    assert "Relevant = label 1;" in said and "rating >=" not in said
+    assert "Relevant = label 1." in said and "rating >=" not in said
+    # the cut-off metrics of an uncalibrated like score are flagged, not left to be read
+    assert "is not calibrated, so read the order-based metrics" in said
 
 
 def test_plots_without_matplotlib_name_the_extra(monkeypatch, tmp_path):

@@ -24,7 +24,9 @@ only the order-based metrics (AUC, nDCG, HR, Recall, MRR) for them.
 The implicit-feedback rankers (EASE, ALS, LightFM) learn from *liked* rows: label > 0 on
 implicit data; on explicit data rating >= ``min_rating``, by default the midpoint of the
 rating range (3 on 1-5), so a cold user's 1-star support rating does not pull the user
-towards that item's neighbours (see :func:`interaction_mask`). Popularity counts every row.
+towards that item's neighbours (see :func:`interaction_mask`). Popularity counts every row
+of explicit data (a rating of any value is an interaction) and the liked rows of implicit
+data (a label 0 is an explicit "no", not a sign of popularity: :func:`popularity_counts`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import scipy.sparse as sp
 
 from metarec.features import FeatureSet
 from metarec.recommender import Recommender
-from metarec.types import Dataset, Interactions, MetarecError, Task
+from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
 
 
 def like_threshold(dataset: Dataset, min_rating: float | None) -> float:
@@ -70,6 +72,19 @@ def presence_matrix(
     )
     x.data[:] = 1.0  # duplicates would have summed
     return x
+
+
+def popularity_counts(dataset: Dataset, train: Interactions, distinct: bool = False) -> np.ndarray:
+    """(n_items,) each item's training count (of rows, or of distinct users where
+    ``distinct``): every row on explicit data, the label-1 rows on implicit data. Counting
+    a label 0 put the items every user turned down at the top of a popularity ranking (a
+    black-box probe's log of rejected items)."""
+    keep = None if dataset.feedback == "explicit" else IMPLICIT_POSITIVE
+    if distinct:
+        return np.asarray(presence_matrix(dataset, train, keep).sum(0)).ravel()
+    return np.bincount(
+        train.item_idx[interaction_mask(train.rating, keep)], minlength=dataset.n_items
+    )
 
 
 class _RatingModel(Recommender):
@@ -105,9 +120,7 @@ class Popularity(Recommender):
         self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
     ) -> Self:
         self._set_fitted(dataset, train)
-        self.counts_ = np.asarray(
-            presence_matrix(dataset, train, None).sum(0)
-        ).ravel()  # (n_items,)
+        self.counts_ = popularity_counts(dataset, train, distinct=True)  # (n_items,)
         return self
 
     def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:

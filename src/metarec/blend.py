@@ -47,6 +47,7 @@ from metarec.baselines import (
     knn_norms,
     knn_scores,
     neighbour_offsets,
+    popularity_counts,
     presence_matrix,
     residual_neighbours,
     ridge_fold_in,
@@ -581,9 +582,7 @@ class ClosedForm:
             ease=ease,
             ease_cols=ease_cols,
             like=like,
-            log_pop=np.log1p(np.bincount(train.item_idx, minlength=dataset.n_items)).astype(
-                np.float64
-            ),
+            log_pop=np.log1p(popularity_counts(dataset, train)).astype(np.float64),
             als_factors=als,
             als_gram=gram,
             als_reg=cfg.als_reg,

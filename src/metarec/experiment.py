@@ -53,6 +53,9 @@ from metarec.types import MAX_SEED, Dataset, MetarecError, Split, Task
 # --- configuration -------------------------------------------------------------------------
 
 
+_DEFAULT_THRESHOLD = 4.0  # ExperimentConfig.threshold's default (explicit data)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "goodbooks-sample"
@@ -160,7 +163,9 @@ class ExperimentConfig:
     model: dict = field(default_factory=dict)  # ModelConfig defaults shared by meta methods
     methods: tuple[MethodSpec, ...] = ()
     metrics: tuple[str, ...] = ()  # table columns; () = a default set for the feedback kind
-    threshold: float = 4.0  # explicit data: a rating >= threshold is relevant
+    # explicit data: a rating >= threshold is relevant (implicit data: a label 1; a
+    # threshold set there is warned about, check_against_data)
+    threshold: float = _DEFAULT_THRESHOLD
     bootstrap: int = 1000
     # a method whose fit fails (a diverged loss, a singular solve) is recorded as failed on
     # that seed and the run goes on; true = stop the whole experiment at the first failure
@@ -327,6 +332,23 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 f"{evaluation.MAX_RATING_LEVELS} distinct ratings to round to, and "
                 f"{ds.name!r} has more"
             )
+    labels = ds.interactions.rating
+    if (
+        feedback == "implicit"
+        and len(labels)
+        and not (labels >= evaluation.IMPLICIT_POSITIVE).any()
+    ):
+        # fit refuses such a log (data.files); evaluate trained every method and gave an
+        # all-NaN table with exit 0
+        raise MetarecError(
+            f"every label of {ds.name!r} is 0: nothing to learn from or rank (no positives)"
+        )
+    if feedback == "implicit" and config.threshold != _DEFAULT_THRESHOLD:
+        warnings.warn(
+            f"threshold {config.threshold:g} has no effect on {ds.name!r}: its feedback is "
+            "implicit, and a label 1 is relevant whatever the threshold",
+            stacklevel=2,
+        )
     if (
         feedback == "implicit"
         and len(ds.interactions)

@@ -290,6 +290,14 @@ class ModelConfig:
             )
         if self.like_threshold is not None and not math.isfinite(self.like_threshold):
             raise MetarecError(f"model.like_threshold must be finite, got {self.like_threshold}")
+        if not 0 < self.train.positive_threshold <= 1:
+            # the ranking model trains on likes as 0/1 labels (_as_likes): a threshold
+            # above 1 left it no positive, and it learned "always no" with exit 0
+            raise MetarecError(
+                f"train.positive_threshold must be in (0, 1], got "
+                f"{self.train.positive_threshold:g}: the ranking model trains on likes as "
+                "0/1 labels (model.like_threshold moves what counts as a like)"
+            )
         widths = (self.scorer.embed_dim, *self.scorer.hidden)
         if (
             self.scorer.embed_dim < 0
@@ -477,6 +485,12 @@ class MetaRecommender(Recommender):
         self.rating_ = self.rank_ = self.blend_ = None
         self.features_ = self.known_items_ = None
         self._set_fitted(dataset, train)
+        if dataset.feedback != "explicit" and cfg.like_threshold is not None:
+            warnings.warn(
+                f"model.like_threshold {cfg.like_threshold:g} has no effect: the data is "
+                "implicit, and a label 1 is a like whatever the threshold",
+                stacklevel=2,
+            )
         if dataset.feedback == "explicit" and cfg.like_threshold is not None:
             lo, hi = self.rating_range_
             if not lo < cfg.like_threshold <= hi:

@@ -262,7 +262,13 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     # (implicit)" on implicit data named a threshold that played no part
     feedback = results.dataset.get("feedback")
     relevant = (
-        "Relevant = label 1"
+        # the cut-off metrics read the like-model's sigmoid at 0.5; trained against
+        # sampled negatives it ranks well (AUC) but is no calibrated probability (a
+        # probe's run: AUC 0.90, Recall 0.006, Accuracy the share of negatives)
+        "Relevant = label 1. Accuracy, Precision, Recall, F1 and Logloss read the "
+        "like-model's score as a probability (cut at 0.5); it is trained against sampled "
+        "negatives and is not calibrated, so read the order-based metrics (AUC, nDCG, "
+        "HR, Recall@k, MRR)"
         if feedback == "implicit"
         else f"Relevant = rating >= {p.get('threshold')}"
         if feedback == "explicit"
@@ -277,6 +283,12 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         f"Hyperparameters: {p.get('selection')}. Text: "
         f"{text.get('model')} ({pca}). {relevant}; (full) metrics rank {p.get('candidates')}."
     )
+
+
+def _count_range(counts: list[int]) -> str:
+    """ "60" where every seed has as many, else "55-60" (it printed "60-60")."""
+    lo, hi = min(counts), max(counts)
+    return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
 def render_markdown(results: Results, plots: dict[str, str]) -> str:
@@ -346,7 +358,7 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             f"{_sentence(p.get('curve_recut', 'each K recuts the split with the same seed'))}; "
             f"fitted models are reused when the recut leaves the training rows unchanged. "
             f"Evaluated on "
-            f"{p.get('curve_users', '')} ({min(n_curve)}-{max(n_curve)} users per seed)"
+            f"{p.get('curve_users', '')} ({_count_range(n_curve)} users per seed)"
             + (f"; {p['curve_query']}." if p.get("curve_query") else "."),
             "",
         ]

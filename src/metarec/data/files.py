@@ -103,7 +103,10 @@ def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
         off = ~np.isin(values, (0.0, 1.0))
         if off.any():
             pos = int(np.flatnonzero(off)[0])
-            raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: label must be 0 or 1")
+            raise MetarecError(
+                f"{_where(frame)}: {_at(frame, pos)}: label must be 0 or 1, "
+                f"got {frame['label'].iloc[pos]!r}"
+            )
         feedback = "implicit"
     else:
         values = number_column(frame, "rating")

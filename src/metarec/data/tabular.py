@@ -680,7 +680,9 @@ def read_table(
     """A user's own interaction log (CSV/TSV/Parquet) as :class:`RawData`.
 
     Explicit feedback by default (``rating_col``, range inferred from the data unless
-    ``rating_range`` is given). With ``label_col`` the log is implicit: labels must be 0/1.
+    ``rating_range`` is given). With ``label_col`` the log is implicit: labels must be 0/1;
+    a column named ``label`` does so unnamed where the log has no ``rating`` column, as in
+    `metarec fit`.
     ``time_col`` is used when the column exists (numbers = unix seconds, or date strings);
     otherwise the row order is the time order (``has_time=False``). Only the default
     ``"timestamp"`` may be absent: another name given and missing is an error. ``domain_col`` tags
@@ -692,6 +694,15 @@ def read_table(
     """
     path = Path(path)
     frame = strip_columns(_read_any(path, sep, encoding))
+    if label_col is None and rating_col == "rating" and "label" in frame.columns:
+        # as `metarec fit` reads T: a label column makes the log implicit without being
+        # named (info, split and evaluate's csv loader asked for a rating column)
+        if "rating" in frame.columns:
+            raise MetarecError(
+                f"{path}: give either a rating or a label column, not both (or name the "
+                "one to read: --label-col, or options.label_col in a config)"
+            )
+        label_col = "label"
     value_col = label_col if label_col is not None else rating_col
     require_columns(frame, [user_col, item_col, value_col])
     if domain_col is None and "domain" in frame.columns:
