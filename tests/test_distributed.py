@@ -99,7 +99,7 @@ def test_distributed_flag_without_torchrun_fails_loudly(monkeypatch, tmp_path):
     assert code == 2 and not (tmp_path / "R").exists()
 
 
-def test_torchrun_with_one_process_fits_alone(monkeypatch, tmp_path):
+def test_torchrun_with_one_process_fits_alone(monkeypatch, tmp_path, capsys):
     # torchrun --nproc_per_node=1 sets WORLD_SIZE=1: "--distributed needs torchrun's
     # environment" was wrong there
     from metarec.cli import main
@@ -108,8 +108,12 @@ def test_torchrun_with_one_process_fits_alone(monkeypatch, tmp_path):
         monkeypatch.setenv(var, value)
     assert distributed.launched_by_torchrun()
     paths, _ = make_world(tmp_path, n_users=10)
+    t = pd.read_csv(paths["T"])
+    pd.concat([t, t.head(3)]).to_csv(paths["T"], index=False)  # 3 repeated rows
     assert main([*fit_argv(paths, tmp_path / "R"), "--distributed", *ARGS]) == 0
     assert (tmp_path / "R" / "manifest.json").is_file()
+    # what preprocessing removed is said under torchrun too (only one process said it)
+    assert "removed by preprocessing step 'dedupe'" in capsys.readouterr().err
 
 
 class _ThreadGroup:
@@ -217,6 +221,99 @@ def test_all_reduce_weights_by_shard_size(tmp_path):
     for p in procs:
         _, err = p.communicate(timeout=60)
         assert p.returncode == 0, err.decode()[-2000:]
+
+
+def _same_inputs_worker(differ: str) -> None:
+    # 2 ranks; ``differ`` names what rank 1 changes: "" (nothing), "rating", "config"
+    import dataclasses
+
+    import numpy as np
+
+    from metarec.model import ModelConfig
+    from metarec.types import Dataset, IdMap, Interactions
+
+    ctx = distributed.init("cpu")
+    rating = np.array([5.0, 3.0, 4.0])
+    if differ == "rating" and ctx.rank == 1:
+        rating = rating[::-1].copy()  # the same shapes, other values
+    rows = Interactions(
+        np.array([0, 0, 1]), np.array([0, 1, 1]), rating, np.arange(3.0), np.zeros(3, int)
+    )
+    ds = Dataset(
+        "d",
+        rows,
+        IdMap(np.array(["a", "b"])),
+        IdMap(np.array(["x", "y"])),
+        "explicit",
+        (1.0, 5.0),
+        True,
+    )
+    cfg = ModelConfig()
+    if differ == "config" and ctx.rank == 1:
+        cfg = dataclasses.replace(cfg, seed=7)
+    if ctx.rank == 1:
+        cfg = dataclasses.replace(cfg, progress=False)  # as fit_distributed sets it
+    try:
+        distributed.check_same_inputs(ds, cfg, ctx)
+    except MetarecError as err:
+        print(f"REFUSED {err}", flush=True)
+    else:
+        print("SAME", flush=True)
+    distributed.shutdown()
+
+
+def _two_ranks(code: str) -> list[str]:
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            **os.environ,
+            "WORLD_SIZE": "2",
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "PYTHONPATH": str(Path(__file__).parent),
+        }
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", code],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(out.strip())
+    return outs
+
+
+def test_ranks_that_read_other_data_or_settings_are_refused_on_every_rank():
+    # ratings of the same shapes trained a mixed model with exit 0; another catalogue
+    # aborted inside gloo. All three cases in one pair of processes (torch import)
+    code = (
+        "import test_distributed as t\nfor d in ('', 'rating', 'config'): t._same_inputs_worker(d)"
+    )
+    outs = _two_ranks(code)
+    for out in outs:
+        lines = out.splitlines()
+        assert lines[0] == "SAME", out
+        for line in lines[1:]:
+            assert line.startswith("REFUSED rank(s) [1]'s training data or settings differ"), out
+
+
+def test_a_hand_made_world_without_master_addr_is_one_line(monkeypatch):
+    # RANK and WORLD_SIZE set by hand without MASTER_ADDR: a traceback from torch
+    for key in ("MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(MetarecError, match="cannot join the torchrun process group: .*MASTER_ADDR"):
+        distributed.init("cpu")
 
 
 def _predict(run: Path, tmp: Path, name: str) -> pd.DataFrame:

@@ -294,15 +294,7 @@ def cmd_fit(args) -> int:
     raw = read_training_files(args.train, args.items, args.users, rating_range=args.rating_range)
     from metarec import distributed
 
-    if getattr(args, "distributed", False) or distributed.launched_by_torchrun():
-        pred = distributed.fit_distributed(raw, config)
-        if pred is None:  # not rank 0: rank 0 alone writes the RUN and prints
-            return 0
-    else:
-        from metarec.predictor import Predictor
-        from metarec.preprocess import prepare
-
-        ds = prepare(raw)
+    def said_removed(ds) -> None:
         # rows the default cleaning removed (a repeated user-item row keeps its newest):
         # said, where the summary's interaction count alone looked like rows gone missing
         for step in ds.report:
@@ -318,6 +310,18 @@ def cmd_fit(args) -> int:
                     ),
                     file=sys.stderr,
                 )
+
+    if getattr(args, "distributed", False) or distributed.launched_by_torchrun():
+        # rank 0 says what preprocessing removed, as one process does (it said nothing)
+        pred = distributed.fit_distributed(raw, config, on_prepared=said_removed)
+        if pred is None:  # not rank 0: rank 0 alone writes the RUN and prints
+            return 0
+    else:
+        from metarec.predictor import Predictor
+        from metarec.preprocess import prepare
+
+        ds = prepare(raw)
+        said_removed(ds)
         pred = Predictor.fit(ds, config)
     pred.save(args.out)
     summary = {

@@ -19,7 +19,10 @@ DistributedDataParallel wrapper (there is no nn.Module to wrap).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,7 +98,23 @@ def init(device: str | torch.device = "cpu", timeout_s: float = 600.0) -> DistCo
         backend = pick_backend(device)
         if backend == "nccl":
             torch.cuda.set_device(local)
-        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        if "TORCHELASTIC_RUN_ID" not in os.environ:
+            # RANK/WORLD_SIZE set by hand, not by torchrun's agent: the rendezvous below
+            # waits up to timeout_s for the other processes, and it waited in silence
+            addr = os.environ.get("MASTER_ADDR", "?")
+            port = os.environ.get("MASTER_PORT", "?")
+            print(
+                f"metarec: rank {rank} waiting for {world} processes at {addr}:{port} "
+                f"(up to {timeout_s:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        try:
+            dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+        except (ValueError, RuntimeError) as err:
+            # MASTER_ADDR unset was a traceback from torch's env:// rendezvous
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise MetarecError(f"cannot join the torchrun process group: {first}") from None
     return context()
 
 
@@ -189,7 +208,39 @@ def all_reduce_sum(values: list[float], ctx: DistContext, device: str = "cpu") -
     return [float(v) for v in t.cpu()]
 
 
-def fit_distributed(raw, config, cache_dir=None):
+def check_same_inputs(dataset, config, ctx: DistContext) -> None:
+    """A one-line error on every rank where the ranks' prepared data or settings differ.
+
+    Nothing else compares them: ranks that read other ratings (the same shapes) trained
+    one model on a mix of both with exit 0, and another catalogue or step count ended in
+    a gloo abort ("collective mismatch") or a reset connection. Each rank all-gathers
+    the first 8 bytes of sha256(data, config JSON); every rank sees the same list, so
+    every rank raises together and none is left waiting in a collective."""
+    if not ctx.active:
+        return
+    from metarec.config import to_dict
+    from metarec.resume import data_hash
+
+    cfg = to_dict(config)
+    cfg.pop("progress", None)  # only rank 0 shows progress bars
+    key = hashlib.sha256(
+        (data_hash(dataset) + json.dumps(cfg, sort_keys=True, default=str)).encode()
+    ).digest()
+    mine = torch.tensor([int.from_bytes(key[:8], "little", signed=True)], dtype=torch.int64)
+    dev = f"cuda:{ctx.local_rank}" if ctx.backend == "nccl" else "cpu"
+    got = [torch.zeros_like(mine, device=dev) for _ in range(ctx.world)]
+    torch.distributed.all_gather(got, mine.to(dev))
+    keys = [int(g.item()) for g in got]
+    differ = [r for r, k in enumerate(keys) if k != keys[0]]
+    if differ:
+        raise MetarecError(
+            f"rank(s) {differ}'s training data or settings differ from rank 0's (after "
+            "preprocessing): every process must read the same files and the same "
+            "--config/--set"
+        )
+
+
+def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
     """What ``metarec fit`` runs under torchrun: every rank fits, rank 0 gets the result.
 
     raw: :class:`metarec.data.raw.RawData`; config: :class:`metarec.model.ModelConfig`.
@@ -197,6 +248,8 @@ def fit_distributed(raw, config, cache_dir=None):
     Rank 0 embeds the texts into the cache first; the others wait, then read the cache.
     Returns the fitted :class:`metarec.predictor.Predictor` on rank 0 and None on the
     others (only rank 0 writes artifacts). The process group is shut down on return.
+    ``on_prepared(dataset)`` runs on rank 0 once the data is prepared (the CLI's notes
+    on rows preprocessing removed).
     """
     import dataclasses
     from pathlib import Path
@@ -217,6 +270,9 @@ def fit_distributed(raw, config, cache_dir=None):
         if not ctx.is_main:
             config = dataclasses.replace(config, progress=False)
         dataset = prepare(raw)
+        check_same_inputs(dataset, config, ctx)
+        if ctx.is_main and on_prepared is not None:
+            on_prepared(dataset)
         t = config.text
         with main_first(ctx):
             root = Path(cache_dir or t.cache or default_embedding_dir())
