@@ -4,6 +4,7 @@ learning from a stream, and an interrupted cache build that encodes only what is
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -411,6 +412,82 @@ def test_interrupted_cache_build_resumes_with_only_missing_texts(tmp_path):
     # stop_after_chunks: a planned stop also keeps what was done
     part, s = embed_resumable(texts, CountingEncoder(), tmp_path / "c2", 10, stop_after_chunks=2)
     assert part is None and s["chunks_done"] == 2 and not s["complete"]
+
+
+def test_stream_embed_and_synth_parameters_are_checked_in_one_line(tmp_path, log):
+    # each was a raw numpy/pyarrow error, a ZeroDivisionError, or accepted silently
+    path, _ = log
+    ix = index_log(path)
+    for kwargs, said in (
+        ({"head": "bogus"}, "head 'bogus' is not 'binary' or 'rating'"),
+        ({"n_negatives": -1}, "n_negatives must be >= 0"),
+        ({"seed": -1}, "seed must be in [0,"),
+        ({"resample_prob": 1.5}, "resample_prob must be in [0, 1]"),
+    ):
+        with pytest.raises(MetarecError, match=re.escape(said)):
+            ParquetTaskStream(ix, k_shot=1, n_query=1, rank=0, world=1, **kwargs)
+    with pytest.raises(MetarecError, match="batch_size must be >= 1"):
+        index_log(path, batch_size=0)
+    for kwargs, said in (
+        ({"chunk_size": 0}, "chunk_size must be >= 1, got 0"),
+        ({"chunk_size": -3}, "chunk_size must be >= 1, got -3"),
+        ({"chunk_size": 5, "stop_after_chunks": -1}, "stop_after_chunks must be >= 0"),
+    ):
+        with pytest.raises(MetarecError, match=re.escape(said)):
+            embed_resumable(["a", "b"], HashingEncoder(dim=8), tmp_path / "c", **kwargs)
+    for kwargs, said in (
+        ({"users_per_chunk": 0}, "users_per_chunk must be >= 1"),
+        ({"users_per_chunk": -5}, "users_per_chunk must be >= 1"),
+        ({"user_exponent": 0.0}, "user_exponent must be a finite number > 0"),
+        ({"item_exponent": float("nan")}, "item_exponent must be a finite number > 0"),
+        ({"n_users": 10.5}, "n_users must be an integer"),
+        ({"seed": -1}, "seed must be in [0,"),
+        ({"explore": 2.0}, "explore must be in [0, 1]"),
+    ):
+        with pytest.raises(MetarecError, match=re.escape(said)):
+            SynthConfig(**{"n_users": 20, "n_items": 10, "n_interactions": 100, **kwargs})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(MetarecError, match="cannot write the synthetic log in"):
+        generate(SynthConfig(n_users=20, n_items=10, n_interactions=100), tmp_path / "afile")
+
+
+def test_a_catalogue_larger_than_the_logs_items_needs_n_items(tmp_path):
+    # docs/scaling.md's snippet without n_items=: the index counts only the items up to
+    # the log's largest id, and validation on a later item was an IndexError
+    split, feats = make_problem(0, "binary")
+    tr = split.train
+    keep = tr.item_idx < 30  # the log's ids stop at 29 of the 40-item catalogue
+    order = np.lexsort((tr.timestamp[keep], tr.user_idx[keep]))
+    path = _write(
+        tmp_path / "t.parquet",
+        tr.user_idx[keep][order],
+        tr.item_idx[keep][order],
+        tr.rating[keep][order],
+        row_group_size=64,
+    )
+    short = index_log(path)
+    assert short.n_items < feats.n_items
+    sc = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head="binary")
+    meta = MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.1)
+    cfg = TrainConfig(steps=2, meta_batch=4, eval_every=2, seed=0)
+    stream = ParquetTaskStream(short, k_shot=2, n_query=2, rank=0, world=1)
+    with pytest.raises(MetarecError, match="known_items has .* entries and the FeatureSet 40"):
+        train(
+            split,
+            feats,
+            sc,
+            meta,
+            cfg,
+            progress=False,
+            sampler=stream,
+            known_items=short.item_count > 0,
+        )
+    full = index_log(path, n_items=feats.n_items)
+    stream = ParquetTaskStream(full, k_shot=2, n_query=2, rank=0, world=1)
+    res = train(
+        split, feats, sc, meta, cfg, progress=False, sampler=stream, known_items=full.item_count > 0
+    )
+    assert len(res.known_items) == 40
 
 
 def test_bench_scale_reduced_size_reports_resume_and_rss(tmp_path):

@@ -35,7 +35,7 @@ from metarec.progress import bar as progress_bar
 from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import TextEncoder
 from metarec.train import auto_negatives, popularity_pool
-from metarec.types import MetarecError
+from metarec.types import MAX_SEED, MetarecError
 
 STREAM_NEGATIVE_SOURCES = ("auto", "catalogue", "popularity")  # ParquetTaskStream negatives
 # the popularity pool's bound (int64 entries: 128 MiB): a log of 10^8 events over 10^5
@@ -100,6 +100,8 @@ def index_log(
     for name, n in (("n_items", n_items), ("n_users", n_users)):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
             raise MetarecError(f"index_log: {name} must be an integer >= 0, got {n!r}")
+    if batch_size < 1:  # pyarrow's own ValueError otherwise
+        raise MetarecError(f"index_log: batch_size must be >= 1, got {batch_size}")
     try:
         pf = pq.ParquetFile(path)
     except (OSError, ValueError) as err:
@@ -303,6 +305,18 @@ class ParquetTaskStream:
             )
         if k_shot < 1 or n_query < 1 or buffer_groups < 1:
             raise MetarecError("ParquetTaskStream: k_shot, n_query, buffer_groups must be >= 1")
+        # checked here as TrainConfig checks them: a bogus head and a negative count were
+        # accepted, and seed -1 was numpy's traceback at the first draw
+        if head not in ("binary", "rating"):  # ScorerConfig.head
+            raise MetarecError(f"ParquetTaskStream: head {head!r} is not 'binary' or 'rating'")
+        if n_negatives < 0:
+            raise MetarecError(f"ParquetTaskStream: n_negatives must be >= 0, got {n_negatives}")
+        if not 0 <= seed <= MAX_SEED:
+            raise MetarecError(f"ParquetTaskStream: seed must be in [0, {MAX_SEED}], got {seed}")
+        if not 0.0 <= resample_prob <= 1.0:
+            raise MetarecError(
+                f"ParquetTaskStream: resample_prob must be in [0, 1], got {resample_prob}"
+            )
         if negatives not in STREAM_NEGATIVE_SOURCES:
             raise MetarecError(
                 f"ParquetTaskStream: negatives {negatives!r} is not one of "
@@ -415,7 +429,14 @@ class ParquetTaskStream:
                 self._fill()
                 empty_fills = empty_fills + 1 if not self._ready else 0
                 if empty_fills > self.index.n_groups + 1:
-                    raise MetarecError(f"{self.index.path}: no user has 2 or more events")
+                    share = (
+                        f" in rank {self.rank}'s share of its row groups (of {self.world} "
+                        "ranks; write the log with more, smaller row groups, users spread "
+                        "over them)"
+                        if self.rank_sharded
+                        else ""
+                    )
+                    raise MetarecError(f"{self.index.path}: no user has 2 or more events{share}")
                 continue
             k = min(n - len(out), len(self._ready))
             out += self._ready[:k]
@@ -468,6 +489,13 @@ def embed_resumable(
     Returns (vectors (len(texts), dim) float32, or None when stopped early; stats with
     ``encoded`` (texts sent to the encoder now), ``hits``, ``chunks_done``, ``complete``).
     """
+    if chunk_size < 1:
+        # 0 was a ZeroDivisionError, and a negative size returned no vector, "complete"
+        raise MetarecError(f"embed_resumable: chunk_size must be >= 1, got {chunk_size}")
+    if stop_after_chunks is not None and stop_after_chunks < 0:
+        raise MetarecError(
+            f"embed_resumable: stop_after_chunks must be >= 0, got {stop_after_chunks}"
+        )
     if not isinstance(cache, EmbeddingCache):
         cache = EmbeddingCache(cache)
     texts = [str(t) for t in texts]

@@ -19,6 +19,7 @@ table (``item_idx``, ``item_id``, ``title``, ``topic``) is a second Parquet file
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import pyarrow.parquet as pq
 
 from metarec.atomic import atomic_path
 from metarec.progress import bar as progress_bar
-from metarec.types import MetarecError
+from metarec.types import MAX_SEED, MetarecError
 
 _ADJ = "gripping quiet bold tender dark witty epic gentle strange bright".split()
 _FORM = "novel story guide saga memoir album film series collection anthology".split()
@@ -53,8 +54,30 @@ class SynthConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # every field checked here, before generate writes anything: users_per_chunk 0
+        # left items.parquet without a log, -5 wrote an empty log while n_rows said 200,
+        # and the float ones were numpy's tracebacks
+        ints = ("n_users", "n_items", "n_interactions", "n_topics", "d_latent")
+        for name in (*ints, "users_per_chunk", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise MetarecError(f"SynthConfig: {name} must be an integer, got {value!r}")
         if min(self.n_users, self.n_items, self.n_topics, self.d_latent) < 1:
             raise MetarecError("SynthConfig: n_users, n_items, n_topics, d_latent must be >= 1")
+        if self.users_per_chunk < 1:
+            raise MetarecError(
+                f"SynthConfig: users_per_chunk must be >= 1, got {self.users_per_chunk}"
+            )
+        if not 0 <= self.seed <= MAX_SEED:
+            raise MetarecError(f"SynthConfig: seed must be in [0, {MAX_SEED}], got {self.seed}")
+        for name in ("user_exponent", "item_exponent"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise MetarecError(
+                    f"SynthConfig: {name} must be a finite number > 0, got {value!r}"
+                )
+        if not (isinstance(self.explore, int | float) and 0.0 <= self.explore <= 1.0):
+            raise MetarecError(f"SynthConfig: explore must be in [0, 1], got {self.explore!r}")
         if self.n_interactions < 2 * self.n_users:
             raise MetarecError(
                 f"SynthConfig: n_interactions ({self.n_interactions}) must be >= 2 * n_users "
@@ -104,7 +127,12 @@ def _atomic_table(table: pa.Table, out: Path) -> None:
 def generate(cfg: SynthConfig, out_dir: str | Path, progress: bool = False) -> SynthLog:
     """Write ``log.parquet`` and ``items.parquet`` under ``out_dir`` (atomically each)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file at out_dir was a raw FileExistsError
+        raise MetarecError(
+            f"cannot write the synthetic log in {out}: {err.strerror or err}"
+        ) from None
     rng = np.random.default_rng(cfg.seed)
     n_t, d = cfg.n_topics, cfg.d_latent
 

@@ -578,6 +578,21 @@ def train(
         known[split.train.item_idx] = True
     else:
         known = np.asarray(known_items, dtype=bool)
+        if known.shape != (feats.n_items,):
+            # an index of a log whose last items have no event (docs/scaling.md's
+            # item_count > 0 without n_items=) was an IndexError deep in validation
+            raise MetarecError(
+                f"train: known_items has {known.shape[0] if known.ndim else 0} entries and "
+                f"the FeatureSet {feats.n_items} items (index the log with "
+                "index_log(..., n_items=<catalogue size>))"
+            )
+    if sampler is not None and getattr(sampler, "index", None) is not None:
+        n_log = int(getattr(sampler.index, "n_items", 0))
+        if n_log > feats.n_items:
+            raise MetarecError(
+                f"train: the stream's log has item ids up to {n_log - 1} and the FeatureSet "
+                f"{feats.n_items} items"
+            )
     known_t = torch.from_numpy(known).to(dev)
     if sampler is None:
         sampler = _TaskSampler(split, head, feats.n_items, cfg)
