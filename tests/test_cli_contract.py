@@ -979,6 +979,23 @@ def test_integer_domain_names_match_between_files_and_flags(tmp_path):
     assert (pd.read_csv(out, dtype={"item_id": str}).item_id.str[2:].astype(int) < 20).all()
 
 
+def test_an_embedding_cache_inside_out_is_refused_and_a_tilde_cache_expanded(
+    tmp_path, capsys, monkeypatch
+):
+    # a cache inside --out failed the fit at its very end, on the cache's own files,
+    # and stayed in the folder; "~/c" made a folder named "~" in the working directory
+    paths, _ = make_world(tmp_path, n_users=20)
+    out = tmp_path / "RUN"
+    args = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(out)]
+    code = main([*args, *FAST, "--set", f"text.cache='{out / 'emb'}'"])
+    assert code == 2 and "is inside --out" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert main([*args, *FAST, "--set", "text.cache='~/c'"]) == 0
+    assert (tmp_path / "home" / "c").is_dir() and not (tmp_path / "~").exists()
+
+
 def test_a_like_threshold_on_implicit_data_is_warned_about(tmp_path, capsys):
     # it was saved in config.json and ignored without a word
     paths, _ = make_world(tmp_path, n_users=20, implicit=True)

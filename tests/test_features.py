@@ -178,6 +178,18 @@ def test_side_features_multi_hot_and_z_scores(tiny_dataset):
     np.testing.assert_allclose(x[:, 8], [1 / s3, 1 / s3, -s3, 1 / s3, 0.0], rtol=1e-6)
 
 
+def test_a_stray_pipe_in_free_text_does_not_make_a_multi_hot():
+    # one title with "|" made the title column 64 one-hot columns of single titles
+    titles = [f"book number {i}" for i in range(99)] + ["The Hunger Games | Catching Fire"]
+    table = SideTable(_ids(100), pd.DataFrame({"title": titles}), text_columns=("title",))
+    x, names = side_features(table, 100)
+    assert x.shape == (100, 0) and names == []
+    # a genre-like column stays a multi-hot: "|" in few cells, but few distinct tokens
+    genres = ["Drama"] * 95 + ["Drama|Comedy"] * 5
+    table = SideTable(_ids(100), pd.DataFrame({"g": genres}), text_columns=("g",))
+    assert side_features(table, 100)[1] == ["g=Drama", "g=Comedy"]
+
+
 def test_side_features_statistics_come_from_fit_rows_only(tiny_dataset):
     x, names = side_features(tiny_dataset.item_table, 5, fit_rows=np.array([0, 1]))
     # vocabularies from items 0 and 1 only: no Drama/Romance columns, no "fr"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 
 import numpy as np
 import pytest
@@ -120,6 +121,56 @@ def test_corrupt_index_is_rebuilt(tmp_path, hashing_encoder):
     assert s["hits"] == 4 and not s["index_rebuilt"]
     assert len(list(folder.glob("shard-*"))) == 1  # the orphaned old shard was removed
     assert not list(folder.glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("n", None), ("n", "abc"), ("n", True), ("dim", 5), ("dim", True), ("dim", -1)],
+)
+def test_index_with_damaged_values_is_rebuilt_not_fatal(tmp_path, hashing_encoder, field, value):
+    # valid JSON with a wrong value: "n": null was a TypeError, "dim": 5 a dim mismatch
+    # that stopped every later fit with this encoder
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(hashing_encoder, TEXTS)
+    index = cache.folder(hashing_encoder.fingerprint) / "index.json"
+    idx = json.loads(index.read_text())
+    if field == "n":
+        idx["shards"][0]["n"] = value
+    else:
+        idx["dim"] = value
+    index.write_text(json.dumps(idx))
+    v, s = cache.get_or_compute(hashing_encoder, TEXTS)
+    assert v.tobytes() == hashing_encoder.encode(TEXTS).tobytes()
+    assert s["misses"] == 4
+    _, s = cache.get_or_compute(hashing_encoder, TEXTS)  # repaired
+    assert s["hits"] == 4 and not s["index_rebuilt"]
+
+
+def test_a_killed_shard_writers_staging_file_is_swept(tmp_path, hashing_encoder):
+    # a writer killed mid-shard left ".shard-<uuid>.safetensors.~host-pid~X.tmp"; every
+    # shard has a fresh name, so nothing ever removed it
+    import subprocess
+    import sys
+
+    from metarec.atomic import staging_prefix
+
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(hashing_encoder, TEXTS[:2])
+    folder = cache.folder(hashing_encoder.fingerprint)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(dead.stdout)
+    mine = staging_prefix("shard-abc.safetensors")
+    left = folder / (mine.replace(f"-{os.getpid()}~", f"-{pid}~") + "x.tmp")  # dead writer
+    left.write_bytes(b"half a shard")
+    live = folder / (mine + "y.tmp")  # this process is alive: left alone
+    live.write_bytes(b"being written")
+    cache.get_or_compute(hashing_encoder, TEXTS)  # a write
+    assert not left.exists() and live.exists()
 
 
 def test_index_naming_another_fingerprint_is_ignored(tmp_path, hashing_encoder):

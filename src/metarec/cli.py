@@ -184,7 +184,7 @@ def cmd_embed(args) -> int:
 
     ds = _load(args)
     encoder = make_encoder(args.model, device=args.device)
-    cache_dir = Path(args.cache) if args.cache else default_embedding_dir()
+    cache_dir = Path(args.cache).expanduser() if args.cache else default_embedding_dir()
     stats = embed_dataset(ds, encoder, cache_dir, show_progress=not args.json)
     if not stats["items_with_text"] and not stats.get("users_with_text"):
         # it embedded nothing and exited 0, so "warm the cache before fit" silently did not
@@ -287,6 +287,16 @@ def cmd_fit(args) -> int:
     t0 = time.perf_counter()
     check_run_target(args.out)  # before training, not after it
     config = _model_config(args)
+    if config.text.cache:
+        # a cache inside the RUN folder made the finished fit fail on its own files
+        # ("a RUN holding files it did not write"), after the whole fit, and stay there
+        cache = Path(config.text.cache).expanduser().resolve()
+        out = Path(args.out).expanduser().resolve()
+        if cache == out or out in cache.parents:
+            raise MetarecError(
+                f"text.cache {config.text.cache} is inside --out {args.out}: a RUN folder "
+                "holds only what fit writes; put the embedding cache elsewhere"
+            )
     if getattr(args, "device", None):
         import dataclasses
 

@@ -275,9 +275,18 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
             on_prepared(dataset)
         t = config.text
         with main_first(ctx):
-            root = Path(cache_dir or t.cache or default_embedding_dir())
+            root = Path(cache_dir or t.cache or default_embedding_dir()).expanduser()
             encoder = make_encoder(t.model, device=t.device)
-            embed_dataset(dataset, encoder, root, template=t.template, show_progress=False)
+            # user texts only where the fit reads them (text.user_text): they were
+            # encoded and cached, then left unused
+            embed_dataset(
+                dataset,
+                encoder,
+                root,
+                template=t.template,
+                show_progress=False,
+                users=t.user_text,
+            )
         pred = Predictor.fit(dataset, config)
         barrier(ctx)
         return pred if ctx.is_main else None

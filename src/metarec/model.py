@@ -897,7 +897,7 @@ class MetaRecommender(Recommender):
         return build_features(
             dataset,
             make_encoder(t.model, device=t.device),
-            cache=Path(t.cache) if t.cache else default_embedding_dir(),
+            cache=Path(t.cache).expanduser() if t.cache else default_embedding_dir(),
             text_template=t.template,
             pca_dim=t.pca_dim,
             whiten=t.whiten,

@@ -39,7 +39,7 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from metarec.atomic import write_bytes
+from metarec.atomic import sweep_staging, write_bytes
 from metarec.text.encoder import TextEncoder
 from metarec.types import MetarecError
 
@@ -70,16 +70,26 @@ class EmbeddingCache:
             return None, True
         except OSError:
             return None, False
+
+        def count(v) -> bool:  # a positive int, not a bool (JSON true is an int here)
+            return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
         try:
             idx = json.loads(raw)
+            # field values checked too: "n": null was a TypeError in _load_shard, and
+            # "dim": true stopped every later fit with a dim mismatch
             ok = (
                 isinstance(idx, dict)
                 and idx.get("format") == FORMAT
                 and idx.get("fingerprint") == fingerprint
-                and isinstance(idx.get("dim"), int)
+                and count(idx.get("dim"))
                 and isinstance(idx.get("shards"), list)
                 and all(
-                    isinstance(s, dict) and {"file", "n", "sha256"} <= s.keys()
+                    isinstance(s, dict)
+                    and {"file", "n", "sha256"} <= s.keys()
+                    and isinstance(s["file"], str)
+                    and isinstance(s["sha256"], str)
+                    and count(s["n"])
                     for s in idx["shards"]
                 )
             )
@@ -187,9 +197,14 @@ class EmbeddingCache:
                     f"expected float32 ({len(todo)}, dim)"
                 )
             if dim is not None and new_vecs.shape[1] != dim:
-                raise MetarecError(
-                    f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache holds dim {dim}"
-                )
+                if found:
+                    raise MetarecError(
+                        f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache holds "
+                        f"dim {dim} vectors for it in {self.folder(fp)} (delete that folder)"
+                    )
+                # no stored vector has the index's dim: the index is damaged (an edited
+                # "dim" blocked every later fit); rebuilt below as an unusable one is
+                index_ok, bad = False, []
             dim = new_vecs.shape[1]
             for k, v in zip(new_keys, new_vecs, strict=True):
                 found[k] = v
@@ -279,3 +294,8 @@ class EmbeddingCache:
             for p in folder.glob("shard-*.safetensors"):
                 if p.name not in listed and not p.is_dir():  # not ours to remove: a folder
                     p.unlink(missing_ok=True)
+            # the staging file of a shard whose writer was killed mid-write: each shard
+            # has a fresh name, so the sweep of "the next write of the same name" never
+            # came, and a large catalogue leaked a whole shard per crash
+            for p in folder.glob(".shard-*.safetensors.~*"):
+                sweep_staging(folder, p.name[1 : p.name.index(".~")])
