@@ -491,6 +491,9 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         # the ranking model trains on 0/1 likes: above 1 it had no positive, with exit 0
         ("train.positive_threshold=2", "train.positive_threshold must be in (0, 1], got 2"),
         ("train.positive_threshold=0", "train.positive_threshold must be in (0, 1], got 0"),
+        # accepted: the blend fitted on one or two validation users; 10^20 steps taken
+        ("blend.min_valid_users=-3", "blend.min_valid_users must be >= 2, got -3"),
+        ("train.steps=1e20", "train.steps must be <= 10,000,000"),
         # it had said the log had too few users (10 of them), not that the share was too big
         ("valid_frac=0.99", "valid_frac 0.99 holds out 10 of the log's 10 users"),
     ],

@@ -856,6 +856,14 @@ def test_a_label_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
     assert build_dataset(read_table(both, label_col="label")).feedback == "implicit"
 
 
+def test_items_keyed_by_item_id_are_read_beside_a_renamed_log_column(tmp_path):
+    # --item-col iid for the log: the items file keyed by item_id was refused
+    p = write(tmp_path / "log.csv", "uid,iid,stars\n1,2,3\n1,3,4\n")
+    items = write(tmp_path / "items.csv", "item_id,title\n2,a book\n3,another\n")
+    raw = read_table(p, user_col="uid", item_col="iid", rating_col="stars", items=items)
+    assert build_dataset(raw).n_items == 2
+
+
 def test_float_ids_in_an_object_column_follow_the_float_rule():
     # a Python frame mixing 7 and 100.0 in one id column: "100.0" was an unknown id
     from metarec.data.tabular import id_column

@@ -1911,3 +1911,16 @@ def test_explain_on_a_rating_run_uses_the_whole_supports_weights(tmp_path):
         np.testing.assert_allclose(
             w[:, j], full - apply_rating_weights(b.rating_weights, design), atol=1e-6
         )
+
+
+def test_fit_names_arguments_of_the_wrong_type(world):
+    # AttributeErrors from deep inside ("'str' object has no attribute 'item_idx'")
+    from metarec.predictor import Predictor
+
+    ds, split = world
+    with pytest.raises(MetarecError, match="train must be Interactions"):
+        MetaRecommender().fit(ds, "x")
+    with pytest.raises(MetarecError, match="expected a Dataset, got NoneType"):
+        MetaRecommender().fit(None, split.train)
+    with pytest.raises(MetarecError, match="Predictor.fit: expected a Dataset, got str"):
+        Predictor.fit("x")

@@ -440,6 +440,14 @@ def test_write_split_refuses_a_non_empty_folder_or_a_file(tmp_path):
     write_split(s, ds, done)
     write_split(user_cold(ds, k_shot=2, n_query=3, seed=1), ds, done, overwrite=True)
     assert sorted(os.listdir(done)) == sorted(splits.SPLIT_FILES)
+    # a split folder holding files a split never writes: deleted with it before
+    (done / "notes.txt").write_text("mine")
+    (done / "sub").mkdir()
+    with pytest.raises(
+        MetarecError, match=r"holding 2 file\(s\) a split does not write \(notes.txt, sub\)"
+    ):
+        write_split(s, ds, done, overwrite=True)
+    assert (done / "notes.txt").read_text() == "mine" and (done / "sub").is_dir()
 
 
 def test_an_implicit_split_is_written_with_labels_and_fits_as_implicit(tmp_path):
@@ -572,3 +580,15 @@ def test_item_cold_blend_ranks_the_validation_items():
     assert np.array_equal(items, s.valid_cold_items)
     assert not np.isin(items, s.test_cold_items).any()
     assert not np.isin(items, s.train.item_idx).any()
+
+
+def test_make_split_names_missing_and_unknown_keywords_in_one_line():
+    # Python's TypeError named the internal function ("user_cold() missing 1 required
+    # positional argument: 'n_query'")
+    ds = ten_users()
+    with pytest.raises(MetarecError, match=r"'user-cold' needs k_shot, n_query \(its keywords:"):
+        make_split(ds, "user-cold")
+    with pytest.raises(MetarecError, match=r"takes no bogus"):
+        make_split(ds, "user-cold", k_shot=2, n_query=2, bogus=1)
+    with pytest.raises(MetarecError, match="split: expected a Dataset, got NoneType"):
+        make_split(None, "user-cold", k_shot=2, n_query=2)

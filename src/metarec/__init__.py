@@ -38,3 +38,8 @@ def __getattr__(name: str):
     if name in _SUBMODULES:
         return import_module(f"metarec.{name}")
     raise AttributeError(f"module 'metarec' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names too: dir(metarec) listed none of them (tab completion, help())
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})

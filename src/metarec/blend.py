@@ -314,6 +314,10 @@ class BlendConfig:
     min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
 
     def __post_init__(self) -> None:
+        if self.min_valid_users < 2:
+            # -3 and 0 were taken, and the weights fitted on an 8-user log's one or two
+            # validation users: the threshold this setting is there to keep
+            raise MetarecError(f"blend.min_valid_users must be >= 2, got {self.min_valid_users}")
         for name in self.rating_inputs:
             if name not in RATING_INPUTS:
                 raise MetarecError(f"blend.rating_inputs: unknown {name!r} ({RATING_INPUTS})")

@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="top-k items per support user")
     p.add_argument("--run", required=True)
     p.add_argument("--support", required=True)
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="items per user (default 10)")
     p.add_argument("--domain", help="recommend only this domain's items")
     p.add_argument(
         "--out",
@@ -780,27 +780,48 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="HTTP service: few-shot adapted recommendations")
     p.add_argument("--run", required=True)
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="(default 8000)")
     p.add_argument(
         "--feedback-db",
         dest="feedback_db",
         help="SQLite file or folder for /feedback (default: $METAREC_HOME/feedback/)",
     )
     p.add_argument("--token", help="require this bearer token (default: $METAREC_TOKEN)")
-    p.add_argument("--max-k", dest="max_k", type=int, default=1000)
-    p.add_argument("--max-interactions", dest="max_interactions", type=int, default=1000)
-    p.add_argument("--max-body-bytes", dest="max_body_bytes", type=int, default=1 << 20)
-    p.add_argument("--cache-entries", dest="cache_entries", type=int, default=4096)
-    p.add_argument("--cache-ttl", dest="cache_ttl", type=float, default=900.0, help="seconds")
+    p.add_argument("--max-k", dest="max_k", type=int, default=1000, help="(default 1000)")
+    p.add_argument(
+        "--max-interactions",
+        dest="max_interactions",
+        type=int,
+        default=1000,
+        help="most interactions a request may send, and stored feedback rows it reads "
+        "(the newest; default 1000)",
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        dest="max_body_bytes",
+        type=int,
+        default=1 << 20,
+        help="(default 1048576)",
+    )
+    p.add_argument(
+        "--cache-entries",
+        dest="cache_entries",
+        type=int,
+        default=4096,
+        help="adapted users kept (default 4096)",
+    )
+    p.add_argument(
+        "--cache-ttl", dest="cache_ttl", type=float, default=900.0, help="seconds (default 900)"
+    )
     p.add_argument(
         "--cache-mb",
         dest="cache_mb",
         type=float,
         default=1024.0,
-        help="memory budget of the adapted-user cache; each entry holds a score per catalogue "
-        "item, so a large catalogue gets fewer entries than --cache-entries",
+        help="memory budget of the adapted-user cache in MB (default 1024); each entry holds a "
+        "score per catalogue item, so a large catalogue gets fewer entries than --cache-entries",
     )
-    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=1)
+    p.add_argument("--torch-threads", dest="torch_threads", type=int, default=1, help="(default 1)")
     p.add_argument(
         "--log-level",
         dest="log_level",
@@ -814,9 +835,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--feedback", required=True, help="the serve feedback database (file or folder)")
     p.add_argument("--out", required=True, help="the new RUN directory")
-    p.add_argument("--steps", type=int, default=100, help="meta-training steps per model part")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--steps", type=int, default=100, help="meta-training steps per model part (default 100)"
+    )
+    p.add_argument("--lr", type=float, default=3e-4, help="(default 3e-4)")
+    p.add_argument("--seed", type=int, default=0, help="(default 0)")
     p.set_defaults(func=cmd_update)
 
     p = sub.add_parser(

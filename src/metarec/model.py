@@ -477,6 +477,15 @@ class MetaRecommender(Recommender):
                 "validation tasks given (metarec evaluate) it would train the meta-model on "
                 "the validation users' rows and not the baselines: leave refit off there"
             )
+        # the library's one-line error, not an AttributeError deep inside ("'str' object
+        # has no attribute 'item_idx'")
+        if not isinstance(dataset, Dataset):
+            raise MetarecError(f"{self.name}.fit: expected a Dataset, got {type(dataset).__name__}")
+        if not isinstance(train, Interactions):
+            raise MetarecError(
+                f"{self.name}.fit: train must be Interactions (e.g. split.train), got "
+                f"{type(train).__name__}"
+            )
         if len(train) == 0:  # a NaN from deep inside the split code otherwise
             raise MetarecError(f"{self.name}: train has no interactions to fit on")
         resolve_device(cfg.device)  # before the text is embedded, not after ("auto" is fine)

@@ -65,6 +65,8 @@ class Predictor:
     def fit(cls, dataset: Dataset, config: ModelConfig | None = None) -> Predictor:
         from metarec.data import dataset_info
 
+        if not isinstance(dataset, Dataset):  # an AttributeError on .interactions before
+            raise MetarecError(f"Predictor.fit: expected a Dataset, got {type(dataset).__name__}")
         model = MetaRecommender(config).fit(dataset, dataset.interactions)
         model.name_after_scoring_model()  # as a loaded RUN is named
         item_domain = dataset.item_domain_names()

@@ -24,6 +24,7 @@ support events and at least one query event; held-out users without one are *dro
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -573,9 +574,28 @@ def make_split(ds: Dataset, protocol: str, **kw) -> Split:
         raise MetarecError(
             f"unknown split protocol {protocol!r}; known: {', '.join(PROTOCOLS)}"
         ) from None
+    if not isinstance(ds, Dataset):
+        raise MetarecError(f"split: expected a Dataset, got {type(ds).__name__}")
     seed = kw.get("seed", 0)
     if not (isinstance(seed, int | np.integer) and 0 <= seed <= MAX_SEED):
         raise MetarecError(f"split: seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+    # the protocol's own keywords, named in one line: a missing k_shot or an unknown
+    # keyword was Python's TypeError naming the internal function
+    params = inspect.signature(fn).parameters
+    needed = [
+        n
+        for n, p in list(params.items())[1:]
+        if p.default is inspect.Parameter.empty and n not in kw
+    ]
+    unknown = [n for n in kw if n not in params]
+    if needed or unknown:
+        said = ([f"needs {', '.join(needed)}"] if needed else []) + (
+            [f"takes no {', '.join(unknown)}"] if unknown else []
+        )
+        raise MetarecError(
+            f"split protocol {protocol!r} {' and '.join(said)} (its keywords: "
+            f"{', '.join(list(params)[1:])})"
+        )
     return fn(ds, **kw)
 
 
@@ -612,6 +632,19 @@ def check_split_target(out: Path, overwrite: bool = False) -> bool:
             raise MetarecError(
                 f"{out}: is not a split folder (no summary.json); overwrite replaces an "
                 "earlier split only, give a new or empty folder"
+            )
+        # files a split never writes (notes, a subfolder) were deleted with the folder
+        foreign = sorted(
+            p.name
+            for p in out.iterdir()
+            if p.name not in SPLIT_FILES and not p.name.startswith(f".{out.name}.~")
+        )
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise MetarecError(
+                f"{out}: is a split folder holding {len(foreign)} file(s) a split does not "
+                f"write ({shown}); overwrite would delete them: move them, or give a new "
+                "folder"
             )
     return fill
 

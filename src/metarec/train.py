@@ -58,6 +58,7 @@ POPULARITY_MIN_ITEMS = 10_000
 # upper bounds that catch a typo (meta_batch=3200000) before it asks for tens of GB: a step
 # holds meta_batch padded episodes, each with n_negatives sampled items per positive
 MAX_META_BATCH = 65_536
+MAX_STEPS = 10_000_000  # meta-steps: far past any fit (the default trains 600)
 MAX_NEGATIVES = 1_024
 
 
@@ -147,6 +148,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.meta_batch < 1 or self.eval_every < 1 or self.patience < 1:
             raise MetarecError("TrainConfig: steps >= 0, meta_batch, eval_every, patience >= 1")
+        if self.steps > MAX_STEPS:  # --set train.steps=1e20 was taken as 10^20 steps
+            raise MetarecError(f"train.steps must be <= {MAX_STEPS:,}, got {self.steps:,}")
         if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
             raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
         if self.episodes not in EPISODE_ORDERS:

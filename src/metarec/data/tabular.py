@@ -688,7 +688,7 @@ def read_table(
     ``"timestamp"`` may be absent: another name given and missing is an error. ``domain_col`` tags
     each row with a domain (a column named ``domain`` does so unnamed, as in `metarec fit`); the item side file, if given, then gets each item's domain too.
     ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
-    ``item_col``); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns;
+    ``item_col``, or ``item_id`` where it has no such column); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns;
     with none named, every column's role is inferred as ``metarec fit --items`` infers it.
     Parameter names match the CLI flags (--items, --text-cols).
     """
@@ -768,6 +768,10 @@ def read_table(
         side = _read_any(ipath, None, encoding)
         side.columns = [str(c).strip() for c in side.columns]
         key = item_id_col or item_col
+        if item_id_col is None and key not in side.columns and "item_id" in side.columns:
+            # --item-col names the log's column; an items file keyed by the contract's
+            # item_id was refused ("missing column(s) iid")
+            key = "item_id"
         require_columns(side, [key, *text_cols, *cat_cols, *num_cols])
         # fit refuses an item named twice (files.read_side); split and info took it, the
         # later row silently replacing the earlier one's text
