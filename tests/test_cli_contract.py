@@ -494,6 +494,18 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         # accepted: the blend fitted on one or two validation users; 10^20 steps taken
         ("blend.min_valid_users=-3", "blend.min_valid_users must be >= 2, got -3"),
         ("train.steps=1e20", "train.steps must be <= 10,000,000"),
+        # each one a traceback, a broken model with exit 0, or an error after training
+        ("train.outer_lr=1e39", "train.outer_lr must be <= 1e+06"),
+        ("train.eval_every=0", "train.eval_every must be >= 1, got 0"),
+        ("scorer.hidden=[65536,65536]", "a layer of 4,294,967,296 weights"),
+        ("blend.mf_factors=1000000", "blend.mf_factors must be <= 4096"),
+        ("blend.als_factors=100000000", "blend.als_factors must be <= 4096"),
+        ("blend.weight_decay=-1", "blend.weight_decay must be >= 0"),
+        ("blend.mf_iterations=-5", "blend.mf_iterations must be >= 0"),
+        ("blend.ease_max_items=-1", "blend.ease_max_items must be >= 1"),
+        ("blend.rank_inputs=['ease','ease']", "blend.rank_inputs names an input twice"),
+        ("scorer.user_vector=false", "rank_meta.algorithm is 'np', which needs it"),
+        ("blend.relevant_threshold=1000", "blend.relevant_threshold 1000 is outside"),
         # it had said the log had too few users (10 of them), not that the share was too big
         ("valid_frac=0.99", "valid_frac 0.99 holds out 10 of the log's 10 users"),
     ],

@@ -1607,3 +1607,40 @@ def test_cli_evaluate_names_the_run_shaping_settings_left_to_defaults(tmp_path, 
     # all given (in the file or by --set): no line
     assert main([*args, "--set", "shots=[]", "--set", "seeds=[0]"]) == 0
     assert "leaves to the defaults" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        # a baseline seed won on every experiment seed ("± over seeds" of one model)
+        ("methods=[{name='biased_mf', params={seed=5}}]", "key 'seed' is not read by evaluate"),
+        # an optional number given a string: a ValueError traceback at fit
+        ("methods=[{name='ease', params={min_rating='abc'}}]", "should be a number"),
+        # LightFM's own bare AssertionError
+        ("methods=[{name='lightfm', params={loss='foo'}}]", "LightFM: loss 'foo' is not one of"),
+        ("methods=[{name='biased_mf', params={factors=100000000}}]", "factors must be <= 4096"),
+        # tables in a grid: trained with the defaults, recorded as chosen
+        (
+            "methods=[{name='M', kind='meta', grid={train=[{seed=5},{seed=6}]}}]",
+            "grid key 'train' holds tables",
+        ),
+        # np without the user vector: failed per seed after training, exit 0
+        (
+            "methods=[{name='M', kind='meta', params={scorer={user_vector=false}}}]",
+            "needs it",
+        ),
+    ],
+)
+def test_method_settings_that_failed_late_are_refused_at_load(override, named):
+    with pytest.raises(MetarecError, match=re.escape(named)):
+        E.load_config(TINY, ["seeds=[0]", "shots=[]", override])
+
+
+def test_a_baseline_min_rating_off_the_scale_fails_before_training(monkeypatch):
+    # min_rating=100 left EASE no liked row: nDCG 0, AUC 0.5, exit 0
+    cfg = E.load_config(
+        TINY, ["seeds=[0]", "shots=[]", "methods=[{name='ease', params={min_rating=100.0}}]"]
+    )
+    monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(MetarecError, match=re.escape("min_rating 100 is outside the ratings")):
+        E.run(cfg, None, progress=False)

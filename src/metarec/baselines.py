@@ -41,6 +41,9 @@ from metarec.features import FeatureSet
 from metarec.recommender import Recommender
 from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
 
+MAX_FACTORS = 4096  # latent factors of BiasedMF / ImplicitALS (and the blend's inputs)
+LIGHTFM_LOSSES = ("warp", "bpr", "logistic", "warp-kos")
+
 
 def like_threshold(dataset: Dataset, min_rating: float | None) -> float:
     """Smallest rating that counts as liked: ``min_rating``, else the scale's midpoint.
@@ -397,6 +400,8 @@ class BiasedMF(_RatingModel):
     ):
         if factors < 1 or iterations < 0 or reg <= 0 or bias_reg <= 0:
             raise MetarecError("BiasedMF: need factors >= 1, iterations >= 0, reg, bias_reg > 0")
+        if factors > MAX_FACTORS:  # 10^8 asked for 738 GiB
+            raise MetarecError(f"BiasedMF: factors must be <= {MAX_FACTORS}, got {factors}")
         self.factors = factors
         self.reg = reg
         self.bias_reg = bias_reg
@@ -751,6 +756,8 @@ class ImplicitALS(_FoldInRanker):
         num_threads: int = 0,
         min_rating: float | None = None,
     ):
+        if factors > MAX_FACTORS:
+            raise MetarecError(f"ImplicitALS: factors must be <= {MAX_FACTORS}, got {factors}")
         self.min_rating = min_rating
         self.factors = factors
         self.reg = reg
@@ -817,6 +824,12 @@ class LightFMRanker(_FoldInRanker):
         num_threads: int = 1,
         min_rating: float | None = None,
     ):
+        if loss not in LIGHTFM_LOSSES:  # LightFM's own bare AssertionError at fit otherwise
+            raise MetarecError(f"LightFM: loss {loss!r} is not one of {LIGHTFM_LOSSES}")
+        if not 1 <= no_components <= MAX_FACTORS:
+            raise MetarecError(
+                f"LightFM: no_components must be in [1, {MAX_FACTORS}], got {no_components}"
+            )
         self.min_rating = min_rating
         self.no_components = no_components
         self.loss = loss

@@ -39,6 +39,7 @@ import torch
 from metarec.baselines import (
     EASE,
     KNN_RATING_MAX,
+    MAX_FACTORS,
     BiasedMF,
     ImplicitALS,
     ItemKNN,
@@ -386,6 +387,23 @@ class BlendConfig:
             raise MetarecError("blend: mf_factors >= 1, mf_reg > 0, ease_reg > 0")
         if self.als_factors < 1 or self.als_reg <= 0 or self.als_alpha < 1:
             raise MetarecError("blend: als_factors >= 1, als_reg > 0, als_alpha >= 1")
+        # unbounded factor counts asked for 149 GiB after the whole meta-training
+        for key in ("mf_factors", "als_factors"):
+            if getattr(self, key) > MAX_FACTORS:
+                raise MetarecError(
+                    f"blend.{key} must be <= {MAX_FACTORS}, got {getattr(self, key)}"
+                )
+        if self.mf_iterations < 0:  # BiasedMF's own error, after training, named no key
+            raise MetarecError(f"blend.mf_iterations must be >= 0, got {self.mf_iterations}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            # -1 gave rank weights of 1e161 and a saturated ranking, with exit 0
+            raise MetarecError(f"blend.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.ease_max_items < 1:
+            raise MetarecError(f"blend.ease_max_items must be >= 1, got {self.ease_max_items}")
+        for key in ("rank_inputs", "large_rank_inputs", "cold_rank_inputs"):
+            names = getattr(self, key)
+            if len(set(names)) < len(names):
+                raise MetarecError(f"blend.{key} names an input twice: {list(names)}")
         if self.als_iterations < 1:
             raise MetarecError("blend: als_iterations >= 1")
         if self.rank_fit not in RANK_FITS:

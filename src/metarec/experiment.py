@@ -378,6 +378,19 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
             )
     if feedback == "explicit":
         lo, hi = (float(v) for v in ds.rating_range)
+        for m in config.methods:
+            if m.kind != "baseline":
+                continue
+            asked = [m.params.get("min_rating")] + list(m.grid.get("min_rating") or [])
+            for value in asked:
+                if value is not None and not lo < float(value) <= hi:
+                    # min_rating=100 left EASE no liked row: nDCG 0 with exit 0, where
+                    # the top-level threshold 100 was refused
+                    raise MetarecError(
+                        f"method {m.name!r}: min_rating {float(value):g} is outside the "
+                        f"ratings of {ds.name!r} ({lo:g}..{hi:g}): no rating, or every one, "
+                        "would count as liked"
+                    )
         if not lo < config.threshold <= hi:
             raise MetarecError(
                 f"threshold {config.threshold:g} is outside the ratings of {ds.name!r} "
@@ -422,7 +435,21 @@ def _check_baseline_params(m: MethodSpec) -> None:
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise MetarecError(f"method {m.name!r}: {part} {key} = {value!r} is not finite")
+        if key == "seed":
+            # params.setdefault("seed", seed) in make_method: a seed here won on every
+            # experiment seed, and "± over seeds" measured one model
+            raise MetarecError(
+                f"method {m.name!r}: {part} key 'seed' is not read by evaluate: each run's "
+                "seed is the experiment's (the top-level seeds)"
+            )
         default = p.default
+        if default is None and not (
+            value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+        ):
+            # the optional numbers (min_rating): "abc" was a ValueError traceback at fit
+            raise MetarecError(
+                f"method {m.name!r}: {part} {key} = {value!r} should be a number (or left out)"
+            )
         # every numeric baseline parameter (shrinkage, reg, factors, epochs, ...) has a
         # non-negative default; a negative value is a typo that used to surface only when
         # the run reached the method (and then dropped it as a "failure")
@@ -524,6 +551,15 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
     # with split.valid_frac = 0 the model carves its own validation users out of the
     # training rows (valid_frac, valid_holdout) and may refit on them: read then
     split_valid = config.split.valid_frac > 0
+    for m in config.methods:
+        for k, values in m.grid.items():
+            if isinstance(values, list | tuple) and any(isinstance(v, dict) for v in values):
+                # grid={train=[{seed=5}]} was taken, trained every point with the
+                # defaults, and results.json recorded the tables as chosen
+                raise MetarecError(
+                    f"method {m.name!r}: grid key {k!r} holds tables; name each setting "
+                    f'dotted with its own list (grid = {{"{k}.<key>" = [...]}})'
+                )
     for where, table in tables:
         flat = {k: v for k, v in table.items() if not isinstance(v, dict)}
         flat.update(

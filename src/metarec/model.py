@@ -125,6 +125,8 @@ MAX_MEMBERS = 16  # model.rank_members: each member is a full training run
 # widest embedding or hidden layer accepted: a typo (embed_dim=3200000) otherwise asks for
 # an (n_items, width) table of tens of GB before anything says why
 MAX_WIDTH = 65_536
+# the most weights one hidden-to-hidden layer may have (2^26: 256 MB in float32)
+MAX_LAYER_WEIGHTS = 1 << 26
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,27 @@ class ModelConfig:
             raise MetarecError(
                 f"model.scorer: embed_dim >= 0, every hidden width >= 1, all <= {MAX_WIDTH}, "
                 f"got embed_dim={self.scorer.embed_dim}, hidden={list(self.scorer.hidden)}"
+            )
+        hidden = self.scorer.hidden
+        largest = max((a * b for a, b in zip(hidden, hidden[1:], strict=False)), default=0)
+        if largest > MAX_LAYER_WEIGHTS:
+            # each width passed on its own, and [65536, 65536] asked for a 17 GB layer
+            # (with its meta-gradient and Adam state, several times that)
+            raise MetarecError(
+                f"model.scorer.hidden {list(hidden)}: a layer of {largest:,} weights; "
+                f"adjacent widths may multiply to at most {MAX_LAYER_WEIGHTS:,}"
+            )
+        algos = {
+            "meta.algorithm": self.meta.algorithm,
+            "rank_meta.algorithm": (self.rank_meta or self.meta).algorithm,
+        }
+        np_keys = [k for k, a in algos.items() if a == "np"]
+        if np_keys and not self.scorer.user_vector:
+            # found when that model began training (after the rating model trained), and
+            # the message named no key
+            raise MetarecError(
+                f"model.scorer.user_vector = false, and {' and '.join(np_keys)} is 'np', "
+                "which needs it: set scorer.user_vector = true or another algorithm"
             )
 
     @classmethod
@@ -508,6 +531,16 @@ class MetaRecommender(Recommender):
                 raise MetarecError(
                     f"model.like_threshold {cfg.like_threshold:g} is outside the ratings' "
                     f"range ({lo:g}, {hi:g}]"
+                )
+        relevant = cfg.blend.relevant_threshold
+        if dataset.feedback == "explicit" and relevant is not None:
+            lo, hi = self.rating_range_
+            if not lo < relevant <= hi:
+                # above the top the ranking blend had no positive and was dropped, while
+                # the summary said "blend": true
+                raise MetarecError(
+                    f"blend.relevant_threshold {relevant:g} is outside the ratings' range "
+                    f"({lo:g}, {hi:g}]"
                 )
         known = np.zeros(dataset.n_items, dtype=bool)
         known[train.item_idx] = True

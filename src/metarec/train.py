@@ -58,6 +58,7 @@ POPULARITY_MIN_ITEMS = 10_000
 # upper bounds that catch a typo (meta_batch=3200000) before it asks for tens of GB: a step
 # holds meta_batch padded episodes, each with n_negatives sampled items per positive
 MAX_META_BATCH = 65_536
+MAX_OUTER_LR = 1e6  # as meta.inner_lr's bound; far past any rate that trains
 MAX_STEPS = 10_000_000  # meta-steps: far past any fit (the default trains 600)
 MAX_NEGATIVES = 1_024
 
@@ -146,8 +147,9 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.meta_batch < 1 or self.eval_every < 1 or self.patience < 1:
-            raise MetarecError("TrainConfig: steps >= 0, meta_batch, eval_every, patience >= 1")
+        for name, least in (("steps", 0), ("meta_batch", 1), ("eval_every", 1), ("patience", 1)):
+            if getattr(self, name) < least:  # the key and its value named, not the list
+                raise MetarecError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
         if self.steps > MAX_STEPS:  # --set train.steps=1e20 was taken as 10^20 steps
             raise MetarecError(f"train.steps must be <= {MAX_STEPS:,}, got {self.steps:,}")
         if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
@@ -172,6 +174,9 @@ class TrainConfig:
         # `not x > 0` also catches NaN, which every comparison fails
         if not (self.outer_lr > 0 and math.isfinite(self.outer_lr)):
             raise MetarecError(f"train.outer_lr must be a finite number > 0, got {self.outer_lr}")
+        if self.outer_lr > MAX_OUTER_LR:
+            # 1e39 overflowed float32 inside Adam: a traceback, not the NaN-loss message
+            raise MetarecError(f"train.outer_lr must be <= {MAX_OUTER_LR:g}, got {self.outer_lr:g}")
         if not self.grad_clip >= 0:
             raise MetarecError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.n_negatives < 0:
