@@ -1035,7 +1035,7 @@ def test_the_report_says_when_no_pca_was_fitted(tmp_path):
         ],
         only=["popularity"],
     )
-    with pytest.warns(UserWarning, match="too few for PCA"):
+    with pytest.warns(UserWarning, match="no item has text .the items file has no text column"):
         E.run(cfg, tmp_path / "out", progress=False)
     report = (tmp_path / "out" / "report.md").read_text()
     assert "lowered to" not in report and "no PCA: too few training items with text" in report

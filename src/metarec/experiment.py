@@ -1096,7 +1096,17 @@ def fit_method(
             continue
         v = r.primary if r.greater_is_better else -r.primary
         if not np.isfinite(v):
-            failed.append(f"{_point_label(point)}: validation {r.primary_metric} is NaN")
+            metric = r.primary_metric
+            # an implicit log with negatives, none of them in a validation query: every
+            # point "failed" with no word of why (check_against_data sees the whole log)
+            why = (
+                " (no validation query holds a negative to tell apart: select on a "
+                "full-catalogue metric)"
+                if ds.feedback == "implicit"
+                and (metric.endswith("(query)") or metric in _QUERY_POINTWISE)
+                else ""
+            )
+            failed.append(f"{_point_label(point)}: validation {metric} is NaN{why}")
         elif best is None or v > best[0]:
             best = (v, rec, {**point, "_valid_" + r.primary_metric: r.primary})
     if best is None:

@@ -396,11 +396,21 @@ def build_features(
         if k_max < 1:
             # nothing to fit a projection on (no training item has text): the raw vectors
             # (zero rows for textless items) go in as they are
-            warnings.warn(
-                f"text: {len(fit_text)} training items have text, too few for PCA; "
-                "the text vectors are used unprojected",
-                stacklevel=2,
-            )
+            if not has_text.any():
+                # the message said "0 training items have text, too few for PCA", naming
+                # neither the missing text nor what the model gets instead
+                warnings.warn(
+                    "text: no item has text (the items file has no text column, or every "
+                    "text cell is empty): the text features are all zero, and items are "
+                    "told apart by their ids and side columns only",
+                    stacklevel=2,
+                )
+            else:
+                warnings.warn(
+                    f"text: {len(fit_text)} training items have text, too few for PCA; "
+                    "the text vectors are used unprojected",
+                    stacklevel=2,
+                )
         else:
             if pca_dim is not None and pca_dim > k_max:
                 # a small catalogue cannot give the default 64 components: keep what it can
