@@ -493,10 +493,10 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         ("train.positive_threshold=0", "train.positive_threshold must be in (0, 1], got 0"),
         # accepted: the blend fitted on one or two validation users; 10^20 steps taken
         ("blend.min_valid_users=-3", "blend.min_valid_users must be >= 2, got -3"),
-        ("train.steps=1e20", "train.steps must be <= 10,000,000"),
+        ("train.steps=1e20", "TrainConfig.steps must be <= 10,000,000"),
         # each one a traceback, a broken model with exit 0, or an error after training
-        ("train.outer_lr=1e39", "train.outer_lr must be <= 1e+06"),
-        ("train.eval_every=0", "train.eval_every must be >= 1, got 0"),
+        ("train.outer_lr=1e39", "TrainConfig.outer_lr must be <= 1e+06"),
+        ("train.eval_every=0", "train: TrainConfig.eval_every must be >= 1, got 0"),
         ("scorer.hidden=[65536,65536]", "a layer of 4,294,967,296 weights"),
         ("blend.mf_factors=1000000", "blend.mf_factors must be <= 4096"),
         ("blend.als_factors=100000000", "blend.als_factors must be <= 4096"),

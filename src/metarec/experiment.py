@@ -551,19 +551,22 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
     # with split.valid_frac = 0 the model carves its own validation users out of the
     # training rows (valid_frac, valid_holdout) and may refit on them: read then
     split_valid = config.split.valid_frac > 0
-    for m in config.methods:
-        for k, values in m.grid.items():
-            if isinstance(values, list | tuple) and any(isinstance(v, dict) for v in values):
-                # grid={train=[{seed=5}]} was taken, trained every point with the
-                # defaults, and results.json recorded the tables as chosen
-                raise MetarecError(
-                    f"method {m.name!r}: grid key {k!r} holds tables; name each setting "
-                    f'dotted with its own list (grid = {{"{k}.<key>" = [...]}})'
-                )
     for where, table in tables:
         flat = {k: v for k, v in table.items() if not isinstance(v, dict)}
         flat.update(
             {f"{k}.{j}": w for k, v in table.items() if isinstance(v, dict) for j, w in v.items()}
+        )
+        # a grid of tables, grid = {train = [{seed = 5}, ...]}: its keys count too (the
+        # seed was overridden by the experiment's, and results.json recorded 5 as chosen)
+        flat.update(
+            {
+                f"{k}.{j}": w
+                for k, v in table.items()
+                if isinstance(v, list | tuple)
+                for point in v
+                if isinstance(point, dict)
+                for j, w in point.items()
+            }
         )
         for key, why, refused in (
             ("seed", "each run's seed is the experiment's (the top-level seeds)", True),

@@ -149,9 +149,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, least in (("steps", 0), ("meta_batch", 1), ("eval_every", 1), ("patience", 1)):
             if getattr(self, name) < least:  # the key and its value named, not the list
-                raise MetarecError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
+                raise MetarecError(
+                    f"TrainConfig.{name} must be >= {least}, got {getattr(self, name)}"
+                )
         if self.steps > MAX_STEPS:  # --set train.steps=1e20 was taken as 10^20 steps
-            raise MetarecError(f"train.steps must be <= {MAX_STEPS:,}, got {self.steps:,}")
+            raise MetarecError(f"TrainConfig.steps must be <= {MAX_STEPS:,}, got {self.steps:,}")
         if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
             raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
         if self.episodes not in EPISODE_ORDERS:
@@ -176,7 +178,9 @@ class TrainConfig:
             raise MetarecError(f"train.outer_lr must be a finite number > 0, got {self.outer_lr}")
         if self.outer_lr > MAX_OUTER_LR:
             # 1e39 overflowed float32 inside Adam: a traceback, not the NaN-loss message
-            raise MetarecError(f"train.outer_lr must be <= {MAX_OUTER_LR:g}, got {self.outer_lr:g}")
+            raise MetarecError(
+                f"TrainConfig.outer_lr must be <= {MAX_OUTER_LR:g}, got {self.outer_lr:g}"
+            )
         if not self.grad_clip >= 0:
             raise MetarecError(f"train.grad_clip must be >= 0 (0 = off), got {self.grad_clip}")
         if self.n_negatives < 0:
