@@ -492,7 +492,7 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         ("train.positive_threshold=2", "train.positive_threshold must be in (0, 1], got 2"),
         ("train.positive_threshold=0", "train.positive_threshold must be in (0, 1], got 0"),
         # accepted: the blend fitted on one or two validation users; 10^20 steps taken
-        ("blend.min_valid_users=-3", "blend.min_valid_users must be >= 2, got -3"),
+        ("blend.min_valid_users=-3", "blend.min_valid_users must be >= 1, got -3"),
         ("train.steps=1e20", "TrainConfig.steps must be <= 10,000,000"),
         # each one a traceback, a broken model with exit 0, or an error after training
         ("train.outer_lr=1e39", "TrainConfig.outer_lr must be <= 1e+06"),
@@ -502,7 +502,7 @@ def test_fit_refuses_to_write_a_run_inside_another(tmp_path, capsys):
         ("blend.als_factors=100000000", "blend.als_factors must be <= 4096"),
         ("blend.weight_decay=-1", "blend.weight_decay must be >= 0"),
         ("blend.mf_iterations=-5", "blend.mf_iterations must be >= 0"),
-        ("blend.ease_max_items=-1", "blend.ease_max_items must be >= 1"),
+        ("blend.ease_max_items=-1", "blend.ease_max_items must be >= 0"),
         ("blend.rank_inputs=['ease','ease']", "blend.rank_inputs names an input twice"),
         ("scorer.user_vector=false", "rank_meta.algorithm is 'np', which needs it"),
         ("blend.relevant_threshold=1000", "blend.relevant_threshold 1000 is outside"),

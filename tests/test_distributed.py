@@ -224,7 +224,8 @@ def test_all_reduce_weights_by_shard_size(tmp_path):
 
 
 def _same_inputs_worker(differ: str) -> None:
-    # 2 ranks; ``differ`` names what rank 1 changes: "" (nothing), "rating", "config"
+    # 2 ranks; ``differ`` names what rank 1 changes: "" (nothing), "rating", "config",
+    # "fail" (its data could not be prepared)
     import dataclasses
 
     import numpy as np
@@ -253,8 +254,9 @@ def _same_inputs_worker(differ: str) -> None:
         cfg = dataclasses.replace(cfg, seed=7)
     if ctx.rank == 1:
         cfg = dataclasses.replace(cfg, progress=False)  # as fit_distributed sets it
+    failed = MetarecError("rank 1 could not read it") if differ == "fail" and ctx.rank else None
     try:
-        distributed.check_same_inputs(ds, cfg, ctx)
+        distributed.check_same_inputs(ds, cfg, ctx, failed)
     except MetarecError as err:
         print(f"REFUSED {err}", flush=True)
     else:
@@ -296,14 +298,19 @@ def test_ranks_that_read_other_data_or_settings_are_refused_on_every_rank():
     # ratings of the same shapes trained a mixed model with exit 0; another catalogue
     # aborted inside gloo. All three cases in one pair of processes (torch import)
     code = (
-        "import test_distributed as t\nfor d in ('', 'rating', 'config'): t._same_inputs_worker(d)"
+        "import test_distributed as t\n"
+        "for d in ('', 'rating', 'config', 'fail'): t._same_inputs_worker(d)"
     )
     outs = _two_ranks(code)
-    for out in outs:
+    for rank, out in enumerate(outs):
         lines = out.splitlines()
         assert lines[0] == "SAME", out
-        for line in lines[1:]:
+        for line in lines[1:3]:
             assert line.startswith("REFUSED rank(s) [1]'s training data or settings differ"), out
+        # a rank that could not prepare its data: its own error there, named on the others
+        # (they were left in the gather, or got gloo's "connection reset")
+        said = "could not read it" if rank else "rank(s) [1] could not prepare the training data"
+        assert said in lines[3], out
 
 
 def test_a_hand_made_world_without_master_addr_is_one_line(monkeypatch):

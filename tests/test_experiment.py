@@ -1624,11 +1624,6 @@ def test_cli_evaluate_names_the_run_shaping_settings_left_to_defaults(tmp_path, 
             "methods=[{name='M', kind='meta', grid={train=[{seed=5},{seed=6}]}}]",
             "train.seed is not read by evaluate",
         ),
-        # np without the user vector: failed per seed after training, exit 0
-        (
-            "methods=[{name='M', kind='meta', params={scorer={user_vector=false}}}]",
-            "needs it",
-        ),
     ],
 )
 def test_method_settings_that_failed_late_are_refused_at_load(override, named):
@@ -1636,11 +1631,35 @@ def test_method_settings_that_failed_late_are_refused_at_load(override, named):
         E.load_config(TINY, ["seeds=[0]", "shots=[]", override])
 
 
-def test_a_baseline_min_rating_off_the_scale_fails_before_training(monkeypatch):
-    # min_rating=100 left EASE no liked row: nDCG 0, AUC 0.5, exit 0
-    cfg = E.load_config(
-        TINY, ["seeds=[0]", "shots=[]", "methods=[{name='ease', params={min_rating=100.0}}]"]
-    )
+@pytest.mark.parametrize(
+    ("method", "named"),
+    [
+        # min_rating=100 left EASE no liked row: nDCG 0, AUC 0.5, exit 0
+        ("{name='ease', params={min_rating=100.0}}", "min_rating 100 is outside the ratings"),
+        # np without the user vector: failed per seed (after training), exit 0
+        (
+            "{name='M', kind='meta', params={scorer={user_vector=false}}}",
+            "method 'M': model.scorer.user_vector = false",
+        ),
+    ],
+)
+def test_method_settings_the_data_rules_out_fail_before_training(monkeypatch, method, named):
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]", f"methods=[{method}]"])
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
-    with pytest.raises(MetarecError, match=re.escape("min_rating 100 is outside the ratings")):
+    with pytest.raises(MetarecError, match=re.escape(named)):
         E.run(cfg, None, progress=False)
+
+
+def test_settings_a_fit_can_use_are_not_refused():
+    # the bottom of the scale as min_rating (every rated item an interaction), and np
+    # without the user vector where no np model trains, were refused by stricter checks
+    from metarec.model import ModelConfig, check_np_user_vector
+
+    cfg = E.load_config(
+        TINY, ["seeds=[0]", "shots=[]", "methods=[{name='ease', params={min_rating=1.0}}]"]
+    )
+    E.check_against_data(cfg, E.load_data(cfg))
+    no_np = ModelConfig.from_dict({"scorer": {"user_vector": False}, "rank_model": False})
+    check_np_user_vector(no_np, explicit=True)  # the ranking model never trains
+    with pytest.raises(MetarecError, match="rank_meta.algorithm is 'np'"):
+        check_np_user_vector(no_np, explicit=False)  # implicit: it does

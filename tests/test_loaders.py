@@ -850,9 +850,9 @@ def test_a_label_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
     raw = read_table(p)
     ds = build_dataset(raw)
     assert ds.feedback == "implicit" and ds.interactions.rating.tolist() == [1.0, 0.0]
-    both = write(tmp_path / "b.csv", "user_id,item_id,rating,label\n1,2,4,1\n")
-    with pytest.raises(MetarecError, match="give either a rating or a label column, not both"):
-        read_table(both)
+    # both columns: the ratings are read, as before (--label-col picks the labels)
+    both = write(tmp_path / "b.csv", "user_id,item_id,rating,label\n1,2,4,1\n1,3,2,0\n")
+    assert build_dataset(read_table(both)).feedback == "explicit"
     assert build_dataset(read_table(both, label_col="label")).feedback == "implicit"
 
 

@@ -109,8 +109,26 @@ def test_one_seed_shows_the_bootstrap_interval():
     assert "Relevant = rating >= " in text and "label 1 (implicit)" not in text  # explicit
     implicit = dataclasses.replace(res, dataset={"name": "toy", "feedback": "implicit"})
     said = report.render_markdown(implicit, {})
-    assert "Relevant = label 1." in said and "rating >=" not in said
-    # the cut-off metrics of an uncalibrated like score are flagged, not left to be read
+    assert "Relevant = label 1;" in said and "rating >=" not in said
+    assert "not calibrated" not in said  # no cut-off metric has a value here
+
+    # the cut-off metrics of an uncalibrated like score are flagged where shown
+    def renamed(r: EvalResult) -> EvalResult:
+        return dataclasses.replace(
+            r,
+            **{
+                f: {("Logloss" if k == "RMSE" else k): v for k, v in getattr(r, f).items()}
+                for f in ("metrics", "per_user", "ci95", "n_users")
+            },
+        )
+
+    logloss = dataclasses.replace(
+        implicit,
+        config=dataclasses.replace(implicit.config, metrics=("Logloss", NDCG)),
+        runs=tuple(dataclasses.replace(r, result=renamed(r.result)) for r in implicit.runs),
+    )
+    said = report.render_markdown(logloss, {})
+    assert "Relevant = label 1. Accuracy, Precision, Recall, F1 and Logloss read" in said
     assert "is not calibrated, so read the order-based metrics" in said
 
 

@@ -439,13 +439,15 @@ def test_stream_embed_and_synth_parameters_are_checked_in_one_line(tmp_path, log
         ({"users_per_chunk": 0}, "users_per_chunk must be >= 1"),
         ({"users_per_chunk": -5}, "users_per_chunk must be >= 1"),
         ({"user_exponent": 0.0}, "user_exponent must be a finite number > 0"),
-        ({"item_exponent": float("nan")}, "item_exponent must be a finite number > 0"),
+        ({"item_exponent": float("nan")}, "item_exponent must be a finite number >= 0"),
         ({"n_users": 10.5}, "n_users must be an integer"),
         ({"seed": -1}, "seed must be in [0,"),
         ({"explore": 2.0}, "explore must be in [0, 1]"),
     ):
         with pytest.raises(MetarecError, match=re.escape(said)):
             SynthConfig(**{"n_users": 20, "n_items": 10, "n_interactions": 100, **kwargs})
+    SynthConfig(n_users=20, n_items=10, n_interactions=100, item_exponent=0.0)  # uniform
+    SynthConfig(n_users=20, n_items=10, n_interactions=100, explore=np.float32(0.5))
     (tmp_path / "afile").write_text("x")
     with pytest.raises(MetarecError, match="cannot write the synthetic log in"):
         generate(SynthConfig(n_users=20, n_items=10, n_interactions=100), tmp_path / "afile")

@@ -315,10 +315,10 @@ class BlendConfig:
     min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
 
     def __post_init__(self) -> None:
-        if self.min_valid_users < 2:
-            # -3 and 0 were taken, and the weights fitted on an 8-user log's one or two
-            # validation users: the threshold this setting is there to keep
-            raise MetarecError(f"blend.min_valid_users must be >= 2, got {self.min_valid_users}")
+        if self.min_valid_users < 1:
+            # -3 and 0 were taken: a blend fitted on whatever validation users there were,
+            # none included, where this setting is there to set a floor
+            raise MetarecError(f"blend.min_valid_users must be >= 1, got {self.min_valid_users}")
         for name in self.rating_inputs:
             if name not in RATING_INPUTS:
                 raise MetarecError(f"blend.rating_inputs: unknown {name!r} ({RATING_INPUTS})")
@@ -398,8 +398,8 @@ class BlendConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             # -1 gave rank weights of 1e161 and a saturated ranking, with exit 0
             raise MetarecError(f"blend.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.ease_max_items < 1:
-            raise MetarecError(f"blend.ease_max_items must be >= 1, got {self.ease_max_items}")
+        if self.ease_max_items < 0:  # 0: the large-catalogue inputs on any catalogue
+            raise MetarecError(f"blend.ease_max_items must be >= 0, got {self.ease_max_items}")
         for key in ("rank_inputs", "large_rank_inputs", "cold_rank_inputs"):
             names = getattr(self, key)
             if len(set(names)) < len(names):

@@ -208,29 +208,44 @@ def all_reduce_sum(values: list[float], ctx: DistContext, device: str = "cpu") -
     return [float(v) for v in t.cpu()]
 
 
-def check_same_inputs(dataset, config, ctx: DistContext) -> None:
+def check_same_inputs(dataset, config, ctx: DistContext, failed: Exception | None = None) -> None:
     """A one-line error on every rank where the ranks' prepared data or settings differ.
 
     Nothing else compares them: ranks that read other ratings (the same shapes) trained
     one model on a mix of both with exit 0, and another catalogue or step count ended in
     a gloo abort ("collective mismatch") or a reset connection. Each rank all-gathers
     the first 8 bytes of sha256(data, config JSON); every rank sees the same list, so
-    every rank raises together and none is left waiting in a collective."""
+    every rank raises together and none is left waiting in a collective. ``failed``: this
+    rank's own error in preparing the data, sent as the key 0 so that the other ranks
+    raise too (they were left in the gather, or got gloo's "connection reset")."""
     if not ctx.active:
+        if failed is not None:
+            raise failed
         return
     from metarec.config import to_dict
     from metarec.resume import data_hash
 
-    cfg = to_dict(config)
-    cfg.pop("progress", None)  # only rank 0 shows progress bars
-    key = hashlib.sha256(
-        (data_hash(dataset) + json.dumps(cfg, sort_keys=True, default=str)).encode()
-    ).digest()
-    mine = torch.tensor([int.from_bytes(key[:8], "little", signed=True)], dtype=torch.int64)
+    value = 0  # the key of a rank that failed
+    if failed is None:
+        cfg = to_dict(config)
+        cfg.pop("progress", None)  # only rank 0 shows progress bars
+        key = hashlib.sha256(
+            (data_hash(dataset) + json.dumps(cfg, sort_keys=True, default=str)).encode()
+        ).digest()
+        value = int.from_bytes(key[:8], "little", signed=True) or 1
+    mine = torch.tensor([value], dtype=torch.int64)
     dev = f"cuda:{ctx.local_rank}" if ctx.backend == "nccl" else "cpu"
     got = [torch.zeros_like(mine, device=dev) for _ in range(ctx.world)]
     torch.distributed.all_gather(got, mine.to(dev))
     keys = [int(g.item()) for g in got]
+    if failed is not None:
+        raise failed
+    broken = [r for r, k in enumerate(keys) if k == 0]
+    if broken:
+        raise MetarecError(
+            f"rank(s) {broken} could not prepare the training data (their own error says "
+            "why); every process must read the same files"
+        )
     differ = [r for r, k in enumerate(keys) if k != keys[0]]
     if differ:
         raise MetarecError(
@@ -269,8 +284,12 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
     try:
         if not ctx.is_main:
             config = dataclasses.replace(config, progress=False)
-        dataset = prepare(raw)
-        check_same_inputs(dataset, config, ctx)
+        dataset, failed = None, None
+        try:
+            dataset = prepare(raw)
+        except MetarecError as err:  # sent to the others, then raised here
+            failed = err
+        check_same_inputs(dataset, config, ctx, failed)
         if ctx.is_main and on_prepared is not None:
             on_prepared(dataset)
         t = config.text

@@ -376,6 +376,17 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 f"method {m.name!r}: select_metric {m.select_metric} needs predicted "
                 f"ratings, and {m.baseline or m.name} only ranks; select on a ranking metric"
             )
+    from metarec.model import check_np_user_vector
+
+    for m in config.methods:
+        if m.kind == "meta":
+            # each meta-learned method's model as fit builds it, checked against the data
+            # (the np rule needs to know which models train): it failed per seed, exit 0
+            try:
+                built = _model_config(config.model, m.params, 0, False)
+                check_np_user_vector(built, feedback == "explicit")
+            except MetarecError as err:
+                raise MetarecError(f"method {m.name!r}: {err}") from None
     if feedback == "explicit":
         lo, hi = (float(v) for v in ds.rating_range)
         for m in config.methods:
@@ -383,13 +394,17 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 continue
             asked = [m.params.get("min_rating")] + list(m.grid.get("min_rating") or [])
             for value in asked:
-                if value is not None and not lo < float(value) <= hi:
+                if value is not None and not lo <= float(value) <= hi:
                     # min_rating=100 left EASE no liked row: nDCG 0 with exit 0, where
-                    # the top-level threshold 100 was refused
+                    # the top-level threshold 100 was refused (the bottom of the scale
+                    # is fine: every rated item an interaction)
                     raise MetarecError(
                         f"method {m.name!r}: min_rating {float(value):g} is outside the "
-                        f"ratings of {ds.name!r} ({lo:g}..{hi:g}): no rating, or every one, "
-                        "would count as liked"
+                        f"ratings of {ds.name!r} ({lo:g}..{hi:g}): no rating would count "
+                        "as liked"
+                        if float(value) > hi
+                        else f"method {m.name!r}: min_rating {float(value):g} is below the "
+                        f"ratings of {ds.name!r} ({lo:g}..{hi:g}); give a value in that range"
                     )
         if not lo < config.threshold <= hi:
             raise MetarecError(
@@ -670,8 +685,10 @@ class Results:
     # {"method", "seed"}: their fit times are the earlier run's
     reused: tuple[dict, ...] = ()
     # summary() per (scenario, K), computed once: each bootstraps every method x metric,
-    # and the report and plots ask for the same tables hundreds of times
-    _summaries: dict = field(default_factory=dict, repr=False, compare=False)
+    # and the report and plots ask for the same tables hundreds of times. init=False, so
+    # that dataclasses.replace starts a fresh one (it passed the same dict on, and a
+    # Results with other runs read the old summaries)
+    _summaries: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def main_k(self) -> int:

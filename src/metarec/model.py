@@ -319,18 +319,6 @@ class ModelConfig:
                 f"model.scorer.hidden {list(hidden)}: a layer of {largest:,} weights; "
                 f"adjacent widths may multiply to at most {MAX_LAYER_WEIGHTS:,}"
             )
-        algos = {
-            "meta.algorithm": self.meta.algorithm,
-            "rank_meta.algorithm": (self.rank_meta or self.meta).algorithm,
-        }
-        np_keys = [k for k, a in algos.items() if a == "np"]
-        if np_keys and not self.scorer.user_vector:
-            # found when that model began training (after the rating model trained), and
-            # the message named no key
-            raise MetarecError(
-                f"model.scorer.user_vector = false, and {' and '.join(np_keys)} is 'np', "
-                "which needs it: set scorer.user_vector = true or another algorithm"
-            )
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
@@ -351,6 +339,28 @@ class ModelConfig:
         if held_out and self.cold_rank_id_dropout is not None:
             drop = self.cold_rank_id_dropout
         return dataclasses.replace(train, n_negatives=self.rank_negatives, id_dropout=drop)
+
+
+def check_np_user_vector(cfg: ModelConfig, explicit: bool) -> None:
+    """The 'np' algorithm needs the scorer's user vector: checked for the models a fit
+    trains (the rating model on explicit data, the ranking model where ``rank_model`` or
+    the data is implicit), before either trains. It was found when that model began
+    (after the rating model had trained), naming no key; a config-time check refused
+    configs whose np model never trains, and the RUNs saved with them."""
+    if cfg.scorer.user_vector:
+        return
+    trains = []
+    if explicit:
+        trains.append(("meta.algorithm", cfg.meta.algorithm))
+    if cfg.rank_model or not explicit:
+        name = "rank_meta.algorithm" if cfg.rank_meta is not None else "meta.algorithm"
+        trains.append((name, (cfg.rank_meta or cfg.meta).algorithm))
+    np_keys = list(dict.fromkeys(k for k, a in trains if a == "np"))
+    if np_keys:
+        raise MetarecError(
+            f"model.scorer.user_vector = false, and {' and '.join(np_keys)} is 'np', "
+            "which needs it: set scorer.user_vector = true or another algorithm"
+        )
 
 
 def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
@@ -532,6 +542,7 @@ class MetaRecommender(Recommender):
                     f"model.like_threshold {cfg.like_threshold:g} is outside the ratings' "
                     f"range ({lo:g}, {hi:g}]"
                 )
+        check_np_user_vector(cfg, dataset.feedback == "explicit")
         relevant = cfg.blend.relevant_threshold
         if dataset.feedback == "explicit" and relevant is not None:
             lo, hi = self.rating_range_

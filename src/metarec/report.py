@@ -261,14 +261,24 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     # the rule the data's feedback uses, alone: "rating >= 3.0 (explicit) or label 1
     # (implicit)" on implicit data named a threshold that played no part
     feedback = results.dataset.get("feedback")
+    # the cut-off metrics read the like-model's sigmoid at 0.5; trained against sampled
+    # negatives it ranks well (AUC) but is no calibrated probability (a probe's run: AUC
+    # 0.90, Recall 0.006, Accuracy the share of negatives). Said where a method has one of
+    # them (not where every query is positives only, as on Amazon: all undefined there)
+    main = results.summary("main")
+    cut = ("Accuracy", "Precision", "Recall", "F1", "Logloss")
+    cut_shown = any(
+        (cells.get(m) or {}).get("mean") is not None for cells in main.values() for m in cut
+    )
     relevant = (
-        # the cut-off metrics read the like-model's sigmoid at 0.5; trained against
-        # sampled negatives it ranks well (AUC) but is no calibrated probability (a
-        # probe's run: AUC 0.90, Recall 0.006, Accuracy the share of negatives)
-        "Relevant = label 1. Accuracy, Precision, Recall, F1 and Logloss read the "
-        "like-model's score as a probability (cut at 0.5); it is trained against sampled "
-        "negatives and is not calibrated, so read the order-based metrics (AUC, nDCG, "
-        "HR, Recall@k, MRR)"
+        "Relevant = label 1"
+        + (
+            ". Accuracy, Precision, Recall, F1 and Logloss read the like-model's score as a "
+            "probability (cut at 0.5); it is trained against sampled negatives and is not "
+            "calibrated, so read the order-based metrics (AUC, nDCG, HR, Recall@k, MRR)"
+            if cut_shown
+            else ""
+        )
         if feedback == "implicit"
         else f"Relevant = rating >= {p.get('threshold')}"
         if feedback == "explicit"

@@ -20,6 +20,7 @@ table (``item_idx``, ``item_id``, ``title``, ``topic``) is a second Parquet file
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,13 +71,17 @@ class SynthConfig:
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise MetarecError(f"SynthConfig: seed must be in [0, {MAX_SEED}], got {self.seed}")
-        for name in ("user_exponent", "item_exponent"):
+        # the Pareto shape must be > 0; a Zipf exponent of 0 is uniform popularity
+        for name, least_open in (("user_exponent", True), ("item_exponent", False)):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            ok = isinstance(value, numbers.Real) and math.isfinite(value)
+            ok = ok and (value > 0 if least_open else value >= 0)
+            if not ok:
+                bound = "> 0" if least_open else ">= 0"
                 raise MetarecError(
-                    f"SynthConfig: {name} must be a finite number > 0, got {value!r}"
+                    f"SynthConfig: {name} must be a finite number {bound}, got {value!r}"
                 )
-        if not (isinstance(self.explore, int | float) and 0.0 <= self.explore <= 1.0):
+        if not (isinstance(self.explore, numbers.Real) and 0.0 <= self.explore <= 1.0):
             raise MetarecError(f"SynthConfig: explore must be in [0, 1], got {self.explore!r}")
         if self.n_interactions < 2 * self.n_users:
             raise MetarecError(

@@ -602,8 +602,8 @@ def train(
         n_log = int(getattr(sampler.index, "n_items", 0))
         if n_log > feats.n_items:
             raise MetarecError(
-                f"train: the stream's log has item ids up to {n_log - 1} and the FeatureSet "
-                f"{feats.n_items} items"
+                f"train: the stream's index counts {n_log} items (its n_items, or the log's "
+                f"largest item id + 1) and the FeatureSet {feats.n_items}"
             )
     known_t = torch.from_numpy(known).to(dev)
     if sampler is None:

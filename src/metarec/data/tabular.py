@@ -694,14 +694,11 @@ def read_table(
     """
     path = Path(path)
     frame = strip_columns(_read_any(path, sep, encoding))
-    if label_col is None and rating_col == "rating" and "label" in frame.columns:
+    if label_col is None and "label" in frame.columns and rating_col not in frame.columns:
         # as `metarec fit` reads T: a label column makes the log implicit without being
-        # named (info, split and evaluate's csv loader asked for a rating column)
-        if "rating" in frame.columns:
-            raise MetarecError(
-                f"{path}: give either a rating or a label column, not both (or name the "
-                "one to read: --label-col, or options.label_col in a config)"
-            )
+        # named (info, split and evaluate's csv loader asked for a rating column). Where
+        # the rating column is there too, it is read, as before (--label-col picks the
+        # labels)
         label_col = "label"
     value_col = label_col if label_col is not None else rating_col
     require_columns(frame, [user_col, item_col, value_col])
