@@ -199,28 +199,7 @@ def _weighted_mean_worker() -> None:
 
 @pytest.mark.slow
 def test_all_reduce_weights_by_shard_size(tmp_path):
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "WORLD_SIZE": "2",
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-        }
-        code = "import test_distributed as t; t._weighted_mean_worker()"
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code],
-                env={**env, "PYTHONPATH": str(Path(__file__).parent)},
-                stderr=subprocess.PIPE,
-            )
-        )
-    for p in procs:
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err.decode()[-2000:]
+    _two_ranks("import test_distributed as t; t._weighted_mean_worker()")
 
 
 def _same_inputs_worker(differ: str) -> None:
