@@ -1011,6 +1011,19 @@ def test_an_embedding_cache_inside_out_is_refused_and_a_tilde_cache_expanded(
     assert (tmp_path / "home" / "c").is_dir() and not (tmp_path / "~").exists()
 
 
+def test_fit_says_recommend_ranks_never_rated_items_low(tmp_path, capsys):
+    # a probe's 60 never-rated items matched the users' taste by text and reached no top
+    # 10: the blend's EASE and popularity inputs are 0 for them, and nothing said so
+    paths, _ = make_world(tmp_path)  # items it30.. are never rated
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST, "--set", "blend.min_valid_users=3"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["unrated_items"] == 10 and summary["blend"]
+    assert "10 of 40 catalogue items have no rows in" in captured.err
+    assert 'valid_holdout="new_items"' in captured.err
+
+
 def test_a_like_threshold_on_implicit_data_is_warned_about(tmp_path, capsys):
     # it was saved in config.json and ignored without a word
     paths, _ = make_world(tmp_path, n_users=20, implicit=True)

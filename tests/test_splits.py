@@ -592,3 +592,18 @@ def test_make_split_names_missing_and_unknown_keywords_in_one_line():
         make_split(ds, "user-cold", k_shot=2, n_query=2, bogus=1)
     with pytest.raises(MetarecError, match="split: expected a Dataset, got NoneType"):
         make_split(None, "user-cold", k_shot=2, n_query=2)
+
+
+def test_cold_items_csv_says_which_part_each_item_is_in(tmp_path):
+    # validation and test items were one list: a test user's full ranking (test items
+    # only) could not be rebuilt from the files
+    ds = items_by_age()
+    s = make_split(ds, "item-cold", k_shot=1, n_query=1, seed=5)
+    write_split(s, ds, tmp_path / "out")
+    cold = pd.read_csv(tmp_path / "out" / "cold_items.csv", dtype=str)
+    assert list(cold.columns) == ["item_id", "part"]
+    want = {
+        **dict.fromkeys(ds.items.ids[s.valid_cold_items], "valid"),
+        **dict.fromkeys(ds.items.ids[s.test_cold_items], "test"),
+    }
+    assert dict(zip(cold.item_id, cold.part, strict=True)) == want

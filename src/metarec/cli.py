@@ -359,6 +359,26 @@ def cmd_fit(args) -> int:
             f"fewer than blend.min_valid_users ({config.blend.min_valid_users}) validation "
             "users: the meta-model scores alone"
         )
+    unrated = len(pred.items) - int(pred.model.known_items_.sum())
+    if unrated:
+        summary["unrated_items"] = unrated
+    rank_part = pred.model.rank_
+    if (
+        unrated
+        and blend is not None
+        and blend.rank_weights is not None
+        and not (rank_part is not None and rank_part.new_items)
+    ):
+        # a probe's catalogue: 60 never-rated items whose text matched the users' taste,
+        # none of them in any top 10 (ranked after the rated items), and nothing said so
+        print(
+            f"metarec: warning: {unrated} of {len(pred.items)} catalogue items have no rows "
+            f"in {args.train}: predict scores them by their text, but recommend ranks them "
+            "low, since the ranking blend's collaborative inputs (EASE, popularity) are 0 "
+            "for them and its weights were fitted on rated items; to serve new items, fit "
+            'with --set valid_holdout="new_items" (README, item cold-start)',
+            file=sys.stderr,
+        )
     if blend is not None and blend.rating_prior:
         # the closed-form rating the rating stack leans on (blend.rating_prior "auto"
         # chooses it on the validation users)

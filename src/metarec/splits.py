@@ -607,7 +607,9 @@ SPLIT_FILES = (
     "valid_query.csv",
     "test_support.csv",
     "test_query.csv",
-    "cold_items.csv",  # column item_id; header only unless the protocol holds items out
+    # columns item_id, part ("valid" / "test"); header only unless the protocol holds
+    # items out
+    "cold_items.csv",
     "summary.json",
 )
 
@@ -685,7 +687,12 @@ def write_split(
                 frame = frame.rename(columns={"rating": "label"})
                 frame["label"] = frame["label"].round().astype(np.int64)
             frame.to_csv(tmp / f"{name}.csv", index=False)
-        cold = pd.DataFrame({"item_id": ds.items.ids[split.cold_items].astype(str)})
+        # which part each held-out item belongs to: a test user's full ranking runs over
+        # the test items only, and the file gave no way to tell them from validation's
+        part = np.full(len(split.cold_items), "", dtype=object)
+        part[np.isin(split.cold_items, split.valid_cold_items)] = "valid"
+        part[np.isin(split.cold_items, split.test_cold_items)] = "test"
+        cold = pd.DataFrame({"item_id": ds.items.ids[split.cold_items].astype(str), "part": part})
         cold.to_csv(tmp / "cold_items.csv", index=False)
         (tmp / "summary.json").write_text(json.dumps(split.summary, indent=2, sort_keys=True))
         if fill:
