@@ -1663,3 +1663,28 @@ def test_settings_a_fit_can_use_are_not_refused():
     check_np_user_vector(no_np, explicit=True)  # the ranking model never trains
     with pytest.raises(MetarecError, match="rank_meta.algorithm is 'np'"):
         check_np_user_vector(no_np, explicit=False)  # implicit: it does
+
+
+def test_a_log_of_one_rating_value_is_named_not_given_an_empty_interval(tmp_path, monkeypatch):
+    # "set threshold to a value in (5, 5]": advice nobody could follow
+    log = (TINY.parent / "tiny_log.csv").read_text().splitlines()
+    rows = [r.split(",") for r in log[1:]]
+    (tmp_path / "all5.csv").write_text(
+        log[0] + "\n" + "".join(f"{u},{i},5,{t}\n" for u, i, _, t in rows)
+    )
+    (tmp_path / "tiny_items.csv").write_text((TINY.parent / "tiny_items.csv").read_text())
+    cfg = E.load_config(
+        TINY,
+        [
+            "seeds=[0]",
+            "shots=[]",
+            "threshold=5.0",
+            f"data.path='{tmp_path / 'all5.csv'}'",
+            "data.options={items='tiny_items.csv', text_cols=['title']}",
+            "methods=[{name='popularity'}]",
+        ],
+        base_dir=str(tmp_path),
+    )
+    monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(MetarecError, match="every rating of 'all5' is 5: nothing to learn"):
+        E.run(cfg, None, progress=False)

@@ -590,3 +590,12 @@ def test_concurrent_cpu_trainings_leave_the_global_setting_as_found(problem):
     for t in runs:
         t.join()
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_first_step_divergence_names_the_inner_loop(problem):
+    # at step 1 no outer update has happened: "lower train.outer_lr" could not help (a
+    # probe's 2- and 3-item catalogues diverged there at the default inner_lr)
+    split, feats = problem
+    wild = MetaConfig(algorithm="maml", inner_steps=5, inner_lr=1e6)
+    with pytest.raises(MetarecError, match="the inner loop diverged before any outer update"):
+        train(split, feats, SC, wild, _cfg(steps=4), progress=False)

@@ -389,6 +389,12 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 raise MetarecError(f"method {m.name!r}: {err}") from None
     if feedback == "explicit":
         lo, hi = (float(v) for v in ds.rating_range)
+        if lo == hi:
+            # as fit says it (data.files): the threshold check below advised a value in
+            # the empty interval "(5, 5]"
+            raise MetarecError(
+                f"every rating of {ds.name!r} is {lo:g}: nothing to learn from or rank"
+            )
         for m in config.methods:
             if m.kind != "baseline":
                 continue

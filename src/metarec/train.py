@@ -727,8 +727,17 @@ def train(
             loss, grads = learner.meta_grads(params, x)
             loss, grads = distributed.all_reduce_mean(loss, grads, x.n_tasks, ctx)
             if not torch.isfinite(loss):
+                # at the first step no outer update has happened: the inner loop diverged
+                # on its own (a probe's 2- and 3-item catalogues at the default inner_lr),
+                # and lowering outer_lr, as the message said, cannot help
+                advice = (
+                    "the inner loop diverged before any outer update: lower meta.inner_lr "
+                    "or meta.inner_steps, or try another seed"
+                    if step == 0
+                    else "lower meta.inner_lr or train.outer_lr"
+                )
                 raise MetarecError(
-                    f"train: meta-loss is {float(loss)} at step {step + 1} (lower meta.inner_lr or train.outer_lr)"
+                    f"train: meta-loss is {float(loss)} at step {step + 1} ({advice})"
                 )
             for k in learning:
                 params[k].grad = grads[k]
