@@ -1022,6 +1022,23 @@ def test_fit_says_recommend_ranks_never_rated_items_low(tmp_path, capsys):
     assert summary["unrated_items"] == 10 and summary["blend"]
     assert "10 of 40 catalogue items have no rows in" in captured.err
     assert 'valid_holdout="new_items"' in captured.err
+    # an item only the newest users rated (fit's own validation users) has rows in T:
+    # it was counted, and warned about, as having none
+    t = pd.read_csv(paths["T"])
+    extra = pd.DataFrame(
+        {
+            "user_id": ["u58", "u59"],
+            "item_id": ["it30", "it30"],
+            "rating": [5, 5],
+            "timestamp": [10**9, 10**9 + 1],
+        }
+    )
+    pd.concat([t, extra]).to_csv(paths["T"], index=False)
+    run2 = tmp_path / "RUN2"
+    assert main([*fit_argv(paths, run2), *FAST, "--set", "blend.min_valid_users=3"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["unrated_items"] == 9
+    assert "9 of 40 catalogue items have no rows in" in captured.err
 
 
 def test_a_like_threshold_on_implicit_data_is_warned_about(tmp_path, capsys):

@@ -1650,6 +1650,24 @@ def test_method_settings_the_data_rules_out_fail_before_training(monkeypatch, me
         E.run(cfg, None, progress=False)
 
 
+def test_np_without_the_user_vector_is_refused_for_transfer_methods_too():
+    # TransferRecommender trains MetaRecommenders: it failed per seed with exit 0
+    cfg = E.load_config(
+        TINY,
+        [
+            "seeds=[0]",
+            "shots=[]",
+            "split.protocol='cross-domain'",
+            "split.source='a'",
+            "split.target='b'",
+            "methods=[{name='T', kind='transfer', strategy='joint', "
+            "params={scorer={user_vector=false}}}]",
+        ],
+    )
+    with pytest.raises(MetarecError, match="method 'T': model.scorer.user_vector = false"):
+        E.check_against_data(cfg, E.load_data(cfg))
+
+
 def test_settings_a_fit_can_use_are_not_refused():
     # the bottom of the scale as min_rating (every rated item an interaction), and np
     # without the user vector where no np model trains, were refused by stricter checks

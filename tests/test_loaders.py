@@ -854,6 +854,9 @@ def test_a_label_column_of_the_log_is_read_unnamed_as_fit_reads_it(tmp_path):
     both = write(tmp_path / "b.csv", "user_id,item_id,rating,label\n1,2,4,1\n1,3,2,0\n")
     assert build_dataset(read_table(both)).feedback == "explicit"
     assert build_dataset(read_table(both, label_col="label")).feedback == "implicit"
+    # a rating column named and missing stays an error (not the labels read instead)
+    with pytest.raises(MetarecError, match="missing column"):
+        read_table(p, rating_col="stars")
 
 
 def test_items_keyed_by_item_id_are_read_beside_a_renamed_log_column(tmp_path):

@@ -359,7 +359,10 @@ def cmd_fit(args) -> int:
             f"fewer than blend.min_valid_users ({config.blend.min_valid_users}) validation "
             "users: the meta-model scores alone"
         )
-    unrated = len(pred.items) - int(pred.model.known_items_.sum())
+    # against every row of T (the model's known_items_ leaves out the rows of the
+    # validation users fit held back, and under new_items the held-out items)
+    rated = set(pred.train.item_idx.tolist())
+    unrated = len(pred.items) - len(rated)
     if unrated:
         summary["unrated_items"] = unrated
     rank_part = pred.model.rank_
@@ -374,9 +377,9 @@ def cmd_fit(args) -> int:
         print(
             f"metarec: warning: {unrated} of {len(pred.items)} catalogue items have no rows "
             f"in {args.train}: predict scores them by their text, but recommend ranks them "
-            "low, since the ranking blend's collaborative inputs (EASE, popularity) are 0 "
-            "for them and its weights were fitted on rated items; to serve new items, fit "
-            'with --set valid_holdout="new_items" (README, item cold-start)',
+            "low, since the ranking blend's collaborative inputs are 0 for them and its "
+            "weights were fitted on rated items; to serve new items, fit with --set "
+            'valid_holdout="new_items" (README, "Items nobody rated")',
             file=sys.stderr,
         )
     if blend is not None and blend.rating_prior:

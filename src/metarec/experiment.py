@@ -379,7 +379,7 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
     from metarec.model import check_np_user_vector
 
     for m in config.methods:
-        if m.kind == "meta":
+        if m.kind in ("meta", "transfer"):  # pooled swaps np for fomaml itself
             # each meta-learned method's model as fit builds it, checked against the data
             # (the np rule needs to know which models train): it failed per seed, exit 0
             try:

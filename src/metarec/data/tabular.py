@@ -694,7 +694,12 @@ def read_table(
     """
     path = Path(path)
     frame = strip_columns(_read_any(path, sep, encoding))
-    if label_col is None and "label" in frame.columns and rating_col not in frame.columns:
+    if (
+        label_col is None
+        and rating_col == "rating"
+        and "label" in frame.columns
+        and "rating" not in frame.columns
+    ):
         # as `metarec fit` reads T: a label column makes the log implicit without being
         # named (info, split and evaluate's csv loader asked for a rating column). Where
         # the rating column is there too, it is read, as before (--label-col picks the
