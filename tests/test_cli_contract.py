@@ -1011,6 +1011,17 @@ def test_an_embedding_cache_inside_out_is_refused_and_a_tilde_cache_expanded(
     assert (tmp_path / "home" / "c").is_dir() and not (tmp_path / "~").exists()
 
 
+def test_an_item_id_spelled_another_way_in_the_items_file_is_named(tmp_path, capsys):
+    # "42" in T, "42.0" in I (a float column as pandas writes it): the error named neither
+    paths, items = make_world(tmp_path, n_users=10)
+    t = pd.read_csv(paths["T"])
+    t.assign(item_id=t.item_id.str.slice(2)).to_csv(paths["T"], index=False)  # it7 -> 7
+    items.assign(item_id=[f"{i}.0" for i in range(len(items))]).to_csv(paths["I"], index=False)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "the items file has '" in err and ".0': ids are compared as written" in err
+
+
 def test_fit_says_recommend_ranks_never_rated_items_low(tmp_path, capsys):
     # a probe's 60 never-rated items matched the users' taste by text and reached no top
     # 10: the blend's EASE and popularity inputs are 0 for them, and nothing said so

@@ -269,6 +269,20 @@ def _warn_mixed_scales(ratings: pd.DataFrame, train: str | Path) -> None:
         )
 
 
+def _numeric_look_alike(wanted: str, ids: pd.Series, limit: int = 1_000_000) -> str | None:
+    """An id of ``ids`` that is the same number as ``wanted`` spelled another way ("42.0",
+    "042" for "42"), or None (also where ``wanted`` is not a number)."""
+    try:
+        target = float(wanted)
+    except ValueError:
+        return None
+    if not np.isfinite(target):
+        return None
+    values = pd.to_numeric(ids.iloc[:limit], errors="coerce").to_numpy(np.float64)
+    hits = np.flatnonzero(values == target)
+    return str(ids.iloc[int(hits[0])]) if len(hits) else None
+
+
 def read_training_files(
     train: str | Path,
     items: str | Path,
@@ -295,9 +309,17 @@ def read_training_files(
     missing = ~ratings["item_id"].isin(set(item_frame["item_id"]))
     if missing.any():
         bad = ratings["item_id"][missing].iloc[0]
+        # ids are compared as written: "42" in T and "42.0" in I (a float column as
+        # pandas writes it) are two ids; the message named neither spelling
+        alike = _numeric_look_alike(str(bad), item_frame["item_id"])
         raise MetarecError(
             f"{train}: item_id {bad!r} is not in the items file {items} "
             f"({int(missing.sum())} rows with unknown items)"
+            + (
+                f"; the items file has {alike!r}: ids are compared as written"
+                if alike is not None
+                else ""
+            )
         )
     check_log_domains(ratings, item_frame, train, items)
     if (
