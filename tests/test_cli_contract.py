@@ -1022,6 +1022,25 @@ def test_an_item_id_spelled_another_way_in_the_items_file_is_named(tmp_path, cap
     assert "the items file has '" in err and ".0': ids are compared as written" in err
 
 
+def test_an_unknown_support_item_is_named_with_its_look_alike(tmp_path, capsys):
+    # "7.0" in S beside catalogue id "7": the warning gave a count and named neither
+    paths, items = make_world(tmp_path, n_users=10)
+    t = pd.read_csv(paths["T"])
+    t.assign(item_id=t.item_id.str.slice(2)).to_csv(paths["T"], index=False)  # it7 -> 7
+    items.assign(item_id=[str(i) for i in range(len(items))]).to_csv(paths["I"], index=False)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST]) == 0
+    capsys.readouterr()
+    pd.DataFrame({"user_id": ["c", "c"], "item_id": ["7.0", "3"], "rating": [5, 4]}).to_csv(
+        tmp_path / "S.csv", index=False
+    )
+    rec = ["recommend", "--run", str(run), "--support", str(tmp_path / "S.csv")]
+    assert main([*rec, "-k", "3", "--out", str(tmp_path / "R.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "1 support rows name items outside the catalogue and were ignored" in err
+    assert "(first: '7.0'; the catalogue has '7': ids are compared as written)" in err
+
+
 def test_fit_says_recommend_ranks_never_rated_items_low(tmp_path, capsys):
     # a probe's 60 never-rated items matched the users' taste by text and reached no top
     # 10: the blend's EASE and popularity inputs are 0 for them, and nothing said so

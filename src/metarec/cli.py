@@ -411,9 +411,16 @@ def cmd_fit(args) -> int:
 
 def _warn_unknown_support(stats: dict) -> None:
     if stats["unknown_support_items"]:
+        alike = stats.get("unknown_support_look_alike")
         print(
             f"metarec: warning: {stats['unknown_support_items']} support rows name items "
-            "outside the catalogue and were ignored",
+            "outside the catalogue and were ignored (first: "
+            f"{stats.get('unknown_support_example')!r}"
+            + (
+                f"; the catalogue has {alike!r}: ids are compared as written)"
+                if alike is not None
+                else ")"
+            ),
             file=sys.stderr,
         )
 

@@ -236,7 +236,7 @@ class Predictor:
         """Per-user support interactions from an S table: a frame :func:`read_log` read
         (the CLI), or one built in Python, which is read here the same way (its feedback
         kind checked against the RUN's, dates and datetime64 timestamps converted).
-        Returns (supports by canonical user id, unknown support items, canonical -> the
+        Returns (supports by canonical user id, the unknown support item ids, canonical -> the
         caller's own spelling of each user id for a Python frame, else None)."""
         if not isinstance(frame, pd.DataFrame):
             raise MetarecError(
@@ -269,15 +269,29 @@ class Predictor:
         self._check_domains(frame, "support")
         # every row at once (support_of checks each user's): the count then covers them all
         self.check_values(frame["rating"].to_numpy(np.float64), "support")
-        out, n_unknown = {}, 0
+        out, unknown_ids = {}, []
         ts_col = "timestamp" if "timestamp" in frame.columns else None
         for user_id, rows in frame.groupby("user_id", sort=False):
             inter, unknown = self.support_of(
                 rows["item_id"], rows["rating"], rows[ts_col] if ts_col else None
             )
             out[str(user_id)] = inter
-            n_unknown += len(unknown)
-        return out, n_unknown, given
+            unknown_ids += unknown
+        return out, unknown_ids, given
+
+    def _unknown_stats(self, unknown: list[str]) -> dict:
+        """``unknown_support_items`` (a count, as before) and, where there are any, the
+        first of them and a catalogue id that is the same number spelled another way
+        ("42" for "42.0"): the warning named neither (ids are compared as written)."""
+        stats: dict = {"unknown_support_items": len(unknown)}
+        if unknown:
+            from metarec.data.files import numeric_look_alike
+
+            stats["unknown_support_example"] = unknown[0]
+            alike = numeric_look_alike(unknown[0], pd.Series(self.items.ids))
+            if alike is not None:
+                stats["unknown_support_look_alike"] = alike
+        return stats
 
     def _check_domains(self, frame: pd.DataFrame, what: str) -> None:
         """The RUN's items file decided each item's domain; a support or query (``frame``,
@@ -341,7 +355,7 @@ class Predictor:
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         """One score per query row (rating scale for explicit data, probability otherwise)."""
-        supports, n_unknown, _ = self._supports_from_frame(support)
+        supports, unknown, _ = self._supports_from_frame(support)
         if not isinstance(query, pd.DataFrame):
             raise MetarecError(
                 f"query: expected a pandas DataFrame with user_id and item_id columns, got "
@@ -396,7 +410,7 @@ class Predictor:
             )
         out = pd.DataFrame({"user_id": raw_users, "item_id": raw_items, "score": scores})
         return out, {
-            "unknown_support_items": n_unknown,
+            **self._unknown_stats(unknown),
             "users": len(tasks),
             "look_alike_users": self.look_alike_users(pd.unique(users)),
         }
@@ -477,7 +491,7 @@ class Predictor:
         "no_candidates": [user ids left with no item to recommend] (their support and
         history cover the catalogue, or ``domain``'s items: they get no rows),
         "look_alike_users": :meth:`look_alike_users` of the support's users}."""
-        supports, n_unknown, given = self._supports_from_frame(support)
+        supports, unknown, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
         out = self.recommend_many(supports, k, domain)
@@ -487,7 +501,7 @@ class Predictor:
             out["user_id"] = out["user_id"].map(given).astype(object)
             empty = [given[u] for u in empty]
         return out, {
-            "unknown_support_items": n_unknown,
+            **self._unknown_stats(unknown),
             "users": len(supports),
             "no_candidates": empty,
             "look_alike_users": self.look_alike_users(supports),

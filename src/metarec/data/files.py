@@ -269,7 +269,7 @@ def _warn_mixed_scales(ratings: pd.DataFrame, train: str | Path) -> None:
         )
 
 
-def _numeric_look_alike(wanted: str, ids: pd.Series, limit: int = 1_000_000) -> str | None:
+def numeric_look_alike(wanted: str, ids: pd.Series, limit: int = 1_000_000) -> str | None:
     """An id of ``ids`` that is the same number as ``wanted`` spelled another way ("42.0",
     "042" for "42"), or None (also where ``wanted`` is not a number)."""
     try:
@@ -311,7 +311,7 @@ def read_training_files(
         bad = ratings["item_id"][missing].iloc[0]
         # ids are compared as written: "42" in T and "42.0" in I (a float column as
         # pandas writes it) are two ids; the message named neither spelling
-        alike = _numeric_look_alike(str(bad), item_frame["item_id"])
+        alike = numeric_look_alike(str(bad), item_frame["item_id"])
         raise MetarecError(
             f"{train}: item_id {bad!r} is not in the items file {items} "
             f"({int(missing.sum())} rows with unknown items)"
