@@ -242,16 +242,13 @@ def tiny() -> tuple[Dataset, Interactions]:
     train = Interactions.concat(
         [train, inter(1, np.array([0]), np.array([4.0])), inter(2, np.array([2]), np.array([1.0]))]
     )
-    ds = Dataset(
-        "tiny",
-        train,
-        IdMap(np.array(["a", "b", "c", "d"])),
-        IdMap(np.array(["x", "y", "z"])),
-        "explicit",
-        (1.0, 5.0),
-        False,
-    )
-    return ds, train
+    return _four_by_three("tiny", train, "explicit", (1.0, 5.0)), train
+
+
+def _four_by_three(name: str, train: Interactions, feedback: str, scale) -> Dataset:
+    """A Dataset of users a-d and items x-z holding ``train``."""
+    users, items = IdMap(np.array(["a", "b", "c", "d"])), IdMap(np.array(["x", "y", "z"]))
+    return Dataset(name, train, users, items, feedback, scale, False)
 
 
 def test_popularity_counts():
@@ -271,15 +268,7 @@ def test_popularity_counts_only_likes_on_implicit_data():
             inter(2, np.array([0, 2]), np.array([1.0, 0.0])),
         ]
     )
-    ds = Dataset(
-        "implicit",
-        train,
-        IdMap(np.array(["a", "b", "c", "d"])),
-        IdMap(np.array(["x", "y", "z"])),
-        "implicit",
-        (0.0, 1.0),
-        False,
-    )
+    ds = _four_by_three("implicit", train, "implicit", (0.0, 1.0))
     pop = Popularity().fit(ds, train).score(3, Interactions.empty(), np.arange(3))
     np.testing.assert_array_equal(pop, [2, 1, 0])
     np.testing.assert_array_equal(popularity_counts(ds, train), [2, 1, 0])

@@ -810,6 +810,16 @@ def test_a_metric_with_any_k_is_computed_not_left_empty(tmp_path):
     assert "_valid_Recall@7 (full)" in chosen
 
 
+def _implicit_overrides(path: Path) -> list[str]:
+    """One seed, no K-curve, and the tiny log at ``path`` read as 0/1 labels."""
+    return [
+        "seeds=[0]",
+        "shots=[]",
+        f"data.path='{path}'",
+        "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
+    ]
+
+
 def _implicit_tiny(tmp_path: Path, positives_only: bool = False) -> Path:
     log = (TINY.parent / "tiny_log.csv").read_text().splitlines()
     rows = [r.split(",") for r in log[1:]]
@@ -841,17 +851,7 @@ def test_a_rating_metric_on_implicit_data_fails_before_anything_trains(
     tmp_path, monkeypatch, overrides, named
 ):
     path = _implicit_tiny(tmp_path)
-    cfg = E.load_config(
-        TINY,
-        [
-            "seeds=[0]",
-            "shots=[]",
-            f"data.path='{path}'",
-            "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
-            *overrides,
-        ],
-        base_dir=str(tmp_path),
-    )
+    cfg = E.load_config(TINY, [*_implicit_overrides(path), *overrides], base_dir=str(tmp_path))
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.run(cfg, None, progress=False)
@@ -890,12 +890,7 @@ def test_a_query_metric_selected_on_a_log_without_negatives_fails_before_trainin
     # purchases only: every query metric is undefined, and a grid selected on one failed
     # only after all of its fits ("every grid point failed")
     path = _implicit_tiny(tmp_path, positives_only=True)
-    base = [
-        "seeds=[0]",
-        "shots=[]",
-        f"data.path='{path}'",
-        "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
-    ]
+    base = _implicit_overrides(path)
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
     for metric in ("nDCG@3 (query)", "AUC"):
         pick = f"methods=[{{name='item_knn', grid={{alpha=[0.2, 0.5]}}, select_metric='{metric}'}}]"
@@ -908,13 +903,7 @@ def test_an_implicit_log_without_a_positive_fails_and_a_threshold_there_is_warne
     tmp_path, monkeypatch
 ):
     path = _implicit_tiny(tmp_path)
-    base = [
-        "seeds=[0]",
-        "shots=[]",
-        f"data.path='{path}'",
-        "data.options={items='tiny_items.csv', text_cols=['title'], label_col='label'}",
-        "methods=[{name='popularity'}]",
-    ]
+    base = [*_implicit_overrides(path), "methods=[{name='popularity'}]"]
     # a threshold means nothing on labels: said, not silently recorded
     cfg = E.load_config(TINY, [*base, "threshold=100.0"], base_dir=str(tmp_path))
     ds = E.load_data(cfg)

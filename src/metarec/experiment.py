@@ -332,39 +332,32 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 f"{evaluation.MAX_RATING_LEVELS} distinct ratings to round to, and "
                 f"{ds.name!r} has more"
             )
-    labels = ds.interactions.rating
-    if (
-        feedback == "implicit"
-        and len(labels)
-        and not (labels >= evaluation.IMPLICIT_POSITIVE).any()
-    ):
-        # fit refuses such a log (data.files); evaluate trained every method and gave an
-        # all-NaN table with exit 0
-        raise MetarecError(
-            f"every label of {ds.name!r} is 0: nothing to learn from or rank (no positives)"
-        )
-    if feedback == "implicit" and config.threshold != _DEFAULT_THRESHOLD:
-        warnings.warn(
-            f"threshold {config.threshold:g} has no effect on {ds.name!r}: its feedback is "
-            "implicit, and a label 1 is relevant whatever the threshold",
-            stacklevel=2,
-        )
-    if (
-        feedback == "implicit"
-        and len(ds.interactions)
-        and (ds.interactions.rating >= evaluation.IMPLICIT_POSITIVE).all()
-    ):
-        # no negative anywhere: every query is positives only, and the query metrics are
-        # undefined for every user (evaluate), so a grid selected on one failed after
-        # every one of its fits
-        for m in config.methods:
-            name = m.select_metric
-            if name and (name.endswith("(query)") or name in _QUERY_POINTWISE):
-                raise MetarecError(
-                    f"method {m.name!r}: select_metric {name} is undefined on {ds.name!r}: "
-                    "its implicit log holds no negative, so no query has anything to tell "
-                    "apart; select on a full-catalogue metric"
-                )
+    if feedback == "implicit":
+        positive = ds.interactions.rating >= evaluation.IMPLICIT_POSITIVE  # (n_rows,)
+        if len(positive) and not positive.any():
+            # fit refuses such a log (data.files); evaluate trained every method and gave
+            # an all-NaN table with exit 0
+            raise MetarecError(
+                f"every label of {ds.name!r} is 0: nothing to learn from or rank (no positives)"
+            )
+        if config.threshold != _DEFAULT_THRESHOLD:
+            warnings.warn(
+                f"threshold {config.threshold:g} has no effect on {ds.name!r}: its feedback "
+                "is implicit, and a label 1 is relevant whatever the threshold",
+                stacklevel=2,
+            )
+        if len(positive) and positive.all():
+            # no negative anywhere: every query is positives only, and the query metrics
+            # are undefined for every user (evaluate), so a grid selected on one failed
+            # after every one of its fits
+            for m in config.methods:
+                name = m.select_metric
+                if name and (name.endswith("(query)") or name in _QUERY_POINTWISE):
+                    raise MetarecError(
+                        f"method {m.name!r}: select_metric {name} is undefined on "
+                        f"{ds.name!r}: its implicit log holds no negative, so no query has "
+                        "anything to tell apart; select on a full-catalogue metric"
+                    )
     from metarec.baselines import BASELINES
 
     for m in config.methods:
