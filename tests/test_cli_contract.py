@@ -533,6 +533,46 @@ def test_default_pca_fits_a_small_catalogue(tmp_path, capsys):
     assert all(line.startswith("metarec: warning:") for line in err.strip().splitlines())
 
 
+def test_default_fit_trains_on_a_three_item_catalogue(tmp_path, capsys):
+    """One-row supports on a 3-item catalogue put MAML's default inner_lr past the edge
+    of stability: the meta-loss went inf or NaN in the first steps and fit failed. Fit
+    now halves the step, says so, and the RUN adapts with the step it trained with."""
+    rng = np.random.default_rng(0)
+    log = pd.DataFrame(
+        [(f"u{u}", f"i{i}", int(rng.integers(1, 6))) for u in range(40) for i in range(3)],
+        columns=["user_id", "item_id", "rating"],
+    )
+    items = pd.DataFrame(
+        {"item_id": ["i0", "i1", "i2"], "title": ["red apple", "blue car", "tree"]}
+    )
+    paths = {"T": tmp_path / "T.csv", "I": tmp_path / "I.csv"}
+    log.to_csv(paths["T"], index=False)
+    items.to_csv(paths["I"], index=False)
+    lowered = []
+    for seed in (0, 1):
+        out = tmp_path / f"RUN{seed}"
+        flags = ["--set", "text.model='hashing'", "--set", "train.steps=20"]
+        assert main([*fit_argv(paths, out), *flags, "--set", f"seed={seed}"]) == 0
+        err = capsys.readouterr().err
+        cfg = json.loads((out / "config.json").read_text())
+        rating_lr = cfg["parts"]["rating"]["meta"]["inner_lr"]
+        if "meta-loss was not finite" in err:
+            assert f"training again with meta.inner_lr {rating_lr:g}" in err
+            lowered.append(seed)
+        assert rating_lr <= 0.05
+        support = tmp_path / "S.csv"
+        pd.DataFrame({"user_id": ["new"], "item_id": ["i0"], "rating": [5]}).to_csv(
+            support, index=False
+        )
+        query = tmp_path / "Q.csv"
+        pd.DataFrame({"user_id": ["new", "new"], "item_id": ["i1", "i2"]}).to_csv(
+            query, index=False
+        )
+        assert predict(out, support, query, tmp_path / "P.csv") == 0
+        assert np.isfinite(pd.read_csv(tmp_path / "P.csv").score).all()
+    assert lowered  # the data still reaches the back-off (both seeds did when written)
+
+
 def test_item_ids_that_read_the_same_are_refused(tmp_path, capsys):
     paths, items = make_world(tmp_path, n_users=10)
     extra = pd.DataFrame({"item_id": [" it3"], "title": ["another"], "category": ["space"]})
@@ -878,6 +918,18 @@ def test_domains_that_disagree_with_the_items_file_are_one_line(tmp_path, capsys
     assert "'it0' is in domain 'default' there but 'books'" in capsys.readouterr().err
     mixed.assign(domain="").to_csv(s, index=False)
     assert predict(run, s, q, tmp_path / "P.csv") == 0
+    # so does an items file's domain column left empty throughout (a database's null
+    # column): T's names give the items theirs; it put every item in 'default' against T
+    items.assign(domain="").to_csv(tmp_path / "I_empty.csv", index=False)
+    empty = ["fit", "--train", str(paths["T"]), "--items", str(tmp_path / "I_empty.csv")]
+    assert main([*empty, *FAST, "--out", str(tmp_path / "R2")]) == 0
+    # as with no domain column at all: the 10 unrated items cannot take a name from T
+    assert "10 items have no rows in" in capsys.readouterr().err
+    r = tmp_path / "R.csv"
+    rec = ["recommend", "--run", str(tmp_path / "R2"), "--support", str(s), "-k", "50"]
+    assert main([*rec, "--domain", "films", "--out", str(r)]) == 0
+    got = set(pd.read_csv(r).item_id)
+    assert got and got <= set(t.item_id[t.domain == "films"])
 
 
 def test_predict_and_recommend_never_write_over_their_inputs(fitted, tmp_path, capsys):

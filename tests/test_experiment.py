@@ -473,6 +473,8 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
         ('[[methods]]\nname = "M8"\nkind = "pooled"\nparams = { valid_frac = 0.5 }', "valid_frac"),
         ('[[methods]]\nname = "M9"\nkind = "meta"\nparams = { refit = true }', "refit is not read"),
         ('metrics = ["Bogus@7"]', "unknown metric 'Bogus@7'"),
+        # the README's prose says "logloss": the error gives the key's spelling
+        ('metrics = ["logloss"]', "did you mean 'Logloss'?"),
         ('[[methods]]\nname = "biased_mf"\nselect_metric = "RMSEE"', "unknown metric 'RMSEE'"),
         ('[[methods]]\nname = "biased_mf"\ngrid = { reg = ["a", "b"] }', "should be a float"),
         ('[[methods]]\nname = "implicit_als"\nparams = { factors = "many" }', "should be a int"),
@@ -1695,3 +1697,15 @@ def test_a_log_of_one_rating_value_is_named_not_given_an_empty_interval(tmp_path
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(MetarecError, match="every rating of 'all5' is 5: nothing to learn"):
         E.run(cfg, None, progress=False)
+
+
+def test_a_numbered_domain_is_taken_as_its_name():
+    # domains 1 and 2 are "1" and "2" in the files and in `recommend --domain 1`; a bare
+    # `--set split.source=1` arrived as a number and was refused ("expected a string")
+    from metarec.config import from_dict
+    from metarec.experiment import SplitConfig
+
+    cfg = from_dict(SplitConfig, {"protocol": "cross-domain", "source": 1, "target": "2"}, "split")
+    assert (cfg.source, cfg.target) == ("1", "2")
+    with pytest.raises(MetarecError, match="split.source: expected a string, got True"):
+        from_dict(SplitConfig, {"protocol": "cross-domain", "source": True}, "split")

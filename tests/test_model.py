@@ -38,6 +38,7 @@ from metarec.blend import (
 )
 from metarec.data.raw import RawData, build_dataset, make_ratings_frame
 from metarec.features import build_features
+from metarec.meta.algorithms import MetaConfig
 from metarec.metrics import ndcg_at_k
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.splits import make_split
@@ -977,6 +978,66 @@ def test_one_item_rank_weights_can_keep_the_k_query(fitted):
     w, _ = other._fit_rank_blend(b.closed, b.rank_inputs, cut, pairs, np.arange(ds.n_items))
     np.testing.assert_allclose(b.rank_weights_short, w, rtol=1e-9)
     assert not np.allclose(b.rank_weights_short, rec.blend_.rank_weights_short)
+
+
+def _diverging_above(limit, monkeypatch):
+    """Make model.train raise MetaLossDiverged for the rating model while its inner_lr is
+    above ``limit`` (as a 2- or 3-item catalogue's one-row supports did at 0.05); records
+    every (head, inner_lr) tried."""
+    import metarec.model as M
+    from metarec.train import MetaLossDiverged
+
+    tried = []
+    real = M.train
+
+    def train(split, feats, sc, meta, tcfg, **kw):
+        tried.append((sc.head, meta.inner_lr))
+        if sc.head == "rating" and meta.inner_lr > limit:
+            raise MetaLossDiverged("train: meta-loss is inf at step 1 (probe)", 1)
+        return real(split, feats, sc, meta, tcfg, **kw)
+
+    monkeypatch.setattr(M, "train", train)
+    return tried
+
+
+def test_fit_halves_a_diverging_inner_lr_and_keeps_it_in_the_run(fitted, monkeypatch):
+    ds, split, feats, _ = fitted
+    tried = _diverging_above(0.02, monkeypatch)
+    cfg = _fast_config(blend=BlendConfig(rating=False, rank=False))
+    with pytest.warns(UserWarning, match="not finite at training step 1 with meta.inner_lr 0.05"):
+        rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    # the rating model (MAML) halved twice, then all its members trained at that step;
+    # the ranking model trained as configured
+    m = cfg.rating_members
+    assert tried == [("rating", 0.05), ("rating", 0.025)] + [("rating", 0.0125)] * m + [
+        ("binary", 0.05)
+    ]
+    assert rec.rating_.learner.cfg.inner_lr == 0.0125
+    state, tensors = rec.state()
+    assert state["parts"]["rating"]["meta"]["inner_lr"] == 0.0125
+    assert state["model"]["meta"]["inner_lr"] == 0.05  # what was asked for, as asked
+    back = MetaRecommender.from_state(state, tensors, split.train)
+    assert back.rating_.learner.cfg.inner_lr == 0.0125
+
+
+def test_fit_gives_up_after_the_last_halving_and_never_retries_a_neural_process(
+    fitted, monkeypatch
+):
+    import metarec.model as M
+    from metarec.train import MetaLossDiverged
+
+    ds, split, feats, _ = fitted
+    tried = _diverging_above(0.0, monkeypatch)
+    cfg = _fast_config(rank_model=False)
+    with pytest.warns(UserWarning), pytest.raises(MetaLossDiverged):
+        MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    assert len(tried) == M.INNER_LR_BACKOFFS + 1
+    tried.clear()
+    # a neural process has no inner step to lower: its error stands at once
+    np_cfg = _fast_config(rank_model=False, meta=MetaConfig(algorithm="np"))
+    with pytest.raises(MetaLossDiverged):
+        MetaRecommender(np_cfg).fit(ds, split.train, feats, valid=split.valid)
+    assert len(tried) == 1
 
 
 def test_fits_own_validation_users_enter_the_blend_as_cold_users(fitted):
@@ -1924,3 +1985,51 @@ def test_fit_names_arguments_of_the_wrong_type(world):
         MetaRecommender().fit(None, split.train)
     with pytest.raises(MetarecError, match="Predictor.fit: expected a Dataset, got str"):
         Predictor.fit("x")
+
+
+def test_unused_meta_settings_name_each_key_no_model_reads():
+    from metarec.model import unused_meta_settings
+
+    assert unused_meta_settings(ModelConfig(), explicit=True) == []
+    assert unused_meta_settings(ModelConfig(), explicit=False) == []
+    # the default ranking model is a neural process: no inner step
+    cfg = ModelConfig(rank_meta=MetaConfig(algorithm="np", inner_lr=0.01, np_hidden=32))
+    assert unused_meta_settings(cfg, explicit=True) == ["rank_meta.inner_lr ('np' does not use it)"]
+    # MAML reads the step, not the ridge's λ
+    cfg = ModelConfig(meta=MetaConfig(inner_lr=0.01, ridge_lambda=3.0))
+    assert unused_meta_settings(cfg, explicit=True) == [
+        "meta.ridge_lambda ('maml' does not use it)"
+    ]
+    # on implicit data only the ranking model trains: meta.* reaches nothing
+    assert unused_meta_settings(cfg, explicit=False) == [
+        "meta.* (on implicit data only the ranking model trains, with rank_meta.*)"
+    ]
+    # ... unless the ranking model shares it (rank_meta = None), then the rating-only
+    # keys are judged by its algorithm: ridge_target is read by a binary ridge head
+    shared = ModelConfig(meta=MetaConfig(algorithm="ridge", ridge_target=2.0), rank_meta=None)
+    assert unused_meta_settings(shared, explicit=False) == []
+    assert unused_meta_settings(shared, explicit=True) == []
+    no_rank = ModelConfig(rank_model=False, meta=MetaConfig(algorithm="ridge", ridge_target=2.0))
+    assert unused_meta_settings(no_rank, explicit=True) == [
+        "meta.ridge_target ('ridge' does not use it)"
+    ]
+    off = ModelConfig(rank_model=False, rank_meta=MetaConfig(algorithm="maml"))
+    assert unused_meta_settings(off, explicit=True) == [
+        "rank_meta.* (model.rank_model = false: no ranking model trains)"
+    ]
+
+
+def test_fit_warns_about_meta_settings_with_no_effect_and_pooled_does_not(fitted):
+    from metarec.transfer import PooledRecommender
+
+    ds, split, feats, _ = fitted
+    cfg = _fast_config(
+        rank_meta=MetaConfig(algorithm="np", inner_steps=2), blend=BlendConfig(rating=False)
+    )
+    with pytest.warns(UserWarning, match=r"no effect: rank_meta.inner_steps \('np' does not"):
+        MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    import warnings as w
+
+    with w.catch_warnings():
+        w.filterwarnings("error", message="settings with no effect")
+        PooledRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)

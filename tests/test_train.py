@@ -599,3 +599,9 @@ def test_a_first_step_divergence_names_the_inner_loop(problem):
     wild = MetaConfig(algorithm="maml", inner_steps=5, inner_lr=1e6)
     with pytest.raises(MetarecError, match="the inner loop diverged before any outer update"):
         train(split, feats, SC, wild, _cfg(steps=4), progress=False)
+    # its own type, with the step, which fit catches to retry with a smaller step
+    import metarec.train as T
+
+    with pytest.raises(T.MetaLossDiverged) as err:
+        train(split, feats, SC, wild, _cfg(steps=4), progress=False)
+    assert err.value.step == 1

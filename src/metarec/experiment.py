@@ -78,13 +78,20 @@ class SplitConfig:
     n_query: int = 10
     valid_frac: float = 0.1
     test_frac: float = 0.2
-    source: str | None = None  # cross-domain only
-    target: str | None = None
+    # cross-domain only: domain names; a whole number is taken as its name (domains 1
+    # and 2 are "1" and "2" in the files and in `recommend --domain 1`, and a bare
+    # `--set split.source=1` reads as a number)
+    source: str | int | None = None
+    target: str | int | None = None
     max_test_users: int | None = None  # budget option: evaluate on the first N test users
 
     def __post_init__(self) -> None:
         from metarec.splits import PROTOCOLS
 
+        for key in ("source", "target"):
+            value = getattr(self, key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, key, str(value))
         # checked when the config loads: make_split caught these only once the data had
         # loaded (a progress line, then the error; minutes of loading on a large log)
         if self.protocol not in PROTOCOLS:
@@ -282,9 +289,16 @@ def _check_metric_name(name: str, where: str) -> None:
         or re.fullmatch(r"(HR|Recall|nDCG)@[1-9]\d* \(full\)", name)
     )
     if not ok:
+        # names are matched as spelled (they are results.json's keys): "logloss", as the
+        # README's prose writes it, gets the spelling that is taken
+        same = [m for m in _PLAIN_METRICS if m.lower() == name.strip().lower()]
         raise MetarecError(
-            f"{where}: unknown metric {name!r} (e.g. MAE, AUC, 'nDCG@3 (query)', "
-            "'Recall@10 (full)', 'MRR (full)')"
+            f"{where}: unknown metric {name!r} "
+            + (
+                f"(did you mean {same[0]!r}? names are matched as spelled)"
+                if same
+                else "(e.g. MAE, AUC, 'nDCG@3 (query)', 'Recall@10 (full)', 'MRR (full)')"
+            )
         )
 
 

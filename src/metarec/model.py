@@ -54,7 +54,7 @@ from metarec.blend import (
 from metarec.config import check_field_types, deep_merge, from_dict, to_dict
 from metarec.devices import resolve_device
 from metarec.features import FeatureSet, build_features, numeric_features
-from metarec.meta.algorithms import MetaConfig, MetaLearner
+from metarec.meta.algorithms import ALGORITHMS, MetaConfig, MetaLearner
 from metarec.meta.ensemble import EnsembleLearner, member_params, member_prefix, merge_members
 from metarec.meta.episodes import (
     Episode,
@@ -66,6 +66,7 @@ from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
 from metarec.recommender import Recommender
 from metarec.train import (
     MAX_NEGATIVES,
+    MetaLossDiverged,
     TrainConfig,
     TrainResult,
     resolve_episodes,
@@ -120,6 +121,9 @@ class TextConfig:
             make_encoder(self.model)  # "hashing:0", "hashing:x": one line now
 
 
+# fit halves meta.inner_lr this many times at most when meta-training's loss goes
+# non-finite (0.05 -> 0.00625); see MetaRecommender._train_part
+INNER_LR_BACKOFFS = 3
 MAX_MEMBERS = 16  # model.rank_members: each member is a full training run
 
 # widest embedding or hidden layer accepted: a typo (embed_dim=3200000) otherwise asks for
@@ -363,6 +367,54 @@ def check_np_user_vector(cfg: ModelConfig, explicit: bool) -> None:
         )
 
 
+# the MetaConfig fields each kind of inner loop reads (besides "algorithm"); ridge_target
+# only where the head is binary (the ranking model)
+_META_READS = {
+    "sgd": {"rating": {"inner_steps", "inner_lr", "adapt_groups", "first_order"}},
+    "ridge": {"rating": {"ridge_lambda"}, "binary": {"ridge_lambda", "ridge_target"}},
+    "np": {"rating": {"np_hidden"}},
+}
+
+
+def unused_meta_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
+    """The meta settings ``cfg`` changes from their defaults that no model of this fit
+    reads, each with why: a field its algorithm does not use (``rank_meta.inner_lr`` of
+    the default neural process), or a whole config no model trains with (``meta.*`` on
+    implicit data, where only the ranking model trains and ``rank_meta`` is set). Such
+    keys were accepted and silently did nothing."""
+    defaults = ModelConfig()
+    parts = []  # (key prefix, MetaConfig, head) of each model this fit trains
+    if explicit:
+        parts.append(("meta", cfg.meta, "rating"))
+    if cfg.rank_model or not explicit:
+        prefix = "rank_meta" if cfg.rank_meta is not None else "meta"
+        parts.append((prefix, cfg.rank_meta or cfg.meta, "binary"))
+    out = []
+    trained = {p for p, _, _ in parts}
+    if "meta" not in trained and cfg.meta != defaults.meta:
+        out.append("meta.* (on implicit data only the ranking model trains, with rank_meta.*)")
+    if (
+        cfg.rank_meta is not None
+        and "rank_meta" not in trained
+        and cfg.rank_meta != defaults.rank_meta
+    ):
+        out.append("rank_meta.* (model.rank_model = false: no ranking model trains)")
+    base = MetaConfig()
+    for prefix in dict.fromkeys(p for p, _, _ in parts):
+        used = [(m, head) for p, m, head in parts if p == prefix]
+        meta = used[0][0]
+        inner = ALGORITHMS[meta.algorithm].inner
+        reads = set().union(
+            *(_META_READS[inner].get(head, _META_READS[inner]["rating"]) for _, head in used)
+        )
+        for f in dataclasses.fields(MetaConfig):
+            if f.name == "algorithm" or f.name in reads:
+                continue
+            if getattr(meta, f.name) != getattr(base, f.name):
+                out.append(f"{prefix}.{f.name} ({meta.algorithm!r} does not use it)")
+    return out
+
+
 def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
     """(n_cand,) items the ranking blend is fitted over: the split's validation items when
     it holds items out (item cold-start: a validation user's full ranking runs over them),
@@ -469,6 +521,9 @@ class MetaRecommender(Recommender):
 
     name = "MetaRec"
     predicts_ratings = True
+    # fit warns about meta settings no model reads (unused_meta_settings); the pooled
+    # subclass rewrites its meta configs (0 inner steps, an SGD algorithm) and opts out
+    _warn_unused_meta = True
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
         cfg = config or ModelConfig()
@@ -543,6 +598,9 @@ class MetaRecommender(Recommender):
                     f"range ({lo:g}, {hi:g}]"
                 )
         check_np_user_vector(cfg, dataset.feedback == "explicit")
+        unused = unused_meta_settings(cfg, dataset.feedback == "explicit")
+        if unused and self._warn_unused_meta:
+            warnings.warn(f"settings with no effect: {'; '.join(unused)}", stacklevel=2)
         relevant = cfg.blend.relevant_threshold
         if dataset.feedback == "explicit" and relevant is not None:
             lo, hi = self.rating_range_
@@ -626,7 +684,8 @@ class MetaRecommender(Recommender):
             part = self._train_part(
                 _in_rating_units(full, self.rating_unit, self.rating_offset),
                 "rating",
-                cfg.meta,
+                # the step fit trained with (lowered there if its inner loop diverged)
+                self.rating_.learner.cfg,
                 tcfg,
                 dataset,
                 members=cfg.rating_members,
@@ -640,7 +699,7 @@ class MetaRecommender(Recommender):
             part = self._train_part(
                 _as_likes(full, self._like_threshold()),
                 "binary",
-                cfg.rank_meta or cfg.meta,
+                self.rank_.learner.cfg,
                 cfg.rank_train(tcfg, held_out=new_items),
                 dataset,
                 members=cfg.rank_members_for(new_items),
@@ -1054,24 +1113,46 @@ class MetaRecommender(Recommender):
             loss=self.config.rank_loss if head == "binary" else "bce",
         )
         kwargs = self._train_kwargs(head)
-        results = [
-            train(
-                split,
-                feats,
-                sc,
-                meta,
-                # member j: its own seed (initialisation, tasks, negatives, ID dropout)
-                dataclasses.replace(
-                    tcfg,
-                    seed=tcfg.seed + 7_919 * j,
-                    steps=member_steps[j] if member_steps else tcfg.steps,
-                ),
-                device=self.config.device,
-                progress=self.config.progress,
-                **_member_kwargs(kwargs, j, members),
-            )
-            for j in range(members)
-        ]
+        for backoff in range(INNER_LR_BACKOFFS + 1):
+            try:
+                results = [
+                    train(
+                        split,
+                        feats,
+                        sc,
+                        meta,
+                        # member j: its own seed (initialisation, tasks, negatives, ID dropout)
+                        dataclasses.replace(
+                            tcfg,
+                            seed=tcfg.seed + 7_919 * j,
+                            steps=member_steps[j] if member_steps else tcfg.steps,
+                        ),
+                        device=self.config.device,
+                        progress=self.config.progress,
+                        **_member_kwargs(kwargs, j, members),
+                    )
+                    for j in range(members)
+                ]
+                break
+            except MetaLossDiverged as err:
+                # the meta-loss went non-finite (one-row supports on a 2- or 3-item
+                # catalogue at the default 0.05: at step 1, before any outer update, or a
+                # few steps in): training starts again with a halved inner step, kept in
+                # the part's MetaConfig, which the RUN stores and every later adaptation
+                # uses. Only SGD inner loops have a step to halve; after INNER_LR_BACKOFFS
+                # halvings the error stands.
+                # (the pooled model trains with 0 inner steps: no step to blame there)
+                sgd = ALGORITHMS[meta.algorithm].inner == "sgd" and meta.inner_steps > 0
+                if backoff == INNER_LR_BACKOFFS or not sgd:
+                    raise
+                lowered = dataclasses.replace(meta, inner_lr=meta.inner_lr / 2)
+                warnings.warn(
+                    f"the {head} model's meta-loss was not finite at training step "
+                    f"{err.step} with meta.inner_lr {meta.inner_lr:g}; training again "
+                    f"with meta.inner_lr {lowered.inner_lr:g}",
+                    stacklevel=2,
+                )
+                meta = lowered
         if members == 1:
             learner, params = MetaLearner(Scorer(sc), meta), results[0].params
         else:

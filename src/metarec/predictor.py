@@ -311,7 +311,7 @@ class Predictor:
             raise MetarecError(
                 f"{what}: item_id {item!r} is in domain {named[j]!r} there but "
                 f"{self.item_domain[idx[known]][j]!r} in the RUN's catalogue "
-                f"({int(differ.sum())} such rows)"
+                f"({int(differ.sum())} such row{'' if int(differ.sum()) == 1 else 's'})"
             )
 
     def check_feedback(self, feedback: str, what: str = "support") -> None:

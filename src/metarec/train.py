@@ -206,6 +206,19 @@ class TrainConfig:
         return from_dict(cls, data, "train")
 
 
+class MetaLossDiverged(MetarecError):
+    """The meta-loss was not finite at training step ``step`` (1-based). At step 1 no
+    outer update has happened: the inner loop diverged from the initialisation on its own
+    (a probe's 2- and 3-item catalogues, whose one-row supports put the default inner_lr
+    at the edge of stability; another such log first diverged at step 6). A smaller
+    ``meta.inner_lr`` helps there, and :meth:`metarec.model.MetaRecommender.fit` retries
+    with one."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
 @dataclass(frozen=True, eq=False)
 class TrainResult:
     params: dict[str, torch.Tensor]  # best meta-parameters by validation loss (CPU)
@@ -736,8 +749,8 @@ def train(
                     if step == 0
                     else "lower meta.inner_lr or train.outer_lr"
                 )
-                raise MetarecError(
-                    f"train: meta-loss is {float(loss)} at step {step + 1} ({advice})"
+                raise MetaLossDiverged(
+                    f"train: meta-loss is {float(loss)} at step {step + 1} ({advice})", step + 1
                 )
             for k in learning:
                 params[k].grad = grads[k]

@@ -53,6 +53,8 @@ class PooledRecommender(MetaRecommender):
     item-cold users.
     """
 
+    _warn_unused_meta = False  # its meta configs are rewritten below
+
     def __init__(self, config: ModelConfig | None = None, finetune_steps: int = 0) -> None:
         cfg = config or ModelConfig()
         if finetune_steps < 0:

@@ -177,7 +177,13 @@ def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.D
             # names, never numbers: domains 1, 2 must match T's "1" and `--domain 1` (read
             # as numbers they became 1.0); spelled as ids are (stripped, 12.0 is 12) so
             # the items file and T agree on " books" and "books"
-            out[c] = domain_names(s).to_numpy(object)
+            names = domain_names(s)
+            if (names == "default").all():
+                # a column that names no domain (empty, as a database's null column
+                # exports) is no domain column, as in T: T's names, if any, then give the
+                # items theirs; kept, it put every item in 'default' against T's names
+                continue
+            out[c] = names.to_numpy(object)
             cat.append(c)
             continue
         as_num = pd.to_numeric(s, errors="coerce")
