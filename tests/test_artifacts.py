@@ -258,3 +258,38 @@ def test_a_staging_folder_that_cannot_be_made_is_named_after_its_target():
 
     with pytest.raises(MetarecError, match=r"^cannot write x in /proc: "):
         staging_dir("/proc", "x")
+
+
+def test_replace_dir_leaves_no_aside_folder_when_the_target_cannot_move(tmp_path, monkeypatch):
+    # the first rename (the old folder aside) failing, as for an immutable folder or a
+    # mount point, left an empty ".X.old.*" behind for good
+    import os
+
+    from metarec.atomic import replace_dir
+
+    new, out = tmp_path / "new", tmp_path / "out"
+    new.mkdir()
+    out.mkdir()
+    (out / "f").write_text("old")
+    real = os.replace
+
+    def refuse(src, dst):
+        if str(src) == str(out):
+            raise PermissionError(1, "Operation not permitted")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError):
+        replace_dir(new, out, ".old.", "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new", "out"]
+    assert (out / "f").read_text() == "old"
+
+
+def test_a_format_version_spelled_as_text_says_so(tmp_path):
+    import json
+
+    from metarec.artifacts import load_run
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": "1", "files": {}}))
+    with pytest.raises(MetarecError, match=r"version '1' \(a string, not the number\)"):
+        load_run(tmp_path)

@@ -836,6 +836,72 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     assert said in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    "edit, said",
+    [
+        # a newer version's top-level key loaded silently (nested unknown keys were refused)
+        (lambda c: c.update(future_key=1), "unknown config key 'future_key'"),
+        # scored as implicit without a word
+        (lambda c: c.update(feedback="weird"), "feedback 'weird' is neither explicit nor"),
+        # an OverflowError traceback from scipy, exit 1
+        (lambda c: c.update(n_items=10**30), "RUN is incomplete or from another version"),
+    ],
+)
+def test_a_run_config_this_version_did_not_write_fails_at_load(
+    fitted, tmp_path, capsys, edit, said
+):
+    import shutil
+
+    tmp, run, _ = fitted
+    bad = tmp_path / "RUN"
+    shutil.copytree(run, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    edit(cfg)
+    (bad / "config.json").write_text(json.dumps(cfg))
+    err = _predict_on_rehashed(bad, tmp, tmp_path, capsys)
+    assert said in err and err.count("\n") == 1
+
+
+def test_outputs_that_cannot_be_created_fail_before_the_work(fitted, tmp_path, capsys):
+    """A parent that is a file, or a folder nothing can be written in, was found at the
+    write: after the scoring (predict) or the whole training (fit), naming a hidden
+    staging file or saying "File exists"."""
+    import tempfile
+
+    _, run, _ = fitted
+    sup = cold_support(tmp_path)
+    q = tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it33"]}).to_csv(q, index=False)
+    (tmp_path / "afile").write_text("x")
+    capsys.readouterr()
+    assert predict(run, sup, q, tmp_path / "afile" / "P.csv") == 2
+    err = capsys.readouterr().err
+    assert "afile is not a folder" in err and err.count("\n") == 1
+    paths, _ = make_world(tmp_path, n_users=20)
+    assert main([*fit_argv(paths, tmp_path / "afile" / "RUN"), *FAST]) == 2
+    assert "afile is not a folder" in capsys.readouterr().err
+    # a folder that takes no new entry (root passes os.access everywhere): a real file is
+    # tried, as an immutable or read-only folder refuses it
+    real = tempfile.mkstemp
+
+    def refused(*a, dir=None, **kw):
+        if dir is not None and Path(dir) == tmp_path / "ro":
+            raise PermissionError(1, "Operation not permitted")
+        return real(*a, dir=dir, **kw)
+
+    (tmp_path / "ro").mkdir()
+    import unittest.mock
+
+    with unittest.mock.patch("tempfile.mkstemp", refused):
+        assert predict(run, sup, q, tmp_path / "ro" / "P.csv") == 2
+        err = capsys.readouterr().err
+        assert f"cannot write {tmp_path / 'ro' / 'P.csv'} in {tmp_path / 'ro'}" in err
+        started = []
+        with unittest.mock.patch("metarec.predictor.Predictor.fit", lambda *a: started.append(1)):
+            assert main([*fit_argv(paths, tmp_path / "ro" / "RUN"), *FAST]) == 2
+        assert not started and "Operation not permitted" in capsys.readouterr().err
+
+
 def _predict_on_rehashed(bad, tmp, tmp_path, capsys) -> str:
     """Every file of the edited RUN ``bad`` checksummed again (how a RUN written by another
     version looks), then ``predict`` on it, which must fail: its stderr."""

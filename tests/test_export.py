@@ -45,8 +45,10 @@ def test_compress_keeps_log_and_integers_and_round_trips():
     g = torch.Generator().manual_seed(0)
     tensors = {
         "rank.mlp.0.w": torch.randn(64, 32, generator=g),  # 2048 elements: int8
-        "rank.mlp.0.b": torch.randn(32, generator=g),  # 1-D: fp16
-        "rank.head.w": torch.randn(4, 1, generator=g),  # small: fp16
+        "rank.mlp.0.b": torch.randn(128, generator=g),  # 1-D: fp16
+        "rank.mlp.1.w": torch.randn(8, 16, generator=g),  # small 2-D: fp16
+        "rank.head.w": torch.randn(4, 1, generator=g),  # <= 64 values: exact
+        "blend.rating_weights": torch.tensor([0.3, 0.71234567], dtype=torch.float64),  # exact
         "train.rating": torch.tensor([4.5, 3.25]),  # the log stays exact
         "known_items": torch.tensor([1, 0], dtype=torch.uint8),
     }
@@ -54,11 +56,15 @@ def test_compress_keeps_log_and_integers_and_round_trips():
     assert spec == {
         "dtype": "int8",
         "int8": ["rank.mlp.0.w"],
-        "fp16": ["rank.head.w", "rank.mlp.0.b"],
+        "fp16": ["rank.mlp.0.b", "rank.mlp.1.w"],
     }
     assert stored["rank.mlp.0.w::int8"].dtype == torch.int8
     assert stored["rank.mlp.0.b"].dtype == torch.float16
     assert stored["train.rating"] is tensors["train.rating"]
+    # a few values, stored as they are: the blend's stack weights multiply inputs on the
+    # rating scale's level (fp16 moved a 1001-1005 log's predictions by 0.33 stars)
+    for name in ("rank.head.w", "blend.rating_weights"):
+        assert stored[name] is tensors[name]
     back = dequantize(stored, spec)
     assert set(back) == set(tensors)
     assert all(back[k].dtype == tensors[k].dtype for k in tensors)
@@ -248,13 +254,15 @@ def test_export_without_validation_users_still_exports(fitted, monkeypatch, caps
 def test_values_past_fp16s_range_stay_float32():
     # a rating blend's item biases on a 0-1,000,000 scale overflowed to inf in fp16, and
     # the exported RUN scored inf; such a tensor is now kept in float32, and said so
-    big = {"blend.item_bias": torch.tensor([1.5, -178_859.0]), "w": torch.tensor([0.5])}
+    bias = torch.full((100,), 1.5)
+    bias[7] = -178_859.0
+    big = {"blend.item_bias": bias, "w": torch.full((100,), 0.5)}
     for dtype in ("fp16", "int8"):
         stored, spec = compress(big, dtype)
         assert stored["blend.item_bias"].dtype == torch.float32
         assert spec["fp32"] == ["blend.item_bias"] and spec["fp16"] == ["w"]
         back = dequantize(stored, spec)
-        assert back["blend.item_bias"].tolist() == [1.5, -178_859.0]
+        assert back["blend.item_bias"].tolist() == bias.tolist()
 
 
 def test_a_broken_export_is_refused_before_anything_is_written(fitted, monkeypatch, capsys):

@@ -862,3 +862,55 @@ def test_recommend_explanations_are_leave_one_out_of_the_score_served(client):
             ).json()
             loo = {x["item_id"]: x["score"] for x in again["items"]}[it["item_id"]]
             assert e["weight"] == pytest.approx(logit(it["score"]) - logit(loo), abs=2e-4)
+
+
+@pytest.mark.parametrize(
+    "rating, timestamp, said",
+    [
+        ("'abc'", "NULL", "stored rating 'abc' is not a number"),
+        ("9e999", "NULL", "stored rating inf is not a number"),
+        ("X'0102'", "NULL", "stored rating b'\\x01\\x02' is not a number"),
+        ("5", "'yesterday'", "stored timestamp 'yesterday' is not an integer"),
+        ("5", "1.5", "stored timestamp 1.5 is not an integer"),
+    ],
+)
+def test_a_damaged_stored_row_is_a_one_line_503_and_refused_at_start(
+    predictor, tmp_path, rating, timestamp, said
+):
+    """SQLite keeps text in a REAL column: such a row (never written by /feedback) was a
+    500 with a traceback on every request of its user, a 409 blaming "another run" for
+    an inf, and a traceback at start for a text rating. /recommend and GET /feedback
+    now answer 503 naming the store and the value; start refuses it in one line where the
+    rating is what is damaged (start reads the ratings, not the times)."""
+    import sqlite3
+
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore, StoreDamaged
+
+    store = FeedbackStore(tmp_path / "fb")
+    c = TestClient(create_app(predictor, feedback_db=store))
+    store.add("ok", [FeedbackRow("it2", 4.0, None)])
+    with sqlite3.connect(store.path) as con:
+        con.execute(
+            "INSERT INTO feedback (user_id, item_id, rating, timestamp, received_at) "
+            f"VALUES ('dmg', 'it0', {rating}, {timestamp}, 0)"
+        )
+    for r in (
+        c.post("/recommend", json={"user_id": "dmg", "k": 2}),
+        c.get("/feedback/dmg"),
+    ):
+        assert r.status_code == 503, r.text
+        assert "damaged feedback store" in r.json()["detail"] and said in r.json()["detail"]
+    assert c.post("/recommend", json={"user_id": "ok", "k": 2}).status_code == 200
+    if "rating" in said:
+        with pytest.raises(StoreDamaged, match="damaged feedback store"):
+            create_app(predictor, feedback_db=store)
+
+
+def test_ratings_are_bounded_by_the_run_not_by_a_fixed_million():
+    # a 1e6-5e6 run's own top rating was a 422 at the server and fine for `predict`; the
+    # run's scale is checked per request (Predictor.check_values)
+    from metarec.serve import schemas as S
+
+    assert S.Interaction(item_id="it0", rating=5e6).rating == 5e6
+    with pytest.raises(ValueError):
+        S.Interaction(item_id="it0", rating=1e39)

@@ -103,6 +103,22 @@ def test_merge_feedback_latest_row_wins(run):
     assert sorted(fb_users.tolist()) == [0, x]
 
 
+def test_feedback_on_items_outside_the_catalogue_is_left_out_with_a_warning(run):
+    # the catalogue is the fit's: these rows can never be used, and the summary's count
+    # alone went unnoticed (the server's reply had said "kept for a later update")
+    pred = Predictor.load(run)
+    fb = pd.DataFrame(
+        {
+            "user_id": ["u0", "u0", "u1"],
+            "item_id": ["brandnew", "it3", "brandnew"],
+            "rating": [5.0, 4.0, 2.0],
+        }
+    )
+    with pytest.warns(UserWarning, match=r"2 row\(s\) on 1 item\(s\) outside the RUN's catalogue"):
+        _, _, _, counts = merge_feedback(pred, fb)
+    assert counts["feedback_rows_unknown_item"] == 2 and counts["feedback_rows_used"] == 1
+
+
 def test_merge_feedback_reads_ids_by_the_rules_of_every_other_path(run):
     # a store written through the Python FeedbackStore: " u0 " was a new user beside u0,
     # " it2" an unknown item, and "" or "a\nb" became user ids of the RUN
@@ -418,3 +434,34 @@ def test_a_null_id_in_a_hand_made_store_is_named(run):
     ).assign(timestamp=pd.array([None, None], dtype="Int64"))
     with pytest.raises(MetarecError, match=r"row 2: user_id is missing \(NULL\) in 1 rows"):
         merge_feedback(pred, fb)
+
+
+def test_a_domain_only_the_items_file_names_is_the_logs_too_before_and_after_update(tmp_path):
+    # I names two domains and T none: the log was all "default", and update then coded
+    # feedback on never-rated items by the catalogue (a "films" beside "default" with
+    # films in it). The log's rows take their item's domain at fit
+    from serve_world import FAST, make_world
+
+    paths = make_world(tmp_path)
+    items = pd.read_csv(paths["I"])
+    items["domain"] = np.where(items.item_id.str[2:].astype(int) < 15, "books", "films")
+    items.to_csv(paths["I"], index=False)
+    run, run2 = tmp_path / "RUN", tmp_path / "RUN2"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    t = pd.read_csv(paths["T"])
+    films = int((t.item_id.str[2:].astype(int) >= 15).sum())
+    info = json.loads((run / "meta.json").read_text())
+    assert {d["name"]: d["interactions"] for d in info["domains"]} == {
+        "books": len(t) - films,
+        "films": films,
+    }
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("c9", [FeedbackRow("it35", 1.0, None), FeedbackRow("it3", 1.0, None)])
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb"), "--out", str(run2)]
+    assert main([*argv, "--steps", "3"]) == 0
+    info = json.loads((run2 / "meta.json").read_text())
+    assert {d["name"]: d["interactions"] for d in info["domains"]} == {
+        "books": len(t) - films + 1,
+        "films": films + 1,
+    }

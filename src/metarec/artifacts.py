@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
-from metarec.atomic import public_mode, replace_dir, staging_dir
+from metarec.atomic import check_can_create, public_mode, replace_dir, staging_dir
 from metarec.types import IdMap, MetarecError
 
 FORMAT_VERSION = 1
@@ -70,10 +70,13 @@ def check_run_target(out: str | Path) -> Path:
             f"{out} is inside the RUN {outer}; write the RUN elsewhere (replacing {outer} "
             "would delete it)"
         )
+    if out.exists() and not out.is_dir():
+        raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
+    # the RUN is staged beside out and renamed in: that folder must take a new entry
+    # (a read-only or immutable one failed after the whole training)
+    check_can_create(out)
     if not out.exists():
         return out
-    if not out.is_dir():
-        raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
     if not any(out.iterdir()):
         return out
     if _is_run(out):
@@ -176,7 +179,9 @@ def save_run(
         except OSError as err:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise _raced(out) from None
-            raise
+            # an existing folder that cannot be renamed (immutable, a mount point): it
+            # said "Operation not permitted: RUN", and is left as it was
+            raise MetarecError(f"cannot replace {out}: {err.strerror or err}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -227,8 +232,10 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
         raise MetarecError(f"{manifest_path}: corrupt manifest (not a JSON object)")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
+        # "'1' is not supported (this metarec reads version 1)" read as a contradiction
+        spelled = " (a string, not the number)" if str(version) == str(FORMAT_VERSION) else ""
         raise MetarecError(
-            f"{path}: RUN format version {version!r} is not supported "
+            f"{path}: RUN format version {version!r}{spelled} is not supported "
             f"(this metarec reads version {FORMAT_VERSION}); re-run `metarec fit`"
         )
     files = manifest.get("files")

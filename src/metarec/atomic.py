@@ -55,6 +55,27 @@ def writable_target(path: str | Path) -> Path:
     return path
 
 
+def check_can_create(path: str | Path) -> None:
+    """Before any work: ``path`` (a file or folder to be written, its missing parent
+    folders made on the way) can be created. The nearest existing ancestor must be a
+    folder in which a file can really be made: os.access says yes to root everywhere, so
+    a read-only mount, an immutable folder or /proc failed only at the write, after a
+    whole training run (``fit``, ``update``) or a scoring pass (``predict``), naming a
+    hidden staging file. A one-line :class:`MetarecError` names ``path``."""
+    path = Path(path)
+    probe = path.parent
+    while not (probe.exists() or probe.is_symlink()) and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MetarecError(f"cannot write {path}: {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as err:
+        raise MetarecError(f"cannot write {path} in {probe}: {err.strerror or err}") from None
+
+
 # Staging files and folders carry their writer's host and pid in the name
 # (".NAME.~host-1234~XXXX"): a writer killed with SIGKILL leaves one behind, and the next
 # write of the same NAME on this host removes those whose process is gone. A live pid
@@ -124,9 +145,18 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     is removed and ``path`` is left as it was.
     """
     path = writable_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_staging(path.parent, path.name)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=staging_prefix(path.name), suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_staging(path.parent, path.name)
+        fd, name = tempfile.mkstemp(
+            dir=path.parent, prefix=staging_prefix(path.name), suffix=suffix
+        )
+    except OSError as err:
+        # named after what was asked for, not the hidden staging file ("Operation not
+        # permitted: .P.csv.~host-8261~ckcc4kk1.tmp"), nor "File exists" for a parent
+        # that is a file
+        check_can_create(path)  # the precise reason, where it finds one
+        raise MetarecError(f"cannot write {path}: {err.strerror or err}") from None
     os.close(fd)
     tmp = Path(name)
     try:
@@ -150,7 +180,14 @@ def replace_dir(new: Path, out: Path, aside: str, inner: str) -> None:
         os.replace(new, out)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}{aside}", dir=out.parent))
-    os.replace(out, old / inner)
+    try:
+        os.replace(out, old / inner)
+    except BaseException:
+        # nothing moved: the empty aside folder was left behind (a target that cannot be
+        # renamed: a mount point, an immutable folder)
+        with contextlib.suppress(OSError):
+            old.rmdir()
+        raise
     try:
         os.replace(new, out)
     except BaseException:

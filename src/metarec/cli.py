@@ -246,7 +246,7 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
     outside the RUN, which predict and recommend never modify, and none of ``inputs``
     (flag name -> path: ``--out S.csv`` overwrote the support it read); "-" is stdout."""
     from metarec.artifacts import check_derived_run
-    from metarec.atomic import writable_target
+    from metarec.atomic import check_can_create, writable_target
 
     if str(out) == "-":
         return
@@ -255,7 +255,7 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
             raise MetarecError(
                 f"--out {out} is the --{flag} file it reads; write the output elsewhere"
             )
-    writable_target(out)
+    check_can_create(writable_target(out))  # before the scoring, not at the write
     check_derived_run(out, run, what)
 
 

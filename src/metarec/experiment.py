@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from metarec import evaluate as evaluation
-from metarec.atomic import finite_json, staging_dir, staging_prefix, write_text
+from metarec.atomic import check_can_create, finite_json, staging_dir, write_text
 from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -1804,15 +1803,8 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         raise MetarecError(f"cannot create {out}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MetarecError(f"cannot write results under {probe}: permission denied")
-    # os.access says yes to root everywhere (and /proc, a read-only mount or an NFS
-    # root_squash folder then failed only when the results were written, after the whole
-    # run): write and remove a real file where the first folder will be made
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=staging_prefix("results"), dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise MetarecError(f"cannot write results under {probe}: {e.strerror or e}") from None
+    # a real file made and removed where the results go: os.access says yes to root
+    check_can_create(out / RESULT_FILES[0])
     _check_result_targets(out)
 
 

@@ -449,6 +449,20 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
 
 # stack inputs that are whole ratings (the rest are offsets or other scales)
 _RATING_SCALE = frozenset({"meta"}) | PRIOR_CANDIDATES
+# the keys MetaRecommender.state() writes (from_state refuses any other)
+_STATE_KEYS = frozenset(
+    {
+        "model",
+        "parts",
+        "n_users",
+        "n_items",
+        "feedback",
+        "rating_range",
+        "rating_offset",
+        "encoder_fingerprint",
+        "blend",
+    }
+)
 # (task, item) cells scored at once on CPU (MetaRecommender._predict): a hidden activation
 # of width 64 is then 8 MB, below glibc's 32 MB mmap ceiling, so its buffers are reused
 _CHUNK_CELLS = 32_768
@@ -1703,6 +1717,14 @@ class MetaRecommender(Recommender):
     def from_state(
         cls, cfg: dict, tensors: dict[str, torch.Tensor], train: Interactions
     ) -> MetaRecommender:
+        # every key is one this version writes, as in the nested configs: an unknown one
+        # (a newer version's) loaded silently, and a feedback other than these two was
+        # scored as implicit
+        unknown = sorted(set(cfg) - _STATE_KEYS)
+        if unknown:
+            raise MetarecError(f"unknown config key {unknown[0]!r}")
+        if cfg["feedback"] not in ("explicit", "implicit"):
+            raise MetarecError(f"feedback {cfg['feedback']!r} is neither explicit nor implicit")
         rec = cls(ModelConfig.from_dict(cfg["model"]))
         rec.n_users_, rec.n_items_ = int(cfg["n_users"]), int(cfg["n_items"])
         rec.feedback_ = cfg["feedback"]

@@ -143,7 +143,15 @@ class Predictor:
                 raise MetarecError(f"{path}: {err}") from None
         except MetarecError:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as err:
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            IndexError,
+            RuntimeError,
+            OverflowError,  # an n_items of 10**30 reached scipy as a C long
+        ) as err:
             lines = str(err).strip().splitlines()
             raise MetarecError(
                 f"{path}: RUN is incomplete or from another version "

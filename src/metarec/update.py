@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +137,17 @@ def merge_feedback(
     item_idx = pred.items.lookup_or_missing(fb["item_id"].astype(str).to_numpy(object))
     known = item_idx >= 0
     n_unknown = int((~known).sum())
+    if n_unknown and known.any():
+        # the catalogue is the fit's: an update cannot add items, so these rows can never
+        # be used; the count in the summary alone went unnoticed
+        first = str(fb["item_id"][~known].iloc[0])
+        n_items = len(pd.unique(fb["item_id"][~known]))
+        warnings.warn(
+            f"feedback: {n_unknown} row(s) on {n_items} item(s) outside the RUN's catalogue "
+            f"(first {first!r}) are left out: an update keeps the fitted catalogue (fit "
+            "again with those items in the items file to use them)",
+            stacklevel=2,
+        )
     fb, item_idx = fb[known].reset_index(drop=True), item_idx[known]
     if fb.empty:
         raise MetarecError(f"feedback: all {n_unknown} rows name items outside the catalogue")

@@ -346,6 +346,14 @@ def read_training_files(
             )
         item_frame["domain"] = mapped.fillna("default").to_numpy(object)
         icat = (*icat, "domain")
+    if "domain" in item_frame.columns and not (ratings["domain"] != "default").any():
+        # the items file alone names domains: the log's rows take their item's, as the
+        # catalogue has them (the items file decides an item's domain). The log said
+        # "default" for every row, so `metarec update` later coded feedback on never-rated
+        # items by the catalogue and the rest as "default": one log, two readings
+        ratings["domain"] = (
+            ratings["item_id"].map(item_frame.set_index("item_id")["domain"]).to_numpy(object)
+        )
     if not itext and not icat and not inum:
         raise MetarecError(f"{items}: the items file has no side columns besides item_id")
     user_frame, utext, ucat, unum = (None, (), (), ())

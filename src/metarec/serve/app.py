@@ -41,7 +41,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
 from metarec.predictor import Predictor
 from metarec.recommender import top_k
 from metarec.serve import schemas as S
-from metarec.serve.feedback import FeedbackRow, FeedbackStore, newest_per_item
+from metarec.serve.feedback import FeedbackRow, FeedbackStore, StoreDamaged, newest_per_item
 from metarec.serve.sessions import AdaptedCache, support_hash
 from metarec.types import Interactions, MetarecError
 
@@ -236,6 +236,12 @@ def create_app(
     @app.exception_handler(MetarecError)
     async def _bad_input(request: Request, exc: MetarecError) -> JSONResponse:
         return JSONResponse(status_code=422, content={"detail": str(exc)})
+
+    @app.exception_handler(StoreDamaged)
+    async def _store_damaged(request: Request, exc: StoreDamaged) -> JSONResponse:
+        # a stored row /feedback never writes (text as a rating): the store's fault, not
+        # the request's (a 422 would blame the client), and one line, not a bare 500
+        return JSONResponse(status_code=503, content={"detail": str(exc)})
 
     @app.exception_handler(sqlite3.Error)
     async def _store_down(request: Request, exc: sqlite3.Error) -> JSONResponse:

@@ -9,6 +9,7 @@ keeps the store safe to use from the server's worker threads and from other proc
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
@@ -37,6 +38,43 @@ _CREATE_LOCK = threading.Lock()  # re-creating a deleted store file: one thread 
 # int64-safe timestamp bounds, for /feedback (serve.schemas) and a stored row alike: a
 # stored 2**63 - 1 made the next update's "newest + 1" overflow int64
 TIMESTAMP_MIN, TIMESTAMP_MAX = -(2**62), 2**62
+
+
+class StoreDamaged(MetarecError):
+    """A stored row holds what ``POST /feedback`` never writes (text or inf as a rating, a
+    timestamp that is not an integer unix time): a damaged store, not a bad request. The
+    server answers 503 naming it; ``metarec serve`` at start and ``metarec update`` stop
+    with one line."""
+
+
+_F32_MAX = 3.4028234663852886e38
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a finite float, or None (text, bytes, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    f = float(value)
+    return f if math.isfinite(f) else None
+
+
+def _checked(path: Path, item_id: object, rating: object, timestamp: object) -> FeedbackRow:
+    """A stored row as a FeedbackRow, or StoreDamaged naming the store and the value."""
+    r = _number(rating)
+    if r is None or abs(r) > _F32_MAX:  # ratings are held in float32
+        raise StoreDamaged(
+            f"{path}: damaged feedback store: stored rating {rating!r} is not a number"
+        )
+    t = timestamp
+    if t is not None:
+        f = _number(t)
+        if f is None or f != int(f) or not TIMESTAMP_MIN <= f <= TIMESTAMP_MAX:
+            raise StoreDamaged(
+                f"{path}: damaged feedback store: stored timestamp {timestamp!r} is not an "
+                f"integer in [{TIMESTAMP_MIN}, {TIMESTAMP_MAX}] (unix seconds)"
+            )
+        t = int(f)
+    return FeedbackRow(str(item_id), r, t)
 
 
 @dataclass(frozen=True)
@@ -178,7 +216,10 @@ class FeedbackStore:
                 "ORDER BY seq DESC LIMIT ?",
                 (str(user_id), -1 if limit is None else int(limit)),
             )
-            return [FeedbackRow(i, float(r), t) for i, r, t in reversed(cur.fetchall())]
+            rows = cur.fetchall()
+        # checked as frame() checks them for `metarec update`: a text or inf rating, or a
+        # timestamp of 1.5, was a 500 with a traceback on every request of the user
+        return [_checked(self.path, i, r, t) for i, r, t in reversed(rows)]
 
     def ratings_outside(self, scale: tuple[float, float] | None) -> list[tuple[str, float]]:
         """(item_id, rating) of the rows whose rating is outside ``scale`` (lo, hi), or with
@@ -190,7 +231,10 @@ class FeedbackStore:
             else:
                 q = "SELECT item_id, rating FROM feedback WHERE rating < ? OR rating > ?"
                 args = (float(scale[0]), float(scale[1]))
-            return [(str(i), float(r)) for i, r in con.execute(q, args).fetchall()]
+            rows = con.execute(q, args).fetchall()
+        # SQLite sorts text above every number: a damaged text rating is "outside" and
+        # was a float() traceback at start; an inf was taken for another run's rating
+        return [(str(i), _checked(self.path, i, r, None).rating) for i, r in rows]
 
     def count(self) -> int:
         with self._connect() as con:

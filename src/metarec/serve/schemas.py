@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
 # int64-safe timestamp bounds (timestamps become int64 arrays downstream): the store's
@@ -27,6 +28,9 @@ RawId = Annotated[
 ]
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -35,8 +39,11 @@ class Interaction(_Body):
     item_id: Annotated[RawId, Field(examples=["50"])]
     rating: float = Field(
         allow_inf_nan=False,
-        ge=-1e6,
-        le=1e6,
+        # float32's range (ratings are held in float32); the run's own scale is checked
+        # per request (Predictor.check_values): a fixed +-1e6 refused a 1e6-5e6 run's
+        # own top ratings, which `metarec predict` takes
+        ge=-_F32_MAX,
+        le=_F32_MAX,
         description="explicit rating, or 1/0 (liked / not) for implicit data",
         examples=[5.0],
     )
@@ -119,7 +126,10 @@ class FeedbackRequest(_Body):
 class FeedbackResponse(BaseModel):
     stored: int
     unknown_items: list[str] = Field(
-        description="stored ids outside the model's catalogue (kept for a later update)"
+        description=(
+            "stored ids outside the model's catalogue: kept in the store, but neither "
+            "served nor used by `metarec update`, whose catalogue is the fit's"
+        )
     )
 
 
