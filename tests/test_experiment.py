@@ -708,6 +708,9 @@ def test_a_failed_fit_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert cell["seeds"] == [0] and len(cell["per_seed"]) == 1
     assert cell["mean"] == pytest.approx(cell["per_seed"][0])
     assert table["popularity"]["AUC"]["seeds"] == [0, 1]
+    # each fit's per-seed lists say whose they are (MetaRec's failed seed 1 has none)
+    assert data["fits"]["MetaRec"]["seeds"] == [0]
+    assert data["fits"]["popularity"]["seeds"] == [0, 1]
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| MetaRec (1 of 2 seeds) | meta |" in report
     assert "- MetaRec, seed 1, K = 3: train: the validation loss" in report
@@ -1709,3 +1712,31 @@ def test_a_numbered_domain_is_taken_as_its_name():
     assert (cfg.source, cfg.target) == ("1", "2")
     with pytest.raises(MetarecError, match="split.source: expected a string, got True"):
         from_dict(SplitConfig, {"protocol": "cross-domain", "source": True}, "split")
+
+
+def test_results_go_to_a_folder_of_their_own_not_into_a_run(tmp_path):
+    # evaluate wrote results.json, plots and partial/ into a RUN, which the next
+    # `fit --out` there then refused as a RUN holding files it did not write
+    import json
+
+    run = tmp_path / "RUN"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"format_version": 1, "files": {}}))
+    for out in (run, run / "sub"):
+        with pytest.raises(MetarecError, match="a metarec RUN|inside the RUN"):
+            E.check_output_dir(out)
+    E.check_output_dir(tmp_path / "results")
+
+
+def test_quickstart_refuses_an_empty_shot_and_endless_seeds(tmp_path, capsys):
+    from metarec.cli import main
+
+    for flags, said in (
+        (["--shots", ",,"], "want comma-separated integers"),
+        (["--shots", "1,,3"], "want comma-separated integers"),
+        (["--seeds", "100000"], "--seeds must be in [1, 100]"),
+    ):
+        assert main(["quickstart", "--out", str(tmp_path / "q"), *flags]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1
+    assert not (tmp_path / "q").exists()

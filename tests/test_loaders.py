@@ -1025,7 +1025,17 @@ def test_a_rated_item_missing_from_a_release_item_file_is_refused(ml100k):
 
     lines = (ml100k / "u.item").read_bytes().splitlines(keepends=True)
     (ml100k / "u.item").write_bytes(lines[0] + lines[2])  # movie 20, rated, has no row
-    with pytest.raises(MetarecError, match=r"1 rated items have no row .*'20'"):
+    with pytest.raises(MetarecError, match=r"1 rating items have no row in the item file .*'20'"):
+        read_raw("movielens-100k", ml100k)
+
+
+def test_a_rating_user_missing_from_a_release_user_file_is_refused(ml100k):
+    # u.user cut short: the users past the cut silently lost their age, gender, occupation
+    from metarec.data import read_raw
+
+    lines = (ml100k / "u.user").read_bytes().splitlines(keepends=True)
+    (ml100k / "u.user").write_bytes(b"".join(lines[:-1]))
+    with pytest.raises(MetarecError, match=r"1 rating users have no row in the user file"):
         read_raw("movielens-100k", ml100k)
 
 
@@ -1097,3 +1107,52 @@ def test_a_trailing_comma_in_a_query_file_is_an_empty_name(tmp_path):
     p = write(tmp_path / "Q.csv", "user_id,item_id,\nu,i,\n")
     with pytest.raises(MetarecError, match=r"unknown column\(s\) an empty name \(column 3\)"):
         read_query(p)
+
+
+def test_csv_loader_reads_t_and_i_as_fit_does(tmp_path):
+    """info, split, embed and evaluate read T + I through read_table; fit through
+    read_training_files. They disagreed: a rated item missing from I got empty text
+    there (fit refuses it), I's domains never reached a log without any, and an all-empty
+    domain column in I put every item in 'default' against T's names."""
+    log = "user_id,item_id,rating\nu1,7,5\nu1,b,3\nu2,b,4\n"
+    p = write(tmp_path / "t.csv", log)
+    i_bad = write(tmp_path / "i_bad.csv", "item_id,title\n007,seven\nb,bee\n")
+    for roles in ({}, {"text_cols": ["title"]}):
+        with pytest.raises(MetarecError, match=r"item_id '7' is not in the items file .*'007'"):
+            read_table(p, items=i_bad, **roles)
+    # I alone names domains: the log's rows take their item's
+    i_dom = write(
+        tmp_path / "i_dom.csv", "item_id,title,domain\n7,seven,films\nb,bee,books\nc,sea,films\n"
+    )
+    for roles in ({}, {"text_cols": ["title"]}):
+        raw = read_table(p, items=i_dom, **roles)
+        assert raw.ratings["domain"].tolist() == ["films", "books", "books"]
+    # T names domains, I's domain column is empty throughout: T's names, and the item
+    # nobody rated is in "default" (it was NaN with inferred roles, refused with named)
+    t_dom = write(
+        tmp_path / "t_dom.csv", "user_id,item_id,rating,domain\nu1,7,5,films\nu2,b,4,books\n"
+    )
+    i_empty = write(tmp_path / "i_empty.csv", "item_id,title,domain\n7,seven,\nb,bee,\nc,sea,\n")
+    for roles in ({}, {"text_cols": ["title"]}):
+        raw = read_table(t_dom, items=i_empty, domain_col="domain", **roles)
+        assert raw.items.set_index("item_id")["domain"].to_dict() == {
+            "7": "films",
+            "b": "books",
+            "c": "default",
+        }
+
+
+def test_a_path_under_an_unknown_users_home_is_one_line(tmp_path, monkeypatch, capsys):
+    # Path.expanduser raised a bare RuntimeError: a traceback from info, split and embed
+    from metarec.cli import main
+
+    for argv in (
+        ["info", "movielens-100k", "--path", "~nosuchuser-metarec/ml"],
+        ["embed", "goodbooks-sample", "--model", "hashing", "--cache", "~nosuchuser-metarec/c"],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "cannot expand '~': no such user" in err and err.count("\n") == 1
+    monkeypatch.setenv("METAREC_DATA_DIR", "~nosuchuser-metarec/x")
+    assert main(["info", "movielens-100k"]) == 2
+    assert "~nosuchuser-metarec/x: cannot expand" in capsys.readouterr().err

@@ -2033,3 +2033,23 @@ def test_fit_warns_about_meta_settings_with_no_effect_and_pooled_does_not(fitted
     with w.catch_warnings():
         w.filterwarnings("error", message="settings with no effect")
         PooledRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+
+
+def test_the_pooled_refit_trains_the_pooled_model_again(fitted, monkeypatch):
+    # the refit took the part's learner config, which for the pooled model holds its
+    # fine-tuning steps: Pooled+FT's refit meta-trained with 5 inner steps instead
+    import metarec.model as M
+    from metarec.transfer import PooledRecommender
+
+    ds, split, feats, _ = fitted
+    seen = []
+    real = M.train
+
+    def train(split, feats, sc, meta, tcfg, **kw):
+        seen.append((sc.head, meta.inner_steps))
+        return real(split, feats, sc, meta, tcfg, **kw)
+
+    monkeypatch.setattr(M, "train", train)
+    cfg = _fast_config(refit=True, rating_members=1, blend=BlendConfig(rating=False, rank=False))
+    PooledRecommender(cfg, finetune_steps=5).fit(ds, split.train, feats)
+    assert seen == [("rating", 0), ("binary", 0), ("rating", 0), ("binary", 0)]

@@ -596,14 +596,14 @@ def test_recommend_by_domain_equals_the_library(tmp_path):
     # a number is the domain of that name, as --domain 2 is (a JSON 2 was a 422)
     r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": 2})
     assert r.status_code == 422 and "unknown domain '2'" in r.json()["detail"]
-    # /info names the domains the filter takes: the items file's (the log has none, so
-    # dataset.domains says "default" alone, which the filter refuses)
+    # /info names the domains the filter takes: the items file's; the log, which names
+    # none, takes its items' (it said "default" alone, a domain the filter refuses)
     info = c.get("/info").json()
     assert info["item_domains"] == [
         {"name": "books", "items": 20},
         {"name": "films", "items": len(pred.items) - 20},
     ]
-    assert [d["name"] for d in info["dataset"]["domains"]] == ["default"]
+    assert [d["name"] for d in info["dataset"]["domains"]] == ["books", "films"]
     # the domain's mask and items are built once and handed out read-only
     mask = pred.domain_mask("films")
     assert mask.sum() == len(pred.items) - 20 and not mask.flags.writeable
@@ -867,9 +867,9 @@ def test_recommend_explanations_are_leave_one_out_of_the_score_served(client):
 @pytest.mark.parametrize(
     "rating, timestamp, said",
     [
-        ("'abc'", "NULL", "stored rating 'abc' is not a number"),
-        ("9e999", "NULL", "stored rating inf is not a number"),
-        ("X'0102'", "NULL", "stored rating b'\\x01\\x02' is not a number"),
+        ("'abc'", "NULL", "stored rating 'abc' is not a finite number"),
+        ("9e999", "NULL", "stored rating inf is not a finite number"),
+        ("X'0102'", "NULL", "stored rating b'\\x01\\x02' is not a finite number"),
         ("5", "'yesterday'", "stored timestamp 'yesterday' is not an integer"),
         ("5", "1.5", "stored timestamp 1.5 is not an integer"),
     ],

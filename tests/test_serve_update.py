@@ -311,19 +311,26 @@ def test_update_describes_the_merged_log_and_export_says_it_is_in_sample(run, tm
     assert "update trained on every user" in report["note"]
 
 
+def _fit_two_domains(tmp_path, where: str):
+    """serve_world's files with items it0-it14 in "books" and the rest in "films", named
+    in one file only (``where``: "T" or "I"), fitted: (paths, RUN, RUN2 to update into)."""
+    from serve_world import FAST, make_world
+
+    paths = make_world(tmp_path)
+    frame = pd.read_csv(paths[where])
+    frame["domain"] = np.where(frame.item_id.str[2:].astype(int) < 15, "books", "films")
+    frame.to_csv(paths[where], index=False)
+    run, run2 = tmp_path / "RUN", tmp_path / "RUN2"
+    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
+    assert main([*fit, *FAST]) == 0
+    return paths, run, run2
+
+
 def test_update_takes_feedback_on_an_unrated_item_of_a_domain_only_the_catalogue_has(tmp_path):
     # T names two domains and I none: unrated items are domain "default", which no
     # training row has. Feedback on one gave it code 2 beside two domain names, and
     # update died in an IndexError while counting the merged log
-    from serve_world import FAST, make_world
-
-    paths = make_world(tmp_path)
-    t = pd.read_csv(paths["T"])
-    t["domain"] = np.where(t.item_id.str[2:].astype(int) < 15, "books", "films")
-    t.to_csv(paths["T"], index=False)
-    run, run2 = tmp_path / "RUN", tmp_path / "RUN2"
-    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
-    assert main([*fit, *FAST]) == 0
+    paths, run, run2 = _fit_two_domains(tmp_path, "T")
     store = FeedbackStore(tmp_path / "fb")
     store.add("c9", [FeedbackRow("it35", 1.0, None), FeedbackRow("it3", 1.0, None)])
     argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb"), "--out", str(run2)]
@@ -440,15 +447,7 @@ def test_a_domain_only_the_items_file_names_is_the_logs_too_before_and_after_upd
     # I names two domains and T none: the log was all "default", and update then coded
     # feedback on never-rated items by the catalogue (a "films" beside "default" with
     # films in it). The log's rows take their item's domain at fit
-    from serve_world import FAST, make_world
-
-    paths = make_world(tmp_path)
-    items = pd.read_csv(paths["I"])
-    items["domain"] = np.where(items.item_id.str[2:].astype(int) < 15, "books", "films")
-    items.to_csv(paths["I"], index=False)
-    run, run2 = tmp_path / "RUN", tmp_path / "RUN2"
-    fit = ["fit", "--train", str(paths["T"]), "--items", str(paths["I"]), "--out", str(run)]
-    assert main([*fit, *FAST]) == 0
+    paths, run, run2 = _fit_two_domains(tmp_path, "I")
     t = pd.read_csv(paths["T"])
     films = int((t.item_id.str[2:].astype(int) >= 15).sum())
     info = json.loads((run / "meta.json").read_text())

@@ -288,3 +288,32 @@ def test_a_folder_named_like_a_shard_is_left_alone(tmp_path):
     assert stats["stored"] and junk.is_dir()
     _, stats = cache.get_or_compute(enc, ["a", "b"])
     assert stats["hits"] == 2
+
+
+def test_embed_says_when_it_repaired_the_cache_and_fails_when_it_kept_nothing(
+    tmp_path, capsys, monkeypatch
+):
+    # a damaged shard was dropped and every text encoded again with exit 0 and no word
+    # (it looked like a cold start), and a cache that stored nothing still exited 0
+    import json
+
+    from metarec.cli import main
+
+    monkeypatch.setenv("METAREC_HOME", str(tmp_path / "home"))
+    argv = ["embed", "goodbooks-sample", "--model", "hashing", "--json"]
+    cache = tmp_path / "c"
+    assert main([*argv, "--cache", str(cache)]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["stored"] and first["dropped_shards"] == 0 and not first["index_rebuilt"]
+    shard = next(cache.rglob("shard-*.safetensors"))
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    assert main([*argv, "--cache", str(cache)]) == 0
+    out, err = capsys.readouterr()
+    again = json.loads(out)
+    assert again["dropped_shards"] == 1 and again["encoded"] == first["encoded"]
+    assert "was damaged: 1 shard(s) dropped" in err
+    (tmp_path / "afile").write_text("x")
+    assert main([*argv, "--cache", str(tmp_path / "afile")]) == 2
+    assert "could not store the vectors" in capsys.readouterr().err

@@ -605,3 +605,31 @@ def test_a_first_step_divergence_names_the_inner_loop(problem):
     with pytest.raises(T.MetaLossDiverged) as err:
         train(split, feats, SC, wild, _cfg(steps=4), progress=False)
     assert err.value.step == 1
+
+
+@pytest.mark.parametrize(
+    "algorithm, said",
+    [
+        ("maml", "lower meta.inner_lr or meta.inner_steps (rank_meta.* for the ranking model)"),
+        ("np", "the loss diverged before any outer update: try another seed"),
+    ],
+)
+def test_the_divergence_advice_names_only_keys_the_algorithm_reads(
+    problem, monkeypatch, algorithm, said
+):
+    # "lower meta.inner_lr" for a neural process, which fit's warning calls a setting
+    # with no effect
+    from metarec.meta.algorithms import MetaLearner
+
+    split, feats = problem
+    real = MetaLearner.meta_grads
+
+    def nan_loss(self, params, x):
+        loss, grads = real(self, params, x)
+        return loss * float("nan"), grads
+
+    monkeypatch.setattr(MetaLearner, "meta_grads", nan_loss)
+    sc = SC if algorithm != "np" else dataclasses.replace(SC, user_vector=True)
+    with pytest.raises(MetarecError) as err:
+        train(split, feats, sc, MetaConfig(algorithm=algorithm), _cfg(steps=2), progress=False)
+    assert said in str(err.value)

@@ -64,7 +64,7 @@ def check_run_target(out: str | Path) -> Path:
         out = Path(os.path.realpath(out))
     # a RUN inside another: the outer one's next replacement deleted it without a word
     # (predict, recommend and export already refuse to write into a RUN)
-    outer = next((p for p in out.resolve().parents if _is_run(p)), None)
+    outer = next((p for p in out.resolve().parents if is_run(p)), None)
     if outer is not None:
         raise MetarecError(
             f"{out} is inside the RUN {outer}; write the RUN elsewhere (replacing {outer} "
@@ -72,6 +72,18 @@ def check_run_target(out: str | Path) -> Path:
         )
     if out.exists() and not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
+    if out.exists():
+        # a RUN replaces its folder by renaming it: the current folder (or one holding
+        # it) and a mount point cannot be renamed ("Device or resource busy"), found
+        # only after the whole training
+        here = Path.cwd().resolve()
+        whole = out.resolve()
+        if whole == here or whole in here.parents or os.path.ismount(whole):
+            kind = "a mount point" if os.path.ismount(whole) else "the current folder or holds it"
+            raise MetarecError(
+                f"{out} is {kind}: a RUN replaces its folder by a rename, which that "
+                f"cannot take; give a path inside it (e.g. {Path(out) / 'RUN'})"
+            )
     # the RUN is staged beside out and renamed in: that folder must take a new entry
     # (a read-only or immutable one failed after the whole training)
     check_can_create(out)
@@ -79,7 +91,7 @@ def check_run_target(out: str | Path) -> Path:
         return out
     if not any(out.iterdir()):
         return out
-    if _is_run(out):
+    if is_run(out):
         # a RUN is replaced whole: a file the user put beside its files (notes, a P.csv)
         # went with it without a word
         files = json.loads((out / "manifest.json").read_text())["files"]
@@ -108,7 +120,7 @@ def check_run_target(out: str | Path) -> Path:
     )
 
 
-def _is_run(folder: Path) -> bool:
+def is_run(folder: Path) -> bool:
     """Whether ``folder`` holds a metarec RUN's manifest (any format version): a JSON
     object with ``format_version`` and ``files``. Any manifest.json counted before, so a
     project folder holding a web app's one could be replaced by ``fit --out`` whole."""
@@ -231,7 +243,8 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
     if not isinstance(manifest, dict):
         raise MetarecError(f"{manifest_path}: corrupt manifest (not a JSON object)")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    # the integer itself: true and 1.0 compare equal to 1 and were taken
+    if type(version) is not int or version != FORMAT_VERSION:
         # "'1' is not supported (this metarec reads version 1)" read as a contradiction
         spelled = " (a string, not the number)" if str(version) == str(FORMAT_VERSION) else ""
         raise MetarecError(

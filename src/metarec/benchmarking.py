@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from metarec.errors import MetarecError
+from metarec.errors import MetarecError, user_path
 
 
 def json_path(text: str) -> Path:
     """argparse type of ``--json``: a file path whose folder exists or can be made."""
-    path = Path(text).expanduser()
+    path = user_path(text)
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path")
     if path.is_dir():

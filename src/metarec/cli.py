@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from metarec.errors import MetarecError
+from metarec.errors import MetarecError, user_path
 
 EXIT_USAGE = 2
 
@@ -184,7 +184,7 @@ def cmd_embed(args) -> int:
 
     ds = _load(args)
     encoder = make_encoder(args.model, device=args.device)
-    cache_dir = Path(args.cache).expanduser() if args.cache else default_embedding_dir()
+    cache_dir = user_path(args.cache) if args.cache else default_embedding_dir()
     stats = embed_dataset(ds, encoder, cache_dir, show_progress=not args.json)
     if not stats["items_with_text"] and not stats.get("users_with_text"):
         # it embedded nothing and exited 0, so "warm the cache before fit" silently did not
@@ -196,6 +196,21 @@ def cmd_embed(args) -> int:
                 if args.name in ("csv", "parquet")
                 else ""
             )
+        )
+    if stats["encoded"] and not stats["stored"]:
+        # embed exists to fill the cache: vectors that could not be kept (a cache path
+        # that is a file, a read-only folder) are a failure here, not a warning and exit 0
+        raise MetarecError(
+            f"embed: the cache {stats['cache_dir']} could not store the vectors (see the "
+            "warning above); give a writable --cache"
+        )
+    if stats["dropped_shards"] or stats["index_rebuilt"]:
+        print(
+            f"metarec: warning: the embedding cache {stats['cache_dir']} was damaged: "
+            f"{stats['dropped_shards']} shard(s) dropped"
+            + (", index rebuilt" if stats["index_rebuilt"] else "")
+            + "; their texts were encoded again",
+            file=sys.stderr,
         )
     if args.json:
         _print_json(stats)
@@ -255,8 +270,9 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
             raise MetarecError(
                 f"--out {out} is the --{flag} file it reads; write the output elsewhere"
             )
-    check_can_create(writable_target(out))  # before the scoring, not at the write
-    check_derived_run(out, run, what)
+    target = writable_target(out)
+    check_derived_run(out, run, what)  # first: a path inside the RUN is never probed
+    check_can_create(target)  # before the scoring, not at the write
 
 
 def _write_csv_atomic(frame, out: Path) -> None:
@@ -290,8 +306,8 @@ def cmd_fit(args) -> int:
     if config.text.cache:
         # a cache inside the RUN folder made the finished fit fail on its own files
         # ("a RUN holding files it did not write"), after the whole fit, and stay there
-        cache = Path(config.text.cache).expanduser().resolve()
-        out = Path(args.out).expanduser().resolve()
+        cache = user_path(config.text.cache).resolve()
+        out = user_path(args.out).resolve()
         if cache == out or out in cache.parents:
             raise MetarecError(
                 f"text.cache {config.text.cache} is inside --out {args.out}: a RUN folder "
@@ -593,13 +609,22 @@ def cmd_update(args) -> int:
     return 0
 
 
+MAX_QUICKSTART_SEEDS = 100  # quickstart --seeds: each is a whole run of the main job
+
+
 def _shots(text: str | None) -> tuple[int, ...]:
-    """--shots "1,3,5,10" -> (1, 3, 5, 10); "" -> ()."""
+    """--shots "1,3,5,10" -> (1, 3, 5, 10); "" -> (). An empty item beside others
+    (",,", "1,,3") is refused: ",," ran with no K-curve without a word."""
+    if not (text or "").strip():
+        return ()
+    parts = [k.strip() for k in text.split(",")]
     try:
-        return tuple(int(k) for k in (text or "").split(",") if k.strip())
+        if not all(parts):
+            raise ValueError
+        return tuple(int(k) for k in parts)
     except ValueError:
         raise MetarecError(
-            f"--shots {text!r}: want comma-separated integers, e.g. 1,3,5,10"
+            f"--shots {text!r}: want comma-separated integers, e.g. 1,3,5,10 ('' = none)"
         ) from None
 
 
@@ -607,8 +632,11 @@ def cmd_quickstart(args) -> int:
     """The main job: user cold-start on the bundled goodbooks-sample, meta-model vs baselines."""
     from metarec.experiment import quickstart_config
 
-    if args.seeds < 1:
-        raise MetarecError(f"quickstart: --seeds must be >= 1, got {args.seeds}")
+    if not 1 <= args.seeds <= MAX_QUICKSTART_SEEDS:
+        # each seed is a whole run (~2.5 min on 2 cores): 100000 was taken and ran on
+        raise MetarecError(
+            f"quickstart: --seeds must be in [1, {MAX_QUICKSTART_SEEDS}], got {args.seeds}"
+        )
     config = quickstart_config(
         seeds=args.seeds,
         steps=args.steps,

@@ -31,6 +31,7 @@ from datetime import timedelta
 import torch
 
 from metarec.devices import resolve_device
+from metarec.errors import user_path
 from metarec.types import MetarecError
 
 
@@ -267,7 +268,6 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
     on rows preprocessing removed).
     """
     import dataclasses
-    from pathlib import Path
 
     from metarec.features import embed_dataset
     from metarec.model import default_embedding_dir
@@ -294,7 +294,7 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
             on_prepared(dataset)
         t = config.text
         with main_first(ctx):
-            root = Path(cache_dir or t.cache or default_embedding_dir()).expanduser()
+            root = user_path(cache_dir or t.cache or default_embedding_dir())
             encoder = make_encoder(t.model, device=t.device)
             # user texts only where the fit reads them (text.user_text): they were
             # encoded and cached, then left unused

@@ -31,3 +31,18 @@ def exact_g(value: float) -> str:
             if f32(float(text)) == number:
                 return text
     return repr(number)
+
+
+def user_path(text: object):
+    """``text`` (a path a user typed: a flag, a config value, an environment variable)
+    as a ``Path`` with ``~`` and ``~user`` expanded as a shell would. A user with no home
+    ("~nosuchuser/data") is a one-line :class:`MetarecError`: ``Path.expanduser`` raised
+    a bare RuntimeError, a traceback from every command that read such a path."""
+    from pathlib import Path
+
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise MetarecError(
+            f"{text}: cannot expand '~': no such user, or no home directory"
+        ) from None

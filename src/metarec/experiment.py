@@ -32,6 +32,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -42,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 
 from metarec import evaluate as evaluation
-from metarec.atomic import check_can_create, finite_json, staging_dir, write_text
+from metarec.atomic import finite_json, staging_dir, staging_prefix, write_text
 from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -751,6 +752,9 @@ class Results:
         for name in self.methods():
             runs = [r for r in self.runs if r.method == name and _scenario_of(r) == "main"]
             fit[name] = {
+                # the seed of each entry of the lists below: a seed whose fit failed has
+                # none, so position i is not config.seeds[i]
+                "seeds": [r.seed for r in runs],
                 "fit_seconds": [round(r.fit_seconds, 3) for r in runs],
                 "fit_cpu_seconds": [round(r.fit_cpu_seconds, 3) for r in runs],
                 "chosen": [r.chosen for r in runs],
@@ -1796,6 +1800,16 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         )
     if out.exists() and not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a folder for the results")
+    from metarec.artifacts import is_run
+
+    # a RUN (or a folder inside one): the results went in beside its files, and the next
+    # `fit --out` there refused it as a RUN holding files it did not write
+    held = next((p for p in (out.resolve(), *out.resolve().parents) if is_run(p)), None)
+    if held is not None:
+        raise MetarecError(
+            f"{out} is {'a metarec RUN' if held == out.resolve() else f'inside the RUN {held}'}"
+            "; write the results to a folder of their own"
+        )
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -1803,8 +1817,15 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
         raise MetarecError(f"cannot create {out}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MetarecError(f"cannot write results under {probe}: permission denied")
-    # a real file made and removed where the results go: os.access says yes to root
-    check_can_create(out / RESULT_FILES[0])
+    # os.access says yes to root everywhere (and /proc, a read-only mount or an NFS
+    # root_squash folder then failed only when the results were written, after the whole
+    # run): write and remove a real file where the first folder will be made
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix("results"), dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise MetarecError(f"cannot write results under {probe}: {e.strerror or e}") from None
     _check_result_targets(out)
 
 

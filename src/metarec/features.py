@@ -122,6 +122,11 @@ def embed_texts(
     if cache is not None:
         vecs, cstats = cache.get_or_compute(encoder, todo, batch_size, show_progress)
         stats.update(hits=cstats["hits"], misses=cstats["misses"], encoded=cstats["encoded"])
+        # what the cache repaired or failed to keep: `metarec embed` reports it (a
+        # damaged shard's silent full re-encode looked like a cold start)
+        for key in ("dropped_shards", "index_rebuilt", "stored"):
+            if key in cstats:
+                stats[key] = cstats[key]
     else:
         vecs = np.asarray(encoder.encode(todo, batch_size=batch_size, show_progress=show_progress))
         stats["encoded"] = len(todo)
@@ -508,6 +513,11 @@ def embed_dataset(
         "hits": istats["hits"] + ustats["hits"],
         "misses": istats["misses"] + ustats["misses"],
         "encoded": istats["encoded"] + ustats["encoded"],
+        # the cache's own repairs: shards dropped as damaged, an index rebuilt, and
+        # whether the newly encoded vectors were stored for the next run
+        "dropped_shards": int(istats.get("dropped_shards", 0) + ustats.get("dropped_shards", 0)),
+        "index_rebuilt": bool(istats.get("index_rebuilt") or ustats.get("index_rebuilt")),
+        "stored": bool(istats.get("stored", True) and ustats.get("stored", True)),
         "seconds": round(seconds, 3),
         "texts_per_second": round(n_text / seconds, 1) if seconds > 0 else None,
         "cache_dir": str(cache.root),

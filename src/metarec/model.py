@@ -53,6 +53,7 @@ from metarec.blend import (
 )
 from metarec.config import check_field_types, deep_merge, from_dict, to_dict
 from metarec.devices import resolve_device
+from metarec.errors import user_path
 from metarec.features import FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import ALGORITHMS, MetaConfig, MetaLearner
 from metarec.meta.ensemble import EnsembleLearner, member_params, member_prefix, merge_members
@@ -698,8 +699,7 @@ class MetaRecommender(Recommender):
             part = self._train_part(
                 _in_rating_units(full, self.rating_unit, self.rating_offset),
                 "rating",
-                # the step fit trained with (lowered there if its inner loop diverged)
-                self.rating_.learner.cfg,
+                _trained_meta(cfg.meta, self.rating_),
                 tcfg,
                 dataset,
                 members=cfg.rating_members,
@@ -713,7 +713,7 @@ class MetaRecommender(Recommender):
             part = self._train_part(
                 _as_likes(full, self._like_threshold()),
                 "binary",
-                self.rank_.learner.cfg,
+                _trained_meta(cfg.rank_meta or cfg.meta, self.rank_),
                 cfg.rank_train(tcfg, held_out=new_items),
                 dataset,
                 members=cfg.rank_members_for(new_items),
@@ -1023,7 +1023,7 @@ class MetaRecommender(Recommender):
         return build_features(
             dataset,
             make_encoder(t.model, device=t.device),
-            cache=Path(t.cache).expanduser() if t.cache else default_embedding_dir(),
+            cache=user_path(t.cache) if t.cache else default_embedding_dir(),
             text_template=t.template,
             pca_dim=t.pca_dim,
             whiten=t.whiten,
@@ -1156,8 +1156,12 @@ class MetaRecommender(Recommender):
                 # uses. Only SGD inner loops have a step to halve; after INNER_LR_BACKOFFS
                 # halvings the error stands.
                 # (the pooled model trains with 0 inner steps: no step to blame there)
-                sgd = ALGORITHMS[meta.algorithm].inner == "sgd" and meta.inner_steps > 0
-                if backoff == INNER_LR_BACKOFFS or not sgd:
+                algo = ALGORITHMS[meta.algorithm]
+                sgd = algo.inner == "sgd" and meta.inner_steps > 0
+                # Meta-SGD's step sizes are parameters: a transfer target starts from the
+                # source model's learned ones, which inner_lr does not reach
+                fixed = algo.learn_step_sizes and "init" in kwargs
+                if backoff == INNER_LR_BACKOFFS or not sgd or fixed:
                     raise
                 lowered = dataclasses.replace(meta, inner_lr=meta.inner_lr / 2)
                 warnings.warn(
@@ -1766,6 +1770,14 @@ class MetaRecommender(Recommender):
         default = self.name == f"MetaRec-{self.config.meta.algorithm}"
         if default and self.rating_ is None and self.rank_ is not None:
             self.name = f"MetaRec-{self.scoring_algorithm}"
+
+
+def _trained_meta(configured: MetaConfig, part: _Part) -> MetaConfig:
+    """The MetaConfig a refit trains ``part`` again with: the configured one at the inner
+    step fit trained with (lowered there if its meta-loss diverged). Not the part's
+    learner config itself: the pooled model's holds its fine-tuning steps, and a refit
+    with it meta-trained instead of training the pooled model."""
+    return dataclasses.replace(configured, inner_lr=part.learner.cfg.inner_lr)
 
 
 def _member_kwargs(kwargs: dict, j: int, members: int) -> dict:

@@ -202,8 +202,14 @@ def verdict(results: Results, table: dict, metric: str) -> str:
         )
     bv = _best(table, metric, learned)
     if bv is not None and bv != dm and table[bv][metric]["mean"] != vm["mean"]:
+        # its mean may stand on fewer seeds than the default's (failed fits): say so
+        fewer = (
+            f" over {_valued(table[bv][metric])} of {_valued(vm)} seeds"
+            if _valued(table[bv][metric]) < _valued(vm)
+            else ""
+        )
         line += (
-            f" (Variant {bv} scores {table[bv][metric]['mean']:.4f} on test; it is shown, "
+            f" (Variant {bv} scores {table[bv][metric]['mean']:.4f}{fewer} on test; it is shown, "
             "not chosen: picking it on these numbers would be selecting on test users.)"
         )
     return line
@@ -496,7 +502,11 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
     for name in names:
         runs = results.runs_of(name, results.main_k)
         if runs and runs[0].history:
-            curves.append((name, runs[0].history))
+            # a method that failed on the first seed shows a later one's curve: its title
+            # says which (the plot's heading named the first seed for every panel)
+            first = results.config.seeds[0]
+            tag = "" if runs[0].seed == first else f" (seed {runs[0].seed})"
+            curves.append((name + tag, runs[0].history))
     if curves:
         n = len(curves)
         cols = min(4, n)

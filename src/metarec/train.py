@@ -743,12 +743,23 @@ def train(
                 # at the first step no outer update has happened: the inner loop diverged
                 # on its own (a probe's 2- and 3-item catalogues at the default inner_lr),
                 # and lowering outer_lr, as the message said, cannot help
-                advice = (
-                    "the inner loop diverged before any outer update: lower meta.inner_lr "
-                    "or meta.inner_steps, or try another seed"
-                    if step == 0
-                    else "lower meta.inner_lr or train.outer_lr"
+                # only an SGD inner loop has a step to lower (a neural process or the
+                # ridge head adapts without one); the ranking model's keys are rank_meta.*
+                keys = (
+                    "meta.inner_lr or meta.inner_steps (rank_meta.* for the ranking model)"
+                    if learner.algorithm.inner == "sgd"
+                    else None
                 )
+                if step == 0:
+                    advice = (
+                        f"the inner loop diverged before any outer update: lower {keys}, or "
+                        "try another seed"
+                        if keys
+                        else "the loss diverged before any outer update: try another seed, "
+                        "or look for extreme feature values"
+                    )
+                else:
+                    advice = f"lower {keys} or train.outer_lr" if keys else "lower train.outer_lr"
                 raise MetaLossDiverged(
                     f"train: meta-loss is {float(loss)} at step {step + 1} ({advice})", step + 1
                 )

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from metarec.atomic import atomic_path, staging_dir
+from metarec.errors import user_path
 from metarec.types import MetarecError
 
 HOME_ENV = "METAREC_HOME"
@@ -27,9 +28,9 @@ _CHUNK = 1 << 20
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     # "~/x" expanded as a shell would ($METAREC_HOME="~/x", quoted, made a literal ./~/x)
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
+        return user_path(cache_dir)
     env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "metarec"
+    return user_path(env) if env else Path.home() / ".cache" / "metarec"
 
 
 def sha256_file(path: Path) -> str:

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from metarec.data.raw import RawData, make_ratings_frame
+from metarec.errors import user_path
 from metarec.types import MetarecError
 
 DATA_DIR_ENV = "METAREC_DATA_DIR"
@@ -38,9 +39,9 @@ def resolve_dir(path: str | os.PathLike | None, folder: str, name: str) -> Path:
                 f"{name}: no data path given; pass --path /dir/{folder} (in an experiment "
                 f"config: data.path) or set {DATA_DIR_ENV} to the folder that contains {folder}/"
             )
-        p = Path(root).expanduser() / folder
+        p = user_path(root) / folder
     else:
-        p = Path(path).expanduser()
+        p = user_path(path)
     if p.exists() and not p.is_dir():
         raise MetarecError(f"{name}: data path {str(p)!r} is a file, not a folder")
     if not p.is_dir():
@@ -778,6 +779,20 @@ def read_table(
         # fit refuses an item named twice (files.read_side); split and info took it, the
         # later row silently replacing the earlier one's text
         ids = unique_id_column(side, key, str(ipath))
+        # every rated item must be in the items file, as `metarec fit` requires: info,
+        # split, embed and evaluate gave the missing ones empty text without a word (a
+        # log writing 7 beside an items file writing 007 lost every item's text)
+        missing = ~ratings["item_id"].isin(set(ids))
+        if missing.any():
+            from metarec.data.files import numeric_look_alike
+
+            bad = str(ratings["item_id"][missing].iloc[0])
+            alike = numeric_look_alike(bad, ids)
+            raise MetarecError(
+                f"{path}: item_id {bad!r} is not in the items file {ipath} "
+                f"({int(missing.sum())} rows with unknown items)"
+                + (f"; the items file has {alike!r}: ids are compared as written" if alike else "")
+            )
         item_frame = pd.DataFrame({"item_id": ids.to_numpy(object)})
         if not (text_cols or cat_cols or num_cols):
             # none named: the roles are inferred as `metarec fit --items` infers them.
@@ -817,13 +832,25 @@ def read_table(
                 # warning, yet dropped: a catalogue's unrated items lost their domain)
                 from metarec.data.files import domain_names
 
-                item_frame["domain"] = domain_names(side["domain"]).to_numpy(object)
-                cat_cols = (*cat_cols, "domain")
+                names = domain_names(side["domain"])
+                # one that names no domain (empty throughout) is no domain column, as
+                # `metarec fit` reads it
+                if (names != "default").any():
+                    item_frame["domain"] = names.to_numpy(object)
+                    cat_cols = (*cat_cols, "domain")
         if domain is not None and "domain" not in item_frame.columns:
-            # An item's domain is the one its interactions carry (first seen wins).
+            # An item's domain is the one its interactions carry (first seen wins); an
+            # item nobody rated is in "default", as `metarec fit` puts it (it was NaN)
             first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
-            item_frame["domain"] = item_frame["item_id"].map(first).to_numpy(object)
+            mapped = item_frame["item_id"].map(first).fillna("default")
+            item_frame["domain"] = mapped.to_numpy(object)
             cat_cols = (*cat_cols, "domain")
+        elif domain is None and "domain" in item_frame.columns:
+            # the items file alone names domains: the log's rows take their item's, as
+            # `metarec fit` reads T (a cross-domain evaluate found one domain, "default")
+            ratings["domain"] = (
+                ratings["item_id"].map(item_frame.set_index("item_id")["domain"]).to_numpy(object)
+            )
     elif text_cols or cat_cols or num_cols:
         raise MetarecError("item side columns were given but no items file (--items)")
     if domain is not None:

@@ -63,7 +63,8 @@ def _checked(path: Path, item_id: object, rating: object, timestamp: object) -> 
     r = _number(rating)
     if r is None or abs(r) > _F32_MAX:  # ratings are held in float32
         raise StoreDamaged(
-            f"{path}: damaged feedback store: stored rating {rating!r} is not a number"
+            f"{path}: damaged feedback store: stored rating {rating!r} is not a finite "
+            "number in float32's range"
         )
     t = timestamp
     if t is not None:

@@ -25,6 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from metarec.errors import user_path
 from metarec.types import MetarecError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -211,7 +212,7 @@ def _module_configs(model_dir: Path) -> list[tuple[str, dict]]:
 
 def _expand(spec: str) -> Path:
     try:
-        return Path(spec).expanduser()
+        return user_path(spec)
     except RuntimeError:  # "~nosuchuser/m": no home to expand; then it is no folder here
         return Path(spec)
 
