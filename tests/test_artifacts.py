@@ -1,6 +1,7 @@
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -286,10 +287,24 @@ def test_replace_dir_leaves_no_aside_folder_when_the_target_cannot_move(tmp_path
 
 
 def test_a_format_version_spelled_as_text_says_so(tmp_path):
-    import json
 
     from metarec.artifacts import load_run
 
-    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": "1", "files": {}}))
-    with pytest.raises(MetarecError, match=r"version '1' \(a string, not the number\)"):
-        load_run(tmp_path)
+    for spelled, said in (('"1"', "'1' (a str"), ("1.0", "1.0 (a float"), ("true", "True (a bool")):
+        (tmp_path / "manifest.json").write_text(f'{{"format_version": {spelled}, "files": {{}}}}')
+        with pytest.raises(MetarecError, match=re.escape(f"version {said}, not the integer)")):
+            load_run(tmp_path)
+
+
+def test_a_run_out_of_dot_is_refused_before_the_work_and_its_full_path_taken(tmp_path, monkeypatch):
+    # "." cannot be renamed (EBUSY), found only after the training; the same folder by
+    # its full path can be, and was wrongly refused for a while
+    from metarec.artifacts import check_run_target
+
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for out in (".", "./", ".."):
+        with pytest.raises(MetarecError, match="a . or .. path"):
+            check_run_target(out)
+    assert check_run_target(str(here)) == here

@@ -1025,7 +1025,9 @@ def test_a_rated_item_missing_from_a_release_item_file_is_refused(ml100k):
 
     lines = (ml100k / "u.item").read_bytes().splitlines(keepends=True)
     (ml100k / "u.item").write_bytes(lines[0] + lines[2])  # movie 20, rated, has no row
-    with pytest.raises(MetarecError, match=r"1 rating items have no row in the item file .*'20'"):
+    with pytest.raises(
+        MetarecError, match=r"1 item\(s\) with ratings have no row in the item file .*'20'"
+    ):
         read_raw("movielens-100k", ml100k)
 
 
@@ -1035,7 +1037,9 @@ def test_a_rating_user_missing_from_a_release_user_file_is_refused(ml100k):
 
     lines = (ml100k / "u.user").read_bytes().splitlines(keepends=True)
     (ml100k / "u.user").write_bytes(b"".join(lines[:-1]))
-    with pytest.raises(MetarecError, match=r"1 rating users have no row in the user file"):
+    with pytest.raises(
+        MetarecError, match=r"1 user\(s\) with ratings have no row in the user file"
+    ):
         read_raw("movielens-100k", ml100k)
 
 
@@ -1156,3 +1160,17 @@ def test_a_path_under_an_unknown_users_home_is_one_line(tmp_path, monkeypatch, c
     monkeypatch.setenv("METAREC_DATA_DIR", "~nosuchuser-metarec/x")
     assert main(["info", "movielens-100k"]) == 2
     assert "~nosuchuser-metarec/x: cannot expand" in capsys.readouterr().err
+
+
+def test_csv_domains_named_as_a_column_or_left_empty_in_t_are_read_as_fit_reads_them(tmp_path):
+    # a domain column named as categorical went into the log raw (a NaN domain, not
+    # valid JSON); a T domain column empty throughout kept I's domains from the log
+    from metarec.data import load_dataset
+
+    p = write(tmp_path / "t.csv", "user_id,item_id,rating\nu1,7,5\nu1,b,3\nu2,b,4\n")
+    i = write(tmp_path / "i.csv", "item_id,title,domain\n7,seven,films\nb,bee,\nc,sea,films\n")
+    ds = load_dataset("csv", path=p, items=i, text_cols=["title"], categorical_cols=["domain"])
+    assert set(ds.domains) == {"films", "default"}
+    t_empty = write(tmp_path / "te.csv", "user_id,item_id,rating,domain\nu1,7,5,\nu2,b,4,\n")
+    i2 = write(tmp_path / "i2.csv", "item_id,title,domain\n7,seven,films\nb,bee,books\n")
+    assert read_table(t_empty, items=i2).ratings["domain"].tolist() == ["films", "books"]

@@ -612,6 +612,8 @@ def test_a_first_step_divergence_names_the_inner_loop(problem):
     [
         ("maml", "lower meta.inner_lr or meta.inner_steps (rank_meta.* for the ranking model)"),
         ("np", "the loss diverged before any outer update: try another seed"),
+        # the pooled model: an SGD algorithm with no inner step
+        ("pooled", "the loss diverged before any outer update: try another seed"),
     ],
 )
 def test_the_divergence_advice_names_only_keys_the_algorithm_reads(
@@ -630,6 +632,11 @@ def test_the_divergence_advice_names_only_keys_the_algorithm_reads(
 
     monkeypatch.setattr(MetaLearner, "meta_grads", nan_loss)
     sc = SC if algorithm != "np" else dataclasses.replace(SC, user_vector=True)
+    meta = (
+        MetaConfig(algorithm="fomaml", inner_steps=0)
+        if algorithm == "pooled"
+        else MetaConfig(algorithm=algorithm)
+    )
     with pytest.raises(MetarecError) as err:
-        train(split, feats, sc, MetaConfig(algorithm=algorithm), _cfg(steps=2), progress=False)
+        train(split, feats, sc, meta, _cfg(steps=2), progress=False)
     assert said in str(err.value)

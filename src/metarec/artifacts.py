@@ -72,18 +72,16 @@ def check_run_target(out: str | Path) -> Path:
         )
     if out.exists() and not out.is_dir():
         raise MetarecError(f"{out} exists and is not a folder; give a new path for the RUN")
-    if out.exists():
-        # a RUN replaces its folder by renaming it: the current folder (or one holding
-        # it) and a mount point cannot be renamed ("Device or resource busy"), found
-        # only after the whole training
-        here = Path.cwd().resolve()
-        whole = out.resolve()
-        if whole == here or whole in here.parents or os.path.ismount(whole):
-            kind = "a mount point" if os.path.ismount(whole) else "the current folder or holds it"
-            raise MetarecError(
-                f"{out} is {kind}: a RUN replaces its folder by a rename, which that "
-                f"cannot take; give a path inside it (e.g. {Path(out) / 'RUN'})"
-            )
+    last = str(out).rstrip(os.sep).rsplit(os.sep, 1)[-1]
+    if out.exists() and (last in ("", ".", "..") or os.path.ismount(out)):
+        # a RUN replaces its folder by renaming it: a path ending in "." or ".." and a
+        # mount point cannot be renamed ("Device or resource busy"), found only after
+        # the whole training (the same folder by its full path can be)
+        raise MetarecError(
+            f"{out} is {'a mount point' if os.path.ismount(out) else 'a . or .. path'}: a "
+            "RUN replaces its folder by a rename, which that cannot take; give a path "
+            f"inside it (e.g. {Path(out) / 'RUN'}) or its full path"
+        )
     # the RUN is staged beside out and renamed in: that folder must take a new entry
     # (a read-only or immutable one failed after the whole training)
     check_can_create(out)
@@ -245,8 +243,13 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
     version = manifest.get("format_version")
     # the integer itself: true and 1.0 compare equal to 1 and were taken
     if type(version) is not int or version != FORMAT_VERSION:
-        # "'1' is not supported (this metarec reads version 1)" read as a contradiction
-        spelled = " (a string, not the number)" if str(version) == str(FORMAT_VERSION) else ""
+        # "'1' is not supported (this metarec reads version 1)" read as a contradiction,
+        # and so did 1.0 and true
+        spelled = (
+            f" (a {type(version).__name__}, not the integer)"
+            if version == FORMAT_VERSION or str(version) == str(FORMAT_VERSION)
+            else ""
+        )
         raise MetarecError(
             f"{path}: RUN format version {version!r}{spelled} is not supported "
             f"(this metarec reads version {FORMAT_VERSION}); re-run `metarec fit`"

@@ -747,7 +747,7 @@ def train(
                 # ridge head adapts without one); the ranking model's keys are rank_meta.*
                 keys = (
                     "meta.inner_lr or meta.inner_steps (rank_meta.* for the ranking model)"
-                    if learner.algorithm.inner == "sgd"
+                    if learner.algorithm.inner == "sgd" and meta_cfg.inner_steps > 0
                     else None
                 )
                 if step == 0:

@@ -239,7 +239,8 @@ def _check_rated_ids_have_rows(name: str, raw: RawData) -> None:
         missing = [i for i in rated if i not in known]
         if missing:
             raise MetarecError(
-                f"{name}: {len(missing)} rating {kind}s have no row in the {kind} file (e.g. "
+                f"{name}: {len(missing)} {kind}(s) with ratings have no row in the {kind} "
+                "file (e.g. "
                 f"{', '.join(map(repr, missing[:3]))}): is it truncated or from another "
                 "release?"
             )

@@ -758,6 +758,10 @@ def read_table(
         from metarec.data.files import domain_names
 
         domain = domain_names(frame[domain_col])
+        if not (domain != "default").any():
+            # a column that names no domain (empty, or "default", throughout) is none, as
+            # `metarec fit` reads T: the items file's domains then reach the log
+            domain = None
     ratings = make_ratings_frame(user_ids, item_ids, values, ts, domain)
 
     item_frame = None
@@ -826,13 +830,18 @@ def read_table(
                 item_frame[c] = side[c].astype("string").to_numpy(object)
             for c in num_cols:
                 item_frame[c] = optional_number(side[c])
-            if "domain" in side.columns and "domain" not in item_frame.columns:
+            if "domain" in side.columns:
                 # the items file's domain is read whether or not its other columns are
                 # named, as the inferred roles read it (it was left out of the unused-column
-                # warning, yet dropped: a catalogue's unrated items lost their domain)
+                # warning, yet dropped: a catalogue's unrated items lost their domain), and
+                # always as names, named as a column or not (copied raw, an empty cell
+                # became a domain NaN or '' in the log)
                 from metarec.data.files import domain_names
 
                 names = domain_names(side["domain"])
+                text_cols = tuple(c for c in text_cols if c != "domain")
+                cat_cols = tuple(c for c in cat_cols if c != "domain")
+                item_frame = item_frame.drop(columns="domain", errors="ignore")
                 # one that names no domain (empty throughout) is no domain column, as
                 # `metarec fit` reads it
                 if (names != "default").any():
