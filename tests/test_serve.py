@@ -249,6 +249,11 @@ def test_ids_with_control_characters_are_refused(client):
     body = {"user_id": "line1\nline2", "interactions": [{"item_id": "it4", "rating": 5}]}
     r = client.post("/feedback", json=body)
     assert r.status_code == 422 and "control character" in r.json()["detail"]
+    # and reading one is the same 422 whichever control character: a newline was a 404
+    # (Starlette's path pattern stops at it); a "/" still belongs to the id
+    for raw in ("a%0Ab", "a%09b", "a%0Db"):
+        r = client.get(f"/feedback/{raw}")
+        assert r.status_code == 422 and "control character" in r.json()["detail"], raw
 
 
 def test_a_422_lists_at_most_twenty_errors(client):

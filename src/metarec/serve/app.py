@@ -32,11 +32,13 @@ try:
     from fastapi.responses import JSONResponse
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
     from starlette.concurrency import run_in_threadpool
+    from starlette.convertors import Convertor, register_url_convertor
     from starlette.exceptions import HTTPException as StarletteHTTPException
 except ImportError as err:  # pragma: no cover - depends on the install
     raise ImportError(
         "metarec serve needs fastapi and uvicorn: pip install 'metarec[serve]'"
     ) from err
+
 
 from metarec.predictor import Predictor
 from metarec.recommender import top_k
@@ -44,6 +46,23 @@ from metarec.serve import schemas as S
 from metarec.serve.feedback import FeedbackRow, FeedbackStore, StoreDamaged, newest_per_item
 from metarec.serve.sessions import AdaptedCache, support_hash
 from metarec.types import Interactions, MetarecError
+
+
+class _AnyText(Convertor):
+    """A path parameter matching any text, line breaks included. Starlette's ``path``
+    (``.*``) stops at a newline, so GET /feedback/a%0Ab was a 404 "Not Found" while
+    /feedback/a%09b got the id rule's 422 ("id holds a control character")."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
 
 
 @dataclass(frozen=True)
@@ -499,7 +518,7 @@ def create_app(
         return S.FeedbackResponse(stored=n, unknown_items=unknown)
 
     @app.get(
-        "/feedback/{user_id:path}",  # ids may hold "/" (sent as %2F)
+        "/feedback/{user_id:anytext}",  # ids may hold "/" (sent as %2F), or a newline
         response_model=S.FeedbackList,
         dependencies=[Depends(auth)],
         responses=errs,
