@@ -1056,7 +1056,7 @@ def test_fit_with_a_user_who_rated_the_whole_catalogue(tmp_path):
     [
         (["quickstart", "--shots", "a"], "--shots 'a'"),
         (["quickstart", "--steps", "-3"], "--steps must be >= 1"),
-        (["quickstart", "--seeds", "0"], "--seeds must be >= 1"),
+        (["quickstart", "--seeds", "0"], "--seeds must be in [1, 100]"),
         (["evaluate", "--config", "TINY", "--only", ""], "names no method"),
         (["split", "goodbooks-sample", "--seed", "-5", "--out", "OUT"], "seed must be"),
         (["fit", "--train", "", "--items", "I.csv", "--out", "OUT"], "--train is empty"),

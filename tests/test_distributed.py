@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -256,20 +257,34 @@ def _two_ranks(code: str) -> list[str]:
             "MASTER_PORT": str(port),
             "PYTHONPATH": str(Path(__file__).parent),
         }
+        # output to files, not pipes: the pipes were drained one process at a time, and a
+        # rank whose stderr filled its pipe (gloo's retry lines under load) blocked there
+        # while the other waited for it in a collective; the test hung until its timeout
+        logs = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))
         procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", code],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            (
+                subprocess.Popen(
+                    [sys.executable, "-c", code], env=env, stdout=logs[0], stderr=logs[1]
+                ),
+                logs,
             )
         )
     outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-2000:]
-        outs.append(out.strip())
+    try:
+        for p, _ in procs:
+            p.wait(timeout=120)
+        for p, (out, err) in procs:
+            out.seek(0)
+            err.seek(0)
+            assert p.returncode == 0, err.read()[-2000:]
+            outs.append(out.read().strip())
+    finally:
+        for p, logs in procs:
+            if p.poll() is None:  # a hung rank is not left running after the test
+                p.kill()
+                p.wait()
+            for f in logs:
+                f.close()
     return outs
 
 
