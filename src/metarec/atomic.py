@@ -55,25 +55,42 @@ def writable_target(path: str | Path) -> Path:
     return path
 
 
-def check_can_create(path: str | Path) -> None:
-    """Before any work: ``path`` (a file or folder to be written, its missing parent
-    folders made on the way) can be created. The nearest existing ancestor must be a
-    folder in which a file can really be made: os.access says yes to root everywhere, so
-    a read-only mount, an immutable folder or /proc failed only at the write, after a
-    whole training run (``fit``, ``update``) or a scoring pass (``predict``), naming a
-    hidden staging file. A one-line :class:`MetarecError` names ``path``."""
-    path = Path(path)
-    probe = path.parent
+def nearest_existing(path: str | Path) -> Path:
+    """``path`` itself or its nearest ancestor that exists (a symlink, dangling or not,
+    counts as existing): where a write that makes the missing folders first lands."""
+    probe = Path(path)
     while not (probe.exists() or probe.is_symlink()) and probe != probe.parent:
         probe = probe.parent
-    if not probe.is_dir():
-        raise MetarecError(f"cannot write {path}: {probe} is not a folder")
+    return probe
+
+
+def write_refused(folder: Path, name: str) -> str | None:
+    """Why ``folder`` takes no new file, or None: a real staging file for target ``name``
+    is made and removed there (os.access says yes to root everywhere, so a read-only
+    mount, an immutable folder or /proc passed it)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(path.name), dir=probe)
+        fd, tmp = tempfile.mkstemp(prefix=staging_prefix(name), dir=folder)
         os.close(fd)
         os.unlink(tmp)
     except OSError as err:
-        raise MetarecError(f"cannot write {path} in {probe}: {err.strerror or err}") from None
+        return str(err.strerror or err)
+    return None
+
+
+def check_can_create(path: str | Path) -> None:
+    """Before any work: ``path`` (a file or folder to be written, its missing parent
+    folders made on the way) can be created. The nearest existing ancestor must be a
+    folder in which a file can really be made (:func:`write_refused`): a read-only or
+    immutable folder failed only at the write, after a whole training run (``fit``,
+    ``update``) or a scoring pass (``predict``), naming a hidden staging file. A one-line
+    :class:`MetarecError` names ``path``."""
+    path = Path(path)
+    probe = nearest_existing(path.parent)
+    if not probe.is_dir():
+        raise MetarecError(f"cannot write {path}: {probe} is not a folder")
+    why = write_refused(probe, path.name)
+    if why is not None:
+        raise MetarecError(f"cannot write {path} in {probe}: {why}")
 
 
 # Staging files and folders carry their writer's host and pid in the name

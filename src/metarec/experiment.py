@@ -32,7 +32,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -43,7 +42,13 @@ from typing import Any, Literal
 import numpy as np
 
 from metarec import evaluate as evaluation
-from metarec.atomic import finite_json, staging_dir, staging_prefix, write_text
+from metarec.atomic import (
+    finite_json,
+    nearest_existing,
+    staging_dir,
+    write_refused,
+    write_text,
+)
 from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -1810,22 +1815,17 @@ def check_output_dir(out_dir: str | os.PathLike) -> None:
             f"{out} is {'a metarec RUN' if held == out.resolve() else f'inside the RUN {held}'}"
             "; write the results to a folder of their own"
         )
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(out)
     if not probe.is_dir():
         raise MetarecError(f"cannot create {out}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise MetarecError(f"cannot write results under {probe}: permission denied")
-    # os.access says yes to root everywhere (and /proc, a read-only mount or an NFS
-    # root_squash folder then failed only when the results were written, after the whole
-    # run): write and remove a real file where the first folder will be made
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=staging_prefix("results"), dir=probe)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise MetarecError(f"cannot write results under {probe}: {e.strerror or e}") from None
+    # and a real file, where the first folder will be made: os.access says yes to root
+    # everywhere (/proc, a read-only mount or an NFS root_squash folder then failed only
+    # when the results were written, after the whole run)
+    why = write_refused(probe, "results")
+    if why is not None:
+        raise MetarecError(f"cannot write results under {probe}: {why}")
     _check_result_targets(out)
 
 

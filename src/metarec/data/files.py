@@ -289,6 +289,23 @@ def numeric_look_alike(wanted: str, ids: pd.Series, limit: int = 1_000_000) -> s
     return str(ids.iloc[int(hits[0])]) if len(hits) else None
 
 
+def check_items_listed(rated: pd.Series, listed: pd.Series, where: object, items: object) -> None:
+    """Every rated item id (``rated``, the log's item_id column) must be in ``listed`` (the
+    items file's ids), compared as written: a one-line error naming the first missing id,
+    how many rows name one, and an id of the items file that is the same number spelled
+    another way ("42.0" in I for "42" in T), where there is one."""
+    missing = ~rated.isin(set(listed))
+    if not missing.any():
+        return
+    bad = str(rated[missing].iloc[0])
+    alike = numeric_look_alike(bad, listed)
+    raise MetarecError(
+        f"{where}: item_id {bad!r} is not in the items file {items} "
+        f"({int(missing.sum())} rows with unknown items)"
+        + (f"; the items file has {alike!r}: ids are compared as written" if alike else "")
+    )
+
+
 def read_training_files(
     train: str | Path,
     items: str | Path,
@@ -312,21 +329,9 @@ def read_training_files(
     if rating_range is not None and feedback != "explicit":
         raise MetarecError(f"{train}: a rating range is for ratings; this log has labels (0/1)")
     item_frame, itext, icat, inum = read_side(items, "item_id")
-    missing = ~ratings["item_id"].isin(set(item_frame["item_id"]))
-    if missing.any():
-        bad = ratings["item_id"][missing].iloc[0]
-        # ids are compared as written: "42" in T and "42.0" in I (a float column as
-        # pandas writes it) are two ids; the message named neither spelling
-        alike = numeric_look_alike(str(bad), item_frame["item_id"])
-        raise MetarecError(
-            f"{train}: item_id {bad!r} is not in the items file {items} "
-            f"({int(missing.sum())} rows with unknown items)"
-            + (
-                f"; the items file has {alike!r}: ids are compared as written"
-                if alike is not None
-                else ""
-            )
-        )
+    # ids are compared as written: "42" in T and "42.0" in I (a float column as pandas
+    # writes it) are two ids; the message names the other spelling
+    check_items_listed(ratings["item_id"], item_frame["item_id"], train, items)
     check_log_domains(ratings, item_frame, train, items)
     if (
         "domain" in ratings.columns

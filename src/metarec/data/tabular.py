@@ -786,17 +786,9 @@ def read_table(
         # every rated item must be in the items file, as `metarec fit` requires: info,
         # split, embed and evaluate gave the missing ones empty text without a word (a
         # log writing 7 beside an items file writing 007 lost every item's text)
-        missing = ~ratings["item_id"].isin(set(ids))
-        if missing.any():
-            from metarec.data.files import numeric_look_alike
+        from metarec.data.files import check_items_listed
 
-            bad = str(ratings["item_id"][missing].iloc[0])
-            alike = numeric_look_alike(bad, ids)
-            raise MetarecError(
-                f"{path}: item_id {bad!r} is not in the items file {ipath} "
-                f"({int(missing.sum())} rows with unknown items)"
-                + (f"; the items file has {alike!r}: ids are compared as written" if alike else "")
-            )
+        check_items_listed(ratings["item_id"], ids, path, ipath)
         item_frame = pd.DataFrame({"item_id": ids.to_numpy(object)})
         if not (text_cols or cat_cols or num_cols):
             # none named: the roles are inferred as `metarec fit --items` infers them.
