@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from metarec.types import MetarecError
@@ -47,7 +48,9 @@ class StoreDamaged(MetarecError):
     with one line."""
 
 
-_F32_MAX = 3.4028234663852886e38
+# the largest rating a row may hold: ratings are held in float32 (serve.schemas bounds
+# requests by it too)
+RATING_MAX = float(np.finfo(np.float32).max)
 
 
 def _number(value: object) -> float | None:
@@ -61,7 +64,7 @@ def _number(value: object) -> float | None:
 def _checked(path: Path, item_id: object, rating: object, timestamp: object) -> FeedbackRow:
     """A stored row as a FeedbackRow, or StoreDamaged naming the store and the value."""
     r = _number(rating)
-    if r is None or abs(r) > _F32_MAX:  # ratings are held in float32
+    if r is None or abs(r) > RATING_MAX:
         raise StoreDamaged(
             f"{path}: damaged feedback store: stored rating {rating!r} is not a finite "
             "number in float32's range"

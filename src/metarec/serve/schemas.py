@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 
-# int64-safe timestamp bounds (timestamps become int64 arrays downstream): the store's
+# the store's bounds: float32's range for a rating, int64-safe timestamps (timestamps
+# become int64 arrays downstream)
+from metarec.serve.feedback import RATING_MAX
 from metarec.serve.feedback import TIMESTAMP_MAX as _TS_MAX
 from metarec.serve.feedback import TIMESTAMP_MIN as _TS_MIN
 from metarec.types import id_to_str
@@ -26,9 +27,6 @@ RawId = Annotated[
     BeforeValidator(id_to_str),
     Field(description="raw id: a string (integers are read as strings)"),
 ]
-
-
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _Body(BaseModel):
@@ -42,8 +40,8 @@ class Interaction(_Body):
         # float32's range (ratings are held in float32); the run's own scale is checked
         # per request (Predictor.check_values): a fixed +-1e6 refused a 1e6-5e6 run's
         # own top ratings, which `metarec predict` takes
-        ge=-_F32_MAX,
-        le=_F32_MAX,
+        ge=-RATING_MAX,
+        le=RATING_MAX,
         description="explicit rating, or 1/0 (liked / not) for implicit data",
         examples=[5.0],
     )
