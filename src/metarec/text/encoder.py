@@ -211,10 +211,8 @@ def _module_configs(model_dir: Path) -> list[tuple[str, dict]]:
 
 
 def _expand(spec: str) -> Path:
-    try:
-        return user_path(spec)
-    except RuntimeError:  # "~nosuchuser/m": no home to expand; then it is no folder here
-        return Path(spec)
+    # "~nosuchuser/m": user_path's one-line error (a bare RuntimeError it catches)
+    return user_path(spec)
 
 
 def _resolve_device(device: str | None) -> str:
