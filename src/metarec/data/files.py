@@ -246,6 +246,43 @@ def check_log_domains(
         )
 
 
+def join_domains(
+    ratings: pd.DataFrame, item_frame: pd.DataFrame, train: object, items: object
+) -> bool:
+    """Make a log (T) and its items file (I) name the same domains, in place; True when
+    ``item_frame`` got a ``domain`` column it did not have (a new categorical column).
+
+    The one rule set for both readers of T + I (`metarec fit`'s and the csv/parquet
+    loader behind info, split, embed and evaluate):
+    - the log's domains must agree with themselves and with I's (:func:`check_log_domains`);
+    - a log that names domains gives them to an I without a domain column (first seen
+      wins); an item nobody rated has no row to name one and lands in "default", with a
+      warning, since it then never appears in `recommend --domain`;
+    - an I that alone names domains gives them to the log's rows (the items file decides
+      an item's domain); the log said "default" for every row, and `metarec update` then
+      coded feedback on never-rated items by the catalogue and the rest as "default".
+    """
+    check_log_domains(ratings, item_frame, train, items)
+    log_names = "domain" in ratings.columns and (ratings["domain"] != "default").any()
+    if log_names and "domain" not in item_frame.columns:
+        first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
+        mapped = item_frame["item_id"].map(first)
+        if mapped.isna().any():
+            warnings.warn(
+                f"{items}: {int(mapped.isna().sum())} items have no rows in {train} to give "
+                "their domain and no domain column here: they are in domain 'default' "
+                "(add a domain column to the items file)",
+                stacklevel=3,
+            )
+        item_frame["domain"] = mapped.fillna("default").to_numpy(object)
+        return True
+    if not log_names and "domain" in item_frame.columns:
+        ratings["domain"] = (
+            ratings["item_id"].map(item_frame.set_index("item_id")["domain"]).to_numpy(object)
+        )
+    return False
+
+
 def _warn_mixed_scales(ratings: pd.DataFrame, train: str | Path) -> None:
     """A log whose domains rate on different scales (books 1-5, films 1-10) is fitted on
     one scale: the like threshold (the scale's middle) then sat above every book rating,
@@ -332,33 +369,8 @@ def read_training_files(
     # ids are compared as written: "42" in T and "42.0" in I (a float column as pandas
     # writes it) are two ids; the message names the other spelling
     check_items_listed(ratings["item_id"], item_frame["item_id"], train, items)
-    check_log_domains(ratings, item_frame, train, items)
-    if (
-        "domain" in ratings.columns
-        and "domain" not in item_frame.columns
-        and (ratings["domain"] != "default").any()
-    ):
-        first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
-        mapped = item_frame["item_id"].map(first)
-        if mapped.isna().any():
-            # an unrated item has no row to name its domain: it lands in "default" and
-            # never appears in `recommend --domain`, cold items above all
-            warnings.warn(
-                f"{items}: {int(mapped.isna().sum())} items have no rows in {train} to give "
-                "their domain and no domain column here: they are in domain 'default' "
-                "(add a domain column to the items file)",
-                stacklevel=2,
-            )
-        item_frame["domain"] = mapped.fillna("default").to_numpy(object)
+    if join_domains(ratings, item_frame, train, items):
         icat = (*icat, "domain")
-    if "domain" in item_frame.columns and not (ratings["domain"] != "default").any():
-        # the items file alone names domains: the log's rows take their item's, as the
-        # catalogue has them (the items file decides an item's domain). The log said
-        # "default" for every row, so `metarec update` later coded feedback on never-rated
-        # items by the catalogue and the rest as "default": one log, two readings
-        ratings["domain"] = (
-            ratings["item_id"].map(item_frame.set_index("item_id")["domain"]).to_numpy(object)
-        )
     if not itext and not icat and not inum:
         raise MetarecError(f"{items}: the items file has no side columns besides item_id")
     user_frame, utext, ucat, unum = (None, (), (), ())

@@ -839,29 +839,19 @@ def read_table(
                 if (names != "default").any():
                     item_frame["domain"] = names.to_numpy(object)
                     cat_cols = (*cat_cols, "domain")
-        if domain is not None and "domain" not in item_frame.columns:
-            # An item's domain is the one its interactions carry (first seen wins); an
-            # item nobody rated is in "default", as `metarec fit` puts it (it was NaN)
-            first = ratings.drop_duplicates("item_id").set_index("item_id")["domain"]
-            mapped = item_frame["item_id"].map(first).fillna("default")
-            item_frame["domain"] = mapped.to_numpy(object)
+        # the log's and the items file's domains joined by fit's rules (checked to agree,
+        # each filling the other's gaps); imported here: files.py builds on this module
+        from metarec.data.files import join_domains
+
+        if join_domains(ratings, item_frame, path, ipath):
             cat_cols = (*cat_cols, "domain")
-        elif domain is None and "domain" in item_frame.columns:
-            # the items file alone names domains: the log's rows take their item's, as
-            # `metarec fit` reads T (a cross-domain evaluate found one domain, "default")
-            ratings["domain"] = (
-                ratings["item_id"].map(item_frame.set_index("item_id")["domain"]).to_numpy(object)
-            )
     elif text_cols or cat_cols or num_cols:
         raise MetarecError("item side columns were given but no items file (--items)")
-    if domain is not None:
-        # as `metarec fit` checks T, in one pass: an item in two domains is refused (it
-        # was given the first seen, silently), and an items file's domain must agree with
-        # the log's (the log's rows carry the domain the split uses, the items file the one
-        # the features see); one the log's domains filled in above agrees by construction
+    elif domain is not None:
+        # no items file: the log's domains are still checked (an item in one domain)
         from metarec.data.files import check_log_domains
 
-        check_log_domains(ratings, item_frame, path, items)
+        check_log_domains(ratings, None, path, items)
     return RawData(
         name=name or path.stem,
         ratings=ratings,
