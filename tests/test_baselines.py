@@ -170,6 +170,12 @@ class ContractTests:
             with pytest.raises(MetarecError):
                 fitted.recommend(COLD_A, COLD_A_SUPPORT, k=3, exclude=bad)
 
+    def test_a_support_that_is_not_interactions_raises(self, fitted):
+        # None or a list of (item, rating) pairs was an AttributeError from inside
+        for bad in (None, [(1, 5.0)]):
+            with pytest.raises(MetarecError, match="support must be an Interactions"):
+                fitted.recommend(COLD_A, bad, k=3)
+
     def test_bad_item_index_raises(self, fitted):
         with pytest.raises(MetarecError):
             fitted.score(COLD_A, COLD_A_SUPPORT, np.array([N_ITEMS]))

@@ -1459,6 +1459,67 @@ def test_a_rating_range_the_log_breaks_is_one_line(tmp_path, capsys, flags, name
     assert named in err and err.count("\n") == 1 and not out.exists()
 
 
+def test_a_like_threshold_that_does_not_split_the_ratings_is_named(tmp_path, capsys):
+    # the log rates 1 or 5. A declared 1..10 scale puts the like threshold at 5.5, above
+    # every rating: the ranking model had no positive, `recommend` ignored each user's
+    # taste (9 of 10 space items for a garden lover), and fit said nothing
+    paths, _ = make_world(tmp_path)
+    out = tmp_path / "RUN"
+    assert main([*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "the like threshold, the rating scale's middle, 5.5 is above every training" in err
+    assert "model.like_threshold" in err and err.count("\n") == 1 and not out.exists()
+    # ... and model.like_threshold mends it
+    argv = [*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]
+    assert main([*argv, "--set", "like_threshold=4"]) == 0
+    # -10..10 puts it at 0, below every rating: every rating is a like, dislikes too. Taken
+    # (unrated items are the negatives), and said
+    capsys.readouterr()
+    assert main([*fit_argv(paths, tmp_path / "R2"), *FAST, "--rating-range", "-10", "10"]) == 0
+    assert "0 is at or below every training rating" in capsys.readouterr().err
+
+
+def test_users_the_users_file_spells_another_way_are_named(tmp_path, capsys):
+    # T writes 0..11, U zero-pads them (00..11): users 0-9 lost their side features and
+    # U's "07" became a second user, unwarned at fit, and recommend took "07" for known
+    paths, _ = make_world(tmp_path, n_users=12)
+    log = pd.read_csv(paths["T"])
+    log["user_id"] = log.user_id.str[1:]
+    log.to_csv(paths["T"], index=False)
+    u = tmp_path / "U.csv"
+    pd.DataFrame({"user_id": [f"{i:02d}" for i in range(12)], "age": range(20, 32)}).to_csv(
+        u, index=False
+    )
+    run = tmp_path / "RUN"
+    capsys.readouterr()
+    assert main([*fit_argv(paths, run), "--users", str(u), *FAST]) == 0
+    err = capsys.readouterr().err
+    assert "10 training user(s) of" in err and "'0' (users file: '00')" in err
+    s = tmp_path / "S.csv"
+    s.write_text("user_id,item_id,rating\n07,it0,5\n")
+    assert main(["recommend", "--run", str(run), "--support", str(s), "-k", "2", "--out", "-"]) == 0
+    assert "'07' (training has '7')" in capsys.readouterr().err
+
+
+def test_user_text_with_no_user_text_to_embed_is_said(tmp_path, capsys):
+    paths, _ = make_world(tmp_path, n_users=12)
+    capsys.readouterr()
+    assert main([*fit_argv(paths, tmp_path / "R"), *FAST, "--set", "text.user_text=true"]) == 0
+    assert "setting with no effect: text.user_text" in capsys.readouterr().err
+
+
+def test_a_single_valued_option_given_twice_is_refused(fitted, tmp_path, capsys):
+    # argparse kept the last: --domain films --domain books served books without a word
+    _, run, _ = fitted
+    s = cold_support(tmp_path)
+    argv = ["recommend", "--run", str(run), "--support", str(s), "-k", "2", "-k", "3"]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--out", "-"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "-k given twice; give it once" in err and err.count("\n") == 1
+
+
 def test_a_rating_range_for_labels_is_refused(tmp_path, capsys):
     paths, _ = make_world(tmp_path, implicit=True)
     assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST, "--rating-range", "0", "1"]) == 2

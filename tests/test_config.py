@@ -67,7 +67,9 @@ def test_overrides_are_typed_and_roundtrip(tmp_path):
         ("meta.inner_lr=nan", "meta.inner_lr: expected a finite number"),
         ("meta.ridge_target=nan", "meta.ridge_target: expected a finite number"),
         ("train.outer_lr=inf", "train.outer_lr: expected a finite number"),
-        ("meta.ridge_target=0", "ridge_target must be > 0"),
+        ("meta.ridge_target=0", "ridge_target must be in (0, 100]"),
+        ("rank_meta.ridge_target=1e20", "ridge_target must be in (0, 100], got 1e+20"),
+        ("meta.ridge_lambda=1e39", "ridge_lambda must be <= 1e+06, got 1e+39"),
         ("rank_meta.np_hidden=0", "np_hidden must be in [1, 65536]"),
         ("rank_meta.np_hidden=100000000", "np_hidden must be in [1, 65536]"),
         ("meta.inner_lr=1e39", "inner_lr <= 1e+06"),
@@ -81,6 +83,52 @@ def test_model_config_rejects_non_finite_and_absurd_values_up_front(override, me
     with pytest.raises(MetarecError) as err:
         ModelConfig.from_dict(data)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "build, message",
+    [
+        ("ModelConfig(seed=1.5)", "ModelConfig.seed: expected an integer, got 1.5"),
+        ("ModelConfig(rating_members=2.5)", "ModelConfig.rating_members: expected an integer"),
+        ("ModelConfig(refit='maybe')", "ModelConfig.refit: expected true/false"),
+        ("ScorerOptions(hidden=(2.5,))", "ScorerOptions.hidden[0]: expected an integer"),
+        ("TrainConfig(steps=2.5)", "TrainConfig.steps: expected an integer, got 2.5"),
+        ("TrainConfig(grad_clip=float('inf'))", "TrainConfig.grad_clip: expected a finite"),
+        ("MetaConfig(ridge_target=float('nan'))", "MetaConfig.ridge_target: expected a finite"),
+        ("BlendConfig(ease_reg=float('nan'))", "BlendConfig.ease_reg: expected a finite"),
+        ("TextConfig(pca_dim=2.5)", "TextConfig.pca_dim: expected an integer, got 2.5"),
+    ],
+)
+def test_a_config_built_directly_is_checked_as_a_table_is(build, message):
+    """The constructors did not check leaf types: ModelConfig(refit="no") was taken as
+    true, seed=1.5 failed deep inside numpy, ridge_target=nan was accepted. One line now,
+    the field named, before anything trains."""
+    from metarec.blend import BlendConfig  # noqa: F401  (read by eval)
+    from metarec.meta.algorithms import MetaConfig  # noqa: F401
+    from metarec.model import ModelConfig, ScorerOptions, TextConfig  # noqa: F401
+    from metarec.train import TrainConfig  # noqa: F401
+
+    with pytest.raises(MetarecError) as err:
+        eval(build)
+    assert message in str(err.value)
+
+
+def test_a_config_built_directly_takes_what_a_table_takes():
+    # the same leniency as from_dict, converted: "3" and 3.0 for an integer, "no" for
+    # false, numpy's integers and bools (a seed drawn with numpy)
+    import numpy as np
+
+    from metarec.meta.algorithms import MetaConfig
+    from metarec.model import ModelConfig
+    from metarec.train import TrainConfig
+
+    assert ModelConfig(refit="no").refit is False
+    assert ModelConfig(progress=np.bool_(False)).progress is False
+    seed = ModelConfig(seed=np.int64(4)).seed
+    assert seed == 4 and type(seed) is int
+    assert TrainConfig(steps="5").steps == 5 and TrainConfig(steps=6.0).steps == 6
+    assert MetaConfig(inner_steps="3").inner_steps == 3
+    assert type(MetaConfig(inner_lr=1).inner_lr) is float
 
 
 def _model(*overrides):

@@ -311,3 +311,35 @@ def test_nan_scores_and_empty_cutoffs_are_errors():
         evaluate(fine, ds, list(TASKS), ks=(), bootstrap=0)
     with pytest.raises(MetarecError, match="query_ks is empty"):
         evaluate(fine, ds, list(TASKS), query_ks=(), full_catalogue=False, bootstrap=0)
+
+
+def test_queries_the_model_was_fitted_on_are_refused():
+    """A model fitted on rows that hold a task's query (another seed's split, or the
+    whole log) scored MAE 0.46 and AUC 0.91 against 0.72 and 0.66 on its own split, and
+    nothing said so. One line naming the count; cold users and other rows pass."""
+    ds = dataset()
+    # user 0 rated query item 3 in training: one of its three query rows is known
+    train = inter(0, np.array([0, 3]), np.array([5.0, 4.0]))
+    rec = FixedScores(ITEM_SCORES).fit(ds, train)
+    with pytest.raises(MetarecError, match=r"1 of 5 query rows \(1 users\) are in Fixed's"):
+        evaluate(rec, ds, TASKS, ks=(1, 3), query_ks=(1, 2), bootstrap=0)
+    # the support's item in training is the user's history, not a leak
+    fine = FixedScores(ITEM_SCORES).fit(ds, inter(0, np.array([0]), np.array([5.0])))
+    assert evaluate(fine, ds, TASKS, ks=(1, 3), query_ks=(1, 2), bootstrap=0).n_users
+
+
+@pytest.mark.parametrize(
+    "items, ratings, said",
+    [
+        ([0.7, 1.9], [5, 4], "Interactions.item_idx must hold whole numbers, got 0.7"),
+        ([np.nan, 1], [5, 4], "Interactions.item_idx must hold whole numbers, got nan"),
+        ([0, 1], ["x", 4], "Interactions.rating: not float32 values"),
+    ],
+)
+def test_interactions_refuse_indices_numpy_would_truncate(items, ratings, said):
+    # item 0.7 became item 0: a user was adapted on the wrong items without a word
+    with pytest.raises(MetarecError) as err:
+        Interactions([0, 0], items, ratings, [0, 0], [0, 0])
+    assert said in str(err.value)
+    whole = Interactions([0, 0], [0.0, 1.0], [5, 4], [0, 0], [0, 0])  # whole floats are taken
+    assert whole.item_idx.tolist() == [0, 1] and whole.item_idx.dtype == np.int64

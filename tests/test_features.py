@@ -460,3 +460,23 @@ def test_text_reduce_is_checked_with_the_config():
         TextConfig(reduce="autoencoder", pca_dim=None)
     with pytest.raises(MetarecError, match="no text.whiten"):
         TextConfig(reduce="autoencoder", whiten=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, said",
+    [
+        ({"reduce": "zz"}, "reduce 'zz' is not one of"),
+        ({"pca_dim": 2.5}, "pca_dim must be an integer >= 1 or None, got 2.5"),
+        ({"pca_dim": 0}, "pca_dim must be an integer >= 1 or None, got 0"),
+        ({"reduce": "autoencoder"}, "reduce='autoencoder' needs pca_dim"),
+    ],
+)
+def test_build_features_checks_its_arguments_as_text_config_does(
+    tiny_dataset, hashing_encoder, kwargs, said
+):
+    # called directly, an unknown reduce gave a PCA and pca_dim=2.5 two components
+    with pytest.raises(MetarecError) as err:
+        build_features(tiny_dataset, hashing_encoder, **kwargs)
+    assert said in str(err.value)
+    with pytest.raises(MetarecError, match="expected a Dataset, got str"):
+        build_features("tiny", hashing_encoder)

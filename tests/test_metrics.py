@@ -188,3 +188,28 @@ def test_top_k_is_exactly_the_first_k_of_a_stable_sort():
             finite = want[np.isfinite(s[want])]
             np.testing.assert_array_equal(top_k(s, k, finite=True), finite)
     assert top_k(np.full(5, -np.inf), 3, finite=True).size == 0
+
+
+@pytest.mark.parametrize(
+    "call, said",
+    [
+        (lambda: M.logloss([0, 5], [0.2, 0.9]), "logloss: labels must be 0/1 or bool, got 5"),
+        (lambda: M.auc([-1, 1, 1, -1], [0.1, 0.8, 0.7, 0.3]), "auc: labels must be 0/1"),
+        (lambda: M.accuracy([0, 2], [0, 1]), "confusion (y_true): labels must be 0/1"),
+        (lambda: M.hr_at_k([1, 2, 3], [2], 2.5), "k must be an integer >= 1, got 2.5"),
+        (lambda: M.ndcg_at_k([1, 2, 3], [2], True), "k must be an integer >= 1, got True"),
+        (lambda: M.ndcg_graded_at_k([3, 1], [0.2, 0.1], 0), "k must be an integer >= 1, got 0"),
+    ],
+)
+def test_metrics_refuse_labels_that_are_not_0_1_and_cut_offs_that_are_not_whole(call, said):
+    # a label of 5 gave logloss -4.23 (a negative cross-entropy); -1/1 labels made -1 a
+    # positive and AUC NaN; k = 2.5 failed inside a slice, k = True was taken for 1
+    with pytest.raises(MetarecError) as err:
+        call()
+    assert said in str(err.value)
+
+
+def test_metrics_take_bool_and_float_0_1_labels_and_numpy_cut_offs():
+    y, s = np.array([0.0, 1.0, 1.0, 0.0]), np.array([0.1, 0.8, 0.7, 0.3])
+    assert M.auc(y, s) == M.auc(y.astype(bool), s) == 1.0
+    assert M.hr_at_k(np.array([1, 2, 3]), [2], np.int64(2)) == 1.0

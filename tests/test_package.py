@@ -38,3 +38,15 @@ def test_metarec_evaluate_is_the_module_whatever_was_imported_first():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def test_the_installed_metadata_names_both_licences():
+    # the code's Apache-2.0 text and the bundled goodbooks sample's CC BY-SA 4.0 travel
+    # with every install (pyproject license-files); an editable install records them too
+    from importlib.metadata import metadata
+
+    meta = metadata("metarec")
+    assert meta["License-Expression"] == "Apache-2.0"
+    files = meta.get_all("License-File") or []
+    assert "LICENSE" in files
+    assert any(f.endswith("goodbooks-sample/DATA_LICENSE.md") for f in files)

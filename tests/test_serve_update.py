@@ -246,16 +246,21 @@ def test_update_reads_the_feedback_file_and_never_writes_to_it(run, tmp_path, ca
 @pytest.mark.parametrize(
     "column, value, said",
     [
-        ("rating", "'abc'", "feedback rating 'abc' is not a number"),
-        ("timestamp", "'yesterday'", "feedback timestamp 'yesterday' is not a number"),
-        ("timestamp", str(2**63 - 1), "not an integer in"),
+        ("rating", "'abc'", "damaged feedback store: stored rating 'abc' is not a finite"),
+        ("rating", "9e999", "stored rating inf is not a finite number"),
+        ("rating", "1e39", "stored rating 1e+39 is not a finite number in float32's range"),
+        ("timestamp", "'yesterday'", "stored timestamp 'yesterday' is not an integer"),
+        ("timestamp", "1.5", "stored timestamp 1.5 is not an integer"),
+        ("timestamp", str(2**63 - 1), "is not an integer in"),
     ],
 )
 def test_update_refuses_a_store_with_values_feedback_never_writes(
     run, tmp_path, capsys, column, value, said
 ):
     """SQLite keeps text in a REAL column; a timestamp past /feedback's bounds made the
-    next update overflow. One line and exit 2, not a pandas traceback."""
+    next update overflow. One line and exit 2, not a pandas traceback; the same rule and
+    message as the server's (FeedbackStore.get), which update's frame() used to restate
+    without the float32 bound or inf."""
     import sqlite3
 
     store = FeedbackStore(tmp_path / "fb")

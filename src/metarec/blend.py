@@ -54,6 +54,7 @@ from metarec.baselines import (
     ridge_fold_in,
     shrunk_user_bias,
 )
+from metarec.config import coerce_fields
 from metarec.types import Dataset, Interactions, MetarecError
 
 # whole predictions, or their user-level and item-level parts as separate inputs (so the
@@ -315,6 +316,7 @@ class BlendConfig:
     min_valid_users: int = 10  # fewer validation users: no blend (the meta-model alone)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         if self.min_valid_users < 1:
             # -3 and 0 were taken: a blend fitted on whatever validation users there were,
             # none included, where this setting is there to set a floor

@@ -722,9 +722,41 @@ def _add_data_args(p: argparse.ArgumentParser, with_name: bool = True) -> None:
     g.add_argument("--text-cols", dest="text_cols", help="comma-separated item text columns")
 
 
+_GIVEN = "_metarec_options_given"  # the namespace's record of the options seen
+
+
+class _StoreOnce(argparse._StoreAction):
+    """A single-valued option given twice is an error: argparse kept the last one, so
+    `recommend --domain films --domain books` served books without a word."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, _GIVEN, None)
+        if given is None:
+            given = set()
+            setattr(namespace, _GIVEN, given)
+        if self.dest in given:
+            parser.error(f"{'/'.join(self.option_strings)} given twice; give it once")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the CLI's error policy: one line on stderr, exit 2 (argparse printed
-    its usage block and then the error, three lines or more)."""
+    its usage block and then the error, three lines or more), and a single-valued option
+    given twice refused (:class:`_StoreOnce`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # the plain store action, for every option of this parser and its argument groups
+        # (they share its registry); positionals are given once by construction
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, rest = super().parse_known_args(args, namespace)
+        if hasattr(ns, _GIVEN):
+            delattr(ns, _GIVEN)
+        return ns, rest
 
     def error(self, message: str):  # type: ignore[override]
         _say(f"{self.prog}: error: {message} (see {self.prog} --help)")

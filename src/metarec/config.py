@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import numbers
 import tomllib
 import types
 import typing
@@ -19,6 +20,11 @@ from typing import Any, TypeVar
 from metarec.types import MetarecError
 
 T = TypeVar("T")
+
+
+def _numpy_bool(value: Any) -> bool:
+    # numpy's bool without importing numpy (the CLI starts on the standard library alone)
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -67,6 +73,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
+        if _numpy_bool(value):  # from an array or a comparison
+            return bool(value)
         if isinstance(value, int) and value in (0, 1):  # --set refit=1, as "1" already was
             return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
@@ -77,6 +85,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise MetarecError(f"{where}: expected an integer, got {value!r}")
         if isinstance(value, int):
             return value
+        if isinstance(value, numbers.Integral) and not _numpy_bool(value):
+            return int(value)  # numpy's integers (a seed drawn with numpy)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
@@ -164,6 +174,25 @@ def check_field_types(obj: Any) -> None:
                     )
             elif kind is str and not isinstance(value, str):
                 raise MetarecError(f"{name}: expected a string, got {value!r}")
+    coerce_fields(obj)
+
+
+def coerce_fields(obj: Any) -> None:
+    """Check and convert a frozen config's fields as :func:`from_dict` does its tables, in
+    place: a config built directly got no checks at all, so ``ModelConfig(refit="no")``
+    was taken as true, ``seed=1.5`` failed deep inside numpy and ``ridge_target=nan`` was
+    accepted. The same leniency as a table's (``"3"`` and ``3.0`` for the integer 3; an
+    int for a float); nested configs check their own fields when they are built."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            continue
+        coerced = _coerce(value, hints[f.name], f"{type(obj).__name__}.{f.name}")
+        if coerced is not value:
+            object.__setattr__(obj, f.name, coerced)
 
 
 def to_dict(obj: Any) -> Any:

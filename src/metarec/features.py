@@ -12,6 +12,7 @@ z-scores of a side table) and :func:`embed_dataset` (what ``metarec embed`` runs
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from metarec.text.cache import EmbeddingCache
 from metarec.text.encoder import TextEncoder, make_encoder
 from metarec.text.templates import item_texts, user_texts
 from metarec.types import Dataset, MetarecError, SideTable
+
+TEXT_REDUCERS = ("pca", "autoencoder")  # build_features(reduce=...), TextConfig.reduce
 
 
 @dataclass(frozen=True, eq=False)
@@ -386,6 +389,22 @@ def build_features(
     (one-hot / z-scored), plus the user text vector when ``user_text`` and users have text.
     Learned ID embeddings are not here: they belong to the model.
     """
+    # checked here too, not only by TextConfig: called directly, an unknown reduce gave a
+    # PCA, pca_dim=2.5 two components, and a non-Dataset an AttributeError
+    if not isinstance(dataset, Dataset):
+        raise MetarecError(f"build_features: expected a Dataset, got {type(dataset).__name__}")
+    if reduce not in TEXT_REDUCERS:
+        raise MetarecError(f"build_features: reduce {reduce!r} is not one of {TEXT_REDUCERS}")
+    if pca_dim is not None and (
+        isinstance(pca_dim, bool) or not isinstance(pca_dim, numbers.Integral) or pca_dim < 1
+    ):
+        raise MetarecError(
+            f"build_features: pca_dim must be an integer >= 1 or None, got {pca_dim!r}"
+        )
+    if reduce == "autoencoder" and (pca_dim is None or whiten):
+        raise MetarecError(
+            "build_features: reduce='autoencoder' needs pca_dim (the code size) and no whiten"
+        )
     encoder = _as_encoder(encoder)
     if cache is not None and not isinstance(cache, EmbeddingCache):
         cache = EmbeddingCache(cache)
@@ -450,6 +469,14 @@ def build_features(
         if utexts is not None:
             uvecs, _ = embed_texts(utexts, encoder, cache, batch_size, show_progress)
             user_side = np.concatenate([user_side, uvecs], axis=1)
+        else:
+            # asked for and silently dropped before (no users file, or one with no column
+            # to render), as the "settings with no effect" warning says of meta settings
+            warnings.warn(
+                "setting with no effect: text.user_text (no users file, or it has no "
+                "column to embed as user text)",
+                stacklevel=2,
+            )
     return FeatureSet(
         item_text=torch.from_numpy(np.ascontiguousarray(item_vecs, dtype=np.float32)),
         item_side=torch.from_numpy(item_side),

@@ -31,6 +31,23 @@ def _pair(y_true, y_pred, what: str) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
+def _labels(t: np.ndarray, what: str) -> np.ndarray:
+    """Boolean labels from bool or 0/1 values; anything else is refused: -1/1 labels made
+    -1 a positive (AUC NaN), and a label of 5 gave logloss a negative cross-entropy."""
+    if t.dtype == bool:
+        return t
+    off = ~np.isin(t, (0, 1))
+    if off.any():
+        raise MetarecError(f"{what}: labels must be 0/1 or bool, got {t[off][0].item()!r}")
+    return t.astype(bool)
+
+
+def _check_k(k: object, what: str) -> None:
+    # a cut-off of 2.5 failed inside a slice, True was taken for 1
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise MetarecError(f"{what}: k must be an integer >= 1, got {k!r}")
+
+
 def binarize(values, threshold: float) -> np.ndarray:
     """``values >= threshold`` as bool: rating >= 4 is positive, probability >= 0.5 is."""
     return np.asarray(values, dtype=np.float64) >= threshold
@@ -41,8 +58,8 @@ def binarize(values, threshold: float) -> np.ndarray:
 
 def _confusion(y_true, y_pred) -> tuple[int, int, int, int]:
     t, p = _pair(y_true, y_pred, "confusion")
-    t = t.astype(bool)
-    p = p.astype(bool)
+    t = _labels(t, "confusion (y_true)")
+    p = _labels(p, "confusion (y_pred)")
     return int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum()), int((~t & ~p).sum())
 
 
@@ -81,7 +98,7 @@ def auc(y_true, scores) -> float:
     Computed from average ranks (Mann-Whitney U). NaN when the labels hold one class only.
     """
     t, s = _pair(y_true, scores, "auc")
-    t = t.astype(bool)
+    t = _labels(t, "auc")
     n_pos = int(t.sum())
     n_neg = len(t) - n_pos
     if n_pos == 0 or n_neg == 0:
@@ -96,7 +113,7 @@ def logloss(y_true, prob, eps: float = 1e-7) -> float:
     t, p = _pair(y_true, prob, "logloss")
     if len(t) == 0:
         return float("nan")
-    t = t.astype(np.float64)
+    t = _labels(t, "logloss").astype(np.float64)
     p = np.clip(p.astype(np.float64), eps, 1 - eps)
     return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
 
@@ -153,8 +170,7 @@ def ndcg_graded_at_k(relevance, scores, k: int) -> float:
     NaN when the ideal DCG is 0 (no item with positive relevance).
     """
     rel, s = _pair(relevance, scores, "ndcg_graded_at_k")
-    if k < 1:
-        raise MetarecError(f"ndcg_graded_at_k: k must be >= 1, got {k}")
+    _check_k(k, "ndcg_graded_at_k")
     rel = rel.astype(np.float64)
     n = len(rel)
     disc = _discounts(n)
@@ -189,8 +205,7 @@ def _hits(ranked, relevant, k: int | None) -> tuple[np.ndarray, int]:
     ranked = first_occurrences(ranked)
     rel = np.unique(np.asarray(relevant))
     if k is not None:
-        if k < 1:
-            raise MetarecError(f"ranking metric: k must be >= 1, got {k}")
+        _check_k(k, "ranking metric")
         ranked = ranked[:k]
     return np.isin(ranked, rel), len(rel)
 

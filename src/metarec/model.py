@@ -54,7 +54,7 @@ from metarec.blend import (
 from metarec.config import check_field_types, deep_merge, from_dict, to_dict
 from metarec.devices import resolve_device
 from metarec.errors import user_path
-from metarec.features import FeatureSet, build_features, numeric_features
+from metarec.features import TEXT_REDUCERS, FeatureSet, build_features, numeric_features
 from metarec.meta.algorithms import ALGORITHMS, MetaConfig, MetaLearner
 from metarec.meta.ensemble import EnsembleLearner, member_params, member_prefix, merge_members
 from metarec.meta.episodes import (
@@ -86,7 +86,6 @@ from metarec.types import (
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
 VALID_HOLDOUTS = ("users", "new_items")  # ModelConfig.valid_holdout
-TEXT_REDUCERS = ("pca", "autoencoder")  # TextConfig.reduce
 
 
 @dataclass(frozen=True)
@@ -145,6 +144,9 @@ class ScorerOptions:
     use_profile: bool = True
     user_vector: bool = True
     interaction: bool = True
+
+    def __post_init__(self) -> None:
+        check_field_types(self)  # built directly: hidden=(2.5,) failed deep inside torch
 
 
 @dataclass(frozen=True)
@@ -612,6 +614,8 @@ class MetaRecommender(Recommender):
                     f"model.like_threshold {cfg.like_threshold:g} is outside the ratings' "
                     f"range ({lo:g}, {hi:g}]"
                 )
+        if dataset.feedback == "explicit" and len(train) and cfg.rank_model:
+            self._check_likes(train.rating)
         check_np_user_vector(cfg, dataset.feedback == "explicit")
         unused = unused_meta_settings(cfg, dataset.feedback == "explicit")
         if unused and self._warn_unused_meta:
@@ -1007,6 +1011,33 @@ class MetaRecommender(Recommender):
             np.arange(n, dtype=np.int64),  # history order: training rows, then support
             np.zeros(n, dtype=np.int16),
         )
+
+    def _check_likes(self, ratings: np.ndarray) -> None:
+        """The like threshold must split the training ratings. A declared rating range
+        whose middle no rating reaches (a 1-10 range over a log of 1s and 5s) left the
+        ranking model without a positive: `recommend` then ignored every user's taste,
+        and nothing said so. Every rating a like is allowed (unrated items are the
+        negatives) but said: dislikes then count as likes."""
+        thr = self._like_threshold()
+        liked = np.asarray(ratings, dtype=np.float32) >= np.float32(thr)
+        r_lo, r_hi = float(np.min(ratings)), float(np.max(ratings))
+        how = (
+            "model.like_threshold"
+            if self.config.like_threshold is not None
+            else "the like threshold, the rating scale's middle,"
+        )
+        fix = "set model.like_threshold to a rating the log has, or give the scale it rates on"
+        if not liked.any():
+            raise MetarecError(
+                f"{how} {thr:g} is above every training rating (they run {r_lo:g}..{r_hi:g}): "
+                f"the ranking model would have no like to learn from; {fix}"
+            )
+        if liked.all():
+            warnings.warn(
+                f"{how} {thr:g} is at or below every training rating (they run "
+                f"{r_lo:g}..{r_hi:g}): every rating counts as a like, dislikes included; {fix}",
+                stacklevel=3,
+            )
 
     def _like_threshold(self) -> float:
         if self.feedback_ != "explicit":
@@ -1529,8 +1560,9 @@ class MetaRecommender(Recommender):
     def adapt_user(self, user_idx: int, support: Interactions, which: str = "rank") -> Adapted:
         """Adapt the ranking (``"rank"``) or scoring (``"score"``) model to one user's
         history + support, once; :meth:`score_adapted` then scores any items with it. The
-        result holds per-user copies of the adapted keys only (shared keys are the base
-        tensors themselves, never written to), so a cache of these costs little."""
+        result holds per-user copies of the adapted keys only, so a cache of these costs
+        little; the other keys of ``params`` are the model's own tensors, not copies: read
+        them, never write to them in place (that would change the model itself)."""
         self._check_model()
         part = self._part_named(which)
         fast, user_x = self._adapt(part, [(user_idx, support)])

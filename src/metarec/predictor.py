@@ -348,15 +348,18 @@ class Predictor:
         spelled another way than a training user's ("7.0", "007", "+7" beside "7"): in a
         CSV such a user is a new, cold user, since ids are compared as written; worth a
         warning, since their training history then goes unused."""
+        # training users are those with rows: a user listed only in the users file is not
+        # one ("007" from a zero-padded U beside "7" in T was taken as known, unwarned)
+        trained = set(self.users.ids[np.unique(np.asarray(self.train.user_idx))].tolist())
         out = []
         for u in dict.fromkeys(str(u) for u in user_ids):
-            if u in self.users:
+            if u in trained:
                 continue
             try:
                 v = float(u)
             except ValueError:
                 continue
-            if np.isfinite(v) and v == int(v) and str(int(v)) in self.users:
+            if np.isfinite(v) and v == int(v) and str(int(v)) in trained and str(int(v)) != u:
                 out.append((u, str(int(v))))
         return out
 

@@ -170,6 +170,7 @@ class Recommender(abc.ABC):
             broken by position in ``candidates`` (lower item index first by default).
         """
         self._check_fitted()
+        self._check_support(support)
         check_k(k)
         cand = first_occurrences(self._candidates(candidates))
         # checked like candidates: a bool mask or 19.9 was cast to indices (0/1, 19) silently
@@ -233,6 +234,7 @@ class Recommender(abc.ABC):
         ones fit indexed."""
         self._check_fitted()
         self._check_user(user_idx)
+        self._check_support(support)
         items = np.asarray(support.item_idx, dtype=np.int64)
         ratings = np.asarray(support.rating, dtype=np.float64)
         if len(items) and (items.min() < 0 or items.max() >= self.n_items_):
@@ -250,6 +252,14 @@ class Recommender(abc.ABC):
                 items = np.concatenate([cols[keep].astype(np.int64), items])
                 ratings = np.concatenate([vals[keep], ratings])
         return items, ratings
+
+    def _check_support(self, support: object) -> None:
+        # None or a list of pairs reached support.item_idx: an AttributeError
+        if not isinstance(support, Interactions):
+            raise MetarecError(
+                f"{self.name}: support must be an Interactions (Interactions.empty() for "
+                f"none), got {type(support).__name__}"
+            )
 
     def _check_user(self, user_idx: int) -> None:
         """A training user (0..n_users-1) or the cold user n_users (anyone else)."""

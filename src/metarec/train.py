@@ -25,6 +25,7 @@ import torch
 
 from metarec import distributed
 from metarec.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from metarec.config import coerce_fields
 from metarec.devices import resolve_device
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import MetaConfig, MetaLearner
@@ -147,6 +148,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         for name, least in (("steps", 0), ("meta_batch", 1), ("eval_every", 1), ("patience", 1)):
             if getattr(self, name) < least:  # the key and its value named, not the list
                 raise MetarecError(

@@ -86,6 +86,28 @@ class IdMap:
         return s.map(self._lookup).fillna(-1).to_numpy(dtype=np.int64)
 
 
+def _as_column(values: object, name: str, dtype: type) -> np.ndarray:
+    """``values`` as an Interactions column of ``dtype``, or one line naming the column:
+    numpy truncated a float index (item 0.7 became item 0, and a user was adapted on the
+    wrong items without a word) and raised a bare ValueError for NaN or text."""
+    try:
+        a = np.asarray(values)
+        if np.issubdtype(dtype, np.integer) and a.dtype.kind == "f" and a.size:
+            bad = ~np.isfinite(a) | (a != np.round(a))
+            if bad.any():
+                raise MetarecError(
+                    f"Interactions.{name} must hold whole numbers, got "
+                    f"{float(a.ravel()[bad.ravel()][0])!r}"
+                )
+        return np.asarray(a, dtype=dtype)
+    except MetarecError:
+        raise
+    except (TypeError, ValueError, OverflowError) as err:
+        raise MetarecError(
+            f"Interactions.{name}: not {np.dtype(dtype).name} values ({err})"
+        ) from None
+
+
 @dataclass(frozen=True, eq=False)
 class Interactions:
     """A set of (user, item, rating) events, as parallel arrays of equal length n.
@@ -110,7 +132,10 @@ class Interactions:
             ("timestamp", np.int64),
             ("domain", np.int16),
         ):
-            a = np.asarray(getattr(self, name), dtype=dtype)
+            raw = getattr(self, name)
+            if not (isinstance(raw, np.ndarray) and raw.dtype == dtype):
+                raw = _as_column(raw, name, dtype)
+            a = np.asarray(raw, dtype=dtype)
             if a.shape != (n,):
                 raise MetarecError(f"Interactions.{name} has shape {a.shape}, expected ({n},)")
             object.__setattr__(self, name, _frozen(a))

@@ -326,6 +326,43 @@ def numeric_look_alike(wanted: str, ids: pd.Series, limit: int = 1_000_000) -> s
     return str(ids.iloc[int(hits[0])]) if len(hits) else None
 
 
+def _number_spellings(ids: pd.Series) -> dict[float, str]:
+    """{number: first id spelling it} over the ids that read as finite numbers."""
+    values = pd.to_numeric(ids, errors="coerce").to_numpy(np.float64)
+    keep = np.isfinite(values)
+    out: dict[float, str] = {}
+    for v, i in zip(values[keep].tolist(), ids[keep].astype(str).tolist(), strict=True):
+        out.setdefault(v, i)
+    return out
+
+
+def _warn_users_spelt_twice(rated: pd.Series, listed: pd.Series, train: object, users: object):
+    """Training users absent from U whose number U spells another way ("7" in T, "007"
+    in U): those users get no side features, U's spelling becomes a second, cold user, and
+    nothing said so where only some ids differed (a zero-padded U beside an unpadded T:
+    ids 0-99 lost their features, 100-199 kept them)."""
+    missing = pd.Series(pd.unique(rated[~rated.isin(set(listed))]), dtype=object)
+    if missing.empty:
+        return
+    theirs = _number_spellings(listed)
+    if not theirs:
+        return
+    mine = pd.to_numeric(missing, errors="coerce").to_numpy(np.float64)
+    pairs = [
+        (m, theirs[v])
+        for m, v in zip(missing.tolist(), mine.tolist(), strict=True)
+        if np.isfinite(v) and v in theirs
+    ]
+    if pairs:
+        shown = ", ".join(f"{a!r} (users file: {b!r})" for a, b in pairs[:3])
+        warnings.warn(
+            f"{users}: {len(pairs)} training user(s) of {train} are not in it but it spells "
+            f"their number another way: {shown}; ids are compared as written, so these "
+            "users get no side features from it",
+            stacklevel=3,
+        )
+
+
 def check_items_listed(rated: pd.Series, listed: pd.Series, where: object, items: object) -> None:
     """Every rated item id (``rated``, the log's item_id column) must be in ``listed`` (the
     items file's ids), compared as written: a one-line error naming the first missing id,
@@ -384,6 +421,7 @@ def read_training_files(
                 "nothing to the model",
                 stacklevel=2,
             )
+        _warn_users_spelt_twice(ratings["user_id"], user_frame["user_id"], train, users)
         if not ratings["user_id"].isin(set(user_frame["user_id"])).any():
             # legal (U may describe only users yet to come), but far more often a mismatch
             # of spellings ("5" in T, "5.0" in U): then no training user has side features

@@ -28,6 +28,7 @@ from typing import Literal
 
 import torch
 
+from metarec.config import coerce_fields
 from metarec.meta.episodes import TaskInputs
 from metarec.meta.inner import (
     Factored,
@@ -69,6 +70,11 @@ ALGORITHMS: dict[str, Algorithm] = {
 MAX_NP_HIDDEN = 65_536  # as model.MAX_WIDTH for the scorer's layers
 MAX_INNER_STEPS = 1_000  # adaptation steps per task (the defaults take 5)
 MAX_INNER_LR = 1e6  # far above any step size that adapts; below float32's range
+# the closed-form head's bounds: λ = 1e39 overflowed float32 and stopped training with a
+# "meta-loss is nan" that never named the key; a target of 1e20 gave scores of -5.8e19.
+# Logits of ±100 already saturate the sigmoid in float32
+MAX_RIDGE_LAMBDA = 1e6
+MAX_RIDGE_TARGET = 100.0
 # how many times a gradient adaptation that raised its task's support loss is retried at
 # half the step sizes (1/2, 1/4, ...) before the task keeps the meta-learned parameters
 # unadapted (MetaLearner.adapt without a graph: serving, evaluation, the blend's fit, and
@@ -89,6 +95,7 @@ class MetaConfig:
     np_hidden: int = 64  # width of the neural-process support encoder
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         if self.algorithm not in ALGORITHMS:
             raise MetarecError(
                 f"unknown meta algorithm {self.algorithm!r} (known: {', '.join(ALGORITHMS)})"
@@ -108,8 +115,15 @@ class MetaConfig:
                 f"MetaConfig: inner_steps <= {MAX_INNER_STEPS} and inner_lr <= {MAX_INNER_LR:g}, "
                 f"got {self.inner_steps} and {self.inner_lr:g}"
             )
-        if self.ridge_target <= 0:
-            raise MetarecError(f"MetaConfig.ridge_target must be > 0, got {self.ridge_target}")
+        if not 0 < self.ridge_target <= MAX_RIDGE_TARGET:
+            raise MetarecError(
+                f"MetaConfig.ridge_target must be in (0, {MAX_RIDGE_TARGET:g}], "
+                f"got {self.ridge_target:g}"
+            )
+        if self.ridge_lambda > MAX_RIDGE_LAMBDA:
+            raise MetarecError(
+                f"MetaConfig.ridge_lambda must be <= {MAX_RIDGE_LAMBDA:g}, got {self.ridge_lambda:g}"
+            )
         if not 1 <= self.np_hidden <= MAX_NP_HIDDEN:
             # 0 divided by zero in the encoder's init; 1e8 asked for tens of GB
             raise MetarecError(

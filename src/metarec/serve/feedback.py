@@ -250,30 +250,18 @@ class FeedbackStore:
             rows = con.execute(
                 "SELECT user_id, item_id, rating, timestamp FROM feedback ORDER BY seq"
             ).fetchall()
-        f = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
-        f["user_id"] = f["user_id"].astype(object)
-        f["item_id"] = f["item_id"].astype(object)
-        # SQLite keeps whatever a column was given: text in rating or timestamp is a
-        # damaged store, one line, not a pandas traceback (rows written by /feedback are
-        # always numbers)
-        for col in ("rating", "timestamp"):
-            num = pd.to_numeric(f[col], errors="coerce")
-            bad = num.isna() & f[col].notna()
-            if bad.any():
-                raise MetarecError(
-                    f"{self.path}: feedback {col} {f[col][bad].iloc[0]!r} is not a number "
-                    f"({int(bad.sum())} such rows)"
-                )
-            f[col] = num
-        f["rating"] = f["rating"].astype("float64")
-        ts = f["timestamp"]
-        if (ts.notna() & ((ts < TIMESTAMP_MIN) | (ts > TIMESTAMP_MAX) | (ts % 1 != 0))).any():
-            raise MetarecError(
-                f"{self.path}: a feedback timestamp is not an integer in "
-                f"[{TIMESTAMP_MIN}, {TIMESTAMP_MAX}] (unix seconds)"
-            )
-        f["timestamp"] = ts.astype("Int64")
-        return f
+        # each row checked as get() checks it (one rule, one message: StoreDamaged names
+        # the store and the value); SQLite keeps whatever a column was given, and rows
+        # written by /feedback are always numbers
+        checked = [_checked(self.path, i, r, t) for _, i, r, t in rows]
+        return pd.DataFrame(
+            {
+                "user_id": pd.Series([str(u) for u, _, _, _ in rows], dtype=object),
+                "item_id": pd.Series([c.item_id for c in checked], dtype=object),
+                "rating": pd.Series([c.rating for c in checked], dtype="float64"),
+                "timestamp": pd.array([c.timestamp for c in checked], dtype="Int64"),
+            }
+        )
 
 
 def newest_per_item(rows: list[FeedbackRow]) -> list[FeedbackRow]:
