@@ -1468,7 +1468,7 @@ def test_a_like_threshold_that_does_not_split_the_ratings_is_named(tmp_path, cap
     assert main([*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]) == 2
     err = capsys.readouterr().err
     assert "the like threshold, the rating scale's middle, 5.5 is above every training" in err
-    assert "model.like_threshold" in err and err.count("\n") == 1 and not out.exists()
+    assert "set like_threshold to" in err and err.count("\n") == 1 and not out.exists()
     # ... and model.like_threshold mends it
     argv = [*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]
     assert main([*argv, "--set", "like_threshold=4"]) == 0
