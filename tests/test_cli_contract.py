@@ -619,6 +619,9 @@ def test_a_header_cell_left_empty_and_an_infinite_rating_are_named(fitted, tmp_p
         # "File exists: /dev/null" (taken for a folder to create) and "file not found"
         (["--feedback-db", "/dev/null"], "/dev/null: not a folder or a regular file"),
         (["--feedback-db", "/proc/nope/fb"], "cannot create the feedback store's folder"),
+        # a store in the RUN made every later fit or export onto that RUN refuse it
+        (["--feedback-db", "THE_RUN"], "is inside the RUN"),
+        (["--feedback-db", "THE_RUN/fb"], "is inside the RUN"),
     ],
 )
 def test_serve_startup_errors_are_one_line(fitted, capsys, monkeypatch, flags, named):
@@ -633,11 +636,29 @@ def test_serve_startup_errors_are_one_line(fitted, capsys, monkeypatch, flags, n
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = str(busy.getsockname()[1])
-        flags = [port if f == "IN_USE" else f for f in flags]
+        flags = [port if f == "IN_USE" else f.replace("THE_RUN", str(run)) for f in flags]
         code = main(["serve", "--run", str(run), *flags])
     err = capsys.readouterr().err
     assert code == 2, err
     assert named in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_serve_holds_its_port_from_the_check_to_uvicorn():
+    # bound and released before the model loaded, the port could be taken meanwhile, and
+    # the server then failed with uvicorn's exit 3 after its "serving on" line
+    import socket
+
+    from metarec.cli import _listen
+
+    held = _listen("127.0.0.1", 0)
+    try:
+        port = held.getsockname()[1]
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+    finally:
+        held.close()
 
 
 def test_fit_can_validate_on_the_newest_items(tmp_path, capsys):

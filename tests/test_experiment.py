@@ -277,6 +277,88 @@ def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
     assert Path(cfg.base_dir) == TINY.parent.resolve()
 
 
+@pytest.mark.parametrize(
+    "methods, said",
+    [
+        # two rows read alike, and --only (which strips) could select one of them only
+        (
+            [{"name": "popularity"}, {"name": "popularity ", "baseline": "popularity"}],
+            "method name 'popularity ' has spaces at an end",
+        ),
+        # above the bound the pooled model trained, then failed naming meta.inner_steps
+        (
+            [{"name": "P", "kind": "pooled", "finetune_steps": 1001}],
+            "method 'P': finetune_steps must be in [0, 1000], got 1001",
+        ),
+        # the grid's value won and params' was never used, while results.json listed it
+        (
+            [{"name": "biased_mf", "params": {"reg": 1.0}, "grid": {"reg": [2.0, 3.0]}}],
+            "method 'biased_mf': 'reg' is in both params and grid; give it in one",
+        ),
+        (
+            [
+                {
+                    "name": "M",
+                    "kind": "meta",
+                    "params": {"meta": {"inner_lr": 0.1}},
+                    "grid": {"meta.inner_lr": [0.01, 0.05]},
+                }
+            ],
+            "'meta.inner_lr' is in both params and grid",
+        ),
+    ],
+)
+def test_config_refuses_methods_that_would_run_otherwise_than_written(methods, said):
+    with pytest.raises(MetarecError) as err:
+        E.ExperimentConfig.from_dict({"methods": methods})
+    assert said in str(err.value)
+
+
+def test_pooled_names_the_meta_settings_it_never_reads():
+    # a pooled method's params.meta.algorithm = "ridge" trained as fomaml, inner_steps 7
+    # as 0, with no word, while results.json recorded them as given
+    from metarec.meta.algorithms import MetaConfig
+    from metarec.model import ModelConfig
+    from metarec.transfer import PooledRecommender
+
+    cfg = ModelConfig(meta=MetaConfig(algorithm="ridge", inner_steps=7, inner_lr=0.5))
+    said = PooledRecommender(cfg)._unused_settings(cfg, True)
+    assert [s.split(" ")[0] for s in said] == [
+        "meta.algorithm",
+        "meta.inner_steps",
+        "meta.inner_lr",
+    ]
+    # fine-tuning reads inner_lr; the default config names nothing
+    assert [s.split(" ")[0] for s in PooledRecommender(cfg, 3)._unused_settings(cfg, True)] == [
+        "meta.algorithm",
+        "meta.inner_steps",
+    ]
+    assert PooledRecommender(ModelConfig(), 5)._unused_settings(ModelConfig(), True) == []
+    # implicit data: the rating model's table trains nothing
+    said = PooledRecommender(cfg, 3)._unused_settings(cfg, False)
+    assert said == ["meta.* (no model of this fit trains with it)"]
+
+
+def test_a_reused_part_was_scored_at_every_cut_off_the_run_computes():
+    # another method's select_metric ("HR@7 (full)") adds a cut-off for every method; a
+    # part run without that method lacked the figure when --resume reused it
+    from metarec import resume
+
+    base = {"methods": [{"name": "popularity"}]}
+    more = {
+        "methods": [
+            *base["methods"],
+            {"name": "ease", "grid": {"reg": [10.0, 100.0]}, "select_metric": "HR@7 (full)"},
+        ]
+    }
+    a, b = E.ExperimentConfig.from_dict(base), E.ExperimentConfig.from_dict(more)
+    spec = a.methods[0]
+    assert resume.fingerprint(a, spec, 0, "d", {}) != resume.fingerprint(b, spec, 0, "d", {})
+    same = {"methods": [*base["methods"], {"name": "item_mean"}]}
+    c = E.ExperimentConfig.from_dict(same)
+    assert resume.fingerprint(a, spec, 0, "d", {}) == resume.fingerprint(c, spec, 0, "d", {})
+
+
 def test_pooled_trains_without_inner_steps_and_fine_tunes_at_adaptation():
     cfg = E.load_config(TINY)
     ds = E.load_data(cfg)

@@ -1176,3 +1176,38 @@ def test_csv_domains_named_as_a_column_or_left_empty_in_t_are_read_as_fit_reads_
     t_empty = write(tmp_path / "te.csv", "user_id,item_id,rating,domain\nu1,7,5,\nu2,b,4,\n")
     i2 = write(tmp_path / "i2.csv", "item_id,title,domain\n7,seven,films\nb,bee,books\n")
     assert read_table(t_empty, items=i2).ratings["domain"].tolist() == ["films", "books"]
+
+
+@pytest.mark.parametrize(
+    "options, said",
+    [
+        ({"rating_range": "1-5"}, "csv: option rating_range: expected a list, got '1-5'"),
+        ({"rating_range": [1]}, "csv: option rating_range: expected 2 values, got 1"),
+        ({"rating_range": [1, "x"]}, "csv: option rating_range[1]: expected a number"),
+        ({"sep": 5}, "csv: option sep: expected a string, got 5"),
+        ({"user_col": ["a"]}, "csv: option user_col: expected a string"),
+        ({"label_col": 1}, "csv: option label_col: expected a string, got 1"),
+        ({"encoding": "nope"}, "csv: option encoding: unknown encoding 'nope'"),
+    ],
+)
+def test_loader_options_of_the_wrong_type_are_one_line(tmp_path, options, said):
+    # an experiment's [data].options is an untyped table: these reached the loader and
+    # failed inside it or pandas with a traceback
+    from metarec.data import read_raw
+
+    p = tmp_path / "t.csv"
+    p.write_text("user_id,item_id,rating\nu,i,5\nv,i,1\n")
+    with pytest.raises(MetarecError) as err:
+        read_raw("csv", p, **options)
+    assert said in str(err.value)
+    assert read_raw("csv", p, rating_range=[1, 5]).rating_range == (1.0, 5.0)
+
+
+def test_preprocess_missing_columns_is_read_from_a_table():
+    # config's fixed-length tuples swapped value and type: every [["title", "drop"]] was
+    # refused ("missing_columns[\"<class 'str'>\"]")
+    from metarec.config import from_dict
+    from metarec.preprocess import PreprocessConfig
+
+    cfg = from_dict(PreprocessConfig, {"missing_columns": [["title", "drop"]]})
+    assert cfg.missing_columns == (("title", "drop"),)

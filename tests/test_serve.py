@@ -266,6 +266,29 @@ def test_a_422_lists_at_most_twenty_errors(client):
     assert data["detail"].endswith("(+47 more)")
 
 
+def test_the_415_answers_only_for_json_routes_and_authorised_clients(predictor):
+    # every POST got it first: /nope was a 415 where the router says 404, /health a 415
+    # where it says 405, and a client without the token learnt of the body rule, not 401
+    c = TestClient(create_app(predictor))
+    text = {"content-type": "text/plain"}
+    assert c.post("/nope", content="x", headers=text).status_code == 404
+    assert c.post("/health", content="x", headers=text).status_code == 405
+    assert c.post("/recommend", content="x", headers=text).status_code == 415
+    locked = TestClient(create_app(predictor, config=ServeConfig(token="s3cret")))
+    assert locked.post("/recommend", content="x", headers=text).status_code == 401
+    wrong = {**text, "authorization": "Bearer nope"}
+    assert locked.post("/recommend", content="x", headers=wrong).status_code == 401
+    right = {**text, "authorization": "Bearer s3cret"}
+    assert locked.post("/recommend", content="x", headers=right).status_code == 415
+
+
+@pytest.mark.parametrize("key", ["explain_top", "max_explain_k"])
+def test_serve_config_refuses_explain_limits_below_one(key):
+    # explain_top -1 dropped each item's last explanation row without a word
+    with pytest.raises(MetarecError, match=f"serve: {key} must be >= 1, got -1"):
+        ServeConfig(**{key: -1})
+
+
 def test_a_body_that_is_not_json_by_its_headers_is_a_415_naming_them(client):
     body = '{"interactions": [{"item_id": "it1", "rating": 5}], "k": 2}'
     form = {"content-type": "application/x-www-form-urlencoded"}  # curl -d's default

@@ -522,10 +522,12 @@ def _default_feedback_db() -> Path:
     return cache_root() / "feedback"
 
 
-def _check_bind(host: str, port: int) -> None:
-    """Bind (and release) the address first, so that a port in use or a host that is not
-    this machine's is one line and exit 2 before the model loads, not uvicorn's exit 3
-    after a "serving on" line."""
+def _listen(host: str, port: int):
+    """A socket listening on the address, bound before the model loads, so that a port
+    in use or a host that is not this machine's is one line and exit 2, not uvicorn's exit
+    3 after a "serving on" line. It is kept and handed to uvicorn: bound and released
+    here, the port could be taken by another server while the model loaded (seconds), and
+    this one then failed after all."""
     import socket
 
     try:
@@ -533,15 +535,44 @@ def _check_bind(host: str, port: int) -> None:
     except socket.gaierror as err:
         raise MetarecError(f"--host {host!r}: {err.strerror}") from None
     family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as s:
+    s = socket.socket(family, kind, proto)
+    try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            s.bind(addr)
-        except OSError as err:
-            raise MetarecError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+        s.bind(addr)
+        # listening now: two bound sockets that do not listen can share a port on Linux
+        s.listen(2048)  # uvicorn's default backlog
+    except OSError as err:
+        s.close()
+        raise MetarecError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+    return s
 
 
 def cmd_serve(args) -> int:
+    if not 1 <= args.port <= 65535:
+        raise MetarecError(f"--port must be in 1..65535, got {args.port}")
+    if args.torch_threads < 1:
+        raise MetarecError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+    if args.feedback_db:
+        from metarec.artifacts import is_run
+
+        # a store in a RUN folder made every later fit or export onto that RUN refuse it
+        # ("a RUN holding 1 file(s) it did not write"): the RUN holds what fit writes
+        fb = user_path(args.feedback_db).resolve()
+        inside = next((p for p in (fb, *fb.parents) if is_run(p)), None)
+        if inside is not None:
+            raise MetarecError(
+                f"--feedback-db {args.feedback_db} is inside the RUN {inside}; keep the "
+                "feedback store outside RUN folders"
+            )
+    sock = _listen(args.host, args.port)
+    try:
+        return _serve(args, sock)
+    finally:
+        sock.close()
+
+
+def _serve(args, sock) -> int:
+    """cmd_serve past its port: the checks, the model, and uvicorn on ``sock``."""
     import gc
 
     import torch
@@ -550,11 +581,6 @@ def cmd_serve(args) -> int:
     from metarec.predictor import Predictor
     from metarec.serve.app import ServeConfig, create_app
 
-    if not 1 <= args.port <= 65535:
-        raise MetarecError(f"--port must be in 1..65535, got {args.port}")
-    if args.torch_threads < 1:
-        raise MetarecError(f"--torch-threads must be >= 1, got {args.torch_threads}")
-    _check_bind(args.host, args.port)
     # one intra-op thread per request: concurrent requests then use the cores in parallel
     torch.set_num_threads(args.torch_threads)
     if args.token is not None and not args.token.strip():
@@ -596,8 +622,12 @@ def cmd_serve(args) -> int:
     # generations, every full collection walks them all (tens of ms: the p99 tail).
     gc.collect()
     gc.freeze()
-    print(f"metarec: serving {args.run} on http://{args.host}:{args.port} (feedback: {feedback})")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address: bracketed
+    print(f"metarec: serving {args.run} on http://{where}:{args.port} (feedback: {feedback})")
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+    )
+    uvicorn.Server(config).run(sockets=[sock])
     return 0
 
 

@@ -51,6 +51,7 @@ from metarec.atomic import (
 )
 from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
 from metarec.features import FeatureSet
+from metarec.meta.algorithms import MAX_INNER_STEPS
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
 from metarec.recommender import Recommender
 from metarec.types import MAX_SEED, Dataset, MetarecError, Split, Task
@@ -156,11 +157,25 @@ class MethodSpec:
         # (--only splits on commas)
         if not isinstance(self.name, str) or not self.name.strip():
             raise MetarecError(f"a method name must be a non-empty string, got {self.name!r}")
+        if self.name != self.name.strip():
+            # "popularity " beside "popularity" passed the duplicate check and made two
+            # rows reading alike, and --only (which strips) could select only one
+            raise MetarecError(f"method name {self.name!r} has spaces at an end; drop them")
         if "," in self.name or any(not c.isprintable() for c in self.name):
             raise MetarecError(
                 f"method name {self.name!r} has a comma or a non-printing character "
                 "(--only could not select it, or the report's table would break)"
             )
+
+
+def _has_path(table: dict, path: list[str]) -> bool:
+    """Whether the nested ``table`` holds a value at ``path`` (["meta", "inner_lr"])."""
+    node: object = table
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 @dataclass(frozen=True)
@@ -224,8 +239,19 @@ class ExperimentConfig:
         for m in self.methods:
             if m.kind == "transfer" and m.strategy is None:
                 raise MetarecError(f"method {m.name!r}: kind transfer needs a strategy")
-            if m.finetune_steps < 0:
-                raise MetarecError(f"method {m.name!r}: finetune_steps must be >= 0")
+            if not 0 <= m.finetune_steps <= MAX_INNER_STEPS:
+                # above the bound the pooled model trained, then failed naming inner_steps
+                raise MetarecError(
+                    f"method {m.name!r}: finetune_steps must be in [0, {MAX_INNER_STEPS}], "
+                    f"got {m.finetune_steps}"
+                )
+            both = [path for path in m.grid if _has_path(m.params, path.split("."))]
+            if both:
+                # the grid's value won and the params value was never used, while
+                # results.json listed it
+                raise MetarecError(
+                    f"method {m.name!r}: {both[0]!r} is in both params and grid; give it in one"
+                )
             if m.select_metric is not None:
                 _check_metric_name(m.select_metric, f"method {m.name!r}: select_metric")
             # a key its kind does not read was accepted and ignored: the config is checked

@@ -538,9 +538,6 @@ class MetaRecommender(Recommender):
 
     name = "MetaRec"
     predicts_ratings = True
-    # fit warns about meta settings no model reads (unused_meta_settings); the pooled
-    # subclass rewrites its meta configs (0 inner steps, an SGD algorithm) and opts out
-    _warn_unused_meta = True
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
         cfg = config or ModelConfig()
@@ -617,8 +614,8 @@ class MetaRecommender(Recommender):
         if dataset.feedback == "explicit" and len(train) and cfg.rank_model:
             self._check_likes(train.rating)
         check_np_user_vector(cfg, dataset.feedback == "explicit")
-        unused = unused_meta_settings(cfg, dataset.feedback == "explicit")
-        if unused and self._warn_unused_meta:
+        unused = self._unused_settings(cfg, dataset.feedback == "explicit")
+        if unused:
             warnings.warn(f"settings with no effect: {'; '.join(unused)}", stacklevel=2)
         relevant = cfg.blend.relevant_threshold
         if dataset.feedback == "explicit" and relevant is not None:
@@ -1011,6 +1008,11 @@ class MetaRecommender(Recommender):
             np.arange(n, dtype=np.int64),  # history order: training rows, then support
             np.zeros(n, dtype=np.int16),
         )
+
+    def _unused_settings(self, cfg: ModelConfig, explicit: bool) -> list[str]:
+        """The meta settings of ``cfg`` no model of this fit reads (fit warns of them);
+        the pooled subclass judges its own (it rewrites its meta configs)."""
+        return unused_meta_settings(cfg, explicit)
 
     def _check_likes(self, ratings: np.ndarray) -> None:
         """The like threshold must split the training ratings. A declared rating range

@@ -109,6 +109,9 @@ def fingerprint(config, spec, seed: int, data: str, env: dict, features: str = "
         "config": shared,
         "method": to_dict(spec),
         "seed": int(seed),
+        # the cut-offs every method is scored at: another method's select_metric (HR@7)
+        # adds one, and a part run without it lacked that figure when reused
+        "eval_ks": list(config.eval_ks()),
         "data": data,
         "features": features,
         "code": code_hash(),

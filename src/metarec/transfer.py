@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from metarec.features import FeatureSet
-from metarec.meta.algorithms import ALGORITHMS
+from metarec.meta.algorithms import ALGORITHMS, MAX_INNER_STEPS
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.models.scorer import param_group
 from metarec.types import Dataset, Interactions, MetarecError, Task
@@ -53,12 +53,15 @@ class PooledRecommender(MetaRecommender):
     item-cold users.
     """
 
-    _warn_unused_meta = False  # its meta configs are rewritten below
-
     def __init__(self, config: ModelConfig | None = None, finetune_steps: int = 0) -> None:
         cfg = config or ModelConfig()
-        if finetune_steps < 0:
-            raise MetarecError(f"pooled: finetune_steps must be >= 0, got {finetune_steps}")
+        if not 0 <= finetune_steps <= MAX_INNER_STEPS:
+            # 1001 was taken, the model trained, and only then the method failed, naming
+            # meta.inner_steps, which nobody had set
+            raise MetarecError(
+                f"pooled: finetune_steps must be in [0, {MAX_INNER_STEPS}], got {finetune_steps}"
+            )
+        self._given = cfg  # before the rewrite below: what _unused_settings judges
 
         def pooled(meta):
             # an SGD inner loop is needed for fine-tuning; ridge/np adapt without steps
@@ -73,6 +76,41 @@ class PooledRecommender(MetaRecommender):
         super().__init__(cfg)
         self.finetune_steps = int(finetune_steps)
         self.name = "Pooled" + (f"+FT{finetune_steps}" if finetune_steps else "")
+
+    def _unused_settings(self, cfg: ModelConfig, explicit: bool) -> list[str]:
+        """The meta settings given to the pooled model that it never reads: it trains
+        with 0 inner steps by an SGD algorithm and fine-tunes with ``finetune_steps``, so
+        a meta table's algorithm, inner_steps, first_order, ridge and neural-process keys
+        (and inner_lr and adapt_groups without fine-tuning) were rewritten or ignored,
+        while results.json recorded them as given."""
+        given, defaults = self._given, ModelConfig()
+        trained = (["meta"] if explicit else []) + (
+            [("rank_meta" if given.rank_meta is not None else "meta")]
+            if given.rank_model or not explicit
+            else []
+        )
+        why = {
+            "algorithm": "the pooled model is not meta-learned; it fine-tunes by SGD",
+            "inner_steps": "it trains with 0 inner steps and fine-tunes with finetune_steps",
+            "first_order": "it trains with 0 inner steps",
+            "ridge_lambda": "it has no closed-form head",
+            "ridge_target": "it has no closed-form head",
+            "np_hidden": "it has no neural-process encoder",
+        }
+        if self.finetune_steps == 0:
+            why["inner_lr"] = why["adapt_groups"] = "finetune_steps = 0: no fine-tuning step"
+        out = []
+        for prefix in ("meta", "rank_meta"):
+            mine, base = getattr(given, prefix), getattr(defaults, prefix)
+            if mine is None or mine == base:
+                continue
+            if prefix not in trained:
+                out.append(f"{prefix}.* (no model of this fit trains with it)")
+                continue
+            for key, reason in why.items():
+                if getattr(mine, key) != getattr(base, key):
+                    out.append(f"{prefix}.{key} ({reason})")
+        return out
 
     def _train_part(self, split, head, meta, tcfg, dataset, members=1, member_steps=()):
         # training ran with 0 inner steps; adaptation (score/recommend, and the validation

@@ -217,10 +217,36 @@ def read_raw(
     if unknown:
         allowed = ", ".join(k for k in accepted if k != "path") or "none"
         raise MetarecError(f"{name}: unknown option(s) {', '.join(unknown)} (allowed: {allowed})")
+    options = _typed_options(name, spec.read, options)
     raw = spec.read(path, **options)
     if spec.folder is not None or not spec.needs_path:  # a named release, not csv/parquet
         _check_rated_ids_have_rows(name, raw)
     return raw
+
+
+def _typed_options(name: str, read: Callable, options: dict) -> dict:
+    """``options`` checked and converted against the loader's annotations, as a config
+    table is (:func:`metarec.config.from_dict`): an experiment's ``[data].options`` is
+    an untyped table, and ``rating_range = "1-5"``, ``sep = 5`` or ``label_col = 1``
+    reached the loader and failed inside it or pandas with a traceback."""
+    import codecs
+    import typing
+
+    from metarec.config import _coerce
+
+    hints = typing.get_type_hints(read)
+    out = {
+        k: _coerce(v, hints[k], f"{name}: option {k}") if k in hints else v
+        for k, v in options.items()
+    }
+    if "encoding" in out:
+        try:
+            codecs.lookup(out["encoding"])
+        except LookupError:
+            raise MetarecError(
+                f"{name}: option encoding: unknown encoding {out['encoding']!r}"
+            ) from None
+    return out
 
 
 def _check_rated_ids_have_rows(name: str, raw: RawData) -> None:

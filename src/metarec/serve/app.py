@@ -82,9 +82,18 @@ class ServeConfig:
     token: str | None = None  # bearer token; None = open (bind to 127.0.0.1 then)
 
     def __post_init__(self) -> None:
-        for name in ("max_k", "max_interactions", "max_score_items", "max_body_bytes"):
+        # explain_top -1 silently dropped each item's last explanation row, max_explain_k
+        # -3 made every explain request a 422
+        for name in (
+            "max_k",
+            "max_interactions",
+            "max_score_items",
+            "max_body_bytes",
+            "explain_top",
+            "max_explain_k",
+        ):
             if getattr(self, name) < 1:
-                raise MetarecError(f"serve: {name} must be >= 1")
+                raise MetarecError(f"serve: {name} must be >= 1, got {getattr(self, name)}")
         if self.cache_entries < 0 or not self.cache_ttl_s > 0:
             raise MetarecError(
                 f"serve: cache entries must be >= 0 and the cache TTL > 0 seconds, got "
@@ -185,7 +194,10 @@ def create_app(
         description="Few-shot adapted recommendations from a metarec RUN.",
     )
     app.state.metarec = state
-    app.add_middleware(_JsonBody)
+    # the routes that read a JSON body, filled once they are declared below: elsewhere a
+    # POST is the router's 404 or 405, not a 415 about its Content-Type
+    json_routes: set[str] = set()
+    app.add_middleware(_JsonBody, paths=json_routes, token=cfg.token)
     app.add_middleware(_BodyLimit, max_bytes=cfg.max_body_bytes)
     bearer = HTTPBearer(auto_error=False)
     # our error bodies replace FastAPI's default 422 schema in the OpenAPI document
@@ -545,6 +557,7 @@ def create_app(
             ],
         )
 
+    json_routes.update(r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ()))
     return app
 
 
@@ -567,14 +580,31 @@ class _JsonBody:
     answered "Input should be a valid dictionary" (a body without a Content-Type too), and
     a gzip body a 400 "There was an error parsing the body": neither says what to change."""
 
-    def __init__(self, app) -> None:
-        self.app = app
+    def __init__(self, app, paths: set[str], token: str | None = None) -> None:
+        self.app, self.paths, self.token = app, paths, token
+
+    def _authorised(self, headers: dict) -> bool:
+        # as the routes' bearer check: a client without the token gets their 401, not a
+        # 415 that answers for a route it may not use
+        if self.token is None:
+            return True
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+        return scheme.lower() == b"bearer" and secrets.compare_digest(
+            given, self.token.encode("utf-8")
+        )
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
+        if (
+            scope["type"] != "http"
+            or scope.get("method") not in ("POST", "PUT", "PATCH")
+            or scope.get("path") not in self.paths
+        ):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        if not self._authorised(headers):
+            await self.app(scope, receive, send)
+            return
         kind = headers.get(b"content-type", b"").decode("latin-1")
         media = kind.split(";", 1)[0].strip().lower()
         coding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()

@@ -70,8 +70,10 @@ class Explanation(BaseModel):
     item_id: str = Field(description="a support interaction's item")
     rating: float
     weight: float = Field(
-        description="logit(score(item | support)) - logit(score(item | support without this "
-        "row)): the ranking score's own logit, blend included"
+        description="ranking score(item | support) - ranking score(item | support without "
+        "this row), on the ranking score's own scale before any squashing: the like "
+        "model's logit, blend included (a RUN fitted with rank_model = false ranks by its "
+        "rating, and the weight is then a difference of ratings)"
     )
 
 
@@ -106,7 +108,8 @@ class ItemScore(BaseModel):
 class ScoreResponse(BaseModel):
     scores: list[ItemScore]
     unknown_items: list[str] = Field(
-        description="unknown ids of the support, then of item_ids (each as often as sent)"
+        description="unknown ids of the support (once each: a repeated support item is "
+        "one interaction), then of item_ids (each as often as sent)"
     )
     unknown_support_items: list[str] = Field(
         default_factory=list, description="the support's unknown item ids (left out of it)"
