@@ -318,14 +318,19 @@ def test_queries_the_model_was_fitted_on_are_refused():
     whole log) scored MAE 0.46 and AUC 0.91 against 0.72 and 0.66 on its own split, and
     nothing said so. One line naming the count; cold users and other rows pass."""
     ds = dataset()
-    # user 0 rated query item 3 in training: one of its three query rows is known
-    train = inter(0, np.array([0, 3]), np.array([5.0, 4.0]))
-    rec = FixedScores(ITEM_SCORES).fit(ds, train)
+    # user 0's query row (item 3, time 2) is a training row: one of its query rows is known
+    row = Interactions([0, 0], [0, 3], [5.0, 4.0], [0, 2], [0, 0])
+    rec = FixedScores(ITEM_SCORES).fit(ds, row)
     with pytest.raises(MetarecError, match=r"1 of 5 query rows \(1 users\) are in Fixed's"):
         evaluate(rec, ds, TASKS, ks=(1, 3), query_ks=(1, 2), bootstrap=0)
-    # the support's item in training is the user's history, not a leak
-    fine = FixedScores(ITEM_SCORES).fit(ds, inter(0, np.array([0]), np.array([5.0])))
-    assert evaluate(fine, ds, TASKS, ks=(1, 3), query_ks=(1, 2), bootstrap=0).n_users
+    # the support's item in training is the user's history, not a leak; so is an earlier
+    # rating of a query item (a log kept with its re-ratings: dedupe = false)
+    for train in (
+        inter(0, np.array([0]), np.array([5.0])),
+        Interactions([0], [3], [2.0], [-5], [0]),
+    ):
+        fine = FixedScores(ITEM_SCORES).fit(ds, train)
+        assert evaluate(fine, ds, TASKS, ks=(1, 3), query_ks=(1, 2), bootstrap=0).n_users
 
 
 @pytest.mark.parametrize(

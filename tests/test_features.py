@@ -480,3 +480,21 @@ def test_build_features_checks_its_arguments_as_text_config_does(
     assert said in str(err.value)
     with pytest.raises(MetarecError, match="expected a Dataset, got str"):
         build_features("tiny", hashing_encoder)
+
+
+def test_a_column_is_multi_valued_by_its_training_rows_only():
+    # held-out items alone, writing "a | b", made a blurb column multi-valued, and the
+    # training items then got one-hot flags of their own single blurbs (29 columns)
+    from metarec.features import side_features
+
+    blurbs = [f"blurb number {i} with words {7 * i}" for i in range(40)]
+    piped = blurbs[:30] + [f"blurb number {i} | part two {i}" for i in range(30, 40)]
+    fit = np.arange(30)
+    widths = []
+    for column in (blurbs, piped):
+        from metarec.types import IdMap
+
+        ids = IdMap(np.array([f"i{i}" for i in range(40)], dtype=object))
+        table = SideTable(ids, pd.DataFrame({"blurb": column}), text_columns=("blurb",))
+        widths.append(side_features(table, 40, fit)[0].shape[1])
+    assert widths == [0, 0]

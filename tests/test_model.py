@@ -2053,3 +2053,32 @@ def test_the_pooled_refit_trains_the_pooled_model_again(fitted, monkeypatch):
     cfg = _fast_config(refit=True, rating_members=1, blend=BlendConfig(rating=False, rank=False))
     PooledRecommender(cfg, finetune_steps=5).fit(ds, split.train, feats)
     assert seen == [("rating", 0), ("binary", 0), ("rating", 0), ("binary", 0)]
+
+
+def test_the_warm_ranking_blend_leaves_each_users_training_items_out(world, monkeypatch):
+    # evaluate and recommend leave a warm user's training history out of the ranking;
+    # the blend's fit left out only the support, so the items each validation user had
+    # rated were negatives there, and the weights were fitted on another ranking
+    import metarec.model as M
+
+    ds, _ = world
+    split = make_split(ds, "warm", k_shot=4, n_query=6, seed=0)
+    seen = {}
+    real = M.fit_rank_blend
+
+    def spy(x, pos, excl, *args, **kw):
+        seen.setdefault("excl", excl)
+        return real(x, pos, excl, *args, **kw)
+
+    monkeypatch.setattr(M, "fit_rank_blend", spy)
+    known = np.zeros(ds.n_items, bool)
+    known[split.train.item_idx] = True
+    feats = build_features(ds, HashingEncoder(dim=64), fit_items=known)
+    cfg = _fast_config(rating_members=1, blend=BlendConfig(rating=False, min_valid_users=1))
+    MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    excl = seen["excl"]
+    task = split.valid[0]
+    history = split.train.item_idx[split.train.user_idx == task.user_idx]
+    assert len(history) > len(task.support)
+    assert excl[0, history].all()  # the whole catalogue is ranked: columns are item indices
+    assert not excl[0, task.query.item_idx].any()

@@ -29,7 +29,7 @@ import numpy as np
 
 from metarec import metrics as M
 from metarec.recommender import Recommender
-from metarec.types import IMPLICIT_POSITIVE, Dataset, MetarecError, Task
+from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
 
 LOWER_IS_BETTER = frozenset({"MAE", "MAE (rounded)", "RMSE", "Logloss"})
 # more distinct ratings than this: a continuous scale, with no "nearest rating" to round to
@@ -87,19 +87,32 @@ def _candidate_indices(candidates, n_items: int) -> np.ndarray:
 def _refuse_queries_in_training(rec: Recommender, tasks: Sequence[Task]) -> None:
     """Refuse tasks whose query rows the model was fitted on: adapted on a history that
     holds the answers, it scored another seed's split at MAE 0.46 and AUC 0.91 (0.72 and
-    0.66 on its own), and nothing said so. A model without the training index (a
-    Recommender that does not call the base ``fit``) is not checked."""
-    train = getattr(rec, "train_ratings_", None)
-    if train is None or not hasattr(train, "indptr"):
+    0.66 on its own), and nothing said so. Rows are matched by (user, item, timestamp):
+    an earlier rating of the same item (a log kept with its re-ratings, dedupe = false)
+    is the user's history, not the query. A model that did not record its training rows
+    (a Recommender that does not call the base ``fit``, or a loaded RUN) is not checked."""
+    train = getattr(rec, "train_rows_", None)
+    if not isinstance(train, Interactions) or not len(train):
         return
-    indptr, indices = train.indptr, train.indices
+    users_of = np.unique(np.array([t.user_idx for t in tasks], dtype=np.int64))
+    mine = np.isin(train.user_idx, users_of)
+    seen = set(
+        zip(
+            train.user_idx[mine].tolist(),
+            train.item_idx[mine].tolist(),
+            train.timestamp[mine].tolist(),
+            strict=True,
+        )
+    )
     rows = users = 0
-    for t in tasks:
-        u = int(t.user_idx)
-        if not 0 <= u < len(indptr) - 1 or indptr[u] == indptr[u + 1]:
-            continue  # a cold user: no training rows
-        hit = int(np.isin(t.query.item_idx, indices[indptr[u] : indptr[u + 1]]).sum())
-        rows, users = rows + hit, users + bool(hit)
+    if seen:
+        for t in tasks:
+            q = t.query
+            hit = sum(
+                (int(t.user_idx), i, s) in seen
+                for i, s in zip(q.item_idx.tolist(), q.timestamp.tolist(), strict=True)
+            )
+            rows, users = rows + hit, users + bool(hit)
     if rows:
         total = sum(len(t.query) for t in tasks)
         raise MetarecError(

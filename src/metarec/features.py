@@ -257,8 +257,10 @@ def side_features(
     blocks, names = [], []
     cat_cols = list(table.categorical_columns)
     for c in table.text_columns:
-        # "a|b" is the loaders' multi-valued convention (MovieLens genres)
-        if _multi_valued(frame[c].tolist()):
+        # "a|b" is the loaders' multi-valued convention (MovieLens genres), judged on the
+        # fit rows as the vocabulary is: held-out items' cells alone made a column
+        # multi-valued, and the training items then got one-hot flags of single blurbs
+        if _multi_valued(frame[c].iloc[fit].tolist()):
             cat_cols.append(c)
     for c in cat_cols:
         block, vocab = _multi_hot(frame[c].tolist(), fit, max_categories)

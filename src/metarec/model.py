@@ -972,10 +972,13 @@ class MetaRecommender(Recommender):
         rel = like if b.relevant_threshold is None else b.relevant_threshold
         pos = np.zeros((len(tasks), len(items)), dtype=bool)
         excl = np.zeros_like(pos)
-        for r, t in enumerate(tasks):
+        for r, (t, (_, h)) in enumerate(zip(tasks, pairs, strict=True)):
             c = col[t.query.item_idx[t.query.rating >= rel]]
             pos[r, c[c >= 0]] = True
-            c = col[t.support.item_idx]
+            # the whole history left out of the ranking, as evaluate and recommend leave it
+            # out: a warm validation user's training items were negatives here (the
+            # support alone was), so the weights were fitted on another ranking
+            c = col[h.item_idx]
             excl[r, c[c >= 0]] = True
         if not pos.any():
             return None, "softmax"

@@ -190,6 +190,9 @@ class Recommender(abc.ABC):
             raise MetarecError(f"{self.name}: train has user indices outside the dataset")
         self.n_users_ = dataset.n_users
         self.n_items_ = dataset.n_items
+        # the rows themselves (a reference, no copy): evaluate refuses tasks whose query
+        # rows are among them (metarec.evaluate._refuse_queries_in_training)
+        self.train_rows_ = train
         self.feedback_ = dataset.feedback
         self.rating_range_ = tuple(float(x) for x in dataset.rating_range)
         self._index_training_rows(train)
