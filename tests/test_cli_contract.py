@@ -649,8 +649,9 @@ def test_serve_holds_its_port_from_the_check_to_uvicorn():
     import socket
 
     from metarec.cli import _listen
+    from metarec.types import MetarecError
 
-    held = _listen("127.0.0.1", 0)
+    (held,) = _listen("127.0.0.1", 0)
     try:
         port = held.getsockname()[1]
         with socket.socket() as other:
@@ -659,6 +660,14 @@ def test_serve_holds_its_port_from_the_check_to_uvicorn():
                 other.bind(("127.0.0.1", port))
     finally:
         held.close()
+    if socket.has_ipv6:
+        # "::" is IPv6 only, as asyncio binds it (the kernel's default also took IPv4)
+        try:
+            (six,) = _listen("::", 0)
+        except MetarecError:
+            pytest.skip("no IPv6 on this machine")
+        with six:
+            assert six.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
 
 
 def test_fit_can_validate_on_the_newest_items(tmp_path, capsys):
@@ -1489,7 +1498,7 @@ def test_a_like_threshold_that_does_not_split_the_ratings_is_named(tmp_path, cap
     assert main([*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]) == 2
     err = capsys.readouterr().err
     assert "the like threshold, the rating scale's middle, 5.5 is above every training" in err
-    assert "set like_threshold to" in err and err.count("\n") == 1 and not out.exists()
+    assert "set model.like_threshold to" in err and err.count("\n") == 1 and not out.exists()
     # ... and model.like_threshold mends it
     argv = [*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]
     assert main([*argv, "--set", "like_threshold=4"]) == 0

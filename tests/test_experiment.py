@@ -277,6 +277,17 @@ def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
     assert Path(cfg.base_dir) == TINY.parent.resolve()
 
 
+def test_a_grid_of_tables_may_set_other_keys_of_a_params_table():
+    # params' train.steps beside a grid over train tables of eval_every: both are used
+    # (the tables merge), so the overlap rule looks at leaves
+    m = {"name": "M", "kind": "meta", "params": {"train": {"steps": 2}}}
+    ok = {**m, "grid": {"train": [{"eval_every": 1}, {"eval_every": 2}]}}
+    assert E.ExperimentConfig.from_dict({"methods": [ok]}).methods[0].name == "M"
+    bad = {**m, "grid": {"train": [{"steps": 1}, {"eval_every": 2}]}}
+    with pytest.raises(MetarecError, match="'train.steps' is in both params and grid"):
+        E.ExperimentConfig.from_dict({"methods": [bad]})
+
+
 @pytest.mark.parametrize(
     "methods, said",
     [
@@ -321,6 +332,16 @@ def test_pooled_names_the_meta_settings_it_never_reads():
     from metarec.model import ModelConfig
     from metarec.transfer import PooledRecommender
 
+    # MeLU's SGD loop is kept (it fine-tunes its own groups): not named; Reptile trains
+    # as FOMAML (its outer step is zero with 0 inner steps): named
+    melu = ModelConfig(meta=MetaConfig(algorithm="melu"))
+    assert PooledRecommender(melu, 3)._unused_settings(melu, True) == []
+    rep = ModelConfig(meta=MetaConfig(algorithm="reptile"))
+    pooled_rep = PooledRecommender(rep, 3)
+    assert pooled_rep.config.meta.algorithm == "fomaml"
+    assert pooled_rep._unused_settings(rep, True) == [
+        "meta.algorithm (the pooled model trains and fine-tunes as fomaml)"
+    ]
     cfg = ModelConfig(meta=MetaConfig(algorithm="ridge", inner_steps=7, inner_lr=0.5))
     said = PooledRecommender(cfg)._unused_settings(cfg, True)
     assert [s.split(" ")[0] for s in said] == [

@@ -1211,3 +1211,21 @@ def test_preprocess_missing_columns_is_read_from_a_table():
 
     cfg = from_dict(PreprocessConfig, {"missing_columns": [["title", "drop"]]})
     assert cfg.missing_columns == (("title", "drop"),)
+
+
+def test_whole_number_spellings_compare_as_text_not_floats():
+    # as floats, two snowflake ids past 2^53 read as one user, and a warning paired them
+    from metarec.data.files import whole_number_spelling
+
+    ids = pd.Series(["007", "+7", "7.0", "-07", "1700000000000000001", "abc", "7.5", "00"])
+    assert whole_number_spelling(ids).tolist() == [
+        "7",
+        "7",
+        "7",
+        "-7",
+        "1700000000000000001",
+        None,
+        None,
+        "0",
+    ]
+    assert whole_number_spelling(pd.Series(["1700000000000000000"]))[0] != "1700000000000000001"

@@ -274,12 +274,14 @@ def test_the_415_answers_only_for_json_routes_and_authorised_clients(predictor):
     assert c.post("/nope", content="x", headers=text).status_code == 404
     assert c.post("/health", content="x", headers=text).status_code == 405
     assert c.post("/recommend", content="x", headers=text).status_code == 415
+    assert c.put("/recommend", content="x", headers=text).status_code == 405
     locked = TestClient(create_app(predictor, config=ServeConfig(token="s3cret")))
     assert locked.post("/recommend", content="x", headers=text).status_code == 401
     wrong = {**text, "authorization": "Bearer nope"}
     assert locked.post("/recommend", content="x", headers=wrong).status_code == 401
-    right = {**text, "authorization": "Bearer s3cret"}
-    assert locked.post("/recommend", content="x", headers=right).status_code == 415
+    for sent in ("Bearer s3cret", "Bearer  s3cret", "bearer s3cret"):  # as HTTPBearer reads it
+        right = {**text, "authorization": sent}
+        assert locked.post("/recommend", content="x", headers=right).status_code == 415
 
 
 @pytest.mark.parametrize("key", ["explain_top", "max_explain_k"])

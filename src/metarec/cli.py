@@ -522,29 +522,38 @@ def _default_feedback_db() -> Path:
     return cache_root() / "feedback"
 
 
-def _listen(host: str, port: int):
-    """A socket listening on the address, bound before the model loads, so that a port
-    in use or a host that is not this machine's is one line and exit 2, not uvicorn's exit
-    3 after a "serving on" line. It is kept and handed to uvicorn: bound and released
-    here, the port could be taken by another server while the model loaded (seconds), and
-    this one then failed after all."""
+def _listen(host: str, port: int) -> list:
+    """Sockets listening on every address ``host`` resolves to (as uvicorn binds them),
+    bound before the model loads, so that a port in use or a host that is not this
+    machine's is one line and exit 2, not uvicorn's exit 3 after a "serving on" line. They
+    are kept and handed to uvicorn: bound and released here, the port could be taken by
+    another server while the model loaded (seconds), and this one then failed after all."""
     import socket
 
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise MetarecError(f"--host {host!r}: {err.strerror}") from None
-    family, kind, proto, _, addr = infos[0]
-    s = socket.socket(family, kind, proto)
+    socks: list[socket.socket] = []
     try:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        s.bind(addr)
-        # listening now: two bound sockets that do not listen can share a port on Linux
-        s.listen(2048)  # uvicorn's default backlog
+        for family, kind, proto, _, addr in dict.fromkeys(
+            (f, k, p, "", a) for f, k, p, _, a in infos
+        ):
+            s = socket.socket(family, kind, proto)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            if family == socket.AF_INET6:
+                # IPv6 only, as asyncio binds: "::" left at the kernel's default also
+                # listened on every IPv4 address
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(addr)
+            # listening now: two bound sockets that do not listen can share a port on Linux
+            s.listen(2048)  # uvicorn's default backlog
     except OSError as err:
-        s.close()
+        for s in socks:
+            s.close()
         raise MetarecError(f"cannot listen on {host}:{port}: {err.strerror}") from None
-    return s
+    return socks
 
 
 def cmd_serve(args) -> int:
@@ -564,14 +573,15 @@ def cmd_serve(args) -> int:
                 f"--feedback-db {args.feedback_db} is inside the RUN {inside}; keep the "
                 "feedback store outside RUN folders"
             )
-    sock = _listen(args.host, args.port)
+    socks = _listen(args.host, args.port)
     try:
-        return _serve(args, sock)
+        return _serve(args, socks)
     finally:
-        sock.close()
+        for s in socks:
+            s.close()
 
 
-def _serve(args, sock) -> int:
+def _serve(args, socks: list) -> int:
     """cmd_serve past its port: the checks, the model, and uvicorn on ``sock``."""
     import gc
 
@@ -627,8 +637,12 @@ def _serve(args, sock) -> int:
     config = uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
     )
-    uvicorn.Server(config).run(sockets=[sock])
-    return 0
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=socks)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C: uvicorn has shut down gracefully and re-raised it (uvicorn.run's way)
+    return 0 if server.started else 3  # 3: it never started (uvicorn.run's code)
 
 
 def cmd_update(args) -> int:

@@ -49,7 +49,15 @@ from metarec.atomic import (
     write_refused,
     write_text,
 )
-from metarec.config import apply_overrides, deep_merge, from_dict, load_toml, set_path, to_dict
+from metarec.config import (
+    apply_overrides,
+    coerce_fields,
+    deep_merge,
+    from_dict,
+    load_toml,
+    set_path,
+    to_dict,
+)
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import MAX_INNER_STEPS
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
@@ -92,6 +100,7 @@ class SplitConfig:
     max_test_users: int | None = None  # budget option: evaluate on the first N test users
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         from metarec.splits import PROTOCOLS
 
         for key in ("source", "target"):
@@ -166,6 +175,19 @@ class MethodSpec:
                 f"method name {self.name!r} has a comma or a non-printing character "
                 "(--only could not select it, or the report's table would break)"
             )
+
+
+def _grid_leaves(path: str, values: object) -> list[str]:
+    """The dotted leaf keys a grid entry sets: its own path, or where its points are
+    tables (``train = [{eval_every = 1}, ...]``, merged into params' table) each of their
+    leaves, so params may hold the table's other keys."""
+    if not isinstance(values, list) or not values or not all(isinstance(v, dict) for v in values):
+        return [path]
+    out: dict[str, None] = {}
+    for point in values:
+        for key, value in point.items():
+            out.update(dict.fromkeys(_grid_leaves(f"{path}.{key}", [value])))
+    return list(out)
 
 
 def _has_path(table: dict, path: list[str]) -> bool:
@@ -245,7 +267,12 @@ class ExperimentConfig:
                     f"method {m.name!r}: finetune_steps must be in [0, {MAX_INNER_STEPS}], "
                     f"got {m.finetune_steps}"
                 )
-            both = [path for path in m.grid if _has_path(m.params, path.split("."))]
+            both = [
+                leaf
+                for path, values in m.grid.items()
+                for leaf in _grid_leaves(path, values)
+                if _has_path(m.params, leaf.split("."))
+            ]
             if both:
                 # the grid's value won and the params value was never used, while
                 # results.json listed it

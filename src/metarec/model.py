@@ -1027,12 +1027,15 @@ class MetaRecommender(Recommender):
         liked = np.asarray(ratings, dtype=np.float32) >= np.float32(thr)
         r_lo, r_hi = float(np.min(ratings)), float(np.max(ratings))
         how = (
-            "like_threshold"
+            "model.like_threshold"
             if self.config.like_threshold is not None
             else "the like threshold, the rating scale's middle,"
         )
-        # fit's --set names the key bare; an experiment file's [model] table holds it
-        fix = "set like_threshold to a rating the log has (--set like_threshold=4), or give the scale it rates on"
+        # fit's --set names the key bare; an experiment holds it in its [model] table
+        fix = (
+            "set model.like_threshold to a rating the log has (fit: --set like_threshold=4; "
+            "evaluate: --set model.like_threshold=4), or give the scale it rates on"
+        )
         if not liked.any():
             raise MetarecError(
                 f"{how} {thr:g} is above every training rating (they run {r_lo:g}..{r_hi:g}): "

@@ -350,18 +350,19 @@ class Predictor:
         warning, since their training history then goes unused."""
         # training users are those with rows: a user listed only in the users file is not
         # one ("007" from a zero-padded U beside "7" in T was taken as known, unwarned)
+        from metarec.data.files import whole_number_spelling
+
         trained = set(self.users.ids[np.unique(np.asarray(self.train.user_idx))].tolist())
-        out = []
-        for u in dict.fromkeys(str(u) for u in user_ids):
-            if u in trained:
-                continue
-            try:
-                v = float(u)
-            except ValueError:
-                continue
-            if np.isfinite(v) and v == int(v) and str(int(v)) in trained and str(int(v)) != u:
-                out.append((u, str(int(v))))
-        return out
+        given = pd.Series([u for u in dict.fromkeys(str(u) for u in user_ids) if u not in trained])
+        if given.empty:
+            return []
+        # as text, not floats: ids past 2^53 read as one number
+        plain = whole_number_spelling(given)
+        return [
+            (u, p)
+            for u, p in zip(given.tolist(), plain.tolist(), strict=True)
+            if p is not None and p != u and p in trained
+        ]
 
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

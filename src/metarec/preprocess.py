@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+from metarec.config import coerce_fields
 from metarec.data.raw import RawData, build_dataset
 from metarec.types import Dataset, MetarecError
 
@@ -68,10 +69,10 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         cols = self.missing_columns
-        if isinstance(cols, Mapping):
-            cols = tuple(cols.items())
-        cols = tuple((str(c), str(s)) for c, s in cols)
-        object.__setattr__(self, "missing_columns", cols)
+        if isinstance(cols, Mapping):  # {column: strategy}, as a TOML table gives it
+            object.__setattr__(self, "missing_columns", tuple(cols.items()))
+        coerce_fields(self)  # built directly too, as from_dict builds it
+        cols = self.missing_columns
         for name, strategy in (
             ("missing_numeric", self.missing_numeric),
             ("missing_categorical", self.missing_categorical),

@@ -64,9 +64,15 @@ class PooledRecommender(MetaRecommender):
         self._given = cfg  # before the rewrite below: what _unused_settings judges
 
         def pooled(meta):
-            # an SGD inner loop is needed for fine-tuning; ridge/np adapt without steps
-            algo = meta.algorithm if ALGORITHMS[meta.algorithm].inner == "sgd" else "fomaml"
+            # an SGD inner loop is needed for fine-tuning (ridge and np adapt without
+            # steps), and a query-loss outer step for training: Reptile's outer step is
+            # the inner loop's displacement, zero with 0 inner steps, so a pooled Reptile
+            # barely trained (its validation loss stayed flat)
+            a = ALGORITHMS[meta.algorithm]
+            algo = meta.algorithm if a.inner == "sgd" and a.outer == "query" else "fomaml"
             return dataclasses.replace(meta, algorithm=algo, inner_steps=0, first_order=True)
+
+        self._pooled = pooled  # _unused_settings asks it which algorithms it rewrites
 
         cfg = dataclasses.replace(
             cfg,
@@ -90,7 +96,7 @@ class PooledRecommender(MetaRecommender):
             else []
         )
         why = {
-            "algorithm": "the pooled model is not meta-learned; it fine-tunes by SGD",
+            "algorithm": "",  # said per algorithm below
             "inner_steps": "it trains with 0 inner steps and fine-tunes with finetune_steps",
             "first_order": "it trains with 0 inner steps",
             "ridge_lambda": "it has no closed-form head",
@@ -108,8 +114,14 @@ class PooledRecommender(MetaRecommender):
                 out.append(f"{prefix}.* (no model of this fit trains with it)")
                 continue
             for key, reason in why.items():
-                if getattr(mine, key) != getattr(base, key):
-                    out.append(f"{prefix}.{key} ({reason})")
+                if getattr(mine, key) == getattr(base, key):
+                    continue
+                if key == "algorithm":
+                    kept = self._pooled(mine).algorithm
+                    if kept == mine.algorithm:
+                        continue  # MeLU's SGD loop is kept: it fine-tunes its own groups
+                    reason = f"the pooled model trains and fine-tunes as {kept}"
+                out.append(f"{prefix}.{key} ({reason})")
         return out
 
     def _train_part(self, split, head, meta, tcfg, dataset, members=1, member_steps=()):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from metarec.config import coerce_fields
 from metarec.meta.episodes import build_inputs, make_episode, pad_episodes
 from metarec.predictor import Predictor
 from metarec.train import (
@@ -54,6 +55,7 @@ class UpdateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         # written so that nan fails too (every comparison with nan is False)
         if not (self.steps >= 0 and self.meta_batch >= 1 and 0 < self.outer_lr < math.inf):
             raise MetarecError(

@@ -326,32 +326,38 @@ def numeric_look_alike(wanted: str, ids: pd.Series, limit: int = 1_000_000) -> s
     return str(ids.iloc[int(hits[0])]) if len(hits) else None
 
 
-def _number_spellings(ids: pd.Series) -> dict[float, str]:
-    """{number: first id spelling it} over the ids that read as finite numbers."""
-    values = pd.to_numeric(ids, errors="coerce").to_numpy(np.float64)
-    keep = np.isfinite(values)
-    out: dict[float, str] = {}
-    for v, i in zip(values[keep].tolist(), ids[keep].astype(str).tolist(), strict=True):
-        out.setdefault(v, i)
-    return out
+_WHOLE = r"^\s*([+-]?)0*(\d+)(?:\.0*)?\s*$"  # "007", "+7", "7.0" and "7" are one number
 
 
-def _warn_users_spelt_twice(rated: pd.Series, listed: pd.Series, train: object, users: object):
+def whole_number_spelling(ids: pd.Series) -> pd.Series:
+    """Each id that spells a whole number, as its plain digits ("007", "+7", "7.0" ->
+    "7"); None elsewhere. Compared as text, not as floats: ids past 2^53 (snowflake ids)
+    would otherwise read as one number."""
+    parts = ids.astype(str).str.extract(_WHOLE)
+    digits = parts[1].where(parts[1] != "", "0")
+    sign = parts[0].where(parts[0] == "-", "").where(digits != "0", "")
+    return (sign + digits).astype(object).where(parts[1].notna(), None)
+
+
+def _warn_users_spelt_twice(
+    rated: pd.Series, listed: pd.Series, known: pd.Series, train: object, users: object
+) -> None:
     """Training users absent from U whose number U spells another way ("7" in T, "007"
     in U): those users get no side features, U's spelling becomes a second, cold user, and
     nothing said so where only some ids differed (a zero-padded U beside an unpadded T:
-    ids 0-99 lost their features, 100-199 kept them)."""
-    missing = pd.Series(pd.unique(rated[~rated.isin(set(listed))]), dtype=object)
+    ids 0-99 lost their features, 100-199 kept them). ``known``: rated.isin(listed)."""
+    missing = pd.Series(pd.unique(rated[~known]), dtype=object)
     if missing.empty:
         return
-    theirs = _number_spellings(listed)
+    spelt = whole_number_spelling(listed)
+    theirs = dict(zip(spelt[spelt.notna()], listed[spelt.notna()].astype(str), strict=True))
     if not theirs:
         return
-    mine = pd.to_numeric(missing, errors="coerce").to_numpy(np.float64)
+    mine = whole_number_spelling(missing)
     pairs = [
         (m, theirs[v])
         for m, v in zip(missing.tolist(), mine.tolist(), strict=True)
-        if np.isfinite(v) and v in theirs
+        if v is not None and v in theirs
     ]
     if pairs:
         shown = ", ".join(f"{a!r} (users file: {b!r})" for a, b in pairs[:3])
@@ -421,8 +427,9 @@ def read_training_files(
                 "nothing to the model",
                 stacklevel=2,
             )
-        _warn_users_spelt_twice(ratings["user_id"], user_frame["user_id"], train, users)
-        if not ratings["user_id"].isin(set(user_frame["user_id"])).any():
+        known = ratings["user_id"].isin(set(user_frame["user_id"]))
+        _warn_users_spelt_twice(ratings["user_id"], user_frame["user_id"], known, train, users)
+        if not known.any():
             # legal (U may describe only users yet to come), but far more often a mismatch
             # of spellings ("5" in T, "5.0" in U): then no training user has side features
             warnings.warn(

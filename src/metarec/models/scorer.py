@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from metarec.config import coerce_fields
 from metarec.features import FeatureSet, history_profile
 from metarec.types import MetarecError
 
@@ -74,6 +75,7 @@ class ScorerConfig:
     loss: str = "bce"
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         if self.head not in ("binary", "rating"):
             raise MetarecError(f"ScorerConfig.head: {self.head!r} is not 'binary' or 'rating'")
         if self.loss not in LOSSES:

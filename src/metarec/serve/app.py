@@ -40,6 +40,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
     ) from err
 
 
+from metarec.config import coerce_fields
 from metarec.predictor import Predictor
 from metarec.recommender import top_k
 from metarec.serve import schemas as S
@@ -82,6 +83,7 @@ class ServeConfig:
     token: str | None = None  # bearer token; None = open (bind to 127.0.0.1 then)
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # built directly too, as from_dict builds it
         # explain_top -1 silently dropped each item's last explanation row, max_explain_k
         # -3 made every explain request a 422
         for name in (
@@ -196,8 +198,8 @@ def create_app(
     app.state.metarec = state
     # the routes that read a JSON body, filled once they are declared below: elsewhere a
     # POST is the router's 404 or 405, not a 415 about its Content-Type
-    json_routes: set[str] = set()
-    app.add_middleware(_JsonBody, paths=json_routes, token=cfg.token)
+    json_routes: dict[str, set[str]] = {}
+    app.add_middleware(_JsonBody, routes=json_routes, token=cfg.token)
     app.add_middleware(_BodyLimit, max_bytes=cfg.max_body_bytes)
     bearer = HTTPBearer(auto_error=False)
     # our error bodies replace FastAPI's default 422 schema in the OpenAPI document
@@ -557,7 +559,10 @@ def create_app(
             ],
         )
 
-    json_routes.update(r.path for r in app.routes if "POST" in (getattr(r, "methods", None) or ()))
+    for r in app.routes:
+        methods = set(getattr(r, "methods", None) or ()) & {"POST", "PUT", "PATCH"}
+        if methods:
+            json_routes.setdefault(r.path, set()).update(methods)
     return app
 
 
@@ -580,24 +585,25 @@ class _JsonBody:
     answered "Input should be a valid dictionary" (a body without a Content-Type too), and
     a gzip body a 400 "There was an error parsing the body": neither says what to change."""
 
-    def __init__(self, app, paths: set[str], token: str | None = None) -> None:
-        self.app, self.paths, self.token = app, paths, token
+    def __init__(self, app, routes: dict[str, set[str]], token: str | None = None) -> None:
+        self.app, self.routes, self.token = app, routes, token
 
     def _authorised(self, headers: dict) -> bool:
         # as the routes' bearer check: a client without the token gets their 401, not a
         # 415 that answers for a route it may not use
         if self.token is None:
             return True
+        # split as FastAPI's HTTPBearer splits it (the credentials stripped)
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
         return scheme.lower() == b"bearer" and secrets.compare_digest(
-            given, self.token.encode("utf-8")
+            given.strip(), self.token.encode("utf-8")
         )
 
     async def __call__(self, scope, receive, send) -> None:
         if (
             scope["type"] != "http"
             or scope.get("method") not in ("POST", "PUT", "PATCH")
-            or scope.get("path") not in self.paths
+            or scope.get("method") not in self.routes.get(scope.get("path"), ())
         ):
             await self.app(scope, receive, send)
             return
