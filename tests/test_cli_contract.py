@@ -2160,9 +2160,14 @@ def test_fit_says_when_the_blend_was_skipped(tmp_path, capsys):
     summary says the meta-model scores alone (it said nothing; /info showed null)."""
     paths, _ = make_world(tmp_path)  # 60 users: 6 validation users
     assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    said = capsys.readouterr()
+    summary = json.loads(said.out)
     assert summary["blend"] is False
     assert "fewer than blend.min_valid_users (10)" in summary["blend_skipped"]
+    # and where it happens, for evaluate, quickstart and Python too: items 30-39 were
+    # never rated, and the ranking model alone never met them as negatives
+    assert "blend skipped: 6 validation users" in said.err
+    assert "10 of 40 items with no training rows may crowd its rankings" in said.err
 
 
 def test_every_rating_scale_fits_as_one_to_five_stars_do(tmp_path):

@@ -43,3 +43,14 @@ def test_quickstart_writes_the_report(tmp_path, monkeypatch, capsys):
     assert "*Protocol:* dataset **goodbooks-sample**, split **user-cold**, K = 10" in report
     for png in ("shots.png", "training.png", "methods.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_reduced_quickstart_says_so_in_its_title():
+    # the report's title heads report.md: a 30-step run said nothing of its cap there
+    from metarec import experiment as E
+
+    assert E.quickstart_config().name == "quickstart: goodbooks-sample user cold-start"
+    cfg = E.quickstart_config(steps=30, max_users=150, text_model="hashing:64")
+    assert cfg.name.endswith(
+        "(reduced: 30 meta-training steps, first 150 users, text model hashing:64)"
+    )

@@ -249,7 +249,13 @@ def update(
         params, losses = _continue(model, part, s_all, s_fb, tcfg, cfg, device=device)
         setattr(model, f"{key}_", dataclasses.replace(part, params=params))
         report[f"{key}_feedback_loss_in_sample"] = losses
-    record = {**report, "steps": cfg.steps, "outer_lr": cfg.outer_lr}
+    # every setting the result depends on (two seeds gave two models with one record),
+    # and the weights it started from when those were an export's (dequantised)
+    record = {
+        **report,
+        **dataclasses.asdict(cfg),
+        **({"from_export": pred.exported} if pred.exported else {}),
+    }
     # every update in order ("update" is the latest alone, and a second update's record
     # replaced the first's)
     earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
