@@ -277,6 +277,13 @@ def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
     assert Path(cfg.base_dir) == TINY.parent.resolve()
 
 
+def test_an_empty_grid_entry_names_its_method():
+    cfg = E.load_config(TINY)
+    bad = dataclasses.replace(cfg.methods[2], grid={"x": []})
+    with pytest.raises(MetarecError, match=r"^method 'popularity': grid 'x': expected a non-empty"):
+        E.check_config(dataclasses.replace(cfg, methods=(bad,)))
+
+
 def test_a_grid_of_tables_may_set_other_keys_of_a_params_table():
     # params' train.steps beside a grid over train tables of eval_every: both are used
     # (the tables merge), so the overlap rule looks at leaves

@@ -607,3 +607,19 @@ def test_cold_items_csv_says_which_part_each_item_is_in(tmp_path):
         **dict.fromkeys(ds.items.ids[s.test_cold_items], "test"),
     }
     assert dict(zip(cold.item_id, cold.part, strict=True)) == want
+
+
+def test_a_query_row_on_a_support_item_is_left_out():
+    # a log kept with its re-ratings (preprocess.dedupe = false): u0 rated i0 at t=0 (in
+    # the support) and again at t=5 (in the query). The model was given that rating, and
+    # the full ranking, which leaves the support out, counted i0 relevant and a miss
+    rows = []
+    for i in range(10):
+        rows += [(f"u{i}", f"i{j}", 100 * i + j) for j in range(5)]
+    rows.append(("u9", "i0", 905))  # u9, the newest user, is a test user
+    ds = dataset(rows)
+    split = make_split(ds, "user-cold", k_shot=2, n_query=4, valid_frac=0.0, test_frac=0.1)
+    (task,) = split.test
+    assert raw_users(ds, [task]) == ["u9"]
+    assert raw_items(ds, task.support) == ["i0", "i1"]
+    assert raw_items(ds, task.query) == ["i2", "i3", "i4"]  # not the second i0

@@ -703,13 +703,17 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
                 f'method {m.name!r}: kind transfer needs split.protocol = "cross-domain" '
                 f"(with source and target domains), not {config.split.protocol!r}"
             )
-        if len(_grid_points(m.grid)) > 1 and not config.split.valid_frac > 0:
+        try:
+            points = _grid_points(m.grid)
+        except MetarecError as err:  # an empty or scalar grid entry: name the method
+            raise MetarecError(f"method {m.name!r}: {err}") from None
+        if len(points) > 1 and not config.split.valid_frac > 0:
             raise MetarecError(
                 f"method {m.name!r}: a grid is chosen on validation users, and "
                 "split.valid_frac is 0"
             )
         # every grid point built as the run builds it (unfitted: cheap)
-        for point in _grid_points(m.grid):
+        for point in points:
             try:
                 make_method(m, config, config.seeds[0], point, False)
             except MetarecError as err:

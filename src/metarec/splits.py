@@ -165,8 +165,11 @@ def _episodes(
 ) -> tuple[tuple[Task, ...], int]:
     """One Task per user in ``users`` that has exactly K support rows and >= 1 query row.
 
-    ``support``/``query`` are disjoint row masks. Returns the tasks (by user index) and how
-    many users had no episode.
+    ``support``/``query`` are disjoint row masks. A query row on an item the support
+    already holds (a log kept with its re-ratings: ``preprocess.dedupe = false``) is left
+    out: the model was given that item's rating, and the full ranking, which leaves the
+    support out, counted it relevant and a certain miss (``kcurve_tasks`` drops them too).
+    Returns the tasks (by user index) and how many users had no episode.
     """
     assert not np.any(support & query), "support and query rows overlap"
     s_rows, q_rows = _rows_by_user(inter, support), _rows_by_user(inter, query)
@@ -174,6 +177,9 @@ def _episodes(
     for u in np.sort(users).tolist():
         s, q = s_rows.get(u), q_rows.get(u)
         if s is None or q is None or len(s) < k_shot:
+            continue
+        q = q[~np.isin(inter.item_idx[q], inter.item_idx[s])]
+        if not len(q):
             continue
         tasks.append(Task(user_idx=u, support=inter.take(s), query=inter.take(q)))
     return tuple(tasks), len(users) - len(tasks)
