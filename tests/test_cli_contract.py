@@ -2167,7 +2167,7 @@ def test_fit_says_when_the_blend_was_skipped(tmp_path, capsys):
     # and where it happens, for evaluate, quickstart and Python too: items 30-39 were
     # never rated, and the ranking model alone never met them as negatives
     assert "blend skipped: 6 validation users" in said.err
-    assert "10 of 40 items with no training rows may crowd its rankings" in said.err
+    assert "10 of the 40 items it ranks have no training rows and may crowd" in said.err
 
 
 def test_every_rating_scale_fits_as_one_to_five_stars_do(tmp_path):

@@ -534,13 +534,14 @@ def _listen(host: str, port: int) -> list:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise MetarecError(f"--host {host!r}: {err.strerror}") from None
+    import errno
+
     socks: list[socket.socket] = []
-    try:
-        for family, kind, proto, _, addr in dict.fromkeys(
-            (f, k, p, "", a) for f, k, p, _, a in infos
-        ):
+    skipped: list[str] = []
+    for family, kind, proto, _, addr in dict.fromkeys((f, k, p, "", a) for f, k, p, _, a in infos):
+        s = None
+        try:
             s = socket.socket(family, kind, proto)
-            socks.append(s)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             if family == socket.AF_INET6:
                 # IPv6 only, as asyncio binds: "::" left at the kernel's default also
@@ -549,10 +550,20 @@ def _listen(host: str, port: int) -> list:
             s.bind(addr)
             # listening now: two bound sockets that do not listen can share a port on Linux
             s.listen(2048)  # uvicorn's default backlog
-    except OSError as err:
-        for s in socks:
-            s.close()
-        raise MetarecError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+            socks.append(s)
+        except OSError as err:
+            if s is not None:
+                s.close()
+            if err.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                # an address this machine lacks ("::1 localhost" with IPv6 off), as
+                # asyncio skips it: fine while another of the host's addresses binds
+                skipped.append(f"{addr[0]} ({err.strerror})")
+                continue
+            for t in socks:
+                t.close()
+            raise MetarecError(f"cannot listen on {addr[0]} port {port}: {err.strerror}") from None
+    if not socks:
+        raise MetarecError(f"cannot listen on {host}:{port}: {', '.join(skipped)}")
     return socks
 
 

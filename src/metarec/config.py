@@ -185,7 +185,7 @@ def check_field_types(obj: Any) -> None:
     coerce_fields(obj)
 
 
-def coerce_fields(obj: Any) -> None:
+def coerce_fields(obj: Any, skip: tuple[str, ...] = ()) -> None:
     """Check and convert a frozen config's fields as :func:`from_dict` does its tables, in
     place: a config built directly got no checks at all, so ``ModelConfig(refit="no")``
     was taken as true, ``seed=1.5`` failed deep inside numpy and ``ridge_target=nan`` was
@@ -193,7 +193,9 @@ def coerce_fields(obj: Any) -> None:
     int for a float); nested configs check their own fields when they are built."""
     hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
-        if not f.init:
+        # ``skip``: fields the class checks itself, in its own words (or where a value
+        # from_dict would refuse means something, as an infinite cache TTL does)
+        if not f.init or f.name in skip:
             continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -629,10 +629,13 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
             )
     # keys evaluate sets itself, and settings it cannot run: accepted, they were ignored
     # (a seed results.json then recorded as if used) or failed every fit with exit 0
+    # params and grid checked each on its own: merged, a grid over train tables replaced
+    # params' train table, and a train.seed there escaped this check
     tables = [("[model]", config.model)] + [
-        (f"method {m.name!r}", {**m.params, **m.grid})
+        (f"method {m.name!r}", table)
         for m in config.methods
         if m.kind != "baseline"
+        for table in (m.params, m.grid)
     ]
     # with split.valid_frac = 0 the model carves its own validation users out of the
     # training rows (valid_frac, valid_holdout) and may refit on them: read then

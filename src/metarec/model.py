@@ -773,21 +773,27 @@ class MetaRecommender(Recommender):
             # said wherever it happens (fit, evaluate, quickstart, Python): without the
             # blend the ranking model ranks alone, and it never met a never-rated item as a
             # negative (they are drawn from rated items), so such items can fill top-k (a
-            # reduced quickstart scored nDCG@10 0.0000, its top tens 95% unrated books)
-            rated = np.zeros(dataset.n_items, dtype=bool)
-            rated[split.train.item_idx] = True
-            unrated = int((~rated).sum())
-            warnings.warn(
-                f"blend skipped: {len(split.valid)} validation users, fewer than "
-                f"blend.min_valid_users ({b.min_valid_users}); the meta-model scores alone"
-                + (
-                    f", and {unrated} of {dataset.n_items} items with no training rows may "
-                    "crowd its rankings (it never met them as negatives)"
-                    if unrated and use_rank
-                    else ""
-                ),
-                stacklevel=3,
-            )
+            # reduced quickstart scored nDCG@10 0.0000, its top tens 95% unrated books).
+            # Not where no validation user is left (fit has said so) or for a transfer's
+            # source model (its blend is never served)
+            if len(split.valid) and getattr(self, "_say_blend_skipped", True):
+                ranked = _blend_rank_items(dataset, split)  # what recommend ranks
+                unrated = 0
+                if not len(split.valid_cold_items):  # new items are the point there
+                    unrated = int((~np.isin(ranked, split.train.item_idx)).sum())
+                warnings.warn(
+                    f"blend skipped: {len(split.valid)} validation users, fewer than "
+                    f"blend.min_valid_users ({b.min_valid_users}); the meta-model scores "
+                    "alone"
+                    + (
+                        f", and {unrated} of the {len(ranked)} items it ranks have no "
+                        "training rows and may crowd its lists (it never met them as "
+                        "negatives)"
+                        if unrated and use_rank
+                        else ""
+                    ),
+                    stacklevel=3,
+                )
             return None
         closed = self._closed_form(dataset, split, b)
         tasks = list(split.valid)

@@ -356,12 +356,16 @@ class Predictor:
         given = pd.Series([u for u in dict.fromkeys(str(u) for u in user_ids) if u not in trained])
         if given.empty:
             return []
-        # as text, not floats: ids past 2^53 read as one number
+        # both sides by their plain digits ("7" beside a training "007" too), as text, not
+        # floats: ids past 2^53 read as one number
+        ids = pd.Series(sorted(trained), dtype=object)
+        spelt = whole_number_spelling(ids)
+        theirs = dict(zip(spelt[spelt.notna()], ids[spelt.notna()], strict=True))
         plain = whole_number_spelling(given)
         return [
-            (u, p)
+            (u, theirs[p])
             for u, p in zip(given.tolist(), plain.tolist(), strict=True)
-            if p is not None and p != u and p in trained
+            if p is not None and p in theirs
         ]
 
     # --- the CLI contract --------------------------------------------------------------

@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metarec.atomic import atomic_path
-from metarec.config import coerce_fields
 from metarec.progress import bar as progress_bar
 from metarec.types import MAX_SEED, MetarecError
 
@@ -56,7 +55,6 @@ class SynthConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        coerce_fields(self)  # built directly too, as from_dict builds it
         # every field checked here, before generate writes anything: users_per_chunk 0
         # left items.parquet without a log, -5 wrote an empty log while n_rows said 200,
         # and the float ones were numpy's tracebacks

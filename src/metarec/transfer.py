@@ -118,9 +118,13 @@ class PooledRecommender(MetaRecommender):
                     continue
                 if key == "algorithm":
                     kept = self._pooled(mine).algorithm
-                    if kept == mine.algorithm:
+                    if kept == mine.algorithm and mine.algorithm == "melu":
                         continue  # MeLU's SGD loop is kept: it fine-tunes its own groups
-                    reason = f"the pooled model trains and fine-tunes as {kept}"
+                    # maml, fomaml and meta_sgd train alike with 0 inner steps, first-order
+                    # (meta_sgd's step sizes get no gradient), and fine-tune by plain SGD
+                    reason = f"the pooled model trains and fine-tunes as {kept} does"
+                    if kept == mine.algorithm:
+                        reason = "with 0 inner steps every SGD algorithm but MeLU trains alike"
                 out.append(f"{prefix}.{key} ({reason})")
         return out
 
@@ -177,7 +181,9 @@ class TransferRecommender(MetaRecommender):
             )
         # 1. the source model, on source rows only (validation: the target's valid users,
         #    the only held-out users there are; they pick the step to transfer from)
-        self.source_ = MetaRecommender(self.config).fit(dataset, source_rows, features, valid)
+        source = MetaRecommender(self.config)
+        source._say_blend_skipped = False  # its blend is not served: the target's warns
+        self.source_ = source.fit(dataset, source_rows, features, valid)
         parts_init: dict[str, Params] = {}
         for head in ("rating_", "rank_"):
             part = getattr(self.source_, head)

@@ -55,7 +55,9 @@ class UpdateConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        coerce_fields(self)  # built directly too, as from_dict builds it
+        # built directly too, as from_dict builds it; outer_lr is checked below in
+        # update's words (its nan and inf are the CLI's --lr)
+        coerce_fields(self, skip=("outer_lr",))
         # written so that nan fails too (every comparison with nan is False)
         if not (self.steps >= 0 and self.meta_batch >= 1 and 0 < self.outer_lr < math.inf):
             raise MetarecError(

@@ -83,7 +83,9 @@ class ServeConfig:
     token: str | None = None  # bearer token; None = open (bind to 127.0.0.1 then)
 
     def __post_init__(self) -> None:
-        coerce_fields(self)  # built directly too, as from_dict builds it
+        # built directly too, as from_dict builds it; the cache's TTL and budget are
+        # checked below in serve's words, and an infinite TTL ("never expire") is valid
+        coerce_fields(self, skip=("cache_ttl_s", "cache_mb"))
         # explain_top -1 silently dropped each item's last explanation row, max_explain_k
         # -3 made every explain request a 422
         for name in (
