@@ -528,13 +528,13 @@ def _listen(host: str, port: int) -> list:
     machine's is one line and exit 2, not uvicorn's exit 3 after a "serving on" line. They
     are kept and handed to uvicorn: bound and released here, the port could be taken by
     another server while the model loaded (seconds), and this one then failed after all."""
+    import errno
     import socket
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as err:
         raise MetarecError(f"--host {host!r}: {err.strerror}") from None
-    import errno
 
     socks: list[socket.socket] = []
     skipped: list[str] = []
@@ -593,7 +593,7 @@ def cmd_serve(args) -> int:
 
 
 def _serve(args, socks: list) -> int:
-    """cmd_serve past its port: the checks, the model, and uvicorn on ``sock``."""
+    """cmd_serve past its port: the checks, the model, and uvicorn on ``socks``."""
     import gc
 
     import torch
