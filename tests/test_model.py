@@ -2082,3 +2082,22 @@ def test_the_warm_ranking_blend_leaves_each_users_training_items_out(world, monk
     assert len(history) > len(task.support)
     assert excl[0, history].all()  # the whole catalogue is ranked: columns are item indices
     assert not excl[0, task.query.item_idx].any()
+
+
+def test_model_settings_no_model_reads_are_named():
+    # rating_members = 5 on labels and rank_members = 3 with rank_model = false were
+    # taken and silently did nothing, though the README says such keys are named
+    from metarec.model import unused_model_settings
+
+    cfg = ModelConfig(rating_members=5, blend=BlendConfig(rating_shrink=0.5))
+    assert unused_model_settings(cfg, explicit=False) == [
+        "rating_members (implicit data: no rating model)",
+        "blend.rating_shrink (implicit data: no rating stack)",
+    ]
+    assert unused_model_settings(cfg, explicit=True) == []
+    off = ModelConfig(rank_model=False, rank_members=3, rank_negatives=7)
+    assert unused_model_settings(off, explicit=True) == [
+        "rank_members (rank_model = false: no ranking model trains)",
+        "rank_negatives (rank_model = false: no ranking model trains)",
+    ]
+    assert unused_model_settings(ModelConfig(), explicit=False) == []

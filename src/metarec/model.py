@@ -379,6 +379,54 @@ _META_READS = {
 }
 
 
+# model-level keys read only by one of the two models (the rest are shared)
+_RANK_ONLY = (
+    "rank_members",
+    "cold_rank_members",
+    "rank_negatives",
+    "rank_loss",
+    "rank_id_dropout",
+    "cold_rank_id_dropout",
+)
+_RATING_BLEND = (
+    "rating_inputs",
+    "rating_loss",
+    "rating_like",
+    "rating_intercept",
+    "rating_shrink",
+    "rating_prior",
+    "rating_knn_shrink",
+    "rating_knn_damping",
+    "rating_knn_neighbours",
+    "rating_short_histories",
+    "rating_short_requery",
+)
+
+
+def unused_model_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
+    """Model-level settings ``cfg`` changes from their defaults that no model of the fit
+    reads: the rating model's and its stack's on implicit data (there is no rating model),
+    the ranking model's with ``rank_model = false`` (none trains). They were taken and
+    silently did nothing (a probe's ``rating_members = 5`` on labels)."""
+    d = ModelConfig()
+    out = []
+    if not explicit:
+        if cfg.rating_members != d.rating_members:
+            out.append("rating_members (implicit data: no rating model)")
+        out += [
+            f"blend.{k} (implicit data: no rating stack)"
+            for k in _RATING_BLEND
+            if getattr(cfg.blend, k) != getattr(d.blend, k)
+        ]
+    elif not cfg.rank_model:
+        out += [
+            f"{k} (rank_model = false: no ranking model trains)"
+            for k in _RANK_ONLY
+            if getattr(cfg, k) != getattr(d, k)
+        ]
+    return out
+
+
 def unused_meta_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     """The meta settings ``cfg`` changes from their defaults that no model of this fit
     reads, each with why: a field its algorithm does not use (``rank_meta.inner_lr`` of
@@ -1041,7 +1089,7 @@ class MetaRecommender(Recommender):
     def _unused_settings(self, cfg: ModelConfig, explicit: bool) -> list[str]:
         """The meta settings of ``cfg`` no model of this fit reads (fit warns of them);
         the pooled subclass judges its own (it rewrites its meta configs)."""
-        return unused_meta_settings(cfg, explicit)
+        return unused_meta_settings(cfg, explicit) + unused_model_settings(cfg, explicit)
 
     def _check_likes(self, ratings: np.ndarray) -> None:
         """The like threshold must split the training ratings. A declared rating range

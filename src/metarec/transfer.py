@@ -31,7 +31,7 @@ import torch
 
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import ALGORITHMS, MAX_INNER_STEPS
-from metarec.model import MetaRecommender, ModelConfig
+from metarec.model import MetaRecommender, ModelConfig, unused_model_settings
 from metarec.models.scorer import param_group
 from metarec.types import Dataset, Interactions, MetarecError, Task
 
@@ -126,7 +126,7 @@ class PooledRecommender(MetaRecommender):
                     if kept == mine.algorithm:
                         reason = "with 0 inner steps every SGD algorithm but MeLU trains alike"
                 out.append(f"{prefix}.{key} ({reason})")
-        return out
+        return out + unused_model_settings(given, explicit)
 
     def _train_part(self, split, head, meta, tcfg, dataset, members=1, member_steps=()):
         # training ran with 0 inner steps; adaptation (score/recommend, and the validation
