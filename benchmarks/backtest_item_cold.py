@@ -56,8 +56,13 @@ def _metrics(result) -> dict[str, float]:
 
 
 def _variant(spec: str) -> tuple[str, list[str]]:
-    """'name:key=value;key=value' -> (name, overrides); 'name:' is the default."""
-    name, _, rest = spec.partition(":")
+    """'name:key=value;key=value' -> (name, overrides); 'name:' is the default. Without
+    the ':' the whole spec became a name and the "variant" ran the default settings."""
+    name, colon, rest = spec.partition(":")
+    if not colon or not name.strip():
+        raise argparse.ArgumentTypeError(
+            f"{spec!r} is not name:key=value;... (give 'name:' for the default settings)"
+        )
     return name, [p for p in rest.split(";") if p.strip()]
 
 
@@ -124,7 +129,9 @@ def run_seed(
 def main(argv: list[str] | None = None) -> None:
     p = ScriptParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variant", action="append", default=[], help="name:key=value;key=value")
+    p.add_argument(
+        "--variant", action="append", default=[], type=_variant, help="name:key=value;key=value"
+    )
     p.add_argument("--lightfm", action="store_true", help="also score LightFM (lightfm-next)")
     p.add_argument("--cache", default=embedding_cache())
     p.add_argument("--threads", type=positive_int, default=1)
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", type=json_path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    variants = [_variant(v) for v in (args.variant or ["default:"])]
+    variants = args.variant or [_variant("default:")]
     runs = [run_seed(s, variants, args.cache, args.lightfm, args.refit) for s in args.seeds]
     parts = ("near", "far", "far_refit") if args.refit else ("near", "far")
     names = [n for n, _ in variants] + (["lightfm"] if args.lightfm else [])

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, nonnegative_int, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
 
 
 def _split(n_users: int, n_items: int, n_inter: int, work: Path, k: int, q: int):
@@ -95,7 +95,7 @@ def run(args) -> dict:
         res["devices"][dev] = {
             "seconds": round(dt, 3),
             "tasks_per_s": round(r.steps_done * args.meta_batch / dt, 1),
-            "train_loss": r.history[-1]["train_loss"],
+            "train_loss": r.history[-1]["train_loss"] if r.history else None,
         }
     if "cuda" in final:
         res["gpu_over_cpu"] = round(
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--algorithm", default="maml")
     ap.add_argument("--inner-steps", type=positive_int, default=2)
     ap.add_argument("--meta-batch", type=positive_int, default=64)
-    ap.add_argument("--steps", type=nonnegative_int, default=50)
+    ap.add_argument("--steps", type=positive_int, default=50)  # 0 had no loss to report
     ap.add_argument("--threads", type=positive_int, default=2)
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see bench_meta.py

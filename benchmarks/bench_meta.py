@@ -10,14 +10,16 @@ from __future__ import annotations
 import os
 
 from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_float, positive_int, run_script
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = ScriptParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=json_path, help="write the figures to this JSON file")
     ap.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads (default 2)")
-    ap.add_argument("--seconds", type=float, default=2.0, help="minimum time per measurement")
+    ap.add_argument(
+        "--seconds", type=positive_float, default=2.0, help="minimum time per measurement"
+    )
     args = ap.parse_args(argv)
 
     # Busy-waiting OpenMP threads collapse throughput when the 2 cores are shared with other

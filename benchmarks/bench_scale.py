@@ -242,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=positive_int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
-        "--baseline-groups", type=int, default=2, help="row groups for the in-memory baseline"
+        "--baseline-groups",
+        type=positive_int,
+        default=2,
+        help="row groups for the in-memory baseline",
     )
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     args = ap.parse_args(argv)

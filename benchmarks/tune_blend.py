@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(a.config, a.overrides)
     spec = next((m for m in cfg.methods if m.name == a.method), None)
     if spec is None or spec.kind == "baseline":
-        raise SystemExit(f"--method {a.method!r}: not a meta/pooled/transfer method of the config")
+        # one line and exit 2 through run_script, as every bad flag (SystemExit gave 1)
+        raise MetarecError(
+            f"--method {a.method!r}: not a meta/pooled/transfer method of the config"
+        )
     ds = load_data(cfg)
     runs = []
     for seed in a.seeds if a.seeds is not None else list(cfg.seeds):

@@ -255,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--threads", type=positive_int, default=2)
     p.add_argument("--baselines", nargs="*", default=list(BASELINES))
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    # checked at parse: an unknown name was a KeyError after the whole MetaRec fit
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     # item-cold: the newest items are held out (validation items / test items), see splits
     p.add_argument("--protocol", choices=("user-cold", "item-cold"), default="user-cold")
     # score validation users only (a tuning run: no test figure is computed, logged or kept)

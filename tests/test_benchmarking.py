@@ -79,14 +79,34 @@ def test_every_published_json_is_strict():
     [
         (["bench_meta.py", "--threads", "0"], "is not a positive integer"),
         (["bench_meta.py", "--json", "/"], "is a folder"),
-        (["bench_device.py", "--steps", "-1"], "is not an integer >= 0"),
+        # 0 steps had no loss to report: an IndexError traceback
+        (["bench_device.py", "--steps", "0"], "'0' is not a positive integer"),
+        (["bench_meta.py", "--seconds", "-1"], "'-1' is not a positive number"),
+        (["bench_scale.py", "--baseline-groups", "0"], "'0' is not a positive integer"),
+        # a spec without ':' ran the default settings under the spec's name
+        (["backtest_item_cold.py", "--variant", "bad", "--json", "x.json"], "is not name:key"),
+        (["tune_ml100k.py", "--variants", "bogus", "--json", "x.json"], "invalid choice: 'bogus'"),
         (["bench_device.py", "--json", "/"], "is a folder"),
         (["bench_serve.py", "--bogus"], "unrecognized arguments: --bogus"),
         (["tune_blend.py"], "the following arguments are required"),
+        # SystemExit with a message: one line, but exit 1
+        (
+            [
+                "tune_blend.py",
+                "--config",
+                "configs/ml100k_user_cold.toml",
+                "--method",
+                "x",
+                "--json",
+                "x.json",
+            ],
+            "'x': not a meta/pooled/transfer method",
+        ),
     ],
 )
 def test_a_bad_flag_is_one_line_and_exit_2(argv, message):
     script, *flags = argv
+    flags = [str(ROOT / f) if f.startswith("configs/") else f for f in flags]
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *flags],
         capture_output=True,
