@@ -427,6 +427,19 @@ def unused_model_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     return out
 
 
+def trained_meta_tables(cfg: ModelConfig, explicit: bool) -> list[tuple[str, MetaConfig, str]]:
+    """(key prefix, MetaConfig, head) of each model a fit of ``cfg`` trains: the rating
+    model on explicit data, and the ranking model (with rank_meta, or meta where that is
+    unset) unless ``rank_model = false`` on explicit data."""
+    parts = []
+    if explicit:
+        parts.append(("meta", cfg.meta, "rating"))
+    if cfg.rank_model or not explicit:
+        prefix = "rank_meta" if cfg.rank_meta is not None else "meta"
+        parts.append((prefix, cfg.rank_meta or cfg.meta, "binary"))
+    return parts
+
+
 def unused_meta_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     """The meta settings ``cfg`` changes from their defaults that no model of this fit
     reads, each with why: a field its algorithm does not use (``rank_meta.inner_lr`` of
@@ -434,12 +447,7 @@ def unused_meta_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     implicit data, where only the ranking model trains and ``rank_meta`` is set). Such
     keys were accepted and silently did nothing."""
     defaults = ModelConfig()
-    parts = []  # (key prefix, MetaConfig, head) of each model this fit trains
-    if explicit:
-        parts.append(("meta", cfg.meta, "rating"))
-    if cfg.rank_model or not explicit:
-        prefix = "rank_meta" if cfg.rank_meta is not None else "meta"
-        parts.append((prefix, cfg.rank_meta or cfg.meta, "binary"))
+    parts = trained_meta_tables(cfg, explicit)
     out = []
     trained = {p for p, _, _ in parts}
     if "meta" not in trained and cfg.meta != defaults.meta:
@@ -586,6 +594,9 @@ class MetaRecommender(Recommender):
 
     name = "MetaRec"
     predicts_ratings = True
+    # a blend skipped for want of validation users is warned about; a transfer's source
+    # model, whose blend is never served, turns it off
+    _say_blend_skipped = True
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
         cfg = config or ModelConfig()
@@ -824,7 +835,7 @@ class MetaRecommender(Recommender):
             # reduced quickstart scored nDCG@10 0.0000, its top tens 95% unrated books).
             # Not where no validation user is left (fit has said so) or for a transfer's
             # source model (its blend is never served)
-            if len(split.valid) and getattr(self, "_say_blend_skipped", True):
+            if len(split.valid) and self._say_blend_skipped:
                 ranked = _blend_rank_items(dataset, split)  # what recommend ranks
                 unrated = 0
                 if not len(split.valid_cold_items):  # new items are the point there

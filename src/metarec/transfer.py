@@ -30,12 +30,28 @@ import numpy as np
 import torch
 
 from metarec.features import FeatureSet
-from metarec.meta.algorithms import ALGORITHMS, MAX_INNER_STEPS
-from metarec.model import MetaRecommender, ModelConfig, unused_model_settings
+from metarec.meta.algorithms import ALGORITHMS, MAX_INNER_STEPS, MetaConfig
+from metarec.model import (
+    MetaRecommender,
+    ModelConfig,
+    trained_meta_tables,
+    unused_model_settings,
+)
 from metarec.models.scorer import param_group
 from metarec.types import Dataset, Interactions, MetarecError, Task
 
 Params = dict[str, torch.Tensor]
+
+
+def _pooled_meta(meta: MetaConfig) -> MetaConfig:
+    """A meta table as the pooled model trains with it: 0 inner steps, first-order, and an
+    SGD inner loop (fine-tuning needs one; ridge and np adapt without steps) with a
+    query-loss outer step (Reptile's outer step is the inner loop's displacement, zero
+    with 0 inner steps, so a pooled Reptile barely trained: its validation loss stayed
+    flat); anything else becomes FOMAML."""
+    a = ALGORITHMS[meta.algorithm]
+    algo = meta.algorithm if a.inner == "sgd" and a.outer == "query" else "fomaml"
+    return dataclasses.replace(meta, algorithm=algo, inner_steps=0, first_order=True)
 
 
 class PooledRecommender(MetaRecommender):
@@ -62,22 +78,10 @@ class PooledRecommender(MetaRecommender):
                 f"pooled: finetune_steps must be in [0, {MAX_INNER_STEPS}], got {finetune_steps}"
             )
         self._given = cfg  # before the rewrite below: what _unused_settings judges
-
-        def pooled(meta):
-            # an SGD inner loop is needed for fine-tuning (ridge and np adapt without
-            # steps), and a query-loss outer step for training: Reptile's outer step is
-            # the inner loop's displacement, zero with 0 inner steps, so a pooled Reptile
-            # barely trained (its validation loss stayed flat)
-            a = ALGORITHMS[meta.algorithm]
-            algo = meta.algorithm if a.inner == "sgd" and a.outer == "query" else "fomaml"
-            return dataclasses.replace(meta, algorithm=algo, inner_steps=0, first_order=True)
-
-        self._pooled = pooled  # _unused_settings asks it which algorithms it rewrites
-
         cfg = dataclasses.replace(
             cfg,
-            meta=pooled(cfg.meta),
-            rank_meta=None if cfg.rank_meta is None else pooled(cfg.rank_meta),
+            meta=_pooled_meta(cfg.meta),
+            rank_meta=None if cfg.rank_meta is None else _pooled_meta(cfg.rank_meta),
         )
         super().__init__(cfg)
         self.finetune_steps = int(finetune_steps)
@@ -90,13 +94,8 @@ class PooledRecommender(MetaRecommender):
         (and inner_lr and adapt_groups without fine-tuning) were rewritten or ignored,
         while results.json recorded them as given."""
         given, defaults = self._given, ModelConfig()
-        trained = (["meta"] if explicit else []) + (
-            [("rank_meta" if given.rank_meta is not None else "meta")]
-            if given.rank_model or not explicit
-            else []
-        )
+        trained = {prefix for prefix, _, _ in trained_meta_tables(given, explicit)}
         why = {
-            "algorithm": "",  # said per algorithm below
             "inner_steps": "it trains with 0 inner steps and fine-tunes with finetune_steps",
             "first_order": "it trains with 0 inner steps",
             "ridge_lambda": "it has no closed-form head",
@@ -113,19 +112,22 @@ class PooledRecommender(MetaRecommender):
             if prefix not in trained:
                 out.append(f"{prefix}.* (no model of this fit trains with it)")
                 continue
-            for key, reason in why.items():
-                if getattr(mine, key) == getattr(base, key):
-                    continue
-                if key == "algorithm":
-                    kept = self._pooled(mine).algorithm
-                    if kept == mine.algorithm and mine.algorithm == "melu":
-                        continue  # MeLU's SGD loop is kept: it fine-tunes its own groups
-                    # maml, fomaml and meta_sgd train alike with 0 inner steps, first-order
-                    # (meta_sgd's step sizes get no gradient), and fine-tune by plain SGD
-                    reason = f"the pooled model trains and fine-tunes as {kept} does"
-                    if kept == mine.algorithm:
-                        reason = "with 0 inner steps every SGD algorithm but MeLU trains alike"
-                out.append(f"{prefix}.{key} ({reason})")
+            kept = _pooled_meta(mine).algorithm
+            if mine.algorithm != base.algorithm and mine.algorithm != "melu":
+                # MeLU's SGD loop is kept: it fine-tunes its own groups. maml, fomaml and
+                # meta_sgd train alike with 0 inner steps, first-order (meta_sgd's step
+                # sizes get no gradient), and fine-tune by plain SGD
+                reason = (
+                    "with 0 inner steps every SGD algorithm but MeLU trains alike"
+                    if kept == mine.algorithm
+                    else f"the pooled model trains and fine-tunes as {kept} does"
+                )
+                out.append(f"{prefix}.algorithm ({reason})")
+            out += [
+                f"{prefix}.{key} ({reason})"
+                for key, reason in why.items()
+                if getattr(mine, key) != getattr(base, key)
+            ]
         return out + unused_model_settings(given, explicit)
 
     def _train_part(self, split, head, meta, tcfg, dataset, members=1, member_steps=()):
