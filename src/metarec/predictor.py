@@ -350,7 +350,7 @@ class Predictor:
         warning, since their training history then goes unused."""
         # training users are those with rows: a user listed only in the users file is not
         # one ("007" from a zero-padded U beside "7" in T was taken as known, unwarned)
-        from metarec.data.files import whole_number_spelling
+        from metarec.data.files import whole_number_pairs
 
         trained = set(self.users.ids[np.unique(np.asarray(self.train.user_idx))].tolist())
         given = pd.Series([u for u in dict.fromkeys(str(u) for u in user_ids) if u not in trained])
@@ -358,15 +358,7 @@ class Predictor:
             return []
         # both sides by their plain digits ("7" beside a training "007" too), as text, not
         # floats: ids past 2^53 read as one number
-        ids = pd.Series(sorted(trained), dtype=object)
-        spelt = whole_number_spelling(ids)
-        theirs = dict(zip(spelt[spelt.notna()], ids[spelt.notna()], strict=True))
-        plain = whole_number_spelling(given)
-        return [
-            (u, theirs[p])
-            for u, p in zip(given.tolist(), plain.tolist(), strict=True)
-            if p is not None and p in theirs
-        ]
+        return whole_number_pairs(given, pd.Series(sorted(trained), dtype=object))
 
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:

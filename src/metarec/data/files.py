@@ -339,6 +339,22 @@ def whole_number_spelling(ids: pd.Series) -> pd.Series:
     return (sign + digits).astype(object).where(parts[1].notna(), None)
 
 
+def whole_number_pairs(wanted: pd.Series, ids: pd.Series) -> list[tuple[str, str]]:
+    """(wanted id, the spelling ``ids`` gives that number) for each ``wanted`` id that is
+    a whole number ``ids`` spells (by :func:`whole_number_spelling`; where ``ids`` spells
+    a number twice, its later spelling)."""
+    spelt = whole_number_spelling(ids)
+    theirs = dict(zip(spelt[spelt.notna()], ids[spelt.notna()].astype(str), strict=True))
+    if not theirs:
+        return []
+    mine = whole_number_spelling(wanted)
+    return [
+        (w, theirs[v])
+        for w, v in zip(wanted.tolist(), mine.tolist(), strict=True)
+        if v is not None and v in theirs
+    ]
+
+
 def _warn_users_spelt_twice(
     rated: pd.Series, listed: pd.Series, known: pd.Series, train: object, users: object
 ) -> None:
@@ -347,18 +363,7 @@ def _warn_users_spelt_twice(
     nothing said so where only some ids differed (a zero-padded U beside an unpadded T:
     ids 0-99 lost their features, 100-199 kept them). ``known``: rated.isin(listed)."""
     missing = pd.Series(pd.unique(rated[~known]), dtype=object)
-    if missing.empty:
-        return
-    spelt = whole_number_spelling(listed)
-    theirs = dict(zip(spelt[spelt.notna()], listed[spelt.notna()].astype(str), strict=True))
-    if not theirs:
-        return
-    mine = whole_number_spelling(missing)
-    pairs = [
-        (m, theirs[v])
-        for m, v in zip(missing.tolist(), mine.tolist(), strict=True)
-        if v is not None and v in theirs
-    ]
+    pairs = whole_number_pairs(missing, listed) if len(missing) else []
     if pairs:
         shown = ", ".join(f"{a!r} (users file: {b!r})" for a, b in pairs[:3])
         warnings.warn(
