@@ -2170,6 +2170,18 @@ def test_fit_says_when_the_blend_was_skipped(tmp_path, capsys):
     assert "10 of the 40 items it ranks have no training rows and may crowd" in said.err
 
 
+def test_a_blend_with_no_input_on_the_data_is_not_called_skipped(tmp_path, capsys):
+    """On implicit data with the ranking blend off, the rating blend has nothing to
+    stack: no blend, for want of an input, not of validation users (the summary had said
+    "fewer than blend.min_valid_users" whenever the blend was missing)."""
+    paths, _ = make_world(tmp_path, implicit=True)
+    run = tmp_path / "RUN"
+    argv = [*fit_argv(paths, run), *FAST, "--set", "blend.rank=false"]
+    assert main([*argv, "--set", "blend.min_valid_users=3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["blend"] is False and "blend_skipped" not in summary
+
+
 def test_every_rating_scale_fits_as_one_to_five_stars_do(tmp_path):
     """The rating model trained in star units, but the blend's closed-form models and
     stack did not: biased MF's factor penalty and the stack's shrink faded on a wide

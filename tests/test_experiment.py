@@ -120,6 +120,16 @@ def test_results_json_aggregates_are_mean_and_std_of_seeds(tiny_run):
     # too few validation users for a blend here: no rating prior to record
     assert "rating_prior" not in data["fits"]["MetaRec"]
     assert "rating_prior" not in data["fits"]["item_mean_user_bias"]
+    # ... and the skip itself is recorded per seed, with the count that caused it, and
+    # said beside the fit times in report.md (the table's MetaRec figure is then the
+    # meta-model's alone)
+    skipped = data["fits"]["MetaRec"]["blend_skipped"]
+    assert len(skipped) == len(cfg.seeds)
+    assert all("fewer than blend.min_valid_users (10)" in s for s in skipped)
+    assert "blend_skipped" not in data["fits"]["item_mean_user_bias"]
+    report = (out / "report.md").read_text()
+    line = next(ln for ln in report.splitlines() if ln.startswith("- MetaRec: fit"))
+    assert "blend skipped on seed 0 (" in line and "the meta-model ranks alone" in line
 
 
 def test_a_blended_models_rating_prior_is_recorded_per_seed(tmp_path):
@@ -127,6 +137,8 @@ def test_a_blended_models_rating_prior_is_recorded_per_seed(tmp_path):
     E.run(cfg, tmp_path, progress=False)
     fits = json.loads((tmp_path / "results.json").read_text())["fits"]["MetaRec"]
     assert len(fits["rating_prior"]) == len(cfg.seeds)
+    assert "blend_skipped" not in fits  # fitted on every seed
+    assert "blend skipped" not in (tmp_path / "report.md").read_text()
     assert set(fits["rating_prior"]) <= {"item_mean_user_bias", "biased_mf", "item_knn_rating"}
 
 

@@ -370,11 +370,11 @@ def cmd_fit(args) -> int:
     # whether the closed-form blend was fitted: a small log holds out too few validation
     # users for its weights, and the meta-model then scores alone (said nowhere before)
     summary["blend"] = blend is not None
-    if blend is None and (config.blend.rating or config.blend.rank):
-        summary["blend_skipped"] = (
-            f"fewer than blend.min_valid_users ({config.blend.min_valid_users}) validation "
-            "users: the meta-model scores alone"
-        )
+    # the model's own reason: a blend switched off, or with no input on this data (the
+    # rating blend on implicit data), is not "skipped"
+    skipped = getattr(pred.model, "blend_skipped_", "")
+    if blend is None and skipped:
+        summary["blend_skipped"] = f"{skipped}: the meta-model scores alone"
     # against every row of T (the model's known_items_ leaves out the rows of the
     # validation users fit held back, and under new_items the held-out items)
     rated = set(pred.train.item_idx.tolist())

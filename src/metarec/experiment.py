@@ -746,6 +746,9 @@ class MethodRun:
     # the input a blended model's rating stack leans on ("" = none; rating_prior "auto"
     # chooses it on the validation users)
     rating_prior: str = ""
+    # why a meta-model that asked for the blend has none ("" = fitted, or off): a blend
+    # skipped for want of validation users ranks with the meta-model alone
+    blend_skipped: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -827,6 +830,8 @@ class Results:
             }
             if any(r.rating_prior for r in runs):  # per seed, as chosen on validation
                 fit[name]["rating_prior"] = [r.rating_prior for r in runs]
+            if any(r.blend_skipped for r in runs):  # per seed, "" where it was fitted
+                fit[name]["blend_skipped"] = [r.blend_skipped for r in runs]
         return {
             "name": self.config.name,
             "protocol": self.protocol,
@@ -1721,6 +1726,7 @@ def run(
                 "main",
                 cpu,
                 getattr(blend, "rating_prior", "") or "",
+                getattr(rec, "blend_skipped_", ""),
             )
             runs.append(r)
             if on_result:

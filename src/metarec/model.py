@@ -616,6 +616,9 @@ class MetaRecommender(Recommender):
         self.features_: FeatureSet | None = None
         self.known_items_: np.ndarray | None = None
         self.blend_: Blend | None = None
+        # why the last fit has no blend though it asked for one ("" = fitted, or off):
+        # an experiment's results.json and report.md carry it per seed
+        self.blend_skipped_ = ""
 
     # --- fitting -----------------------------------------------------------------------
     def fit(
@@ -654,6 +657,7 @@ class MetaRecommender(Recommender):
         # scoring (and be saved) after a refit on implicit data
         self.rating_ = self.rank_ = self.blend_ = None
         self.features_ = self.known_items_ = None
+        self.blend_skipped_ = ""
         self._set_fitted(dataset, train)
         if dataset.feedback != "explicit" and cfg.like_threshold is not None:
             warnings.warn(
@@ -829,6 +833,10 @@ class MetaRecommender(Recommender):
         if not (use_rating or use_rank):
             return None
         if len(split.valid) < b.min_valid_users:
+            self.blend_skipped_ = (
+                f"{len(split.valid)} validation users, fewer than blend.min_valid_users "
+                f"({b.min_valid_users})"
+            )
             # said wherever it happens (fit, evaluate, quickstart, Python): without the
             # blend the ranking model ranks alone, and it never met a never-rated item as a
             # negative (they are drawn from rated items), so such items can fill top-k (a

@@ -363,6 +363,10 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             cpu = sum(r.fit_cpu_seconds for r in runs) / len(runs)
             chosen = [{k: v for k, v in r.chosen.items()} for r in runs if r.chosen]
             extra = f"; picked on validation: {chosen}" if chosen else ""
+            skipped = [f"seed {r.seed} ({r.blend_skipped})" for r in runs if r.blend_skipped]
+            if skipped:
+                # the table's figure is then the meta-model's alone on those seeds
+                extra += f"; blend skipped on {', '.join(skipped)}: the meta-model ranks alone"
             fits.append(f"- {name}: fit {secs:.1f} s wall ({cpu:.1f} CPU s) per seed{extra}")
     lines += ["Fit times (and grid points chosen on validation users):", "", *fits, ""]
     ks = results.curve_ks()
