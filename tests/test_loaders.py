@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from metarec.data.amazon import read_food_kitchen, read_unisrec
 from metarec.data.goodbooks import bundled_sample_dir, read_goodbooks
 from metarec.data.lastfm import read_lastfm
 from metarec.data.movielens import ML_100K_GENRES, read_movielens_1m, read_movielens_100k
-from metarec.data.raw import build_dataset
+from metarec.data.raw import RawData, build_dataset, make_ratings_frame
 from metarec.data.tabular import read_table
 from metarec.types import MetarecError
 
@@ -163,8 +164,10 @@ def test_movielens_100k_reads_genre_names_from_u_genre(ml100k):
     [
         # cut at a line boundary: well-formed, too few genres
         (10, r"u.genre: lists 1 genre\(s\) but .*u.item line 1 has 19 genre flag columns"),
-        (11, r"u.genre: line 2: expected 'genre name\|1' .* got 'A'$"),  # "unknown|0\nA"
-        (len(ML100K_GENRE_FILE) // 2, r"u.genre: line 10: expected 'genre name\|9' .*'Fantas'$"),
+        # cut mid-line: refused as every release file cut mid-line is (the line's own
+        # check had named it: "line 2: expected 'genre name|1' ... got 'A'")
+        (11, r"u.genre ends in the middle of a line \(no final newline: truncated\?\)$"),
+        (len(ML100K_GENRE_FILE) // 2, r"u.genre ends in the middle of a line"),
     ],
 )
 def test_movielens_100k_damaged_u_genre_is_blamed_not_u_item(ml100k, size, message):
@@ -229,8 +232,17 @@ def test_movielens_1m_parses_double_colon_files(ml1m):
 
 
 def test_movielens_1m_malformed_ratings_line(ml1m):
-    write(ml1m / "ratings.dat", "1::260::5::978300760\n2::1::3\n")
-    with pytest.raises(MetarecError, match=r"ratings.dat: line 2: column 'timestamp'"):
+    expected = r"line 2: expected 4 '::'-separated fields \(user::movie::rating::timestamp\)$"
+    # a field short, tab-separated, a field too many: each named by its line and the
+    # format (tabs had read as "column 'rating' is empty", an extra field as pandas'
+    # "Expected 7 fields in line 2, saw 9")
+    for bad in ("2::1::3", "2\t1\t3\t978300761", "2::1::3::978300761::9"):
+        write(ml1m / "ratings.dat", f"1::260::5::978300760\n{bad}\n")
+        with pytest.raises(MetarecError, match=r"ratings.dat: " + expected):
+            read_movielens_1m(ml1m)
+    # cut mid-line (its last timestamp 97830 would read as a date in 1970)
+    write(ml1m / "ratings.dat", "1::260::5::978300760\n2::1::3::97830")
+    with pytest.raises(MetarecError, match=r"ratings.dat ends in the middle of a line"):
         read_movielens_1m(ml1m)
 
 
@@ -278,6 +290,63 @@ def test_goodbooks_parses_books_and_top_shelves(goodbooks_dir):
     info = dataset_info(build_dataset(raw))
     assert (info["users"], info["items"], info["catalogue_items"]) == (2, 2, 3)
     assert info["time"] == "order"
+
+
+def test_goodbooks_side_files_missing_or_damaged(goodbooks_dir):
+    """A missing books.csv or half of the tags pair had loaded without a word (the text
+    models then ran on empty or shorter texts), and a count that is not a number was
+    dropped with its row."""
+    (goodbooks_dir / "tags.csv").rename(goodbooks_dir / "tags.bak")
+    with pytest.warns(UserWarning, match=r"tags.csv is missing .* without their 'shelves'"):
+        raw = read_goodbooks(goodbooks_dir)
+    assert "shelves" not in raw.item_text_columns
+    (goodbooks_dir / "book_tags.csv").rename(goodbooks_dir / "book_tags.bak")
+    for layout in ("neither", "tags.csv alone"):  # the bundled and shared samples' layouts
+        if layout != "neither":
+            (goodbooks_dir / "tags.bak").rename(goodbooks_dir / "tags.csv")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert "shelves" not in read_goodbooks(goodbooks_dir).item_text_columns
+    (goodbooks_dir / "tags.csv").rename(goodbooks_dir / "tags.bak")
+    (goodbooks_dir / "book_tags.bak").rename(goodbooks_dir / "book_tags.csv")
+    (goodbooks_dir / "books.csv").rename(goodbooks_dir / "books.bak")
+    with pytest.warns(UserWarning, match=r"books.csv is missing .* without titles, authors"):
+        assert read_goodbooks(goodbooks_dir).items is None
+    (goodbooks_dir / "books.bak").rename(goodbooks_dir / "books.csv")
+    (goodbooks_dir / "tags.bak").rename(goodbooks_dir / "tags.csv")
+    write(goodbooks_dir / "book_tags.csv", "goodreads_book_id,tag_id,count\n100,1,many\n")
+    with pytest.raises(MetarecError, match=r"book_tags.csv: line 2: column 'count' value 'many'"):
+        read_goodbooks(goodbooks_dir)
+
+
+def test_named_loaders_refuse_an_id_their_side_file_repeats(goodbooks_dir, ml100k):
+    """The later row had replaced the earlier one's text and side values, exit 0."""
+    books = goodbooks_dir / "books.csv"
+    books.write_text(books.read_text() + "1,101,Other,2001.0,Y,Impostor,eng\n")
+    with pytest.raises(
+        MetarecError, match=r"books.csv: book_id '1' appears twice \(line 2 and line 5"
+    ):
+        read_goodbooks(goodbooks_dir)
+    item = ml100k / "u.item"
+    item.write_bytes(item.read_bytes() + item.read_bytes().splitlines()[0] + b"\n")  # latin-1
+    with pytest.raises(MetarecError, match=r"u.item: item_id '10' appears twice"):
+        read_movielens_100k(ml100k)
+
+
+def test_the_dataset_builder_refuses_a_repeated_side_id():
+    raw = RawData(
+        name="mine",
+        ratings=make_ratings_frame(["u"], ["a"], [1.0]),
+        feedback="explicit",
+        rating_range=(1.0, 5.0),
+        has_time=False,
+        items=pd.DataFrame({"item_id": ["a", "a"], "title": ["x", "y"]}),
+        item_text_columns=("title",),
+    )
+    with pytest.raises(
+        MetarecError, match=r"mine: item_id 'a' has two rows in the dataset's item table"
+    ):
+        build_dataset(raw)
 
 
 def test_goodbooks_accepts_prefix_file_name(goodbooks_dir):
@@ -520,7 +589,7 @@ def lastfm(tmp_path):
     d = tmp_path / "lfm"
     d.mkdir()
     write(
-        d / "user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t99\r\n3\t51\t0\r\n3\t52\t7\r\n"
+        d / "user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t99\r\n3\t51\t1\r\n3\t52\t7\r\n"
     )
     write(d / "artists.dat", "id\tname\turl\tpictureURL\r\n51\tBjörk\tu\tp\r\n52\tABBA\tu\tp\r\n")
     write(
@@ -547,10 +616,29 @@ def test_lastfm_implicit_with_name_and_top_tags(lastfm):
 def test_lastfm_log_plays_option(lastfm):
     raw = read_lastfm(lastfm, plays="log")
     assert raw.feedback == "explicit"
-    np.testing.assert_allclose(raw.ratings["rating"], np.log1p([99, 0, 7]))
+    np.testing.assert_allclose(raw.ratings["rating"], np.log1p([99, 1, 7]))
     assert raw.rating_range == (0.0, pytest.approx(np.log1p(99)))
     with pytest.raises(MetarecError, match=r"plays must be 'label' or 'log'"):
         read_lastfm(lastfm, plays="raw")
+
+
+@pytest.mark.parametrize("weight", ["0", "-3"])
+def test_lastfm_weights_must_be_play_counts(lastfm, weight):
+    # 0 and -3 had read as plays (a like under "label"; NaN and -inf ratings under "log")
+    path = lastfm / "user_artists.dat"
+    path.write_text(path.read_text().replace("3\t52\t7", f"3\t52\t{weight}"))
+    for plays in ("label", "log"):
+        with pytest.raises(
+            MetarecError, match=rf"user_artists.dat: line 4: weight {weight} is not a play count"
+        ):
+            read_lastfm(lastfm, plays=plays)
+
+
+def test_lastfm_without_its_tag_files_says_so(lastfm):
+    (lastfm / "tags.dat").unlink()
+    with pytest.warns(UserWarning, match=r"tags.dat missing from .* without their 'tags' text"):
+        raw = read_lastfm(lastfm)
+    assert raw.item_text_columns == ("name",)
 
 
 # ----------------------------------------------------------------------------- generic table

@@ -9,6 +9,7 @@ order (the upstream README says the file is sorted by time, there are no timesta
 from __future__ import annotations
 
 import os
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -19,10 +20,12 @@ from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
     id_column,
     number_column,
+    optional_file,
     optional_number,
     read_delimited,
     require_columns,
     resolve_dir,
+    unique_id_column,
 )
 from metarec.types import MetarecError
 
@@ -41,20 +44,30 @@ def bundled_sample_dir() -> Path:
     return Path(str(resources.files("metarec.data") / "bundled" / "goodbooks-sample"))
 
 
-def _top_shelves(folder: Path, books: pd.DataFrame) -> pd.Series | None:
+def _top_shelves(folder: Path, books: pd.DataFrame, name: str) -> pd.Series | None:
     """Per book_id: its N_SHELVES most-used non-generic shelf names, comma-separated."""
-    if not ((folder / "book_tags.csv").is_file() and (folder / "tags.csv").is_file()):
+    bt_path = optional_file(folder, "book_tags.csv", name, whole_lines=False)
+    tags_path = optional_file(folder, "tags.csv", name, whole_lines=False)
+    if bt_path is None or tags_path is None:
+        if bt_path is not None:
+            # the shelves assigned, their names missing: the release ships tags.csv with
+            # book_tags.csv (the samples hold tags.csv alone, or neither: no shelves)
+            warnings.warn(
+                f"{name}: tags.csv is missing from {str(folder)!r}: the books load "
+                "without their 'shelves' text",
+                stacklevel=3,
+            )
         return None
     if "goodreads_book_id" not in books.columns:
         return None
-    bt = read_delimited(folder / "book_tags.csv", ",")
-    tags = read_delimited(folder / "tags.csv", ",")
+    bt = read_delimited(bt_path, ",")
+    tags = read_delimited(tags_path, ",")
     require_columns(bt, ["goodreads_book_id", "tag_id", "count"])
     require_columns(tags, ["tag_id", "tag_name"])
-    name = dict(zip(tags["tag_id"], tags["tag_name"], strict=True))
-    bt = bt.assign(
-        tag=bt["tag_id"].map(name), count=pd.to_numeric(bt["count"], errors="coerce")
-    ).dropna(subset=["tag", "count"])
+    name_of = dict(zip(tags["tag_id"], tags["tag_name"], strict=True))
+    # a count that is not a number is refused with its line (it had been dropped)
+    bt = bt.assign(tag=bt["tag_id"].map(name_of), count=number_column(bt, "count"))
+    bt = bt.dropna(subset=["tag"])  # a tag id tags.csv does not name: no shelf to show
     bt = bt[~bt["tag"].isin(_GENERIC_SHELVES)]
     # Highest count first; ties by tag name so the text is reproducible.
     bt = bt.sort_values(["goodreads_book_id", "count", "tag"], ascending=[True, False, True])
@@ -73,7 +86,12 @@ def read_goodbooks(path: str | os.PathLike | None = None, *, name: str = "goodbo
     ``language_code``.
     """
     folder = resolve_dir(path, "goodbooks-10k" if name == "goodbooks" else name, name)
-    rfile = next((folder / f for f in RATING_FILES if (folder / f).is_file()), None)
+    # goodbooks files are quoted CSV and need not end with a newline (the bundled
+    # prefix does not): checked for compression only
+    rfile = next(
+        (p for f in RATING_FILES if (p := optional_file(folder, f, name, whole_lines=False))),
+        None,
+    )
     if rfile is None:
         raise MetarecError(
             f"{name}: no ratings file in {str(folder)!r} (expected one of {', '.join(RATING_FILES)})"
@@ -89,15 +107,26 @@ def read_goodbooks(path: str | os.PathLike | None = None, *, name: str = "goodbo
 
     items = None
     text_cols: tuple[str, ...] = ()
-    if (folder / "books.csv").is_file():
-        b = read_delimited(folder / "books.csv", ",")
+    books = optional_file(folder, "books.csv", name, whole_lines=False)
+    if books is None:
+        # the ratings alone still load (popularity, MF, EASE need nothing else), but every
+        # text model then runs on empty texts: said, not silent
+        warnings.warn(
+            f"{name}: books.csv is missing from {str(folder)!r}: the books load without "
+            "titles, authors or any other text or side column",
+            stacklevel=2,
+        )
+    else:
+        b = read_delimited(books, ",")
         require_columns(b, ["book_id", "title"])
-        items = pd.DataFrame({"item_id": id_column(b, "book_id").to_numpy(object)})
+        items = pd.DataFrame(
+            {"item_id": unique_id_column(b, "book_id", str(books)).to_numpy(object)}
+        )
         for col in ("title", "original_title", "authors"):
             if col in b.columns:
                 items[col] = b[col].fillna("").astype(str).to_numpy(object)
                 text_cols += (col,)
-        shelves = _top_shelves(folder, b)
+        shelves = _top_shelves(folder, b, name)
         if shelves is not None:
             items["shelves"] = shelves.to_numpy(object)
             text_cols += ("shelves",)

@@ -16,6 +16,8 @@ side information from the same users; the splits module should treat them as suc
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,10 +26,12 @@ from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
     id_column,
     number_column,
+    optional_file,
     read_delimited,
     require_columns,
     require_file,
     resolve_dir,
+    unique_id_column,
 )
 from metarec.types import MetarecError
 
@@ -42,6 +46,14 @@ def read_lastfm(path: str | os.PathLike | None = None, *, plays: str = "label") 
     ua = read_delimited(require_file(folder, "user_artists.dat", name), "\t", quoting=False)
     require_columns(ua, ["userID", "artistID", "weight"])
     weight = number_column(ua, "weight")
+    if (weight <= 0).any():
+        # a play count: the release's are all >= 1; 0 or less read as a play (label) or
+        # gave NaN and -inf ratings (plays="log")
+        pos = int(np.flatnonzero(weight <= 0)[0])
+        raise MetarecError(
+            f"{folder / 'user_artists.dat'}: line {pos + 2}: weight {weight[pos]:g} is not a "
+            "play count (must be >= 1)"
+        )
     if plays == "label":
         value, feedback, rng = np.ones(len(ua)), "implicit", (0.0, 1.0)
     else:
@@ -53,14 +65,26 @@ def read_lastfm(path: str | os.PathLike | None = None, *, plays: str = "label") 
     require_columns(art, ["id", "name"])
     items = pd.DataFrame(
         {
-            "item_id": id_column(art, "id").to_numpy(object),
+            "item_id": unique_id_column(art, "id", str(folder / "artists.dat")).to_numpy(object),
             "name": art["name"].fillna("").astype(str).to_numpy(object),
         }
     )
     text_cols: tuple[str, ...] = ("name",)
-    if (folder / "tags.dat").is_file() and (folder / "user_taggedartists.dat").is_file():
-        items["tags"] = _top_tags(folder, items["item_id"])
+    tags = optional_file(folder, "tags.dat", name)
+    tagged = optional_file(folder, "user_taggedartists.dat", name)
+    if tags is not None and tagged is not None:
+        items["tags"] = _top_tags(tags, tagged, items["item_id"])
         text_cols += ("tags",)
+    else:
+        # the release ships both; without them the artists are their names alone
+        missing = " and ".join(
+            f for f, p in (("tags.dat", tags), ("user_taggedartists.dat", tagged)) if p is None
+        )
+        warnings.warn(
+            f"{name}: {missing} missing from {str(folder)!r}: the artists load without "
+            "their 'tags' text",
+            stacklevel=2,
+        )
     return RawData(
         name=name,
         ratings=ratings,
@@ -73,10 +97,10 @@ def read_lastfm(path: str | os.PathLike | None = None, *, plays: str = "label") 
     )
 
 
-def _top_tags(folder, artist_ids: pd.Series) -> np.ndarray:
+def _top_tags(tags_path: Path, tagged_path: Path, artist_ids: pd.Series) -> np.ndarray:
     """Per artist: its N_TAGS most-assigned tag names, comma-separated ("" when untagged)."""
-    tags = read_delimited(folder / "tags.dat", "\t", encoding="latin-1", quoting=False)
-    uta = read_delimited(folder / "user_taggedartists.dat", "\t", quoting=False)
+    tags = read_delimited(tags_path, "\t", encoding="latin-1", quoting=False)
+    uta = read_delimited(tagged_path, "\t", quoting=False)
     require_columns(tags, ["tagID", "tagValue"])
     require_columns(uta, ["artistID", "tagID"])
     counts = uta.groupby(["artistID", "tagID"], sort=False).size().rename("n").reset_index()

@@ -17,11 +17,13 @@ from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
     id_column,
     number_column,
+    optional_file,
     optional_number,
     read_delimited,
     read_text,
     require_file,
     resolve_dir,
+    unique_id_column,
 )
 from metarec.types import MetarecError
 
@@ -176,8 +178,8 @@ def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
 
     item_path = require_file(folder, "u.item", "movielens-100k")
     genre_names = list(ML_100K_GENRES)
-    genre_path = folder / "u.genre"
-    if genre_path.is_file():
+    genre_path = optional_file(folder, "u.genre", "movielens-100k")
+    if genre_path is not None:
         genre_names = _read_genres(genre_path)
         first = _first_row_fields(item_path, "|")
         # A u.genre cut at a line boundary is well-formed but too short. With the published
@@ -217,7 +219,7 @@ def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
     title = items["title"].fillna("").astype(str)
     item_frame = pd.DataFrame(
         {
-            "item_id": id_column(items, "item_id").to_numpy(object),
+            "item_id": unique_id_column(items, "item_id", str(item_path)).to_numpy(object),
             "title": title.to_numpy(object),
             "genres": np.asarray(genres, dtype=object),
             "year": title_year(title),
@@ -233,7 +235,7 @@ def read_movielens_100k(path: str | os.PathLike | None = None) -> RawData:
     _check_fields(users, "|", "user id, age, gender, occupation, zip code")
     user_frame = pd.DataFrame(
         {
-            "user_id": id_column(users, "user_id").to_numpy(object),
+            "user_id": unique_id_column(users, "user_id", str(folder / "u.user")).to_numpy(object),
             "age": optional_number(users["age"]),
             "gender": users["gender"].to_numpy(object),
             "occupation": users["occupation"].to_numpy(object),
@@ -278,9 +280,22 @@ def _split_double_colon(path, names: list[str], encoding: str) -> pd.DataFrame:
 def _read_ml1m_ratings(path) -> pd.DataFrame:
     """ratings.dat (1,000,209 lines) with pandas' C parser: ``::`` read as ``:`` gives
     empty columns between the fields (ratings have no colons inside fields)."""
-    frame = read_delimited(path, ":", names=[f"c{i}" for i in range(7)])
-    if frame[["c1", "c3", "c5"]].notna().any().any():
-        raise MetarecError(f"{path}: malformed line (fields must be separated by '::')")
+    expected = "expected 4 '::'-separated fields (user::movie::rating::timestamp)"
+    try:
+        frame = read_delimited(path, ":", names=[f"c{i}" for i in range(7)])
+    except MetarecError as err:
+        # pandas counts the ':'-split fields ("Expected 7 fields in line 1251, saw 9")
+        m = re.search(r"in line (\d+)", str(err))
+        if m is None:
+            raise
+        raise MetarecError(f"{path}: line {m.group(1)}: {expected}") from None
+    # a line with fewer fields (tab-separated, or cut) leaves the last columns empty
+    bad = frame[["c1", "c3", "c5"]].notna().any(axis=1) | frame[["c2", "c4", "c6"]].isna().any(
+        axis=1
+    )
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise MetarecError(f"{path}: line {_row_line(path, pos, '::', 'utf-8')}: {expected}")
     frame = frame[["c0", "c2", "c4", "c6"]]
     frame.columns = ["user_id", "item_id", "rating", "timestamp"]
     frame.attrs.update(source=str(path), header_lines=0)
@@ -295,8 +310,8 @@ def read_movielens_1m(path: str | os.PathLike | None = None) -> RawData:
     (code 0-20) and ``zip_prefix``.
     """
     folder = resolve_dir(path, "ml-1m", "movielens-1m")
-    rpath = folder / "ratings.dat"
-    if not rpath.is_file():
+    rpath = optional_file(folder, "ratings.dat", "movielens-1m")  # checked whole
+    if rpath is None:
         raise MetarecError(
             f"movielens-1m: ratings.dat is required but missing from {str(folder)!r}; "
             f"get it from {ML_1M_URL} and put it beside movies.dat"
@@ -309,20 +324,23 @@ def read_movielens_1m(path: str | os.PathLike | None = None) -> RawData:
     )
     item_frame = pd.DataFrame(
         {
-            "item_id": id_column(movies, "item_id").to_numpy(object),
+            "item_id": unique_id_column(movies, "item_id", str(folder / "movies.dat")).to_numpy(
+                object
+            ),
             "title": movies["title"].to_numpy(object),
             "genres": movies["genres"].to_numpy(object),
             "year": title_year(movies["title"].astype(str)),
         }
     )
     user_frame = None
-    if (folder / "users.dat").is_file():
+    users_path = optional_file(folder, "users.dat", "movielens-1m")
+    if users_path is not None:
         users = _split_double_colon(
-            folder / "users.dat", ["user_id", "gender", "age", "occupation", "zip"], "latin-1"
+            users_path, ["user_id", "gender", "age", "occupation", "zip"], "latin-1"
         )
         user_frame = pd.DataFrame(
             {
-                "user_id": id_column(users, "user_id").to_numpy(object),
+                "user_id": unique_id_column(users, "user_id", str(users_path)).to_numpy(object),
                 "gender": users["gender"].to_numpy(object),
                 "age": users["age"].to_numpy(object),
                 "occupation": users["occupation"].to_numpy(object),

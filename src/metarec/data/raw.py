@@ -75,6 +75,7 @@ def make_ratings_frame(
 
 
 def _side_table(
+    name: str,
     frame: pd.DataFrame | None,
     key: str,
     ids: IdMap,
@@ -86,7 +87,15 @@ def _side_table(
         return None
     f = frame.copy()
     f[key] = f[key].astype(str)
-    f = f.drop_duplicates(subset=key, keep="last").set_index(key)
+    dup = f[key].duplicated()
+    if dup.any():
+        # each reader refuses a repeat with its file and line; this is the backstop for
+        # any other RawData (a repeat had kept its last row, replacing the first's text)
+        raise MetarecError(
+            f"{name}: {key} {f[key][dup].iloc[0]!r} has two rows in the dataset's "
+            f"{key.removesuffix('_id')} table (each id needs one)"
+        )
+    f = f.set_index(key)
     # Row i describes index i; ids absent from the side file get missing values.
     f = f.reindex(pd.Index(ids.ids.tolist(), name=key)).reset_index(drop=True)
     keep = [c for c in (*text, *categorical, *numeric) if c in f.columns]
@@ -141,6 +150,7 @@ def build_dataset(raw: RawData, report: tuple[dict, ...] = ()) -> Dataset:
         has_time=raw.has_time,
         domains=domains,
         item_table=_side_table(
+            raw.name,
             raw.items,
             "item_id",
             items,
@@ -149,6 +159,7 @@ def build_dataset(raw: RawData, report: tuple[dict, ...] = ()) -> Dataset:
             raw.item_numeric_columns,
         ),
         user_table=_side_table(
+            raw.name,
             raw.users,
             "user_id",
             users,

@@ -56,14 +56,41 @@ def require_file(folder: Path, filename: str, name: str) -> Path:
     p = folder / filename
     if not p.is_file():
         raise MetarecError(f"{name}: required file {filename!r} not found in {str(folder)!r}")
+    return _whole_file(p, name)
+
+
+def optional_file(
+    folder: Path, filename: str, name: str, *, whole_lines: bool = True
+) -> Path | None:
+    """A named dataset's optional release file (side text, tags, user demographics): None
+    where it is absent, else checked as :func:`require_file` checks a required one. A side
+    file cut mid-line had loaded silently, its last row's value cut short.
+    ``whole_lines=False`` skips the final-newline check, for releases whose files may
+    lack one (goodbooks: the bundled sample's ratings prefix ends without it)."""
+    p = folder / filename
+    return _whole_file(p, name, whole_lines) if p.is_file() else None
+
+
+def _whole_file(p: Path, name: str, whole_lines: bool = True) -> Path:
+    """``p``, refused if it is compressed or binary (named as such: a gzip file was called
+    "truncated") or, with ``whole_lines``, ends in the middle of a line."""
     with open(p, "rb") as fh:
+        head = fh.read(16)
         fh.seek(0, os.SEEK_END)
-        if fh.tell():
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) not in (b"\n", b"\r"):
-                raise MetarecError(
-                    f"{name}: {p} ends in the middle of a line (no final newline: truncated?)"
-                )
+        size = fh.tell()
+        if size >= 4:
+            fh.seek(-4, os.SEEK_END)
+        tail = fh.read()
+    for looks_like, kind, _ in _BINARY_FILES:
+        if looks_like(head + (tail if size > 16 else b"")):
+            raise MetarecError(
+                f"{name}: {p} is {kind}, not the release's text file (decompress it, or "
+                "unpack the release again)"
+            )
+    if whole_lines and size and tail[-1:] not in (b"\n", b"\r"):
+        raise MetarecError(
+            f"{name}: {p} ends in the middle of a line (no final newline: truncated?)"
+        )
     return p
 
 
