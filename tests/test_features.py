@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,6 +126,12 @@ def test_family_template_needs_its_columns():
     # no family template: None, and the text columns are joined (generic_parts)
     assert default_item_template("my-data", table2) is None
     assert item_texts("my-data", table2, 1) == ["Nirvana — y"]
+    # a user's own file named like a family ("lastfm_log.csv": the csv loader names the
+    # dataset after it) gets the generic join, as `metarec fit` builds it: a prefix match
+    # had applied the family template there, dropping the file's other text columns
+    for name in ("lastfm_log", "lastfm", "LASTFM-HETREC", "movielens-mine"):
+        assert default_item_template(name, table) is None, name
+        assert item_texts(name, table, 1) == ["Nirvana — y"], name
 
 
 def _ids(n):
@@ -498,3 +505,17 @@ def test_a_column_is_multi_valued_by_its_training_rows_only():
         table = SideTable(ids, pd.DataFrame({"blurb": column}), text_columns=("blurb",))
         widths.append(side_features(table, 40, fit)[0].shape[1])
     assert widths == [0, 0]
+
+
+def test_one_text_for_every_training_item_is_warned_about(tiny_dataset, hashing_encoder):
+    """A template with no {field} gave every item the same text: the PCA-centred text
+    features were all exactly zero, and only the PCA size was warned about."""
+    with pytest.warns(
+        UserWarning,
+        match=r"every training item has the same text \('plain text'\).*names no column",
+    ):
+        fs = build_features(tiny_dataset, hashing_encoder, pca_dim=2, text_template="plain text")
+    assert float(fs.item_text.abs().max()) == 0.0  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_features(tiny_dataset, hashing_encoder, pca_dim=2, text_template="{title}")

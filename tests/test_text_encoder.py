@@ -124,6 +124,22 @@ def test_a_model_path_that_is_not_a_folder_is_named_so(tmp_path, capfd):
     assert "Repo id" not in capfd.readouterr().err
 
 
+def test_a_folder_that_is_no_model_is_refused_before_anything_is_read(tmp_path, monkeypatch):
+    """`--model /tmp` or `~` hashed every file under the folder (a minute and more)
+    before the load said "Unrecognized model"; now a folder with neither modules.json nor
+    config.json at its top is refused when the encoder is made, nothing read."""
+    from metarec.text import encoder as enc_mod
+
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "config.json").write_text("{}")  # not at the top: no model
+    monkeypatch.setattr(enc_mod, "hash_model_dir", lambda d: pytest.fail("hashed"))
+    with pytest.raises(MetarecError, match="not a sentence-transformers or transformers model"):
+        SentenceTransformerEncoder(tmp_path)
+    with pytest.raises(MetarecError, match="no modules.json or config.json"):
+        make_encoder(str(tmp_path))
+
+
 def test_unloadable_local_model_dir_is_a_one_line_error(tmp_path):
     pytest.importorskip("sentence_transformers", reason="extra metarec[text] not installed")
     (tmp_path / "config.json").write_text("{not json")

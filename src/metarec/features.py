@@ -414,6 +414,22 @@ def build_features(
     fit = _fit_rows(fit_items, n_items)
 
     texts = item_texts(dataset.name, dataset.item_table, n_items, text_template)
+    distinct = {texts[i] for i in fit if texts[i]}
+    if len(distinct) == 1 and sum(bool(texts[i]) for i in fit) > 1:
+        # one text for every training item (a template with no {field}, a constant
+        # column): centred by the PCA, every text vector was exactly zero, without a word
+        only = next(iter(distinct))
+        only = only if len(only) <= 60 else only[:57] + "..."
+        warnings.warn(
+            f"text: every training item has the same text ({only!r}): the text "
+            "features carry nothing"
+            + (
+                " (text.template names no column)"
+                if text_template and "{" not in text_template
+                else ""
+            ),
+            stacklevel=2,
+        )
     item_vecs, _ = embed_texts(texts, encoder, cache, batch_size, show_progress)
     if pca_dim is not None or whiten:
         has_text = np.array([bool(t) for t in texts])

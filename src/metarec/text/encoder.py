@@ -118,6 +118,9 @@ class HashingEncoder:
 # file that changes on disk is re-hashed, and an unchanged one is hashed once per process.
 _DIR_HASH_MEMO: dict[tuple, str] = {}
 _SKIP_FILES = {".gitattributes", "README.md", "readme.md"}
+# a model folder has one of these at its top: sentence-transformers' module list, or a
+# transformers config (loaded with mean pooling)
+_MODEL_MARKERS = ("modules.json", "config.json")
 
 
 def hash_model_dir(path: str | Path) -> str:
@@ -136,9 +139,14 @@ def hash_model_dir(path: str | Path) -> str:
     )
     if not files:
         raise MetarecError(f"text encoder: no model files under {root}")
-    stamp = tuple(
-        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files
-    )
+    try:
+        stamp = tuple(
+            (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+        )
+    except OSError as err:  # a file that vanished between the walk and its stat
+        raise MetarecError(
+            f"cannot load text model {str(root)!r}: {err.filename}: {err.strerror or err}"
+        ) from err
     key = (str(root.resolve()), stamp)
     if key not in _DIR_HASH_MEMO:
         h = hashlib.sha256()
@@ -254,6 +262,13 @@ class SentenceTransformerEncoder:
         elif _expand(self.model_spec).is_dir():
             self._dir = _expand(self.model_spec).resolve()
             self.name = self._dir.name
+            if not any((self._dir / f).is_file() for f in _MODEL_MARKERS):
+                # the fingerprint hashes every file under the folder before any load: a
+                # folder that is no model (`--model /tmp`, `~`) was read whole first
+                raise MetarecError(
+                    f"cannot load text model {self.model_spec!r}: not a sentence-transformers "
+                    f"or transformers model folder (it has no {' or '.join(_MODEL_MARKERS)})"
+                )
         else:
             self._dir = None  # hub name: resolved from the local HF cache or downloaded
             self.name = self.model_spec
@@ -289,9 +304,12 @@ class SentenceTransformerEncoder:
             # a hub name with no network: huggingface_hub logs each of its retries ("...
             # thrown while requesting HEAD ... Retrying in 8s"), ~30 lines before the
             # one-line error; the failure itself is reported below
-            hub_log = logging.getLogger("huggingface_hub")
-            hub_level = hub_log.level
-            hub_log.setLevel(logging.ERROR)
+            # sentence-transformers logs "Could not resolve the revision of ..." for a name
+            # that is not a repo id, a second line before the one-line error
+            quiet = [logging.getLogger(n) for n in ("huggingface_hub", "sentence_transformers")]
+            levels = [log.level for log in quiet]
+            for log in quiet:
+                log.setLevel(logging.ERROR)
             try:
                 self._model = SentenceTransformer(where, device=self.device)
             except Exception as err:  # noqa: BLE001 - json, tokenizers, safetensors and torch
@@ -299,7 +317,8 @@ class SentenceTransformerEncoder:
                 # is a SafetensorError); whichever it is, the model cannot be loaded
                 raise MetarecError(f"cannot load text model {where!r}: {_first_line(err)}") from err
             finally:
-                hub_log.setLevel(hub_level)
+                for log, level in zip(quiet, levels, strict=True):
+                    log.setLevel(level)
                 if bars:
                     hf_logging.enable_progress_bar()
         return self._model

@@ -28,12 +28,20 @@ from metarec.types import MetarecError, SideTable
 
 # Dataset-name prefix -> candidate item templates, first whose columns all exist wins.
 # Columns are those the loaders in metarec.data write.
+_MOVIELENS = ("{title} — {genres}",)  # title already carries "(1995)"
+_GOODBOOKS = ("{title} ({year}) — {authors} — {shelves}", "{title} ({year}) — {authors}")
+# by the named loaders' exact dataset names: a prefix had matched a user's own file
+# (the csv loader names a dataset after it), so "movielens_log.csv" dropped its
+# description column for a genres template, and `embed` and `fit` built different texts
 ITEM_TEMPLATES: dict[str, tuple[str, ...]] = {
-    "movielens": ("{title} — {genres}",),  # title already carries "(1995)"
-    "goodbooks": ("{title} ({year}) — {authors} — {shelves}", "{title} ({year}) — {authors}"),
+    "movielens-100k": _MOVIELENS,
+    "movielens-1m": _MOVIELENS,
+    "goodbooks": _GOODBOOKS,
+    "goodbooks-sample": _GOODBOOKS,
+    "goodbooks-biography": _GOODBOOKS,
     "amazon-food-kitchen": ("{title}",),
     "amazon-scientific": ("{text}",),
-    "lastfm": ("{name} — {tags}", "{name}"),
+    "lastfm-hetrec": ("{name} — {tags}", "{name}"),
 }
 SEPARATOR = " — "
 DEMOGRAPHIC_COLUMNS = ("age", "gender", "occupation")
@@ -143,13 +151,9 @@ def generic_parts(columns) -> list[tuple[str, str | None]]:
 def default_item_template(dataset_name: str, table: SideTable) -> str | None:
     """The dataset family's template when the table has its columns, else None (the
     generic join of every text column: :func:`generic_parts`)."""
-    name = dataset_name.lower()
-    for prefix, candidates in ITEM_TEMPLATES.items():
-        if not name.startswith(prefix):
-            continue
-        for tpl in candidates:
-            if all(f in table.frame.columns for f in template_fields(tpl)):
-                return tpl
+    for tpl in ITEM_TEMPLATES.get(dataset_name, ()):
+        if all(f in table.frame.columns for f in template_fields(tpl)):
+            return tpl
     return None
 
 
