@@ -2216,3 +2216,48 @@ def test_every_rating_scale_fits_as_one_to_five_stars_do(tmp_path):
     assert np.allclose(preds[1000] / 1000, preds[1], atol=2e-4), np.abs(
         preds[1000] / 1000 - preds[1]
     ).max()
+
+
+def test_an_unnamed_column_in_an_items_or_users_file_is_refused(tmp_path, capsys):
+    """A pandas index saved with the file (to_csv without index=False) had become a
+    numeric item feature ("Unnamed: 0" in item_numeric_columns), while the same column
+    in T, S or Q is refused."""
+    paths, items = make_world(tmp_path)
+    items.to_csv(paths["I"])  # the index as an unnamed first column
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "I.csv: a column has an empty name (column 1)" in err and "index=False" in err
+    assert err.count("\n") == 1 and not (tmp_path / "RUN").exists()
+    items.to_csv(paths["I"], index=False)
+    users = tmp_path / "U.csv"
+    pd.DataFrame({"user_id": ["u0", "u1"], "age": [20, 30]}).to_csv(users)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST, "--users", str(users)]) == 2
+    assert "U.csv: a column has an empty name (column 1)" in capsys.readouterr().err
+
+
+def test_a_run_keeps_the_rows_its_model_serves_histories_from(fitted, tmp_path):
+    """Predictor.save stored Predictor.train, not the rows the model indexes: a model
+    fitted on a part of them (a transfer model on its target rows, wrapped by hand) scored
+    warm users differently after a reload. A loaded model also records its rows, so
+    evaluate can refuse queries on them, as it does for a fitted one."""
+    import dataclasses
+
+    from metarec.predictor import Predictor
+
+    _, run, _ = fitted
+    pred = Predictor.load(run)
+    rows = pred.model.train_rows_
+    assert rows is not None and len(rows) == len(pred.train)
+    # the same model handed a Predictor whose train is half the rows: the RUN keeps the
+    # model's own rows, so the reload serves what the model in memory serves
+    half = pred.train.take(np.arange(len(pred.train)) % 2 == 0)
+    odd = dataclasses.replace(pred, train=half)
+    back = Predictor.load(odd.save(tmp_path / "RUN2"))
+    assert len(back.train) == len(rows)
+    assert np.array_equal(back.train.item_idx, rows.item_idx)
+    user = int(rows.user_idx[0])
+    empty = rows.take(np.zeros(len(rows), dtype=bool))
+    items = np.arange(pred.model.n_items_)
+    np.testing.assert_allclose(
+        back.model.score(user, empty, items), pred.model.score(user, empty, items), atol=1e-6
+    )

@@ -466,9 +466,19 @@ def test_feature_transfer_keeps_the_source_extractor_frozen(tmp_path):
     for k in frozen:
         assert torch.equal(src[k], tgt[k]), k  # bit-identical: never updated
     assert any(not torch.equal(src[k], tgt[k]) for k in trained)
+    # the item ID rows are not extractor: the source model never met a target item (its
+    # rows were at their initialisation, biases 0), so the target items' rows learn and
+    # the source items' rows, which target training never touches, stay bit-identical
+    target = split.train.take(split.train.domain == split.target_domain)
+    source_items = np.unique(split.train.take(split.train.domain != split.target_domain).item_idx)
+    t_items = torch.as_tensor(np.unique(target.item_idx))
+    s_items = torch.as_tensor(source_items)
+    for k in ("m0.item_bias", "m0.item_id"):
+        assert not torch.equal(src[k][t_items], tgt[k][t_items]), k
+        assert torch.equal(src[k][s_items], tgt[k][s_items]), k
+    assert not (tgt["m0.item_bias"][t_items] == 0).all()
     # the target model trained on target-domain rows only: its known items are exactly the
     # target items of train
-    target = split.train.take(split.train.domain == split.target_domain)
     assert np.array_equal(
         np.flatnonzero(rec.rating_.result.known_items), np.unique(target.item_idx)
     )
@@ -1246,8 +1256,39 @@ def test_transfer_needs_two_different_domains(tmp_path):
     rec = TransferRecommender(strategy="parameter")
     with pytest.raises(MetarecError, match="both 1 .* two different domains"):
         rec.fit(ds, split.train, source_domain=1, target_domain=1)
-    with pytest.raises(MetarecError, match="target_domain 5 is not a domain index"):
+    with pytest.raises(MetarecError, match="target_domain 5 is neither a domain index"):
         rec.fit(ds, split.train, source_domain=0, target_domain=5)
+
+
+def test_transfer_domains_by_index_or_name_and_one_implies_the_other():
+    """One of source_domain / target_domain alone had been ignored, and the direction
+    inferred from the validation supports (books -> films for source_domain=films);
+    names, which the split and --domain take, were refused."""
+    from types import SimpleNamespace
+
+    from metarec.transfer import TransferRecommender
+
+    pick = TransferRecommender._domains
+    two = SimpleNamespace(domains=("books", "films"))
+    for src, tgt, want in [
+        (1, None, (1, 0)),
+        (None, 0, (1, 0)),
+        ("films", None, (1, 0)),
+        (" films ", "books", (1, 0)),
+        (0, "films", (0, 1)),
+    ]:
+        assert pick(two, None, None, src, tgt) == want, (src, tgt)
+    with pytest.raises(
+        MetarecError, match=r"'music' is neither a domain index .* name \(books, films\)"
+    ):
+        pick(two, None, None, "music", None)
+    three = SimpleNamespace(domains=("a", "b", "c"))
+    with pytest.raises(MetarecError, match="pass both .* not only source_domain"):
+        pick(three, None, None, 0, None)
+    assert pick(three, None, None, "c", 0) == (2, 0)
+    # the experiment's split names are stripped as data cells and --domain are
+    split = E.SplitConfig(protocol="cross-domain", source=" books ", target="films\t")
+    assert (split.source, split.target) == ("books", "films")
 
 
 def test_nan_scores_on_test_users_fail_the_method_not_the_experiment(tmp_path, monkeypatch):

@@ -107,6 +107,9 @@ class SplitConfig:
             value = getattr(self, key)
             if isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, key, str(value))
+            elif isinstance(value, str):
+                # as data cells and `recommend --domain` are read: " books " is books
+                object.__setattr__(self, key, value.strip())
         # checked when the config loads: make_split caught these only once the data had
         # loaded (a progress line, then the error; minutes of loading on a large log)
         if self.protocol not in PROTOCOLS:

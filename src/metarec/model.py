@@ -1869,6 +1869,8 @@ class MetaRecommender(Recommender):
         rec.rating_range_ = tuple(float(x) for x in cfg["rating_range"])
         # RUNs written before the offset was recorded divided by the unit only
         rec._rating_offset = float(cfg.get("rating_offset", 0.0))
+        # the rows it serves, as fit records them (evaluate refuses queries among them)
+        rec.train_rows_ = train
         rec._index_training_rows(train)
         rec.features_ = FeatureSet(
             tensors["features.item_text"],

@@ -77,8 +77,14 @@ class Predictor:
     def save(self, path: str | Path) -> Path:
         cfg, tensors = self.model.state()
         tensors = dict(tensors)
+        # the rows the model serves histories from (a loaded RUN indexes these): the
+        # same as self.train from fit, update and load; a transfer model wrapped by hand
+        # serves its target rows only, and saving self.train had moved its scores after
+        # a reload by up to 0.8 stars
+        rows = getattr(self.model, "train_rows_", None)
+        rows = self.train if rows is None else rows
         for f in ("user_idx", "item_idx", "rating", "timestamp", "domain"):
-            tensors[f"train.{f}"] = torch.from_numpy(np.asarray(getattr(self.train, f)).copy())
+            tensors[f"train.{f}"] = torch.from_numpy(np.asarray(getattr(rows, f)).copy())
         domains = sorted(set(self.item_domain.tolist()))
         code = {d: i for i, d in enumerate(domains)}
         tensors["item_domain"] = torch.tensor(

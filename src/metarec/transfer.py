@@ -11,8 +11,9 @@
                  users in the same task pool (what ``split.train`` already holds).
   ``parameter``  meta-train on the source domain only, then initialise the target model
                  from those parameters and meta-train (fine-tune) on the target's rows.
-  ``feature``    as ``parameter``, but the feature extractor (ID embeddings, projections,
-                 user vector) stays frozen: only the decision layers learn on the target.
+  ``feature``    as ``parameter``, but the feature extractor (projections, user vector)
+                 stays frozen: the decision layers and the target items' ID rows learn on
+                 the target.
 
 Both start the target model through :func:`metarec.train.train`'s ``init`` (the source
 part's parameters) and ``trainable`` (False for frozen groups) hooks, passed by
@@ -142,9 +143,15 @@ class PooledRecommender(MetaRecommender):
 # --- cross-domain transfer -----------------------------------------------------------------
 
 STRATEGIES = ("joint", "parameter", "feature")
-# groups the feature strategy keeps fixed on the target: everything that maps ids and text
-# to representations; the decision layers (MLP + head) learn
-FROZEN_FOR_FEATURE = ("embedding", "projection", "user")
+# groups the feature strategy keeps fixed on the target: the shared extractor that maps
+# text, side features and users to representations; the decision layers (MLP + head)
+# learn, and so do the item ID rows ("embedding"): the source model never met a target
+# item, so its rows were still at their initialisation (biases exactly 0) and, frozen,
+# target items were told apart by text alone (AUC 0.55 where parameter transfer reached
+# 1.0 on a two-domain set with uninformative target text). Only target rows train there:
+# the target's episodes and negatives hold target items, and Adam (no weight decay) leaves
+# a row with no gradient exactly where it was, so the source items' rows stay as learned
+FROZEN_FOR_FEATURE = ("projection", "user")
 
 
 def _domain_rows(inter: Interactions, domain: int) -> Interactions:
@@ -169,8 +176,8 @@ class TransferRecommender(MetaRecommender):
         features: FeatureSet | None = None,
         valid: Sequence[Task] | None = None,
         *,
-        source_domain: int | None = None,
-        target_domain: int | None = None,
+        source_domain: int | str | None = None,
+        target_domain: int | str | None = None,
     ) -> Self:
         if self.strategy == "joint":
             return super().fit(dataset, train, features, valid)
@@ -216,19 +223,35 @@ class TransferRecommender(MetaRecommender):
         dataset: Dataset,
         train: Interactions,
         valid: Sequence[Task] | None,
-        source: int | None,
-        target: int | None,
+        source: int | str | None,
+        target: int | str | None,
     ) -> tuple[int, int]:
-        """Source/target domain indices: given, else target = the domain of the validation
-        supports and source = the other one."""
-        if source is not None and target is not None:
-            n = len(dataset.domains)
-            for name, d in (("source_domain", source), ("target_domain", target)):
-                if isinstance(d, bool) or not isinstance(d, int | np.integer) or not 0 <= d < n:
-                    raise MetarecError(
-                        f"transfer: {name} {d!r} is not a domain index (0..{n - 1}: "
-                        f"{', '.join(dataset.domains)})"
-                    )
+        """Source/target domain indices (or names): given, else target = the domain of the
+        validation supports and source = the other one. One given of two domains implies
+        the other; one given of more is refused (it had been ignored without a word, and
+        the direction inferred from the validation supports could be the reverse)."""
+        n = len(dataset.domains)
+        given = {}
+        for name, d in (("source_domain", source), ("target_domain", target)):
+            if d is None:
+                continue
+            if isinstance(d, str) and d.strip() in dataset.domains:
+                d = list(dataset.domains).index(d.strip())  # a name, as the split takes
+            if isinstance(d, bool) or not isinstance(d, int | np.integer) or not 0 <= d < n:
+                raise MetarecError(
+                    f"transfer: {name} {d!r} is neither a domain index (0..{n - 1}) nor a "
+                    f"domain name ({', '.join(dataset.domains)})"
+                )
+            given[name] = int(d)
+        if len(given) == 1 and n != 2:
+            raise MetarecError(
+                f"transfer: pass both source_domain and target_domain ({n} domains: "
+                f"{', '.join(dataset.domains)}), not only {next(iter(given))}"
+            )
+        if given:
+            # of two domains, the one not given is the other
+            source = given.get("source_domain", 1 - given.get("target_domain", 0))
+            target = given.get("target_domain", 1 - source)
             if source == target:
                 # "transfer" from a domain to itself trained the source model on the
                 # target's rows twice, without a word
