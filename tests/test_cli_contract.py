@@ -2261,3 +2261,28 @@ def test_a_run_keeps_the_rows_its_model_serves_histories_from(fitted, tmp_path):
     np.testing.assert_allclose(
         back.model.score(user, empty, items), pred.model.score(user, empty, items), atol=1e-6
     )
+
+
+def test_out_is_written_in_the_format_its_name_says(fitted, tmp_path, capsys):
+    """`--out P.parquet` had written CSV text, which `--query P.parquet` then refused
+    ("not a readable Parquet file"); a .gz or .json name got plain CSV too."""
+    tmp, run, _ = fitted
+    support = cold_support(tmp)
+    q = pd.DataFrame({"user_id": ["new_space", "new_garden"], "item_id": ["it30", "it31"]})
+    q.to_csv(tmp_path / "Q.csv", index=False)
+    assert predict(run, support, tmp_path / "Q.csv", tmp_path / "P.parquet") == 0
+    assert predict(run, support, tmp_path / "Q.csv", tmp_path / "P.csv") == 0
+    back = pd.read_parquet(tmp_path / "P.parquet")
+    pd.testing.assert_frame_equal(
+        back, pd.read_csv(tmp_path / "P.csv", dtype={"user_id": str, "item_id": str})
+    )
+    capsys.readouterr()
+    for name in ("P.csv.gz", "P.json"):
+        assert predict(run, support, tmp_path / "Q.csv", tmp_path / name) == 2
+        err = capsys.readouterr().err
+        assert f"--out {tmp_path / name}: writes CSV" in err and err.count("\n") == 1
+        assert not (tmp_path / name).exists()
+    argv = ["recommend", "--run", str(run), "--support", str(support), "-k", "3"]
+    assert main([*argv, "--out", str(tmp_path / "R.parquet")]) == 0
+    r = pd.read_parquet(tmp_path / "R.parquet")
+    assert list(r.columns) == ["user_id", "item_id", "rank", "score"] and len(r) == 6

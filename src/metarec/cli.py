@@ -277,6 +277,14 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
 
     if str(out) == "-":
         return
+    suffix = Path(out).suffix.lower()
+    if suffix in _UNWRITTEN_SUFFIXES:
+        # the CSV text had gone into a file named .gz or .json, which the readers then
+        # refused ("is a gzip-compressed file"); .parquet and .pq are written as Parquet
+        raise MetarecError(
+            f"--out {out}: writes CSV (.csv, or .tsv for tabs) or Parquet (.parquet), not "
+            f"{suffix} files"
+        )
     for flag, path in inputs.items():
         if path is not None and os.path.realpath(out) == os.path.realpath(path):
             raise MetarecError(
@@ -287,14 +295,26 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
     check_can_create(target)  # before the scoring, not at the write
 
 
+# output names whose format --out does not write (compressed, JSON, spreadsheets)
+_UNWRITTEN_SUFFIXES = (
+    ".gz", ".bz2", ".xz", ".zst", ".zip", ".json", ".jsonl", ".xlsx", ".xls", ".feather",
+)  # fmt: skip
+
+
 def _write_csv_atomic(frame, out: Path) -> None:
-    """``frame`` as CSV at ``out`` (atomically), tab-separated where its name ends in
-    .tsv as an input's would be read, or to stdout for "-"."""
+    """``frame`` at ``out`` (atomically) as the readers read that name: Parquet for
+    .parquet / .pq, tab-separated CSV for .tsv / .tab, else CSV; or CSV to stdout for
+    "-". (A .parquet name had been given CSV text, which the CLI could not read back.)"""
     from metarec.atomic import atomic_path
 
-    sep = "\t" if out.suffix.lower() in (".tsv", ".tab") else ","
+    suffix = out.suffix.lower()
+    sep = "\t" if suffix in (".tsv", ".tab") else ","
     if str(out) == "-":
         frame.to_csv(sys.stdout, index=False, sep=sep)
+        return
+    if suffix in (".parquet", ".pq"):
+        with atomic_path(out) as tmp:
+            frame.to_parquet(tmp, index=False)
         return
     with atomic_path(out) as tmp, tmp.open("w", newline="") as fh:
         frame.to_csv(fh, index=False, sep=sep)
