@@ -2226,13 +2226,23 @@ def test_an_unnamed_column_in_an_items_or_users_file_is_refused(tmp_path, capsys
     items.to_csv(paths["I"])  # the index as an unnamed first column
     assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 2
     err = capsys.readouterr().err
-    assert "I.csv: a column has an empty name (column 1)" in err and "index=False" in err
+    assert (
+        "I.csv: a column with values has an empty name (column 1)" in err and "index=False" in err
+    )
     assert err.count("\n") == 1 and not (tmp_path / "RUN").exists()
     items.to_csv(paths["I"], index=False)
     users = tmp_path / "U.csv"
     pd.DataFrame({"user_id": ["u0", "u1"], "age": [20, 30]}).to_csv(users)
     assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST, "--users", str(users)]) == 2
-    assert "U.csv: a column has an empty name (column 1)" in capsys.readouterr().err
+    assert "U.csv: a column with values has an empty name (column 1)" in capsys.readouterr().err
+    # a trailing comma on every line (a spreadsheet export) names a column with no
+    # values: dropped, not refused, and not a feature
+    pd.DataFrame({"user_id": ["u0", "u1"], "age": [20, 30], "": ["", ""]}).to_csv(
+        users, index=False
+    )
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST, "--users", str(users)]) == 0
+    meta = json.loads((tmp_path / "RUN" / "meta.json").read_text())
+    assert not any("Unnamed" in c for c in json.dumps(meta).split('"'))
 
 
 def test_a_run_keeps_the_rows_its_model_serves_histories_from(fitted, tmp_path):

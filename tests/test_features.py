@@ -512,7 +512,7 @@ def test_one_text_for_every_training_item_is_warned_about(tiny_dataset, hashing_
     features were all exactly zero, and only the PCA size was warned about."""
     with pytest.warns(
         UserWarning,
-        match=r"every training item has the same text \('plain text'\).*names no column",
+        match=r"every training item with text has the same text \(.plain text.\).*names no column",
     ):
         fs = build_features(tiny_dataset, hashing_encoder, pca_dim=2, text_template="plain text")
     assert float(fs.item_text.abs().max()) == 0.0  # what the warning is about

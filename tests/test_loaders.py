@@ -622,6 +622,27 @@ def test_lastfm_log_plays_option(lastfm):
         read_lastfm(lastfm, plays="raw")
 
 
+def test_release_file_checks_on_tiny_and_blank_lined_files(tmp_path, lastfm, ml1m):
+    from metarec.data.tabular import require_file
+
+    # 1-3 byte files that end in a newline are whole (the last-bytes read had been empty)
+    for body in ("\n", "x\n", "ab\n", "abc\n"):
+        (tmp_path / "a.txt").write_text(body)
+        assert require_file(tmp_path, "a.txt", "demo") == tmp_path / "a.txt"
+    (tmp_path / "a.txt").write_text("ab")
+    with pytest.raises(MetarecError, match="ends in the middle of a line"):
+        require_file(tmp_path, "a.txt", "demo")
+    # a blank line before the bad weight: the error names the file's own line
+    path = lastfm / "user_artists.dat"
+    path.write_text(path.read_text().replace("3\t52\t7", "\n3\t52\t0"))
+    with pytest.raises(MetarecError, match=r"user_artists.dat: line 5: weight 0"):
+        read_lastfm(lastfm)
+    # an extra field on ml-1m's first line gets the format, as later lines do
+    write(ml1m / "ratings.dat", "1::260::5::978300760::9\n")
+    with pytest.raises(MetarecError, match=r"ratings.dat: line 1: expected 4 '::'-separated"):
+        read_movielens_1m(ml1m)
+
+
 @pytest.mark.parametrize("weight", ["0", "-3"])
 def test_lastfm_weights_must_be_play_counts(lastfm, weight):
     # 0 and -3 had read as plays (a like under "label"; NaN and -inf ratings under "log")

@@ -314,6 +314,9 @@ def test_cross_domain_known_counts():
         assert raw_items(ds, t.support) == ["m0", "m1"]
         assert raw_items(ds, t.query) == ["m2", "m3"]
         assert set(t.query.domain.tolist()) == {movies}
+    # names are stripped, as an experiment's split.source and --domain are
+    s_padded = cross_domain(ds, " books ", "movies\t", k_shot=2, n_query=2, seed=0)
+    assert (s_padded.source_domain, s_padded.target_domain) == (s.source_domain, s.target_domain)
     s2 = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0, support_in_train=True)
     assert (s2.train.domain == movies).sum() == 7 * 5 + 2 + 3 * 2
     check_invariants(s2)

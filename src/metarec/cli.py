@@ -152,11 +152,6 @@ def _plain(val) -> str:
     return str(val)
 
 
-# protocols that hold out the newest users or items when the data has times (splits.
-# _newest_last): the seed orders them only without times
-_CUT_BY_TIME = ("user-cold", "item-cold", "user-item-cold")
-
-
 def cmd_split(args) -> int:
     from metarec.splits import check_split_target, make_split, write_split
 
@@ -177,7 +172,7 @@ def cmd_split(args) -> int:
             raise MetarecError("--protocol cross-domain needs --source and --target domains")
         kw.update(source=args.source, target=args.target)
     split = make_split(ds, args.protocol, **kw)
-    if args.seed != 0 and ds.has_time and args.protocol in _CUT_BY_TIME:
+    if args.seed != 0 and split.summary.get("by_time"):
         # seeds 0-4 gave five identical splits without a word (summary.json says seed 4)
         print(
             f"metarec: note: --seed {args.seed} changes nothing in this split: {args.protocol} "
@@ -936,7 +931,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
-        help="P.csv: user_id,item_id,score (tab-separated for a .tsv name; - for stdout)",
+        help="P.csv: user_id,item_id,score (tab-separated for a .tsv name, Parquet for "
+        ".parquet; - for stdout)",
     )
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_predict)
@@ -949,7 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
-        help="R.csv: user_id,item_id,rank,score (tab-separated for a .tsv name; - for stdout)",
+        help="R.csv: user_id,item_id,rank,score (tab-separated for a .tsv name, Parquet "
+        "for .parquet; - for stdout)",
     )
     p.add_argument("--device", default=None, help="cpu (default), cuda or auto")
     p.set_defaults(func=cmd_recommend)

@@ -90,7 +90,8 @@ def _refuse_queries_in_training(rec: Recommender, tasks: Sequence[Task]) -> None
     0.66 on its own), and nothing said so. Rows are matched by (user, item, timestamp):
     an earlier rating of the same item (a log kept with its re-ratings, dedupe = false)
     is the user's history, not the query. A model that did not record its training rows
-    (a Recommender that does not call the base ``fit``, or a loaded RUN) is not checked."""
+    (a Recommender that does not call the base ``fit``) is not checked; a loaded RUN
+    records the rows it serves from."""
     train = getattr(rec, "train_rows_", None)
     if not isinstance(train, Interactions) or not len(train):
         return

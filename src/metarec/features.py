@@ -421,8 +421,8 @@ def build_features(
         only = next(iter(distinct))
         only = only if len(only) <= 60 else only[:57] + "..."
         warnings.warn(
-            f"text: every training item has the same text ({only!r}): the text "
-            "features carry nothing"
+            f"text: every training item with text has the same text ({only!r}): the "
+            "text features tell no two of them apart"
             + (
                 " (text.template names no column)"
                 if text_template and "{" not in text_template

@@ -509,6 +509,8 @@ def cross_domain(
     interactions, and every interaction in a third domain, are left out (counted).
     """
     names = list(ds.domains)
+    # stripped, as data cells, `recommend --domain` and an experiment's split are
+    source, target = str(source).strip(), str(target).strip()
     for role, name in (("source", source), ("target", target)):
         if name not in names:
             raise MetarecError(

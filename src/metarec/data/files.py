@@ -154,17 +154,21 @@ _MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "-", "?"})
 
 def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
     """(text, categorical, numeric) column names of a side table, and the cleaned frame.
-    A column with no name is refused, as in a log: it is most often a saved pandas index
-    (``to_csv`` without ``index=False``), and it had become a numeric feature."""
+    A column with no name that holds values is refused: it is most often a saved pandas
+    index (``to_csv`` without ``index=False``), and it had become a numeric feature. One
+    with no values (a trailing comma on every line, as spreadsheets export) is dropped."""
     blank = [
         c for c in frame.columns if re.fullmatch(r"Unnamed: \d+", str(c)) or not str(c).strip()
     ]
-    if blank:
+    empty = [c for c in blank if frame[c].astype("string").str.strip().fillna("").eq("").all()]
+    held = [c for c in blank if c not in empty]
+    if held:
         raise MetarecError(
-            f"{_where(frame)}: a column has {_column_name(blank[0])}: name every column "
-            "(an unnamed first column is often a saved pandas index: write the file with "
-            "index=False)"
+            f"{_where(frame)}: a column with values has {_column_name(held[0])}: name every "
+            "column (an unnamed first column is often a saved pandas index: write the file "
+            "with index=False)"
         )
+    frame = frame.drop(columns=empty)
     out = pd.DataFrame({key: id_column(frame, key).to_numpy(object)})
     text, cat, num = [], [], []
     for c in frame.columns:

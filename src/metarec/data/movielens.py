@@ -286,9 +286,9 @@ def _read_ml1m_ratings(path) -> pd.DataFrame:
     except MetarecError as err:
         # pandas counts the ':'-split fields ("Expected 7 fields in line 1251, saw 9")
         m = re.search(r"in line (\d+)", str(err))
-        if m is None:
+        if m is None and "first data row has more fields" not in str(err):
             raise
-        raise MetarecError(f"{path}: line {m.group(1)}: {expected}") from None
+        raise MetarecError(f"{path}: line {m.group(1) if m else 1}: {expected}") from None
     # a line with fewer fields (tab-separated, or cut) leaves the last columns empty
     bad = frame[["c1", "c3", "c5"]].notna().any(axis=1) | frame[["c2", "c4", "c6"]].isna().any(
         axis=1

@@ -76,13 +76,11 @@ def _whole_file(p: Path, name: str, whole_lines: bool = True) -> Path:
     "truncated") or, with ``whole_lines``, ends in the middle of a line."""
     with open(p, "rb") as fh:
         head = fh.read(16)
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        if size >= 4:
-            fh.seek(-4, os.SEEK_END)
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, size - 4))  # the last 4 bytes (all of a shorter file)
         tail = fh.read()
     for looks_like, kind, _ in _BINARY_FILES:
-        if looks_like(head + (tail if size > 16 else b"")):
+        if looks_like(head if size <= 16 else head + tail):
             raise MetarecError(
                 f"{name}: {p} is {kind}, not the release's text file (decompress it, or "
                 "unpack the release again)"
