@@ -516,3 +516,63 @@ def test_bench_scale_reduced_size_reports_resume_and_rss(tmp_path):
     assert res["stages"]["train_in_memory_baseline"]["rows"] > 0
     assert res["stages"]["train_in_memory_baseline"]["stream_over_memory"] > 0
     assert res["rss_ok"] and 0 < res["peak_rss_gb"] <= 4.0
+
+
+def test_train_refuses_a_stream_that_draws_otherwise_than_the_model_trains(tmp_path):
+    """A 1-5 star stream fed a binary head trained on a negative cross-entropy
+    (train_loss -5.7) without a word; and the config's n_negatives, positive_threshold
+    and resample_prob were ignored for the stream's own."""
+    split, feats = make_problem(0, "rating")
+    tr = split.train
+    order = np.lexsort((tr.timestamp, tr.user_idx))
+    path = _write(
+        tmp_path / "r.parquet", tr.user_idx[order], tr.item_idx[order], tr.rating[order], 64
+    )
+    ix = index_log(path, n_items=feats.n_items)
+    meta = MetaConfig(algorithm="fomaml", inner_steps=1, inner_lr=0.1)
+    cfg = TrainConfig(steps=2, meta_batch=4, eval_every=2, seed=0)
+
+    def go(head, stream_kw=(), **cfg_kw):
+        sc = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head=head)
+        stream = ParquetTaskStream(ix, k_shot=3, n_query=3, rank=0, world=1, **dict(stream_kw))
+        return train(split, feats, sc, meta, replace(cfg, **cfg_kw), progress=False, sampler=stream)
+
+    with pytest.raises(
+        MetarecError, match=r"stream draws 'rating' episodes and the scorer's head is 'binary'"
+    ):
+        go("binary", {"head": "rating"})
+    with pytest.raises(MetarecError, match=r"stream draws 'binary' episodes .* head is 'rating'"):
+        go("rating")
+    with pytest.raises(MetarecError, match=r"n_negatives=1 and train.n_negatives is 8"):
+        go("binary", n_negatives=8)
+    with pytest.raises(MetarecError, match=r"resample_prob=0.5 and train.resample_prob is 0.0"):
+        go("rating", {"head": "rating"}, resample_prob=0.0)
+    # agreeing settings train; a rating head does not read the binary-only ones
+    assert go("binary", {"n_negatives": 8}, n_negatives=8).params
+    assert go("rating", {"head": "rating"}, n_negatives=8).params
+
+
+def test_a_damaged_or_rewritten_log_is_one_line(tmp_path):
+    """A damaged page was pyarrow's multi-line "Couldn't deserialize thrift" naming no
+    file; a log rewritten after index_log was "row_group_indices is 4 ... (2)"."""
+    n = 600
+    users = np.repeat(np.arange(60), 10)
+    path = _write(tmp_path / "log.parquet", users, np.arange(n) % 40, np.ones(n), 200)
+    ix = index_log(path, n_items=40)
+    _write(tmp_path / "log.parquet", users[:100], np.arange(100) % 40, np.ones(100), 50)
+    with pytest.raises(
+        MetarecError,
+        match=r"has 100 rows in 2 row groups, its index 600 in 3: it changed since it was indexed",
+    ):
+        ParquetTaskStream(ix, k_shot=2, n_query=2, rank=0, world=1)
+    path = _write(tmp_path / "log.parquet", users, np.arange(n) % 40, np.ones(n), 200)
+    md = pq.ParquetFile(path).metadata
+    at = md.row_group(1).column(0).data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[at : at + 12] = b"\xff" * 12
+    path.write_bytes(bytes(raw))
+    with pytest.raises(
+        MetarecError, match=r"log.parquet: cannot read the log \(.*\); is the file damaged\?"
+    ) as err:
+        index_log(path, n_items=40)
+    assert "\n" not in str(err.value)

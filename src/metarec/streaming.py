@@ -115,7 +115,7 @@ def index_log(
     user_count = np.zeros(n_users or 0, np.int64)
     item_count = np.zeros(n_items or 0, np.int64)
     row, last_user = 0, -1
-    for batch in pf.iter_batches(batch_size=batch_size, columns=[user_col, item_col]):
+    for batch in _batches(path, pf, batch_size, [user_col, item_col]):
         if batch.num_rows == 0:
             continue
         u = _ids(path, batch.column(user_col), user_col, row)  # (batch,) int64
@@ -182,9 +182,35 @@ def _check_rating_nulls(path: Path, pf: pq.ParquetFile, col: str, group_start: n
     for g in range(md.num_row_groups):
         st = md.row_group(g).column(j).statistics
         if st is not None and st.has_null_count and st.null_count > 0:
-            nulls = pf.read_row_group(g, columns=[col]).column(col).is_null()
+            try:
+                nulls = pf.read_row_group(g, columns=[col]).column(col).is_null()
+            except _READ_ERRORS as err:
+                raise _unreadable(path, err, f"row group {g}") from None
             at = int(group_start[g]) + _first(nulls)
             raise MetarecError(f"{path}: row {at + 1}: {col} is null")
+
+
+# what pyarrow raises for a damaged page or a row group the file no longer has ("Couldn't
+# deserialize thrift", ArrowInvalid): a multi-line traceback naming no file, before these
+_READ_ERRORS = (OSError, ValueError, pa.ArrowException)
+
+
+def _unreadable(path: Path, err: Exception, what: str) -> MetarecError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return MetarecError(f"{path}: cannot read {what} ({first}); is the file damaged?")
+
+
+def _batches(path: Path, pf: pq.ParquetFile, batch_size: int, columns: list[str]):
+    """pf.iter_batches with a damaged page as one line naming the file."""
+    it = pf.iter_batches(batch_size=batch_size, columns=columns)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except _READ_ERRORS as err:
+            raise _unreadable(path, err, "the log") from None
+        yield batch
 
 
 def _first(mask: pa.Array | pa.ChunkedArray) -> int:
@@ -355,6 +381,15 @@ class ParquetTaskStream:
         except (OSError, ValueError) as err:
             raise MetarecError(f"{index.path}: cannot read as Parquet ({err})") from None
         _check_columns(index.path, self._file.schema_arrow, *self.cols)
+        md = self._file.metadata
+        if (md.num_rows, md.num_row_groups) != (index.n_rows, index.n_groups):
+            # rewritten after index_log: its offsets point at rows that are no longer
+            # there (pyarrow's "row_group_indices is 4 ... num_row_groups(2)")
+            raise MetarecError(
+                f"{index.path}: the file has {md.num_rows} rows in {md.num_row_groups} row "
+                f"groups, its index {index.n_rows} in {index.n_groups}: it changed since it "
+                "was indexed; index it again (index_log)"
+            )
         self.epoch = 0
         self._queue: list[int] = []  # row groups still to read this epoch
         self._ready: list[tuple[int, np.ndarray, np.ndarray]] = []  # (user, items, ratings)
@@ -371,7 +406,10 @@ class ParquetTaskStream:
         gs = self.index.group_start
         g0 = int(np.searchsorted(gs, a, side="right")) - 1
         g1 = int(np.searchsorted(gs, b, side="left"))
-        table = self._file.read_row_groups(list(range(g0, g1)), columns=self.cols)
+        try:
+            table = self._file.read_row_groups(list(range(g0, g1)), columns=self.cols)
+        except _READ_ERRORS as err:
+            raise _unreadable(self.index.path, err, f"row groups {g0}..{g1 - 1}") from None
         off = a - int(gs[g0])
         # slicing the arrow columns is free: only rows [a, b) are converted
         user, item, rating = (table.column(c).slice(off, b - a) for c in self.cols)

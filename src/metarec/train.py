@@ -415,6 +415,28 @@ class _TaskSampler:
         return out
 
 
+def _check_stream(sampler, head: str, cfg: TrainConfig) -> None:
+    """An episode source that says how it draws (ParquetTaskStream: ``head``,
+    ``n_negatives``, ``positive_threshold``, ``resample_prob``) must draw as the model
+    trains and ``cfg`` says: a 1-5 star stream fed a binary head trained on a negative
+    cross-entropy without a word, and the config's settings were ignored for the stream's
+    own (validation tasks kept the config's threshold)."""
+    if getattr(sampler, "head", head) != head:
+        raise MetarecError(
+            f"train: the task stream draws {sampler.head!r} episodes and the scorer's head "
+            f"is {head!r} (build the stream with head={head!r})"
+        )
+    keys = ("resample_prob",) + (("n_negatives", "positive_threshold") if head == "binary" else ())
+    for key in keys:
+        mine, theirs = getattr(cfg, key), getattr(sampler, key, getattr(cfg, key))
+        if mine != theirs:
+            raise MetarecError(
+                f"train: the task stream draws with {key}={theirs!r} and train.{key} is "
+                f"{mine!r}; the stream's own is what training would use (build the stream "
+                f"with {key}={mine!r})"
+            )
+
+
 def valid_negative_pool(split: Split, cfg: TrainConfig) -> np.ndarray | None:
     """The pool of validation query negatives ``cfg.valid_negatives`` names: the split's
     held-out validation items (``split.valid_cold_items``; "auto": only where the
@@ -620,6 +642,8 @@ def train(
                 f"train: the stream's index counts {n_log} items (its n_items, or the log's "
                 f"largest item id + 1) and the FeatureSet {feats.n_items}"
             )
+    if sampler is not None:
+        _check_stream(sampler, head, cfg)
     known_t = torch.from_numpy(known).to(dev)
     if sampler is None:
         sampler = _TaskSampler(split, head, feats.n_items, cfg)
