@@ -4,6 +4,7 @@ baseline, plus closed-form checks of the fold-ins and of EASE."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import warnings
 
 import numpy as np
@@ -665,3 +666,36 @@ def test_rating_models_rank_unclipped(board):
         m.rank_scores(COLD_A, support, items) - m.rank_scores(COLD_A, Interactions.empty(), items),
         m.user_bias(COLD_A, support),
     )
+
+
+@pytest.mark.parametrize(
+    "name, params, said",
+    [
+        ("implicit_als", {"factors": 0}, "factors must be an integer >= 1, got 0"),
+        ("implicit_als", {"reg": -1.0}, "reg must be a number >= 0, got -1.0"),
+        ("item_mean_user_bias", {"user_shrinkage": -1}, "user_shrinkage must be a number >= 0"),
+        ("item_mean", {"shrinkage": float("nan")}, "shrinkage must be a number >= 0, got nan"),
+        ("item_mean", {"shrinkage": "x"}, "shrinkage must be a number >= 0, got 'x'"),
+        ("ease", {"reg": float("nan")}, "reg must be a number > 0, got nan"),
+        ("biased_mf", {"reg": float("nan")}, "reg must be a number > 0, got nan"),
+        ("biased_mf", {"factors": 2.5}, "factors must be an integer >= 1, got 2.5"),
+        ("item_knn", {"damping": float("inf")}, "damping must be a number >= 0, got inf"),
+        ("lightfm", {"learning_rate": 0}, "learning_rate must be a number > 0, got 0"),
+    ],
+)
+def test_bad_baseline_parameters_are_one_line_errors(name, params, said):
+    """NaN passed the "< 0" checks (EASE scored every item -inf, ItemMean every item the
+    global mean), user_shrinkage -1 divided a one-row history by zero (every item 5.0),
+    and ALS with factors 0 printed 67,545 BLAS errors and scored every item 0."""
+    with pytest.raises(MetarecError, match=re.escape(said)) as err:
+        make_baseline(name, **params)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["ease", "item_knn"])
+def test_a_like_threshold_no_training_rating_reaches_is_refused(name):
+    ds, train = tiny()  # ratings 1..5
+    with pytest.raises(
+        MetarecError, match=r"min_rating 99: no training rating reaches it \(the highest is 5\)"
+    ):
+        make_baseline(name, min_rating=99).fit(ds, train)

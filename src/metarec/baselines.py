@@ -45,6 +45,20 @@ MAX_FACTORS = 4096  # latent factors of BiasedMF / ImplicitALS (and the blend's 
 LIGHTFM_LOSSES = ("warp", "bpr", "logistic", "warp-kos")
 
 
+def _check_number(
+    who: str, name: str, v, lo: float = 0.0, *, above: bool = False, integer: bool = False
+) -> None:
+    """A baseline parameter: a finite real number (an integer where ``integer``) at least
+    ``lo`` (above it where ``above``). NaN passed the old "< 0" checks (EASE scored every
+    item -inf, ItemMean every item the global mean), a text was a TypeError deep in a fit,
+    and ALS with factors 0 printed 67,545 BLAS errors and scored every item 0."""
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    bad = isinstance(v, bool) or not isinstance(v, kinds) or not np.isfinite(v)
+    if bad or (v <= lo if above else v < lo):
+        rule = f"{'an integer' if integer else 'a number'} {'>' if above else '>='} {lo:g}"
+        raise MetarecError(f"{who}: {name} must be {rule}, got {v!r}")
+
+
 def like_threshold(dataset: Dataset, min_rating: float | None) -> float:
     """Smallest rating that counts as liked: ``min_rating``, else the scale's midpoint.
 
@@ -69,6 +83,12 @@ def presence_matrix(
 ) -> sp.csr_matrix:
     """(n_users, n_items) binary CSR of training rows with rating >= threshold (None: all)."""
     keep = interaction_mask(train.rating, threshold)
+    if len(train) and not keep.any():
+        # EASE then scored every item -inf and item-kNN every item 0, without a word
+        raise MetarecError(
+            f"min_rating {threshold:g}: no training rating reaches it (the highest is "
+            f"{float(train.rating.max()):g}), so nothing counts as liked"
+        )
     x = sp.csr_matrix(
         (np.ones(int(keep.sum())), (train.user_idx[keep], train.item_idx[keep])),
         shape=(dataset.n_users, dataset.n_items),
@@ -136,8 +156,7 @@ class Popularity(Recommender):
 
 def _item_biases(train: Interactions, n_items: int, shrinkage: float) -> tuple[float, np.ndarray]:
     """Global mean mu and shrunk item offsets b_i = sum(r - mu) / (n_i + shrinkage)."""
-    if shrinkage < 0:
-        raise MetarecError(f"item shrinkage must be >= 0, got {shrinkage}")
+    _check_number("item biases", "shrinkage", shrinkage)
     mu = float(train.rating.mean()) if len(train) else 0.0
     resid = np.bincount(train.item_idx, weights=train.rating - mu, minlength=n_items)
     n = np.bincount(train.item_idx, minlength=n_items)
@@ -153,6 +172,7 @@ class ItemMean(_RatingModel):
     personalized = False
 
     def __init__(self, shrinkage: float = 10.0):
+        _check_number(self.name, "shrinkage", shrinkage)
         self.shrinkage = shrinkage
 
     def fit(
@@ -184,6 +204,8 @@ class ItemMeanUserBias(ItemMean):
 
     def __init__(self, shrinkage: float = 10.0, user_shrinkage: float = 5.0):
         super().__init__(shrinkage)
+        # -1 divided a one-row history by 0: every item at the top of the scale
+        _check_number(self.name, "user_shrinkage", user_shrinkage)
         self.user_shrinkage = user_shrinkage
 
     def user_bias(self, user_idx: int, support: Interactions) -> float:
@@ -398,8 +420,11 @@ class BiasedMF(_RatingModel):
         init_std: float = 0.1,
         seed: int = 0,
     ):
-        if factors < 1 or iterations < 0 or reg <= 0 or bias_reg <= 0:
-            raise MetarecError("BiasedMF: need factors >= 1, iterations >= 0, reg, bias_reg > 0")
+        _check_number("BiasedMF", "factors", factors, 1, integer=True)
+        _check_number("BiasedMF", "iterations", iterations, integer=True)
+        for name, v in (("reg", reg), ("bias_reg", bias_reg)):
+            _check_number("BiasedMF", name, v, above=True)  # NaN: a LinAlgError at fit
+        _check_number("BiasedMF", "init_std", init_std)
         if factors > MAX_FACTORS:  # 10^8 asked for 738 GiB
             raise MetarecError(f"BiasedMF: factors must be <= {MAX_FACTORS}, got {factors}")
         self.factors = factors
@@ -512,8 +537,7 @@ class EASE(Recommender):
     def __init__(
         self, reg: float = 500.0, max_items: int = 20_000, min_rating: float | None = None
     ):
-        if reg <= 0:
-            raise MetarecError(f"EASE: reg must be > 0, got {reg}")
+        _check_number("EASE", "reg", reg, above=True)
         self.reg = reg
         self.max_items = max_items
         self.min_rating = min_rating
@@ -631,10 +655,10 @@ class ItemKNN(Recommender):
     name = "ItemKNN"
 
     def __init__(self, alpha: float = 0.3, damping: float = 0.0, min_rating: float | None = None):
-        if not 0.0 <= alpha <= 1.0:
+        _check_number("ItemKNN", "alpha", alpha)
+        if alpha > 1.0:
             raise MetarecError(f"ItemKNN: alpha must be in [0, 1], got {alpha}")
-        if damping < 0:
-            raise MetarecError(f"ItemKNN: damping must be >= 0, got {damping}")
+        _check_number("ItemKNN", "damping", damping)
         self.alpha = alpha
         self.damping = damping
         self.min_rating = min_rating
@@ -756,8 +780,12 @@ class ImplicitALS(_FoldInRanker):
         num_threads: int = 0,
         min_rating: float | None = None,
     ):
+        _check_number("ImplicitALS", "factors", factors, 1, integer=True)
         if factors > MAX_FACTORS:
             raise MetarecError(f"ImplicitALS: factors must be <= {MAX_FACTORS}, got {factors}")
+        _check_number("ImplicitALS", "reg", reg)
+        _check_number("ImplicitALS", "alpha", alpha, above=True)
+        _check_number("ImplicitALS", "iterations", iterations, 1, integer=True)
         self.min_rating = min_rating
         self.factors = factors
         self.reg = reg
@@ -826,10 +854,15 @@ class LightFMRanker(_FoldInRanker):
     ):
         if loss not in LIGHTFM_LOSSES:  # LightFM's own bare AssertionError at fit otherwise
             raise MetarecError(f"LightFM: loss {loss!r} is not one of {LIGHTFM_LOSSES}")
-        if not 1 <= no_components <= MAX_FACTORS:
+        _check_number("LightFM", "no_components", no_components, 1, integer=True)
+        if no_components > MAX_FACTORS:
             raise MetarecError(
                 f"LightFM: no_components must be in [1, {MAX_FACTORS}], got {no_components}"
             )
+        _check_number("LightFM", "epochs", epochs, 1, integer=True)
+        _check_number("LightFM", "learning_rate", learning_rate, above=True)
+        for name, v in (("item_alpha", item_alpha), ("reg", reg), ("alpha", alpha)):
+            _check_number("LightFM", name, v)
         self.min_rating = min_rating
         self.no_components = no_components
         self.loss = loss
