@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import numpy as np
 import pytest
@@ -348,3 +349,28 @@ def test_interactions_refuse_indices_numpy_would_truncate(items, ratings, said):
     assert said in str(err.value)
     whole = Interactions([0, 0], [0.0, 1.0], [5, 4], [0, 0], [0, 0])  # whole floats are taken
     assert whole.item_idx.tolist() == [0, 1] and whole.item_idx.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "kwargs, said",
+    [
+        (
+            {"threshold": 100},
+            "threshold 100 is outside the ratings of 'toy' (1..5): relevant is rating >= threshold, so no rating would be relevant",
+        ),
+        ({"threshold": 1.0}, "so every rating would be"),
+        ({"threshold": float("nan")}, "threshold nan is outside the ratings"),
+        ({"ks": [2.5]}, "ks must hold integers >= 1, got 2.5"),
+        ({"query_ks": [0]}, "query_ks must hold integers >= 1, got 0"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+        ({"bootstrap": -1}, "bootstrap must be an integer >= 0, got -1"),
+    ],
+)
+def test_evaluate_refuses_settings_that_give_nan_or_a_traceback(kwargs, said):
+    """threshold 100 returned NaN for every hit metric without a word (metarec evaluate
+    refused it); ks=[2.5] and batch_size=0 were a TypeError and a ValueError from deep
+    inside; bootstrap=-1 was taken as 0."""
+    ds = dataset()
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match=re.escape(said)):
+        evaluate(rec, ds, list(TASKS), **kwargs)

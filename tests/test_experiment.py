@@ -1911,3 +1911,50 @@ def test_quickstart_refuses_an_empty_shot_and_endless_seeds(tmp_path, capsys):
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1
     assert not (tmp_path / "q").exists()
+
+
+def test_arguments_that_had_been_dropped_are_checked(tmp_path):
+    """valid_items without valid were dropped unchecked; a joint transfer took any
+    source_domain without a look; PooledRecommender(finetune_steps=2.5) ran 2 steps as
+    "Pooled+FT2.5", and a dict config was an AttributeError."""
+    from metarec.model import MetaRecommender
+    from metarec.transfer import PooledRecommender, TransferRecommender
+
+    cfg = _two_domain_config(tmp_path, "joint")
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    with pytest.raises(
+        MetarecError,
+        match=r"valid_items are the items validation tasks rank over; give the tasks too",
+    ):
+        MetaRecommender().fit(ds, split.train, valid_items=np.array([1, 2]))
+    with pytest.raises(MetarecError, match=r"source_domain 'music' is neither a domain index"):
+        TransferRecommender(strategy="joint").fit(
+            ds, split.train, valid=split.valid, source_domain="music"
+        )
+    for steps in (2.5, True, "3"):
+        with pytest.raises(MetarecError, match=r"finetune_steps must be an integer"):
+            PooledRecommender(finetune_steps=steps)
+    with pytest.raises(MetarecError, match=r"Pooled: config must be a ModelConfig, got dict"):
+        PooledRecommender({"k_shot": 3})
+    assert PooledRecommender(finetune_steps=np.int64(2)).name == "Pooled+FT2"
+
+
+def test_an_experiment_without_validation_users_fits_its_meta_model(tmp_path):
+    # valid_frac = 0: no validation tasks, so no validation items are passed with them (item
+    # cold-start has held-out items; fit refuses items without tasks)
+    cfg = dataclasses.replace(
+        E.load_config(
+            TINY,
+            [
+                "split.protocol='item-cold'",
+                "split.valid_frac=0",
+                "seeds=[0]",
+                "shots=[]",
+                "model.train.steps=5",
+            ],
+            only=["MetaRec"],
+        )
+    )
+    results = E.run(cfg, tmp_path, progress=False)
+    assert results.runs_of("MetaRec", cfg.split.k_shot)

@@ -272,14 +272,6 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
 
     if str(out) == "-":
         return
-    suffix = Path(out).suffix.lower()
-    if suffix in _UNWRITTEN_SUFFIXES:
-        # the CSV text had gone into a file named .gz or .json, which the readers then
-        # refused ("is a gzip-compressed file"); .parquet and .pq are written as Parquet
-        raise MetarecError(
-            f"--out {out}: writes CSV (.csv, or .tsv for tabs) or Parquet (.parquet), not "
-            f"{suffix} files"
-        )
     for flag, path in inputs.items():
         if path is not None and os.path.realpath(out) == os.path.realpath(path):
             raise MetarecError(
@@ -288,6 +280,15 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
     target = writable_target(out)
     check_derived_run(out, run, what)  # first: a path inside the RUN is never probed
     check_can_create(target)  # before the scoring, not at the write
+    # after the RUN check: --out RUN/config.json is named as inside the RUN
+    suffix = Path(out).suffix.lower()
+    if suffix in _UNWRITTEN_SUFFIXES:
+        # the CSV text had gone into a file named .gz or .json, which the readers then
+        # refused ("is a gzip-compressed file"); .parquet and .pq are written as Parquet
+        raise MetarecError(
+            f"--out {out}: writes CSV (.csv, or .tsv for tabs) or Parquet (.parquet), not "
+            f"{suffix} files"
+        )
 
 
 # output names whose format --out does not write (compressed, JSON, spreadsheets)

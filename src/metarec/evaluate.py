@@ -124,6 +124,22 @@ def _refuse_queries_in_training(rec: Recommender, tasks: Sequence[Task]) -> None
         )
 
 
+def check_threshold(dataset: Dataset, threshold: float) -> None:
+    """An explicit dataset's relevance threshold must fall in (lowest, highest rating]:
+    above it nothing is relevant and every hit metric is NaN (evaluate() returned them
+    without a word), at or below it everything is."""
+    if dataset.feedback != "explicit":
+        return
+    lo, hi = (float(v) for v in dataset.rating_range)
+    if not lo < threshold <= hi:
+        raise MetarecError(
+            f"threshold {threshold:g} is outside the ratings of {dataset.name!r} "
+            f"({lo:g}..{hi:g}): relevant is rating >= threshold, so "
+            + ("every rating would be" if threshold <= lo else "no rating would be relevant")
+            + f"; set threshold to a value in ({lo:g}, {hi:g}]"
+        )
+
+
 def evaluate(
     rec: Recommender,
     dataset: Dataset,
@@ -151,6 +167,16 @@ def evaluate(
     """
     if not tasks:
         raise MetarecError("evaluate: no tasks to evaluate")
+    # each a one-line error here, not a TypeError from a slice (ks=[2.5]) or a ValueError
+    # from range() (batch_size=0); bootstrap=-1 had been taken as 0
+    for name, values, least in (("ks", ks, 1), ("query_ks", query_ks, 1)):
+        for k in values:
+            if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < least:
+                raise MetarecError(f"evaluate: {name} must hold integers >= 1, got {k!r}")
+    for name, v, least in (("batch_size", batch_size, 1), ("bootstrap", bootstrap, 0)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < least:
+            raise MetarecError(f"evaluate: {name} must be an integer >= {least}, got {v!r}")
+    check_threshold(dataset, threshold)
     if full_catalogue and not ks:
         raise MetarecError("evaluate: ks is empty; give the full ranking's cut-offs")
     if not full_catalogue and not query_ks:

@@ -480,17 +480,7 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                         else f"method {m.name!r}: min_rating {float(value):g} is below the "
                         f"ratings of {ds.name!r} ({lo:g}..{hi:g}); give a value in that range"
                     )
-        if not lo < config.threshold <= hi:
-            raise MetarecError(
-                f"threshold {config.threshold:g} is outside the ratings of {ds.name!r} "
-                f"({lo:g}..{hi:g}): relevant is rating >= threshold, so "
-                + (
-                    "no rating would be relevant"
-                    if config.threshold > hi
-                    else "every rating would be"
-                )
-                + f"; set threshold to a value in ({lo:g}, {hi:g}]"
-            )
+        evaluation.check_threshold(ds, config.threshold)
 
 
 def _check_baseline_params(m: MethodSpec) -> None:
@@ -1155,7 +1145,8 @@ def _fit(rec: Recommender, ds: Dataset, split: Split, feats: FeatureSet) -> Reco
             split.train,
             feats,
             valid=split.valid,
-            valid_items=ranking_candidates(ds, split, "valid"),
+            # none without validation users (valid_frac = 0): fit refuses items alone
+            valid_items=ranking_candidates(ds, split, "valid") if split.valid else None,
         )
     return rec.fit(ds, split.train, feats)
 

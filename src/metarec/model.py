@@ -635,6 +635,13 @@ class MetaRecommender(Recommender):
         is fitted on the ranking it will serve (default: the whole catalogue, or the
         validation queries' domains)."""
         cfg = self.config
+        if valid_items is not None and len(valid_items) and not valid:
+            # they name the items the given validation tasks are ranked over: without
+            # tasks they were dropped without a word (and never checked)
+            raise MetarecError(
+                f"{self.name}.fit: valid_items are the items validation tasks rank over; "
+                "give the tasks too (valid=split.valid)"
+            )
         if cfg.refit and valid:
             raise MetarecError(
                 "model.refit retrains on the validation rows fit holds out itself; with "

@@ -71,7 +71,15 @@ class PooledRecommender(MetaRecommender):
     """
 
     def __init__(self, config: ModelConfig | None = None, finetune_steps: int = 0) -> None:
-        cfg = config or ModelConfig()
+        cfg = ModelConfig() if config is None else config
+        if not isinstance(cfg, ModelConfig):  # replace() below: an AttributeError before
+            raise MetarecError(
+                f"Pooled: config must be a ModelConfig, got {type(cfg).__name__} "
+                "(ModelConfig.from_dict turns a table into one)"
+            )
+        if isinstance(finetune_steps, bool) or not isinstance(finetune_steps, int | np.integer):
+            # 2.5 ran 2 steps under the name "Pooled+FT2.5"
+            raise MetarecError(f"pooled: finetune_steps must be an integer, got {finetune_steps!r}")
         if not 0 <= finetune_steps <= MAX_INNER_STEPS:
             # 1001 was taken, the model trained, and only then the method failed, naming
             # meta.inner_steps, which nobody had set
@@ -180,6 +188,10 @@ class TransferRecommender(MetaRecommender):
         target_domain: int | str | None = None,
     ) -> Self:
         if self.strategy == "joint":
+            if source_domain is not None or target_domain is not None:
+                # joint training reads no direction, but a bad one is still an error
+                # (it had been accepted without a look; the other strategies refused it)
+                self._domains(dataset, train, valid, source_domain, target_domain)
             return super().fit(dataset, train, features, valid)
         src, tgt = self._domains(dataset, train, valid, source_domain, target_domain)
         source_rows, target_rows = _domain_rows(train, src), _domain_rows(train, tgt)
