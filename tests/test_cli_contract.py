@@ -2296,3 +2296,15 @@ def test_out_is_written_in_the_format_its_name_says(fitted, tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "R.parquet")]) == 0
     r = pd.read_parquet(tmp_path / "R.parquet")
     assert list(r.columns) == ["user_id", "item_id", "rank", "score"] and len(r) == 6
+
+
+def test_support_of_a_nan_timestamp_is_one_line(fitted):
+    from metarec.predictor import Predictor
+    from metarec.types import MetarecError
+
+    pred = Predictor.load(fitted[1])
+    with pytest.raises(MetarecError, match=r"^support: a timestamp is NaN or infinite$"):
+        pred.support_of(["it1"], [4.0], [np.nan])
+    with pytest.raises(MetarecError, match=r"^support: timestamps must be whole numbers"):
+        pred.support_of(["it1"], [4.0], ["soon"])
+    assert len(pred.support_of(["it1"], [4.0], [7])[0]) == 1

@@ -213,3 +213,22 @@ def test_metrics_take_bool_and_float_0_1_labels_and_numpy_cut_offs():
     y, s = np.array([0.0, 1.0, 1.0, 0.0]), np.array([0.1, 0.8, 0.7, 0.3])
     assert M.auc(y, s) == M.auc(y.astype(bool), s) == 1.0
     assert M.hr_at_k(np.array([1, 2, 3]), [2], np.int64(2)) == 1.0
+
+
+def test_nan_and_non_numbers_and_scores_as_probabilities_are_refused():
+    """NaN predictions were rounded to a rating (mae_rounded 2.0), ranked (nDCG 0.95) or
+    made AUC NaN without a word; logloss clipped scores 1.5 and 2.0 to 1 (8.06); strings
+    were a numpy UFuncTypeError. scikit-learn refuses each."""
+    nan = float("nan")
+    with pytest.raises(MetarecError, match=r"mae_rounded: y_pred holds NaN at position 0"):
+        M.mae_rounded([1.0, 5.0], [nan, nan], [1, 2, 3, 4, 5])
+    with pytest.raises(MetarecError, match=r"ndcg_graded_at_k: y_pred holds NaN at position 0"):
+        M.ndcg_graded_at_k([1, 2, 0], [nan, 2, 1], 3)
+    with pytest.raises(MetarecError, match=r"auc: y_pred holds NaN at position 1"):
+        M.auc([0, 1, 1], [0.1, nan, 0.3])
+    with pytest.raises(MetarecError, match=r"logloss: prob must be in \[0, 1\], got 1.5"):
+        M.logloss([0, 1], [1.5, 2.0])
+    with pytest.raises(MetarecError, match=r"mae: y_true must hold numbers"):
+        M.mae(["1", "2"], ["1", "3"])
+    # -inf is a score ("never"), not an error
+    assert M.auc([0, 1], [-np.inf, 0.3]) == 1.0

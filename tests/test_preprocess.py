@@ -260,3 +260,20 @@ def test_bundled_goodbooks_sample_comes_through_unchanged():
     # Published shape of the bundled sample (shared/data/goodbooks-sample/SOURCE.md).
     assert (len(ds.interactions), ds.n_users) == (49_886, 990)
     assert all(r["rows_before"] == r["rows_after"] == 49_886 for r in ds.report)
+
+
+def test_interactions_refuse_values_their_columns_cannot_hold():
+    """numpy wrapped domain 40000 to -25536, cast timestamp 1e30 to the smallest int64
+    with a warning, and stored rating 1e40 as inf."""
+    from metarec.types import Interactions, MetarecError
+
+    for args, said in [
+        (([1], [1], [1.0], [0], [40000]), r"domain must fit int16 \(-32768..32767\), got 40000"),
+        (([1], [1], [1.0], [1e30], [0]), r"timestamp must fit int64 .*, got 1e\+30"),
+        (([1], [1], [1e40], [0], [0]), r"rating must fit float32, got 1e\+40"),
+    ]:
+        with pytest.raises(MetarecError, match=said):
+            Interactions(*(np.asarray(a) for a in args))
+    assert Interactions(*(np.asarray(a) for a in ([1], [1], [4.0], [5], [1]))).domain.tolist() == [
+        1
+    ]

@@ -24,10 +24,20 @@ from metarec.types import MetarecError
 
 
 def _pair(y_true, y_pred, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two equal 1-D arrays of numbers. A NaN is refused, as scikit-learn refuses it: it
+    had been rounded to a rating level (mae_rounded 2.0 for NaN predictions), ranked as
+    a score (nDCG 0.95) or turned AUC NaN without a word; ±inf stays a score ("never")."""
     t = np.asarray(y_true)
     p = np.asarray(y_pred)
     if t.shape != p.shape or t.ndim != 1:
         raise MetarecError(f"{what}: y_true {t.shape} and y_pred {p.shape} must be equal 1-D")
+    for name, a in (("y_true", t), ("y_pred", p)):
+        if a.dtype.kind not in "biuf":
+            raise MetarecError(f"{what}: {name} must hold numbers, got dtype {a.dtype}")
+        if a.dtype.kind == "f" and np.isnan(a).any():
+            raise MetarecError(
+                f"{what}: {name} holds NaN at position {int(np.flatnonzero(np.isnan(a))[0])}"
+            )
     return t, p
 
 
@@ -113,6 +123,11 @@ def logloss(y_true, prob, eps: float = 1e-7) -> float:
     t, p = _pair(y_true, prob, "logloss")
     if len(t) == 0:
         return float("nan")
+    if ((p < 0) | (p > 1)).any():
+        # a score is not a probability: 1.5 and 2.0 were clipped to 1 and gave 8.06
+        raise MetarecError(
+            f"logloss: prob must be in [0, 1], got {float(p[(p < 0) | (p > 1)][0])!r}"
+        )
     t = _labels(t, "logloss").astype(np.float64)
     p = np.clip(p.astype(np.float64), eps, 1 - eps)
     return float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))

@@ -46,6 +46,18 @@ def _smoke_test(model: MetaRecommender) -> None:
         raise MetarecError("the RUN's model scores NaN or inf (a weight is NaN or inf); refit it")
 
 
+def _int_times(timestamps) -> np.ndarray:
+    """(n,) int64 support timestamps, one line for a NaN or a non-number (a raw
+    "cannot convert float NaN to integer" before)."""
+    t = np.asarray(list(timestamps))
+    if t.dtype.kind == "f" and not np.isfinite(t).all():
+        raise MetarecError("support: a timestamp is NaN or infinite")
+    try:
+        return t.astype(np.int64)
+    except (TypeError, ValueError) as err:
+        raise MetarecError(f"support: timestamps must be whole numbers ({err})") from None
+
+
 @dataclass(frozen=True, eq=False)
 class Predictor:
     model: MetaRecommender
@@ -199,7 +211,7 @@ class Predictor:
         ts = (
             np.arange(len(item_ids), dtype=np.int64)
             if timestamps is None
-            else np.asarray(list(timestamps), dtype=np.int64)
+            else _int_times(timestamps)
         )
         order = np.argsort(ts[ok], kind="stable")
         items_o, ratings_o, ts_o = idx[ok][order], ratings[ok][order], ts[ok][order]

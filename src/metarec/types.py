@@ -92,12 +92,29 @@ def _as_column(values: object, name: str, dtype: type) -> np.ndarray:
     wrong items without a word) and raised a bare ValueError for NaN or text."""
     try:
         a = np.asarray(values)
-        if np.issubdtype(dtype, np.integer) and a.dtype.kind == "f" and a.size:
-            bad = ~np.isfinite(a) | (a != np.round(a))
-            if bad.any():
+        if np.issubdtype(dtype, np.integer) and a.dtype.kind in "fiu" and a.size:
+            if a.dtype.kind == "f":
+                bad = ~np.isfinite(a) | (a != np.round(a))
+                if bad.any():
+                    raise MetarecError(
+                        f"Interactions.{name} must hold whole numbers, got "
+                        f"{float(a.ravel()[bad.ravel()][0])!r}"
+                    )
+            # past the column's range numpy wrapped (domain 40000 became -25536) or cast
+            # 1e30 to the smallest int64 with only a warning
+            info = np.iinfo(dtype)
+            lo, hi = a.min(), a.max()
+            if lo < info.min or hi > info.max:
                 raise MetarecError(
-                    f"Interactions.{name} must hold whole numbers, got "
-                    f"{float(a.ravel()[bad.ravel()][0])!r}"
+                    f"Interactions.{name} must fit {np.dtype(dtype).name} "
+                    f"({info.min}..{info.max}), got {(lo if lo < info.min else hi).item()!r}"
+                )
+        elif np.issubdtype(dtype, np.floating) and a.dtype.kind in "fiu" and a.size:
+            big = np.abs(a.astype(np.float64)) > np.finfo(dtype).max
+            if big.any():  # a rating of 1e40 became inf in float32
+                raise MetarecError(
+                    f"Interactions.{name} must fit {np.dtype(dtype).name}, got "
+                    f"{float(a.ravel()[big.ravel()][0])!r}"
                 )
         return np.asarray(a, dtype=dtype)
     except MetarecError:
