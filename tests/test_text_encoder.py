@@ -101,6 +101,11 @@ def test_minilm_fingerprint_and_dim_need_no_model_load(minilm):
     assert "|pool=mean|norm=1|maxlen=256" in fp
     assert fp == minilm.fingerprint
     assert SentenceTransformerEncoder("default", normalize=False).fingerprint != fp
+    # the bundled model named by its path is the same model: one fingerprint, one cache
+    # folder (its folder's name had given a second, and every text was encoded again)
+    from metarec.text.encoder import default_model_path
+
+    assert SentenceTransformerEncoder(str(default_model_path())).fingerprint == fp
 
 
 def test_minilm_semantic_neighbours(minilm):

