@@ -2307,4 +2307,7 @@ def test_support_of_a_nan_timestamp_is_one_line(fitted):
         pred.support_of(["it1"], [4.0], [np.nan])
     with pytest.raises(MetarecError, match=r"^support: timestamps must be whole numbers"):
         pred.support_of(["it1"], [4.0], ["soon"])
+    # 1e30 had wrapped to the smallest int64 with a warning: the newest row ordered first
+    with pytest.raises(MetarecError, match=r"^support: timestamp 1e\+30 is out of range$"):
+        pred.support_of(["it1", "it2"], [5.0, 1.0], [1e30, 100])
     assert len(pred.support_of(["it1"], [4.0], [7])[0]) == 1

@@ -307,3 +307,35 @@ def test_export_checks_out_before_the_work_and_notes_a_refitted_run(fitted, caps
     assert main(["export", "--run", str(refit), "--dtype", "fp16", "--out", str(tmp / "X")]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "refitted" in report["note"] and "in-sample" in report["note"]
+
+
+def test_an_export_scoring_some_validation_users_nan_says_so(fitted, monkeypatch, capsys):
+    """Weights that pass the load check but score one validation user NaN: the metrics
+    refuse NaN, and the refusal ("rmse: y_pred holds NaN") had pre-empted the export's
+    own message, which names the export and says nothing was written."""
+    import numpy as np
+
+    from metarec.predictor import Predictor
+
+    tmp, run = fitted
+    real_from_run = Predictor.from_run.__func__
+
+    def from_run(cls, src, device=None):
+        pred = real_from_run(cls, src, device)
+        if src.meta.get("export"):
+            model, real = pred.model, pred.model.score_many
+
+            def score_many(tasks, items):
+                out = real(tasks, items)
+                out[1] = out[1] * np.nan
+                return out
+
+            model.score_many = score_many
+        return pred
+
+    monkeypatch.setattr(Predictor, "from_run", classmethod(from_run))
+    out = tmp / "RUN_nan"
+    assert main(["export", "--run", str(run), "--dtype", "fp16", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "export fp16: the exported model scores the validation users NaN or inf" in err
+    assert "nothing was written" in err and not out.exists()

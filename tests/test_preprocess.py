@@ -277,3 +277,11 @@ def test_interactions_refuse_values_their_columns_cannot_hold():
     assert Interactions(*(np.asarray(a) for a in ([1], [1], [4.0], [5], [1]))).domain.tolist() == [
         1
     ]
+    # the edges: a float domain at int16's max is taken, 2**63 as a float is not (int64's
+    # max rounds up to it in float64), and an inf rating given stays inf
+    edge = Interactions(*(np.asarray(a) for a in ([1], [1], [1.0], [0], [32767.0])))
+    assert edge.domain.tolist() == [32767]
+    with pytest.raises(MetarecError, match=r"timestamp must fit int64"):
+        Interactions(*(np.asarray(a) for a in ([1], [1], [1.0], [2.0**63], [0])))
+    inf = Interactions(*(np.asarray(a) for a in ([1], [1], [np.inf], [0], [0])))
+    assert np.isinf(inf.rating).all()

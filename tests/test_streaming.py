@@ -549,6 +549,7 @@ def test_train_refuses_a_stream_that_draws_otherwise_than_the_model_trains(tmp_p
         go("rating", {"head": "rating"}, resample_prob=0.0)
     # agreeing settings train; a rating head does not read the binary-only ones
     assert go("binary", {"n_negatives": 8}, n_negatives=8).params
+    assert go("binary", {"positive_threshold": np.float32(0.7)}, positive_threshold=0.7).params
     assert go("rating", {"head": "rating"}, n_negatives=8).params
 
 

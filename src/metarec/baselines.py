@@ -59,6 +59,20 @@ def _check_number(
         raise MetarecError(f"{who}: {name} must be {rule}, got {v!r}")
 
 
+def liked_threshold(dataset: Dataset, train: Interactions, min_rating: float | None) -> float:
+    """:func:`like_threshold`, refusing a ``min_rating`` no training rating reaches: EASE
+    then scored every item -inf and item-kNN every item 0, without a word."""
+    like = like_threshold(dataset, min_rating)
+    if min_rating is not None and dataset.feedback == "explicit" and len(train):
+        top = float(train.rating.max())
+        if top < like:
+            raise MetarecError(
+                f"min_rating {like:g}: no training rating reaches it (the highest is "
+                f"{top:g}), so nothing counts as liked"
+            )
+    return like
+
+
 def like_threshold(dataset: Dataset, min_rating: float | None) -> float:
     """Smallest rating that counts as liked: ``min_rating``, else the scale's midpoint.
 
@@ -83,12 +97,6 @@ def presence_matrix(
 ) -> sp.csr_matrix:
     """(n_users, n_items) binary CSR of training rows with rating >= threshold (None: all)."""
     keep = interaction_mask(train.rating, threshold)
-    if len(train) and not keep.any():
-        # EASE then scored every item -inf and item-kNN every item 0, without a word
-        raise MetarecError(
-            f"min_rating {threshold:g}: no training rating reaches it (the highest is "
-            f"{float(train.rating.max()):g}), so nothing counts as liked"
-        )
     x = sp.csr_matrix(
         (np.ones(int(keep.sum())), (train.user_idx[keep], train.item_idx[keep])),
         shape=(dataset.n_users, dataset.n_items),
@@ -546,7 +554,7 @@ class EASE(Recommender):
         self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
     ) -> Self:
         self._set_fitted(dataset, train)
-        self.like_ = like_threshold(dataset, self.min_rating)
+        self.like_ = liked_threshold(dataset, train, self.min_rating)
         x = presence_matrix(dataset, train, self.like_)
         self.active_ = np.flatnonzero(np.asarray(x.sum(0)).ravel() > 0)  # (n_active,)
         n = len(self.active_)
@@ -667,7 +675,7 @@ class ItemKNN(Recommender):
         self, dataset: Dataset, train: Interactions, features: FeatureSet | None = None
     ) -> Self:
         self._set_fitted(dataset, train)
-        self.like_ = like_threshold(dataset, self.min_rating)
+        self.like_ = liked_threshold(dataset, train, self.min_rating)
         self.user_items_ = presence_matrix(dataset, train, self.like_)  # (n_users, n_items)
         self.item_users_ = self.user_items_.T.tocsr()  # (n_items, n_users)
         self.item_norm_, self.user_norm_ = knn_norms(self.user_items_, self.alpha, self.damping)
@@ -805,7 +813,7 @@ class ImplicitALS(_FoldInRanker):
                 "ImplicitALS needs the 'implicit' package: pip install 'metarec[baselines]'"
             ) from e
         self._set_fitted(dataset, train)
-        self.like_ = like_threshold(dataset, self.min_rating)
+        self.like_ = liked_threshold(dataset, train, self.min_rating)
         x = presence_matrix(dataset, train, self.like_).astype(np.float32)
         # implicit's solver is multithreaded itself; a multithreaded BLAS underneath slows it
         # (and implicit warns about it when the model is built)
@@ -885,7 +893,7 @@ class LightFMRanker(_FoldInRanker):
                 "LightFM baseline needs the optional 'lightfm' package: pip install lightfm-next"
             ) from e
         self._set_fitted(dataset, train)
-        self.like_ = like_threshold(dataset, self.min_rating)
+        self.like_ = liked_threshold(dataset, train, self.min_rating)
         item_features = None
         if self.use_features and features is not None:
             if features.n_items != dataset.n_items:

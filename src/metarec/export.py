@@ -249,11 +249,15 @@ def validation_metrics(pred, max_users: int = 256, n_negatives: int = 20) -> dic
         cand = np.r_[t.query.item_idx, neg]
         label = np.r_[t.query.rating >= like, np.zeros(len(neg), bool)].astype(float)
         if 0 < label.sum() < len(label):
-            aucs.append(auc(label, model.rank_scores(cold, t.support, cand)))
+            ranks = model.rank_scores(cold, t.support, cand)
+            # NaN stays NaN (the metrics refuse it): export_run's check then names the
+            # export and says nothing was written
+            aucs.append(auc(label, ranks) if np.isfinite(ranks).all() else float("nan"))
     y_all, s_all = np.concatenate(y), np.concatenate(s)
+    finite = bool(np.isfinite(s_all).all())
     return {
         "users": len(tasks),
-        "rmse": float(rmse(y_all, s_all)) if pred.explicit else None,
+        "rmse": (float(rmse(y_all, s_all)) if finite else float("nan")) if pred.explicit else None,
         "auc": float(np.mean(aucs)) if aucs else None,
         "mean_score": float(np.mean(s_all)),
     }

@@ -52,6 +52,11 @@ def _int_times(timestamps) -> np.ndarray:
     t = np.asarray(list(timestamps))
     if t.dtype.kind == "f" and not np.isfinite(t).all():
         raise MetarecError("support: a timestamp is NaN or infinite")
+    if t.dtype.kind == "f" and len(t) and np.abs(t).max() >= 2.0**63:
+        # cast, 1e30 wrapped to the smallest int64: the newest row ordered first
+        raise MetarecError(
+            f"support: timestamp {float(t[np.abs(t) >= 2.0**63][0]):g} is out of range"
+        )
     try:
         return t.astype(np.int64)
     except (TypeError, ValueError) as err:

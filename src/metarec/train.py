@@ -429,7 +429,7 @@ def _check_stream(sampler, head: str, cfg: TrainConfig) -> None:
     keys = ("resample_prob",) + (("n_negatives", "positive_threshold") if head == "binary" else ())
     for key in keys:
         mine, theirs = getattr(cfg, key), getattr(sampler, key, getattr(cfg, key))
-        if mine != theirs:
+        if not np.isclose(float(mine), float(theirs), rtol=1e-6, atol=0):  # float32 0.7
             raise MetarecError(
                 f"train: the task stream draws with {key}={theirs!r} and train.{key} is "
                 f"{mine!r}; the stream's own is what training would use (build the stream "

@@ -104,14 +104,18 @@ def _as_column(values: object, name: str, dtype: type) -> np.ndarray:
             # 1e30 to the smallest int64 with only a warning
             info = np.iinfo(dtype)
             lo, hi = a.min(), a.max()
-            if lo < info.min or hi > info.max:
+            # a float is compared against 2**63 (int64's max rounds up to it in float64)
+            wide = a.dtype.kind == "f" and info.max == 2**63 - 1
+            if lo < info.min or hi > info.max or (wide and hi >= 2.0**63):
                 raise MetarecError(
                     f"Interactions.{name} must fit {np.dtype(dtype).name} "
                     f"({info.min}..{info.max}), got {(lo if lo < info.min else hi).item()!r}"
                 )
         elif np.issubdtype(dtype, np.floating) and a.dtype.kind in "fiu" and a.size:
-            big = np.abs(a.astype(np.float64)) > np.finfo(dtype).max
-            if big.any():  # a rating of 1e40 became inf in float32
+            v = a.astype(np.float64)
+            # a finite rating of 1e40 became inf in float32 (an inf given stays inf)
+            big = np.isfinite(v) & (np.abs(v) > np.finfo(dtype).max)
+            if big.any():
                 raise MetarecError(
                     f"Interactions.{name} must fit {np.dtype(dtype).name}, got "
                     f"{float(a.ravel()[big.ravel()][0])!r}"
