@@ -364,6 +364,8 @@ def test_interactions_refuse_indices_numpy_would_truncate(items, ratings, said):
         ({"query_ks": [0]}, "query_ks must hold integers >= 1, got 0"),
         ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
         ({"bootstrap": -1}, "bootstrap must be an integer >= 0, got -1"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"threshold": "4"}, "threshold must be a number, got '4'"),
     ],
 )
 def test_evaluate_refuses_settings_that_give_nan_or_a_traceback(kwargs, said):
@@ -374,3 +376,21 @@ def test_evaluate_refuses_settings_that_give_nan_or_a_traceback(kwargs, said):
     rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
     with pytest.raises(MetarecError, match=re.escape(said)):
         evaluate(rec, ds, list(TASKS), **kwargs)
+
+
+def test_a_threshold_above_every_rating_the_data_holds_is_refused():
+    """Inside a declared 1..10 scale but above the data's 1..5: every hit metric was
+    empty (NaN), with exit 0 from metarec evaluate."""
+    import dataclasses
+
+    ds = dataclasses.replace(
+        dataset(),
+        interactions=inter(0, np.array([0, 1]), np.array([1.0, 5.0])),
+        rating_range=(1.0, 10.0),
+    )
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(
+        MetarecError, match=re.escape("threshold 7: no rating of 'toy' reaches it (they run 1..5)")
+    ):
+        evaluate(rec, ds, list(TASKS), threshold=7)
+    assert np.isfinite(evaluate(rec, ds, list(TASKS), threshold=5, bootstrap=0).metrics["AUC"])

@@ -175,6 +175,12 @@ def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
         (b'{"interactions": [{"item_id": "it1", "rating": 5}], "k": 3.0}', "body.k"),
         (b'{"interactions": [{"item_id": "it1", "rating": 5}], "explain": 1}', "body.explain"),
         (b'{"interactions": [{"item_id": "it1", "rating": 5, "timestamp": "9"}]}', "timestamp"),
+        # the CLI's range for unix seconds (2**53): 2**53 + 2 had been stored and written
+        # into the RUN by update while predict refused it in a file
+        (
+            b'{"interactions": [{"item_id": "it1", "rating": 5, "timestamp": 9007199254740994}]}',
+            "timestamp",
+        ),
         # an empty id names nobody: feedback stored under "" made a user no file can name
         (b'{"user_id": "  ", "interactions": [{"item_id": "it1", "rating": 5}]}', "id is empty"),
         (b'{"interactions": [{"item_id": "", "rating": 5}]}', "id is empty"),

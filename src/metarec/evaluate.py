@@ -128,9 +128,22 @@ def check_threshold(dataset: Dataset, threshold: float) -> None:
     """An explicit dataset's relevance threshold must fall in (lowest, highest rating]:
     above it nothing is relevant and every hit metric is NaN (evaluate() returned them
     without a word), at or below it everything is."""
+    if isinstance(threshold, bool) or not isinstance(
+        threshold, int | float | np.integer | np.floating
+    ):
+        raise MetarecError(f"threshold must be a number, got {threshold!r}")
     if dataset.feedback != "explicit":
         return
     lo, hi = (float(v) for v in dataset.rating_range)
+    rated = dataset.interactions.rating
+    if lo < threshold <= hi and len(rated) and threshold > float(rated.max()):
+        # inside a declared scale (1..10) but above every rating the data holds (1..5):
+        # every hit metric was empty, with exit 0
+        raise MetarecError(
+            f"threshold {threshold:g}: no rating of {dataset.name!r} reaches it (they run "
+            f"{float(rated.min()):g}..{float(rated.max()):g}); set threshold to at most "
+            f"{float(rated.max()):g}"
+        )
     if not lo < threshold <= hi:
         raise MetarecError(
             f"threshold {threshold:g} is outside the ratings of {dataset.name!r} "
@@ -173,7 +186,11 @@ def evaluate(
         for k in values:
             if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < least:
                 raise MetarecError(f"evaluate: {name} must hold integers >= 1, got {k!r}")
-    for name, v, least in (("batch_size", batch_size, 1), ("bootstrap", bootstrap, 0)):
+    for name, v, least in (
+        ("batch_size", batch_size, 1),
+        ("bootstrap", bootstrap, 0),
+        ("seed", seed, 0),
+    ):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < least:
             raise MetarecError(f"evaluate: {name} must be an integer >= {least}, got {v!r}")
     check_threshold(dataset, threshold)

@@ -482,8 +482,10 @@ def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
 
 
 # unix seconds beyond this (about 285 million years) are not times; 2^53 is where a
-# float64 stops holding every integer
-_MAX_SECONDS = 2.0**53
+# float64 stops holding every integer. The service's requests and stored feedback take
+# the same range (serve.feedback)
+MAX_UNIX_SECONDS = 2**53
+_MAX_SECONDS = float(MAX_UNIX_SECONDS)
 
 
 # formats pandas' guesser does not name (two-digit years: 02/01/20, 13.01.20; 12-hour

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from metarec.data.tabular import MAX_UNIX_SECONDS
 from metarec.types import MetarecError
 
 _SCHEMA = """
@@ -36,9 +37,11 @@ CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
 """
 DEFAULT_NAME = "feedback.sqlite3"
 _CREATE_LOCK = threading.Lock()  # re-creating a deleted store file: one thread at a time
-# int64-safe timestamp bounds, for /feedback (serve.schemas) and a stored row alike: a
-# stored 2**63 - 1 made the next update's "newest + 1" overflow int64
-TIMESTAMP_MIN, TIMESTAMP_MAX = -(2**62), 2**62
+# timestamp bounds for /feedback, /recommend (serve.schemas) and a stored row alike: the
+# CLI's files' range (a stored 2**63 - 1 made the next update's "newest + 1" overflow
+# int64, and ±2**62, once taken here, was written into the RUN by update while predict
+# refused it in a file)
+TIMESTAMP_MIN, TIMESTAMP_MAX = -MAX_UNIX_SECONDS, MAX_UNIX_SECONDS
 
 
 class StoreDamaged(MetarecError):
