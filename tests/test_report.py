@@ -229,3 +229,32 @@ def test_a_metric_valued_on_some_seeds_says_so():
     # Precision undefined on one seed: its single value printed as "1.0000 ± 0.0000"
     cell = {"mean": 1.0, "std": 0.0, "per_seed": [None, 1.0], "ci95": [None, None]}
     assert report._fmt(cell, False) == "1.0000 (1 of 2 seeds)"
+
+
+def test_the_k_curve_legend_says_when_a_method_has_fewer_seeds(tmp_path, monkeypatch):
+    """A method that failed on 2 seeds of 3 was drawn under its bare name beneath a title
+    saying "std over 3 seed(s)"; the tables said "(1 of 3 seeds)"."""
+    import dataclasses
+
+    import matplotlib.axes
+
+    res = _results(
+        {"Meta": [(1.0, 0.1)] * 3, "Base": [(0.9, 0.3)] * 3}, {"Meta": "meta", "Base": "baseline"}
+    )
+    curve = tuple(
+        MethodRun(n, kind, s, k, _result(n, 1.0, 0.2), 1.0, {}, (), "curve")
+        for n, kind, seeds in (("Meta", "meta", [0]), ("Base", "baseline", [0, 1, 2]))
+        for s in seeds
+        for k in (1, 3)
+    )
+    res = dataclasses.replace(res, runs=res.runs + curve)
+    labels = []
+    real = matplotlib.axes.Axes.errorbar
+
+    def spy(self, *args, **kwargs):
+        labels.append(kwargs.get("label"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    report.write_plots(res, tmp_path)
+    assert "Meta (1 of 3 seeds)" in labels and "Base" in labels

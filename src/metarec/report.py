@@ -458,16 +458,18 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             )
         ]
     if len(ks) >= 2 and shown:
+        n_seeds = len(results.config.seeds)
         fig, axes = plt.subplots(1, len(shown), figsize=(5.5 * len(shown), 4.2), squeeze=False)
         for ax, metric in zip(axes[0], shown, strict=True):
             for i, name in enumerate(names):
-                xs, ys, es = [], [], []
+                xs, ys, es, valued = [], [], [], []
                 for k in ks:
                     cell = curve[k].get(name, {}).get(metric)
                     if cell and cell["mean"] is not None:
                         xs.append(k)
                         ys.append(cell["mean"])
                         es.append(cell["std"])
+                        valued.append(_valued(cell))
                 style = "-" if kinds[name] in META_KINDS else "--"
                 ax.errorbar(
                     xs,
@@ -476,7 +478,11 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
                     fmt=style + "o",
                     ms=3,
                     capsize=2,
-                    label=name,
+                    # a method with fewer finished seeds says so, as the tables do (the
+                    # title's "std over N seeds" is the config's count)
+                    label=name
+                    if min(valued, default=n_seeds) == n_seeds
+                    else f"{name} ({min(valued)} of {n_seeds} seeds)",
                     color=plt.cm.tab10(i % 10),
                 )
             ax.set_xscale("log")
@@ -490,7 +496,6 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
         # every method is in the first axis' handles (empty series included)
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
-        n_seeds = len(results.config.seeds)
         fig.suptitle(
             f"solid: meta-learned / pooled, dashed: baselines; error bars: std over {n_seeds} "
             "seed(s)",
