@@ -1067,6 +1067,24 @@ def test_an_implicit_log_without_a_positive_fails_and_a_threshold_there_is_warne
     [
         (["threshold=6.0"], "threshold 6 is outside the ratings of 'tiny_log' (1..5)"),
         (["threshold=1.0"], "every rating would be"),
+        # a declared 1..10 over ratings 1..5: above every rating the data holds (every
+        # hit metric was empty), and the like threshold, the middle 5.5, likewise (each
+        # seed's fit failed, exit 0)
+        (
+            [
+                'data.options={items="tiny_items.csv", text_cols=["title"], rating_range=[1, 10]}',
+                "threshold=7.0",
+                "model.like_threshold=4.0",
+            ],
+            "threshold 7: no rating of 'tiny_log' reaches it (they run 1..5)",
+        ),
+        (
+            [
+                'data.options={items="tiny_items.csv", text_cols=["title"], rating_range=[1, 10]}',
+                "threshold=4.0",
+            ],
+            "method 'MetaRec': the like threshold, the rating scale's middle, 5.5 is above every training rating",
+        ),
         (
             ["methods=[{name='ease', select_metric='MAE', grid={reg=[100.0, 500.0]}}]"],
             "select_metric MAE needs predicted ratings, and ease only ranks",

@@ -444,7 +444,7 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 f"method {m.name!r}: select_metric {m.select_metric} needs predicted "
                 f"ratings, and {m.baseline or m.name} only ranks; select on a ranking metric"
             )
-    from metarec.model import check_np_user_vector
+    from metarec.model import check_np_user_vector, refuse_unliked
 
     for m in config.methods:
         if m.kind in ("meta", "transfer"):  # pooled swaps np for fomaml itself
@@ -453,6 +453,13 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
             try:
                 built = _model_config(config.model, m.params, 0, False)
                 check_np_user_vector(built, feedback == "explicit")
+                if feedback == "explicit" and built.rank_model:
+                    # as fit checks its training rows: a declared 1..10 over ratings 1..5
+                    # put the scale's middle above every rating, and each seed failed
+                    lo, hi = (float(v) for v in ds.rating_range)
+                    given = built.like_threshold is not None
+                    thr = float(built.like_threshold) if given else (lo + hi) / 2
+                    refuse_unliked(thr, given, ds.interactions.rating)
             except MetarecError as err:
                 raise MetarecError(f"method {m.name!r}: {err}") from None
     if feedback == "explicit":

@@ -348,6 +348,31 @@ class ModelConfig:
         return dataclasses.replace(train, n_negatives=self.rank_negatives, id_dropout=drop)
 
 
+def _like_words(given: bool) -> tuple[str, str]:
+    """(how the like threshold was set, how to fix it) for its messages."""
+    how = "model.like_threshold" if given else "the like threshold, the rating scale's middle,"
+    # fit's --set names the key bare; an experiment holds it in its [model] table
+    fix = (
+        "set model.like_threshold to a rating the log has (fit: --set like_threshold=4; "
+        "evaluate: --set model.like_threshold=4), or give the scale it rates on"
+    )
+    return how, fix
+
+
+def refuse_unliked(threshold: float, given: bool, ratings: np.ndarray) -> None:
+    """Refuse a like threshold above every one of ``ratings``: the ranking model would
+    have no like to learn from. Fit checks its training rows; an experiment checks the
+    whole log before anything trains (each seed's fit had failed, exit 0)."""
+    ratings = np.asarray(ratings, dtype=np.float32)
+    if len(ratings) and not (ratings >= np.float32(threshold)).any():
+        how, fix = _like_words(given)
+        raise MetarecError(
+            f"{how} {threshold:g} is above every training rating (they run "
+            f"{float(ratings.min()):g}..{float(ratings.max()):g}): the ranking model would "
+            f"have no like to learn from; {fix}"
+        )
+
+
 def check_np_user_vector(cfg: ModelConfig, explicit: bool) -> None:
     """The 'np' algorithm needs the scorer's user vector: checked for the models a fit
     trains (the rating model on explicit data, the ranking model where ``rank_model`` or
@@ -1124,23 +1149,11 @@ class MetaRecommender(Recommender):
         and nothing said so. Every rating a like is allowed (unrated items are the
         negatives) but said: dislikes then count as likes."""
         thr = self._like_threshold()
+        given = self.config.like_threshold is not None
+        refuse_unliked(thr, given, ratings)
         liked = np.asarray(ratings, dtype=np.float32) >= np.float32(thr)
         r_lo, r_hi = float(np.min(ratings)), float(np.max(ratings))
-        how = (
-            "model.like_threshold"
-            if self.config.like_threshold is not None
-            else "the like threshold, the rating scale's middle,"
-        )
-        # fit's --set names the key bare; an experiment holds it in its [model] table
-        fix = (
-            "set model.like_threshold to a rating the log has (fit: --set like_threshold=4; "
-            "evaluate: --set model.like_threshold=4), or give the scale it rates on"
-        )
-        if not liked.any():
-            raise MetarecError(
-                f"{how} {thr:g} is above every training rating (they run {r_lo:g}..{r_hi:g}): "
-                f"the ranking model would have no like to learn from; {fix}"
-            )
+        how, fix = _like_words(given)
         if liked.all():
             warnings.warn(
                 f"{how} {thr:g} is at or below every training rating (they run "
