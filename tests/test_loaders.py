@@ -635,7 +635,9 @@ def test_release_file_checks_on_tiny_and_blank_lined_files(tmp_path, lastfm, ml1
     # a blank line before the bad weight: the error names the file's own line
     path = lastfm / "user_artists.dat"
     path.write_text(path.read_text().replace("3\t52\t7", "\n3\t52\t0"))
-    with pytest.raises(MetarecError, match=r"user_artists.dat: line 5: weight 0"):
+    with pytest.raises(
+        MetarecError, match=r"user_artists.dat: line 5: column 'weight' value '0' is not"
+    ):
         read_lastfm(lastfm)
     # an extra field on ml-1m's first line gets the format, as later lines do
     write(ml1m / "ratings.dat", "1::260::5::978300760::9\n")
@@ -650,7 +652,9 @@ def test_lastfm_weights_must_be_play_counts(lastfm, weight):
     path.write_text(path.read_text().replace("3\t52\t7", f"3\t52\t{weight}"))
     for plays in ("label", "log"):
         with pytest.raises(
-            MetarecError, match=rf"user_artists.dat: line 4: weight {weight} is not a play count"
+            MetarecError,
+            match=rf"user_artists.dat: line 4: column 'weight' value '{weight}' is not a play "
+            r"count \(must be >= 1\)$",
         ):
             read_lastfm(lastfm, plays=plays)
 

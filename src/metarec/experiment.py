@@ -433,7 +433,7 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                         f"{ds.name!r}: its implicit log holds no negative, so no query has "
                         "anything to tell apart; select on a full-catalogue metric"
                     )
-    from metarec.baselines import BASELINES
+    from metarec.baselines import BASELINES, like_threshold
 
     for m in config.methods:
         if m.kind != "baseline" or m.select_metric not in _NEEDS_RATINGS:
@@ -456,9 +456,8 @@ def check_against_data(config: ExperimentConfig, ds: Dataset) -> None:
                 if feedback == "explicit" and built.rank_model:
                     # as fit checks its training rows: a declared 1..10 over ratings 1..5
                     # put the scale's middle above every rating, and each seed failed
-                    lo, hi = (float(v) for v in ds.rating_range)
+                    thr = like_threshold(ds, built.like_threshold)
                     given = built.like_threshold is not None
-                    thr = float(built.like_threshold) if given else (lo + hi) / 2
                     refuse_unliked(thr, given, ds.interactions.rating)
             except MetarecError as err:
                 raise MetarecError(f"method {m.name!r}: {err}") from None

@@ -414,11 +414,11 @@ def build_features(
     fit = _fit_rows(fit_items, n_items)
 
     texts = item_texts(dataset.name, dataset.item_table, n_items, text_template)
-    distinct = {texts[i] for i in fit if texts[i]}
-    if len(distinct) == 1 and sum(bool(texts[i]) for i in fit) > 1:
+    fit_texts = [texts[i] for i in fit if texts[i]]  # training items with text
+    if len(fit_texts) > 1 and len(set(fit_texts)) == 1:
         # one text for every training item (a template with no {field}, a constant
         # column): centred by the PCA, every text vector was exactly zero, without a word
-        only = next(iter(distinct))
+        only = fit_texts[0]
         only = only if len(only) <= 60 else only[:57] + "..."
         warnings.warn(
             f"text: every training item with text has the same text ({only!r}): the "

@@ -881,9 +881,7 @@ class MetaRecommender(Recommender):
                 if not len(split.valid_cold_items):  # new items are the point there
                     unrated = int((~np.isin(ranked, split.train.item_idx)).sum())
                 warnings.warn(
-                    f"blend skipped: {len(split.valid)} validation users, fewer than "
-                    f"blend.min_valid_users ({b.min_valid_users}); the meta-model scores "
-                    "alone"
+                    f"blend skipped: {self.blend_skipped_}; the meta-model scores alone"
                     + (
                         f", and {unrated} of the {len(ranked)} items it ranks have no "
                         "training rows and may crowd its lists (it never met them as "

@@ -112,7 +112,7 @@ def _as_column(values: object, name: str, dtype: type) -> np.ndarray:
                     f"({info.min}..{info.max}), got {(lo if lo < info.min else hi).item()!r}"
                 )
         elif np.issubdtype(dtype, np.floating) and a.dtype.kind in "fiu" and a.size:
-            v = a.astype(np.float64)
+            v = a.astype(np.float64, copy=False)  # no copy of float64 ratings
             # a finite rating of 1e40 became inf in float32 (an inf given stays inf)
             big = np.isfinite(v) & (np.abs(v) > np.finfo(dtype).max)
             if big.any():

@@ -24,7 +24,7 @@ import pandas as pd
 
 from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
-    _at,
+    _bad_cell,
     id_column,
     number_column,
     optional_file,
@@ -52,8 +52,9 @@ def read_lastfm(path: str | os.PathLike | None = None, *, plays: str = "label") 
         # gave NaN and -inf ratings (plays="log")
         pos = int(np.flatnonzero(weight <= 0)[0])
         raise MetarecError(
-            f"{folder / 'user_artists.dat'}: {_at(ua, pos)}: weight {weight[pos]:g} is not a "
-            "play count (must be >= 1)"
+            _bad_cell(
+                ua, pos, "weight", ua["weight"].iloc[pos], "is not a play count (must be >= 1)"
+            )
         )
     if plays == "label":
         value, feedback, rng = np.ones(len(ua)), "implicit", (0.0, 1.0)
