@@ -290,6 +290,20 @@ def test_the_415_answers_only_for_json_routes_and_authorised_clients(predictor):
         assert locked.post("/recommend", content="x", headers=right).status_code == 415
 
 
+def test_a_malformed_body_without_the_token_is_a_401_not_a_422(predictor):
+    # FastAPI reads the JSON body before the route's bearer check runs: a client without
+    # the token learnt that its JSON was malformed instead of that it may not ask
+    locked = TestClient(create_app(predictor, config=ServeConfig(token="s3cret")))
+    js = {"content-type": "application/json"}
+    for auth in ({}, {"authorization": "Bearer nope"}):
+        r = locked.post("/recommend", content=b'{"interactions": [', headers={**js, **auth})
+        assert r.status_code == 401 and r.json()["detail"] == "missing or wrong bearer token"
+        assert r.headers["www-authenticate"] == "Bearer"
+    right = {**js, "authorization": "Bearer s3cret"}
+    r = locked.post("/recommend", content=b'{"interactions": [', headers=right)
+    assert r.status_code == 422 and "malformed JSON" in r.json()["detail"]
+
+
 @pytest.mark.parametrize("key", ["explain_top", "max_explain_k"])
 def test_serve_config_refuses_explain_limits_below_one(key):
     # explain_top -1 dropped each item's last explanation row without a word

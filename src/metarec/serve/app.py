@@ -611,7 +611,12 @@ class _JsonBody:
             return
         headers = dict(scope.get("headers") or [])
         if not self._authorised(headers):
-            await self.app(scope, receive, send)
+            # answered here, before the body is read: FastAPI parses a JSON body before it
+            # runs the route's bearer check, so a malformed body without the token was a
+            # 422 about its JSON, not the 401 the client needs first
+            await _send_json(
+                send, 401, "missing or wrong bearer token", [(b"www-authenticate", b"Bearer")]
+            )
             return
         kind = headers.get(b"content-type", b"").decode("latin-1")
         media = kind.split(";", 1)[0].strip().lower()
@@ -670,7 +675,9 @@ class _BodyLimit:
         return f"request body is over the server limit of {self.max_bytes} bytes"
 
 
-async def _send_json(send, status: int, detail: str) -> None:
+async def _send_json(
+    send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     import json
 
     body = json.dumps({"detail": detail}).encode()
@@ -681,6 +688,7 @@ async def _send_json(send, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
+                *(extra or []),
             ],
         }
     )
