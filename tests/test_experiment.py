@@ -1976,3 +1976,9 @@ def test_an_experiment_without_validation_users_fits_its_meta_model(tmp_path):
     )
     results = E.run(cfg, tmp_path, progress=False)
     assert results.runs_of("MetaRec", cfg.split.k_shot)
+    # the report's "0 validation users" says where the meta fit's own came from (its
+    # blend-skipped note counts those, and read as a contradiction)
+    from metarec.report import render_markdown
+
+    said = render_markdown(results, {})
+    assert "0 validation users (meta fits hold out their own from the training users)" in said

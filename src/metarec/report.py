@@ -317,7 +317,15 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         f"Dataset {d.get('name')}: {d.get('users')} users, {d.get('items')} items, "
         f"{d.get('interactions')} interactions ({d.get('feedback')}). Split: "
         f"{p.get('train_interactions')} training interactions, {p.get('valid_users')} "
-        f"validation users, {p.get('test_users')} test users (seed {cfg.seeds[0]}). "
+        "validation users"
+        # with none split off, each meta fit carves its own out of the training users
+        # (the blend-skipped notes below count those), and the baselines' grids are unused
+        + (
+            " (meta fits hold out their own from the training users)"
+            if not p.get("valid_users")
+            else ""
+        )
+        + f", {p.get('test_users')} test users (seed {cfg.seeds[0]}). "
         f"Wall time {results.seconds:.0f} s (loading, fits and evaluation; not writing "
         "this report).",
         "",
