@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -49,14 +51,14 @@ def test_maml_and_fomaml_match_closed_form(steps):
     assert g1 == pytest.approx(fomaml_exp, abs=1e-12)
 
 
-def _problem(head="binary", dtype=torch.float64, n_tasks=5):
+def _problem(head="binary", dtype=torch.float64, n_tasks=5, hidden=(7, 5)):
     split, feats = make_problem(0, head)
     sc = Scorer(
         ScorerConfig(
             d_item_text=8,
             n_items=40,
             embed_dim=6,
-            hidden=(7, 5),
+            hidden=hidden,
             head=head,
             output_offset=3.0 if head == "rating" else 0.0,
         )
@@ -163,8 +165,11 @@ def test_batched_equals_per_task_loop(algo, head):
         assert torch.allclose(g_b[k], g_l[k], atol=1e-5, rtol=1e-4), k
 
 
-def test_ridge_head_is_the_exact_ridge_solution():
-    sc, x = _problem("rating")
+# a last hidden layer of 5 (6 head weights) against supports of 3-5 rows solves the K x K
+# dual system; a layer of 2 (3 weights) the primal one
+@pytest.mark.parametrize("hidden", [(7, 5), (7, 2)])
+def test_ridge_head_is_the_exact_ridge_solution(hidden):
+    sc, x = _problem("rating", hidden=hidden)
     ml, p = _learner(sc, "ridge")
     fast = ml.adapt(p, x)
     lam = float(p["ridge.log_lambda"].exp())
@@ -181,3 +186,66 @@ def test_ridge_head_is_the_exact_ridge_solution():
         w = np.linalg.lstsq(A, rhs, rcond=None)[0]
         got = np.r_[fast["head.w"][t].numpy().ravel(), fast["head.b"][t].numpy()]
         np.testing.assert_allclose(got, w, atol=1e-9)
+
+
+def test_ridge_meta_gradient_keeps_float32_precision_at_small_lambda():
+    # the (H+1) x (H+1) normal equations have λ-only eigenvalues when K < H+1: in float32
+    # their meta-gradient was 3% off at λ = 1e-4 and 1e9-fold off at 1e-6 (probe 115)
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        sc, x = _problem("rating", dtype=dtype, hidden=(16, 12))
+        ml, p = _learner(sc, "ridge")
+        p = {k: v.to(dtype) for k, v in p.items()}
+        p["ridge.log_lambda"] = torch.full((1,), math.log(1e-4), dtype=dtype)
+        p = {k: v.requires_grad_() for k, v in p.items()}
+        out[dtype] = ml.meta_grads(p, x)
+    (l64, g64), (l32, g32) = out[torch.float64], out[torch.float32]
+    assert float(l32) == pytest.approx(float(l64), rel=1e-4)
+    num = sum(float((g32[k].double() - g64[k]).pow(2).sum()) for k in g64)
+    den = sum(float(g64[k].pow(2).sum()) for k in g64)
+    assert math.sqrt(num / den) < 1e-3
+
+
+def test_a_learned_ridge_lambda_below_the_floor_is_held_at_it():
+    # λ is learned in log space and may drift below the configured floor
+    from metarec.meta.algorithms import MIN_RIDGE_LAMBDA
+
+    sc, x = _problem("rating")
+    ml, p = _learner(sc, "ridge")
+    at_floor = ml.adapt({**p, "ridge.log_lambda": torch.zeros(1, dtype=torch.float64) - 40.0}, x)
+    below = ml.adapt({**p, "ridge.log_lambda": torch.zeros(1, dtype=torch.float64) - 60.0}, x)
+    assert torch.isfinite(below["head.w"]).all()
+    assert torch.equal(below["head.w"], at_floor["head.w"])
+    # and it is the floor's solution: λ = 1e-4 given as such
+    given = torch.full((1,), math.log(MIN_RIDGE_LAMBDA), dtype=torch.float64)
+    torch.testing.assert_close(
+        ml.adapt({**p, "ridge.log_lambda": given}, x)["head.w"], below["head.w"]
+    )
+
+
+def test_gradient_adaptation_under_inference_mode_is_one_clear_error():
+    # enable_grad does not lift inference mode: autograd failed with "element 0 of tensors
+    # does not require grad" on the autograd path (a scorer without hidden layers)
+    from metarec.meta import TaskInputs
+    from metarec.types import MetarecError
+
+    g = torch.Generator().manual_seed(0)
+    t, k = 2, 3
+    ones, rows = torch.ones(t, k), torch.zeros(t, k, dtype=torch.long)
+    x = TaskInputs(
+        torch.randn(t, 4, generator=g),
+        torch.randn(t, k, 4, generator=g),
+        rows,
+        ones,
+        ones,
+        torch.randn(t, k, 4, generator=g),
+        rows,
+        ones,
+        ones,
+    )
+    ml = MetaLearner(Scorer(ScorerConfig(d_item_text=4, embed_dim=4, hidden=())), MetaConfig())
+    p = ml.init_params(g)
+    with torch.no_grad():
+        assert torch.isfinite(ml.adapt(p, x)["head.w"]).all()
+    with torch.inference_mode(), pytest.raises(MetarecError, match="outside torch.inference_mode"):
+        ml.adapt(p, x)

@@ -220,9 +220,73 @@ def test_one_seed_without_bootstrap_claims_no_clear_win():
         )
         for r in res.runs
     )
-    res = dataclasses.replace(res, runs=runs)
+    res = dataclasses.replace(res, runs=runs, config=dataclasses.replace(res.config, bootstrap=0))
     v = report.verdict(res, res.summary(), NDCG)
     assert "no interval was measured" in v and "cannot be called a clear win" in v
+
+
+def _users_results(meta: list[list[float]], base: list[list[float]]) -> Results:
+    """Per seed, per-user nDCG values of two methods over the same users 0..n-1."""
+
+    def run(name, kind, seed, vals):
+        v = np.asarray(vals, dtype=np.float64)
+        r = dataclasses.replace(
+            _result(name, 1.0, float(v.mean())),
+            per_user={"RMSE": np.ones(len(v)), NDCG: v},
+            n_users={"RMSE": len(v), NDCG: len(v)},
+            user_idx=np.arange(len(v)),
+        )
+        return MethodRun(name, kind, seed, 10, r, 1.0, {}, ())
+
+    res = _results(
+        {"Meta": [(1.0, 0.0)] * len(meta), "Base": [(1.0, 0.0)] * len(base)},
+        {"Meta": "meta", "Base": "baseline"},
+    )
+    runs = tuple(run("Meta", "meta", s, v) for s, v in enumerate(meta)) + tuple(
+        run("Base", "baseline", s, v) for s, v in enumerate(base)
+    )
+    return dataclasses.replace(res, runs=runs)
+
+
+def test_a_gap_two_seeds_agree_on_is_no_clear_win_when_users_split_on_it():
+    # two seeds within 0.0015 of each other called a win on the seeds' spread alone, while
+    # the paired difference over the same users ran from -0.03 to +0.06 (probe 119)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 40)
+    noise = rng.normal(0, 0.3, 40)
+    noise -= noise.mean()  # the gap is the 0.02 added, spread over users by the noise
+    meta = [base + noise + 0.02, base + noise + 0.021]
+    res = _users_results(meta, [base, base])
+    v = report.verdict(res, res.summary(), NDCG)
+    assert v.startswith("The default meta-learned method, Meta, beats")
+    assert "paired 95% CI [" in v
+    assert "inside the paired bootstrap interval over users, so it is not a clear win" in v
+
+
+def test_a_gap_every_user_shows_is_a_clear_win_and_seed_spread_still_counts():
+    base = np.linspace(0.1, 0.9, 40)
+    res = _users_results([base + 0.05, base + 0.06], [base, base])
+    v = report.verdict(res, res.summary(), NDCG)
+    assert "paired 95% CI [+0.0550, +0.0550]" in v and "not a clear win" not in v
+    # the same users' gap, but the seeds disagree: the seeds' spread still says no
+    res = _users_results([base + 0.10, base - 0.04], [base, base])
+    v = report.verdict(res, res.summary(), NDCG)
+    assert "within one standard deviation across seeds, so it is not a clear win" in v
+
+
+def test_paired_difference_matches_a_hand_computation():
+    from metarec.experiment import paired_difference
+
+    res = _users_results([[0.5, 0.2, 0.9], [0.4, 0.3, 0.8]], [[0.1, 0.2, 0.3], [0.2, 0.2, 0.2]])
+    mean, lo, hi = paired_difference(res.runs_of("Meta", 10), res.runs_of("Base", 10), NDCG, 2000)
+    # per seed: mean(0.4, 0.0, 0.6) = 1/3 and mean(0.2, 0.1, 0.6) = 0.3
+    assert mean == pytest.approx((1 / 3 + 0.3) / 2)
+    assert 0.0 <= lo <= mean <= hi <= 0.6 + 1e-12
+    # a user scored by one method only is left out; no seed in common: None
+    other = _users_results([[0.5]], [[0.1]])
+    assert (
+        paired_difference(res.runs_of("Meta", 10), other.runs_of("Base", 10)[:0], NDCG, 100) is None
+    )
 
 
 def test_a_metric_valued_on_some_seeds_says_so():

@@ -796,6 +796,39 @@ class Results:
             self._summaries[(scenario, k)] = out
         return copy.deepcopy(self._summaries[(scenario, k)])  # callers may edit theirs
 
+    @property
+    def default_method(self) -> str | None:
+        """The method the verdict judges: the config's, else its first meta or transfer."""
+        return self.config.default_method or next(
+            (m.name for m in self.config.methods if m.kind in ("meta", "transfer")), None
+        )
+
+    def paired(self) -> dict:
+        """Main table, default − each other method, per metric over the same users:
+        method -> metric -> {"mean", "ci95"} (:func:`paired_difference`); {} without a
+        default in the run or without bootstrap."""
+        if "paired" not in self._summaries:
+            out: dict = {}
+            dm = self.default_method
+            mine = self.runs_of(dm, self.main_k) if dm else []
+            if mine and self.config.bootstrap > 0:
+                for name in self.methods():
+                    theirs = self.runs_of(name, self.main_k)
+                    if name == dm or not theirs:
+                        continue
+                    cells = {}
+                    for metric in mine[0].result.per_user:
+                        got = paired_difference(mine, theirs, metric, self.config.bootstrap)
+                        if got is not None and np.isfinite(got[0]):
+                            cells[metric] = {
+                                "mean": got[0],
+                                "ci95": [_num(got[1]), _num(got[2])],
+                            }
+                    if cells:
+                        out[name] = cells
+            self._summaries["paired"] = out
+        return copy.deepcopy(self._summaries["paired"])
+
     def to_json(self) -> dict:
         scenarios = [
             {
@@ -804,6 +837,9 @@ class Results:
                 "users": self.protocol.get("evaluated_users")
                 or "every test user with more than K interactions",
                 "methods": self.summary("main"),
+                # the default − each other method over the same users (report.md's
+                # paired table): whether a gap holds across users, not only its size
+                "paired_vs_default": {"default": self.default_method, "methods": self.paired()},
             }
         ]
         for k in self.curve_ks():
@@ -921,16 +957,29 @@ def _seeds_bootstrap_ci(
     seeds is one draw: pooling the rows as independent gave intervals ~sqrt(seeds)
     too narrow where the seeds share their test users (a time split), and centred them on
     the pooled mean rather than on the reported one."""
+    return _cluster_bootstrap_ci(
+        [r.result.user_idx for r in runs], [r.result.per_user[name] for r in runs], n_boot, rng
+    )
+
+
+def _cluster_bootstrap_ci(
+    users_of: Sequence[np.ndarray],
+    values_of: Sequence[np.ndarray],
+    n_boot: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """:func:`_seeds_bootstrap_ci` on arrays: per seed s, users_of[s] (n_s,) and values_of[s]
+    (n_s,) float64 with NaN where undefined."""
     if n_boot <= 0:
         return (float("nan"), float("nan"))
-    users = np.concatenate([r.result.user_idx for r in runs])
-    values = np.concatenate([r.result.per_user[name] for r in runs])
-    seed_of = np.concatenate([np.full(len(r.result.user_idx), s) for s, r in enumerate(runs)])
+    users = np.concatenate(list(users_of))
+    values = np.concatenate(list(values_of))
+    seed_of = np.concatenate([np.full(len(u), s) for s, u in enumerate(users_of)])
     ok = ~np.isnan(values)
     if not ok.any():
         return (float("nan"), float("nan"))
     ids, cluster = np.unique(users[ok], return_inverse=True)
-    n_u, n_s = len(ids), len(runs)
+    n_u, n_s = len(ids), len(users_of)
     sums = np.zeros((n_u, n_s))  # per (user, seed): sum and count of defined values
     counts = np.zeros((n_u, n_s))
     np.add.at(sums, (cluster, seed_of[ok]), values[ok])
@@ -947,6 +996,35 @@ def _seeds_bootstrap_ci(
         means[lo : lo + b] = np.nanmean(per_seed, axis=1)
     lo_q, hi_q = np.percentile(means, [2.5, 97.5])
     return (float(lo_q), float(hi_q))
+
+
+def paired_difference(
+    runs_a: Sequence[MethodRun], runs_b: Sequence[MethodRun], name: str, n_boot: int
+) -> tuple[float, float, float] | None:
+    """Mean and percentile 95% interval of metric ``name``'s difference a − b over the same
+    test users: per seed, each user both methods scored (and both defined) gives a − b;
+    the mean over seeds of the per-seed means, users resampled as clusters. Paired, so the
+    users' spread, which both methods share, does not hide a consistent gap or make one of
+    a few users look general. None where no seed and user pair up or ``n_boot`` is 0."""
+    by_seed = {r.seed: r for r in runs_b}
+    users_of, diffs_of = [], []
+    for ra in runs_a:
+        rb = by_seed.get(ra.seed)
+        if rb is None or name not in ra.result.per_user or name not in rb.result.per_user:
+            continue
+        ua, ub = ra.result.user_idx, rb.result.user_idx
+        if len(np.unique(ua)) != len(ua) or len(np.unique(ub)) != len(ub):
+            return None  # one task per user is what pairs up; several cannot be matched
+        common, ia, ib = np.intersect1d(ua, ub, assume_unique=True, return_indices=True)
+        d = ra.result.per_user[name][ia] - rb.result.per_user[name][ib]
+        if np.isfinite(d).any():
+            users_of.append(common)
+            diffs_of.append(d)
+    if not users_of or n_boot <= 0:
+        return None
+    mean = float(np.mean([np.nanmean(d) for d in diffs_of]))
+    lo, hi = _cluster_bootstrap_ci(users_of, diffs_of, n_boot, np.random.default_rng(0))
+    return mean, lo, hi
 
 
 def _num(v: float) -> float | None:

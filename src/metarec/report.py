@@ -143,9 +143,7 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     The best meta variant on test is named beside it for information only: choosing it
     because it wins on test would be selecting on test users."""
     kinds = {m.name: m.kind for m in results.config.methods}
-    default = results.config.default_method or next(
-        (n for n, k in kinds.items() if k in ("meta", "transfer")), None
-    )
+    default = results.default_method
     learned = [n for n in table if kinds.get(n) in ("meta", "transfer")]
     others = [n for n in table if kinds.get(n) in ("baseline", "pooled")]
     if default is None:
@@ -166,10 +164,37 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     level = round(vm["mean"], 4) == round(vb["mean"], 4)
     better = (vm["mean"] > vb["mean"]) == greater_is_better(metric) and not level
     no_interval = False
+    # the gap judged two ways where it can be: against the spread over seeds (training
+    # chance) and over the same users, paired (which users were drawn: seeds of a time
+    # split score the same users, so their spread alone called a 0.015 gap a win that 30%
+    # of the users went against). A clear win must pass both
+    got = results.paired().get(bb, {}).get(metric)
+    paired = None if got is None or got["ci95"][0] is None else (got["mean"], *got["ci95"])
+    pair_text = (
+        ""
+        if paired is None
+        else f"the difference over the same users, paired 95% CI "
+        f"[{paired[1]:+.4f}, {paired[2]:+.4f}]"
+    )
+    pair_overlap = paired is not None and paired[1] <= 0.0 <= paired[2]
+    pair_why = "inside the paired bootstrap interval over users"
     if _valued(vm) > 1:
         spread = f"(± {vm['std']:.4f} vs ± {vb['std']:.4f} over seeds)"
         overlap = abs(vm["mean"] - vb["mean"]) <= vm["std"] + vb["std"]
         why = "within one standard deviation across seeds"
+        if paired is not None:
+            spread = f"{spread[:-1]}; {pair_text})"
+            why = (
+                f"{why} and {pair_why}"
+                if overlap and pair_overlap
+                else why
+                if overlap
+                else pair_why
+            )
+            overlap = overlap or pair_overlap
+    elif paired is not None:
+        spread = f"(one seed; {pair_text})"
+        overlap, why = pair_overlap, pair_why
     elif vm["ci95"][0] is None or vb["ci95"][0] is None:
         # one seed and no bootstrap: nothing says how large a gap chance could make
         spread = "(one seed, no bootstrap: no interval was measured)"
@@ -219,6 +244,41 @@ def _seeds_label(name: str, cell: dict, n_seeds: int) -> str:
     """A method's name, with "(k of n seeds)" when its value stands on fewer seeds."""
     k = _valued(cell)
     return name if k == n_seeds else f"{name} ({k} of {n_seeds} seeds)"
+
+
+def paired_table(results: Results, metrics: list[str]) -> list[str]:
+    """Markdown lines: the default − each other method per metric, mean difference and
+    paired 95% CI over the same users (:meth:`Results.paired`); bold where the interval
+    leaves out 0 in the default's favour, italic where against it. [] when none."""
+    paired, dm = results.paired(), results.default_method
+    cols = [m for m in metrics if any(m in cells for cells in paired.values())]
+    if not paired or not cols:
+        return []
+
+    def cell(c: dict | None, metric: str) -> str:
+        if c is None or c["ci95"][0] is None:
+            return "–"
+        lo, hi = c["ci95"]
+        txt = f"{c['mean']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        if lo > 0 or hi < 0:  # the interval leaves 0 out: a gap across users
+            good = (lo > 0) == greater_is_better(metric)
+            return f"**{txt}**" if good else f"*{txt}*"
+        return txt
+
+    head = [f"{m} {'↑' if greater_is_better(m) else '↓'}" for m in cols]
+    lines = [
+        f"Paired differences, {dm} − each method, over the same test users (per user, "
+        "then averaged over users and seeds; 95% bootstrap CI with users resampled): "
+        f"**bold** where the interval leaves out 0 in {dm}'s favour, *italic* where "
+        "against it; otherwise the gap is within what the choice of users could make.",
+        "",
+        "| method | " + " | ".join(head) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, cells in paired.items():
+        label = name.replace("|", "\\|")
+        lines.append(f"| {label} | " + " | ".join(cell(cells.get(m), m) for m in cols) + " |")
+    return [*lines, ""]
 
 
 def _inside(v: float, ci: list) -> bool:
@@ -345,6 +405,7 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         if prim not in metrics:  # the config's columns leave the judged metric out
             v += f" ({prim} is the experiment's primary metric; it is not a column above.)"
         lines += [v, ""]
+    lines += paired_table(results, metrics)
     if results.failures:
         lines += [
             "Failed fits (each seed listed is left out of that method's means and spread):",

@@ -74,6 +74,12 @@ MAX_INNER_LR = 1e6  # far above any step size that adapts; below float32's range
 # "meta-loss is nan" that never named the key; a target of 1e20 gave scores of -5.8e19.
 # Logits of ±100 already saturate the sigmoid in float32
 MAX_RIDGE_LAMBDA = 1e6
+# and the floor, on the configured λ and on the learned one in the forward pass: below it
+# the normal equations (whose λ-only directions have eigenvalue λ when a support holds
+# fewer rows than the head has weights) lost float32 precision (meta-gradient 3% off at
+# 1e-4, the head's loss 20x too high at 1e-6) and at 1e-9 were singular: fit crashed, or
+# wrote a RUN that no longer loaded
+MIN_RIDGE_LAMBDA = 1e-4
 MAX_RIDGE_TARGET = 100.0
 # how many times a gradient adaptation that raised its task's support loss is retried at
 # half the step sizes (1/2, 1/4, ...) before the task keeps the meta-learned parameters
@@ -120,9 +126,10 @@ class MetaConfig:
                 f"MetaConfig.ridge_target must be in (0, {MAX_RIDGE_TARGET:g}], "
                 f"got {self.ridge_target:g}"
             )
-        if self.ridge_lambda > MAX_RIDGE_LAMBDA:
+        if not MIN_RIDGE_LAMBDA <= self.ridge_lambda <= MAX_RIDGE_LAMBDA:
             raise MetarecError(
-                f"MetaConfig.ridge_lambda must be <= {MAX_RIDGE_LAMBDA:g}, got {self.ridge_lambda:g}"
+                f"MetaConfig.ridge_lambda must be in [{MIN_RIDGE_LAMBDA:g}, "
+                f"{MAX_RIDGE_LAMBDA:g}], got {self.ridge_lambda:g}"
             )
         if not 1 <= self.np_hidden <= MAX_NP_HIDDEN:
             # 0 divided by zero in the encoder's init; 1e8 asked for tens of GB
@@ -312,7 +319,11 @@ class MetaLearner:
 
     def _ridge(self, params: Params, x: TaskInputs) -> Params:
         """Head (w, b) per task = argmin Σ_j m_j (h_j·w + b − t_j)² + λ‖(w, b) − (w₀, b₀)‖²,
-        solved exactly: ((HᵀMH + λI) [w; b] = HᵀMt + λ[w₀; b₀]), differentiable in H, λ, w₀."""
+        solved exactly, differentiable in H, λ, w₀. With v = [w; b] − [w₀; b₀], r = t − H[w₀; b₀]
+        and G = √M H: primal (GᵀG + λI) v = Gᵀ√M r, (H+1)×(H+1); dual v = Gᵀ(GGᵀ + λI)⁻¹√M r,
+        K×K (the push-through identity, as R2-D2 solves it). The smaller system is solved, in
+        float64: when K < H+1 the primal's matrix has H+1−K eigenvalues of exactly λ, the
+        dual's none, and float32 lost the meta-gradient's precision as λ shrank."""
         sc = self.scorer
         h = sc.hidden(params, x.user_x, x.s_x, x.s_rows)  # (T, K, H)
         ones = torch.ones(*h.shape[:2], 1, dtype=h.dtype, device=h.device)
@@ -321,13 +332,20 @@ class MetaLearner:
         if sc.cfg.head == "binary":
             y = self.cfg.ridge_target * (2.0 * y - 1.0)
         t = y - sc.bias_term(params, x.s_rows)  # (T, K): what the head must produce
-        hm = ha * x.s_mask.unsqueeze(-1)  # (T, K, H+1)
-        lam = params["ridge.log_lambda"].exp()
-        eye = torch.eye(ha.shape[-1], dtype=h.dtype, device=h.device)
-        a = hm.transpose(1, 2) @ ha + lam * eye  # (T, H+1, H+1)
         w0 = torch.cat([params["head.w"], params["head.b"].reshape(1, 1)], 0)  # (H+1, 1)
-        rhs = hm.transpose(1, 2) @ t.unsqueeze(-1) + lam * w0  # (T, H+1, 1)
-        w = torch.linalg.solve(a, rhs)  # (T, H+1, 1)
+        lam = params["ridge.log_lambda"].exp().clamp_min(MIN_RIDGE_LAMBDA).double()
+        root = x.s_mask.clamp_min(0).sqrt().unsqueeze(-1).double()  # (T, K, 1)
+        g = ha.double() * root  # (T, K, H+1): padded rows are 0
+        r = root * (t.unsqueeze(-1).double() - ha.double() @ w0.double())  # (T, K, 1)
+        k, n = g.shape[1], g.shape[2]
+        if k < n:
+            eye = torch.eye(k, dtype=g.dtype, device=g.device)
+            alpha = torch.linalg.solve(g @ g.transpose(1, 2) + lam * eye, r)  # (T, K, 1)
+            v = g.transpose(1, 2) @ alpha  # (T, H+1, 1)
+        else:
+            eye = torch.eye(n, dtype=g.dtype, device=g.device)
+            v = torch.linalg.solve(g.transpose(1, 2) @ g + lam * eye, g.transpose(1, 2) @ r)
+        w = (w0.double() + v).to(h.dtype)  # (T, H+1, 1)
         return {**params, "head.w": w[:, :-1, :], "head.b": w[:, -1, :]}
 
     def _np(self, params: Params, x: TaskInputs) -> Params:

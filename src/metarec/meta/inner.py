@@ -37,6 +37,7 @@ import torch
 
 from metarec.meta.episodes import TaskInputs
 from metarec.models.scorer import Scorer, affine, linear_head, param_group, row_times
+from metarec.types import MetarecError
 
 Params = dict[str, torch.Tensor]
 StepSizes = Mapping[str, torch.Tensor | float]
@@ -57,6 +58,13 @@ def inner_loop(
     the adapted keys. When no adapted parameter requires grad (serving, evaluation) φ is a
     fresh leaf and nothing reaches back to ``params``.
     """
+    if steps and adapt_keys and torch.is_inference_mode_enabled():
+        # enable_grad does not lift inference mode: autograd.grad failed with "element 0 of
+        # tensors does not require grad" (the closed-form paths never needed autograd)
+        raise MetarecError(
+            "gradient adaptation needs autograd: call it outside torch.inference_mode() "
+            "(torch.no_grad() is fine)"
+        )
     track_higher = not first_order and any(params[k].requires_grad for k in adapt_keys)
     fast: Params = {}
     for k in adapt_keys:
