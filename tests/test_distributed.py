@@ -138,6 +138,61 @@ class _ThreadGroup:
         self.barrier.wait()  # everyone has read before anyone writes the next round
         t.copy_(total)
 
+    def all_gather(self, out: list[torch.Tensor], t: torch.Tensor) -> None:
+        self.buf[self.local.rank] = t.clone()
+        self.barrier.wait()
+        for r in range(self.world):
+            out[r].copy_(self.buf[r])
+        self.barrier.wait()
+
+
+def _threaded(monkeypatch, world: int, work) -> tuple[dict, list]:
+    """Run work(rank) on ``world`` threads sharing a _ThreadGroup: (results, errors)."""
+    group = _ThreadGroup(world)
+    monkeypatch.setattr(distributed, "context", group.context)
+    monkeypatch.setattr(torch.distributed, "all_reduce", group.all_reduce)
+    monkeypatch.setattr(torch.distributed, "all_gather", group.all_gather)
+    results, errors = {}, []
+
+    def rank_main(rank: int) -> None:
+        group.local.rank = rank
+        try:
+            results[rank] = work(rank)
+        except BaseException as err:  # noqa: BLE001 - reported by the main thread
+            errors.append((rank, err))
+            if not isinstance(err, MetarecError):  # one raised alone: free the others
+                group.barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, errors
+
+
+def test_ranks_resuming_from_different_checkpoints_are_refused_on_every_rank(monkeypatch, tmp_path):
+    # rank 1 found no checkpoint (a node-local folder) and trained from step 0 while rank
+    # 0 went on from step 6: their gradients were averaged into one model, exit 0
+    split, feats = make_problem(0, "binary")
+    sc = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head="binary")
+    meta = MetaConfig(algorithm="fomaml", inner_steps=2, inner_lr=0.1)
+    cfg = TrainConfig(steps=10, meta_batch=4, eval_every=3, checkpoint_every=3, seed=3)
+    train(
+        split, feats, sc, meta, cfg, progress=False, checkpoint_dir=str(tmp_path / "r0"), stop_at=6
+    )
+    (tmp_path / "r1").mkdir()
+
+    def work(rank):
+        d = str(tmp_path / f"r{rank}")
+        return train(split, feats, sc, meta, cfg, progress=False, checkpoint_dir=d, resume=True)
+
+    results, errors = _threaded(monkeypatch, 2, work)
+    assert not results and len(errors) == 2
+    for _, err in errors:
+        assert isinstance(err, MetarecError)
+        assert "different steps (rank 0: 6, rank 1: 0)" in str(err)
+
 
 def test_train_on_two_ranks_equals_one_process(monkeypatch):
     split, feats = make_problem(0, "binary")
@@ -146,25 +201,9 @@ def test_train_on_two_ranks_equals_one_process(monkeypatch):
     # id_dropout > 0: the rng must be consumed identically on every rank
     cfg = TrainConfig(steps=10, meta_batch=7, outer_lr=3e-3, eval_every=3, id_dropout=0.2, seed=3)
     one = train(split, feats, sc, meta, cfg, progress=False)
-
-    group = _ThreadGroup(2)
-    monkeypatch.setattr(distributed, "context", group.context)
-    monkeypatch.setattr(torch.distributed, "all_reduce", group.all_reduce)
-    results, errors = {}, []
-
-    def rank_main(rank: int) -> None:
-        group.local.rank = rank
-        try:
-            results[rank] = train(split, feats, sc, meta, cfg, progress=False)
-        except BaseException as err:  # noqa: BLE001 - reported by the main thread
-            errors.append(err)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = _threaded(
+        monkeypatch, 2, lambda rank: train(split, feats, sc, meta, cfg, progress=False)
+    )
     assert not errors, errors
     r0, r1 = results[0], results[1]
     for k, v in one.final_params.items():
@@ -369,3 +408,39 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     assert (p1.score - p2.score).abs().max() < 1e-3
     # the runs trained for real: scores vary across items
     assert p1.score.std() > 0.05
+
+
+def test_the_wait_limit_comes_from_the_environment(monkeypatch):
+    # a fixed 600 s: rank 0 filling a cold embedding cache outlasted it, and the waiting
+    # ranks died with a gloo traceback
+    monkeypatch.delenv(distributed.TIMEOUT_ENV, raising=False)
+    assert distributed.timeout_seconds() == 1800.0
+    monkeypatch.setenv(distributed.TIMEOUT_ENV, " 7200 ")
+    assert distributed.timeout_seconds() == 7200.0
+    for bad in ("soon", "0", "-5", "nan", "1e9"):
+        monkeypatch.setenv(distributed.TIMEOUT_ENV, bad)
+        with pytest.raises(MetarecError, match="METAREC_DIST_TIMEOUT=.*give seconds from 1"):
+            distributed.timeout_seconds()
+
+
+def test_a_failed_collective_is_one_line():
+    # a peer killed mid-training left the others with a 30-line gloo traceback
+    with pytest.raises(MetarecError) as err, distributed._collective("an all-gather"):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection reset by peer\nmore")
+    said = str(err.value)
+    assert said.startswith("an all-gather across the processes failed: another process died")
+    assert "Connection reset by peer" in said and "\n" not in said
+
+
+def test_commands_other_than_fit_refuse_to_run_under_torchrun(monkeypatch, tmp_path, capsys):
+    # `torchrun -m metarec evaluate` ran the whole experiment on every rank, all writing
+    # the same folder
+    from metarec.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(["evaluate", "--config", str(tmp_path / "x.toml"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "`metarec evaluate` does not run under torchrun (only `fit` is distributed)" in err
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1 is one process
+    assert main(["datasets"]) == 0

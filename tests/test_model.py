@@ -2101,3 +2101,10 @@ def test_model_settings_no_model_reads_are_named():
         "rank_negatives (rank_model = false: no ranking model trains)",
     ]
     assert unused_model_settings(ModelConfig(), explicit=False) == []
+    # fit keeps no training checkpoints: train.checkpoint_every was taken without a word
+    from metarec.train import TrainConfig
+
+    ck = ModelConfig(train=TrainConfig(checkpoint_every=2))
+    assert unused_model_settings(ck, explicit=True) == [
+        "train.checkpoint_every (fit writes no training checkpoints)"
+    ]

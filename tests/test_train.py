@@ -640,3 +640,103 @@ def test_the_divergence_advice_names_only_keys_the_algorithm_reads(
     with pytest.raises(MetarecError) as err:
         train(split, feats, sc, meta, _cfg(steps=2), progress=False)
     assert said in str(err.value)
+
+
+def _resumable(problem, tmp_path, **kw):
+    split, feats = problem
+    d = tmp_path / "ck"
+    train(split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=str(d), stop_at=7)
+    return split, feats, d
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("truncate", "is damaged"),
+        ("garbage", "is damaged"),
+        ("index_list", "is malformed"),
+        ("no_configs", "configuration differs"),
+        ("bad_step", "is malformed"),
+        ("bad_rng", r"is damaged \(ValueError"),
+        ("no_torch_rng", r"is damaged \(KeyError"),
+        ("no_tensors", "missing file"),
+    ],
+)
+def test_a_damaged_checkpoint_is_one_clear_error(problem, tmp_path, damage, said):
+    # each of these was a traceback: SafetensorError, TypeError, KeyError, ValueError
+    split, feats, d = _resumable(problem, tmp_path)
+    index = json.loads((d / "checkpoint.json").read_text())
+    tensors = d / index["tensors"]
+    if damage == "truncate":
+        tensors.write_bytes(tensors.read_bytes()[:100])
+    elif damage == "garbage":
+        tensors.write_bytes(b"\x07" * 500)
+    elif damage == "index_list":
+        (d / "checkpoint.json").write_text("[1, 2]")
+    elif damage == "no_configs":
+        del index["state"]["configs"]
+    elif damage == "bad_step":
+        index["step"] = "x"
+    elif damage == "bad_rng":
+        index["state"]["rng"] = {}
+    elif damage == "no_torch_rng":
+        from safetensors.torch import load_file, save_file
+
+        t = load_file(str(tensors))
+        del t["rng.torch"]
+        save_file(t, str(tensors))
+    elif damage == "no_tensors":
+        tensors.unlink()
+    if damage in ("no_configs", "bad_step", "bad_rng"):
+        (d / "checkpoint.json").write_text(json.dumps(index))
+    with pytest.raises(MetarecError, match=said) as err:
+        train(split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=str(d), resume=True)
+    assert "\n" not in str(err.value)
+    if damage == "no_tensors":
+        assert index["tensors"] in str(err.value)  # it said "missing file None"
+
+
+def test_resume_refuses_a_lost_index_other_data_and_a_smaller_budget(problem, tmp_path):
+    split, feats, d = _resumable(problem, tmp_path)
+    # another split: it resumed without a word
+    other_split, other_feats = make_problem(1, "binary")
+    with pytest.raises(MetarecError, match="trained on other data"):
+        train(
+            other_split,
+            other_feats,
+            SC,
+            META,
+            _cfg(),
+            progress=False,
+            checkpoint_dir=str(d),
+            resume=True,
+        )
+    # a budget below the checkpoint's step: it returned 5 steps done for a config of 3
+    with pytest.raises(MetarecError, match="at step 5, past this run's train.steps \\(3\\)"):
+        train(
+            split,
+            feats,
+            SC,
+            META,
+            _cfg(steps=3),
+            progress=False,
+            checkpoint_dir=str(d),
+            resume=True,
+        )
+    # the index lost, the tensors left: it trained from step 0 and overwrote them
+    (d / "checkpoint.json").unlink()
+    with pytest.raises(MetarecError, match="no checkpoint.json: the checkpoint's index is lost"):
+        train(split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=str(d), resume=True)
+    assert list(d.glob("ckpt-*.safetensors"))
+    # no folder at all: resume starts from the beginning
+    fresh = train(
+        split,
+        feats,
+        SC,
+        META,
+        _cfg(),
+        progress=False,
+        checkpoint_dir=str(tmp_path / "new"),
+        resume=True,
+    )
+    assert fresh.steps_done == 12

@@ -47,14 +47,34 @@ def has_checkpoint(directory: str | Path) -> bool:
     return (Path(directory) / INDEX).is_file()
 
 
+def checkpoint_tensor_files(directory: str | Path) -> list[Path]:
+    """The tensor files in ``directory``, oldest step first ([] for no folder)."""
+    d = Path(directory)
+    return sorted(d.glob("ckpt-*.safetensors")) if d.is_dir() else []
+
+
 def load_checkpoint(directory: str | Path) -> tuple[int, dict[str, torch.Tensor], dict]:
     """(step, tensors, state) of the checkpoint in ``directory``."""
     d = Path(directory)
     try:
         index = json.loads((d / INDEX).read_text())
-        tensors = load_file(str(d / index["tensors"]))
-        return int(index["step"]), tensors, index["state"]
+        if not isinstance(index, dict) or not isinstance(index.get("tensors"), str):
+            raise KeyError("tensors")
+        step = index["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise KeyError(f"step (not a count of steps: {step!r})")
+        tensor_path = d / Path(index["tensors"]).name  # a name in this folder, nothing else
     except FileNotFoundError as err:
         raise MetarecError(f"checkpoint: missing file {err.filename}") from None
-    except (json.JSONDecodeError, KeyError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError) as err:
         raise MetarecError(f"checkpoint: {d / INDEX} is malformed ({err})") from None
+    if not tensor_path.is_file():
+        raise MetarecError(f"checkpoint: missing file {tensor_path} (named by {d / INDEX})")
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as err:  # safetensors' own error type for a damaged file
+        lines = str(err).strip().splitlines()
+        raise MetarecError(
+            f"checkpoint: {tensor_path} is damaged ({lines[0] if lines else type(err).__name__})"
+        ) from None
+    return step, tensors, index.get("state")

@@ -1105,6 +1105,13 @@ def main(argv: list[str] | None = None) -> int:
                 # Path("") is the current folder: quickstart wrote its results into it,
                 # fit failed on "Device or resource busy: ."
                 raise MetarecError(f"--{flag} is empty; give a path")
+        world = os.environ.get("WORLD_SIZE", "1").strip()
+        if args.command != "fit" and world.isdigit() and int(world) > 1:
+            # every rank ran the whole experiment and raced to write the same folder
+            raise MetarecError(
+                f"`metarec {args.command}` does not run under torchrun (only `fit` is "
+                "distributed): run it as one process"
+            )
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return int(args.func(args) or 0)

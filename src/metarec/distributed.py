@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -87,9 +88,32 @@ def local_device(device: str | torch.device, ctx: DistContext) -> str:
     return str(dev)
 
 
-def init(device: str | torch.device = "cpu", timeout_s: float = 600.0) -> DistContext:
-    """Join the torchrun process group (idempotent); a no-op on a single process."""
+TIMEOUT_ENV = "METAREC_DIST_TIMEOUT"  # seconds any collective (and the start) may wait
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def timeout_seconds() -> float:
+    """How long a process waits for the others (rendezvous, and every collective: the
+    others wait in one while rank 0 fills the embedding cache): $METAREC_DIST_TIMEOUT, else
+    30 minutes. It was a fixed 600 s, which a cold cache on a large catalogue outlasts."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 7 * 86400:
+        raise MetarecError(f"{TIMEOUT_ENV}={raw!r}: give seconds from 1 to 604800")
+    return value
+
+
+def init(device: str | torch.device = "cpu", timeout_s: float | None = None) -> DistContext:
+    """Join the torchrun process group (idempotent); a no-op on a single process.
+    ``timeout_s``: None = :func:`timeout_seconds`."""
     rank, world, local = env_world()
+    if timeout_s is None:
+        timeout_s = timeout_seconds()
     if world == 1:
         return DistContext()
     if not torch.distributed.is_available():
@@ -134,10 +158,25 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+@contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """One line for a collective that failed: a process that died or stopped answering
+    left the others with a 30-line gloo traceback ("Connection reset by peer")."""
+    try:
+        yield
+    except RuntimeError as err:  # torch.distributed.DistError and gloo's plain ones
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise MetarecError(
+            f"{what} across the processes failed: another process died or stopped "
+            f"answering within {TIMEOUT_ENV}'s limit ({first[:300]})"
+        ) from None
+
+
 def barrier(ctx: DistContext | None = None) -> None:
     ctx = ctx or context()
     if ctx.active:
-        torch.distributed.barrier()
+        with _collective("a barrier"):
+            torch.distributed.barrier()
 
 
 @contextmanager
@@ -187,7 +226,8 @@ def all_reduce_mean(
         + [(loss.detach().reshape(1) * w).to(grads[keys[0]].device if keys else "cpu")]
         + [torch.tensor([w], device=grads[keys[0]].device if keys else "cpu")]
     )
-    torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
+    with _collective("the meta-gradient all-reduce"):
+        torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)
     total = flat[-1]
     flat = flat / total
     out, a = {}, 0
@@ -205,8 +245,45 @@ def all_reduce_sum(values: list[float], ctx: DistContext, device: str = "cpu") -
         return list(values)
     dev = device if ctx.backend == "nccl" else "cpu"
     t = torch.tensor(values, dtype=torch.float64, device=dev)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
+    with _collective("an all-reduce"):
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.SUM)
     return [float(v) for v in t.cpu()]
+
+
+def _gather_int(value: int, ctx: DistContext) -> list[int]:
+    """Every rank's ``value`` (an int64), in rank order, on every rank."""
+    mine = torch.tensor([value], dtype=torch.int64)
+    dev = f"cuda:{ctx.local_rank}" if ctx.backend == "nccl" else "cpu"
+    got = [torch.zeros_like(mine, device=dev) for _ in range(ctx.world)]
+    with _collective("an all-gather"):
+        torch.distributed.all_gather(got, mine.to(dev))
+    return [int(g.item()) for g in got]
+
+
+def check_same_start(step: int, ctx: DistContext, failed: Exception | None = None) -> None:
+    """A one-line error on every rank unless every rank starts training at the same
+    ``step`` (0, or the step of the checkpoint it resumed from). Each rank decides alone
+    whether it has a checkpoint: one that found none (a node-local folder) trained from
+    0 while the others went on, and their averaged gradients made one model of both.
+    ``failed``: this rank's own error in resuming, sent as -1 so the others raise too."""
+    if not ctx.active:
+        if failed is not None:
+            raise failed
+        return
+    steps = _gather_int(-1 if failed is not None else step, ctx)
+    if failed is not None:
+        raise failed
+    broken = [r for r, k in enumerate(steps) if k < 0]
+    if broken:
+        raise MetarecError(
+            f"rank(s) {broken} could not resume from their checkpoint (their own error says why)"
+        )
+    if len(set(steps)) > 1:
+        raise MetarecError(
+            "resume: the processes start from different steps ("
+            + ", ".join(f"rank {r}: {k}" for r, k in enumerate(steps))
+            + "): every rank must see the same checkpoint folder"
+        )
 
 
 def check_same_inputs(dataset, config, ctx: DistContext, failed: Exception | None = None) -> None:
@@ -234,11 +311,7 @@ def check_same_inputs(dataset, config, ctx: DistContext, failed: Exception | Non
             (data_hash(dataset) + json.dumps(cfg, sort_keys=True, default=str)).encode()
         ).digest()
         value = int.from_bytes(key[:8], "little", signed=True) or 1
-    mine = torch.tensor([value], dtype=torch.int64)
-    dev = f"cuda:{ctx.local_rank}" if ctx.backend == "nccl" else "cpu"
-    got = [torch.zeros_like(mine, device=dev) for _ in range(ctx.world)]
-    torch.distributed.all_gather(got, mine.to(dev))
-    keys = [int(g.item()) for g in got]
+    keys = _gather_int(value, ctx)
     if failed is not None:
         raise failed
     broken = [r for r, k in enumerate(keys) if k == 0]
@@ -269,12 +342,6 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
     """
     import dataclasses
 
-    from metarec.features import embed_dataset
-    from metarec.model import default_embedding_dir
-    from metarec.predictor import Predictor
-    from metarec.preprocess import prepare
-    from metarec.text import make_encoder
-
     if not launched_by_torchrun():
         raise MetarecError(
             "--distributed needs torchrun's environment (RANK, WORLD_SIZE); launch with "
@@ -282,32 +349,46 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
         )
     ctx = init(config.device)
     try:
-        if not ctx.is_main:
-            config = dataclasses.replace(config, progress=False)
-        dataset, failed = None, None
-        try:
-            dataset = prepare(raw)
-        except MetarecError as err:  # sent to the others, then raised here
-            failed = err
-        check_same_inputs(dataset, config, ctx, failed)
-        if ctx.is_main and on_prepared is not None:
-            on_prepared(dataset)
-        t = config.text
-        with main_first(ctx):
-            root = user_path(cache_dir or t.cache or default_embedding_dir())
-            encoder = make_encoder(t.model, device=t.device)
-            # user texts only where the fit reads them (text.user_text): they were
-            # encoded and cached, then left unused
-            embed_dataset(
-                dataset,
-                encoder,
-                root,
-                template=t.template,
-                show_progress=False,
-                users=t.user_text,
-            )
-        pred = Predictor.fit(dataset, config)
-        barrier(ctx)
-        return pred if ctx.is_main else None
+        with warnings.catch_warnings():
+            if not ctx.is_main:
+                config = dataclasses.replace(config, progress=False)
+                # rank 0 says it: every rank printed each warning (3 "blend skipped" on 3)
+                warnings.simplefilter("ignore")
+            return _fit_ranks(raw, config, cache_dir, on_prepared, ctx)
     finally:
         shutdown()
+
+
+def _fit_ranks(raw, config, cache_dir, on_prepared, ctx: DistContext):
+    """:func:`fit_distributed`'s work, in the joined group."""
+    from metarec.features import embed_dataset
+    from metarec.model import default_embedding_dir
+    from metarec.predictor import Predictor
+    from metarec.preprocess import prepare
+    from metarec.text import make_encoder
+
+    dataset, failed = None, None
+    try:
+        dataset = prepare(raw)
+    except MetarecError as err:  # sent to the others, then raised here
+        failed = err
+    check_same_inputs(dataset, config, ctx, failed)
+    if ctx.is_main and on_prepared is not None:
+        on_prepared(dataset)
+    t = config.text
+    with main_first(ctx):
+        root = user_path(cache_dir or t.cache or default_embedding_dir())
+        encoder = make_encoder(t.model, device=t.device)
+        # user texts only where the fit reads them (text.user_text): they were
+        # encoded and cached, then left unused
+        embed_dataset(
+            dataset,
+            encoder,
+            root,
+            template=t.template,
+            show_progress=False,
+            users=t.user_text,
+        )
+    pred = Predictor.fit(dataset, config)
+    barrier(ctx)
+    return pred if ctx.is_main else None

@@ -435,6 +435,9 @@ def unused_model_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     silently did nothing (a probe's ``rating_members = 5`` on labels)."""
     d = ModelConfig()
     out = []
+    if cfg.train.checkpoint_every != d.train.checkpoint_every:
+        # fit keeps no training checkpoints (metarec.train.train(checkpoint_dir=...) does)
+        out.append("train.checkpoint_every (fit writes no training checkpoints)")
     if not explicit:
         if cfg.rating_members != d.rating_members:
             out.append("rating_members (implicit data: no rating model)")

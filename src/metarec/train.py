@@ -24,7 +24,15 @@ import numpy as np
 import torch
 
 from metarec import distributed
-from metarec.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from metarec.checkpoint import (
+    INDEX as CHECKPOINT_INDEX,
+)
+from metarec.checkpoint import (
+    checkpoint_tensor_files,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from metarec.config import coerce_fields
 from metarec.devices import resolve_device
 from metarec.features import FeatureSet
@@ -575,6 +583,67 @@ def cpu_deterministic(fn):
     return wrapped
 
 
+def _data_key(split: Split, known: np.ndarray) -> str:
+    """sha256 over the training rows, the validation tasks and the known items: what a
+    checkpoint was trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for arr in (split.train.user_idx, split.train.item_idx, split.train.rating, known):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    for t in split.valid:
+        h.update(np.int64(t.user_idx).tobytes())
+        h.update(np.ascontiguousarray(t.support.item_idx).tobytes())
+        h.update(np.ascontiguousarray(t.query.item_idx).tobytes())
+    return h.hexdigest()
+
+
+def _resume_from(directory, configs, data_key, steps, params, best, avg, opt, rng, dev):
+    """Load the checkpoint in ``directory`` into ``params``, ``best``, ``avg``, the Adam
+    state and ``rng``; returns (step, state). One MetarecError for anything damaged: a
+    truncated tensor file, a JSON of another shape or a missing entry were tracebacks."""
+    step, tensors, st = load_checkpoint(directory)
+    where = f"checkpoint in {directory}"
+    if not isinstance(st, dict) or st.get("configs") != configs:
+        raise MetarecError(f"resume: the configuration differs from the {where}")
+    if data_key is not None and st.get("data", data_key) != data_key:
+        raise MetarecError(
+            f"resume: the {where} was trained on other data (training rows, validation "
+            "users or items)"
+        )
+    if step > steps:
+        raise MetarecError(
+            f"resume: the {where} is at step {step}, past this run's train.steps ({steps})"
+        )
+    try:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[f"param.{k}"].to(dev))
+                best[k] = tensors[f"best.{k}"].to(dev)
+                if avg is not None:
+                    avg[k] = tensors[f"ema.{k}"].to(dev)
+                if f"adam.{k}.step" in tensors:
+                    opt.state[p] = {
+                        "step": tensors[f"adam.{k}.step"],
+                        "exp_avg": tensors[f"adam.{k}.exp_avg"].to(dev),
+                        "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].to(dev),
+                    }
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(tensors["rng.torch"])
+        for key in ("best_step", "bad_evals", "loss_n"):
+            st[key] = int(st[key])
+        st["loss_sum"] = float(st["loss_sum"])
+        st["best_valid"] = None if st["best_valid"] is None else float(st["best_valid"])
+        st["stopped"] = bool(st["stopped"])
+        if not isinstance(st["history"], list):
+            raise TypeError("history is not a list")
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise MetarecError(
+            f"resume: the {where} is damaged ({type(err).__name__}: {err})"
+        ) from None
+    return step, st
+
+
 @cpu_deterministic
 def train(
     split: Split,
@@ -645,6 +714,7 @@ def train(
     if sampler is not None:
         _check_stream(sampler, head, cfg)
     known_t = torch.from_numpy(known).to(dev)
+    sampler_given = sampler is not None  # a stream's rows are not in split.train
     if sampler is None:
         sampler = _TaskSampler(split, head, feats.n_items, cfg)
     rank_sharded = bool(getattr(sampler, "rank_sharded", False))
@@ -686,29 +756,32 @@ def train(
     best = {k: v.detach().clone() for k, v in params.items()}
     # the moving average (cfg.ema > 0); frozen parameters never move, so it equals them
     avg = {k: v.detach().clone() for k, v in params.items()} if cfg.ema > 0 else None
-    if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
-        step, tensors, st = load_checkpoint(checkpoint_dir)
-        if st["configs"] != configs:
-            raise MetarecError(
-                f"resume: the configuration differs from the checkpoint in {checkpoint_dir}"
+    # what the checkpoint was trained on: another split resumed without a word
+    data_key = None if sampler_given else _data_key(split, known)
+    failed: Exception | None = None
+    try:
+        if resume and checkpoint_dir:
+            stray = checkpoint_tensor_files(checkpoint_dir)
+            if not has_checkpoint(checkpoint_dir) and stray:
+                # started afresh, it overwrote the stranded tensors at its first checkpoint
+                raise MetarecError(
+                    f"resume: {checkpoint_dir} holds {stray[-1].name} but no "
+                    f"{CHECKPOINT_INDEX}: the checkpoint's index is lost; move the folder "
+                    "away to train from the start"
+                )
+        if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
+            step, st = _resume_from(
+                checkpoint_dir, configs, data_key, cfg.steps, params, best, avg, opt, rng, dev
             )
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(tensors[f"param.{k}"].to(dev))
-                best[k] = tensors[f"best.{k}"].to(dev)
-                if avg is not None:
-                    avg[k] = tensors[f"ema.{k}"].to(dev)
-                if f"adam.{k}.step" in tensors:
-                    opt.state[p] = {
-                        "step": tensors[f"adam.{k}.step"],
-                        "exp_avg": tensors[f"adam.{k}.exp_avg"].to(dev),
-                        "exp_avg_sq": tensors[f"adam.{k}.exp_avg_sq"].to(dev),
-                    }
-        rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(tensors["rng.torch"])
-        best_step, bad, history = st["best_step"], st["bad_evals"], st["history"]
-        best_valid = math.inf if st["best_valid"] is None else st["best_valid"]
-        loss_sum, loss_n, stopped = st["loss_sum"], st["loss_n"], st["stopped"]
+            best_step, bad, history = st["best_step"], st["bad_evals"], st["history"]
+            best_valid = math.inf if st["best_valid"] is None else st["best_valid"]
+            loss_sum, loss_n, stopped = st["loss_sum"], st["loss_n"], st["stopped"]
+    except MetarecError as err:
+        failed = err
+    # every rank resumes from the same step, or none goes on: a rank that found no
+    # checkpoint (a node-local folder) trained from step 0 while rank 0 went on from 60,
+    # averaging the two into one model with exit 0
+    distributed.check_same_start(step, ctx, failed)
 
     def checkpoint() -> None:
         if not checkpoint_dir or not ctx.is_main:  # ranks hold identical state; one writer
@@ -734,6 +807,7 @@ def train(
             "loss_sum": loss_sum,
             "loss_n": loss_n,
             "stopped": stopped,
+            "data": data_key,
         }
         save_checkpoint(checkpoint_dir, step, tensors, state)
 
