@@ -181,6 +181,13 @@ def main() -> int:
     )
     ap.add_argument("--json", type=json_path, help="write the results here")
     args = ap.parse_args()
+    import importlib.util
+
+    # before the fit: without the serve extra it fitted ML-100K for a minute, then crashed
+    # on `import httpx`
+    missing = [m for m in ("httpx", "fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        ap.error(f"needs the 'serve' extra ({', '.join(missing)}): pip install 'metarec[serve]'")
 
     work = Path(tempfile.mkdtemp(prefix="bench_serve."))
     try:

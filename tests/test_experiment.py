@@ -807,6 +807,31 @@ def test_a_failed_write_leaves_the_previous_results_whole(tiny_run, tmp_path, mo
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.is_file()} == before
 
 
+def test_without_matplotlib_the_results_and_report_are_still_written(
+    tiny_run, tmp_path, monkeypatch
+):
+    # a run without the plots extra trained every method, then failed writing and left
+    # no report ("or run with plots off", which no option did)
+    from metarec import report
+
+    _, results, _ = tiny_run
+    monkeypatch.setattr(report, "plots_missing", lambda: report.PLOTS_MISSING)
+    monkeypatch.setattr(report, "_pyplot", lambda: pytest.fail("plots drawn"))
+    out = tmp_path / "noplots"
+    E.write_results(results, out)
+    assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json"]
+    said = (out / "report.md").read_text()
+    assert "Not drawn: matplotlib is not installed: pip install 'metarec[plots]'." in said
+    # and a run says so before it trains
+    def stop(cfg):
+        raise MetarecError("stopped before loading")
+
+    monkeypatch.setattr(E, "load_data", stop)
+    with pytest.warns(UserWarning, match=r"plots will not be drawn \(matplotlib is not"):
+        with pytest.raises(MetarecError, match="stopped before loading"):
+            E.run(results.config, tmp_path / "early")
+
+
 def test_results_json_is_strict_json(tiny_run):
     _, _, out = tiny_run
     text = (out / "results.json").read_text()

@@ -964,3 +964,21 @@ def test_ratings_are_bounded_by_the_run_not_by_a_fixed_million():
     assert S.Interaction(item_id="it0", rating=5e6).rating == 5e6
     with pytest.raises(ValueError):
         S.Interaction(item_id="it0", rating=1e39)
+
+
+def test_serve_without_the_serve_extra_is_one_line_before_the_port(monkeypatch, tmp_path, capsys):
+    # a core install crashed on `import uvicorn` with a traceback, exit 1, its port bound
+    import importlib.util
+
+    from metarec import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a)
+    )
+    monkeypatch.setattr(cli, "_listen", lambda *a: pytest.fail("port bound"))
+    assert cli.main(["serve", "--run", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "serve needs the 'serve' extra (uvicorn not installed): pip install 'metarec[serve]'" in err
+    )

@@ -890,7 +890,8 @@ class LightFMRanker(_FoldInRanker):
             from lightfm import LightFM
         except ImportError as e:
             raise MetarecError(
-                "LightFM baseline needs the optional 'lightfm' package: pip install lightfm-next"
+                "LightFM baseline needs the optional 'lightfm' package (lightfm-next): "
+                "pip install 'metarec[baselines]'"
             ) from e
         self._set_fitted(dataset, train)
         self.like_ = liked_threshold(dataset, train, self.min_rating)

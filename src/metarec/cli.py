@@ -596,6 +596,15 @@ def _listen(host: str, port: int) -> list:
 
 
 def cmd_serve(args) -> int:
+    import importlib.util
+
+    # before the port is bound: a core install crashed on `import uvicorn`, exit 1
+    missing = [m for m in ("fastapi", "uvicorn") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MetarecError(
+            f"serve needs the 'serve' extra ({', '.join(missing)} not installed): "
+            "pip install 'metarec[serve]'"
+        )
     if not 1 <= args.port <= 65535:
         raise MetarecError(f"--port must be in 1..65535, got {args.port}")
     if args.torch_threads < 1:

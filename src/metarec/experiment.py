@@ -1622,6 +1622,15 @@ def run(
                 f"--out {held} is another run's {parts.PARTIAL_DIR}/ folder (its kept "
                 "parts); give the run's own folder or a new one"
             )
+    if out_dir is not None:
+        from metarec.report import plots_missing
+
+        if plots_missing():  # said before the hours of training, not after
+            warnings.warn(
+                f"plots will not be drawn ({plots_missing()}); results.json and report.md "
+                "will be written",
+                stacklevel=2,
+            )
     t_start = time.perf_counter()
     ds = load_data(config)
     check_against_data(config, ds)
@@ -2004,7 +2013,9 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
     try:
         payload = json.dumps(finite_json(results.to_json()), indent=2, allow_nan=False)
         write_text(stage / "results.json", payload + "\n")
-        plots = report.write_plots(results, stage)
+        # without matplotlib the figures and tables are still written (the run had
+        # trained every method, then failed here and left no report)
+        plots = {} if report.plots_missing() else report.write_plots(results, stage)
         write_text(stage / "report.md", report.render_markdown(results, plots))
         written = {p.name for p in stage.iterdir()}
         _check_result_targets(out)  # again: the run may have taken hours

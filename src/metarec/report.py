@@ -471,19 +471,30 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         lines += ["## Plots", ""]
         for title, fname in plots.items():
             lines += [f"### {title}", "", f"![{title}]({fname})", ""]
+    elif plots_missing():
+        lines += ["## Plots", "", f"Not drawn: {plots_missing()}.", ""]
     return "\n".join(lines)
 
 
 # --- plots ---------------------------------------------------------------------------------
 
 
+PLOTS_MISSING = "matplotlib is not installed: pip install 'metarec[plots]'"
+
+
+def plots_missing() -> str:
+    """ "" where plots can be drawn, else why not (a run without the extra trained every
+    method, then failed writing and left no report)."""
+    import importlib.util
+
+    return "" if importlib.util.find_spec("matplotlib") is not None else PLOTS_MISSING
+
+
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise MetarecError(
-            "plots need matplotlib: pip install 'metarec[plots]' (or run with plots off)"
-        ) from None
+        raise MetarecError(f"plots need {PLOTS_MISSING}") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
