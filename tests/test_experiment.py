@@ -822,6 +822,7 @@ def test_without_matplotlib_the_results_and_report_are_still_written(
     assert sorted(p.name for p in out.iterdir()) == ["report.md", "results.json"]
     said = (out / "report.md").read_text()
     assert "Not drawn: matplotlib is not installed: pip install 'metarec[plots]'." in said
+
     # and a run says so before it trains
     def stop(cfg):
         raise MetarecError("stopped before loading")
