@@ -322,3 +322,24 @@ def test_the_k_curve_legend_says_when_a_method_has_fewer_seeds(tmp_path, monkeyp
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
     report.write_plots(res, tmp_path)
     assert "Meta (1 of 3 seeds)" in labels and "Base" in labels
+
+
+def test_the_protocol_line_says_when_queries_hold_fewer_than_q():
+    # "Q = 10 query interactions per user" where the item cold-start median was 4 and
+    # 107 users had one item, whose nDCG (query) is 1.0 for any method (probe 119)
+    res = _results(
+        {"Meta": [(1.0, 0.3)], "Base": [(1.0, 0.2)]}, {"Meta": "meta", "Base": "baseline"}
+    )
+    full = {"min": 10, "median": 10.0, "max": 10, "one": 0}
+    short = {"min": 1, "median": 4.0, "max": 10, "one": 107}
+    said = report.render_markdown(
+        dataclasses.replace(res, protocol={**res.protocol, "query_sizes": full}), {}
+    )
+    assert "Q = 10 query interactions per user" in said
+    said = report.render_markdown(
+        dataclasses.replace(res, protocol={**res.protocol, "query_sizes": short}), {}
+    )
+    assert (
+        "Q = up to 10 query interactions (median 4, 107 users with one: their nDCG (query) "
+        "is 1.0 for every method) per user"
+    ) in said

@@ -352,13 +352,29 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
-        f"K = {k_shot} support interactions, Q = {p.get('n_query')} query interactions per "
+        f"K = {k_shot} support interactions, {_query_words(p, k_shot, results.main_k)} per "
         f"user, seeds {seeds}{' (mean ± std over seeds)' if len(cfg.seeds) > 1 else ''}."
         f"{one_seed}{same_split} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
         f"Hyperparameters: {p.get('selection')}. Text: "
         f"{text.get('model')} ({pca}). {relevant}; (full) metrics rank {p.get('candidates')}."
     )
+
+
+def _query_words(p: dict, k_shot: int, main_k: int) -> str:
+    """ "Q = 10 query interactions", or where users have fewer (the next Q, or what
+    remains) "Q = up to 10 query interactions (median 4, 107 users with one: their
+    nDCG (query) is 1.0 for every method)". The sizes are the main table's test users."""
+    q = p.get("n_query")
+    sizes = p.get("query_sizes") if k_shot == main_k else None
+    if not sizes or sizes["min"] >= (q or 0):
+        return f"Q = {q} query interactions"
+    one = (
+        f", {sizes['one']} users with one: their nDCG (query) is 1.0 for every method"
+        if sizes["one"]
+        else ""
+    )
+    return f"Q = up to {q} query interactions (median {sizes['median']:g}{one})"
 
 
 def _count_range(counts: list[int]) -> str:
