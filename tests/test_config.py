@@ -69,9 +69,7 @@ def test_overrides_are_typed_and_roundtrip(tmp_path):
         ("train.outer_lr=inf", "train.outer_lr: expected a finite number"),
         ("meta.ridge_target=0", "ridge_target must be in (0, 100]"),
         ("rank_meta.ridge_target=1e20", "ridge_target must be in (0, 100], got 1e+20"),
-        ("meta.ridge_lambda=1e39", "ridge_lambda must be in [0.0001, 1e+06], got 1e+39"),
-        # below 1e-4 the head's solve lost float32 precision and at 1e-9 was singular
-        ("meta.ridge_lambda=1e-9", "ridge_lambda must be in [0.0001, 1e+06], got 1e-09"),
+        ("meta.ridge_lambda=1e39", "ridge_lambda must be <= 1e+06, got 1e+39"),
         ("rank_meta.np_hidden=0", "np_hidden must be in [1, 65536]"),
         ("rank_meta.np_hidden=100000000", "np_hidden must be in [1, 65536]"),
         ("meta.inner_lr=1e39", "inner_lr <= 1e+06"),

@@ -216,6 +216,12 @@ def test_a_learned_ridge_lambda_below_the_floor_is_held_at_it():
     below = ml.adapt({**p, "ridge.log_lambda": torch.zeros(1, dtype=torch.float64) - 60.0}, x)
     assert torch.isfinite(below["head.w"]).all()
     assert torch.equal(below["head.w"], at_floor["head.w"])
+    # the gradient still reaches λ there (straight through the hold): a clamp passed
+    # none, so a λ at or below the floor could never grow back
+    lam = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    q = {**p, "ridge.log_lambda": lam - 40.0}
+    (g,) = torch.autograd.grad(ml.adapt(q, x, keep_graph=True)["head.w"].sum(), lam)
+    assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
     # and it is the floor's solution: λ = 1e-4 given as such
     given = torch.full((1,), math.log(MIN_RIDGE_LAMBDA), dtype=torch.float64)
     torch.testing.assert_close(
@@ -249,3 +255,27 @@ def test_gradient_adaptation_under_inference_mode_is_one_clear_error():
         assert torch.isfinite(ml.adapt(p, x)["head.w"]).all()
     with torch.inference_mode(), pytest.raises(MetarecError, match="outside torch.inference_mode"):
         ml.adapt(p, x)
+
+
+def test_a_configured_ridge_lambda_below_the_floor_is_held_with_a_warning():
+    # 1e-9 crashed fit on a singular solve, or wrote a RUN that no longer loaded; refusing
+    # it would refuse older RUNs saved with such a λ, so it is held at the floor
+    from metarec.meta.algorithms import MIN_RIDGE_LAMBDA
+
+    sc, x = _problem("rating")
+    ml = MetaLearner(sc, MetaConfig(algorithm="ridge", ridge_lambda=1e-9))
+    with pytest.warns(UserWarning, match="ridge_lambda 1e-09 is below 0.0001"):
+        p = ml.init_params(torch.Generator().manual_seed(3))
+    p = {k: v.double() for k, v in p.items()}
+    got = ml.adapt(p, x)["head.w"]
+    floor = {
+        **p,
+        "ridge.log_lambda": torch.full((1,), math.log(MIN_RIDGE_LAMBDA), dtype=torch.float64),
+    }
+    torch.testing.assert_close(got, ml.adapt(floor, x)["head.w"])
+    # other algorithms never read it: no warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MetaLearner(sc, MetaConfig(algorithm="maml", ridge_lambda=1e-9)).init_params()

@@ -260,7 +260,7 @@ def test_a_gap_two_seeds_agree_on_is_no_clear_win_when_users_split_on_it():
     v = report.verdict(res, res.summary(), NDCG)
     assert v.startswith("The default meta-learned method, Meta, beats")
     assert "paired 95% CI [" in v
-    assert "inside the paired bootstrap interval over users, so it is not a clear win" in v
+    assert "such that the paired 95% interval over users holds 0, so it is not a clear win" in v
 
 
 def test_a_gap_every_user_shows_is_a_clear_win_and_seed_spread_still_counts():
@@ -282,7 +282,23 @@ def test_paired_difference_matches_a_hand_computation():
     # per seed: mean(0.4, 0.0, 0.6) = 1/3 and mean(0.2, 0.1, 0.6) = 0.3
     assert mean == pytest.approx((1 / 3 + 0.3) / 2)
     assert 0.0 <= lo <= mean <= hi <= 0.6 + 1e-12
-    # a user scored by one method only is left out; no seed in common: None
+    # users matched by id, not position: base scored in another order, one user missing
+    a = res.runs_of("Meta", 10)
+    b = [
+        dataclasses.replace(
+            r,
+            result=dataclasses.replace(
+                r.result,
+                user_idx=r.result.user_idx[[2, 0]],
+                per_user={k: v[[2, 0]] for k, v in r.result.per_user.items()},
+            ),
+        )
+        for r in res.runs_of("Base", 10)
+    ]
+    mean2, _, _ = paired_difference(a, b, NDCG, 500)
+    # per seed over users 0 and 2 only: mean(0.4, 0.6) = 0.5 and mean(0.2, 0.6) = 0.4
+    assert mean2 == pytest.approx(0.45)
+    # no seed in common: None
     other = _users_results([[0.5]], [[0.1]])
     assert (
         paired_difference(res.runs_of("Meta", 10), other.runs_of("Base", 10)[:0], NDCG, 100) is None
@@ -341,5 +357,14 @@ def test_the_protocol_line_says_when_queries_hold_fewer_than_q():
     )
     assert (
         "Q = up to 10 query interactions (median 4, 107 users with one: their nDCG (query) "
-        "is 1.0 for every method) per user"
+        "is 1.0 for every method where defined) per user"
     ) in said
+    # implicit data: a one-item query (one positive, or one negative) has no nDCG
+    implicit = dataclasses.replace(
+        res,
+        dataset={**res.dataset, "feedback": "implicit"},
+        protocol={**res.protocol, "query_sizes": short},
+    )
+    assert "107 users with one: their nDCG (query) is undefined and left out)" in (
+        report.render_markdown(implicit, {})
+    )

@@ -792,7 +792,16 @@ def _run_experiment(config, out: Path, quiet: bool = False, resume: bool = False
     line = verdict(results, table, primary_metric(results))
     if line:
         print(line.replace("**", ""))
-    print(f"wrote {out / 'report.md'}, results.json and plots in {time.perf_counter() - t0:.0f}s")
+    from metarec.report import plots_missing
+
+    what = (
+        "and results.json (no plots: " + plots_missing() + ")"
+        if plots_missing()
+        else (", results.json and plots")
+    )
+    print(
+        f"wrote {out / 'report.md'}{' ' if plots_missing() else ''}{what} in {time.perf_counter() - t0:.0f}s"
+    )
     return 0
 
 
@@ -1114,8 +1123,11 @@ def main(argv: list[str] | None = None) -> int:
                 # Path("") is the current folder: quickstart wrote its results into it,
                 # fit failed on "Device or resource busy: ."
                 raise MetarecError(f"--{flag} is empty; give a path")
+        # torchrun as metarec.distributed.launched_by_torchrun reads it (not imported
+        # here: it imports torch), with more than one process
         world = os.environ.get("WORLD_SIZE", "1").strip()
-        if args.command != "fit" and world.isdigit() and int(world) > 1:
+        torchrun = "RANK" in os.environ and world.isdigit() and int(world) > 1
+        if args.command != "fit" and torchrun:
             # every rank ran the whole experiment and raced to write the same folder
             raise MetarecError(
                 f"`metarec {args.command}` does not run under torchrun (only `fit` is "

@@ -177,7 +177,7 @@ def verdict(results: Results, table: dict, metric: str) -> str:
         f"[{paired[1]:+.4f}, {paired[2]:+.4f}]"
     )
     pair_overlap = paired is not None and paired[1] <= 0.0 <= paired[2]
-    pair_why = "inside the paired bootstrap interval over users"
+    pair_why = "such that the paired 95% interval over users holds 0"
     if _valued(vm) > 1:
         spread = f"(± {vm['std']:.4f} vs ± {vb['std']:.4f} over seeds)"
         overlap = abs(vm["mean"] - vb["mean"]) <= vm["std"] + vb["std"]
@@ -352,7 +352,7 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
-        f"K = {k_shot} support interactions, {_query_words(p, k_shot, results.main_k)} per "
+        f"K = {k_shot} support interactions, {_query_words(p, k_shot, results.main_k, results.dataset.get('feedback') == 'explicit')} per "
         f"user, seeds {seeds}{' (mean ± std over seeds)' if len(cfg.seeds) > 1 else ''}."
         f"{one_seed}{same_split} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
@@ -361,19 +361,17 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     )
 
 
-def _query_words(p: dict, k_shot: int, main_k: int) -> str:
+def _query_words(p: dict, k_shot: int, main_k: int, explicit: bool) -> str:
     """ "Q = 10 query interactions", or where users have fewer (the next Q, or what
     remains) "Q = up to 10 query interactions (median 4, 107 users with one: their
-    nDCG (query) is 1.0 for every method)". The sizes are the main table's test users."""
+    nDCG (query) is 1.0 for every method)". The sizes are the main table's test users.
+    On implicit data a one-item query has no order to score: nDCG (query) is undefined."""
     q = p.get("n_query")
     sizes = p.get("query_sizes") if k_shot == main_k else None
     if not sizes or sizes["min"] >= (q or 0):
         return f"Q = {q} query interactions"
-    one = (
-        f", {sizes['one']} users with one: their nDCG (query) is 1.0 for every method"
-        if sizes["one"]
-        else ""
-    )
+    said = "is 1.0 for every method where defined" if explicit else "is undefined and left out"
+    one = f", {sizes['one']} users with one: their nDCG (query) {said}" if sizes["one"] else ""
     return f"Q = up to {q} query interactions (median {sizes['median']:g}{one})"
 
 

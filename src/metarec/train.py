@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 
@@ -757,17 +758,20 @@ def train(
     # the moving average (cfg.ema > 0); frozen parameters never move, so it equals them
     avg = {k: v.detach().clone() for k, v in params.items()} if cfg.ema > 0 else None
     # what the checkpoint was trained on: another split resumed without a word
-    data_key = None if sampler_given else _data_key(split, known)
+    data_key = None if sampler_given or not checkpoint_dir else _data_key(split, known)
     failed: Exception | None = None
     try:
-        if resume and checkpoint_dir:
+        if resume and checkpoint_dir and not has_checkpoint(checkpoint_dir):
             stray = checkpoint_tensor_files(checkpoint_dir)
-            if not has_checkpoint(checkpoint_dir) and stray:
-                # started afresh, it overwrote the stranded tensors at its first checkpoint
-                raise MetarecError(
+            if stray and ctx.is_main:
+                # the tensors are written before their index: a run killed in between at
+                # its first checkpoint leaves this, and starting afresh is right; an index
+                # removed by hand looks the same, so it is said (the first save replaces it)
+                warnings.warn(
                     f"resume: {checkpoint_dir} holds {stray[-1].name} but no "
-                    f"{CHECKPOINT_INDEX}: the checkpoint's index is lost; move the folder "
-                    "away to train from the start"
+                    f"{CHECKPOINT_INDEX} (a save interrupted before its index, or an index "
+                    "removed): nothing to resume, training from step 0",
+                    stacklevel=2,
                 )
         if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
             step, st = _resume_from(

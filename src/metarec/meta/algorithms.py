@@ -23,6 +23,7 @@ All ``adapt`` results are per-task parameter dicts (adapted keys carry a leading
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,11 +75,12 @@ MAX_INNER_LR = 1e6  # far above any step size that adapts; below float32's range
 # "meta-loss is nan" that never named the key; a target of 1e20 gave scores of -5.8e19.
 # Logits of ±100 already saturate the sigmoid in float32
 MAX_RIDGE_LAMBDA = 1e6
-# and the floor, on the configured λ and on the learned one in the forward pass: below it
-# the normal equations (whose λ-only directions have eigenvalue λ when a support holds
-# fewer rows than the head has weights) lost float32 precision (meta-gradient 3% off at
-# 1e-4, the head's loss 20x too high at 1e-6) and at 1e-9 were singular: fit crashed, or
-# wrote a RUN that no longer loaded
+# and the floor the head's solve uses (a smaller λ, configured or learned, is held at it):
+# below it the float32 normal equations (whose λ-only directions have eigenvalue λ when a
+# support holds fewer rows than the head has weights) lost precision (meta-gradient 3% off
+# at 1e-4, the head's loss 20x too high at 1e-6) and at 1e-9 were singular: fit crashed,
+# or wrote a RUN that no longer loaded. Held, not refused: a RUN saved with a smaller
+# configured λ still loads
 MIN_RIDGE_LAMBDA = 1e-4
 MAX_RIDGE_TARGET = 100.0
 # how many times a gradient adaptation that raised its task's support loss is retried at
@@ -126,10 +128,9 @@ class MetaConfig:
                 f"MetaConfig.ridge_target must be in (0, {MAX_RIDGE_TARGET:g}], "
                 f"got {self.ridge_target:g}"
             )
-        if not MIN_RIDGE_LAMBDA <= self.ridge_lambda <= MAX_RIDGE_LAMBDA:
+        if self.ridge_lambda > MAX_RIDGE_LAMBDA:
             raise MetarecError(
-                f"MetaConfig.ridge_lambda must be in [{MIN_RIDGE_LAMBDA:g}, "
-                f"{MAX_RIDGE_LAMBDA:g}], got {self.ridge_lambda:g}"
+                f"MetaConfig.ridge_lambda must be <= {MAX_RIDGE_LAMBDA:g}, got {self.ridge_lambda:g}"
             )
         if not 1 <= self.np_hidden <= MAX_NP_HIDDEN:
             # 0 divided by zero in the encoder's init; 1e8 asked for tens of GB
@@ -179,6 +180,12 @@ class MetaLearner:
             for k in self.adapt_keys(p):
                 p[f"log_lr.{k}"] = torch.full_like(p[k], math.log(c.inner_lr))
         if a.inner == "ridge":
+            if c.ridge_lambda < MIN_RIDGE_LAMBDA:
+                warnings.warn(
+                    f"meta.ridge_lambda {c.ridge_lambda:g} is below {MIN_RIDGE_LAMBDA:g}, the "
+                    "smallest λ the closed-form head solves with: it is held there",
+                    stacklevel=2,
+                )
             p["ridge.log_lambda"] = torch.full((1,), math.log(c.ridge_lambda))
         if a.inner == "np":
             if not sc.user_vector:
@@ -333,7 +340,11 @@ class MetaLearner:
             y = self.cfg.ridge_target * (2.0 * y - 1.0)
         t = y - sc.bias_term(params, x.s_rows)  # (T, K): what the head must produce
         w0 = torch.cat([params["head.w"], params["head.b"].reshape(1, 1)], 0)  # (H+1, 1)
-        lam = params["ridge.log_lambda"].exp().clamp_min(MIN_RIDGE_LAMBDA).double()
+        raw = params["ridge.log_lambda"].exp()
+        # held at the floor in value, with the gradient of the unclamped λ (straight
+        # through): a clamp passed none below the floor, so a λ that drifted under it (or
+        # started at it: exp(log(1e-4)) is below 1e-4 in float32) could never come back
+        lam = (raw + (raw.clamp_min(MIN_RIDGE_LAMBDA) - raw).detach()).double()
         root = x.s_mask.clamp_min(0).sqrt().unsqueeze(-1).double()  # (T, K, 1)
         g = ha.double() * root  # (T, K, H+1): padded rows are 0
         r = root * (t.unsqueeze(-1).double() - ha.double() @ w0.double())  # (T, K, 1)
