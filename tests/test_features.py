@@ -519,3 +519,29 @@ def test_one_text_for_every_training_item_is_warned_about(tiny_dataset, hashing_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         build_features(tiny_dataset, hashing_encoder, pca_dim=2, text_template="{title}")
+
+
+def test_distinct_texts_the_encoder_merges_are_warned_about(tiny_dataset, hashing_encoder):
+    """An encoder reads a bounded prefix: 40 books with one long blurb before their titles
+    got 40 equal MiniLM vectors, all zero after the PCA, and nothing said so (probe 120).
+    Here an encoder that reads the first 12 characters stands in for MiniLM's 256 pieces."""
+    from metarec.text import HashingEncoder
+
+    class Prefix(HashingEncoder):
+        @property
+        def fingerprint(self) -> str:
+            return "prefix-12|" + super().fingerprint
+
+        def encode(self, texts, batch_size=None, show_progress=False):
+            return super().encode([t[:12] for t in texts], batch_size, show_progress)
+
+    template = "a long shared blurb first, then {title}"
+    with pytest.warns(
+        UserWarning,
+        match=r"text: \d+ of \d+ distinct training item texts got the same vector as another \(prefix-12\)",
+    ):
+        build_features(tiny_dataset, Prefix(dim=16), text_template=template)
+    # the whole text read: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_features(tiny_dataset, hashing_encoder, text_template=template)

@@ -1596,6 +1596,31 @@ def test_refit_trains_again_on_every_row_for_the_validated_steps(tmp_path):
         MetaRecommender(_fast_config(refit=True)).fit(ds, split.train, feats, valid=split.valid)
 
 
+def test_fit_fits_the_features_without_the_items_it_holds_out_as_new(tmp_path, monkeypatch):
+    # fit built its features (PCA, side statistics) with every item of train, the items it
+    # then held out as new included: changing one held-out item's text moved every row
+    ds = _world()
+    rec = MetaRecommender(_fast_config(valid_holdout="new_items"))
+    held = rec._training_split(ds, ds.interactions, None).valid_cold_items
+    assert len(held)
+    seen = []
+
+    def spy(dataset, fit_items):
+        seen.append(np.asarray(fit_items).copy())
+        return build_features(
+            dataset, HashingEncoder(dim=64), cache=tmp_path / "emb", fit_items=fit_items
+        )
+
+    monkeypatch.setattr(rec, "build_features", spy)
+    rec.fit(ds, ds.interactions)
+    (fit_items,) = seen
+    assert not fit_items[held].any()
+    rated = np.zeros(ds.n_items, dtype=bool)
+    rated[ds.interactions.item_idx] = True
+    rated[held] = False
+    assert np.array_equal(fit_items, rated)
+
+
 def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):
     """``valid_holdout = "new_items"``: fit without validation tasks holds out the newest
     items (by first interaction) instead of the newest users, so the item cold-start

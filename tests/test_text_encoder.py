@@ -106,6 +106,9 @@ def test_minilm_fingerprint_and_dim_need_no_model_load(minilm):
     from metarec.text.encoder import default_model_path
 
     assert SentenceTransformerEncoder(str(default_model_path())).fingerprint == fp
+    # and by its hub names: the name its fingerprint shows failed offline (probe 120)
+    for name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        assert SentenceTransformerEncoder(name).fingerprint == fp
 
 
 def test_minilm_semantic_neighbours(minilm):

@@ -363,6 +363,32 @@ def _fit_rows(fit_items: np.ndarray | None, n: int) -> np.ndarray:
     return np.unique(rows)
 
 
+def _warn_merged_texts(
+    texts: list[str], fit: np.ndarray, vecs: np.ndarray, encoder: TextEncoder
+) -> None:
+    """Warn where distinct training texts got the same vector: an encoder reads a bounded
+    prefix (MiniLM: 256 word pieces), so a title after a long shared description is cut
+    off, and emoji-only titles are all one unknown token. 40 distinct books with one long
+    blurb first got 40 equal vectors, all zero after the PCA, and nothing said so."""
+    rows = [i for i in fit if texts[i]]
+    distinct = {texts[i]: i for i in rows}  # one row per distinct text
+    if len(distinct) < 2:
+        return  # the same-text warning above speaks for a single text
+    idx = np.fromiter(distinct.values(), dtype=np.int64, count=len(distinct))
+    # vecs: (n_items, d) float32; equal rows byte for byte (the encoder is deterministic)
+    n_vectors = len({row.tobytes() for row in np.ascontiguousarray(vecs[idx])})
+    merged = len(idx) - n_vectors
+    if merged * 10 < len(idx):  # a few collisions (near-identical texts) are not news
+        return
+    warnings.warn(
+        f"text: {merged} of {len(idx)} distinct training item texts got the same vector as "
+        f"another ({encoder.fingerprint.split('|')[0]}): an encoder reads a bounded prefix "
+        "of each text (MiniLM: 256 word pieces) and may map unknown symbols (emoji) to one "
+        "token; put the column that tells items apart first in text.template",
+        stacklevel=3,
+    )
+
+
 def build_features(
     dataset: Dataset,
     encoder: TextEncoder | str,
@@ -431,6 +457,7 @@ def build_features(
             stacklevel=2,
         )
     item_vecs, _ = embed_texts(texts, encoder, cache, batch_size, show_progress)
+    _warn_merged_texts(texts, fit, item_vecs, encoder)
     if pca_dim is not None or whiten:
         has_text = np.array([bool(t) for t in texts])
         fit_text = fit[has_text[fit]]

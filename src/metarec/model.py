@@ -725,8 +725,14 @@ class MetaRecommender(Recommender):
                     f"blend.relevant_threshold {relevant:g} is outside the ratings' range "
                     f"({lo:g}, {hi:g}]"
                 )
+        split = self._training_split(dataset, train, valid)
         known = np.zeros(dataset.n_items, dtype=bool)
         known[train.item_idx] = True
+        # items fit holds out as new (valid_holdout = "new_items") are met as new items:
+        # the PCA and side statistics are fitted without them (they were fitted on them,
+        # so validation judged items the features had already seen)
+        known[split.cold_items] = False
+        known[split.valid_cold_items] = False
         if features is None:
             features = self.build_features(dataset, known)
         elif (features.n_items, features.n_users) != (dataset.n_items, dataset.n_users):
@@ -736,7 +742,6 @@ class MetaRecommender(Recommender):
                 f"{features.n_users} users, the dataset {dataset.n_items} and {dataset.n_users}"
             )
         self.features_ = _with_unknown_user_row(features)
-        split = self._training_split(dataset, train, valid)
         # the items whose ID rows meta-training learns: those of split.train. Held-out
         # validation users are carved out of `train` when no validation is given, and an
         # item only they rated (23 of 1,682 on ML-100K) keeps an untrained row: it is

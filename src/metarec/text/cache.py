@@ -285,9 +285,16 @@ class EmbeddingCache:
             idx["shards"] = kept
             if idx["dim"] is None:
                 return
-            write_bytes(
-                folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"), fsync=True
-            )
+            try:
+                write_bytes(
+                    folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"), fsync=True
+                )
+            except BaseException:
+                # the new shard, unlisted, held the space the next write needed (a full
+                # disk kept failing until it was freed by hand)
+                if keys and vecs is not None:
+                    (folder / name).unlink(missing_ok=True)
+                raise
             # Shards no index lists (dropped as bad, or orphaned by a crash between the two
             # writes above) are garbage; safe to delete because every writer holds the lock.
             listed = {e["file"] for e in kept}

@@ -264,7 +264,13 @@ class SentenceTransformerEncoder:
         self.device = _resolve_device(device)
         self.normalize = bool(normalize)
         self.batch_size = int(batch_size)
-        if self.model_spec == "default":
+        # the default model's own hub names mean the bundled copy where it is installed:
+        # the name its fingerprint shows ("st:all-MiniLM-L6-v2@...") failed offline
+        by_name = self.model_spec in (
+            DEFAULT_MODEL_NAME,
+            f"sentence-transformers/{DEFAULT_MODEL_NAME}",
+        )
+        if self.model_spec == "default" or (by_name and _bundled_dir() is not None):
             self._dir: Path | None = default_model_path()
             self.name = DEFAULT_MODEL_NAME
         elif _expand(self.model_spec).is_dir():
