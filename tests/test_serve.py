@@ -771,6 +771,22 @@ def test_the_cache_is_sized_to_its_memory_budget(predictor):
     # three rating models (model.rating_members) hold three adapted copies
     per = predictor.model.adapted_bytes()
     assert per > 0
+    # only what a user owns: the unadapted tensors adapt returns are views of the base's
+    # memory, and counting them (the item ID table, once per part) held ~800 users where
+    # 4,096 fit (probe 121)
+    m = predictor.model
+    cold, sup = m.probe_support()
+    a = m.adapt_user(cold, sup, "rank")
+    table = m.rank_.params["item_id"]
+    assert a.params["item_id"].untyped_storage().data_ptr() == table.untyped_storage().data_ptr()
+    by_object = sum(  # the old count: every tensor not the base's own object
+        v.numel() * v.element_size()
+        for v in a.params.values()
+        if not any(v is w for w in m.rank_.params.values())
+    )
+    from metarec.model import own_bytes
+
+    assert own_bytes(a.params, m.rank_) + table.numel() * table.element_size() <= by_object
     assert cfg.cache_size(36_000, per) == 1024 * 2**20 // (8 * 36_000 + per)
     app = create_app(predictor, config=ServeConfig(cache_mb=0.1))
     info = TestClient(app).get("/info").json()
