@@ -83,6 +83,12 @@ def test_every_published_json_is_strict():
         (["bench_device.py", "--steps", "0"], "'0' is not a positive integer"),
         (["bench_meta.py", "--seconds", "-1"], "'-1' is not a positive number"),
         (["bench_scale.py", "--baseline-groups", "0"], "'0' is not a positive integer"),
+        # 0 divided by zero after every stage had run; --chunk 0 the same
+        (["bench_scale.py", "--steps", "1"], "--steps must be >= 2, got 1"),
+        (["bench_scale.py", "--chunk", "0"], "'0' is not a positive integer"),
+        (["bench_scale.py", "--work", "pyproject.toml"], "is not a folder"),
+        # it deleted cache/ and replaced log.parquet in a folder of the user's
+        (["bench_scale.py", "--work", "docs"], "holds files this benchmark did not write"),
         # a spec without ':' ran the default settings under the spec's name
         (["backtest_item_cold.py", "--variant", "bad", "--json", "x.json"], "is not name:key"),
         (["tune_ml100k.py", "--variants", "bogus", "--json", "x.json"], "invalid choice: 'bogus'"),
@@ -106,7 +112,10 @@ def test_every_published_json_is_strict():
 )
 def test_a_bad_flag_is_one_line_and_exit_2(argv, message):
     script, *flags = argv
-    flags = [str(ROOT / f) if f.startswith("configs/") else f for f in flags]
+    flags = [
+        str(ROOT / f) if f.startswith("configs/") or f in ("pyproject.toml", "docs") else f
+        for f in flags
+    ]
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), *flags],
         capture_output=True,
