@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 import time
 
-from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script, write_figures
 
 
 def _no_check(self, params, out, x):
@@ -73,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         out[str(n_tasks)] = row
         print(f"{n_tasks:>6} {guard:>14.2f} {plain:>11.2f} {row['ratio']:>6.2f} {raised:>7}")
     if args.json:
-        write_json(args.json, out)
+        write_figures(args.json, out)
     return 0
 
 

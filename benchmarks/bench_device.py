@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script, write_figures
 
 
 def _split(n_users: int, n_items: int, n_inter: int, work: Path, k: int, q: int):
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     print(json.dumps(res, indent=2))
     if args.json:
-        write_json(args.json, res)
+        write_figures(args.json, res)
     return 0
 
 

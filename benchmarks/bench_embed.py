@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script, write_figures
 
 
 def _peak_rss_mib() -> float:
@@ -199,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(res))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_json(args.json, res)
+        write_figures(args.json, res)
     return 0
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import os
 
-from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, positive_float, positive_int, run_script
+from metarec.benchmarking import (
+    ScriptParser,
+    json_path,
+    positive_float,
+    positive_int,
+    run_script,
+    write_figures,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     res["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "")
     print(format_table(res))
     if args.json:
-        write_json(args.json, res)
+        write_figures(args.json, res)
     return 0
 
 

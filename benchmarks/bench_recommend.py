@@ -28,8 +28,14 @@ import time
 import numpy as np
 import pandas as pd
 
-from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, nonnegative_int, positive_int, run_script
+from metarec.benchmarking import (
+    ScriptParser,
+    json_path,
+    nonnegative_int,
+    positive_int,
+    run_script,
+    write_figures,
+)
 
 
 def supports(pred, n: int, k: int, seed: int) -> pd.DataFrame:
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         2,
     )
     print(f"recommend time, cell-bounded / 8192-item chunks: {out['cell_chunks_over_fixed_time']}x")
-    write_json(args.json, out)
+    write_figures(args.json, out)
     return 0
 
 

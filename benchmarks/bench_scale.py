@@ -34,8 +34,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from metarec.atomic import write_json
-from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script
+from metarec.benchmarking import ScriptParser, json_path, positive_int, run_script, write_figures
 
 
 def _rss_gb() -> float:
@@ -303,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(res, indent=2))
     if args.json:
-        write_json(args.json, res)
+        write_figures(args.json, res)
     return 0 if res["rss_ok"] else 1
 
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from metarec.atomic import write_json
 from metarec.benchmarking import (
     ScriptParser,
     json_path,
@@ -42,6 +41,7 @@ from metarec.benchmarking import (
     positive_float,
     positive_int,
     run_script,
+    write_figures,
 )
 
 
@@ -319,7 +319,7 @@ def _bench(args, ap, work: Path) -> int:
         server.wait(timeout=30)
     print(json.dumps(result, indent=2))
     if args.json:
-        write_json(args.json, result)
+        write_figures(args.json, result)
     return 0
 
 

@@ -154,3 +154,22 @@ def test_the_adapt_guard_benchmark_writes_its_figures(tmp_path):
         assert row["guard_ms"] > 0 and row["plain_ms"] > 0
         assert row["ratio"] == pytest.approx(row["guard_ms"] / row["plain_ms"], rel=1e-2)
         assert 0 <= row["raised"] <= int(n)
+
+
+def test_benchmark_json_records_the_machine(tmp_path):
+    # the JSONs left out threads, CPU and commit: the README's "one thread" could not be
+    # checked against them (probe 121)
+    import json
+
+    import torch
+
+    from metarec.benchmarking import write_figures
+
+    out = tmp_path / "b.json"
+    write_figures(out, {"rate": 1.5})
+    got = json.loads(out.read_text())
+    assert got["rate"] == 1.5
+    m = got["machine"]
+    assert m["torch_threads"] == torch.get_num_threads() and m["cores"] >= 1
+    assert m["packages"]["torch"]  # the versions results.json records
+    assert set(m) >= {"cpu", "commit", "utc", "python", "platform", "cuda"}

@@ -79,6 +79,58 @@ def embedding_cache() -> str:
     return str(cache_root() / "embeddings")
 
 
+def machine() -> dict:
+    """Where and with what a benchmark ran, for its JSON: the CPU model, cores, torch's
+    thread count, the package versions behind the figures (as results.json records them),
+    the git commit of the source when it is a checkout, and the time. Benchmark JSONs had
+    left these out: "one thread" in the README could not be checked against them."""
+    import datetime
+    import os
+    import subprocess
+
+    import torch
+
+    from metarec.experiment import environment
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None
+            )
+    except OSError:
+        pass
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                cwd=Path(__file__).resolve().parent,
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "commit": commit,
+        "utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        **environment(),
+    }
+
+
+def write_figures(path: str | Path, result: dict) -> None:
+    """``result`` with its :func:`machine` record, written atomically as JSON."""
+    from metarec.atomic import write_json
+
+    write_json(path, {**result, "machine": machine()})
+
+
 def run_script(main: Callable[[], int | None]) -> None:
     """Run a script's ``main`` and exit: its code, or 2 with one line for a bad input
     (a MetarecError, such as missing data) instead of a traceback."""
