@@ -29,6 +29,7 @@ import json
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -40,6 +41,24 @@ from metarec.benchmarking import ScriptParser, json_path, positive_int, run_scri
 def _rss_gb() -> float:
     # ru_maxrss is in KiB on Linux: the peak resident set of this process so far
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+MARKER = ".bench_scale"  # in a --work folder this benchmark made or used
+
+
+def _rate(steps: int, batch: int, dt: float, dt_one: float) -> float | None:
+    """Tasks/s of the steps past the first: (steps - 1) x batch over the N-step run's time
+    beyond the 1-step run's. None (with a warning) where that difference is under a fifth
+    of the run: at small sizes it is noise (three identical runs read 0.74 to 1.42)."""
+    extra = dt - dt_one
+    if steps < 2 or extra < 0.2 * dt:
+        print(
+            f"bench_scale: warning: the steps took {extra:.3f} s of a {dt:.3f} s run, too "
+            "little to time apart from its start; rate left null (raise --steps)",
+            file=sys.stderr,
+        )
+        return None
+    return round((steps - 1) * batch / extra, 1)
 
 
 def run(args) -> dict:
@@ -60,6 +79,9 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    # marks the folder as this benchmark's before anything is written (a run stopped while
+    # generating the log left no synth.json, and the next was refused its own folder)
+    (work / MARKER).touch()
     cfg = SynthConfig(
         n_users=args.users,
         n_items=args.items,
@@ -204,7 +226,6 @@ def run(args) -> dict:
     one = dataclasses.replace(tcfg, steps=1, eval_every=1)
     _, dt_one, _ = stream_train(one, False)
     result, dt, stream = stream_train(tcfg, args.progress)
-    dt_steps = max(dt - dt_one, 1e-9)
     stages["train"] = {
         "algorithm": args.algorithm,
         "inner_steps": args.inner_steps,
@@ -213,7 +234,7 @@ def run(args) -> dict:
         "meta_batch": args.meta_batch,
         "seconds": round(dt, 2),
         "seconds_one_step_run": round(dt_one, 2),
-        "tasks_per_s": round((result.steps_done - 1) * args.meta_batch / dt_steps, 1),
+        "tasks_per_s": _rate(result.steps_done, args.meta_batch, dt, dt_one),
         "train_loss": result.history[-1]["train_loss"] if result.history else None,
         "epochs_started": stream.epoch + 1,
         "rss_gb": _rss_gb(),
@@ -227,13 +248,17 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     mem = train(mem_split, feats, sc, meta, tcfg, device=args.device, progress=False)
     dt_mem = time.perf_counter() - t0
-    mem_tps = (mem.steps_done - 1) * args.meta_batch / max(dt_mem - dt_mem_one, 1e-9)
+    mem_tps = _rate(mem.steps_done, args.meta_batch, dt_mem, dt_mem_one)
     stages["train_in_memory_baseline"] = {
         "rows": n_base,
         "seconds": round(dt_mem, 2),
         "seconds_one_step_run": round(dt_mem_one, 2),
-        "tasks_per_s": round(mem_tps, 1),
-        "stream_over_memory": round(stages["train"]["tasks_per_s"] / mem_tps, 3),
+        "tasks_per_s": mem_tps,
+        "stream_over_memory": (
+            round(stages["train"]["tasks_per_s"] / mem_tps, 3)
+            if mem_tps and stages["train"]["tasks_per_s"]
+            else None
+        ),
         "rss_gb": _rss_gb(),
     }
     res["peak_rss_gb"] = _rss_gb()
@@ -283,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         if work.exists() and not work.is_dir():
             ap.error(f"--work {work} is not a folder")
         # it replaces log.parquet and deletes cache/ there: only in a folder it made
-        if work.is_dir() and any(work.iterdir()) and not (work / "synth.json").is_file():
+        if work.is_dir() and any(work.iterdir()) and not (work / MARKER).is_file():
             ap.error(
                 f"--work {work} holds files this benchmark did not write (it replaces "
                 "log.parquet and deletes cache/ there); give an empty or new folder"

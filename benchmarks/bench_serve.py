@@ -239,6 +239,9 @@ def _bench(args, ap, work: Path) -> int:
     ]
     port = free_port()
     cmd = [sys.executable, "-m", "metarec", "serve", "--run", str(run), "--port", str(port)]
+    # named, and recorded: the JSON's "machine" block describes this client process
+    cmd += ["--torch-threads", "1"]
+    result["server"] = {"torch_threads": 1}
     cmd += ["--host", "127.0.0.1", "--feedback-db", str(work / "fb")]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []

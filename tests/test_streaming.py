@@ -512,9 +512,19 @@ def test_bench_scale_reduced_size_reports_resume_and_rss(tmp_path):
     assert emb["encoded_on_resume"] == 200 and emb["hits_on_resume"] == 100
     assert emb["encoded_when_complete"] == 0
     assert res["stages"]["index"]["row_groups"] == 4 and res["stages"]["index"]["users"] == 400
-    assert res["stages"]["train"]["steps"] == 3 and res["stages"]["train"]["tasks_per_s"] > 0
+    # at this size the steps are too short to time apart from each run's start: a rate
+    # is a positive number, or null with a warning (three identical runs read 0.74-1.42)
+    tps = res["stages"]["train"]["tasks_per_s"]
+    assert res["stages"]["train"]["steps"] == 3 and (tps is None or tps > 0)
     assert res["stages"]["train_in_memory_baseline"]["rows"] > 0
-    assert res["stages"]["train_in_memory_baseline"]["stream_over_memory"] > 0
+    ratio = res["stages"]["train_in_memory_baseline"]["stream_over_memory"]
+    assert ratio is None or ratio > 0
+    # the rate itself: (steps - 1) x batch over the N-step run's time beyond the 1-step one
+    assert bench._rate(11, 8, 2.0, 1.0) == 80.0
+    assert bench._rate(3, 8, 1.0, 0.95) is None and bench._rate(1, 8, 1.0, 0.1) is None
+    # its own folder, stopped before synth.json was written, is still its own
+    (tmp_path / "w" / "synth.json").unlink()
+    assert bench.main(args + ["--work", str(tmp_path / "w")]) == 0
     assert res["rss_ok"] and 0 < res["peak_rss_gb"] <= 4.0
 
 

@@ -111,6 +111,15 @@ def test_minilm_fingerprint_and_dim_need_no_model_load(minilm):
         assert SentenceTransformerEncoder(name).fingerprint == fp
 
 
+def test_a_local_folder_named_like_the_default_model_comes_first(tmp_path, monkeypatch):
+    # a clone or a fine-tune saved as ./all-MiniLM-L6-v2 was swapped for the bundled copy
+    folder = tmp_path / "all-MiniLM-L6-v2"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert SentenceTransformerEncoder("all-MiniLM-L6-v2")._dir == folder.resolve()
+
+
 def test_minilm_semantic_neighbours(minilm):
     """Sequel closer than an unrelated film; vectors unit-norm (normalize=True)."""
     v = minilm.encode(["Toy Story (1995)", "Toy Story 2 (1999)", "Schindler's List (1993)"])

@@ -125,7 +125,9 @@ def machine() -> dict:
 
 
 def write_figures(path: str | Path, result: dict) -> None:
-    """``result`` with its :func:`machine` record, written atomically as JSON."""
+    """``result`` with its :func:`machine` record, written atomically as JSON. The record
+    describes the process that writes the JSON (bench_serve's server records its own
+    settings beside it)."""
     from metarec.atomic import write_json
 
     write_json(path, {**result, "machine": machine()})

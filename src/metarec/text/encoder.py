@@ -270,7 +270,9 @@ class SentenceTransformerEncoder:
             DEFAULT_MODEL_NAME,
             f"sentence-transformers/{DEFAULT_MODEL_NAME}",
         )
-        if self.model_spec == "default" or (by_name and _bundled_dir() is not None):
+        # (a local folder of that name comes first, as sentence-transformers reads it)
+        local = _expand(self.model_spec).is_dir()
+        if self.model_spec == "default" or (by_name and not local and _bundled_dir() is not None):
             self._dir: Path | None = default_model_path()
             self.name = DEFAULT_MODEL_NAME
         elif _expand(self.model_spec).is_dir():
