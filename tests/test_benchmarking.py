@@ -79,6 +79,7 @@ def test_every_published_json_is_strict():
     [
         (["bench_meta.py", "--threads", "0"], "is not a positive integer"),
         (["bench_meta.py", "--json", "/"], "is a folder"),
+        (["bench_meta.py", "--json", "/dev/null"], "is not a regular file"),
         # 0 steps had no loss to report: an IndexError traceback
         (["bench_device.py", "--steps", "0"], "'0' is not a positive integer"),
         (["bench_meta.py", "--seconds", "-1"], "'-1' is not a positive number"),

@@ -28,6 +28,9 @@ def json_path(text: str) -> Path:
         raise argparse.ArgumentTypeError("an empty path")
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if path.exists() and not path.is_file():
+        # /dev/null passed, and the atomic write refused it after the whole run
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file (a device or pipe)")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
