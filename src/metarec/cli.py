@@ -794,14 +794,9 @@ def _run_experiment(config, out: Path, quiet: bool = False, resume: bool = False
         print(line.replace("**", ""))
     from metarec.report import plots_missing
 
-    what = (
-        "and results.json (no plots: " + plots_missing() + ")"
-        if plots_missing()
-        else (", results.json and plots")
-    )
-    print(
-        f"wrote {out / 'report.md'}{' ' if plots_missing() else ''}{what} in {time.perf_counter() - t0:.0f}s"
-    )
+    missing = plots_missing()
+    what = f" and results.json (no plots: {missing})" if missing else ", results.json and plots"
+    print(f"wrote {out / 'report.md'}{what} in {time.perf_counter() - t0:.0f}s")
     return 0
 
 

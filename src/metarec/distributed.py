@@ -260,6 +260,27 @@ def _gather_int(value: int, ctx: DistContext) -> list[int]:
     return [int(g.item()) for g in got]
 
 
+def _gather_or_fail(
+    value: int,
+    ctx: DistContext,
+    failed: Exception | None,
+    failed_value: int,
+    what: str,
+    then: str = "",
+) -> list[int]:
+    """Every rank's ``value`` on every rank, where one rank's own ``failed`` error travels
+    as ``failed_value``: that rank raises its error, the others one line naming it (they
+    were left in the collective, or got gloo's "connection reset"). Every rank calls the
+    collective, so none is left waiting."""
+    values = _gather_int(failed_value if failed is not None else value, ctx)
+    if failed is not None:
+        raise failed
+    broken = [r for r, k in enumerate(values) if k == failed_value]
+    if broken:
+        raise MetarecError(f"rank(s) {broken} could not {what} (their own error says why){then}")
+    return values
+
+
 def check_same_start(step: int, ctx: DistContext, failed: Exception | None = None) -> None:
     """A one-line error on every rank unless every rank starts training at the same
     ``step`` (0, or the step of the checkpoint it resumed from). Each rank decides alone
@@ -270,14 +291,7 @@ def check_same_start(step: int, ctx: DistContext, failed: Exception | None = Non
         if failed is not None:
             raise failed
         return
-    steps = _gather_int(-1 if failed is not None else step, ctx)
-    if failed is not None:
-        raise failed
-    broken = [r for r, k in enumerate(steps) if k < 0]
-    if broken:
-        raise MetarecError(
-            f"rank(s) {broken} could not resume from their checkpoint (their own error says why)"
-        )
+    steps = _gather_or_fail(step, ctx, failed, -1, "resume from their checkpoint")
     if len(set(steps)) > 1:
         raise MetarecError(
             "resume: the processes start from different steps ("
@@ -311,15 +325,14 @@ def check_same_inputs(dataset, config, ctx: DistContext, failed: Exception | Non
             (data_hash(dataset) + json.dumps(cfg, sort_keys=True, default=str)).encode()
         ).digest()
         value = int.from_bytes(key[:8], "little", signed=True) or 1
-    keys = _gather_int(value, ctx)
-    if failed is not None:
-        raise failed
-    broken = [r for r, k in enumerate(keys) if k == 0]
-    if broken:
-        raise MetarecError(
-            f"rank(s) {broken} could not prepare the training data (their own error says "
-            "why); every process must read the same files"
-        )
+    keys = _gather_or_fail(
+        value,
+        ctx,
+        failed,
+        0,
+        "prepare the training data",
+        "; every process must read the same files",
+    )
     differ = [r for r, k in enumerate(keys) if k != keys[0]]
     if differ:
         raise MetarecError(

@@ -1642,10 +1642,10 @@ def run(
     if out_dir is not None:
         from metarec.report import plots_missing
 
-        if plots_missing():  # said before the hours of training, not after
+        missing = plots_missing()
+        if missing:  # said before the hours of training, not after
             warnings.warn(
-                f"plots will not be drawn ({plots_missing()}); results.json and report.md "
-                "will be written",
+                f"plots will not be drawn ({missing}); results.json and report.md will be written",
                 stacklevel=2,
             )
     t_start = time.perf_counter()

@@ -1747,15 +1747,14 @@ class MetaRecommender(Recommender):
         self._check_model()
         cold, support = self.probe_support()
 
-        own = own_bytes
         sizes = []
         for which, part in (("rank", self.rank_), ("score", self.rating_ or self.rank_)):
             if part is None:
                 continue
             a = self.adapt_user(cold, support, which)
-            n = own(a.params, part) + a.user_x.numel() * a.user_x.element_size()
+            n = own_bytes(a.params, part) + a.user_x.numel() * a.user_x.element_size()
             if a.like is not None and self.rank_ is not None:
-                n += own(a.like[0], self.rank_)
+                n += own_bytes(a.like[0], self.rank_)
             sizes.append(n)
         return max(sizes, default=0)
 

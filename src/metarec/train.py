@@ -761,9 +761,16 @@ def train(
     data_key = None if sampler_given or not checkpoint_dir else _data_key(split, known)
     failed: Exception | None = None
     try:
-        if resume and checkpoint_dir and not has_checkpoint(checkpoint_dir):
+        if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
+            step, st = _resume_from(
+                checkpoint_dir, configs, data_key, cfg.steps, params, best, avg, opt, rng, dev
+            )
+            best_step, bad, history = st["best_step"], st["bad_evals"], st["history"]
+            best_valid = math.inf if st["best_valid"] is None else st["best_valid"]
+            loss_sum, loss_n, stopped = st["loss_sum"], st["loss_n"], st["stopped"]
+        elif resume and checkpoint_dir and ctx.is_main:
             stray = checkpoint_tensor_files(checkpoint_dir)
-            if stray and ctx.is_main:
+            if stray:
                 # the tensors are written before their index: a run killed in between at
                 # its first checkpoint leaves this, and starting afresh is right; an index
                 # removed by hand looks the same, so it is said (the first save replaces it)
@@ -773,13 +780,6 @@ def train(
                     "removed): nothing to resume, training from step 0",
                     stacklevel=2,
                 )
-        if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):
-            step, st = _resume_from(
-                checkpoint_dir, configs, data_key, cfg.steps, params, best, avg, opt, rng, dev
-            )
-            best_step, bad, history = st["best_step"], st["bad_evals"], st["history"]
-            best_valid = math.inf if st["best_valid"] is None else st["best_valid"]
-            loss_sum, loss_n, stopped = st["loss_sum"], st["loss_n"], st["stopped"]
     except MetarecError as err:
         failed = err
     # every rank resumes from the same step, or none goes on: a rank that found no

@@ -267,8 +267,10 @@ class EmbeddingCache:
                 ):
                     continue
                 kept.append(entry)
+            new_shard = None  # written here, before the index that lists it
             if keys and vecs is not None:
                 name = f"shard-{uuid.uuid4().hex}.safetensors"
+                new_shard = folder / name
                 data = st_save(
                     {
                         "keys": np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(
@@ -278,7 +280,7 @@ class EmbeddingCache:
                     },
                     metadata={"format": FORMAT, "fingerprint": fp},
                 )
-                write_bytes(folder / name, data, fsync=True)
+                write_bytes(new_shard, data, fsync=True)
                 kept.append(
                     {"file": name, "n": len(keys), "sha256": hashlib.sha256(data).hexdigest()}
                 )
@@ -292,8 +294,8 @@ class EmbeddingCache:
             except BaseException:
                 # the new shard, unlisted, held the space the next write needed (a full
                 # disk kept failing until it was freed by hand)
-                if keys and vecs is not None:
-                    (folder / name).unlink(missing_ok=True)
+                if new_shard is not None:
+                    new_shard.unlink(missing_ok=True)
                 raise
             # Shards no index lists (dropped as bad, or orphaned by a crash between the two
             # writes above) are garbage; safe to delete because every writer holds the lock.

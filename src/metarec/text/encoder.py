@@ -275,7 +275,7 @@ class SentenceTransformerEncoder:
         if self.model_spec == "default" or (by_name and not local and _bundled_dir() is not None):
             self._dir: Path | None = default_model_path()
             self.name = DEFAULT_MODEL_NAME
-        elif _expand(self.model_spec).is_dir():
+        elif local:
             self._dir = _expand(self.model_spec).resolve()
             self.name = self._dir.name
             if self._dir == _bundled_dir():
