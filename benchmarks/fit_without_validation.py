@@ -4,7 +4,10 @@ validation tasks given) for several ModelConfig variants, scored on users it nev
 Per seed, ``make_split(ds, protocol, 10, 10, seed)`` gives the rows to fit on (the split's
 training rows) and the users to score (its validation users, over the ranking candidates
 evaluate gives them: the validation items in item cold-start). Test users and items are
-never read.
+never read. ``fit`` builds the text and side features itself, as `metarec fit` does: with
+``valid_holdout = "new_items"`` it fits them without the items it holds out (before
+2026-12-07 this script passed features fitted on every training item, so that path's
+figures were of features `metarec fit` no longer builds).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 import numpy as np
 
 from metarec.evaluate import evaluate
-from metarec.experiment import build_split_features, ranking_candidates
+from metarec.experiment import ranking_candidates
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
 from metarec.splits import make_split
 from metarec.types import Dataset
@@ -34,12 +37,13 @@ def score_variants(
     fit_s: dict = {n: [] for n in variants}
     for seed in seeds:
         split = make_split(ds, protocol, k_shot=10, n_query=10, seed=seed)
-        feats = build_split_features(ds, split.train.item_idx, TextConfig(cache=cache))
         cand = ranking_candidates(ds, split, "valid")
         for name, kw in variants.items():
-            cfg = ModelConfig(seed=seed, progress=False, **kw)
+            cfg = ModelConfig(seed=seed, progress=False, text=TextConfig(cache=cache), **kw)
             t0 = time.perf_counter()
-            rec = MetaRecommender(cfg).fit(ds, split.train, feats)  # no validation given
+            # no validation and no features given: fit chooses both (the embedding cache
+            # makes the text encoding a lookup after the first variant)
+            rec = MetaRecommender(cfg).fit(ds, split.train)
             fit_s[name].append(time.perf_counter() - t0)
             m = evaluate(rec, ds, split.valid, bootstrap=0, candidates=cand).metrics
             runs[name][seed] = {k: float(m[k]) for k in METRICS}

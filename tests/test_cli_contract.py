@@ -1629,6 +1629,33 @@ def test_embed_without_text_columns_is_an_error_not_a_silent_no_op(tmp_path, cap
     assert json.loads(capsys.readouterr().out)["items_with_text"] == 24
 
 
+def test_embed_template_warms_the_texts_fit_embeds_with_the_same_template(
+    tmp_path, capsys, monkeypatch
+):
+    """embed had no template option: with text.template set, fit embedded other texts
+    than the ones `metarec embed` had put in the cache."""
+    from metarec.data import load_dataset
+    from metarec.features import embed_dataset
+    from metarec.text import make_encoder
+
+    monkeypatch.setenv("METAREC_HOME", str(tmp_path / "home"))
+    here = Path(__file__).parent
+    args = ["embed", "csv", "--path", str(here / "tiny_log.csv"), "--model", "hashing:16"]
+    args += ["--items", str(here / "tiny_items.csv"), "--cache", str(tmp_path / "c"), "--json"]
+    assert main([*args, "--template", "Book: {title}"]) == 0
+    assert json.loads(capsys.readouterr().out)["encoded"] == 24
+    ds = load_dataset("csv", path=here / "tiny_log.csv", items=here / "tiny_items.csv")
+    enc = make_encoder("hashing:16")
+    warm = embed_dataset(ds, enc, tmp_path / "c", template="Book: {title}", show_progress=False)
+    assert (warm["hits"], warm["encoded"]) == (24, 0)
+    # the plain titles are other texts: not in the cache
+    cold = embed_dataset(ds, enc, tmp_path / "c", show_progress=False)
+    assert cold["encoded"] == 24
+    assert main([*args, "--template", "{title} by {author}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("metarec: error: ") and "author" in err and err.count("\n") == 1
+
+
 def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
     """blend.rating_prior "auto" picks a closed-form rating on the validation users; the
     summary names it, and the RUN keeps it."""

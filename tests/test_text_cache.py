@@ -8,9 +8,11 @@ import os
 
 import numpy as np
 import pytest
+from safetensors.numpy import load as st_load
 
 from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import HashingEncoder
+from metarec.types import MetarecError
 
 TEXTS = ["Toy Story (1995)", "Heat (1995)", "Casablanca (1942)", "Babe (1995)"]
 
@@ -344,3 +346,62 @@ def test_a_failed_index_write_leaves_no_unlisted_shard(tmp_path, hashing_encoder
     if vecs is not None:  # the vectors are still served, from the encoder
         assert vecs.tobytes() == hashing_encoder.encode(TEXTS[:3]).tobytes()
     assert not list(tmp_path.rglob("shard-*.safetensors"))
+
+
+class FailingAfter(CountingEncoder):
+    """Encodes ``ok`` calls, then raises: a job killed part-way through an encode."""
+
+    def __init__(self, inner, ok: int):
+        super().__init__(inner)
+        self.ok = ok
+
+    def encode(self, texts, batch_size=None, show_progress=False):
+        if len(self.calls) >= self.ok:
+            raise KeyboardInterrupt
+        return super().encode(texts, batch_size, show_progress)
+
+
+def test_an_interrupted_encode_keeps_its_finished_parts(tmp_path, hashing_encoder):
+    texts = [f"book {i}" for i in range(10)]
+    cache = EmbeddingCache(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        cache.get_or_compute(FailingAfter(hashing_encoder, ok=2), texts, commit_every=4)
+    enc = CountingEncoder(hashing_encoder)
+    v, s = cache.get_or_compute(enc, texts, commit_every=4)
+    # parts [0:4] and [4:8] were stored before the third part was interrupted
+    assert (s["hits"], s["encoded"]) == (8, 2)
+    assert enc.calls == [texts[8:]]
+    assert v.tobytes() == hashing_encoder.encode(texts).tobytes()
+    assert len(_shards(cache, enc)) == 3
+
+
+def test_commit_every_must_be_positive(tmp_path, hashing_encoder):
+    with pytest.raises(MetarecError, match="commit_every must be >= 1, got 0"):
+        EmbeddingCache(tmp_path).get_or_compute(hashing_encoder, TEXTS, commit_every=0)
+
+
+class RacingEncoder(CountingEncoder):
+    """While encoding, another writer stores some of the same texts first (two embeds of
+    one catalogue at once)."""
+
+    def __init__(self, inner, root, rival_texts):
+        super().__init__(inner)
+        self.root, self.rival_texts = root, rival_texts
+
+    def encode(self, texts, batch_size=None, show_progress=False):
+        if not self.calls:
+            EmbeddingCache(self.root).get_or_compute(self.inner, self.rival_texts)
+        return super().encode(texts, batch_size, show_progress)
+
+
+def test_texts_a_concurrent_writer_stored_first_are_not_stored_twice(tmp_path, hashing_encoder):
+    enc = RacingEncoder(hashing_encoder, tmp_path, TEXTS[1:3])
+    cache = EmbeddingCache(tmp_path)
+    v, s = cache.get_or_compute(enc, TEXTS)
+    assert s["encoded"] == 4 and v.tobytes() == hashing_encoder.encode(TEXTS).tobytes()
+    stored = [st_load(p.read_bytes())["keys"] for p in _shards(cache, enc)]
+    keys = [bytes(k) for part in stored for k in part]
+    # the rival's shard holds TEXTS[1:3]; this call's holds only the other two
+    assert sorted(keys) == sorted(text_key(t) for t in TEXTS)
+    _, s = cache.get_or_compute(CountingEncoder(hashing_encoder), TEXTS)
+    assert s["hits"] == 4

@@ -192,7 +192,9 @@ def cmd_embed(args) -> int:
     ds = _load(args)
     encoder = make_encoder(args.model, device=args.device)
     cache_dir = user_path(args.cache) if args.cache else default_embedding_dir()
-    stats = embed_dataset(ds, encoder, cache_dir, show_progress=not args.json)
+    stats = embed_dataset(
+        ds, encoder, cache_dir, template=args.template, show_progress=not args.json
+    )
     if not stats["items_with_text"] and not stats.get("users_with_text"):
         # it embedded nothing and exited 0, so "warm the cache before fit" silently did not
         # (the csv loader reads no column as text unless told; fit infers text columns)
@@ -905,6 +907,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="sentence-transformers name or path")
     p.add_argument("--cache", help="cache folder (default: $METAREC_HOME/embeddings)")
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
+    p.add_argument(
+        "--template",
+        help="item text template, e.g. '{title} by {authors}': the texts fit embeds with "
+        "text.template set to the same (default: the dataset's own, else every text column)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_embed)
 

@@ -40,10 +40,14 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from metarec.atomic import sweep_staging, write_bytes
+from metarec.progress import bar as progress_bar
 from metarec.text.encoder import TextEncoder
 from metarec.types import MetarecError
 
 FORMAT = "metarec-embcache-1"
+# texts encoded per stored shard: an interrupted encode keeps every finished part (MiniLM
+# on 2 CPU cores encodes a few hundred titles a second: a part is under a minute's work)
+COMMIT_EVERY = 8192
 
 
 def text_key(text: str) -> bytes:
@@ -142,12 +146,18 @@ class EmbeddingCache:
 
         Returns (key -> vector (dim,), dim or None, bad shard entries, index_ok).
         """
+        return self._lookup(fingerprint)[:4]
+
+    def _lookup(
+        self, fingerprint: str
+    ) -> tuple[dict[bytes, np.ndarray], int | None, list[dict], bool, set[str]]:
+        """:meth:`lookup`, and the file names of the shards the index listed (read)."""
         folder = self.folder(fingerprint)
         idx, ok = self._read_index(folder, fingerprint)
         found: dict[bytes, np.ndarray] = {}
         bad: list[dict] = []
         if idx is None:
-            return found, None, bad, ok
+            return found, None, bad, ok, set()
         dim = idx["dim"]
         for entry in idx["shards"]:
             shard = self._load_shard(folder, entry, fingerprint, dim)
@@ -157,7 +167,7 @@ class EmbeddingCache:
             keys, vecs = shard
             for k, v in zip(keys, vecs, strict=True):
                 found[k.tobytes()] = v
-        return found, dim, bad, ok
+        return found, dim, bad, ok, {e["file"] for e in idx["shards"]}
 
     def get_or_compute(
         self,
@@ -165,69 +175,103 @@ class EmbeddingCache:
         texts: Sequence[str],
         batch_size: int | None = None,
         show_progress: bool = False,
+        commit_every: int = COMMIT_EVERY,
     ) -> tuple[np.ndarray, dict]:
         """Vectors for ``texts`` (len(texts), dim) float32, encoding only unseen texts.
+
+        The unseen texts are encoded ``commit_every`` at a time, each part stored as its
+        own shard once encoded, so an interrupted encode (Ctrl-C, a killed job) keeps what
+        it finished and the next call encodes only the rest.
 
         stats: hits / misses count input positions (hits + misses == len(texts)); encoded
         counts distinct texts sent to the encoder; dropped_shards counts bad shards found.
         """
+        if commit_every < 1:
+            raise MetarecError(f"embedding cache: commit_every must be >= 1, got {commit_every}")
         texts = [str(t) for t in texts]
         fp = encoder.fingerprint
         keys = [text_key(t) for t in texts]
-        found, dim, bad, index_ok = self.lookup(fp)
+        # seen: the shards this call has read. One another writer lists meanwhile may hold
+        # texts this call encodes too (two embeds of one catalogue at once): _write leaves
+        # those out of this call's shards rather than store them twice
+        found, dim, bad, index_ok, seen = self._lookup(fp)
+        dropped, rebuilt = len(bad), not index_ok
 
-        # Distinct missing texts in first-appearance order; encoded as one list so a cold
-        # run's batches are those of a plain encoder.encode(texts) without duplicates.
+        # Distinct missing texts in first-appearance order, encoded in parts of
+        # commit_every (a cold run's batches are those of encoder.encode over each part)
         todo: dict[bytes, str] = {}
         for k, t in zip(keys, texts, strict=True):
             if k not in found and k not in todo:
                 todo[k] = t
         hits = sum(k in found for k in keys)
         new_keys = list(todo)
-        new_vecs = None
-        if todo:
-            new_vecs = np.asarray(
-                encoder.encode(
-                    list(todo.values()), batch_size=batch_size, show_progress=show_progress
-                )
-            )
-            if new_vecs.dtype != np.float32 or new_vecs.ndim != 2 or len(new_vecs) != len(todo):
-                raise MetarecError(
-                    f"encoder {fp!r} returned {new_vecs.dtype} array of shape {new_vecs.shape}, "
-                    f"expected float32 ({len(todo)}, dim)"
-                )
-            if dim is not None and new_vecs.shape[1] != dim:
-                if found:
-                    raise MetarecError(
-                        f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache holds "
-                        f"dim {dim} vectors for it in {self.folder(fp)} (delete that folder)"
-                    )
-                # no stored vector has the index's dim: the index is damaged (an edited
-                # "dim" blocked every later fit); rebuilt below as an unusable one is
-                index_ok, bad = False, []
-            dim = new_vecs.shape[1]
-            for k, v in zip(new_keys, new_vecs, strict=True):
-                found[k] = v
+        parts = [new_keys[i : i + commit_every] for i in range(0, len(new_keys), commit_every)]
         stored = True
-        if todo or bad or not index_ok:
-            try:
-                self._write(fp, new_keys, new_vecs, dim, bad)
-            except (OSError, MetarecError) as err:  # MetarecError: a folder at a file's path
-                # the cache is a speed-up: a read-only, full or cluttered folder costs the
-                # next run an encode, not this run its vectors (a fit failed here after
-                # every text had been encoded)
-                stored = False
-                reason = (
-                    f"{err.strerror or type(err).__name__}: {err.filename or self.folder(fp)}"
-                    if isinstance(err, OSError)
-                    else str(err)
-                )
-                warnings.warn(
-                    f"embedding cache {self.root}: could not store vectors "
-                    f"({reason}); they are used "
-                    "but not kept for the next run",
-                    stacklevel=2,
-                )
+        # one bar over the parts: the encoder's own bar would restart at every part
+        outer = progress_bar(
+            total=len(new_keys),
+            disable=not (show_progress and len(parts) > 1),
+            desc="embed",
+            unit="text",
+        )
+        try:
+            for p_keys in parts or [[]]:
+                new_vecs = None
+                if p_keys:
+                    new_vecs = np.asarray(
+                        encoder.encode(
+                            [todo[k] for k in p_keys],
+                            batch_size=batch_size,
+                            show_progress=show_progress and len(parts) == 1,
+                        )
+                    )
+                    if (
+                        new_vecs.dtype != np.float32
+                        or new_vecs.ndim != 2
+                        or len(new_vecs) != len(p_keys)
+                    ):
+                        raise MetarecError(
+                            f"encoder {fp!r} returned {new_vecs.dtype} array of shape "
+                            f"{new_vecs.shape}, expected float32 ({len(p_keys)}, dim)"
+                        )
+                    if dim is not None and new_vecs.shape[1] != dim:
+                        if found:
+                            raise MetarecError(
+                                f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache "
+                                f"holds dim {dim} vectors for it in {self.folder(fp)} (delete "
+                                "that folder)"
+                            )
+                        # no stored vector has the index's dim: the index is damaged (an
+                        # edited "dim" blocked every later fit); rebuilt below as an
+                        # unusable one is
+                        index_ok, bad = False, []
+                        dropped, rebuilt = 0, True
+                    dim = new_vecs.shape[1]
+                    for k, v in zip(p_keys, new_vecs, strict=True):
+                        found[k] = v
+                    outer.update(len(p_keys))
+                if stored and (p_keys or bad or not index_ok):
+                    try:
+                        seen |= self._write(fp, p_keys, new_vecs, dim, bad, seen)
+                        bad, index_ok = [], True  # dropped / rebuilt by that write
+                    except (OSError, MetarecError) as err:  # MetarecError: a folder at a file's
+                        # path. The cache is a speed-up: a read-only, full or cluttered folder
+                        # costs the next run an encode, not this run its vectors (a fit failed
+                        # here after every text had been encoded)
+                        stored = False
+                        reason = (
+                            f"{err.strerror or type(err).__name__}: {err.filename or self.folder(fp)}"
+                            if isinstance(err, OSError)
+                            else str(err)
+                        )
+                        warnings.warn(
+                            f"embedding cache {self.root}: could not store vectors "
+                            f"({reason}); they are used "
+                            "but not kept for the next run",
+                            stacklevel=2,
+                        )
+        finally:  # an error or Ctrl-C too: an open bar would glue the error line to it
+            outer.close()
 
         if dim is None:  # no texts at all and nothing cached
             dim = encoder.dim
@@ -238,8 +282,8 @@ class EmbeddingCache:
             "hits": hits,
             "misses": len(texts) - hits,
             "encoded": len(todo),
-            "dropped_shards": len(bad),
-            "index_rebuilt": not index_ok,
+            "dropped_shards": dropped,
+            "index_rebuilt": rebuilt,
             "stored": stored,
         }
         return out, stats
@@ -251,8 +295,14 @@ class EmbeddingCache:
         vecs: np.ndarray | None,
         dim: int | None,
         bad: list[dict],
-    ) -> None:
-        """Under the lock: re-read the index, drop bad shards, add the new one, replace."""
+        seen: set[str] = frozenset(),
+    ) -> set[str]:
+        """Under the lock: re-read the index, drop bad shards, add the new one, replace.
+
+        ``seen``: shards the caller has read. Keys that a shard listed since then already
+        holds are left out of the new one (a concurrent writer encoded them first). Returns
+        the shards listed now, each either seen, checked here, or this call's own.
+        """
         folder = self.folder(fp)
         with self._locked(folder):
             idx, ok = self._read_index(folder, fp)
@@ -261,12 +311,20 @@ class EmbeddingCache:
             bad_files = {b["file"] for b in bad}
             # A shard another process listed since our read is kept only if it verifies now.
             kept = []
+            theirs: set[bytes] = set()  # keys in shards listed since our read
             for entry in idx["shards"]:
                 if entry["file"] in bad_files and (
                     self._load_shard(folder, entry, fp, idx["dim"]) is None
                 ):
                     continue
                 kept.append(entry)
+                if entry["file"] not in seen and keys:
+                    shard = self._load_shard(folder, entry, fp, idx["dim"])
+                    if shard is not None:
+                        theirs.update(k.tobytes() for k in shard[0])
+            if theirs and vecs is not None:
+                mine = [i for i, k in enumerate(keys) if k not in theirs]
+                keys, vecs = [keys[i] for i in mine], vecs[mine]
             new_shard = None  # written here, before the index that lists it
             if keys and vecs is not None:
                 name = f"shard-{uuid.uuid4().hex}.safetensors"
@@ -286,7 +344,7 @@ class EmbeddingCache:
                 )
             idx["shards"] = kept
             if idx["dim"] is None:
-                return
+                return set()
             try:
                 write_bytes(
                     folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"), fsync=True
@@ -308,3 +366,4 @@ class EmbeddingCache:
             # came, and a large catalogue leaked a whole shard per crash
             for p in folder.glob(".shard-*.safetensors.~*"):
                 sweep_staging(folder, p.name[1 : p.name.index(".~")])
+            return listed
