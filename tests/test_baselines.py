@@ -699,3 +699,13 @@ def test_a_like_threshold_no_training_rating_reaches_is_refused(name):
         MetarecError, match=r"min_rating 99: no training rating reaches it \(the highest is 5\)"
     ):
         make_baseline(name, min_rating=99).fit(ds, train)
+
+
+@pytest.mark.parametrize("name", ["ease", "item_knn"])
+def test_a_scale_midpoint_no_training_rating_reaches_is_refused_too(name):
+    """A declared 1-10 scale over ratings of 1-5: the midpoint 5.5 is above every rating.
+    The meta-model's fit refused it; EASE scored every item -inf without a word."""
+    _, train = tiny()
+    ds = _four_by_three("tiny", train, "explicit", (1.0, 10.0))
+    with pytest.raises(MetarecError, match=r"the rating scale's midpoint 5.5 \(no min_rating"):
+        make_baseline(name).fit(ds, train)

@@ -60,15 +60,21 @@ def _check_number(
 
 
 def liked_threshold(dataset: Dataset, train: Interactions, min_rating: float | None) -> float:
-    """:func:`like_threshold`, refusing a ``min_rating`` no training rating reaches: EASE
-    then scored every item -inf and item-kNN every item 0, without a word."""
+    """:func:`like_threshold`, refusing one no training rating reaches: EASE then scored
+    every item -inf and item-kNN every item 0, without a word. The scale's midpoint too
+    (a declared 1-10 scale over a log of 1s and 4s), as the meta-model's fit refuses it."""
     like = like_threshold(dataset, min_rating)
-    if min_rating is not None and dataset.feedback == "explicit" and len(train):
+    if dataset.feedback == "explicit" and len(train):
         top = float(train.rating.max())
         if top < like:
+            what = (
+                f"min_rating {like:g}"
+                if min_rating is not None
+                else f"the rating scale's midpoint {like:g} (no min_rating given)"
+            )
             raise MetarecError(
-                f"min_rating {like:g}: no training rating reaches it (the highest is "
-                f"{top:g}), so nothing counts as liked"
+                f"{what}: no training rating reaches it (the highest is {top:g}), so "
+                "nothing counts as liked; give a min_rating the ratings reach"
             )
     return like
 
