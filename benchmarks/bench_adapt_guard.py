@@ -9,7 +9,9 @@ ratio; ``raised`` counts the tasks whose loss the plain steps raised (the untrai
 benchmark model raises at most a task or two: the figures are the check's cost, and the
 retries of those few).
 
-JSON keys: per task count, ``guard_ms``, ``plain_ms``, ``ratio``, ``raised``; ``threads``.
+JSON keys: ``tasks``, per task count ("1", "64", "512") ``guard_ms``, ``plain_ms``,
+``ratio``, ``raised``; ``threads``; ``machine``. (Before 2026-12-07 the task counts sat at
+the top level beside ``threads``.)
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ml = MetaLearner(scorer, MetaConfig(algorithm="maml", inner_steps=5, inner_lr=0.01))
     params = {k: v.detach() for k, v in ml.init_params(torch.Generator().manual_seed(0)).items()}
     real = MetaLearner._backtrack
-    out: dict = {"threads": args.threads}
+    out: dict = {"threads": args.threads, "tasks": {}}
     print(f"{'tasks':>6} {'with check ms':>14} {'without ms':>11} {'ratio':>6} {'raised':>7}")
     for n_tasks in (1, 64, 512):
         x = synthetic_inputs(n_tasks, 10, 10, 128, 128, 0)
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio": round(guard / plain, 3),
             "raised": raised,
         }
-        out[str(n_tasks)] = row
+        out["tasks"][str(n_tasks)] = row
         print(f"{n_tasks:>6} {guard:>14.2f} {plain:>11.2f} {row['ratio']:>6.2f} {raised:>7}")
     if args.json:
         write_figures(args.json, out)

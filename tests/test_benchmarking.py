@@ -150,8 +150,11 @@ def test_the_adapt_guard_benchmark_writes_its_figures(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_adapt_guard.py"), "--repeats", "1"]
     subprocess.run([*cmd, "--json", str(out)], check=True, capture_output=True, timeout=300)
     res = json.loads(out.read_text())
+    # the task counts under "tasks": at the top level they sat beside "threads" and
+    # "machine", so a reader looping over the keys as task counts met those too
+    assert set(res) == {"threads", "tasks", "machine"} and set(res["tasks"]) == {"1", "64", "512"}
     for n in ("1", "64", "512"):
-        row = res[n]
+        row = res["tasks"][n]
         assert row["guard_ms"] > 0 and row["plain_ms"] > 0
         assert row["ratio"] == pytest.approx(row["guard_ms"] / row["plain_ms"], rel=1e-2)
         assert 0 <= row["raised"] <= int(n)
