@@ -179,6 +179,34 @@ def test_a_run_without_the_configs_default_gives_no_verdict_on_it(tmp_path):
         load_config(cfg, ["default_method='popularity'"])
 
 
+def test_the_verdict_says_when_only_left_methods_without_meta_learning_out(tmp_path):
+    """A rerun of the meta rows with Pooled alone beside them called Pooled "the best
+    method without meta-learning", where LightFM (left out by --only) scored higher."""
+    from metarec.experiment import load_config
+
+    res = _results(
+        {"Meta": [(1.0, 0.50), (1.0, 0.50)], "Pooled": [(1.0, 0.20), (1.0, 0.20)]},
+        {"Meta": "meta", "Pooled": "pooled"},
+    )
+    assert "--only" not in report.verdict(res, res.summary(), NDCG)
+    part = dataclasses.replace(res, config=dataclasses.replace(res.config, left_out=("lightfm",)))
+    v = report.verdict(part, part.summary(), NDCG)
+    assert v.startswith(
+        "The default meta-learned method, Meta, beats the best method without meta-learning "
+        "(of those in this run: --only left out lightfm), Pooled, on nDCG@10"
+    )
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[methods]]\nname = "Meta"\nkind = "meta"\n[[methods]]\nname = "Meta-b"\n'
+        'kind = "meta"\n[[methods]]\nname = "Pooled"\nkind = "pooled"\n'
+        '[[methods]]\nname = "popularity"\n'
+    )
+    assert load_config(cfg).left_out == ()
+    # a left-out meta variant is not a method without meta-learning
+    assert load_config(cfg, only=["Meta", "Pooled"]).left_out == ("popularity",)
+    assert load_config(cfg, only=["Meta", "popularity"]).left_out == ("Pooled",)
+
+
 def test_bars_skip_a_metric_no_method_has(tmp_path):
     """Implicit data with all-positive queries has no AUC/RMSE for anyone: the bar chart
     leaves that panel out instead of failing (an Amazon run lost its report to this)."""

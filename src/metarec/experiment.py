@@ -226,6 +226,11 @@ class ExperimentConfig:
     # named. `--only` sets it to the full config's, so a run that leaves the default out
     # says so instead of judging a variant as "the default" (None: the first)
     default_method: str | None = None
+    # the methods without meta-learning (baselines, pooled) that `--only` left out: the
+    # verdict's "best method without meta-learning" is then the best of those that ran,
+    # and says so (a rerun of the meta rows alone called Pooled the best of them, where
+    # LightFM, left out, scored higher in the full run)
+    left_out: tuple[str, ...] = ()
     base_dir: str = "."  # where relative data paths start (set by load_config)
 
     def __post_init__(self) -> None:
@@ -605,7 +610,13 @@ def load_config(
         if missing:
             raise MetarecError(f"--only: no method named {missing} in the config ({names})")
         config = dataclasses.replace(
-            config, methods=tuple(m for m in config.methods if m.name in wanted)
+            config,
+            methods=tuple(m for m in config.methods if m.name in wanted),
+            left_out=tuple(
+                m.name
+                for m in config.methods
+                if m.name not in wanted and m.kind in ("baseline", "pooled")
+            ),
         )
     return check_config(config)
 

@@ -208,6 +208,12 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     if _valued(vm) != _valued(vb):
         # a method that failed on some seeds is averaged over fewer: say so
         spread = f"{spread[:-1]}; {dm} over {_valued(vm)} seed(s), {bb} over {_valued(vb)})"
+    # --only left some out: "the best method without meta-learning" is of this run's
+    ran_only = ""
+    if results.config.left_out:
+        gone = list(results.config.left_out)
+        named = ", ".join(gone[:4]) + (f" and {len(gone) - 4} more" if len(gone) > 4 else "")
+        ran_only = f" (of those in this run: --only left out {named})"
     if better:
         if no_interval:
             tail = " With no interval measured, it cannot be called a clear win."
@@ -215,14 +221,15 @@ def verdict(results: Results, table: dict, metric: str) -> str:
             tail = f" The gap is {why}, so it is not a clear win." if overlap else ""
         line = (
             f"The default meta-learned method, {dm}, beats the best method without "
-            f"meta-learning, {bb}, on {metric}: {vm['mean']:.4f} vs {vb['mean']:.4f} "
-            f"{spread}.{tail}"
+            f"meta-learning{ran_only}, {bb}, on {metric}: {vm['mean']:.4f} vs "
+            f"{vb['mean']:.4f} {spread}.{tail}"
         )
     else:
         level_note = " (level at four decimals)" if level else ""
         line = (
             f"**The default meta-learned method does not beat the best method without "
-            f"meta-learning on {metric}:** {dm} = {vm['mean']:.4f}, {bb} = {vb['mean']:.4f}"
+            f"meta-learning{ran_only} on {metric}:** {dm} = {vm['mean']:.4f}, "
+            f"{bb} = {vb['mean']:.4f}"
             f"{level_note} {spread}."
         )
     bv = _best(table, metric, learned)
