@@ -1656,6 +1656,32 @@ def test_embed_template_warms_the_texts_fit_embeds_with_the_same_template(
     assert err.startswith("metarec: error: ") and "author" in err and err.count("\n") == 1
 
 
+def test_fit_says_when_almost_no_rating_is_a_like_and_the_ranking_blend_is_dropped(
+    tmp_path, capsys
+):
+    """Play counts as ratings (1..320,725, the middle reached by 6 of 78,710 rows, probe
+    124): the ranking model learned from 6 likes, the ranking blend had no liked
+    validation query and was dropped, recommend gave every user one list, and fit said
+    nothing ("blend": true)."""
+    paths, _ = make_world(tmp_path, n_users=200)
+    log = pd.read_csv(paths["T"])
+    log.loc[0, "rating"] = 1000  # the oldest user's: a training row; the middle is 500.5
+    log.to_csv(paths["T"], index=False)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), *FAST]) == 0
+    out, err = capsys.readouterr()
+    assert "the like threshold, the rating scale's middle, 500.5 is reached by 1 of 2400" in err
+    assert "(0.042%; they run 1..1000, median 5)" in err and "--set like_threshold=5" in err
+    assert "ranking blend skipped: no validation query item reaches the like threshold 500.5" in err
+    summary = json.loads(out)
+    assert summary["blend"] is True  # the rating half
+    assert summary["rank_blend_skipped"].startswith("no validation query item reaches")
+    # at a threshold the ratings reach, neither is said
+    assert main([*fit_argv(paths, tmp_path / "RUN2"), *FAST, "--set", "like_threshold=5"]) == 0
+    out, err = capsys.readouterr()
+    assert "is reached by" not in err and "ranking blend skipped" not in err
+    assert "rank_blend_skipped" not in json.loads(out)
+
+
 def test_fit_names_the_rating_prior_it_chose(tmp_path, capsys):
     """blend.rating_prior "auto" picks a closed-form rating on the validation users; the
     summary names it, and the RUN keeps it."""

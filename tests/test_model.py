@@ -8,6 +8,7 @@ it stands for, and a saved-then-loaded model gives bit-identical scores.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -2133,3 +2134,23 @@ def test_model_settings_no_model_reads_are_named():
     assert unused_model_settings(ck, explicit=True) == [
         "train.checkpoint_every (fit writes no training checkpoints)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("ratings", "hint"),
+    [
+        # half the rows at the bottom: a threshold at the median (1) would like every row
+        ([1.0] * 700 + [2.0] * 300 + [3.0] * 199 + [1000.0], 2),
+        ([1.0] * 300 + [7.0] * 899 + [1000.0], 7),
+    ],
+)
+def test_a_tiny_share_of_likes_is_warned_about_with_a_threshold_that_helps(ratings, hint):
+    rec = MetaRecommender(ModelConfig())
+    rec.feedback_, rec.rating_range_ = "explicit", (1.0, 1000.0)
+    with pytest.warns(UserWarning, match=r"is reached by 1 of 1200 training ratings") as got:
+        rec._check_likes(np.array(ratings))
+    assert f"--set like_threshold={hint})" in str(got[0].message)
+    rec.rating_range_ = (1.0, 5.0)  # the middle, 3, is reached by many: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rec._check_likes(np.array([1.0, 3.0, 5.0] * 10))

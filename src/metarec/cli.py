@@ -405,6 +405,13 @@ def cmd_fit(args) -> int:
     skipped = getattr(pred.model, "blend_skipped_", "")
     if blend is None and skipped:
         summary["blend_skipped"] = f"{skipped}: the meta-model scores alone"
+    # the ranking half alone can be missing ("blend": true for the rating half): recommend
+    # then ranks without EASE / kNN / popularity
+    rank_skipped = getattr(pred.model, "rank_blend_skipped_", "")
+    if blend is not None and blend.rank_weights is None and rank_skipped:
+        summary["rank_blend_skipped"] = (
+            f"{rank_skipped}: recommend ranks by the ranking model alone"
+        )
     # against every row of T (the model's known_items_ leaves out the rows of the
     # validation users fit held back, and under new_items the held-out items)
     rated = set(pred.train.item_idx.tolist())

@@ -1328,6 +1328,13 @@ def _one_line(error: BaseException) -> str:
     )
 
 
+def _blend_skipped(rec: Recommender) -> str:
+    """Why ``rec``'s blend, or its ranking half, was not fitted ("" = fitted, or off)."""
+    whole = getattr(rec, "blend_skipped_", "")
+    rank = getattr(rec, "rank_blend_skipped_", "")
+    return whole or (f"ranking blend: {rank}" if rank else "")
+
+
 def _history(rec: Recommender) -> tuple[dict, ...]:
     """Every evaluation of the rating and ranking models' training, tagged with the model
     and, in an ensemble, the member (0 first; a single model's entries have no member)."""
@@ -1841,7 +1848,7 @@ def run(
                 "main",
                 cpu,
                 getattr(blend, "rating_prior", "") or "",
-                getattr(rec, "blend_skipped_", ""),
+                _blend_skipped(rec),
             )
             runs.append(r)
             if on_result:
