@@ -405,3 +405,18 @@ def test_texts_a_concurrent_writer_stored_first_are_not_stored_twice(tmp_path, h
     assert sorted(keys) == sorted(text_key(t) for t in TEXTS)
     _, s = cache.get_or_compute(CountingEncoder(hashing_encoder), TEXTS)
     assert s["hits"] == 4
+
+
+def test_into_a_log_the_encoders_own_bar_gives_way_to_metarecs(tmp_path, hashing_encoder, capsys):
+    """sentence-transformers' bar redraws every batch: ~280 lines in a redirected stderr
+    for 17k texts (probe 124). Into a log metarec's bar (10 s redraws) stands in."""
+    seen = []
+
+    class Recording(CountingEncoder):
+        def encode(self, texts, batch_size=None, show_progress=False):
+            seen.append(show_progress)
+            return super().encode(texts)
+
+    EmbeddingCache(tmp_path).get_or_compute(Recording(hashing_encoder), TEXTS, show_progress=True)
+    assert seen == [False]  # stderr is captured here: not a terminal
+    assert "embed: 100%" in capsys.readouterr().err
