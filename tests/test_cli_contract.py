@@ -1198,6 +1198,9 @@ def test_fit_says_recommend_ranks_never_rated_items_low(tmp_path, capsys):
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     assert summary["unrated_items"] == 10 and summary["blend"]
+    # the catalogue beside what has training rows (a probe read "users" as the latter)
+    assert (summary["items"], summary["train_items"]) == (40, 30)
+    assert summary["users"] == summary["train_users"] == 60
     assert "10 of 40 catalogue items have no rows in" in captured.err
     assert 'valid_holdout="new_items"' in captured.err
     # an item only the newest users rated (fit's own validation users) has rows in T:

@@ -382,8 +382,13 @@ def cmd_fit(args) -> int:
     pred.save(args.out)
     summary = {
         "run": str(args.out),
+        # users and items are the catalogue (U and I included); the RUN's meta.json
+        # counts those with training rows, as train_users / train_items do here (a
+        # probe read 943 users as the training users where 801 had rows)
         "users": len(pred.users),
         "items": len(pred.items),
+        "train_users": len(set(pred.train.user_idx.tolist())),
+        "train_items": len(set(pred.train.item_idx.tolist())),
         "interactions": len(pred.train),
         "rows_read": len(raw.ratings),
         "feedback": pred.info.get("feedback"),
