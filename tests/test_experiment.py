@@ -405,6 +405,28 @@ def test_a_reused_part_was_scored_at_every_cut_off_the_run_computes():
     assert resume.fingerprint(a, spec, 0, "d", {}) == resume.fingerprint(c, spec, 0, "d", {})
 
 
+def test_a_part_run_under_only_is_reused_by_the_full_run_and_back(tmp_path):
+    """left_out (the methods --only dropped) entered the fingerprint, so a full run with
+    --resume refitted every part an --only run had left (README: "--only A followed by a
+    full run with --resume reuses A")."""
+    from metarec import resume
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        '[[methods]]\nname = "Meta"\nkind = "meta"\n[[methods]]\nname = "popularity"\n'
+        '[[methods]]\nname = "ease"\n'
+    )
+    full, part = E.load_config(cfg), E.load_config(cfg, only=["Meta", "popularity"])
+    assert part.left_out == ("ease",)
+    for spec in part.methods:
+        mine = full.methods[[m.name for m in full.methods].index(spec.name)]
+        assert resume.fingerprint(part, spec, 0, "d", {}) == resume.fingerprint(
+            full, mine, 0, "d", {}
+        )
+    with pytest.raises(MetarecError, match="left_out is what --only leaves out"):
+        E.load_config(cfg, ['left_out=["nonexistent"]'])
+
+
 def test_pooled_trains_without_inner_steps_and_fine_tunes_at_adaptation():
     cfg = E.load_config(TINY)
     ds = E.load_data(cfg)

@@ -2139,17 +2139,31 @@ def test_model_settings_no_model_reads_are_named():
 @pytest.mark.parametrize(
     ("ratings", "hint"),
     [
-        # half the rows at the bottom: a threshold at the median (1) would like every row
+        # half the rows at the bottom: a threshold at the median (1) would like every row;
+        # of 2 (42% liked) and 3 (17%), 2 is nearer a half
         ([1.0] * 700 + [2.0] * 300 + [3.0] * 199 + [1000.0], 2),
         ([1.0] * 300 + [7.0] * 899 + [1000.0], 7),
+        # no threshold leaves 1% liked and some disliked: no hint (it had repeated the
+        # threshold, or named one with the same single like)
+        ([1.0] * 1199 + [1000.0], None),
+        ([1.0] * 1194 + [2.0] * 5 + [1000.0], None),
     ],
 )
 def test_a_tiny_share_of_likes_is_warned_about_with_a_threshold_that_helps(ratings, hint):
+    from metarec.model import MIN_LIKED_SHARE
+
     rec = MetaRecommender(ModelConfig())
     rec.feedback_, rec.rating_range_ = "explicit", (1.0, 1000.0)
+    ratings = np.array(ratings)
     with pytest.warns(UserWarning, match=r"is reached by 1 of 1200 training ratings") as got:
-        rec._check_likes(np.array(ratings))
-    assert f"--set like_threshold={hint})" in str(got[0].message)
+        rec._check_likes(ratings)
+    said = str(got[0].message)
+    if hint is None:
+        assert "no threshold leaves 1% of them likes and some dislikes" in said
+    else:
+        assert f"--set like_threshold={hint})" in said
+        # the hint helps: likes and dislikes both, and the share no longer warned about
+        assert MIN_LIKED_SHARE <= (ratings >= hint).mean() < 1.0
     rec.rating_range_ = (1.0, 5.0)  # the middle, 3, is reached by many: no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -4,6 +4,7 @@ learning from a stream, and an interrupted cache build that encodes only what is
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -412,6 +413,15 @@ def test_interrupted_cache_build_resumes_with_only_missing_texts(tmp_path):
     # stop_after_chunks: a planned stop also keeps what was done
     part, s = embed_resumable(texts, CountingEncoder(), tmp_path / "c2", 10, stop_after_chunks=2)
     assert part is None and s["chunks_done"] == 2 and not s["complete"]
+
+
+def test_each_resumable_chunk_is_one_shard(tmp_path):
+    # the cache's own parts (8,192 texts) cut a 10,000-text chunk in two
+    cache = EmbeddingCache(tmp_path / "cache")
+    embed_resumable([f"t{i}" for i in range(25)], CountingEncoder(), cache, chunk_size=10)
+    enc = HashingEncoder(dim=16)
+    index = json.loads((cache.folder(enc.fingerprint) / "index.json").read_text())
+    assert [e["n"] for e in index["shards"]] == [10, 10, 5]
 
 
 def test_stream_embed_and_synth_parameters_are_checked_in_one_line(tmp_path, log):

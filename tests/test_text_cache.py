@@ -420,3 +420,52 @@ def test_into_a_log_the_encoders_own_bar_gives_way_to_metarecs(tmp_path, hashing
     EmbeddingCache(tmp_path).get_or_compute(Recording(hashing_encoder), TEXTS, show_progress=True)
     assert seen == [False]  # stderr is captured here: not a terminal
     assert "embed: 100%" in capsys.readouterr().err
+
+
+def test_a_later_part_a_concurrent_writer_stored_is_read_not_encoded(tmp_path, hashing_encoder):
+    """The rival's shards were checked against the first part only: the second part was
+    encoded and stored again (12 keys stored for 8 texts)."""
+    texts = [f"book {i}" for i in range(8)]
+
+    class Rival(CountingEncoder):  # before this call's first encode, all 8 are stored
+        def encode(self, t, batch_size=None, show_progress=False):
+            if not self.calls:
+                EmbeddingCache(tmp_path).get_or_compute(self.inner, texts, commit_every=4)
+            return super().encode(t, batch_size, show_progress)
+
+    enc = Rival(hashing_encoder)
+    cache = EmbeddingCache(tmp_path)
+    v, s = cache.get_or_compute(enc, texts, commit_every=4)
+    assert enc.calls == [texts[:4]] and s["encoded"] == 4  # the second part was read
+    assert v.tobytes() == hashing_encoder.encode(texts).tobytes()
+    stored = [k for p in _shards(cache, enc) for k in st_load(p.read_bytes())["keys"]]
+    assert len(stored) == 8
+
+
+def test_a_warm_call_draws_no_bar(tmp_path, hashing_encoder, capsys):
+    cache = EmbeddingCache(tmp_path)
+    cache.get_or_compute(hashing_encoder, TEXTS)
+    capsys.readouterr()
+    cache.get_or_compute(hashing_encoder, TEXTS, show_progress=True)
+    cache.get_or_compute(hashing_encoder, [], show_progress=True)
+    assert capsys.readouterr().err == ""  # it wrote "embed: 0text" into every warm fit's log
+
+
+def test_a_write_that_fails_part_way_says_what_was_kept(tmp_path, hashing_encoder, monkeypatch):
+    texts = [f"book {i}" for i in range(8)]
+    cache = EmbeddingCache(tmp_path)
+    real, writes = EmbeddingCache._write, []
+
+    def second_fails(self, *args):
+        writes.append(1)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(EmbeddingCache, "_write", second_fails)
+    with pytest.warns(UserWarning, match="4 were stored before that, the rest are used but not"):
+        _, s = cache.get_or_compute(hashing_encoder, texts, commit_every=4)
+    assert s["stored"] is False
+    monkeypatch.undo()
+    _, s = cache.get_or_compute(hashing_encoder, texts)
+    assert (s["hits"], s["encoded"]) == (4, 4)

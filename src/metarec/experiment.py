@@ -592,6 +592,9 @@ def load_config(
     data.setdefault("base_dir", str(Path(path).resolve().parent))
     data = apply_overrides(data, list(overrides))
     data.update(updates)
+    if "left_out" in data:
+        # the verdict would say "--only left out X" of methods that ran, or never existed
+        raise MetarecError("left_out is what --only leaves out; it is not a config setting")
     config = ExperimentConfig.from_dict(data)
     learned = [m.name for m in config.methods if m.kind in ("meta", "transfer")]
     if config.default_method is not None and config.default_method not in learned:

@@ -354,6 +354,19 @@ class ModelConfig:
 MIN_LIKED_SHARE = 0.01
 
 
+def _like_hint(ratings: np.ndarray) -> float | None:
+    """The rating to suggest as like threshold when too few reach the current one: of the
+    ratings that leave at least MIN_LIKED_SHARE of the rows liked and some disliked, the
+    one whose liked share is nearest a half; None where none does (100 ones and one 5)."""
+    r = np.sort(np.asarray(ratings, dtype=np.float64))
+    values = np.unique(r)
+    share = 1.0 - np.searchsorted(r, values, side="left") / len(r)  # rows >= each value
+    ok = (share >= MIN_LIKED_SHARE) & (share < 1.0)
+    if not ok.any():
+        return None
+    return float(values[ok][np.argmin(np.abs(share[ok] - 0.5))])
+
+
 def _like_words(given: bool) -> tuple[str, str]:
     """(how the like threshold was set, how to fix it) for its messages."""
     how = "model.like_threshold" if given else "the like threshold, the rating scale's middle,"
@@ -1201,16 +1214,19 @@ class MetaRecommender(Recommender):
             # by 6 of 78,710 rows) trained the ranking model on 6 likes; recommend gave
             # every user the same list, 300x worse than popularity, and nothing said so
             median = float(np.median(ratings))
-            # a threshold at the median likes about half the rows; where the median is
-            # the lowest rating that would be every row, so the next rating up
-            above = np.unique(np.asarray(ratings, dtype=np.float64))
-            hint = median if median > r_lo else float(above[min(1, len(above) - 1)])
+            hint = _like_hint(ratings)
+            fix_it = (
+                f"set model.like_threshold nearer the ratings' median (fit: --set "
+                f"like_threshold={hint:g}), or log-scale counts first"
+                if hint is not None
+                else "no threshold leaves 1% of them likes and some dislikes: give the "
+                "data as labels (a label column of 1 for what was taken)"
+            )
             warnings.warn(
                 f"{how} {thr:g} is reached by {int(liked.sum())} of {len(liked)} training "
                 f"ratings ({100 * liked.mean():.2g}%; they run {r_lo:g}..{r_hi:g}, median "
                 f"{median:g}): the ranking model that recommend uses learns from those "
-                f"likes alone; set model.like_threshold nearer the ratings' median (fit: "
-                f"--set like_threshold={hint:g}), or log-scale counts first",
+                f"likes alone; {fix_it}",
                 stacklevel=3,
             )
         if liked.all():

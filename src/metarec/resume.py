@@ -101,8 +101,9 @@ def fingerprint(config, spec, seed: int, data: str, env: dict, features: str = "
         # the method list (each part has its own spec), the title, the failure policy,
         # the other seeds and where the config sits (the data are hashed themselves) do
         # not change a method's figures on this seed; leaving them out lets `--only`, an
-        # added method or an added seed reuse the parts already run
-        if k not in ("methods", "name", "fail_fast", "seeds", "base_dir")
+        # added method or an added seed reuse the parts already run (left_out, the
+        # methods `--only` dropped, too: it names what did not run)
+        if k not in ("methods", "name", "fail_fast", "seeds", "base_dir", "left_out")
     }
     payload = {
         "format": FORMAT,

@@ -554,7 +554,8 @@ def embed_resumable(
                 vecs = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
                 s = {"encoded": 0, "hits": len(chunk)}
             else:
-                vecs, s = cache.get_or_compute(encoder, chunk, batch_size)
+                # one shard per chunk, as the resume above reads them
+                vecs, s = cache.get_or_compute(encoder, chunk, batch_size, commit_every=chunk_size)
             parts.append(vecs)
             stats["encoded"] += s["encoded"]
             stats["hits"] += s["hits"]

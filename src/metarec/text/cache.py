@@ -211,10 +211,15 @@ class EmbeddingCache:
         # one bar over the parts: the encoder's own bar would restart at every part, and
         # into a log file (stderr not a terminal) it redraws every batch: ~280 lines for
         # 17k Last.fm artists, where ours redraws every 10 s (metarec.progress)
-        own_bar = show_progress and (len(parts) > 1 or not sys.stderr.isatty())
+        own_bar = bool(new_keys) and show_progress and (len(parts) > 1 or not sys.stderr.isatty())
         outer = progress_bar(total=len(new_keys), disable=not own_bar, desc="embed", unit="text")
+        encoded = n_stored = 0
         try:
-            for p_keys in parts or [[]]:
+            for part in parts or [[]]:
+                # a concurrent writer may have stored some of this part since (its vectors
+                # came back from the last write): they are not encoded again
+                p_keys = [k for k in part if k not in found]
+                outer.update(len(part) - len(p_keys))
                 new_vecs = None
                 if p_keys:
                     new_vecs = np.asarray(
@@ -248,10 +253,15 @@ class EmbeddingCache:
                     dim = new_vecs.shape[1]
                     for k, v in zip(p_keys, new_vecs, strict=True):
                         found[k] = v
+                    encoded += len(p_keys)
                     outer.update(len(p_keys))
                 if stored and (p_keys or bad or not index_ok):
                     try:
-                        seen |= self._write(fp, p_keys, new_vecs, dim, bad, seen)
+                        listed, theirs = self._write(fp, p_keys, new_vecs, dim, bad, seen)
+                        seen |= listed
+                        for k, v in theirs.items():  # read now: the later parts skip them
+                            found.setdefault(k, v)
+                        n_stored += len(p_keys)
                         bad, index_ok = [], True  # dropped / rebuilt by that write
                     except (OSError, MetarecError) as err:  # MetarecError: a folder at a file's
                         # path. The cache is a speed-up: a read-only, full or cluttered folder
@@ -265,8 +275,13 @@ class EmbeddingCache:
                         )
                         warnings.warn(
                             f"embedding cache {self.root}: could not store vectors "
-                            f"({reason}); they are used "
-                            "but not kept for the next run",
+                            f"({reason}); "
+                            + (
+                                f"{n_stored} were stored before that, the rest are used "
+                                if n_stored
+                                else "they are used "
+                            )
+                            + "but not kept for the next run",
                             stacklevel=2,
                         )
         finally:  # an error or Ctrl-C too: an open bar would glue the error line to it
@@ -280,7 +295,7 @@ class EmbeddingCache:
         stats = {
             "hits": hits,
             "misses": len(texts) - hits,
-            "encoded": len(todo),
+            "encoded": encoded,
             "dropped_shards": dropped,
             "index_rebuilt": rebuilt,
             "stored": stored,
@@ -295,12 +310,13 @@ class EmbeddingCache:
         dim: int | None,
         bad: list[dict],
         seen: set[str] = frozenset(),
-    ) -> set[str]:
+    ) -> tuple[set[str], dict[bytes, np.ndarray]]:
         """Under the lock: re-read the index, drop bad shards, add the new one, replace.
 
         ``seen``: shards the caller has read. Keys that a shard listed since then already
-        holds are left out of the new one (a concurrent writer encoded them first). Returns
-        the shards listed now, each either seen, checked here, or this call's own.
+        holds are left out of the new one (a concurrent writer encoded them first).
+        Returns (the shards listed now: seen, read here, or this call's own; key -> vector
+        of the shards read here, for the caller to skip in its later parts).
         """
         folder = self.folder(fp)
         with self._locked(folder):
@@ -310,17 +326,17 @@ class EmbeddingCache:
             bad_files = {b["file"] for b in bad}
             # A shard another process listed since our read is kept only if it verifies now.
             kept = []
-            theirs: set[bytes] = set()  # keys in shards listed since our read
+            theirs: dict[bytes, np.ndarray] = {}  # shards listed since our read
             for entry in idx["shards"]:
                 if entry["file"] in bad_files and (
                     self._load_shard(folder, entry, fp, idx["dim"]) is None
                 ):
                     continue
                 kept.append(entry)
-                if entry["file"] not in seen and keys:
+                if entry["file"] not in seen and dim is not None and idx["dim"] == dim:
                     shard = self._load_shard(folder, entry, fp, idx["dim"])
                     if shard is not None:
-                        theirs.update(k.tobytes() for k in shard[0])
+                        theirs.update(zip((k.tobytes() for k in shard[0]), shard[1], strict=True))
             if theirs and vecs is not None:
                 mine = [i for i, k in enumerate(keys) if k not in theirs]
                 keys, vecs = [keys[i] for i in mine], vecs[mine]
@@ -343,7 +359,7 @@ class EmbeddingCache:
                 )
             idx["shards"] = kept
             if idx["dim"] is None:
-                return set()
+                return set(), {}
             try:
                 write_bytes(
                     folder / "index.json", json.dumps(idx, indent=1).encode("utf-8"), fsync=True
@@ -365,4 +381,4 @@ class EmbeddingCache:
             # came, and a large catalogue leaked a whole shard per crash
             for p in folder.glob(".shard-*.safetensors.~*"):
                 sweep_staging(folder, p.name[1 : p.name.index(".~")])
-            return listed
+            return listed, theirs
