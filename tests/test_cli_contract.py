@@ -1501,7 +1501,9 @@ def test_a_like_threshold_that_does_not_split_the_ratings_is_named(tmp_path, cap
     assert main([*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]) == 2
     err = capsys.readouterr().err
     assert "the like threshold, the rating scale's middle, 5.5 is above every training" in err
-    assert "set model.like_threshold to" in err and err.count("\n") == 1 and not out.exists()
+    # the value named is one of the log's (a fixed 4 was outside a 0-1 scale, probe 129)
+    assert "to a rating the log has (fit: --set like_threshold=5; evaluate: --set" in err
+    assert err.count("\n") == 1 and not out.exists()
     # ... and model.like_threshold mends it
     argv = [*fit_argv(paths, out), *FAST, "--rating-range", "1", "10"]
     assert main([*argv, "--set", "like_threshold=4"]) == 0
@@ -1657,6 +1659,15 @@ def test_embed_template_warms_the_texts_fit_embeds_with_the_same_template(
     assert main([*args, "--template", "{title} by {author}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("metarec: error: ") and "author" in err and err.count("\n") == 1
+    # a column the items file has, left out by --text-cols: said so (probe 129)
+    items = pd.read_csv(here / "tiny_items.csv").assign(author="Ann Author")
+    items.to_csv(tmp_path / "items_author.csv", index=False)
+    args[args.index("--items") + 1] = str(tmp_path / "items_author.csv")
+    assert main([*args, "--text-cols", "title", "--template", "{title} by {author}"]) == 2
+    err = capsys.readouterr().err
+    # (a warning line first: the items file's author column is not named)
+    error = err.strip().splitlines()[-1]
+    assert error.startswith("metarec: error: ") and "--text-cols keeps only the columns" in error
 
 
 def test_fit_says_when_almost_no_rating_is_a_like_and_the_ranking_blend_is_dropped(

@@ -2161,7 +2161,10 @@ def test_a_tiny_share_of_likes_is_warned_about_with_a_threshold_that_helps(ratin
     if hint is None:
         assert "no threshold leaves 1% of them likes and some dislikes" in said
     else:
-        assert f"--set like_threshold={hint})" in said
+        assert (
+            f"(fit: --set like_threshold={hint}; evaluate: --set model.like_threshold={hint})"
+            in said
+        )
         # the hint helps: likes and dislikes both, and the share no longer warned about
         assert MIN_LIKED_SHARE <= (ratings >= hint).mean() < 1.0
     rec.rating_range_ = (1.0, 5.0)  # the middle, 3, is reached by many: no warning

@@ -201,6 +201,15 @@ def test_the_verdict_says_when_only_left_methods_without_meta_learning_out(tmp_p
         'kind = "meta"\n[[methods]]\nname = "Pooled"\nkind = "pooled"\n'
         '[[methods]]\nname = "popularity"\n'
     )
+    # nothing without meta-learning ran: no verdict, and it says why (it said nothing)
+    alone = _results({"Meta": [(1.0, 0.50), (1.0, 0.50)]}, {"Meta": "meta"})
+    alone = dataclasses.replace(
+        alone, config=dataclasses.replace(alone.config, left_out=("Pooled", "popularity"))
+    )
+    assert report.verdict(alone, alone.summary(), NDCG) == (
+        "No method without meta-learning is in this run (--only left out Pooled, "
+        "popularity): no verdict on the default."
+    )
     assert load_config(cfg).left_out == ()
     # a left-out meta variant is not a method without meta-learning
     assert load_config(cfg, only=["Meta", "Pooled"]).left_out == ("popularity",)

@@ -407,18 +407,28 @@ def test_texts_a_concurrent_writer_stored_first_are_not_stored_twice(tmp_path, h
     assert s["hits"] == 4
 
 
-def test_into_a_log_the_encoders_own_bar_gives_way_to_metarecs(tmp_path, hashing_encoder, capsys):
+def test_into_a_log_the_encoders_bar_redraws_every_10_s(tmp_path, hashing_encoder, capsys):
     """sentence-transformers' bar redraws every batch: ~280 lines in a redirected stderr
-    for 17k texts (probe 124). Into a log metarec's bar (10 s redraws) stands in."""
+    for 17k texts (probe 124). One part keeps the encoder's bar (metarec's own moved per
+    8,192-text part only: 0% for half a minute, probe 129), at tqdm's 10 s interval."""
     seen = []
 
     class Recording(CountingEncoder):
         def encode(self, texts, batch_size=None, show_progress=False):
-            seen.append(show_progress)
+            seen.append((show_progress, os.environ.get("TQDM_MININTERVAL")))
             return super().encode(texts)
 
+    assert "TQDM_MININTERVAL" not in os.environ
     EmbeddingCache(tmp_path).get_or_compute(Recording(hashing_encoder), TEXTS, show_progress=True)
-    assert seen == [False]  # stderr is captured here: not a terminal
+    assert seen == [(True, "10")]  # stderr is captured here: not a terminal
+    assert "TQDM_MININTERVAL" not in os.environ  # put back
+    # several parts: one metarec bar over them, the encoder's off
+    seen.clear()
+    texts = [f"t{i}" for i in range(6)]
+    EmbeddingCache(tmp_path / "b").get_or_compute(
+        Recording(hashing_encoder), texts, show_progress=True, commit_every=3
+    )
+    assert [s for s, _ in seen] == [False, False]
     assert "embed: 100%" in capsys.readouterr().err
 
 

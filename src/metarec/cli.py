@@ -192,9 +192,19 @@ def cmd_embed(args) -> int:
     ds = _load(args)
     encoder = make_encoder(args.model, device=args.device)
     cache_dir = user_path(args.cache) if args.cache else default_embedding_dir()
-    stats = embed_dataset(
-        ds, encoder, cache_dir, template=args.template, show_progress=not args.json
-    )
+    try:
+        stats = embed_dataset(
+            ds, encoder, cache_dir, template=args.template, show_progress=not args.json
+        )
+    except MetarecError as err:
+        if args.template and args.text_cols and "names column(s)" in str(err):
+            # the column is in the items file, but --text-cols kept only the ones named
+            # (fit, which infers the text columns, took the same template)
+            raise MetarecError(
+                f"{err}; --text-cols keeps only the columns it names: add the template's "
+                "columns there, or leave --text-cols out"
+            ) from err
+        raise
     if not stats["items_with_text"] and not stats.get("users_with_text"):
         # it embedded nothing and exited 0, so "warm the cache before fit" silently did not
         # (the csv loader reads no column as text unless told; fit infers text columns)

@@ -367,13 +367,17 @@ def _like_hint(ratings: np.ndarray) -> float | None:
     return float(values[ok][np.argmin(np.abs(share[ok] - 0.5))])
 
 
-def _like_words(given: bool) -> tuple[str, str]:
-    """(how the like threshold was set, how to fix it) for its messages."""
+def _like_words(given: bool, ratings: np.ndarray) -> tuple[str, str]:
+    """(how the like threshold was set, how to fix it) for its messages; the value named
+    comes from ``ratings`` (a fixed 4 was outside a 0-1 scale, and fit refused it)."""
     how = "model.like_threshold" if given else "the like threshold, the rating scale's middle,"
+    hint = _like_hint(ratings)
+    if hint is None:  # one rating value, or too few above the rest: the lowest likes all
+        hint = float(np.min(ratings))
     # fit's --set names the key bare; an experiment holds it in its [model] table
     fix = (
-        "set model.like_threshold to a rating the log has (fit: --set like_threshold=4; "
-        "evaluate: --set model.like_threshold=4), or give the scale it rates on"
+        f"set the like threshold to a rating the log has (fit: --set like_threshold={hint:g}; "
+        f"evaluate: --set model.like_threshold={hint:g}), or give the scale it rates on"
     )
     return how, fix
 
@@ -384,7 +388,7 @@ def refuse_unliked(threshold: float, given: bool, ratings: np.ndarray) -> None:
     whole log before anything trains (each seed's fit had failed, exit 0)."""
     ratings = np.asarray(ratings, dtype=np.float32)
     if len(ratings) and not (ratings >= np.float32(threshold)).any():
-        how, fix = _like_words(given)
+        how, fix = _like_words(given, ratings)
         raise MetarecError(
             f"{how} {threshold:g} is above every training rating (they run "
             f"{float(ratings.min()):g}..{float(ratings.max()):g}): the ranking model would "
@@ -1208,7 +1212,7 @@ class MetaRecommender(Recommender):
         refuse_unliked(thr, given, ratings)
         liked = np.asarray(ratings, dtype=np.float32) >= np.float32(thr)
         r_lo, r_hi = float(np.min(ratings)), float(np.max(ratings))
-        how, fix = _like_words(given)
+        how, fix = _like_words(given, ratings)
         if liked.mean() < MIN_LIKED_SHARE:
             # play counts read as ratings (1..320,725 plays: the middle, 160,363, reached
             # by 6 of 78,710 rows) trained the ranking model on 6 likes; recommend gave
@@ -1216,8 +1220,9 @@ class MetaRecommender(Recommender):
             median = float(np.median(ratings))
             hint = _like_hint(ratings)
             fix_it = (
-                f"set model.like_threshold nearer the ratings' median (fit: --set "
-                f"like_threshold={hint:g}), or log-scale counts first"
+                f"set the like threshold nearer the ratings' median (fit: --set "
+                f"like_threshold={hint:g}; evaluate: --set model.like_threshold={hint:g}), "
+                "or log-scale counts first"
                 if hint is not None
                 else "no threshold leaves 1% of them likes and some dislikes: give the "
                 "data as labels (a label column of 1 for what was taken)"

@@ -135,6 +135,12 @@ def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _named(names) -> str:
+    """Up to four names, then how many more."""
+    names = list(names)
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
 def verdict(results: Results, table: dict, metric: str) -> str:
     """One honest sentence: does the *default* meta-learned method — the first ``meta`` or
     ``transfer`` method of the config, fixed before any test number was seen — beat the
@@ -157,6 +163,12 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     if default not in table:  # it failed on every seed: no other variant stands in for it
         return f"**The default meta-learned method, {default}, failed on every seed.**"
     dm, bb = default, _best(table, metric, others)
+    if bb is None and results.config.left_out:
+        # the report had no verdict and said nothing of why
+        return (
+            "No method without meta-learning is in this run (--only left out "
+            f"{_named(results.config.left_out)}): no verdict on the default."
+        )
     if bb is None or table[dm][metric]["mean"] is None:
         return ""
     vm, vb = table[dm][metric], table[bb][metric]
@@ -211,9 +223,7 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     # --only left some out: "the best method without meta-learning" is of this run's
     ran_only = ""
     if results.config.left_out:
-        gone = list(results.config.left_out)
-        named = ", ".join(gone[:4]) + (f" and {len(gone) - 4} more" if len(gone) > 4 else "")
-        ran_only = f" (of those in this run: --only left out {named})"
+        ran_only = f" (of those in this run: --only left out {_named(results.config.left_out)})"
     if better:
         if no_interval:
             tail = " With no interval measured, it cannot be called a clear win."

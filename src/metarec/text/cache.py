@@ -29,6 +29,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import sys
 import uuid
 import warnings
@@ -49,6 +50,21 @@ FORMAT = "metarec-embcache-1"
 # texts encoded per stored shard: an interrupted encode keeps every finished part (MiniLM
 # on 2 CPU cores encodes a few hundred titles a second: a part is under a minute's work)
 COMMIT_EVERY = 8192
+
+
+@contextmanager
+def _log_redraws():
+    """Into a log file (stderr not a terminal) the encoder's tqdm bar redraws every 10 s,
+    as metarec's bars do (metarec.progress), not every batch: ~280 lines for 17k Last.fm
+    artists. tqdm reads TQDM_MININTERVAL when a bar starts; a value the user set stands."""
+    if sys.stderr.isatty() or "TQDM_MININTERVAL" in os.environ:
+        yield
+        return
+    os.environ["TQDM_MININTERVAL"] = "10"
+    try:
+        yield
+    finally:
+        os.environ.pop("TQDM_MININTERVAL", None)
 
 
 def text_key(text: str) -> bytes:
@@ -208,10 +224,9 @@ class EmbeddingCache:
         new_keys = list(todo)
         parts = [new_keys[i : i + commit_every] for i in range(0, len(new_keys), commit_every)]
         stored = True
-        # one bar over the parts: the encoder's own bar would restart at every part, and
-        # into a log file (stderr not a terminal) it redraws every batch: ~280 lines for
-        # 17k Last.fm artists, where ours redraws every 10 s (metarec.progress)
-        own_bar = bool(new_keys) and show_progress and (len(parts) > 1 or not sys.stderr.isatty())
+        # one bar over the parts: the encoder's own bar would restart at every part. One
+        # part keeps the encoder's bar (it moves per batch; ours would move per part)
+        own_bar = bool(new_keys) and show_progress and len(parts) > 1
         outer = progress_bar(total=len(new_keys), disable=not own_bar, desc="embed", unit="text")
         encoded = n_stored = 0
         try:
@@ -222,13 +237,14 @@ class EmbeddingCache:
                 outer.update(len(part) - len(p_keys))
                 new_vecs = None
                 if p_keys:
-                    new_vecs = np.asarray(
-                        encoder.encode(
-                            [todo[k] for k in p_keys],
-                            batch_size=batch_size,
-                            show_progress=show_progress and not own_bar,
+                    with _log_redraws():
+                        new_vecs = np.asarray(
+                            encoder.encode(
+                                [todo[k] for k in p_keys],
+                                batch_size=batch_size,
+                                show_progress=show_progress and not own_bar,
+                            )
                         )
-                    )
                     if (
                         new_vecs.dtype != np.float32
                         or new_vecs.ndim != 2
