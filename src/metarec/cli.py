@@ -192,19 +192,21 @@ def cmd_embed(args) -> int:
     ds = _load(args)
     encoder = make_encoder(args.model, device=args.device)
     cache_dir = user_path(args.cache) if args.cache else default_embedding_dir()
-    try:
-        stats = embed_dataset(
-            ds, encoder, cache_dir, template=args.template, show_progress=not args.json
+    if args.template and args.text_cols and ds.item_table is not None:
+        from metarec.text.templates import check_columns, template_fields
+
+        # the column may be in the items file, but --text-cols kept only the ones named
+        # (fit, which infers the text columns, took the same template)
+        check_columns(
+            args.template,
+            template_fields(args.template),
+            ds.item_table.frame.columns,
+            "--text-cols keeps only the columns it names: add the template's columns there, "
+            "or leave --text-cols out",
         )
-    except MetarecError as err:
-        if args.template and args.text_cols and "names column(s)" in str(err):
-            # the column is in the items file, but --text-cols kept only the ones named
-            # (fit, which infers the text columns, took the same template)
-            raise MetarecError(
-                f"{err}; --text-cols keeps only the columns it names: add the template's "
-                "columns there, or leave --text-cols out"
-            ) from err
-        raise
+    stats = embed_dataset(
+        ds, encoder, cache_dir, template=args.template, show_progress=not args.json
+    )
     if not stats["items_with_text"] and not stats.get("users_with_text"):
         # it embedded nothing and exited 0, so "warm the cache before fit" silently did not
         # (the csv loader reads no column as text unless told; fit infers text columns)
@@ -390,6 +392,9 @@ def cmd_fit(args) -> int:
         said_removed(ds)
         pred = Predictor.fit(ds, config)
     pred.save(args.out)
+    # against every row of T (the model's known_items_ leaves out the rows of the
+    # validation users fit held back, and under new_items the held-out items)
+    rated = set(pred.train.item_idx.tolist())
     summary = {
         "run": str(args.out),
         # users and items are the catalogue (U and I included); the RUN's meta.json
@@ -398,7 +403,7 @@ def cmd_fit(args) -> int:
         "users": len(pred.users),
         "items": len(pred.items),
         "train_users": len(set(pred.train.user_idx.tolist())),
-        "train_items": len(set(pred.train.item_idx.tolist())),
+        "train_items": len(rated),
         "interactions": len(pred.train),
         "rows_read": len(raw.ratings),
         "feedback": pred.info.get("feedback"),
@@ -427,9 +432,6 @@ def cmd_fit(args) -> int:
         summary["rank_blend_skipped"] = (
             f"{rank_skipped}: recommend ranks by the ranking model alone"
         )
-    # against every row of T (the model's known_items_ leaves out the rows of the
-    # validation users fit held back, and under new_items the held-out items)
-    rated = set(pred.train.item_idx.tolist())
     unrated = len(pred.items) - len(rated)
     if unrated:
         summary["unrated_items"] = unrated

@@ -502,8 +502,8 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         lines += ["## Plots", ""]
         for title, fname in plots.items():
             lines += [f"### {title}", "", f"![{title}]({fname})", ""]
-    elif plots_missing():
-        lines += ["## Plots", "", f"Not drawn: {plots_missing()}.", ""]
+    elif missing := plots_missing():
+        lines += ["## Plots", "", f"Not drawn: {missing}.", ""]
     return "\n".join(lines)
 
 

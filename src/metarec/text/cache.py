@@ -53,11 +53,12 @@ COMMIT_EVERY = 8192
 
 
 @contextmanager
-def _log_redraws():
-    """Into a log file (stderr not a terminal) the encoder's tqdm bar redraws every 10 s,
-    as metarec's bars do (metarec.progress), not every batch: ~280 lines for 17k Last.fm
-    artists. tqdm reads TQDM_MININTERVAL when a bar starts; a value the user set stands."""
-    if sys.stderr.isatty() or "TQDM_MININTERVAL" in os.environ:
+def _log_redraws(bar: bool):
+    """Where the encoder draws its tqdm ``bar`` into a log file (stderr not a terminal),
+    it redraws every 10 s, as metarec's bars do (metarec.progress), not every batch: ~280
+    lines for 17k Last.fm artists. tqdm reads TQDM_MININTERVAL when a bar starts; a value
+    the user set stands. Without a bar the environment is left alone."""
+    if not bar or sys.stderr.isatty() or "TQDM_MININTERVAL" in os.environ:
         yield
         return
     os.environ["TQDM_MININTERVAL"] = "10"
@@ -226,7 +227,8 @@ class EmbeddingCache:
         stored = True
         # one bar over the parts: the encoder's own bar would restart at every part. One
         # part keeps the encoder's bar (it moves per batch; ours would move per part)
-        own_bar = bool(new_keys) and show_progress and len(parts) > 1
+        own_bar = show_progress and len(parts) > 1
+        encoder_bar = show_progress and not own_bar
         outer = progress_bar(total=len(new_keys), disable=not own_bar, desc="embed", unit="text")
         encoded = n_stored = 0
         try:
@@ -237,12 +239,12 @@ class EmbeddingCache:
                 outer.update(len(part) - len(p_keys))
                 new_vecs = None
                 if p_keys:
-                    with _log_redraws():
+                    with _log_redraws(encoder_bar):
                         new_vecs = np.asarray(
                             encoder.encode(
                                 [todo[k] for k in p_keys],
                                 batch_size=batch_size,
-                                show_progress=show_progress and not own_bar,
+                                show_progress=encoder_bar,
                             )
                         )
                     if (

@@ -112,15 +112,22 @@ def _parts(template: str) -> list[tuple[str, str | None]]:
     ]
 
 
-def _render_parts(frame: pd.DataFrame, parts: list[tuple[str, str | None]]) -> list[str]:
-    fields = [f for _, f in parts if f is not None]
-    missing = [f for f in dict.fromkeys(fields) if f not in frame.columns]
+def check_columns(template: str, fields: list[str], columns, hint: str = "") -> None:
+    """Refuse a template whose ``fields`` (:func:`template_fields`) name a column not in
+    ``columns``, in one line (``hint``, if given, says how to mend it where the caller
+    knows more: `embed --text-cols`)."""
+    missing = [f for f in dict.fromkeys(fields) if f not in columns]
     if missing:
-        template = "".join(lit + ("" if f is None else f"{{{f}}}") for lit, f in parts)
         raise MetarecError(
             f"text template {template!r} names column(s) {', '.join(missing)} not in the table "
-            f"(columns: {', '.join(map(str, frame.columns))})"
+            f"(columns: {', '.join(map(str, columns))})" + (f"; {hint}" if hint else "")
         )
+
+
+def _render_parts(frame: pd.DataFrame, parts: list[tuple[str, str | None]]) -> list[str]:
+    fields = [f for _, f in parts if f is not None]
+    template = "".join(lit + ("" if f is None else f"{{{f}}}") for lit, f in parts)
+    check_columns(template, fields, frame.columns)
     cols = {f: [_render_value(v, f) for v in frame[f].tolist()] for f in dict.fromkeys(fields)}
     out = []
     for i in range(len(frame)):
