@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
 from safetensors.numpy import load as st_load
 
-from metarec.text.cache import EmbeddingCache, text_key
+from metarec.text import cache as cache_module
+from metarec.text.cache import EmbeddingCache, _claim, text_key
 from metarec.text.encoder import HashingEncoder
 from metarec.types import MetarecError
 
@@ -440,7 +443,9 @@ def test_a_later_part_a_concurrent_writer_stored_is_read_not_encoded(tmp_path, h
     class Rival(CountingEncoder):  # before this call's first encode, all 8 are stored
         def encode(self, t, batch_size=None, show_progress=False):
             if not self.calls:
-                EmbeddingCache(tmp_path).get_or_compute(self.inner, texts, commit_every=4)
+                # in one part of 8: a part of 4 would be this call's first part, which it
+                # holds the claim on while it encodes (the rival would wait on it)
+                EmbeddingCache(tmp_path).get_or_compute(self.inner, texts, commit_every=8)
             return super().encode(t, batch_size, show_progress)
 
     enc = Rival(hashing_encoder)
@@ -479,3 +484,92 @@ def test_a_write_that_fails_part_way_says_what_was_kept(tmp_path, hashing_encode
     monkeypatch.undo()
     _, s = cache.get_or_compute(hashing_encoder, texts)
     assert (s["hits"], s["encoded"]) == (4, 4)
+
+
+def _claim_of(cache, enc, texts):
+    return _claim(cache.folder(enc.fingerprint), [text_key(t) for t in texts], wait=0)
+
+
+def test_a_part_another_writer_is_encoding_is_put_off_then_read_not_encoded(
+    tmp_path, hashing_encoder
+):
+    """Two fits of one new catalogue started together encoded every part twice."""
+    texts = [f"book {i}" for i in range(8)]
+    cache, enc = EmbeddingCache(tmp_path), CountingEncoder(hashing_encoder)
+    held = _claim_of(cache, enc, texts[:4])  # another writer is encoding the first part
+    out = {}
+    worker = threading.Thread(
+        target=lambda: out.update(r=cache.get_or_compute(enc, texts, commit_every=4))
+    )
+    worker.start()
+    for _ in range(200):  # the free part first
+        if enc.calls:
+            break
+        time.sleep(0.02)
+    assert enc.calls == [texts[4:]]
+    # the holder stores its part, then lets go: the waiting writer reads it
+    cache._write(
+        enc.fingerprint,
+        [text_key(t) for t in texts[:4]],
+        hashing_encoder.encode(texts[:4]),
+        hashing_encoder.dim,
+        [],
+        set(),
+    )
+    held.release()
+    worker.join(30)
+    assert not worker.is_alive()
+    v, s = out["r"]
+    assert enc.calls == [texts[4:]] and s["encoded"] == 4
+    assert v.tobytes() == hashing_encoder.encode(texts).tobytes()
+    stored = [k for p in _shards(cache, enc) for k in st_load(p.read_bytes())["keys"]]
+    assert len(stored) == 8
+    assert not list(cache.folder(enc.fingerprint).glob(".claim-*"))  # released, removed
+
+
+def test_a_claim_held_past_the_wait_costs_time_not_the_vectors(
+    tmp_path, hashing_encoder, monkeypatch
+):
+    monkeypatch.setattr(cache_module, "CLAIM_WAIT_S", 0.3)
+    texts = [f"book {i}" for i in range(8)]
+    cache, enc = EmbeddingCache(tmp_path), CountingEncoder(hashing_encoder)
+    held = _claim_of(cache, enc, texts[:4])  # a stuck writer: never stores, never lets go
+    try:
+        v, s = cache.get_or_compute(enc, texts, commit_every=4)
+    finally:
+        held.release()
+    assert enc.calls == [texts[4:], texts[:4]] and s["encoded"] == 8
+    assert v.tobytes() == hashing_encoder.encode(texts).tobytes()
+    assert s["stored"] and len(_shards(cache, enc)) == 2
+
+
+class SlowEncoder(HashingEncoder):
+    def encode(self, texts, batch_size=None, show_progress=False):
+        time.sleep(0.2)
+        return super().encode(texts, batch_size, show_progress)
+
+
+def _embed_at_once(root: str, start, done) -> None:
+    texts = [f"title {i}" for i in range(12)]
+    start.wait(60)  # both writers begin together
+    _, s = EmbeddingCache(root).get_or_compute(SlowEncoder(32), texts, commit_every=2)
+    done.put(s["encoded"])
+
+
+def test_two_writers_started_together_encode_each_part_once(tmp_path):
+    ctx = mp.get_context("spawn")
+    start, done = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_embed_at_once, args=(str(tmp_path), start, done)) for _ in "ab"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    encoded = [done.get(timeout=5) for _ in procs]
+    # 6 parts of 2: each encoded by one writer (before claims: 12 texts each)
+    assert sum(encoded) == 12, encoded
+    enc = HashingEncoder(32)
+    stored = [
+        k for p in _shards(EmbeddingCache(tmp_path), enc) for k in st_load(p.read_bytes())["keys"]
+    ]
+    assert len(stored) == 12

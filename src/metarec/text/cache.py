@@ -6,6 +6,7 @@ Layout under ``root``::
         index.json                       {"format", "fingerprint", "dim", "shards": [...]}
         shard-<uuid>.safetensors         tensors keys (n, 32) uint8, vectors (n, dim) float32
         .lock                            fcntl.flock target for writers
+        .claim-<sha256(part keys)[:32]>  held (flock) while a writer encodes that part
 
 Safety rules, each tested:
 
@@ -18,6 +19,11 @@ Safety rules, each tested:
   warned about once per call and the vectors are returned unstored.
 * Writers take an exclusive ``flock`` on ``.lock``, re-read the index under it, then add
   their shard: two processes embedding at once both land in the index. Readers take no lock.
+* New texts are encoded and stored in parts (``COMMIT_EVERY``). A writer claims a part
+  (flock on its claim file) while it encodes and stores it; another writer with the
+  same part puts it off, does its free parts, then waits (``CLAIM_WAIT_S`` at most)
+  and reads it. A claim dies with its process; a claim file left by a killed writer is
+  empty and reused.
 * The full fingerprint is checked against index.json and shard metadata, so a hash-prefix
   collision between two encoders cannot serve one's vectors to the other.
 
@@ -31,8 +37,10 @@ import hashlib
 import json
 import os
 import sys
+import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +58,10 @@ FORMAT = "metarec-embcache-1"
 # texts encoded per stored shard: an interrupted encode keeps every finished part (MiniLM
 # on 2 CPU cores encodes a few hundred titles a second: a part is under a minute's work)
 COMMIT_EVERY = 8192
+# how long a writer waits for a part another process claimed before encoding it itself
+# (a stuck or very slow holder then costs time, never the vectors), and how often it looks
+CLAIM_WAIT_S = 600.0
+CLAIM_POLL_S = 0.2
 
 
 @contextmanager
@@ -66,6 +78,47 @@ def _log_redraws(bar: bool):
         yield
     finally:
         os.environ.pop("TQDM_MININTERVAL", None)
+
+
+class _Claim:
+    """A held claim on one part of new texts: an exclusive ``flock`` on the part's claim
+    file, which the OS lets go if the process dies. Empty (no file) where none could be
+    taken: the part is encoded without one, as before claims existed."""
+
+    def __init__(self, path: Path | None = None, file=None) -> None:
+        self.path, self.file = path, file
+
+    def release(self) -> None:
+        if self.file is None:
+            return
+        # removed while still held: a writer that opens it meanwhile holds a file nobody
+        # else will, and reads the index before it encodes (the part is stored by then)
+        self.path.unlink(missing_ok=True)
+        self.file.close()
+
+
+def _claim(folder: Path, part: list[bytes], wait: float) -> _Claim | None:
+    """Claim ``part`` (its text keys) in ``folder``. None when another process holds it
+    and ``wait`` is 0; after ``wait`` > 0 seconds an empty claim (encode it anyway)."""
+    path = folder / f".claim-{hashlib.sha256(b''.join(part)).hexdigest()[:32]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a+b")  # noqa: SIM115 - held past this call, closed by release()
+    except OSError:  # a read-only cache: no claim (storing will warn)
+        return _Claim()
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return _Claim(path, f)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                return None if wait <= 0 else _Claim()
+            time.sleep(CLAIM_POLL_S)
+        except OSError:  # a filesystem without flock
+            f.close()
+            return _Claim()
 
 
 def text_key(text: str) -> bytes:
@@ -231,77 +284,104 @@ class EmbeddingCache:
         encoder_bar = show_progress and not own_bar
         outer = progress_bar(total=len(new_keys), disable=not own_bar, desc="embed", unit="text")
         encoded = n_stored = 0
+        folder = self.folder(fp)
+        parts = parts or [[]]  # no new text: one pass still repairs a damaged index
+        # A part another live process is encoding (it holds the part's claim) is put off
+        # until the free parts are done, then waited for and read: two fits of one new
+        # catalogue started together encoded every part twice. Alone, a writer takes its
+        # parts in order.
+        ahead, put_off = deque(range(len(parts))), deque()
         try:
-            for part in parts or [[]]:
-                # a concurrent writer may have stored some of this part since (its vectors
-                # came back from the last write): they are not encoded again
-                p_keys = [k for k in part if k not in found]
-                outer.update(len(part) - len(p_keys))
-                new_vecs = None
-                if p_keys:
-                    with _log_redraws(encoder_bar):
-                        new_vecs = np.asarray(
-                            encoder.encode(
-                                [todo[k] for k in p_keys],
-                                batch_size=batch_size,
-                                show_progress=encoder_bar,
+            while ahead or put_off:
+                waited = not ahead
+                i = (put_off if waited else ahead).popleft()
+                part = parts[i]
+                claim = _Claim()
+                if any(k not in found for k in part):
+                    taken = _claim(folder, part, wait=CLAIM_WAIT_S if waited else 0.0)
+                    if taken is None:
+                        put_off.append(i)
+                        continue
+                    claim = taken
+                    # what other writers stored since this call's last read (a part's
+                    # holder stores it before it lets go)
+                    listed, theirs, their_dim = self._read_since(fp, dim, seen)
+                    seen |= listed
+                    for k, v in theirs.items():
+                        found.setdefault(k, v)
+                    dim = their_dim if dim is None else dim
+                try:
+                    # a concurrent writer may have stored some of this part since (its
+                    # vectors came back from the last read or write): not encoded again
+                    p_keys = [k for k in part if k not in found]
+                    outer.update(len(part) - len(p_keys))
+                    new_vecs = None
+                    if p_keys:
+                        with _log_redraws(encoder_bar):
+                            new_vecs = np.asarray(
+                                encoder.encode(
+                                    [todo[k] for k in p_keys],
+                                    batch_size=batch_size,
+                                    show_progress=encoder_bar,
+                                )
                             )
-                        )
-                    if (
-                        new_vecs.dtype != np.float32
-                        or new_vecs.ndim != 2
-                        or len(new_vecs) != len(p_keys)
-                    ):
-                        raise MetarecError(
-                            f"encoder {fp!r} returned {new_vecs.dtype} array of shape "
-                            f"{new_vecs.shape}, expected float32 ({len(p_keys)}, dim)"
-                        )
-                    if dim is not None and new_vecs.shape[1] != dim:
-                        if found:
+                        if (
+                            new_vecs.dtype != np.float32
+                            or new_vecs.ndim != 2
+                            or len(new_vecs) != len(p_keys)
+                        ):
                             raise MetarecError(
-                                f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache "
-                                f"holds dim {dim} vectors for it in {self.folder(fp)} (delete "
-                                "that folder)"
+                                f"encoder {fp!r} returned {new_vecs.dtype} array of shape "
+                                f"{new_vecs.shape}, expected float32 ({len(p_keys)}, dim)"
                             )
-                        # no stored vector has the index's dim: the index is damaged (an
-                        # edited "dim" blocked every later fit); rebuilt below as an
-                        # unusable one is
-                        index_ok, bad = False, []
-                        dropped, rebuilt = 0, True
-                    dim = new_vecs.shape[1]
-                    for k, v in zip(p_keys, new_vecs, strict=True):
-                        found[k] = v
-                    encoded += len(p_keys)
-                    outer.update(len(p_keys))
-                if stored and (p_keys or bad or not index_ok):
-                    try:
-                        listed, theirs = self._write(fp, p_keys, new_vecs, dim, bad, seen)
-                        seen |= listed
-                        for k, v in theirs.items():  # read now: the later parts skip them
-                            found.setdefault(k, v)
-                        n_stored += len(p_keys)
-                        bad, index_ok = [], True  # dropped / rebuilt by that write
-                    except (OSError, MetarecError) as err:  # MetarecError: a folder at a file's
-                        # path. The cache is a speed-up: a read-only, full or cluttered folder
-                        # costs the next run an encode, not this run its vectors (a fit failed
-                        # here after every text had been encoded)
-                        stored = False
-                        reason = (
-                            f"{err.strerror or type(err).__name__}: {err.filename or self.folder(fp)}"
-                            if isinstance(err, OSError)
-                            else str(err)
-                        )
-                        warnings.warn(
-                            f"embedding cache {self.root}: could not store vectors "
-                            f"({reason}); "
-                            + (
-                                f"{n_stored} were stored before that, the rest are used "
-                                if n_stored
-                                else "they are used "
+                        if dim is not None and new_vecs.shape[1] != dim:
+                            if found:
+                                raise MetarecError(
+                                    f"encoder {fp!r} returns dim {new_vecs.shape[1]} but the cache "
+                                    f"holds dim {dim} vectors for it in {self.folder(fp)} (delete "
+                                    "that folder)"
+                                )
+                            # no stored vector has the index's dim: the index is damaged (an
+                            # edited "dim" blocked every later fit); rebuilt below as an
+                            # unusable one is
+                            index_ok, bad = False, []
+                            dropped, rebuilt = 0, True
+                        dim = new_vecs.shape[1]
+                        for k, v in zip(p_keys, new_vecs, strict=True):
+                            found[k] = v
+                        encoded += len(p_keys)
+                        outer.update(len(p_keys))
+                    if stored and (p_keys or bad or not index_ok):
+                        try:
+                            listed, theirs = self._write(fp, p_keys, new_vecs, dim, bad, seen)
+                            seen |= listed
+                            for k, v in theirs.items():  # read now: the later parts skip them
+                                found.setdefault(k, v)
+                            n_stored += len(p_keys)
+                            bad, index_ok = [], True  # dropped / rebuilt by that write
+                        except (OSError, MetarecError) as err:  # MetarecError: a folder at a file's
+                            # path. The cache is a speed-up: a read-only, full or cluttered folder
+                            # costs the next run an encode, not this run its vectors (a fit failed
+                            # here after every text had been encoded)
+                            stored = False
+                            reason = (
+                                f"{err.strerror or type(err).__name__}: {err.filename or self.folder(fp)}"
+                                if isinstance(err, OSError)
+                                else str(err)
                             )
-                            + "but not kept for the next run",
-                            stacklevel=2,
-                        )
+                            warnings.warn(
+                                f"embedding cache {self.root}: could not store vectors "
+                                f"({reason}); "
+                                + (
+                                    f"{n_stored} were stored before that, the rest are used "
+                                    if n_stored
+                                    else "they are used "
+                                )
+                                + "but not kept for the next run",
+                                stacklevel=2,
+                            )
+                finally:
+                    claim.release()
         finally:  # an error or Ctrl-C too: an open bar would glue the error line to it
             outer.close()
 
@@ -319,6 +399,27 @@ class EmbeddingCache:
             "stored": stored,
         }
         return out, stats
+
+    def _read_since(
+        self, fp: str, dim: int | None, seen: set[str]
+    ) -> tuple[set[str], dict[bytes, np.ndarray], int | None]:
+        """The shards the index lists now that are not in ``seen`` and verify (read without
+        the lock, as every reader does): (their file names, key -> vector, the index's dim,
+        or None when it has none this call can use)."""
+        folder = self.folder(fp)
+        idx, _ = self._read_index(folder, fp)
+        if idx is None or (dim is not None and idx["dim"] != dim):
+            return set(), {}, None
+        listed: set[str] = set()
+        theirs: dict[bytes, np.ndarray] = {}
+        for entry in idx["shards"]:
+            if entry["file"] in seen:
+                continue
+            shard = self._load_shard(folder, entry, fp, idx["dim"])
+            if shard is not None:
+                listed.add(entry["file"])
+                theirs.update(zip((k.tobytes() for k in shard[0]), shard[1], strict=True))
+        return listed, theirs, idx["dim"]
 
     def _write(
         self,
