@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json", type=json_path, required=True)
     a = p.parse_args(argv)
-    cfg = load_config(a.config, a.overrides)
+    # only the method run is checked: a [model]-wide setting that another method of the
+    # config cannot take (rank_loss "softmax" with a MAML ranking model) does not stop it
+    cfg = load_config(a.config, a.overrides, only=[a.method], only_flag="--method")
     spec = next((m for m in cfg.methods if m.name == a.method), None)
     if spec is None or spec.kind == "baseline":
         # one line and exit 2 through run_script, as every bad flag (SystemExit gave 1)

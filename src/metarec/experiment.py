@@ -582,12 +582,13 @@ def load_config(
     path: str | os.PathLike,
     overrides: Sequence[str] = (),
     only: Sequence[str] | None = None,
+    only_flag: str = "--only",
     **updates: Any,
 ) -> ExperimentConfig:
     """Read a TOML experiment file, apply ``key.path=value`` overrides, keep the methods
     named in ``only`` (None: all), validate. The methods left out are not checked: a
     setting that only they cannot take (a grid with split.valid_frac = 0) does not stop
-    a run without them."""
+    a run without them. ``only_flag`` names the flag ``only`` came from in errors."""
     data = load_toml(path)
     data.setdefault("base_dir", str(Path(path).resolve().parent))
     data = apply_overrides(data, list(overrides))
@@ -607,11 +608,11 @@ def load_config(
     if only is not None:
         wanted = [m.strip() for m in only if m.strip()]
         if not wanted:  # --only "" used to run every method
-            raise MetarecError("--only names no method")
+            raise MetarecError(f"{only_flag} names no method")
         names = [m.name for m in config.methods]
         missing = [m for m in wanted if m not in names]
         if missing:
-            raise MetarecError(f"--only: no method named {missing} in the config ({names})")
+            raise MetarecError(f"{only_flag}: no method named {missing} in the config ({names})")
         config = dataclasses.replace(
             config,
             methods=tuple(m for m in config.methods if m.name in wanted),
