@@ -1218,10 +1218,13 @@ def test_a_comment_line_with_as_many_commas_as_the_header_is_named(tmp_path):
 
 def test_a_trailing_comma_in_a_query_file_is_an_empty_name(tmp_path):
     """The query file said "unknown column(s) 'Unnamed: 2'", a name pandas invents; the
-    log files already said "an empty name"."""
+    log files already said "an empty name". A trailing comma on every line (no values in
+    the column) is read past, as the items file reads it (probe 132)."""
     from metarec.data.files import read_query
 
     p = write(tmp_path / "Q.csv", "user_id,item_id,\nu,i,\n")
+    assert read_query(p).values.tolist() == [["u", "i"]]
+    p = write(tmp_path / "Q.csv", "user_id,item_id,\nu,i,x\n")
     with pytest.raises(MetarecError, match=r"unknown column\(s\) an empty name \(column 3\)"):
         read_query(p)
 

@@ -479,7 +479,17 @@ def cmd_fit(args) -> int:
     return 0
 
 
-def _warn_unknown_support(stats: dict) -> None:
+def _warn_unknown_support(stats: dict, support: str) -> None:
+    repeated = stats["repeated_support_rows"]
+    if repeated:
+        # fit says so of T's; a conflicting rating is often a mistake in the data
+        print(
+            f"metarec: warning: {repeated} row{'s' if repeated > 1 else ''} of {support} "
+            f"repeat{'' if repeated > 1 else 's'} a user's item and "
+            f"{'were' if repeated > 1 else 'was'} left out (a repeated user-item row keeps "
+            "its newest)",
+            file=sys.stderr,
+        )
     if stats["unknown_support_items"]:
         alike = stats.get("unknown_support_look_alike")
         print(
@@ -523,7 +533,7 @@ def cmd_predict(args) -> int:
     query = read_query(args.query)
     out, stats = pred.predict(support, query)
     _write_csv_atomic(out, Path(args.out))
-    _warn_unknown_support(stats)
+    _warn_unknown_support(stats, args.support)
     _warn_look_alike_users(stats)
     stream, to = _said(args)
     users = "1 user" if stats["users"] == 1 else f"{stats['users']} users"
@@ -540,7 +550,7 @@ def cmd_recommend(args) -> int:
     support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
     out, stats = pred.recommend(support, args.k, args.domain)
     _write_csv_atomic(out, Path(args.out))
-    _warn_unknown_support(stats)
+    _warn_unknown_support(stats, args.support)
     _warn_look_alike_users(stats)
     per_user = out.groupby("user_id", sort=False).size()  # rows each user got
     short = int((per_user < args.k).sum())  # the catalogue minus their support is < k

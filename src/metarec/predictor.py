@@ -263,12 +263,13 @@ class Predictor:
 
     def _supports_from_frame(
         self, frame: pd.DataFrame
-    ) -> tuple[dict[str, Interactions], int, dict | None]:
+    ) -> tuple[dict[str, Interactions], dict, dict | None]:
         """Per-user support interactions from an S table: a frame :func:`read_log` read
         (the CLI), or one built in Python, which is read here the same way (its feedback
         kind checked against the RUN's, dates and datetime64 timestamps converted).
-        Returns (supports by canonical user id, the unknown support item ids, canonical -> the
-        caller's own spelling of each user id for a Python frame, else None)."""
+        Returns (supports by canonical user id, :meth:`_support_stats` of the rows left out,
+        canonical -> the caller's own spelling of each user id for a Python frame, else
+        None)."""
         if not isinstance(frame, pd.DataFrame):
             raise MetarecError(
                 f"support: expected a pandas DataFrame with user_id, item_id and rating (or "
@@ -308,13 +309,16 @@ class Predictor:
             )
             out[str(user_id)] = inter
             unknown_ids += unknown
-        return out, unknown_ids, given
+        # support_of keeps a repeated (user, item) row's newest: counted, as fit counts T's
+        repeated = int(frame.duplicated(["user_id", "item_id"]).sum())
+        return out, self._support_stats(unknown_ids, repeated), given
 
-    def _unknown_stats(self, unknown: list[str]) -> dict:
+    def _support_stats(self, unknown: list[str], repeated: int = 0) -> dict:
         """``unknown_support_items`` (a count, as before) and, where there are any, the
         first of them and a catalogue id that is the same number spelled another way
-        ("42" for "42.0"): the warning named neither (ids are compared as written)."""
-        stats: dict = {"unknown_support_items": len(unknown)}
+        ("42" for "42.0"): the warning named neither (ids are compared as written).
+        ``repeated_support_rows``: rows repeating a user's item, left out for its newest."""
+        stats: dict = {"unknown_support_items": len(unknown), "repeated_support_rows": repeated}
         if unknown:
             from metarec.data.files import numeric_look_alike
 
@@ -386,7 +390,7 @@ class Predictor:
     # --- the CLI contract --------------------------------------------------------------
     def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
         """One score per query row (rating scale for explicit data, probability otherwise)."""
-        supports, unknown, _ = self._supports_from_frame(support)
+        supports, support_stats, _ = self._supports_from_frame(support)
         if not isinstance(query, pd.DataFrame):
             raise MetarecError(
                 f"query: expected a pandas DataFrame with user_id and item_id columns, got "
@@ -441,7 +445,7 @@ class Predictor:
             )
         out = pd.DataFrame({"user_id": raw_users, "item_id": raw_items, "score": scores})
         return out, {
-            **self._unknown_stats(unknown),
+            **support_stats,
             "users": len(tasks),
             "look_alike_users": self.look_alike_users(pd.unique(users)),
         }
@@ -518,11 +522,12 @@ class Predictor:
     def recommend(
         self, support: pd.DataFrame, k: int, domain: str | None = None
     ) -> tuple[pd.DataFrame, dict]:
-        """Top-k per support user; also {"unknown_support_items": n, "users": n,
+        """Top-k per support user; also {"unknown_support_items": n,
+        "repeated_support_rows": n, "users": n,
         "no_candidates": [user ids left with no item to recommend] (their support and
         history cover the catalogue, or ``domain``'s items: they get no rows),
         "look_alike_users": :meth:`look_alike_users` of the support's users}."""
-        supports, unknown, given = self._supports_from_frame(support)
+        supports, support_stats, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
         out = self.recommend_many(supports, k, domain)
@@ -532,7 +537,7 @@ class Predictor:
             out["user_id"] = out["user_id"].map(given).astype(object)
             empty = [given[u] for u in empty]
         return out, {
-            **self._unknown_stats(unknown),
+            **support_stats,
             "users": len(supports),
             "no_candidates": empty,
             "look_alike_users": self.look_alike_users(supports),

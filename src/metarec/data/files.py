@@ -55,6 +55,25 @@ def _read(path: str | Path) -> pd.DataFrame:
                     f"{path}: the header {frame.columns[0]!r} looks {name}-separated; files "
                     "are read comma-separated (.csv), tab-separated (.tsv) or as Parquet"
                 )
+    return _drop_empty_unnamed(frame)
+
+
+def _unnamed(frame: pd.DataFrame) -> list:
+    return [c for c in frame.columns if re.fullmatch(r"Unnamed: \d+", str(c)) or not str(c).strip()]
+
+
+def _drop_empty_unnamed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Without the columns that have no name and no value: a trailing comma on every
+    line, as spreadsheets export. The items file took it and T, S and Q refused it as an
+    unknown column (probe 132). One with values stays, for the reader to refuse."""
+    empty = [
+        c for c in _unnamed(frame) if frame[c].astype("string").str.strip().fillna("").eq("").all()
+    ]
+    if not empty:
+        return frame
+    attrs = dict(frame.attrs)
+    frame = frame.drop(columns=empty)
+    frame.attrs.update(attrs)
     return frame
 
 
@@ -152,23 +171,37 @@ def domain_names(s: pd.Series) -> pd.Series:
 _MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "-", "?"})
 
 
+def _say_if_nearly_numeric(frame: pd.DataFrame, column: str, cells, numbers) -> None:
+    """A column whose filled ``cells`` are numbers but for a few words (a year column with
+    one "unknown": a missing-value spelling outside _MISSING) is read as text or
+    categories: said, as it silently went into the embedded text. A stray with a digit in
+    it is a code, not a missing value (ISBNs ending in X): nothing to say. ``numbers``:
+    the cells as numbers, NaN where one is not."""
+    n, bad = len(cells), numbers.isna()
+    strays = cells[bad]
+    if n < 5 or len(strays) > 0.1 * n or strays.str.contains(r"\d").any():
+        return
+    warnings.warn(
+        f"{_where(frame)}: column {column!r} is not read as numbers: {n - len(strays)} of "
+        f"{n} filled cells are numbers, not {strays.iloc[0]!r} ({len(strays)} such); if "
+        "that spells a missing value, blank those cells to make it a number column",
+        stacklevel=3,
+    )
+
+
 def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
     """(text, categorical, numeric) column names of a side table, and the cleaned frame.
     A column with no name that holds values is refused: it is most often a saved pandas
     index (``to_csv`` without ``index=False``), and it had become a numeric feature. One
     with no values (a trailing comma on every line, as spreadsheets export) is dropped."""
-    blank = [
-        c for c in frame.columns if re.fullmatch(r"Unnamed: \d+", str(c)) or not str(c).strip()
-    ]
-    empty = [c for c in blank if frame[c].astype("string").str.strip().fillna("").eq("").all()]
-    held = [c for c in blank if c not in empty]
+    frame = _drop_empty_unnamed(frame)
+    held = _unnamed(frame)
     if held:
         raise MetarecError(
             f"{_where(frame)}: a column with values has {_column_name(held[0])}: name every "
             "column (an unnamed first column is often a saved pandas index: write the file "
             "with index=False)"
         )
-    frame = frame.drop(columns=empty)
     out = pd.DataFrame({key: id_column(frame, key).to_numpy(object)})
     text, cat, num = [], [], []
     for c in frame.columns:
@@ -210,6 +243,7 @@ def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.D
             out[c] = optional_number(s)
             num.append(c)
             continue
+        _say_if_nearly_numeric(frame, c, spelled[filled], as_num[filled])
         strings = s.fillna("").astype(str)
         nonempty = strings[strings != ""]
         long_or_distinct = (
