@@ -194,3 +194,21 @@ def test_benchmark_json_records_the_machine(tmp_path):
     assert m["torch_threads"] == torch.get_num_threads() and m["cores"] >= 1
     assert m["packages"]["torch"]  # the versions results.json records
     assert set(m) >= {"cpu", "commit", "utc", "python", "platform", "cuda"}
+
+
+def test_the_embed_together_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "together.json"
+    script = str(ROOT / "benchmarks" / "bench_embed_together.py")
+    cmd = [sys.executable, script, "--texts", "20000", "--model", "hashing:16"]
+    subprocess.run([*cmd, "--json", str(out)], check=True, capture_output=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["alone"]["encoded"] == [20000]
+    # three parts of 8,192: with claims each is encoded once between the two writers;
+    # without, each writer encodes what the other had not stored when it looked
+    assert sum(res["together"]["encoded"]) == 20000
+    assert 20000 <= sum(res["together_without_claims"]["encoded"]) <= 40000
+    for name in ("alone", "together", "together_without_claims"):
+        assert res[name]["seconds"] > 0
+    assert res["together_vs_alone"] == pytest.approx(
+        res["together"]["seconds"] / res["alone"]["seconds"], abs=2e-3
+    )
