@@ -106,6 +106,33 @@ def test_fit_writes_a_loadable_run(fitted):
     assert meta["encoder_fingerprint"].startswith("hashing")
 
 
+def test_a_meta_json_disagreeing_with_the_model_is_a_damaged_run(fitted, tmp_path, capsys):
+    # without meta.json's feedback the run read supports as 0/1 labels and blamed every
+    # rating of the support (probe 130); meta.json decides how supports are read
+    import hashlib
+    import shutil
+
+    _, run, _ = fitted
+    support, query = cold_support(tmp_path), tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it8"]}).to_csv(query, index=False)
+    assert predict(run, support, query, tmp_path / "P.csv") == 0
+    for edit in ({"feedback": None}, {"rating_range": [0.0, 10.0]}, {"feedback": "implicit"}):
+        copy = tmp_path / f"RUN-{len(list(tmp_path.glob('RUN-*')))}"
+        shutil.copytree(run, copy)
+        meta = json.loads((copy / "meta.json").read_text())
+        meta.update(edit)
+        meta = {k: v for k, v in meta.items() if v is not None}
+        (copy / "meta.json").write_text(json.dumps(meta))
+        manifest = json.loads((copy / "manifest.json").read_text())
+        for rel in manifest["files"]:  # checksums rewritten: only the contents disagree
+            manifest["files"][rel] = hashlib.sha256((copy / rel).read_bytes()).hexdigest()
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        assert predict(copy, support, query, tmp_path / "P.csv") == 2
+        err = capsys.readouterr().err
+        assert "RUN is incomplete or from another version" in err and "meta.json says" in err
+        assert err.count("\n") == 1
+
+
 def test_non_finite_scores_are_an_error_not_a_row(fitted, monkeypatch):
     # a damaged model's NaN was written to P.csv as a score, and recommend took NaN for
     # an excluded item ("users have rated all of the catalogue") with exit 0
@@ -1217,6 +1244,15 @@ def test_a_repeated_support_row_is_said_and_its_newest_kept(fitted, tmp_path, ca
     rec = ["recommend", "--run", str(run), "--support", str(s_rep), "-k", "3"]
     assert main([*rec, "--out", str(tmp_path / "R.csv")]) == 0
     assert "repeats a user's item and was left out" in capsys.readouterr().err
+    # a repeated unknown item is counted once, as unknown (both lines counted its second
+    # row: three rows said left out of two, review 133)
+    pd.DataFrame(
+        {"user_id": ["n"] * 4, "item_id": ["it0", "zz", "zz", "it2"], "rating": [5, 4, 3, 5]}
+    ).to_csv(s_rep, index=False)
+    assert main([*rec, "--out", str(tmp_path / "R.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "2 support rows name items outside the catalogue" in err
+    assert "repeat" not in err
 
 
 def test_fit_says_recommend_ranks_never_rated_items_low(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -528,16 +529,18 @@ def test_a_part_another_writer_is_encoding_is_put_off_then_read_not_encoded(
 
 
 def test_a_claim_held_past_the_wait_costs_time_not_the_vectors(
-    tmp_path, hashing_encoder, monkeypatch
+    tmp_path, hashing_encoder, monkeypatch, capsys
 ):
     monkeypatch.setattr(cache_module, "CLAIM_WAIT_S", 0.3)
     texts = [f"book {i}" for i in range(8)]
     cache, enc = EmbeddingCache(tmp_path), CountingEncoder(hashing_encoder)
     held = _claim_of(cache, enc, texts[:4])  # a stuck writer: never stores, never lets go
     try:
-        v, s = cache.get_or_compute(enc, texts, commit_every=4)
+        v, s = cache.get_or_compute(enc, texts, commit_every=4, show_progress=True)
     finally:
         held.release()
+    # the wait is said (silent, it looked like a hang: review 133)
+    assert "embed: another job is encoding 4 of these texts" in capsys.readouterr().err
     assert enc.calls == [texts[4:], texts[:4]] and s["encoded"] == 8
     assert v.tobytes() == hashing_encoder.encode(texts).tobytes()
     assert s["stored"] and len(_shards(cache, enc)) == 2
@@ -573,3 +576,54 @@ def test_two_writers_started_together_encode_each_part_once(tmp_path):
         k for p in _shards(EmbeddingCache(tmp_path), enc) for k in st_load(p.read_bytes())["keys"]
     ]
     assert len(stored) == 12
+
+
+def test_a_claim_file_its_holder_removed_is_not_taken_for_the_claim(tmp_path, monkeypatch):
+    """A waiter that got the lock of a file its holder had just removed held a file nobody
+    else would, while a newcomer claimed the file now at the path: both encoded the part
+    (review 133)."""
+    folder, part = tmp_path / "f", [text_key("a")]
+    real_flock, other = fcntl.flock, []
+
+    def swap_then_lock(fd, op):
+        if not other:  # meanwhile the holder removes its file and a newcomer claims anew
+            path = next(folder.glob(".claim-*"))
+            path.unlink()
+            other.append(open(path, "a+b"))  # noqa: SIM115
+            real_flock(other[0].fileno(), fcntl.LOCK_EX)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(cache_module.fcntl, "flock", swap_then_lock)
+    try:
+        assert _claim(folder, part, wait=0) is None  # the newcomer holds the part
+    finally:
+        other[0].close()
+    monkeypatch.setattr(cache_module.fcntl, "flock", real_flock)
+    mine = _claim(folder, part, wait=0)
+    assert mine is not None and mine.file is not None
+    mine.release()
+    assert not list(folder.glob(".claim-*"))
+
+
+def test_a_claim_file_that_cannot_be_removed_is_left_and_the_vectors_returned(
+    tmp_path, hashing_encoder, monkeypatch
+):
+    """A folder that turned read-only: release() raised PermissionError out of the encode
+    and left its claim locked (review 133)."""
+    real = cache_module.Path.unlink
+
+    def refuse_claims(self, missing_ok=False):
+        if self.name.startswith(".claim-"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(cache_module.Path, "unlink", refuse_claims)
+    texts = [f"book {i}" for i in range(8)]
+    cache = EmbeddingCache(tmp_path)
+    v, s = cache.get_or_compute(hashing_encoder, texts, commit_every=4)
+    assert v.tobytes() == hashing_encoder.encode(texts).tobytes() and s["encoded"] == 8
+    left = list(cache.folder(hashing_encoder.fingerprint).glob(".claim-*"))
+    assert len(left) == 2
+    for path in left:  # closed, so not held: another writer takes them at once
+        with open(path, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -150,6 +150,20 @@ class Predictor:
                     f"{path}: RUN's config.json does not load in metarec {__version__}, the "
                     f"RUN is from another version or damaged ({err})"
                 ) from None
+            # meta.json's feedback and scale decide how supports are read and checked;
+            # disagreeing with the model's own, the RUN's files are mixed or edited (a
+            # meta.json without them blamed every rating of the support, probe 130)
+            said = (run.meta.get("feedback"), run.meta.get("rating_range"))
+            has = (model.feedback_, model.rating_range_)
+            if said[0] != has[0] or (
+                said[1] is not None
+                and has[1] is not None
+                and [float(v) for v in said[1]] != [float(v) for v in has[1]]
+            ):
+                raise ValueError(
+                    f"meta.json says feedback {said[0]!r}, rating range {said[1]}; the model "
+                    f"in config.json {has[0]!r}, {list(has[1]) if has[1] is not None else None}"
+                )
             domains = run.meta["item_domains"]
             item_domain = np.asarray(domains, dtype=object)[t["item_domain"].numpy()]
             users, items = run.ids["users"], run.ids["items"]
@@ -301,7 +315,7 @@ class Predictor:
         self._check_domains(frame, "support")
         # every row at once (support_of checks each user's): the count then covers them all
         self.check_values(frame["rating"].to_numpy(np.float64), "support")
-        out, unknown_ids = {}, []
+        out, unknown_ids, repeated = {}, [], 0
         ts_col = "timestamp" if "timestamp" in frame.columns else None
         for user_id, rows in frame.groupby("user_id", sort=False):
             inter, unknown = self.support_of(
@@ -309,8 +323,9 @@ class Predictor:
             )
             out[str(user_id)] = inter
             unknown_ids += unknown
-        # support_of keeps a repeated (user, item) row's newest: counted, as fit counts T's
-        repeated = int(frame.duplicated(["user_id", "item_id"]).sum())
+            # support_of keeps a repeated catalogue item's newest row: the others are
+            # counted, as fit counts T's (rows on unknown items are counted as those)
+            repeated += len(rows) - len(unknown) - len(inter)
         return out, self._support_stats(unknown_ids, repeated), given
 
     def _support_stats(self, unknown: list[str], repeated: int = 0) -> dict:

@@ -91,34 +91,51 @@ class _Claim:
     def release(self) -> None:
         if self.file is None:
             return
-        # removed while still held: a writer that opens it meanwhile holds a file nobody
-        # else will, and reads the index before it encodes (the part is stored by then)
-        self.path.unlink(missing_ok=True)
-        self.file.close()
+        try:
+            # removed while still held; a writer waiting on this file then finds it no
+            # longer at the path and claims the path's file anew (_claim)
+            self.path.unlink(missing_ok=True)
+        except OSError:  # a folder that became read-only: the empty file stays, reusable
+            pass
+        finally:
+            self.file.close()
+
+
+def _held_at(f, path: Path) -> bool:
+    """Whether the open file ``f`` is still the file at ``path``: a waiter's file may have
+    been removed by its holder (and another made there) before the waiter got its lock."""
+    try:
+        here, there = os.fstat(f.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _claim(folder: Path, part: list[bytes], wait: float) -> _Claim | None:
     """Claim ``part`` (its text keys) in ``folder``. None when another process holds it
     and ``wait`` is 0; after ``wait`` > 0 seconds an empty claim (encode it anyway)."""
     path = folder / f".claim-{hashlib.sha256(b''.join(part)).hexdigest()[:32]}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        f = open(path, "a+b")  # noqa: SIM115 - held past this call, closed by release()
-    except OSError:  # a read-only cache: no claim (storing will warn)
-        return _Claim()
     deadline = time.monotonic() + wait
     while True:
         try:
+            folder.mkdir(parents=True, exist_ok=True)
+            f = open(path, "a+b")  # noqa: SIM115 - held past this call, closed by release()
+        except OSError:  # a read-only cache: no claim (storing will warn)
+            return _Claim()
+        try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return _Claim(path, f)
         except BlockingIOError:
+            f.close()
             if time.monotonic() >= deadline:
-                f.close()
                 return None if wait <= 0 else _Claim()
             time.sleep(CLAIM_POLL_S)
+            continue
         except OSError:  # a filesystem without flock
             f.close()
             return _Claim()
+        if _held_at(f, path):
+            return _Claim(path, f)
+        f.close()  # its holder removed it after use: the file at the path is the claim
 
 
 def text_key(text: str) -> bytes:
@@ -291,6 +308,7 @@ class EmbeddingCache:
         # catalogue started together encoded every part twice. Alone, a writer takes its
         # parts in order.
         ahead, put_off = deque(range(len(parts))), deque()
+        said_wait = False
         try:
             while ahead or put_off:
                 waited = not ahead
@@ -298,6 +316,15 @@ class EmbeddingCache:
                 part = parts[i]
                 claim = _Claim()
                 if any(k not in found for k in part):
+                    if waited and show_progress and not said_wait:
+                        # a silent wait of up to CLAIM_WAIT_S looked like a hang
+                        said_wait = True
+                        left = sum(len(parts[j]) for j in (i, *put_off))
+                        print(
+                            f"embed: another job is encoding {left} of these texts into "
+                            f"{self.root}; waiting for it (at most {CLAIM_WAIT_S:.0f} s)",
+                            file=sys.stderr,
+                        )
                     taken = _claim(folder, part, wait=CLAIM_WAIT_S if waited else 0.0)
                     if taken is None:
                         put_off.append(i)
