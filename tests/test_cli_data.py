@@ -129,6 +129,18 @@ def test_bad_csv_is_one_line_exit_2(capsys, tmp_path, content, needle):
     assert not out_dir.exists()
 
 
+def test_split_says_what_preprocessing_removed(capsys, tmp_path):
+    # fit said it, split cut a deduplicated log without a word (probe 134)
+    rows = "user_id,item_id,rating,timestamp\n" + "".join(
+        f"u{u},i{i},{1 + (u + i) % 5},{u * 10 + i}\n" for u in range(20) for i in range(8)
+    )
+    log = _write(tmp_path / "log.csv", rows + "u0,i0,1,999\nu1,i1,1,999\n")
+    args = ["split", "csv", "--path", str(log), "--k", "2", "--query", "2"]
+    code, _, err = run_cli(capsys, *args, "--out", str(tmp_path / "out"))
+    assert code == 0
+    assert "metarec: warning: 2 of 162 rows of" in err and "step 'dedupe'" in err
+
+
 def test_k_larger_than_histories_is_exit_2(capsys, tmp_path):
     rows = "user_id,item_id,rating,timestamp\n" + "".join(
         f"u{u},i{i},{1 + (u + i) % 5},{u * 10 + i}\n" for u in range(20) for i in range(5)

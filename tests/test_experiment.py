@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -2030,3 +2031,33 @@ def test_an_experiment_without_validation_users_fits_its_meta_model(tmp_path):
 
     said = render_markdown(results, {})
     assert "0 validation users (meta fits hold out their own from the training users)" in said
+
+
+def test_evaluate_says_what_preprocessing_removed_and_counts_unrated_items(tmp_path):
+    """evaluate and split ran the default dedupe (and any k-core) without a word; the
+    report's item count left out the catalogue items nobody rated, which "(full)" ranks
+    (probe 134)."""
+    log = pd.read_csv(TINY.parent / "tiny_log.csv")
+    dup = log.head(30).assign(rating=1, timestamp=log.head(30).timestamp + 1)
+    pd.concat([log, dup]).to_csv(tmp_path / "log.csv", index=False)
+    items = pd.read_csv(TINY.parent / "tiny_items.csv")
+    extra = pd.DataFrame({"item_id": ["never1", "never2"], "title": ["Unread A", "Unread B"]})
+    pd.concat([items, extra]).to_csv(tmp_path / "items.csv", index=False)
+    cfg = E.load_config(
+        TINY,
+        [
+            f'data.path="{tmp_path / "log.csv"}"',
+            f'data.options.items="{tmp_path / "items.csv"}"',
+            "seeds=[0]",
+            "shots=[]",
+        ],
+        only=["popularity"],
+    )
+    with pytest.warns(UserWarning, match=r"30 of 670 rows of .*log.csv removed by .*'dedupe'"):
+        results = E.run(cfg, tmp_path / "out", progress=False)
+    steps = {r["step"]: r for r in results.dataset["preprocessing"]}
+    assert steps["dedupe"]["rows_before"] - steps["dedupe"]["rows_after"] == 30
+    report = (tmp_path / "out" / "report.md").read_text()
+    n = items["item_id"].nunique()
+    assert f"{n} items rated, {n + 2} in the catalogue" in report
+    assert "preprocessing removed rows: 30 by dedupe" in report

@@ -889,6 +889,37 @@ def test_one_column_name_given_as_a_string_is_that_column(tmp_path):
     assert info["item_text_columns"] == ["title"] and info["item_numeric_columns"] == ["year"]
 
 
+def test_a_column_named_in_two_roles_or_twice_is_refused(tmp_path):
+    # two columns of one name reached the features as a frame: a traceback (probe 134)
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n")
+    side = write(tmp_path / "items.csv", "item_id,title,genre\n2,Dune,sf\n")
+    for roles in (
+        {"text_cols": ["title"], "categorical_cols": ["title"]},
+        {"text_cols": ["title", "title"]},
+        {"categorical_cols": ["genre"], "numeric_cols": ["genre"]},
+    ):
+        with pytest.raises(MetarecError, match=r"item column '(title|genre)' is named 2 times"):
+            read_table(p, items=side, **roles)
+
+
+def test_a_numeric_column_of_words_is_refused_and_stray_words_are_said(tmp_path):
+    # numeric_cols naming a column of words made it all-missing without a word (probe 134)
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\n1,2,3\n1,3,4\n1,4,5\n")
+    side = write(
+        tmp_path / "items.csv",
+        "item_id,genre,year\n2,sf,1965\n3,crime,unknown\n4,sf,NA\n",
+    )
+    with pytest.raises(MetarecError, match=r"numeric_cols names column 'genre', which holds no"):
+        read_table(p, items=side, numeric_cols=["genre", "year"])
+    with pytest.warns(UserWarning, match=r"'year': 1 of 2 filled cells are no number .*'unknown'"):
+        raw = read_table(p, items=side, categorical_cols=["genre"], numeric_cols=["year"])
+    assert np.isnan(raw.items["year"].to_numpy()[1:]).all() and raw.items["year"].iloc[0] == 1965
+    with warnings.catch_warnings():  # a true number column with a missing cell says nothing
+        warnings.simplefilter("error")
+        write(tmp_path / "items.csv", "item_id,genre,year\n2,sf,1965\n3,crime,\n4,sf,NA\n")
+        read_table(p, items=side, categorical_cols=["genre"], numeric_cols=["year"])
+
+
 def test_an_items_file_with_no_columns_named_has_its_roles_inferred_as_fit_does(tmp_path):
     """The csv loader (evaluate, info, split) dropped every side column when none was
     named: evaluate then embedded empty texts. Now roles are inferred as fit infers them."""

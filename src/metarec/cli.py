@@ -166,6 +166,10 @@ def cmd_split(args) -> int:
             f"--source and --target are read by --protocol cross-domain only, not {args.protocol}"
         )
     ds = _load(args)
+    from metarec.preprocess import removed_rows
+
+    for line in removed_rows(ds.report, args.path):  # as fit says it (split said nothing)
+        print(f"metarec: warning: {line}", file=sys.stderr)
     kw = {"k_shot": args.k, "n_query": args.query, "seed": args.seed}
     if args.protocol == "cross-domain":
         if not args.source or not args.target:
@@ -365,19 +369,10 @@ def cmd_fit(args) -> int:
     def said_removed(ds) -> None:
         # rows the default cleaning removed (a repeated user-item row keeps its newest):
         # said, where the summary's interaction count alone looked like rows gone missing
-        for step in ds.report:
-            gone = step.get("rows_before", 0) - step.get("rows_after", 0)
-            if step.get("step") != "reindex" and gone > 0:
-                print(
-                    f"metarec: warning: {gone} of {len(raw.ratings)} rows of {args.train} "
-                    f"removed by preprocessing step {step['step']!r}"
-                    + (
-                        " (a repeated user-item row keeps its newest)"
-                        if step["step"] == "dedupe"
-                        else ""
-                    ),
-                    file=sys.stderr,
-                )
+        from metarec.preprocess import removed_rows
+
+        for line in removed_rows(ds.report, args.train):
+            print(f"metarec: warning: {line}", file=sys.stderr)
 
     if getattr(args, "distributed", False) or distributed.launched_by_torchrun():
         # rank 0 says what preprocessing removed, as one process does (it said nothing)
@@ -823,6 +818,12 @@ def _run_experiment(config, out: Path, quiet: bool = False, resume: bool = False
     print(
         f"\n{config.name}: K = {results.main_k}, seeds {list(config.seeds)}, "
         f"{results.protocol.get('test_users')} test users"
+        # where the seeds cut different splits the count is the first seed's (probe 134)
+        + (
+            f" (seed {config.seeds[0]}'s split)"
+            if len(config.seeds) > 1 and not results.protocol.get("same_test_tasks")
+            else ""
+        )
     )
     print(markdown_table(results, table, key_metrics(results)))
     line = verdict(results, table, primary_metric(results))

@@ -1674,6 +1674,13 @@ def run(
     ds = load_data(config)
     check_against_data(config, ds)
     info = dataset_info(ds)
+    # what preprocessing removed (the default dedupe, a configured k-core): said as fit
+    # says it, and kept in results.json (evaluate said nothing: probe 134)
+    from metarec.preprocess import removed_rows
+
+    info["preprocessing"] = [dict(r) for r in ds.report]
+    for line in removed_rows(ds.report, config.data.path or ds.name):
+        warnings.warn(line, stacklevel=2)
     if resume and out_dir is None:
         raise MetarecError("resume needs an output folder (the finished parts are kept there)")
     # what every kept part's fingerprint reads, computed once (hashing the data is a pass

@@ -512,6 +512,24 @@ STEPS: tuple[tuple[str, Step], ...] = (
 )
 
 
+def removed_rows(reports, source: object) -> list[str]:
+    """One line per step of ``reports`` that removed rating rows of ``source`` (a file or
+    dataset name): what `metarec fit`, `evaluate` and `split` say, so that counts which
+    shrank are explained (the re-index step only renumbers)."""
+    reports = [r for r in reports if isinstance(r, dict)]
+    total = reports[0].get("rows_before", 0) if reports else 0
+    lines = []
+    for step in reports:
+        gone = step.get("rows_before", 0) - step.get("rows_after", 0)
+        if step.get("step") != "reindex" and gone > 0:
+            why = " (a repeated user-item row keeps its newest)" if step["step"] == "dedupe" else ""
+            lines.append(
+                f"{gone} of {total} rows of {source} removed by preprocessing step "
+                f"{step['step']!r}{why}"
+            )
+    return lines
+
+
 def preprocess(
     raw: RawData, config: PreprocessConfig | None = None
 ) -> tuple[RawData, list[Report]]:

@@ -404,9 +404,21 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
     prim = primary_metric(results)
     lines = [f"# {cfg.name}", ""]
     d = results.dataset
+    # items nobody rated are ranked too ("(full)" ranks the catalogue): counted apart
+    unrated = (d.get("catalogue_items") or 0) - (d.get("items") or 0)
+    items = f"{d.get('items')} items" + (
+        f" rated, {d.get('catalogue_items')} in the catalogue" if unrated > 0 else ""
+    )
+    removed = [
+        f"{r['rows_before'] - r['rows_after']} by {r['step']}"
+        for r in d.get("preprocessing") or []
+        if r.get("step") != "reindex" and r.get("rows_before", 0) > r.get("rows_after", 0)
+    ]
     lines += [
-        f"Dataset {d.get('name')}: {d.get('users')} users, {d.get('items')} items, "
-        f"{d.get('interactions')} interactions ({d.get('feedback')}). Split: "
+        f"Dataset {d.get('name')}: {d.get('users')} users, {items}, "
+        f"{d.get('interactions')} interactions ({d.get('feedback')}"
+        + (f"; preprocessing removed rows: {', '.join(removed)}" if removed else "")
+        + "). Split: "
         f"{p.get('train_interactions')} training interactions, {p.get('valid_users')} "
         "validation users"
         # with none split off, each meta fit carves its own out of the training users

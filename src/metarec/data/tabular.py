@@ -449,6 +449,31 @@ def check_float32(frame: pd.DataFrame, column: str, values: np.ndarray) -> None:
         )
 
 
+def _named_number_column(side: pd.DataFrame, column: str, where: Path) -> np.ndarray:
+    """A column named in ``numeric_cols``, as numbers: cells that are no number (beside
+    the missing-value spellings) are missing too, said; a column with no number at all is
+    an error (a column of words became all-missing without a word, probe 134)."""
+    from metarec.data.files import _MISSING
+
+    values = optional_number(side[column])
+    spelled = side[column].astype(str).str.strip()
+    filled = side[column].notna() & (spelled != "") & ~spelled.str.lower().isin(_MISSING)
+    words = spelled[filled & np.isnan(values)]
+    if len(words) and len(words) == int(filled.sum()):
+        raise MetarecError(
+            f"{where}: numeric_cols names column {column!r}, which holds no number (first: "
+            f"{clip(words.iloc[0], 40)!r}); name it a categorical or text column"
+        )
+    if len(words):
+        warnings.warn(
+            f"{where}: numeric column {column!r}: {len(words)} of {int(filled.sum())} "
+            f"filled cells are no number (first: {clip(words.iloc[0], 40)!r}) and are read "
+            "as missing",
+            stacklevel=3,
+        )
+    return values
+
+
 def optional_number(series: pd.Series) -> np.ndarray:
     """Side-table numbers: unparseable or empty cells become NaN (missing side info is fine)."""
     return pd.to_numeric(series, errors="coerce").to_numpy(np.float64)
@@ -797,6 +822,14 @@ def read_table(
         (c,) if isinstance(c, str) else tuple(c)
         for c in (text_cols, categorical_cols, numeric_cols)
     )
+    named = [*text_cols, *cat_cols, *num_cols]
+    twice = next((c for c in named if named.count(c) > 1), None)
+    if twice is not None:
+        # two columns of one name reached the features as a frame: a traceback (probe 134)
+        raise MetarecError(
+            f"item column {twice!r} is named {named.count(twice)} times in text_cols, "
+            "categorical_cols and numeric_cols: give each column one role, once"
+        )
     if items is not None:
         ipath = Path(items)
         side = _read_any(ipath, None, encoding)
@@ -848,7 +881,7 @@ def read_table(
             for c in cat_cols:
                 item_frame[c] = side[c].astype("string").to_numpy(object)
             for c in num_cols:
-                item_frame[c] = optional_number(side[c])
+                item_frame[c] = _named_number_column(side, c, ipath)
             if "domain" in side.columns:
                 # the items file's domain is read whether or not its other columns are
                 # named, as the inferred roles read it (it was left out of the unused-column
