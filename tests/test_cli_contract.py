@@ -1142,6 +1142,18 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, cmd):
     assert not any(tmp_path.iterdir())
 
 
+def test_evaluates_summary_says_whose_split_the_test_user_count_is(tmp_path, capsys):
+    # seeds that cut different splits score different users: the count is the first's
+    tiny = str(Path(__file__).parent / "tiny_experiment.toml")
+    base = ["evaluate", "--config", tiny, "--only", "popularity", "--quiet", "--set", "shots=[]"]
+    for protocol, said in (("warm", True), ("user-cold", False)):  # user-cold: by time
+        out = tmp_path / protocol
+        argv = [*base, "--set", f'split.protocol="{protocol}"', "--out", str(out)]
+        assert main(argv) == 0
+        line = next(x for x in capsys.readouterr().out.splitlines() if "test users" in x)
+        assert ("test users (seed 0's split)" in line) == said, line
+
+
 def test_a_seed_too_large_for_torch_is_refused_up_front(fitted, tmp_path, capsys):
     tmp, _, _ = fitted
     fit = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]

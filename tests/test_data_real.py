@@ -121,3 +121,16 @@ def test_the_files_datasets_checks_for_are_in_every_loadable_release(data_dir):
         assert spec.files and spec.missing(folder) == [], spec.name
         checked += 1
     assert checked >= 4
+
+
+def test_split_of_a_named_dataset_names_it_in_what_preprocessing_removed(
+    data_dir, tmp_path, capsys
+):
+    # `split amazon-scientific` (no --path) said "291 of 59427 rows of None" (review 135)
+    from metarec.cli import main
+
+    _need(data_dir, "amazon2018-scientific-unisrec")
+    argv = ["split", "amazon-scientific", "--protocol", "user-cold", "--k", "2", "--query", "2"]
+    assert main([*argv, "--out", str(tmp_path / "sp")]) == 0
+    err = capsys.readouterr().err
+    assert "rows of amazon-scientific removed by preprocessing step 'dedupe'" in err

@@ -168,7 +168,8 @@ def cmd_split(args) -> int:
     ds = _load(args)
     from metarec.preprocess import removed_rows
 
-    for line in removed_rows(ds.report, args.path):  # as fit says it (split said nothing)
+    # as fit says it (split said nothing); a named dataset may come without --path
+    for line in removed_rows(ds.report, args.path or ds.name):
         print(f"metarec: warning: {line}", file=sys.stderr)
     kw = {"k_shot": args.k, "n_query": args.query, "seed": args.seed}
     if args.protocol == "cross-domain":

@@ -320,7 +320,7 @@ class EmbeddingCache:
                         # a silent wait of up to CLAIM_WAIT_S looked like a hang
                         said_wait = True
                         left = sum(len(parts[j]) for j in (i, *put_off))
-                        print(
+                        outer.write(  # on its own line, above the bar when one is drawn
                             f"embed: another job is encoding {left} of these texts into "
                             f"{self.root}; waiting for it (at most {CLAIM_WAIT_S:.0f} s)",
                             file=sys.stderr,
