@@ -2061,3 +2061,28 @@ def test_evaluate_says_what_preprocessing_removed_and_counts_unrated_items(tmp_p
     n = items["item_id"].nunique()
     assert f"{n} items rated, {n + 2} in the catalogue" in report
     assert "preprocessing removed rows: 30 by dedupe" in report
+
+
+def test_the_report_says_how_many_users_have_no_auc(tiny_run):
+    """A query of liked items only (or none) has no AUC; on a log of positives alone
+    every AUC cell was "–" and the report did not say why (probe 134)."""
+    from metarec.report import render_markdown
+
+    cfg, results, out = tiny_run
+    split = E.cut_split(E.load_data(cfg), cfg, cfg.seeds[0], cfg.split.k_shot)
+    n = len(split.test)
+    for threshold in (cfg.threshold, 5.0):  # at 5 many queries hold no liked item
+        liked = [set((t.query.rating >= threshold).tolist()) for t in split.test]
+        assert E._one_class(split.test, threshold) == sum(len(v) == 1 for v in liked)
+    assert results.protocol["one_class_queries"] == E._one_class(split.test, cfg.threshold)
+    some = E._one_class(split.test, 5.0)
+    assert 0 < some < n
+    for count, tail in ((some, ", and averages the rest"), (n, ": every AUC cell is empty")):
+        protocol = {**results.protocol, "one_class_queries": count}
+        text = render_markdown(dataclasses.replace(results, protocol=protocol), {})
+        assert f"AUC is undefined for {count} of {n} test users (seed 0), whose query " in text
+        assert "holds only relevant or only non-relevant items" + tail in text
+    none = {**results.protocol, "one_class_queries": 0}
+    assert "AUC is undefined" not in render_markdown(
+        dataclasses.replace(results, protocol=none), {}
+    )

@@ -1413,6 +1413,18 @@ def _sizes(counts: list[int]) -> dict | None:
     }
 
 
+def _one_class(tasks: Sequence[Task], relevant_from: float) -> int:
+    """How many of ``tasks`` have a query whose items are all relevant (rating or label
+    >= ``relevant_from``) or all not: their AUC is undefined and left out of the mean."""
+    return sum(
+        # float32, as evaluate compares (a 0.7 rating sat below a 0.7 threshold in float64)
+        len(set((np.asarray(t.query.rating, np.float32) >= np.float32(relevant_from)).tolist()))
+        == 1
+        for t in tasks
+        if len(t.query)
+    )
+
+
 def evaluated_users(protocol: str) -> str:
     """Which test users a scenario's metrics average over, for ``protocol``."""
     if protocol in ("item-cold", "user-item-cold"):
@@ -1467,6 +1479,14 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         # (item cold-start's median is 4 of 10), and a one-item query gives every method
         # nDCG@k (query) 1.0; the report says so beside the configured Q
         "query_sizes": _sizes([len(t.query) for t in split.test]),
+        # queries holding only relevant (or only non-relevant) items have no AUC: on an
+        # implicit log of positives alone every AUC cell was "–" with no word (probe 134)
+        "one_class_queries": _one_class(
+            split.test,
+            cfg.threshold
+            if ds_info.get("feedback") == "explicit"
+            else evaluation.IMPLICIT_POSITIVE,
+        ),
         "valid_users": len(split.valid),
         "train_interactions": len(split.train),
         "selection": f"meta-models early-stop on validation users' query loss; {picked}; "

@@ -367,6 +367,14 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
         if feedback == "explicit"
         else f"Relevant = rating >= {p.get('threshold')} (explicit) or label 1 (implicit)"
     )
+    one_class = p.get("one_class_queries") or 0
+    if one_class and "AUC" in key_metrics(results):
+        n = p.get("test_users")
+        relevant += (
+            f"; AUC is undefined for {one_class} of {n} test users (seed {cfg.seeds[0]}), "
+            "whose query holds only relevant or only non-relevant items"
+            + (": every AUC cell is empty" if one_class == n else ", and averages the rest")
+        )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, {_query_words(p, k_shot, results.main_k, results.dataset.get('feedback') == 'explicit')} per "
