@@ -124,6 +124,13 @@ def _refuse_queries_in_training(rec: Recommender, tasks: Sequence[Task]) -> None
         )
 
 
+def is_relevant(rating: np.ndarray, threshold: float) -> np.ndarray:
+    """Which ``rating`` values count as relevant at ``threshold`` (bool, same shape).
+    Ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7
+    threshold (0.699999988) and the one item a user liked was not relevant."""
+    return np.asarray(rating, dtype=np.float32) >= np.float32(threshold)
+
+
 def check_threshold(dataset: Dataset, threshold: float) -> None:
     """An explicit dataset's relevance threshold must fall in (lowest, highest rating]:
     above it nothing is relevant and every hit metric is NaN (evaluate() returned them
@@ -203,9 +210,7 @@ def evaluate(
     pos_threshold = threshold if explicit else IMPLICIT_POSITIVE
 
     def liked(rating: np.ndarray) -> np.ndarray:
-        # ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7
-        # threshold (0.699999988) and the one item a user liked was not relevant
-        return np.asarray(rating, dtype=np.float32) >= np.float32(pos_threshold)
+        return is_relevant(rating, pos_threshold)
 
     # graded nDCG's gains are the ratings, moved up so that none is negative (a -2..2
     # scale gave nDCG below 0); scales starting at 0 or above keep their raw gains

@@ -1417,9 +1417,7 @@ def _one_class(tasks: Sequence[Task], relevant_from: float) -> int:
     """How many of ``tasks`` have a query whose items are all relevant (rating or label
     >= ``relevant_from``) or all not: their AUC is undefined and left out of the mean."""
     return sum(
-        # float32, as evaluate compares (a 0.7 rating sat below a 0.7 threshold in float64)
-        len(set((np.asarray(t.query.rating, np.float32) >= np.float32(relevant_from)).tolist()))
-        == 1
+        len(set(evaluation.is_relevant(t.query.rating, relevant_from).tolist())) == 1
         for t in tasks
         if len(t.query)
     )

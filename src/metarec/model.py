@@ -367,19 +367,23 @@ def _like_hint(ratings: np.ndarray) -> float | None:
     return float(values[ok][np.argmin(np.abs(share[ok] - 0.5))])
 
 
-def _like_words(given: bool, ratings: np.ndarray) -> tuple[str, str]:
-    """(how the like threshold was set, how to fix it) for its messages; the value named
-    comes from ``ratings`` (a fixed 4 was outside a 0-1 scale, and fit refused it)."""
-    how = "model.like_threshold" if given else "the like threshold, the rating scale's middle,"
+def _like_how(given: bool) -> str:
+    """How the like threshold was set, for its messages."""
+    return "model.like_threshold" if given else "the like threshold, the rating scale's middle,"
+
+
+def _like_fix(ratings: np.ndarray) -> str:
+    """How to fix a like threshold no or every rating reaches, naming a value from
+    ``ratings`` (a fixed 4 was outside a 0-1 scale, and fit refused it). It sorts the
+    ratings: built only for a message that is given."""
     hint = _like_hint(ratings)
     if hint is None:  # one rating value, or too few above the rest: the lowest likes all
         hint = float(np.min(ratings))
     # fit's --set names the key bare; an experiment holds it in its [model] table
-    fix = (
+    return (
         f"set the like threshold to a rating the log has (fit: --set like_threshold={hint:g}; "
         f"evaluate: --set model.like_threshold={hint:g}), or give the scale it rates on"
     )
-    return how, fix
 
 
 def refuse_unliked(threshold: float, given: bool, ratings: np.ndarray) -> None:
@@ -388,11 +392,10 @@ def refuse_unliked(threshold: float, given: bool, ratings: np.ndarray) -> None:
     whole log before anything trains (each seed's fit had failed, exit 0)."""
     ratings = np.asarray(ratings, dtype=np.float32)
     if len(ratings) and not (ratings >= np.float32(threshold)).any():
-        how, fix = _like_words(given, ratings)
         raise MetarecError(
-            f"{how} {threshold:g} is above every training rating (they run "
+            f"{_like_how(given)} {threshold:g} is above every training rating (they run "
             f"{float(ratings.min()):g}..{float(ratings.max()):g}): the ranking model would "
-            f"have no like to learn from; {fix}"
+            f"have no like to learn from; {_like_fix(ratings)}"
         )
 
 
@@ -1212,7 +1215,9 @@ class MetaRecommender(Recommender):
         refuse_unliked(thr, given, ratings)
         liked = np.asarray(ratings, dtype=np.float32) >= np.float32(thr)
         r_lo, r_hi = float(np.min(ratings)), float(np.max(ratings))
-        how, fix = _like_words(given, ratings)
+        # the suggested thresholds sort every training rating: built only for a warning
+        # that is given (every fit built one, and the low-share warning a second)
+        how = _like_how(given)
         if liked.mean() < MIN_LIKED_SHARE:
             # play counts read as ratings (1..320,725 plays: the middle, 160,363, reached
             # by 6 of 78,710 rows) trained the ranking model on 6 likes; recommend gave
@@ -1237,7 +1242,8 @@ class MetaRecommender(Recommender):
         if liked.all():
             warnings.warn(
                 f"{how} {thr:g} is at or below every training rating (they run "
-                f"{r_lo:g}..{r_hi:g}): every rating counts as a like, dislikes included; {fix}",
+                f"{r_lo:g}..{r_hi:g}): every rating counts as a like, dislikes included; "
+                f"{_like_fix(ratings)}",
                 stacklevel=3,
             )
 

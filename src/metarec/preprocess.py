@@ -512,22 +512,30 @@ STEPS: tuple[tuple[str, Step], ...] = (
 )
 
 
+def removed_counts(reports) -> list[tuple[str, int]]:
+    """(step, rating rows it removed) for each step of ``reports`` that removed any (the
+    re-index step only renumbers): what fit, evaluate, split and the report say."""
+    out = []
+    for step in reports:
+        if not isinstance(step, dict) or step.get("step") == "reindex":
+            continue
+        gone = step.get("rows_before", 0) - step.get("rows_after", 0)
+        if gone > 0:
+            out.append((step["step"], gone))
+    return out
+
+
 def removed_rows(reports, source: object) -> list[str]:
     """One line per step of ``reports`` that removed rating rows of ``source`` (a file or
     dataset name): what `metarec fit`, `evaluate` and `split` say, so that counts which
-    shrank are explained (the re-index step only renumbers)."""
-    reports = [r for r in reports if isinstance(r, dict)]
-    total = reports[0].get("rows_before", 0) if reports else 0
-    lines = []
-    for step in reports:
-        gone = step.get("rows_before", 0) - step.get("rows_after", 0)
-        if step.get("step") != "reindex" and gone > 0:
-            why = " (a repeated user-item row keeps its newest)" if step["step"] == "dedupe" else ""
-            lines.append(
-                f"{gone} of {total} rows of {source} removed by preprocessing step "
-                f"{step['step']!r}{why}"
-            )
-    return lines
+    shrank are explained."""
+    first = next((r for r in reports if isinstance(r, dict)), {})
+    total = first.get("rows_before", 0)
+    return [
+        f"{gone} of {total} rows of {source} removed by preprocessing step {step!r}"
+        + (" (a repeated user-item row keeps its newest)" if step == "dedupe" else "")
+        for step, gone in removed_counts(reports)
+    ]
 
 
 def preprocess(

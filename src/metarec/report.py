@@ -417,11 +417,9 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
     items = f"{d.get('items')} items" + (
         f" rated, {d.get('catalogue_items')} in the catalogue" if unrated > 0 else ""
     )
-    removed = [
-        f"{r['rows_before'] - r['rows_after']} by {r['step']}"
-        for r in d.get("preprocessing") or []
-        if r.get("step") != "reindex" and r.get("rows_before", 0) > r.get("rows_after", 0)
-    ]
+    from metarec.preprocess import removed_counts
+
+    removed = [f"{gone} by {step}" for step, gone in removed_counts(d.get("preprocessing") or [])]
     lines += [
         f"Dataset {d.get('name')}: {d.get('users')} users, {items}, "
         f"{d.get('interactions')} interactions ({d.get('feedback')}"

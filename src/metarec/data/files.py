@@ -34,6 +34,7 @@ from metarec.data.tabular import (
     clip,
     header_comment_hint,
     id_column,
+    number_cells,
     number_column,
     optional_number,
     require_columns,
@@ -167,13 +168,9 @@ def domain_names(s: pd.Series) -> pd.Series:
     return d.where(d != "", "default").reset_index(drop=True)
 
 
-# spellings of a missing value in a numeric side column (compared lower-cased)
-_MISSING = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "-", "?"})
-
-
 def _say_if_nearly_numeric(frame: pd.DataFrame, column: str, cells, numbers) -> None:
     """A column whose filled ``cells`` are numbers but for a few words (a year column with
-    one "unknown": a missing-value spelling outside _MISSING) is read as text or
+    one "unknown": a missing-value spelling outside MISSING_SPELLINGS) is read as text or
     categories: said, as it silently went into the embedded text. A stray with a digit in
     it is a code, not a missing value (ISBNs ending in X): nothing to say. ``numbers``:
     the cells as numbers, NaN where one is not."""
@@ -234,11 +231,7 @@ def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.D
             out[c] = names.to_numpy(object)
             cat.append(c)
             continue
-        as_num = pd.to_numeric(s, errors="coerce")
-        # "NA", "nan", "null" (how R, pandas and SQL exports write a missing number) are
-        # missing cells here: one of them turned a year column into embedded text
-        spelled = s.astype(str).str.strip()
-        filled = s.notna() & (spelled != "") & ~spelled.str.lower().isin(_MISSING)
+        as_num, spelled, filled = number_cells(s)
         if filled.any() and as_num[filled].notna().all():
             out[c] = optional_number(s)
             num.append(c)

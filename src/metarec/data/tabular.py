@@ -449,16 +449,27 @@ def check_float32(frame: pd.DataFrame, column: str, values: np.ndarray) -> None:
         )
 
 
+# spellings of a missing value in a numeric side column (compared lower-cased)
+MISSING_SPELLINGS = frozenset({"na", "n/a", "#n/a", "nan", "null", "none", "-", "?"})
+
+
+def number_cells(series: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """A side column read for numbers: (its cells as numbers, NaN where one is not; the
+    cells as stripped text; which cells are filled). Empty cells and "NA", "nan", "null"
+    (how R, pandas and SQL exports write a missing number) are not filled: one of them
+    turned a year column into embedded text."""
+    spelled = series.astype(str).str.strip()
+    filled = series.notna() & (spelled != "") & ~spelled.str.lower().isin(MISSING_SPELLINGS)
+    return pd.to_numeric(series, errors="coerce"), spelled, filled
+
+
 def _named_number_column(side: pd.DataFrame, column: str, where: Path) -> np.ndarray:
     """A column named in ``numeric_cols``, as numbers: cells that are no number (beside
     the missing-value spellings) are missing too, said; a column with no number at all is
     an error (a column of words became all-missing without a word, probe 134)."""
-    from metarec.data.files import _MISSING
-
-    values = optional_number(side[column])
-    spelled = side[column].astype(str).str.strip()
-    filled = side[column].notna() & (spelled != "") & ~spelled.str.lower().isin(_MISSING)
-    words = spelled[filled & np.isnan(values)]
+    numbers, spelled, filled = number_cells(side[column])
+    values = numbers.to_numpy(np.float64)
+    words = spelled[filled & numbers.isna()]
     if len(words) and len(words) == int(filled.sum()):
         raise MetarecError(
             f"{where}: numeric_cols names column {column!r}, which holds no number (first: "

@@ -437,16 +437,23 @@ class EmbeddingCache:
         idx, _ = self._read_index(folder, fp)
         if idx is None or (dim is not None and idx["dim"] != dim):
             return set(), {}, None
+        return (*self._unseen(folder, fp, idx["shards"], idx["dim"], seen), idx["dim"])
+
+    def _unseen(
+        self, folder: Path, fp: str, entries: list[dict], dim: int, seen: set[str]
+    ) -> tuple[set[str], dict[bytes, np.ndarray]]:
+        """Of the shard ``entries``, those not in ``seen`` that verify: (their file names,
+        key -> vector (dim,))."""
         listed: set[str] = set()
-        theirs: dict[bytes, np.ndarray] = {}
-        for entry in idx["shards"]:
+        vectors: dict[bytes, np.ndarray] = {}
+        for entry in entries:
             if entry["file"] in seen:
                 continue
-            shard = self._load_shard(folder, entry, fp, idx["dim"])
+            shard = self._load_shard(folder, entry, fp, dim)
             if shard is not None:
                 listed.add(entry["file"])
-                theirs.update(zip((k.tobytes() for k in shard[0]), shard[1], strict=True))
-        return listed, theirs, idx["dim"]
+                vectors.update(zip((k.tobytes() for k in shard[0]), shard[1], strict=True))
+        return listed, vectors
 
     def _write(
         self,
@@ -471,18 +478,18 @@ class EmbeddingCache:
                 idx = {"format": FORMAT, "fingerprint": fp, "dim": dim, "shards": []}
             bad_files = {b["file"] for b in bad}
             # A shard another process listed since our read is kept only if it verifies now.
-            kept = []
-            theirs: dict[bytes, np.ndarray] = {}  # shards listed since our read
-            for entry in idx["shards"]:
-                if entry["file"] in bad_files and (
-                    self._load_shard(folder, entry, fp, idx["dim"]) is None
-                ):
-                    continue
-                kept.append(entry)
-                if entry["file"] not in seen and dim is not None and idx["dim"] == dim:
-                    shard = self._load_shard(folder, entry, fp, idx["dim"])
-                    if shard is not None:
-                        theirs.update(zip((k.tobytes() for k in shard[0]), shard[1], strict=True))
+            kept = [
+                entry
+                for entry in idx["shards"]
+                if entry["file"] not in bad_files
+                or self._load_shard(folder, entry, fp, idx["dim"]) is not None
+            ]
+            # the vectors of the shards listed since our read
+            theirs = (
+                self._unseen(folder, fp, kept, dim, seen)[1]
+                if dim is not None and idx["dim"] == dim
+                else {}
+            )
             if theirs and vecs is not None:
                 mine = [i for i, k in enumerate(keys) if k not in theirs]
                 keys, vecs = [keys[i] for i in mine], vecs[mine]
