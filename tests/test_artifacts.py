@@ -308,3 +308,85 @@ def test_a_run_out_of_dot_is_refused_before_the_work_and_its_full_path_taken(tmp
         with pytest.raises(MetarecError, match="a . or .. path"):
             check_run_target(out)
     assert check_run_target(str(here)) == here
+
+
+def _save_other(path):
+    # another RUN of the same shapes and counts: its files fit this one's, so only the
+    # RUN id tells them apart
+    return save_run(
+        path,
+        config={"model": {"hidden": 8}},
+        tensors={"w": torch.arange(6.0).reshape(2, 3) + 1, "b": torch.ones(3)},
+        ids={
+            "users": IdMap(np.array(["u1", "u2"], dtype=object)),
+            "items": IdMap(np.array(["x", "7"], dtype=object)),  # the same ids, reversed
+        },
+        meta={"encoder_fingerprint": "hash:abc"},
+    )
+
+
+def test_every_file_carries_the_run_id_and_a_rerun_writes_the_same_bytes(tmp_path):
+    import pyarrow.parquet as pq
+    from safetensors import safe_open
+
+    a, b = _save(tmp_path / "a"), _save(tmp_path / "b")
+    run = load_run(a)
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert run.run_id == manifest["run_id"] and len(run.run_id) == 32
+    assert json.loads((a / "config.json").read_text())["run_id"] == run.run_id
+    assert json.loads((a / "meta.json").read_text())["run_id"] == run.run_id
+    assert "run_id" not in run.config and "run_id" not in run.meta  # read back as saved
+    with safe_open(str(a / "model.safetensors"), framework="pt") as fh:
+        assert fh.metadata()["run_id"] == run.run_id
+    for f in (a / "ids").glob("*.parquet"):
+        assert pq.read_schema(f).metadata[b"run_id"].decode() == run.run_id
+    # the id is a digest of the contents: the same RUN written twice is the same bytes,
+    # and a RUN that differs anywhere has another id
+    for f in a.rglob("*"):
+        if f.is_file():
+            assert f.read_bytes() == (b / f.relative_to(a)).read_bytes(), f
+    assert load_run(_save_other(tmp_path / "c")).run_id != run.run_id
+    assert load_run(_save(tmp_path / "d", scale=2.0)).run_id != run.run_id
+
+
+@pytest.mark.parametrize(
+    "rel", ["ids/items.parquet", "model.safetensors", "config.json", "meta.json"]
+)
+def test_a_file_from_another_run_is_refused_even_with_its_checksum_copied(tmp_path, rel):
+    # probe 130: the id maps of another RUN of the same size, copied in with their manifest
+    # line, loaded and scored every item as another
+    path, other = _save(tmp_path / "run"), _save_other(tmp_path / "other")
+    (path / rel).write_bytes((other / rel).read_bytes())
+    _rehash(path)
+    with pytest.raises(MetarecError, match=f"{re.escape(rel)} belongs to another RUN") as err:
+        load_run(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_run_written_before_files_carried_an_id_still_loads(tmp_path):
+    import pyarrow.parquet as pq
+    from safetensors.torch import load_file, save_file
+
+    path = _save(tmp_path / "run")
+    for rel in ("config.json", "meta.json", "manifest.json"):
+        doc = json.loads((path / rel).read_text())
+        del doc["run_id"]
+        (path / rel).write_text(json.dumps(doc))
+    save_file(load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
+    for f in (path / "ids").glob("*.parquet"):
+        pq.write_table(pq.read_table(f).replace_schema_metadata(None), f)
+    _rehash(path)
+    run = load_run(path)
+    assert run.run_id is None and run.ids["items"].index("x") == 1
+    # ...but one such file inside a RUN that has an id is not from this RUN
+    fresh = _save(tmp_path / "fresh")
+    (fresh / "meta.json").write_bytes((path / "meta.json").read_bytes())
+    _rehash(fresh)
+    with pytest.raises(MetarecError, match="meta.json belongs to another RUN"):
+        load_run(fresh)
+
+
+def test_save_run_refuses_a_document_holding_the_run_id_key(tmp_path):
+    with pytest.raises(ValueError, match="run_id"):
+        save_run(tmp_path / "run", config={"run_id": "x"}, tensors={}, ids={}, meta={})
+    assert not (tmp_path / "run").exists()

@@ -888,7 +888,9 @@ def test_a_run_whose_tensors_do_not_fit_its_config_fails_at_load(fitted, tmp_pat
     else:  # whole files, broken numbers: said as such, not "from another version"
         key = next(k for k, v in tensors.items() if k.startswith("rating.") and v.dim() == 2)
         tensors[key] = torch.full_like(tensors[key], float("nan"))
-    save_file(tensors, str(bad / "model.safetensors"))
+    # the RUN id kept: damage inside one RUN's files, not a file from another RUN
+    run_id = json.loads((bad / "manifest.json").read_text())["run_id"]
+    save_file(tensors, str(bad / "model.safetensors"), metadata={"run_id": run_id})
     err = _predict_on_rehashed(bad, tmp, tmp_path, capsys)
     said = "model scores NaN" if damage == "nan" else "RUN is incomplete or from another version"
     assert said in err and err.count("\n") == 1

@@ -187,7 +187,8 @@ def _damage(src, dst, edit_meta=None, edit_tensors=None):
     if edit_tensors:
         t = load_file(str(dst / "model.safetensors"))
         edit_tensors(t)
-        save_file(t, str(dst / "model.safetensors"))
+        run_id = json.loads((dst / "manifest.json").read_text())["run_id"]
+        save_file(t, str(dst / "model.safetensors"), metadata={"run_id": run_id})
     man = json.loads((dst / "manifest.json").read_text())
     for name in ("meta.json", "model.safetensors"):  # damage the checksums cannot see
         man["files"][name] = hashlib.sha256((dst / name).read_bytes()).hexdigest()

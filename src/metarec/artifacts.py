@@ -9,6 +9,10 @@ Layout (no pickle; loading never executes code)::
       ids/<name>.parquet raw-id tables (one column ``id``; row i is index i)
       meta.json          anything else JSON-able (encoder fingerprint, dataset info, metrics)
 
+Every file carries the RUN's id (``run_id``: the manifest's, the two JSON files' top-level
+key, the safetensors header's and each parquet schema's metadata), so files put together
+from two RUNs are refused even when the manifest's checksums were rewritten to match.
+
 A run is written into a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written RUN, and an existing RUN is only replaced once the new one is complete.
 """
@@ -28,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from metarec.atomic import check_can_create, public_mode, replace_dir, staging_dir
@@ -36,6 +41,9 @@ from metarec.types import IdMap, MetarecError
 FORMAT_VERSION = 1
 # what every RUN holds; the manifest must list (and so checksum) each of them
 REQUIRED_FILES = ("config.json", "meta.json", "model.safetensors")
+# the key each file carries the RUN's id under (JSON top level, safetensors and parquet
+# metadata); RUNs written before it existed carry none and load as before
+RUN_ID = "run_id"
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +53,7 @@ class Run:
     tensors: dict[str, torch.Tensor]
     ids: dict[str, IdMap]
     meta: dict
+    run_id: str | None = None  # None: a RUN written before files carried one
 
 
 def _sha256(path: Path) -> str:
@@ -53,6 +62,25 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _content_id(
+    config: dict, meta: dict, tensors: dict[str, torch.Tensor], ids: dict[str, IdMap]
+) -> str:
+    """The RUN id: a digest of everything the RUN holds, so a rerun that reproduces a RUN
+    writes the same bytes (a random id made every rerun differ), and any change, an
+    ``export`` or an ``update`` included, makes a new one."""
+    h = hashlib.sha256()
+    for doc in (config, meta):
+        h.update(json.dumps(doc, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # bytes of the storage as laid out: a view as uint8 reads any dtype (bfloat16 too)
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    for name in sorted(ids):
+        h.update(json.dumps([name, [str(x) for x in ids[name].ids.tolist()]]).encode())
+    return h.hexdigest()[:32]
 
 
 def check_run_target(out: str | Path) -> Path:
@@ -160,17 +188,23 @@ def save_run(
     out = check_run_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out.parent, out.name)  # sweeps what a killed writer left
+    run_id = _content_id(config, meta, tensors, ids)
     try:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+        for rel, doc in (("config.json", config), ("meta.json", meta)):
+            if RUN_ID in doc:
+                raise ValueError(f"{rel} may not hold the key {RUN_ID!r}: save_run writes it")
+            doc = {**doc, RUN_ID: run_id}
+            (tmp / rel).write_text(json.dumps(doc, indent=2, sort_keys=True))
         # safetensors wants contiguous CPU tensors that share no storage.
         save_file(
             {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
             str(tmp / "model.safetensors"),
+            metadata={RUN_ID: run_id},
         )
         (tmp / "ids").mkdir()
         for name, idmap in ids.items():
             table = pa.table({"id": pa.array(idmap.ids.tolist(), type=pa.string())})
+            table = table.replace_schema_metadata({RUN_ID: run_id})
             pq.write_table(table, tmp / "ids" / f"{name}.parquet")
         for p in tmp.rglob("*"):  # safetensors writes its file 0600; a RUN is copied about
             public_mode(p, directory=p.is_dir())
@@ -178,6 +212,7 @@ def save_run(
         manifest = {
             "format_version": FORMAT_VERSION,
             "metarec_version": __version__,
+            RUN_ID: run_id,
             "files": {f: _sha256(tmp / f) for f in files},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -287,29 +322,47 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
     if stray:
         raise MetarecError(f"{manifest_path}: corrupt manifest ({stray[0]} is not listed)")
     rel = "model.safetensors"
+    stamps: dict[str, object] = {}  # file -> the RUN id it carries (None: none)
     try:
         tensors = load_file(str(path / rel))
+        with safe_open(str(path / rel), framework="pt") as fh:
+            stamps[rel] = (fh.metadata() or {}).get(RUN_ID)
         ids = {}
         for f in id_files:
             rel = f.relative_to(path).as_posix()
-            col = pq.read_table(f).column("id").to_pylist()
-            ids[f.stem] = IdMap(np.asarray(col, dtype=object))
+            table = pq.read_table(f)
+            stamps[rel] = (table.schema.metadata or {}).get(RUN_ID.encode(), b"").decode() or None
+            ids[f.stem] = IdMap(np.asarray(table.column("id").to_pylist(), dtype=object))
         docs = {}
         for rel in ("config.json", "meta.json"):
             docs[rel] = json.loads((path / rel).read_text())
             if not isinstance(docs[rel], dict):
                 raise ValueError("not a JSON object")
+            stamps[rel] = docs[rel].pop(RUN_ID, None)
     except Exception as err:  # safetensors, pyarrow and json raise unrelated types
         raise MetarecError(
             f"{path}: {rel} is unreadable, the RUN is damaged or from another version "
             f"({type(err).__name__}: {_first_line(err)})"
         ) from None
+    run_id = manifest.get(RUN_ID)
+    # a RUN written before files carried an id has none anywhere; one that has it in its
+    # manifest has it in every file. A file from another RUN (copied in with its manifest
+    # line) scored with the wrong ids or weights; a file without one came from elsewhere
+    if run_id is not None or any(v is not None for v in stamps.values()):
+        for rel, stamp in stamps.items():
+            if stamp != run_id:
+                raise MetarecError(
+                    f"{path}: {rel} belongs to another RUN (RUN id {str(stamp)[:40]!r}, the "
+                    f"manifest's is {str(run_id)[:40]!r}); the RUN is damaged: re-run "
+                    "`metarec fit`"
+                )
     return Run(
         path=path,
         config=docs["config.json"],
         tensors=tensors,
         ids=ids,
         meta=docs["meta.json"],
+        run_id=run_id,
     )
 
 
