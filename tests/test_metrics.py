@@ -232,3 +232,16 @@ def test_nan_and_non_numbers_and_scores_as_probabilities_are_refused():
         M.mae(["1", "2"], ["1", "3"])
     # -inf is a score ("never"), not an error
     assert M.auc([0, 1], [-np.inf, 0.3]) == 1.0
+
+
+def test_relevance_and_the_like_threshold_compare_in_float32():
+    # ratings are held in float32: a 0.7 stored rating is 0.699999988, below a float64 0.7.
+    # Evaluation's relevance and fit's refusal of a threshold nobody reaches share the test.
+    from metarec.metrics import is_relevant
+    from metarec.model import refuse_unliked
+
+    stored = np.asarray([0.7, 0.2], dtype=np.float32)
+    assert is_relevant(stored, 0.7).tolist() == [True, False]
+    refuse_unliked(0.7, True, stored)  # 0.7 is reached: no error
+    with pytest.raises(MetarecError, match="above every training rating"):
+        refuse_unliked(0.71, True, stored)

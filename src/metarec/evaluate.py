@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metarec import metrics as M
+from metarec.metrics import is_relevant
 from metarec.recommender import Recommender
 from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
 
@@ -122,13 +123,6 @@ def _refuse_queries_in_training(rec: Recommender, tasks: Sequence[Task]) -> None
             "prediction; fit the model on the training part of the split these tasks come "
             "from (split.train)"
         )
-
-
-def is_relevant(rating: np.ndarray, threshold: float) -> np.ndarray:
-    """Which ``rating`` values count as relevant at ``threshold`` (bool, same shape).
-    Ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7
-    threshold (0.699999988) and the one item a user liked was not relevant."""
-    return np.asarray(rating, dtype=np.float32) >= np.float32(threshold)
 
 
 def check_threshold(dataset: Dataset, threshold: float) -> None:

@@ -60,6 +60,7 @@ from metarec.config import (
 )
 from metarec.features import FeatureSet
 from metarec.meta.algorithms import MAX_INNER_STEPS
+from metarec.metrics import is_relevant
 from metarec.model import MetaRecommender, ModelConfig, TextConfig
 from metarec.recommender import Recommender
 from metarec.types import MAX_SEED, Dataset, MetarecError, Split, Task
@@ -1417,7 +1418,7 @@ def _one_class(tasks: Sequence[Task], relevant_from: float) -> int:
     """How many of ``tasks`` have a query whose items are all relevant (rating or label
     >= ``relevant_from``) or all not: their AUC is undefined and left out of the mean."""
     return sum(
-        len(set(evaluation.is_relevant(t.query.rating, relevant_from).tolist())) == 1
+        len(set(is_relevant(t.query.rating, relevant_from).tolist())) == 1
         for t in tasks
         if len(t.query)
     )

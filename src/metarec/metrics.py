@@ -23,6 +23,14 @@ from scipy.stats import rankdata
 from metarec.types import MetarecError
 
 
+def is_relevant(rating: np.ndarray, threshold: float) -> np.ndarray:
+    """Which ``rating`` values count as relevant (or liked) at ``threshold`` (bool, same
+    shape). Ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7
+    threshold (0.699999988) and the one item a user liked was not relevant. Evaluation's
+    relevance and fit's like threshold both compare through this one test."""
+    return np.asarray(rating, dtype=np.float32) >= np.float32(threshold)
+
+
 def _pair(y_true, y_pred, what: str) -> tuple[np.ndarray, np.ndarray]:
     """Two equal 1-D arrays of numbers. A NaN is refused, as scikit-learn refuses it: it
     had been rounded to a rating level (mae_rounded 2.0 for NaN predictions), ranked as

@@ -63,6 +63,7 @@ from metarec.meta.episodes import (
     make_episode,
     pad_episodes,
 )
+from metarec.metrics import is_relevant
 from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
 from metarec.recommender import Recommender
 from metarec.train import (
@@ -391,7 +392,7 @@ def refuse_unliked(threshold: float, given: bool, ratings: np.ndarray) -> None:
     have no like to learn from. Fit checks its training rows; an experiment checks the
     whole log before anything trains (each seed's fit had failed, exit 0)."""
     ratings = np.asarray(ratings, dtype=np.float32)
-    if len(ratings) and not (ratings >= np.float32(threshold)).any():
+    if len(ratings) and not is_relevant(ratings, threshold).any():
         raise MetarecError(
             f"{_like_how(given)} {threshold:g} is above every training rating (they run "
             f"{float(ratings.min()):g}..{float(ratings.max()):g}): the ranking model would "
@@ -1213,7 +1214,7 @@ class MetaRecommender(Recommender):
         thr = self._like_threshold()
         given = self.config.like_threshold is not None
         refuse_unliked(thr, given, ratings)
-        liked = np.asarray(ratings, dtype=np.float32) >= np.float32(thr)
+        liked = is_relevant(ratings, thr)
         r_lo, r_hi = float(np.min(ratings)), float(np.max(ratings))
         # the suggested thresholds sort every training rating: built only for a warning
         # that is given (every fit built one, and the low-share warning a second)
