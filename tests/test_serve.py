@@ -9,6 +9,7 @@ kind; the base weights are bit-identical after 1,000 requests.
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 
 import numpy as np
@@ -58,7 +59,7 @@ def weights_hash(pred: Predictor) -> str:
 
 
 # --- the endpoints ------------------------------------------------------------------------
-def test_health_and_info(client, predictor):
+def test_health_and_info(client, predictor, run):
     from metarec import __version__
 
     assert client.get("/health").json() == {"status": "ok"}
@@ -73,6 +74,8 @@ def test_health_and_info(client, predictor):
     blend = predictor.model.blend_
     assert info["rating_prior"] == ((blend.rating_prior or None) if blend else None)
     assert info["limits"]["max_k"] == 1000
+    # which RUN is served: the id every file of it carries
+    assert info["run_id"] == json.loads((run / "manifest.json").read_text())["run_id"]
     assert "/recommend" in client.get("/openapi.json").json()["paths"]
 
 

@@ -74,6 +74,9 @@ class Predictor:
     # the precision `metarec export` stored the RUN in ("fp16", "int8"), None for a plain
     # fp32 RUN; kept out of ``info`` so a RUN saved from this predictor is plain fp32
     exported: str | None = None
+    # the id of the RUN this predictor was loaded from (artifacts.Run.run_id: a digest of
+    # its files' contents); None for one fitted here, or a RUN written before ids existed
+    run_id: str | None = None
     # domain -> ((n_cand,) item indices, (n_items,) bool mask), filled on first use
     _domains: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -196,7 +199,7 @@ class Predictor:
             ) from None
         record = run.meta.get("export")
         exported = str(record.get("dtype")) if isinstance(record, dict) else None
-        return cls(model, users, items, item_domain, train, info, exported)
+        return cls(model, users, items, item_domain, train, info, exported, run.run_id)
 
     # --- raw ids -> indices ------------------------------------------------------------
     @property

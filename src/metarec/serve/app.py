@@ -411,6 +411,7 @@ def create_app(
             dataset={k: v for k, v in pred.info.items() if k != "item_domains"},
             encoder_fingerprint=str(pred.info.get("encoder_fingerprint", "")),
             run=state.run,
+            run_id=pred.run_id,
             users=len(pred.users),
             items=len(pred.items),
             feedback_store=None if store is None else str(store.path),

@@ -170,6 +170,9 @@ class Info(BaseModel):
     dataset: dict
     encoder_fingerprint: str
     run: str | None
+    # the served RUN's id (a digest of its files): changes when `metarec update` swaps a
+    # new RUN in; None for a RUN written before RUNs carried one
+    run_id: str | None = None
     users: int
     items: int
     feedback_store: str | None
