@@ -126,6 +126,37 @@ def test_a_swap_that_fails_between_its_renames_puts_the_previous_run_back(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
+@pytest.mark.parametrize("after", [1, 2])
+def test_an_interrupt_landing_just_after_a_rename_leaves_one_whole_run(
+    tmp_path, monkeypatch, after
+):
+    # probe 137 (a signal injected at the rename syscall): a Ctrl-C arriving once the
+    # first rename had moved the previous RUN aside left nothing at the path, the old RUN
+    # in .run.old.*; once the second had moved the new one in, the put-back failed and the
+    # previous RUN was stranded beside it
+    from metarec import artifacts
+
+    _save(tmp_path / "run")
+    real = os.replace
+    calls = []
+
+    def interrupted_after(src, dst):
+        calls.append(dst)
+        real(src, dst)
+        if len(calls) == after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts.os, "replace", interrupted_after)
+    with pytest.raises(KeyboardInterrupt):
+        _save(tmp_path / "run", scale=2.0)
+    monkeypatch.setattr(artifacts.os, "replace", real)
+    # after the first: the previous RUN back; after the second: the new one, whole
+    scale = 1.0 if after == 1 else 2.0
+    w = torch.arange(6.0).reshape(2, 3) * scale
+    assert torch.equal(load_run(tmp_path / "run").tensors["w"], w)
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
 def test_a_run_stranded_by_a_kill_is_named_and_superseded_by_the_next_write(tmp_path):
     # kill -9 between the two renames: no RUN at the path, the previous one in .run.old.*
     _save(tmp_path / "run")

@@ -2508,3 +2508,40 @@ def test_support_of_a_nan_timestamp_is_one_line(fitted):
     with pytest.raises(MetarecError, match=r"^support: timestamp 1e\+30 is out of range$"):
         pred.support_of(["it1", "it2"], [5.0, 1.0], [1e30, 100])
     assert len(pred.support_of(["it1"], [4.0], [7])[0]) == 1
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_termination_signal_cleans_up_as_ctrl_c_does(fitted, tmp_path, capsys, monkeypatch, name):
+    # probe 137: SIGTERM (kill, timeout, docker stop) and SIGHUP ended the process on the
+    # spot, as kill -9 does: a staged output stayed beside its target, and an evaluate
+    # interrupted there left its files from two runs. They now run Ctrl-C's cleanup.
+    import signal
+
+    from metarec import atomic
+
+    tmp, run, _ = fitted
+    signum = getattr(signal, name)
+    out = tmp_path / "R.csv"
+    out.write_text("user_id,item_id,rank,score\nkept,it0,1,0.5\n")
+    real = atomic.public_mode
+
+    def signalled(path, directory=False):  # the output is staged: about to be renamed in
+        os.kill(os.getpid(), signum)
+        return real(path, directory)
+
+    monkeypatch.setattr(atomic, "public_mode", signalled)
+    before = signal.getsignal(signum)
+    rec = ["recommend", "--run", str(run), "--support", str(cold_support(tmp_path)), "-k", "3"]
+    code = main([*rec, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 128 + signum and f"metarec: terminated ({name})" in err
+    assert out.read_text() == "user_id,item_id,rank,score\nkept,it0,1,0.5\n"
+    assert {p.name for p in tmp_path.iterdir()} == {"R.csv", "S.csv"}  # no staged file left
+    assert signal.getsignal(signum) is before  # the caller's handler is put back
+    # a signal the caller ignores (nohup ignores SIGHUP) stays ignored: the run goes on
+    previous = signal.signal(signum, signal.SIG_IGN)
+    try:
+        assert main([*rec, "--out", str(out)]) == 0
+    finally:
+        signal.signal(signum, previous)
+    assert "kept" not in out.read_text()

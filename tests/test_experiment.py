@@ -2086,3 +2086,18 @@ def test_the_report_says_how_many_users_have_no_auc(tiny_run):
     assert "AUC is undefined" not in render_markdown(
         dataclasses.replace(results, protocol=none), {}
     )
+
+
+@pytest.mark.parametrize(
+    "key, said",
+    [
+        ("path", "data.options.path: not a loader option; give it as data.path"),
+        ("preprocess", "data.options.preprocess: not a loader option; give it as the [data"),
+    ],
+)
+def test_data_options_naming_a_data_key_are_one_line(key, said):
+    # probe 137: they collided with load_dataset's own arguments, a TypeError traceback
+    cfg = E.load_config(TINY, [f'data.options.{key}="x"'])
+    with pytest.raises(MetarecError) as err:
+        E.load_data(cfg)
+    assert said in str(err.value)

@@ -1335,6 +1335,8 @@ def test_csv_domains_named_as_a_column_or_left_empty_in_t_are_read_as_fit_reads_
         ({"user_col": ["a"]}, "csv: option user_col: expected a string"),
         ({"label_col": 1}, "csv: option label_col: expected a string, got 1"),
         ({"encoding": "nope"}, "csv: option encoding: unknown encoding 'nope'"),
+        # a path option (probe 137): a number reached open(), a TypeError traceback
+        ({"items": 5}, "csv: option items: expected a string, got 5"),
     ],
 )
 def test_loader_options_of_the_wrong_type_are_one_line(tmp_path, options, said):

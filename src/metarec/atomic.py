@@ -189,28 +189,28 @@ def replace_dir(new: Path, out: Path, aside: str, inner: str) -> None:
     """Move the complete folder ``new`` onto ``out``. An existing ``out`` is first moved
     aside, to ``out.parent / .{out.name}{aside}XXXX / inner``, and removed once ``new`` is
     in place. A folder cannot be renamed over a non-empty one, so this is two renames: if
-    the second fails or is interrupted (Ctrl-C), the previous folder is put back before the
-    error goes on (it was left aside, with nothing at ``out``); a ``kill -9`` between them
-    leaves it aside. Errors of the renames themselves (another writer's folder in the way:
-    ENOTEMPTY, EEXIST) reach the caller as they are."""
+    the second fails or is interrupted (Ctrl-C, SIGTERM), the previous folder is put back
+    before the error goes on; a ``kill -9`` between them leaves it aside. Errors of the
+    renames themselves (another writer's folder in the way: ENOTEMPTY, EEXIST) reach the
+    caller as they are."""
     if not out.exists():
         os.replace(new, out)
         return
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}{aside}", dir=out.parent))
     try:
         os.replace(out, old / inner)
-    except BaseException:
-        # nothing moved: the empty aside folder was left behind (a target that cannot be
-        # renamed: a mount point, an immutable folder)
-        with contextlib.suppress(OSError):
-            old.rmdir()
-        raise
-    try:
         os.replace(new, out)
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.replace(old / inner, out)
-            old.rmdir()
+        # which renames happened is read from the disk, not from how far the code got: a
+        # signal lands between a rename and the next line, so a Ctrl-C just after the
+        # first left the previous RUN aside, with nothing at `out` (probe 137)
+        if os.path.lexists(new):  # the new folder never moved in: the previous one back
+            with contextlib.suppress(OSError):
+                if not os.path.lexists(out):
+                    os.replace(old / inner, out)
+                old.rmdir()  # only once empty (the previous folder not stranded in it)
+        else:  # it did, just before the interruption: the swap is whole
+            shutil.rmtree(old, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
 

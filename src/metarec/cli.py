@@ -8,9 +8,11 @@ become one line on stderr and exit status 2, with no traceback and nothing writt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -1152,9 +1154,52 @@ def _say(line: str) -> None:
     print(prefix + _one_line(line), file=sys.stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, as Ctrl-C's KeyboardInterrupt is:
+    the cleanup an interrupt runs (staged files removed, a replaced RUN put back, an
+    evaluate's files rolled back) then runs for ``kill``, ``timeout``, ``docker stop`` and a
+    closed terminal too. Their default action ended the process on the spot, as
+    ``kill -9`` does, leaving what a Ctrl-C cleans up (probe 137)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt():
+    """SIGTERM and SIGHUP raise :class:`Terminated` while a command runs; the handlers
+    before it are put back after. A signal set to be ignored stays ignored (``nohup``
+    ignores SIGHUP), and off the main thread nothing changes (Python allows handlers only
+    there)."""
+    import signal
+
+    def raise_terminated(signum, frame):
+        # once: a second signal while the first one's cleanup runs would cut it short
+        signal.signal(signum, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            signum = getattr(signal, name, None)  # no SIGHUP on Windows
+            if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, raise_terminated)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with _termination_as_interrupt():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         for flag in ("out", "run", "config", "train", "items", "users", "support", "query", "path"):
             if isinstance(getattr(args, flag, None), str) and not getattr(args, flag).strip():
@@ -1191,6 +1236,12 @@ def main(argv: list[str] | None = None) -> int:
     except UnicodeDecodeError as err:
         _say(f"metarec: error: cannot decode input ({err.encoding}): {err.reason}")
         return EXIT_USAGE
+    except Terminated as err:
+        import signal
+
+        with contextlib.suppress(OSError):  # SIGHUP: the terminal may be gone
+            _say(f"metarec: terminated ({signal.Signals(err.signum).name})")
+        return 128 + err.signum  # the shell's status for death by that signal
     except KeyboardInterrupt:
         _say("metarec: interrupted")
         return 130

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 import tomllib
 import types
 import typing
@@ -119,6 +120,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise MetarecError(f"{where}: expected a string, got {value!r}")
+    if tp is os.PathLike:
+        # a path: `items = 5` in an experiment's data options reached open() (a TypeError)
+        if isinstance(value, str | os.PathLike):
+            return value
+        raise MetarecError(f"{where}: expected a path (a string), got {value!r}")
     return value
 
 

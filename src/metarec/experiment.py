@@ -1058,6 +1058,11 @@ def load_data(cfg: ExperimentConfig) -> Dataset:
     pre = PreprocessConfig.from_dict(d.preprocess)
     path = _resolve(cfg, d.path)
     options = dict(d.options)
+    # keys of [data] itself, not loader options: passed on, they collided with the
+    # arguments load_dataset takes them as (a TypeError traceback)
+    for key, where in (("path", "data.path"), ("preprocess", "the [data.preprocess] table")):
+        if key in options:
+            raise MetarecError(f"data.options.{key}: not a loader option; give it as {where}")
     if isinstance(options.get("items"), str):  # the item side file is a path too
         options["items"] = _resolve(cfg, options["items"])
     ds = load_dataset(d.name, path, preprocess=lambda raw: preprocess(raw, pre), **options)
