@@ -9,6 +9,7 @@ nobody rated (cold items carried by their text).
 import json
 import os
 import stat
+import sys
 import warnings
 from pathlib import Path
 
@@ -2545,3 +2546,54 @@ def test_a_termination_signal_cleans_up_as_ctrl_c_does(fitted, tmp_path, capsys,
     finally:
         signal.signal(signum, previous)
     assert "kept" not in out.read_text()
+
+
+def test_an_output_naming_a_file_descriptor_is_refused(tmp_path):
+    # probe 137: --out /dev/stdout with stdout redirected to a log resolved (through
+    # /proc/self/fd/1) to the log, and a finished file renamed over it replaced the log
+    from metarec.atomic import writable_target
+    from metarec.types import MetarecError
+
+    log = tmp_path / "app.log"
+    log.write_text("earlier line\n")
+    link = tmp_path / "out.csv"
+    with log.open() as fh:
+        link.symlink_to(f"/proc/self/fd/{fh.fileno()}")
+        for path in (
+            "/dev/stdout",
+            "/dev/stderr",
+            "/dev/fd/1",
+            f"/proc/self/fd/{fh.fileno()}",
+            link,
+        ):
+            with pytest.raises(MetarecError, match="names a file descriptor") as err:
+                writable_target(path)
+            assert "--out -" in str(err.value)
+    assert log.read_text() == "earlier line\n"
+    assert writable_target(tmp_path / "P.csv") == tmp_path / "P.csv"  # an ordinary path
+
+
+def test_stdout_output_with_stdout_closed_is_refused(fitted, tmp_path, capsys, monkeypatch):
+    # probe 137: `--out - >&-` wrote nothing (pandas returned the CSV to a None stdout),
+    # exited 0 and said it wrote the predictions
+    tmp, run, _ = fitted
+    monkeypatch.setattr(sys, "stdout", None)
+    rec = ["recommend", "--run", str(run), "--support", str(cold_support(tmp_path)), "-k", "3"]
+    assert main([*rec, "--out", "-"]) == 2
+    assert "stdout is closed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["fit", "evaluate", "split"])
+def test_a_folder_output_cannot_be_stdout(fitted, tmp_path, capsys, monkeypatch, command):
+    # probe 137: `fit --out -` wrote a RUN into a folder named "-" (predict and recommend
+    # read "-" as stdout)
+    tmp, _, _ = fitted
+    monkeypatch.chdir(tmp_path)
+    argv = {
+        "fit": ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv"), *FAST],
+        "evaluate": ["evaluate", "--config", str(Path(__file__).parent / "tiny_experiment.toml")],
+        "split": ["split", "csv", "--path", str(tmp / "T.csv")],
+    }[command]
+    assert main([*argv, "--out", "-"]) == 2
+    assert "cannot go to stdout" in capsys.readouterr().err
+    assert not (tmp_path / "-").exists()

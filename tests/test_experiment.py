@@ -2101,3 +2101,22 @@ def test_data_options_naming_a_data_key_are_one_line(key, said):
     with pytest.raises(MetarecError) as err:
         E.load_data(cfg)
     assert said in str(err.value)
+
+
+def test_results_never_replace_files_an_earlier_run_did_not_write(tmp_path, tiny_run):
+    # probe 137: evaluate --out on a data folder replaced the user's own report.md without
+    # a word; an earlier run's results (vouched for by its results.json) are replaced
+    _, _, out = tiny_run
+    mine = tmp_path / "data"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes\n")
+    (mine / "T.csv").write_text("user_id,item_id,rating\n")
+    with pytest.raises(MetarecError, match=r"holds report.md, not written by `metarec evaluate`"):
+        E.check_output_dir(mine)
+    (mine / "results.json").write_text('{"mine": 1}')  # a results.json of one's own too
+    with pytest.raises(MetarecError, match=r"holds results.json, report.md, not written"):
+        E.check_output_dir(mine)
+    (mine / "results.json").unlink()
+    (mine / "report.md").unlink()
+    E.check_output_dir(mine)  # other files beside the results are left alone
+    E.check_output_dir(out)  # an earlier run's results folder: replaced

@@ -87,6 +87,9 @@ def check_run_target(out: str | Path) -> Path:
     """The folder writing a RUN to ``out`` replaces (a symlink's target: the link stays);
     refuse one that writing would destroy: anything but a missing path, an empty folder or
     an existing RUN (which is replaced only once the new one is complete)."""
+    if str(out) == "-":
+        # predict and recommend read "-" as stdout; a RUN went into a folder named "-"
+        raise MetarecError("--out -: a RUN is a folder and cannot go to stdout; give a folder path")
     out = Path(out)
     if out.is_symlink():
         out = Path(os.path.realpath(out))

@@ -44,6 +44,15 @@ def writable_target(path: str | Path) -> Path:
     or socket (``/dev/null``, ``/dev/stdout``), is a one-line :class:`MetarecError`:
     renaming a finished file onto one would replace the node itself with a plain file."""
     path = Path(path)
+    stream = _names_a_stream(path)
+    if stream is not None:
+        # /dev/stdout redirected to a file resolves, through /proc/self/fd/1, to that
+        # file: a finished file renamed over it replaced the log the shell appended to
+        # (probe 137)
+        raise MetarecError(
+            f"{path} names {stream}, not a file; give a file path to write to (predict and "
+            "recommend write CSV to stdout with --out -)"
+        )
     if path.is_dir():
         raise MetarecError(f"{path} is a directory; give a file path to write to")
     if path.exists() and not path.is_file():
@@ -53,6 +62,27 @@ def writable_target(path: str | Path) -> Path:
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     return path
+
+
+_STREAM_LINK = re.compile(r"^/(?:proc/(?:self|thread-self|\d+)(?:/task/\d+)?|dev)/fd/\d+$")
+
+
+def _names_a_stream(path: Path) -> str | None:
+    """What ``path`` reaches a file descriptor through (``/dev/stdout``, ``/dev/fd/N``,
+    ``/proc/self/fd/N``, or a symlink to one), None for an ordinary path. Each link is
+    followed by hand: resolving the whole chain lands on the descriptor's file."""
+    hops = 0
+    current = os.path.abspath(path)
+    while hops < 40:  # the kernel's own limit on a chain of links
+        if _STREAM_LINK.match(current) or current in ("/dev/stdin", "/dev/stdout", "/dev/stderr"):
+            return f"a file descriptor ({current})"
+        try:
+            target = os.readlink(current)
+        except OSError:  # not a link (or missing): the chain ends at an ordinary path
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), target))
+        hops += 1
+    return None
 
 
 def nearest_existing(path: str | Path) -> Path:

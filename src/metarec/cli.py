@@ -292,6 +292,10 @@ def _check_output(out: str | Path, run: str | Path, what: str, **inputs: str | P
     from metarec.atomic import check_can_create, writable_target
 
     if str(out) == "-":
+        if sys.stdout is None:
+            # started with stdout closed (`>&-`): pandas, given None, returned the CSV as
+            # a string, and the command said it wrote it (probe 137)
+            raise MetarecError("--out -: stdout is closed; give --out a file path")
         return
     for flag, path in inputs.items():
         if path is not None and os.path.realpath(out) == os.path.realpath(path):
@@ -327,6 +331,8 @@ def _write_csv_atomic(frame, out: Path) -> None:
     suffix = out.suffix.lower()
     sep = "\t" if suffix in (".tsv", ".tab") else ","
     if str(out) == "-":
+        if sys.stdout is None:  # checked before the work too (_check_output)
+            raise MetarecError("--out -: stdout is closed; give --out a file path")
         frame.to_csv(sys.stdout, index=False, sep=sep)
         return
     if suffix in (".parquet", ".pq"):

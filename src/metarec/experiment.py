@@ -2018,6 +2018,8 @@ RESULT_FILES = ("results.json", "report.md", "shots.png", "training.png", "metho
 def check_output_dir(out_dir: str | os.PathLike) -> None:
     """Fail before the experiment runs, not after it, when ``out_dir`` cannot be written:
     a file in the way, or a nearest existing folder that is not writable."""
+    if str(out_dir) == "-":  # predict's and recommend's stdout; results are a folder
+        raise MetarecError("--out -: results are a folder and cannot go to stdout")
     out = Path(out_dir)
     if out.is_symlink() and not out.exists():
         # the checks below took it for a missing folder, and after the whole run making
@@ -2062,6 +2064,27 @@ def _check_result_targets(out: Path) -> None:
             raise MetarecError(
                 f"{target} is in the way of the results (not a file); move it or pick another --out"
             )
+    # files of those names that an earlier run did not write (a report.md of one's own in
+    # the data folder) were replaced without a word (probe 137); `fit` and `split` refuse
+    # what they did not write too. An earlier run's results.json vouches for its files.
+    if not _is_results_json(out / "results.json"):
+        theirs = [name for name in RESULT_FILES if (out / name).is_file()]
+        if theirs:
+            raise MetarecError(
+                f"{out} holds {', '.join(theirs)}, not written by `metarec evaluate` (no "
+                "results.json of its own beside them); the results would replace them: move "
+                "them, or give another --out"
+            )
+
+
+def _is_results_json(path: Path) -> bool:
+    """Whether ``path`` is the results.json an experiment writes (a JSON object holding
+    its protocol, scenarios and config)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and {"protocol", "scenarios", "config"} <= doc.keys()
 
 
 def write_results(results: Results, out_dir: str | os.PathLike) -> Results:

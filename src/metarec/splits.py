@@ -625,6 +625,8 @@ SPLIT_FILES = (
 def check_split_target(out: Path, overwrite: bool = False) -> bool:
     """Whether ``out`` is an existing empty folder to fill; an error if writing a split
     there would replace something without ``overwrite`` (checked before the split is cut)."""
+    if str(out) == "-":  # predict's and recommend's stdout; a split is a folder of files
+        raise MetarecError("--out -: a split is a folder and cannot go to stdout")
     # An empty folder (made ahead by a job script, a mounted volume) holds nothing to lose.
     fill = out.is_dir() and not any(out.iterdir())
     if out.exists() and not fill and not overwrite:
