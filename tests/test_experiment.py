@@ -2120,3 +2120,40 @@ def test_results_never_replace_files_an_earlier_run_did_not_write(tmp_path, tiny
     (mine / "report.md").unlink()
     E.check_output_dir(mine)  # other files beside the results are left alone
     E.check_output_dir(out)  # an earlier run's results folder: replaced
+
+
+def test_a_lowered_inner_step_is_recorded_and_a_transfer_target_starts_at_it(tmp_path, monkeypatch):
+    # probe 136: results.json's config named the configured inner_lr while the model
+    # trained at an eighth of it, and the target of a parameter transfer started again at
+    # the step its source had diverged at; its retry warnings read as the source's and
+    # Python's filter showed them once
+    import warnings
+
+    import metarec.model as M
+    from metarec.train import MetaLossDiverged
+
+    cfg = _two_domain_config(tmp_path, "parameter")
+    tried, real = [], M.train
+
+    def train(split, feats, sc, meta, tcfg, **kw):
+        tried.append((sc.head, "init" in kw, meta.inner_lr))
+        if sc.head == "rating" and meta.inner_lr > 0.02:
+            raise MetaLossDiverged("train: meta-loss is inf at step 1 (probe)", 1)
+        return real(split, feats, sc, meta, tcfg, **kw)
+
+    monkeypatch.setattr(M, "train", train)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("default")
+        results = E.run(cfg, tmp_path / "out", progress=False)
+    texts = [str(w.message) for w in said]
+    assert any(t.startswith("the source rating model's meta-loss") for t in texts), texts
+    # the target started at the source's 0.0125: never at the configured 0.05 again
+    target = [lr for head, init, lr in tried if head == "rating" and init]
+    assert target and set(target) == {0.0125}
+    fits = results.to_json()["fits"]["T"]
+    assert fits["trained_with"] == [
+        {"source rating model meta.inner_lr": 0.0125, "target rating model meta.inner_lr": 0.0125}
+    ]
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "trained with a lower step than configured" in report
+    assert "target rating model meta.inner_lr 0.0125" in report

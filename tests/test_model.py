@@ -1014,6 +1014,7 @@ def test_fit_halves_a_diverging_inner_lr_and_keeps_it_in_the_run(fitted, monkeyp
         ("binary", 0.05)
     ]
     assert rec.rating_.learner.cfg.inner_lr == 0.0125
+    assert rec.lowered_settings() == {"rating model meta.inner_lr": 0.0125}
     state, tensors = rec.state()
     assert state["parts"]["rating"]["meta"]["inner_lr"] == 0.0125
     assert state["model"]["meta"]["inner_lr"] == 0.05  # what was asked for, as asked

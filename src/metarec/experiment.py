@@ -764,6 +764,9 @@ class MethodRun:
     # why a meta-model that asked for the blend has none ("" = fitted, or off): a blend
     # skipped for want of validation users ranks with the meta-model alone
     blend_skipped: str = ""
+    # settings the fit trained with that differ from the config (MetaRecommender.
+    # lowered_settings: a diverged part's lowered inner step); {} for most runs
+    lowered: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -883,6 +886,8 @@ class Results:
                 fit[name]["rating_prior"] = [r.rating_prior for r in runs]
             if any(r.blend_skipped for r in runs):  # per seed, "" where it was fitted
                 fit[name]["blend_skipped"] = [r.blend_skipped for r in runs]
+            if any(r.lowered for r in runs):  # per seed, {} where the config's held
+                fit[name]["trained_with"] = [r.lowered for r in runs]
         return {
             "name": self.config.name,
             "protocol": self.protocol,
@@ -1884,6 +1889,7 @@ def run(
                 cpu,
                 getattr(blend, "rating_prior", "") or "",
                 _blend_skipped(rec),
+                rec.lowered_settings() if isinstance(rec, MetaRecommender) else {},
             )
             runs.append(r)
             if on_result:

@@ -665,6 +665,10 @@ class MetaRecommender(Recommender):
     # a blend skipped for want of validation users is warned about; a transfer's source
     # model, whose blend is never served, turns it off
     _say_blend_skipped = True
+    # whose parts these are, in the retry warnings ("source ", "target " in a transfer):
+    # the source's and the target's warnings read alike, and Python's warning filter
+    # showed the first of each text only, so a target's retries went unsaid
+    _part_label = ""
 
     def __init__(self, config: ModelConfig | None = None, **overrides) -> None:
         cfg = config or ModelConfig()
@@ -1367,6 +1371,7 @@ class MetaRecommender(Recommender):
             loss=self.config.rank_loss if head == "binary" else "bce",
         )
         kwargs = self._train_kwargs(head)
+        meta = self._start_meta(head, meta)
         for backoff in range(INNER_LR_BACKOFFS + 1):
             try:
                 results = [
@@ -1402,10 +1407,15 @@ class MetaRecommender(Recommender):
                 # source model's learned ones, which inner_lr does not reach
                 fixed = algo.learn_step_sizes and "init" in kwargs
                 if backoff == INNER_LR_BACKOFFS or not sgd or fixed:
+                    if self._part_label:  # which model of a transfer failed
+                        raise MetaLossDiverged(
+                            f"the {self._part_label}{head} model: {err}", err.step
+                        ) from None
                     raise
                 lowered = dataclasses.replace(meta, inner_lr=meta.inner_lr / 2)
                 warnings.warn(
-                    f"the {head} model's meta-loss was not finite at training step "
+                    f"the {self._part_label}{head} model's meta-loss was not finite at "
+                    f"training step "
                     f"{err.step} with meta.inner_lr {meta.inner_lr:g}; training again "
                     f"with meta.inner_lr {lowered.inner_lr:g}",
                     stacklevel=2,
@@ -1427,6 +1437,28 @@ class MetaRecommender(Recommender):
             member_histories=tuple(r.history for r in results[1:]),
             negatives=results[0].negatives if head == "binary" else "",
         )
+
+    def _start_meta(self, head: str, meta: MetaConfig) -> MetaConfig:
+        """The MetaConfig the ``head`` part starts training with: the configured one
+        (a transfer target starts at the inner step its source model trained with)."""
+        return meta
+
+    def lowered_settings(self) -> dict[str, float]:
+        """Settings this fit trained with that differ from its config: the inner step of
+        a part whose meta-loss diverged and was retried lower, as "rating model
+        meta.inner_lr" / "ranking model rank_meta.inner_lr" -> the step used. A RUN
+        keeps them in config.json's ``parts``; an experiment's results.json lists them
+        (its config alone had named a step that never trained)."""
+        cfg = self.config
+        out = {}
+        rank_key = "rank_meta" if cfg.rank_meta is not None else "meta"
+        for what, key, configured, part in (
+            ("rating model", "meta", cfg.meta, self.rating_),
+            ("ranking model", rank_key, cfg.rank_meta or cfg.meta, self.rank_),
+        ):
+            if part is not None and part.learner.cfg.inner_lr != configured.inner_lr:
+                out[f"{self._part_label}{what} {key}.inner_lr"] = part.learner.cfg.inner_lr
+        return out
 
     def _train_kwargs(self, head: str) -> dict:
         """Extra keyword arguments for :func:`metarec.train.train` when training the

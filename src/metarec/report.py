@@ -485,6 +485,18 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             if skipped:
                 # the table's figure is then the meta-model's alone on those seeds
                 extra += f"; blend skipped on {', '.join(skipped)}: the meta-model ranks alone"
+            lowered = [
+                f"seed {r.seed}: " + ", ".join(f"{k} {v:g}" for k, v in r.lowered.items())
+                for r in runs
+                if r.lowered
+            ]
+            if lowered:
+                # the config's step diverged: what trained is not what results.json's
+                # config names
+                extra += (
+                    f"; trained with a lower step than configured, its meta-loss having "
+                    f"diverged ({'; '.join(lowered)})"
+                )
             fits.append(f"- {name}: fit {secs:.1f} s wall ({cpu:.1f} CPU s) per seed{extra}")
     lines += ["Fit times (and grid points chosen on validation users):", "", *fits, ""]
     ks = results.curve_ks()

@@ -204,6 +204,7 @@ class TransferRecommender(MetaRecommender):
         #    the only held-out users there are; they pick the step to transfer from)
         source = MetaRecommender(self.config)
         source._say_blend_skipped = False  # its blend is not served: the target's warns
+        source._part_label, self._part_label = "source ", "target "
         self.source_ = source.fit(dataset, source_rows, features, valid)
         parts_init: dict[str, Params] = {}
         for head in ("rating_", "rank_"):
@@ -222,6 +223,21 @@ class TransferRecommender(MetaRecommender):
         )
         super().fit(dataset, target_rows, plain, valid)
         return self
+
+    def _start_meta(self, head: str, meta: MetaConfig) -> MetaConfig:
+        # the target starts from the source's parameters, at the inner step the source
+        # trained with: from the configured one, a step the source had diverged at, it
+        # diverged again (probe 136: three more halvings, or a failed Transfer-parameter)
+        part = None
+        if self.source_ is not None:
+            part = self.source_.rating_ if head == "rating" else self.source_.rank_
+        if part is None or part.learner.cfg.inner_lr >= meta.inner_lr:
+            return meta
+        return dataclasses.replace(meta, inner_lr=part.learner.cfg.inner_lr)
+
+    def lowered_settings(self) -> dict[str, float]:
+        source = {} if self.source_ is None else self.source_.lowered_settings()
+        return {**source, **super().lowered_settings()}
 
     def _train_kwargs(self, head: str) -> dict:
         init = getattr(self, "_init_parts", {}).get(head)
