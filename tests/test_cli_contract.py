@@ -2531,14 +2531,24 @@ def test_a_termination_signal_cleans_up_as_ctrl_c_does(fitted, tmp_path, capsys,
         return real(path, directory)
 
     monkeypatch.setattr(atomic, "public_mode", signalled)
-    before = signal.getsignal(signum)
+
+    # a handler of the caller's that does nothing: under nohup (SIGHUP ignored, which
+    # main leaves so) this test would otherwise see no signal at all
+    def caller_handler(signum, frame):
+        pass
+
+    original = signal.signal(signum, caller_handler)
     rec = ["recommend", "--run", str(run), "--support", str(cold_support(tmp_path)), "-k", "3"]
-    code = main([*rec, "--out", str(out)])
+    try:
+        code = main([*rec, "--out", str(out)])
+        after = signal.getsignal(signum)
+    finally:
+        signal.signal(signum, original)
     err = capsys.readouterr().err
     assert code == 128 + signum and f"metarec: terminated ({name})" in err
     assert out.read_text() == "user_id,item_id,rank,score\nkept,it0,1,0.5\n"
     assert {p.name for p in tmp_path.iterdir()} == {"R.csv", "S.csv"}  # no staged file left
-    assert signal.getsignal(signum) is before  # the caller's handler is put back
+    assert after is caller_handler  # the caller's handler is put back
     # a signal the caller ignores (nohup ignores SIGHUP) stays ignored: the run goes on
     previous = signal.signal(signum, signal.SIG_IGN)
     try:
@@ -2597,3 +2607,19 @@ def test_a_folder_output_cannot_be_stdout(fitted, tmp_path, capsys, monkeypatch,
     assert main([*argv, "--out", "-"]) == 2
     assert "cannot go to stdout" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
+
+
+def test_fit_settings_written_as_an_experiment_writes_them_are_pointed_out(tmp_path, capsys):
+    # probe 136: `fit --set model.train.steps=5` said only "unknown config key 'model'",
+    # and an experiment file's [model.text] replaced its [text] without a word
+    paths, _ = make_world(tmp_path)
+    assert main([*fit_argv(paths, tmp_path / "RUN"), "--set", "model.train.steps=5"]) == 2
+    assert "fit's --set keys are the model's own (train.steps, not" in capsys.readouterr().err
+    config = tmp_path / "exp.toml"
+    config.write_text(
+        '[model.text]\nmodel = "hashing:64"\n[text]\nmodel = "hashing:32"\n[data]\nname = "x"\n'
+    )
+    assert main([*fit_argv(paths, tmp_path / "RUN"), "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "text.model is given in both [text] and [model.text], differently" in err
+    assert not (tmp_path / "RUN").exists()

@@ -35,6 +35,9 @@ def test_nested_and_coercion():
     [
         ({"nmae": "y"}, "unknown config key 'nmae'"),
         ({"inner": {"stpes": 1}}, "unknown config key 'inner.stpes'"),
+        # a typo's nearest key is named first (probe 136: the list alone)
+        ({"inner": {"stpes": 1}}, r"\(did you mean 'inner.steps'\? known: "),
+        ({"zzz": 1}, r"unknown config key 'zzz' \(known: "),
         ({"inner": {"steps": "many"}}, "inner.steps: expected an integer"),
         ({"kind": "sgd"}, "kind: 'sgd' is not one of"),
         ({"inner": {"first_order": "perhaps"}}, "expected true/false"),

@@ -586,6 +586,8 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
         ("model.seed=5", "[model]: seed is not read by evaluate"),
         ("model.valid_frac=0.5", "[model]: valid_frac is not read"),
         ("model.refit=true", "[model]: refit is not read"),
+        # probe 136: set per run from --quiet, the bars showed anyway
+        ("model.progress=false", "[model]: progress is not read by evaluate"),
     ):
         with pytest.raises(MetarecError, match=re.escape(named)):
             E.load_config(TINY, [key])
@@ -2157,3 +2159,30 @@ def test_a_lowered_inner_step_is_recorded_and_a_transfer_target_starts_at_it(tmp
     report = (tmp_path / "out" / "report.md").read_text()
     assert "trained with a lower step than configured" in report
     assert "target rating model meta.inner_lr 0.0125" in report
+
+
+def test_a_model_key_at_the_top_of_an_experiment_points_to_model():
+    # probe 136: `evaluate --set train.steps=5` said only "unknown config key 'train'"
+    with pytest.raises(MetarecError, match=r"'train': a model setting, .* under \[model\]"):
+        E.load_config(TINY, ["train.steps=5"])
+
+
+def test_transfer_on_one_domain_is_refused_by_every_strategy():
+    # probe 136: joint training fitted a plain MetaRec named Transfer-joint without a word
+    from metarec.transfer import TransferRecommender
+
+    cfg = E.load_config(TINY)
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    for strategy in ("joint", "parameter", "feature"):
+        with pytest.raises(MetarecError, match=f"transfer {strategy}: the data has one domain"):
+            TransferRecommender(strategy=strategy).fit(ds, split.train)
+
+
+def test_a_split_failing_after_max_users_says_it_may_be_why(tmp_path):
+    # probe 136: Amazon's users in both domains come last in file order; any max_users
+    # below them failed with "no user has interactions in both", naming no setting
+    cfg = _two_domain_config(tmp_path, "joint")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_users=1))
+    with pytest.raises(MetarecError, match=r"data.max_users = 1 kept only the first 1 users"):
+        E.cut_split(E.load_data(cfg), cfg, 0, cfg.split.k_shot)

@@ -2172,3 +2172,35 @@ def test_a_tiny_share_of_likes_is_warned_about_with_a_threshold_that_helps(ratin
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         rec._check_likes(np.array([1.0, 3.0, 5.0] * 10))
+
+
+def test_settings_the_split_leaves_without_effect_are_said(fitted):
+    # probe 136: the item cold-start settings on a split whose validation tests no new
+    # items, and age-matched negatives on time-ordered tasks, were taken without a word
+    # and changed no weight; fit's summary called the negatives age-matched
+    ds, split, feats, _ = fitted
+    cfg = ModelConfig(
+        cold_rank_members=2,
+        cold_rank_id_dropout=0.1,
+        train=TrainConfig(steps=20, eval_every=10, meta_batch=8, negatives="age_matched"),
+        blend=BlendConfig(rating=False, rank=False),
+        progress=False,
+    )
+    with pytest.warns(UserWarning, match="settings with no effect: cold_rank_members") as said:
+        rec = MetaRecommender(cfg).fit(ds, split.train, feats, valid=split.valid)
+    text = " ".join(str(w.message) for w in said)
+    assert "cold_rank_id_dropout (the validation tasks test no new items" in text
+    assert "train.negatives = 'age_matched' (it applies to 'newest_items'" in text
+    assert rec.rank_.negatives == "catalogue" and rec.rank_.members == 1
+
+
+def test_positive_threshold_is_named_as_a_setting_with_no_effect():
+    # the ranking model trains on 0/1 likes: every allowed value splits them alike
+    from metarec.model import unused_model_settings
+
+    cfg = ModelConfig(train=TrainConfig(positive_threshold=0.9))
+    assert any(
+        s.startswith("train.positive_threshold (the ranking model trains on 0/1 likes")
+        for s in unused_model_settings(cfg, explicit=True)
+    )
+    assert unused_model_settings(ModelConfig(), explicit=True) == []

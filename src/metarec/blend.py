@@ -385,10 +385,17 @@ class BlendConfig:
                 f"blend.rating_loss {self.rating_loss!r} cannot shrink toward a prior: "
                 "set blend.rating_shrink=0 or use rating_loss 'l2'"
             )
-        if self.mf_factors < 1 or self.mf_reg <= 0 or self.ease_reg <= 0:
-            raise MetarecError("blend: mf_factors >= 1, mf_reg > 0, ease_reg > 0")
-        if self.als_factors < 1 or self.als_reg <= 0 or self.als_alpha < 1:
-            raise MetarecError("blend: als_factors >= 1, als_reg > 0, als_alpha >= 1")
+        # each key with its value named (probe 136: one line listed every rule, no value)
+        for name, rule, ok in (
+            ("mf_factors", ">= 1", self.mf_factors >= 1),
+            ("mf_reg", "> 0", self.mf_reg > 0),
+            ("ease_reg", "> 0", self.ease_reg > 0),
+            ("als_factors", ">= 1", self.als_factors >= 1),
+            ("als_reg", "> 0", self.als_reg > 0),
+            ("als_alpha", ">= 1", self.als_alpha >= 1),
+        ):
+            if not ok:
+                raise MetarecError(f"blend.{name} must be {rule}, got {getattr(self, name)}")
         # unbounded factor counts asked for 149 GiB after the whole meta-training
         for key in ("mf_factors", "als_factors"):
             if getattr(self, key) > MAX_FACTORS:

@@ -262,7 +262,17 @@ def _model_config(args):
         if isinstance(loaded.get("model"), dict) or any(k in loaded for k in experiment_keys[1:]):
             model = dict(loaded.get("model") or {})
             if isinstance(loaded.get("text"), dict):
-                model["text"] = deep_merge(loaded["text"], model.get("text") or {})
+                inner = model.get("text") or {}
+                twice = sorted(
+                    k for k in loaded["text"] if k in inner and inner[k] != loaded["text"][k]
+                )
+                if twice:
+                    # [model.text] won without a word, where evaluate refuses [model] text
+                    raise MetarecError(
+                        f"--config {args.config}: text.{twice[0]} is given in both [text] "
+                        "and [model.text], differently; give it once"
+                    )
+                model["text"] = deep_merge(loaded["text"], inner)
             rest = sorted(k for k in loaded if k not in ("model", "text", "base_dir"))
             if rest:
                 warnings.warn(
@@ -272,6 +282,13 @@ def _model_config(args):
                 )
             loaded = model
         data = deep_merge(data, loaded)
+    given = apply_overrides({}, args.set or [])
+    if "model" in given:
+        # an experiment's [model] keys, written as `evaluate --set` takes them
+        raise MetarecError(
+            "--set model...: fit's --set keys are the model's own (train.steps, not "
+            "model.train.steps)"
+        )
     data = apply_overrides(data, args.set or [])
     try:
         return ModelConfig.from_dict(data)

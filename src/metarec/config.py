@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import math
 import numbers
@@ -137,8 +138,12 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         known = ", ".join(sorted(fields))
+        # a typo's nearest key first: the whole list alone left "inner_stpes" to the eye
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1, cutoff=0.75)
+        hint = f"did you mean {'.'.join(filter(None, [where, close[0]]))!r}? " if close else ""
         raise MetarecError(
-            f"unknown config key {'.'.join(filter(None, [where, unknown[0]]))!r} (known: {known})"
+            f"unknown config key {'.'.join(filter(None, [where, unknown[0]]))!r} "
+            f"({hint}known: {known})"
         )
     required = [
         name

@@ -579,6 +579,10 @@ def _check_baseline_params(m: MethodSpec) -> None:
             )
 
 
+# the experiment's own top-level keys (some, like text and seeds, are model keys too)
+_EXPERIMENT_KEYS = frozenset(f.name for f in dataclasses.fields(ExperimentConfig)) | {"base_dir"}
+
+
 def load_config(
     path: str | os.PathLike,
     overrides: Sequence[str] = (),
@@ -597,6 +601,15 @@ def load_config(
     if "left_out" in data:
         # the verdict would say "--only left out X" of methods that ran, or never existed
         raise MetarecError("left_out is what --only leaves out; it is not a config setting")
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    stray = sorted(k for k in data if k in model_keys and k not in _EXPERIMENT_KEYS)
+    if stray:
+        # `fit --set train.steps=5` written to evaluate: "unknown config key 'train'"
+        # named no way out
+        raise MetarecError(
+            f"unknown config key {stray[0]!r}: a model setting, which an experiment keeps "
+            f"under [model] (--set model.{stray[0]}...)"
+        )
     config = ExperimentConfig.from_dict(data)
     learned = [m.name for m in config.methods if m.kind in ("meta", "transfer")]
     if config.default_method is not None and config.default_method not in learned:
@@ -675,6 +688,8 @@ def check_config(config: ExperimentConfig) -> ExperimentConfig:
         for key, why, refused in (
             ("seed", "each run's seed is the experiment's (the top-level seeds)", True),
             ("train.seed", "each run's seed is the experiment's (the top-level seeds)", True),
+            # set per run from --quiet: [model] progress = false showed the bars anyway
+            ("progress", "evaluate's progress bars follow --quiet", True),
             (
                 "valid_frac",
                 "evaluate's validation users are the split's (split.valid_frac)",
@@ -1113,7 +1128,18 @@ def cut_split(
         if not s.source or not s.target:
             raise MetarecError("split.protocol cross-domain needs split.source and split.target")
         kw.update(source=s.source, target=s.target)
-    split = make_split(ds, s.protocol, **kw)
+    try:
+        split = make_split(ds, s.protocol, **kw)
+    except MetarecError as err:
+        n = cfg.data.max_users
+        if n is None:
+            raise
+        # the users data.max_users left out may be the ones the split needed (Amazon's
+        # users in both domains come last in file order): the error did not say so
+        raise MetarecError(
+            f"{err} (data.max_users = {n} kept only the first {n} users by first "
+            "interaction; a larger value, or none, may keep the users this split needs)"
+        ) from None
     return _cap_test(split, s.max_test_users) if truncate else split
 
 

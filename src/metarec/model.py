@@ -265,9 +265,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         if not 0 < self.valid_frac < 1:
-            raise MetarecError("model.valid_frac must be in (0, 1)")
-        if self.k_shot < 1 or self.n_query < 1 or self.max_support < 1:
-            raise MetarecError("model.k_shot, n_query and max_support must be >= 1")
+            raise MetarecError(f"model.valid_frac must be in (0, 1), got {self.valid_frac}")
+        for name in ("k_shot", "n_query", "max_support"):
+            if getattr(self, name) < 1:
+                raise MetarecError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.valid_holdout not in VALID_HOLDOUTS:
             raise MetarecError(
                 f"model.valid_holdout: {self.valid_holdout!r} is not one of {VALID_HOLDOUTS}"
@@ -465,6 +466,12 @@ def unused_model_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     if cfg.train.checkpoint_every != d.train.checkpoint_every:
         # fit keeps no training checkpoints (metarec.train.train(checkpoint_dir=...) does)
         out.append("train.checkpoint_every (fit writes no training checkpoints)")
+    if cfg.train.positive_threshold != d.train.positive_threshold:
+        # every value (0, 1] allows splits the 0/1 likes the ranking model trains on alike
+        out.append(
+            "train.positive_threshold (the ranking model trains on 0/1 likes; "
+            "model.like_threshold moves what counts as a like)"
+        )
     if not explicit:
         if cfg.rating_members != d.rating_members:
             out.append("rating_members (implicit data: no rating model)")
@@ -822,6 +829,7 @@ class MetaRecommender(Recommender):
                 members=cfg.rank_members_for(new_items),
             )
             self.rank_ = dataclasses.replace(part, new_items=new_items)
+            self._say_unused_for_split(new_items, part.negatives)
         self.blend_ = self._fit_blend(dataset, split)
         self.predicts_ratings = True
         if cfg.refit:
@@ -1437,6 +1445,29 @@ class MetaRecommender(Recommender):
             member_histories=tuple(r.history for r in results[1:]),
             negatives=results[0].negatives if head == "binary" else "",
         )
+
+    def _say_unused_for_split(self, new_items: bool, negatives: str) -> None:
+        """Ranking-model settings that only a split's shape switches on, said where this
+        fit's did not (probe 136: they were taken and changed nothing, and fit's summary
+        called the negatives age-matched): the item cold-start settings where the
+        validation tasks test no new items, and age-matched negatives where the training
+        tasks are not newest-items ones."""
+        cfg, d = self.config, ModelConfig()
+        unused = []
+        if not new_items:
+            unused += [
+                f"{k} (the validation tasks test no new items: the item cold-start "
+                "settings apply only where they do)"
+                for k in ("cold_rank_members", "cold_rank_id_dropout")
+                if getattr(cfg, k) != getattr(d, k)
+            ]
+        if cfg.train.negatives == "age_matched" and negatives != "age_matched":
+            unused.append(
+                "train.negatives = 'age_matched' (it applies to 'newest_items' training "
+                f"tasks; these were not, and drew {negatives} negatives)"
+            )
+        if unused:
+            warnings.warn(f"settings with no effect: {'; '.join(unused)}", stacklevel=3)
 
     def _start_meta(self, head: str, meta: MetaConfig) -> MetaConfig:
         """The MetaConfig the ``head`` part starts training with: the configured one

@@ -165,8 +165,11 @@ class TrainConfig:
                 )
         if self.steps > MAX_STEPS:  # --set train.steps=1e20 was taken as 10^20 steps
             raise MetarecError(f"TrainConfig.steps must be <= {MAX_STEPS:,}, got {self.steps:,}")
-        if not 0 <= self.resample_prob <= 1 or not 0 <= self.id_dropout < 1:
-            raise MetarecError("TrainConfig: resample_prob in [0, 1], id_dropout in [0, 1)")
+        # each key with its value named (probe 136: one line listed both rules, no value)
+        if not 0 <= self.resample_prob <= 1:
+            raise MetarecError(f"train.resample_prob must be in [0, 1], got {self.resample_prob}")
+        if not 0 <= self.id_dropout < 1:
+            raise MetarecError(f"train.id_dropout must be in [0, 1), got {self.id_dropout}")
         if self.episodes not in EPISODE_ORDERS:
             raise MetarecError(f"train.episodes: {self.episodes!r} is not one of {EPISODE_ORDERS}")
         if self.negatives not in NEGATIVE_SOURCES:
@@ -207,8 +210,9 @@ class TrainConfig:
             )
         if not 0 <= self.seed <= MAX_SEED:
             raise MetarecError(f"train.seed must be in [0, {MAX_SEED}], got {self.seed}")
-        if self.max_valid_tasks < 1 or self.checkpoint_every < 0:
-            raise MetarecError("TrainConfig: max_valid_tasks >= 1, checkpoint_every >= 0")
+        for name, least in (("max_valid_tasks", 1), ("checkpoint_every", 0)):
+            if getattr(self, name) < least:
+                raise MetarecError(f"train.{name} must be >= {least}, got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
@@ -370,6 +374,10 @@ class _TaskSampler:
             self.negatives, self.popular_pool = negatives_of.negatives, negatives_of.popular_pool
         else:
             self.negatives = resolve_negatives(cfg, inter) if head == "binary" else "catalogue"
+            if self.negatives == "age_matched" and self.age is None:
+                # age-matched pools exist for newest-items tasks only: time-ordered ones
+                # draw from the catalogue, which fit's summary had still called age_matched
+                self.negatives = "catalogue"
             if self.negatives == "popularity":
                 counts = np.bincount(inter.item_idx, minlength=n_items)[self.negative_pool]
                 self.popular_pool = popularity_pool(self.negative_pool, counts)

@@ -187,6 +187,14 @@ class TransferRecommender(MetaRecommender):
         source_domain: int | str | None = None,
         target_domain: int | str | None = None,
     ) -> Self:
+        if len(dataset.domains) < 2:
+            # joint training fitted a plain MetaRec named "Transfer-joint" without a word,
+            # where the other strategies said "pass source_domain/target_domain"
+            raise MetarecError(
+                f"transfer {self.strategy}: the data has one domain "
+                f"({', '.join(map(str, dataset.domains))}); transfer needs a source and a "
+                "target domain (a domain column), and MetaRecommender fits one domain"
+            )
         if self.strategy == "joint":
             if source_domain is not None or target_domain is not None:
                 # joint training reads no direction, but a bad one is still an error
