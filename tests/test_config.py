@@ -186,3 +186,14 @@ def test_a_range_error_names_the_key_and_its_value(override, said):
     # one message listed all three rules and named no key
     with pytest.raises(MetarecError, match=re.escape(said)):
         _model(override)
+
+
+def test_a_config_file_unsets_an_optional_setting_with_none():
+    # probe 136: TOML has no null, so a recorded config's pca_dim = null had no file form
+    # ("pca_dim = 'none'" was refused as not an integer); --set took none already
+    from metarec.model import ModelConfig
+
+    cfg = from_dict(ModelConfig, {"text": {"pca_dim": "none"}, "cold_rank_members": "NULL"})
+    assert cfg.text.pca_dim is None and cfg.cold_rank_members is None
+    # an optional string keeps the word: it may be a real value
+    assert from_dict(ModelConfig, {"text": {"template": "none"}}).text.template == "none"

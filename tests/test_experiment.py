@@ -424,7 +424,7 @@ def test_a_part_run_under_only_is_reused_by_the_full_run_and_back(tmp_path):
         assert resume.fingerprint(part, spec, 0, "d", {}) == resume.fingerprint(
             full, mine, 0, "d", {}
         )
-    with pytest.raises(MetarecError, match="left_out is what --only leaves out"):
+    with pytest.raises(MetarecError, match="left_out records what --only left out of a run"):
         E.load_config(cfg, ['left_out=["nonexistent"]'])
 
 

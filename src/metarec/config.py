@@ -45,6 +45,15 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
+        if (
+            type(None) in args
+            and str not in args
+            and isinstance(value, str)
+            and value.strip().lower() in ("none", "null")
+        ):
+            # TOML has no null: a config file unsets an optional number or table with
+            # "none", as --set does (a recorded config with pca_dim = null had no file form)
+            return None
         errors = []
         for arg in args:
             if arg is type(None):

@@ -600,7 +600,10 @@ def load_config(
     data.update(updates)
     if "left_out" in data:
         # the verdict would say "--only left out X" of methods that ran, or never existed
-        raise MetarecError("left_out is what --only leaves out; it is not a config setting")
+        raise MetarecError(
+            "left_out records what --only left out of a run (results.json keeps it); it is "
+            "not a setting: remove it from the config, and use --only"
+        )
     model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
     stray = sorted(k for k in data if k in model_keys and k not in _EXPERIMENT_KEYS)
     if stray:
