@@ -346,7 +346,7 @@ def _save_other(path):
     # RUN id tells them apart
     return save_run(
         path,
-        config={"model": {"hidden": 8}},
+        config={"model": {"hidden": 9}},
         tensors={"w": torch.arange(6.0).reshape(2, 3) + 1, "b": torch.ones(3)},
         ids={
             "users": IdMap(np.array(["u1", "u2"], dtype=object)),
@@ -364,9 +364,14 @@ def test_every_file_carries_the_run_id_and_a_rerun_writes_the_same_bytes(tmp_pat
     run = load_run(a)
     manifest = json.loads((a / "manifest.json").read_text())
     assert run.run_id == manifest["run_id"] and len(run.run_id) == 32
-    assert json.loads((a / "config.json").read_text())["run_id"] == run.run_id
-    assert json.loads((a / "meta.json").read_text())["run_id"] == run.run_id
-    assert "run_id" not in run.config and "run_id" not in run.meta  # read back as saved
+    # config.json is tied by its digest in meta.json, not a key of its own: an older
+    # metarec refused a config.json with a key it did not know (review 138)
+    assert "run_id" not in json.loads((a / "config.json").read_text())
+    meta = json.loads((a / "meta.json").read_text())
+    assert meta["run_id"] == run.run_id
+    assert meta["config_sha256"] == hashlib.sha256((a / "config.json").read_bytes()).hexdigest()
+    assert run.config == {"model": {"hidden": 8}}  # read back as saved
+    assert "run_id" not in run.meta and "config_sha256" not in run.meta
     with safe_open(str(a / "model.safetensors"), framework="pt") as fh:
         assert fh.metadata()["run_id"] == run.run_id
     for f in (a / "ids").glob("*.parquet"):
@@ -399,9 +404,10 @@ def test_a_run_written_before_files_carried_an_id_still_loads(tmp_path):
     from safetensors.torch import load_file, save_file
 
     path = _save(tmp_path / "run")
-    for rel in ("config.json", "meta.json", "manifest.json"):
+    for rel, keys in (("meta.json", ("run_id", "config_sha256")), ("manifest.json", ("run_id",))):
         doc = json.loads((path / rel).read_text())
-        del doc["run_id"]
+        for key in keys:
+            del doc[key]
         (path / rel).write_text(json.dumps(doc))
     save_file(load_file(str(path / "model.safetensors")), str(path / "model.safetensors"))
     for f in (path / "ids").glob("*.parquet"):
@@ -420,4 +426,14 @@ def test_a_run_written_before_files_carried_an_id_still_loads(tmp_path):
 def test_save_run_refuses_a_document_holding_the_run_id_key(tmp_path):
     with pytest.raises(ValueError, match="run_id"):
         save_run(tmp_path / "run", config={"run_id": "x"}, tensors={}, ids={}, meta={})
+    with pytest.raises(ValueError, match="config_sha256"):
+        save_run(tmp_path / "run", config={}, tensors={}, ids={}, meta={"config_sha256": "x"})
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_loads_in_a_reader_that_refuses_unknown_config_keys(tmp_path):
+    # review 138: config.json held "run_id", and the metarec before refused the RUN as
+    # "from another version" (its config is read strictly); every other file's id sits
+    # where an older reader does not look
+    path = _save(tmp_path / "run")
+    assert json.loads((path / "config.json").read_text()) == {"model": {"hidden": 8}}

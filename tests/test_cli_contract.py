@@ -968,6 +968,12 @@ def _predict_on_rehashed(bad, tmp, tmp_path, capsys) -> str:
     version looks), then ``predict`` on it, which must fail: its stderr."""
     import hashlib
 
+    # meta.json's digest of config.json follows an edited config: a RUN another version
+    # wrote is consistent with itself
+    meta = json.loads((bad / "meta.json").read_text())
+    if "config_sha256" in meta:
+        meta["config_sha256"] = hashlib.sha256((bad / "config.json").read_bytes()).hexdigest()
+        (bad / "meta.json").write_text(json.dumps(meta))
     manifest = json.loads((bad / "manifest.json").read_text())
     for rel in manifest["files"]:
         manifest["files"][rel] = hashlib.sha256((bad / rel).read_bytes()).hexdigest()
@@ -2623,3 +2629,24 @@ def test_fit_settings_written_as_an_experiment_writes_them_are_pointed_out(tmp_p
     err = capsys.readouterr().err
     assert "text.model is given in both [text] and [model.text], differently" in err
     assert not (tmp_path / "RUN").exists()
+
+
+def test_serve_leaves_sighup_to_its_default(monkeypatch):
+    # review 138: a SIGHUP raised inside uvicorn's event loop cancelled the requests in
+    # flight and ended as exit 0; serve takes SIGTERM alone (uvicorn takes it over once
+    # it runs, and shuts down gracefully)
+    import signal
+
+    from metarec import cli
+
+    seen = {}
+
+    def fake_serve(args):
+        seen.update(hup=signal.getsignal(signal.SIGHUP), term=signal.getsignal(signal.SIGTERM))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_serve", fake_serve)
+    before = signal.getsignal(signal.SIGHUP)
+    assert main(["serve", "--run", "RUN"]) == 0
+    assert seen["hup"] is before
+    assert getattr(seen["term"], "__name__", "") == "raise_terminated"

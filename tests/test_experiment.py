@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 
@@ -2186,3 +2187,41 @@ def test_a_split_failing_after_max_users_says_it_may_be_why(tmp_path):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, max_users=1))
     with pytest.raises(MetarecError, match=r"data.max_users = 1 kept only the first 1 users"):
         E.cut_split(E.load_data(cfg), cfg, 0, cfg.split.k_shot)
+
+
+def test_model_key_hints_leave_keys_evaluate_sets_to_their_own_reasons():
+    # review 138: "--set seed=1" was sent to model.seed, which evaluate then refuses;
+    # the nearest experiment key is named instead
+    with pytest.raises(MetarecError, match=r"did you mean 'seeds'"):
+        E.load_config(TINY, ["seed=1"])
+
+
+def test_the_max_users_note_is_left_off_errors_it_cannot_cause(tmp_path):
+    cfg = _two_domain_config(tmp_path, "joint")
+    split = dataclasses.replace(cfg.split, source="nowhere")
+    cfg = dataclasses.replace(cfg, split=split, data=dataclasses.replace(cfg.data, max_users=30))
+    with pytest.raises(MetarecError) as err:
+        E.cut_split(E.load_data(cfg), cfg, 0, cfg.split.k_shot)
+    assert "nowhere" in str(err.value) and "max_users" not in str(err.value)
+
+
+def test_a_first_write_killed_part_way_leaves_files_a_rerun_may_replace(
+    tmp_path, tiny_run, monkeypatch
+):
+    # review 138: the renames ran in name order, so a kill -9 after the first left a
+    # methods.png without results.json, and every rerun there was refused as foreign files
+    _, results, _ = tiny_run
+    out = tmp_path / "out"
+    real, moved = os.replace, []
+
+    def killed_after_one(src, dst):
+        real(src, dst)
+        moved.append(Path(dst).name)
+        if len(moved) == 1:
+            raise KeyboardInterrupt  # stands for the kill: the rollback is not looked at
+
+    monkeypatch.setattr(E.os, "replace", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        E.write_results(results, out)
+    monkeypatch.setattr(E.os, "replace", real)
+    assert moved == ["results.json"]

@@ -9,9 +9,11 @@ Layout (no pickle; loading never executes code)::
       ids/<name>.parquet raw-id tables (one column ``id``; row i is index i)
       meta.json          anything else JSON-able (encoder fingerprint, dataset info, metrics)
 
-Every file carries the RUN's id (``run_id``: the manifest's, the two JSON files' top-level
-key, the safetensors header's and each parquet schema's metadata), so files put together
-from two RUNs are refused even when the manifest's checksums were rewritten to match.
+Every file carries the RUN's id (``run_id``: the manifest's, meta.json's top-level key, the
+safetensors header's and each parquet schema's metadata; config.json is tied by its sha256
+in meta.json, ``config_sha256``, since a config.json with a key it does not know is refused
+by the metarec before this one), so files put together from two RUNs are refused even when
+the manifest's checksums were rewritten to match.
 
 A run is written into a temporary sibling folder and renamed into place, so a crash never
 leaves a half-written RUN, and an existing RUN is only replaced once the new one is complete.
@@ -44,6 +46,10 @@ REQUIRED_FILES = ("config.json", "meta.json", "model.safetensors")
 # the key each file carries the RUN's id under (JSON top level, safetensors and parquet
 # metadata); RUNs written before it existed carry none and load as before
 RUN_ID = "run_id"
+# meta.json's key for the sha256 of config.json: the config is tied to its RUN without a
+# key of its own (config.json is read strictly, and an older metarec refused a RUN whose
+# config held "run_id" as from another version)
+CONFIG_DIGEST = "config_sha256"
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,6 +68,10 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _content_id(
@@ -193,11 +203,17 @@ def save_run(
     tmp = staging_dir(out.parent, out.name)  # sweeps what a killed writer left
     run_id = _content_id(config, meta, tensors, ids)
     try:
-        for rel, doc in (("config.json", config), ("meta.json", meta)):
-            if RUN_ID in doc:
-                raise ValueError(f"{rel} may not hold the key {RUN_ID!r}: save_run writes it")
-            doc = {**doc, RUN_ID: run_id}
-            (tmp / rel).write_text(json.dumps(doc, indent=2, sort_keys=True))
+        for rel, doc, keys in (
+            ("config.json", config, (RUN_ID,)),
+            ("meta.json", meta, (RUN_ID, CONFIG_DIGEST)),
+        ):
+            taken = [k for k in keys if k in doc]
+            if taken:
+                raise ValueError(f"{rel} may not hold the key {taken[0]!r}: save_run writes it")
+        config_text = json.dumps(config, indent=2, sort_keys=True)
+        (tmp / "config.json").write_text(config_text)
+        stamped = {**meta, RUN_ID: run_id, CONFIG_DIGEST: _text_sha256(config_text)}
+        (tmp / "meta.json").write_text(json.dumps(stamped, indent=2, sort_keys=True))
         # safetensors wants contiguous CPU tensors that share no storage.
         save_file(
             {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
@@ -336,12 +352,21 @@ def load_run(path: str | Path, verify: bool = True) -> Run:
             table = pq.read_table(f)
             stamps[rel] = (table.schema.metadata or {}).get(RUN_ID.encode(), b"").decode() or None
             ids[f.stem] = IdMap(np.asarray(table.column("id").to_pylist(), dtype=object))
-        docs = {}
+        docs, texts = {}, {}
         for rel in ("config.json", "meta.json"):
-            docs[rel] = json.loads((path / rel).read_text())
+            texts[rel] = (path / rel).read_text()
+            docs[rel] = json.loads(texts[rel])
             if not isinstance(docs[rel], dict):
                 raise ValueError("not a JSON object")
-            stamps[rel] = docs[rel].pop(RUN_ID, None)
+        stamps["meta.json"] = docs["meta.json"].pop(RUN_ID, None)
+        # config.json carries no id: it is this RUN's where meta.json names its digest
+        digest = docs["meta.json"].pop(CONFIG_DIGEST, None)
+        if digest is None:
+            stamps["config.json"] = None
+        elif digest == _text_sha256(texts["config.json"]):
+            stamps["config.json"] = stamps["meta.json"]
+        else:
+            stamps["config.json"] = f"another (sha256 {_text_sha256(texts['config.json'])[:12]})"
     except Exception as err:  # safetensors, pyarrow and json raise unrelated types
         raise MetarecError(
             f"{path}: {rel} is unreadable, the RUN is damaged or from another version "

@@ -1190,8 +1190,8 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _termination_as_interrupt():
-    """SIGTERM and SIGHUP raise :class:`Terminated` while a command runs; the handlers
+def _termination_as_interrupt(names: tuple[str, ...] = ("SIGTERM", "SIGHUP")):
+    """The signals ``names`` raise :class:`Terminated` while a command runs; the handlers
     before it are put back after. A signal set to be ignored stays ignored (``nohup``
     ignores SIGHUP), and off the main thread nothing changes (Python allows handlers only
     there)."""
@@ -1204,7 +1204,7 @@ def _termination_as_interrupt():
 
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for name in ("SIGTERM", "SIGHUP"):
+        for name in names:
             signum = getattr(signal, name, None)  # no SIGHUP on Windows
             if signum is not None and signal.getsignal(signum) is not signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, raise_terminated)
@@ -1218,7 +1218,11 @@ def _termination_as_interrupt():
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    with _termination_as_interrupt():
+    # serve: uvicorn takes SIGTERM (and SIGINT) over once it runs and shuts down
+    # gracefully; a SIGHUP raised inside its event loop cancelled the requests in flight
+    # and ended as a clean exit 0, where a service manager should see it die by signal
+    names = ("SIGTERM",) if args.command == "serve" else ("SIGTERM", "SIGHUP")
+    with _termination_as_interrupt(names):
         return _run(args)
 
 

@@ -581,6 +581,8 @@ def _check_baseline_params(m: MethodSpec) -> None:
 
 # the experiment's own top-level keys (some, like text and seeds, are model keys too)
 _EXPERIMENT_KEYS = frozenset(f.name for f in dataclasses.fields(ExperimentConfig)) | {"base_dir"}
+# model keys evaluate sets itself or refuses under [model] (check_config says why)
+_SET_BY_EVALUATE = frozenset({"seed", "progress", "valid_frac", "valid_holdout", "refit"})
 
 
 def load_config(
@@ -604,7 +606,9 @@ def load_config(
             "left_out records what --only left out of a run (results.json keeps it); it is "
             "not a setting: remove it from the config, and use --only"
         )
-    model_keys = {f.name for f in dataclasses.fields(ModelConfig)}
+    # keys [model] takes in an experiment: not those check_config refuses there with its
+    # own reason (seed: the top-level seeds, which the nearest-key hint then names)
+    model_keys = {f.name for f in dataclasses.fields(ModelConfig)} - _SET_BY_EVALUATE
     stray = sorted(k for k in data if k in model_keys and k not in _EXPERIMENT_KEYS)
     if stray:
         # `fit --set train.steps=5` written to evaluate: "unknown config key 'train'"
@@ -1135,7 +1139,7 @@ def cut_split(
         split = make_split(ds, s.protocol, **kw)
     except MetarecError as err:
         n = cfg.data.max_users
-        if n is None:
+        if n is None or "user" not in str(err).lower():  # an unknown domain is not its doing
             raise
         # the users data.max_users left out may be the ones the split needed (Amazon's
         # users in both domains come last in file order): the error did not say so
@@ -2158,7 +2162,9 @@ def write_results(results: Results, out_dir: str | os.PathLike) -> Results:
                 except OSError:  # a file system without hard links
                     shutil.copy2(out / name, backup / name)
         try:
-            for name in sorted(written):
+            # results.json first: it vouches for the files beside it, so a kill -9 part-way
+            # through a first write leaves files a rerun may replace (_check_result_targets)
+            for name in sorted(written, key=lambda n: (n != "results.json", n)):
                 os.replace(stage / name, out / name)
             for name in RESULT_FILES:
                 if name not in written:

@@ -170,8 +170,9 @@ class Info(BaseModel):
     dataset: dict
     encoder_fingerprint: str
     run: str | None
-    # the served RUN's id (a digest of its files): changes when `metarec update` swaps a
-    # new RUN in; None for a RUN written before RUNs carried one
+    # the served RUN's id (a digest of its contents): which RUN this server loaded at
+    # start (a RUN that `metarec update` writes has its own); None for a RUN written
+    # before RUNs carried one
     run_id: str | None = None
     users: int
     items: int
