@@ -197,3 +197,18 @@ def test_a_config_file_unsets_an_optional_setting_with_none():
     assert cfg.text.pca_dim is None and cfg.cold_rank_members is None
     # an optional string keeps the word: it may be a real value
     assert from_dict(ModelConfig, {"text": {"template": "none"}}).text.template == "none"
+
+
+def test_model_config_from_a_partial_table_keeps_its_own_nested_defaults():
+    # probe 139: built from the bare classes, {"train": {"steps": 100}} turned Polyak
+    # averaging off (ema 0.98 -> 0) and a partial rank_meta table made the neural-process
+    # ranking model MAML; --set and MetaRecommender(**overrides) merged over the defaults
+    from metarec.model import MetaRecommender, ModelConfig
+
+    cfg = ModelConfig.from_dict({"train": {"steps": 100}, "rank_meta": {"inner_steps": 3}})
+    default = ModelConfig()
+    assert cfg.train.steps == 100 and cfg.train.ema == default.train.ema == 0.98
+    assert cfg.train.eval_every == default.train.eval_every
+    assert cfg.rank_meta.algorithm == "np" and cfg.rank_meta.inner_steps == 3
+    assert cfg == MetaRecommender(train={"steps": 100}, rank_meta={"inner_steps": 3}).config
+    assert ModelConfig.from_dict({"rank_meta": None}).rank_meta is None

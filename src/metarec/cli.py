@@ -1126,7 +1126,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="run an experiment config: fit, evaluate, report")
     p.add_argument("--config", required=True, help="experiment TOML (see configs/)")
-    p.add_argument("--out", help="output folder (default: runs/<config name>)")
+    p.add_argument(
+        "--out", help="output folder (default: runs/<the config file's name, without .toml>)"
+    )
     p.add_argument(
         "--set",
         action="append",

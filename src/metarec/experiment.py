@@ -2205,7 +2205,7 @@ def quickstart_config(
     """``metarec quickstart``: user cold-start on the bundled goodbooks-sample, the
     meta-model against the baselines.
 
-    About 1.5 minutes on 2 CPU cores with one seed, MiniLM embedding included on a cold
+    About 2.5 to 3 minutes on 2 CPU cores with one seed, MiniLM embedding included on a cold
     cache (the budget is 5). ``steps`` caps meta-training steps and ``max_users`` keeps the first
     users only (both for tests and small machines).
     """

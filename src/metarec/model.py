@@ -218,7 +218,10 @@ class ModelConfig:
     # explicit data: a rating >= this is a "like" (label 1) for the ranking model, a lower
     # rating an explicit negative (label 0); None = the middle of the rating scale
     like_threshold: float | None = None
-    k_shot: int = 10  # support size of meta-training episodes (when fit has no split)
+    # support size of meta-training episodes, and of fit's own validation users: always
+    # this one, in `metarec evaluate` too, where the split's k_shot sets the test users'
+    # support but not training's (the Amazon configs repeat K = 5 under [model])
+    k_shot: int = 10
     n_query: int = 10  # query size of meta-training episodes
     valid_frac: float = 0.1  # share of training users (or items) held out for early stopping
     # what fit holds out of `train` for early stopping and the blend when it is given no
@@ -331,7 +334,14 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelConfig:
-        return from_dict(cls, data, "")
+        """A config from a (partial) table, laid over the defaults key by key, as
+        ``--set`` and ``MetaRecommender(**overrides)`` are: built from the bare classes,
+        ``{"train": {"steps": 100}}`` had dropped this config's own nested defaults
+        (train.ema 0.98 became 0, and a partial ``rank_meta`` table turned the
+        neural-process ranking model into MAML; probe 139)."""
+        if not isinstance(data, dict):
+            return from_dict(cls, data, "")  # its one-line "expected a table"
+        return from_dict(cls, deep_merge(to_dict(cls()), data), "")
 
     def rank_members_for(self, held_out: bool) -> int:
         """How many ranking models fit trains (``cold_rank_members`` where the validation
@@ -2029,7 +2039,8 @@ class MetaRecommender(Recommender):
             raise MetarecError(f"unknown config key {unknown[0]!r}")
         if cfg["feedback"] not in ("explicit", "implicit"):
             raise MetarecError(f"feedback {cfg['feedback']!r} is neither explicit nor implicit")
-        rec = cls(ModelConfig.from_dict(cfg["model"]))
+        # a RUN's config is whole: read as written, no default laid under it
+        rec = cls(from_dict(ModelConfig, cfg["model"], ""))
         rec.n_users_, rec.n_items_ = int(cfg["n_users"]), int(cfg["n_items"])
         rec.feedback_ = cfg["feedback"]
         rec.rating_range_ = tuple(float(x) for x in cfg["rating_range"])
