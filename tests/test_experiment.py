@@ -272,6 +272,10 @@ def test_grid_is_picked_on_validation_users_only(monkeypatch):
     assert chosen["shrinkage"] == best
     assert chosen["_valid_RMSE"] == pytest.approx(rmse[best])
     assert rec.shrinkage == best
+    # every point is kept with its validation figure, so the choice can be checked
+    assert [t["point"]["shrinkage"] for t in chosen[E.GRID_KEY]] == [0.1, 50.0]
+    for t in chosen[E.GRID_KEY]:
+        assert t["valid_RMSE"] == pytest.approx(rmse[t["point"]["shrinkage"]])
 
 
 def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
@@ -1411,6 +1415,13 @@ def test_a_grid_point_that_fails_is_skipped_not_the_method(monkeypatch):
     assert not results.failures
     (run,) = results.runs
     assert run.chosen["train.outer_lr"] == 1e-3
+    # the skipped point is in the record, with why (probe 140: stderr alone said so)
+    grid = run.chosen[E.GRID_KEY]
+    assert grid[1]["point"] == {"train.outer_lr": 1e6}
+    assert "meta-loss is nan at step 2" in grid[1]["skipped"]
+    from metarec.report import render_markdown
+
+    assert "among 2 grid points per seed, 1 skipped" in render_markdown(results, {})
     monkeypatch.setattr(E, "_fit", lambda *a, **k: (_ for _ in ()).throw(MetarecError("nan")))
     with pytest.warns(UserWarning), pytest.raises(MetarecError, match="every grid point failed"):
         E.run(cfg, None, progress=False)
@@ -2225,3 +2236,57 @@ def test_a_first_write_killed_part_way_leaves_files_a_rerun_may_replace(
         E.write_results(results, out)
     monkeypatch.setattr(E.os, "replace", real)
     assert moved == ["results.json"]
+
+
+def test_the_report_says_how_many_users_the_full_metrics_leave_out(tiny_run):
+    # probe 140: the report said "50 test users" beside a verdict metric averaged over 47;
+    # users whose query holds no relevant item have no full-catalogue figure
+    from metarec.report import render_markdown
+
+    cfg, results, _ = tiny_run
+    split = E.cut_split(E.load_data(cfg), cfg, cfg.seeds[0], cfg.split.k_shot)
+    want = sum(not (t.query.rating >= cfg.threshold).any() for t in split.test)
+    assert results.protocol["no_relevant_queries"] == want
+    n_full = results.summary("main")["MetaRec"]["nDCG@10 (full)"]["n_users"][0]
+    assert n_full == len(split.test) - want
+    text = render_markdown(results, {})
+    said = f"undefined for {want} of {len(split.test)} test users"
+    assert (said in text) == (want > 0)
+    # this split has no such user: the sentence, for a count the report is handed
+    two = dataclasses.replace(results, protocol={**results.protocol, "no_relevant_queries": 2})
+    assert (
+        f"Recall and every (full) metric are undefined for 2 of {len(split.test)} test users"
+        in render_markdown(two, {})
+    )
+
+
+def test_results_record_the_data_code_and_threads_behind_the_figures(tiny_run, tmp_path):
+    # probe 140: two logs of the same shape (two ratings swapped) gave other figures under
+    # an identical record: sizes, config and package versions (0.1.0 on every commit)
+    import torch
+
+    from metarec import resume
+
+    cfg, results, _ = tiny_run
+    doc = results.to_json()
+    assert doc["dataset"]["sha256"] == resume.data_hash(E.load_data(cfg))
+    assert doc["environment"]["metarec_code_sha256"] == resume.code_hash()
+    assert doc["environment"]["torch_threads"] == torch.get_num_threads()
+    # the recorded config feeds back: left_out = [] (a run without --only) says nothing
+    back = E.load_config(TINY, ["left_out=[]"])
+    assert back.left_out == ()
+
+
+def test_a_part_run_on_another_thread_count_is_not_reused(monkeypatch):
+    # probe 140: figures move in their last bits with the thread count, and --resume on
+    # 1 thread reused parts run on 2 without a word
+    import torch
+
+    from metarec import resume
+
+    cfg = E.load_config(TINY)
+    spec = cfg.methods[0]
+    env = E.environment()
+    one = resume.fingerprint(cfg, spec, 0, "d", env)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    assert resume.fingerprint(cfg, spec, 0, "d", env) != one

@@ -600,6 +600,9 @@ def load_config(
     data.setdefault("base_dir", str(Path(path).resolve().parent))
     data = apply_overrides(data, list(overrides))
     data.update(updates)
+    if "left_out" in data and not data["left_out"]:
+        # results.json records it, [] on a run without --only: fed back, that says nothing
+        del data["left_out"]
     if "left_out" in data:
         # the verdict would say "--only left out X" of methods that ran, or never existed
         raise MetarecError(
@@ -956,10 +959,19 @@ def environment() -> dict:
         except metadata.PackageNotFoundError:
             return None
 
+    import torch
+
+    from metarec import resume
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "packages": {name: version(name) for name in _FIGURE_PACKAGES},
+        # the package version stays 0.1.0 across commits: the sources' digest tells them
+        # apart (resume's parts key on it too)
+        "metarec_code_sha256": resume.code_hash(),
+        # floats move in their last bits with the thread count (probe 140: 2 threads vs 1)
+        "torch_threads": torch.get_num_threads(),
     }
 
 
@@ -1317,6 +1329,10 @@ def fit_method(
         raise MetarecError(f"method {spec.name!r}: a grid needs validation users (valid_frac)")
     best: tuple[float, Recommender, dict] | None = None
     failed: list[str] = []
+    # every point with its validation figure or why it was skipped, kept with the choice
+    # (results.json had the winner alone: a skipped point was said once on stderr, and
+    # a reader could not check the choice; probe 140)
+    tried: list[dict] = []
     ks, query_ks = cfg.eval_ks()
     for point in points:
         # a point that diverges (a NaN loss, NaN scores) is skipped, not the whole grid:
@@ -1336,7 +1352,9 @@ def fit_method(
             )
         except FIT_FAILURES as e:
             failed.append(f"{_point_label(point)}: {_one_line(e)}")
+            tried.append({"point": point, "skipped": _one_line(e)})
             continue
+        tried.append({"point": point, "valid_" + r.primary_metric: r.primary})
         v = r.primary if r.greater_is_better else -r.primary
         if not np.isfinite(v):
             metric = r.primary_metric
@@ -1350,6 +1368,7 @@ def fit_method(
                 else ""
             )
             failed.append(f"{_point_label(point)}: validation {metric} is NaN{why}")
+            tried[-1]["skipped"] = f"validation {metric} is NaN{why}"
         elif best is None or v > best[0]:
             best = (v, rec, {**point, "_valid_" + r.primary_metric: r.primary})
     if best is None:
@@ -1361,7 +1380,11 @@ def fit_method(
             f"{spec.name} (seed {seed}): grid point(s) skipped: {'; '.join(failed[:3])}",
             stacklevel=2,
         )
-    return best[1], best[2], time.perf_counter() - t0
+    return best[1], {**best[2], GRID_KEY: tried}, time.perf_counter() - t0
+
+
+# the key of a chosen grid point that lists every point tried (fit_method)
+GRID_KEY = "_grid"
 
 
 def _point_label(point: dict) -> str:
@@ -1467,6 +1490,12 @@ def _one_class(tasks: Sequence[Task], relevant_from: float) -> int:
     )
 
 
+def _no_relevant(tasks: Sequence[Task], relevant_from: float) -> int:
+    """How many of ``tasks`` have a query with no relevant item: their Recall and every
+    full-catalogue metric are undefined and left out of the mean."""
+    return sum(not is_relevant(t.query.rating, relevant_from).any() for t in tasks)
+
+
 def evaluated_users(protocol: str) -> str:
     """Which test users a scenario's metrics average over, for ``protocol``."""
     if protocol in ("item-cold", "user-item-cold"):
@@ -1491,6 +1520,10 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
     for m in cfg.methods:
         if m.grid:
             by_metric.setdefault(m.select_metric or primary, []).append(m.name)
+    # the relevance the metrics use: rating >= threshold (explicit) or label 1
+    relevant_from = (
+        cfg.threshold if ds_info.get("feedback") == "explicit" else evaluation.IMPLICIT_POSITIVE
+    )
     picked = (
         "no method has a grid"
         if not by_metric
@@ -1523,12 +1556,10 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "query_sizes": _sizes([len(t.query) for t in split.test]),
         # queries holding only relevant (or only non-relevant) items have no AUC: on an
         # implicit log of positives alone every AUC cell was "–" with no word (probe 134)
-        "one_class_queries": _one_class(
-            split.test,
-            cfg.threshold
-            if ds_info.get("feedback") == "explicit"
-            else evaluation.IMPLICIT_POSITIVE,
-        ),
+        "one_class_queries": _one_class(split.test, relevant_from),
+        # and queries with no relevant item have no full-catalogue figure: the report
+        # said "N test users" beside the verdict metric's N - 3 (probe 140)
+        "no_relevant_queries": _no_relevant(split.test, relevant_from),
         "valid_users": len(split.valid),
         "train_interactions": len(split.train),
         "selection": f"meta-models early-stop on validation users' query loss; {picked}; "
@@ -1747,7 +1778,9 @@ def run(
         raise MetarecError("resume needs an output folder (the finished parts are kept there)")
     # what every kept part's fingerprint reads, computed once (hashing the data is a pass
     # over the log and the side tables)
-    data_key = parts.data_hash(ds) if out_dir is not None else ""
+    # the data's digest goes into results.json too: its sizes alone could not tell two
+    # logs of the same shape apart (probe 140: two swapped ratings, the same record)
+    data_key = info["sha256"] = parts.data_hash(ds)
     env = environment() if out_dir is not None else {}
     reused: list[dict] = []
     _log(

@@ -375,6 +375,14 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
             "whose query holds only relevant or only non-relevant items"
             + (": every AUC cell is empty" if one_class == n else ", and averages the rest")
         )
+    no_relevant = p.get("no_relevant_queries") or 0
+    if no_relevant:
+        n = p.get("test_users")
+        relevant += (
+            f"; Recall and every (full) metric are undefined for {no_relevant} of {n} test "
+            f"users (seed {cfg.seeds[0]}), whose query holds no relevant item, and average "
+            "the rest"
+        )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, {_query_words(p, k_shot, results.main_k, results.dataset.get('feedback') == 'explicit')} per "
@@ -473,14 +481,28 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
             "is this run's alone.",
             "",
         ]
+    from metarec.experiment import GRID_KEY
+
     fits = []
     for name in results.methods():
         runs = results.runs_of(name, results.main_k)
         if runs:
             secs = sum(r.fit_seconds for r in runs) / len(runs)
             cpu = sum(r.fit_cpu_seconds for r in runs) / len(runs)
-            chosen = [{k: v for k, v in r.chosen.items()} for r in runs if r.chosen]
+            chosen = [
+                {k: v for k, v in r.chosen.items() if k != GRID_KEY} for r in runs if r.chosen
+            ]
             extra = f"; picked on validation: {chosen}" if chosen else ""
+            grids = [r.chosen.get(GRID_KEY) or [] for r in runs]
+            if any(grids):
+                # each point's validation figure is in results.json (fits.<m>.chosen)
+                skipped = sum(1 for g in grids for t in g if "skipped" in t)
+                extra += f" among {max(len(g) for g in grids)} grid points per seed" + (
+                    f", {skipped} skipped over all seeds (a failed fit or a NaN "
+                    "validation figure; the reasons are in results.json)"
+                    if skipped
+                    else ""
+                )
             skipped = [f"seed {r.seed} ({r.blend_skipped})" for r in runs if r.blend_skipped]
             if skipped:
                 # the table's figure is then the meta-model's alone on those seeds

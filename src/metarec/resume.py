@@ -122,6 +122,9 @@ def fingerprint(config, spec, seed: int, data: str, env: dict, features: str = "
         # last bits across machines: "auto" devices and another platform refit
         "platform": env.get("platform"),
         "cuda": bool(torch.cuda.is_available()),
+        # sums split over threads round differently: a part run on 2 threads differed
+        # in its last bits from a 1-thread rerun, and --resume mixed them (probe 140)
+        "threads": torch.get_num_threads(),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()
