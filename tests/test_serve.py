@@ -187,6 +187,11 @@ def test_unknown_ids_are_reported_and_integer_ids_read_as_strings(client):
         # an empty id names nobody: feedback stored under "" made a user no file can name
         (b'{"user_id": "  ", "interactions": [{"item_id": "it1", "rating": 5}]}', "id is empty"),
         (b'{"interactions": [{"item_id": "", "rating": 5}]}', "id is empty"),
+        # the files' word for an implicit value: the API's is "rating" (probe 141)
+        (
+            b'{"interactions": [{"item_id": "it1", "label": 1}]}',
+            "an interaction's value is 'rating' on every run: 0 or 1 on a run fitted on labels",
+        ),
     ],
 )
 def test_bad_requests_are_422_with_a_clear_message(client, body, needle):
@@ -1001,3 +1006,18 @@ def test_serve_without_the_serve_extra_is_one_line_before_the_port(monkeypatch, 
     assert (
         "serve needs the 'serve' extra (uvicorn not installed): pip install 'metarec[serve]'" in err
     )
+
+
+def test_a_store_first_served_by_a_run_on_other_data_is_said(predictor, tmp_path):
+    # probe 141: rows carry no run, and a label run's "played" 1s fit a 1-5 run's scale:
+    # they were read as one-star ratings without a word
+    from metarec.serve.feedback import FeedbackStore
+
+    store = FeedbackStore(tmp_path / "fb")
+    assert store.claim_catalogue(predictor.catalogue_tag) is None  # the first claims it
+    create_app(predictor, feedback_db=store)  # the same data: nothing to say
+    other = FeedbackStore(tmp_path / "fb2")
+    assert other.claim_catalogue("another-run") is None
+    with pytest.warns(UserWarning, match="was first served by a run on another catalogue"):
+        create_app(predictor, feedback_db=other)
+    assert other.claim_catalogue(predictor.catalogue_tag) == "another-run"  # kept, not taken

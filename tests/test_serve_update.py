@@ -472,3 +472,36 @@ def test_a_domain_only_the_items_file_names_is_the_logs_too_before_and_after_upd
         "books": len(t) - films + 1,
         "films": films + 1,
     }
+
+
+def test_stored_values_are_checked_on_the_rows_an_update_uses(run):
+    # probe 141: one out-of-scale row on an item outside the catalogue (another run's, in
+    # a shared store) refused the whole update, naming neither user nor item; such rows
+    # are left out with a warning, so their values are not this run's to judge
+    pred = Predictor.load(run)
+    fb = pd.DataFrame(
+        {
+            "user_id": ["other", "u0"],
+            "item_id": ["not-in-this-catalogue", "it1"],
+            "rating": [50.0, 4.0],
+        }
+    ).assign(timestamp=pd.array([None, None], dtype="Int64"))
+    with pytest.warns(UserWarning, match="outside the RUN's catalogue"):
+        _, _, _, counts = merge_feedback(pred, fb)
+    # a bad value the update would use is refused, naming its row
+    fb.loc[0, "item_id"] = "it2"
+    with pytest.raises(
+        MetarecError, match=r"rating 50 is outside .* \(first: user 'other', item 'it2'\)"
+    ):
+        merge_feedback(pred, fb, "store: stored feedback")
+
+
+def test_update_says_when_the_store_was_first_served_by_a_run_on_other_data(run, tmp_path):
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore
+    from metarec.update import UpdateConfig, update_run
+
+    store = FeedbackStore(tmp_path / "fb")
+    store.claim_catalogue("another-run")
+    store.add("u0", [FeedbackRow("it1", 4.0, None)])
+    with pytest.warns(UserWarning, match="first served by a run on another catalogue"):
+        update_run(run, tmp_path / "fb", tmp_path / "RUN2", UpdateConfig(steps=1))

@@ -80,6 +80,17 @@ class Predictor:
     # domain -> ((n_cand,) item indices, (n_items,) bool mask), filled on first use
     _domains: dict = field(default_factory=dict, init=False, repr=False)
 
+    @property
+    def catalogue_tag(self) -> str:
+        """What a feedback store's rows are meaningful for: the catalogue's item ids, the
+        feedback kind and the rating scale, as one digest (a refit or an update of the
+        same data keeps it; a run on other data has another)."""
+        import hashlib
+
+        h = hashlib.sha256("\n".join(map(str, self.items.ids.tolist())).encode())
+        h.update(f"|{self.model.feedback_}|{list(self.model.rating_range_)}".encode())
+        return h.hexdigest()[:32]
+
     # --- building ----------------------------------------------------------------------
     @classmethod
     def fit(cls, dataset: Dataset, config: ModelConfig | None = None) -> Predictor:

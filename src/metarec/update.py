@@ -108,10 +108,11 @@ def _domain_names(pred: Predictor) -> list[str]:
 
 
 def merge_feedback(
-    pred: Predictor, feedback: pd.DataFrame
+    pred: Predictor, feedback: pd.DataFrame, what: str = "feedback"
 ) -> tuple[IdMap, Interactions, np.ndarray, dict]:
     """(users with new ones appended, training log with the feedback folded in, indices of
-    the feedback users, counts). ``feedback``: user_id, item_id, rating, timestamp (nullable)."""
+    the feedback users, counts). ``feedback``: user_id, item_id, rating, timestamp (nullable).
+    ``what`` names the feedback's source in a refusal of its values."""
     for col in ("user_id", "item_id", "rating"):
         if col not in feedback.columns:
             raise MetarecError(f"feedback: column {col!r} is missing")
@@ -155,6 +156,19 @@ def merge_feedback(
     fb, item_idx = fb[known].reset_index(drop=True), item_idx[known]
     if fb.empty:
         raise MetarecError(f"feedback: all {n_unknown} rows name items outside the catalogue")
+    # the values of the rows used, once the rows left out are: one out-of-scale row on an
+    # item outside the catalogue (another run's, in a shared store) refused the whole
+    # update, though it would never be used (probe 141); the first bad row is named
+    ratings = fb["rating"].to_numpy(np.float64)
+    bad = np.isin(ratings, pred.unfit_values(ratings)) | ~np.isfinite(ratings)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        try:
+            pred.check_values(ratings, what)
+        except MetarecError as err:
+            raise MetarecError(
+                f"{err} (first: user {fb['user_id'][first]!r}, item {fb['item_id'][first]!r})"
+            ) from None
     user_ids = fb["user_id"].astype(str).to_numpy(object)
     new = [u for u in pd.unique(user_ids) if u not in pred.users]
     users = IdMap(np.concatenate([pred.users.ids, np.asarray(new, dtype=object)]))
@@ -208,13 +222,17 @@ def merge_feedback(
 
 
 def update(
-    pred: Predictor, feedback: pd.DataFrame, cfg: UpdateConfig | None = None
+    pred: Predictor,
+    feedback: pd.DataFrame,
+    cfg: UpdateConfig | None = None,
+    what: str = "feedback",
 ) -> tuple[Predictor, dict]:
-    """A new Predictor with the feedback folded in and meta-training continued."""
+    """A new Predictor with the feedback folded in and meta-training continued (``what``
+    names the feedback's source in a refusal of its values)."""
     from metarec.model import MetaRecommender, _as_likes, _in_rating_units, episode_sizes
 
     cfg = cfg or UpdateConfig()
-    users, train, fb_users, report = merge_feedback(pred, feedback)
+    users, train, fb_users, report = merge_feedback(pred, feedback, what)
     n_old, n_new = len(pred.users), len(users)
     state_cfg, tensors = pred.model.state()
     tensors = dict(tensors)
@@ -392,11 +410,20 @@ def update_run(
     check_derived_run(out, run, "update")
     check_run_target(out)  # before the training, as fit checks it
     pred = Predictor.load(run)
-    frame = open_store(feedback_db).frame()
+    store = open_store(feedback_db)
+    if store.claim_catalogue(pred.catalogue_tag) is not None:
+        # the store was first served by a run on other data: its rows fit this one's
+        # values by chance at best (a label run's 1s read as one-star ratings)
+        warnings.warn(
+            f"feedback store {store.path} was first served by a run on another catalogue, "
+            "rating scale or feedback kind: its rows are read as this RUN's",
+            stacklevel=2,
+        )
+    frame = store.frame()
     # rows stored before /feedback checked values would otherwise surface as "meta-loss
-    # is inf": name them instead
-    pred.check_values(frame["rating"].to_numpy(), f"{feedback_db}: stored feedback")
-    new, report = update(pred, frame, cfg)
+    # is inf": merge_feedback names them (those it uses: rows on items outside the
+    # catalogue are left out first)
+    new, report = update(pred, frame, cfg, what=f"{feedback_db}: stored feedback")
     _smoke_test(new.model)  # as a load would: nothing is written that cannot serve
     new.save(out)
     # each part's member count, as fit's summary gives it: every member was updated

@@ -170,6 +170,14 @@ def create_app(
         else FeedbackStore(feedback_db)
     )
     if store is not None:
+        other = store.claim_catalogue(pred.catalogue_tag)
+        if other is not None:
+            warnings.warn(
+                f"feedback store {store.path} was first served by a run on another catalogue, "
+                "rating scale or feedback kind: its rows are read as this run's (a stored "
+                "'played' 1 as a one-star rating); give this run its own --feedback-db",
+                stacklevel=2,
+            )
         # the rows a request of their user would be refused for (the 409 below): on
         # catalogue items, judged by the run's own rule
         outside = store.ratings_outside(pred.model.rating_range_ if pred.explicit else None)
@@ -579,7 +587,18 @@ def _one_line(errors: list[dict], total: int) -> str:
         else:
             parts.append(f"{loc}: {e['msg']}")
     more = f" (+{total - len(parts)} more)" if total > len(parts) else ""
-    return "invalid request: " + "; ".join(parts) + more
+    # a client copying the CSV files' words sent "label" and got four errors, none of them
+    # saying that the API names an implicit run's 0/1 "rating" too (probe 141)
+    label = any(
+        e.get("type") == "extra_forbidden" and e["loc"] and e["loc"][-1] == "label" for e in errors
+    )
+    hint = (
+        " (an interaction's value is 'rating' on every run: 0 or 1 on a run fitted on "
+        "labels, the column the files call 'label')"
+        if label
+        else ""
+    )
+    return "invalid request: " + "; ".join(parts) + more + hint
 
 
 class _JsonBody:

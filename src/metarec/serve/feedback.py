@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS feedback (
     received_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 DEFAULT_NAME = "feedback.sqlite3"
 _CREATE_LOCK = threading.Lock()  # re-creating a deleted store file: one thread at a time
@@ -242,6 +243,25 @@ class FeedbackStore:
         # SQLite sorts text above every number: a damaged text rating is "outside" and
         # was a float() traceback at start; an inf was taken for another run's rating
         return [(str(i), _checked(self.path, i, r, None).rating) for i, r in rows]
+
+    def claim_catalogue(self, tag: str) -> str | None:
+        """The catalogue tag (``Predictor.catalogue_tag``) of the first run that served
+        from this store where it differs from ``tag``, else None; the first run to ask
+        records its own. Rows carry no run: a "played" 1 that a run on labels stored was
+        read by a 1-5 run as a one-star rating, without a word (probe 141). A read-only
+        store (``metarec update``) records nothing; a store from before the tag, none."""
+        with self._connect() as con:
+            if not self.read_only:
+                con.executescript(_SCHEMA)  # a store made before store_meta existed
+                con.execute(
+                    "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('catalogue', ?)",
+                    (tag,),
+                )
+            try:
+                row = con.execute("SELECT value FROM store_meta WHERE key = 'catalogue'").fetchone()
+            except sqlite3.OperationalError:  # read-only, and no store_meta table
+                return None
+        return None if row is None or row[0] == tag else str(row[0])
 
     def count(self) -> int:
         with self._connect() as con:
