@@ -1008,16 +1008,28 @@ def test_serve_without_the_serve_extra_is_one_line_before_the_port(monkeypatch, 
     )
 
 
-def test_a_store_first_served_by_a_run_on_other_data_is_said(predictor, tmp_path):
+def test_a_store_holding_rows_of_a_run_on_other_feedback_is_said(predictor, client, tmp_path):
     # probe 141: rows carry no run, and a label run's "played" 1s fit a 1-5 run's scale:
-    # they were read as one-star ratings without a word
-    from metarec.serve.feedback import FeedbackStore
+    # they were read as one-star ratings without a word. The first rows stored record
+    # what their values mean (kind and scale; not the catalogue, which a refit may grow)
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore
 
+    assert predictor.feedback_tag == "explicit 1.0..5.0"
     store = FeedbackStore(tmp_path / "fb")
-    assert store.claim_catalogue(predictor.catalogue_tag) is None  # the first claims it
-    create_app(predictor, feedback_db=store)  # the same data: nothing to say
-    other = FeedbackStore(tmp_path / "fb2")
-    assert other.claim_catalogue("another-run") is None
-    with pytest.warns(UserWarning, match="was first served by a run on another catalogue"):
-        create_app(predictor, feedback_db=other)
-    assert other.claim_catalogue(predictor.catalogue_tag) == "another-run"  # kept, not taken
+    assert store.written_for() is None  # no row yet: an empty store says nothing
+    create_app(predictor, feedback_db=store)
+    r = client.post(
+        "/feedback", json={"user_id": "z", "interactions": [{"item_id": "it1", "rating": 4}]}
+    )
+    assert r.status_code == 200
+    assert store.written_for() == predictor.feedback_tag  # the client's store is tmp/fb
+    mine = FeedbackStore(tmp_path / "mine")
+    mine.add("z", [FeedbackRow("it1", 4.0, None)], written_for=predictor.feedback_tag)
+    assert mine.written_for() == predictor.feedback_tag
+    create_app(predictor, feedback_db=mine)  # its own rows: nothing to say
+    theirs = FeedbackStore(tmp_path / "theirs")
+    theirs.add("fan", [FeedbackRow("it1", 1.0, None)], written_for="implicit")
+    theirs.add("fan", [FeedbackRow("it2", 1.0, None)], written_for=predictor.feedback_tag)
+    assert theirs.written_for() == "implicit"  # the first rows' meaning is kept
+    with pytest.warns(UserWarning, match="holds rows stored by a run on implicit feedback"):
+        create_app(predictor, feedback_db=theirs)

@@ -496,12 +496,11 @@ def test_stored_values_are_checked_on_the_rows_an_update_uses(run):
         merge_feedback(pred, fb, "store: stored feedback")
 
 
-def test_update_says_when_the_store_was_first_served_by_a_run_on_other_data(run, tmp_path):
+def test_update_says_when_the_store_holds_rows_of_a_run_on_other_feedback(run, tmp_path):
     from metarec.serve.feedback import FeedbackRow, FeedbackStore
     from metarec.update import UpdateConfig, update_run
 
     store = FeedbackStore(tmp_path / "fb")
-    store.claim_catalogue("another-run")
-    store.add("u0", [FeedbackRow("it1", 4.0, None)])
-    with pytest.warns(UserWarning, match="first served by a run on another catalogue"):
+    store.add("u0", [FeedbackRow("it1", 1.0, None)], written_for="implicit")
+    with pytest.warns(UserWarning, match="holds rows stored by a run on implicit feedback"):
         update_run(run, tmp_path / "fb", tmp_path / "RUN2", UpdateConfig(steps=1))

@@ -81,15 +81,14 @@ class Predictor:
     _domains: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
-    def catalogue_tag(self) -> str:
-        """What a feedback store's rows are meaningful for: the catalogue's item ids, the
-        feedback kind and the rating scale, as one digest (a refit or an update of the
-        same data keeps it; a run on other data has another)."""
-        import hashlib
-
-        h = hashlib.sha256("\n".join(map(str, self.items.ids.tolist())).encode())
-        h.update(f"|{self.model.feedback_}|{list(self.model.rating_range_)}".encode())
-        return h.hexdigest()[:32]
+    def feedback_tag(self) -> str:
+        """What a stored feedback row's value means on this run: its feedback kind and
+        rating scale ("implicit" or "explicit 1..5"). Not the catalogue: a refit with new
+        items, which update's warning asks for, reads the same store rightly."""
+        if not self.explicit:
+            return "implicit"
+        lo, hi = self.model.rating_range_
+        return f"explicit {lo!r}..{hi!r}"
 
     # --- building ----------------------------------------------------------------------
     @classmethod

@@ -160,7 +160,10 @@ def merge_feedback(
     # item outside the catalogue (another run's, in a shared store) refused the whole
     # update, though it would never be used (probe 141); the first bad row is named
     ratings = fb["rating"].to_numpy(np.float64)
-    bad = np.isin(ratings, pred.unfit_values(ratings)) | ~np.isfinite(ratings)
+    # the row check_values names: a non-finite value first, as it says that first
+    bad = ~np.isfinite(ratings)
+    if not bad.any():
+        bad = np.isin(ratings, pred.unfit_values(ratings))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         try:
@@ -411,12 +414,13 @@ def update_run(
     check_run_target(out)  # before the training, as fit checks it
     pred = Predictor.load(run)
     store = open_store(feedback_db)
-    if store.claim_catalogue(pred.catalogue_tag) is not None:
-        # the store was first served by a run on other data: its rows fit this one's
-        # values by chance at best (a label run's 1s read as one-star ratings)
+    written = store.written_for()
+    if written is not None and written != pred.feedback_tag:
+        # rows stored by a run on other feedback fit this one's values by chance at best
+        # (a label run's 1s read as one-star ratings)
         warnings.warn(
-            f"feedback store {store.path} was first served by a run on another catalogue, "
-            "rating scale or feedback kind: its rows are read as this RUN's",
+            f"feedback store {store.path} holds rows stored by a run on {written} "
+            f"feedback, read here as {pred.feedback_tag}",
             stacklevel=2,
         )
     frame = store.frame()

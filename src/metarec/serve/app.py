@@ -170,12 +170,12 @@ def create_app(
         else FeedbackStore(feedback_db)
     )
     if store is not None:
-        other = store.claim_catalogue(pred.catalogue_tag)
-        if other is not None:
+        written = store.written_for()
+        if written is not None and written != pred.feedback_tag:
             warnings.warn(
-                f"feedback store {store.path} was first served by a run on another catalogue, "
-                "rating scale or feedback kind: its rows are read as this run's (a stored "
-                "'played' 1 as a one-star rating); give this run its own --feedback-db",
+                f"feedback store {store.path} holds rows stored by a run on {written} "
+                f"feedback, read here as {pred.feedback_tag} (a stored 'played' 1 as a "
+                "one-star rating): give this run its own --feedback-db",
                 stacklevel=2,
             )
         # the rows a request of their user would be refused for (the 409 below): on
@@ -537,7 +537,7 @@ def create_app(
         # request of this user (and `metarec update`)
         pred.check_values(np.asarray([i.rating for i in req.interactions]), "feedback")
         rows = [FeedbackRow(str(i.item_id), i.rating, i.timestamp) for i in req.interactions]
-        n = st.add(str(req.user_id), rows)
+        n = st.add(str(req.user_id), rows, written_for=pred.feedback_tag)
         ids = np.asarray([r.item_id for r in rows], dtype=object)
         unknown = [str(i) for i in ids[pred.items.lookup_or_missing(ids) < 0]]
         return S.FeedbackResponse(stored=n, unknown_items=unknown)

@@ -191,12 +191,15 @@ class FeedbackStore:
         finally:
             con.close()
 
-    def add(self, user_id: str, rows: Iterable[FeedbackRow]) -> int:
-        """Append rows for ``user_id`` in one transaction; returns how many were stored."""
+    def add(self, user_id: str, rows: Iterable[FeedbackRow], written_for: str | None = None) -> int:
+        """Append rows for ``user_id`` in one transaction; returns how many were stored.
+        ``written_for`` (``Predictor.feedback_tag``): what the rows' values mean, recorded
+        with the store's first rows (see :meth:`written_for`)."""
         now = time.time()
         values = [(str(user_id), str(r.item_id), float(r.rating), r.timestamp, now) for r in rows]
         if not values:
             return 0
+        # store_meta exists: a writable store runs the schema when it is opened
         with self._connect() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
@@ -205,6 +208,11 @@ class FeedbackStore:
                     "VALUES (?, ?, ?, ?, ?)",
                     values,
                 )
+                if written_for is not None:
+                    con.execute(
+                        "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('written_for', ?)",
+                        (written_for,),
+                    )
                 con.execute("COMMIT")
             except BaseException:
                 # SQLite has already rolled back on some errors (a full disk): a second
@@ -244,24 +252,20 @@ class FeedbackStore:
         # was a float() traceback at start; an inf was taken for another run's rating
         return [(str(i), _checked(self.path, i, r, None).rating) for i, r in rows]
 
-    def claim_catalogue(self, tag: str) -> str | None:
-        """The catalogue tag (``Predictor.catalogue_tag``) of the first run that served
-        from this store where it differs from ``tag``, else None; the first run to ask
-        records its own. Rows carry no run: a "played" 1 that a run on labels stored was
-        read by a 1-5 run as a one-star rating, without a word (probe 141). A read-only
-        store (``metarec update``) records nothing; a store from before the tag, none."""
+    def written_for(self) -> str | None:
+        """What the values of the store's rows mean (``Predictor.feedback_tag`` of the run
+        that stored its first rows: feedback kind and rating scale), or None: no row yet,
+        or rows stored before the tag existed. Rows carry no run: a "played" 1 that a run
+        on labels stored was read by a 1-5 run as a one-star rating, without a word
+        (probe 141)."""
         with self._connect() as con:
-            if not self.read_only:
-                con.executescript(_SCHEMA)  # a store made before store_meta existed
-                con.execute(
-                    "INSERT OR IGNORE INTO store_meta (key, value) VALUES ('catalogue', ?)",
-                    (tag,),
-                )
             try:
-                row = con.execute("SELECT value FROM store_meta WHERE key = 'catalogue'").fetchone()
-            except sqlite3.OperationalError:  # read-only, and no store_meta table
+                row = con.execute(
+                    "SELECT value FROM store_meta WHERE key = 'written_for'"
+                ).fetchone()
+            except sqlite3.OperationalError:  # no store_meta table: a store from before
                 return None
-        return None if row is None or row[0] == tag else str(row[0])
+        return None if row is None else str(row[0])
 
     def count(self) -> int:
         with self._connect() as con:
