@@ -214,7 +214,11 @@ class Predictor:
     # --- raw ids -> indices ------------------------------------------------------------
     @property
     def explicit(self) -> bool:
-        return self.info.get("feedback") == "explicit"
+        # the model's own feedback: a Predictor built by hand around a fitted model with
+        # an info of {} read as a run on labels, and its 1-5 feedback was refused
+        # (from_run refuses a meta.json that disagrees with the model)
+        kind = getattr(self.model, "feedback_", None) or self.info.get("feedback")
+        return kind == "explicit"
 
     def user_index(self, user_id: str | None) -> int:
         """Warm users keep their index; unknown or anonymous users are cold (index n_users)."""
