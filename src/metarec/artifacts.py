@@ -37,7 +37,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from metarec.atomic import check_can_create, public_mode, replace_dir, staging_dir
+from metarec.atomic import (
+    check_can_create,
+    public_mode,
+    refuse_stdout_folder,
+    replace_dir,
+    staging_dir,
+)
 from metarec.types import IdMap, MetarecError
 
 FORMAT_VERSION = 1
@@ -97,9 +103,7 @@ def check_run_target(out: str | Path) -> Path:
     """The folder writing a RUN to ``out`` replaces (a symlink's target: the link stays);
     refuse one that writing would destroy: anything but a missing path, an empty folder or
     an existing RUN (which is replaced only once the new one is complete)."""
-    if str(out) == "-":
-        # predict and recommend read "-" as stdout; a RUN went into a folder named "-"
-        raise MetarecError("--out -: a RUN is a folder and cannot go to stdout; give a folder path")
+    refuse_stdout_folder(out, "a RUN")
     out = Path(out)
     if out.is_symlink():
         out = Path(os.path.realpath(out))

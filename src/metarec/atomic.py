@@ -85,6 +85,15 @@ def _names_a_stream(path: Path) -> str | None:
     return None
 
 
+def refuse_stdout_folder(out: str | Path, what: str) -> None:
+    """``--out -`` is predict's and recommend's stdout; ``what`` (a RUN, an experiment's
+    output, a split) is written as a folder, and went into one named "-"."""
+    if str(out) == "-":
+        raise MetarecError(
+            f"--out -: {what} is written as a folder, which cannot go to stdout; give a folder path"
+        )
+
+
 def nearest_existing(path: str | Path) -> Path:
     """``path`` itself or its nearest ancestor that exists (a symlink, dangling or not,
     counts as existing): where a write that makes the missing folders first lands."""

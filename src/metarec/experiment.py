@@ -45,6 +45,7 @@ from metarec import evaluate as evaluation
 from metarec.atomic import (
     finite_json,
     nearest_existing,
+    refuse_stdout_folder,
     staging_dir,
     write_refused,
     write_text,
@@ -1328,7 +1329,6 @@ def fit_method(
     if not split.valid:
         raise MetarecError(f"method {spec.name!r}: a grid needs validation users (valid_frac)")
     best: tuple[float, Recommender, dict] | None = None
-    failed: list[str] = []
     # every point with its validation figure or why it was skipped, kept with the choice
     # (results.json had the winner alone: a skipped point was said once on stderr, and
     # a reader could not check the choice; probe 140)
@@ -1351,7 +1351,6 @@ def fit_method(
                 primary_metric=spec.select_metric,
             )
         except FIT_FAILURES as e:
-            failed.append(f"{_point_label(point)}: {_one_line(e)}")
             tried.append({"point": point, "skipped": _one_line(e)})
             continue
         tried.append({"point": point, "valid_" + r.primary_metric: r.primary})
@@ -1367,10 +1366,10 @@ def fit_method(
                 and (metric.endswith("(query)") or metric in _QUERY_POINTWISE)
                 else ""
             )
-            failed.append(f"{_point_label(point)}: validation {metric} is NaN{why}")
             tried[-1]["skipped"] = f"validation {metric} is NaN{why}"
         elif best is None or v > best[0]:
             best = (v, rec, {**point, "_valid_" + r.primary_metric: r.primary})
+    failed = [f"{_point_label(t['point'])}: {t['skipped']}" for t in tried if "skipped" in t]
     if best is None:
         raise MetarecError(
             f"method {spec.name!r}: every grid point failed ({'; '.join(failed[:3])})"
@@ -2090,8 +2089,7 @@ RESULT_FILES = ("results.json", "report.md", "shots.png", "training.png", "metho
 def check_output_dir(out_dir: str | os.PathLike) -> None:
     """Fail before the experiment runs, not after it, when ``out_dir`` cannot be written:
     a file in the way, or a nearest existing folder that is not writable."""
-    if str(out_dir) == "-":  # predict's and recommend's stdout; results are a folder
-        raise MetarecError("--out -: results are a folder and cannot go to stdout")
+    refuse_stdout_folder(out_dir, "an experiment's output")
     out = Path(out_dir)
     if out.is_symlink() and not out.exists():
         # the checks below took it for a missing folder, and after the whole run making

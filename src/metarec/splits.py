@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.atomic import replace_dir, staging_dir, sweep_staging
+from metarec.atomic import refuse_stdout_folder, replace_dir, staging_dir, sweep_staging
 from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 # --- helpers over index arrays -------------------------------------------------------------
@@ -625,8 +625,7 @@ SPLIT_FILES = (
 def check_split_target(out: Path, overwrite: bool = False) -> bool:
     """Whether ``out`` is an existing empty folder to fill; an error if writing a split
     there would replace something without ``overwrite`` (checked before the split is cut)."""
-    if str(out) == "-":  # predict's and recommend's stdout; a split is a folder of files
-        raise MetarecError("--out -: a split is a folder and cannot go to stdout")
+    refuse_stdout_folder(out, "a split")
     # An empty folder (made ahead by a job script, a mounted volume) holds nothing to lose.
     fill = out.is_dir() and not any(out.iterdir())
     if out.exists() and not fill and not overwrite:

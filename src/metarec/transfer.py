@@ -35,6 +35,7 @@ from metarec.meta.algorithms import ALGORITHMS, MAX_INNER_STEPS, MetaConfig
 from metarec.model import (
     MetaRecommender,
     ModelConfig,
+    _trained_meta,
     trained_meta_tables,
     unused_model_settings,
 )
@@ -241,7 +242,7 @@ class TransferRecommender(MetaRecommender):
             part = self.source_.rating_ if head == "rating" else self.source_.rank_
         if part is None or part.learner.cfg.inner_lr >= meta.inner_lr:
             return meta
-        return dataclasses.replace(meta, inner_lr=part.learner.cfg.inner_lr)
+        return _trained_meta(meta, part)
 
     def lowered_settings(self) -> dict[str, float]:
         source = {} if self.source_ is None else self.source_.lowered_settings()

@@ -414,15 +414,10 @@ def update_run(
     check_run_target(out)  # before the training, as fit checks it
     pred = Predictor.load(run)
     store = open_store(feedback_db)
-    written = store.written_for()
-    if written is not None and written != pred.feedback_tag:
+    other = store.written_for_other(pred.feedback_tag)
+    if other is not None:
         # rows stored by a run on other feedback fit this one's values by chance at best
-        # (a label run's 1s read as one-star ratings)
-        warnings.warn(
-            f"feedback store {store.path} holds rows stored by a run on {written} "
-            f"feedback, read here as {pred.feedback_tag}",
-            stacklevel=2,
-        )
+        warnings.warn(other, stacklevel=2)
     frame = store.frame()
     # rows stored before /feedback checked values would otherwise surface as "meta-loss
     # is inf": merge_feedback names them (those it uses: rows on items outside the

@@ -170,14 +170,9 @@ def create_app(
         else FeedbackStore(feedback_db)
     )
     if store is not None:
-        written = store.written_for()
-        if written is not None and written != pred.feedback_tag:
-            warnings.warn(
-                f"feedback store {store.path} holds rows stored by a run on {written} "
-                f"feedback, read here as {pred.feedback_tag} (a stored 'played' 1 as a "
-                "one-star rating): give this run its own --feedback-db",
-                stacklevel=2,
-            )
+        other = store.written_for_other(pred.feedback_tag)
+        if other is not None:
+            warnings.warn(f"{other}: give this run its own --feedback-db", stacklevel=2)
         # the rows a request of their user would be refused for (the 409 below): on
         # catalogue items, judged by the run's own rule
         outside = store.ratings_outside(pred.model.rating_range_ if pred.explicit else None)

@@ -267,6 +267,18 @@ class FeedbackStore:
                 return None
         return None if row is None else str(row[0])
 
+    def written_for_other(self, tag: str) -> str | None:
+        """A warning where the store's rows were stored by a run whose values mean
+        something else than ``tag`` (``Predictor.feedback_tag``), else None: what `serve`
+        and `metarec update` say before reading them."""
+        written = self.written_for()
+        if written is None or written == tag:
+            return None
+        return (
+            f"feedback store {self.path} holds rows stored by a run on {written} feedback, "
+            f"read here as {tag} (a stored 'played' 1 as a one-star rating)"
+        )
+
     def count(self) -> int:
         with self._connect() as con:
             return int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
