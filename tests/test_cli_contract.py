@@ -134,6 +134,51 @@ def test_a_meta_json_disagreeing_with_the_model_is_a_damaged_run(fitted, tmp_pat
         assert err.count("\n") == 1
 
 
+@pytest.mark.parametrize("where", ["to", "smoke"])
+def test_a_full_gpu_at_load_is_said_as_such_not_as_a_damaged_run(
+    fitted, tmp_path, monkeypatch, capsys, where
+):
+    # placing the model on the device and its first scores ran inside the check that turns
+    # a RuntimeError into "RUN is incomplete or from another version": a GPU out of memory
+    # blamed the RUN (probe 144). Simulated: this machine may have no GPU
+    from metarec import predictor
+    from metarec.model import MetaRecommender
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    if where == "to":
+        monkeypatch.setattr(MetaRecommender, "to", oom)
+    else:
+        monkeypatch.setattr(predictor, "_smoke_test", oom)
+    _, run, _ = fitted
+    support, query = cold_support(tmp_path), tmp_path / "Q.csv"
+    pd.DataFrame({"user_id": ["new_space"], "item_id": ["it8"]}).to_csv(query, index=False)
+    out = tmp_path / "P.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--support",
+                str(support),
+                "--query",
+                str(query),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    said = "cannot place the model on cpu" if where == "to" else "out of memory on cpu"
+    assert said in err and "CUDA out of memory" in err and "--device cpu" in err
+    assert "incomplete" not in err and err.count("\n") == 1 and not out.exists()
+
+
 def test_non_finite_scores_are_an_error_not_a_row(fitted, monkeypatch):
     # a damaged model's NaN was written to P.csv as a score, and recommend took NaN for
     # an excluded item ("users have rated all of the catalogue") with exit 0

@@ -116,3 +116,72 @@ def test_ensemble_learner_matches_cpu(algorithm):
     for k in g_c:
         torch.testing.assert_close(g_g[k].cpu(), g_c[k], rtol=RTOL, atol=ATOL, msg=k)
     torch.testing.assert_close(out_g.cpu(), out_c, rtol=RTOL, atol=ATOL)
+
+
+def test_update_fit_on_cuda_features_and_serving_match_cpu(tmp_path):
+    """What test_cli_fit_predict_recommend_on_cuda_match_cpu leaves out: update() on a
+    Predictor loaded on the GPU (a CPU block was concatenated onto its CUDA user table),
+    fit given features already on the GPU (they met CPU parameters in the blend), and the
+    blend itself (60 users leave fewer validation users than it needs: 150 here)."""
+    from fastapi.testclient import TestClient
+
+    from metarec.cli import main
+    from metarec.predictor import Predictor
+    from metarec.serve.app import create_app
+    from metarec.update import UpdateConfig, update
+    from test_cli_contract import FAST, cold_support, fit_argv, make_world
+
+    paths, _ = make_world(tmp_path, n_users=150)
+    run = tmp_path / "RUN"
+    assert main([*fit_argv(paths, run), *FAST]) == 0
+    feedback = pd.DataFrame(
+        {
+            "user_id": ["newbie"] * 4 + ["u0"] * 2,
+            "item_id": ["it0", "it1", "it2", "it3", "it4", "it6"],
+            "rating": [5.0, 1.0, 5.0, 1.0, 5.0, 5.0],
+        }
+    )
+    support = pd.read_csv(cold_support(tmp_path))
+    query = pd.DataFrame(
+        {"user_id": ["new_space"] * 4, "item_id": ["it30", "it31", "it32", "it33"]}
+    )
+    scores, served = {}, {}
+    for dev in ("cpu", "cuda"):
+        pred = Predictor.load(run, device=dev)
+        assert pred.model.blend_ is not None  # the blend is in what runs on the device
+        updated, report = update(pred, feedback, UpdateConfig(steps=3))
+        assert report["new_users"] == 1
+        scores[dev] = updated.predict(support, query)[0].score.to_numpy()
+        client = TestClient(create_app(pred, feedback_db=tmp_path / f"fb_{dev}.sqlite"))
+        body = {
+            "interactions": [{"item_id": "it0", "rating": 5.0}, {"item_id": "it1", "rating": 1.0}],
+            "k": 3,
+        }
+        res = client.post("/recommend", json=body)
+        assert res.status_code == 200, res.text
+        served[dev] = [(r["item_id"], r["score"]) for r in res.json()["items"]]
+    np.testing.assert_allclose(scores["cuda"], scores["cpu"], rtol=1e-4, atol=1e-4)
+    assert [i for i, _ in served["cuda"]] == [i for i, _ in served["cpu"]]
+
+
+def test_fit_given_features_on_cuda_matches_cpu():
+    """Features the caller placed on the GPU met the CPU parameters fit returns, in the
+    unknown-user row and then in the blend: fit now keeps its model on the CPU."""
+    from metarec.features import build_features
+    from metarec.model import MetaRecommender
+    from metarec.splits import make_split
+    from metarec.text.encoder import HashingEncoder
+    from test_model import _fast_config, _world
+
+    ds = _world()
+    split = make_split(ds, "user-cold", k_shot=6, n_query=8, seed=0)
+    known = np.zeros(ds.n_items, bool)
+    known[split.train.item_idx] = True
+    feats = build_features(ds, HashingEncoder(dim=64), fit_items=known)
+    t = split.test[0]
+    got = {}
+    for dev in ("cpu", "cuda"):
+        rec = MetaRecommender(_fast_config()).fit(ds, split.train, feats.to(dev), split.valid)
+        assert rec.features_.item_text.device.type == "cpu" and rec.blend_ is not None
+        got[dev] = rec.score(t.user_idx, t.support, t.query.item_idx)
+    np.testing.assert_allclose(got["cuda"], got["cpu"], rtol=1e-4, atol=1e-4)

@@ -78,7 +78,11 @@ def test_backend_and_device_choice(monkeypatch):
     assert distributed.pick_backend("cpu") == "gloo"
     ctx = DistContext(rank=1, world=2, local_rank=1, backend="nccl")
     assert distributed.local_device("cuda", ctx) == "cuda:1"
-    assert distributed.local_device("cuda:0", ctx) == "cuda:0"  # explicit index kept
+    assert distributed.local_device("cuda:1", ctx) == "cuda:1"  # its own GPU, named
+    # another rank's GPU: every process would have trained on cuda:0 (probe 144)
+    with pytest.raises(MetarecError, match=r"--device cuda:0 under torchrun.*cuda:1 here"):
+        distributed.local_device("cuda:0", ctx)
+    assert distributed.local_device("cuda:0", DistContext()) == "cuda:0"  # one process
     assert distributed.local_device("cpu", ctx) == "cpu"
     with pytest.raises(MetarecError, match="unknown device 'tpu9'"):
         distributed.local_device("tpu9", DistContext())

@@ -614,6 +614,39 @@ def fitted(world, tmp_path_factory):
     return ds, split, feats, rec
 
 
+def test_fit_is_the_same_under_a_float64_default_dtype(world):
+    """Parameters are float32 whatever torch's default dtype: under a float64 default the
+    fit failed in baddbmm (float32 features meet float64 weights). The NP algorithm and the
+    autoencoder text reduction create parameters of their own, so they are in the run."""
+    from metarec.model import TextConfig
+
+    ds, split = world
+    cfg = _fast_config(
+        meta=MetaConfig(algorithm="np"),
+        text=TextConfig(model="hashing:64", reduce="autoencoder", pca_dim=8),
+    )
+    t = split.test[0]
+
+    def fit_and_score():
+        rec = MetaRecommender(cfg).fit(ds, split.train, valid=split.valid)
+        assert {v.dtype for v in rec.rating_.params.values()} == {torch.float32}
+        return np.concatenate(
+            [
+                rec.score(t.user_idx, t.support, t.query.item_idx),
+                rec.rank_scores(t.user_idx, t.support, np.arange(ds.n_items)),
+            ]
+        )
+
+    expected = fit_and_score()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = fit_and_score()
+    finally:
+        torch.set_default_dtype(old)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_a_saved_blend_missing_an_input_model_is_refused(fitted):
     """A ranking weight whose input has no fitted model would score 0 for every item,
     silently; loading such state (a RUN from a buggy or another version) raises."""

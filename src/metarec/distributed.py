@@ -81,9 +81,17 @@ def pick_backend(device: str | torch.device) -> str:
 
 
 def local_device(device: str | torch.device, ctx: DistContext) -> str:
-    """``cuda`` becomes ``cuda:<local_rank>`` (one GPU per process); others unchanged."""
+    """``cuda`` becomes ``cuda:<local_rank>`` (one GPU per process; another explicit index
+    is refused); others unchanged."""
     dev = resolve_device(device)  # "auto" too: it was a traceback from torch
-    if dev.type == "cuda" and dev.index is None and ctx.active:
+    if dev.type == "cuda" and ctx.active:
+        if dev.index is not None and dev.index != ctx.local_rank:
+            # every process would train on that one GPU: NCCL refuses a duplicate GPU or
+            # hangs, and init() has set this process's GPU to its local rank
+            raise MetarecError(
+                f"--device {dev} under torchrun: every process would use that one GPU; "
+                f"give cuda and each takes cuda:<LOCAL_RANK> (cuda:{ctx.local_rank} here)"
+            )
         return f"cuda:{ctx.local_rank}"
     return str(dev)
 

@@ -804,7 +804,9 @@ class MetaRecommender(Recommender):
                 f"{self.name}: the FeatureSet has {features.n_items} items and "
                 f"{features.n_users} users, the dataset {dataset.n_items} and {dataset.n_users}"
             )
-        self.features_ = _with_unknown_user_row(features)
+        # a fitted model lives on the CPU (train() returns its parameters there; `to()`
+        # moves both): features the caller placed on a GPU met CPU parameters in the blend
+        self.features_ = _with_unknown_user_row(features.to("cpu"))
         # the items whose ID rows meta-training learns: those of split.train. Held-out
         # validation users are carved out of `train` when no validation is given, and an
         # item only they rated (23 of 1,682 on ML-100K) keeps an untrained row: it is
@@ -2111,7 +2113,7 @@ def _with_unknown_user_row(feats: FeatureSet) -> FeatureSet:
     return FeatureSet(
         feats.item_text,
         feats.item_side,
-        torch.cat([us, torch.zeros(1, us.shape[1], dtype=us.dtype)], 0),
+        torch.cat([us, us.new_zeros(1, us.shape[1])], 0),
         feats.encoder_fingerprint,
     )
 

@@ -27,6 +27,11 @@ from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
 def _smoke_test(model: MetaRecommender) -> None:
     """Score one cold user with a one-item support through every part the RUN holds (the
     rating model and its blend, the ranking model and its blend, each on the whole
@@ -186,11 +191,26 @@ class Predictor:
                     f"{model.n_users_} users and {model.n_items_} items"
                 )
             if device is not None:
-                model.to(device)  # an unknown or missing device is a MetarecError
+                try:
+                    model.to(device)  # an unknown or missing device is a MetarecError
+                except RuntimeError as err:
+                    # a CUDA error or a full GPU: the device's doing, not the RUN's (it was
+                    # reported as a damaged RUN)
+                    raise MetarecError(
+                        f"{path}: cannot place the model on {device} "
+                        f"({type(err).__name__}: {_first_line(err)}); --device cpu loads it "
+                        "on the CPU"
+                    ) from None
             try:
                 _smoke_test(model)  # on the device it will serve from
             except MetarecError as err:
                 raise MetarecError(f"{path}: {err}") from None
+            except torch.cuda.OutOfMemoryError as err:
+                # the GPU's doing, not the RUN's: it was reported as a damaged RUN
+                raise MetarecError(
+                    f"{path}: out of memory on {device} ({_first_line(err)}); --device cpu "
+                    "loads it on the CPU"
+                ) from None
         except MetarecError:
             raise
         except (
@@ -202,10 +222,9 @@ class Predictor:
             RuntimeError,
             OverflowError,  # an n_items of 10**30 reached scipy as a C long
         ) as err:
-            lines = str(err).strip().splitlines()
             raise MetarecError(
                 f"{path}: RUN is incomplete or from another version "
-                f"({type(err).__name__}: {lines[0][:200] if lines else ''})"
+                f"({type(err).__name__}: {_first_line(err)})"
             ) from None
         record = run.meta.get("export")
         exported = str(record.get("dtype")) if isinstance(record, dict) else None

@@ -242,7 +242,7 @@ def update(
     # user_side has one extra zero row at the end (the unknown user): new users go before it
     us = tensors["features.user_side"]
     tensors["features.user_side"] = torch.cat(
-        [us[:n_old], torch.zeros(n_new - n_old, us.shape[1], dtype=us.dtype), us[n_old:]]
+        [us[:n_old], us.new_zeros(n_new - n_old, us.shape[1]), us[n_old:]]
     )
     state_cfg = {**state_cfg, "n_users": n_new}
     model = MetaRecommender.from_state(state_cfg, tensors, train)

@@ -42,7 +42,7 @@ from metarec.meta.inner import (
     loop_meta_grads,
     scorer_forward,
 )
-from metarec.models.scorer import _GROUP_OF_PREFIX, GROUPS, Scorer, affine, param_group
+from metarec.models.scorer import _GROUP_OF_PREFIX, F32, GROUPS, Scorer, affine, param_group
 from metarec.types import MetarecError
 
 
@@ -186,17 +186,19 @@ class MetaLearner:
                     "smallest λ the closed-form head solves with: it is held there",
                     stacklevel=2,
                 )
-            p["ridge.log_lambda"] = torch.full((1,), math.log(c.ridge_lambda))
+            p["ridge.log_lambda"] = torch.full((1,), math.log(c.ridge_lambda), dtype=F32)
         if a.inner == "np":
             if not sc.user_vector:
                 raise MetarecError("the 'np' algorithm needs ScorerConfig.user_vector = true")
             d_in, h = sc.d_item_rep + 1, c.np_hidden
-            p["np.enc.w"] = torch.randn(d_in, h, generator=generator) * math.sqrt(2.0 / d_in)
-            p["np.enc.b"] = torch.zeros(h)
-            p["np.out.w"] = torch.randn(h, sc.d_user_rep, generator=generator) * (
+            p["np.enc.w"] = torch.randn(d_in, h, generator=generator, dtype=F32) * math.sqrt(
+                2.0 / d_in
+            )
+            p["np.enc.b"] = torch.zeros(h, dtype=F32)
+            p["np.out.w"] = torch.randn(h, sc.d_user_rep, generator=generator, dtype=F32) * (
                 0.1 / math.sqrt(h)
             )
-            p["np.out.b"] = torch.zeros(sc.d_user_rep)
+            p["np.out.b"] = torch.zeros(sc.d_user_rep, dtype=F32)
         return p
 
     def adapt_keys(self, params: Params) -> tuple[str, ...]:

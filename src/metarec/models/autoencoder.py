@@ -27,11 +27,12 @@ class AutoEncoder(nn.Module):
                 f"AutoEncoder: sizes must be >= 1, got in={in_dim} hidden={hidden} code={code_dim}"
             )
         self.in_dim, self.hidden, self.code_dim = in_dim, hidden, code_dim
+        f32 = {"dtype": torch.float32}  # the text vectors are float32 whatever torch's default
         self.encoder = nn.Sequential(
-            nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, code_dim)
+            nn.Linear(in_dim, hidden, **f32), nn.GELU(), nn.Linear(hidden, code_dim, **f32)
         )
         self.decoder = nn.Sequential(
-            nn.Linear(code_dim, hidden), nn.GELU(), nn.Linear(hidden, in_dim)
+            nn.Linear(code_dim, hidden, **f32), nn.GELU(), nn.Linear(hidden, in_dim, **f32)
         )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,9 @@ from metarec.features import FeatureSet, history_profile
 from metarec.types import MetarecError
 
 Head = Literal["binary", "rating"]
+# parameters are float32 whatever torch.set_default_dtype says: the features are float32
+# (FeatureSet casts them), and a float64 default made fit fail in baddbmm on mixed dtypes
+F32 = torch.float32
 LOSSES = ("bce", "softmax", "bce+softmax")  # ScorerConfig.loss
 GROUPS = ("embedding", "projection", "user", "decision")
 _GROUP_OF_PREFIX = {
@@ -183,33 +186,33 @@ class Scorer:
         g = generator
 
         def normal(shape: tuple[int, ...], std: float) -> torch.Tensor:
-            return torch.randn(shape, generator=g) * std
+            return torch.randn(shape, generator=g, dtype=F32) * std
 
         p: dict[str, torch.Tensor] = {}
         if c.embed_dim:
             p["item_proj.w"] = normal(
                 (c.d_item_in, c.embed_dim), 1 / math.sqrt(max(c.d_item_in, 1))
             )
-            p["item_proj.b"] = torch.zeros(c.embed_dim)
+            p["item_proj.b"] = torch.zeros(c.embed_dim, dtype=F32)
             if c.d_user_in:
                 p["user_proj.w"] = normal((c.d_user_in, c.embed_dim), 1 / math.sqrt(c.d_user_in))
-                p["user_proj.b"] = torch.zeros(c.embed_dim)
+                p["user_proj.b"] = torch.zeros(c.embed_dim, dtype=F32)
         if c.n_items and c.use_item_id:
             # small random warm rows, zero unknown row (index n_items) for cold items
             t = normal((c.n_items + 1, c.d_item_rep), 0.01)
             t[-1] = 0.0
             p["item_id"] = t
         if c.n_items and c.use_item_bias:
-            p["item_bias"] = torch.zeros(c.n_items + 1)
+            p["item_bias"] = torch.zeros(c.n_items + 1, dtype=F32)
         if c.user_vector:
-            p["user_vec"] = torch.zeros(c.d_user_rep)
+            p["user_vec"] = torch.zeros(c.d_user_rep, dtype=F32)
         d = c.d_phi
         for li, h in enumerate(c.hidden):
             p[f"mlp.{li}.w"] = normal((d, h), math.sqrt(2.0 / d))
-            p[f"mlp.{li}.b"] = torch.zeros(h)
+            p[f"mlp.{li}.b"] = torch.zeros(h, dtype=F32)
             d = h
         p["head.w"] = normal((d, 1), 1 / math.sqrt(d))
-        p["head.b"] = torch.full((1,), float(c.output_offset))
+        p["head.b"] = torch.full((1,), float(c.output_offset), dtype=F32)
         return p
 
     def base_dims(self) -> dict[str, int]:
@@ -244,7 +247,7 @@ class Scorer:
         if self.cfg.use_profile:
             parts.append(history_profile(feats.item_text, support_items, support_y, support_mask))
         if not parts:
-            return torch.zeros(len(user_idx), 0, device=feats.item_text.device)
+            return feats.item_text.new_zeros(len(user_idx), 0)
         return torch.cat(parts, -1)
 
     def item_inputs(self, feats: FeatureSet, items: torch.Tensor) -> torch.Tensor:
@@ -329,7 +332,7 @@ class Scorer:
         """(T, N) item-bias part of the output (0 for cold items or without ID params)."""
         c = self.cfg
         if not (c.n_items and c.use_item_bias):
-            return torch.zeros(rows.shape, device=rows.device)
+            return torch.zeros(rows.shape, device=rows.device, dtype=F32)
         known = (rows < c.n_items).to(params["item_bias"].dtype)
         return _rows(params["item_bias"], rows, 1) * known
 
