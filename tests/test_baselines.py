@@ -449,6 +449,37 @@ def test_biased_mf_fold_in_matches_lstsq_on_history(board):
     np.testing.assert_allclose(v0, ridge_fold_in(m.item_factors_[row.indices], target, 1.0, 0.5)[0])
 
 
+def test_biased_mf_is_the_same_model_on_any_rating_scale():
+    """Ratings r on 1-5 and 10(r - 1) + 1 on 1-41 are the same taste: the regularisation
+    scales with the rating unit in training and in a cold user's fold-in alike, so the
+    predictions map back exactly. Every other test uses 1-5, where the unit is 1 and a
+    fold-in with the unscaled penalty went unseen (probe 143)."""
+    rng = np.random.default_rng(0)
+    nu, ni = 30, 20
+    u = np.repeat(np.arange(nu), 8)
+    it = np.concatenate([rng.choice(ni, 8, replace=False) for _ in range(nu)])
+    r = rng.integers(1, 6, len(u)).astype(np.float32)
+    sup_items, sup_r = np.array([0, 3, 5]), np.array([5.0, 1.0, 4.0], dtype=np.float32)
+
+    def cold_scores(scale: float) -> np.ndarray:
+        to = lambda x: ((x - 1) * scale + 1).astype(np.float32)  # noqa: E731
+        train = Interactions(u, it, to(r), np.arange(len(u)), np.zeros(len(u)))
+        ds = Dataset(
+            "scale",
+            train,
+            IdMap(np.array([f"u{i}" for i in range(nu + 1)])),
+            IdMap(np.array([f"i{i}" for i in range(ni)])),
+            "explicit",
+            (1.0, 1.0 + 4 * scale),
+            True,
+        )
+        m = BiasedMF(factors=4, iterations=5).fit(ds, train)
+        sup = Interactions(np.full(3, nu), sup_items, to(sup_r), np.arange(3), np.zeros(3))
+        return (m.score(nu, sup, np.arange(ni)) - 1) / scale + 1
+
+    np.testing.assert_allclose(cold_scores(10.0), cold_scores(1.0), atol=1e-5)
+
+
 def test_biased_mf_fits_ratings():
     # a rank-1 rating matrix with biases is recovered closely on its observed cells
     rng = np.random.default_rng(0)

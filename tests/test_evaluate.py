@@ -169,6 +169,8 @@ def test_candidates_restrict_ranking_and_relevant():
     # user 0 ranks 3, 2, 4; relevant within candidates: {3}
     assert res.per_user["HR@1 (full)"][0] == 1.0
     assert res.per_user["MRR (full)"][0] == 1.0
+    # the relevant items outside the candidates do not count: HR and MRR could not tell
+    assert res.per_user["Recall@1 (full)"][0] == 1.0
     # a mask or float ids were cast silently (an all-True mask became the items 0 and 1)
     mask = np.zeros(ds.n_items, dtype=bool)
     mask[[2, 3, 4]] = True

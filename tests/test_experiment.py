@@ -54,6 +54,12 @@ def test_the_report_says_when_every_seed_scores_the_same_test_tasks(tiny_run, tm
     moved = [dataclasses.replace(t, user_idx=t.user_idx) for t in a.test]
     moved[0] = dataclasses.replace(moved[0], query=moved[0].query.take(np.arange(1)))
     assert E._tasks_digest(moved) != E._tasks_digest(a.test)
+    # a seeded split (warm: each user's held-out rows are drawn) cuts another split per
+    # seed; a cut_split that dropped its seed had scored one split as "± over seeds"
+    warm = E.load_config(TINY, ["split.protocol='warm'"])
+    w0, w1 = (E.cut_split(E.load_data(warm), warm, s, 3) for s in (0, 1))
+    assert (w0.seed, w1.seed) == (0, 1)
+    assert E._tasks_digest(w0.test) != E._tasks_digest(w1.test)
 
 
 def test_writes_results_report_and_pngs(tiny_run):

@@ -98,6 +98,28 @@ def _learner(sc, algo, dtype=torch.float64, **kw):
     return ml, p
 
 
+def test_the_first_order_setting_overrides_the_algorithms_own():
+    """MetaConfig.first_order decides, whatever the algorithm's default: the closed-form
+    tests read ml.first_order on both sides, so ignoring the setting passed them."""
+    sc, x = _problem("rating")
+    grads = {}
+    for name, algo, kw in (
+        ("maml+fo", "maml", {"first_order": True}),
+        ("fomaml", "fomaml", {}),
+        ("maml", "maml", {}),
+        ("fomaml-fo", "fomaml", {"first_order": False}),
+    ):
+        ml, p = _learner(sc, algo, **kw)
+        assert ml.first_order is kw.get("first_order", algo == "fomaml")
+        grads[name] = ml.meta_grads(p, x)[1]
+
+    def same(a, b):
+        return all(torch.allclose(grads[a][k], grads[b][k], atol=1e-10, rtol=0) for k in grads[a])
+
+    assert same("maml+fo", "fomaml") and same("fomaml-fo", "maml")
+    assert not same("maml", "fomaml")
+
+
 CASES = [
     ("maml", {}),  # projections, user vector and MLP adapt: inputs move, all dense
     ("fomaml", {}),

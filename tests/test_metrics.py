@@ -127,6 +127,9 @@ def test_full_catalogue_metrics_by_hand():
     assert M.hr_at_k(ranked, relevant, 3) == 1.0
     assert M.recall_at_k(ranked, relevant, 3) == pytest.approx(1 / 3)
     assert M.recall_at_k(ranked, relevant, 5) == pytest.approx(2 / 3)
+    # more relevant items than k: the denominator is all of them, not min(k, |relevant|)
+    # (which is nDCG's ideal cut-off; every case above had k >= |relevant|)
+    assert M.recall_at_k(np.arange(10), np.arange(20), 5) == 0.25
     dcg = 1 / math.log2(4) + 1 / math.log2(6)
     idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
     assert M.ndcg_at_k(ranked, relevant, 5) == pytest.approx(dcg / idcg)

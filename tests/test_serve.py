@@ -649,6 +649,13 @@ def test_recommend_by_domain_equals_the_library(tmp_path):
     inter, _ = pred.support_of([s["item_id"] for s in sup], [s["rating"] for s in sup])
     ref = pred.recommend_many({"x": inter}, 4, "films")
     assert got == ref.item_id.tolist()
+    # the other domain: the space taste's top items are films, so "films" alone could not
+    # tell a filter that is ignored (probe 143)
+    r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "books"})
+    assert r.status_code == 200, r.text
+    got = [i["item_id"] for i in r.json()["items"]]
+    assert got and all(int(i[2:]) < 20 for i in got)
+    assert got == pred.recommend_many({"x": inter}, 4, "books").item_id.tolist()
     r = c.post("/recommend", json={"interactions": sup, "k": 4, "domain": "music"})
     assert r.status_code == 422 and "unknown domain 'music'" in r.json()["detail"]
     # a number is the domain of that name, as --domain 2 is (a JSON 2 was a 422)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -105,6 +106,34 @@ def test_user_cold_known_answer():
     assert (sm["test_users"], sm["dropped_test_users"], sm["held_out_test_users"]) == (1, 1, 2)
     assert (sm["valid_support"], sm["valid_query"], sm["train_interactions"]) == (2, 3, 42)
     json.dumps(sm)
+
+
+@pytest.mark.parametrize("protocol", ["user-cold", "item-cold", "user-item-cold", "warm"])
+def test_splits_order_by_time_not_by_the_rows_order(protocol):
+    """ten_users' rows are listed newest first, but build_dataset sorts a log by time, so
+    the splits never met rows out of time order there; fit's validation split takes a
+    Dataset with the caller's own Interactions (a Python caller's need not be sorted).
+    Splitting by row position held the oldest users out as new, or put a user's query
+    before their support (probe 143)."""
+    ds = ten_users()
+    n = len(ds.interactions)
+    rev = dataclasses.replace(ds, interactions=ds.interactions.take(np.arange(n)[::-1]))
+    assert not np.all(np.diff(rev.interactions.timestamp) >= 0)
+
+    def seen(d):
+        s = make_split(d, protocol, k_shot=2, n_query=3, valid_frac=0.1, test_frac=0.2, seed=0)
+        return [
+            (
+                d.users.ids[t.user_idx],
+                raw_items(d, t.support),
+                t.support.timestamp.tolist(),
+                raw_items(d, t.query),
+                t.query.timestamp.tolist(),
+            )
+            for t in (*s.valid, *s.test)
+        ], sorted(zip(d.users.ids[s.train.user_idx], raw_items(d, s.train), strict=True))
+
+    assert seen(rev) == seen(ds)
 
 
 def test_user_cold_query_is_what_remains_after_k():
