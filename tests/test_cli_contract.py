@@ -1281,6 +1281,27 @@ def test_an_unknown_support_item_is_named_with_its_look_alike(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "1 support rows name items outside the catalogue and were ignored" in err
     assert "(first: '7.0'; the catalogue has '7': ids are compared as written)" in err
+    # where the misspelt ids are what fails the run, the error says so itself: the warning
+    # came only after a run that succeeded (probe 146)
+    pd.DataFrame({"user_id": ["c", "c"], "item_id": ["7.0", "03"], "rating": [5, 4]}).to_csv(
+        tmp_path / "S.csv", index=False
+    )
+    assert main([*rec, "-k", "3", "--out", str(tmp_path / "R.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "user_id 'c' has no support rows with items in the catalogue" in err
+    assert "(2 support rows name items outside the catalogue, first '7.0'; the catalogue " in err
+    assert "has '7': ids are compared as written)" in err and err.count("\n") == 1
+    pd.DataFrame({"user_id": ["c"], "item_id": ["3"], "rating": [5]}).to_csv(
+        tmp_path / "S.csv", index=False
+    )
+    pd.DataFrame({"user_id": ["c"], "item_id": ["007"]}).to_csv(tmp_path / "Q.csv", index=False)
+    pre = ["predict", "--run", str(run), "--support", str(tmp_path / "S.csv")]
+    assert main([*pre, "--query", str(tmp_path / "Q.csv"), "--out", str(tmp_path / "P.csv")]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "query item_id '007' is not in the catalogue the model was fitted with (1 unknown " in err
+    )
+    assert "the catalogue has '7': ids are compared as written)" in err
 
 
 def test_a_repeated_support_row_is_said_and_its_newest_kept(fitted, tmp_path, capsys):

@@ -1378,3 +1378,101 @@ def test_whole_number_spellings_compare_as_text_not_floats():
         "0",
     ]
     assert whole_number_spelling(pd.Series(["1700000000000000000"]))[0] != "1700000000000000001"
+
+
+# --- probe 146: file formats ------------------------------------------------------------
+
+
+def test_a_mostly_empty_time_column_names_an_empty_cell_not_its_one_number(tmp_path):
+    # empty cells counted as "not numbers": the column was read as dates and its one
+    # number blamed ("the column's other values are dates")
+    p = write(
+        tmp_path / "log.csv", "user_id,item_id,rating,timestamp\nu,a,3,1600090000\nu,b,4,\nu,c,5,\n"
+    )
+    with pytest.raises(MetarecError, match=r"line 3: column 'timestamp' is empty"):
+        read_table(p)
+
+
+def test_seconds_and_milliseconds_in_one_time_column_are_refused(tmp_path):
+    # read as one unit, every millisecond row was the newest of all, silently
+    p = write(
+        tmp_path / "log.csv",
+        "user_id,item_id,rating,timestamp\nu,a,3,1618349200000\nu,b,4,1607261200\n",
+    )
+    with pytest.raises(
+        MetarecError,
+        match=r"mixes unix seconds \(line 3: 1607261200\) and milliseconds \(line 2: 1618349200000\)",
+    ):
+        read_table(p)
+    # one unit throughout, and small counters, are times as before
+    ms = write(
+        tmp_path / "ms.csv",
+        "user_id,item_id,rating,timestamp\nu,a,3,1618349200000\nu,b,4,1607261200000\n",
+    )
+    assert read_table(ms).ratings["timestamp"].tolist() == [1618349200000, 1607261200000]
+    small = write(tmp_path / "n.csv", "user_id,item_id,rating,timestamp\nu,a,3,1\nu,b,4,150000\n")
+    assert read_table(small).ratings["timestamp"].tolist() == [1, 150000]
+
+
+@pytest.mark.parametrize("sep", ["", ";;", r"\s+", '"', "\n"])
+def test_sep_must_be_one_plain_character(tmp_path, sep):
+    # "" was a traceback from pandas, ";;" and a regex "malformed line" of a sound file
+    p = write(tmp_path / "log.csv", "user_id;;item_id;;rating\nu;;a;;3\n")
+    with pytest.raises(MetarecError, match="sep must be one character"):
+        read_table(p, sep=sep)
+
+
+def test_sep_reads_the_item_table_too(tmp_path):
+    log = write(tmp_path / "T.csv", "user_id;item_id;rating\nu;a;3\nu;b;4\n")
+    side = write(tmp_path / "I.csv", "item_id;title\na;Harry Potter, #1\nb;Dune\n")
+    raw = read_table(log, sep=";", items=side, text_cols="title")
+    assert raw.items["title"].tolist() == ["Harry Potter, #1", "Dune"]
+    # an item table in another separator is said to be one
+    comma = write(tmp_path / "I2.csv", "item_id,title\na,Harry\nb,Dune\n")
+    with pytest.raises(MetarecError, match="looks comma-separated, and it was read semicolon"):
+        read_table(log, sep=";", items=comma)
+
+
+def test_a_parquet_item_table_whose_names_repeat_once_stripped_is_refused(tmp_path):
+    # "title" and "title " reached side_roles as a frame: a traceback in info, split, evaluate
+    log = write(tmp_path / "T.csv", "user_id,item_id,rating\nu,a,3\n")
+    side = tmp_path / "I.parquet"
+    pd.DataFrame({"item_id": ["a"], "title": ["x"], "title ": ["y"]}).to_parquet(side)
+    with pytest.raises(MetarecError, match="column 'title' appears twice"):
+        read_table(log, items=side)
+
+
+@pytest.mark.parametrize(
+    "text, said",
+    [
+        # a ";" file whose titles hold commas failed on a data line; the header's separator
+        # hint came only after a read that succeeded
+        (
+            "item_id;title\na;Harry Potter, #1\n",
+            "the header 'item_id;title' looks semicolon-separated",
+        ),
+        (
+            "user_id\titem_id\trating\nu\ta\t4,5\n",
+            "looks tab-separated, and the file was read comma",
+        ),
+        ("sep=,\nuser_id,item_id,rating\nu,a,3\n", "'sep=,', is Excel's separator line: remove it"),
+    ],
+)
+def test_a_malformed_line_says_when_the_header_shows_why(tmp_path, text, said):
+    p = write(tmp_path / "x.csv", text)
+    with pytest.raises(MetarecError, match="malformed line") as err:
+        read_table(p)
+    assert said in str(err.value)
+
+
+def test_parquet_cells_are_named_as_rows_and_an_inf_rating_as_not_finite(tmp_path):
+    path = tmp_path / "T.parquet"
+    pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "rating": [3.0, None]}).to_parquet(
+        path
+    )
+    with pytest.raises(MetarecError) as err:
+        read_table(path)
+    assert "row 2: column 'rating' is empty" in str(err.value) and "fields" not in str(err.value)
+    p = write(tmp_path / "log.csv", "user_id,item_id,rating\nu,a,3\nu,b,inf\n")
+    with pytest.raises(MetarecError, match=r"line 3: column 'rating' value 'inf' is not finite"):
+        read_table(p)

@@ -27,6 +27,20 @@ from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
 
 
+def _unknown_items_note(stats: dict) -> str:
+    """ " (N support rows name items outside the catalogue, first '7'; the catalogue has
+    '007': ids are compared as written)", or "" where every support item was known."""
+    n = stats.get("unknown_support_items", 0)
+    if not n:
+        return ""
+    alike = stats.get("unknown_support_look_alike")
+    return (
+        f" ({n} support row{'s' if n > 1 else ''} name{'' if n > 1 else 's'} items outside "
+        f"the catalogue, first {stats.get('unknown_support_example')!r}"
+        + (f"; the catalogue has {alike!r}: ids are compared as written)" if alike else ")")
+    )
+
+
 def _first_line(err: BaseException) -> str:
     lines = str(err).strip().splitlines()
     return lines[0][:200] if lines else ""
@@ -412,13 +426,17 @@ class Predictor:
                 f"(give a {need} column, as in its training file)"
             )
 
-    def _check_adaptable(self, user_id: str, uidx: int, sup: Interactions, what: str) -> None:
+    def _check_adaptable(
+        self, user_id: str, uidx: int, sup: Interactions, what: str, stats: dict | None = None
+    ) -> None:
         """A user with no training rows (``uidx`` is the unknown row) and no support rows on
-        catalogue items has nothing to adapt on: an error, not a silent generic answer."""
+        catalogue items has nothing to adapt on: an error, not a silent generic answer.
+        ``stats`` (the support's, :meth:`_support_stats`) adds what the support's unknown
+        items were: the warning that says so came only after a run that succeeded."""
         if uidx == len(self.users) and len(sup) == 0:
             raise MetarecError(
                 f"{what} {user_id!r} has no support rows with items in the catalogue and is "
-                "not in the training data"
+                f"not in the training data{_unknown_items_note(stats or {})}"
             )
 
     def look_alike_users(self, user_ids) -> list[tuple[str, str]]:
@@ -465,10 +483,14 @@ class Predictor:
         self._check_domains(query, "query")
         qi = self.items.lookup_or_missing(query["item_id"].to_numpy(object))
         if (qi < 0).any():
+            from metarec.data.files import numeric_look_alike
+
             bad = query["item_id"].to_numpy(object)[qi < 0][0]
+            alike = numeric_look_alike(bad, pd.Series(self.items.ids))
             raise MetarecError(
                 f"query item_id {bad!r} is not in the catalogue the model was fitted with "
-                f"({int((qi < 0).sum())} unknown query items)"
+                f"({int((qi < 0).sum())} unknown query items"
+                + (f"; the catalogue has {alike!r}: ids are compared as written)" if alike else ")")
             )
         scores = np.empty(len(query), dtype=np.float64)
         users = query["user_id"].to_numpy(object)
@@ -477,7 +499,7 @@ class Predictor:
         for user_id in pd.unique(users):
             uidx = self.user_index(user_id)
             sup = supports.get(user_id, empty)
-            self._check_adaptable(user_id, uidx, sup, "query user_id")
+            self._check_adaptable(user_id, uidx, sup, "query user_id", support_stats)
             rows = np.flatnonzero(users == user_id)
             from metarec.types import Task
 
@@ -580,7 +602,7 @@ class Predictor:
         "look_alike_users": :meth:`look_alike_users` of the support's users}."""
         supports, support_stats, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():
-            self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id")
+            self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id", support_stats)
         out = self.recommend_many(supports, k, domain)
         served = set(out["user_id"])
         empty = [u for u in supports if u not in served]

@@ -202,11 +202,11 @@ def read_delimited(
     except pd.errors.ParserWarning:
         raise MetarecError(
             f"{path}: malformed line (the first data row has more fields than the "
-            f"{'names' if names is not None else 'header'}){_comment_hint(text, names)}"
+            f"{'names' if names is not None else 'header'}){_header_hint(text, names, sep)}"
         ) from None
     except pd.errors.ParserError as err:
         raise MetarecError(
-            f"{path}: malformed line ({_short(err)}){_comment_hint(text, names)}"
+            f"{path}: malformed line ({_short(err)}){_header_hint(text, names, sep)}"
         ) from None
     except pd.errors.EmptyDataError:
         raise MetarecError(f"{path}: file is empty") from None
@@ -220,12 +220,32 @@ def read_delimited(
     return frame
 
 
-def _comment_hint(text: str, names: list[str] | None) -> str:
-    """Where the header line is a comment ("# exported 2024"), say so: the rows then
-    failed against a one-field header, which the bare message did not explain."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    if names is None and first.lstrip().startswith("#"):
-        return f"; the first line, {clip(first.strip(), 60)!r}, was read as the header: remove comment lines"
+_SEPARATORS = (("\t", "tab"), (";", "semicolon"), ("|", "pipe"), (",", "comma"))
+
+
+def _header_hint(text: str, names: list[str] | None, sep: str) -> str:
+    """Why the rows failed against the header, where its first line says: a comment
+    ("# exported 2024"), Excel's "sep=;" line, or a header split by another separator
+    (a semicolon file whose titles hold commas failed on its first comma, "Expected 3
+    fields in line 13, saw 4", and the separator hint after a successful read never
+    came). The bare message named a data line, not the header's fault."""
+    if names is not None:
+        return ""
+    first = next((line for line in text.splitlines() if line.strip()), "").strip()
+    if first.startswith("#"):
+        return (
+            f"; the first line, {clip(first, 60)!r}, was read as the header: remove comment lines"
+        )
+    if first.lower().startswith("sep=") and len(first) <= 6:
+        return f"; the first line, {first!r}, is Excel's separator line: remove it"
+    if sep not in first:
+        own = dict(_SEPARATORS).get(sep, repr(sep))
+        for other, name in _SEPARATORS:
+            if other != sep and other in first:
+                return (
+                    f"; the header {clip(first, 60)!r} looks {name}-separated, and the file "
+                    f"was read {own}-separated (a .csv file comma-, a .tsv file tab-separated)"
+                )
     return ""
 
 
@@ -311,6 +331,8 @@ def _bad_cell(frame: pd.DataFrame, pos: int, column: str, value: object, problem
     empty = value is None or value is pd.NA or value is pd.NaT
     empty = empty or (isinstance(value, float) and np.isnan(value))
     if empty or (isinstance(value, str) and not value.strip()):
+        if frame.attrs.get("rows_not_lines"):  # Parquet: no fields to fall short of
+            return f"{where} is empty"
         return f"{where} is empty (or the row has fewer fields than the header)"
     return f"{where} value {clip(repr(value), 100)} {problem}"
 
@@ -323,7 +345,7 @@ def header_comment_hint(frame: pd.DataFrame) -> str:
     """Where a read header's first name starts with "#", the header was a comment line
     ("# exported 2024, by tool" above the real one): say so beside the column error it
     causes. A comment with as many commas as the header parses without a malformed line,
-    so :func:`_comment_hint` never sees it."""
+    so :func:`_header_hint` never sees it."""
     if len(frame.columns) and str(frame.columns[0]).lstrip().startswith("#"):
         first = clip(str(frame.columns[0]).strip(), 40)
         return (
@@ -333,13 +355,27 @@ def header_comment_hint(frame: pd.DataFrame) -> str:
     return ""
 
 
+def _one_column_hint(frame: pd.DataFrame) -> str:
+    """A file read as one column whose name holds another separator was split by the
+    wrong one ("item_id,title" read ";"-separated: an items file beside a ";" log)."""
+    spec = frame.attrs.get("delimited")
+    if len(frame.columns) != 1 or spec is None:
+        return ""
+    name = str(frame.columns[0])
+    for other, word in _SEPARATORS:
+        if other != spec[0] and other in name:
+            own = dict(_SEPARATORS).get(spec[0], repr(spec[0]))
+            return f"; its header looks {word}-separated, and it was read {own}-separated"
+    return ""
+
+
 def require_columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         have = ", ".join(clip(c, 40) for c in frame.columns[:12])
         raise MetarecError(
             f"{_where(frame)}: missing column(s) {', '.join(missing)} (columns are: {have})"
-            f"{header_comment_hint(frame)}"
+            f"{header_comment_hint(frame) or _one_column_hint(frame)}"
         )
 
 
@@ -444,9 +480,9 @@ def check_float32(frame: pd.DataFrame, column: str, values: np.ndarray) -> None:
     huge = np.abs(values) > np.finfo(np.float32).max
     if huge.any():
         pos = int(np.flatnonzero(huge)[0])
-        raise MetarecError(
-            _bad_cell(frame, pos, column, frame[column].iloc[pos], "is too large (over 3.4e38)")
-        )
+        # an inf is no number at all, as fit says; a 1e39 is one float32 cannot hold
+        problem = "is not finite" if np.isinf(values[pos]) else "is too large (over 3.4e38)"
+        raise MetarecError(_bad_cell(frame, pos, column, frame[column].iloc[pos], problem))
 
 
 # spellings of a missing value in a numeric side column (compared lower-cased)
@@ -494,6 +530,10 @@ def optional_number(series: pd.Series) -> np.ndarray:
 
 
 def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
+    if sep is not None and (len(sep) != 1 or sep in '"\r\n'):
+        # pandas takes longer ones as regular expressions through its Python parser,
+        # whose warning read_delimited reports as a malformed line ("" was a traceback)
+        raise MetarecError(f"sep must be one character, not a quote or a line break; got {sep!r}")
     suffix = path.suffix.lower()
     if suffix in (".parquet", ".pq"):
         if path.is_dir():
@@ -646,6 +686,27 @@ def _dates(frame: pd.DataFrame, column: str) -> pd.Series:
     return whole[0][1]
 
 
+# unix seconds of the years 1973-2286 lie in [1e8, 1e10); the same instants in
+# milliseconds in [1e11, 1e13). A column with values in both mixes the two units
+_SECONDS_SPAN, _MILLIS_SPAN = (1e8, 1e10), (1e11, 1e13)
+
+
+def _refuse_mixed_units(frame: pd.DataFrame, column: str, values: np.ndarray) -> None:
+    """Seconds and milliseconds in one time column are an error: read as one unit, every
+    millisecond row was 51,000 years in the future, the newest rows of all (which decides
+    the held-out users, the support/query order and which repeat is kept), silently."""
+    a = np.abs(values)
+    secs = np.flatnonzero((a >= _SECONDS_SPAN[0]) & (a < _SECONDS_SPAN[1]))
+    millis = np.flatnonzero((a >= _MILLIS_SPAN[0]) & (a < _MILLIS_SPAN[1]))
+    if len(secs) and len(millis):
+        s, m = int(secs[0]), int(millis[0])
+        raise MetarecError(
+            f"{_where(frame)}: column {column!r} mixes unix seconds ({_at(frame, s)}: "
+            f"{frame[column].iloc[s]}) and milliseconds ({_at(frame, m)}: "
+            f"{frame[column].iloc[m]}): write one unit"
+        )
+
+
 def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
     """Unix seconds from numbers or from date strings (ISO 8601 and the like)."""
     s = frame[column]
@@ -664,8 +725,13 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
                 raise MetarecError(
                     _bad_cell(frame, pos, column, s.iloc[pos], "is out of range for unix seconds")
                 )
+            _refuse_mixed_units(frame, column, seconds)
             return seconds.astype(np.int64)
-        mostly_numbers = numeric.notna().mean() >= 0.5
+        # the share among the filled cells: with empty ones counted as "not numbers", a
+        # column of one number and two empty cells was read as dates and its one number
+        # blamed ("the column's other values are dates")
+        filled = s.notna().to_numpy() & (s.astype(str).str.strip() != "").to_numpy()
+        mostly_numbers = not filled.any() or numeric[filled].notna().mean() >= 0.5
         if mostly_numbers:
             # mostly unix seconds: the culprits are the values that are not numbers (parsed
             # as dates, the numbers would be the ones blamed)
@@ -754,6 +820,7 @@ def read_table(
     ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
     ``item_col``, or ``item_id`` where it has no such column); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns;
     with none named, every column's role is inferred as ``metarec fit --items`` infers it.
+    ``sep`` (one character) and ``encoding`` read the log and the side file alike.
     Parameter names match the CLI flags (--items, --text-cols).
     """
     path = Path(path)
@@ -843,8 +910,10 @@ def read_table(
         )
     if items is not None:
         ipath = Path(items)
-        side = _read_any(ipath, None, encoding)
-        side.columns = [str(c).strip() for c in side.columns]
+        # the log's separator and encoding: a ";" items file beside a ";" log was read
+        # comma-separated. Names stripped as the log's are, and refused where two then
+        # read the same (a Parquet file's "title" and "title " was a traceback)
+        side = strip_columns(_read_any(ipath, sep, encoding))
         key = item_id_col or item_col
         if item_id_col is None and key not in side.columns and "item_id" in side.columns:
             # --item-col names the log's column; an items file keyed by the contract's
