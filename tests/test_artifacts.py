@@ -437,3 +437,90 @@ def test_a_run_loads_in_a_reader_that_refuses_unknown_config_keys(tmp_path):
     # where an older reader does not look
     path = _save(tmp_path / "run")
     assert json.loads((path / "config.json").read_text()) == {"model": {"hidden": 8}}
+
+
+# --- concurrent writers and readers (probe 145) -----------------------------------------
+
+
+def test_a_run_replaced_while_it_is_read_is_read_again(tmp_path, monkeypatch):
+    """fit swaps a RUN in by two renames; a reader between its manifest and its files
+    checked the new RUN's files against the old manifest and called a whole RUN damaged
+    ("belongs to another RUN ... re-run metarec fit")."""
+    from metarec import artifacts
+    from metarec.atomic import replace_dir
+
+    run = tmp_path / "RUN"
+    _save(run)
+    staged = _save_other(tmp_path / "next")
+    real, swapped = artifacts._sha256, []
+
+    def swap_then_hash(path):
+        if not swapped:  # the first file read: another process's RUN moves in now
+            swapped.append(True)
+            replace_dir(staged, run, ".old.", "run")
+        return real(path)
+
+    monkeypatch.setattr(artifacts, "_sha256", swap_then_hash)
+    got = load_run(run)
+    assert swapped and got.config == {"model": {"hidden": 9}}  # the new RUN, whole
+    # a RUN damaged in place (the same folder throughout) is still said to be damaged
+    (run / "config.json").write_text('{"model": {"hidden": 10}}')
+    with pytest.raises(MetarecError, match="checksum"):
+        load_run(run)
+
+
+def test_a_run_target_swapped_during_its_check_is_judged_again(tmp_path, monkeypatch):
+    # the folder renamed aside between listing it and reading its manifest read as "a
+    # non-empty folder that is not a metarec RUN", or a FileNotFoundError traceback
+    from metarec import artifacts
+
+    run = tmp_path / "RUN"
+    _save(run)
+    real, calls = artifacts.is_run, []
+
+    def moved_away(folder):
+        if folder == run and not calls:
+            calls.append(True)
+            os.rename(run, tmp_path / "aside")  # another writer's first rename
+        return real(folder)
+
+    monkeypatch.setattr(artifacts, "is_run", moved_away)
+    assert artifacts.check_run_target(run) == run and calls
+
+
+def test_the_loser_of_two_run_writers_leaves_nothing_aside(tmp_path, monkeypatch):
+    # the other writer's RUN moved in between this one's two renames: an empty
+    # ".RUN.old.XXXX" was left behind each time
+    from metarec import atomic
+
+    run = tmp_path / "RUN"
+    _save(run)
+    real = os.replace
+
+    def other_writer_first(src, dst):
+        if str(dst) == str(run) and not os.path.lexists(run):
+            real(_save_other(tmp_path / "theirs"), run)  # theirs lands first
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", other_writer_first)
+    with pytest.raises(MetarecError, match="another process wrote a RUN there"):
+        _save(run, scale=3.0)
+    monkeypatch.undo()
+    assert load_run(run).config == {"model": {"hidden": 9}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]
+
+
+def test_replace_dir_without_replace_keeps_what_another_process_put_there(tmp_path):
+    from metarec.atomic import replace_dir
+
+    new, out = tmp_path / "new", tmp_path / "out"
+    new.mkdir()
+    (new / "f").write_text("mine")
+    out.mkdir()  # an empty folder is taken, as when it was checked
+    replace_dir(new, out, ".old-", "out", replace=False)
+    assert (out / "f").read_text() == "mine"
+    new.mkdir()
+    (new / "f").write_text("late")
+    with pytest.raises(OSError):
+        replace_dir(new, out, ".old-", "out", replace=False)
+    assert (out / "f").read_text() == "mine" and (new / "f").read_text() == "late"

@@ -440,6 +440,30 @@ def test_write_split_into_an_existing_empty_folder(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path / "target")) == sorted(splits.SPLIT_FILES)
 
 
+def test_a_split_written_meanwhile_to_the_same_new_folder_is_kept(tmp_path, monkeypatch):
+    # two `metarec split --out S` to one new folder: both said they wrote it, and the
+    # second replaced the first as if --overwrite was given (probe 145)
+    ds = ten_users()
+    s = user_cold(ds, k_shot=3, n_query=2, seed=0)
+    out = tmp_path / "split"
+    real, theirs = splits.check_split_target, []
+
+    def checked_then_written_by_another(target, overwrite=False):
+        fill = real(target, overwrite)
+        if not theirs:  # this write has checked; the other one writes first
+            theirs.append(True)
+            write_split(user_cold(ds, k_shot=2, n_query=3, seed=1), ds, target)
+        return fill
+
+    monkeypatch.setattr(splits, "check_split_target", checked_then_written_by_another)
+    with pytest.raises(MetarecError, match="another process wrote there while this split"):
+        write_split(s, ds, out)
+    monkeypatch.undo()
+    # theirs kept whole (seed 1; this one's was 0), nothing left beside it
+    assert json.loads((out / "summary.json").read_text())["params"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["split"]
+
+
 def test_write_split_refuses_a_non_empty_folder_or_a_file(tmp_path):
     ds = ten_users()
     s = user_cold(ds, k_shot=2, n_query=3, seed=0)

@@ -27,8 +27,11 @@ import hashlib
 import json
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +48,8 @@ from metarec.atomic import (
     staging_dir,
 )
 from metarec.types import IdMap, MetarecError
+
+T = TypeVar("T")
 
 FORMAT_VERSION = 1
 # what every RUN holds; the manifest must list (and so checksum) each of them
@@ -130,6 +135,11 @@ def check_run_target(out: str | Path) -> Path:
     # the RUN is staged beside out and renamed in: that folder must take a new entry
     # (a read-only or immutable one failed after the whole training)
     check_can_create(out)
+    # another writer's swap may be under way (two renames): judged again once it is
+    return _retry_if_replaced(out, lambda: _check_existing_target(out))
+
+
+def _check_existing_target(out: Path) -> Path:
     if not out.exists():
         return out
     if not any(out.iterdir()):
@@ -281,8 +291,40 @@ def stranded_run(path: Path) -> Path | None:
     return None
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the folder at ``path``, None where there is none: a RUN
+    replaced by another process is another folder at the same path."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _retry_if_replaced(path: Path, attempt: Callable[[], T], tries: int = 5) -> T:
+    """``attempt()``, again where it failed while the folder at ``path`` was swapped
+    for another (a RUN replaced by `fit` or `update` between two of its reads): a
+    command loading a RUN during a nightly fit said "belongs to another RUN; the RUN is
+    damaged: re-run metarec fit" of a RUN that was whole before and after (probe 145)."""
+    for n in range(tries):
+        before = _identity(path)
+        try:
+            return attempt()
+        except (MetarecError, FileNotFoundError):
+            if n == tries - 1 or _identity(path) == before:
+                raise
+            time.sleep(0.05 * (n + 1))  # the swap is two renames; let it finish
+    raise AssertionError("unreachable")
+
+
 def load_run(path: str | Path, verify: bool = True) -> Run:
+    """The RUN at ``path``, its files checked against its manifest (``verify``: their
+    sha256 too). A RUN replaced while it is read is read again."""
     path = Path(path)
+    return _retry_if_replaced(path, lambda: _load_run(path, verify))
+
+
+def _load_run(path: Path, verify: bool) -> Run:
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
         left = stranded_run(path)

@@ -10,6 +10,7 @@ give it (0666 minus the umask), so overwriting a shared output does not make it 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import math
@@ -224,20 +225,33 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
-def replace_dir(new: Path, out: Path, aside: str, inner: str) -> None:
+def replace_dir(new: Path, out: Path, aside: str, inner: str, replace: bool = True) -> None:
     """Move the complete folder ``new`` onto ``out``. An existing ``out`` is first moved
     aside, to ``out.parent / .{out.name}{aside}XXXX / inner``, and removed once ``new`` is
     in place. A folder cannot be renamed over a non-empty one, so this is two renames: if
     the second fails or is interrupted (Ctrl-C, SIGTERM), the previous folder is put back
     before the error goes on; a ``kill -9`` between them leaves it aside. Errors of the
     renames themselves (another writer's folder in the way: ENOTEMPTY, EEXIST) reach the
-    caller as they are."""
-    if not out.exists():
-        os.replace(new, out)
-        return
+    caller as they are.
+
+    ``replace=False``: ``out`` was absent or empty when the caller checked, and what
+    another process put there since is not replaced (one rename, which fails with
+    ENOTEMPTY onto a non-empty folder): two `split`s to one new folder both said they
+    wrote it, and one split silently replaced the other (probe 145)."""
+    if not replace or not out.exists():
+        try:
+            os.rename(new, out)  # onto nothing, or onto an empty folder
+            return
+        except OSError as err:
+            if not replace or err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            # another writer's folder appeared since out.exists(): set it aside below
     old = Path(tempfile.mkdtemp(prefix=f".{out.name}{aside}", dir=out.parent))
     try:
-        os.replace(out, old / inner)
+        # FileNotFoundError: another writer set `out` aside in the meantime; there is
+        # nothing to keep, and the rename below decides who is last
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(out, old / inner)
         os.replace(new, out)
     except BaseException:
         # which renames happened is read from the disk, not from how far the code got: a
@@ -247,7 +261,11 @@ def replace_dir(new: Path, out: Path, aside: str, inner: str) -> None:
             with contextlib.suppress(OSError):
                 if not os.path.lexists(out):
                     os.replace(old / inner, out)
-                old.rmdir()  # only once empty (the previous folder not stranded in it)
+            if os.path.lexists(out):
+                # put back, or superseded by another writer's complete folder: either
+                # way nothing aside is needed (an empty .NAME.old.XXXX was left behind
+                # each time another writer won, probe 145)
+                shutil.rmtree(old, ignore_errors=True)
         else:  # it did, just before the interruption: the swap is whole
             shutil.rmtree(old, ignore_errors=True)
         raise

@@ -24,6 +24,7 @@ support events and at least one query event; held-out users without one are *dro
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -711,7 +712,17 @@ def write_split(
                 moved.append(out / name)
             tmp.rmdir()
         else:  # the previous split (if any) aside, then put back if the new one fails
-            replace_dir(tmp, out, ".old-", out.name)
+            try:
+                # without overwrite, `out` was absent when checked: a folder another
+                # process wrote there since is not replaced
+                replace_dir(tmp, out, ".old-", out.name, replace=overwrite)
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+                raise MetarecError(
+                    f"{out}: another process wrote there while this split was being "
+                    "written; this split was abandoned and that folder kept"
+                ) from None
     except BaseException:
         for path in moved:  # an interrupted fill leaves the folder empty again
             path.unlink(missing_ok=True)
