@@ -11,7 +11,9 @@ a real GPU:
 - a CPU ``torch.Generator`` drawing a CUDA result.
 
 It cannot check numerics, kernels, memory or NCCL; that is what ``test_cuda.py`` on a real
-GPU is for. Install it in a fresh process only (it patches ``torch.Tensor`` for good):
+GPU is for. ``nn.Module.to("cuda")`` does not tag a module's parameters (it assigns
+``param.data``), so modules moved that way are not checked; metarec moves parameter
+dicts, not modules. Install it in a fresh process only (it patches ``torch.Tensor`` for good):
 ``fake_cuda.install()`` before metarec runs, then read ``fake_cuda.VIOLATIONS``.
 ``tests/test_fake_cuda.py`` runs ``test_cuda.py`` under it.
 """
@@ -245,6 +247,17 @@ def install() -> FakeCudaMode:
     cuda.set_device = lambda *a, **k: None
     cuda.synchronize = lambda *a, **k: None
     cuda.current_device = lambda: 0
+    # a dispatch mode holds in the thread that entered it only: serve adapts and scores
+    # in worker threads (Starlette's run_in_threadpool, anyio's WorkerThread, which
+    # overrides Thread.run), where ops went unchecked. Every thread started from here on
+    # enters one first
+    bootstrap = threading.Thread._bootstrap_inner
+
+    def bootstrap_in_mode(self):
+        with FakeCudaMode():
+            bootstrap(self)
+
+    threading.Thread._bootstrap_inner = bootstrap_in_mode
     mode = FakeCudaMode()
     mode.__enter__()
     return mode

@@ -524,3 +524,61 @@ def test_replace_dir_without_replace_keeps_what_another_process_put_there(tmp_pa
     with pytest.raises(OSError):
         replace_dir(new, out, ".old-", "out", replace=False)
     assert (out / "f").read_text() == "mine" and (new / "f").read_text() == "late"
+
+
+def test_replace_dir_takes_the_place_of_a_folder_moved_or_made_meanwhile(tmp_path, monkeypatch):
+    from metarec import atomic
+    from metarec.atomic import replace_dir
+
+    def fresh(text):
+        new = tmp_path / "new"
+        new.mkdir()
+        (new / "f").write_text(text)
+        return new
+
+    out = tmp_path / "out"
+    real_rename, real_replace = os.rename, os.replace
+
+    # absent when looked at, made by another writer before the rename: set aside, replaced
+    def made_first(src, dst):
+        if str(dst) == str(out) and not out.exists():
+            out.mkdir()
+            (out / "f").write_text("theirs")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", made_first)
+    replace_dir(fresh("mine"), out, ".old.", "run")
+    assert (out / "f").read_text() == "mine"
+    monkeypatch.undo()
+
+    # there when looked at, moved away by another writer before the first rename
+    def moved_first(src, dst):
+        if str(src) == str(out) and out.exists():
+            real_rename(out, tmp_path / "gone")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", moved_first)
+    replace_dir(fresh("again"), out, ".old.", "run")
+    monkeypatch.undo()
+    assert (out / "f").read_text() == "again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone", "out"]
+
+
+def test_a_folder_made_where_a_new_run_goes_is_not_deleted_by_the_write(tmp_path, monkeypatch):
+    # the swap set aside and deleted whatever another process put at a path that was
+    # free when checked, a folder of notes included (review 148)
+    from metarec import artifacts
+
+    run = tmp_path / "RUN"
+    real = artifacts.staging_dir
+
+    def then_someone_writes_there(parent, name):
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+        return real(parent, name)
+
+    monkeypatch.setattr(artifacts, "staging_dir", then_someone_writes_there)
+    with pytest.raises(MetarecError, match="another process wrote"):
+        _save(run)
+    assert os.listdir(run) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUN"]

@@ -123,6 +123,7 @@ def test_update_fit_on_cuda_features_and_serving_match_cpu(tmp_path):
     Predictor loaded on the GPU (a CPU block was concatenated onto its CUDA user table),
     fit given features already on the GPU (they met CPU parameters in the blend), and the
     blend itself (60 users leave fewer validation users than it needs: 150 here)."""
+    pytest.importorskip("fastapi", reason="serve's extra is not installed")
     from fastapi.testclient import TestClient
 
     from metarec.cli import main

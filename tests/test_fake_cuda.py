@@ -57,6 +57,16 @@ torch.randn(2, device="cuda", generator=torch.Generator())  # CPU generator
 kinds = sorted(v["kind"] for v in fake_cuda.VIOLATIONS.values())
 print(kinds)
 assert kinds == ["cpu-generator", "index-device", "mixed-device", "numpy-on-cuda"], kinds
+# in a worker thread too (serve scores in one), made by a Thread subclass with its own run
+import threading
+fake_cuda.VIOLATIONS.clear()
+class Worker(threading.Thread):
+    def run(self):
+        torch.cat([torch.ones(2, device="cuda"), torch.zeros(2)])
+w = Worker()
+w.start()
+w.join()
+assert [v["kind"] for v in fake_cuda.VIOLATIONS.values()] == ["mixed-device"]
 """
     res = _run(code, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -77,3 +87,6 @@ sys.exit(int(rc) or (3 if fake_cuda.VIOLATIONS else 0))
     assert res.returncode == 0, out[-6000:]
     assert " passed" in out and "skipped" not in out.split("fake_cuda:")[0].splitlines()[-1]
     assert "0 violation site(s)" in out
+    # ops did reach "cuda": a run where nothing did would pass vacuously
+    ops = int(out.split("fake_cuda: ")[1].split(" ops on cuda")[0])
+    assert ops > 10_000, out[-2000:]

@@ -1412,6 +1412,14 @@ def test_seconds_and_milliseconds_in_one_time_column_are_refused(tmp_path):
     assert read_table(ms).ratings["timestamp"].tolist() == [1618349200000, 1607261200000]
     small = write(tmp_path / "n.csv", "user_id,item_id,rating,timestamp\nu,a,3,1\nu,b,4,150000\n")
     assert read_table(small).ratings["timestamp"].tolist() == [1, 150000]
+    # a relative millisecond clock running for years spans both ranges: one unit
+    clock = [0, 5_000_000, 400_000_000, 9_000_000_000, 120_000_000_000]
+    rel = write(
+        tmp_path / "rel.csv",
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(f"u,i{k},3,{t}\n" for k, t in enumerate(clock)),
+    )
+    assert read_table(rel).ratings["timestamp"].tolist() == clock
 
 
 @pytest.mark.parametrize("sep", ["", ";;", r"\s+", '"', "\n"])
@@ -1427,10 +1435,10 @@ def test_sep_reads_the_item_table_too(tmp_path):
     side = write(tmp_path / "I.csv", "item_id;title\na;Harry Potter, #1\nb;Dune\n")
     raw = read_table(log, sep=";", items=side, text_cols="title")
     assert raw.items["title"].tolist() == ["Harry Potter, #1", "Dune"]
-    # an item table in another separator is said to be one
-    comma = write(tmp_path / "I2.csv", "item_id,title\na,Harry\nb,Dune\n")
-    with pytest.raises(MetarecError, match="looks comma-separated, and it was read semicolon"):
-        read_table(log, sep=";", items=comma)
+    # an item table its header shows to be in its own suffix's separator reads as before
+    comma = write(tmp_path / "I2.csv", "item_id,title\na,Harry; the boy\nb,Dune\n")
+    raw = read_table(log, sep=";", items=comma, text_cols="title")
+    assert raw.items["title"].tolist() == ["Harry; the boy", "Dune"]
 
 
 def test_a_parquet_item_table_whose_names_repeat_once_stripped_is_refused(tmp_path):

@@ -47,6 +47,7 @@ from metarec.atomic import (
     replace_dir,
     staging_dir,
 )
+from metarec.errors import first_line
 from metarec.types import IdMap, MetarecError
 
 T = TypeVar("T")
@@ -213,6 +214,9 @@ def save_run(
     if out.exists() and not overwrite:
         raise MetarecError(f"{out} exists (pass overwrite=True to replace it)")
     out = check_run_target(out)
+    # a RUN there is replaced; a folder another process puts where there was none (or
+    # an empty one) is not: it was deleted with the swap, whatever it held (review 148)
+    replaces = is_run(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = staging_dir(out.parent, out.name)  # sweeps what a killed writer left
     run_id = _content_id(config, meta, tensors, ids)
@@ -253,7 +257,7 @@ def save_run(
         # between the two: `out` is never half-written (stranded_run names the old one
         # that a kill -9 between them leaves in .NAME.old.XXXX/run)
         try:
-            replace_dir(tmp, out, ".old.", "run")
+            replace_dir(tmp, out, ".old.", "run", replace=replaces)
         except OSError as err:
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
                 raise _raced(out) from None
@@ -416,7 +420,7 @@ def _load_run(path: Path, verify: bool) -> Run:
     except Exception as err:  # safetensors, pyarrow and json raise unrelated types
         raise MetarecError(
             f"{path}: {rel} is unreadable, the RUN is damaged or from another version "
-            f"({type(err).__name__}: {_first_line(err)})"
+            f"({type(err).__name__}: {first_line(err)})"
         ) from None
     run_id = manifest.get(RUN_ID)
     # a RUN written before files carried an id has none anywhere; one that has it in its
@@ -438,8 +442,3 @@ def _load_run(path: Path, verify: bool) -> Run:
         meta=docs["meta.json"],
         run_id=run_id,
     )
-
-
-def _first_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else ""

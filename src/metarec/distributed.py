@@ -232,7 +232,15 @@ def all_reduce_mean(
     flat = torch.cat(
         [grads[k].detach().reshape(-1) * w for k in keys]
         + [(loss.detach().reshape(1) * w).to(grads[keys[0]].device if keys else "cpu")]
-        + [torch.tensor([w], device=grads[keys[0]].device if keys else "cpu")]
+        # the gradients' dtype, not torch's default (float64 under set_default_dtype: the
+        # averaged gradients came back float64 for float32 parameters)
+        + [
+            torch.tensor(
+                [w],
+                device=grads[keys[0]].device if keys else "cpu",
+                dtype=grads[keys[0]].dtype if keys else torch.float32,
+            )
+        ]
     )
     with _collective("the meta-gradient all-reduce"):
         torch.distributed.all_reduce(flat, op=torch.distributed.ReduceOp.SUM)

@@ -10,6 +10,14 @@ class MetarecError(ValueError):
     """
 
 
+def first_line(err: BaseException, most: int | None = 200) -> str:
+    """The first line of ``err``'s message (at most ``most`` characters; None: all of
+    it), for a one-line error that wraps it: a library's message may run to many lines.
+    "" where the message is empty."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:most] if lines else ""
+
+
 def exact_g(value: float) -> str:
     """``value`` for an error message: its :g text when that reads back as the same
     number, else its repr (a 5.000001 on a 1..5 scale read "rating 5 is outside [1, 5]")."""

@@ -21,10 +21,14 @@ from metarec import __version__
 from metarec.artifacts import Run, load_run, save_run
 from metarec.data.raw import RawData
 from metarec.data.tabular import clip
-from metarec.errors import exact_g
+from metarec.errors import exact_g, first_line
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
+
+
+def _cpu_way_out(device: object) -> str:
+    return "" if str(device) == "cpu" else "; --device cpu loads it on the CPU"
 
 
 def _unknown_items_note(stats: dict) -> str:
@@ -35,15 +39,10 @@ def _unknown_items_note(stats: dict) -> str:
         return ""
     alike = stats.get("unknown_support_look_alike")
     return (
-        f" ({n} support row{'s' if n > 1 else ''} name{'' if n > 1 else 's'} items outside "
-        f"the catalogue, first {stats.get('unknown_support_example')!r}"
+        f" (across the support, {n} row{'s' if n > 1 else ''} name{'' if n > 1 else 's'} "
+        f"items outside the catalogue, first {stats.get('unknown_support_example')!r}"
         + (f"; the catalogue has {alike!r}: ids are compared as written)" if alike else ")")
     )
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 def _smoke_test(model: MetaRecommender) -> None:
@@ -212,8 +211,7 @@ class Predictor:
                     # reported as a damaged RUN)
                     raise MetarecError(
                         f"{path}: cannot place the model on {device} "
-                        f"({type(err).__name__}: {_first_line(err)}); --device cpu loads it "
-                        "on the CPU"
+                        f"({type(err).__name__}: {first_line(err)}){_cpu_way_out(device)}"
                     ) from None
             try:
                 _smoke_test(model)  # on the device it will serve from
@@ -221,9 +219,9 @@ class Predictor:
                 raise MetarecError(f"{path}: {err}") from None
             except torch.cuda.OutOfMemoryError as err:
                 # the GPU's doing, not the RUN's: it was reported as a damaged RUN
+                on = str(model.features_.item_text.device)  # "auto" named as chosen
                 raise MetarecError(
-                    f"{path}: out of memory on {device} ({_first_line(err)}); --device cpu "
-                    "loads it on the CPU"
+                    f"{path}: out of memory on {on} ({first_line(err)}){_cpu_way_out(on)}"
                 ) from None
         except MetarecError:
             raise
@@ -238,7 +236,7 @@ class Predictor:
         ) as err:
             raise MetarecError(
                 f"{path}: RUN is incomplete or from another version "
-                f"({type(err).__name__}: {_first_line(err)})"
+                f"({type(err).__name__}: {first_line(err)})"
             ) from None
         record = run.meta.get("export")
         exported = str(record.get("dtype")) if isinstance(record, dict) else None

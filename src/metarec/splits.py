@@ -674,6 +674,7 @@ def write_split(
     out = Path(out_dir)
     if out.is_dir():  # what a killed writer left inside, before the folder counts as empty
         sweep_staging(out, out.name)
+    existed = out.exists()  # overwrite replaces what was checked, not what came since
     fill = check_split_target(out, overwrite)
     if not fill:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -713,9 +714,9 @@ def write_split(
             tmp.rmdir()
         else:  # the previous split (if any) aside, then put back if the new one fails
             try:
-                # without overwrite, `out` was absent when checked: a folder another
-                # process wrote there since is not replaced
-                replace_dir(tmp, out, ".old-", out.name, replace=overwrite)
+                # `out` was absent when checked (or overwrite was not given): a folder
+                # another process wrote there since is not replaced
+                replace_dir(tmp, out, ".old-", out.name, replace=overwrite and existed)
             except OSError as err:
                 if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise

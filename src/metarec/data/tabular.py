@@ -529,6 +529,20 @@ def optional_number(series: pd.Series) -> np.ndarray:
 # ----------------------------------------------------------------------------- generic loader
 
 
+def _side_sep(path: Path, sep: str | None, encoding: str) -> str | None:
+    """The separator to read an item table with: the log's ``sep`` where the table's
+    header is split by it (a ";" items file beside a ";" log was read comma-separated),
+    else its own suffix's (a comma items.csv beside a ";" log loads as before)."""
+    if sep is None or path.suffix.lower() in (".parquet", ".pq") or not path.is_file():
+        return sep
+    try:
+        with path.open(encoding=encoding, errors="replace") as fh:
+            header = next((line for line in fh if line.strip()), "")
+    except OSError:
+        return sep  # the read proper says what is wrong
+    return sep if sep in header else None
+
+
 def _read_any(path: Path, sep: str | None, encoding: str) -> pd.DataFrame:
     if sep is not None and (len(sep) != 1 or sep in '"\r\n'):
         # pandas takes longer ones as regular expressions through its Python parser,
@@ -694,12 +708,20 @@ _SECONDS_SPAN, _MILLIS_SPAN = (1e8, 1e10), (1e11, 1e13)
 def _refuse_mixed_units(frame: pd.DataFrame, column: str, values: np.ndarray) -> None:
     """Seconds and milliseconds in one time column are an error: read as one unit, every
     millisecond row was 51,000 years in the future, the newest rows of all (which decides
-    the held-out users, the support/query order and which repeat is kept), silently."""
+    the held-out users, the support/query order and which repeat is kept), silently.
+    Only where the millisecond values, read as seconds, fall among the seconds values
+    (within a year: a log that switched units carries on where its seconds stop): a
+    relative millisecond clock running for years spans both ranges and is one unit."""
     a = np.abs(values)
-    secs = np.flatnonzero((a >= _SECONDS_SPAN[0]) & (a < _SECONDS_SPAN[1]))
-    millis = np.flatnonzero((a >= _MILLIS_SPAN[0]) & (a < _MILLIS_SPAN[1]))
-    if len(secs) and len(millis):
-        s, m = int(secs[0]), int(millis[0])
+    in_secs = (a >= _SECONDS_SPAN[0]) & (a < _SECONDS_SPAN[1])
+    in_millis = (a >= _MILLIS_SPAN[0]) & (a < _MILLIS_SPAN[1])
+    if not (in_secs.any() and in_millis.any()):
+        return
+    pad = 365 * 86400
+    lo, hi = values[in_secs].min() - pad, values[in_secs].max() + pad
+    same_time = in_millis & (values / 1000 >= lo) & (values / 1000 <= hi)
+    if same_time.any():
+        s, m = int(np.flatnonzero(in_secs)[0]), int(np.flatnonzero(same_time)[0])
         raise MetarecError(
             f"{_where(frame)}: column {column!r} mixes unix seconds ({_at(frame, s)}: "
             f"{frame[column].iloc[s]}) and milliseconds ({_at(frame, m)}: "
@@ -820,7 +842,8 @@ def read_table(
     ``items`` is that side file (CSV/TSV/Parquet keyed by ``item_id_col``, default
     ``item_col``, or ``item_id`` where it has no such column); ``text_cols``/``categorical_cols``/``numeric_cols`` name its columns;
     with none named, every column's role is inferred as ``metarec fit --items`` infers it.
-    ``sep`` (one character) and ``encoding`` read the log and the side file alike.
+    ``sep`` (one character) reads the side file too where its header is split by it (else
+    its suffix decides, as for the log without ``sep``); ``encoding`` reads both.
     Parameter names match the CLI flags (--items, --text-cols).
     """
     path = Path(path)
@@ -910,10 +933,9 @@ def read_table(
         )
     if items is not None:
         ipath = Path(items)
-        # the log's separator and encoding: a ";" items file beside a ";" log was read
-        # comma-separated. Names stripped as the log's are, and refused where two then
-        # read the same (a Parquet file's "title" and "title " was a traceback)
-        side = strip_columns(_read_any(ipath, sep, encoding))
+        # names stripped as the log's are, and refused where two then read the same (a
+        # Parquet file's "title" and "title " was a traceback)
+        side = strip_columns(_read_any(ipath, _side_sep(ipath, sep, encoding), encoding))
         key = item_id_col or item_col
         if item_id_col is None and key not in side.columns and "item_id" in side.columns:
             # --item-col names the log's column; an items file keyed by the contract's

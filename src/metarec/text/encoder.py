@@ -25,7 +25,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from metarec.errors import user_path
+from metarec.errors import first_line, user_path
 from metarec.types import MetarecError
 
 DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
@@ -184,11 +184,6 @@ def _bundled_dir() -> Path | None:
         return None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _read_json(model_dir: Path, path: Path, want: type) -> list | dict:
     """A model folder's JSON file, parsed and of type ``want``.
 
@@ -199,7 +194,7 @@ def _read_json(model_dir: Path, path: Path, want: type) -> list | dict:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:  # ValueError: bad JSON or bad UTF-8
-        reason = f"{rel} is not readable JSON ({_first_line(err)})"
+        reason = f"{rel} is not readable JSON ({first_line(err, None) or type(err).__name__})"
         raise MetarecError(f"cannot load text model {str(model_dir)!r}: {reason}") from err
     if not isinstance(doc, want):
         kind = "a list" if want is list else "an object"
@@ -336,7 +331,9 @@ class SentenceTransformerEncoder:
             except Exception as err:  # noqa: BLE001 - json, tokenizers, safetensors and torch
                 # raise unrelated types for a damaged folder (a cut-short model.safetensors
                 # is a SafetensorError); whichever it is, the model cannot be loaded
-                raise MetarecError(f"cannot load text model {where!r}: {_first_line(err)}") from err
+                raise MetarecError(
+                    f"cannot load text model {where!r}: {first_line(err, None) or type(err).__name__}"
+                ) from err
             finally:
                 for log, level in zip(quiet, levels, strict=True):
                     log.setLevel(level)
