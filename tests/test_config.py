@@ -212,3 +212,32 @@ def test_model_config_from_a_partial_table_keeps_its_own_nested_defaults():
     assert cfg.rank_meta.algorithm == "np" and cfg.rank_meta.inner_steps == 3
     assert cfg == MetaRecommender(train={"steps": 100}, rank_meta={"inner_steps": 3}).config
     assert ModelConfig.from_dict({"rank_meta": None}).rank_meta is None
+
+
+def test_a_table_given_whole_in_an_experiment_config_is_merged_into_the_files_table():
+    # mutation audit, probe 147: set_path replacing a table given whole survived, as
+    # ModelConfig merges over its own defaults; an experiment's [data] does not, so
+    # --set 'data={max_users=5}' dropped the file's data.name for the class default
+    from pathlib import Path
+
+    from metarec.experiment import load_config
+
+    base = {"data": {"name": "x", "max_users": 50}}
+    assert apply_overrides(base, ["data={max_users=5}"]) == {"data": {"name": "x", "max_users": 5}}
+    assert base == {"data": {"name": "x", "max_users": 50}}  # the input is not changed
+    config = Path(__file__).resolve().parents[1] / "configs" / "ml100k_user_cold.toml"
+    data = load_config(config, ["data={max_users=5}"]).data
+    assert (data.name, data.max_users) == ("movielens-100k", 5)
+
+
+def test_booleans_take_the_words_yes_no_true_false_in_any_case():
+    # mutation audit, probe 147: dropping "yes" from the true words survived (refit=yes
+    # then read as false, silently); every accepted spelling is pinned here
+    for word, value in [("yes", True), ("YES", True), ("no", False), ("No", False)]:
+        assert _model(f"refit={word}").refit is value, word
+    for word, value in [("true", True), ("True", True), ("false", False), ("FALSE", False)]:
+        assert _model(f"refit={word}").refit is value, word
+    assert from_dict(Inner, {"first_order": "yes"}).first_order is True
+    assert from_dict(Inner, {"first_order": "no"}).first_order is False
+    with pytest.raises(MetarecError, match="expected true/false"):
+        _model("refit=y")

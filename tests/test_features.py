@@ -339,6 +339,20 @@ def test_text_projection_known_answer():
         TextProjection.fit(x, dim=3)
 
 
+def test_text_projection_axes_have_a_fixed_sign_whatever_the_row_order():
+    # mutation audit, probe 147: dropping the sign fix survived (LAPACK's SVD signs are
+    # arbitrary); the same items listed in another order must give the same features, and
+    # each axis is signed so its largest |loading| is positive
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(50, 10)) @ rng.normal(size=(10, 10))
+    p = TextProjection.fit(x, dim=4)
+    q = TextProjection.fit(x[::-1].copy(), dim=4)
+    np.testing.assert_allclose(q.components, p.components, atol=1e-5)
+    np.testing.assert_allclose(q.apply(x), p.apply(x), atol=1e-4)
+    pivot = p.components[np.abs(p.components).argmax(0), np.arange(4)]
+    assert (pivot > 0).all(), pivot
+
+
 def test_text_projection_is_the_same_on_any_number_of_blas_threads():
     # a multi-threaded BLAS product sums in another order: the features moved in their
     # last bits with the core count, and training amplified it (quickstart nDCG@10 0.1270

@@ -119,6 +119,24 @@ def test_rank_weights_need_a_positive():
         fit_rank_weights(np.zeros((1, 2, 1)), np.zeros((1, 2), bool), np.zeros((1, 2), bool))
 
 
+def test_rank_weights_ignore_a_liked_item_that_is_excluded():
+    # mutation audit, probe 147: not masking the positives by the exclusions survived
+    # (the callers mask them first); a liked support item is never ranked, so it is no
+    # positive: the weights are those without it, and a user liking only excluded items
+    # gives nothing to fit on
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 20, 2))
+    pos = np.zeros((3, 20), bool)
+    pos[:, :4] = True
+    excl = np.zeros_like(pos)
+    excl[:, 0] = True  # liked and support
+    want = fit_rank_weights(x, pos & ~excl, excl, 1e-2)
+    assert np.isfinite(want).all() and abs(want[0]) > 0.1
+    np.testing.assert_array_equal(fit_rank_weights(x, pos, excl, 1e-2), want)
+    with pytest.raises(MetarecError, match="no liked"):
+        fit_rank_weights(x, excl.copy(), excl, 1e-2)
+
+
 def _rank_world(seed=0, users=40, items=200):
     # two noisy views of a hidden taste (one much noisier) and a useless input; each
     # user's top-5 by taste are the liked items, the first 3 items are "support"
@@ -302,7 +320,7 @@ def test_blend_config_rejects_unknown_inputs():
 # --- closed-form inputs equal the baselines ---------------------------------------------------
 
 
-def _world(n_users=150, n_items=40, seed=0, numeric=False):
+def _world(n_users=150, n_items=40, seed=0, numeric=False, user_age=False):
     """Two tastes (even items vs odd items), a per-item quality offset, timestamps so the
     user-cold split takes the newest users; items 34.. are never rated (cold)."""
     rng = np.random.default_rng(seed)
@@ -334,6 +352,10 @@ def _world(n_users=150, n_items=40, seed=0, numeric=False):
         item_text_columns=("title",),
         item_numeric_columns=("year",) if numeric else (),
     )
+    if user_age:  # a users table with a numeric side column, "age", apart by taste
+        ages = [20.0 + 30.0 * (u % 2) for u in range(n_users)]
+        user_table = pd.DataFrame({"user_id": [f"u{u}" for u in range(n_users)], "age": ages})
+        raw = dataclasses.replace(raw, users=user_table, user_numeric_columns=("age",))
     return build_dataset(raw)
 
 
@@ -2032,6 +2054,33 @@ def test_explain_on_a_rating_run_uses_the_whole_supports_weights(tmp_path):
         np.testing.assert_allclose(
             w[:, j], full - apply_rating_weights(b.rating_weights, design), atol=1e-6
         )
+
+
+def test_a_user_outside_the_user_table_gets_the_zero_side_row_not_user_0s(tmp_path):
+    # mutation audit, probe 147: scoring a cold user (user_idx == n_users) with user 0's
+    # side features survived; a user from a new file has no row of the users table, so
+    # it gets the appended zero row, and user 0's age must not move its scores
+    ds = _world(user_age=True)
+    split = make_split(ds, "user-cold", k_shot=6, n_query=8, seed=0)
+    known = np.zeros(ds.n_items, bool)
+    known[split.train.item_idx] = True
+    feats = build_features(ds, HashingEncoder(dim=64), cache=tmp_path / "emb", fit_items=known)
+    assert feats.user_side.shape == (ds.n_users, 1) and feats.user_side[0, 0] == -1.0
+    rec = MetaRecommender(_fast_config()).fit(ds, split.train, feats, valid=split.valid)
+    side = rec.features_.user_side
+    assert side.shape == (ds.n_users + 1, 1) and not side[ds.n_users].any()  # the zero row
+    cold, sup, items = ds.n_users, split.test[0].support, np.arange(ds.n_items)
+
+    def scores(user, support):
+        return np.concatenate(
+            [rec.score(user, support, items), rec.rank_scores(user, support, items)]
+        )
+
+    before_cold, before_0 = scores(cold, sup), scores(0, Interactions.empty())
+    side[0, 0] = 3.0  # user 0 three standard deviations the other way
+    # the row is read: user 0's own scores move
+    assert not np.allclose(scores(0, Interactions.empty()), before_0, atol=1e-3)
+    np.testing.assert_array_equal(scores(cold, sup), before_cold)
 
 
 def test_fit_names_arguments_of_the_wrong_type(world):

@@ -44,6 +44,24 @@ def test_hashing_encoder_is_case_insensitive_and_similarity_tracks_overlap(hashi
     assert a @ c > 0.8 > a @ d
 
 
+def test_hashing_encoder_signs_each_trigram_by_its_hash_known_answer():
+    # mutation audit, probe 147: adding +1 for every trigram (no sign bit) survived every
+    # test; pinned here from the blake2b hashes of the padded trigrams of " toy story ":
+    # buckets 2 3 5 6 9 12 get one trigram each with sign -1, bucket 13 gets three
+    # (" to" -1, "toy" +1, "sto" +1); " star wars " gives -1 at 0 1 9 13 and +1 at 5
+    toy, star = HashingEncoder(dim=16).encode(["toy story", "star wars"])
+    want_toy = np.zeros(16)
+    want_toy[[2, 3, 5, 6, 9, 12]] = -1.0
+    want_toy[13] = 1.0
+    want_star = np.zeros(16)
+    want_star[[0, 1, 9, 13]] = -1.0
+    want_star[5] = 1.0
+    np.testing.assert_allclose(toy, want_toy / np.sqrt(7), rtol=1e-6)
+    np.testing.assert_allclose(star, want_star / np.sqrt(5), rtol=1e-6)
+    # the sign bit makes unrelated texts' cosines centre on 0, here below it
+    assert toy @ star == pytest.approx(-1 / np.sqrt(35), rel=1e-6)
+
+
 def test_hashing_encoder_is_stable_across_processes():
     """blake2b, not Python's salted hash(): another interpreter with another seed agrees."""
     code = textwrap.dedent(
