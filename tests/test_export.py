@@ -80,6 +80,27 @@ def test_compress_keeps_log_and_integers_and_round_trips():
         dequantize({}, spec)
 
 
+def test_int8_quantizes_2d_tensors_only_large_1d_and_3d_ones_go_fp16():
+    """int8 stores one scale per row, so only 2-D tensors are quantized: a 1-D table or
+    a 3-D tensor past INT8_MIN_NUMEL is stored as fp16 and comes back within fp16's
+    rounding (mutation audit, probe 147: every test's 1-D tensor was under 1024 values,
+    so quantizing any ndim passed)."""
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "item_bias": torch.randn(2000, generator=g),  # 1-D, 2000 values
+        "w3": torch.randn(4, 16, 32, generator=g),  # 3-D, 2048 values
+        "w2": torch.randn(64, 32, generator=g),  # 2-D, 2048 values: int8
+    }
+    stored, spec = compress(tensors, "int8")
+    assert spec == {"dtype": "int8", "int8": ["w2"], "fp16": ["item_bias", "w3"]}
+    assert stored["item_bias"].dtype == stored["w3"].dtype == torch.float16
+    assert stored["item_bias"].shape == (2000,) and stored["w3"].shape == (4, 16, 32)
+    back = dequantize(stored, spec)
+    for name in ("item_bias", "w3"):
+        assert back[name].dtype == torch.float32 and back[name].shape == tensors[name].shape
+        assert torch.allclose(back[name], tensors[name], rtol=1e-3, atol=1e-4), name
+
+
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")

@@ -1040,3 +1040,16 @@ def test_a_store_holding_rows_of_a_run_on_other_feedback_is_said(predictor, clie
     assert theirs.written_for() == "implicit"  # the first rows' meaning is kept
     with pytest.warns(UserWarning, match="holds rows stored by a run on implicit feedback"):
         create_app(predictor, feedback_db=theirs)
+
+
+def test_written_for_other_is_silent_for_the_stores_own_meaning_only(tmp_path):
+    """FeedbackStore.written_for_other: None where the stored rows mean what the reader
+    means (the tag they were written for) and for an empty store, a warning naming both
+    meanings otherwise (mutation audit, probe 147: warning on the store's own tag too,
+    which every serve of its own store would have said, passed every test)."""
+    store = FeedbackStore(tmp_path / "fb")
+    assert store.written_for_other("explicit 1.0..5.0") is None  # nothing stored yet
+    store.add("u", [FeedbackRow("i", 4.0, None)], written_for="explicit 1.0..5.0")
+    assert store.written_for_other("explicit 1.0..5.0") is None
+    said = store.written_for_other("implicit")
+    assert said is not None and "on explicit 1.0..5.0 feedback, read here as implicit" in said

@@ -84,6 +84,44 @@ def test_update_writes_a_run_that_moves_toward_the_feedback(run, tmp_path, capsy
     assert [u["steps"] for u in meta["updates"]] == [15, 2] and meta["update"]["steps"] == 2
 
 
+def test_feedback_share_sets_how_many_of_each_meta_batch_are_feedback_users(run, monkeypatch):
+    """UpdateConfig.feedback_share: each step draws round(meta_batch * share) episodes
+    from the feedback users and the rest from the whole log (mutation audit, probe 147:
+    half of every batch, whatever the share, passed every test)."""
+    import metarec.update as U
+
+    draws = []
+
+    class Counting(U._TaskSampler):
+        def __init__(self, *a, negatives_of=None, **k):
+            super().__init__(*a, negatives_of=negatives_of, **k)
+            self.who = "all" if negatives_of is None else "feedback"
+
+        def sample(self, n, rng):
+            draws.append((self.who, n))
+            return super().sample(n, rng)
+
+    monkeypatch.setattr(U, "_TaskSampler", Counting)
+    pred = Predictor.load(run)
+    fb = pd.DataFrame(
+        {
+            "user_id": "u1",
+            "item_id": [r.item_id for r in likes_space()],
+            "rating": [r.rating for r in likes_space()],
+            "timestamp": pd.array([None] * 12, dtype="Int64"),
+        }
+    )
+    parts = sum(p is not None for p in (pred.model.rating_, pred.model.rank_))
+    assert parts == 2  # the shared run trains both a rating and a ranking model
+    for share, want in ((0.3, [("feedback", 3), ("all", 7)]), (1.0, [("feedback", 10)])):
+        draws.clear()
+        U.update(pred, fb, U.UpdateConfig(steps=2, meta_batch=10, feedback_share=share))
+        assert draws == want * 2 * parts, share  # every step of every part
+    draws.clear()
+    U.update(pred, fb, U.UpdateConfig(steps=2, meta_batch=10, feedback_share=0.0))
+    assert draws == [("all", 10)] * 2 * parts
+
+
 def test_merge_feedback_latest_row_wins(run):
     pred = Predictor.load(run)
     u0_items = set(pred.items.ids[pred.train.item_idx[pred.train.user_idx == 0]])

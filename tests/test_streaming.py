@@ -64,6 +64,18 @@ def test_index_log_rejects_unsorted_and_missing_columns(tmp_path):
         index_log(_write(tmp_path / "empty.parquet", [], []))
 
 
+def test_a_log_sorted_within_each_read_batch_only_is_refused(tmp_path):
+    """Users [1, 2 | 0, 3], one row group read 2 rows at a time: each batch is sorted, the
+    log is not. A batch's first user must not be smaller than the previous batch's last
+    (mutation audit, probe 147: checking within batches only indexed user 0 at row 3)."""
+    p = _write(tmp_path / "log.parquet", [1, 2, 0, 3], [0, 1, 2, 3], row_group_size=4)
+    with pytest.raises(MetarecError, match="not sorted by user_idx at row 3"):
+        index_log(p, batch_size=2)
+    # the same ids in user order are indexed
+    ix = index_log(_write(tmp_path / "ok.parquet", [0, 1, 2, 3], [2, 0, 1, 3]), batch_size=2)
+    assert ix.user_start.tolist() == [0, 1, 2, 3] and ix.user_count.tolist() == [1, 1, 1, 1]
+
+
 def _write_cols(path, row_group_size=3, write_statistics=True, **cols):
     """A log from arrow arrays (nulls, floats, wide ids, odd names), row groups of 3."""
     table = pa.table({k: pa.array(v) if isinstance(v, list) else v for k, v in cols.items()})

@@ -111,6 +111,48 @@ def test_resume_reaches_the_same_weights(problem, tmp_path):
         )
 
 
+def test_resume_keeps_a_best_step_older_than_the_checkpoint(problem, tmp_path):
+    """The checkpoint stores the best parameters and the step they came from, not the
+    parameters at the checkpoint's step: resumed, a run whose best evaluation lies before
+    the checkpoint returns that evaluation's parameters and step, as the uninterrupted run
+    does (mutation audit, probe 147: storing ``params`` as ``best`` or taking the resume
+    step as ``best_step`` passed every test, whose best was always the last evaluation)."""
+    split, feats = problem
+    # an absurd outer learning rate: the first evaluation (step 2) is the best, worse after
+    cfg = _cfg(outer_lr=1.0, eval_every=2, patience=100)
+    full = train(split, feats, SC, META, cfg, progress=False)
+    losses = [h["valid_loss"] for h in full.history]
+    assert full.best_step == 2 and min(losses) == losses[0] < losses[2]  # best before step 5
+    d = str(tmp_path / "ckpt")
+    train(split, feats, SC, META, cfg, progress=False, checkpoint_dir=d, stop_at=7)
+    assert load_checkpoint(d)[0] == 5  # resumed from step 5, after the best (step 2)
+    resumed = train(split, feats, SC, META, cfg, progress=False, checkpoint_dir=d, resume=True)
+    assert resumed.best_step == 2 and resumed.best_valid == full.best_valid
+    for k in full.params:
+        assert torch.equal(full.params[k], resumed.params[k]), k
+    # the best is not the checkpoint's (or the final) parameters
+    assert not torch.equal(resumed.params["mlp.0.w"], resumed.final_params["mlp.0.w"])
+
+
+def test_a_flat_validation_loss_keeps_the_first_evaluation(problem, monkeypatch):
+    """Only a strictly lower validation loss is an improvement: under a constant one the
+    first evaluation stays the best and training stops after ``patience`` more evaluations
+    (mutation audit, probe 147: ``<=`` moved the best to every tie and never stopped)."""
+    import metarec.train as T
+
+    split, feats = problem
+    monkeypatch.setattr(T, "_valid_loss", lambda *a, **k: 0.5)
+    res = train(split, feats, SC, META, _cfg(steps=20, eval_every=2, patience=3), progress=False)
+    assert res.best_step == 2 and res.best_valid == 0.5
+    assert res.stopped_early and res.steps_done == 2 + 3 * 2
+    assert [h["step"] for h in res.history] == [2, 4, 6, 8]
+    # the returned parameters are those after step 2, not the last step's
+    first = train(split, feats, SC, META, _cfg(steps=2, eval_every=2, patience=3), progress=False)
+    for k in first.final_params:
+        assert torch.equal(res.params[k], first.final_params[k]), k
+    assert not torch.equal(res.params["mlp.0.w"], res.final_params["mlp.0.w"])
+
+
 def test_ema_returns_and_judges_the_moving_average(problem, tmp_path):
     """TrainConfig.ema: after one step the average is ema·init + (1 − ema)·params; the
     validation loss (so the checkpoint early stopping keeps) is the average's; a resumed
