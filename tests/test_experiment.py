@@ -2278,6 +2278,11 @@ def test_results_record_the_data_code_and_threads_behind_the_figures(tiny_run, t
     assert doc["dataset"]["sha256"] == resume.data_hash(E.load_data(cfg))
     assert doc["environment"]["metarec_code_sha256"] == resume.code_hash()
     assert doc["environment"]["torch_threads"] == torch.get_num_threads()
+    # the processor and torch's kernel set: one code, data and package set gave the
+    # quickstart two MetaRec nDCG@10 figures on two machines (probe 149)
+    cpu = doc["environment"]["cpu"]
+    assert set(cpu) == {"model", "torch_capability"}
+    assert cpu["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     # the recorded config feeds back: left_out = [] (a run without --only) says nothing
     back = E.load_config(TINY, ["left_out=[]"])
     assert back.left_out == ()
@@ -2296,3 +2301,8 @@ def test_a_part_run_on_another_thread_count_is_not_reused(monkeypatch):
     one = resume.fingerprint(cfg, spec, 0, "d", env)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
     assert resume.fingerprint(cfg, spec, 0, "d", env) != one
+    monkeypatch.undo()
+    # nor one run on another processor's kernels (probe 149)
+    other = {**env, "cpu": {**env["cpu"], "torch_capability": "NO-SIMD"}}
+    assert resume.fingerprint(cfg, spec, 0, "d", other) != one
+    assert resume.fingerprint(cfg, spec, 0, "d", env) == one

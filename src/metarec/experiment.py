@@ -973,7 +973,34 @@ def environment() -> dict:
         "metarec_code_sha256": resume.code_hash(),
         # floats move in their last bits with the thread count (probe 140: 2 threads vs 1)
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_record(),
     }
+
+
+def cpu_record() -> dict:
+    """The processor behind the figures: its model name and the vector instruction set
+    torch's kernels use ("AVX512", "AVX2", ...). The same code, data and packages gave the
+    quickstart's MetaRec nDCG@10 0.1270 on one machine and 0.1112 on an AMD EPYC
+    (AVX512), where only the platform string told the records apart (probe 149): float
+    rounding differs with the kernels, and training amplifies it."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            model = next(
+                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                model,
+            )
+    except OSError:  # not Linux
+        pass
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # torch before 2.1
+        capability = None
+    return {"model": model, "torch_capability": capability}
 
 
 def _scenario_of(run: MethodRun) -> str:

@@ -121,6 +121,9 @@ def fingerprint(config, spec, seed: int, data: str, env: dict, features: str = "
         # a CUDA run differs from a CPU one (README), and float results move in their
         # last bits across machines: "auto" devices and another platform refit
         "platform": env.get("platform"),
+        # another processor's kernels round otherwise (probe 149: the quickstart's MetaRec
+        # nDCG@10 moved by 0.016 between two machines): its parts are not reused
+        "cpu": env.get("cpu"),
         "cuda": bool(torch.cuda.is_available()),
         # sums split over threads round differently: a part run on 2 threads differed
         # in its last bits from a 1-thread rerun, and --resume mixed them (probe 140)
