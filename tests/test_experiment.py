@@ -875,6 +875,42 @@ def test_results_json_is_strict_json(tiny_run):
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
 
 
+def test_a_baseline_whose_package_is_missing_is_said_before_any_training(monkeypatch):
+    # probe 149: a plain install without the baselines extra found implicit/lightfm
+    # missing per seed inside the fit, after the methods before it had trained; with
+    # fail_fast that was minutes of training before the stop
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "implicit" else real(name, *a)
+    )
+    cfg = E.load_config(TINY)
+    als = E.MethodSpec(name="ALS", kind="baseline", baseline="implicit_als")
+    cfg = dataclasses.replace(cfg, methods=(*cfg.methods, als), shots=(), seeds=(0,))
+
+    class Stopped(Exception):
+        pass
+
+    def stop(*a):  # the run's first step after the checks: it stops the run there
+        trained.append(1)
+        raise Stopped
+
+    trained = []
+    monkeypatch.setattr(E, "load_data", stop)
+    with pytest.raises(
+        MetarecError, match=r"method 'ALS' needs the 'implicit' package.*fail_fast: nothing"
+    ):
+        E.run(dataclasses.replace(cfg, fail_fast=True), None, progress=False)
+    assert not trained
+    with pytest.warns(
+        UserWarning, match="'ALS' needs the 'implicit' package.*recorded as a failed fit"
+    ):
+        with pytest.raises(Stopped):
+            E.run(cfg, None, progress=False)
+    assert trained  # without fail_fast the run goes on to its data
+
+
 def test_a_failed_fit_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     """A method that fails on one seed (a diverged loss) is left out of that seed's means
     and listed in results.json and the report; a method failing on every seed is absent

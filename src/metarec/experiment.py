@@ -650,6 +650,36 @@ def load_config(
     return check_config(config)
 
 
+# baselines whose package is an optional extra: (the module to find, its pip name)
+_OPTIONAL_BASELINES = {
+    "implicit_als": ("implicit", "implicit"),
+    "lightfm": ("lightfm", "lightfm-next"),
+}
+
+
+def _check_optional_packages(config: ExperimentConfig) -> None:
+    """A baseline whose package is not installed, said before any training: it was found
+    per seed inside the fit, after the methods before it had trained (probe 149). With
+    fail_fast that is an error now; otherwise a warning, and the method is recorded as a
+    failed fit, as before."""
+    import importlib.util
+
+    for m in config.methods:
+        name = m.baseline or m.name
+        if m.kind != "baseline" or name not in _OPTIONAL_BASELINES:
+            continue
+        module, package = _OPTIONAL_BASELINES[name]
+        if importlib.util.find_spec(module) is not None:
+            continue
+        said = (
+            f"method {m.name!r} needs the {package!r} package, which is not installed: "
+            "pip install 'metarec[baselines]'"
+        )
+        if config.fail_fast:
+            raise MetarecError(f"{said} (fail_fast: nothing was trained)")
+        warnings.warn(f"{said}; it will be recorded as a failed fit", stacklevel=3)
+
+
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
     """Every method's settings checked now, not when the run reaches that method (where a
     bad one would fail, be left out of the tables as a failure, and exit 0)."""
@@ -1780,6 +1810,7 @@ def run(
                 f"--out {held} is another run's {parts.PARTIAL_DIR}/ folder (its kept "
                 "parts); give the run's own folder or a new one"
             )
+    _check_optional_packages(config)
     if out_dir is not None:
         from metarec.report import plots_missing
 
