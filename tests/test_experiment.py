@@ -899,7 +899,7 @@ def test_a_baseline_whose_package_is_missing_is_said_before_any_training(monkeyp
     trained = []
     monkeypatch.setattr(E, "load_data", stop)
     with pytest.raises(
-        MetarecError, match=r"method 'ALS' needs the 'implicit' package.*fail_fast: nothing"
+        MetarecError, match=r"method 'ALS' needs the 'implicit' package, not.*fail_fast: nothing"
     ):
         E.run(dataclasses.replace(cfg, fail_fast=True), None, progress=False)
     assert not trained
@@ -2317,7 +2317,7 @@ def test_results_record_the_data_code_and_threads_behind_the_figures(tiny_run, t
     # the processor and torch's kernel set: one code, data and package set gave the
     # quickstart two MetaRec nDCG@10 figures on two machines (probe 149)
     cpu = doc["environment"]["cpu"]
-    assert set(cpu) == {"model", "torch_capability"}
+    assert set(cpu) == {"model", "machine", "torch_capability"}
     assert cpu["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     # the recorded config feeds back: left_out = [] (a run without --only) says nothing
     back = E.load_config(TINY, ["left_out=[]"])

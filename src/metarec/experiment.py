@@ -664,20 +664,27 @@ def _check_optional_packages(config: ExperimentConfig) -> None:
     failed fit, as before."""
     import importlib.util
 
+    missing = []  # (method, package)
     for m in config.methods:
         name = m.baseline or m.name
         if m.kind != "baseline" or name not in _OPTIONAL_BASELINES:
             continue
         module, package = _OPTIONAL_BASELINES[name]
-        if importlib.util.find_spec(module) is not None:
-            continue
-        said = (
-            f"method {m.name!r} needs the {package!r} package, which is not installed: "
-            "pip install 'metarec[baselines]'"
+        if importlib.util.find_spec(module) is None:
+            missing.append((m.name, package))
+    if config.fail_fast and missing:
+        # every one at once: named one by one, each install and rerun met the next
+        said = "; ".join(f"method {m!r} needs the {p!r} package" for m, p in missing)
+        raise MetarecError(
+            f"{said}, not installed: pip install 'metarec[baselines]' (fail_fast: nothing "
+            "was trained)"
         )
-        if config.fail_fast:
-            raise MetarecError(f"{said} (fail_fast: nothing was trained)")
-        warnings.warn(f"{said}; it will be recorded as a failed fit", stacklevel=3)
+    for m, package in missing:
+        warnings.warn(
+            f"method {m!r} needs the {package!r} package, which is not installed: pip "
+            "install 'metarec[baselines]'; it will be recorded as a failed fit",
+            stacklevel=3,
+        )
 
 
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -1008,29 +1015,36 @@ def environment() -> dict:
 
 
 def cpu_record() -> dict:
-    """The processor behind the figures: its model name and the vector instruction set
-    torch's kernels use ("AVX512", "AVX2", ...). The same code, data and packages gave the
-    quickstart's MetaRec nDCG@10 0.1270 on one machine and 0.1112 on an AMD EPYC
-    (AVX512), where only the platform string told the records apart (probe 149): float
-    rounding differs with the kernels, and training amplifies it."""
+    """The processor behind the figures: its model name, architecture and the vector
+    instruction set torch's kernels use ("AVX512", "AVX2", ...). The same code, data and
+    packages gave the quickstart's MetaRec nDCG@10 0.1270 on one machine and 0.1112 on an
+    AMD EPYC (AVX512), where only the platform string told the records apart (probe 149):
+    float rounding differs with the machine, and training amplifies it."""
     import platform
 
     import torch
 
-    model = platform.processor() or None
+    model = None
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            model = next(
-                (ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                model,
-            )
+            for line in fh:
+                key, _, value = line.partition(":")
+                # x86's "model name"; ARM Linux names its core by implementer and part
+                if key.strip() in ("model name", "Hardware", "CPU part") and value.strip():
+                    model = value.strip()
+                    if key.strip() == "model name":
+                        break
     except OSError:  # not Linux
         pass
     try:
         capability = torch.backends.cpu.get_cpu_capability()
     except AttributeError:  # torch before 2.1
         capability = None
-    return {"model": model, "torch_capability": capability}
+    return {
+        "model": model or platform.processor() or None,
+        "machine": platform.machine() or None,
+        "torch_capability": capability,
+    }
 
 
 def _scenario_of(run: MethodRun) -> str:
