@@ -32,8 +32,9 @@ def _cpu_way_out(device: object) -> str:
 
 
 def _unknown_items_note(stats: dict) -> str:
-    """ " (N support rows name items outside the catalogue, first '7'; the catalogue has
-    '007': ids are compared as written)", or "" where every support item was known."""
+    """What the support's unknown items were, for an error about one of its users: "
+    (across the support, N rows name items outside the catalogue, first '7'; the
+    catalogue has '007': ids are compared as written)", or "" where all were known."""
     n = stats.get("unknown_support_items", 0)
     if not n:
         return ""
