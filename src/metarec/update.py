@@ -160,18 +160,17 @@ def merge_feedback(
     # item outside the catalogue (another run's, in a shared store) refused the whole
     # update, though it would never be used (probe 141); the first bad row is named
     ratings = fb["rating"].to_numpy(np.float64)
-    # the row check_values names: a non-finite value first, as it says that first
-    bad = ~np.isfinite(ratings)
-    if not bad.any():
-        bad = np.isin(ratings, pred.unfit_values(ratings))
-    if bad.any():
+    try:
+        pred.check_values(ratings, what)
+    except MetarecError as err:
+        # the row check_values names: a non-finite value first, as it says that first
+        bad = ~np.isfinite(ratings)
+        if not bad.any():
+            bad = np.isin(ratings, pred.unfit_values(ratings))
         first = int(np.flatnonzero(bad)[0])
-        try:
-            pred.check_values(ratings, what)
-        except MetarecError as err:
-            raise MetarecError(
-                f"{err} (first: user {fb['user_id'][first]!r}, item {fb['item_id'][first]!r})"
-            ) from None
+        raise MetarecError(
+            f"{err} (first: user {fb['user_id'][first]!r}, item {fb['item_id'][first]!r})"
+        ) from None
     user_ids = fb["user_id"].astype(str).to_numpy(object)
     new = [u for u in pd.unique(user_ids) if u not in pred.users]
     users = IdMap(np.concatenate([pred.users.ids, np.asarray(new, dtype=object)]))

@@ -221,6 +221,7 @@ def read_delimited(
 
 
 _SEPARATORS = (("\t", "tab"), (";", "semicolon"), ("|", "pipe"), (",", "comma"))
+_SEPARATOR_NAMES = dict(_SEPARATORS)
 
 
 def _header_hint(text: str, names: list[str] | None, sep: str) -> str:
@@ -239,7 +240,7 @@ def _header_hint(text: str, names: list[str] | None, sep: str) -> str:
     if first.lower().startswith("sep=") and len(first) <= 6:
         return f"; the first line, {first!r}, is Excel's separator line: remove it"
     if sep not in first:
-        own = dict(_SEPARATORS).get(sep, repr(sep))
+        own = _SEPARATOR_NAMES.get(sep, repr(sep))
         for other, name in _SEPARATORS:
             if other != sep and other in first:
                 return (
@@ -364,7 +365,7 @@ def _one_column_hint(frame: pd.DataFrame) -> str:
     name = str(frame.columns[0])
     for other, word in _SEPARATORS:
         if other != spec[0] and other in name:
-            own = dict(_SEPARATORS).get(spec[0], repr(spec[0]))
+            own = _SEPARATOR_NAMES.get(spec[0], repr(spec[0]))
             return f"; its header looks {word}-separated, and it was read {own}-separated"
     return ""
 
