@@ -432,7 +432,8 @@ def test_feedback_store_concurrent_writers(tmp_path):
     assert store.count() == 8 * 10 * 5
     assert [r.item_id for r in store.get("w3")] == [f"it{i}" for i in range(5)] * 10
     f = store.frame()
-    assert list(f.columns) == ["user_id", "item_id", "rating", "timestamp"] and len(f) == 400
+    assert list(f.columns) == ["user_id", "item_id", "rating", "timestamp", "seq"]
+    assert len(f) == 400 and f["seq"].tolist() == list(range(1, 401))  # numbered as stored
 
 
 # --- caching and purity -------------------------------------------------------------------

@@ -76,12 +76,32 @@ def test_update_writes_a_run_that_moves_toward_the_feedback(run, tmp_path, capsy
     assert record["steps"] == 15
     # every setting the result depends on: two seeds gave two models with one record
     assert {"seed", "meta_batch", "feedback_share", "outer_lr"} <= record.keys()
+    # the store and the last row read, so that a later update knows what is folded in
+    assert record["feedback_store"] == store.store_id() and record["feedback_through"] == 26
     # a second update keeps the first's record: "updates" lists both, "update" the latest
+    store.add("late", [FeedbackRow("it3", 2.0, None), FeedbackRow("it5", 4.0, None)])
     run3 = tmp_path / "RUN3"
     again = ["update", "--run", str(run2), "--feedback", str(tmp_path / "fb"), "--out", str(run3)]
     assert main([*again, "--steps", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # every stored row merges again, but only "late" has rows RUN2 lacks
+    assert report["feedback_rows"] == 28 and report["feedback_rows_new"] == 2
+    assert report["feedback_users"] == 1 and report["new_users"] == 1
+    assert report["replaced_training_rows"] == 0  # "late" had no training rows
     meta = json.loads((run3 / "meta.json").read_text())
     assert [u["steps"] for u in meta["updates"]] == [15, 2] and meta["update"]["steps"] == 2
+    assert [u["feedback_through"] for u in meta["updates"]] == [26, 28]
+    # RUN3's log is RUN2's with late's two rows: the rows RUN2 folded in are not doubled
+    assert len(Predictor.load(run3).train) == len(after.train) + 2
+    # nothing stored since RUN3's update: refused, nothing written
+    run4 = tmp_path / "RUN4"
+    argv = ["update", "--run", str(run3), "--feedback", str(tmp_path / "fb"), "--out", str(run4)]
+    assert main(argv) == 2
+    assert "no row stored since the update that wrote this RUN" in capsys.readouterr().err
+    assert not run4.exists()
+    # from RUN, which no update of this store wrote, every row is new again
+    assert main([*argv[:2], str(run), *argv[3:], "--steps", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["feedback_rows_new"] == 28
 
 
 def test_feedback_share_sets_how_many_of_each_meta_batch_are_feedback_users(run, monkeypatch):
@@ -142,6 +162,78 @@ def test_merge_feedback_latest_row_wins(run):
     x = users.index("x")
     assert train.timestamp[train.user_idx == x].tolist() == [7]
     assert sorted(fb_users.tolist()) == [0, x]
+
+
+def test_merge_feedback_after_an_earlier_update_emphasises_only_the_new_rows_users(run):
+    """``since``: rows through it were folded in by an earlier update. They merge again,
+    by the one rule for a user's rows (a new row timed before a folded one of its item
+    does not replace it, as the server keeps the newest), but the feedback users are
+    those with rows after it, and the counts say what is new."""
+    pred = Predictor.load(run)
+    fb = pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b", "a", "c"],
+            "item_id": ["it1", "it2", "it3", "it1", "nowhere"],
+            "rating": [5.0, 4.0, 2.0, 1.0, 3.0],
+            "timestamp": pd.array([900, 900, None, 800, None], dtype="Int64"),
+            "seq": [1, 2, 3, 4, 5],
+        }
+    )
+    with pytest.warns(UserWarning, match="outside the RUN's catalogue"):
+        users, train, fb_users, counts = merge_feedback(pred, fb, since=3)
+    # a's row 4 is new; b has none after 3; c's only row names no item of the catalogue
+    assert fb_users.tolist() == [users.index("a")]
+    assert counts["feedback_rows_new"] == 2 and counts["feedback_users"] == 1
+    assert counts["feedback_rows"] == 5 and counts["feedback_rows_used"] == 3
+    a_it1 = (train.user_idx == users.index("a")) & (train.item_idx == pred.items.index("it1"))
+    assert train.rating[a_it1].tolist() == [5.0]  # the newer row 1, folded before, stays
+    assert (train.user_idx == users.index("b")).sum() == 1  # b's row merges all the same
+    with pytest.raises(MetarecError, match="no row stored since the update .* number 5"):
+        merge_feedback(pred, fb, since=5)
+    with pytest.raises(MetarecError, match="all 1 rows stored since .* outside the catalogue"):
+        with pytest.warns(UserWarning):
+            merge_feedback(pred, fb, since=4)
+    with pytest.raises(MetarecError, match="column 'seq' is missing"):
+        merge_feedback(pred, fb.drop(columns="seq"), since=1)
+
+
+def test_an_update_counts_only_the_marks_of_its_own_store():
+    """update._folded_through: the last row an earlier update read from *this* store; a
+    record of another store, one without a store id, or a hand-edited mark sets none."""
+    from metarec.update import _folded_through
+
+    records = [
+        {"feedback_store": "aa", "feedback_through": 7},
+        {"feedback_store": "bb", "feedback_through": 40},
+        {"feedback_store": "aa", "feedback_through": 12},
+        {"feedback_store": "aa", "feedback_through": "99"},
+        {"steps": 100},  # an update from before marks were kept
+        "junk",
+    ]
+    assert _folded_through(records, "aa") == 12 and _folded_through(records, "bb") == 40
+    assert _folded_through(records, "cc") == 0 and _folded_through(records, None) == 0
+
+
+def test_a_store_keeps_its_id_and_a_store_made_again_gets_another(tmp_path):
+    first = FeedbackStore(tmp_path / "fb")
+    sid = first.store_id()
+    assert re.fullmatch(r"[0-9a-f]{32}", sid)
+    first.add("u", [FeedbackRow("it1", 4.0, None)])
+    assert FeedbackStore(tmp_path / "fb").store_id() == sid  # opened again for writing
+    assert FeedbackStore(tmp_path / "fb", read_only=True).store_id() == sid
+    (tmp_path / "fb" / "feedback.sqlite3").unlink()
+    again = FeedbackStore(tmp_path / "fb")
+    assert again.store_id() not in (None, sid)
+    # a store from before ids were kept, only read since: no id, so no update marks it
+    import sqlite3
+
+    old = tmp_path / "old.sqlite3"
+    with sqlite3.connect(old) as con:
+        con.execute(
+            "CREATE TABLE feedback (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT, "
+            "item_id TEXT, rating REAL, timestamp INTEGER, received_at REAL)"
+        )
+    assert FeedbackStore(old, read_only=True).store_id() is None
 
 
 def test_feedback_on_items_outside_the_catalogue_is_left_out_with_a_warning(run):

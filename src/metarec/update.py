@@ -12,7 +12,11 @@ of dynamic update. It does two things, and writes a new RUN atomically:
    the RUN's meta-parameters for ``steps`` outer steps, on episodes drawn half from the
    feedback users' histories and half from everyone's (so the model moves toward the new
    tasks without forgetting the old ones), with the same episode sampler, labels and
-   negatives as ``fit``. Feature matrices and the known-item set stay as fitted.
+   negatives as ``fit``. The feedback users are those with rows the RUN has not folded in:
+   an update records the store's id and the last row it read, and a later update of its
+   result from the same store merges every row again (their values are in the log
+   already) but draws the feedback share from users with rows stored after that one.
+   Feature matrices and the known-item set stay as fitted.
 
 The report gives, per part, the mean post-adaptation query loss on the feedback users' tasks
 (first K of their history as support, the rest as query) before and after. These tasks are
@@ -108,17 +112,31 @@ def _domain_names(pred: Predictor) -> list[str]:
 
 
 def merge_feedback(
-    pred: Predictor, feedback: pd.DataFrame, what: str = "feedback"
+    pred: Predictor, feedback: pd.DataFrame, what: str = "feedback", since: int = 0
 ) -> tuple[IdMap, Interactions, np.ndarray, dict]:
     """(users with new ones appended, training log with the feedback folded in, indices of
-    the feedback users, counts). ``feedback``: user_id, item_id, rating, timestamp (nullable).
-    ``what`` names the feedback's source in a refusal of its values."""
-    for col in ("user_id", "item_id", "rating"):
+    the feedback users, counts). ``feedback``: user_id, item_id, rating, timestamp (nullable),
+    and with ``since`` > 0 seq (the store's row numbers). ``what`` names the feedback's
+    source in a refusal of its values.
+
+    ``since``: the last row an earlier update of this RUN folded in from this store. Every
+    row is merged all the same (so the log follows the server's one rule for a user's rows,
+    whatever update folded which), but the feedback users, whose tasks the update draws
+    ``feedback_share`` of each batch from, are those with rows after it."""
+    for col in ("user_id", "item_id", "rating", *(("seq",) if since else ())):
         if col not in feedback.columns:
             raise MetarecError(f"feedback: column {col!r} is missing")
     if feedback.empty:
         raise MetarecError("feedback: the store is empty, nothing to update from")
     fb = feedback.reset_index(drop=True)
+    # (n_fb,) bool: rows no earlier update of this RUN has folded in
+    fresh = fb["seq"].to_numpy(np.int64) > since if since else np.ones(len(fb), dtype=bool)
+    if not fresh.any():
+        raise MetarecError(
+            f"feedback: no row stored since the update that wrote this RUN (it folded the "
+            f"store's rows through number {since}): nothing new to update from (update the "
+            "RUN that update started from to fold them in again)"
+        )
     # the ids as every other path reads them (stripped, not empty, no control character):
     # a store written through the Python FeedbackStore could hold " u0 " (a new user beside
     # "u0"), "" or "a\nb", which went into the RUN's user ids as they were
@@ -154,8 +172,14 @@ def merge_feedback(
             stacklevel=2,
         )
     fb, item_idx = fb[known].reset_index(drop=True), item_idx[known]
+    n_fresh, fresh = int(fresh.sum()), fresh[known]
     if fb.empty:
         raise MetarecError(f"feedback: all {n_unknown} rows name items outside the catalogue")
+    if not fresh.any():
+        raise MetarecError(
+            f"feedback: all {n_fresh} rows stored since the update that wrote this RUN name "
+            "items outside the catalogue: nothing new to update from"
+        )
     # the values of the rows used, once the rows left out are: one out-of-scale row on an
     # item outside the catalogue (another run's, in a shared store) refused the whole
     # update, though it would never be used (probe 141); the first bad row is named
@@ -211,16 +235,21 @@ def merge_feedback(
     merged = Interactions.concat([train.take(~replaced), rows])
     counts = {
         "feedback_rows": len(feedback),
+        # the rows after the mark of an earlier update of this RUN (all, without one)
+        "feedback_rows_new": n_fresh,
         "feedback_rows_unknown_item": n_unknown,
         # the rows folded in: one per (user, item), its newest; the stored count above
         # includes the older repeats, which read as if they were folded in too
         "feedback_rows_used": len(rows),
-        "feedback_users": int(len(np.unique(user_idx))),
+        # users with new rows: those the update emphasises
+        "feedback_users": int(len(np.unique(user_idx[fresh]))),
         "new_users": len(new),
-        # training rows only (feedback rows that repeat an item are not counted here)
-        "replaced_training_rows": int(replaced.sum()),
+        # training rows only (feedback rows that repeat an item are not counted here), and
+        # those of the new rows' (user, item) pairs: after an earlier update the rows it
+        # folded in replace themselves in this RUN's log, with the values they hold
+        "replaced_training_rows": int(np.isin(tr_key, fb_key[fresh]).sum()),
     }
-    return users, merged, np.unique(user_idx), counts
+    return users, merged, np.unique(user_idx[fresh]), counts
 
 
 def update(
@@ -228,13 +257,27 @@ def update(
     feedback: pd.DataFrame,
     cfg: UpdateConfig | None = None,
     what: str = "feedback",
+    store: str | None = None,
 ) -> tuple[Predictor, dict]:
     """A new Predictor with the feedback folded in and meta-training continued (``what``
-    names the feedback's source in a refusal of its values)."""
+    names the feedback's source in a refusal of its values).
+
+    ``store``: the id of the store ``feedback`` is (``FeedbackStore.store_id``; its frame
+    holds ``seq``). The record then keeps the last row read, and an update of the result
+    from the same store emphasises only the users with rows stored after it."""
     from metarec.model import MetaRecommender, _as_likes, _in_rating_units, episode_sizes
 
     cfg = cfg or UpdateConfig()
-    users, train, fb_users, report = merge_feedback(pred, feedback, what)
+    earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
+    marked = store is not None and "seq" in feedback.columns and len(feedback) > 0
+    since = _folded_through(earlier, store) if marked else 0
+    users, train, fb_users, report = merge_feedback(pred, feedback, what, since)
+    if marked:
+        report = {
+            **report,
+            "feedback_store": store,
+            "feedback_through": int(feedback["seq"].max()),
+        }
     n_old, n_new = len(pred.users), len(users)
     state_cfg, tensors = pred.model.state()
     tensors = dict(tensors)
@@ -280,7 +323,6 @@ def update(
     }
     # every update in order ("update" is the latest alone, and a second update's record
     # replaced the first's)
-    earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
     info = {
         **{k: v for k, v in pred.info.items() if k != "item_domains"},
         **_log_counts(pred, users, train),
@@ -288,6 +330,20 @@ def update(
         "updates": [*earlier, record],
     }
     return Predictor(model, users, pred.items, pred.item_domain, train, info), report
+
+
+def _folded_through(records: list, store: str | None) -> int:
+    """The last row of ``store`` that an update in ``records`` (the RUN's ``updates``)
+    folded in; 0 where none read it (or ``store`` is None: a store with no id)."""
+    marks = [
+        r["feedback_through"]
+        for r in records
+        if isinstance(r, dict)
+        and store is not None
+        and r.get("feedback_store") == store
+        and type(r.get("feedback_through")) is int  # a hand-edited meta.json: no mark
+    ]
+    return max(marks, default=0)
 
 
 def _log_counts(pred: Predictor, users, train) -> dict:
@@ -421,7 +477,9 @@ def update_run(
     # rows stored before /feedback checked values would otherwise surface as "meta-loss
     # is inf": merge_feedback names them (those it uses: rows on items outside the
     # catalogue are left out first)
-    new, report = update(pred, frame, cfg, what=f"{feedback_db}: stored feedback")
+    new, report = update(
+        pred, frame, cfg, what=f"{feedback_db}: stored feedback", store=store.store_id()
+    )
     _smoke_test(new.model)  # as a load would: nothing is written that cannot serve
     new.save(out)
     # each part's member count, as fit's summary gives it: every member was updated

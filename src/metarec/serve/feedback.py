@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_user ON feedback (user_id, seq);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT OR IGNORE INTO store_meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));
 """
 DEFAULT_NAME = "feedback.sqlite3"
 _CREATE_LOCK = threading.Lock()  # re-creating a deleted store file: one thread at a time
@@ -279,26 +280,42 @@ class FeedbackStore:
             f"read here as {tag} (a stored 'played' 1 as a one-star rating)"
         )
 
+    def store_id(self) -> str | None:
+        """The store's own id: 32 random hex digits written when the store is made, or
+        first opened for writing by a version that writes one (None: a store from before,
+        only read since). `metarec update` records it with the last row it read, so that an
+        update of its RUN from the same store tells the rows folded in already from new
+        ones; a store made again at the same path is another store."""
+        with self._connect() as con:
+            try:
+                row = con.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+            except sqlite3.OperationalError:  # no store_meta table: a store from before
+                return None
+        return None if row is None else str(row[0])
+
     def count(self) -> int:
         with self._connect() as con:
             return int(con.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 
     def frame(self) -> pd.DataFrame:
-        """Every row: user_id, item_id, rating, timestamp (nullable Int64), in stored order."""
+        """Every row: user_id, item_id, rating, timestamp (nullable Int64), and seq (int64, the
+        row's number in the store: rows are numbered as stored, from 1, and a number is
+        never used again), in stored order."""
         with self._connect() as con:
             rows = con.execute(
-                "SELECT user_id, item_id, rating, timestamp FROM feedback ORDER BY seq"
+                "SELECT user_id, item_id, rating, timestamp, seq FROM feedback ORDER BY seq"
             ).fetchall()
         # each row checked as get() checks it (one rule, one message: StoreDamaged names
         # the store and the value); SQLite keeps whatever a column was given, and rows
         # written by /feedback are always numbers
-        checked = [_checked(self.path, i, r, t) for _, i, r, t in rows]
+        checked = [_checked(self.path, i, r, t) for _, i, r, t, _ in rows]
         return pd.DataFrame(
             {
-                "user_id": pd.Series([str(u) for u, _, _, _ in rows], dtype=object),
+                "user_id": pd.Series([str(row[0]) for row in rows], dtype=object),
                 "item_id": pd.Series([c.item_id for c in checked], dtype=object),
                 "rating": pd.Series([c.rating for c in checked], dtype="float64"),
                 "timestamp": pd.array([c.timestamp for c in checked], dtype="Int64"),
+                "seq": pd.Series([int(row[4]) for row in rows], dtype="int64"),
             }
         )
 
