@@ -415,6 +415,11 @@ def test_a_reused_part_was_scored_at_every_cut_off_the_run_computes():
     same = {"methods": [*base["methods"], {"name": "item_mean"}]}
     c = E.ExperimentConfig.from_dict(same)
     assert resume.fingerprint(a, spec, 0, "d", {}) == resume.fingerprint(c, spec, 0, "d", {})
+    # the paired intervals are drawn from the parts at report time: no refit
+    d = E.ExperimentConfig.from_dict({**base, "paired_bootstrap": 500})
+    assert resume.fingerprint(a, spec, 0, "d", {}) == resume.fingerprint(d, spec, 0, "d", {})
+    e = E.ExperimentConfig.from_dict({**base, "bootstrap": 500})  # the parts' own CIs: refit
+    assert resume.fingerprint(a, spec, 0, "d", {}) != resume.fingerprint(e, spec, 0, "d", {})
 
 
 def test_a_part_run_under_only_is_reused_by_the_full_run_and_back(tmp_path):
@@ -635,6 +640,7 @@ def test_model_keys_evaluate_sets_itself_or_cannot_run_fail_at_load(monkeypatch)
         ("bootstrap = -5", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
         ("bootstrap = 2", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
         ("bootstrap = 1000000000", "bootstrap must be 0 (no CIs) or 100 to 100,000"),
+        ("paired_bootstrap = 50", "paired_bootstrap must be 0 (no CIs) or 100 to 100,000"),
         ('[[methods]]\nname = ""', "a method name must be a non-empty string"),
         ('[[methods]]\nname = "Meta, small"\nkind = "meta"', "has a comma or a non-printing"),
         ('[[methods]]\nname = "two\\nlines"\nkind = "meta"', "has a comma or a non-printing"),
@@ -1197,6 +1203,33 @@ def test_a_threshold_off_the_scale_or_an_unscorable_selection_fails_before_train
     monkeypatch.setattr(E, "fit_method", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(MetarecError, match=re.escape(named)):
         E.run(cfg, None, progress=False)
+
+
+def test_an_item_the_full_ranking_leaves_out_is_not_relevant(tmp_path):
+    """A relevant query item the ranking excludes (warm with re-ratings kept: the user
+    rated it before, so it is in their training history) can never be found: it counted
+    relevant, a certain miss that held Recall below 1 for a perfect ranker (probe 154).
+    With every relevant item excluded, the (full) metrics are undefined for the user."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]"], only=["popularity"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    t = next(t for t in split.test if (t.query.rating >= 4).sum() >= 2)
+    relevant = t.query.item_idx[t.query.rating >= 4]
+
+    class Perfect(Popularity):
+        def rank_scores_batch(self, tasks, items):  # the user's relevant items first
+            return np.stack([np.isin(items, relevant).astype(np.float64) for _ in tasks])
+
+    rec = Perfect().fit(ds, split.train, None)
+    for excluded, want in ((relevant[:1], 1.0), (relevant, None)):
+        res = evaluation.evaluate(
+            rec, ds, [t], bootstrap=0, ks=(20,), exclude={t.user_idx: excluded}
+        )
+        got = res.per_user["Recall@20 (full)"][0]
+        assert np.isnan(got) if want is None else got == want, (excluded, got)
+    # the protocol's count of users with nothing to find says so too
+    assert E._no_relevant([t], 4.0, {t.user_idx: relevant}) == 1
+    assert E._no_relevant([t], 4.0, {t.user_idx: relevant[:1]}) == 0
 
 
 def test_warm_full_ranking_leaves_out_the_users_training_history(tmp_path):

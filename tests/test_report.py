@@ -420,3 +420,59 @@ def test_the_protocol_line_says_when_queries_hold_fewer_than_q():
     assert "107 users with one: their nDCG (query) is undefined and left out)" in (
         report.render_markdown(implicit, {})
     )
+
+
+def test_a_column_whose_users_differ_between_methods_says_so():
+    """Precision is undefined for a user a method predicts no positive for, so each
+    method's cell averaged over its own users while the bold compared them as like with
+    like (probe 154: 126 against 104 of 189 users). The report names the counts."""
+    res = _users_results([[0.2, 0.4, 0.6, 0.8]], [[0.1, 0.3, 0.5, 0.7]])
+    res = dataclasses.replace(res, protocol={**res.protocol, "test_users": 4})
+    runs = []
+    for r in res.runs:  # Meta predicts no positive for one user, Base for two
+        gone = 1 if r.method == "Meta" else 2
+        v = np.r_[np.full(gone, np.nan), np.linspace(0.5, 0.9, 4 - gone)]
+        per_user = {**r.result.per_user, "RMSE": v}
+        n_users = {**r.result.n_users, "RMSE": 4 - gone}
+        metrics = {**r.result.metrics, "RMSE": float(np.nanmean(v))}
+        runs.append(
+            dataclasses.replace(
+                r,
+                result=dataclasses.replace(
+                    r.result, per_user=per_user, n_users=n_users, metrics=metrics
+                ),
+            )
+        )
+    res = dataclasses.replace(res, runs=tuple(runs))
+    said = report.uneven_users(res, res.summary(), ["RMSE", NDCG])
+    assert said.startswith("RMSE averages over different users for each method")
+    assert "(Meta 3, Base 2 of 4 test users, seed 0)" in said
+    assert "paired table below" in said and NDCG not in said  # nDCG's users agree
+    assert said in report.render_markdown(res, {})
+    even = report.uneven_users(res, res.summary(), [NDCG])
+    assert even == ""
+
+
+def test_paired_differences_take_their_own_number_of_resamples():
+    """paired_bootstrap (10,000) sets the paired intervals' resamples: at bootstrap's
+    1,000 their ends moved by about 0.001 between bootstrap seeds, the size of the gaps
+    they judge (probe 154). 0 in either key turns them off."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0, 1, 60)
+    res = _users_results([base + rng.normal(0.01, 0.1, 60)], [base])
+    with_n = {
+        n: dataclasses.replace(res, config=dataclasses.replace(res.config, paired_bootstrap=n))
+        for n in (100, 10_000)
+    }
+    got = {n: r.paired()["Base"][NDCG] for n, r in with_n.items()}
+    d = np.asarray(res.runs[0].result.per_user[NDCG]) - base
+    assert got[100]["mean"] == got[10_000]["mean"] == pytest.approx(d.mean())
+    assert got[100]["ci95"] != got[10_000]["ci95"]
+    # the 10,000 resamples' interval against a large independent bootstrap of the same mean
+    draws = np.random.default_rng(9).integers(0, 60, size=(200_000, 60))
+    want = np.percentile(d[draws].mean(1), [2.5, 97.5])
+    assert np.allclose(got[10_000]["ci95"], want, atol=0.001)
+    assert res.config.paired_bootstrap == 10_000  # the default
+    for off in ({"paired_bootstrap": 0}, {"bootstrap": 0}):
+        none = dataclasses.replace(res, config=dataclasses.replace(res.config, **off))
+        assert none.paired() == {}

@@ -296,7 +296,10 @@ def evaluate(
                 ranked = cand[order[j][~excluded]]  # (n_cand - |support ∩ cand|,)
                 q = t.query
                 relevant = q.item_idx[liked(q.rating)]
-                relevant = relevant[np.isin(relevant, cand)]
+                # what the ranking can hold: a candidate, not excluded. A query item the
+                # user had rated before (the warm protocol with re-ratings kept excludes
+                # their whole training history) was relevant and a certain miss
+                relevant = relevant[np.isin(relevant, cand) & ~np.isin(relevant, seen)]
                 top = ranked[:kmax]
                 for k in ks:
                     col(f"HR@{k} (full)")[i] = M.hr_at_k(top, relevant, k)

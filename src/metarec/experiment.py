@@ -221,6 +221,11 @@ class ExperimentConfig:
     # threshold set there is warned about, check_against_data)
     threshold: float = _DEFAULT_THRESHOLD
     bootstrap: int = 1000
+    # resamples of the paired differences the verdict and the paired table judge: at 1,000
+    # an interval's ends moved by about 0.001 between bootstrap seeds, the size of gaps
+    # judged at 4 decimals (probe 154); there are few of them (one per method and metric
+    # at the main K), so 10,000 costs seconds
+    paired_bootstrap: int = 10_000
     # a method whose fit fails (a diverged loss, a singular solve) is recorded as failed on
     # that seed and the run goes on; true = stop the whole experiment at the first failure
     fail_fast: bool = False
@@ -245,13 +250,15 @@ class ExperimentConfig:
         if len(set(self.seeds)) < len(self.seeds):
             # a repeated seed repeats a run exactly: its "std over seeds" would be fake
             raise MetarecError(f"experiment: seeds repeat ({list(self.seeds)})")
-        if self.bootstrap < 0 or 0 < self.bootstrap < 100 or self.bootstrap > MAX_BOOTSTRAP:
-            # a handful of resamples gave a "95% CI" such as [0.4167, 0.4167] around a
-            # mean of 0.2639; 1e9 was taken and ran for hours with no output
-            raise MetarecError(
-                "experiment: bootstrap must be 0 (no CIs) or 100 to "
-                f"{MAX_BOOTSTRAP:,} resamples, got {self.bootstrap}"
-            )
+        for key in ("bootstrap", "paired_bootstrap"):
+            n = getattr(self, key)
+            if n < 0 or 0 < n < 100 or n > MAX_BOOTSTRAP:
+                # a handful of resamples gave a "95% CI" such as [0.4167, 0.4167] around a
+                # mean of 0.2639; 1e9 was taken and ran for hours with no output
+                raise MetarecError(
+                    f"experiment: {key} must be 0 (no CIs) or 100 to "
+                    f"{MAX_BOOTSTRAP:,} resamples, got {n}"
+                )
         if min(self.shots, default=1) < 1:
             raise MetarecError(f"experiment: shots must be >= 1, got {list(self.shots)}")
         if len(set(self.shots)) < len(self.shots):
@@ -887,20 +894,21 @@ class Results:
 
     def paired(self) -> dict:
         """Main table, default − each other method, per metric over the same users:
-        method -> metric -> {"mean", "ci95"} (:func:`paired_difference`); {} without a
-        default in the run or without bootstrap."""
+        method -> metric -> {"mean", "ci95"} (:func:`paired_difference`, ``paired_bootstrap``
+        resamples); {} without a default in the run, or where either bootstrap is 0."""
         if "paired" not in self._summaries:
             out: dict = {}
             dm = self.default_method
             mine = self.runs_of(dm, self.main_k) if dm else []
-            if mine and self.config.bootstrap > 0:
+            n_boot = self.config.paired_bootstrap if self.config.bootstrap > 0 else 0
+            if mine and n_boot > 0:
                 for name in self.methods():
                     theirs = self.runs_of(name, self.main_k)
                     if name == dm or not theirs:
                         continue
                     cells = {}
                     for metric in mine[0].result.per_user:
-                        got = paired_difference(mine, theirs, metric, self.config.bootstrap)
+                        got = paired_difference(mine, theirs, metric, n_boot)
                         if got is not None and np.isfinite(got[0]):
                             cells[metric] = {
                                 "mean": got[0],
@@ -1560,10 +1568,19 @@ def _one_class(tasks: Sequence[Task], relevant_from: float) -> int:
     )
 
 
-def _no_relevant(tasks: Sequence[Task], relevant_from: float) -> int:
-    """How many of ``tasks`` have a query with no relevant item: their Recall and every
-    full-catalogue metric are undefined and left out of the mean."""
-    return sum(not is_relevant(t.query.rating, relevant_from).any() for t in tasks)
+def _no_relevant(
+    tasks: Sequence[Task], relevant_from: float, exclude: dict[int, np.ndarray] | None = None
+) -> int:
+    """How many of ``tasks`` have a query with no relevant item the full ranking can hold
+    (``exclude``: :func:`ranking_exclusions`): their Recall and every full-catalogue
+    metric are undefined and left out of the mean."""
+    out = 0
+    for t in tasks:
+        rel = t.query.item_idx[is_relevant(t.query.rating, relevant_from)]
+        if exclude is not None and t.user_idx in exclude:
+            rel = rel[~np.isin(rel, exclude[t.user_idx])]
+        out += not len(rel)
+    return out
 
 
 def evaluated_users(protocol: str) -> str:
@@ -1629,7 +1646,9 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "one_class_queries": _one_class(split.test, relevant_from),
         # and queries with no relevant item have no full-catalogue figure: the report
         # said "N test users" beside the verdict metric's N - 3 (probe 140)
-        "no_relevant_queries": _no_relevant(split.test, relevant_from),
+        "no_relevant_queries": _no_relevant(
+            split.test, relevant_from, ranking_exclusions(split, split.test)
+        ),
         "valid_users": len(split.valid),
         "train_interactions": len(split.train),
         "selection": f"meta-models early-stop on validation users' query loss; {picked}; "

@@ -135,6 +135,47 @@ def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+# why a metric can be undefined for a user in a way that depends on the method's scores
+_UNDEFINED_BY_METHOD = {
+    "Precision": "the method predicts no positive for",
+    "F1": "whose query holds no positive and the method predicts none for",
+}
+
+
+def uneven_users(results: Results, table: dict, metrics: list[str]) -> str:
+    """A sentence for each column whose users differ between methods (first seed): a
+    method's Precision averages over the users it predicts a positive for, so two cells
+    of one column could average over 126 and 104 of 189 users while the bold read as a
+    comparison of like with like (probe 154). The paired table pairs users both score."""
+    seed = results.config.seeds[0]
+    names = [n for n in results.methods() if n in table]
+    paired = bool(results.paired())
+    out = []
+    for m in metrics:
+        counts = {}
+        for n in names:
+            cell = table[n].get(m)
+            if cell and seed in cell.get("seeds", ()):
+                counts[n] = cell["n_users"][cell["seeds"].index(seed)]
+        if len(set(counts.values())) < 2:
+            continue
+        why = _UNDEFINED_BY_METHOD.get(m, "the method's scores leave it undefined for")
+        listed = ", ".join(f"{n} {c}" for n, c in counts.items())
+        out.append(
+            f"{m} averages over different users for each method: it is undefined for a "
+            f"user {why}, and a cell averages the rest ({listed} of "
+            f"{results.protocol.get('test_users')} test users, seed {seed}), so the column "
+            "compares means over different users"
+            + (
+                "; the paired table below compares each method with the default over the "
+                "users both score."
+                if paired
+                else "."
+            )
+        )
+    return " ".join(out)
+
+
 def _named(names) -> str:
     """Up to four names, then how many more."""
     names = list(names)
@@ -287,7 +328,11 @@ def paired_table(results: Results, metrics: list[str]) -> list[str]:
         f"Paired differences, {dm} − each method, over the same test users (per user, "
         "then averaged over users and seeds; 95% bootstrap CI with users resampled): "
         f"**bold** where the interval leaves out 0 in {dm}'s favour, *italic* where "
-        "against it; otherwise the gap is within what the choice of users could make.",
+        "against it; otherwise the gap is within what the choice of users could make. "
+        "Each interval is one comparison at 95%, not adjusted for the number of cells, nor "
+        "for the verdict's best baseline being the one with the best mean on these users "
+        "(which favours the baseline in a win and the default in a loss): among many "
+        "cells, an isolated bold or italic one near 0 is weak evidence.",
         "",
         "| method | " + " | ".join(head) + " |",
         "|---|" + "---|" * len(cols),
@@ -457,6 +502,9 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
     ]
     main = results.summary("main")
     lines += [markdown_table(results, main, metrics), ""]
+    uneven = uneven_users(results, main, metrics)
+    if uneven:
+        lines += [uneven, ""]
     v = verdict(results, main, prim)
     if v:
         if prim not in metrics:  # the config's columns leave the judged metric out

@@ -102,8 +102,10 @@ def fingerprint(config, spec, seed: int, data: str, env: dict, features: str = "
         # the other seeds and where the config sits (the data are hashed themselves) do
         # not change a method's figures on this seed; leaving them out lets `--only`, an
         # added method or an added seed reuse the parts already run (left_out, the
-        # methods `--only` dropped, too: it names what did not run)
-        if k not in ("methods", "name", "fail_fast", "seeds", "base_dir", "left_out")
+        # methods `--only` dropped, too: it names what did not run); the paired intervals
+        # are drawn from the parts when the report is written
+        if k
+        not in ("methods", "name", "fail_fast", "seeds", "base_dir", "left_out", "paired_bootstrap")
     }
     payload = {
         "format": FORMAT,
