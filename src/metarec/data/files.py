@@ -37,6 +37,7 @@ from metarec.data.tabular import (
     number_cells,
     number_column,
     optional_number,
+    other_separator,
     require_columns,
     strip_columns,
     unique_id_column,
@@ -49,13 +50,13 @@ LOG_COLUMNS = ("user_id", "item_id", "rating", "label", "timestamp", "domain")
 
 def _read(path: str | Path) -> pd.DataFrame:
     frame = strip_columns(_read_any(Path(path), None, "utf-8"))
-    if len(frame.columns) == 1:  # one column named "user_id\titem_id\trating": wrong separator
-        for sep, name in ((",", "comma"), ("\t", "tab"), (";", "semicolon"), ("|", "pipe")):
-            if sep in frame.columns[0]:
-                raise MetarecError(
-                    f"{path}: the header {frame.columns[0]!r} looks {name}-separated; files "
-                    "are read comma-separated (.csv), tab-separated (.tsv) or as Parquet"
-                )
+    # one column named "user_id\titem_id\trating": the wrong separator
+    name = other_separator(str(frame.columns[0]), None) if len(frame.columns) == 1 else None
+    if name is not None:
+        raise MetarecError(
+            f"{path}: the header {frame.columns[0]!r} looks {name}-separated; files "
+            "are read comma-separated (.csv), tab-separated (.tsv) or as Parquet"
+        )
     return _drop_empty_unnamed(frame)
 
 

@@ -224,6 +224,17 @@ _SEPARATORS = (("\t", "tab"), (";", "semicolon"), ("|", "pipe"), (",", "comma"))
 _SEPARATOR_NAMES = dict(_SEPARATORS)
 
 
+def separator_name(sep: str) -> str:
+    """ "tab", "comma", ... for a separator; its repr for any other."""
+    return _SEPARATOR_NAMES.get(sep, repr(sep))
+
+
+def other_separator(header: str, own: str | None) -> str | None:
+    """The name of a separator other than ``own`` that ``header`` holds (tab first, then
+    semicolon, pipe, comma), or None: the one check behind every "looks X-separated"."""
+    return next((name for s, name in _SEPARATORS if s != own and s in header), None)
+
+
 def _header_hint(text: str, names: list[str] | None, sep: str) -> str:
     """Why the rows failed against the header, where its first line says: a comment
     ("# exported 2024"), Excel's "sep=;" line, or a header split by another separator
@@ -239,14 +250,12 @@ def _header_hint(text: str, names: list[str] | None, sep: str) -> str:
         )
     if first.lower().startswith("sep=") and len(first) <= 6:
         return f"; the first line, {first!r}, is Excel's separator line: remove it"
-    if sep not in first:
-        own = _SEPARATOR_NAMES.get(sep, repr(sep))
-        for other, name in _SEPARATORS:
-            if other != sep and other in first:
-                return (
-                    f"; the header {clip(first, 60)!r} looks {name}-separated, and the file "
-                    f"was read {own}-separated (a .csv file comma-, a .tsv file tab-separated)"
-                )
+    name = other_separator(first, sep) if sep not in first else None
+    if name is not None:
+        return (
+            f"; the header {clip(first, 60)!r} looks {name}-separated, and the file was read "
+            f"{separator_name(sep)}-separated (a .csv file comma-, a .tsv file tab-separated)"
+        )
     return ""
 
 
@@ -362,12 +371,12 @@ def _one_column_hint(frame: pd.DataFrame) -> str:
     spec = frame.attrs.get("delimited")
     if len(frame.columns) != 1 or spec is None:
         return ""
-    name = str(frame.columns[0])
-    for other, word in _SEPARATORS:
-        if other != spec[0] and other in name:
-            own = _SEPARATOR_NAMES.get(spec[0], repr(spec[0]))
-            return f"; its header looks {word}-separated, and it was read {own}-separated"
-    return ""
+    word = other_separator(str(frame.columns[0]), spec[0])
+    if word is None:
+        return ""
+    return (
+        f"; its header looks {word}-separated, and it was read {separator_name(spec[0])}-separated"
+    )
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> None:
