@@ -439,7 +439,7 @@ def test_biased_mf_fold_in_matches_lstsq_on_history(board):
     items, ratings = COLD_A_SUPPORT.item_idx, COLD_A_SUPPORT.rating
     x = np.hstack([m.item_factors_[items], np.ones((4, 1))])
     aug_x = np.vstack([x, np.diag(np.sqrt([1.0] * 4 + [0.5]))])
-    aug_y = np.concatenate([ratings - m.mu_ - m.item_bias_[items], np.zeros(5)])
+    aug_y = np.concatenate([ratings.astype(np.float64) - m.mu_ - m.item_bias_[items], np.zeros(5)])
     w = np.linalg.lstsq(aug_x, aug_y, rcond=None)[0]
     np.testing.assert_allclose(np.append(v, b), w, atol=1e-10)
     # a warm user's history is their training rows: user 0 plus nothing
@@ -740,3 +740,16 @@ def test_a_scale_midpoint_no_training_rating_reaches_is_refused_too(name):
     ds = _four_by_three("tiny", train, "explicit", (1.0, 10.0))
     with pytest.raises(MetarecError, match=r"the rating scale's midpoint 5.5 \(no min_rating"):
         make_baseline(name).fit(ds, train)
+
+
+def test_the_global_mean_of_huge_ratings_does_not_overflow():
+    """Ratings are float32; their mean summed in float32 overflowed at 720 rows of 3e36
+    (the files allow up to 3.4e38), and fit died in an SVD with a traceback (probe 155)."""
+    from metarec.baselines import _item_biases
+
+    rating = np.full(720, 3e36, dtype=np.float32)
+    train = Interactions(
+        np.arange(720) % 30, np.arange(720) % 7, rating, np.arange(720), np.zeros(720, np.int16)
+    )
+    mu, b = _item_biases(train, 7, 1.0)
+    assert mu == pytest.approx(3e36, rel=1e-6) and np.isfinite(b).all()

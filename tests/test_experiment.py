@@ -2375,3 +2375,41 @@ def test_a_part_run_on_another_thread_count_is_not_reused(monkeypatch):
     other = {**env, "cpu": {**env["cpu"], "torch_capability": "NO-SIMD"}}
     assert resume.fingerprint(cfg, spec, 0, "d", other) != one
     assert resume.fingerprint(cfg, spec, 0, "d", env) == one
+
+
+def test_a_scale_only_test_queries_reach_is_refused_until_declared(tmp_path, monkeypatch):
+    """A csv log's scale is read from its lowest and highest rating, test rows included;
+    one test query rated 6 on a 1-5 log moved every model's units, like threshold and
+    clipping (probe 153). Refused before any fit, naming data.options.rating_range; with
+    the scale declared the run goes on."""
+    import shutil
+
+    for f in ("tiny_experiment.toml", "tiny_items.csv"):
+        shutil.copy(TINY.parent / f, tmp_path / f)
+    log = pd.read_csv(TINY.parent / "tiny_log.csv")
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]"])
+    split = E.cut_split(E.load_data(cfg), cfg, 0, cfg.split.k_shot)
+    ds = E.load_data(cfg)
+    t = split.test[0]
+    user, item = ds.users.ids[t.user_idx], ds.items.ids[t.query.item_idx[0]]
+    row = (log["user_id"] == user) & (log["item_id"] == item)
+    assert row.sum() == 1
+    log.loc[row, "rating"] = 6
+    log.to_csv(tmp_path / "tiny_log.csv", index=False)
+    mine = tmp_path / "tiny_experiment.toml"
+
+    class Trained(Exception):
+        pass
+
+    def fit(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(E, "fit_method", fit)
+    with pytest.raises(MetarecError, match=r"scale 1\.\.6 was read from every row .* seed 0 "):
+        E.run(E.load_config(mine, ["seeds=[0]", "shots=[]", "fail_fast=true"]), None)
+    declared = 'data.options={items="tiny_items.csv", text_cols=["title"], rating_range=[1, 6]}'
+    with pytest.raises(Trained):
+        E.run(E.load_config(mine, ["seeds=[0]", "shots=[]", "fail_fast=true", declared]), None)
+    # the untouched log: its ends are in the training rows, nothing to declare
+    with pytest.raises(Trained):
+        E.run(E.load_config(TINY, ["seeds=[0]", "shots=[]", "fail_fast=true"]), None)

@@ -392,6 +392,32 @@ def test_pca_is_fitted_on_training_items_only(tiny_dataset, hashing_encoder):
     assert not np.allclose(z2.numpy()[2], z[2])
 
 
+def test_user_side_statistics_are_fitted_on_training_users_only(tiny_dataset, hashing_encoder):
+    """fit_users: the test users' profiles moved every user's z-scores, and so training
+    (probe 153: the 189 test users' ages set to 99 changed the training curve). A user
+    outside fit_users changes their own row only; None fits on every user."""
+    u2 = tiny_dataset.users.index("u2")
+    fit = np.array([tiny_dataset.users.index(u) for u in ("u0", "u1")])
+    fs = build_features(tiny_dataset, hashing_encoder, fit_users=fit)
+    frame = tiny_dataset.user_table.frame.copy()
+    frame.loc[u2, "age"] = 99.0
+    frame.loc[u2, "occupation"] = "astronaut"
+    other = replace(tiny_dataset, user_table=replace(tiny_dataset.user_table, frame=frame))
+    fs2 = build_features(other, hashing_encoder, fit_users=fit)
+    np.testing.assert_array_equal(fs2.user_side.numpy()[fit], fs.user_side.numpy()[fit])
+    assert not np.array_equal(fs2.user_side.numpy()[u2], fs.user_side.numpy()[u2])
+    # fitted on every user, u2's new age moves the others' rows
+    all_a = build_features(tiny_dataset, hashing_encoder).user_side.numpy()
+    all_b = build_features(other, hashing_encoder).user_side.numpy()
+    assert not np.array_equal(all_a[fit], all_b[fit])
+    mask = np.zeros(tiny_dataset.n_users, dtype=bool)
+    mask[fit] = True
+    by_mask = build_features(tiny_dataset, hashing_encoder, fit_users=mask).user_side
+    np.testing.assert_array_equal(by_mask.numpy(), fs.user_side.numpy())
+    with pytest.raises(MetarecError, match="fit_users holds user indices outside"):
+        build_features(tiny_dataset, hashing_encoder, fit_users=[0, 9])
+
+
 def test_bad_fit_items(tiny_dataset, hashing_encoder):
     with pytest.raises(MetarecError, match="outside 0..4"):
         build_features(tiny_dataset, hashing_encoder, pca_dim=2, fit_items=[0, 9])

@@ -381,6 +381,36 @@ def test_blend_popularity_counts_only_likes_on_implicit_data(world):
     assert not np.allclose(liked, every)  # the world has rows below 4 stars
 
 
+def test_a_rating_at_a_threshold_float32_rounds_down_is_a_like_everywhere(world):
+    """Ratings are held in float32; fit judged likes in float32 (0.7 >= 0.7) while the
+    blend's histories, cast to float64, held 0.7 as 0.699999988, below the threshold: a
+    like in training was a dislike at recommend time (probe 155). Every comparison now
+    goes through metrics.is_relevant."""
+    from metarec.meta.episodes import labels_for
+    from metarec.model import _as_likes
+
+    ds, split = world
+    # the 1-5 log on a 0.3-1.1 scale: 4 stars is 0.9, the middle 3 stars 0.7
+    scaled = dataclasses.replace(
+        split.train, rating=(0.3 + 0.2 * (split.train.rating - 1)).astype(np.float32)
+    )
+    sds = dataclasses.replace(ds, rating_range=(0.3, 1.1))
+    cfg = BlendConfig(rating=False, rank_inputs=("ease", "knn"))
+    closed = ClosedForm.fit(sds, scaled, cfg, like=0.7, seed=0)
+    at = np.float32(0.7)
+    assert float(at) < 0.7  # the threshold float32 rounds down
+    items = split.train.item_idx[:3]
+    targets = np.arange(34)
+    as_like = closed.rank_inputs(cfg.rank_inputs, [(items, np.full(3, 0.9))], targets)
+    for hist in (np.full(3, at, dtype=np.float32), np.full(3, at).astype(np.float64)):
+        got = closed.rank_inputs(cfg.rank_inputs, [(items, hist)], targets)
+        np.testing.assert_array_equal(got, as_like)
+    # fit's labels agree: the ranking model's likes and the episodes' targets
+    liked = _as_likes(dataclasses.replace(split, train=scaled), 0.7).train.rating
+    np.testing.assert_array_equal(liked, (split.train.rating >= 3).astype(np.float32))
+    np.testing.assert_array_equal(labels_for("binary", np.array([at], np.float64), 0.7), [1.0])
+
+
 def test_closed_form_inputs_equal_the_baselines(world):
     ds, split = world
     cfg = BlendConfig(rank_inputs=("ease", "popularity", "biased_mf"))
@@ -1662,20 +1692,28 @@ def test_fit_fits_the_features_without_the_items_it_holds_out_as_new(tmp_path, m
     assert len(held)
     seen = []
 
-    def spy(dataset, fit_items):
-        seen.append(np.asarray(fit_items).copy())
+    def spy(dataset, fit_items, fit_users):
+        seen.append((np.asarray(fit_items).copy(), np.asarray(fit_users).copy()))
         return build_features(
-            dataset, HashingEncoder(dim=64), cache=tmp_path / "emb", fit_items=fit_items
+            dataset,
+            HashingEncoder(dim=64),
+            cache=tmp_path / "emb",
+            fit_items=fit_items,
+            fit_users=fit_users,
         )
 
     monkeypatch.setattr(rec, "build_features", spy)
     rec.fit(ds, ds.interactions)
-    (fit_items,) = seen
+    ((fit_items, fit_users),) = seen
     assert not fit_items[held].any()
     rated = np.zeros(ds.n_items, dtype=bool)
     rated[ds.interactions.item_idx] = True
     rated[held] = False
     assert np.array_equal(fit_items, rated)
+    # the user side statistics: the users with training rows (probe 153)
+    users = np.zeros(ds.n_users, dtype=bool)
+    users[ds.interactions.user_idx] = True
+    assert np.array_equal(fit_users, users)
 
 
 def test_valid_holdout_new_items_validates_on_the_newest_items(tmp_path):

@@ -582,6 +582,41 @@ def test_full_ranking_candidates_per_protocol():
     assert ranking_candidates(ten_users(), s_uc) is None
 
 
+def test_cross_domain_candidates_are_the_catalogues_items_of_the_target_domain():
+    """With an items file naming each item's domain, the candidates are its target-domain
+    items: a movie nobody bought is ranked, and whether any row names an item does not
+    decide it (the candidates were the items with a target row anywhere in the log, held
+    -out rows included, so validation scores depended on test rows; probe 153)."""
+    from metarec.experiment import ranking_candidates
+
+    rows = []
+    for k in range(10):
+        rows += [(f"o{k}", f"b{j}", 10 * k + j, "books") for j in range(3)]
+        rows += [(f"o{k}", f"m{j}", 10 * k + 3 + j, "movies") for j in range(5)]
+    frame = make_ratings_frame(
+        *zip(*[(u, i, 1 + n % 5, t, d) for n, (u, i, t, d) in enumerate(rows)], strict=True)
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": [*(f"b{j}" for j in range(3)), *(f"m{j}" for j in range(5)), "m9"],
+            "domain": ["books"] * 3 + ["movies"] * 6,
+        }
+    )
+    raw = RawData(
+        "toy",
+        frame,
+        "explicit",
+        (1.0, 5.0),
+        True,
+        items=items,
+        item_categorical_columns=("domain",),
+    )
+    ds = build_dataset(raw)
+    s = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0)
+    names = {str(ds.items.ids[i]) for i in ranking_candidates(ds, s)}
+    assert names == {f"m{j}" for j in range(5)} | {"m9"}
+
+
 def test_cross_domain_blend_ranks_the_query_domain():
     """The ranking blend is fitted over the items of the validation queries' domain (the
     target), as evaluate ranks them; one-domain data: the whole catalogue."""

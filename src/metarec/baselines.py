@@ -38,6 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from metarec.features import FeatureSet
+from metarec.metrics import is_relevant
 from metarec.recommender import Recommender
 from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
 
@@ -95,7 +96,7 @@ def like_threshold(dataset: Dataset, min_rating: float | None) -> float:
 def interaction_mask(rating: np.ndarray, threshold: float | None) -> np.ndarray:
     """Rows that count as interactions: rating >= threshold, or every row for None."""
     rating = np.asarray(rating)
-    return np.ones(len(rating), dtype=bool) if threshold is None else rating >= threshold
+    return np.ones(len(rating), dtype=bool) if threshold is None else is_relevant(rating, threshold)
 
 
 def presence_matrix(
@@ -171,7 +172,9 @@ class Popularity(Recommender):
 def _item_biases(train: Interactions, n_items: int, shrinkage: float) -> tuple[float, np.ndarray]:
     """Global mean mu and shrunk item offsets b_i = sum(r - mu) / (n_i + shrinkage)."""
     _check_number("item biases", "shrinkage", shrinkage)
-    mu = float(train.rating.mean()) if len(train) else 0.0
+    # summed in float64: 720 float32 ratings of 3e36 overflowed float32's sum to inf, and
+    # fit died in an SVD (probe 155), far below float32's 3.4e38 that the files allow
+    mu = float(train.rating.mean(dtype=np.float64)) if len(train) else 0.0
     resid = np.bincount(train.item_idx, weights=train.rating - mu, minlength=n_items)
     n = np.bincount(train.item_idx, minlength=n_items)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -454,7 +457,7 @@ class BiasedMF(_RatingModel):
         self._set_fitted(dataset, train)
         rng = np.random.default_rng(self.seed)
         nu, ni, d = dataset.n_users, dataset.n_items, self.factors
-        self.mu_ = float(train.rating.mean()) if len(train) else 0.0
+        self.mu_ = float(train.rating.mean(dtype=np.float64)) if len(train) else 0.0
         # The factor penalty is set in 1-5 star units and scaled with the rating scale, so
         # that every scale fits as 1-5 stars do: with ratings times s, the solution scaled
         # (biases times s, factors times sqrt(s), so that their product is times s) is the

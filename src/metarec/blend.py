@@ -55,6 +55,7 @@ from metarec.baselines import (
     shrunk_user_bias,
 )
 from metarec.config import coerce_fields
+from metarec.metrics import is_relevant
 from metarec.types import Dataset, Interactions, MetarecError
 
 # whole predictions, or their user-level and item-level parts as separate inputs (so the
@@ -541,7 +542,7 @@ class ClosedForm:
             seed=seed,
         ).fit(dataset, train)
         ease = ease_cols = None
-        n_liked = len(np.unique(train.item_idx[train.rating >= like]))
+        n_liked = len(np.unique(train.item_idx[is_relevant(train.rating, like)]))
         names = cfg.cold_rank_inputs if cold and cfg.cold_rank_inputs else cfg.rank_inputs
         large = "ease" in names and n_liked > cfg.ease_max_items
         if large:
@@ -683,7 +684,9 @@ class ClosedForm:
         """(n_histories, n_targets, len(names)) ranking scores of ``targets``."""
         out = np.zeros((len(histories), len(targets), len(names)))
         # each history's liked items, once for every input that reads them
-        liked = [np.unique(items[ratings >= self.like]) for items, ratings in histories]
+        # compared in float32, as fit's likes are: a history cast to float64 held a 0.7
+        # rating as 0.699999988, a dislike here and a like in training (probe 155)
+        liked = [np.unique(items[is_relevant(ratings, self.like)]) for items, ratings in histories]
         for c, name in enumerate(names):
             if name == "popularity":
                 out[:, :, c] = self.log_pop[targets][None, :]

@@ -1279,13 +1279,21 @@ def _cap_test(split: Split, cap: int | None) -> Split:
     return dataclasses.replace(split, test=test, summary=summary)
 
 
-def build_split_features(ds: Dataset, train_items: np.ndarray, text: TextConfig) -> FeatureSet:
-    """Features for one split: text vectors via the embedding cache, PCA fitted on the
-    training items only (``train_items``: item indices present in ``split.train``)."""
+def build_split_features(
+    ds: Dataset, train_items: np.ndarray, text: TextConfig, train_users: np.ndarray | None = None
+) -> FeatureSet:
+    """Features for one split: text vectors via the embedding cache, PCA and item side
+    statistics fitted on the training items only (``train_items``: item indices present
+    in ``split.train``), user side statistics on ``train_users`` (the user indices in
+    ``split.train``; None: every user)."""
     known = np.zeros(ds.n_items, dtype=bool)
     known[train_items] = True
+    users = None
+    if train_users is not None:
+        users = np.zeros(ds.n_users, dtype=bool)
+        users[train_users] = True
     # MetaRecommender.build_features is the one place that turns a TextConfig into features
-    return MetaRecommender(ModelConfig(text=text, progress=False)).build_features(ds, known)
+    return MetaRecommender(ModelConfig(text=text, progress=False)).build_features(ds, known, users)
 
 
 def _model_config(base: dict, params: dict, seed: int, progress: bool) -> ModelConfig:
@@ -1684,6 +1692,40 @@ def _log(progress: bool, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+def _check_scale_from_training(
+    ds: Dataset, config: ExperimentConfig, seed: int, splits: Sequence[Split]
+) -> None:
+    """Refuse a rating scale read from every row of the log where only test queries reach
+    its ends. A csv/parquet log without ``rating_range`` takes its scale from its lowest
+    and highest rating, test rows included; the scale sets the rating model's units, the
+    like threshold (its middle), biased MF's penalty and every prediction's clipping, so
+    one test query rating of 6 on a 1-5 log changed every model's fit (probe 153)."""
+    if ds.feedback != "explicit" or config.data.name not in ("csv", "parquet"):
+        return
+    if config.data.options.get("rating_range") is not None:
+        return
+    # what fits and adaptation may read: training rows, validation tasks, test supports
+    seen = [sp.train.rating for sp in splits]
+    for sp in splits:
+        seen += [t.support.rating for t in (*sp.valid, *sp.test)]
+        seen += [t.query.rating for t in sp.valid]
+    seen_all = np.concatenate([np.asarray(v, dtype=np.float64) for v in seen if len(v)])
+    queries = [np.asarray(t.query.rating, dtype=np.float64) for sp in splits for t in sp.test]
+    hidden = np.concatenate(queries) if queries else np.zeros(0)
+    if not len(seen_all) or not len(hidden):
+        return
+    lo, hi = (float(v) for v in ds.rating_range)
+    got = (float(seen_all.min()), float(seen_all.max()))
+    # a test query past what the models see: the scale's end is there because of it
+    if hidden.min() < got[0] or hidden.max() > got[1]:
+        raise MetarecError(
+            f"the rating scale {lo:g}..{hi:g} was read from every row of the log, and on "
+            f"seed {seed} only test queries reach it (the rows the models see span "
+            f"{got[0]:g}..{got[1]:g}): the models would be fitted to a scale set by test "
+            f"ratings. Declare the scale: data.options.rating_range = [{lo:g}, {hi:g}]"
+        )
+
+
 def _items_key(train_items: np.ndarray) -> str:
     return hashlib.sha256(np.unique(train_items).astype(np.int64).tobytes()).hexdigest()
 
@@ -1926,13 +1968,16 @@ def run(
             f"[seed {seed}] split {main.protocol} K={main_k}: {len(main.train)} "
             f"train rows, {len(main.valid)} valid / {len(main.test)} test users",
         )
-        features: dict[str, FeatureSet] = {}  # train-item-set hash -> features, per seed
+        features: dict[str, FeatureSet] = {}  # train item and user sets' hash -> features, per seed
 
         def feats_for(split: Split, features=features, seed=seed, protocol=protocol) -> FeatureSet:
-            key = _items_key(split.train.item_idx)
+            # the training items and users: what the features are fitted on
+            key = _items_key(split.train.item_idx) + _items_key(split.train.user_idx)
             if key not in features:
                 t0 = time.perf_counter()
-                features[key] = build_split_features(ds, split.train.item_idx, config.text)
+                features[key] = build_split_features(
+                    ds, split.train.item_idx, config.text, split.train.user_idx
+                )
                 shape = tuple(features[key].item_text.shape)
                 # the width the text really has (pca_dim is lowered for a small catalogue or
                 # a narrow encoder): the report states this one
@@ -1945,6 +1990,7 @@ def run(
         curve_splits = {
             k: whole if k == main_k else _curve_split(ds, config, seed, k) for k in curve
         }
+        _check_scale_from_training(ds, config, seed, [whole, *curve_splits.values()])
         curve_tasks: dict[int, tuple[Task, ...]] = {
             k: s.test[:cap] for k, s in curve_splits.items()
         }
@@ -2168,8 +2214,12 @@ def ranking_candidates(ds: Dataset, split: Split, part: str = "test") -> np.ndar
     if len(split.cold_items):
         return split.cold_items
     if split.protocol == "cross-domain" and split.target_domain is not None:
-        inter = ds.interactions
-        return np.unique(inter.item_idx[inter.domain == split.target_domain])
+        # the catalogue's items of that domain (Dataset.item_domain_names): "the items with
+        # a target row in the whole log" dropped items only held-out rows had bought,
+        # for validation users too, and kept items never bought out of the ranking
+        # (probe 153)
+        name = ds.domains[split.target_domain]
+        return np.flatnonzero(ds.item_domain_names() == name).astype(np.int64)
     return None
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from metarec.metrics import is_relevant
 from metarec.types import MetarecError
 
 DTYPES = ("fp16", "int8")
@@ -247,7 +248,7 @@ def validation_metrics(pred, max_users: int = 256, n_negatives: int = 20) -> dic
         pool = np.setdiff1d(np.arange(len(pred.items)), seen)
         neg = rng.choice(pool, size=min(n_negatives, len(pool)), replace=False)
         cand = np.r_[t.query.item_idx, neg]
-        label = np.r_[t.query.rating >= like, np.zeros(len(neg), bool)].astype(float)
+        label = np.r_[is_relevant(t.query.rating, like), np.zeros(len(neg), bool)].astype(float)
         if 0 < label.sum() < len(label):
             ranks = model.rank_scores(cold, t.support, cand)
             # NaN stays NaN (the metrics refuse it): export_run's check then names the

@@ -349,17 +349,18 @@ def _as_encoder(encoder: TextEncoder | str) -> TextEncoder:
     return make_encoder(encoder) if isinstance(encoder, str) else encoder
 
 
-def _fit_rows(fit_items: np.ndarray | None, n: int) -> np.ndarray:
-    if fit_items is None:
+def _fit_rows(fit_rows: np.ndarray | None, n: int, what: str = "fit_items") -> np.ndarray:
+    if fit_rows is None:
         return np.arange(n, dtype=np.int64)
-    rows = np.asarray(fit_items)
+    rows = np.asarray(fit_rows)
     if rows.dtype == bool:
         if rows.shape != (n,):
-            raise MetarecError(f"fit_items mask has shape {rows.shape}, expected ({n},)")
+            raise MetarecError(f"{what} mask has shape {rows.shape}, expected ({n},)")
         return np.flatnonzero(rows)
     rows = rows.astype(np.int64)
     if len(rows) and (rows.min() < 0 or rows.max() >= n):
-        raise MetarecError(f"fit_items holds item indices outside 0..{n - 1}")
+        kind = "user" if what == "fit_users" else "item"
+        raise MetarecError(f"{what} holds {kind} indices outside 0..{n - 1}")
     return np.unique(rows)
 
 
@@ -398,6 +399,7 @@ def build_features(
     whiten: bool = False,
     fit_items: np.ndarray | None = None,
     *,
+    fit_users: np.ndarray | None = None,
     reduce: str = "pca",
     user_text: bool = False,
     user_template: str | None = None,
@@ -414,7 +416,9 @@ def build_features(
     code of an autoencoder (:func:`metarec.models.autoencoder.compress`, seeded) trained on
     the same rows, ``pca_dim`` wide. item_side: :func:`side_features` of the item table,
     its vocabularies and scalings also fitted on ``fit_items``. user_side: demographics
-    (one-hot / z-scored), plus the user text vector when ``user_text`` and users have text.
+    (one-hot / z-scored), their vocabularies and scalings fitted on ``fit_users``
+    (training user indices or a boolean mask; all users when None), plus the user text
+    vector when ``user_text`` and users have text.
     Learned ID embeddings are not here: they belong to the model.
     """
     # checked here too, not only by TextConfig: called directly, an unknown reduce gave a
@@ -438,6 +442,7 @@ def build_features(
         cache = EmbeddingCache(cache)
     n_items, n_users = dataset.n_items, dataset.n_users
     fit = _fit_rows(fit_items, n_items)
+    fit_u = _fit_rows(fit_users, n_users, "fit_users")
 
     texts = item_texts(dataset.name, dataset.item_table, n_items, text_template)
     fit_texts = [texts[i] for i in fit if texts[i]]  # training items with text
@@ -499,7 +504,9 @@ def build_features(
             item_vecs[~has_text] = 0.0  # keep "no text" distinguishable: zero rows stay zero
 
     item_side, _ = side_features(dataset.item_table, n_items, fit, max_categories)
-    user_side, _ = side_features(dataset.user_table, n_users, None, max_categories)
+    # fitted on the training users, as item_side on the training items: on every user,
+    # the test users' ages moved the z-scores, and so training (probe 153)
+    user_side, _ = side_features(dataset.user_table, n_users, fit_u, max_categories)
     table = dataset.user_table
     if not user_text and table is not None and table.text_columns:
         # item text is embedded by default, user text only on request: say so, rather

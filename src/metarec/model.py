@@ -797,7 +797,10 @@ class MetaRecommender(Recommender):
         known[split.cold_items] = False
         known[split.valid_cold_items] = False
         if features is None:
-            features = self.build_features(dataset, known)
+            # the users side statistics are fitted on: those with training rows
+            users = np.zeros(dataset.n_users, dtype=bool)
+            users[train.user_idx] = True
+            features = self.build_features(dataset, known, users)
         elif (features.n_items, features.n_users) != (dataset.n_items, dataset.n_users):
             # a FeatureSet of another dataset indexed the wrong rows, or past the end
             raise MetarecError(
@@ -1280,7 +1283,9 @@ class MetaRecommender(Recommender):
         lo, hi = self.rating_range_
         return (lo + hi) / 2.0
 
-    def build_features(self, dataset: Dataset, fit_items: np.ndarray) -> FeatureSet:
+    def build_features(
+        self, dataset: Dataset, fit_items: np.ndarray, fit_users: np.ndarray | None = None
+    ) -> FeatureSet:
         t = self.config.text
         from metarec.text import make_encoder
 
@@ -1293,6 +1298,7 @@ class MetaRecommender(Recommender):
             whiten=t.whiten,
             reduce=t.reduce,
             fit_items=fit_items,
+            fit_users=fit_users,
             user_text=t.user_text,
             show_progress=self.config.progress,
         )
@@ -1550,7 +1556,7 @@ class MetaRecommender(Recommender):
             m = self.config.max_support
             items, ratings = history[-m:], ratings[-m:]
             if head == "binary":
-                ratings = (ratings >= self._like_threshold()).astype(np.float32)
+                ratings = is_relevant(ratings, self._like_threshold()).astype(np.float32)
             elif self.rating_unit != 1.0 or self.rating_offset != 0.0:
                 ratings = ((ratings - self.rating_offset) / self.rating_unit).astype(np.float32)
             # sampled negatives for the binary support, seeded by the support itself so the
@@ -2141,7 +2147,7 @@ def _map_ratings(split: Split, fn) -> Split:
 def _as_likes(split: Split, threshold: float) -> Split:
     """Labels for the ranking model: 1 where rating >= threshold (a like), else 0 (an
     explicit dislike, kept as a negative beside the sampled ones)."""
-    return _map_ratings(split, lambda r: (r >= threshold).astype(np.float32))
+    return _map_ratings(split, lambda r: is_relevant(r, threshold).astype(np.float32))
 
 
 def _in_rating_units(split: Split, unit: float, offset: float) -> Split:

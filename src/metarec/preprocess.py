@@ -42,6 +42,7 @@ import pandas as pd
 
 from metarec.config import coerce_fields
 from metarec.data.raw import RawData, build_dataset
+from metarec.metrics import is_relevant
 from metarec.types import Dataset, MetarecError
 
 FILL_STRATEGIES = ("keep", "drop", "mean", "median", "mode")
@@ -485,7 +486,8 @@ def binarize(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
             f"{raw.name}: binarize_threshold is set but the data is already implicit"
         )
     r = raw.ratings.copy()
-    pos = pd.to_numeric(r["rating"]) >= t
+    # in float32, as the ratings are held and every like and relevance is judged
+    pos = pd.Series(is_relevant(pd.to_numeric(r["rating"]).to_numpy(np.float64), t), index=r.index)
     r["rating"] = pos.astype(np.float64)
     out = replace(raw, ratings=r, feedback="implicit", rating_range=(0.0, 1.0))
     return out, _report(

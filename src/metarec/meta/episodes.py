@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from metarec.features import FeatureSet
+from metarec.metrics import is_relevant
 from metarec.models.scorer import Scorer
 from metarec.types import MetarecError, Task
 
@@ -78,7 +79,7 @@ def sample_negatives(
 def labels_for(head: str, rating: np.ndarray, positive_threshold: float) -> np.ndarray:
     """Targets for the head: the rating itself, or 1.0 where rating >= threshold else 0.0."""
     r = np.asarray(rating, dtype=np.float32)
-    return r if head == "rating" else (r >= positive_threshold).astype(np.float32)
+    return r if head == "rating" else is_relevant(r, positive_threshold).astype(np.float32)
 
 
 def make_episode(
