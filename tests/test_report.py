@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -476,3 +477,41 @@ def test_paired_differences_take_their_own_number_of_resamples():
     for off in ({"paired_bootstrap": 0}, {"bootstrap": 0}):
         none = dataclasses.replace(res, config=dataclasses.replace(res.config, **off))
         assert none.paired() == {}
+
+
+def test_the_protocol_line_says_when_query_ratings_all_tie():
+    """A query whose items all have one rating scores nDCG (query) 1.0 in any order: on
+    a log of nearly one rating every method's 1.0000 was bold without a word (probe 155)."""
+    res = _results(
+        {"Meta": [(1.0, 0.3)], "Base": [(1.0, 0.2)]}, {"Meta": "meta", "Base": "baseline"}
+    )
+    tied = dataclasses.replace(res, protocol={**res.protocol, "tied_queries": 7, "test_users": 9})
+    said = report.render_markdown(tied, {})
+    assert (
+        "nDCG (query) is 1.0 whatever the order for 7 of 9 test users (seed 0), whose query "
+        "items all have one rating"
+    ) in said
+    assert "whatever the order" not in report.render_markdown(res, {})
+
+
+def test_the_protocol_counts_queries_whose_ratings_all_tie():
+    from metarec import experiment as E
+
+    cfg = E.load_config(Path(__file__).parent / "tiny_experiment.toml", ["seeds=[0]"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    info = {"name": "tiny", "feedback": "explicit"}
+
+    def with_ratings(rate):
+        test = tuple(
+            dataclasses.replace(
+                t, query=dataclasses.replace(t.query, rating=rate(len(t.query)).astype(np.float32))
+            )
+            for t in split.test
+        )
+        return dataclasses.replace(split, test=test)
+
+    tied = E.describe_protocol(cfg, info, with_ratings(lambda n: np.full(n, 4.0)))
+    assert tied["tied_queries"] == sum(len(t.query) > 1 for t in split.test) > 0
+    apart = E.describe_protocol(cfg, info, with_ratings(lambda n: 1.0 + np.arange(n) % 5))
+    assert apart["tied_queries"] == 0

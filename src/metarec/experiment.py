@@ -1652,6 +1652,11 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         # queries holding only relevant (or only non-relevant) items have no AUC: on an
         # implicit log of positives alone every AUC cell was "–" with no word (probe 134)
         "one_class_queries": _one_class(split.test, relevant_from),
+        # queries of two or more items all rated alike: any order scores nDCG (query) 1.0
+        # (probe 155: every method's 1.0000 was bold, without a word)
+        "tied_queries": sum(
+            len(t.query) > 1 and len(np.unique(t.query.rating)) == 1 for t in split.test
+        ),
         # and queries with no relevant item have no full-catalogue figure: the report
         # said "N test users" beside the verdict metric's N - 3 (probe 140)
         "no_relevant_queries": _no_relevant(

@@ -989,24 +989,48 @@ class MetaRecommender(Recommender):
         rating_prior = ""
         if use_rating:
             rating_w, rating_prior = self._fit_rating_stack(closed, tasks, pairs, rating_like)
+            if rating_w[0] < 0:
+                # the stack turned the meta-model's rating against itself: fitted on
+                # validation users with no signal to find (12 users of random ratings in
+                # probe 155), a user's 5 on an item predicted 1.84 there, their 1 3.42
+                warnings.warn(
+                    f"blend: the rating stack fitted on {len(tasks)} validation users gives "
+                    f"the meta-model's rating a negative weight ({rating_w[0]:.3g}), so "
+                    "predictions would fall as a user's own ratings rise; ratings are the "
+                    "meta-model's alone (the ranking blend is kept)",
+                    stacklevel=3,
+                )
+                rating_w, rating_prior = None, ""
+                use_rating = False
+        if use_rating:
             # the short weights lean on the same input (one prior per RUN, as it records)
             shorts = []
+            why = ""
             for n in b.rating_short_histories:
                 cut, cut_pairs = self._short_tasks(
                     tasks, n, b.rating_short_requery and follows, rows
                 )
                 if len(cut) < b.min_valid_users:
-                    break  # this cut and every longer one: the split's K weights
+                    # this cut and every longer one: the split's K weights
+                    why = (
+                        f"fewer than {b.min_valid_users} validation users whose whole "
+                        "history cuts to that size"
+                    )
+                    break
                 w, _ = self._fit_rating_stack(closed, cut, cut_pairs, rating_like, rating_prior)
+                if w[0] < 0:  # as above, for these histories
+                    why = (
+                        f"the weights fitted for {n} gave the meta-model's rating a negative weight"
+                    )
+                    break
                 shorts.append(w)
             if shorts:
                 rating_short = np.stack(shorts)  # (n_cuts, n_weights)
             if len(shorts) < len(b.rating_short_histories):
                 warnings.warn(
                     f"blend.rating_short_histories: no own rating weights for histories of "
-                    f"{list(b.rating_short_histories[len(shorts) :])} items (fewer than "
-                    f"{b.min_valid_users} validation users whose whole history cuts to that "
-                    "size); they are rated with the weights of the longest histories",
+                    f"{list(b.rating_short_histories[len(shorts) :])} items ({why}); they "
+                    "are rated with the weights of the longest histories",
                     stacklevel=2,
                 )
         rank_inputs = closed.rank_names
@@ -1188,7 +1212,7 @@ class MetaRecommender(Recommender):
         pos = np.zeros((len(tasks), len(items)), dtype=bool)
         excl = np.zeros_like(pos)
         for r, (t, (_, h)) in enumerate(zip(tasks, pairs, strict=True)):
-            c = col[t.query.item_idx[t.query.rating >= rel]]
+            c = col[t.query.item_idx[is_relevant(t.query.rating, rel)]]
             pos[r, c[c >= 0]] = True
             # the whole history left out of the ranking, as evaluate and recommend leave it
             # out: a warm validation user's training items were negatives here (the

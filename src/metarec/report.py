@@ -420,6 +420,13 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
             "whose query holds only relevant or only non-relevant items"
             + (": every AUC cell is empty" if one_class == n else ", and averages the rest")
         )
+    tied = p.get("tied_queries") or 0
+    if tied and feedback == "explicit":
+        n = p.get("test_users")
+        relevant += (
+            f"; nDCG (query) is 1.0 whatever the order for {tied} of {n} test users (seed "
+            f"{cfg.seeds[0]}), whose query items all have one rating"
+        )
     no_relevant = p.get("no_relevant_queries") or 0
     if no_relevant:
         n = p.get("test_users")
