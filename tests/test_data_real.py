@@ -105,6 +105,16 @@ def test_lastfm_published_counts(data_dir):
     raw = read_raw("lastfm-hetrec", _need(data_dir, "hetrec2011-lastfm-2k"), plays="log")
     # sum of listening counts, readme.txt: 69,183,975
     assert round(float(np.expm1(raw.ratings["rating"].to_numpy()).sum())) == 69183975
+    top = float(raw.ratings["rating"].max())
+    assert raw.rating_range == (0.0, top)  # the scale runs to the largest: one user's
+    # an experiment declares it (evaluate refuses a scale only test queries reach)
+    folder = _need(data_dir, "hetrec2011-lastfm-2k")
+    wide = read_raw("lastfm-hetrec", folder, plays="log", rating_range=(0, 20))
+    assert wide.rating_range == (0.0, 20.0)
+    with pytest.raises(MetarecError, match=r"outside rating_range 0\.\.5"):
+        read_raw("lastfm-hetrec", folder, plays="log", rating_range=(0, 5))
+    with pytest.raises(MetarecError, match="with plays='log' only"):
+        read_raw("lastfm-hetrec", folder, rating_range=(0, 20))
 
 
 def test_the_files_datasets_checks_for_are_in_every_loadable_release(data_dir):

@@ -2413,3 +2413,28 @@ def test_a_scale_only_test_queries_reach_is_refused_until_declared(tmp_path, mon
     # the untouched log: its ends are in the training rows, nothing to declare
     with pytest.raises(Trained):
         E.run(E.load_config(TINY, ["seeds=[0]", "shots=[]", "fail_fast=true"]), None)
+
+
+def test_lastfm_log_plays_scale_is_checked_as_a_csv_scale():
+    """lastfm-hetrec with plays='log' runs its scale to the largest log play count, which
+    may be one test user's: checked as a csv log's scale (its rating_range declares it);
+    plays='label' is implicit and a csv log with rating_range declared is not checked."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    t = split.test[0]
+    top = dataclasses.replace(t.query, rating=np.full(len(t.query), 6.0, np.float32))
+    split = dataclasses.replace(split, test=(dataclasses.replace(t, query=top), *split.test[1:]))
+    wide = dataclasses.replace(ds, rating_range=(1.0, 6.0))
+
+    def data(name, **options):
+        return dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, name=name, options=options)
+        )
+
+    with pytest.raises(MetarecError, match=r"data.options.rating_range = \[1, 6\]"):
+        E._check_scale_from_training(wide, data("lastfm-hetrec", plays="log"), 0, [split])
+    E._check_scale_from_training(wide, data("lastfm-hetrec", plays="label"), 0, [split])
+    E._check_scale_from_training(wide, data("csv", rating_range=[1, 6]), 0, [split])
+    with pytest.raises(MetarecError, match="only test queries reach it"):
+        E._check_scale_from_training(wide, data("csv"), 0, [split])

@@ -1702,10 +1702,15 @@ def _check_scale_from_training(
 ) -> None:
     """Refuse a rating scale read from every row of the log where only test queries reach
     its ends. A csv/parquet log without ``rating_range`` takes its scale from its lowest
-    and highest rating, test rows included; the scale sets the rating model's units, the
+    and highest rating, test rows included (lastfm-hetrec's log play counts from the
+    largest); the scale sets the rating model's units, the
     like threshold (its middle), biased MF's penalty and every prediction's clipping, so
     one test query rating of 6 on a 1-5 log changed every model's fit (probe 153)."""
-    if ds.feedback != "explicit" or config.data.name not in ("csv", "parquet"):
+    inferred = config.data.name in ("csv", "parquet") or (
+        # log play counts: the scale runs to the largest
+        config.data.name == "lastfm-hetrec" and config.data.options.get("plays") == "log"
+    )
+    if ds.feedback != "explicit" or not inferred:
         return
     if config.data.options.get("rating_range") is not None:
         return

@@ -39,10 +39,19 @@ from metarec.types import MetarecError
 N_TAGS = 5  # tags per artist in the text; beyond five they are mostly one-user noise
 
 
-def read_lastfm(path: str | os.PathLike | None = None, *, plays: str = "label") -> RawData:
+def read_lastfm(
+    path: str | os.PathLike | None = None,
+    *,
+    plays: str = "label",
+    rating_range: tuple[float, float] | None = None,
+) -> RawData:
+    """``plays="log"``: ratings log1p(play count), on the scale ``rating_range`` (default
+    0 to the largest; an experiment names it, since the largest may be a test user's)."""
     name = "lastfm-hetrec"
     if plays not in ("label", "log"):
         raise MetarecError(f"{name}: plays must be 'label' or 'log', got {plays!r}")
+    if rating_range is not None and plays != "log":
+        raise MetarecError(f"{name}: rating_range is read with plays='log' only (labels are 0/1)")
     folder = resolve_dir(path, "hetrec2011-lastfm-2k", name)
     ua = read_delimited(require_file(folder, "user_artists.dat", name), "\t", quoting=False)
     require_columns(ua, ["userID", "artistID", "weight"])
@@ -61,6 +70,18 @@ def read_lastfm(path: str | os.PathLike | None = None, *, plays: str = "label") 
     else:
         value = np.log1p(weight)
         feedback, rng = "explicit", (0.0, float(value.max()))
+        if rating_range is not None:
+            lo, hi = (float(v) for v in rating_range)
+            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+                raise MetarecError(f"{name}: rating_range must be two finite numbers lo < hi")
+            off = (value < lo) | (value > hi)
+            if off.any():
+                pos = int(np.flatnonzero(off)[0])
+                raise MetarecError(
+                    f"{name}: log play count {value[pos]:g} (weight {weight[pos]:g}) is "
+                    f"outside rating_range {lo:g}..{hi:g}"
+                )
+            rng = (lo, hi)
     ratings = make_ratings_frame(id_column(ua, "userID"), id_column(ua, "artistID"), value)
 
     art = read_delimited(require_file(folder, "artists.dat", name), "\t", quoting=False)
