@@ -2326,44 +2326,66 @@ def test_positive_threshold_is_named_as_a_setting_with_no_effect():
     assert unused_model_settings(ModelConfig(), explicit=True) == []
 
 
-def test_a_rating_stack_that_turns_the_meta_rating_against_itself_is_dropped(fitted, monkeypatch):
-    """A stack fitted on validation users with no signal to find gave the meta-model's
-    rating a negative weight: a user's 5 on an item predicted 1.84, their 1 3.42 (probe
-    155). Such a stack is dropped with a warning (the meta-model rates alone, the ranking
-    blend stays); a short-history stack that does so gives way to the main weights."""
+def test_a_rating_stack_that_falls_as_users_rate_higher_is_dropped(fitted, monkeypatch):
+    """A stack fitted on validation users with no signal to find turned the meta-model's
+    rating against itself: a user's 5 on an item predicted 1.84, their 1 3.42 (probe
+    155). Where validation queries' blended ratings fall as every history rating goes
+    from the scale's bottom to its top while the meta-model's rise, the stack is dropped
+    with a warning (the ranking blend stays); a short-history stack gives way to the
+    main weights. The fitted stack rises, and is kept."""
     ds, split, _, fitted_rec = fitted
     rec = MetaRecommender.from_state(*fitted_rec.state(), split.train)
     real = MetaRecommender._fit_rating_stack
 
-    def flipped(self, closed, tasks, *a):
+    def against(self, closed, tasks, *a):
         w, prior = real(self, closed, tasks, *a)
-        w = w.copy()
-        w[0] = -abs(w[0])  # the meta-model's weight, negative
+        w = np.zeros_like(w)
+        w[0], w[-1] = -1.0, 6.0  # 6 − the meta-model's rating: falls as it rises
         return w, prior
 
-    monkeypatch.setattr(MetaRecommender, "_fit_rating_stack", flipped)
-    with pytest.warns(UserWarning, match=r"gives the meta-model's rating a negative weight"):
+    monkeypatch.setattr(MetaRecommender, "_fit_rating_stack", against)
+    with pytest.warns(UserWarning, match=r"predicts lower ratings for users who rate higher"):
         blend = rec._fit_blend(ds, split)
     assert blend is not None and blend.rating_weights is None
     assert blend.rating_weights_short is None and blend.rank_weights is not None
-    # only the short histories' stacks negative: they give way, the main stack stays
+    # only the short histories' stacks fall: they give way, the main stack stays
     calls = []
 
-    def shorts_flipped(self, closed, tasks, *a):
+    def shorts_against(self, closed, tasks, *a):
         calls.append(len(tasks))
-        w, prior = real(self, closed, tasks, *a)
-        if len(calls) > 1:
-            w = w.copy()
-            w[0] = -abs(w[0])
-        return w, prior
+        return (real if len(calls) == 1 else against)(self, closed, tasks, *a)
 
-    monkeypatch.setattr(MetaRecommender, "_fit_rating_stack", shorts_flipped)
+    monkeypatch.setattr(MetaRecommender, "_fit_rating_stack", shorts_against)
     b = dataclasses.replace(rec.config.blend, rating_short_histories=(1, 3))
     rec.config = dataclasses.replace(rec.config, blend=b)
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         blend = rec._fit_blend(ds, split)
-    assert blend.rating_weights is not None and blend.rating_weights[0] > 0
-    assert len(calls) > 1  # the world has validation users short enough for a short stack
+    assert blend.rating_weights is not None and len(calls) > 1
     assert blend.rating_weights_short is None
-    assert any("negative weight" in str(w.message) for w in said)
+    assert any("predict lower ratings for users who rate higher" in str(w.message) for w in said)
+    # the fitted stack: kept (no warning of it)
+    monkeypatch.setattr(MetaRecommender, "_fit_rating_stack", real)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert rec._fit_blend(ds, split).rating_weights is not None
+    assert not any("rate higher" in str(w.message) for w in said)
+
+
+def test_explain_weighs_rows_older_than_max_support_too(fitted):
+    """Rows older than max_support had weight 0, while the blend's closed-form inputs read
+    the whole history and removing one moved the served score by up to 0.85 logits
+    (probe 157): every row's weight is its exact leave-one-out."""
+    ds, split, _, rec = fitted
+    short = MetaRecommender.from_state(*rec.state(), split.train)
+    short.config = dataclasses.replace(short.config, max_support=3)
+    assert short.blend_ is not None and short.blend_.rank_weights is not None
+    t = next(t for t in split.test if len(t.support) >= 6)
+    items = np.arange(12)
+    w = short.explain(t.user_idx, t.support, items)
+    full = short.rank_scores(t.user_idx, t.support, items)
+    n = len(t.support)
+    for j in range(n):
+        loo = short.rank_scores(t.user_idx, t.support.take(np.delete(np.arange(n), j)), items)
+        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
+    assert np.abs(w[:, : n - 3]).max() > 1e-3  # the old rows count

@@ -45,6 +45,7 @@ from metarec.blend import (
     Blend,
     BlendConfig,
     ClosedForm,
+    apply_rating_weights,
     best_ordering_input,
     fit_rank_blend,
     fit_rating_weights,
@@ -989,14 +990,14 @@ class MetaRecommender(Recommender):
         rating_prior = ""
         if use_rating:
             rating_w, rating_prior = self._fit_rating_stack(closed, tasks, pairs, rating_like)
-            if rating_w[0] < 0:
-                # the stack turned the meta-model's rating against itself: fitted on
-                # validation users with no signal to find (12 users of random ratings in
-                # probe 155), a user's 5 on an item predicted 1.84 there, their 1 3.42
+            falls = self._stack_falls_with_ratings(closed, tasks, pairs, rating_w, rating_like)
+            if falls is not None:
                 warnings.warn(
-                    f"blend: the rating stack fitted on {len(tasks)} validation users gives "
-                    f"the meta-model's rating a negative weight ({rating_w[0]:.3g}), so "
-                    "predictions would fall as a user's own ratings rise; ratings are the "
+                    f"blend: the rating stack fitted on {len(tasks)} validation users "
+                    "predicts lower ratings for users who rate higher (validation queries "
+                    f"move by {falls[0]:+.3g} from every history rated "
+                    f"{self.rating_range_[0]:g} to every one rated {self.rating_range_[1]:g}, "
+                    f"the meta-model alone by {falls[1]:+.3g}): ratings are the "
                     "meta-model's alone (the ranking blend is kept)",
                     stacklevel=3,
                 )
@@ -1018,10 +1019,9 @@ class MetaRecommender(Recommender):
                     )
                     break
                 w, _ = self._fit_rating_stack(closed, cut, cut_pairs, rating_like, rating_prior)
-                if w[0] < 0:  # as above, for these histories
-                    why = (
-                        f"the weights fitted for {n} gave the meta-model's rating a negative weight"
-                    )
+                if self._stack_falls_with_ratings(closed, cut, cut_pairs, w, rating_like):
+                    # as above, for these histories
+                    why = f"those fitted for {n} predict lower ratings for users who rate higher"
                     break
                 shorts.append(w)
             if shorts:
@@ -1134,26 +1134,10 @@ class MetaRecommender(Recommender):
         query are ``pairs``: (2 + rating_like + n_inputs,) meta, [like], inputs, intercept;
         and the input they were shrunk toward ("" without a shrink). ``prior``: that input
         (default: ``blend.rating_prior``, "auto" chosen here)."""
-        assert self.rating_ is not None
         b = self.config.blend
-        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
         queries = [t.query.item_idx for t in tasks]
-        meta = np.concatenate(
-            self._scores(self.rating_, pairs, queries, train_rows=False)
-        )  # (n_rows,) raw meta ratings of every validation query item
-        x = np.concatenate(
-            [
-                closed.rating_inputs(b.rating_inputs, *h, q)
-                for h, q in zip(hists, queries, strict=True)
-            ]
-        )  # (n_rows, n_inputs)
+        design, x = self._stack_design(closed, pairs, queries, rating_like)
         y = np.concatenate([t.query.rating for t in tasks]).astype(np.float64)
-        like = None
-        if rating_like:
-            assert self.rank_ is not None
-            like = np.concatenate(self._scores(self.rank_, pairs, queries, train_rows=False))
-        # (n_rows, 1 + like + n_inputs); the unitless columns in stars of this scale
-        design = rating_design(meta, like, x, b.rating_inputs, self.rating_unit)
         # column names: the rating-scale columns (whole predicted ratings) are the ones
         # summing to 1 when the stack has no intercept; the offsets (like logit, bias
         # parts, popularity) stay free. The ridge's prior is one input alone.
@@ -1183,6 +1167,62 @@ class MetaRecommender(Recommender):
         if unit != 1.0:
             w[-1] *= unit
         return w, prior
+
+    def _stack_design(
+        self,
+        closed: ClosedForm,
+        pairs: Sequence[tuple[int, Interactions]],
+        queries: Sequence[np.ndarray],
+        rating_like: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The rating stack's design over ``queries`` of histories ``pairs``:
+        ((n_rows, 1 + like + n_inputs), the closed-form inputs (n_rows, n_inputs))."""
+        assert self.rating_ is not None
+        b = self.config.blend
+        hists = [(h.item_idx, h.rating.astype(np.float64)) for _, h in pairs]
+        meta = np.concatenate(
+            self._scores(self.rating_, pairs, queries, train_rows=False)
+        )  # (n_rows,) raw meta ratings of every query item
+        x = np.concatenate(
+            [
+                closed.rating_inputs(b.rating_inputs, *h, q)
+                for h, q in zip(hists, queries, strict=True)
+            ]
+        )  # (n_rows, n_inputs)
+        like = None
+        if rating_like:
+            assert self.rank_ is not None
+            like = np.concatenate(self._scores(self.rank_, pairs, queries, train_rows=False))
+        # (n_rows, 1 + like + n_inputs); the unitless columns in stars of this scale
+        return rating_design(meta, like, x, b.rating_inputs, self.rating_unit), x
+
+    def _stack_falls_with_ratings(
+        self,
+        closed: ClosedForm,
+        tasks: Sequence[Task],
+        pairs: Sequence[tuple[int, Interactions]],
+        w: np.ndarray,
+        rating_like: bool,
+    ) -> tuple[float, float] | None:
+        """(stack, meta-model) mean change of the predicted ratings of validation queries
+        when every history rating goes from the scale's bottom to its top, where the stack
+        falls while the meta-model alone rises; else None. Fitted on validation users with
+        nothing to find, a stack turned the meta-model against itself: a user's 5 on an
+        item predicted 1.84 there, their 1 3.42 (probe 155)."""
+        lo, hi = self.rating_range_
+        keep = np.linspace(0, len(tasks) - 1, min(len(tasks), 64)).round().astype(np.int64)
+        queries = [tasks[i].query.item_idx for i in np.unique(keep)]
+        at = {}
+        for name, value in (("lo", lo), ("hi", hi)):
+            flat = [
+                (u, dataclasses.replace(h, rating=np.full(len(h), value, dtype=np.float32)))
+                for u, h in (pairs[i] for i in np.unique(keep))
+            ]
+            design, _ = self._stack_design(closed, flat, queries, rating_like)
+            at[name] = (apply_rating_weights(w, design), design[:, 0])  # as Blend.rating
+        stack = float(np.mean(at["hi"][0] - at["lo"][0]))
+        meta = float(np.mean(at["hi"][1] - at["lo"][1]))
+        return (stack, meta) if stack < 0 < meta else None
 
     def _fit_rank_blend(
         self,
@@ -1965,8 +2005,11 @@ class MetaRecommender(Recommender):
     ) -> np.ndarray:
         """Influence of each support row on each item's score, by exact leave-one-out
         re-adaptation: w[i, j] = s(i | support) − s(i | support without row j), in logit
-        units for the ranking model (rating units for a rating head). (n_items, n_support);
-        rows cut by ``max_support`` get weight 0.
+        units for the ranking model (rating units for a rating head). (n_items, n_support).
+        Rows older than the ``max_support`` the meta-model adapts on count too: the blend's
+        closed-form inputs read the whole history, and the sampled negatives avoid it (they
+        had weight 0 while their removal moved the blended score by up to 0.85 logits, and
+        the rows shown were not the top ones; probe 157).
 
         Each leave-one-out support is adapted to exactly as a request holding it would be:
         its own sampled negatives (seeded by the support, as every adaptation is), and for
@@ -1987,16 +2030,17 @@ class MetaRecommender(Recommender):
         out = np.zeros((len(item_idx), n_sup))
         if n_sup == 0 or len(item_idx) == 0:
             return out
-        hist, _ = self._history(user_idx, support)
-        start = max(0, len(hist) - self.config.max_support)
-        pos = np.arange(len(hist) - n_sup, len(hist)) - start  # row j's place in the episode
-        live = np.flatnonzero(pos >= 0)
-        # task 0: the whole support; task 1 + r: the support without row live[r]
+        # task 0: the whole support; task 1 + j: the support without row j
         tasks = [(user_idx, support)] + [
-            (user_idx, support.take(np.delete(np.arange(n_sup), j))) for j in live
+            (user_idx, support.take(np.delete(np.arange(n_sup), j))) for j in range(n_sup)
         ]
-        fast, user_x = self._adapt(part, tasks)
-        s = np.stack(self._predict(part, fast, user_x, item_idx))  # (t, n_items)
+        # adapted in chunks: a request may hold 1,000 rows, each a leave-one-out
+        s = np.concatenate(
+            [
+                np.stack(self._predict(part, *self._adapt(part, tasks[lo : lo + 256]), item_idx))
+                for lo in range(0, len(tasks), 256)
+            ]
+        )  # (1 + n_sup, n_items)
         if self.blend_ is not None and part is self.rank_:
             hists = [self._history(u, sup) for u, sup in tasks]
             # every leave-one-out takes the whole support's blend weights: a two-row
@@ -2016,8 +2060,7 @@ class MetaRecommender(Recommender):
                     for r, h in zip(s, hists, strict=True)
                 ]
             )
-        out[:, live] = (s[0][None, :] - s[1:]).T
-        return out
+        return (s[0][None, :] - s[1:]).T
 
     # --- persistence -------------------------------------------------------------------
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
