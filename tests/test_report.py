@@ -515,3 +515,28 @@ def test_the_protocol_counts_queries_whose_ratings_all_tie():
     assert tied["tied_queries"] == sum(len(t.query) > 1 for t in split.test) > 0
     apart = E.describe_protocol(cfg, info, with_ratings(lambda n: 1.0 + np.arange(n) % 5))
     assert apart["tied_queries"] == 0
+
+
+def test_the_k_curve_counts_users_per_k_where_each_k_has_its_own():
+    """curve_same_users = false: each K scores its own users, and "(102-189 users per
+    seed)" read as a spread within one seed (probe 157). The count is given per K."""
+    res = _results(
+        {"Meta": [(1.0, 0.3)], "Base": [(1.0, 0.2)]}, {"Meta": "meta", "Base": "baseline"}
+    )
+
+    def curve(run, k, n):
+        v = np.linspace(0.1, 0.9, n)
+        r = dataclasses.replace(
+            run.result,
+            per_user={"RMSE": np.ones(n), NDCG: v},
+            n_users={"RMSE": n, NDCG: n},
+            user_idx=np.arange(n),
+        )
+        return dataclasses.replace(run, k_shot=k, result=r, scenario="curve")
+
+    main = res.runs
+    own = (*main, *(curve(r, k, n) for r in main for k, n in ((1, 9), (5, 6))))
+    said = report.render_markdown(dataclasses.replace(res, runs=own), {})
+    assert "(K = 1: 9, K = 5: 6 users per seed)" in said
+    same = (*main, *(curve(r, k, 6) for r in main for k in (1, 5)))
+    assert "(6 users per seed)" in report.render_markdown(dataclasses.replace(res, runs=same), {})

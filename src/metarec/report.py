@@ -578,14 +578,27 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
     lines += ["Fit times (and grid points chosen on validation users):", "", *fits, ""]
     ks = results.curve_ks()
     if ks:
-        n_curve = [len(r.result.user_idx) for r in results.runs if r.scenario == "curve"]
+        curve_runs = [r for r in results.runs if r.scenario == "curve"]
+        n_curve = [len(r.result.user_idx) for r in curve_runs]
+        # a range over K where each K scores its own users (curve_same_users = false):
+        # "102-189 users per seed" read as a spread over one seed's runs (probe 157)
+        per_k = {}
+        for r in curve_runs:
+            per_k.setdefault(r.k_shot, []).append(len(r.result.user_idx))
+        by_k = len({_count_range(v) for v in per_k.values()}) > 1
+        counted = (
+            ", ".join(f"K = {k}: {_count_range(v)}" for k, v in sorted(per_k.items()))
+            + " users per seed"
+            if by_k
+            else f"{_count_range(n_curve)} users per seed"
+        )
         lines += [
             "## K-curve",
             "",
             f"{_sentence(p.get('curve_recut', 'each K recuts the split with the same seed'))}; "
             f"fitted models are reused when the recut leaves the training rows unchanged. "
             f"Evaluated on "
-            f"{p.get('curve_users', '')} ({_count_range(n_curve)} users per seed)"
+            f"{p.get('curve_users', '')} ({counted})"
             + (f"; {p['curve_query']}." if p.get("curve_query") else "."),
             "",
         ]
