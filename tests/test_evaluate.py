@@ -10,6 +10,7 @@ import re
 import numpy as np
 import pytest
 
+from metarec import evaluate as evaluation
 from metarec import metrics as M
 from metarec.evaluate import EvalResult, aggregate_seeds, evaluate
 from metarec.recommender import Recommender
@@ -396,3 +397,26 @@ def test_a_threshold_above_every_rating_the_data_holds_is_refused():
     ):
         evaluate(rec, ds, list(TASKS), threshold=7)
     assert np.isfinite(evaluate(rec, ds, list(TASKS), threshold=5, bootstrap=0).metrics["AUC"])
+
+
+def test_a_threshold_the_top_rating_reaches_in_float32_is_not_refused():
+    """Ratings are held in float32: a top rating of 0.7 (0.699999988) reaches a threshold
+    of 0.7 as relevance judges it, but the checks compared in float64 and refused the
+    threshold as out of reach (review 156); EASE's min_rating likewise."""
+    from metarec.baselines import liked_threshold
+    from metarec.data.raw import RawData, build_dataset, make_ratings_frame
+    from metarec.metrics import is_relevant
+
+    rows = [
+        (f"u{u}", f"i{i}", [0.1, 0.3, 0.5, 0.7][(u + i) % 4], u * 10 + i)
+        for u in range(6)
+        for i in range(5)
+    ]
+    ds = build_dataset(
+        RawData("toy", make_ratings_frame(*zip(*rows, strict=True)), "explicit", (0.0, 1.0), True)
+    )
+    assert is_relevant(ds.interactions.rating, 0.7).sum() > 0
+    evaluation.check_threshold(ds, 0.7)  # no refusal
+    assert liked_threshold(ds, ds.interactions, 0.7) == 0.7
+    with pytest.raises(MetarecError, match="no rating of 'toy' reaches it"):
+        evaluation.check_threshold(ds, 0.8)

@@ -2438,3 +2438,30 @@ def test_lastfm_log_plays_scale_is_checked_as_a_csv_scale():
     E._check_scale_from_training(wide, data("csv", rating_range=[1, 6]), 0, [split])
     with pytest.raises(MetarecError, match="only test queries reach it"):
         E._check_scale_from_training(wide, data("csv"), 0, [split])
+
+
+def test_evaluate_fits_the_user_side_statistics_on_the_training_users(monkeypatch):
+    """evaluate builds each split's features with the user side statistics fitted on the
+    split's training users: on every user, the test users' ages moved the training
+    (probe 153). Review 156 found the experiment's path untested."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]", "fail_fast=true"])
+    split = E.cut_split(E.load_data(cfg), cfg, 0, cfg.split.k_shot)
+    seen = []
+    real = E.build_split_features
+
+    def spy(ds, train_items, text, train_users=None):
+        seen.append(None if train_users is None else set(np.asarray(train_users).tolist()))
+        return real(ds, train_items, text, train_users)
+
+    class Trained(Exception):
+        pass
+
+    def fit(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(E, "build_split_features", spy)
+    monkeypatch.setattr(E, "fit_method", fit)
+    with pytest.raises(Trained):
+        E.run(cfg, None)
+    assert seen and seen[0] == set(split.train.user_idx.tolist())
+    assert not seen[0] & {t.user_idx for t in split.test}

@@ -2347,6 +2347,10 @@ def test_a_rating_stack_that_falls_as_users_rate_higher_is_dropped(fitted, monke
     with pytest.warns(UserWarning, match=r"predicts lower ratings for users who rate higher"):
         blend = rec._fit_blend(ds, split)
     assert blend is not None and blend.rating_weights is None
+    # recorded where evaluate's results and fit's summary say what was skipped
+    from metarec.experiment import _blend_skipped
+
+    assert _blend_skipped(rec).startswith("rating blend: its stack predicted lower ratings")
     assert blend.rating_weights_short is None and blend.rank_weights is not None
     # only the short histories' stacks fall: they give way, the main stack stays
     calls = []

@@ -515,6 +515,12 @@ def test_the_protocol_counts_queries_whose_ratings_all_tie():
     assert tied["tied_queries"] == sum(len(t.query) > 1 for t in split.test) > 0
     apart = E.describe_protocol(cfg, info, with_ratings(lambda n: 1.0 + np.arange(n) % 5))
     assert apart["tied_queries"] == 0
+    # on a -2..2 scale a query all at the bottom has gains 0: nDCG undefined, not 1.0
+    low = {**info, "rating_range": [-2.0, 2.0]}
+    bottom = E.describe_protocol(cfg, low, with_ratings(lambda n: np.full(n, -2.0)))
+    assert bottom["tied_queries"] == 0
+    top = E.describe_protocol(cfg, low, with_ratings(lambda n: np.full(n, 2.0)))
+    assert top["tied_queries"] == tied["tied_queries"]
 
 
 def test_the_k_curve_counts_users_per_k_where_each_k_has_its_own():

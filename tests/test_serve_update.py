@@ -634,3 +634,40 @@ def test_update_says_when_the_store_holds_rows_of_a_run_on_other_feedback(run, t
     store.add("u0", [FeedbackRow("it1", 1.0, None)], written_for="implicit")
     with pytest.warns(UserWarning, match="holds rows stored by a run on implicit feedback"):
         update_run(run, tmp_path / "fb", tmp_path / "RUN2", UpdateConfig(steps=1))
+
+
+def test_a_store_restored_from_an_older_copy_counts_every_row_as_new(run, tmp_path):
+    """A store restored from a backup numbers its new rows from its own end again: rows
+    the RUN never saw took numbers an earlier update had read, and would have counted as
+    folded in (review 156). The row at the mark is checked: another row there, or none,
+    and every stored row counts as new, with a warning."""
+    import shutil
+
+    from metarec.update import UpdateConfig, update
+
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("u1", likes_space(6))
+    backup = tmp_path / "backup.sqlite3"
+    shutil.copy(store.path, backup)  # 6 rows
+    store.add("u2", likes_space(4))  # rows 7-10
+    sid, frame = store.snapshot()
+    assert sid == store.store_id() and frame["seq"].tolist() == list(range(1, 11))
+    pred = Predictor.load(run)
+    cfg = UpdateConfig(steps=1)
+    run2, report = update(pred, frame, cfg, store=sid)
+    assert report["feedback_through"] == 10 and len(report["feedback_through_row"]) == 16
+    # the same store, two new rows: the mark holds
+    store.add("late", [FeedbackRow("it3", 2.0, None), FeedbackRow("it5", 4.0, None)])
+    _, frame = store.snapshot()
+    _, again = update(run2, frame, cfg, store=sid)
+    assert again["feedback_rows_new"] == 2 and again["feedback_users"] == 1
+    # restored: rows 7-12 are others now; row 10 is not the row read
+    shutil.copy(backup, store.path)
+    for side in ("-wal", "-shm"):
+        (tmp_path / "fb" / f"feedback.sqlite3{side}").unlink(missing_ok=True)
+    store.add("v", likes_space(6))
+    sid2, frame = store.snapshot()
+    assert sid2 == sid and frame["seq"].max() == 12
+    with pytest.warns(UserWarning, match="row 10, the last an earlier update of this RUN read"):
+        _, restored = update(run2, frame, cfg, store=sid)
+    assert restored["feedback_rows_new"] == 12

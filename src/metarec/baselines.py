@@ -67,7 +67,7 @@ def liked_threshold(dataset: Dataset, train: Interactions, min_rating: float | N
     like = like_threshold(dataset, min_rating)
     if dataset.feedback == "explicit" and len(train):
         top = float(train.rating.max())
-        if top < like:
+        if not is_relevant(train.rating, like).any():  # as the likes are judged (float32)
             what = (
                 f"min_rating {like:g}"
                 if min_rating is not None

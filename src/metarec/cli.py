@@ -453,6 +453,11 @@ def cmd_fit(args) -> int:
         summary["rank_blend_skipped"] = (
             f"{rank_skipped}: recommend ranks by the ranking model alone"
         )
+    # the rating half dropped (a stack that fell as users rate higher): ratings are then
+    # the meta-model's alone
+    rating_skipped = getattr(pred.model, "rating_blend_skipped_", "")
+    if blend is not None and blend.rating_weights is None and rating_skipped:
+        summary["rating_blend_skipped"] = f"{rating_skipped}: ratings are the meta-model's alone"
     unrated = len(pred.items) - len(rated)
     if unrated:
         summary["unrated_items"] = unrated

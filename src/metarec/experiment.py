@@ -1489,7 +1489,9 @@ def _blend_skipped(rec: Recommender) -> str:
     """Why ``rec``'s blend, or its ranking half, was not fitted ("" = fitted, or off)."""
     whole = getattr(rec, "blend_skipped_", "")
     rank = getattr(rec, "rank_blend_skipped_", "")
-    return whole or (f"ranking blend: {rank}" if rank else "")
+    rating = getattr(rec, "rating_blend_skipped_", "")
+    halves = [f"ranking blend: {rank}" if rank else "", f"rating blend: {rating}" if rating else ""]
+    return whole or "; ".join(h for h in halves if h)
 
 
 def _history(rec: Recommender) -> tuple[dict, ...]:
@@ -1576,6 +1578,20 @@ def _one_class(tasks: Sequence[Task], relevant_from: float) -> int:
     )
 
 
+def _tied_queries(tasks: Sequence[Task], ds_info: dict) -> int:
+    """How many of ``tasks`` have a query of two or more items all rated alike with a
+    gain above 0 (evaluate's graded gain is the rating less min(scale's bottom, 0); all
+    gains 0 leave nDCG undefined, not 1.0)."""
+    lo = float((ds_info.get("rating_range") or (0.0, 1.0))[0])
+    shift = min(lo, 0.0)
+    return sum(
+        len(t.query) > 1
+        and len(np.unique(t.query.rating)) == 1
+        and float(t.query.rating[0]) - shift > 0
+        for t in tasks
+    )
+
+
 def _no_relevant(
     tasks: Sequence[Task], relevant_from: float, exclude: dict[int, np.ndarray] | None = None
 ) -> int:
@@ -1654,9 +1670,7 @@ def describe_protocol(cfg: ExperimentConfig, ds_info: dict, split: Split) -> dic
         "one_class_queries": _one_class(split.test, relevant_from),
         # queries of two or more items all rated alike: any order scores nDCG (query) 1.0
         # (probe 155: every method's 1.0000 was bold, without a word)
-        "tied_queries": sum(
-            len(t.query) > 1 and len(np.unique(t.query.rating)) == 1 for t in split.test
-        ),
+        "tied_queries": _tied_queries(split.test, ds_info),
         # and queries with no relevant item have no full-catalogue figure: the report
         # said "N test users" beside the verdict metric's N - 3 (probe 140)
         "no_relevant_queries": _no_relevant(

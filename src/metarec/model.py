@@ -710,6 +710,7 @@ class MetaRecommender(Recommender):
         # an experiment's results.json and report.md carry it per seed
         self.blend_skipped_ = ""
         self.rank_blend_skipped_ = ""
+        self.rating_blend_skipped_ = ""
 
     # --- fitting -----------------------------------------------------------------------
     def fit(
@@ -757,6 +758,7 @@ class MetaRecommender(Recommender):
         self.features_ = self.known_items_ = None
         self.blend_skipped_ = ""
         self.rank_blend_skipped_ = ""
+        self.rating_blend_skipped_ = ""
         self._set_fitted(dataset, train)
         if dataset.feedback != "explicit" and cfg.like_threshold is not None:
             warnings.warn(
@@ -992,6 +994,11 @@ class MetaRecommender(Recommender):
             rating_w, rating_prior = self._fit_rating_stack(closed, tasks, pairs, rating_like)
             falls = self._stack_falls_with_ratings(closed, tasks, pairs, rating_w, rating_like)
             if falls is not None:
+                self.rating_blend_skipped_ = (
+                    f"its stack predicted lower ratings for users who rate higher "
+                    f"({falls[0]:+.3g} from every history rated {self.rating_range_[0]:g} to "
+                    f"every one rated {self.rating_range_[1]:g}; the meta-model {falls[1]:+.3g})"
+                )
                 warnings.warn(
                     f"blend: the rating stack fitted on {len(tasks)} validation users "
                     "predicts lower ratings for users who rate higher (validation queries "

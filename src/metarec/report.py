@@ -137,8 +137,8 @@ def markdown_table(results: Results, table: dict, metrics: list[str]) -> str:
 
 # why a metric can be undefined for a user in a way that depends on the method's scores
 _UNDEFINED_BY_METHOD = {
-    "Precision": "the method predicts no positive for",
-    "F1": "whose query holds no positive and the method predicts none for",
+    "Precision": "for whom the method predicts no positive",
+    "F1": "whose query holds no positive and for whom the method predicts none",
 }
 
 
@@ -159,7 +159,7 @@ def uneven_users(results: Results, table: dict, metrics: list[str]) -> str:
                 counts[n] = cell["n_users"][cell["seeds"].index(seed)]
         if len(set(counts.values())) < 2:
             continue
-        why = _UNDEFINED_BY_METHOD.get(m, "the method's scores leave it undefined for")
+        why = _UNDEFINED_BY_METHOD.get(m, "for whom the method's scores give it no value")
         listed = ", ".join(f"{n} {c}" for n, c in counts.items())
         out.append(
             f"{m} averages over different users for each method: it is undefined for a "

@@ -271,12 +271,25 @@ def update(
     earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
     marked = store is not None and "seq" in feedback.columns and len(feedback) > 0
     since = _folded_through(earlier, store) if marked else 0
+    if since and _row_digest(feedback, since) != _mark_digest(earlier, store, since):
+        # the row the earlier update read last is gone or another: a store restored from
+        # an older copy numbers new rows from its own end again, and rows the RUN never
+        # saw would count as folded in
+        warnings.warn(
+            f"feedback: the store's row {since}, the last an earlier update of this RUN "
+            "read, is not the row it read (the store was restored from an older copy, or "
+            "rewritten): every stored row counts as new",
+            stacklevel=2,
+        )
+        since = 0
     users, train, fb_users, report = merge_feedback(pred, feedback, what, since)
     if marked:
+        last = int(feedback["seq"].max())
         report = {
             **report,
             "feedback_store": store,
-            "feedback_through": int(feedback["seq"].max()),
+            "feedback_through": last,
+            "feedback_through_row": _row_digest(feedback, last),
         }
     n_old, n_new = len(pred.users), len(users)
     state_cfg, tensors = pred.model.state()
@@ -330,6 +343,34 @@ def update(
         "updates": [*earlier, record],
     }
     return Predictor(model, users, pred.items, pred.item_domain, train, info), report
+
+
+def _row_digest(feedback: pd.DataFrame, seq: int) -> str | None:
+    """sha256 (16 hex digits) of the stored row numbered ``seq`` (its user, item, rating
+    and timestamp), or None where there is none: what tells the row an update read last
+    from another row that took its number."""
+    import hashlib
+
+    row = feedback[feedback["seq"] == seq]
+    if row.empty:
+        return None
+    r = row.iloc[0]
+    ts = r.get("timestamp")
+    ts = None if ts is None or pd.isna(ts) else int(ts)
+    text = f"{r['user_id']}\x1f{r['item_id']}\x1f{float(r['rating'])!r}\x1f{ts}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _mark_digest(records: list, store: str | None, since: int) -> str | None:
+    """The digest recorded with the mark ``since`` of ``store`` (None: none recorded)."""
+    for r in records:
+        if (
+            isinstance(r, dict)
+            and r.get("feedback_store") == store
+            and r.get("feedback_through") == since
+        ):
+            return r.get("feedback_through_row")
+    return None
 
 
 def _folded_through(records: list, store: str | None) -> int:
@@ -473,13 +514,13 @@ def update_run(
     if other is not None:
         # rows stored by a run on other feedback fit this one's values by chance at best
         warnings.warn(other, stacklevel=2)
-    frame = store.frame()
+    # the id and the rows in one read: a store made again between two reads gave the new
+    # store's id to the old store's rows
+    store_id, frame = store.snapshot()
     # rows stored before /feedback checked values would otherwise surface as "meta-loss
     # is inf": merge_feedback names them (those it uses: rows on items outside the
     # catalogue are left out first)
-    new, report = update(
-        pred, frame, cfg, what=f"{feedback_db}: stored feedback", store=store.store_id()
-    )
+    new, report = update(pred, frame, cfg, what=f"{feedback_db}: stored feedback", store=store_id)
     _smoke_test(new.model)  # as a load would: nothing is written that cannot serve
     new.save(out)
     # each part's member count, as fit's summary gives it: every member was updated

@@ -287,11 +287,25 @@ class FeedbackStore:
         update of its RUN from the same store tells the rows folded in already from new
         ones; a store made again at the same path is another store."""
         with self._connect() as con:
-            try:
-                row = con.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
-            except sqlite3.OperationalError:  # no store_meta table: a store from before
-                return None
+            return self._store_id(con)
+
+    @staticmethod
+    def _store_id(con: sqlite3.Connection) -> str | None:
+        try:
+            row = con.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+        except sqlite3.OperationalError:  # no store_meta table: a store from before
+            return None
         return None if row is None else str(row[0])
+
+    def snapshot(self) -> tuple[str | None, pd.DataFrame]:
+        """(:meth:`store_id`, :meth:`frame`) read in one transaction: one store's id and
+        its rows, as they stood at one moment."""
+        with self._connect() as con:
+            con.execute("BEGIN")
+            try:
+                return self._store_id(con), self._frame(con)
+            finally:
+                con.execute("COMMIT")
 
     def count(self) -> int:
         with self._connect() as con:
@@ -302,9 +316,12 @@ class FeedbackStore:
         row's number in the store: rows are numbered as stored, from 1, and a number is
         never used again), in stored order."""
         with self._connect() as con:
-            rows = con.execute(
-                "SELECT user_id, item_id, rating, timestamp, seq FROM feedback ORDER BY seq"
-            ).fetchall()
+            return self._frame(con)
+
+    def _frame(self, con: sqlite3.Connection) -> pd.DataFrame:
+        rows = con.execute(
+            "SELECT user_id, item_id, rating, timestamp, seq FROM feedback ORDER BY seq"
+        ).fetchall()
         # each row checked as get() checks it (one rule, one message: StoreDamaged names
         # the store and the value); SQLite keeps whatever a column was given, and rows
         # written by /feedback are always numbers
