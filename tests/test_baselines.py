@@ -753,3 +753,29 @@ def test_the_global_mean_of_huge_ratings_does_not_overflow():
     )
     mu, b = _item_biases(train, 7, 1.0)
     assert mu == pytest.approx(3e36, rel=1e-6) and np.isfinite(b).all()
+    # biased MF takes its own global mean: summed in float64 too
+    users = IdMap(np.array([f"u{i}" for i in range(30)]))
+    ds = Dataset(
+        "huge",
+        train,
+        users,
+        IdMap(np.array([f"i{i}" for i in range(7)])),
+        "explicit",
+        (0.0, 3.4e38),
+        True,
+    )
+    assert BiasedMF(factors=2, iterations=2, seed=0).fit(ds, train).mu_ == pytest.approx(
+        3e36, rel=1e-6
+    )
+
+
+def test_interactions_at_a_threshold_float32_rounds_down_are_kept():
+    """interaction_mask (the baselines' min_rating: EASE, kNN, ALS) judges a rating as
+    metrics.is_relevant does, in float32: a 0.7 rating (held as 0.699999988) counts at a
+    min_rating of 0.7, as it is relevant when evaluated (probe 155)."""
+    from metarec.baselines import interaction_mask
+
+    rated = np.array([0.7, 0.5], dtype=np.float32)
+    assert interaction_mask(rated, 0.7).tolist() == [True, False]
+    assert interaction_mask(rated.astype(np.float64), 0.7).tolist() == [True, False]
+    assert interaction_mask(rated, None).tolist() == [True, True]

@@ -113,6 +113,9 @@ def test_lastfm_published_counts(data_dir):
     assert wide.rating_range == (0.0, 20.0)
     with pytest.raises(MetarecError, match=r"outside rating_range 0\.\.5"):
         read_raw("lastfm-hetrec", folder, plays="log", rating_range=(0, 5))
+    # below the bottom too: one play is log1p(1) = 0.69, under a scale from 1
+    with pytest.raises(MetarecError, match=r"log play count 0\.69.* outside rating_range 1\.\.20"):
+        read_raw("lastfm-hetrec", folder, plays="log", rating_range=(1, 20))
     with pytest.raises(MetarecError, match="with plays='log' only"):
         read_raw("lastfm-hetrec", folder, rating_range=(0, 20))
 

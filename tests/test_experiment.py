@@ -1232,6 +1232,23 @@ def test_an_item_the_full_ranking_leaves_out_is_not_relevant(tmp_path):
     assert E._no_relevant([t], 4.0, {t.user_idx: relevant[:1]}) == 0
 
 
+def test_the_protocols_count_of_users_with_nothing_to_find_takes_the_exclusions(monkeypatch):
+    """describe_protocol's no_relevant_queries counts the relevant items the full ranking
+    can hold (ranking_exclusions), as evaluate leaves them out: counted before the
+    exclusions, a user whose every relevant query item is excluded read as a user with
+    something to find, while each of their full metrics was undefined (probe 154)."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]"], only=["popularity"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    info = {"name": "tiny", "feedback": "explicit"}
+    before = E.describe_protocol(cfg, info, split)["no_relevant_queries"]
+    t = next(t for t in split.test if (t.query.rating >= cfg.threshold).any())
+    relevant = t.query.item_idx[t.query.rating >= cfg.threshold]
+    # the ranking leaves out every relevant item of t's query (warm: all in their history)
+    monkeypatch.setattr(E, "ranking_exclusions", lambda sp, tasks: {t.user_idx: relevant})
+    assert E.describe_protocol(cfg, info, split)["no_relevant_queries"] == before + 1
+
+
 def test_warm_full_ranking_leaves_out_the_users_training_history(tmp_path):
     # a warm user's earlier items stay in train; the full ranking offered them (recommend
     # never does), and they took 10-20% of popularity's top ten while never relevant
@@ -2415,6 +2432,50 @@ def test_a_scale_only_test_queries_reach_is_refused_until_declared(tmp_path, mon
         E.run(E.load_config(TINY, ["seeds=[0]", "shots=[]", "fail_fast=true"]), None)
 
 
+def test_the_scale_check_covers_every_k_curve_split(monkeypatch):
+    """Each K of the curve recuts the split: a test query there may be the only row that
+    reaches the scale's end (a K=1 user's query holds what K=3 put in the support), so
+    every curve split is checked with the main one, before any fit."""
+    curve_made, checked = [], []
+    real_curve, real_check = E._curve_split, E._check_scale_from_training
+
+    def curve(*a, **k):
+        curve_made.append(real_curve(*a, **k))
+        return curve_made[-1]
+
+    def check(ds, config, seed, splits):
+        checked.extend(splits)
+        return real_check(ds, config, seed, splits)
+
+    class Trained(Exception):
+        pass
+
+    def fit(*a, **k):
+        raise Trained
+
+    monkeypatch.setattr(E, "_curve_split", curve)
+    monkeypatch.setattr(E, "_check_scale_from_training", check)
+    monkeypatch.setattr(E, "fit_method", fit)
+    with pytest.raises(Trained):
+        E.run(E.load_config(TINY, ["seeds=[0]", "shots=[1, 3]", "fail_fast=true"]), None)
+    assert curve_made and all(any(s is c for c in checked) for s in curve_made)
+
+
+def test_the_skipped_blend_names_each_half_that_was_dropped():
+    """_blend_skipped, what results.json's fits say was not fitted: the ranking and the
+    rating halves are dropped for their own reasons, and where both were, both are said
+    (the rating stack's drop is recorded beside the ranking blend's, review 156)."""
+    from types import SimpleNamespace
+
+    both = SimpleNamespace(rank_blend_skipped_="no positive", rating_blend_skipped_="it fell")
+    assert E._blend_skipped(both) == "ranking blend: no positive; rating blend: it fell"
+    rating = SimpleNamespace(rating_blend_skipped_="it fell")
+    assert E._blend_skipped(rating) == "rating blend: it fell"
+    whole = SimpleNamespace(blend_skipped_="too few users", rating_blend_skipped_="it fell")
+    assert E._blend_skipped(whole) == "too few users"
+    assert E._blend_skipped(SimpleNamespace()) == ""
+
+
 def test_lastfm_log_plays_scale_is_checked_as_a_csv_scale():
     """lastfm-hetrec with plays='log' runs its scale to the largest log play count, which
     may be one test user's: checked as a csv log's scale (its rating_range declares it);
@@ -2438,6 +2499,72 @@ def test_lastfm_log_plays_scale_is_checked_as_a_csv_scale():
     E._check_scale_from_training(wide, data("csv", rating_range=[1, 6]), 0, [split])
     with pytest.raises(MetarecError, match="only test queries reach it"):
         E._check_scale_from_training(wide, data("csv"), 0, [split])
+
+
+def test_the_scale_check_reads_every_rating_the_models_see():
+    """_check_scale_from_training refuses a scale's end that only test queries reach. The
+    models see the training rows, the validation tasks (support and query) and the test
+    supports: an end one of those reaches is not refused. A parquet log's scale is read
+    as a csv log's, and checked; an implicit log has none to check; a test query below
+    every rating the models see is refused as one above."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    assert split.valid and len(split.test) > 1
+
+    def rated(t, part, value):
+        got = getattr(t, part)
+        got = dataclasses.replace(got, rating=np.full(len(got), value, np.float32))
+        return dataclasses.replace(t, **{part: got})
+
+    def data(name, **options):
+        return dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, name=name, options=options)
+        )
+
+    wide = dataclasses.replace(ds, rating_range=(1.0, 6.0))
+    top = dataclasses.replace(split, test=(rated(split.test[0], "query", 6.0), *split.test[1:]))
+    for name in ("csv", "parquet"):
+        with pytest.raises(MetarecError, match="only test queries reach it"):
+            E._check_scale_from_training(wide, data(name), 0, [top])
+    E._check_scale_from_training(
+        dataclasses.replace(wide, feedback="implicit"), data("csv"), 0, [top]
+    )
+    # 6 reached where the models see it: a validation query, a test user's support
+    seen = [
+        dataclasses.replace(top, valid=(rated(top.valid[0], "query", 6.0), *top.valid[1:])),
+        dataclasses.replace(
+            top, test=(top.test[0], rated(top.test[1], "support", 6.0), *top.test[2:])
+        ),
+    ]
+    for sp in seen:
+        E._check_scale_from_training(wide, data("csv"), 0, [sp])
+    low = dataclasses.replace(split, test=(rated(split.test[0], "query", 0.0), *split.test[1:]))
+    with pytest.raises(MetarecError, match=r"rating_range = \[0, 5\]"):
+        E._check_scale_from_training(
+            dataclasses.replace(ds, rating_range=(0.0, 5.0)), data("csv"), 0, [low]
+        )
+
+
+def test_split_features_fit_the_user_side_on_the_split_training_users(tiny_dataset, tmp_path):
+    """build_split_features(train_users=...): the user side statistics are fitted on those
+    users alone, as item side ones on the training items. A test user's profile (u2's age
+    99) moved every training user's z-scores (probe 153); it moves only its own row."""
+    from metarec.model import TextConfig
+
+    text = TextConfig(model="hashing:64", cache=str(tmp_path / "emb"))
+    items = np.arange(tiny_dataset.n_items)
+    fit = np.array([tiny_dataset.users.index(u) for u in ("u0", "u1")])
+    u2 = tiny_dataset.users.index("u2")
+    frame = tiny_dataset.user_table.frame.copy()
+    frame.loc[u2, "age"] = 99.0
+    other = dataclasses.replace(
+        tiny_dataset, user_table=dataclasses.replace(tiny_dataset.user_table, frame=frame)
+    )
+    a = E.build_split_features(tiny_dataset, items, text, fit).user_side.numpy()
+    b = E.build_split_features(other, items, text, fit).user_side.numpy()
+    np.testing.assert_array_equal(a[fit], b[fit])
+    assert not np.array_equal(a[u2], b[u2])
 
 
 def test_evaluate_fits_the_user_side_statistics_on_the_training_users(monkeypatch):

@@ -273,6 +273,22 @@ def test_export_without_validation_users_still_exports(fitted, monkeypatch, caps
     assert len(_predict(tmp, out, "nov")) == 80
 
 
+def test_the_export_check_judges_likes_as_relevance_does(fitted, monkeypatch):
+    """validation_metrics' AUC labels a query item a like through is_relevant (float32),
+    as fit and evaluate do: at a like threshold that float32 rounds to 5.0, a 5 is a like
+    there and here alike, and the AUC is the one at 5.0 (probe 155)."""
+    from metarec.export import validation_metrics
+    from metarec.predictor import Predictor
+
+    _, run = fitted
+    pred = Predictor.load(run)
+    got = {}
+    for like in (5.0, 5.0 + 1e-9):
+        monkeypatch.setattr(pred.model, "_like_threshold", lambda like=like: like)
+        got[like] = validation_metrics(pred)["auc"]
+    assert got[5.0] is not None and got[5.0 + 1e-9] == got[5.0]
+
+
 def test_values_past_fp16s_range_stay_float32():
     # a rating blend's item biases on a 0-1,000,000 scale overflowed to inf in fp16, and
     # the exported RUN scored inf; such a tensor is now kept in float32, and said so

@@ -1484,3 +1484,15 @@ def test_parquet_cells_are_named_as_rows_and_an_inf_rating_as_not_finite(tmp_pat
     p = write(tmp_path / "log.csv", "user_id,item_id,rating\nu,a,3\nu,b,inf\n")
     with pytest.raises(MetarecError, match=r"line 3: column 'rating' value 'inf' is not finite"):
         read_table(p)
+
+
+def test_other_separator_never_names_the_separator_the_file_was_read_with():
+    """tabular.other_separator, the one check behind every "looks X-separated" hint: a
+    separator other than the one read with. A quoted header cell holding that one (a csv
+    header '"a,b"' read as one column) is not a hint that it looks comma-separated."""
+    from metarec.data.tabular import other_separator
+
+    assert other_separator("a,b", ",") is None
+    assert other_separator("a,b;c", ",") == "semicolon"
+    assert other_separator("a\tb,c", None) == "tab"  # tab first, then ; | ,
+    assert other_separator("abc", None) is None

@@ -411,6 +411,71 @@ def test_a_rating_at_a_threshold_float32_rounds_down_is_a_like_everywhere(world)
     np.testing.assert_array_equal(labels_for("binary", np.array([at], np.float64), 0.7), [1.0])
 
 
+def test_a_request_rating_at_a_threshold_float32_rounds_down_adapts_as_a_like(fitted):
+    """The ranking model's adaptation labels a request's support in float32 too: the
+    history is read as float64 (0.7 held as 0.699999988), and compared there a rating
+    at the like threshold trained as a like was a dislike at recommend time (probe 155)."""
+    ds, split, _, rec = fitted
+    rec = MetaRecommender.from_state(*rec.state(), split.train)
+    rec._like_threshold = lambda: 0.7
+    items = np.array([1, 2, 3], dtype=np.int64)
+    at = Interactions(
+        np.zeros(3, np.int64),
+        items,
+        np.full(3, 0.7, np.float32),
+        np.arange(3),
+        np.zeros(3, np.int16),
+    )
+    (ep,) = rec._episodes(rec.rank_, [(-1, at)], train_rows=False)
+    assert ep.support_y[np.isin(ep.support_items, items)].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_the_closed_form_counts_likes_at_a_threshold_float32_rounds_down(world):
+    """ClosedForm.fit's count of liked items (EASE is fitted where there are any, and
+    skipped above ease_max_items) judges likes as EASE does, through is_relevant: a log
+    rated 0.7 throughout at a like threshold of 0.7 has every item liked, not none."""
+    ds, split = world
+    flat = dataclasses.replace(split.train, rating=np.full(len(split.train), 0.7, np.float32))
+    sds = dataclasses.replace(ds, rating_range=(0.3, 1.1))
+    n_items = len(np.unique(split.train.item_idx))
+    for most, fitted in ((n_items, True), (n_items - 1, False)):
+        cfg = BlendConfig(rating=False, rank_inputs=("ease", "popularity"), ease_max_items=most)
+        closed = ClosedForm.fit(sds, flat, cfg, like=0.7, seed=0)
+        assert (closed.ease is not None) == fitted, most
+
+
+def test_the_ranking_blend_takes_a_query_rating_at_the_threshold_as_a_positive(fitted, monkeypatch):
+    """The ranking blend's positives are judged through is_relevant (float32) as evaluate
+    judges relevance: a validation query item rated 0.7 (held as 0.699999988) at a like
+    threshold of 0.7 is a positive, not an item no weight should rank (probe 155)."""
+    import metarec.model as model_module
+
+    ds, split, _, rec = fitted
+    rec = MetaRecommender.from_state(*rec.state(), split.train)
+    rec._like_threshold = lambda: 0.7
+    cfg = BlendConfig(rating=False, rank_inputs=("popularity",))
+    closed = ClosedForm.fit(ds, split.train, cfg, like=3.0, seed=0)
+    tasks = [
+        dataclasses.replace(
+            t, query=dataclasses.replace(t.query, rating=np.full(len(t.query), 0.7, np.float32))
+        )
+        for t in split.valid[:3]
+    ]
+    pairs = [(t.user_idx, t.support) for t in tasks]
+    items = np.arange(ds.n_items)
+    seen = []
+
+    def spy(x, positive, *a):
+        seen.append(positive)
+        return np.zeros(x.shape[-1]), "softmax"
+
+    monkeypatch.setattr(model_module, "fit_rank_blend", spy)
+    rec._fit_rank_blend(closed, ("popularity",), tasks, pairs, items)
+    assert seen, "no positive: the blend was not fitted"
+    for row, t in zip(seen[0], tasks, strict=True):
+        assert set(np.flatnonzero(row)) == set(t.query.item_idx) - set(t.support.item_idx)
+
+
 def test_closed_form_inputs_equal_the_baselines(world):
     ds, split = world
     cfg = BlendConfig(rank_inputs=("ease", "popularity", "biased_mf"))
@@ -2326,6 +2391,29 @@ def test_positive_threshold_is_named_as_a_setting_with_no_effect():
     assert unused_model_settings(ModelConfig(), explicit=True) == []
 
 
+def test_fit_fits_the_user_side_statistics_on_its_training_users(world, monkeypatch):
+    """fit without a FeatureSet builds one with the user side statistics fitted on the
+    users with training rows, as the item side ones are on the training items: on every
+    user, the test users' ages moved the z-scores, and so training (probe 153)."""
+    ds, split = world
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def spy(self, dataset, fit_items, fit_users=None):
+        seen.append(fit_users)
+        raise Built
+
+    monkeypatch.setattr(MetaRecommender, "build_features", spy)
+    with pytest.raises(Built):
+        MetaRecommender(_fast_config()).fit(ds, split.train, valid=split.valid)
+    (users,) = seen
+    assert users is not None and users.shape == (ds.n_users,)
+    assert set(np.flatnonzero(users).tolist()) == set(split.train.user_idx.tolist())
+    assert not users[[t.user_idx for t in split.test]].any()
+
+
 def test_a_rating_stack_that_falls_as_users_rate_higher_is_dropped(fitted, monkeypatch):
     """A stack fitted on validation users with no signal to find turned the meta-model's
     rating against itself: a user's 5 on an item predicted 1.84, their 1 3.42 (probe
@@ -2374,6 +2462,78 @@ def test_a_rating_stack_that_falls_as_users_rate_higher_is_dropped(fitted, monke
         warnings.simplefilter("always")
         assert rec._fit_blend(ds, split).rating_weights is not None
     assert not any("rate higher" in str(w.message) for w in said)
+
+
+def test_explain_covers_every_row_of_a_support_longer_than_one_chunk(fitted):
+    """explain adapts its leave-one-outs in chunks of 256 (a request may hold 1,000 rows):
+    a row in a later chunk gets its own exact leave-one-out weight, as the first do."""
+    ds, split, _, rec = fitted
+    t = split.test[0]
+    n = 300  # 301 adaptations: two chunks
+    sup = Interactions(
+        np.full(n, t.user_idx, np.int64),
+        (np.arange(n) % ds.n_items).astype(np.int64),
+        (1 + np.arange(n) % 5).astype(np.float32),
+        np.arange(n, dtype=np.int64),
+        np.zeros(n, np.int16),
+    )
+    items = np.arange(12)
+    w = rec.explain(t.user_idx, sup, items)
+    assert w.shape == (len(items), n)
+    full = rec.rank_scores(t.user_idx, sup, items)
+    for j in (0, 255, 256, n - 1):  # either side of the chunks' edge
+        loo = rec.rank_scores(t.user_idx, sup.take(np.delete(np.arange(n), j)), items)
+        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-6)
+
+
+def test_a_stack_is_judged_falling_only_where_the_meta_model_rises(fitted, monkeypatch):
+    """_stack_falls_with_ratings drops a stack that turns the meta-model's rating against
+    itself: the stack falls as every history rating goes from the scale's bottom to its
+    top while the meta-model alone rises. A stack that falls with a falling meta-model
+    follows it, and is kept; one that rises is kept whatever the meta-model does."""
+    ds, split, _, rec = fitted
+    rec = MetaRecommender.from_state(*rec.state(), split.train)
+    tasks = list(split.valid[:5])
+    pairs = [(t.user_idx, t.support) for t in tasks]
+    for meta_sign, w_meta, drop in (
+        (1, -1.0, True),
+        (-1, 1.0, False),
+        (-1, -1.0, False),
+        (1, 1.0, False),
+    ):
+
+        def design(closed, flat, queries, rating_like, meta_sign=meta_sign):
+            # the meta-model's rating: the history's mean rating, rising or falling with it
+            meta = np.concatenate(
+                [
+                    np.full(len(q), meta_sign * float(h.rating.mean()))
+                    for (_, h), q in zip(flat, queries, strict=True)
+                ]
+            )
+            return np.stack([meta, np.ones_like(meta)], 1), meta[:, None]
+
+        monkeypatch.setattr(rec, "_stack_design", design)
+        w = np.array([w_meta, 0.0, 3.0])  # meta weight, the constant column's, intercept
+        got = rec._stack_falls_with_ratings(None, tasks, pairs, w, False)
+        assert (got is not None) == drop, (meta_sign, w_meta, got)
+        if drop:
+            lo, hi = rec.rating_range_
+            assert got == pytest.approx((-(hi - lo), hi - lo))
+
+    # judged over the validation users' queries together, not one user's: the first
+    # user's meta-model rises, the four others' fall, and the mean falls
+    def mixed(closed, flat, queries, rating_like):
+        meta = np.concatenate(
+            [
+                np.full(len(q), (1 if u == tasks[0].user_idx else -1) * float(h.rating.mean()))
+                for (u, h), q in zip(flat, queries, strict=True)
+            ]
+        )
+        return np.stack([meta, np.ones_like(meta)], 1), meta[:, None]
+
+    monkeypatch.setattr(rec, "_stack_design", mixed)
+    w = np.array([-1.0, 0.0, 3.0])
+    assert rec._stack_falls_with_ratings(None, tasks, pairs, w, False) is None
 
 
 def test_explain_weighs_rows_older_than_max_support_too(fitted):

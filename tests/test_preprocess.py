@@ -158,6 +158,17 @@ def test_binarize_threshold():
     assert (rep["positives"], rep["negatives"]) == (2, 1)
 
 
+def test_binarize_judges_a_rating_at_the_threshold_as_relevance_does():
+    """binarize compares in float32, as ratings are held and metrics.is_relevant judges
+    every like: a float32 log's 0.7 (0.699999988 read in float64) is a positive at a
+    threshold of 0.7, as it is a like at fit and recommend time."""
+    rated = np.array([0.7, 0.5], dtype=np.float32)
+    raw = raw_of(["a", "a"], ["x", "y"], rated, rating_range=(0.0, 1.0))
+    assert raw.ratings.rating.to_numpy(np.float64)[0] < 0.7  # as float64 reads it
+    out, _ = preprocess(raw, PreprocessConfig(binarize_threshold=0.7))
+    assert out.ratings.rating.tolist() == [1.0, 0.0]
+
+
 def catalogue_raw(**cfg) -> RawData:
     items = pd.DataFrame(
         {

@@ -452,6 +452,10 @@ def test_a_column_whose_users_differ_between_methods_says_so():
     assert said in report.render_markdown(res, {})
     even = report.uneven_users(res, res.summary(), [NDCG])
     assert even == ""
+    # without paired intervals (bootstrap = 0) there is no paired table to point to
+    bare = dataclasses.replace(res, config=dataclasses.replace(res.config, bootstrap=0))
+    said = report.uneven_users(bare, bare.summary(), ["RMSE"])
+    assert said.endswith("compares means over different users.") and "paired" not in said
 
 
 def test_paired_differences_take_their_own_number_of_resamples():
@@ -492,6 +496,9 @@ def test_the_protocol_line_says_when_query_ratings_all_tie():
         "items all have one rating"
     ) in said
     assert "whatever the order" not in report.render_markdown(res, {})
+    # the note reads ratings: an implicit log's 0/1 labels get none
+    labels = dataclasses.replace(tied, dataset={**tied.dataset, "feedback": "implicit"})
+    assert "whatever the order" not in report.render_markdown(labels, {})
 
 
 def test_the_protocol_counts_queries_whose_ratings_all_tie():
@@ -521,6 +528,28 @@ def test_the_protocol_counts_queries_whose_ratings_all_tie():
     assert bottom["tied_queries"] == 0
     top = E.describe_protocol(cfg, low, with_ratings(lambda n: np.full(n, 2.0)))
     assert top["tied_queries"] == tied["tied_queries"]
+
+
+def test_a_tie_needs_two_items_and_gains_are_counted_from_0():
+    """experiment._tied_queries counts queries of two or more items all rated alike with a
+    gain above 0, the gain being the rating less min(scale's bottom, 0) as evaluate's
+    graded gain is: a one-item query is no tie, and on a 1-5 scale a query all rated 1
+    has gains of 1 (nDCG 1.0 whatever the order), so it counts."""
+    from metarec import experiment as E
+
+    cfg = E.load_config(Path(__file__).parent / "tiny_experiment.toml", ["seeds=[0]"])
+    split = E.cut_split(E.load_data(cfg), cfg, 0, cfg.split.k_shot)
+    tasks = [t for t in split.test if len(t.query) > 1]
+    assert tasks
+
+    def rated(t, value, n=None):
+        q = t.query if n is None else t.query.take(np.arange(n))
+        return dataclasses.replace(
+            t, query=dataclasses.replace(q, rating=np.full(len(q), value, np.float32))
+        )
+
+    assert E._tied_queries([rated(t, 4.0, 1) for t in tasks], {}) == 0
+    assert E._tied_queries([rated(t, 1.0) for t in tasks], {"rating_range": [1, 5]}) == len(tasks)
 
 
 def test_the_k_curve_counts_users_per_k_where_each_k_has_its_own():

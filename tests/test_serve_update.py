@@ -214,6 +214,33 @@ def test_an_update_counts_only_the_marks_of_its_own_store():
     assert _folded_through(records, "cc") == 0 and _folded_through(records, None) == 0
 
 
+def test_the_mark_of_the_last_row_read_tells_each_stored_value_apart():
+    """update._row_digest: a store restored from an older copy can hold, at the number
+    the earlier update read last, a row of the same user and item with another rating
+    or time (rated again since the backup). That is another row: its digest differs in
+    each stored value, so every row counts as new rather than folded in."""
+    from metarec.update import _row_digest
+
+    row = pd.DataFrame(
+        {
+            "user_id": ["u"],
+            "item_id": ["it1"],
+            "rating": [4.0],
+            "timestamp": pd.array([100], dtype="Int64"),
+            "seq": [7],
+        }
+    )
+    mark = _row_digest(row, 7)
+    assert re.fullmatch(r"[0-9a-f]{16}", mark) and _row_digest(row, 8) is None
+    assert _row_digest(row.copy(), 7) == mark  # the same row: the same mark
+    for col, value in (("user_id", "v"), ("item_id", "it2"), ("rating", 5.0), ("timestamp", 101)):
+        other = row.copy()
+        other[col] = pd.array([value], dtype=row[col].dtype)
+        assert _row_digest(other, 7) != mark, col
+    untimed = row.assign(timestamp=pd.array([None], dtype="Int64"))
+    assert _row_digest(untimed, 7) not in (None, mark)
+
+
 def test_a_store_keeps_its_id_and_a_store_made_again_gets_another(tmp_path):
     first = FeedbackStore(tmp_path / "fb")
     sid = first.store_id()
