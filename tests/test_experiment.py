@@ -28,6 +28,18 @@ from metarec.types import MetarecError
 TINY = Path(__file__).parent / "tiny_experiment.toml"
 
 
+class _Trained(Exception):
+    """Raised by the fit_method :func:`_stop_at_fit` puts in: the run got as far as
+    training, past every check before it."""
+
+
+def _stop_at_fit(monkeypatch) -> None:
+    def fit(*a, **k):
+        raise _Trained
+
+    monkeypatch.setattr(E, "fit_method", fit)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny")
@@ -2415,20 +2427,14 @@ def test_a_scale_only_test_queries_reach_is_refused_until_declared(tmp_path, mon
     log.to_csv(tmp_path / "tiny_log.csv", index=False)
     mine = tmp_path / "tiny_experiment.toml"
 
-    class Trained(Exception):
-        pass
-
-    def fit(*a, **k):
-        raise Trained
-
-    monkeypatch.setattr(E, "fit_method", fit)
+    _stop_at_fit(monkeypatch)
     with pytest.raises(MetarecError, match=r"scale 1\.\.6 was read from every row .* seed 0 "):
         E.run(E.load_config(mine, ["seeds=[0]", "shots=[]", "fail_fast=true"]), None)
     declared = 'data.options={items="tiny_items.csv", text_cols=["title"], rating_range=[1, 6]}'
-    with pytest.raises(Trained):
+    with pytest.raises(_Trained):
         E.run(E.load_config(mine, ["seeds=[0]", "shots=[]", "fail_fast=true", declared]), None)
     # the untouched log: its ends are in the training rows, nothing to declare
-    with pytest.raises(Trained):
+    with pytest.raises(_Trained):
         E.run(E.load_config(TINY, ["seeds=[0]", "shots=[]", "fail_fast=true"]), None)
 
 
@@ -2447,16 +2453,10 @@ def test_the_scale_check_covers_every_k_curve_split(monkeypatch):
         checked.extend(splits)
         return real_check(ds, config, seed, splits)
 
-    class Trained(Exception):
-        pass
-
-    def fit(*a, **k):
-        raise Trained
-
     monkeypatch.setattr(E, "_curve_split", curve)
     monkeypatch.setattr(E, "_check_scale_from_training", check)
-    monkeypatch.setattr(E, "fit_method", fit)
-    with pytest.raises(Trained):
+    _stop_at_fit(monkeypatch)
+    with pytest.raises(_Trained):
         E.run(E.load_config(TINY, ["seeds=[0]", "shots=[1, 3]", "fail_fast=true"]), None)
     assert curve_made and all(any(s is c for c in checked) for s in curve_made)
 
@@ -2580,15 +2580,9 @@ def test_evaluate_fits_the_user_side_statistics_on_the_training_users(monkeypatc
         seen.append(None if train_users is None else set(np.asarray(train_users).tolist()))
         return real(ds, train_items, text, train_users)
 
-    class Trained(Exception):
-        pass
-
-    def fit(*a, **k):
-        raise Trained
-
     monkeypatch.setattr(E, "build_split_features", spy)
-    monkeypatch.setattr(E, "fit_method", fit)
-    with pytest.raises(Trained):
+    _stop_at_fit(monkeypatch)
+    with pytest.raises(_Trained):
         E.run(cfg, None)
     assert seen and seen[0] == set(split.train.user_idx.tolist())
     assert not seen[0] & {t.user_idx for t in split.test}
