@@ -349,18 +349,19 @@ def _as_encoder(encoder: TextEncoder | str) -> TextEncoder:
     return make_encoder(encoder) if isinstance(encoder, str) else encoder
 
 
-def _fit_rows(fit_rows: np.ndarray | None, n: int, what: str = "fit_items") -> np.ndarray:
+def _fit_rows(fit_rows: np.ndarray | None, n: int, kind: str = "item") -> np.ndarray:
+    """Indices of the ``kind`` ("item" or "user") rows statistics are fitted on, from
+    ``fit_items``/``fit_users`` (indices or an (n,) mask; None: all n)."""
     if fit_rows is None:
         return np.arange(n, dtype=np.int64)
     rows = np.asarray(fit_rows)
     if rows.dtype == bool:
         if rows.shape != (n,):
-            raise MetarecError(f"{what} mask has shape {rows.shape}, expected ({n},)")
+            raise MetarecError(f"fit_{kind}s mask has shape {rows.shape}, expected ({n},)")
         return np.flatnonzero(rows)
     rows = rows.astype(np.int64)
     if len(rows) and (rows.min() < 0 or rows.max() >= n):
-        kind = "user" if what == "fit_users" else "item"
-        raise MetarecError(f"{what} holds {kind} indices outside 0..{n - 1}")
+        raise MetarecError(f"fit_{kind}s holds {kind} indices outside 0..{n - 1}")
     return np.unique(rows)
 
 
@@ -442,7 +443,7 @@ def build_features(
         cache = EmbeddingCache(cache)
     n_items, n_users = dataset.n_items, dataset.n_users
     fit = _fit_rows(fit_items, n_items)
-    fit_u = _fit_rows(fit_users, n_users, "fit_users")
+    fit_u = _fit_rows(fit_users, n_users, "user")
 
     texts = item_texts(dataset.name, dataset.item_table, n_items, text_template)
     fit_texts = [texts[i] for i in fit if texts[i]]  # training items with text

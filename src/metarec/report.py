@@ -149,7 +149,6 @@ def uneven_users(results: Results, table: dict, metrics: list[str]) -> str:
     comparison of like with like (probe 154). The paired table pairs users both score."""
     seed = results.config.seeds[0]
     names = [n for n in results.methods() if n in table]
-    paired = bool(results.paired())
     out = []
     for m in metrics:
         counts = {}
@@ -169,7 +168,7 @@ def uneven_users(results: Results, table: dict, metrics: list[str]) -> str:
             + (
                 "; the paired table below compares each method with the default over the "
                 "users both score."
-                if paired
+                if results.paired()  # cached: the paired table below draws them anyway
                 else "."
             )
         )

@@ -29,9 +29,11 @@ from metarec.data.tabular import (
     _read_any,
     _timestamps,
     _where,
+    check_declared_scale,
     check_float32,
     check_range_span,
     clip,
+    first_outside,
     header_comment_hint,
     id_column,
     number_cells,
@@ -447,12 +449,7 @@ def read_training_files(
     rating, which a small log that lacks the scale's ends gets wrong (a 1-5 log without a
     1 made every later 1-star support rating an error)."""
     if rating_range is not None:
-        lo, hi = (float(v) for v in rating_range)
-        big = float(np.finfo(np.float32).max)  # ratings are held in float32
-        if not (abs(lo) <= big and abs(hi) <= big and lo < hi):
-            raise MetarecError(
-                f"rating range {lo:g}..{hi:g}: give LO < HI, both finite (within ±3.4e38)"
-            )
+        check_declared_scale(*(float(v) for v in rating_range))
     ratings, feedback, has_time = read_log(train)
     if rating_range is not None and feedback != "explicit":
         raise MetarecError(f"{train}: a rating range is for ratings; this log has labels (0/1)")
@@ -496,9 +493,9 @@ def read_training_files(
             )
         if rating_range is not None:
             s_lo, s_hi = (float(v) for v in rating_range)
-            if lo < s_lo or hi > s_hi:
-                r = ratings["rating"].to_numpy(np.float64)
-                pos = int(np.flatnonzero((r < s_lo) | (r > s_hi))[0])
+            r = ratings["rating"].to_numpy(np.float64)
+            pos = first_outside(r, s_lo, s_hi)
+            if pos is not None:
                 raise MetarecError(
                     f"{train}: {_at(ratings, pos)}: rating {exact_g(r[pos])} is outside the "
                     f"rating range {s_lo:g}..{s_hi:g}"

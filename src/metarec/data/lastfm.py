@@ -25,6 +25,8 @@ import pandas as pd
 from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
     _bad_cell,
+    check_declared_scale,
+    first_outside,
     id_column,
     number_column,
     optional_file,
@@ -72,11 +74,9 @@ def read_lastfm(
         feedback, rng = "explicit", (0.0, float(value.max()))
         if rating_range is not None:
             lo, hi = (float(v) for v in rating_range)
-            if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-                raise MetarecError(f"{name}: rating_range must be two finite numbers lo < hi")
-            off = (value < lo) | (value > hi)
-            if off.any():
-                pos = int(np.flatnonzero(off)[0])
+            check_declared_scale(lo, hi)
+            pos = first_outside(value, lo, hi)
+            if pos is not None:
                 raise MetarecError(
                     f"{name}: log play count {value[pos]:g} (weight {weight[pos]:g}) is "
                     f"outside rating_range {lo:g}..{hi:g}"

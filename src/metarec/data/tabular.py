@@ -793,6 +793,22 @@ def _timestamps(frame: pd.DataFrame, column: str) -> np.ndarray:
 RANGE_SPAN_MAX = 100
 
 
+def check_declared_scale(lo: float, hi: float) -> None:
+    """A declared rating scale ``lo..hi``: lo < hi, both finite within float32's range
+    (ratings are held in float32)."""
+    big = float(np.finfo(np.float32).max)
+    if not (abs(lo) <= big and abs(hi) <= big and lo < hi):
+        raise MetarecError(
+            f"rating range {lo:g}..{hi:g}: give LO < HI, both finite (within ±3.4e38)"
+        )
+
+
+def first_outside(values: np.ndarray, lo: float, hi: float) -> int | None:
+    """The position of the first of ``values`` outside ``lo..hi``, None where none is."""
+    off = (values < lo) | (values > hi)
+    return int(np.flatnonzero(off)[0]) if off.any() else None
+
+
 def check_range_span(where: str, lo: float, hi: float, s_lo: float, s_hi: float) -> None:
     """Refuse a declared rating range ``s_lo..s_hi`` more than RANGE_SPAN_MAX times wider
     than the log's own ratings ``lo..hi``. The model learns in units of the scale: a log
@@ -895,9 +911,8 @@ def read_table(
         feedback = "explicit"
         rng = (float(values.min()), float(values.max())) if rating_range is None else rating_range
         lo, hi = float(rng[0]), float(rng[1])
-        out = (values < lo) | (values > hi)
-        if out.any():
-            pos = int(np.flatnonzero(out)[0])
+        pos = first_outside(values, lo, hi)
+        if pos is not None:
             raise MetarecError(
                 f"{path}: {_at(frame, pos)}: rating {values[pos]:g} is outside "
                 f"rating_range {lo:g}..{hi:g}"
