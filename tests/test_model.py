@@ -2081,13 +2081,19 @@ def test_explain_is_leave_one_out_of_the_blended_ranking_score(fitted):
     ds, split, _, rec = fitted
     assert rec.blend_ is not None and rec.blend_.rank_weights is not None
     t = split.test[1]
-    items = np.arange(12)
-    w = rec.explain(t.user_idx, t.support, items)
-    full = rec.rank_scores(t.user_idx, t.support, items)
-    n = len(t.support)
-    for j in range(n):
-        loo = rec.rank_scores(t.user_idx, t.support.take(np.delete(np.arange(n), j)), items)
-        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
+    _assert_explain_is_leave_one_out(rec, t.user_idx, t.support, np.arange(12))
+
+
+def _assert_explain_is_leave_one_out(model, user, support, items, rows=None, atol=1e-5):
+    """``model.explain``'s weight of each of ``rows`` (default every row) against the
+    served score less the score re-requested without that row; returns the weights."""
+    w = model.explain(user, support, items)
+    full = model.rank_scores(user, support, items)
+    n = len(support)
+    for j in range(n) if rows is None else rows:
+        loo = model.rank_scores(user, support.take(np.delete(np.arange(n), j)), items)
+        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=atol)
+    return w
 
 
 def test_explain_of_a_two_row_support_keeps_the_supports_blend_weights(fitted):
@@ -2478,12 +2484,9 @@ def test_explain_covers_every_row_of_a_support_longer_than_one_chunk(fitted):
         np.zeros(n, np.int16),
     )
     items = np.arange(12)
-    w = rec.explain(t.user_idx, sup, items)
+    # either side of the chunks' edge
+    w = _assert_explain_is_leave_one_out(rec, t.user_idx, sup, items, (0, 255, 256, n - 1), 1e-6)
     assert w.shape == (len(items), n)
-    full = rec.rank_scores(t.user_idx, sup, items)
-    for j in (0, 255, 256, n - 1):  # either side of the chunks' edge
-        loo = rec.rank_scores(t.user_idx, sup.take(np.delete(np.arange(n), j)), items)
-        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-6)
 
 
 def test_a_stack_is_judged_falling_only_where_the_meta_model_rises(fitted, monkeypatch):
@@ -2545,11 +2548,5 @@ def test_explain_weighs_rows_older_than_max_support_too(fitted):
     short.config = dataclasses.replace(short.config, max_support=3)
     assert short.blend_ is not None and short.blend_.rank_weights is not None
     t = next(t for t in split.test if len(t.support) >= 6)
-    items = np.arange(12)
-    w = short.explain(t.user_idx, t.support, items)
-    full = short.rank_scores(t.user_idx, t.support, items)
-    n = len(t.support)
-    for j in range(n):
-        loo = short.rank_scores(t.user_idx, t.support.take(np.delete(np.arange(n), j)), items)
-        np.testing.assert_allclose(w[:, j], full - loo, rtol=1e-4, atol=1e-5)
-    assert np.abs(w[:, : n - 3]).max() > 1e-3  # the old rows count
+    w = _assert_explain_is_leave_one_out(short, t.user_idx, t.support, np.arange(12))
+    assert np.abs(w[:, : len(t.support) - 3]).max() > 1e-3  # the old rows count
