@@ -620,6 +620,11 @@ def test_lastfm_log_plays_option(lastfm):
     assert raw.rating_range == (0.0, pytest.approx(np.log1p(99)))
     with pytest.raises(MetarecError, match=r"plays must be 'label' or 'log'"):
         read_lastfm(lastfm, plays="raw")
+    # a declared scale is held to the span rule the csv loader and fit apply: these log
+    # plays span 0.69..4.6, under 1/100 of 0..1000
+    assert read_lastfm(lastfm, plays="log", rating_range=(0, 300)).rating_range == (0.0, 300.0)
+    with pytest.raises(MetarecError, match=r"less than 1/100 of the rating range 0\.\.1000"):
+        read_lastfm(lastfm, plays="log", rating_range=(0, 1000))
 
 
 def test_release_file_checks_on_tiny_and_blank_lined_files(tmp_path, lastfm, ml1m):

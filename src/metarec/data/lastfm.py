@@ -26,6 +26,7 @@ from metarec.data.raw import RawData, make_ratings_frame
 from metarec.data.tabular import (
     _bad_cell,
     check_declared_scale,
+    check_range_span,
     first_outside,
     id_column,
     number_column,
@@ -81,6 +82,7 @@ def read_lastfm(
                     f"{name}: log play count {value[pos]:g} (weight {weight[pos]:g}) is "
                     f"outside rating_range {lo:g}..{hi:g}"
                 )
+            check_range_span(name, float(value.min()), float(value.max()), lo, hi)
             rng = (lo, hi)
     ratings = make_ratings_frame(id_column(ua, "userID"), id_column(ua, "artistID"), value)
 
