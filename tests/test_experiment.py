@@ -1242,6 +1242,13 @@ def test_an_item_the_full_ranking_leaves_out_is_not_relevant(tmp_path):
     # the protocol's count of users with nothing to find says so too
     assert E._no_relevant([t], 4.0, {t.user_idx: relevant}) == 1
     assert E._no_relevant([t], 4.0, {t.user_idx: relevant[:1]}) == 0
+    # and the candidates, as evaluate drops relevant items outside them (a cross-domain
+    # query item in the other domain): counted by one rule, evaluation.rankable_relevant
+    others = np.setdiff1d(np.arange(ds.n_items), relevant)
+    assert E._no_relevant([t], 4.0, None, others) == 1
+    assert E._no_relevant([t], 4.0, None, np.union1d(others, relevant[:1])) == 0
+    res = evaluation.evaluate(rec, ds, [t], bootstrap=0, ks=(20,), candidates=others)
+    assert np.isnan(res.per_user["Recall@20 (full)"][0])
 
 
 def test_the_protocols_count_of_users_with_nothing_to_find_takes_the_exclusions(monkeypatch):

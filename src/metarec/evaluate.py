@@ -68,6 +68,31 @@ class EvalResult:
         return self.metrics[self.primary_metric]
 
 
+def ranking_seen(task: Task, exclude: Mapping[int, np.ndarray] | None) -> np.ndarray:
+    """Items a task's full ranking leaves out: its support and ``exclude``'s items for its
+    user (a warm user's training history)."""
+    seen = task.support.item_idx
+    if exclude is not None and task.user_idx in exclude:
+        seen = np.concatenate([seen, exclude[task.user_idx]])
+    return seen
+
+
+def rankable_relevant(
+    task: Task, relevant_from: float, candidates: np.ndarray | None, seen: np.ndarray
+) -> np.ndarray:
+    """The relevant query items (rated >= ``relevant_from``, :func:`is_relevant`) a task's
+    full ranking can hold: among ``candidates`` (None: every item) and not ``seen``
+    (:func:`ranking_seen`). One rule for :func:`evaluate`'s hit metrics and the protocol's
+    count of users with nothing to find: a query item the ranking leaves out (one a warm
+    user had rated before) was counted relevant and a certain miss."""
+    q = task.query
+    rel = q.item_idx[is_relevant(q.rating, relevant_from)]
+    keep = ~np.isin(rel, seen)
+    if candidates is not None:
+        keep &= np.isin(rel, candidates)
+    return rel[keep]
+
+
 def _candidate_indices(candidates, n_items: int) -> np.ndarray:
     """``candidates`` as sorted unique item indices: integers in [0, n_items). A boolean
     mask was cast to the indices 0 and 1 and floats were truncated, both silently (an
@@ -291,17 +316,10 @@ def evaluate(
             order = np.lexsort((tie, -s), axis=1)  # (batch, n_cand) positions
             for j, t in enumerate(chunk):
                 i = lo + j
-                seen = t.support.item_idx
-                if exclude is not None and t.user_idx in exclude:
-                    seen = np.concatenate([seen, exclude[t.user_idx]])
+                seen = ranking_seen(t, exclude)
                 excluded = np.isin(cand[order[j]], seen)
                 ranked = cand[order[j][~excluded]]  # (n_cand - |support ∩ cand|,)
-                q = t.query
-                relevant = q.item_idx[liked(q.rating)]
-                # what the ranking can hold: a candidate, not excluded. A query item the
-                # user had rated before (the warm protocol with re-ratings kept excludes
-                # their whole training history) was relevant and a certain miss
-                relevant = relevant[np.isin(relevant, cand) & ~np.isin(relevant, seen)]
+                relevant = rankable_relevant(t, pos_threshold, cand, seen)
                 top = ranked[:kmax]
                 for k in ks:
                     col(f"HR@{k} (full)")[i] = M.hr_at_k(top, relevant, k)
