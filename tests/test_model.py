@@ -2438,7 +2438,8 @@ def test_a_rating_stack_that_falls_as_users_rate_higher_is_dropped(fitted, monke
         return w, prior
 
     monkeypatch.setattr(MetaRecommender, "_fit_rating_stack", against)
-    with pytest.warns(UserWarning, match=r"predicts lower ratings for users who rate higher"):
+    said = r"stack fitted on \d+ validation users: its stack predicted lower ratings"
+    with pytest.warns(UserWarning, match=said):
         blend = rec._fit_blend(ds, split)
     assert blend is not None and blend.rating_weights is None
     # recorded where evaluate's results and fit's summary say what was skipped

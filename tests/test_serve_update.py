@@ -198,20 +198,24 @@ def test_merge_feedback_after_an_earlier_update_emphasises_only_the_new_rows_use
 
 
 def test_an_update_counts_only_the_marks_of_its_own_store():
-    """update._folded_through: the last row an earlier update read from *this* store; a
-    record of another store, one without a store id, or a hand-edited mark sets none."""
+    """update._folded_through: the last row an earlier update read from *this* store (and
+    its digest); a record of another store, one without a store id, or a hand-edited mark
+    sets none."""
     from metarec.update import _folded_through
 
     records = [
         {"feedback_store": "aa", "feedback_through": 7},
         {"feedback_store": "bb", "feedback_through": 40},
-        {"feedback_store": "aa", "feedback_through": 12},
+        {"feedback_store": "aa", "feedback_through": 12, "feedback_through_row": "d12"},
         {"feedback_store": "aa", "feedback_through": "99"},
         {"steps": 100},  # an update from before marks were kept
         "junk",
     ]
-    assert _folded_through(records, "aa") == 12 and _folded_through(records, "bb") == 40
-    assert _folded_through(records, "cc") == 0 and _folded_through(records, None) == 0
+    # with the digest recorded beside the mark (None where a record has none)
+    assert _folded_through(records, "aa") == (12, "d12")
+    assert _folded_through(records, "bb") == (40, None)
+    assert _folded_through(records, "cc") == (0, None)
+    assert _folded_through(records, None) == (0, None)
 
 
 def test_the_mark_of_the_last_row_read_tells_each_stored_value_apart():

@@ -999,13 +999,12 @@ class MetaRecommender(Recommender):
                     f"({falls[0]:+.3g} from every history rated {self.rating_range_[0]:g} to "
                     f"every one rated {self.rating_range_[1]:g}; the meta-model {falls[1]:+.3g})"
                 )
+                # the record (the cli summary's rating_blend_skipped) and the warning say
+                # one thing: the warning adds how many users the stack was fitted on
                 warnings.warn(
-                    f"blend: the rating stack fitted on {len(tasks)} validation users "
-                    "predicts lower ratings for users who rate higher (validation queries "
-                    f"move by {falls[0]:+.3g} from every history rated "
-                    f"{self.rating_range_[0]:g} to every one rated {self.rating_range_[1]:g}, "
-                    f"the meta-model alone by {falls[1]:+.3g}): ratings are the "
-                    "meta-model's alone (the ranking blend is kept)",
+                    f"blend: the rating stack fitted on {len(tasks)} validation users: "
+                    f"{self.rating_blend_skipped_}; ratings are the meta-model's alone "
+                    "(the ranking blend is kept)",
                     stacklevel=3,
                 )
                 rating_w, rating_prior = None, ""

@@ -270,8 +270,8 @@ def update(
     cfg = cfg or UpdateConfig()
     earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
     marked = store is not None and "seq" in feedback.columns and len(feedback) > 0
-    since = _folded_through(earlier, store) if marked else 0
-    if since and _row_digest(feedback, since) != _mark_digest(earlier, store, since):
+    since, digest = _folded_through(earlier, store) if marked else (0, None)
+    if since and _row_digest(feedback, since) != digest:
         # the row the earlier update read last is gone or another: a store restored from
         # an older copy numbers new rows from its own end again, and rows the RUN never
         # saw would count as folded in
@@ -361,30 +361,20 @@ def _row_digest(feedback: pd.DataFrame, seq: int) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _mark_digest(records: list, store: str | None, since: int) -> str | None:
-    """The digest recorded with the mark ``since`` of ``store`` (None: none recorded)."""
-    for r in records:
-        if (
-            isinstance(r, dict)
-            and r.get("feedback_store") == store
-            and r.get("feedback_through") == since
-        ):
-            return r.get("feedback_through_row")
-    return None
-
-
-def _folded_through(records: list, store: str | None) -> int:
+def _folded_through(records: list, store: str | None) -> tuple[int, str | None]:
     """The last row of ``store`` that an update in ``records`` (the RUN's ``updates``)
-    folded in; 0 where none read it (or ``store`` is None: a store with no id)."""
+    folded in, with the digest of it recorded then (:func:`_row_digest`; None where none
+    was); (0, None) where none read it (or ``store`` is None: a store with no id)."""
     marks = [
-        r["feedback_through"]
+        (r["feedback_through"], r.get("feedback_through_row"))
         for r in records
         if isinstance(r, dict)
         and store is not None
         and r.get("feedback_store") == store
         and type(r.get("feedback_through")) is int  # a hand-edited meta.json: no mark
     ]
-    return max(marks, default=0)
+    # the first record of the largest mark, as the digest's lookup by mark had taken
+    return max(marks, key=lambda m: m[0], default=(0, None))
 
 
 def _log_counts(pred: Predictor, users, train) -> dict:
