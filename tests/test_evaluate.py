@@ -288,6 +288,15 @@ def test_a_rating_exactly_at_a_fractional_threshold_is_relevant():
     r = evaluate(rec, ds, [task], threshold=0.7, ks=(2,), query_ks=(1,), bootstrap=0)
     assert r.metrics["AUC"] == 1.0 and r.metrics["Precision"] == 1.0
     assert r.n_users["HR@2 (full)"] == 1
+    # a prediction is cut into positive/negative by the same test: a model's float32 0.7
+    # (0.699999988 once widened) for that 0.7 rating was a negative, and a perfect rating
+    # predictor scored Recall 0 and Accuracy 0.5 here (review 160)
+    exact = np.array([0.2, 0.7, 0.1, 0.9, 0.0, 0.0], dtype=np.float32)
+    rec = FixedScores(exact).fit(ds, Interactions.empty())
+    r = evaluate(rec, ds, [task], threshold=0.7, ks=(2,), query_ks=(1,), bootstrap=0)
+    assert r.metrics["MAE"] == 0.0
+    for m in ("Accuracy", "Precision", "Recall", "F1"):
+        assert r.metrics[m] == 1.0, m
 
 
 def test_nan_scores_and_empty_cutoffs_are_errors():

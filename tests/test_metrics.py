@@ -90,8 +90,8 @@ def test_classification_undefined_cases_are_nan():
     assert M.f1([False, False], [True, False]) == 0.0
 
 
-def test_binarize_threshold_inclusive():
-    np.testing.assert_array_equal(M.binarize([3.9, 4.0, 5.0], 4.0), [False, True, True])
+def test_relevance_threshold_inclusive():
+    np.testing.assert_array_equal(M.is_relevant([3.9, 4.0, 5.0], 4.0), [False, True, True])
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 10])

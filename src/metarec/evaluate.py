@@ -265,7 +265,7 @@ def evaluate(
         y_pos = liked(t.query.rating)
         col("AUC")[i] = M.auc(y_pos, pred)
         if rec.predicts_ratings:
-            p_pos = M.binarize(pred, pos_threshold)
+            p_pos = liked(pred)  # the prediction cut as the truth is
             if explicit:
                 col("MAE")[i] = M.mae(y, pred)
                 if levels is not None:

@@ -27,7 +27,9 @@ def is_relevant(rating: np.ndarray, threshold: float) -> np.ndarray:
     """Which ``rating`` values count as relevant (or liked) at ``threshold`` (bool, same
     shape). Ratings are held in float32: compared in float64, a 0.7 rating sat below a 0.7
     threshold (0.699999988) and the one item a user liked was not relevant. Evaluation's
-    relevance and fit's like threshold both compare through this one test."""
+    relevance, its cut of predictions into positives (rating >= 4, probability >= 0.5)
+    and fit's like threshold all compare through this one test: a prediction cut in
+    float64 took an exact 0.7 prediction of a 0.7 rating for a negative."""
     return np.asarray(rating, dtype=np.float32) >= np.float32(threshold)
 
 
@@ -64,11 +66,6 @@ def _check_k(k: object, what: str) -> None:
     # a cut-off of 2.5 failed inside a slice, True was taken for 1
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise MetarecError(f"{what}: k must be an integer >= 1, got {k!r}")
-
-
-def binarize(values, threshold: float) -> np.ndarray:
-    """``values >= threshold`` as bool: rating >= 4 is positive, probability >= 0.5 is."""
-    return np.asarray(values, dtype=np.float64) >= threshold
 
 
 # --- classification on boolean labels --------------------------------------------------
