@@ -583,6 +583,29 @@ def test_train_refuses_a_stream_that_draws_otherwise_than_the_model_trains(tmp_p
     assert go("binary", {"n_negatives": 8}, n_negatives=8).params
     assert go("binary", {"positive_threshold": np.float32(0.7)}, positive_threshold=0.7).params
     assert go("rating", {"head": "rating"}, n_negatives=8).params
+    # min_support and newest-items episodes had been accepted and not applied (review 160)
+    with pytest.raises(MetarecError, match=r"min_support=0 and train.min_support is 2"):
+        go("binary", min_support=2)
+    assert go("binary", {"min_support": 2}, min_support=2).params
+    with pytest.raises(MetarecError, match=r'train.episodes is "newest_items"; set .*"time"'):
+        go("binary", episodes="newest_items")
+    assert go("binary", episodes="time").params
+
+
+def test_a_streams_min_support_draws_support_sizes_as_the_in_memory_sampler(tmp_path):
+    n = 600
+    users = np.repeat(np.arange(60), 10)
+    path = _write(tmp_path / "log.parquet", users, np.arange(n) % 40, np.ones(n), 200)
+    ix = index_log(path, n_items=40)
+    rng = np.random.default_rng(0)
+    kw = {"head": "rating", "rank": 0, "world": 1, "resample_prob": 0.0}  # supports as drawn
+    fixed = ParquetTaskStream(ix, k_shot=5, n_query=2, **kw)
+    assert {len(e.support_items) for e in fixed.sample(40, rng)} == {5}
+    drawn = ParquetTaskStream(ix, k_shot=5, n_query=2, min_support=2, **kw)
+    assert {len(e.support_items) for e in drawn.sample(200, rng)} == {2, 3, 4, 5}
+    for bad in (-1, 1.5, True):
+        with pytest.raises(MetarecError, match=r"min_support must be an integer >= 0"):
+            ParquetTaskStream(ix, k_shot=5, n_query=2, rank=0, world=1, min_support=bad)
 
 
 def test_a_damaged_or_rewritten_log_is_one_line(tmp_path):

@@ -292,9 +292,13 @@ def _add_counts(total: np.ndarray, part: np.ndarray) -> np.ndarray:
 class ParquetTaskStream:
     """Episodes from a user-sorted Parquet log, a few row groups in memory at a time.
 
-    Same episode recipe as the in-memory sampler of :mod:`metarec.train`: with probability
-    ``resample_prob`` a random support/query partition of the user's history, otherwise the
-    first ``k_shot`` events in time order as support and the next ``n_query`` as query.
+    The in-memory sampler's time-order recipe (:mod:`metarec.train`, ``episodes =
+    "time"``): with probability ``resample_prob`` a random support/query partition of the
+    user's history, otherwise the first ``k_shot`` events in time order as support and the
+    next ``n_query`` as query; ``min_support`` > 0 draws each support's size from
+    [min_support, k_shot] as ``train.min_support`` does. Newest-items episodes (item
+    cold-start) need every item's first time over the whole log, which a stream does not
+    hold: ``train`` refuses them for a stream.
     ``rank``/``world`` default to the current process group (:mod:`metarec.distributed`).
     """
 
@@ -309,6 +313,7 @@ class ParquetTaskStream:
         negatives: str = "auto",
         positive_threshold: float = 0.5,
         resample_prob: float = 0.5,
+        min_support: int = 0,
         seed: int = 0,
         rank: int | None = None,
         world: int | None = None,
@@ -343,6 +348,11 @@ class ParquetTaskStream:
             raise MetarecError(
                 f"ParquetTaskStream: resample_prob must be in [0, 1], got {resample_prob}"
             )
+        if isinstance(min_support, bool) or not isinstance(min_support, int) or min_support < 0:
+            raise MetarecError(
+                f"ParquetTaskStream: min_support must be an integer >= 0 (0 = every task has "
+                f"K), got {min_support!r}"
+            )
         if negatives not in STREAM_NEGATIVE_SOURCES:
             raise MetarecError(
                 f"ParquetTaskStream: negatives {negatives!r} is not one of "
@@ -370,6 +380,7 @@ class ParquetTaskStream:
         self.k, self.q = k_shot, n_query
         self.head, self.n_negatives = head, n_negatives
         self.positive_threshold, self.resample_prob = positive_threshold, resample_prob
+        self.min_support = min_support
         self.seed, self.rank, self.world = seed, rank, world
         self.rank_sharded = world > 1
         self.buffer_groups = buffer_groups
@@ -486,6 +497,8 @@ class ParquetTaskStream:
         out = []
         for user, items, ratings in self.histories(n):
             ks = min(self.k, len(items) - 1)
+            if 0 < self.min_support < ks:  # as the in-memory sampler draws it
+                ks = int(rng.integers(self.min_support, ks + 1))
             if rng.random() < self.resample_prob:
                 idx = rng.permutation(len(items))
             else:

@@ -432,18 +432,33 @@ class _TaskSampler:
         return out
 
 
-def _check_stream(sampler, head: str, cfg: TrainConfig) -> None:
+def _check_stream(sampler, head: str, cfg: TrainConfig, split: Split) -> None:
     """An episode source that says how it draws (ParquetTaskStream: ``head``,
-    ``n_negatives``, ``positive_threshold``, ``resample_prob``) must draw as the model
-    trains and ``cfg`` says: a 1-5 star stream fed a binary head trained on a negative
-    cross-entropy without a word, and the config's settings were ignored for the stream's
-    own (validation tasks kept the config's threshold)."""
+    ``n_negatives``, ``positive_threshold``, ``resample_prob``, ``min_support``) must draw
+    as the model trains and ``cfg`` says: a 1-5 star stream fed a binary head trained on a
+    negative cross-entropy without a word, and the config's settings were ignored for the
+    stream's own (validation tasks kept the config's threshold; ``min_support`` and
+    newest-items episodes were not applied, review 160). A stream draws time-order
+    episodes only: ``cfg.episodes`` resolving to "newest_items" is refused."""
     if getattr(sampler, "head", head) != head:
         raise MetarecError(
             f"train: the task stream draws {sampler.head!r} episodes and the scorer's head "
             f"is {head!r} (build the stream with head={head!r})"
         )
-    keys = ("resample_prob",) + (("n_negatives", "positive_threshold") if head == "binary" else ())
+    order = episode_order(split) if cfg.episodes == "auto" else cfg.episodes
+    if hasattr(sampler, "resample_prob") and order == "newest_items":
+        raise MetarecError(
+            'train: the task stream draws time-order episodes and train.episodes is "'
+            + (
+                'auto" (here "newest_items": validation tasks test new items)'
+                if cfg.episodes == "auto"
+                else 'newest_items"'
+            )
+            + '; set train.episodes = "time" to train on the stream'
+        )
+    keys = ("resample_prob", "min_support") + (
+        ("n_negatives", "positive_threshold") if head == "binary" else ()
+    )
     for key in keys:
         mine, theirs = getattr(cfg, key), getattr(sampler, key, getattr(cfg, key))
         if not np.isclose(float(mine), float(theirs), rtol=1e-6, atol=0):  # float32 0.7
@@ -721,7 +736,7 @@ def train(
                 f"largest item id + 1) and the FeatureSet {feats.n_items}"
             )
     if sampler is not None:
-        _check_stream(sampler, head, cfg)
+        _check_stream(sampler, head, cfg, split)
     known_t = torch.from_numpy(known).to(dev)
     sampler_given = sampler is not None  # a stream's rows are not in split.train
     if sampler is None:
