@@ -166,6 +166,14 @@ class ContractTests:
             COLD_A, COLD_A_SUPPORT, k=50, exclude=np.array([], dtype=np.int64)
         )
         assert sorted(items.tolist()) == list(range(N_ITEMS))
+        # by default a warm user's training items are left out too, as `metarec recommend`
+        # leaves them (the support alone was: 7 of 10 items already rated, review 160)
+        train = fitted.train_rows_
+        seen = set(train.item_idx[train.user_idx == 0].tolist())
+        assert seen and len(seen) < N_ITEMS
+        items, _ = fitted.recommend(0, Interactions.empty(), k=N_ITEMS)
+        assert not seen & set(items.tolist())
+        assert sorted(items.tolist()) == sorted(set(range(N_ITEMS)) - seen)
         # exclude is checked as candidates are: a bool mask or 1.5 was cast to indices
         for bad in (np.zeros(N_ITEMS, dtype=bool), np.array([1.5]), np.array([N_ITEMS])):
             with pytest.raises(MetarecError):

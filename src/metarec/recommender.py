@@ -160,8 +160,9 @@ class Recommender(abc.ABC):
         candidates : np.ndarray, optional
             Item indices to choose from; all items when None.
         exclude : np.ndarray, optional
-            Item indices never returned; the support's items when None (pass an empty
-            array to exclude nothing).
+            Item indices never returned; when None, the user's history: their training
+            items (a warm user's) and the support's, as ``metarec recommend`` and the
+            server leave them out (pass an empty array to exclude nothing).
 
         Returns
         -------
@@ -173,8 +174,12 @@ class Recommender(abc.ABC):
         self._check_support(support)
         check_k(k)
         cand = first_occurrences(self._candidates(candidates))
-        # checked like candidates: a bool mask or 19.9 was cast to indices (0/1, 19) silently
-        excl = support.item_idx if exclude is None else self._check_items(exclude)
+        # checked like candidates: a bool mask or 19.9 was cast to indices (0/1, 19) silently.
+        # The default had been the support alone: a warm user asked with an empty support
+        # got 7 of 10 items they had rated in training (review 160)
+        excl = (
+            self._history(user_idx, support)[0] if exclude is None else self._check_items(exclude)
+        )
         cand = cand[~np.isin(cand, excl)]
         s = np.asarray(self.rank_scores(user_idx, support, cand), dtype=np.float64)
         top = top_k(s, k)
