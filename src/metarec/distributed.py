@@ -358,12 +358,13 @@ def check_same_inputs(dataset, config, ctx: DistContext, failed: Exception | Non
         )
 
 
-def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
+def fit_distributed(raw, config, on_prepared=None):
     """What ``metarec fit`` runs under torchrun: every rank fits, rank 0 gets the result.
 
     raw: :class:`metarec.data.raw.RawData`; config: :class:`metarec.model.ModelConfig`.
     Preprocessing and the split are deterministic, so every rank builds the same dataset.
-    Rank 0 embeds the texts into the cache first; the others wait, then read the cache.
+    Rank 0 embeds the texts into the cache (``config.text.cache``, else the default
+    folder) first; the others wait, then read the cache.
     Returns the fitted :class:`metarec.predictor.Predictor` on rank 0 and None on the
     others (only rank 0 writes artifacts). The process group is shut down on return.
     ``on_prepared(dataset)`` runs on rank 0 once the data is prepared (the CLI's notes
@@ -383,12 +384,12 @@ def fit_distributed(raw, config, cache_dir=None, on_prepared=None):
                 config = dataclasses.replace(config, progress=False)
                 # rank 0 says it: every rank printed each warning (3 "blend skipped" on 3)
                 warnings.simplefilter("ignore")
-            return _fit_ranks(raw, config, cache_dir, on_prepared, ctx)
+            return _fit_ranks(raw, config, on_prepared, ctx)
     finally:
         shutdown()
 
 
-def _fit_ranks(raw, config, cache_dir, on_prepared, ctx: DistContext):
+def _fit_ranks(raw, config, on_prepared, ctx: DistContext):
     """:func:`fit_distributed`'s work, in the joined group."""
     from metarec.features import embed_dataset
     from metarec.model import default_embedding_dir
@@ -406,7 +407,8 @@ def _fit_ranks(raw, config, cache_dir, on_prepared, ctx: DistContext):
         on_prepared(dataset)
     t = config.text
     with main_first(ctx):
-        root = user_path(cache_dir or t.cache or default_embedding_dir())
+        # the folder Predictor.fit reads (build_features): text.cache, else the default
+        root = user_path(t.cache or default_embedding_dir())
         encoder = make_encoder(t.model, device=t.device)
         # user texts only where the fit reads them (text.user_text): they were
         # encoded and cached, then left unused
