@@ -311,6 +311,11 @@ def test_config_rejects_unknown_keys_and_duplicate_names(tmp_path):
     cfg = E.load_config(TINY, ["seeds=[4]", "split.k_shot=2"])
     assert cfg.seeds == (4,) and cfg.split.k_shot == 2
     assert Path(cfg.base_dir) == TINY.parent.resolve()
+    # the [data.preprocess] table is checked with the config, not once the data loads
+    with pytest.raises(MetarecError, match="unknown config key 'data.preprocess.kcore'"):
+        E.load_config(TINY, ["data.preprocess.kcore=5"])
+    cfg = E.load_config(TINY, ["data.preprocess.binarize_threshold=none"])
+    assert cfg.data.preprocess == {"binarize_threshold": None}
 
 
 def test_an_empty_grid_entry_names_its_method():

@@ -697,6 +697,10 @@ def _check_optional_packages(config: ExperimentConfig) -> None:
 def check_config(config: ExperimentConfig) -> ExperimentConfig:
     """Every method's settings checked now, not when the run reaches that method (where a
     bad one would fail, be left out of the tables as a failure, and exit 0)."""
+    from metarec.preprocess import PreprocessConfig
+
+    # the [data.preprocess] table too: a typo in it was found only once the data loaded
+    PreprocessConfig.from_dict(config.data.preprocess)
     # the text features are the run's, built once from the top-level [text] for every
     # method: a text table under [model] or a method's params was accepted and ignored
     if "text" in config.model:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from metarec.config import coerce_fields
+from metarec.config import coerce_fields, from_dict
 from metarec.data.raw import RawData, build_dataset
 from metarec.metrics import is_relevant
 from metarec.types import Dataset, MetarecError
@@ -100,22 +100,16 @@ class PreprocessConfig:
             raise MetarecError("preprocess: straight_liner_min_ratings=1 would drop every user")
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> PreprocessConfig:
-        """Build from a plain mapping (e.g. a TOML table); unknown keys raise."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise MetarecError(
-                f"preprocess: unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}"
-            )
-        kw = dict(d)
-        for name in ("dedupe", "drop_bad_timestamps", "drop_out_of_range", "drop_unknown_items"):
-            if name in kw and not isinstance(kw[name], bool):
-                raise MetarecError(f"preprocess: {name} must be true/false, got {kw[name]!r}")
-        t = kw.get("binarize_threshold")
-        if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
-            raise MetarecError(f"preprocess: binarize_threshold must be a number, got {t!r}")
-        return cls(**kw)
+    def from_dict(cls, d: Mapping, where: str = "data.preprocess") -> PreprocessConfig:
+        """Build from a plain mapping (an experiment's ``[data.preprocess]`` table) as every
+        config is built (:func:`metarec.config.from_dict`: unknown keys raise, "none" unsets
+        an optional value, a number or boolean written as text reads as one);
+        ``missing_columns`` may be a ``{column: strategy}`` table. Its own parser had
+        refused ``binarize_threshold = "none"``, which the README gives for unsetting."""
+        data = dict(d) if isinstance(d, Mapping) else d
+        if isinstance(data, dict) and isinstance(data.get("missing_columns"), Mapping):
+            data["missing_columns"] = [[c, s] for c, s in data["missing_columns"].items()]
+        return from_dict(cls, data, where)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
