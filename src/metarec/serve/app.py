@@ -1,4 +1,5 @@
-"""The FastAPI app: ``create_app(run_dir or Predictor, ...)`` -> app. No module state.
+"""The FastAPI app: ``create_app(run_dir or Predictor, ...)`` -> app. No module state (the
+factory registers one URL convertor in Starlette's process-wide table).
 
 Every request adapts the model to the user's support (request interactions + stored
 feedback + the training history of a known user), through a per-(user, support hash) LRU
@@ -61,9 +62,6 @@ class _AnyText(Convertor):
 
     def to_string(self, value: str) -> str:
         return value
-
-
-register_url_convertor("anytext", _AnyText())
 
 
 @dataclass(frozen=True)
@@ -162,6 +160,9 @@ def create_app(
     when ``run`` is an already loaded Predictor (default: its folder, if given one)."""
     from metarec import __version__
 
+    # Starlette keeps its URL convertors in one process-wide table: registered here, by
+    # the factory, not as a side effect of importing this module (review 160)
+    register_url_convertor("anytext", _AnyText())
     cfg = config or ServeConfig()
     pred = run if isinstance(run, Predictor) else Predictor.load(run)
     store = (
