@@ -867,9 +867,6 @@ class Results:
     def main_k(self) -> int:
         return self.config.split.k_shot
 
-    def scenario_ks(self) -> list[int]:
-        return sorted({r.k_shot for r in self.runs})
-
     def methods(self) -> list[str]:
         return [m.name for m in self.config.methods]
 

@@ -8,7 +8,6 @@ in the catalogue but never interacted with are *cold items*: the text features c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -648,7 +647,3 @@ def fit_raw(raw: RawData, config: ModelConfig | None = None) -> Predictor:
     from metarec.preprocess import prepare
 
     return Predictor.fit(prepare(raw), config)
-
-
-def read_info(path: str | Path) -> dict:
-    return json.loads((Path(path) / "meta.json").read_text())

@@ -656,10 +656,6 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
-def _slug(metric: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in metric).strip("_").lower()
-
-
 def write_plots(results: Results, out: Path) -> dict[str, str]:
     """Write the PNGs; returns {title: file name} for the report."""
     plt = _pyplot()

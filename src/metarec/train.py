@@ -69,13 +69,15 @@ POPULARITY_MIN_ITEMS = 10_000
 # holds meta_batch padded episodes, each with n_negatives sampled items per positive
 MAX_META_BATCH = 65_536
 MAX_OUTER_LR = 1e6  # as meta.inner_lr's bound; far past any rate that trains
-MAX_STEPS = 10_000_000  # meta-steps: far past any fit (the default trains 600)
+MAX_STEPS = 10_000_000  # meta-steps: far past any fit (fit's default trains 600)
 MAX_NEGATIVES = 1_024
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 2000  # outer (meta) steps
+    # outer (meta) steps. fit's defaults are ModelConfig.train's (600 steps, eval_every 50,
+    # ema 0.98), not these: a TrainConfig built directly (train() from Python) gets these
+    steps: int = 2000
     meta_batch: int = 32  # tasks per outer step
     outer_lr: float = 1e-3  # Adam
     eval_every: int = 100  # validation every N steps (and at the end)

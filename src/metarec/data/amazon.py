@@ -21,7 +21,6 @@ from metarec.data.tabular import id_column, read_delimited, read_text, require_c
 from metarec.data.tabular import require_file as _require
 from metarec.types import MetarecError
 
-FOOD_KITCHEN_DOMAINS = ("food", "kitchen")
 # (file stem, user-id prefix): one user per line. The five files are disjoint user sets
 # (SOURCE.md: indices restart at 1 per file and no raw ids link them), so the file stem is
 # part of the user id; train_overlap/valid/test users hold one merged sequence that mixes

@@ -215,10 +215,6 @@ class Scorer:
         p["head.b"] = torch.full((1,), float(c.output_offset), dtype=F32)
         return p
 
-    def base_dims(self) -> dict[str, int]:
-        """Number of dimensions of each parameter when shared (per-task copies have one more)."""
-        return {k: v.dim() for k, v in self.init_params(torch.Generator().manual_seed(0)).items()}
-
     def item_side_shared(
         self, params: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
     ) -> bool:
