@@ -2717,3 +2717,78 @@ def test_serve_leaves_sighup_to_its_default(monkeypatch):
     assert main(["serve", "--run", "RUN"]) == 0
     assert seen["hup"] is before
     assert getattr(seen["term"], "__name__", "") == "raise_terminated"
+
+
+def test_a_full_disk_while_writing_the_run_is_one_line(tmp_path, capsys, monkeypatch):
+    """safetensors raises its own SafetensorError on an I/O failure, not an OSError: a full
+    disk while fit, export or update wrote model.safetensors was a traceback and exit 1
+    (probe 159). It is the one line and exit 2 of every other full disk, nothing left."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError(
+            'Error while serializing: I/O error: No space left on device (os error 28) at path "x"'
+        )
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    paths, _ = make_world(tmp_path)
+    out = tmp_path / "RUN"
+    assert main([*fit_argv(paths, out), *FAST]) == 2
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if line.startswith("metarec: error:")]
+    assert len(said) == 1 and "No space left on device" in said[0], err
+    assert "Traceback" not in err and not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_a_reader_that_leaves_ends_the_command_as_sigpipe_would(monkeypatch):
+    """`metarec ... | head`: the reader left while we wrote (at the end, or a progress line
+    mid-fit). Exit 141, as a shell tool ends on SIGPIPE, with the streams dropped so the
+    exit's flush says nothing; this had been exit 0 even when a fit stopped mid-training
+    and wrote no RUN, and 120 with Python's "Exception ignored" when the write that failed
+    was the flush at exit (probe 159)."""
+    import argparse
+
+    from metarec import cli
+
+    dropped = []
+    monkeypatch.setattr(cli, "_drop_output", lambda: dropped.append(True))
+
+    def work(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    assert cli._run(argparse.Namespace(command="fit", func=work)) == 141 and dropped
+
+
+def test_stdout_closed_before_the_exit_flush_is_exit_141_and_quiet(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # a normal environment: PYTHONUNBUFFERED hides the block-buffered stdout of a pipe
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    p = subprocess.Popen(
+        [sys.executable, "-m", "metarec", "datasets"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=tmp_path,
+    )
+    p.stdout.close()  # the reader leaves before a byte is written (`| true`)
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+
+
+def test_fit_quiet_drops_the_progress_bars(tmp_path, capsys):
+    paths, _ = make_world(tmp_path)
+    fast = [a for a in FAST if a != "progress=false"]
+    fast = [a for i, a in enumerate(fast) if not (a == "--set" and i + 1 == len(fast))]
+    assert main([*fit_argv(paths, tmp_path / "R1"), *fast]) == 0
+    loud = capsys.readouterr().err
+    assert main([*fit_argv(paths, tmp_path / "R2"), *fast, "--quiet"]) == 0
+    quiet = capsys.readouterr()
+    assert "meta-train" in loud or "step" in loud, loud
+    assert "meta-train" not in quiet.err and "it/s" not in quiet.err, quiet.err
+    assert json.loads(quiet.out)["run"] == str(tmp_path / "R2")  # the summary stays

@@ -38,13 +38,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from metarec.atomic import (
     check_can_create,
     public_mode,
     refuse_stdout_folder,
     replace_dir,
+    save_safetensors,
     staging_dir,
 )
 from metarec.errors import first_line
@@ -233,9 +234,9 @@ def save_run(
         stamped = {**meta, RUN_ID: run_id, CONFIG_DIGEST: _text_sha256(config_text)}
         (tmp / "meta.json").write_text(json.dumps(stamped, indent=2, sort_keys=True))
         # safetensors wants contiguous CPU tensors that share no storage.
-        save_file(
+        save_safetensors(
             {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()},
-            str(tmp / "model.safetensors"),
+            tmp / "model.safetensors",
             metadata={RUN_ID: run_id},
         )
         (tmp / "ids").mkdir()

@@ -281,6 +281,24 @@ def write_bytes(path: str | Path, data: bytes, fsync: bool = False) -> None:
             os.fsync(fh.fileno())
 
 
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> None:
+    """safetensors' ``save_file``, its I/O failures raised as the ``OSError`` every other
+    write raises: it raises its own ``SafetensorError`` (not an OSError), so a full disk
+    while writing a RUN or a checkpoint was a traceback and exit 1 where the CLI gives
+    one line and exit 2 (probe 159). Its message names the OS errno ("os error 28")."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as err:
+        code = re.search(r"os error (\d+)", str(err))
+        if code is None:
+            raise
+        num = int(code.group(1))
+        raise OSError(num, os.strerror(num), str(path)) from err
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 ``text`` to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))

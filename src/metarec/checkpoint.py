@@ -17,9 +17,9 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from metarec.atomic import atomic_path, write_text
+from metarec.atomic import atomic_path, save_safetensors, write_text
 from metarec.types import MetarecError
 
 INDEX = "checkpoint.json"
@@ -35,7 +35,7 @@ def save_checkpoint(
     # safetensors wants contiguous CPU tensors that share no storage
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_path(d / name) as tmp:
-        save_file(flat, str(tmp))
+        save_safetensors(flat, tmp)
     write_text(d / INDEX, json.dumps({"tensors": name, "step": step, "state": state}, indent=1))
     for old in d.glob("ckpt-*.safetensors"):
         if old.name != name:

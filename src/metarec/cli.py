@@ -20,6 +20,7 @@ from pathlib import Path
 from metarec.errors import MetarecError, user_path
 
 EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's, as a shell reports a tool it ended
 
 
 def _print_json(obj) -> None:
@@ -389,6 +390,10 @@ def cmd_fit(args) -> int:
         import dataclasses
 
         config = dataclasses.replace(config, device=args.device)
+    if getattr(args, "quiet", False):
+        import dataclasses
+
+        config = dataclasses.replace(config, progress=False)
     raw = read_training_files(args.train, args.items, args.users, rating_range=args.rating_range)
     from metarec import distributed
 
@@ -743,9 +748,21 @@ def _serve(args, socks: list) -> int:
     gc.collect()
     gc.freeze()
     where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address: bracketed
-    print(f"metarec: serving {args.run} on http://{where}:{args.port} (feedback: {feedback})")
+    # flushed: into a file or pipe stdout is block-buffered, and a supervisor waiting for
+    # this line saw it only once the server stopped (probe 159)
+    print(
+        f"metarec: serving {args.run} on http://{where}:{args.port} (feedback: {feedback})",
+        flush=True,
+    )
+    # uvicorn colours its log on any terminal; NO_COLOR (no-color.org) and TERM=dumb say no
+    plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        use_colors=False if plain else None,
     )
     server = uvicorn.Server(config)
     try:
@@ -1009,6 +1026,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="data-parallel meta-training under torchrun (automatic when torchrun launched it)",
     )
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (as --set progress=false); warnings and the summary stay",
+    )
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("predict", help="score query pairs after adapting to each user's support")
@@ -1176,11 +1198,22 @@ def _one_line(text: str) -> str:
     return text
 
 
+def _drop_output() -> None:
+    """Point stdout and stderr at /dev/null: the exit's flush of what is buffered for a
+    closed pipe would raise again, outside any handler."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
 def _say(line: str) -> None:
     # On a terminal, first clear the current line: a progress bar that an error or Ctrl-C
     # cut short (the text encoder's, say) leaves the cursor after its text, and the error
     # would be glued to it. On a fresh line the clear does nothing.
-    prefix = "\r\033[K" if sys.stderr.isatty() else ""
+    # (not on a terminal that says it takes no control codes: TERM=dumb showed "^[[K")
+    prefix = "\r\033[K" if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" else ""
     print(prefix + _one_line(line), file=sys.stderr)
 
 
@@ -1252,16 +1285,24 @@ def _run(args: argparse.Namespace) -> int:
             )
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
-            return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+            # stdout into a pipe is block-buffered: flushed here, a reader that left is
+            # caught below, not Python's two-line "Exception ignored" and exit 120 at exit
+            sys.stdout.flush()
+            return code
     except MetarecError as err:
         _say(f"metarec: error: {err}")
         return EXIT_USAGE
     except FileNotFoundError as err:
         _say(f"metarec: error: file not found: {err.filename or err}")
         return EXIT_USAGE
-    except BrokenPipeError:  # `metarec ... | head`: the reader left; not an error of ours
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:
+        # the reader of stdout or stderr left (`metarec ... | head`), at the end or while
+        # the work ran (a progress line to a closed pipe stops a fit): as a shell tool
+        # ends on SIGPIPE, exit 128 + 13 and say nothing more. This returned 0, and a fit
+        # stopped that way had written no RUN under `set -o pipefail` (probe 159)
+        _drop_output()
+        return EXIT_BROKEN_PIPE
     except OSError as err:
         # a disk that is full or read-only, a folder in the way: the environment, not a bug
         where = f": {err.filename}" if err.filename else ""
