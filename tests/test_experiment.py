@@ -2371,7 +2371,7 @@ def test_the_report_says_how_many_users_the_full_metrics_leave_out(tiny_run):
     # this split has no such user: the sentence, for a count the report is handed
     two = dataclasses.replace(results, protocol={**results.protocol, "no_relevant_queries": 2})
     assert (
-        f"Recall and every (full) metric are undefined for 2 of {len(split.test)} test users"
+        f"every (full) metric is undefined for 2 of {len(split.test)} test users"
         in render_markdown(two, {})
     )
 

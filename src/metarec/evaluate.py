@@ -12,8 +12,9 @@ Metric names follow one scheme: ``<Metric>[@k][ (<scope>)]``.
 * ``(query)``: ranking of the user's query items by ``score``, graded relevance = true
   rating (MeLU/TaNP protocol): ``nDCG@1 (query)``, ``nDCG@3 (query)``, ...
 * ``(full)``: ranking of the whole catalogue (or ``candidates``) minus the user's support
-  (and ``exclude``'s items: a warm user's training history) by ``rank_scores`` (what ``recommend`` returns); relevant = the query items that are
-  positive: ``HR@10 (full)``, ``Recall@10 (full)``, ``nDCG@10 (full)``, ``MRR (full)``.
+  (and ``exclude``'s items: a warm user's training history, which ``recommend`` leaves
+  out by default) by ``rank_scores`` (what ``recommend`` ranks by); relevant = the
+  positive query items the ranking can hold (:func:`rankable_relevant`): ``HR@10 (full)``, ``Recall@10 (full)``, ``nDCG@10 (full)``, ``MRR (full)``.
 
 Each metric is computed per user; users where it is undefined (NaN: one-class AUC, no
 relevant item, ...) are left out of its average and counted in ``EvalResult.n_users``.

@@ -1601,8 +1601,9 @@ def _no_relevant(
 ) -> int:
     """How many of ``tasks`` have a query with no relevant item the full ranking can hold
     (``exclude``: :func:`ranking_exclusions`; ``candidates``: :func:`ranking_candidates`),
-    by evaluate's own rule (:func:`evaluation.rankable_relevant`): their Recall and every
-    full-catalogue metric are undefined and left out of the mean."""
+    by evaluate's own rule (:func:`evaluation.rankable_relevant`): every full-catalogue
+    metric of theirs is undefined and left out of the mean (their pointwise Recall too
+    where the query holds no relevant item at all)."""
     return sum(
         not len(
             evaluation.rankable_relevant(

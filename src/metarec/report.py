@@ -430,9 +430,9 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     if no_relevant:
         n = p.get("test_users")
         relevant += (
-            f"; Recall and every (full) metric are undefined for {no_relevant} of {n} test "
-            f"users (seed {cfg.seeds[0]}), whose query holds no relevant item, and average "
-            "the rest"
+            f"; every (full) metric is undefined for {no_relevant} of {n} test users (seed "
+            f"{cfg.seeds[0]}), whose query holds no relevant item the full ranking can hold "
+            "(none, or none among its candidates), and averages the rest"
         )
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
