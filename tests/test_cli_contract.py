@@ -2738,6 +2738,8 @@ def test_a_full_disk_while_writing_the_run_is_one_line(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     said = [line for line in err.splitlines() if line.startswith("metarec: error:")]
     assert len(said) == 1 and "No space left on device" in said[0], err
+    # the OSError names the file it could not write, as every other full disk's line does
+    assert said[0].endswith("model.safetensors"), said[0]
     assert "Traceback" not in err and not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
@@ -2792,3 +2794,70 @@ def test_fit_quiet_drops_the_progress_bars(tmp_path, capsys):
     assert "meta-train" in loud or "step" in loud, loud
     assert "meta-train" not in quiet.err and "it/s" not in quiet.err, quiet.err
     assert json.loads(quiet.out)["run"] == str(tmp_path / "R2")  # the summary stays
+
+
+def test_serve_flushes_its_serving_line_and_honours_no_color(monkeypatch, tmp_path):
+    """probe 159: into a file or pipe stdout is block-buffered, and a supervisor waiting
+    for the "serving on" line saw it only once the server stopped: it is flushed before
+    uvicorn runs. uvicorn colours its log on a terminal; NO_COLOR or TERM=dumb say no."""
+    import gc
+    import io
+
+    import uvicorn
+
+    from metarec import cli, predictor
+    from metarec.serve import app as serve_app
+
+    class Out(io.StringIO):
+        flushed = ""
+
+        def flush(self):
+            self.flushed = self.getvalue()
+
+    seen = {}
+
+    class Server:
+        started = True
+
+        def __init__(self, config):
+            pass
+
+        def run(self, sockets=None):
+            seen["out before run"] = sys.stdout.flushed
+
+    monkeypatch.setattr(predictor.Predictor, "load", staticmethod(lambda *a, **k: None))
+    monkeypatch.setattr(serve_app, "create_app", lambda *a, **k: "app")
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # leave this process's collector be
+    monkeypatch.setattr(uvicorn, "Config", lambda *a, **k: seen.update(config=k))
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    args = cli.build_parser().parse_args(
+        ["serve", "--run", "RUN", "--feedback-db", str(tmp_path / "fb")]
+    )
+    plain = {"NO_COLOR": "1"}, {"TERM": "dumb"}
+    for env, colors in (({"TERM": "xterm"}, None), (plain[0], False), (plain[1], False)):
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(sys, "stdout", Out())
+        assert cli._serve(args, []) == 0
+        assert "metarec: serving RUN on http://127.0.0.1" in seen["out before run"]
+        assert seen["config"]["use_colors"] is colors, env
+
+
+def test_an_error_line_on_a_dumb_terminal_has_no_control_codes(monkeypatch):
+    """On a terminal the error line first clears the line (a progress bar cut short would
+    be glued to it); TERM=dumb takes no control codes and showed "^[[K" before the text."""
+    import io
+
+    from metarec import cli
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for term, codes in (("xterm", True), ("dumb", False)):
+        monkeypatch.setenv("TERM", term)
+        monkeypatch.setattr(sys, "stderr", Tty())
+        cli._say("metarec: error: x")
+        assert ("\033[K" in sys.stderr.getvalue()) is codes, term
+        assert sys.stderr.getvalue().endswith("metarec: error: x\n")

@@ -127,6 +127,17 @@ def test_full_catalogue_by_hand(result):
     assert result.primary_metric == "nDCG@3 (full)" and result.greater_is_better
 
 
+def test_exclude_leaves_items_out_beside_the_support():
+    # exclude adds to the support (evaluation.ranking_seen), it does not replace it: with
+    # item 5 excluded, user 0 ranks 1, 3, 2, 4 and the support's item 0 (the stub's best
+    # score) stays out; taken as the support's stand-in, item 0 led and HR@1 was 0
+    ds = dataset()
+    rec = FixedScores(ITEM_SCORES).fit(ds, Interactions.empty())
+    excl = {0: np.array([5])}
+    r = evaluate(rec, ds, TASKS[:1], ks=(1,), query_ks=(1,), bootstrap=0, exclude=excl)
+    assert r.metrics["HR@1 (full)"] == 1.0 and r.metrics["MRR (full)"] == 1.0
+
+
 def test_bootstrap_interval(result):
     lo, hi = result.ci95["MAE"]
     assert 2 / 3 <= lo <= result.metrics["MAE"] <= hi <= 1.4

@@ -1268,9 +1268,28 @@ def test_the_protocols_count_of_users_with_nothing_to_find_takes_the_exclusions(
     before = E.describe_protocol(cfg, info, split)["no_relevant_queries"]
     t = next(t for t in split.test if (t.query.rating >= cfg.threshold).any())
     relevant = t.query.item_idx[t.query.rating >= cfg.threshold]
+    # and the candidates it is handed (run: ranking_candidates), which evaluate ranks over:
+    # t's relevant items outside them leave t with nothing to find
+    others = np.setdiff1d(np.arange(ds.n_items), relevant)
+    assert E.describe_protocol(cfg, info, split, others)["no_relevant_queries"] > before
     # the ranking leaves out every relevant item of t's query (warm: all in their history)
     monkeypatch.setattr(E, "ranking_exclusions", lambda sp, tasks: {t.user_idx: relevant})
     assert E.describe_protocol(cfg, info, split)["no_relevant_queries"] == before + 1
+
+
+def test_the_runs_count_of_users_with_nothing_to_find_takes_the_candidates(tmp_path, monkeypatch):
+    """run hands describe_protocol the test ranking's candidates: the report's count of
+    users with nothing to find is then the users evaluate leaves out of every (full)
+    metric (a relevant item outside the candidates is none to find)."""
+    cfg = E.load_config(TINY, ["seeds=[0]", "shots=[]", "bootstrap=0"], only=["popularity"])
+    ds = E.load_data(cfg)
+    every_third = np.arange(0, ds.n_items, 3, dtype=np.int64)
+    monkeypatch.setattr(E, "ranking_candidates", lambda ds, split, part="test": every_third)
+    results = E.run(cfg, tmp_path / "out", progress=False)
+    n_test = results.protocol["test_users"]
+    n_full = results.summary("main")["popularity"]["nDCG@10 (full)"]["n_users"][0]
+    assert n_full < n_test  # the candidates leave some user nothing to find
+    assert results.protocol["no_relevant_queries"] == n_test - n_full
 
 
 def test_warm_full_ranking_leaves_out_the_users_training_history(tmp_path):

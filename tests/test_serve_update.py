@@ -216,6 +216,17 @@ def test_an_update_counts_only_the_marks_of_its_own_store():
     assert _folded_through(records, "bb") == (40, None)
     assert _folded_through(records, "cc") == (0, None)
     assert _folded_through(records, None) == (0, None)
+    # a mark recorded without a digest (an update from before review 156) and a later one
+    # of the same row with it: still that mark (compared as tuples, None < str raised)
+    tie = [
+        {"feedback_store": "aa", "feedback_through": 12},
+        {"feedback_store": "aa", "feedback_through": 12, "feedback_through_row": "d12"},
+    ]
+    assert _folded_through(tie, "aa")[0] == 12
+    # and the newest record's digest: the first's (none) had every later update warn of a
+    # restored store and count every row as new, though the newest digest matched
+    # (mutation audit 162)
+    assert _folded_through(tie, "aa") == (12, "d12")
 
 
 def test_the_mark_of_the_last_row_read_tells_each_stored_value_apart():
@@ -702,3 +713,10 @@ def test_a_store_restored_from_an_older_copy_counts_every_row_as_new(run, tmp_pa
     with pytest.warns(UserWarning, match="row 10, the last an earlier update of this RUN read"):
         _, restored = update(run2, frame, cfg, store=sid)
     assert restored["feedback_rows_new"] == 12
+    # the same, the mark with no digest beside it (a RUN updated before review 156): a
+    # mark that cannot be checked is not trusted either, every stored row counts as new
+    for rec in run2.info["updates"]:
+        rec.pop("feedback_through_row")
+    with pytest.warns(UserWarning, match="every stored row counts as new"):
+        _, unchecked = update(run2, frame, cfg, store=sid)
+    assert unchecked["feedback_rows_new"] == 12

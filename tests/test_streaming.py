@@ -590,6 +590,14 @@ def test_train_refuses_a_stream_that_draws_otherwise_than_the_model_trains(tmp_p
     with pytest.raises(MetarecError, match=r'train.episodes is "newest_items"; set .*"time"'):
         go("binary", episodes="newest_items")
     assert go("binary", episodes="time").params
+    # "auto" resolves on the split (train.episode_order): validation queries on items
+    # training has none of resolve it to "newest_items", which a stream does not draw
+    q = np.concatenate([t.query.item_idx for t in split.valid])
+    cold = replace(split, train=tr.take(np.flatnonzero(~np.isin(tr.item_idx, q))))
+    sc = ScorerConfig(d_item_text=8, n_items=40, embed_dim=8, hidden=(16,), head="binary")
+    stream = ParquetTaskStream(ix, k_shot=3, n_query=3, rank=0, world=1)
+    with pytest.raises(MetarecError, match=r'train.episodes is "auto" \(here "newest_items"'):
+        train(cold, feats, sc, meta, cfg, progress=False, sampler=stream)
 
 
 def test_a_streams_min_support_draws_support_sizes_as_the_in_memory_sampler(tmp_path):

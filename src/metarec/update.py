@@ -275,10 +275,15 @@ def update(
         # the row the earlier update read last is gone or another: a store restored from
         # an older copy numbers new rows from its own end again, and rows the RUN never
         # saw would count as folded in
+        said = (
+            "is not the row it read (the store was restored from an older copy, or rewritten)"
+            if digest is not None
+            # a mark from before digests were recorded, or a hand-edited record
+            else "cannot be checked (the RUN recorded no digest of it)"
+        )
         warnings.warn(
             f"feedback: the store's row {since}, the last an earlier update of this RUN "
-            "read, is not the row it read (the store was restored from an older copy, or "
-            "rewritten): every stored row counts as new",
+            f"read, {said}: every stored row counts as new",
             stacklevel=2,
         )
         since = 0
@@ -362,9 +367,10 @@ def _row_digest(feedback: pd.DataFrame, seq: int) -> str | None:
 
 
 def _folded_through(records: list, store: str | None) -> tuple[int, str | None]:
-    """The last row of ``store`` that an update in ``records`` (the RUN's ``updates``)
-    folded in, with the digest of it recorded then (:func:`_row_digest`; None where none
-    was); (0, None) where none read it (or ``store`` is None: a store with no id)."""
+    """The last row of ``store`` that an update in ``records`` (the RUN's ``updates``, oldest
+    first) folded in, with the digest of it the newest such record holds
+    (:func:`_row_digest`; None where it holds none); (0, None) where none read it (or
+    ``store`` is None: a store with no id)."""
     marks = [
         (r["feedback_through"], r.get("feedback_through_row"))
         for r in records
@@ -373,8 +379,12 @@ def _folded_through(records: list, store: str | None) -> tuple[int, str | None]:
         and r.get("feedback_store") == store
         and type(r.get("feedback_through")) is int  # a hand-edited meta.json: no mark
     ]
-    # the first record of the largest mark, as the digest's lookup by mark had taken
-    return max(marks, key=lambda m: m[0], default=(0, None))
+    # the newest record of the largest mark: an update that found nothing to trust at a
+    # mark (no digest: a RUN from before digests) records the same mark with its digest,
+    # and taking the first record warned and recounted every row at each update after
+    # (mutation audit 162)
+    best = max((m for m, _ in marks), default=0)
+    return next(((m, d) for m, d in reversed(marks) if m == best), (0, None))
 
 
 def _log_counts(pred: Predictor, users, train) -> dict:
