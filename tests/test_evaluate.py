@@ -440,3 +440,56 @@ def test_a_threshold_the_top_rating_reaches_in_float32_is_not_refused():
     assert liked_threshold(ds, ds.interactions, 0.7) == 0.7
     with pytest.raises(MetarecError, match="no rating of 'toy' reaches it"):
         evaluation.check_threshold(ds, 0.8)
+
+
+def test_a_custom_models_slips_are_one_line_errors():
+    """Probe 164: a rank_scores of one number broadcast over the batch row (a random
+    ranking, scored without a word), one of the wrong length was numpy's broadcast error
+    naming no model, recommend took NaN scores, and evaluate of an unfitted model or of a
+    fit that forgot `return self` was an AttributeError."""
+    ds = dataset()
+
+    class OneNumber(FixedScores):
+        def rank_scores(self, user_idx, support, item_idx):
+            return np.array([1.0])
+
+    class Short(FixedScores):
+        def rank_scores(self, user_idx, support, item_idx):
+            return np.zeros(len(item_idx) - 1)
+
+    class NaNs(FixedScores):
+        def rank_scores(self, user_idx, support, item_idx):
+            return np.full(len(item_idx), np.nan)
+
+    for cls in (OneNumber, Short):
+        rec = cls(ITEM_SCORES).fit(ds, Interactions.empty())
+        with pytest.raises(MetarecError, match=r"^Fixed: rank_scores returned shape \(\d\,\) for"):
+            evaluate(rec, ds, TASKS, ks=(1,), bootstrap=0)
+        with pytest.raises(MetarecError, match=r"rank_scores returned shape"):
+            rec.recommend(0, TASKS[0].support, k=2)
+    rec = NaNs(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match=r"^Fixed: rank_scores returned NaN for user index 0"):
+        rec.recommend(0, TASKS[0].support, k=2)
+    with pytest.raises(MetarecError, match=r"expected a fitted Recommender, got NoneType"):
+        evaluate(None, ds, TASKS)
+    with pytest.raises(MetarecError, match=r"call fit\(\) before scoring .*_set_fitted"):
+        evaluate(FixedScores(ITEM_SCORES), ds, TASKS)
+
+
+def test_predicted_ratings_mostly_off_the_scale_are_warned_of():
+    """A model on another scale (0-100 on a 1-5 log) was scored as ratings without a word
+    (MAE 68, probe 164). Most predictions outside the scale: a warning; an unclipped
+    regressor that strays now and then: none."""
+    import warnings
+
+    ds = dataset()
+    for values, warned in (
+        (np.array([60.0, 90.0, 20.0, 80.0, 10.0, 40.0]), True),
+        (np.array([4.0, 5.2, 2.0, 4.5, 1.5, 2.5]), False),
+    ):
+        rec = FixedScores(values).fit(ds, Interactions.empty())
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            evaluate(rec, ds, TASKS, ks=(1,), bootstrap=0)
+        off = [w for w in said if "outside the rating scale 1..5" in str(w.message)]
+        assert bool(off) == warned, [str(w.message) for w in said]

@@ -22,6 +22,7 @@ relevant item, ...) are left out of its average and counted in ``EvalResult.n_us
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metarec import metrics as M
+from metarec.errors import exact_g
 from metarec.metrics import is_relevant
 from metarec.recommender import Recommender
 from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
@@ -117,8 +119,8 @@ def _refuse_queries_in_training(rec: Recommender, tasks: Sequence[Task]) -> None
     0.66 on its own), and nothing said so. Rows are matched by (user, item, timestamp):
     an earlier rating of the same item (a log kept with its re-ratings, dedupe = false)
     is the user's history, not the query. A model that did not record its training rows
-    (a Recommender that does not call the base ``fit``) is not checked; a loaded RUN
-    records the rows it serves from."""
+    (whose fit does not call ``self._set_fitted``, as the contract asks) is not checked;
+    a loaded RUN records the rows it serves from."""
     train = getattr(rec, "train_rows_", None)
     if not isinstance(train, Interactions) or not len(train):
         return
@@ -209,6 +211,14 @@ def evaluate(
     """
     if not tasks:
         raise MetarecError("evaluate: no tasks to evaluate")
+    # a custom model's slips, said here in a line: an unfitted built-in was an
+    # AttributeError from deep inside, a fit without `return self` scored None (probe 164)
+    if not isinstance(rec, Recommender):
+        raise MetarecError(
+            f"evaluate: expected a fitted Recommender, got {type(rec).__name__} (does its "
+            "fit return self?)"
+        )
+    rec._check_fitted()
     # each a one-line error here, not a TypeError from a slice (ks=[2.5]) or a ValueError
     # from range() (batch_size=0); bootstrap=-1 had been taken as 0
     for name, values, least in (("ks", ks, 1), ("query_ks", query_ks, 1)):
@@ -239,6 +249,7 @@ def evaluate(
     gain_shift = min(float(dataset.rating_range[0]), 0.0) if explicit else 0.0
     _refuse_queries_in_training(rec, tasks)
     n = len(tasks)
+    off_scale = 0  # predicted ratings outside the rating scale, over every query
     cols: dict[str, np.ndarray] = {}
 
     def col(name: str) -> np.ndarray:
@@ -263,6 +274,9 @@ def evaluate(
             raise MetarecError(
                 f"{rec.name}: score returned an infinite rating for user index {t.user_idx}"
             )
+        if rec.predicts_ratings and explicit:
+            lo, hi = dataset.rating_range
+            off_scale += int(((pred < lo) | (pred > hi)).sum())
         y_pos = liked(t.query.rating)
         col("AUC")[i] = M.auc(y_pos, pred)
         if rec.predicts_ratings:
@@ -280,6 +294,18 @@ def evaluate(
             col("F1")[i] = M.f1(y_pos, p_pos)
         for k in query_ks:
             col(f"nDCG@{k} (query)")[i] = M.ndcg_graded_at_k(y - gain_shift, pred, k)
+
+    n_pred = sum(len(t.query) for t in tasks)
+    if off_scale > n_pred / 2:
+        # a model on another scale (0-100, or one that forgot an offset) was scored as if
+        # on this one, silently (MAE 68 on 1-5, probe 164); a regressor that is not clipped
+        # strays outside now and then, which this leaves alone
+        warnings.warn(
+            f"{rec.name}: {off_scale} of its {n_pred} predicted ratings lie outside the "
+            f"rating scale {exact_g(dataset.rating_range[0])}..{exact_g(dataset.rating_range[1])}"
+            ": MAE, RMSE and the cut at the threshold read them as ratings on it",
+            stacklevel=2,
+        )
 
     if not explicit:
         # an implicit query of positives only (purchases, plays) has nothing to tell apart:

@@ -76,6 +76,13 @@ class Recommender(abc.ABC):
         -------
         Recommender
             ``self``, fitted. Fitting is deterministic given the constructor's ``seed``.
+
+        Notes
+        -----
+        An implementation calls ``self._set_fitted(dataset, train)`` before it learns: it
+        records the sizes every check reads, the training rows that form each user's
+        history (:meth:`_history`) and that evaluation refuses to score as queries (a model
+        fitted on test rows is refused, not flattered), and it marks the model fitted.
         """
 
     @abc.abstractmethod
@@ -138,8 +145,22 @@ class Recommender(abc.ABC):
         item_idx = np.asarray(item_idx, dtype=np.int64)
         out = np.empty((len(tasks), len(item_idx)), dtype=np.float64)
         for row, t in enumerate(tasks):
-            out[row] = self.rank_scores(t.user_idx, t.support, item_idx)
+            out[row] = self._checked_rank_scores(t.user_idx, t.support, item_idx)
         return out
+
+    def _checked_rank_scores(
+        self, user_idx: int, support: Interactions, item_idx: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`rank_scores` held to its contract: one score per item. Written into a
+        row of a batch, one number broadcast over every item (a random ranking: nDCG@10
+        0.0018 for 0.1002) and a wrong length was numpy's broadcast error naming no model
+        (probe 164)."""
+        s = np.asarray(self.rank_scores(user_idx, support, item_idx), dtype=np.float64)
+        if s.shape != (len(item_idx),):
+            raise MetarecError(
+                f"{self.name}: rank_scores returned shape {s.shape} for {len(item_idx)} items"
+            )
+        return s
 
     def recommend(
         self,
@@ -181,7 +202,9 @@ class Recommender(abc.ABC):
             self._history(user_idx, support)[0] if exclude is None else self._check_items(exclude)
         )
         cand = cand[~np.isin(cand, excl)]
-        s = np.asarray(self.rank_scores(user_idx, support, cand), dtype=np.float64)
+        s = self._checked_rank_scores(user_idx, support, cand)
+        if np.isnan(s).any():  # evaluate refuses them; NaN items sank to the end unsaid
+            raise MetarecError(f"{self.name}: rank_scores returned NaN for user index {user_idx}")
         top = top_k(s, k)
         return cand[top], s[top]
 
@@ -229,7 +252,10 @@ class Recommender(abc.ABC):
 
     def _check_fitted(self) -> None:
         if not self.n_items_:
-            raise MetarecError(f"{self.name}: call fit() before scoring")
+            raise MetarecError(
+                f"{self.name}: call fit() before scoring (a Recommender's fit records the "
+                "data with self._set_fitted(dataset, train))"
+            )
 
     def _history(
         self,
