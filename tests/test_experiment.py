@@ -2395,6 +2395,20 @@ def test_the_report_says_how_many_users_the_full_metrics_leave_out(tiny_run):
     )
 
 
+def test_the_report_says_a_cross_domain_split_leaves_other_domains_out(tiny_run):
+    # probe 163: on a 4-domain log a books -> music split trained on books and music only
+    # (half the log), and report.md said nothing; `fit` on that log learns from all four
+    from metarec.report import render_markdown
+
+    _, results, _ = tiny_run
+    cross = {**results.protocol, "source": "books", "target": "music"}
+    left = {**cross, "split_summary": {"other_domain_interactions_left_out": 1777}}
+    said = "the 1777 interactions in other domains are left out of training"
+    assert said in render_markdown(dataclasses.replace(results, protocol=left), {})
+    none = {**cross, "split_summary": {"other_domain_interactions_left_out": 0}}
+    assert "other domains" not in render_markdown(dataclasses.replace(results, protocol=none), {})
+
+
 def test_results_record_the_data_code_and_threads_behind_the_figures(tiny_run, tmp_path):
     # probe 140: two logs of the same shape (two ratings swapped) gave other figures under
     # an identical record: sizes, config and package versions (0.1.0 on every commit)
