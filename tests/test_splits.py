@@ -349,8 +349,27 @@ def test_cross_domain_known_counts():
     s2 = cross_domain(ds, "books", "movies", k_shot=2, n_query=2, seed=0, support_in_train=True)
     assert (s2.train.domain == movies).sum() == 7 * 5 + 2 + 3 * 2
     check_invariants(s2)
-    with pytest.raises(MetarecError, match="unknown target domain 'games'"):
+    with pytest.raises(MetarecError, match="target domain 'games' is unknown; domains with"):
         cross_domain(ds, "books", "games", k_shot=2, n_query=2)
+    # a domain the catalogue names but no row reaches is said as such, not "unknown"
+    # (probe 163: an items file's never-rated podcasts)
+    import dataclasses
+
+    class Catalogued(type(ds)):
+        def item_domain_names(self):
+            return np.array(["books", "movies", "podcasts"], dtype=object)
+
+    fields = {f.name: getattr(ds, f.name) for f in dataclasses.fields(ds) if f.init}
+    with pytest.raises(MetarecError, match="'podcasts' has catalogue items but no interactions"):
+        cross_domain(Catalogued(**fields), "books", "podcasts", k_shot=2, n_query=2)
+
+
+def test_overlapping_users_are_those_in_two_domains_or_more():
+    # probe 163: "in every domain" undercounted a log of three or more (o0 is in all
+    # three here, o1..o9 in books and movies: all ten can carry taste across)
+    from metarec.data import dataset_info
+
+    assert dataset_info(two_domains())["overlapping_users"] == 10
 
 
 def test_registry_dispatches_every_protocol():

@@ -514,9 +514,15 @@ def cross_domain(
     source, target = str(source).strip(), str(target).strip()
     for role, name in (("source", source), ("target", target)):
         if name not in names:
+            # a domain the items file names but no row reaches is not unknown: it has
+            # nothing to train or score on (probe 163)
+            unrated = name in set(ds.item_domain_names().tolist())
             raise MetarecError(
-                f"split cross-domain: unknown {role} domain {name!r}; known: {', '.join(names)}"
+                f"split cross-domain: {role} domain {name!r} "
+                + ("has catalogue items but no interactions" if unrated else "is unknown")
+                + f"; domains with interactions: {', '.join(names)}"
             )
+
     if source == target:
         raise MetarecError(f"split cross-domain: source and target are both {source!r}")
     _check_shots(ds, k_shot, n_query)

@@ -309,10 +309,13 @@ def dataset_info(dataset: Dataset) -> dict:
             }
         )
     if len(dataset.domains) > 1:
-        # users with events in every domain: the ones cross-domain transfer can use
+        # users with events in two domains or more: the ones cross-domain transfer can
+        # use. "In every domain" said so only of two domains: on four it counted 47 of
+        # the 150 a joint fit transfers through, and a feedback row on a never-rated
+        # domain dropped it to 1 (probe 163)
         per_user = np.zeros((dataset.n_users, len(dataset.domains)), dtype=bool)
         per_user[inter.user_idx, inter.domain] = True
-        overlapping = int(per_user.all(axis=1).sum())
+        overlapping = int((per_user.sum(axis=1) >= 2).sum())
     else:
         overlapping = None
     it, ut = dataset.item_table, dataset.user_table
