@@ -302,3 +302,65 @@ def test_interactions_refuse_values_their_columns_cannot_hold():
         Interactions(*(np.asarray(a) for a in ([1], [1], [1.0], [2.0**63], [0])))
     inf = Interactions(*(np.asarray(a) for a in ([1], [1], [np.inf], [0], [0])))
     assert np.isinf(inf.rating).all()
+
+
+def test_filters_drop_the_entities_they_empty_and_count_them():
+    """Probe 165: k_core and the straight-liner filter counted and dropped only the users
+    and items below their own thresholds; an item rated only by dropped users stayed in
+    the catalogue with no rows (goodbooks-biography's 20-core kept 2 such books in the
+    full ranking), and a user emptied by item removals stayed a catalogue user."""
+    items = pd.DataFrame({"item_id": ["x", "y", "q"]})
+    raw = raw_of(
+        ["a", "a", "c", "c", "b", "d"],
+        ["x", "y", "x", "y", "q", "q"],
+        [1, 2, 3, 4, 5, 1],
+        items=items,
+    )
+    ds = prepare(raw, PreprocessConfig(user_min_count=2, item_min_count=2))
+    assert ds.items.ids.tolist() == ["x", "y"] and ds.users.ids.tolist() == ["a", "c"]
+    rep = step(ds.report, "k_core")
+    assert (rep["dropped_users"], rep["dropped_items"]) == (2, 1)
+    # straight-liners: s gave 5 to everything, and was the only one to rate item only_s
+    items = pd.DataFrame({"item_id": ["x", "y", "only_s"]})
+    raw = raw_of(
+        ["s", "s", "s", "a", "a"], ["x", "y", "only_s", "x", "y"], [5, 5, 5, 1, 4], items=items
+    )
+    ds = prepare(raw, PreprocessConfig(straight_liner_min_ratings=3))
+    assert ds.items.ids.tolist() == ["x", "y"]
+    rep = step(ds.report, "straight_liners")
+    assert (rep["dropped_users"], rep["dropped_items"], rep["dropped_item_rows"]) == (1, 1, 1)
+
+
+def test_an_empty_text_cell_is_a_missing_value():
+    # loaders read an empty text cell as "": missing_text never saw it (probe 165)
+    raw = catalogue_raw()
+    raw.items.loc[2, "title"] = "  "
+    out, reports = preprocess(raw, PreprocessConfig(missing_text="drop"))
+    assert out.items.item_id.tolist() == ["x", "y"]
+    assert step(reports, "side_missing")["columns"]["items"]["title"]["missing"] == 1
+    out, _ = preprocess(raw, PreprocessConfig(missing_columns=(("title", "mode"),)))
+    assert out.items.title.tolist() == ["X", "Y", "X"]  # the tie of X and Y: the smallest
+
+
+def test_preprocessing_settings_that_cannot_mean_what_they_say_are_refused():
+    raw = catalogue_raw()
+    # a misspelt column override was dropped without a word
+    with pytest.raises(MetarecError, match=r"missing_columns names 'titel', which is no side"):
+        preprocess(raw, PreprocessConfig(missing_columns=(("titel", "drop"),)))
+    # a binarize threshold off the scale made every row one class without a word
+    for t, every in ((0.5, "positive"), (1.0, "positive"), (10, "negative")):
+        with pytest.raises(
+            MetarecError, match=rf"binarize_threshold .* every row would be {every}"
+        ):
+            preprocess(raw, PreprocessConfig(binarize_threshold=t))
+    assert preprocess(raw, PreprocessConfig(binarize_threshold=5))[0].feedback == "implicit"
+
+
+def test_a_step_that_empties_the_log_is_named_and_a_disabled_dedupe_still_counts():
+    raw = raw_of(["a", "b", "a"], ["x", "x", "x"], [1, 2, 3], [1, 2, 3])
+    # it said "see the step reports", which a stopped run never wrote (probe 165)
+    with pytest.raises(MetarecError, match=r"step 'k_core' removed every interaction \(2 rows"):
+        preprocess(raw, PreprocessConfig(item_min_count=3))
+    _, reports = preprocess(raw, PreprocessConfig(dedupe=False))
+    rep = step(reports, "dedupe")
+    assert rep["enabled"] is False and rep["duplicates"] == 1 and rep["rows_after"] == 3

@@ -238,9 +238,11 @@ def drop_out_of_range(raw: RawData, config: PreprocessConfig) -> tuple[RawData, 
 
 def dedupe(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
     """Keep the latest event per (user, item, domain); ties go to the later log row."""
-    if not config.dedupe:
-        return raw, _report("dedupe", raw, raw, enabled=False, duplicates=0)
     r = raw.ratings
+    if not config.dedupe:
+        # counted though kept: a hard-coded 0 read as "there are none" (probe 165)
+        n_dup = int(r.duplicated(["user_id", "item_id", "domain"]).sum())
+        return raw, _report("dedupe", raw, raw, enabled=False, duplicates=n_dup)
     # Positions, not index labels (a loader's index need not be unique): stable-sort by
     # time, flag all but the last of each key, and keep the survivors in log order.
     order = np.argsort(r["timestamp"].to_numpy(), kind="stable")
@@ -266,7 +268,12 @@ def _column_strategies(
 
 
 def _fill_side(
-    frame: pd.DataFrame, key: str, strategies: dict[str, str], numeric: tuple, table: str
+    frame: pd.DataFrame,
+    key: str,
+    strategies: dict[str, str],
+    numeric: tuple,
+    table: str,
+    text: tuple = (),
 ) -> tuple[pd.DataFrame, pd.Index, dict]:
     """Fill or flag missing values of one side table.
 
@@ -276,7 +283,11 @@ def _fill_side(
     drop_mask = np.zeros(len(frame), dtype=bool)
     counts: dict = {}
     for col, strategy in strategies.items():
-        miss = frame[col].isna().to_numpy()
+        miss = frame[col].isna().to_numpy().copy()
+        if col in text:
+            # loaders read an empty text cell as "": counted as present, missing_text
+            # (and missing_columns of a text column) did nothing to a file (probe 165)
+            miss |= (frame[col].astype(str).str.strip() == "").to_numpy()
         n = int(miss.sum())
         counts[col] = {"strategy": strategy, "missing": n}
         if strategy == "keep" or n == 0:
@@ -292,13 +303,13 @@ def _fill_side(
             values = pd.to_numeric(frame[col], errors="coerce")
             value = values.mean() if strategy == "mean" else values.median()
         else:  # mode; ties go to the smallest value so the fill is deterministic
-            modes = frame[col].dropna().mode()
+            modes = frame.loc[~miss, col].dropna().mode()
             value = modes.iloc[0] if len(modes) else np.nan
         if pd.isna(value):
             raise MetarecError(
                 f"preprocess: {table} column {col!r} is entirely missing; cannot {strategy}-fill it"
             )
-        frame[col] = frame[col].fillna(value)
+        frame.loc[miss, col] = value
         counts[col]["filled"] = n
         counts[col]["value"] = value.item() if hasattr(value, "item") else value
     ids = pd.Index(frame.loc[drop_mask, key].astype(str).unique())
@@ -333,13 +344,21 @@ def fill_missing(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Repor
         strategies = _column_strategies(
             config, *(tuple(c for c in g if c in cols) for g in (text, cat, num))
         )
-        filled, ids, counts = _fill_side(frame, key, strategies, num, table)
+        filled, ids, counts = _fill_side(frame, key, strategies, num, table, text)
         out = replace(out, **{table: filled})
         details[table] = counts
         if table == "items":
             drop_items = ids
         else:
             drop_users = ids
+    # a column override naming no side column (a typo) had been dropped without a word
+    known = {c for t in details.values() for c in t}
+    stray = [c for c, _ in config.missing_columns if c not in known]
+    if stray:
+        raise MetarecError(
+            f"preprocess: missing_columns names {stray[0]!r}, which is no side column "
+            f"(the side columns: {', '.join(sorted(map(str, known))) or 'none'})"
+        )
     enabled = any(
         s != "keep" for t in details.values() for s in (c["strategy"] for c in t.values())
     )
@@ -386,15 +405,28 @@ def drop_straight_liners(raw: RawData, config: PreprocessConfig) -> tuple[RawDat
     g = raw.ratings.groupby("user_id", sort=False)["rating"]
     stats = pd.DataFrame({"n": g.size(), "distinct": g.nunique()})
     users = pd.Index(stats.index[(stats["n"] >= n_min) & (stats["distinct"] == 1)].astype(str))
-    out, n_user_rows, _ = _drop_entities(raw, users, pd.Index([]))
+    r = raw.ratings
+    kept = r[~r["user_id"].astype(str).isin(users)]
+    # items rated only by the dropped users go too, as k_core's do
+    items = _vanished(r, kept, "item_id")
+    out, n_user_rows, n_item_rows = _drop_entities(raw, users, items)
     return out, _report(
         "straight_liners",
         raw,
         out,
         min_ratings=n_min,
         dropped_users=int(len(users)),
+        dropped_items=int(len(items)),
         dropped_user_rows=n_user_rows,
+        dropped_item_rows=n_item_rows,
     )
+
+
+def _vanished(before: pd.DataFrame, after: pd.DataFrame, key: str) -> pd.Index:
+    """The ``key`` ids (users or items) with rating rows in ``before`` and none in
+    ``after``: a filter removed them, and they leave the side tables with their rows."""
+    had = pd.Index(before[key].astype(str).unique())
+    return had.difference(pd.Index(after[key].astype(str).unique()), sort=False)
 
 
 def k_core(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
@@ -421,7 +453,11 @@ def k_core(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
         dropped_users.extend(bad_u.tolist())
         dropped_items.extend(bad_i.tolist())
         r = r[~(r["user_id"].isin(bad_u) | r["item_id"].isin(bad_i))]
-    users, items = pd.Index(dropped_users, dtype=object), pd.Index(dropped_items, dtype=object)
+    # every user and item whose rows all went, the thresholds' own and those emptied by
+    # the other side's removals: only the first were counted and dropped, and an item
+    # rated only by dropped users stayed as an unrated catalogue item (probe 165:
+    # goodbooks-biography's 20-core kept 2 such books in the full ranking)
+    users, items = _vanished(raw.ratings, r, "user_id"), _vanished(raw.ratings, r, "item_id")
     out, n_user_rows, n_item_rows = _drop_entities(raw.with_ratings(r), users, items)
     return out, _report(
         "k_core",
@@ -478,6 +514,15 @@ def binarize(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
     if raw.feedback != "explicit":
         raise MetarecError(
             f"{raw.name}: binarize_threshold is set but the data is already implicit"
+        )
+    lo, hi = (float(v) for v in raw.rating_range)
+    if not lo < float(t) <= hi:
+        # 0.5 on a 1-5 log made every row a positive without a word, 10 every row a
+        # negative, said as "every label is 0" of labels nobody gave (probe 165)
+        every = "positive" if float(t) <= lo else "negative"
+        raise MetarecError(
+            f"{raw.name}: binarize_threshold {t:g} is outside the rating scale "
+            f"{lo:g}..{hi:g} (a rating >= it is a positive): every row would be {every}"
         )
     r = raw.ratings.copy()
     # in float32, as the ratings are held and every like and relevance is judged
@@ -540,13 +585,23 @@ def preprocess(
     """Run every step of :data:`STEPS` in order; returns the cleaned raw and one report each."""
     config = PreprocessConfig() if config is None else config
     reports: list[Report] = []
-    for _, step in STEPS:
+    for name, step in STEPS:
+        had = len(raw.ratings)
         raw, rep = step(raw, config)
         reports.append(rep)
+        if had and not len(raw.ratings):
+            # said here, with the step and its settings: the step reports it pointed to
+            # were never written, the run having stopped (probe 165)
+            settings = {
+                k: v for k, v in rep.items() if k.endswith(("_count", "_ratings", "threshold"))
+            }
+            shown = ", ".join(f"{k}={v}" for k, v in settings.items())
+            raise MetarecError(
+                f"{raw.name}: preprocessing step {name!r} removed every interaction "
+                f"({had} rows before it{'; ' + shown if shown else ''})"
+            )
     if len(raw.ratings) == 0:
-        raise MetarecError(
-            f"{raw.name}: preprocessing removed every interaction (see the step reports)"
-        )
+        raise MetarecError(f"{raw.name}: the log holds no interaction")
     return raw, reports
 
 
