@@ -1495,6 +1495,17 @@ def test_transfer_domains_by_index_or_name_and_one_implies_the_other():
     with pytest.raises(MetarecError, match="pass both .* not only source_domain"):
         pick(three, None, None, 0, None)
     assert pick(three, None, None, "c", 0) == (2, 0)
+    # given the wrong way round for the validation users (cold in films), refused: the
+    # "target" model had trained on books and scored film users (probe 166)
+    from metarec.types import Interactions, Task
+
+    def cold_in(d):
+        sup = Interactions(np.zeros(2), np.array([0, 1]), np.ones(2), np.arange(2), np.full(2, d))
+        return [Task(0, sup, Interactions.empty())]
+
+    with pytest.raises(MetarecError, match=r"supports are in 'films'.* wrong way round"):
+        pick(two, None, cold_in(1), "films", "books")
+    assert pick(two, None, cold_in(1), "books", "films") == (0, 1)
     # the experiment's split names are stripped as data cells and --domain are
     split = E.SplitConfig(protocol="cross-domain", source=" books ", target="films\t")
     assert (split.source, split.target) == ("books", "films")
