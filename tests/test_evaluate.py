@@ -493,3 +493,51 @@ def test_predicted_ratings_mostly_off_the_scale_are_warned_of():
             evaluate(rec, ds, TASKS, ks=(1,), bootstrap=0)
         off = [w for w in said if "outside the rating scale 1..5" in str(w.message)]
         assert bool(off) == warned, [str(w.message) for w in said]
+
+
+def test_more_slips_of_a_custom_model_are_one_line_errors():
+    """The shape check is of the shape, not the size: a column of scores, (n, 1), was a
+    numpy broadcast error in evaluate; one NaN among the scores is refused by recommend
+    as all NaN are; anything not a Recommender is named, not an AttributeError."""
+    ds = dataset()
+
+    class Column(FixedScores):
+        def rank_scores(self, user_idx, support, item_idx):
+            return self.values[item_idx][:, None]
+
+    class OneNaN(FixedScores):
+        def rank_scores(self, user_idx, support, item_idx):
+            s = self.values[item_idx].copy()
+            s[0] = np.nan
+            return s
+
+    rec = Column(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match=r"^Fixed: rank_scores returned shape \(6, 1\) for 6"):
+        evaluate(rec, ds, TASKS, ks=(1,), bootstrap=0)
+    with pytest.raises(MetarecError, match=r"rank_scores returned shape \(\d, 1\)"):
+        rec.recommend(0, TASKS[0].support, k=2)
+    rec = OneNaN(ITEM_SCORES).fit(ds, Interactions.empty())
+    with pytest.raises(MetarecError, match=r"^Fixed: rank_scores returned NaN for user index 0"):
+        rec.recommend(0, TASKS[0].support, k=2)
+    with pytest.raises(MetarecError, match=r"expected a fitted Recommender, got str"):
+        evaluate("Fixed", ds, TASKS)
+
+
+def test_the_off_scale_warning_counts_predictions_and_wants_more_than_half():
+    """Not warned of: "mostly off the scale" is over half of the predicted ratings (not of
+    the users), and a rating at the scale's ends (a clipped regressor's 1 and 5) is on it."""
+    import warnings
+
+    ds = dataset()
+    # one user, four query items (1..4): two predicted off the scale is half, not over
+    task = Task(0, TASKS[0].support, inter(0, np.array([1, 2, 3, 4]), np.array([5.0, 2, 4, 1])))
+    for values, tasks in (
+        (np.array([3.0, 6.0, 0.0, 3.0, 3.0, 3.0]), [task]),  # 2 of 4
+        (np.array([3.0, 6.0, 3.0, 3.0, 0.0, 3.0]), list(TASKS)),  # 2 of 5, over 2 users
+        (np.where(ITEM_SCORES >= 3, 5.0, 1.0), list(TASKS)),  # at the ends: on the scale
+    ):
+        rec = FixedScores(values).fit(ds, Interactions.empty())
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            evaluate(rec, ds, tasks, ks=(1,), bootstrap=0)
+        assert not [w for w in said if "outside the rating scale" in str(w.message)], values

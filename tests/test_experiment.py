@@ -1509,6 +1509,13 @@ def test_transfer_domains_by_index_or_name_and_one_implies_the_other():
     # the experiment's split names are stripped as data cells and --domain are
     split = E.SplitConfig(protocol="cross-domain", source=" books ", target="films\t")
     assert (split.source, split.target) == ("books", "films")
+    # refused only when every support is in one other domain: supports in both domains
+    # (a user-cold split of a two-domain log) say nothing of the direction, and supports
+    # in a third domain are in neither the source nor the target
+    sup = Interactions(np.zeros(2), np.array([0, 1]), np.ones(2), np.arange(2), np.array([0, 1]))
+    assert pick(two, None, [Task(0, sup, Interactions.empty())], "books", "films") == (0, 1)
+    with pytest.raises(MetarecError, match=r"target_domain is 'b' .* supports are in 'c'"):
+        pick(three, None, cold_in(2), "a", "b")
 
 
 def test_nan_scores_on_test_users_fail_the_method_not_the_experiment(tmp_path, monkeypatch):

@@ -364,3 +364,44 @@ def test_a_step_that_empties_the_log_is_named_and_a_disabled_dedupe_still_counts
     _, reports = preprocess(raw, PreprocessConfig(dedupe=False))
     rep = step(reports, "dedupe")
     assert rep["enabled"] is False and rep["duplicates"] == 1 and rep["rows_after"] == 3
+
+
+def test_a_disabled_dedupe_counts_duplicates_per_domain_as_an_enabled_one_would():
+    # the same (user, item) in two domains is two events, not a duplicate: the disabled
+    # count is keyed as the enabled dedupe is, on (user, item, domain)
+    raw = raw_of(["a", "a", "a"], ["x", "x", "x"], [1, 2, 3], [1, 2, 3], ["d1", "d2", "d1"])
+    rep = step(preprocess(raw, PreprocessConfig(dedupe=False))[1], "dedupe")
+    assert (rep["enabled"], rep["duplicates"]) == (False, 1)
+    assert step(preprocess(raw)[1], "dedupe")["duplicates"] == 1
+
+
+def test_missing_columns_may_name_a_user_side_column():
+    # the typo check knows the columns of both side tables, not the items' alone
+    raw = catalogue_raw()
+    raw.users.loc[1, "age"] = np.nan
+    out, reports = preprocess(raw, PreprocessConfig(missing_columns=(("age", "mean"),)))
+    assert out.users.age.tolist() == [20.0, 20.0]
+    assert step(reports, "side_missing")["columns"]["users"]["age"]["filled"] == 1
+
+
+def test_an_empty_log_is_said_as_such_and_the_emptying_step_names_its_settings():
+    # a log empty from the start is not one a step emptied: no step is blamed for it
+    with pytest.raises(MetarecError, match=r"^toy: the log holds no interaction$"):
+        preprocess(raw_of([], [], []))
+    # the emptying step's settings are named, the thresholds (*_count) included
+    raw = raw_of(["a", "b", "a"], ["x", "x", "x"], [1, 2, 3], [1, 2, 3])
+    with pytest.raises(MetarecError, match=r"user_min_count=0, item_min_count=3\)$"):
+        preprocess(raw, PreprocessConfig(item_min_count=3))
+
+
+def test_k_core_drops_and_counts_a_user_its_item_removals_empty():
+    # u is above user_min_count (none set) but rated only "solo", which item_min_count=2
+    # removes: u has no rows left and goes from the users table, counted (probe 165)
+    users = pd.DataFrame({"user_id": ["a", "b", "u"]})
+    raw = raw_of(
+        ["a", "b", "a", "b", "u"], ["x", "x", "y", "y", "solo"], [1, 2, 3, 4, 5], users=users
+    )
+    ds = prepare(raw, PreprocessConfig(item_min_count=2))
+    assert ds.users.ids.tolist() == ["a", "b"]
+    rep = step(ds.report, "k_core")
+    assert (rep["dropped_users"], rep["dropped_items"], rep["dropped_user_rows"]) == (1, 1, 1)
