@@ -33,17 +33,29 @@ from metarec.data import load_dataset  # noqa: E402
 from metarec.evaluate import evaluate  # noqa: E402
 from metarec.experiment import build_split_features, ranking_candidates  # noqa: E402
 from metarec.model import MetaRecommender, ModelConfig, TextConfig  # noqa: E402
+from metarec.recommender import Recommender  # noqa: E402
 from metarec.splits import make_split  # noqa: E402
+from metarec.types import MetarecError  # noqa: E402
 
 METRICS = ("Recall@10 (full)", "nDCG@10 (full)")
 
 
-class MeanOfFits:
-    """evaluate()'s view of several fits: query scores of the first, ranking by the mean."""
+class MeanOfFits(Recommender):
+    """evaluate()'s view of several fits: query scores of the first, ranking by the mean.
+    A Recommender over fitted models (evaluate takes Recommenders only): their sizes and
+    the first fit's training rows, which evaluate's leakage check reads."""
 
     def __init__(self, fits: list[MetaRecommender]):
         self.fits, self.name = fits, "mean of fits"
         self.predicts_ratings = fits[0].predicts_ratings
+        self.n_users_, self.n_items_ = fits[0].n_users_, fits[0].n_items_
+        self.train_rows_ = fits[0].train_rows_
+
+    def fit(self, dataset, train, features=None):
+        raise MetarecError("MeanOfFits averages fitted models; fit those")
+
+    def score(self, user_idx, support, item_idx):
+        return self.fits[0].score(user_idx, support, item_idx)
 
     def score_many(self, tasks, items):
         return self.fits[0].score_many(tasks, items)

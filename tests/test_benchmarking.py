@@ -212,3 +212,23 @@ def test_the_embed_together_benchmark_writes_its_figures(tmp_path):
     assert res["together_vs_alone"] == pytest.approx(
         res["together"]["seconds"] / res["alone"]["seconds"], abs=2e-3
     )
+
+
+def test_the_seed_ensemble_benchmarks_mean_of_fits_is_scored_by_evaluate():
+    # evaluate takes fitted Recommenders only (probe 164); the benchmark's duck-typed view
+    # of several fits was refused after every fit had run (review 169)
+    import importlib.util
+
+    from metarec.evaluate import evaluate
+    from metarec.types import Interactions
+    from test_evaluate import ITEM_SCORES, TASKS, FixedScores, dataset
+
+    path = ROOT / "benchmarks" / "seed_ensemble_item_cold.py"
+    spec = importlib.util.spec_from_file_location("seed_ensemble_item_cold", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    ds = dataset()
+    fits = [FixedScores(ITEM_SCORES).fit(ds, Interactions.empty()) for _ in range(2)]
+    one = evaluate(fits[0], ds, TASKS, ks=(1,), bootstrap=0)
+    both = evaluate(mod.MeanOfFits(fits), ds, TASKS, ks=(1,), bootstrap=0)
+    assert both.metrics == one.metrics  # two equal fits average to either

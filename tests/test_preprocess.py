@@ -405,3 +405,22 @@ def test_k_core_drops_and_counts_a_user_its_item_removals_empty():
     assert ds.users.ids.tolist() == ["a", "b"]
     rep = step(ds.report, "k_core")
     assert (rep["dropped_users"], rep["dropped_items"], rep["dropped_user_rows"]) == (1, 1, 1)
+
+
+def test_side_missing_drop_drops_what_it_empties_too():
+    # review 169: a user dropped for a missing age left the item only they rated in the
+    # catalogue (k_core and the straight-liners no longer do; this step did still)
+    items = pd.DataFrame({"item_id": ["x", "only_b"]})
+    users = pd.DataFrame({"user_id": ["a", "b"], "age": [30.0, np.nan]})
+    raw = raw_of(
+        ["a", "b", "b"],
+        ["x", "x", "only_b"],
+        [1, 2, 3],
+        items=items,
+        users=users,
+        user_numeric_columns=("age",),
+    )
+    ds = prepare(raw, PreprocessConfig(missing_numeric="drop"))
+    assert ds.items.ids.tolist() == ["x"] and ds.users.ids.tolist() == ["a"]
+    rep = step(ds.report, "side_missing")
+    assert (rep["dropped_users"], rep["dropped_items"]) == (1, 1)

@@ -363,6 +363,13 @@ def fill_missing(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Repor
         s != "keep" for t in details.values() for s in (c["strategy"] for c in t.values())
     )
     out, n_user_rows, n_item_rows = _drop_entities(out, drop_users, drop_items)
+    # and what those drops empty, as the other filters do: an item rated only by a dropped
+    # user stayed an unrated catalogue item (review 169)
+    emptied_u = _vanished(raw.ratings, out.ratings, "user_id").difference(drop_users)
+    emptied_i = _vanished(raw.ratings, out.ratings, "item_id").difference(drop_items)
+    if len(emptied_u) or len(emptied_i):
+        out, _, _ = _drop_entities(out, emptied_u, emptied_i)
+        drop_users, drop_items = drop_users.append(emptied_u), drop_items.append(emptied_i)
     return out, _report(
         "side_missing",
         raw,
