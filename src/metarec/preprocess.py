@@ -7,7 +7,8 @@ order (the order matters; reasons in brackets):
 
 1. ``missing_ids``     drop rating rows whose user id, item id or rating is missing
                        [nothing below can use such a row].
-2. ``timestamps``      drop rows whose timestamp is not a number or is negative.
+2. ``timestamps``      drop rows whose timestamp is not a finite number (a negative one,
+                       before 1970, is kept and counted).
 3. ``rating_range``    drop rows whose rating lies outside ``raw.rating_range``.
 4. ``dedupe``          keep the last event (by time; ties: later in the log) per
                        (user, item, domain) [after 2: needs valid times].
