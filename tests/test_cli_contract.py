@@ -1697,6 +1697,28 @@ def test_user_text_with_no_user_text_to_embed_is_said(tmp_path, capsys):
     assert "setting with no effect: text.user_text" in capsys.readouterr().err
 
 
+def test_a_users_text_column_read_as_multi_valued_is_not_called_unused(tmp_path, capsys):
+    # probe 170: "a|b" hobbies, mostly distinct cells, are a text column to the reader and
+    # a multi-hot to the features; fit warned they were "not used"
+    paths, _ = make_world(tmp_path, n_users=60)
+    tokens = ["chess", "golf", "jazz", "knit", "opera", "surf", "tennis", "yoga"]
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(60)],
+            "hobbies": [
+                "|".join(tokens[(u + j) % 8] for j in range(3)) + f"|x{u}" for u in range(60)
+            ],
+            "bio": [f"a long free text about reader {u} and what they like" for u in range(60)],
+        }
+    )
+    users.to_csv(tmp_path / "U.csv", index=False)
+    argv = [*fit_argv(paths, tmp_path / "R"), "--users", str(tmp_path / "U.csv"), *FAST]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    said = [line for line in err.splitlines() if "are not used" in line]
+    assert said and "bio" in said[0] and "hobbies" not in said[0], err
+
+
 def test_a_single_valued_option_given_twice_is_refused(fitted, tmp_path, capsys):
     # argparse kept the last: --domain films --domain books served books without a word
     _, run, _ = fitted

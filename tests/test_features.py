@@ -232,6 +232,12 @@ def test_side_features_clip_numerics_to_the_fit_range():
     assert v_names == ["year"]
     np.testing.assert_array_equal(v, x)
     assert numeric_features(None, 6)[0].shape == (6, 0)
+    # a column no fit row fills is 0 for every row: a held-out row's raw value had passed
+    # unscaled (an age of 30 as z = +5), an input the model never met (probe 170)
+    frame = pd.DataFrame({"age": [np.nan, np.nan, np.nan, 30.0, 60.0, np.nan]})
+    table = SideTable(IdMap.from_values(range(6)), frame, numeric_columns=("age",))
+    v, _ = numeric_features(table, 6, fit_rows=np.array([0, 1, 2]))
+    np.testing.assert_array_equal(v, np.zeros((6, 1), dtype=np.float32))
 
 
 def test_numeric_features_clip_a_heavy_tail_at_max_z():

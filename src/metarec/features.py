@@ -319,6 +319,11 @@ def numeric_features(
             # clipped to the fit rows' range: a model has learnt nothing about values beyond
             # it, and a linear layer extrapolates them without bound
             z = np.clip(z, (ref.min() - mu) / scale, (ref.max() - mu) / scale)
+        else:
+            # no fit row has a value: the model learns the column as 0 for everyone, and a
+            # held-out row's raw value (an age of 30 read as z = +5 after the clip) would
+            # be an input it never met (probe 170)
+            z = np.zeros_like(z)
         z = np.clip(z, -MAX_Z, MAX_Z)
         blocks.append(np.nan_to_num(z, nan=0.0).astype(np.float32)[:, None])
         names.append(c)
@@ -507,13 +512,24 @@ def build_features(
     item_side, _ = side_features(dataset.item_table, n_items, fit, max_categories)
     # fitted on the training users, as item_side on the training items: on every user,
     # the test users' ages moved the z-scores, and so training (probe 153)
-    user_side, _ = side_features(dataset.user_table, n_users, fit_u, max_categories)
+    user_side, user_names = side_features(dataset.user_table, n_users, fit_u, max_categories)
     table = dataset.user_table
-    if not user_text and table is not None and table.text_columns:
+    # a text column side_features read as multi-valued ("a|b") is a multi-hot already:
+    # the warning named it "not used" (probe 170)
+    unused = (
+        []
+        if table is None
+        else [
+            c
+            for c in table.text_columns
+            if not any(name.startswith(f"{c}=") for name in user_names)
+        ]
+    )
+    if not user_text and unused:
         # item text is embedded by default, user text only on request: say so, rather
         # than leave a users file's free-text columns unused without a word
         warnings.warn(
-            f"user text column(s) {', '.join(table.text_columns)} are not used; set "
+            f"user text column(s) {', '.join(unused)} are not used; set "
             "text.user_text=true to embed them as a user feature",
             stacklevel=2,
         )
