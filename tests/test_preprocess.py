@@ -353,7 +353,10 @@ def test_preprocessing_settings_that_cannot_mean_what_they_say_are_refused():
             MetarecError, match=rf"binarize_threshold .* every row would be {every}"
         ):
             preprocess(raw, PreprocessConfig(binarize_threshold=t))
-    assert preprocess(raw, PreprocessConfig(binarize_threshold=5))[0].feedback == "implicit"
+    assert preprocess(raw, PreprocessConfig(binarize_threshold=3))[0].feedback == "implicit"
+    # inside the scale, but past every rating the log holds (1..4 here): one class
+    with pytest.raises(MetarecError, match=r"binarize_threshold 4.5 makes every rating a negative"):
+        preprocess(raw, PreprocessConfig(binarize_threshold=4.5))
 
 
 def test_a_step_that_empties_the_log_is_named_and_a_disabled_dedupe_still_counts():

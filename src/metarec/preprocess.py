@@ -535,6 +535,14 @@ def binarize(raw: RawData, config: PreprocessConfig) -> tuple[RawData, Report]:
     r = raw.ratings.copy()
     # in float32, as the ratings are held and every like and relevance is judged
     pos = pd.Series(is_relevant(pd.to_numeric(r["rating"]).to_numpy(np.float64), t), index=r.index)
+    if len(pos) and (pos.all() or not pos.any()):
+        # inside the declared scale, the ratings left may still sit on one side of it
+        # (review 169): the error named labels, not the threshold that made them
+        every = "positive" if pos.all() else "negative"
+        raise MetarecError(
+            f"{raw.name}: binarize_threshold {t:g} makes every rating a {every} (the "
+            f"ratings left run {r['rating'].min():g}..{r['rating'].max():g})"
+        )
     r["rating"] = pos.astype(np.float64)
     out = replace(raw, ratings=r, feedback="implicit", rating_range=(0.0, 1.0))
     return out, _report(
