@@ -386,13 +386,11 @@ def cmd_fit(args) -> int:
                 f"text.cache {config.text.cache} is inside --out {args.out}: a RUN folder "
                 "holds only what fit writes; put the embedding cache elsewhere"
             )
-    if getattr(args, "device", None):
-        import dataclasses
+    import dataclasses
 
+    if getattr(args, "device", None):
         config = dataclasses.replace(config, device=args.device)
     if getattr(args, "quiet", False):
-        import dataclasses
-
         config = dataclasses.replace(config, progress=False)
     raw = read_training_files(args.train, args.items, args.users, rating_range=args.rating_range)
     from metarec import distributed

@@ -522,7 +522,6 @@ def cross_domain(
                 + ("has catalogue items but no interactions" if unrated else "is unknown")
                 + f"; domains with interactions: {', '.join(names)}"
             )
-
     if source == target:
         raise MetarecError(f"split cross-domain: source and target are both {source!r}")
     _check_shots(ds, k_shot, n_query)

@@ -285,6 +285,8 @@ class TransferRecommender(MetaRecommender):
                 f"transfer: pass both source_domain and target_domain ({n} domains: "
                 f"{', '.join(dataset.domains)}), not only {next(iter(given))}"
             )
+        # the domains of the validation supports: the target's, where the users are cold
+        doms = np.unique(np.concatenate([t.support.domain for t in valid])) if valid else None
         if given:
             # of two domains, the one not given is the other
             source = given.get("source_domain", 1 - given.get("target_domain", 0))
@@ -296,24 +298,20 @@ class TransferRecommender(MetaRecommender):
                     f"transfer: source_domain and target_domain are both {source} "
                     f"({dataset.domains[source]!r}); transfer needs two different domains"
                 )
-            if valid:
-                # the validation users are cold in the target: supports all in another
-                # domain mean the two were given the wrong way round (the "target" model
-                # then trained on the source's rows and early-stopped on users it could
-                # not know: nDCG@10 0.117 for 0.205, probe 166)
-                doms = np.unique(np.concatenate([t.support.domain for t in valid]))
-                if len(doms) == 1 and int(doms[0]) != target:
-                    raise MetarecError(
-                        f"transfer: target_domain is {dataset.domains[target]!r} but the "
-                        f"validation users' supports are in {dataset.domains[int(doms[0])]!r}, "
-                        "the domain they are cold in: source and target the wrong way round?"
-                    )
+            if doms is not None and len(doms) == 1 and int(doms[0]) != target:
+                # supports all in another domain: the two were given the wrong way round
+                # (the "target" model then trained on the source's rows and early-stopped
+                # on users it could not know: nDCG@10 0.117 for 0.205, probe 166)
+                raise MetarecError(
+                    f"transfer: target_domain is {dataset.domains[target]!r} but the "
+                    f"validation users' supports are in {dataset.domains[int(doms[0])]!r}, "
+                    "the domain they are cold in: source and target the wrong way round?"
+                )
             return int(source), int(target)
         if len(dataset.domains) != 2:
             raise MetarecError("transfer: pass source_domain/target_domain (not 2 domains)")
-        if not valid:
+        if doms is None:
             raise MetarecError("transfer: needs validation tasks to tell the target domain")
-        doms = np.unique(np.concatenate([t.support.domain for t in valid]))
         if len(doms) != 1:
             raise MetarecError("transfer: validation supports span several domains")
         tgt = int(doms[0])
