@@ -320,6 +320,16 @@ def test_filters_drop_the_entities_they_empty_and_count_them():
     assert ds.items.ids.tolist() == ["x", "y"] and ds.users.ids.tolist() == ["a", "c"]
     rep = step(ds.report, "k_core")
     assert (rep["dropped_users"], rep["dropped_items"]) == (2, 1)
+    # and the reverse: u is above user_min_count (none set) but rated only "solo", which
+    # item_min_count=2 removes: u has no rows left and goes from the users table, counted
+    users = pd.DataFrame({"user_id": ["a", "b", "u"]})
+    raw = raw_of(
+        ["a", "b", "a", "b", "u"], ["x", "x", "y", "y", "solo"], [1, 2, 3, 4, 5], users=users
+    )
+    ds = prepare(raw, PreprocessConfig(item_min_count=2))
+    assert ds.users.ids.tolist() == ["a", "b"]
+    rep = step(ds.report, "k_core")
+    assert (rep["dropped_users"], rep["dropped_items"], rep["dropped_user_rows"]) == (1, 1, 1)
     # straight-liners: s gave 5 to everything, and was the only one to rate item only_s
     items = pd.DataFrame({"item_id": ["x", "y", "only_s"]})
     raw = raw_of(
@@ -395,19 +405,6 @@ def test_an_empty_log_is_said_as_such_and_the_emptying_step_names_its_settings()
     raw = raw_of(["a", "b", "a"], ["x", "x", "x"], [1, 2, 3], [1, 2, 3])
     with pytest.raises(MetarecError, match=r"user_min_count=0, item_min_count=3\)$"):
         preprocess(raw, PreprocessConfig(item_min_count=3))
-
-
-def test_k_core_drops_and_counts_a_user_its_item_removals_empty():
-    # u is above user_min_count (none set) but rated only "solo", which item_min_count=2
-    # removes: u has no rows left and goes from the users table, counted (probe 165)
-    users = pd.DataFrame({"user_id": ["a", "b", "u"]})
-    raw = raw_of(
-        ["a", "b", "a", "b", "u"], ["x", "x", "y", "y", "solo"], [1, 2, 3, 4, 5], users=users
-    )
-    ds = prepare(raw, PreprocessConfig(item_min_count=2))
-    assert ds.users.ids.tolist() == ["a", "b"]
-    rep = step(ds.report, "k_core")
-    assert (rep["dropped_users"], rep["dropped_items"], rep["dropped_user_rows"]) == (1, 1, 1)
 
 
 def test_side_missing_drop_drops_what_it_empties_too():
