@@ -542,6 +542,44 @@ def test_feature_transfer_keeps_the_source_extractor_frozen(tmp_path):
     assert np.isfinite(res.metrics["RMSE"])
 
 
+@pytest.mark.parametrize("strategy", ["parameter", "joint"])
+def test_cross_domain_validation_queries_meet_target_domain_negatives(
+    tmp_path, monkeypatch, strategy
+):
+    """Every ranking model of a transfer (the source model, the target model, joint's one
+    model) early-stops on target validation queries whose negatives are target-domain
+    items, what the served ranking runs over: from the training items they were source
+    items only (the source model) or mostly (joint), told apart by domain alone."""
+    import metarec.train as T
+
+    cfg = _two_domain_config(tmp_path, strategy)
+    cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 2, "eval_every": 1}})
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    target = np.flatnonzero(ds.item_domain_names() == ds.domains[split.target_domain])
+    pools, real = [], T._valid_episodes
+
+    def spy(tasks, head, n_items, tcfg, negative_pool=None, query_negative_pool=None):
+        episodes = real(tasks, head, n_items, tcfg, negative_pool, query_negative_pool)
+        if head == "binary":
+            pools.append(query_negative_pool)
+            own = np.concatenate([t.query.item_idx for t in tasks])
+            drawn = np.concatenate([ep.query_items for ep in episodes])
+            drawn = drawn[~np.isin(drawn, own)]  # the sampled negatives
+            assert len(drawn) and np.isin(drawn, target).all()
+        return episodes
+
+    monkeypatch.setattr(T, "_valid_episodes", spy)
+    E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
+    # parameter: the source's ranking model, then the target's; joint: one model
+    assert len(pools) == (2 if strategy == "parameter" else 1)
+    for pool in pools:
+        assert pool is not None and np.array_equal(np.sort(pool), target)
+    # one domain: the training items, as before
+    assert T.valid_negative_pool(split, T.TrainConfig()) is None
+
+
 def test_parameter_transfer_starts_from_the_source_model(tmp_path):
     cfg = _two_domain_config(tmp_path, "parameter")
     cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 0, "eval_every": 1}})

@@ -568,6 +568,14 @@ def test_held_out_validation_negatives():
     assert valid_negative_pool(target, auto) is None
     assert valid_negative_pool(target, cfg).tolist() == held.tolist()  # asked for: given
     assert valid_negative_pool(cold, dataclasses.replace(cfg, valid_negatives="train")) is None
+    # the items one domain's ranking runs over (cross-domain): "auto" takes them over the
+    # training items, new items still come first, and "train" still means training items
+    ranked = np.arange(5, 15)
+    assert valid_negative_pool(warm, auto, ranked).tolist() == ranked.tolist()
+    assert valid_negative_pool(target, auto, ranked).tolist() == ranked.tolist()
+    assert valid_negative_pool(cold, auto, ranked).tolist() == held.tolist()
+    train_cfg = dataclasses.replace(cfg, valid_negatives="train")
+    assert valid_negative_pool(warm, train_cfg, ranked) is None
     with pytest.raises(MetarecError, match="valid_negatives"):
         valid_negative_pool(warm, cfg)
     with pytest.raises(MetarecError, match="train.valid_negatives"):

@@ -547,6 +547,19 @@ def unused_meta_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     return out
 
 
+def _validation_ranked(dataset: Dataset, split: Split) -> np.ndarray | None:
+    """(n_cand,) items a validation user's ranking runs over where that is less than the
+    catalogue on data of several domains (cross-domain: the target domain's, as the blend
+    ranks them, :func:`_blend_rank_items`), else None. The ranking model's validation
+    queries draw their negatives from them (``train.valid_negative_pool``): from the
+    training items, a transfer's source model met only source-domain negatives, and a
+    joint model mostly those, beside target-domain positives."""
+    if len(dataset.domains) < 2 or not split.valid:
+        return None
+    items = _blend_rank_items(dataset, split)
+    return items if len(items) < dataset.n_items else None
+
+
 def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
     """(n_cand,) items the ranking blend is fitted over: the split's validation items when
     it holds items out (item cold-start: a validation user's full ranking runs over them),
@@ -1469,6 +1482,7 @@ class MetaRecommender(Recommender):
         )
         kwargs = self._train_kwargs(head)
         meta = self._start_meta(head, meta)
+        ranked = _validation_ranked(dataset, split) if head == "binary" else None
         for backoff in range(INNER_LR_BACKOFFS + 1):
             try:
                 results = [
@@ -1485,6 +1499,7 @@ class MetaRecommender(Recommender):
                         ),
                         device=self.config.device,
                         progress=self.config.progress,
+                        valid_ranked=ranked,
                         **_member_kwargs(kwargs, j, members),
                     )
                     for j in range(members)

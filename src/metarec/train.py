@@ -135,7 +135,10 @@ class TrainConfig:
     # what item cold-start's full ranking runs over, so early stopping judges the ranking
     # that is served, not "new item vs old item") or "auto": "held_out" where the
     # validation tasks test new items (validates_new_items: item cold-start in `metarec
-    # evaluate`), else "train". "auto" is
+    # evaluate`), else the items the validation ranking runs over where that is one
+    # domain of several (cross-domain: the target domain's; train's ``valid_ranked``,
+    # since the seventh session of 2026-12-07: target queries had been met with mostly
+    # source-domain negatives), else "train". "auto" is
     # the default for that reason. Measured on ML-100K item cold (validation and the
     # backtest, seeds 0-2, and the headline rerun) it stopped the default's ranking model
     # at the same step as "train" (identical figures); MetaRec-ridge's and the pooled
@@ -471,23 +474,32 @@ def _check_stream(sampler, head: str, cfg: TrainConfig, split: Split) -> None:
             )
 
 
-def valid_negative_pool(split: Split, cfg: TrainConfig) -> np.ndarray | None:
+def valid_negative_pool(
+    split: Split, cfg: TrainConfig, ranked: np.ndarray | None = None
+) -> np.ndarray | None:
     """The pool of validation query negatives ``cfg.valid_negatives`` names: the split's
     held-out validation items (``split.valid_cold_items``; "auto": only where the
     validation tasks test new items, :func:`validates_new_items`), or None (the training
-    items, as the supports use). Cross-domain fits pass the target domain's items as
-    ``valid_cold_items`` (what the blend ranks); those are warm, so "auto" keeps "train"."""
+    items, as the supports use). ``ranked``: the items a validation user's ranking runs
+    over where that is one domain of several (cross-domain: the target domain's items,
+    what the blend ranks and evaluate scores); "auto" takes them there rather than the
+    training items, which hold the source domain's too (and, for a transfer's source
+    model, only those). Drawn from the training items, a target query's negatives were
+    mostly source-domain items, told apart by domain alone: early stopping judged an
+    easier question than the ranking that is served."""
     held_out = np.asarray(split.valid_cold_items, dtype=np.int64)
     if cfg.valid_negatives == "held_out" and not len(held_out):
         raise MetarecError(
             'train.valid_negatives "held_out": the split holds no validation items out '
             '(only item cold-start splits do); use "auto" or "train"'
         )
-    if cfg.valid_negatives == "train" or not len(held_out):
+    if cfg.valid_negatives == "train":
         return None
-    if cfg.valid_negatives == "auto" and not validates_new_items(split):
-        return None
-    return held_out
+    if len(held_out) and (cfg.valid_negatives == "held_out" or validates_new_items(split)):
+        return held_out
+    if ranked is not None and len(ranked):
+        return np.asarray(ranked, dtype=np.int64)
+    return None
 
 
 def _valid_episodes(
@@ -687,6 +699,7 @@ def train(
     known_items: np.ndarray | None = None,
     init: Mapping[str, torch.Tensor] | None = None,
     trainable: Callable[[str], bool] | None = None,
+    valid_ranked: np.ndarray | None = None,
 ) -> TrainResult:
     """Meta-train on ``split.train``; early-stop on ``split.valid``.
 
@@ -707,6 +720,8 @@ def train(
     shape; the others are initialised as usual), e.g. a source-domain model's; parameters
     for which ``trainable(name)`` is False are left out of the optimiser and stay exactly
     at their initial values (feature transfer freezes the extractor this way).
+    ``valid_ranked``: the items a validation user's ranking runs over where that is one
+    domain of several (:func:`valid_negative_pool`).
     """
     ctx = distributed.context()
     dev = torch.device(distributed.local_device(device, ctx))
@@ -751,7 +766,7 @@ def train(
         feats.n_items,
         cfg,
         np.flatnonzero(known),
-        valid_negative_pool(split, cfg) if head == "binary" else None,
+        valid_negative_pool(split, cfg, valid_ranked) if head == "binary" else None,
     )
 
     rng = np.random.default_rng(cfg.seed)
