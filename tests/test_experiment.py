@@ -580,6 +580,48 @@ def test_cross_domain_validation_queries_meet_target_domain_negatives(
     assert T.valid_negative_pool(split, T.TrainConfig()) is None
 
 
+def test_validation_users_with_training_rows_adapt_on_them_as_served(tmp_path, monkeypatch):
+    """Early stopping adapts a validation user on what scoring adapts them on: their
+    training rows (cross-domain: the source-domain history), then the support, less the
+    query items, the last max_support rows. It had adapted them on the support alone."""
+    import metarec.train as T
+
+    cfg = _two_domain_config(tmp_path, "joint")
+    cfg = dataclasses.replace(
+        cfg,
+        model={
+            **cfg.model,
+            "max_support": 6,
+            "history_order": "time",  # the default "item_age" orders by the item's age
+            "train": {"steps": 2, "eval_every": 1},
+        },
+    )
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    seen, real = [], T._valid_episodes
+
+    def spy(tasks, head, *args, **kwargs):
+        seen.append((head, [(t.user_idx, t.support.item_idx.tolist()) for t in tasks]))
+        return real(tasks, head, *args, **kwargs)
+
+    monkeypatch.setattr(T, "_valid_episodes", spy)
+    E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
+    want = []
+    for t in split.valid:
+        rows = split.train.take(split.train.user_idx == t.user_idx)
+        history = rows.item_idx[np.argsort(rows.timestamp, kind="stable")].tolist()
+        history += t.support.item_idx.tolist()
+        history = [i for i in history if i not in set(t.query.item_idx.tolist())]
+        want.append((t.user_idx, history[-6:]))
+    assert {head for head, _ in seen} == {"rating", "binary"}  # every member of both
+    for _, got in seen:
+        assert got == want
+    # the users' source-domain rows are in what they adapt on, and the support is last
+    assert any(len(s) > len(t.support) for (_, s), t in zip(want, split.valid, strict=True))
+    assert all(s[-1] == t.support.item_idx[-1] for (_, s), t in zip(want, split.valid, strict=True))
+
+
 def test_parameter_transfer_starts_from_the_source_model(tmp_path):
     cfg = _two_domain_config(tmp_path, "parameter")
     cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 0, "eval_every": 1}})

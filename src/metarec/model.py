@@ -843,16 +843,17 @@ class MetaRecommender(Recommender):
         # the validation tasks test new items: the item cold-start settings apply (both
         # parts: train.episodes "auto"; the ranking model: cold_rank_id_dropout, ...)
         new_items = validates_new_items(split)
+        adapting = self._adapting_as_served(split)
         if explicit:
             self._rating_offset = None  # from this fit's rating range (rating_offset)
-            rating_split = _in_rating_units(split, self.rating_unit, self.rating_offset)
+            rating_split = _in_rating_units(adapting, self.rating_unit, self.rating_offset)
             part = self._train_part(
                 rating_split, "rating", cfg.meta, train_cfg, dataset, members=cfg.rating_members
             )
             self.rating_ = dataclasses.replace(part, new_items=new_items)
         if cfg.rank_model or not explicit:
             part = self._train_part(
-                _as_likes(split, self._like_threshold()),
+                _as_likes(adapting, self._like_threshold()),
                 "binary",
                 cfg.rank_meta or cfg.meta,
                 cfg.rank_train(train_cfg, held_out=new_items),
@@ -1291,6 +1292,24 @@ class MetaRecommender(Recommender):
             b.rank_search_users,
             b.rank_fit_head,
         )
+
+    def _adapting_as_served(self, split: Split) -> Split:
+        """``split`` with each validation task's support replaced by what scoring adapts
+        that user on: their training rows in ``split.train``, then the support, less the
+        query items, the last ``max_support`` of them (:meth:`_episodes`). Early stopping
+        then judges the adaptation that is served. Validation users with training rows
+        are item cold-start's (warm users) and cross-domain's (their source-domain
+        history); cold users' supports are unchanged. Before the seventh session of
+        2026-12-07 they adapted on the support alone there, as no served user does."""
+        if not split.valid:
+            return split
+        rows = self._rows_index(split.train)
+        m = self.config.max_support
+        tasks = []
+        for t in split.valid:
+            history = self._history_without_query(t, rows)
+            tasks.append(dataclasses.replace(t, support=history.take(np.arange(len(history))[-m:])))
+        return dataclasses.replace(split, valid=tuple(tasks))
 
     def _history_without_query(
         self, task: Task, rows: tuple[sp.csr_matrix, sp.csr_matrix] | None = None
