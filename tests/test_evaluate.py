@@ -529,3 +529,31 @@ def test_the_off_scale_warning_counts_predictions_and_wants_more_than_half():
             warnings.simplefilter("always")
             evaluate(rec, ds, tasks, ks=(1,), bootstrap=0)
         assert not [w for w in said if "outside the rating scale" in str(w.message)], values
+
+
+def test_a_repeated_training_row_is_one_history_entry_the_latest():
+    """A log fitted without dedupe may hold a user's item twice: the history (what scoring
+    adapts on, and early stopping since the seventh session of 2026-12-07) holds it once,
+    with its latest rating. The CSR it is read from summed the two: a 5 and a 4 became 9."""
+
+    class Plain(Recommender):
+        def fit(self, dataset, train, features=None):
+            self._set_fitted(dataset, train)
+            return self
+
+        def score(self, user_idx, support, item_idx):
+            return np.zeros(len(item_idx))
+
+    rec = Plain()
+    rows = Interactions(
+        np.array([0, 0, 0, 1]),
+        np.array([2, 4, 2, 2]),
+        np.array([5.0, 3.0, 4.0, 1.0]),
+        np.array([10, 20, 30, 5]),
+        np.zeros(4),
+    )
+    rec._set_fitted(dataset(), rows)
+    items, ratings = rec._history(0, Interactions.empty())
+    assert items.tolist() == [4, 2] and ratings.tolist() == [3.0, 4.0]  # time order
+    items, ratings = rec._history(1, inter(1, np.array([3]), np.array([2.0])))
+    assert items.tolist() == [2, 3] and ratings.tolist() == [1.0, 2.0]

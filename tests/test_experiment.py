@@ -480,7 +480,7 @@ def test_pooled_trains_without_inner_steps_and_fine_tunes_at_adaptation():
     assert not np.allclose(s0, s2)  # fine-tuning moved the scores
 
 
-def _two_domain_config(tmp_path: Path, strategy: str) -> E.ExperimentConfig:
+def _two_domain_config(tmp_path: Path, strategy: str, *extra: str) -> E.ExperimentConfig:
     import pandas as pd
 
     log = pd.read_csv(TINY.parent / "tiny_log.csv")
@@ -501,6 +501,7 @@ def _two_domain_config(tmp_path: Path, strategy: str) -> E.ExperimentConfig:
             "split.valid_frac=0.25",
             "shots=[]",
             "seeds=[0]",
+            *extra,
         ],
         methods=[{"name": "T", "kind": "transfer", "strategy": strategy}],
     )
@@ -542,42 +543,66 @@ def test_feature_transfer_keeps_the_source_extractor_frozen(tmp_path):
     assert np.isfinite(res.metrics["RMSE"])
 
 
-@pytest.mark.parametrize("strategy", ["parameter", "joint"])
+@pytest.mark.parametrize("strategy", ["parameter", "joint", "Pooled", "no direction"])
 def test_cross_domain_validation_queries_meet_target_domain_negatives(
     tmp_path, monkeypatch, strategy
 ):
     """Every ranking model of a transfer (the source model, the target model, joint's one
-    model) early-stops on target validation queries whose negatives are target-domain
-    items, what the served ranking runs over: from the training items they were source
-    items only (the source model) or mostly (joint), told apart by domain alone."""
-    import metarec.train as T
+    model) and a pooled model given the target's items early-stops on target validation
+    queries whose negatives are the target domain's items, what evaluate ranks them over:
+    from the training items they were source items only (the source model) or mostly
+    (joint), told apart by domain alone. Not the catalogue's never-rated items of no
+    domain, which the target ranking never holds. A fit given no direction and no items
+    to rank (`metarec fit` on a log with a domain column) keeps the training items."""
+    import pandas as pd
 
-    cfg = _two_domain_config(tmp_path, strategy)
+    import metarec.train as T
+    from metarec.model import MetaRecommender
+
+    items = pd.read_csv(TINY.parent / "tiny_items.csv")
+    extra = pd.DataFrame(
+        {"item_id": [f"x{i}" for i in range(6)], "title": ["a never-rated thing"] * 6}
+    )
+    pd.concat([items, extra]).to_csv(tmp_path / "items2.csv", index=False)
+    joint = strategy in ("joint", "no direction", "Pooled")
+    where = f'data.options.items="{tmp_path / "items2.csv"}"'
+    cfg = _two_domain_config(tmp_path, "joint" if joint else strategy, where)
     cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 2, "eval_every": 1}})
+    if strategy == "Pooled":
+        cfg = dataclasses.replace(cfg, methods=[E.MethodSpec(name="P", kind="pooled")])
     ds = E.load_data(cfg)
     split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
     feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
     target = np.flatnonzero(ds.item_domain_names() == ds.domains[split.target_domain])
+    assert np.array_equal(target, E.ranking_candidates(ds, split, "valid"))
+    assert (ds.item_domain_names() == "default").sum() == 6  # the never-rated items
     pools, real = [], T._valid_episodes
 
     def spy(tasks, head, n_items, tcfg, negative_pool=None, query_negative_pool=None):
         episodes = real(tasks, head, n_items, tcfg, negative_pool, query_negative_pool)
-        if head == "binary":
-            pools.append(query_negative_pool)
+        if head == "binary" and query_negative_pool is not None:
             own = np.concatenate([t.query.item_idx for t in tasks])
             drawn = np.concatenate([ep.query_items for ep in episodes])
             drawn = drawn[~np.isin(drawn, own)]  # the sampled negatives
             assert len(drawn) and np.isin(drawn, target).all()
+        if head == "binary":
+            pools.append(query_negative_pool)
         return episodes
 
     monkeypatch.setattr(T, "_valid_episodes", spy)
+    if strategy == "no direction":
+        from metarec.config import deep_merge, to_dict
+        from metarec.model import ModelConfig
+
+        mcfg = ModelConfig.from_dict(deep_merge(to_dict(ModelConfig()), cfg.model))
+        MetaRecommender(mcfg).fit(ds, split.train, feats, valid=split.valid)
+        assert pools == [None]
+        return
     E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
-    # parameter: the source's ranking model, then the target's; joint: one model
+    # parameter: the source's ranking model, then the target's; joint, pooled: one model
     assert len(pools) == (2 if strategy == "parameter" else 1)
     for pool in pools:
         assert pool is not None and np.array_equal(np.sort(pool), target)
-    # one domain: the training items, as before
-    assert T.valid_negative_pool(split, T.TrainConfig()) is None
 
 
 def test_validation_users_with_training_rows_adapt_on_them_as_served(tmp_path, monkeypatch):

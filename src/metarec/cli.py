@@ -552,18 +552,44 @@ def _warn_look_alike_users(stats: dict) -> None:
         )
 
 
+def _new_users(args):
+    """``--users``' frame (side data of users the RUN was not fitted with), or None."""
+    if args.users is None:
+        return None
+    from metarec.data.files import read_users
+
+    return read_users(args.users)
+
+
+def _say_listed_users(stats: dict, users: str | None) -> None:
+    kept = stats.get("listed_users_kept", 0)
+    if kept:
+        # their rows were fitted with the rest of the users file: a changed age here does
+        # not reach the model until the next fit, which a silent pass would hide
+        who = "1 user" if kept == 1 else f"{kept} users"
+        print(
+            f"metarec: note: {who} of {users} {'is' if kept == 1 else 'are'} in the RUN's "
+            "users file already; the side data fitted for them is used (fit again to "
+            "change it)",
+            file=sys.stderr,
+        )
+
+
 def cmd_predict(args) -> int:
     from metarec.data.files import read_log, read_query
     from metarec.predictor import Predictor
 
-    _check_output(args.out, args.run, args.command, support=args.support, query=args.query)
+    _check_output(
+        args.out, args.run, args.command, support=args.support, query=args.query, users=args.users
+    )
     pred = Predictor.load(args.run, device=args.device)
     support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
     query = read_query(args.query)
-    out, stats = pred.predict(support, query)
+    out, stats = pred.predict(support, query, _new_users(args))
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats, args.support)
     _warn_look_alike_users(stats)
+    _say_listed_users(stats, args.users)
     stream, to = _said(args)
     users = "1 user" if stats["users"] == 1 else f"{stats['users']} users"
     print(f"wrote {len(out)} predictions for {users} to {to}", file=stream)
@@ -574,13 +600,14 @@ def cmd_recommend(args) -> int:
     from metarec.data.files import read_log
     from metarec.predictor import Predictor
 
-    _check_output(args.out, args.run, args.command, support=args.support)
+    _check_output(args.out, args.run, args.command, support=args.support, users=args.users)
     pred = Predictor.load(args.run, device=args.device)
     support, _, _ = read_log(args.support)  # predict/recommend check its feedback kind
-    out, stats = pred.recommend(support, args.k, args.domain)
+    out, stats = pred.recommend(support, args.k, args.domain, _new_users(args))
     _write_csv_atomic(out, Path(args.out))
     _warn_unknown_support(stats, args.support)
     _warn_look_alike_users(stats)
+    _say_listed_users(stats, args.users)
     per_user = out.groupby("user_id", sort=False).size()  # rows each user got
     short = int((per_user < args.k).sum())  # the catalogue minus their support is < k
     note = f"; {short} of them had fewer than {args.k} candidates left" if short else ""
@@ -1036,6 +1063,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True, help="S.csv, same columns as the training log")
     p.add_argument("--query", required=True, help="Q.csv: user_id,item_id")
     p.add_argument(
+        "--users",
+        help="U.csv: user_id + the side columns of fit's users file, for users the RUN was "
+        "not fitted with (new users are then scored from their side data too)",
+    )
+    p.add_argument(
         "--out",
         required=True,
         help="P.csv: user_id,item_id,score (tab-separated for a .tsv name, Parquet for "
@@ -1049,6 +1081,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True)
     p.add_argument("-k", type=int, default=10, help="items per user (default 10)")
     p.add_argument("--domain", help="recommend only this domain's items")
+    p.add_argument(
+        "--users",
+        help="U.csv: user_id + the side columns of fit's users file, for users the RUN was "
+        "not fitted with (new users are then scored from their side data too)",
+    )
     p.add_argument(
         "--out",
         required=True,

@@ -12,6 +12,7 @@ z-scores of a side table) and :func:`embed_dataset` (what ``metarec embed`` runs
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 import warnings
@@ -210,13 +211,18 @@ def _multi_hot(
             counts[t] = counts.get(t, 0) + 1
     # most frequent first, ties by name: a deterministic column order
     vocab = sorted(counts, key=lambda t: (-counts[t], t))[:max_categories]
+    return _apply_vocab(toks, vocab), vocab
+
+
+def _apply_vocab(toks: list[list[str]], vocab: list[str]) -> np.ndarray:
+    """(n, k) float32 multi-hot of each row's tokens over ``vocab``; others are 0."""
     col = {t: j for j, t in enumerate(vocab)}
-    out = np.zeros((len(values), len(vocab)), dtype=np.float32)
+    out = np.zeros((len(toks), len(vocab)), dtype=np.float32)
     for i, ts in enumerate(toks):
         for t in ts:
             if t in col:
                 out[i, col[t]] = 1.0
-    return out, vocab
+    return out
 
 
 def _multi_valued(values: list) -> bool:
@@ -236,6 +242,168 @@ def _multi_valued(values: list) -> bool:
     return len(tokens) <= 0.5 * len(cells)
 
 
+@dataclass(frozen=True)
+class NumericScale:
+    """How one numeric side column becomes a feature (:func:`numeric_features`): log1p
+    first where ``log``, then (x - mu) / scale, clipped to [lo, hi] (the fit rows' range
+    in those units) and to ±``MAX_Z``; missing -> 0. ``lo`` None: no fit row had a value,
+    and the column is 0 for everyone."""
+
+    column: str
+    log: bool
+    mu: float
+    scale: float
+    lo: float | None
+    hi: float | None
+
+    @classmethod
+    def fit(cls, column: str, x: np.ndarray, fit: np.ndarray) -> NumericScale:
+        ref = x[fit]
+        ref = ref[~np.isnan(ref)]
+        log = _heavy_count(ref)
+        if log:
+            # a count with a long right tail (ratings_count, reviews: skew 10-40 on
+            # goodbooks' books.csv) on a log scale: z-scored raw, a handful of blockbusters
+            # sat at +5 in several correlated columns at once and second-order MAML
+            # diverged at step 1
+            ref = np.log1p(ref)
+        # moments of x / max|x|, scaled back: values near 1e200 (or 1e-300) overflowed (or
+        # underflowed) the variance, and the column silently became a constant
+        m = float(np.abs(ref).max()) if len(ref) else 0.0
+        m = m if m > 0 else 1.0
+        mu = m * (ref / m).mean() if len(ref) else 0.0
+        sd = m * (ref / m).std() if len(ref) > 1 else 0.0
+        scale = sd if sd > 0 else 1.0
+        if not len(ref):
+            return cls(column, log, float(mu), float(scale), None, None)
+        lo, hi = (ref.min() - mu) / scale, (ref.max() - mu) / scale
+        return cls(column, log, float(mu), float(scale), float(lo), float(hi))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(n,) float32 feature of the column's float64 values ``x`` (NaN = missing)."""
+        if self.log:
+            x = np.log1p(x)
+        z = (x - self.mu) / self.scale
+        if self.lo is not None:
+            # clipped to the fit rows' range: a model has learnt nothing about values beyond
+            # it, and a linear layer extrapolates them without bound
+            z = np.clip(z, self.lo, self.hi)
+        else:
+            # no fit row has a value: the model learns the column as 0 for everyone, and a
+            # held-out row's raw value (an age of 30 read as z = +5 after the clip) would
+            # be an input it never met (probe 170)
+            z = np.zeros_like(z)
+        z = np.clip(z, -MAX_Z, MAX_Z)
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+
+def _numeric_values(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """(n,) float64 values of a numeric column; missing and inf cells NaN."""
+    x = np.asarray(frame[column].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    # an inf cell is a missing value: kept, it made the mean and std NaN and zeroed the
+    # whole column
+    return np.where(np.isfinite(x), x, np.nan)
+
+
+@dataclass(frozen=True)
+class SideEncoder:
+    """How :func:`side_features` turned a side table into features, fitted on some rows:
+    kept so that rows met later (a user who arrives after ``fit`` with age, gender and
+    occupation) are encoded exactly as the fitted rows were.
+
+    ``categorical``: (column, vocabulary) per multi-hot block, in column order;
+    ``numeric``: one :class:`NumericScale` per numeric column; ``columns``: every side
+    column of the fitted table by kind ("categorical", "text", "numeric"), what a later
+    table may name."""
+
+    categorical: tuple[tuple[str, tuple[str, ...]], ...]
+    numeric: tuple[NumericScale, ...]
+    columns: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def fit(
+        cls, table: SideTable, fit_rows: np.ndarray | None = None, max_categories: int = 64
+    ) -> SideEncoder:
+        frame = table.frame
+        n = len(frame)
+        fit = np.arange(n) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
+        cat_cols = list(table.categorical_columns)
+        for c in table.text_columns:
+            # "a|b" is the loaders' multi-valued convention (MovieLens genres), judged on
+            # the fit rows as the vocabulary is: held-out items' cells alone made a column
+            # multi-valued, and the training items then got one-hot flags of single blurbs
+            if _multi_valued(frame[c].iloc[fit].tolist()):
+                cat_cols.append(c)
+        categorical = []
+        for c in cat_cols:
+            _, vocab = _multi_hot(frame[c].tolist(), fit, max_categories)
+            categorical.append((c, tuple(vocab)))
+        numeric = tuple(
+            NumericScale.fit(c, _numeric_values(frame, c), fit) for c in table.numeric_columns
+        )
+        columns = (
+            *((c, "categorical") for c in table.categorical_columns),
+            *((c, "text") for c in table.text_columns),
+            *((c, "numeric") for c in table.numeric_columns),
+        )
+        return cls(tuple(categorical), numeric, tuple(columns))
+
+    @property
+    def names(self) -> list[str]:
+        """The feature columns' names: "column=token" per multi-hot, then numerics."""
+        return [f"{c}={t}" for c, vocab in self.categorical for t in vocab] + [
+            s.column for s in self.numeric
+        ]
+
+    def apply(self, frame: pd.DataFrame) -> np.ndarray:
+        """(len(frame), d) float32 features of ``frame``'s rows (its side columns as the
+        fitted table's; a column it lacks is missing on every row)."""
+        n = len(frame)
+        blocks = []
+        for c, vocab in self.categorical:
+            toks = [_tokens(v) for v in frame[c].tolist()] if c in frame else [[]] * n
+            blocks.append(_apply_vocab(toks, list(vocab)))
+        blocks.append(self.apply_numeric(frame))
+        return np.concatenate(blocks, axis=1)
+
+    def apply_numeric(self, frame: pd.DataFrame) -> np.ndarray:
+        """(len(frame), d_numeric) float32: the numeric block of :meth:`apply`. With k > 1
+        columns each is divided by sqrt(k): ten correlated columns at z = 5 were a 50-wide
+        input step that one column never is (MovieLens' and goodbooks' one year column is
+        unchanged)."""
+        n = len(frame)
+        cols = [np.zeros((n, 0), dtype=np.float32)]
+        for scale in self.numeric:
+            x = (
+                _numeric_values(frame, scale.column)
+                if scale.column in frame
+                else np.full(n, np.nan)
+            )
+            cols.append(scale.apply(x)[:, None])
+        out = np.concatenate(cols, axis=1)
+        if len(self.numeric) > 1:
+            out /= np.float32(np.sqrt(len(self.numeric)))
+        return out
+
+    def to_json(self) -> dict:
+        return {
+            "categorical": [[c, list(vocab)] for c, vocab in self.categorical],
+            "numeric": [dataclasses.asdict(s) for s in self.numeric],
+            "columns": [list(c) for c in self.columns],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict) -> SideEncoder:
+        try:
+            return cls(
+                tuple((str(c), tuple(str(t) for t in vocab)) for c, vocab in doc["categorical"]),
+                tuple(NumericScale(**s) for s in doc["numeric"]),
+                tuple((str(c), str(kind)) for c, kind in doc["columns"]),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise MetarecError(f"side encoder: unreadable ({type(err).__name__}: {err})") from None
+
+
 def side_features(
     table: SideTable | None, n: int, fit_rows: np.ndarray | None = None, max_categories: int = 64
 ) -> tuple[np.ndarray, list[str]]:
@@ -248,28 +416,13 @@ def side_features(
       text.
     * numeric columns: (x - mean) / std over fit rows, clipped to the fit rows' range;
       missing -> 0 (the mean).
-    Statistics and vocabularies come from ``fit_rows`` only (all rows when None).
+    Statistics and vocabularies come from ``fit_rows`` only (all rows when None): a
+    :class:`SideEncoder` fitted on them, applied to every row.
     """
     if table is None:
         return np.zeros((n, 0), dtype=np.float32), []
-    frame = table.frame
-    fit = np.arange(n) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
-    blocks, names = [], []
-    cat_cols = list(table.categorical_columns)
-    for c in table.text_columns:
-        # "a|b" is the loaders' multi-valued convention (MovieLens genres), judged on the
-        # fit rows as the vocabulary is: held-out items' cells alone made a column
-        # multi-valued, and the training items then got one-hot flags of single blurbs
-        if _multi_valued(frame[c].iloc[fit].tolist()):
-            cat_cols.append(c)
-    for c in cat_cols:
-        block, vocab = _multi_hot(frame[c].tolist(), fit, max_categories)
-        blocks.append(block)
-        names += [f"{c}={t}" for t in vocab]
-    num, num_names = numeric_features(table, n, fit)
-    blocks.append(num)
-    names += num_names
-    return np.concatenate(blocks, axis=1), names
+    encoder = SideEncoder.fit(table, fit_rows, max_categories)
+    return encoder.apply(table.frame), encoder.names
 
 
 # numeric side columns are z-scored and then clipped to ±MAX_Z. Why: a heavy tail makes a
@@ -293,47 +446,11 @@ def numeric_features(
     if table is None:
         return np.zeros((n, 0), dtype=np.float32), []
     fit = np.arange(n) if fit_rows is None else np.asarray(fit_rows, dtype=np.int64)
-    blocks, names = [np.zeros((n, 0), dtype=np.float32)], []
-    for c in table.numeric_columns:
-        x = np.asarray(table.frame[c].to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
-        # an inf cell is a missing value: kept, it made the mean and std NaN and zeroed the
-        # whole column
-        x = np.where(np.isfinite(x), x, np.nan)
-        ref = x[fit]
-        ref = ref[~np.isnan(ref)]
-        if _heavy_count(ref):
-            # a count with a long right tail (ratings_count, reviews: skew 10-40 on
-            # goodbooks' books.csv) on a log scale: z-scored raw, a handful of blockbusters
-            # sat at +5 in several correlated columns at once and second-order MAML
-            # diverged at step 1
-            x, ref = np.log1p(x), np.log1p(ref)
-        # moments of x / max|x|, scaled back: values near 1e200 (or 1e-300) overflowed (or
-        # underflowed) the variance, and the column silently became a constant
-        m = float(np.abs(ref).max()) if len(ref) else 0.0
-        m = m if m > 0 else 1.0
-        mu = m * (ref / m).mean() if len(ref) else 0.0
-        sd = m * (ref / m).std() if len(ref) > 1 else 0.0
-        scale = sd if sd > 0 else 1.0
-        z = (x - mu) / scale
-        if len(ref):
-            # clipped to the fit rows' range: a model has learnt nothing about values beyond
-            # it, and a linear layer extrapolates them without bound
-            z = np.clip(z, (ref.min() - mu) / scale, (ref.max() - mu) / scale)
-        else:
-            # no fit row has a value: the model learns the column as 0 for everyone, and a
-            # held-out row's raw value (an age of 30 read as z = +5 after the clip) would
-            # be an input it never met (probe 170)
-            z = np.zeros_like(z)
-        z = np.clip(z, -MAX_Z, MAX_Z)
-        blocks.append(np.nan_to_num(z, nan=0.0).astype(np.float32)[:, None])
-        names.append(c)
-    out = np.concatenate(blocks, axis=1)
-    # k numeric columns share one unit of scale (each / sqrt(k)): ten correlated columns
-    # at z = 5 were a 50-wide input step that one column never is. One column (MovieLens'
-    # and goodbooks' year) is unchanged
-    if len(names) > 1:
-        out /= np.float32(np.sqrt(len(names)))
-    return out, names
+    numeric = tuple(
+        NumericScale.fit(c, _numeric_values(table.frame, c), fit) for c in table.numeric_columns
+    )
+    encoder = SideEncoder((), numeric)
+    return encoder.apply_numeric(table.frame), [s.column for s in numeric]
 
 
 def _heavy_count(ref: np.ndarray) -> bool:

@@ -28,6 +28,7 @@ users are never seen. ``score``/``recommend`` adapt per call and never change th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import warnings
@@ -85,6 +86,7 @@ from metarec.types import (
     Split,
     Task,
 )
+from metarec.user_side import UserFeatures
 
 HISTORY_ORDERS = ("time", "item_age")  # ModelConfig.history_order
 VALID_HOLDOUTS = ("users", "new_items")  # ModelConfig.valid_holdout
@@ -547,17 +549,29 @@ def unused_meta_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     return out
 
 
-def _validation_ranked(dataset: Dataset, split: Split) -> np.ndarray | None:
-    """(n_cand,) items a validation user's ranking runs over where that is less than the
-    catalogue on data of several domains (cross-domain: the target domain's, as the blend
-    ranks them, :func:`_blend_rank_items`), else None. The ranking model's validation
-    queries draw their negatives from them (``train.valid_negative_pool``): from the
-    training items, a transfer's source model met only source-domain negatives, and a
-    joint model mostly those, beside target-domain positives."""
-    if len(dataset.domains) < 2 or not split.valid:
+def _validation_ranked(
+    dataset: Dataset, split: Split, domain: int | None = None
+) -> np.ndarray | None:
+    """(n_cand,) items a validation user's ranking runs over where it is one domain's of
+    several, else None: the ranking model's validation queries draw their negatives from
+    them (``train.valid_negative_pool``). That is cross-domain: the items given to fit to
+    rank validation users over (``split.valid_cold_items``: evaluate's target-domain
+    candidates), or ``domain``'s items (a transfer's target: the catalogue's items of that
+    domain and any rated there in training). From the training items, a transfer's source model met
+    only source-domain negatives, and a joint model mostly those, beside target-domain
+    positives. Not a guess from where the validation queries fall: on a log of several
+    domains whose newest users happen to rate one, ``recommend`` still ranks them all."""
+    if not split.valid:
         return None
-    items = _blend_rank_items(dataset, split)
-    return items if len(items) < dataset.n_items else None
+    if len(split.valid_cold_items):  # new items are handled first (held_out)
+        return np.asarray(split.valid_cold_items, dtype=np.int64)
+    if domain is None:
+        return None
+    # the catalogue's items of that domain, and any training row's there (a log whose
+    # items file names no domain); not the held-out rows'
+    rated = split.train.item_idx[split.train.domain == domain]
+    listed = np.flatnonzero(dataset.item_domain_names() == dataset.domains[domain])
+    return np.union1d(rated, listed).astype(np.int64)
 
 
 def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
@@ -718,6 +732,12 @@ class MetaRecommender(Recommender):
         self.rank_: _Part | None = None
         self.features_: FeatureSet | None = None
         self.known_items_: np.ndarray | None = None
+        # the one domain a validation user's ranking runs over (a transfer's target), where
+        # fit is given no items to rank them over: their negatives come from it
+        self._ranked_domain: int | None = None
+        # how fit encoded the users file's rows, for users who bring theirs later (a RUN
+        # keeps it in meta.json: Predictor.save / from_run); None: no users file
+        self.user_features_: UserFeatures | None = None
         self.blend_: Blend | None = None
         # why the last fit has no blend though it asked for one ("" = fitted, or off):
         # an experiment's results.json and report.md carry it per seed
@@ -768,7 +788,7 @@ class MetaRecommender(Recommender):
         # a second fit starts clean: a rating part left from an explicit fit would go on
         # scoring (and be saved) after a refit on implicit data
         self.rating_ = self.rank_ = self.blend_ = None
-        self.features_ = self.known_items_ = None
+        self.features_ = self.known_items_ = self.user_features_ = None
         self.blend_skipped_ = ""
         self.rank_blend_skipped_ = ""
         self.rating_blend_skipped_ = ""
@@ -812,10 +832,10 @@ class MetaRecommender(Recommender):
         # so validation judged items the features had already seen)
         known[split.cold_items] = False
         known[split.valid_cold_items] = False
+        # the users side statistics are fitted on: those with training rows
+        users = np.zeros(dataset.n_users, dtype=bool)
+        users[train.user_idx] = True
         if features is None:
-            # the users side statistics are fitted on: those with training rows
-            users = np.zeros(dataset.n_users, dtype=bool)
-            users[train.user_idx] = True
             features = self.build_features(dataset, known, users)
         elif (features.n_items, features.n_users) != (dataset.n_items, dataset.n_users):
             # a FeatureSet of another dataset indexed the wrong rows, or past the end
@@ -826,6 +846,8 @@ class MetaRecommender(Recommender):
         # a fitted model lives on the CPU (train() returns its parameters there; `to()`
         # moves both): features the caller placed on a GPU met CPU parameters in the blend
         self.features_ = _with_unknown_user_row(features.to("cpu"))
+        # how the users file's rows became features, for users who bring theirs later
+        self.user_features_ = UserFeatures.fit(self, dataset, np.flatnonzero(users))
         # the items whose ID rows meta-training learns: those of split.train. Held-out
         # validation users are carved out of `train` when no validation is given, and an
         # item only they rated (23 of 1,682 on ML-100K) keeps an untrained row: it is
@@ -1298,9 +1320,12 @@ class MetaRecommender(Recommender):
         that user on: their training rows in ``split.train``, then the support, less the
         query items, the last ``max_support`` of them (:meth:`_episodes`). Early stopping
         then judges the adaptation that is served. Validation users with training rows
-        are item cold-start's (warm users) and cross-domain's (their source-domain
-        history); cold users' supports are unchanged. Before the seventh session of
-        2026-12-07 they adapted on the support alone there, as no served user does."""
+        are item cold-start's and the warm protocol's (warm users), cross-domain's (their
+        source-domain history) and those of ``fit``'s ``valid_holdout="new_items"``; a
+        cold user's support is theirs as it was, less any item it shares with the query
+        and cut to ``max_support`` rows, as scoring cuts it. Before the seventh session
+        of 2026-12-07 every validation user adapted on the support alone, as no served
+        user with training rows does."""
         if not split.valid:
             return split
         rows = self._rows_index(split.train)
@@ -1501,7 +1526,9 @@ class MetaRecommender(Recommender):
         )
         kwargs = self._train_kwargs(head)
         meta = self._start_meta(head, meta)
-        ranked = _validation_ranked(dataset, split) if head == "binary" else None
+        ranked = (
+            _validation_ranked(dataset, split, self._ranked_domain) if head == "binary" else None
+        )
         for backoff in range(INNER_LR_BACKOFFS + 1):
             try:
                 results = [
@@ -1646,8 +1673,33 @@ class MetaRecommender(Recommender):
         )
 
     def _feature_user(self, user_idx: int) -> int:
-        # users outside the fitted user table (cold users from a new file) use the zero row
-        return user_idx if 0 <= user_idx < self.n_users_ else self.n_users_
+        # users outside the fitted user table (cold users from a new file) use the zero row;
+        # a view from with_new_users has their own rows after it
+        top = self.n_users_ + self.new_users_
+        return user_idx if 0 <= user_idx <= top else self.n_users_
+
+    def with_new_users(self, side: np.ndarray) -> MetaRecommender:
+        """A view of this fitted model that also knows m users it was not fitted with, by
+        their feature rows ``side`` (m, d_user), as :attr:`user_features_` encodes them:
+        user index n_users_ + 1 + j scores user j (n_users_ stays the featureless cold
+        user). Parameters, blend and training rows are shared, not copied; the model
+        itself is left as it is."""
+        self._check_model()
+        feats = self.features_
+        assert feats is not None
+        side = np.asarray(side, dtype=np.float32)
+        if side.ndim != 2 or side.shape[1] != feats.user_side.shape[1]:
+            raise MetarecError(
+                f"{self.name}.with_new_users: expected ({feats.user_side.shape[1]},)-wide "
+                f"user feature rows, got shape {side.shape}"
+            )
+        base = feats.user_side[: self.n_users_ + 1]  # a view's own extra rows are dropped
+        view = copy.copy(self)
+        view.features_ = dataclasses.replace(
+            feats, user_side=torch.cat([base, torch.from_numpy(side).to(base)], 0)
+        )
+        view.new_users_ = len(side)
+        return view
 
     def _episodes(
         self, part: _Part, tasks: Sequence[tuple[int, Interactions]], train_rows: bool = True

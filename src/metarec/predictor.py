@@ -8,6 +8,7 @@ in the catalogue but never interacted with are *cold items*: the text features c
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from metarec.errors import exact_g, first_line
 from metarec.model import MetaRecommender, ModelConfig
 from metarec.recommender import check_k, off_scale, top_k
 from metarec.types import Dataset, IdMap, Interactions, MetarecError
+from metarec.user_side import KEY as USER_FEATURES
+from metarec.user_side import UserFeatures
 
 
 def _cpu_way_out(device: object) -> str:
@@ -95,6 +98,9 @@ class Predictor:
     # the id of the RUN this predictor was loaded from (artifacts.Run.run_id: a digest of
     # its files' contents); None for one fitted here, or a RUN written before ids existed
     run_id: str | None = None
+    # users the RUN was not fitted with who brought side data (:meth:`with_users`):
+    # canonical id -> their index in ``model`` (a view, MetaRecommender.with_new_users)
+    new_users: dict = field(default_factory=dict)
     # domain -> ((n_cand,) item indices, (n_items,) bool mask), filled on first use
     _domains: dict = field(default_factory=dict, init=False, repr=False)
 
@@ -139,6 +145,9 @@ class Predictor:
             [code[d] for d in self.item_domain], dtype=torch.int32
         )
         meta = {**self.info, "item_domains": domains}
+        encoder = self.model.user_features_
+        if encoder is not None:
+            meta[USER_FEATURES] = encoder.to_json()
         return save_run(
             path,
             config=cfg,
@@ -160,7 +169,7 @@ class Predictor:
         # in memory every RUN is float32: the loaded predictor's info drops the export
         # record, so a RUN saved from it (`metarec update` of an exported RUN) is an
         # ordinary fp32 RUN that says so (it kept "export" and could not be loaded)
-        info = {k: v for k, v in run.meta.items() if k != "export"}
+        info = {k: v for k, v in run.meta.items() if k not in ("export", USER_FEATURES)}
         try:
             t = run.tensors
             if run.meta.get("export"):  # an fp16/int8 RUN from `metarec export`
@@ -195,6 +204,8 @@ class Predictor:
                     f"meta.json says feedback {said[0]!r}, rating range {said[1]}; the model "
                     f"in config.json {has[0]!r}, {list(has[1]) if has[1] is not None else None}"
                 )
+            if USER_FEATURES in run.meta:  # RUNs fitted with a users file (since 2026-12-07)
+                model.user_features_ = UserFeatures.from_json(run.meta[USER_FEATURES])
             domains = run.meta["item_domains"]
             item_domain = np.asarray(domains, dtype=object)[t["item_domain"].numpy()]
             users, items = run.ids["users"], run.ids["items"]
@@ -252,10 +263,51 @@ class Predictor:
         return kind == "explicit"
 
     def user_index(self, user_id: str | None) -> int:
-        """Warm users keep their index; unknown or anonymous users are cold (index n_users)."""
+        """Warm users keep their index; users who brought side data (:meth:`with_users`)
+        theirs after it; unknown or anonymous users are cold (index n_users)."""
         if user_id is not None and user_id in self.users:
             return self.users.index(user_id)
-        return len(self.users)
+        return self.new_users.get(user_id, len(self.users))
+
+    def with_users(self, users: pd.DataFrame | None) -> tuple[Predictor, dict]:
+        """This predictor, also knowing the side data of users the RUN was not fitted
+        with: ``users`` holds ``user_id`` and side columns of the users file ``fit`` was
+        given (a column it lacks is missing; one the fit's file lacked is an error). Each
+        new user's row is encoded as fit encoded that file's rows (its vocabularies and
+        scalings, :class:`metarec.user_side.UserFeatures`); users the RUN lists keep the
+        row fitted for them. Returns (the predictor, {"new_users_with_side_data": n,
+        "listed_users_kept": n}); ``users`` None: this predictor, unchanged."""
+        if users is None:
+            return self, {}
+        if not isinstance(users, pd.DataFrame):
+            raise MetarecError(
+                f"users: expected a pandas DataFrame with user_id and side columns, got "
+                f"{type(users).__name__}"
+            )
+        from metarec.data.tabular import require_columns, unique_id_column
+
+        where = users.attrs.get("source", "users")
+        if not users.attrs.get("source"):
+            users = _python_frame(users, "users")
+        require_columns(users, ["user_id"])
+        ids = unique_id_column(users, "user_id", where).to_numpy(object)
+        new = np.array([u not in self.users for u in ids], dtype=bool)
+        stats = {"new_users_with_side_data": int(new.sum()), "listed_users_kept": int((~new).sum())}
+        if not new.any():
+            return self, stats
+        encoder = self.model.user_features_
+        if encoder is None:
+            raise MetarecError(
+                f"{where}: this RUN cannot encode new users' side data: it was fitted "
+                "without a users file (or by an earlier metarec, or on features built "
+                "outside fit); fit with --users U.csv to use them"
+            )
+        side = users.loc[new, [c for c in users.columns if c != "user_id"]]
+        rows = encoder.encode(encoder.frame(side, where))
+        first = len(self.users) + 1  # n_users is the featureless cold user
+        mapping = {str(u): first + j for j, u in enumerate(ids[new])}
+        view = dataclasses.replace(self, model=self.model.with_new_users(rows), new_users=mapping)
+        return view, stats
 
     def support_of(
         self, item_ids: Iterable, ratings: Iterable, timestamps: Iterable | None = None
@@ -455,8 +507,15 @@ class Predictor:
         return whole_number_pairs(given, pd.Series(sorted(trained), dtype=object))
 
     # --- the CLI contract --------------------------------------------------------------
-    def predict(self, support: pd.DataFrame, query: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-        """One score per query row (rating scale for explicit data, probability otherwise)."""
+    def predict(
+        self, support: pd.DataFrame, query: pd.DataFrame, users: pd.DataFrame | None = None
+    ) -> tuple[pd.DataFrame, dict]:
+        """One score per query row (rating scale for explicit data, probability otherwise);
+        ``users``: side data of users the RUN was not fitted with (:meth:`with_users`)."""
+        if users is not None:
+            view, user_stats = self.with_users(users)
+            out, stats = view.predict(support, query)
+            return out, {**stats, **user_stats}
         supports, support_stats, _ = self._supports_from_frame(support)
         if not isinstance(query, pd.DataFrame):
             raise MetarecError(
@@ -591,13 +650,22 @@ class Predictor:
         return pd.DataFrame(out_rows, columns=["user_id", "item_id", "rank", "score"])
 
     def recommend(
-        self, support: pd.DataFrame, k: int, domain: str | None = None
+        self,
+        support: pd.DataFrame,
+        k: int,
+        domain: str | None = None,
+        users: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, dict]:
         """Top-k per support user; also {"unknown_support_items": n,
         "repeated_support_rows": n, "users": n,
         "no_candidates": [user ids left with no item to recommend] (their support and
         history cover the catalogue, or ``domain``'s items: they get no rows),
-        "look_alike_users": :meth:`look_alike_users` of the support's users}."""
+        "look_alike_users": :meth:`look_alike_users` of the support's users}; ``users``:
+        side data of users the RUN was not fitted with (:meth:`with_users`)."""
+        if users is not None:
+            view, user_stats = self.with_users(users)
+            out, stats = view.recommend(support, k, domain)
+            return out, {**stats, **user_stats}
         supports, support_stats, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():
             self._check_adaptable(user_id, self.user_index(user_id), sup, "user_id", support_stats)

@@ -52,6 +52,9 @@ class Recommender(abc.ABC):
 
     # set by _set_fitted
     n_users_: int = 0
+    # users a view knows beyond the fitted ones (MetaRecommender.with_new_users): indices
+    # n_users_ + 1 .. n_users_ + new_users_, each with their own side features
+    new_users_: int = 0
     n_items_: int = 0
 
     # --- the contract ------------------------------------------------------------------
@@ -228,7 +231,7 @@ class Recommender(abc.ABC):
     def _index_training_rows(self, train: Interactions) -> None:
         """The per-user lookup of ``train`` that :meth:`_history` reads (needs n_users_,
         n_items_): ``train_ratings_``, the (n_users, n_items) CSR of training ratings
-        (duplicates summed: there should be none), and ``train_order_``, a CSR of the same
+        (one entry per user and item, the latest row), and ``train_order_``, a CSR of the same
         pattern holding each row's 1-based position in :meth:`_history_order` (1-based so
         no stored value is an implicit zero). A CSR row's columns are sorted by item index,
         and a history's order matters: models that adapt on at most
@@ -239,10 +242,17 @@ class Recommender(abc.ABC):
         """(ratings, order): the two CSRs :meth:`_index_training_rows` describes, of any
         set of training rows (:meth:`_history` reads another set given as ``rows``)."""
         shape = (self.n_users_, self.n_items_)
-        coords = (train.user_idx, train.item_idx)
-        ratings = sp.csr_matrix((train.rating.astype(np.float64), coords), shape=shape)
-        position = np.empty(len(train), dtype=np.float64)
-        position[self._history_order(train)] = np.arange(1, len(train) + 1)
+        order = self._history_order(train)
+        # one row per (user, item), the latest in history order: a CSR sums repeated
+        # coordinates, and a 5 and a 4 of one item (a log fitted without dedupe) became
+        # one rating of 9 in a history
+        key = train.user_idx[order].astype(np.int64) * max(self.n_items_, 1)
+        key += train.item_idx[order]
+        _, from_end = np.unique(key[::-1], return_index=True)
+        rows = order[np.sort(len(order) - 1 - from_end)]  # train rows, in history order
+        coords = (train.user_idx[rows], train.item_idx[rows])
+        ratings = sp.csr_matrix((train.rating[rows].astype(np.float64), coords), shape=shape)
+        position = np.arange(1, len(rows) + 1, dtype=np.float64)
         return ratings, sp.csr_matrix((position, coords), shape=shape)
 
     def _history_order(self, train: Interactions) -> np.ndarray:
@@ -296,12 +306,14 @@ class Recommender(abc.ABC):
             )
 
     def _check_user(self, user_idx: int) -> None:
-        """A training user (0..n_users-1) or the cold user n_users (anyone else)."""
+        """A training user (0..n_users-1) or the cold user n_users (anyone else), or one of
+        a view's new users (n_users+1 .. n_users+new_users)."""
         if isinstance(user_idx, bool) or not isinstance(user_idx, int | np.integer):
             raise MetarecError(f"{self.name}: user_idx must be an integer, got {user_idx!r}")
-        if not 0 <= user_idx <= self.n_users_:
+        top = self.n_users_ + self.new_users_
+        if not 0 <= user_idx <= top:
             raise MetarecError(
-                f"{self.name}: user_idx {user_idx} is outside 0..{self.n_users_} "
+                f"{self.name}: user_idx {user_idx} is outside 0..{top} "
                 f"({self.n_users_} = a user the model was not fitted on)"
             )
 

@@ -621,9 +621,10 @@ def cpu_deterministic(fn):
     return wrapped
 
 
-def _data_key(split: Split, known: np.ndarray) -> str:
-    """sha256 over the training rows, the validation tasks and the known items: what a
-    checkpoint was trained on."""
+def _data_key(split: Split, known: np.ndarray, valid_pool: np.ndarray | None = None) -> str:
+    """sha256 over the training rows, the validation tasks, the known items and the pool
+    validation queries draw negatives from (when not the training items): what a
+    checkpoint was trained and early-stopped on."""
     import hashlib
 
     h = hashlib.sha256()
@@ -633,6 +634,9 @@ def _data_key(split: Split, known: np.ndarray) -> str:
         h.update(np.int64(t.user_idx).tobytes())
         h.update(np.ascontiguousarray(t.support.item_idx).tobytes())
         h.update(np.ascontiguousarray(t.query.item_idx).tobytes())
+    if valid_pool is not None:
+        h.update(b"valid_pool")
+        h.update(np.ascontiguousarray(valid_pool, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
@@ -760,13 +764,9 @@ def train(
         sampler = _TaskSampler(split, head, feats.n_items, cfg)
     rank_sharded = bool(getattr(sampler, "rank_sharded", False))
     distributed.shard(cfg.meta_batch, ctx)  # fails early if the batch cannot be split
+    valid_pool = valid_negative_pool(split, cfg, valid_ranked) if head == "binary" else None
     valid = _valid_episodes(
-        split.valid,
-        head,
-        feats.n_items,
-        cfg,
-        np.flatnonzero(known),
-        valid_negative_pool(split, cfg, valid_ranked) if head == "binary" else None,
+        split.valid, head, feats.n_items, cfg, np.flatnonzero(known), valid_pool
     )
 
     rng = np.random.default_rng(cfg.seed)
@@ -798,7 +798,7 @@ def train(
     # the moving average (cfg.ema > 0); frozen parameters never move, so it equals them
     avg = {k: v.detach().clone() for k, v in params.items()} if cfg.ema > 0 else None
     # what the checkpoint was trained on: another split resumed without a word
-    data_key = None if sampler_given or not checkpoint_dir else _data_key(split, known)
+    data_key = None if sampler_given or not checkpoint_dir else _data_key(split, known, valid_pool)
     failed: Exception | None = None
     try:
         if resume and checkpoint_dir and has_checkpoint(checkpoint_dir):

@@ -197,12 +197,21 @@ class TransferRecommender(MetaRecommender):
                 "target domain (a domain column), and MetaRecommender fits one domain"
             )
         if self.strategy == "joint":
+            self._ranked_domain = None
             if source_domain is not None or target_domain is not None:
                 # joint training reads no direction, but a bad one is still an error
                 # (it had been accepted without a look; the other strategies refused it)
-                self._domains(dataset, train, valid, source_domain, target_domain)
+                self._ranked_domain = self._domains(
+                    dataset, train, valid, source_domain, target_domain
+                )[1]
+            elif valid:
+                # validation users cold in one domain (their supports'): the target, whose
+                # items they are ranked over (_validation_ranked)
+                doms = np.unique(np.concatenate([t.support.domain for t in valid]))
+                self._ranked_domain = int(doms[0]) if len(doms) == 1 else None
             return super().fit(dataset, train, features, valid)
         src, tgt = self._domains(dataset, train, valid, source_domain, target_domain)
+        self._ranked_domain = tgt
         source_rows, target_rows = _domain_rows(train, src), _domain_rows(train, tgt)
         if len(source_rows) == 0 or len(target_rows) == 0:
             raise MetarecError(
@@ -212,6 +221,7 @@ class TransferRecommender(MetaRecommender):
         # 1. the source model, on source rows only (validation: the target's valid users,
         #    the only held-out users there are; they pick the step to transfer from)
         source = MetaRecommender(self.config)
+        source._ranked_domain = tgt  # validated on target users, ranked over target items
         source._say_blend_skipped = False  # its blend is not served: the target's warns
         source._part_label, self._part_label = "source ", "target "
         self.source_ = source.fit(dataset, source_rows, features, valid)

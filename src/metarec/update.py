@@ -306,6 +306,9 @@ def update(
     )
     state_cfg = {**state_cfg, "n_users": n_new}
     model = MetaRecommender.from_state(state_cfg, tensors, train)
+    # how fit encoded its users file: kept for users who bring theirs later (the RUN's
+    # meta.json, not its model state, holds it)
+    model.user_features_ = pred.model.user_features_
     mcfg = model.config
     k, q = episode_sizes(train, mcfg.k_shot, mcfg.n_query)  # as fit drew its episodes
     split = Split("update", train, (), (), cfg.seed, k, q)

@@ -264,6 +264,26 @@ def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, t
     return out, text, cat, num
 
 
+def read_users(path: str | Path) -> pd.DataFrame:
+    """A users file met after ``fit`` (``predict`` / ``recommend --users``): ``user_id``
+    (canonical: stripped, 12.0 is 12; each once) and the side columns as read, their roles
+    left to the RUN (:meth:`metarec.user_side.UserFeatures.frame`): a short file is no
+    evidence of what a column holds."""
+    frame = _drop_empty_unnamed(_read(path))
+    require_columns(frame, ["user_id"])
+    held = _unnamed(frame)
+    if held:
+        raise MetarecError(
+            f"{_where(frame)}: a column with values has {_column_name(held[0])}: name every "
+            "column (an unnamed first column is often a saved pandas index: write the file "
+            "with index=False)"
+        )
+    ids = unique_id_column(frame, "user_id", _where(frame)).to_numpy(object)
+    out = frame.assign(user_id=ids)
+    out.attrs["source"] = str(path)
+    return out
+
+
 def check_log_domains(
     log: pd.DataFrame, item_frame: pd.DataFrame | None, where: object, items_file: object
 ) -> None:

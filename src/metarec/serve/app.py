@@ -16,6 +16,7 @@ never fail a request: they are reported in ``unknown_items``.
 # no `from __future__ import annotations`: FastAPI must resolve the endpoints' annotations,
 # and the auth dependency's refers to a local of create_app
 import dataclasses
+import hashlib
 import secrets
 import sqlite3
 import warnings
@@ -25,6 +26,7 @@ from typing import Annotated
 from urllib.parse import unquote_to_bytes
 
 import numpy as np
+import pandas as pd
 
 try:
     from fastapi import Depends, FastAPI, HTTPException, Request
@@ -299,7 +301,7 @@ def create_app(
             )
 
     def support(
-        user_id: str | None, inter: list[S.Interaction]
+        user_id: str | None, inter: list[S.Interaction], side: dict | None = None
     ) -> tuple[int, Interactions, list[str]]:
         """(user_idx, support, unknown ids): stored feedback, then the request, whose rows
         replace stored rows of the same items; within the request an item named twice keeps
@@ -353,7 +355,9 @@ def create_app(
         )
         unknown = foreign + unknown
         uidx = pred.user_index(user_id)
-        if uidx == len(pred.users) and len(sup) == 0:
+        # a new user who sent side data is scored from it, as a user the users file
+        # listed is, even with nothing to adapt on
+        if uidx == len(pred.users) and len(sup) == 0 and side is None:
             why = (
                 f"all {len(unknown)} item ids are unknown to the model"
                 if unknown
@@ -365,26 +369,50 @@ def create_app(
             )
         return uidx, sup, unknown
 
-    async def support_off_loop(user_id: str | None, inter: list[S.Interaction]):
+    async def support_off_loop(
+        user_id: str | None, inter: list[S.Interaction], side: dict | None = None
+    ):
         """support(): the store read (a user's long stored history) runs off the event
         loop so it holds up nobody else; a request with no stored rows to read (no store,
         or no user_id) is a few id lookups and runs here, so its cache hit does not queue
         behind the adaptations filling the thread pool."""
         if store is not None and user_id is not None:
-            return await run_in_threadpool(support, user_id, inter)
-        return support(user_id, inter)
+            return await run_in_threadpool(support, user_id, inter, side)
+        return support(user_id, inter, side)
 
-    async def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str):
+    async def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str, new=None):
         # A hit (the common case: a user's support changes far less often than they ask)
         # is a dict lookup, served on the event loop; only a miss — a few ms of adaptation
         # that releases the GIL inside torch — goes to the thread pool, so hits never queue
-        # behind a thread hop.
+        # behind a thread hop. ``new``: (model view, row digest) of a new user's side data
+        # (new_user): the row is part of the key, as the support is
         key = (user_id or "", uidx, support_hash(sup.item_idx, sup.rating, sup.timestamp), which)
+        on = model if new is None else new[0]
+        if new is not None:
+            key = (*key, new[1])
         value = state.cache.get(key)
         if value is None:
-            value = await run_in_threadpool(model.adapt_user, uidx, sup, which)
+            value = await run_in_threadpool(on.adapt_user, uidx, sup, which)
             state.cache.put(key, value)
         return value
+
+    def new_user(user_id: str | None, side: dict | None, uidx: int):
+        """(model, user index, (view, row digest) or None) for a request: a ``user`` object
+        of a user the run does not list becomes their own feature row (encoded as fit
+        encoded its users file, Predictor.with_users); a listed user keeps theirs."""
+        if side is None or (user_id is not None and user_id in pred.users):
+            return model, uidx, None
+        encoder = model.user_features_
+        if encoder is None:
+            raise _unprocessable(
+                "user: this run cannot encode a new user's side data (fitted without a "
+                "users file, or by an earlier metarec); send interactions only"
+            )
+        frame = pd.DataFrame({k: [v] for k, v in side.items()})
+        row = encoder.encode(encoder.frame(frame, "user"))  # (1, d_user); a MetarecError: 422
+        view = model.with_new_users(row)
+        digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
+        return view, len(pred.users) + 1, (view, digest)
 
     # --- endpoints ----------------------------------------------------------------------
     @app.get("/health", response_model=S.Health)
@@ -451,10 +479,11 @@ def create_app(
         user_id = None if req.user_id is None else str(req.user_id)
         # an unknown domain is a 422 naming the known ones, before any adaptation
         inside = None if req.domain is None else pred.domain_mask(req.domain)
-        uidx, sup, unknown = await support_off_loop(user_id, req.interactions)
-        ad = await adapted(user_id, uidx, sup, "rank")
+        uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
+        on, uidx, new = new_user(user_id, req.user, uidx)
+        ad = await adapted(user_id, uidx, sup, "rank", new)
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
-        scores = model.score_adapted(ad, state.all_items)
+        scores = on.score_adapted(ad, state.all_items)
         _check_finite(scores, "catalogue items")
         if req.exclude_seen:
             scores[ad.seen] = -np.inf
@@ -463,7 +492,7 @@ def create_app(
         top = top_k(scores, req.k, finite=True)
         shown = model.shown_rank_scores(scores[top])  # ratings clipped to the scale
         weights = (
-            await run_in_threadpool(model.explain, uidx, sup, top, "rank")
+            await run_in_threadpool(on.explain, uidx, sup, top, "rank")
             if req.explain and len(top)
             else None
         )
@@ -497,15 +526,16 @@ def create_app(
                 f"too many item_ids: {len(req.item_ids)} > {cfg.max_score_items} (server limit)"
             )
         user_id = None if req.user_id is None else str(req.user_id)
-        uidx, sup, unknown = await support_off_loop(user_id, req.interactions)
+        uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
+        on, uidx, new = new_user(user_id, req.user, uidx)
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
-        ad = await adapted(user_id, uidx, sup, "score")
+        ad = await adapted(user_id, uidx, sup, "score", new)
         # a model pass over the asked items (unlike /recommend's gather from the scores
         # cached at adaptation): off the event loop, where 10,000 items held /health up
         # for ~0.4 s under four such clients
-        s = await run_in_threadpool(model.score_adapted, ad, idx[ok])
+        s = await run_in_threadpool(on.score_adapted, ad, idx[ok])
         _check_finite(s, "asked items")
         scores = [
             S.ItemScore(item_id=i, score=float(v)) for i, v in zip(wanted[ok], s, strict=True)

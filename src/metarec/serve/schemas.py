@@ -55,6 +55,12 @@ class RecommendRequest(_Body):
         default=None, description="known users add their training history and stored feedback"
     )
     interactions: list[Interaction] = Field(default_factory=list)
+    user: dict[str, StrictStr | int | float | None] | None = Field(
+        default=None,
+        description="side data of a user the run was not fitted with, by the columns of "
+        'fit\'s users file (as `metarec predict --users`): {"age": 30, "gender": "F"}; '
+        "a user the run lists keeps the data fitted for them",
+    )
     k: int = Field(default=10, ge=1, description="items to return (the server caps it)")
     exclude_seen: bool = True
     explain: bool = False
@@ -97,6 +103,12 @@ class RecommendResponse(BaseModel):
 class ScoreRequest(_Body):
     user_id: RawId | None = None
     interactions: list[Interaction] = Field(default_factory=list)
+    user: dict[str, StrictStr | int | float | None] | None = Field(
+        default=None,
+        description="side data of a user the run was not fitted with, by the columns of "
+        'fit\'s users file (as `metarec predict --users`): {"age": 30, "gender": "F"}; '
+        "a user the run lists keeps the data fitted for them",
+    )
     item_ids: list[RawId] = Field(min_length=1)
 
 

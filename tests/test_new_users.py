@@ -1,0 +1,254 @@
+"""Users who arrive after `fit` bring their side data (`predict` / `recommend --users`).
+
+The world: a user's club (a side column) decides their taste, space or garden items, and
+their age goes with it. `fit` sees a users file of the training users only. A user who
+signs up later is encoded as fit encoded that file's rows, and scored from that row.
+"""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from metarec.cli import main
+from metarec.predictor import Predictor
+from metarec.types import MetarecError
+from test_cli_contract import FAST
+
+
+def _world(tmp, with_users=True):
+    rng = np.random.default_rng(0)
+    n_users, n_items = 80, 40
+    kinds = np.array(["space", "garden"])[np.arange(n_items) % 2]
+    items = pd.DataFrame(
+        {
+            "item_id": [f"it{i}" for i in range(n_items)],
+            "title": [f"{k} adventure volume {i}" for i, k in enumerate(kinds)],
+        }
+    )
+    rows, users = [], []
+    for u in range(n_users):
+        taste = "space" if u % 2 == 0 else "garden"
+        users.append((f"u{u}", f"{taste}_club", 20 + u % 7 + (30 if taste == "space" else 0)))
+        for t, i in enumerate(rng.choice(30, size=12, replace=False)):
+            rows.append((f"u{u}", f"it{i}", 5 if kinds[i] == taste else 1, 1000 * u + t))
+    log = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    log.to_csv(tmp / "T.csv", index=False)
+    items.to_csv(tmp / "I.csv", index=False)
+    pd.DataFrame(users, columns=["user_id", "club", "age"]).to_csv(tmp / "U.csv", index=False)
+    argv = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]
+    if with_users:
+        argv += ["--users", str(tmp / "U.csv")]
+    assert main([*argv, "--out", str(tmp / "RUN"), *FAST]) == 0
+    # both new users show the same one-item support; only their side data tells them apart
+    support = pd.DataFrame(
+        [(u, "it31", 4, 1) for u in ("new_space", "new_garden")],
+        columns=["user_id", "item_id", "rating", "timestamp"],
+    )
+    support.to_csv(tmp / "S.csv", index=False)
+    query = [(u, f"it{i}") for u in ("new_space", "new_garden") for i in range(30, 40)]
+    pd.DataFrame(query, columns=["user_id", "item_id"]).to_csv(tmp / "Q.csv", index=False)
+    new = pd.DataFrame(
+        [("new_space", "space_club", 52), ("new_garden", "garden_club", 23)],
+        columns=["user_id", "club", "age"],
+    )
+    new.to_csv(tmp / "U_new.csv", index=False)
+    return tmp / "RUN"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return _world(tmp_path_factory.mktemp("newusers"))
+
+
+def _predict(run, out, *extra) -> int:
+    tmp = run.parent
+    argv = ["predict", "--run", str(run), "--support", str(tmp / "S.csv")]
+    return main([*argv, "--query", str(tmp / "Q.csv"), "--out", str(out), *extra])
+
+
+def _taste(path) -> dict:
+    """user -> mean score of space items - mean score of garden items."""
+    p = pd.read_csv(path)
+    space = p.item_id.str[2:].astype(int) % 2 == 0
+    return (
+        p[space].groupby("user_id").score.mean() - p[~space].groupby("user_id").score.mean()
+    ).to_dict()
+
+
+def test_a_new_user_is_encoded_as_fit_encoded_the_users_file(run):
+    """A new user with a listed user's values gets that user's feature row, bit for bit
+    (categorical vocabulary, numeric scaling and clip as fitted); a value fit never saw
+    is no category, and a number beyond the fitted range is clipped to it."""
+    pred = Predictor.load(run)
+    meta = json.loads((run / "meta.json").read_text())
+    assert [c for c, _ in meta["user_features"]["side"]["columns"]] == ["club", "age"]
+    users = pd.DataFrame(
+        {
+            "user_id": ["twin_of_u0", "chess", "old", "nothing"],
+            "club": ["space_club", "chess_club", "garden_club", None],
+            "age": ["50", "", "1000", "NA"],
+        }
+    )
+    view, stats = pred.with_users(users)
+    assert stats == {"new_users_with_side_data": 4, "listed_users_kept": 0}
+    side = view.model.features_.user_side
+    u0 = side[pred.users.index("u0")]
+    twin, chess, old, nothing = (side[view.user_index(u)] for u in users.user_id)
+    assert torch.equal(twin, u0)
+    cold = side[len(pred.users)]
+    assert torch.equal(nothing, cold)  # all missing: the mean user, the zero row
+    assert not chess.any()  # an unknown club sets no flag; a missing age is the mean (0)
+    oldest = side[: len(pred.users), -1].max()
+    assert old[-1] == oldest  # clipped to the oldest fitted user
+    # the RUN's own model is untouched: the view holds the new rows
+    assert pred.model.features_.user_side.shape[0] == len(pred.users) + 1
+
+
+def test_predict_and_recommend_use_new_users_side_data(run, tmp_path, capsys):
+    assert _predict(run, tmp_path / "P.csv", "--users", str(run.parent / "U_new.csv")) == 0
+    taste = _taste(tmp_path / "P.csv")
+    # the same support, other side data: each leans to their club's kind of item
+    assert taste["new_space"] > taste["new_garden"]
+    # without --users both are the featureless cold user with one support item: equal
+    assert _predict(run, tmp_path / "P0.csv") == 0
+    plain = pd.read_csv(tmp_path / "P0.csv")
+    a, b = (plain[plain.user_id == u].score.to_numpy() for u in ("new_space", "new_garden"))
+    assert np.array_equal(a, b)
+    capsys.readouterr()
+    tmp = run.parent
+    argv = ["recommend", "--run", str(run), "--support", str(tmp / "S.csv"), "-k", "5"]
+    out = tmp_path / "R.csv"
+    assert main([*argv, "--users", str(tmp / "U_new.csv"), "--out", str(out)]) == 0
+    r = pd.read_csv(out)
+    space_share = (
+        r.assign(space=r.item_id.str[2:].astype(int) % 2 == 0).groupby("user_id").space.mean()
+    )
+    assert space_share["new_space"] > space_share["new_garden"]
+    # a user the users file at fit listed keeps their fitted row, and is told so
+    listed = tmp_path / "U_listed.csv"
+    pd.DataFrame({"user_id": ["u0", "new_space"], "club": ["garden_club", "space_club"]}).to_csv(
+        listed, index=False
+    )
+    assert _predict(run, tmp_path / "P2.csv", "--users", str(listed)) == 0
+    assert "1 user of" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "cells, named",
+    [
+        ({"user_id": ["n1"], "club": ["space_club"], "agee": [30]}, "column 'agee' was not in"),
+        ({"user_id": ["n1"], "age": ["thirty"]}, "column 'age' holds 'thirty', not a number"),
+        ({"user_id": ["n1", "n1"], "age": [3, 4]}, "appears twice"),
+        ({"club": ["space_club"]}, "missing column(s) user_id"),
+    ],
+)
+def test_bad_new_users_files_are_one_line_errors(run, tmp_path, capsys, cells, named):
+    bad = tmp_path / "U_bad.csv"
+    pd.DataFrame(cells).to_csv(bad, index=False)
+    out = tmp_path / "P.csv"
+    assert _predict(run, out, "--users", str(bad)) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_run_fitted_without_a_users_file_refuses_new_users_side_data(tmp_path, capsys):
+    run = _world(tmp_path, with_users=False)
+    capsys.readouterr()
+    assert "user_features" not in json.loads((run / "meta.json").read_text())
+    assert _predict(run, tmp_path / "P.csv", "--users", str(tmp_path / "U_new.csv")) == 2
+    assert "fitted without a users file" in capsys.readouterr().err
+    pred = Predictor.load(run)
+    with pytest.raises(MetarecError, match="fitted without a users file"):
+        pred.with_users(pd.DataFrame({"user_id": ["x"], "club": ["space_club"]}))
+
+
+def test_export_and_update_keep_what_encodes_new_users(run, tmp_path, capsys):
+    from metarec.serve.feedback import FeedbackRow, FeedbackStore
+
+    users = pd.DataFrame({"user_id": ["twin_of_u1"], "club": ["garden_club"], "age": [21]})
+    want = Predictor.load(run).with_users(users)[0].model.features_.user_side[-1]
+    assert main(["export", "--run", str(run), "--dtype", "fp16", "--out", str(tmp_path / "E")]) == 0
+    store = FeedbackStore(tmp_path / "fb")
+    store.add("newbie", [FeedbackRow("it0", 5.0, None)])
+    argv = ["update", "--run", str(run), "--feedback", str(tmp_path / "fb")]
+    assert main([*argv, "--out", str(tmp_path / "U2"), "--steps", "2"]) == 0
+    capsys.readouterr()
+    for derived in ("E", "U2"):
+        pred = Predictor.load(tmp_path / derived)
+        view, _ = pred.with_users(users)
+        got = view.model.features_.user_side[view.user_index("twin_of_u1")]
+        # fp16 stores the fitted rows rounded; a new row is encoded afresh in float32
+        assert torch.allclose(got, want.to(got.dtype), atol=1e-3), derived
+
+
+def test_the_server_takes_a_new_users_side_data(run):
+    """/recommend and /score take ``user``: a new user's side data, encoded as predict
+    --users encodes it; a bad column is a 422 naming it; without it (and with no
+    interactions) a new user is still refused."""
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    pred = Predictor.load(run)
+    client = TestClient(create_app(pred))
+    one = [{"item_id": "it31", "rating": 4}]
+    items = [f"it{i}" for i in range(30, 40)]
+
+    def gap(user_id, side):
+        body = {"user_id": user_id, "interactions": one, "item_ids": items, "user": side}
+        r = client.post("/score", json=body)
+        assert r.status_code == 200, r.text
+        s = {x["item_id"]: x["score"] for x in r.json()["scores"]}
+        space = [s[i] for i in items if int(i[2:]) % 2 == 0]
+        garden = [s[i] for i in items if int(i[2:]) % 2 == 1]
+        return np.mean(space) - np.mean(garden), s
+
+    g_space, s_space = gap("a", {"club": "space_club", "age": 52})
+    g_garden, _ = gap("b", {"club": "garden_club", "age": 23})
+    assert g_space > g_garden
+    # the same scores as predict --users gives that user (the same row, the same support)
+    frame = pd.DataFrame({"user_id": ["a"], "club": ["space_club"], "age": [52]})
+    out, _ = pred.predict(
+        pd.DataFrame({"user_id": ["a"], "item_id": ["it31"], "rating": [4]}),
+        pd.DataFrame({"user_id": ["a"] * len(items), "item_id": items}),
+        users=frame,
+    )
+    assert np.allclose(out.score.to_numpy(), [s_space[i] for i in items], atol=1e-5)
+    # a new user with side data and no interactions is scored from it
+    r = client.post("/recommend", json={"user_id": "c", "user": {"club": "garden_club"}, "k": 3})
+    assert r.status_code == 200 and len(r.json()["items"]) == 3
+    r = client.post("/recommend", json={"user_id": "c", "k": 3})
+    assert r.status_code == 422
+    r = client.post(
+        "/recommend", json={"user_id": "d", "user": {"clubb": "x"}, "interactions": one}
+    )
+    assert r.status_code == 422 and "column 'clubb' was not in" in r.text
+
+
+def test_a_new_users_text_is_embedded_as_the_fitted_users_was(tmp_path):
+    """With text.user_text a user row ends with their text's vector: a new user's is
+    embedded by the RUN's encoder, so a twin of a listed user gets that user's row."""
+    run = _world(tmp_path)
+    users = pd.read_csv(tmp_path / "U.csv")
+    users["bio"] = [
+        f"a {c.split('_')[0]} fan who reads {i} books a year" for i, c in enumerate(users.club)
+    ]
+    users.to_csv(tmp_path / "U.csv", index=False)
+    argv = ["fit", "--train", str(tmp_path / "T.csv"), "--items", str(tmp_path / "I.csv")]
+    argv += ["--users", str(tmp_path / "U.csv"), "--out", str(run), *FAST]
+    assert main([*argv, "--set", "text.user_text=true"]) == 0
+    pred = Predictor.load(run)
+    assert pred.model.user_features_.text_dim == 64  # the hashing encoder's width
+    twin = users[users.user_id == "u3"].assign(user_id="twin_of_u3")
+    view, _ = pred.with_users(twin)
+    side = view.model.features_.user_side
+    assert torch.equal(side[view.user_index("twin_of_u3")], side[pred.users.index("u3")])
+    other = twin.assign(bio="somebody else entirely")
+    view, _ = pred.with_users(other)
+    row = view.model.features_.user_side[view.user_index("twin_of_u3")]
+    fitted = pred.model.features_.user_side[pred.users.index("u3")]
+    assert torch.equal(row[:-64], fitted[:-64]) and not torch.equal(row[-64:], fitted[-64:])
