@@ -93,7 +93,11 @@ def test_a_new_user_is_encoded_as_fit_encoded_the_users_file(run):
         }
     )
     view, stats = pred.with_users(users)
-    assert stats == {"new_users_with_side_data": 4, "listed_users_kept": 0}
+    assert stats == {
+        "new_users_with_side_data": 4,
+        "users_given_side_data": 0,
+        "listed_users_kept": 0,
+    }
     side = view.model.features_.user_side
     u0 = side[pred.users.index("u0")]
     twin, chess, old, nothing = (side[view.user_index(u)] for u in users.user_id)
@@ -140,7 +144,7 @@ def test_predict_and_recommend_use_new_users_side_data(run, tmp_path, capsys):
     "cells, named",
     [
         ({"user_id": ["n1"], "club": ["space_club"], "agee": [30]}, "column 'agee' was not in"),
-        ({"user_id": ["n1"], "age": ["thirty"]}, "column 'age' holds 'thirty', not a number"),
+        ({"user_id": ["n1"], "age": ["thirty"]}, "column 'age' holds 'thirty' (user 'n1')"),
         ({"user_id": ["n1", "n1"], "age": [3, 4]}, "appears twice"),
         ({"club": ["space_club"]}, "missing column(s) user_id"),
     ],
@@ -252,3 +256,121 @@ def test_a_new_users_text_is_embedded_as_the_fitted_users_was(tmp_path):
     row = view.model.features_.user_side[view.user_index("twin_of_u3")]
     fitted = pred.model.features_.user_side[pred.users.index("u3")]
     assert torch.equal(row[:-64], fitted[:-64]) and not torch.equal(row[-64:], fitted[-64:])
+
+
+def test_cells_are_spelled_as_the_readers_spell_them(run):
+    """A Parquet list is the file's "a|b", a whole float 2.0 is "2": each encodes as the
+    CSV spelling does (a list had set no flag, "2.0" matched no fitted category)."""
+    from metarec.features import SideEncoder
+    from metarec.types import IdMap, SideTable
+    from metarec.user_side import UserFeatures
+
+    fitted = pd.DataFrame({"tags": ["a|b", "b", "c|a", "2"], "zone": ["1", "2", "x", "2"]})
+    table = SideTable(IdMap(np.array(list("pqrs"), dtype=object)), fitted, (), ("tags", "zone"))
+    feats = UserFeatures(SideEncoder.fit(table))
+    want = feats.encode(feats.frame(pd.DataFrame({"tags": ["a|b"], "zone": ["2"]})))
+    for tags, zone in ((["a", "b"], 2.0), (("b", "a"), np.float64(2)), (np.array(["a", "b"]), 2)):
+        got = feats.encode(feats.frame(pd.DataFrame({"tags": [tags], "zone": [zone]})))
+        assert np.array_equal(got, want), (tags, zone)
+
+
+def test_a_negative_count_is_clipped_to_the_fitted_bottom_without_warnings():
+    """A count column fitted on a log scale meets a negative value: clipped to the fitted
+    range's bottom, as any value below it is (below -1 it had read as missing, at -1 as
+    -inf, each with numpy's warning)."""
+    import warnings
+
+    from metarec.features import NumericScale
+
+    x = np.concatenate([np.zeros(40), np.arange(1, 41) ** 3.0])  # skewed: log-scaled
+    scale = NumericScale.fit("visits", x, np.arange(len(x)))
+    assert scale.log
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        z = scale.apply(np.array([-5.0, -1.0, -0.5, 0.0, np.nan]))
+    assert z[0] == z[1] == z[2] == z[3] == np.float32(scale.lo) and z[4] == 0.0
+
+
+def test_every_users_row_is_checked_and_side_data_fills_a_training_user_without_it(
+    run, tmp_path, capsys
+):
+    pred = Predictor.load(run)
+    # a typo is an error even when every user of the file is listed
+    with pytest.raises(MetarecError, match="column 'shoe' was not in"):
+        pred.with_users(pd.DataFrame({"user_id": ["u0"], "shoe": [9]}))
+    with pytest.raises(MetarecError, match=r"holds 'old' \(user 'u0'\), not a number"):
+        pred.with_users(pd.DataFrame({"user_id": ["u0"], "age": ["old"]}))
+    # a RUN fitted without a users file refuses any users file (tested above for new
+    # users); here a training user whose fitted row is empty takes the data given, and
+    # keeps their index (their training history)
+    tmp = run.parent
+    u = pd.read_csv(tmp / "U.csv")
+    part = tmp_path / "U_part.csv"
+    u[u.user_id != "u2"].to_csv(part, index=False)
+    argv = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]
+    assert main([*argv, "--users", str(part), "--out", str(tmp_path / "R"), *FAST]) == 0
+    capsys.readouterr()
+    pred = Predictor.load(tmp_path / "R")
+    i2 = pred.users.index("u2")
+    assert not pred.model.features_.user_side[i2].any()
+    view, stats = pred.with_users(u[u.user_id.isin(["u2", "u4"])])
+    assert stats == {
+        "new_users_with_side_data": 0,
+        "users_given_side_data": 1,
+        "listed_users_kept": 1,
+    }
+    assert view.user_index("u2") == i2
+    fresh, _ = pred.with_users(u[u.user_id == "u2"].assign(user_id="fresh"))
+    want = fresh.model.features_.user_side[fresh.user_index("fresh")]
+    assert want.any() and torch.equal(view.model.features_.user_side[i2], want)
+    # the server fills it alike: u2's scores move with the data sent, and match predict's
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    client = TestClient(create_app(pred))
+    items = [f"it{i}" for i in range(30, 40)]
+    body = {"user_id": "u2", "item_ids": items}
+    plain = client.post("/score", json=body).json()["scores"]
+    data = {"club": "space_club", "age": 52}
+    filled = client.post("/score", json={**body, "user": data}).json()["scores"]
+    assert [x["score"] for x in plain] != [x["score"] for x in filled]
+    out, _ = pred.predict(
+        pd.DataFrame({"user_id": ["u2"], "item_id": ["it0"], "rating": [5]}).iloc[:0],
+        pd.DataFrame({"user_id": ["u2"] * len(items), "item_id": items}),
+        users=pd.DataFrame({"user_id": ["u2"], **{k: [v] for k, v in data.items()}}),
+    )
+    assert np.allclose(out.score, [x["score"] for x in filled], atol=1e-5)
+
+
+def test_recommend_says_which_users_of_the_users_file_it_did_not_serve(run, tmp_path, capsys):
+    tmp = run.parent
+    extra = tmp_path / "U3.csv"
+    pd.concat(
+        [
+            pd.read_csv(tmp / "U_new.csv"),
+            pd.DataFrame({"user_id": ["idle"], "club": ["space_club"], "age": [40]}),
+        ]
+    ).to_csv(extra, index=False)
+    argv = ["recommend", "--run", str(run), "--support", str(tmp / "S.csv"), "-k", "2"]
+    assert main([*argv, "--users", str(extra), "--out", str(tmp_path / "R.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "1 user of" in err and "no rows in --support" in err
+    assert set(pd.read_csv(tmp_path / "R.csv").user_id) == {"new_space", "new_garden"}
+
+
+def test_the_server_reads_an_empty_user_as_every_column_missing(run):
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    client = TestClient(create_app(Predictor.load(run)))
+    one = [{"item_id": "it31", "rating": 4}]
+    for body in ({"user": {}}, {"user": {" club": None}}, {"user_id": "u0", "user": {}}):
+        r = client.post("/recommend", json={**body, "interactions": one, "k": 3})
+        assert r.status_code == 200, r.text
+    r = client.post(
+        "/score",
+        json={"user_id": "u0", "user": {"shoe": 1}, "interactions": one, "item_ids": ["it1"]},
+    )
+    assert r.status_code == 422 and "shoe" in r.text

@@ -282,7 +282,10 @@ class NumericScale:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(n,) float32 feature of the column's float64 values ``x`` (NaN = missing)."""
         if self.log:
-            x = np.log1p(x)
+            # the fitted counts are >= 0 (_heavy_count): a negative value is below the
+            # fitted range, clipped to its bottom as any such value is (log1p gave NaN,
+            # read as missing, below -1, and -inf at -1, each with numpy's warning)
+            x = np.log1p(np.maximum(x, 0.0))
         z = (x - self.mu) / self.scale
         if self.lo is not None:
             # clipped to the fit rows' range: a model has learnt nothing about values beyond

@@ -1678,26 +1678,36 @@ class MetaRecommender(Recommender):
         top = self.n_users_ + self.new_users_
         return user_idx if 0 <= user_idx <= top else self.n_users_
 
-    def with_new_users(self, side: np.ndarray) -> MetaRecommender:
+    def with_new_users(
+        self, side: np.ndarray, fitted: Mapping[int, np.ndarray] | None = None
+    ) -> MetaRecommender:
         """A view of this fitted model that also knows m users it was not fitted with, by
         their feature rows ``side`` (m, d_user), as :attr:`user_features_` encodes them:
         user index n_users_ + 1 + j scores user j (n_users_ stays the featureless cold
-        user). Parameters, blend and training rows are shared, not copied; the model
-        itself is left as it is."""
+        user). ``fitted``: fitted user index -> a row that replaces theirs (a training
+        user the users file did not describe, who brings side data now: their index, and
+        so their training history, stays). Parameters, blend and training rows are
+        shared, not copied; the model itself is left as it is."""
         self._check_model()
         feats = self.features_
         assert feats is not None
+        width = feats.user_side.shape[1]
         side = np.asarray(side, dtype=np.float32)
-        if side.ndim != 2 or side.shape[1] != feats.user_side.shape[1]:
+        if side.size == 0:
+            side = side.reshape(0, width)
+        if side.ndim != 2 or side.shape[1] != width:
             raise MetarecError(
-                f"{self.name}.with_new_users: expected ({feats.user_side.shape[1]},)-wide "
-                f"user feature rows, got shape {side.shape}"
+                f"{self.name}.with_new_users: expected ({width},)-wide user feature rows, "
+                f"got shape {side.shape}"
             )
         base = feats.user_side[: self.n_users_ + 1]  # a view's own extra rows are dropped
+        table = torch.cat([base, torch.from_numpy(side).to(base)], 0)
+        for idx, row in (fitted or {}).items():
+            if not 0 <= idx < self.n_users_:
+                raise MetarecError(f"{self.name}.with_new_users: {idx} is no fitted user")
+            table[idx] = torch.as_tensor(np.asarray(row, dtype=np.float32)).to(table)
         view = copy.copy(self)
-        view.features_ = dataclasses.replace(
-            feats, user_side=torch.cat([base, torch.from_numpy(side).to(base)], 0)
-        )
+        view.features_ = dataclasses.replace(feats, user_side=table)
         view.new_users_ = len(side)
         return view
 

@@ -270,12 +270,16 @@ class Predictor:
         return self.new_users.get(user_id, len(self.users))
 
     def with_users(self, users: pd.DataFrame | None) -> tuple[Predictor, dict]:
-        """This predictor, also knowing the side data of users the RUN was not fitted
-        with: ``users`` holds ``user_id`` and side columns of the users file ``fit`` was
-        given (a column it lacks is missing; one the fit's file lacked is an error). Each
-        new user's row is encoded as fit encoded that file's rows (its vocabularies and
-        scalings, :class:`metarec.user_side.UserFeatures`); users the RUN lists keep the
-        row fitted for them. Returns (the predictor, {"new_users_with_side_data": n,
+        """This predictor, also knowing the side data of users the RUN has no side data
+        for: ``users`` holds ``user_id`` and side columns of the users file ``fit`` was
+        given (a column it lacks is missing; one the fit's file lacked, or a number column
+        cell that is no number, is an error, on every row). Each such user's row is
+        encoded as fit encoded that file's rows (its vocabularies and scalings,
+        :class:`metarec.user_side.UserFeatures`): a user new to the RUN gets a row of
+        their own; a training user whose fitted row holds no side data (not in the file,
+        or every cell of theirs missing; a feedback user ``update`` added) gets theirs
+        filled, keeping their history; a user with fitted side data keeps it. Returns
+        (the predictor, {"new_users_with_side_data": n, "users_given_side_data": n,
         "listed_users_kept": n}); ``users`` None: this predictor, unchanged."""
         if users is None:
             return self, {}
@@ -289,24 +293,41 @@ class Predictor:
         where = users.attrs.get("source", "users")
         if not users.attrs.get("source"):
             users = _python_frame(users, "users")
-        require_columns(users, ["user_id"])
-        ids = unique_id_column(users, "user_id", where).to_numpy(object)
-        new = np.array([u not in self.users for u in ids], dtype=bool)
-        stats = {"new_users_with_side_data": int(new.sum()), "listed_users_kept": int((~new).sum())}
-        if not new.any():
-            return self, stats
         encoder = self.model.user_features_
         if encoder is None:
             raise MetarecError(
-                f"{where}: this RUN cannot encode new users' side data: it was fitted "
-                "without a users file (or by an earlier metarec, or on features built "
-                "outside fit); fit with --users U.csv to use them"
+                f"{where}: this RUN cannot encode users' side data: it was fitted without "
+                "a users file (or by an earlier metarec, or on features built outside "
+                "fit); fit with --users U.csv to use them"
             )
-        side = users.loc[new, [c for c in users.columns if c != "user_id"]]
-        rows = encoder.encode(encoder.frame(side, where))
+        require_columns(users, ["user_id"])
+        ids = unique_id_column(users, "user_id", where).to_numpy(object)
+        # every row read and checked, a listed user's too: a typo in a column is an error
+        # whoever's row it is on
+        frame = encoder.frame(users[[c for c in users.columns if c != "user_id"]], where, ids)
+        fitted = self.model.features_.user_side
+        index = np.array([self.users.index(u) if u in self.users else -1 for u in ids])
+        new = index < 0
+        kept = np.array([i >= 0 and bool(fitted[i].any()) for i in index], dtype=bool)
+        filled = ~new & ~kept
+        stats = {
+            "new_users_with_side_data": int(new.sum()),
+            "users_given_side_data": int(filled.sum()),
+            "listed_users_kept": int(kept.sum()),
+        }
+        if not (new | filled).any():
+            return self, stats
+        rows = encoder.encode(frame.loc[new | filled].reset_index(drop=True))
+        order = np.flatnonzero(new | filled)  # rows[j] is users' row order[j]
         first = len(self.users) + 1  # n_users is the featureless cold user
-        mapping = {str(u): first + j for j, u in enumerate(ids[new])}
-        view = dataclasses.replace(self, model=self.model.with_new_users(rows), new_users=mapping)
+        at_new = [j for j, r in enumerate(order) if new[r]]
+        mapping = {str(ids[order[j]]): first + k for k, j in enumerate(at_new)}
+        refill = {int(index[order[j]]): rows[j] for j in range(len(order)) if filled[order[j]]}
+        view = dataclasses.replace(
+            self,
+            model=self.model.with_new_users(rows[at_new], refill),
+            new_users=mapping,
+        )
         return view, stats
 
     def support_of(
@@ -665,6 +686,13 @@ class Predictor:
         if users is not None:
             view, user_stats = self.with_users(users)
             out, stats = view.recommend(support, k, domain)
+            # recommend serves the support's users: one named in ``users`` alone is not
+            # served (predict and the server score such a user), said by the CLI
+            from metarec.data.tabular import unique_id_column
+
+            named = set(unique_id_column(users, "user_id", "users").tolist())
+            served = {str(u) for u in (*out["user_id"], *stats["no_candidates"])}
+            user_stats["side_data_users_without_support"] = len(named - served)
             return out, {**stats, **user_stats}
         supports, support_stats, given = self._supports_from_frame(support)
         for user_id, sup in supports.items():

@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 KEY = "user_features"  # the RUN's meta.json key
 
 
+def _cell_text(v: object) -> object:
+    """A side cell as the file readers spell it at fit: a list (Parquet) joined by "|", a
+    whole number without its ".0" (a Parquet float column, JSON 2.0: "2.0" matched no
+    fitted category "2"), a missing value None."""
+    if isinstance(v, list | tuple | np.ndarray):
+        return "|".join(str(_cell_text(x)) for x in v if _cell_text(x) is not None)
+    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+        return None
+    if isinstance(v, float | np.floating) and np.isfinite(v) and float(v).is_integer():
+        return str(int(v))
+    return v if isinstance(v, str) else str(v)
+
+
 @dataclass(frozen=True)
 class UserFeatures:
     """``side``: the fitted encoder of the users file's side columns; ``text_dim``: the
@@ -64,11 +77,14 @@ class UserFeatures:
     def columns(self) -> list[str]:
         return [c for c, _ in self.side.columns]
 
-    def frame(self, raw: pd.DataFrame, where: str = "users") -> pd.DataFrame:
+    def frame(
+        self, raw: pd.DataFrame, where: str = "users", ids: np.ndarray | None = None
+    ) -> pd.DataFrame:
         """``raw``'s side columns (no ``user_id``) read by the roles the fitted users file
-        gave them: numbers for a numeric column (a cell that is no number is an error),
-        text for the rest. A column the fitted file did not have is an error; one it had
-        and ``raw`` lacks is missing on every row."""
+        gave them: numbers for a numeric column (a cell that is no number is an error,
+        naming the user of ``ids``), text for the rest, spelled as the file readers spell
+        them (a list is "a|b", a whole number 2.0 is "2"). A column the fitted file did
+        not have is an error; one it had and ``raw`` lacks is missing on every row."""
         from metarec.data.tabular import MISSING_SPELLINGS, number_cells
 
         kinds = dict(self.side.columns)
@@ -89,17 +105,19 @@ class UserFeatures:
                 as_num, spelled, filled = number_cells(s)
                 bad = filled & as_num.isna()
                 if bad.any():
+                    at = int(np.flatnonzero(bad.to_numpy())[0])
+                    who = f" (user {ids[at]!r})" if ids is not None else ""
                     raise MetarecError(
-                        f"{where}: column {c!r} holds {spelled[bad].iloc[0]!r}, not a number "
+                        f"{where}: column {c!r} holds {spelled[bad].iloc[0]!r}{who}, not a number "
                         f"(the column is numeric in the users file the RUN was fitted with; "
                         f"blank the cell, or write one of {', '.join(sorted(MISSING_SPELLINGS))}, "
                         "for a missing value)"
                     )
                 out[c] = pd.Series(as_num.where(filled).to_numpy(np.float64))
             elif kind == "text":
-                out[c] = s.fillna("").astype(str)
+                out[c] = s.map(_cell_text).fillna("").astype(str)
             else:
-                out[c] = s.astype("string")
+                out[c] = s.map(_cell_text).astype("string")
         return pd.DataFrame(out, index=pd.RangeIndex(len(raw)))
 
     def encode(self, frame: pd.DataFrame, cache=None) -> np.ndarray:

@@ -397,21 +397,33 @@ def create_app(
         return value
 
     def new_user(user_id: str | None, side: dict | None, uidx: int):
-        """(model, user index, (view, row digest) or None) for a request: a ``user`` object
-        of a user the run does not list becomes their own feature row (encoded as fit
-        encoded its users file, Predictor.with_users); a listed user keeps theirs."""
-        if side is None or (user_id is not None and user_id in pred.users):
+        """(model, user index, (view, row digest) or None) for a request's ``user``, the
+        side data of a user the run has none for (Predictor.with_users' rules): a new
+        user gets a row of their own, a training user without fitted side data gets
+        theirs filled (their index, and history, stay); a user with fitted side data keeps
+        it. Every ``user`` is read and checked (an unknown column is a 422 for anyone)."""
+        if side is None:
             return model, uidx, None
         encoder = model.user_features_
         if encoder is None:
             raise _unprocessable(
-                "user: this run cannot encode a new user's side data (fitted without a "
-                "users file, or by an earlier metarec); send interactions only"
+                "user: this run cannot encode users' side data (fitted without a users "
+                "file, or by an earlier metarec); send interactions only"
             )
-        frame = pd.DataFrame({k: [v] for k, v in side.items()})
+        keys = [str(k).strip() for k in side]
+        if len(set(keys)) != len(keys):
+            raise _unprocessable("user: a column is named twice (keys are read stripped)")
+        # one row, {} included (every column missing)
+        frame = pd.DataFrame([dict(zip(keys, side.values(), strict=True))], index=[0])
         row = encoder.encode(encoder.frame(frame, "user"))  # (1, d_user); a MetarecError: 422
-        view = model.with_new_users(row)
+        listed = uidx < len(pred.users)
+        if listed and bool(model.features_.user_side[uidx].any()):
+            return model, uidx, None  # fitted side data stands
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
+        if listed:
+            view = model.with_new_users(row[:0], {uidx: row[0]})
+            return view, uidx, (view, digest)
+        view = model.with_new_users(row)
         return view, len(pred.users) + 1, (view, digest)
 
     # --- endpoints ----------------------------------------------------------------------
