@@ -647,6 +647,31 @@ def test_validation_users_with_training_rows_adapt_on_them_as_served(tmp_path, m
     assert all(s[-1] == t.support.item_idx[-1] for (_, s), t in zip(want, split.valid, strict=True))
 
 
+def test_validation_over_new_items_adapts_on_the_support_alone(monkeypatch):
+    """Item cold-start validation users are warm, but early stopping adapts them on their
+    support alone: adapted on their history, the backtest's far items ranked worse
+    (model._adapting_as_served)."""
+    import metarec.train as T
+
+    cfg = E.load_config(TINY, ['split.protocol="item-cold"', "seeds=[0]", "shots=[]"])
+    ds = E.load_data(cfg)
+    split = E.cut_split(ds, cfg, 0, cfg.split.k_shot)
+    assert T.validates_new_items(split)
+    feats = E.build_split_features(ds, split.train.item_idx, cfg.text)
+    seen, real = [], T._valid_episodes
+
+    def spy(tasks, head, *args, **kwargs):
+        seen.append([t.support.item_idx.tolist() for t in tasks])
+        return real(tasks, head, *args, **kwargs)
+
+    monkeypatch.setattr(T, "_valid_episodes", spy)
+    E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
+    want = [t.support.item_idx.tolist() for t in split.valid]
+    assert seen and all(got == want for got in seen)
+    # these users do have training rows the history would have added
+    assert np.isin([t.user_idx for t in split.valid], split.train.user_idx).any()
+
+
 def test_parameter_transfer_starts_from_the_source_model(tmp_path):
     cfg = _two_domain_config(tmp_path, "parameter")
     cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 0, "eval_every": 1}})
