@@ -562,26 +562,26 @@ def _new_users(args):
 
 
 def _say_listed_users(stats: dict, users: str | None) -> None:
-    idle = stats.get("side_data_users_without_support", 0)
-    if idle:
-        who = "1 user" if idle == 1 else f"{idle} users"
-        print(
-            f"metarec: note: {who} of {users} {'has' if idle == 1 else 'have'} no rows in "
-            "--support and got no recommendations (recommend serves the support's users: "
-            "give each a row there, or score them with predict)",
-            file=sys.stderr,
-        )
-    kept = stats.get("listed_users_kept", 0)
-    if kept:
+    notes = (
+        (
+            "side_data_users_without_support",
+            "no rows in --support and got no recommendations (recommend serves the "
+            "support's users: give each a row there, or score them with predict)",
+        ),
         # their rows were fitted with the rest of the users file: a changed age here does
         # not reach the model until the next fit, which a silent pass would hide
-        who = "1 user" if kept == 1 else f"{kept} users"
-        print(
-            f"metarec: note: {who} of {users} {'has' if kept == 1 else 'have'} side data "
-            "in the RUN already (from the users file at fit); that is used (fit again to "
-            "change it)",
-            file=sys.stderr,
-        )
+        (
+            "listed_users_kept",
+            "side data in the RUN already (from the users file at fit); that is used "
+            "(fit again to change it)",
+        ),
+    )
+    for key, what in notes:
+        n = stats.get(key, 0)
+        if n:
+            who = "1 user" if n == 1 else f"{n} users"
+            verb = "has" if n == 1 else "have"
+            print(f"metarec: note: {who} of {users} {verb} {what}", file=sys.stderr)
 
 
 def cmd_predict(args) -> int:

@@ -10,6 +10,7 @@ listed users' rows were, rather than scored as the featureless average user.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,13 +27,22 @@ if TYPE_CHECKING:
 KEY = "user_features"  # the RUN's meta.json key
 
 
+@functools.lru_cache(maxsize=2)
+def _text_encoder(name: str):
+    """The text encoder ``name``, loaded once per process: a server encoding each
+    request's user text had loaded the sentence-transformer every time."""
+    from metarec.text import make_encoder
+
+    return make_encoder(name)
+
+
 def _cell_text(v: object) -> object:
     """A side cell as the file readers spell it at fit: a list (Parquet) joined by "|", a
     whole number without its ".0" (a Parquet float column, JSON 2.0: "2.0" matched no
     fitted category "2"), a missing value None."""
     if isinstance(v, list | tuple | np.ndarray):
         return "|".join(str(_cell_text(x)) for x in v if _cell_text(x) is not None)
-    if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+    if v is None or v is pd.NA or (isinstance(v, float | np.floating) and np.isnan(v)):
         return None
     if isinstance(v, float | np.floating) and np.isfinite(v) and float(v).is_integer():
         return str(int(v))
@@ -126,8 +136,6 @@ class UserFeatures:
         side = self.side.apply(frame)
         if not self.text_dim:
             return side
-        from metarec.text import make_encoder
-
         kinds = dict(self.side.columns)
         table = SideTable(
             IdMap(np.array([str(i) for i in range(len(frame))], dtype=object)),
@@ -139,7 +147,7 @@ class UserFeatures:
         texts = user_texts(table, None)
         if texts is None:  # nothing to render: the zero text vector, as a textless user
             return np.concatenate([side, np.zeros((len(frame), self.text_dim), np.float32)], 1)
-        encoder = make_encoder(self.text_model)
+        encoder = _text_encoder(self.text_model)
         if encoder.fingerprint != self.fingerprint:
             raise MetarecError(
                 f"new users' text: the text encoder {self.text_model!r} here is not the one "

@@ -189,12 +189,9 @@ def _say_if_nearly_numeric(frame: pd.DataFrame, column: str, cells, numbers) -> 
     )
 
 
-def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
-    """(text, categorical, numeric) column names of a side table, and the cleaned frame.
-    A column with no name that holds values is refused: it is most often a saved pandas
-    index (``to_csv`` without ``index=False``), and it had become a numeric feature. One
-    with no values (a trailing comma on every line, as spreadsheets export) is dropped."""
-    frame = _drop_empty_unnamed(frame)
+def _refuse_unnamed(frame: pd.DataFrame) -> None:
+    """A side table's column with values and no name is refused: most often a saved pandas
+    index (``to_csv`` without ``index=False``), which had become a numeric feature."""
     held = _unnamed(frame)
     if held:
         raise MetarecError(
@@ -202,6 +199,15 @@ def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.D
             "column (an unnamed first column is often a saved pandas index: write the file "
             "with index=False)"
         )
+
+
+def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.DataFrame]:
+    """(text, categorical, numeric) column names of a side table, and the cleaned frame.
+    A column with no name that holds values is refused: it is most often a saved pandas
+    index (``to_csv`` without ``index=False``), and it had become a numeric feature. One
+    with no values (a trailing comma on every line, as spreadsheets export) is dropped."""
+    frame = _drop_empty_unnamed(frame)
+    _refuse_unnamed(frame)
     out = pd.DataFrame({key: id_column(frame, key).to_numpy(object)})
     text, cat, num = [], [], []
     for c in frame.columns:
@@ -271,13 +277,7 @@ def read_users(path: str | Path) -> pd.DataFrame:
     evidence of what a column holds."""
     frame = _drop_empty_unnamed(_read(path))
     require_columns(frame, ["user_id"])
-    held = _unnamed(frame)
-    if held:
-        raise MetarecError(
-            f"{_where(frame)}: a column with values has {_column_name(held[0])}: name every "
-            "column (an unnamed first column is often a saved pandas index: write the file "
-            "with index=False)"
-        )
+    _refuse_unnamed(frame)
     ids = unique_id_column(frame, "user_id", _where(frame)).to_numpy(object)
     out = frame.assign(user_id=ids)
     out.attrs["source"] = str(path)

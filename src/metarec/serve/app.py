@@ -426,6 +426,13 @@ def create_app(
         view = model.with_new_users(row)
         return view, len(pred.users) + 1, (view, digest)
 
+    async def new_user_off_loop(user_id: str | None, side: dict | None, uidx: int):
+        """new_user(): encoding side data (a user text is embedded by the RUN's encoder)
+        runs off the event loop; a request without ``user`` stays on it."""
+        if side is None:
+            return model, uidx, None
+        return await run_in_threadpool(new_user, user_id, side, uidx)
+
     # --- endpoints ----------------------------------------------------------------------
     @app.get("/health", response_model=S.Health)
     async def health() -> S.Health:
@@ -492,7 +499,7 @@ def create_app(
         # an unknown domain is a 422 naming the known ones, before any adaptation
         inside = None if req.domain is None else pred.domain_mask(req.domain)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, new = new_user(user_id, req.user, uidx)
+        on, uidx, new = await new_user_off_loop(user_id, req.user, uidx)
         ad = await adapted(user_id, uidx, sup, "rank", new)
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = on.score_adapted(ad, state.all_items)
@@ -539,7 +546,7 @@ def create_app(
             )
         user_id = None if req.user_id is None else str(req.user_id)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, new = new_user(user_id, req.user, uidx)
+        on, uidx, new = await new_user_off_loop(user_id, req.user, uidx)
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
