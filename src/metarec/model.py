@@ -1332,10 +1332,10 @@ class MetaRecommender(Recommender):
             # training rows only: early stopping on the near items, scored on the far
             # ones, seeds 0/1/2). Adapted on the history, the near items' ranking rose
             # (Recall@10 0.142/0.157/0.137 -> 0.242/0.297/0.222, in sample) and the far
-            # items' fell on 2 seeds of 3 (0.246/0.182/0.259 -> 0.173/0.244/0.160; MAE
-            # 0.8757 -> 0.8749 on the mean): stopped later, the model fits the newest
-            # items of its time and carries less further out. (The test run had shown
-            # the same fall before this backtest was run: Recall@10 0.2043 -> 0.1907.)
+            # items' fell on 2 seeds of 3 (0.246/0.182/0.259 -> 0.173/0.244/0.160), MAE
+            # level (0.8757 -> 0.8749 on the mean): the model fits the newest items of its
+            # time and carries less further out. (The test run had shown the same fall
+            # before this backtest was run: Recall@10 0.2043 -> 0.1907.)
             return split
         rows = self._rows_index(split.train)
         m = self.config.max_support
