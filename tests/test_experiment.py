@@ -543,7 +543,9 @@ def test_feature_transfer_keeps_the_source_extractor_frozen(tmp_path):
     assert np.isfinite(res.metrics["RMSE"])
 
 
-@pytest.mark.parametrize("strategy", ["parameter", "joint", "Pooled", "no direction"])
+@pytest.mark.parametrize(
+    "strategy", ["parameter", "joint", "Pooled", "no direction", "joint, no direction"]
+)
 def test_cross_domain_validation_queries_meet_target_domain_negatives(
     tmp_path, monkeypatch, strategy
 ):
@@ -553,7 +555,8 @@ def test_cross_domain_validation_queries_meet_target_domain_negatives(
     from the training items they were source items only (the source model) or mostly
     (joint), told apart by domain alone. Not the catalogue's never-rated items of no
     domain, which the target ranking never holds. A fit given no direction and no items
-    to rank (`metarec fit` on a log with a domain column) keeps the training items."""
+    to rank (`metarec fit` on a log with a domain column) keeps the training items; joint
+    transfer given no direction takes the one domain its validation supports are in."""
     import pandas as pd
 
     import metarec.train as T
@@ -564,7 +567,7 @@ def test_cross_domain_validation_queries_meet_target_domain_negatives(
         {"item_id": [f"x{i}" for i in range(6)], "title": ["a never-rated thing"] * 6}
     )
     pd.concat([items, extra]).to_csv(tmp_path / "items2.csv", index=False)
-    joint = strategy in ("joint", "no direction", "Pooled")
+    joint = strategy in ("joint", "no direction", "Pooled", "joint, no direction")
     where = f'data.options.items="{tmp_path / "items2.csv"}"'
     cfg = _two_domain_config(tmp_path, "joint" if joint else strategy, where)
     cfg = dataclasses.replace(cfg, model={**cfg.model, "train": {"steps": 2, "eval_every": 1}})
@@ -590,13 +593,19 @@ def test_cross_domain_validation_queries_meet_target_domain_negatives(
         return episodes
 
     monkeypatch.setattr(T, "_valid_episodes", spy)
-    if strategy == "no direction":
+    if strategy in ("no direction", "joint, no direction"):
         from metarec.config import deep_merge, to_dict
         from metarec.model import ModelConfig
+        from metarec.transfer import TransferRecommender
 
         mcfg = ModelConfig.from_dict(deep_merge(to_dict(ModelConfig()), cfg.model))
-        MetaRecommender(mcfg).fit(ds, split.train, feats, valid=split.valid)
-        assert pools == [None]
+        if strategy == "no direction":
+            MetaRecommender(mcfg).fit(ds, split.train, feats, valid=split.valid)
+            assert pools == [None]
+            return
+        TransferRecommender(mcfg, "joint").fit(ds, split.train, feats, valid=split.valid)
+        (pool,) = pools
+        assert pool is not None and np.array_equal(np.sort(pool), target)
         return
     E.fit_method(cfg.methods[0], cfg, ds, split, feats, seed=0)
     # parameter: the source's ranking model, then the target's; joint, pooled: one model

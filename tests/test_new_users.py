@@ -374,3 +374,164 @@ def test_the_server_reads_an_empty_user_as_every_column_missing(run):
         json={"user_id": "u0", "user": {"shoe": 1}, "interactions": one, "item_ids": ["it1"]},
     )
     assert r.status_code == 422 and "shoe" in r.text
+
+
+def test_a_users_file_may_list_users_without_training_rows(run, tmp_path):
+    """The users file describes the catalogue of users, some of whom never rated: fit's
+    vocabularies and scalings come from the users with training rows, and the RUN still
+    encodes new users as those rows were (the encoder fitted on every listed user gave
+    other rows, and the RUN had kept no encoder at all)."""
+    tmp = run.parent
+    users = pd.read_csv(tmp / "U.csv")
+    lurkers = pd.DataFrame({"user_id": ["l1", "l2", "l3"], "club": ["chess_club"] * 3})
+    lurkers["age"] = [90, 95, 99]
+    pd.concat([users, lurkers]).to_csv(tmp_path / "U.csv", index=False)
+    argv = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]
+    argv += ["--users", str(tmp_path / "U.csv"), "--out", str(tmp_path / "R"), *FAST]
+    assert main(argv) == 0
+    pred = Predictor.load(tmp_path / "R")
+    assert all(u in pred.users for u in ("l1", "l2", "l3"))
+    assert pred.model.user_features_ is not None
+    new = pd.DataFrame(
+        {"user_id": ["twin_of_u0", "chess"], "club": ["space_club", "chess_club"], "age": [50, 90]}
+    )
+    view, _ = pred.with_users(new)
+    side = view.model.features_.user_side
+    assert torch.equal(side[view.user_index("twin_of_u0")], side[pred.users.index("u0")])
+    chess = side[view.user_index("chess")]
+    assert torch.equal(chess, side[pred.users.index("l1")])  # as the lurker was encoded
+    assert chess[-1] == side[: len(pred.users), -1].max()  # 90 is past the oldest rater
+
+
+def test_no_encoder_is_kept_for_user_rows_built_another_way(run):
+    """UserFeatures.fit keeps an encoder only where it reproduces the model's user rows
+    bit for bit: rows fitted on other users (features built outside fit), or ending with
+    text vectors the model does not embed, would not be comparable to a new user's."""
+    from types import SimpleNamespace
+
+    from metarec.data.files import read_training_files
+    from metarec.features import SideEncoder
+    from metarec.preprocess import prepare
+    from metarec.user_side import UserFeatures
+
+    tmp = run.parent
+    ds = prepare(read_training_files(tmp / "T.csv", tmp / "I.csv", tmp / "U.csv"))
+    every = np.arange(ds.n_users)
+    half = every[: ds.n_users // 2]
+
+    def model(rows, user_text=False):
+        cold = np.zeros((1, rows.shape[1]), np.float32)
+        return SimpleNamespace(
+            features_=SimpleNamespace(
+                user_side=torch.from_numpy(np.concatenate([rows, cold])),
+                encoder_fingerprint="fp",
+            ),
+            config=SimpleNamespace(text=SimpleNamespace(user_text=user_text, model="m")),
+        )
+
+    side = SideEncoder.fit(ds.user_table, every).apply(ds.user_table.frame)
+    kept = UserFeatures.fit(model(side), ds, every)
+    assert kept is not None and kept.text_dim == 0
+    other = SideEncoder.fit(ds.user_table, half).apply(ds.user_table.frame)
+    assert not np.array_equal(other, side)
+    assert UserFeatures.fit(model(other), ds, every) is None
+    texts = np.concatenate([side, np.ones((ds.n_users, 8), np.float32)], 1)
+    assert UserFeatures.fit(model(texts), ds, every) is None  # the model embeds no user text
+    with_text = UserFeatures.fit(model(texts, user_text=True), ds, every)
+    assert with_text is not None and with_text.text_dim == 8
+
+
+def test_new_users_text_is_embedded_by_the_runs_encoder_loaded_once(monkeypatch):
+    """A user text is embedded by the encoder the RUN was fitted with, loaded once per
+    process (a server had loaded it for every request); another encoder is an error."""
+    import metarec.text
+    from metarec.features import SideEncoder
+    from metarec.types import IdMap, SideTable
+    from metarec.user_side import UserFeatures, _text_encoder
+
+    fitted = pd.DataFrame({"bio": ["likes rockets", "grows roses", "reads"], "age": [30, 40, 50]})
+    table = SideTable(IdMap(np.array(list("pqr"), dtype=object)), fitted, ("bio",), (), ("age",))
+    loads, real = [], metarec.text.make_encoder
+
+    def counted(name, *args, **kwargs):
+        loads.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(metarec.text, "make_encoder", counted)
+    _text_encoder.cache_clear()
+    try:
+        fingerprint = real("hashing:16").fingerprint
+        feats = UserFeatures(SideEncoder.fit(table), 16, "hashing:16", fingerprint)
+        new = feats.frame(pd.DataFrame({"bio": ["likes rockets"], "age": [35]}))
+        rows = [feats.encode(new) for _ in range(3)]
+        assert rows[0].shape == (1, 1 + 16) and rows[0][0, 1:].any()
+        assert all(np.array_equal(r, rows[0]) for r in rows)
+        assert loads == ["hashing:16"]
+        other = UserFeatures(feats.side, 16, "hashing:16", "another encoder|v2")
+        with pytest.raises(MetarecError, match="is not the one the RUN was fitted with"):
+            other.encode(new)
+    finally:
+        _text_encoder.cache_clear()
+
+
+def test_with_users_on_a_view_encodes_the_later_users_at_their_own_rows(run):
+    """A view's own extra rows are dropped when it takes other users: the later users'
+    indices point at their rows, not at the earlier view's."""
+    pred = Predictor.load(run)
+    first = pd.DataFrame({"user_id": ["a", "b"], "club": ["space_club"] * 2, "age": [52, 53]})
+    later = pd.DataFrame({"user_id": ["c"], "club": ["garden_club"], "age": [23]})
+    view, _ = pred.with_users(first)
+    again, _ = view.with_users(later)
+    alone, _ = pred.with_users(later)
+    side = again.model.features_.user_side
+    assert side.shape[0] == len(pred.users) + 2
+    want = alone.model.features_.user_side[alone.user_index("c")]
+    assert torch.equal(side[again.user_index("c")], want)
+
+
+def test_a_users_file_is_an_input_predict_never_overwrites_nor_reads_an_index_from(
+    run, tmp_path, capsys
+):
+    tmp = run.parent
+    users = tmp_path / "U.csv"
+    pd.read_csv(tmp / "U_new.csv").to_csv(users, index=False)
+    before = users.read_bytes()
+    assert _predict(run, users, "--users", str(users)) == 2
+    assert "is the --users file it reads" in capsys.readouterr().err
+    argv = ["recommend", "--run", str(run), "--support", str(tmp / "S.csv")]
+    assert main([*argv, "--users", str(users), "--out", str(users)]) == 2
+    assert "is the --users file it reads" in capsys.readouterr().err
+    assert users.read_bytes() == before
+    # written with its pandas index: the unnamed column is named as such
+    pd.read_csv(tmp / "U_new.csv").to_csv(users)
+    assert _predict(run, tmp_path / "P.csv", "--users", str(users)) == 2
+    err = capsys.readouterr().err
+    assert "index=False" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_server_keeps_a_listed_users_fitted_data_and_explains_a_new_user(run):
+    """A user the users file at fit listed keeps their fitted row whatever ``user`` says
+    (as predict --users does); a new user's recommendations explain themselves from their
+    support; a column named twice once stripped is a 422; /info shows no encoder."""
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    client = TestClient(create_app(Predictor.load(run)))
+    one = [{"item_id": "it31", "rating": 4}]
+    items = [f"it{i}" for i in range(30, 40)]
+    body = {"user_id": "u0", "interactions": one, "item_ids": items}
+    plain = client.post("/score", json=body).json()["scores"]
+    other = client.post("/score", json={**body, "user": {"club": "garden_club", "age": 23}})
+    assert other.status_code == 200 and other.json()["scores"] == plain
+    r = client.post(
+        "/recommend",
+        json={"user_id": "n", "user": {"club": "space_club"}, "interactions": one, "explain": True},
+    )
+    assert r.status_code == 200, r.text
+    for item in r.json()["items"]:
+        assert [e["item_id"] for e in item["explanation"]] == ["it31"]
+    twice = {"club": "space_club", " club": "garden_club"}
+    r = client.post("/recommend", json={"user": twice, "interactions": one})
+    assert r.status_code == 422 and "named twice" in r.text
+    assert "user_features" not in client.get("/info").json()["dataset"]

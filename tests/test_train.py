@@ -763,6 +763,23 @@ def test_resume_refuses_other_data_and_a_smaller_budget_and_says_when_it_restart
             checkpoint_dir=str(d),
             resume=True,
         )
+    # validation queries drawing negatives from other items (cross-domain: the target
+    # domain's) were early-stopped on other data too
+    import numpy as np
+
+    ranked = np.arange(SC.n_items // 2)
+    with pytest.raises(MetarecError, match="trained on other data"):
+        train(
+            split,
+            feats,
+            SC,
+            META,
+            _cfg(),
+            progress=False,
+            checkpoint_dir=str(d),
+            resume=True,
+            valid_ranked=ranked,
+        )
     # a budget below the checkpoint's step: it returned 5 steps done for a config of 3
     with pytest.raises(MetarecError, match="at step 5, past this run's train.steps \\(3\\)"):
         train(
