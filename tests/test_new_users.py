@@ -535,3 +535,17 @@ def test_the_server_keeps_a_listed_users_fitted_data_and_explains_a_new_user(run
     r = client.post("/recommend", json={"user": twice, "interactions": one})
     assert r.status_code == 422 and "named twice" in r.text
     assert "user_features" not in client.get("/info").json()["dataset"]
+
+
+def test_a_python_users_frame_is_read_as_a_file_header_is(run):
+    """Column names with surrounding spaces, as a header's are stripped: recommend's count
+    of users it did not serve read the frame unstripped and raised a KeyError."""
+    pred = Predictor.load(run)
+    support = pd.DataFrame({"user_id": ["new_space"], "item_id": ["it31"], "rating": [4]})
+    users = pd.DataFrame(
+        {" user_id": ["new_space", "idle"], "club ": ["space_club"] * 2, " age": [52, 40]}
+    )
+    out, stats = pred.recommend(support, 3, users=users)
+    assert set(out.user_id) == {"new_space"} and len(out) == 3
+    assert stats["side_data_users_without_support"] == 1
+    assert stats["new_users_with_side_data"] == 2

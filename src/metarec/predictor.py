@@ -684,6 +684,8 @@ class Predictor:
         "look_alike_users": :meth:`look_alike_users` of the support's users}; ``users``:
         side data of users the RUN was not fitted with (:meth:`with_users`)."""
         if users is not None:
+            if isinstance(users, pd.DataFrame) and not users.attrs.get("source"):
+                users = _python_frame(users, "users")  # names stripped, as with_users reads
             view, user_stats = self.with_users(users)
             out, stats = view.recommend(support, k, domain)
             # recommend serves the support's users: one named in ``users`` alone is not

@@ -83,10 +83,6 @@ class UserFeatures:
             return None
         return cls(encoder, text_dim, model.config.text.model, feats.encoder_fingerprint)
 
-    @property
-    def columns(self) -> list[str]:
-        return [c for c, _ in self.side.columns]
-
     def frame(
         self, raw: pd.DataFrame, where: str = "users", ids: np.ndarray | None = None
     ) -> pd.DataFrame:
