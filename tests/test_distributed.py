@@ -315,7 +315,16 @@ def _two_ranks(code: str) -> list[str]:
     outs = []
     try:
         for p, _ in procs:
-            p.wait(timeout=120)
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                # a hang said with what each rank had written (a CI run on a loaded
+                # machine timed out here once with nothing to go on)
+                tails = []
+                for q, (_, err) in procs:
+                    err.seek(0)
+                    tails.append(f"rank rc={q.poll()}: {err.read()[-1500:]}")
+                pytest.fail("two-rank run timed out after 120 s\n" + "\n".join(tails))
         for p, (out, err) in procs:
             out.seek(0)
             err.seek(0)
