@@ -149,6 +149,11 @@ def _check_finite(values: np.ndarray, what: str) -> None:
         )
 
 
+# the id a request without user_id goes by when it sends side data: a new user to the
+# run, whose id no file can spell (ids are read as text, and this one starts with NUL)
+_ANONYMOUS = "\x00anonymous"
+
+
 def create_app(
     run: str | Path | Predictor,
     *,
@@ -398,14 +403,14 @@ def create_app(
 
     def new_user(user_id: str | None, side: dict | None, uidx: int):
         """(model, user index, (view, row digest) or None) for a request's ``user``, the
-        side data of a user the run has none for (Predictor.with_users' rules): a new
-        user gets a row of their own, a training user without fitted side data gets
-        theirs filled (their index, and history, stay); a user with fitted side data keeps
-        it. Every ``user`` is read and checked (an unknown column is a 422 for anyone)."""
+        side data of a user the run has none for, by Predictor.with_users' rules (those of
+        ``predict --users``): a new user gets a row of their own, a training user without
+        fitted side data gets theirs filled (their index, and history, stay); a user with
+        fitted side data keeps it. Every ``user`` is read and checked (an unknown column
+        is a 422 for anyone)."""
         if side is None:
             return model, uidx, None
-        encoder = model.user_features_
-        if encoder is None:
+        if model.user_features_ is None:  # said for the server: no --users to point to
             raise _unprocessable(
                 "user: this run cannot encode users' side data (fitted without a users "
                 "file, or by an earlier metarec); send interactions only"
@@ -413,18 +418,18 @@ def create_app(
         keys = [str(k).strip() for k in side]
         if len(set(keys)) != len(keys):
             raise _unprocessable("user: a column is named twice (keys are read stripped)")
-        # one row, {} included (every column missing)
-        frame = pd.DataFrame([dict(zip(keys, side.values(), strict=True))], index=[0])
-        row = encoder.encode(encoder.frame(frame, "user"))  # (1, d_user); a MetarecError: 422
-        listed = uidx < len(pred.users)
-        if listed and bool(model.features_.user_side[uidx].any()):
+        # one row, {} included (every column missing); a "user_id" key is not a column
+        who = user_id if user_id is not None else _ANONYMOUS
+        cells = {k: v for k, v in zip(keys, side.values(), strict=True) if k != "user_id"}
+        frame = pd.DataFrame([{"user_id": who, **cells}], index=[0])
+        frame.attrs["source"] = "user"  # errors name the request's field; keys stripped
+        view, stats = pred.with_users(frame)  # a MetarecError: 422
+        if stats["listed_users_kept"]:
             return model, uidx, None  # fitted side data stands
+        uidx = view.user_index(who)
+        row = view.model.features_.user_side[uidx].numpy()
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
-        if listed:
-            view = model.with_new_users(row[:0], {uidx: row[0]})
-            return view, uidx, (view, digest)
-        view = model.with_new_users(row)
-        return view, len(pred.users) + 1, (view, digest)
+        return view.model, uidx, (view.model, digest)
 
     async def new_user_off_loop(user_id: str | None, side: dict | None, uidx: int):
         """new_user(): encoding side data (a user text is embedded by the RUN's encoder)
