@@ -567,10 +567,17 @@ def _validation_ranked(
         return np.asarray(split.valid_cold_items, dtype=np.int64)
     if domain is None:
         return None
-    # the catalogue's items of that domain, and any training row's there (a log whose
-    # items file names no domain); not the held-out rows'
-    rated = split.train.item_idx[split.train.domain == domain]
-    listed = np.flatnonzero(dataset.item_domain_names() == dataset.domains[domain])
+    # the training rows, not the held-out ones
+    return _items_of_domains(dataset, split.train, np.array([domain]))
+
+
+def _items_of_domains(dataset: Dataset, rows: Interactions, doms: np.ndarray) -> np.ndarray:
+    """(n,) sorted int64: the catalogue's items of the domains ``doms`` (indices into
+    ``dataset.domains``: the items file's ``domain``) and any item ``rows`` rate there (a
+    log whose items file names no domain)."""
+    rated = rows.item_idx[np.isin(rows.domain, doms)]
+    names = [dataset.domains[int(d)] for d in doms]
+    listed = np.flatnonzero(np.isin(dataset.item_domain_names(), names))
     return np.union1d(rated, listed).astype(np.int64)
 
 
@@ -593,16 +600,13 @@ def _blend_rank_items(dataset: Dataset, split: Split) -> np.ndarray:
     if len(dataset.domains) < 2 or not tasks:
         return np.arange(dataset.n_items, dtype=np.int64)
     doms = np.unique(np.concatenate([t.query.domain for t in tasks]))
-    inter = dataset.interactions
-    rated = inter.item_idx[np.isin(inter.domain, doms)]
-    names = [dataset.domains[int(d)] for d in doms]
-    item_doms = dataset.item_domain_names()
-    listed = np.flatnonzero(np.isin(item_doms, names))
     # and the items of domains only the items file has (nobody rated any): an unfiltered
     # recommend ranks them too, and fitted without them the popularity weight went
     # negative and lifted them, never rated, into most top-10s (531 of 800 slots)
+    item_doms = dataset.item_domain_names()
     unreached = np.flatnonzero(~np.isin(item_doms, list(dataset.domains)))
-    items = np.union1d(np.union1d(rated, listed), unreached).astype(np.int64)
+    items = np.union1d(_items_of_domains(dataset, dataset.interactions, doms), unreached)
+    items = items.astype(np.int64)
     return items if len(items) else np.arange(dataset.n_items, dtype=np.int64)
 
 
