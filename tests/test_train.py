@@ -749,66 +749,34 @@ def test_a_damaged_checkpoint_is_one_clear_error(problem, tmp_path, damage, said
 def test_resume_refuses_other_data_and_a_smaller_budget_and_says_when_it_restarts(
     problem, tmp_path
 ):
+    import numpy as np
+
     split, feats, d = _resumable(problem, tmp_path)
+
+    def resume(s=split, f=feats, cfg=None, where=d, **kw):
+        """train() resuming from the checkpoint in ``where``."""
+        cfg = _cfg() if cfg is None else cfg
+        return train(
+            s, f, SC, META, cfg, progress=False, checkpoint_dir=str(where), resume=True, **kw
+        )
+
     # another split: it resumed without a word
     other_split, other_feats = make_problem(1, "binary")
     with pytest.raises(MetarecError, match="trained on other data"):
-        train(
-            other_split,
-            other_feats,
-            SC,
-            META,
-            _cfg(),
-            progress=False,
-            checkpoint_dir=str(d),
-            resume=True,
-        )
+        resume(other_split, other_feats)
     # validation queries drawing negatives from other items (cross-domain: the target
     # domain's) were early-stopped on other data too
-    import numpy as np
-
-    ranked = np.arange(SC.n_items // 2)
     with pytest.raises(MetarecError, match="trained on other data"):
-        train(
-            split,
-            feats,
-            SC,
-            META,
-            _cfg(),
-            progress=False,
-            checkpoint_dir=str(d),
-            resume=True,
-            valid_ranked=ranked,
-        )
+        resume(valid_ranked=np.arange(SC.n_items // 2))
     # a budget below the checkpoint's step: it returned 5 steps done for a config of 3
     with pytest.raises(MetarecError, match="at step 5, past this run's train.steps \\(3\\)"):
-        train(
-            split,
-            feats,
-            SC,
-            META,
-            _cfg(steps=3),
-            progress=False,
-            checkpoint_dir=str(d),
-            resume=True,
-        )
+        resume(cfg=_cfg(steps=3))
     # tensors without their index (a first save killed before the index was written):
     # nothing to resume, so it trains from step 0, and says so
     (d / "checkpoint.json").unlink()
     with pytest.warns(UserWarning, match="but no checkpoint.json .*training from step 0"):
-        again = train(
-            split, feats, SC, META, _cfg(), progress=False, checkpoint_dir=str(d), resume=True
-        )
+        again = resume()
     assert again.steps_done == 12
     # no folder at all: resume starts from the beginning
-    fresh = train(
-        split,
-        feats,
-        SC,
-        META,
-        _cfg(),
-        progress=False,
-        checkpoint_dir=str(tmp_path / "new"),
-        resume=True,
-    )
+    fresh = resume(where=tmp_path / "new")
     assert fresh.steps_done == 12
