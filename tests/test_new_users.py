@@ -474,19 +474,35 @@ def test_new_users_text_is_embedded_by_the_runs_encoder_loaded_once(monkeypatch)
         _text_encoder.cache_clear()
 
 
-def test_with_users_on_a_view_encodes_the_later_users_at_their_own_rows(run):
-    """A view's own extra rows are dropped when it takes other users: the later users'
-    indices point at their rows, not at the earlier view's."""
+def test_with_users_on_a_view_keeps_the_earlier_users_and_encodes_the_later_at_their_rows(
+    run,
+):
+    """A view of a view knows both views' new users, each at their own row; a user given
+    again takes the row given now."""
     pred = Predictor.load(run)
     first = pd.DataFrame({"user_id": ["a", "b"], "club": ["space_club"] * 2, "age": [52, 53]})
-    later = pd.DataFrame({"user_id": ["c"], "club": ["garden_club"], "age": [23]})
+    later = pd.DataFrame({"user_id": ["c", "b"], "club": ["garden_club"] * 2, "age": [23, 24]})
     view, _ = pred.with_users(first)
-    again, _ = view.with_users(later)
-    alone, _ = pred.with_users(later)
+    again, stats = view.with_users(later)
+    assert stats["new_users_with_side_data"] == 2
+    alone, _ = pred.with_users(pd.concat([first[first.user_id == "a"], later]))
     side = again.model.features_.user_side
-    assert side.shape[0] == len(pred.users) + 2
-    want = alone.model.features_.user_side[alone.user_index("c")]
-    assert torch.equal(side[again.user_index("c")], want)
+    assert side.shape[0] == len(pred.users) + 1 + 3
+    assert set(again.new_users) == {"a", "b", "c"}
+    assert len(set(again.new_users.values())) == 3
+    want = alone.model.features_.user_side
+    for u in "abc":
+        assert torch.equal(side[again.user_index(u)], want[alone.user_index(u)]), u
+    assert not torch.equal(
+        side[again.user_index("b")], view.model.features_.user_side[view.user_index("b")]
+    )
+    # and the scores follow: the chained view scores as the one-step view does
+    items = list(pred.items.ids[:5])
+    q = pd.DataFrame({"user_id": ["a"] * 5 + ["c"] * 5, "item_id": items * 2})
+    s = pd.DataFrame(columns=["user_id", "item_id", "rating"])
+    got = again.predict(s, q)[0].score.to_numpy()
+    exp = alone.predict(s, q)[0].score.to_numpy()
+    assert np.allclose(got, exp)
 
 
 def test_a_users_file_is_an_input_predict_never_overwrites_nor_reads_an_index_from(

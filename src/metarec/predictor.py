@@ -278,7 +278,8 @@ class Predictor:
         :class:`metarec.user_side.UserFeatures`): a user new to the RUN gets a row of
         their own; a training user whose fitted row holds no side data (not in the file,
         or every cell of theirs missing; a feedback user ``update`` added) gets theirs
-        filled, keeping their history; a user with fitted side data keeps it. Returns
+        filled, keeping their history; a user with fitted side data keeps it. On a view
+        from an earlier call its new users stay (one given again takes the new row). Returns
         (the predictor, {"new_users_with_side_data": n, "users_given_side_data": n,
         "listed_users_kept": n}); ``users`` None: this predictor, unchanged."""
         if users is None:
@@ -321,11 +322,17 @@ class Predictor:
         order = np.flatnonzero(new | filled)  # rows[j] is users' row order[j]
         first = len(self.users) + 1  # n_users is the featureless cold user
         at_new = [j for j, r in enumerate(order) if new[r]]
-        mapping = {str(ids[order[j]]): first + k for k, j in enumerate(at_new)}
+        # a view of a view keeps the earlier view's new users (their rows after the cold
+        # row, (len(self.new_users), d_user)); one given again takes the row given now
+        given = {str(ids[order[j]]) for j in at_new}
+        earlier = [(u, i) for u, i in self.new_users.items() if u not in given]
+        kept_rows = self.model.features_.user_side[[i for _, i in earlier]].cpu().numpy()
+        mapping = {u: first + k for k, (u, _) in enumerate(earlier)}
+        mapping.update({str(ids[order[j]]): first + len(earlier) + k for k, j in enumerate(at_new)})
         refill = {int(index[order[j]]): rows[j] for j in range(len(order)) if filled[order[j]]}
         view = dataclasses.replace(
             self,
-            model=self.model.with_new_users(rows[at_new], refill),
+            model=self.model.with_new_users(np.concatenate([kept_rows, rows[at_new]]), refill),
             new_users=mapping,
         )
         return view, stats
