@@ -333,7 +333,9 @@ def test_every_users_row_is_checked_and_side_data_fills_a_training_user_without_
     body = {"user_id": "u2", "item_ids": items}
     plain = client.post("/score", json=body).json()["scores"]
     data = {"club": "space_club", "age": 52}
-    filled = client.post("/score", json={**body, "user": data}).json()["scores"]
+    r = client.post("/score", json={**body, "user": data})
+    assert r.json()["user_side"] == "filled"  # the response says what the data did
+    filled = r.json()["scores"]
     assert [x["score"] for x in plain] != [x["score"] for x in filled]
     out, _ = pred.predict(
         pd.DataFrame({"user_id": ["u2"], "item_id": ["it0"], "rating": [5]}).iloc[:0],
@@ -527,7 +529,7 @@ def test_a_users_file_is_an_input_predict_never_overwrites_nor_reads_an_index_fr
 
 def test_the_server_keeps_a_listed_users_fitted_data_and_explains_a_new_user(run):
     """A user the users file at fit listed keeps their fitted row whatever ``user`` says
-    (as predict --users does); a new user's recommendations explain themselves from their
+    (as predict --users does), and the response's user_side says so; a new user's recommendations explain themselves from their
     support; a column named twice once stripped is a 422; /info shows no encoder."""
     from fastapi.testclient import TestClient
 
@@ -537,14 +539,17 @@ def test_the_server_keeps_a_listed_users_fitted_data_and_explains_a_new_user(run
     one = [{"item_id": "it31", "rating": 4}]
     items = [f"it{i}" for i in range(30, 40)]
     body = {"user_id": "u0", "interactions": one, "item_ids": items}
-    plain = client.post("/score", json=body).json()["scores"]
+    plain = client.post("/score", json=body).json()
+    assert plain["user_side"] is None  # no "user" sent
     other = client.post("/score", json={**body, "user": {"club": "garden_club", "age": 23}})
-    assert other.status_code == 200 and other.json()["scores"] == plain
+    assert other.status_code == 200 and other.json()["scores"] == plain["scores"]
+    assert other.json()["user_side"] == "kept"  # checked, not used: the response says so
     r = client.post(
         "/recommend",
         json={"user_id": "n", "user": {"club": "space_club"}, "interactions": one, "explain": True},
     )
     assert r.status_code == 200, r.text
+    assert r.json()["user_side"] == "new"
     for item in r.json()["items"]:
         assert [e["item_id"] for e in item["explanation"]] == ["it31"]
     twice = {"club": "space_club", " club": "garden_club"}

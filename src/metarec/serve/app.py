@@ -402,14 +402,15 @@ def create_app(
         return value
 
     def new_user(user_id: str | None, side: dict | None, uidx: int):
-        """(model, user index, (view, row digest) or None) for a request's ``user``, the
+        """(model, user index, (view, row digest) or None, what became of the side data:
+        "new", "filled", "kept", or None without it) for a request's ``user``, the
         side data of a user the run has none for, by Predictor.with_users' rules (those of
         ``predict --users``): a new user gets a row of their own, a training user without
         fitted side data gets theirs filled (their index, and history, stay); a user with
         fitted side data keeps it. Every ``user`` is read and checked (an unknown column
         is a 422 for anyone)."""
         if side is None:
-            return model, uidx, None
+            return model, uidx, None, None
         if model.user_features_ is None:  # said for the server: no --users to point to
             raise _unprocessable(
                 "user: this run cannot encode users' side data (fitted without a users "
@@ -425,17 +426,18 @@ def create_app(
         frame.attrs["source"] = "user"  # errors name the request's field; keys stripped
         view, stats = pred.with_users(frame)  # a MetarecError: 422
         if stats["listed_users_kept"]:
-            return model, uidx, None  # fitted side data stands
+            return model, uidx, None, "kept"  # fitted side data stands
         uidx = view.user_index(who)
         row = view.model.features_.user_side[uidx].numpy()
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
-        return view.model, uidx, (view.model, digest)
+        what = "new" if stats["new_users_with_side_data"] else "filled"
+        return view.model, uidx, (view.model, digest), what
 
     async def new_user_off_loop(user_id: str | None, side: dict | None, uidx: int):
         """new_user(): encoding side data (a user text is embedded by the RUN's encoder)
         runs off the event loop; a request without ``user`` stays on it."""
         if side is None:
-            return model, uidx, None
+            return model, uidx, None, None
         return await run_in_threadpool(new_user, user_id, side, uidx)
 
     # --- endpoints ----------------------------------------------------------------------
@@ -504,7 +506,7 @@ def create_app(
         # an unknown domain is a 422 naming the known ones, before any adaptation
         inside = None if req.domain is None else pred.domain_mask(req.domain)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, new = await new_user_off_loop(user_id, req.user, uidx)
+        on, uidx, new, side_use = await new_user_off_loop(user_id, req.user, uidx)
         ad = await adapted(user_id, uidx, sup, "rank", new)
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = on.score_adapted(ad, state.all_items)
@@ -539,7 +541,9 @@ def create_app(
                     item_id=ids[j], score=float(shown[r]), rank=r + 1, explanation=expl
                 )
             )
-        return S.RecommendResponse(items=items, unknown_items=unknown, model=model.name)
+        return S.RecommendResponse(
+            items=items, unknown_items=unknown, model=model.name, user_side=side_use
+        )
 
     @app.post(
         "/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)], responses=errs
@@ -551,7 +555,7 @@ def create_app(
             )
         user_id = None if req.user_id is None else str(req.user_id)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, new = await new_user_off_loop(user_id, req.user, uidx)
+        on, uidx, new, side_use = await new_user_off_loop(user_id, req.user, uidx)
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
@@ -570,6 +574,7 @@ def create_app(
             unknown_items=unknown + missing,
             unknown_support_items=unknown,
             unknown_query_items=list(dict.fromkeys(missing)),
+            user_side=side_use,
         )
 
     def need_store() -> FeedbackStore:
