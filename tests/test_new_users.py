@@ -570,3 +570,30 @@ def test_a_python_users_frame_is_read_as_a_file_header_is(run):
     assert set(out.user_id) == {"new_space"} and len(out) == 3
     assert stats["side_data_users_without_support"] == 1
     assert stats["new_users_with_side_data"] == 2
+
+
+def test_a_parquet_timestamp_column_is_unix_seconds_whatever_its_unit(run, tmp_path, capsys):
+    """A users file's timestamp column is read as Unix seconds: read as its unit's count,
+    a new user's file written in ns (pandas' default before 3.0) stood 1,000 times off a
+    fitted us column and was clipped to the oldest fitted user."""
+    from metarec.data.files import read_users
+
+    tmp = run.parent
+    u = pd.read_csv(tmp / "U.csv")
+    u["joined"] = pd.to_datetime("2010-01-01") + pd.to_timedelta(np.arange(len(u)) * 7, "D")
+    u.assign(joined=u.joined.astype("datetime64[us]")).to_parquet(tmp_path / "U.parquet")
+    argv = ["fit", "--train", str(tmp / "T.csv"), "--items", str(tmp / "I.csv")]
+    argv += ["--users", str(tmp_path / "U.parquet"), "--out", str(tmp_path / "R"), *FAST]
+    assert main(argv) == 0
+    capsys.readouterr()
+    pred = Predictor.load(tmp_path / "R")
+    scale = {n["column"]: n for n in pred.model.user_features_.side.to_json()["numeric"]}
+    seconds = u.joined.astype("datetime64[s]").astype("int64").mean()
+    assert abs(scale["joined"]["mu"] - seconds) < 1.0
+    twin = u[u.user_id == "u5"].assign(user_id="twin_of_u5")
+    for unit in ("s", "ms", "us", "ns"):
+        new = twin.assign(joined=twin.joined.astype(f"datetime64[{unit}]"))
+        new.to_parquet(tmp_path / f"U2_{unit}.parquet")
+        view, _ = pred.with_users(read_users(tmp_path / f"U2_{unit}.parquet"))
+        side = view.model.features_.user_side
+        assert torch.equal(side[view.user_index("twin_of_u5")], side[pred.users.index("u5")]), unit

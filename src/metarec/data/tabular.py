@@ -506,6 +506,13 @@ def number_cells(series: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
     turned a year column into embedded text."""
     spelled = series.astype(str).str.strip()
     filled = series.notna() & (spelled != "") & ~spelled.str.lower().isin(MISSING_SPELLINGS)
+    if pd.api.types.is_datetime64_any_dtype(series):
+        # a Parquet timestamp column as Unix seconds, whatever its unit and zone:
+        # to_numeric gave the count of its unit, so a users file written later in ns read
+        # 1,000 times a fitted us column's values, each clipped to the fitted range
+        epoch = pd.Timestamp(0, tz="UTC")
+        seconds = (pd.to_datetime(series, utc=True) - epoch) / pd.Timedelta(seconds=1)
+        return seconds.astype(np.float64), spelled, filled
     return pd.to_numeric(series, errors="coerce"), spelled, filled
 
 
@@ -532,8 +539,9 @@ def _named_number_column(side: pd.DataFrame, column: str, where: Path) -> np.nda
 
 
 def optional_number(series: pd.Series) -> np.ndarray:
-    """Side-table numbers: unparseable or empty cells become NaN (missing side info is fine)."""
-    return pd.to_numeric(series, errors="coerce").to_numpy(np.float64)
+    """Side-table numbers: unparseable or empty cells become NaN (missing side info is fine);
+    a timestamp column is Unix seconds (:func:`number_cells`)."""
+    return number_cells(series)[0].to_numpy(np.float64)
 
 
 # ----------------------------------------------------------------------------- generic loader
