@@ -693,6 +693,35 @@ def test_parameter_transfer_starts_from_the_source_model(tmp_path):
         assert torch.equal(v, rec.rating_.params[k]), k
 
 
+def test_a_transfers_source_model_curve_is_in_results_and_the_training_plot(tmp_path):
+    """results.json's history held the target model's training alone: a parameter
+    transfer's source model (trained first, on the source domain) now follows, tagged
+    "stage": "source", and the report's training plot gives it a panel of its own."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    cfg = _two_domain_config(tmp_path, "parameter")
+    panels = []
+    real = plt.subplots
+
+    def counting(*a, **k):
+        fig, axes = real(*a, **k)
+        panels.append(axes)
+        return fig, axes
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(plt, "subplots", counting):
+        E.run(cfg, tmp_path / "out", progress=False)
+    hist = json.loads((tmp_path / "out" / "results.json").read_text())["fits"]["T"]["history"][0]
+    source = [e for e in hist if e.get("stage") == "source"]
+    target = [e for e in hist if "stage" not in e]
+    assert source and target
+    assert {e["model"] for e in source} == {e["model"] for e in target} == {"rating", "rank"}
+    titles = {ax.get_title() for axes in panels for ax in axes.flat if ax.get_visible()}
+    assert {"T", "T: source model"} <= titles
+
+
 def test_partial_model_tables_keep_model_defaults():
     from metarec.model import ModelConfig
 

@@ -1497,8 +1497,13 @@ def _blend_skipped(rec: Recommender) -> str:
 
 def _history(rec: Recommender) -> tuple[dict, ...]:
     """Every evaluation of the rating and ranking models' training, tagged with the model
-    and, in an ensemble, the member (0 first; a single model's entries have no member)."""
+    and, in an ensemble, the member (0 first; a single model's entries have no member).
+    A parameter or feature transfer's source model follows, its entries tagged
+    ``"stage": "source"`` (the target model's carry no stage)."""
     out = []
+    source = getattr(rec, "source_", None)
+    if source is not None:
+        out += [{"stage": "source", **h} for h in _history(source)]
     for key in ("rating_", "rank_"):
         part = getattr(rec, key, None)
         if part is None or part.result is None:

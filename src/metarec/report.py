@@ -750,7 +750,12 @@ def write_plots(results: Results, out: Path) -> dict[str, str]:
             # says which (the plot's heading named the first seed for every panel)
             first = results.config.seeds[0]
             tag = "" if runs[0].seed == first else f" (seed {runs[0].seed})"
-            curves.append((name + tag, runs[0].history))
+            # a transfer's source model (parameter, feature) gets a panel of its own
+            target = [e for e in runs[0].history if e.get("stage") != "source"]
+            source = [e for e in runs[0].history if e.get("stage") == "source"]
+            curves.append((name + tag, target))
+            if source:
+                curves.append((f"{name}{tag}: source model", source))
     if curves:
         n = len(curves)
         cols = min(4, n)
