@@ -780,3 +780,31 @@ def test_resume_refuses_other_data_and_a_smaller_budget_and_says_when_it_restart
     # no folder at all: resume starts from the beginning
     fresh = resume(where=tmp_path / "new")
     assert fresh.steps_done == 12
+
+
+def test_training_cut_is_the_test_protocol_unless_told_otherwise():
+    """The one cut both samplers use: first K then the next Q in time order, the last K + Q
+    in item-age order, a support of min_support..K rows, shuffled rows at resample_prob;
+    a one-row history leaves its row to the query."""
+    import numpy as np
+
+    from metarec.meta.episodes import training_cut
+
+    rng = np.random.default_rng(0)
+    s, q, shuffled = training_cut(30, 10, 5, rng)
+    assert s.tolist() == list(range(10)) and q.tolist() == list(range(10, 15)) and not shuffled
+    s, q, _ = training_cut(30, 10, 5, rng, time_order=False)
+    assert s.tolist() == list(range(15, 25)) and q.tolist() == list(range(25, 30))
+    s, q, _ = training_cut(6, 10, 5, rng)  # K capped at n - 1
+    assert s.tolist() == list(range(5)) and q.tolist() == [5]
+    s, q, _ = training_cut(1, 10, 5, rng)
+    assert s.size == 0 and q.tolist() == [0]
+    sizes = {len(training_cut(30, 10, 5, rng, min_support=3)[0]) for _ in range(200)}
+    assert sizes == set(range(3, 11))
+    draws = [training_cut(30, 10, 5, rng, resample_prob=0.5) for _ in range(400)]
+    share = np.mean([d[2] for d in draws])
+    assert 0.4 < share < 0.6
+    for s, q, shuffled in draws:
+        assert len(set(s) | set(q)) == 15  # disjoint
+        if not shuffled:
+            assert s.tolist() == list(range(10))

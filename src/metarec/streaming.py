@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metarec.meta.episodes import Episode, make_episode
+from metarec.meta.episodes import Episode, make_episode, training_cut
 from metarec.progress import bar as progress_bar
 from metarec.text.cache import EmbeddingCache, text_key
 from metarec.text.encoder import TextEncoder
@@ -496,14 +496,14 @@ class ParquetTaskStream:
     def sample(self, n: int, rng: np.random.Generator) -> list[Episode]:
         out = []
         for user, items, ratings in self.histories(n):
-            ks = min(self.k, len(items) - 1)
-            if 0 < self.min_support < ks:  # as the in-memory sampler draws it
-                ks = int(rng.integers(self.min_support, ks + 1))
-            if rng.random() < self.resample_prob:
-                idx = rng.permutation(len(items))
-            else:
-                idx = np.arange(len(items))
-            s, q = idx[:ks], idx[ks : ks + self.q]
+            s, q, _ = training_cut(
+                len(items),
+                self.k,
+                self.q,
+                rng,
+                min_support=self.min_support,
+                resample_prob=self.resample_prob,
+            )
             out.append(
                 make_episode(
                     user,

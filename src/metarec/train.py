@@ -44,6 +44,7 @@ from metarec.meta.episodes import (
     episode_from_task,
     make_episode,
     pad_episodes,
+    training_cut,
 )
 from metarec.models.scorer import Scorer, ScorerConfig
 from metarec.progress import bar as progress_bar
@@ -403,17 +404,15 @@ class _TaskSampler:
         out = []
         for h in pick:
             user, items, ratings = self.histories[int(h)]
-            ks = min(self.k, len(items) - 1)
-            if 0 < self.cfg.min_support < ks:  # drawn only when on: no shift of the stream
-                ks = int(rng.integers(self.cfg.min_support, ks + 1))
-            resampled = rng.random() < self.cfg.resample_prob
-            if resampled:
-                idx = rng.permutation(len(items))
-            elif self.episodes == "time":
-                idx = np.arange(len(items))  # the test protocol: first K, then the next Q
-            else:  # the last K + Q in item-age order: the query on the newest items
-                idx = np.arange(max(0, len(items) - ks - self.q), len(items))
-            s, q = idx[:ks], idx[ks : ks + self.q]
+            s, q, resampled = training_cut(
+                len(items),
+                self.k,
+                self.q,
+                rng,
+                min_support=self.cfg.min_support,
+                resample_prob=self.cfg.resample_prob,
+                time_order=self.episodes == "time",
+            )
             q_pool = self.popular_pool
             if self.age is not None and not resampled and self.head == "binary":
                 q_pool = self._query_pool(items[q], items)

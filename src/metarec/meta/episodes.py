@@ -124,6 +124,36 @@ def make_episode(
     return Episode(int(user_idx), s_items, s_y, q_items, q_y)
 
 
+def training_cut(
+    n: int,
+    k: int,
+    q: int,
+    rng: np.random.Generator,
+    *,
+    min_support: int = 0,
+    resample_prob: float = 0.0,
+    time_order: bool = True,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Where a training episode cuts a user's n-row history (oldest first): (support
+    positions, query positions, whether they were drawn at random). The support is at most
+    K rows and leaves one for the query; with ``min_support`` its size is drawn from
+    [min_support, K] (as test supports vary); with probability ``resample_prob`` the rows
+    are shuffled first, else support and query are the first K and the next Q
+    (``time_order``, the test protocol) or the last K + Q. The in-memory and the streaming
+    sampler both cut here: the same draws, in the same order, from ``rng``."""
+    ks = min(k, n - 1)
+    if 0 < min_support < ks:  # drawn only when on: no shift of the stream
+        ks = int(rng.integers(min_support, ks + 1))
+    resampled = bool(rng.random() < resample_prob)
+    if resampled:
+        idx = rng.permutation(n)
+    elif time_order:
+        idx = np.arange(n)
+    else:  # the last K + Q in item-age order: the query on the newest items
+        idx = np.arange(max(0, n - ks - q), n)
+    return idx[:ks], idx[ks : ks + q], resampled
+
+
 def episode_from_task(task: Task, **kw) -> Episode:
     """:func:`make_episode` over a split's Task (support and query as given)."""
     return make_episode(
