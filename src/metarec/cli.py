@@ -1310,13 +1310,38 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
 
 
+# every flag that names a file or folder (the commands' own; `--query` is a count in split)
+_PATH_FLAGS = (
+    "out",
+    "run",
+    "config",
+    "train",
+    "items",
+    "users",
+    "support",
+    "query",
+    "path",
+    "feedback",
+    "feedback_db",
+    "cache",
+)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        for flag in ("out", "run", "config", "train", "items", "users", "support", "query", "path"):
-            if isinstance(getattr(args, flag, None), str) and not getattr(args, flag).strip():
+        for flag in _PATH_FLAGS:
+            value = getattr(args, flag, None)
+            if not isinstance(value, str):
+                continue
+            if flag != "cache" and not value.strip():
                 # Path("") is the current folder: quickstart wrote its results into it,
                 # fit failed on "Device or resource busy: ."
-                raise MetarecError(f"--{flag} is empty; give a path")
+                raise MetarecError(f"--{flag.replace('_', '-')} is empty; give a path")
+            if value.startswith("~"):
+                # as a shell would, for `--out=~/x` and a quoted '~/x', which it leaves: a
+                # folder named "~" was made in the working folder (split, fit), or a
+                # file "~/log.csv" not found, where --cache and --model expanded it
+                setattr(args, flag, str(user_path(value)))
         # torchrun as metarec.distributed.launched_by_torchrun reads it (not imported
         # here: it imports torch), with more than one process
         world = os.environ.get("WORLD_SIZE", "1").strip()

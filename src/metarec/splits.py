@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metarec.atomic import refuse_stdout_folder, replace_dir, staging_dir, sweep_staging
+from metarec.atomic import (
+    check_can_create,
+    refuse_stdout_folder,
+    replace_dir,
+    staging_dir,
+    sweep_staging,
+)
 from metarec.types import MAX_SEED, Dataset, Interactions, MetarecError, Split, Task
 
 # --- helpers over index arrays -------------------------------------------------------------
@@ -288,7 +294,9 @@ def warm(
     _, valid_u, test_u = _hold_out(eligible, valid_frac, test_frac, "users")
     held = np.isin(inter.user_idx, np.concatenate([valid_u, test_u]))
     from_end = _rank_in_user(inter, held, from_end=True)
-    n_q = np.minimum(n_query, counts[inter.user_idx] - k_shot)  # (n,) query size of row's user
+    # (n,) query size of the row's user; Q capped at the log's length first: a Q past
+    # int64 ("the next Q, or what remains") overflowed np.minimum, a traceback
+    n_q = np.minimum(min(n_query, len(inter)), counts[inter.user_idx] - k_shot)
     query = held & (from_end >= 0) & (from_end < n_q)
     support = held & (from_end >= n_q) & (from_end < n_q + k_shot)
     train = inter.take(~query)
@@ -628,12 +636,23 @@ SPLIT_FILES = (
 )
 
 
+def _followed(out: Path) -> Path:
+    """A symlink's target, which a split replaces (the link stays, as for a RUN): the
+    folder swap renamed the link itself away and left the old split where it pointed."""
+    return Path(os.path.realpath(out)) if out.is_symlink() else out
+
+
 def check_split_target(out: Path, overwrite: bool = False) -> bool:
     """Whether ``out`` is an existing empty folder to fill; an error if writing a split
     there would replace something without ``overwrite`` (checked before the split is cut)."""
     refuse_stdout_folder(out, "a split")
+    out = _followed(out)
+    if out.is_dir():  # what a killed writer left inside, before the folder counts as empty
+        sweep_staging(out, out.name)
     # An empty folder (made ahead by a job script, a mounted volume) holds nothing to lose.
     fill = out.is_dir() and not any(out.iterdir())
+    if not out.exists():
+        check_can_create(out)  # a parent that is a file: said before the cut, naming --out
     if out.exists() and not fill and not overwrite:
         what = "a folder that is not empty" if out.is_dir() else "not a folder"
         raise MetarecError(
@@ -645,6 +664,14 @@ def check_split_target(out: Path, overwrite: bool = False) -> bool:
         # command's own input log among them), a RUN or any folder without a word
         if not out.is_dir():
             raise MetarecError(f"{out}: is not a folder; overwrite replaces a split folder only")
+        last = str(out).rstrip(os.sep).rsplit(os.sep, 1)[-1]
+        if last in ("", ".", "..") or os.path.ismount(out):
+            # replaced by a rename, which such a path cannot take ("Device or resource
+            # busy: ." after the whole cut)
+            raise MetarecError(
+                f"{out}: a . or .. path or a mount point cannot be replaced; give its full "
+                "path, or a folder inside it"
+            )
         if not (out / "summary.json").is_file():
             raise MetarecError(
                 f"{out}: is not a split folder (no summary.json); overwrite replaces an "
@@ -676,9 +703,7 @@ def write_split(
     ``overwrite``. Everything is written into a temporary folder and only then moved into
     place, so ``out_dir`` is either complete or as it was (absent, or empty).
     """
-    out = Path(out_dir)
-    if out.is_dir():  # what a killed writer left inside, before the folder counts as empty
-        sweep_staging(out, out.name)
+    out = _followed(Path(out_dir))
     existed = out.exists()  # overwrite replaces what was checked, not what came since
     fill = check_split_target(out, overwrite)
     if not fill:

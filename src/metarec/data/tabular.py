@@ -895,6 +895,20 @@ def read_table(
         label_col = "label"
     value_col = label_col if label_col is not None else rating_col
     require_columns(frame, [user_col, item_col, value_col])
+    roles = {"user_col": user_col, "item_col": item_col}
+    roles["label_col" if label_col is not None else "rating_col"] = value_col
+    if time_col is not None and time_col in frame.columns:
+        roles["time_col"] = time_col
+    if domain_col is not None:
+        roles["domain_col"] = domain_col
+    named = list(roles.values())
+    twice = next((c for c in named if named.count(c) > 1), None)
+    if twice is not None:
+        # --item-col uid read the user ids as items, --rating-col uid as ratings, silently
+        both = " and ".join(k for k, v in roles.items() if v == twice)
+        raise MetarecError(
+            f"{path}: column {twice!r} is named as {both}: give each column one role, once"
+        )
     if domain_col is None and "domain" in frame.columns:
         # as `metarec fit` reads T: a domain column is the rows' domain without being
         # named (info, split and evaluate's csv loader read every row as "default", and a
@@ -1047,8 +1061,14 @@ def read_table(
         from metarec.data.files import check_log_domains
 
         check_log_domains(ratings, None, path, items)
+    if not name:
+        from metarec.text.templates import ITEM_TEMPLATES
+
+        # named after the file, but never a named loader's name: a user's goodbooks.csv
+        # took that dataset's text template, and its description column left every text
+        name = path.name if path.stem in ITEM_TEMPLATES else path.stem
     return RawData(
-        name=name or path.stem,
+        name=name,
         ratings=ratings,
         feedback=feedback,
         rating_range=rng,
