@@ -96,6 +96,26 @@ def _item_domain_codes(pred: Predictor) -> np.ndarray:
     return out
 
 
+def _check_meta(info: dict) -> None:
+    """The meta.json records update reads and writes on: a hand-edited RUN (its checksum
+    rewritten) that predict and export still load ended update in a TypeError (a number
+    for ``updates`` or ``domains``, a null ``rating_range``), or spread ``updates: "abc"``
+    into three records."""
+    where = "the RUN's meta.json"
+    updates = info.get("updates")
+    if updates is not None and not isinstance(updates, list):
+        raise MetarecError(f"{where}: 'updates' is {type(updates).__name__}, not a list of records")
+    domains = info.get("domains")
+    if domains is not None and not (
+        isinstance(domains, list) and all(isinstance(d, dict) and "name" in d for d in domains)
+    ):
+        raise MetarecError(f"{where}: 'domains' is not a list of {{name, ...}} records")
+    scale = info.get("rating_range", (0.0, 1.0))
+    ok = isinstance(scale, list | tuple) and len(scale) == 2
+    if not ok or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale):
+        raise MetarecError(f"{where}: 'rating_range' is {scale!r}, not two numbers")
+
+
 def _domain_names(pred: Predictor) -> list[str]:
     """Domain names by code: the RUN's (meta ``domains``), then each domain only unrated
     items have, in catalogue order (the codes :func:`_item_domain_codes` gives them). The
@@ -268,6 +288,7 @@ def update(
     from metarec.model import MetaRecommender, _as_likes, _in_rating_units, episode_sizes
 
     cfg = cfg or UpdateConfig()
+    _check_meta(pred.info)
     earlier = pred.info.get("updates") or ([pred.info["update"]] if pred.info.get("update") else [])
     marked = store is not None and "seq" in feedback.columns and len(feedback) > 0
     since, digest = _folded_through(earlier, store) if marked else (0, None)

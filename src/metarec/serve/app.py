@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import secrets
 import sqlite3
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +132,15 @@ class _State:
 
     def __post_init__(self) -> None:
         self.all_items = np.arange(len(self.predictor.items), dtype=np.int64)
+
+
+def _as_float_if_huge(v: object) -> object:
+    """A JSON integer past a float's range (it decodes: up to 4,300 digits) as the largest
+    float of its sign, clipped to the fitted range as 1e308 is; as it was, pandas' number
+    conversion raised OverflowError, a 500."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) > sys.float_info.max:
+        return sys.float_info.max if v > 0 else -sys.float_info.max
+    return v
 
 
 def _unprocessable(msg: str) -> HTTPException:
@@ -419,9 +429,22 @@ def create_app(
         keys = [str(k).strip() for k in side]
         if len(set(keys)) != len(keys):
             raise _unprocessable("user: a column is named twice (keys are read stripped)")
+        for text in (*keys, *(v for v in side.values() if isinstance(v, str))):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                # JSON may carry a lone UTF-16 surrogate ("\ud800"), which pyarrow's
+                # strings cannot hold: a 500, where the id fields already said so
+                raise _unprocessable(
+                    "user: a column name or value is not valid Unicode (a lone surrogate escape)"
+                ) from None
         # one row, {} included (every column missing); a "user_id" key is not a column
         who = user_id if user_id is not None else _ANONYMOUS
-        cells = {k: v for k, v in zip(keys, side.values(), strict=True) if k != "user_id"}
+        cells = {
+            k: _as_float_if_huge(v)
+            for k, v in zip(keys, side.values(), strict=True)
+            if k != "user_id"
+        }
         frame = pd.DataFrame([{"user_id": who, **cells}], index=[0])
         frame.attrs["source"] = "user"  # errors name the request's field; keys stripped
         view, stats = pred.with_users(frame)  # a MetarecError: 422
