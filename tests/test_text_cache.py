@@ -627,3 +627,18 @@ def test_a_claim_file_that_cannot_be_removed_is_left_and_the_vectors_returned(
     for path in left:  # closed, so not held: another writer takes them at once
         with open(path, "a+b") as f:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_embed_on_a_cache_it_cannot_write_says_so_once(tmp_path, capsys, monkeypatch):
+    # embed stores the item texts, then the user texts: a read-only cache printed the
+    # same warning twice
+    from metarec.cli import main
+
+    monkeypatch.setenv("METAREC_HOME", str(tmp_path / "home"))
+    (tmp_path / "afile").write_text("x")
+    argv = ["embed", "movielens-100k", "--model", "hashing", "--json"]
+    data = os.environ.get("METAREC_DATA_DIR")
+    if not data:
+        pytest.skip("METAREC_DATA_DIR is unset: MovieLens-100K (item and user texts) is needed")
+    assert main([*argv, "--cache", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.count("could not store vectors") == 1

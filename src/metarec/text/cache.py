@@ -148,6 +148,9 @@ class EmbeddingCache:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        # each reason said once per cache: `embed` stores items, then users, and a
+        # read-only cache printed the same warning twice
+        self._said_unstorable: set[str] = set()
 
     # -- paths and index -----------------------------------------------------------------
     def folder(self, fingerprint: str) -> Path:
@@ -396,17 +399,19 @@ class EmbeddingCache:
                                 if isinstance(err, OSError)
                                 else str(err)
                             )
-                            warnings.warn(
-                                f"embedding cache {self.root}: could not store vectors "
-                                f"({reason}); "
-                                + (
-                                    f"{n_stored} were stored before that, the rest are used "
-                                    if n_stored
-                                    else "they are used "
+                            if reason not in self._said_unstorable:
+                                self._said_unstorable.add(reason)
+                                warnings.warn(
+                                    f"embedding cache {self.root}: could not store vectors "
+                                    f"({reason}); "
+                                    + (
+                                        f"{n_stored} were stored before that, the rest are used "
+                                        if n_stored
+                                        else "they are used "
+                                    )
+                                    + "but not kept for the next run",
+                                    stacklevel=2,
                                 )
-                                + "but not kept for the next run",
-                                stacklevel=2,
-                            )
                 finally:
                     claim.release()
         finally:  # an error or Ctrl-C too: an open bar would glue the error line to it
