@@ -138,8 +138,9 @@ class _RatingModel(Recommender):
         raise NotImplementedError
 
     def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
+        item_idx = self._check_items(item_idx)
         lo, hi = self.rating_range_
-        return np.clip(self._predict(user_idx, support, self._check_items(item_idx)), lo, hi)
+        return np.clip(self._predict(user_idx, support, item_idx), lo, hi)
 
     def rank_scores(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
         return self._predict(user_idx, support, self._check_items(item_idx))
@@ -162,10 +163,12 @@ class Popularity(Recommender):
         return self
 
     def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
-        return self.counts_[self._check_items(item_idx)].astype(np.float64)
+        item_idx = self._check_items(item_idx)
+        return self.counts_[item_idx].astype(np.float64)
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
-        row = self.counts_[self._check_items(item_idx)].astype(np.float64)
+        item_idx = self._check_items(item_idx)
+        row = self.counts_[item_idx].astype(np.float64)
         return np.broadcast_to(row, (len(tasks), len(row))).copy()
 
 
@@ -970,7 +973,8 @@ class TextCosine(Recommender):
         return v / n if n > 0 else v
 
     def score(self, user_idx: int, support: Interactions, item_idx: np.ndarray) -> np.ndarray:
-        return self.unit_text_[self._check_items(item_idx)] @ self.profile(user_idx, support)
+        item_idx = self._check_items(item_idx)
+        return self.unit_text_[item_idx] @ self.profile(user_idx, support)
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
         item_idx = self._check_items(item_idx)

@@ -32,7 +32,7 @@ import numpy as np
 from metarec import metrics as M
 from metarec.errors import exact_g
 from metarec.metrics import is_relevant
-from metarec.recommender import Recommender
+from metarec.recommender import Recommender, check_tasks
 from metarec.types import IMPLICIT_POSITIVE, Dataset, Interactions, MetarecError, Task
 
 LOWER_IS_BETTER = frozenset({"MAE", "MAE (rounded)", "RMSE", "Logloss"})
@@ -211,6 +211,7 @@ def evaluate(
     """
     if not tasks:
         raise MetarecError("evaluate: no tasks to evaluate")
+    check_tasks(tasks, "evaluate")
     # a custom model's slips, said here in a line: an unfitted built-in was an
     # AttributeError from deep inside, a fit without `return self` scored None (probe 164)
     if not isinstance(rec, Recommender):

@@ -148,7 +148,8 @@ def nearest_level(values, levels) -> np.ndarray:
     exactly halfway between two levels goes to the lower one."""
     v = np.asarray(values, dtype=np.float64)
     lv = np.asarray(levels, dtype=np.float64)
-    if lv.ndim != 1 or len(lv) == 0 or (np.diff(lv) <= 0).any():
+    # NaN levels fail the order check by name: `diff <= 0` is False for NaN
+    if lv.ndim != 1 or len(lv) == 0 or not (np.diff(lv) > 0).all() or np.isnan(lv).any():
         raise MetarecError("nearest_level: levels must be sorted, distinct and non-empty")
     if len(lv) == 1:
         return np.full(v.shape, lv[0])
@@ -222,7 +223,12 @@ def first_occurrences(items) -> np.ndarray:
 
 def _hits(ranked, relevant, k: int | None) -> tuple[np.ndarray, int]:
     # a repeat would count its hit twice (recall above 1)
+    if np.ndim(ranked) != 1:
+        raise MetarecError(f"ranking metric: ranked must be a 1-D list, got {np.ndim(ranked)}-D")
     ranked = first_occurrences(ranked)
+    if isinstance(relevant, set | frozenset | dict):
+        # np.asarray of a set is a 0-d object array that matches nothing: every metric read 0
+        relevant = list(relevant)
     rel = np.unique(np.asarray(relevant))
     if k is not None:
         _check_k(k, "ranking metric")
@@ -247,7 +253,9 @@ def ndcg_at_k(ranked, relevant, k: int) -> float:
     hit, n_rel = _hits(ranked, relevant, k)
     if not n_rel:
         return float("nan")
-    disc = _discounts(k)
+    # discounts for the positions that can count (the list's, and the ideal's): a k far
+    # past the list built k of them (k = 1e8: 1.6 GB)
+    disc = _discounts(max(len(hit), min(k, n_rel)))
     return float(disc[: len(hit)][hit].sum() / disc[: min(k, n_rel)].sum())
 
 

@@ -67,7 +67,7 @@ from metarec.meta.episodes import (
 )
 from metarec.metrics import is_relevant
 from metarec.models.scorer import LOSSES, Scorer, ScorerConfig
-from metarec.recommender import Recommender
+from metarec.recommender import Recommender, check_tasks
 from metarec.train import (
     MAX_NEGATIVES,
     MetaLossDiverged,
@@ -732,6 +732,7 @@ class MetaRecommender(Recommender):
             cfg = from_dict(ModelConfig, deep_merge(to_dict(cfg), overrides))
         self.config = cfg
         self.name = f"MetaRec-{cfg.meta.algorithm}"
+        self._auto_name = self.name  # the name this class gave: a refit may rename it
         self.rating_: _Part | None = None
         self.rank_: _Part | None = None
         self.features_: FeatureSet | None = None
@@ -786,8 +787,23 @@ class MetaRecommender(Recommender):
                 f"{self.name}.fit: train must be Interactions (e.g. split.train), got "
                 f"{type(train).__name__}"
             )
+        if features is not None and not isinstance(features, FeatureSet):
+            raise MetarecError(
+                f"{self.name}.fit: features must be a FeatureSet (build_features), got "
+                f"{type(features).__name__}"
+            )
+        if valid is not None:
+            check_tasks(valid, f"{self.name}.fit: valid")
         if len(train) == 0:  # a NaN from deep inside the split code otherwise
             raise MetarecError(f"{self.name}: train has no interactions to fit on")
+        finite = np.isfinite(np.asarray(train.rating, dtype=np.float64))
+        if not finite.all():
+            # the file readers refuse these; built in Python, one reached the scorer's
+            # config check, which named ScorerConfig.output_offset and not the rating
+            raise MetarecError(
+                f"{self.name}.fit: train row {int(np.flatnonzero(~finite)[0])} has a rating "
+                "that is not finite"
+            )
         resolve_device(cfg.device)  # before the text is embedded, not after ("auto" is fine)
         # a second fit starts clean: a rating part left from an explicit fit would go on
         # scoring (and be saved) after a refit on implicit data
@@ -796,6 +812,10 @@ class MetaRecommender(Recommender):
         self.blend_skipped_ = ""
         self.rank_blend_skipped_ = ""
         self.rating_blend_skipped_ = ""
+        self.new_users_ = 0  # a view's new users: their rows go with the old features
+        if self.name == getattr(self, "_auto_name", None):
+            # a loaded implicit RUN ("MetaRec-np") refitted on ratings kept that name
+            self.name = self._auto_name = f"MetaRec-{cfg.meta.algorithm}"
         self._set_fitted(dataset, train)
         if dataset.feedback != "explicit" and cfg.like_threshold is not None:
             warnings.warn(
@@ -892,6 +912,7 @@ class MetaRecommender(Recommender):
         self.predicts_ratings = True
         if cfg.refit:
             self._refit(dataset, split, train, train_cfg)
+        self.name_after_scoring_model()
         return self
 
     def _refit(self, dataset: Dataset, split: Split, rows: Interactions, tcfg: TrainConfig) -> None:
@@ -1989,6 +2010,7 @@ class MetaRecommender(Recommender):
 
     def score_many(self, tasks, item_idx_per_task):
         self._check_model()
+        check_tasks(tasks, "score_many")
         if len(tasks) != len(item_idx_per_task):
             raise MetarecError(
                 f"score_many: {len(tasks)} tasks but {len(item_idx_per_task)} item arrays"
@@ -2012,6 +2034,7 @@ class MetaRecommender(Recommender):
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
         self._check_model()
+        check_tasks(tasks, "rank_scores_batch")
         item_idx = self._check_items(item_idx)
         rows = [np.zeros((0, len(item_idx)))]
         for a in range(0, len(tasks), 32):
@@ -2182,6 +2205,14 @@ class MetaRecommender(Recommender):
     def state(self) -> tuple[dict, dict[str, torch.Tensor]]:
         """(JSON-able config, tensors) describing the fitted model completely."""
         self._check_model()
+        if self.new_users_:
+            # their rows would be saved and their ids not (the Predictor holds those): a
+            # loaded copy scored them as cold users without a word
+            raise MetarecError(
+                f"{self.name}: this is a view with {self.new_users_} user(s) given side data "
+                "after fit (with_users / with_new_users); save the model it came from, and "
+                "give their side data again when scoring"
+            )
         feats = self.features_
         assert feats is not None and self.known_items_ is not None
         tensors = {
@@ -2273,7 +2304,7 @@ class MetaRecommender(Recommender):
         model "MetaRec-maml". A name someone gave (evaluate's method names) stays."""
         default = self.name == f"MetaRec-{self.config.meta.algorithm}"
         if default and self.rating_ is None and self.rank_ is not None:
-            self.name = f"MetaRec-{self.scoring_algorithm}"
+            self.name = self._auto_name = f"MetaRec-{self.scoring_algorithm}"
 
 
 def _trained_meta(configured: MetaConfig, part: _Part) -> MetaConfig:

@@ -62,6 +62,9 @@ def _check_shots(ds: Dataset, k_shot: int, n_query: int) -> None:
 
 
 def _n_of(frac: float, n: int, name: str) -> int:
+    if isinstance(frac, bool) or not isinstance(frac, int | float | np.integer | np.floating):
+        # "0.1" or None: a bare TypeError from the comparison below
+        raise MetarecError(f"split: {name} must be a number in [0, 1), got {frac!r}")
     if not 0.0 <= frac < 1.0:
         raise MetarecError(f"split: {name} must be in [0, 1), got {frac!r}")
     # At least one entity for any positive share, so tiny data still gets a set.
@@ -302,7 +305,8 @@ def warm(
     train = inter.take(~query)
     valid, dropped_v = _episodes(inter, valid_u, support, query, k_shot)
     test, dropped_t = _episodes(inter, test_u, support, query, k_shot)
-    _need_test(test, "warm", k_shot, "no user has more than K interactions")
+    if test_frac > 0:  # test_frac = 0: a validation-only split, as in user-cold
+        _need_test(test, "warm", k_shot, "no user has more than K interactions")
     return _finish(
         ds,
         "warm",

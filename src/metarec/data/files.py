@@ -122,7 +122,7 @@ def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
     users = id_column(frame, "user_id")
     items = id_column(frame, "item_id")
     if "label" in frame.columns:
-        values = number_column(frame, "label")
+        values = number_column(frame, "label", bools=True)  # True / False are 1 / 0
         off = ~np.isin(values, (0.0, 1.0))
         if off.any():
             pos = int(np.flatnonzero(off)[0])

@@ -49,6 +49,18 @@ class RawData:
         return replace(self, ratings=ratings)
 
 
+def _id_strings(values, name: str) -> np.ndarray:
+    """(n,) object array of ids as str. Float ids are spelled as every reader spells them
+    (a whole 19.0 is "19", :func:`metarec.data.tabular.id_column`): astype(str) made
+    "19.0", and a model fitted in Python could not score its own training frame."""
+    s = pd.Series(values)
+    if pd.api.types.is_float_dtype(s):
+        from metarec.data.tabular import id_column
+
+        return id_column(pd.DataFrame({name: s}), name).to_numpy(dtype=object)
+    return s.astype(str).to_numpy(dtype=object)
+
+
 def make_ratings_frame(
     user_id,
     item_id,
@@ -60,8 +72,8 @@ def make_ratings_frame(
     n = len(user_id)
     frame = pd.DataFrame(
         {
-            "user_id": pd.Series(user_id).astype(str).to_numpy(dtype=object),
-            "item_id": pd.Series(item_id).astype(str).to_numpy(dtype=object),
+            "user_id": _id_strings(user_id, "user_id"),
+            "item_id": _id_strings(item_id, "item_id"),
             "rating": pd.to_numeric(pd.Series(rating), errors="coerce").to_numpy(np.float64),
             "timestamp": np.arange(n, dtype=np.int64)
             if timestamp is None

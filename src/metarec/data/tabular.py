@@ -466,9 +466,18 @@ def _float_ids(frame: pd.DataFrame, column: str, positions: np.ndarray) -> list[
     return [str(int(v)) if w else repr(float(v)) for v, w in zip(f, whole, strict=True)]
 
 
-def number_column(frame: pd.DataFrame, column: str, *, integer: bool = False) -> np.ndarray:
-    """Numeric column; the first non-number raises naming line and value."""
+def number_column(
+    frame: pd.DataFrame, column: str, *, integer: bool = False, bools: bool = False
+) -> np.ndarray:
+    """Numeric column; the first non-number raises naming line and value. A True or False
+    is no number unless ``bools`` (0/1 labels): in a frame built in Python, True was read
+    as a 1-star rating where a file's "True" is refused."""
     raw = frame[column]
+    if not bools and (raw.dtype == bool or raw.dtype == object):  # what can hold a bool
+        flags = raw.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(bool)
+        if flags.any():
+            pos = int(np.flatnonzero(flags)[0])
+            raise MetarecError(_bad_cell(frame, pos, column, raw.iloc[pos], "is not a number"))
     s = pd.to_numeric(raw, errors="coerce")
     bad = s.isna().to_numpy()
     if bad.any():
