@@ -630,10 +630,19 @@ def load_config(
         )
     config = ExperimentConfig.from_dict(data)
     learned = [m.name for m in config.methods if m.kind in ("meta", "transfer")]
-    if config.default_method is not None and config.default_method not in learned:
+    named = [m.name for m in config.methods]
+    if config.default_method in named and config.default_method not in learned:
         raise MetarecError(
             f"default_method {config.default_method!r} is not a meta or transfer method of "
             f"the config ({learned})"
+        )
+    if config.default_method is not None and config.default_method not in named:
+        # results.json of an --only run that left the default out records it, and fed
+        # back as a config that run was refused; the report says it was not run
+        warnings.warn(
+            f"default_method {config.default_method!r} is not among the config's methods "
+            f"({named}): the report gives no verdict on it",
+            stacklevel=2,
         )
     if config.default_method is None and learned:
         config = dataclasses.replace(config, default_method=learned[0])
@@ -960,6 +969,18 @@ class Results:
                 fit[name]["blend_skipped"] = [r.blend_skipped for r in runs]
             if any(r.lowered for r in runs):  # per seed, {} where the config's held
                 fit[name]["trained_with"] = [r.lowered for r in runs]
+            # a K-curve point whose recut trains on other rows is fitted anew, its grid
+            # chosen on its own validation users: its choice was kept only in partial/
+            main_chosen = {r.seed: r.chosen for r in runs}
+            refits = [
+                {"seed": r.seed, "k_shot": r.k_shot, "chosen": r.chosen}
+                for r in self.runs
+                if r.method == name
+                and _scenario_of(r) == "curve"
+                and r.chosen != main_chosen.get(r.seed)
+            ]
+            if refits:
+                fit[name]["curve_refits"] = refits
         return {
             "name": self.config.name,
             "protocol": self.protocol,
@@ -2033,6 +2054,12 @@ def run(
             k: s.test[:cap] for k, s in curve_splits.items()
         }
         curve_gaps: dict[int, dict[int, np.ndarray]] = {}
+        if not config.curve_same_users:
+            # each K's own query, "the next Q, or what remains": the report's per-K line
+            # said Q = n_query where every query held fewer (first seed, as the main's)
+            sizes = protocol.setdefault("curve_query_sizes", {})
+            for k, tasks in curve_tasks.items():
+                sizes.setdefault(str(k), _sizes([len(t.query) for t in tasks]))
         if config.curve_same_users and curve_splits:
             sets = [{t.user_idx for t in s.test} for s in curve_splits.values()]
             common = set.intersection(*sets)

@@ -203,11 +203,24 @@ def verdict(results: Results, table: dict, metric: str) -> str:
     if default not in table:  # it failed on every seed: no other variant stands in for it
         return f"**The default meta-learned method, {default}, failed on every seed.**"
     dm, bb = default, _best(table, metric, others)
-    if bb is None and results.config.left_out:
+    # methods without meta-learning that failed on every seed have no row: like --only's
+    # left out, they are not in the comparison (the verdict named the best of the rest
+    # without a word of them)
+    failed = [
+        n
+        for n in dict.fromkeys(f["method"] for f in results.failures)
+        if kinds.get(n) in ("baseline", "pooled") and n not in table
+    ]
+    if bb is None and (results.config.left_out or failed):
         # the report had no verdict and said nothing of why
+        why = []
+        if results.config.left_out:
+            why.append(f"--only left out {_named(results.config.left_out)}")
+        if failed:
+            why.append(f"{_named(failed)} failed on every seed")
         return (
-            "No method without meta-learning is in this run (--only left out "
-            f"{_named(results.config.left_out)}): no verdict on the default."
+            f"No method without meta-learning is in this run ({'; '.join(why)}): no "
+            "verdict on the default."
         )
     if bb is None or table[dm][metric]["mean"] is None:
         return ""
@@ -262,8 +275,13 @@ def verdict(results: Results, table: dict, metric: str) -> str:
         spread = f"{spread[:-1]}; {dm} over {_valued(vm)} seed(s), {bb} over {_valued(vb)})"
     # --only left some out: "the best method without meta-learning" is of this run's
     ran_only = ""
+    gaps = []
     if results.config.left_out:
-        ran_only = f" (of those in this run: --only left out {_named(results.config.left_out)})"
+        gaps.append(f"--only left out {_named(results.config.left_out)}")
+    if failed:
+        gaps.append(f"{_named(failed)} failed on every seed")
+    if gaps:
+        ran_only = f" (of those in this run: {'; '.join(gaps)})"
     if better:
         if no_interval:
             tail = " With no interval measured, it cannot be called a clear win."
@@ -614,11 +632,16 @@ def render_markdown(results: Results, plots: dict[str, str]) -> str:
         lines += [
             f"### K = {k}",
             "",
-            f"*Protocol:* {p.get('dataset')}, {p.get('protocol')}, K = {k}, Q = "
+            f"*Protocol:* {p.get('dataset')}, {p.get('protocol')}, K = {k}, "
             + (
-                f"the largest K's query (at most {p.get('n_query')})"
+                f"Q = the largest K's query (at most {p.get('n_query')})"
                 if p.get("curve_query_fixed")
-                else f"{p.get('n_query')}"
+                else _query_words(
+                    {**p, "query_sizes": (p.get("curve_query_sizes") or {}).get(str(k))},
+                    k,
+                    k,
+                    results.dataset.get("feedback") == "explicit",
+                )
             )
             + f", seeds {', '.join(str(s) for s in cfg.seeds)}; the curve's "
             "users; selection and features as in the main table.",
