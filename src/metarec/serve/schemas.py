@@ -94,17 +94,23 @@ class RecommendedItem(BaseModel):
     explanation: list[Explanation] | None = None
 
 
-class RecommendResponse(BaseModel):
-    items: list[RecommendedItem]
-    unknown_items: list[str]
-    model: str
-    user_side: str | None = Field(
-        default=None,
+# what became of a request's "user" side data, in /recommend's and /score's responses
+UserSideUse = Annotated[
+    Literal["new", "filled", "kept"] | None,
+    Field(
         description='what the request\'s "user" side data did: "new" (a user the run has no '
         'row for, scored from it), "filled" (a training user the run has no side data '
         'for, given it), "kept" (the run\'s fitted side data stands; the sent data was '
         'checked and not used); null without "user"',
-    )
+    ),
+]
+
+
+class RecommendResponse(BaseModel):
+    items: list[RecommendedItem]
+    unknown_items: list[str]
+    model: str
+    user_side: UserSideUse = None
 
 
 class ScoreRequest(_Body):
@@ -136,13 +142,7 @@ class ScoreResponse(BaseModel):
     unknown_query_items: list[str] = Field(
         default_factory=list, description="item_ids unknown to the model (not scored), once each"
     )
-    user_side: str | None = Field(
-        default=None,
-        description='what the request\'s "user" side data did: "new" (a user the run has no '
-        'row for, scored from it), "filled" (a training user the run has no side data '
-        'for, given it), "kept" (the run\'s fitted side data stands; the sent data was '
-        'checked and not used); null without "user"',
-    )
+    user_side: UserSideUse = None
 
 
 class FeedbackRequest(_Body):
