@@ -38,6 +38,7 @@ def test_curve_protocol_line_does_not_claim_a_full_q_where_queries_are_shorter()
     md = render_markdown(res, {})
     line = next(ln for ln in md.splitlines() if ln.startswith("*Protocol:*") and "K = 13," in ln)
     assert not re.search(r"Q = 4[,;]", line), line
+    assert "Q = up to 4 query interactions (median 3" in line, line
 
 
 def _toml_value(v) -> str:

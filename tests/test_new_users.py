@@ -597,3 +597,16 @@ def test_a_parquet_timestamp_column_is_unix_seconds_whatever_its_unit(run, tmp_p
         view, _ = pred.with_users(read_users(tmp_path / f"U2_{unit}.parquet"))
         side = view.model.features_.user_side
         assert torch.equal(side[view.user_index("twin_of_u5")], side[pred.users.index("u5")]), unit
+    # a RUN from before (its encoder JSON names no timestamp unit) fitted the file's unit:
+    # its timestamps are refused, not clipped to the fitted range's edge
+    import dataclasses
+
+    from metarec.features import SideEncoder
+
+    doc = pred.model.user_features_.side.to_json()
+    assert doc["timestamps"] == "unix_seconds"
+    old = SideEncoder.from_json({k: v for k, v in doc.items() if k != "timestamps"})
+    assert not old.timestamps_in_seconds
+    pred.model.user_features_ = dataclasses.replace(pred.model.user_features_, side=old)
+    with pytest.raises(MetarecError, match="holds timestamps, which the metarec that fitted"):
+        pred.with_users(read_users(tmp_path / "U2_ns.parquet"))

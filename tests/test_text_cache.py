@@ -629,6 +629,21 @@ def test_a_claim_file_that_cannot_be_removed_is_left_and_the_vectors_returned(
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def test_a_cache_that_cannot_store_says_each_reason_once(tmp_path):
+    # embed stores the item texts, then the user texts, through one cache: a read-only
+    # cache printed the same warning twice
+    import warnings
+
+    cache = EmbeddingCache(tmp_path / "afile")
+    (tmp_path / "afile").write_text("x")
+    enc = HashingEncoder(dim=16)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        cache.get_or_compute(enc, ["a", "b"])
+        cache.get_or_compute(enc, ["c"])
+    assert sum("could not store vectors" in str(w.message) for w in seen) == 1
+
+
 def test_embed_on_a_cache_it_cannot_write_says_so_once(tmp_path, capsys, monkeypatch):
     # embed stores the item texts, then the user texts: a read-only cache printed the
     # same warning twice

@@ -808,3 +808,15 @@ def test_training_cut_is_the_test_protocol_unless_told_otherwise():
         assert len(set(s) | set(q)) == 15  # disjoint
         if not shuffled:
             assert s.tolist() == list(range(10))
+    # the draws the two samplers made before they shared this cut (written out in each),
+    # in the same order: a fit's model.safetensors stayed byte-identical
+    rng = np.random.default_rng(7)
+    got = [training_cut(12, 5, 3, rng, min_support=2, resample_prob=0.5) for _ in range(6)]
+    assert [(s.tolist(), q.tolist(), r) for s, q, r in got] == [
+        ([0, 1, 2, 3, 4], [5, 6, 7], False),
+        ([0, 1, 2, 3], [4, 5, 6], False),
+        ([10, 2, 8, 3, 9], [1, 5, 6], True),
+        ([8, 6, 10], [4, 5, 7], True),
+        ([3, 9, 2, 8, 0], [7, 11, 6], True),
+        ([10, 5, 1], [11, 0, 2], True),
+    ]

@@ -1340,8 +1340,9 @@ def _run(args: argparse.Namespace) -> int:
             if value.startswith("~"):
                 # as a shell would, for `--out=~/x` and a quoted '~/x', which it leaves: a
                 # folder named "~" was made in the working folder (split, fit), or a
-                # file "~/log.csv" not found, where --cache and --model expanded it
-                setattr(args, flag, str(user_path(value)))
+                # file "~/log.csv" not found, where --cache and --model expanded it; a
+                # "~name" of no such user stays as it is, as a shell leaves it
+                setattr(args, flag, os.path.expanduser(value))
         # torchrun as metarec.distributed.launched_by_torchrun reads it (not imported
         # here: it imports torch), with more than one process
         world = os.environ.get("WORLD_SIZE", "1").strip()

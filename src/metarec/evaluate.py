@@ -209,9 +209,9 @@ def evaluate(
     stream. The primary metric defaults to ``nDCG@10 (full)`` when computed, else the
     largest query nDCG.
     """
+    tasks = check_tasks(tasks, "evaluate")
     if not tasks:
         raise MetarecError("evaluate: no tasks to evaluate")
-    check_tasks(tasks, "evaluate")
     # a custom model's slips, said here in a line: an unfitted built-in was an
     # AttributeError from deep inside, a fit without `return self` scored None (probe 164)
     if not isinstance(rec, Recommender):

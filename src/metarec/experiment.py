@@ -850,6 +850,9 @@ class MethodRun:
     # settings the fit trained with that differ from the config (MetaRecommender.
     # lowered_settings: a diverged part's lowered inner step); {} for most runs
     lowered: dict = field(default_factory=dict)
+    # a K-curve run fitted anew for its recut (which trains on other rows), not the main
+    # run's model reused: its grid choice is its own
+    refitted: bool = False
 
 
 @dataclass(frozen=True, eq=False)
@@ -971,13 +974,10 @@ class Results:
                 fit[name]["trained_with"] = [r.lowered for r in runs]
             # a K-curve point whose recut trains on other rows is fitted anew, its grid
             # chosen on its own validation users: its choice was kept only in partial/
-            main_chosen = {r.seed: r.chosen for r in runs}
             refits = [
                 {"seed": r.seed, "k_shot": r.k_shot, "chosen": r.chosen}
                 for r in self.runs
-                if r.method == name
-                and _scenario_of(r) == "curve"
-                and r.chosen != main_chosen.get(r.seed)
+                if r.method == name and _scenario_of(r) == "curve" and r.refitted
             ]
             if refits:
                 fit[name]["curve_refits"] = refits
@@ -1522,9 +1522,6 @@ def _history(rec: Recommender) -> tuple[dict, ...]:
     A parameter or feature transfer's source model follows, its entries tagged
     ``"stage": "source"`` (the target model's carry no stage)."""
     out = []
-    source = getattr(rec, "source_", None)
-    if source is not None:
-        out += [{"stage": "source", **h} for h in _history(source)]
     for key in ("rating_", "rank_"):
         part = getattr(rec, key, None)
         if part is None or part.result is None:
@@ -1534,6 +1531,9 @@ def _history(rec: Recommender) -> tuple[dict, ...]:
         tag = (lambda j: {"member": j}) if len(histories) > 1 else (lambda j: {})
         for j, hist in enumerate(histories):
             out += [{"model": model, **tag(j), **h} for h in hist]
+    source = getattr(rec, "source_", None)
+    if source is not None:
+        out += [{"stage": "source", **h} for h in _history(source)]
     return tuple(out)
 
 
@@ -2168,7 +2168,8 @@ def run(
             )
             for k, split_k in curve_splits.items():
                 fitted, ksecs, kchosen = rec, secs, chosen
-                if not _same_rows(split_k, main):  # the recut moved training rows: refit
+                refitted = not _same_rows(split_k, main)
+                if refitted:  # the recut moved training rows: refit
                     refit = fit_or_record(spec, split_k, k)
                     if refit is None:
                         continue
@@ -2179,7 +2180,18 @@ def run(
                 if kres is None:
                     continue
                 runs.append(
-                    MethodRun(spec.name, spec.kind, seed, k, kres, ksecs, kchosen, (), "curve")
+                    MethodRun(
+                        spec.name,
+                        spec.kind,
+                        seed,
+                        k,
+                        kres,
+                        ksecs,
+                        kchosen,
+                        (),
+                        "curve",
+                        refitted=refitted,
+                    )
                 )
             if curve_splits:
                 _log(progress, f"[seed {seed}] {spec.name}: K-curve {sorted(curve_splits)} done")

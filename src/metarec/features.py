@@ -322,6 +322,9 @@ class SideEncoder:
     categorical: tuple[tuple[str, tuple[str, ...]], ...]
     numeric: tuple[NumericScale, ...]
     columns: tuple[tuple[str, str], ...] = ()
+    # a timestamp column's numbers are Unix seconds (since the eighth session of
+    # 2026-12-07); an encoder read from an earlier RUN had its file's unit (us or ns)
+    timestamps_in_seconds: bool = True
 
     @classmethod
     def fit(
@@ -393,6 +396,7 @@ class SideEncoder:
             "categorical": [[c, list(vocab)] for c, vocab in self.categorical],
             "numeric": [dataclasses.asdict(s) for s in self.numeric],
             "columns": [list(c) for c in self.columns],
+            "timestamps": "unix_seconds" if self.timestamps_in_seconds else "file_unit",
         }
 
     @classmethod
@@ -402,6 +406,7 @@ class SideEncoder:
                 tuple((str(c), tuple(str(t) for t in vocab)) for c, vocab in doc["categorical"]),
                 tuple(NumericScale(**s) for s in doc["numeric"]),
                 tuple((str(c), str(kind)) for c, kind in doc["columns"]),
+                timestamps_in_seconds=doc.get("timestamps") == "unix_seconds",
             )
         except (KeyError, TypeError, ValueError) as err:
             raise MetarecError(f"side encoder: unreadable ({type(err).__name__}: {err})") from None

@@ -17,6 +17,8 @@ DCG is 0. Callers (``metarec.evaluate``) exclude NaN users from averages and cou
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -226,8 +228,9 @@ def _hits(ranked, relevant, k: int | None) -> tuple[np.ndarray, int]:
     if np.ndim(ranked) != 1:
         raise MetarecError(f"ranking metric: ranked must be a 1-D list, got {np.ndim(ranked)}-D")
     ranked = first_occurrences(ranked)
-    if isinstance(relevant, set | frozenset | dict):
-        # np.asarray of a set is a 0-d object array that matches nothing: every metric read 0
+    if np.ndim(relevant) == 0 and isinstance(relevant, Iterable) and not isinstance(relevant, str):
+        # np.asarray of a set (or dict keys, a generator) is a 0-d object array that
+        # matches nothing: every metric read 0
         relevant = list(relevant)
     rel = np.unique(np.asarray(relevant))
     if k is not None:

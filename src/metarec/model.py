@@ -765,6 +765,8 @@ class MetaRecommender(Recommender):
         is fitted on the ranking it will serve (default: the whole catalogue, or the
         validation queries' domains)."""
         cfg = self.config
+        if valid is not None:  # a tuple of Tasks: a generator is read once, here
+            valid = check_tasks(valid, f"{self.name}.fit: valid")
         if valid_items is not None and len(valid_items) and not valid:
             # they name the items the given validation tasks are ranked over: without
             # tasks they were dropped without a word (and never checked)
@@ -792,8 +794,6 @@ class MetaRecommender(Recommender):
                 f"{self.name}.fit: features must be a FeatureSet (build_features), got "
                 f"{type(features).__name__}"
             )
-        if valid is not None:
-            check_tasks(valid, f"{self.name}.fit: valid")
         if len(train) == 0:  # a NaN from deep inside the split code otherwise
             raise MetarecError(f"{self.name}: train has no interactions to fit on")
         finite = np.isfinite(np.asarray(train.rating, dtype=np.float64))
@@ -2010,7 +2010,7 @@ class MetaRecommender(Recommender):
 
     def score_many(self, tasks, item_idx_per_task):
         self._check_model()
-        check_tasks(tasks, "score_many")
+        tasks = check_tasks(tasks, "score_many")
         if len(tasks) != len(item_idx_per_task):
             raise MetarecError(
                 f"score_many: {len(tasks)} tasks but {len(item_idx_per_task)} item arrays"
@@ -2034,7 +2034,7 @@ class MetaRecommender(Recommender):
 
     def rank_scores_batch(self, tasks: Sequence[Task], item_idx: np.ndarray) -> np.ndarray:
         self._check_model()
-        check_tasks(tasks, "rank_scores_batch")
+        tasks = check_tasks(tasks, "rank_scores_batch")
         item_idx = self._check_items(item_idx)
         rows = [np.zeros((0, len(item_idx)))]
         for a in range(0, len(tasks), 32):

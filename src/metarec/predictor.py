@@ -122,7 +122,6 @@ class Predictor:
         if not isinstance(dataset, Dataset):  # an AttributeError on .interactions before
             raise MetarecError(f"Predictor.fit: expected a Dataset, got {type(dataset).__name__}")
         model = MetaRecommender(config).fit(dataset, dataset.interactions)
-        model.name_after_scoring_model()  # as a loaded RUN is named
         item_domain = dataset.item_domain_names()
         info = dataset_info(dataset)
         info["encoder_fingerprint"] = model.features_.encoder_fingerprint

@@ -130,7 +130,7 @@ class Recommender(abc.ABC):
         in another order: MetaRecommender's differ by ~5e-7 on a 1-5 scale; the contract
         tests compare at 1e-5).
         """
-        check_tasks(tasks, "score_many")
+        tasks = check_tasks(tasks, "score_many")
         if len(tasks) != len(item_idx_per_task):
             raise MetarecError(
                 f"score_many: {len(tasks)} tasks but {len(item_idx_per_task)} item arrays"
@@ -146,7 +146,7 @@ class Recommender(abc.ABC):
         The default loops; models that can score a batch with matrix products override it
         (the full-catalogue evaluation calls this with every item).
         """
-        check_tasks(tasks, "rank_scores_batch")
+        tasks = check_tasks(tasks, "rank_scores_batch")
         item_idx = np.asarray(item_idx, dtype=np.int64)
         out = np.empty((len(tasks), len(item_idx)), dtype=np.float64)
         for row, t in enumerate(tasks):
@@ -359,15 +359,18 @@ class Recommender(abc.ABC):
         return self._check_items(candidates)
 
 
-def check_tasks(tasks: Sequence[Task], where: str) -> None:
-    """``tasks`` are :class:`~metarec.types.Task` objects: a (user, support) tuple or a
-    frame died on ``t.user_idx`` as a bare AttributeError deep inside."""
+def check_tasks(tasks: Sequence[Task], where: str) -> tuple[Task, ...]:
+    """``tasks`` as a tuple of :class:`~metarec.types.Task` objects (a generator read once,
+    here): a (user, support) tuple or a frame died on ``t.user_idx`` as a bare
+    AttributeError deep inside."""
+    tasks = tuple(tasks)
     bad = next((t for t in tasks if not isinstance(t, Task)), None)
     if bad is not None:
         raise MetarecError(
             f"{where}: tasks must be metarec.types.Task objects (user_idx, support, query), "
             f"got {type(bad).__name__}"
         )
+    return tasks
 
 
 def check_k(k: int) -> None:

@@ -198,7 +198,8 @@ def verdict(results: Results, table: dict, metric: str) -> str:
         # left out of this run (--only): a variant that ran is not the default
         return (
             f"The config's default meta-learned method, {default}, is not in this run "
-            "(left out by --only): no verdict on the default."
+            "(left out by --only, or not among the config's methods): no verdict on the "
+            "default."
         )
     if default not in table:  # it failed on every seed: no other variant stands in for it
         return f"**The default meta-learned method, {default}, failed on every seed.**"
@@ -475,7 +476,8 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
 def _query_words(p: dict, k_shot: int, main_k: int, explicit: bool) -> str:
     """ "Q = 10 query interactions", or where users have fewer (the next Q, or what
     remains) "Q = up to 10 query interactions (median 4, 107 users with one: their
-    nDCG (query) is 1.0 for every method)". The sizes are the main table's test users.
+    nDCG (query) is 1.0 for every method)". The sizes are the main table's test users
+    (at the main K), or a K-curve point's (``p`` carrying that point's sizes).
     On implicit data a one-item query has no order to score: nDCG (query) is undefined."""
     q = p.get("n_query")
     sizes = p.get("query_sizes") if k_shot == main_k else None

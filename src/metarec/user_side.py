@@ -107,6 +107,17 @@ class UserFeatures:
                 out[c] = pd.Series([np.nan if kind == "numeric" else pd.NA] * len(raw))
                 continue
             s = raw[c].reset_index(drop=True)
+            if (
+                kind == "numeric"
+                and pd.api.types.is_datetime64_any_dtype(s)
+                and not self.side.timestamps_in_seconds
+            ):
+                # fitted when a timestamp column was its file's unit (us or ns), these
+                # seconds would be clipped to the fitted range's edge without a word
+                raise MetarecError(
+                    f"{where}: column {c!r} holds timestamps, which the metarec that fitted "
+                    "this RUN read in its file's time unit; fit the RUN again to use them"
+                )
             if kind == "numeric":
                 as_num, spelled, filled = number_cells(s)
                 bad = filled & as_num.isna()

@@ -54,7 +54,9 @@ def _id_strings(values, name: str) -> np.ndarray:
     (a whole 19.0 is "19", :func:`metarec.data.tabular.id_column`): astype(str) made
     "19.0", and a model fitted in Python could not score its own training frame."""
     s = pd.Series(values)
-    if pd.api.types.is_float_dtype(s):
+    if pd.api.types.is_float_dtype(s) or s.dtype == object:
+        # a float column, or a Python column mixing 7 and 100.0 ("100.0" here, "100" in
+        # every reader)
         from metarec.data.tabular import id_column
 
         return id_column(pd.DataFrame({name: s}), name).to_numpy(dtype=object)

@@ -466,6 +466,25 @@ def _float_ids(frame: pd.DataFrame, column: str, positions: np.ndarray) -> list[
     return [str(int(v)) if w else repr(float(v)) for v, w in zip(f, whole, strict=True)]
 
 
+def _bool_cells(raw: pd.Series) -> np.ndarray | None:
+    """(n,) which cells are True / False, or None where the column holds none: any bool
+    dtype (numpy, nullable, pyarrow), a category of bools, or an object column mixing
+    them in (only a column pandas cannot call all strings or all numbers is scanned)."""
+    if pd.api.types.is_bool_dtype(raw.dtype):
+        return raw.notna().to_numpy(bool)
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        cats = raw.cat.categories
+        if not any(isinstance(c, bool | np.bool_) for c in cats):
+            return None
+        return raw.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(bool)
+    if raw.dtype != object:
+        return None
+    kind = pd.api.types.infer_dtype(raw, skipna=True)
+    if kind != "boolean" and not kind.startswith("mixed"):
+        return None
+    return raw.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(bool)
+
+
 def number_column(
     frame: pd.DataFrame, column: str, *, integer: bool = False, bools: bool = False
 ) -> np.ndarray:
@@ -473,9 +492,9 @@ def number_column(
     is no number unless ``bools`` (0/1 labels): in a frame built in Python, True was read
     as a 1-star rating where a file's "True" is refused."""
     raw = frame[column]
-    if not bools and (raw.dtype == bool or raw.dtype == object):  # what can hold a bool
-        flags = raw.map(lambda v: isinstance(v, bool | np.bool_)).to_numpy(bool)
-        if flags.any():
+    if not bools:
+        flags = _bool_cells(raw)
+        if flags is not None and flags.any():
             pos = int(np.flatnonzero(flags)[0])
             raise MetarecError(_bad_cell(frame, pos, column, raw.iloc[pos], "is not a number"))
     s = pd.to_numeric(raw, errors="coerce")
@@ -927,7 +946,7 @@ def read_table(
         require_columns(frame, [domain_col])
     user_ids = id_column(frame, user_col)
     item_ids = id_column(frame, item_col)
-    values = number_column(frame, value_col)
+    values = number_column(frame, value_col, bools=label_col is not None)  # labels: 1 / 0
     check_float32(frame, value_col, values)
     if label_col is not None:
         off = ~np.isin(values, (0.0, 1.0))
