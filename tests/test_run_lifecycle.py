@@ -62,6 +62,20 @@ def test_an_integer_past_floats_range_in_a_numeric_user_column_is_not_a_500(run,
     assert r.json() == same.json()
 
 
+@pytest.mark.parametrize("path", ["/recommend", "/score"])
+def test_a_negative_integer_past_floats_range_is_read_as_the_lowest_float(run, path):
+    """As 10**400 is read as the largest float, -10**400 is the lowest (clipped as -1e308
+    is), not a 500."""
+    extra = b', "item_ids": ["it1"]' if path == "/score" else b', "k": 3'
+    body = b"{" + ONE + b', "user": {"age": -1' + b"0" * 400 + b"}" + extra + b"}"
+    client = _client(run)
+    r = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, (r.status_code, r.text)
+    body = b"{" + ONE + b', "user": {"age": -1e308}' + extra + b"}"
+    same = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert r.json() == same.json()
+
+
 def _tampered(run, tmp_path, key, value):
     """A copy of RUN whose meta.json holds ``key: value``, its manifest checksum rewritten
     (a hand-edited RUN that loads: predict and export read it)."""
@@ -77,7 +91,15 @@ def _tampered(run, tmp_path, key, value):
 
 
 @pytest.mark.parametrize(
-    "key,value", [("updates", 5), ("domains", 5), ("rating_range", None)], ids=str
+    "key,value",
+    [
+        ("updates", 5),
+        ("domains", 5),
+        ("rating_range", None),
+        ("domains", [5]),  # a list, of no {name, ...} records
+        ("rating_range", [True, 5]),  # a bool is no number
+    ],
+    ids=str,
 )
 def test_update_of_a_hand_edited_run_is_a_one_line_error_not_a_traceback(
     run, tmp_path, capsys, key, value
