@@ -154,15 +154,20 @@ def test_a_bool_rating_is_refused_as_the_cli_refuses_true(users_run):
 # --- 8. a refit keeps the name the first fit's scoring model gave it ---------------------
 
 
-def test_a_loaded_implicit_model_refitted_on_ratings_is_named_after_its_new_scoring_model():
-    ds = _rating_world(n_users=60)
+def _implicit(ds):
+    """``ds`` with its ratings read as likes (4 and 5), as implicit data."""
     inter = ds.interactions
-    implicit = dataclasses.replace(
+    return dataclasses.replace(
         ds,
         feedback="implicit",
         rating_range=(0.0, 1.0),
         interactions=dataclasses.replace(inter, rating=(inter.rating >= 4).astype(np.float32)),
     )
+
+
+def test_a_loaded_implicit_model_refitted_on_ratings_is_named_after_its_new_scoring_model():
+    ds = _rating_world(n_users=60)
+    implicit = _implicit(ds)
     cfg = _fast(rank_meta=MetaConfig(algorithm="np"))
     sp_i = make_split(implicit, "user-cold", k_shot=6, n_query=8, seed=0)
     first = MetaRecommender(cfg).fit(implicit, sp_i.train, valid=sp_i.valid)

@@ -718,8 +718,11 @@ def test_a_transfers_source_model_curve_is_in_results_and_the_training_plot(tmp_
     target = [e for e in hist if "stage" not in e]
     assert source and target
     assert {e["model"] for e in source} == {e["model"] for e in target} == {"rating", "rank"}
-    titles = {ax.get_title() for axes in panels for ax in axes.flat if ax.get_visible()}
-    assert {"T", "T: source model"} <= titles
+    axes = {ax.get_title(): ax for a in panels for ax in a.flat if ax.get_visible()}
+    assert {"T", "T: source model"} <= set(axes)
+    # the target's panel draws the target's entries alone (dotted: training losses)
+    dotted = [line for line in axes["T"].get_lines() if line.get_linestyle() == ":"]
+    assert sum(len(line.get_xdata()) for line in dotted) == len(target)
 
 
 def test_partial_model_tables_keep_model_defaults():

@@ -23,7 +23,7 @@ from metarec.model import MetaRecommender
 from metarec.splits import make_split
 from metarec.train import TrainConfig, _TaskSampler
 from metarec.types import Interactions, MetarecError, Split
-from test_api_misuse import _fast
+from test_api_misuse import _fast, _implicit
 from test_model import _world as _rating_world
 
 TINY = Path(__file__).parent / "tiny_experiment.toml"
@@ -171,14 +171,7 @@ def test_the_in_memory_sampler_shuffles_at_train_resample_prob():
 
 
 def test_an_implicit_fit_is_named_after_its_ranking_model_as_its_loaded_run_is():
-    ds = _rating_world(n_users=60)
-    inter = ds.interactions
-    implicit = dataclasses.replace(
-        ds,
-        feedback="implicit",
-        rating_range=(0.0, 1.0),
-        interactions=dataclasses.replace(inter, rating=(inter.rating >= 4).astype(np.float32)),
-    )
+    implicit = _implicit(_rating_world(n_users=60))
     split = make_split(implicit, "user-cold", k_shot=6, n_query=8, seed=0)
     rec = MetaRecommender(_fast(rank_meta=MetaConfig(algorithm="np")))
     rec.fit(implicit, split.train, valid=split.valid)
@@ -254,39 +247,6 @@ def test_verdict_names_only_baselines_without_a_row_as_failed_on_every_seed():
     line = verdict(res, res.summary("main"), primary_metric(res))
     assert "best method without meta-learning" in line
     assert "failed on every seed" not in line, line
-
-
-# --- the training plot: a transfer's target panel holds the target model's curve only -----
-
-
-def test_the_training_plots_target_panel_leaves_the_source_models_entries_out(tmp_path):
-    pytest.importorskip("matplotlib")
-    import unittest.mock
-
-    import matplotlib.pyplot as plt
-
-    from test_experiment import _two_domain_config
-
-    cfg = _two_domain_config(tmp_path, "parameter")
-    panels = []
-    real = plt.subplots
-
-    def counting(*a, **k):
-        fig, axes = real(*a, **k)
-        panels.append(axes)
-        return fig, axes
-
-    with unittest.mock.patch.object(plt, "subplots", counting):
-        res = E.run(cfg, tmp_path / "out", progress=False)
-    hist = res.runs_of("T", res.main_k)[0].history
-    n_target = sum(1 for e in hist if "stage" not in e)
-    n_source = sum(1 for e in hist if e.get("stage") == "source")
-    assert n_target and n_source
-    axes = {ax.get_title(): ax for a in panels for ax in a.flat if ax.get_visible()}
-    train_points = sum(
-        len(line.get_xdata()) for line in axes["T"].get_lines() if line.get_linestyle() == ":"
-    )
-    assert train_points == n_target
 
 
 # --- splits: a bool fraction, a .. target -------------------------------------------------
