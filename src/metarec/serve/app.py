@@ -45,6 +45,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
 
 
 from metarec.config import coerce_fields
+from metarec.model import MetaRecommender
 from metarec.predictor import Predictor
 from metarec.recommender import top_k
 from metarec.serve import schemas as S
@@ -395,16 +396,23 @@ def create_app(
             return await run_in_threadpool(support, user_id, inter, side)
         return support(user_id, inter, side)
 
-    async def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str, new=None):
+    async def adapted(
+        user_id: str | None,
+        uidx: int,
+        sup: Interactions,
+        which: str,
+        on: MetaRecommender,
+        side: str | None = None,
+    ):
         # A hit (the common case: a user's support changes far less often than they ask)
         # is a dict lookup, served on the event loop; only a miss — a few ms of adaptation
         # that releases the GIL inside torch — goes to the thread pool, so hits never queue
-        # behind a thread hop. ``new``: (model view, row digest) of a new user's side data
-        # (new_user): the row is part of the key, as the support is
+        # behind a thread hop. ``on``: the model, or new_user's view of it; ``side``: the
+        # digest of the side data row that view gave the user, part of the key as the
+        # support is
         key = (user_id or "", uidx, support_hash(sup.item_idx, sup.rating, sup.timestamp), which)
-        on = model if new is None else new[0]
-        if new is not None:
-            key = (*key, new[1])
+        if side is not None:
+            key = (*key, side)
         value = state.cache.get(key)
         if value is None:
             value = await run_in_threadpool(on.adapt_user, uidx, sup, which)
@@ -412,8 +420,9 @@ def create_app(
         return value
 
     def new_user(user_id: str | None, side: dict | None, uidx: int):
-        """(model, user index, (view, row digest) or None, what became of the side data:
-        "new", "filled", "kept", or None without it) for a request's ``user``, the
+        """(model or a view of it, user index, the digest of the side data row the view
+        gave the user or None, what became of the side data: "new", "filled", "kept", or
+        None without it) for a request's ``user``, the
         side data of a user the run has none for, by Predictor.with_users' rules (those of
         ``predict --users``): a new user gets a row of their own, a training user without
         fitted side data gets theirs filled (their index, and history, stay); a user with
@@ -454,7 +463,7 @@ def create_app(
         row = view.model.features_.user_side[uidx].numpy()
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
         what = "new" if stats["new_users_with_side_data"] else "filled"
-        return view.model, uidx, (view.model, digest), what
+        return view.model, uidx, digest, what
 
     async def new_user_off_loop(user_id: str | None, side: dict | None, uidx: int):
         """new_user(): encoding side data (a user text is embedded by the RUN's encoder)
@@ -529,8 +538,8 @@ def create_app(
         # an unknown domain is a 422 naming the known ones, before any adaptation
         inside = None if req.domain is None else pred.domain_mask(req.domain)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, new, side_use = await new_user_off_loop(user_id, req.user, uidx)
-        ad = await adapted(user_id, uidx, sup, "rank", new)
+        on, uidx, side, side_use = await new_user_off_loop(user_id, req.user, uidx)
+        ad = await adapted(user_id, uidx, sup, "rank", on, side)
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = on.score_adapted(ad, state.all_items)
         _check_finite(scores, "catalogue items")
@@ -578,11 +587,11 @@ def create_app(
             )
         user_id = None if req.user_id is None else str(req.user_id)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, new, side_use = await new_user_off_loop(user_id, req.user, uidx)
+        on, uidx, side, side_use = await new_user_off_loop(user_id, req.user, uidx)
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
-        ad = await adapted(user_id, uidx, sup, "score", new)
+        ad = await adapted(user_id, uidx, sup, "score", on, side)
         # a model pass over the asked items (unlike /recommend's gather from the scores
         # cached at adaptation): off the event loop, where 10,000 items held /health up
         # for ~0.4 s under four such clients
