@@ -978,6 +978,13 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
+# predict's and recommend's --users
+_NEW_USERS_HELP = (
+    "U.csv: user_id + the side columns of fit's users file, for users the RUN was not "
+    "fitted with (new users are then scored from their side data too)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metarec import __version__
 
@@ -1071,11 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True)
     p.add_argument("--support", required=True, help="S.csv, same columns as the training log")
     p.add_argument("--query", required=True, help="Q.csv: user_id,item_id")
-    p.add_argument(
-        "--users",
-        help="U.csv: user_id + the side columns of fit's users file, for users the RUN was "
-        "not fitted with (new users are then scored from their side data too)",
-    )
+    p.add_argument("--users", help=_NEW_USERS_HELP)
     p.add_argument(
         "--out",
         required=True,
@@ -1090,11 +1093,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True)
     p.add_argument("-k", type=int, default=10, help="items per user (default 10)")
     p.add_argument("--domain", help="recommend only this domain's items")
-    p.add_argument(
-        "--users",
-        help="U.csv: user_id + the side columns of fit's users file, for users the RUN was "
-        "not fitted with (new users are then scored from their side data too)",
-    )
+    p.add_argument("--users", help=_NEW_USERS_HELP)
     p.add_argument(
         "--out",
         required=True,
