@@ -95,6 +95,7 @@ def test_every_published_json_is_strict():
         (["tune_ml100k.py", "--variants", "bogus", "--json", "x.json"], "invalid choice: 'bogus'"),
         (["bench_device.py", "--json", "/"], "is a folder"),
         (["bench_serve.py", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench_serve_user_side.py", "--users", "0"], "'0' is not a positive integer"),
         (["tune_blend.py"], "the following arguments are required"),
         # SystemExit with a message: one line, but exit 1
         (
@@ -175,6 +176,20 @@ def test_the_adapt_guard_benchmark_writes_its_figures(tmp_path):
         assert row["guard_ms"] > 0 and row["plain_ms"] > 0
         assert row["ratio"] == pytest.approx(row["guard_ms"] / row["plain_ms"], rel=1e-2)
         assert 0 <= row["raised"] <= int(n)
+
+
+def test_the_user_side_serving_benchmark_writes_its_figures(tmp_path):
+    out = tmp_path / "side.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_serve_user_side.py")]
+    cmd += ["--users", "300", "--pool", "4", "--rounds", "2", "--json", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    res = json.loads(out.read_text())
+    assert res["users"] == 300 and res["user_side_width"] > 0
+    assert res["plain"]["requests"] == res["user_repeat"]["requests"] == 8
+    assert res["user_first"]["requests"] == 8  # the pool's first requests, then 4 more
+    for k in ("user_repeat", "user_first"):
+        got = res[k]["mean_over_plain"]
+        assert got == pytest.approx(res[k]["mean_ms"] / res["plain"]["mean_ms"], rel=0.01)
 
 
 def test_benchmark_json_records_the_machine(tmp_path):

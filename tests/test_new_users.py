@@ -610,3 +610,71 @@ def test_a_parquet_timestamp_column_is_unix_seconds_whatever_its_unit(run, tmp_p
     pred.model.user_features_ = dataclasses.replace(pred.model.user_features_, side=old)
     with pytest.raises(MetarecError, match="holds timestamps, which the metarec that fitted"):
         pred.with_users(read_users(tmp_path / "U2_ns.parquet"))
+
+
+def test_the_server_encodes_a_users_side_data_once_and_builds_the_view_only_to_adapt(
+    run, monkeypatch
+):
+    """A request's ``user`` is encoded the first time that user sends it; the same
+    ``user`` again is a lookup, and the view holding the row (a copy of the whole user
+    table) is built only when an adaptation misses the cache. Each answer equals a fresh
+    server's, whatever came before it: values JSON tells apart (1, 1.0, true, "1") are
+    kept apart, and one user's data is never another's."""
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    calls = {"side_rows": 0, "with_side_rows": 0}
+    for name in calls:
+        real = getattr(Predictor, name)
+
+        def counting(self, *a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(Predictor, name, counting)
+    pred = Predictor.load(run)
+    shared = TestClient(create_app(pred))
+    one = [{"item_id": "it31", "rating": 4}]
+    body = {"interactions": one, "item_ids": [f"it{i}" for i in range(30, 40)]}
+
+    def post(client, user_id, side):
+        r = client.post("/score", json={**body, "user_id": user_id, "user": side})
+        return r.status_code, r.json()
+
+    space = {"club": "space_club", "age": 52}
+    first = post(shared, "n1", space)
+    assert first[0] == 200 and first[1]["user_side"] == "new"
+    assert calls == {"side_rows": 1, "with_side_rows": 1}
+    assert post(shared, "n1", space) == first  # encoded before, adapted before
+    assert calls == {"side_rows": 1, "with_side_rows": 1}
+    # the same user and data with another support: a lookup, then one view to adapt on
+    again = shared.post(
+        "/score",
+        json={
+            **body,
+            "user_id": "n1",
+            "user": space,
+            "interactions": [*one, {"item_id": "it2", "rating": 1}],
+        },
+    )
+    assert again.status_code == 200 and again.json()["scores"] != first[1]["scores"]
+    assert calls == {"side_rows": 1, "with_side_rows": 2}
+    # every answer as a fresh server gives it: the remembered ones are never another's
+    cases = [
+        ("n1", {"club": "garden_club", "age": 52}),  # same user, other data
+        ("n2", space),  # other user, same data
+        (None, space),
+        ("n3", {"club": "space_club", "age": 1}),
+        ("n3", {"club": "space_club", "age": 1.0}),
+        ("n3", {"club": "space_club", "age": True}),
+        ("n3", {"club": "space_club", "age": "1"}),
+        ("u1", {"club": "space_club", "age": 52}),  # listed: kept
+        ("n4", {"club": "space_club", "agee": 52}),  # an unknown column: a 422 each time
+        ("n4", {"club": "space_club", "agee": 52}),
+    ]
+    for user_id, side in cases:
+        got = post(shared, user_id, side)
+        assert got == post(TestClient(create_app(pred)), user_id, side), (user_id, side)
+    assert post(shared, "u1", space)[1]["user_side"] == "kept"
+    assert post(shared, "n4", {"club": "space_club", "agee": 52})[0] == 422

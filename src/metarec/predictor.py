@@ -85,6 +85,27 @@ def _int_times(timestamps) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
+class UserSideRows:
+    """Users' side data encoded for a view of one predictor (:meth:`Predictor.side_rows`),
+    before the view is built (:meth:`Predictor.with_side_rows`)."""
+
+    # the view's rows after the cold row, (m, d_user) float32: an earlier view's new
+    # users, then those given now; None when no row changes (every user kept theirs)
+    extra: np.ndarray | None
+    refill: dict  # fitted user index -> (d_user,) row: training users given side data
+    new_users: dict  # user id -> their index in the view (the view's ``new_users``)
+    stats: dict  # as Predictor.with_users returns it
+
+    def row_of(self, index: int, n_users: int) -> np.ndarray:
+        """The (d_user,) row the view gives user ``index`` (a filled training user's, or
+        a new user's at n_users + 1 + j)."""
+        if index in self.refill:
+            return self.refill[index]
+        assert self.extra is not None and index > n_users, "no row of this user changed"
+        return self.extra[index - n_users - 1]
+
+
+@dataclass(frozen=True, eq=False)
 class Predictor:
     model: MetaRecommender
     users: IdMap  # training users (index < n_users are warm)
@@ -283,6 +304,14 @@ class Predictor:
         "listed_users_kept": n}); ``users`` None: this predictor, unchanged."""
         if users is None:
             return self, {}
+        rows = self.side_rows(users)
+        return self.with_side_rows(rows), rows.stats
+
+    def side_rows(self, users: pd.DataFrame) -> UserSideRows:
+        """:meth:`with_users`' first half: ``users`` read, checked and encoded, and where
+        each row will sit in the view, without the view. The view copies the whole user
+        table ((n_users, d_user) floats); the server encodes a request's ``user`` here and
+        builds the view only when it must adapt, not on every request."""
         if not isinstance(users, pd.DataFrame):
             raise MetarecError(
                 f"users: expected a pandas DataFrame with user_id and side columns, got "
@@ -315,9 +344,11 @@ class Predictor:
             "users_given_side_data": int(filled.sum()),
             "listed_users_kept": int(kept.sum()),
         }
+        width = fitted.shape[1]
         if not (new | filled).any():
-            return self, stats
+            return UserSideRows(None, {}, {}, stats)
         rows = encoder.encode(frame.loc[new | filled].reset_index(drop=True))
+        rows = np.asarray(rows, dtype=np.float32).reshape(-1, width)
         order = np.flatnonzero(new | filled)  # rows[j] is users' row order[j]
         first = len(self.users) + 1  # n_users is the featureless cold user
         at_new = [j for j, r in enumerate(order) if new[r]]
@@ -329,12 +360,20 @@ class Predictor:
         mapping = {u: first + k for k, (u, _) in enumerate(earlier)}
         mapping.update({str(ids[order[j]]): first + len(earlier) + k for k, j in enumerate(at_new)})
         refill = {int(index[order[j]]): rows[j] for j in range(len(order)) if filled[order[j]]}
-        view = dataclasses.replace(
+        extra = np.concatenate([kept_rows.reshape(-1, width), rows[at_new]])
+        return UserSideRows(extra, refill, mapping, stats)
+
+    def with_side_rows(self, rows: UserSideRows) -> Predictor:
+        """:meth:`with_users`' second half: the view holding ``rows``, which
+        :meth:`side_rows` of this same predictor gave (this predictor if they change no
+        row)."""
+        if rows.extra is None:
+            return self
+        return dataclasses.replace(
             self,
-            model=self.model.with_new_users(np.concatenate([kept_rows, rows[at_new]]), refill),
-            new_users=mapping,
+            model=self.model.with_new_users(rows.extra, rows.refill),
+            new_users=rows.new_users,
         )
-        return view, stats
 
     def support_of(
         self, item_ids: Iterable, ratings: Iterable, timestamps: Iterable | None = None

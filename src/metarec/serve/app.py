@@ -17,6 +17,7 @@ never fail a request: they are reported in ``unknown_items``.
 # and the auth dependency's refers to a local of create_app
 import dataclasses
 import hashlib
+import json
 import secrets
 import sqlite3
 import sys
@@ -46,7 +47,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
 
 from metarec.config import coerce_fields
 from metarec.model import MetaRecommender
-from metarec.predictor import Predictor
+from metarec.predictor import Predictor, UserSideRows
 from metarec.recommender import top_k
 from metarec.serve import schemas as S
 from metarec.serve.feedback import FeedbackRow, FeedbackStore, StoreDamaged, newest_per_item
@@ -135,6 +136,16 @@ class _State:
         self.all_items = np.arange(len(self.predictor.items), dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class _Side:
+    """What a request's ``user`` did (the app's new_user)."""
+
+    uidx: int  # the user's index: in the view for a new user given side data
+    digest: str | None = None  # of the side data row the view gives them
+    use: str | None = None  # the response's user_side: "new", "filled", "kept"; None
+    rows: UserSideRows | None = None  # the encoded row, for the view built on demand
+
+
 def _as_float_if_huge(v: object) -> object:
     """A JSON integer past a float's range (it decodes: up to 4,300 digits) as the largest
     float of its sign, clipped to the fitted range as 1e308 is; as it was, pandas' number
@@ -213,6 +224,8 @@ def create_app(
         AdaptedCache(cfg.cache_size(len(pred.items), pred.model.adapted_bytes()), cfg.cache_ttl_s),
     )
     model = pred.model
+    # new_user()'s answers by (user, their ``user`` as sent): a row and a digest each
+    sides = AdaptedCache(state.cache.max_entries, cfg.cache_ttl_s)
 
     app = FastAPI(
         title="metarec",
@@ -396,40 +409,31 @@ def create_app(
             return await run_in_threadpool(support, user_id, inter, side)
         return support(user_id, inter, side)
 
-    async def adapted(
-        user_id: str | None,
-        uidx: int,
-        sup: Interactions,
-        which: str,
-        on: MetaRecommender,
-        side: str | None = None,
-    ):
+    async def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str, side: _Side):
         # A hit (the common case: a user's support changes far less often than they ask)
         # is a dict lookup, served on the event loop; only a miss — a few ms of adaptation
         # that releases the GIL inside torch — goes to the thread pool, so hits never queue
-        # behind a thread hop. ``on``: the model, or new_user's view of it; ``side``: the
-        # digest of the side data row that view gave the user, part of the key as the
-        # support is
+        # behind a thread hop. The digest of the side data row a request's ``user`` gave
+        # is part of the key, as the support is; the view holding that row (a copy of the
+        # whole user table) is built only here, on a miss
         key = (user_id or "", uidx, support_hash(sup.item_idx, sup.rating, sup.timestamp), which)
-        if side is not None:
-            key = (*key, side)
+        if side.digest is not None:
+            key = (*key, side.digest)
         value = state.cache.get(key)
         if value is None:
-            value = await run_in_threadpool(on.adapt_user, uidx, sup, which)
+            value = await run_in_threadpool(lambda: on_side(side).adapt_user(uidx, sup, which))
             state.cache.put(key, value)
         return value
 
-    def new_user(user_id: str | None, side: dict | None, uidx: int):
-        """(model or a view of it, user index, the digest of the side data row the view
-        gave the user or None, what became of the side data: "new", "filled", "kept", or
-        None without it) for a request's ``user``, the
-        side data of a user the run has none for, by Predictor.with_users' rules (those of
-        ``predict --users``): a new user gets a row of their own, a training user without
-        fitted side data gets theirs filled (their index, and history, stay); a user with
-        fitted side data keeps it. Every ``user`` is read and checked (an unknown column
-        is a 422 for anyone)."""
-        if side is None:
-            return model, uidx, None, None
+    def on_side(side: _Side) -> MetaRecommender:
+        """The model a request adapts on: the RUN's, or a view also holding the side data
+        row its ``user`` gave (scoring an adapted user reads no user row: the model's own
+        score_adapted serves both)."""
+        return model if side.rows is None else pred.with_side_rows(side.rows).model
+
+    def side_key(user_id: str | None, side: dict) -> tuple[str, dict, tuple]:
+        """A request's ``user`` checked for what the encoder cannot say in one line:
+        (the user's id in the row, its cells, the key of its encoding in ``sides``)."""
         if model.user_features_ is None:  # said for the server: no --users to point to
             raise _unprocessable(
                 "user: this run cannot encode users' side data (fitted without a users "
@@ -454,23 +458,39 @@ def create_app(
             for k, v in zip(keys, side.values(), strict=True)
             if k != "user_id"
         }
+        # JSON keeps 1, 1.0 and true apart, which a tuple of the values would not
+        return who, cells, (who, json.dumps(list(cells.items())))
+
+    def new_user(who: str, cells: dict, uidx: int) -> _Side:
+        """What a request's ``user`` (the side data of a user the run has none for) does,
+        by Predictor.with_users' rules (those of ``predict --users``): a new user gets a
+        row of their own, a training user without fitted side data gets theirs filled
+        (their index, and history, stay); a user with fitted side data keeps it. Every
+        ``user`` is read and checked (an unknown column is a 422 for anyone)."""
         frame = pd.DataFrame([{"user_id": who, **cells}], index=[0])
         frame.attrs["source"] = "user"  # errors name the request's field; keys stripped
-        view, stats = pred.with_users(frame)  # a MetarecError: 422
-        if stats["listed_users_kept"]:
-            return model, uidx, None, "kept"  # fitted side data stands
-        uidx = view.user_index(who)
-        row = view.model.features_.user_side[uidx].numpy()
+        rows = pred.side_rows(frame)  # a MetarecError: 422
+        if rows.stats["listed_users_kept"]:
+            return _Side(uidx, use="kept")  # fitted side data stands
+        at = rows.new_users.get(who, uidx)  # a new user's index in the view
+        row = rows.row_of(at, len(pred.users))
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
-        what = "new" if stats["new_users_with_side_data"] else "filled"
-        return view.model, uidx, digest, what
+        new = rows.stats["new_users_with_side_data"]
+        return _Side(at, digest, "new" if new else "filled", rows)
 
-    async def new_user_off_loop(user_id: str | None, side: dict | None, uidx: int):
-        """new_user(): encoding side data (a user text is embedded by the RUN's encoder)
-        runs off the event loop; a request without ``user`` stays on it."""
+    async def new_user_off_loop(user_id: str | None, side: dict | None, uidx: int) -> _Side:
+        """new_user(), remembered: the same ``user`` of the same user again is a lookup on
+        the event loop (encoding one row through pandas took ~7 ms a request, longer than
+        a cached adaptation); a first one is encoded off the loop (a user text is
+        embedded by the RUN's encoder)."""
         if side is None:
-            return model, uidx, None, None
-        return await run_in_threadpool(new_user, user_id, side, uidx)
+            return _Side(uidx)
+        who, cells, key = side_key(user_id, side)
+        known = sides.get(key)
+        if known is None:
+            known = await run_in_threadpool(new_user, who, cells, uidx)
+            sides.put(key, known)
+        return known
 
     # --- endpoints ----------------------------------------------------------------------
     @app.get("/health", response_model=S.Health)
@@ -538,10 +558,11 @@ def create_app(
         # an unknown domain is a 422 naming the known ones, before any adaptation
         inside = None if req.domain is None else pred.domain_mask(req.domain)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, side, side_use = await new_user_off_loop(user_id, req.user, uidx)
-        ad = await adapted(user_id, uidx, sup, "rank", on, side)
+        side = await new_user_off_loop(user_id, req.user, uidx)
+        uidx = side.uidx
+        ad = await adapted(user_id, uidx, sup, "rank", side)
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
-        scores = on.score_adapted(ad, state.all_items)
+        scores = model.score_adapted(ad, state.all_items)
         _check_finite(scores, "catalogue items")
         if req.exclude_seen:
             scores[ad.seen] = -np.inf
@@ -550,7 +571,7 @@ def create_app(
         top = top_k(scores, req.k, finite=True)
         shown = model.shown_rank_scores(scores[top])  # ratings clipped to the scale
         weights = (
-            await run_in_threadpool(on.explain, uidx, sup, top, "rank")
+            await run_in_threadpool(lambda: on_side(side).explain(uidx, sup, top, "rank"))
             if req.explain and len(top)
             else None
         )
@@ -574,7 +595,7 @@ def create_app(
                 )
             )
         return S.RecommendResponse(
-            items=items, unknown_items=unknown, model=model.name, user_side=side_use
+            items=items, unknown_items=unknown, model=model.name, user_side=side.use
         )
 
     @app.post(
@@ -587,15 +608,16 @@ def create_app(
             )
         user_id = None if req.user_id is None else str(req.user_id)
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
-        on, uidx, side, side_use = await new_user_off_loop(user_id, req.user, uidx)
+        side = await new_user_off_loop(user_id, req.user, uidx)
+        uidx = side.uidx
         wanted = np.asarray([str(i) for i in req.item_ids], dtype=object)
         idx = pred.items.lookup_or_missing(wanted)
         ok = idx >= 0
-        ad = await adapted(user_id, uidx, sup, "score", on, side)
+        ad = await adapted(user_id, uidx, sup, "score", side)
         # a model pass over the asked items (unlike /recommend's gather from the scores
         # cached at adaptation): off the event loop, where 10,000 items held /health up
         # for ~0.4 s under four such clients
-        s = await run_in_threadpool(on.score_adapted, ad, idx[ok])
+        s = await run_in_threadpool(model.score_adapted, ad, idx[ok])
         _check_finite(s, "asked items")
         scores = [
             S.ItemScore(item_id=i, score=float(v)) for i, v in zip(wanted[ok], s, strict=True)
@@ -606,7 +628,7 @@ def create_app(
             unknown_items=unknown + missing,
             unknown_support_items=unknown,
             unknown_query_items=list(dict.fromkeys(missing)),
-            user_side=side_use,
+            user_side=side.use,
         )
 
     def need_store() -> FeedbackStore:
@@ -785,8 +807,6 @@ class _BodyLimit:
 async def _send_json(
     send, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    import json
-
     body = json.dumps({"detail": detail}).encode()
     await send(
         {
