@@ -2820,3 +2820,36 @@ def test_evaluate_fits_the_user_side_statistics_on_the_training_users(monkeypatc
         E.run(cfg, None)
     assert seen and seen[0] == set(split.train.user_idx.tolist())
     assert not seen[0] & {t.user_idx for t in split.test}
+
+
+def test_one_experiment_writes_to_a_folder_at_a_time(tmp_path, capsys):
+    """A second run given a folder another run is writing to is refused in one line
+    naming that run's pid, and writes nothing there (both ran, and the later one's files
+    replaced the earlier's one by one: one run's results.json beside another's
+    report.md). The hold is released at the end, and a run that failed leaves no folder
+    it made."""
+    import os
+
+    from metarec.atomic import LOCK_NAME, exclusive_folder
+    from metarec.cli import main
+
+    out = tmp_path / "busy"
+    argv = ["evaluate", "--config", str(TINY), "--out", str(out), "--quiet"]
+    argv += ["--set", "seeds=[0]", "--set", "shots=[]", "--only", "popularity"]
+    with exclusive_folder(out, "experiment"):
+        assert (out / LOCK_NAME).read_text() == str(os.getpid())
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err.count("\n") == 0
+            and f"being written by another experiment (pid {os.getpid()})" in err
+        )
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+    assert not out.exists()  # made by the hold, left empty
+    assert main(argv) == 0
+    assert (out / "results.json").is_file() and not (out / LOCK_NAME).exists()
+    # a run that fails (here: data the config cannot read) leaves no folder it made
+    fresh = tmp_path / "fresh"
+    bad = ["evaluate", "--config", str(TINY), "--out", str(fresh), "--quiet"]
+    assert main([*bad, "--set", "data.path='/nonexistent/log.csv'"]) == 2
+    assert not fresh.exists()

@@ -192,6 +192,63 @@ def staging_dir(parent: str | Path, name: str) -> Path:
     return tmp
 
 
+LOCK_NAME = ".metarec.lock"
+
+
+@contextmanager
+def exclusive_folder(out: str | Path, what: str) -> Iterator[Path]:
+    """Hold ``out`` (made if missing) for one writer while the block runs: a second
+    ``what`` given the same folder meanwhile is refused with a one-line
+    :class:`MetarecError` naming the holder's pid, where both ran and the later one's files
+    replaced the earlier's one by one (results.json of one run beside report.md of
+    the other). An exclusive ``flock`` on ``out/.metarec.lock``, removed at the end (and
+    ``out`` with it if this made it and the block left it empty). A filesystem without
+    ``flock`` holds nothing: the block runs as before."""
+    import fcntl
+
+    out = Path(out)
+    made = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / LOCK_NAME
+    fd: int | None = None
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise MetarecError(
+                f"{out} is being written by another {what} (pid {holder}); wait for it to "
+                "finish or give another folder"
+            ) from None
+        except OSError:
+            os.close(fd)
+            fd = None
+            break
+        try:
+            # the holder before us may have removed the file after we opened it: a lock on
+            # a removed file holds nothing, so take the one now at the path
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    if fd is not None:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    try:
+        yield out
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                lock.unlink()
+            os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty: nothing was written
+
+
 @contextmanager
 def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on a clean exit it replaces ``path``.

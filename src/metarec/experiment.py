@@ -43,6 +43,7 @@ import numpy as np
 
 from metarec import evaluate as evaluation
 from metarec.atomic import (
+    exclusive_folder,
     finite_json,
     nearest_existing,
     refuse_stdout_folder,
@@ -1931,7 +1932,23 @@ def run(
 
     With ``out_dir``, each finished (seed, method) is also kept in ``out_dir/partial/``
     (:mod:`metarec.resume`); ``resume=True`` reuses those whose config, data, code and
-    package versions match instead of fitting them again."""
+    package versions match instead of fitting them again. One run writes to a folder at
+    a time: another run given it meanwhile is refused (:func:`metarec.atomic.exclusive_folder`)."""
+    if out_dir is None:
+        return _run(config, None, progress, on_result, resume)
+    check_output_dir(out_dir)  # a file in the way is said as before, not as a lock's failure
+    with exclusive_folder(out_dir, "experiment"):
+        return _run(config, out_dir, progress, on_result, resume)
+
+
+def _run(
+    config: ExperimentConfig,
+    out_dir: str | os.PathLike | None,
+    progress: bool,
+    on_result: Callable[[MethodRun], None] | None,
+    resume: bool,
+) -> Results:
+    """:func:`run`, with ``out_dir`` held."""
     from metarec import resume as parts
     from metarec.data import dataset_info
 
