@@ -205,3 +205,31 @@ def test_a_tilde_of_no_such_user_is_left_as_a_shell_leaves_it(tmp_path, capsys, 
     monkeypatch.chdir(tmp_path)
     _log(tmp_path / "~nosuchuser_log.csv")
     assert main(["info", "csv", "--path", "~nosuchuser_log.csv"]) == 0
+
+
+def test_an_items_column_named_domain_in_another_case_is_said_to_be_no_domain(tmp_path):
+    """Probe 183: a "Domain" header in I was taken as a category without a word; the fit
+    had one domain, and the mistake showed only at `recommend --domain books`. It is
+    still a side column (I may hold any), and the warning says how to name the domain."""
+    import warnings
+
+    from metarec.data.files import read_training_files
+
+    log = _log(tmp_path / "T.csv")
+    items = pd.DataFrame({"item_id": [f"i{i}" for i in range(60)]})
+    items["title"] = [f"book {i}" for i in range(60)]
+    items[" Domain "] = np.where(np.arange(60) % 2, "books", "films")
+    items.to_csv(tmp_path / "I.csv", index=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        raw = read_training_files(log, tmp_path / "I.csv")
+    lines = [str(w.message) for w in said if "Domain" in str(w.message)]
+    assert len(lines) == 1 and "name it 'domain' (lowercase)" in lines[0]
+    assert set(raw.ratings["domain"]) == {"default"}  # no domain was read
+    # the lowercase header is the domain column, and nothing is said
+    items.rename(columns={" Domain ": "domain"}).to_csv(tmp_path / "I.csv", index=False)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        raw = read_training_files(log, tmp_path / "I.csv")
+    assert not [w for w in said if "lowercase" in str(w.message)]
+    assert set(raw.ratings["domain"]) == {"books", "films"}

@@ -266,6 +266,17 @@ def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, t
     frame = _read(path)
     require_columns(frame, [key])
     unique_id_column(frame, key, _where(frame))
+    if key == "item_id":
+        # "Domain" is legal as a side column, but the header nearly always meant the
+        # items' domain: taken as a category, the fit had one domain and the mistake
+        # showed only at `recommend --domain` ("unknown domain 'books'; domains: default")
+        for c in frame.columns:
+            if c != "domain" and str(c).strip().lower() == "domain":
+                warnings.warn(
+                    f"{path}: column {c!r} is read as an item side column, not as the items' "
+                    "domain; name it 'domain' (lowercase) if it says which domain each item is in",
+                    stacklevel=2,
+                )
     text, cat, num, out = side_roles(frame, key)
     return out, text, cat, num
 
