@@ -488,6 +488,9 @@ def unused_model_settings(cfg: ModelConfig, explicit: bool) -> list[str]:
     if not explicit:
         if cfg.rating_members != d.rating_members:
             out.append("rating_members (implicit data: no rating model)")
+        if cfg.rank_model != d.rank_model:
+            # implicit data trains the ranking model whatever it says (probe 184)
+            out.append("rank_model (implicit data: the ranking model is the only model)")
         out += [
             f"blend.{k} (implicit data: no rating stack)"
             for k in _RATING_BLEND

@@ -126,9 +126,11 @@ def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
         off = ~np.isin(values, (0.0, 1.0))
         if off.any():
             pos = int(np.flatnonzero(off)[0])
+            given = frame["label"].iloc[pos]
+            if isinstance(given, np.generic):  # a Parquet cell: 2, not np.int64(2)
+                given = given.item()
             raise MetarecError(
-                f"{_where(frame)}: {_at(frame, pos)}: label must be 0 or 1, "
-                f"got {frame['label'].iloc[pos]!r}"
+                f"{_where(frame)}: {_at(frame, pos)}: label must be 0 or 1, got {given!r}"
             )
         feedback = "implicit"
     else:

@@ -275,9 +275,17 @@ class FeedbackStore:
         written = self.written_for()
         if written is None or written == tag:
             return None
+        # the example names what is misread this way round (one fixed example was right
+        # only for a label store read by a rating run: probe 184)
+        if written == "implicit":
+            example = "a stored 'played' 1 as a one-star rating"
+        elif tag == "implicit":
+            example = "a stored one-star rating, a dislike, as a 'played' 1"
+        else:
+            example = "each stored rating as a rating on this run's scale"
         return (
             f"feedback store {self.path} holds rows stored by a run on {written} feedback, "
-            f"read here as {tag} (a stored 'played' 1 as a one-star rating)"
+            f"read here as {tag} ({example})"
         )
 
     def store_id(self) -> str | None:
