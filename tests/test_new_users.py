@@ -642,11 +642,22 @@ def test_the_server_encodes_a_users_side_data_once_and_builds_the_view_only_to_a
         r = client.post("/score", json={**body, "user_id": user_id, "user": side})
         return r.status_code, r.json()
 
+    def same(answer):
+        """``answer`` with each score to float32's ~7 digits: the same adapted parameters
+        scored again may differ in the last bit (CPU BLAS kernels pick their path by
+        buffer alignment; CI saw 3.981638193 then 3.981637955), while another user's
+        data moves a score far more."""
+        status, doc = answer
+        scores = [
+            {**s, "score": pytest.approx(s["score"], rel=1e-6)} for s in doc.get("scores", [])
+        ]
+        return status, {**doc, "scores": scores} if "scores" in doc else doc
+
     space = {"club": "space_club", "age": 52}
     first = post(shared, "n1", space)
     assert first[0] == 200 and first[1]["user_side"] == "new"
     assert calls == {"side_rows": 1, "with_side_rows": 1}
-    assert post(shared, "n1", space) == first  # encoded before, adapted before
+    assert post(shared, "n1", space) == same(first)  # encoded before, adapted before
     assert calls == {"side_rows": 1, "with_side_rows": 1}
     # the same user and data with another support: a lookup, then one view to adapt on
     again = shared.post(
@@ -658,7 +669,7 @@ def test_the_server_encodes_a_users_side_data_once_and_builds_the_view_only_to_a
             "interactions": [*one, {"item_id": "it2", "rating": 1}],
         },
     )
-    assert again.status_code == 200 and again.json()["scores"] != first[1]["scores"]
+    assert again.status_code == 200 and again.json()["scores"] != same(first)[1]["scores"]
     assert calls == {"side_rows": 1, "with_side_rows": 2}
     # every answer as a fresh server gives it: the remembered ones are never another's
     cases = [
@@ -675,6 +686,6 @@ def test_the_server_encodes_a_users_side_data_once_and_builds_the_view_only_to_a
     ]
     for user_id, side in cases:
         got = post(shared, user_id, side)
-        assert got == post(TestClient(create_app(pred)), user_id, side), (user_id, side)
+        assert got == same(post(TestClient(create_app(pred)), user_id, side)), (user_id, side)
     assert post(shared, "u1", space)[1]["user_side"] == "kept"
     assert post(shared, "n4", {"club": "space_club", "agee": 52})[0] == 422
