@@ -201,13 +201,17 @@ def exclusive_folder(out: str | Path, what: str) -> Iterator[Path]:
     ``what`` given the same folder meanwhile is refused with a one-line
     :class:`MetarecError` naming the holder's pid, where both ran and the later one's files
     replaced the earlier's one by one (results.json of one run beside report.md of
-    the other). An exclusive ``flock`` on ``out/.metarec.lock``, removed at the end (and
-    ``out`` with it if this made it and the block left it empty). A filesystem without
-    ``flock`` holds nothing: the block runs as before."""
+    the other). An exclusive ``flock`` on ``out/.metarec.lock``, removed at the end, and
+    with it each folder this made (``out`` and missing parents) that the block left
+    empty. A filesystem without ``flock`` holds nothing: the block runs as before."""
     import fcntl
 
     out = Path(out)
-    made = not out.exists()
+    made = []  # the folders this makes, deepest first: a failed run into NEW/deeper left NEW
+    up = out
+    while not up.exists() and up != up.parent:
+        made.append(up)
+        up = up.parent
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK_NAME
     fd: int | None = None
@@ -222,9 +226,11 @@ def exclusive_folder(out: str | Path, what: str) -> Iterator[Path]:
                 f"{out} is being written by another {what} (pid {holder}); wait for it to "
                 "finish or give another folder"
             ) from None
-        except OSError:
+        except OSError:  # no flock here (some network filesystems): nothing to hold
             os.close(fd)
             fd = None
+            with contextlib.suppress(OSError):
+                lock.unlink()  # it was left in the folder, where no run reads it
             break
         try:
             # the holder before us may have removed the file after we opened it: a lock on
@@ -244,9 +250,11 @@ def exclusive_folder(out: str | Path, what: str) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 lock.unlink()
             os.close(fd)
-        if made:
-            with contextlib.suppress(OSError):
-                out.rmdir()  # only if empty: nothing was written
+        for folder in made:
+            try:
+                folder.rmdir()  # only if empty: nothing was written there
+            except OSError:
+                break  # not empty: nor is any folder above it
 
 
 @contextmanager

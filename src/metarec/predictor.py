@@ -329,6 +329,13 @@ class Predictor:
                 "a users file (or by an earlier metarec, or on features built outside "
                 "fit); fit with --users U.csv to use them"
             )
+        if self.model.features_.user_side.shape[1] == 0:
+            # fitted on a users file of ids only: no column to encode a row of, and every
+            # row (n_users, 0) is as empty as a cold user's (it crashed reshaping to width 0)
+            raise MetarecError(
+                f"{where}: this RUN's users file had no side columns (user_id only), so "
+                "there is no users' side data to encode; leave it out"
+            )
         require_columns(users, ["user_id"])
         ids = unique_id_column(users, "user_id", where).to_numpy(object)
         # every row read and checked, a listed user's too: a typo in a column is an error
