@@ -181,7 +181,7 @@ def test_a_run_fitted_on_an_ids_only_users_file_refuses_users_side_data_in_one_l
     body = {"user_id": "brand_new", "interactions": [{"item_id": "it31", "rating": 4}]}
     r = client.post("/score", json={**body, "item_ids": ["it30"], "user": {}})
     assert r.status_code == 422
-    assert "no side columns (user_id only)" in r.json()["detail"]
+    assert "gave no side data to encode" in r.json()["detail"]
     assert client.post("/score", json={**body, "item_ids": ["it30"]}).status_code == 200
     after = {p.name: p.read_bytes() for p in (tmp_path / "R0").iterdir() if p.is_file()}
     assert after == before
@@ -204,6 +204,20 @@ def test_a_failed_hold_removes_every_folder_it_made(tmp_path):
         "a",
         "a/note.txt",
     ]
+
+
+def test_a_failed_hold_through_dotdot_removes_what_it_made_not_the_users_folder(
+    tmp_path, monkeypatch
+):
+    """--out NEW/../mine, mine an empty folder of the user's: making it makes NEW (by
+    name, on the way). Judged by name, a failed run removed mine (never made) and left
+    NEW; judged on real paths it removes NEW and leaves mine (mutation audit 186)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(RuntimeError):
+        with exclusive_folder("NEW/../mine", "experiment"):
+            raise RuntimeError("the run failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_a_folder_the_hold_did_not_make_is_left_even_when_empty(tmp_path):

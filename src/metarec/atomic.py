@@ -207,11 +207,16 @@ def exclusive_folder(out: str | Path, what: str) -> Iterator[Path]:
     import fcntl
 
     out = Path(out)
-    made = []  # the folders this makes, deepest first: a failed run into NEW/deeper left NEW
-    up = out
-    while not up.exists() and up != up.parent:
-        made.append(up)
-        up = up.parent
+    # the folders this makes, as real paths: mkdir(parents=True) makes each missing
+    # folder on the way, NEW/.. included by name (NEW/../mine makes NEW). Judged by name,
+    # a failed run into NEW/deeper left NEW, and into NEW/../mine (mine an empty folder
+    # of the user's) removed mine and left NEW
+    made = []
+    for up in (out, *out.parents):
+        real = Path(os.path.realpath(up))
+        if not real.exists() and real not in made:
+            made.append(real)
+    made.sort(key=lambda p: len(p.parts), reverse=True)  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     lock = out / LOCK_NAME
     fd: int | None = None
@@ -251,10 +256,8 @@ def exclusive_folder(out: str | Path, what: str) -> Iterator[Path]:
                 lock.unlink()
             os.close(fd)
         for folder in made:
-            try:
+            with contextlib.suppress(OSError):
                 folder.rmdir()  # only if empty: nothing was written there
-            except OSError:
-                break  # not empty: nor is any folder above it
 
 
 @contextmanager

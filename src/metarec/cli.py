@@ -17,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from metarec.errors import MetarecError, user_path
+from metarec.errors import MetarecError, one_line, user_path
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # SIGPIPE's, as a shell reports a tool it ended
@@ -1224,21 +1224,7 @@ _RESUME_HELP = (
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     # the CLI's warnings are for its user: one line each, without Python's source echo
-    print(_one_line(f"metarec: warning: {message}"), file=sys.stderr)
-
-
-# an error or warning line is cut in the middle past this many characters
-_MAX_LINE = 2000
-
-
-def _one_line(text: str) -> str:
-    """``text`` as one bounded line: a path or value with a newline in it split the
-    one-line error in two, and a 1 MB column name made a 1 MB error line."""
-    text = text.replace("\r", "\\r").replace("\n", "\\n")
-    if len(text) > _MAX_LINE:
-        half = _MAX_LINE // 2
-        text = f"{text[:half]} ... [{len(text) - 2 * half} characters] ... {text[-half:]}"
-    return text
+    print(one_line(f"metarec: warning: {message}"), file=sys.stderr)
 
 
 def _drop_output() -> None:
@@ -1257,7 +1243,7 @@ def _say(line: str) -> None:
     # would be glued to it. On a fresh line the clear does nothing.
     # (not on a terminal that says it takes no control codes: TERM=dumb showed "^[[K")
     prefix = "\r\033[K" if sys.stderr.isatty() and os.environ.get("TERM") != "dumb" else ""
-    print(prefix + _one_line(line), file=sys.stderr)
+    print(prefix + one_line(line), file=sys.stderr)
 
 
 class Terminated(KeyboardInterrupt):

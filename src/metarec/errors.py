@@ -10,6 +10,21 @@ class MetarecError(ValueError):
     """
 
 
+# an error or warning line is cut in the middle past this many characters
+MAX_LINE = 2000
+
+
+def one_line(text: str) -> str:
+    """``text`` as one bounded line (the CLI's errors and warnings, the server's error
+    details): a path or value with a newline in it split the one-line error in two, and a
+    1 MB column name made a 1 MB error line (the server echoed a 500 KB one)."""
+    text = text.replace("\r", "\\r").replace("\n", "\\n")
+    if len(text) > MAX_LINE:
+        half = MAX_LINE // 2 - 30  # room for the marker: the line stays within MAX_LINE
+        text = f"{text[:half]} ... [{len(text) - 2 * half} characters] ... {text[-half:]}"
+    return text
+
+
 def first_line(err: BaseException, most: int | None = 200) -> str:
     """The first line of ``err``'s message (at most ``most`` characters; None: all of
     it), for a one-line error that wraps it: a library's message may run to many lines.

@@ -333,14 +333,16 @@ class Predictor:
             # fitted on a users file of ids only: no column to encode a row of, and every
             # row (n_users, 0) is as empty as a cold user's (it crashed reshaping to width 0)
             raise MetarecError(
-                f"{where}: this RUN's users file had no side columns (user_id only), so "
-                "there is no users' side data to encode; leave it out"
+                f"{where}: this RUN's users file gave no side data to encode (no side "
+                "column, or none with a value: user_id only); leave it out"
             )
         require_columns(users, ["user_id"])
         ids = unique_id_column(users, "user_id", where).to_numpy(object)
         # every row read and checked, a listed user's too: a typo in a column is an error
         # whoever's row it is on
-        frame = encoder.frame(users[[c for c in users.columns if c != "user_id"]], where, ids)
+        # errors name the user, but not the server's stand-in for a request without one
+        named = None if users.attrs.get("anonymous") else ids
+        frame = encoder.frame(users[[c for c in users.columns if c != "user_id"]], where, named)
         fitted = self.model.features_.user_side
         index = np.array([self.users.index(u) if u in self.users else -1 for u in ids])
         new = index < 0

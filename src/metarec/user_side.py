@@ -91,14 +91,14 @@ class UserFeatures:
         naming the user of ``ids``), text for the rest, spelled as the file readers spell
         them (a list is "a|b", a whole number 2.0 is "2"). A column the fitted file did
         not have is an error; one it had and ``raw`` lacks is missing on every row."""
-        from metarec.data.tabular import MISSING_SPELLINGS, number_cells
+        from metarec.data.tabular import MISSING_SPELLINGS, clip, number_cells
 
         kinds = dict(self.side.columns)
         unknown = [c for c in raw.columns if c != "user_id" and c not in kinds]
         if unknown:
             have = ", ".join(kinds) or "none"
             raise MetarecError(
-                f"{where}: column {unknown[0]!r} was not in the users file the RUN was "
+                f"{where}: column {clip(unknown[0])!r} was not in the users file the RUN was "
                 f"fitted with (its side columns: {have})"
             )
         out = {}
@@ -123,9 +123,10 @@ class UserFeatures:
                 bad = filled & as_num.isna()
                 if bad.any():
                     at = int(np.flatnonzero(bad.to_numpy())[0])
-                    who = f" (user {ids[at]!r})" if ids is not None else ""
+                    who = f" (user {clip(ids[at])!r})" if ids is not None else ""
                     raise MetarecError(
-                        f"{where}: column {c!r} holds {spelled[bad].iloc[0]!r}{who}, not a number "
+                        f"{where}: column {clip(c)!r} holds {clip(spelled[bad].iloc[0])!r}{who}, "
+                        "not a number "
                         f"(the column is numeric in the users file the RUN was fitted with; "
                         f"blank the cell, or write one of {', '.join(sorted(MISSING_SPELLINGS))}, "
                         "for a missing value)"

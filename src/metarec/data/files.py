@@ -280,6 +280,16 @@ def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, t
                     stacklevel=2,
                 )
     text, cat, num, out = side_roles(frame, key)
+    for c in (*text, *cat, *num):
+        cells = pd.Series(out[c], dtype=object)
+        if not (cells.notna() & (cells.astype(str).str.strip() != "")).any():
+            # read as a category with no levels: it adds nothing, and a RUN fitted on a
+            # users file of such columns alone later refused `--users` saying "user_id
+            # only" of a file that had a column (mutation audit 186)
+            warnings.warn(
+                f"{path}: column {c!r} has no value on any row; it adds nothing to the model",
+                stacklevel=2,
+            )
     return out, text, cat, num
 
 

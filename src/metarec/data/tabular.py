@@ -22,7 +22,7 @@ import pandas as pd
 
 from metarec.data.raw import RawData, make_ratings_frame
 from metarec.errors import user_path
-from metarec.types import MetarecError
+from metarec.types import MAX_ID_CHARS, MetarecError
 
 DATA_DIR_ENV = "METAREC_DATA_DIR"
 
@@ -442,7 +442,32 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
     if empty.any():
         pos = int(np.flatnonzero(empty)[0])
         raise MetarecError(f"{_where(frame)}: {_at(frame, pos)}: column {column!r} has an empty id")
+    _check_id_rule(frame, column, out)
     return out.reset_index(drop=True)
+
+
+def _check_id_rule(frame: pd.DataFrame, column: str, ids: pd.Series) -> None:
+    """The server's id rule (types.id_to_str) for ids read from a file: fit took an item
+    id holding a tab, or 1,025 characters long, that /recommend then handed out and
+    /score, /feedback and a support refused (probe 186). Checked on the distinct ids."""
+    distinct = pd.Series(pd.unique(ids.to_numpy(object)), dtype=object)
+    long = (distinct.str.len() > MAX_ID_CHARS).to_numpy()
+    control = distinct.str.contains(r"[\x00-\x1f\x7f]", regex=True).to_numpy(dtype=bool)
+    bad = long | control
+    if not bad.any():
+        return
+    j = int(np.flatnonzero(bad)[0])
+    value = distinct.iloc[j]
+    pos = int(np.flatnonzero((ids == value).to_numpy())[0])
+    problem = (
+        f"is longer than {MAX_ID_CHARS} characters"
+        if long[j]
+        else "holds a control character (a tab, a line break, ...)"
+    )
+    raise MetarecError(
+        f"{_where(frame)}: {_at(frame, pos)}: column {column!r}: the id {clip(value)!r} "
+        f"{problem}, which no request to the server may send back; change it in the file"
+    )
 
 
 def _float_ids(frame: pd.DataFrame, column: str, positions: np.ndarray) -> list[str]:

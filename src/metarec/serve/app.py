@@ -46,6 +46,8 @@ except ImportError as err:  # pragma: no cover - depends on the install
 
 
 from metarec.config import coerce_fields
+from metarec.data.tabular import clip
+from metarec.errors import one_line
 from metarec.model import MetaRecommender
 from metarec.predictor import Predictor, UserSideRows
 from metarec.recommender import top_k
@@ -156,7 +158,7 @@ def _as_float_if_huge(v: object) -> object:
 
 
 def _unprocessable(msg: str) -> HTTPException:
-    return HTTPException(status_code=422, detail=msg)
+    return HTTPException(status_code=422, detail=one_line(msg))
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
@@ -171,9 +173,15 @@ def _check_finite(values: np.ndarray, what: str) -> None:
         )
 
 
-# the id a request without user_id goes by when it sends side data: a new user to the
-# run, whose id no file can spell (ids are read as text, and this one starts with NUL)
-_ANONYMOUS = "\x00anonymous"
+def _anonymous_id(pred: Predictor) -> str:
+    """The id a request without user_id goes by when it sends side data: a new user to
+    the run. A valid id (files' id rule: it was "\x00anonymous", which that rule now
+    refuses) that names none of the run's users, random so no client meets it by chance;
+    errors never name it (the frame says it is anonymous)."""
+    while True:
+        who = f"anonymous-{secrets.token_hex(8)}"
+        if who not in pred.users and who not in pred.new_users:
+            return who
 
 
 def create_app(
@@ -224,6 +232,7 @@ def create_app(
         AdaptedCache(cfg.cache_size(len(pred.items), pred.model.adapted_bytes()), cfg.cache_ttl_s),
     )
     model = pred.model
+    anonymous = _anonymous_id(pred)
     # new_user()'s answers by (user, their ``user`` as sent): a row and a digest each
     sides = AdaptedCache(state.cache.max_entries, cfg.cache_ttl_s)
 
@@ -243,12 +252,22 @@ def create_app(
     errs = {
         c: {"model": S.Error, "description": d}
         for c, d in (
+            (400, "a body that cannot be decoded as JSON (not UTF-8, or nested too deeply)"),
             (401, "missing or wrong bearer token"),
             (413, "request body over the server limit"),
             (415, "a body that is not JSON (Content-Type) or is compressed"),
             (422, "malformed or invalid request, or a limit exceeded"),
-            (503, "no feedback store configured"),
+            (503, "no feedback store configured, or the store is unavailable or damaged"),
         )
+    }
+    # what reads a user's stored feedback may find rows written for another run
+    stored = {
+        **errs,
+        409: {
+            "model": S.Error,
+            "description": "the user's stored feedback was written "
+            "for another run (a store shared by runs on other rating scales)",
+        },
     }
 
     # async (as /health and /info are): a plain def runs in the 40-thread pool, where it
@@ -305,13 +324,14 @@ def create_app(
 
     @app.exception_handler(MetarecError)
     async def _bad_input(request: Request, exc: MetarecError) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"detail": str(exc)})
+        # one bounded line: a 500,000-character column name in ``user`` came back whole
+        return JSONResponse(status_code=422, content={"detail": one_line(str(exc))})
 
     @app.exception_handler(StoreDamaged)
     async def _store_damaged(request: Request, exc: StoreDamaged) -> JSONResponse:
         # a stored row /feedback never writes (text as a rating): the store's fault, not
         # the request's (a 422 would blame the client), and one line, not a bare 500
-        return JSONResponse(status_code=503, content={"detail": str(exc)})
+        return JSONResponse(status_code=503, content={"detail": one_line(str(exc))})
 
     @app.exception_handler(sqlite3.Error)
     async def _store_down(request: Request, exc: sqlite3.Error) -> JSONResponse:
@@ -452,7 +472,7 @@ def create_app(
                     "user: a column name or value is not valid Unicode (a lone surrogate escape)"
                 ) from None
         # one row, {} included (every column missing); a "user_id" key is not a column
-        who = user_id if user_id is not None else _ANONYMOUS
+        who = user_id if user_id is not None else anonymous
         cells = {
             k: _as_float_if_huge(v)
             for k, v in zip(keys, side.values(), strict=True)
@@ -469,6 +489,7 @@ def create_app(
         ``user`` is read and checked (an unknown column is a 422 for anyone)."""
         frame = pd.DataFrame([{"user_id": who, **cells}], index=[0])
         frame.attrs["source"] = "user"  # errors name the request's field; keys stripped
+        frame.attrs["anonymous"] = who == anonymous  # and no made-up user
         rows = pred.side_rows(frame)  # a MetarecError: 422
         if rows.stats["listed_users_kept"]:
             return _Side(uidx, use="kept")  # fitted side data stands
@@ -543,7 +564,7 @@ def create_app(
         "/recommend",
         response_model=S.RecommendResponse,
         dependencies=[Depends(auth)],
-        responses=errs,
+        responses=stored,
         description="Top-k items for the user (adapted on the request's interactions plus "
         "stored feedback), best first, excluding every item they have rated. Fewer than k "
         "come back when fewer are left in the catalogue (or the domain); none, an empty "
@@ -551,7 +572,7 @@ def create_app(
     )
     async def recommend(req: S.RecommendRequest) -> S.RecommendResponse:
         if req.k > cfg.max_k:
-            raise _unprocessable(f"k = {req.k} is over the server limit of {cfg.max_k}")
+            raise _unprocessable(f"k = {clip(req.k)} is over the server limit of {cfg.max_k}")
         if req.explain and req.k > cfg.max_explain_k:
             raise _unprocessable(f"explain=true allows k <= {cfg.max_explain_k}, got {req.k}")
         user_id = None if req.user_id is None else str(req.user_id)
@@ -599,7 +620,7 @@ def create_app(
         )
 
     @app.post(
-        "/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)], responses=errs
+        "/score", response_model=S.ScoreResponse, dependencies=[Depends(auth)], responses=stored
     )
     async def score(req: S.ScoreRequest) -> S.ScoreResponse:
         if len(req.item_ids) > cfg.max_score_items:

@@ -58,6 +58,16 @@ class StoreDamaged(MetarecError):
 RATING_MAX = float(np.finfo(np.float32).max)
 
 
+def _scale(tag: str) -> tuple[float | None, float | None]:
+    """(lo, hi) of a feedback tag "explicit lo..hi" (Predictor.feedback_tag); (None,
+    None) for "implicit" or a tag this version does not spell."""
+    try:
+        lo, hi = tag.removeprefix("explicit ").split("..")
+        return float(lo), float(hi)
+    except ValueError:
+        return None, None
+
+
 def _number(value: object) -> float | None:
     """``value`` as a finite float, or None (text, bytes, NaN, inf)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -278,9 +288,18 @@ class FeedbackStore:
         # the example names what is misread this way round (one fixed example was right
         # only for a label store read by a rating run: probe 184)
         if written == "implicit":
-            example = "a stored 'played' 1 as a one-star rating"
+            lo, hi = _scale(tag)
+            if lo == 1:
+                example = "a stored 'played' 1 as a one-star rating"
+            elif hi == 1:  # a 0..1 "rating" column: a 1 is its top
+                example = "each stored 0/1 label as a rating on this run's scale"
+            else:
+                example = f"a stored 'played' 1 as a rating of 1 on this run's {tag[9:]} scale"
         elif tag == "implicit":
-            example = "a stored one-star rating, a dislike, as a 'played' 1"
+            if _scale(written)[0] == 1:
+                example = "a stored one-star rating, a dislike, as a 'played' 1"
+            else:  # on 0..1 a stored 1 is the top rating, not a one-star dislike
+                example = "each stored rating as a 0/1 label"
         else:
             example = "each stored rating as a rating on this run's scale"
         return (
