@@ -60,14 +60,16 @@ def test_rank_model_false_on_labels_is_named_as_a_setting_with_no_effect(tmp_pat
     """README: "a `--set` key that no model of the fit reads is named ('settings with no
     effect') ... or any `meta.*` key on implicit data, where only the ranking model
     trains". On a label log `--set rank_model=false` is taken and does nothing: the
-    ranking model trains all the same (summary: rank_algorithm "np", rank_members 1), and
-    nothing is said, while `rating_members=1` and `meta.inner_steps=3` on the same fit
-    are named."""
+    ranking model trains all the same, and nothing was said. It is named now, on the
+    one "settings with no effect" line, beside `rating_members` on the same fit."""
     t_path, i_path = _implicit_world(tmp_path)
     argv = ["fit", "--train", str(t_path), "--items", str(i_path), "--out", str(tmp_path / "RUN")]
-    assert main([*argv, *TINY, "--set", "rank_model=false"]) == 0
-    err = capsys.readouterr().err
-    assert "rank_model" in err, err
+    extra = ["--set", "rank_model=false", "--set", "rating_members=1"]
+    assert main([*argv, *TINY, *extra]) == 0
+    said = [ln for ln in capsys.readouterr().err.splitlines() if "settings with no effect" in ln]
+    assert len(said) == 1, said
+    assert "rank_model (implicit data: the ranking model is the only model)" in said[0]
+    assert "rating_members" in said[0]
 
 
 @pytest.mark.parametrize(

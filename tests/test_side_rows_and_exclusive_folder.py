@@ -28,8 +28,9 @@ def run(tmp_path_factory):
 
 
 def test_row_of_is_the_row_the_view_gives_each_user(run):
-    """row_of(i) is the row the built view holds at index i, for every new user: an
-    earlier view's ones and each of several given now (not the first or the last row)."""
+    """index_of / row_of give the index and row the built view holds for each user given
+    now (not the first or the last row); an earlier view's new users keep their rows in
+    the view, and the rows hold none of them (a server keeps many such values)."""
     pred = Predictor.load(run)
     first = pd.DataFrame(
         {"user_id": ["a", "b"], "club": ["space_club", "garden_club"], "age": [52, 23]}
@@ -43,17 +44,27 @@ def test_row_of_is_the_row_the_view_gives_each_user(run):
         }
     )
     rows = view.side_rows(later)
+    assert rows.given.shape[0] == 3  # only the rows given now
     built = view.with_side_rows(rows)
     side = built.model.features_.user_side.numpy()
+    earlier = view.model.features_.user_side.numpy()
     n = len(pred.users)
     seen = set()
-    for u in "abcde":
+    for u in "ab":
+        assert rows.index_of(u) is None
+        np.testing.assert_array_equal(side[built.user_index(u)], earlier[view.user_index(u)])
+        seen.add(side[built.user_index(u)].tobytes())
+        with pytest.raises(MetarecError, match="no row given now"):
+            rows.row_of(built.user_index(u))
+    for u in "cde":
         i = built.user_index(u)
-        assert i > n
-        got = rows.row_of(i, n)
+        assert i > n and rows.index_of(u) == i
+        got = rows.row_of(i)
         np.testing.assert_array_equal(got, side[i], err_msg=u)
         seen.add(got.tobytes())
     assert len(seen) == 5  # five different rows: a wrong index cannot pass by chance
+    with pytest.raises(MetarecError, match="encoded for another predictor"):
+        pred.with_side_rows(rows)  # rows placed for the view, not the base
 
 
 def test_a_server_on_a_view_scores_each_new_users_own_data(run):
@@ -93,7 +104,7 @@ def test_with_users_of_listed_users_only_is_this_predictor(run):
     pred = Predictor.load(run)
     listed = pd.DataFrame({"user_id": ["u0", "u1"], "club": ["garden_club"] * 2, "age": [23, 24]})
     rows = pred.side_rows(listed)
-    assert rows.extra is None and rows.new_users == {} and rows.refill == {}
+    assert rows.given is None and rows.given_ids == () and rows.refill == {}
     view, stats = pred.with_users(listed)
     assert view is pred
     assert stats == {
@@ -372,3 +383,37 @@ def test_the_domain_warning_is_for_the_items_file_in_any_case(tmp_path):
     lines = [str(w.message) for w in said if "lowercase" in str(w.message)]
     assert len(lines) == 1 and "'DOMAIN'" in lines[0] and "I.csv" in lines[0], lines
     assert set(raw.ratings["domain"]) == {"default"}
+
+
+def test_the_servers_side_data_memo_keeps_no_copy_of_what_a_request_sent(run):
+    """The memo of encoded ``user`` fields is keyed by a digest: keyed by the JSON text,
+    each distinct 100 KB value stayed in memory as long as its entry (4,096 of them at
+    the default cache size: beyond --cache-mb's bound; review 188). 30 such requests
+    now keep well under one of them each."""
+    import gc
+    import tracemalloc
+
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    client = TestClient(create_app(Predictor.load(run)))
+    body = {"interactions": [{"item_id": "it31", "rating": 4}], "item_ids": ["it30"]}
+
+    def send(i: int) -> None:
+        side = {"club": f"{i:06d}" + "x" * 100_000, "age": 30}
+        r = client.post("/score", json={**body, "user_id": f"big{i}", "user": side})
+        assert r.status_code == 200, r.text
+
+    send(-1)  # warm: the first request's lazy imports and caches
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(30):
+            send(i)
+        gc.collect()
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept < 30 * 100_000 / 4, kept  # under a quarter of one value per request

@@ -87,22 +87,35 @@ def _int_times(timestamps) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class UserSideRows:
     """Users' side data encoded for a view of one predictor (:meth:`Predictor.side_rows`),
-    before the view is built (:meth:`Predictor.with_side_rows`)."""
+    before the view is built (:meth:`Predictor.with_side_rows`). It holds the rows given,
+    not the earlier view's: the server keeps one per (user, data) it has seen, and each
+    held a copy of every earlier new user's row (a server on a view of 20,000 such
+    users: 46 MB for 200 requests' entries; review 188)."""
 
-    # the view's rows after the cold row, (m, d_user) float32: an earlier view's new
-    # users, then those given now; None when no row changes (every user kept theirs)
-    extra: np.ndarray | None
+    # the new users given now, (k, d_user) float32, in the order of ``given_ids``; None
+    # when no row changes (every user kept theirs)
+    given: np.ndarray | None
+    given_ids: tuple[str, ...]
     refill: dict  # fitted user index -> (d_user,) row: training users given side data
-    new_users: dict  # user id -> their index in the view (the view's ``new_users``)
+    offset: int  # the view's index of given_ids[0]: after the cold row and earlier users
     stats: dict  # as Predictor.with_users returns it
 
-    def row_of(self, index: int, n_users: int) -> np.ndarray:
-        """The (d_user,) row the view gives user ``index`` (a filled training user's, or
-        a new user's at n_users + 1 + j)."""
+    def index_of(self, user_id: str) -> int | None:
+        """A new user's index in the view, if given now (else None)."""
+        try:
+            return self.offset + self.given_ids.index(user_id)
+        except ValueError:
+            return None
+
+    def row_of(self, index: int) -> np.ndarray:
+        """The (d_user,) row the view gives user ``index``: a filled training user's, or
+        a new user's given now (:meth:`index_of`)."""
         if index in self.refill:
             return self.refill[index]
-        assert self.extra is not None and index > n_users, "no row of this user changed"
-        return self.extra[index - n_users - 1]
+        j = index - self.offset
+        if self.given is None or not 0 <= j < len(self.given):
+            raise MetarecError(f"user index {index}: no row given now (not filled, not new)")
+        return self.given[j]
 
 
 @dataclass(frozen=True, eq=False)
@@ -354,34 +367,41 @@ class Predictor:
             "listed_users_kept": int(kept.sum()),
         }
         width = fitted.shape[1]
+        first = len(self.users) + 1  # n_users is the featureless cold user
         if not (new | filled).any():
-            return UserSideRows(None, {}, {}, stats)
+            return UserSideRows(None, (), {}, first, stats)
         rows = encoder.encode(frame.loc[new | filled].reset_index(drop=True))
         rows = np.asarray(rows, dtype=np.float32).reshape(-1, width)
         order = np.flatnonzero(new | filled)  # rows[j] is users' row order[j]
-        first = len(self.users) + 1  # n_users is the featureless cold user
         at_new = [j for j, r in enumerate(order) if new[r]]
-        # a view of a view keeps the earlier view's new users (their rows after the cold
-        # row, (len(self.new_users), d_user)); one given again takes the row given now
-        given = {str(ids[order[j]]) for j in at_new}
-        earlier = [(u, i) for u, i in self.new_users.items() if u not in given]
-        kept_rows = self.model.features_.user_side[[i for _, i in earlier]].cpu().numpy()
-        mapping = {u: first + k for k, (u, _) in enumerate(earlier)}
-        mapping.update({str(ids[order[j]]): first + len(earlier) + k for k, j in enumerate(at_new)})
+        given_ids = tuple(str(ids[order[j]]) for j in at_new)
+        # a view of a view keeps the earlier view's new users before those given now (one
+        # given again takes the row given now): with_side_rows places them
+        again = set(given_ids)
+        earlier = sum(u not in again for u in self.new_users)
         refill = {int(index[order[j]]): rows[j] for j in range(len(order)) if filled[order[j]]}
-        extra = np.concatenate([kept_rows.reshape(-1, width), rows[at_new]])
-        return UserSideRows(extra, refill, mapping, stats)
+        return UserSideRows(rows[at_new], given_ids, refill, first + earlier, stats)
 
     def with_side_rows(self, rows: UserSideRows) -> Predictor:
         """:meth:`with_users`' second half: the view holding ``rows``, which
         :meth:`side_rows` of this same predictor gave (this predictor if they change no
-        row)."""
-        if rows.extra is None:
+        row). The view's rows after the cold row, (m, d_user): this predictor's earlier
+        new users (those not given again), then those given now."""
+        if rows.given is None:
             return self
+        given = set(rows.given_ids)
+        earlier = [(u, i) for u, i in self.new_users.items() if u not in given]
+        first = len(self.users) + 1
+        if first + len(earlier) != rows.offset:
+            raise MetarecError("with_side_rows: these rows were encoded for another predictor")
+        kept = self.model.features_.user_side[[i for _, i in earlier]].cpu().numpy()
+        mapping = {u: first + k for k, (u, _) in enumerate(earlier)}
+        mapping.update({u: rows.offset + j for j, u in enumerate(rows.given_ids)})
+        extra = np.concatenate([kept.reshape(len(earlier), rows.given.shape[1]), rows.given])
         return dataclasses.replace(
             self,
-            model=self.model.with_new_users(rows.extra, rows.refill),
-            new_users=rows.new_users,
+            model=self.model.with_new_users(extra, rows.refill),
+            new_users=mapping,
         )
 
     def support_of(

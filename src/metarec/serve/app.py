@@ -16,12 +16,14 @@ never fail a request: they are reported in ``unknown_items``.
 # no `from __future__ import annotations`: FastAPI must resolve the endpoints' annotations,
 # and the auth dependency's refers to a local of create_app
 import dataclasses
+import functools
 import hashlib
 import json
 import secrets
 import sqlite3
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -233,7 +235,8 @@ def create_app(
     )
     model = pred.model
     anonymous = _anonymous_id(pred)
-    # new_user()'s answers by (user, their ``user`` as sent): a row and a digest each
+    # new_user()'s answers by a digest of (user, their ``user`` as sent): each the row
+    # given (d_user floats) and its digest, whatever the request's size
     sides = AdaptedCache(state.cache.max_entries, cfg.cache_ttl_s)
 
     app = FastAPI(
@@ -429,7 +432,14 @@ def create_app(
             return await run_in_threadpool(support, user_id, inter, side)
         return support(user_id, inter, side)
 
-    async def adapted(user_id: str | None, uidx: int, sup: Interactions, which: str, side: _Side):
+    async def adapted(
+        user_id: str | None,
+        uidx: int,
+        sup: Interactions,
+        which: str,
+        side: _Side,
+        on: Callable[[], MetaRecommender] | None = None,
+    ):
         # A hit (the common case: a user's support changes far less often than they ask)
         # is a dict lookup, served on the event loop; only a miss — a few ms of adaptation
         # that releases the GIL inside torch — goes to the thread pool, so hits never queue
@@ -441,7 +451,8 @@ def create_app(
             key = (*key, side.digest)
         value = state.cache.get(key)
         if value is None:
-            value = await run_in_threadpool(lambda: on_side(side).adapt_user(uidx, sup, which))
+            view = on if on is not None else functools.cache(lambda: on_side(side))
+            value = await run_in_threadpool(lambda: view().adapt_user(uidx, sup, which))
             state.cache.put(key, value)
         return value
 
@@ -451,7 +462,7 @@ def create_app(
         score_adapted serves both)."""
         return model if side.rows is None else pred.with_side_rows(side.rows).model
 
-    def side_key(user_id: str | None, side: dict) -> tuple[str, dict, tuple]:
+    def side_key(user_id: str | None, side: dict) -> tuple[str, dict, bytes]:
         """A request's ``user`` checked for what the encoder cannot say in one line:
         (the user's id in the row, its cells, the key of its encoding in ``sides``)."""
         if model.user_features_ is None:  # said for the server: no --users to point to
@@ -478,8 +489,11 @@ def create_app(
             for k, v in zip(keys, side.values(), strict=True)
             if k != "user_id"
         }
-        # JSON keeps 1, 1.0 and true apart, which a tuple of the values would not
-        return who, cells, (who, json.dumps(list(cells.items())))
+        # JSON keeps 1, 1.0 and true apart, which a tuple of the values would not; kept as
+        # a digest: the text itself (up to the body limit, 1 MB) held the memo's memory
+        # past --cache-mb (300 such requests: +319 MB; review 188)
+        text = json.dumps([who, list(cells.items())])
+        return who, cells, hashlib.sha256(text.encode()).digest()  # ASCII
 
     def new_user(who: str, cells: dict, uidx: int) -> _Side:
         """What a request's ``user`` (the side data of a user the run has none for) does,
@@ -493,8 +507,9 @@ def create_app(
         rows = pred.side_rows(frame)  # a MetarecError: 422
         if rows.stats["listed_users_kept"]:
             return _Side(uidx, use="kept")  # fitted side data stands
-        at = rows.new_users.get(who, uidx)  # a new user's index in the view
-        row = rows.row_of(at, len(pred.users))
+        at = rows.index_of(who)  # a new user's index in the view
+        at = uidx if at is None else at
+        row = rows.row_of(at)
         digest = hashlib.sha256(row.tobytes()).hexdigest()[:16]
         new = rows.stats["new_users_with_side_data"]
         return _Side(at, digest, "new" if new else "filled", rows)
@@ -581,7 +596,11 @@ def create_app(
         uidx, sup, unknown = await support_off_loop(user_id, req.interactions, req.user)
         side = await new_user_off_loop(user_id, req.user, uidx)
         uidx = side.uidx
-        ad = await adapted(user_id, uidx, sup, "rank", side)
+        # the view holding the request's side data row, built at most once per request
+        # (an explanation that missed the cache built it twice: a copy of the user table
+        # each time)
+        view = functools.cache(lambda: on_side(side))
+        ad = await adapted(user_id, uidx, sup, "rank", side, view)
         # the catalogue's scores were computed at adaptation: this is an (n_items,) gather
         scores = model.score_adapted(ad, state.all_items)
         _check_finite(scores, "catalogue items")
@@ -592,7 +611,7 @@ def create_app(
         top = top_k(scores, req.k, finite=True)
         shown = model.shown_rank_scores(scores[top])  # ratings clipped to the scale
         weights = (
-            await run_in_threadpool(lambda: on_side(side).explain(uidx, sup, top, "rank"))
+            await run_in_threadpool(lambda: view().explain(uidx, sup, top, "rank"))
             if req.explain and len(top)
             else None
         )
