@@ -417,3 +417,33 @@ def test_the_servers_side_data_memo_keeps_no_copy_of_what_a_request_sent(run):
     finally:
         tracemalloc.stop()
     assert kept < 30 * 100_000 / 4, kept  # under a quarter of one value per request
+
+
+def test_an_explained_recommendation_builds_the_side_data_view_once(run, monkeypatch):
+    """/recommend with explain=true and a new user's ``user`` adapts and explains on one
+    view holding their row; it built the view (a copy of the user table) twice, once for
+    the adaptation and once for the explanation (review 188)."""
+    from fastapi.testclient import TestClient
+
+    from metarec.serve.app import create_app
+
+    built = []
+    real = Predictor.with_side_rows
+
+    def counting(self, rows):
+        built.append(rows)
+        return real(self, rows)
+
+    monkeypatch.setattr(Predictor, "with_side_rows", counting)
+    client = TestClient(create_app(Predictor.load(run)))
+    body = {
+        "user_id": "n9",
+        "interactions": [{"item_id": "it31", "rating": 4}, {"item_id": "it2", "rating": 1}],
+        "user": {"club": "space_club", "age": 40},
+        "k": 3,
+        "explain": True,
+    }
+    r = client.post("/recommend", json=body)
+    assert r.status_code == 200, r.text
+    assert all(item["explanation"] for item in r.json()["items"])
+    assert len(built) == 1
