@@ -165,3 +165,29 @@ def test_openapi_declares_the_409_and_400_that_recommend_and_score_answer(run, t
     for path in ("/recommend", "/score"):
         declared = set(paths[path]["post"]["responses"])
         assert {"409", "400"} <= declared, (path, sorted(declared))
+
+
+def test_a_python_fit_refuses_an_id_no_request_may_send_back(tiny_dataset):
+    """Predictor.fit on a dataset built in Python holds its ids to the same rule as fit's
+    files, before any training: a RUN saved from it is served too."""
+    import dataclasses
+
+    from metarec.predictor import Predictor
+    from metarec.types import IdMap, MetarecError
+
+    ids = list(tiny_dataset.items.ids)
+    ids[2] = "casa\tblanca"
+    bad = dataclasses.replace(tiny_dataset, items=IdMap(ids))
+    with pytest.raises(MetarecError, match=r"item ids: the id 'casa\\tblanca' holds a control"):
+        Predictor.fit(bad)
+
+
+def test_predict_reads_an_unknown_id_with_a_line_break_as_unknown(run, tmp_path):
+    """The rule is for ids a RUN holds: predict's support may name an item no RUN can hold
+    (a quoted id spanning two lines), which is an unknown item there, as any other."""
+    (tmp_path / "S.csv").write_text('user_id,item_id,rating\nnew,"it\n0",5\nnew,it1,4\n')
+    (tmp_path / "Q.csv").write_text("user_id,item_id\nnew,it2\n")
+    argv = ["predict", "--run", str(run), "--support", str(tmp_path / "S.csv")]
+    argv += ["--query", str(tmp_path / "Q.csv"), "--out", str(tmp_path / "P.csv")]
+    assert main(argv) == 0
+    assert list(pd.read_csv(tmp_path / "P.csv").item_id) == ["it2"]

@@ -155,6 +155,14 @@ class Predictor:
 
         if not isinstance(dataset, Dataset):  # an AttributeError on .interactions before
             raise MetarecError(f"Predictor.fit: expected a Dataset, got {type(dataset).__name__}")
+        from metarec.data.tabular import unservable_id
+
+        # a RUN's ids follow the server's rule, as fit's files do (probe 186): checked
+        # here for a dataset built in Python, before minutes of training
+        for what, ids in (("user", dataset.users.ids), ("item", dataset.items.ids)):
+            found = unservable_id(pd.Series(ids, dtype=object))
+            if found is not None:
+                raise MetarecError(f"Predictor.fit: {what} ids: {found[1]}")
         model = MetaRecommender(config).fit(dataset, dataset.interactions)
         item_domain = dataset.item_domain_names()
         info = dataset_info(dataset)

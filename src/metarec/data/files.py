@@ -104,9 +104,12 @@ def _check_log_columns(frame: pd.DataFrame, allowed=LOG_COLUMNS) -> None:
         raise MetarecError(f"{_where(frame)}: missing column rating (or label for 0/1 data)")
 
 
-def read_log(path: str | Path) -> tuple[pd.DataFrame, str, bool]:
-    """A T or S file as a RawData-style ratings frame, its feedback kind and has_time."""
-    return log_frame(_read(path))
+def read_log(path: str | Path, enter_run: bool = False) -> tuple[pd.DataFrame, str, bool]:
+    """A T or S file as a RawData-style ratings frame, its feedback kind and has_time.
+    ``enter_run``: its ids will be a RUN's (fit's T), held to the server's id rule."""
+    frame = _read(path)
+    frame.attrs["ids_enter_run"] = enter_run
+    return log_frame(frame)
 
 
 def log_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, str, bool]:
@@ -265,7 +268,9 @@ def side_roles(frame: pd.DataFrame, key: str) -> tuple[tuple, tuple, tuple, pd.D
 
 
 def read_side(path: str | Path, key: str) -> tuple[pd.DataFrame, tuple, tuple, tuple]:
+    """fit's items or users file: (the frame, its text, categorical, numeric columns)."""
     frame = _read(path)
+    frame.attrs["ids_enter_run"] = True  # the RUN's ids: the server's id rule holds
     require_columns(frame, [key])
     unique_id_column(frame, key, _where(frame))
     if key == "item_id":
@@ -493,7 +498,7 @@ def read_training_files(
     1 made every later 1-star support rating an error)."""
     if rating_range is not None:
         check_declared_scale(*(float(v) for v in rating_range))
-    ratings, feedback, has_time = read_log(train)
+    ratings, feedback, has_time = read_log(train, enter_run=True)
     if rating_range is not None and feedback != "explicit":
         raise MetarecError(f"{train}: a rating range is for ratings; this log has labels (0/1)")
     item_frame, itext, icat, inum = read_side(items, "item_id")

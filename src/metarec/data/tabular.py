@@ -446,16 +446,16 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
     return out.reset_index(drop=True)
 
 
-def _check_id_rule(frame: pd.DataFrame, column: str, ids: pd.Series) -> None:
-    """The server's id rule (types.id_to_str) for ids read from a file: fit took an item
-    id holding a tab, or 1,025 characters long, that /recommend then handed out and
-    /score, /feedback and a support refused (probe 186). Checked on the distinct ids."""
+def unservable_id(ids: pd.Series) -> tuple[int, str] | None:
+    """(position, problem) of the first id the server's rule (types.id_to_str) refuses
+    (over MAX_ID_CHARS characters, or a control character), else None. Checked on the
+    distinct ids."""
     distinct = pd.Series(pd.unique(ids.to_numpy(object)), dtype=object)
     long = (distinct.str.len() > MAX_ID_CHARS).to_numpy()
     control = distinct.str.contains(r"[\x00-\x1f\x7f]", regex=True).to_numpy(dtype=bool)
     bad = long | control
     if not bad.any():
-        return
+        return None
     j = int(np.flatnonzero(bad)[0])
     value = distinct.iloc[j]
     pos = int(np.flatnonzero((ids == value).to_numpy())[0])
@@ -464,10 +464,24 @@ def _check_id_rule(frame: pd.DataFrame, column: str, ids: pd.Series) -> None:
         if long[j]
         else "holds a control character (a tab, a line break, ...)"
     )
-    raise MetarecError(
-        f"{_where(frame)}: {_at(frame, pos)}: column {column!r}: the id {clip(value)!r} "
-        f"{problem}, which no request to the server may send back; change it in the file"
-    )
+    return pos, f"the id {clip(value)!r} {problem}, which no request to the server may send back"
+
+
+def _check_id_rule(frame: pd.DataFrame, column: str, ids: pd.Series) -> None:
+    """The server's id rule for ids a RUN will hold (fit's files mark their frames
+    ``attrs["ids_enter_run"]``): fit took an item id holding a tab, or 1,025 characters
+    long, that /recommend then handed out and /score, /feedback and a support refused
+    (probe 186). Ids only looked up (predict's S, Q and users files) are not held to it:
+    such an id is an unknown one there, as any other."""
+    if not frame.attrs.get("ids_enter_run"):
+        return
+    found = unservable_id(ids)
+    if found is not None:
+        pos, problem = found
+        raise MetarecError(
+            f"{_where(frame)}: {_at(frame, pos)}: column {column!r}: {problem}; change it in "
+            "the file"
+        )
 
 
 def _float_ids(frame: pd.DataFrame, column: str, positions: np.ndarray) -> list[str]:
