@@ -344,7 +344,8 @@ def paired_table(results: Results, metrics: list[str]) -> list[str]:
     head = [f"{m} {'↑' if greater_is_better(m) else '↓'}" for m in cols]
     lines = [
         f"Paired differences, {dm} − each method, over the same test users (per user, "
-        "then averaged over users and seeds; 95% bootstrap CI with users resampled): "
+        "then averaged over users and seeds; 95% bootstrap CI with users resampled, "
+        f"{results.config.paired_bootstrap:,} resamples): "
         f"**bold** where the interval leaves out 0 in {dm}'s favour, *italic* where "
         "against it; otherwise the gap is within what the choice of users could make. "
         "Each interval is one comparison at 95%, not adjusted for the number of cells, nor "
@@ -385,7 +386,8 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     one_seed = (
         (
             " One seed only (to fit the time budget): cells show the mean and its bootstrap "
-            "95% CI over test users, not seed-to-seed spread (rerun with more seeds)."
+            f"95% CI over test users ({cfg.bootstrap:,} resamples), not seed-to-seed spread "
+            "(rerun with more seeds)."
             if cfg.bootstrap
             else " One seed only and no bootstrap: cells show the mean alone, with no "
             "measure of spread (rerun with more seeds or bootstrap > 0)."
@@ -465,7 +467,8 @@ def _protocol_text(results: Results, k_shot: int, users: str) -> str:
     return (
         f"*Protocol:* dataset **{p.get('dataset')}**, split **{p.get('protocol')}**{cross}, "
         f"K = {k_shot} support interactions, {_query_words(p, k_shot, results.main_k, results.dataset.get('feedback') == 'explicit')} per "
-        f"user, seeds {seeds}{' (mean ± std over seeds)' if len(cfg.seeds) > 1 else ''}."
+        f"user, seeds {seeds}"
+        f"{' (mean ± sample std over seeds, n − 1 in the denominator)' if len(cfg.seeds) > 1 else ''}."
         f"{one_seed}{same_split} Held out: "
         f"{p.get('held_out')}; evaluated on {users}. Support: {p.get('support')}. "
         f"Hyperparameters: {p.get('selection')}. Text: "
