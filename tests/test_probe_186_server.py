@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -191,3 +192,28 @@ def test_predict_reads_an_unknown_id_with_a_line_break_as_unknown(run, tmp_path)
     argv += ["--query", str(tmp_path / "Q.csv"), "--out", str(tmp_path / "P.csv")]
     assert main(argv) == 0
     assert list(pd.read_csv(tmp_path / "P.csv").item_id) == ["it2"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        (" i2 padded ", "has spaces around it"),
+        ("", "is empty"),
+        ("\ud800x", "is not valid Unicode (a lone surrogate)"),
+    ],
+    ids=["padded", "empty", "lone-surrogate"],
+)
+def test_a_python_fit_holds_ids_to_the_whole_server_rule(tiny_dataset, bad, said):
+    """Predictor.fit checked only the length and control characters: an item id with
+    spaces around it (the server strips a request's ids: the item could never be named),
+    an empty one (every request naming it a 422) and a lone surrogate (create_app and
+    save crashed with a UnicodeEncodeError traceback) were taken (mutation audit 190)."""
+    import dataclasses
+
+    from metarec.predictor import Predictor
+    from metarec.types import IdMap, MetarecError
+
+    ids = list(tiny_dataset.items.ids)
+    ids[2] = bad
+    with pytest.raises(MetarecError, match=re.escape(said)):
+        Predictor.fit(dataclasses.replace(tiny_dataset, items=IdMap(ids)))

@@ -447,24 +447,44 @@ def id_column(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def unservable_id(ids: pd.Series) -> tuple[int, str] | None:
-    """(position, problem) of the first id the server's rule (types.id_to_str) refuses
-    (over MAX_ID_CHARS characters, or a control character), else None. Checked on the
+    """(position, problem) of the first id the server's rule (types.id_to_str) refuses or
+    changes, else None: over MAX_ID_CHARS characters, a control character, empty, spaces
+    around it (the server strips a request's ids: such an item could never be named), or
+    a lone surrogate (no UTF-8 spelling: saving the RUN failed on it). File readers strip
+    and decode ids before; a dataset built in Python may hold any string. Checked on the
     distinct ids."""
     distinct = pd.Series(pd.unique(ids.to_numpy(object)), dtype=object)
-    long = (distinct.str.len() > MAX_ID_CHARS).to_numpy()
-    control = distinct.str.contains(r"[\x00-\x1f\x7f]", regex=True).to_numpy(dtype=bool)
-    bad = long | control
+    # object strings: a string dtype (pyarrow's) cannot hold a lone surrogate at all
+    text = pd.Series([str(v) for v in distinct], dtype=object)
+    problems = [
+        (text.str.len() > MAX_ID_CHARS, f"is longer than {MAX_ID_CHARS} characters"),
+        (
+            text.str.contains(r"[\x00-\x1f\x7f]", regex=True),
+            "holds a control character (a tab, a line break, ...)",
+        ),
+        (text.str.strip() == "", "is empty"),
+        (text != text.str.strip(), "has spaces around it (a request's ids are stripped)"),
+        (~text.map(_utf8), "is not valid Unicode (a lone surrogate)"),
+    ]
+    bad = np.zeros(len(distinct), dtype=bool)
+    for mask, _ in problems:
+        bad |= mask.to_numpy(dtype=bool)
     if not bad.any():
         return None
     j = int(np.flatnonzero(bad)[0])
+    problem = next(p for mask, p in problems if mask.iloc[j])
     value = distinct.iloc[j]
     pos = int(np.flatnonzero((ids == value).to_numpy())[0])
-    problem = (
-        f"is longer than {MAX_ID_CHARS} characters"
-        if long[j]
-        else "holds a control character (a tab, a line break, ...)"
-    )
-    return pos, f"the id {clip(value)!r} {problem}, which no request to the server may send back"
+    shown = clip(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return pos, f"the id {shown!r} {problem}, which no request to the server may send back"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_id_rule(frame: pd.DataFrame, column: str, ids: pd.Series) -> None:
