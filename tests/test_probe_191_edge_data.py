@@ -18,21 +18,7 @@ import pandas as pd
 import pytest
 
 from metarec.cli import main
-
-FAST = [
-    "--set",
-    "text.model='hashing:64'",
-    "--set",
-    "text.pca_dim=16",
-    "--set",
-    "train.steps=60",
-    "--set",
-    "train.eval_every=20",
-    "--set",
-    "train.meta_batch=16",
-    "--set",
-    "progress=false",
-]
+from test_cli_contract import FAST
 
 
 def _world(n_users=30, n_items=20, per=8, seed=0):

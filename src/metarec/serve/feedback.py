@@ -294,7 +294,8 @@ class FeedbackStore:
             elif hi == 1:  # a 0..1 "rating" column: a 1 is its top
                 example = "each stored 0/1 label as a rating on this run's scale"
             else:
-                example = f"a stored 'played' 1 as a rating of 1 on this run's {tag[9:]} scale"
+                scale = tag.removeprefix("explicit ")
+                example = f"a stored 'played' 1 as a rating of 1 on this run's {scale} scale"
         elif tag == "implicit":
             if _scale(written)[0] == 1:
                 example = "a stored one-star rating, a dislike, as a 'played' 1"
